@@ -1,0 +1,45 @@
+# Tiangong — two commands do everything from a fresh clone:
+#   make demo   virtualenv, install, ship a sample release end to end, print where to look
+#   make test   install what the suite needs (Python and Debian packages), run the whole suite
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint bench soak clean system-deps venv
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+system-deps:
+	bash .ci/install-test-deps
+
+demo: $(STAMP)
+	bash examples/demo.sh
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy bundle signing
+	$(BIN)/mypy --strict bundle signing
+
+bench: $(STAMP) system-deps
+	$(BIN)/python bench/run_all.py
+
+# Long runs kept out of `make test`: the fuzzers for minutes, then the benchmarks at size.
+soak: $(STAMP) system-deps
+	TIANGONG_FUZZ_EXAMPLES=$${TIANGONG_FUZZ_EXAMPLES:-5000} $(BIN)/python -m pytest -q \
+	    tests/bundle/test_fuzz.py tests/bundle/test_properties.py tests/signing/test_envelope.py \
+	    tests/bundle/test_sync.py -p no:cacheprovider
+	$(BIN)/python bench/run_all.py --soak
+
+clean:
+	rm -rf $(VENV) demo-out bench-out test-artifacts .pytest_cache .mypy_cache .ruff_cache

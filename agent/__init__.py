@@ -1,0 +1,1 @@
+"""Tiangong agent package."""

@@ -1,0 +1,261 @@
+"""``tiangong agent``: set up, run and inspect a site agent.
+
+A thin layer over ``agent.home`` (init), ``agent.service`` (run, apply, retry, status).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from agent.config import ConfigError, load_config
+from agent.home import HomeError, init_home
+from agent.inbox import ReadyItem
+from agent.service import Agent
+
+__all__ = ["agent"]
+
+_HOME_HELP = "The agent home directory (default: $TIANGONG_AGENT_HOME or ./agent-home)."
+
+
+def _home_option(func: Any) -> Any:
+    return click.option("--home", "home", type=click.Path(file_okay=False, path_type=Path),
+                        envvar="TIANGONG_AGENT_HOME", default=Path("agent-home"),
+                        show_default=True, help=_HOME_HELP)(func)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
+                           "level": record.levelname.lower(), "logger": record.name,
+                           "msg": record.getMessage()}, ensure_ascii=False)
+
+
+def _setup_logging(as_json: bool, verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if as_json else
+                         logging.Formatter("%(asctime)s %(levelname)s %(message)s",
+                                           "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger("tiangong")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _open(home: Path) -> Agent:
+    try:
+        return Agent(load_config(home))
+    except (ConfigError, HomeError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def agent() -> None:
+    """Run a site agent: it watches its inbox for bundle files, verifies each one
+    completely, runs its steps, and writes a signed result to its outbox.
+
+    \b
+    Typical setup:
+      tiangong agent init /var/lib/tiangong-agent --root root.json --environment plant-a
+      (take outbox/enrollment-*.json to the hub; add connections to agent.toml)
+      tiangong agent run --home /var/lib/tiangong-agent
+    """
+
+
+@agent.command("init")
+@click.argument("home", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--root", "root_file", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="The hub's root document (root.json), obtained from the hub operator "
+                   "out of band. The agent trusts only bundles chained to it.")
+@click.option("--id", "agent_id", help="Agent id (default: hostname plus a key prefix).")
+@click.option("--environment", help="The environment (site) this agent belongs to.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="A label for the hub (repeatable).")
+@click.option("--hub-url", help="The hub's live endpoint (wss://...), if the site is online.")
+@click.option("--passphrase-env", metavar="VAR",
+              help="Encrypt the agent keys with the passphrase in VAR (then VAR must be set "
+                   "when the agent runs). Default: keys stored unencrypted, mode 0600.")
+def init_cmd(home: Path, root_file: str, agent_id: str | None, environment: str | None,
+             labels: tuple[str, ...], hub_url: str | None, passphrase_env: str | None) -> None:
+    """Create an agent home in HOME: keys, config, journal and directories.
+
+    Writes an enrollment request (outbox/enrollment-<id>.json) to carry to the hub, which
+    registers the agent's public keys.
+    """
+    parsed: dict[str, str] = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"--label {item!r}: expected KEY=VALUE")
+        parsed[key] = value
+    try:
+        config, request = init_home(home, root_file=Path(root_file), agent_id=agent_id,
+                                    environment=environment, labels=parsed, hub_url=hub_url,
+                                    passphrase_env=passphrase_env)
+    except HomeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"agent {config.agent_id} created in {config.home}")
+    click.echo(f"  trusts hub {config.hub_id} (root pinned from {root_file})")
+    click.echo(f"  inbox:       {config.inbox}   (drop bundle files here)")
+    click.echo(f"  outbox:      {config.outbox}  (results for the hub)")
+    click.echo(f"  enrollment:  {request}  -> import it at the hub")
+    click.echo(f"  connections: add them to {config.home / 'agent.toml'}")
+
+
+@agent.command("run")
+@_home_option
+@click.option("--once", is_flag=True, help="Process what is ready now, then exit.")
+@click.option("--json-logs", is_flag=True, help="Structured (JSON lines) logs on stderr.")
+@click.option("-v", "--verbose", is_flag=True)
+def run_cmd(home: Path, once: bool, json_logs: bool, verbose: bool) -> None:
+    """Run the agent in the foreground (for systemd or a container).
+
+    Logs go to stderr. SIGTERM/SIGINT stop it cleanly: the running step is cancelled and
+    reported; a step that was running when the agent was killed is reported as interrupted
+    on the next start and never re-run automatically.
+    """
+    _setup_logging(json_logs, verbose)
+    try:
+        config = load_config(home)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    live_thread = None
+    client = None
+    if config.hub_url and not once:
+        # Online site: the live client is a faster courier for the same files (it writes
+        # bundles into the inbox and uploads results from the outbox).
+        import asyncio
+        import threading
+
+        from agent.live import LiveClient
+
+        client = LiveClient(config)
+    try:
+        ag = Agent(config, live_log=client.live_log if client else None)
+    except (ConfigError, HomeError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if client is not None:
+        live_thread = threading.Thread(target=asyncio.run, args=(client.run(ag.stopping),),
+                                       name="tiangong-live", daemon=True)
+        live_thread.start()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        logging.getLogger("tiangong.agent").info("signal %d: stopping", signum)
+        ag.stopping.set()
+        ag.runner.cancel.set()
+        ag.wake.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        if once:
+            ag.recover()
+            for out in ag.run_once():
+                click.echo(f"{out.name}: {out.status}: {out.summary}")
+        else:
+            ag.serve()
+    finally:
+        if live_thread is not None:
+            live_thread.join(timeout=30)
+        ag.close()
+
+
+@agent.command("apply")
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_home_option
+def apply_cmd(files: tuple[Path, ...], home: Path) -> None:
+    """Verify and run one bundle file (or the parts of one split bundle) now.
+
+    The file is processed exactly as if it had been dropped into the inbox: it is moved to
+    archive/ or quarantine/, and a signed result is written to the outbox. Exit code 0 if
+    the bundle succeeded, 1 otherwise.
+    """
+    _setup_logging(False, False)
+    ag = _open(home)
+    try:
+        ag.recover()
+        kind = "split" if len(files) > 1 or files[0].name.endswith(".part000") else "single"
+        item = ReadyItem(name=files[0].name.removesuffix(".part000"), paths=tuple(files),
+                         size=sum(f.stat().st_size for f in files), kind=kind,
+                         first_seen=time.time())
+        out = ag.process(item)
+    finally:
+        ag.close()
+    click.echo(f"{out.name}: {out.status}: {out.summary}")
+    if out.result:
+        click.echo(f"result: {out.result}")
+    sys.exit(0 if out.status in ("succeeded", "waiting") else 1)
+
+
+@agent.command("retry")
+@click.argument("bundle_id")
+@click.option("--from-step", type=click.IntRange(min=1), required=True,
+              help="Re-run from this step (1-based); earlier steps keep their results.")
+@_home_option
+def retry_cmd(bundle_id: str, from_step: int, home: Path) -> None:
+    """Deliberately re-run an accepted bundle from a step (after a failure or interruption).
+
+    The retry is recorded in the journal and in the new signed result.
+    """
+    _setup_logging(False, False)
+    ag = _open(home)
+    try:
+        out = ag.retry(bundle_id, from_step)
+    except (KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from exc
+    finally:
+        ag.close()
+    click.echo(f"{bundle_id}: {out.status}: {out.summary}")
+    if out.result:
+        click.echo(f"result: {out.result}")
+    sys.exit(0 if out.status == "succeeded" else 1)
+
+
+@agent.command("status")
+@_home_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status_cmd(home: Path, as_json: bool) -> None:
+    """Show what the agent applied, what is waiting, what was refused, and recent results."""
+    ag = _open(home)
+    try:
+        ag.inbox.scan(time.monotonic())
+        st = ag.status()
+    finally:
+        ag.close()
+    if as_json:
+        click.echo(json.dumps(st, indent=2, sort_keys=True))
+        return
+    click.echo(f"agent {st['agent_id']} (environment {st['environment'] or '-'}) trusts hub "
+               f"{st['hub_id']}: root v{st['root_version']}, last sequence {st['sequence']}")
+    click.echo("bundles:")
+    for b in st["bundles"] or []:
+        wait = ""
+        if b["state"] == "waiting" and b["not_before"]:
+            wait = f" until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(b['not_before']))}"
+        click.echo(f"  seq {b['sequence']:<5} {b['product'] or '-'} {b['version'] or ''}  "
+                   f"{b['state']}{wait}  ({b['bundle_id']})")
+        for s in b["steps"]:
+            click.echo(f"      {s['index']:>3}. {s['name']:<30} {s['state']:<12} "
+                       f"{(s['summary'] or '')[:80]}")
+    if not st["bundles"]:
+        click.echo("  none yet")
+    if st["inbox_waiting"]:
+        click.echo("inbox, not ready yet:")
+        for w in st["inbox_waiting"]:
+            click.echo(f"  {w['name']}: {w['reason']}")
+    if st["quarantined"]:
+        click.echo("quarantined:")
+        for r in st["quarantined"]:
+            click.echo(f"  {r['file_name']} [{r['check_name']}]: {r['reason'][:120]}")
+    if st["results"]:
+        click.echo("recent results (outbox):")
+        for r in st["results"][:10]:
+            click.echo(f"  #{r['result_seq']:<4} {r['status']:<12} {r['file_name']}")

@@ -1,0 +1,290 @@
+"""The k8s executor's link to one Kubernetes API server: connection, discovery, apply.
+
+:func:`load_configuration` builds a fresh client ``Configuration`` from a site connection
+(kubeconfig and context, or the in-cluster service account) without touching the client's
+global default. :class:`KubeApi` sends requests through the ``kubernetes`` client's
+``DynamicClient.request`` (stable across client versions), each bounded by the step's deadline
+and preceded by a check of its cancel flag, and turns every way a request can go wrong into one
+of two errors::
+
+    K8sStepError        the step fails; the message is its summary (unreachable server with
+    │                   its URL, TLS trouble, time limit, cancel, kind not served)
+    └── K8sStatusError  the API server answered with an error Status: code, reason, message
+                        and each cause (``field: message``), e.g. 422 Invalid, 404 NotFound
+
+Discovery asks only for the group/versions a step uses (``GET /api/v1``,
+``/apis/{group}/{version}``), once each; ``DynamicClient``'s own discoverer is switched off
+because it fetches every group without a timeout and caches them in a file shared under /tmp.
+Server-side apply is ``PATCH`` with ``application/apply-patch+yaml``, field manager
+:data:`FIELD_MANAGER` and ``force=true`` (why: see :mod:`agent.executors.k8s`).
+
+Not done here: retries beyond :data:`CONNECT_RETRIES` failed connection attempts (a rejected
+or timed-out request is never repeated), watches, lists, deletes, proxies beyond what the
+kubeconfig says, exec credential plugins beyond what the client does on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import urllib3
+import yaml
+from kubernetes import config as kube_config
+from kubernetes.client import ApiClient, Configuration
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+from kubernetes.dynamic import DynamicClient
+
+from agent.executors.base import Connection
+
+__all__ = [
+    "FIELD_MANAGER",
+    "K8sStatusError",
+    "K8sStepError",
+    "KubeApi",
+    "Resource",
+    "load_configuration",
+]
+
+FIELD_MANAGER = "tiangong"
+APPLY_PATCH = "application/apply-patch+yaml"
+CONNECT_TIMEOUT_S = 10.0  # seconds per connection attempt
+READ_TIMEOUT_S = 60.0  # seconds to wait for one answer
+CONNECT_RETRIES = 1  # further attempts after a failed connection
+MAX_ERROR_TEXT = 300  # characters of a non-Status error body kept for the message
+
+
+class K8sStepError(Exception):
+    """The step fails; ``str(error)`` is its summary, written for the operator."""
+
+
+class K8sStatusError(K8sStepError):
+    """The API server answered with an error ``Status`` (or at least an error code)."""
+
+    def __init__(self, code: int, reason: str, message: str, causes: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.causes = causes
+
+    @classmethod
+    def from_body(cls, code: int, body: object) -> K8sStatusError:
+        """Read a ``Status`` body (any other body is kept, shortened, as the message)."""
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or doc.get("kind") != "Status":
+            return cls(code, "", f"HTTP {code}: {' '.join(text.split())[:MAX_ERROR_TEXT]}")
+        details = doc.get("details")
+        details = details if isinstance(details, dict) else {}
+        causes = tuple(
+            f"{c.get('field') or '(object)'}: {c.get('message', '')}"
+            for c in details.get("causes") or ()
+            if isinstance(c, dict)
+        )
+        message = str(doc.get("message") or f"HTTP {code} {doc.get('reason', '')}".strip())
+        return cls(code, str(doc.get("reason", "")), message, causes)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where objects of one kind live in the REST API (from discovery)."""
+
+    group: str  # "" for the core group
+    version: str
+    kind: str
+    plural: str
+    namespaced: bool
+
+    def path(self, namespace: str, name: str) -> str:
+        """The object's URL path; ``namespace`` is ignored for cluster-scoped kinds."""
+        prefix = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        ns = f"/namespaces/{quote(namespace, safe='')}" if self.namespaced else ""
+        return f"{prefix}{ns}/{self.plural}/{quote(name, safe='')}"
+
+    @property
+    def is_namespace(self) -> bool:
+        return (self.group, self.plural) == ("", "namespaces")
+
+
+def load_configuration(connection: Connection, workdir: Path) -> Configuration:
+    """A fresh client ``Configuration`` for a connection of type kubernetes.
+
+    Certificate data from the kubeconfig is written to files in ``workdir`` (the client needs
+    files), never to a shared temporary directory; the kubeconfig itself is never written.
+
+    Raises:
+        K8sStepError: the kubeconfig (or in-cluster credentials) cannot be loaded.
+    """
+    params = connection.params
+    configuration = Configuration()
+    kubeconfig = params.get("kubeconfig")
+    source = "the in-cluster service account" if params.get("in_cluster") else f"{kubeconfig}"
+    try:
+        if params.get("in_cluster"):
+            kube_config.load_incluster_config(client_configuration=configuration)
+        elif not kubeconfig:
+            raise K8sStepError(f"connection {connection.name!r}: no kubeconfig and not in_cluster")
+        else:
+            kube_config.load_kube_config(
+                config_file=str(kubeconfig),
+                context=params.get("context") or None,
+                client_configuration=configuration,
+                persist_config=False,
+                temp_file_path=str(workdir),
+            )
+    except (ConfigException, OSError, ValueError, yaml.YAMLError) as exc:
+        raise K8sStepError(f"connection {connection.name!r}: cannot load {source}: {exc}") from exc
+    configuration.retries = CONNECT_RETRIES
+    return configuration
+
+
+class _NoDiscovery:
+    """Switches off ``DynamicClient``'s own discoverer (see the module docstring)."""
+
+    def __init__(self, client: object, cache_file: object) -> None:
+        """Do nothing: :meth:`KubeApi.resolve` discovers what a step needs."""
+
+
+class KubeApi:
+    """Requests to one API server, each bounded by ``deadline`` (on ``clock``) and ``cancel``."""
+
+    def __init__(
+        self,
+        client: ApiClient,
+        deadline: float,
+        cancel: threading.Event,
+        clock: Callable[[], float],
+    ) -> None:
+        self.host: str = client.configuration.host
+        self._dyn = DynamicClient(client, discoverer=_NoDiscovery)
+        self._deadline = deadline
+        self._cancel = cancel
+        self._clock = clock
+        self._discovered: dict[str, list[dict[str, Any]] | None] = {}
+
+    def check(self) -> None:
+        """Stop here if the step was cancelled or is out of time (called before each request).
+
+        Raises:
+            K8sStepError: the step was cancelled or its time is up.
+        """
+        if self._cancel.is_set():
+            raise K8sStepError("cancelled")
+        if self._deadline - self._clock() <= 0:
+            raise K8sStepError("the step's time limit ran out")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object = None,
+        query: tuple[tuple[str, str], ...] = (),
+    ) -> dict[str, Any]:
+        """Send one request and return the JSON object answered.
+
+        Raises:
+            K8sStatusError: the server answered with an error status.
+            K8sStepError: cancelled, out of time, or the server could not be reached.
+        """
+        self.check()
+        remaining = self._deadline - self._clock()
+        timeout = (min(CONNECT_TIMEOUT_S, remaining), min(READ_TIMEOUT_S, remaining))
+        extra = {"content_type": APPLY_PATCH} if method == "PATCH" else {}
+        try:
+            response = self._dyn.request(
+                method.lower(),
+                path,
+                body=body,
+                serialize=False,
+                query_params=list(query),
+                _request_timeout=timeout,
+                **extra,
+            )
+            answer = json.loads(response.data)
+        except ApiException as exc:
+            if not exc.status:  # the client reports TLS trouble as status 0
+                raise K8sStepError(self._unreachable(exc.reason)) from exc
+            raise K8sStatusError.from_body(exc.status, exc.body) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise K8sStepError(self._unreachable(exc)) from exc
+        except ValueError as exc:
+            raise K8sStepError(f"{self.host}: the answer to {method} {path} is not JSON") from exc
+        if not isinstance(answer, dict):
+            raise K8sStepError(f"{self.host}: the answer to {method} {path} is not an object")
+        return answer
+
+    def _unreachable(self, error: object) -> str:
+        reason = getattr(error, "reason", error)
+        cause = reason if isinstance(reason, BaseException) else None
+        while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, OSError) and cause.strerror:  # e.g. "connection refused"
+            why = cause.strerror.lower()
+        elif isinstance(reason, urllib3.exceptions.TimeoutError):
+            why = "no answer in time"
+        else:
+            why = " ".join(str(reason).split())
+        return f"cannot reach the Kubernetes API server at {self.host}: {why}"
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        """The object at ``path``, or None if there is none.
+
+        Raises:
+            K8sStatusError: an error other than 404 NotFound.
+            K8sStepError: as :meth:`request`.
+        """
+        try:
+            return self.request("GET", path)
+        except K8sStatusError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def apply(self, path: str, body: dict[str, Any], *, dry_run: bool) -> dict[str, Any]:
+        """Server-side apply ``body`` at ``path`` (with ``dryRun=All`` if ``dry_run``).
+
+        Raises:
+            K8sStatusError: the server rejected it (422 Invalid, 404 NotFound namespace, ...).
+            K8sStepError: as :meth:`request`.
+        """
+        query: tuple[tuple[str, str], ...] = (("fieldManager", FIELD_MANAGER), ("force", "true"))
+        if dry_run:
+            query += (("dryRun", "All"),)
+        return self.request("PATCH", path, body=body, query=query)
+
+    def resolve(self, api_version: str, kind: str, where: str) -> Resource:
+        """Find the REST resource of ``kind`` in ``api_version`` by discovery.
+
+        Raises:
+            K8sStepError: the server does not serve that apiVersion or kind (the message starts
+                with ``where``), or discovery failed.
+        """
+        if api_version not in self._discovered:
+            path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+            try:
+                resources = self.request("GET", path).get("resources") or []
+                self._discovered[api_version] = [r for r in resources if isinstance(r, dict)]
+            except K8sStatusError as exc:
+                if exc.code != 404:
+                    raise K8sStepError(f"discovery of {path} at {self.host}: {exc}") from exc
+                self._discovered[api_version] = None
+        resources = self._discovered[api_version]
+        if resources is None:
+            raise K8sStepError(f"{where}: apiVersion {api_version} is not served by {self.host}")
+        for r in resources:
+            name = str(r.get("name", ""))
+            if r.get("kind") == kind and name and "/" not in name:
+                group, _, version = api_version.rpartition("/")
+                return Resource(group, version, kind, name, bool(r.get("namespaced")))
+        raise K8sStepError(f"{where}: kind {kind} is not served in {api_version} by {self.host}")

@@ -1,0 +1,197 @@
+"""The agent home: ``tiangong agent init`` and the files it creates.
+
+Layout (all under the home directory, created 0700)::
+
+    agent.toml            the configuration (site connections and secrets are added here)
+    journal.sqlite        the journal (agent.journal)
+    keys/identity.key     Ed25519 identity: signs results, proves the agent to the hub
+    keys/box.key          X25519 key: bundles seal the site's secrets to it
+    keys/*.pub            their public halves (the hub also gets them in the enrollment)
+    trust/root.json       the hub's root document, pinned at init from a file the operator gives
+    inbox/                bundles arrive here (USB stick, share, live channel)
+    staging/              private: bundles being verified
+    archive/              bundles that were accepted, after they ran
+    quarantine/           bundles that were refused, each with <name>.reason.txt
+    outbox/               signed result files (and the enrollment request) for the hub
+    logs/ runs/           step logs and per-step working directories
+
+The agent's private keys are stored unencrypted (mode 0600, ``protection: none``) by default
+because the daemon must start unattended after a power cut; the home directory's permissions
+(and, in a container, its volume) are the protection. ``--passphrase-env VAR`` encrypts them
+instead, and the daemon then reads the passphrase from ``VAR`` at start.
+
+This module does not talk to the hub.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from agent.config import CONFIG_NAME, AgentConfig, load_config
+from agent.journal import Journal
+from signing.envelope import TYPE_ENROLLMENT, sign_envelope
+from signing.keyfile import (
+    load_private_key,
+    save_private_key,
+    write_file_atomic,
+    write_public_key,
+)
+from signing.keys import BoxKeyPair, SigningKey
+from signing.roots import TrustedRoot
+from signing.strictjson import dumps_canonical
+from tiangong import __version__
+
+__all__ = ["AgentKeys", "HomeError", "init_home", "load_keys"]
+
+SUBDIRS = ("inbox", "staging", "archive", "quarantine", "outbox", "logs", "runs", "keys",
+           "trust")
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+
+
+class HomeError(Exception):
+    """The agent home cannot be created or used."""
+
+
+@dataclass(frozen=True)
+class AgentKeys:
+    identity: SigningKey
+    box: BoxKeyPair
+
+
+def _passphrase(env: str | None) -> str | None:
+    if env is None:
+        return None
+    value = os.environ.get(env)
+    if not value:
+        raise HomeError(f"environment variable {env} (the key passphrase) is not set")
+    return value
+
+
+def load_keys(config: AgentConfig, passphrase_env: str | None = None) -> AgentKeys:
+    """Load the agent's identity and box keys.
+
+    Raises:
+        HomeError: a key file is missing or cannot be opened.
+    """
+    from signing.errors import KeyFileError
+
+    env = passphrase_env or os.environ.get("TIANGONG_AGENT_PASSPHRASE_ENV")
+    try:
+        pw = _passphrase(env) if env else None
+        ident = load_private_key(config.keys_dir / "identity.key", passphrase=pw)
+        box = load_private_key(config.keys_dir / "box.key", passphrase=pw)
+        return AgentKeys(ident.signing_key(), box.box_keypair())
+    except (KeyFileError, OSError) as exc:
+        raise HomeError(f"cannot load the agent keys from {config.keys_dir}: {exc}") from exc
+
+
+def init_home(
+    home: Path,
+    *,
+    root_file: Path,
+    agent_id: str | None = None,
+    environment: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    hub_url: str | None = None,
+    passphrase_env: str | None = None,
+    now: int | None = None,
+) -> tuple[AgentConfig, Path]:
+    """Create an agent home; return its config and the path of the enrollment request.
+
+    Raises:
+        HomeError: the home already holds an agent, the root file is not a valid self-signed
+            root, or the agent id is malformed.
+    """
+    from signing.errors import SigningError
+
+    home = Path(home)
+    now = int(time.time()) if now is None else now
+    if (home / CONFIG_NAME).exists():
+        raise HomeError(f"{home} already holds an agent ({CONFIG_NAME} exists); refusing to "
+                        "overwrite its keys")
+    try:
+        root_bytes = Path(root_file).read_bytes()
+        root = TrustedRoot.pin(root_bytes, now)
+    except OSError as exc:
+        raise HomeError(f"cannot read the hub root document {root_file}: {exc}") from exc
+    except SigningError as exc:
+        raise HomeError(f"{root_file} is not a valid hub root document: {exc}") from exc
+
+    identity = SigningKey.generate()
+    box = BoxKeyPair.generate()
+    hostname = socket.gethostname()
+    if agent_id is None:
+        base = re.sub(r"[^a-z0-9.-]+", "-", hostname.lower()).strip("-.") or "agent"
+        agent_id = f"{base[:40]}-{identity.key_id[:8]}"
+    if not _ID_RE.match(agent_id):
+        raise HomeError(f"agent id {agent_id!r} must match {_ID_RE.pattern}")
+
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(home, 0o700)
+    for sub in SUBDIRS:
+        (home / sub).mkdir(exist_ok=True, mode=0o700)
+
+    pw = _passphrase(passphrase_env)
+    for name, key in (("identity.key", identity), ("box.key", box)):
+        info = save_private_key(home / "keys" / name, key, role="agent",
+                                label=f"{agent_id} {name[:-4]}", passphrase=pw,
+                                insecure_no_passphrase=pw is None)
+        write_public_key(home / "keys" / f"{name}.pub", info)
+    write_file_atomic(home / "trust" / "root.json", root_bytes, mode=0o644, overwrite=True)
+
+    doc: dict[str, Any] = {
+        "agent": {
+            "id": agent_id,
+            "hub_id": root.document.hub_id,
+            "labels": dict(labels or {}),
+        },
+        "inbox": {"settle_seconds": 5.0, "rescan_seconds": 10.0, "polling_observer": False},
+        "run": {"bundle_timeout_s": 6 * 3600, "step_log_cap_bytes": 1024 * 1024},
+        "connections": {},
+        "secrets": {},
+    }
+    if environment:
+        doc["agent"]["environment"] = environment
+    if hub_url:
+        doc["agent"]["hub_url"] = hub_url
+    header = (
+        "# Tiangong agent configuration. Site connections and secrets are defined here and\n"
+        "# referenced by name from release steps; see docs/agent.md.\n"
+    )
+    write_file_atomic(home / CONFIG_NAME, (header + tomli_w.dumps(doc)).encode(), mode=0o600)
+    config = load_config(home)
+
+    journal = Journal(config.journal_path)
+    try:
+        journal.pin_root(root.document.hub_id, root_bytes, root.version)
+    finally:
+        journal.close()
+
+    request = {
+        "type": "tiangong/enrollment-request",
+        "agent_id": agent_id,
+        "hostname": hostname,
+        "environment": environment,
+        "labels": dict(labels or {}),
+        "ed25519_public": identity.public.raw.hex(),
+        "x25519_public": box.public.raw.hex(),
+        "agent_version": __version__,
+        "platform": platform.platform(terse=True),
+        "hub_id": root.document.hub_id,
+        "created": now,
+    }
+    # Signed by the identity key itself: proof that the requester holds it.
+    envelope = sign_envelope(TYPE_ENROLLMENT, dumps_canonical(request), [identity])
+    req_path = home / "outbox" / f"enrollment-{agent_id}.json"
+    write_file_atomic(req_path, envelope, mode=0o644, overwrite=True)
+    return config, req_path

@@ -1,0 +1,736 @@
+"""The agent's inbox: decide when a dropped bundle file is complete enough to pick up.
+
+The inbox is a directory that an operator fills by copying files onto it, or that is a USB stick
+or a network share mounted there. Copies take minutes, parts arrive one by one, sticks are pulled
+out mid-copy: a file that merely *exists* is not ready (watchdog #586, USER-PAINS.md).
+
+Rules, applied by :meth:`Inbox.scan` on every call:
+
+* Candidates are ``NAME.tgb`` (one-file bundle) and ``NAME.tgb.partNNN`` (split bundle, NNN is
+  3 or more digits; part 0 holds the signed header, parts 1.. the data).
+* Temp names are skipped silently: ``*.part``, ``*.tmp``, ``*.partial``, ``*.crdownload`` and
+  names starting with ``.`` or ``~``. Directories are skipped. Anything else is logged once as
+  ``ignored: not a bundle`` and left where it is.
+* A file is *settled* when its ``(size, mtime_ns)`` has not changed for ``settle_seconds`` as
+  observed over successive scans. First sight starts the clock and any change restarts it, so a
+  file already present when the agent starts still waits one full interval.
+* A split bundle is ready when every one of its parts is settled and part 0 says (via the
+  injected ``parts_needed``) how many data parts there are and all of them are present.
+  Until then it is reported as e.g. ``waiting for parts 3, 5 of 7``; it is never quarantined
+  for missing parts, which may still arrive. Parts beyond the count (stale leftovers) are
+  included in the ready item, so they are moved with it and the verifier can name them.
+* On NFS, attributes may be cached for up to ``acregmax`` (60 s by default): choose
+  ``settle_seconds`` above the share's attribute cache time, or mount it with a low
+  ``actimeo``, or a file still being written elsewhere can look settled.
+
+The decision logic is pure apart from ``os.scandir``/``os.stat`` (and ``parts_needed``), takes
+the time as an argument and never sleeps. :class:`InboxWatcher` is the thin I/O layer that
+*wakes* the agent's loop on filesystem events and on a periodic timer; the loop then calls
+:meth:`Inbox.scan`.
+
+This module deliberately does *not* verify, parse or trust bundles (``parts_needed`` reads an
+unverified count only to decide whether to keep waiting; the bundle verifier checks every part
+against the signed manifest later), never deletes a file, and is not thread-safe: one agent loop
+owns one :class:`Inbox`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import re
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "Inbox",
+    "InboxWatcher",
+    "PartsNeeded",
+    "ReadyItem",
+    "WaitingItem",
+    "default_parts_needed",
+    "move_to",
+    "write_reason",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SETTLE_SECONDS = 5.0  # seconds a file's size and mtime must stay unchanged
+DEFAULT_RESCAN_SECONDS = 10.0  # seconds between wake-ups when no filesystem event arrives
+WATCHER_JOIN_SECONDS = 5.0  # seconds to wait for watcher threads on stop()
+COPY_CHUNK_BYTES = 1024 * 1024  # bytes per read when copying across filesystems
+MAX_INBOX_ENTRIES = 10_000  # directory entries considered per scan (stat calls are per entry)
+
+BUNDLE_SUFFIX = ".tgb"
+TEMP_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload")
+TEMP_PREFIXES = (".", "~")
+_PART_RE = re.compile(r"^(?P<base>.+\.tgb)\.part(?P<index>\d{3,})$", re.IGNORECASE)
+
+SETTLING = "settling (size still changing)"
+
+PartsNeeded = Callable[[Path], "int | None"]
+"""``parts_needed(part000_path) -> number of data parts, or None if it cannot be told``."""
+
+
+@dataclass(frozen=True)
+class ReadyItem:
+    """A complete bundle in the inbox, ready to be verified.
+
+    ``name`` is the bundle's base name (``billing-2.4.0.tgb`` for both a single file and a split
+    group), ``paths`` the single file or every part in index order, ``size`` their total bytes,
+    ``first_seen`` the scan time at which the inbox first saw (any part of) it.
+    """
+
+    name: str
+    paths: tuple[Path, ...]
+    size: int
+    kind: Literal["single", "split"]
+    first_seen: float = field(compare=False)
+
+
+@dataclass(frozen=True)
+class WaitingItem:
+    """Something in the inbox that is not ready yet, with the reason, for ``agent status``."""
+
+    name: str
+    reason: str
+
+
+@dataclass
+class _Seen:
+    size: int
+    mtime_ns: int
+    first_seen: float
+    changed_at: float
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    kind: Literal["single", "split"]
+    base: str
+    index: int  # part index, 0 for a single file
+
+
+def _classify(name: str) -> _Candidate | Literal["temp", "other"]:
+    """Tell what a directory entry's *name* is. Pure."""
+    lower = name.lower()
+    if name.startswith(TEMP_PREFIXES) or lower.endswith(TEMP_SUFFIXES):
+        return "temp"
+    m = _PART_RE.match(name)
+    if m:
+        return _Candidate("split", m.group("base"), int(m.group("index")))
+    if lower.endswith(BUNDLE_SUFFIX) and len(name) > len(BUNDLE_SUFFIX):
+        return _Candidate("single", name, 0)
+    return "other"
+
+
+def default_parts_needed(part0: Path) -> int | None:
+    """Read the number of data parts from part 0, *unverified*, using the bundle package.
+
+    Expects ``bundle.inspect.read_manifest_unverified(path) -> Mapping`` and reads
+    ``manifest["parts"]["count"]``. Returns None when the bundle package cannot tell (module or
+    function missing, header unreadable or malformed): the group then keeps waiting.
+    """
+    try:
+        from bundle import inspect as bundle_inspect  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    read = getattr(bundle_inspect, "read_manifest_unverified", None)
+    if read is None:
+        return None
+    try:
+        manifest = read(part0)
+        count = manifest["parts"]["count"]
+    except Exception as e:  # any unreadable header means "cannot tell yet"
+        log.info("inbox: cannot read the part count from %s: %s", part0.name, e)
+        return None
+    if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+        return count
+    return None
+
+
+# I/O hooks, module-level so tests can simulate a pulled stick or a permission error.
+def _listdir(directory: Path) -> list[str]:
+    with os.scandir(directory) as it:
+        return [entry.name for entry in it]
+
+
+def _lstat(path: Path) -> os.stat_result:
+    return os.stat(path, follow_symlinks=False)
+
+
+def _readable(path: Path) -> bool:
+    return os.access(path, os.R_OK)
+
+
+def _describe(e: OSError) -> str:
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    return e.strerror or type(e).__name__
+
+
+class Inbox:
+    """Watches one inbox directory by being scanned; reports what is ready and what is waiting.
+
+    Args:
+        directory: the inbox; it may be missing (unmounted) at any time.
+        settle_seconds: how long a file must stay unchanged before it counts as complete.
+        parts_needed: tells the number of data parts of a split bundle from its part 0.
+        clock: used by :meth:`scan` when no time is passed (monotonic seconds).
+    """
+
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+        parts_needed: PartsNeeded = default_parts_needed,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.directory = Path(directory)
+        self.settle_seconds = settle_seconds
+        self._parts_needed = parts_needed
+        self._clock = clock
+        self._seen: dict[str, _Seen] = {}
+        self._errors: dict[str, str] = {}
+        self._handled: dict[str, tuple[int, int]] = {}
+        self._logged: set[str] = set()
+        self._counts: dict[str, tuple[tuple[int, int], int | None]] = {}
+        self._waiting: list[WaitingItem] = []
+        self._notes: set[str] = set()
+        self.problem: str | None = None
+        """Why the inbox cannot be read right now (``inbox unavailable: ...``), or None."""
+
+    # -- scanning (I/O) ---------------------------------------------------------------------
+
+    def scan(self, now: float | None = None) -> list[ReadyItem]:
+        """List the directory, update what was seen, and return the ready items.
+
+        Items are ordered by first-seen time, then name: the inbox cannot know bundle sequences
+        without parsing, so the caller re-orders by sequence after verifying if it needs to.
+        Call :meth:`forget` once an item is handled (moved away), so it is not offered again.
+        Never raises for a missing inbox or an unreadable file: see :meth:`waiting` and
+        :attr:`problem`.
+        """
+        if now is None:
+            now = self._clock()
+        try:
+            names = _listdir(self.directory)
+        except OSError as e:
+            self._unavailable(e)
+            return []
+        if self.problem is not None:
+            log.warning("inbox %s: available again", self.directory)
+            self.problem = None
+        notes: list[WaitingItem] = []
+        if len(names) > MAX_INBOX_ENTRIES:
+            note = (
+                f"inbox holds {len(names)} entries; only the first {MAX_INBOX_ENTRIES} "
+                "by name are considered"
+            )
+            if note not in self._notes:
+                log.warning("inbox %s: %s", self.directory, note)
+            notes.append(WaitingItem(str(self.directory), note))
+            names = sorted(names)[:MAX_INBOX_ENTRIES]
+        self._notes = {n.reason for n in notes}
+
+        observed: dict[str, tuple[int, int]] = {}
+        errors: dict[str, str] = {}
+        for name in names:
+            kind = _classify(name)
+            if kind == "temp":
+                continue
+            path = self.directory / name
+            try:
+                st = _lstat(path)
+            except FileNotFoundError:
+                continue  # vanished between listing and stat: the stick was pulled
+            except OSError as e:
+                if isinstance(kind, _Candidate):
+                    errors[name] = _describe(e)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                self._log_once(name, "ignored: not a regular file")
+                continue
+            if kind == "other":
+                self._log_once(name, "ignored: not a bundle")
+                continue
+            observed[name] = (st.st_size, st.st_mtime_ns)
+        ready = self._update(now, set(names), observed, errors)
+        self._waiting = notes + self._waiting
+        return ready
+
+    def _unavailable(self, e: OSError) -> None:
+        problem = f"inbox unavailable: {_describe(e)}"
+        if self.problem != problem:
+            log.warning("inbox %s: %s", self.directory, problem)
+        self.problem = problem
+        # Files may be rewritten while unmounted: every clock restarts when it comes back.
+        self._seen.clear()
+        self._errors.clear()
+        self._counts.clear()
+        self._waiting = [WaitingItem(str(self.directory), problem)]
+
+    def _log_once(self, name: str, message: str) -> None:
+        if name not in self._logged:
+            self._logged.add(name)
+            log.info("inbox %s: %s: %s", self.directory, name, message)
+
+    # -- deciding (pure apart from parts_needed and the readability check) -------------------
+
+    def _update(
+        self,
+        now: float,
+        listed: set[str],
+        observed: Mapping[str, tuple[int, int]],
+        errors: Mapping[str, str],
+    ) -> list[ReadyItem]:
+        self._logged &= listed
+        for name, fingerprint in list(self._handled.items()):
+            if name in errors:
+                continue
+            if observed.get(name) != fingerprint:
+                del self._handled[name]  # gone, or replaced by a new copy: track it afresh
+        for name in list(self._seen):
+            if name not in observed:
+                del self._seen[name]
+        for name, (size, mtime_ns) in observed.items():
+            if self._handled.get(name) == (size, mtime_ns):
+                continue
+            seen = self._seen.get(name)
+            if seen is None:
+                self._seen[name] = _Seen(size, mtime_ns, now, now)
+            elif (seen.size, seen.mtime_ns) != (size, mtime_ns):
+                seen.size, seen.mtime_ns, seen.changed_at = size, mtime_ns, now
+        for name in errors.keys() - self._errors.keys():
+            log.warning("inbox %s: cannot read %s: %s", self.directory, name, errors[name])
+        self._errors = dict(errors)
+
+        singles: list[str] = []
+        groups: dict[str, dict[int, list[str]]] = {}
+        for name in [*self._seen, *self._errors]:
+            cand = _classify(name)
+            assert isinstance(cand, _Candidate)
+            if cand.kind == "single":
+                singles.append(name)
+            else:
+                groups.setdefault(cand.base, {}).setdefault(cand.index, []).append(name)
+        self._counts = {b: c for b, c in self._counts.items() if b in groups}
+
+        ready: list[ReadyItem] = []
+        waiting: list[WaitingItem] = []
+        for name in singles:
+            item_or_reason = self._decide_single(now, name)
+            if isinstance(item_or_reason, ReadyItem):
+                ready.append(item_or_reason)
+            else:
+                waiting.append(WaitingItem(name, item_or_reason))
+        for base, parts in groups.items():
+            item_or_reason = self._decide_group(now, base, parts)
+            if isinstance(item_or_reason, ReadyItem):
+                ready.append(item_or_reason)
+            else:
+                waiting.append(WaitingItem(base, item_or_reason))
+        ready.sort(key=lambda i: (i.first_seen, i.name, i.kind))
+        waiting.sort(key=lambda w: (w.name, w.reason))
+        self._waiting = waiting
+        return ready
+
+    def _settled(self, now: float, name: str) -> bool:
+        seen = self._seen[name]
+        return now - seen.changed_at >= self.settle_seconds
+
+    def _unreadable(self, names: Iterable[str]) -> str | None:
+        for name in names:
+            if name in self._errors:
+                return f"cannot read {name}: {self._errors[name]}"
+        return None
+
+    def _decide_single(self, now: float, name: str) -> ReadyItem | str:
+        problem = self._unreadable([name])
+        if problem:
+            return problem
+        if not self._settled(now, name):
+            return SETTLING
+        path = self.directory / name
+        if not _readable(path):
+            return f"cannot read {name}: permission denied"
+        seen = self._seen[name]
+        return ReadyItem(name, (path,), seen.size, "single", seen.first_seen)
+
+    def _decide_group(self, now: float, base: str, parts: dict[int, list[str]]) -> ReadyItem | str:
+        names = [n for i in sorted(parts) for n in sorted(parts[i])]
+        problem = self._unreadable(names)
+        if problem:
+            return problem
+        for index in sorted(parts):
+            if len(parts[index]) > 1:
+                return f"conflicting files for part {index}: {', '.join(sorted(parts[index]))}"
+        if 0 not in parts:
+            return "waiting for part 0 (the header)"
+        part0 = parts[0][0]
+        if not self._settled(now, part0):
+            return SETTLING
+        count = self._count(base, part0)
+        if count is None:
+            return "waiting for part 0 to be readable (cannot tell the number of parts)"
+        missing = [i for i in range(1, count + 1) if i not in parts]
+        if missing:
+            return f"waiting for parts {', '.join(map(str, missing))} of {count}"
+        if not all(self._settled(now, n) for n in names):
+            return SETTLING
+        paths = tuple(self.directory / n for n in names)
+        for path in paths:
+            if not _readable(path):
+                return f"cannot read {path.name}: permission denied"
+        seen = [self._seen[n] for n in names]
+        return ReadyItem(
+            base, paths, sum(s.size for s in seen), "split", min(s.first_seen for s in seen)
+        )
+
+    def _count(self, base: str, part0: str) -> int | None:
+        seen = self._seen[part0]
+        fingerprint = (seen.size, seen.mtime_ns)
+        cached = self._counts.get(base)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        try:
+            count = self._parts_needed(self.directory / part0)
+        except Exception as e:  # a plug-in failure must not stop the agent's loop
+            log.warning("inbox %s: cannot tell the parts of %s: %s", self.directory, base, e)
+            count = None
+        self._counts[base] = (fingerprint, count)
+        return count
+
+    # -- reporting and bookkeeping ----------------------------------------------------------
+
+    def waiting(self) -> list[WaitingItem]:
+        """What the last :meth:`scan` found not ready, with reasons (for ``agent status``)."""
+        return list(self._waiting)
+
+    def forget(self, item: ReadyItem) -> None:
+        """Mark *item* handled: it is not offered again unless its files change or reappear.
+
+        Call after moving the item's files to the archive or quarantine; if a file is still in
+        the inbox unchanged (the move failed), it is not picked up again in a loop.
+        """
+        for path in item.paths:
+            seen = self._seen.pop(path.name, None)
+            if seen is not None:
+                self._handled[path.name] = (seen.size, seen.mtime_ns)
+        self._counts.pop(item.name, None)
+
+
+# -- moving files out of the inbox -----------------------------------------------------------
+
+
+def _with_suffix_number(name: str, n: int) -> str:
+    """``billing-2.4.0.tgb.part001`` → ``billing-2.4.0-1.tgb.part001``. Pure."""
+    if n == 0:
+        return name
+    at = name.lower().rfind(BUNDLE_SUFFIX)
+    if at <= 0:
+        stem, dot, ext = name.rpartition(".")
+        return f"{stem}-{n}.{ext}" if dot and stem else f"{name}-{n}"
+    return f"{name[:at]}-{n}{name[at:]}"
+
+
+def _free_names(dest_dir: Path, names: Sequence[str]) -> list[Path]:
+    """Target paths for *names* in *dest_dir*, all with the same ``-N`` suffix, none existing."""
+    n = 0
+    while True:
+        targets = [dest_dir / _with_suffix_number(name, n) for name in names]
+        if not any(os.path.lexists(t) for t in targets):
+            return targets
+        n += 1
+
+
+def _same_filesystem(src: Path, dest_dir: Path) -> bool:
+    return os.stat(src).st_dev == os.stat(dest_dir).st_dev
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_chunks(src: Any, dst: Any) -> None:
+    while chunk := src.read(COPY_CHUNK_BYTES):
+        dst.write(chunk)
+
+
+def _copy_to_temp(src: Path, dest_dir: Path) -> Path:
+    """Copy *src* into a hidden temp file in *dest_dir*, fsynced. Removes the temp on failure."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{src.name}.", suffix=".tmp", dir=dest_dir)
+    tmp = Path(tmp_name)
+    try:
+        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+            expected = os.fstat(fin.fileno()).st_size
+            _copy_chunks(fin, fout)
+            fout.flush()
+            os.fsync(fout.fileno())
+            copied = os.fstat(fout.fileno()).st_size
+            if copied != expected or os.fstat(fin.fileno()).st_size != expected:
+                raise OSError(
+                    errno.EIO,
+                    f"copy of {src.name} is incomplete: {copied} of {expected} bytes "
+                    "(source changed or could not be read completely)",
+                )
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def move_to(item: ReadyItem, dest_dir: Path | str) -> list[Path]:
+    """Move all of *item*'s files into *dest_dir* (created if needed); return the new paths.
+
+    Within one filesystem each file is renamed (``os.replace``). Across filesystems (a USB stick
+    is one) every file is first copied to a hidden temp name in *dest_dir* and fsynced, then all
+    are renamed into place, the directory is fsynced, and only then are the sources removed: an
+    interruption at any point leaves each file in the inbox, in *dest_dir*, or in both, never in
+    neither. Clashing names get one common suffix for the whole item (``x-1.tgb.part000`` ...).
+
+    Raises:
+        OSError: a file could not be copied or renamed; files not yet moved are still in the
+            inbox and no temp file is left behind.
+    """
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    targets = _free_names(dest, [p.name for p in item.paths])
+    copies: dict[Path, Path] = {}  # source -> fsynced temp copy in dest
+    try:
+        for src in item.paths:
+            if not _same_filesystem(src, dest):
+                copies[src] = _copy_to_temp(src, dest)
+        for src, target in zip(item.paths, targets, strict=True):
+            if src in copies:
+                os.replace(copies[src], target)
+                copies[src] = target  # now only the source remains to be removed
+                continue
+            try:
+                os.replace(src, target)
+            except OSError as e:
+                if e.errno != errno.EXDEV:  # e.g. bind mounts on one device
+                    raise
+                os.replace(_copy_to_temp(src, dest), target)
+                copies[src] = target
+        _fsync_dir(dest)
+    except BaseException:
+        for tmp in copies.values():
+            if tmp not in targets:
+                tmp.unlink(missing_ok=True)
+        raise
+    for src in copies:
+        src.unlink(missing_ok=True)
+    if copies:
+        with contextlib.suppress(OSError):  # some network shares refuse fsync on directories
+            _fsync_dir(item.paths[0].parent)
+    return targets
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(COPY_CHUNK_BYTES):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _item_files(dest_dir: Path, name: str) -> list[Path]:
+    found = []
+    for entry in sorted(_listdir(dest_dir)):
+        cand = _classify(entry)
+        if entry == name or (isinstance(cand, _Candidate) and cand.base == name):
+            found.append(dest_dir / entry)
+    return found
+
+
+def write_reason(
+    dest_dir: Path | str,
+    name: str,
+    check: str,
+    reason: str,
+    *,
+    files: Sequence[Path] | None = None,
+    now: datetime | None = None,
+) -> Path:
+    """Write ``<name>.reason.txt`` in *dest_dir* atomically, beside a quarantined item.
+
+    The file names the check that failed, the reason, the time (UTC) and the SHA-256 of each of
+    the item's files: *files* if given, else ``name`` and ``name.partNNN`` found in *dest_dir*.
+
+    Raises:
+        ValueError: *name* is not a plain file name.
+        OSError: the file could not be written (no partial reason file is left).
+    """
+    if not name or "/" in name or os.sep in name or name in (".", ".."):
+        raise ValueError(f"not a file name: {name!r}")
+    dest = Path(dest_dir)
+    when = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    paths = list(files) if files is not None else _item_files(dest, name)
+    lines = [
+        f"bundle: {name}",
+        f"check: {check}",
+        "reason: " + reason.strip().replace("\n", "\n  "),
+        f"time: {when}",
+        "files:",
+        *(f"  sha256:{_sha256_file(p)}  {p.stat().st_size}  {p.name}" for p in paths),
+    ]
+    target = dest / f"{name}.reason.txt"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=dest)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(dest)
+    return target
+
+
+# -- the watcher: only wakes the agent's loop ------------------------------------------------
+
+
+class InboxWatcher:
+    """Calls *on_change* on filesystem events in the inbox and every *rescan_seconds*.
+
+    Events only *wake* the agent (pass e.g. ``threading.Event().set``); the agent's loop then
+    calls :meth:`Inbox.scan`, which decides. The periodic call matters: USB mounts and network
+    shares often deliver no events. On each periodic tick the watch is re-established if the
+    inbox was missing or was remounted (its device or inode changed). Set ``polling=True`` for
+    filesystems where inotify does not work (``PollingObserver``); the watcher also switches to
+    polling by itself when native events cannot be set up. One watcher is started once.
+    """
+
+    def __init__(
+        self,
+        inbox_dir: Path | str,
+        on_change: Callable[[], None],
+        rescan_seconds: float = DEFAULT_RESCAN_SECONDS,
+        *,
+        polling: bool = False,
+    ) -> None:
+        self.inbox_dir = Path(inbox_dir)
+        self.on_change = on_change
+        self.rescan_seconds = rescan_seconds
+        self.polling = polling
+        self._stop = threading.Event()
+        self._observer: Any = None
+        self._watched: tuple[int, int] | None = None
+        self._timer: threading.Thread | None = None
+        self._handler: Any = None
+        self._last_warning = ""
+
+    def start(self) -> None:
+        """Start the observer and the rescan timer. A missing inbox is not an error."""
+        from watchdog.events import FileSystemEventHandler
+
+        wake = self._wake
+
+        class _Handler(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                # Our own reads (opened / closed without writing) must not wake us in a loop.
+                if event.event_type not in ("opened", "closed_no_write"):
+                    wake()
+
+        self._handler = _Handler()
+        self._observer = self._new_observer()
+        self._observer.start()
+        self._rewatch()
+        self._timer = threading.Thread(target=self._tick, name="inbox-rescan", daemon=True)
+        self._timer.start()
+
+    def stop(self) -> None:
+        """Stop both threads; waits at most a few seconds for each."""
+        self._stop.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=WATCHER_JOIN_SECONDS)
+        if self._timer is not None:
+            self._timer.join(timeout=WATCHER_JOIN_SECONDS)
+
+    def __enter__(self) -> InboxWatcher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _new_observer(self) -> Any:
+        if self.polling:
+            from watchdog.observers.polling import PollingObserver
+
+            return PollingObserver(timeout=min(self.rescan_seconds, 1.0))
+        from watchdog.observers import Observer
+
+        return Observer()
+
+    def _wake(self) -> None:
+        try:
+            self.on_change()
+        except Exception:
+            log.exception("inbox watcher: on_change failed")
+
+    def _rewatch(self) -> None:
+        try:
+            st = os.stat(self.inbox_dir)
+        except OSError:
+            identity = None
+        else:
+            identity = (st.st_dev, st.st_ino)
+        if identity == self._watched:
+            return
+        self._observer.unschedule_all()
+        self._watched = None
+        if identity is None:
+            return
+        try:
+            self._observer.schedule(self._handler, str(self.inbox_dir), recursive=False)
+        except FileNotFoundError:
+            return  # unmounted meanwhile; the next tick tries again
+        except OSError as e:
+            if self.polling:
+                self._warn_once(f"cannot watch {self.inbox_dir}: {e}; relying on rescans")
+                return
+            # inotify unavailable or out of watches (fs.inotify.max_user_watches)
+            self._warn_once(f"cannot watch {self.inbox_dir} with native events ({e}); polling")
+            self.polling = True
+            self._observer.stop()
+            self._observer.join(timeout=WATCHER_JOIN_SECONDS)
+            self._observer = self._new_observer()
+            self._observer.start()
+            self._rewatch()
+            return
+        self._watched = identity
+
+    def _warn_once(self, message: str) -> None:
+        if message != self._last_warning:
+            self._last_warning = message
+            log.warning("inbox watcher: %s", message)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.rescan_seconds):
+            try:
+                self._rewatch()
+            except Exception:
+                log.exception("inbox watcher: cannot re-establish the watch")
+            self._wake()

@@ -1,0 +1,494 @@
+"""The agent's live client: an asyncio layer over :class:`bundle.sync.AgentSide`.
+
+While the hub is reachable the agent keeps one WebSocket open to ``hub_url``
+(docs/live-protocol.md §10):
+
+* **Bundles in.** An offered ``*.tgb`` is written to ``<home>/staging/live-<transfer>.part``
+  through a :class:`bundle.sync.TransferReceiver`; the file is fsynced before every ACK. After
+  a reconnect the partial file is fsynced, fed to ``absorb_existing`` and the transfer resumes
+  from its length. On DONE the whole file is checked, fsynced and renamed into the inbox:
+  the usual inbox → verify → run path takes over (nothing is verified or run here). A file
+  whose bytes do not match the offer is deleted and the transfer cancelled (``corrupt``).
+* **Results out.** Every ``*.tgr`` in the outbox not yet listed in ``<home>/live-sent.json``
+  is offered (RESULT_OFFER) and sent from the offset the hub asks for; on RECEIVED its name
+  is added to that list (written atomically).
+* **Step logs.** :meth:`LiveClient.live_log` is the runner's ``live_log`` hook: lines are
+  queued (bounded) and sent as LOG within the protocol's rate, ``seq`` counting per bundle.
+* **Heartbeats** at the interval of WELCOME; **reconnects** with jittered exponential
+  backoff, bounded by ``max_backoff``.
+
+Deliberately not here (yet): TLS pinning of the hub's CA and the channel binding (plain
+``ws://`` works; a ``wss://`` URL uses the system's default context); log ``seq`` numbers
+restart at 0 per bundle when the agent process restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.protocol import State as WsState
+
+from agent.config import AgentConfig
+from agent.home import AgentKeys, load_keys
+from bundle.sync import (
+    MAX_CHUNK_BYTES,
+    MAX_LOG_LINE_BYTES,
+    MAX_MESSAGE_BYTES,
+    MAX_TRANSFERS,
+    AckReceived,
+    AgentSide,
+    ChunkReceived,
+    Offer,
+    OfferReceived,
+    PeerError,
+    Refused,
+    ResumeRequested,
+    TransferCancelled,
+    TransferDone,
+    TransferReceived,
+    TransferReceiver,
+    Welcomed,
+)
+from bundle.sync_errors import SyncError, TransferError
+
+__all__ = ["LiveClient", "run_live_client"]
+
+log = logging.getLogger("tiangong.agent.live")
+
+ACK_EVERY_BYTES = 8 * 1024 * 1024  # bytes received between two fsync + ACK
+WINDOW_BYTES = 32 * 1024 * 1024  # bytes of a result sent and not yet acknowledged
+SENT_STATE = "live-sent.json"  # in the agent home: names of results the hub received
+MAX_QUEUED_LOGS = 10_000  # LOG messages waiting for the connection; more are dropped (counted)
+_LOG_STREAMS = ("stdout", "stderr", "info")  # what LOG carries; other streams go as "info"
+
+
+class _FileSink:
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+
+    def write(self, part: int, data: bytes) -> None:
+        self.fh.write(data)
+
+
+@dataclass
+class _Incoming:
+    receiver: TransferReceiver
+    path: Path
+    fh: Any
+    acked: int
+
+
+@dataclass
+class _Session:
+    ws: ClientConnection
+    conn: AgentSide
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    incoming: dict[str, _Incoming] = field(default_factory=dict)
+    outgoing: dict[str, Path] = field(default_factory=dict)
+    acked: dict[str, asyncio.Event] = field(default_factory=dict)
+    skipped: set[str] = field(default_factory=set)  # results the hub cancelled this time
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def flush(self) -> None:
+        """Send what the protocol queued. Once the hub has closed, nothing more can be sent:
+        the receive loop keeps writing what already arrived (more to resume from) and then
+        ends the session."""
+        async with self.send_lock:
+            messages = self.conn.data_to_send()
+            with contextlib.suppress(ConnectionClosed):
+                for message in messages:
+                    await self.ws.send(message)
+
+    @property
+    def open(self) -> bool:
+        return self.conn.is_open and self.ws.state is WsState.OPEN
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LiveClient:
+    """One agent's live connection to its hub, reconnecting until stopped.
+
+    ``ssl`` is passed to ``websockets`` for ``wss://`` URLs; ``outbox_poll_seconds`` is how
+    often the outbox is looked at for new results.
+    """
+
+    def __init__(self, config: AgentConfig, *, keys: AgentKeys | None = None,
+                 url: str | None = None, ssl: Any = None, min_backoff: float = 0.5,
+                 max_backoff: float = 60.0, outbox_poll_seconds: float = 2.0,
+                 rng: Callable[[], float] = random.random) -> None:
+        self.config = config
+        self.url = url or config.hub_url
+        if not self.url:
+            raise ValueError(f"agent {config.agent_id}: no hub_url in agent.toml")
+        if config.hub_id is None:
+            raise ValueError(f"agent {config.agent_id}: no hub_id in agent.toml")
+        self.keys = keys or load_keys(config)
+        self.ssl = ssl
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self.outbox_poll_seconds = outbox_poll_seconds
+        self._rng = rng
+        self.connected = threading.Event()  # set while authenticated
+        self.last_refusal: tuple[str, str] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._logs: asyncio.Queue[tuple[str, int, int, str, str]] | None = None
+        self._log_seq: dict[str, int] = {}
+        self.dropped_logs = 0
+
+    # -- step logs (called from the runner's threads)
+
+    def live_log(self, bundle_id: str, step: int, line: Any) -> None:
+        """The runner's ``live_log`` hook (``Agent(config, live_log=client.live_log)``):
+        queue one line of step output for the hub. Thread-safe; never blocks a step. The
+        queue holds :data:`MAX_QUEUED_LOGS` messages (also while offline); beyond that lines
+        are dropped and counted in :attr:`dropped_logs` (the result file keeps the log)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self.dropped_logs += 1
+            return
+        stream = line.stream if line.stream in _LOG_STREAMS else "info"
+        with contextlib.suppress(RuntimeError):  # the loop is shutting down
+            loop.call_soon_threadsafe(self._queue_log, bundle_id, step, stream, str(line.text))
+
+    def _queue_log(self, bundle_id: str, step: int, stream: str, text: str) -> None:
+        assert self._logs is not None
+        body = text.encode("utf-8", errors="replace")
+        pieces = [body[i:i + MAX_LOG_LINE_BYTES] for i in range(0, len(body), MAX_LOG_LINE_BYTES)]
+        for piece in pieces or [b""]:
+            if self._logs.full():
+                self.dropped_logs += 1
+                continue
+            seq = self._log_seq.get(bundle_id, 0)
+            self._log_seq[bundle_id] = seq + 1
+            self._logs.put_nowait((bundle_id, step, seq, stream,
+                                   piece.decode("utf-8", errors="replace")))
+
+    async def _send_logs(self, s: _Session) -> None:
+        assert self._logs is not None
+        while s.open:
+            item = await self._logs.get()
+            while (wait := s.conn.log_wait()) > 0:
+                await asyncio.sleep(wait)
+            if not s.open:
+                self._logs.put_nowait(item)  # the next connection sends it
+                return
+            s.conn.send_log(*item)
+            await s.flush()
+
+    # -- the reconnect loop
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before connection attempt ``attempt`` (1 = first retry):
+        exponential, capped at ``max_backoff``, with full jitter in its upper half."""
+        ceiling = min(self.max_backoff, self.min_backoff * 2.0 ** max(0, attempt - 1))
+        return float(ceiling * (0.5 + 0.5 * self._rng()))
+
+    async def run(self, stop: threading.Event) -> None:
+        """Connect, serve, reconnect with backoff, until ``stop`` is set."""
+        self._loop = asyncio.get_running_loop()
+        self._logs = asyncio.Queue(MAX_QUEUED_LOGS)
+        attempt = 0
+        while not stop.is_set():
+            welcomed = False
+            try:
+                welcomed = await self._connect_once(stop)
+            except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+                log.info("live: cannot reach %s: %s", self.url, exc)
+            except ConnectionClosed as exc:
+                log.info("live: connection to %s closed: %s", self.url, exc)
+            finally:
+                self.connected.clear()
+            attempt = 1 if welcomed else attempt + 1
+            delay = self.backoff(attempt)
+            deadline = asyncio.get_running_loop().time() + delay
+            while not stop.is_set() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(min(0.1, delay))
+
+    async def _connect_once(self, stop: threading.Event) -> bool:
+        assert self.config.hub_id is not None and self.url is not None
+        conn = AgentSide(self.config.agent_id, self.config.hub_id, self.keys.identity)
+        async with connect(self.url, compression=None, max_size=MAX_MESSAGE_BYTES,
+                           ssl=self.ssl, open_timeout=10) as ws:
+            s = _Session(ws, conn)
+            conn.send_hello()
+            await s.flush()
+            welcomed = False
+            watcher = asyncio.create_task(self._watch_stop(stop, ws))
+            try:
+                async for message in ws:
+                    if isinstance(message, str):
+                        log.warning("live: the hub sent a text message; closing")
+                        break
+                    try:
+                        conn.receive_data(message)
+                    except SyncError as exc:
+                        log.warning("live: %s", exc)
+                    for event in conn.events_received():
+                        if isinstance(event, Welcomed):
+                            welcomed = True
+                            self.connected.set()
+                            log.info("live: connected to %s", self.url)
+                            s.spawn(self._heartbeats(s, event.heartbeat))
+                            s.spawn(self._watch_outbox(s))
+                            s.spawn(self._send_logs(s))
+                        else:
+                            await self._on_event(s, event)
+                    await s.flush()
+                    if conn.is_closed:
+                        if conn.close_code is not None and conn.failure is not None:
+                            await ws.close(conn.close_code, conn.failure.code)
+                        break
+            finally:
+                watcher.cancel()
+                for task in list(s.tasks):
+                    task.cancel()
+                for inc in s.incoming.values():
+                    inc.fh.close()
+            return welcomed
+
+    async def _watch_stop(self, stop: threading.Event, ws: ClientConnection) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        await ws.close(1001, "going away")
+
+    async def _heartbeats(self, s: _Session, interval: int) -> None:
+        n = 0
+        while s.open:
+            await asyncio.sleep(interval)
+            if not s.open:
+                return
+            n += 1
+            s.conn.send_heartbeat(n)
+            await s.flush()
+
+    async def _on_event(self, s: _Session, event: Any) -> None:
+        if isinstance(event, Refused | PeerError):
+            self.last_refusal = (event.code, event.text)
+            log.error("live: the hub closed the connection: %s (%s)", event.code, event.text)
+        elif isinstance(event, OfferReceived):
+            self._open_incoming(s, event.offer)
+        elif isinstance(event, ChunkReceived):
+            self._write_chunk(s, event)
+        elif isinstance(event, TransferDone):
+            self._finish_incoming(s, event.transfer)
+        elif isinstance(event, TransferCancelled):
+            self._cancelled(s, event)
+        elif isinstance(event, ResumeRequested):
+            s.spawn(self._send_result(s, event.transfer, event.offset))
+        elif isinstance(event, AckReceived):
+            if event.transfer in s.acked:
+                s.acked[event.transfer].set()
+        elif isinstance(event, TransferReceived):
+            self._result_received(s, event.transfer)
+
+    # -- bundles in
+
+    def _partial(self, transfer: str) -> Path:
+        return self.config.staging / f"live-{transfer}.part"
+
+    def _open_incoming(self, s: _Session, offer: Offer) -> None:
+        self.config.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self._partial(offer.transfer)
+        fh = path.open("ab+")
+        os.fsync(fh.fileno())  # what is in the file now is what we resume from
+        fh.seek(0)
+        sink = _FileSink(fh)
+        receiver = TransferReceiver(offer, sink)
+        try:
+            while block := fh.read(1024 * 1024):
+                receiver.absorb_existing(block)
+        except SyncError:  # an older, different offer under this id: start again
+            fh.truncate(0)
+            receiver = TransferReceiver(offer, sink)
+        fh.seek(0, os.SEEK_END)
+        s.incoming[offer.transfer] = _Incoming(receiver, path, fh, receiver.offset)
+        if receiver.offset:
+            log.info("live: resuming %s at byte %d of %d", offer.name, receiver.offset,
+                     offer.size)
+        s.conn.send_resume(offer.transfer, receiver.offset)
+
+    def _write_chunk(self, s: _Session, event: ChunkReceived) -> None:
+        inc = s.incoming.get(event.transfer)
+        if inc is None:
+            return
+        try:
+            inc.receiver.write(event.offset, event.data)
+        except SyncError as exc:
+            self._reject_incoming(s, event.transfer, exc)
+            return
+        if (inc.receiver.offset - inc.acked >= ACK_EVERY_BYTES
+                or inc.receiver.offset == inc.receiver.offer.size):
+            self._sync_and_ack(s, event.transfer, inc)
+
+    def _sync_and_ack(self, s: _Session, transfer: str, inc: _Incoming) -> None:
+        inc.fh.flush()
+        os.fsync(inc.fh.fileno())
+        inc.acked = inc.receiver.offset
+        s.conn.send_ack(transfer, inc.acked)
+
+    def _reject_incoming(self, s: _Session, transfer: str, exc: SyncError) -> None:
+        inc = s.incoming.pop(transfer)
+        inc.fh.close()
+        inc.path.unlink(missing_ok=True)
+        log.error("live: %s rejected: %s", inc.receiver.offer.name, exc)
+        s.conn.send_cancel(transfer, "hub", "corrupt", exc.remote_text)
+
+    def _finish_incoming(self, s: _Session, transfer: str) -> None:
+        inc = s.incoming.get(transfer)
+        if inc is None:
+            return
+        try:
+            inc.receiver.finish()
+        except TransferError as exc:
+            self._reject_incoming(s, transfer, exc)
+            return
+        del s.incoming[transfer]
+        inc.fh.flush()
+        os.fsync(inc.fh.fileno())
+        inc.fh.close()
+        dest = self.config.inbox / inc.receiver.offer.name
+        if dest.exists():  # delivered by media too: the journal runs it once
+            inc.path.unlink()
+        else:
+            os.replace(inc.path, dest)
+            _fsync_dir(self.config.inbox)
+        log.info("live: received %s into the inbox", dest.name)
+        s.conn.send_received(transfer)
+
+    def _cancelled(self, s: _Session, event: TransferCancelled) -> None:
+        if event.offered_by == "hub":
+            inc = s.incoming.pop(event.transfer, None)
+            if inc is not None:
+                inc.fh.close()
+                inc.path.unlink(missing_ok=True)
+        else:
+            path = s.outgoing.pop(event.transfer, None)
+            s.acked.pop(event.transfer, None)
+            if path is not None:
+                s.skipped.add(path.name)
+                log.warning("live: the hub cancelled result %s: %s (%s)", path.name,
+                            event.code, event.text)
+
+    # -- results out
+
+    @property
+    def _sent_path(self) -> Path:
+        return self.config.home / SENT_STATE
+
+    def sent_results(self) -> set[str]:
+        """Names of outbox results the hub confirmed (RECEIVED)."""
+        try:
+            names = json.loads(self._sent_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return set()
+        return {n for n in names if isinstance(n, str)}
+
+    def _mark_sent(self, name: str) -> None:
+        names = sorted(self.sent_results() | {name})
+        tmp = self._sent_path.with_name(SENT_STATE + ".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            json.dump(names, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._sent_path)
+        _fsync_dir(self.config.home)
+
+    async def _watch_outbox(self, s: _Session) -> None:
+        while s.open:
+            self._offer_results(s)
+            await s.flush()
+            await asyncio.sleep(self.outbox_poll_seconds)
+
+    def _offer_results(self, s: _Session) -> None:
+        sent = self.sent_results()
+        offered = {p.name for p in s.outgoing.values()}
+        for path in sorted(self.config.outbox.glob("*.tgr")):
+            if len(s.outgoing) >= MAX_TRANSFERS:
+                return
+            if path.name in sent or path.name in offered or path.name in s.skipped:
+                continue
+            transfer = path.name[: -len(".tgr")]
+            size, digest = _size_and_sha256(path)
+            try:
+                offer = Offer(transfer, path.name, size, digest)
+            except SyncError as exc:
+                log.warning("live: result %s cannot be offered: %s", path.name, exc)
+                s.skipped.add(path.name)
+                continue
+            s.conn.send_offer(offer)
+            s.outgoing[transfer] = path
+            s.acked[transfer] = asyncio.Event()
+
+    async def _send_result(self, s: _Session, transfer: str, offset: int) -> None:
+        path = s.outgoing.get(transfer)
+        if path is None:
+            return
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            while offset < size and s.open and transfer in s.outgoing:
+                if s.conn.in_flight(transfer) >= WINDOW_BYTES:
+                    s.acked[transfer].clear()
+                    await s.acked[transfer].wait()
+                    continue
+                data = fh.read(min(MAX_CHUNK_BYTES, size - offset))
+                s.conn.send_chunk(transfer, offset, data)
+                offset += len(data)
+                await s.flush()
+        if offset == size and s.open and transfer in s.outgoing:
+            s.conn.send_done(transfer)
+            await s.flush()
+
+    def _result_received(self, s: _Session, transfer: str) -> None:
+        path = s.outgoing.pop(transfer, None)
+        s.acked.pop(transfer, None)
+        if path is not None:
+            self._mark_sent(path.name)
+            log.info("live: the hub received result %s", path.name)
+
+
+def _size_and_sha256(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while block := fh.read(1024 * 1024):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def run_live_client(config: AgentConfig, stop_event: threading.Event,
+                    **options: Any) -> None:
+    """Run the live client until ``stop_event`` is set (blocking; call it in a thread).
+
+    ``options`` go to :class:`LiveClient` (``ssl``, ``min_backoff``, ``max_backoff``,
+    ``outbox_poll_seconds``, ``keys``, ``url``).
+    """
+    client = LiveClient(config, **options)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(client.run(stop_event))

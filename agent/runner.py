@@ -1,0 +1,246 @@
+"""Runs the steps of an accepted, verified bundle, in order, journal first.
+
+For each step: validate every step before the first runs (a malformed step fails the bundle
+before anything changes); resolve the step's connection and secrets; mark the attempt
+``running`` in the journal (committed) *before* starting it; run it with a deadline that is the
+smaller of the step's timeout and the bundle's overall deadline; record the outcome. A failed
+step with ``on_failure = "stop"`` stops the run and the remaining steps are ``skipped``.
+
+Logs: every line goes to ``logs/<bundle>/<step>-<attempt>.log`` as it is written (the live
+view, capped at ``LOG_FILE_CAP_FACTOR`` × the step cap) and to an optional live sink; the
+capped, redacted log kept in memory goes into the result.
+
+This module does not verify bundles, move files, or write result files (see ``agent.service``
+and ``agent.results``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.config import AgentConfig, ConfigError, resolve_connection, resolve_secret
+from agent.executors import get_executor
+from agent.executors.base import LogLine, StepContext, StepLog, StepOutcome
+from agent.executors.errors import ExecutorError
+from agent.journal import Journal
+
+__all__ = ["BundleOutcome", "Runner", "StepReport"]
+
+LOG_FILE_CAP_FACTOR = 8
+
+
+@dataclass
+class StepReport:
+    idx: int
+    attempt: int
+    name: str
+    kind: str
+    state: str  # succeeded | failed | skipped | interrupted | pending
+    summary: str
+    exit_code: int | None = None
+    started_at: int | None = None
+    finished_at: int | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    log: str = ""
+    log_truncated: bool = False
+
+
+@dataclass
+class BundleOutcome:
+    status: str  # succeeded | failed | cancelled
+    summary: str
+    steps: list[StepReport]
+
+
+class _FileSink:
+    """Appends log lines to a file, up to a byte cap (then one marker line)."""
+
+    def __init__(self, path: Path, cap: int, live: Callable[[LogLine], None] | None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = path.open("a", encoding="utf-8", errors="replace")
+        self._cap = cap
+        self._written = 0
+        self._capped = False
+        self._live = live
+        self._lock = threading.Lock()
+
+    def __call__(self, line: LogLine) -> None:
+        text = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(line.ts))} [{line.stream}] "
+        text += line.text + "\n"
+        with self._lock:
+            if self._written + len(text) <= self._cap:
+                self._fh.write(text)
+                self._fh.flush()
+                self._written += len(text)
+            elif not self._capped:
+                self._fh.write("[tiangong] live log file cap reached; the result keeps head "
+                               "and tail\n")
+                self._fh.flush()
+                self._capped = True
+        if self._live is not None:
+            self._live(line)
+
+    def close(self) -> None:
+        with self._lock:
+            self._fh.close()
+
+
+class Runner:
+    """Runs bundles for one agent. Stateless apart from its collaborators."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        journal: Journal,
+        *,
+        live_log: Callable[[str, int, LogLine], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.live_log = live_log
+        self.clock = clock
+        self.cancel = threading.Event()
+
+    def validate_steps(self, steps: list[Mapping[str, Any]]) -> None:
+        """Raises ExecutorError naming the first invalid step."""
+        for idx, step in enumerate(steps):
+            try:
+                get_executor(str(step.get("kind"))).validate(step)
+            except ExecutorError as exc:
+                raise ExecutorError(f"step {idx + 1} ({step.get('name')!r}): {exc}") from exc
+
+    def run(
+        self,
+        bundle_id: str,
+        manifest: Mapping[str, Any],
+        files: Mapping[str, Path],
+        sealed_secrets: Mapping[str, str] | None = None,
+    ) -> BundleOutcome:
+        """Run every pending step attempt of ``bundle_id`` (as recorded in the journal)."""
+        steps: list[Mapping[str, Any]] = list(manifest.get("steps") or [])
+        release: Mapping[str, Any] = manifest.get("release") or {}
+        bundle_deadline = time.monotonic() + self.config.bundle_timeout_s
+        self.journal.set_bundle_state(bundle_id, "running")
+        records = self.journal.steps(bundle_id, latest_only=True)
+        reports: list[StepReport] = []
+        stopped: str | None = None
+        try:
+            self.validate_steps(steps)
+        except ExecutorError as exc:
+            stopped = f"the bundle has an invalid step: {exc}"
+        for rec in records:
+            step = steps[rec.idx] if rec.idx < len(steps) else {}
+            if rec.state != "pending":
+                # Already done in an earlier attempt (retry from a later step).
+                reports.append(StepReport(rec.idx, rec.attempt, rec.name, rec.kind, rec.state,
+                                          rec.summary or "", rec.exit_code, rec.started_at,
+                                          rec.finished_at, rec.details or {}))
+                continue
+            if stopped is not None or self.cancel.is_set():
+                why = stopped or "cancelled"
+                summary = f"not run: {why}"
+                self.journal.step_finished(bundle_id, rec.idx, rec.attempt, "skipped", summary)
+                reports.append(StepReport(rec.idx, rec.attempt, rec.name, rec.kind, "skipped",
+                                          summary))
+                continue
+            report = self._run_step(bundle_id, rec.idx, rec.attempt, step, release, files,
+                                    sealed_secrets or {}, bundle_deadline)
+            reports.append(report)
+            if report.state == "failed" and step.get("on_failure", "stop") == "stop":
+                stopped = f"step {rec.idx + 1} ({rec.name}) failed"
+        failed = [r for r in reports if r.state in ("failed", "interrupted")]
+        if self.cancel.is_set():
+            status, summary = "cancelled", "cancelled by the operator or agent shutdown"
+        elif failed:
+            first = failed[0]
+            status = "failed"
+            summary = f"step {first.idx + 1} ({first.name}) {first.state}: {first.summary}"
+        elif stopped is not None:
+            status, summary = "failed", stopped
+        else:
+            status = "succeeded"
+            done = sum(1 for r in reports if r.state == "succeeded")
+            skipped = sum(1 for r in reports if r.state == "skipped")
+            summary = f"{done} step(s) succeeded" + (f", {skipped} skipped" if skipped else "")
+        self.journal.set_bundle_state(bundle_id, "failed" if status == "cancelled" else status,
+                                      summary)
+        return BundleOutcome(status, summary, reports)
+
+    def _run_step(
+        self,
+        bundle_id: str,
+        idx: int,
+        attempt: int,
+        step: Mapping[str, Any],
+        release: Mapping[str, Any],
+        files: Mapping[str, Path],
+        sealed: Mapping[str, str],
+        bundle_deadline: float,
+    ) -> StepReport:
+        name = str(step.get("name", f"step {idx + 1}"))
+        kind = str(step.get("kind", "?"))
+        log_path = self.config.logs / bundle_id / f"{idx + 1:03d}-{attempt}.log"
+        # Resolve secrets and the connection first: they may fail without anything running.
+        secrets: dict[str, str] = {}
+        connection = None
+        problem: str | None = None
+        try:
+            for sname in step.get("secrets", []) or []:
+                secrets[str(sname)] = resolve_secret(self.config, str(sname), sealed)
+            if step.get("connection"):
+                connection = resolve_connection(self.config, str(step["connection"]), sealed)
+        except ConfigError as exc:
+            problem = str(exc)
+        live = None
+        if self.live_log is not None:
+            cb = self.live_log
+
+            def live(line: LogLine, _bid: str = bundle_id, _idx: int = idx) -> None:
+                cb(_bid, _idx, line)
+
+        sink = _FileSink(log_path, self.config.step_log_cap_bytes * LOG_FILE_CAP_FACTOR, live)
+        log = StepLog(cap_bytes=self.config.step_log_cap_bytes, secrets=list(secrets.values()),
+                      sink=sink)
+        self.journal.step_running(bundle_id, idx, attempt, str(log_path))
+        started = int(self.clock())
+        workdir = self.config.runs / bundle_id / f"{idx + 1:03d}-{attempt}"
+        try:
+            if problem is not None:
+                log.write(problem, "tiangong")
+                outcome = StepOutcome("failed", problem)
+            else:
+                if workdir.exists():
+                    shutil.rmtree(workdir)
+                workdir.mkdir(parents=True, mode=0o700)
+                timeout = int(step.get("timeout_s", 600))
+                deadline = min(time.monotonic() + timeout, bundle_deadline)
+                log.write(f"step {idx + 1} ({name}, {kind}) attempt {attempt} started; "
+                          f"timeout {timeout} s", "tiangong")
+                ctx = StepContext(
+                    bundle_id=bundle_id, release=release, index=idx, step=step, files=files,
+                    workdir=workdir, connection=connection, secrets=secrets, log=log,
+                    deadline=deadline, cancel=self.cancel,
+                )
+                try:
+                    outcome = get_executor(kind).run(ctx)
+                except Exception as exc:  # an executor bug must not kill the agent
+                    outcome = StepOutcome("failed", f"internal error in the {kind} executor: "
+                                          f"{type(exc).__name__}: {log.redact(str(exc))}")
+                log.write(f"step {idx + 1} {outcome.status}: {outcome.summary}", "tiangong")
+        finally:
+            sink.close()
+        details = dict(outcome.details)
+        if log.truncated:
+            details["log_truncated"] = True
+        self.journal.step_finished(bundle_id, idx, attempt, outcome.status,
+                                   log.redact(outcome.summary), outcome.exit_code, details)
+        return StepReport(idx, attempt, name, kind, outcome.status, log.redact(outcome.summary),
+                          outcome.exit_code, started, int(self.clock()), details, log.text(),
+                          log.truncated)

@@ -1,0 +1,653 @@
+"""Hub import throughput (result bundles/s into SQLite and PostgreSQL) and ``audit verify``
+time for a large audit log.
+
+Prints figures; asserts nothing. Baselines are measured in the same run, on the same files:
+
+1. *Import*: one agent is enrolled from a real ``init_home`` request, one real release is
+   approved, exported, run by the agent (``agent.service.Agent``), and then the agent writes
+   ``--count - 1`` more signed results directly (``agent.results.write_result``, three steps
+   with small logs, no bundle id). ``import_directory`` is timed over all of them on a file
+   SQLite database (WAL, the hub's own pragmas) and on a throwaway PostgreSQL
+   (``tests/fixtures/dbservers.py``; that server runs with ``fsync=off`` and
+   ``synchronous_commit=off``, so its commits cost no disk flush). The time is split by
+   wrapping the phases of ``hub.services.exchange`` with timers. Baseline: the verifier floor,
+   ``bundle.reader.verify_path`` alone on the same files (fresh staging directory each, as the
+   import does), plus a plain copy + fsync of each file.
+2. *Audit verify*: ``--events`` events are bulk-inserted with the chain computed by
+   ``hub.audit_chain.compute_hash_raw`` (the exact inputs ``hub.services.audit.append_event``
+   hashes), then ``hub.services.audit.verify_database`` runs in a child process (wall time,
+   peak RSS from ``os.wait4``). Baselines in the same child: streaming the same rows with a
+   plain SELECT, and a plain ``hashlib.sha256`` over the same canonical event bytes.
+
+Usage: python bench/hub_import.py [--count 1000] [--events 1000000] [--quick]
+       [--no-postgres] [--audit-postgres] [--workdir DIR] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sqlalchemy import Engine, insert, text, update
+from sqlalchemy.orm import Session
+
+from agent.config import load_config
+from agent.home import init_home
+from agent.inbox import ReadyItem
+from agent.results import write_result
+from agent.runner import StepReport
+from agent.service import Agent
+from bundle import staging as bundle_staging
+from bundle.reader import ExpectResult, VerifierState, verify_path
+from hub.audit_chain import GENESIS_HASH, compute_hash_raw, format_at
+from hub.db import AuditEvent, AuditHead, make_engine
+from hub.migrate import upgrade
+from hub.services import audit as audit_service
+from hub.services import exchange
+from hub.services.approvals import approve_release
+from hub.services.context import HubKeys, ServiceContext, utc_now
+from hub.services.deployments import queue_deployment
+from hub.services.environments import create_environment
+from hub.services.releases import create_release, submit_release
+from hub.services.users import bootstrap_admin, create_user, get_user, grant_role
+from signing.keys import PublicKey
+from signing.strictjson import dumps_canonical
+from tests.hub.conftest import make_keys
+
+HELLO = Path(__file__).resolve().parents[1] / "examples" / "releases" / "hello-1.0.0"
+GOAL_IMPORTS_PER_S = 200
+INSERT_BATCH = 10_000  # audit events per bulk INSERT
+
+
+# -- the hub and its agent ----------------------------------------------------------------------
+
+
+class Hub:
+    """A migrated hub database with admin, op, dev, appr1 and environment ``test``."""
+
+    def __init__(self, url: str, work: Path) -> None:
+        self.engine: Engine = make_engine(url)
+        upgrade(self.engine)
+        self.session = Session(self.engine, expire_on_commit=False)
+        self.keys = make_keys("hub-bench").hub
+        self.work = work
+        bootstrap_admin(self.session, utc_now, "admin")
+        admin = self.ctx("admin")
+        create_environment(admin, "test")
+        for name, role in (("op", "operator"), ("dev", "developer"), ("appr1", "approver")):
+            create_user(admin, name)
+            grant_role(admin, name, role)
+        self.session.commit()
+
+    def ctx(self, username: str) -> ServiceContext:
+        user = get_user(self.session, username)
+        return ServiceContext(self.session, utc_now, user, self.keys, self.work / "releases")
+
+    def close(self) -> None:
+        self.session.close()
+        self.engine.dispose()
+
+
+def _steps(i: int) -> list[StepReport]:
+    now = int(time.time())
+    return [
+        StepReport(
+            idx=k,
+            attempt=1,
+            name=f"step {k + 1}",
+            kind="shell",
+            state="succeeded",
+            summary=f"exit 0 after {0.1 * (k + 1):.1f} s",
+            exit_code=0,
+            started_at=now,
+            finished_at=now,
+            log="".join(
+                f"result {i} step {k + 1}: line {n} of the log, all fine\n" for n in range(20)
+            ),
+        )
+        for k in range(3)
+    ]
+
+
+def make_results(hub: Hub, work: Path, count: int) -> tuple[Path, str, PublicKey]:
+    """Enroll one agent, run one real deployment, then write ``count - 1`` more results.
+
+    Returns the directory holding the ``.tgr`` files, the agent id and its public key.
+    """
+    agent_id = "site-01"
+    root = work / "root.json"
+    root.write_bytes(hub.keys.root_envelope)
+    _, request = init_home(
+        work / agent_id, root_file=root, agent_id=agent_id, environment="test", now=int(time.time())
+    )
+    media = work / "enroll"
+    media.mkdir()
+    shutil.copy(request, media)
+    rows = exchange.import_directory(hub.ctx("op"), media, results_dir=work / "enroll-results")
+    assert [r.status for r in rows.rows] == ["enrolled"], rows.rows
+    agent = Agent(load_config(work / agent_id), clock=time.time)
+    try:
+        release = create_release(hub.ctx("dev"), HELLO, create_missing_product=True)
+        submit_release(hub.ctx("dev"), release)
+        approve_release(hub.ctx("appr1"), release)
+        hub.session.commit()
+        queue_deployment(hub.ctx("op"), release, "test")
+        hub.session.commit()
+        usb = work / "usb"
+        report = exchange.export_environment(hub.ctx("op"), "test", usb)
+        assert len(report.written) == 1 and not report.failed, report
+        for f in sorted(usb.glob("*.tgb")):
+            dest = agent.config.inbox / f.name
+            shutil.copyfile(f, dest)
+            out = agent.process(ReadyItem(f.name, (dest,), dest.stat().st_size, "single", 0.0))
+            assert out.status == "succeeded", out.summary
+        for i in range(count - 1):
+            write_result(
+                agent.config,
+                agent.journal,
+                agent.keys.identity,
+                status="succeeded",
+                summary=f"bench result {i}",
+                bundle_id=None,
+                steps=_steps(i),
+                now=int(time.time()),
+            )
+        public = agent.keys.identity.public
+    finally:
+        agent.close()
+    back = work / "usb-back"
+    back.mkdir()
+    for f in agent.config.outbox.glob("*.tgr"):
+        shutil.move(str(f), back / f.name)
+    return back, agent_id, public
+
+
+# -- phase timers ---------------------------------------------------------------------------
+
+
+class Timers:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.active = False
+
+    def wrap(
+        self, name: str, fn: Callable[..., Any], *, nested: bool = False
+    ) -> Callable[..., Any]:
+        """Time ``fn`` under ``name``. Phases are exclusive: a call made inside another
+        timed phase counts for the outer one only, unless ``nested`` (a side counter)."""
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if self.active and not nested:
+                return fn(*args, **kwargs)
+            outer = self.active
+            if not nested:
+                self.active = True
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - t
+                self.calls[name] += 1
+                self.active = outer
+
+        return timed
+
+
+@contextmanager
+def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+def timed_import(hub: Hub, src: Path, work: Path) -> tuple[float, dict[str, int], Timers]:
+    """``import_directory`` over ``src`` with every phase timed."""
+    t = Timers()
+    ctx = hub.ctx("op")
+    session = hub.session
+    results_dir = work / "results"
+    results_dir.mkdir()
+    with (
+        patched(exchange, "inspect", t.wrap("inspect (unverified peek)", exchange.inspect)),
+        patched(exchange, "verify_path", t.wrap("verify_path", exchange.verify_path)),
+        patched(exchange.tempfile, "mkdtemp", t.wrap("staging mkdtemp+rmtree", tempfile.mkdtemp)),
+        patched(exchange.shutil, "rmtree", t.wrap("staging mkdtemp+rmtree", shutil.rmtree)),
+        patched(exchange, "_sha256", t.wrap("file sha256", exchange._sha256)),
+        patched(
+            exchange,
+            "_store_verbatim",
+            t.wrap("store verbatim (copy+fsync)", exchange._store_verbatim),
+        ),
+        patched(audit_service, "record", t.wrap("audit.record (SQL)", audit_service.record)),
+        patched(session, "commit", t.wrap("commit", session.commit)),
+        patched(session, "scalar", t.wrap("other SQL (lookups)", session.scalar)),
+        patched(os, "fsync", t.wrap("os.fsync (inside the phases)", os.fsync, nested=True)),
+        patched(bundle_staging, "_syncfs", t.wrap("syncfs", bundle_staging._syncfs, nested=True)),
+    ):
+        start = time.perf_counter()
+        report = exchange.import_directory(ctx, src, results_dir=results_dir)
+        wall = time.perf_counter() - start
+    counts: dict[str, int] = defaultdict(int)
+    for row in report.rows:
+        counts[row.status] += 1
+    return wall, dict(counts), t
+
+
+def verifier_floor(
+    hub: Hub, src: Path, work: Path, agent_id: str, public: PublicKey
+) -> tuple[float, float, int, float, float]:
+    """Seconds for ``verify_path`` alone over every file (fresh staging each), seconds for
+    copy + fsync of every file, the fsync calls and seconds inside ``verify_path``, and
+    seconds for ``verify_path`` with ``os.fsync`` replaced by a no-op (what-if)."""
+    expect = ExpectResult(hub_id=hub.keys.hub_id, agent_id=agent_id, agent_key=public)
+    trusted = hub.keys.trusted_root
+    files = sorted(src.glob("*.tgr"))
+    verify_s = 0.0
+    fsyncs = Timers()
+    with (
+        patched(os, "fsync", fsyncs.wrap("fsync", os.fsync, nested=True)),
+        patched(
+            bundle_staging, "_syncfs", fsyncs.wrap("syncfs", bundle_staging._syncfs, nested=True)
+        ),
+    ):
+        for f in files:
+            staging = Path(tempfile.mkdtemp(prefix="floor-", dir=work))
+            t = time.perf_counter()
+            verify_path(
+                f, trusted_root=trusted, state=VerifierState(), expect=expect, staging_dir=staging
+            )
+            verify_s += time.perf_counter() - t
+            shutil.rmtree(staging)
+    # What-if (this process only): the same verification with os.fsync a no-op, i.e. the
+    # CPU and page-cache cost of verifying and staging without waiting for the disk.
+    nosync_s = 0.0
+    with patched(os, "fsync", lambda fd: None), patched(bundle_staging, "_syncfs", lambda fd: True):
+        for f in files:
+            staging = Path(tempfile.mkdtemp(prefix="floor-", dir=work))
+            t = time.perf_counter()
+            verify_path(
+                f, trusted_root=trusted, state=VerifierState(), expect=expect, staging_dir=staging
+            )
+            nosync_s += time.perf_counter() - t
+            shutil.rmtree(staging)
+    copies = work / "copies"
+    copies.mkdir()
+    t = time.perf_counter()
+    for f in files:
+        dest = copies / f.name
+        shutil.copyfile(f, dest)
+        with dest.open("rb") as fh:
+            os.fsync(fh.fileno())
+    copy_s = time.perf_counter() - t
+    flushes = fsyncs.calls["fsync"] + fsyncs.calls["syncfs"]
+    return verify_s, copy_s, flushes, fsyncs.seconds["fsync"] + fsyncs.seconds["syncfs"], nosync_s
+
+
+def bench_import(label: str, url: str, work: Path, count: int) -> dict[str, Any]:
+    work.mkdir(parents=True)
+    hub = Hub(url, work)
+    try:
+        t = time.perf_counter()
+        src, agent_id, public = make_results(hub, work, count)
+        gen_s = time.perf_counter() - t
+        files = sorted(src.glob("*.tgr"))
+        total_bytes = sum(f.stat().st_size for f in files)
+        wall, counts, timers = timed_import(hub, src, work)
+        verify_s, copy_s, floor_fsyncs, floor_fsync_s, nosync_s = verifier_floor(
+            hub, src, work, agent_id, public
+        )
+    finally:
+        hub.close()
+    return {
+        "label": label,
+        "files": len(files),
+        "bytes": total_bytes,
+        "gen_s": gen_s,
+        "wall": wall,
+        "counts": counts,
+        "timers": timers,
+        "floor_verify_s": verify_s,
+        "floor_copy_s": copy_s,
+        "floor_fsyncs": floor_fsyncs,
+        "floor_fsync_s": floor_fsync_s,
+        "floor_nosync_s": nosync_s,
+    }
+
+
+def print_import(r: dict[str, Any]) -> None:
+    n = r["files"]
+    wall = r["wall"]
+    t: Timers = r["timers"]
+    print(
+        f"\n[{r['label']}] {n} result files, {r['bytes'] / n / 1024:.1f} KiB each on average "
+        f"(generated in {r['gen_s']:.1f} s); rows: {r['counts']}"
+    )
+    print(
+        f"  import_directory: {wall:.2f} s = {n / wall:.0f} imports/s "
+        f"(goal >= {GOAL_IMPORTS_PER_S}/s), {1000 * wall / n:.2f} ms/file"
+    )
+    print(f"  {'phase':<32} {'s':>8} {'ms/file':>9} {'share':>7}")
+    order = [
+        "inspect (unverified peek)",
+        "verify_path",
+        "staging mkdtemp+rmtree",
+        "other SQL (lookups)",
+        "audit.record (SQL)",
+        "commit",
+        "file sha256",
+        "store verbatim (copy+fsync)",
+    ]
+    accounted = 0.0
+    for name in order:
+        s = t.seconds.get(name, 0.0)
+        accounted += s
+        print(f"  {name:<32} {s:8.2f} {1000 * s / n:9.2f} {100 * s / wall:6.1f}%")
+    rest = wall - accounted
+    fs = t.seconds.get("os.fsync (inside the phases)", 0.0)
+    fc_ = t.calls.get("os.fsync (inside the phases)", 0)
+    print(
+        f"  {'rest (ORM, Python)':<32} {rest:8.2f} {1000 * rest / n:9.2f} {100 * rest / wall:6.1f}%"
+    )
+    ss, sc = t.seconds.get("syncfs", 0.0), t.calls.get("syncfs", 0)
+    print(
+        f"  of which syncfs (bundle/staging.py): {sc} calls, {ss:.2f} s "
+        f"({1000 * ss / n:.2f} ms/file, {100 * ss / wall:.1f}%)"
+    )
+    print(
+        f"  of which os.fsync: {fc_} calls ({fc_ / n:.1f}/file), {fs:.2f} s "
+        f"({1000 * fs / n:.2f} ms/file, {100 * fs / wall:.1f}%)"
+    )
+    fv, fc = r["floor_verify_s"], r["floor_copy_s"]
+    print(
+        f"  baseline verify_path alone:      {fv:.2f} s = {n / fv:.0f} files/s "
+        f"({1000 * fv / n:.2f} ms/file); import is {wall / fv:.2f}x the verifier floor"
+    )
+    print(
+        f"    of which fsync + syncfs: {r['floor_fsyncs']} calls, {r['floor_fsync_s']:.2f} s "
+        f"({100 * r['floor_fsync_s'] / fv:.0f}% of the floor)"
+    )
+    ns = r["floor_nosync_s"]
+    print(
+        f"  what-if verify_path, fsync+syncfs no-op: {ns:.2f} s = {n / ns:.0f} files/s "
+        f"({1000 * ns / n:.2f} ms/file)"
+    )
+    print(f"  baseline copy+fsync alone:       {fc:.2f} s ({1000 * fc / n:.2f} ms/file)")
+    print(
+        f"RESULT hub_import {r['label']} imports_per_s={n / wall:.0f} "
+        f"verify_floor_per_s={n / fv:.0f} ratio={fv / wall:.2f}"
+    )
+
+
+# -- audit log ------------------------------------------------------------------------------
+
+
+ACTIONS = (
+    ("result.import", "result"),
+    ("deployment.transition", "deployment"),
+    ("bundle.written", "deployment"),
+    ("release.approve", "release"),
+    ("user.login", "user"),
+)
+
+
+def _event(i: int, base: datetime) -> tuple[datetime, str, str, str, str, str]:
+    action, otype = ACTIONS[i % len(ACTIONS)]
+    at = base + timedelta(microseconds=1000 * i + (i * 7919) % 1000)
+    details = {
+        "agent_id": f"site-{i % 50:02d}",
+        "result_seq": i,
+        "status": "succeeded" if i % 10 else "failed",
+        "file": f"site-{i % 50:02d}-{i:06d}-succeeded.tgr",
+        "file_sha256": f"{i:064x}",
+        "flags": [],
+    }
+    text_ = dumps_canonical(details).decode("utf-8")
+    return at, f"user{i % 20}", action, otype, f"{i:064x}"[:64], text_
+
+
+def fill_audit(url: str, events: int) -> tuple[float, int]:
+    """Bulk-insert ``events`` chained events; returns (seconds, bytes of details)."""
+    engine = make_engine(url)
+    upgrade(engine)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    table = AuditEvent.__table__
+    prev = GENESIS_HASH
+    details_bytes = 0
+    t = time.perf_counter()
+    with engine.begin() as conn:
+        # Migrations may have written events already: continue the chain from the head.
+        head_seq, head_hash = conn.execute(
+            text("SELECT seq, hash FROM audit_head WHERE id = 1")
+        ).one()
+        prev = head_hash
+        seq = head_seq
+    batch: list[dict[str, Any]] = []
+    for i in range(events):
+        seq += 1
+        at, actor, action, otype, oid, details = _event(i, base)
+        digest = compute_hash_raw(seq, format_at(at), actor, action, otype, oid, details, prev)
+        details_bytes += len(details)
+        batch.append(
+            {
+                "seq": seq,
+                "at": at,
+                "actor": actor,
+                "action": action,
+                "object_type": otype,
+                "object_id": oid,
+                "details": details,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        prev = digest
+        if len(batch) == INSERT_BATCH:
+            with engine.begin() as conn:
+                conn.execute(insert(table), batch)
+            batch = []
+    with engine.begin() as conn:
+        if batch:
+            conn.execute(insert(table), batch)
+        conn.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+    seconds = time.perf_counter() - t
+    engine.dispose()
+    return seconds, details_bytes
+
+
+def _child_verify(url: str, root_b64: str, mode: str) -> None:
+    """Child process: run one of the measurements, print JSON."""
+    engine = make_engine(url)
+    out: dict[str, Any] = {}
+    t = time.perf_counter()
+    if mode == "verify":
+        keys = HubKeys(base64.b64decode(root_b64))
+        with Session(engine) as session:
+            report = audit_service.verify_database(session, keys)
+        out = {"ok": report.ok, "events": report.events}
+    elif mode == "select":
+        n = 0
+        with engine.connect() as conn:
+            last = 0
+            while True:
+                rows = conn.execute(
+                    text(
+                        "SELECT seq, at, actor, action, object_type, object_id, details, "
+                        "prev_hash, hash FROM audit_events WHERE seq > :last ORDER BY seq "
+                        "LIMIT :n"
+                    ),
+                    {"last": last, "n": audit_service.BATCH},
+                ).all()
+                if not rows:
+                    break
+                n += len(rows)
+                last = rows[-1][0]
+        out = {"events": n}
+    elif mode == "sha256":
+        import hashlib
+
+        # The same canonical bytes compute_hash_raw hashes (built untimed), then one
+        # hashlib.sha256 each, chained through the previous hex digest.
+        base = datetime(2026, 1, 1, tzinfo=UTC)
+        events = int(root_b64)
+        bodies = []
+        for i in range(events):
+            at, actor, action, otype, oid, details = _event(i, base)
+            head = json.dumps(
+                {"action": action, "actor": actor, "at": format_at(at)},
+                sort_keys=True,
+                separators=(",", ":"),
+                ensure_ascii=False,
+            )
+            bodies.append(
+                (
+                    head[:-1]
+                    + ',"details":'
+                    + details
+                    + ',"object_id":'
+                    + json.dumps(oid)
+                    + ',"object_type":'
+                    + json.dumps(otype)
+                    + ',"prev_hash":"'
+                ).encode()
+            )
+        seq_tail = [f'","seq":{i + 1}}}'.encode() for i in range(events)]
+        t = time.perf_counter()
+        prev = GENESIS_HASH.encode()
+        for body, tail in zip(bodies, seq_tail, strict=True):
+            prev = hashlib.sha256(body + prev + tail).hexdigest().encode()
+        out = {"events": events}
+    out["seconds"] = time.perf_counter() - t
+    engine.dispose()
+    print(json.dumps(out))
+
+
+def run_child(args: list[str]) -> tuple[dict[str, Any], float]:
+    """Run this script as a child; returns its JSON and its peak RSS in MiB."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    data = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {args[-1]} exited with {proc.returncode}")
+    return json.loads(data.strip().splitlines()[-1]), usage.ru_maxrss / 1024
+
+
+def bench_audit(label: str, url: str, events: int, root_envelope: bytes) -> None:
+    fill_s, details_bytes = fill_audit(url, events)
+    root_b64 = base64.b64encode(root_envelope).decode()
+    verify, verify_rss = run_child([url, root_b64, "verify"])
+    select_, select_rss = run_child([url, root_b64, "select"])
+    sha, sha_rss = run_child([url, str(events), "sha256"])
+    n = verify["events"]
+    print(
+        f"\n[audit {label}] {events} events bulk-inserted in {fill_s:.1f} s "
+        f"({events / fill_s:.0f}/s), details {details_bytes / events:.0f} bytes/event"
+    )
+    print(f"  {'what':<44} {'s':>8} {'events/s':>10} {'peak RSS MiB':>13}")
+    print(
+        f"  {'verify_database (ok=' + str(verify['ok']) + ', ' + str(n) + ' events)':<44} "
+        f"{verify['seconds']:8.2f} {n / verify['seconds']:10.0f} {verify_rss:13.0f}"
+    )
+    print(
+        f"  {'baseline: plain keyset SELECT of the rows':<44} {select_['seconds']:8.2f} "
+        f"{select_['events'] / select_['seconds']:10.0f} {select_rss:13.0f}"
+    )
+    print(
+        f"  {'baseline: hashlib.sha256 chain, same bytes':<44} {sha['seconds']:8.2f} "
+        f"{sha['events'] / sha['seconds']:10.0f} {sha_rss:13.0f}"
+    )
+    print(
+        f"RESULT hub_audit_verify {label} events={n} seconds={verify['seconds']:.2f} "
+        f"peak_rss_mib={verify_rss:.0f} select_s={select_['seconds']:.2f} "
+        f"sha256_s={sha['seconds']:.2f}"
+    )
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _child_verify(*sys.argv[2:5])
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--count", type=int, default=1000, help="result files to import")
+    p.add_argument("--events", type=int, default=1_000_000, help="audit events to verify")
+    p.add_argument("--quick", action="store_true", help="100,000 audit events")
+    p.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    p.add_argument(
+        "--audit-postgres",
+        action="store_true",
+        help="also fill and verify the audit log on PostgreSQL",
+    )
+    p.add_argument("--skip-import", action="store_true")
+    p.add_argument("--skip-audit", action="store_true")
+    p.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parents[2])
+    p.add_argument("--keep", action="store_true")
+    a = p.parse_args()
+    events = 100_000 if a.quick else a.events
+    pg = None
+    if not a.no_postgres:
+        from tests.fixtures.dbservers import start_postgres
+
+        # Started before TMPDIR moves into the (root-only) work directory: the server runs
+        # as the postgres user in its own private directory.
+        pg = start_postgres()
+        print(
+            "PostgreSQL: throwaway server from tests/fixtures/dbservers.py "
+            "(fsync=off, synchronous_commit=off)"
+        )
+    work = Path(tempfile.mkdtemp(prefix="tiangong-hub-bench-", dir=a.workdir))
+    os.environ["TMPDIR"] = str(work)
+    tempfile.tempdir = str(work)
+    print(f"work directory {work} (same disk as the data); python {sys.version.split()[0]}")
+    try:
+        if not a.skip_import:
+            runs = [("SQLite", f"sqlite:///{work / 'import.sqlite'}", work / "sqlite")]
+            if pg is not None:
+                pg.create_database("bench_import")
+                runs.append(("PostgreSQL", pg.sqlalchemy_url("bench_import"), work / "pg"))
+            for label, url, wdir in runs:
+                print_import(bench_import(label, url, wdir, a.count))
+        if not a.skip_audit:
+            root = make_keys("hub-bench").hub.root_envelope
+            bench_audit("SQLite", f"sqlite:///{work / 'audit.sqlite'}", events, root)
+            if pg is not None and a.audit_postgres:
+                pg.create_database("bench_audit")
+                bench_audit("PostgreSQL", pg.sqlalchemy_url("bench_audit"), events, root)
+    finally:
+        if pg is not None:
+            from tests.fixtures.dbservers import stop_postgres
+
+            stop_postgres(pg)
+        if a.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

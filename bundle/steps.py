@@ -1,0 +1,564 @@
+"""Step schema: turn a ``[[steps]]`` table into a normalized step, and check normalized steps.
+
+Implements docs/release-format.md §3 ("Steps"). Two entry points:
+
+* :func:`normalize_step` — for the hub, on a table read from ``release.toml``: checks every
+  field, fills in defaults and returns the normalized dict that goes into the signed manifest
+  (``timeout = "5m"`` becomes ``timeout_s = 300``, and so on).
+* :func:`validate_step` — for the agent, on a normalized dict taken from a *verified*
+  manifest: checks that it has exactly the normalized keys with valid values. It cannot check
+  that referenced files exist (the manifest's payload list does that).
+
+Unknown keys are errors, with a "did you mean" hint, because a misspelt optional field
+(``on_faliure = "continue"``) would otherwise be ignored silently.
+
+This module deliberately does not know about connections, secrets' values or executors: it
+checks the shape of a step, not whether a site can run it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, NoReturn
+
+from bundle.errors import ReleaseFormatError
+from bundle.release_names import file_name_problem, is_hidden
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "MAX_TIMEOUT_S",
+    "STEP_KINDS",
+    "normalize_step",
+    "parse_duration",
+    "referenced_files",
+    "secret_env_name",
+    "validate_step",
+]
+
+STEP_KINDS = ("sql", "k8s", "shell")
+#: A step's timeout when it gives none (in seconds).
+DEFAULT_TIMEOUT_S = 10 * 60  # seconds
+#: Longest timeout (and k8s wait_timeout) a step may ask for (in seconds).
+MAX_TIMEOUT_S = 24 * 60 * 60  # seconds
+MAX_STEP_NAME_CHARS = 100  # characters
+MAX_DESCRIPTION_CHARS = 4096  # characters
+MAX_LIST_ITEMS = 64  # secrets, args, manifests, env entries per step
+MAX_VALUE_CHARS = 4096  # one arg or env value, in characters
+
+ON_FAILURE = ("stop", "continue")
+SQL_ENGINES = ("mysql", "postgres")
+INTERPRETERS = ("bash", "sh", "python")
+SECRETS_VIA = ("env", "stdin")
+#: Environment variables with this prefix are set by the agent; steps may not set them.
+RESERVED_ENV_PREFIX = "TIANGONG_"
+#: With secrets_via = "env", secret "db-password" arrives as TIANGONG_SECRET_DB_PASSWORD.
+SECRET_ENV_PREFIX = "TIANGONG_SECRET_"  # noqa: S105 - a variable name prefix, not a secret
+
+_SECRET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_CONNECTION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_NAMESPACE_RE = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+_DURATION_RE = re.compile(r"(?:(\d{1,6})h)?(?:(\d{1,6})m)?(?:(\d{1,9})s)?")
+
+# Raw (release.toml) keys and normalized keys, common and per kind.
+_COMMON_RAW = ("name", "kind", "timeout", "on_failure", "secrets")
+_COMMON_NORM = ("name", "kind", "timeout_s", "on_failure", "secrets")
+_KIND_RAW: dict[str, tuple[str, ...]] = {
+    "sql": ("engine", "connection", "script", "version", "description"),
+    "k8s": ("connection", "manifests", "namespace", "wait", "wait_timeout"),
+    "shell": ("script", "interpreter", "env", "secrets_via", "args"),
+}
+_KIND_NORM: dict[str, tuple[str, ...]] = {
+    "sql": ("engine", "connection", "script", "version", "description"),
+    "k8s": ("connection", "manifests", "namespace", "wait", "wait_timeout_s"),
+    "shell": ("script", "interpreter", "env", "secrets_via", "args"),
+}
+# Normalized keys that are left out when the release does not give them.
+_OPTIONAL_NORM: dict[str, frozenset[str]] = {
+    "sql": frozenset({"version", "description"}),
+    "k8s": frozenset({"namespace", "wait_timeout_s"}),
+    "shell": frozenset(),
+}
+
+
+class _FieldError(Exception):
+    """A field's value breaks a rule; turned into ReleaseFormatError with the step's name."""
+
+
+def _show(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _where(index: int | None, name: object) -> str:
+    label = f"({name!r})" if _is_good_name(name) else "(unnamed)"
+    return f"step {index + 1} {label}" if index is not None else f"step {label}"
+
+
+def _fail(index: int | None, name: object, field: str, message: str) -> NoReturn:
+    raise ReleaseFormatError(f"{_where(index, name)}, field {field}: {message}")
+
+
+def _hint(word: object, choices: Collection[str]) -> str:
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+# --- field checkers: take the raw value, return the normalized value or raise _FieldError ---
+
+
+def _text(value: object, max_chars: int, *, multiline: bool = False) -> str:
+    if not isinstance(value, str):
+        raise _FieldError(f"must be a string, not {_type(value)}")
+    if len(value) > max_chars:
+        raise _FieldError(f"is {len(value)} characters long; the limit is {max_chars}")
+    for pos, ch in enumerate(value):
+        if ch.isprintable() or (multiline and ch in "\n\t"):
+            continue
+        raise _FieldError(f"contains the non-printable character U+{ord(ch):04X} at {pos + 1}")
+    return value
+
+
+def _type(value: object) -> str:
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }
+    for typ, label in names.items():
+        if type(value) is typ:
+            return label
+    if isinstance(value, Mapping):
+        return "a table"
+    return type(value).__name__
+
+
+def _is_good_name(value: object) -> bool:
+    try:
+        _step_name(value)
+    except _FieldError:
+        return False
+    return True
+
+
+def _step_name(value: object) -> str:
+    name = _text(value, MAX_STEP_NAME_CHARS)
+    if not name.strip():
+        raise _FieldError("must not be empty")
+    if name != name.strip():
+        raise _FieldError("must not start or end with white space")
+    return name
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if not isinstance(value, str) or value not in choices:
+            allowed = ", ".join(repr(c) for c in choices)
+            raise _FieldError(f"{_show(value)} is not one of {allowed}{_hint(value, choices)}")
+        return value
+
+    return check
+
+
+def _pattern(regex: re.Pattern[str], rule: str) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if not isinstance(value, str):
+            raise _FieldError(f"must be a string, not {_type(value)}")
+        if regex.fullmatch(value) is None:
+            raise _FieldError(f"{_show(value)} is not valid: {rule}")
+        return value
+
+    return check
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _FieldError(f"must be true or false, not {_type(value)} {_show(value)}")
+    return value
+
+
+def parse_duration(value: object) -> int:
+    """Seconds in a duration: an integer of seconds, or a string like ``"90s"``, ``"5m"``,
+    ``"1h30m"`` (units h, m, s, in that order, each at most once). Must be 1 s to 24 h.
+
+    Raises:
+        ValueError: with an operator-facing reason.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(
+            f"must be a whole number of seconds or a duration string, not {_type(value)}"
+        )
+    if isinstance(value, int):
+        seconds = value
+    else:
+        match = _DURATION_RE.fullmatch(value)
+        if not value or match is None:
+            hint = f' (did you mean "{value}s"?)' if value.isdigit() else ""
+            raise ValueError(
+                f"{_show(value)} is not a duration{hint}: write seconds as a number (300) or "
+                'a string with units h, m and s ("90s", "5m", "1h30m")'
+            )
+        h, m, s = (int(g) if g else 0 for g in match.groups())
+        seconds = h * 3600 + m * 60 + s
+    if not 1 <= seconds <= MAX_TIMEOUT_S:
+        raise ValueError(
+            f"{_show(value)} is {seconds} seconds; it must be between 1 second and 24h"
+        )
+    return seconds
+
+
+def _duration(value: object) -> int:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise _FieldError(str(exc)) from None
+
+
+def _seconds(value: object) -> int:
+    """A normalized duration: an integer, 1 .. MAX_TIMEOUT_S."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _FieldError(f"must be an integer number of seconds, not {_type(value)}")
+    if not 1 <= value <= MAX_TIMEOUT_S:
+        raise _FieldError(f"{value} is not between 1 and {MAX_TIMEOUT_S} seconds")
+    return value
+
+
+def _list(value: object, item: Callable[[object], str], *, min_items: int = 0) -> list[str]:
+    if not isinstance(value, list | tuple):
+        raise _FieldError(f"must be a list, not {_type(value)}")
+    if len(value) > MAX_LIST_ITEMS:
+        raise _FieldError(f"has {len(value)} items; the limit is {MAX_LIST_ITEMS}")
+    if len(value) < min_items:
+        raise _FieldError("must not be empty")
+    out: list[str] = []
+    for pos, raw in enumerate(value, 1):
+        try:
+            out.append(item(raw))
+        except _FieldError as exc:
+            raise _FieldError(f"item {pos}: {exc}") from None
+    return out
+
+
+def _unique(values: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise _FieldError(f"{value!r} is listed twice")
+        seen.add(value)
+    return values
+
+
+_secret_name = _pattern(
+    _SECRET_RE,
+    "secret names are letters, digits, '_' and '-', starting with a letter or digit, at "
+    "most 64 characters",
+)
+
+
+def _secrets(value: object) -> list[str]:
+    return _unique(_list(value, _secret_name))
+
+
+def _file_ref(files: Collection[str] | None) -> Callable[[object], str]:
+    """A reference to a release file; checked against ``files`` when they are known."""
+
+    def check(value: object) -> str:
+        if not isinstance(value, str):
+            raise _FieldError(f"must be a file name (a string), not {_type(value)}")
+        problem = file_name_problem(value)
+        if problem is not None:
+            raise _FieldError(f"file name {_show(value)} {problem}")
+        if value == "release.toml":
+            raise _FieldError("release.toml itself is not a release file")
+        if is_hidden(value):
+            raise _FieldError(
+                f"{value!r} is hidden (a name starts with '.'); hidden files are not part of "
+                "the release"
+            )
+        if files is None or value in files:
+            return value
+        raise _FieldError(f"no release file is named {value!r}{_hint(value, files)}")
+
+    return check
+
+
+def _arg(value: object) -> str:
+    """An argument or environment value: any string without NUL or lone surrogates."""
+    if not isinstance(value, str):
+        raise _FieldError(f"must be a string, not {_type(value)}")
+    if len(value) > MAX_VALUE_CHARS:
+        raise _FieldError(f"is {len(value)} characters long; the limit is {MAX_VALUE_CHARS}")
+    if "\x00" in value:
+        raise _FieldError("contains a NUL character")
+    if any("\ud800" <= ch <= "\udfff" for ch in value):
+        raise _FieldError("is not valid Unicode (lone surrogate)")
+    return value
+
+
+def _env(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise _FieldError(f'must be a table like {{ LOG_LEVEL = "info" }}, not {_type(value)}')
+    if len(value) > MAX_LIST_ITEMS:
+        raise _FieldError(f"has {len(value)} variables; the limit is {MAX_LIST_ITEMS}")
+    out: dict[str, str] = {}
+    for key, raw in value.items():
+        if not isinstance(key, str) or _ENV_NAME_RE.fullmatch(key) is None:
+            raise _FieldError(
+                f"variable name {_show(key)} is not valid: letters, digits and '_', not "
+                "starting with a digit, at most 128 characters"
+            )
+        if key.upper().startswith(RESERVED_ENV_PREFIX):
+            raise _FieldError(f"variable {key!r}: names starting with TIANGONG_ are reserved")
+        if not isinstance(raw, str):
+            raise _FieldError(
+                f"variable {key!r} must be a string, not {_type(raw)} "
+                f'(quote it: {key} = "{raw!s:.40}")'
+            )
+        try:
+            out[key] = _arg(raw)
+        except _FieldError as exc:
+            raise _FieldError(f"variable {key!r} {exc}") from None
+    return dict(sorted(out.items()))
+
+
+# --- the schema ---
+
+_Check = Callable[[object], object]
+
+
+def _raw_checks(files: Collection[str] | None) -> dict[str, dict[str, _Check]]:
+    """Checkers for the kind-specific keys of a release.toml step table."""
+    ref = _file_ref(files)
+    return {
+        "sql": {
+            "engine": _choice(SQL_ENGINES),
+            "connection": _connection,
+            "script": ref,
+            "version": _pattern(_VERSION_RE, _VERSION_RULE),
+            "description": lambda v: _text(v, MAX_DESCRIPTION_CHARS, multiline=True),
+        },
+        "k8s": {
+            "connection": _connection,
+            "manifests": lambda v: _unique(_list(v, ref, min_items=1)),
+            "namespace": _pattern(_NAMESPACE_RE, _NAMESPACE_RULE),
+            "wait": _bool,
+            "wait_timeout": _duration,
+        },
+        "shell": {
+            "script": ref,
+            "interpreter": _choice(INTERPRETERS),
+            "env": _env,
+            "secrets_via": _choice(SECRETS_VIA),
+            "args": lambda v: _list(v, _arg),
+        },
+    }
+
+
+_VERSION_RULE = (
+    "letters, digits and '.', '_', '+', '-', starting with a letter or digit, at most 64 characters"
+)
+_NAMESPACE_RULE = "a Kubernetes namespace: lower-case letters, digits and '-', at most 63"
+_connection = _pattern(
+    _CONNECTION_RE,
+    "connection names are letters, digits and '.', '_', '-', starting with a letter or "
+    "digit, at most 64 characters",
+)
+_REQUIRED_RAW = {
+    "sql": ("engine", "connection", "script"),
+    "k8s": ("connection", "manifests"),
+    "shell": ("script",),
+}
+_DEFAULTS: dict[str, dict[str, Callable[[], object]]] = {
+    "sql": {},
+    "k8s": {"wait": lambda: False},
+    "shell": {
+        "interpreter": lambda: "bash",
+        "env": dict,
+        "secrets_via": lambda: "env",
+        "args": list,
+    },
+}
+
+
+def _check_keys(
+    step: Mapping[Any, Any],
+    index: int | None,
+    name: object,
+    common: tuple[str, ...],
+    allowed: dict[str, tuple[str, ...]],
+) -> str:
+    """Check ``kind`` and that every key is known for it; return the kind."""
+    kind = step.get("kind")
+    if "kind" not in step:
+        _fail(index, name, "kind", "is missing; give one of " + ", ".join(map(repr, STEP_KINDS)))
+    if not isinstance(kind, str) or kind not in STEP_KINDS:
+        allowed_kinds = ", ".join(map(repr, STEP_KINDS))
+        message = f"{_show(kind)} is not one of {allowed_kinds}{_hint(kind, STEP_KINDS)}"
+        _fail(index, name, "kind", message)
+    known = (*common, *allowed[kind])
+    for key in step:
+        if isinstance(key, str) and key in known:
+            continue
+        owners = [k for k in STEP_KINDS if isinstance(key, str) and key in allowed[k]]
+        if owners:
+            why = f"is a field of {' and '.join(owners)} steps, not of {kind} steps"
+        else:
+            why = f"is not a known field of a {kind} step{_hint(key, known)}"
+        raise ReleaseFormatError(f"{_where(index, name)}: {_show(key)} {why}")
+    return kind
+
+
+def normalize_step(
+    raw: Mapping[str, Any], index: int, file_names: Collection[str]
+) -> dict[str, Any]:
+    """Check one ``[[steps]]`` table and return its normalized form (docs §3.3).
+
+    Args:
+        raw: the table as read from ``release.toml``.
+        index: the step's 0-based position; messages count from 1 ("step 2").
+        file_names: the names of the release's files; every file the step references must
+            be one of them.
+
+    Raises:
+        ReleaseFormatError: naming the step number, the step name and the field, for a
+            missing or unknown field, a wrong type or a value that breaks a rule.
+    """
+    if not isinstance(raw, Mapping):
+        raise ReleaseFormatError(f"step {index + 1}: must be a table, not {_type(raw)}")
+    name = raw.get("name")
+    if "name" not in raw:
+        _fail(index, None, "name", "is missing; every step needs a unique name")
+    try:
+        name = _step_name(name)
+    except _FieldError as exc:
+        _fail(index, None, "name", str(exc))
+    kind = _check_keys(raw, index, name, _COMMON_RAW, _KIND_RAW)
+
+    out: dict[str, Any] = {"name": name, "kind": kind}
+    common: dict[str, tuple[str, _Check, Callable[[], object]]] = {
+        "timeout": ("timeout_s", _duration, lambda: DEFAULT_TIMEOUT_S),
+        "on_failure": ("on_failure", _choice(ON_FAILURE), lambda: "stop"),
+        "secrets": ("secrets", _secrets, list),
+    }
+    for key, (norm_key, check, default) in common.items():
+        out[norm_key] = _apply(raw, key, check, default, index, name)
+
+    checks = _raw_checks(file_names)[kind]
+    for key in _KIND_RAW[kind]:
+        if key in _REQUIRED_RAW[kind] and key not in raw:
+            needs = ", ".join(_REQUIRED_RAW[kind])
+            _fail(index, name, key, f"is missing; a {kind} step needs {needs}")
+        norm_key = "wait_timeout_s" if key == "wait_timeout" else key
+        if key in raw:
+            out[norm_key] = _apply(raw, key, checks[key], None, index, name)
+        elif key in _DEFAULTS[kind]:
+            out[norm_key] = _DEFAULTS[kind][key]()
+    _check_combinations(out, index, raw_keys=True)
+    return out
+
+
+def _apply(
+    step: Mapping[str, Any],
+    key: str,
+    check: _Check,
+    default: Callable[[], object] | None,
+    index: int | None,
+    name: object,
+) -> object:
+    if key not in step:
+        return default() if default is not None else None
+    try:
+        return check(step[key])
+    except _FieldError as exc:
+        _fail(index, name, key, str(exc))
+
+
+def _check_combinations(step: Mapping[str, Any], index: int | None, *, raw_keys: bool) -> None:
+    """Rules that involve two fields."""
+    name = step["name"]
+    if step["kind"] == "k8s" and "wait_timeout_s" in step:
+        field = "wait_timeout" if raw_keys else "wait_timeout_s"
+        if not step["wait"]:
+            _fail(index, name, field, "has no effect unless wait = true")
+        if step["wait_timeout_s"] > step["timeout_s"]:
+            message = (
+                f"{step['wait_timeout_s']} seconds is longer than the step's timeout "
+                f"({step['timeout_s']} seconds)"
+            )
+            _fail(index, name, field, message)
+    if step["kind"] == "shell":
+        # The shell executor exports secret "db-password" as TIANGONG_SECRET_DB_PASSWORD.
+        seen: dict[str, str] = {}
+        for secret in step["secrets"]:
+            var = secret_env_name(secret)
+            if var in seen:
+                message = (
+                    f"{seen[var]!r} and {secret!r} would both be exported as {var}; "
+                    "rename one of them"
+                )
+                _fail(index, name, "secrets", message)
+            seen[var] = secret
+
+
+def secret_env_name(name: str) -> str:
+    """The environment variable a shell step gets secret ``name`` in (docs §3.6):
+    ``TIANGONG_SECRET_`` + the name upper-cased, every character but A-Z and 0-9 made ``_``.
+    """
+    return SECRET_ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
+def validate_step(step: Mapping[str, Any], index: int | None = None) -> None:
+    """Check a normalized step (as found in a verified manifest) — docs §3.3.
+
+    The step must have exactly the normalized keys of its kind (optional ones may be left
+    out), each with a valid value. File references are checked for syntax only.
+
+    Raises:
+        ReleaseFormatError: naming the step (and its number when ``index`` is given) and
+            the field.
+    """
+    if not isinstance(step, Mapping):
+        raise ReleaseFormatError(f"{_where(index, None)}: must be a mapping, not {_type(step)}")
+    name = step.get("name")
+    try:
+        _step_name(name)
+    except _FieldError as exc:
+        _fail(index, None, "name", "is missing" if "name" not in step else str(exc))
+    kind = _check_keys(step, index, name, _COMMON_NORM, _KIND_NORM)
+    checks: dict[str, _Check] = {
+        "timeout_s": _seconds,
+        "on_failure": _choice(ON_FAILURE),
+        "secrets": _secrets,
+    }
+    raw_checks = _raw_checks(None)[kind]
+    for key in _KIND_NORM[kind]:
+        checks[key] = _seconds if key == "wait_timeout_s" else raw_checks[key]
+    for key, check in checks.items():
+        if key not in step:
+            if key in _OPTIONAL_NORM[kind]:
+                continue
+            _fail(index, name, key, "is missing")
+        value = step[key]
+        try:
+            normalized = check(value)
+        except _FieldError as exc:
+            _fail(index, name, key, str(exc))
+        if normalized != value or type(normalized) is not type(value):
+            _fail(index, name, key, f"{_show(value)} is not in normalized form")
+    _check_combinations(step, index, raw_keys=False)
+
+
+def referenced_files(step: Mapping[str, Any]) -> list[str]:
+    """The release files a normalized step uses (its script, or its manifests), in order."""
+    if step.get("kind") == "k8s":
+        return list(step.get("manifests", []))
+    script = step.get("script")
+    return [script] if isinstance(script, str) else []

@@ -1,0 +1,288 @@
+"""Sans-I/O live sync protocol: hub and agent state machines (docs/live-protocol.md).
+
+The asyncio layers (hub server, agent client) move bytes; everything else is here::
+
+    conn.receive_data(message)      # one WebSocket binary message in
+    conn.events_received()          # -> list of events (what the peer said)
+    conn.data_to_send()             # -> list of messages to write, in order
+    conn.send_offer(...) / ...      # actions queue messages
+
+:class:`HubSide` and :class:`AgentSide` enforce the order of §6: nothing but HELLO, CHALLENGE
+and AUTH before authentication; a CHUNK only for an offered, resumed transfer at exactly the
+next offset and never past the offered size; DONE only when every byte was sent; log lines
+within their rate. When the peer breaks a rule, ``receive_data`` queues an ERROR (a REFUSE
+for authentication and version failures) with a short code, marks the connection closed and
+raises the :class:`~bundle.sync_errors.SyncError`: the layer sends what is queued, then
+closes the WebSocket with ``conn.close_code``.
+
+This module holds the handshake and the role-specific parts. The shared state machine
+(transfers, heartbeats, errors) is :mod:`bundle.sync_connection`, messages and limits
+:mod:`bundle.sync_messages`, events :mod:`bundle.sync_events`, :class:`TransferReceiver` and
+:class:`TokenBucket` :mod:`bundle.sync_transfer`; this module re-exports what the layers need,
+so they import from ``bundle.sync`` only.
+
+Deliberately not here: sockets, files, timers, retries, database lookups (the hub layer finds
+the agent's key and decides to refuse), and what to do with a received file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from bundle.sync_connection import MAX_TRANSFERS, RECENT_TRANSFERS, Connection, State
+from bundle.sync_errors import (
+    LogRateError,
+    NotAuthenticatedError,
+    OutOfOrderError,
+    RateLimitedError,
+    UsageError,
+    VersionError,
+    WrongHubError,
+)
+from bundle.sync_events import (
+    AckReceived,
+    Authenticated,
+    ChallengeReceived,
+    ChunkReceived,
+    Event,
+    HeartbeatAcked,
+    HeartbeatReceived,
+    HelloReceived,
+    LogReceived,
+    OfferReceived,
+    PeerError,
+    Refused,
+    ResumeRequested,
+    TransferCancelled,
+    TransferDone,
+    TransferReceived,
+    Welcomed,
+)
+from bundle.sync_messages import (
+    MAX_CHUNK_BYTES,
+    MAX_HEADER_BYTES,
+    MAX_LOG_LINE_BYTES,
+    MAX_MESSAGE_BYTES,
+    MAX_TRANSFER_BYTES,
+    NONCE_BYTES,
+    PROTOCOL_VERSION,
+    Message,
+    MessageType,
+    Offer,
+    Part,
+    auth_message,
+    decode_message,
+    encode_message,
+    verify_auth,
+)
+from bundle.sync_transfer import Clock, Sink, TokenBucket, TransferReceiver
+from signing.keys import PublicKey, SigningKey
+
+__all__ = [
+    "DEFAULT_HEARTBEAT_SECONDS",
+    "HUB_LOG_BURST_MESSAGES",
+    "LOG_BURST_MESSAGES",
+    "LOG_MESSAGES_PER_SECOND",
+    "MAX_CHUNK_BYTES",
+    "MAX_HEADER_BYTES",
+    "MAX_LOG_LINE_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "MAX_TRANSFERS",
+    "MAX_TRANSFER_BYTES",
+    "NONCE_BYTES",
+    "PROTOCOL_VERSION",
+    "RECENT_TRANSFERS",
+    "AckReceived",
+    "AgentSide",
+    "Authenticated",
+    "ChallengeReceived",
+    "ChunkReceived",
+    "Connection",
+    "Event",
+    "HeartbeatAcked",
+    "HeartbeatReceived",
+    "HelloReceived",
+    "HubSide",
+    "LogReceived",
+    "Message",
+    "MessageType",
+    "Offer",
+    "OfferReceived",
+    "Part",
+    "PeerError",
+    "Refused",
+    "ResumeRequested",
+    "Sink",
+    "TokenBucket",
+    "TransferCancelled",
+    "TransferDone",
+    "TransferReceived",
+    "TransferReceiver",
+    "Welcomed",
+    "auth_message",
+    "decode_message",
+    "encode_message",
+    "verify_auth",
+]
+
+LOG_MESSAGES_PER_SECOND = 200.0  # LOG messages per second an agent sends at most
+LOG_BURST_MESSAGES = 400  # LOG messages an agent may send at once (token bucket size)
+HUB_LOG_BURST_MESSAGES = 2_000  # the hub's bucket: larger, as the network may bunch messages
+DEFAULT_HEARTBEAT_SECONDS = 30  # seconds between heartbeats, announced in WELCOME
+
+
+class HubSide(Connection):
+    """The hub's end of one agent connection.
+
+    ``binding`` is the TLS channel binding the agent must sign (§5.2), ``b""`` without TLS.
+    """
+
+    role = "hub"
+    _OFFER = MessageType.OFFER
+    _CHUNK = MessageType.CHUNK
+    _DONE = MessageType.DONE
+    _SUFFIX = ".tgb"
+
+    def __init__(self, hub_id: str, *, binding: bytes = b"",
+                 heartbeat: int = DEFAULT_HEARTBEAT_SECONDS, clock: Clock = time.monotonic,
+                 log_rate: float = LOG_MESSAGES_PER_SECOND,
+                 log_burst: int = HUB_LOG_BURST_MESSAGES) -> None:
+        super().__init__(clock=clock)
+        self.hub_id = hub_id
+        self.agent_id: str | None = None  # claimed in HELLO; proven once ``is_open``
+        self._binding = binding
+        self._heartbeat = heartbeat
+        self._agent_key: PublicKey | None = None
+        self._nonce: bytes | None = None
+        self._log_rate = log_rate
+        self._logs = TokenBucket(log_rate, log_burst, clock)
+
+    def challenge(self, agent_key: PublicKey, nonce: bytes, now: int) -> None:
+        """Answer HELLO: challenge the agent to sign ``nonce`` with ``agent_key``.
+
+        ``nonce`` must be fresh for this connection (``os.urandom(NONCE_BYTES)``); ``now`` is
+        the hub's Unix time in seconds (information for the agent's logs).
+
+        Raises:
+            UsageError: no HELLO yet, challenged already, or the nonce has the wrong size.
+        """
+        if self._state is not State.HANDSHAKE or self.agent_id is None or self._nonce:
+            raise UsageError("challenge() is the answer to one HELLO")
+        if len(nonce) != NONCE_BYTES:
+            raise UsageError(f"a nonce is {NONCE_BYTES} bytes")
+        self._agent_key, self._nonce = agent_key, nonce
+        self._send(MessageType.CHALLENGE, {"nonce": nonce, "hub_id": self.hub_id, "time": now})
+
+    def _handshake(self, msg: Message) -> None:
+        if msg.type is MessageType.HELLO:
+            if self.agent_id is not None:
+                raise OutOfOrderError("second HELLO", remote_text="HELLO sent twice")
+            if msg.header["version"] != PROTOCOL_VERSION:
+                raise VersionError(f"agent speaks protocol version {msg.header['version']}, "
+                                   f"the hub speaks {PROTOCOL_VERSION}",
+                                   remote_text=f"the hub speaks version {PROTOCOL_VERSION}")
+            if msg.header["hub_id"] != self.hub_id:
+                raise WrongHubError(f"agent {msg.header['agent_id']} expected hub "
+                                    f"{msg.header['hub_id']!r}, this is {self.hub_id!r}")
+            self.agent_id = msg.header["agent_id"]
+            self._events.append(HelloReceived(msg.header["agent_id"], msg.header["version"]))
+        elif msg.type is MessageType.AUTH:
+            if self._nonce is None or self._agent_key is None or self.agent_id is None:
+                raise OutOfOrderError("AUTH before CHALLENGE", remote_text="AUTH before CHALLENGE")
+            verify_auth(self._agent_key, msg.header["signature"], hub_id=self.hub_id,
+                        agent_id=self.agent_id, nonce=self._nonce, binding=self._binding)
+            self._nonce = None  # one signature per challenge
+            self._state = State.OPEN
+            self._send(MessageType.WELCOME, {"heartbeat": self._heartbeat})
+            self._events.append(Authenticated(self.agent_id))
+        else:
+            raise NotAuthenticatedError(f"{msg.type.name} before authentication",
+                                        remote_text=f"{msg.type.name} before authentication")
+
+    def _extra_handlers(self) -> dict[MessageType, Callable[[Message], None]]:
+        return {MessageType.LOG: self._on_log}
+
+    def _on_log(self, msg: Message) -> None:
+        if not self._logs.take():
+            raise RateLimitedError(f"agent {self.agent_id} sent log lines faster than "
+                                   f"{self._log_rate:g}/s")
+        h = msg.header
+        self._events.append(LogReceived(h["bundle_id"], h["step"], h["seq"], h["stream"],
+                                        msg.body.decode("utf-8")))
+
+
+class AgentSide(Connection):
+    """The agent's end: call :meth:`send_hello` once connected; the challenge is answered
+    with ``signing_key`` over ``binding`` (§5) without the layer's help."""
+
+    role = "agent"
+    _OFFER = MessageType.RESULT_OFFER
+    _CHUNK = MessageType.RESULT_CHUNK
+    _DONE = MessageType.RESULT_DONE
+    _SUFFIX = ".tgr"
+
+    def __init__(self, agent_id: str, hub_id: str, signing_key: SigningKey, *,
+                 binding: bytes = b"", clock: Clock = time.monotonic,
+                 log_rate: float = LOG_MESSAGES_PER_SECOND,
+                 log_burst: int = LOG_BURST_MESSAGES) -> None:
+        super().__init__(clock=clock)
+        self.agent_id = agent_id
+        self.hub_id = hub_id
+        self._key = signing_key
+        self._binding = binding
+        self._hello_sent = False
+        self._auth_sent = False
+        self._logs = TokenBucket(log_rate, log_burst, clock)
+
+    def send_hello(self) -> None:
+        """The first message of a connection.
+
+        Raises:
+            UsageError: sent already.
+        """
+        if self._hello_sent:
+            raise UsageError("HELLO is sent once per connection")
+        self._hello_sent = True
+        self._send(MessageType.HELLO, {"version": PROTOCOL_VERSION, "agent_id": self.agent_id,
+                                       "hub_id": self.hub_id})
+
+    def _handshake(self, msg: Message) -> None:
+        if msg.type is MessageType.CHALLENGE:
+            if not self._hello_sent or self._auth_sent:
+                raise OutOfOrderError("CHALLENGE not expected now",
+                                      remote_text="CHALLENGE not expected")
+            if msg.header["hub_id"] != self.hub_id:
+                raise WrongHubError(f"hub answered as {msg.header['hub_id']!r}, expected "
+                                    f"{self.hub_id!r}")
+            message = auth_message(self.hub_id, self.agent_id, msg.header["nonce"],
+                                   self._binding)
+            self._auth_sent = True
+            self._send(MessageType.AUTH, {"signature": self._key.sign(message)})
+            self._events.append(ChallengeReceived(msg.header["hub_id"], msg.header["time"]))
+        elif msg.type is MessageType.WELCOME and self._auth_sent:
+            self._state = State.OPEN
+            self._events.append(Welcomed(msg.header["heartbeat"]))
+        else:
+            raise NotAuthenticatedError(f"{msg.type.name} before authentication",
+                                        remote_text=f"{msg.type.name} before authentication")
+
+    def log_wait(self) -> float:
+        """Seconds until :meth:`send_log` may be called (0.0: now)."""
+        return self._logs.wait_time()
+
+    def send_log(self, bundle_id: str, step: int, seq: int, stream: str, text: str) -> None:
+        """Send one line (or block) of step output; ``seq`` increases per bundle.
+
+        Raises:
+            LogRateError: no budget now (see :meth:`log_wait`).
+            UsageError: not open, or the text is over MAX_LOG_LINE_BYTES (split it first).
+        """
+        self._require_open("send LOG")
+        body = text.encode("utf-8", errors="replace")
+        if len(body) > MAX_LOG_LINE_BYTES:
+            raise UsageError(f"log text of {len(body)} bytes is over {MAX_LOG_LINE_BYTES}")
+        if not self._logs.take():
+            raise LogRateError("log rate exceeded", retry_after=self._logs.wait_time())
+        self._send(MessageType.LOG, {"bundle_id": bundle_id, "step": step, "seq": seq,
+                                     "stream": stream}, body)

@@ -1,0 +1,768 @@
+"""Write a signed bundle: compress, sign the manifest, frame it (docs/bundle-format.md §12).
+
+:func:`write_bundle` is generic: it takes a manifest (everything but ``files`` and ``parts``) and
+a list of payload files, so release bundles and result bundles (agent logs) share it.
+:func:`release_manifest` builds the manifest and file list of a release bundle from a loaded
+release directory.
+
+The writer
+
+1. compresses every payload file, streaming with 1 MiB buffers, into a spool file, hashing the
+   content and the compressed bytes as they pass (§7.1, §12.1);
+2. fills in ``files`` (and ``parts`` when splitting, §8), signs the manifest (the envelope
+   carries digests, never payloads) and frames marker, roots, envelope and payload members;
+3. writes to a temporary name, ``fsync``\\ s, renames into place, ``fsync``\\ s the directory;
+4. re-reads what it wrote from the device and checks every digest (``verify=True``).
+
+Output is deterministic: the same inputs, keys and manifest give the same bytes on any machine
+with the same python-zstandard version (§12.2). Spools and temporary files are removed on any
+failure. This module does not decide bundle ids, sequence numbers or times: the caller does.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Protocol, cast
+
+import zstandard
+
+from bundle.container import (
+    END_OF_ARCHIVE,
+    ENVELOPE_NAME,
+    MARKER,
+    MARKER_NAME,
+    ROOTS_NAME,
+    encode_header,
+    encode_member,
+    member_span,
+    padding,
+    payload_member,
+)
+from bundle.errors import BundleError, LimitExceededError, ManifestError, ReleaseFormatError
+from bundle.limits import DEFAULT_LIMITS, Limits, format_bytes
+from bundle.manifest import (
+    KIND_RELEASE,
+    Approval,
+    FileEntry,
+    Manifest,
+    PartDigest,
+    PartsInfo,
+    ReleaseInfo,
+    SecretEntry,
+    Target,
+    check_logical_name,
+)
+from bundle.parts import DEFAULT_SPLIT_SIZE, check_split_size, part_path, plan_parts
+from bundle.release_names import NameSet
+from signing.envelope import sign_envelope
+from signing.keys import SigningKey
+from signing.strictjson import dumps_canonical
+
+__all__ = [
+    "BUFFER_BYTES",
+    "DEFAULT_LEVEL",
+    "DEFAULT_SPLIT_SIZE",
+    "MT_THRESHOLD_BYTES",
+    "PayloadFile",
+    "ProgressFn",
+    "ReleaseSourceLike",
+    "WrittenBundle",
+    "encode_roots",
+    "release_manifest",
+    "write_bundle",
+]
+
+BUFFER_BYTES = 1024 * 1024  # bytes per read/write/hash step
+DEFAULT_LEVEL = 3  # zstd level (§12.1)
+MT_THRESHOLD_BYTES = 4 * 1024 * 1024  # members larger than this use all cores (§12.2)
+MAX_SMALL_WORKERS = 4  # threads compressing small members at once
+_COPY_STEP = 8 * 1024 * 1024  # bytes per copy_file_range call (progress granularity)
+
+#: ``progress(phase, done, total)``: phase is ``"compress"`` (content bytes read),
+#: ``"write"`` (bundle bytes written) or ``"verify"`` (bundle bytes re-read).
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class PayloadFile:
+    """One payload: its logical ``name`` (a key, never a path on the agent) and its source.
+
+    ``size`` and ``sha256``, when given (e.g. from the release loader), must still match the
+    file when it is compressed; a release cannot change between approval and export.
+    """
+
+    name: str
+    path: Path
+    size: int | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class WrittenBundle:
+    """What :func:`write_bundle` produced.
+
+    ``paths`` is the bundle file, or its parts with ``.part000`` first. ``size`` is the length
+    of the whole bundle stream (all parts together).
+    """
+
+    paths: tuple[Path, ...]
+    manifest: Manifest
+    envelope: bytes
+    envelope_sha256: str
+    size: int
+
+
+class ReleaseSourceLike(Protocol):
+    """The fields of :class:`bundle.release.ReleaseSource` the writer uses."""
+
+    @property
+    def product(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def steps(self) -> tuple[Mapping[str, Any], ...]: ...
+    @property
+    def files(self) -> Sequence[Any]: ...  # items with name, path, size, sha256
+    @property
+    def content_hash(self) -> str: ...
+
+
+def release_manifest(
+    source: ReleaseSourceLike,
+    *,
+    bundle_id: str,
+    issuer: str,
+    target: Target,
+    root_version: int,
+    sequence: int,
+    created: int,
+    expires: int,
+    counter: int,
+    author: str,
+    approvals: Sequence[Approval] = (),
+    not_before: int | None = None,
+    secrets: Sequence[SecretEntry] = (),
+    checkpoint: Mapping[str, Any] | None = None,
+) -> tuple[Manifest, tuple[PayloadFile, ...]]:
+    """The manifest (without ``files``/``parts``) and payload list of a release bundle (§6.3).
+
+    Payloads keep the release's file order (sorted by name) and carry the loader's size and
+    SHA-256, which :func:`write_bundle` checks again while compressing.
+
+    Raises:
+        ManifestError: a field breaks a manifest rule.
+    """
+    manifest = Manifest(
+        bundle_id=bundle_id,
+        kind=KIND_RELEASE,
+        issuer=issuer,
+        target=target,
+        root_version=root_version,
+        sequence=sequence,
+        created=created,
+        expires=expires,
+        not_before=not_before,
+        release=ReleaseInfo(
+            product=source.product,
+            version=source.version,
+            description=source.description,
+            counter=counter,
+            content_hash=source.content_hash,
+            author=author,
+            approvals=tuple(approvals),
+        ),
+        steps=tuple(dict(s) for s in source.steps),
+        secrets=tuple(secrets),
+        checkpoint=checkpoint,
+    )
+    files = tuple(PayloadFile(f.name, Path(f.path), f.size, f.sha256) for f in source.files)
+    return manifest, files
+
+
+def encode_roots(roots: Sequence[bytes]) -> bytes:
+    """The ``roots.json`` member: a canonical JSON array of base64 root envelopes (§5.2)."""
+    return dumps_canonical([base64.b64encode(r).decode("ascii") for r in roots])
+
+
+# -- compression ------------------------------------------------------------------------
+
+
+class _HashingWriter:
+    """A file-like sink for the zstd writer that hashes and counts what passes through."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._fh.write(data)
+        self.sha.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+
+class _Compressors:
+    """One single-worker and one all-cores compressor. Both use libzstd's multi-threaded mode,
+    whose output does not depend on the worker count (§12.2), so the choice is only speed."""
+
+    def __init__(self, level: int, threads: int) -> None:
+        self.level = level
+        self._small = self._make(1)
+        self._big = self._make(threads)
+
+    def _make(self, threads: int) -> zstandard.ZstdCompressor:
+        return zstandard.ZstdCompressor(
+            level=self.level, threads=threads, write_checksum=True, write_content_size=True
+        )
+
+    def for_size(self, size: int) -> zstandard.ZstdCompressor:
+        return self._big if size > MT_THRESHOLD_BYTES else self._small
+
+
+def _check_level(level: int, limits: Limits) -> None:
+    if not -7 <= level <= zstandard.MAX_COMPRESSION_LEVEL:
+        raise ValueError(f"zstd level {level} is out of range")
+    window = 1 << zstandard.ZstdCompressionParameters.from_level(level).window_log
+    if window > limits.max_window_bytes:
+        raise ValueError(
+            f"zstd level {level} uses a {format_bytes(window)} window, over the max_window_bytes "
+            f"limit of {format_bytes(limits.max_window_bytes)}; agents would refuse the bundle"
+        )
+
+
+def _open_source(pf: PayloadFile) -> tuple[int, int]:
+    """Open a payload source read-only without following a final symlink; (fd, size)."""
+    try:
+        fd = os.open(pf.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ReleaseFormatError(
+                f"payload {pf.name!r}: {pf.path} is a symbolic link; only regular files are "
+                "bundled"
+            ) from exc
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ReleaseFormatError(f"payload {pf.name!r}: {pf.path} is not a regular file")
+    if pf.size is not None and st.st_size != pf.size:
+        os.close(fd)
+        raise ReleaseFormatError(
+            f"payload {pf.name!r}: {pf.path} is {st.st_size} bytes, but the release was loaded "
+            f"with {pf.size} bytes; the file changed — load the release again"
+        )
+    return fd, st.st_size
+
+
+def _compress_one(
+    index: int,
+    pf: PayloadFile,
+    spool: Path,
+    compressors: _Compressors,
+    tick: Callable[[int], None],
+) -> FileEntry:
+    fd, size = _open_source(pf)
+    content_sha = hashlib.sha256()
+    buf = bytearray(BUFFER_BYTES)
+    view = memoryview(buf)
+    got = 0
+    with open(fd, "rb", buffering=0) as src, open(spool, "xb") as out:
+        sink = _HashingWriter(out)
+        cctx = compressors.for_size(size)
+        zw = cctx.stream_writer(
+            cast(IO[bytes], sink), size=size, write_size=BUFFER_BYTES, closefd=False
+        )
+        # No ``with zw``: closing a frame whose pledged size was not reached raises a zstd
+        # error that would hide the real reason below.
+        while got < size:
+            n = src.readinto(view[: min(BUFFER_BYTES, size - got)])
+            if not n:
+                break
+            chunk = view[:n]
+            content_sha.update(chunk)
+            zw.write(chunk)
+            got += n
+            tick(n)
+        if got != size or src.read(1):
+            raise ReleaseFormatError(
+                f"payload {pf.name!r}: {pf.path} changed size while it was being read"
+            )
+        zw.flush(zstandard.FLUSH_FRAME)
+        out.flush()
+    digest = content_sha.hexdigest()
+    if pf.sha256 is not None and digest != pf.sha256:
+        raise ReleaseFormatError(
+            f"payload {pf.name!r}: {pf.path} no longer has the SHA-256 it had when the release "
+            "was loaded; the file changed — load the release again"
+        )
+    return FileEntry(
+        member=payload_member(index),
+        name=pf.name,
+        size=size,
+        sha256=digest,
+        compressed_size=sink.size,
+        compressed_sha256=sink.sha.hexdigest(),
+    )
+
+
+# -- the data section (payload members and end marker) -----------------------------------
+
+
+def _data_section(entries: Sequence[FileEntry], spools: Sequence[Path]) -> Iterator[bytes]:
+    """The bytes after the envelope member, in order (§2.1)."""
+    for entry, spool in zip(entries, spools, strict=True):
+        yield encode_header(entry.member, entry.compressed_size)
+        with open(spool, "rb") as fh:
+            while chunk := fh.read(BUFFER_BYTES):
+                yield chunk
+        yield padding(entry.compressed_size)
+    yield END_OF_ARCHIVE
+
+
+def _cut_parts(
+    chunks: Iterator[bytes],
+    sizes: Sequence[int],
+    open_part: Callable[[int], BinaryIO] | None,
+    tick: Callable[[int], None],
+) -> tuple[PartDigest, ...]:
+    """Hash the data section part by part (and write each part when ``open_part``)."""
+    digests: list[PartDigest] = []
+    index = 0
+    left = 0
+    sha = hashlib.sha256()
+    out: BinaryIO | None = None
+
+    def close_part() -> None:
+        nonlocal out
+        digests.append(PartDigest(index, sizes[index - 1], sha.hexdigest()))
+        if out is not None:
+            out.flush()
+            os.fsync(out.fileno())
+            out.close()
+            out = None
+
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            if left == 0:
+                if index:
+                    close_part()
+                index += 1
+                left = sizes[index - 1]
+                sha = hashlib.sha256()
+                out = open_part(index) if open_part is not None else None
+            piece = view[:left]
+            sha.update(piece)
+            if out is not None:
+                out.write(piece)
+            left -= len(piece)
+            view = view[len(piece) :]
+            tick(len(piece))
+    if index:
+        close_part()
+    if len(digests) != len(sizes) or left:
+        raise AssertionError("data section length differs from the part plan")
+    return tuple(digests)
+
+
+# -- files ------------------------------------------------------------------------------
+
+
+def _copy_fd(src: int, dst: int, count: int, tick: Callable[[int], None]) -> None:
+    """Copy ``count`` bytes from ``src`` (at its offset) to ``dst``; kernel copy if possible."""
+    done = 0
+    fast = hasattr(os, "copy_file_range")
+    while done < count:
+        step = min(_COPY_STEP, count - done)
+        n = 0
+        if fast:
+            try:
+                n = os.copy_file_range(src, dst, step)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
+                                     errno.EPERM, errno.EBADF):
+                    raise
+                fast = False
+                continue
+        else:
+            data = os.read(src, min(step, BUFFER_BYTES))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(dst, view) :]
+            n = len(data)
+        if n == 0:
+            raise OSError(errno.EIO, "spool file ended early while copying")
+        done += n
+        tick(n)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems (e.g. vfat on some kernels) cannot fsync a directory
+    finally:
+        os.close(fd)
+
+
+def _drop_cache(fd: int) -> None:
+    """Ask the kernel to forget cached pages so the verification re-read hits the device."""
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def _tmp_for(final: Path) -> tuple[int, Path]:
+    """A new temporary file beside ``final``: hidden and ending in ``.tmp`` (inbox watchers
+    ignore such names)."""
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o644)
+    return fd, Path(name)
+
+
+# -- the writer -------------------------------------------------------------------------
+
+
+def write_bundle(
+    out: Path,
+    manifest: Manifest,
+    files: Sequence[PayloadFile | tuple[str, Path]],
+    signing_keys: Sequence[SigningKey],
+    *,
+    roots: Sequence[bytes] = (),
+    split_size: int | None = None,
+    write_parts: bool = True,
+    level: int = DEFAULT_LEVEL,
+    threads: int = -1,
+    limits: Limits = DEFAULT_LIMITS,
+    spool_dir: Path | None = None,
+    progress: ProgressFn | None = None,
+    verify: bool = True,
+) -> WrittenBundle:
+    """Write a signed bundle to ``out`` (or to its parts ``out.part000``, ``out.part001`` ...).
+
+    Args:
+        manifest: every field but ``files`` and ``parts`` (leave those empty; the writer fills
+            them in). Its ``issuer`` must be the key id of one of ``signing_keys``.
+        files: payload files in manifest order, as :class:`PayloadFile` or (name, path).
+        signing_keys: keys that sign the envelope (the payload type follows ``manifest.kind``).
+        roots: root envelopes to carry so agents with an older root can catch up (§5.2).
+        split_size: cut the data section into parts of this many bytes (§8); the manifest
+            then lists every part's size and SHA-256. ``DEFAULT_SPLIT_SIZE`` fits FAT32.
+        write_parts: with ``split_size``, write the parts (default) or one file whose bytes
+            equal the parts joined.
+        level, threads: zstd level; worker threads for members over 4 MiB (-1: all cores).
+            Neither the thread count nor the machine changes the output (§12.2).
+        limits: the writer refuses to produce what a verifier with these limits would refuse.
+        spool_dir: where compressed spools go (default: the output directory).
+        progress: called as ``progress(phase, done, total)``.
+        verify: re-read the written files from the device and check every digest; if they
+            differ, the written files are removed and the error is raised.
+
+    Raises:
+        LimitExceededError: the bundle would exceed a limit (files, sizes, envelope, secrets).
+        ReleaseFormatError: a payload file is not a regular file or changed while loaded.
+        ManifestError: the manifest breaks a rule (e.g. a bad or colliding payload name).
+        BundleFormatError / DigestMismatchError: the re-read found different bytes.
+        OSError: the output cannot be written (disk full, removed media...).
+        ValueError: bad arguments (level, split size, issuer, non-empty files/parts).
+    """
+    if manifest.files or manifest.parts is not None:
+        raise ValueError("leave manifest.files and manifest.parts empty; the writer fills them")
+    if not signing_keys:
+        raise ValueError("at least one signing key is needed")
+    if manifest.issuer not in {k.key_id for k in signing_keys}:
+        raise ValueError("manifest.issuer must be the key id of one of the signing keys")
+    if split_size is not None:
+        check_split_size(split_size)
+    _check_level(level, limits)
+    payloads = [f if isinstance(f, PayloadFile) else PayloadFile(f[0], Path(f[1])) for f in files]
+    _check_inputs(manifest, payloads, roots, limits)
+    out = Path(out)
+    report = progress or (lambda phase, done, total: None)
+
+    spool_root = Path(tempfile.mkdtemp(prefix=".tiangong-spool-", dir=spool_dir or out.parent))
+    temps: list[Path] = []
+    try:
+        entries, spools = _compress_all(payloads, spool_root, level, threads, limits, report)
+        data_bytes = sum(member_span(e.compressed_size) for e in entries) + len(END_OF_ARCHIVE)
+        result = _frame_and_write(
+            out, manifest, entries, spools, signing_keys, roots, split_size, write_parts,
+            data_bytes, limits, report, temps,
+        )
+    finally:
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        _remove_tree(spool_root)
+    if verify:
+        from bundle.inspect import verify_written
+
+        try:
+            verify_written(result, progress=progress)
+        except BundleError:
+            # Never leave a bundle behind that does not read back as written (§12.3).
+            for path in result.paths:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            raise
+    return result
+
+
+def _check_inputs(
+    manifest: Manifest, payloads: Sequence[PayloadFile], roots: Sequence[bytes], limits: Limits
+) -> None:
+    if len(payloads) > limits.max_files:
+        raise LimitExceededError(
+            f"{len(payloads)} payload files is over the max_files limit of {limits.max_files}"
+        )
+    names = NameSet()
+    for pf in payloads:
+        check_logical_name(pf.name, "payload name")
+        clash = names.add(pf.name)
+        if clash is not None:
+            # Checked before compressing anything, so a typo costs no time.
+            raise ManifestError(f"payload name {pf.name[:80]!r} {clash}")
+    if len(manifest.secrets) > limits.max_secrets:
+        raise LimitExceededError(
+            f"{len(manifest.secrets)} secrets is over the max_secrets limit of "
+            f"{limits.max_secrets}"
+        )
+    for s in manifest.secrets:
+        if len(s.sealed) > limits.max_sealed_bytes:
+            raise LimitExceededError(
+                f"sealed secret {s.name!r} is {len(s.sealed)} bytes, over the max_sealed_bytes "
+                f"limit of {limits.max_sealed_bytes}"
+            )
+    if len(roots) > limits.max_roots:
+        raise LimitExceededError(
+            f"{len(roots)} root documents is over the max_roots limit of {limits.max_roots}"
+        )
+
+
+def _compress_all(
+    payloads: Sequence[PayloadFile],
+    spool_root: Path,
+    level: int,
+    threads: int,
+    limits: Limits,
+    report: ProgressFn,
+) -> tuple[list[FileEntry], list[Path]]:
+    total = 0
+    for pf in payloads:
+        size = pf.size if pf.size is not None else os.stat(pf.path).st_size
+        if size > limits.max_file_bytes:
+            raise LimitExceededError(
+                f"payload {pf.name!r} is {format_bytes(size)}, over the max_file_bytes limit "
+                f"of {format_bytes(limits.max_file_bytes)}"
+            )
+        total += size
+    if total > limits.max_total_bytes:
+        raise LimitExceededError(
+            f"the payload files total {format_bytes(total)}, over the max_total_bytes limit "
+            f"of {format_bytes(limits.max_total_bytes)}"
+        )
+    done = 0
+    lock = threading.Lock()
+
+    def tick(n: int) -> None:
+        nonlocal done
+        with lock:
+            done += n
+            report("compress", done, total)
+
+    report("compress", 0, total)
+    spools = [spool_root / f"{index:06d}.zst" for index in range(1, len(payloads) + 1)]
+    entries: list[FileEntry | None] = [None] * len(payloads)
+    sizes = [pf.size if pf.size is not None else os.stat(pf.path).st_size for pf in payloads]
+    small = [i for i, size in enumerate(sizes) if size <= MT_THRESHOLD_BYTES]
+    workers = (os.cpu_count() or 1) if threads < 0 else max(1, threads)
+    # Small payloads: one single-worker compressor per thread, several files at once (zstd
+    # and hashlib release the GIL). Each frame depends only on its own file, and entries are
+    # assembled in manifest order, so the bundle bytes do not depend on scheduling (§12.2).
+    local = threading.local()
+
+    def one_small(i: int) -> FileEntry:
+        if not hasattr(local, "compressors"):
+            local.compressors = _Compressors(level, 1)
+        return _compress_one(i + 1, payloads[i], spools[i], local.compressors, tick)
+
+    if workers > 1 and len(small) > 1:
+        with ThreadPoolExecutor(max_workers=min(workers, MAX_SMALL_WORKERS)) as pool:
+            futures = {i: pool.submit(one_small, i) for i in small}
+            try:
+                for i, fut in futures.items():
+                    entries[i] = fut.result()
+            except BaseException:
+                for fut in futures.values():
+                    fut.cancel()
+                raise
+    else:
+        for i in small:
+            entries[i] = one_small(i)
+    # Large payloads: one at a time, each on every core.
+    compressors = _Compressors(level, threads)
+    for i, _size in enumerate(sizes):
+        if entries[i] is None:
+            entries[i] = _compress_one(i + 1, payloads[i], spools[i], compressors, tick)
+    return [e for e in entries if e is not None], spools
+
+
+def _frame_and_write(
+    out: Path,
+    manifest: Manifest,
+    entries: Sequence[FileEntry],
+    spools: Sequence[Path],
+    signing_keys: Sequence[SigningKey],
+    roots: Sequence[bytes],
+    split_size: int | None,
+    write_parts: bool,
+    data_bytes: int,
+    limits: Limits,
+    report: ProgressFn,
+    temps: list[Path],
+) -> WrittenBundle:
+    roots_json = encode_roots(roots)
+    if len(roots_json) > limits.max_roots_bytes:
+        raise LimitExceededError(
+            f"roots.json would be {format_bytes(len(roots_json))}, over the max_roots_bytes "
+            f"limit of {format_bytes(limits.max_roots_bytes)}"
+        )
+    sizes = plan_parts(data_bytes, split_size) if split_size is not None else []
+    parts_written: list[Path] = []
+    digests: tuple[PartDigest, ...] = ()
+    written = 0
+    write_total = data_bytes  # the head's size is known only once the manifest is signed
+
+    def tick(n: int) -> None:
+        nonlocal written
+        written += n
+        report("write", written, write_total)
+
+    if split_size is not None:
+        opener: Callable[[int], BinaryIO] | None = None
+        if write_parts:
+
+            def opener(index: int) -> BinaryIO:
+                fd, tmp = _tmp_for(part_path(out, index))
+                temps.append(tmp)
+                parts_written.append(tmp)
+                return open(fd, "wb")
+
+        digests = _cut_parts(_data_section(entries, spools), sizes, opener,
+                             tick if write_parts else (lambda n: None))
+    final = dataclasses.replace(
+        manifest,
+        files=tuple(entries),
+        parts=None if split_size is None else PartsInfo(split_size, len(sizes), digests),
+    )
+    envelope = sign_envelope(final.payload_type, final.to_bytes(), signing_keys)
+    if len(envelope) > limits.max_envelope_bytes:
+        raise LimitExceededError(
+            f"the signed manifest of {len(entries)} files is {format_bytes(len(envelope))}, "
+            f"over the max_envelope_bytes limit of {format_bytes(limits.max_envelope_bytes)}; "
+            "pack small files into an archive or split the release"
+        )
+    head = (
+        encode_member(MARKER_NAME, MARKER)
+        + encode_member(ROOTS_NAME, roots_json)
+        + encode_member(ENVELOPE_NAME, envelope)
+    )
+    envelope_sha256 = hashlib.sha256(envelope).hexdigest()
+    total = len(head) + data_bytes
+    if split_size is not None and write_parts:
+        fd, tmp0 = _tmp_for(part_path(out, 0))
+        temps.append(tmp0)
+        try:
+            _write_all(fd, head)
+            os.fsync(fd)
+            _drop_cache(fd)
+        finally:
+            os.close(fd)
+        finals = [part_path(out, i) for i in range(1, len(sizes) + 1)]
+        for tmp, dest in zip(parts_written, finals, strict=True):
+            os.replace(tmp, dest)
+        os.replace(tmp0, part_path(out, 0))  # last: watchers wait for the first part
+        temps.clear()
+        _fsync_dir(out.parent)
+        _remove_stale_parts(out, len(sizes))
+        paths = (part_path(out, 0), *finals)
+        report("write", total, total)
+    else:
+        written, write_total = 0, total
+        report("write", 0, total)
+        fd, tmp = _tmp_for(out)
+        temps.append(tmp)
+
+        def put(data: bytes) -> None:
+            _write_all(fd, data)
+            tick(len(data))
+
+        try:
+            put(head)
+            for entry, spool in zip(entries, spools, strict=True):
+                put(encode_header(entry.member, entry.compressed_size))
+                src = os.open(spool, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    _copy_fd(src, fd, entry.compressed_size, tick)
+                finally:
+                    os.close(src)
+                put(padding(entry.compressed_size))
+            put(END_OF_ARCHIVE)
+            os.fsync(fd)
+            _drop_cache(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, out)
+        temps.clear()
+        _fsync_dir(out.parent)
+        paths = (out,)
+    return WrittenBundle(paths, final, envelope, envelope_sha256, total)
+
+
+def _remove_stale_parts(out: Path, count: int) -> None:
+    """Remove ``out.partNNN`` files left by an earlier, longer bundle of the same name."""
+    index = count + 1
+    while True:
+        stale = part_path(out, index)
+        try:
+            if not stat.S_ISREG(os.lstat(stale).st_mode):
+                return
+            stale.unlink()
+        except FileNotFoundError:
+            return
+        index += 1
+
+
+def _remove_tree(root: Path) -> None:
+    shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,16 @@
+"""The complete ``tiangong hub`` command: the core group plus the commands kept in their own
+modules (export/import). The root CLI loads this module.
+
+The hub's dependencies are imported here first, so that on an agent-only install the root
+CLI can say which extra to install instead of failing later with an ImportError.
+"""
+
+from __future__ import annotations
+
+import flask  # noqa: F401 - presence check for the hub extra
+import sqlalchemy  # noqa: F401 - presence check for the hub extra
+
+import hub.cli_exchange  # registers export and import on the group
+from hub.cli import hub
+
+__all__ = ["hub"]

@@ -1,0 +1,122 @@
+"""``tiangong hub export`` and ``tiangong hub import``: the hub's side of the USB stick.
+
+Attached to the ``hub`` group in ``hub.cli``; the rules live in ``hub.services.exchange``.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hub.cli import _config, _emit, _services, _state, hub, json_option
+from signing.durations import parse_duration
+
+__all__ = ["export_cmd", "import_cmd"]
+
+
+def _progress() -> Any:
+    """A progress callback drawing one bar per phase on a terminal (None otherwise)."""
+    if not sys.stderr.isatty():
+        return None
+    state: dict[str, Any] = {"phase": None, "bar": None, "done": 0}
+
+    def report(phase: str, done: int, total: int) -> None:
+        if phase != state["phase"]:
+            if state["bar"] is not None:
+                state["bar"].render_finish()
+            state.update(phase=phase, done=0,
+                         bar=click.progressbar(length=max(total, 1), label=f"{phase:<10}",
+                                               file=sys.stderr))
+        state["bar"].update(max(0, done - state["done"]))
+        state["done"] = done
+
+    return report
+
+
+@hub.command("export")
+@click.option("--environment", required=True, help="Export queued deployments of this env.")
+@click.option("--agent", "agent_id", help="Only deployments for this agent.")
+@click.option("--out", "out_dir", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Where to write (the mounted USB stick or share).")
+@click.option("--expires", default="14d", show_default=True, metavar="DURATION",
+              help="How long the bundles stay valid at the site.")
+@click.option("--split", type=int, metavar="BYTES",
+              help="Split bundles into parts of at most BYTES (e.g. 4294967295 for FAT32).")
+@json_option
+@click.pass_context
+def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_dir: Path,
+               expires: str, split: int | None, as_json: bool) -> None:
+    """Write a signed bundle for every queued deployment of ENVIRONMENT into --out.
+
+    Each bundle gets the next sequence number of its agent, the release's approvals and the
+    latest signed audit checkpoint; it is re-read and verified after writing. An index file
+    (INDEX-<environment>.txt) on the media lists what is there and for whom. Running it
+    again with nothing queued writes nothing. Exit code 1 if any deployment failed.
+    """
+    from hub.services.exchange import export_environment
+
+    try:
+        expires_in = timedelta(seconds=parse_duration(expires))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    with _services(ctx) as sc:
+        report = export_environment(sc, environment, out_dir, agent_id=agent_id,
+                                    expires_in=expires_in, split_size=split,
+                                    progress=_progress())
+    rows = [{"deployment": b.deployment_id, "agent": b.agent_id, "release":
+             f"{b.product} {b.version}", "sequence": b.sequence,
+             "files": [str(p) for p in b.paths], "size": b.size} for b in report.written]
+    if as_json:
+        _emit({"written": rows, "failed": [{"deployment": d, "reason": r}
+                                          for d, r in report.failed],
+               "index": str(report.index) if report.index else None}, True)
+    else:
+        if not rows and not report.failed:
+            click.echo(f"nothing queued for {environment}: nothing written")
+        for r in rows:
+            click.echo(f"wrote {', '.join(Path(f).name for f in r['files'])}  "
+                       f"({r['release']} for {r['agent'] or 'the environment'}, "
+                       f"sequence {r['sequence']})")
+        for d, reason in report.failed:
+            click.echo(f"FAILED deployment {d}: {reason}", err=True)
+        if report.index:
+            click.echo(f"index: {report.index}")
+    sys.exit(1 if report.failed else 0)
+
+
+@hub.command("import")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@json_option
+@click.pass_context
+def import_cmd(ctx: click.Context, directory: Path, as_json: bool) -> None:
+    """Import every result file (*.tgr) and enrollment request in DIRECTORY.
+
+    Each result is verified against the registered key of the agent it claims to come
+    from, advances its deployment, and is stored verbatim in the audit log. Importing the
+    same file twice changes nothing. Bad files are reported and left in place. Exit code 1
+    if any file was rejected.
+    """
+    from hub.services.exchange import import_directory
+
+    results_dir = _config(_state(ctx)).data_dir / "results"
+    with _services(ctx) as sc:
+        report = import_directory(sc, directory, results_dir=results_dir)
+    rows = [{"file": r.file, "status": r.status, "agent": r.agent_id,
+             "deployment": r.deployment_id, "reason": r.reason, "flags": list(r.flags)}
+            for r in report.rows]
+    if as_json:
+        _emit(rows, True)
+    else:
+        _emit(rows, False, ["file", "status", "agent", "deployment", "reason"])
+        for r in report.rows:
+            for flag in r.flags:
+                click.echo(f"FLAG {r.file}: {flag}", err=True)
+        click.echo(f"{report.count('imported')} imported, {report.count('duplicate')} "
+                   f"duplicate, {report.count('rejected')} rejected, "
+                   f"{report.count('enrolled')} enrolled")
+    sys.exit(1 if report.count("rejected") else 0)

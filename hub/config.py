@@ -1,0 +1,144 @@
+"""The hub's configuration: a TOML file plus ``TIANGONG_HUB_*`` environment variables.
+
+Precedence (last wins): defaults < ``<data_dir>/hub.toml`` (or the file named by
+``TIANGONG_HUB_CONFIG``) < environment variables < explicit overrides (CLI options, tests).
+
+=============================  ===============================  ============================
+setting                        variable                         default
+=============================  ===============================  ============================
+data_dir                       TIANGONG_HUB_DATA_DIR            (required)
+database_url                   TIANGONG_HUB_DATABASE_URL        sqlite:///<data_dir>/hub.db
+secret_key                     TIANGONG_HUB_SECRET_KEY          (required to serve the UI)
+bundle_expiry_s                TIANGONG_HUB_BUNDLE_EXPIRY_S     30 days, in seconds
+bind                           TIANGONG_HUB_BIND                127.0.0.1:8400
+workers                        TIANGONG_HUB_WORKERS             2
+hub_id                         TIANGONG_HUB_HUB_ID              (from root.json at init)
+=============================  ===============================  ============================
+
+This module does not create anything on disk (``hub init`` does) and never reads keys.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from hub.errors import ConfigError
+
+__all__ = ["DEFAULT_BUNDLE_EXPIRY_S", "ENV_PREFIX", "HubConfig", "load_config"]
+
+ENV_PREFIX = "TIANGONG_HUB_"
+DEFAULT_BUNDLE_EXPIRY_S = 30 * 24 * 3600  # seconds
+CONFIG_FILE = "hub.toml"
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """Everything the hub needs to run; paths are absolute after :func:`load_config`."""
+
+    data_dir: Path
+    database_url: str = ""
+    secret_key: str = ""
+    bundle_expiry_s: int = DEFAULT_BUNDLE_EXPIRY_S
+    bind: str = "127.0.0.1:8400"
+    workers: int = 2
+    hub_id: str = ""
+    run_migrations: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'hub.db'}")
+        if self.bundle_expiry_s <= 0:
+            raise ConfigError(f"bundle_expiry_s must be positive, not {self.bundle_expiry_s}")
+
+    @property
+    def releases_dir(self) -> Path:
+        return self.data_dir / "releases"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def root_path(self) -> Path:
+        return self.data_dir / "root.json"
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> HubConfig:
+        """Build from a plain mapping (Flask-style test config).
+
+        Raises:
+            ConfigError: unknown key, missing data_dir or a value of the wrong type.
+        """
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown hub setting(s): {', '.join(unknown)}")
+        if "data_dir" not in values:
+            raise ConfigError("data_dir is required (TIANGONG_HUB_DATA_DIR or --data-dir)")
+        kwargs: dict[str, Any] = {}
+        for name, value in values.items():
+            kwargs[name] = _coerce(name, known[name].type, value)
+        return cls(**kwargs)
+
+
+def _coerce(name: str, type_name: object, value: Any) -> Any:
+    text = str(type_name)
+    try:
+        if text == "int" and not isinstance(value, int):
+            return int(value)
+        if text == "bool" and isinstance(value, str):
+            return value.strip().lower() in {"1", "true", "yes", "on"}
+        if text == "Path":
+            return Path(value).expanduser().absolute()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"hub setting {name}: {value!r} is not a valid {text}") from exc
+    return value
+
+
+def load_config(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> HubConfig:
+    """Read the configuration (see the module docstring for precedence).
+
+    Raises:
+        ConfigError: no data directory, unreadable or invalid TOML, unknown settings.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    from_env = {
+        f.name: env[ENV_PREFIX + f.name.upper()]
+        for f in fields(HubConfig)
+        if ENV_PREFIX + f.name.upper() in env
+    }
+    chosen_dir = data_dir or from_env.get("data_dir")
+    path = config_file or env.get(ENV_PREFIX + "CONFIG")
+    if path is None and chosen_dir is not None:
+        candidate = Path(chosen_dir) / CONFIG_FILE
+        path = candidate if candidate.exists() else None
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                file_values = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"hub config {path}: {exc}") from exc
+        values.update(file_values.get("hub", file_values))
+    values.update(from_env)
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    values.update(overrides or {})
+    return HubConfig.from_mapping(values)
+
+
+def with_overrides(config: HubConfig, **changes: Any) -> HubConfig:
+    """A copy of ``config`` with some settings changed."""
+    return replace(config, **changes)

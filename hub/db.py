@@ -1,0 +1,364 @@
+"""The hub's tables: typed SQLAlchemy 2.0 models, registered with Flask-SQLAlchemy.
+
+The models work with a plain :class:`sqlalchemy.orm.Session` too (services, CLI and tests
+use :func:`make_engine` + :func:`make_session_factory` without a Flask app). The schema is
+owned by Alembic (``hub/migrations``); :func:`hub.migrate.upgrade` creates it, never
+``create_all``.
+
+SQLite connections get ``journal_mode=WAL``, ``foreign_keys=ON`` and a busy timeout on
+connect. Times are stored as naive UTC and returned as aware UTC datetimes.
+
+This module holds no rules: the services in ``hub/services`` do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "AGENT_STATUSES",
+    "DEPLOYMENT_STATES",
+    "RELEASE_STATES",
+    "ROLES",
+    "Agent",
+    "Approval",
+    "AuditCheckpoint",
+    "AuditEvent",
+    "AuditHead",
+    "Base",
+    "Deployment",
+    "Environment",
+    "Product",
+    "Release",
+    "RoleGrant",
+    "SequenceCounter",
+    "User",
+    "db",
+    "make_engine",
+    "make_session_factory",
+    "normalize_url",
+]
+
+ROLES = ("viewer", "developer", "operator", "approver", "auditor", "admin")
+RELEASE_STATES = ("draft", "submitted", "approved", "rejected")
+DEPLOYMENT_STATES = (
+    "queued",
+    "exported",
+    "delivered",
+    "running",
+    "succeeded",
+    "failed",
+    "rejected",
+    "interrupted",
+)
+AGENT_STATUSES = ("enrolled", "revoked")
+SQLITE_BUSY_TIMEOUT_MS = 10_000  # milliseconds a writer waits for the lock
+
+_NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Naive UTC in the database, aware UTC in Python (SQLite keeps no time zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        # Microseconds on MySQL/MariaDB too: audit event times are hashed with them.
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("the hub stores aware datetimes only (use the injected clock)")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            return value.astimezone(UTC)
+        return value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=_NAMING)
+
+
+db = SQLAlchemy(model_class=Base)
+
+
+class User(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    email: Mapped[str] = mapped_column(String(254), default="")
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    source: Mapped[str] = mapped_column(String(16), default="local")  # saml | local
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    grants: Mapped[list[RoleGrant]] = relationship(
+        back_populates="user", foreign_keys="RoleGrant.user_id"
+    )
+
+
+class Environment(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "environments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    required_approvals: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RoleGrant(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "role_grants"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    environment_id: Mapped[int | None] = mapped_column(ForeignKey("environments.id"))
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    granted_by: Mapped[str] = mapped_column(String(64), default="")
+
+    user: Mapped[User] = relationship(back_populates="grants", foreign_keys=[user_id])
+    environment: Mapped[Environment | None] = relationship()
+
+
+class Product(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "products"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Release(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("product_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    state: Mapped[str] = mapped_column(String(16), default="draft")
+    content_hash: Mapped[str] = mapped_column(String(64))
+    steps: Mapped[list[Any]] = mapped_column(JSON)
+    files: Mapped[list[Any]] = mapped_column(JSON)
+    stored_path: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    product: Mapped[Product] = relationship()
+    author: Mapped[User] = relationship()
+    approvals: Mapped[list[Approval]] = relationship(
+        back_populates="release", order_by="Approval.id"
+    )
+
+    @property
+    def label(self) -> str:
+        return f"{self.product.name} {self.version}"
+
+
+class Approval(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "approvals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    approver_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    environment_id: Mapped[int | None] = mapped_column(ForeignKey("environments.id"))
+    decision: Mapped[str] = mapped_column(String(16))  # approve | reject
+    comment: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    release: Mapped[Release] = relationship(back_populates="approvals")
+    approver: Mapped[User] = relationship()
+    environment: Mapped[Environment | None] = relationship()
+
+
+class Agent(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "agents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(64), unique=True)
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"), index=True)
+    label: Mapped[str] = mapped_column(String(200), default="")
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    hostname: Mapped[str] = mapped_column(String(255), default="")
+    agent_version: Mapped[str] = mapped_column(String(64), default="")
+    ed25519_public: Mapped[str] = mapped_column(String(64), unique=True)
+    x25519_public: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="enrolled")
+    enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    result_seq: Mapped[int] = mapped_column(Integer, default=0)
+    last_result_digest: Mapped[str | None] = mapped_column(String(64))
+
+    environment: Mapped[Environment] = relationship()
+
+
+class Deployment(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "deployments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"), index=True)
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    sequence: Mapped[int | None] = mapped_column(Integer)
+    root_version: Mapped[int | None] = mapped_column(Integer)
+    bundle_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    bundle_path: Mapped[str | None] = mapped_column(Text)
+    queued_by: Mapped[str] = mapped_column(String(64), default="")
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    exported_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    result_summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    release: Mapped[Release] = relationship()
+    environment: Mapped[Environment] = relationship()
+    agent: Mapped[Agent | None] = relationship()
+
+
+class SequenceCounter(db.Model):  # type: ignore[name-defined,misc]
+    """Next bundle sequence per target (``agent:<agent_id>`` or ``env:<name>``)."""
+
+    __tablename__ = "sequence_counters"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    target: Mapped[str] = mapped_column(String(140), unique=True)
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"))
+    next_sequence: Mapped[int] = mapped_column(Integer, default=1)
+    root_version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class AuditHead(db.Model):  # type: ignore[name-defined,misc]
+    """The single row every audit append locks: last sequence and hash."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditEvent(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(140))
+    action: Mapped[str] = mapped_column(String(64))
+    object_type: Mapped[str] = mapped_column(String(32))
+    object_id: Mapped[str] = mapped_column(String(200))
+    details: Mapped[str] = mapped_column(Text)  # canonical JSON, exactly as hashed
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, index=True)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# --- engines ------------------------------------------------------------------------------
+
+
+def normalize_url(url: str) -> str:
+    """Pick the drivers we ship: ``postgresql://`` → psycopg 3, ``mysql://`` → PyMySQL."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("mysql://"):
+        return "mysql+pymysql://" + url.split("://", 1)[1]
+    return url
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def install_sqlite_pragmas(engine: Engine) -> None:
+    """Set WAL, foreign keys and the busy timeout on every new SQLite connection."""
+    if engine.dialect.name == "sqlite" and not event.contains(engine, "connect", _sqlite_pragmas):
+        event.listen(engine, "connect", _sqlite_pragmas)
+
+
+def engine_options(url: str) -> dict[str, Any]:
+    """Engine keyword arguments for ``url`` (in-memory SQLite shares one connection)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        return {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+    return {"pool_pre_ping": True}
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` with the hub's connection settings."""
+    url = normalize_url(url)
+    engine = create_engine(url, **engine_options(url))
+    install_sqlite_pragmas(engine)
+    return engine
+
+
+def make_session_factory(engine: Engine) -> Callable[[], Session]:
+    """Sessions that do not expire objects on commit (CLI prints after committing)."""
+    return sessionmaker(engine, expire_on_commit=False)

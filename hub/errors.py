@@ -1,0 +1,87 @@
+"""Errors of the hub's services (the domain layer).
+
+    HubError
+    ├── PermissionDeniedError     the acting user lacks the role for this action (here)
+    ├── NotFoundError             no such product, release, environment, agent, user …
+    ├── ConflictError             it already exists / was already done (duplicate approval …)
+    │   └── ImmutableReleaseError a submitted release cannot change; make a new release
+    ├── SeparationOfDutiesError   four-eyes rule: an author never approves their own release
+    ├── InvalidStateError         the object is not in a state that allows this transition
+    │   └── NotEnoughApprovalsError  too few distinct approvers for the environment
+    ├── ValidationError           the input is malformed (bad name, bad key, bad release dir)
+    ├── ConfigError               the hub's configuration or data directory is unusable
+    └── AuditError                audit log problems the hub itself detects
+        └── AuditVerificationError  a chain or checkpoint does not verify (names the event)
+
+Views and CLI commands only translate these into HTTP responses, flash messages or exit
+codes; they never re-implement a rule. Messages name the object and the rule, e.g.
+``release billing 2.4.0: alice is its author and cannot approve it``.
+
+This module deliberately has no dependency on Flask or SQLAlchemy (``hub.audit_cli`` uses
+it offline).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuditError",
+    "AuditVerificationError",
+    "ConfigError",
+    "ConflictError",
+    "HubError",
+    "ImmutableReleaseError",
+    "InvalidStateError",
+    "NotEnoughApprovalsError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "SeparationOfDutiesError",
+    "ValidationError",
+]
+
+
+class HubError(Exception):
+    """Base of every hub domain error."""
+
+
+class PermissionDeniedError(HubError):
+    """The acting user may not perform this action (in this environment)."""
+
+
+class NotFoundError(HubError):
+    """The named object does not exist."""
+
+
+class ConflictError(HubError):
+    """The object already exists or the action was already done."""
+
+
+class ImmutableReleaseError(ConflictError):
+    """A release that left the draft state was asked to change."""
+
+
+class SeparationOfDutiesError(HubError):
+    """The four-eyes rule refuses this action."""
+
+
+class InvalidStateError(HubError):
+    """The object's state does not allow this transition."""
+
+
+class NotEnoughApprovalsError(InvalidStateError):
+    """The release lacks the distinct approvals an environment requires."""
+
+
+class ValidationError(HubError):
+    """Malformed input."""
+
+
+class ConfigError(HubError):
+    """Configuration or data directory problem."""
+
+
+class AuditError(HubError):
+    """Audit log problem."""
+
+
+class AuditVerificationError(AuditError):
+    """An audit chain, export or checkpoint does not verify."""

@@ -1,0 +1,161 @@
+"""The hub's trust material on disk: created by ``hub init``, loaded by the CLI and the app.
+
+Layout of the data directory::
+
+    root.json                 the signed root document (agents and auditors pin it)
+    keys/release.key          online release signing key  (0600, no passphrase: unattended)
+    keys/audit.key            online audit checkpoint key (0600, no passphrase: unattended)
+    keys/*.pub                their public key files
+    root-key.OFFLINE.json     the root key — move it OFF this machine after init
+
+The root key signs only root documents (initial, rotations); the hub runs without it. It is
+written with ``signing.keyfile``: passphrase-encrypted when a passphrase is available,
+otherwise only when the operator explicitly says ``--insecure-no-passphrase``. The online
+keys are protected by the data directory's permissions (like an agent key in a container
+volume) — anyone who can read the data directory can sign as the hub.
+
+This module does not rotate roots (``tiangong keys root rotate`` does).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from hub.errors import ConfigError
+from hub.services.context import HubKeys
+from signing.errors import SigningError
+from signing.keyfile import (
+    load_private_key,
+    save_private_key,
+    write_file_atomic,
+    write_public_key,
+)
+from signing.keys import SigningKey
+from signing.roots import KeyEntry, RootDocument, TrustedRoot, sign_root
+
+__all__ = [
+    "ONLINE_KEY_VALIDITY_S",
+    "ROOT_KEY_FILE",
+    "ROOT_VALIDITY_S",
+    "TrustFiles",
+    "create_trust",
+    "load_hub_keys",
+]
+
+ROOT_VALIDITY_S = 5 * 365 * 86400  # seconds a root document stays valid
+ONLINE_KEY_VALIDITY_S = 365 * 86400  # seconds the release and audit keys are certified for
+ROOT_KEY_FILE = "root-key.OFFLINE.json"
+
+
+@dataclass(frozen=True)
+class TrustFiles:
+    hub_id: str
+    root_json: Path
+    root_key: Path
+    release_key: Path
+    audit_key: Path
+    root_key_encrypted: bool
+
+
+def create_trust(
+    data_dir: Path,
+    now: int,
+    *,
+    hub_id: str | None = None,
+    root_key_path: Path | None = None,
+    root_passphrase: str | None = None,
+    insecure_no_passphrase: bool = False,
+) -> TrustFiles:
+    """Generate the root, release and audit keys and the signed root document.
+
+    Raises:
+        ConfigError: files exist already, or no passphrase and no explicit insecure choice.
+    """
+    if root_passphrase is None and not insecure_no_passphrase:
+        raise ConfigError(
+            "the root key needs a passphrase (--passphrase-file or TIANGONG_KEY_PASSPHRASE), "
+            "or say --insecure-no-passphrase explicitly"
+        )
+    hub_id = hub_id or f"hub-{uuid.uuid4().hex[:12]}"
+    keys_dir = data_dir / "keys"
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    root_json = data_dir / "root.json"
+    root_key_file = root_key_path or data_dir / ROOT_KEY_FILE
+    if root_json.exists():
+        raise ConfigError(f"{root_json} exists: this data directory is already initialised")
+    root, release, audit = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
+    doc = RootDocument(
+        hub_id=hub_id,
+        version=1,
+        issued=now,
+        expires=now + ROOT_VALIDITY_S,
+        keys={
+            root.key_id: KeyEntry(root.public),
+            release.key_id: KeyEntry(release.public, now + ONLINE_KEY_VALIDITY_S),
+            audit.key_id: KeyEntry(audit.public, now + ONLINE_KEY_VALIDITY_S),
+        },
+        roles={
+            "root": ((root.key_id,), 1),
+            "release": ((release.key_id,), 1),
+            "audit": ((audit.key_id,), 1),
+        },
+    )
+    try:
+        save_private_key(
+            root_key_file,
+            root,
+            role="root",
+            label=f"{hub_id} root (keep offline)",
+            passphrase=root_passphrase,
+            insecure_no_passphrase=root_passphrase is None,
+        )
+        for name, key in (("release", release), ("audit", audit)):
+            info = save_private_key(
+                keys_dir / f"{name}.key",
+                key,
+                role=name,
+                label=f"{hub_id} {name}",
+                passphrase=None,
+                insecure_no_passphrase=True,
+            )
+            write_public_key(keys_dir / f"{name}.pub", info)
+        write_file_atomic(root_json, sign_root(doc, [root]), mode=0o644)
+    except (SigningError, OSError) as exc:
+        raise ConfigError(f"cannot write the hub's keys in {data_dir}: {exc}") from exc
+    return TrustFiles(
+        hub_id,
+        root_json,
+        root_key_file,
+        keys_dir / "release.key",
+        keys_dir / "audit.key",
+        root_passphrase is not None,
+    )
+
+
+def load_hub_keys(data_dir: Path, *, with_private: bool = True) -> HubKeys:
+    """Load root.json (and the online keys when present and ``with_private``).
+
+    Raises:
+        ConfigError: root.json missing or not a valid self-signed root; a key file bad.
+    """
+    root_json = data_dir / "root.json"
+    try:
+        envelope = root_json.read_bytes()
+        TrustedRoot.pin(envelope)
+    except OSError as exc:
+        raise ConfigError(f"{root_json}: {exc.strerror}; run `tiangong hub init`") from exc
+    except SigningError as exc:
+        raise ConfigError(f"{root_json} is not a valid root document: {exc}") from exc
+    loaded: dict[str, SigningKey | None] = {"audit": None, "release": None}
+    if with_private:
+        for name in loaded:
+            path = data_dir / "keys" / f"{name}.key"
+            if not path.exists():
+                continue
+            try:
+                loaded[name] = load_private_key(path, passphrase=None).signing_key()
+            except SigningError as exc:
+                raise ConfigError(f"{path}: {exc}") from exc
+    return HubKeys(envelope, loaded["audit"], loaded["release"])

@@ -1,0 +1,432 @@
+"""The hub's end of live connections: :class:`LiveHub`, the asyncio layer over
+:class:`bundle.sync.HubSide` (docs/live-protocol.md §10). :mod:`hub.live` runs it.
+
+See :mod:`hub.live` for what it does; this module holds the per-connection work
+(authentication, presence, bundles out, results in, logs). No listening sockets and no
+threads here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State as WsState
+
+from bundle.sync import (
+    DEFAULT_HEARTBEAT_SECONDS,
+    MAX_CHUNK_BYTES,
+    NONCE_BYTES,
+    AckReceived,
+    Authenticated,
+    ChunkReceived,
+    HeartbeatReceived,
+    HelloReceived,
+    HubSide,
+    LogReceived,
+    Offer,
+    OfferReceived,
+    ResumeRequested,
+    TransferCancelled,
+    TransferDone,
+    TransferReceived,
+    TransferReceiver,
+)
+from bundle.sync_errors import (
+    AuthError,
+    MalformedError,
+    RevokedAgentError,
+    SyncError,
+    TransferError,
+    UnknownAgentError,
+)
+from hub.errors import HubError
+from hub.live_files import LogStore, fsync_dir, open_partial, size_and_sha256
+from hub.services import audit
+from hub.services.agents import get_agent
+from hub.services.context import HubKeys, ServiceContext, utc_now
+from hub.services.exchange import export_environment, import_result
+from hub.services.users import get_user
+from signing.keys import PublicKey
+
+__all__ = ["ACK_EVERY_BYTES", "WINDOW_BYTES", "LiveHub"]
+
+log = logging.getLogger("tiangong.hub.live")
+
+WINDOW_BYTES = 32 * 1024 * 1024  # bytes sent and not yet acknowledged, per transfer
+ACK_EVERY_BYTES = 8 * 1024 * 1024  # bytes received between two fsync + ACK
+READ_BYTES = MAX_CHUNK_BYTES  # bytes per CHUNK sent
+
+
+@dataclass
+class _Incoming:
+    receiver: TransferReceiver
+    path: Path
+    fh: Any
+    acked: int
+
+
+@dataclass
+class _Peer:
+    """One connection: the protocol object, its socket, and the files moving over it."""
+
+    ws: ServerConnection
+    conn: HubSide
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    outgoing: dict[str, Path] = field(default_factory=dict)  # transfer -> spool file
+    acked: dict[str, asyncio.Event] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    incoming: dict[str, _Incoming] = field(default_factory=dict)
+
+    async def flush(self) -> None:
+        """Send what the protocol queued; once the agent has gone nothing more is sent (the
+        receive loop sees the close and ends the connection)."""
+        async with self.send_lock:
+            messages = self.conn.data_to_send()
+            with contextlib.suppress(ConnectionClosed):
+                for message in messages:
+                    await self.ws.send(message)
+
+    @property
+    def open(self) -> bool:
+        return self.conn.is_open and self.ws.state is WsState.OPEN
+
+
+class LiveHub:
+    """The hub's side of every live connection (one event loop).
+
+    ``session_factory`` opens database sessions (called in worker threads), ``actor`` is the
+    hub user whose permissions export bundles (it needs ``bundle.export``), ``binding`` the
+    TLS channel binding of §5.2 (``b""`` without TLS).
+    """
+
+    def __init__(self, *, session_factory: Callable[[], Session], keys: HubKeys,
+                 data_dir: Path, actor: str | None, clock: Callable[[], Any] = utc_now,
+                 heartbeat: int = DEFAULT_HEARTBEAT_SECONDS, binding: bytes = b"") -> None:
+        self.session_factory = session_factory
+        self.keys = keys
+        self.hub_id = keys.hub_id
+        self.data_dir = Path(data_dir)
+        self.actor = actor
+        self.clock = clock
+        self.heartbeat = heartbeat
+        self.binding = binding
+        self.peers: dict[str, _Peer] = {}  # agent id -> its authenticated connection
+        self.logs = LogStore(self.data_dir / "live-logs")
+        self._push_locks: dict[str, asyncio.Lock] = {}  # one export + offer at a time per agent
+
+    # -- paths
+
+    @property
+    def spool_root(self) -> Path:
+        return self.data_dir / "live-outbox"
+
+    @property
+    def inbox(self) -> Path:
+        return self.data_dir / "live-inbox"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+    @property
+    def online(self) -> frozenset[str]:
+        """Agents with an authenticated connection now."""
+        return frozenset(self.peers)
+
+    # -- database work (runs in a worker thread, one session per call)
+
+    @contextlib.contextmanager
+    def _services(self) -> Iterator[ServiceContext]:
+        session = self.session_factory()
+        try:
+            actor = get_user(session, self.actor) if self.actor is not None else None
+            yield ServiceContext(session, self.clock, actor, self.keys)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def _lookup_key(self, agent_id: str) -> PublicKey:
+        """The enrolled key of ``agent_id``; refusals are audited here.
+
+        Raises:
+            UnknownAgentError, RevokedAgentError.
+        """
+        with self._services() as ctx:
+            try:
+                agent = get_agent(ctx.session, agent_id)
+            except HubError:
+                agent = None
+            if agent is not None and agent.status == "enrolled":
+                return PublicKey.from_hex(agent.ed25519_public)
+        error: AuthError = (UnknownAgentError(f"live: no enrolled agent {agent_id!r}")
+                            if agent is None else
+                            RevokedAgentError(f"live: agent {agent_id} is {agent.status}"))
+        self._audit_refusal(agent_id, error)
+        raise error
+
+    def _audit_refusal(self, agent_id: str, error: SyncError) -> None:
+        with self._services() as ctx:
+            audit.record(ctx, "live.refused", "agent", agent_id,
+                         {"code": error.code, "reason": str(error)[:500]})
+
+    def _touch(self, agent_id: str) -> None:
+        with self._services() as ctx:
+            get_agent(ctx.session, agent_id).last_seen = ctx.now()
+
+    def _export(self, agent_id: str) -> int:
+        spool = self.spool_root / agent_id
+        with self._services() as ctx:
+            agent = get_agent(ctx.session, agent_id)
+            report = export_environment(ctx, agent.environment.name, spool, agent_id=agent_id)
+        for dep_id, reason in report.failed:
+            log.error("live: export of deployment %s for %s failed: %s", dep_id, agent_id,
+                      reason)
+        if report.index is not None:
+            report.index.unlink(missing_ok=True)  # the index is for people reading media
+        return len(report.written)
+
+    def _import(self, path: Path) -> str:
+        with self._services() as ctx:
+            row = import_result(ctx, path, results_dir=self.results_dir)
+        log.info("live: import of %s: %s %s", path.name, row.status, row.reason)
+        return row.status
+
+    # -- the connection
+
+    async def handler(self, ws: ServerConnection) -> None:
+        """One agent connection, from HELLO to close."""
+        peer = _Peer(ws, HubSide(self.hub_id, binding=self.binding, heartbeat=self.heartbeat))
+        conn = peer.conn
+        try:
+            while not conn.is_closed:
+                try:
+                    message = await asyncio.wait_for(ws.recv(), timeout=3 * self.heartbeat)
+                except TimeoutError:
+                    log.warning("live: agent %s missed three heartbeats; closing",
+                                conn.agent_id)
+                    break
+                if isinstance(message, str):
+                    conn.fail(MalformedError("text WebSocket message",
+                                             remote_text="binary messages only"))
+                else:
+                    try:
+                        conn.receive_data(message)
+                    except AuthError as exc:
+                        log.warning("live: %s", exc)
+                        await asyncio.to_thread(self._audit_refusal, conn.agent_id or "?", exc)
+                    except SyncError as exc:
+                        log.warning("live: agent %s: %s", conn.agent_id, exc)
+                for event in conn.events_received():
+                    await self._on_event(peer, event)
+                await peer.flush()
+            if conn.failure is not None and conn.close_code is not None:
+                await ws.close(conn.close_code, conn.failure.code)
+        except ConnectionClosed:
+            pass
+        finally:
+            for task in peer.tasks:
+                task.cancel()
+            for inc in peer.incoming.values():
+                inc.fh.close()
+            if conn.agent_id is not None and self.peers.get(conn.agent_id) is peer:
+                del self.peers[conn.agent_id]
+                log.info("live: agent %s offline", conn.agent_id)
+
+    async def _on_event(self, peer: _Peer, event: Any) -> None:
+        conn = peer.conn
+        if isinstance(event, HelloReceived):
+            try:
+                key = await asyncio.to_thread(self._lookup_key, event.agent_id)
+            except AuthError as exc:
+                log.warning("%s", exc)
+                conn.fail(exc)
+                return
+            conn.challenge(key, os.urandom(NONCE_BYTES), int(time.time()))
+        elif isinstance(event, Authenticated):
+            old = self.peers.get(event.agent_id)
+            if old is not None:
+                await old.ws.close(1001, "replaced by a new connection")
+            self.peers[event.agent_id] = peer
+            log.info("live: agent %s online", event.agent_id)
+            await asyncio.to_thread(self._touch, event.agent_id)
+            await peer.flush()  # WELCOME before any offer
+            task = asyncio.create_task(self._push(peer, event.agent_id))
+            peer.tasks.add(task)
+            task.add_done_callback(peer.tasks.discard)
+        elif isinstance(event, HeartbeatReceived):
+            if conn.agent_id is not None:
+                await asyncio.to_thread(self._touch, conn.agent_id)
+        elif isinstance(event, ResumeRequested):
+            task = asyncio.create_task(self._send_file(peer, event.transfer, event.offset))
+            peer.tasks.add(task)
+            task.add_done_callback(peer.tasks.discard)
+        elif isinstance(event, AckReceived):
+            if event.transfer in peer.acked:
+                peer.acked[event.transfer].set()
+        elif isinstance(event, TransferReceived):
+            self._sent(peer, event.transfer)
+        elif isinstance(event, TransferCancelled):
+            self._cancelled(peer, event)
+        elif isinstance(event, OfferReceived):
+            self._open_incoming(peer, event.offer)
+        elif isinstance(event, ChunkReceived):
+            self._write_chunk(peer, event)
+        elif isinstance(event, TransferDone):
+            await self._finish_incoming(peer, event.transfer)
+        elif isinstance(event, LogReceived):
+            self.logs.add(event)
+
+    # -- bundles out
+
+    async def push_pending(self, agent_id: str) -> int:
+        """Export ``agent_id``'s queued deployments into its spool and, if it is online,
+        offer every spooled bundle not on the wire yet. Returns the number exported.
+
+        Raises:
+            HubError: the export failed as a whole (e.g. the actor may not export).
+        """
+        lock = self._push_locks.setdefault(agent_id, asyncio.Lock())
+        async with lock:  # two exports at once would export one deployment twice
+            written = await asyncio.to_thread(self._export, agent_id)
+            peer = self.peers.get(agent_id)
+            if peer is not None:
+                await self._offer_spool(peer, agent_id)
+        return written
+
+    async def _push(self, peer: _Peer, agent_id: str) -> None:
+        lock = self._push_locks.setdefault(agent_id, asyncio.Lock())
+        async with lock:
+            try:
+                await asyncio.to_thread(self._export, agent_id)
+            except (HubError, OSError) as exc:
+                log.error("live: cannot export for %s: %s", agent_id, exc)
+            await self._offer_spool(peer, agent_id)
+
+    async def _offer_spool(self, peer: _Peer, agent_id: str) -> None:
+        spool = self.spool_root / agent_id
+        if not peer.conn.is_open or not spool.is_dir():
+            return
+        for path in sorted(spool.glob("*.tgb")):
+            transfer = path.name[: -len(".tgb")]
+            if transfer in peer.outgoing or len(peer.outgoing) >= 4:
+                continue
+            size, digest = await asyncio.to_thread(size_and_sha256, path)
+            peer.conn.send_offer(Offer(transfer, path.name, size, digest))
+            peer.outgoing[transfer] = path
+            peer.acked[transfer] = asyncio.Event()
+        await peer.flush()
+
+    def read_chunk(self, path: Path, offset: int, size: int) -> bytes:
+        """The bytes of a spooled file to send (a seam for tests that corrupt the wire)."""
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read(size)
+
+    async def _send_file(self, peer: _Peer, transfer: str, offset: int) -> None:
+        path = peer.outgoing.get(transfer)
+        if path is None:
+            return
+        conn = peer.conn
+        size = path.stat().st_size
+        acked = peer.acked[transfer]
+        while offset < size and peer.open and transfer in peer.outgoing:
+            if conn.in_flight(transfer) >= WINDOW_BYTES:
+                acked.clear()
+                await acked.wait()
+                continue
+            data = self.read_chunk(path, offset, min(READ_BYTES, size - offset))
+            conn.send_chunk(transfer, offset, data)
+            offset += len(data)
+            await peer.flush()
+        if offset == size and peer.open and transfer in peer.outgoing:
+            conn.send_done(transfer)
+            await peer.flush()
+
+    def _sent(self, peer: _Peer, transfer: str) -> None:
+        path = peer.outgoing.pop(transfer, None)
+        peer.acked.pop(transfer, None)
+        if path is None:
+            return
+        sent = path.parent / "sent"
+        sent.mkdir(exist_ok=True)
+        os.replace(path, sent / path.name)
+        log.info("live: %s received %s", peer.conn.agent_id, path.name)
+
+    def _cancelled(self, peer: _Peer, event: TransferCancelled) -> None:
+        if event.offered_by == "hub":
+            peer.outgoing.pop(event.transfer, None)
+            peer.acked.pop(event.transfer, None)
+            # The file stays in the spool: offered again on the next push or connection.
+            log.warning("live: agent %s cancelled %s: %s (%s)", peer.conn.agent_id,
+                        event.transfer, event.code, event.text)
+        else:
+            inc = peer.incoming.pop(event.transfer, None)
+            if inc is not None:
+                inc.fh.close()
+
+    # -- results in
+
+    def _open_incoming(self, peer: _Peer, offer: Offer) -> None:
+        partial_dir = self.inbox / ".partial"
+        partial_dir.mkdir(parents=True, exist_ok=True)
+        path = partial_dir / f"{peer.conn.agent_id}--{offer.transfer}.part"
+        receiver, fh = open_partial(path, offer)
+        peer.incoming[offer.transfer] = _Incoming(receiver, path, fh, receiver.offset)
+        peer.conn.send_resume(offer.transfer, receiver.offset)
+
+    def _write_chunk(self, peer: _Peer, event: ChunkReceived) -> None:
+        inc = peer.incoming.get(event.transfer)
+        if inc is None:
+            return
+        try:
+            inc.receiver.write(event.offset, event.data)
+        except SyncError as exc:
+            self._drop_incoming(peer, event.transfer, exc)
+            return
+        if inc.receiver.offset - inc.acked >= ACK_EVERY_BYTES:
+            inc.fh.flush()
+            os.fsync(inc.fh.fileno())
+            inc.acked = inc.receiver.offset
+            peer.conn.send_ack(event.transfer, inc.acked)
+
+    def _drop_incoming(self, peer: _Peer, transfer: str, exc: SyncError) -> None:
+        inc = peer.incoming.pop(transfer)
+        inc.fh.close()
+        inc.path.unlink(missing_ok=True)
+        log.warning("live: result from %s rejected: %s", peer.conn.agent_id, exc)
+        peer.conn.send_cancel(transfer, "agent", "corrupt", exc.remote_text)
+
+    async def _finish_incoming(self, peer: _Peer, transfer: str) -> None:
+        inc = peer.incoming.get(transfer)
+        if inc is None:
+            return
+        try:
+            inc.receiver.finish()
+        except TransferError as exc:
+            self._drop_incoming(peer, transfer, exc)
+            return
+        del peer.incoming[transfer]
+        inc.fh.flush()
+        os.fsync(inc.fh.fileno())
+        inc.fh.close()
+        if inc.acked < inc.receiver.offset:
+            peer.conn.send_ack(transfer, inc.receiver.offset)
+        dest = self.inbox / f"{peer.conn.agent_id}--{inc.receiver.offer.name}"
+        os.replace(inc.path, dest)
+        fsync_dir(self.inbox)
+        await asyncio.to_thread(self._import, dest)
+        peer.conn.send_received(transfer)

@@ -1,0 +1,165 @@
+"""Approvals: approve or reject a submitted release, with the four-eyes rule.
+
+* The author never approves (or rejects) their own release (:class:`SeparationOfDutiesError`).
+* An approval is global (environment NULL) or for one environment; an approver granted only
+  for environment E may approve only for E.
+* A release becomes ``approved`` at its first approval; an environment that requires N
+  approvals accepts a deployment only when N *distinct* approvers (never the author)
+  approved globally or for it — :func:`distinct_approvers`, checked when queueing.
+* Any rejection makes the release ``rejected`` (final; make a new release).
+
+Approvals travel inside the bundle manifest: :func:`approvals_for_manifest`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hub.audit_chain import format_at
+from hub.db import Approval, Environment, Release
+from hub.errors import (
+    ConflictError,
+    InvalidStateError,
+    SeparationOfDutiesError,
+    ValidationError,
+)
+from hub.services import audit
+from hub.services.context import ServiceContext
+from hub.services.environments import get_environment
+from hub.services.users import require
+
+__all__ = [
+    "MAX_COMMENT_CHARS",
+    "approvals_for_manifest",
+    "approve_release",
+    "distinct_approvers",
+    "reject_release",
+]
+
+MAX_COMMENT_CHARS = 4096  # characters
+
+
+def _common(
+    ctx: ServiceContext, release: Release, environment: str | None, comment: str, verb: str
+) -> Environment | None:
+    env = get_environment(ctx.session, environment) if environment is not None else None
+    require(ctx.actor, "release.approve", env)
+    assert ctx.actor is not None
+    if len(comment) > MAX_COMMENT_CHARS:
+        raise ValidationError(f"comment is longer than {MAX_COMMENT_CHARS} characters")
+    if release.author_id == ctx.actor.id:
+        raise SeparationOfDutiesError(
+            f"release {release.label}: {ctx.actor.username} is its author and cannot {verb} it"
+        )
+    if release.state not in ("submitted", "approved"):
+        raise InvalidStateError(
+            f"release {release.label} is {release.state}; only a submitted or approved "
+            f"release can be {verb}d"
+        )
+    return env
+
+
+def approve_release(
+    ctx: ServiceContext, release: Release, *, comment: str = "", environment: str | None = None
+) -> Approval:
+    """Record the actor's approval (globally, or for ``environment``).
+
+    Raises:
+        PermissionDeniedError, SeparationOfDutiesError (own release), InvalidStateError
+        (draft or rejected), ConflictError (the actor already approved in this scope),
+        NotFoundError (environment), ValidationError (comment too long).
+    """
+    env = _common(ctx, release, environment, comment, "approve")
+    assert ctx.actor is not None
+    env_id = env.id if env is not None else None
+    for a in release.approvals:
+        if a.approver_id == ctx.actor.id and a.environment_id == env_id:
+            raise ConflictError(
+                f"{ctx.actor.username} already approved release {release.label} "
+                + (f"for {env.name}" if env else "globally")
+            )
+    now = ctx.now()
+    approval = Approval(
+        release=release,
+        approver=ctx.actor,
+        environment=env,
+        decision="approve",
+        comment=comment,
+        at=now,
+    )
+    ctx.session.add(approval)
+    release.state = "approved"
+    release.decided_at = release.decided_at or now
+    ctx.session.flush()
+    audit.record(
+        ctx,
+        "release.approve",
+        "release",
+        release.label,
+        {"environment": environment, "comment": comment, "content_hash": release.content_hash},
+    )
+    return approval
+
+
+def reject_release(
+    ctx: ServiceContext, release: Release, *, comment: str, environment: str | None = None
+) -> Approval:
+    """Reject the release (final). A comment saying why is required.
+
+    Raises:
+        ValidationError (no comment), and the errors of :func:`approve_release`.
+    """
+    if not comment.strip():
+        raise ValidationError(f"rejecting release {release.label} needs a comment saying why")
+    env = _common(ctx, release, environment, comment, "reject")
+    now = ctx.now()
+    approval = Approval(
+        release=release,
+        approver=ctx.actor,
+        environment=env,
+        decision="reject",
+        comment=comment,
+        at=now,
+    )
+    ctx.session.add(approval)
+    release.state = "rejected"
+    release.decided_at = now
+    ctx.session.flush()
+    audit.record(
+        ctx,
+        "release.reject",
+        "release",
+        release.label,
+        {"environment": environment, "comment": comment, "content_hash": release.content_hash},
+    )
+    return approval
+
+
+def _counting(release: Release, environment: Environment | None) -> list[Approval]:
+    return [
+        a
+        for a in release.approvals
+        if a.decision == "approve"
+        and a.approver_id != release.author_id
+        and (
+            a.environment_id is None
+            or (environment is not None and a.environment_id == environment.id)
+        )
+    ]
+
+
+def distinct_approvers(release: Release, environment: Environment | None) -> set[str]:
+    """User names of distinct non-author approvers valid for ``environment`` (global
+    approvals count everywhere)."""
+    return {a.approver.username for a in _counting(release, environment)}
+
+
+def approvals_for_manifest(
+    release: Release, environment: Environment | None = None
+) -> list[dict[str, Any]]:
+    """The approvals a bundle for ``environment`` carries: ``[{by, at, comment}]`` in the
+    order they were given (``at`` as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``), strict-JSON ready."""
+    return [
+        {"by": a.approver.username, "at": format_at(a.at), "comment": a.comment}
+        for a in _counting(release, environment)
+    ]

@@ -1,0 +1,279 @@
+"""The audit log in the database: append, stream, verify, checkpoint, export.
+
+Appends are serialised by the single ``audit_head`` row: the first statement of an append
+is an ``UPDATE audit_head SET seq = seq + 1`` (PostgreSQL: a row lock held to commit;
+SQLite: the database write lock), so sequence numbers are gap-free and the chain is linear
+even with several hub processes. The event is written in the caller's transaction, so an
+action and its event commit together (or roll back together, leaving no gap).
+
+Reading and verifying stream the table in keyset-paginated batches of :data:`BATCH`
+columns-only rows: memory does not grow with the log.
+
+This module does not decide who may *cause* events (the services do); reading, verifying,
+exporting and checkpointing need the auditor role (checkpointing: operator too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from typing import IO, Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from hub.audit_chain import (
+    ChainEvent,
+    ChainReport,
+    ChainVerifier,
+    Checkpoint,
+    compute_hash_raw,
+    export_lines,
+    format_at,
+    sign_checkpoint,
+    verify_checkpoint,
+)
+from hub.db import AuditCheckpoint, AuditEvent, AuditHead
+from hub.errors import AuditError, AuditVerificationError, ConfigError
+from hub.services.context import HubKeys, ServiceContext
+from signing.errors import SigningError, StrictJSONError
+from signing.strictjson import dumps_canonical
+
+__all__ = [
+    "BATCH",
+    "append_event",
+    "export_audit",
+    "iter_events",
+    "latest_checkpoint",
+    "record",
+    "verify_database",
+    "write_checkpoint",
+]
+
+BATCH = 1000  # events per keyset page
+MAX_DETAILS_BYTES = 256 * 1024  # bytes of canonical JSON per event's details
+_HEAD_ID = 1
+
+
+def append_event(
+    session: Session,
+    at: datetime,
+    actor: str,
+    action: str,
+    object_type: str,
+    object_id: str,
+    details: Mapping[str, Any] | None = None,
+) -> AuditEvent:
+    """Append one event to the chain inside the session's transaction.
+
+    Raises:
+        AuditError: ``details`` is not strict JSON (floats, datetimes …) or too large, or
+            the head row is missing (database not migrated).
+    """
+    try:
+        details_text = dumps_canonical(dict(details or {})).decode("utf-8")
+    except StrictJSONError as exc:
+        raise AuditError(f"audit event {action}: details are not strict JSON: {exc}") from exc
+    if len(details_text) > MAX_DETAILS_BYTES:
+        raise AuditError(
+            f"audit event {action}: details are {len(details_text)} bytes, over the limit "
+            f"of {MAX_DETAILS_BYTES}"
+        )
+    # Take the lock first: this UPDATE serialises every appender until commit.
+    locked = session.execute(
+        update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=AuditHead.seq + 1)
+    )
+    if locked.rowcount != 1:  # type: ignore[attr-defined]
+        raise AuditError("the audit head row is missing: run the hub's migrations")
+    seq, prev_hash = session.execute(
+        select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == _HEAD_ID)
+    ).one()
+    at_text = format_at(at)
+    digest = compute_hash_raw(
+        seq, at_text, actor, action, object_type, object_id, details_text, prev_hash
+    )
+    event = AuditEvent(
+        seq=seq,
+        at=at,
+        actor=actor,
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        details=details_text,
+        prev_hash=prev_hash,
+        hash=digest,
+    )
+    session.add(event)
+    session.flush()
+    session.execute(update(AuditHead).where(AuditHead.id == _HEAD_ID).values(hash=digest))
+    return event
+
+
+def record(
+    ctx: ServiceContext,
+    action: str,
+    object_type: str,
+    object_id: str,
+    details: Mapping[str, Any] | None = None,
+) -> AuditEvent:
+    """Append an event for the context's actor at the context's time."""
+    return append_event(
+        ctx.session, ctx.now(), ctx.actor_name, action, object_type, object_id, details
+    )
+
+
+def _to_chain(row: Any) -> ChainEvent:
+    at = row.at
+    return ChainEvent(
+        row.seq,
+        format_at(at) if isinstance(at, datetime) else str(at),
+        row.actor,
+        row.action,
+        row.object_type,
+        row.object_id,
+        None,
+        row.prev_hash,
+        row.hash,
+        details_text=row.details,
+    )
+
+
+def iter_events(session: Session, after_seq: int = 0, batch: int = BATCH) -> Iterator[ChainEvent]:
+    """Stream events in sequence order, ``batch`` rows per query (keyset pagination)."""
+    columns = (
+        AuditEvent.seq,
+        AuditEvent.at,
+        AuditEvent.actor,
+        AuditEvent.action,
+        AuditEvent.object_type,
+        AuditEvent.object_id,
+        AuditEvent.details,
+        AuditEvent.prev_hash,
+        AuditEvent.hash,
+    )
+    last = after_seq
+    while True:
+        rows = session.execute(
+            select(*columns).where(AuditEvent.seq > last).order_by(AuditEvent.seq).limit(batch)
+        ).all()
+        if not rows:
+            return
+        for row in rows:
+            yield _to_chain(row)
+        last = rows[-1].seq
+
+
+def verify_database(session: Session, keys: HubKeys | None) -> ChainReport:
+    """Verify the whole chain and every stored checkpoint (signature and head hash).
+
+    A checkpoint whose signature or stored columns do not match its signed payload is a
+    problem in the report, like a bad event. Without ``keys`` checkpoints are not checked.
+    This function checks no permission (``hub audit verify`` runs as the operating
+    system user); use :func:`verify` from services.
+    """
+    problems: list[tuple[int, str]] = []
+    signed: dict[int, str] = {}
+    if keys is not None:
+        role = keys.root.role_keys("audit")
+        for cp in session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.id)):
+            try:
+                payload = verify_checkpoint(cp.envelope, role.keys, role.threshold, keys.hub_id)
+            except AuditVerificationError as exc:
+                problems.append((cp.seq, f"checkpoint {cp.id} at event {cp.seq}: {exc}"))
+                continue
+            if payload.seq != cp.seq or payload.head_hash != cp.head_hash:
+                problems.append(
+                    (
+                        cp.seq,
+                        f"checkpoint {cp.id}: stored seq/head hash ({cp.seq}, {cp.head_hash}) "
+                        f"differ from its signed payload ({payload.seq}, {payload.head_hash})",
+                    )
+                )
+            signed[payload.seq] = payload.head_hash
+    verifier = ChainVerifier(signed)
+    for seq, message in problems:
+        verifier.add_problem(seq, "checkpoint", message)
+    for event in iter_events(session):
+        verifier.feed(event)
+    return verifier.finish()
+
+
+def verify(ctx: ServiceContext) -> ChainReport:
+    """:func:`verify_database` for an auditor.
+
+    Raises:
+        PermissionDeniedError.
+    """
+    from hub.services.users import require
+
+    require(ctx.actor, "audit.verify")
+    report = verify_database(ctx.session, ctx.keys)
+    record(ctx, "audit.verify", "audit", "log", {"ok": report.ok, "events": report.events})
+    return report
+
+
+def write_checkpoint(ctx: ServiceContext) -> AuditCheckpoint:
+    """Sign the current head with the audit key and store the checkpoint.
+
+    The checkpoint covers the head *before* its own ``audit.checkpoint`` event.
+
+    Raises:
+        PermissionDeniedError; ConfigError when the audit key is not loaded.
+    """
+    from hub.services.users import require
+
+    require(ctx.actor, "audit.checkpoint")
+    if ctx.keys is None or ctx.keys.audit_key is None:
+        raise ConfigError("the audit key is not loaded; it lives in <data_dir>/keys/audit.key")
+    # Lock the head so the signed (seq, hash) is the real head at commit.
+    session = ctx.session
+    session.execute(update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=AuditHead.seq))
+    seq, head_hash = session.execute(
+        select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == _HEAD_ID)
+    ).one()
+    now = ctx.now()
+    payload = Checkpoint(ctx.keys.hub_id, seq, head_hash, int(now.timestamp()))
+    try:
+        envelope = sign_checkpoint(payload, ctx.keys.audit_key)
+    except SigningError as exc:
+        raise AuditError(f"cannot sign the audit checkpoint: {exc}") from exc
+    cp = AuditCheckpoint(seq=seq, head_hash=head_hash, at=now, envelope=envelope)
+    session.add(cp)
+    session.flush()
+    record(ctx, "audit.checkpoint", "audit", str(seq), {"head_hash": head_hash})
+    return cp
+
+
+def latest_checkpoint(session: Session) -> AuditCheckpoint | None:
+    """The newest stored checkpoint (export puts it into bundles)."""
+    return session.scalar(select(AuditCheckpoint).order_by(AuditCheckpoint.id.desc()).limit(1))
+
+
+def export_audit(ctx: ServiceContext, out: IO[bytes]) -> int:
+    """Write the log as JSON lines (header with the root, checkpoints, events); returns the
+    number of events written. Checkpoint first if you want the export to end at one.
+
+    Raises:
+        PermissionDeniedError; ConfigError when the hub's root document is not loaded.
+    """
+    from hub.services.users import require
+
+    require(ctx.actor, "audit.export")
+    if ctx.keys is None:
+        raise ConfigError("the hub's root document is needed to export the audit log")
+    envelopes = [
+        cp.envelope
+        for cp in ctx.session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.id))
+    ]
+    count = 0
+
+    def counted() -> Iterator[ChainEvent]:
+        nonlocal count
+        for event in iter_events(ctx.session):
+            count += 1
+            yield event
+
+    for line in export_lines(ctx.keys.hub_id, ctx.keys.root_envelope, envelopes, counted()):
+        out.write(line)
+    record(ctx, "audit.export", "audit", "log", {"events": count})
+    return count

@@ -1,0 +1,72 @@
+"""What every service call receives: session, clock, acting user, keys and paths."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from hub.db import User
+from signing.keys import SigningKey
+from signing.roots import RootDocument, TrustedRoot
+
+__all__ = ["Clock", "HubKeys", "ServiceContext", "utc_now"]
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The real clock (tests inject their own)."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class HubKeys:
+    """The hub's trust material: its signed root document and its online keys (if loaded)."""
+
+    root_envelope: bytes
+    audit_key: SigningKey | None = None
+    release_key: SigningKey | None = None
+
+    @property
+    def trusted_root(self) -> TrustedRoot:
+        return TrustedRoot.pin(self.root_envelope)
+
+    @property
+    def root(self) -> RootDocument:
+        return self.trusted_root.document
+
+    @property
+    def hub_id(self) -> str:
+        return self.root.hub_id
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """Injected into every service call.
+
+    ``actor`` is the acting user (None only for the hub itself, e.g. bootstrap); ``keys``
+    and ``releases_dir`` are needed only by services that sign or store files.
+    """
+
+    session: Session
+    clock: Clock
+    actor: User | None
+    keys: HubKeys | None = None
+    releases_dir: Path | None = None
+
+    @property
+    def actor_name(self) -> str:
+        return self.actor.username if self.actor is not None else "system"
+
+    def now(self) -> datetime:
+        now = self.clock()
+        if now.tzinfo is None:
+            raise ValueError("the injected clock must return aware datetimes")
+        return now
+
+    def as_user(self, user: User | None) -> ServiceContext:
+        return ServiceContext(self.session, self.clock, user, self.keys, self.releases_dir)

@@ -1,0 +1,290 @@
+"""Deployments: queue an approved release for an environment; move it through its states.
+
+**Model.** Queueing creates one :class:`~hub.db.Deployment` per *enrolled* agent of the
+environment (revoked agents get nothing). An environment with no agent yet gets one
+deployment with ``agent_id`` NULL, addressed to the environment as a whole; export may
+address its bundle to the environment (target ``env:<name>``). Each deployment later gets
+its own bundle, sequence and result.
+
+**States**::
+
+    queued ──► exported ──► delivered ──► running ──► succeeded | failed | interrupted
+       │            │            │
+       │            └────────────┴──► rejected (the agent refused the bundle), and a
+       │                             result may skip delivered/running
+       └──► delivered (live channel) ──► …
+
+``succeeded``, ``failed``, ``rejected`` and ``interrupted`` are final; an operator
+re-queues to try again.
+
+**Sequences.** :func:`allocate_sequence` hands out the next bundle sequence for a target
+under a row lock (``UPDATE … SET next_sequence = next_sequence + 1`` first), so two
+concurrent exports never share one; export calls it, then :func:`mark_exported`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from hub.db import Agent, Deployment, Release, SequenceCounter
+from hub.errors import ConflictError, InvalidStateError, NotEnoughApprovalsError, NotFoundError
+from hub.services import audit
+from hub.services.agents import agent_target
+from hub.services.approvals import distinct_approvers
+from hub.services.context import ServiceContext
+from hub.services.environments import get_environment
+from hub.services.users import require
+
+__all__ = [
+    "FINAL_STATES",
+    "TRANSITIONS",
+    "allocate_sequence",
+    "deployment_target",
+    "get_deployment",
+    "list_deployments",
+    "mark_exported",
+    "pending_exports",
+    "queue_deployment",
+    "transition",
+]
+
+FINAL_STATES = frozenset({"succeeded", "failed", "rejected", "interrupted"})
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "queued": frozenset({"exported", "delivered"}),
+    "exported": frozenset(
+        {"delivered", "running", "succeeded", "failed", "rejected", "interrupted"}
+    ),
+    "delivered": frozenset({"running", "succeeded", "failed", "rejected", "interrupted"}),
+    "running": frozenset({"succeeded", "failed", "interrupted"}),
+    "succeeded": frozenset(),
+    "failed": frozenset(),
+    "rejected": frozenset(),
+    "interrupted": frozenset(),
+}
+_TIMESTAMP = {
+    "exported": "exported_at",
+    "delivered": "delivered_at",
+    "running": "started_at",
+    "succeeded": "finished_at",
+    "failed": "finished_at",
+    "rejected": "finished_at",
+    "interrupted": "finished_at",
+}
+
+
+def deployment_target(deployment: Deployment) -> str:
+    """``agent:<agent_id>`` or, for an environment-wide deployment, ``env:<name>``."""
+    if deployment.agent is not None:
+        return agent_target(deployment.agent.agent_id)
+    return f"env:{deployment.environment.name}"
+
+
+def get_deployment(session: Session, deployment_id: int) -> Deployment:
+    """Raises NotFoundError."""
+    dep = session.get(Deployment, deployment_id)
+    if dep is None:
+        raise NotFoundError(f"deployment {deployment_id} does not exist")
+    return dep
+
+
+def list_deployments(
+    session: Session, environment: str | None = None, state: str | None = None
+) -> list[Deployment]:
+    query = select(Deployment).order_by(Deployment.id)
+    if environment is not None:
+        query = query.where(Deployment.environment_id == get_environment(session, environment).id)
+    if state is not None:
+        query = query.where(Deployment.state == state)
+    return list(session.scalars(query))
+
+
+def pending_exports(
+    session: Session, environment: str, agent_id: str | None = None
+) -> list[Deployment]:
+    """Queued deployments of ``environment`` (optionally for one agent) — export's work."""
+    deps = list_deployments(session, environment, "queued")
+    if agent_id is not None:
+        deps = [d for d in deps if d.agent is not None and d.agent.agent_id == agent_id]
+    return deps
+
+
+def queue_deployment(ctx: ServiceContext, release: Release, environment: str) -> list[Deployment]:
+    """Queue ``release`` for ``environment``: one deployment per enrolled agent, or one
+    environment-wide deployment when it has none.
+
+    Raises:
+        PermissionDeniedError (operator of the environment), NotFoundError,
+        InvalidStateError (release not approved), NotEnoughApprovalsError (fewer distinct
+        non-author approvers than the environment requires), ConflictError (already
+        queued or in flight for that agent).
+    """
+    session = ctx.session
+    env = get_environment(session, environment)
+    require(ctx.actor, "deployment.queue", env)
+    if release.state != "approved":
+        raise InvalidStateError(
+            f"release {release.label} is {release.state}; only an approved release can be queued"
+        )
+    approvers = distinct_approvers(release, env)
+    if len(approvers) < env.required_approvals:
+        raise NotEnoughApprovalsError(
+            f"release {release.label} has {len(approvers)} distinct approval(s) valid for "
+            f"{env.name}, which requires {env.required_approvals}"
+        )
+    agents = list(
+        session.scalars(
+            select(Agent)
+            .where(Agent.environment_id == env.id, Agent.status == "enrolled")
+            .order_by(Agent.agent_id)
+        )
+    )
+    targets: list[Agent | None] = list(agents) if agents else [None]
+    active = list(
+        session.scalars(
+            select(Deployment).where(
+                Deployment.release_id == release.id,
+                Deployment.environment_id == env.id,
+                Deployment.state.not_in(FINAL_STATES),
+            )
+        )
+    )
+    busy = {d.agent_id for d in active}
+    for agent in targets:
+        if (agent.id if agent else None) in busy:
+            who = f"agent {agent.agent_id}" if agent else f"environment {env.name}"
+            raise ConflictError(f"release {release.label} is already queued or in flight for {who}")
+    now = ctx.now()
+    created = []
+    for agent in targets:
+        dep = Deployment(
+            release=release,
+            environment=env,
+            agent=agent,
+            state="queued",
+            queued_by=ctx.actor_name,
+            queued_at=now,
+            updated_at=now,
+        )
+        session.add(dep)
+        created.append(dep)
+    session.flush()
+    for dep in created:
+        audit.record(
+            ctx,
+            "deployment.queue",
+            "deployment",
+            str(dep.id),
+            {
+                "release": release.label,
+                "content_hash": release.content_hash,
+                "environment": env.name,
+                "agent": dep.agent.agent_id if dep.agent else None,
+                "approvers": sorted(approvers),
+            },
+        )
+    return created
+
+
+def transition(
+    ctx: ServiceContext,
+    deployment: Deployment,
+    new_state: str,
+    *,
+    summary: Mapping[str, Any] | None = None,
+    action: str = "deployment.update",
+) -> Deployment:
+    """Move ``deployment`` to ``new_state`` (validated against :data:`TRANSITIONS`).
+
+    Raises:
+        PermissionDeniedError, InvalidStateError (naming both states and what is allowed).
+    """
+    require(ctx.actor, action, deployment.environment)
+    allowed = TRANSITIONS.get(deployment.state, frozenset())
+    if new_state not in allowed:
+        options = ", ".join(sorted(allowed)) or "nothing (it is final)"
+        raise InvalidStateError(
+            f"deployment {deployment.id} is {deployment.state} and cannot become {new_state}; "
+            f"allowed: {options}"
+        )
+    before = deployment.state
+    now = ctx.now()
+    deployment.state = new_state
+    deployment.updated_at = now
+    column = _TIMESTAMP.get(new_state)
+    if column is not None and getattr(deployment, column) is None:
+        setattr(deployment, column, now)
+    if summary is not None:
+        deployment.result_summary = dict(summary)
+    ctx.session.flush()
+    details: dict[str, Any] = {"from": before, "to": new_state}
+    if summary is not None:
+        details["summary"] = dict(summary)
+    audit.record(ctx, "deployment." + new_state, "deployment", str(deployment.id), details)
+    return deployment
+
+
+def allocate_sequence(
+    session: Session, target: str, *, agent: Agent | None = None
+) -> tuple[int, int]:
+    """Allocate the next bundle sequence for ``target``; returns ``(root_version, seq)``.
+
+    Locks the counter row for the rest of the transaction, so concurrent exports get
+    distinct numbers. Creates the counter (sequence 1) when missing.
+    """
+    locked = session.execute(
+        update(SequenceCounter)
+        .where(SequenceCounter.target == target)
+        .values(next_sequence=SequenceCounter.next_sequence + 1)
+    )
+    if locked.rowcount == 0:  # type: ignore[attr-defined]
+        session.add(
+            SequenceCounter(
+                target=target,
+                agent_id=agent.id if agent else None,
+                next_sequence=2,
+                root_version=1,
+            )
+        )
+        session.flush()
+        return 1, 1
+    next_after, root_version = session.execute(
+        select(SequenceCounter.next_sequence, SequenceCounter.root_version).where(
+            SequenceCounter.target == target
+        )
+    ).one()
+    return root_version, next_after - 1
+
+
+def mark_exported(
+    ctx: ServiceContext,
+    deployment: Deployment,
+    *,
+    bundle_id: str,
+    bundle_path: str,
+    sequence: int,
+    root_version: int,
+) -> Deployment:
+    """Record the bundle written for ``deployment`` and move it to ``exported``.
+
+    Raises:
+        PermissionDeniedError (operator: bundle.export), InvalidStateError (not queued).
+    """
+    require(ctx.actor, "bundle.export", deployment.environment)
+    if deployment.state != "queued":
+        raise InvalidStateError(f"deployment {deployment.id} is {deployment.state}, not queued")
+    deployment.bundle_id = bundle_id
+    deployment.bundle_path = bundle_path
+    deployment.sequence = sequence
+    deployment.root_version = root_version
+    return transition(
+        ctx,
+        deployment,
+        "exported",
+        summary=None,
+        action="bundle.export",
+    )
+

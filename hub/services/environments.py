@@ -1,0 +1,104 @@
+"""Environments: where releases go, and how many distinct approvals they require.
+
+Channels, maintenance windows and change freezes come later; this module does not model
+them yet.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hub.db import Environment
+from hub.errors import ConflictError, NotFoundError, ValidationError
+from hub.services import audit
+from hub.services.context import ServiceContext
+from hub.services.users import require
+
+__all__ = [
+    "MAX_REQUIRED_APPROVALS",
+    "create_environment",
+    "get_environment",
+    "list_environments",
+    "set_required_approvals",
+]
+
+MAX_REQUIRED_APPROVALS = 10  # distinct approvers an environment may demand
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+def get_environment(session: Session, name: str) -> Environment:
+    """Raises NotFoundError."""
+    env: Environment | None = session.scalar(select(Environment).where(Environment.name == name))
+    if env is None:
+        raise NotFoundError(f"environment {name!r} does not exist")
+    return env
+
+
+def list_environments(session: Session) -> list[Environment]:
+    return list(session.scalars(select(Environment).order_by(Environment.name)))
+
+
+def _check_required(value: int) -> None:
+    if not 1 <= value <= MAX_REQUIRED_APPROVALS:
+        raise ValidationError(
+            f"required approvals must be between 1 and {MAX_REQUIRED_APPROVALS}, not {value}"
+        )
+
+
+def create_environment(
+    ctx: ServiceContext, name: str, *, description: str = "", required_approvals: int = 1
+) -> Environment:
+    """Create an environment.
+
+    Raises:
+        PermissionDeniedError (admin only), ValidationError, ConflictError.
+    """
+    require(ctx.actor, "environment.create")
+    if not _NAME.match(name):
+        raise ValidationError(
+            f"environment name {name!r} must be 1-64 lowercase letters, digits and dashes"
+        )
+    _check_required(required_approvals)
+    if ctx.session.scalar(select(Environment.id).where(Environment.name == name)) is not None:
+        raise ConflictError(f"environment {name!r} already exists")
+    env = Environment(
+        name=name,
+        description=description,
+        required_approvals=required_approvals,
+        created_at=ctx.now(),
+    )
+    ctx.session.add(env)
+    ctx.session.flush()
+    audit.record(
+        ctx,
+        "environment.create",
+        "environment",
+        name,
+        {"required_approvals": required_approvals, "description": description},
+    )
+    return env
+
+
+def set_required_approvals(ctx: ServiceContext, name: str, required_approvals: int) -> Environment:
+    """Change how many distinct approvers a deployment to ``name`` needs.
+
+    Raises:
+        PermissionDeniedError, NotFoundError, ValidationError.
+    """
+    env = get_environment(ctx.session, name)
+    require(ctx.actor, "environment.update", env)
+    _check_required(required_approvals)
+    before = env.required_approvals
+    env.required_approvals = required_approvals
+    ctx.session.flush()
+    audit.record(
+        ctx,
+        "environment.required_approvals",
+        "environment",
+        name,
+        {"from": before, "to": required_approvals},
+    )
+    return env

@@ -1,0 +1,463 @@
+"""Products and releases: create from a release directory, change while draft, submit, diff.
+
+A release is created from a release directory (``bundle.release.load_release``); its files
+are copied into ``<data_dir>/releases/<content_hash>/`` and its normalized steps and file
+list are stored. Its content hash is fixed at submission — the stored copy is re-hashed and
+must still match — and from then on the release is immutable: :func:`update_release`
+refuses, and a ``before_flush`` guard refuses any change to a non-draft release's content
+columns even if a caller bypasses the services.
+
+Approvals live in :mod:`hub.services.approvals`. This module does not build bundles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import event, inspect, select
+from sqlalchemy.orm import Session
+
+from hub.db import Product, Release
+from hub.errors import (
+    ConflictError,
+    ImmutableReleaseError,
+    InvalidStateError,
+    NotFoundError,
+    ValidationError,
+)
+from hub.services import audit
+from hub.services.context import ServiceContext
+from hub.services.users import require
+
+__all__ = [
+    "IMMUTABLE_COLUMNS",
+    "ReleaseDiff",
+    "ReleaseSourceLike",
+    "create_product",
+    "create_release",
+    "create_release_from_source",
+    "diff_releases",
+    "get_product",
+    "get_release",
+    "list_products",
+    "list_releases",
+    "submit_release",
+    "update_release",
+]
+
+#: Columns a release may change only while it is a draft.
+IMMUTABLE_COLUMNS = (
+    "product_id",
+    "version",
+    "description",
+    "author_id",
+    "content_hash",
+    "steps",
+    "files",
+    "stored_path",
+)
+_PRODUCT = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+RELEASE_TOML = "release.toml"
+
+
+class _FileLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
+
+
+class ReleaseSourceLike(Protocol):
+    """What ``bundle.release.load_release`` returns (``ReleaseSource``)."""
+
+    @property
+    def product(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def steps(self) -> Sequence[Mapping[str, Any]]: ...
+    @property
+    def files(self) -> Sequence[_FileLike]: ...
+    @property
+    def content_hash(self) -> str: ...
+    @property
+    def root(self) -> Path: ...
+
+
+# --- products -------------------------------------------------------------------------
+
+
+def get_product(session: Session, name: str) -> Product:
+    """Raises NotFoundError."""
+    product: Product | None = session.scalar(select(Product).where(Product.name == name))
+    if product is None:
+        raise NotFoundError(f"product {name!r} does not exist")
+    return product
+
+
+def list_products(session: Session) -> list[Product]:
+    return list(session.scalars(select(Product).order_by(Product.name)))
+
+
+def create_product(ctx: ServiceContext, name: str, *, description: str = "") -> Product:
+    """Raises PermissionDeniedError, ValidationError, ConflictError."""
+    require(ctx.actor, "product.create")
+    if not _PRODUCT.match(name):
+        raise ValidationError(
+            f"product name {name!r} must be lower-case letters, digits and '-', at most 63"
+        )
+    if ctx.session.scalar(select(Product.id).where(Product.name == name)) is not None:
+        raise ConflictError(f"product {name!r} already exists")
+    product = Product(name=name, description=description, created_at=ctx.now())
+    ctx.session.add(product)
+    ctx.session.flush()
+    audit.record(ctx, "product.create", "product", name, {"description": description})
+    return product
+
+
+# --- releases -------------------------------------------------------------------------
+
+
+def get_release(session: Session, product: str, version: str) -> Release:
+    """Raises NotFoundError."""
+    release: Release | None = session.scalar(
+        select(Release).join(Product).where(Product.name == product, Release.version == version)
+    )
+    if release is None:
+        raise NotFoundError(f"release {product} {version} does not exist")
+    return release
+
+
+def list_releases(session: Session, product: str | None = None) -> list[Release]:
+    query = select(Release).join(Product).order_by(Product.name, Release.id)
+    if product is not None:
+        query = query.where(Product.name == product)
+    return list(session.scalars(query))
+
+
+def _files_json(source: ReleaseSourceLike) -> list[dict[str, Any]]:
+    return [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in source.files]
+
+
+def _steps_json(source: ReleaseSourceLike) -> list[dict[str, Any]]:
+    return [dict(step) for step in source.steps]
+
+
+def _load(path: Path) -> ReleaseSourceLike:
+    from bundle.errors import ReleaseFormatError
+    from bundle.release import load_release
+
+    try:
+        return load_release(Path(path))
+    except ReleaseFormatError as exc:
+        raise ValidationError(str(exc)) from exc
+    except OSError as exc:
+        raise ValidationError(f"release directory {path}: {exc}") from exc
+
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
+
+
+@contextlib.contextmanager
+def _unpacked(ctx: ServiceContext, archive: Path) -> Iterator[ReleaseSourceLike]:
+    """Unpack a release archive safely (``bundle.release.load_release_archive``) into a
+    private directory that is removed afterwards."""
+    from bundle.errors import LimitExceededError, ReleaseFormatError
+    from bundle.release import load_release_archive
+
+    base = Path(ctx.releases_dir) if ctx.releases_dir is not None else None
+    if base is not None:
+        base.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".unpack-", dir=base))
+    try:
+        try:
+            source = load_release_archive(archive, work / "release")
+        except (ReleaseFormatError, LimitExceededError, OSError) as exc:
+            raise ValidationError(f"release archive {archive}: {exc}") from exc
+        yield source
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _store(ctx: ServiceContext, source: ReleaseSourceLike) -> str:
+    """Copy release.toml and the listed files into releases/<hash>/ atomically."""
+    if ctx.releases_dir is None:
+        return ""
+    final = Path(ctx.releases_dir) / source.content_hash
+    if final.is_dir():
+        return str(final)
+    Path(ctx.releases_dir).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=ctx.releases_dir))
+    try:
+        shutil.copyfile(Path(source.root) / RELEASE_TOML, tmp / RELEASE_TOML)
+        for f in source.files:
+            if f.name == RELEASE_TOML:
+                continue
+            dest = tmp / f.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f.path, dest)
+        os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValidationError(f"cannot store release files in {final}: {exc}") from exc
+    return str(final)
+
+
+def create_release(
+    ctx: ServiceContext,
+    release_path: Path,
+    *,
+    product: str | None = None,
+    create_missing_product: bool = False,
+) -> Release:
+    """Create a draft release from a release directory or a release archive (``.tar``,
+    ``.tar.gz``/``.tgz``, ``.zip``, unpacked with the bundle package's safe unpacker); see
+    :func:`create_release_from_source`.
+
+    Raises:
+        ValidationError (invalid release or archive, product mismatch), ConflictError,
+        PermissionDeniedError, NotFoundError (unknown product).
+    """
+    require(ctx.actor, "release.create")
+    path = Path(release_path)
+    if path.is_file():
+        if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
+            raise ValidationError(
+                f"{path} is a file but not a release archive ({', '.join(ARCHIVE_SUFFIXES)})"
+            )
+        with _unpacked(ctx, path) as source:
+            return create_release_from_source(
+                ctx, source, product=product, create_missing_product=create_missing_product
+            )
+    return create_release_from_source(
+        ctx, _load(path), product=product, create_missing_product=create_missing_product
+    )
+
+
+def create_release_from_source(
+    ctx: ServiceContext,
+    source: ReleaseSourceLike,
+    *,
+    product: str | None = None,
+    create_missing_product: bool = False,
+) -> Release:
+    """Create a draft release from an already loaded release. With
+    ``create_missing_product`` an unknown product is created first (needs product.create).
+
+    Raises:
+        PermissionDeniedError, ValidationError (``product`` differs from release.toml),
+        NotFoundError (unknown product), ConflictError (version exists).
+    """
+    require(ctx.actor, "release.create")
+    assert ctx.actor is not None
+    if product is not None and product != source.product:
+        raise ValidationError(f"release.toml names product {source.product!r}, not {product!r}")
+    try:
+        prod = get_product(ctx.session, source.product)
+    except NotFoundError:
+        if not create_missing_product:
+            raise
+        prod = create_product(ctx, source.product)
+    exists = ctx.session.scalar(
+        select(Release.id).where(Release.product_id == prod.id, Release.version == source.version)
+    )
+    if exists is not None:
+        raise ConflictError(
+            f"release {source.product} {source.version} already exists; a changed release "
+            "needs a new version"
+        )
+    stored = _store(ctx, source)
+    release = Release(
+        product=prod,
+        version=source.version,
+        description=source.description,
+        author=ctx.actor,
+        state="draft",
+        content_hash=source.content_hash,
+        steps=_steps_json(source),
+        files=_files_json(source),
+        stored_path=stored,
+        created_at=ctx.now(),
+    )
+    ctx.session.add(release)
+    ctx.session.flush()
+    audit.record(
+        ctx,
+        "release.create",
+        "release",
+        release.label,
+        {
+            "content_hash": source.content_hash,
+            "files": len(source.files),
+            "steps": len(source.steps),
+        },
+    )
+    return release
+
+
+def update_release(
+    ctx: ServiceContext,
+    release: Release,
+    *,
+    description: str | None = None,
+    source: ReleaseSourceLike | None = None,
+) -> Release:
+    """Change a draft release (its description, or its content from a reloaded directory).
+
+    Raises:
+        ImmutableReleaseError: the release was submitted (make a new version instead).
+        PermissionDeniedError, ValidationError.
+    """
+    require(ctx.actor, "release.create")
+    if release.state != "draft":
+        raise ImmutableReleaseError(
+            f"release {release.label} is {release.state} with content hash "
+            f"{release.content_hash}: it cannot change; create a new version"
+        )
+    if source is not None:
+        if (source.product, source.version) != (release.product.name, release.version):
+            raise ValidationError(
+                f"the new content is {source.product} {source.version}, not {release.label}"
+            )
+        release.content_hash = source.content_hash
+        release.steps = _steps_json(source)
+        release.files = _files_json(source)
+        release.stored_path = _store(ctx, source)
+        release.description = source.description
+    if description is not None:
+        release.description = description
+    ctx.session.flush()
+    audit.record(
+        ctx, "release.update", "release", release.label, {"content_hash": release.content_hash}
+    )
+    return release
+
+
+def submit_release(ctx: ServiceContext, release: Release) -> Release:
+    """Submit a draft for approval; its content hash is fixed from now on.
+
+    The stored copy is re-hashed first (when stored) and must still give the content hash.
+
+    Raises:
+        PermissionDeniedError, InvalidStateError (not a draft), ValidationError (the stored
+        copy changed).
+    """
+    require(ctx.actor, "release.submit")
+    if release.state != "draft":
+        raise InvalidStateError(f"release {release.label} is {release.state}, not draft")
+    if release.stored_path:
+        reloaded = _load(Path(release.stored_path))
+        if reloaded.content_hash != release.content_hash:
+            raise ValidationError(
+                f"release {release.label}: stored files in {release.stored_path} hash to "
+                f"{reloaded.content_hash}, recorded {release.content_hash}"
+            )
+    release.state = "submitted"
+    release.submitted_at = ctx.now()
+    ctx.session.flush()
+    audit.record(
+        ctx, "release.submit", "release", release.label, {"content_hash": release.content_hash}
+    )
+    return release
+
+
+# --- diff -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReleaseDiff:
+    """Steps (by name) and files (by name) added, removed or changed from ``a`` to ``b``."""
+
+    steps_added: tuple[str, ...]
+    steps_removed: tuple[str, ...]
+    steps_changed: tuple[str, ...]
+    steps_reordered: bool
+    files_added: tuple[str, ...]
+    files_removed: tuple[str, ...]
+    files_changed: tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.steps_added
+            or self.steps_removed
+            or self.steps_changed
+            or self.steps_reordered
+            or self.files_added
+            or self.files_removed
+            or self.files_changed
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "steps": {
+                "added": list(self.steps_added),
+                "removed": list(self.steps_removed),
+                "changed": list(self.steps_changed),
+                "reordered": self.steps_reordered,
+            },
+            "files": {
+                "added": list(self.files_added),
+                "removed": list(self.files_removed),
+                "changed": list(self.files_changed),
+            },
+        }
+
+
+def _by_name(items: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    return {str(item.get("name")): item for item in items}
+
+
+def diff_releases(a: Release, b: Release) -> ReleaseDiff:
+    """What changed from release ``a`` to release ``b`` (pure; no permission needed)."""
+    sa, sb = _by_name(a.steps), _by_name(b.steps)
+    fa = {f["name"]: (f["size"], f["sha256"]) for f in a.files}
+    fb = {f["name"]: (f["size"], f["sha256"]) for f in b.files}
+    common = [n for n in sa if n in sb]
+    order_b = [n for n in sb if n in sa]
+    return ReleaseDiff(
+        steps_added=tuple(n for n in sb if n not in sa),
+        steps_removed=tuple(n for n in sa if n not in sb),
+        steps_changed=tuple(n for n in common if dict(sa[n]) != dict(sb[n])),
+        steps_reordered=common != order_b,
+        files_added=tuple(sorted(n for n in fb if n not in fa)),
+        files_removed=tuple(sorted(n for n in fa if n not in fb)),
+        files_changed=tuple(sorted(n for n in fa if n in fb and fa[n] != fb[n])),
+    )
+
+
+# --- the guard ------------------------------------------------------------------------
+
+
+def _guard_immutable(session: Session, _context: Any, _instances: Any) -> None:
+    for obj in session.dirty:
+        if not isinstance(obj, Release):
+            continue
+        state: Any = inspect(obj)
+        state_hist = state.attrs.state.history
+        committed_state = state_hist.deleted[0] if state_hist.deleted else obj.state
+        if committed_state == "draft":
+            continue
+        changed = [c for c in IMMUTABLE_COLUMNS if state.attrs[c].history.has_changes()]
+        if changed:
+            raise ImmutableReleaseError(
+                f"release {obj.version} is {committed_state}: {', '.join(changed)} cannot change"
+            )
+
+
+if not event.contains(Session, "before_flush", _guard_immutable):
+    event.listen(Session, "before_flush", _guard_immutable)

@@ -1,0 +1,270 @@
+"""Users, role grants and the permission matrix.
+
+Roles: ``viewer``, ``developer`` (create and submit releases), ``operator`` (queue
+deployments, export/import, enroll agents), ``approver``, ``auditor`` (read, verify and
+export the audit log), ``admin`` (everything, including grants). A grant is global
+(environment NULL: every environment) or for one environment. An action asked without an
+environment (creating a release, say) is allowed by global grants only.
+
+:func:`can` answers, :func:`require` raises. The web UI may use :func:`can` to hide buttons,
+but only the services' own :func:`require` calls protect anything.
+
+This module does not authenticate anyone: SAML (web) or the local OS user (CLI) do.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from hub.db import ROLES, Environment, RoleGrant, User
+from hub.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
+from hub.services import audit
+from hub.services.context import Clock, ServiceContext
+
+__all__ = [
+    "ACTIONS",
+    "ROLES",
+    "bootstrap_admin",
+    "can",
+    "create_user",
+    "get_user",
+    "grant_role",
+    "list_users",
+    "require",
+    "revoke_role",
+    "roles_of",
+    "set_active",
+]
+
+_ALL = frozenset(ROLES)
+#: action -> roles allowing it (admin allows everything).
+ACTIONS: dict[str, frozenset[str]] = {
+    "view": _ALL,
+    "product.create": frozenset({"developer", "admin"}),
+    "release.create": frozenset({"developer", "admin"}),
+    "release.submit": frozenset({"developer", "admin"}),
+    "release.approve": frozenset({"approver", "admin"}),
+    "environment.create": frozenset({"admin"}),
+    "environment.update": frozenset({"admin"}),
+    "agent.enroll": frozenset({"operator", "admin"}),
+    "agent.revoke": frozenset({"operator", "admin"}),
+    "deployment.queue": frozenset({"operator", "admin"}),
+    "deployment.update": frozenset({"operator", "admin"}),
+    "bundle.export": frozenset({"operator", "admin"}),
+    "result.import": frozenset({"operator", "admin"}),
+    "audit.read": frozenset({"auditor", "admin"}),
+    "audit.verify": frozenset({"auditor", "admin"}),
+    "audit.export": frozenset({"auditor", "admin"}),
+    "audit.checkpoint": frozenset({"operator", "auditor", "admin"}),
+    "user.manage": frozenset({"admin"}),
+}
+
+_USERNAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
+
+
+def can(user: User | None, action: str, environment: Environment | None = None) -> bool:
+    """Whether ``user`` may do ``action`` (in ``environment``, when the action has one).
+
+    Raises:
+        KeyError: ``action`` is not in :data:`ACTIONS` (a programming error).
+    """
+    allowed = ACTIONS[action]
+    if user is None or not user.is_active:
+        return False
+    for grant in user.grants:
+        if grant.role not in allowed and grant.role != "admin":
+            continue
+        if grant.environment_id is None:
+            return True
+        if environment is not None and grant.environment_id == environment.id:
+            return True
+    return False
+
+
+def require(user: User | None, action: str, environment: Environment | None = None) -> None:
+    """Raise unless :func:`can`.
+
+    Raises:
+        PermissionDeniedError: names the user, the action, the environment and the roles.
+    """
+    if can(user, action, environment):
+        return
+    who = user.username if user is not None else "an anonymous user"
+    where = f" in environment {environment.name}" if environment is not None else ""
+    roles = ", ".join(sorted(ACTIONS[action] | {"admin"}))
+    inactive = " (account deactivated)" if user is not None and not user.is_active else ""
+    raise PermissionDeniedError(
+        f"{who}{inactive} may not {action}{where}: it needs one of the roles {roles}"
+    )
+
+
+def roles_of(user: User) -> list[tuple[str, str | None]]:
+    """(role, environment name or None) pairs of ``user``."""
+    return sorted(
+        ((g.role, g.environment.name if g.environment else None) for g in user.grants),
+        key=lambda rg: (rg[0], rg[1] or ""),
+    )
+
+
+def get_user(session: Session, username: str) -> User:
+    """Raises NotFoundError."""
+    user: User | None = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise NotFoundError(f"user {username!r} does not exist")
+    return user
+
+
+def list_users(session: Session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.username)))
+
+
+def _new_user(
+    session: Session, clock: Clock, username: str, display_name: str, email: str, source: str
+) -> User:
+    if not _USERNAME.match(username):
+        raise ValidationError(
+            f"user name {username!r} must be 1-64 lowercase letters, digits, . _ @ -"
+        )
+    if source not in ("saml", "local"):
+        raise ValidationError(f"user source must be saml or local, not {source!r}")
+    if session.scalar(select(User.id).where(User.username == username)) is not None:
+        raise ConflictError(f"user {username!r} already exists")
+    user = User(
+        username=username,
+        display_name=display_name or username,
+        email=email,
+        is_active=True,
+        source=source,
+        created_at=clock(),
+    )
+    session.add(user)
+    session.flush()
+    return user
+
+
+def bootstrap_admin(session: Session, clock: Clock, username: str) -> User:
+    """Create the first admin (``hub init``); only while the hub has no users at all.
+
+    Raises:
+        ConflictError: users exist already.
+        ValidationError: bad user name.
+    """
+    if session.scalar(select(func.count()).select_from(User)):
+        raise ConflictError("the hub already has users; grant admin with `hub users grant`")
+    user = _new_user(session, clock, username, username, "", "local")
+    session.add(RoleGrant(user=user, role="admin", granted_at=clock(), granted_by="system"))
+    session.flush()
+    audit.append_event(
+        session, clock(), "system", "user.bootstrap_admin", "user", username, {"role": "admin"}
+    )
+    return user
+
+
+def create_user(
+    ctx: ServiceContext,
+    username: str,
+    *,
+    display_name: str = "",
+    email: str = "",
+    source: str = "local",
+) -> User:
+    """Create a user (no roles yet).
+
+    Raises:
+        PermissionDeniedError, ValidationError, ConflictError.
+    """
+    require(ctx.actor, "user.manage")
+    user = _new_user(ctx.session, ctx.clock, username, display_name, email, source)
+    audit.record(ctx, "user.create", "user", username, {"source": source, "email": email})
+    return user
+
+
+def _environment(session: Session, name: str | None) -> Environment | None:
+    if name is None:
+        return None
+    env: Environment | None = session.scalar(select(Environment).where(Environment.name == name))
+    if env is None:
+        raise NotFoundError(f"environment {name!r} does not exist")
+    return env
+
+
+def grant_role(
+    ctx: ServiceContext, username: str, role: str, environment: str | None = None
+) -> RoleGrant:
+    """Grant ``role`` to ``username`` globally or for one environment.
+
+    Raises:
+        PermissionDeniedError, NotFoundError, ValidationError (unknown role),
+        ConflictError (already granted).
+    """
+    require(ctx.actor, "user.manage")
+    if role not in ROLES:
+        raise ValidationError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+    user = get_user(ctx.session, username)
+    env = _environment(ctx.session, environment)
+    for g in user.grants:
+        if g.role == role and g.environment_id == (env.id if env else None):
+            raise ConflictError(f"{username} already has role {role} {_scope(env)}")
+    grant = RoleGrant(
+        user=user, role=role, environment=env, granted_at=ctx.now(), granted_by=ctx.actor_name
+    )
+    ctx.session.add(grant)
+    ctx.session.flush()
+    audit.record(ctx, "user.grant", "user", username, {"role": role, "environment": environment})
+    return grant
+
+
+def revoke_role(
+    ctx: ServiceContext, username: str, role: str, environment: str | None = None
+) -> None:
+    """Remove a grant.
+
+    Raises:
+        PermissionDeniedError, NotFoundError (user, environment or grant),
+        ConflictError (an admin removing the last global admin grant).
+    """
+    require(ctx.actor, "user.manage")
+    user = get_user(ctx.session, username)
+    env = _environment(ctx.session, environment)
+    match = [
+        g for g in user.grants if g.role == role and g.environment_id == (env.id if env else None)
+    ]
+    if not match:
+        raise NotFoundError(f"{username} has no role {role} {_scope(env)}")
+    if role == "admin" and env is None:
+        admins = ctx.session.scalar(
+            select(func.count())
+            .select_from(RoleGrant)
+            .where(RoleGrant.role == "admin", RoleGrant.environment_id.is_(None))
+        )
+        if admins is not None and admins <= 1:
+            raise ConflictError("cannot remove the last global admin")
+    for g in match:
+        user.grants.remove(g)
+        ctx.session.delete(g)
+    ctx.session.flush()
+    audit.record(ctx, "user.revoke", "user", username, {"role": role, "environment": environment})
+
+
+def _scope(env: Environment | None) -> str:
+    return f"in environment {env.name}" if env is not None else "globally"
+
+
+def set_active(ctx: ServiceContext, username: str, active: bool) -> User:
+    """Deactivate (or reactivate) a user: a deactivated user may do nothing, keeps its
+    history, and is never deleted.
+
+    Raises:
+        PermissionDeniedError, NotFoundError, ConflictError (deactivating yourself).
+    """
+    require(ctx.actor, "user.manage")
+    user = get_user(ctx.session, username)
+    if not active and ctx.actor is not None and user.id == ctx.actor.id:
+        raise ConflictError("you cannot deactivate yourself")
+    user.is_active = active
+    ctx.session.flush()
+    audit.record(ctx, "user.activate" if active else "user.deactivate", "user", username, {})
+    return user

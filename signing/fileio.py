@@ -1,0 +1,133 @@
+"""Small, careful file I/O for key files and trust documents (STYLE.md practice 7).
+
+:func:`write_file_atomic` writes so that a crash leaves the old file or the new one, never a
+mix, and refuses to replace an existing file unless told to; :func:`read_bounded` reads a
+regular file up to a size cap, so a FIFO or a huge file is refused rather than read forever.
+
+Nothing here parses what it reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from signing.errors import KeyFileError
+
+__all__ = ["read_bounded", "write_file_atomic"]
+
+
+def write_file_atomic(
+    path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600, overwrite: bool = False
+) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one.
+
+    A temp file in the same directory (created 0600) is written and fsynced, then linked to
+    ``path`` (which fails if ``path`` exists, closing the check-then-write race) or, with
+    ``overwrite``, renamed over it; the directory is fsynced last. ``mode`` other than 0600 is
+    applied with ``fchmod`` (best effort: some removable-media file systems have no modes).
+
+    Raises:
+        KeyFileError: ``path`` exists and ``overwrite`` is false, or an OS error.
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    if not overwrite and os.path.lexists(target):
+        raise KeyFileError(f"{target} already exists; refusing to overwrite it (use --force)")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    tmp = Path(tmp_name)
+    try:
+        try:
+            if mode != 0o600:
+                # Best effort: a file system without permission bits keeps what it has.
+                with contextlib.suppress(OSError):
+                    os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            _link_no_replace(tmp, target)
+        _fsync_dir(directory)
+    except FileExistsError:
+        raise KeyFileError(
+            f"{target} already exists; refusing to overwrite it (use --force)"
+        ) from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _link_no_replace(tmp: Path, target: Path) -> None:
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        # File systems without hard links (FAT on a USB stick): fall back to check + rename.
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                             errno.EMLINK):
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "exists", str(target)) from exc
+        os.replace(tmp, target)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(dfd)
+
+
+def read_bounded(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """Read a regular file of at most ``max_bytes`` bytes.
+
+    Raises:
+        KeyFileError: missing, unreadable, not a regular file, or larger than ``max_bytes``.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise KeyFileError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KeyFileError(f"{path} is not a regular file")
+        chunks: list[bytes] = []
+        total = 0
+        while total <= max_bytes:
+            chunk = os.read(fd, max_bytes + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    if total > max_bytes:
+        raise KeyFileError(f"{path} is larger than {max_bytes} bytes; not a key file")
+    return b"".join(chunks)

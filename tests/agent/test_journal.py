@@ -1,0 +1,101 @@
+"""Journal: acceptance is atomic with the replay state; steps are recorded before they run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.journal import Journal, JournalError
+
+
+class Clock:
+    def __init__(self, t: int = 1_800_000_000) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return float(self.t)
+
+
+def _accept(j: Journal, seq: int, bundle_id: str, root_version: int = 1, **kw: object) -> None:
+    j.accept_bundle(
+        issuer="hub-1", root_envelope=b"root", root_version=root_version, sequence=seq,
+        time_floor=kw.pop("time_floor", 100), bundle_id=bundle_id,  # type: ignore[arg-type]
+        envelope_sha256=f"sha-{bundle_id}", source=f"{bundle_id}.tgb",
+        manifest={"release": {"product": "p", "version": "1"}}, staged_dir="/x",
+        not_before=None, steps=[("one", "shell"), ("two", "sql")],
+    )
+
+
+def test_accept_persists_sequence_and_steps(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite", clock=Clock())
+    j.pin_root("hub-1", b"root", 1)
+    _accept(j, 5, "b1")
+    t = j.trust("hub-1")
+    assert t is not None and (t.root_version, t.sequence, t.time_floor) == (1, 5, 100)
+    assert [s.state for s in j.steps("b1")] == ["pending", "pending"]
+    # Reopening sees the same (it is on disk, not in memory).
+    j.close()
+    j2 = Journal(tmp_path / "j.sqlite", clock=Clock())
+    assert j2.trust("hub-1").sequence == 5  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("root_version", "seq"), [(1, 5), (1, 4), (0, 99)])
+def test_not_newer_is_refused_and_changes_nothing(
+    tmp_path: Path, root_version: int, seq: int
+) -> None:
+    j = Journal(tmp_path / "j.sqlite", clock=Clock())
+    _accept(j, 5, "b1")
+    with pytest.raises(JournalError, match="not newer"):
+        _accept(j, seq, "b2", root_version=root_version)
+    assert j.bundle("b2") is None
+    assert j.trust("hub-1").sequence == 5  # type: ignore[union-attr]
+
+
+def test_new_root_epoch_restarts_sequence(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite", clock=Clock())
+    _accept(j, 2**40, "stolen")
+    _accept(j, 1, "after-rotation", root_version=2)
+    t = j.trust("hub-1")
+    assert t is not None and (t.root_version, t.sequence) == (2, 1)
+
+
+def test_time_floor_never_goes_back(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite", clock=Clock())
+    _accept(j, 1, "b1", time_floor=500)
+    _accept(j, 2, "b2", time_floor=300)
+    assert j.trust("hub-1").time_floor == 500  # type: ignore[union-attr]
+
+
+def test_running_step_becomes_interrupted_on_recovery(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite", clock=Clock())
+    _accept(j, 1, "b1")
+    j.set_bundle_state("b1", "running")
+    j.step_running("b1", 0, 1, "/log")
+    assert j.recover_interrupted() == ["b1"]
+    states = [s.state for s in j.steps("b1")]
+    assert states == ["interrupted", "skipped"]
+    assert j.bundle("b1").state == "interrupted"  # type: ignore[union-attr]
+    # A second recovery finds nothing: nothing is re-run automatically.
+    assert j.recover_interrupted() == []
+
+
+def test_retry_adds_attempts_from_step(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite", clock=Clock())
+    _accept(j, 1, "b1")
+    j.step_running("b1", 0, 1, "/log")
+    j.step_finished("b1", 0, 1, "failed", "exit 1", exit_code=1)
+    attempt = j.add_attempts("b1", 0)
+    assert attempt == 2
+    latest = j.steps("b1", latest_only=True)
+    assert [(s.idx, s.attempt, s.state) for s in latest] == [(0, 2, "pending"), (1, 2, "pending")]
+    with pytest.raises(JournalError):
+        j.step_running("b1", 0, 1, "/log")  # an old attempt cannot be started again
+
+
+def test_result_chain(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite", clock=Clock())
+    assert j.last_result() == (0, None)
+    j.record_result(1, "b1", "succeeded", "r1.tgr", "aa")
+    j.record_result(2, None, "rejected", "r2.tgr", "bb")
+    assert j.last_result() == (2, "bb")

@@ -1,0 +1,283 @@
+"""The manifest model (docs/bundle-format.md §6): strict parsing, canonical form, field rules."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+import pytest
+
+from bundle.errors import ManifestError
+from bundle.manifest import (
+    FORMAT,
+    FileEntry,
+    Manifest,
+    PartDigest,
+    PartsInfo,
+    ResultInfo,
+    SecretEntry,
+    Target,
+    compressed_bound,
+    peek_manifest,
+)
+from signing.envelope import sign_envelope
+from signing.keys import SigningKey
+from signing.strictjson import dumps_canonical
+from tests.bundle.kit import release_draft, result_draft
+from tests.fixtures.trust import TrustKit
+
+H = "0" * 64
+
+
+def _file(i: int, name: str, size: int = 10, csize: int = 20) -> FileEntry:
+    return FileEntry(f"payload/{i:06d}.zst", name, size, H, csize, H)
+
+
+def _full(trust: TrustKit) -> Manifest:
+    return release_draft(
+        trust,
+        files=(_file(1, "sql/001_schema.sql"), _file(2, "k8s/app.yaml", 0, 13)),
+        secrets=(SecretEntry("db-password", "agent-1", b"\x01" * 80),),
+        parts=PartsInfo(4096, 2, (PartDigest(1, 4096, H), PartDigest(2, 100, H))),
+        checkpoint={"size": 10, "root": "ab"},
+        not_before=1_800_000_100,
+    )
+
+
+def _doc(m: Manifest) -> dict[str, Any]:
+    return json.loads(m.to_bytes())
+
+
+def _bytes(doc: Any) -> bytes:
+    return dumps_canonical(doc)
+
+
+def test_round_trip_is_canonical(trust: TrustKit) -> None:
+    m = _full(trust)
+    data = m.to_bytes()
+    assert Manifest.from_bytes(data, 1 << 20) == m
+    assert data == dumps_canonical(json.loads(data))
+    assert b" " not in data.replace(b"looks good", b"").replace(b"Billing 2.4.0", b"")
+
+
+def test_result_round_trip() -> None:
+    m = result_draft(SigningKey.generate())
+    assert Manifest.from_bytes(m.to_bytes(), 1 << 20) == m
+    assert m.payload_type.endswith("result.v1+json")
+
+
+def test_every_field_is_required(trust: TrustKit) -> None:
+    doc = _doc(_full(trust))
+    for key in list(doc):
+        broken = dict(doc)
+        del broken[key]
+        with pytest.raises(ManifestError, match=f"field '{key}' is missing"):
+            Manifest.from_bytes(_bytes(broken), 1 << 20)
+
+
+@pytest.mark.parametrize("path", [
+    (), ("target",), ("release",), ("release", "approvals", 0), ("files", 0), ("secrets", 0),
+    ("parts",), ("parts", "digests", 0),
+])
+def test_unknown_fields_are_refused(trust: TrustKit, path: tuple[Any, ...]) -> None:
+    doc = _doc(_full(trust))
+    node: Any = doc
+    for key in path:
+        node = node[key]
+    node["extra"] = 1
+    with pytest.raises(ManifestError, match=r"field 'extra' is not allowed"):
+        Manifest.from_bytes(_bytes(doc), 1 << 20)
+
+
+def test_error_names_the_field_path(trust: TrustKit) -> None:
+    doc = _doc(_full(trust))
+    doc["files"][1]["size"] = "13"
+    with pytest.raises(ManifestError, match=r"^files\[1\]\.size: must be an integer"):
+        Manifest.from_bytes(_bytes(doc), 1 << 20)
+    doc = _doc(_full(trust))
+    doc["release"]["approvals"][0]["at"] = None
+    with pytest.raises(ManifestError, match=r"^release\.approvals\[0\]\.at: must be an integer"):
+        Manifest.from_bytes(_bytes(doc), 1 << 20)
+
+
+WRONG = [
+    ("sequence", "1"),
+    ("sequence", True),
+    ("sequence", 0),
+    ("root_version", -1),
+    ("created", 2**63),
+    ("expires", None),
+    ("issuer", "AB" * 32),
+    ("issuer", "ab"),
+    ("kind", "trust"),
+    ("bundle_id", "../x"),
+    ("bundle_id", ""),
+    ("steps", {}),
+    ("steps", [1]),
+    ("files", {}),
+    ("target", []),
+    ("checkpoint", []),
+    ("not_before", "soon"),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), WRONG)
+def test_wrong_types_and_values(trust: TrustKit, field: str, value: Any) -> None:
+    doc = _doc(_full(trust))
+    doc[field] = value
+    with pytest.raises(ManifestError):
+        Manifest.from_bytes(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(),
+                            1 << 20)
+
+
+@pytest.mark.parametrize("data", [
+    b'{"format":1,"format":1}',
+    b'{"format":1.0}',
+    b'{"format":NaN}',
+    b"\xef\xbb\xbf{}",
+    b"[1,2",
+])
+def test_not_strict_json(data: bytes) -> None:
+    with pytest.raises(ManifestError, match=r"not strict JSON"):
+        Manifest.from_bytes(data, 1 << 20)
+
+
+def test_duplicate_keys_deep_inside(trust: TrustKit) -> None:
+    data = _full(trust).to_bytes().replace(b'"agents":', b'"agents":[],"agents":', 1)
+    with pytest.raises(ManifestError, match=r"duplicate key 'agents'"):
+        Manifest.from_bytes(data, 1 << 20)
+
+
+def test_non_canonical_form_is_refused(trust: TrustKit) -> None:
+    doc = _doc(_full(trust))
+    with pytest.raises(ManifestError, match=r"canonical form"):
+        Manifest.from_bytes(json.dumps(doc, sort_keys=True).encode(), 1 << 20)
+
+
+def test_size_cap_before_parsing(trust: TrustKit) -> None:
+    data = _full(trust).to_bytes()
+    with pytest.raises(ManifestError, match=r"over the limit"):
+        Manifest.from_bytes(data, len(data) - 1)
+
+
+def test_unknown_format_is_refused_by_number(trust: TrustKit) -> None:
+    doc = _doc(_full(trust))
+    doc["format"] = FORMAT + 1
+    doc["a_field_of_format_2"] = {}
+    with pytest.raises(ManifestError, match=r"format 2 is not supported.*upgrade Tiangong"):
+        Manifest.from_bytes(_bytes(doc), 1 << 20)
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "/etc/passwd", "a//b", "a/./b", "a\\b",
+                                  "a\x00b", "a\nb", "", "x" * 256])
+def test_bad_payload_names(trust: TrustKit, name: str) -> None:
+    with pytest.raises(ManifestError, match=r"name"):
+        release_draft(trust, files=(_file(1, name),))
+
+
+@pytest.mark.parametrize(("a", "b"), [("sql/A.sql", "sql/a.sql"), ("SQL/a.sql", "sql/b.sql"),
+                                      ("caf\u00e9", "cafe\u0301"), ("x", "x")])
+def test_colliding_payload_names(trust: TrustKit, a: str, b: str) -> None:
+    with pytest.raises(ManifestError, match=r"files\[1\]\.name"):
+        release_draft(trust, files=(_file(1, a), _file(2, b)))
+
+
+def test_member_names_follow_the_order(trust: TrustKit) -> None:
+    with pytest.raises(ManifestError, match=r"must be payload/000001\.zst"):
+        release_draft(trust, files=(_file(2, "a"),))
+
+
+def test_compressed_size_must_be_possible(trust: TrustKit) -> None:
+    assert compressed_bound(0) == 1024
+    with pytest.raises(ManifestError, match=r"impossible"):
+        release_draft(trust, files=(_file(1, "a", 10, compressed_bound(10) + 1),))
+
+
+def test_expires_after_created(trust: TrustKit) -> None:
+    with pytest.raises(ManifestError, match=r"later than created"):
+        release_draft(trust, expires=release_draft(trust).created)
+
+
+def test_release_needs_an_address_and_no_hub(trust: TrustKit) -> None:
+    with pytest.raises(ManifestError, match=r"target"):
+        release_draft(trust, target=Target())
+    with pytest.raises(ManifestError, match=r"target"):
+        release_draft(trust, target=Target(agents=("a",), hub="hub"))
+    with pytest.raises(ManifestError, match=r"agents"):
+        Target(agents=("a", "a"))
+    release_draft(trust, target=Target(environment="prod"))
+
+
+def test_kind_and_object_must_agree(trust: TrustKit) -> None:
+    key = SigningKey.generate()
+    result = result_draft(key)
+    with pytest.raises(ManifestError, match=r"release"):
+        release_draft(trust, release=None)
+    with pytest.raises(ManifestError, match=r"result"):
+        dataclasses.replace(result, release=release_draft(trust).release)
+    with pytest.raises(ManifestError, match=r"no steps"):
+        dataclasses.replace(result, steps=({"name": "x"},))
+    with pytest.raises(ManifestError, match=r"names the hub"):
+        dataclasses.replace(result, target=Target(agents=("a",)))
+    with pytest.raises(ManifestError, match=r"result_seq must equal sequence"):
+        dataclasses.replace(result, sequence=2)
+
+
+def test_result_fields() -> None:
+    with pytest.raises(ManifestError, match=r"prev_result_sha256"):
+        ResultInfo("a", 1, "ok", prev_result_sha256="xyz")
+    with pytest.raises(ManifestError, match=r"body"):
+        ResultInfo("a", 1, "ok", body={"x": 1.5})
+    ResultInfo("a", 1, "ok", prev_result_sha256=hashlib.sha256(b"").hexdigest(),
+               bundle_envelope_sha256=H, bundle_id="b-1", body={"steps": []})
+
+
+def test_parts_must_be_consistent() -> None:
+    with pytest.raises(ManifestError, match=r"exactly 2 parts"):
+        PartsInfo(10, 2, (PartDigest(1, 10, H),))
+    with pytest.raises(ManifestError, match=r"index 2"):
+        PartsInfo(10, 2, (PartDigest(1, 10, H), PartDigest(3, 5, H)))
+    with pytest.raises(ManifestError, match=r"must be 10 bytes"):
+        PartsInfo(10, 2, (PartDigest(1, 9, H), PartDigest(2, 5, H)))
+    with pytest.raises(ManifestError, match=r"or less"):
+        PartsInfo(10, 2, (PartDigest(1, 10, H), PartDigest(2, 11, H)))
+    assert PartsInfo(10, 2, (PartDigest(1, 10, H), PartDigest(2, 3, H))).data_bytes == 13
+
+
+def test_secrets(trust: TrustKit) -> None:
+    secret = SecretEntry("db", "agent-1", b"seal1")
+    with pytest.raises(ManifestError, match=r"listed twice"):
+        release_draft(trust, secrets=(secret, secret))
+    doc = _doc(release_draft(trust, secrets=(secret,)))
+    doc["secrets"][0]["sealed"] = base64.b64encode(b"seal1").decode().rstrip("=")
+    with pytest.raises(ManifestError, match=r"base64"):
+        Manifest.from_bytes(_bytes(doc), 1 << 20)
+
+
+def test_text_rules(trust: TrustKit) -> None:
+    release = release_draft(trust).release
+    assert release is not None
+    with pytest.raises(ManifestError, match=r"control characters"):
+        dataclasses.replace(release, product="bill\x1bing")
+    with pytest.raises(ManifestError, match=r"over the limit"):
+        dataclasses.replace(release, author="a" * 257)
+    # Descriptions and comments may span lines.
+    dataclasses.replace(release, description="line 1\nline 2\ttab")
+
+
+def test_lone_surrogates_cannot_hide_in_opaque_objects(trust: TrustKit) -> None:
+    data = release_draft(trust).to_bytes().replace(b'"name":"schema"', b'"name":"\\ud800"')
+    with pytest.raises(ManifestError):
+        Manifest.from_bytes(data, 1 << 20)
+
+
+def test_peek_manifest_reads_without_verifying(trust: TrustKit) -> None:
+    m = _full(trust)
+    stranger = SigningKey.generate()
+    envelope = sign_envelope(m.payload_type, m.to_bytes(), [stranger])
+    assert peek_manifest(envelope, 1 << 20) == m
+    with pytest.raises(ManifestError, match=r"envelope is malformed"):
+        peek_manifest(envelope + b" ", 1 << 20)

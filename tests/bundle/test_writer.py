@@ -1,0 +1,374 @@
+"""The writer (docs/bundle-format.md §12): framing, determinism, limits, clean failure."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+from bundle import writer as writer_mod
+from bundle.errors import (
+    DigestMismatchError,
+    LimitExceededError,
+    ManifestError,
+    ReleaseFormatError,
+)
+from bundle.inspect import verify_written
+from bundle.limits import Limits
+from bundle.manifest import Approval, Target
+from bundle.writer import PayloadFile, release_manifest, write_bundle
+from signing.envelope import TYPE_RELEASE, verify_envelope
+from signing.keys import SigningKey
+from tests.bundle.kit import NOW, make_files, release_draft
+from tests.fixtures.trust import TrustKit
+
+
+def _mixed(size: int, seed: int = 1) -> bytes:
+    """Half compressible text, half random bytes: zstd takes both kinds of block."""
+    rnd = random.Random(seed)
+    out = bytearray()
+    while len(out) < size:
+        out += b"row %d, status ok, value %d\n" % (len(out), rnd.randrange(1000)) * 50
+        out += rnd.randbytes(4096)
+    return bytes(out[:size])
+
+
+def _listing(path: Path) -> list[tuple[str, int, int, int, str]]:
+    with tarfile.open(path) as tar:
+        return [(m.name, m.size, m.mode, m.mtime, m.uname) for m in tar.getmembers()]
+
+
+def _spools_and_temps(directory: Path) -> list[str]:
+    return sorted(n for n in os.listdir(directory) if n.startswith("."))
+
+
+def test_members_in_the_fixed_order(trust: TrustKit, src: Path, out: Path) -> None:
+    files = make_files(src, {"sql/001_schema.sql": b"create table t (id int);\n",
+                             "empty.txt": b"", "k8s/app.yaml": b"kind: Deployment\n" * 100})
+    written = write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key])
+    assert written.paths == (out / "b.tgb",)
+    assert written.size == (out / "b.tgb").stat().st_size
+    names = [entry[0] for entry in _listing(out / "b.tgb")]
+    assert names == ["tiangong-bundle", "roots.json", "envelope.json", "payload/000001.zst",
+                     "payload/000002.zst", "payload/000003.zst"]
+    assert {(e[2], e[3], e[4]) for e in _listing(out / "b.tgb")} == {(0o644, 0, "")}
+    entries = written.manifest.files
+    assert [e.name for e in entries] == ["sql/001_schema.sql", "empty.txt", "k8s/app.yaml"]
+    assert entries[1].size == 0
+    assert entries[0].sha256 == hashlib.sha256(b"create table t (id int);\n").hexdigest()
+    # The envelope signs the manifest the writer returns, with the release role's key.
+    payload = verify_envelope(written.envelope, payload_type=TYPE_RELEASE,
+                              trusted=[trust.release_key.public], threshold=1).payload
+    assert payload == written.manifest.to_bytes()
+    assert _spools_and_temps(out) == []
+
+
+def test_each_member_is_one_checked_zstd_frame(trust: TrustKit, src: Path, out: Path) -> None:
+    data = _mixed(300_000)
+    write_bundle(out / "b.tgb", release_draft(trust), make_files(src, {"a": data}),
+                 [trust.release_key])
+    with tarfile.open(out / "b.tgb") as tar:
+        member = tar.extractfile("payload/000001.zst")
+        assert member is not None
+        frame = member.read()
+    params = zstandard.get_frame_parameters(frame)
+    assert params.content_size == len(data) and params.has_checksum
+    assert zstandard.ZstdDecompressor().decompress(frame) == data
+
+
+def test_same_inputs_give_the_same_bytes(trust: TrustKit, src: Path, tmp_path: Path) -> None:
+    files = make_files(src, {"a.sql": b"select 1;\n" * 1000, "b.bin": _mixed(200_000),
+                             "c": b""})
+    paths = []
+    for i in range(2):
+        (tmp_path / f"o{i}").mkdir()
+        w = write_bundle(tmp_path / f"o{i}" / "b.tgb", release_draft(trust), files,
+                         [trust.release_key])
+        paths.append(w.paths[0])
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+
+
+def test_output_does_not_depend_on_threads_or_the_threshold(
+    trust: TrustKit, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """§12.2: libzstd's multi-threaded mode gives the same frame for 1, 2 or N workers, so a
+    bundle is identical on a 2-core edge box and a 64-core hub."""
+    files = make_files(src, {"big.bin": _mixed(12 * 1024 * 1024), "small": b"x" * 1000})
+    digests = set()
+    for i, (threads, threshold) in enumerate([(1, 4 << 20), (2, 4 << 20), (4, 0),
+                                              (-1, 1 << 40)]):
+        monkeypatch.setattr(writer_mod, "MT_THRESHOLD_BYTES", threshold)
+        (tmp_path / f"o{i}").mkdir()
+        w = write_bundle(tmp_path / f"o{i}" / "b.tgb", release_draft(trust), files,
+                         [trust.release_key], threads=threads, verify=False)
+        digests.add(hashlib.sha256(w.paths[0].read_bytes()).hexdigest())
+    assert len(digests) == 1
+
+
+def test_small_files_compressed_in_parallel_give_the_same_bytes(
+    trust: TrustKit, src: Path, tmp_path: Path
+) -> None:
+    """Small members are compressed several at a time; scheduling must not change a byte."""
+    rng = random.Random(7)
+    contents = {f"sql/{i:03d}.sql": _mixed(rng.randrange(1, 300_000), seed=i)
+                for i in range(40)}
+    files = make_files(src, contents)
+    digests = set()
+    for i, threads in enumerate([1, 2, -1, 8]):
+        (tmp_path / f"p{i}").mkdir()
+        w = write_bundle(tmp_path / f"p{i}" / "b.tgb", release_draft(trust), files,
+                         [trust.release_key], threads=threads, verify=False)
+        digests.add(hashlib.sha256(w.paths[0].read_bytes()).hexdigest())
+    assert len(digests) == 1
+
+
+def test_libzstd_thread_modes_pinned() -> None:
+    """Pins the finding behind §12.2: threads=0 (single-threaded API) and threads>=1 differ
+    for larger payloads, while every threads>=1 value gives the same bytes. If this ever fails,
+    determinism across machines must be re-examined before upgrading python-zstandard."""
+    data = _mixed(12 * 1024 * 1024)
+
+    def frame(threads: int) -> bytes:
+        cctx = zstandard.ZstdCompressor(level=3, threads=threads, write_checksum=True,
+                                        write_content_size=True)
+        out = io.BytesIO()
+        cctx.copy_stream(io.BytesIO(data), out, size=len(data))
+        return out.getvalue()
+
+    multi = {frame(t) for t in (1, 2, 3, 8)}
+    assert len(multi) == 1
+    assert frame(0) not in multi
+
+
+def test_max_window_size_is_in_bytes() -> None:
+    """python-zstandard documents ``max_window_size`` in kibibytes; it is bytes (it is passed
+    to ZSTD_DCtx_setMaxWindowSize). Limits.max_window_bytes relies on that."""
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=20, write_checksum=1,
+                                                            write_content_size=1)
+    frame = zstandard.ZstdCompressor(compression_params=params).compress(os.urandom(1 << 20) * 3)
+    assert zstandard.get_frame_parameters(frame).window_size == 1 << 20
+
+    def opens(max_window: int) -> bool:
+        try:
+            zstandard.ZstdDecompressor(max_window_size=max_window).stream_reader(
+                io.BytesIO(frame)).read(10)
+        except zstandard.ZstdError:
+            return False
+        return True
+
+    assert opens(1 << 20)
+    assert not opens((1 << 20) - 1)
+    assert not opens(1024)  # would be 1 MiB if the unit were KiB
+
+
+def test_many_small_files(trust: TrustKit, src: Path, out: Path) -> None:
+    contents = {f"sql/{i:04d}.sql": b"insert into t values (%d);\n" % i for i in range(300)}
+    w = write_bundle(out / "b.tgb", release_draft(trust), make_files(src, contents),
+                     [trust.release_key])
+    assert len(w.manifest.files) == 300
+    assert w.manifest.files[-1].member == "payload/000300.zst"
+
+
+def test_no_files(trust: TrustKit, out: Path) -> None:
+    w = write_bundle(out / "b.tgb", release_draft(trust), [], [trust.release_key])
+    assert w.manifest.files == ()
+    assert [e[0] for e in _listing(out / "b.tgb")] == ["tiangong-bundle", "roots.json",
+                                                       "envelope.json"]
+
+
+def test_progress_reports_every_phase(trust: TrustKit, src: Path, out: Path) -> None:
+    seen: dict[str, list[tuple[int, int]]] = {}
+    files = make_files(src, {"a": _mixed(3 * 1024 * 1024), "b": b"b" * 10})
+    write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key],
+                 progress=lambda phase, done, total: seen.setdefault(phase, []).append(
+                     (done, total)))
+    assert set(seen) == {"compress", "write", "verify"}
+    for calls in seen.values():
+        dones = [d for d, _ in calls]
+        assert dones == sorted(dones)
+        assert calls[-1][0] == calls[-1][1]
+    assert seen["compress"][-1][1] == 3 * 1024 * 1024 + 10
+    assert seen["write"][-1][1] == (out / "b.tgb").stat().st_size
+
+
+@dataclass(frozen=True)
+class _File:
+    name: str
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class _Source:
+    product: str
+    version: str
+    description: str
+    steps: tuple[dict[str, Any], ...]
+    files: tuple[_File, ...]
+    content_hash: str
+    root: Path
+
+
+def _source(src: Path, contents: dict[str, bytes]) -> _Source:
+    files = []
+    for name, data in sorted(contents.items()):
+        path = src / name.replace("/", "_")
+        path.write_bytes(data)
+        files.append(_File(name, path, len(data), hashlib.sha256(data).hexdigest()))
+    return _Source("billing", "2.4.0", "Billing", ({"name": "schema", "kind": "sql"},),
+                   tuple(files), "cd" * 32, src)
+
+
+def _release_manifest(trust: TrustKit, source: _Source) -> Any:
+    return release_manifest(
+        source, bundle_id="billing-2.4.0-3", issuer=trust.release_key.key_id,
+        target=Target(environment="prod"), root_version=1, sequence=3, created=NOW,
+        expires=NOW + 86400, counter=3, author="alice", approvals=[Approval("bob", NOW, "ok")],
+    )
+
+
+def test_release_manifest(trust: TrustKit, src: Path, out: Path) -> None:
+    source = _source(src, {"sql/001.sql": b"select 1;", "k8s/app.yaml": b"kind: x"})
+    manifest, payloads = _release_manifest(trust, source)
+    assert [p.name for p in payloads] == ["k8s/app.yaml", "sql/001.sql"]
+    assert manifest.release.content_hash == "cd" * 32
+    assert manifest.steps == ({"name": "schema", "kind": "sql"},)
+    w = write_bundle(out / "b.tgb", manifest, payloads, [trust.release_key])
+    assert [f.name for f in w.manifest.files] == ["k8s/app.yaml", "sql/001.sql"]
+
+
+def test_a_release_file_changed_since_loading(trust: TrustKit, src: Path, out: Path) -> None:
+    source = _source(src, {"a.sql": b"select 1;"})
+    manifest, payloads = _release_manifest(trust, source)
+    payloads[0].path.write_bytes(b"select 2;")  # same size, other content
+    with pytest.raises(ReleaseFormatError, match=r"no longer has the SHA-256"):
+        write_bundle(out / "b.tgb", manifest, payloads, [trust.release_key])
+    payloads[0].path.write_bytes(b"drop table t;")
+    with pytest.raises(ReleaseFormatError, match=r"the file changed"):
+        write_bundle(out / "b.tgb", manifest, payloads, [trust.release_key])
+    assert os.listdir(out) == []
+
+
+def test_symlinked_payload_is_refused(trust: TrustKit, src: Path, out: Path) -> None:
+    (src / "real").write_bytes(b"x")
+    (src / "link").symlink_to(src / "real")
+    with pytest.raises(ReleaseFormatError, match=r"symbolic link"):
+        write_bundle(out / "b.tgb", release_draft(trust), [PayloadFile("a", src / "link")],
+                     [trust.release_key])
+    assert os.listdir(out) == []
+
+
+def test_spools_removed_when_a_late_file_fails(trust: TrustKit, src: Path, out: Path) -> None:
+    files = make_files(src, {"a": b"a" * 5000, "b": b"b"})
+    missing = PayloadFile("c", src / "does-not-exist")
+    with pytest.raises(FileNotFoundError):
+        write_bundle(out / "b.tgb", release_draft(trust), [*files, missing],
+                     [trust.release_key])
+    assert os.listdir(out) == []
+
+
+def test_limits_are_enforced_by_the_writer(trust: TrustKit, src: Path, out: Path) -> None:
+    files = make_files(src, {f"f{i}": b"xx" for i in range(5)})
+    with pytest.raises(LimitExceededError, match=r"max_files"):
+        write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key],
+                     limits=Limits(max_files=4))
+    with pytest.raises(LimitExceededError, match=r"max_envelope_bytes"):
+        write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key],
+                     limits=Limits(max_envelope_bytes=2000))
+    with pytest.raises(LimitExceededError, match=r"max_file_bytes"):
+        write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key],
+                     limits=Limits(max_file_bytes=1))
+    with pytest.raises(LimitExceededError, match=r"max_total_bytes"):
+        write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key],
+                     limits=Limits(max_total_bytes=9))
+    with pytest.raises(ValueError, match=r"window"):
+        write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key], level=22)
+    assert _spools_and_temps(out) == []
+
+
+def test_bad_arguments(trust: TrustKit, src: Path, out: Path) -> None:
+    files = make_files(src, {"a": b"x"})
+    with pytest.raises(ValueError, match=r"issuer"):
+        write_bundle(out / "b.tgb", release_draft(trust), files, [SigningKey.generate()])
+    w = write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key])
+    with pytest.raises(ValueError, match=r"leave manifest.files"):
+        write_bundle(out / "c.tgb", w.manifest, files, [trust.release_key])
+    with pytest.raises(ManifestError, match=r"collides"):
+        write_bundle(out / "c.tgb", release_draft(trust), [*files, PayloadFile("A", files[0].path)],
+                     [trust.release_key])
+
+
+def test_verify_written_notices_a_changed_byte(trust: TrustKit, src: Path, out: Path) -> None:
+    w = write_bundle(out / "b.tgb", release_draft(trust), make_files(src, {"a": _mixed(50_000)}),
+                     [trust.release_key])
+    data = bytearray(w.paths[0].read_bytes())
+    data[-1024 - 600] ^= 0x40  # inside the payload member
+    w.paths[0].write_bytes(bytes(data))
+    with pytest.raises(DigestMismatchError, match=r"reads back differently"):
+        verify_written(w)
+
+
+def test_overwrites_atomically(trust: TrustKit, src: Path, out: Path) -> None:
+    (out / "b.tgb").write_bytes(b"old")
+    write_bundle(out / "b.tgb", release_draft(trust), make_files(src, {"a": b"x"}),
+                 [trust.release_key])
+    assert (out / "b.tgb").read_bytes()[:15] == b"tiangong-bundle"
+    assert _spools_and_temps(out) == []
+
+
+def test_roots_are_carried(trust: TrustKit, src: Path, out: Path) -> None:
+    w = write_bundle(out / "b.tgb", release_draft(trust), [], [trust.release_key],
+                     roots=[trust.root_envelope])
+    with tarfile.open(w.paths[0]) as tar:
+        member = tar.extractfile("roots.json")
+        assert member is not None
+        assert member.read().startswith(b'["')
+
+
+def test_a_failed_read_back_removes_the_output(
+    trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bundle.inspect
+
+    def broken(written: Any, **kwargs: Any) -> None:
+        raise DigestMismatchError("simulated: reads back differently")
+
+    monkeypatch.setattr(bundle.inspect, "verify_written", broken)
+    with pytest.raises(DigestMismatchError):
+        write_bundle(out / "b.tgb", release_draft(trust), make_files(src, {"a": b"x"}),
+                     [trust.release_key])
+    assert os.listdir(out) == []
+
+
+def test_colliding_names_refused_before_compressing(trust: TrustKit, src: Path,
+                                                     out: Path) -> None:
+    files = make_files(src, {"sql/a.sql": b"x"})
+    with pytest.raises(ManifestError, match=r"collides"):
+        write_bundle(out / "b.tgb", release_draft(trust),
+                     [*files, PayloadFile("SQL/A.sql", src / "missing")], [trust.release_key])
+
+
+@pytest.mark.parametrize("delta", [+10, -1])
+def test_a_file_changing_size_while_read(
+    trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch, delta: int
+) -> None:
+    real = writer_mod._open_source
+
+    def lying(pf: PayloadFile) -> tuple[int, int]:
+        fd, size = real(pf)
+        return fd, size + delta  # as if the file grew or shrank after fstat
+
+    monkeypatch.setattr(writer_mod, "_open_source", lying)
+    with pytest.raises(ReleaseFormatError, match=r"changed size while it was being read"):
+        write_bundle(out / "b.tgb", release_draft(trust), make_files(src, {"a": b"x" * 100}),
+                     [trust.release_key])
+    assert os.listdir(out) == []

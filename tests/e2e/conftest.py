@@ -1,0 +1,62 @@
+"""Helpers for end-to-end tests: real ``tiangong`` processes talking through files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from signing.keyfile import KdfParams, save_private_key, write_public_key
+from tests.fixtures.trust import TrustKit, make_trust
+
+TIANGONG = [sys.executable, "-m", "tiangong.cli"]
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``predicate`` until true or fail after ``timeout_s`` (a deadline, not a guess)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def run(*args: str, check: bool = True, env: dict[str, str] | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*TIANGONG, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tiangong {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@dataclass
+class HubKeys:
+    kit: TrustKit
+    root_json: Path
+    release_key: Path
+
+
+@pytest.fixture
+def hub_keys(tmp_path: Path) -> HubKeys:
+    kit = make_trust(now=int(time.time()))
+    d = tmp_path / "hubkeys"
+    d.mkdir()
+    info = save_private_key(d / "release.key", kit.release_key, role="release", label="test",
+                            passphrase="test-pass", kdf=KdfParams(1, 8192))
+    write_public_key(d / "release.key.pub", info)
+    return HubKeys(kit, kit.write_root(d), d / "release.key")
+
+
+def set_fast_inbox(home: Path) -> None:
+    cfg = home / "agent.toml"
+    text = cfg.read_text().replace("settle_seconds = 5.0", "settle_seconds = 0.2")
+    cfg.write_text(text.replace("rescan_seconds = 10.0", "rescan_seconds = 0.5"))

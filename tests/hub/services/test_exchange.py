@@ -1,0 +1,164 @@
+"""Export to media and import from it, with a real agent (in-process) in between."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config
+from agent.home import init_home
+from agent.inbox import ReadyItem
+from agent.service import Agent
+from hub.errors import PermissionDeniedError
+from hub.services.approvals import approve_release
+from hub.services.deployments import list_deployments, queue_deployment
+from hub.services.exchange import export_environment, import_directory
+from hub.services.releases import create_release, submit_release
+from signing.keys import SigningKey
+from tests.hub.conftest import World
+
+HELLO = Path(__file__).resolve().parents[3] / "examples" / "releases" / "hello-1.0.0"
+
+
+def _agent(world: World, tmp: Path, agent_id: str = "site-01") -> Agent:
+    root = tmp / f"root-{agent_id}.json"
+    root.write_bytes(world.keys.hub.root_envelope)
+    now = int(world.clock().timestamp())
+    _, request = init_home(
+        tmp / agent_id, root_file=root, agent_id=agent_id, environment="test", now=now
+    )
+    media = tmp / f"enroll-{agent_id}"
+    media.mkdir()
+    shutil.copy(request, media)
+    report = import_directory(world.ctx("op"), media, results_dir=tmp / "results")
+    assert [r.status for r in report.rows] == ["enrolled"], report.rows
+    assert (media / f"enrollment-response-{agent_id}.json").exists()
+    return Agent(load_config(tmp / agent_id), clock=lambda: world.clock().timestamp())
+
+
+def _approved_release(world: World):  # type: ignore[no-untyped-def]
+    release = create_release(world.ctx("dev"), HELLO, create_missing_product=True)
+    submit_release(world.ctx("dev"), release)
+    approve_release(world.ctx("appr1"), release)
+    world.session.commit()
+    return release
+
+
+def _deliver(agent: Agent, usb: Path) -> None:
+    for f in sorted(usb.glob("*.tgb")):
+        dest = agent.config.inbox / f.name
+        shutil.copyfile(f, dest)
+        out = agent.process(ReadyItem(f.name, (dest,), dest.stat().st_size, "single", 0.0))
+        assert out.status == "succeeded", out.summary
+
+
+def test_export_run_import_round_trip(world: World, tmp_path: Path) -> None:
+    agent = _agent(world, tmp_path)
+    release = _approved_release(world)
+    queue_deployment(world.ctx("op"), release, "test")
+    world.session.commit()
+    usb = tmp_path / "usb"
+    report = export_environment(world.ctx("op"), "test", usb)
+    assert len(report.written) == 1 and not report.failed
+    assert report.index is not None and "site-01" in report.index.read_text()
+    # Nothing new to export: nothing new written.
+    again = export_environment(world.ctx("op"), "test", usb)
+    assert again.written == [] and again.index is None
+    assert len(list(usb.glob("*.tgb"))) == 1
+
+    _deliver(agent, usb)
+    back = tmp_path / "usb-back"
+    shutil.copytree(agent.config.outbox, back)
+    rows = import_directory(world.ctx("op"), back, results_dir=tmp_path / "results").rows
+    results = [r for r in rows if r.file.endswith(".tgr")]
+    assert [r.status for r in results] == ["imported"], rows
+    (dep,) = list_deployments(world.session, "test")
+    assert dep.state == "succeeded"
+    assert dep.result_summary and dep.result_summary["status"] == "succeeded"
+    assert list((tmp_path / "results").glob("*.tgr"))
+    # Importing the same files again changes nothing.
+    rows2 = import_directory(world.ctx("op"), back, results_dir=tmp_path / "results").rows
+    assert [r.status for r in rows2 if r.file.endswith(".tgr")] == ["duplicate"]
+    agent.close()
+
+
+def test_import_refuses_forged_and_foreign_results(world: World, tmp_path: Path) -> None:
+    agent = _agent(world, tmp_path)
+    other = _agent(world, tmp_path, "site-02")
+    release = _approved_release(world)
+    queue_deployment(world.ctx("op"), release, "test")
+    world.session.commit()
+    usb = tmp_path / "usb"
+    export_environment(world.ctx("op"), "test", usb)
+    mine = [f for f in usb.glob("*.tgb") if "site-01" in f.name]
+    only = tmp_path / "usb1"
+    only.mkdir()
+    for f in mine:
+        shutil.copy(f, only)
+    _deliver(agent, only)
+    result = next(agent.config.outbox.glob("*.tgr"))
+
+    # Forged: same content, signed by a key that is not the agent's.
+    forged_agent = Agent(
+        agent.config,
+        keys=type(agent.keys)(SigningKey.generate(), agent.keys.box),
+        clock=lambda: world.clock().timestamp(),
+    )
+    forged_dir = tmp_path / "forged"
+    forged_dir.mkdir()
+    forged = forged_agent._result("succeeded", "all good (forged)", None, None, None, [])
+    shutil.move(str(forged), forged_dir / forged.name)
+    rows = import_directory(world.ctx("op"), forged_dir, results_dir=tmp_path / "r").rows
+    assert [r.status for r in rows] == ["rejected"]
+    assert "signature" in rows[0].reason
+
+    # Foreign: site-02 reports on a bundle addressed to site-01 — refused even though the
+    # signature is site-02's own valid key.
+    foreign_dir = tmp_path / "foreign"
+    foreign_dir.mkdir()
+    rec = agent.journal.bundles()[0]
+    f2 = other._result("succeeded", "not mine", rec.bundle_id, rec.envelope_sha256, None, [])
+    shutil.move(str(f2), foreign_dir / f2.name)
+    rows = import_directory(world.ctx("op"), foreign_dir, results_dir=tmp_path / "r").rows
+    assert [r.status for r in rows] == ["rejected"] and "not addressed" in rows[0].reason
+
+    # The genuine one still imports.
+    good = tmp_path / "good"
+    good.mkdir()
+    shutil.copy(result, good)
+    rows = import_directory(world.ctx("op"), good, results_dir=tmp_path / "r").rows
+    assert [r.status for r in rows] == ["imported"]
+    agent.close()
+    other.close()
+    forged_agent.close()
+
+
+def test_export_requires_operator(world: World, tmp_path: Path) -> None:
+    with pytest.raises(PermissionDeniedError):
+        export_environment(world.ctx("dev"), "test", tmp_path / "usb")
+    assert not (tmp_path / "usb").exists()
+
+
+def test_gap_in_result_sequence_is_flagged_and_audited(world: World, tmp_path: Path) -> None:
+    agent = _agent(world, tmp_path)
+    paths = [agent._result("rejected", f"report {i}", None, None, None, [],
+                           extra={"rejected_file": f"x{i}.tgb", "check": "target"})
+             for i in (1, 2, 3)]
+    media = tmp_path / "partial"
+    media.mkdir()
+    for p in (paths[0], paths[2]):  # result 2 never reached the hub
+        shutil.copy(p, media)
+    rows = import_directory(world.ctx("op"), media, results_dir=tmp_path / "r").rows
+    assert [r.status for r in rows] == ["imported", "imported"]
+    assert rows[0].flags == ()
+    assert any("gap: results 2..2" in f for f in rows[1].flags)
+    from sqlalchemy import select
+
+    from hub.db import AuditEvent
+
+    flagged = world.session.scalars(select(AuditEvent).where(
+        AuditEvent.action == "result.flag")).all()
+    assert len(flagged) == 1 and "gap" in flagged[0].details
+    agent.close()

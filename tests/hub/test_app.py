@@ -1,0 +1,122 @@
+"""The app factory, /healthz, and `hub serve` under gunicorn as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from click.testing import CliRunner
+from sqlalchemy import inspect
+
+from hub.app import create_app
+from hub.db import db
+from tests.fixtures.databases import wait_for
+from tiangong.cli import root
+
+
+def test_create_app_migrates_and_answers_health(tmp_path: Path) -> None:
+    app = create_app({"data_dir": tmp_path, "secret_key": "test"})
+    with app.app_context():
+        assert "audit_events" in inspect(db.engine).get_table_names()
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "database": "ok"}
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_health_reports_unreachable_database(tmp_path: Path) -> None:
+    app = create_app(
+        {
+            "data_dir": tmp_path,
+            "database_url": f"sqlite:///{tmp_path / 'missing' / 'hub.db'}",
+            "run_migrations": False,
+        }
+    )
+    app.logger.disabled = True
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "unavailable"
+
+
+def test_create_app_on_postgresql(pg_db: str, tmp_path: Path) -> None:
+    app = create_app({"data_dir": tmp_path, "database_url": pg_db})
+    assert app.test_client().get("/healthz").status_code == 200
+    with app.app_context():
+        db.engine.dispose()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_hub_serve_runs_gunicorn(tmp_path: Path) -> None:
+    data = tmp_path / "hub"
+    init = CliRunner().invoke(
+        root, ["hub", "--data-dir", str(data), "init", "--admin", "a", "--insecure-no-passphrase"]
+    )
+    assert init.exit_code == 0, init.output
+    port = _free_port()
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tiangong.cli",
+            "hub",
+            "--data-dir",
+            str(data),
+            "serve",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/healthz"
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    try:
+        wait_for(healthy, 60, f"hub serve to answer {url}")
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            assert resp.read() == b'{"database":"ok","status":"ok"}\n'
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+    assert b"Booting worker" in (tmp_path / "serve.log").read_bytes()
+
+
+def test_service_context_in_a_request(tmp_path: Path) -> None:
+    """What the web UI will do: a request-scoped service context with the app's session."""
+    from hub.app import service_context
+    from hub.services.environments import create_environment, list_environments
+    from hub.services.users import bootstrap_admin, get_user
+
+    app = create_app({"data_dir": tmp_path})
+    with app.test_request_context("/"):
+        ctx = service_context(None)
+        bootstrap_admin(ctx.session, ctx.clock, "admin")
+        create_environment(ctx.as_user(get_user(ctx.session, "admin")), "plant-a")
+        db.session.commit()
+        assert ctx.keys is None  # no root.json in this data directory yet
+        assert [e.name for e in list_environments(db.session())] == ["plant-a"]
+        db.engine.dispose()

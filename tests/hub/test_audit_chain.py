@@ -1,0 +1,180 @@
+"""The pure hash chain: every kind of tampering is found and named (threat 16)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from hub.audit_chain import (
+    GENESIS_HASH,
+    ChainEvent,
+    Checkpoint,
+    compute_hash,
+    sign_checkpoint,
+    verify_chain,
+    verify_checkpoint,
+)
+from hub.errors import AuditVerificationError
+from signing.envelope import sign_envelope
+from signing.keys import SigningKey
+
+
+def chain(n: int, start_prev: str = GENESIS_HASH) -> list[ChainEvent]:
+    events: list[ChainEvent] = []
+    prev = start_prev
+    for seq in range(1, n + 1):
+        at = f"2026-11-23T09:00:{seq % 60:02d}.000000Z"
+        details = {"n": seq}
+        digest = compute_hash(seq, at, "alice", "test.act", "thing", str(seq), details, prev)
+        events.append(
+            ChainEvent(seq, at, "alice", "test.act", "thing", str(seq), details, prev, digest)
+        )
+        prev = digest
+    return events
+
+
+def rehash(event: ChainEvent, **changes: object) -> ChainEvent:
+    changed = dataclasses.replace(event, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(changed, hash=changed.recompute())
+
+
+def messages(events: list[ChainEvent], checkpoints: dict[int, str] | None = None) -> list[str]:
+    return [p.message for p in verify_chain(events, checkpoints).problems]
+
+
+def test_intact_chain_verifies() -> None:
+    events = chain(50)
+    report = verify_chain(events, {10: events[9].hash, 50: events[49].hash})
+    assert report.ok, report.summary()
+    assert report.events == 50 and report.head_hash == events[-1].hash
+    assert report.checkpoints_checked == 2
+    assert verify_chain([]).ok
+
+
+def test_edited_event_is_named() -> None:
+    events = chain(20)
+    events[11] = dataclasses.replace(events[11], actor="mallory")
+    (msg,) = messages(events)
+    assert msg.startswith(f"event 12 was edited: stored hash {events[11].hash} recomputed ")
+
+
+def test_edited_and_rehashed_event_is_named() -> None:
+    events = chain(20)
+    events[11] = rehash(events[11], actor="mallory")
+    (msg,) = messages(events)
+    assert "event 12 was edited and re-hashed: event 13 links to hash" in msg
+
+
+@pytest.mark.parametrize("index", [0, 7, 19])
+def test_deleted_event_is_named(index: int) -> None:
+    events = chain(20)
+    del events[index]
+    msgs = messages(events)
+    if index == 19:
+        assert msgs == []  # a deleted tail is truncation: only a checkpoint reveals it
+    else:
+        assert msgs == [f"event {index + 1} is missing"]
+
+
+def test_deleted_tail_found_by_checkpoint() -> None:
+    events = chain(20)
+    cp = {20: events[19].hash}
+    (msg,) = messages(events[:17], cp)
+    assert "the log ends at event 17 but a signed checkpoint covers event 20" in msg
+
+
+def test_several_deleted_events() -> None:
+    events = chain(20)
+    del events[4:8]
+    assert messages(events) == ["events 5 to 8 are missing"]
+
+
+def test_reordered_lines_are_named() -> None:
+    events = chain(20)
+    events[9], events[10] = events[10], events[9]
+    assert messages(events) == ["events 10 and 11 are out of order"]
+
+
+def test_swapped_sequence_numbers_are_named() -> None:
+    events = chain(20)
+    a, b = events[9], events[10]
+    events[9] = dataclasses.replace(b, seq=10)
+    events[10] = dataclasses.replace(a, seq=11)
+    assert messages(events) == ["events 10 and 11 are out of order"]
+
+
+def test_inserted_event_with_renumbering_is_named() -> None:
+    events = chain(20)
+    forged = ChainEvent(
+        5, events[4].at, "mallory", "test.act", "thing", "x", {}, events[3].hash, ""
+    )
+    forged = dataclasses.replace(forged, hash=forged.recompute())
+    shifted = [dataclasses.replace(e, seq=e.seq + 1) for e in events[4:]]
+    tampered = [*events[:4], forged, *shifted]
+    assert messages(tampered) == ["event 5 was inserted: event 6 links past it to event 4"]
+
+
+def test_duplicated_event_is_named() -> None:
+    events = chain(10)
+    events.insert(6, events[5])
+    assert messages(events) == ["event 6 appears twice"]
+
+
+def test_rewritten_history_found_by_checkpoint() -> None:
+    events = chain(10)
+    signed = {8: events[7].hash}
+    # Rewrite event 3 and re-hash everything after it: the chain is consistent again…
+    rewritten = events[:2]
+    prev = events[1].hash
+    for e in events[2:]:
+        e2 = rehash(e, prev_hash=prev, actor="mallory" if e.seq == 3 else e.actor)
+        rewritten.append(e2)
+        prev = e2.hash
+    assert messages(rewritten) == []
+    # …but not with the signed checkpoint.
+    (msg,) = messages(rewritten, signed)
+    assert "event 8 does not match the signed checkpoint" in msg
+
+
+def test_problem_list_is_bounded() -> None:
+    events = [dataclasses.replace(e, actor="x") for e in chain(300)]
+    report = verify_chain(events)
+    assert report.problem_count == 300 and len(report.problems) == 100
+    assert "and 200 more" in report.summary()
+
+
+def test_checkpoint_signature() -> None:
+    key, other = SigningKey.generate(), SigningKey.generate()
+    cp = Checkpoint("hub-1", 42, "ab" * 32, 1_700_000_000)
+    env = sign_checkpoint(cp, key)
+    keys = {key.key_id: key.public}
+    assert verify_checkpoint(env, keys, 1, "hub-1") == cp
+    with pytest.raises(AuditVerificationError, match="signature does not verify"):
+        verify_checkpoint(sign_checkpoint(cp, other), keys, 1)
+    with pytest.raises(AuditVerificationError, match="signature does not verify"):
+        verify_checkpoint(sign_envelope("application/other", cp.to_bytes(), [key]), keys, 1)
+    tampered = env.replace(env[40:60], bytes(reversed(env[40:60])))
+    with pytest.raises(AuditVerificationError):
+        verify_checkpoint(tampered, keys, 1)
+    with pytest.raises(AuditVerificationError, match="for hub 'hub-1'"):
+        verify_checkpoint(env, keys, 1, "hub-2")
+
+
+@pytest.mark.parametrize(
+    "details",
+    [{}, {"a": 1, "b": [1, "x"]}, {"ü": "日本", "z": {"nested": None, "t": True}}, {"q": '"\\'}],
+)
+def test_raw_hash_equals_canonical_hash(details: dict[str, object]) -> None:
+    from hub.audit_chain import compute_hash_raw
+    from signing.strictjson import dumps_canonical
+
+    args = (7, "2026-11-23T09:00:00.000000Z", "al\u00efce", "a.b", "t", "id 1", GENESIS_HASH)
+    text = dumps_canonical(details).decode("utf-8")
+    assert compute_hash_raw(*args[:6], text, args[6]) == compute_hash(*args[:6], details, args[6])
+    # Stored text that means the same but is not canonical does not hash the same.
+    assert (
+        compute_hash_raw(*args[:6], text.replace(":", ": "), args[6])
+        != compute_hash(*args[:6], details, args[6])
+        or ":" not in text
+    )

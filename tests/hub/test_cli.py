@@ -1,0 +1,294 @@
+"""CLI smoke tests: init → users → release from examples/ → submit → approve as another
+user → queue; audit verify/export; tables and --json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from tiangong.cli import root
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "releases"
+
+
+def run(data_dir: Path, *args: str, actor: str | None = "admin", ok: bool = True) -> Result:
+    argv = ["hub", "--data-dir", str(data_dir)]
+    if actor is not None:
+        argv += ["--as", actor]
+    result = CliRunner().invoke(root, [*argv, *args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture
+def hub_dir(tmp_path: Path) -> Path:
+    data = tmp_path / "hub"
+    out = run(data, "init", "--admin", "admin", "--insecure-no-passphrase", actor=None)
+    assert "ROOT KEY (NOT encrypted)" in out.output
+    assert "Move it off this machine" in out.output
+    for name, role in (
+        ("dev", "developer"),
+        ("alice", "approver"),
+        ("bob", "approver"),
+        ("ops", "operator"),
+        ("aud", "auditor"),
+    ):
+        run(data, "users", "create", name)
+        run(data, "users", "grant", name, role)
+    return data
+
+
+def test_init_creates_everything(tmp_path: Path) -> None:
+    data = tmp_path / "hub"
+    run(data, "init", "--admin", "root-admin", "--insecure-no-passphrase", actor=None)
+    for name in (
+        "hub.toml",
+        "hub.db",
+        "root.json",
+        "root-key.OFFLINE.json",
+        "keys/release.key",
+        "keys/audit.key",
+        "keys/release.pub",
+        "keys/audit.pub",
+    ):
+        assert (data / name).is_file(), name
+    assert (data / "hub.toml").stat().st_mode & 0o077 == 0
+    assert (data / "keys" / "audit.key").stat().st_mode & 0o077 == 0
+    again = run(data, "init", "--admin", "x", "--insecure-no-passphrase", actor=None, ok=False)
+    assert again.exit_code == 2 and "already initialised" in again.output
+    users = json.loads(run(data, "users", "list", "--json", actor="root-admin").output)
+    assert users[0]["username"] == "root-admin" and users[0]["roles"] == ["admin"]
+
+
+def test_init_with_encrypted_root_key(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse battery staple\n")
+    data = tmp_path / "hub"
+    out = run(data, "init", "--admin", "admin", "--passphrase-file", str(pw), actor=None)
+    assert "ROOT KEY (passphrase-encrypted)" in out.output
+    doc = json.loads((data / "root-key.OFFLINE.json").read_text())
+    assert doc["protection"] == "passphrase" and "secret" not in doc
+
+
+def test_init_refuses_without_passphrase_choice(tmp_path: Path) -> None:
+    result = CliRunner(env={"TIANGONG_KEY_PASSPHRASE": None}).invoke(
+        root, ["hub", "--data-dir", str(tmp_path / "h"), "init", "--admin", "a"]
+    )
+    assert result.exit_code == 2 and "--insecure-no-passphrase" in result.output
+
+
+def test_release_to_queue_flow(hub_dir: Path) -> None:
+    run(hub_dir, "environments", "create", "plant-a", "--required-approvals", "2")
+    run(hub_dir, "products", "create", "hello", actor="dev")
+    created = json.loads(
+        run(
+            hub_dir, "releases", "create", str(EXAMPLES / "hello-1.0.0"), "--json", actor="dev"
+        ).output
+    )
+    assert created["state"] == "draft" and len(created["content_hash"]) == 64
+    run(hub_dir, "releases", "submit", "hello", "1.0.0", actor="dev")
+    own = run(hub_dir, "releases", "approve", "hello", "1.0.0", actor="dev", ok=False)
+    assert own.exit_code == 1
+    assert "dev" in own.output and ("author" in own.output or "may not" in own.output)
+    run(hub_dir, "releases", "approve", "hello", "1.0.0", "--comment", "ok", actor="alice")
+    few = run(
+        hub_dir,
+        "deployments",
+        "queue",
+        "hello",
+        "1.0.0",
+        "--environment",
+        "plant-a",
+        actor="ops",
+        ok=False,
+    )
+    assert few.exit_code == 1 and "requires 2" in few.output
+    run(hub_dir, "releases", "approve", "hello", "1.0.0", actor="bob")
+    queued = run(
+        hub_dir,
+        "deployments",
+        "queue",
+        "hello",
+        "1.0.0",
+        "--environment",
+        "plant-a",
+        "--json",
+        actor="ops",
+    )
+    (dep,) = json.loads(queued.output)
+    assert dep["state"] == "queued" and dep["agent"] is None
+    table = run(hub_dir, "deployments", "list", actor="ops").output
+    assert table.splitlines()[0].split()[:5] == ["ID", "RELEASE", "ENVIRONMENT", "AGENT", "STATE"]
+    assert "hello 1.0.0" in table
+    shown = json.loads(
+        run(hub_dir, "releases", "show", "hello", "1.0.0", "--json", actor="aud").output
+    )
+    assert [a["by"] for a in shown["approvals"]] == ["alice", "bob"]
+    report = json.loads(run(hub_dir, "audit", "verify", "--json", actor="aud").output)
+    assert report["ok"] and report["events"] > 10
+
+
+def test_unknown_acting_user_and_permissions(hub_dir: Path) -> None:
+    nobody = run(hub_dir, "products", "create", "x", actor="mallory", ok=False)
+    assert nobody.exit_code == 1 and "user 'mallory' does not exist" in nobody.output
+    denied = run(hub_dir, "environments", "create", "x", actor="dev", ok=False)
+    assert denied.exit_code == 1 and "may not environment.create" in denied.output
+
+
+def test_enroll_list_revoke_agent(hub_dir: Path, tmp_path: Path) -> None:
+    from signing.keys import BoxKeyPair, SigningKey
+
+    run(hub_dir, "environments", "create", "plant-a")
+    request = tmp_path / "enroll.json"
+    request.write_text(
+        json.dumps(
+            {
+                "agent_id": "plant-a-01",
+                "hostname": "plant-a-01",
+                "labels": ["line-1"],
+                "ed25519_public": SigningKey.generate().public.raw.hex(),
+                "x25519_public": BoxKeyPair.generate().public.raw.hex(),
+                "agent_version": "0.1.0",
+            }
+        )
+    )
+    response = tmp_path / "response.json"
+    run(
+        hub_dir,
+        "agents",
+        "enroll",
+        str(request),
+        "--environment",
+        "plant-a",
+        "--out",
+        str(response),
+        actor="ops",
+    )
+    from signing.envelope import TYPE_ENROLLMENT_RESPONSE, verify_envelope
+    from signing.roots import TrustedRoot
+
+    role = TrustedRoot.pin((hub_dir / "root.json").read_bytes()).document.role_keys("release")
+    payload = verify_envelope(
+        response.read_bytes(),
+        payload_type=TYPE_ENROLLMENT_RESPONSE,
+        trusted=role.keys,
+        threshold=role.threshold,
+    ).payload
+    data = json.loads(payload)
+    assert data["agent_id"] == "plant-a-01" and data["root"]
+    listed = json.loads(run(hub_dir, "agents", "list", "--json", actor="ops").output)
+    assert listed[0]["status"] == "enrolled"
+    run(hub_dir, "agents", "revoke", "plant-a-01", "--reason", "stolen", actor="ops")
+    listed = json.loads(run(hub_dir, "agents", "list", "--json", actor="ops").output)
+    assert listed[0]["status"] == "revoked"
+
+
+def test_audit_export_verifies_offline_and_tampering_is_named(
+    hub_dir: Path, tmp_path: Path
+) -> None:
+    run(hub_dir, "environments", "create", "plant-a")
+    export = tmp_path / "audit.jsonl"
+    run(hub_dir, "audit", "export", "--out", str(export), actor="aud")
+    trust = str(hub_dir / "root.json")
+    runner = CliRunner()
+    ok = runner.invoke(root, ["audit", "verify-export", str(export), "--trust", trust])
+    assert ok.exit_code == 0, ok.output
+    assert "audit log verified" in ok.output and "1 checkpoint(s) match" in ok.output
+
+    lines = export.read_bytes().splitlines(keepends=True)
+    events = [i for i, line in enumerate(lines) if b'"type":"event"' in line]
+    edited = list(lines)
+    edited[events[3]] = edited[events[3]].replace(b'"actor":"admin"', b'"actor":"mallory"')
+    (tmp_path / "edited.jsonl").write_bytes(b"".join(edited))
+    bad = runner.invoke(
+        root, ["audit", "verify-export", str(tmp_path / "edited.jsonl"), "--trust", trust]
+    )
+    assert bad.exit_code == 1 and "event 4 was edited" in bad.output
+
+    deleted = [line for i, line in enumerate(lines) if i != events[2]]
+    (tmp_path / "deleted.jsonl").write_bytes(b"".join(deleted))
+    bad = runner.invoke(
+        root, ["audit", "verify-export", str(tmp_path / "deleted.jsonl"), "--trust", trust]
+    )
+    assert bad.exit_code == 1 and "event 3 is missing" in bad.output
+
+    truncated = lines[: events[-2]]
+    (tmp_path / "short.jsonl").write_bytes(b"".join(truncated))
+    bad = runner.invoke(
+        root, ["audit", "verify-export", str(tmp_path / "short.jsonl"), "--trust", trust]
+    )
+    assert bad.exit_code == 1 and "log truncated" in bad.output
+
+    other = tmp_path / "other"
+    run(other, "init", "--admin", "admin", "--insecure-no-passphrase", actor=None)
+    wrong = runner.invoke(
+        root, ["audit", "verify-export", str(export), "--trust", str(other / "root.json")]
+    )
+    assert wrong.exit_code == 2 and "trusted root is for hub" in wrong.output
+
+
+def test_audit_cli_imports_no_web_stack() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hub.audit_cli; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('flask', 'sqlalchemy', 'flask_sqlalchemy', 'alembic')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_release_from_archive_with_product_creation(hub_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    archive = shutil.make_archive(
+        str(tmp_path / "billing-2.4.0"), "gztar", EXAMPLES, "billing-2.4.0"
+    )
+    missing = run(hub_dir, "releases", "create", archive, actor="dev", ok=False)
+    assert missing.exit_code == 1 and "product 'billing' does not exist" in missing.output
+    run(hub_dir, "releases", "create", archive, "--create-product", actor="dev")
+    rows = json.loads(run(hub_dir, "releases", "list", "--json", actor="dev").output)
+    assert [(r["product"], r["version"], r["state"]) for r in rows] == [
+        ("billing", "2.4.0", "draft")
+    ]
+
+
+def test_audit_verify_names_tampering_in_the_database(hub_dir: Path) -> None:
+    import sqlite3
+
+    run(hub_dir, "environments", "create", "plant-a")
+    with sqlite3.connect(hub_dir / "hub.db") as conn:
+        conn.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 2")
+    result = run(hub_dir, "audit", "verify", actor="aud", ok=False)
+    assert result.exit_code == 3
+    assert "event 2 was edited: stored hash" in result.output
+
+
+def test_enroll_signed_request_from_agent_init(hub_dir: Path, tmp_path: Path) -> None:
+    from agent.home import init_home
+
+    run(hub_dir, "environments", "create", "plant-b")
+    _config, req = init_home(
+        tmp_path / "agent",
+        root_file=hub_dir / "root.json",
+        agent_id="plant-b-01",
+        environment="plant-b",
+    )
+    out = json.loads(run(hub_dir, "agents", "enroll", str(req), "--json", actor="ops").output)
+    assert out["agent_id"] == "plant-b-01" and out["environment"] == "plant-b"
+
+
+def test_read_lines_stops_at_an_overlong_line() -> None:
+    import io
+
+    from hub.audit_cli import read_lines
+
+    data = b"short\n" + b"x" * 100 + b"\nnever read\n"
+    lines = list(read_lines(io.BytesIO(data), max_bytes=10))
+    assert lines == [b"short\n", b"x" * 12]

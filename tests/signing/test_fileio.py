@@ -1,0 +1,86 @@
+"""signing.fileio: atomic, no-overwrite writes and bounded reads."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from signing.errors import KeyFileError
+from signing.fileio import read_bounded, write_file_atomic
+
+CAP = 1024  # bytes
+
+
+def other_files(directory: Path, *keep: str) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name not in keep)
+
+
+def test_write_new_file(tmp_path: Path, umask_022: None) -> None:
+    path = tmp_path / "a.json"
+    write_file_atomic(path, b"data")
+    assert path.read_bytes() == b"data"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    write_file_atomic(tmp_path / "b.json", b"public", mode=0o644)
+    assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o644
+    assert other_files(tmp_path, "a.json", "b.json") == []
+
+
+def test_no_overwrite_without_permission(tmp_path: Path) -> None:
+    path = tmp_path / "a.json"
+    path.write_bytes(b"old")
+    with pytest.raises(KeyFileError, match="already exists"):
+        write_file_atomic(path, b"new")
+    assert path.read_bytes() == b"old"
+    write_file_atomic(path, b"new", overwrite=True)
+    assert path.read_bytes() == b"new"
+    assert other_files(tmp_path, "a.json") == []
+
+
+def test_relative_path_in_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_file_atomic("rel.json", b"x")
+    assert (tmp_path / "rel.json").read_bytes() == b"x"
+
+
+def test_write_failure_leaves_no_temp_file(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError, match="cannot write"):
+        write_file_atomic(tmp_path / "missing-dir" / "k.key", b"x")
+    directory = tmp_path / "d"
+    directory.mkdir()
+    (directory / "k.key").mkdir()  # a directory where the file should go
+    with pytest.raises(KeyFileError):
+        write_file_atomic(directory / "k.key", b"x", overwrite=True)
+    assert other_files(directory, "k.key") == []
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "fifo", "too-big"])
+def test_unreadable_files(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "k.key"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "too-big":
+        path.write_bytes(b" " * (CAP + 1))
+    with pytest.raises(KeyFileError) as info:
+        read_bounded(path, CAP)
+    assert info.type is KeyFileError
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("size", [0, 1, CAP])
+def test_read_bounded_accepts_up_to_the_cap(tmp_path: Path, size: int) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"a" * size)
+    assert read_bounded(path, CAP) == b"a" * size
+
+
+def test_read_bounded_follows_symlinks_to_regular_files(tmp_path: Path) -> None:
+    (tmp_path / "real").write_bytes(b"x")
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    assert read_bounded(tmp_path / "link", CAP) == b"x"

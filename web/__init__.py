@@ -1,0 +1,92 @@
+"""Tiangong's web UI: Flask blueprints on top of the hub services (views translate,
+services decide).
+
+:func:`init_app` adds the UI to an app made by :func:`hub.app.create_app`: settings, CSRF,
+sessions, the SAML SP and the blueprints. :func:`web.app.create_web_app` does both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Flask
+from onelogin.saml2.settings import OneLogin_Saml2_Settings
+
+from hub.app import hub_config
+from hub.errors import ConfigError
+from hub.services.context import Clock, utc_now
+from web.config import WebConfig
+from web.replay import ReplayCache
+
+__all__ = ["WebState", "init_app"]
+
+REPLAY_DB = "saml-replay.sqlite3"
+
+
+@dataclass(frozen=True)
+class WebState:
+    """What the views need, kept in ``app.extensions["tiangong_web"]``."""
+
+    config: WebConfig
+    clock: Clock
+    saml_settings: OneLogin_Saml2_Settings | None
+    replay: ReplayCache | None
+
+
+def init_app(app: Flask, config: WebConfig, clock: Clock = utc_now) -> None:
+    """Register the web UI on ``app``.
+
+    Raises:
+        ConfigError: no secret key, unusable IdP metadata or SAML settings.
+    """
+    from web import auth, csrf, home, sessions
+    from web.saml import build_settings
+
+    if not app.secret_key:
+        raise ConfigError("the web UI needs secret_key (TIANGONG_HUB_SECRET_KEY)")
+    settings = replay = None
+    if config.saml is not None:
+        settings = build_settings(config.saml)
+        data_dir = hub_config(app).data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        replay = ReplayCache(data_dir / REPLAY_DB)
+    app.extensions["tiangong_web"] = WebState(config, clock, settings, replay)
+    sessions.init_app(app, config, clock)
+    csrf.init_app(app)
+    assets = Blueprint(
+        "assets", __name__, static_folder="static", static_url_path="/assets",
+        template_folder="templates",
+    )  # fmt: skip
+    app.register_blueprint(assets)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(home.bp)
+
+    @app.context_processor
+    def _globals() -> dict[str, Any]:
+        return {
+            "break_glass_enabled": config.break_glass.enabled,
+            "saml_enabled": settings is not None,
+        }
+
+    # The logout form's POST is answered by a redirect to the IdP: allow that origin too.
+    idp_origins = sorted(_idp_origins(settings)) if settings is not None else []
+    form_action = " ".join(["'self'", *idp_origins])
+    csp = f"default-src 'self'; form-action {form_action}; frame-ancestors 'none'"
+
+    @app.after_request
+    def _headers(resp: Any) -> Any:
+        resp.headers.setdefault("Content-Security-Policy", csp)
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("Referrer-Policy", "same-origin")
+        return resp
+
+
+def _idp_origins(settings: OneLogin_Saml2_Settings) -> set[str]:
+    origins = set()
+    for url in (settings.get_idp_sso_url(), settings.get_idp_slo_url()):
+        if url:
+            parts = urlsplit(url)
+            origins.add(f"{parts.scheme}://{parts.netloc}")
+    return origins
