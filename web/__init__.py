@@ -7,6 +7,7 @@ sessions, the SAML SP and the blueprints. :func:`web.app.create_web_app` does bo
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +24,14 @@ from web.replay import ReplayCache
 __all__ = ["WebState", "init_app"]
 
 REPLAY_DB = "saml-replay.sqlite3"
+#: The page blueprints, one module each (``web/<name>.py`` with templates in
+#: ``templates/<name>/``), in the order of the navigation bar.
+PAGES = ("home", "releases", "environments", "agents", "deployments", "media", "audit",
+         "admin")
+#: Navigation: (blueprint, label) for each page but home.
+NAV = (("releases", "Releases"), ("environments", "Environments"), ("agents", "Agents"),
+       ("deployments", "Deployments"), ("media", "Media"), ("audit", "Audit"),
+       ("admin", "Admin"))
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ def init_app(app: Flask, config: WebConfig, clock: Clock = utc_now) -> None:
     Raises:
         ConfigError: no secret key, unusable IdP metadata or SAML settings.
     """
-    from web import auth, csrf, home, sessions
+    from web import auth, csrf, sessions, views
     from web.saml import build_settings
 
     if not app.secret_key:
@@ -61,13 +70,16 @@ def init_app(app: Flask, config: WebConfig, clock: Clock = utc_now) -> None:
     )  # fmt: skip
     app.register_blueprint(assets)
     app.register_blueprint(auth.bp)
-    app.register_blueprint(home.bp)
+    for name in PAGES:
+        app.register_blueprint(importlib.import_module(f"web.{name}").bp)
+    views.init_app(app)
 
     @app.context_processor
     def _globals() -> dict[str, Any]:
         return {
             "break_glass_enabled": config.break_glass.enabled,
             "saml_enabled": settings is not None,
+            "nav_pages": NAV,
         }
 
     # The logout form's POST is answered by a redirect to the IdP: allow that origin too.

@@ -1,0 +1,100 @@
+"""What every page blueprint shares: the signed-in user, a service context for the request,
+``login_required``, and one translation of domain errors into HTTP answers.
+
+Views translate, services decide (STYLE.md): a view reads the form, calls a service with
+:func:`ctx`, and renders. Permission checks live in the services (``users.require``); a
+:class:`~hub.errors.PermissionDeniedError` raised there becomes a 403 page here, a
+:class:`~hub.errors.NotFoundError` a 404, a conflict or invalid state a 409, bad input a 400.
+Views may call :func:`hub.services.users.can` to hide buttons, never to protect anything.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from flask import Flask, current_app, redirect, render_template, request
+
+from hub.app import hub_config, hub_keys
+from hub.db import User, db
+from hub.errors import (
+    ConflictError,
+    HubError,
+    InvalidStateError,
+    NotFoundError,
+    PermissionDeniedError,
+    SeparationOfDutiesError,
+    ValidationError,
+)
+from hub.services.context import ServiceContext
+from web.sessions import current_hub_user
+
+__all__ = ["ctx", "init_app", "login_required", "signed_in_user", "status_for"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def signed_in_user() -> User:
+    """The signed-in user; only call inside a :func:`login_required` view."""
+    user = current_hub_user()
+    if user is None:  # pragma: no cover - login_required runs first
+        raise PermissionDeniedError("not signed in")
+    return user
+
+
+def ctx() -> ServiceContext:
+    """A service context acting as the signed-in user, with the web UI's clock."""
+    cfg = hub_config()
+    clock = current_app.extensions["tiangong_web"].clock
+    return ServiceContext(db.session(), clock, current_hub_user(), hub_keys(), cfg.releases_dir)
+
+
+def login_required(view: F) -> F:
+    """Send a visitor who is not signed in to the sign-in page, then back here."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if current_hub_user() is None:
+            target = request.full_path if request.query_string else request.path
+            return redirect(f"/login?next={quote(target, safe='/')}")
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def status_for(exc: HubError) -> int:
+    """The HTTP status a domain error maps to."""
+    if isinstance(exc, PermissionDeniedError):
+        return 403
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, ConflictError | InvalidStateError | SeparationOfDutiesError):
+        return 409
+    if isinstance(exc, ValidationError):
+        return 400
+    return 500
+
+
+_TITLES = {400: "Not accepted", 403: "Not allowed", 404: "Not found", 409: "Not possible now",
+           500: "Something went wrong"}
+
+
+def init_app(app: Flask) -> None:
+    """Register the error pages for domain errors (and plain 403/404)."""
+
+    @app.errorhandler(HubError)
+    def _hub_error(exc: HubError) -> Any:
+        db.session.rollback()
+        status = status_for(exc)
+        if status == 500:
+            current_app.logger.error("unhandled hub error: %s", exc)
+        return render_template("errors/error.html", status=status, title=_TITLES[status],
+                               message=str(exc)), status
+
+    for code in (403, 404):
+        @app.errorhandler(code)
+        def _http_error(exc: Any, code: int = code) -> Any:
+            return render_template("errors/error.html", status=code, title=_TITLES[code],
+                                   message=getattr(exc, "description", "")), code
