@@ -18,6 +18,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from hub.services.context import Clock, utc_now
 from tests.fixtures.saml_idp import SamlIdP
+from tests.web.pages import site  # noqa: F401 - the page tests' fixture
 from web.app import create_web_app
 
 HTTP_TIMEOUT_S = 10.0  # seconds per HTTP call in these tests

@@ -1,0 +1,35 @@
+"""The page scaffold: sign-in redirect, navigation, and error pages from domain errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.web.pages import Site
+
+AREAS = ("releases", "environments", "agents", "deployments", "media", "audit", "admin")
+
+
+@pytest.mark.parametrize("area", AREAS)
+def test_pages_need_a_signed_in_user(site: Site, area: str) -> None:
+    resp = site.client(None).get(f"/{area}/")
+    assert resp.status_code == 302
+    assert resp.headers["Location"].startswith(f"/login?next=/{area}/")
+
+
+def test_navigation_lists_every_area(site: Site) -> None:
+    page = site.client("view").get("/").get_data(as_text=True)
+    for area in AREAS:
+        assert f'href="/{area}/"' in page
+
+
+def test_post_without_csrf_token_is_refused(site: Site) -> None:
+    c = site.client("admin")
+    resp = c.post("/logout", data={})
+    assert resp.status_code == 400
+    assert "CSRF" in resp.get_data(as_text=True)
+
+
+def test_unknown_page_is_a_404_page(site: Site) -> None:
+    resp = site.client("view").get("/releases/no-such-thing/at-all")
+    assert resp.status_code == 404
+    assert "Not found" in resp.get_data(as_text=True)
