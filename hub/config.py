@@ -13,6 +13,7 @@ bundle_expiry_s                TIANGONG_HUB_BUNDLE_EXPIRY_S     30 days, in seco
 bind                           TIANGONG_HUB_BIND                127.0.0.1:8400
 workers                        TIANGONG_HUB_WORKERS             2
 hub_id                         TIANGONG_HUB_HUB_ID              (from root.json at init)
+export_dir                     TIANGONG_HUB_EXPORT_DIR          (none: the web UI offers a download)
 =============================  ===============================  ============================
 
 This module does not create anything on disk (``hub init`` does) and never reads keys.
@@ -48,6 +49,9 @@ class HubConfig:
     workers: int = 2
     hub_id: str = ""
     run_migrations: bool = True
+    #: where the web UI's Media page writes exported bundles (a mounted share), relative to
+    #: data_dir unless absolute; empty: the page offers the bundles as a download instead.
+    export_dir: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -55,6 +59,14 @@ class HubConfig:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'hub.db'}")
         if self.bundle_expiry_s <= 0:
             raise ConfigError(f"bundle_expiry_s must be positive, not {self.bundle_expiry_s}")
+
+    @property
+    def export_path(self) -> Path | None:
+        """``export_dir`` as an absolute path, or None when it is not set."""
+        if not self.export_dir:
+            return None
+        path = Path(self.export_dir).expanduser()
+        return path if path.is_absolute() else self.data_dir / path
 
     @property
     def releases_dir(self) -> Path:
