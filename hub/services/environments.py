@@ -11,18 +11,21 @@ import re
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hub.db import Environment
+from hub.db import Deployment, Environment
 from hub.errors import ConflictError, NotFoundError, ValidationError
 from hub.services import audit
 from hub.services.context import ServiceContext
-from hub.services.users import require
+from hub.services.users import can, require
 
 __all__ = [
     "MAX_REQUIRED_APPROVALS",
     "create_environment",
+    "environment_for",
     "get_environment",
+    "latest_deployments",
     "list_environments",
     "set_required_approvals",
+    "viewable_environments",
 ]
 
 MAX_REQUIRED_APPROVALS = 10  # distinct approvers an environment may demand
@@ -39,6 +42,42 @@ def get_environment(session: Session, name: str) -> Environment:
 
 def list_environments(session: Session) -> list[Environment]:
     return list(session.scalars(select(Environment).order_by(Environment.name)))
+
+
+def viewable_environments(ctx: ServiceContext) -> list[Environment]:
+    """The environments the actor may view (a global grant: all; else those granted).
+
+    Lists in the web UI start here, so that nobody sees an environment, its agents or its
+    deployments without a grant there.
+    """
+    return [env for env in list_environments(ctx.session) if can(ctx.actor, "view", env)]
+
+
+def environment_for(ctx: ServiceContext, name: str, action: str = "view") -> Environment:
+    """The environment ``name``, if the actor may do ``action`` there.
+
+    For views that show or hand out something of one environment (its page, a file an
+    export of it wrote, an agent's enrollment response) without calling a service that
+    checks by itself.
+
+    Raises:
+        NotFoundError, PermissionDeniedError.
+    """
+    env = get_environment(ctx.session, name)
+    require(ctx.actor, action, env)
+    return env
+
+
+def latest_deployments(session: Session, env: Environment, limit: int = 50) -> list[Deployment]:
+    """The newest ``limit`` deployments of ``env``, newest first (no permission check: the
+    caller has looked ``env`` up with :func:`environment_for`)."""
+    query = (
+        select(Deployment)
+        .where(Deployment.environment_id == env.id)
+        .order_by(Deployment.id.desc())
+        .limit(limit)
+    )
+    return list(session.scalars(query))
 
 
 def _check_required(value: int) -> None:
