@@ -1,0 +1,367 @@
+"""The authorization matrix: every page view x every person of the ``site`` fixture.
+
+Built from the app's URL map: every rule of the page blueprints (``web.PAGES``) must have an
+entry in :data:`EXPECTED`, so a new view without one fails
+:func:`test_every_page_endpoint_is_in_the_matrix`. For each entry:
+
+* GET: the people in ``get`` see the page (200); everyone else signed in is refused (403,
+  or the entry's ``denied`` status); a visitor who is not signed in is sent to the sign-in
+  page (302 to ``/login?next=...``).
+* POST: everyone outside ``post`` is refused with 403 and **nothing changed** (every row
+  of every table and the files of the data directory are compared before and after); the
+  people in ``post`` are not refused (their POST may still be a 409: the matrix is about
+  who may try, the page tests about what happens).
+* every POST endpoint (page blueprints and sign-in/out) without the CSRF token: 400, and
+  nothing changed.
+* no page leaks environment ``prod``'s data (its agent, its deployment, its name) to
+  people whose only grant is on ``test`` (``view-test``, ``op-test``).
+
+The data the URLs point at is built once per test by :func:`build_world`: a product with an
+approved release deployed to both environments, a submitted one and a draft, an agent in
+each environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from agent.home import init_home
+from hub.db import Base, db
+from hub.services.approvals import approve_release
+from hub.services.deployments import queue_deployment
+from hub.services.exchange import import_directory
+from hub.services.releases import create_release, submit_release
+from tests.hub.conftest import write_release
+from tests.web.pages import PEOPLE, Site
+from web import PAGES
+
+# ---------------------------------------------------------------------------- who
+
+#: Everyone the matrix signs in as: the fixture's people and its admin.
+EVERYONE: tuple[str, ...] = (*PEOPLE, "admin")
+#: People with a role on every environment (a global grant).
+GLOBAL = frozenset(u for u, grants in PEOPLE.items() if any("@" not in g for g in grants)) | {
+    "admin"
+}
+#: People with any grant at all.
+ANY_GRANT = frozenset(u for u, grants in PEOPLE.items() if grants) | {"admin"}
+SIGNED_IN = frozenset(EVERYONE)
+
+
+def having(*roles: str, env: str | None = None) -> frozenset[str]:
+    """The people holding one of ``roles`` globally (or on ``env``), and admin."""
+    out = {"admin"}
+    for user, grants in PEOPLE.items():
+        for grant in grants:
+            role, _, scope = grant.partition("@")
+            if role in roles and (not scope or scope == env):
+                out.add(user)
+    return frozenset(out)
+
+
+# ---------------------------------------------------------------------------- the data
+
+
+PROD_AGENT = "agent-prod-zq81"  # identifying strings of environment prod's data
+TEST_AGENT = "agent-test-k3m7"
+PRODUCT = "matrixapp"
+
+
+@dataclass
+class World:
+    """What the URLs of the matrix point at (names and ids in the site's database)."""
+
+    product: str = PRODUCT
+    approved: str = "1.0.0"  # approved, deployed to test and prod
+    submitted: str = "1.1.0"  # submitted, waiting for approvals
+    draft: str = "1.2.0"
+    test_agent: str = TEST_AGENT
+    prod_agent: str = PROD_AGENT
+    test_deployment: int = 0
+    prod_deployment: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _enroll(site: Site, tmp: Path, agent_id: str, environment: str) -> None:
+    media = tmp / f"enroll-{agent_id}"
+    media.mkdir()
+    _, request = init_home(
+        tmp / f"home-{agent_id}",
+        root_file=site.data_dir / "root.json",
+        agent_id=agent_id,
+        environment=environment,
+        now=int(site.clock().timestamp()),
+    )
+    shutil.copy(request, media)
+    report = import_directory(site.ctx("admin"), media, results_dir=tmp / "results")
+    assert [r.status for r in report.rows] == ["enrolled"], report.rows
+
+
+def build_world(site: Site, tmp: Path) -> World:
+    """Releases in three states, an agent per environment, a deployment per environment."""
+    w = World()
+    src = tmp / "src"
+    with site.app.app_context():
+        dev = site.ctx("dev")
+        releases = {}
+        for version in (w.approved, w.submitted, w.draft):
+            path = write_release(src, product=PRODUCT, version=version)
+            releases[version] = create_release(dev, path, create_missing_product=True)
+        submit_release(dev, releases[w.approved])
+        submit_release(dev, releases[w.submitted])
+        approve_release(site.ctx("appr1"), releases[w.approved])
+        approve_release(site.ctx("appr2"), releases[w.approved])
+        _enroll(site, tmp, TEST_AGENT, "test")
+        _enroll(site, tmp, PROD_AGENT, "prod")
+        (test_dep,) = queue_deployment(site.ctx("op"), releases[w.approved], "test")
+        (prod_dep,) = queue_deployment(site.ctx("op"), releases[w.approved], "prod")
+        db.session.commit()
+        w.test_deployment, w.prod_deployment = test_dep.id, prod_dep.id
+        db.session.remove()
+    return w
+
+
+# ---------------------------------------------------------------------------- the matrix
+
+
+@dataclass(frozen=True)
+class View:
+    """What one endpoint allows.
+
+    ``args``: the URL's arguments from the world. ``get``/``post``: who may (None: the
+    endpoint has no such method). ``form``: the POST's fields (without the CSRF token).
+    ``denied``: the status of a refused GET. ``anonymous``: what a visitor who is not
+    signed in gets on GET ("login": a 302 to the sign-in page, or a status code).
+    """
+
+    get: frozenset[str] | None = None
+    post: frozenset[str] | None = None
+    args: Callable[[World], Mapping[str, Any]] = lambda w: {}
+    form: Callable[[World], Mapping[str, Any]] = lambda w: {}
+    denied: int = 403
+    anonymous: str | int = "login"
+
+
+EXPECTED: dict[str, View] = {
+    "home.index": View(get=SIGNED_IN, anonymous=200),
+    "releases.index": View(get=SIGNED_IN),
+    "environments.index": View(get=SIGNED_IN),
+    "agents.index": View(get=SIGNED_IN),
+    "deployments.index": View(get=SIGNED_IN),
+    "media.index": View(get=SIGNED_IN),
+    "audit.index": View(get=SIGNED_IN),
+    "admin.index": View(get=SIGNED_IN),
+}
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def page_rules(app: Flask) -> dict[str, set[str]]:
+    """endpoint -> methods (GET/POST) of every rule of the page blueprints."""
+    out: dict[str, set[str]] = {}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint.partition(".")[0] in PAGES:
+            methods = set(rule.methods or ()) & {"GET", "POST", "PUT", "PATCH", "DELETE"}
+            out.setdefault(rule.endpoint, set()).update(methods)
+    return out
+
+
+def url_for_view(app: Flask, endpoint: str, world: World) -> str:
+    from flask import url_for
+
+    with app.test_request_context("/"):
+        return url_for(endpoint, **EXPECTED[endpoint].args(world))
+
+
+_SKIP_FILES = re.compile(r"\.(db|sqlite3)(-wal|-shm|-journal)?$")
+
+
+def snapshot(site: Site) -> dict[str, Any]:
+    """Every row of every table, and every file of the data directory (name and digest)."""
+    rows: dict[str, Any] = {}
+    with site.app.app_context():
+        for table in Base.metadata.sorted_tables:
+            result = db.session.execute(select(table)).all()
+            rows[table.name] = sorted(repr(tuple(r)) for r in result)
+        db.session.remove()
+    files = {}
+    for path in sorted(site.data_dir.rglob("*")):
+        if path.is_file() and not _SKIP_FILES.search(path.name):
+            files[str(path.relative_to(site.data_dir))] = hashlib.sha256(
+                path.read_bytes()
+            ).hexdigest()
+    return {"rows": rows, "files": files}
+
+
+def assert_unchanged(before: Mapping[str, Any], after: Mapping[str, Any], what: str) -> None:
+    for key in ("rows", "files"):
+        if before[key] != after[key]:
+            changed = sorted(
+                k
+                for k in set(before[key]) | set(after[key])
+                if before[key].get(k) != after[key].get(k)
+            )
+            raise AssertionError(f"{what} changed {key}: {changed}")
+
+
+@pytest.fixture
+def world(site: Site, tmp_path: Path) -> World:
+    return build_world(site, tmp_path)
+
+
+@pytest.fixture
+def clients(site: Site, world: World) -> Iterator[dict[str, FlaskClient]]:
+    yield {name: site.client(name) for name in EVERYONE}
+
+
+# ---------------------------------------------------------------------------- tests
+
+
+def test_every_page_endpoint_is_in_the_matrix(site: Site) -> None:
+    rules = page_rules(site.app)
+    missing = sorted(set(rules) - set(EXPECTED))
+    assert not missing, f"page endpoints without an entry in EXPECTED: {missing}"
+    stale = sorted(set(EXPECTED) - set(rules))
+    assert not stale, f"EXPECTED names endpoints the app does not have: {stale}"
+    for endpoint, methods in rules.items():
+        view = EXPECTED[endpoint]
+        assert methods <= {"GET", "POST"}, f"{endpoint}: unexpected methods {methods}"
+        assert ("GET" in methods) == (view.get is not None), f"{endpoint}: GET entry"
+        assert ("POST" in methods) == (view.post is not None), f"{endpoint}: POST entry"
+
+
+GET_ENDPOINTS = sorted(e for e, v in EXPECTED.items() if v.get is not None)
+POST_ENDPOINTS = sorted(e for e, v in EXPECTED.items() if v.post is not None)
+
+
+@pytest.mark.parametrize("endpoint", GET_ENDPOINTS)
+def test_get_matrix(
+    site: Site, world: World, clients: dict[str, FlaskClient], endpoint: str
+) -> None:
+    view = EXPECTED[endpoint]
+    assert view.get is not None
+    url = url_for_view(site.app, endpoint, world)
+    wrong = []
+    for who in EVERYONE:
+        status = clients[who].get(url).status_code
+        want = 200 if who in view.get else view.denied
+        if status != want:
+            wrong.append(f"{who}: {status} (expected {want})")
+    anon = site.client(None).get(url)
+    if view.anonymous == "login":
+        assert anon.status_code == 302, f"anonymous GET {url}: {anon.status_code}"
+        assert anon.headers["Location"].startswith("/login?next="), anon.headers["Location"]
+    else:
+        assert anon.status_code == view.anonymous, f"anonymous GET {url}: {anon.status_code}"
+    assert not wrong, f"GET {url}: " + "; ".join(wrong)
+
+
+def _post(site: Site, c: FlaskClient, url: str, view: View, world: World) -> int:
+    status: int = site.post(c, url, dict(view.form(world))).status_code
+    return status
+
+
+@pytest.mark.parametrize("endpoint", POST_ENDPOINTS or ["(no POST endpoint yet)"])
+def test_post_matrix(
+    site: Site, world: World, clients: dict[str, FlaskClient], endpoint: str
+) -> None:
+    """Refused people first (nothing may change), then the allowed ones (not refused)."""
+    if endpoint not in EXPECTED:
+        assert not POST_ENDPOINTS
+        return
+    view = EXPECTED[endpoint]
+    assert view.post is not None
+    url = url_for_view(site.app, endpoint, world)
+    wrong = []
+    for who in (u for u in EVERYONE if u not in view.post):
+        before = snapshot(site)
+        status = _post(site, clients[who], url, view, world)
+        if status != 403:
+            wrong.append(f"{who}: {status} (expected 403)")
+        assert_unchanged(before, snapshot(site), f"a refused POST {url} as {who}")
+    anon = site.client(None)
+    with anon.session_transaction() as sess:
+        sess["_csrf"] = "anonymous-token"
+    before = snapshot(site)
+    resp = anon.post(url, data={**view.form(world), "csrf_token": "anonymous-token"})
+    assert resp.status_code == 302 and resp.headers["Location"].startswith("/login?next=")
+    assert_unchanged(before, snapshot(site), f"an anonymous POST {url}")
+    for who in sorted(view.post):
+        status = _post(site, clients[who], url, view, world)
+        if status in (400, 403) or status >= 500:
+            wrong.append(f"{who}: {status} (expected to be allowed)")
+    assert not wrong, f"POST {url}: " + "; ".join(wrong)
+
+
+def _csrf_exempt(app: Flask, endpoint: str) -> bool:
+    return bool(getattr(app.view_functions[endpoint], "_tiangong_csrf_exempt", False))
+
+
+def test_every_post_without_csrf_token_is_refused(
+    site: Site, world: World, clients: dict[str, FlaskClient]
+) -> None:
+    """Every POST rule of the app (pages and sign-in/out, not the signed SAML ACS)."""
+    from flask import url_for
+
+    posts = sorted(
+        r.endpoint
+        for r in site.app.url_map.iter_rules()
+        if "POST" in (r.methods or ()) and not _csrf_exempt(site.app, r.endpoint)
+    )
+    assert "auth.logout" in posts and "auth.acs" not in posts
+    wrong = []
+    for endpoint in posts:
+        view = EXPECTED.get(endpoint, View(post=SIGNED_IN))
+        with site.app.test_request_context("/"):
+            url = url_for(endpoint, **view.args(world))
+        for who in ("admin", next(iter(sorted(view.post or {"admin"})))):
+            before = snapshot(site)
+            resp = clients[who].post(url, data=dict(view.form(world)))
+            if resp.status_code != 400 or "CSRF" not in resp.get_data(as_text=True):
+                wrong.append(f"{endpoint} as {who}: {resp.status_code}")
+            assert_unchanged(before, snapshot(site), f"POST {url} without a CSRF token")
+            resp = clients[who].post(url, data={**view.form(world), "csrf_token": "forged"})
+            if resp.status_code != 400:
+                wrong.append(f"{endpoint} as {who} with a wrong token: {resp.status_code}")
+            assert_unchanged(before, snapshot(site), f"POST {url} with a wrong CSRF token")
+    assert not wrong, "; ".join(wrong)
+
+
+# The environment ``prod`` named as a word (not inside ``appr-prod`` or ``product``).
+_PROD_WORD = re.compile(r"(?<![\w-])prod(?![\w-])")
+
+
+@pytest.mark.parametrize("who", ["view-test", "op-test"])
+def test_no_page_leaks_another_environment(
+    site: Site, world: World, clients: dict[str, FlaskClient], who: str
+) -> None:
+    """Every page ``who`` can open (each GET endpoint, and each with ``?environment=prod``)
+    is free of prod's agent id and of the name ``prod``."""
+    opened = []
+    for endpoint in GET_ENDPOINTS:
+        url = url_for_view(site.app, endpoint, world)
+        for probe in (url, f"{url}{'&' if '?' in url else '?'}environment=prod"):
+            resp = clients[who].get(probe)
+            if resp.status_code != 200:
+                continue
+            opened.append(probe)
+            html = resp.get_data(as_text=True)
+            assert PROD_AGENT not in html, f"{probe} shows {who} prod's agent {PROD_AGENT}"
+            m = _PROD_WORD.search(html)
+            assert m is None, (
+                f"{probe} names environment prod to {who}: "
+                f"...{html[max(0, m.start() - 120):m.end() + 120]}..."
+            )
+    assert "/" in opened
