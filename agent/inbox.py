@@ -52,6 +52,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from signing.fileio import fsync_dir
+
 __all__ = [
     "Inbox",
     "InboxWatcher",
@@ -461,14 +463,6 @@ def _same_filesystem(src: Path, dest_dir: Path) -> bool:
     return os.stat(src).st_dev == os.stat(dest_dir).st_dev
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _copy_chunks(src: Any, dst: Any) -> None:
     while chunk := src.read(COPY_CHUNK_BYTES):
         dst.write(chunk)
@@ -530,7 +524,7 @@ def move_to(item: ReadyItem, dest_dir: Path | str) -> list[Path]:
                     raise
                 os.replace(_copy_to_temp(src, dest), target)
                 copies[src] = target
-        _fsync_dir(dest)
+        fsync_dir(dest)
     except BaseException:
         for tmp in copies.values():
             if tmp not in targets:
@@ -540,7 +534,7 @@ def move_to(item: ReadyItem, dest_dir: Path | str) -> list[Path]:
         src.unlink(missing_ok=True)
     if copies:
         with contextlib.suppress(OSError):  # some network shares refuse fsync on directories
-            _fsync_dir(item.paths[0].parent)
+            fsync_dir(item.paths[0].parent)
     return targets
 
 
@@ -603,7 +597,7 @@ def write_reason(
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    _fsync_dir(dest)
+    fsync_dir(dest)
     return target
 
 

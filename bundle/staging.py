@@ -41,6 +41,7 @@ from bundle.errors import (
 from bundle.frames import FrameScanner
 from bundle.limits import Limits, format_bytes
 from bundle.manifest import FileEntry, Manifest
+from signing.fileio import fsync_dir
 
 __all__ = ["BUFFER_BYTES", "FILES_DIR", "READY_PREFIX", "ProgressFn", "Stager", "staged_name"]
 
@@ -272,7 +273,7 @@ class Stager:
                 raise StagingError(self._err(f"{ready} already exists")) from exc
             raise
         if self.durable:
-            _fsync_dir(self.staging_dir)
+            fsync_dir(self.staging_dir)
         return ready
 
 
@@ -332,13 +333,5 @@ def _sync_tree(work: Path) -> None:
                 os.fsync(ffd)
             finally:
                 os.close(ffd)
-        _fsync_dir(files)
-    _fsync_dir(work)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(files)
+    fsync_dir(work)

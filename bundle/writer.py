@@ -68,6 +68,7 @@ from bundle.manifest import (
 from bundle.parts import DEFAULT_SPLIT_SIZE, check_split_size, part_path, plan_parts
 from bundle.release_names import NameSet
 from signing.envelope import sign_envelope
+from signing.fileio import fsync_dir
 from signing.keys import SigningKey
 from signing.strictjson import dumps_canonical
 
@@ -421,19 +422,6 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems (e.g. vfat on some kernels) cannot fsync a directory
-    finally:
-        os.close(fd)
-
-
 def _drop_cache(fd: int) -> None:
     """Ask the kernel to forget cached pages so the verification re-read hits the device."""
     if hasattr(os, "posix_fadvise"):
@@ -714,7 +702,7 @@ def _frame_and_write(
             os.replace(tmp, dest)
         os.replace(tmp0, part_path(out, 0))  # last: watchers wait for the first part
         temps.clear()
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
         _remove_stale_parts(out, len(sizes))
         paths = (part_path(out, 0), *finals)
         report("write", total, total)
@@ -745,7 +733,7 @@ def _frame_and_write(
             os.close(fd)
         os.replace(tmp, out)
         temps.clear()
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
         paths = (out,)
     return WrittenBundle(paths, final, envelope, envelope_sha256, total)
 

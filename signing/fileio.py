@@ -18,7 +18,7 @@ from pathlib import Path
 
 from signing.errors import KeyFileError
 
-__all__ = ["read_bounded", "write_file_atomic"]
+__all__ = ["fsync_dir", "read_bounded", "write_file_atomic"]
 
 
 def write_file_atomic(
@@ -60,7 +60,7 @@ def write_file_atomic(
             os.replace(tmp, target)
         else:
             _link_no_replace(tmp, target)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except FileExistsError:
         raise KeyFileError(
             f"{target} already exists; refusing to overwrite it (use --force)"
@@ -87,11 +87,13 @@ def _link_no_replace(tmp: Path, target: Path) -> None:
         os.replace(tmp, target)
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """Make a directory's entries (a created, renamed or removed file) durable.
+
+    File systems that cannot fsync a directory (EINVAL/ENOTSUP, e.g. vfat on some kernels)
+    are tolerated; any other failure raises ``OSError``.
+    """
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dfd)
     except OSError as exc:
