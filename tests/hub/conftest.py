@@ -3,7 +3,7 @@ the hub's keys, users with roles, and release directories."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -118,16 +118,21 @@ def world(session: Session, clock: FakeClock, keys: Keys, tmp_path: Path) -> Wor
     """admin + the :data:`PEOPLE`, environments ``test`` (1 approval) and ``prod`` (2)."""
     bootstrap_admin(session, clock, "admin")
     w = World(session, clock, keys, tmp_path / "releases")
-    admin = w.ctx("admin")
-    create_environment(admin, "test")
-    create_environment(admin, "prod", required_approvals=2)
-    for name, roles in PEOPLE.items():
-        create_user(admin, name)
-        for role in roles:
-            r, _, env = role.partition("@")
-            grant_role(admin, name, r, env or None)
+    seed_people(w.ctx("admin"), PEOPLE)
     session.commit()
     return w
+
+
+def seed_people(admin: ServiceContext, people: Mapping[str, tuple[str, ...]]) -> None:
+    """Environments ``test`` (1 approval) and ``prod`` (2), then ``people`` with their
+    grants (``role`` global, ``role@env`` for one environment). The caller commits."""
+    create_environment(admin, "test")
+    create_environment(admin, "prod", required_approvals=2)
+    for name, grants in people.items():
+        create_user(admin, name)
+        for grant in grants:
+            role, _, env = grant.partition("@")
+            grant_role(admin, name, role, env or None)
 
 
 RELEASE_TOML = """format = 1
@@ -177,4 +182,5 @@ def release_dir(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
-__all__ = ["PEOPLE", "FakeClock", "Keys", "RoleGrant", "World", "make_keys", "write_release"]
+__all__ = ["PEOPLE", "FakeClock", "Keys", "RoleGrant", "World", "make_keys", "seed_people",
+           "write_release"]

@@ -32,9 +32,8 @@ from hub.app import hub_config, hub_keys
 from hub.db import db
 from hub.keystore import create_trust
 from hub.services.context import ServiceContext
-from hub.services.environments import create_environment
-from hub.services.users import bootstrap_admin, create_user, get_user, grant_role
-from tests.hub.conftest import FakeClock
+from hub.services.users import bootstrap_admin, get_user
+from tests.hub.conftest import FakeClock, seed_people
 from web.app import create_web_app
 from web.sessions import start_session
 
@@ -120,14 +119,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     s = Site(app, clock, data_dir)
     with app.app_context():
         bootstrap_admin(db.session, clock, "admin")
-        admin = s.ctx("admin")
-        create_environment(admin, "test")
-        create_environment(admin, "prod", required_approvals=2)
-        for name, grants in PEOPLE.items():
-            create_user(admin, name)
-            for grant in grants:
-                role, _, env = grant.partition("@")
-                grant_role(admin, name, role, env or None)
+        seed_people(s.ctx("admin"), PEOPLE)
         db.session.commit()
     yield s
     with app.app_context():
