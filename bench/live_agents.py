@@ -1,0 +1,804 @@
+#!/usr/bin/env python3
+"""Live agents: N simulated agents on loopback against a hub live server in its own process.
+
+Prints figures; asserts nothing. The hub runs in a **child process** started from this file
+(``--hub-child``): it initialises a data directory with ``tiangong hub init`` (file-backed
+SQLite, real keys), creates an environment, users and an approved release with the hub's
+services, enrolls the N agents (their Ed25519 public keys, generated here) with
+``enroll_agent`` and serves :func:`hub.live.serve_live` on 127.0.0.1 (plain ``ws://``,
+``allow_insecure_loopback``) with the real 30 s heartbeat interval. This process holds the
+N agents in one asyncio loop: each has its own Ed25519 key, speaks through the real
+``websockets`` client and the real :class:`bundle.sync.AgentSide`, and authenticates for
+real (HELLO, CHALLENGE, signed AUTH, WELCOME).
+
+For each N (default 100 and 1,000; ``--soak`` adds 5,000) it reports:
+
+1. *connect*: seconds until all N are authenticated (at most ``--connect-concurrency``
+   handshakes at a time, as after a hub restart), hub CPU seconds spent on it;
+2. *idle*: hub CPU (user+sys seconds per minute of wall time, from ``/proc/<pid>/stat``) and
+   RSS while the agents heartbeat every 30 s (the interval WELCOME announces), phases spread
+   uniformly, over a window of ``--idle-seconds`` (shorter than a real hour, the real
+   interval: the window sees N × window / 30 heartbeats);
+3. *approve → received*: the child queues the approved release for the environment (one
+   deployment per agent, committed: t0) and then calls ``push_pending`` for every agent in the
+   live server's loop (the hub has no approval trigger or DB poll yet, docs/live-protocol.md);
+   each agent stamps the moment the whole bundle passed the SHA-256 check (t1). p50/p99/max
+   of t1 − t0;
+4. *logs*: ``--log-agents`` agents each send ``--log-messages`` LOG messages of
+   ``--log-bytes`` bytes within the protocol's rate (200/s per agent), then a HEARTBEAT whose
+   ACK proves the hub stored everything before it; aggregate MB/s (goal ≥ 10 MB/s) and lines
+   stored in ``live-logs/``.
+
+Once per run, *transfer*: one agent against a fresh one-agent hub receives a
+``--transfer-mib`` file dropped into its live spool (the live path offers any ``*.tgb`` in
+the spool and never looks inside), written and fsynced every 8 MiB as ``agent/live.py`` does.
+Baseline in the same run: a bare ``websockets`` server in its own process sends the same
+file in 1 MiB messages to a client doing the same writes and fsyncs (no protocol, no hash).
+
+Usage::
+
+    .venv/bin/python bench/live_agents.py                 # N = 100, 1000; 60 s idle; 256 MiB
+    .venv/bin/python bench/live_agents.py --soak          # N = 100, 1000, 5000; 120 s idle
+    .venv/bin/python bench/live_agents.py --quick         # N = 20; smoke run
+    .venv/bin/python bench/live_agents.py --agents 3 --quick --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from bundle.sync import (
+    MAX_MESSAGE_BYTES,
+    AgentSide,
+    ChunkReceived,
+    HeartbeatAcked,
+    OfferReceived,
+    PeerError,
+    Refused,
+    TransferDone,
+    TransferReceiver,
+    Welcomed,
+)
+from signing.keys import BoxKeyPair, SigningKey
+
+REPO = Path(__file__).resolve().parents[1]
+HELLO = REPO / "examples" / "releases" / "hello-1.0.0"
+MiB = 1024 * 1024
+ACK_EVERY_BYTES = 8 * MiB  # as agent/live.py: fsync + ACK every 8 MiB and at the end
+TAG = "@@live_agents "  # prefix of the child's machine-readable stdout lines
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard one: N agents need N sockets here and N
+    in the hub (children inherit the raised limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
+
+
+def proc_rss(pid: int) -> tuple[float, float]:
+    """(RSS now, peak RSS) of ``pid`` in MiB, from /proc/<pid>/status."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+def self_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The ``p``-th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-p * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+# --------------------------------------------------------------------------- the hub child
+
+
+def _emit(event: str, **fields: Any) -> None:
+    print(TAG + json.dumps({"event": event, **fields}), flush=True)
+
+
+def _hub_child(data_dir: Path, agents_file: Path, heartbeat: int) -> None:
+    """Initialise a hub in ``data_dir``, enroll the agents of ``agents_file``, serve live on
+    127.0.0.1 and obey one JSON command per stdin line (``queue``, ``push``, ``stop``)."""
+    from hub.config import load_config
+    from hub.db import make_engine, make_session_factory
+    from hub.keystore import load_hub_keys
+    from hub.live import serve_live
+    from hub.services.agents import EnrollmentRequest, enroll_agent
+    from hub.services.approvals import approve_release
+    from hub.services.context import ServiceContext, utc_now
+    from hub.services.deployments import queue_deployment
+    from hub.services.environments import create_environment
+    from hub.services.releases import create_release, get_release, submit_release
+    from hub.services.users import create_user, get_user, grant_role
+
+    _raise_fd_limit()
+    tiangong = Path(sys.executable).with_name("tiangong")
+    subprocess.run([str(tiangong), "hub", "--data-dir", str(data_dir), "init", "--admin",
+                    "admin", "--hub-id", "hub-bench", "--insecure-no-passphrase"],
+                   check=True, stdout=subprocess.DEVNULL)
+    config = load_config(data_dir)
+    keys = load_hub_keys(data_dir)
+    factory = make_session_factory(make_engine(config.database_url))
+    agents = json.loads(agents_file.read_text())
+    t_setup = time.perf_counter()
+    with factory() as s:
+        def ctx(user: str) -> ServiceContext:
+            return ServiceContext(s, utc_now, get_user(s, user), keys, config.releases_dir)
+
+        create_environment(ctx("admin"), "bench")
+        for user, role in (("op", "operator"), ("dev", "developer"), ("appr", "approver")):
+            create_user(ctx("admin"), user)
+            grant_role(ctx("admin"), user, role)
+        s.commit()
+        release = create_release(ctx("dev"), HELLO, create_missing_product=True)
+        submit_release(ctx("dev"), release)
+        approve_release(ctx("appr"), release)
+        s.commit()
+        op = ctx("op")
+        for i, a in enumerate(agents):
+            enroll_agent(op, "bench", EnrollmentRequest(
+                hostname=a["id"], ed25519_public=a["public"], x25519_public=a["box"],
+                agent_id=a["id"], environment="bench", hub_id=keys.hub_id))
+            if i % 500 == 499:
+                s.commit()
+        s.commit()
+    enroll_s = time.perf_counter() - t_setup
+    server = serve_live(config, "127.0.0.1", 0, actor="op", allow_insecure_loopback=True,
+                        heartbeat=heartbeat)
+    _emit("ready", port=server.port, hub_id=keys.hub_id, pid=os.getpid(),
+          setup_seconds=round(enroll_s, 2))
+    ids = [a["id"] for a in agents]
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "queue":
+            with factory() as s:
+                op = ServiceContext(s, utc_now, get_user(s, "op"), keys, config.releases_dir)
+                deps = queue_deployment(op, get_release(s, "hello", "1.0.0"), "bench")
+                s.commit()
+            t0 = time.time()
+            _emit("queued", t=t0, count=len(deps))
+            futures = [server.push_pending(agent_id) for agent_id in ids]
+            exported = sum(f.result(timeout=cmd.get("timeout", 3600)) for f in futures)
+            _emit("pushed", t=time.time(), exported=exported)
+        elif cmd["cmd"] == "push":
+            t = time.time()
+            exported = server.push_pending(cmd["agent"]).result(timeout=600)
+            _emit("pushed", t=t, exported=exported)
+        elif cmd["cmd"] == "stop":
+            server.stop()
+            _emit("stopped")
+            return
+
+
+# --------------------------------------------------------------------------- baseline child
+
+
+def _echo_child(path: Path) -> None:
+    """Serve ``path`` to the first client in 1 MiB binary messages, then close (baseline)."""
+
+    async def send_file(ws: ServerConnection) -> None:
+        with path.open("rb") as fh:
+            while block := fh.read(MiB):
+                await ws.send(block)
+        await ws.close()
+        done.set()
+
+    async def main() -> None:
+        async with serve(send_file, "127.0.0.1", 0, compression=None,
+                         max_size=MAX_MESSAGE_BYTES) as server:
+            _emit("ready", port=next(iter(server.sockets)).getsockname()[1], pid=os.getpid())
+            await done.wait()
+
+    done = asyncio.Event()
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- simulated agents
+
+
+class _FileSink:
+    """Append to a file; the caller fsyncs before each ACK (as agent/live.py)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fh = path.open("wb")
+
+    def write(self, part: int, data: bytes) -> None:
+        self.fh.write(data)
+
+    def sync(self) -> None:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+
+class _NullSink:
+    """Bytes are hashed by the receiver and dropped: N agents on one disk would measure that
+    disk, not the hub (each real agent has its own)."""
+
+    def write(self, part: int, data: bytes) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+
+@dataclass
+class _Incoming:
+    receiver: TransferReceiver
+    sink: _FileSink | _NullSink
+    acked: int = 0
+
+
+@dataclass
+class SimAgent:
+    """One agent: its own key, the real AgentSide, the real websockets client."""
+
+    agent_id: str
+    key: SigningKey
+    hub_id: str
+    sink_dir: Path | None = None  # None: received bytes are hashed and dropped
+    conn: AgentSide = field(init=False)
+    ws: ClientConnection | None = None
+    heartbeat: int = 0
+    offered: dict[str, float] = field(default_factory=dict)  # transfer -> time.time()
+    received: dict[str, float] = field(default_factory=dict)
+    heartbeats_acked: int = 0
+    error: str | None = None
+    _incoming: dict[str, _Incoming] = field(default_factory=dict)
+    _pings: dict[int, asyncio.Future[float]] = field(default_factory=dict)
+    _ping_id: int = 0
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _got: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.conn = AgentSide(self.agent_id, self.hub_id, self.key)
+
+    async def flush(self) -> None:
+        """Send what AgentSide queued, in order (one sender at a time, as agent/live.py)."""
+        assert self.ws is not None
+        async with self._lock:
+            for message in self.conn.data_to_send():
+                await self.ws.send(message)
+
+    async def connect(self, url: str) -> None:
+        """Connect and authenticate; returns once WELCOME arrived, then reads in a task."""
+        self.ws = await connect(url, compression=None, max_size=MAX_MESSAGE_BYTES,
+                                open_timeout=120, ping_interval=None)
+        self.conn.send_hello()
+        await self.flush()
+        while not self.conn.is_open:
+            message = await self.ws.recv()
+            assert isinstance(message, bytes)
+            self.conn.receive_data(message)
+            for event in self.conn.events_received():
+                if isinstance(event, Welcomed):
+                    self.heartbeat = event.heartbeat
+                elif isinstance(event, Refused | PeerError):
+                    raise RuntimeError(f"{self.agent_id}: hub refused: {event.code} "
+                                       f"{event.text}")
+            await self.flush()
+        self._tasks.append(asyncio.create_task(self._read()))
+
+    def start_heartbeats(self, rng: random.Random) -> None:
+        """Heartbeat every WELCOME interval; the first after a random phase, so N agents
+        spread their heartbeats evenly as agents that connected at different times do."""
+        self._tasks.append(asyncio.create_task(self._heartbeats(rng.uniform(0, self.heartbeat))))
+
+    async def _heartbeats(self, phase: float) -> None:
+        await asyncio.sleep(phase)
+        while True:
+            await self.ping()
+            await asyncio.sleep(self.heartbeat)
+
+    async def ping(self) -> float:
+        """Send a HEARTBEAT and wait for its ACK: the hub handles an agent's messages in
+        order, so the ACK means everything sent before it was handled."""
+        self._ping_id += 1
+        waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._pings[self._ping_id] = waiter
+        self.conn.send_heartbeat(self._ping_id)
+        await self.flush()
+        return await waiter
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        try:
+            async for message in self.ws:
+                assert isinstance(message, bytes)
+                self.conn.receive_data(message)
+                for event in self.conn.events_received():
+                    self._on_event(event)
+                await self.flush()
+        except (ConnectionClosed, Exception) as exc:  # recorded, reported by the caller
+            self.error = f"{type(exc).__name__}: {exc}"
+        if self.error is None and self.ws.close_code not in (None, 1000, 1001):
+            self.error = f"closed {self.ws.close_code} {self.ws.close_reason}"
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, HeartbeatAcked):
+            self.heartbeats_acked += 1
+            waiter = self._pings.pop(event.id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(time.time())
+        elif isinstance(event, OfferReceived):
+            self.offered[event.offer.transfer] = time.time()
+            sink: _FileSink | _NullSink = (
+                _NullSink() if self.sink_dir is None
+                else _FileSink(self.sink_dir / f"{self.agent_id}-{event.offer.name}.part"))
+            self._incoming[event.offer.transfer] = _Incoming(TransferReceiver(event.offer, sink),
+                                                             sink)
+            self.conn.send_resume(event.offer.transfer, 0)
+        elif isinstance(event, ChunkReceived):
+            inc = self._incoming[event.transfer]
+            inc.receiver.write(event.offset, event.data)
+            end = inc.receiver.offset
+            if end - inc.acked >= ACK_EVERY_BYTES or end == inc.receiver.offer.size:
+                inc.sink.sync()
+                inc.acked = end
+                self.conn.send_ack(event.transfer, end)
+        elif isinstance(event, TransferDone):
+            inc = self._incoming.pop(event.transfer)
+            inc.receiver.finish()  # size and SHA-256 of the whole file
+            inc.sink.sync()
+            self.received[event.transfer] = time.time()
+            self.conn.send_received(event.transfer)
+            self._got.set()
+        elif isinstance(event, Refused | PeerError):
+            self.error = f"{event.code}: {event.text}"
+
+    async def wait_received(self) -> None:
+        await self._got.wait()
+
+    async def send_logs(self, count: int, size: int) -> int:
+        """Send ``count`` LOG messages of ``size`` bytes as fast as the protocol's rate
+        allows, then ping; returns the body bytes sent."""
+        text = ("x" * 79 + "\n") * (size // 80) + "x" * (size % 80)
+        seq = 0
+        while seq < count:
+            wait = self.conn.log_wait()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            batch = 0
+            while seq < count and batch < 64 and self.conn.log_wait() == 0:
+                self.conn.send_log(f"bench-{self.agent_id}", 0, seq, "stdout", text)
+                seq += 1
+                batch += 1
+            await self.flush()
+        await self.ping()
+        return count * len(text.encode())
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ws.close(1001, "going away"), 10)
+
+
+# --------------------------------------------------------------------------- the parent
+
+
+class HubProcess:
+    """The hub child: its JSON stdout lines, its commands, its /proc figures."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, stderr_path: Path) -> None:
+        self.proc = proc
+        self.stderr_path = stderr_path
+        self.pid = proc.pid
+
+    @classmethod
+    async def start(cls, work: Path, agents: list[dict[str, str]], heartbeat: int) -> tuple[
+            HubProcess, dict[str, Any]]:
+        agents_file = work / "agents.json"
+        agents_file.write_text(json.dumps(agents))
+        stderr_path = work / "hub-stderr.log"
+        with stderr_path.open("wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--hub-child", str(work / "hub"), str(agents_file),
+                "--heartbeat", str(heartbeat), stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=err, limit=1 << 20)
+        hub = cls(proc, stderr_path)
+        return hub, await hub.expect("ready", 1800)
+
+    async def expect(self, event: str, timeout: float) -> dict[str, Any]:
+        """The next tagged line of the child, which must be ``event``."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"hub child: no {event!r} within {timeout:.0f} s")
+            line = await asyncio.wait_for(self.proc.stdout.readline(), remaining)
+            if not line:
+                tail = self.stderr_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"hub child exited ({await self.proc.wait()}) before "
+                                   f"{event!r}; its stderr ({self.stderr_path}):\n{tail}")
+            text = line.decode(errors="replace")
+            if text.startswith(TAG):
+                doc: dict[str, Any] = json.loads(text[len(TAG):])
+                if doc["event"] != event:
+                    raise RuntimeError(f"hub child said {doc}, expected {event!r}")
+                return doc
+
+    async def send(self, **cmd: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+        await self.proc.stdin.drain()
+
+    def cpu(self) -> float:
+        return proc_cpu(self.pid)
+
+    def rss(self) -> tuple[float, float]:
+        return proc_rss(self.pid)
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.send(cmd="stop")
+            await self.expect("stopped", 60)
+        with contextlib.suppress(ProcessLookupError):
+            if self.proc.returncode is None:
+                await asyncio.wait_for(self.proc.wait(), 30)
+
+
+def make_agents(n: int, prefix: str = "a") -> tuple[list[dict[str, str]], list[SigningKey]]:
+    """N agent ids with fresh Ed25519 (identity) and X25519 (box) keys; the hub gets only
+    the public halves, as from an enrollment request."""
+    keys = [SigningKey.generate() for _ in range(n)]
+    specs = [{"id": f"{prefix}{i:05d}", "public": k.public.raw.hex(),
+              "box": BoxKeyPair.generate().public.raw.hex()} for i, k in enumerate(keys)]
+    return specs, keys
+
+
+async def _gather_bounded(coros: list[Any], limit: int) -> list[Any]:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c: Any) -> Any:
+        async with sem:
+            return await c
+
+    return await asyncio.gather(*(one(c) for c in coros), return_exceptions=True)
+
+
+def _errors(agents: list[SimAgent], results: list[Any] | None = None) -> list[str]:
+    found = [f"{a.agent_id}: {a.error}" for a in agents if a.error]
+    found += [f"{type(r).__name__}: {r}" for r in results or [] if isinstance(r, BaseException)]
+    return found
+
+
+async def fleet_run(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Phases 1-4 for N agents against a fresh hub child; returns the figures."""
+    out: dict[str, Any] = {"agents": n}
+    specs, keys = make_agents(n)
+    t_start = time.perf_counter()
+    hub, ready = await HubProcess.start(work, specs, args.heartbeat)
+    out["hub_setup_s"] = round(time.perf_counter() - t_start, 1)
+    out["enroll_s"] = ready["setup_seconds"]
+    url = f"ws://127.0.0.1:{ready['port']}/live"
+    agents = [SimAgent(s["id"], k, ready["hub_id"]) for s, k in zip(specs, keys, strict=True)]
+    rng = random.Random(n)
+    try:
+        # 1. connect + authenticate
+        cpu0, mine0, t0 = hub.cpu(), self_cpu(), time.perf_counter()
+        results = await _gather_bounded([a.connect(url) for a in agents],
+                                        args.connect_concurrency)
+        errors = _errors(agents, results)
+        if errors:
+            raise RuntimeError(f"{len(errors)} of {n} agents failed to connect; first: "
+                               f"{errors[0]}")
+        out["connect_s"] = round(time.perf_counter() - t0, 2)
+        out["connect_hub_cpu_s"] = round(hub.cpu() - cpu0, 2)
+        out["connect_client_cpu_s"] = round(self_cpu() - mine0, 2)
+        out["heartbeat_s"] = agents[0].heartbeat
+        print(f"  connect+auth: {n} agents in {out['connect_s']} s (at most "
+              f"{args.connect_concurrency} handshakes at once), hub CPU "
+              f"{out['connect_hub_cpu_s']} s, this process {out['connect_client_cpu_s']} s",
+              flush=True)
+
+        # 2. idle with heartbeats at the real interval
+        for a in agents:
+            a.start_heartbeats(rng)
+        acked0 = sum(a.heartbeats_acked for a in agents)
+        cpu0, mine0, t0 = hub.cpu(), self_cpu(), time.perf_counter()
+        await asyncio.sleep(args.idle_seconds)
+        wall = time.perf_counter() - t0
+        out["idle_window_s"] = round(wall, 1)
+        out["idle_hub_cpu_s_per_min"] = round((hub.cpu() - cpu0) / wall * 60, 2)
+        out["idle_client_cpu_s_per_min"] = round((self_cpu() - mine0) / wall * 60, 2)
+        out["idle_heartbeats"] = sum(a.heartbeats_acked for a in agents) - acked0
+        rss, hwm = hub.rss()
+        out["hub_rss_mib"], out["hub_peak_rss_mib"] = round(rss, 1), round(hwm, 1)
+        print(f"  idle, heartbeat every {out['heartbeat_s']} s: hub CPU "
+              f"{out['idle_hub_cpu_s_per_min']} s/min over {out['idle_window_s']} s "
+              f"({out['idle_heartbeats']} heartbeats acked), RSS {out['hub_rss_mib']} MiB "
+              f"(peak {out['hub_peak_rss_mib']} MiB)", flush=True)
+
+        # 3. queue (approved release) -> bundle received by every agent
+        cpu0 = hub.cpu()
+        await hub.send(cmd="queue", timeout=args.deliver_timeout)
+        queued = await hub.expect("queued", 600)
+        pending = [asyncio.create_task(a.wait_received()) for a in agents]
+        await asyncio.wait(pending, timeout=args.deliver_timeout)
+        for task in pending:
+            task.cancel()
+        latencies = [min(a.received.values()) - queued["t"] for a in agents if a.received]
+        out["deliver_queued"] = queued["count"]
+        out["deliver_received"] = len(latencies)
+        if latencies:
+            out["deliver_p50_ms"] = round(percentile(latencies, 50) * 1000)
+            out["deliver_p99_ms"] = round(percentile(latencies, 99) * 1000)
+            out["deliver_max_ms"] = round(max(latencies) * 1000)
+        pushed = await hub.expect("pushed", args.deliver_timeout)
+        out["deliver_push_all_s"] = round(pushed["t"] - queued["t"], 2)
+        out["deliver_hub_cpu_s"] = round(hub.cpu() - cpu0, 2)
+        print(f"  queued -> received ({queued['count']} deployments, push_pending per agent): "
+              f"{len(latencies)}/{n} received; p50 {out.get('deliver_p50_ms')} ms, "
+              f"p99 {out.get('deliver_p99_ms')} ms, max {out.get('deliver_max_ms')} ms; "
+              f"all push_pending calls returned after {out['deliver_push_all_s']} s; hub CPU "
+              f"{out['deliver_hub_cpu_s']} s", flush=True)
+
+        # 4. logs
+        senders = agents[: min(n, args.log_agents)]
+        cpu0, mine0, t0 = hub.cpu(), self_cpu(), time.perf_counter()
+        sent = await asyncio.gather(*(a.send_logs(args.log_messages, args.log_bytes)
+                                      for a in senders), return_exceptions=True)
+        wall = time.perf_counter() - t0
+        errors = _errors(senders, sent)
+        if errors:
+            raise RuntimeError(f"log phase: {errors[0]}")
+        total = sum(x for x in sent if isinstance(x, int))
+        stored = sum(len(p.read_bytes().splitlines())
+                     for p in (work / "hub" / "live-logs").glob("bench-*.log"))
+        out["log_agents"] = len(senders)
+        out["log_messages"] = len(senders) * args.log_messages
+        out["log_stored_lines"] = stored
+        out["log_mb_s"] = round(total / wall / 1e6, 1)
+        out["log_msgs_s"] = round(out["log_messages"] / wall)
+        out["log_hub_cpu_s_per_s"] = round((hub.cpu() - cpu0) / wall, 2)
+        out["log_client_cpu_s_per_s"] = round((self_cpu() - mine0) / wall, 2)
+        floor = max(0.0, (args.log_messages - 400) / 200)  # the protocol's own rate limit
+        print(f"  logs: {len(senders)} agents x {args.log_messages} x {args.log_bytes} B in "
+              f"{wall:.1f} s (rate limit alone: >= {floor:.1f} s) = {out['log_mb_s']} MB/s, "
+              f"{out['log_msgs_s']} msg/s (goal >= 10 MB/s); {stored} lines stored; hub CPU "
+              f"{out['log_hub_cpu_s_per_s']} s/s, this process "
+              f"{out['log_client_cpu_s_per_s']} s/s", flush=True)
+        rss, hwm = hub.rss()
+        out["hub_peak_rss_mib"] = round(hwm, 1)
+    finally:
+        await asyncio.gather(*(a.close() for a in agents))
+        await hub.stop()
+    return out
+
+
+async def _tiangong_transfer(args: argparse.Namespace, work: Path, payload: Path,
+                             sink_dir: Path) -> dict[str, Any]:
+    """Two agents of a fresh hub each get the payload: one writes it to disk (fsync every
+    8 MiB), one hashes and drops it (the protocol and the hub without the agent's disk)."""
+    size = payload.stat().st_size
+    specs, keys = make_agents(2, "big")
+    hub, ready = await HubProcess.start(work, specs, args.heartbeat)
+    out: dict[str, Any] = {}
+    agents = {"disk": SimAgent(specs[0]["id"], keys[0], ready["hub_id"], sink_dir),
+              "memory": SimAgent(specs[1]["id"], keys[1], ready["hub_id"])}
+    try:
+        for variant, agent in agents.items():
+            await agent.connect(f"ws://127.0.0.1:{ready['port']}/live")
+            spool = work / "hub" / "live-outbox" / agent.agent_id
+            spool.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(payload, spool / "big-bench.tgb")
+            cpu0 = hub.cpu()
+            await hub.send(cmd="push", agent=agent.agent_id)
+            pushed = await hub.expect("pushed", 600)
+            await asyncio.wait_for(agent.wait_received(), 600)
+            got = agent.received["big-bench"]
+            out[f"tiangong_{variant}_mb_s"] = round(size / (got - agent.offered["big-bench"])
+                                                    / 1e6)
+            out[f"tiangong_{variant}_push_mb_s"] = round(size / (got - pushed["t"]) / 1e6)
+            out[f"hub_cpu_{variant}_s"] = round(hub.cpu() - cpu0, 2)
+            for p in sink_dir.iterdir():
+                p.unlink()
+        out["hub_peak_rss_mib"] = round(hub.rss()[1], 1)
+    finally:
+        await asyncio.gather(*(a.close() for a in agents.values()))
+        await hub.stop()
+    return out
+
+
+async def _baseline_transfer(work: Path, payload: Path, sink: _FileSink | _NullSink) -> float:
+    """MB/s of a bare websockets server process sending ``payload`` in 1 MiB messages to a
+    client doing the same writes and fsyncs as the agent (no protocol, no hash)."""
+    size = payload.stat().st_size
+    err_path = work / "echo-stderr.log"
+    with err_path.open("ab") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--echo-child", str(payload),
+            stdout=asyncio.subprocess.PIPE, stderr=err)
+    port = (await HubProcess(proc, err_path).expect("ready", 60))["port"]
+    t0 = time.time()
+    received = acked = 0
+    async with connect(f"ws://127.0.0.1:{port}/", compression=None,
+                       max_size=MAX_MESSAGE_BYTES) as ws:
+        async for message in ws:
+            assert isinstance(message, bytes)
+            sink.write(0, message)
+            received += len(message)
+            if received - acked >= ACK_EVERY_BYTES or received == size:
+                sink.sync()
+                acked = received
+    seconds = time.time() - t0
+    await proc.wait()
+    if received != size:
+        raise RuntimeError(f"baseline received {received} of {size} bytes")
+    return size / seconds / 1e6
+
+
+async def transfer_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One agent receives a ``--transfer-mib`` file; baseline: bare websockets, same bytes."""
+    payload = work / "payload.bin"
+    with payload.open("wb") as fh:
+        for _ in range(args.transfer_mib):
+            fh.write(os.urandom(MiB))
+    sink_dir = work / "agent-staging"
+    sink_dir.mkdir()
+    out: dict[str, Any] = {"transfer_mib": args.transfer_mib}
+    out.update(await _tiangong_transfer(args, work, payload, sink_dir))
+    disk = _FileSink(sink_dir / "baseline.part")
+    try:
+        out["baseline_disk_mb_s"] = round(await _baseline_transfer(work, payload, disk))
+    finally:
+        disk.fh.close()
+    out["baseline_memory_mb_s"] = round(await _baseline_transfer(work, payload, _NullSink()))
+    for variant in ("disk", "memory"):
+        out[f"ratio_{variant}"] = round(out[f"tiangong_{variant}_mb_s"]
+                                        / out[f"baseline_{variant}_mb_s"], 2)
+    return out
+
+
+def _print_transfer(t: dict[str, Any]) -> None:
+    for variant, what in (("disk", "written and fsynced every 8 MiB, as agent/live.py"),
+                          ("memory", "hashed and dropped")):
+        print(f"  {variant}: offer -> received ({what}): {t[f'tiangong_{variant}_mb_s']} MB/s "
+              f"(goal >= 100 MB/s); push_pending -> received "
+              f"{t[f'tiangong_{variant}_push_mb_s']} MB/s; hub CPU "
+              f"{t[f'hub_cpu_{variant}_s']} s")
+        print(f"    baseline, bare websockets, same sink: {t[f'baseline_{variant}_mb_s']} MB/s "
+              f"(ratio {t[f'ratio_{variant}']})")
+    print(f"  hub peak RSS {t['hub_peak_rss_mib']} MiB", flush=True)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="tiangong-bench-live-", dir=args.workdir))
+    report: dict[str, Any] = {"fleet": [], "transfer": None,
+                              "fd_limit": _raise_fd_limit(), "cpus": os.cpu_count()}
+    try:
+        print(f"live_agents: hub in a child process, agents in this one (pid {os.getpid()}); "
+              f"{os.cpu_count()} CPUs shared with everything else on the box; load average "
+              f"{os.getloadavg()[0]:.2f}; open files limit {report['fd_limit']}", flush=True)
+        for n in args.agents:
+            if 2 * n + 200 > report["fd_limit"]:
+                print(f"N={n}: skipped, needs {2 * n + 200} open files, the limit is "
+                      f"{report['fd_limit']}")
+                continue
+            print(f"N={n}", flush=True)
+            d = work / f"n{n}"
+            d.mkdir()
+            try:
+                fig = await fleet_run(n, args, d)
+            except Exception as exc:  # report what failed, carry on with the next N
+                print(f"  N={n} did not complete: {type(exc).__name__}: {exc}", flush=True)
+                fig = {"agents": n, "failed": f"{type(exc).__name__}: {exc}"[:500]}
+            report["fleet"].append(fig)
+            print("RESULT live_agents " + " ".join(f"{k}={v}" for k, v in fig.items()),
+                  flush=True)
+        if args.transfer_mib:
+            print(f"single agent, {args.transfer_mib} MiB bundle", flush=True)
+            d = work / "transfer"
+            d.mkdir()
+            t = await transfer_run(args, d)
+            _print_transfer(t)
+            report["transfer"] = t
+            print("RESULT live_agents_transfer " + " ".join(f"{k}={v}" for k, v in t.items()),
+                  flush=True)
+    finally:
+        if args.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _agents_list(text: str) -> list[int]:
+    return [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--agents", type=_agents_list, default=None,
+                    help="comma-separated N values (default 100,1000; --soak 100,1000,5000; "
+                         "--quick 20)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: small N, short windows")
+    ap.add_argument("--soak", action="store_true", help="adds N=5000, 120 s idle window")
+    ap.add_argument("--idle-seconds", type=float, default=None,
+                    help="idle window with heartbeats (default 60; --quick 5; --soak 120)")
+    ap.add_argument("--heartbeat", type=int, default=30, help="seconds, announced in WELCOME")
+    ap.add_argument("--connect-concurrency", type=int, default=100)
+    ap.add_argument("--deliver-timeout", type=float, default=1800.0)
+    ap.add_argument("--log-agents", type=int, default=None, help="default 50 (--quick 3)")
+    ap.add_argument("--log-messages", type=int, default=None,
+                    help="LOG messages per agent (default 1000; --quick 100)")
+    ap.add_argument("--log-bytes", type=int, default=16 * 1024,
+                    help="bytes per LOG message (max 16 KiB)")
+    ap.add_argument("--transfer-mib", type=int, default=None,
+                    help="single-agent bundle size (default 256; --quick 16; 0: skip)")
+    ap.add_argument("--workdir", default=str(REPO.parent),
+                    help="where the temporary hub data goes (a real disk, not tmpfs)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--hub-child", nargs=2, metavar=("DATA_DIR", "AGENTS_JSON"),
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--echo-child", metavar="FILE", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.hub_child:
+        _hub_child(Path(args.hub_child[0]), Path(args.hub_child[1]), args.heartbeat)
+        return
+    if args.echo_child:
+        _echo_child(Path(args.echo_child))
+        return
+
+    def pick(value: Any, quick: Any, normal: Any, soak: Any) -> Any:
+        if value is not None:
+            return value
+        return quick if args.quick else soak if args.soak else normal
+
+    args.agents = pick(args.agents, [20], [100, 1000], [100, 1000, 5000])
+    args.idle_seconds = pick(args.idle_seconds, 5.0, 60.0, 120.0)
+    args.log_agents = pick(args.log_agents, 3, 50, 50)
+    args.log_messages = pick(args.log_messages, 100, 1000, 1000)
+    args.transfer_mib = pick(args.transfer_mib, 16, 256, 256)
+    report = asyncio.run(run(args))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
