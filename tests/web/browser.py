@@ -1,0 +1,261 @@
+"""The browser flow's harness: a real hub process behind the real SimpleSAMLphp IdP, a real
+agent home enrolled in it, and Playwright driving Debian's Chromium.
+
+* :func:`live_hub` (fixture): ``tiangong hub init`` in a temp data directory, a ``hub.toml``
+  whose ``[saml]`` table points at the ``saml_idp`` fixture (``[web] secure_cookies =
+  false``: plain http on loopback), environment ``plant-a`` with an agent home enrolled
+  through ``tiangong hub import`` (as the e2e tests do), and the hub served by gunicorn as a
+  separate process on the SP port the IdP trusts (``saml_sp_port``).
+* :func:`chromium` (fixture): ``/usr/bin/chromium``, headless. Never a downloaded browser:
+  a missing binary fails with the command that installs it (``bash .ci/install-test-deps``).
+* :func:`sign_in`: the SAML login as a person would do it (IdP form, password, back).
+* :class:`Shots`: full-page screenshots under ``test-artifacts/browser/`` (git-ignored).
+
+Every wait is Playwright's own (``expect``/``wait_for_url`` with a timeout) or a deadline
+poll (:func:`tests.e2e.conftest.wait_for`); nothing sleeps.
+
+The server is started by ``python -m tests.web.browser serve DATA_DIR BIND``, which builds
+the app with :func:`web.app.create_web_app` from the data directory's ``hub.toml`` and runs
+it under the same gunicorn embedding as ``tiangong hub serve`` (:class:`hub.serve.HubServer`):
+``hub serve`` itself serves :func:`hub.app.create_app` without the web UI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from tests.e2e.conftest import TIANGONG, set_fast_inbox, wait_for
+from tests.fixtures.saml_idp import SamlIdP
+
+__all__ = [
+    "ARTIFACTS",
+    "CHROMIUM",
+    "ENVIRONMENT",
+    "LiveHub",
+    "Shots",
+    "chromium",
+    "live_hub",
+    "sign_in",
+]
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+CHROMIUM = Path("/usr/bin/chromium")
+ENVIRONMENT = "plant-a"
+AGENT_ID = "site-01"
+START_TIMEOUT_S = 60.0  # seconds for gunicorn to answer /healthz
+STOP_TIMEOUT_S = 30.0  # seconds for gunicorn to stop after SIGTERM
+PAGE_TIMEOUT_MS = 30_000  # Playwright's timeout for every wait and action
+CLI_TIMEOUT_S = 120.0
+
+GROUP_ROLES = """
+[saml.group_roles]
+developers = ["developer"]
+approvers = ["approver"]
+operators = ["operator"]
+auditors = ["auditor"]
+"""
+
+
+@dataclass
+class LiveHub:
+    """A hub process serving the web UI, its data directory and its enrolled agent home."""
+
+    base_url: str
+    data_dir: Path
+    agent_home: Path
+    log: Path
+
+    def cli(self, *args: str, user: str = "admin") -> subprocess.CompletedProcess[str]:
+        """``tiangong hub --data-dir ... --as USER ARGS`` (fails the test if it fails)."""
+        return run_tiangong("hub", "--data-dir", str(self.data_dir), "--as", user, *args)
+
+    def log_tail(self, max_bytes: int = 6000) -> str:
+        return self.log.read_text(errors="replace")[-max_bytes:] if self.log.exists() else ""
+
+
+def run_tiangong(*args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [*TIANGONG, *args], capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+        check=False, cwd=REPO,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"tiangong {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def _write_web_config(data_dir: Path, idp: SamlIdP) -> None:
+    """Append the ``[web]`` and ``[saml]`` tables to the ``hub.toml`` that init wrote."""
+    cfg = data_dir / "hub.toml"
+    text = cfg.read_text()
+    assert "[saml]" not in text and "[web]" not in text, text
+    cfg.write_text(
+        text
+        + "\n[web]\nsecure_cookies = false  # plain http on loopback (tests only)\n"
+        + f'\n[saml]\nsp_base_url = "{idp.sp_base_url}"\n'
+        + f'idp_metadata_file = "{idp.metadata_file}"\n'
+        + GROUP_ROLES
+    )
+
+
+def _enroll_agent(hub: LiveHub, tmp: Path) -> None:
+    """``tiangong agent init`` a home for ``plant-a``; carry its request to ``hub import``."""
+    run_tiangong(
+        "agent", "init", str(hub.agent_home), "--root", str(hub.data_dir / "root.json"),
+        "--id", AGENT_ID, "--environment", ENVIRONMENT,
+    )  # fmt: skip
+    set_fast_inbox(hub.agent_home)
+    stick = tmp / "enroll-stick"
+    stick.mkdir()
+    shutil.copy(next((hub.agent_home / "outbox").glob("enrollment-*.json")), stick)
+    out = hub.cli("import", str(stick))
+    assert "1 enrolled" in out.stdout, out.stdout
+
+
+@pytest.fixture
+def live_hub(saml_idp: SamlIdP, saml_sp_port: int, tmp_path: Path) -> Iterator[LiveHub]:
+    """A hub with the web UI served by gunicorn on the SP port the IdP trusts."""
+    if not _port_is_free(saml_sp_port):
+        raise AssertionError(
+            f"port {saml_sp_port} (the SP port the IdP trusts) is taken, most likely by "
+            "tests/web/conftest.py's in-process hub_server: run the browser flow in a pytest "
+            "process of its own or before test_saml.py/test_sessions.py"
+        )
+    data_dir = tmp_path / "hub"
+    run_tiangong("hub", "--data-dir", str(data_dir), "init", "--admin", "admin",
+                 "--insecure-no-passphrase")
+    _write_web_config(data_dir, saml_idp)
+    hub = LiveHub(saml_idp.sp_base_url, data_dir, tmp_path / "agent", tmp_path / "hub.log")
+    hub.cli("environments", "create", ENVIRONMENT)
+    _enroll_agent(hub, tmp_path)
+    log = hub.log.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.web.browser", "serve", str(data_dir),
+         f"127.0.0.1:{saml_sp_port}"],
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"the hub exited with {proc.returncode}:\n{hub.log_tail()}")
+            return _healthy(f"{hub.base_url}/healthz")
+
+        wait_for(up, START_TIMEOUT_S, f"the hub to answer {hub.base_url}/healthz")
+        yield hub
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """Debian's Chromium, headless, driven by Playwright (never a downloaded browser)."""
+    if not os.access(CHROMIUM, os.X_OK):
+        raise AssertionError(
+            f"{CHROMIUM} is missing: run `bash .ci/install-test-deps` (installs Debian's "
+            "chromium); the tests never download a browser"
+        )
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def new_context(browser: Browser) -> BrowserContext:
+    """A fresh browser profile (cookies of its own) at tablet-and-up width."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900},
+                                  accept_downloads=True)
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    expect.set_options(timeout=PAGE_TIMEOUT_MS)
+    return context
+
+
+def sign_in(page: Page, hub: LiveHub, idp: SamlIdP, username: str) -> None:
+    """Sign in through the IdP's own login form, and land on the hub's home page."""
+    page.goto(f"{hub.base_url}/")
+    page.get_by_role("link", name="Sign in with single sign-on").click()
+    page.wait_for_url(re.compile(re.escape(idp.base_url) + ".*"))
+    page.locator("input[name=username]").fill(username)
+    page.locator("input[name=password]").fill(idp.users[username].password)
+    page.locator("input[name=password]").press("Enter")
+    page.wait_for_url(f"{hub.base_url}/")
+    expect(page.locator("#username")).to_have_text(username)
+
+
+class Shots:
+    """Numbered full-page screenshots of one test under ``test-artifacts/browser/``."""
+
+    def __init__(self, name: str) -> None:
+        self.dir = ARTIFACTS / name
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        self.n = 0
+
+    def take(self, page: Page, what: str) -> Path:
+        self.n += 1
+        path = self.dir / f"{self.n:02d}-{what}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+
+def _serve(data_dir: str, bind: str) -> None:
+    """The hub with its web UI under gunicorn, as ``tiangong hub serve`` runs the hub."""
+    from hub.config import load_config, with_overrides
+    from hub.db import db
+    from hub.serve import HubServer
+    from web.app import create_web_app
+
+    config = with_overrides(load_config(data_dir), bind=bind, workers=2)
+    app = create_web_app(config)
+    with app.app_context():
+        db.engine.dispose()  # no pooled connection may cross the fork into workers
+    HubServer(app, {"bind": config.bind, "workers": config.workers, "accesslog": "-",
+                    "errorlog": "-", "timeout": 60}).run()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "serve":
+        sys.exit("usage: python -m tests.web.browser serve DATA_DIR HOST:PORT")
+    _serve(sys.argv[2], sys.argv[3])
