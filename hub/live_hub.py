@@ -2,8 +2,20 @@
 :class:`bundle.sync.HubSide` (docs/live-protocol.md §10). :mod:`hub.live` runs it.
 
 See :mod:`hub.live` for what it does; this module holds the per-connection work
-(authentication, presence, bundles out, results in, logs). No listening sockets and no
-threads here.
+(authentication, presence, bundles out, results in, logs) and the **push loop**: a task on
+the server's event loop, started by the first connection, that every ``poll_interval``
+seconds asks the database (:func:`hub.services.presence.live_work`, one query for all
+connected agents) whether a connected agent has queued deployments — they are exported and
+offered at once, without anyone calling :meth:`LiveHub.push_pending` — or was revoked — its
+connection is closed with ``revoked`` (4012) and a ``live.revoked`` audit event. Approval,
+queueing and revocation happen in other processes (web workers, the CLI); the database is the
+signal between them.
+
+A bundle the agent confirms (RECEIVED) or already holds (CANCEL ``have-it``, e.g. it came by
+media first) leaves the spool for ``sent/``, its deployment moves ``exported → delivered``
+and a ``live.delivered`` audit event says how; it is never offered again.
+
+No listening sockets and no threads here.
 """
 
 from __future__ import annotations
@@ -13,11 +25,13 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -50,22 +64,29 @@ from bundle.sync_errors import (
     TransferError,
     UnknownAgentError,
 )
+from hub.db import Deployment
 from hub.errors import HubError
 from hub.live_files import LogStore, fsync_dir, open_partial, size_and_sha256
 from hub.services import audit
 from hub.services.agents import get_agent
 from hub.services.context import HubKeys, ServiceContext, utc_now
+from hub.services.deployments import transition
 from hub.services.exchange import export_environment, import_result
+from hub.services.presence import LiveWork, live_work
 from hub.services.users import get_user
 from signing.keys import PublicKey
 
-__all__ = ["ACK_EVERY_BYTES", "WINDOW_BYTES", "LiveHub"]
+__all__ = ["ACK_EVERY_BYTES", "EXPORT_RETRY_SECONDS", "POLL_SECONDS", "WINDOW_BYTES",
+           "LiveHub"]
 
 log = logging.getLogger("tiangong.hub.live")
 
 WINDOW_BYTES = 32 * 1024 * 1024  # bytes sent and not yet acknowledged, per transfer
 ACK_EVERY_BYTES = 8 * 1024 * 1024  # bytes received between two fsync + ACK
 READ_BYTES = MAX_CHUNK_BYTES  # bytes per CHUNK sent
+POLL_SECONDS = 0.25  # seconds between two looks at the database for queued work / revocations
+EXPORT_RETRY_SECONDS = 60.0  # seconds before an export that failed is tried again unchanged
+HAVE_IT = "have-it"  # CANCEL code: the agent already holds this bundle (docs/live-protocol.md §4.2)
 
 
 @dataclass
@@ -107,12 +128,14 @@ class LiveHub:
 
     ``session_factory`` opens database sessions (called in worker threads), ``actor`` is the
     hub user whose permissions export bundles (it needs ``bundle.export``), ``binding`` the
-    TLS channel binding of §5.2 (``b""`` without TLS).
+    TLS channel binding of §5.2 (``b""`` without TLS), ``poll_interval`` the seconds between
+    two looks of the push loop at the database.
     """
 
     def __init__(self, *, session_factory: Callable[[], Session], keys: HubKeys,
                  data_dir: Path, actor: str | None, clock: Callable[[], Any] = utc_now,
-                 heartbeat: int = DEFAULT_HEARTBEAT_SECONDS, binding: bytes = b"") -> None:
+                 heartbeat: int = DEFAULT_HEARTBEAT_SECONDS, binding: bytes = b"",
+                 poll_interval: float = POLL_SECONDS) -> None:
         self.session_factory = session_factory
         self.keys = keys
         self.hub_id = keys.hub_id
@@ -124,6 +147,12 @@ class LiveHub:
         self.peers: dict[str, _Peer] = {}  # agent id -> its authenticated connection
         self.logs = LogStore(self.data_dir / "live-logs")
         self._push_locks: dict[str, asyncio.Lock] = {}  # one export + offer at a time per agent
+        self.poll_interval = poll_interval
+        self._poller: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()  # outlive a connection (database work)
+        # agent -> (fingerprint of its queued work, monotonic time before which an export that
+        # failed for that same work is not tried again)
+        self._export_failed: dict[str, tuple[tuple[int, int | None], float]] = {}
 
     # -- paths
 
@@ -187,7 +216,8 @@ class LiveHub:
         with self._services() as ctx:
             get_agent(ctx.session, agent_id).last_seen = ctx.now()
 
-    def _export(self, agent_id: str) -> int:
+    def _export(self, agent_id: str) -> tuple[int, int]:
+        """Export ``agent_id``'s queued deployments into its spool; (written, failed)."""
         spool = self.spool_root / agent_id
         with self._services() as ctx:
             agent = get_agent(ctx.session, agent_id)
@@ -197,7 +227,40 @@ class LiveHub:
                       reason)
         if report.index is not None:
             report.index.unlink(missing_ok=True)  # the index is for people reading media
-        return len(report.written)
+        return len(report.written), len(report.failed)
+
+    def _live_work(self, agent_ids: list[str]) -> list[LiveWork]:
+        session = self.session_factory()
+        try:
+            return live_work(session, agent_ids)
+        finally:
+            session.rollback()
+            session.close()
+
+    def _audit_revoked(self, agent_id: str, status: str) -> None:
+        with self._services() as ctx:
+            audit.record(ctx, "live.revoked", "agent", agent_id,
+                         {"code": "revoked", "status": status,
+                          "reason": "connection closed: the agent is no longer enrolled"})
+
+    def _mark_delivered(self, agent_id: str, name: str, how: str) -> None:
+        """Record that ``agent_id`` holds the spooled bundle ``name``: its deployment moves
+        ``exported → delivered`` (unless it is already further on, e.g. its result came by
+        media first) and a ``live.delivered`` event says ``how`` (``received`` /
+        ``have-it``)."""
+        with self._services() as ctx:
+            agent = get_agent(ctx.session, agent_id)
+            candidates = ctx.session.scalars(select(Deployment).where(
+                Deployment.agent_id == agent.id, Deployment.bundle_path.like(f"%{name}")))
+            dep = next((d for d in candidates
+                        if d.bundle_path is not None and Path(d.bundle_path).name == name), None)
+            if dep is not None and dep.state == "exported":
+                # Delivery is the last leg of export (the live server's own permission).
+                transition(ctx, dep, "delivered", action="bundle.export")
+            audit.record(ctx, "live.delivered", "deployment" if dep else "agent",
+                         str(dep.id) if dep else agent_id,
+                         {"agent_id": agent_id, "file": name, "how": how,
+                          "state": dep.state if dep else None})
 
     def _import(self, path: Path) -> str:
         with self._services() as ctx:
@@ -208,7 +271,9 @@ class LiveHub:
     # -- the connection
 
     async def handler(self, ws: ServerConnection) -> None:
-        """One agent connection, from HELLO to close."""
+        """One agent connection, from HELLO to close. The first one starts the push loop
+        (so whoever serves :meth:`handler` needs nothing else)."""
+        self._start_poller()
         peer = _Peer(ws, HubSide(self.hub_id, binding=self.binding, heartbeat=self.heartbeat))
         conn = peer.conn
         try:
@@ -290,6 +355,79 @@ class LiveHub:
         elif isinstance(event, LogReceived):
             self.logs.add(event)
 
+    # -- the push loop
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _start_poller(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(
+                self._poll_loop(), name="tiangong-live-push")
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            if not self.peers:
+                continue  # nobody to push to: no query at all
+            try:
+                await self.poll_once()
+            except (SQLAlchemyError, HubError, OSError) as exc:
+                # The database may be restarting; the next round tries again.
+                log.error("live: push loop: %s: %s", type(exc).__name__, exc)
+
+    async def poll_once(self) -> None:
+        """One round of the push loop: for every connected agent, drop it if it is no longer
+        enrolled, else start a push if it has queued deployments (one push per agent at a
+        time; an export that failed is retried after :data:`EXPORT_RETRY_SECONDS` unless the
+        queued work changed)."""
+        for work in await asyncio.to_thread(self._live_work, sorted(self.peers)):
+            peer = self.peers.get(work.agent_id)
+            if peer is None or not peer.open:
+                continue
+            if work.status != "enrolled":
+                await self._drop_revoked(peer, work.agent_id, work.status)
+                continue
+            if not work.queued:
+                self._export_failed.pop(work.agent_id, None)
+                continue
+            lock = self._push_locks.setdefault(work.agent_id, asyncio.Lock())
+            if lock.locked():
+                continue  # a push is under way; it exports what is queued
+            fingerprint = (work.queued, work.newest)
+            failed = self._export_failed.get(work.agent_id)
+            if (failed is not None and failed[0] == fingerprint
+                    and time.monotonic() < failed[1]):
+                continue
+            self._spawn(self._push_queued(work.agent_id, fingerprint))
+
+    async def _push_queued(self, agent_id: str, fingerprint: tuple[int, int | None]) -> None:
+        try:
+            written, failed = await self._push_pending(agent_id)
+        except (HubError, OSError, SQLAlchemyError) as exc:
+            log.error("live: cannot export for %s: %s", agent_id, exc)
+            failed = 1
+        else:
+            if written:
+                log.info("live: pushed %d queued bundle(s) to %s", written, agent_id)
+        if failed:
+            self._export_failed[agent_id] = (fingerprint,
+                                             time.monotonic() + EXPORT_RETRY_SECONDS)
+        else:
+            self._export_failed.pop(agent_id, None)
+
+    async def _drop_revoked(self, peer: _Peer, agent_id: str, status: str) -> None:
+        """Close a connected agent that was revoked meanwhile: REFUSE ``revoked``, close
+        code 4012, audit event ``live.revoked``."""
+        error = RevokedAgentError(f"live: agent {agent_id} is {status}; closing its connection")
+        log.warning("%s", error)
+        peer.conn.fail(error)
+        await peer.flush()
+        await asyncio.to_thread(self._audit_revoked, agent_id, status)
+        await peer.ws.close(error.close_code, error.code)
+
     # -- bundles out
 
     async def push_pending(self, agent_id: str) -> int:
@@ -299,13 +437,17 @@ class LiveHub:
         Raises:
             HubError: the export failed as a whole (e.g. the actor may not export).
         """
+        written, _ = await self._push_pending(agent_id)
+        return written
+
+    async def _push_pending(self, agent_id: str) -> tuple[int, int]:
         lock = self._push_locks.setdefault(agent_id, asyncio.Lock())
         async with lock:  # two exports at once would export one deployment twice
-            written = await asyncio.to_thread(self._export, agent_id)
+            written, failed = await asyncio.to_thread(self._export, agent_id)
             peer = self.peers.get(agent_id)
             if peer is not None:
                 await self._offer_spool(peer, agent_id)
-        return written
+        return written, failed
 
     async def _push(self, peer: _Peer, agent_id: str) -> None:
         lock = self._push_locks.setdefault(agent_id, asyncio.Lock())
@@ -356,21 +498,34 @@ class LiveHub:
             conn.send_done(transfer)
             await peer.flush()
 
-    def _sent(self, peer: _Peer, transfer: str) -> None:
+    def _sent(self, peer: _Peer, transfer: str, how: str = "received") -> None:
+        """The agent holds ``transfer`` (RECEIVED, or CANCEL ``have-it``): out of the spool
+        into ``sent/`` — never offered again — and recorded as delivered."""
         path = peer.outgoing.pop(transfer, None)
         peer.acked.pop(transfer, None)
-        if path is None:
+        agent_id = peer.conn.agent_id
+        if path is None or agent_id is None:
             return
         sent = path.parent / "sent"
         sent.mkdir(exist_ok=True)
         os.replace(path, sent / path.name)
-        log.info("live: %s received %s", peer.conn.agent_id, path.name)
+        fsync_dir(path.parent)
+        log.info("live: %s holds %s (%s)", agent_id, path.name, how)
+        self._spawn(asyncio.to_thread(self._mark_delivered, agent_id, path.name, how))
+        self._spawn(self._offer_more(peer, agent_id))
+
+    async def _offer_more(self, peer: _Peer, agent_id: str) -> None:
+        """A transfer slot came free: offer what else waits in the spool."""
+        async with self._push_locks.setdefault(agent_id, asyncio.Lock()):
+            await self._offer_spool(peer, agent_id)
 
     def _cancelled(self, peer: _Peer, event: TransferCancelled) -> None:
-        if event.offered_by == "hub":
+        if event.offered_by == "hub" and event.code == HAVE_IT:
+            self._sent(peer, event.transfer, HAVE_IT)
+        elif event.offered_by == "hub":
             peer.outgoing.pop(event.transfer, None)
             peer.acked.pop(event.transfer, None)
-            # The file stays in the spool: offered again on the next push or connection.
+            # The file stays in the spool: offered again on the next connection.
             log.warning("live: agent %s cancelled %s: %s (%s)", peer.conn.agent_id,
                         event.transfer, event.code, event.text)
         else:

@@ -1,15 +1,37 @@
-"""hub.live: where plain ws:// may be served (the connection work is in tests/e2e/test_live.py)."""
+"""hub.live / hub.live_hub: where plain ws:// may be served; the push loop (a deployment
+queued elsewhere reaches a connected agent without anyone calling ``push_pending``), the
+``have-it`` answer, and revocation of a connected agent — against a scripted agent on a real
+socket. The whole flow with a real agent is in tests/e2e/test_live.py and
+tests/e2e/test_live_processes.py."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
+from agent.service import Agent
+from bundle.sync import MAX_MESSAGE_BYTES, AgentSide, OfferReceived, Refused, Welcomed
+from hub.db import AuditEvent, Deployment, make_session_factory
 from hub.errors import ConfigError
-from hub.live import LiveHub, start_live
-from tests.hub.conftest import Keys
+from hub.live import LiveHub, LiveServer, start_live
+from hub.services.agents import revoke_agent
+from hub.services.deployments import queue_deployment
+from tests.e2e import test_live as e2e_live
+from tests.e2e.conftest import wait_for
+from tests.hub.conftest import Keys, World
+from tests.hub.services.test_exchange import _agent, _approved_release
+
+DEADLINE = 30.0  # seconds for anything that crosses the socket
+file_world = e2e_live.file_world  # the fixture: the hub World on a SQLite file
 
 
 def _hub(keys: Keys, tmp_path: Path) -> LiveHub:
@@ -37,3 +59,135 @@ def test_plain_ws_on_loopback_when_allowed(keys: Keys, tmp_path: Path) -> None:
     finally:
         server.stop()
     assert not server.thread.is_alive()
+
+
+# -- the push loop, have-it and revocation, with a scripted agent on a real socket ----------
+
+
+def _serve(world: World, tmp_path: Path) -> LiveServer:
+    hub = LiveHub(session_factory=make_session_factory(world.session.get_bind()),  # type: ignore[arg-type]
+                  keys=world.keys.hub, data_dir=tmp_path / "hubdata", actor="op",
+                  clock=world.clock, poll_interval=0.05)
+    return start_live(hub, "127.0.0.1", 0, allow_insecure_loopback=True)
+
+
+class ScriptedAgent:
+    """A protocol-level agent (no files, no runner): the test decides every answer."""
+
+    def __init__(self, port: int, agent: Agent) -> None:
+        assert agent.config.hub_id is not None
+        self.url = f"ws://127.0.0.1:{port}/live"
+        self.conn = AgentSide(agent.config.agent_id, agent.config.hub_id, agent.keys.identity)
+        self.ws: Any = None
+        self.greeting: object = None  # WELCOME or REFUSE
+
+    async def __aenter__(self) -> ScriptedAgent:
+        self.ws = await connect(self.url, compression=None, max_size=MAX_MESSAGE_BYTES)
+        self.conn.send_hello()
+        await self.flush()
+        self.greeting = await self.until(lambda e: isinstance(e, Welcomed | Refused))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.ws.close()
+
+    async def flush(self) -> None:
+        for message in self.conn.data_to_send():
+            await self.ws.send(message)
+
+    async def until(self, match: Callable[[object], bool]) -> object:
+        """Read until an event matches (answering heartbeats); fail after the deadline."""
+        async with asyncio.timeout(DEADLINE):
+            while True:
+                self.conn.receive_data(await self.ws.recv())
+                events = self.conn.events_received()
+                await self.flush()
+                for event in events:
+                    if match(event):
+                        return event
+
+
+def _state(world: World) -> str:
+    world.session.rollback()
+    (dep,) = world.session.scalars(select(Deployment))
+    state = dep.state
+    world.session.rollback()
+    return state
+
+
+def _audit(world: World, action: str) -> list[AuditEvent]:
+    world.session.rollback()
+    rows = list(world.session.scalars(select(AuditEvent).where(AuditEvent.action == action)))
+    world.session.rollback()
+    return rows
+
+
+def test_queued_deployment_is_pushed_to_a_connected_agent_without_push_pending(
+        file_world: World, tmp_path: Path) -> None:
+    """Queued in another session (as a web worker or the CLI would) after the agent
+    connected: the push loop offers it; the agent answers have-it (it came by media first),
+    so the hub marks it delivered and keeps it out of the spool."""
+    world = file_world
+    agent = _agent(world, tmp_path)
+    release = _approved_release(world)
+    server = _serve(world, tmp_path)
+
+    async def scenario() -> OfferReceived:
+        async with ScriptedAgent(server.port, agent) as a:
+            queue_deployment(world.ctx("op"), release, "test")
+            world.session.commit()
+            offer = await a.until(lambda e: isinstance(e, OfferReceived))
+            assert isinstance(offer, OfferReceived)
+            a.conn.send_cancel(offer.offer.transfer, "hub", "have-it", "already here")
+            await a.flush()
+            await asyncio.to_thread(wait_for, lambda: _state(world) == "delivered", DEADLINE,
+                                    "the hub to mark the deployment delivered")
+            return offer
+
+    try:
+        offer = asyncio.run(scenario())
+        spool = tmp_path / "hubdata" / "live-outbox" / "site-01"
+        assert not list(spool.glob("*.tgb"))  # never offered again
+        assert [p.name for p in (spool / "sent").glob("*.tgb")] == [offer.offer.name]
+        (event,) = _audit(world, "live.delivered")
+        assert json.loads(event.details)["how"] == "have-it"
+        assert len(_audit(world, "deployment.delivered")) == 1
+    finally:
+        server.stop()
+        agent.close()
+
+
+def test_revoked_agent_is_dropped_while_connected_and_refused_on_reconnect(
+        file_world: World, tmp_path: Path) -> None:
+    world = file_world
+    agent = _agent(world, tmp_path)
+    server = _serve(world, tmp_path)
+
+    async def connected_then_revoked() -> tuple[object, int | None]:
+        async with ScriptedAgent(server.port, agent) as a:
+            revoke_agent(world.ctx("op"), "site-01", reason="stolen")
+            world.session.commit()
+            refused = await a.until(lambda e: isinstance(e, Refused))
+            with contextlib.suppress(ConnectionClosed):
+                await a.ws.recv()
+            return refused, a.ws.close_code
+
+    async def reconnect() -> tuple[object, int | None]:
+        async with ScriptedAgent(server.port, agent) as a:
+            with contextlib.suppress(ConnectionClosed):
+                await a.ws.recv()
+            return a.greeting, a.ws.close_code
+
+    try:
+        assert asyncio.run(connected_then_revoked()) == (Refused("revoked", "agent revoked"),
+                                                         4012)
+        wait_for(lambda: not server.online, DEADLINE, "the hub to forget the connection")
+        (dropped,) = _audit(world, "live.revoked")
+        assert dropped.object_id == "site-01"
+        assert json.loads(dropped.details)["code"] == "revoked"
+        event, close_code = asyncio.run(reconnect())
+        assert (event, close_code) == (Refused("revoked", "agent revoked"), 4012)
+        assert [e.object_id for e in _audit(world, "live.refused")] == ["site-01"]
+    finally:
+        server.stop()
+        agent.close()

@@ -1,0 +1,88 @@
+"""hub.services.presence: online / offline / last seen from ``agents.last_seen`` (written
+by the live server), and the push loop's one query for its connected agents."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from hub.errors import PermissionDeniedError
+from hub.services.agents import get_agent, revoke_agent
+from hub.services.deployments import queue_deployment
+from hub.services.presence import (
+    ONLINE_FACTOR,
+    LiveWork,
+    agent_presence,
+    list_presence,
+    live_work,
+    online_window,
+)
+from tests.hub.conftest import World
+from tests.hub.services.test_exchange import _agent, _approved_release
+
+
+def _seen(world: World, agent_id: str, seconds_ago: float | None) -> None:
+    agent = get_agent(world.session, agent_id)
+    agent.last_seen = None if seconds_ago is None else world.clock() - timedelta(
+        seconds=seconds_ago)
+    world.session.flush()
+
+
+def test_online_window_is_two_and_a_half_heartbeats() -> None:
+    assert ONLINE_FACTOR == 2.5
+    assert online_window(30) == timedelta(seconds=75)
+    assert online_window(4) == timedelta(seconds=10)
+
+
+@pytest.mark.parametrize(("seconds_ago", "heartbeat", "state", "online"), [
+    (None, 30, "never", False),
+    (0, 30, "online", True),
+    (75, 30, "online", True),  # exactly 2.5 heartbeats: one heartbeat may be late
+    (75.001, 30, "offline", False),
+    (11, 4, "offline", False),
+    (3600, 30, "offline", False),
+])
+def test_presence_from_last_seen(world: World, tmp_path: Path, seconds_ago: float | None,
+                                 heartbeat: int, state: str, online: bool) -> None:
+    _agent(world, tmp_path)
+    _seen(world, "site-01", seconds_ago)
+    p = agent_presence(get_agent(world.session, "site-01"), world.clock(), heartbeat)
+    assert (p.state, p.online, p.environment) == (state, online, "test")
+    assert p.last_seen == (None if seconds_ago is None
+                           else world.clock() - timedelta(seconds=seconds_ago))
+
+
+def test_a_revoked_agent_is_never_online(world: World, tmp_path: Path) -> None:
+    _agent(world, tmp_path)
+    _seen(world, "site-01", 0)
+    revoke_agent(world.ctx("op"), "site-01", reason="gone")
+    (p,) = list_presence(world.ctx("view"))
+    assert (p.state, p.online, p.status) == ("revoked", False, "revoked")
+
+
+def test_list_presence_per_environment_and_needs_view(world: World, tmp_path: Path) -> None:
+    _agent(world, tmp_path, "site-01")
+    _agent(world, tmp_path, "site-02")
+    _seen(world, "site-02", 1)
+    rows = list_presence(world.ctx("view"), "test")
+    assert [(p.agent_id, p.state) for p in rows] == [("site-01", "never"), ("site-02", "online")]
+    assert list_presence(world.ctx("view"), "prod") == []
+    with pytest.raises(PermissionDeniedError):
+        list_presence(world.ctx(None))
+
+
+def test_live_work_counts_queued_deployments_of_connected_agents(world: World,
+                                                                  tmp_path: Path) -> None:
+    _agent(world, tmp_path, "site-01")
+    _agent(world, tmp_path, "site-02")
+    assert live_work(world.session, []) == []
+    assert live_work(world.session, ["site-01", "nobody"]) == [
+        LiveWork("site-01", "enrolled", 0, None)]
+    deps = queue_deployment(world.ctx("op"), _approved_release(world), "test")
+    by_agent = {d.agent.agent_id: d.id for d in deps if d.agent is not None}
+    revoke_agent(world.ctx("op"), "site-02")
+    work = live_work(world.session, ["site-02", "site-01", "site-01"])
+    assert work == [LiveWork("site-01", "enrolled", 1, by_agent["site-01"]),
+                    LiveWork("site-02", "revoked", 1, by_agent["site-02"])]
