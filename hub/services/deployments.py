@@ -36,8 +36,8 @@ from hub.services import audit
 from hub.services.agents import agent_target
 from hub.services.approvals import distinct_approvers
 from hub.services.context import ServiceContext
-from hub.services.environments import get_environment
-from hub.services.users import require
+from hub.services.environments import get_environment, list_environments
+from hub.services.users import can, require
 
 __all__ = [
     "FINAL_STATES",
@@ -45,11 +45,13 @@ __all__ = [
     "allocate_sequence",
     "deployment_target",
     "get_deployment",
+    "get_visible_deployment",
     "list_deployments",
     "mark_exported",
     "pending_exports",
     "queue_deployment",
     "transition",
+    "visible_deployments",
 ]
 
 FINAL_STATES = frozenset({"succeeded", "failed", "rejected", "interrupted"})
@@ -100,6 +102,46 @@ def list_deployments(
     if state is not None:
         query = query.where(Deployment.state == state)
     return list(session.scalars(query))
+
+
+def visible_deployments(
+    ctx: ServiceContext,
+    environment: str | None = None,
+    state: str | None = None,
+    *,
+    limit: int | None = None,
+) -> list[Deployment]:
+    """Deployments the actor may view (``view`` in their environment), newest first,
+    optionally of one environment and/or state, at most ``limit``.
+
+    Raises:
+        NotFoundError (unknown environment), PermissionDeniedError (may not view the
+        environment asked for).
+    """
+    query = select(Deployment).order_by(Deployment.id.desc())
+    if environment is not None:
+        env = get_environment(ctx.session, environment)
+        require(ctx.actor, "view", env)
+        query = query.where(Deployment.environment_id == env.id)
+    else:
+        envs = [e.id for e in list_environments(ctx.session) if can(ctx.actor, "view", e)]
+        query = query.where(Deployment.environment_id.in_(envs))
+    if state is not None:
+        query = query.where(Deployment.state == state)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(ctx.session.scalars(query))
+
+
+def get_visible_deployment(ctx: ServiceContext, deployment_id: int) -> Deployment:
+    """:func:`get_deployment` for an actor who may view its environment.
+
+    Raises:
+        NotFoundError, PermissionDeniedError.
+    """
+    dep = get_deployment(ctx.session, deployment_id)
+    require(ctx.actor, "view", dep.environment)
+    return dep
 
 
 def pending_exports(
