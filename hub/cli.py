@@ -737,17 +737,23 @@ def agents_enroll(
 @json_option
 @click.pass_context
 def agents_list(ctx: click.Context, environment: str | None, as_json: bool) -> None:
-    """List agents."""
+    """List agents with their presence: ``online`` when seen (live authentication or
+    heartbeat) within 2.5 heartbeat intervals, else ``offline`` / ``never`` / ``revoked``."""
     from hub.services.agents import list_agents
+    from hub.services.presence import agent_presence
     from hub.services.users import require
 
     with _services(ctx) as sc:
         require(sc.actor, "view")
-        rows = [_agent_row(a) for a in list_agents(sc.session, environment)]
+        now = sc.now()
+        rows = []
+        for a in list_agents(sc.session, environment):
+            presence = agent_presence(a, now)
+            rows.append(_agent_row(a) | {"presence": presence.state, "online": presence.online})
     _emit(
         rows,
         as_json,
-        ["agent_id", "environment", "hostname", "status", "enrolled_at", "last_seen"]
+        ["agent_id", "environment", "hostname", "status", "presence", "last_seen", "enrolled_at"]
         if not as_json
         else None,
     )
