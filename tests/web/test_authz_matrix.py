@@ -70,6 +70,10 @@ def having(*roles: str, env: str | None = None) -> frozenset[str]:
     return frozenset(out)
 
 
+#: Who may view environment ``test`` (and what is in it).
+VIEW_TEST = GLOBAL | {u for u, grants in PEOPLE.items() if any(g.endswith("@test") for g in grants)}
+
+
 # ---------------------------------------------------------------------------- the data
 
 
@@ -158,7 +162,15 @@ EXPECTED: dict[str, View] = {
     "releases.index": View(get=SIGNED_IN),
     "environments.index": View(get=SIGNED_IN),
     "agents.index": View(get=SIGNED_IN),
+    # Lists show only the environments one may view (the leak test checks): everyone opens.
     "deployments.index": View(get=SIGNED_IN),
+    "deployments.show": View(get=VIEW_TEST, args=lambda w: {"deployment_id": w.test_deployment}),
+    "deployments.logs": View(get=VIEW_TEST, args=lambda w: {"deployment_id": w.test_deployment}),
+    "deployments.mark": View(
+        post=having("operator", env="test"),
+        args=lambda w: {"deployment_id": w.test_deployment},
+        form=lambda w: {"state": "delivered"},
+    ),
     "media.index": View(get=SIGNED_IN),
     "audit.index": View(get=SIGNED_IN),
     "admin.index": View(get=SIGNED_IN),
