@@ -24,6 +24,7 @@ each environment.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -45,6 +46,7 @@ from hub.services.releases import create_release, submit_release
 from tests.hub.conftest import write_release
 from tests.web.pages import PEOPLE, Site
 from web import PAGES
+from web.agents import store_response
 
 # ---------------------------------------------------------------------------- who
 
@@ -94,12 +96,12 @@ class World:
     prod_agent: str = PROD_AGENT
     test_deployment: int = 0
     prod_deployment: int = 0
+    new_agent_request: bytes = b""  # an enrollment request for test, not yet imported
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _enroll(site: Site, tmp: Path, agent_id: str, environment: str) -> None:
-    media = tmp / f"enroll-{agent_id}"
-    media.mkdir()
+def _request(site: Site, tmp: Path, agent_id: str, environment: str) -> Path:
+    """A new agent home's enrollment request file."""
     _, request = init_home(
         tmp / f"home-{agent_id}",
         root_file=site.data_dir / "root.json",
@@ -107,9 +109,19 @@ def _enroll(site: Site, tmp: Path, agent_id: str, environment: str) -> None:
         environment=environment,
         now=int(site.clock().timestamp()),
     )
-    shutil.copy(request, media)
+    return request
+
+
+def _enroll(site: Site, tmp: Path, agent_id: str, environment: str) -> None:
+    """Enroll as ``hub import`` does, and keep the response for download as the agents
+    page does after an enrollment by upload."""
+    media = tmp / f"enroll-{agent_id}"
+    media.mkdir()
+    shutil.copy(_request(site, tmp, agent_id, environment), media)
     report = import_directory(site.ctx("admin"), media, results_dir=tmp / "results")
     assert [r.status for r in report.rows] == ["enrolled"], report.rows
+    response = media / f"enrollment-response-{agent_id}.json"
+    store_response(site.data_dir, agent_id, response.read_bytes())
 
 
 def build_world(site: Site, tmp: Path) -> World:
@@ -132,6 +144,7 @@ def build_world(site: Site, tmp: Path) -> World:
         (prod_dep,) = queue_deployment(site.ctx("op"), releases[w.approved], "prod")
         db.session.commit()
         w.test_deployment, w.prod_deployment = test_dep.id, prod_dep.id
+        w.new_agent_request = _request(site, tmp, "agent-new-1", "test").read_bytes()
         db.session.remove()
     return w
 
@@ -161,7 +174,37 @@ EXPECTED: dict[str, View] = {
     "home.index": View(get=SIGNED_IN, anonymous=200),
     "releases.index": View(get=SIGNED_IN),
     "environments.index": View(get=SIGNED_IN),
+    "environments.create": View(
+        post=frozenset({"admin"}),
+        form=lambda w: {"name": "plant-new", "required_approvals": "1", "description": "x"},
+    ),
+    "environments.show": View(get=VIEW_TEST, args=lambda w: {"name": "test"}),
+    "environments.required_approvals": View(
+        post=frozenset({"admin"}),
+        args=lambda w: {"name": "test"},
+        form=lambda w: {"required_approvals": "2"},
+    ),
     "agents.index": View(get=SIGNED_IN),
+    "agents.enroll_form": View(get=having("operator", env="test")),
+    "agents.enroll": View(
+        post=having("operator", env="test"),
+        form=lambda w: {
+            "request_file": (io.BytesIO(w.new_agent_request), "enrollment-agent-new.json"),
+            "environment": "test",
+        },
+    ),
+    "agents.show": View(get=VIEW_TEST, args=lambda w: {"agent_id": w.test_agent}),
+    "agents.enrollment_response": View(
+        get=having("operator", env="test"), args=lambda w: {"agent_id": w.test_agent}
+    ),
+    "agents.revoke_form": View(
+        get=having("operator", env="test"), args=lambda w: {"agent_id": w.test_agent}
+    ),
+    "agents.revoke": View(
+        post=having("operator", env="test"),
+        args=lambda w: {"agent_id": w.test_agent},
+        form=lambda w: {"reason": "the authorization matrix revokes it"},
+    ),
     # Lists show only the environments one may view (the leak test checks): everyone opens.
     "deployments.index": View(get=SIGNED_IN),
     "deployments.show": View(get=VIEW_TEST, args=lambda w: {"deployment_id": w.test_deployment}),
