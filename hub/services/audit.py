@@ -16,6 +16,7 @@ exporting and checkpointing need the auditor role (checkpointing: operator too).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
 
@@ -41,16 +42,22 @@ from signing.strictjson import dumps_canonical
 
 __all__ = [
     "BATCH",
+    "PAGE_SIZE",
+    "EventPage",
+    "EventQuery",
     "append_event",
     "export_audit",
+    "head_seq",
     "iter_events",
     "latest_checkpoint",
     "record",
+    "search_events",
     "verify_database",
     "write_checkpoint",
 ]
 
 BATCH = 1000  # events per keyset page
+PAGE_SIZE = 50  # events per page of search_events
 MAX_DETAILS_BYTES = 256 * 1024  # bytes of canonical JSON per event's details
 _HEAD_ID = 1
 
@@ -242,6 +249,69 @@ def write_checkpoint(ctx: ServiceContext) -> AuditCheckpoint:
     session.flush()
     record(ctx, "audit.checkpoint", "audit", str(seq), {"head_hash": head_hash})
     return cp
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """What an auditor looks for; every field optional, all given ones must match.
+
+    ``since`` is inclusive, ``until`` exclusive; ``before`` is the keyset cursor (events
+    with a smaller ``seq``), ``limit`` at most :data:`PAGE_SIZE` × 4.
+    """
+
+    actor: str | None = None
+    action: str | None = None
+    object_type: str | None = None
+    object_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before: int | None = None
+    limit: int = PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """Newest first; ``next_before`` is the cursor of the next (older) page, or None."""
+
+    events: list[AuditEvent]
+    next_before: int | None
+
+
+def search_events(ctx: ServiceContext, query: EventQuery) -> EventPage:
+    """One page of events matching ``query``, newest first (keyset pagination on ``seq``).
+
+    Raises:
+        PermissionDeniedError (auditor or admin: audit.read).
+    """
+    from hub.services.users import require
+
+    require(ctx.actor, "audit.read")
+    limit = max(1, min(query.limit, PAGE_SIZE * 4))
+    stmt = select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(limit + 1)
+    if query.actor:
+        stmt = stmt.where(AuditEvent.actor == query.actor)
+    if query.action:
+        stmt = stmt.where(AuditEvent.action == query.action)
+    if query.object_type:
+        stmt = stmt.where(AuditEvent.object_type == query.object_type)
+    if query.object_id:
+        stmt = stmt.where(AuditEvent.object_id == query.object_id)
+    if query.since is not None:
+        stmt = stmt.where(AuditEvent.at >= query.since)
+    if query.until is not None:
+        stmt = stmt.where(AuditEvent.at < query.until)
+    if query.before is not None:
+        stmt = stmt.where(AuditEvent.seq < query.before)
+    rows = list(ctx.session.scalars(stmt))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return EventPage(rows, rows[-1].seq if more and rows else None)
+
+
+def head_seq(session: Session) -> int:
+    """The sequence number of the newest event (0 for an empty log)."""
+    seq = session.scalar(select(AuditHead.seq).where(AuditHead.id == _HEAD_ID))
+    return int(seq or 0)
 
 
 def latest_checkpoint(session: Session) -> AuditCheckpoint | None:
