@@ -33,6 +33,7 @@ from hub.errors import ConfigError
 __all__ = ["DEFAULT_BUNDLE_EXPIRY_S", "ENV_PREFIX", "HubConfig", "load_config"]
 
 ENV_PREFIX = "TIANGONG_HUB_"
+LIVE_TABLE = "live"  # the [live] table of hub.toml; its keys map to live_<key>
 DEFAULT_BUNDLE_EXPIRY_S = 30 * 24 * 3600  # seconds
 CONFIG_FILE = "hub.toml"
 
@@ -49,6 +50,10 @@ class HubConfig:
     workers: int = 2
     hub_id: str = ""
     run_migrations: bool = True
+    live_bind: str = ""
+    live_tls_cert_file: str = ""
+    live_tls_key_file: str = ""
+    live_allow_insecure_loopback: bool = False
     #: where the web UI's Media page writes exported bundles (a mounted share), relative to
     #: data_dir unless absolute; empty: the page offers the bundles as a download instead.
     export_dir: str = ""
@@ -79,6 +84,27 @@ class HubConfig:
     @property
     def root_path(self) -> Path:
         return self.data_dir / "root.json"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where ``hub init`` / ``hub tls issue`` keep the private CA and server certificate."""
+        return self.data_dir / "tls"
+
+    @property
+    def live_tls_cert(self) -> Path:
+        """The live server's certificate chain (PEM); relative settings are under data_dir."""
+        return self._under_data(self.live_tls_cert_file, self.tls_dir / "server.crt")
+
+    @property
+    def live_tls_key(self) -> Path:
+        """The live server's private key (PEM)."""
+        return self._under_data(self.live_tls_key_file, self.tls_dir / "server.key")
+
+    def _under_data(self, value: str, default: Path) -> Path:
+        if not value:
+            return default
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.data_dir / path
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> HubConfig:
@@ -143,12 +169,34 @@ def load_config(
                 file_values = tomllib.load(fh)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"hub config {path}: {exc}") from exc
-        values.update(file_values.get("hub", file_values))
+        hub_values = dict(file_values.get("hub", file_values))
+        live = file_values.get(LIVE_TABLE, hub_values.pop(LIVE_TABLE, {}))
+        hub_values.pop(LIVE_TABLE, None)
+        values.update(hub_values)
+        values.update(_live_table(path, live))
     values.update(from_env)
     if data_dir is not None:
         values["data_dir"] = data_dir
     values.update(overrides or {})
     return HubConfig.from_mapping(values)
+
+
+_LIVE_KEYS = ("bind", "tls_cert_file", "tls_key_file", "allow_insecure_loopback")
+
+
+def _live_table(path: str | os.PathLike[str], table: object) -> dict[str, Any]:
+    """The ``[live]`` table of hub.toml as ``live_*`` settings.
+
+    Raises:
+        ConfigError: not a table, or a key the live server does not know.
+    """
+    if not isinstance(table, dict):
+        raise ConfigError(f"hub config {path}: [live] must be a table")
+    unknown = sorted(set(table) - set(_LIVE_KEYS))
+    if unknown:
+        raise ConfigError(f"hub config {path}: unknown [live] setting(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(_LIVE_KEYS)})")
+    return {f"live_{key}": value for key, value in table.items()}
 
 
 def with_overrides(config: HubConfig, **changes: Any) -> HubConfig:

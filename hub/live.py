@@ -21,22 +21,33 @@ One task per agent connection moves WebSocket messages in and out of the sans-I/
   each ``(bundle_id, seq)`` once.
 
 Modules: :mod:`hub.live_hub` (:class:`LiveHub`, one task per connection),
-:mod:`hub.live_files` (partial uploads, the log store); this one runs the server in its own
-thread and event loop (:func:`serve_live`, :func:`start_live`).
+:mod:`hub.live_files` (partial uploads, the log store), :mod:`hub.tls` (the server's SSL
+context and channel binding); this one runs the server in its own thread and event loop
+(:func:`serve_live`, :func:`start_live`) and, for ``tiangong hub live`` / ``hub serve``,
+from the hub configuration (:func:`start_configured`, :func:`run_until_signalled`).
 
-Deliberately not here (yet): TLS certificate creation (pass an ``ssl`` context and its
-``binding``), cross-process notifications, and pushing on approval (the caller calls
-:meth:`LiveServer.push_pending`). Plain ``ws://`` is refused unless the caller allows it for
-a loopback address.
+**Who acts.** Without a configured hub user the live server acts as the hub itself: a
+:class:`hub.services.context.ServiceContext` with ``system="live"``, which the services
+allow only to export deployments an operator already queued and to import results
+(:data:`hub.services.users.SYSTEM_ACTIONS`); the audit log names it ``system:live``.
+
+Deliberately not here: certificate creation (:mod:`hub.tls`), cross-process
+notifications, and pushing on approval (the caller calls :meth:`LiveServer.push_pending`).
+Plain ``ws://`` is refused unless the caller allows it for a loopback address.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import logging
+import signal
 import ssl as ssl_module
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Any
 
 from websockets.asyncio.server import Server, serve
@@ -44,9 +55,26 @@ from websockets.asyncio.server import Server, serve
 from bundle.sync import DEFAULT_HEARTBEAT_SECONDS, MAX_MESSAGE_BYTES
 from hub.errors import ConfigError
 from hub.live_hub import ACK_EVERY_BYTES, WINDOW_BYTES, LiveHub
+from hub.services.context import ServiceContext
 
-__all__ = ["ACK_EVERY_BYTES", "WINDOW_BYTES", "LiveHub", "LiveServer", "serve_live",
-           "start_live"]
+__all__ = ["ACK_EVERY_BYTES", "SYSTEM_ACTOR", "WINDOW_BYTES", "LiveHub", "LiveServer",
+           "SystemLiveHub", "is_loopback", "parse_bind", "run_until_signalled", "serve_live",
+           "start_configured", "start_live"]
+
+log = logging.getLogger("tiangong.hub.live")
+
+SYSTEM_ACTOR = "live"  # ServiceContext.system of the live server (audited as system:live)
+
+
+class SystemLiveHub(LiveHub):
+    """A :class:`LiveHub` whose database work runs as the hub's ``system:live`` process
+    when no hub user is configured (``actor=None``), instead of as nobody (which every
+    service refuses). With a user name it behaves exactly as :class:`LiveHub`."""
+
+    @contextlib.contextmanager
+    def _services(self) -> Iterator[ServiceContext]:
+        with super()._services() as ctx:
+            yield ctx if ctx.actor is not None else replace(ctx, system=SYSTEM_ACTOR)
 
 
 class LiveServer:
@@ -75,7 +103,8 @@ class LiveServer:
         self.thread.join(timeout)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback name or address (plain ws:// may be served there)."""
     if host == "localhost":
         return True
     try:
@@ -97,7 +126,7 @@ def start_live(hub: LiveHub, host: str, port: int, *,
     if ssl is None and not allow_insecure_loopback:
         raise ConfigError("the live server needs TLS; plain ws:// is only for loopback tests "
                           "(allow_insecure_loopback=True)")
-    if ssl is None and not _is_loopback(host):
+    if ssl is None and not is_loopback(host):
         raise ConfigError(f"refusing plain ws:// on {host}: only loopback addresses may serve "
                           "without TLS")
     ready: Future[tuple[asyncio.AbstractEventLoop, Server, asyncio.Event]] = Future()
@@ -123,14 +152,15 @@ def start_live(hub: LiveHub, host: str, port: int, *,
     return LiveServer(hub, loop, server, thread, stopped)
 
 
-def serve_live(config: Any, host: str, port: int, *, actor: str,
+def serve_live(config: Any, host: str, port: int, *, actor: str | None = None,
                ssl: ssl_module.SSLContext | None = None, binding: bytes = b"",
                allow_insecure_loopback: bool = False,
                heartbeat: int = DEFAULT_HEARTBEAT_SECONDS) -> LiveServer:
     """Start the live server for the hub of ``config`` (a :class:`hub.config.HubConfig`).
 
     ``actor`` is the hub user that exports bundles for live delivery (needs the operator
-    role); ``binding`` the SHA-256 of the hub's TLS certificate in DER form (§5.2).
+    role), or None: the hub's own ``system:live`` (see :class:`SystemLiveHub`);
+    ``binding`` the SHA-256 of the hub's TLS certificate in DER form (§5.2).
 
     Raises:
         ConfigError: as :func:`start_live`, or the hub is not initialised.
@@ -140,7 +170,73 @@ def serve_live(config: Any, host: str, port: int, *, actor: str,
 
     keys = load_hub_keys(config.data_dir)
     engine = make_engine(config.database_url)
-    hub = LiveHub(session_factory=make_session_factory(engine), keys=keys,
-                  data_dir=config.data_dir, actor=actor, heartbeat=heartbeat,
-                  binding=binding)
+    hub = SystemLiveHub(session_factory=make_session_factory(engine), keys=keys,
+                        data_dir=config.data_dir, actor=actor, heartbeat=heartbeat,
+                        binding=binding)
     return start_live(hub, host, port, ssl=ssl, allow_insecure_loopback=allow_insecure_loopback)
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8401`` for IPv6) as (host, port).
+
+    Raises:
+        ConfigError: not HOST:PORT, or the port is not 0…65535.
+    """
+    host, sep, port_text = bind.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(f"live bind {bind!r} is not HOST:PORT (e.g. 0.0.0.0:8401)")
+    return host, int(port_text)
+
+
+def start_configured(config: Any, *, bind: str | None = None,
+                     allow_insecure_loopback: bool | None = None) -> LiveServer:
+    """Start the live server as ``config`` (a :class:`hub.config.HubConfig`) says; ``bind``
+    and ``allow_insecure_loopback`` override the ``[live]`` settings (CLI flags).
+
+    With ``allow_insecure_loopback`` on a loopback address the server speaks plain ``ws://``
+    (tests); otherwise ``wss://`` with ``live_tls_cert``/``live_tls_key`` and their
+    tls-server-end-point binding.
+
+    Raises:
+        ConfigError: no bind address, a bad one, missing or mismatched TLS files, plain
+            ws:// anywhere but loopback, the hub not initialised.
+        OSError: the address cannot be bound.
+    """
+    from hub.tls import load_server_tls
+
+    bind = bind or config.live_bind
+    if not bind:
+        raise ConfigError("no live bind address: set [live] bind = \"HOST:PORT\" in hub.toml, "
+                          "TIANGONG_HUB_LIVE_BIND, or give --live-bind")
+    host, port = parse_bind(bind)
+    insecure = (config.live_allow_insecure_loopback if allow_insecure_loopback is None
+                else allow_insecure_loopback)
+    if insecure:
+        if not is_loopback(host):
+            raise ConfigError(f"refusing plain ws:// on {host}: allow_insecure_loopback "
+                              "applies to loopback addresses only")
+        return serve_live(config, host, port, allow_insecure_loopback=True)
+    tls = load_server_tls(config.live_tls_cert, config.live_tls_key)
+    return serve_live(config, host, port, ssl=tls.context, binding=tls.binding)
+
+
+def run_until_signalled(server: LiveServer) -> None:
+    """Block the main thread until SIGTERM or SIGINT, then stop ``server`` (close code
+    1001 to every agent). For ``tiangong hub live``."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("live: signal %d: stopping", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(1.0):
+            if not server.thread.is_alive():
+                raise RuntimeError("the live server thread ended unexpectedly")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.stop()

@@ -1,11 +1,24 @@
-"""``tiangong hub serve``: the hub app under gunicorn (never the Flask dev server).
+"""``tiangong hub serve``: the hub app under gunicorn (never the Flask dev server), and the
+live WebSocket server beside it when one is configured.
 
 Uses gunicorn's documented ``BaseApplication`` embedding: options are set in code, the app
 object is built by :func:`hub.app.create_app` in the master and forked into workers.
+
+The live server is **not** a gunicorn worker: gunicorn's workers are synchronous WSGI
+processes (one request at a time each), while the live server is one asyncio process holding
+every agent's WebSocket open for hours. So ``hub serve`` starts it as a child process
+(``tiangong hub live``, which operators may also run on its own), on a port of its own, and
+stops it when gunicorn stops (SIGTERM/SIGINT). See docs/live.md.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Flask
@@ -13,7 +26,11 @@ from gunicorn.app.base import BaseApplication
 
 from hub.config import HubConfig
 
-__all__ = ["HubServer", "serve"]
+__all__ = ["HubServer", "live_child_command", "serve"]
+
+log = logging.getLogger("tiangong.hub.serve")
+
+LIVE_STOP_TIMEOUT_S = 15.0  # seconds the live child gets to close its connections
 
 
 class HubServer(BaseApplication):  # type: ignore[misc]
@@ -33,21 +50,70 @@ class HubServer(BaseApplication):  # type: ignore[misc]
         return self._app
 
 
-def serve(config: HubConfig) -> None:
-    """Run until interrupted. Migrations run once, in the master, before forking."""
+def live_child_command(config: HubConfig, *, bind: str,
+                       allow_insecure_loopback: bool) -> list[str]:
+    """The ``tiangong hub live`` command line ``hub serve`` runs as its child."""
+    command = [sys.executable, "-m", "tiangong.cli", "hub", "--data-dir", str(config.data_dir),
+               "live", "--bind", bind]
+    if allow_insecure_loopback:
+        command.append("--insecure-loopback")
+    return command
+
+
+def _start_live_child(command: Sequence[str]) -> subprocess.Popen[bytes]:
+    child = subprocess.Popen(list(command), stdin=subprocess.DEVNULL)
+    log.info("live server started as process %d", child.pid)
+
+    def watch() -> None:
+        code = child.wait()
+        if code not in (0, -15):
+            log.error("the live server (process %d) exited with code %s; agents cannot "
+                      "connect until `tiangong hub serve` is restarted", child.pid, code)
+
+    threading.Thread(target=watch, name="tiangong-live-watch", daemon=True).start()
+    return child
+
+
+def _stop_live_child(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is not None:
+        return
+    child.terminate()
+    try:
+        child.wait(LIVE_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        log.error("the live server (process %d) did not stop in %s s; killing it", child.pid,
+                  LIVE_STOP_TIMEOUT_S)
+        child.kill()
+        child.wait()
+
+
+def serve(config: HubConfig, *, live_command: Sequence[str] | None = None) -> None:
+    """Run until interrupted. Migrations run once, in the master, before forking.
+
+    ``live_command`` (from :func:`live_child_command`): also run the live server as a child
+    process, stopped when gunicorn's master stops.
+    """
     from hub.app import create_app
     from hub.db import db
 
     app = create_app(config)
     with app.app_context():
         db.engine.dispose()  # no pooled connection may cross the fork into workers
-    HubServer(
-        app,
-        {
-            "bind": config.bind,
-            "workers": config.workers,
-            "accesslog": "-",
-            "errorlog": "-",
-            "timeout": 60,
-        },
-    ).run()
+    master = os.getpid()
+    child = _start_live_child(live_command) if live_command else None
+    try:
+        HubServer(
+            app,
+            {
+                "bind": config.bind,
+                "workers": config.workers,
+                "accesslog": "-",
+                "errorlog": "-",
+                "timeout": 60,
+            },
+        ).run()
+    finally:
+        # gunicorn's workers are forked from here and leave through this frame too: only
+        # the master owns the child.
+        if child is not None and os.getpid() == master:
+            _stop_live_child(child)

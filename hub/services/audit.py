@@ -227,9 +227,9 @@ def write_checkpoint(ctx: ServiceContext) -> AuditCheckpoint:
     Raises:
         PermissionDeniedError; ConfigError when the audit key is not loaded.
     """
-    from hub.services.users import require
+    from hub.services.users import require_ctx
 
-    require(ctx.actor, "audit.checkpoint")
+    require_ctx(ctx, "audit.checkpoint")
     if ctx.keys is None or ctx.keys.audit_key is None:
         raise ConfigError("the audit key is not loaded; it lives in <data_dir>/keys/audit.key")
     # Lock the head so the signed (seq, hash) is the real head at commit.

@@ -50,6 +50,13 @@ class ServiceContext:
 
     ``actor`` is the acting user (None only for the hub itself, e.g. bootstrap); ``keys``
     and ``releases_dir`` are needed only by services that sign or store files.
+
+    ``system`` names a hub process acting on its own, without a person behind the call
+    (``"live"``: the live server exporting deployments an operator already queued and
+    importing results its authenticated agents upload). It is only ever set by that
+    process's own code, never from a request; it allows exactly the actions listed for it
+    in :data:`hub.services.users.SYSTEM_ACTIONS` (checked by
+    :func:`hub.services.users.require_ctx`) and is audited as ``system:<name>``.
     """
 
     session: Session
@@ -57,10 +64,13 @@ class ServiceContext:
     actor: User | None
     keys: HubKeys | None = None
     releases_dir: Path | None = None
+    system: str | None = None
 
     @property
     def actor_name(self) -> str:
-        return self.actor.username if self.actor is not None else "system"
+        if self.actor is not None:
+            return self.actor.username
+        return f"system:{self.system}" if self.system is not None else "system"
 
     def now(self) -> datetime:
         now = self.clock()

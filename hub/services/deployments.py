@@ -37,7 +37,7 @@ from hub.services.agents import agent_target
 from hub.services.approvals import distinct_approvers
 from hub.services.context import ServiceContext
 from hub.services.environments import get_environment, list_environments
-from hub.services.users import can, require
+from hub.services.users import can, require, require_ctx
 
 __all__ = [
     "FINAL_STATES",
@@ -244,7 +244,7 @@ def transition(
     Raises:
         PermissionDeniedError, InvalidStateError (naming both states and what is allowed).
     """
-    require(ctx.actor, action, deployment.environment)
+    require_ctx(ctx, action, deployment.environment)
     allowed = TRANSITIONS.get(deployment.state, frozenset())
     if new_state not in allowed:
         options = ", ".join(sorted(allowed)) or "nothing (it is final)"
@@ -315,7 +315,7 @@ def mark_exported(
     Raises:
         PermissionDeniedError (operator: bundle.export), InvalidStateError (not queued).
     """
-    require(ctx.actor, "bundle.export", deployment.environment)
+    require_ctx(ctx, "bundle.export", deployment.environment)
     if deployment.state != "queued":
         raise InvalidStateError(f"deployment {deployment.id} is {deployment.state}, not queued")
     deployment.bundle_id = bundle_id

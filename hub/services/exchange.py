@@ -54,7 +54,7 @@ from hub.services.deployments import (
     transition,
 )
 from hub.services.environments import get_environment
-from hub.services.users import require
+from hub.services.users import require, require_ctx
 from signing.envelope import TYPE_ENROLLMENT, parse_envelope, verify_envelope
 from signing.errors import SigningError
 from signing.keys import PublicKey
@@ -126,7 +126,7 @@ def export_environment(
     are collected in ``failed`` (and audited) so one bad release does not block the rest.
     """
     env = get_environment(ctx.session, environment)
-    require(ctx.actor, "bundle.export", env)
+    require_ctx(ctx, "bundle.export", env)
     if ctx.keys is None or ctx.keys.release_key is None:
         raise ConfigError("the release key is not loaded; it lives in <data_dir>/keys/")
     keys = ctx.keys

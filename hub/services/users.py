@@ -27,6 +27,7 @@ from hub.services.context import Clock, ServiceContext
 __all__ = [
     "ACTIONS",
     "ROLES",
+    "SYSTEM_ACTIONS",
     "bootstrap_admin",
     "can",
     "create_user",
@@ -34,6 +35,7 @@ __all__ = [
     "grant_role",
     "list_users",
     "require",
+    "require_ctx",
     "revoke_role",
     "roles_of",
     "set_active",
@@ -99,6 +101,29 @@ def require(user: User | None, action: str, environment: Environment | None = No
     raise PermissionDeniedError(
         f"{who}{inactive} may not {action}{where}: it needs one of the roles {roles}"
     )
+
+
+#: system process (``ServiceContext.system``) -> the only actions it may do on its own.
+#: ``live``: the live server exports deployments an operator already queued (records them
+#: exported, signs the audit checkpoint every export carries) and imports the results its
+#: authenticated agents upload.
+SYSTEM_ACTIONS: dict[str, frozenset[str]] = {
+    "live": frozenset({"bundle.export", "audit.checkpoint", "result.import"}),
+}
+
+
+def require_ctx(ctx: ServiceContext, action: str, environment: Environment | None = None) -> None:
+    """:func:`require` for the context's actor, or, for a hub process acting on its own
+    (``ctx.actor`` None and ``ctx.system`` set), only the actions in :data:`SYSTEM_ACTIONS`.
+
+    Raises:
+        PermissionDeniedError.
+    """
+    if ctx.actor is None and ctx.system is not None:
+        if action in SYSTEM_ACTIONS.get(ctx.system, frozenset()):
+            return
+        raise PermissionDeniedError(f"the hub process system:{ctx.system} may not {action}")
+    require(ctx.actor, action, environment)
 
 
 def roles_of(user: User) -> list[tuple[str, str | None]]:
