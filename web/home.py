@@ -1,4 +1,12 @@
-"""The ``home`` blueprint: ``/`` shows who is signed in (the dashboard replaces it later)."""
+"""The ``home`` blueprint: ``/`` is the dashboard for a signed-in user and the sign-in page
+for a visitor.
+
+The dashboard shows environments × products with the deployed version, the releases
+waiting for the user's approval, agents that are not online (:mod:`hub.services.presence`)
+and failed deployments — all from :func:`hub.services.dashboard.build_dashboard`, which
+keeps to the environments the user may view. A small "you" card says who is signed in,
+with which roles.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +14,11 @@ from typing import Any
 
 from flask import Blueprint, render_template, session
 
+from hub.services.dashboard import build_dashboard
+from hub.services.presence import online_window
 from hub.services.users import roles_of
 from web.sessions import METHOD, current_hub_user
+from web.views import ctx
 
 __all__ = ["bp"]
 
@@ -20,5 +31,10 @@ def index() -> Any:
     if user is None:
         return render_template("auth/login.html")
     return render_template(
-        "home/index.html", user=user, roles=roles_of(user), method=session.get(METHOD)
+        "home/index.html",
+        user=user,
+        roles=roles_of(user),
+        method=session.get(METHOD),
+        board=build_dashboard(ctx()),
+        online_seconds=int(online_window().total_seconds()),
     )

@@ -1,19 +1,387 @@
-"""The ``releases`` pages (work in progress: see issue 6)."""
+"""The ``releases`` pages: products and releases, upload of a release archive, a release's
+steps and files (syntax-highlighted), the diff against the previous release, submit,
+approve and reject.
+
+Views translate, services decide (STYLE.md): who may read, create, submit, approve or
+reject — and the four-eyes rule — are decided in :mod:`hub.services.releases` and
+:mod:`hub.services.approvals`. This module hides the buttons a user cannot use
+(:func:`hub.services.approvals.approval_scopes`), turns an upload into a file the service
+can read, and turns a refused archive into a 400 page naming the file and the reason.
+
+Uploads: the archive is written to a private directory under the hub's releases directory
+(never into the release store itself), handed to
+:func:`hub.services.releases.create_release`, which unpacks it with the bundle package's
+safe unpacker, and removed afterwards whatever happened. A refused archive leaves no
+product, release, audit event or stored file behind. The request body is capped at
+:data:`MAX_UPLOAD_BYTES` (app setting ``TIANGONG_MAX_RELEASE_UPLOAD_BYTES``); the
+unpacker's own caps (member count, unpacked sizes) apply after that.
+
+Highlighting uses Pygments with CSS classes only (``web/static/highlight.css``): the CSP
+allows no inline styles.
+"""
 
 from __future__ import annotations
 
+import difflib
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, render_template
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask.blueprints import BlueprintSetupState
+from markupsafe import Markup
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexer import Lexer
+from pygments.lexers import (
+    BashLexer,
+    DiffLexer,
+    JsonLexer,
+    MySqlLexer,
+    PostgresLexer,
+    PythonLexer,
+    SqlLexer,
+    TextLexer,
+    TOMLLexer,
+    YamlLexer,
+)
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.utils import secure_filename
 
-from web.views import login_required
+from bundle.steps import referenced_files
+from hub.app import hub_config
+from hub.db import Release, db
+from hub.errors import ConflictError, NotFoundError, ValidationError
+from hub.services.approvals import (
+    MAX_COMMENT_CHARS,
+    approval_scopes,
+    approve_release,
+    reject_release,
+    visible_approvals,
+)
+from hub.services.dashboard import visible_environments
+from hub.services.releases import (
+    RELEASE_TOML,
+    StoredFileText,
+    create_release,
+    diff_releases,
+    get_product,
+    get_release,
+    list_products,
+    list_releases,
+    previous_release,
+    read_release_file,
+    require_read,
+    submit_release,
+)
+from hub.services.users import can
+from web.views import ctx, login_required, signed_in_user
 
-__all__ = ["bp"]
+__all__ = ["MAX_UPLOAD_BYTES", "UPLOAD_LIMIT_SETTING", "bp", "highlight_file"]
 
 bp = Blueprint("releases", __name__, url_prefix="/releases")
+
+#: Largest upload accepted (the whole request body), unless the app setting below says less
+#: or more.
+MAX_UPLOAD_BYTES = 1024**3  # bytes
+#: App config key overriding :data:`MAX_UPLOAD_BYTES` (bytes).
+UPLOAD_LIMIT_SETTING = "TIANGONG_MAX_RELEASE_UPLOAD_BYTES"
+#: Longest uploaded file name shown back to the user.
+MAX_SHOWN_NAME_CHARS = 200  # characters
+
+_FORMATTER = HtmlFormatter(cssclass="highlight", linenos="table", wrapcode=True)
+_BY_SUFFIX: dict[str, type[Lexer]] = {
+    ".sql": SqlLexer,
+    ".yaml": YamlLexer,
+    ".yml": YamlLexer,
+    ".sh": BashLexer,
+    ".bash": BashLexer,
+    ".py": PythonLexer,
+    ".json": JsonLexer,
+    ".toml": TOMLLexer,
+}
+
+
+# --- highlighting ---------------------------------------------------------------------
+
+
+def _lexer_for(name: str, steps: list[Mapping[str, Any]]) -> Lexer:
+    """The lexer for a release file: what the step using it says (SQL dialect, shell
+    interpreter, Kubernetes YAML) wins over the file name's suffix."""
+    for step in steps:
+        if name not in referenced_files(step):
+            continue
+        kind = step.get("kind")
+        if kind == "sql":
+            return PostgresLexer() if step.get("engine") == "postgres" else MySqlLexer()
+        if kind == "k8s":
+            return YamlLexer()
+        if kind == "shell":
+            return PythonLexer() if step.get("interpreter") == "python" else BashLexer()
+    lexer = _BY_SUFFIX.get(Path(name).suffix.lower(), TextLexer)
+    return lexer()
+
+
+def highlight_file(name: str, text: str, steps: list[Mapping[str, Any]]) -> Markup:
+    """``text`` as highlighted HTML (classes only, no inline style)."""
+    return Markup(highlight(text, _lexer_for(name, steps), _FORMATTER))  # noqa: S704 - Pygments escapes
+
+
+def _highlight_diff(text: str) -> Markup:
+    return Markup(highlight(text, DiffLexer(), _FORMATTER))  # noqa: S704 - Pygments escapes
+
+
+# --- list -----------------------------------------------------------------------------
 
 
 @bp.get("/")
 @login_required
 def index() -> Any:
-    return render_template("placeholder.html", title="Releases")
+    user = signed_in_user()
+    require_read(user)
+    session = ctx().session
+    product = request.args.get("product") or None
+    if product is not None:
+        get_product(session, product)  # 404 for an unknown product
+    releases = list(reversed(list_releases(session, product)))
+    return render_template(
+        "releases/index.html",
+        products=list_products(session),
+        releases=releases,
+        product=product,
+        can_upload=can(user, "release.create"),
+        max_upload=upload_limit(),
+    )
+
+
+# --- upload ---------------------------------------------------------------------------
+
+
+def upload_limit() -> int:
+    """The request body cap for an upload, in bytes."""
+    return int(current_app.config.get(UPLOAD_LIMIT_SETTING) or MAX_UPLOAD_BYTES)
+
+
+def _upload_refused(filename: str, reason: str, status: int) -> Any:
+    return render_template(
+        "releases/upload_error.html",
+        filename=filename,
+        reason=reason,
+        status=status,
+        can_upload=True,
+        max_upload=upload_limit(),
+    ), status
+
+
+def _reason(message: str, saved: Path, shown: str, base: Path) -> str:
+    """The service's message without the hub's private paths: the uploaded file is called
+    by the name it was uploaded as, files inside it by their release names."""
+    text = message.replace(f"release archive {saved}: ", "", 1)
+    text = re.sub(re.escape(str(base)) + r"/\.unpack-[^/]+/release/", "", text)
+    return text.replace(str(saved), shown)
+
+
+def _cap_upload_body() -> None:
+    """Cap the upload's request body before anything reads it (the CSRF check reads the
+    form first), so an oversized upload stops at the cap instead of filling the disk."""
+    if request.endpoint == "releases.upload":
+        request.max_content_length = upload_limit()
+
+
+@bp.record_once
+def _install_cap(state: BlueprintSetupState) -> None:
+    # First of the app's before_request functions: ahead of the CSRF check's form read.
+    state.app.before_request_funcs.setdefault(None, []).insert(0, _cap_upload_body)
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def _too_large(_exc: RequestEntityTooLarge) -> Any:
+    return _upload_refused(
+        "(not read)", f"the upload is larger than the limit of {upload_limit()} bytes", 413
+    )
+
+
+@bp.post("/upload")
+@login_required
+def upload() -> Any:
+    signed_in_user()
+    archive = request.files.get("archive")
+    if archive is None or not archive.filename:
+        return _upload_refused("(none)", "choose a release archive file to upload", 400)
+    shown = Path(archive.filename.replace("\\", "/")).name[:MAX_SHOWN_NAME_CHARS] or "upload"
+    base = Path(hub_config().releases_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".upload-", dir=base))
+    try:
+        saved = work / (secure_filename(shown) or "upload")
+        archive.save(saved)
+        try:
+            release = create_release(ctx(), saved, create_missing_product=True)
+            label, steps, files = release.label, len(release.steps), len(release.files)
+            url = _release_url(release)
+            db.session.commit()
+        except (ValidationError, ConflictError, NotFoundError) as exc:
+            db.session.rollback()
+            status = 409 if isinstance(exc, ConflictError) else 400
+            return _upload_refused(shown, _reason(str(exc), saved, shown, base), status)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    flash(f"Created draft release {label} from {shown}: {steps} step(s), {files} file(s).")
+    return redirect(url)
+
+
+# --- one release ----------------------------------------------------------------------
+
+
+def _release_url(release: Release, endpoint: str = "releases.release") -> str:
+    return url_for(endpoint, product=release.product.name, version=release.version)
+
+
+def _load(product: str, version: str) -> Release:
+    require_read(signed_in_user())
+    return get_release(ctx().session, product, version)
+
+
+@bp.get("/<product>/<version>")
+@login_required
+def release(product: str, version: str) -> Any:
+    rel = _load(product, version)
+    user = signed_in_user()
+    session = ctx().session
+    steps = [
+        {"n": i, "step": step, "files": referenced_files(step),
+         "details": json.dumps(step, indent=2, sort_keys=True)}
+        for i, step in enumerate(rel.steps, start=1)
+    ]
+    return render_template(
+        "releases/release.html",
+        release=rel,
+        steps=steps,
+        previous=previous_release(session, rel),
+        approvals=visible_approvals(user, rel),
+        scopes=approval_scopes(user, rel, visible_environments(session, user)),
+        is_author=rel.author_id == user.id,
+        can_submit=rel.state == "draft" and can(user, "release.submit"),
+        max_comment=MAX_COMMENT_CHARS,
+    )
+
+
+@bp.get("/<product>/<version>/files/<path:name>")
+@login_required
+def file(product: str, version: str, name: str) -> Any:
+    rel = _load(product, version)
+    shown = read_release_file(rel, name)
+    body = highlight_file(name, shown.text, rel.steps) if shown.text is not None else None
+    return render_template("releases/file.html", release=rel, file=shown, body=body,
+                           release_toml=RELEASE_TOML)
+
+
+def _text_of(rel: Release, name: str) -> str | None:
+    try:
+        shown: StoredFileText = read_release_file(rel, name)
+    except NotFoundError:
+        return None
+    return shown.text
+
+
+def _unified(a: str, b: str, old: str, new: str) -> str:
+    return "".join(difflib.unified_diff(a.splitlines(keepends=True), b.splitlines(keepends=True),
+                                        fromfile=old, tofile=new))
+
+
+@bp.get("/<product>/<version>/diff")
+@login_required
+def diff(product: str, version: str) -> Any:
+    rel = _load(product, version)
+    against = request.args.get("against") or None
+    other = (get_release(ctx().session, product, against) if against is not None
+             else previous_release(ctx().session, rel))
+    if other is None:
+        return render_template("releases/diff.html", release=rel, other=None)
+    changes = diff_releases(other, rel)
+    old_steps = {str(s.get("name")): s for s in other.steps}
+    new_steps = {str(s.get("name")): s for s in rel.steps}
+    step_diffs = {
+        name: _highlight_diff(_unified(
+            json.dumps(old_steps[name], indent=2, sort_keys=True) + "\n",
+            json.dumps(new_steps[name], indent=2, sort_keys=True) + "\n",
+            f"{other.version}: {name}", f"{rel.version}: {name}"))
+        for name in changes.steps_changed
+    }
+    file_diffs: dict[str, Markup | None] = {}
+    for name in changes.files_changed:
+        a, b = _text_of(other, name), _text_of(rel, name)
+        file_diffs[name] = (
+            _highlight_diff(_unified(a, b, f"{other.version}/{name}", f"{rel.version}/{name}"))
+            if a is not None and b is not None else None
+        )
+    return render_template("releases/diff.html", release=rel, other=other, changes=changes,
+                           step_diffs=step_diffs, file_diffs=file_diffs)
+
+
+# --- decisions ------------------------------------------------------------------------
+
+
+def _act(product: str, version: str, action: Callable[[Release], str]) -> Any:
+    """Load the release, let ``action`` call its one service and say what happened, commit,
+    flash, and go back to the release (POST/redirect/GET)."""
+    rel = _load(product, version)
+    message = action(rel)
+    url = _release_url(rel)
+    db.session.commit()
+    flash(message)
+    return redirect(url)
+
+
+@bp.post("/<product>/<version>/submit")
+@login_required
+def submit(product: str, version: str) -> Any:
+    def run(rel: Release) -> str:
+        submit_release(ctx(), rel)
+        return (f"Submitted release {rel.label} for approval; its content hash "
+                f"{rel.content_hash} is now fixed.")
+
+    return _act(product, version, run)
+
+
+def _decision_form() -> tuple[str, str | None]:
+    comment = request.form.get("comment", "")
+    environment = request.form.get("environment") or None
+    return comment, environment
+
+
+@bp.post("/<product>/<version>/approve")
+@login_required
+def approve(product: str, version: str) -> Any:
+    comment, environment = _decision_form()
+
+    def run(rel: Release) -> str:
+        approve_release(ctx(), rel, comment=comment, environment=environment)
+        where = f"for {environment}" if environment else "for every environment"
+        return f"You approved release {rel.label} {where}."
+
+    return _act(product, version, run)
+
+
+@bp.post("/<product>/<version>/reject")
+@login_required
+def reject(product: str, version: str) -> Any:
+    comment, environment = _decision_form()
+
+    def run(rel: Release) -> str:
+        reject_release(ctx(), rel, comment=comment, environment=environment)
+        return f"You rejected release {rel.label}; a rejection is final."
+
+    return _act(product, version, run)

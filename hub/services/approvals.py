@@ -13,10 +13,11 @@ Approvals travel inside the bundle manifest: :func:`approvals_for_manifest`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from hub.audit_chain import format_at
-from hub.db import Approval, Environment, Release
+from hub.db import Approval, Environment, Release, User
 from hub.errors import (
     ConflictError,
     InvalidStateError,
@@ -26,14 +27,16 @@ from hub.errors import (
 from hub.services import audit
 from hub.services.context import ServiceContext
 from hub.services.environments import get_environment
-from hub.services.users import require
+from hub.services.users import can, require
 
 __all__ = [
     "MAX_COMMENT_CHARS",
+    "approval_scopes",
     "approvals_for_manifest",
     "approve_release",
     "distinct_approvers",
     "reject_release",
+    "visible_approvals",
 ]
 
 MAX_COMMENT_CHARS = 4096  # characters
@@ -162,4 +165,49 @@ def approvals_for_manifest(
     return [
         {"by": a.approver.username, "at": format_at(a.at), "comment": a.comment}
         for a in _counting(release, environment)
+    ]
+
+
+# --- read-only queries for the web UI ---------------------------------------------------
+
+
+def approval_scopes(
+    user: User | None, release: Release, environments: Iterable[Environment]
+) -> list[Environment | None]:
+    """Where ``user`` could approve (or reject) ``release`` now: None (globally) when a
+    global grant allows it, then each of ``environments`` a grant allows, leaving out the
+    scopes the user already decided in (all of them once the user decided globally).
+
+    Empty for the release's author (four eyes), for a release that is not submitted or
+    approved, and for a user without the approver right. This only decides which buttons a
+    page offers; :func:`approve_release` and :func:`reject_release` check for themselves.
+    """
+    if (
+        user is None
+        or release.author_id == user.id
+        or release.state not in ("submitted", "approved")
+    ):
+        return []
+    decided = {a.environment_id for a in release.approvals if a.approver_id == user.id}
+    if None in decided:  # a global decision already counts everywhere
+        return []
+    scopes: list[Environment | None] = []
+    if can(user, "release.approve"):
+        scopes.append(None)
+    scopes.extend(
+        env
+        for env in environments
+        if can(user, "release.approve", env) and env.id not in decided
+    )
+    return scopes
+
+
+def visible_approvals(user: User | None, release: Release) -> list[Approval]:
+    """The approvals and rejections of ``release`` that ``user`` may see: global ones, and
+    those for environments the user may view (an approval for another environment is that
+    environment's data)."""
+    return [
+        a
+        for a in release.approvals
+        if a.environment is None or can(user, "view", a.environment)
     ]

@@ -13,6 +13,7 @@ Approvals live in :mod:`hub.services.approvals`. This module does not build bund
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 from sqlalchemy import event, inspect, select
 from sqlalchemy.orm import Session
 
-from hub.db import Product, Release
+from hub.db import Product, Release, User
 from hub.errors import (
     ConflictError,
     ImmutableReleaseError,
@@ -35,12 +36,15 @@ from hub.errors import (
 )
 from hub.services import audit
 from hub.services.context import ServiceContext
-from hub.services.users import require
+from hub.services.users import can, require
 
 __all__ = [
     "IMMUTABLE_COLUMNS",
+    "MAX_SHOWN_FILE_BYTES",
     "ReleaseDiff",
     "ReleaseSourceLike",
+    "StoredFileText",
+    "can_read",
     "create_product",
     "create_release",
     "create_release_from_source",
@@ -49,6 +53,9 @@ __all__ = [
     "get_release",
     "list_products",
     "list_releases",
+    "previous_release",
+    "read_release_file",
+    "require_read",
     "submit_release",
     "update_release",
 ]
@@ -461,3 +468,96 @@ def _guard_immutable(session: Session, _context: Any, _instances: Any) -> None:
 
 if not event.contains(Session, "before_flush", _guard_immutable):
     event.listen(Session, "before_flush", _guard_immutable)
+
+
+# --- read-only queries for the web UI ---------------------------------------------------
+
+#: Largest stored file :func:`read_release_file` returns the text of.
+MAX_SHOWN_FILE_BYTES = 512 * 1024  # bytes
+
+
+def can_read(user: User | None) -> bool:
+    """Whether ``user`` may read products and releases: the ``view`` right somewhere.
+
+    Products and releases belong to no environment, so a grant on any one environment (a
+    viewer of ``test`` only, say) is enough; a user with no grant at all may not.
+    """
+    return user is not None and any(can(user, "view", g.environment) for g in user.grants)
+
+
+def require_read(user: User | None) -> None:
+    """Raise unless :func:`can_read`.
+
+    Raises:
+        PermissionDeniedError: the user has no grant (or is deactivated).
+    """
+    if not can_read(user):
+        require(user, "view")  # raises with the usual message
+
+
+def previous_release(session: Session, release: Release) -> Release | None:
+    """The release of the same product created just before ``release`` (by creation order,
+    since Tiangong does not compare version strings), or None for the first one."""
+    prev: Release | None = session.scalar(
+        select(Release)
+        .where(Release.product_id == release.product_id, Release.id < release.id)
+        .order_by(Release.id.desc())
+        .limit(1)
+    )
+    return prev
+
+
+@dataclass(frozen=True)
+class StoredFileText:
+    """One stored release file as the web UI shows it.
+
+    ``text`` is None when the file is larger than the display cap (``too_large``) or not
+    UTF-8 text (``binary``). ``digest_ok`` is False when the stored bytes no longer hash to
+    the recorded SHA-256 (None when not checked: too large, or ``release.toml``).
+    """
+
+    name: str
+    size: int  # bytes
+    sha256: str
+    text: str | None
+    too_large: bool
+    binary: bool
+    digest_ok: bool | None
+
+
+def read_release_file(
+    release: Release, name: str, *, max_bytes: int = MAX_SHOWN_FILE_BYTES
+) -> StoredFileText:
+    """Read one of ``release``'s stored files (a name from ``release.files`` or
+    ``release.toml``) for display, at most ``max_bytes`` of it.
+
+    Only names the release records are opened, below its own stored directory and without
+    following a symbolic link, so a crafted name can never reach another path.
+
+    Raises:
+        NotFoundError: the release has no such file, or no stored copy.
+    """
+    recorded = {f["name"]: f for f in release.files}
+    if name != RELEASE_TOML and name not in recorded:
+        raise NotFoundError(f"release {release.label} has no file {name!r}")
+    if not release.stored_path:
+        raise NotFoundError(f"release {release.label}: its files are not stored on this hub")
+    path = Path(release.stored_path) / name
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise NotFoundError(f"release {release.label}: cannot read {name}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        data = fh.read(max_bytes + 1)
+    entry = recorded.get(name)
+    sha = str(entry["sha256"]) if entry is not None else ""
+    if len(data) > max_bytes:
+        return StoredFileText(name, size, sha, None, True, False, None)
+    digest_ok = hashlib.sha256(data).hexdigest() == sha if entry is not None else None
+    try:
+        text: str | None = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return StoredFileText(name, size, sha, text, False, text is None, digest_ok)

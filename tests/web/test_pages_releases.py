@@ -1,0 +1,368 @@
+"""The releases pages: list, upload (good and bad archives), view, files, diff, submit,
+approve and reject, with who may do what and no cross-environment leak."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from hub.app import hub_config
+from hub.db import AuditEvent, Product, Release, db
+from hub.services.approvals import approve_release
+from hub.services.releases import create_release, get_release, submit_release
+from hub.services.users import create_user, grant_role
+from tests.hub.conftest import write_release
+from tests.web.pages import Site
+from web.releases import UPLOAD_LIMIT_SETTING
+
+SQL_RELEASE = """format = 1
+
+[release]
+product = "billing"
+version = "{version}"
+description = "schema"
+
+[[steps]]
+name = "schema"
+kind = "sql"
+engine = "postgres"
+connection = "billing-db"
+script = "sql/001.sql"
+
+[[steps]]
+name = "config"
+kind = "k8s"
+connection = "cluster"
+manifests = ["k8s/config.yaml"]
+"""
+
+
+def tgz(src: Path) -> bytes:
+    """A .tar.gz of ``src`` with its directory as the single top-level folder."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(src, arcname=src.name)
+    return buf.getvalue()
+
+
+def hello_tgz(tmp: Path, version: str = "1.0.0", **kw: Any) -> bytes:
+    return tgz(write_release(tmp / f"src-{version}", version=version, **kw))
+
+
+def billing_dir(tmp: Path, version: str, sql: str) -> Path:
+    root = tmp / f"billing-{version}"
+    (root / "sql").mkdir(parents=True)
+    (root / "k8s").mkdir()
+    (root / "sql" / "001.sql").write_text(sql)
+    (root / "k8s" / "config.yaml").write_text("apiVersion: v1\nkind: ConfigMap\n")
+    (root / "release.toml").write_text(SQL_RELEASE.format(version=version))
+    return root
+
+
+def upload(site: Site, c: FlaskClient, data: bytes, name: str) -> Any:
+    return site.post(c, "/releases/upload", {"archive": (io.BytesIO(data), name)},
+                     content_type="multipart/form-data")
+
+
+def counts(site: Site) -> tuple[int, int, int]:
+    with site.app.app_context():
+        s = db.session
+        return (s.scalar(select(func.count()).select_from(Product)) or 0,
+                s.scalar(select(func.count()).select_from(Release)) or 0,
+                s.scalar(select(func.count()).select_from(AuditEvent)) or 0)
+
+
+def stored(site: Site) -> list[str]:
+    d = hub_config(site.app).releases_dir
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+def make_release(site: Site, tmp: Path, author: str = "dev", version: str = "1.0.0",
+                 submit: bool = True, approvers: tuple[str, ...] = ()) -> None:
+    with site.app.app_context():
+        rel = create_release(site.ctx(author), write_release(tmp / f"r-{version}", version=version),
+                             create_missing_product=True)
+        if submit:
+            submit_release(site.ctx(author), rel)
+        for who in approvers:
+            approve_release(site.ctx(who), rel)
+        db.session.commit()
+
+
+def text(resp: Any) -> str:
+    return str(resp.get_data(as_text=True))
+
+
+# --- list and upload ---------------------------------------------------------------------
+
+
+def test_list_shows_products_and_releases_to_any_grant(site: Site, tmp_path: Path) -> None:
+    make_release(site, tmp_path)
+    for who in ("view", "view-test", "dev", "appr-prod"):
+        page = site.client(who).get("/releases/")
+        assert page.status_code == 200, who
+        assert 'id="releases-table"' in text(page) and 'data-release="hello/1.0.0"' in text(page)
+    assert site.client("nobody").get("/releases/").status_code == 403
+    assert site.client("nobody").get("/releases/hello/1.0.0").status_code == 403
+
+
+def test_upload_form_only_for_those_who_may_create(site: Site) -> None:
+    assert 'id="upload-form"' in text(site.client("dev").get("/releases/"))
+    assert 'id="upload-form"' not in text(site.client("view").get("/releases/"))
+    assert 'id="upload-form"' not in text(site.client("appr1").get("/releases/"))
+
+
+def test_developer_uploads_archive_and_gets_a_draft(site: Site, tmp_path: Path) -> None:
+    c = site.client("dev")
+    resp = upload(site, c, hello_tgz(tmp_path), "hello-1.0.0.tgz")
+    assert resp.status_code == 302
+    assert resp.headers["Location"] == "/releases/hello/1.0.0"
+    page = text(c.get("/releases/hello/1.0.0"))
+    assert "Created draft release hello 1.0.0 from hello-1.0.0.tgz" in page
+    assert 'id="release-state">draft' in page
+    assert 'data-step="greet"' in page and 'data-file="step0.sh"' in page
+    assert 'id="submit-button"' in page
+    assert 'id="approve-button"' not in page
+    with site.app.app_context():
+        rel = get_release(db.session(), "hello", "1.0.0")
+        assert rel.author.username == "dev" and rel.state == "draft"
+    assert not [n for n in stored(site) if n.startswith(".")], stored(site)
+
+
+def test_viewer_upload_is_refused_and_nothing_created(site: Site, tmp_path: Path) -> None:
+    before = counts(site)
+    resp = upload(site, site.client("view"), hello_tgz(tmp_path), "hello-1.0.0.tgz")
+    assert resp.status_code == 403
+    assert "may not release.create" in text(resp)
+    assert counts(site) == before
+    assert stored(site) == []
+
+
+def _symlink_tgz() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("rel/release.toml")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "/etc/passwd"
+        tar.addfile(info)
+    return buf.getvalue()
+
+
+def _traversal_tgz() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"boom\n"
+        info = tarfile.TarInfo("../evil.sh")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _bad_toml_tgz(tmp: Path) -> bytes:
+    root = write_release(tmp / "bad")
+    (root / "release.toml").write_text('format = 1\n[release]\nproduct = "hello"\n')
+    return tgz(root)
+
+
+BAD_UPLOADS = [
+    ("not-an-archive.tgz", lambda tmp: b"just some text\n", "not a release archive"),
+    ("notes.txt", lambda tmp: b"hello\n", "not a release archive"),
+    ("link.tgz", lambda tmp: _symlink_tgz(), "is a symbolic link"),
+    ("escape.tgz", lambda tmp: _traversal_tgz(), ".."),
+    ("bad-toml.tgz", _bad_toml_tgz, "version is missing"),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "reason"), BAD_UPLOADS,
+                         ids=[b[0] for b in BAD_UPLOADS])
+def test_bad_archive_is_a_clear_400_and_nothing_is_created(
+    site: Site, tmp_path: Path, name: str, make: Any, reason: str
+) -> None:
+    before = counts(site)
+    resp = upload(site, site.client("dev"), make(tmp_path), name)
+    page = text(resp)
+    assert resp.status_code == 400, page
+    assert f'id="upload-file">{name}<' in page
+    assert reason in page, page[page.find("upload-error"):][:400]
+    assert str(site.data_dir) not in page  # no server paths
+    assert 'id="upload-form"' in page  # try again right there
+    assert counts(site) == before
+    assert stored(site) == []
+
+
+def test_missing_file_field_is_400(site: Site) -> None:
+    resp = site.post(site.client("dev"), "/releases/upload", {},
+                     content_type="multipart/form-data")
+    assert resp.status_code == 400
+    assert "choose a release archive" in text(resp)
+
+
+def test_upload_over_the_size_limit_is_refused(site: Site, tmp_path: Path) -> None:
+    site.app.config[UPLOAD_LIMIT_SETTING] = 2048
+    before = counts(site)
+    resp = upload(site, site.client("dev"), b"\0" * 4096, "big.tgz")
+    assert resp.status_code == 413
+    assert "larger than the limit of 2048 bytes" in text(resp)
+    assert counts(site) == before and stored(site) == []
+
+
+def test_same_version_again_is_409_naming_it(site: Site, tmp_path: Path) -> None:
+    c = site.client("dev")
+    assert upload(site, c, hello_tgz(tmp_path), "a.tgz").status_code == 302
+    before = counts(site)
+    resp = upload(site, c, hello_tgz(tmp_path / "again"), "b.tgz")
+    assert resp.status_code == 409
+    assert "release hello 1.0.0 already exists" in text(resp)
+    assert counts(site) == before
+
+
+# --- files and highlighting --------------------------------------------------------------
+
+
+def test_files_are_highlighted_without_inline_styles(site: Site, tmp_path: Path) -> None:
+    c = site.client("dev")
+    src = billing_dir(tmp_path, "1.0.0", "CREATE TABLE invoices (id int);\n")
+    assert upload(site, c, tgz(src), "billing.tgz").status_code == 302
+    sql = text(c.get("/releases/billing/1.0.0/files/sql/001.sql"))
+    assert 'class="highlight"' in sql and "invoices" in sql
+    assert '<span class="k">CREATE</span>' in sql
+    assert "style=" not in sql
+    assert "highlight.css" in sql
+    yaml = text(c.get("/releases/billing/1.0.0/files/k8s/config.yaml"))
+    assert 'class="highlight"' in yaml and "ConfigMap" in yaml
+    toml = c.get("/releases/billing/1.0.0/files/release.toml")
+    assert toml.status_code == 200 and "billing-db" in text(toml)
+
+
+@pytest.mark.parametrize("name", ["../../../etc/passwd", "sql/002.sql", "nothing"])
+def test_only_recorded_files_can_be_read(site: Site, tmp_path: Path, name: str) -> None:
+    make_release(site, tmp_path)
+    assert site.client("view").get(f"/releases/hello/1.0.0/files/{name}").status_code == 404
+
+
+def test_changed_stored_file_is_flagged(site: Site, tmp_path: Path) -> None:
+    make_release(site, tmp_path)
+    with site.app.app_context():
+        rel = get_release(db.session(), "hello", "1.0.0")
+        path = Path(rel.stored_path) / "step0.sh"
+    path.write_text("rm -rf /\n")
+    page = text(site.client("view").get("/releases/hello/1.0.0/files/step0.sh"))
+    assert 'id="digest-mismatch"' in page
+
+
+def test_diff_against_previous_release(site: Site, tmp_path: Path) -> None:
+    c = site.client("dev")
+    assert upload(site, c, tgz(billing_dir(tmp_path / "a", "1.0.0", "SELECT 1;\n")),
+                  "a.tgz").status_code == 302
+    assert upload(site, c, tgz(billing_dir(tmp_path / "b", "1.1.0", "SELECT 2;\n")),
+                  "b.tgz").status_code == 302
+    first = text(c.get("/releases/billing/1.0.0/diff"))
+    assert 'id="first-release"' in first
+    assert 'id="diff-link"' in text(c.get("/releases/billing/1.1.0"))
+    page = text(c.get("/releases/billing/1.1.0/diff"))
+    assert "Changes from 1.0.0 to 1.1.0" in page
+    assert "sql/001.sql" in page and 'class="highlight"' in page
+    assert "SELECT 2" in page and "style=" not in page
+    same = text(c.get("/releases/billing/1.1.0/diff?against=1.1.0"))
+    assert 'id="no-changes"' in same
+
+
+# --- submit, approve, reject -------------------------------------------------------------
+
+
+def test_submit_by_developer_and_refused_for_viewer(site: Site, tmp_path: Path) -> None:
+    make_release(site, tmp_path, submit=False)
+    assert site.post(site.client("view"), "/releases/hello/1.0.0/submit").status_code == 403
+    assert 'id="submit-button"' not in text(site.client("view").get("/releases/hello/1.0.0"))
+    c = site.client("dev")
+    resp = site.post(c, "/releases/hello/1.0.0/submit")
+    assert resp.status_code == 302
+    page = text(c.get("/releases/hello/1.0.0"))
+    assert "Submitted release hello 1.0.0" in page and 'id="release-state">submitted' in page
+    assert 'id="submit-button"' not in page
+    assert site.post(c, "/releases/hello/1.0.0/submit").status_code == 409
+
+
+def test_author_cannot_approve_own_release(site: Site, tmp_path: Path) -> None:
+    with site.app.app_context():
+        create_user(site.ctx("admin"), "alice")
+        grant_role(site.ctx("admin"), "alice", "developer")
+        grant_role(site.ctx("admin"), "alice", "approver")
+        db.session.commit()
+    make_release(site, tmp_path, author="alice")
+    c = site.client("alice")
+    page = text(c.get("/releases/hello/1.0.0"))
+    assert 'id="approve-button"' not in page and 'id="author-cannot-approve"' in page
+    resp = site.post(c, "/releases/hello/1.0.0/approve", {"comment": "lgtm"})
+    assert resp.status_code == 409
+    assert "alice is its author and cannot approve it" in text(resp)
+    with site.app.app_context():
+        assert get_release(db.session(), "hello", "1.0.0").approvals == []
+
+
+def test_developer_without_approver_role_is_refused(site: Site, tmp_path: Path) -> None:
+    make_release(site, tmp_path)
+    c = site.client("dev")
+    assert 'id="approve-button"' not in text(c.get("/releases/hello/1.0.0"))
+    resp = site.post(c, "/releases/hello/1.0.0/approve", {"comment": "mine"})
+    assert resp.status_code == 403
+    assert "may not release.approve" in text(resp)
+
+
+def test_approver_approves_with_comment_and_it_is_shown(site: Site, tmp_path: Path) -> None:
+    make_release(site, tmp_path)
+    c = site.client("appr1")
+    page = text(c.get("/releases/hello/1.0.0"))
+    assert 'id="approve-button"' in page and 'id="reject-button"' in page
+    resp = site.post(c, "/releases/hello/1.0.0/approve", {"comment": "checked the script"})
+    assert resp.status_code == 302
+    page = text(site.client("view").get("/releases/hello/1.0.0"))
+    assert 'id="release-state">approved' in page
+    assert 'data-approver="appr1"' in page and "checked the script" in page
+    assert "every environment" in page and "2026-11-23" in page
+    assert 'id="approve-button"' not in page  # a viewer gets no button
+    # appr1 decided globally: no second button for them
+    assert 'id="approve-button"' not in text(c.get("/releases/hello/1.0.0"))
+
+
+def test_environment_approver_approves_only_there(site: Site, tmp_path: Path) -> None:
+    make_release(site, tmp_path)
+    c = site.client("appr-prod")
+    page = text(c.get("/releases/hello/1.0.0"))
+    assert '<option value="prod">prod</option>' in page
+    assert '<option value="">' not in page and '<option value="test">' not in page
+    assert site.post(c, "/releases/hello/1.0.0/approve",
+                     {"environment": ""}).status_code == 403
+    assert site.post(c, "/releases/hello/1.0.0/approve",
+                     {"environment": "test"}).status_code == 403
+    assert site.post(c, "/releases/hello/1.0.0/approve",
+                     {"environment": "prod", "comment": "prod ok"}).status_code == 302
+    # the prod approval is prod's data: a viewer of test only does not see it
+    leak = text(site.client("view-test").get("/releases/hello/1.0.0"))
+    assert "appr-prod" not in leak and "prod ok" not in leak
+    assert 'data-approver="appr-prod"' in text(site.client("view").get("/releases/hello/1.0.0"))
+
+
+def test_reject_needs_a_comment_and_is_final(site: Site, tmp_path: Path) -> None:
+    make_release(site, tmp_path)
+    c = site.client("appr2")
+    resp = site.post(c, "/releases/hello/1.0.0/reject", {"comment": "  "})
+    assert resp.status_code == 400 and "needs a comment" in text(resp)
+    assert site.post(c, "/releases/hello/1.0.0/reject",
+                     {"comment": "step is unsafe"}).status_code == 302
+    page = text(c.get("/releases/hello/1.0.0"))
+    assert 'id="release-state">rejected' in page and "step is unsafe" in page
+    assert 'id="approve-button"' not in page
+    assert site.post(site.client("appr1"), "/releases/hello/1.0.0/approve").status_code == 409
+
+
+def test_unknown_release_and_product_are_404(site: Site) -> None:
+    c = site.client("view")
+    assert c.get("/releases/nope/1.0").status_code == 404
+    assert c.get("/releases/?product=nope").status_code == 404
