@@ -1,14 +1,38 @@
-"""The ``admin`` pages (work in progress: see issue 6)."""
+"""The ``admin`` pages: every user the hub knows (seen through SAML or created locally), with
+their role grants; an admin grants and revokes roles (globally or for one environment) and
+deactivates or reactivates accounts.
+
+Every rule is :mod:`hub.services.users`' (admin only, no duplicate grant, never the last
+global admin, never yourself deactivated); this module reads forms, calls one service per
+POST, and turns a refused change (bad role, duplicate, last admin) into a message on the
+user's page.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, render_template
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 
-from web.views import login_required
+from hub.db import ROLES, db
+from hub.errors import ConflictError, NotFoundError, ValidationError
+from hub.services.context import ServiceContext
+from hub.services.environments import list_environments
+from hub.services.users import (
+    grant_role,
+    manageable_users,
+    managed_user,
+    revoke_role,
+    roles_of,
+    set_active,
+)
+from web.views import ctx, login_required, signed_in_user
 
 __all__ = ["bp"]
+
+#: Refusals shown as a message on the user's page (a PermissionDeniedError stays a 403).
+_REFUSED = (ConflictError, NotFoundError, ValidationError)
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -16,4 +40,92 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 @bp.get("/")
 @login_required
 def index() -> Any:
-    return render_template("placeholder.html", title="Admin")
+    users = manageable_users(ctx())
+    return render_template(
+        "admin/index.html",
+        users=[(u, roles_of(u)) for u in users],
+    )
+
+
+@bp.get("/users/<username>")
+@login_required
+def user(username: str) -> Any:
+    sc = ctx()
+    u = managed_user(sc, username)
+    return render_template(
+        "admin/user.html",
+        u=u,
+        grants=roles_of(u),
+        roles=ROLES,
+        environments=list_environments(sc.session),
+        is_self=u.id == signed_in_user().id,
+    )
+
+
+def _back(username: str) -> Any:
+    return redirect(url_for("admin.user", username=username))
+
+
+def _environment_field() -> str | None:
+    """The form's environment: empty means a global grant."""
+    return (request.form.get("environment") or "").strip() or None
+
+
+def _apply(username: str, refused: str, change: Callable[[ServiceContext], str]) -> Any:
+    """Run one service call for ``username``'s page: commit and say what changed, or roll
+    back and say why not (``refused`` starts that message)."""
+    sc = ctx()
+    managed_user(sc, username)  # 403/404 before reading the form
+    try:
+        message = change(sc)
+    except _REFUSED as exc:
+        db.session.rollback()
+        flash(f"{refused}: {exc}", "error")
+        return _back(username)
+    db.session.commit()
+    flash(message, "info")
+    return _back(username)
+
+
+def _scope(env: str | None) -> str:
+    return f"in {env}" if env else "globally"
+
+
+def _role_change(username: str, granting: bool) -> Any:
+    role = (request.form.get("role") or "").strip()
+    env = _environment_field()
+
+    def change(sc: ServiceContext) -> str:
+        if granting:
+            grant_role(sc, username, role, env)
+            return f"{username} now has role {role} {_scope(env)}."
+        revoke_role(sc, username, role, env)
+        return f"Role {role} {_scope(env)} revoked from {username}."
+
+    return _apply(username, "Not granted" if granting else "Not revoked", change)
+
+
+@bp.post("/users/<username>/grant")
+@login_required
+def grant(username: str) -> Any:
+    return _role_change(username, granting=True)
+
+
+@bp.post("/users/<username>/revoke")
+@login_required
+def revoke(username: str) -> Any:
+    return _role_change(username, granting=False)
+
+
+@bp.post("/users/<username>/active")
+@login_required
+def active(username: str) -> Any:
+    value = request.form.get("active")
+
+    def change(sc: ServiceContext) -> str:
+        if value not in ("0", "1"):
+            raise ValidationError("the form must say active=1 (reactivate) or 0 (deactivate)")
+        set_active(sc, username, value == "1")
+        return f"{username} is {'active' if value == '1' else 'deactivated'}."
+
+    return _apply(username, "Nothing changed", change)

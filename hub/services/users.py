@@ -34,6 +34,8 @@ __all__ = [
     "get_user",
     "grant_role",
     "list_users",
+    "manageable_users",
+    "managed_user",
     "require",
     "require_ctx",
     "revoke_role",
@@ -144,6 +146,26 @@ def get_user(session: Session, username: str) -> User:
 
 def list_users(session: Session) -> list[User]:
     return list(session.scalars(select(User).order_by(User.username)))
+
+
+def manageable_users(ctx: ServiceContext) -> list[User]:
+    """Every user (SAML and local, active or not) for an admin managing grants.
+
+    Raises:
+        PermissionDeniedError (admin only).
+    """
+    require(ctx.actor, "user.manage")
+    return list_users(ctx.session)
+
+
+def managed_user(ctx: ServiceContext, username: str) -> User:
+    """One user, with its grants, for an admin.
+
+    Raises:
+        PermissionDeniedError (admin only), NotFoundError.
+    """
+    require(ctx.actor, "user.manage")
+    return get_user(ctx.session, username)
 
 
 def _new_user(
