@@ -9,15 +9,16 @@ CLI writes (``enrollment-response-<agent id>.json``, signed with the release key
 UI keeps a copy in ``<data_dir>/enrollment-responses/`` so an operator can download it
 again (a lost USB stick) until the agent is revoked.
 
-Status here is deliberately simple: ``revoked``, else ``online`` when the hub heard from the
-agent within :data:`ONLINE_WINDOW`, else ``offline``. A presence service may refine it later.
+Status comes from :mod:`hub.services.presence` (the same the dashboard shows): ``online``
+when the agent was seen within 2.5 heartbeats, ``offline``, ``never`` (enrolled, never seen)
+or ``revoked``.
 """
 
 from __future__ import annotations
 
 import io
 import re
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,13 @@ from hub.services.agents import (
     revoke_agent,
 )
 from hub.services.environments import environment_for, viewable_environments
+from hub.services.presence import agent_presence
 from hub.services.users import can
 from signing.errors import SigningError
 from signing.fileio import write_file_atomic
 from web.views import ctx, login_required, signed_in_user, status_for
 
 __all__ = [
-    "ONLINE_WINDOW",
     "RESPONSES_DIR",
     "bp",
     "presence",
@@ -68,7 +69,6 @@ __all__ = [
     "web_now",
 ]
 
-ONLINE_WINDOW = timedelta(minutes=5)  # heard from within this long: online
 RESPONSES_DIR = "enrollment-responses"  # under data_dir: responses kept for download
 MAX_REASON_CHARS = 2000  # characters of a revocation reason
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -83,12 +83,8 @@ def web_now() -> datetime:
 
 
 def presence(agent: Agent, now: datetime) -> str:
-    """``revoked``, ``online`` (seen within :data:`ONLINE_WINDOW`) or ``offline``."""
-    if agent.status == "revoked":
-        return "revoked"
-    if agent.last_seen is not None and now - agent.last_seen <= ONLINE_WINDOW:
-        return "online"
-    return "offline"
+    """``online``, ``offline``, ``never`` or ``revoked`` (:mod:`hub.services.presence`)."""
+    return agent_presence(agent, now).state
 
 
 def upload_name(filename: str | None) -> str:
