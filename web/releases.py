@@ -98,6 +98,9 @@ bp = Blueprint("releases", __name__, url_prefix="/releases")
 MAX_UPLOAD_BYTES = 1024**3  # bytes
 #: App config key overriding :data:`MAX_UPLOAD_BYTES` (bytes).
 UPLOAD_LIMIT_SETTING = "TIANGONG_MAX_RELEASE_UPLOAD_BYTES"
+#: Largest file compared line by line on the diff page (difflib's time grows faster than
+#: the size); larger changed files are only named.
+MAX_DIFF_FILE_BYTES = 128 * 1024  # bytes
 #: Longest uploaded file name shown back to the user.
 MAX_SHOWN_NAME_CHARS = 200  # characters
 
@@ -290,7 +293,7 @@ def file(product: str, version: str, name: str) -> Any:
 
 def _text_of(rel: Release, name: str) -> str | None:
     try:
-        shown: StoredFileText = read_release_file(rel, name)
+        shown: StoredFileText = read_release_file(rel, name, max_bytes=MAX_DIFF_FILE_BYTES)
     except NotFoundError:
         return None
     return shown.text
@@ -328,7 +331,8 @@ def diff(product: str, version: str) -> Any:
             if a is not None and b is not None else None
         )
     return render_template("releases/diff.html", release=rel, other=other, changes=changes,
-                           step_diffs=step_diffs, file_diffs=file_diffs)
+                           step_diffs=step_diffs, file_diffs=file_diffs,
+                           max_diff_bytes=MAX_DIFF_FILE_BYTES)
 
 
 # --- decisions ------------------------------------------------------------------------

@@ -4,6 +4,7 @@ approve and reject, with who may do what and no cross-environment leak."""
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -366,3 +367,28 @@ def test_unknown_release_and_product_are_404(site: Site) -> None:
     c = site.client("view")
     assert c.get("/releases/nope/1.0").status_code == 404
     assert c.get("/releases/?product=nope").status_code == 404
+
+
+def test_diff_names_large_changed_files_without_comparing(site: Site, tmp_path: Path) -> None:
+    big_a = "SELECT 1;\n" * 20_000  # 200 000 bytes, over the line-by-line cap
+    big_b = big_a + "SELECT 2;\n"
+    c = site.client("dev")
+    assert upload(site, c, tgz(billing_dir(tmp_path / "a", "1.0.0", big_a)),
+                  "a.tgz").status_code == 302
+    assert upload(site, c, tgz(billing_dir(tmp_path / "b", "1.1.0", big_b)),
+                  "b.tgz").status_code == 302
+    page = text(c.get("/releases/billing/1.1.0/diff"))
+    assert "sql/001.sql" in page and "Not compared line by line" in page
+    assert c.get("/releases/billing/1.1.0/diff?against=9.9").status_code == 404
+
+
+def test_global_approver_may_choose_every_environment_or_one(site: Site,
+                                                            tmp_path: Path) -> None:
+    make_release(site, tmp_path)
+    page = text(site.client("appr2").get("/releases/hello/1.0.0"))
+    for option in ('<option value="">every environment</option>',
+                   '<option value="prod">prod</option>', '<option value="test">test</option>'):
+        assert option in page
+    # a test-only viewer's page names no other environment, not even in the form
+    page = text(site.client("view-test").get("/releases/hello/1.0.0"))
+    assert not re.search(r"\bprod\b", page)
