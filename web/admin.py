@@ -55,7 +55,8 @@ def user(username: str) -> Any:
     return render_template(
         "admin/user.html",
         u=u,
-        grants=roles_of(u),
+        grants=sorted(u.grants, key=lambda g: (g.role, g.environment.name if g.environment
+                                                   else "")),
         roles=ROLES,
         environments=list_environments(sc.session),
         is_self=u.id == signed_in_user().id,

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from hub.db import AuditEvent, db
 from hub.services.environments import get_environment
-from hub.services.users import can, create_user, get_user, roles_of
+from hub.services.users import can, create_user, get_user, grant_role, roles_of
 from tests.web.pages import PEOPLE, Site
 
 NOT_ADMINS = tuple(PEOPLE)
@@ -40,6 +40,18 @@ def test_admin_sees_every_user_with_grants(site: Site) -> None:
     assert "viewer@test" in row
     sam = html.split('data-user="sam"', 1)[1].split("</tr>", 1)[0]
     assert "saml" in sam and "sam@example.org" in sam and "none" in sam
+
+
+def test_grants_from_saml_groups_are_marked(site: Site) -> None:
+    with site.app.app_context():
+        grant = grant_role(site.ctx("admin"), "dev2", "approver")
+        grant.granted_by = "saml"  # as web.provisioning records a group-mapped role
+        db.session.commit()
+    page = site.client("admin").get("/admin/users/dev2").get_data(as_text=True)
+    row = page.split('data-grant="approver@*"', 1)[1].split("</tr>", 1)[0]
+    assert "by saml" in row and "given again at the next login" in row
+    other = page.split('data-grant="developer@*"', 1)[1].split("</tr>", 1)[0]
+    assert "by admin" in other and "next login" not in other
 
 
 @pytest.mark.parametrize("who", NOT_ADMINS)
