@@ -9,17 +9,19 @@ Prints figures; asserts nothing. Baselines are measured in the same run, on the 
    with small logs, no bundle id). ``import_directory`` is timed over all of them on a file
    SQLite database (WAL, the hub's own pragmas) and on a throwaway PostgreSQL
    (``tests/fixtures/dbservers.py``; that server runs with ``fsync=off`` and
-   ``synchronous_commit=off``, so its commits cost no disk flush). The time is split by
-   wrapping the phases of ``hub.services.exchange`` with timers. Baseline: the verifier floor,
-   ``bundle.reader.verify_path`` alone on the same files (fresh staging directory each, as the
-   import does), plus a plain copy + fsync of each file.
+   ``synchronous_commit=off``, so its commits cost no disk flush). ``--batch-size`` result
+   files are recorded per transaction (``--batch-size 1``: one commit per file). The time is
+   split by wrapping the phases of ``hub.services.exchange`` with timers. Baselines: the
+   verifier floor, ``bundle.reader.verify_path`` alone on the same files (fresh staging
+   directory each) with ``durable=False`` as the import verifies now, and with durable
+   staging as it did before batching; plus a plain copy + fsync of each file.
 2. *Audit verify*: ``--events`` events are bulk-inserted with the chain computed by
    ``hub.audit_chain.compute_hash_raw`` (the exact inputs ``hub.services.audit.append_event``
    hashes), then ``hub.services.audit.verify_database`` runs in a child process (wall time,
    peak RSS from ``os.wait4``). Baselines in the same child: streaming the same rows with a
    plain SELECT, and a plain ``hashlib.sha256`` over the same canonical event bytes.
 
-Usage: python bench/hub_import.py [--count 1000] [--events 1000000] [--quick]
+Usage: python bench/hub_import.py [--count 1000] [--batch-size 100] [--events 1000000] [--quick]
        [--no-postgres] [--audit-postgres] [--workdir DIR] [--keep]
 """
 
@@ -219,32 +221,39 @@ def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
         setattr(obj, name, old)
 
 
-def timed_import(hub: Hub, src: Path, work: Path) -> tuple[float, dict[str, int], Timers]:
+def exchange_fn(name: str) -> Callable[..., Any]:
+    """A function ``hub.services.exchange`` imported from elsewhere (patched where it is used)."""
+    fn: Callable[..., Any] = getattr(exchange, name)
+    return fn
+
+
+def timed_import(
+    hub: Hub, src: Path, work: Path, batch_size: int
+) -> tuple[float, dict[str, int], Timers]:
     """``import_directory`` over ``src`` with every phase timed."""
     t = Timers()
     ctx = hub.ctx("op")
     session = hub.session
     results_dir = work / "results"
     results_dir.mkdir()
+    run = exchange._ImportRun
     with (
-        patched(exchange, "inspect", t.wrap("inspect (unverified peek)", exchange.inspect)),
-        patched(exchange, "verify_path", t.wrap("verify_path", exchange.verify_path)),
-        patched(exchange.tempfile, "mkdtemp", t.wrap("staging mkdtemp+rmtree", tempfile.mkdtemp)),
-        patched(exchange.shutil, "rmtree", t.wrap("staging mkdtemp+rmtree", shutil.rmtree)),
-        patched(exchange, "_sha256", t.wrap("file sha256", exchange._sha256)),
-        patched(
-            exchange,
-            "_store_verbatim",
-            t.wrap("store verbatim (copy+fsync)", exchange._store_verbatim),
-        ),
-        patched(audit_service, "record", t.wrap("audit.record (SQL)", audit_service.record)),
+        patched(run, "_receive", t.wrap("receive (read once: copy+inspect)", run._receive)),
+        patched(run, "_lookup", t.wrap("lookups (2 queries per batch)", run._lookup)),
+        patched(exchange, "verify_bundle", t.wrap("verify_bundle", exchange_fn("verify_bundle"))),
+        patched(shutil, "rmtree", t.wrap("staging rmtree", shutil.rmtree)),
+        patched(exchange, "_sync_copies", t.wrap("fsync copies", exchange._sync_copies)),
+        patched(run, "_record", t.wrap("record (SQL, savepoints)", run._record)),
         patched(session, "commit", t.wrap("commit", session.commit)),
-        patched(session, "scalar", t.wrap("other SQL (lookups)", session.scalar)),
+        patched(audit_service, "record", t.wrap("audit.record", audit_service.record, nested=True)),
+        patched(exchange, "fsync_dir", t.wrap("fsync_dir", exchange_fn("fsync_dir"), nested=True)),
         patched(os, "fsync", t.wrap("os.fsync (inside the phases)", os.fsync, nested=True)),
         patched(bundle_staging, "_syncfs", t.wrap("syncfs", bundle_staging._syncfs, nested=True)),
     ):
         start = time.perf_counter()
-        report = exchange.import_directory(ctx, src, results_dir=results_dir)
+        report = exchange.import_directory(
+            ctx, src, results_dir=results_dir, batch_size=batch_size
+        )
         wall = time.perf_counter() - start
     counts: dict[str, int] = defaultdict(int)
     for row in report.rows:
@@ -255,40 +264,40 @@ def timed_import(hub: Hub, src: Path, work: Path) -> tuple[float, dict[str, int]
 def verifier_floor(
     hub: Hub, src: Path, work: Path, agent_id: str, public: PublicKey
 ) -> tuple[float, float, int, float, float]:
-    """Seconds for ``verify_path`` alone over every file (fresh staging each), seconds for
-    copy + fsync of every file, the fsync calls and seconds inside ``verify_path``, and
-    seconds for ``verify_path`` with ``os.fsync`` replaced by a no-op (what-if)."""
+    """Seconds for ``verify_path`` alone over every file (fresh staging each, durable as
+    before this import's batching), seconds for copy + fsync of every file, the fsync calls
+    and seconds inside ``verify_path``, and seconds for ``verify_path(durable=False)`` (the
+    verification the import does now: every check and digest, staging not flushed)."""
     expect = ExpectResult(hub_id=hub.keys.hub_id, agent_id=agent_id, agent_key=public)
     trusted = hub.keys.trusted_root
     files = sorted(src.glob("*.tgr"))
-    verify_s = 0.0
     fsyncs = Timers()
+
+    def verify_all(durable: bool) -> float:
+        seconds = 0.0
+        for f in files:
+            staging = Path(tempfile.mkdtemp(prefix="floor-", dir=work))
+            t = time.perf_counter()
+            verify_path(
+                f,
+                trusted_root=trusted,
+                state=VerifierState(),
+                expect=expect,
+                staging_dir=staging,
+                durable=durable,
+            )
+            seconds += time.perf_counter() - t
+            shutil.rmtree(staging)
+        return seconds
+
     with (
         patched(os, "fsync", fsyncs.wrap("fsync", os.fsync, nested=True)),
         patched(
             bundle_staging, "_syncfs", fsyncs.wrap("syncfs", bundle_staging._syncfs, nested=True)
         ),
     ):
-        for f in files:
-            staging = Path(tempfile.mkdtemp(prefix="floor-", dir=work))
-            t = time.perf_counter()
-            verify_path(
-                f, trusted_root=trusted, state=VerifierState(), expect=expect, staging_dir=staging
-            )
-            verify_s += time.perf_counter() - t
-            shutil.rmtree(staging)
-    # What-if (this process only): the same verification with os.fsync a no-op, i.e. the
-    # CPU and page-cache cost of verifying and staging without waiting for the disk.
-    nosync_s = 0.0
-    with patched(os, "fsync", lambda fd: None), patched(bundle_staging, "_syncfs", lambda fd: True):
-        for f in files:
-            staging = Path(tempfile.mkdtemp(prefix="floor-", dir=work))
-            t = time.perf_counter()
-            verify_path(
-                f, trusted_root=trusted, state=VerifierState(), expect=expect, staging_dir=staging
-            )
-            nosync_s += time.perf_counter() - t
-            shutil.rmtree(staging)
+        verify_s = verify_all(True)
+    nosync_s = verify_all(False)
     copies = work / "copies"
     copies.mkdir()
     t = time.perf_counter()
@@ -302,7 +311,9 @@ def verifier_floor(
     return verify_s, copy_s, flushes, fsyncs.seconds["fsync"] + fsyncs.seconds["syncfs"], nosync_s
 
 
-def bench_import(label: str, url: str, work: Path, count: int) -> dict[str, Any]:
+def bench_import(
+    label: str, url: str, work: Path, count: int, batch_size: int
+) -> dict[str, Any]:
     work.mkdir(parents=True)
     hub = Hub(url, work)
     try:
@@ -311,7 +322,7 @@ def bench_import(label: str, url: str, work: Path, count: int) -> dict[str, Any]
         gen_s = time.perf_counter() - t
         files = sorted(src.glob("*.tgr"))
         total_bytes = sum(f.stat().st_size for f in files)
-        wall, counts, timers = timed_import(hub, src, work)
+        wall, counts, timers = timed_import(hub, src, work, batch_size)
         verify_s, copy_s, floor_fsyncs, floor_fsync_s, nosync_s = verifier_floor(
             hub, src, work, agent_id, public
         )
@@ -319,6 +330,7 @@ def bench_import(label: str, url: str, work: Path, count: int) -> dict[str, Any]
         hub.close()
     return {
         "label": label,
+        "batch_size": batch_size,
         "files": len(files),
         "bytes": total_bytes,
         "gen_s": gen_s,
@@ -339,7 +351,7 @@ def print_import(r: dict[str, Any]) -> None:
     t: Timers = r["timers"]
     print(
         f"\n[{r['label']}] {n} result files, {r['bytes'] / n / 1024:.1f} KiB each on average "
-        f"(generated in {r['gen_s']:.1f} s); rows: {r['counts']}"
+        f"(generated in {r['gen_s']:.1f} s); batch size {r['batch_size']}; rows: {r['counts']}"
     )
     print(
         f"  import_directory: {wall:.2f} s = {n / wall:.0f} imports/s "
@@ -347,14 +359,13 @@ def print_import(r: dict[str, Any]) -> None:
     )
     print(f"  {'phase':<32} {'s':>8} {'ms/file':>9} {'share':>7}")
     order = [
-        "inspect (unverified peek)",
-        "verify_path",
-        "staging mkdtemp+rmtree",
-        "other SQL (lookups)",
-        "audit.record (SQL)",
+        "receive (read once: copy+inspect)",
+        "lookups (2 queries per batch)",
+        "verify_bundle",
+        "staging rmtree",
+        "fsync copies",
+        "record (SQL, savepoints)",
         "commit",
-        "file sha256",
-        "store verbatim (copy+fsync)",
     ]
     accounted = 0.0
     for name in order:
@@ -367,6 +378,10 @@ def print_import(r: dict[str, Any]) -> None:
     print(
         f"  {'rest (ORM, Python)':<32} {rest:8.2f} {1000 * rest / n:9.2f} {100 * rest / wall:6.1f}%"
     )
+    ar, ac = t.seconds.get("audit.record", 0.0), t.calls.get("audit.record", 0)
+    print(f"  of which audit.record: {ac} calls, {ar:.2f} s ({1000 * ar / n:.2f} ms/file)")
+    ds, dc = t.seconds.get("fsync_dir", 0.0), t.calls.get("fsync_dir", 0)
+    print(f"  of which fsync of the results directory: {dc} calls, {ds:.2f} s")
     ss, sc = t.seconds.get("syncfs", 0.0), t.calls.get("syncfs", 0)
     print(
         f"  of which syncfs (bundle/staging.py): {sc} calls, {ss:.2f} s "
@@ -378,8 +393,8 @@ def print_import(r: dict[str, Any]) -> None:
     )
     fv, fc = r["floor_verify_s"], r["floor_copy_s"]
     print(
-        f"  baseline verify_path alone:      {fv:.2f} s = {n / fv:.0f} files/s "
-        f"({1000 * fv / n:.2f} ms/file); import is {wall / fv:.2f}x the verifier floor"
+        f"  baseline verify_path alone (durable staging, the old import's way): {fv:.2f} s = "
+        f"{n / fv:.0f} files/s ({1000 * fv / n:.2f} ms/file)"
     )
     print(
         f"    of which fsync + syncfs: {r['floor_fsyncs']} calls, {r['floor_fsync_s']:.2f} s "
@@ -387,13 +402,14 @@ def print_import(r: dict[str, Any]) -> None:
     )
     ns = r["floor_nosync_s"]
     print(
-        f"  what-if verify_path, fsync+syncfs no-op: {ns:.2f} s = {n / ns:.0f} files/s "
-        f"({1000 * ns / n:.2f} ms/file)"
+        f"  baseline verify_path(durable=False) alone (the import's verification now): "
+        f"{ns:.2f} s = {n / ns:.0f} files/s ({1000 * ns / n:.2f} ms/file); import is "
+        f"{wall / ns:.2f}x this floor"
     )
     print(f"  baseline copy+fsync alone:       {fc:.2f} s ({1000 * fc / n:.2f} ms/file)")
     print(
-        f"RESULT hub_import {r['label']} imports_per_s={n / wall:.0f} "
-        f"verify_floor_per_s={n / fv:.0f} ratio={fv / wall:.2f}"
+        f"RESULT hub_import {r['label']} batch={r['batch_size']} imports_per_s={n / wall:.0f} "
+        f"verify_floor_per_s={n / ns:.0f} ratio={ns / wall:.2f}"
     )
 
 
@@ -594,6 +610,12 @@ def main() -> int:
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--count", type=int, default=1000, help="result files to import")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=exchange.DEFAULT_IMPORT_BATCH,
+        help="result files per import transaction",
+    )
     p.add_argument("--events", type=int, default=1_000_000, help="audit events to verify")
     p.add_argument("--quick", action="store_true", help="100,000 audit events")
     p.add_argument("--no-postgres", action="store_true", help="SQLite only")
@@ -630,7 +652,7 @@ def main() -> int:
                 pg.create_database("bench_import")
                 runs.append(("PostgreSQL", pg.sqlalchemy_url("bench_import"), work / "pg"))
             for label, url, wdir in runs:
-                print_import(bench_import(label, url, wdir, a.count))
+                print_import(bench_import(label, url, wdir, a.count, a.batch_size))
         if not a.skip_audit:
             root = make_keys("hub-bench").hub.root_envelope
             bench_audit("SQLite", f"sqlite:///{work / 'audit.sqlite'}", events, root)

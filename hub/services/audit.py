@@ -6,6 +6,14 @@ SQLite: the database write lock), so sequence numbers are gap-free and the chain
 even with several hub processes. The event is written in the caller's transaction, so an
 action and its event commit together (or roll back together, leaving no gap).
 
+A caller appending many events in one transaction (the result importer) can hold the head
+instead (:func:`held_head`): the row is locked once, *outside* any savepoint (a lock taken
+inside a savepoint would be released by rolling that savepoint back), its sequence and hash
+are kept in memory while :func:`append_event` continues the chain, per-item savepoints
+(:meth:`HeldHead.savepoint`) rewind the in-memory head together with the database, and the
+row is written once before the commit. Other appenders wait on the same lock exactly as
+before, so the guarantee is unchanged.
+
 Reading and verifying stream the table in keyset-paginated batches of :data:`BATCH`
 columns-only rows: memory does not grow with the log.
 
@@ -16,12 +24,13 @@ exporting and checkpointing need the auditor role (checkpointing: operator too).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from hub.audit_chain import (
     ChainEvent,
@@ -45,9 +54,11 @@ __all__ = [
     "PAGE_SIZE",
     "EventPage",
     "EventQuery",
+    "HeldHead",
     "append_event",
     "export_audit",
     "head_seq",
+    "held_head",
     "iter_events",
     "latest_checkpoint",
     "record",
@@ -60,6 +71,91 @@ BATCH = 1000  # events per keyset page
 PAGE_SIZE = 50  # events per page of search_events
 MAX_DETAILS_BYTES = 256 * 1024  # bytes of canonical JSON per event's details
 _HEAD_ID = 1
+_HELD_KEY = "tiangong.audit.held_head"  # Session.info key of the HeldHead, if any
+
+
+class HeldHead:
+    """The audit head, locked for the rest of one transaction and continued in memory.
+
+    Made by :func:`held_head`; while it is registered on the session, :func:`append_event`
+    takes the next sequence and previous hash from here instead of from the row. It is
+    valid only in the transaction that locked the row: an append after that transaction
+    ended (committed or rolled back) raises :class:`AuditError` rather than fork the chain.
+    """
+
+    def __init__(self, session: Session) -> None:
+        if session.in_nested_transaction():
+            # A lock taken inside a savepoint is released when the savepoint rolls back.
+            raise AuditError("hold the audit head outside any savepoint")
+        self.session = session
+        # Take the lock first (as append_event does), then read what it protects.
+        locked = session.execute(
+            update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=AuditHead.seq)
+        )
+        if locked.rowcount != 1:  # type: ignore[attr-defined]
+            raise AuditError("the audit head row is missing: run the hub's migrations")
+        self.seq, self.hash = session.execute(
+            select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == _HEAD_ID)
+        ).one()
+        self._locked_seq: int = self.seq
+        self._transaction: SessionTransaction | None = session.get_transaction()
+
+    def check(self) -> None:
+        """Raise AuditError unless the transaction that locked the row is still open."""
+        tx = self.session.get_transaction()
+        if tx is None or tx is not self._transaction or not tx.is_active:
+            raise AuditError(
+                "the held audit head belongs to a transaction that has ended; hold it again"
+            )
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A SAVEPOINT for one item: on an exception both the rows written inside it and
+        the in-memory head are rolled back (then the exception propagates)."""
+        self.check()
+        mark = (self.seq, self.hash)
+        nested = self.session.begin_nested()
+        try:
+            yield
+        except BaseException:
+            if nested.is_active:
+                nested.rollback()
+            self.seq, self.hash = mark
+            raise
+        nested.commit()
+
+    def write(self) -> None:
+        """Store the in-memory head in the locked row (before the commit)."""
+        self.check()
+        if self.seq == self._locked_seq:
+            return
+        self.session.execute(
+            update(AuditHead)
+            .where(AuditHead.id == _HEAD_ID)
+            .values(seq=self.seq, hash=self.hash)
+        )
+        self._locked_seq = self.seq
+
+
+@contextmanager
+def held_head(session: Session) -> Iterator[HeldHead]:
+    """Lock the audit head for the rest of the session's transaction and append in memory.
+
+    On a normal exit the head row is updated (the caller then commits); on an exception
+    nothing is written and the caller must roll back. Nest no other ``held_head``.
+
+    Raises:
+        AuditError: the head row is missing, a savepoint is open, or a head is already held.
+    """
+    if session.info.get(_HELD_KEY) is not None:
+        raise AuditError("the audit head is already held in this session")
+    head = HeldHead(session)
+    session.info[_HELD_KEY] = head
+    try:
+        yield head
+        head.write()
+    finally:
+        session.info.pop(_HELD_KEY, None)
 
 
 def append_event(
@@ -86,15 +182,21 @@ def append_event(
             f"audit event {action}: details are {len(details_text)} bytes, over the limit "
             f"of {MAX_DETAILS_BYTES}"
         )
-    # Take the lock first: this UPDATE serialises every appender until commit.
-    locked = session.execute(
-        update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=AuditHead.seq + 1)
-    )
-    if locked.rowcount != 1:  # type: ignore[attr-defined]
-        raise AuditError("the audit head row is missing: run the hub's migrations")
-    seq, prev_hash = session.execute(
-        select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == _HEAD_ID)
-    ).one()
+    held: HeldHead | None = session.info.get(_HELD_KEY)
+    if held is not None:
+        # The row is locked by this transaction and its state is in memory.
+        held.check()
+        seq, prev_hash = held.seq + 1, held.hash
+    else:
+        # Take the lock first: this UPDATE serialises every appender until commit.
+        locked = session.execute(
+            update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=AuditHead.seq + 1)
+        )
+        if locked.rowcount != 1:  # type: ignore[attr-defined]
+            raise AuditError("the audit head row is missing: run the hub's migrations")
+        seq, prev_hash = session.execute(
+            select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == _HEAD_ID)
+        ).one()
     at_text = format_at(at)
     digest = compute_hash_raw(
         seq, at_text, actor, action, object_type, object_id, details_text, prev_hash
@@ -111,6 +213,11 @@ def append_event(
         hash=digest,
     )
     session.add(event)
+    if held is not None:
+        # Inserted with the next flush (savepoint release or commit); the row is written
+        # once by HeldHead.write.
+        held.seq, held.hash = seq, digest
+        return event
     session.flush()
     session.execute(update(AuditHead).where(AuditHead.id == _HEAD_ID).values(hash=digest))
     return event

@@ -10,10 +10,12 @@ lists what is on the media and for whom.
 
 **Import** (:func:`import_directory`): every ``*.tgr`` result file (and every enrollment
 request) found in a directory is handled on its own; a bad file is reported and left where it
-is, never stopping the run. A result is verified against the registered key of the agent it
-claims to come from, must concern a bundle that was addressed to that agent, advances the
-deployment, and is stored verbatim (``<data_dir>/results/<envelope sha256>.tgr``) with its
-signed envelope in the audit log, so an auditor can re-check it without the hub. The same file
+is, never stopping the run. A result is read once, verified (the private copy that is then
+stored) against the registered key of the agent it claims to come from, must concern a bundle
+that was addressed to that agent, advances the deployment, and is stored verbatim
+(``<data_dir>/results/<envelope sha256>.tgr``) with its signed envelope in the audit log, so an
+auditor can re-check it without the hub. Results are recorded in batches, one transaction per
+batch with a savepoint per file (see the comment at the import section). The same file
 imported twice changes nothing. Gaps and breaks in an agent's result chain are flagged.
 
 Views and the CLI call these; they decide nothing themselves.
@@ -23,28 +25,35 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
+import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from bundle.errors import BundleError
+from bundle.container import ContainerReader, read_head
+from bundle.errors import BundleError, InsufficientSpaceError
+from bundle.limits import DEFAULT_LIMITS
 from bundle.manifest import Approval as ManifestApproval
 from bundle.manifest import Target
-from bundle.reader import ExpectResult, VerifiedBundle, VerifierState, inspect, verify_path
+from bundle.reader import ExpectResult, VerifiedBundle, VerifierState, verify_bundle
 from bundle.release import load_release
 from bundle.writer import release_manifest, write_bundle
-from hub.db import AuditEvent, Deployment
+from hub.db import Agent, AuditEvent, Deployment
 from hub.errors import ConfigError, HubError, ValidationError
 from hub.services import audit
-from hub.services.agents import EnrollmentRequest, agent_target, enroll_agent, get_agent
+from hub.services.agents import EnrollmentRequest, agent_target, enroll_agent
 from hub.services.approvals import approvals_for_manifest
 from hub.services.context import ServiceContext
 from hub.services.deployments import (
@@ -55,12 +64,15 @@ from hub.services.deployments import (
 )
 from hub.services.environments import get_environment
 from hub.services.users import require, require_ctx
-from signing.envelope import TYPE_ENROLLMENT, parse_envelope, verify_envelope
+from signing.envelope import TYPE_ENROLLMENT, TYPE_RESULT, parse_envelope, verify_envelope
 from signing.errors import SigningError
+from signing.fileio import fsync_dir
 from signing.keys import PublicKey
+from signing.roots import TrustedRoot
 from signing.strictjson import loads_strict
 
 __all__ = [
+    "DEFAULT_IMPORT_BATCH",
     "ExportReport",
     "ExportedBundle",
     "ImportReport",
@@ -307,6 +319,24 @@ def _write_index(
 
 
 # -- import -----------------------------------------------------------------------------------
+#
+# A directory is imported in batches of up to ``batch_size`` result files, each batch in two
+# phases:
+#
+# 1. *Receive and verify* (no lock, no write to the database): each file is read once —
+#    through a reader that copies every byte into a private file ``.incoming-*`` in the
+#    results directory and hashes it — its head is inspected (a file that is not a result is
+#    not read further), then the rest is copied and the private copy is fully verified
+#    against the enrolled key of the agent it claims to come from (threat 8: what is verified
+#    is what is stored). Duplicates and agents are looked up once per batch. The copies to
+#    keep are flushed to disk (one fsync each, issued in parallel so the file system groups
+#    them into a few journal commits).
+# 2. *Record* (one transaction): the audit head is locked once and continued in memory;
+#    every file gets a SAVEPOINT, so a file that fails here rolls back alone and is reported;
+#    duplicates are checked again under the lock; each imported copy is renamed to
+#    ``<envelope sha256>.tgr``; the directory is fsynced once; then one commit records the
+#    batch. The stored file is durable before the database says it was imported; a crash
+#    before the commit leaves stored files that a re-import finds and keeps, imported once.
 
 
 @dataclass(frozen=True)
@@ -327,26 +357,554 @@ class ImportReport:
         return sum(1 for r in self.rows if r.status == status)
 
 
-def import_directory(ctx: ServiceContext, directory: Path, *, results_dir: Path) -> ImportReport:
+DEFAULT_IMPORT_BATCH = 100  # result files recorded per transaction
+MAX_IMPORT_BATCH = 1000  # result files per transaction at most
+COPY_BUFFER = 1024 * 1024  # bytes per read while copying a result file
+FSYNC_THREADS = 8  # parallel fsyncs of a batch's copies (grouped into few journal commits)
+STALE_INCOMING = timedelta(days=1)  # an .incoming-* copy this old was left by a crash
+#: Where the verifier stages a result's payloads first: a memory file system, so the few
+#: small files each verification creates and removes cost no disk metadata writes (≈ 1 ms
+#: each on a busy ext4 here). A result that does not fit there is staged beside the results.
+MEMORY_STAGING = Path("/dev/shm")  # noqa: S108 - only a private mkdtemp directory in it
+_INCOMING_PREFIX = ".incoming-"
+
+
+class _Rejected(Exception):
+    """A result file is refused: ``reason`` for the operator, ``check`` for the audit event."""
+
+    def __init__(self, reason: str, check: str = "import", agent_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.check = check
+        self.agent_id = agent_id
+
+
+class _CopyingReader:
+    """A byte source over an open result file that copies every byte it reads into ``fd``
+    and hashes it, so the file is read from the media exactly once."""
+
+    def __init__(self, source: BinaryIO, fd: int) -> None:
+        self.source = source
+        self.fd = fd
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int, /) -> bytes:
+        data = self.source.read(n)
+        if data:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
+            self.sha.update(data)
+            self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(COPY_BUFFER):
+            pass
+
+
+@dataclass
+class _Incoming:
+    """One result file on its way through a batch."""
+
+    path: Path
+    copy: Path | None = None  # the private copy in the results directory
+    size: int = 0
+    file_sha256: str = ""
+    agent_id: str | None = None  # claimed by the (not yet verified) manifest
+    envelope_sha256: str = ""
+    agent: Agent | None = None
+    agent_key: str = ""
+    verified: VerifiedBundle | None = None
+    rejected: _Rejected | None = None
+    row: ImportRow | None = None
+
+    def discard_copy(self) -> None:
+        if self.copy is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.copy.unlink()
+            self.copy = None
+
+
+def import_directory(
+    ctx: ServiceContext,
+    directory: Path,
+    *,
+    results_dir: Path,
+    batch_size: int = DEFAULT_IMPORT_BATCH,
+) -> ImportReport:
     """Import every result file and enrollment request in ``directory`` (not recursive).
 
-    Raises PermissionDeniedError before touching anything; per-file problems are rows.
+    Result files are recorded ``batch_size`` per transaction (see the comment above); a
+    file that fails is reported, audited and left where it is, and never affects another.
+    Files are taken in name order; an enrollment request is handled, and committed, in its
+    place in that order.
+
+    Raises:
+        PermissionDeniedError: before touching anything.
+        ConfigError: the hub keys are not loaded (and there is a result to verify).
+        ValueError: ``batch_size`` is not between 1 and :data:`MAX_IMPORT_BATCH`.
+        Database and storage failures of the hub itself propagate: the batch in progress
+        is rolled back (its files are imported again by the next run); earlier batches
+        stay committed.
     """
     require(ctx.actor, "result.import")
+    if not 1 <= batch_size <= MAX_IMPORT_BATCH:
+        raise ValueError(f"batch size {batch_size} is not between 1 and {MAX_IMPORT_BATCH}")
     report = ImportReport()
     directory = Path(directory)
-    for path in sorted(directory.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
-            continue
-        if path.suffix == ".tgr":
-            report.rows.append(import_result(ctx, path, results_dir=results_dir))
-        elif (
-            path.name.startswith("enrollment-")
-            and path.suffix == ".json"
-            and not path.name.startswith("enrollment-response-")
-        ):
-            report.rows.append(_import_enrollment(ctx, path))
+    pending: list[Path] = []
+    with _ImportRun(ctx, Path(results_dir)) as run:
+        for path in sorted(directory.iterdir()):
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            if path.suffix == ".tgr":
+                pending.append(path)
+                if len(pending) >= batch_size:
+                    report.rows += run.import_batch(pending)
+                    pending = []
+            elif (
+                path.name.startswith("enrollment-")
+                and path.suffix == ".json"
+                and not path.name.startswith("enrollment-response-")
+            ):
+                if pending:
+                    report.rows += run.import_batch(pending)
+                    pending = []
+                report.rows.append(_import_enrollment(ctx, path))
+        if pending:
+            report.rows += run.import_batch(pending)
     return report
+
+
+def import_result(ctx: ServiceContext, path: Path, *, results_dir: Path) -> ImportRow:
+    """Import one result file and commit; never raises for bad data (the row says what
+    happened). Raises what :func:`import_directory` raises for the hub's own failures."""
+    with _ImportRun(ctx, Path(results_dir)) as run:
+        (row,) = run.import_batch([Path(path)])
+    return row
+
+
+class _ImportRun:
+    """State shared by the batches of one import: the results directory and a private
+    staging directory for the verifier (thrown away at the end)."""
+
+    def __init__(self, ctx: ServiceContext, results_dir: Path) -> None:
+        self.ctx = ctx
+        self.results_dir = results_dir
+        self.memory_staging: Path | None = None
+        self.disk_staging: Path | None = None
+        self.trusted: TrustedRoot | None = None  # parsed once per run, not once per file
+
+    def __enter__(self) -> _ImportRun:
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_copies(self.results_dir, self.ctx.now())
+        if MEMORY_STAGING.is_dir():
+            with contextlib.suppress(OSError):
+                self.memory_staging = Path(
+                    tempfile.mkdtemp(prefix="tiangong-import-", dir=MEMORY_STAGING)
+                )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for staging in (self.memory_staging, self.disk_staging):
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _disk_staging(self) -> Path:
+        if self.disk_staging is None:
+            # Private (0700), beside the results.
+            self.disk_staging = Path(
+                tempfile.mkdtemp(prefix="import-", dir=self.results_dir.parent)
+            )
+        return self.disk_staging
+
+    def import_batch(self, paths: list[Path]) -> list[ImportRow]:
+        """Phases 1 and 2 for ``paths``; returns their rows, in order, once committed."""
+        ctx = self.ctx
+        if ctx.keys is None:
+            raise ConfigError("the hub keys are not loaded")
+        batch = [_Incoming(p) for p in paths]
+        try:
+            for inc in batch:
+                self._receive(inc)
+            self._lookup(batch)
+            for inc in batch:
+                self._verify(inc)
+            _sync_copies([inc.copy for inc in batch if inc.copy is not None])
+            ctx.session.rollback()  # end the read-only transaction of phase 1
+            self._record(batch)
+            ctx.session.commit()
+        except BaseException:
+            ctx.session.rollback()
+            raise
+        finally:
+            for inc in batch:
+                inc.discard_copy()  # copies not stored: rejected, duplicate or rolled back
+        rows = [inc.row for inc in batch]
+        assert all(r is not None for r in rows)
+        return [r for r in rows if r is not None]
+
+    # -- phase 1: receive and verify, no lock held ------------------------------------------
+
+    def _receive(self, inc: _Incoming) -> None:
+        """Copy the file into the results directory, inspecting its head on the way."""
+        name = inc.path.name
+        try:
+            fd = os.open(inc.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            what = "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be read: {exc}"
+            inc.rejected = _Rejected(f"{name} {what}")
+            return
+        with open(fd, "rb", buffering=0) as source:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                inc.rejected = _Rejected(f"{name} is not a regular file")
+                return
+            out, copy = tempfile.mkstemp(
+                prefix=_INCOMING_PREFIX, suffix=".tgr", dir=self.results_dir
+            )
+            inc.copy = Path(copy)
+            try:
+                reader = _CopyingReader(source, out)
+                inc.agent_id, inc.envelope_sha256 = _claim(reader, name)
+                reader.drain()
+                inc.size, inc.file_sha256 = reader.size, reader.sha.hexdigest()
+            except _Rejected as exc:
+                inc.rejected = exc
+                exc.agent_id = inc.agent_id
+            except OSError as exc:
+                inc.rejected = _Rejected(f"{name} cannot be read or copied: {exc}", "io")
+            finally:
+                os.close(out)
+        if inc.rejected is not None:
+            inc.discard_copy()
+
+    def _lookup(self, batch: list[_Incoming]) -> None:
+        """One query for the claimed agents, one for results already imported."""
+        live = [inc for inc in batch if inc.rejected is None]
+        names = sorted({inc.agent_id for inc in live if inc.agent_id is not None})
+        query = select(Agent).where(Agent.agent_id.in_(names))
+        agents = {a.agent_id: a for a in self.ctx.session.scalars(query)} if names else {}
+        done = _already_imported(self.ctx.session, {inc.envelope_sha256 for inc in live})
+        for inc in live:
+            agent = agents.get(inc.agent_id or "")
+            if agent is None:
+                inc.rejected = _Rejected(f"unknown agent {inc.agent_id!r}", "agent", inc.agent_id)
+            elif agent.status != "enrolled":
+                inc.rejected = _Rejected(
+                    f"agent {agent.agent_id} is {agent.status}", "agent", inc.agent_id
+                )
+            else:
+                inc.agent, inc.agent_key = agent, agent.ed25519_public
+                seq = done.get(inc.envelope_sha256)
+                if seq is not None and self._stored(inc.envelope_sha256).exists():
+                    # Known and kept already: nothing to verify or store.
+                    inc.row = _duplicate_row(inc, seq)
+            if inc.rejected is not None or inc.row is not None:
+                inc.discard_copy()
+
+    def _verify(self, inc: _Incoming) -> None:
+        """Verify the private copy against the enrolled key (every check, every digest)."""
+        if inc.rejected is not None or inc.row is not None or inc.copy is None:
+            return
+        keys, copy = self.ctx.keys, inc.copy
+        assert keys is not None and inc.agent_id is not None
+        if self.trusted is None:
+            self.trusted = keys.trusted_root
+        trusted = self.trusted
+        expect = ExpectResult(
+            hub_id=trusted.document.hub_id,
+            agent_id=inc.agent_id,
+            agent_key=PublicKey.from_hex(inc.agent_key),
+        )
+
+        def verify(staging: Path) -> VerifiedBundle:
+            fd = os.open(copy, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            with open(fd, "rb", buffering=0) as fh:
+                return verify_bundle(
+                    fh,
+                    label=inc.path.name,
+                    size=inc.size,
+                    trusted_root=trusted,
+                    state=VerifierState(),
+                    expect=expect,
+                    staging_dir=staging,
+                    clock=lambda: int(self.ctx.now().timestamp()),
+                    # The staged payloads are only checked, then removed: nothing to make
+                    # durable. Every signature, rule and digest is still checked.
+                    durable=False,
+                )
+
+        try:
+            try:
+                if self.memory_staging is None:
+                    raise InsufficientSpaceError("no memory staging")
+                vb = verify(self.memory_staging)
+            except InsufficientSpaceError:
+                vb = verify(self._disk_staging())
+        except BundleError as exc:
+            inc.rejected = _Rejected(str(exc), exc.check, inc.agent_id)
+        except OSError as exc:
+            inc.rejected = _Rejected(
+                f"{inc.path.name}: the hub could not verify its copy: {exc}", "io", inc.agent_id
+            )
+        else:
+            shutil.rmtree(vb.staged_dir, ignore_errors=True)
+            inc.verified = vb
+        if inc.rejected is not None:
+            inc.discard_copy()
+
+    # -- phase 2: record, one transaction --------------------------------------------------
+
+    def _record(self, batch: list[_Incoming]) -> None:
+        session = self.ctx.session
+        with audit.held_head(session) as head:
+            # The head lock serialises every audit appender, so from here on no other import
+            # can record the same result or move the same agent: look both up again.
+            done = _already_imported(
+                session, {inc.envelope_sha256 for inc in batch if inc.verified is not None}
+            )
+            refreshed: set[int] = set()
+            for inc in batch:
+                if inc.row is not None:
+                    continue
+                if inc.verified is not None and inc.agent is not None:
+                    if id(inc.agent) not in refreshed:
+                        session.refresh(inc.agent)
+                        refreshed.add(id(inc.agent))
+                    sha = inc.verified.envelope_sha256
+                    if sha in done:
+                        self._store(inc)
+                        inc.row = _duplicate_row(inc, done[sha])
+                        continue
+                    try:
+                        with head.savepoint():
+                            inc.row, seq = self._apply(inc)
+                        done[sha] = seq
+                        continue
+                    except _Rejected as exc:
+                        inc.rejected = exc
+                    except HubError as exc:
+                        inc.rejected = _Rejected(
+                            f"{type(exc).__name__}: {exc}", "hub", inc.agent_id
+                        )
+                    inc.discard_copy()
+                rej = inc.rejected
+                assert rej is not None
+                audit.record(
+                    self.ctx,
+                    "result.rejected",
+                    "file",
+                    inc.path.name[:200],
+                    {
+                        "reason": rej.reason[:2000],
+                        "check": rej.check,
+                        "claimed_agent": rej.agent_id,
+                    },
+                )
+                inc.row = ImportRow(inc.path.name, "rejected", rej.reason, rej.agent_id)
+            fsync_dir(self.results_dir)  # the stored names, before the commit records them
+
+    def _stored(self, envelope_sha256: str) -> Path:
+        return self.results_dir / f"{envelope_sha256}.tgr"
+
+    def _store(self, inc: _Incoming) -> None:
+        """Keep the verified copy as ``<envelope sha256>.tgr`` (an existing one stays)."""
+        if inc.copy is None or inc.verified is None:
+            return
+        dest = self._stored(inc.verified.envelope_sha256)
+        if not dest.exists():
+            os.replace(inc.copy, dest)
+            inc.copy = None
+
+    def _apply(self, inc: _Incoming) -> tuple[ImportRow, int]:
+        """Record one verified result (inside its savepoint); returns the row and the seq of
+        its ``result.import`` event. Raises _Rejected or HubError to roll it back."""
+        ctx = self.ctx
+        vb, agent = inc.verified, inc.agent
+        assert vb is not None and agent is not None
+        res = vb.manifest.result
+        assert res is not None
+        if agent.status != "enrolled":
+            raise _Rejected(f"agent {agent.agent_id} is {agent.status}", "agent", agent.agent_id)
+        if agent.ed25519_public != inc.agent_key:
+            raise _Rejected(
+                f"the key of agent {agent.agent_id} changed while the file was verified; "
+                "import it again",
+                "agent",
+                agent.agent_id,
+            )
+        flags: list[str] = []
+        dep: Deployment | None = None
+        if res.bundle_id is not None:
+            dep = ctx.session.scalar(
+                select(Deployment).where(Deployment.bundle_id == res.bundle_id)
+            )
+            if dep is None:
+                raise _Rejected(
+                    f"result {res.result_seq} of {agent.agent_id} is about "
+                    f"bundle {res.bundle_id}, which this hub never exported",
+                    "unknown-release",
+                    agent.agent_id,
+                )
+            if dep.agent_id != agent.id:
+                raise _Rejected(
+                    f"bundle {res.bundle_id} was not addressed to agent {agent.agent_id}",
+                    "target",
+                    agent.agent_id,
+                )
+        # The agent's result chain: sequence gaps and broken links are flagged, not fatal
+        # (media can arrive out of order).
+        if res.result_seq > agent.result_seq + 1:
+            flags.append(
+                f"gap: results {agent.result_seq + 1}..{res.result_seq - 1} of "
+                f"{agent.agent_id} have not been imported"
+            )
+        elif (
+            res.result_seq == agent.result_seq + 1
+            and agent.last_result_digest is not None
+            and res.prev_result_sha256 != agent.last_result_digest
+        ):
+            flags.append(
+                f"chain: result {res.result_seq} does not follow the last imported result "
+                "of this agent"
+            )
+        if res.result_seq > agent.result_seq:
+            agent.result_seq = res.result_seq
+            agent.last_result_digest = vb.envelope_sha256
+        agent.last_seen = ctx.now()
+        summary = {
+            "status": res.status,
+            "result_seq": res.result_seq,
+            "summary": str(res.body.get("summary", ""))[:2000],
+            "steps": [
+                {k: s.get(k) for k in ("index", "name", "status", "summary", "exit_code")}
+                for s in res.body.get("steps", [])
+            ][:200],
+        }
+        if dep is not None and res.status in RESULT_STATES:
+            new_state = RESULT_STATES[res.status]
+            if dep.state != new_state:
+                transition(ctx, dep, new_state, summary=summary, action="result.import")
+        event = audit.record(
+            ctx,
+            "result.import",
+            "result",
+            vb.envelope_sha256,
+            {
+                "agent_id": agent.agent_id,
+                "result_seq": res.result_seq,
+                "status": res.status,
+                "bundle_id": res.bundle_id,
+                "deployment": dep.id if dep else None,
+                "file": inc.path.name,
+                "file_sha256": inc.file_sha256,
+                "envelope": base64.b64encode(vb.envelope).decode("ascii"),
+                "flags": flags,
+            },
+        )
+        for flag in flags:
+            audit.record(ctx, "result.flag", "agent", agent.agent_id, {"flag": flag})
+        try:
+            self._store(inc)
+        except OSError as exc:
+            raise _Rejected(
+                f"{inc.path.name}: the hub could not store it in {self.results_dir}: {exc}",
+                "io",
+                agent.agent_id,
+            ) from exc
+        row = ImportRow(
+            inc.path.name,
+            "imported",
+            f"{res.status}: {summary['summary']}"[:300],
+            agent.agent_id,
+            dep.id if dep else None,
+            tuple(flags),
+        )
+        return row, event.seq
+
+
+def _claim(source: _CopyingReader, name: str) -> tuple[str, str]:
+    """The agent a result file claims to come from, and its envelope's SHA-256 — read from
+    the head WITHOUT verifying anything, only to choose the key to verify with (the verifier
+    then checks that the signed manifest names that same agent). Only the head is read.
+
+    Raises:
+        _Rejected: the file is not a bundle, or not a result bundle.
+    """
+    limits = DEFAULT_LIMITS
+    try:
+        head = read_head(
+            ContainerReader(source, name),
+            max_roots_bytes=limits.max_roots_bytes,
+            max_envelope_bytes=limits.max_envelope_bytes,
+        )
+    except BundleError as exc:
+        raise _Rejected(f"not a readable result file: {exc}") from exc
+    try:
+        envelope = parse_envelope(head.envelope, limits.max_envelope_bytes)
+        # Loose parsing is enough to pick a key: nothing else is read before verification.
+        doc = json.loads(envelope.payload)
+    except (SigningError, ValueError) as exc:
+        raise _Rejected(
+            f"not a readable result file: {name}: envelope is malformed: {exc}"
+        ) from exc
+    result = doc.get("result") if isinstance(doc, dict) else None
+    agent_id = result.get("agent_id") if isinstance(result, dict) else None
+    if envelope.payload_type != TYPE_RESULT or not isinstance(agent_id, str):
+        kind = doc.get("kind") if isinstance(doc, dict) else None
+        what = f"a {kind} bundle" if isinstance(kind, str) else "unreadable before verification"
+        raise _Rejected(f"not a result bundle ({name} is {what[:80]})")
+    return agent_id, hashlib.sha256(head.envelope).hexdigest()
+
+
+def _duplicate_row(inc: _Incoming, seq: int) -> ImportRow:
+    return ImportRow(
+        inc.path.name, "duplicate", f"already imported (audit event {seq})", inc.agent_id
+    )
+
+
+def _already_imported(session: Session, shas: set[str]) -> dict[str, int]:
+    """Envelope digest → seq of its ``result.import`` event, for those already imported."""
+    if not shas:
+        return {}
+    query = (
+        select(AuditEvent.object_id, func.min(AuditEvent.seq))
+        .where(AuditEvent.action == "result.import", AuditEvent.object_id.in_(sorted(shas)))
+        .group_by(AuditEvent.object_id)
+    )
+    return {sha: seq for sha, seq in session.execute(query)}
+
+
+def _sync_copies(paths: list[Path]) -> None:
+    """fsync each copy; the calls run in parallel, so the file system commits them
+    together (measured here: ≈ 40 ms for 100 files, against ≈ 5 ms per file one by one)."""
+
+    def one(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    if len(paths) <= 1:
+        for p in paths:
+            one(p)
+        return
+    with ThreadPoolExecutor(min(FSYNC_THREADS, len(paths))) as pool:
+        list(pool.map(one, paths))
+
+
+def _remove_stale_copies(results_dir: Path, now: datetime) -> None:
+    """Remove ``.incoming-*`` copies a crashed import left behind (a day old or more; a
+    running import's copies live for seconds)."""
+    limit = (now - STALE_INCOMING).timestamp()
+    for entry in os.scandir(results_dir):
+        if entry.name.startswith(_INCOMING_PREFIX):
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime < limit:
+                    os.unlink(entry.path)
 
 
 def _reject(
@@ -362,172 +920,6 @@ def _reject(
     )
     ctx.session.commit()
     return ImportRow(path.name, "rejected", reason, agent)
-
-
-def import_result(ctx: ServiceContext, path: Path, *, results_dir: Path) -> ImportRow:
-    """Import one result file; never raises for bad data (the row says what happened)."""
-    try:
-        claimed = inspect(path)
-    except (BundleError, OSError) as exc:
-        return _reject(ctx, path, f"not a readable result file: {exc}")
-    m = claimed.manifest
-    if m is None or m.result is None:
-        return _reject(ctx, path, f"not a result bundle ({claimed.problem or (m and m.kind)})")
-    agent_id = m.result.agent_id
-    try:
-        agent = get_agent(ctx.session, agent_id)
-    except HubError:
-        return _reject(ctx, path, f"unknown agent {agent_id!r}", agent_id, "agent")
-    if agent.status != "enrolled":
-        return _reject(ctx, path, f"agent {agent_id} is {agent.status}", agent_id, "agent")
-    if ctx.keys is None:
-        raise ConfigError("the hub keys are not loaded")
-    already = ctx.session.scalar(
-        select(AuditEvent.seq).where(
-            AuditEvent.action == "result.import", AuditEvent.object_id == claimed.envelope_sha256
-        )
-    )
-    if already is not None:
-        _store_verbatim(path, results_dir, claimed.envelope_sha256)
-        return ImportRow(
-            path.name, "duplicate", f"already imported (audit event {already})", agent_id
-        )
-    staging = Path(tempfile.mkdtemp(prefix="result-", dir=results_dir.parent))
-    try:
-        vb = verify_path(
-            path,
-            trusted_root=ctx.keys.trusted_root,
-            state=VerifierState(),
-            expect=ExpectResult(
-                hub_id=ctx.keys.hub_id,
-                agent_id=agent_id,
-                agent_key=PublicKey.from_hex(agent.ed25519_public),
-            ),
-            staging_dir=staging,
-            clock=lambda: int(ctx.now().timestamp()),
-        )
-        return _apply_result(ctx, path, vb, agent, results_dir)
-    except BundleError as exc:
-        return _reject(ctx, path, str(exc), agent_id, exc.check)
-    except HubError as exc:
-        return _reject(ctx, path, f"{type(exc).__name__}: {exc}", agent_id, "hub")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _apply_result(
-    ctx: ServiceContext, path: Path, vb: VerifiedBundle, agent: Any, results_dir: Path
-) -> ImportRow:
-    m = vb.manifest
-    res = m.result
-    assert res is not None
-    flags: list[str] = []
-    dep: Deployment | None = None
-    if res.bundle_id is not None:
-        dep = ctx.session.scalar(select(Deployment).where(Deployment.bundle_id == res.bundle_id))
-        if dep is None:
-            return _reject(
-                ctx,
-                path,
-                f"result {res.result_seq} of {agent.agent_id} is about "
-                f"bundle {res.bundle_id}, which this hub never exported",
-                agent.agent_id,
-                "unknown-release",
-            )
-        if dep.agent_id != agent.id:
-            return _reject(
-                ctx,
-                path,
-                f"bundle {res.bundle_id} was not addressed to agent {agent.agent_id}",
-                agent.agent_id,
-                "target",
-            )
-    # The agent's result chain: sequence gaps and broken links are flagged, not fatal
-    # (media can arrive out of order).
-    if res.result_seq > agent.result_seq + 1:
-        flags.append(
-            f"gap: results {agent.result_seq + 1}..{res.result_seq - 1} of "
-            f"{agent.agent_id} have not been imported"
-        )
-    elif (
-        res.result_seq == agent.result_seq + 1
-        and agent.last_result_digest is not None
-        and res.prev_result_sha256 != agent.last_result_digest
-    ):
-        flags.append(
-            f"chain: result {res.result_seq} does not follow the last imported result of this agent"
-        )
-    if res.result_seq > agent.result_seq:
-        agent.result_seq = res.result_seq
-        agent.last_result_digest = vb.envelope_sha256
-    agent.last_seen = ctx.now()
-    summary = {
-        "status": res.status,
-        "result_seq": res.result_seq,
-        "summary": str(res.body.get("summary", ""))[:2000],
-        "steps": [
-            {k: s.get(k) for k in ("index", "name", "status", "summary", "exit_code")}
-            for s in res.body.get("steps", [])
-        ][:200],
-    }
-    if dep is not None and res.status in RESULT_STATES:
-        new_state = RESULT_STATES[res.status]
-        if dep.state != new_state:
-            transition(ctx, dep, new_state, summary=summary, action="result.import")
-    audit.record(
-        ctx,
-        "result.import",
-        "result",
-        vb.envelope_sha256,
-        {
-            "agent_id": agent.agent_id,
-            "result_seq": res.result_seq,
-            "status": res.status,
-            "bundle_id": res.bundle_id,
-            "deployment": dep.id if dep else None,
-            "file": path.name,
-            "file_sha256": _sha256(path),
-            "envelope": base64.b64encode(vb.envelope).decode("ascii"),
-            "flags": flags,
-        },
-    )
-    for flag in flags:
-        audit.record(ctx, "result.flag", "agent", agent.agent_id, {"flag": flag})
-    ctx.session.commit()
-    _store_verbatim(path, results_dir, vb.envelope_sha256)
-    return ImportRow(
-        path.name,
-        "imported",
-        f"{res.status}: {summary['summary']}"[:300],
-        agent.agent_id,
-        dep.id if dep else None,
-        tuple(flags),
-    )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _store_verbatim(path: Path, results_dir: Path, envelope_sha256: str) -> None:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    dest = results_dir / f"{envelope_sha256}.tgr"
-    if dest.exists():
-        return
-    tmp = results_dir / f".{envelope_sha256}.tmp"
-    shutil.copyfile(path, tmp)
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dest)
-    dfd = os.open(results_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _import_enrollment(ctx: ServiceContext, path: Path) -> ImportRow:

@@ -1,0 +1,324 @@
+"""Batched result import: one transaction per batch, a savepoint per file, the audit head held
+in memory — and every failure mode that batching adds: a bad file in the middle of a batch, a
+file that fails after it changed the database, a crash between storing and committing, the
+same result twice in one batch, concurrent appenders while the head is held."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from agent.service import Agent
+from hub.db import Agent as AgentRow
+from hub.db import AuditEvent, AuditHead, make_engine
+from hub.errors import AuditError
+from hub.migrate import upgrade
+from hub.services import audit, exchange
+from hub.services.exchange import ImportRow, import_directory
+from hub.services.users import bootstrap_admin
+from tests.hub.conftest import PEOPLE, FakeClock, Keys, World, seed_people
+from tests.hub.services.test_concurrency import _in_threads
+from tests.hub.services.test_exchange import _agent
+
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_world(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock,
+              keys: Keys) -> Iterator[World]:
+    """The ``world`` of tests/hub/conftest.py on a SQLite file or a real PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'hub.sqlite'}"
+    else:
+        url = request.getfixturevalue("pg_db")
+    engine = make_engine(url)
+    upgrade(engine)
+    session = Session(engine, expire_on_commit=False)
+    try:
+        bootstrap_admin(session, clock, "admin")
+        w = World(session, clock, keys, tmp_path / "releases")
+        seed_people(w.ctx("admin"), PEOPLE)
+        session.commit()
+        yield w
+    finally:
+        session.close()
+        engine.dispose()
+
+
+def _results(agent: Agent, n: int) -> list[Path]:
+    return [agent._result("succeeded", f"report {i}", None, None, None, []) for i in range(n)]
+
+
+def _media(tmp: Path, name: str, files: dict[str, Path]) -> Path:
+    media = tmp / name
+    media.mkdir()
+    for dest, src in files.items():
+        shutil.copyfile(src, media / dest)
+    return media
+
+
+def _import(world: World, media: Path, results: Path, batch_size: int = 100) -> list[ImportRow]:
+    ctx = world.ctx("op")
+    return import_directory(ctx, media, results_dir=results, batch_size=batch_size).rows
+
+
+def _events(world: World, action: str) -> list[AuditEvent]:
+    return list(world.session.scalars(
+        select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq)))
+
+
+def _assert_chain_ok(world: World) -> None:
+    report = audit.verify_database(world.session, world.keys.hub)
+    assert report.ok, report.summary()
+
+
+def _stored(results: Path) -> list[str]:
+    return sorted(p.name for p in results.iterdir())
+
+
+def test_bad_file_in_the_middle_of_a_batch_is_rejected_alone(
+    any_world: World, tmp_path: Path
+) -> None:
+    world = any_world
+    agent = _agent(world, tmp_path)
+    r = _results(agent, 5)
+    truncated = tmp_path / "truncated.tgr"
+    truncated.write_bytes(r[2].read_bytes()[:-3000])
+    media = _media(tmp_path, "usb", {"a1.tgr": r[0], "a2.tgr": r[1], "a3-bad.tgr": truncated,
+                                     "a4.tgr": r[3], "a5.tgr": r[4]})
+    (media / "a0-garbage.tgr").write_bytes(b"not a bundle at all\n" * 40)
+    results = tmp_path / "results"
+    rows = _import(world, media, results, 50)
+
+    assert [(row.file, row.status) for row in rows] == [
+        ("a0-garbage.tgr", "rejected"), ("a1.tgr", "imported"), ("a2.tgr", "imported"),
+        ("a3-bad.tgr", "rejected"), ("a4.tgr", "imported"), ("a5.tgr", "imported")]
+    assert "not a readable result file" in rows[0].reason
+    assert "a3-bad.tgr" in rows[3].reason and "truncated" in rows[3].reason
+    # Result 3 never arrived intact: result 4 is flagged, result 5 follows it.
+    assert any("gap: results 3..3" in f for f in rows[4].flags) and rows[5].flags == ()
+    # Bad files are kept where they were; nothing of them is stored.
+    assert (media / "a3-bad.tgr").exists() and (media / "a0-garbage.tgr").exists()
+    assert len(_stored(results)) == 4
+    assert not any(name.startswith(".") for name in _stored(results))
+    rejected = _events(world, "result.rejected")
+    assert [e.object_id for e in rejected] == ["a0-garbage.tgr", "a3-bad.tgr"]
+    assert "truncated" in rejected[1].details
+    assert len(_events(world, "result.import")) == 4
+    row = world.session.scalar(select(AgentRow).where(AgentRow.agent_id == "site-01"))
+    assert row is not None and row.result_seq == 5
+    _assert_chain_ok(world)
+
+    # The intact copy of result 3 fills the gap later; everything else is a duplicate.
+    shutil.copyfile(r[2], media / "a3-bad.tgr")
+    rows = _import(world, media, results, 2)
+    assert [row.status for row in rows] == [
+        "rejected", "duplicate", "duplicate", "imported", "duplicate", "duplicate"]
+    assert len(_events(world, "result.import")) == 5
+    _assert_chain_ok(world)
+    agent.close()
+
+
+def test_a_file_failing_after_it_changed_the_database_rolls_back_alone(
+    any_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failure comes after the agent's result counter moved and a flag was recorded:
+    the savepoint takes all of it back, the in-memory audit head too."""
+    world = any_world
+    agent = _agent(world, tmp_path)
+    r = _results(agent, 4)
+    media = _media(tmp_path, "usb", {"b1.tgr": r[0], "b2.tgr": r[2], "b3.tgr": r[3]})
+    real_record = audit.record
+
+    def record(ctx: Any, action: str, object_type: str, object_id: str,
+               details: Any = None) -> AuditEvent:
+        if action == "result.flag":
+            raise AuditError("simulated failure after the result was recorded")
+        return real_record(ctx, action, object_type, object_id, details)
+
+    monkeypatch.setattr(audit, "record", record)
+    results = tmp_path / "results"
+    rows = _import(world, media, results)
+    # b2 (result 3) would carry a gap flag: it fails after its result.import event and the
+    # agent update were written inside its savepoint.
+    assert [row.status for row in rows] == ["imported", "rejected", "rejected"]
+    assert "AuditError: simulated failure" in rows[1].reason
+    # b3 (result 4) failed the same way: after b2 was undone it also has a gap.
+    monkeypatch.undo()
+    world.session.expire_all()
+    row = world.session.scalar(select(AgentRow).where(AgentRow.agent_id == "site-01"))
+    assert row is not None and row.result_seq == 1
+    assert [e.object_id for e in _events(world, "result.rejected")] == ["b2.tgr", "b3.tgr"]
+    assert len(_events(world, "result.import")) == 1 and _events(world, "result.flag") == []
+    assert len(_stored(results)) == 1
+    _assert_chain_ok(world)
+    # Nothing was lost: both import once the failure is gone.
+    rows = _import(world, media, results)
+    assert [row.status for row in rows] == ["duplicate", "imported", "imported"]
+    assert len(_events(world, "result.flag")) == 1
+    _assert_chain_ok(world)
+    agent.close()
+
+
+def test_crash_between_storing_and_committing(
+    any_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored files are written (and renamed) before the commit; a crash right before the
+    commit leaves the database saying nothing was imported, and a re-import imports once."""
+    world = any_world
+    agent = _agent(world, tmp_path)
+    r = _results(agent, 3)
+    media = _media(tmp_path, "usb", {f"c{i}.tgr": p for i, p in enumerate(r)})
+    results = tmp_path / "results"
+    head_before = world.session.scalar(select(AuditHead.seq))
+
+    def crash(directory: Any) -> None:
+        raise OSError("simulated crash after the stored files were written")
+
+    monkeypatch.setattr(exchange, "fsync_dir", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        import_directory(world.ctx("op"), media, results_dir=results)
+    monkeypatch.undo()
+
+    # The files were stored under their final names ...
+    stored = _stored(results)
+    assert len(stored) == 3 and all(n.endswith(".tgr") and not n.startswith(".") for n in stored)
+    # ... but the database says nothing was imported (seen from a fresh session too).
+    world.session.rollback()
+    assert _events(world, "result.import") == []
+    with Session(world.session.get_bind()) as fresh:
+        assert fresh.scalar(select(func.count()).select_from(AuditEvent).where(
+            AuditEvent.action == "result.import")) == 0
+        agent_row = fresh.scalar(select(AgentRow).where(AgentRow.agent_id == "site-01"))
+        assert agent_row is not None and agent_row.result_seq == 0
+        assert fresh.scalar(select(AuditHead.seq)) == head_before
+    _assert_chain_ok(world)
+
+    rows = _import(world, media, results)
+    assert [row.status for row in rows] == ["imported"] * 3
+    assert _stored(results) == stored
+    assert len(_events(world, "result.import")) == 3
+    rows = _import(world, media, results)
+    assert [row.status for row in rows] == ["duplicate"] * 3
+    assert len(_events(world, "result.import")) == 3
+    _assert_chain_ok(world)
+    agent.close()
+
+
+def test_the_same_result_twice_in_one_batch_is_imported_once(
+    world: World, tmp_path: Path
+) -> None:
+    agent = _agent(world, tmp_path)
+    (r,) = _results(agent, 1)
+    media = _media(tmp_path, "usb", {"d1.tgr": r, "d2-copy.tgr": r})
+    rows = _import(world, media, tmp_path / "results")
+    assert [row.status for row in rows] == ["imported", "duplicate"]
+    (event,) = _events(world, "result.import")
+    assert rows[1].reason == f"already imported (audit event {event.seq})"
+    assert len(_stored(tmp_path / "results")) == 1
+    agent.close()
+
+
+def test_a_missing_stored_copy_is_restored_from_a_verified_duplicate(
+    world: World, tmp_path: Path
+) -> None:
+    agent = _agent(world, tmp_path)
+    (r,) = _results(agent, 1)
+    media = _media(tmp_path, "usb", {"e1.tgr": r})
+    results = tmp_path / "results"
+    import_directory(world.ctx("op"), media, results_dir=results)
+    (stored,) = results.iterdir()
+    stored.unlink()
+    rows = _import(world, media, results)
+    assert [row.status for row in rows] == ["duplicate"]
+    assert stored.read_bytes() == r.read_bytes()
+    assert len(_events(world, "result.import")) == 1
+    agent.close()
+
+
+def test_symlinks_are_refused_and_stale_copies_are_cleaned(world: World, tmp_path: Path) -> None:
+    agent = _agent(world, tmp_path)
+    (r,) = _results(agent, 1)
+    media = tmp_path / "usb"
+    media.mkdir()
+    (media / "f1-link.tgr").symlink_to(r)
+    results = tmp_path / "results"
+    results.mkdir(exist_ok=True)
+    old = results / ".incoming-crashed.tgr"
+    old.write_bytes(b"left by a crash")
+    two_days_ago = world.clock().timestamp() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    fresh = results / ".incoming-running.tgr"
+    fresh.write_bytes(b"another import's copy")
+    rows = _import(world, media, results)
+    assert [row.status for row in rows] == ["rejected"]
+    assert "symbolic link" in rows[0].reason
+    assert not old.exists() and fresh.exists()
+    agent.close()
+
+
+def test_batch_size_is_checked(world: World, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="batch size 0"):
+        import_directory(world.ctx("op"), tmp_path, results_dir=tmp_path / "r", batch_size=0)
+
+
+# -- the held audit head -------------------------------------------------------------------
+
+
+def test_held_head_refuses_use_after_its_transaction(world: World) -> None:
+    session = world.session
+    with audit.held_head(session) as head:
+        audit.append_event(session, NOW, "t", "test", "n", "1", {})
+        with pytest.raises(AuditError, match="already held"), audit.held_head(session):
+            pass
+    session.commit()
+    with pytest.raises(AuditError, match="has ended"):
+        head.check()
+    session.begin_nested()
+    with pytest.raises(AuditError, match="outside any savepoint"), audit.held_head(session):
+        pass
+    session.rollback()
+    _assert_chain_ok(world)
+
+
+def test_held_head_batches_and_plain_appenders_stay_gap_free(pg_db: str) -> None:
+    """Batches holding the head (with a savepoint rolled back in each) race plain appends."""
+    pg_engine = make_engine(pg_db)
+    upgrade(pg_engine)
+
+    def plain(i: int) -> None:
+        for n in range(15):
+            with Session(pg_engine) as session:
+                audit.append_event(session, NOW, f"plain{i}", "test", "n", str(n), {"n": n})
+                session.commit()
+
+    def batched(i: int) -> None:
+        for _n in range(5):
+            with Session(pg_engine) as session:
+                with audit.held_head(session) as head:
+                    for k in range(4):
+                        with contextlib.suppress(ValueError), head.savepoint():
+                            audit.append_event(session, NOW, f"b{i}", "test", "k", str(k), {})
+                            if k == 2:
+                                raise ValueError("this one rolls back")
+                session.commit()
+
+    try:
+        assert _in_threads(lambda i: plain(i) if i < 2 else batched(i), 4) == []
+        with Session(pg_engine) as session:
+            events = list(audit.iter_events(session))
+            assert [e.seq for e in events] == list(range(1, 2 * 15 + 2 * 5 * 3 + 1))
+            assert not any(e.actor.startswith("b") and e.object_id == "2" for e in events)
+            report = audit.verify_database(session, None)
+            assert report.ok, report.summary()
+    finally:
+        pg_engine.dispose()
