@@ -158,14 +158,14 @@ def index() -> Any:
     product = request.args.get("product") or None
     if product is not None:
         get_product(session, product)  # 404 for an unknown product
-    releases = list(reversed(list_releases(session, product)))
+    releases = sorted(list_releases(session, product), key=lambda r: (r.product.name, -r.id))
     return render_template(
         "releases/index.html",
         products=list_products(session),
         releases=releases,
         product=product,
         can_upload=can(user, "release.create"),
-        max_upload=upload_limit(),
+        max_upload=size_text(upload_limit()),
     )
 
 
@@ -177,6 +177,14 @@ def upload_limit() -> int:
     return int(current_app.config.get(UPLOAD_LIMIT_SETTING) or MAX_UPLOAD_BYTES)
 
 
+def size_text(n: int) -> str:
+    """``1073741824`` → ``1 GiB (1073741824 bytes)``: readable, and exact."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= factor:
+            return f"{n / factor:.3g} {unit} ({n} bytes)"
+    return f"{n} bytes"
+
+
 def _upload_refused(filename: str, reason: str, status: int) -> Any:
     return render_template(
         "releases/upload_error.html",
@@ -184,7 +192,7 @@ def _upload_refused(filename: str, reason: str, status: int) -> Any:
         reason=reason,
         status=status,
         can_upload=True,
-        max_upload=upload_limit(),
+        max_upload=size_text(upload_limit()),
     ), status
 
 
@@ -212,7 +220,7 @@ def _install_cap(state: BlueprintSetupState) -> None:
 @bp.errorhandler(RequestEntityTooLarge)
 def _too_large(_exc: RequestEntityTooLarge) -> Any:
     return _upload_refused(
-        "(not read)", f"the upload is larger than the limit of {upload_limit()} bytes", 413
+        "(not read)", f"the upload is larger than the limit of {size_text(upload_limit())}", 413
     )
 
 

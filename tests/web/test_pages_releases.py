@@ -209,7 +209,7 @@ def test_upload_over_the_size_limit_is_refused(site: Site, tmp_path: Path) -> No
     before = counts(site)
     resp = upload(site, site.client("dev"), b"\0" * 4096, "big.tgz")
     assert resp.status_code == 413
-    assert "larger than the limit of 2048 bytes" in text(resp)
+    assert "larger than the limit of 2 KiB (2048 bytes)" in text(resp)
     assert counts(site) == before and stored(site) == []
 
 
