@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 import tarfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -392,3 +393,13 @@ def test_global_approver_may_choose_every_environment_or_one(site: Site,
     # a test-only viewer's page names no other environment, not even in the form
     page = text(site.client("view-test").get("/releases/hello/1.0.0"))
     assert not re.search(r"\bprod\b", page)
+
+
+def test_zip_archive_is_accepted(site: Site, tmp_path: Path) -> None:
+    src = write_release(tmp_path / "z", version="2.0.0")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in sorted(src.rglob("*")):
+            z.write(f, f.relative_to(src).as_posix())
+    resp = upload(site, site.client("dev"), buf.getvalue(), "hello-2.0.0.zip")
+    assert resp.status_code == 302 and resp.headers["Location"] == "/releases/hello/2.0.0"
