@@ -4,7 +4,9 @@
 Each ``bench/*.py`` script (except this one and files starting with ``_``) is run with its
 default arguments, one after the other (never in parallel: they would measure each other).
 With ``--soak`` each script gets ``--soak``, which every bench script accepts and maps to its
-own longer settings (bundle_throughput: ``--size 4G --repeat 3``).
+own longer settings (bundle_throughput: ``--size 4G --repeat 3``). A script listed in
+:data:`ARGS` gets its own arguments instead (live_agents: ``--quick`` in the normal run, its
+full sizes with ``--soak``).
 
 A script's full output is passed through as it runs; the summary at the end repeats the lines
 that start with ``RESULT`` (the figures each script wants compared) and the exit status and
@@ -25,6 +27,11 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+
+#: script stem -> (arguments in the normal run, arguments with --soak); others: ([], [--soak])
+ARGS: dict[str, tuple[list[str], list[str]]] = {
+    "live_agents": (["--quick"], ["--soak"]),  # full N=100/1000 takes ~15 min; soak adds 5000
+}
 
 
 def scripts() -> list[Path]:
@@ -50,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     summary: list[str] = []
     failed = 0
     for script in chosen:
-        cmd = [sys.executable, str(script), *(["--soak"] if args.soak else [])]
+        normal, soak = ARGS.get(script.stem, ([], ["--soak"]))
+        cmd = [sys.executable, str(script), *(soak if args.soak else normal)]
         print(f"=== {script.name}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)

@@ -1,0 +1,49 @@
+"""Smoke run of bench/live_agents.py: three agents, a tiny bundle, short windows.
+
+Checks that the benchmark runs end to end against a real hub child process on 127.0.0.1 and
+reports every figure it promises (the structure, never the timings: STYLE.md §15).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+FLEET_KEYS = {
+    "agents", "enroll_s", "connect_s", "connect_hub_cpu_s", "connect_settled_s",
+    "heartbeat_s", "idle_window_s", "idle_hub_cpu_s_per_min", "idle_heartbeats",
+    "hub_rss_mib", "hub_peak_rss_mib", "deliver_queued", "deliver_received",
+    "deliver_min_ms", "deliver_p50_ms", "deliver_p99_ms", "deliver_max_ms",
+    "log_agents", "log_messages", "log_stored_lines", "log_mb_s", "log_msgs_s",
+}
+TRANSFER_KEYS = {
+    "transfer_mib", "tiangong_disk_mb_s", "tiangong_memory_mb_s", "baseline_disk_mb_s",
+    "baseline_memory_mb_s", "ratio_disk", "ratio_memory", "hub_peak_rss_mib",
+}
+
+
+def test_three_agents_report_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "live_agents.py"), "--agents", "3", "--quick",
+         "--idle-seconds", "1", "--log-messages", "20", "--transfer-mib", "2",
+         "--workdir", str(tmp_path), "--json", str(out)],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (fleet,) = report["fleet"]
+    assert "failed" not in fleet, fleet
+    assert set(fleet) >= FLEET_KEYS, FLEET_KEYS - set(fleet)
+    assert fleet["agents"] == 3
+    # Every agent got its bundle, every log line was stored once.
+    assert fleet["deliver_queued"] == fleet["deliver_received"] == 3
+    assert fleet["log_stored_lines"] == fleet["log_messages"] == 3 * 20
+    assert set(report["transfer"]) >= TRANSFER_KEYS, TRANSFER_KEYS - set(report["transfer"])
+    results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert [r.split()[1] for r in results] == ["live_agents", "live_agents_transfer"]
+    # The work directory is removed afterwards.
+    assert not list(tmp_path.glob("tiangong-bench-live-*"))
