@@ -485,6 +485,9 @@ class LiveHub:
         conn = peer.conn
         size = path.stat().st_size
         acked = peer.acked[transfer]
+        # The offset the agent asked for: > 0 after a resume (nothing it holds is sent again).
+        log.info("live: sending %s to %s from byte %d of %d", path.name, conn.agent_id, offset,
+                 size)
         while offset < size and peer.open and transfer in peer.outgoing:
             if conn.in_flight(transfer) >= WINDOW_BYTES:
                 acked.clear()
