@@ -27,6 +27,7 @@ import hashlib
 import io
 import re
 import shutil
+import tarfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ GLOBAL = frozenset(u for u, grants in PEOPLE.items() if any("@" not in g for g i
 #: People with any grant at all.
 ANY_GRANT = frozenset(u for u, grants in PEOPLE.items() if grants) | {"admin"}
 SIGNED_IN = frozenset(EVERYONE)
+ADMIN = frozenset({"admin"})
 
 
 def having(*roles: str, env: str | None = None) -> frozenset[str]:
@@ -97,6 +99,12 @@ class World:
     test_deployment: int = 0
     prod_deployment: int = 0
     new_agent_request: bytes = b""  # an enrollment request for test, not yet imported
+    archive: bytes = b""  # a release archive (tar.gz) of a version not yet uploaded
+    export: str = ""  # the name of an export of environment test waiting for download
+
+    def release(self, version: str) -> dict[str, str]:
+        """URL arguments naming one of the product's releases."""
+        return {"product": self.product, "version": version}
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -124,6 +132,14 @@ def _enroll(site: Site, tmp: Path, agent_id: str, environment: str) -> None:
     store_response(site.data_dir, agent_id, response.read_bytes())
 
 
+def _archive(directory: Path) -> bytes:
+    """A release directory as a .tar.gz, as a developer would upload it."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(directory, arcname=directory.name)
+    return buf.getvalue()
+
+
 def build_world(site: Site, tmp: Path) -> World:
     """Releases in three states, an agent per environment, a deployment per environment."""
     w = World()
@@ -146,6 +162,11 @@ def build_world(site: Site, tmp: Path) -> World:
         w.test_deployment, w.prod_deployment = test_dep.id, prod_dep.id
         w.new_agent_request = _request(site, tmp, "agent-new-1", "test").read_bytes()
         db.session.remove()
+    w.archive = _archive(write_release(tmp / "upload", product=PRODUCT, version="2.0.0"))
+    op = site.client("op")
+    made = site.post(op, "/media/export", {"environment": "test", "destination": "download"})
+    assert made.status_code == 302, made.get_data(as_text=True)[:500]
+    w.export = made.headers["Location"].rstrip("/").rpartition("/")[2]
     return w
 
 
@@ -172,15 +193,37 @@ class View:
 
 EXPECTED: dict[str, View] = {
     "home.index": View(get=SIGNED_IN, anonymous=200),
-    "releases.index": View(get=SIGNED_IN),
+    # Releases belong to no environment: any grant, even on one environment, reads them.
+    "releases.index": View(get=ANY_GRANT),
+    "releases.release": View(get=ANY_GRANT, args=lambda w: w.release(w.approved)),
+    "releases.diff": View(get=ANY_GRANT, args=lambda w: w.release(w.approved)),
+    "releases.file": View(
+        get=ANY_GRANT, args=lambda w: {**w.release(w.approved), "name": "step0.sh"}
+    ),
+    "releases.upload": View(
+        post=having("developer"),
+        form=lambda w: {"archive": (io.BytesIO(w.archive), f"{PRODUCT}-2.0.0.tar.gz")},
+    ),
+    "releases.submit": View(post=having("developer"), args=lambda w: w.release(w.draft)),
+    # Approving for every environment (no environment chosen) needs a global grant.
+    "releases.approve": View(
+        post=having("approver"),
+        args=lambda w: w.release(w.submitted),
+        form=lambda w: {"comment": "fine by the matrix", "environment": ""},
+    ),
+    "releases.reject": View(
+        post=having("approver"),
+        args=lambda w: w.release(w.submitted),
+        form=lambda w: {"comment": "the matrix says no", "environment": ""},
+    ),
     "environments.index": View(get=SIGNED_IN),
     "environments.create": View(
-        post=frozenset({"admin"}),
+        post=ADMIN,
         form=lambda w: {"name": "plant-new", "required_approvals": "1", "description": "x"},
     ),
     "environments.show": View(get=VIEW_TEST, args=lambda w: {"name": "test"}),
     "environments.required_approvals": View(
-        post=frozenset({"admin"}),
+        post=ADMIN,
         args=lambda w: {"name": "test"},
         form=lambda w: {"required_approvals": "2"},
     ),
@@ -215,8 +258,44 @@ EXPECTED: dict[str, View] = {
         form=lambda w: {"state": "delivered"},
     ),
     "media.index": View(get=SIGNED_IN),
-    "audit.index": View(get=SIGNED_IN),
-    "admin.index": View(get=SIGNED_IN),
+    # BUG (reported, not ours to fix): export_environment also writes an audit checkpoint,
+    # which needs a *global* operator/auditor grant, so operator@test (op-test) is refused
+    # exporting its own environment although the page offers it the button.
+    "media.export": View(
+        post=having("operator"),
+        form=lambda w: {"environment": "test", "destination": "download"},
+    ),
+    # An export waiting for download (made by op in build_world). The matrix reads only
+    # the status of the download, so the stream is not consumed and the export stays.
+    "media.export_page": View(
+        get=having("operator", env="test"), args=lambda w: {"name": w.export}
+    ),
+    "media.download": View(get=having("operator", env="test"), args=lambda w: {"name": w.export}),
+    # Importing names no environment before reading the files: a global grant is needed.
+    "media.import_files": View(
+        post=having("operator") - {"op-test"},
+        form=lambda w: {
+            "files": (io.BytesIO(w.new_agent_request), "enrollment-agent-new-1.json"),
+        },
+    ),
+    "audit.index": View(get=having("auditor")),
+    "audit.verify_now": View(post=having("auditor")),
+    "audit.export": View(post=having("auditor"), form=lambda w: {"checkpoint": "1"}),
+    "admin.index": View(get=ADMIN),
+    "admin.user": View(get=ADMIN, args=lambda w: {"username": "view"}),
+    "admin.grant": View(
+        post=ADMIN,
+        args=lambda w: {"username": "view"},
+        form=lambda w: {"role": "auditor", "environment": ""},
+    ),
+    "admin.revoke": View(
+        post=ADMIN,
+        args=lambda w: {"username": "view"},
+        form=lambda w: {"role": "viewer", "environment": ""},
+    ),
+    "admin.active": View(
+        post=ADMIN, args=lambda w: {"username": "nobody"}, form=lambda w: {"active": "0"}
+    ),
 }
 
 
@@ -412,7 +491,7 @@ def test_no_page_leaks_another_environment(
             if resp.status_code != 200:
                 continue
             opened.append(probe)
-            html = resp.get_data(as_text=True)
+            html = resp.get_data().decode("utf-8", errors="replace")  # downloads too
             assert PROD_AGENT not in html, f"{probe} shows {who} prod's agent {PROD_AGENT}"
             m = _PROD_WORD.search(html)
             assert m is None, (
