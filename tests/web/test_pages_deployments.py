@@ -8,12 +8,15 @@ bundle; its result is imported into ``<data_dir>/results`` like the CLI and live
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html import unescape
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, expect
+from werkzeug.serving import make_server
 
 from agent.config import load_config
 from agent.home import init_home
@@ -26,6 +29,7 @@ from hub.services.approvals import approve_release
 from hub.services.deployments import list_deployments, queue_deployment
 from hub.services.exchange import export_environment, import_directory
 from hub.services.releases import create_release, submit_release
+from tests.web.browser import ARTIFACTS, chromium, new_context  # noqa: F401 - chromium is a fixture
 from tests.web.pages import Site
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
@@ -257,3 +261,42 @@ def test_operator_marks_delivered(site: Site, deployed: Deployed) -> None:
     with site.app.app_context():
         states = {d.id: d.state for d in list_deployments(db.session())}
     assert states == {deployed.test_id: "delivered", deployed.prod_id: "queued"}
+
+
+def test_live_log_script_in_a_real_browser(
+    site: Site, deployed: Deployed, tmp_path: Path, chromium: Browser  # noqa: F811
+) -> None:
+    """live-logs.js in Chromium: lines appear as the live server stores them, and the
+    page says when the deployment has finished (CSP on: the script is a file)."""
+    server = make_server("127.0.0.1", 0, site.app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="deployments-web", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        cookie = site.client("view-test").get_cookie("tiangong_session")
+        assert cookie is not None
+        context = new_context(chromium)
+        context.add_cookies([{"name": cookie.key, "value": cookie.value, "url": base}])
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"{base}/deployments/{deployed.test_id}")
+        expect(page.locator("#deployment-state")).to_have_text("exported")
+        _live_lines(site, _bundle_id(site, deployed.test_id), 3)
+        expect(page.locator("#live-log")).to_have_text(
+            "[1] line 0\n[1 stderr] line 1\n[2] line 2\n")
+        _run_and_import(site, deployed, tmp_path)
+        expect(page.locator("#live-finished")).to_be_visible()
+        expect(page.locator("#deployment-state")).to_have_text("succeeded")
+        page.locator("#live-finished a").click()
+        expect(page.locator("#steps-table")).to_contain_text("write greeting")
+        shots = ARTIFACTS / "deployments"
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots / "deployment-finished.png"), full_page=True)
+        # No script error and no CSP refusal (the only 404 is the browser's favicon).
+        assert [e for e in errors if "favicon" not in e and "404" not in e] == []
+        context.close()
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
