@@ -366,6 +366,14 @@ class LiveHub:
         if self._poller is None or self._poller.done():
             self._poller = asyncio.get_running_loop().create_task(
                 self._poll_loop(), name="tiangong-live-push")
+            self._poller.add_done_callback(self._poller_ended)
+
+    @staticmethod
+    def _poller_ended(task: asyncio.Task[None]) -> None:
+        """Say why the push loop stopped (the next connection starts it again)."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("live: the push loop stopped; the next connection restarts it",
+                      exc_info=task.exception())
 
     async def _poll_loop(self) -> None:
         while True:
