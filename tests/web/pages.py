@@ -76,7 +76,7 @@ class Site:
         if username is None:
             return c
         with self.app.test_request_context("/"):
-            user = get_user(db.session, username)
+            user = get_user(db.session(), username)
             start_session(user, "saml")
             from flask import session
 
@@ -98,7 +98,7 @@ class Site:
 
     def ctx(self, username: str | None = "admin") -> ServiceContext:
         """A service context (call inside ``with site.app.app_context():``)."""
-        user = get_user(db.session, username) if username is not None else None
+        user = get_user(db.session(), username) if username is not None else None
         return ServiceContext(db.session(), self.clock, user, hub_keys(self.app),
                               hub_config(self.app).releases_dir)
 
@@ -118,7 +118,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     app.config["TESTING"] = True
     s = Site(app, clock, data_dir)
     with app.app_context():
-        bootstrap_admin(db.session, clock, "admin")
+        bootstrap_admin(db.session(), clock, "admin")
         seed_people(s.ctx("admin"), PEOPLE)
         db.session.commit()
     yield s
