@@ -191,3 +191,46 @@ def test_revoked_agent_is_dropped_while_connected_and_refused_on_reconnect(
     finally:
         server.stop()
         agent.close()
+
+
+def test_an_export_that_fails_is_not_retried_every_poll(
+        file_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A queued deployment whose release files changed on disk cannot be exported: the push
+    loop tries once, audits the failure, and leaves it alone (for EXPORT_RETRY_SECONDS)
+    instead of filling the audit log four times a second."""
+    world = file_world
+    agent = _agent(world, tmp_path)
+    release = _approved_release(world)
+    rounds = 0
+    original = LiveHub.poll_once
+
+    async def counted(self: LiveHub) -> None:
+        nonlocal rounds
+        await original(self)
+        rounds += 1
+
+    monkeypatch.setattr(LiveHub, "poll_once", counted)
+    server = _serve(world, tmp_path)
+
+    async def scenario() -> None:
+        async with ScriptedAgent(server.port, agent):
+            stored = Path(release.stored_path)
+            script = next(p for p in stored.rglob("*") if p.is_file() and p.suffix != ".toml")
+            script.write_text(script.read_text() + "# changed after approval\n")
+            queue_deployment(world.ctx("op"), release, "test")
+            world.session.commit()
+            await asyncio.to_thread(wait_for, lambda: bool(_audit(world, "bundle.export_failed")),
+                                    DEADLINE, "the push loop to try the export")
+            seen = rounds
+            await asyncio.to_thread(wait_for, lambda: rounds >= seen + 10, DEADLINE,
+                                    "ten more rounds of the push loop")
+
+    try:
+        asyncio.run(scenario())
+        (failed,) = _audit(world, "bundle.export_failed")
+        assert "changed on disk" in json.loads(failed.details)["reason"]
+        assert _state(world) == "queued"  # waits for an operator; media export says why too
+        assert not list((tmp_path / "hubdata" / "live-outbox" / "site-01").glob("*.tgb"))
+    finally:
+        server.stop()
+        agent.close()
