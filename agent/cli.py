@@ -79,16 +79,28 @@ def agent() -> None:
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
               help="A label for the hub (repeatable).")
 @click.option("--hub-url", help="The hub's live endpoint (wss://...), if the site is online.")
+@click.option("--insecure-loopback", is_flag=True,
+              help="Allow a plain ws:// hub_url to a loopback address (tests only; written to "
+                   "agent.toml as allow_insecure_loopback).")
 @click.option("--passphrase-env", metavar="VAR",
               help="Encrypt the agent keys with the passphrase in VAR (then VAR must be set "
                    "when the agent runs). Default: keys stored unencrypted, mode 0600.")
 def init_cmd(home: Path, root_file: str, agent_id: str | None, environment: str | None,
-             labels: tuple[str, ...], hub_url: str | None, passphrase_env: str | None) -> None:
+             labels: tuple[str, ...], hub_url: str | None, insecure_loopback: bool,
+             passphrase_env: str | None) -> None:
     """Create an agent home in HOME: keys, config, journal and directories.
 
     Writes an enrollment request (outbox/enrollment-<id>.json) to carry to the hub, which
-    registers the agent's public keys.
+    registers the agent's public keys. Import the hub's answer with `tiangong agent
+    enroll-response`: it pins the hub's live-channel CA.
     """
+    if hub_url:
+        from agent.live import LiveTLSError, check_hub_url
+
+        try:
+            check_hub_url(hub_url, allow_insecure_loopback=insecure_loopback)
+        except LiveTLSError as exc:
+            raise click.UsageError(f"--hub-url: {exc}") from exc
     parsed: dict[str, str] = {}
     for item in labels:
         key, sep, value = item.partition("=")
@@ -98,7 +110,8 @@ def init_cmd(home: Path, root_file: str, agent_id: str | None, environment: str 
     try:
         config, request = init_home(home, root_file=Path(root_file), agent_id=agent_id,
                                     environment=environment, labels=parsed, hub_url=hub_url,
-                                    passphrase_env=passphrase_env)
+                                    passphrase_env=passphrase_env,
+                                    allow_insecure_loopback=insecure_loopback)
     except HomeError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"agent {config.agent_id} created in {config.home}")
@@ -107,6 +120,36 @@ def init_cmd(home: Path, root_file: str, agent_id: str | None, environment: str 
     click.echo(f"  outbox:      {config.outbox}  (results for the hub)")
     click.echo(f"  enrollment:  {request}  -> import it at the hub")
     click.echo(f"  connections: add them to {config.home / 'agent.toml'}")
+
+
+@agent.command("enroll-response")
+@click.argument("response_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_home_option
+def enroll_response_cmd(response_file: Path, home: Path) -> None:
+    """Import the hub's signed enrollment response (`tiangong hub agents enroll --out`):
+    verify it against the pinned hub root and pin the hub's live-channel CA to
+    trust/hub-ca.pem (the live client trusts no other CA)."""
+    from agent.home import MAX_RESPONSE_BYTES, import_enrollment_response
+
+    try:
+        config = load_config(home)
+        with response_file.open("rb") as fh:
+            data = fh.read(MAX_RESPONSE_BYTES + 1)
+        info = import_enrollment_response(config, data, source=str(response_file))
+    except (ConfigError, HomeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {response_file}: {exc.strerror}") from exc
+    click.echo(f"agent {info.agent_id} enrolled at hub {info.hub_id} "
+               f"(environment {info.environment or '-'})")
+    if info.ca_pinned is not None:
+        click.echo(f"  live TLS CA pinned: {info.ca_pinned}")
+    else:
+        click.echo("  the response carries no live TLS CA (the hub has none): live wss:// "
+                   "connections will be refused until one is pinned")
+    if info.live_url and not config.hub_url:
+        click.echo(f"  the hub's live address is {info.live_url}: set hub_url in "
+                   f"{config.home / 'agent.toml'} to use it")
 
 
 @agent.command("run")
@@ -134,9 +177,12 @@ def run_cmd(home: Path, once: bool, json_logs: bool, verbose: bool) -> None:
         import asyncio
         import threading
 
-        from agent.live import LiveClient
+        from agent.live import LiveClient, LiveTLSError
 
-        client = LiveClient(config)
+        try:
+            client = LiveClient(config)
+        except (LiveTLSError, HomeError) as exc:
+            raise click.ClickException(f"live channel: {exc}") from exc
     try:
         ag = Agent(config, live_log=client.live_log if client else None)
     except (ConfigError, HomeError, RuntimeError) as exc:

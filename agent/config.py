@@ -62,6 +62,7 @@ class AgentConfig:
     connections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     secrets: Mapping[str, Any] = field(default_factory=dict)
     hub_url: str | None = None
+    allow_insecure_loopback: bool = False  # plain ws:// to a loopback hub (tests only)
 
     @property
     def inbox(self) -> Path:
@@ -102,6 +103,12 @@ class AgentConfig:
     @property
     def root_path(self) -> Path:
         return self.home / "trust" / "root.json"
+
+    @property
+    def hub_ca_path(self) -> Path:
+        """The hub's live-channel CA, pinned from the enrollment response; the live client
+        trusts no other CA."""
+        return self.home / "trust" / "hub-ca.pem"
 
 
 def _table(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -158,9 +165,17 @@ def load_config(home: Path) -> AgentConfig:
             connections=connections,
             secrets=_table(doc, "secrets"),
             hub_url=agent.get("hub_url") or None,
+            allow_insecure_loopback=_bool(path, "allow_insecure_loopback",
+                                          agent.get("allow_insecure_loopback", False)),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _bool(path: Path, name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: [agent] {name} must be true or false")
+    return value
 
 
 def resolve_secret(

@@ -8,6 +8,8 @@ Layout (all under the home directory, created 0700)::
     keys/box.key          X25519 key: bundles seal the site's secrets to it
     keys/*.pub            their public halves (the hub also gets them in the enrollment)
     trust/root.json       the hub's root document, pinned at init from a file the operator gives
+    trust/hub-ca.pem      the hub's live-channel CA, pinned from the enrollment response
+                          (``tiangong agent enroll-response``); the live client trusts only it
     inbox/                bundles arrive here (USB stick, share, live channel)
     staging/              private: bundles being verified
     archive/              bundles that were accepted, after they ran
@@ -51,7 +53,12 @@ from signing.roots import TrustedRoot
 from signing.strictjson import dumps_canonical
 from tiangong import __version__
 
-__all__ = ["AgentKeys", "HomeError", "init_home", "load_keys"]
+__all__ = ["MAX_RESPONSE_BYTES", "AgentKeys", "EnrollmentInfo", "HomeError",
+           "import_enrollment_response",
+           "init_home", "load_keys"]
+
+MAX_RESPONSE_BYTES = 256 * 1024  # bytes of an enrollment response file
+MAX_CA_PEM_BYTES = 16 * 1024  # bytes of the hub's CA certificate inside it
 
 SUBDIRS = ("inbox", "staging", "archive", "quarantine", "outbox", "logs", "runs", "keys",
            "trust")
@@ -105,6 +112,7 @@ def init_home(
     hub_url: str | None = None,
     passphrase_env: str | None = None,
     now: int | None = None,
+    allow_insecure_loopback: bool = False,
 ) -> tuple[AgentConfig, Path]:
     """Create an agent home; return its config and the path of the enrollment request.
 
@@ -164,6 +172,8 @@ def init_home(
         doc["agent"]["environment"] = environment
     if hub_url:
         doc["agent"]["hub_url"] = hub_url
+    if allow_insecure_loopback:
+        doc["agent"]["allow_insecure_loopback"] = True
     header = (
         "# Tiangong agent configuration. Site connections and secrets are defined here and\n"
         "# referenced by name from release steps; see docs/agent.md.\n"
@@ -195,3 +205,74 @@ def init_home(
     req_path = home / "outbox" / f"enrollment-{agent_id}.json"
     write_file_atomic(req_path, envelope, mode=0o644, overwrite=True)
     return config, req_path
+
+
+@dataclass(frozen=True)
+class EnrollmentInfo:
+    """What an imported enrollment response told the agent."""
+
+    agent_id: str
+    environment: str
+    hub_id: str
+    ca_pinned: Path | None
+    live_url: str | None
+
+
+def import_enrollment_response(config: AgentConfig, data: bytes,
+                               source: str = "enrollment response") -> EnrollmentInfo:
+    """Verify the hub's signed enrollment response (``tiangong hub agents enroll --out``)
+    and pin the live channel's CA it carries to ``trust/hub-ca.pem``.
+
+    Verified, then parsed, then acted on: the envelope must be signed by the hub's release
+    key(s) as certified by the root pinned at init, and name this agent and this hub. An
+    already pinned CA is replaced only by a response that verifies the same way.
+
+    Raises:
+        HomeError: the response does not verify, is for another agent or hub, or its CA is
+            not a PEM certificate (nothing is written then).
+    """
+    import ssl
+
+    from signing.envelope import TYPE_ENROLLMENT_RESPONSE, verify_envelope
+    from signing.errors import SigningError
+    from signing.strictjson import loads_strict
+
+    if len(data) > MAX_RESPONSE_BYTES:
+        raise HomeError(f"{source}: larger than {MAX_RESPONSE_BYTES} bytes")
+    try:
+        root = TrustedRoot.pin(config.root_path.read_bytes())
+        role = root.document.role_keys("release", int(time.time()))
+        verified = verify_envelope(data, payload_type=TYPE_ENROLLMENT_RESPONSE,
+                                   trusted=role.keys, threshold=role.threshold,
+                                   max_bytes=MAX_RESPONSE_BYTES)
+        doc = loads_strict(verified.payload, MAX_RESPONSE_BYTES)
+    except OSError as exc:
+        raise HomeError(f"cannot read the pinned root {config.root_path}: {exc}") from exc
+    except SigningError as exc:
+        raise HomeError(f"{source} does not verify against the hub root pinned in "
+                        f"{config.root_path}: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("type") != "tiangong/enrollment-response":
+        raise HomeError(f"{source}: not a tiangong/enrollment-response")
+    if doc.get("agent_id") != config.agent_id:
+        raise HomeError(f"{source} is for agent {str(doc.get('agent_id'))[:64]!r}, "
+                        f"this is {config.agent_id!r}")
+    if doc.get("hub_id") != config.hub_id:
+        raise HomeError(f"{source} is from hub {str(doc.get('hub_id'))[:64]!r}, this agent "
+                        f"trusts {config.hub_id!r}")
+    ca = doc.get("tls_ca")
+    live_url = doc.get("live_url")
+    if live_url is not None and not isinstance(live_url, str):
+        raise HomeError(f"{source}: live_url must be a string")
+    pinned = None
+    if ca is not None:
+        if not isinstance(ca, str) or len(ca) > MAX_CA_PEM_BYTES:
+            raise HomeError(f"{source}: tls_ca must be a PEM certificate of at most "
+                            f"{MAX_CA_PEM_BYTES} bytes")
+        try:
+            ssl.create_default_context(cadata=ca)
+        except (ssl.SSLError, ValueError) as exc:
+            raise HomeError(f"{source}: tls_ca is not a usable CA certificate: {exc}") from exc
+        write_file_atomic(config.hub_ca_path, ca.encode("ascii"), mode=0o644, overwrite=True)
+        pinned = config.hub_ca_path
+    return EnrollmentInfo(str(doc["agent_id"]), str(doc.get("environment", "")),
+                          str(doc["hub_id"]), pinned, live_url)

@@ -17,9 +17,15 @@ While the hub is reachable the agent keeps one WebSocket open to ``hub_url``
 * **Heartbeats** at the interval of WELCOME; **reconnects** with jittered exponential
   backoff, bounded by ``max_backoff``.
 
-Deliberately not here (yet): TLS pinning of the hub's CA and the channel binding (plain
-``ws://`` works; a ``wss://`` URL uses the system's default context); log ``seq`` numbers
-restart at 0 per bundle when the agent process restarts.
+* **TLS.** ``wss://`` only, verified against the hub's CA pinned from the enrollment
+  response (``<home>/trust/hub-ca.pem``) and nothing else — no system CAs — with the host
+  name checked. The signed challenge is bound to the TLS channel: the binding is the SHA-256
+  of the hub certificate this connection presented (tls-server-end-point,
+  docs/live-protocol.md §5.2). Plain ``ws://`` is refused unless ``allow_insecure_loopback``
+  is set and the hub address is a loopback address (tests).
+
+Deliberately not here (yet): log ``seq`` numbers restart at 0 per bundle when the agent
+process restarts.
 """
 
 from __future__ import annotations
@@ -27,11 +33,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import os
 import random
+import ssl as ssl_module
 import threading
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +73,7 @@ from bundle.sync import (
 )
 from bundle.sync_errors import SyncError, TransferError
 
-__all__ = ["LiveClient", "run_live_client"]
+__all__ = ["LiveClient", "LiveTLSError", "check_hub_url", "pinned_context", "run_live_client"]
 
 log = logging.getLogger("tiangong.agent.live")
 
@@ -73,6 +82,71 @@ WINDOW_BYTES = 32 * 1024 * 1024  # bytes of a result sent and not yet acknowledg
 SENT_STATE = "live-sent.json"  # in the agent home: names of results the hub received
 MAX_QUEUED_LOGS = 10_000  # LOG messages waiting for the connection; more are dropped (counted)
 _LOG_STREAMS = ("stdout", "stderr", "info")  # what LOG carries; other streams go as "info"
+
+
+class LiveTLSError(ValueError):
+    """The live connection cannot be secured as required: plain ws:// where it is not
+    allowed, no pinned hub CA, or an unusable CA file. The message says what to do."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_hub_url(url: str, *, allow_insecure_loopback: bool) -> str:
+    """The URL's scheme (``wss`` or ``ws``) if the agent may use it.
+
+    Raises:
+        LiveTLSError: not a ws:// or wss:// URL, or plain ws:// without
+            ``allow_insecure_loopback`` or to an address that is not loopback.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise LiveTLSError(f"hub_url {url!r} must be wss://HOST:PORT/live")
+    if parts.scheme == "ws":
+        if not allow_insecure_loopback:
+            raise LiveTLSError(f"hub_url {url}: plain ws:// is refused (no TLS); use wss://, "
+                               "or set allow_insecure_loopback = true in [agent] of "
+                               "agent.toml for a loopback test hub")
+        if not _is_loopback(parts.hostname):
+            raise LiveTLSError(f"hub_url {url}: plain ws:// is only allowed to a loopback "
+                               f"address, not {parts.hostname}")
+    return parts.scheme
+
+
+def pinned_context(ca_file: Path) -> ssl_module.SSLContext:
+    """A client context that trusts only the hub CA in ``ca_file`` (no system CAs), checks
+    the host name, and speaks TLS 1.2 or newer.
+
+    Raises:
+        LiveTLSError: the file is missing or holds no usable CA certificate.
+    """
+    try:
+        context = ssl_module.create_default_context(cafile=str(ca_file))
+    except FileNotFoundError as exc:
+        raise LiveTLSError(f"no pinned hub CA at {ca_file}: import the hub's enrollment "
+                           "response with `tiangong agent enroll-response FILE`") from exc
+    except (OSError, ssl_module.SSLError) as exc:
+        raise LiveTLSError(f"the pinned hub CA {ca_file} is not usable: {exc}") from exc
+    context.minimum_version = ssl_module.TLSVersion.TLSv1_2
+    return context
+
+
+def _peer_binding(ws: ClientConnection) -> bytes:
+    """tls-server-end-point of this connection (§5.2): SHA-256 of the hub's certificate as
+    presented on it; ``b""`` on plain ws://."""
+    ssl_object = ws.transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return b""
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        raise LiveTLSError("the hub presented no certificate")
+    return hashlib.sha256(der).digest()
 
 
 class _FileSink:
@@ -133,12 +207,19 @@ def _fsync_dir(directory: Path) -> None:
 class LiveClient:
     """One agent's live connection to its hub, reconnecting until stopped.
 
-    ``ssl`` is passed to ``websockets`` for ``wss://`` URLs; ``outbox_poll_seconds`` is how
-    often the outbox is looked at for new results.
+    ``ssl`` is the client context for ``wss://`` (default: :func:`pinned_context` of the
+    CA pinned in the agent home); ``allow_insecure_loopback`` (default: the config's) permits
+    plain ``ws://`` to a loopback hub. ``outbox_poll_seconds`` is how often the outbox is
+    looked at for new results.
+
+    Raises:
+        ValueError: no hub_url or hub_id in the config.
+        LiveTLSError: plain ws:// not allowed, or no usable pinned CA for wss://.
     """
 
     def __init__(self, config: AgentConfig, *, keys: AgentKeys | None = None,
-                 url: str | None = None, ssl: Any = None, min_backoff: float = 0.5,
+                 url: str | None = None, ssl: ssl_module.SSLContext | None = None,
+                 allow_insecure_loopback: bool | None = None, min_backoff: float = 0.5,
                  max_backoff: float = 60.0, outbox_poll_seconds: float = 2.0,
                  rng: Callable[[], float] = random.random) -> None:
         self.config = config
@@ -147,8 +228,14 @@ class LiveClient:
             raise ValueError(f"agent {config.agent_id}: no hub_url in agent.toml")
         if config.hub_id is None:
             raise ValueError(f"agent {config.agent_id}: no hub_id in agent.toml")
+        insecure = (config.allow_insecure_loopback if allow_insecure_loopback is None
+                    else allow_insecure_loopback)
+        scheme = check_hub_url(self.url, allow_insecure_loopback=insecure)
+        if scheme == "wss" and ssl is None:
+            ssl = pinned_context(config.hub_ca_path)
         self.keys = keys or load_keys(config)
-        self.ssl = ssl
+        self.ssl = ssl if scheme == "wss" else None
+        self.last_error: str | None = None  # why the last attempt failed (for operators)
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
         self.outbox_poll_seconds = outbox_poll_seconds
@@ -217,7 +304,13 @@ class LiveClient:
             welcomed = False
             try:
                 welcomed = await self._connect_once(stop)
-            except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            except ssl_module.SSLCertVerificationError as exc:
+                self.last_error = (f"the hub at {self.url} presented a certificate that does "
+                                   f"not verify against the pinned CA {self.config.hub_ca_path}"
+                                   f": {exc.verify_message or exc}")
+                log.error("live: %s", self.last_error)
+            except (OSError, InvalidHandshake, InvalidURI, TimeoutError, LiveTLSError) as exc:
+                self.last_error = f"cannot reach {self.url}: {exc}"
                 log.info("live: cannot reach %s: %s", self.url, exc)
             except ConnectionClosed as exc:
                 log.info("live: connection to %s closed: %s", self.url, exc)
@@ -231,9 +324,10 @@ class LiveClient:
 
     async def _connect_once(self, stop: threading.Event) -> bool:
         assert self.config.hub_id is not None and self.url is not None
-        conn = AgentSide(self.config.agent_id, self.config.hub_id, self.keys.identity)
         async with connect(self.url, compression=None, max_size=MAX_MESSAGE_BYTES,
                            ssl=self.ssl, open_timeout=10) as ws:
+            conn = AgentSide(self.config.agent_id, self.config.hub_id, self.keys.identity,
+                             binding=_peer_binding(ws))
             s = _Session(ws, conn)
             conn.send_hello()
             await s.flush()

@@ -179,6 +179,14 @@ def hub(ctx: click.Context, data_dir: Path | None, actor: str | None) -> None:
     help="First line: passphrase for the root key (or TIANGONG_KEY_PASSPHRASE).",
 )
 @click.option("--insecure-no-passphrase", is_flag=True, help="Write the root key unencrypted.")
+@click.option(
+    "--tls-name",
+    "tls_names",
+    multiple=True,
+    metavar="NAME",
+    help="A host name or IP address agents use to reach the live server (repeatable; "
+    "default: localhost, 127.0.0.1 and this host's name).",
+)
 @click.pass_context
 def init(
     ctx: click.Context,
@@ -188,8 +196,10 @@ def init(
     root_key_out: Path | None,
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
+    tls_names: tuple[str, ...],
 ) -> None:
-    """Create the data directory, database, keys, root document and the first admin."""
+    """Create the data directory, database, keys, root document, the live channel's private
+    CA and server certificate, and the first admin."""
     import tomli_w
 
     from hub.db import make_engine, make_session_factory
@@ -197,6 +207,7 @@ def init(
     from hub.migrate import upgrade
     from hub.services.context import utc_now
     from hub.services.users import bootstrap_admin
+    from hub.tls import create_ca, default_names, issue_server_certificate, tls_files
     from signing.errors import PassphraseError
     from signing.keyfile import resolve_passphrase
 
@@ -230,6 +241,9 @@ def init(
             root_passphrase=passphrase,
             insecure_no_passphrase=insecure_no_passphrase,
         )
+        tls = tls_files(data_dir)
+        create_ca(tls, trust.hub_id, now)
+        server_cert = issue_server_certificate(tls, list(tls_names) or default_names(), now)
         settings: dict[str, Any] = {"hub_id": trust.hub_id, "secret_key": secrets.token_hex(32)}
         if database_url:
             settings["database_url"] = database_url
@@ -257,6 +271,8 @@ def init(
     click.echo(f"  root document  {trust.root_json}  (give this to agents and auditors)")
     click.echo(f"  release key    {trust.release_key}")
     click.echo(f"  audit key      {trust.audit_key}")
+    click.echo(f"  live TLS CA    {tls.ca_cert}  (enrollment responses carry it to agents)")
+    click.echo(f"  live TLS cert  {tls.server_cert}  for {_cert_names(server_cert)}")
     click.echo(f"  first admin    {admin}")
     enc = "passphrase-encrypted" if trust.root_key_encrypted else "NOT encrypted"
     click.echo(f"ROOT KEY ({enc}): {trust.root_key}")
@@ -378,6 +394,53 @@ def live_cmd(ctx: click.Context, bind: str | None, insecure_loopback: bool) -> N
     click.echo(f"live server for hub {server.hub.hub_id} on {scheme}://{bind or cfg.live_bind}"
                "/live", err=True)
     run_until_signalled(server)
+
+
+def _cert_names(cert: Any) -> str:
+    from cryptography import x509
+
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return "-"
+    return ", ".join(str(n.value) for n in names)
+
+
+@hub.group("tls")
+def tls_group() -> None:
+    """The live channel's TLS files in <data-dir>/tls (private CA, server certificate)."""
+
+
+@tls_group.command("issue")
+@click.option(
+    "--name",
+    "names",
+    multiple=True,
+    metavar="NAME",
+    help="Host name or IP address agents connect to (repeatable; default: localhost, "
+    "127.0.0.1 and this host's name).",
+)
+@click.option("--days", type=click.IntRange(min=1), default=None,
+              help="Validity in days (default: 730; never past the CA's own expiry).")
+@click.pass_context
+def tls_issue(ctx: click.Context, names: tuple[str, ...], days: int | None) -> None:
+    """Sign a new server certificate (and key) with the hub's CA, e.g. when the hub's
+    address changes. Agents pin the CA, so they accept it at once; restart `hub serve` /
+    `hub live` to use it."""
+    from hub.services.context import utc_now
+    from hub.tls import SERVER_VALIDITY_DAYS, default_names, issue_server_certificate, tls_files
+
+    try:
+        cfg = _config(_state(ctx))
+        files = tls_files(cfg.data_dir)
+        cert = issue_server_certificate(files, list(names) or default_names(), utc_now(),
+                                        days=days or SERVER_VALIDITY_DAYS)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"server certificate {files.server_cert} issued for {_cert_names(cert)}, "
+               f"valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%MZ}")
+    click.echo("  restart `tiangong hub serve` (or `hub live`) to use it")
 
 
 # --- users ----------------------------------------------------------------------------

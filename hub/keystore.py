@@ -7,6 +7,7 @@ Layout of the data directory::
     keys/audit.key            online audit checkpoint key (0600, no passphrase: unattended)
     keys/*.pub                their public key files
     root-key.OFFLINE.json     the root key — move it OFF this machine after init
+    tls/                      the live channel's private CA and server certificate (hub.tls)
 
 The root key signs only root documents (initial, rotations); the hub runs without it. It is
 written with ``signing.keyfile``: passphrase-encrypted when a passphrase is available,
@@ -47,6 +48,7 @@ __all__ = [
 ROOT_VALIDITY_S = 5 * 365 * 86400  # seconds a root document stays valid
 ONLINE_KEY_VALIDITY_S = 365 * 86400  # seconds the release and audit keys are certified for
 ROOT_KEY_FILE = "root-key.OFFLINE.json"
+MAX_CA_PEM_BYTES = 16 * 1024  # bytes of the TLS CA certificate file
 
 
 @dataclass(frozen=True)
@@ -158,4 +160,24 @@ def load_hub_keys(data_dir: Path, *, with_private: bool = True) -> HubKeys:
                 loaded[name] = load_private_key(path, passphrase=None).signing_key()
             except SigningError as exc:
                 raise ConfigError(f"{path}: {exc}") from exc
-    return HubKeys(envelope, loaded["audit"], loaded["release"])
+    return HubKeys(envelope, loaded["audit"], loaded["release"], _tls_ca(data_dir))
+
+
+def _tls_ca(data_dir: Path) -> bytes | None:
+    """The live channel's CA certificate (PEM) if ``hub init`` made one; enrollment
+    responses carry it so agents can pin it.
+
+    Raises:
+        ConfigError: the file exists but cannot be read or holds no certificate.
+    """
+    path = data_dir / "tls" / "ca.crt"
+    try:
+        with path.open("rb") as fh:
+            pem = fh.read(MAX_CA_PEM_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from exc
+    if len(pem) > MAX_CA_PEM_BYTES or b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise ConfigError(f"{path} is not a PEM certificate of at most {MAX_CA_PEM_BYTES} bytes")
+    return pem

@@ -220,9 +220,13 @@ class EnrollmentResponse:
     root_envelope: bytes | None
     enrolled_at: int  # Unix seconds
     extra: dict[str, Any] = field(default_factory=dict)
+    tls_ca_pem: bytes | None = None  # the live channel's CA (PEM): the agent pins it
+    live_url: str | None = None  # wss://…/live, when the hub knows its public address
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """The signed payload. ``tls_ca`` (PEM text) and ``live_url`` appear only when
+        known; the agent's ``tiangong agent enroll-response`` pins the CA."""
+        doc: dict[str, Any] = {
             "type": "tiangong/enrollment-response",
             "agent_id": self.agent_id,
             "environment": self.environment,
@@ -232,6 +236,11 @@ class EnrollmentResponse:
             else None,
             "enrolled_at": self.enrolled_at,
         }
+        if self.tls_ca_pem is not None:
+            doc["tls_ca"] = self.tls_ca_pem.decode("ascii")
+        if self.live_url is not None:
+            doc["live_url"] = self.live_url
+        return doc
 
     def to_envelope(self, release_key: SigningKey) -> bytes:
         """The response signed by the hub's release key (payload type
@@ -336,6 +345,7 @@ def enroll_agent(
         hub_id=ctx.keys.hub_id if ctx.keys is not None else "",
         root_envelope=ctx.keys.root_envelope if ctx.keys is not None else None,
         enrolled_at=int(now.timestamp()),
+        tls_ca_pem=ctx.keys.tls_ca_pem if ctx.keys is not None else None,
     )
 
 

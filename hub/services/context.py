@@ -30,6 +30,7 @@ class HubKeys:
     root_envelope: bytes
     audit_key: SigningKey | None = None
     release_key: SigningKey | None = None
+    tls_ca_pem: bytes | None = None  # the live channel's private CA; agents pin it
 
     @property
     def trusted_root(self) -> TrustedRoot:

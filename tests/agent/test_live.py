@@ -17,7 +17,8 @@ class _Keys:
 
 def _config(tmp_path: Path, hub_url: str | None = "ws://127.0.0.1:1/live") -> AgentConfig:
     return AgentConfig(home=tmp_path, agent_id="site-01", environment="test",
-                       hub_id="hub-test", labels={}, hub_url=hub_url)
+                       hub_id="hub-test", labels={}, hub_url=hub_url,
+                       allow_insecure_loopback=True)
 
 
 @pytest.mark.parametrize("rng", [0.0, 0.5, 1.0])

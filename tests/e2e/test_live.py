@@ -84,7 +84,8 @@ class _Client:
 
 def _start_client(agent: Agent, server: LiveServer) -> _Client:
     config = dataclasses.replace(agent.config, hub_url=f"ws://127.0.0.1:{server.port}/live")
-    client = LiveClient(config, keys=agent.keys, outbox_poll_seconds=0.05, min_backoff=0.05,
+    client = LiveClient(config, keys=agent.keys, allow_insecure_loopback=True,
+                        outbox_poll_seconds=0.05, min_backoff=0.05,
                         max_backoff=0.5)
     stop = threading.Event()
     thread = threading.Thread(target=asyncio.run, args=(client.run(stop),), daemon=True)

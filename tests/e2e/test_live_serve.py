@@ -1,6 +1,8 @@
 """``tiangong hub serve --live-bind`` runs the live server as a child process: a real hub
-process pushes a queued deployment to a real agent process over ws:// on 127.0.0.1, the
-result comes back live and is imported, and SIGTERM stops both servers.
+process pushes a queued deployment to a real agent process on 127.0.0.1 — over wss:// with the
+CA ``hub init`` made and the agent pinned from its enrollment response, or over plain ws://
+with ``--live-insecure-loopback`` — the result comes back live and is imported, and SIGTERM
+stops both servers.
 
 The helpers (:func:`free_port`, :class:`HubServe`, :func:`start_hub_serve`) are meant for
 other end-to-end tests built on a running ``hub serve``.
@@ -55,10 +57,11 @@ class HubServe:
     http_port: int
     live_port: int
     log: Path
+    tls: bool = False
 
     @property
     def live_url(self) -> str:
-        return f"ws://127.0.0.1:{self.live_port}/live"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.live_port}/live"
 
     def stop(self) -> int:
         """SIGTERM, as systemd or Kubernetes would; returns the exit code."""
@@ -67,19 +70,23 @@ class HubServe:
         return self.proc.wait(DEADLINE)
 
 
-def start_hub_serve(data_dir: Path, env: dict[str, str], log: Path) -> HubServe:
-    """Start ``hub serve`` with a plain ws:// live server on loopback; return once /healthz
-    answers and the live port accepts connections."""
+def start_hub_serve(data_dir: Path, env: dict[str, str], log: Path, *,
+                    tls: bool = False) -> HubServe:
+    """Start ``hub serve`` with a live server on loopback — plain ws://
+    (``--live-insecure-loopback``), or wss:// with the certificate ``hub init`` made (then
+    it must name 127.0.0.1) — and return once /healthz answers and the live port accepts
+    connections."""
     import os
 
     http_port, live_port = free_port(), free_port()
+    insecure = [] if tls else ["--live-insecure-loopback"]
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*TIANGONG, "hub", "--data-dir", str(data_dir), "serve",
              "--bind", f"127.0.0.1:{http_port}", "--workers", "1",
-             "--live-bind", f"127.0.0.1:{live_port}", "--live-insecure-loopback"],
+             "--live-bind", f"127.0.0.1:{live_port}", *insecure],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
-    server = HubServe(proc, http_port, live_port, log)
+    server = HubServe(proc, http_port, live_port, log, tls)
     try:
         wait_for(lambda: proc.poll() is not None or _healthy(http_port), DEADLINE,
                  "hub serve to answer /healthz")
@@ -102,30 +109,35 @@ def hub_cli(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str],
             check: bool = True) -> subprocess.CompletedProcess[str]:
         return run("hub", "--as", user, *args, env=env, check=check)
 
-    hub("init", "--admin", "admin", "--hub-id", "hub-live-e2e")
+    hub("init", "--admin", "admin", "--hub-id", "hub-live-e2e", "--tls-name", "127.0.0.1")
     yield data, env, hub
 
 
+@pytest.mark.parametrize("tls", [True, False], ids=["wss", "ws-loopback"])
 def test_hub_serve_runs_the_live_server_and_delivers_live(
         tmp_path: Path,
         hub_cli: tuple[Path, dict[str, str], Callable[..., subprocess.CompletedProcess[str]]],
+        tls: bool,
 ) -> None:
     data, env, hub = hub_cli
     for name, role in (("alice", "developer"), ("bob", "approver"), ("carol", "operator")):
         hub("users", "create", name)
         hub("users", "grant", name, role)
     hub("environments", "create", "plant-a")
-    server = start_hub_serve(data, env, tmp_path / "hub-serve.log")
+    server = start_hub_serve(data, env, tmp_path / "hub-serve.log", tls=tls)
     agent = None
     try:
         home = tmp_path / "agent"
+        insecure = [] if tls else ["--insecure-loopback"]
         run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
-            "--environment", "plant-a", "--hub-url", server.live_url)
+            "--environment", "plant-a", "--hub-url", server.live_url, *insecure)
         set_fast_inbox(home)
         request = next((home / "outbox").glob("enrollment-*.json"))
-        hub("agents", "enroll", str(request), "--out", str(tmp_path / "response.json"),
-            user="carol")
+        response = tmp_path / "response.json"
+        hub("agents", "enroll", str(request), "--out", str(response), user="carol")
         request.unlink()  # the outbox is for results; the request has been carried over
+        out = run("agent", "enroll-response", str(response), "--home", str(home))
+        assert "live TLS CA pinned" in out.stdout
         hub("releases", "create", str(HELLO), "--create-product", user="alice")
         hub("releases", "submit", "hello", "1.0.0", user="alice")
         hub("releases", "approve", "hello", "1.0.0", user="bob")
@@ -133,9 +145,9 @@ def test_hub_serve_runs_the_live_server_and_delivers_live(
             user="carol")
 
         agent_log = tmp_path / "agent.log"
-        with agent_log.open("wb") as out:
+        with agent_log.open("wb") as log_fh:
             agent = subprocess.Popen([*TIANGONG, "agent", "run", "--home", str(home)],
-                                     stdout=out, stderr=subprocess.STDOUT)
+                                     stdout=log_fh, stderr=subprocess.STDOUT)
 
         def state() -> str:
             deps = json.loads(hub("deployments", "list", "--json", user="carol").stdout)
