@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from flask import (
     send_file,
     url_for,
 )
+from flask.blueprints import BlueprintSetupState
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from hub.app import hub_config, hub_keys
 from hub.db import Agent, db
@@ -61,19 +64,59 @@ from web.views import ctx, login_required, signed_in_user, status_for
 __all__ = [
     "RESPONSES_DIR",
     "bp",
+    "cap_request_body",
     "presence",
     "response_name",
     "response_path",
     "store_response",
+    "too_large_page",
     "upload_name",
     "web_now",
 ]
 
 RESPONSES_DIR = "enrollment-responses"  # under data_dir: responses kept for download
 MAX_REASON_CHARS = 2000  # characters of a revocation reason
+MULTIPART_OVERHEAD = 64 * 1024  # bytes of form fields and boundaries around an upload
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 bp = Blueprint("agents", __name__, url_prefix="/agents")
+
+#: endpoint -> the largest request body it accepts (bytes), see :func:`cap_request_body`.
+_BODY_CAPS: dict[str, Callable[[], int]] = {}
+
+
+def cap_request_body(endpoint: str, limit: Callable[[], int]) -> None:
+    """Refuse (413) a request to ``endpoint`` whose body is larger than ``limit()`` bytes,
+    before anything reads it — the CSRF check reads the form first, so a blueprint's own
+    ``before_request`` would come too late and an oversized upload would fill the disk."""
+    _BODY_CAPS[endpoint] = limit
+
+
+def _cap_body() -> None:
+    limit = _BODY_CAPS.get(request.endpoint or "")
+    if limit is not None:
+        request.max_content_length = limit()
+
+
+@bp.record_once
+def _install_caps(state: BlueprintSetupState) -> None:
+    # Ahead of every other before_request function of the app (the CSRF check among them).
+    state.app.before_request_funcs.setdefault(None, []).insert(0, _cap_body)
+
+
+cap_request_body("agents.enroll", lambda: MAX_REQUEST_BYTES + MULTIPART_OVERHEAD)
+
+
+def too_large_page(message: str) -> Any:
+    """The 413 answer to an upload refused by :func:`cap_request_body`."""
+    return render_template("errors/error.html", status=413, title="Too large",
+                           message=message), 413
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def _too_large(_exc: RequestEntityTooLarge) -> Any:
+    return too_large_page(f"the upload is larger than {MAX_REQUEST_BYTES // 1024} KiB: it is "
+                          "not an enrollment request (nothing was read)")
 
 
 def web_now() -> datetime:

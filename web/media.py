@@ -37,7 +37,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from hub.app import hub_config
 from hub.errors import NotFoundError, PermissionDeniedError, ValidationError
@@ -46,20 +56,54 @@ from hub.services.environments import environment_for, viewable_environments
 from hub.services.exchange import ExportReport, export_environment, import_directory
 from hub.services.users import can
 from signing.fileio import write_file_atomic
-from web.agents import response_name, store_response, upload_name, web_now
+from web.agents import (
+    cap_request_body,
+    response_name,
+    store_response,
+    too_large_page,
+    upload_name,
+    web_now,
+)
 from web.views import ctx, login_required, signed_in_user
 
-__all__ = ["EXPORTS_DIR", "UPLOADS_DIR", "bp", "tar_length", "tar_stream"]
+__all__ = [
+    "EXPORTS_DIR",
+    "IMPORT_LIMIT_SETTING",
+    "MAX_IMPORT_UPLOAD_BYTES",
+    "UPLOADS_DIR",
+    "bp",
+    "import_limit",
+    "tar_length",
+    "tar_stream",
+]
 
 EXPORTS_DIR = "web-exports"  # under data_dir: exports waiting to be downloaded
 UPLOADS_DIR = "import-uploads"  # under data_dir: uploaded files (refused ones stay)
 META = ".export.json"  # an export's summary, beside its files (not put in the tar)
 COPY_CHUNK = 1024 * 1024  # bytes read per step while streaming a tar
+#: Largest import upload (all files of one request), unless the app setting below says
+#: otherwise.
+MAX_IMPORT_UPLOAD_BYTES = 4 * 1024**3  # bytes
+IMPORT_LIMIT_SETTING = "TIANGONG_MAX_IMPORT_UPLOAD_BYTES"  # app config key (bytes)
 BLOCK = tarfile.BLOCKSIZE  # 512 bytes
 RECORD = tarfile.RECORDSIZE  # 10240 bytes: a tar's length is a multiple of this
 _EXPORT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}-\d{8}T\d{6}Z-[0-9a-f]{8}$")
 
 bp = Blueprint("media", __name__, url_prefix="/media")
+
+
+def import_limit() -> int:
+    """The largest import upload, in bytes (app setting :data:`IMPORT_LIMIT_SETTING`)."""
+    return int(current_app.config.get(IMPORT_LIMIT_SETTING, MAX_IMPORT_UPLOAD_BYTES))
+
+
+cap_request_body("media.import_files", import_limit)
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def _too_large(_exc: RequestEntityTooLarge) -> Any:
+    return too_large_page(f"the upload is larger than the limit of {import_limit():,} bytes; "
+                          "nothing was read — import the files in smaller groups")
 
 
 # -- the tar stream ---------------------------------------------------------------------------

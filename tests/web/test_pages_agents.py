@@ -249,3 +249,10 @@ def test_revoke_and_download_need_the_role_in_that_environment(
         assert get_agent(db.session(), "p-02").status == "enrolled"
     page = site.client("view").get("/agents/p-02").get_data(as_text=True)
     assert 'id="revoke-link"' not in page and 'id="download-response"' not in page
+
+
+def test_an_oversized_upload_is_refused_before_it_is_read(site: Site) -> None:
+    resp = _upload(site, "op", b"x" * (200 * 1024), "huge.json")
+    assert resp.status_code == 413 and "not an enrollment request" in resp.get_data(as_text=True)
+    with site.app.app_context():
+        assert _agent_count() == 0

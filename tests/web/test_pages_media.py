@@ -26,7 +26,7 @@ from hub.services.releases import create_release, submit_release
 from tests.hub.conftest import write_release
 from tests.web.pages import Site
 from tests.web.test_pages_agents import request_file
-from web.media import EXPORTS_DIR, UPLOADS_DIR, tar_length, tar_stream
+from web.media import EXPORTS_DIR, IMPORT_LIMIT_SETTING, UPLOADS_DIR, tar_length, tar_stream
 
 
 def _upload(site: Site, c: FlaskClient, files: list[tuple[bytes, str]]) -> Any:
@@ -245,6 +245,14 @@ def test_import_without_files_is_a_400(site: Site) -> None:
     resp = site.post(site.client("op"), "/media/import", {},
                      content_type="multipart/form-data")
     assert resp.status_code == 400 and "choose one or more" in resp.get_data(as_text=True)
+
+
+def test_an_import_over_the_limit_is_refused_before_it_is_read(site: Site) -> None:
+    site.app.config[IMPORT_LIMIT_SETTING] = 4096
+    resp = _upload(site, site.client("op"), [(b"r" * 8192, "big.tgr")])
+    assert resp.status_code == 413 and "4,096 bytes" in resp.get_data(as_text=True)
+    uploads = site.data_dir / UPLOADS_DIR
+    assert not uploads.exists() or not any(uploads.iterdir())
 
 
 @pytest.mark.parametrize("sizes", [[0], [1, 511, 512, 513], [10240 - 1024 - 512], [70000]])
