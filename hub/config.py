@@ -14,7 +14,27 @@ bind                           TIANGONG_HUB_BIND                127.0.0.1:8400
 workers                        TIANGONG_HUB_WORKERS             2
 hub_id                         TIANGONG_HUB_HUB_ID              (from root.json at init)
 export_dir                     TIANGONG_HUB_EXPORT_DIR          (none: the web UI offers a download)
+live_bind                      TIANGONG_HUB_LIVE_BIND           "" (no live server)
+live_tls_cert_file             TIANGONG_HUB_LIVE_TLS_CERT_FILE  <data_dir>/tls/server.crt
+live_tls_key_file              TIANGONG_HUB_LIVE_TLS_KEY_FILE   <data_dir>/tls/server.key
+live_allow_insecure_loopback   TIANGONG_HUB_LIVE_ALLOW_...      false
+live_binding_cert_file         TIANGONG_HUB_LIVE_BINDING_...    "" (= live_tls_cert_file)
 =============================  ===============================  ============================
+
+In ``hub.toml`` the live settings sit in their own table, without the ``live_`` prefix::
+
+    [live]
+    bind = "0.0.0.0:8401"              # empty or absent: `hub serve` runs no live server
+    tls_cert_file = "tls/server.crt"   # relative paths are under the data directory
+    tls_key_file = "tls/server.key"
+    allow_insecure_loopback = false    # plain ws:// on a loopback address only (tests, or
+                                       # behind a TLS-terminating proxy on the same host)
+    binding_cert_file = ""             # the certificate agents see, if not tls_cert_file:
+                                       # a TLS-terminating proxy's (channel binding, §5.2)
+
+The live server listens on a port of its own, beside the WSGI port: gunicorn's workers are
+synchronous WSGI processes, the live server is one asyncio process holding every agent's
+WebSocket (docs/live.md).
 
 This module does not create anything on disk (``hub init`` does) and never reads keys.
 """
@@ -54,6 +74,7 @@ class HubConfig:
     live_tls_cert_file: str = ""
     live_tls_key_file: str = ""
     live_allow_insecure_loopback: bool = False
+    live_binding_cert_file: str = ""
     #: where the web UI's Media page writes exported bundles (a mounted share), relative to
     #: data_dir unless absolute; empty: the page offers the bundles as a download instead.
     export_dir: str = ""
@@ -99,6 +120,14 @@ class HubConfig:
     def live_tls_key(self) -> Path:
         """The live server's private key (PEM)."""
         return self._under_data(self.live_tls_key_file, self.tls_dir / "server.key")
+
+    @property
+    def live_binding_cert(self) -> Path | None:
+        """The certificate whose tls-server-end-point agents sign, when it is not the live
+        server's own (a TLS-terminating proxy's); None otherwise."""
+        if not self.live_binding_cert_file:
+            return None
+        return self._under_data(self.live_binding_cert_file, self.tls_dir / "server.crt")
 
     def _under_data(self, value: str, default: Path) -> Path:
         if not value:
@@ -181,7 +210,8 @@ def load_config(
     return HubConfig.from_mapping(values)
 
 
-_LIVE_KEYS = ("bind", "tls_cert_file", "tls_key_file", "allow_insecure_loopback")
+_LIVE_KEYS = ("bind", "tls_cert_file", "tls_key_file", "allow_insecure_loopback",
+              "binding_cert_file")
 
 
 def _live_table(path: str | os.PathLike[str], table: object) -> dict[str, Any]:

@@ -196,15 +196,17 @@ def start_configured(config: Any, *, bind: str | None = None,
     and ``allow_insecure_loopback`` override the ``[live]`` settings (CLI flags).
 
     With ``allow_insecure_loopback`` on a loopback address the server speaks plain ``ws://``
-    (tests); otherwise ``wss://`` with ``live_tls_cert``/``live_tls_key`` and their
-    tls-server-end-point binding.
+    (tests, or behind a TLS-terminating proxy on the same host); otherwise ``wss://`` with
+    ``live_tls_cert``/``live_tls_key``. The channel binding is the tls-server-end-point of
+    ``live_binding_cert`` when set (the certificate agents really see: a terminating
+    proxy's), else of the server's own certificate, else empty (plain ws://).
 
     Raises:
         ConfigError: no bind address, a bad one, missing or mismatched TLS files, plain
             ws:// anywhere but loopback, the hub not initialised.
         OSError: the address cannot be bound.
     """
-    from hub.tls import load_server_tls
+    from hub.tls import certificate_binding, load_server_tls
 
     bind = bind or config.live_bind
     if not bind:
@@ -213,13 +215,16 @@ def start_configured(config: Any, *, bind: str | None = None,
     host, port = parse_bind(bind)
     insecure = (config.live_allow_insecure_loopback if allow_insecure_loopback is None
                 else allow_insecure_loopback)
+    binding = (certificate_binding(config.live_binding_cert)
+               if config.live_binding_cert is not None else None)
     if insecure:
         if not is_loopback(host):
             raise ConfigError(f"refusing plain ws:// on {host}: allow_insecure_loopback "
                               "applies to loopback addresses only")
-        return serve_live(config, host, port, allow_insecure_loopback=True)
+        return serve_live(config, host, port, allow_insecure_loopback=True,
+                          binding=binding or b"")
     tls = load_server_tls(config.live_tls_cert, config.live_tls_key)
-    return serve_live(config, host, port, ssl=tls.context, binding=tls.binding)
+    return serve_live(config, host, port, ssl=tls.context, binding=binding or tls.binding)
 
 
 def run_until_signalled(server: LiveServer) -> None:

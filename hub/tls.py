@@ -48,6 +48,7 @@ __all__ = [
     "SERVER_VALIDITY_DAYS",
     "ServerTLS",
     "TlsFiles",
+    "certificate_binding",
     "create_ca",
     "default_names",
     "end_point_binding",
@@ -271,6 +272,16 @@ def _first_pem_certificate(path: Path) -> bytes:
         return ssl.PEM_cert_to_DER_cert(text[start:stop + len(end)])
     except ValueError as exc:
         raise ConfigError(f"live TLS certificate {path}: {exc}") from exc
+
+
+def certificate_binding(cert_file: Path) -> bytes:
+    """tls-server-end-point of the first certificate in a PEM file: what agents sign when
+    this is the certificate they see (e.g. a TLS-terminating proxy's).
+
+    Raises:
+        ConfigError: unreadable or no certificate in it.
+    """
+    return end_point_binding(_first_pem_certificate(cert_file))
 
 
 def load_server_tls(cert_file: Path, key_file: Path) -> ServerTLS:

@@ -166,3 +166,30 @@ def test_init_issue_and_the_enrollment_response_carry_the_ca(tmp_path: Path) -> 
     bad = run("hub", "tls", "issue", "--name", "not a name", env=env, check=False)
     assert bad.returncode == 2 and "neither a host name" in bad.stderr
     assert x509.load_pem_x509_certificate(files.server_cert.read_bytes()) == second
+
+
+def test_the_binding_is_the_certificate_agents_see(tmp_path: Path) -> None:
+    """Own certificate by default; a TLS-terminating proxy's when binding_cert_file says so
+    (then the live server may listen in plain ws:// on loopback behind it)."""
+    from hub.config import with_overrides
+    from hub.live import start_configured
+
+    data = tmp_path / "hub"
+    run("hub", "init", "--admin", "admin", "--insecure-no-passphrase", "--tls-name",
+        "127.0.0.1", env={"TIANGONG_HUB_DATA_DIR": str(data)})
+    own = x509.load_pem_x509_certificate((data / "tls" / "server.crt").read_bytes())
+    proxy = TlsFiles(tmp_path / "proxy")
+    create_ca(proxy, "proxy", NOW)
+    proxy_cert = issue_server_certificate(proxy, ["hub.example"], NOW)
+    cfg = with_overrides(load_config(data, environ={}), live_bind="127.0.0.1:0")
+    for changes, cert in (({}, own),
+                          ({"live_binding_cert_file": str(proxy.server_cert),
+                            "live_allow_insecure_loopback": True}, proxy_cert)):
+        server = start_configured(with_overrides(cfg, **changes))
+        try:
+            assert server.hub.binding == hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
+        finally:
+            server.stop()
+    with pytest.raises(ConfigError, match="only"):
+        start_configured(with_overrides(cfg, live_bind="0.0.0.0:0"),
+                         allow_insecure_loopback=True)
