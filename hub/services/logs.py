@@ -235,11 +235,13 @@ def _import_event(ctx: ServiceContext, deployment: Deployment) -> tuple[AuditEve
     """
     if deployment.bundle_id is None:
         return None
-    needle = deployment.bundle_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    # "/" escapes LIKE's wildcards: a bundle id has no "/", and unlike "\\" it means the
+    # same in every SQL dialect's string literals.
+    needle = deployment.bundle_id.replace("/", "//").replace("%", "/%").replace("_", "/_")
     rows = ctx.session.scalars(
         select(AuditEvent)
         .where(AuditEvent.action == "result.import",
-               AuditEvent.details.like(f'%"bundle_id":"{needle}"%', escape="\\"))
+               AuditEvent.details.like(f'%"bundle_id":"{needle}"%', escape="/"))
         .order_by(AuditEvent.seq.desc())
     )
     for event in rows:

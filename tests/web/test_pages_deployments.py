@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, expect
+from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
 from agent.config import load_config
@@ -23,14 +24,21 @@ from agent.home import init_home
 from agent.inbox import ReadyItem
 from agent.service import Agent
 from bundle.sync_events import LogReceived
-from hub.db import Deployment, db
+from hub.db import Deployment, db, make_engine
 from hub.live_files import LogStore
+from hub.migrate import upgrade
+from hub.services import audit
 from hub.services.approvals import approve_release
+from hub.services.context import ServiceContext
 from hub.services.deployments import list_deployments, queue_deployment
 from hub.services.exchange import export_environment, import_directory
+from hub.services.logs import _import_event
 from hub.services.releases import create_release, submit_release
+from hub.services.users import bootstrap_admin, get_user
+from tests.hub.conftest import FakeClock
 from tests.web.browser import ARTIFACTS, chromium, new_context  # noqa: F401 - chromium is a fixture
 from tests.web.pages import Site
+from tests.web.test_pages_audit import db_url  # noqa: F401 - a fixture
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
 
@@ -139,6 +147,35 @@ def test_page_of_another_environment_is_refused(site: Site, deployed: Deployed) 
     logs = c.get(f"/deployments/{deployed.prod_id}/logs?after=-1")
     assert logs.status_code == 403 and "lines" not in logs.get_json()
     assert site.client("view").get("/deployments/999999").status_code == 404
+
+
+def test_result_event_lookup_on_every_database(db_url: str) -> None:  # noqa: F811
+    """The result's audit event is found by a LIKE on canonical JSON: ``_`` in a bundle id
+    is literal on SQLite, PostgreSQL and MariaDB, and only the deployment's own event
+    counts (the newest when there are several)."""
+    engine = make_engine(db_url)
+    upgrade(engine)
+    clock = FakeClock()
+    try:
+        with Session(engine, expire_on_commit=False) as s:
+            bootstrap_admin(s, clock, "admin")
+            for n, (dep_id, bundle) in enumerate(
+                [(7, "app_1.0-site_1-3"), (8, "appX1.0-siteX1-3"), (7, "app_1.0-site_1-3")]
+            ):
+                audit.append_event(s, clock(), "op", "result.import", "result", f"{n:064x}",
+                                   {"bundle_id": bundle, "deployment": dep_id,
+                                    "agent_id": "site_1"})
+            s.commit()
+            ctx = ServiceContext(s, clock, get_user(s, "admin"))
+            found = _import_event(ctx, Deployment(id=7, bundle_id="app_1.0-site_1-3"))
+            assert found is not None
+            assert found[0].object_id == f"{2:064x}" and found[1] == "site_1"
+            # Deployment 8's event is about appX…: "_" must not match its "X".
+            assert _import_event(ctx, Deployment(id=8, bundle_id="app_1.0-site_1-3")) is None
+            assert _import_event(ctx, Deployment(id=8, bundle_id="appX1.0-siteX1-3")) is not None
+            assert _import_event(ctx, Deployment(id=9, bundle_id="appX1.0-siteX1-3")) is None
+    finally:
+        engine.dispose()
 
 
 def test_page_before_any_result(site: Site, deployed: Deployed) -> None:
