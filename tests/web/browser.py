@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -42,13 +43,19 @@ from tests.e2e.conftest import TIANGONG, set_fast_inbox, wait_for
 from tests.fixtures.saml_idp import SamlIdP
 
 __all__ = [
+    "AGENT_ID",
     "ARTIFACTS",
     "CHROMIUM",
     "ENVIRONMENT",
+    "HELLO_STEPS",
     "LiveHub",
     "Shots",
     "chromium",
+    "csrf_token",
     "live_hub",
+    "new_context",
+    "release_archive",
+    "run_agent_on",
     "sign_in",
 ]
 
@@ -61,6 +68,9 @@ START_TIMEOUT_S = 60.0  # seconds for gunicorn to answer /healthz
 STOP_TIMEOUT_S = 30.0  # seconds for gunicorn to stop after SIGTERM
 PAGE_TIMEOUT_MS = 30_000  # Playwright's timeout for every wait and action
 CLI_TIMEOUT_S = 120.0
+AGENT_TIMEOUT_S = 120.0  # seconds for the agent to run the bundles and write results
+HELLO = REPO / "examples" / "releases" / "hello-1.0.0"
+HELLO_STEPS = 3  # the steps of examples/releases/hello-1.0.0
 
 GROUP_ROLES = """
 [saml.group_roles]
@@ -238,6 +248,58 @@ class Shots:
         path = self.dir / f"{self.n:02d}-{what}.png"
         page.screenshot(path=str(path), full_page=True)
         return path
+
+
+def release_archive(tmp: Path) -> Path:
+    """examples/releases/hello-1.0.0 as the .tar.gz a developer uploads."""
+    out = tmp / "hello-1.0.0.tar.gz"
+    with tarfile.open(out, "w:gz") as tar:
+        tar.add(HELLO, arcname=HELLO.name)
+    return out
+
+
+def csrf_token(page: Page) -> str:
+    """The CSRF token of the page's forms (every page has the sign-out form)."""
+    token = page.locator("input[name=csrf_token]").first.get_attribute("value")
+    assert token, f"no CSRF token on {page.url}"
+    return token
+
+
+def run_agent_on(hub: LiveHub, media_tar: Path, tmp: Path) -> list[Path]:
+    """Unpack the downloaded media, start ``tiangong agent run``, drop the bundles into its
+    inbox (``.part`` then rename, as a file drop must), and return the result files the
+    agent wrote to its outbox. The agent is stopped with SIGTERM afterwards."""
+    usb = tmp / "usb"
+    usb.mkdir()
+    with tarfile.open(media_tar) as tar:
+        tar.extractall(usb, filter="data")
+    bundles = sorted(usb.glob("*.tgb"))
+    assert bundles, f"no bundle in {media_tar.name}: {sorted(p.name for p in usb.iterdir())}"
+    inbox, outbox = hub.agent_home / "inbox", hub.agent_home / "outbox"
+    log = (tmp / "agent.log").open("wb")
+    agent = subprocess.Popen(
+        [*TIANGONG, "agent", "run", "--home", str(hub.agent_home)],
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        for bundle in bundles:
+            part = inbox / (bundle.name + ".part")
+            shutil.copy(bundle, part)
+            part.rename(inbox / bundle.name)
+
+        def done() -> bool:
+            if agent.poll() is not None:
+                raise AssertionError(f"the agent exited with {agent.returncode}:\n"
+                                     + (tmp / "agent.log").read_text(errors="replace"))
+            return len(list(outbox.glob("*.tgr"))) >= len(bundles)
+
+        wait_for(done, AGENT_TIMEOUT_S, "the agent's result files")
+    finally:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=STOP_TIMEOUT_S)
+        log.close()
+    return sorted(outbox.glob("*.tgr"))
 
 
 def _serve(data_dir: str, bind: str) -> None:
