@@ -250,11 +250,12 @@ def timed_import(
         patched(os, "fsync", t.wrap("os.fsync (inside the phases)", os.fsync, nested=True)),
         patched(bundle_staging, "_syncfs", t.wrap("syncfs", bundle_staging._syncfs, nested=True)),
     ):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         report = exchange.import_directory(
             ctx, src, results_dir=results_dir, batch_size=batch_size
         )
         wall = time.perf_counter() - start
+        t.seconds["cpu"] = time.process_time() - cpu
     counts: dict[str, int] = defaultdict(int)
     for row in report.rows:
         counts[row.status] += 1
@@ -356,6 +357,11 @@ def print_import(r: dict[str, Any]) -> None:
     print(
         f"  import_directory: {wall:.2f} s = {n / wall:.0f} imports/s "
         f"(goal >= {GOAL_IMPORTS_PER_S}/s), {1000 * wall / n:.2f} ms/file"
+    )
+    cpu = t.seconds["cpu"]
+    print(
+        f"  CPU time of this process: {cpu:.2f} s = {1000 * cpu / n:.2f} ms/file "
+        f"(wall/CPU {wall / cpu:.2f}: waiting for the disk, the database or a busy CPU)"
     )
     print(f"  {'phase':<32} {'s':>8} {'ms/file':>9} {'share':>7}")
     order = [

@@ -27,6 +27,7 @@ import base64
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -360,6 +361,7 @@ class ImportReport:
 DEFAULT_IMPORT_BATCH = 100  # result files recorded per transaction
 MAX_IMPORT_BATCH = 1000  # result files per transaction at most
 COPY_BUFFER = 1024 * 1024  # bytes per read while copying a result file
+KEEP_IN_MEMORY = 64 * 1024 * 1024  # bytes of a batch's result files kept to verify from memory
 FSYNC_THREADS = 8  # parallel fsyncs of a batch's copies (grouped into few journal commits)
 STALE_INCOMING = timedelta(days=1)  # an .incoming-* copy this old was left by a crash
 #: Where the verifier stages a result's payloads first: a memory file system, so the few
@@ -379,29 +381,63 @@ class _Rejected(Exception):
         self.agent_id = agent_id
 
 
+class _Retry(Exception):
+    """A file failed while a batch was recorded without savepoints: record it again with."""
+
+
 class _CopyingReader:
     """A byte source over an open result file that copies every byte it reads into ``fd``
-    and hashes it, so the file is read from the media exactly once."""
+    and hashes it, so the file is read from the media exactly once.
 
-    def __init__(self, source: BinaryIO, fd: int) -> None:
+    It reads ahead in :data:`COPY_BUFFER` chunks (the container reader asks for 512-byte
+    headers). While the file stays within ``keep`` bytes it also keeps them, so a small
+    result is then verified from memory — the very bytes written to the copy.
+    """
+
+    def __init__(self, source: BinaryIO, fd: int, keep: int) -> None:
         self.source = source
         self.fd = fd
         self.sha = hashlib.sha256()
         self.size = 0
+        self.keep = keep
+        self.kept: list[bytes] | None = []
+        self._buf = b""
+        self._off = 0
+        self._eof = False
+
+    def _fill(self, n: int) -> bytes:
+        """Up to ``n`` more bytes of the file (b"" at its end), copied and hashed."""
+        chunk = self.source.read(n)
+        if not chunk:
+            self._eof = True
+            return b""
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self.sha.update(chunk)
+        self.size += len(chunk)
+        if self.kept is not None:
+            if self.size <= self.keep:
+                self.kept.append(chunk)
+            else:
+                self.kept = None
+        return chunk
 
     def read(self, n: int, /) -> bytes:
-        data = self.source.read(n)
-        if data:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
-            self.sha.update(data)
-            self.size += len(data)
-        return data
+        while len(self._buf) - self._off < n and not self._eof:
+            chunk = self._fill(max(n, COPY_BUFFER))
+            self._buf = self._buf[self._off :] + chunk
+            self._off = 0
+        out = self._buf[self._off : self._off + n]
+        self._off += len(out)
+        return out
 
-    def drain(self) -> None:
-        while self.read(COPY_BUFFER):
-            pass
+    def drain(self) -> bytes | None:
+        """Copy the rest of the file; returns all of it if it was kept in memory."""
+        while not self._eof:
+            self._fill(COPY_BUFFER)
+        self._buf, self._off = b"", 0
+        return b"".join(self.kept) if self.kept is not None else None
 
 
 @dataclass
@@ -414,6 +450,7 @@ class _Incoming:
     file_sha256: str = ""
     agent_id: str | None = None  # claimed by the (not yet verified) manifest
     envelope_sha256: str = ""
+    data: bytes | None = None  # the whole file, when small enough to keep until verified
     agent: Agent | None = None
     agent_key: str = ""
     verified: VerifiedBundle | None = None
@@ -496,6 +533,8 @@ class _ImportRun:
         self.memory_staging: Path | None = None
         self.disk_staging: Path | None = None
         self.trusted: TrustedRoot | None = None  # parsed once per run, not once per file
+        self.agent_keys: dict[str, PublicKey] = {}
+        self.memory_left = KEEP_IN_MEMORY  # bytes of result files kept per batch
 
     def __enter__(self) -> _ImportRun:
         self.results_dir.mkdir(parents=True, exist_ok=True)
@@ -526,6 +565,7 @@ class _ImportRun:
         if ctx.keys is None:
             raise ConfigError("the hub keys are not loaded")
         batch = [_Incoming(p) for p in paths]
+        self.memory_left = KEEP_IN_MEMORY
         try:
             for inc in batch:
                 self._receive(inc)
@@ -566,10 +606,11 @@ class _ImportRun:
             )
             inc.copy = Path(copy)
             try:
-                reader = _CopyingReader(source, out)
+                reader = _CopyingReader(source, out, keep=self.memory_left)
                 inc.agent_id, inc.envelope_sha256 = _claim(reader, name)
-                reader.drain()
+                inc.data = reader.drain()
                 inc.size, inc.file_sha256 = reader.size, reader.sha.hexdigest()
+                self.memory_left -= len(inc.data or b"")
             except _Rejected as exc:
                 inc.rejected = exc
                 exc.agent_id = inc.agent_id
@@ -613,15 +654,19 @@ class _ImportRun:
         if self.trusted is None:
             self.trusted = keys.trusted_root
         trusted = self.trusted
-        expect = ExpectResult(
-            hub_id=trusted.document.hub_id,
-            agent_id=inc.agent_id,
-            agent_key=PublicKey.from_hex(inc.agent_key),
-        )
+        key = self.agent_keys.get(inc.agent_key)
+        if key is None:
+            key = self.agent_keys[inc.agent_key] = PublicKey.from_hex(inc.agent_key)
+        expect = ExpectResult(hub_id=trusted.document.hub_id, agent_id=inc.agent_id, agent_key=key)
+        data, inc.data = inc.data, None
 
         def verify(staging: Path) -> VerifiedBundle:
-            fd = os.open(copy, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            with open(fd, "rb", buffering=0) as fh:
+            if data is not None:
+                source: contextlib.AbstractContextManager[BinaryIO] = io.BytesIO(data)
+            else:
+                fd = os.open(copy, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                source = open(fd, "rb", buffering=COPY_BUFFER)  # noqa: SIM115 - closed below
+            with source as fh:
                 return verify_bundle(
                     fh,
                     label=inc.path.name,
@@ -658,53 +703,84 @@ class _ImportRun:
     # -- phase 2: record, one transaction --------------------------------------------------
 
     def _record(self, batch: list[_Incoming]) -> None:
+        """Phase 2. First without savepoints — the common case, every file records, costs no
+        per-file round trip: the rows go to the database in one flush at the end. If a file
+        fails, that attempt is rolled back whole and the batch is recorded again with a
+        savepoint per file, so the failing file is rejected alone."""
+        try:
+            rows = self._record_pass(batch, careful=False)
+        except _Retry:
+            self.ctx.session.rollback()
+            rows = self._record_pass(batch, careful=True)
+        for inc, row in zip(batch, rows, strict=True):
+            inc.row = row
+
+    def _record_pass(self, batch: list[_Incoming], *, careful: bool) -> list[ImportRow]:
+        """One attempt at phase 2 in the session's transaction; returns a row per file.
+
+        Raises:
+            _Retry: (only when not ``careful``) a file failed; roll back and retry carefully.
+        """
         session = self.ctx.session
+        rows: list[ImportRow] = []
+        keep: list[_Incoming] = []  # verified copies to store under their final names
         with audit.held_head(session) as head:
             # The head lock serialises every audit appender, so from here on no other import
-            # can record the same result or move the same agent: look both up again.
-            done = _already_imported(
-                session, {inc.envelope_sha256 for inc in batch if inc.verified is not None}
-            )
-            refreshed: set[int] = set()
+            # can record the same result or move the same agent: read both again.
+            verified = [inc for inc in batch if inc.verified is not None and inc.row is None]
+            done = _already_imported(session, {inc.envelope_sha256 for inc in verified})
+            for agent in {id(inc.agent): inc.agent for inc in verified}.values():
+                session.refresh(agent)
+            deployments = _deployments(session, verified)
             for inc in batch:
-                if inc.row is not None:
+                if inc.row is not None:  # a duplicate already kept, decided in phase 1
+                    rows.append(inc.row)
                     continue
-                if inc.verified is not None and inc.agent is not None:
-                    if id(inc.agent) not in refreshed:
-                        session.refresh(inc.agent)
-                        refreshed.add(id(inc.agent))
+                rejected = inc.rejected
+                if inc.verified is not None:
                     sha = inc.verified.envelope_sha256
                     if sha in done:
-                        self._store(inc)
-                        inc.row = _duplicate_row(inc, done[sha])
+                        keep.append(inc)
+                        rows.append(_duplicate_row(inc, done[sha]))
                         continue
                     try:
-                        with head.savepoint():
-                            inc.row, seq = self._apply(inc)
-                        done[sha] = seq
-                        continue
+                        if careful:
+                            with head.savepoint():
+                                row, seq = self._apply(inc, deployments)
+                        else:
+                            row, seq = self._apply(inc, deployments)
                     except _Rejected as exc:
-                        inc.rejected = exc
+                        if not careful:
+                            raise _Retry from exc
+                        rejected = exc
                     except HubError as exc:
-                        inc.rejected = _Rejected(
-                            f"{type(exc).__name__}: {exc}", "hub", inc.agent_id
-                        )
-                    inc.discard_copy()
-                rej = inc.rejected
-                assert rej is not None
+                        if not careful:
+                            raise _Retry from exc
+                        rejected = _Rejected(f"{type(exc).__name__}: {exc}", "hub", inc.agent_id)
+                    else:
+                        done[sha] = seq
+                        keep.append(inc)
+                        rows.append(row)
+                        continue
+                assert rejected is not None
                 audit.record(
                     self.ctx,
                     "result.rejected",
                     "file",
                     inc.path.name[:200],
                     {
-                        "reason": rej.reason[:2000],
-                        "check": rej.check,
-                        "claimed_agent": rej.agent_id,
+                        "reason": rejected.reason[:2000],
+                        "check": rejected.check,
+                        "claimed_agent": rejected.agent_id,
                     },
                 )
-                inc.row = ImportRow(inc.path.name, "rejected", rej.reason, rej.agent_id)
+                rows.append(
+                    ImportRow(inc.path.name, "rejected", rejected.reason, rejected.agent_id)
+                )
+            for inc in keep:
+                self._store(inc)
             fsync_dir(self.results_dir)  # the stored names, before the commit records them
+        return rows
 
     def _stored(self, envelope_sha256: str) -> Path:
         return self.results_dir / f"{envelope_sha256}.tgr"
@@ -718,9 +794,15 @@ class _ImportRun:
             os.replace(inc.copy, dest)
             inc.copy = None
 
-    def _apply(self, inc: _Incoming) -> tuple[ImportRow, int]:
-        """Record one verified result (inside its savepoint); returns the row and the seq of
-        its ``result.import`` event. Raises _Rejected or HubError to roll it back."""
+    def _apply(
+        self, inc: _Incoming, deployments: dict[str, Deployment]
+    ) -> tuple[ImportRow, int]:
+        """Record one verified result; returns the row and the seq of its ``result.import``
+        event. ``deployments`` maps the batch's bundle ids to their deployments.
+
+        Raises:
+            _Rejected, HubError: the file is refused (nothing of it may be kept).
+        """
         ctx = self.ctx
         vb, agent = inc.verified, inc.agent
         assert vb is not None and agent is not None
@@ -738,9 +820,7 @@ class _ImportRun:
         flags: list[str] = []
         dep: Deployment | None = None
         if res.bundle_id is not None:
-            dep = ctx.session.scalar(
-                select(Deployment).where(Deployment.bundle_id == res.bundle_id)
-            )
+            dep = deployments.get(res.bundle_id)
             if dep is None:
                 raise _Rejected(
                     f"result {res.result_seq} of {agent.agent_id} is about "
@@ -806,14 +886,6 @@ class _ImportRun:
         )
         for flag in flags:
             audit.record(ctx, "result.flag", "agent", agent.agent_id, {"flag": flag})
-        try:
-            self._store(inc)
-        except OSError as exc:
-            raise _Rejected(
-                f"{inc.path.name}: the hub could not store it in {self.results_dir}: {exc}",
-                "io",
-                agent.agent_id,
-            ) from exc
         row = ImportRow(
             inc.path.name,
             "imported",
@@ -843,16 +915,18 @@ def _claim(source: _CopyingReader, name: str) -> tuple[str, str]:
     except BundleError as exc:
         raise _Rejected(f"not a readable result file: {exc}") from exc
     try:
-        envelope = parse_envelope(head.envelope, limits.max_envelope_bytes)
-        # Loose parsing is enough to pick a key: nothing else is read before verification.
-        doc = json.loads(envelope.payload)
-    except (SigningError, ValueError) as exc:
+        # Loose parsing (of the DSSE envelope's payloadType and base64 payload) is enough to
+        # pick a key; the verifier parses both strictly once the signature is checked.
+        envelope = json.loads(head.envelope)
+        payload_type = envelope["payloadType"]
+        doc = json.loads(base64.b64decode(envelope["payload"], validate=True))
+    except (ValueError, TypeError, KeyError) as exc:
         raise _Rejected(
-            f"not a readable result file: {name}: envelope is malformed: {exc}"
+            f"not a readable result file: {name}: envelope is malformed ({exc})"[:500]
         ) from exc
     result = doc.get("result") if isinstance(doc, dict) else None
     agent_id = result.get("agent_id") if isinstance(result, dict) else None
-    if envelope.payload_type != TYPE_RESULT or not isinstance(agent_id, str):
+    if payload_type != TYPE_RESULT or not isinstance(agent_id, str):
         kind = doc.get("kind") if isinstance(doc, dict) else None
         what = f"a {kind} bundle" if isinstance(kind, str) else "unreadable before verification"
         raise _Rejected(f"not a result bundle ({name} is {what[:80]})")
@@ -863,6 +937,19 @@ def _duplicate_row(inc: _Incoming, seq: int) -> ImportRow:
     return ImportRow(
         inc.path.name, "duplicate", f"already imported (audit event {seq})", inc.agent_id
     )
+
+
+def _deployments(session: Session, batch: list[_Incoming]) -> dict[str, Deployment]:
+    """The deployments the batch's results are about, by bundle id (one query)."""
+    ids = set()
+    for inc in batch:
+        res = inc.verified.manifest.result if inc.verified is not None else None
+        if res is not None and res.bundle_id is not None:
+            ids.add(res.bundle_id)
+    if not ids:
+        return {}
+    query = select(Deployment).where(Deployment.bundle_id.in_(sorted(ids)))
+    return {d.bundle_id: d for d in session.scalars(query) if d.bundle_id is not None}
 
 
 def _already_imported(session: Session, shas: set[str]) -> dict[str, int]:

@@ -322,3 +322,21 @@ def test_held_head_batches_and_plain_appenders_stay_gap_free(pg_db: str) -> None
             assert report.ok, report.summary()
     finally:
         pg_engine.dispose()
+
+
+def test_results_too_big_to_keep_in_memory_are_verified_from_the_copy(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(exchange, "KEEP_IN_MEMORY", 0)
+    agent = _agent(world, tmp_path)
+    r = _results(agent, 2)
+    flipped = bytearray(r[1].read_bytes())
+    flipped[len(flipped) // 2] ^= 0x01
+    media = _media(tmp_path, "usb", {"g1.tgr": r[0]})
+    (media / "g2-flipped.tgr").write_bytes(bytes(flipped))
+    rows = _import(world, media, tmp_path / "results")
+    assert [row.status for row in rows] == ["imported", "rejected"]
+    assert "g2-flipped.tgr" in rows[1].reason
+    (stored,) = (tmp_path / "results").iterdir()
+    assert stored.read_bytes() == r[0].read_bytes()
+    agent.close()
