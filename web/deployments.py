@@ -32,6 +32,7 @@ from hub.services.logs import (
     deployment_live_tail,
     result_for_deployment,
 )
+from hub.services.presence import agent_presence
 from hub.services.users import can
 from web.views import ctx, login_required, signed_in_user, status_for
 
@@ -129,6 +130,7 @@ def show(deployment_id: int) -> Any:
         summary_steps=summary_steps,
         live=live,
         show_live=dep.bundle_id is not None and (not finished or live is not None),
+        presence=agent_presence(dep.agent, sc.now()).state if dep.agent else None,
         marks=marks if can(signed_in_user(), "deployment.update", dep.environment) else [],
     )
 

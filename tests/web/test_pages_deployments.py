@@ -185,6 +185,8 @@ def test_page_before_any_result(site: Site, deployed: Deployed) -> None:
     assert 'id="deployment-state">exported<' in html
     assert 'id="no-result"' in html
     assert 'data-state="queued"' in html and "by op" in html
+    assert 'href="/agents/site-01"' in html
+    assert 'data-testid="agent-presence">never<' in html  # enrolled, not seen since
     # Not finished, has a bundle: the live log section and its script are there.
     assert 'id="live-log"' in html and 'data-finished="0"' in html
     assert "live-logs.js" in html and "<script>" not in html
@@ -197,6 +199,7 @@ def test_page_shows_verified_steps_and_their_logs(
     html = site.client("view-test").get(f"/deployments/{deployed.test_id}").get_data(
         as_text=True)
     assert 'id="deployment-state">succeeded<' in html
+    assert 'data-testid="agent-presence">online<' in html  # the import counts as seen
     assert 'id="steps-table"' in html and 'id="result-problem"' not in html
     for name in ("write greeting", "system info", "python report"):
         assert name in html
