@@ -380,26 +380,32 @@ GET_ENDPOINTS = sorted(e for e, v in EXPECTED.items() if v.get is not None)
 POST_ENDPOINTS = sorted(e for e, v in EXPECTED.items() if v.post is not None)
 
 
-@pytest.mark.parametrize("endpoint", GET_ENDPOINTS)
-def test_get_matrix(
-    site: Site, world: World, clients: dict[str, FlaskClient], endpoint: str
-) -> None:
-    view = EXPECTED[endpoint]
-    assert view.get is not None
-    url = url_for_view(site.app, endpoint, world)
+def test_get_matrix(site: Site, world: World, clients: dict[str, FlaskClient]) -> None:
+    """Every GET view x everyone, on one world (GETs change nothing), every mismatch
+    reported at once."""
     wrong = []
-    for who in EVERYONE:
-        status = clients[who].get(url).status_code
-        want = 200 if who in view.get else view.denied
-        if status != want:
-            wrong.append(f"{who}: {status} (expected {want})")
-    anon = site.client(None).get(url)
-    if view.anonymous == "login":
-        assert anon.status_code == 302, f"anonymous GET {url}: {anon.status_code}"
-        assert anon.headers["Location"].startswith("/login?next="), anon.headers["Location"]
-    else:
-        assert anon.status_code == view.anonymous, f"anonymous GET {url}: {anon.status_code}"
-    assert not wrong, f"GET {url}: " + "; ".join(wrong)
+    anonymous = site.client(None)
+    for endpoint in GET_ENDPOINTS:
+        view = EXPECTED[endpoint]
+        assert view.get is not None
+        url = url_for_view(site.app, endpoint, world)
+        for who in EVERYONE:
+            # Only the status is read: a download's stream is not consumed.
+            status = clients[who].get(url).status_code
+            want = 200 if who in view.get else view.denied
+            if status != want:
+                wrong.append(f"GET {url} as {who}: {status} (expected {want})")
+        anon = anonymous.get(url)
+        if view.anonymous == "login":
+            if anon.status_code != 302 or not anon.headers["Location"].startswith(
+                "/login?next="
+            ):
+                wrong.append(f"GET {url} not signed in: {anon.status_code} (expected a 302 "
+                             "to /login)")
+        elif anon.status_code != view.anonymous:
+            wrong.append(f"GET {url} not signed in: {anon.status_code} "
+                         f"(expected {view.anonymous})")
+    assert not wrong, "\n".join(wrong)
 
 
 def _post(site: Site, c: FlaskClient, url: str, view: View, world: World) -> int:
@@ -499,3 +505,14 @@ def test_no_page_leaks_another_environment(
                 f"...{html[max(0, m.start() - 120):m.end() + 120]}..."
             )
     assert "/" in opened
+    # prod's own pages are refused outright.
+    for probe in (
+        f"/agents/{PROD_AGENT}",
+        f"/agents/{PROD_AGENT}/revoke",
+        f"/agents/{PROD_AGENT}/enrollment-response",
+        f"/deployments/{world.prod_deployment}",
+        f"/deployments/{world.prod_deployment}/logs",
+        "/environments/prod",
+    ):
+        status = clients[who].get(probe).status_code
+        assert status in (403, 404), f"{who} GET {probe}: {status}"
