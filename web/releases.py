@@ -72,6 +72,7 @@ from hub.services.approvals import (
     visible_approvals,
 )
 from hub.services.dashboard import visible_environments
+from hub.services.deployments import queue_deployment
 from hub.services.releases import (
     RELEASE_TOML,
     StoredFileText,
@@ -286,6 +287,10 @@ def release(product: str, version: str) -> Any:
         is_author=rel.author_id == user.id,
         can_submit=rel.state == "draft" and can(user, "release.submit"),
         max_comment=MAX_COMMENT_CHARS,
+        queue_targets=(
+            [e for e in visible_environments(session, user) if can(user, "deployment.queue", e)]
+            if rel.state == "approved" else []
+        ),
     )
 
 
@@ -383,6 +388,24 @@ def approve(product: str, version: str) -> Any:
         approve_release(ctx(), rel, comment=comment, environment=environment)
         where = f"for {environment}" if environment else "for every environment"
         return f"You approved release {rel.label} {where}."
+
+    return _act(product, version, run)
+
+
+@bp.post("/<product>/<version>/queue")
+@login_required
+def queue(product: str, version: str) -> Any:
+    """Queue an approved release for an environment: one deployment per enrolled agent
+    (the services check the operator's grant there and the environment's approvals)."""
+    environment = request.form.get("environment", "").strip()
+    if not environment:
+        raise ValidationError("choose the environment to deploy to")
+
+    def run(rel: Release) -> str:
+        deps = queue_deployment(ctx(), rel, environment)
+        targets = ", ".join(d.agent.agent_id if d.agent else "the environment" for d in deps)
+        return (f"Queued release {rel.label} for {environment} ({targets}): it is pushed to "
+                "online agents, or exported to media from the Media page.")
 
     return _act(product, version, run)
 

@@ -403,3 +403,59 @@ def test_zip_archive_is_accepted(site: Site, tmp_path: Path) -> None:
             z.write(f, f.relative_to(src).as_posix())
     resp = upload(site, site.client("dev"), buf.getvalue(), "hello-2.0.0.zip")
     assert resp.status_code == 302 and resp.headers["Location"] == "/releases/hello/2.0.0"
+
+
+# --- deploy (queue) ----------------------------------------------------------------------
+
+
+def _deployments(site: Site) -> list[tuple[str, str]]:
+    from hub.db import Deployment
+
+    with site.app.app_context():
+        return [(d.environment.name, d.state) for d in db.session.scalars(select(Deployment))]
+
+
+def test_operator_queues_an_approved_release(site: Site, tmp_path: Path) -> None:
+    make_release(site, tmp_path, approvers=("appr1",))
+    c = site.client("op")
+    page = text(c.get("/releases/hello/1.0.0"))
+    assert 'id="queue-form"' in page
+    # prod needs two approvals: it is offered (the operator may queue there) but refused
+    resp = site.post(c, "/releases/hello/1.0.0/queue", {"environment": "prod"})
+    assert resp.status_code == 409
+    assert "requires 2" in text(resp)
+    assert _deployments(site) == []
+    resp = site.post(c, "/releases/hello/1.0.0/queue", {"environment": "test"})
+    assert resp.status_code == 302
+    assert _deployments(site) == [("test", "queued")]
+    # queueing the same release again for the same target is refused, nothing added
+    resp = site.post(c, "/releases/hello/1.0.0/queue", {"environment": "test"})
+    assert resp.status_code == 409
+    assert _deployments(site) == [("test", "queued")]
+
+
+def test_queue_is_offered_and_allowed_only_where_the_operator_has_a_grant(
+        site: Site, tmp_path: Path) -> None:
+    make_release(site, tmp_path, approvers=("appr1", "appr2"))
+    c = site.client("op-test")
+    page = text(c.get("/releases/hello/1.0.0"))
+    assert '<option value="test">' in page and '<option value="prod">' not in page
+    assert site.post(c, "/releases/hello/1.0.0/queue", {"environment": "prod"}).status_code in (
+        403, 404)
+    for who in ("dev", "appr1", "view"):
+        who_c = site.client(who)
+        assert 'id="queue-form"' not in text(who_c.get("/releases/hello/1.0.0"))
+        resp = site.post(who_c, "/releases/hello/1.0.0/queue", {"environment": "test"})
+        assert resp.status_code == 403
+    assert _deployments(site) == []
+
+
+def test_a_release_not_yet_approved_cannot_be_queued(site: Site, tmp_path: Path) -> None:
+    make_release(site, tmp_path)
+    c = site.client("op")
+    assert 'id="queue-form"' not in text(c.get("/releases/hello/1.0.0"))
+    resp = site.post(c, "/releases/hello/1.0.0/queue", {"environment": "test"})
+    assert resp.status_code == 409 and "only an approved release" in text(resp)
+    resp = site.post(c, "/releases/hello/1.0.0/queue", {})
+    assert resp.status_code == 400
+    assert _deployments(site) == []
