@@ -5,7 +5,8 @@ agent home enrolled in it, and Playwright driving Debian's Chromium.
   whose ``[saml]`` table points at the ``saml_idp`` fixture (``[web] secure_cookies =
   false``: plain http on loopback), environment ``plant-a`` with an agent home enrolled
   through ``tiangong hub import`` (as the e2e tests do), and the hub served by gunicorn as a
-  separate process on the SP port the IdP trusts (``saml_sp_port``).
+  separate process on the SP port the IdP trusts (``saml_sp_port``; borrowed from
+  ``tests/web/conftest.py``'s in-process ``hub_server`` when that already holds it).
 * :func:`chromium` (fixture): ``/usr/bin/chromium``, headless. Never a downloaded browser:
   a missing binary fails with the command that installs it (``bash .ci/install-test-deps``).
 * :func:`sign_in`: the SAML login as a person would do it (IdP form, password, back).
@@ -30,14 +31,16 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from werkzeug.serving import make_server
 
 from tests.e2e.conftest import TIANGONG, set_fast_inbox, wait_for
 from tests.fixtures.saml_idp import SamlIdP
@@ -155,15 +158,48 @@ def _enroll_agent(hub: LiveHub, tmp: Path) -> None:
     assert "1 enrolled" in out.stdout, out.stdout
 
 
+def _borrow_sp_port(request: pytest.FixtureRequest, port: int) -> Callable[[], None]:
+    """Free the SP port if ``tests/web/conftest.py``'s in-process ``hub_server`` (session
+    scoped, started by test_saml.py or test_sessions.py earlier in this pytest run) holds
+    it; return what gives it back: a new server on the same port and app switch, stopped at
+    the end of the session."""
+    if _port_is_free(port):
+        return lambda: None
+    from tests.web.conftest import HubServer
+
+    held: HubServer = request.getfixturevalue("hub_server")
+    held.server.shutdown()
+    held.server.server_close()
+
+    def give_back() -> None:
+        server = make_server("127.0.0.1", port, held.switch, threaded=False)
+        thread = threading.Thread(target=server.serve_forever, name="hub-wsgi", daemon=True)
+        thread.start()
+        held.server = server
+
+        def stop() -> None:
+            server.shutdown()
+            thread.join(timeout=STOP_TIMEOUT_S)
+            server.server_close()
+
+        request.session.addfinalizer(stop)
+
+    return give_back
+
+
 @pytest.fixture
-def live_hub(saml_idp: SamlIdP, saml_sp_port: int, tmp_path: Path) -> Iterator[LiveHub]:
+def live_hub(
+    request: pytest.FixtureRequest, saml_idp: SamlIdP, saml_sp_port: int, tmp_path: Path
+) -> Iterator[LiveHub]:
     """A hub with the web UI served by gunicorn on the SP port the IdP trusts."""
-    if not _port_is_free(saml_sp_port):
-        raise AssertionError(
-            f"port {saml_sp_port} (the SP port the IdP trusts) is taken, most likely by "
-            "tests/web/conftest.py's in-process hub_server: run the browser flow in a pytest "
-            "process of its own or before test_saml.py/test_sessions.py"
-        )
+    give_back = _borrow_sp_port(request, saml_sp_port)
+    try:
+        yield from _serve_live_hub(saml_idp, saml_sp_port, tmp_path)
+    finally:
+        give_back()
+
+
+def _serve_live_hub(saml_idp: SamlIdP, saml_sp_port: int, tmp_path: Path) -> Iterator[LiveHub]:
     data_dir = tmp_path / "hub"
     run_tiangong("hub", "--data-dir", str(data_dir), "init", "--admin", "admin",
                  "--insecure-no-passphrase")
