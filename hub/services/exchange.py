@@ -518,7 +518,8 @@ def import_directory(
 def import_result(ctx: ServiceContext, path: Path, *, results_dir: Path) -> ImportRow:
     """Import one result file and commit; never raises for bad data (the row says what
     happened). Raises what :func:`import_directory` raises for the hub's own failures."""
-    with _ImportRun(ctx, Path(results_dir)) as run:
+    # One file at a time (the live server): no scan of the results directory for leftovers.
+    with _ImportRun(ctx, Path(results_dir), clean=False) as run:
         (row,) = run.import_batch([Path(path)])
     return row
 
@@ -527,9 +528,10 @@ class _ImportRun:
     """State shared by the batches of one import: the results directory and a private
     staging directory for the verifier (thrown away at the end)."""
 
-    def __init__(self, ctx: ServiceContext, results_dir: Path) -> None:
+    def __init__(self, ctx: ServiceContext, results_dir: Path, *, clean: bool = True) -> None:
         self.ctx = ctx
         self.results_dir = results_dir
+        self.clean = clean  # look for copies a crashed import left (scans the directory)
         self.memory_staging: Path | None = None
         self.disk_staging: Path | None = None
         self.trusted: TrustedRoot | None = None  # parsed once per run, not once per file
@@ -538,7 +540,8 @@ class _ImportRun:
 
     def __enter__(self) -> _ImportRun:
         self.results_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_copies(self.results_dir, self.ctx.now())
+        if self.clean:
+            _remove_stale_copies(self.results_dir, self.ctx.now())
         if MEMORY_STAGING.is_dir():
             with contextlib.suppress(OSError):
                 self.memory_staging = Path(

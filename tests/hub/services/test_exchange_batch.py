@@ -340,3 +340,24 @@ def test_results_too_big_to_keep_in_memory_are_verified_from_the_copy(
     (stored,) = (tmp_path / "results").iterdir()
     assert stored.read_bytes() == r[0].read_bytes()
     agent.close()
+
+
+def test_held_head_on_mariadb(mysql_db: str) -> None:
+    """MariaDB reports matched rows for the no-op UPDATE that locks the head."""
+    engine = make_engine(mysql_db)
+    upgrade(engine)
+    try:
+        with Session(engine) as session:
+            with audit.held_head(session) as head:
+                for k in range(3):
+                    with contextlib.suppress(ValueError), head.savepoint():
+                        audit.append_event(session, NOW, "m", "test", "k", str(k), {})
+                        if k == 1:
+                            raise ValueError("rolled back")
+            session.commit()
+            audit.append_event(session, NOW, "m", "test", "k", "plain", {})
+            session.commit()
+            assert [e.object_id for e in audit.iter_events(session)] == ["0", "2", "plain"]
+            assert audit.verify_database(session, None).ok
+    finally:
+        engine.dispose()
