@@ -367,8 +367,12 @@ def _live_command_if_configured(cfg: Any, live_child_command: Any) -> list[str] 
     is_flag=True,
     help="Plain ws:// without TLS, on a loopback address only: for tests.",
 )
+@click.option("--parent-pid", type=int, default=None, hidden=True,
+              help="Stop when this process is gone (set by `hub serve`).")
 @click.pass_context
-def live_cmd(ctx: click.Context, bind: str | None, insecure_loopback: bool) -> None:
+def live_cmd(
+    ctx: click.Context, bind: str | None, insecure_loopback: bool, parent_pid: int | None
+) -> None:
     """Run only the live WebSocket server (agents connect here; `hub serve` runs it as a
     child). Stops on SIGTERM/SIGINT, closing every agent connection with code 1001."""
     import logging
@@ -393,7 +397,7 @@ def live_cmd(ctx: click.Context, bind: str | None, insecure_loopback: bool) -> N
     scheme = "ws" if server.hub.binding == b"" else "wss"
     click.echo(f"live server for hub {server.hub.hub_id} on {scheme}://{bind or cfg.live_bind}"
                "/live", err=True)
-    run_until_signalled(server)
+    run_until_signalled(server, parent_pid=parent_pid)
 
 
 def _cert_names(cert: Any) -> str:

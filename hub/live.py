@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import ssl as ssl_module
 import threading
@@ -63,6 +64,7 @@ __all__ = ["ACK_EVERY_BYTES", "SYSTEM_ACTOR", "WINDOW_BYTES", "LiveHub", "LiveSe
 
 log = logging.getLogger("tiangong.hub.live")
 
+PARENT_POLL_S = 1.0  # seconds between checks that `hub serve` (the parent) still runs
 SYSTEM_ACTOR = "live"  # ServiceContext.system of the live server (audited as system:live)
 
 
@@ -227,9 +229,16 @@ def start_configured(config: Any, *, bind: str | None = None,
     return serve_live(config, host, port, ssl=tls.context, binding=binding or tls.binding)
 
 
-def run_until_signalled(server: LiveServer) -> None:
+def run_until_signalled(server: LiveServer, *, parent_pid: int | None = None) -> None:
     """Block the main thread until SIGTERM or SIGINT, then stop ``server`` (close code
-    1001 to every agent). For ``tiangong hub live``."""
+    1001 to every agent). For ``tiangong hub live``.
+
+    ``parent_pid``: also stop once that process is gone (``hub serve`` passes its own pid,
+    so a live child never outlives a killed master and keeps the port from its successor).
+
+    Raises:
+        RuntimeError: the server thread died.
+    """
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -238,9 +247,12 @@ def run_until_signalled(server: LiveServer) -> None:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while not stop.wait(1.0):
+        while not stop.wait(PARENT_POLL_S):
             if not server.thread.is_alive():
                 raise RuntimeError("the live server thread ended unexpectedly")
+            if parent_pid is not None and os.getppid() != parent_pid:
+                log.warning("live: parent process %d is gone; stopping", parent_pid)
+                break
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -54,7 +54,7 @@ def live_child_command(config: HubConfig, *, bind: str,
                        allow_insecure_loopback: bool) -> list[str]:
     """The ``tiangong hub live`` command line ``hub serve`` runs as its child."""
     command = [sys.executable, "-m", "tiangong.cli", "hub", "--data-dir", str(config.data_dir),
-               "live", "--bind", bind]
+               "live", "--bind", bind, "--parent-pid", str(os.getpid())]
     if allow_insecure_loopback:
         command.append("--insecure-loopback")
     return command

@@ -175,6 +175,20 @@ def test_hub_serve_runs_the_live_server_and_delivers_live(
     assert not _accepts(server.http_port)
 
 
+def test_the_live_child_does_not_outlive_a_killed_hub_serve(
+        tmp_path: Path,
+        hub_cli: tuple[Path, dict[str, str], Callable[..., subprocess.CompletedProcess[str]]],
+) -> None:
+    """SIGKILL gives gunicorn's master no chance to stop its child: the child notices that
+    its parent is gone and frees the live port for the next `hub serve`."""
+    data, env, _hub = hub_cli
+    server = start_hub_serve(data, env, tmp_path / "hub-serve.log", tls=True)
+    server.proc.kill()
+    server.proc.wait(DEADLINE)
+    wait_for(lambda: not _accepts(server.live_port), DEADLINE, "the live port to close")
+    assert "parent process" in server.log.read_text()
+
+
 def test_hub_serve_refuses_plain_ws_off_loopback(
         tmp_path: Path,
         hub_cli: tuple[Path, dict[str, str], Callable[..., subprocess.CompletedProcess[str]]],
