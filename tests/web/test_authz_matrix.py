@@ -516,3 +516,31 @@ def test_no_page_leaks_another_environment(
     ):
         status = clients[who].get(probe).status_code
         assert status in (403, 404), f"{who} GET {probe}: {status}"
+
+
+#: (who, endpoint, form changes, allowed?) — a grant on one environment is worth nothing in
+#: another: the same form aimed at ``prod`` is refused (and changes nothing), at ``test``
+#: it is not.
+SCOPED_POSTS: list[tuple[str, str, dict[str, str], bool]] = [
+    ("appr-prod", "releases.approve", {"environment": "test"}, False),
+    ("appr-prod", "releases.approve", {"environment": "prod"}, True),
+    ("op-test", "media.export", {"environment": "prod"}, False),
+    ("op-test", "agents.enroll", {"environment": "prod"}, False),
+    ("op-test", "deployments.mark", {}, True),
+    ("view-test", "deployments.mark", {}, False),
+]
+
+
+@pytest.mark.parametrize(("who", "endpoint", "change", "allowed"), SCOPED_POSTS)
+def test_environment_scoped_posts(
+    site: Site, world: World, who: str, endpoint: str, change: dict[str, str], allowed: bool
+) -> None:
+    view = EXPECTED[endpoint]
+    url = url_for_view(site.app, endpoint, world)
+    before = snapshot(site)
+    status = site.post(site.client(who), url, {**view.form(world), **change}).status_code
+    if allowed:
+        assert status == 302, f"{who} POST {url} {change}: {status}"
+    else:
+        assert status == 403, f"{who} POST {url} {change}: {status} (expected 403)"
+        assert_unchanged(before, snapshot(site), f"a refused POST {url} as {who}")
