@@ -415,6 +415,39 @@ def tls_group() -> None:
     """The live channel's TLS files in <data-dir>/tls (private CA, server certificate)."""
 
 
+@tls_group.command("init")
+@click.option(
+    "--name",
+    "names",
+    multiple=True,
+    metavar="NAME",
+    help="Host name or IP address agents connect to (repeatable; default: localhost, "
+    "127.0.0.1 and this host's name).",
+)
+@click.pass_context
+def tls_init(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Create the private CA and a server certificate for a hub initialised before it had
+    them (`hub init` does this for new hubs). Refuses if the CA exists."""
+    from hub.keystore import load_hub_keys
+    from hub.services.context import utc_now
+    from hub.tls import create_ca, default_names, issue_server_certificate, tls_files
+
+    try:
+        cfg = _config(_state(ctx))
+        hub_id = load_hub_keys(cfg.data_dir, with_private=False).hub_id
+        files = tls_files(cfg.data_dir)
+        now = utc_now()
+        create_ca(files, hub_id, now)
+        cert = issue_server_certificate(files, list(names) or default_names(), now)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"live TLS CA {files.ca_cert} created; server certificate {files.server_cert} "
+               f"for {_cert_names(cert)}")
+    click.echo("  agents enrolled from now on get the CA in their enrollment response; give "
+               "it to agents enrolled before (docs/live.md)")
+
+
 @tls_group.command("issue")
 @click.option(
     "--name",

@@ -184,7 +184,7 @@ def _load_ca(files: TlsFiles) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
         key = serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None)
     except FileNotFoundError as exc:
         raise ConfigError(f"{exc.filename}: not found; the hub's CA is created by "
-                          "`tiangong hub init`") from exc
+                          "`tiangong hub init` (`tiangong hub tls init` for an older hub)") from exc
     except (OSError, ValueError, TypeError) as exc:
         raise ConfigError(f"cannot read the hub's CA in {files.directory}: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey) or (

@@ -205,3 +205,21 @@ def test_a_bad_enrollment_response_pins_nothing(site: tuple[World, Agent], tmp_p
     with pytest.raises(HomeError, match=message):
         import_enrollment_response(agent.config, data)
     assert not agent.config.hub_ca_path.exists()
+
+
+def test_agent_run_without_a_pinned_ca_says_what_to_do(tmp_path: Path) -> None:
+    from tests.e2e.conftest import run
+    from tests.hub.conftest import make_keys
+
+    root = tmp_path / "root.json"
+    root.write_bytes(make_keys().hub.root_envelope)
+    home = tmp_path / "agent"
+    refused = run("agent", "init", str(home), "--root", str(root), "--hub-url",
+                  "ws://10.0.0.1:8401/live", "--insecure-loopback", check=False)
+    assert refused.returncode != 0 and "only allowed to a loopback address" in refused.stderr
+    assert not home.exists()
+    run("agent", "init", str(home), "--root", str(root), "--hub-url",
+        "wss://127.0.0.1:1/live")
+    out = run("agent", "run", "--home", str(home), check=False)
+    assert out.returncode == 1
+    assert "no pinned hub CA" in out.stderr and "agent enroll-response" in out.stderr

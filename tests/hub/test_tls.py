@@ -193,3 +193,23 @@ def test_the_binding_is_the_certificate_agents_see(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="only"):
         start_configured(with_overrides(cfg, live_bind="0.0.0.0:0"),
                          allow_insecure_loopback=True)
+
+
+def test_tls_init_for_a_hub_initialised_before_it_had_a_ca(tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "hub"
+    env = {"TIANGONG_HUB_DATA_DIR": str(data)}
+    run("hub", "init", "--admin", "admin", "--insecure-no-passphrase", env=env)
+    shutil.rmtree(data / "tls")  # as a hub made by an older version
+    missing = run("hub", "tls", "issue", env=env, check=False)
+    assert missing.returncode == 2 and "hub tls init" in missing.stderr
+    out = run("hub", "tls", "init", "--name", "hub.example", env=env)
+    assert "hub.example" in out.stdout
+    files = TlsFiles(data / "tls")
+    ca_pem = files.ca_cert.read_bytes()
+    x509.load_pem_x509_certificate(files.server_cert.read_bytes()).verify_directly_issued_by(
+        x509.load_pem_x509_certificate(ca_pem))
+    again = run("hub", "tls", "init", env=env, check=False)
+    assert again.returncode == 2 and "never replaced" in again.stderr
+    assert files.ca_cert.read_bytes() == ca_pem
