@@ -7,8 +7,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session
 
+from hub.db import make_engine
 from hub.errors import PermissionDeniedError
+from hub.migrate import upgrade
 from hub.services.agents import get_agent, revoke_agent
 from hub.services.deployments import queue_deployment
 from hub.services.presence import (
@@ -19,7 +22,8 @@ from hub.services.presence import (
     live_work,
     online_window,
 )
-from tests.hub.conftest import World
+from hub.services.users import bootstrap_admin
+from tests.hub.conftest import PEOPLE, FakeClock, World, make_keys, seed_people
 from tests.hub.services.test_exchange import _agent, _approved_release
 
 
@@ -86,3 +90,41 @@ def test_live_work_counts_queued_deployments_of_connected_agents(world: World,
     work = live_work(world.session, ["site-02", "site-01", "site-01"])
     assert work == [LiveWork("site-01", "enrolled", 1, by_agent["site-01"]),
                     LiveWork("site-02", "revoked", 1, by_agent["site-02"])]
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """An empty database of each kind the hub supports (real servers, tests/fixtures)."""
+    if request.param == "sqlite":
+        return "sqlite://"
+    return str(request.getfixturevalue("pg_db" if request.param == "postgresql" else "mysql_db"))
+
+
+def test_presence_and_live_work_on_every_database(db_url: str, tmp_path: Path) -> None:
+    """The grouped outer join and the last_seen comparison mean the same everywhere (and
+    last_seen comes back as an aware UTC time, comparable with the clock)."""
+    engine = make_engine(db_url)
+    upgrade(engine)
+    clock = FakeClock()
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            bootstrap_admin(session, clock, "admin")
+            world = World(session, clock, make_keys(), tmp_path / "releases")
+            seed_people(world.ctx("admin"), PEOPLE)
+            session.commit()
+            _agent(world, tmp_path, "site-01")
+            _agent(world, tmp_path, "site-02")
+            _seen(world, "site-01", 10)
+            deps = queue_deployment(world.ctx("op"), _approved_release(world), "test")
+            session.commit()
+            session.expire_all()
+            rows = list_presence(world.ctx("view"))
+            assert [(p.agent_id, p.state) for p in rows] == [("site-01", "online"),
+                                                              ("site-02", "never")]
+            assert rows[0].last_seen == clock() - timedelta(seconds=10)
+            newest = {d.agent.agent_id: d.id for d in deps if d.agent is not None}
+            assert live_work(session, ["site-02", "site-01"]) == [
+                LiveWork("site-01", "enrolled", 1, newest["site-01"]),
+                LiveWork("site-02", "enrolled", 1, newest["site-02"])]
+    finally:
+        engine.dispose()
