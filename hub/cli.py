@@ -410,13 +410,7 @@ def _cert_names(cert: Any) -> str:
     return ", ".join(str(n.value) for n in names)
 
 
-@hub.group("tls")
-def tls_group() -> None:
-    """The live channel's TLS files in <data-dir>/tls (private CA, server certificate)."""
-
-
-@tls_group.command("init")
-@click.option(
+_tls_names_option = click.option(
     "--name",
     "names",
     multiple=True,
@@ -424,6 +418,15 @@ def tls_group() -> None:
     help="Host name or IP address agents connect to (repeatable; default: localhost, "
     "127.0.0.1 and this host's name).",
 )
+
+
+@hub.group("tls")
+def tls_group() -> None:
+    """The live channel's TLS files in <data-dir>/tls (private CA, server certificate)."""
+
+
+@tls_group.command("init")
+@_tls_names_option
 @click.pass_context
 def tls_init(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Create the private CA and a server certificate for a hub initialised before it had
@@ -449,14 +452,7 @@ def tls_init(ctx: click.Context, names: tuple[str, ...]) -> None:
 
 
 @tls_group.command("issue")
-@click.option(
-    "--name",
-    "names",
-    multiple=True,
-    metavar="NAME",
-    help="Host name or IP address agents connect to (repeatable; default: localhost, "
-    "127.0.0.1 and this host's name).",
-)
+@_tls_names_option
 @click.option("--days", type=click.IntRange(min=1), default=None,
               help="Validity in days (default: 730; never past the CA's own expiry).")
 @click.pass_context
