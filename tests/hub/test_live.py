@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,20 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from agent.service import Agent
-from bundle.sync import MAX_MESSAGE_BYTES, AgentSide, OfferReceived, Refused, Welcomed
+from bundle.sync import (
+    MAX_MESSAGE_BYTES,
+    AgentSide,
+    HeartbeatAcked,
+    OfferReceived,
+    Refused,
+    Welcomed,
+)
 from hub.db import AuditEvent, Deployment, make_session_factory
 from hub.errors import ConfigError
 from hub.live import LiveHub, LiveServer, start_live
-from hub.services.agents import revoke_agent
+from hub.services.agents import get_agent, revoke_agent
 from hub.services.deployments import queue_deployment
+from hub.services.presence import agent_presence
 from tests.e2e import test_live as e2e_live
 from tests.e2e.conftest import wait_for
 from tests.hub.conftest import Keys, World
@@ -231,6 +240,42 @@ def test_an_export_that_fails_is_not_retried_every_poll(
         assert "changed on disk" in json.loads(failed.details)["reason"]
         assert _state(world) == "queued"  # waits for an operator; media export says why too
         assert not list((tmp_path / "hubdata" / "live-outbox" / "site-01").glob("*.tgb"))
+    finally:
+        server.stop()
+        agent.close()
+
+
+def test_authentication_and_heartbeats_keep_presence_online(file_world: World,
+                                                           tmp_path: Path) -> None:
+    """The live server writes last_seen on authentication and on every heartbeat (before it
+    answers), which is all the web and CLI processes see of presence."""
+    world = file_world
+    agent = _agent(world, tmp_path)
+    server = _serve(world, tmp_path)
+
+    def presence() -> tuple[str, datetime | None]:
+        world.session.rollback()
+        p = agent_presence(get_agent(world.session, "site-01"), world.clock())
+        world.session.rollback()
+        return p.state, p.last_seen
+
+    async def scenario() -> list[tuple[str, datetime | None]]:
+        seen = [presence()]
+        async with ScriptedAgent(server.port, agent) as a:
+            seen.append(presence())
+            world.clock.advance(600)  # ten minutes of silence: offline
+            seen.append(presence())
+            a.conn.send_heartbeat(1)
+            await a.flush()
+            await a.until(lambda e: isinstance(e, HeartbeatAcked))
+            seen.append(presence())
+        return seen
+
+    try:
+        start = world.clock()
+        assert asyncio.run(scenario()) == [
+            ("never", None), ("online", start), ("offline", start),
+            ("online", start + timedelta(seconds=600))]
     finally:
         server.stop()
         agent.close()
