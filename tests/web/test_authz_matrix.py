@@ -211,6 +211,12 @@ EXPECTED: dict[str, View] = {
         args=lambda w: w.release(w.submitted),
         form=lambda w: {"comment": "fine by the matrix", "environment": ""},
     ),
+    # 1.0.0 is already queued in both environments: the allowed get a 409, not a 403.
+    "releases.queue": View(
+        post=having("operator", env="test"),
+        args=lambda w: w.release(w.approved),
+        form=lambda w: {"environment": "test"},
+    ),
     "releases.reject": View(
         post=having("approver"),
         args=lambda w: w.release(w.submitted),
@@ -525,6 +531,7 @@ SCOPED_POSTS: list[tuple[str, str, dict[str, str], bool]] = [
     ("appr-prod", "releases.approve", {"environment": "test"}, False),
     ("appr-prod", "releases.approve", {"environment": "prod"}, True),
     ("op-test", "media.export", {"environment": "prod"}, False),
+    ("op-test", "releases.queue", {"environment": "prod"}, False),
     ("op-test", "agents.enroll", {"environment": "prod"}, False),
     ("op-test", "deployments.mark", {}, True),
     ("view-test", "deployments.mark", {}, False),
