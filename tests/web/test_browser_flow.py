@@ -3,8 +3,7 @@ process, signing in through the real SimpleSAMLphp IdP, with a real agent proces
 
 alice (developer) signs in, uploads a release archive and submits it; she cannot approve it
 (no button, and a forced POST is refused); bob (approver) approves; carol (operator) queues
-the deployment to ``plant-a`` (which has an enrolled agent; with the CLI, as no page queues
-deployments yet) and exports the media; the agent
+the deployment to ``plant-a`` (which has an enrolled agent) and exports the media; the agent
 runs it from its file drop; the result file is imported by upload on the media page; the
 deployment page shows every step succeeded; dave (auditor, granted with ``tiangong hub users
 grant`` after his first sign-in: the IdP gives him no group) sees the audit chain valid.
@@ -50,15 +49,16 @@ def force_approve(page: Page, hub: LiveHub) -> int:
 
 
 def queue_deployment(carol: Page, hub: LiveHub, shots: Shots) -> None:
-    """carol queues hello 1.0.0 for plant-a.
-
-    No page queues a deployment yet (issue 6 lists none), so carol uses ``tiangong hub
-    deployments queue``; the release page then shows the approved release she queued.
-    """
-    hub.cli("deployments", "queue", "hello", "1.0.0", "--environment", ENVIRONMENT,
-            user="carol")
-    carol.goto(f"{hub.base_url}/deployments/?environment={ENVIRONMENT}")
-    expect(carol.locator("#deployments-table")).to_contain_text("hello")
+    """carol queues hello 1.0.0 for plant-a with the release page's Deploy form."""
+    carol.goto(f"{hub.base_url}/releases/hello/1.0.0")
+    expect(carol.locator("#release-state")).to_have_text("approved")
+    carol.get_by_label("Environment").select_option(ENVIRONMENT)
+    shots.take(carol, "release-deploy")
+    carol.locator("#queue-button").click()
+    expect(carol.get_by_role("status").filter(has_text="Queued release")).to_be_visible()
+    carol.get_by_role("link", name="Deployments").click()
+    expect(carol.locator("#deployments-table")).to_contain_text("hello 1.0.0")
+    expect(carol.locator("#deployments-table")).to_contain_text("queued")
     shots.take(carol, "deployments-queued")
 
 
