@@ -126,6 +126,29 @@ def self_cpu() -> float:
     return t.user + t.system
 
 
+def sqlite_commits_per_s(directory: Path, count: int = 200) -> float:
+    """Baseline for everything the hub writes per message: single-row UPDATE + COMMIT on a
+    WAL SQLite file in ``directory`` (the hub's pragmas; an fsync per commit), per second."""
+    import sqlite3
+
+    path = directory / "commit-rate.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v REAL)")
+        db.execute("INSERT INTO t VALUES (1, 0)")
+        t0 = time.perf_counter()
+        for i in range(count):
+            db.execute("BEGIN")
+            db.execute("UPDATE t SET v = ? WHERE id = 1", (i,))
+            db.execute("COMMIT")
+        return count / (time.perf_counter() - t0)
+    finally:
+        db.close()
+        for p in directory.glob("commit-rate.db*"):
+            p.unlink()
+
+
 def percentile(values: list[float], p: float) -> float:
     """The ``p``-th percentile (nearest rank) of ``values``."""
     ordered = sorted(values)
@@ -299,6 +322,8 @@ class SimAgent:
     offered: dict[str, float] = field(default_factory=dict)  # transfer -> time.time()
     received: dict[str, float] = field(default_factory=dict)
     heartbeats_acked: int = 0
+    heartbeats_sent: int = 0
+    heartbeat_rtts: list[float] = field(default_factory=list)  # seconds, HEARTBEAT -> ACK
     error: str | None = None
     _incoming: dict[str, _Incoming] = field(default_factory=dict)
     _pings: dict[int, asyncio.Future[float]] = field(default_factory=dict)
@@ -317,8 +342,9 @@ class SimAgent:
             for message in self.conn.data_to_send():
                 await self.ws.send(message)
 
-    async def connect(self, url: str) -> None:
-        """Connect and authenticate; returns once WELCOME arrived, then reads in a task."""
+    async def connect(self, url: str, rng: random.Random | None = None) -> None:
+        """Connect and authenticate; returns once WELCOME arrived, then reads in a task and,
+        given ``rng``, heartbeats from now on (as agent/live.py does after WELCOME)."""
         self.ws = await connect(url, compression=None, max_size=MAX_MESSAGE_BYTES,
                                 open_timeout=120)  # keepalive pings as agent/live.py
         self.conn.send_hello()
@@ -335,6 +361,12 @@ class SimAgent:
                                        f"{event.text}")
             await self.flush()
         self._tasks.append(asyncio.create_task(self._read()))
+        if rng is not None:
+            self.start_heartbeats(rng)
+
+    @property
+    def connected(self) -> bool:
+        return self.ws is not None and self.ws.close_code is None
 
     def start_heartbeats(self, rng: random.Random) -> None:
         """Heartbeat every WELCOME interval; the first after a random phase, so N agents
@@ -344,7 +376,9 @@ class SimAgent:
     async def _heartbeats(self, phase: float) -> None:
         await asyncio.sleep(phase)
         while True:
-            await self.ping()
+            sent = time.time()
+            self.heartbeats_sent += 1
+            self.heartbeat_rtts.append(await self.ping() - sent)
             await asyncio.sleep(self.heartbeat)
 
     async def ping(self) -> float:
@@ -559,7 +593,7 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
     try:
         # 1. connect + authenticate
         cpu0, mine0, t0 = hub.cpu(), self_cpu(), time.perf_counter()
-        results = await _gather_bounded([a.connect(url) for a in agents],
+        results = await _gather_bounded([a.connect(url, rng) for a in agents],
                                         args.connect_concurrency)
         errors = _errors(agents, results)
         if errors:
@@ -581,10 +615,9 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
               f"{out['connect_settled_s']} s (hub CPU {out['connect_settle_hub_cpu_s']} s: the "
               "per-connection export and its audit checkpoint)", flush=True)
 
-        # 2. idle with heartbeats at the real interval
-        for a in agents:
-            a.start_heartbeats(rng)
+        # 2. idle with heartbeats at the real interval (running since each WELCOME)
         acked0 = sum(a.heartbeats_acked for a in agents)
+        rtt0 = [len(a.heartbeat_rtts) for a in agents]
         cpu0, mine0, t0 = hub.cpu(), self_cpu(), time.perf_counter()
         await asyncio.sleep(args.idle_seconds)
         wall = time.perf_counter() - t0
@@ -592,12 +625,24 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
         out["idle_hub_cpu_s_per_min"] = round((hub.cpu() - cpu0) / wall * 60, 2)
         out["idle_client_cpu_s_per_min"] = round((self_cpu() - mine0) / wall * 60, 2)
         out["idle_heartbeats"] = sum(a.heartbeats_acked for a in agents) - acked0
+        out["idle_heartbeats_unanswered"] = sum(a.heartbeats_sent - len(a.heartbeat_rtts)
+                                                for a in agents)
+        rtts = [r for a, k in zip(agents, rtt0, strict=True) for r in a.heartbeat_rtts[k:]]
+        if rtts:
+            out["idle_heartbeat_rtt_p50_ms"] = round(percentile(rtts, 50) * 1000)
+            out["idle_heartbeat_rtt_p99_ms"] = round(percentile(rtts, 99) * 1000)
         rss, hwm = hub.rss()
         out["hub_rss_mib"], out["hub_peak_rss_mib"] = round(rss, 1), round(hwm, 1)
+        out["idle_still_connected"] = sum(a.connected for a in agents)
         print(f"  idle, heartbeat every {out['heartbeat_s']} s: hub CPU "
               f"{out['idle_hub_cpu_s_per_min']} s/min over {out['idle_window_s']} s "
-              f"({out['idle_heartbeats']} heartbeats acked), RSS {out['hub_rss_mib']} MiB "
-              f"(peak {out['hub_peak_rss_mib']} MiB)", flush=True)
+              f"({out['idle_heartbeats']} heartbeats acked, round trip p50 "
+              f"{out.get('idle_heartbeat_rtt_p50_ms')} ms p99 "
+              f"{out.get('idle_heartbeat_rtt_p99_ms')} ms; "
+              f"{out['idle_heartbeats_unanswered']} awaiting an answer at the end), RSS "
+              f"{out['hub_rss_mib']} MiB "
+              f"(peak {out['hub_peak_rss_mib']} MiB); {out['idle_still_connected']}/{n} "
+              "still connected", flush=True)
 
         # 3. queue (approved release) -> bundle received by every agent
         cpu0 = hub.cpu()
@@ -760,6 +805,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"live_agents: hub in a child process, agents in this one (pid {os.getpid()}); "
               f"{os.cpu_count()} CPUs shared with everything else on the box; load average "
               f"{os.getloadavg()[0]:.2f}; open files limit {report['fd_limit']}", flush=True)
+        report["sqlite_commits_per_s"] = round(sqlite_commits_per_s(work))
+        print(f"baseline: this disk takes {report['sqlite_commits_per_s']} single-row SQLite "
+              "commits per second (WAL, the hub's pragmas); the hub commits once per "
+              "heartbeat", flush=True)
+        print(f"RESULT live_agents_disk sqlite_commits_per_s={report['sqlite_commits_per_s']}",
+              flush=True)
         for n in args.agents:
             if 2 * n + 200 > report["fd_limit"]:
                 print(f"N={n}: skipped, needs {2 * n + 200} open files, the limit is "
