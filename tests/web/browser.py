@@ -51,6 +51,8 @@ __all__ = [
     "CHROMIUM",
     "ENVIRONMENT",
     "HELLO_STEPS",
+    "LAPTOP",
+    "TABLET",
     "LiveHub",
     "Shots",
     "chromium",
@@ -249,9 +251,13 @@ def chromium() -> Iterator[Browser]:
             browser.close()
 
 
-def new_context(browser: Browser) -> BrowserContext:
-    """A fresh browser profile (cookies of its own) at tablet-and-up width."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900},
+LAPTOP = {"width": 1280, "height": 900}  # CSS pixels
+TABLET = {"width": 768, "height": 1024}  # CSS pixels, portrait
+
+
+def new_context(browser: Browser, viewport: dict[str, int] | None = None) -> BrowserContext:
+    """A fresh browser profile (cookies of its own), laptop-sized unless told otherwise."""
+    context = browser.new_context(viewport=viewport or LAPTOP,  # type: ignore[arg-type]
                                   accept_downloads=True)
     context.set_default_timeout(PAGE_TIMEOUT_MS)
     expect.set_options(timeout=PAGE_TIMEOUT_MS)

@@ -23,6 +23,7 @@ from tests.web.browser import (
     AGENT_ID,
     ENVIRONMENT,
     HELLO_STEPS,
+    TABLET,
     LiveHub,
     Shots,
     chromium,
@@ -72,7 +73,8 @@ def test_release_flow_in_the_browser(
     pages = {}
     for who, role in (("alice", "developer"), ("bob", "approver"), ("carol", "operator"),
                       ("dave", None)):
-        page = new_context(chromium).new_page()
+        # bob approves on a tablet, with the keyboard only.
+        page = new_context(chromium, TABLET if who == "bob" else None).new_page()
         sign_in(page, hub, saml_idp, who)
         if role is None:
             expect(page.locator("#roles")).to_contain_text("none yet")
@@ -117,13 +119,16 @@ def test_release_flow_in_the_browser(
     expect(alice.locator("#release-state")).to_have_text("submitted")
     expect(alice.locator("#no-approvals")).to_be_visible()
 
-    # bob approves it for every environment.
+    # bob approves it for every environment, on a tablet, from the keyboard: the comment
+    # field, then Tab to the Approve button, then Enter.
     bob.goto(f"{hub.base_url}/releases/hello/1.0.0")
     expect(bob.locator("#release-state")).to_have_text("submitted")
     bob.get_by_label("Approve for").select_option(label="every environment")
     bob.get_by_label("Comment").fill("Reviewed in the browser")
-    shots.take(bob, "release-approve")
-    bob.locator("#approve-button").click()
+    shots.take(bob, "release-approve-tablet")
+    bob.get_by_label("Comment").press("Tab")
+    expect(bob.locator("#approve-button")).to_be_focused()
+    bob.keyboard.press("Enter")
     expect(bob.locator("#release-state")).to_have_text("approved")
     expect(bob.locator("#approvals-table")).to_contain_text("bob")
     shots.take(bob, "release-approved")
