@@ -576,7 +576,6 @@ class _ImportRun:
             for inc in batch:
                 self._verify(inc)
             _sync_copies([inc.copy for inc in batch if inc.copy is not None])
-            ctx.session.rollback()  # end the read-only transaction of phase 1
             self._record(batch)
             ctx.session.commit()
         except BaseException:
@@ -951,7 +950,11 @@ def _deployments(session: Session, batch: list[_Incoming]) -> dict[str, Deployme
             ids.add(res.bundle_id)
     if not ids:
         return {}
-    query = select(Deployment).where(Deployment.bundle_id.in_(sorted(ids)))
+    query = (
+        select(Deployment)
+        .where(Deployment.bundle_id.in_(sorted(ids)))
+        .execution_options(populate_existing=True)  # as they are now, under the lock
+    )
     return {d.bundle_id: d for d in session.scalars(query) if d.bundle_id is not None}
 
 
