@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, ConsoleMessage, Page, Response, expect
 
 from tests.fixtures.saml_idp import SamlIdP
 from tests.web.browser import (
@@ -36,6 +36,26 @@ from tests.web.browser import (
 )
 
 __all__ = ["chromium", "live_hub"]  # fixtures used by this module
+
+
+def watch_console(page: Page, hub: LiveHub, problems: list[str]) -> None:
+    """Collect what goes wrong on ``page``: script errors, console errors (the browser
+    logs Content-Security-Policy violations there) and hub responses of 400 or more (the
+    IdP's own pages are not the hub's business; ``/favicon.ico``, asked for by the browser
+    itself, is not served by the hub)."""
+
+    def console(m: ConsoleMessage) -> None:
+        if m.type == "error" and not m.text.startswith("Failed to load resource"):
+            problems.append(f"{page.url}: console error: {m.text}")
+
+    def response(r: Response) -> None:
+        if (r.status >= 400 and r.url.startswith(hub.base_url)
+                and not r.url.endswith("/favicon.ico")):
+            problems.append(f"{page.url}: {r.request.method} {r.url}: {r.status}")
+
+    page.on("console", console)
+    page.on("response", response)
+    page.on("pageerror", lambda e: problems.append(f"{page.url}: page error: {e}"))
 
 
 def force_approve(page: Page, hub: LiveHub) -> int:
@@ -71,10 +91,12 @@ def test_release_flow_in_the_browser(
     # Each person has a browser profile of their own; signing in creates their hub user
     # with the roles their IdP groups map to.
     pages = {}
+    problems: list[str] = []  # console errors (CSP violations among them), page errors
     for who, role in (("alice", "developer"), ("bob", "approver"), ("carol", "operator"),
                       ("dave", None)):
         # bob approves on a tablet, with the keyboard only.
         page = new_context(chromium, TABLET if who == "bob" else None).new_page()
+        watch_console(page, hub, problems)
         sign_in(page, hub, saml_idp, who)
         if role is None:
             expect(page.locator("#roles")).to_contain_text("none yet")
@@ -188,3 +210,4 @@ def test_release_flow_in_the_browser(
 
     for page in pages.values():
         page.context.close()
+    assert not problems, "the browser reported:\n" + "\n".join(problems)
