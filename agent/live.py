@@ -53,6 +53,7 @@ from websockets.protocol import State as WsState
 from agent.config import AgentConfig
 from agent.home import AgentKeys, load_keys
 from bundle.sync import (
+    CANCEL_HAVE_IT,
     MAX_CHUNK_BYTES,
     MAX_LOG_LINE_BYTES,
     MAX_MESSAGE_BYTES,
@@ -385,7 +386,17 @@ class LiveClient:
             self.last_refusal = (event.code, event.text)
             log.error("live: the hub closed the connection: %s (%s)", event.code, event.text)
         elif isinstance(event, OfferReceived):
-            self._open_incoming(s, event.offer)
+            held = self._already_held(event.offer)
+            if held is not None:
+                # Delivered by media first (docs/live-protocol.md §4.2): the hub marks it
+                # delivered and never offers it again; the journal would refuse a second run
+                # anyway, this only saves sending the bytes.
+                log.info("live: %s is already here (%s); answering have-it", event.offer.name,
+                         held)
+                s.conn.send_cancel(event.offer.transfer, "hub", CANCEL_HAVE_IT,
+                                   "the agent already holds this bundle")
+            else:
+                self._open_incoming(s, event.offer)
         elif isinstance(event, ChunkReceived):
             self._write_chunk(s, event)
         elif isinstance(event, TransferDone):
@@ -401,6 +412,26 @@ class LiveClient:
             self._result_received(s, event.transfer)
 
     # -- bundles in
+
+    def _already_held(self, offer: Offer) -> Path | None:
+        """The file in the inbox or archive with exactly the offered bytes (same name or a
+        clash-suffixed one, same size and SHA-256), if any. Split offers are never held."""
+        if offer.parts:
+            return None
+        stem, dot, suffix = offer.name.rpartition(".")
+        for folder in (self.config.inbox, self.config.archive, self.config.archive / "duplicates"):
+            candidates = [folder / offer.name]
+            if dot:
+                candidates += sorted(folder.glob(f"{glob_escape(stem)}-*.{glob_escape(suffix)}"))
+            for path in candidates:
+                try:
+                    if not path.is_file() or path.stat().st_size != offer.size:
+                        continue
+                    if _size_and_sha256(path) == (offer.size, offer.sha256):
+                        return path
+                except OSError:
+                    continue
+        return None
 
     def _partial(self, transfer: str) -> Path:
         return self.config.staging / f"live-{transfer}.part"
@@ -564,6 +595,11 @@ class LiveClient:
         if path is not None:
             self._mark_sent(path.name)
             log.info("live: the hub received result %s", path.name)
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal inside a glob pattern."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def _size_and_sha256(path: Path) -> tuple[int, str]:

@@ -60,6 +60,7 @@ from bundle.sync_events import (
     Welcomed,
 )
 from bundle.sync_messages import (
+    CANCEL_HAVE_IT,
     MAX_CHUNK_BYTES,
     MAX_HEADER_BYTES,
     MAX_LOG_LINE_BYTES,
@@ -80,6 +81,7 @@ from bundle.sync_transfer import Clock, Sink, TokenBucket, TransferReceiver
 from signing.keys import PublicKey, SigningKey
 
 __all__ = [
+    "CANCEL_HAVE_IT",
     "DEFAULT_HEARTBEAT_SECONDS",
     "HUB_LOG_BURST_MESSAGES",
     "LOG_BURST_MESSAGES",

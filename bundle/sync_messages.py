@@ -70,6 +70,7 @@ MAX_TEXT_CHARS = 200  # characters of a REFUSE / ERROR / CANCEL reason text
 NONCE_BYTES = 32  # bytes of the hub's challenge
 SIGNATURE_BYTES = 64  # bytes of an Ed25519 signature
 AUTH_DOMAIN = b"tiangong-live-auth-v1"
+CANCEL_HAVE_IT = "have-it"  # CANCEL code: the receiver already holds the offered file (§4.2)
 _PREFIX = struct.Struct(">BH")
 _U32 = struct.Struct(">I")
 

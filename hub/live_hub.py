@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State as WsState
 
 from bundle.sync import (
+    CANCEL_HAVE_IT,
     DEFAULT_HEARTBEAT_SECONDS,
     MAX_CHUNK_BYTES,
     NONCE_BYTES,
@@ -86,7 +87,7 @@ ACK_EVERY_BYTES = 8 * 1024 * 1024  # bytes received between two fsync + ACK
 READ_BYTES = MAX_CHUNK_BYTES  # bytes per CHUNK sent
 POLL_SECONDS = 0.25  # seconds between two looks at the database for queued work / revocations
 EXPORT_RETRY_SECONDS = 60.0  # seconds before an export that failed is tried again unchanged
-HAVE_IT = "have-it"  # CANCEL code: the agent already holds this bundle (docs/live-protocol.md §4.2)
+HAVE_IT = CANCEL_HAVE_IT  # the agent already holds this bundle (docs/live-protocol.md §4.2)
 
 
 @dataclass
