@@ -567,15 +567,30 @@ def _errors(agents: list[SimAgent], results: list[Any] | None = None) -> list[st
     return found
 
 
-async def _settle(hub: HubProcess, since: float, quiet: float = 0.05,
+def _audit_head(db: Path) -> int:
+    """The highest audit sequence number in the hub's SQLite file (read-only)."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_events").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def _settle(hub: HubProcess, since: float, steady: int = 3,
                   limit: float = 900.0) -> bool:
-    """Wait until the hub used less than ``quiet`` CPU seconds in one second (or ``limit``
-    seconds since ``since``); True when it became quiet."""
+    """Wait until the hub's audit log has not grown for ``steady`` seconds (or ``limit``
+    seconds since ``since``); True when it became steady. Each connection starts an export
+    of the agent's queued work, which writes to the audit log; heartbeats do not."""
+    last, same = -1, 0
     while time.perf_counter() - since < limit:
-        before = hub.cpu()
-        await asyncio.sleep(1.0)
-        if hub.cpu() - before < quiet:
+        head = await asyncio.to_thread(_audit_head, hub.data_dir / "hub.db")
+        same = same + 1 if head == last else 0
+        if same >= steady:
             return True
+        last = head
+        await asyncio.sleep(1.0)
     return False
 
 
@@ -604,16 +619,16 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
         out["connect_client_cpu_s"] = round(self_cpu() - mine0, 2)
         out["heartbeat_s"] = agents[0].heartbeat
         # Each connection starts an export of that agent's queued deployments (none here),
-        # after WELCOME: wait until the hub is quiet, so the idle window measures idling.
+        # after WELCOME: wait until that is done, so the idle window measures idling.
         settle = await _settle(hub, t0)
         out["connect_settled_s"] = round(time.perf_counter() - t0, 2)
         out["connect_settle_hub_cpu_s"] = round(hub.cpu() - cpu0, 2)
         print(f"  connect+auth: {n} agents in {out['connect_s']} s (at most "
               f"{args.connect_concurrency} handshakes at once), hub CPU "
               f"{out['connect_hub_cpu_s']} s, this process {out['connect_client_cpu_s']} s; "
-              f"the hub was {'quiet' if settle else 'STILL BUSY'} after "
-              f"{out['connect_settled_s']} s (hub CPU {out['connect_settle_hub_cpu_s']} s: the "
-              "per-connection export and its audit checkpoint)", flush=True)
+              f"the audit log stopped growing {'' if settle else 'NOT '}after "
+              f"{out['connect_settled_s']} s (hub CPU by then {out['connect_settle_hub_cpu_s']} "
+              "s: each connection's export writes an audit checkpoint)", flush=True)
 
         # 2. idle with heartbeats at the real interval (running since each WELCOME)
         acked0 = sum(a.heartbeats_acked for a in agents)
