@@ -492,40 +492,44 @@ def test_every_post_without_csrf_token_is_refused(
     assert not wrong, "; ".join(wrong)
 
 
-# The environment ``prod`` named as a word (not inside ``appr-prod`` or ``product``).
-_PROD_WORD = re.compile(r"(?<![\w-])prod(?![\w-])")
+#: (who, the environment they have no grant on)
+LEAK_CASES = [("view-test", "prod"), ("op-test", "prod"), ("appr-prod", "test")]
 
 
-@pytest.mark.parametrize("who", ["view-test", "op-test"])
+@pytest.mark.parametrize(("who", "hidden"), LEAK_CASES)
 def test_no_page_leaks_another_environment(
-    site: Site, world: World, clients: dict[str, FlaskClient], who: str
+    site: Site, world: World, clients: dict[str, FlaskClient], who: str, hidden: str
 ) -> None:
-    """Every page ``who`` can open (each GET endpoint, and each with ``?environment=prod``)
-    is free of prod's agent id and of the name ``prod``."""
+    """Every page ``who`` can open (each GET endpoint, and each with
+    ``?environment=<hidden>``) is free of the hidden environment's agent id and of its name
+    as a word (not inside ``appr-prod``, ``product`` or ``agent-test-…``); the hidden
+    environment's own pages are refused."""
+    agent = PROD_AGENT if hidden == "prod" else TEST_AGENT
+    deployment = world.prod_deployment if hidden == "prod" else world.test_deployment
+    word = re.compile(rf"(?<![\w-]){hidden}(?![\w-])")
     opened = []
     for endpoint in GET_ENDPOINTS:
         url = url_for_view(site.app, endpoint, world)
-        for probe in (url, f"{url}{'&' if '?' in url else '?'}environment=prod"):
+        for probe in (url, f"{url}{'&' if '?' in url else '?'}environment={hidden}"):
             resp = clients[who].get(probe)
             if resp.status_code != 200:
                 continue
             opened.append(probe)
             html = resp.get_data().decode("utf-8", errors="replace")  # downloads too
-            assert PROD_AGENT not in html, f"{probe} shows {who} prod's agent {PROD_AGENT}"
-            m = _PROD_WORD.search(html)
+            assert agent not in html, f"{probe} shows {who} {hidden}'s agent {agent}"
+            m = word.search(html)
             assert m is None, (
-                f"{probe} names environment prod to {who}: "
+                f"{probe} names environment {hidden} to {who}: "
                 f"...{html[max(0, m.start() - 120):m.end() + 120]}..."
             )
     assert "/" in opened
-    # prod's own pages are refused outright.
     for probe in (
-        f"/agents/{PROD_AGENT}",
-        f"/agents/{PROD_AGENT}/revoke",
-        f"/agents/{PROD_AGENT}/enrollment-response",
-        f"/deployments/{world.prod_deployment}",
-        f"/deployments/{world.prod_deployment}/logs",
-        "/environments/prod",
+        f"/agents/{agent}",
+        f"/agents/{agent}/revoke",
+        f"/agents/{agent}/enrollment-response",
+        f"/deployments/{deployment}",
+        f"/deployments/{deployment}/logs",
+        f"/environments/{hidden}",
     ):
         status = clients[who].get(probe).status_code
         assert status in (403, 404), f"{who} GET {probe}: {status}"
