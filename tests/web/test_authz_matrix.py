@@ -13,12 +13,15 @@ entry in :data:`EXPECTED`, so a new view without one fails
   who may try, the page tests about what happens).
 * every POST endpoint (page blueprints and sign-in/out) without the CSRF token: 400, and
   nothing changed.
-* no page leaks environment ``prod``'s data (its agent, its deployment, its name) to
-  people whose only grant is on ``test`` (``view-test``, ``op-test``).
+* no page leaks environment ``prod``'s data (its agent, its name) to people whose only
+  grant is on ``test`` (``view-test``, ``op-test``), nor ``test``'s to ``appr-prod``; the
+  hidden environment's own pages are refused to them.
+* a grant on one environment is worth nothing in another (:data:`SCOPED_POSTS`).
 
 The data the URLs point at is built once per test by :func:`build_world`: a product with an
-approved release deployed to both environments, a submitted one and a draft, an agent in
-each environment.
+approved release queued in both environments, a submitted one, a draft and an approved one
+queued nowhere, an agent in each environment, and an export of ``test`` waiting for
+download. All GETs run on one world (they change nothing); each POST endpoint gets its own.
 """
 
 from __future__ import annotations
