@@ -361,8 +361,9 @@ class ImportReport:
 DEFAULT_IMPORT_BATCH = 100  # result files recorded per transaction
 MAX_IMPORT_BATCH = 1000  # result files per transaction at most
 COPY_BUFFER = 1024 * 1024  # bytes per read while copying a result file
-KEEP_IN_MEMORY = 64 * 1024 * 1024  # bytes of a batch's result files kept to verify from memory
+KEEP_IN_MEMORY = 64 * 1024 * 1024  # bytes of a batch's files kept to verify from memory
 FSYNC_THREADS = 8  # parallel fsyncs of a batch's copies (grouped into few journal commits)
+RECEIVE_THREADS = 4  # files of a batch read and copied at the same time
 STALE_INCOMING = timedelta(days=1)  # an .incoming-* copy this old was left by a crash
 #: Where the verifier stages a result's payloads first: a memory file system, so the few
 #: small files each verification creates and removes cost no disk metadata writes (≈ 1 ms
@@ -536,7 +537,7 @@ class _ImportRun:
         self.disk_staging: Path | None = None
         self.trusted: TrustedRoot | None = None  # parsed once per run, not once per file
         self.agent_keys: dict[str, PublicKey] = {}
-        self.memory_left = KEEP_IN_MEMORY  # bytes of result files kept per batch
+        self.keep_per_file = KEEP_IN_MEMORY  # bytes of one file kept to verify from memory
 
     def __enter__(self) -> _ImportRun:
         self.results_dir.mkdir(parents=True, exist_ok=True)
@@ -568,10 +569,14 @@ class _ImportRun:
         if ctx.keys is None:
             raise ConfigError("the hub keys are not loaded")
         batch = [_Incoming(p) for p in paths]
-        self.memory_left = KEEP_IN_MEMORY
+        self.keep_per_file = KEEP_IN_MEMORY // len(batch)
         try:
-            for inc in batch:
-                self._receive(inc)
+            if len(batch) > 1:
+                # Mostly waiting for the disk (open, create, read, write): overlap the files.
+                with ThreadPoolExecutor(min(RECEIVE_THREADS, len(batch))) as pool:
+                    list(pool.map(self._receive, batch))
+            else:
+                self._receive(batch[0])
             self._lookup(batch)
             for inc in batch:
                 self._verify(inc)
@@ -608,11 +613,10 @@ class _ImportRun:
             )
             inc.copy = Path(copy)
             try:
-                reader = _CopyingReader(source, out, keep=self.memory_left)
+                reader = _CopyingReader(source, out, keep=self.keep_per_file)
                 inc.agent_id, inc.envelope_sha256 = _claim(reader, name)
                 inc.data = reader.drain()
                 inc.size, inc.file_sha256 = reader.size, reader.sha.hexdigest()
-                self.memory_left -= len(inc.data or b"")
             except _Rejected as exc:
                 inc.rejected = exc
                 exc.agent_id = inc.agent_id
