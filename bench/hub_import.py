@@ -277,7 +277,8 @@ def verifier_floor(
 
     def verify_all(durable: bool) -> float:
         # Staged where the import stages now (tmpfs) when not durable, else on the data disk.
-        where = exchange.MEMORY_STAGING if not durable and exchange.MEMORY_STAGING.is_dir() else work
+        memory = exchange.MEMORY_STAGING
+        where = memory if not durable and memory.is_dir() else work
         seconds = 0.0
         for f in files:
             staging = Path(tempfile.mkdtemp(prefix="floor-", dir=where))
