@@ -8,12 +8,14 @@ One task per agent connection moves WebSocket messages in and out of the sans-I/
   close code (§7) and an audit event (``live.refused``).
 * **Presence.** An in-memory set of online agents; ``agents.last_seen`` is written when an
   agent authenticates and on its heartbeats.
-* **Bundles out.** :meth:`LiveHub.push_pending` exports the agent's queued deployments with
-  the ordinary export path (:func:`hub.services.exchange.export_environment`) into a spool
-  directory ``<data_dir>/live-outbox/<agent>/`` and offers every ``*.tgb`` there, in chunks
-  from the offset the agent asks for (resume), within a window of unacknowledged bytes. A
-  file leaves the spool (into ``sent/``) only when the agent answered RECEIVED, so an agent
-  that drops off gets it again on its next connection.
+* **Bundles out.** LiveHub's push loop polls the database (every ``poll_interval``) for
+  queued deployments of connected agents — approval and queueing happen in other processes,
+  so the database is the signal — and exports them with the ordinary export path
+  (:func:`hub.services.exchange.export_environment`) into a spool directory
+  ``<data_dir>/live-outbox/<agent>/``, then offers every ``*.tgb`` there, in chunks from the
+  offset the agent asks for (resume), within a window of unacknowledged bytes. A file leaves
+  the spool (into ``sent/``) only when the agent answered RECEIVED or ``have-it``, so an
+  agent that drops off gets it again on its next connection.
 * **Results in.** An offered ``*.tgr`` is written to ``<data_dir>/live-inbox/.partial/``,
   checked (:class:`bundle.sync.TransferReceiver`), moved to ``<data_dir>/live-inbox/`` and
   imported with the ordinary import path (:func:`hub.services.exchange.import_result`).
@@ -31,24 +33,22 @@ from the hub configuration (:func:`start_configured`, :func:`run_until_signalled
 allow only to export deployments an operator already queued and to import results
 (:data:`hub.services.users.SYSTEM_ACTIONS`); the audit log names it ``system:live``.
 
-Deliberately not here: certificate creation (:mod:`hub.tls`), cross-process
-notifications, and pushing on approval (the caller calls :meth:`LiveServer.push_pending`).
-Plain ``ws://`` is refused unless the caller allows it for a loopback address.
+Deliberately not here: certificate creation (:mod:`hub.tls`) and PostgreSQL
+LISTEN/NOTIFY (the push loop's poll is one indexed query; :meth:`LiveServer.push_pending`
+still pushes at once for callers in this process). Plain ``ws://`` is refused unless the
+caller allows it for a loopback address.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
 import signal
 import ssl as ssl_module
 import threading
-from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import replace
 from typing import Any
 
 from websockets.asyncio.server import Server, serve
@@ -56,27 +56,14 @@ from websockets.asyncio.server import Server, serve
 from bundle.sync import DEFAULT_HEARTBEAT_SECONDS, MAX_MESSAGE_BYTES
 from hub.errors import ConfigError
 from hub.live_hub import ACK_EVERY_BYTES, WINDOW_BYTES, LiveHub
-from hub.services.context import ServiceContext
 
-__all__ = ["ACK_EVERY_BYTES", "SYSTEM_ACTOR", "WINDOW_BYTES", "LiveHub", "LiveServer",
-           "SystemLiveHub", "is_loopback", "parse_bind", "run_until_signalled", "serve_live",
+__all__ = ["ACK_EVERY_BYTES", "WINDOW_BYTES", "LiveHub", "LiveServer",
+           "is_loopback", "parse_bind", "run_until_signalled", "serve_live",
            "start_configured", "start_live"]
 
 log = logging.getLogger("tiangong.hub.live")
 
 PARENT_POLL_S = 1.0  # seconds between checks that `hub serve` (the parent) still runs
-SYSTEM_ACTOR = "live"  # ServiceContext.system of the live server (audited as system:live)
-
-
-class SystemLiveHub(LiveHub):
-    """A :class:`LiveHub` whose database work runs as the hub's ``system:live`` process
-    when no hub user is configured (``actor=None``), instead of as nobody (which every
-    service refuses). With a user name it behaves exactly as :class:`LiveHub`."""
-
-    @contextlib.contextmanager
-    def _services(self) -> Iterator[ServiceContext]:
-        with super()._services() as ctx:
-            yield ctx if ctx.actor is not None else replace(ctx, system=SYSTEM_ACTOR)
 
 
 class LiveServer:
@@ -161,7 +148,7 @@ def serve_live(config: Any, host: str, port: int, *, actor: str | None = None,
     """Start the live server for the hub of ``config`` (a :class:`hub.config.HubConfig`).
 
     ``actor`` is the hub user that exports bundles for live delivery (needs the operator
-    role), or None: the hub's own ``system:live`` (see :class:`SystemLiveHub`);
+    role), or None: the hub's own ``system:live`` (see :meth:`LiveHub._services`);
     ``binding`` the SHA-256 of the hub's TLS certificate in DER form (§5.2).
 
     Raises:
@@ -172,7 +159,7 @@ def serve_live(config: Any, host: str, port: int, *, actor: str | None = None,
 
     keys = load_hub_keys(config.data_dir)
     engine = make_engine(config.database_url)
-    hub = SystemLiveHub(session_factory=make_session_factory(engine), keys=keys,
+    hub = LiveHub(session_factory=make_session_factory(engine), keys=keys,
                         data_dir=config.data_dir, actor=actor, heartbeat=heartbeat,
                         binding=binding)
     return start_live(hub, host, port, ssl=ssl, allow_insecure_loopback=allow_insecure_loopback)

@@ -87,6 +87,7 @@ ACK_EVERY_BYTES = 8 * 1024 * 1024  # bytes received between two fsync + ACK
 READ_BYTES = MAX_CHUNK_BYTES  # bytes per CHUNK sent
 POLL_SECONDS = 0.25  # seconds between two looks at the database for queued work / revocations
 EXPORT_RETRY_SECONDS = 60.0  # seconds before an export that failed is tried again unchanged
+SYSTEM_ACTOR = "live"  # ServiceContext.system of the live server (audited as system:live)
 HAVE_IT = CANCEL_HAVE_IT  # the agent already holds this bundle (docs/live-protocol.md §4.2)
 
 
@@ -180,8 +181,11 @@ class LiveHub:
     def _services(self) -> Iterator[ServiceContext]:
         session = self.session_factory()
         try:
-            actor = get_user(session, self.actor) if self.actor is not None else None
-            yield ServiceContext(session, self.clock, actor, self.keys)
+            if self.actor is not None:
+                yield ServiceContext(session, self.clock, get_user(session, self.actor),
+                                     self.keys)
+            else:  # the hub's own process: only what users.SYSTEM_ACTIONS["live"] allows
+                yield ServiceContext(session, self.clock, None, self.keys, system=SYSTEM_ACTOR)
             session.commit()
         except BaseException:
             session.rollback()

@@ -23,7 +23,7 @@ from agent.home import HomeError, import_enrollment_response
 from agent.live import LiveClient, LiveTLSError, check_hub_url
 from agent.service import Agent
 from hub.db import make_session_factory
-from hub.live import LiveServer, SystemLiveHub, start_live
+from hub.live import LiveHub, LiveServer, start_live
 from hub.services.agents import EnrollmentResponse
 from hub.tls import TlsFiles, create_ca, issue_server_certificate, load_server_tls
 from tests.e2e.conftest import wait_for
@@ -44,7 +44,7 @@ def _ca(tmp_path: Path, name: str) -> TlsFiles:
 def _server(world: World, tmp_path: Path, files: TlsFiles, *,
             binding: bytes | None = None) -> LiveServer:
     tls = load_server_tls(files.server_cert, files.server_key)
-    hub = SystemLiveHub(session_factory=make_session_factory(world.session.get_bind()),  # type: ignore[arg-type]
+    hub = LiveHub(session_factory=make_session_factory(world.session.get_bind()),  # type: ignore[arg-type]
                         keys=world.keys.hub, data_dir=tmp_path / "hubdata", actor=None,
                         clock=world.clock, binding=tls.binding if binding is None else binding)
     return start_live(hub, "127.0.0.1", 0, ssl=tls.context)
