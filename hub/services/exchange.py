@@ -926,7 +926,7 @@ def _claim(source: _CopyingReader, name: str) -> tuple[str, str]:
         envelope = json.loads(head.envelope)
         payload_type = envelope["payloadType"]
         doc = json.loads(base64.b64decode(envelope["payload"], validate=True))
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
         raise _Rejected(
             f"not a readable result file: {name}: envelope is malformed ({exc})"[:500]
         ) from exc

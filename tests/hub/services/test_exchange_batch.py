@@ -5,6 +5,7 @@ same result twice in one batch, concurrent appenders while the head is held."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
@@ -18,6 +19,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from agent.service import Agent
+from bundle.container import (
+    END_OF_ARCHIVE,
+    ENVELOPE_NAME,
+    MARKER,
+    MARKER_NAME,
+    ROOTS_NAME,
+    encode_member,
+)
 from hub.db import Agent as AgentRow
 from hub.db import AuditEvent, AuditHead, make_engine
 from hub.errors import AuditError
@@ -361,3 +370,29 @@ def test_held_head_on_mariadb(mysql_db: str) -> None:
             assert audit.verify_database(session, None).ok
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        b"[" * 200_000 + b"]" * 200_000,  # nesting deeper than Python's recursion limit
+        b'{"payloadType": "x", "payload": "%%%"}',
+        b'"just a string"',
+        b'{"payloadType": "application/vnd.tiangong.result.v1+json", "payload": "'
+        + base64.b64encode(b"[" * 100_000 + b"]" * 100_000)
+        + b'"}',
+    ],
+)
+def test_unreadable_envelopes_are_rejected_not_fatal(
+    world: World, tmp_path: Path, envelope: bytes
+) -> None:
+    media = tmp_path / "usb"
+    media.mkdir()
+    (media / "h1.tgr").write_bytes(
+        encode_member(MARKER_NAME, MARKER) + encode_member(ROOTS_NAME, b"[]")
+        + encode_member(ENVELOPE_NAME, envelope) + END_OF_ARCHIVE
+    )
+    rows = _import(world, media, tmp_path / "results")
+    assert [row.status for row in rows] == ["rejected"]
+    assert rows[0].reason.startswith("not a")
+    assert _events(world, "result.rejected")[0].object_id == "h1.tgr"
