@@ -28,7 +28,7 @@ test: $(STAMP) system-deps
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy bundle signing
+	$(BIN)/mypy agent hub web tiangong bundle signing
 	$(BIN)/mypy --strict bundle signing
 
 bench: $(STAMP) system-deps

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -228,7 +228,8 @@ def apply_cmd(files: tuple[Path, ...], home: Path) -> None:
     ag = _open(home)
     try:
         ag.recover()
-        kind = "split" if len(files) > 1 or files[0].name.endswith(".part000") else "single"
+        kind: Literal["single", "split"] = (
+            "split" if len(files) > 1 or files[0].name.endswith(".part000") else "single")
         item = ReadyItem(name=files[0].name.removesuffix(".part000"), paths=tuple(files),
                          size=sum(f.stat().st_size for f in files), kind=kind,
                          first_seen=time.time())

@@ -144,7 +144,7 @@ def default_parts_needed(part0: Path) -> int | None:
     function missing, header unreadable or malformed): the group then keeps waiting.
     """
     try:
-        from bundle import inspect as bundle_inspect  # type: ignore[attr-defined]
+        from bundle import inspect as bundle_inspect
     except ImportError:
         return None
     read = getattr(bundle_inspect, "read_manifest_unverified", None)

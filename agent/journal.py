@@ -407,7 +407,7 @@ class Journal:
             ).fetchall()
             if not rows:
                 raise JournalError(f"bundle {bundle_id} has no steps")
-            attempt = max(r["a"] for r in rows) + 1
+            attempt = int(max(r["a"] for r in rows)) + 1
             for r in rows:
                 if r["idx"] >= from_idx:
                     db.execute(

@@ -115,8 +115,9 @@ class Agent:
             log.warning("bundle %s was interrupted: the agent stopped while a step was "
                         "running; nothing is re-run automatically (use 'tiangong agent retry')",
                         bundle_id)
-            results.append(self._result("interrupted", rec.summary if rec else "interrupted",
-                                        bundle_id, rec.envelope_sha256 if rec else None,
+            summary = (rec.summary if rec else None) or "interrupted"
+            results.append(self._result("interrupted", summary, bundle_id,
+                                        rec.envelope_sha256 if rec else None,
                                         rec.manifest.get("release") if rec else None, steps))
         return results
 

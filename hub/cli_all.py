@@ -10,7 +10,7 @@ from __future__ import annotations
 import flask  # noqa: F401 - presence check for the hub extra
 import sqlalchemy  # noqa: F401 - presence check for the hub extra
 
-import hub.cli_exchange  # registers export and import on the group
+from hub import cli_exchange  # noqa: F401 - registers export and import on the group
 from hub.cli import hub
 
 __all__ = ["hub"]

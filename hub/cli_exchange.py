@@ -68,7 +68,7 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
         report = export_environment(sc, environment, out_dir, agent_id=agent_id,
                                     expires_in=expires_in, split_size=split,
                                     progress=_progress())
-    rows = [{"deployment": b.deployment_id, "agent": b.agent_id, "release":
+    rows: list[dict[str, Any]] = [{"deployment": b.deployment_id, "agent": b.agent_id, "release":
              f"{b.product} {b.version}", "sequence": b.sequence,
              "files": [str(p) for p in b.paths], "size": b.size} for b in report.written]
     if as_json:

@@ -131,11 +131,11 @@ def load_configuration(connection: Connection, workdir: Path) -> Configuration:
     source = "the in-cluster service account" if params.get("in_cluster") else f"{kubeconfig}"
     try:
         if params.get("in_cluster"):
-            kube_config.load_incluster_config(client_configuration=configuration)
+            kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         elif not kubeconfig:
             raise K8sStepError(f"connection {connection.name!r}: no kubeconfig and not in_cluster")
         else:
-            kube_config.load_kube_config(
+            kube_config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=str(kubeconfig),
                 context=params.get("context") or None,
                 client_configuration=configuration,
@@ -166,7 +166,7 @@ class KubeApi:
         clock: Callable[[], float],
     ) -> None:
         self.host: str = client.configuration.host
-        self._dyn = DynamicClient(client, discoverer=_NoDiscovery)
+        self._dyn = DynamicClient(client, discoverer=_NoDiscovery)  # type: ignore[no-untyped-call]
         self._deadline = deadline
         self._cancel = cancel
         self._clock = clock
