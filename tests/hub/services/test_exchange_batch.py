@@ -32,8 +32,9 @@ from hub.db import AuditEvent, AuditHead, make_engine
 from hub.errors import AuditError
 from hub.migrate import upgrade
 from hub.services import audit, exchange
+from hub.services.context import ServiceContext
 from hub.services.exchange import ImportRow, import_directory
-from hub.services.users import bootstrap_admin
+from hub.services.users import bootstrap_admin, get_user
 from tests.hub.conftest import PEOPLE, FakeClock, Keys, World, seed_people
 from tests.hub.services.test_concurrency import _in_threads
 from tests.hub.services.test_exchange import _agent
@@ -396,3 +397,30 @@ def test_unreadable_envelopes_are_rejected_not_fatal(
     assert [row.status for row in rows] == ["rejected"]
     assert rows[0].reason.startswith("not a")
     assert _events(world, "result.rejected")[0].object_id == "h1.tgr"
+
+
+def test_two_imports_of_the_same_media_at_once_record_each_result_once(
+    any_world: World, tmp_path: Path
+) -> None:
+    """Both runs verify every file; the duplicate check under the audit head lock lets only
+    one of them record each result."""
+    world = any_world
+    agent = _agent(world, tmp_path)
+    media = _media(tmp_path, "usb", {f"k{i}.tgr": p for i, p in enumerate(_results(agent, 6))})
+    engine = world.session.get_bind()
+    results = tmp_path / "results"
+    reports: dict[int, list[ImportRow]] = {}
+
+    def run(i: int) -> None:
+        with Session(engine, expire_on_commit=False) as session:
+            ctx = ServiceContext(session, world.clock, get_user(session, "op"), world.keys.hub)
+            reports[i] = import_directory(ctx, media, results_dir=results, batch_size=2).rows
+
+    assert _in_threads(run, 2) == []
+    for a, b in zip(reports[0], reports[1], strict=True):
+        assert a.file == b.file and {a.status, b.status} == {"imported", "duplicate"}
+    world.session.expire_all()
+    assert len(_events(world, "result.import")) == 6
+    assert len(_stored(results)) == 6
+    _assert_chain_ok(world)
+    agent.close()
