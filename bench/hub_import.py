@@ -398,7 +398,8 @@ def print_import(r: dict[str, Any]) -> None:
         f"({1000 * ss / n:.2f} ms/file, {100 * ss / wall:.1f}%)"
     )
     print(
-        f"  of which os.fsync: {fc_} calls ({fc_ / n:.1f}/file), {fs:.2f} s "
+        f"  os.fsync calls (durations summed; the parallel ones overlap): {fc_} calls "
+        f"({fc_ / n:.1f}/file), {fs:.2f} s "
         f"({1000 * fs / n:.2f} ms/file, {100 * fs / wall:.1f}%)"
     )
     fv, fc = r["floor_verify_s"], r["floor_copy_s"]
