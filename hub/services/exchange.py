@@ -326,15 +326,17 @@ def _write_index(
 #
 # 1. *Receive and verify* (no lock, no write to the database): each file is read once —
 #    through a reader that copies every byte into a private file ``.incoming-*`` in the
-#    results directory and hashes it — its head is inspected (a file that is not a result is
-#    not read further), then the rest is copied and the private copy is fully verified
+#    results directory and hashes it (a few files at a time: this part waits for the disk)
+#    — its head is peeked at (a file that is not a result is not read further), then the
+#    rest is copied and the private copy (its bytes in memory, when small) is fully verified
 #    against the enrolled key of the agent it claims to come from (threat 8: what is verified
 #    is what is stored). Duplicates and agents are looked up once per batch. The copies to
 #    keep are flushed to disk (one fsync each, issued in parallel so the file system groups
 #    them into a few journal commits).
 # 2. *Record* (one transaction): the audit head is locked once and continued in memory;
-#    every file gets a SAVEPOINT, so a file that fails here rolls back alone and is reported;
-#    duplicates are checked again under the lock; each imported copy is renamed to
+#    duplicates and agents are read again under the lock; the batch is recorded without
+#    savepoints (one flush) and, only if a file fails, rolled back and recorded again with a
+#    SAVEPOINT per file, so that file is rejected alone; each imported copy is renamed to
 #    ``<envelope sha256>.tgr``; the directory is fsynced once; then one commit records the
 #    batch. The stored file is durable before the database says it was imported; a crash
 #    before the commit leaves stored files that a re-import finds and keeps, imported once.
