@@ -43,7 +43,7 @@ from hub.audit_chain import (
     sign_checkpoint,
     verify_checkpoint,
 )
-from hub.db import AuditCheckpoint, AuditEvent, AuditHead
+from hub.db import AuditCheckpoint, AuditEvent, AuditHead, Environment
 from hub.errors import AuditError, AuditVerificationError, ConfigError
 from hub.services.context import HubKeys, ServiceContext
 from signing.errors import SigningError, StrictJSONError
@@ -56,6 +56,7 @@ __all__ = [
     "EventQuery",
     "HeldHead",
     "append_event",
+    "checkpoint_for_export",
     "export_audit",
     "head_seq",
     "held_head",
@@ -337,6 +338,24 @@ def write_checkpoint(ctx: ServiceContext) -> AuditCheckpoint:
     from hub.services.users import require_ctx
 
     require_ctx(ctx, "audit.checkpoint")
+    return _sign_checkpoint(ctx)
+
+
+def checkpoint_for_export(ctx: ServiceContext, environment: Environment) -> AuditCheckpoint:
+    """The checkpoint every exported bundle carries (docs/hub.md): part of exporting, so it
+    needs ``bundle.export`` in ``environment`` — an operator of one environment may export
+    there without a global ``audit.checkpoint`` grant.
+
+    Raises:
+        PermissionDeniedError; ConfigError when the audit key is not loaded.
+    """
+    from hub.services.users import require_ctx
+
+    require_ctx(ctx, "bundle.export", environment)
+    return _sign_checkpoint(ctx)
+
+
+def _sign_checkpoint(ctx: ServiceContext) -> AuditCheckpoint:
     if ctx.keys is None or ctx.keys.audit_key is None:
         raise ConfigError("the audit key is not loaded; it lives in <data_dir>/keys/audit.key")
     # Lock the head so the signed (seq, hash) is the real head at commit.

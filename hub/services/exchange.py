@@ -51,7 +51,7 @@ from bundle.manifest import Target
 from bundle.reader import ExpectResult, VerifiedBundle, VerifierState, verify_bundle
 from bundle.release import load_release
 from bundle.writer import release_manifest, write_bundle
-from hub.db import Agent, AuditEvent, Deployment
+from hub.db import Agent, AuditEvent, Deployment, Environment
 from hub.errors import ConfigError, HubError, ValidationError
 from hub.services import audit
 from hub.services.agents import EnrollmentRequest, agent_target, enroll_agent
@@ -148,7 +148,7 @@ def export_environment(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = ExportReport(environment)
-    checkpoint = _checkpoint_json(ctx)
+    checkpoint = _checkpoint_json(ctx, env)
     for dep in pending_exports(ctx.session, environment, agent_id):
         dep_id = dep.id
         try:
@@ -169,10 +169,10 @@ def export_environment(
     return report
 
 
-def _checkpoint_json(ctx: ServiceContext) -> dict[str, Any] | None:
+def _checkpoint_json(ctx: ServiceContext, env: Environment) -> dict[str, Any] | None:
     if ctx.keys is None or ctx.keys.audit_key is None:
         return None
-    cp = audit.write_checkpoint(ctx)
+    cp = audit.checkpoint_for_export(ctx, env)
     ctx.session.commit()
     return {
         "seq": cp.seq,

@@ -110,7 +110,7 @@ def require(user: User | None, action: str, environment: Environment | None = No
 #: exported, signs the audit checkpoint every export carries) and imports the results its
 #: authenticated agents upload.
 SYSTEM_ACTIONS: dict[str, frozenset[str]] = {
-    "live": frozenset({"bundle.export", "audit.checkpoint", "result.import"}),
+    "live": frozenset({"bundle.export", "result.import"}),
 }
 
 

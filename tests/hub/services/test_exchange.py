@@ -162,3 +162,24 @@ def test_gap_in_result_sequence_is_flagged_and_audited(world: World, tmp_path: P
         AuditEvent.action == "result.flag")).all()
     assert len(flagged) == 1 and "gap" in flagged[0].details
     agent.close()
+
+
+def test_operator_of_one_environment_exports_there_with_its_checkpoint(
+        world: World, tmp_path: Path) -> None:
+    """The signed audit checkpoint in every bundle is part of exporting: an operator@test
+    needs no global audit.checkpoint grant, and it still may not export elsewhere."""
+    from hub.errors import PermissionDeniedError
+    from hub.services.audit import write_checkpoint
+    from hub.services.users import create_user, grant_role
+
+    create_user(world.ctx("admin"), "op-test")
+    grant_role(world.ctx("admin"), "op-test", "operator", "test")
+    _agent(world, tmp_path)
+    queue_deployment(world.ctx("op"), _approved_release(world), "test")
+    world.session.commit()
+    report = export_environment(world.ctx("op-test"), "test", tmp_path / "usb")
+    assert len(report.written) == 1 and not report.failed
+    with pytest.raises(PermissionDeniedError):
+        export_environment(world.ctx("op-test"), "prod", tmp_path / "usb2")
+    with pytest.raises(PermissionDeniedError):
+        write_checkpoint(world.ctx("op-test"))
