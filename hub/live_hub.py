@@ -226,7 +226,23 @@ class LiveHub:
         spool = self.spool_root / agent_id
         with self._services() as ctx:
             agent = get_agent(ctx.session, agent_id)
+            before = live_work(ctx.session, [agent_id])
+            fingerprint = (before[0].queued, before[0].newest) if before else None
+            # Whoever asks (the push at connection or the push loop), the same work that
+            # failed is left alone for EXPORT_RETRY_SECONDS: one audit event, not one a poll.
+            failed = self._export_failed.get(agent_id)
+            if (fingerprint is not None and failed is not None and failed[0] == fingerprint
+                    and time.monotonic() < failed[1]):
+                return 0, 0
             report = export_environment(ctx, agent.environment.name, spool, agent_id=agent_id)
+        if not report.failed:
+            self._export_failed.pop(agent_id, None)
+        else:
+            # What stays queued is what failed: the loop's (queued, newest) will equal this
+            # (not ``before``: the export commits its checkpoint and may see newer work).
+            ids = [dep_id for dep_id, _ in report.failed]
+            self._export_failed[agent_id] = ((len(ids), max(ids)),
+                                             time.monotonic() + EXPORT_RETRY_SECONDS)
         for dep_id, reason in report.failed:
             log.error("live: export of deployment %s for %s failed: %s", dep_id, agent_id,
                       reason)
@@ -418,18 +434,14 @@ class LiveHub:
 
     async def _push_queued(self, agent_id: str, fingerprint: tuple[int, int | None]) -> None:
         try:
-            written, failed = await self._push_pending(agent_id)
+            written, _ = await self._push_pending(agent_id)  # _export records failures
         except (HubError, OSError, SQLAlchemyError) as exc:
             log.error("live: cannot export for %s: %s", agent_id, exc)
-            failed = 1
-        else:
-            if written:
-                log.info("live: pushed %d queued bundle(s) to %s", written, agent_id)
-        if failed:
             self._export_failed[agent_id] = (fingerprint,
                                              time.monotonic() + EXPORT_RETRY_SECONDS)
         else:
-            self._export_failed.pop(agent_id, None)
+            if written:
+                log.info("live: pushed %d queued bundle(s) to %s", written, agent_id)
 
     async def _drop_revoked(self, peer: _Peer, agent_id: str, status: str) -> None:
         """Close a connected agent that was revoked meanwhile: REFUSE ``revoked``, close
