@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 _AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+#: Ids that name pages of the web UI (``/agents/enroll``), so no agent may take them.
+RESERVED_AGENT_IDS = frozenset({"enroll"})
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 MAX_LABELS = 32  # labels per agent
@@ -96,6 +98,11 @@ class EnrollmentRequest:
         if self.agent_id is not None and not _AGENT_ID.match(self.agent_id):
             raise ValidationError(
                 f"agent id {self.agent_id!r} must be 1-64 lowercase letters, digits, . _ -"
+            )
+        if self.agent_id in RESERVED_AGENT_IDS:
+            raise ValidationError(
+                f"agent id {self.agent_id!r} is reserved by the hub; run `tiangong agent "
+                "init` again with another --id"
             )
         if not _HOST.match(self.hostname):
             raise ValidationError(f"hostname {self.hostname[:80]!r} is not a valid host name")

@@ -73,6 +73,7 @@ def test_enroll_returns_response_with_root(world: World) -> None:
         ({"x25519_public": "ab"}, "x25519_public"),
         ({"hostname": "../etc"}, "hostname"),
         ({"agent_id": "Bad Id"}, "agent id"),
+        ({"agent_id": "enroll"}, "reserved by the hub"),  # /agents/enroll is a page
         ({"extra": 1}, "unknown field"),
         ({"labels": "x"}, "labels"),
     ],
