@@ -562,8 +562,15 @@ async def _gather_bounded(coros: list[Any], limit: int) -> list[Any]:
 
 
 def _errors(agents: list[SimAgent], results: list[Any] | None = None) -> list[str]:
-    found = [f"{a.agent_id}: {a.error}" for a in agents if a.error]
-    found += [f"{type(r).__name__}: {r}" for r in results or [] if isinstance(r, BaseException)]
+    """One line per agent that failed: its own connection error, else its task's exception
+    (``results`` in the order of ``agents``)."""
+    results = results or [None] * len(agents)
+    found = []
+    for agent, result in zip(agents, results, strict=True):
+        if agent.error:
+            found.append(f"{agent.agent_id}: {agent.error}")
+        elif isinstance(result, BaseException):
+            found.append(f"{agent.agent_id}: {type(result).__name__}: {result}")
     return found
 
 

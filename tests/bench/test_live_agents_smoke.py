@@ -44,6 +44,8 @@ def test_three_agents_report_every_figure(tmp_path: Path) -> None:
     assert fleet["log_stored_lines"] == fleet["log_messages"] == 3 * 20
     assert set(report["transfer"]) >= TRANSFER_KEYS, TRANSFER_KEYS - set(report["transfer"])
     results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert [r.split()[1] for r in results] == ["live_agents", "live_agents_transfer"]
+    assert [r.split()[1] for r in results] == ["live_agents_disk", "live_agents",
+                                                "live_agents_transfer"]
+    assert report["sqlite_commits_per_s"] > 0
     # The work directory is removed afterwards.
     assert not list(tmp_path.glob("tiangong-bench-live-*"))
