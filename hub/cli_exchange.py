@@ -91,9 +91,12 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
 
 @hub.command("import")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--batch-size", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="Result files recorded per database transaction. Smaller batches cost "
+                   "more time per file; a failing file never affects another either way.")
 @json_option
 @click.pass_context
-def import_cmd(ctx: click.Context, directory: Path, as_json: bool) -> None:
+def import_cmd(ctx: click.Context, directory: Path, batch_size: int, as_json: bool) -> None:
     """Import every result file (*.tgr) and enrollment request in DIRECTORY.
 
     Each result is verified against the registered key of the agent it claims to come
@@ -105,7 +108,8 @@ def import_cmd(ctx: click.Context, directory: Path, as_json: bool) -> None:
 
     results_dir = _config(_state(ctx)).data_dir / "results"
     with _services(ctx) as sc:
-        report = import_directory(sc, directory, results_dir=results_dir)
+        report = import_directory(sc, directory, results_dir=results_dir,
+                                  batch_size=batch_size)
     rows = [{"file": r.file, "status": r.status, "agent": r.agent_id,
              "deployment": r.deployment_id, "reason": r.reason, "flags": list(r.flags)}
             for r in report.rows]

@@ -292,3 +292,19 @@ def test_read_lines_stops_at_an_overlong_line() -> None:
     data = b"short\n" + b"x" * 100 + b"\nnever read\n"
     lines = list(read_lines(io.BytesIO(data), max_bytes=10))
     assert lines == [b"short\n", b"x" * 12]
+
+
+def test_import_batch_size_is_checked_and_used(hub_dir: Path, tmp_path: Path) -> None:
+    from agent.home import init_home
+
+    run(hub_dir, "environments", "create", "plant-c")
+    media = tmp_path / "media"
+    media.mkdir()
+    _config, req = init_home(tmp_path / "agent", root_file=hub_dir / "root.json",
+                             agent_id="plant-c-01", environment="plant-c")
+    (media / req.name).write_bytes(req.read_bytes())
+    bad = run(hub_dir, "import", str(media), "--batch-size", "0", actor="ops", ok=False)
+    assert bad.exit_code == 2 and "--batch-size" in bad.output
+    out = json.loads(run(hub_dir, "import", str(media), "--batch-size", "1", "--json",
+                         actor="ops").output)
+    assert [r["status"] for r in out] == ["enrolled"]
