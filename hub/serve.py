@@ -2,7 +2,10 @@
 live WebSocket server beside it when one is configured.
 
 Uses gunicorn's documented ``BaseApplication`` embedding: options are set in code, the app
-object is built by :func:`hub.app.create_app` in the master and forked into workers.
+object is built in the master and forked into workers. The app is the hub with its web UI
+(:func:`web.app.create_web_app`: ``[web]``/``[saml]`` from the same hub.toml); without a
+``secret_key`` (which ``hub init`` writes) the UI cannot keep sessions, so the hub serves its
+API and ``/healthz`` only and says so in the log.
 
 The live server is **not** a gunicorn worker: gunicorn's workers are synchronous WSGI
 processes (one request at a time each), while the live server is one asyncio process holding
@@ -26,7 +29,7 @@ from gunicorn.app.base import BaseApplication
 
 from hub.config import HubConfig
 
-__all__ = ["HubServer", "live_child_command", "serve"]
+__all__ = ["HubServer", "build_app", "live_child_command", "serve"]
 
 log = logging.getLogger("tiangong.hub.serve")
 
@@ -87,16 +90,32 @@ def _stop_live_child(child: subprocess.Popen[bytes]) -> None:
         child.wait()
 
 
+def build_app(config: HubConfig) -> Flask:
+    """The WSGI app ``hub serve`` runs: the hub with its web UI when it has a secret key.
+
+    Raises:
+        ConfigError: invalid hub, web or SAML settings (e.g. unusable IdP metadata).
+    """
+    from hub.app import create_app
+
+    if not config.secret_key:
+        log.warning("hub serve: no secret_key in hub.toml (or TIANGONG_HUB_SECRET_KEY): "
+                    "the web UI is off; the API and /healthz are served")
+        return create_app(config)
+    from web.app import create_web_app
+
+    return create_web_app(config)
+
+
 def serve(config: HubConfig, *, live_command: Sequence[str] | None = None) -> None:
     """Run until interrupted. Migrations run once, in the master, before forking.
 
     ``live_command`` (from :func:`live_child_command`): also run the live server as a child
     process, stopped when gunicorn's master stops.
     """
-    from hub.app import create_app
     from hub.db import db
 
-    app = create_app(config)
+    app = build_app(config)
     with app.app_context():
         db.engine.dispose()  # no pooled connection may cross the fork into workers
     master = os.getpid()

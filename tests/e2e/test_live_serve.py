@@ -165,6 +165,16 @@ def test_hub_serve_runs_the_live_server_and_delivers_live(
         assert by_live, [(e["actor"], e["action"]) for e in events]
         agents = json.loads(hub("agents", "list", "--json", user="carol").stdout)
         assert agents[0]["last_seen"] is not None
+
+        # The same process serves the web UI (hub init wrote the secret key it needs).
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/",
+                                    timeout=DEADLINE) as page:
+            html = page.read().decode()
+            assert page.status == 200 and "tiangong.css" in html
+            assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/assets/tiangong.css",
+                                    timeout=DEADLINE) as css:
+            assert css.status == 200
     finally:
         if agent is not None:
             agent.send_signal(signal.SIGTERM)
