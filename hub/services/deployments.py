@@ -147,11 +147,21 @@ def get_visible_deployment(ctx: ServiceContext, deployment_id: int) -> Deploymen
 def pending_exports(
     session: Session, environment: str, agent_id: str | None = None
 ) -> list[Deployment]:
-    """Queued deployments of ``environment`` (optionally for one agent) — export's work."""
-    deps = list_deployments(session, environment, "queued")
+    """Queued deployments of ``environment`` (optionally for one agent) — export's work.
+
+    One query, filtered by the database: the live server calls this for every connected
+    agent, and filtering in Python cost a lazy load per queued deployment (N² with N agents).
+    """
+    query = (
+        select(Deployment)
+        .where(Deployment.environment_id == get_environment(session, environment).id,
+               Deployment.state == "queued")
+        .order_by(Deployment.id)
+    )
     if agent_id is not None:
-        deps = [d for d in deps if d.agent is not None and d.agent.agent_id == agent_id]
-    return deps
+        query = query.join(Agent, Deployment.agent_id == Agent.id).where(
+            Agent.agent_id == agent_id)
+    return list(session.scalars(query))
 
 
 def queue_deployment(ctx: ServiceContext, release: Release, environment: str) -> list[Deployment]:

@@ -148,8 +148,11 @@ def export_environment(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = ExportReport(environment)
+    pending = pending_exports(ctx.session, environment, agent_id)
+    if not pending:
+        return report  # nothing to write: no checkpoint either (the live server asks often)
     checkpoint = _checkpoint_json(ctx, env)
-    for dep in pending_exports(ctx.session, environment, agent_id):
+    for dep in pending:
         dep_id = dep.id
         try:
             exported = _export_one(ctx, dep, out_dir, expires_in, split_size, checkpoint, progress)

@@ -183,3 +183,15 @@ def test_operator_of_one_environment_exports_there_with_its_checkpoint(
         export_environment(world.ctx("op-test"), "prod", tmp_path / "usb2")
     with pytest.raises(PermissionDeniedError):
         write_checkpoint(world.ctx("op-test"))
+
+
+def test_export_with_nothing_queued_writes_nothing_and_signs_no_checkpoint(
+        world: World, tmp_path: Path) -> None:
+    """The live server asks for an export at every connection: an empty one must not grow
+    the audit log with checkpoints."""
+    from hub.db import AuditCheckpoint
+
+    before = world.session.query(AuditCheckpoint).count()
+    report = export_environment(world.ctx("op"), "test", tmp_path / "usb")
+    assert report.written == [] and report.failed == [] and report.index is None
+    assert world.session.query(AuditCheckpoint).count() == before
