@@ -3,10 +3,10 @@
 
 Each ``bench/*.py`` script (except this one and files starting with ``_``) is run with its
 default arguments, one after the other (never in parallel: they would measure each other).
-With ``--soak`` each script gets ``--soak``, which every bench script accepts and maps to its
-own longer settings (bundle_throughput: ``--size 4G --repeat 3``). A script listed in
-:data:`ARGS` gets its own arguments instead (live_agents: ``--quick`` in the normal run, its
-full sizes with ``--soak``).
+With ``--soak`` a script gets ``--soak`` (bundle_throughput maps it to ``--size 4G --repeat
+3``), unless :data:`ARGS` lists its own arguments for the normal and the soak run
+(live_agents: ``--quick`` normally, its full sizes with ``--soak``; agent_overhead and
+hub_import: larger sizes with ``--soak``).
 
 A script's full output is passed through as it runs; the summary at the end repeats the lines
 that start with ``RESULT`` (the figures each script wants compared) and the exit status and
@@ -31,6 +31,8 @@ BENCH = Path(__file__).resolve().parent
 #: script stem -> (arguments in the normal run, arguments with --soak); others: ([], [--soak])
 ARGS: dict[str, tuple[list[str], list[str]]] = {
     "live_agents": (["--quick"], ["--soak"]),  # full N=100/1000 takes ~15 min; soak adds 5000
+    "agent_overhead": ([], ["--size", "1024", "--steps", "200"]),
+    "hub_import": (["--quick"], ["--count", "5000"]),  # soak: 1,000,000 audit events too
 }
 
 
