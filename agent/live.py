@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import ipaddress
 import json
 import logging
 import os
@@ -71,6 +70,7 @@ from bundle.sync import (
     TransferReceived,
     TransferReceiver,
     Welcomed,
+    is_loopback,
 )
 from bundle.sync_errors import SyncError, TransferError
 
@@ -90,15 +90,6 @@ class LiveTLSError(ValueError):
     allowed, no pinned hub CA, or an unusable CA file. The message says what to do."""
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_hub_url(url: str, *, allow_insecure_loopback: bool) -> str:
     """The URL's scheme (``wss`` or ``ws``) if the agent may use it.
 
@@ -114,7 +105,7 @@ def check_hub_url(url: str, *, allow_insecure_loopback: bool) -> str:
             raise LiveTLSError(f"hub_url {url}: plain ws:// is refused (no TLS); use wss://, "
                                "or set allow_insecure_loopback = true in [agent] of "
                                "agent.toml for a loopback test hub")
-        if not _is_loopback(parts.hostname):
+        if not is_loopback(parts.hostname):
             raise LiveTLSError(f"hub_url {url}: plain ws:// is only allowed to a loopback "
                                f"address, not {parts.hostname}")
     return parts.scheme

@@ -27,6 +27,7 @@ the agent's key and decides to refuse), and what to do with a received file.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable
 
@@ -125,6 +126,7 @@ __all__ = [
     "auth_message",
     "decode_message",
     "encode_message",
+    "is_loopback",
     "verify_auth",
 ]
 
@@ -132,6 +134,17 @@ LOG_MESSAGES_PER_SECOND = 200.0  # LOG messages per second an agent sends at mos
 LOG_BURST_MESSAGES = 400  # LOG messages an agent may send at once (token bucket size)
 HUB_LOG_BURST_MESSAGES = 2_000  # the hub's bucket: larger, as the network may bunch messages
 DEFAULT_HEARTBEAT_SECONDS = 30  # seconds between heartbeats, announced in WELCOME
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback address: the only place where either
+    side may speak plain ``ws://`` (tests), never elsewhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class HubSide(Connection):

@@ -42,7 +42,6 @@ caller allows it for a loopback address.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import signal
@@ -53,7 +52,7 @@ from typing import Any
 
 from websockets.asyncio.server import Server, serve
 
-from bundle.sync import DEFAULT_HEARTBEAT_SECONDS, MAX_MESSAGE_BYTES
+from bundle.sync import DEFAULT_HEARTBEAT_SECONDS, MAX_MESSAGE_BYTES, is_loopback
 from hub.errors import ConfigError
 from hub.live_hub import ACK_EVERY_BYTES, WINDOW_BYTES, LiveHub
 
@@ -90,16 +89,6 @@ class LiveServer:
         """Close every connection (1001) and stop the thread."""
         self.loop.call_soon_threadsafe(self._stopped.set)
         self.thread.join(timeout)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback name or address (plain ws:// may be served there)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def start_live(hub: LiveHub, host: str, port: int, *,
