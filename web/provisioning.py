@@ -24,7 +24,7 @@ from hub.db import RoleGrant, User
 from hub.errors import ConflictError, PermissionDeniedError, ValidationError
 from hub.services import audit
 from hub.services.context import Clock
-from hub.services.users import _new_user
+from hub.services.users import new_user
 from web.config import AttributeNames
 
 __all__ = [
@@ -99,7 +99,7 @@ def sync_saml_user(
     now = clock()
     user: User | None = session.scalar(select(User).where(User.username == identity.username))
     if user is None:
-        user = _new_user(
+        user = new_user(
             session, clock, identity.username, identity.display_name, identity.email, "saml"
         )
         audit.append_event(

@@ -36,6 +36,7 @@ __all__ = [
     "list_users",
     "manageable_users",
     "managed_user",
+    "new_user",
     "require",
     "require_ctx",
     "revoke_role",
@@ -168,9 +169,16 @@ def managed_user(ctx: ServiceContext, username: str) -> User:
     return get_user(ctx.session, username)
 
 
-def _new_user(
+def new_user(
     session: Session, clock: Clock, username: str, display_name: str, email: str, source: str
 ) -> User:
+    """Add a user without a permission check: for an authenticator that has just verified
+    who this is (the SAML SP on a first login, ``bootstrap_admin``). People create users
+    with :func:`create_user`, which needs ``user.manage``.
+
+    Raises:
+        ValidationError (user name, source), ConflictError (exists).
+    """
     if not _USERNAME.match(username):
         raise ValidationError(
             f"user name {username!r} must be 1-64 lowercase letters, digits, . _ @ -"
@@ -201,7 +209,7 @@ def bootstrap_admin(session: Session, clock: Clock, username: str) -> User:
     """
     if session.scalar(select(func.count()).select_from(User)):
         raise ConflictError("the hub already has users; grant admin with `hub users grant`")
-    user = _new_user(session, clock, username, username, "", "local")
+    user = new_user(session, clock, username, username, "", "local")
     session.add(RoleGrant(user=user, role="admin", granted_at=clock(), granted_by="system"))
     session.flush()
     audit.append_event(
@@ -224,7 +232,7 @@ def create_user(
         PermissionDeniedError, ValidationError, ConflictError.
     """
     require(ctx.actor, "user.manage")
-    user = _new_user(ctx.session, ctx.clock, username, display_name, email, source)
+    user = new_user(ctx.session, ctx.clock, username, display_name, email, source)
     audit.record(ctx, "user.create", "user", username, {"source": source, "email": email})
     return user
 
