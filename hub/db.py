@@ -25,6 +25,7 @@ from sqlalchemy import (
     Dialect,
     Engine,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -295,6 +296,9 @@ class AuditHead(db.Model):  # type: ignore[name-defined,misc]
 
 class AuditEvent(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "audit_events"
+    # The importer looks results up by (action, object_id) (a result's SHA-256), the
+    # deployment page by action: without it, every import batch scanned the whole log.
+    __table_args__ = (Index("ix_audit_events_action_object_id", "action", "object_id"),)
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -362,3 +366,13 @@ def make_engine(url: str) -> Engine:
 def make_session_factory(engine: Engine) -> Callable[[], Session]:
     """Sessions that do not expire objects on commit (CLI prints after committing)."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+class SamlReplay(db.Model):  # type: ignore[name-defined,misc]
+    """IDs of processed SAML responses and assertions, each until its ``NotOnOrAfter``
+    (:mod:`web.replay`): in the hub database so every hub host behind the IdP shares them."""
+
+    __tablename__ = "saml_replay"
+
+    message_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

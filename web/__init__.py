@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Flask
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 
-from hub.app import hub_config
+from hub.db import db
 from hub.errors import ConfigError
 from hub.services.context import Clock, utc_now
 from web.config import WebConfig
@@ -23,7 +23,6 @@ from web.replay import ReplayCache
 
 __all__ = ["WebState", "init_app"]
 
-REPLAY_DB = "saml-replay.sqlite3"
 #: The page blueprints, one module each (``web/<name>.py`` with templates in
 #: ``templates/<name>/``), in the order of the navigation bar.
 PAGES = ("home", "releases", "environments", "agents", "deployments", "media", "audit",
@@ -58,9 +57,8 @@ def init_app(app: Flask, config: WebConfig, clock: Clock = utc_now) -> None:
     settings = replay = None
     if config.saml is not None:
         settings = build_settings(config.saml)
-        data_dir = hub_config(app).data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        replay = ReplayCache(data_dir / REPLAY_DB)
+        with app.app_context():
+            replay = ReplayCache(db.engine)
     app.extensions["tiangong_web"] = WebState(config, clock, settings, replay)
     sessions.init_app(app, config, clock)
     csrf.init_app(app)
