@@ -21,11 +21,16 @@ For each N (default 100 and 1,000; ``--soak`` adds 5,000) it reports:
    RSS while the agents heartbeat every 30 s (the interval WELCOME announces), phases spread
    uniformly, over a window of ``--idle-seconds`` (shorter than an hour, the real interval:
    the window sees N × window / 30 heartbeats);
-3. *queued → received*: this process queues the approved release for the environment, as an
-   operator's web or CLI process would (one deployment per agent, committed: t0); the hub's
-   push loop finds the work in the database, exports and offers; each agent stamps the
-   moment the whole bundle passed the SHA-256 check (t1). min/p50/p99/max of t1 − t0;
-4. *logs*: ``--log-agents`` agents each send ``--log-messages`` LOG messages of
+3. *steady, queued → received*: what an operator sees. With all N agents connected and
+   idle, this process queues ONE deployment (release ``hello 1.0.1``) for one random agent
+   and commits (t0); the hub's push loop finds it, exports and offers; the agent stamps the
+   moment the whole bundle passed the SHA-256 check (t1). The next sample starts after t1
+   and a random gap of up to ``--steady-gap`` seconds; ``--steady-samples`` distinct agents.
+   p50/p99/max of t1 − t0;
+4. *burst, queued → received*: this process queues the approved release ``hello 1.0.0`` for
+   the environment at once (one deployment per agent, committed: t0), the worst case: N
+   exports queued in one push-loop round. min/p50/p99/max of t1 − t0;
+5. *logs*: ``--log-agents`` agents each send ``--log-messages`` LOG messages of
    ``--log-bytes`` bytes within the protocol's rate (200/s per agent), then a HEARTBEAT whose
    ACK proves the hub handled everything before it; aggregate MB/s of lines stored in
    ``live-logs/`` (goal ≥ 10 MB/s).
@@ -90,6 +95,7 @@ MiB = 1024 * 1024
 ACK_EVERY_BYTES = 8 * MiB  # as agent/live.py: fsync + ACK every 8 MiB and at the end
 TAG = "@@live_agents "  # prefix of the child's machine-readable stdout lines
 TICK = os.sysconf("SC_CLK_TCK")
+STEADY_VERSION = "1.0.1"  # the release the steady phase queues, one agent at a time
 
 
 # --------------------------------------------------------------------------- measuring
@@ -195,10 +201,11 @@ def _hub_child(data_dir: Path, agents_file: Path, port: int) -> None:
             create_user(ctx("admin"), user)
             grant_role(ctx("admin"), user, role)
         s.commit()
-        release = create_release(ctx("dev"), HELLO, create_missing_product=True)
-        submit_release(ctx("dev"), release)
-        approve_release(ctx("appr"), release)
-        s.commit()
+        for source in (HELLO, _steady_release(data_dir.parent)):
+            release = create_release(ctx("dev"), source, create_missing_product=True)
+            submit_release(ctx("dev"), release)
+            approve_release(ctx("appr"), release)
+            s.commit()
         op = ctx("op")
         for i, a in enumerate(agents):
             enroll_agent(op, "bench", EnrollmentRequest(
@@ -212,6 +219,65 @@ def _hub_child(data_dir: Path, agents_file: Path, port: int) -> None:
     _raise_fd_limit()
     os.execv(tiangong, [tiangong, "hub", "--data-dir", str(data_dir), "live",  # noqa: S606
                         "--bind", f"127.0.0.1:{port}", "--insecure-loopback"])
+
+
+def _steady_release(work: Path) -> Path:
+    """``hello 1.0.1``: the example release under another version, for the steady phase
+    (a release can be in flight only once per agent, and the burst queues ``hello 1.0.0``)."""
+    dest = work / f"hello-{STEADY_VERSION}"
+    if not dest.exists():
+        shutil.copytree(HELLO, dest)
+        manifest = dest / "release.toml"
+        text = manifest.read_text()
+        manifest.write_text(text.replace('version = "1.0.0"', f'version = "{STEADY_VERSION}"', 1))
+    return dest
+
+
+class OneQueuer:
+    """Queues one deployment of ``hello 1.0.1`` for one agent, as an operator's process
+    would, with one engine kept open for all samples.
+
+    ``queue_deployment`` queues a release for every agent of an environment; this writes the
+    same row and the same ``deployment.queue`` audit event for a single agent."""
+
+    def __init__(self, data_dir: Path) -> None:
+        from hub.config import load_config
+        from hub.db import make_engine, make_session_factory
+        from hub.keystore import load_hub_keys
+
+        self.config = load_config(data_dir)
+        self.keys = load_hub_keys(data_dir, with_private=False)
+        self.engine = make_engine(self.config.database_url)
+        self.sessions = make_session_factory(self.engine)
+
+    def queue(self, agent_id: str) -> float:
+        """Queue and commit; returns the time of the commit."""
+        from hub.db import Deployment
+        from hub.services import audit
+        from hub.services.agents import get_agent
+        from hub.services.context import ServiceContext, utc_now
+        from hub.services.releases import get_release
+        from hub.services.users import get_user
+
+        with self.sessions() as s:
+            op = ServiceContext(s, utc_now, get_user(s, "op"), self.keys,
+                                self.config.releases_dir)
+            agent = get_agent(s, agent_id)
+            release = get_release(s, "hello", STEADY_VERSION)
+            now = op.now()
+            dep = Deployment(release=release, environment=agent.environment, agent=agent,
+                             state="queued", queued_by=op.actor_name, queued_at=now,
+                             updated_at=now)
+            s.add(dep)
+            s.flush()
+            audit.record(op, "deployment.queue", "deployment", str(dep.id),
+                         {"release": release.label, "content_hash": release.content_hash,
+                          "environment": agent.environment.name, "agent": agent_id})
+            s.commit()
+            return time.time()
+
+    def close(self) -> None:
+        self.engine.dispose()
 
 
 def queue_release(data_dir: Path) -> tuple[float, int]:
@@ -440,6 +506,12 @@ class SimAgent:
     async def wait_received(self) -> None:
         await self._got.wait()
 
+    async def wait_new(self, known: int) -> None:
+        """Return once more than ``known`` bundles were received."""
+        while len(self.received) <= known:
+            self._got.clear()
+            await self._got.wait()
+
     async def send_logs(self, count: int, size: int) -> int:
         """Send ``count`` LOG messages of ``size`` bytes as fast as the protocol's rate
         allows, then ping; returns the body bytes sent."""
@@ -589,7 +661,8 @@ async def _settle(hub: HubProcess, since: float, steady: int = 3,
                   limit: float = 900.0) -> bool:
     """Wait until the hub's audit log has not grown for ``steady`` seconds (or ``limit``
     seconds since ``since``); True when it became steady. Each connection starts an export
-    of the agent's queued work, which writes to the audit log; heartbeats do not."""
+    of the agent's queued work (an audit checkpoint only when it wrote a bundle); heartbeats
+    do not write to the audit log."""
     last, same = -1, 0
     while time.perf_counter() - since < limit:
         head = await asyncio.to_thread(_audit_head, hub.data_dir / "hub.db")
@@ -601,8 +674,54 @@ async def _settle(hub: HubProcess, since: float, steady: int = 3,
     return False
 
 
+def _latency_figures(prefix: str, latencies: list[float]) -> dict[str, int]:
+    """``<prefix>_min_ms``, ``_p50_ms``, ``_p99_ms``, ``_max_ms`` of ``latencies`` (seconds);
+    none when nothing arrived."""
+    if not latencies:
+        return {}
+    return {f"{prefix}_min_ms": round(min(latencies) * 1000),
+            f"{prefix}_p50_ms": round(percentile(latencies, 50) * 1000),
+            f"{prefix}_p99_ms": round(percentile(latencies, 99) * 1000),
+            f"{prefix}_max_ms": round(max(latencies) * 1000)}
+
+
+async def _steady(hub: HubProcess, agents: list[SimAgent], args: argparse.Namespace,
+                  rng: random.Random, out: dict[str, Any]) -> None:
+    """Phase 3: one deployment at a time to one random idle agent (distinct agents), the
+    next after the previous was received and a random gap; figures into ``out``."""
+    samples = min(args.steady_samples, len(agents))
+    if samples <= 0:
+        return
+    queuer = await asyncio.to_thread(OneQueuer, hub.data_dir)
+    latencies: list[float] = []
+    cpu0, t_phase = hub.cpu(), time.perf_counter()
+    try:
+        for agent in rng.sample(agents, samples):
+            await asyncio.sleep(rng.uniform(0, args.steady_gap))
+            known = len(agent.received)
+            t0 = await asyncio.to_thread(queuer.queue, agent.agent_id)
+            try:
+                await asyncio.wait_for(agent.wait_new(known), args.deliver_timeout)
+            except TimeoutError:
+                break  # reported as fewer received than queued
+            latencies.append(max(agent.received.values()) - t0)
+    finally:
+        await asyncio.to_thread(queuer.close)
+    wall = time.perf_counter() - t_phase
+    out["deliver1_samples"] = samples
+    out["deliver1_received"] = len(latencies)
+    out.update(_latency_figures("deliver1", latencies))
+    out["deliver1_hub_cpu_s_per_bundle"] = round((hub.cpu() - cpu0) / max(1, len(latencies)), 3)
+    print(f"  steady, queued -> received (one deployment at a time to a random idle agent, "
+          f"{samples} samples over {wall:.1f} s, gaps up to {args.steady_gap} s): "
+          f"{len(latencies)}/{samples} received; min {out.get('deliver1_min_ms')} ms, p50 "
+          f"{out.get('deliver1_p50_ms')} ms, p99 {out.get('deliver1_p99_ms')} ms, max "
+          f"{out.get('deliver1_max_ms')} ms; hub CPU {out['deliver1_hub_cpu_s_per_bundle']} s "
+          "per sample (idle heartbeats included)", flush=True)
+
+
 async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str, Any]) -> None:
-    """Phases 1-4 for N agents against a fresh hub child; the figures go into ``out`` as
+    """Phases 1-5 for N agents against a fresh hub child; the figures go into ``out`` as
     they are measured (so a later phase that fails keeps the earlier ones)."""
     specs, keys = make_agents(n)
     t_start = time.perf_counter()
@@ -635,7 +754,8 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
               f"{out['connect_hub_cpu_s']} s, this process {out['connect_client_cpu_s']} s; "
               f"the audit log stopped growing {'' if settle else 'NOT '}after "
               f"{out['connect_settled_s']} s (hub CPU by then {out['connect_settle_hub_cpu_s']} "
-              "s: each connection's export writes an audit checkpoint)", flush=True)
+              "s: each connection runs an export, which finds nothing queued and writes "
+              "nothing)", flush=True)
 
         # 2. idle with heartbeats at the real interval (running since each WELCOME)
         acked0 = sum(a.heartbeats_acked for a in agents)
@@ -666,29 +786,32 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
               f"(peak {out['hub_peak_rss_mib']} MiB); {out['idle_still_connected']}/{n} "
               "still connected", flush=True)
 
-        # 3. queue (approved release) -> bundle received by every agent
+        # 3. steady: one deployment at a time, to one random agent
+        await _steady(hub, agents, args, rng, out)
+
+        # 4. burst: queue (approved release) -> bundle received by every agent
         cpu0 = hub.cpu()
+        before = [set(a.received) for a in agents]
         t_queued, count = await asyncio.to_thread(queue_release, hub.data_dir)
-        pending = [asyncio.create_task(a.wait_received()) for a in agents]
+        pending = [asyncio.create_task(a.wait_new(len(b))) for a, b in zip(agents, before,
+                                                                          strict=True)]
         await asyncio.wait(pending, timeout=args.deliver_timeout)
         for task in pending:
             task.cancel()
-        latencies = [min(a.received.values()) - t_queued for a in agents if a.received]
+        latencies = [min(t for k, t in a.received.items() if k not in b) - t_queued
+                     for a, b in zip(agents, before, strict=True) if set(a.received) - b]
         out["deliver_queued"] = count
         out["deliver_received"] = len(latencies)
-        if latencies:
-            out["deliver_min_ms"] = round(min(latencies) * 1000)
-            out["deliver_p50_ms"] = round(percentile(latencies, 50) * 1000)
-            out["deliver_p99_ms"] = round(percentile(latencies, 99) * 1000)
-            out["deliver_max_ms"] = round(max(latencies) * 1000)
+        out.update(_latency_figures("deliver", latencies))
         out["deliver_hub_cpu_s"] = round(hub.cpu() - cpu0, 2)
-        print(f"  queued -> received ({count} deployments queued by this process, found by "
-              f"the hub's push loop): {len(latencies)}/{n} received; first "
+        print(f"  burst, queued -> received ({count} deployments queued at once by this "
+              f"process, one per agent, found by the hub's push loop): {len(latencies)}/{n} "
+              f"received; first "
               f"{out.get('deliver_min_ms')} ms, p50 {out.get('deliver_p50_ms')} ms, p99 "
               f"{out.get('deliver_p99_ms')} ms, max {out.get('deliver_max_ms')} ms; hub CPU "
               f"{out['deliver_hub_cpu_s']} s", flush=True)
 
-        # 4. logs
+        # 5. logs
         senders = agents[: min(n, args.log_agents)]
         cpu0, mine0, t0 = hub.cpu(), self_cpu(), time.perf_counter()
         sent = await asyncio.gather(*(a.send_logs(args.log_messages, args.log_bytes)
@@ -829,8 +952,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
               f"{os.getloadavg()[0]:.2f}; open files limit {report['fd_limit']}", flush=True)
         report["sqlite_commits_per_s"] = round(sqlite_commits_per_s(work))
         print(f"baseline: this disk takes {report['sqlite_commits_per_s']} single-row SQLite "
-              "commits per second (WAL, the hub's pragmas); the hub commits once per "
-              "heartbeat", flush=True)
+              "commits per second (WAL, the hub's pragmas); the hub writes heartbeats' "
+              "last_seen in one commit per second at most; an export that writes a bundle "
+              "commits a signed audit checkpoint and then the deployment", flush=True)
         print(f"RESULT live_agents_disk sqlite_commits_per_s={report['sqlite_commits_per_s']}",
               flush=True)
         for n in args.agents:
@@ -883,6 +1007,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--connect-concurrency", type=int, default=100)
     ap.add_argument("--deliver-timeout", type=float, default=1800.0)
+    ap.add_argument("--steady-samples", type=int, default=None,
+                    help="steady phase: deployments queued one at a time (default 50; "
+                         "--quick 5; 0: skip)")
+    ap.add_argument("--steady-gap", type=float, default=0.5,
+                    help="steady phase: longest random pause before each sample (seconds)")
     ap.add_argument("--log-agents", type=int, default=None, help="default 10 (--quick 3)")
     ap.add_argument("--log-messages", type=int, default=None,
                     help="LOG messages per agent (default 1000; --quick 100)")
@@ -913,6 +1042,7 @@ def main(argv: list[str] | None = None) -> None:
     args.agents = pick(args.agents, [20], [100, 1000], [100, 1000, 5000])
     args.idle_seconds = pick(args.idle_seconds, 5.0, 60.0, 120.0)
     args.log_agents = pick(args.log_agents, 3, 10, 10)
+    args.steady_samples = pick(args.steady_samples, 5, 50, 50)
     args.log_messages = pick(args.log_messages, 100, 1000, 1000)
     args.transfer_mib = pick(args.transfer_mib, 16, 256, 256)
     report = asyncio.run(run(args))

@@ -18,6 +18,8 @@ FLEET_KEYS = {
     "heartbeat_s", "idle_window_s", "idle_hub_cpu_s_per_min", "idle_heartbeats",
     "hub_rss_mib", "hub_peak_rss_mib", "deliver_queued", "deliver_received",
     "deliver_min_ms", "deliver_p50_ms", "deliver_p99_ms", "deliver_max_ms",
+    "deliver1_samples", "deliver1_received", "deliver1_p50_ms", "deliver1_p99_ms",
+    "deliver1_max_ms",
     "log_agents", "log_messages", "log_stored_lines", "log_mb_s", "log_msgs_s",
 }
 TRANSFER_KEYS = {
@@ -40,7 +42,9 @@ def test_three_agents_report_every_figure(tmp_path: Path) -> None:
     assert set(fleet) >= FLEET_KEYS, FLEET_KEYS - set(fleet)
     assert fleet["agents"] == 3
     # Every agent got its bundle, every log line was stored once.
+    # Every steady sample (one deployment at a time) arrived too.
     assert fleet["deliver_queued"] == fleet["deliver_received"] == 3
+    assert fleet["deliver1_samples"] == fleet["deliver1_received"] == 3
     assert fleet["log_stored_lines"] == fleet["log_messages"] == 3 * 20
     assert set(report["transfer"]) >= TRANSFER_KEYS, TRANSFER_KEYS - set(report["transfer"])
     results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
