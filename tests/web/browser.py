@@ -4,9 +4,9 @@ agent home enrolled in it, and Playwright driving Debian's Chromium.
 * :func:`live_hub` (fixture): ``tiangong hub init`` in a temp data directory, a ``hub.toml``
   whose ``[saml]`` table points at the ``saml_idp`` fixture (``[web] secure_cookies =
   false``: plain http on loopback), environment ``plant-a`` with an agent home enrolled
-  through ``tiangong hub import`` (as the e2e tests do), and the hub served by gunicorn as a
-  separate process on the SP port the IdP trusts (``saml_sp_port``; borrowed from
-  ``tests/web/conftest.py``'s in-process ``hub_server`` when that already holds it).
+  through ``tiangong hub import`` (as the e2e tests do), and ``tiangong hub serve``
+  (gunicorn) as a separate process on the SP port the IdP trusts (``saml_sp_port``;
+  borrowed from ``tests/web/conftest.py``'s in-process ``hub_server`` when that holds it).
 * :func:`chromium` (fixture): ``/usr/bin/chromium``, headless. Never a downloaded browser:
   a missing binary fails with the command that installs it (``bash .ci/install-test-deps``).
 * :func:`sign_in`: the SAML login as a person would do it (IdP form, password, back).
@@ -14,11 +14,6 @@ agent home enrolled in it, and Playwright driving Debian's Chromium.
 
 Every wait is Playwright's own (``expect``/``wait_for_url`` with a timeout) or a deadline
 poll (:func:`tests.e2e.conftest.wait_for`); nothing sleeps.
-
-The server is started by ``python -m tests.web.browser serve DATA_DIR BIND``, which builds
-the app with :func:`web.app.create_web_app` from the data directory's ``hub.toml`` and runs
-it under the same gunicorn embedding as ``tiangong hub serve`` (:class:`hub.serve.HubServer`):
-``hub serve`` itself serves :func:`hub.app.create_app` without the web UI.
 """
 
 from __future__ import annotations
@@ -29,7 +24,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tarfile
 import threading
 import urllib.error
@@ -211,8 +205,8 @@ def _serve_live_hub(saml_idp: SamlIdP, saml_sp_port: int, tmp_path: Path) -> Ite
     _enroll_agent(hub, tmp_path)
     log = hub.log.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.web.browser", "serve", str(data_dir),
-         f"127.0.0.1:{saml_sp_port}"],
+        [*TIANGONG, "hub", "--data-dir", str(data_dir), "serve",
+         "--bind", f"127.0.0.1:{saml_sp_port}", "--workers", "2"],
         cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
@@ -342,24 +336,3 @@ def run_agent_on(hub: LiveHub, media_tar: Path, tmp: Path) -> list[Path]:
         agent.wait(timeout=STOP_TIMEOUT_S)
         log.close()
     return sorted(outbox.glob("*.tgr"))
-
-
-def _serve(data_dir: str, bind: str) -> None:
-    """The hub with its web UI under gunicorn, as ``tiangong hub serve`` runs the hub."""
-    from hub.config import load_config, with_overrides
-    from hub.db import db
-    from hub.serve import HubServer
-    from web.app import create_web_app
-
-    config = with_overrides(load_config(data_dir), bind=bind, workers=2)
-    app = create_web_app(config)
-    with app.app_context():
-        db.engine.dispose()  # no pooled connection may cross the fork into workers
-    HubServer(app, {"bind": config.bind, "workers": config.workers, "accesslog": "-",
-                    "errorlog": "-", "timeout": 60}).run()
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] != "serve":
-        sys.exit("usage: python -m tests.web.browser serve DATA_DIR HOST:PORT")
-    _serve(sys.argv[2], sys.argv[3])
