@@ -51,7 +51,14 @@ from bundle.container import (
     padding,
     payload_member,
 )
-from bundle.errors import BundleError, LimitExceededError, ManifestError, ReleaseFormatError
+from bundle.errors import (
+    BundleError,
+    BundleFormatError,
+    DigestMismatchError,
+    LimitExceededError,
+    ManifestError,
+    ReleaseFormatError,
+)
 from bundle.limits import DEFAULT_LIMITS, Limits, format_bytes
 from bundle.manifest import (
     KIND_RELEASE,
@@ -65,7 +72,13 @@ from bundle.manifest import (
     Target,
     check_logical_name,
 )
-from bundle.parts import DEFAULT_SPLIT_SIZE, check_split_size, part_path, plan_parts
+from bundle.parts import (
+    DEFAULT_SPLIT_SIZE,
+    check_split_size,
+    part_path,
+    plan_parts,
+    strip_part_suffix,
+)
 from bundle.release_names import NameSet
 from signing.envelope import sign_envelope
 from signing.fileio import fsync_dir
@@ -438,6 +451,192 @@ def _tmp_for(final: Path) -> tuple[int, Path]:
     return fd, Path(name)
 
 
+# -- reading back while writing ------------------------------------------------------------
+
+_READBACK_WINDOW = 32 * 1024 * 1024  # bytes made durable and re-read at a time
+_SYNC_WRITE = 2  # SYNC_FILE_RANGE_WRITE: start writeback of dirty pages in the range
+_SYNC_WAIT_ALL = 1 | 2 | 4  # WAIT_BEFORE | WRITE | WAIT_AFTER: the range is on the device
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], bool] | None:
+    """Linux ``sync_file_range(2)`` through libc, or None where it is unavailable."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        func = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    func.restype = ctypes.c_int
+
+    def call(fd: int, offset: int, count: int, flags: int) -> bool:
+        return bool(func(fd, offset, count, flags) == 0)
+
+    return call
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+@dataclass(frozen=True)
+class _Expect:
+    """One stretch of the bundle file: literal ``data``, or ``size`` bytes of a payload member
+    whose SHA-256 must be ``sha256``."""
+
+    data: bytes = b""
+    size: int = 0
+    sha256: str = ""
+    entry: FileEntry | None = None
+
+
+class _ReadBack:
+    """Re-read the bundle from the device while the rest of it is still being written.
+
+    What the re-read protects against is a disk, filesystem or USB bridge that returns other
+    bytes than were written (USER-PAINS: export verifies what it wrote). Hashing the bytes on
+    their way out cannot notice that; only a read that reaches the device can. So every
+    window of ``_READBACK_WINDOW`` bytes is, in a thread: written back and waited for
+    (``sync_file_range``), dropped from the page cache, read again and compared with what
+    the writer meant to write — literal bytes for the head, member headers, padding and end
+    marker, and the SHA-256 signed in the manifest for every payload member. The writer
+    meanwhile copies the next windows, so the disk writes, reads and the hashing overlap
+    instead of running one after another. Where ``sync_file_range`` is unavailable the
+    thread waits for the writer's final ``fsync`` and re-reads the whole file then.
+    """
+
+    def __init__(self, path: Path, label: str, layout: Sequence[_Expect], total: int) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        self._label = label
+        self._layout = layout
+        self._total = total
+        self._cond = threading.Condition()
+        self._written = 0  # bytes the writer has handed over
+        self._kicked = 0  # writeback started up to here
+        self._durable = 0  # on the device and dropped from the cache up to here
+        self._synced = False  # the writer's fsync is done
+        self._stop = False
+        self.checked = 0  # bytes compared so far (read by the writer for progress)
+        self._range_sync = _sync_file_range
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="bundle-read-back", daemon=True)
+        self._thread.start()
+
+    # writer side
+
+    def advance(self, written: int, write_fd: int) -> None:
+        """The writer has written ``written`` bytes; start writeback of each full window."""
+        if _sync_file_range is not None and written - self._kicked >= _READBACK_WINDOW:
+            _sync_file_range(write_fd, self._kicked, written - self._kicked, _SYNC_WRITE)
+            self._kicked = written
+        with self._cond:
+            self._written = written
+            self._cond.notify()
+
+    def synced(self) -> None:
+        """The writer has written everything and ``fsync``\\ ed the file."""
+        with self._cond:
+            self._synced = True
+            self._cond.notify()
+
+    def join(self, report: Callable[[int], None]) -> None:
+        """Wait for the re-read, reporting progress; raise what it found."""
+        while self._thread.is_alive():
+            self._thread.join(0.25)
+            report(self.checked)
+        os.close(self._fd)
+        if self.error is not None:
+            raise self.error
+
+    def abandon(self) -> None:
+        """Stop the thread after a write failure (its result no longer matters)."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join()
+        os.close(self._fd)
+
+    # reader side
+
+    def _run(self) -> None:
+        try:
+            self._check_all()
+        except BaseException as exc:  # handed to the writer's thread by join()
+            self.error = exc
+
+    def _make_durable(self, end: int) -> None:
+        """Block until bytes up to ``end`` are on the device and out of the page cache."""
+        while self._durable < end:
+            with self._cond:
+                while not self._stop and not self._synced and (
+                    self._range_sync is None
+                    or self._written - self._durable < min(_READBACK_WINDOW,
+                                                           self._total - self._durable)
+                ):
+                    self._cond.wait()
+                if self._stop:
+                    raise OSError(errno.ECANCELED, "bundle write abandoned")
+                upto = self._written
+                synced = self._synced
+            if not synced:
+                assert self._range_sync is not None
+                upto = min(upto, self._durable + _READBACK_WINDOW)
+                if not self._range_sync(self._fd, self._durable, upto - self._durable,
+                                        _SYNC_WAIT_ALL):
+                    # Not supported for this file: wait for the writer's fsync instead.
+                    self._range_sync = None
+                    continue
+            if hasattr(os, "posix_fadvise"):
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(self._fd, self._durable, upto - self._durable,
+                                     os.POSIX_FADV_DONTNEED)
+                    # Read the dropped window back from the device in the background while
+                    # this thread hashes the previous megabytes.
+                    os.posix_fadvise(self._fd, self._durable, upto - self._durable,
+                                     os.POSIX_FADV_WILLNEED)
+            self._durable = upto
+
+    def _read(self, offset: int, count: int) -> Iterator[bytes]:
+        end = offset + count
+        while offset < end:
+            step = min(BUFFER_BYTES, end - offset)
+            self._make_durable(offset + step)
+            data = os.pread(self._fd, step, offset)
+            if len(data) != step:
+                raise BundleFormatError(
+                    f"bundle {self._label}: reads back shorter than written ({offset + len(data)} "
+                    f"of {self._total} bytes)")
+            offset += step
+            self.checked = offset
+            yield data
+
+    def _check_all(self) -> None:
+        offset = 0
+        for part in self._layout:
+            if part.entry is None:
+                got = b"".join(self._read(offset, len(part.data)))
+                if got != part.data:
+                    raise BundleFormatError(
+                        f"bundle {self._label}: the bytes at offset {offset} read back "
+                        "differently from what was written (container structure)")
+                offset += len(part.data)
+                continue
+            sha = hashlib.sha256()
+            for chunk in self._read(offset, part.size):
+                sha.update(chunk)
+            if sha.hexdigest() != part.sha256:
+                raise DigestMismatchError(
+                    f"bundle {self._label}: {part.entry.member} ({part.entry.name!r}) reads "
+                    "back differently from what was written")
+            offset += part.size
+        if offset != self._total or os.fstat(self._fd).st_size != self._total:
+            raise BundleFormatError(
+                f"bundle {self._label}: is {os.fstat(self._fd).st_size} bytes on the device, "
+                f"{self._total} written")
+
+
+
 # -- the writer -------------------------------------------------------------------------
 
 
@@ -506,14 +705,15 @@ def write_bundle(
         data_bytes = sum(member_span(e.compressed_size) for e in entries) + len(END_OF_ARCHIVE)
         result = _frame_and_write(
             out, manifest, entries, spools, signing_keys, roots, split_size, write_parts,
-            data_bytes, limits, report, temps,
+            data_bytes, limits, report, temps, verify,
         )
     finally:
         for tmp in temps:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         _remove_tree(spool_root)
-    if verify:
+    if verify and len(result.paths) > 1:
+        # A single file was re-read from the device while it was written (_ReadBack).
         from bundle.inspect import verify_written
 
         try:
@@ -639,6 +839,7 @@ def _frame_and_write(
     limits: Limits,
     report: ProgressFn,
     temps: list[Path],
+    verify: bool,
 ) -> WrittenBundle:
     roots_json = encode_roots(roots)
     if len(roots_json) > limits.max_roots_bytes:
@@ -711,10 +912,25 @@ def _frame_and_write(
         report("write", 0, total)
         fd, tmp = _tmp_for(out)
         temps.append(tmp)
+        readback: _ReadBack | None = None
+        if verify:
+            layout = [_Expect(data=head)]
+            for entry in entries:
+                layout.append(_Expect(data=encode_header(entry.member, entry.compressed_size)))
+                layout.append(_Expect(size=entry.compressed_size,
+                                      sha256=entry.compressed_sha256, entry=entry))
+                layout.append(_Expect(data=padding(entry.compressed_size)))
+            layout.append(_Expect(data=END_OF_ARCHIVE))
+            readback = _ReadBack(tmp, strip_part_suffix(out.name), layout, total)
+
+        def counted(n: int) -> None:
+            tick(n)
+            if readback is not None:
+                readback.advance(written, fd)
 
         def put(data: bytes) -> None:
             _write_all(fd, data)
-            tick(len(data))
+            counted(len(data))
 
         try:
             put(head)
@@ -722,15 +938,25 @@ def _frame_and_write(
                 put(encode_header(entry.member, entry.compressed_size))
                 src = os.open(spool, os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    _copy_fd(src, fd, entry.compressed_size, tick)
+                    _copy_fd(src, fd, entry.compressed_size, counted)
                 finally:
                     os.close(src)
                 put(padding(entry.compressed_size))
             put(END_OF_ARCHIVE)
             os.fsync(fd)
-            _drop_cache(fd)
+            if readback is None:
+                _drop_cache(fd)
+        except BaseException:
+            if readback is not None:
+                readback.abandon()
+            raise
         finally:
             os.close(fd)
+        if readback is not None:
+            readback.synced()
+            report("verify", 0, total)
+            readback.join(lambda n: report("verify", n, total))
+            report("verify", total, total)
         os.replace(tmp, out)
         temps.clear()
         fsync_dir(out.parent)

@@ -7,6 +7,7 @@ import io
 import os
 import random
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import zstandard
 
 from bundle import writer as writer_mod
 from bundle.errors import (
+    BundleFormatError,
     DigestMismatchError,
     LimitExceededError,
     ManifestError,
@@ -334,7 +336,7 @@ def test_roots_are_carried(trust: TrustKit, src: Path, out: Path) -> None:
         assert member.read().startswith(b'["')
 
 
-def test_a_failed_read_back_removes_the_output(
+def test_a_failed_read_back_of_parts_removes_them(
     trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import bundle.inspect
@@ -345,8 +347,58 @@ def test_a_failed_read_back_removes_the_output(
     monkeypatch.setattr(bundle.inspect, "verify_written", broken)
     with pytest.raises(DigestMismatchError):
         write_bundle(out / "b.tgb", release_draft(trust), make_files(src, {"a": b"x"}),
-                     [trust.release_key])
+                     [trust.release_key], split_size=writer_mod.DEFAULT_SPLIT_SIZE)
     assert os.listdir(out) == []
+
+
+def _device_flipping_byte(monkeypatch: pytest.MonkeyPatch, at: Callable[[int], int]) -> None:
+    """Make the writer's re-read see a device that returns one changed byte."""
+    import bundle.writer
+
+    real = os.pread
+
+    def pread(fd: int, count: int, offset: int) -> bytes:
+        data = bytearray(real(fd, count, offset))
+        bad = at(os.fstat(fd).st_size) - offset
+        if 0 <= bad < len(data):
+            data[bad] ^= 0x40
+        return bytes(data)
+
+    monkeypatch.setattr(bundle.writer.os, "pread", pread)
+
+
+@pytest.mark.parametrize(("where", "error", "message"), [
+    (lambda size: size - 1024 - 600, DigestMismatchError, r"reads back differently"),
+    (lambda size: 3, BundleFormatError, r"container structure"),
+    (lambda size: size - 1, BundleFormatError, r"container structure"),
+])
+def test_a_device_returning_other_bytes_removes_the_output(
+    trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch,
+    where: Callable[[int], int], error: type[Exception], message: str,
+) -> None:
+    _device_flipping_byte(monkeypatch, where)
+    with pytest.raises(error, match=message):
+        write_bundle(out / "b.tgb", release_draft(trust),
+                     make_files(src, {"a": _mixed(50_000)}), [trust.release_key])
+    assert os.listdir(out) == []
+
+
+def test_read_back_spans_many_windows(
+    trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small windows: the re-read runs behind the writer through many sync_file_range
+    steps and still sees every byte (a byte changed late in the file is caught)."""
+    import bundle.writer
+
+    monkeypatch.setattr(bundle.writer, "_READBACK_WINDOW", 64 * 1024)
+    files = make_files(src, {f"f{i}": _mixed(300_000 + i) for i in range(4)})
+    w = write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key])
+    verify_written(w)
+    # The file is still growing while it is re-read: name the byte by the final size.
+    _device_flipping_byte(monkeypatch, lambda size: w.size - 1024 - 700)
+    with pytest.raises(DigestMismatchError, match=r"f3"):
+        write_bundle(out / "c.tgb", release_draft(trust), files, [trust.release_key])
+    assert not (out / "c.tgb").exists()
 
 
 def test_colliding_names_refused_before_compressing(trust: TrustKit, src: Path,
