@@ -52,8 +52,9 @@ TARGET_RSS = 200 * MiB  # bytes, per tiangong process
 N_LAYERS = 4  # large incompressible files ("image layers")
 N_TEXT = 1536  # small text files; the release and bundle max_files limit is 2,000
 CHUNK = 8 * MiB  # bytes written per call while generating
-CORPUS_BYTES = 8 * MiB  # per text flavour; files are slices of it (reuse is beyond zstd -3's window)
-PASSPHRASE = "bench-throughput-passphrase"
+# Per text flavour; files are slices of it (reuse is beyond zstd -3's window).
+CORPUS_BYTES = 8 * MiB  # bytes
+PASSPHRASE = "bench-throughput-passphrase"  # noqa: S105 (throwaway keys of this bench)
 SOAK_ARGS = ["--size", "4G", "--repeat", "3"]
 
 
@@ -97,7 +98,7 @@ def _sql_corpus(rng: random.Random, size: int) -> bytes:
             line = (f"CREATE INDEX IF NOT EXISTS ix_{t}_{rng.randrange(999)} ON {t} "
                     f"(customer_id, created_at);\n")
         else:
-            line = (f"INSERT INTO {t} (id, customer_id, amount, status, note, created_at) "
+            line = (f"INSERT INTO {t} (id, customer_id, amount, status, note, created_at) "  # noqa: S608
                     f"VALUES ({rng.randrange(10**9)}, {rng.randrange(10**6)}, "
                     f"{rng.randrange(10**7) / 100:.2f}, '{rng.choice(words)}', "
                     f"'{rng.choice(words)}-{rng.randrange(10**5):05d}', "
