@@ -12,7 +12,9 @@ The writer
 2. fills in ``files`` (and ``parts`` when splitting, §8), signs the manifest (the envelope
    carries digests, never payloads) and frames marker, roots, envelope and payload members;
 3. writes to a temporary name, ``fsync``\\ s, renames into place, ``fsync``\\ s the directory;
-4. re-reads what it wrote from the device and checks every digest (``verify=True``).
+4. re-reads what it wrote from the device and checks every digest (``verify=True``): a single
+   file while it is being written, window by window, before the rename (:class:`_ReadBack`);
+   split parts after writing (:func:`bundle.inspect.verify_written`).
 
 Output is deterministic: the same inputs, keys and manifest give the same bytes on any machine
 with the same python-zstandard version (§12.2). Spools and temporary files are removed on any
@@ -506,8 +508,10 @@ class _ReadBack:
     thread waits for the writer's final ``fsync`` and re-reads the whole file then.
     """
 
-    def __init__(self, path: Path, label: str, layout: Sequence[_Expect], total: int) -> None:
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    def __init__(self, fd: int, label: str, layout: Sequence[_Expect], total: int) -> None:
+        # A duplicate of the writer's descriptor: the very file written, never a path that
+        # could be swapped meanwhile (pread does not move the shared offset).
+        self._fd = os.dup(fd)
         self._label = label
         self._layout = layout
         self._total = total
@@ -921,7 +925,7 @@ def _frame_and_write(
                                       sha256=entry.compressed_sha256, entry=entry))
                 layout.append(_Expect(data=padding(entry.compressed_size)))
             layout.append(_Expect(data=END_OF_ARCHIVE))
-            readback = _ReadBack(tmp, strip_part_suffix(out.name), layout, total)
+            readback = _ReadBack(fd, strip_part_suffix(out.name), layout, total)
 
         def counted(n: int) -> None:
             tick(n)
