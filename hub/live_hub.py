@@ -15,20 +15,28 @@ A bundle the agent confirms (RECEIVED) or already holds (CANCEL ``have-it``, e.g
 media first) leaves the spool for ``sent/``, its deployment moves ``exported → delivered``
 and a ``live.delivered`` audit event says how; it is never offered again.
 
-No listening sockets and no threads here.
+No listening sockets here. Blocking work runs in threads: exports (sign, compress, fsync,
+commit; mostly Python, so CPU under the GIL) and the ``delivered`` bookkeeping after them in
+a pool of :data:`EXPORT_THREADS`, the SHA-256 of a spooled file before its OFFER in a pool of
+:data:`OFFER_THREADS`, other database calls in asyncio's default pool. Separate pools because
+one FIFO pool made a bundle's offer wait behind every export queued before it: 1,000
+deployments queued at once got their first bundle only after the last export
+(docs/benchmarks.md, Live agents).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -91,6 +99,10 @@ SEEN_FLUSH_SECONDS = 1.0  # seconds between two writes of the heartbeats' last_s
 EXPORT_RETRY_SECONDS = 60.0  # seconds before an export that failed is tried again unchanged
 SYSTEM_ACTOR = "live"  # ServiceContext.system of the live server (audited as system:live)
 HAVE_IT = CANCEL_HAVE_IT  # the agent already holds this bundle (docs/live-protocol.md §4.2)
+EXPORT_THREADS = 2  # threads exporting bundles at once (CPU-bound: more only contend for the GIL)
+OFFER_THREADS = 2  # threads hashing spooled files for OFFERs, never behind an export
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -158,6 +170,16 @@ class LiveHub:
         # agent -> (fingerprint of its queued work, monotonic time before which an export that
         # failed for that same work is not tried again)
         self._export_failed: dict[str, tuple[tuple[int, int | None], float]] = {}
+        # Idle workers end when the LiveHub is garbage-collected (ThreadPoolExecutor's own
+        # weak reference), so nobody has to shut these down.
+        self._export_pool = ThreadPoolExecutor(EXPORT_THREADS, "tiangong-live-export")
+        self._offer_pool = ThreadPoolExecutor(OFFER_THREADS, "tiangong-live-offer")
+
+    async def _in_pool(self, pool: ThreadPoolExecutor, func: Callable[..., _T],
+                       *args: Any) -> _T:
+        """``func(*args)`` in one of this hub's own thread pools (see the module docstring)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            pool, functools.partial(func, *args))
 
     # -- paths
 
@@ -507,7 +529,7 @@ class LiveHub:
     async def _push_pending(self, agent_id: str) -> tuple[int, int]:
         lock = self._push_locks.setdefault(agent_id, asyncio.Lock())
         async with lock:  # two exports at once would export one deployment twice
-            written, failed = await asyncio.to_thread(self._export, agent_id)
+            written, failed = await self._in_pool(self._export_pool, self._export, agent_id)
             peer = self.peers.get(agent_id)
             if peer is not None:
                 await self._offer_spool(peer, agent_id)
@@ -517,7 +539,7 @@ class LiveHub:
         lock = self._push_locks.setdefault(agent_id, asyncio.Lock())
         async with lock:
             try:
-                await asyncio.to_thread(self._export, agent_id)
+                await self._in_pool(self._export_pool, self._export, agent_id)
             except (HubError, OSError) as exc:
                 log.error("live: cannot export for %s: %s", agent_id, exc)
             await self._offer_spool(peer, agent_id)
@@ -530,7 +552,7 @@ class LiveHub:
             transfer = path.name[: -len(".tgb")]
             if transfer in peer.outgoing or len(peer.outgoing) >= 4:
                 continue
-            size, digest = await asyncio.to_thread(size_and_sha256, path)
+            size, digest = await self._in_pool(self._offer_pool, size_and_sha256, path)
             peer.conn.send_offer(Offer(transfer, path.name, size, digest))
             peer.outgoing[transfer] = path
             peer.acked[transfer] = asyncio.Event()
@@ -578,7 +600,10 @@ class LiveHub:
         os.replace(path, sent / path.name)
         fsync_dir(path.parent)
         log.info("live: %s holds %s (%s)", agent_id, path.name, how)
-        self._spawn(asyncio.to_thread(self._mark_delivered, agent_id, path.name, how))
+        # In the export pool, behind the exports already queued: bookkeeping must not delay
+        # other agents' bundles (a burst's last bundle waited for the first ones' commits).
+        self._spawn(self._in_pool(self._export_pool, self._mark_delivered, agent_id, path.name,
+                                  how))
         self._spawn(self._offer_more(peer, agent_id))
 
     async def _offer_more(self, peer: _Peer, agent_id: str) -> None:
