@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, redirect, url_for
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 
 from hub.db import db
@@ -67,6 +67,12 @@ def init_app(app: Flask, config: WebConfig, clock: Clock = utc_now) -> None:
         template_folder="templates",
     )  # fmt: skip
     app.register_blueprint(assets)
+
+    @app.get("/favicon.ico")
+    def _favicon() -> Any:
+        # Browsers ask for /favicon.ico on their own; answer with the page icon, not a 404.
+        return redirect(url_for("assets.static", filename="favicon.svg"), code=301)
+
     app.register_blueprint(auth.bp)
     for name in PAGES:
         app.register_blueprint(importlib.import_module(f"web.{name}").bp)

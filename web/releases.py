@@ -71,8 +71,8 @@ from hub.services.approvals import (
     reject_release,
     visible_approvals,
 )
-from hub.services.dashboard import visible_environments
 from hub.services.deployments import queue_deployment
+from hub.services.environments import visible_environments
 from hub.services.releases import (
     RELEASE_TOML,
     StoredFileText,

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from hub.db import Agent, Deployment, Environment, Product, Release, User
 from hub.services.approvals import approval_scopes, distinct_approvers
 from hub.services.context import ServiceContext
-from hub.services.environments import list_environments
+from hub.services.environments import visible_environments
 from hub.services.presence import agent_presence
 from hub.services.releases import can_read, list_products
 from hub.services.users import can
@@ -32,7 +32,6 @@ __all__ = [
     "PendingApproval",
     "build_dashboard",
     "can_approve_somewhere",
-    "visible_environments",
 ]
 
 #: Failed deployments listed, newest first.
@@ -72,11 +71,6 @@ class Dashboard:
     offline_agents: list[Agent]
     failed: list[Deployment]
     now: datetime
-
-
-def visible_environments(session: Session, user: User | None) -> list[Environment]:
-    """The environments ``user`` may view, by name."""
-    return [env for env in list_environments(session) if can(user, "view", env)]
 
 
 def _deployed(session: Session, envs: list[Environment]) -> dict[tuple[str, str], DeployedVersion]:

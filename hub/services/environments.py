@@ -11,7 +11,7 @@ import re
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hub.db import Deployment, Environment
+from hub.db import Deployment, Environment, User
 from hub.errors import ConflictError, NotFoundError, ValidationError
 from hub.services import audit
 from hub.services.context import ServiceContext
@@ -26,6 +26,7 @@ __all__ = [
     "list_environments",
     "set_required_approvals",
     "viewable_environments",
+    "visible_environments",
 ]
 
 MAX_REQUIRED_APPROVALS = 10  # distinct approvers an environment may demand
@@ -44,13 +45,18 @@ def list_environments(session: Session) -> list[Environment]:
     return list(session.scalars(select(Environment).order_by(Environment.name)))
 
 
-def viewable_environments(ctx: ServiceContext) -> list[Environment]:
-    """The environments the actor may view (a global grant: all; else those granted).
+def visible_environments(session: Session, user: User | None) -> list[Environment]:
+    """The environments ``user`` may view (a global grant: all; else those granted), by name.
 
     Lists in the web UI start here, so that nobody sees an environment, its agents or its
     deployments without a grant there.
     """
-    return [env for env in list_environments(ctx.session) if can(ctx.actor, "view", env)]
+    return [env for env in list_environments(session) if can(user, "view", env)]
+
+
+def viewable_environments(ctx: ServiceContext) -> list[Environment]:
+    """:func:`visible_environments` for the context's actor."""
+    return visible_environments(ctx.session, ctx.actor)
 
 
 def environment_for(ctx: ServiceContext, name: str, action: str = "view") -> Environment:

@@ -67,7 +67,7 @@ def test_filters_by_actor_action_and_object(site: Site) -> None:
     assert _seqs(by_admin) and "user:view-test" in by_admin
     assert "user.create" not in by_admin
     obj = c.get("/audit/?object_type=user&object_id=op-test").get_data(as_text=True)
-    rows = re.findall(r"<td>user:(\S+?)</td>", obj)
+    rows = re.findall(r"<td class=\"object-id\">user:(\S+?)</td>", obj)
     assert rows and set(rows) == {"op-test"}
     none = c.get("/audit/?actor=nobody-at-all").get_data(as_text=True)
     assert _seqs(none) == [] and "No events match." in none

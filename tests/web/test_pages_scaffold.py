@@ -33,3 +33,12 @@ def test_unknown_page_is_a_404_page(site: Site) -> None:
     resp = site.client("view").get("/releases/no-such-thing/at-all")
     assert resp.status_code == 404
     assert "Not found" in resp.get_data(as_text=True)
+
+
+def test_favicon_is_served_locally(site: Site) -> None:
+    c = site.client(None)
+    resp = c.get("/favicon.ico")
+    assert resp.status_code == 301
+    with c.get(resp.headers["Location"]) as icon:
+        assert icon.status_code == 200 and b"<svg" in icon.data
+    assert 'rel="icon"' in c.get("/").get_data(as_text=True)
