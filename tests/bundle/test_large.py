@@ -9,8 +9,9 @@ the 4 GiB mark, arrive intact.
 Verification runs in a child process, which reports its own peak resident memory
 (``VmHWM`` in ``/proc/self/status``: the high-water mark of the memory map created by its
 ``exec``). Not ``ru_maxrss`` from ``wait4``: Linux carries the parent's high-water mark
-across ``fork``/``exec`` into it, so a child of a large pytest process looked large. Streaming a 4 GiB payload must stay within bounded memory (1 MiB buffers; the
-bound asserted here is deliberately generous — a behaviour check, not a benchmark).
+across ``fork``/``exec`` into it, so a child of a large pytest process looked large.
+Streaming a 4 GiB payload must stay within bounded memory (1 MiB buffers, a 32 MiB zstd
+window cap; the bound asserted here is generous — a behaviour check, not a benchmark).
 
 Cost: compressing and then decompressing, hashing and staging 4 GiB (fsync included) takes
 tens of seconds on a small machine; the staged copy (4 GiB, not sparse) is removed at the end.
