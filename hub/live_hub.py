@@ -203,20 +203,26 @@ class LiveHub:
     # -- database work (runs in a worker thread, one session per call)
 
     @contextlib.contextmanager
-    def _services(self) -> Iterator[ServiceContext]:
+    def _session(self) -> Iterator[Session]:
+        """A session committed at the end of the block, rolled back on any exception."""
         session = self.session_factory()
         try:
-            if self.actor is not None:
-                yield ServiceContext(session, self.clock, get_user(session, self.actor),
-                                     self.keys)
-            else:  # the hub's own process: only what users.SYSTEM_ACTIONS["live"] allows
-                yield ServiceContext(session, self.clock, None, self.keys, system=SYSTEM_ACTOR)
+            yield session
             session.commit()
         except BaseException:
             session.rollback()
             raise
         finally:
             session.close()
+
+    @contextlib.contextmanager
+    def _services(self) -> Iterator[ServiceContext]:
+        with self._session() as session:
+            if self.actor is not None:
+                yield ServiceContext(session, self.clock, get_user(session, self.actor),
+                                     self.keys)
+            else:  # the hub's own process: only what users.SYSTEM_ACTIONS["live"] allows
+                yield ServiceContext(session, self.clock, None, self.keys, system=SYSTEM_ACTOR)
 
     def _lookup_key(self, agent_id: str) -> PublicKey:
         """The enrolled key of ``agent_id``; refusals are audited here.
@@ -249,19 +255,12 @@ class LiveHub:
 
     def _flush_seen(self, seen: dict[str, Any]) -> None:
         """Write the heartbeats' ``last_seen`` of many agents in one transaction."""
-        session = self.session_factory()
-        try:
-            table = AgentRow.__table__
+        table = AgentRow.__table__
+        with self._session() as session:
             session.execute(
                 update(table).where(table.c.agent_id == bindparam("aid"))
                 .values(last_seen=bindparam("at")),
                 [{"aid": aid, "at": at} for aid, at in sorted(seen.items())])
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
 
     async def flush_seen(self) -> None:
         """Write the pending heartbeat times now (the push loop does this every
