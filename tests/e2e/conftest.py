@@ -18,13 +18,15 @@ from tests.fixtures.trust import TrustKit, make_trust
 TIANGONG = [sys.executable, "-m", "tiangong.cli"]
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll ``predicate`` until true or fail after ``timeout_s`` (a deadline, not a guess)."""
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, *,
+             interval_s: float = 0.05) -> None:
+    """Poll ``predicate`` every ``interval_s`` until true, or fail after ``timeout_s`` (a
+    deadline, not a guess)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.05)
+        time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 

@@ -30,7 +30,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,11 +245,9 @@ def test_hub_killed_mid_transfer_agent_resumes_from_its_offset_and_runs_once(
     site.queue("2.0.0")
 
     # Kill the whole hub as soon as the agent holds part of the bundle. The transfer of
-    # ~100 MiB takes a fraction of a second, so this poll is tighter than wait_for's.
-    deadline = time.monotonic() + DEADLINE
-    while _size(_partial(site)) == 0:
-        assert time.monotonic() < deadline, "no partial bundle at the agent"
-        time.sleep(0.002)
+    # ~100 MiB takes a fraction of a second, so this poll is tighter than the default.
+    wait_for(lambda: _size(_partial(site)) > 0, DEADLINE, "a partial bundle at the agent",
+             interval_s=0.002)
     first = site.procs[0]
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(DEADLINE)
