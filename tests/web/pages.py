@@ -28,6 +28,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from agent.home import init_home
 from hub.app import hub_config, hub_keys
 from hub.db import db
 from hub.keystore import create_trust
@@ -37,7 +38,7 @@ from tests.hub.conftest import FakeClock, seed_people
 from web.app import create_web_app
 from web.sessions import start_session
 
-__all__ = ["PEOPLE", "Site", "csrf_of", "site"]
+__all__ = ["PEOPLE", "Site", "csrf_of", "request_file", "site"]
 
 #: user name -> grants (``role`` global, ``role@env`` for one environment)
 PEOPLE: dict[str, tuple[str, ...]] = {
@@ -101,6 +102,18 @@ class Site:
         user = get_user(db.session(), username) if username is not None else None
         return ServiceContext(db.session(), self.clock, user, hub_keys(self.app),
                               hub_config(self.app).releases_dir)
+
+
+def request_file(site: Site, tmp: Path, agent_id: str, environment: str | None = "test") -> Path:
+    """A real signed enrollment request, as ``tiangong agent init`` writes it."""
+    _, path = init_home(
+        tmp / f"home-{agent_id}",
+        root_file=site.data_dir / "root.json",
+        agent_id=agent_id,
+        environment=environment,
+        now=int(site.clock().timestamp()),
+    )
+    return path
 
 
 @pytest.fixture

@@ -41,14 +41,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from agent.home import init_home
 from hub.db import Base, db
 from hub.services.approvals import approve_release
 from hub.services.deployments import queue_deployment
 from hub.services.exchange import import_directory
 from hub.services.releases import create_release, submit_release
 from tests.hub.conftest import write_release
-from tests.web.pages import PEOPLE, Site
+from tests.web.pages import PEOPLE, Site, request_file
 from web import PAGES
 from web.agents import store_response
 
@@ -112,24 +111,12 @@ class World:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _request(site: Site, tmp: Path, agent_id: str, environment: str) -> Path:
-    """A new agent home's enrollment request file."""
-    _, request = init_home(
-        tmp / f"home-{agent_id}",
-        root_file=site.data_dir / "root.json",
-        agent_id=agent_id,
-        environment=environment,
-        now=int(site.clock().timestamp()),
-    )
-    return request
-
-
 def _enroll(site: Site, tmp: Path, agent_id: str, environment: str) -> None:
     """Enroll as ``hub import`` does, and keep the response for download as the agents
     page does after an enrollment by upload."""
     media = tmp / f"enroll-{agent_id}"
     media.mkdir()
-    shutil.copy(_request(site, tmp, agent_id, environment), media)
+    shutil.copy(request_file(site, tmp, agent_id, environment), media)
     report = import_directory(site.ctx("admin"), media, results_dir=tmp / "results")
     assert [r.status for r in report.rows] == ["enrolled"], report.rows
     response = media / f"enrollment-response-{agent_id}.json"
@@ -167,7 +154,7 @@ def build_world(site: Site, tmp: Path) -> World:
         (prod_dep,) = queue_deployment(site.ctx("op"), releases[w.approved], "prod")
         db.session.commit()
         w.test_deployment, w.prod_deployment = test_dep.id, prod_dep.id
-        w.new_agent_request = _request(site, tmp, "agent-new-1", "test").read_bytes()
+        w.new_agent_request = request_file(site, tmp, "agent-new-1", "test").read_bytes()
         db.session.remove()
     w.archive = _archive(write_release(tmp / "upload", product=PRODUCT, version="2.0.0"))
     op = site.client("op")

@@ -12,28 +12,15 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from agent.home import init_home
 from hub.app import hub_keys
 from hub.db import Agent, AuditEvent, db
 from hub.services.agents import get_agent
 from hub.services.presence import online_window
 from signing.envelope import TYPE_ENROLLMENT_RESPONSE, verify_envelope
 from signing.strictjson import loads_strict
-from tests.web.pages import Site
+from tests.web.pages import Site, request_file
 
-__all__ = ["enroll", "request_file", "set_last_seen"]
-
-
-def request_file(site: Site, tmp: Path, agent_id: str, environment: str | None = "test") -> Path:
-    """A real signed enrollment request, as ``tiangong agent init`` writes it."""
-    _, path = init_home(
-        tmp / f"home-{agent_id}",
-        root_file=site.data_dir / "root.json",
-        agent_id=agent_id,
-        environment=environment,
-        now=int(site.clock().timestamp()),
-    )
-    return path
+__all__ = ["enroll", "set_last_seen"]
 
 
 def _upload(site: Site, who: str, data: bytes, name: str, environment: str = "") -> Any:

@@ -24,8 +24,7 @@ from hub.services.approvals import approve_release
 from hub.services.deployments import get_deployment, queue_deployment
 from hub.services.releases import create_release, submit_release
 from tests.hub.conftest import write_release
-from tests.web.pages import Site
-from tests.web.test_pages_agents import request_file
+from tests.web.pages import Site, request_file
 from web.media import EXPORTS_DIR, IMPORT_LIMIT_SETTING, UPLOADS_DIR, tar_length, tar_stream
 
 
