@@ -1,5 +1,5 @@
-"""The complete ``tiangong hub`` command: the core group plus the commands kept in their own
-modules (export/import). The root CLI loads this module.
+"""The complete ``tiangong hub`` command (the ``hub.cli`` package). The root CLI loads this
+module.
 
 The hub's dependencies are imported here first, so that on an agent-only install the root
 CLI can say which extra to install instead of failing later with an ImportError.
@@ -10,7 +10,6 @@ from __future__ import annotations
 import flask  # noqa: F401 - presence check for the hub extra
 import sqlalchemy  # noqa: F401 - presence check for the hub extra
 
-from hub import cli_exchange  # noqa: F401 - registers export and import on the group
 from hub.cli import hub
 
 __all__ = ["hub"]

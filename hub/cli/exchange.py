@@ -1,6 +1,6 @@
 """``tiangong hub export`` and ``tiangong hub import``: the hub's side of the USB stick.
 
-Attached to the ``hub`` group in ``hub.cli``; the rules live in ``hub.services.exchange``.
+Attached to the ``hub`` group of ``hub.cli.base``; the rules live in ``hub.services.exchange``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from hub.cli import _config, _emit, _services, _state, hub, json_option
+from hub.cli.base import _config, _emit, _services, _state, hub, json_option
 from signing.durations import parse_duration
 
 __all__ = ["export_cmd", "import_cmd"]

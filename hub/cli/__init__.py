@@ -1,0 +1,24 @@
+"""``tiangong hub …``: every hub service action as a command, one module per concept.
+
+``base`` holds the ``hub`` group, its global options and the helpers every command uses
+(one transaction per command, tables or ``--json``); the other modules attach their commands
+to it when imported: ``setup`` (init, tls), ``serve`` (serve, live), ``users``, ``releases``
+(products, releases), ``sites`` (environments, agents), ``deployments``, ``exchange``
+(export, import), ``audit``. Commands only translate: every rule is in ``hub/services``.
+"""
+
+from __future__ import annotations
+
+from hub.cli import (  # noqa: F401 - each module registers its commands on the group
+    audit,
+    deployments,
+    exchange,
+    releases,
+    serve,
+    setup,
+    sites,
+    users,
+)
+from hub.cli.base import hub
+
+__all__ = ["hub"]

@@ -1,0 +1,109 @@
+"""``tiangong hub audit``: verify, checkpoint, export and show the hub's hash-chained audit
+log (rules in ``hub.services.audit``). The offline verifier of an export is ``hub.audit_cli``
+(``tiangong audit verify-export``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from hub.cli.base import _emit, _services, hub, json_option
+
+
+@hub.group("audit")
+def audit_group() -> None:
+    """The hash-chained audit log: verify, checkpoint, export, show."""
+
+
+@audit_group.command("verify")
+@json_option
+@click.pass_context
+def audit_verify(ctx: click.Context, as_json: bool) -> None:
+    """Verify the whole chain and every signed checkpoint; name every problem."""
+    from hub.services import audit
+
+    with _services(ctx) as sc:
+        report = audit.verify(sc)
+    if as_json:
+        _emit(
+            {
+                "ok": report.ok,
+                "events": report.events,
+                "head_seq": report.last_seq,
+                "head_hash": report.head_hash,
+                "checkpoints": report.checkpoints_checked,
+                "problems": [p.message for p in report.problems],
+                "problem_count": report.problem_count,
+            },
+            True,
+        )
+    else:
+        click.echo(report.summary())
+    if not report.ok:
+        sys.exit(3)
+
+
+@audit_group.command("checkpoint")
+@click.pass_context
+def audit_checkpoint(ctx: click.Context) -> None:
+    """Sign the current head with the audit key."""
+    from hub.services import audit
+
+    with _services(ctx) as sc:
+        cp = audit.write_checkpoint(sc)
+        seq, head = cp.seq, cp.head_hash
+    click.echo(f"checkpoint signed at event {seq}: {head}")
+
+
+@audit_group.command("export")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--no-checkpoint", is_flag=True, help="Do not sign a fresh checkpoint first.")
+@click.pass_context
+def audit_export(ctx: click.Context, out: Path, no_checkpoint: bool) -> None:
+    """Write the log as JSON lines (with the root and checkpoints) for offline verification
+    with `tiangong audit verify-export OUT --trust root.json`."""
+    from hub.services import audit
+
+    tmp = out.with_name(f".{out.name}.partial")
+    with _services(ctx) as sc:
+        if not no_checkpoint:
+            audit.write_checkpoint(sc)
+            sc.session.flush()
+        with open(tmp, "wb") as fh:
+            count = audit.export_audit(sc, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    click.echo(f"{count} audit events written to {out}")
+
+
+@audit_group.command("show")
+@click.option("--last", "last", type=int, default=20, show_default=True)
+@json_option
+@click.pass_context
+def audit_show(ctx: click.Context, last: int, as_json: bool) -> None:
+    """Show the newest events."""
+    from sqlalchemy import select
+
+    from hub.db import AuditEvent
+    from hub.services.users import require
+
+    with _services(ctx) as sc:
+        require(sc.actor, "audit.read")
+        rows = [
+            {
+                "seq": e.seq,
+                "at": e.at,
+                "actor": e.actor,
+                "action": e.action,
+                "object": f"{e.object_type}:{e.object_id}",
+                "details": e.details,
+            }
+            for e in sc.session.scalars(
+                select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(last)
+            )
+        ][::-1]
+    _emit(rows, as_json)

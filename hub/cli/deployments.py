@@ -1,0 +1,102 @@
+"""``tiangong hub deployments``: queue approved releases, follow their state (rules in
+``hub.services.deployments``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from hub.cli.base import _emit, _services, hub, json_option
+
+
+def _deployment_row(d: Any) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "release": d.release.label,
+        "environment": d.environment.name,
+        "agent": d.agent.agent_id if d.agent else None,
+        "state": d.state,
+        "sequence": d.sequence,
+        "bundle_id": d.bundle_id,
+        "queued_by": d.queued_by,
+        "queued_at": d.queued_at,
+        "updated_at": d.updated_at,
+        "result_summary": d.result_summary,
+    }
+
+
+@hub.group()
+def deployments() -> None:
+    """Deployments: queue approved releases, follow their state."""
+
+
+@deployments.command("queue")
+@click.argument("product")
+@click.argument("version")
+@click.option("--environment", required=True)
+@json_option
+@click.pass_context
+def deployments_queue(
+    ctx: click.Context, product: str, version: str, environment: str, as_json: bool
+) -> None:
+    """Queue an approved release for an environment (one deployment per agent)."""
+    from hub.services.deployments import queue_deployment
+    from hub.services.releases import get_release
+
+    with _services(ctx) as sc:
+        deps = queue_deployment(sc, get_release(sc.session, product, version), environment)
+        rows = [_deployment_row(d) for d in deps]
+    _emit(rows, as_json, ["id", "release", "environment", "agent", "state"])
+
+
+@deployments.command("list")
+@click.option("--environment", default=None)
+@click.option("--state", default=None)
+@json_option
+@click.pass_context
+def deployments_list(
+    ctx: click.Context, environment: str | None, state: str | None, as_json: bool
+) -> None:
+    """List deployments."""
+    from hub.services.deployments import list_deployments
+    from hub.services.users import require
+
+    with _services(ctx) as sc:
+        require(sc.actor, "view")
+        rows = [_deployment_row(d) for d in list_deployments(sc.session, environment, state)]
+    _emit(
+        rows,
+        as_json,
+        None
+        if as_json
+        else ["id", "release", "environment", "agent", "state", "sequence", "updated_at"],
+    )
+
+
+@deployments.command("show")
+@click.argument("deployment_id", type=int)
+@json_option
+@click.pass_context
+def deployments_show(ctx: click.Context, deployment_id: int, as_json: bool) -> None:
+    """Show one deployment."""
+    from hub.services.deployments import get_deployment
+    from hub.services.users import require
+
+    with _services(ctx) as sc:
+        require(sc.actor, "view")
+        row = _deployment_row(get_deployment(sc.session, deployment_id))
+    _emit(row, as_json)
+
+
+@deployments.command("mark")
+@click.argument("deployment_id", type=int)
+@click.argument("state")
+@click.pass_context
+def deployments_mark(ctx: click.Context, deployment_id: int, state: str) -> None:
+    """Move a deployment to STATE by hand (e.g. interrupted), if the transition is allowed."""
+    from hub.services.deployments import get_deployment, transition
+
+    with _services(ctx) as sc:
+        transition(sc, get_deployment(sc.session, deployment_id), state)
+    click.echo(f"deployment {deployment_id} is now {state}")

@@ -1,0 +1,226 @@
+"""``tiangong hub products`` and ``tiangong hub releases``: create, submit, approve, reject,
+diff (the rules are in ``hub.services.releases`` and ``hub.services.approvals``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hub.cli.base import _emit, _services, hub, json_option
+
+
+@hub.group()
+def products() -> None:
+    """Products (things you deploy)."""
+
+
+@products.command("create")
+@click.argument("name")
+@click.option("--description", default="")
+@click.pass_context
+def products_create(ctx: click.Context, name: str, description: str) -> None:
+    """Create a product."""
+    from hub.services.releases import create_product
+
+    with _services(ctx) as sc:
+        create_product(sc, name, description=description)
+    click.echo(f"product {name} created")
+
+
+@products.command("list")
+@json_option
+@click.pass_context
+def products_list(ctx: click.Context, as_json: bool) -> None:
+    """List products."""
+    from hub.services.releases import list_products
+    from hub.services.users import require
+
+    with _services(ctx) as sc:
+        require(sc.actor, "view")
+        rows = [
+            {"name": p.name, "description": p.description, "created_at": p.created_at}
+            for p in list_products(sc.session)
+        ]
+    _emit(rows, as_json)
+
+
+def _release_row(rel: Any, full: bool = False) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "product": rel.product.name,
+        "version": rel.version,
+        "state": rel.state,
+        "author": rel.author.username,
+        "content_hash": rel.content_hash if full else rel.content_hash[:16],
+        "created_at": rel.created_at,
+    }
+    if full:
+        row.update(
+            description=rel.description,
+            submitted_at=rel.submitted_at,
+            stored_path=rel.stored_path,
+            steps=[s.get("name") for s in rel.steps],
+            files=[f["name"] for f in rel.files],
+            approvals=[
+                {
+                    "by": a.approver.username,
+                    "decision": a.decision,
+                    "environment": a.environment.name if a.environment else None,
+                    "comment": a.comment,
+                    "at": a.at,
+                }
+                for a in rel.approvals
+            ],
+        )
+    return row
+
+
+@hub.group()
+def releases() -> None:
+    """Releases: create, submit, approve, reject, diff."""
+
+
+@releases.command("create")
+@click.argument("release_path", type=click.Path(exists=True, path_type=Path))
+@click.option("--product", default=None, help="Refuse unless release.toml names this product.")
+@click.option(
+    "--create-product",
+    "make_product",
+    is_flag=True,
+    help="Create the product first if it does not exist.",
+)
+@json_option
+@click.pass_context
+def releases_create(
+    ctx: click.Context, release_path: Path, product: str | None, make_product: bool, as_json: bool
+) -> None:
+    """Create a draft release from RELEASE_PATH: a release directory (release.toml + files)
+    or a release archive (.tar, .tar.gz, .tgz, .zip)."""
+    from hub.services.releases import create_release
+
+    with _services(ctx) as sc:
+        rel = create_release(sc, release_path, product=product, create_missing_product=make_product)
+        row = _release_row(rel, full=True)
+    _emit(row, as_json)
+
+
+@releases.command("list")
+@click.option("--product", default=None)
+@json_option
+@click.pass_context
+def releases_list(ctx: click.Context, product: str | None, as_json: bool) -> None:
+    """List releases."""
+    from hub.services.releases import list_releases
+    from hub.services.users import require
+
+    with _services(ctx) as sc:
+        require(sc.actor, "view")
+        rows = [_release_row(r) for r in list_releases(sc.session, product)]
+    _emit(rows, as_json)
+
+
+@releases.command("show")
+@click.argument("product")
+@click.argument("version")
+@json_option
+@click.pass_context
+def releases_show(ctx: click.Context, product: str, version: str, as_json: bool) -> None:
+    """Show one release with its steps, files and approvals."""
+    from hub.services.releases import get_release
+    from hub.services.users import require
+
+    with _services(ctx) as sc:
+        require(sc.actor, "view")
+        row = _release_row(get_release(sc.session, product, version), full=True)
+    _emit(row, as_json)
+
+
+@releases.command("submit")
+@click.argument("product")
+@click.argument("version")
+@click.pass_context
+def releases_submit(ctx: click.Context, product: str, version: str) -> None:
+    """Submit a draft for approval (its content hash is fixed from now on)."""
+    from hub.services.releases import get_release, submit_release
+
+    with _services(ctx) as sc:
+        rel = submit_release(sc, get_release(sc.session, product, version))
+        digest = rel.content_hash
+    click.echo(f"release {product} {version} submitted; content hash {digest}")
+
+
+@releases.command("approve")
+@click.argument("product")
+@click.argument("version")
+@click.option("--comment", default="")
+@click.option("--environment", default=None, help="Approve for this environment only.")
+@click.pass_context
+def releases_approve(
+    ctx: click.Context, product: str, version: str, comment: str, environment: str | None
+) -> None:
+    """Approve a submitted release (never your own)."""
+    from hub.services.approvals import approve_release
+    from hub.services.releases import get_release
+
+    with _services(ctx) as sc:
+        approve_release(
+            sc, get_release(sc.session, product, version), comment=comment, environment=environment
+        )
+        who = sc.actor_name
+    click.echo(f"release {product} {version} approved by {who}")
+
+
+@releases.command("reject")
+@click.argument("product")
+@click.argument("version")
+@click.option("--comment", required=True, help="Why (required).")
+@click.option("--environment", default=None)
+@click.pass_context
+def releases_reject(
+    ctx: click.Context, product: str, version: str, comment: str, environment: str | None
+) -> None:
+    """Reject a submitted release (final)."""
+    from hub.services.approvals import reject_release
+    from hub.services.releases import get_release
+
+    with _services(ctx) as sc:
+        reject_release(
+            sc, get_release(sc.session, product, version), comment=comment, environment=environment
+        )
+    click.echo(f"release {product} {version} rejected")
+
+
+@releases.command("diff")
+@click.argument("product")
+@click.argument("from_version")
+@click.argument("to_version")
+@json_option
+@click.pass_context
+def releases_diff(
+    ctx: click.Context, product: str, from_version: str, to_version: str, as_json: bool
+) -> None:
+    """Steps and files added, removed or changed between two versions."""
+    from hub.services.releases import diff_releases, get_release
+    from hub.services.users import require
+
+    with _services(ctx) as sc:
+        require(sc.actor, "view")
+        d = diff_releases(
+            get_release(sc.session, product, from_version),
+            get_release(sc.session, product, to_version),
+        )
+    if as_json:
+        _emit(d.to_json(), True)
+        return
+    if d.empty:
+        click.echo("no differences")
+        return
+    for what, data in d.to_json().items():
+        for change, names in data.items():
+            if change == "reordered":
+                if names:
+                    click.echo(f"{what}: reordered")
+                continue
+            for name in names:
+                click.echo(f"{what} {change}: {name}")

@@ -1,0 +1,133 @@
+"""``tiangong hub serve`` and ``tiangong hub live``: run the hub under gunicorn and the live
+WebSocket server (as ``serve``'s child or on its own). The serving itself is in ``hub.serve``
+and ``hub.live``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from hub.cli.base import _config, _state, hub
+from hub.errors import ConfigError
+
+
+@hub.command()
+@click.option("--bind", default=None, help="host:port (default from config: 127.0.0.1:8400).")
+@click.option("--workers", type=int, default=None)
+@click.option(
+    "--live-bind",
+    default=None,
+    metavar="HOST:PORT",
+    help="Also run the live WebSocket server on this address (default: [live] bind in "
+    "hub.toml; none: no live server).",
+)
+@click.option(
+    "--live-insecure-loopback",
+    is_flag=True,
+    help="Live server without TLS (plain ws://), on a loopback address only: for tests.",
+)
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    bind: str | None,
+    workers: int | None,
+    live_bind: str | None,
+    live_insecure_loopback: bool,
+) -> None:
+    """Serve the hub under gunicorn (health check at /healthz), and the live WebSocket
+    server as a child process (`tiangong hub live`) when a live bind address is set."""
+    from hub.config import with_overrides
+    from hub.serve import live_child_command
+    from hub.serve import serve as run
+
+    try:
+        cfg = _config(_state(ctx))
+        changes: dict[str, Any] = {}
+        if bind:
+            changes["bind"] = bind
+        if workers:
+            changes["workers"] = workers
+        if live_bind:
+            changes["live_bind"] = live_bind
+        if live_insecure_loopback:
+            changes["live_allow_insecure_loopback"] = True
+        cfg = with_overrides(cfg, **changes)
+        live_command = _live_command_if_configured(cfg, live_child_command)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    run(cfg, live_command=live_command)
+
+
+def _live_command_if_configured(cfg: Any, live_child_command: Any) -> list[str] | None:
+    """The live child's command line, after checking its settings here (so a bad address or
+    a missing certificate stops `hub serve` at once, naming the file).
+
+    Raises:
+        ConfigError.
+    """
+    from hub.live import is_loopback, parse_bind
+    from hub.tls import load_server_tls
+
+    if not cfg.live_bind:
+        return None
+    host, _port = parse_bind(cfg.live_bind)
+    if cfg.live_allow_insecure_loopback:
+        if not is_loopback(host):
+            raise ConfigError(
+                f"refusing plain ws:// on {host}: --live-insecure-loopback applies to "
+                "loopback addresses only"
+            )
+    else:
+        load_server_tls(cfg.live_tls_cert, cfg.live_tls_key)
+    command: list[str] = live_child_command(
+        cfg, bind=cfg.live_bind, allow_insecure_loopback=cfg.live_allow_insecure_loopback
+    )
+    return command
+
+
+@hub.command("live")
+@click.option(
+    "--bind",
+    default=None,
+    metavar="HOST:PORT",
+    help="Listen here (default: [live] bind in hub.toml or TIANGONG_HUB_LIVE_BIND).",
+)
+@click.option(
+    "--insecure-loopback",
+    is_flag=True,
+    help="Plain ws:// without TLS, on a loopback address only: for tests.",
+)
+@click.option("--parent-pid", type=int, default=None, hidden=True,
+              help="Stop when this process is gone (set by `hub serve`).")
+@click.pass_context
+def live_cmd(
+    ctx: click.Context, bind: str | None, insecure_loopback: bool, parent_pid: int | None
+) -> None:
+    """Run only the live WebSocket server (agents connect here; `hub serve` runs it as a
+    child). Stops on SIGTERM/SIGINT, closing every agent connection with code 1001."""
+    import logging
+
+    from hub.live import run_until_signalled, start_configured
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        cfg = _config(_state(ctx))
+        if not (cfg.data_dir / "root.json").exists():
+            raise ConfigError(f"{cfg.data_dir} is not an initialised hub: run `tiangong hub init`")
+        server = start_configured(
+            cfg, bind=bind, allow_insecure_loopback=True if insecure_loopback else None
+        )
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        click.echo(f"error: live server: cannot listen on {bind or cfg.live_bind}: {exc}",
+                   err=True)
+        sys.exit(2)
+    scheme = "ws" if server.hub.binding == b"" else "wss"
+    click.echo(f"live server for hub {server.hub.hub_id} on {scheme}://{bind or cfg.live_bind}"
+               "/live", err=True)
+    run_until_signalled(server, parent_pid=parent_pid)

@@ -1,0 +1,209 @@
+"""``tiangong hub init`` and ``tiangong hub tls``: create a hub's data directory, keys, root
+of trust and the live channel's private CA; re-issue its server certificate."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hub.cli.base import _config, _state, hub
+from hub.errors import ConfigError, HubError
+
+
+@hub.command()
+@click.option("--admin", "admin", required=True, metavar="USER", help="The first admin.")
+@click.option("--hub-id", default=None, help="Hub identifier (default: generated).")
+@click.option("--database-url", default=None, help="Default: SQLite in the data directory.")
+@click.option(
+    "--root-key-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the root key (default: <data-dir>/root-key.OFFLINE.json).",
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="First line: passphrase for the root key (or TIANGONG_KEY_PASSPHRASE).",
+)
+@click.option("--insecure-no-passphrase", is_flag=True, help="Write the root key unencrypted.")
+@click.option(
+    "--tls-name",
+    "tls_names",
+    multiple=True,
+    metavar="NAME",
+    help="A host name or IP address agents use to reach the live server (repeatable; "
+    "default: localhost, 127.0.0.1 and this host's name).",
+)
+@click.pass_context
+def init(
+    ctx: click.Context,
+    admin: str,
+    hub_id: str | None,
+    database_url: str | None,
+    root_key_out: Path | None,
+    passphrase_file: Path | None,
+    insecure_no_passphrase: bool,
+    tls_names: tuple[str, ...],
+) -> None:
+    """Create the data directory, database, keys, root document, the live channel's private
+    CA and server certificate, and the first admin."""
+    import tomli_w
+
+    from hub.db import make_engine, make_session_factory
+    from hub.keystore import create_trust
+    from hub.migrate import upgrade
+    from hub.services.context import utc_now
+    from hub.services.users import bootstrap_admin
+    from hub.tls import create_ca, default_names, issue_server_certificate, tls_files
+    from signing.errors import PassphraseError
+    from signing.keyfile import resolve_passphrase
+
+    state = _state(ctx)
+    if state.data_dir is None:
+        raise click.UsageError("give --data-dir or set TIANGONG_HUB_DATA_DIR")
+    data_dir = state.data_dir.absolute()
+    passphrase = None
+    if not insecure_no_passphrase:
+        try:
+            passphrase = resolve_passphrase(
+                file=passphrase_file,
+                interactive=sys.stdin.isatty(),
+                confirm=True,
+                what="the hub's root key",
+            )
+        except PassphraseError as exc:
+            click.echo(f"error: {exc} (or pass --insecure-no-passphrase)", err=True)
+            sys.exit(2)
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cfg_path = data_dir / "hub.toml"
+        if cfg_path.exists() or (data_dir / "root.json").exists():
+            raise ConfigError(f"{data_dir} is already initialised")
+        now = utc_now()
+        trust = create_trust(
+            data_dir,
+            int(now.timestamp()),
+            hub_id=hub_id,
+            root_key_path=root_key_out,
+            root_passphrase=passphrase,
+            insecure_no_passphrase=insecure_no_passphrase,
+        )
+        tls = tls_files(data_dir)
+        create_ca(tls, trust.hub_id, now)
+        server_cert = issue_server_certificate(tls, list(tls_names) or default_names(), now)
+        settings: dict[str, Any] = {"hub_id": trust.hub_id, "secret_key": secrets.token_hex(32)}
+        if database_url:
+            settings["database_url"] = database_url
+        fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(b"# Tiangong hub settings (TIANGONG_HUB_* environment variables win)\n")
+            fh.write(tomli_w.dumps({"hub": settings}).encode("utf-8"))
+        (data_dir / "releases").mkdir(exist_ok=True)
+        from hub.config import load_config
+
+        cfg = load_config(data_dir)
+        engine = make_engine(cfg.database_url)
+        try:
+            upgrade(engine)
+            with make_session_factory(engine)() as session:
+                bootstrap_admin(session, lambda: now, admin)
+                session.commit()
+        finally:
+            engine.dispose()
+    except HubError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"hub {trust.hub_id} initialised in {data_dir}")
+    click.echo(f"  database       {cfg.database_url}")
+    click.echo(f"  root document  {trust.root_json}  (give this to agents and auditors)")
+    click.echo(f"  release key    {trust.release_key}")
+    click.echo(f"  audit key      {trust.audit_key}")
+    click.echo(f"  live TLS CA    {tls.ca_cert}  (enrollment responses carry it to agents)")
+    click.echo(f"  live TLS cert  {tls.server_cert}  for {_cert_names(server_cert)}")
+    click.echo(f"  first admin    {admin}")
+    enc = "passphrase-encrypted" if trust.root_key_encrypted else "NOT encrypted"
+    click.echo(f"ROOT KEY ({enc}): {trust.root_key}")
+    click.echo("  Move it off this machine now (offline storage); the hub runs without it and")
+    click.echo("  needs it only to rotate keys (tiangong keys root rotate).")
+
+
+def _cert_names(cert: Any) -> str:
+    from cryptography import x509
+
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return "-"
+    return ", ".join(str(n.value) for n in names)
+
+
+_tls_names_option = click.option(
+    "--name",
+    "names",
+    multiple=True,
+    metavar="NAME",
+    help="Host name or IP address agents connect to (repeatable; default: localhost, "
+    "127.0.0.1 and this host's name).",
+)
+
+
+@hub.group("tls")
+def tls_group() -> None:
+    """The live channel's TLS files in <data-dir>/tls (private CA, server certificate)."""
+
+
+@tls_group.command("init")
+@_tls_names_option
+@click.pass_context
+def tls_init(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Create the private CA and a server certificate for a hub initialised before it had
+    them (`hub init` does this for new hubs). Refuses if the CA exists."""
+    from hub.keystore import load_hub_keys
+    from hub.services.context import utc_now
+    from hub.tls import create_ca, default_names, issue_server_certificate, tls_files
+
+    try:
+        cfg = _config(_state(ctx))
+        hub_id = load_hub_keys(cfg.data_dir, with_private=False).hub_id
+        files = tls_files(cfg.data_dir)
+        now = utc_now()
+        create_ca(files, hub_id, now)
+        cert = issue_server_certificate(files, list(names) or default_names(), now)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"live TLS CA {files.ca_cert} created; server certificate {files.server_cert} "
+               f"for {_cert_names(cert)}")
+    click.echo("  agents enrolled from now on get the CA in their enrollment response; give "
+               "it to agents enrolled before (docs/live.md)")
+
+
+@tls_group.command("issue")
+@_tls_names_option
+@click.option("--days", type=click.IntRange(min=1), default=None,
+              help="Validity in days (default: 730; never past the CA's own expiry).")
+@click.pass_context
+def tls_issue(ctx: click.Context, names: tuple[str, ...], days: int | None) -> None:
+    """Sign a new server certificate (and key) with the hub's CA, e.g. when the hub's
+    address changes. Agents pin the CA, so they accept it at once; restart `hub serve` /
+    `hub live` to use it."""
+    from hub.services.context import utc_now
+    from hub.tls import SERVER_VALIDITY_DAYS, default_names, issue_server_certificate, tls_files
+
+    try:
+        cfg = _config(_state(ctx))
+        files = tls_files(cfg.data_dir)
+        cert = issue_server_certificate(files, list(names) or default_names(), utc_now(),
+                                        days=days or SERVER_VALIDITY_DAYS)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"server certificate {files.server_cert} issued for {_cert_names(cert)}, "
+               f"valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%MZ}")
+    click.echo("  restart `tiangong hub serve` (or `hub live`) to use it")

@@ -1,0 +1,171 @@
+"""``tiangong hub environments`` and ``tiangong hub agents``: the sites and the agents
+enrolled in them (rules in ``hub.services.environments`` and ``hub.services.agents``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hub.cli.base import _emit, _services, hub, json_option
+from hub.errors import ConfigError
+
+
+@hub.group()
+def environments() -> None:
+    """Environments (sites or clusters)."""
+
+
+@environments.command("create")
+@click.argument("name")
+@click.option("--description", default="")
+@click.option("--required-approvals", type=int, default=1, show_default=True)
+@click.pass_context
+def environments_create(
+    ctx: click.Context, name: str, description: str, required_approvals: int
+) -> None:
+    """Create an environment."""
+    from hub.services.environments import create_environment
+
+    with _services(ctx) as sc:
+        create_environment(sc, name, description=description, required_approvals=required_approvals)
+    click.echo(f"environment {name} created (requires {required_approvals} approval(s))")
+
+
+@environments.command("set-approvals")
+@click.argument("name")
+@click.argument("required_approvals", type=int)
+@click.pass_context
+def environments_set_approvals(ctx: click.Context, name: str, required_approvals: int) -> None:
+    """Change how many distinct approvers NAME requires."""
+    from hub.services.environments import set_required_approvals
+
+    with _services(ctx) as sc:
+        set_required_approvals(sc, name, required_approvals)
+    click.echo(f"environment {name} now requires {required_approvals} approval(s)")
+
+
+@environments.command("list")
+@json_option
+@click.pass_context
+def environments_list(ctx: click.Context, as_json: bool) -> None:
+    """List environments."""
+    from hub.services.environments import list_environments
+    from hub.services.users import require
+
+    with _services(ctx) as sc:
+        require(sc.actor, "view")
+        rows = [
+            {
+                "name": e.name,
+                "required_approvals": e.required_approvals,
+                "description": e.description,
+            }
+            for e in list_environments(sc.session)
+        ]
+    _emit(rows, as_json)
+
+
+@hub.group()
+def agents() -> None:
+    """Agents: enroll, list, revoke."""
+
+
+def _agent_row(a: Any) -> dict[str, Any]:
+    return {
+        "agent_id": a.agent_id,
+        "environment": a.environment.name,
+        "hostname": a.hostname,
+        "status": a.status,
+        "enrolled_at": a.enrolled_at,
+        "last_seen": a.last_seen,
+        "ed25519_public": a.ed25519_public,
+    }
+
+
+@agents.command("enroll")
+@click.argument("request_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--environment",
+    default=None,
+    help="Environment to enroll into (default: the one the request names).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the signed enrollment response here.",
+)
+@json_option
+@click.pass_context
+def agents_enroll(
+    ctx: click.Context, request_file: Path, environment: str | None, out: Path | None, as_json: bool
+) -> None:
+    """Enroll the agent whose enrollment request is REQUEST_FILE (the signed file `tiangong
+    agent init` writes, or a plain JSON object)."""
+    from hub.errors import ValidationError
+    from hub.services.agents import MAX_REQUEST_BYTES, EnrollmentRequest, enroll_agent
+    from signing.keyfile import write_file_atomic
+
+    with _services(ctx) as sc:
+        try:
+            with open(request_file, "rb") as fh:
+                data = fh.read(MAX_REQUEST_BYTES + 1)
+        except OSError as exc:
+            raise ValidationError(f"enrollment request {request_file}: {exc}") from exc
+        request = EnrollmentRequest.from_bytes(data)
+        env = environment or request.environment
+        if env is None:
+            raise ValidationError("the request names no environment: give --environment")
+        resp = enroll_agent(sc, env, request)
+        if out is not None:
+            if sc.keys is None or sc.keys.release_key is None:
+                raise ConfigError("the release key is needed to sign the enrollment response")
+            write_file_atomic(
+                out, resp.to_envelope(sc.keys.release_key), mode=0o644, overwrite=True
+            )
+        data_out = resp.to_json()
+    _emit(
+        {k: v for k, v in data_out.items() if k != "root"} | {"response": str(out or "-")}, as_json
+    )
+
+
+@agents.command("list")
+@click.option("--environment", default=None)
+@json_option
+@click.pass_context
+def agents_list(ctx: click.Context, environment: str | None, as_json: bool) -> None:
+    """List agents with their presence: ``online`` when seen (live authentication or
+    heartbeat) within 2.5 heartbeat intervals, else ``offline`` / ``never`` / ``revoked``."""
+    from hub.services.agents import list_agents
+    from hub.services.presence import agent_presence
+    from hub.services.users import require
+
+    with _services(ctx) as sc:
+        require(sc.actor, "view")
+        now = sc.now()
+        rows = []
+        for a in list_agents(sc.session, environment):
+            presence = agent_presence(a, now)
+            rows.append(_agent_row(a) | {"presence": presence.state, "online": presence.online})
+    _emit(
+        rows,
+        as_json,
+        ["agent_id", "environment", "hostname", "status", "presence", "last_seen", "enrolled_at"]
+        if not as_json
+        else None,
+    )
+
+
+@agents.command("revoke")
+@click.argument("agent_id")
+@click.option("--reason", default="")
+@click.pass_context
+def agents_revoke(ctx: click.Context, agent_id: str, reason: str) -> None:
+    """Revoke an agent."""
+    from hub.services.agents import revoke_agent
+
+    with _services(ctx) as sc:
+        revoke_agent(sc, agent_id, reason=reason)
+    click.echo(f"agent {agent_id} revoked")

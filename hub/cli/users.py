@@ -1,0 +1,112 @@
+"""``tiangong hub users``: users and role grants (the rules are in ``hub.services.users``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from hub.cli.base import _emit, _services, hub, json_option
+
+
+def _user_row(user: Any) -> dict[str, Any]:
+    from hub.services.users import roles_of
+
+    return {
+        "username": user.username,
+        "display_name": user.display_name,
+        "email": user.email,
+        "source": user.source,
+        "active": user.is_active,
+        "roles": [f"{r}@{e}" if e else r for r, e in roles_of(user)],
+    }
+
+
+@hub.group()
+def users() -> None:
+    """Users and role grants."""
+
+
+@users.command("create")
+@click.argument("username")
+@click.option("--display-name", default="")
+@click.option("--email", default="")
+@click.option("--source", type=click.Choice(["local", "saml"]), default="local")
+@json_option
+@click.pass_context
+def users_create(
+    ctx: click.Context, username: str, display_name: str, email: str, source: str, as_json: bool
+) -> None:
+    """Create a user (no roles yet)."""
+    from hub.services.users import create_user
+
+    with _services(ctx) as sc:
+        user = create_user(sc, username, display_name=display_name, email=email, source=source)
+        row = _user_row(user)
+    _emit(row, as_json)
+
+
+@users.command("list")
+@json_option
+@click.pass_context
+def users_list(ctx: click.Context, as_json: bool) -> None:
+    """List users and their roles."""
+    from hub.services.users import list_users, require
+
+    with _services(ctx) as sc:
+        require(sc.actor, "view")
+        rows = [_user_row(u) for u in list_users(sc.session)]
+    _emit(rows, as_json)
+
+
+@users.command("grant")
+@click.argument("username")
+@click.argument("role")
+@click.option("--environment", default=None, help="Only in this environment (default: all).")
+@click.pass_context
+def users_grant(ctx: click.Context, username: str, role: str, environment: str | None) -> None:
+    """Grant ROLE to USERNAME."""
+    from hub.services.users import grant_role
+
+    with _services(ctx) as sc:
+        grant_role(sc, username, role, environment)
+    scope = f"in {environment}" if environment else "globally"
+    click.echo(f"granted {role} to {username} {scope}")
+
+
+@users.command("revoke")
+@click.argument("username")
+@click.argument("role")
+@click.option("--environment", default=None)
+@click.pass_context
+def users_revoke(ctx: click.Context, username: str, role: str, environment: str | None) -> None:
+    """Remove ROLE from USERNAME."""
+    from hub.services.users import revoke_role
+
+    with _services(ctx) as sc:
+        revoke_role(sc, username, role, environment)
+    click.echo(f"revoked {role} from {username}")
+
+
+@users.command("deactivate")
+@click.argument("username")
+@click.pass_context
+def users_deactivate(ctx: click.Context, username: str) -> None:
+    """Deactivate a user (it keeps its history; it may do nothing)."""
+    from hub.services.users import set_active
+
+    with _services(ctx) as sc:
+        set_active(sc, username, False)
+    click.echo(f"user {username} deactivated")
+
+
+@users.command("activate")
+@click.argument("username")
+@click.pass_context
+def users_activate(ctx: click.Context, username: str) -> None:
+    """Reactivate a user."""
+    from hub.services.users import set_active
+
+    with _services(ctx) as sc:
+        set_active(sc, username, True)
+    click.echo(f"user {username} activated")
