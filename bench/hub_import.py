@@ -60,7 +60,7 @@ from hub.audit_chain import GENESIS_HASH, compute_hash_raw, format_at
 from hub.db import AuditEvent, AuditHead, make_engine
 from hub.migrate import upgrade
 from hub.services import audit as audit_service
-from hub.services import exchange
+from hub.services import exchange, import_files, result_import
 from hub.services.approvals import approve_release
 from hub.services.context import HubKeys, ServiceContext, utc_now
 from hub.services.deployments import queue_deployment
@@ -221,9 +221,10 @@ def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
         setattr(obj, name, old)
 
 
-def exchange_fn(name: str) -> Callable[..., Any]:
-    """A function ``hub.services.exchange`` imported from elsewhere (patched where it is used)."""
-    fn: Callable[..., Any] = getattr(exchange, name)
+def import_fn(name: str) -> Callable[..., Any]:
+    """A function ``hub.services.result_import`` imported from elsewhere (patched where it is
+    used)."""
+    fn: Callable[..., Any] = getattr(result_import, name)
     return fn
 
 
@@ -236,17 +237,18 @@ def timed_import(
     session = hub.session
     results_dir = work / "results"
     results_dir.mkdir()
-    run = exchange._ImportRun
+    run = result_import._ImportRun
+    ri = result_import
     with (
         patched(run, "_receive", t.wrap("receive (read once: copy+inspect)", run._receive)),
         patched(run, "_lookup", t.wrap("lookups (2 queries per batch)", run._lookup)),
-        patched(exchange, "verify_bundle", t.wrap("verify_bundle", exchange_fn("verify_bundle"))),
+        patched(ri, "verify_bundle", t.wrap("verify_bundle", import_fn("verify_bundle"))),
         patched(shutil, "rmtree", t.wrap("staging rmtree", shutil.rmtree)),
-        patched(exchange, "_sync_copies", t.wrap("fsync copies", exchange._sync_copies)),
+        patched(result_import, "sync_copies", t.wrap("fsync copies", import_files.sync_copies)),
         patched(run, "_record", t.wrap("record (SQL, savepoints)", run._record)),
         patched(session, "commit", t.wrap("commit", session.commit)),
         patched(audit_service, "record", t.wrap("audit.record", audit_service.record, nested=True)),
-        patched(exchange, "fsync_dir", t.wrap("fsync_dir", exchange_fn("fsync_dir"), nested=True)),
+        patched(ri, "fsync_dir", t.wrap("fsync_dir", import_fn("fsync_dir"), nested=True)),
         patched(os, "fsync", t.wrap("os.fsync (inside the phases)", os.fsync, nested=True)),
         patched(bundle_staging, "_syncfs", t.wrap("syncfs", bundle_staging._syncfs, nested=True)),
     ):
@@ -268,7 +270,7 @@ def verifier_floor(
     """Seconds for ``verify_path`` alone over every file (fresh staging each, durable as
     before this import's batching), seconds for copy + fsync of every file, the fsync calls
     and seconds inside ``verify_path``, and seconds for ``verify_path(durable=False)`` staged
-    in ``exchange.MEMORY_STAGING`` (the verification the import does now: every check and
+    in ``result_import.MEMORY_STAGING`` (the verification the import does now: every check and
     digest, staging not flushed)."""
     expect = ExpectResult(hub_id=hub.keys.hub_id, agent_id=agent_id, agent_key=public)
     trusted = hub.keys.trusted_root
@@ -277,7 +279,7 @@ def verifier_floor(
 
     def verify_all(durable: bool) -> float:
         # Staged where the import stages now (tmpfs) when not durable, else on the data disk.
-        memory = exchange.MEMORY_STAGING
+        memory = result_import.MEMORY_STAGING
         where = memory if not durable and memory.is_dir() else work
         seconds = 0.0
         for f in files:

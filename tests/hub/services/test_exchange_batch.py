@@ -31,7 +31,7 @@ from hub.db import Agent as AgentRow
 from hub.db import AuditEvent, AuditHead, make_engine
 from hub.errors import AuditError
 from hub.migrate import upgrade
-from hub.services import audit, exchange
+from hub.services import audit, result_import
 from hub.services.context import ServiceContext
 from hub.services.exchange import ImportRow, import_directory
 from hub.services.users import bootstrap_admin, get_user
@@ -194,7 +194,7 @@ def test_crash_between_storing_and_committing(
     def crash(directory: Any) -> None:
         raise OSError("simulated crash after the stored files were written")
 
-    monkeypatch.setattr(exchange, "fsync_dir", crash)
+    monkeypatch.setattr(result_import, "fsync_dir", crash)
     with pytest.raises(OSError, match="simulated crash"):
         import_directory(world.ctx("op"), media, results_dir=results)
     monkeypatch.undo()
@@ -337,7 +337,7 @@ def test_held_head_batches_and_plain_appenders_stay_gap_free(pg_db: str) -> None
 def test_results_too_big_to_keep_in_memory_are_verified_from_the_copy(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(exchange, "KEEP_IN_MEMORY", 0)
+    monkeypatch.setattr(result_import, "KEEP_IN_MEMORY", 0)
     agent = _agent(world, tmp_path)
     r = _results(agent, 2)
     flipped = bytearray(r[1].read_bytes())

@@ -1,0 +1,83 @@
+"""Import an agent's offline enrollment request file (``enrollment-*.json``) found on the
+media beside the results: verify its self-signature, enroll the agent
+(:func:`hub.services.agents.enroll_agent`) and write the signed enrollment response next to
+it. A refused request is audited (``result.rejected``, check ``enrollment``) and left where
+it is.
+
+This module does not import result files (:mod:`hub.services.result_import`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hub.errors import HubError, ValidationError
+from hub.services import audit
+from hub.services.agents import EnrollmentRequest, enroll_agent
+from hub.services.context import ServiceContext
+from hub.services.import_files import ImportRow
+from signing.envelope import TYPE_ENROLLMENT, parse_envelope, verify_envelope
+from signing.errors import SigningError
+from signing.keys import PublicKey
+from signing.strictjson import loads_strict
+
+__all__ = ["MAX_ENROLLMENT_BYTES", "import_enrollment", "reject_file"]
+
+MAX_ENROLLMENT_BYTES = 64 * 1024  # bytes
+
+
+def reject_file(
+    ctx: ServiceContext, path: Path, reason: str, agent: str | None = None, check: str = "import"
+) -> ImportRow:
+    ctx.session.rollback()
+    audit.record(
+        ctx,
+        "result.rejected",
+        "file",
+        path.name[:200],
+        {"reason": reason[:2000], "check": check, "claimed_agent": agent},
+    )
+    ctx.session.commit()
+    return ImportRow(path.name, "rejected", reason, agent)
+
+
+
+def import_enrollment(ctx: ServiceContext, path: Path) -> ImportRow:
+    """An agent's enrollment request: self-signed by the key it announces."""
+    try:
+        data = path.read_bytes()[: MAX_ENROLLMENT_BYTES + 1]
+        env = parse_envelope(data, MAX_ENROLLMENT_BYTES)
+        doc = loads_strict(env.payload, MAX_ENROLLMENT_BYTES)
+        key = PublicKey.from_hex(doc["ed25519_public"])
+        verify_envelope(
+            data,
+            payload_type=TYPE_ENROLLMENT,
+            trusted=[key],
+            threshold=1,
+            max_bytes=MAX_ENROLLMENT_BYTES,
+        )
+        if not doc.get("environment"):
+            raise ValidationError("the request names no environment")
+        request = EnrollmentRequest(
+            hostname=doc["hostname"],
+            ed25519_public=doc["ed25519_public"],
+            x25519_public=doc["x25519_public"],
+            agent_id=doc.get("agent_id"),
+            labels=tuple(sorted((str(k), str(v)) for k, v in (doc.get("labels") or {}).items())),
+            agent_version=str(doc.get("agent_version", "")),
+            environment=doc["environment"],
+            hub_id=doc.get("hub_id"),
+        )
+        response = enroll_agent(ctx, doc["environment"], request)
+        ctx.session.commit()
+    except (SigningError, HubError, KeyError, TypeError, ValueError, OSError) as exc:
+        return reject_file(ctx, path, f"enrollment request refused: {exc}", None, "enrollment")
+    if ctx.keys is not None and ctx.keys.release_key is not None:
+        out = path.with_name(f"enrollment-response-{response.agent_id}.json")
+        out.write_bytes(response.to_envelope(ctx.keys.release_key))
+    return ImportRow(
+        path.name,
+        "enrolled",
+        f"agent {response.agent_id} enrolled in {response.environment}",
+        response.agent_id,
+    )
