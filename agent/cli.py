@@ -23,13 +23,19 @@ from agent.service import Agent
 
 __all__ = ["agent"]
 
-_HOME_HELP = "The agent home directory (default: $TIANGONG_AGENT_HOME or ./agent-home)."
+_HOME_HELP = ("The agent home directory (default: $TIANGONG_AGENT_HOME or ./agent-home); "
+              "before or after the command: `agent --home H status` = `agent status --home H`.")
+
+
+def _home_default(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path:
+    """A command's --home, else the group's --home (or $TIANGONG_AGENT_HOME), else ./agent-home."""
+    group_home = ctx.find_object(Path) if value is None else None
+    return value or group_home or Path("agent-home")
 
 
 def _home_option(func: Any) -> Any:
     return click.option("--home", "home", type=click.Path(file_okay=False, path_type=Path),
-                        envvar="TIANGONG_AGENT_HOME", default=Path("agent-home"),
-                        show_default=True, help=_HOME_HELP)(func)
+                        default=None, callback=_home_default, help=_HOME_HELP)(func)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -57,9 +63,14 @@ def _open(home: Path) -> Agent:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def agent() -> None:
+@click.option("--home", "home", type=click.Path(file_okay=False, path_type=Path),
+              envvar="TIANGONG_AGENT_HOME", default=None, help=_HOME_HELP)
+@click.pass_context
+def agent(ctx: click.Context, home: Path | None) -> None:
     """Run a site agent: it watches its inbox for bundle files, verifies each one
     completely, runs its steps, and writes a signed result to its outbox.
+
+    --home goes before the command or after it (after wins).
 
     \b
     Typical setup:
@@ -67,13 +78,15 @@ def agent() -> None:
       (take outbox/enrollment-*.json to the hub; add connections to agent.toml)
       tiangong agent run --home /var/lib/tiangong-agent
     """
+    ctx.obj = home  # the commands' --home default (see _home_default)
 
 
 @agent.command("init")
-@click.argument("home", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--root", "root_file", required=True, type=click.Path(dir_okay=False, exists=True),
-              help="The hub's root document (root.json), obtained from the hub operator "
-                   "out of band. The agent trusts only bundles chained to it.")
+@click.argument("home", type=click.Path(file_okay=False, path_type=Path), required=False)
+@click.option("--root", "root_file", required=True, type=click.Path(dir_okay=False),
+              help="The hub's root document: <hub data dir>/root.json, written by `tiangong "
+                   "hub init`, carried here out of band. The agent trusts only bundles "
+                   "chained to it.")
 @click.option("--id", "agent_id", help="Agent id (default: hostname plus a key prefix).")
 @click.option("--environment", help="The environment (site) this agent belongs to.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
@@ -85,15 +98,23 @@ def agent() -> None:
 @click.option("--passphrase-env", metavar="VAR",
               help="Encrypt the agent keys with the passphrase in VAR (then VAR must be set "
                    "when the agent runs). Default: keys stored unencrypted, mode 0600.")
-def init_cmd(home: Path, root_file: str, agent_id: str | None, environment: str | None,
+def init_cmd(home: Path | None, root_file: str, agent_id: str | None, environment: str | None,
              labels: tuple[str, ...], hub_url: str | None, insecure_loopback: bool,
              passphrase_env: str | None) -> None:
-    """Create an agent home in HOME: keys, config, journal and directories.
+    """Create an agent home in HOME (or the group's --home): keys, config, journal and
+    directories.
 
     Writes an enrollment request (outbox/enrollment-<id>.json) to carry to the hub, which
     registers the agent's public keys. Import the hub's answer with `tiangong agent
     enroll-response`: it pins the hub's live-channel CA.
     """
+    home = home or click.get_current_context().find_object(Path)
+    if home is None:
+        raise click.UsageError("give the agent home: `tiangong agent init HOME --root ...`")
+    if not Path(root_file).is_file():
+        raise click.UsageError(
+            f"--root {root_file}: no such file. It is the hub's root document, "
+            "<hub data dir>/root.json (written by `tiangong hub init`): copy it here")
     if hub_url:
         from agent.live import LiveTLSError, check_hub_url
 

@@ -1,10 +1,12 @@
 """``tiangong hub``: the group, its global options and the helpers every command uses.
 
 Global options: ``--data-dir`` (or ``TIANGONG_HUB_DATA_DIR``) and ``--as USER`` (or
-``TIANGONG_HUB_AS``; default: the operating-system login name). **The CLI trusts the local
-operating-system user**: whoever can read the data directory (database, online keys) can act
-as any hub user, so protect the data directory like the keys it holds. ``--as`` only says
-which hub user's roles apply and whose name goes into the audit log.
+``TIANGONG_HUB_AS``; default: the operating-system login name), accepted before the command
+(``hub --as carol import …``) or after it (``hub import … --as carol``); after wins.
+**The CLI trusts the local operating-system user**: whoever can read the data directory
+(database, online keys) can act as any hub user, so protect the data directory like the keys
+it holds. ``--as`` only says which hub user's roles apply and whose name goes into the audit
+log.
 
 Output: readable tables by default, ``--json`` on every listing/showing command for scripts.
 Exit codes: 0 success; 1 a domain error (permission, state, conflict, validation — the
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ from typing import Any
 
 import click
 
-from hub.errors import ConfigError, HubError
+from hub.errors import ConfigError, HubError, NotFoundError
 
 __all__ = ["hub"]
 
@@ -37,6 +40,44 @@ __all__ = ["hub"]
 class CliState:
     data_dir: Path | None
     actor: str | None
+
+    def actor_name(self) -> str:
+        """The hub user this command acts as: ``--as`` or the operating-system login name."""
+        return self.actor or getpass.getuser()
+
+
+#: What creates each kind of missing object; ``{name}`` is the name in the error.
+_FIXES = {
+    "user": "create it with `tiangong hub users add {name} --role ROLE` (as an admin; "
+            "roles: viewer, developer, operator, approver, auditor, admin)",
+    "environment": "create it with `tiangong hub environments create {name}` (as an admin)",
+    "product": "create it with `tiangong hub products create {name}`, or give "
+               "`releases create --create-product`",
+    "release": "create it with `tiangong hub releases create DIR`; "
+               "`tiangong hub releases list` shows what exists",
+    "agent": "`tiangong hub agents list` shows the enrolled agents",
+    "deployment": "`tiangong hub deployments list` shows the deployments",
+}
+_NOT_FOUND = re.compile(r"^(\w+) '?(.+?)'? does not exist$")
+
+
+def with_fix(exc: NotFoundError, *, acting_as: str | None = None, defaulted: bool = False) -> str:
+    """The message of ``exc`` followed by the command that fixes it (``user 'carol' does not
+    exist: create it with `tiangong hub users add carol --role ROLE` …``). ``acting_as``:
+    the missing user is the one the command acts as (``--as``)."""
+    message = str(exc)
+    match = _NOT_FOUND.match(message)
+    if match is None or match.group(1) not in _FIXES:
+        return message
+    kind, name = match.groups()
+    if kind == "release":
+        name = name.split(" ")[0]
+    fix = _FIXES[kind].format(name=name)
+    if acting_as is not None:
+        how = ("--as was not given, so the hub user is your login name; give --as USER or "
+               if defaulted else "")
+        return f"{message} (the user this command acts as): {how}{fix}"
+    return f"{message}: {fix}"
 
 
 def _state(ctx: click.Context) -> CliState:
@@ -76,10 +117,17 @@ def _services(ctx: click.Context, *, as_actor: bool = True) -> Iterator[Any]:
     try:
         actor = None
         if as_actor:
-            name = state.actor or getpass.getuser()
-            actor = get_user(session, name)
+            try:
+                actor = get_user(session, state.actor_name())
+            except NotFoundError as exc:
+                raise NotFoundError(with_fix(exc, acting_as=state.actor_name(),
+                                             defaulted=state.actor is None)) from exc
         yield ServiceContext(session, utc_now, actor, keys, cfg.releases_dir)
         session.commit()
+    except NotFoundError as exc:
+        session.rollback()
+        click.echo(f"error: {with_fix(exc)}", err=True)
+        sys.exit(1)
     except HubError as exc:
         session.rollback()
         click.echo(f"error: {exc}", err=True)
@@ -139,22 +187,55 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 # --- root group -----------------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_DATA_DIR_HELP = "The hub's data directory [env TIANGONG_HUB_DATA_DIR]."
+_AS_HELP = ("Act as this hub user [env TIANGONG_HUB_AS; default: your login name]. The CLI "
+            "trusts the local OS user who can read the data directory.")
+
+
+def _late_data_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        _state(ctx).data_dir = value
+
+
+def _late_actor(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        _state(ctx).actor = value
+
+
+class HubGroup(click.Group):
+    """A command group whose every command also accepts the global options ``--data-dir``
+    and ``--as`` after its name (``hub import DIR --as carol``), besides before it."""
+
+    group_class = type  # sub-groups (users, releases …) are HubGroups too
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group):
+            cmd.params.extend([
+                click.Option(["--data-dir", "late_data_dir"], expose_value=False,
+                             type=click.Path(file_okay=False, path_type=Path),
+                             callback=_late_data_dir, help=_DATA_DIR_HELP.replace(
+                                 " [env", " (also accepted before the command) [env")),
+                click.Option(["--as", "late_actor"], metavar="USER", expose_value=False,
+                             callback=_late_actor, help="Act as this hub user (also "
+                             "accepted before the command; see `tiangong hub --help`)."),
+            ])
+        super().add_command(cmd, name)
+
+
+@click.group(cls=HubGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--data-dir",
     envvar="TIANGONG_HUB_DATA_DIR",
     type=click.Path(file_okay=False, path_type=Path),
-    help="The hub's data directory [env TIANGONG_HUB_DATA_DIR].",
+    help=_DATA_DIR_HELP,
 )
-@click.option(
-    "--as",
-    "actor",
-    envvar="TIANGONG_HUB_AS",
-    metavar="USER",
-    help="Act as this hub user [env TIANGONG_HUB_AS; default: your login name]. The CLI "
-    "trusts the local OS user who can read the data directory.",
-)
+@click.option("--as", "actor", envvar="TIANGONG_HUB_AS", metavar="USER", help=_AS_HELP)
 @click.pass_context
 def hub(ctx: click.Context, data_dir: Path | None, actor: str | None) -> None:
-    """Run the hub: releases, approvals, environments, agents, deployments, audit."""
+    """Run the hub: releases, approvals, environments, agents, deployments, audit.
+
+    The global options --data-dir and --as go before the command or after it (after
+    wins): `tiangong hub --as carol import /media/usb` is `tiangong hub import /media/usb
+    --as carol`. Commands that print something a script would read take --json.
+    """
     ctx.obj = CliState(data_dir, actor)

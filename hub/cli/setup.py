@@ -14,9 +14,24 @@ import click
 from hub.cli.base import _config, _state, hub
 from hub.errors import ConfigError, HubError
 
+SIGN_IN_METHODS = ("none", "saml")  # how people sign in to the web UI (hub init --sign-in)
+
 
 @hub.command()
-@click.option("--admin", "admin", required=True, metavar="USER", help="The first admin.")
+@click.option("--admin", "admin", default=None, metavar="USER",
+              help="The first admin (default: asked on a terminal, else your login name).")
+@click.option("--environment", "environment", default=None, metavar="NAME",
+              help="Also create this first environment (site) (asked on a terminal).")
+@click.option("--sign-in", "sign_in", type=click.Choice(SIGN_IN_METHODS), default=None,
+              help="How people sign in to the web UI: saml (with --idp-metadata and "
+                   "--public-url) or none (the CLI only, until [saml] is set in hub.toml). "
+                   "Asked on a terminal; default: saml when --idp-metadata is given, else none.")
+@click.option("--idp-metadata", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None, help="The SAML identity provider's metadata XML (copied into the "
+                                 "data directory as idp-metadata.xml).")
+@click.option("--public-url", default=None, metavar="URL",
+              help="How browsers reach the hub, e.g. https://hub.example.org (SAML's "
+                   "sp_base_url).")
 @click.option("--hub-id", default=None, help="Hub identifier (default: generated).")
 @click.option("--database-url", default=None, help="Default: SQLite in the data directory.")
 @click.option(
@@ -43,7 +58,11 @@ from hub.errors import ConfigError, HubError
 @click.pass_context
 def init(
     ctx: click.Context,
-    admin: str,
+    admin: str | None,
+    environment: str | None,
+    sign_in: str | None,
+    idp_metadata: Path | None,
+    public_url: str | None,
     hub_id: str | None,
     database_url: str | None,
     root_key_out: Path | None,
@@ -52,7 +71,8 @@ def init(
     tls_names: tuple[str, ...],
 ) -> None:
     """Create the data directory, database, keys, root document, the live channel's private
-    CA and server certificate, and the first admin."""
+    CA and server certificate, the first admin, the first environment and the web UI's
+    sign-in settings. On a terminal it asks for what the options do not give."""
     import tomli_w
 
     from hub.db import make_engine, make_session_factory
@@ -68,6 +88,11 @@ def init(
     if state.data_dir is None:
         raise click.UsageError("give --data-dir or set TIANGONG_HUB_DATA_DIR")
     data_dir = state.data_dir.absolute()
+    if (data_dir / "hub.toml").exists() or (data_dir / "root.json").exists():
+        click.echo(f"error: {data_dir} is already initialised", err=True)
+        sys.exit(2)
+    admin, environment, saml = _init_answers(admin, environment, sign_in, idp_metadata,
+                                             public_url, interactive=sys.stdin.isatty())
     passphrase = None
     if not insecure_no_passphrase:
         try:
@@ -100,10 +125,16 @@ def init(
         settings: dict[str, Any] = {"hub_id": trust.hub_id, "secret_key": secrets.token_hex(32)}
         if database_url:
             settings["database_url"] = database_url
+        doc: dict[str, Any] = {"hub": settings}
+        if saml is not None:
+            metadata, url = saml
+            copy = data_dir / "idp-metadata.xml"
+            copy.write_bytes(metadata.read_bytes())
+            doc["saml"] = {"sp_base_url": url, "idp_metadata_file": copy.name}
         fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(b"# Tiangong hub settings (TIANGONG_HUB_* environment variables win)\n")
-            fh.write(tomli_w.dumps({"hub": settings}).encode("utf-8"))
+            fh.write(tomli_w.dumps(doc).encode("utf-8"))
         (data_dir / "releases").mkdir(exist_ok=True)
         from hub.config import load_config
 
@@ -112,8 +143,9 @@ def init(
         try:
             upgrade(engine)
             with make_session_factory(engine)() as session:
-                bootstrap_admin(session, lambda: now, admin)
+                first = bootstrap_admin(session, lambda: now, admin)
                 session.commit()
+                env_error = _first_environment(session, first, environment, data_dir)
         finally:
             engine.dispose()
     except HubError as exc:
@@ -126,11 +158,82 @@ def init(
     click.echo(f"  audit key      {trust.audit_key}")
     click.echo(f"  live TLS CA    {tls.ca_cert}  (enrollment responses carry it to agents)")
     click.echo(f"  live TLS cert  {tls.server_cert}  for {_cert_names(server_cert)}")
-    click.echo(f"  first admin    {admin}")
+    click.echo(f"  first admin    {admin}  (act as them: tiangong hub --as {admin} …)")
+    if environment and env_error is None:
+        click.echo(f"  environment    {environment}")
+    if saml is not None:
+        click.echo(f"  web sign-in    SAML: IdP metadata {data_dir / 'idp-metadata.xml'}, "
+                   f"hub at {saml[1]}")
+    else:
+        click.echo("  web sign-in    none configured: add [saml] to hub.toml (docs/web-login.md)")
     enc = "passphrase-encrypted" if trust.root_key_encrypted else "NOT encrypted"
     click.echo(f"ROOT KEY ({enc}): {trust.root_key}")
     click.echo("  Move it off this machine now (offline storage); the hub runs without it and")
     click.echo("  needs it only to rotate keys (tiangong keys root rotate).")
+    click.echo(f"Next: add people with `tiangong hub --as {admin} users add NAME --role ROLE`.")
+    if env_error is not None:
+        click.echo(f"error: {env_error}", err=True)
+        sys.exit(1)
+
+
+def _init_answers(admin: str | None, environment: str | None, sign_in: str | None,
+                  idp_metadata: Path | None, public_url: str | None, *,
+                  interactive: bool) -> tuple[str, str | None, tuple[Path, str] | None]:
+    """The first admin, first environment and SAML settings of ``hub init``: from the
+    options, else asked on a terminal, else the defaults (login name, none, none).
+
+    Raises:
+        click.UsageError: SAML asked for without its metadata or public URL.
+    """
+    import getpass
+
+    if admin is None:
+        admin = (click.prompt("First admin (a hub user name)", default=getpass.getuser())
+                 if interactive else getpass.getuser())
+    if environment is None and interactive:
+        environment = click.prompt("First environment (a site, e.g. plant-a; empty: none)",
+                                   default="", show_default=False) or None
+    if sign_in is None:
+        if idp_metadata is not None:
+            sign_in = "saml"
+        elif interactive:
+            sign_in = click.prompt("Web UI sign-in", type=click.Choice(SIGN_IN_METHODS),
+                                   default="none")
+        else:
+            sign_in = "none"
+    if sign_in != "saml":
+        if idp_metadata is not None or public_url is not None:
+            raise click.UsageError("--idp-metadata and --public-url go with --sign-in saml")
+        return admin, environment, None
+    if idp_metadata is None and interactive:
+        idp_metadata = click.prompt("The IdP's metadata XML file", type=click.Path(
+            dir_okay=False, exists=True, path_type=Path))
+    if public_url is None and interactive:
+        public_url = click.prompt("How browsers reach the hub (e.g. https://hub.example.org)")
+    if idp_metadata is None or not public_url:
+        raise click.UsageError("--sign-in saml needs --idp-metadata FILE and --public-url URL")
+    return admin, environment, (idp_metadata, public_url.rstrip("/"))
+
+
+def _first_environment(session: Any, admin: Any, name: str | None,
+                       data_dir: Path) -> str | None:
+    """Create the first environment as the first admin; the error (with its fix) if that
+    fails, None otherwise. The hub is usable either way."""
+    from hub.keystore import load_hub_keys
+    from hub.services.context import ServiceContext, utc_now
+    from hub.services.environments import create_environment
+
+    if not name:
+        return None
+    sc = ServiceContext(session, utc_now, admin, load_hub_keys(data_dir), None)
+    try:
+        create_environment(sc, name)
+        session.commit()
+    except HubError as exc:
+        session.rollback()
+        return (f"environment {name!r} not created: {exc}; the hub is ready otherwise: "
+                f"create it with `tiangong hub --as {admin.username} environments create NAME`")
+    return None
 
 
 def _cert_names(cert: Any) -> str:

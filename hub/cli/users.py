@@ -46,6 +46,34 @@ def users_create(
     _emit(row, as_json)
 
 
+@users.command("add")
+@click.argument("username")
+@click.option("--role", "roles", multiple=True, metavar="ROLE",
+              help="Grant this role (repeatable): viewer, developer, operator, approver, "
+                   "auditor, admin.")
+@click.option("--environment", default=None,
+              help="Grant the roles in this environment only (default: in all).")
+@click.option("--display-name", default="")
+@click.option("--email", default="")
+@click.option("--source", type=click.Choice(["local", "saml"]), default="local")
+@json_option
+@click.pass_context
+def users_add(ctx: click.Context, username: str, roles: tuple[str, ...],
+              environment: str | None, display_name: str, email: str, source: str,
+              as_json: bool) -> None:
+    """Create a user and grant it its roles, in one step (all or nothing): `users create`
+    followed by `users grant` for each --role."""
+    from hub.services.users import create_user, grant_role
+
+    with _services(ctx) as sc:
+        user = create_user(sc, username, display_name=display_name, email=email, source=source)
+        for role in roles:
+            grant_role(sc, username, role, environment)
+        sc.session.refresh(user)
+        row = _user_row(user)
+    _emit(row, as_json)
+
+
 @users.command("list")
 @json_option
 @click.pass_context

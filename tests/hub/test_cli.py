@@ -3,6 +3,7 @@ user → queue; audit verify/export; tables and --json."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -308,3 +309,100 @@ def test_import_batch_size_is_checked_and_used(hub_dir: Path, tmp_path: Path) ->
     out = json.loads(run(hub_dir, "import", str(media), "--batch-size", "1", "--json",
                          actor="ops").output)
     assert [r["status"] for r in out] == ["enrolled"]
+
+
+def _table_counts(data: Path) -> dict[str, int]:
+    """Rows per table of the hub's SQLite database (to show that nothing changed)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(data / "hub.db")) as db:
+        names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {n: db.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
+
+
+@pytest.mark.parametrize(
+    ("actor", "args", "expected"),
+    [
+        ("carol", ("releases", "list"),
+         "user 'carol' does not exist (the user this command acts as): create it with "
+         "`tiangong hub users add carol --role ROLE`"),
+        (None, ("releases", "list"),
+         "--as was not given, so the hub user is your login name; give --as USER or create "
+         "it with `tiangong hub users add"),
+        ("admin", ("users", "grant", "zed", "operator"),
+         "user 'zed' does not exist: create it with `tiangong hub users add zed --role ROLE`"),
+        ("admin", ("users", "grant", "ops", "operator", "--environment", "plant-b"),
+         "environment 'plant-b' does not exist: create it with "
+         "`tiangong hub environments create plant-b`"),
+        ("ops", ("deployments", "queue", "nope", "9.9", "--environment", "plant-b"),
+         "release nope 9.9 does not exist: create it with `tiangong hub releases create DIR`"),
+        ("admin", ("agents", "revoke", "ghost-01"),
+         "agent 'ghost-01' does not exist: `tiangong hub agents list` shows the enrolled agents"),
+    ],
+)
+def test_a_missing_object_is_named_with_the_command_that_creates_it(
+    hub_dir: Path, monkeypatch: pytest.MonkeyPatch, actor: str | None, args: tuple[str, ...],
+    expected: str,
+) -> None:
+    monkeypatch.setattr("getpass.getuser", lambda: "login-name-not-a-hub-user")
+    before = _table_counts(hub_dir)
+    result = run(hub_dir, *args, actor=actor, ok=False)
+    assert result.exit_code == 1
+    assert expected in " ".join(result.output.split())
+    assert _table_counts(hub_dir) == before  # nothing changed
+
+
+def test_users_add_creates_and_grants_in_one_step(hub_dir: Path) -> None:
+    run(hub_dir, "environments", "create", "plant-a")
+    row = json.loads(run(hub_dir, "users", "add", "carol", "--role", "operator", "--role",
+                         "approver", "--environment", "plant-a", "--json").output)
+    assert row["username"] == "carol"
+    assert row["roles"] == ["approver@plant-a", "operator@plant-a"]
+    before = run(hub_dir, "users", "list", "--json").output
+    bad = run(hub_dir, "users", "add", "eve", "--role", "operator", "--role", "bogus", ok=False)
+    assert bad.exit_code == 1 and "unknown role 'bogus'" in bad.output
+    assert run(hub_dir, "users", "list", "--json").output == before  # no half-made user
+
+
+def test_global_options_before_or_after_the_command(hub_dir: Path) -> None:
+    before = CliRunner().invoke(root, ["hub", "--data-dir", str(hub_dir), "--as", "aud",
+                                       "users", "list", "--json"])
+    after = CliRunner().invoke(root, ["hub", "users", "list", "--json", "--data-dir",
+                                      str(hub_dir), "--as", "aud"])
+    assert before.exit_code == 0 and after.exit_code == 0, after.output
+    assert before.output == after.output
+    # after the command wins over before it
+    wins = CliRunner().invoke(root, ["hub", "--data-dir", str(hub_dir), "--as", "mallory",
+                                     "users", "list", "--as", "aud"])
+    assert wins.exit_code == 0, wins.output
+    helped = CliRunner().invoke(root, ["hub", "--help"]).output
+    assert "go before the command or after it" in " ".join(helped.split())
+    assert "--data-dir" in CliRunner().invoke(root, ["hub", "users", "grant", "--help"]).output
+
+
+def test_init_makes_the_first_environment_and_saml_sign_in(tmp_path: Path) -> None:
+    from hub.config import load_config
+    from web.config import load_web_config
+
+    metadata = tmp_path / "idp.xml"
+    metadata.write_text("<EntityDescriptor/>")
+    data = tmp_path / "hub"
+    out = run(data, "init", "--admin", "root-admin", "--environment", "plant-a",
+              "--sign-in", "saml", "--idp-metadata", str(metadata), "--public-url",
+              "https://hub.example.org/", "--insecure-no-passphrase", actor=None).output
+    assert "environment    plant-a" in out and "web sign-in    SAML" in out
+    envs = json.loads(run(data, "environments", "list", "--json", actor="root-admin").output)
+    assert [e["name"] for e in envs] == ["plant-a"]
+    web = load_web_config(load_config(data))
+    assert web.saml is not None and web.saml.sp_base_url == "https://hub.example.org"
+    assert web.saml.idp_metadata_file == data / "idp-metadata.xml"
+    assert (data / "idp-metadata.xml").read_text() == "<EntityDescriptor/>"
+
+
+def test_init_refuses_saml_without_its_settings_and_creates_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "hub"
+    result = run(data, "init", "--sign-in", "saml", "--insecure-no-passphrase", actor=None,
+                 ok=False)
+    assert result.exit_code == 2
+    assert "--sign-in saml needs --idp-metadata FILE and --public-url URL" in result.output
+    assert not data.exists()
