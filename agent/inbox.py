@@ -11,9 +11,12 @@ Rules, applied by :meth:`Inbox.scan` on every call:
 * Temp names are skipped silently: ``*.part``, ``*.tmp``, ``*.partial``, ``*.crdownload`` and
   names starting with ``.`` or ``~``. Directories are skipped. Anything else is logged once as
   ``ignored: not a bundle`` and left where it is.
-* A file is *settled* when its ``(size, mtime_ns)`` has not changed for ``settle_seconds`` as
-  observed over successive scans. First sight starts the clock and any change restarts it, so a
-  file already present when the agent starts still waits one full interval.
+* A file is *settled* when its ``(size, mtime_ns)`` has not changed for ``settle_seconds``: by
+  its age (its modification time is at least ``settle_seconds`` in the past by the wall clock,
+  and a second look shows the same size and time), or, when the file's time cannot be trusted
+  (set in the future), as observed over successive scans. So a file that has sat unchanged for
+  minutes is picked up by the first scan of a fresh process (``agent run --once`` from cron or
+  a systemd timer), and ``agent status`` tells settling files from ready ones.
 * A split bundle is ready when every one of its parts is settled and part 0 says (via the
   injected ``parts_needed``) how many data parts there are and all of them are present.
   Until then it is reported as e.g. ``waiting for parts 3, 5 of 7``; it is never quarantined
@@ -46,6 +49,7 @@ import stat
 import tempfile
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,6 +66,7 @@ __all__ = [
     "WaitingItem",
     "default_parts_needed",
     "move_to",
+    "printable",
     "write_reason",
 ]
 
@@ -72,6 +77,7 @@ DEFAULT_RESCAN_SECONDS = 10.0  # seconds between wake-ups when no filesystem eve
 WATCHER_JOIN_SECONDS = 5.0  # seconds to wait for watcher threads on stop()
 COPY_CHUNK_BYTES = 1024 * 1024  # bytes per read when copying across filesystems
 MAX_INBOX_ENTRIES = 10_000  # directory entries considered per scan (stat calls are per entry)
+REASON_HASH_CAP = 64 * 1024 * 1024  # bytes of one file hashed for its reason-file line
 
 BUNDLE_SUFFIX = ".tgb"
 TEMP_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload")
@@ -121,6 +127,31 @@ class _Candidate:
     kind: Literal["single", "split"]
     base: str
     index: int  # part index, 0 for a single file
+
+
+def printable(name: str) -> str:
+    """*name* made safe for one line of a log or reason file. Pure.
+
+    A file name may be any byte sequence but ``/`` and NUL: bytes that are not UTF-8 (held by
+    Python as lone surrogates) become ``\\xNN``, control, format and separator characters
+    (newline, ESC, U+2028, bidi overrides …) become ``\\xNN`` / ``\\uNNNN``, and a backslash
+    is doubled, so the text cannot fake a line, hide itself or be mistaken for another name.
+    """
+    out: list[str] = []
+    for ch in name:
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:  # os.fsdecode's surrogateescape for an undecodable byte
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(ch) in _UNPRINTABLE:
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 def _classify(name: str) -> _Candidate | Literal["temp", "other"]:
@@ -189,6 +220,7 @@ class Inbox:
         settle_seconds: how long a file must stay unchanged before it counts as complete.
         parts_needed: tells the number of data parts of a split bundle from its part 0.
         clock: used by :meth:`scan` when no time is passed (monotonic seconds).
+        wall_clock: the time files' modification times are compared with (Unix seconds).
     """
 
     def __init__(
@@ -198,8 +230,10 @@ class Inbox:
         settle_seconds: float = DEFAULT_SETTLE_SECONDS,
         parts_needed: PartsNeeded = default_parts_needed,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.directory = Path(directory)
+        self._wall_clock = wall_clock
         self.settle_seconds = settle_seconds
         self._parts_needed = parts_needed
         self._clock = clock
@@ -352,7 +386,18 @@ class Inbox:
 
     def _settled(self, now: float, name: str) -> bool:
         seen = self._seen[name]
-        return now - seen.changed_at >= self.settle_seconds
+        if now - seen.changed_at >= self.settle_seconds:
+            return True
+        age = self._wall_clock() - seen.mtime_ns / 1e9
+        if age < self.settle_seconds:
+            return False
+        # Old enough by its own time: look once more, so a file appended to right now (its
+        # time not yet updated on some file systems) is not taken.
+        try:
+            st = _lstat(self.directory / name)
+        except OSError:
+            return False
+        return (st.st_size, st.st_mtime_ns) == (seen.size, seen.mtime_ns)
 
     def _unreadable(self, names: Iterable[str]) -> str | None:
         for name in names:
@@ -538,14 +583,6 @@ def move_to(item: ReadyItem, dest_dir: Path | str) -> list[Path]:
     return targets
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(COPY_CHUNK_BYTES):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _item_files(dest_dir: Path, name: str) -> list[Path]:
     found = []
     for entry in sorted(_listdir(dest_dir)):
@@ -553,6 +590,25 @@ def _item_files(dest_dir: Path, name: str) -> list[Path]:
         if entry == name or (isinstance(cand, _Candidate) and cand.base == name):
             found.append(dest_dir / entry)
     return found
+
+
+def _file_line(path: Path) -> str:
+    size = path.stat().st_size
+    digest, hashed = _sha256_prefix(path, REASON_HASH_CAP)
+    line = f"sha256:{digest}  {size}  {printable(path.name)}"
+    if hashed < size:
+        line += f"  (SHA-256 of the first {hashed} bytes only)"
+    return line
+
+
+def _sha256_prefix(path: Path, cap: int) -> tuple[str, int]:
+    h = hashlib.sha256()
+    done = 0
+    with open(path, "rb") as f:
+        while done < cap and (chunk := f.read(min(COPY_CHUNK_BYTES, cap - done))):
+            h.update(chunk)
+            done += len(chunk)
+    return h.hexdigest(), done
 
 
 def write_reason(
@@ -568,6 +624,9 @@ def write_reason(
 
     The file names the check that failed, the reason, the time (UTC) and the SHA-256 of each of
     the item's files: *files* if given, else ``name`` and ``name.partNNN`` found in *dest_dir*.
+    Every name and reason line is passed through :func:`printable`, so a hostile file name
+    cannot break the file or write lines of its own. A file over ``REASON_HASH_CAP`` bytes is
+    hashed over its first ``REASON_HASH_CAP`` bytes only, and the line says so.
 
     Raises:
         ValueError: *name* is not a plain file name.
@@ -578,13 +637,14 @@ def write_reason(
     dest = Path(dest_dir)
     when = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     paths = list(files) if files is not None else _item_files(dest, name)
+    reason_lines = [printable(line) for line in reason.strip().split("\n")]
     lines = [
-        f"bundle: {name}",
-        f"check: {check}",
-        "reason: " + reason.strip().replace("\n", "\n  "),
+        f"bundle: {printable(name)}",
+        f"check: {printable(check)}",
+        "reason: " + "\n  ".join(reason_lines),
         f"time: {when}",
         "files:",
-        *(f"  sha256:{_sha256_file(p)}  {p.stat().st_size}  {p.name}" for p in paths),
+        *(f"  {_file_line(p)}" for p in paths),
     ]
     target = dest / f"{name}.reason.txt"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=dest)

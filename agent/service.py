@@ -34,11 +34,13 @@ from agent.config import AgentConfig
 from agent.home import AgentKeys, load_keys
 from agent.inbox import Inbox, InboxWatcher, ReadyItem, move_to, write_reason
 from agent.journal import Journal, JournalError
+from agent.order import Held, Sequencer, held_rows
 from agent.results import write_result
 from agent.runner import BundleOutcome, Runner, StepReport
-from bundle.errors import BundleError
+from bundle.errors import BundleError, InsufficientSpaceError
 from bundle.parts import find_first_part
 from bundle.reader import (
+    AdmitFn,
     ExpectRelease,
     VerifiedBundle,
     VerifierState,
@@ -58,7 +60,8 @@ log = logging.getLogger("tiangong.agent")
 @dataclass(frozen=True)
 class ProcessOutcome:
     name: str
-    status: str  # succeeded | failed | rejected | duplicate | waiting | interrupted | deferred
+    # succeeded | failed | rejected | duplicate | waiting | interrupted | deferred | held
+    status: str
     summary: str
     bundle_id: str | None = None
     result: Path | None = None
@@ -79,8 +82,9 @@ class Agent:
         self.keys = keys or load_keys(config)
         self.clock = clock
         self.journal = Journal(config.journal_path, clock=clock)
-        self.inbox = Inbox(config.inbox, settle_seconds=config.settle_seconds)
+        self.inbox = Inbox(config.inbox, settle_seconds=config.settle_seconds, wall_clock=clock)
         self.runner = Runner(config, self.journal, live_log=live_log, clock=clock)
+        self.order = Sequencer(self.journal, self._accepted)
         self.wake = threading.Event()
         self.stopping = threading.Event()
 
@@ -100,6 +104,10 @@ class Agent:
             raise RuntimeError("no pinned root in the journal; re-run 'tiangong agent init'")
         return (TrustedRoot.pin(rec.root_envelope),
                 VerifierState(rec.root_version, rec.sequence, rec.time_floor))
+
+    def _accepted(self) -> tuple[int, int]:
+        _, state = self._trust()
+        return (state.root_version, state.sequence)
 
     # -- startup ----------------------------------------------------------------------------
 
@@ -124,30 +132,41 @@ class Agent:
     # -- one item ---------------------------------------------------------------------------
 
     def process(self, item: ReadyItem) -> ProcessOutcome:
-        """Verify, accept, run and report one inbox item. Never raises for bad data."""
-        trusted, state = self._trust()
-        expect = ExpectRelease(agent_id=self.config.agent_id,
-                               environment=self.config.environment)
-        self.config.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Verify, accept, run and report one inbox item. Never raises for bad data.
+
+        A bundle whose predecessor has not been applied, or that does not fit in staging
+        now, is ``held``: left in the inbox, with the reason (``agent.order``).
+        """
         try:
-            if item.kind == "split":
-                vb = verify_parts(list(item.paths), trusted_root=trusted, state=state,
-                                  expect=expect, staging_dir=self.config.staging,
-                                  label=item.name, clock=lambda: int(self.clock()))
-            else:
-                vb = verify_path(item.paths[0], trusted_root=trusted, state=state,
-                                 expect=expect, staging_dir=self.config.staging,
-                                 label=item.name, clock=lambda: int(self.clock()))
+            vb = self._verify(item, self.order.admit)
+        except Held as held:
+            seq = held.position[1] if held.position else None
+            return ProcessOutcome(item.name, "held", self.order.hold(item, held.reason, seq))
+        except InsufficientSpaceError as exc:
+            return ProcessOutcome(item.name, "held", self.order.hold_for_space(item, exc))
         except BundleError as exc:
             dup = self._duplicate_of(item, exc)
             if dup is not None:
                 return dup
+            exc = self.order.explain(exc)
             return self._reject(item, exc.check, str(exc))
         except OSError as exc:
             # Transport trouble: leave the files; the next scan tries again.
             log.error("cannot read %s: %s; leaving it in the inbox", item.name, exc)
             return ProcessOutcome(item.name, "deferred", f"cannot read: {exc}")
         return self._accept_and_run(item, vb)
+
+    def _verify(self, item: ReadyItem, admit: AdmitFn) -> VerifiedBundle:
+        trusted, state = self._trust()
+        expect = ExpectRelease(agent_id=self.config.agent_id,
+                               environment=self.config.environment)
+        self.config.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+        kwargs: dict[str, Any] = dict(trusted_root=trusted, state=state, expect=expect,
+                                      staging_dir=self.config.staging, label=item.name,
+                                      clock=lambda: int(self.clock()), admit=admit)
+        if item.kind == "split":
+            return verify_parts(list(item.paths), **kwargs)
+        return verify_path(item.paths[0], **kwargs)
 
     def _duplicate_of(self, item: ReadyItem, exc: BundleError) -> ProcessOutcome | None:
         """A replayed bundle whose exact envelope was accepted before is a duplicate."""
@@ -303,11 +322,8 @@ class Agent:
 
     def run_once(self) -> list[ProcessOutcome]:
         """One pass: scan the inbox, process ready items, run bundles whose time has come."""
-        outcomes: list[ProcessOutcome] = []
-        for item in self.inbox.scan(self.clock()):
-            if self.stopping.is_set():
-                break
-            outcomes.append(self.process(item))
+        outcomes = self.order.run(self.inbox.scan(self.clock()), self._verify, self.process,
+                                  self.stopping.is_set)
         for rec in self.journal.bundles(("waiting",)):
             if rec.not_before is None or rec.not_before <= self.clock():
                 outcomes.append(self.run_accepted(rec.bundle_id))
@@ -351,6 +367,7 @@ class Agent:
                 for b in self.journal.bundles()
             ],
             "inbox_waiting": [{"name": w.name, "reason": w.reason} for w in self.inbox.waiting()],
+            "inbox_held": held_rows(self.order.held()),
             "quarantined": self.journal.rejections(),
             "results": self.journal.results(),
         }

@@ -28,6 +28,8 @@ wrapped: it says nothing about the bundle's validity.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BundleError",
     "BundleFormatError",
@@ -92,7 +94,14 @@ class MisaddressedError(BundleError):
 
 
 class ReplayError(BundleError):
+    """Not newer than what was accepted (§9.3 rule 4). ``manifest`` is the *verified*
+    manifest (its signature checked), so the caller may name the bundle (§9.7)."""
+
     check = "sequence"
+
+    def __init__(self, message: str, manifest: Any = None) -> None:
+        super().__init__(message)
+        self.manifest = manifest
 
 
 class ExpiredError(BundleError):

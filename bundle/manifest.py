@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from bundle.container import payload_member
@@ -34,9 +35,13 @@ __all__ = [
     "FORMAT",
     "KIND_RELEASE",
     "KIND_RESULT",
+    "MAX_LOST_ENTRIES",
     "PAYLOAD_TYPE_OF_KIND",
     "Approval",
+    "ChainInfo",
+    "ChainLink",
     "FileEntry",
+    "LostBundle",
     "Manifest",
     "PartDigest",
     "PartsInfo",
@@ -56,6 +61,7 @@ PAYLOAD_TYPE_OF_KIND = {KIND_RELEASE: TYPE_RELEASE, KIND_RESULT: TYPE_RESULT}
 
 MAX_TEXT_CHARS = 256  # identifiers and single-line text (§6.1)
 MAX_LONG_TEXT_CHARS = 4096  # descriptions and comments (§6.1)
+MAX_LOST_ENTRIES = 64  # lost-bundle decisions one manifest carries (§6.8)
 _INT_MAX = 2**63 - 1
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _BUNDLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -467,10 +473,163 @@ class PartsInfo:
         return cls(doc["size"], doc["count"], tuple(digests))
 
 
+@dataclass(frozen=True)
+class ChainLink:
+    """One bundle of a target's sequence chain, as the hub describes it (§6.8).
+
+    Enough for an operator to recognise the bundle on a stick: its place in the chain
+    (``root_version``, ``sequence``), its ``bundle_id``, the release it carries, when it was
+    exported (Unix seconds) and by whom.
+    """
+
+    root_version: int
+    sequence: int
+    bundle_id: str
+    product: str
+    version: str
+    exported_at: int
+    exported_by: str
+
+    def __post_init__(self) -> None:
+        _int(self.root_version, "root_version", 1)
+        _int(self.sequence, "sequence", 1)
+        if not isinstance(self.bundle_id, str) or not _BUNDLE_ID.fullmatch(self.bundle_id):
+            raise _fail("bundle_id", "must be 1-128 characters of A-Z a-z 0-9 . _ -")
+        _text(self.product, "product")
+        _text(self.version, "version")
+        _int(self.exported_at, "exported_at")
+        _text(self.exported_by, "exported_by")
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """``(root_version, sequence)``: links compare by it."""
+        return (self.root_version, self.sequence)
+
+    def describe(self) -> str:
+        """``sequence 9, hello 1.0.9, exported 2026-12-01 by carol`` (for operators)."""
+        day = _day(self.exported_at)
+        epoch = "" if self.root_version == 1 else f" (root version {self.root_version})"
+        return (f"sequence {self.sequence}{epoch}, {self.product} {self.version}, exported "
+                f"{day} by {self.exported_by}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"root_version": self.root_version, "sequence": self.sequence,
+                "bundle_id": self.bundle_id, "product": self.product, "version": self.version,
+                "exported_at": self.exported_at, "exported_by": self.exported_by}
+
+    @classmethod
+    def from_json(cls, value: object) -> ChainLink:
+        doc = _object(value, ("root_version", "sequence", "bundle_id", "product", "version",
+                              "exported_at", "exported_by"))
+        return cls(doc["root_version"], doc["sequence"], doc["bundle_id"], doc["product"],
+                   doc["version"], doc["exported_at"], doc["exported_by"])
+
+
+def _day(t: int) -> str:
+    try:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d")
+    except (OverflowError, OSError, ValueError):
+        return f"{t} (Unix seconds)"
+
+
+@dataclass(frozen=True)
+class LostBundle:
+    """The hub's signed decision that a bundle of the chain is lost or superseded (§6.8).
+
+    ``bundle`` will never be applied; the chain continues from ``previous`` (the bundle
+    before it, or null when it was the first). ``reason``, ``by`` and ``at`` say who decided,
+    when (Unix seconds) and why.
+    """
+
+    bundle: ChainLink
+    previous: ChainLink | None
+    reason: str
+    by: str
+    at: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bundle, ChainLink):
+            raise _fail("bundle", "must be a chain link")
+        if self.previous is not None:
+            if not isinstance(self.previous, ChainLink):
+                raise _fail("previous", "must be a chain link or null")
+            if self.previous.position >= self.bundle.position:
+                raise _fail("previous", "must come before the lost bundle in the chain")
+        _text(self.reason, "reason", max_chars=MAX_LONG_TEXT_CHARS, multiline=True)
+        _text(self.by, "by")
+        _int(self.at, "at")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bundle": self.bundle.to_json(),
+                "previous": None if self.previous is None else self.previous.to_json(),
+                "reason": self.reason, "by": self.by, "at": self.at}
+
+    @classmethod
+    def from_json(cls, value: object) -> LostBundle:
+        doc = _object(value, ("bundle", "previous", "reason", "by", "at"))
+        with _at("bundle"):
+            bundle = ChainLink.from_json(doc["bundle"])
+        with _at("previous"):
+            previous = None if doc["previous"] is None else ChainLink.from_json(doc["previous"])
+        return cls(bundle, previous, doc["reason"], doc["by"], doc["at"])
+
+
+@dataclass(frozen=True)
+class ChainInfo:
+    """Where a release bundle sits in its target's sequence chain (§6.8).
+
+    ``previous`` is the bundle exported to the same target just before this one (null for the
+    first); ``lost`` lists the hub's decisions that bundles of the chain are lost, so that an
+    agent waiting for one of them proceeds without it and refuses it if it turns up later.
+    """
+
+    previous: ChainLink | None = None
+    lost: tuple[LostBundle, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.previous is not None and not isinstance(self.previous, ChainLink):
+            raise _fail("previous", "must be a chain link or null")
+        if not isinstance(self.lost, tuple) or not all(
+            isinstance(x, LostBundle) for x in self.lost
+        ):
+            raise _fail("lost", "must be a list of lost-bundle decisions")
+        if len(self.lost) > MAX_LOST_ENTRIES:
+            raise _fail("lost", f"lists {len(self.lost)} decisions, over the limit of "
+                        f"{MAX_LOST_ENTRIES}")
+        seen: set[tuple[int, int]] = set()
+        for i, x in enumerate(self.lost):
+            if x.bundle.position in seen:
+                raise _fail(f"lost[{i}]", f"sequence {x.bundle.sequence} is listed twice")
+            seen.add(x.bundle.position)
+
+    def check_before(self, position: tuple[int, int]) -> None:
+        """Every link must come before the bundle at ``position`` (no loops in the chain)."""
+        if self.previous is not None and self.previous.position >= position:
+            raise _fail("previous", "must come before this bundle in the chain")
+        for i, x in enumerate(self.lost):
+            if x.bundle.position >= position:
+                raise _fail(f"lost[{i}]", "a lost bundle must come before this bundle")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"previous": None if self.previous is None else self.previous.to_json(),
+                "lost": [x.to_json() for x in self.lost]}
+
+    @classmethod
+    def from_json(cls, value: object) -> ChainInfo:
+        doc = _object(value, ("previous", "lost"))
+        with _at("previous"):
+            previous = None if doc["previous"] is None else ChainLink.from_json(doc["previous"])
+        lost = []
+        for i, x in enumerate(_list(doc["lost"], "lost")):
+            with _at(f"lost[{i}]"):
+                lost.append(LostBundle.from_json(x))
+        return cls(previous, tuple(lost))
+
+
 _MANIFEST_FIELDS = (
     "format", "bundle_id", "kind", "issuer", "target", "root_version", "sequence", "created",
     "not_before", "expires", "release", "result", "steps", "files", "secrets", "parts",
-    "checkpoint",
+    "checkpoint", "chain",
 )
 
 
@@ -498,6 +657,7 @@ class Manifest:
     parts: PartsInfo | None = None
     checkpoint: Mapping[str, Any] | None = None
     not_before: int | None = None
+    chain: ChainInfo | None = None
     format: int = FORMAT
 
     def __post_init__(self) -> None:
@@ -531,6 +691,13 @@ class Manifest:
             raise _fail("parts", "must be a PartsInfo or null")
         if self.checkpoint is not None:
             _json_object(self.checkpoint, "checkpoint")
+        if self.chain is not None:
+            if not isinstance(self.chain, ChainInfo):
+                raise _fail("chain", "must be a ChainInfo or null")
+            if self.kind != KIND_RELEASE:
+                raise _fail("chain", "only a release bundle has a chain")
+            with _at("chain"):
+                self.chain.check_before((self.root_version, self.sequence))
 
     def _check_kind(self) -> None:
         if self.kind == KIND_RELEASE:
@@ -603,6 +770,7 @@ class Manifest:
             "secrets": [s.to_json() for s in self.secrets],
             "parts": None if self.parts is None else self.parts.to_json(),
             "checkpoint": None if self.checkpoint is None else dict(self.checkpoint),
+            "chain": None if self.chain is None else self.chain.to_json(),
         }
 
     def to_bytes(self) -> bytes:
@@ -642,6 +810,8 @@ class Manifest:
         steps = _list(doc["steps"], "steps")
         with _at("parts"):
             parts = None if doc["parts"] is None else PartsInfo.from_json(doc["parts"])
+        with _at("chain"):
+            chain = None if doc["chain"] is None else ChainInfo.from_json(doc["chain"])
         return cls(
             bundle_id=doc["bundle_id"],
             kind=doc["kind"],
@@ -659,6 +829,7 @@ class Manifest:
             parts=parts,
             checkpoint=doc["checkpoint"],
             not_before=doc["not_before"],
+            chain=chain,
             format=doc["format"],
         )
 

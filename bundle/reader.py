@@ -81,6 +81,7 @@ from signing.strictjson import loads_strict
 # ``inspect``, ``inspect_stream`` and ``InspectedBundle`` live in ``bundle.inspect`` and do NOT
 # verify anything; they are re-exported here only for callers that import them from the reader.
 __all__ = [
+    "AdmitFn",
     "Clock",
     "ExpectRelease",
     "ExpectResult",
@@ -101,6 +102,8 @@ Clock = Callable[[], int]
 #: ``progress(phase, done, total)``; the verifier reports phase ``"stage"`` (compressed
 #: bytes copied plus content bytes written, over the sum of both).
 ProgressFn = Callable[[str, int, int], None]
+#: ``admit(manifest)``: the caller's last word before payload bytes are read (§9.7).
+AdmitFn = Callable[[Manifest], None]
 
 
 def system_clock() -> int:
@@ -371,10 +374,10 @@ class _Verifier:
             if m.root_version < self.state.root_version:
                 raise ReplayError(self._err(
                     f"root version {m.root_version} is older than root version "
-                    f"{self.state.root_version} already accepted"))
+                    f"{self.state.root_version} already accepted"), m)
             raise ReplayError(self._err(
                 f"sequence {m.sequence} is not newer than {self.state.sequence} already "
-                "accepted"))
+                "accepted"), m)
         if m.expires <= floor:
             raise ExpiredError(self._err(
                 f"it expired at {_utc(m.expires)}; the time floor is {_utc(floor)} — export "
@@ -520,6 +523,7 @@ def verify_bundle(
     progress: ProgressFn | None = None,
     disk_free: Callable[[Path], int] = _disk_free,
     durable: bool = True,
+    admit: AdmitFn | None = None,
 ) -> VerifiedBundle:
     """Verify the bundle read from ``source`` and stage its payloads (§9).
 
@@ -537,6 +541,9 @@ def verify_bundle(
         limits, clock, progress, disk_free: injectable for tests and configuration.
         durable: flush the staged files to disk before the ready rename (§9.6). Only a
             caller that throws the staging directory away (``bundle verify``) turns it off.
+        admit: called with the verified manifest after §9.3 rules 1–6 and before the
+            length, space and payload checks (§9.7: the agent holds a bundle whose
+            predecessor it has not applied). Whatever it raises propagates; nothing is staged.
 
     Raises:
         BundleFormatError (TruncatedError, ManifestError), LimitExceededError,
@@ -550,6 +557,8 @@ def verify_bundle(
                          progress=progress, disk_free=disk_free, durable=durable)
     reader = ContainerReader(source, label)
     auth = verifier.authenticate(reader)
+    if admit is not None:
+        admit(auth.manifest)
     verifier.check_length(auth, size)
     verifier.check_space(auth.manifest)
     return verifier.stage(reader, auth)
@@ -568,6 +577,7 @@ def verify_path(
     progress: ProgressFn | None = None,
     disk_free: Callable[[Path], int] = _disk_free,
     durable: bool = True,
+    admit: AdmitFn | None = None,
 ) -> VerifiedBundle:
     """:func:`verify_bundle` on the file ``path``, opened read-only (a symbolic link is
     refused); ``label`` defaults to the file name. Raises what :func:`verify_bundle` raises."""
@@ -586,7 +596,7 @@ def verify_path(
         return verify_bundle(
             fh, label=name, size=st.st_size, trusted_root=trusted_root, state=state,
             expect=expect, staging_dir=staging_dir, limits=limits, clock=clock,
-            progress=progress, disk_free=disk_free, durable=durable,
+            progress=progress, disk_free=disk_free, durable=durable, admit=admit,
         )
 
 
@@ -603,6 +613,7 @@ def verify_parts(
     progress: ProgressFn | None = None,
     disk_free: Callable[[Path], int] = _disk_free,
     durable: bool = True,
+    admit: AdmitFn | None = None,
 ) -> VerifiedBundle:
     """:func:`verify_bundle` on a split bundle, straight from its parts (§8.2).
 
@@ -626,6 +637,8 @@ def verify_parts(
     with open(fd, "rb", buffering=0) as fh:
         reader = ContainerReader(fh, name)
         auth = verifier.authenticate(reader)
+        if admit is not None:
+            admit(auth.manifest)
         info = auth.manifest.parts
         if info is None:
             raise PartsError(f"bundle {name}: {first.name} is a whole bundle, not a part")

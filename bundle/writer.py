@@ -65,6 +65,7 @@ from bundle.limits import DEFAULT_LIMITS, Limits, format_bytes
 from bundle.manifest import (
     KIND_RELEASE,
     Approval,
+    ChainInfo,
     FileEntry,
     Manifest,
     PartDigest,
@@ -174,6 +175,7 @@ def release_manifest(
     not_before: int | None = None,
     secrets: Sequence[SecretEntry] = (),
     checkpoint: Mapping[str, Any] | None = None,
+    chain: ChainInfo | None = None,
 ) -> tuple[Manifest, tuple[PayloadFile, ...]]:
     """The manifest (without ``files``/``parts``) and payload list of a release bundle (§6.3).
 
@@ -205,6 +207,7 @@ def release_manifest(
         steps=tuple(dict(s) for s in source.steps),
         secrets=tuple(secrets),
         checkpoint=checkpoint,
+        chain=chain,
     )
     files = tuple(PayloadFile(f.name, Path(f.path), f.size, f.sha256) for f in source.files)
     return manifest, files

@@ -62,12 +62,31 @@ def test_growing_file_is_not_picked_up_until_its_size_settles(box: Path) -> None
     assert inbox.waiting() == []
 
 
-def test_first_sight_starts_the_clock_even_for_an_old_file(box: Path) -> None:
-    _write(box / "a.tgb", b"x")
-    inbox = Inbox(box, settle_seconds=5)
+def test_a_fresh_file_waits_a_full_interval_from_first_sight(box: Path) -> None:
+    _write(box / "a.tgb", b"x")  # modified just now
+    inbox = Inbox(box, settle_seconds=5, wall_clock=lambda: os.stat(box / "a.tgb").st_mtime)
     assert inbox.scan(1000) == []
     assert inbox.scan(1004.99) == []
     assert _names(inbox.scan(1005)) == ["a.tgb"]
+
+
+def test_an_old_unchanged_file_is_ready_at_first_sight(box: Path) -> None:
+    """A fresh process (``agent run --once`` from a timer) settles by the file's age."""
+    f = _write(box / "a.tgb", b"x")
+    os.utime(f, (1_000_000, 1_000_000))
+    inbox = Inbox(box, settle_seconds=5, wall_clock=lambda: 1_000_005.0)
+    assert _names(inbox.scan(0)) == ["a.tgb"]
+    young = Inbox(box, settle_seconds=5, wall_clock=lambda: 1_000_004.9)
+    assert young.scan(0) == []
+    assert young.waiting() == [WaitingItem("a.tgb", SETTLING)]
+
+
+def test_a_file_dated_in_the_future_settles_by_observation(box: Path) -> None:
+    f = _write(box / "a.tgb", b"x")
+    os.utime(f, (2_000_000, 2_000_000))  # another machine's clock, ahead of ours
+    inbox = Inbox(box, settle_seconds=5, wall_clock=lambda: 1_000_000.0)
+    assert inbox.scan(0) == []
+    assert _names(inbox.scan(5)) == ["a.tgb"]
 
 
 def test_mtime_change_with_same_size_restarts_the_clock(box: Path) -> None:

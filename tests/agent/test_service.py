@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
-from agent.home import init_home
 from agent.inbox import ReadyItem
 from agent.service import Agent
 from bundle.manifest import Target
@@ -21,14 +19,6 @@ from tests.fixtures.trust import NOW, TrustKit, make_trust
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = float(NOW)
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def _make_bundle(kit: TrustKit, out: Path, *, seq: int, agent: str = "site-01",
                  environment: str | None = "plant-a", expires_in: int = 86400) -> Path:
     src = load_release(HELLO)
@@ -38,17 +28,6 @@ def _make_bundle(kit: TrustKit, out: Path, *, seq: int, agent: str = "site-01",
         sequence=seq, created=NOW - 60, expires=NOW + expires_in, counter=1, author="alice",
     )
     return write_bundle(out, manifest, files, [kit.release_key]).paths[0]
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> tuple[Agent, TrustKit, Clock]:
-    kit = make_trust()
-    init_home(tmp_path / "home", root_file=kit.write_root(tmp_path), agent_id="site-01",
-              environment="plant-a", now=NOW)
-    clock = Clock()
-    agent = Agent(load_config(tmp_path / "home"), clock=clock)
-    yield agent, kit, clock
-    agent.close()
 
 
 def _item(path: Path) -> ReadyItem:

@@ -77,8 +77,17 @@ def test_dropped_bundle_runs_and_result_verifies(tmp_path: Path, hub_keys: HubKe
     assert '"state": "succeeded"' in status.stdout
 
 
+def _set_settle(home: Path, seconds: float) -> None:
+    cfg = home / "agent.toml"
+    text = cfg.read_text()
+    start = text.index("settle_seconds = ")
+    end = text.index("\n", start)
+    cfg.write_text(text[:start] + f"settle_seconds = {seconds}" + text[end:])
+
+
 def test_partial_copy_is_not_picked_up_early(tmp_path: Path, hub_keys: HubKeys) -> None:
     home = _init_agent(tmp_path, hub_keys)
+    _set_settle(home, 600)  # the copy below is seconds old, far from settled
     bundle = _create(hub_keys, HELLO, tmp_path / "hello.tgb", seq=1)
     data = bundle.read_bytes()
     # The first half lands under the final name (as a slow USB copy does); the agent's
@@ -88,6 +97,24 @@ def test_partial_copy_is_not_picked_up_early(tmp_path: Path, hub_keys: HubKeys) 
     assert out.stdout.strip() == ""
     assert not list((home / "quarantine").iterdir())
     assert _results(home) == []
+    status = run("agent", "status", "--home", str(home))
+    assert "hello.tgb: settling" in status.stdout
+
+
+def test_once_from_a_timer_picks_up_a_file_that_sat_unchanged(
+    tmp_path: Path, hub_keys: HubKeys
+) -> None:
+    """cron / systemd timers: each run is a fresh process; settling is the file's age."""
+    home = _init_agent(tmp_path, hub_keys)
+    _set_settle(home, 60)
+    bundle = _create(hub_keys, HELLO, tmp_path / "hello.tgb", seq=1)
+    _drop(bundle, home)
+    old = bundle.stat().st_mtime - 120  # copied two minutes ago, unchanged since
+    os.utime(home / "inbox" / "hello.tgb", (old, old))
+    out = run("agent", "run", "--home", str(home), "--once")
+    assert out.stdout.strip() == "hello.tgb: succeeded: 3 step(s) succeeded"
+    assert len(_results(home)) == 1
+    assert (home / "archive" / "hello.tgb").exists()
 
 
 def test_killed_mid_step_reports_interrupted_and_does_not_rerun(

@@ -1,0 +1,272 @@
+"""The order in which the agent applies inbox bundles: by sequence, never by copy order.
+
+Files reach the inbox in any order and under any names (``x-1.0.10`` sorts before ``x-1.0.9``;
+a stick may carry bundle 11 while bundle 10 is still on another one). :class:`Sequencer` makes
+the agent apply them in chain order (docs/bundle-format.md §9.7, docs/agent.md "Order"):
+
+1. **Peek.** Every ready item is authenticated first (head and signature only, §9 steps 1–3,
+   nothing staged), which gives its verified ``(root_version, sequence)`` and the hub's signed
+   lost-bundle decisions it carries.
+2. **Sort** by that position; items that fail authentication go first (they are refused with
+   their own reason when processed).
+3. **Process** in that order. The verifier calls :meth:`Sequencer.admit` before it reads any
+   payload byte: a bundle whose predecessor has not been applied is **held** — left where it
+   is, in the inbox, untouched — and the agent says what it waits for, once, in its log
+   (``waiting for sequence 9, hello 1.0.9, exported 2026-12-01 by carol``) and in ``agent
+   status``. A bundle the hub declared lost is refused with that reason and a signed result.
+4. After any bundle is applied, held items are tried again in the same pass.
+
+A good bundle that cannot be staged for lack of space is held the same way (not quarantined):
+the message says how much is needed and how much is free.
+
+This module decides order and holding only; verifying, moving files and running are the
+service's (``agent.service``). Decisions are taken only from verified manifests: those in the
+journal (already accepted) and those of inbox bundles whose signatures verified in this pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from agent.inbox import ReadyItem, printable
+from agent.journal import Journal
+from bundle.chain import Position, collect_lost, declared_lost, missing_predecessor
+from bundle.errors import BundleError, InsufficientSpaceError, ReplayError
+from bundle.manifest import ChainInfo, LostBundle, Manifest
+from bundle.reader import AdmitFn
+
+__all__ = ["Held", "HeldItem", "LostBundleError", "Sequencer", "describe_lost", "held_rows"]
+
+log = logging.getLogger("tiangong.agent.inbox")
+
+
+class Held(Exception):
+    """Raised by :meth:`Sequencer.admit` to stop verification: the bundle must wait."""
+
+    def __init__(self, reason: str, position: Position | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.position = position
+
+
+class _Peeked(Exception):
+    def __init__(self, manifest: Manifest) -> None:
+        super().__init__("peeked")
+        self.manifest = manifest
+
+
+class LostBundleError(BundleError):
+    """The hub declared this bundle lost or superseded; it is never applied (§9.7)."""
+
+    check = "lost"
+
+
+@dataclass(frozen=True)
+class HeldItem:
+    """A ready inbox item the agent keeps waiting, with the reason (for ``agent status``)."""
+
+    name: str
+    reason: str
+    sequence: int | None = None
+
+
+class _Outcome(Protocol):
+    @property
+    def status(self) -> str: ...
+
+
+OutcomeT = TypeVar("OutcomeT", bound=_Outcome)
+
+
+Verify = Callable[[ReadyItem, AdmitFn], Any]
+"""``verify(item, admit)``: run the verifier on *item* with *admit* as its hook."""
+
+
+def describe_lost(decision: LostBundle) -> str:
+    """``bundle X (sequence 9, hello 1.0.9, exported …) was declared lost by … at …: why``."""
+    b = decision.bundle
+    when = _day_time(decision.at)
+    return (f"bundle {b.bundle_id} ({b.describe()}) was declared lost by {decision.by} at "
+            f"{when}: {decision.reason.strip()}; it was superseded and is never applied")
+
+
+def _day_time(t: int) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
+
+
+class Sequencer:
+    """Orders and holds the inbox items of one agent (one loop owns one Sequencer).
+
+    Args:
+        journal: the agent's journal (accepted manifests carry earlier lost decisions).
+        accepted: returns the accepted ``(root_version, sequence)`` right now.
+    """
+
+    def __init__(self, journal: Journal, accepted: Callable[[], Position]) -> None:
+        self._journal = journal
+        self._accepted = accepted
+        self._pending_lost: dict[Position, LostBundle] = {}
+        self._journal_lost: dict[Position, LostBundle] = {}
+        self._journal_seen = -1
+        self._held: dict[str, HeldItem] = {}
+        self._logged: dict[str, str] = {}
+
+    # -- what is known --------------------------------------------------------------------
+
+    def known_lost(self) -> dict[Position, LostBundle]:
+        """Lost decisions from accepted bundles (journal) and from verified inbox bundles."""
+        bundles = self._journal.bundles()
+        if len(bundles) != self._journal_seen:
+            chains: list[ChainInfo | None] = []
+            for rec in bundles:
+                value = rec.manifest.get("chain")
+                if value is None:
+                    continue
+                try:
+                    chains.append(ChainInfo.from_json(value))
+                except BundleError:
+                    continue
+            self._journal_lost = collect_lost(chains)
+            self._journal_seen = len(bundles)
+        return {**self._journal_lost, **self._pending_lost}
+
+    def held(self) -> list[HeldItem]:
+        """Items held in the last pass, by name."""
+        return sorted(self._held.values(), key=lambda h: h.name)
+
+    # -- the verifier's hook ----------------------------------------------------------------
+
+    def admit(self, manifest: Manifest) -> None:
+        """The verifier's ``admit`` hook (§9.7): refuse a lost bundle, hold a bundle whose
+        predecessor has not been applied, let everything else through.
+
+        Raises:
+            LostBundleError: the hub declared this bundle lost.
+            Held: its predecessor is missing.
+        """
+        known = self.known_lost()
+        decision = declared_lost(manifest, known)
+        if decision is not None:
+            raise LostBundleError(describe_lost(decision))
+        if manifest.chain is not None:
+            self._pending_lost.update(collect_lost([manifest.chain]))
+        link = missing_predecessor(manifest, self._accepted(), known)
+        if link is not None:
+            raise Held(f"sequence {manifest.sequence} is waiting for {link.describe()} "
+                       "(bundle " + link.bundle_id + "), which has not arrived: copy it into "
+                       "the inbox, or have the hub declare it lost ('tiangong hub deployments "
+                       "declare-lost')", (manifest.root_version, manifest.sequence))
+
+    def explain(self, exc: BundleError) -> BundleError:
+        """A replay of a bundle the hub declared lost is refused for that reason."""
+        if isinstance(exc, ReplayError) and isinstance(exc.manifest, Manifest):
+            decision = declared_lost(exc.manifest, self.known_lost())
+            if decision is not None:
+                return LostBundleError(describe_lost(decision))
+        return exc
+
+    # -- one pass ---------------------------------------------------------------------------
+
+    def arrange(self, items: Iterable[ReadyItem], verify: Verify) -> list[ReadyItem]:
+        """*items* in chain order: authenticated positions first-come by position; items that
+        do not authenticate first (they will be refused with their own reason)."""
+        keyed: list[tuple[tuple[int, int, int], str, ReadyItem]] = []
+        for item in items:
+            position = self._peek(item, verify)
+            key = (1, *position) if position is not None else (0, 0, 0)
+            keyed.append((key, item.name, item))
+        keyed.sort(key=lambda k: (k[0], k[1]))
+        return [k[2] for k in keyed]
+
+    def _peek(self, item: ReadyItem, verify: Verify) -> Position | None:
+        def stop(manifest: Manifest) -> None:
+            raise _Peeked(manifest)
+
+        try:
+            verify(item, stop)
+        except _Peeked as peeked:
+            m = peeked.manifest
+            if m.chain is not None:
+                self._pending_lost.update(collect_lost([m.chain]))
+            return (m.root_version, m.sequence)
+        except (BundleError, OSError):
+            return None
+        return None  # pragma: no cover - the hook always stops a verification that gets there
+
+    def run(self, items: Iterable[ReadyItem], verify: Verify,
+            process: Callable[[ReadyItem], OutcomeT],
+            stopping: Callable[[], bool] = lambda: False) -> list[OutcomeT]:
+        """Process *items* in chain order; retry held ones after each bundle applied.
+
+        ``process`` returns an outcome whose ``status`` is ``"held"`` for an item that waits;
+        the last such outcome of every item still held is returned too.
+        """
+        self._pending_lost = {}
+        pending = self.arrange(items, verify)
+        self._held = {}
+        outcomes: list[OutcomeT] = []
+        last_held: dict[str, OutcomeT] = {}
+        progress = True
+        while pending and progress and not stopping():
+            progress = False
+            still: list[ReadyItem] = []
+            for item in pending:
+                if stopping():
+                    still.append(item)
+                    continue
+                outcome = process(item)
+                if outcome.status == "held":
+                    still.append(item)
+                    last_held[item.name] = outcome
+                    continue
+                self._held.pop(item.name, None)
+                last_held.pop(item.name, None)
+                outcomes.append(outcome)
+                progress = True
+            pending = still
+        outcomes.extend(last_held.values())
+        self._logged = {k: v for k, v in self._logged.items() if k in last_held}
+        return outcomes
+
+    def survey(self, items: Iterable[ReadyItem], verify: Verify) -> list[HeldItem]:
+        """What :meth:`run` would hold, without processing anything (for ``agent status``)."""
+        self._pending_lost = {}
+        held: list[HeldItem] = []
+        for item in self.arrange(items, verify):
+            try:
+                verify(item, self._survey_hook)
+            except Held as h:
+                held.append(HeldItem(item.name, h.reason, h.position[1] if h.position else None))
+            except (_Peeked, BundleError, OSError):
+                continue
+        self._held = {h.name: h for h in held}
+        return held
+
+    def _survey_hook(self, manifest: Manifest) -> None:
+        self.admit(manifest)
+        raise _Peeked(manifest)
+
+    # -- holding ----------------------------------------------------------------------------
+
+    def hold(self, item: ReadyItem, reason: str, sequence: int | None = None) -> str:
+        """Record that *item* waits (logged once per reason); returns the reason."""
+        self._held[item.name] = HeldItem(item.name, reason, sequence)
+        if self._logged.get(item.name) != reason:
+            self._logged[item.name] = reason
+            log.warning("inbox: holding %s: %s", printable(item.name), reason)
+        return reason
+
+    def hold_for_space(self, item: ReadyItem, exc: InsufficientSpaceError) -> str:
+        """A good bundle that does not fit in staging now waits in the inbox (§9.3 rule 8)."""
+        return self.hold(item, f"waiting for staging space: {exc}; it stays in the inbox and "
+                         "is tried again on every scan")
+
+
+def held_rows(held: Iterable[HeldItem]) -> list[dict[str, Any]]:
+    """``agent status`` rows."""
+    return [{"name": h.name, "reason": h.reason, "sequence": h.sequence} for h in held]

@@ -1,0 +1,172 @@
+"""Order never depends on copying: bundles apply in chain order, wait for a missing
+predecessor, and proceed past a bundle the hub declared lost (docs/agent.md "Order")."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agent.service import Agent
+from bundle.manifest import ChainInfo, ChainLink, LostBundle, Target
+from bundle.release import load_release
+from bundle.writer import release_manifest, write_bundle
+from tests.agent.test_service import _verify_result
+from tests.fixtures.trust import NOW, TrustKit
+
+HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
+DAY = 1_796_083_200  # 2026-12-01T00:00:00Z
+
+
+def link(seq: int, version: str | None = None) -> ChainLink:
+    return ChainLink(root_version=1, sequence=seq, bundle_id=f"hello-{seq}",
+                     product="hello", version=version or f"1.0.{seq}", exported_at=DAY,
+                     exported_by="carol")
+
+
+def make(kit: TrustKit, out: Path, seq: int, *, previous: int | None = None,
+         lost: tuple[LostBundle, ...] = (), chain: bool = True) -> Path:
+    src = load_release(HELLO)
+    info = None
+    if chain:
+        info = ChainInfo(previous=link(previous) if previous else None, lost=lost)
+    manifest, files = release_manifest(
+        src, bundle_id=f"hello-{seq}", issuer=kit.release_key.key_id,
+        target=Target(agents=("site-01",), environment="plant-a"), root_version=1,
+        sequence=seq, created=NOW - 60, expires=NOW + 86400, counter=1, author="alice",
+        chain=info,
+    )
+    return write_bundle(out, manifest, files, [kit.release_key]).paths[0]
+
+
+def lost(seq: int, previous: int | None, reason: str = "the stick fell overboard") -> LostBundle:
+    return LostBundle(bundle=link(seq), previous=link(previous) if previous else None,
+                      reason=reason, by="carol", at=DAY + 3600)
+
+
+def drop(agent: Agent, bundle: Path, name: str | None = None) -> Path:
+    """Copy into the inbox with an mtime far in the past: settled at first sight."""
+    dest = agent.config.inbox / (name or bundle.name)
+    shutil.copyfile(bundle, dest)
+    os.utime(dest, (NOW - 3600, NOW - 3600))
+    return dest
+
+
+def applied(agent: Agent) -> list[int]:
+    return [b.sequence for b in sorted(agent.journal.bundles(), key=lambda b: b.received_at)]
+
+
+def order_of_acceptance(agent: Agent) -> list[str]:
+    return [b.bundle_id for b in agent.journal.bundles()]
+
+
+@pytest.mark.parametrize("chain", [True, False], ids=["chained", "legacy-no-chain"])
+def test_name_order_does_not_decide(site, tmp_path: Path, chain: bool) -> None:  # type: ignore[no-untyped-def]
+    """``x-1.0.10`` sorts before ``x-1.0.9``: 9 must still run first, and 10 after it."""
+    agent, kit, _ = site
+    drop(agent, make(kit, tmp_path / "x-1.0.9-site-01-000009.tgb", 9, previous=None,
+                     chain=chain))
+    drop(agent, make(kit, tmp_path / "x-1.0.10-site-01-000010.tgb", 10, previous=9,
+                     chain=chain))
+    outcomes = agent.run_once()
+    assert [(o.name, o.status) for o in outcomes] == [
+        ("x-1.0.9-site-01-000009.tgb", "succeeded"),
+        ("x-1.0.10-site-01-000010.tgb", "succeeded"),
+    ]
+    assert order_of_acceptance(agent) == ["hello-9", "hello-10"]
+    assert agent.journal.rejections() == []
+    assert not list(agent.config.quarantine.iterdir())
+
+
+def test_missing_predecessor_holds_and_names_it(site, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    agent, kit, _ = site
+    assert agent.run_once() == []
+    drop(agent, make(kit, tmp_path / "b.tgb", 1))
+    assert [o.status for o in agent.run_once()] == ["succeeded"]
+    results_before = sorted(agent.config.outbox.glob("*.tgr"))
+
+    ten = drop(agent, make(kit, tmp_path / "hello-1.0.10.tgb", 10, previous=9))
+    with caplog.at_level(logging.INFO, logger="tiangong.agent.inbox"):
+        outs = agent.run_once()
+        agent.run_once()  # a second pass does not log it again
+    assert [o.status for o in outs] == ["held"]
+    want = "waiting for sequence 9, hello 1.0.9, exported 2026-12-01 by carol"
+    assert want in outs[0].summary
+    held_lines = [r.getMessage() for r in caplog.records if "holding" in r.getMessage()]
+    assert len(held_lines) == 1 and want in held_lines[0]
+    # Nothing changed: still in the inbox, not accepted, no result, sequence unchanged.
+    assert ten.exists()
+    assert applied(agent) == [1]
+    assert agent.journal.trust(kit.hub_id).sequence == 1  # type: ignore[union-attr]
+    assert sorted(agent.config.outbox.glob("*.tgr")) == results_before
+    assert not [p for p in agent.config.staging.iterdir()
+                if p.name.startswith((".verifying", "ready-")) and "hello-10" in str(p)]
+    status = agent.status()
+    assert [h["name"] for h in status["inbox_held"]] == ["hello-1.0.10.tgb"]
+    assert want in status["inbox_held"][0]["reason"]
+
+    # The predecessor arrives (under any name): both run, in order.
+    drop(agent, make(kit, tmp_path / "zz.tgb", 9, previous=1))
+    outs = agent.run_once()
+    assert [(o.name, o.status) for o in outs] == [("zz.tgb", "succeeded"),
+                                                  ("hello-1.0.10.tgb", "succeeded")]
+    assert applied(agent) == [1, 9, 10]
+    assert agent.status()["inbox_held"] == []
+
+
+def test_declared_lost_lets_the_chain_proceed_and_refuses_the_lost_one(  # type: ignore[no-untyped-def]
+        site, tmp_path: Path) -> None:
+    agent, kit, _ = site
+    drop(agent, make(kit, tmp_path / "a.tgb", 8))
+    drop(agent, make(kit, tmp_path / "c.tgb", 10, previous=9))
+    outs = agent.run_once()
+    assert [o.status for o in outs] == ["succeeded", "held"]
+    # The hub declares 9 lost; the next bundle exported carries the signed decision.
+    drop(agent, make(kit, tmp_path / "d.tgb", 11, previous=10, lost=(lost(9, 8),)))
+    outs = agent.run_once()
+    assert [(o.name, o.status) for o in outs] == [("c.tgb", "succeeded"),
+                                                  ("d.tgb", "succeeded")]
+    assert applied(agent) == [8, 10, 11]
+    # The lost bundle turns up after all: refused, with the hub's reason and a signed result.
+    drop(agent, make(kit, tmp_path / "b.tgb", 9, previous=8))
+    outs = agent.run_once()
+    assert [o.status for o in outs] == ["rejected"]
+    assert "declared lost by carol" in outs[0].summary
+    assert "the stick fell overboard" in outs[0].summary
+    reason = (agent.config.quarantine / "b.tgb.reason.txt").read_text()
+    assert "check: lost" in reason
+    assert applied(agent) == [8, 10, 11]
+    result = _verify_result(agent, kit, outs[0].result, tmp_path)
+    assert result["status"] == "rejected"
+    assert result["body"]["check"] == "lost"  # type: ignore[index]
+
+
+def test_lost_bundle_arriving_before_the_chain_moved_on_is_refused(  # type: ignore[no-untyped-def]
+        site, tmp_path: Path) -> None:
+    """9 and the decision that 9 is lost arrive together: 9 is refused, 10 and 11 run."""
+    agent, kit, _ = site
+    drop(agent, make(kit, tmp_path / "a.tgb", 8))
+    assert [o.status for o in agent.run_once()] == ["succeeded"]
+    drop(agent, make(kit, tmp_path / "n9.tgb", 9, previous=8))
+    drop(agent, make(kit, tmp_path / "n10.tgb", 10, previous=9))
+    drop(agent, make(kit, tmp_path / "n11.tgb", 11, previous=10, lost=(lost(9, 8),)))
+    outs = agent.run_once()
+    assert [(o.name, o.status) for o in outs] == [
+        ("n9.tgb", "rejected"), ("n10.tgb", "succeeded"), ("n11.tgb", "succeeded")]
+    assert applied(agent) == [8, 10, 11]
+
+
+def test_a_lost_predecessor_whose_own_predecessor_is_missing_still_waits(  # type: ignore[no-untyped-def]
+        site, tmp_path: Path) -> None:
+    """The decision says 9 came after 8; 8 never arrived and is not declared lost: wait."""
+    agent, kit, _ = site
+    drop(agent, make(kit, tmp_path / "a.tgb", 7))
+    drop(agent, make(kit, tmp_path / "c.tgb", 10, previous=9, lost=(lost(9, 8),)))
+    outs = agent.run_once()
+    assert [o.status for o in outs] == ["succeeded", "held"]
+    assert "waiting for sequence 8" in outs[1].summary
+    assert applied(agent) == [7]
