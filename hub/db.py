@@ -61,11 +61,14 @@ __all__ = [
     "Base",
     "Deployment",
     "Environment",
+    "LoginThrottle",
     "Product",
     "Release",
     "RoleGrant",
+    "SamlReplay",
     "SequenceCounter",
     "User",
+    "WebSession",
     "db",
     "make_engine",
     "make_session_factory",
@@ -140,6 +143,9 @@ class User(db.Model):  # type: ignore[name-defined,misc]
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     source: Mapped[str] = mapped_column(String(16), default="local")  # saml | local
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: werkzeug scrypt hash for the web UI's local-password sign-in (``[web] local_login``);
+    #: None: this user cannot sign in with a password.
+    password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True, default=None)
 
     grants: Mapped[list[RoleGrant]] = relationship(
         back_populates="user", foreign_keys="RoleGrant.user_id"
@@ -376,3 +382,29 @@ class SamlReplay(db.Model):  # type: ignore[name-defined,misc]
 
     message_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class WebSession(db.Model):  # type: ignore[name-defined,misc]
+    """A signed-in browser (:mod:`web.sessions`). The cookie carries a random token; the hub
+    keeps only its SHA-256 (``id``), so every hub process shares sessions and ending one
+    (sign-out, deactivation, "sign out everywhere", a timeout) deletes the row at once."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the token
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    method: Mapped[str] = mapped_column(String(16))  # saml | local | break_glass
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)  # absolute end
+
+
+class LoginThrottle(db.Model):  # type: ignore[name-defined,misc]
+    """Failed password sign-ins per user name or per source address within a window
+    (:mod:`web.throttle`), shared by every hub process."""
+
+    __tablename__ = "login_throttle"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)  # user:<name> | addr:<ip>
+    failures: Mapped[int] = mapped_column(Integer)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

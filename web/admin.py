@@ -1,6 +1,11 @@
 """The ``admin`` pages: every user the hub knows (seen through SAML or created locally), with
-their role grants; an admin grants and revokes roles (globally or for one environment) and
-deactivates or reactivates accounts.
+their role grants; an admin grants and revokes roles (globally or for one environment),
+deactivates or reactivates accounts, and signs a user out everywhere (every web session of
+theirs ends at once).
+
+Destructive changes (deactivating, revoking a role) take two steps without any script (the
+CSP allows none): the first POST answers with a confirmation page whose form repeats the
+fields with ``confirmed=1``; only that second POST changes anything.
 
 Every rule is :mod:`hub.services.users`' (admin only, no duplicate grant, never the last
 global admin, never yourself deactivated); this module reads forms, calls one service per
@@ -23,9 +28,11 @@ from hub.services.users import (
     grant_role,
     manageable_users,
     managed_user,
+    open_sessions,
     revoke_role,
     roles_of,
     set_active,
+    sign_out_everywhere,
 )
 from web.views import ctx, login_required, signed_in_user
 
@@ -60,6 +67,7 @@ def user(username: str) -> Any:
         roles=ROLES,
         environments=list_environments(sc.session),
         is_self=u.id == signed_in_user().id,
+        sessions=open_sessions(sc.session, u),
     )
 
 
@@ -70,6 +78,19 @@ def _back(username: str) -> Any:
 def _environment_field() -> str | None:
     """The form's environment: empty means a global grant."""
     return (request.form.get("environment") or "").strip() or None
+
+
+def _confirm(username: str, endpoint: str, question: str, button: str) -> Any:
+    """The confirmation step of a destructive change: the same form again, confirmed."""
+    fields = {k: v for k, v in request.form.items() if k not in ("csrf_token", "confirmed")}
+    return render_template(
+        "admin/confirm.html", username=username, question=question, button=button,
+        action=url_for(endpoint, username=username), fields=fields,
+    )  # fmt: skip
+
+
+def _confirmed() -> bool:
+    return request.form.get("confirmed") == "1"
 
 
 def _apply(username: str, refused: str, change: Callable[[ServiceContext], str]) -> Any:
@@ -115,6 +136,12 @@ def grant(username: str) -> Any:
 @bp.post("/users/<username>/revoke")
 @login_required
 def revoke(username: str) -> Any:
+    if not _confirmed():
+        managed_user(ctx(), username)  # 403/404 before anything else
+        role = (request.form.get("role") or "").strip()
+        return _confirm(username, "admin.revoke",
+                        f"Revoke role {role} {_scope(_environment_field())} from {username}?",
+                        "Revoke")
     return _role_change(username, granting=False)
 
 
@@ -122,11 +149,29 @@ def revoke(username: str) -> Any:
 @login_required
 def active(username: str) -> Any:
     value = request.form.get("active")
+    if value == "0" and not _confirmed():
+        managed_user(ctx(), username)  # 403/404 before anything else
+        return _confirm(username, "admin.active",
+                        f"Deactivate {username}? They are signed out everywhere at once and "
+                        "can do nothing until reactivated; their history stays.",
+                        f"Deactivate {username}")
 
     def change(sc: ServiceContext) -> str:
         if value not in ("0", "1"):
             raise ValidationError("the form must say active=1 (reactivate) or 0 (deactivate)")
         set_active(sc, username, value == "1")
         return f"{username} is {'active' if value == '1' else 'deactivated'}."
+
+    return _apply(username, "Nothing changed", change)
+
+
+@bp.post("/users/<username>/sessions/end")
+@login_required
+def end_sessions(username: str) -> Any:
+    """Sign ``username`` out everywhere: every web session of theirs ends at once."""
+
+    def change(sc: ServiceContext) -> str:
+        ended = sign_out_everywhere(sc, username)
+        return f"{username} is signed out everywhere ({ended} session(s) ended)."
 
     return _apply(username, "Nothing changed", change)

@@ -9,39 +9,52 @@ environment (creating a release, say) is allowed by global grants only.
 :func:`can` answers, :func:`require` raises. The web UI may use :func:`can` to hide buttons,
 but only the services' own :func:`require` calls protect anything.
 
-This module does not authenticate anyone: SAML (web) or the local OS user (CLI) do.
+Passwords (:func:`set_password`) are for the web UI's local sign-in (``[web] local_login``),
+hashed with werkzeug's scrypt (the same hash break-glass uses); :func:`end_sessions` ends a
+user's web sessions (table ``web_sessions``) at once: on deactivation and on an admin's
+:func:`sign_out_everywhere`.
+
+This module does not authenticate anyone: SAML or a password (web) or the local OS user
+(CLI) do.
 """
 
 from __future__ import annotations
 
 import re
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
+from werkzeug.security import generate_password_hash
 
-from hub.db import ROLES, Environment, RoleGrant, User
+from hub.db import ROLES, Environment, RoleGrant, User, WebSession
 from hub.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from hub.services import audit
 from hub.services.context import Clock, ServiceContext
 
 __all__ = [
     "ACTIONS",
+    "MIN_PASSWORD_CHARS",
     "ROLES",
     "SYSTEM_ACTIONS",
     "bootstrap_admin",
     "can",
+    "clear_password",
     "create_user",
+    "end_sessions",
     "get_user",
     "grant_role",
     "list_users",
     "manageable_users",
     "managed_user",
     "new_user",
+    "open_sessions",
     "require",
     "require_ctx",
     "revoke_role",
     "roles_of",
     "set_active",
+    "set_password",
+    "sign_out_everywhere",
 ]
 
 _ALL = frozenset(ROLES)
@@ -66,6 +79,9 @@ ACTIONS: dict[str, frozenset[str]] = {
     "audit.checkpoint": frozenset({"operator", "auditor", "admin"}),
     "user.manage": frozenset({"admin"}),
 }
+
+MIN_PASSWORD_CHARS = 12  # characters of a local password
+MAX_PASSWORD_CHARS = 1024  # characters (scrypt reads all of it)
 
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 
@@ -320,6 +336,72 @@ def set_active(ctx: ServiceContext, username: str, active: bool) -> User:
     if not active and ctx.actor is not None and user.id == ctx.actor.id:
         raise ConflictError("you cannot deactivate yourself")
     user.is_active = active
+    ended = 0 if active else end_sessions(ctx.session, user)
     ctx.session.flush()
-    audit.record(ctx, "user.activate" if active else "user.deactivate", "user", username, {})
+    details = {} if active else {"sessions_ended": ended}
+    audit.record(ctx, "user.activate" if active else "user.deactivate", "user", username, details)
     return user
+
+
+def end_sessions(session: Session, user: User) -> int:
+    """Delete every web session of ``user`` (no permission check: callers check); their
+    cookies are worth nothing from the next request on. Returns how many ended."""
+    result = session.execute(delete(WebSession).where(WebSession.user_id == user.id))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def open_sessions(session: Session, user: User) -> int:
+    """How many web sessions of ``user`` the hub holds (expired ones until purged)."""
+    count = session.scalar(
+        select(func.count()).select_from(WebSession).where(WebSession.user_id == user.id)
+    )
+    return int(count or 0)
+
+
+def sign_out_everywhere(ctx: ServiceContext, username: str) -> int:
+    """End every web session of ``username`` (an admin's "sign out everywhere"), audited
+    with the number ended.
+
+    Raises:
+        PermissionDeniedError (admin only), NotFoundError.
+    """
+    require(ctx.actor, "user.manage")
+    user = get_user(ctx.session, username)
+    ended = end_sessions(ctx.session, user)
+    audit.record(ctx, "user.sessions_ended", "user", username, {"sessions_ended": ended})
+    return ended
+
+
+def set_password(ctx: ServiceContext, username: str, password: str) -> None:
+    """Set the local web sign-in password of ``username`` (an admin for anyone, a user for
+    themselves); the user's other web sessions end. Audited without the password.
+
+    Raises:
+        PermissionDeniedError, NotFoundError, ValidationError (shorter than
+        :data:`MIN_PASSWORD_CHARS`, longer than :data:`MAX_PASSWORD_CHARS`).
+    """
+    user = get_user(ctx.session, username)
+    if ctx.actor is None or ctx.actor.id != user.id or not ctx.actor.is_active:
+        require(ctx.actor, "user.manage")
+    if not MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS:
+        raise ValidationError(
+            f"a password has {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters, "
+            f"not {len(password)}"
+        )
+    user.password_hash = generate_password_hash(password)
+    ended = end_sessions(ctx.session, user)
+    ctx.session.flush()
+    audit.record(ctx, "user.password_set", "user", username, {"sessions_ended": ended})
+
+
+def clear_password(ctx: ServiceContext, username: str) -> None:
+    """Remove ``username``'s local password (they can no longer sign in with one).
+
+    Raises:
+        PermissionDeniedError (admin only), NotFoundError.
+    """
+    require(ctx.actor, "user.manage")
+    user = get_user(ctx.session, username)
+    user.password_hash = None
+    ctx.session.flush()
+    audit.record(ctx, "user.password_cleared", "user", username, {})

@@ -90,7 +90,8 @@ def test_grant_and_revoke_global_and_per_environment(site: Site) -> None:
     page = c.get("/admin/users/view-test").get_data(as_text=True)
     assert "now has role auditor globally" in page
     resp = site.post(c, "/admin/users/view-test/revoke", {"role": "operator",
-                                                          "environment": "prod"})
+                                                          "environment": "prod",
+                                                          "confirmed": "1"})
     assert resp.status_code == 302
     assert _roles(site, "view-test") == [("auditor", None), ("viewer", "test")]
     # The view-test user now reads the audit log (the grant works at once).
@@ -104,9 +105,12 @@ def test_grant_and_revoke_global_and_per_environment(site: Site) -> None:
         ("/admin/users/dev/grant", {"role": "developer"}, "already has role developer"),
         ("/admin/users/dev/grant", {"role": "viewer", "environment": "mars"},
          "environment 'mars' does not exist"),
-        ("/admin/users/dev/revoke", {"role": "approver"}, "dev has no role approver globally"),
-        ("/admin/users/admin/revoke", {"role": "admin"}, "cannot remove the last global admin"),
-        ("/admin/users/admin/active", {"active": "0"}, "you cannot deactivate yourself"),
+        ("/admin/users/dev/revoke", {"role": "approver", "confirmed": "1"},
+         "dev has no role approver globally"),
+        ("/admin/users/admin/revoke", {"role": "admin", "confirmed": "1"},
+         "cannot remove the last global admin"),
+        ("/admin/users/admin/active", {"active": "0", "confirmed": "1"},
+         "you cannot deactivate yourself"),
         ("/admin/users/dev/active", {"active": "maybe"}, "must say active=1"),
     ],
 )
@@ -126,7 +130,7 @@ def test_deactivate_and_reactivate(site: Site) -> None:
     c = site.client("admin")
     dev = site.client("dev")
     assert dev.get("/releases/").status_code == 200
-    resp = site.post(c, "/admin/users/dev/active", {"active": "0"})
+    resp = site.post(c, "/admin/users/dev/active", {"active": "0", "confirmed": "1"})
     assert resp.status_code == 302
     page = c.get("/admin/users/dev").get_data(as_text=True)
     assert 'id="user-status">deactivated<' in page and 'id="activate-button"' in page
@@ -141,3 +145,29 @@ def test_deactivate_and_reactivate(site: Site) -> None:
 def test_admin_page_has_no_self_deactivate_button(site: Site) -> None:
     page = site.client("admin").get("/admin/users/admin").get_data(as_text=True)
     assert 'id="deactivate-button"' not in page
+
+
+@pytest.mark.parametrize(
+    ("url", "form", "question"),
+    [
+        ("/admin/users/dev/active", {"active": "0"}, "Deactivate dev?"),
+        ("/admin/users/dev/revoke", {"role": "developer", "environment": ""},
+         "Revoke role developer globally from dev?"),
+    ],
+)
+def test_destructive_changes_ask_for_confirmation(
+    site: Site, url: str, form: dict[str, str], question: str
+) -> None:
+    """The first POST only asks (a page with the same form, confirmed); nothing changes
+    until the confirmed POST."""
+    c = site.client("admin")
+    before = (_events(site), _roles(site, "dev"))
+    resp = site.post(c, url, form)
+    assert resp.status_code == 200
+    page = unescape(resp.get_data(as_text=True))
+    assert question in page and 'name="confirmed" value="1"' in page
+    assert f'action="{url}"' in page and "<script" not in page
+    assert (_events(site), _roles(site, "dev")) == before
+    resp = site.post(c, url, {**form, "confirmed": "1"})
+    assert resp.status_code == 302
+    assert _events(site) == before[0] + 1
