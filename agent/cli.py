@@ -55,6 +55,19 @@ def _setup_logging(as_json: bool, verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def _print_outcome(name: str, out: Any, as_json: bool) -> None:
+    """One bundle's outcome (``apply``, ``retry``): a line for people, or JSON for scripts."""
+    if as_json:
+        click.echo(json.dumps({"name": name, "status": out.status, "summary": out.summary,
+                               "bundle_id": out.bundle_id,
+                               "result": str(out.result) if out.result else None},
+                              indent=2, sort_keys=True))
+        return
+    click.echo(f"{name}: {out.status}: {out.summary}")
+    if out.result:
+        click.echo(f"result: {out.result}")
+
+
 def _open(home: Path) -> Agent:
     try:
         return Agent(load_config(home))
@@ -98,9 +111,10 @@ def agent(ctx: click.Context, home: Path | None) -> None:
 @click.option("--passphrase-env", metavar="VAR",
               help="Encrypt the agent keys with the passphrase in VAR (then VAR must be set "
                    "when the agent runs). Default: keys stored unencrypted, mode 0600.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was created as JSON.")
 def init_cmd(home: Path | None, root_file: str, agent_id: str | None, environment: str | None,
              labels: tuple[str, ...], hub_url: str | None, insecure_loopback: bool,
-             passphrase_env: str | None) -> None:
+             passphrase_env: str | None, as_json: bool) -> None:
     """Create an agent home in HOME (or the group's --home): keys, config, journal and
     directories.
 
@@ -135,6 +149,12 @@ def init_cmd(home: Path | None, root_file: str, agent_id: str | None, environmen
                                     allow_insecure_loopback=insecure_loopback)
     except HomeError as exc:
         raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps({"agent_id": config.agent_id, "home": str(config.home),
+                               "hub_id": config.hub_id, "inbox": str(config.inbox),
+                               "outbox": str(config.outbox), "enrollment": str(request)},
+                              indent=2, sort_keys=True))
+        return
     click.echo(f"agent {config.agent_id} created in {config.home}")
     click.echo(f"  trusts hub {config.hub_id} (root pinned from {root_file})")
     click.echo(f"  inbox:       {config.inbox}   (drop bundle files here)")
@@ -238,7 +258,8 @@ def run_cmd(home: Path, once: bool, json_logs: bool, verbose: bool) -> None:
 @click.argument("files", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_home_option
-def apply_cmd(files: tuple[Path, ...], home: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON for scripts.")
+def apply_cmd(files: tuple[Path, ...], home: Path, as_json: bool) -> None:
     """Verify and run one bundle file (or the parts of one split bundle) now.
 
     The file is processed exactly as if it had been dropped into the inbox: it is moved to
@@ -257,9 +278,7 @@ def apply_cmd(files: tuple[Path, ...], home: Path) -> None:
         out = ag.process(item)
     finally:
         ag.close()
-    click.echo(f"{out.name}: {out.status}: {out.summary}")
-    if out.result:
-        click.echo(f"result: {out.result}")
+    _print_outcome(out.name, out, as_json)
     sys.exit(0 if out.status in ("succeeded", "waiting") else 1)
 
 
@@ -268,7 +287,8 @@ def apply_cmd(files: tuple[Path, ...], home: Path) -> None:
 @click.option("--from-step", type=click.IntRange(min=1), required=True,
               help="Re-run from this step (1-based); earlier steps keep their results.")
 @_home_option
-def retry_cmd(bundle_id: str, from_step: int, home: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON for scripts.")
+def retry_cmd(bundle_id: str, from_step: int, home: Path, as_json: bool) -> None:
     """Deliberately re-run an accepted bundle from a step (after a failure or interruption).
 
     The retry is recorded in the journal and in the new signed result.
@@ -281,9 +301,7 @@ def retry_cmd(bundle_id: str, from_step: int, home: Path) -> None:
         raise click.ClickException(str(exc).strip("'\"")) from exc
     finally:
         ag.close()
-    click.echo(f"{bundle_id}: {out.status}: {out.summary}")
-    if out.result:
-        click.echo(f"result: {out.result}")
+    _print_outcome(bundle_id, out, as_json)
     sys.exit(0 if out.status == "succeeded" else 1)
 
 

@@ -10,19 +10,33 @@ unusable (unreadable file, bad root, malformed export, checkpoint with a bad sig
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import click
 
-from hub.audit_chain import MAX_EXPORT_LINE_BYTES, verify_export_lines
+from hub.audit_chain import MAX_EXPORT_LINE_BYTES, ChainReport, verify_export_lines
 from hub.errors import AuditVerificationError
 from signing.errors import SigningError
 from signing.roots import MAX_ROOT_BYTES, TrustedRoot
 
-__all__ = ["audit", "read_lines"]
+__all__ = ["audit", "chain_report_json", "read_lines"]
+
+
+def chain_report_json(report: ChainReport) -> dict[str, Any]:
+    """What ``--json`` prints for a verification (``hub audit verify``, ``verify-export``)."""
+    return {
+        "ok": report.ok,
+        "events": report.events,
+        "head_seq": report.last_seq,
+        "head_hash": report.head_hash,
+        "checkpoints": report.checkpoints_checked,
+        "problems": [p.message for p in report.problems],
+        "problem_count": report.problem_count,
+    }
 
 
 def read_lines(fh: BinaryIO, max_bytes: int = MAX_EXPORT_LINE_BYTES) -> Iterator[bytes]:
@@ -51,7 +65,8 @@ def audit() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The hub's root document (root.json) you trust.",
 )
-def verify_export(export_file: Path, trust_file: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON for scripts.")
+def verify_export(export_file: Path, trust_file: Path, as_json: bool) -> None:
     """Verify EXPORT_FILE (written by `tiangong hub audit export`) against the hub's root."""
     try:
         with open(trust_file, "rb") as fh:
@@ -72,5 +87,9 @@ def verify_export(export_file: Path, trust_file: Path) -> None:
     except AuditVerificationError as exc:
         click.echo(f"error: {export_file}: {exc}", err=True)
         sys.exit(2)
-    click.echo(f"{export_file}: {report.summary()}")
+    if as_json:
+        click.echo(json.dumps({"file": str(export_file)} | chain_report_json(report),
+                              indent=2, sort_keys=True))
+    else:
+        click.echo(f"{export_file}: {report.summary()}")
     sys.exit(0 if report.ok else 1)

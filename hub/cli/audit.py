@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from hub.cli.base import _emit, _services, hub, json_option
+from hub.audit_cli import chain_report_json
+from hub.cli.base import _done, _emit, _services, hub, json_option
 
 
 @hub.group("audit")
@@ -28,18 +29,7 @@ def audit_verify(ctx: click.Context, as_json: bool) -> None:
     with _services(ctx) as sc:
         report = audit.verify(sc)
     if as_json:
-        _emit(
-            {
-                "ok": report.ok,
-                "events": report.events,
-                "head_seq": report.last_seq,
-                "head_hash": report.head_hash,
-                "checkpoints": report.checkpoints_checked,
-                "problems": [p.message for p in report.problems],
-                "problem_count": report.problem_count,
-            },
-            True,
-        )
+        _emit(chain_report_json(report), True)
     else:
         click.echo(report.summary())
     if not report.ok:
@@ -47,22 +37,24 @@ def audit_verify(ctx: click.Context, as_json: bool) -> None:
 
 
 @audit_group.command("checkpoint")
+@json_option
 @click.pass_context
-def audit_checkpoint(ctx: click.Context) -> None:
+def audit_checkpoint(ctx: click.Context, as_json: bool) -> None:
     """Sign the current head with the audit key."""
     from hub.services import audit
 
     with _services(ctx) as sc:
         cp = audit.write_checkpoint(sc)
         seq, head = cp.seq, cp.head_hash
-    click.echo(f"checkpoint signed at event {seq}: {head}")
+    _done(as_json, f"checkpoint signed at event {seq}: {head}", {"seq": seq, "head_hash": head})
 
 
 @audit_group.command("export")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--no-checkpoint", is_flag=True, help="Do not sign a fresh checkpoint first.")
+@json_option
 @click.pass_context
-def audit_export(ctx: click.Context, out: Path, no_checkpoint: bool) -> None:
+def audit_export(ctx: click.Context, out: Path, no_checkpoint: bool, as_json: bool) -> None:
     """Write the log as JSON lines (with the root and checkpoints) for offline verification
     with `tiangong audit verify-export OUT --trust root.json`."""
     from hub.services import audit
@@ -77,7 +69,7 @@ def audit_export(ctx: click.Context, out: Path, no_checkpoint: bool) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, out)
-    click.echo(f"{count} audit events written to {out}")
+    _done(as_json, f"{count} audit events written to {out}", {"events": count, "file": str(out)})
 
 
 @audit_group.command("show")

@@ -171,6 +171,14 @@ def _emit(
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
+def _done(as_json: bool, text: str, data: dict[str, Any]) -> None:
+    """Report one command's result: ``text`` for people, ``data`` as JSON with --json."""
+    if as_json:
+        _emit(data, True)
+    else:
+        click.echo(text)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"

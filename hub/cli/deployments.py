@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from hub.cli.base import _emit, _services, hub, json_option
+from hub.cli.base import _done, _emit, _services, hub, json_option
 
 
 def _deployment_row(d: Any) -> dict[str, Any]:
@@ -92,11 +92,14 @@ def deployments_show(ctx: click.Context, deployment_id: int, as_json: bool) -> N
 @deployments.command("mark")
 @click.argument("deployment_id", type=int)
 @click.argument("state")
+@json_option
 @click.pass_context
-def deployments_mark(ctx: click.Context, deployment_id: int, state: str) -> None:
+def deployments_mark(ctx: click.Context, deployment_id: int, state: str, as_json: bool) -> None:
     """Move a deployment to STATE by hand (e.g. interrupted), if the transition is allowed."""
     from hub.services.deployments import get_deployment, transition
 
     with _services(ctx) as sc:
-        transition(sc, get_deployment(sc.session, deployment_id), state)
-    click.echo(f"deployment {deployment_id} is now {state}")
+        dep = get_deployment(sc.session, deployment_id)
+        transition(sc, dep, state)
+        row = _deployment_row(dep)
+    _done(as_json, f"deployment {deployment_id} is now {state}", row)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from hub.cli.base import _emit, _services, hub, json_option
+from hub.cli.base import _done, _emit, _services, hub, json_option
 
 
 @hub.group()
@@ -19,14 +19,15 @@ def products() -> None:
 @products.command("create")
 @click.argument("name")
 @click.option("--description", default="")
+@json_option
 @click.pass_context
-def products_create(ctx: click.Context, name: str, description: str) -> None:
+def products_create(ctx: click.Context, name: str, description: str, as_json: bool) -> None:
     """Create a product."""
     from hub.services.releases import create_product
 
     with _services(ctx) as sc:
         create_product(sc, name, description=description)
-    click.echo(f"product {name} created")
+    _done(as_json, f"product {name} created", {"product": name, "description": description})
 
 
 @products.command("list")
@@ -139,15 +140,17 @@ def releases_show(ctx: click.Context, product: str, version: str, as_json: bool)
 @releases.command("submit")
 @click.argument("product")
 @click.argument("version")
+@json_option
 @click.pass_context
-def releases_submit(ctx: click.Context, product: str, version: str) -> None:
+def releases_submit(ctx: click.Context, product: str, version: str, as_json: bool) -> None:
     """Submit a draft for approval (its content hash is fixed from now on)."""
     from hub.services.releases import get_release, submit_release
 
     with _services(ctx) as sc:
         rel = submit_release(sc, get_release(sc.session, product, version))
-        digest = rel.content_hash
-    click.echo(f"release {product} {version} submitted; content hash {digest}")
+        digest, state = rel.content_hash, rel.state
+    _done(as_json, f"release {product} {version} submitted; content hash {digest}",
+          {"product": product, "version": version, "state": state, "content_hash": digest})
 
 
 @releases.command("approve")
@@ -155,20 +158,23 @@ def releases_submit(ctx: click.Context, product: str, version: str) -> None:
 @click.argument("version")
 @click.option("--comment", default="")
 @click.option("--environment", default=None, help="Approve for this environment only.")
+@json_option
 @click.pass_context
 def releases_approve(
-    ctx: click.Context, product: str, version: str, comment: str, environment: str | None
+    ctx: click.Context, product: str, version: str, comment: str, environment: str | None,
+    as_json: bool,
 ) -> None:
     """Approve a submitted release (never your own)."""
     from hub.services.approvals import approve_release
     from hub.services.releases import get_release
 
     with _services(ctx) as sc:
-        approve_release(
-            sc, get_release(sc.session, product, version), comment=comment, environment=environment
-        )
-        who = sc.actor_name
-    click.echo(f"release {product} {version} approved by {who}")
+        rel = get_release(sc.session, product, version)
+        approve_release(sc, rel, comment=comment, environment=environment)
+        who, state = sc.actor_name, rel.state
+    _done(as_json, f"release {product} {version} approved by {who}",
+          {"product": product, "version": version, "state": state, "approved_by": who,
+           "environment": environment, "comment": comment})
 
 
 @releases.command("reject")
@@ -176,19 +182,23 @@ def releases_approve(
 @click.argument("version")
 @click.option("--comment", required=True, help="Why (required).")
 @click.option("--environment", default=None)
+@json_option
 @click.pass_context
 def releases_reject(
-    ctx: click.Context, product: str, version: str, comment: str, environment: str | None
+    ctx: click.Context, product: str, version: str, comment: str, environment: str | None,
+    as_json: bool,
 ) -> None:
     """Reject a submitted release (final)."""
     from hub.services.approvals import reject_release
     from hub.services.releases import get_release
 
     with _services(ctx) as sc:
-        reject_release(
-            sc, get_release(sc.session, product, version), comment=comment, environment=environment
-        )
-    click.echo(f"release {product} {version} rejected")
+        rel = get_release(sc.session, product, version)
+        reject_release(sc, rel, comment=comment, environment=environment)
+        who, state = sc.actor_name, rel.state
+    _done(as_json, f"release {product} {version} rejected",
+          {"product": product, "version": version, "state": state, "rejected_by": who,
+           "environment": environment, "comment": comment})
 
 
 @releases.command("diff")

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from hub.cli.base import _config, _state, hub
+from hub.cli.base import _config, _emit, _state, hub, json_option
 from hub.errors import ConfigError, HubError
 
 SIGN_IN_METHODS = ("none", "saml")  # how people sign in to the web UI (hub init --sign-in)
@@ -55,6 +55,7 @@ SIGN_IN_METHODS = ("none", "saml")  # how people sign in to the web UI (hub init
     help="A host name or IP address agents use to reach the live server (repeatable; "
     "default: localhost, 127.0.0.1 and this host's name).",
 )
+@json_option
 @click.pass_context
 def init(
     ctx: click.Context,
@@ -69,6 +70,7 @@ def init(
     passphrase_file: Path | None,
     insecure_no_passphrase: bool,
     tls_names: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Create the data directory, database, keys, root document, the live channel's private
     CA and server certificate, the first admin, the first environment and the web UI's
@@ -151,6 +153,25 @@ def init(
     except HubError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    if as_json:
+        _emit({"hub_id": trust.hub_id, "data_dir": data_dir, "database": cfg.database_url,
+               "root_json": trust.root_json, "release_key": trust.release_key,
+               "audit_key": trust.audit_key, "tls_ca": tls.ca_cert,
+               "tls_cert": tls.server_cert, "admin": admin,
+               "environment": environment if env_error is None else None,
+               "sign_in": "saml" if saml else "none", "root_key": trust.root_key,
+               "root_key_encrypted": trust.root_key_encrypted}, True)
+    else:
+        _print_init(trust, cfg, tls, server_cert, admin, environment if env_error is None
+                    else None, saml)
+    if env_error is not None:
+        click.echo(f"error: {env_error}", err=True)
+        sys.exit(1)
+
+
+def _print_init(trust: Any, cfg: Any, tls: Any, server_cert: Any, admin: str,
+                environment: str | None, saml: tuple[Path, str] | None) -> None:
+    data_dir = cfg.data_dir
     click.echo(f"hub {trust.hub_id} initialised in {data_dir}")
     click.echo(f"  database       {cfg.database_url}")
     click.echo(f"  root document  {trust.root_json}  (give this to agents and auditors)")
@@ -159,7 +180,7 @@ def init(
     click.echo(f"  live TLS CA    {tls.ca_cert}  (enrollment responses carry it to agents)")
     click.echo(f"  live TLS cert  {tls.server_cert}  for {_cert_names(server_cert)}")
     click.echo(f"  first admin    {admin}  (act as them: tiangong hub --as {admin} …)")
-    if environment and env_error is None:
+    if environment:
         click.echo(f"  environment    {environment}")
     if saml is not None:
         click.echo(f"  web sign-in    SAML: IdP metadata {data_dir / 'idp-metadata.xml'}, "
@@ -171,9 +192,6 @@ def init(
     click.echo("  Move it off this machine now (offline storage); the hub runs without it and")
     click.echo("  needs it only to rotate keys (tiangong keys root rotate).")
     click.echo(f"Next: add people with `tiangong hub --as {admin} users add NAME --role ROLE`.")
-    if env_error is not None:
-        click.echo(f"error: {env_error}", err=True)
-        sys.exit(1)
 
 
 def _init_answers(admin: str | None, environment: str | None, sign_in: str | None,
@@ -236,6 +254,11 @@ def _first_environment(session: Any, admin: Any, name: str | None,
     return None
 
 
+def _cert_json(files: Any, cert: Any) -> dict[str, Any]:
+    return {"ca_cert": files.ca_cert, "server_cert": files.server_cert,
+            "names": _cert_names(cert).split(", "), "not_after": cert.not_valid_after_utc}
+
+
 def _cert_names(cert: Any) -> str:
     from cryptography import x509
 
@@ -263,8 +286,9 @@ def tls_group() -> None:
 
 @tls_group.command("init")
 @_tls_names_option
+@json_option
 @click.pass_context
-def tls_init(ctx: click.Context, names: tuple[str, ...]) -> None:
+def tls_init(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
     """Create the private CA and a server certificate for a hub initialised before it had
     them (`hub init` does this for new hubs). Refuses if the CA exists."""
     from hub.keystore import load_hub_keys
@@ -281,6 +305,9 @@ def tls_init(ctx: click.Context, names: tuple[str, ...]) -> None:
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    if as_json:
+        _emit(_cert_json(files, cert), True)
+        return
     click.echo(f"live TLS CA {files.ca_cert} created; server certificate {files.server_cert} "
                f"for {_cert_names(cert)}")
     click.echo("  agents enrolled from now on get the CA in their enrollment response; give "
@@ -291,8 +318,10 @@ def tls_init(ctx: click.Context, names: tuple[str, ...]) -> None:
 @_tls_names_option
 @click.option("--days", type=click.IntRange(min=1), default=None,
               help="Validity in days (default: 730; never past the CA's own expiry).")
+@json_option
 @click.pass_context
-def tls_issue(ctx: click.Context, names: tuple[str, ...], days: int | None) -> None:
+def tls_issue(ctx: click.Context, names: tuple[str, ...], days: int | None,
+              as_json: bool) -> None:
     """Sign a new server certificate (and key) with the hub's CA, e.g. when the hub's
     address changes. Agents pin the CA, so they accept it at once; restart `hub serve` /
     `hub live` to use it."""
@@ -307,6 +336,9 @@ def tls_issue(ctx: click.Context, names: tuple[str, ...], days: int | None) -> N
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    if as_json:
+        _emit(_cert_json(files, cert), True)
+        return
     click.echo(f"server certificate {files.server_cert} issued for {_cert_names(cert)}, "
                f"valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%MZ}")
     click.echo("  restart `tiangong hub serve` (or `hub live`) to use it")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from hub.cli.base import _emit, _services, hub, json_option
+from hub.cli.base import _done, _emit, _services, hub, json_option
 from hub.errors import ConfigError
 
 
@@ -21,29 +21,35 @@ def environments() -> None:
 @click.argument("name")
 @click.option("--description", default="")
 @click.option("--required-approvals", type=int, default=1, show_default=True)
+@json_option
 @click.pass_context
 def environments_create(
-    ctx: click.Context, name: str, description: str, required_approvals: int
+    ctx: click.Context, name: str, description: str, required_approvals: int, as_json: bool
 ) -> None:
     """Create an environment."""
     from hub.services.environments import create_environment
 
     with _services(ctx) as sc:
         create_environment(sc, name, description=description, required_approvals=required_approvals)
-    click.echo(f"environment {name} created (requires {required_approvals} approval(s))")
+    _done(as_json, f"environment {name} created (requires {required_approvals} approval(s))",
+          {"name": name, "description": description, "required_approvals": required_approvals})
 
 
 @environments.command("set-approvals")
 @click.argument("name")
 @click.argument("required_approvals", type=int)
+@json_option
 @click.pass_context
-def environments_set_approvals(ctx: click.Context, name: str, required_approvals: int) -> None:
+def environments_set_approvals(
+    ctx: click.Context, name: str, required_approvals: int, as_json: bool
+) -> None:
     """Change how many distinct approvers NAME requires."""
     from hub.services.environments import set_required_approvals
 
     with _services(ctx) as sc:
         set_required_approvals(sc, name, required_approvals)
-    click.echo(f"environment {name} now requires {required_approvals} approval(s)")
+    _done(as_json, f"environment {name} now requires {required_approvals} approval(s)",
+          {"name": name, "required_approvals": required_approvals})
 
 
 @environments.command("list")
@@ -161,11 +167,13 @@ def agents_list(ctx: click.Context, environment: str | None, as_json: bool) -> N
 @agents.command("revoke")
 @click.argument("agent_id")
 @click.option("--reason", default="")
+@json_option
 @click.pass_context
-def agents_revoke(ctx: click.Context, agent_id: str, reason: str) -> None:
+def agents_revoke(ctx: click.Context, agent_id: str, reason: str, as_json: bool) -> None:
     """Revoke an agent."""
     from hub.services.agents import revoke_agent
 
     with _services(ctx) as sc:
         revoke_agent(sc, agent_id, reason=reason)
-    click.echo(f"agent {agent_id} revoked")
+    _done(as_json, f"agent {agent_id} revoked",
+          {"agent_id": agent_id, "status": "revoked", "reason": reason})

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from hub.cli.base import _emit, _services, hub, json_option
+from hub.cli.base import _done, _emit, _services, hub, json_option
 
 
 def _user_row(user: Any) -> dict[str, Any]:
@@ -91,50 +91,60 @@ def users_list(ctx: click.Context, as_json: bool) -> None:
 @click.argument("username")
 @click.argument("role")
 @click.option("--environment", default=None, help="Only in this environment (default: all).")
+@json_option
 @click.pass_context
-def users_grant(ctx: click.Context, username: str, role: str, environment: str | None) -> None:
+def users_grant(
+    ctx: click.Context, username: str, role: str, environment: str | None, as_json: bool
+) -> None:
     """Grant ROLE to USERNAME."""
     from hub.services.users import grant_role
 
     with _services(ctx) as sc:
         grant_role(sc, username, role, environment)
     scope = f"in {environment}" if environment else "globally"
-    click.echo(f"granted {role} to {username} {scope}")
+    _done(as_json, f"granted {role} to {username} {scope}",
+          {"username": username, "role": role, "environment": environment, "granted": True})
 
 
 @users.command("revoke")
 @click.argument("username")
 @click.argument("role")
 @click.option("--environment", default=None)
+@json_option
 @click.pass_context
-def users_revoke(ctx: click.Context, username: str, role: str, environment: str | None) -> None:
+def users_revoke(
+    ctx: click.Context, username: str, role: str, environment: str | None, as_json: bool
+) -> None:
     """Remove ROLE from USERNAME."""
     from hub.services.users import revoke_role
 
     with _services(ctx) as sc:
         revoke_role(sc, username, role, environment)
-    click.echo(f"revoked {role} from {username}")
+    _done(as_json, f"revoked {role} from {username}",
+          {"username": username, "role": role, "environment": environment, "granted": False})
 
 
 @users.command("deactivate")
 @click.argument("username")
+@json_option
 @click.pass_context
-def users_deactivate(ctx: click.Context, username: str) -> None:
+def users_deactivate(ctx: click.Context, username: str, as_json: bool) -> None:
     """Deactivate a user (it keeps its history; it may do nothing)."""
     from hub.services.users import set_active
 
     with _services(ctx) as sc:
         set_active(sc, username, False)
-    click.echo(f"user {username} deactivated")
+    _done(as_json, f"user {username} deactivated", {"username": username, "active": False})
 
 
 @users.command("activate")
 @click.argument("username")
+@json_option
 @click.pass_context
-def users_activate(ctx: click.Context, username: str) -> None:
+def users_activate(ctx: click.Context, username: str, as_json: bool) -> None:
     """Reactivate a user."""
     from hub.services.users import set_active
 
     with _services(ctx) as sc:
         set_active(sc, username, True)
-    click.echo(f"user {username} activated")
+    _done(as_json, f"user {username} activated", {"username": username, "active": True})

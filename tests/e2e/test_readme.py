@@ -66,4 +66,9 @@ def test_readme_round_trip_runs_as_printed(tmp_path: Path) -> None:
     assert deployment["state"] == "succeeded"
     assert deployment["release"] == "hello 1.0.0" and deployment["environment"] == "plant-a"
     assert json.loads(hub("audit", "verify", "--json", "--as", "audrey"))["ok"] is True
-    assert list((tmp_path / "agent" / "archive").iterdir())  # the bundle ran at the "site"
+    (archived,) = (tmp_path / "agent" / "archive").glob("*.tgb")  # it ran at the "site"
+    again = subprocess.run(["tiangong", "agent", "apply", str(archived), "--json", "--home",
+                            str(tmp_path / "agent")], env=env, capture_output=True, text=True,
+                           timeout=120, check=False)
+    assert again.returncode == 1, again.stderr  # applied once only
+    assert json.loads(again.stdout)["status"] == "duplicate"

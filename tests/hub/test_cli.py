@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -406,3 +408,51 @@ def test_init_refuses_saml_without_its_settings_and_creates_nothing(tmp_path: Pa
     assert result.exit_code == 2
     assert "--sign-in saml needs --idp-metadata FILE and --public-url URL" in result.output
     assert not data.exists()
+
+
+def _leaf_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> dict[str, click.Command]:
+    out: dict[str, click.Command] = {}
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            out |= _leaf_commands(cmd, (*prefix, name))
+        else:
+            out[" ".join((*prefix, name))] = cmd
+    return out
+
+
+def test_every_hub_command_that_reports_takes_json() -> None:
+    from hub.cli import hub
+
+    long_running = {"serve", "live"}  # they log; they report nothing a script would read
+    leaves = _leaf_commands(hub)
+    assert {"init", "releases approve", "import", "audit export"} <= set(leaves)
+    missing = [name for name, cmd in leaves.items() if name not in long_running
+               and not any("--json" in p.opts for p in cmd.params)]
+    assert missing == []
+
+
+def test_json_of_submit_approve_reject_and_audit_export(hub_dir: Path, tmp_path: Path) -> None:
+    for version in ("1.0.0", "1.0.1"):
+        release = tmp_path / f"hello-{version}"
+        shutil.copytree(EXAMPLES / "hello-1.0.0", release)
+        toml = release / "release.toml"
+        toml.write_text(toml.read_text().replace('version = "1.0.0"', f'version = "{version}"'))
+        run(hub_dir, "releases", "create", str(release), "--create-product", actor="dev")
+        sub = json.loads(run(hub_dir, "releases", "submit", "hello", version, "--json",
+                             actor="dev").output)
+        assert sub["state"] == "submitted" and len(sub["content_hash"]) == 64
+    ok = json.loads(run(hub_dir, "releases", "approve", "hello", "1.0.0", "--json",
+                        actor="alice").output)
+    assert ok["approved_by"] == "alice" and ok["state"] == "approved"
+    no = json.loads(run(hub_dir, "releases", "reject", "hello", "1.0.1", "--comment", "no",
+                        "--json", actor="bob").output)
+    assert no["rejected_by"] == "bob" and no["state"] == "rejected"
+    out = tmp_path / "audit.jsonl"
+    exported = json.loads(run(hub_dir, "audit", "export", "--out", str(out), "--json",
+                              actor="aud").output)
+    assert exported["file"] == str(out) and exported["events"] > 10
+    verified = CliRunner().invoke(root, ["audit", "verify-export", str(out), "--trust",
+                                         str(hub_dir / "root.json"), "--json"])
+    assert verified.exit_code == 0, verified.output
+    report = json.loads(verified.output)
+    assert report["ok"] is True and report["events"] == exported["events"]
