@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench soak clean system-deps venv
+.PHONY: demo test lint bench soak clean system-deps venv kube
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,8 +23,13 @@ system-deps:
 demo: $(STAMP)
 	bash examples/demo.sh
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps kube
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The real kube-apiserver (+ etcd) and kubectl for the k8s tests, built once from Go modules
+# into tests/kube/bin/ (see docs/kubernetes-tests.md).
+kube:
+	bash tests/kube/build.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
