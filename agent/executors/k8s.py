@@ -19,13 +19,22 @@ payloads. In order ("verify, then parse, then act"):
    applied, before anything else is; if they are rejected, only those new namespaces are left
    behind, and the summary says so.
 4. **Apply** for real, Namespace objects first, then the rest in file order: ``PATCH`` with
-   ``application/apply-patch+yaml``, field manager ``tiangong`` and ``force=true``. Forcing is
+   ``application/apply-patch+yaml``, field manager ``tiangong``, ``force=true`` and
+   ``fieldValidation=Strict`` (the dry run too). Strict: a field the kind does not have
+   (``replcas``), a value of the wrong type (``replicas: "two"``) or a duplicated field fails
+   the step (400 BadRequest, reported like any rejection) instead of being dropped by the
+   server with a warning and the step reported succeeded. Forcing is
    deliberate: the signed release is the source of truth for every field its manifests set,
    so a field last changed by hand (``kubectl edit``) or by another tool is taken over rather
    than blocking the release halfway through a site's rollout. Fields a manifest does not set
    keep their owners (leave ``replicas`` out to let an autoscaler own it). Each object is
    logged kubectl-style on stream ``k8s`` as created, configured or unchanged (its
-   ``resourceVersion`` read before the apply compared with the one after).
+   ``resourceVersion`` read before the apply compared with the one after). Every warning
+   the API server sends about an object (deprecated API versions, ...) is logged as
+   ``warning: <object> (<namespace>, <phase>, <file> document <n>): <text>``, listed in the
+   outcome's ``details["warnings"]``, and counted in the summary. Fields that an earlier
+   release applied and this one no longer sets are removed by the server (server-side apply
+   with the same field manager), unless another manager also owns them.
 5. **Wait** (``wait: true``) for every Deployment, StatefulSet and DaemonSet applied to finish
    rolling out (rules in :mod:`agent.executors.k8srollout`), polling at a growing interval up
    to :data:`POLL_INTERVAL_MAX_S`, until ``wait_timeout_s`` or the step's deadline.
@@ -110,7 +119,8 @@ class _Item:
     def line(self, action: str, *notes: str) -> str:
         """A kubectl-style log line: ``deployment.apps/web created (namespace shop)``."""
         parts = ([f"namespace {self.namespace}"] if self.namespace else []) + list(notes)
-        return f"{self.ref} {action}" + (f" ({', '.join(parts)})" if parts else "")
+        head = f"{self.ref} {action}" if action else self.ref
+        return head + (f" ({', '.join(parts)})" if parts else "")
 
     def path(self) -> str:
         return self.resource.path(self.namespace, self.obj.name)
@@ -121,6 +131,17 @@ class _Item:
         if self.namespace:
             meta["namespace"] = self.namespace
         return {**self.obj.body, "metadata": meta}
+
+    def origin(self, phase: str) -> dict[str, Any]:
+        """Which object, from where, in which phase: the head of an error or warning record."""
+        return {
+            "kind": self.obj.kind,
+            "namespace": self.namespace or None,
+            "name": self.obj.name,
+            "source": self.obj.source,
+            "document": self.obj.document,
+            "phase": phase,
+        }
 
     def record(self) -> dict[str, Any]:
         return {
@@ -141,6 +162,7 @@ class _Report:
     server: str = ""
     items: list[_Item] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
     rollouts: list[dict[str, Any]] = field(default_factory=list)
 
     def applied(self) -> list[_Item]:
@@ -152,6 +174,7 @@ class _Report:
             "field_manager": FIELD_MANAGER,
             "objects": [it.record() for it in self.items],
             "errors": self.errors,
+            "warnings": self.warnings,
             "rollouts": self.rollouts,
         }
 
@@ -218,6 +241,11 @@ class _Run:
                 self._apply(it)
         counts = ", ".join(f"{sum(it.action == a for it in items)} {a}" for a in _ACTIONS)
         summary = f"applied {_count(len(items), 'object')} to {self.api.host}: {counts}"
+        warned = {
+            (w["kind"], w["namespace"], w["name"], w["message"]) for w in self.report.warnings
+        }
+        if warned:
+            summary += f" ({_count(len(warned), 'warning')} from the API server in the step log)"
         if self.ctx.step.get("wait", False):
             summary += "; " + self._wait(items)
         return summary
@@ -254,18 +282,19 @@ class _Run:
             self.log(f"  - {cause}")
         self.report.errors.append(
             {
-                "kind": it.obj.kind,
-                "namespace": it.namespace or None,
-                "name": it.obj.name,
-                "source": it.obj.source,
-                "document": it.obj.document,
-                "phase": phase,
+                **it.origin(phase),
                 "code": exc.code,
                 "reason": exc.reason,
                 "message": exc.message,
                 "causes": list(exc.causes),
             }
         )
+
+    def _warned(self, it: _Item, texts: list[str], phase: str) -> None:
+        """Log and record the API server's warnings about one request for ``it``."""
+        for text in texts:
+            self.log(f"warning: {it.line('', phase, it.obj.where)}: {text}")
+            self.report.warnings.append({**it.origin(phase), "message": text})
 
     def _dry_run(self, items: list[_Item], new_namespaces: str) -> None:
         """Dry-run every item (all of them, to report every rejection at once).
@@ -275,12 +304,15 @@ class _Run:
         """
         rejected: list[tuple[_Item, K8sStatusError]] = []
         for it in items:
+            warnings: list[str] = []
             try:
-                after = self.api.apply(it.path(), it.body(), dry_run=True)
+                after = self.api.apply(it.path(), it.body(), dry_run=True, warnings=warnings)
             except K8sStatusError as exc:
+                self._warned(it, warnings, "server dry run")
                 self._rejected(it, exc, "server dry run")
                 rejected.append((it, exc))
                 continue
+            self._warned(it, warnings, "server dry run")
             if it.before is None:
                 action = "created"
             elif _without_versions(after) == _without_versions(it.before):
@@ -304,9 +336,11 @@ class _Run:
         Raises:
             K8sStepError: the server rejected it (after its dry run had passed).
         """
+        warnings: list[str] = []
         try:
-            after = self.api.apply(it.path(), it.body(), dry_run=False)
+            after = self.api.apply(it.path(), it.body(), dry_run=False, warnings=warnings)
         except K8sStatusError as exc:
+            self._warned(it, warnings, "apply")
             self._rejected(it, exc, "apply")
             raise K8sStepError(
                 f"the API server rejected {it.label} ({it.obj.where}) after its dry run had "
@@ -319,6 +353,7 @@ class _Run:
         else:
             it.action = "configured"
         self.log(it.line(it.action))
+        self._warned(it, warnings, "apply")
 
     def _wait(self, items: list[_Item]) -> str:
         """Wait for every applied workload to roll out; returns the summary's last part.

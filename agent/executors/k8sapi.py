@@ -16,7 +16,14 @@ Discovery asks only for the group/versions a step uses (``GET /api/v1``,
 ``/apis/{group}/{version}``), once each; ``DynamicClient``'s own discoverer is switched off
 because it fetches every group without a timeout and caches them in a file shared under /tmp.
 Server-side apply is ``PATCH`` with ``application/apply-patch+yaml``, field manager
-:data:`FIELD_MANAGER` and ``force=true`` (why: see :mod:`agent.executors.k8s`).
+:data:`FIELD_MANAGER`, ``force=true`` (why: see :mod:`agent.executors.k8s`) and
+``fieldValidation=Strict``, for the dry run as for the real apply, as ``kubectl apply`` sends
+it. The API server refuses a field the kind does not have (``replcas``) or a value of the wrong
+type (``replicas: "two"``) in a server-side apply whatever ``fieldValidation`` says (it answers
+500 ``failed to create typed patch object (...): .spec.replcas: field not declared in
+schema``); Strict makes it refuse the rest of what it would otherwise only warn about
+(duplicate fields: 400 BadRequest). The API server's warnings (``Warning`` headers: deprecated
+API versions, deprecated labels, ...) are handed to the caller with :func:`warning_texts`.
 
 Not done here: retries beyond :data:`CONNECT_RETRIES` failed connection attempts (a rejected
 or timed-out request is never repeated), watches, lists, deletes, proxies beyond what the
@@ -50,6 +57,7 @@ __all__ = [
     "KubeApi",
     "Resource",
     "load_configuration",
+    "warning_texts",
 ]
 
 FIELD_MANAGER = "tiangong"
@@ -58,6 +66,7 @@ CONNECT_TIMEOUT_S = 10.0  # seconds per connection attempt
 READ_TIMEOUT_S = 60.0  # seconds to wait for one answer
 CONNECT_RETRIES = 1  # further attempts after a failed connection
 MAX_ERROR_TEXT = 300  # characters of a non-Status error body kept for the message
+MAX_WARNING_TEXT = 500  # characters kept of one warning from the API server
 
 
 class K8sStepError(Exception):
@@ -116,6 +125,20 @@ class Resource:
         return (self.group, self.plural) == ("", "namespaces")
 
 
+def warning_texts(values: list[str]) -> list[str]:
+    """The texts of ``Warning`` response headers, which the API server sends in the RFC 7234
+    form ``299 - "text"``; a value in another form is kept as it is. Each is shortened to
+    :data:`MAX_WARNING_TEXT` characters."""
+    texts = []
+    for value in values:
+        code, _, rest = value.partition(" ")
+        _agent, _, quoted = rest.partition(" ")
+        if code.isdigit() and len(quoted) >= 2 and quoted[0] == quoted[-1] == '"':
+            value = quoted[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        texts.append(" ".join(value.split())[:MAX_WARNING_TEXT])
+    return texts
+
+
 def load_configuration(connection: Connection, workdir: Path) -> Configuration:
     """A fresh client ``Configuration`` for a connection of type kubernetes.
 
@@ -144,7 +167,19 @@ def load_configuration(connection: Connection, workdir: Path) -> Configuration:
             )
     except (ConfigException, OSError, ValueError, yaml.YAMLError) as exc:
         raise K8sStepError(f"connection {connection.name!r}: cannot load {source}: {exc}") from exc
-    configuration.retries = CONNECT_RETRIES
+    # Only a connection that could not be made is tried again. A request sent without an
+    # answer in time, or cut off, is never repeated: a retried read would let one request
+    # take twice its share of the step's time, and a retried apply act twice.
+    configuration.retries = urllib3.Retry(
+        total=CONNECT_RETRIES,
+        connect=CONNECT_RETRIES,
+        read=False,
+        status=0,
+        other=0,
+        redirect=False,
+        raise_on_status=False,
+        respect_retry_after_header=False,
+    )
     return configuration
 
 
@@ -190,8 +225,10 @@ class KubeApi:
         *,
         body: object = None,
         query: tuple[tuple[str, str], ...] = (),
+        warnings: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Send one request and return the JSON object answered.
+        """Send one request and return the JSON object answered. The texts of the server's
+        warnings about it are appended to ``warnings`` (when given), also for an error answer.
 
         Raises:
             K8sStatusError: the server answered with an error status.
@@ -211,10 +248,14 @@ class KubeApi:
                 _request_timeout=timeout,
                 **extra,
             )
+            if warnings is not None:
+                warnings.extend(warning_texts(response.headers.getlist("Warning")))
             answer = json.loads(response.data)
         except ApiException as exc:
             if not exc.status:  # the client reports TLS trouble as status 0
                 raise K8sStepError(self._unreachable(exc.reason)) from exc
+            if warnings is not None and exc.headers is not None:
+                warnings.extend(warning_texts(exc.headers.getlist("Warning")))
             raise K8sStatusError.from_body(exc.status, exc.body) from exc
         except urllib3.exceptions.HTTPError as exc:
             raise K8sStepError(self._unreachable(exc)) from exc
@@ -251,17 +292,30 @@ class KubeApi:
                 return None
             raise
 
-    def apply(self, path: str, body: dict[str, Any], *, dry_run: bool) -> dict[str, Any]:
-        """Server-side apply ``body`` at ``path`` (with ``dryRun=All`` if ``dry_run``).
+    def apply(
+        self,
+        path: str,
+        body: dict[str, Any],
+        *,
+        dry_run: bool,
+        warnings: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Server-side apply ``body`` at ``path`` with strict field validation (with
+        ``dryRun=All`` if ``dry_run``); the server's warnings are appended to ``warnings``.
 
         Raises:
-            K8sStatusError: the server rejected it (422 Invalid, 404 NotFound namespace, ...).
+            K8sStatusError: the server rejected it (400 BadRequest for an unknown or mistyped
+                field, 422 Invalid, 404 NotFound namespace, 409 Conflict, ...).
             K8sStepError: as :meth:`request`.
         """
-        query: tuple[tuple[str, str], ...] = (("fieldManager", FIELD_MANAGER), ("force", "true"))
+        query: tuple[tuple[str, str], ...] = (
+            ("fieldManager", FIELD_MANAGER),
+            ("force", "true"),
+            ("fieldValidation", "Strict"),
+        )
         if dry_run:
             query += (("dryRun", "All"),)
-        return self.request("PATCH", path, body=body, query=query)
+        return self.request("PATCH", path, body=body, query=query, warnings=warnings)
 
     def resolve(self, api_version: str, kind: str, where: str) -> Resource:
         """Find the REST resource of ``kind`` in ``api_version`` by discovery.
