@@ -18,7 +18,7 @@ import click
 
 from agent.config import ConfigError, load_config
 from agent.home import HomeError, init_home
-from agent.inbox import ReadyItem
+from agent.inbox import ReadyItem, printable
 from agent.service import Agent
 
 __all__ = ["agent"]
@@ -312,7 +312,7 @@ def status_cmd(home: Path, as_json: bool) -> None:
     """Show what the agent applied, what is waiting, what was refused, and recent results."""
     ag = _open(home)
     try:
-        ag.inbox.scan(time.monotonic())
+        ag.survey()
         st = ag.status()
     finally:
         ag.close()
@@ -336,7 +336,11 @@ def status_cmd(home: Path, as_json: bool) -> None:
     if st["inbox_waiting"]:
         click.echo("inbox, not ready yet:")
         for w in st["inbox_waiting"]:
-            click.echo(f"  {w['name']}: {w['reason']}")
+            click.echo(f"  {printable(w['name'])}: {w['reason']}")
+    if st["inbox_held"]:
+        click.echo("inbox, held (nothing refused; each waits for what its line names):")
+        for h in st["inbox_held"]:
+            click.echo(f"  {printable(h['name'])}: {h['reason']}")
     if st["quarantined"]:
         click.echo("quarantined:")
         for r in st["quarantined"]:

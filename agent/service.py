@@ -348,6 +348,11 @@ class Agent:
         finally:
             watcher.stop()
 
+    def survey(self) -> None:
+        """Look at the inbox as a pass would, without acting (for ``agent status``):
+        settling files, waiting parts, and bundles held for a predecessor or for space."""
+        self.order.survey(self.inbox.scan(self.clock()), self._verify)
+
     def status(self) -> dict[str, Any]:
         trust = self.journal.trust(self._issuer())
         return {

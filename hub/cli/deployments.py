@@ -103,3 +103,33 @@ def deployments_mark(ctx: click.Context, deployment_id: int, state: str, as_json
         transition(sc, dep, state)
         row = _deployment_row(dep)
     _done(as_json, f"deployment {deployment_id} is now {state}", row)
+
+
+@deployments.command("declare-lost")
+@click.argument("deployment_id", type=int)
+@click.option("--reason", required=True, help="Why the bundle will never reach the site "
+              "(audited, and shown at the site).")
+@click.option("--requeue", is_flag=True, help="Queue the same release again for the same "
+              "agent: its bundle carries the decision to the site.")
+@json_option
+@click.pass_context
+def deployments_declare_lost(ctx: click.Context, deployment_id: int, reason: str,
+                             requeue: bool, as_json: bool) -> None:
+    """Declare the bundle of an exported deployment lost (a lost stick, a wiped share).
+
+    The next bundle exported to the same agent carries the signed decision: the agent stops
+    waiting for the lost bundle and refuses it if it ever turns up. See docs/agent.md
+    ("Order") and docs/hub.md ("Sequence chain and lost bundles").
+    """
+    from hub.services.chain import declare_lost
+
+    with _services(ctx) as sc:
+        dep, again = declare_lost(sc, deployment_id, reason, requeue=requeue)
+        row = _deployment_row(dep)
+        row["requeued_as"] = again.id if again is not None else None
+    text = (f"deployment {deployment_id} ({row['release']}, sequence {row['sequence']}) "
+            "declared lost; the next bundle exported to its target carries the decision")
+    if row["requeued_as"] is not None:
+        text += (f"\nqueued again as deployment {row['requeued_as']}: export it to carry the "
+                 "decision")
+    _done(as_json, text, row)

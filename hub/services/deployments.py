@@ -15,7 +15,8 @@ its own bundle, sequence and result.
        └──► delivered (live channel) ──► …
 
 ``succeeded``, ``failed``, ``rejected`` and ``interrupted`` are final; an operator
-re-queues to try again.
+re-queues to try again. ``exported ──► lost``: an operator declared the bundle lost
+(``hub.services.chain``); a result that arrives for it anyway still moves it on.
 
 **Sequences.** :func:`allocate_sequence` hands out the next bundle sequence for a target
 under a row lock (``UPDATE … SET next_sequence = next_sequence + 1`` first), so two
@@ -54,12 +55,13 @@ __all__ = [
     "visible_deployments",
 ]
 
-FINAL_STATES = frozenset({"succeeded", "failed", "rejected", "interrupted"})
+FINAL_STATES = frozenset({"succeeded", "failed", "rejected", "interrupted", "lost"})
 TRANSITIONS: dict[str, frozenset[str]] = {
     "queued": frozenset({"exported", "delivered"}),
     "exported": frozenset(
-        {"delivered", "running", "succeeded", "failed", "rejected", "interrupted"}
+        {"delivered", "running", "succeeded", "failed", "rejected", "interrupted", "lost"}
     ),
+    "lost": frozenset({"delivered", "running", "succeeded", "failed", "rejected", "interrupted"}),
     "delivered": frozenset({"running", "succeeded", "failed", "rejected", "interrupted"}),
     "running": frozenset({"succeeded", "failed", "interrupted"}),
     "succeeded": frozenset(),
@@ -75,6 +77,7 @@ _TIMESTAMP = {
     "failed": "finished_at",
     "rejected": "finished_at",
     "interrupted": "finished_at",
+    "lost": "finished_at",
 }
 
 

@@ -33,6 +33,7 @@ from hub.errors import ConfigError, HubError, ValidationError
 from hub.services import audit
 from hub.services.agents import agent_target
 from hub.services.approvals import approvals_for_manifest
+from hub.services.chain import chain_for
 from hub.services.context import ServiceContext
 from hub.services.deployments import allocate_sequence, mark_exported, pending_exports
 from hub.services.environments import get_environment
@@ -169,6 +170,7 @@ def _export_one(
         who = env.name
     _, seq = allocate_sequence(ctx.session, counter, agent=dep.agent)
     root_version = keys.root.version
+    chain = chain_for(ctx.session, dep, root_version, seq)  # bundle-format §6.8
     now = ctx.now()
     created = int(now.timestamp())
     approvals = tuple(
@@ -189,6 +191,7 @@ def _export_one(
         author=release.author.username,
         approvals=approvals,
         checkpoint=checkpoint,
+        chain=chain,
     )
     out = out_dir / _bundle_name(release.product.name, release.version, who, seq)
     written = write_bundle(

@@ -1,0 +1,184 @@
+"""The hub's side of the sequence chain (docs/bundle-format.md §6.8, docs/hub.md "Lost bundles").
+
+Every release bundle names the bundle exported to the same target just before it, so that an
+agent applies bundles in sequence order whatever order the media bring them in, and names the
+bundle it waits for when one is missing. When a bundle will never arrive (a stick lost,
+a share wiped), an operator **declares it lost**: the decision is audited, with its reason,
+and every later bundle exported to that target carries it, signed, so the agent proceeds
+without it — and refuses it with the hub's reason if it turns up after all.
+
+* :func:`chain_for` — the ``chain`` object of the bundle being exported (export calls it
+  once it has the bundle's sequence).
+* :func:`declare_lost` — the operator's decision; optionally queues the release again for
+  the same agent, whose bundle then carries the decision to the site at once.
+
+Decisions live in the audit log (``bundle.declared_lost``, object id = the sequence target,
+``agent:<id>`` or ``env:<name>``), which is append-only: a decision cannot be taken back,
+only superseded by exporting again. This module does not write bundles or results.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bundle.errors import ManifestError
+from bundle.manifest import MAX_LOST_ENTRIES, ChainInfo, ChainLink, LostBundle
+from hub.db import AuditEvent, Deployment
+from hub.errors import InvalidStateError, ValidationError
+from hub.services import audit
+from hub.services.context import ServiceContext
+from hub.services.deployments import deployment_target, get_deployment, transition
+from hub.services.users import require_ctx
+
+__all__ = ["DECLARED_LOST", "MAX_REASON_CHARS", "chain_for", "declare_lost"]
+
+DECLARED_LOST = "bundle.declared_lost"  # audit action; object id = the sequence target
+MAX_REASON_CHARS = 2000  # characters of an operator's reason
+_EXPORTED_ACTIONS = ("deployment.exported", "bundle.written")
+
+
+def _same_target(dep: Deployment) -> Any:
+    """The SQL condition for deployments that share ``dep``'s sequence counter."""
+    if dep.agent_id is not None:
+        return Deployment.agent_id == dep.agent_id
+    return (Deployment.agent_id.is_(None)) & (Deployment.environment_id == dep.environment_id)
+
+
+def _exporter(session: Session, dep: Deployment) -> str:
+    actor = session.scalars(
+        select(AuditEvent.actor)
+        .where(AuditEvent.action.in_(_EXPORTED_ACTIONS), AuditEvent.object_id == str(dep.id))
+        .order_by(AuditEvent.seq)
+        .limit(1)
+    ).first()
+    return actor or dep.queued_by or "unknown"
+
+
+def _link(session: Session, dep: Deployment) -> ChainLink:
+    assert dep.sequence is not None and dep.bundle_id is not None
+    when = dep.exported_at or dep.updated_at
+    return ChainLink(
+        root_version=dep.root_version or 1,
+        sequence=dep.sequence,
+        bundle_id=dep.bundle_id,
+        product=dep.release.product.name,
+        version=dep.release.version,
+        exported_at=int(when.timestamp()),
+        exported_by=_exporter(session, dep),
+    )
+
+
+def _previous(session: Session, dep: Deployment, root_version: int,
+              sequence: int) -> Deployment | None:
+    """The deployment of the same target whose bundle comes just before ``sequence``."""
+    base = select(Deployment).where(_same_target(dep), Deployment.id != dep.id,
+                                    Deployment.sequence.is_not(None),
+                                    Deployment.bundle_id.is_not(None))
+    same_epoch = session.scalars(
+        base.where(Deployment.root_version == root_version, Deployment.sequence < sequence)
+        .order_by(Deployment.sequence.desc()).limit(1)
+    ).first()
+    if same_epoch is not None:
+        return same_epoch
+    return session.scalars(
+        base.where(Deployment.root_version < root_version)
+        .order_by(Deployment.root_version.desc(), Deployment.sequence.desc()).limit(1)
+    ).first()
+
+
+def _decisions(session: Session, target: str, root_version: int) -> tuple[LostBundle, ...]:
+    """The newest decisions for ``target`` in ``root_version``, oldest first."""
+    texts = session.scalars(
+        select(AuditEvent.details)
+        .where(AuditEvent.action == DECLARED_LOST, AuditEvent.object_id == target)
+        .order_by(AuditEvent.seq.desc())
+    )
+    found: dict[tuple[int, int], LostBundle] = {}
+    for text in texts:
+        try:
+            decision = LostBundle.from_json(json.loads(text)["decision"])
+        except (KeyError, TypeError, ValueError, ManifestError):
+            continue  # not ours to judge here: audit verify names damaged events
+        if decision.bundle.root_version != root_version or decision.bundle.position in found:
+            continue
+        found[decision.bundle.position] = decision
+        if len(found) == MAX_LOST_ENTRIES:
+            break
+    return tuple(sorted(found.values(), key=lambda d: d.bundle.position))
+
+
+def chain_for(session: Session, dep: Deployment, root_version: int,
+              sequence: int) -> ChainInfo:
+    """The ``chain`` of the bundle exported for ``dep`` at ``(root_version, sequence)``:
+    the previous bundle of the same target and the lost decisions of that root version."""
+    previous = _previous(session, dep, root_version, sequence)
+    return ChainInfo(
+        previous=None if previous is None else _link(session, previous),
+        lost=_decisions(session, deployment_target(dep), root_version),
+    )
+
+
+def declare_lost(ctx: ServiceContext, deployment_id: int, reason: str, *,
+                 requeue: bool = False) -> tuple[Deployment, Deployment | None]:
+    """Declare the bundle of an exported deployment lost; returns it (now ``lost``) and the
+    new deployment if ``requeue``.
+
+    The next bundle exported to the same target carries the decision (§6.8): the agent
+    stops waiting for the lost bundle and refuses it if it turns up. ``requeue`` queues
+    the same release again for the same agent (or environment), which is that next bundle.
+
+    Raises:
+        NotFoundError, PermissionDeniedError (operator: ``bundle.export``),
+        ValidationError (no reason), InvalidStateError (the bundle is not exported: it may
+        already have reached the site, or it was never written).
+    """
+    session = ctx.session
+    dep = get_deployment(session, deployment_id)
+    require_ctx(ctx, "bundle.export", dep.environment)
+    reason = reason.strip()
+    if not reason:
+        raise ValidationError("say why the bundle is lost (--reason): the site sees it")
+    if len(reason) > MAX_REASON_CHARS:
+        raise ValidationError(f"the reason is {len(reason)} characters, over "
+                              f"{MAX_REASON_CHARS}")
+    if dep.state != "exported" or dep.sequence is None or dep.bundle_id is None:
+        raise InvalidStateError(
+            f"deployment {dep.id} is {dep.state}; only the bundle of an exported deployment "
+            "that has not reached the site can be declared lost")
+    previous = _previous(session, dep, dep.root_version or 1, dep.sequence)
+    decision = LostBundle(
+        bundle=_link(session, dep),
+        previous=None if previous is None else _link(session, previous),
+        reason=reason,
+        by=ctx.actor_name,
+        at=int(ctx.now().timestamp()),
+    )
+    target = deployment_target(dep)
+    transition(ctx, dep, "lost", action="bundle.export")
+    audit.record(ctx, DECLARED_LOST, "target", target,
+                 {"deployment": dep.id, "decision": decision.to_json()})
+    again = _requeue(ctx, dep) if requeue else None
+    return dep, again
+
+
+def _requeue(ctx: ServiceContext, dep: Deployment) -> Deployment:
+    """Queue ``dep``'s release again for the same agent (or environment)."""
+    require_ctx(ctx, "deployment.queue", dep.environment)
+    now = ctx.now()
+    again = Deployment(release=dep.release, environment=dep.environment, agent=dep.agent,
+                       state="queued", queued_by=ctx.actor_name, queued_at=now,
+                       updated_at=now)
+    ctx.session.add(again)
+    ctx.session.flush()
+    audit.record(ctx, "deployment.queue", "deployment", str(again.id), {
+        "release": dep.release.label,
+        "content_hash": dep.release.content_hash,
+        "environment": dep.environment.name,
+        "agent": dep.agent.agent_id if dep.agent else None,
+        "replaces": dep.id,
+    })
+    return again
