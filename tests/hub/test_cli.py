@@ -456,3 +456,25 @@ def test_json_of_submit_approve_reject_and_audit_export(hub_dir: Path, tmp_path:
     assert verified.exit_code == 0, verified.output
     report = json.loads(verified.output)
     assert report["ok"] is True and report["events"] == exported["events"]
+
+
+def test_declare_lost_from_the_cli(hub_dir: Path, tmp_path: Path) -> None:
+    run(hub_dir, "environments", "create", "plant-a")
+    run(hub_dir, "products", "create", "hello", actor="dev")
+    run(hub_dir, "releases", "create", str(EXAMPLES / "hello-1.0.0"), actor="dev")
+    run(hub_dir, "releases", "submit", "hello", "1.0.0", actor="dev")
+    run(hub_dir, "releases", "approve", "hello", "1.0.0", actor="alice")
+    (dep,) = json.loads(run(hub_dir, "deployments", "queue", "hello", "1.0.0",
+                            "--environment", "plant-a", "--json", actor="ops").output)
+    early = run(hub_dir, "deployments", "declare-lost", str(dep["id"]), "--reason", "x",
+                actor="ops", ok=False)
+    assert early.exit_code == 1 and "only the bundle of an exported deployment" in early.output
+    run(hub_dir, "export", "--environment", "plant-a", "--out", str(tmp_path / "usb"),
+        actor="ops")
+    out = json.loads(run(hub_dir, "deployments", "declare-lost", str(dep["id"]), "--reason",
+                         "stick lost in transit", "--requeue", "--json", actor="ops").output)
+    assert out["state"] == "lost" and out["requeued_as"] == dep["id"] + 1
+    text = run(hub_dir, "deployments", "show", str(out["requeued_as"]), "--json", actor="ops")
+    assert json.loads(text.output)["state"] == "queued"
+    report = json.loads(run(hub_dir, "audit", "verify", "--json", actor="aud").output)
+    assert report["ok"]
