@@ -10,6 +10,9 @@ Nothing is created at import time.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,10 +31,33 @@ __all__ = ["create_app", "hub_config", "hub_keys", "service_context"]
 
 health = Blueprint("health", __name__)
 
+LIVE_PROBE_TIMEOUT_S = 1.0  # seconds /healthz waits for the live server to accept
+
+
+def live_state(live_bind: str) -> str | None:
+    """``ok`` when the live server configured at ``live_bind`` accepts a TCP connection,
+    ``down`` when not, None when no live server is configured. A wildcard address is probed
+    on loopback."""
+    if not live_bind:
+        return None
+    host, _sep, port = live_bind.strip().rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    with contextlib.suppress(ValueError):
+        address = ipaddress.ip_address(host)
+        if address.is_unspecified:  # listening on every address: ask on loopback
+            host = "::1" if address.version == 6 else "127.0.0.1"
+    try:
+        with socket.create_connection((host, int(port)), timeout=LIVE_PROBE_TIMEOUT_S):
+            return "ok"
+    except (OSError, ValueError):
+        return "down"
+
 
 @health.get("/healthz")
 def healthz() -> Any:
-    """200 with ``{"status": "ok"}`` when the database answers, 503 otherwise."""
+    """200 with ``{"status": "ok", "database": "ok"}`` when the database answers and the live
+    server (when one is configured: ``"live": "ok"``) accepts connections; 503 with what is
+    ``unreachable``/``down`` otherwise."""
     try:
         db.session.execute(text("SELECT 1"))
     except SQLAlchemyError:
@@ -39,7 +65,12 @@ def healthz() -> Any:
         return jsonify(status="unavailable", database="unreachable"), 503
     finally:
         db.session.remove()
-    return jsonify(status="ok", database="ok")
+    live = live_state(hub_config().live_bind)
+    if live is None:
+        return jsonify(status="ok", database="ok")
+    if live == "down":
+        return jsonify(status="unavailable", database="ok", live="down"), 503
+    return jsonify(status="ok", database="ok", live="ok")
 
 
 def create_app(config: HubConfig | Mapping[str, Any] | None = None) -> Flask:

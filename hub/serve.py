@@ -34,8 +34,6 @@ __all__ = ["HubServer", "build_app", "live_child_command", "serve"]
 log = logging.getLogger("tiangong.hub.serve")
 
 LIVE_STOP_TIMEOUT_S = 15.0  # seconds the live child gets to close its connections
-
-
 class HubServer(BaseApplication):  # type: ignore[misc]
     """A gunicorn application serving one prepared Flask app."""
 
@@ -55,8 +53,13 @@ class HubServer(BaseApplication):  # type: ignore[misc]
 
 def live_child_command(config: HubConfig, *, bind: str,
                        allow_insecure_loopback: bool) -> list[str]:
-    """The ``tiangong hub live`` command line ``hub serve`` runs as its child."""
-    command = [sys.executable, "-m", "tiangong.cli", "hub", "--data-dir", str(config.data_dir),
+    """The ``tiangong hub live`` command line ``hub serve`` runs as its child.
+
+    ``-P``: the working directory is not put on the child's import path, so a directory
+    named ``hub/`` (or ``web/``, ``bundle/`` …) where ``hub serve`` was started — the demo's
+    data directory is ``demo-out/hub`` — cannot shadow the installed packages."""
+    command = [sys.executable, "-P", "-m", "tiangong.cli", "hub", "--data-dir",
+               str(config.data_dir.absolute()),
                "live", "--bind", bind, "--parent-pid", str(os.getpid())]
     if allow_insecure_loopback:
         command.append("--insecure-loopback")

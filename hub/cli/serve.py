@@ -12,6 +12,21 @@ import click
 from hub.cli.base import _config, _state, hub
 from hub.errors import ConfigError
 
+DEFAULT_LIVE_PORT = 8401  # TCP port of the live server when a bind address names none
+
+
+def with_live_port(bind: str) -> str:
+    """``bind`` with :data:`DEFAULT_LIVE_PORT` added when it names a host only
+    (``0.0.0.0`` -> ``0.0.0.0:8401``, ``::1`` / ``[::1]`` -> ``[::1]:8401``)."""
+    bind = bind.strip()
+    if bind.startswith("[") and bind.endswith("]"):
+        return f"{bind}:{DEFAULT_LIVE_PORT}"
+    if ":" not in bind:
+        return f"{bind}:{DEFAULT_LIVE_PORT}"
+    if bind.count(":") > 1 and not bind.startswith("["):  # a bare IPv6 address
+        return f"[{bind}]:{DEFAULT_LIVE_PORT}"
+    return bind
+
 
 @hub.command()
 @click.option("--bind", default=None, help="host:port (default from config: 127.0.0.1:8400).")
@@ -19,9 +34,9 @@ from hub.errors import ConfigError
 @click.option(
     "--live-bind",
     default=None,
-    metavar="HOST:PORT",
-    help="Also run the live WebSocket server on this address (default: [live] bind in "
-    "hub.toml; none: no live server).",
+    metavar="HOST[:PORT]",
+    help="Also run the live WebSocket server on this address; the port defaults to 8401 "
+    "(default: [live] bind in hub.toml; none: no live server).",
 )
 @click.option(
     "--live-insecure-loopback",
@@ -36,8 +51,9 @@ def serve(
     live_bind: str | None,
     live_insecure_loopback: bool,
 ) -> None:
-    """Serve the hub under gunicorn (health check at /healthz), and the live WebSocket
-    server as a child process (`tiangong hub live`) when a live bind address is set."""
+    """Serve the hub under gunicorn (health check at /healthz, which also says whether the
+    live server answers), and the live WebSocket server as a child process (`tiangong hub
+    live`) when a live bind address is set."""
     from hub.config import with_overrides
     from hub.serve import live_child_command
     from hub.serve import serve as run
@@ -49,8 +65,8 @@ def serve(
             changes["bind"] = bind
         if workers:
             changes["workers"] = workers
-        if live_bind:
-            changes["live_bind"] = live_bind
+        if live_bind or cfg.live_bind:
+            changes["live_bind"] = with_live_port(live_bind or cfg.live_bind)
         if live_insecure_loopback:
             changes["live_allow_insecure_loopback"] = True
         cfg = with_overrides(cfg, **changes)
@@ -92,8 +108,9 @@ def _live_command_if_configured(cfg: Any, live_child_command: Any) -> list[str] 
 @click.option(
     "--bind",
     default=None,
-    metavar="HOST:PORT",
-    help="Listen here (default: [live] bind in hub.toml or TIANGONG_HUB_LIVE_BIND).",
+    metavar="HOST[:PORT]",
+    help="Listen here; the port defaults to 8401 (default: [live] bind in hub.toml or "
+    "TIANGONG_HUB_LIVE_BIND).",
 )
 @click.option(
     "--insecure-loopback",
@@ -117,6 +134,7 @@ def live_cmd(
         cfg = _config(_state(ctx))
         if not (cfg.data_dir / "root.json").exists():
             raise ConfigError(f"{cfg.data_dir} is not an initialised hub: run `tiangong hub init`")
+        bind = with_live_port(bind or cfg.live_bind) if (bind or cfg.live_bind) else None
         server = start_configured(
             cfg, bind=bind, allow_insecure_loopback=True if insecure_loopback else None
         )

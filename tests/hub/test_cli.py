@@ -478,3 +478,18 @@ def test_declare_lost_from_the_cli(hub_dir: Path, tmp_path: Path) -> None:
     assert json.loads(text.output)["state"] == "queued"
     report = json.loads(run(hub_dir, "audit", "verify", "--json", actor="aud").output)
     assert report["ok"]
+
+
+@pytest.mark.parametrize(("given", "bind"), [
+    ("0.0.0.0", "0.0.0.0:8401"),  # noqa: S104 - a bind address under test
+    ("127.0.0.1:9000", "127.0.0.1:9000"),
+    ("::1", "[::1]:8401"),
+    ("[::1]", "[::1]:8401"),
+    ("[::1]:9000", "[::1]:9000"),
+    ("hub.example.org", "hub.example.org:8401"),
+])
+def test_the_live_port_defaults_to_8401(given: str, bind: str) -> None:
+    from hub.cli.serve import DEFAULT_LIVE_PORT, with_live_port
+
+    assert DEFAULT_LIVE_PORT == 8401
+    assert with_live_port(given) == bind
