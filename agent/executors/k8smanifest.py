@@ -10,7 +10,9 @@ file and the document.
 
 YAML is read with a ``SafeLoader`` that leaves unquoted timestamps as the strings written, as
 Kubernetes' own YAML-to-JSON conversion does (an annotation ``2024-05-01`` stays
-``"2024-05-01"`` instead of becoming a date).
+``"2024-05-01"`` instead of becoming a date), and that refuses a key written twice in one
+mapping, as ``kubectl apply`` and the API server's strict decoding do (PyYAML would keep the
+last value silently; merge keys ``<<`` may still be overridden).
 
 This module does no I/O and knows nothing of the API server: whether a kind exists, is
 namespaced or is valid is for the server to say. It does not expand ``kind: List``, template,
@@ -58,7 +60,27 @@ class ManifestObject:
 
 class _ManifestLoader(yaml.SafeLoader):
     """``SafeLoader`` that keeps unquoted timestamps as the strings written, as Kubernetes'
-    YAML-to-JSON conversion does (an annotation ``2024-05-01`` stays ``"2024-05-01"``)."""
+    YAML-to-JSON conversion does (an annotation ``2024-05-01`` stays ``"2024-05-01"``), and
+    refuses duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _value in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=False)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"key {key!r} appears twice in one mapping",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 _ManifestLoader.yaml_implicit_resolvers = {

@@ -738,6 +738,12 @@ MALFORMED = [
     pytest.param(
         "# nothing here\n---\n", "step 'deploy-shop': its manifests hold no objects", id="empty"
     ),
+    pytest.param(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: '1'}\ndata: {b: '2'}\n",
+        "manifest bad.yaml: invalid YAML in document 1 at line 5, column 1: key 'data' appears "
+        "twice in one mapping",
+        id="key-twice",
+    ),
 ]
 
 
