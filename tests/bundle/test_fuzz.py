@@ -1,6 +1,6 @@
 """A bounded, deterministic fuzz run of the parsers reached by untrusted bytes.
 
-Targets (SECURITY-MODEL.md, "fuzzing: envelope and manifest parsers under a fuzzer"):
+Targets (docs/security.md threat 12, "parser bugs reached before authentication"):
 
 * :meth:`Manifest.from_bytes` / :meth:`Manifest.from_json` on arbitrary bytes, arbitrary JSON
   and structurally mutated valid manifests (a field replaced, removed or added at any depth);

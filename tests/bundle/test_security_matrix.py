@@ -1,4 +1,4 @@
-"""The bundle-level security matrix of SECURITY-MODEL.md ("Tests a security reviewer expects").
+"""The bundle-level security matrix of docs/security.md (threats 1-14).
 
 Each section is a table of attacks (``pytest.mark.parametrize`` with ids). A case builds a
 hostile bundle (or a hostile situation: caller state, clock, planted files) and names the exact

@@ -1,4 +1,4 @@
-"""signing.envelope: the "signatures" rows of SECURITY-MODEL.md, as a table, plus fuzzing.
+"""signing.envelope: the "signatures" rows of docs/security.md, as a table, plus fuzzing.
 
 Every rejection is checked through the keys of a pinned ``TrustedRoot`` (as bundle readers do)
 and asserts the exact error type and that the trusted root did not change.

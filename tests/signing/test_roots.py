@@ -1,4 +1,4 @@
-"""signing.roots: pinning, the "root rotation" rows of SECURITY-MODEL.md, revocation, expiry.
+"""signing.roots: pinning, the "root rotation" rows of docs/security.md, revocation, expiry.
 
 Every refused update asserts the exact error type and that the caller's TrustedRoot is unchanged.
 """

@@ -1,4 +1,4 @@
-"""signing.sealed: the "secrets" rows of SECURITY-MODEL.md. The secret value must never appear
+"""signing.sealed: the "secrets" rows of docs/security.md. The secret value must never appear
 in an error message, in a chained exception, or in a repr."""
 
 from __future__ import annotations
