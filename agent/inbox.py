@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import logging
 import os
 import re
@@ -56,7 +57,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from signing.fileio import fsync_dir
+from signing.errors import KeyFileError
+from signing.fileio import fsync_dir, write_file_atomic
 
 __all__ = [
     "Inbox",
@@ -70,7 +72,7 @@ __all__ = [
     "write_reason",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tiangong.agent.inbox")  # agent run routes it into its log
 
 DEFAULT_SETTLE_SECONDS = 5.0  # seconds a file's size and mtime must stay unchanged
 DEFAULT_RESCAN_SECONDS = 10.0  # seconds between wake-ups when no filesystem event arrives
@@ -78,6 +80,10 @@ WATCHER_JOIN_SECONDS = 5.0  # seconds to wait for watcher threads on stop()
 COPY_CHUNK_BYTES = 1024 * 1024  # bytes per read when copying across filesystems
 MAX_INBOX_ENTRIES = 10_000  # directory entries considered per scan (stat calls are per entry)
 REASON_HASH_CAP = 64 * 1024 * 1024  # bytes of one file hashed for its reason-file line
+QUARANTINE_COPY_CAP = 64 * 1024 * 1024  # bytes: a refused file is never copied beyond this
+MAX_TAKEN = 10_000  # files remembered as taken from read-only media
+_READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+RESULT_SUFFIX = ".tgr"
 
 BUNDLE_SUFFIX = ".tgb"
 TEMP_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload")
@@ -123,6 +129,14 @@ class _Seen:
 
 
 @dataclass(frozen=True)
+class _Taken:
+    name: str
+    size: int
+    mtime_ns: int
+    sha256: str  # of the first REASON_HASH_CAP bytes
+
+
+@dataclass(frozen=True)
 class _Candidate:
     kind: Literal["single", "split"]
     base: str
@@ -165,6 +179,26 @@ def _classify(name: str) -> _Candidate | Literal["temp", "other"]:
     if lower.endswith(BUNDLE_SUFFIX) and len(name) > len(BUNDLE_SUFFIX):
         return _Candidate("single", name, 0)
     return "other"
+
+
+def _ignored(name: str, mode: int, kind: _Candidate | Literal["temp", "other"]) -> str | None:
+    """Why an inbox entry is not a candidate ("" to skip it silently), or None. Pure."""
+    if stat.S_ISDIR(mode):
+        return "a directory: ignored (the inbox is not searched recursively)" if isinstance(
+            kind, _Candidate) else ""
+    if stat.S_ISLNK(mode):
+        return ("a symbolic link: ignored (the agent reads only regular files; copy the file "
+                "itself)")
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe): ignored"
+    if not stat.S_ISREG(mode):
+        return "a device or socket, not a regular file: ignored"
+    if kind == "other":
+        if name.lower().endswith(RESULT_SUFFIX):
+            return ("a result file (.tgr): ignored — results go to the hub ('tiangong hub "
+                    "import'), not into an agent's inbox")
+        return "not a bundle (NAME.tgb or NAME.tgb.partNNN): ignored"
+    return None
 
 
 def default_parts_needed(part0: Path) -> int | None:
@@ -221,6 +255,9 @@ class Inbox:
         parts_needed: tells the number of data parts of a split bundle from its part 0.
         clock: used by :meth:`scan` when no time is passed (monotonic seconds).
         wall_clock: the time files' modification times are compared with (Unix seconds).
+        taken_file: where files that were taken but could not be removed (read-only media)
+            are remembered, by name, size, time and SHA-256, so they are never taken again,
+            even by a new process; None keeps them in memory only.
     """
 
     def __init__(
@@ -231,9 +268,13 @@ class Inbox:
         parts_needed: PartsNeeded = default_parts_needed,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        taken_file: Path | None = None,
     ) -> None:
         self.directory = Path(directory)
         self._wall_clock = wall_clock
+        self._taken_file = taken_file
+        self._taken: list[_Taken] = self._load_taken()
+        self._digests: dict[tuple[str, int, int], str] = {}
         self.settle_seconds = settle_seconds
         self._parts_needed = parts_needed
         self._clock = clock
@@ -295,13 +336,14 @@ class Inbox:
                 if isinstance(kind, _Candidate):
                     errors[name] = _describe(e)
                 continue
-            if stat.S_ISDIR(st.st_mode):
+            ignored = _ignored(name, st.st_mode, kind)
+            if ignored is not None:
+                if ignored:
+                    self._log_once(name, ignored)
                 continue
-            if not stat.S_ISREG(st.st_mode):
-                self._log_once(name, "ignored: not a regular file")
-                continue
-            if kind == "other":
-                self._log_once(name, "ignored: not a bundle")
+            if self._was_taken(name, st):
+                self._log_once(name, "already taken from this inbox (it could not be removed, "
+                               "e.g. read-only media): left alone")
                 continue
             observed[name] = (st.st_size, st.st_mtime_ns)
         ready = self._update(now, set(names), observed, errors)
@@ -322,7 +364,62 @@ class Inbox:
     def _log_once(self, name: str, message: str) -> None:
         if name not in self._logged:
             self._logged.add(name)
-            log.info("inbox %s: %s: %s", self.directory, name, message)
+            log.warning("inbox %s: %s: %s", self.directory, printable(name), message)
+
+    # -- files taken from media that cannot be changed (read-only sticks) -------------------
+
+    def _load_taken(self) -> list[_Taken]:
+        if self._taken_file is None:
+            return []
+        try:
+            rows = json.loads(self._taken_file.read_text(encoding="utf-8"))
+            return [_Taken(str(r[0]), int(r[1]), int(r[2]), str(r[3])) for r in rows]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, TypeError, IndexError) as e:
+            log.warning("inbox: %s is unreadable (%s); files left on read-only media may be "
+                        "taken again", self._taken_file, e)
+            return []
+
+    def _save_taken(self) -> None:
+        if self._taken_file is None:
+            return
+        rows = [[t.name, t.size, t.mtime_ns, t.sha256] for t in self._taken[-MAX_TAKEN:]]
+        data = json.dumps(rows, ensure_ascii=True).encode("ascii")
+        try:
+            write_file_atomic(self._taken_file, data, overwrite=True)
+        except KeyFileError as e:
+            raise OSError(str(e)) from e
+
+    def _was_taken(self, name: str, st: os.stat_result) -> bool:
+        """Whether this file (by name and times, or by content under another name) was
+        already taken; hashes only a file whose size and time match a taken one."""
+        matches = [t for t in self._taken if (t.size, t.mtime_ns) == (st.st_size, st.st_mtime_ns)]
+        if not matches:
+            return False
+        if any(t.name == name for t in matches):
+            return True
+        key = (name, st.st_size, st.st_mtime_ns)
+        if key not in self._digests:
+            try:
+                self._digests[key] = _sha256_prefix(self.directory / name, REASON_HASH_CAP)[0]
+            except OSError:
+                return False
+        return any(t.sha256 == self._digests[key] for t in matches)
+
+    def _remember_taken(self, path: Path, seen: _Seen) -> None:
+        try:
+            st = _lstat(path)
+            if (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
+                return  # replaced meanwhile: a new file, track it afresh
+            digest = _sha256_prefix(path, REASON_HASH_CAP)[0]
+        except OSError:
+            return  # gone: moved as it should be
+        self._taken.append(_Taken(path.name, seen.size, seen.mtime_ns, digest))
+        try:
+            self._save_taken()
+        except OSError as e:
+            log.warning("inbox: cannot record that %s was taken (%s)", printable(path.name), e)
 
     # -- deciding (pure apart from parts_needed and the readability check) -------------------
 
@@ -477,6 +574,7 @@ class Inbox:
             seen = self._seen.pop(path.name, None)
             if seen is not None:
                 self._handled[path.name] = (seen.size, seen.mtime_ns)
+                self._remember_taken(path, seen)
         self._counts.pop(item.name, None)
 
 
@@ -536,7 +634,8 @@ def _copy_to_temp(src: Path, dest_dir: Path) -> Path:
     return tmp
 
 
-def move_to(item: ReadyItem, dest_dir: Path | str) -> list[Path]:
+def move_to(item: ReadyItem, dest_dir: Path | str, *,
+            max_copy_bytes: int | None = None) -> list[Path]:
     """Move all of *item*'s files into *dest_dir* (created if needed); return the new paths.
 
     Within one filesystem each file is renamed (``os.replace``). Across filesystems (a USB stick
@@ -544,6 +643,11 @@ def move_to(item: ReadyItem, dest_dir: Path | str) -> list[Path]:
     are renamed into place, the directory is fsynced, and only then are the sources removed: an
     interruption at any point leaves each file in the inbox, in *dest_dir*, or in both, never in
     neither. Clashing names get one common suffix for the whole item (``x-1.tgb.part000`` ...).
+
+    Media that cannot be changed (a read-only stick or directory) are only read: the file is
+    copied and the original is left where it is (logged once; :meth:`Inbox.forget` then
+    remembers it so it is never taken again). A file that would have to be copied and is over
+    *max_copy_bytes* is not copied at all: its returned "new path" is the original.
 
     Raises:
         OSError: a file could not be copied or renamed; files not yet moved are still in the
@@ -553,11 +657,24 @@ def move_to(item: ReadyItem, dest_dir: Path | str) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     targets = _free_names(dest, [p.name for p in item.paths])
     copies: dict[Path, Path] = {}  # source -> fsynced temp copy in dest
+    left: set[Path] = set()
+
+    def too_big(src: Path) -> bool:
+        if max_copy_bytes is None or os.stat(src).st_size <= max_copy_bytes:
+            return False
+        log.warning("inbox: %s is %d bytes, over the copy cap of %d bytes: not copied, left "
+                    "where it is", printable(src.name), os.stat(src).st_size, max_copy_bytes)
+        left.add(src)
+        return True
+
     try:
         for src in item.paths:
-            if not _same_filesystem(src, dest):
+            if not _same_filesystem(src, dest) and not too_big(src):
                 copies[src] = _copy_to_temp(src, dest)
-        for src, target in zip(item.paths, targets, strict=True):
+        for i, (src, target) in enumerate(zip(item.paths, targets, strict=True)):
+            if src in left:
+                targets[i] = src
+                continue
             if src in copies:
                 os.replace(copies[src], target)
                 copies[src] = target  # now only the source remains to be removed
@@ -565,8 +682,13 @@ def move_to(item: ReadyItem, dest_dir: Path | str) -> list[Path]:
             try:
                 os.replace(src, target)
             except OSError as e:
-                if e.errno != errno.EXDEV:  # e.g. bind mounts on one device
+                # EXDEV: e.g. bind mounts on one device; EROFS/EACCES/EPERM: media we may
+                # not change — copy instead, and leave the original.
+                if e.errno != errno.EXDEV and e.errno not in _READ_ONLY_ERRNOS:
                     raise
+                if too_big(src):
+                    targets[i] = src
+                    continue
                 os.replace(_copy_to_temp(src, dest), target)
                 copies[src] = target
         fsync_dir(dest)
@@ -575,9 +697,18 @@ def move_to(item: ReadyItem, dest_dir: Path | str) -> list[Path]:
             if tmp not in targets:
                 tmp.unlink(missing_ok=True)
         raise
+    removed = False
     for src in copies:
-        src.unlink(missing_ok=True)
-    if copies:
+        try:
+            src.unlink(missing_ok=True)
+            removed = True
+        except OSError as e:
+            if e.errno not in _READ_ONLY_ERRNOS:
+                raise
+            log.warning("inbox: cannot remove %s (%s; read-only media?): copied to %s and "
+                        "left where it is; it will not be taken again", printable(src.name),
+                        _describe(e), dest)
+    if removed:
         with contextlib.suppress(OSError):  # some network shares refuse fsync on directories
             fsync_dir(item.paths[0].parent)
     return targets
@@ -592,12 +723,14 @@ def _item_files(dest_dir: Path, name: str) -> list[Path]:
     return found
 
 
-def _file_line(path: Path) -> str:
+def _file_line(path: Path, dest: Path) -> str:
     size = path.stat().st_size
     digest, hashed = _sha256_prefix(path, REASON_HASH_CAP)
     line = f"sha256:{digest}  {size}  {printable(path.name)}"
     if hashed < size:
         line += f"  (SHA-256 of the first {hashed} bytes only)"
+    if path.parent != dest:
+        line += f"  (left in {printable(str(path.parent))}, not copied)"
     return line
 
 
@@ -644,20 +777,13 @@ def write_reason(
         "reason: " + "\n  ".join(reason_lines),
         f"time: {when}",
         "files:",
-        *(f"  {_file_line(p)}" for p in paths),
+        *(f"  {_file_line(p, dest)}" for p in paths),
     ]
     target = dest / f"{name}.reason.txt"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=dest)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    fsync_dir(dest)
+        write_file_atomic(target, ("\n".join(lines) + "\n").encode("utf-8"), overwrite=True)
+    except KeyFileError as e:
+        raise OSError(str(e)) from e
     return target
 
 

@@ -32,13 +32,21 @@ from typing import Any
 
 from agent.config import AgentConfig
 from agent.home import AgentKeys, load_keys
-from agent.inbox import Inbox, InboxWatcher, ReadyItem, move_to, write_reason
+from agent.inbox import (
+    QUARANTINE_COPY_CAP,
+    Inbox,
+    InboxWatcher,
+    ReadyItem,
+    move_to,
+    printable,
+    write_reason,
+)
 from agent.journal import Journal, JournalError
 from agent.order import Held, Sequencer, held_rows
 from agent.results import write_result
 from agent.runner import BundleOutcome, Runner, StepReport
 from bundle.errors import BundleError, InsufficientSpaceError
-from bundle.parts import find_first_part
+from bundle.parts import find_first_part, strip_part_suffix
 from bundle.reader import (
     AdmitFn,
     ExpectRelease,
@@ -82,7 +90,8 @@ class Agent:
         self.keys = keys or load_keys(config)
         self.clock = clock
         self.journal = Journal(config.journal_path, clock=clock)
-        self.inbox = Inbox(config.inbox, settle_seconds=config.settle_seconds, wall_clock=clock)
+        self.inbox = Inbox(config.inbox, settle_seconds=config.settle_seconds, wall_clock=clock,
+                           taken_file=config.home / "inbox-taken.json")
         self.runner = Runner(config, self.journal, live_log=live_log, clock=clock)
         self.order = Sequencer(self.journal, self._accepted)
         self.wake = threading.Event()
@@ -141,9 +150,11 @@ class Agent:
             vb = self._verify(item, self.order.admit)
         except Held as held:
             seq = held.position[1] if held.position else None
-            return ProcessOutcome(item.name, "held", self.order.hold(item, held.reason, seq))
+            return ProcessOutcome(printable(item.name), "held",
+                                  self.order.hold(item, held.reason, seq))
         except InsufficientSpaceError as exc:
-            return ProcessOutcome(item.name, "held", self.order.hold_for_space(item, exc))
+            return ProcessOutcome(printable(item.name), "held",
+                                  self.order.hold_for_space(item, exc))
         except BundleError as exc:
             dup = self._duplicate_of(item, exc)
             if dup is not None:
@@ -152,8 +163,8 @@ class Agent:
             return self._reject(item, exc.check, str(exc))
         except OSError as exc:
             # Transport trouble: leave the files; the next scan tries again.
-            log.error("cannot read %s: %s; leaving it in the inbox", item.name, exc)
-            return ProcessOutcome(item.name, "deferred", f"cannot read: {exc}")
+            log.error("cannot read %s: %s; leaving it in the inbox", printable(item.name), exc)
+            return ProcessOutcome(printable(item.name), "deferred", f"cannot read: {exc}")
         return self._accept_and_run(item, vb)
 
     def _verify(self, item: ReadyItem, admit: AdmitFn) -> VerifiedBundle:
@@ -162,7 +173,7 @@ class Agent:
                                environment=self.config.environment)
         self.config.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
         kwargs: dict[str, Any] = dict(trusted_root=trusted, state=state, expect=expect,
-                                      staging_dir=self.config.staging, label=item.name,
+                                      staging_dir=self.config.staging, label=printable(item.name),
                                       clock=lambda: int(self.clock()), admit=admit)
         if item.kind == "split":
             return verify_parts(list(item.paths), **kwargs)
@@ -193,12 +204,12 @@ class Agent:
         dest.mkdir(parents=True, exist_ok=True)
         move_to(item, dest)
         self.inbox.forget(item)
-        summary = (f"{item.name} is a copy of bundle {rec.bundle_id}, already received "
+        summary = (f"{printable(item.name)} is a copy of bundle {rec.bundle_id}, already received "
                    f"(state: {rec.state}); it was not run again")
         log.info(summary)
         result = self._result("duplicate", summary, rec.bundle_id, rec.envelope_sha256,
                               rec.manifest.get("release"), [])
-        return ProcessOutcome(item.name, "duplicate", summary, rec.bundle_id, result)
+        return ProcessOutcome(printable(item.name), "duplicate", summary, rec.bundle_id, result)
 
     def _check_copy(self, item: ReadyItem, root_version: int,
                     sequence: int) -> BundleError | None:
@@ -209,7 +220,7 @@ class Agent:
         scratch = Path(tempfile.mkdtemp(prefix="dupcheck-", dir=self.config.staging))
         try:
             kwargs: dict[str, Any] = dict(trusted_root=trusted, state=relaxed, expect=expect,
-                                          staging_dir=scratch, label=item.name,
+                                          staging_dir=scratch, label=printable(item.name),
                                           clock=lambda: int(self.clock()))
             if item.kind == "split":
                 verify_parts(list(item.paths), **kwargs)
@@ -223,14 +234,14 @@ class Agent:
 
     def _reject(self, item: ReadyItem, check: str, reason: str) -> ProcessOutcome:
         dest = self.config.quarantine
-        moved = move_to(item, dest)
-        write_reason(dest, moved[0].name, check, reason, files=moved)
+        moved = move_to(item, dest, max_copy_bytes=QUARANTINE_COPY_CAP)
+        write_reason(dest, strip_part_suffix(moved[0].name), check, reason, files=moved)
         self.inbox.forget(item)
-        self.journal.record_rejection(item.name, None, check, reason)
-        log.error("refused %s [%s]: %s; moved to %s", item.name, check, reason, dest)
+        self.journal.record_rejection(printable(item.name), None, check, reason)
+        log.error("refused %s [%s]: %s; moved to %s", printable(item.name), check, reason, dest)
         result = self._result("rejected", reason, None, None, None, [],
-                              extra={"rejected_file": item.name, "check": check})
-        return ProcessOutcome(item.name, "rejected", reason, None, result)
+                              extra={"rejected_file": printable(item.name), "check": check})
+        return ProcessOutcome(printable(item.name), "rejected", reason, None, result)
 
     def _accept_and_run(self, item: ReadyItem, vb: VerifiedBundle) -> ProcessOutcome:
         m = vb.manifest
@@ -240,7 +251,8 @@ class Agent:
                 issuer=self._issuer(), root_envelope=vb.trusted_root.envelope,
                 root_version=vb.state.root_version, sequence=vb.state.sequence,
                 time_floor=vb.state.time_floor, bundle_id=m.bundle_id,
-                envelope_sha256=vb.envelope_sha256, source=item.name, manifest=manifest_json,
+                envelope_sha256=vb.envelope_sha256, source=printable(item.name),
+                manifest=manifest_json,
                 staged_dir=str(vb.staged_dir), not_before=vb.not_before,
                 steps=[(str(s.get("name")), str(s.get("kind"))) for s in m.steps],
             )
@@ -249,7 +261,7 @@ class Agent:
         dest = self.config.archive
         move_to(item, dest)
         self.inbox.forget(item)
-        log.info("accepted %s: %s, sequence %d", item.name, m.bundle_id, m.sequence)
+        log.info("accepted %s: %s, sequence %d", printable(item.name), m.bundle_id, m.sequence)
         return self.run_accepted(m.bundle_id)
 
     def run_accepted(self, bundle_id: str) -> ProcessOutcome:

@@ -127,17 +127,25 @@ def test_directories_and_other_files_are_ignored_logged_once_and_kept(
     box: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     (box / "dir.tgb").mkdir()
+    (box / "subdir").mkdir()
     notes = _write(box / "notes.txt", b"hello")
     (box / "link.tgb").symlink_to(notes)
+    os.mkfifo(box / "pipe.tgb")
+    _write(box / "x-000003.tgr", b"result")
     inbox = Inbox(box, settle_seconds=5)
-    with caplog.at_level(logging.INFO, logger="agent.inbox"):
+    with caplog.at_level(logging.INFO, logger="tiangong.agent.inbox"):
         for t in (0, 10, 20):
             assert inbox.scan(t) == []
     assert inbox.waiting() == []
     messages = [r.getMessage() for r in caplog.records]
-    assert sum("notes.txt: ignored: not a bundle" in m for m in messages) == 1
-    assert sum("link.tgb: ignored: not a regular file" in m for m in messages) == 1
-    assert not any("dir.tgb" in m for m in messages)
+    for name, why in [("notes.txt", "not a bundle (NAME.tgb or NAME.tgb.partNNN): ignored"),
+                      ("link.tgb", "a symbolic link: ignored"),
+                      ("pipe.tgb", "a FIFO (named pipe): ignored"),
+                      ("x-000003.tgr", "a result file (.tgr): ignored — results go to the hub"),
+                      ("dir.tgb", "a directory: ignored")]:
+        assert sum(f"{name}: {why}" in m for m in messages) == 1, (name, messages)
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+    assert not any("subdir" in m for m in messages)
     assert notes.read_bytes() == b"hello" and (box / "dir.tgb").is_dir()
 
 
@@ -637,7 +645,7 @@ def test_watcher_falls_back_to_polling_when_native_watch_fails(
     monkeypatch.setattr(Observer, "schedule", no_watches)
     woken = threading.Event()
     watcher = InboxWatcher(box, woken.set, rescan_seconds=3600)
-    with caplog.at_level(logging.WARNING, logger="agent.inbox"), watcher:
+    with caplog.at_level(logging.WARNING, logger="tiangong.agent.inbox"), watcher:
         assert watcher.polling
         _write(box / "new.tgb", b"x")
         assert woken.wait(EVENT_WAIT)

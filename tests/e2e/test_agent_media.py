@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -81,3 +82,87 @@ def test_once_applies_in_sequence_order_and_status_names_what_is_missing(
     assert "last sequence 10" in status
     assert ("x-1.0.12-site-01-000012.tgb: sequence 12 is waiting for sequence 11, hello "
             "1.0.11, exported 2026-12-01 by carol") in status
+
+
+def _reason_files(home: Path) -> list[Path]:
+    return sorted((home / "quarantine").glob("*.reason.txt"))
+
+
+def test_hostile_file_names_are_escaped_and_never_crash(tmp_path: Path, hub_keys: HubKeys) -> None:
+    home = init_agent(tmp_path, hub_keys)
+    src = tmp_path / "src"
+    src.mkdir()
+    (good,) = chained(hub_keys, src / "good.tgb", 1, None)
+    inbox = home / "inbox"
+    valid_name = os.fsdecode(b"hello-\xff\xfe.tgb")  # not UTF-8
+    fake_lines = "junk\nreason: verified OK\ncheck: none.tgb"  # newlines in a file name
+    bad_bytes = os.fsdecode(b"bad-\xc3\x28\x1b[31m.tgb")  # invalid UTF-8 and an ESC sequence
+    copy_in([good], home, [valid_name])
+    for name in (fake_lines, bad_bytes):
+        (inbox / name).write_bytes(b"not a bundle at all\n" * 100)
+        os.utime(inbox / name, (time.time() - 120, time.time() - 120))
+    out = run("agent", "run", "--home", str(home), "--once")
+    lines = out.stdout.splitlines()
+    assert "hello-\\xff\\xfe.tgb: succeeded: 3 step(s) succeeded" in lines
+    assert sum(": rejected: " in line for line in lines) == 2, out.stdout
+    assert "Traceback" not in out.stderr
+    assert (home / "archive" / valid_name).exists()
+    assert len(list((home / "outbox").glob("*.tgr"))) == 3  # one signed result each
+    reasons = _reason_files(home)
+    assert len(reasons) == 2
+    for reason in reasons:
+        text = reason.read_bytes().decode("utf-8")  # always valid UTF-8
+        assert not any(line.startswith("reason: verified OK") for line in text.splitlines())
+        assert [ln.split(":")[0] for ln in text.splitlines()[:2]] == ["bundle", "check"]
+    texts = "".join(r.read_text() for r in reasons)
+    assert "junk\\x0areason: verified OK\\x0acheck: none.tgb" in texts
+    assert "bad-\\xc3(\\x1b[31m.tgb" in texts
+    assert not list(inbox.iterdir())
+
+
+def test_read_only_media_are_read_never_changed_and_not_taken_twice(
+    tmp_path: Path, hub_keys: HubKeys
+) -> None:
+    """A write-protected stick: the bundle runs once, junk is refused once (a sparse 512 MiB
+    file is not copied: only its size and a bounded digest are recorded), nothing on the
+    stick changes, and later runs neither crash nor copy anything again."""
+    home = init_agent(tmp_path, hub_keys)
+    src = tmp_path / "src"
+    src.mkdir()
+    (good,) = chained(hub_keys, src / "hello.tgb", 1, None)
+    copy_in([good], home)
+    junk = home / "inbox" / "junk.tgb"
+    with junk.open("wb") as fh:
+        fh.write(os.urandom(300 * 1024))
+        fh.truncate(512 * 1024 * 1024)  # sparse: 300 KB of data, 512 MiB long
+    os.utime(junk, (time.time() - 120, time.time() - 120))
+    before = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in (home / "inbox").iterdir()}
+    inbox = str(home / "inbox")
+    subprocess.run(["mount", "--bind", inbox, inbox], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", inbox], check=True)
+        first = run("agent", "run", "--home", str(home), "--once")
+        assert "hello.tgb: succeeded: 3 step(s) succeeded" in first.stdout
+        assert "junk.tgb: rejected:" in first.stdout
+        assert "cannot remove hello.tgb" in first.stderr and "read-only" in first.stderr
+        assert "junk.tgb is 536870912 bytes, over the copy cap" in first.stderr
+        results = sorted((home / "outbox").glob("*.tgr"))
+        assert len(results) == 2
+        for _ in range(2):  # restarts: nothing taken twice, no crash, no copies
+            again = run("agent", "run", "--home", str(home), "--once")
+            assert again.stdout.strip() == "", again.stdout
+            assert "already taken from this inbox" in again.stderr
+        assert sorted((home / "outbox").glob("*.tgr")) == results
+        assert not (home / "archive" / "duplicates").exists()
+        now = {p.name: (p.stat().st_size, p.stat().st_mtime_ns)
+               for p in (home / "inbox").iterdir()}
+        assert now == before  # the medium is unchanged
+        status = run("agent", "status", "--home", str(home)).stdout
+        assert "junk.tgb" not in status.split("quarantined:")[0]  # not "waiting" either
+    finally:
+        subprocess.run(["umount", inbox], check=True)
+    assert (home / "archive" / "hello.tgb").stat().st_size == good.stat().st_size
+    assert not (home / "quarantine" / "junk.tgb").exists()  # never copied: over the cap
+    reason = (home / "quarantine" / "junk.tgb.reason.txt").read_text()
+    assert "536870912  junk.tgb  (SHA-256 of the first 67108864 bytes only)" in reason
+    assert "not copied" in reason
