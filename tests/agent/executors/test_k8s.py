@@ -707,6 +707,34 @@ def test_api_warnings_are_in_the_step_log_and_the_details(
     ]
 
 
+def test_warnings_come_with_a_rejection_too(
+    kube_server: KubeServer, harness: Harness, kube_namespace: str, widget_group: str
+) -> None:
+    crd_step = harness.step([harness.stage("crd.yaml", widget_crd(widget_group))])
+    assert harness.run(crd_step).status == "succeeded"
+    await_widgets(kube_server, widget_group)
+    text = f"{widget_group}/v1beta1 Widget is deprecated; use v1"
+    step = harness.step([harness.stage("w.yaml", widget(widget_group, "v1beta1", size=0))])
+
+    outcome = harness.run(step)
+
+    assert outcome.status == "failed"
+    ref = f"widget.{widget_group}/w"
+    assert harness.lines()[1:3] == [
+        f"warning: {ref} (namespace {kube_namespace}, server dry run, w.yaml document 1): {text}",
+        f"error: {ref} rejected (namespace {kube_namespace}, server dry run, w.yaml document 1): "
+        f'Widget.{widget_group} "w" is invalid: spec.size: Invalid value: 0: spec.size in body '
+        "should be greater than or equal to 1",
+    ]
+    assert [w["message"] for w in outcome.details["warnings"]] == [text]
+    assert (
+        kube_server.kubectl(
+            "get", "-n", kube_namespace, f"widgets.{widget_group}", "-o", "name"
+        ).stdout
+        == ""
+    )
+
+
 # -- malformed manifests: the API server is never contacted ----------------------------------
 
 MALFORMED = [
