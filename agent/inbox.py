@@ -275,6 +275,11 @@ class Inbox:
         self._taken_file = taken_file
         self._taken: list[_Taken] = self._load_taken()
         self._digests: dict[tuple[str, int, int], str] = {}
+        self._checked: dict[str, tuple[tuple[tuple[str, int, int], ...], str | None]] = {}
+        self.part_problems: Callable[[list[Path]], str | None] | None = None
+        """Optional: given the present files of a split bundle that still misses parts,
+        names the present ones that are damaged (the agent checks them against the signed
+        manifest), so missing and damaged parts are named at once."""
         self.settle_seconds = settle_seconds
         self._parts_needed = parts_needed
         self._clock = clock
@@ -407,19 +412,21 @@ class Inbox:
                 return False
         return any(t.sha256 == self._digests[key] for t in matches)
 
-    def _remember_taken(self, path: Path, seen: _Seen) -> None:
+    def _remember_taken(self, path: Path, seen: _Seen) -> bool:
+        """Remember *path* if it is still there unchanged (it could not be moved); True then."""
         try:
             st = _lstat(path)
             if (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
-                return  # replaced meanwhile: a new file, track it afresh
+                return False  # replaced meanwhile: a new file, track it afresh
             digest = _sha256_prefix(path, REASON_HASH_CAP)[0]
         except OSError:
-            return  # gone: moved as it should be
+            return False  # gone: moved as it should be
         self._taken.append(_Taken(path.name, seen.size, seen.mtime_ns, digest))
         try:
             self._save_taken()
         except OSError as e:
             log.warning("inbox: cannot record that %s was taken (%s)", printable(path.name), e)
+        return True
 
     # -- deciding (pure apart from parts_needed and the readability check) -------------------
 
@@ -532,7 +539,12 @@ class Inbox:
             return "waiting for part 0 to be readable (cannot tell the number of parts)"
         missing = [i for i in range(1, count + 1) if i not in parts]
         if missing:
-            return f"waiting for parts {', '.join(map(str, missing))} of {count}"
+            waiting = f"waiting for parts {', '.join(map(str, missing))} of {count}"
+            if all(self._settled(now, n) for n in names):
+                damaged = self._part_problems(base, names)
+                if damaged:
+                    return f"{waiting}: {damaged}"
+            return waiting
         if not all(self._settled(now, n) for n in names):
             return SETTLING
         paths = tuple(self.directory / n for n in names)
@@ -543,6 +555,23 @@ class Inbox:
         return ReadyItem(
             base, paths, sum(s.size for s in seen), "split", min(s.first_seen for s in seen)
         )
+
+    def _part_problems(self, base: str, names: list[str]) -> str | None:
+        """What :attr:`part_problems` says about the present parts (cached per fingerprint)."""
+        if self.part_problems is None:
+            return None
+        fingerprint = tuple((n, self._seen[n].size, self._seen[n].mtime_ns) for n in names)
+        cached = self._checked.get(base)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        try:
+            text = self.part_problems([self.directory / n for n in names])
+        except Exception as e:  # a plug-in failure must not stop the agent's loop
+            log.warning("inbox %s: cannot check the parts of %s: %s", self.directory,
+                        printable(base), e)
+            text = None
+        self._checked[base] = (fingerprint, text)
+        return text
 
     def _count(self, base: str, part0: str) -> int | None:
         seen = self._seen[part0]
@@ -572,9 +601,8 @@ class Inbox:
         """
         for path in item.paths:
             seen = self._seen.pop(path.name, None)
-            if seen is not None:
+            if seen is not None and self._remember_taken(path, seen):
                 self._handled[path.name] = (seen.size, seen.mtime_ns)
-                self._remember_taken(path, seen)
         self._counts.pop(item.name, None)
 
 

@@ -29,13 +29,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from agent.inbox import ReadyItem, printable
 from agent.journal import Journal
 from bundle.chain import Position, collect_lost, declared_lost, missing_predecessor
-from bundle.errors import BundleError, InsufficientSpaceError, ReplayError
+from bundle.errors import BundleError, InsufficientSpaceError, PartsError, ReplayError
 from bundle.manifest import ChainInfo, LostBundle, Manifest
+from bundle.parts import assign_parts, find_first_part
 from bundle.reader import AdmitFn
 
 __all__ = ["Held", "HeldItem", "LostBundleError", "Sequencer", "describe_lost", "held_rows"]
@@ -250,6 +252,26 @@ class Sequencer:
     def _survey_hook(self, manifest: Manifest) -> None:
         self.admit(manifest)
         raise _Peeked(manifest)
+
+    def part_problems(self, paths: list[Path], verify: Verify) -> str | None:
+        """For a split bundle that still misses parts: the message naming every missing
+        *and* damaged part (checked against the signed part digests), or None when every
+        present part is good. The bundle itself is not staged or changed."""
+        files = tuple(paths)
+
+        def check(manifest: Manifest) -> None:
+            if manifest.parts is not None:
+                assign_parts(find_first_part(list(files)), list(files), manifest.parts)
+            raise _Peeked(manifest)
+
+        item = ReadyItem(files[0].name, files, 0, "split", 0.0)
+        try:
+            verify(item, check)
+        except PartsError as exc:
+            return str(exc) if exc.damaged else None
+        except (_Peeked, BundleError, OSError):
+            return None
+        return None
 
     # -- holding ----------------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ from agent.journal import Journal, JournalError
 from agent.order import Held, Sequencer, held_rows
 from agent.results import write_result
 from agent.runner import BundleOutcome, Runner, StepReport
-from bundle.errors import BundleError, InsufficientSpaceError
+from bundle.errors import BundleError, InsufficientSpaceError, PartsError
 from bundle.parts import find_first_part, strip_part_suffix
 from bundle.reader import (
     AdmitFn,
@@ -94,6 +94,7 @@ class Agent:
                            taken_file=config.home / "inbox-taken.json")
         self.runner = Runner(config, self.journal, live_log=live_log, clock=clock)
         self.order = Sequencer(self.journal, self._accepted)
+        self.inbox.part_problems = lambda paths: self.order.part_problems(paths, self._verify)
         self.wake = threading.Event()
         self.stopping = threading.Event()
 
@@ -155,6 +156,10 @@ class Agent:
         except InsufficientSpaceError as exc:
             return ProcessOutcome(printable(item.name), "held",
                                   self.order.hold_for_space(item, exc))
+        except PartsError as exc:
+            if exc.damaged or exc.missing:
+                return self._bad_parts(item, exc)
+            return self._reject(item, exc.check, str(exc))
         except BundleError as exc:
             dup = self._duplicate_of(item, exc)
             if dup is not None:
@@ -231,6 +236,25 @@ class Agent:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return None
+
+    def _bad_parts(self, item: ReadyItem, exc: PartsError) -> ProcessOutcome:
+        """Missing or damaged parts of a split bundle: only the damaged files go to
+        quarantine (reason file named after the bundle); the bundle waits in the inbox for
+        the parts to be copied again. Not a verdict on the bundle: no result yet."""
+        damaged = [p for p in item.paths if p in set(exc.damaged)]
+        if damaged:
+            part = ReadyItem(item.name, tuple(damaged), 0, "split", item.first_seen)
+            dest = self.config.quarantine
+            moved = move_to(part, dest, max_copy_bytes=QUARANTINE_COPY_CAP)
+            write_reason(dest, strip_part_suffix(moved[0].name), exc.check, str(exc),
+                         files=moved)
+            self.inbox.forget(part)
+            self.journal.record_rejection(printable(item.name), None, exc.check, str(exc))
+            log.error("bundle %s: %s; moved %s to %s", printable(item.name), exc,
+                      ", ".join(printable(p.name) for p in damaged), dest)
+        return ProcessOutcome(printable(item.name), "held",
+                              self.order.hold(item, f"waiting for parts to be copied again: "
+                                              f"{exc}"))
 
     def _reject(self, item: ReadyItem, check: str, reason: str) -> ProcessOutcome:
         dest = self.config.quarantine

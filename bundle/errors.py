@@ -66,7 +66,17 @@ class TruncatedError(BundleFormatError):
 
 
 class PartsError(BundleFormatError):
+    """Parts of a split bundle are missing or damaged (§8.2). ``damaged`` are the files that
+    are present but wrong (a damaged copy, a part of another bundle); ``missing`` the
+    indexes of the data parts that have no file. Only these need copying again."""
+
     check = "parts"
+
+    def __init__(self, message: str, *, damaged: tuple[Any, ...] = (),
+                 missing: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.damaged = damaged
+        self.missing = missing
 
 
 class ManifestError(BundleFormatError):

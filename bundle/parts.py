@@ -205,21 +205,39 @@ def assign_parts(first: Path, candidates: Sequence[Path], info: PartsInfo) -> li
                 used.add(path)
                 break
     problems: list[str] = []
+    damaged: list[Path] = []
+    missing: list[int] = []
     for d in info.digests:
-        if d.index in assigned:
-            continue
         expected = f"{base}.part{d.index:03d}" if base is not None else f"part {d.index:03d}"
         named = by_name.get(d.index)
+        if d.index in assigned:
+            continue
         if named is None:
             why = "is missing"
+            missing.append(d.index)
         elif sizes[named] != d.size:
             why = (f"is {format_bytes(sizes[named])} instead of {format_bytes(d.size)} "
                    "(an incomplete copy, or a part of another bundle)")
+            damaged.append(named)
         else:
             why = "is damaged or belongs to another bundle (its SHA-256 differs)"
+            damaged.append(named)
         problems.append(f"part {d.index} of {total} ({expected}) {why}")
     if problems:
-        raise PartsError(_problem_message(problems))
+        # Name every bad part at once: parts taken by name are checked now too.
+        for d in info.digests:
+            part = assigned.get(d.index)
+            if part is None or part.path in hashes:
+                continue
+            with contextlib.suppress(OSError, PartsError):
+                if _sha256_file(part.path) != d.sha256:
+                    problems.append(f"part {d.index} of {total} ({part.path.name}) is damaged "
+                                    "or belongs to another bundle (its SHA-256 differs)")
+                    damaged.append(part.path)
+        order = {d.index: i for i, d in enumerate(info.digests)}
+        problems.sort(key=lambda text: order.get(int(text.split()[1]), 0))
+        raise PartsError(_problem_message(problems), damaged=tuple(damaged),
+                         missing=tuple(missing))
     return [assigned[d.index] for d in info.digests]
 
 
@@ -277,7 +295,7 @@ class PartsSource:
             self.close()
             raise PartsError(
                 f"part {part.index} of {self._total} ({part.path.name}) became shorter while "
-                "it was read — re-copy only this part"
+                "it was read — re-copy only this part", damaged=(part.path,)
             )
         self._sha.update(data)
         self._left -= len(data)
@@ -292,12 +310,14 @@ class PartsSource:
             self.close()
             problems = [f"part {part.index} of {self._total} ({part.path.name}) is damaged or "
                         "belongs to another bundle (its SHA-256 differs)"]
+            damaged = [part.path]
             for later in self._parts[self._next :]:
                 with contextlib.suppress(OSError, PartsError):
                     if _sha256_file(later.path) != later.sha256:
                         problems.append(f"part {later.index} of {self._total} "
                                         f"({later.path.name}) is damaged as well")
-            raise PartsError(_problem_message(problems))
+                        damaged.append(later.path)
+            raise PartsError(_problem_message(problems), damaged=tuple(damaged))
 
     def check_current_part(self) -> None:
         """Read the current part to its end and check its digest.
