@@ -54,12 +54,19 @@ from hub.services.agents import (
     list_agents,
     revoke_agent,
 )
-from hub.services.environments import environment_for, viewable_environments
+from hub.services.environments import viewable_environments
 from hub.services.presence import agent_presence
-from hub.services.users import can
+from hub.services.users import can, require
 from signing.errors import SigningError
 from signing.fileio import write_file_atomic
-from web.views import ctx, login_required, signed_in_user, status_for
+from web.views import (
+    ctx,
+    in_scope,
+    login_required,
+    signed_in_user,
+    status_for,
+    visible_environment,
+)
 
 __all__ = [
     "RESPONSES_DIR",
@@ -174,7 +181,7 @@ def index() -> Any:
     sc = ctx()
     chosen = request.args.get("environment") or None
     if chosen is not None:
-        agents = list_agents(sc.session, environment_for(sc, chosen).name)
+        agents = list_agents(sc.session, visible_environment(chosen).name)
     else:
         visible = {e.id for e in viewable_environments(sc)}
         agents = [a for a in list_agents(sc.session) if a.environment_id in visible]
@@ -228,6 +235,7 @@ def enroll() -> Any:
         environment = request.form.get("environment") or enrollment.environment
         if not environment:
             raise ValidationError("the request names no environment: choose one")
+        visible_environment(environment)
         keys = hub_keys()
         if keys is None or keys.release_key is None:
             raise ConfigError("the release key is needed to sign the enrollment response; "
@@ -245,9 +253,14 @@ def enroll() -> Any:
 
 
 def _agent_for(agent_id: str, action: str = "view") -> Agent:
+    """The agent, if the user may view its environment (else a 404 like a missing agent),
+    and then only if they may do ``action`` there (else a 403)."""
     sc = ctx()
-    agent = get_agent(sc.session, agent_id)
-    environment_for(sc, agent.environment.name, action)
+    agent = in_scope(f"agent {agent_id[:64]!r} does not exist",
+                     lambda: get_agent(sc.session, agent_id),
+                     lambda a: can(sc.actor, "view", a.environment))
+    if action != "view":
+        require(sc.actor, action, agent.environment)
     return agent
 
 

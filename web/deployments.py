@@ -4,7 +4,8 @@ result, and the live log an online agent streams while it runs (``/<id>/logs?aft
 polled by ``static/live-logs.js``; the page renders the log so far without JavaScript).
 
 Who sees what is decided by :mod:`hub.services.deployments` (``visible_deployments``,
-``get_visible_deployment``) and :mod:`hub.services.logs`; marking a deployment delivered is
+and :func:`web.views.in_scope`: a deployment outside one's environments is a 404 like one
+that does not exist) and :mod:`hub.services.logs`; marking a deployment delivered is
 :func:`hub.services.deployments.transition`'s decision. Cancelling is not offered: a
 deployment marked final by hand would make the hub refuse the agent's genuine result later.
 """
@@ -22,7 +23,7 @@ from hub.errors import HubError, ValidationError
 from hub.services.deployments import (
     FINAL_STATES,
     TRANSITIONS,
-    get_visible_deployment,
+    get_deployment,
     transition,
     visible_deployments,
 )
@@ -34,7 +35,14 @@ from hub.services.logs import (
 )
 from hub.services.presence import agent_presence
 from hub.services.users import can
-from web.views import ctx, login_required, signed_in_user, status_for
+from web.views import (
+    ctx,
+    in_scope,
+    login_required,
+    signed_in_user,
+    status_for,
+    visible_environment,
+)
 
 __all__ = ["LIST_LIMIT", "WEB_MARKS", "bp"]
 
@@ -82,6 +90,8 @@ def index() -> Any:
     user = signed_in_user()
     envs = [e for e in list_environments(sc.session) if can(user, "view", e)]
     env, state = _filters()
+    if env is not None:
+        visible_environment(env)
     deployments = visible_deployments(sc, env, state, limit=LIST_LIMIT + 1)
     return render_template(
         "deployments/index.html",
@@ -107,11 +117,23 @@ def _timeline(dep: Deployment) -> list[tuple[str, datetime | None, str]]:
     ]
 
 
+def _deployment(deployment_id: int) -> Deployment:
+    """The deployment, if the user may view its environment (else a 404 like a missing one).
+
+    Raises:
+        NotFoundError.
+    """
+    sc = ctx()
+    return in_scope(f"deployment {deployment_id} does not exist",
+                    lambda: get_deployment(sc.session, deployment_id),
+                    lambda d: can(sc.actor, "view", d.environment))
+
+
 @bp.get("/<int:deployment_id>")
 @login_required
 def show(deployment_id: int) -> Any:
     sc = ctx()
-    dep = get_visible_deployment(sc, deployment_id)
+    dep = _deployment(deployment_id)
     data_dir = hub_config().data_dir
     result = result_for_deployment(sc, dep, data_dir)
     live = deployment_live_tail(sc, dep, data_dir)
@@ -145,7 +167,7 @@ def logs(deployment_id: int) -> Any:
         return jsonify({"error": "after must be a whole number (a log line's seq)"}), 400
     sc = ctx()
     try:
-        dep = get_visible_deployment(sc, deployment_id)
+        dep = _deployment(deployment_id)
         chunk = deployment_live_lines(sc, dep, hub_config().data_dir, max(after, -1))
     except HubError as exc:
         db.session.rollback()
@@ -169,7 +191,7 @@ def mark(deployment_id: int) -> Any:
             f"the web UI marks deployments only {', '.join(WEB_MARKS)}, not {state[:40]!r}"
         )
     sc = ctx()
-    dep = get_visible_deployment(sc, deployment_id)
+    dep = _deployment(deployment_id)
     transition(sc, dep, state)
     db.session.commit()
     flash(f"Deployment {deployment_id} marked {state}.", "info")

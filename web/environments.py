@@ -3,7 +3,7 @@ its latest deployments and the number of distinct approvals it requires; admins 
 environments and change that number.
 
 Every list starts from :func:`hub.services.environments.viewable_environments` and every
-page from :func:`~hub.services.environments.environment_for`, so nobody sees an
+page from :func:`web.views.visible_environment`, so nobody sees an
 environment without a grant there. Creating and changing are the service's decisions
 (admin only); this module reads forms and renders.
 """
@@ -23,14 +23,13 @@ from hub.services.deployments import pending_exports
 from hub.services.environments import (
     MAX_REQUIRED_APPROVALS,
     create_environment,
-    environment_for,
     latest_deployments,
     set_required_approvals,
     viewable_environments,
 )
 from hub.services.users import can
 from web.agents import presence, web_now
-from web.views import ctx, login_required, signed_in_user
+from web.views import ctx, login_required, signed_in_user, visible_environment
 
 __all__ = ["DEPLOYMENTS_SHOWN", "bp"]
 
@@ -101,7 +100,7 @@ def create() -> Any:
 @login_required
 def show(name: str) -> Any:
     sc = ctx()
-    env = environment_for(sc, name)
+    env = visible_environment(name)
     now = web_now()
     agents = [(a, presence(a, now)) for a in list_agents(sc.session, env.name)]
     user = signed_in_user()
@@ -120,6 +119,7 @@ def show(name: str) -> Any:
 @bp.post("/<name>/required-approvals")
 @login_required
 def required_approvals(name: str) -> Any:
+    visible_environment(name)
     with _approvals_input(request.form.get("required_approvals")) as required:
         env = set_required_approvals(ctx(), name, required)
     db.session.commit()

@@ -22,7 +22,7 @@ responses written for uploaded enrollment requests are kept for download on the 
 A refresh that re-sends the upload is harmless: importing twice changes nothing.
 
 This module decides nothing: permission checks are the services' (``export_environment``,
-``import_directory``, :func:`~hub.services.environments.environment_for`).
+``import_directory``; who may see an export or name an environment: :func:`web.views.in_scope`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from hub.app import hub_config
 from hub.errors import NotFoundError, PermissionDeniedError, ValidationError
 from hub.services.deployments import pending_exports
-from hub.services.environments import environment_for, viewable_environments
+from hub.services.environments import get_environment, viewable_environments
 from hub.services.exchange import ExportReport, export_environment, import_directory
 from hub.services.users import can
 from signing.fileio import write_file_atomic
@@ -64,7 +64,7 @@ from web.agents import (
     upload_name,
     web_now,
 )
-from web.views import ctx, login_required, signed_in_user
+from web.views import ctx, in_scope, login_required, signed_in_user, visible_environment
 
 __all__ = [
     "EXPORTS_DIR",
@@ -195,19 +195,26 @@ def _read_export(path: Path) -> PendingExport | None:
 
 
 def _export_named(name: str) -> PendingExport:
-    """The pending export ``name``, if the actor may export its environment.
+    """The pending export ``name``, if the actor may export its environment (anyone else is
+    answered as if it did not exist).
 
     Raises:
-        NotFoundError, PermissionDeniedError.
+        NotFoundError.
     """
-    found = _read_export(_exports_root() / name) if _EXPORT_NAME.match(name) else None
-    if found is None:
-        raise NotFoundError(
-            f"export {name[:80]} is not waiting here: it was downloaded completely (and "
-            "removed) or never existed"
-        )
-    environment_for(ctx(), found.environment, "bundle.export")
-    return found
+
+    def lookup() -> PendingExport:
+        found = _read_export(_exports_root() / name) if _EXPORT_NAME.match(name) else None
+        if found is None:
+            raise NotFoundError(name)
+        return found
+
+    sc = ctx()
+    return in_scope(
+        f"export {name[:80]} is not waiting here: it was downloaded completely (and removed) "
+        "or never existed",
+        lookup,
+        lambda f: can(sc.actor, "bundle.export", get_environment(sc.session, f.environment)),
+    )
 
 
 def _report_rows(report: ExportReport) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -263,7 +270,7 @@ def index() -> Any:
 def export() -> Any:
     """Export the queued deployments of one environment, to a download or to export_dir."""
     sc = ctx()
-    env = environment_for(sc, request.form.get("environment", ""), "bundle.export")
+    env = visible_environment(request.form.get("environment", ""), "bundle.export")
     cfg = hub_config()
     if request.form.get("destination", "download") == "directory":
         if cfg.export_path is None:

@@ -76,6 +76,7 @@ from hub.services.environments import visible_environments
 from hub.services.releases import (
     RELEASE_TOML,
     StoredFileText,
+    can_read,
     create_release,
     diff_releases,
     get_product,
@@ -88,7 +89,7 @@ from hub.services.releases import (
     submit_release,
 )
 from hub.services.users import can
-from web.views import ctx, login_required, signed_in_user
+from web.views import ctx, in_scope, login_required, signed_in_user, visible_environment
 
 __all__ = ["MAX_UPLOAD_BYTES", "UPLOAD_LIMIT_SETTING", "bp", "highlight_file"]
 
@@ -262,8 +263,11 @@ def _release_url(release: Release, endpoint: str = "releases.release") -> str:
 
 
 def _load(product: str, version: str) -> Release:
-    require_read(signed_in_user())
-    return get_release(ctx().session, product, version)
+    """The release, if the user may read releases (else a 404 like a missing release)."""
+    user = signed_in_user()
+    return in_scope(f"release {product[:64]} {version[:64]} does not exist",
+                    lambda: get_release(ctx().session, product, version),
+                    lambda _r: can_read(user))
 
 
 @bp.get("/<product>/<version>")
@@ -376,6 +380,8 @@ def submit(product: str, version: str) -> Any:
 def _decision_form() -> tuple[str, str | None]:
     comment = request.form.get("comment", "")
     environment = request.form.get("environment") or None
+    if environment is not None:
+        visible_environment(environment)
     return comment, environment
 
 
@@ -400,6 +406,7 @@ def queue(product: str, version: str) -> Any:
     environment = request.form.get("environment", "").strip()
     if not environment:
         raise ValidationError("choose the environment to deploy to")
+    visible_environment(environment)
 
     def run(rel: Release) -> str:
         deps = queue_deployment(ctx(), rel, environment)

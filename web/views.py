@@ -6,6 +6,13 @@ Views translate, services decide (STYLE.md): a view reads the form, calls a serv
 :class:`~hub.errors.PermissionDeniedError` raised there becomes a 403 page here, a
 :class:`~hub.errors.NotFoundError` a 404, a conflict or invalid state a 409, bad input a 400.
 Views may call :func:`hub.services.users.can` to hide buttons, never to protect anything.
+
+**Scope.** An object outside the signed-in user's scope (a deployment, agent or
+environment they may not view, a release for someone with no grant, an export of an
+environment they may not export) answers exactly like an object that does not exist: the
+same 404 and the same words (:func:`in_scope`, :func:`visible_environment`). A 403 is
+only ever given about an object the user can see (a viewer asking to revoke an agent they
+can open), so refusals do not tell which objects exist.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from urllib.parse import quote
 from flask import Flask, current_app, redirect, render_template, request
 
 from hub.app import hub_config, hub_keys
-from hub.db import User, db
+from hub.db import Environment, User, db
 from hub.errors import (
     ConflictError,
     HubError,
@@ -29,11 +36,55 @@ from hub.errors import (
     ValidationError,
 )
 from hub.services.context import ServiceContext
+from hub.services.environments import get_environment
+from hub.services.users import can, require
 from web.sessions import current_hub_user
 
-__all__ = ["ctx", "init_app", "login_required", "signed_in_user", "status_for"]
+__all__ = [
+    "ctx",
+    "in_scope",
+    "init_app",
+    "login_required",
+    "signed_in_user",
+    "status_for",
+    "visible_environment",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+def in_scope(absent: str, lookup: Callable[[], T], visible: Callable[[T], bool]) -> T:
+    """``lookup()`` if it exists and ``visible`` says the user may see it.
+
+    Raises:
+        NotFoundError: with the message ``absent`` whether the object does not exist or is
+            outside the user's scope (the two must not be told apart).
+    """
+    try:
+        found = lookup()
+    except NotFoundError:
+        raise NotFoundError(absent) from None
+    if not visible(found):
+        raise NotFoundError(absent)
+    return found
+
+
+def visible_environment(name: str, action: str = "view") -> Environment:
+    """The environment ``name`` if the signed-in user may view it, and then only if they
+    may do ``action`` there.
+
+    Raises:
+        NotFoundError: no such environment, or one the user may not view (same words).
+        PermissionDeniedError: the user sees the environment but may not do ``action``.
+    """
+    sc = ctx()
+    env = in_scope(f"environment {name[:64]!r} does not exist",
+                   lambda: get_environment(sc.session, name),
+                   lambda e: can(sc.actor, "view", e))
+    if action != "view":
+        require(sc.actor, action, env)
+    return env
 
 
 def signed_in_user() -> User:

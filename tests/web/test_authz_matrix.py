@@ -83,6 +83,7 @@ VIEW_TEST = GLOBAL | {u for u, grants in PEOPLE.items() if any(g.endswith("@test
 # ---------------------------------------------------------------------------- the data
 
 
+GHOST_EXPORT = "test-20261123T090000Z-0badc0de"  # shaped like an export's name, never made
 PROD_AGENT = "agent-prod-zq81"  # identifying strings of environment prod's data
 TEST_AGENT = "agent-test-k3m7"
 PRODUCT = "matrixapp"
@@ -175,6 +176,11 @@ class View:
     endpoint has no such method). ``form``: the POST's fields (without the CSRF token).
     ``denied``: the status of a refused GET. ``anonymous``: what a visitor who is not
     signed in gets on GET ("login": a 302 to the sign-in page, or a status code).
+    ``scope``: for a URL naming an object, who can see that object; everyone else gets
+    exactly what the same URL naming an object that does not exist (``ghost``) gets:
+    ``hidden`` (404; the admin pages refuse everyone but admins before looking anything
+    up, with the same 403 for a real and a missing user). ``form_scope``: who can see the
+    environment the form names (others get a 404, as for an environment that is not there).
     """
 
     get: frozenset[str] | None = None
@@ -183,48 +189,73 @@ class View:
     form: Callable[[World], Mapping[str, Any]] = lambda w: {}
     denied: int = 403
     anonymous: str | int = "login"
+    scope: frozenset[str] | None = None
+    ghost: Callable[[World], Mapping[str, Any]] = lambda w: {}
+    hidden: int = 404
+    form_scope: frozenset[str] | None = None
+
+
+#: Who can see what a URL names (the rest are answered as for an object that is not there).
+RELEASE = {"scope": ANY_GRANT, "ghost": lambda w: w.release("9.9.9")}
+TEST_AGENT_URL = {"ghost": lambda w: {"agent_id": "agent-ghost-0000"}}
+TEST_DEPLOYMENT = {"ghost": lambda w: {"deployment_id": 999_999}}
+TEST_ENVIRONMENT = {"ghost": lambda w: {"name": "ghost-env"}}
+A_USER = {"scope": ADMIN, "ghost": lambda w: {"username": "ghost"}, "hidden": 403}
 
 
 EXPECTED: dict[str, View] = {
     "home.index": View(get=SIGNED_IN, anonymous=200),
     # Releases belong to no environment: any grant, even on one environment, reads them.
     "releases.index": View(get=ANY_GRANT),
-    "releases.release": View(get=ANY_GRANT, args=lambda w: w.release(w.approved)),
-    "releases.diff": View(get=ANY_GRANT, args=lambda w: w.release(w.approved)),
+    "releases.release": View(get=ANY_GRANT, args=lambda w: w.release(w.approved), **RELEASE),
+    "releases.diff": View(get=ANY_GRANT, args=lambda w: w.release(w.approved), **RELEASE),
     "releases.file": View(
-        get=ANY_GRANT, args=lambda w: {**w.release(w.approved), "name": "step0.sh"}
+        get=ANY_GRANT,
+        args=lambda w: {**w.release(w.approved), "name": "step0.sh"},
+        scope=ANY_GRANT,
+        ghost=lambda w: {**w.release("9.9.9"), "name": "step0.sh"},
     ),
     "releases.upload": View(
         post=having("developer"),
         form=lambda w: {"archive": (io.BytesIO(w.archive), f"{PRODUCT}-2.0.0.tar.gz")},
     ),
-    "releases.submit": View(post=having("developer"), args=lambda w: w.release(w.draft)),
+    "releases.submit": View(
+        post=having("developer"), args=lambda w: w.release(w.draft), **RELEASE
+    ),
     # Approving for every environment (no environment chosen) needs a global grant.
     "releases.approve": View(
         post=having("approver"),
         args=lambda w: w.release(w.submitted),
         form=lambda w: {"comment": "fine by the matrix", "environment": ""},
+        **RELEASE,
     ),
     "releases.queue": View(
         post=having("operator", env="test"),
         args=lambda w: w.release(w.unqueued),
         form=lambda w: {"environment": "test"},
+        form_scope=VIEW_TEST,
+        **RELEASE,
     ),
     "releases.reject": View(
         post=having("approver"),
         args=lambda w: w.release(w.submitted),
         form=lambda w: {"comment": "the matrix says no", "environment": ""},
+        **RELEASE,
     ),
     "environments.index": View(get=SIGNED_IN),
     "environments.create": View(
         post=ADMIN,
         form=lambda w: {"name": "plant-new", "required_approvals": "1", "description": "x"},
     ),
-    "environments.show": View(get=VIEW_TEST, args=lambda w: {"name": "test"}),
+    "environments.show": View(
+        get=VIEW_TEST, args=lambda w: {"name": "test"}, scope=VIEW_TEST, **TEST_ENVIRONMENT
+    ),
     "environments.required_approvals": View(
         post=ADMIN,
         args=lambda w: {"name": "test"},
         form=lambda w: {"required_approvals": "2"},
+        scope=VIEW_TEST,
+        **TEST_ENVIRONMENT,
     ),
     "agents.index": View(get=SIGNED_IN),
     "agents.enroll_form": View(get=having("operator", env="test")),
@@ -235,39 +266,59 @@ EXPECTED: dict[str, View] = {
             "environment": "test",
         },
     ),
-    "agents.show": View(get=VIEW_TEST, args=lambda w: {"agent_id": w.test_agent}),
+    "agents.show": View(
+        get=VIEW_TEST, args=lambda w: {"agent_id": w.test_agent}, scope=VIEW_TEST,
+        ghost=TEST_AGENT_URL["ghost"],
+    ),
     "agents.enrollment_response": View(
-        get=having("operator", env="test"), args=lambda w: {"agent_id": w.test_agent}
+        get=having("operator", env="test"), args=lambda w: {"agent_id": w.test_agent},
+        scope=VIEW_TEST, ghost=TEST_AGENT_URL["ghost"],
     ),
     "agents.revoke_form": View(
-        get=having("operator", env="test"), args=lambda w: {"agent_id": w.test_agent}
+        get=having("operator", env="test"), args=lambda w: {"agent_id": w.test_agent},
+        scope=VIEW_TEST, ghost=TEST_AGENT_URL["ghost"],
     ),
     "agents.revoke": View(
         post=having("operator", env="test"),
         args=lambda w: {"agent_id": w.test_agent},
         form=lambda w: {"reason": "the authorization matrix revokes it"},
+        scope=VIEW_TEST,
+        ghost=TEST_AGENT_URL["ghost"],
     ),
     # Lists show only the environments one may view (the leak test checks): everyone opens.
     "deployments.index": View(get=SIGNED_IN),
-    "deployments.show": View(get=VIEW_TEST, args=lambda w: {"deployment_id": w.test_deployment}),
-    "deployments.logs": View(get=VIEW_TEST, args=lambda w: {"deployment_id": w.test_deployment}),
+    "deployments.show": View(
+        get=VIEW_TEST, args=lambda w: {"deployment_id": w.test_deployment}, scope=VIEW_TEST,
+        **TEST_DEPLOYMENT,
+    ),
+    "deployments.logs": View(
+        get=VIEW_TEST, args=lambda w: {"deployment_id": w.test_deployment}, scope=VIEW_TEST,
+        **TEST_DEPLOYMENT,
+    ),
     "deployments.mark": View(
         post=having("operator", env="test"),
         args=lambda w: {"deployment_id": w.test_deployment},
         form=lambda w: {"state": "delivered"},
+        scope=VIEW_TEST,
+        **TEST_DEPLOYMENT,
     ),
     "media.index": View(get=SIGNED_IN),
     # The audit checkpoint an export carries is part of exporting (bundle.export there).
     "media.export": View(
         post=having("operator", env="test"),
+        form_scope=VIEW_TEST,
         form=lambda w: {"environment": "test", "destination": "download"},
     ),
     # An export waiting for download (made by op in build_world). The matrix reads only
     # the status of the download, so the stream is not consumed and the export stays.
     "media.export_page": View(
-        get=having("operator", env="test"), args=lambda w: {"name": w.export}
+        get=having("operator", env="test"), args=lambda w: {"name": w.export},
+        scope=having("operator", env="test"), ghost=lambda w: {"name": GHOST_EXPORT},
     ),
-    "media.download": View(get=having("operator", env="test"), args=lambda w: {"name": w.export}),
+    "media.download": View(
+        get=having("operator", env="test"), args=lambda w: {"name": w.export},
+        scope=having("operator", env="test"), ghost=lambda w: {"name": GHOST_EXPORT},
+    ),
     # Importing names no environment before reading the files: a global grant is needed.
     "media.import_files": View(
         post=having("operator") - {"op-test"},
@@ -279,23 +330,26 @@ EXPECTED: dict[str, View] = {
     "audit.verify_now": View(post=having("auditor")),
     "audit.export": View(post=having("auditor"), form=lambda w: {"checkpoint": "1"}),
     "admin.index": View(get=ADMIN),
-    "admin.user": View(get=ADMIN, args=lambda w: {"username": "view"}),
+    "admin.user": View(get=ADMIN, args=lambda w: {"username": "view"}, **A_USER),
     "admin.grant": View(
         post=ADMIN,
         args=lambda w: {"username": "view"},
         form=lambda w: {"role": "auditor", "environment": ""},
+        **A_USER,
     ),
     "admin.revoke": View(
         post=ADMIN,
         args=lambda w: {"username": "view"},
         form=lambda w: {"role": "viewer", "environment": "", "confirmed": "1"},
+        **A_USER,
     ),
     "admin.active": View(
         post=ADMIN,
         args=lambda w: {"username": "nobody"},
         form=lambda w: {"active": "0", "confirmed": "1"},
+        **A_USER,
     ),
-    "admin.end_sessions": View(post=ADMIN, args=lambda w: {"username": "view"}),
+    "admin.end_sessions": View(post=ADMIN, args=lambda w: {"username": "view"}, **A_USER),
 }
 
 
@@ -400,7 +454,7 @@ def test_get_matrix(site: Site, world: World, clients: dict[str, FlaskClient]) -
         for who in EVERYONE:
             # Only the status is read: a download's stream is not consumed.
             status = clients[who].get(url).status_code
-            want = 200 if who in view.get else view.denied
+            want = 200 if who in view.get else refused_status(view, who)
             if status != want:
                 wrong.append(f"GET {url} as {who}: {status} (expected {want})")
         anon = anonymous.get(url)
@@ -414,6 +468,16 @@ def test_get_matrix(site: Site, world: World, clients: dict[str, FlaskClient]) -
             wrong.append(f"GET {url} not signed in: {anon.status_code} "
                          f"(expected {view.anonymous})")
     assert not wrong, "\n".join(wrong)
+
+
+def refused_status(view: View, who: str, denied: int | None = None) -> int:
+    """``view.hidden`` (404) for someone outside the scope of the object a URL names, 404
+    for someone who cannot see the environment the form names, else ``denied``."""
+    if view.scope is not None and who not in view.scope:
+        return view.hidden
+    if view.form_scope is not None and who not in view.form_scope:
+        return 404
+    return view.denied if denied is None else denied
 
 
 def _post(site: Site, c: FlaskClient, url: str, view: View, world: World) -> int:
@@ -436,8 +500,9 @@ def test_post_matrix(
     for who in (u for u in EVERYONE if u not in view.post):
         before = snapshot(site)
         status = _post(site, clients[who], url, view, world)
-        if status != 403:
-            wrong.append(f"{who}: {status} (expected 403)")
+        want = refused_status(view, who, 403)
+        if status != want:
+            wrong.append(f"{who}: {status} (expected {want})")
         assert_unchanged(before, snapshot(site), f"a refused POST {url} as {who}")
     anon = site.client(None)
     with anon.session_transaction() as sess:
@@ -531,33 +596,89 @@ def test_no_page_leaks_another_environment(
         f"/environments/{hidden}",
     ):
         status = clients[who].get(probe).status_code
-        assert status in (403, 404), f"{who} GET {probe}: {status}"
+        assert status == 404, f"{who} GET {probe}: {status}"
 
 
-#: (who, endpoint, form changes, allowed?) — a grant on one environment is worth nothing in
+#: (who, endpoint, form changes, status) — a grant on one environment is worth nothing in
 #: another: the same form aimed at ``prod`` is refused (and changes nothing), at ``test``
-#: it is not.
-SCOPED_POSTS: list[tuple[str, str, dict[str, str], bool]] = [
-    ("appr-prod", "releases.approve", {"environment": "test"}, False),
-    ("appr-prod", "releases.approve", {"environment": "prod"}, True),
-    ("op-test", "media.export", {"environment": "prod"}, False),
-    ("op-test", "releases.queue", {"environment": "prod"}, False),
-    ("op-test", "agents.enroll", {"environment": "prod"}, False),
-    ("op-test", "deployments.mark", {}, True),
-    ("view-test", "deployments.mark", {}, False),
+#: it is not (302). An environment one may not view is answered like one that does not
+#: exist (404); one that is visible but not one's to act in, with 403.
+SCOPED_POSTS: list[tuple[str, str, dict[str, str], int]] = [
+    ("appr-prod", "releases.approve", {"environment": "test"}, 404),
+    ("appr-prod", "releases.approve", {"environment": "prod"}, 302),
+    ("op-test", "media.export", {"environment": "prod"}, 404),
+    ("op-test", "releases.queue", {"environment": "prod"}, 404),
+    ("op-test", "agents.enroll", {"environment": "prod"}, 404),
+    ("op-test", "deployments.mark", {}, 302),
+    ("view-test", "deployments.mark", {}, 403),
+    ("view-test", "media.export", {"environment": "test"}, 403),
 ]
 
 
-@pytest.mark.parametrize(("who", "endpoint", "change", "allowed"), SCOPED_POSTS)
+@pytest.mark.parametrize(("who", "endpoint", "change", "want"), SCOPED_POSTS)
 def test_environment_scoped_posts(
-    site: Site, world: World, who: str, endpoint: str, change: dict[str, str], allowed: bool
+    site: Site, world: World, who: str, endpoint: str, change: dict[str, str], want: int
 ) -> None:
     view = EXPECTED[endpoint]
     url = url_for_view(site.app, endpoint, world)
     before = snapshot(site)
     status = site.post(site.client(who), url, {**view.form(world), **change}).status_code
-    if allowed:
-        assert status == 302, f"{who} POST {url} {change}: {status}"
-    else:
-        assert status == 403, f"{who} POST {url} {change}: {status} (expected 403)"
+    assert status == want, f"{who} POST {url} {change}: {status} (expected {want})"
+    if want != 302:
         assert_unchanged(before, snapshot(site), f"a refused POST {url} as {who}")
+
+
+SCOPED_ENDPOINTS = sorted(e for e, v in EXPECTED.items() if v.scope is not None)
+
+
+def _ghost_url(app: Flask, endpoint: str, world: World) -> tuple[str, dict[str, str]]:
+    """The URL naming an object that does not exist, and ghost value -> real value."""
+    from flask import url_for
+
+    view = EXPECTED[endpoint]
+    real, ghost = view.args(world), view.ghost(world)
+    assert ghost and set(ghost) == set(real), f"{endpoint}: ghost args"
+    with app.test_request_context("/"):
+        url = url_for(endpoint, **ghost)
+    swaps = {str(ghost[k]): str(real[k]) for k in real if str(ghost[k]) != str(real[k])}
+    return url, swaps
+
+
+def test_every_object_url_has_a_scope(site: Site) -> None:
+    """Every view whose URL names an object says who can see it (and has a ghost)."""
+    missing = sorted(e for e, v in EXPECTED.items()
+                     if v.args(World()) and (v.scope is None or not v.ghost(World())))
+    assert not missing, f"views naming an object without scope/ghost: {missing}"
+
+
+@pytest.mark.parametrize("endpoint", SCOPED_ENDPOINTS)
+def test_objects_out_of_scope_answer_like_missing_ones(
+    site: Site, world: World, clients: dict[str, FlaskClient], endpoint: str
+) -> None:
+    """For everyone outside the object's scope, the URL of a real object and of one that
+    does not exist get the same status and the same body (the ghost's name put back for
+    the real one), GET or POST; a POST changes nothing."""
+    view = EXPECTED[endpoint]
+    assert view.scope is not None
+    url = url_for_view(site.app, endpoint, world)
+    ghost_url, swaps = _ghost_url(site.app, endpoint, world)
+    wrong = []
+    for who in sorted(set(EVERYONE) - view.scope):
+        c = clients[who]
+        before = snapshot(site)
+        if view.get is not None:
+            real, ghost = c.get(url), c.get(ghost_url)
+        else:
+            real = site.post(c, url, dict(view.form(world)))
+            ghost = site.post(c, ghost_url, dict(view.form(world)))
+        assert_unchanged(before, snapshot(site), f"{endpoint} as {who}")
+        ghost_body = ghost.get_data(as_text=True)
+        for fake, true in swaps.items():
+            ghost_body = ghost_body.replace(fake, true)
+        if (real.status_code, real.get_data(as_text=True)) != (ghost.status_code, ghost_body):
+            wrong.append(f"{who}: {url} -> {real.status_code}, {ghost_url} -> "
+                         f"{ghost.status_code}: {real.get_data(as_text=True)[-600:]!r} vs "
+                         f"{ghost_body[-600:]!r}")
+        elif real.status_code != view.hidden:
+            wrong.append(f"{who}: {url} -> {real.status_code} (expected a refusal)")
+    assert not wrong, "\n".join(wrong)
