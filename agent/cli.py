@@ -20,6 +20,7 @@ from agent.config import ConfigError, load_config
 from agent.home import HomeError, init_home
 from agent.inbox import ReadyItem, printable
 from agent.service import Agent
+from bundle.cli import progress_bar
 
 __all__ = ["agent"]
 
@@ -259,7 +260,10 @@ def run_cmd(home: Path, once: bool, json_logs: bool, verbose: bool) -> None:
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_home_option
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON for scripts.")
-def apply_cmd(files: tuple[Path, ...], home: Path, as_json: bool) -> None:
+@click.option("--progress", "force_progress", is_flag=True,
+              help="Report verification progress on stderr even when it is not a terminal "
+                   "(on a terminal it is always shown).")
+def apply_cmd(files: tuple[Path, ...], home: Path, as_json: bool, force_progress: bool) -> None:
     """Verify and run one bundle file (or the parts of one split bundle) now.
 
     The file is processed exactly as if it had been dropped into the inbox: it is moved to
@@ -275,7 +279,8 @@ def apply_cmd(files: tuple[Path, ...], home: Path, as_json: bool) -> None:
         item = ReadyItem(name=files[0].name.removesuffix(".part000"), paths=tuple(files),
                          size=sum(f.stat().st_size for f in files), kind=kind,
                          first_seen=time.time())
-        out = ag.process(item)
+        with progress_bar(force=force_progress) as ag.progress:
+            out = ag.process(item)
     finally:
         ag.close()
     _print_outcome(out.name, out, as_json)

@@ -97,6 +97,8 @@ class Agent:
         self.inbox.part_problems = lambda paths: self.order.part_problems(paths, self._verify)
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        #: ``progress(phase, done, total)`` while a bundle is verified (``agent apply``).
+        self.progress: Callable[[str, int, int], None] | None = None
 
     def close(self) -> None:
         self.journal.close()
@@ -179,7 +181,8 @@ class Agent:
         self.config.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
         kwargs: dict[str, Any] = dict(trusted_root=trusted, state=state, expect=expect,
                                       staging_dir=self.config.staging, label=printable(item.name),
-                                      clock=lambda: int(self.clock()), admit=admit)
+                                      clock=lambda: int(self.clock()), admit=admit,
+                                      progress=self.progress)
         if item.kind == "split":
             return verify_parts(list(item.paths), **kwargs)
         return verify_path(item.paths[0], **kwargs)

@@ -39,7 +39,7 @@ from signing.errors import SigningError
 from signing.keyfile import load_public_key
 from signing.roots import TrustedRoot
 
-__all__ = ["EXIT_INVALID", "EXIT_IO", "EXIT_OK", "EXIT_USAGE", "bundle"]
+__all__ = ["EXIT_INVALID", "EXIT_IO", "EXIT_OK", "EXIT_USAGE", "bundle", "progress_bar"]
 
 EXIT_OK = 0
 EXIT_INVALID = 1  # the bundle was refused: bad data (the message names the check)
@@ -85,24 +85,41 @@ def _human(n: int) -> str:
     return f"{n} bytes"
 
 
+PROGRESS_LINE_STEP = 10  # percent between two progress lines when stderr is not a terminal
+
+
 @contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A progress callback that draws a bar on stderr when it is a terminal."""
-    if not enabled or not sys.stderr.isatty():
+def progress_bar(enabled: bool = True, *, force: bool = False
+                 ) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A ``progress(phase, done, total)`` callback for long commands (bundle create/verify,
+    hub export/import, agent apply), drawing on stderr: a bar per phase when stderr is a
+    terminal; with ``force`` (``--progress``) and no terminal, one line per
+    :data:`PROGRESS_LINE_STEP` percent (for logs). None when disabled or nobody would see it,
+    so callers skip the bookkeeping."""
+    tty = sys.stderr.isatty()
+    if not enabled or not (tty or force):
         yield None
         return
-    state: dict[str, Any] = {"phase": None, "bar": None, "done": 0}
+    state: dict[str, Any] = {"phase": None, "bar": None, "done": 0, "shown": -1}
 
     def report(phase: str, done: int, total: int) -> None:
         if phase != state["phase"]:
             if state["bar"] is not None:
                 state["bar"].render_finish()
-            state["phase"], state["done"] = phase, 0
-            state["bar"] = click.progressbar(length=max(total, 1), label=f"{phase:<12}",
-                                             file=sys.stderr, show_pos=False, show_percent=True)
-            state["bar"].render_progress()
-        bar = state["bar"]
-        bar.update(max(0, done - state["done"]))
+            state.update(phase=phase, done=0, shown=-1, bar=None)
+            if tty:
+                state["bar"] = click.progressbar(length=max(total, 1), label=f"{phase:<12}",
+                                                 file=sys.stderr, show_pos=False,
+                                                 show_percent=True)
+                state["bar"].render_progress()
+        if state["bar"] is not None:
+            state["bar"].update(max(0, done - state["done"]))
+        else:
+            percent = 100 * done // max(total, 1)
+            step = percent - percent % PROGRESS_LINE_STEP
+            if step > state["shown"]:
+                state["shown"] = step
+                click.echo(f"{phase}: {percent}% ({done} of {total})", err=True)
         state["done"] = done
 
     try:
@@ -198,7 +215,7 @@ def create(release_dir: Path, key_file: str, root_file: str, agents: tuple[str, 
             approvals=tuple(Approval(by=a, at=now) for a in approvers),
             not_before=now + not_before if not_before is not None else None,
         )
-        with _progress(not no_progress and not as_json) as report:
+        with progress_bar(not no_progress and not as_json) as report:
             written = write_bundle(output, manifest, files, [key], split_size=split_size,
                                    level=level, progress=report)
     except (BundleError, SigningError) as exc:
@@ -359,7 +376,7 @@ def verify_cmd(files: tuple[Path, ...], trust_file: str, agent_id: str | None,
     staging = Path(tempfile.mkdtemp(prefix="tiangong-verify-"))
     label = files[0].name
     try:
-        with _progress(not no_progress and not as_json) as report:
+        with progress_bar(not no_progress and not as_json) as report:
             if len(files) == 1 and not files[0].name.endswith(".part000"):
                 vb = verify_path(files[0], trusted_root=trusted, state=state, expect=expect,
                                  staging_dir=staging, progress=report, durable=False)

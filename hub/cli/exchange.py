@@ -12,29 +12,16 @@ from typing import Any
 
 import click
 
+from bundle.cli import progress_bar
 from hub.cli.base import _config, _emit, _services, _state, hub, json_option
 from signing.durations import parse_duration
 
 __all__ = ["export_cmd", "import_cmd"]
 
-
-def _progress() -> Any:
-    """A progress callback drawing one bar per phase on a terminal (None otherwise)."""
-    if not sys.stderr.isatty():
-        return None
-    state: dict[str, Any] = {"phase": None, "bar": None, "done": 0}
-
-    def report(phase: str, done: int, total: int) -> None:
-        if phase != state["phase"]:
-            if state["bar"] is not None:
-                state["bar"].render_finish()
-            state.update(phase=phase, done=0,
-                         bar=click.progressbar(length=max(total, 1), label=f"{phase:<10}",
-                                               file=sys.stderr))
-        state["bar"].update(max(0, done - state["done"]))
-        state["done"] = done
-
-    return report
+progress_option = click.option(
+    "--progress", "force_progress", is_flag=True,
+    help="Report progress on stderr even when it is not a terminal (on a terminal it is "
+         "always shown).")
 
 
 @hub.command("export")
@@ -48,9 +35,10 @@ def _progress() -> Any:
 @click.option("--split", type=int, metavar="BYTES",
               help="Split bundles into parts of at most BYTES (e.g. 4294967295 for FAT32).")
 @json_option
+@progress_option
 @click.pass_context
 def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_dir: Path,
-               expires: str, split: int | None, as_json: bool) -> None:
+               expires: str, split: int | None, as_json: bool, force_progress: bool) -> None:
     """Write a signed bundle for every queued deployment of ENVIRONMENT into --out.
 
     Each bundle gets the next sequence number of its agent, the release's approvals and the
@@ -64,10 +52,10 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
         expires_in = timedelta(seconds=parse_duration(expires))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    with _services(ctx) as sc:
+    with _services(ctx) as sc, progress_bar(force=force_progress) as progress:
         report = export_environment(sc, environment, out_dir, agent_id=agent_id,
                                     expires_in=expires_in, split_size=split,
-                                    progress=_progress())
+                                    progress=progress)
     rows: list[dict[str, Any]] = [{"deployment": b.deployment_id, "agent": b.agent_id, "release":
              f"{b.product} {b.version}", "sequence": b.sequence,
              "files": [str(p) for p in b.paths], "size": b.size} for b in report.written]
@@ -95,8 +83,10 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
               help="Result files recorded per database transaction. Smaller batches cost "
                    "more time per file; a failing file never affects another either way.")
 @json_option
+@progress_option
 @click.pass_context
-def import_cmd(ctx: click.Context, directory: Path, batch_size: int, as_json: bool) -> None:
+def import_cmd(ctx: click.Context, directory: Path, batch_size: int, as_json: bool,
+               force_progress: bool) -> None:
     """Import every result file (*.tgr) and enrollment request in DIRECTORY.
 
     Each result is verified against the registered key of the agent it claims to come
@@ -107,9 +97,9 @@ def import_cmd(ctx: click.Context, directory: Path, batch_size: int, as_json: bo
     from hub.services.exchange import import_directory
 
     results_dir = _config(_state(ctx)).data_dir / "results"
-    with _services(ctx) as sc:
+    with _services(ctx) as sc, progress_bar(force=force_progress) as progress:
         report = import_directory(sc, directory, results_dir=results_dir,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, progress=progress)
     rows = [{"file": r.file, "status": r.status, "agent": r.agent_id,
              "deployment": r.deployment_id, "reason": r.reason, "flags": list(r.flags)}
             for r in report.rows]

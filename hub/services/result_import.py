@@ -25,6 +25,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,8 +142,10 @@ def import_directory(
     *,
     results_dir: Path,
     batch_size: int = DEFAULT_IMPORT_BATCH,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> ImportReport:
     """Import every result file and enrollment request in ``directory`` (not recursive).
+    ``progress("import", files done, files in all)`` is called after each batch.
 
     Result files are recorded ``batch_size`` per transaction (see the comment above); a
     file that fails is reported, audited and left where it is, and never affects another.
@@ -163,27 +166,37 @@ def import_directory(
     report = ImportReport()
     directory = Path(directory)
     pending: list[Path] = []
+    names = sorted(directory.iterdir())
+    total = sum(1 for p in names if p.suffix == ".tgr" or _is_enrollment_request(p))
+
+    def batch(paths: list[Path]) -> None:
+        report.rows.extend(run.import_batch(paths))
+        if progress is not None:
+            progress("import", len(report.rows), max(total, len(report.rows)))
+
     with _ImportRun(ctx, Path(results_dir)) as run:
-        for path in sorted(directory.iterdir()):
+        for path in names:
             if path.name.startswith(".") or not path.is_file():
                 continue
             if path.suffix == ".tgr":
                 pending.append(path)
                 if len(pending) >= batch_size:
-                    report.rows += run.import_batch(pending)
+                    batch(pending)
                     pending = []
-            elif (
-                path.name.startswith("enrollment-")
-                and path.suffix == ".json"
-                and not path.name.startswith("enrollment-response-")
-            ):
+            elif _is_enrollment_request(path):
                 if pending:
-                    report.rows += run.import_batch(pending)
+                    batch(pending)
                     pending = []
                 report.rows.append(import_enrollment(ctx, path))
         if pending:
-            report.rows += run.import_batch(pending)
+            batch(pending)
     return report
+
+
+def _is_enrollment_request(path: Path) -> bool:
+    name = path.name
+    return (name.startswith("enrollment-") and path.suffix == ".json"
+            and not name.startswith("enrollment-response-"))
 
 
 def import_result(ctx: ServiceContext, path: Path, *, results_dir: Path) -> ImportRow:
