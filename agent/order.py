@@ -27,6 +27,7 @@ journal (already accepted) and those of inbox bundles whose signatures verified 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +37,10 @@ from agent.inbox import ReadyItem, printable
 from agent.journal import Journal
 from bundle.chain import Position, collect_lost, declared_lost, missing_predecessor
 from bundle.errors import BundleError, InsufficientSpaceError, PartsError, ReplayError
+from bundle.limits import format_bytes
 from bundle.manifest import ChainInfo, LostBundle, Manifest
 from bundle.parts import assign_parts, find_first_part
-from bundle.reader import AdmitFn
+from bundle.reader import AdmitFn, staging_needed
 
 __all__ = ["Held", "HeldItem", "LostBundleError", "Sequencer", "describe_lost", "held_rows"]
 
@@ -107,10 +109,13 @@ class Sequencer:
     Args:
         journal: the agent's journal (accepted manifests carry earlier lost decisions).
         accepted: returns the accepted ``(root_version, sequence)`` right now.
+        staging_dir: where bundles are staged; :meth:`survey` says when one would not fit.
     """
 
-    def __init__(self, journal: Journal, accepted: Callable[[], Position]) -> None:
+    def __init__(self, journal: Journal, accepted: Callable[[], Position],
+                 staging_dir: Path | None = None) -> None:
         self._journal = journal
+        self._staging_dir = staging_dir
         self._accepted = accepted
         self._pending_lost: dict[Position, LostBundle] = {}
         self._journal_lost: dict[Position, LostBundle] = {}
@@ -251,6 +256,13 @@ class Sequencer:
 
     def _survey_hook(self, manifest: Manifest) -> None:
         self.admit(manifest)
+        if self._staging_dir is not None:
+            need = staging_needed(manifest)
+            free = shutil.disk_usage(self._staging_dir).free
+            if free < need:
+                raise Held(f"waiting for staging space: it needs {format_bytes(need)} free in "
+                           f"{self._staging_dir}, but only {format_bytes(free)} is free",
+                           (manifest.root_version, manifest.sequence))
         raise _Peeked(manifest)
 
     def part_problems(self, paths: list[Path], verify: Verify) -> str | None:

@@ -92,6 +92,7 @@ __all__ = [
     "VerifierState",
     "inspect",
     "inspect_stream",
+    "staging_needed",
     "system_clock",
     "verify_bundle",
     "verify_parts",
@@ -113,6 +114,14 @@ def system_clock() -> int:
 
 def _disk_free(path: Path) -> int:
     return shutil.disk_usage(path).free
+
+
+def staging_needed(m: Manifest, limits: Limits = DEFAULT_LIMITS) -> int:
+    """Bytes of free staging space a verified manifest needs (§9.3 rule 8): the content of
+    every payload, the largest compressed member over 1 MiB (the spool) and the reserve."""
+    biggest = max((f.compressed_size for f in m.files if f.compressed_size > BUFFER_BYTES),
+                  default=0)
+    return m.total_size + biggest + limits.staging_reserve_bytes
 
 
 def _utc(t: int) -> str:
@@ -453,9 +462,7 @@ class _Verifier:
 
     def check_space(self, m: Manifest) -> None:
         """§9.3: the staging file system must hold every payload plus one spool."""
-        biggest = max((f.compressed_size for f in m.files if f.compressed_size > BUFFER_BYTES),
-                      default=0)
-        need = m.total_size + biggest + self.limits.staging_reserve_bytes
+        need = staging_needed(m, self.limits)
         free = self.disk_free(self.staging_dir)
         if free < need:
             raise InsufficientSpaceError(self._err(

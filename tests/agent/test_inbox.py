@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 
 import agent.inbox as inbox_mod
-from agent.inbox import Inbox, InboxWatcher, ReadyItem, WaitingItem, move_to, write_reason
+from agent.inbox import (
+    Inbox,
+    InboxWatcher,
+    ReadyItem,
+    WaitingItem,
+    move_to,
+    printable,
+    write_reason,
+)
 
 SETTLING = "settling (size still changing)"
 EVENT_WAIT = 10.0  # seconds: an upper bound for a condition wait, not a timing assertion
@@ -533,6 +541,47 @@ def test_write_reason_with_explicit_files_and_overwrite(tmp_path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert "check: digest" in text and "first" not in text
     assert hashlib.sha256(b"abc").hexdigest() in text
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        (b"hello-\xff\xfe.tgb", "hello-\\xff\\xfe.tgb"),  # not UTF-8
+        (b"x.tgb\nreason: verified OK", "x.tgb\\x0areason: verified OK"),  # a fake line
+        (b"\x1b[31mred.tgb", "\\x1b[31mred.tgb"),  # a terminal escape
+        ("evil\u202egpj.tgb".encode(), "evil\\u202egpj.tgb"),  # a bidi override
+        (b"back\\slash.tgb", "back\\\\slash.tgb"),  # a backslash cannot fake an escape
+        ("caf\u00e9.tgb".encode(), "caf\u00e9.tgb"),  # printable text is kept
+    ],
+)
+def test_printable_escapes_what_could_fake_or_hide(raw: bytes, shown: str) -> None:
+    assert printable(os.fsdecode(raw)) == shown
+
+
+def test_write_reason_with_a_hostile_name_writes_one_valid_utf8_line_each(
+    tmp_path: Path,
+) -> None:
+    name = os.fsdecode(b"junk\xff\nreason: verified OK\ncheck: none.tgb")
+    f = _write(tmp_path / name, b"junk")
+    reason = f"bundle {printable(name)}: not a bundle"  # the agent's messages escape names
+    path = write_reason(tmp_path, name, "format", reason, files=[f])
+    lines = path.read_bytes().decode("utf-8").splitlines()
+    assert [ln.split(":")[0] for ln in lines[:4]] == ["bundle", "check", "reason", "time"]
+    assert lines[0] == "bundle: junk\\xff\\x0areason: verified OK\\x0acheck: none.tgb"
+    assert not any(ln.startswith(("reason: verified", "check: none")) for ln in lines)
+
+
+def test_reason_file_hashes_a_huge_file_only_up_to_its_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inbox_mod, "REASON_HASH_CAP", 1024)
+    f = tmp_path / "big.tgb"
+    with f.open("wb") as fh:
+        fh.write(b"a" * 1024)
+        fh.truncate(10 * 1024 * 1024)
+    text = write_reason(tmp_path, "big.tgb", "format", "x", files=[f]).read_text()
+    digest = hashlib.sha256(b"a" * 1024).hexdigest()
+    assert f"sha256:{digest}  10485760  big.tgb  (SHA-256 of the first 1024 bytes only)" in text
 
 
 # -- the watcher -------------------------------------------------------------------------------

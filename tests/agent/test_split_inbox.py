@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from agent.config import load_config
 from agent.service import Agent
 from bundle.manifest import Target
 from bundle.release import load_release
@@ -103,6 +104,14 @@ def test_no_staging_space_keeps_a_good_bundle_waiting_in_the_inbox(
         assert agent.journal.bundles() == [] and agent.journal.rejections() == []
         held = agent.status()["inbox_held"]
         assert [h["name"] for h in held] == ["hello.tgb"]
+        other = Agent(load_config(agent.config.home), clock=agent.clock)  # 'agent status'
+        try:
+            other.survey()
+            (seen,) = other.status()["inbox_held"]
+            assert seen["name"] == "hello.tgb"
+            assert "waiting for staging space: it needs 16 MiB free" in seen["reason"]
+        finally:
+            other.close()
     finally:
         subprocess.run(["umount", staging], check=True)
     (out,) = agent.run_once()  # space is back: it runs, without a restart
