@@ -493,3 +493,49 @@ def test_the_live_port_defaults_to_8401(given: str, bind: str) -> None:
 
     assert DEFAULT_LIVE_PORT == 8401
     assert with_live_port(given) == bind
+
+
+def test_init_on_a_terminal_asks_for_admin_environment_sign_in_and_passphrase(
+    tmp_path: Path,
+) -> None:
+    """A real `tiangong hub init` on a pseudo-terminal, answered as a person would."""
+    import os
+    import pty
+    import select
+    import sys
+    import time
+
+    data = tmp_path / "hub"
+    answers = [("First admin", "boss"), ("First environment", "plant-a"),
+               ("Web UI sign-in", "none"), ("assphrase", "correct horse battery"),
+               ("assphrase", "correct horse battery")]
+    tiangong = str(Path(sys.executable).parent / "tiangong")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIANGONG_")}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: `tiangong hub init` with the pty as its controlling terminal
+        os.execve(tiangong, [tiangong, "hub", "--data-dir", str(data), "init"], env)  # noqa: S606
+    seen = b""
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            if answers and answers[0][0].encode() in seen.rsplit(b"\n", 1)[-1]:
+                os.write(fd, answers.pop(0)[1].encode() + b"\r")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    text = seen.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert answers == [], text
+    assert "first admin    boss" in text and "environment    plant-a" in text
+    assert "ROOT KEY (passphrase-encrypted)" in text
+    envs = json.loads(run(data, "environments", "list", "--json", actor="boss").output)
+    assert [e["name"] for e in envs] == ["plant-a"]
