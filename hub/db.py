@@ -60,6 +60,7 @@ __all__ = [
     "AuditHead",
     "Base",
     "Deployment",
+    "DeploymentAttempt",
     "Environment",
     "LoginThrottle",
     "Product",
@@ -79,6 +80,7 @@ ROLES = ("viewer", "developer", "operator", "approver", "auditor", "admin")
 RELEASE_STATES = ("draft", "submitted", "approved", "rejected")
 DEPLOYMENT_STATES = (
     "queued",
+    "exporting",
     "exported",
     "delivered",
     "running",
@@ -86,6 +88,8 @@ DEPLOYMENT_STATES = (
     "failed",
     "rejected",
     "interrupted",
+    "retried",
+    "lost",
 )
 AGENT_STATUSES = ("enrolled", "revoked")
 SQLITE_BUSY_TIMEOUT_MS = 10_000  # milliseconds a writer waits for the lock
@@ -272,10 +276,38 @@ class Deployment(db.Model):  # type: ignore[name-defined,misc]
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     result_summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The export that claimed it (``host:pid:start``) and when; the bundle it is writing
+    # (sequence, bundle id, times, file names), recorded before the file appears.
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    export_intent: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     release: Mapped[Release] = relationship()
     environment: Mapped[Environment] = relationship()
     agent: Mapped[Agent | None] = relationship()
+    attempts: Mapped[list[DeploymentAttempt]] = relationship(
+        back_populates="deployment", order_by="DeploymentAttempt.attempt"
+    )
+
+
+class DeploymentAttempt(db.Model):  # type: ignore[name-defined,misc]
+    """One run of a deployment's bundle at the site, as a result reported it (the first run
+    is attempt 1; each ``tiangong agent retry`` adds one)."""
+
+    __tablename__ = "deployment_attempts"
+    __table_args__ = (UniqueConstraint("deployment_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    result_seq: Mapped[int] = mapped_column(Integer)
+    result_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    deployment: Mapped[Deployment] = relationship(back_populates="attempts")
 
 
 class SequenceCounter(db.Model):  # type: ignore[name-defined,misc]
@@ -315,6 +347,9 @@ class AuditEvent(db.Model):  # type: ignore[name-defined,misc]
     details: Mapped[str] = mapped_column(Text)  # canonical JSON, exactly as hashed
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # HMAC-SHA256 of (seq, hash) with the hub's audit MAC key, which the database does not
+    # hold (hub.audit_mac); NULL for events written before the key existed.
+    mac: Mapped[str | None] = mapped_column(String(64))
 
 
 class AuditCheckpoint(db.Model):  # type: ignore[name-defined,misc]

@@ -44,7 +44,10 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
     Each bundle gets the next sequence number of its agent, the release's approvals and the
     latest signed audit checkpoint; it is re-read and verified after writing. An index file
     (INDEX-<environment>.txt) on the media lists what is there and for whom. Running it
-    again with nothing queued writes nothing. Exit code 1 if any deployment failed.
+    again with nothing queued writes nothing. Any number of exports may run at once: each
+    deployment is written by exactly one ("exported by another process" in the others).
+    An export that was killed is completed by the next one, which also removes what it
+    left on the media. Exit code 1 if any deployment failed.
     """
     from hub.services.exchange import export_environment
 
@@ -62,10 +65,18 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
     if as_json:
         _emit({"written": rows, "failed": [{"deployment": d, "reason": r}
                                           for d, r in report.failed],
+               "taken": report.taken, "recovered": report.recovered,
+               "cleaned": report.cleaned,
                "index": str(report.index) if report.index else None}, True)
     else:
+        for name in report.cleaned:
+            click.echo(f"removed {name} (left in {out_dir} by an export that was killed)")
+        for d in report.taken:
+            click.echo(f"deployment {d}: exported by another process")
         if not rows and not report.failed:
-            click.echo(f"nothing queued for {environment}: nothing written")
+            click.echo(f"nothing to export for {environment}: nothing written")
+        for d in report.recovered:
+            click.echo(f"deployment {d}: completing an export that was interrupted")
         for r in rows:
             click.echo(f"wrote {', '.join(Path(f).name for f in r['files'])}  "
                        f"({r['release']} for {r['agent'] or 'the environment'}, "

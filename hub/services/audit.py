@@ -62,6 +62,7 @@ __all__ = [
     "held_head",
     "iter_events",
     "latest_checkpoint",
+    "lock_head",
     "record",
     "search_events",
     "verify_database",
@@ -157,6 +158,21 @@ def held_head(session: Session) -> Iterator[HeldHead]:
         head.write()
     finally:
         session.info.pop(_HELD_KEY, None)
+
+
+def lock_head(session: Session) -> None:
+    """Take the audit head's lock for the rest of the session's transaction, changing
+    nothing: a transaction that will append events and also lock other rows takes this
+    first, so every writer locks in one order (audit head, then the rows).
+
+    Raises:
+        AuditError: the head row is missing (database not migrated).
+    """
+    locked = session.execute(
+        update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=AuditHead.seq)
+    )
+    if locked.rowcount != 1:  # type: ignore[attr-defined]
+        raise AuditError("the audit head row is missing: run the hub's migrations")
 
 
 def append_event(

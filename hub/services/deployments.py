@@ -8,19 +8,29 @@ its own bundle, sequence and result.
 
 **States**::
 
-    queued ──► exported ──► delivered ──► running ──► succeeded | failed | interrupted
-       │            │            │
-       │            └────────────┴──► rejected (the agent refused the bundle), and a
-       │                             result may skip delivered/running
+    queued ──► exporting ──► exported ──► delivered ──► running ──► succeeded | failed |
+       │           │              │             │                   interrupted
+       │           └──────────────┴─────────────┴──► rejected (the agent refused the
+       │                                             bundle); a result may skip states
        └──► delivered (live channel) ──► …
 
-``succeeded``, ``failed``, ``rejected`` and ``interrupted`` are final; an operator
-re-queues to try again. ``exported ──► lost``: an operator declared the bundle lost
-(``hub.services.chain``); a result that arrives for it anyway still moves it on.
+    interrupted | failed ──► retried ──► succeeded | failed | interrupted  (agent retry)
+    exported ──► lost (an operator declared the bundle lost, ``hub.services.chain``; a
+                 result that arrives for it anyway still moves it on)
+
+``exporting``: an export claimed the deployment (``claimed_by``) and recorded the bundle it
+is writing (:attr:`~hub.db.Deployment.export_intent`: sequence, bundle id, times, file) —
+committed *before* the file gets its final name, so a result for it is always accepted
+(:mod:`hub.services.export_claims`). ``succeeded``, ``failed``, ``rejected``,
+``interrupted`` and ``lost`` are final for queueing (an operator may queue the release
+again); a later result of an ``tiangong agent retry`` still moves an interrupted or failed
+deployment on, through ``retried``, and every result is one
+:class:`~hub.db.DeploymentAttempt`.
 
 **Sequences.** :func:`allocate_sequence` hands out the next bundle sequence for a target
 under a row lock (``UPDATE … SET next_sequence = next_sequence + 1`` first), so two
-concurrent exports never share one; export calls it, then :func:`mark_exported`.
+concurrent exports never share one; export claims a deployment, calls it, records the
+bundle it will write, then calls :func:`mark_exported` once the file is on the media.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from hub.services.users import can, require, require_ctx
 
 __all__ = [
     "FINAL_STATES",
+    "RETRY_FROM",
     "TRANSITIONS",
     "allocate_sequence",
     "deployment_target",
@@ -56,8 +67,12 @@ __all__ = [
 ]
 
 FINAL_STATES = frozenset({"succeeded", "failed", "rejected", "interrupted", "lost"})
+RETRY_FROM = frozenset({"interrupted", "failed"})  # states an agent retry moves on from
 TRANSITIONS: dict[str, frozenset[str]] = {
-    "queued": frozenset({"exported", "delivered"}),
+    "queued": frozenset({"exporting", "exported", "delivered"}),
+    "exporting": frozenset(
+        {"exported", "delivered", "running", "succeeded", "failed", "rejected", "interrupted"}
+    ),
     "exported": frozenset(
         {"delivered", "running", "succeeded", "failed", "rejected", "interrupted", "lost"}
     ),
@@ -65,9 +80,10 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "delivered": frozenset({"running", "succeeded", "failed", "rejected", "interrupted"}),
     "running": frozenset({"succeeded", "failed", "interrupted"}),
     "succeeded": frozenset(),
-    "failed": frozenset(),
+    "failed": frozenset({"retried"}),
     "rejected": frozenset(),
-    "interrupted": frozenset(),
+    "interrupted": frozenset({"retried"}),
+    "retried": frozenset({"running", "succeeded", "failed", "interrupted"}),
 }
 _TIMESTAMP = {
     "exported": "exported_at",
@@ -326,10 +342,11 @@ def mark_exported(
     """Record the bundle written for ``deployment`` and move it to ``exported``.
 
     Raises:
-        PermissionDeniedError (operator: bundle.export), InvalidStateError (not queued).
+        PermissionDeniedError (operator: bundle.export), InvalidStateError (neither queued
+        nor claimed by an export).
     """
     require_ctx(ctx, "bundle.export", deployment.environment)
-    if deployment.state != "queued":
+    if deployment.state not in ("queued", "exporting"):
         raise InvalidStateError(f"deployment {deployment.id} is {deployment.state}, not queued")
     deployment.bundle_id = bundle_id
     deployment.bundle_path = bundle_path

@@ -1,12 +1,31 @@
 """Export: write a signed bundle for every queued deployment of an environment.
 
 :func:`export_environment` — for every queued deployment of an environment (optionally one
-agent), allocate the target's next sequence under a row lock, build the release manifest
-(approvals, latest signed audit checkpoint), write the signed bundle into the output
-directory (atomically; re-read and verified by the writer), and mark the deployment
-exported — one transaction per deployment, so a crash half-way loses nothing and re-running
-continues. Re-running with no queued work writes nothing. A human-readable
-``INDEX-<env>.txt`` lists what is on the media and for whom.
+agent), in this order, each step durable before the next:
+
+1. **claim** the deployment with a conditional update (``queued → exporting``,
+   :mod:`hub.services.export_claims`): of any number of concurrent exports (CLI, web,
+   live server; SQLite or PostgreSQL) exactly one gets it, the others report it as
+   "exported by another process";
+2. in the same transaction, allocate the target's next sequence and record the **intent** —
+   sequence, bundle id, creation and expiry times, checkpoint, file name — with a
+   ``bundle.claimed`` audit event, and commit (crash point ``hub.export-claimed``);
+3. write the signed bundle (the writer spools and writes under hidden temporary names, then
+   renames; crash points ``hub.export-writing``, ``hub.export-renamed``);
+4. mark it ``exported`` with a ``bundle.written`` event and commit
+   (``hub.export-recorded``).
+
+So a bundle whose final name reached the media is always known to the hub, and a result
+for it is accepted. An export that was killed (or failed writing) leaves its deployment
+``exporting`` with a claim whose process is gone: the next export of that environment takes
+it over and either finds the file already on the media under the recorded name (and records
+it) or writes the *same* bundle again from the recorded intent — same sequence, bundle id
+and times, so the same bytes: a copy that did reach some media is an exact duplicate, never
+a second sequence. Leftovers of killed exports in the output directory — spool directories
+and temporary files — are removed on the next run and listed in the report.
+
+Re-running with no queued work writes nothing. A human-readable ``INDEX-<env>.txt`` lists
+what is on the media and for whom.
 
 The CLI (``hub export``), the web media page and the live server all call this one function.
 It does not import results (:mod:`hub.services.result_import`).
@@ -16,20 +35,27 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from bundle.errors import BundleError
 from bundle.manifest import Approval as ManifestApproval
-from bundle.manifest import Target
+from bundle.manifest import ChainInfo, Target
+from bundle.parts import part_path, strip_part_suffix
 from bundle.release import load_release
-from bundle.writer import release_manifest, write_bundle
+from bundle.writer import WrittenBundle, release_manifest, write_bundle
 from hub.db import Deployment, Environment
 from hub.errors import ConfigError, HubError, ValidationError
+from hub.faults import crash_point
 from hub.services import audit
 from hub.services.agents import agent_target
 from hub.services.approvals import approvals_for_manifest
@@ -37,12 +63,22 @@ from hub.services.chain import chain_for
 from hub.services.context import ServiceContext
 from hub.services.deployments import allocate_sequence, mark_exported, pending_exports
 from hub.services.environments import get_environment
+from hub.services.export_claims import (
+    STALE_CLAIM,
+    claim,
+    claim_is_live,
+    my_token,
+    stale_claims,
+    take_over,
+)
 from hub.services.users import require_ctx
 
 __all__ = ["DEFAULT_EXPIRY", "ExportReport", "ExportedBundle", "ProgressFn", "export_environment"]
 
 DEFAULT_EXPIRY = timedelta(days=14)
 ProgressFn = Callable[[str, int, int], None]
+SPOOL_PREFIX = ".tiangong-export-"  # + the claim token: one export's private spool directory
+WRITER_SPOOL_PREFIX = ".tiangong-spool-"  # the writer's own default spool (older hubs)
 
 
 @dataclass(frozen=True)
@@ -62,6 +98,12 @@ class ExportReport:
     environment: str
     written: list[ExportedBundle] = field(default_factory=list)
     failed: list[tuple[int, str]] = field(default_factory=list)  # (deployment id, reason)
+    #: queued deployments another export claimed first (it writes them, not this one)
+    taken: list[int] = field(default_factory=list)
+    #: deployments whose killed export this run completed (also in ``written``)
+    recovered: list[int] = field(default_factory=list)
+    #: leftovers of killed exports removed from the output directory (names)
+    cleaned: list[str] = field(default_factory=list)
     index: Path | None = None
 
 
@@ -81,51 +123,304 @@ def export_environment(
     split_size: int | None = None,
     progress: ProgressFn | None = None,
 ) -> ExportReport:
-    """Write a bundle for every queued deployment of ``environment`` into ``out_dir``.
+    """Write a bundle for every queued deployment of ``environment`` into ``out_dir``, and
+    complete exports of it that were killed (see the module docstring).
 
-    Commits after each bundle. Raises PermissionDeniedError (operator) before writing
-    anything, ConfigError when the release key is not loaded; other per-deployment problems
-    are collected in ``failed`` (and audited) so one bad release does not block the rest.
+    Commits after each step of each bundle. Raises PermissionDeniedError (operator) before
+    writing anything, ConfigError when the release key is not loaded; other per-deployment
+    problems are collected in ``failed`` (and audited) so one bad release does not block
+    the rest.
     """
     env = get_environment(ctx.session, environment)
     require_ctx(ctx, "bundle.export", env)
     if ctx.keys is None or ctx.keys.release_key is None:
         raise ConfigError("the release key is not loaded; it lives in <data_dir>/keys/")
-    keys = ctx.keys
-    release_key = keys.release_key
-    assert release_key is not None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = ExportReport(environment)
+    report.cleaned = _clean_leftovers(ctx, out_dir)
+    stale = stale_claims(ctx.session, environment, agent_id, ctx.now())
     pending = pending_exports(ctx.session, environment, agent_id)
-    if not pending:
+    ctx.session.commit()  # end the read; every claim is its own transaction
+    if not stale and not pending:
         return report  # nothing to write: no checkpoint either (the live server asks often)
-    checkpoint = _checkpoint_json(ctx, env)
-    for dep in pending:
-        dep_id = dep.id
-        try:
-            exported = _export_one(ctx, dep, out_dir, expires_in, split_size, checkpoint, progress)
-        except (HubError, BundleError, OSError) as exc:
-            ctx.session.rollback()
-            reason = f"{type(exc).__name__}: {exc}"
-            report.failed.append((dep_id, reason))
-            audit.record(
-                ctx, "bundle.export_failed", "deployment", str(dep_id), {"reason": reason[:2000]}
-            )
-            ctx.session.commit()
-            continue
-        ctx.session.commit()
-        report.written.append(exported)
-    if report.written:
+    run = _Run(ctx, env, out_dir, expires_in, split_size, progress)
+    try:
+        for dep in stale:
+            run.resume(dep, report)
+        for dep in pending:
+            run.export(dep, report)
+    finally:
+        shutil.rmtree(run.spool, ignore_errors=True)
+    if report.written or report.failed:
         report.index = _write_index(out_dir, environment, report, ctx)
     return report
 
 
+class _Run:
+    """One call of :func:`export_environment`: its settings and the checkpoint it carries."""
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        env: Environment,
+        out_dir: Path,
+        expires_in: timedelta,
+        split_size: int | None,
+        progress: ProgressFn | None,
+    ) -> None:
+        self.ctx = ctx
+        self.env = env
+        self.out_dir = out_dir
+        self.expires_in = expires_in
+        self.split_size = split_size
+        self.progress = progress
+        self.checkpoint: dict[str, Any] | None = None
+        self.checkpoint_done = False
+        self.spool = out_dir / (SPOOL_PREFIX + _token_name(my_token()))
+
+    # -- new exports ---------------------------------------------------------------------
+
+    def export(self, dep: Deployment, report: ExportReport) -> None:
+        """Claim ``dep``, record its intent, write its bundle, record it."""
+        ctx = self.ctx
+        dep_id = dep.id
+        try:
+            intent = self._claim(dep)
+        except (HubError, BundleError, OSError) as exc:
+            ctx.session.rollback()  # the claim too: the deployment stays queued
+            self._failed(report, dep_id, exc)
+            return
+        if intent is None:
+            report.taken.append(dep_id)
+            return
+        crash_point("hub.export-claimed")
+        self._write_and_record(dep, intent, report)
+
+    def _claim(self, dep: Deployment) -> dict[str, Any] | None:
+        """Claim ``dep`` and record the bundle to write, in one committed transaction;
+        None when another export claimed it first.
+
+        Raises:
+            HubError (validation: release, agent), BundleError, OSError: nothing recorded.
+        """
+        ctx, session = self.ctx, self.ctx.session
+        keys = ctx.keys
+        assert keys is not None and keys.release_key is not None
+        # Lock order everywhere: audit head, then deployment, then sequence counter (the
+        # importer holds the head while it moves deployments).
+        audit.lock_head(session)
+        now = ctx.now()
+        if not claim(session, dep.id, now):
+            session.rollback()
+            return None
+        session.refresh(dep)
+        release = dep.release
+        if release.state != "approved":
+            raise ValidationError(f"release {release.label} is {release.state}, not approved")
+        _check_release_files(release.label, release.stored_path, release.content_hash)
+        env = dep.environment
+        if dep.agent is not None:
+            if dep.agent.status != "enrolled":
+                raise ValidationError(f"agent {dep.agent.agent_id} is {dep.agent.status}")
+            counter, who = agent_target(dep.agent.agent_id), dep.agent.agent_id
+        else:
+            counter, who = f"env:{env.name}", env.name
+        if not self.checkpoint_done:
+            self.checkpoint = _checkpoint_json(ctx, env)
+            self.checkpoint_done = True
+        _, seq = allocate_sequence(session, counter, agent=dep.agent)
+        root_version = keys.root.version
+        chain = chain_for(session, dep, root_version, seq)  # bundle-format §6.8
+        created = int(now.timestamp())
+        name = _bundle_name(release.product.name, release.version, who, seq)
+        intent: dict[str, Any] = {
+            "bundle_id": f"{release.product.name}-{release.version}-{who}-{seq}"[:128],
+            "sequence": seq,
+            "root_version": root_version,
+            "created": created,
+            "expires": created + int(self.expires_in.total_seconds()),
+            "file": name,
+            "split_size": self.split_size,
+            "checkpoint": self.checkpoint,
+            "chain": chain.to_json(),
+        }
+        out = self.out_dir / name
+        dep.sequence, dep.bundle_id = seq, intent["bundle_id"]
+        dep.root_version, dep.bundle_path = intent["root_version"], str(out)
+        dep.export_intent = intent
+        audit.record(
+            ctx,
+            "bundle.claimed",
+            "deployment",
+            str(dep.id),
+            {
+                "bundle_id": intent["bundle_id"],
+                "sequence": seq,
+                "file": str(out),
+                "claimed_by": my_token(),
+            },
+        )
+        session.commit()
+        return intent
+
+    # -- killed exports ------------------------------------------------------------------
+
+    def resume(self, dep: Deployment, report: ExportReport) -> None:
+        """Complete the export of ``dep`` that a killed (or failed) export claimed."""
+        ctx = self.ctx
+        dep_id = dep.id
+        if not take_over(ctx.session, dep, ctx.now()):
+            ctx.session.rollback()
+            report.taken.append(dep_id)
+            return
+        ctx.session.commit()
+        ctx.session.refresh(dep)
+        intent = dict(dep.export_intent or {})
+        if not intent:
+            self._failed(report, dep_id, ValidationError("its export recorded no bundle"))
+            return
+        report.recovered.append(dep_id)
+        recorded = Path(dep.bundle_path or "")
+        head = part_path(recorded, 0) if intent.get("split_size") else recorded
+        if dep.bundle_path and head.is_file():
+            # The final name reached the media before the export died: record it as is.
+            paths = _written_paths(recorded, bool(intent.get("split_size")))
+            size = sum(p.stat().st_size for p in paths)
+            self._record(dep, intent, paths, size, envelope_sha256=None, report=report)
+            return
+        if intent["expires"] <= int(ctx.now().timestamp()):
+            # A copy that reached some media has expired there: a fresh validity period.
+            created = int(ctx.now().timestamp())
+            intent.update(created=created, expires=created + int(self.expires_in.total_seconds()))
+        self._write_and_record(dep, intent, report)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _write_and_record(
+        self, dep: Deployment, intent: dict[str, Any], report: ExportReport
+    ) -> None:
+        ctx = self.ctx
+        dep_id = dep.id
+        try:
+            written = self._write(dep, intent)
+        except (HubError, BundleError, OSError) as exc:
+            ctx.session.rollback()
+            audit.lock_head(ctx.session)
+            # The claim is released: the next export writes the recorded bundle again.
+            dep.claimed_by = None
+            self._failed(report, dep_id, exc)
+            return
+        crash_point("hub.export-renamed")
+        self._record(dep, intent, written.paths, written.size, written.envelope_sha256, report)
+
+    def _write(self, dep: Deployment, intent: dict[str, Any]) -> WrittenBundle:
+        keys = self.ctx.keys
+        assert keys is not None and keys.release_key is not None
+        release = dep.release
+        source = _check_release_files(release.label, release.stored_path, release.content_hash)
+        env = dep.environment
+        if dep.agent is not None:
+            target = Target(agents=(dep.agent.agent_id,), environment=env.name)
+        else:
+            target = Target(environment=env.name)
+        approvals = tuple(
+            ManifestApproval(by=a["by"], at=_unix(a["at"]), comment=a.get("comment", ""))
+            for a in approvals_for_manifest(release, env)
+        )
+        manifest, files = release_manifest(
+            source,
+            bundle_id=intent["bundle_id"],
+            issuer=keys.release_key.key_id,
+            target=target,
+            root_version=intent["root_version"],
+            sequence=intent["sequence"],
+            created=intent["created"],
+            expires=intent["expires"],
+            counter=release.id,
+            author=release.author.username,
+            approvals=approvals,
+            checkpoint=intent.get("checkpoint"),
+            chain=ChainInfo.from_json(intent["chain"]) if intent.get("chain") else None,
+        )
+        self.spool.mkdir(exist_ok=True)
+        return write_bundle(
+            self.out_dir / intent["file"],
+            manifest,
+            files,
+            [keys.release_key],
+            split_size=intent.get("split_size"),
+            spool_dir=self.spool,
+            progress=_with_crash_point(self.progress),
+        )
+
+    def _record(
+        self,
+        dep: Deployment,
+        intent: dict[str, Any],
+        paths: tuple[Path, ...],
+        size: int,
+        envelope_sha256: str | None,
+        report: ExportReport,
+    ) -> None:
+        """Mark ``dep`` exported with its ``bundle.written`` event, and commit."""
+        ctx = self.ctx
+        release = dep.release
+        audit.lock_head(ctx.session)  # lock order: audit head, then the deployment
+        mark_exported(
+            ctx,
+            dep,
+            bundle_id=intent["bundle_id"],
+            bundle_path=str(paths[0]),
+            sequence=intent["sequence"],
+            root_version=intent["root_version"],
+        )
+        dep.claimed_by = None
+        audit.record(
+            ctx,
+            "bundle.written",
+            "deployment",
+            str(dep.id),
+            {
+                "bundle_id": intent["bundle_id"],
+                "envelope_sha256": envelope_sha256,
+                "files": [p.name for p in paths],
+                "size": size,
+                "sequence": intent["sequence"],
+                "target": _target_json(dep),
+            },
+        )
+        ctx.session.commit()
+        crash_point("hub.export-recorded")
+        report.written.append(
+            ExportedBundle(
+                dep.id,
+                dep.agent.agent_id if dep.agent else None,
+                release.product.name,
+                release.version,
+                intent["sequence"],
+                intent["bundle_id"],
+                paths,
+                size,
+            )
+        )
+
+    def _failed(self, report: ExportReport, dep_id: int, exc: BaseException) -> None:
+        ctx = self.ctx
+        reason = f"{type(exc).__name__}: {exc}"
+        report.failed.append((dep_id, reason))
+        audit.record(
+            ctx, "bundle.export_failed", "deployment", str(dep_id), {"reason": reason[:2000]}
+        )
+        ctx.session.commit()
+
+
 def _checkpoint_json(ctx: ServiceContext, env: Environment) -> dict[str, Any] | None:
+    """A fresh signed audit checkpoint for the bundles of this run (in the caller's
+    transaction), as the manifest carries it; None without the audit key."""
     if ctx.keys is None or ctx.keys.audit_key is None:
         return None
     cp = audit.checkpoint_for_export(ctx, env)
-    ctx.session.commit()
     return {
         "seq": cp.seq,
         "head_hash": cp.head_hash,
@@ -134,107 +429,135 @@ def _checkpoint_json(ctx: ServiceContext, env: Environment) -> dict[str, Any] | 
     }
 
 
-def _export_one(
-    ctx: ServiceContext,
-    dep: Deployment,
-    out_dir: Path,
-    expires_in: timedelta,
-    split_size: int | None,
-    checkpoint: dict[str, Any] | None,
-    progress: ProgressFn | None,
-) -> ExportedBundle:
-    keys = ctx.keys
-    assert keys is not None and keys.release_key is not None
-    release = dep.release
-    if release.state != "approved":
+def _target_json(dep: Deployment) -> dict[str, Any]:
+    env = dep.environment.name
+    if dep.agent is not None:
+        return Target(agents=(dep.agent.agent_id,), environment=env).to_json()
+    return Target(environment=env).to_json()
+
+
+def _check_release_files(label: str, stored_path: str, content_hash: str) -> Any:
+    """The release's stored files, loaded; they must still have the approved content hash.
+
+    Raises:
+        ValidationError: they changed on disk.
+    """
+    source = load_release(Path(stored_path))
+    if source.content_hash != content_hash:
         raise ValidationError(
-            f"release {release.product.name} {release.version} is {release.state}, not approved"
-        )
-    source = load_release(Path(release.stored_path))
-    if source.content_hash != release.content_hash:
-        raise ValidationError(
-            f"the stored files of {release.product.name} {release.version} changed on disk "
-            f"(content hash {source.content_hash[:16]} ≠ approved {release.content_hash[:16]});"
+            f"the stored files of {label} changed on disk "
+            f"(content hash {source.content_hash[:16]} ≠ approved {content_hash[:16]});"
             " refusing to export"
         )
-    env = dep.environment
-    if dep.agent is not None:
-        if dep.agent.status != "enrolled":
-            raise ValidationError(f"agent {dep.agent.agent_id} is {dep.agent.status}")
-        target = Target(agents=(dep.agent.agent_id,), environment=env.name)
-        counter = agent_target(dep.agent.agent_id)
-        who = dep.agent.agent_id
-    else:
-        target = Target(environment=env.name)
-        counter = f"env:{env.name}"
-        who = env.name
-    _, seq = allocate_sequence(ctx.session, counter, agent=dep.agent)
-    root_version = keys.root.version
-    chain = chain_for(ctx.session, dep, root_version, seq)  # bundle-format §6.8
+    return source
+
+
+def _written_paths(out: Path, split: bool) -> tuple[Path, ...]:
+    """The files of a bundle already under its final name(s): the file, or its parts."""
+    if not split:
+        return (out,)
+    paths = [part_path(out, 0)]
+    index = 1
+    while part_path(out, index).is_file():
+        paths.append(part_path(out, index))
+        index += 1
+    return tuple(paths)
+
+
+def _with_crash_point(progress: ProgressFn | None) -> ProgressFn:
+    """``progress`` plus crash point ``hub.export-writing`` once the writer starts writing
+    the bundle file (its spool and a temporary file exist on the media)."""
+
+    def report(phase: str, done: int, total: int) -> None:
+        if phase == "write":
+            crash_point("hub.export-writing")
+        if progress is not None:
+            progress(phase, done, total)
+
+    return report
+
+
+def _token_name(token: str) -> str:
+    """A claim token as a file-name part (``:`` is not portable to FAT media)."""
+    return "".join(c if c.isalnum() or c in ".-_" else "+" for c in token)
+
+
+def _clean_leftovers(ctx: ServiceContext, out_dir: Path) -> list[str]:
+    """Remove what killed exports left in ``out_dir``: their spool directories and the
+    temporary files of bundles they were writing. Returns the names removed.
+
+    A leftover is removed only when the export that made it is gone: a spool directory
+    carries its export's claim token; a temporary file ``.<bundle file>.<random>.tmp`` is
+    kept while a live export has claimed that bundle file. Anything else of ours older than
+    :data:`~hub.services.export_claims.STALE_CLAIM` goes too.
+    """
     now = ctx.now()
-    created = int(now.timestamp())
-    approvals = tuple(
-        ManifestApproval(by=a["by"], at=_unix(a["at"]), comment=a.get("comment", ""))
-        for a in approvals_for_manifest(release, env)
-    )
-    bundle_id = f"{release.product.name}-{release.version}-{who}-{seq}"[:128]
-    manifest, files = release_manifest(
-        source,
-        bundle_id=bundle_id,
-        issuer=keys.release_key.key_id,
-        target=target,
-        root_version=root_version,
-        sequence=seq,
-        created=created,
-        expires=created + int(expires_in.total_seconds()),
-        counter=release.id,
-        author=release.author.username,
-        approvals=approvals,
-        checkpoint=checkpoint,
-        chain=chain,
-    )
-    out = out_dir / _bundle_name(release.product.name, release.version, who, seq)
-    written = write_bundle(
-        out, manifest, files, [keys.release_key], split_size=split_size, progress=progress
-    )
-    try:
-        mark_exported(
-            ctx,
-            dep,
-            bundle_id=bundle_id,
-            bundle_path=str(written.paths[0]),
-            sequence=seq,
-            root_version=root_version,
+    found: list[os.DirEntry[str]] = []
+    with contextlib.suppress(FileNotFoundError), os.scandir(out_dir) as entries:
+        found = [e for e in entries if e.name.startswith(".")]
+    if not found:
+        return []
+    # Read the claims AFTER listing: a temporary file seen above belongs to a claim that
+    # was committed before the file was made, so it is in this list.
+    live: set[str] = set()
+    rows = ctx.session.execute(
+        select(Deployment.bundle_path, Deployment.claimed_by, Deployment.claimed_at).where(
+            Deployment.state == "exporting"
         )
-        audit.record(
-            ctx,
-            "bundle.written",
-            "deployment",
-            str(dep.id),
-            {
-                "bundle_id": bundle_id,
-                "envelope_sha256": written.envelope_sha256,
-                "files": [p.name for p in written.paths],
-                "size": written.size,
-                "sequence": seq,
-                "target": target.to_json(),
-            },
-        )
-    except BaseException:
-        for p in written.paths:
+    ).all()
+    for path, token, at in rows:
+        if path and claim_is_live(token, at, now):
+            live.add(Path(path).name)
+    mine = _token_name(my_token())
+    removed: list[str] = []
+    for entry in found:
+        name = entry.name
+        try:
+            age = now.timestamp() - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        old = age > STALE_CLAIM.total_seconds()
+        if name.startswith(SPOOL_PREFIX) and entry.is_dir(follow_symlinks=False):
+            owner = name[len(SPOOL_PREFIX) :]
+            gone = owner != mine and not _token_alive(owner, entry, now)
+            if gone or old:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(name)
+        elif name.startswith(WRITER_SPOOL_PREFIX) and entry.is_dir(follow_symlinks=False):
+            if old:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(name)
+        elif name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
+            final = _final_of_temp(name)
+            if final is None or (final in live and not old):
+                continue
+            if final.startswith("INDEX-") and not old:
+                continue  # another export's index being written
             with contextlib.suppress(OSError):
-                p.unlink()
-        raise
-    return ExportedBundle(
-        dep.id,
-        dep.agent.agent_id if dep.agent else None,
-        release.product.name,
-        release.version,
-        seq,
-        bundle_id,
-        written.paths,
-        written.size,
-    )
+                os.unlink(entry.path)
+                removed.append(name)
+    ctx.session.commit()
+    return sorted(removed)
+
+
+def _token_alive(owner: str, entry: os.DirEntry[str], now: datetime) -> bool:
+    """Whether the export whose token (as a file-name part) is ``owner`` may be running."""
+    host, _, rest = owner.partition("+")
+    pid, _, start = rest.partition("+")
+    token = f"{host}:{pid}:{start}"
+    at = datetime.fromtimestamp(entry.stat(follow_symlinks=False).st_mtime, UTC)
+    return claim_is_live(token, at, now)
+
+
+def _final_of_temp(name: str) -> str | None:
+    """``.hello-1.0-a-000003.tgb.x1y2.tmp`` → ``hello-1.0-a-000003.tgb`` (parts to their
+    bundle file); None for a name that is not one of the writer's temporary files."""
+    if not name.startswith(".") or name.count(".") < 3:
+        return None
+    inner = name[1:].rsplit(".", 2)[0]  # drop ".<random>.tmp"
+    if not (".tgb" in inner or inner.startswith("INDEX-")):
+        return None
+    return strip_part_suffix(inner)
 
 
 def _unix(text: str) -> int:
@@ -265,10 +588,19 @@ def _write_index(
         lines += ["", "NOT exported (see the hub's audit log):"]
         lines += [f"  deployment {d}: {r}" for d, r in report.failed]
     path = out_dir / f"INDEX-{environment}.txt"
-    tmp = path.with_name(f".{path.name}.tmp")
-    previous = path.read_text(encoding="utf-8") if path.exists() else ""
-    text = "\n".join(lines) + "\n" + (f"\n--- earlier exports ---\n{previous}" if previous else "")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    # Concurrent exports to one directory each add their lines: one at a time.
+    lock = os.open(out_dir / f".{path.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        previous = path.read_text(encoding="utf-8") if path.exists() else ""
+        text = "\n".join(lines) + "\n"
+        if previous:
+            text += f"\n--- earlier exports ---\n{previous}"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=out_dir)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        os.close(lock)
     return path
 

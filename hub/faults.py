@@ -1,0 +1,62 @@
+"""A test hook that makes a hub process die at a named durable transition.
+
+``TIANGONG_CRASH_AT=<point>[:<nth>]``, read once when the process starts (this module is
+imported): at the ``nth`` time (default 1) the process reaches crash point ``point``, it
+kills itself with ``SIGKILL`` — no ``finally``, no rollback, no clean-up: as far as the hub
+can tell, a power cut. The agent has the same convention (``agent.faults``); the hub's
+points all start with ``hub.``, and a value naming an agent's point is ignored here, so one
+environment can drive both. The points are :data:`CRASH_POINTS` (docs/hub.md, "Crash
+points").
+
+Unset (production), each hook is one comparison with ``None``. This module does not read
+the environment again after start-up and offers no other way to set the hook.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+__all__ = ["CRASH_POINTS", "crash_point"]
+
+#: Every durable transition of the hub's export, import and audit log.
+CRASH_POINTS: dict[str, str] = {
+    "hub.export-claimed": "a deployment claimed and its bundle's sequence, id, times and "
+    "file name committed (bundle.claimed), nothing on the media yet",
+    "hub.export-writing": "the bundle being written: its spool and a temporary file on the "
+    "media, no final name yet",
+    "hub.export-renamed": "the bundle under its final name on the media, the hub still says "
+    "exporting",
+    "hub.export-recorded": "the deployment committed as exported (bundle.written), the "
+    "media index not written yet",
+    "hub.import-stored": "a batch of verified results renamed into the results directory "
+    "and fsynced, the database transaction not committed",
+    "hub.import-committed": "a batch of results committed (deployments, attempts, events)",
+    "hub.audit-appended": "an audit event inserted in its transaction, not committed",
+    "hub.checkpoint-signed": "an audit checkpoint signed and inserted, not committed",
+}
+
+
+def _parse(value: str | None) -> tuple[str, int] | None:
+    if not value or not value.startswith("hub."):
+        return None
+    point, _, nth = value.partition(":")
+    if point not in CRASH_POINTS:
+        raise SystemExit(
+            f"TIANGONG_CRASH_AT={value}: unknown hub crash point {point!r} "
+            f"(known: {', '.join(CRASH_POINTS)})"
+        )
+    return point, int(nth) if nth.isdigit() else 1
+
+
+_CRASH = _parse(os.environ.get("TIANGONG_CRASH_AT"))
+_reached: dict[str, int] = {}
+
+
+def crash_point(point: str) -> None:
+    """Mark that the process has reached crash point ``point``; die there if asked to."""
+    if _CRASH is None or _CRASH[0] != point:
+        return
+    _reached[point] = _reached.get(point, 0) + 1
+    if _reached[point] == _CRASH[1]:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,126 @@
+"""Which export writes which deployment: atomic claims, so every deployment is exported once.
+
+Any number of exports may run at once — ``hub export`` processes, the web media page, the
+live server — on SQLite or PostgreSQL. Each reads the queued list without a lock, then
+*claims* a deployment with a conditional update::
+
+    UPDATE deployments SET state='exporting', claimed_by=:me, claimed_at=:now
+     WHERE id=:id AND state='queued'
+
+and goes on only if exactly one row changed (SQLite takes its write lock, PostgreSQL a row
+lock: of two exports racing for one row, the second sees ``state='exporting'`` after the
+first commits and changes nothing). The loser reports the deployment as "exported by
+another process".
+
+A claim names its process, ``<host>:<pid>:<start time>``. A claim whose process is gone (on
+this host: no process with that pid and start time; on another host: older than
+:data:`STALE_CLAIM`) is *stale*: the export was killed or failed after it recorded its
+bundle, and the next export of that environment takes it over (:func:`take_over`) — again
+with a conditional update, so only one export does.
+
+This module decides nothing about bundles (:mod:`hub.services.export` does).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import datetime, timedelta
+from functools import cache
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from hub.db import Agent, Deployment
+from hub.services.environments import get_environment
+
+__all__ = [
+    "STALE_CLAIM",
+    "claim",
+    "claim_is_live",
+    "my_token",
+    "stale_claims",
+    "take_over",
+]
+
+STALE_CLAIM = timedelta(hours=6)  # a claim from another host this old is taken over
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (``/proc``), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return fields[19].decode("ascii") if len(fields) > 19 else None
+
+
+@cache
+def my_token() -> str:
+    """This process's claim token: ``<host>:<pid>:<start time>``."""
+    pid = os.getpid()
+    return f"{socket.gethostname()[:120]}:{pid}:{_start_time(pid) or '?'}"
+
+
+def claim_is_live(token: str | None, claimed_at: datetime | None, now: datetime) -> bool:
+    """Whether the export that wrote ``token`` may still be running."""
+    if not token:
+        return False
+    host, _, rest = token.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname()[:120] or not pid_text.isdigit():
+        return claimed_at is not None and now - claimed_at < STALE_CLAIM
+    return _start_time(int(pid_text)) == start
+
+
+def claim(session: Session, deployment_id: int, now: datetime) -> bool:
+    """Claim a queued deployment for this process (in the session's transaction: the caller
+    records the intent and commits). Returns False when another export claimed it first."""
+    changed = session.execute(
+        update(Deployment)
+        .where(Deployment.id == deployment_id, Deployment.state == "queued")
+        .values(state="exporting", claimed_by=my_token(), claimed_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(changed.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def stale_claims(
+    session: Session, environment: str, agent_id: str | None, now: datetime
+) -> list[Deployment]:
+    """Deployments of ``environment`` (optionally one agent) left ``exporting`` by an export
+    that is gone, oldest first."""
+    query = (
+        select(Deployment)
+        .where(
+            Deployment.environment_id == get_environment(session, environment).id,
+            Deployment.state == "exporting",
+        )
+        .order_by(Deployment.id)
+    )
+    if agent_id is not None:
+        query = query.join(Agent, Deployment.agent_id == Agent.id).where(
+            Agent.agent_id == agent_id
+        )
+    return [
+        d
+        for d in session.scalars(query)
+        if d.claimed_by != my_token() and not claim_is_live(d.claimed_by, d.claimed_at, now)
+    ]
+
+
+def take_over(session: Session, dep: Deployment, now: datetime) -> bool:
+    """Claim a stale ``exporting`` deployment for this process; False when another export
+    took it over first (or it moved on)."""
+    old = dep.claimed_by
+    cond = Deployment.claimed_by.is_(None) if old is None else Deployment.claimed_by == old
+    changed = session.execute(
+        update(Deployment)
+        .where(Deployment.id == dep.id, Deployment.state == "exporting", cond)
+        .values(claimed_by=my_token(), claimed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(changed.rowcount == 1)  # type: ignore[attr-defined]
