@@ -1,6 +1,12 @@
 """``tiangong agent``: set up, run and inspect a site agent.
 
-A thin layer over ``agent.home`` (init), ``agent.service`` (run, apply, retry, status).
+A thin layer over ``agent.home`` (init, the home lock), ``agent.service`` (run, apply, retry,
+status), ``agent.recovery`` (journal recover) and ``agent.executors.sqlunlock`` (sql unlock).
+
+Commands that change the home (run, apply, retry, journal recover) take its exclusive lock
+first; a second one exits with a message naming the process holding it. All of them log
+through the one ``tiangong`` logger configured by :func:`setup_logging` (timestamps, levels,
+``-v``, ``--json-logs``); Python warnings and other libraries' messages go through it too.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from typing import Any, Literal
 
 import click
 
-from agent.config import ConfigError, load_config
-from agent.home import HomeError, init_home
+from agent.config import AgentConfig, ConfigError, load_config
+from agent.home import HomeError, HomeLock, init_home, lock_home
 from agent.inbox import ReadyItem, printable
+from agent.journal import JournalError
 from agent.service import Agent
 from bundle.cli import progress_bar
 
@@ -46,14 +53,38 @@ class _JsonFormatter(logging.Formatter):
                            "msg": record.getMessage()}, ensure_ascii=False)
 
 
-def _setup_logging(as_json: bool, verbose: bool) -> None:
+def setup_logging(as_json: bool, verbose: bool) -> None:
+    """One handler on stderr for everything the agent process logs: the ``tiangong`` loggers
+    (agent, inbox, runner, live) at INFO (DEBUG with ``-v``), and — through the root logger —
+    Python warnings and other libraries' warnings, with the same timestamp, level and format
+    (JSON lines with ``--json-logs``)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if as_json else
-                         logging.Formatter("%(asctime)s %(levelname)s %(message)s",
-                                           "%Y-%m-%dT%H:%M:%S"))
-    root = logging.getLogger("tiangong")
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                  "%Y-%m-%dT%H:%M:%S%z")
+    formatter.converter = time.gmtime
+    handler.setFormatter(_JsonFormatter() if as_json else formatter)
+    root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(logging.WARNING)
+    ours = logging.getLogger("tiangong")
+    ours.handlers[:] = []
+    ours.propagate = True
+    ours.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.captureWarnings(True)
+
+
+def _lock(home: Path, purpose: str) -> HomeLock:
+    try:
+        return lock_home(home, purpose)
+    except HomeError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _config(home: Path) -> AgentConfig:
+    try:
+        return load_config(home)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _print_outcome(name: str, out: Any, as_json: bool) -> None:
@@ -72,7 +103,7 @@ def _print_outcome(name: str, out: Any, as_json: bool) -> None:
 def _open(home: Path) -> Agent:
     try:
         return Agent(load_config(home))
-    except (ConfigError, HomeError, RuntimeError) as exc:
+    except (ConfigError, HomeError, JournalError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -206,18 +237,31 @@ def run_cmd(home: Path, once: bool, json_logs: bool, verbose: bool) -> None:
     reported; a step that was running when the agent was killed is reported as interrupted
     on the next start and never re-run automatically.
     """
-    _setup_logging(json_logs, verbose)
-    try:
-        config = load_config(home)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    import threading
+
+    setup_logging(json_logs, verbose)
+    # Installed first: a stop request during start-up is honoured once the agent exists.
+    requested = threading.Event()
+    started: list[Agent] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        logging.getLogger("tiangong.agent").info("signal %d: stopping", signum)
+        requested.set()
+        for ag in started:
+            ag.stopping.set()
+            ag.runner.cancel.set()
+            ag.wake.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    config = _config(home)
+    home_lock = _lock(config.home, "agent run")
     live_thread = None
     client = None
     if config.hub_url and not once:
         # Online site: the live client is a faster courier for the same files (it writes
         # bundles into the inbox and uploads results from the outbox).
         import asyncio
-        import threading
 
         from agent.live import LiveClient, LiveTLSError
 
@@ -227,21 +271,16 @@ def run_cmd(home: Path, once: bool, json_logs: bool, verbose: bool) -> None:
             raise click.ClickException(f"live channel: {exc}") from exc
     try:
         ag = Agent(config, live_log=client.live_log if client else None)
-    except (ConfigError, HomeError, RuntimeError) as exc:
+    except (ConfigError, HomeError, JournalError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
+    started.append(ag)
+    if requested.is_set():
+        ag.stopping.set()
+        ag.runner.cancel.set()
     if client is not None:
         live_thread = threading.Thread(target=asyncio.run, args=(client.run(ag.stopping),),
                                        name="tiangong-live", daemon=True)
         live_thread.start()
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        logging.getLogger("tiangong.agent").info("signal %d: stopping", signum)
-        ag.stopping.set()
-        ag.runner.cancel.set()
-        ag.wake.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     try:
         if once:
             ag.recover()
@@ -253,6 +292,7 @@ def run_cmd(home: Path, once: bool, json_logs: bool, verbose: bool) -> None:
         if live_thread is not None:
             live_thread.join(timeout=30)
         ag.close()
+        home_lock.release()
 
 
 @agent.command("apply")
@@ -270,7 +310,8 @@ def apply_cmd(files: tuple[Path, ...], home: Path, as_json: bool, force_progress
     archive/ or quarantine/, and a signed result is written to the outbox. Exit code 0 if
     the bundle succeeded, 1 otherwise.
     """
-    _setup_logging(False, False)
+    setup_logging(False, False)
+    home_lock = _lock(_config(home).home, "agent apply")
     ag = _open(home)
     try:
         ag.recover()
@@ -281,8 +322,11 @@ def apply_cmd(files: tuple[Path, ...], home: Path, as_json: bool, force_progress
                          first_seen=time.time())
         with progress_bar(force=force_progress) as ag.progress:
             out = ag.process(item)
+    except JournalError as exc:
+        raise click.ClickException(str(exc)) from exc
     finally:
         ag.close()
+        home_lock.release()
     _print_outcome(out.name, out, as_json)
     sys.exit(0 if out.status in ("succeeded", "waiting") else 1)
 
@@ -298,14 +342,18 @@ def retry_cmd(bundle_id: str, from_step: int, home: Path, as_json: bool) -> None
 
     The retry is recorded in the journal and in the new signed result.
     """
-    _setup_logging(False, False)
+    setup_logging(False, False)
+    home_lock = _lock(_config(home).home, "agent retry")
     ag = _open(home)
     try:
         out = ag.retry(bundle_id, from_step)
     except (KeyError, ValueError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from exc
+    except JournalError as exc:
+        raise click.ClickException(str(exc)) from exc
     finally:
         ag.close()
+        home_lock.release()
     _print_outcome(bundle_id, out, as_json)
     sys.exit(0 if out.status == "succeeded" else 1)
 

@@ -3,7 +3,8 @@
 Layout (all under the home directory, created 0700)::
 
     agent.toml            the configuration (site connections and secrets are added here)
-    journal.sqlite        the journal (agent.journal)
+    agent.lock            held (flock) by the one process using the home; holds its pid
+    journal.sqlite        the journal (agent.journal), 0600
     keys/identity.key     Ed25519 identity: signs results, proves the agent to the hub
     keys/box.key          X25519 key: bundles seal the site's secrets to it
     keys/*.pub            their public halves (the hub also gets them in the enrollment)
@@ -53,9 +54,10 @@ from signing.roots import TrustedRoot
 from signing.strictjson import dumps_canonical
 from tiangong import __version__
 
-__all__ = ["MAX_RESPONSE_BYTES", "AgentKeys", "EnrollmentInfo", "HomeError",
-           "import_enrollment_response",
-           "init_home", "load_keys"]
+__all__ = ["LOCK_NAME", "MAX_RESPONSE_BYTES", "AgentKeys", "EnrollmentInfo", "HomeError",
+           "HomeLock", "import_enrollment_response", "init_home", "load_keys", "lock_home"]
+
+LOCK_NAME = "agent.lock"
 
 MAX_RESPONSE_BYTES = 256 * 1024  # bytes of an enrollment response file
 MAX_CA_PEM_BYTES = 16 * 1024  # bytes of the hub's CA certificate inside it
@@ -67,6 +69,54 @@ _ID_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 
 class HomeError(Exception):
     """The agent home cannot be created or used."""
+
+
+class HomeLock:
+    """The exclusive lock on an agent home (``flock`` on ``agent.lock``), released by
+    :meth:`release` or when the process ends, however it ends."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd = fd
+        self.path = path
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> HomeLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_home(home: Path, purpose: str) -> HomeLock:
+    """Take the home's exclusive lock for ``purpose`` (``agent run``, ``agent apply`` ...).
+
+    Raises:
+        HomeError: another process holds it (the message names its pid and what it does),
+            or the lock file cannot be opened.
+    """
+    import fcntl
+
+    path = Path(home) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise HomeError(f"cannot open the lock file {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "unknown"
+        os.close(fd)
+        raise HomeError(
+            f"the agent home {home} is in use by another process ({holder}; lock file "
+            f"{path}); stop it before running {purpose}"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}: {purpose}\n".encode(), 0)
+    return HomeLock(fd, path)
 
 
 @dataclass(frozen=True)
@@ -183,7 +233,10 @@ def init_home(
 
     journal = Journal(config.journal_path)
     try:
-        journal.pin_root(root.document.hub_id, root_bytes, root.version)
+        # The time floor starts at the root's issue time, or now if later: a fresh agent
+        # whose clock is set back still refuses a bundle that expired before either.
+        journal.pin_root(root.document.hub_id, root_bytes, root.version,
+                         time_floor=max(root.document.issued, now))
     finally:
         journal.close()
 

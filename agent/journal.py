@@ -12,7 +12,21 @@ holding:
 * ``steps``: one row per step *attempt* with state pending → running → succeeded / failed /
   skipped, or interrupted when the agent died while it was running. A step is marked running
   (committed) before it starts.
-* ``results``: the agent's result sequence and the digest chain of its result files.
+* ``results``: the agent's result sequence and the digest chain of its result files. A result
+  is recorded *before* its file is written (state ``pending``, with everything needed to
+  write it: ``spec`` and ``result_logs``), in the same transaction as the bundle's final
+  state, the rejection or the interruption it reports; writing the file later is a pure
+  function of that row and the previous result's digest, so it can be repeated after a
+  crash or a full disk and gives the same bytes (``agent.results``).
+* ``disposals``: refused files and duplicate copies on their way out of the inbox (to
+  ``quarantine/`` or ``archive/duplicates/``): recorded with their result before they move,
+  so a crash in between moves them later without a second result.
+* ``operator_actions``: things the operator did outside a bundle (``agent sql unlock``),
+  reported in the next result.
+
+Opening an existing journal checks it (``PRAGMA quick_check``, the schema version row): a
+damaged, emptied or missing journal raises :class:`JournalDamagedError`, whose message gives
+the recovery command (docs/agent.md, "Damaged journal").
 
 This module does not verify, run or write bundle files: it only records.
 """
@@ -20,6 +34,8 @@ This module does not verify, run or write bundle files: it only records.
 from __future__ import annotations
 
 import json
+import os
+import re
 import sqlite3
 import threading
 import time
@@ -29,15 +45,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.faults import fault_point
+
 __all__ = [
     "BundleRecord",
+    "Disposal",
     "Journal",
+    "JournalDamagedError",
     "JournalError",
+    "JournalWriteError",
+    "PendingResult",
+    "ResultIntent",
     "StepRecord",
     "TrustRecord",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+RECOVER_COMMAND = "tiangong agent journal recover --home {home}"
+# SQLite's messages for a full, read-only or failing disk.
+_WRITE_TROUBLE = re.compile(r"disk is full|readonly|read-only|disk I/O error|out of memory")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -65,7 +91,9 @@ CREATE TABLE IF NOT EXISTS bundles (
     received_at      INTEGER NOT NULL,
     started_at       INTEGER,
     finished_at      INTEGER,
-    summary          TEXT
+    summary          TEXT,
+    archived         INTEGER NOT NULL DEFAULT 1,
+    inbox_files      TEXT
 );
 CREATE TABLE IF NOT EXISTS steps (
     bundle_id   TEXT NOT NULL REFERENCES bundles(bundle_id),
@@ -88,7 +116,33 @@ CREATE TABLE IF NOT EXISTS results (
     status       TEXT NOT NULL,
     file_name    TEXT NOT NULL,
     sha256       TEXT NOT NULL,
-    created_at   INTEGER NOT NULL
+    created_at   INTEGER NOT NULL,
+    state        TEXT NOT NULL DEFAULT 'written',
+    spec         TEXT
+);
+CREATE TABLE IF NOT EXISTS result_logs (
+    result_seq   INTEGER NOT NULL,
+    name         TEXT NOT NULL,
+    text         TEXT NOT NULL,
+    PRIMARY KEY (result_seq, name)
+);
+CREATE TABLE IF NOT EXISTS disposals (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    names       TEXT NOT NULL,
+    sha256      TEXT NOT NULL,
+    dest        TEXT NOT NULL,
+    result_seq  INTEGER,
+    done        INTEGER NOT NULL DEFAULT 0,
+    at          INTEGER NOT NULL,
+    check_name  TEXT,
+    reason      TEXT
+);
+CREATE TABLE IF NOT EXISTS operator_actions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          INTEGER NOT NULL,
+    action      TEXT NOT NULL,
+    detail      TEXT NOT NULL,
+    result_seq  INTEGER
 );
 CREATE TABLE IF NOT EXISTS rejections (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -106,6 +160,16 @@ STEP_STATES = ("pending", "running", "succeeded", "failed", "interrupted", "skip
 
 class JournalError(Exception):
     """The journal refuses an inconsistent write (e.g. a sequence that is not newer)."""
+
+
+class JournalWriteError(JournalError):
+    """A journal commit failed for lack of space or a read-only disk; nothing was changed,
+    and the same write may succeed later."""
+
+
+class JournalDamagedError(JournalError):
+    """The journal file is missing, emptied or corrupt; the message names the file and the
+    recovery command."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +199,8 @@ class BundleRecord:
     started_at: int | None
     finished_at: int | None
     summary: str | None
+    archived: bool = True
+    inbox_files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,25 +219,139 @@ class StepRecord:
     log_path: str | None
 
 
-class Journal:
-    """A handle on the journal file. Thread-safe (one connection, serialised by a lock)."""
+@dataclass(frozen=True)
+class ResultIntent:
+    """A result to record: ``spec`` is JSON-safe (built by ``agent.results.result_intent``),
+    ``logs`` the log files it carries (payload name -> text)."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+    status: str
+    bundle_id: str | None
+    spec: dict[str, Any]
+    logs: dict[str, str]
+
+
+@dataclass(frozen=True)
+class PendingResult:
+    """A recorded result whose file is not (known to be) in the outbox yet."""
+
+    result_seq: int
+    bundle_id: str | None
+    status: str
+    file_name: str
+    spec: dict[str, Any]
+    logs: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Disposal:
+    """Inbox files on their way to quarantine/ or archive/duplicates/."""
+
+    id: int
+    names: tuple[str, ...]
+    sha256: str
+    dest: str
+    result_seq: int | None
+    done: bool
+    rejection: tuple[str, str, str] | None = None  # (file name, check, reason) if refused
+
+
+def _open_private(path: Path) -> None:
+    """Create the journal file 0600 before SQLite does (it would use the umask)."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+
+
+def damaged(path: Path, what: str) -> JournalDamagedError:
+    home = path.parent
+    return JournalDamagedError(
+        f"the journal {path} {what}; the agent refuses to start, because without it it "
+        "cannot tell what already ran. Recover with "
+        f"'{RECOVER_COMMAND.format(home=home)}' (it keeps the damaged file, rebuilds the "
+        "sequence floor and the results from archive/ and outbox/, and never re-runs "
+        "anything; docs/agent.md, 'Damaged journal')"
+    )
+
+
+class Journal:
+    """A handle on the journal file. Thread-safe (one connection, serialised by a lock).
+
+    ``create=True`` (``agent init``, tests) creates a new journal; ``create=False`` (the agent)
+    refuses a missing, emptied or damaged one.
+
+    Raises:
+        JournalDamagedError: ``create=False`` and the file is missing or empty, or the file
+            is not a readable journal.
+    """
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time, *,
+                 create: bool = True) -> None:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        if not create:
+            if not self.path.exists():
+                raise damaged(self.path, "is missing")
+            if self.path.stat().st_size == 0:
+                raise damaged(self.path, "is empty (0 bytes)")
+        else:
+            _open_private(self.path)
+        os.chmod(self.path, 0o600)
+        try:
+            self._db = sqlite3.connect(str(self.path), isolation_level=None,
+                                       check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise damaged(self.path, f"cannot be opened ({exc})") from exc
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SCHEMA)
-        with self._tx() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+        try:
+            check = self._db.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise damaged(self.path, f"fails SQLite's integrity check ({check and check[0]})")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            known = {r[0] for r in self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+            if not create and "meta" not in known:
+                raise damaged(self.path, "holds no journal tables (emptied?)")
+            if "meta" in known:
+                row = self._db.execute(
+                    "SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                if row is None and not create:
+                    raise damaged(self.path, "has no schema version (emptied?)")
+                version = int(row[0]) if row is not None else SCHEMA_VERSION
+            else:
+                version = SCHEMA_VERSION
+            if version > SCHEMA_VERSION:
+                raise JournalError(f"the journal {self.path} has schema version {version}, "
+                                   f"newer than this agent's {SCHEMA_VERSION}; upgrade the agent")
+            if version < SCHEMA_VERSION and "bundles" in known:
+                self._migrate(version)
+            self._db.executescript(_SCHEMA)
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO meta(key, value) VALUES ('schema_version', ?) ON CONFLICT(key)"
+                    " DO UPDATE SET value=excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise damaged(self.path, f"is not a readable SQLite journal ({exc})") from exc
+        except JournalError:
+            self._db.close()
+            raise
+
+    def _migrate(self, version: int) -> None:
+        """Schema 1 → 2: columns for pending results and archiving; new tables come from
+        ``_SCHEMA``."""
+        if version < 2:
+            for ddl in (
+                "ALTER TABLE bundles ADD COLUMN archived INTEGER NOT NULL DEFAULT 1",
+                "ALTER TABLE bundles ADD COLUMN inbox_files TEXT",
+                "ALTER TABLE results ADD COLUMN state TEXT NOT NULL DEFAULT 'written'",
+                "ALTER TABLE results ADD COLUMN spec TEXT",
+            ):
+                self._db.execute(ddl)
 
     def close(self) -> None:
         with self._lock:
@@ -184,26 +364,41 @@ class Journal:
     def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """A write transaction. ``durable=False`` commits without waiting for the disk
         (``synchronous=NORMAL``): WAL keeps the order, so the change becomes durable with the
-        next durable commit; after a power cut it may be lost, never reordered."""
+        next durable commit; after a power cut it may be lost, never reordered.
+
+        Raises:
+            JournalWriteError: the disk is full or read-only (nothing was changed).
+        """
         with self._lock:
             if not durable:
                 self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    fault_point("journal")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                else:
+                    self._db.execute("COMMIT")
+            except (OSError, sqlite3.OperationalError) as exc:
+                if isinstance(exc, sqlite3.OperationalError) and not _WRITE_TROUBLE.search(
+                        str(exc)):
+                    raise
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise JournalWriteError(f"cannot write the journal {self.path}: {exc}") from exc
             finally:
                 if not durable:
                     self._db.execute("PRAGMA synchronous=FULL")
 
     # -- trust and replay state -------------------------------------------------------------
 
-    def pin_root(self, issuer: str, root_envelope: bytes, root_version: int) -> None:
-        """Record the root the operator pinned (agent init / enrollment). Never lowers it."""
+    def pin_root(self, issuer: str, root_envelope: bytes, root_version: int,
+                 time_floor: int = 0) -> None:
+        """Record the root the operator pinned (agent init / enrollment). Never lowers it,
+        nor the time floor (``agent init`` passes max(root issue time, now))."""
         with self._tx() as db:
             row = db.execute("SELECT root_version FROM trust WHERE issuer=?", (issuer,)).fetchone()
             if row is not None and row["root_version"] > root_version:
@@ -212,10 +407,11 @@ class Journal:
                 )
             db.execute(
                 "INSERT INTO trust(issuer, root_envelope, root_version, sequence, time_floor,"
-                " updated_at) VALUES (?, ?, ?, 0, 0, ?) ON CONFLICT(issuer) DO UPDATE SET"
+                " updated_at) VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT(issuer) DO UPDATE SET"
                 " root_envelope=excluded.root_envelope, root_version=excluded.root_version,"
+                " time_floor=MAX(time_floor, excluded.time_floor),"
                 " updated_at=excluded.updated_at",
-                (issuer, root_envelope, root_version, self._now()),
+                (issuer, root_envelope, root_version, time_floor, self._now()),
             )
 
     def trust(self, issuer: str) -> TrustRecord | None:
@@ -276,10 +472,13 @@ class Journal:
         staged_dir: str,
         not_before: int | None,
         steps: list[tuple[str, str]],
+        inbox_files: tuple[str, ...] | None = None,
     ) -> None:
         """Persist acceptance of a verified bundle *and* the new replay state, atomically.
 
-        ``steps`` is ``[(name, kind), ...]``; each gets a pending attempt 1.
+        ``steps`` is ``[(name, kind), ...]``; each gets a pending attempt 1. With
+        ``inbox_files`` (the names the bundle has in the inbox), the bundle is recorded as not
+        archived yet (:meth:`set_archived` once its files are in ``archive/``).
 
         Raises:
             JournalError: the (root_version, sequence) is not newer than the stored one (a
@@ -308,11 +507,13 @@ class Journal:
                 db.execute(
                     "INSERT INTO bundles(bundle_id, envelope_sha256, source, issuer,"
                     " root_version, sequence, product, version, manifest, staged_dir,"
-                    " not_before, state, received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " not_before, state, received_at, archived, inbox_files)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (bundle_id, envelope_sha256, source, issuer, root_version, sequence,
                      release.get("product"), release.get("version"),
                      json.dumps(manifest, sort_keys=True), staged_dir, not_before, "waiting",
-                     self._now()),
+                     self._now(), 0 if inbox_files is not None else 1,
+                     json.dumps(list(inbox_files or ()))),
                 )
             except sqlite3.IntegrityError as exc:
                 raise JournalError(f"bundle {bundle_id} is already recorded") from exc
@@ -322,6 +523,33 @@ class Journal:
                     " VALUES (?, ?, 1, ?, ?, 'pending')",
                     (bundle_id, idx, name, kind),
                 )
+
+    def set_archived(self, bundle_id: str) -> None:
+        """The bundle's inbox files are in ``archive/`` now."""
+        with self._tx() as db:
+            db.execute("UPDATE bundles SET archived=1 WHERE bundle_id=?", (bundle_id,))
+
+    def unarchived(self) -> list[BundleRecord]:
+        """Accepted bundles whose files could not be moved to ``archive/`` yet."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM bundles WHERE archived=0 ORDER BY root_version, sequence"
+            ).fetchall()
+        return [_bundle(r) for r in rows]
+
+    def finish_bundle(self, bundle_id: str, state: str, summary: str,
+                      result: ResultIntent) -> int:
+        """Record the bundle's final state and its result, in one transaction; returns the
+        result's sequence number. The result file is written afterwards
+        (:meth:`pending_results`)."""
+        if state not in BUNDLE_STATES or state in ("waiting", "running"):
+            raise ValueError(f"not a final bundle state: {state!r}")
+        with self._tx() as db:
+            db.execute(
+                "UPDATE bundles SET state=?, finished_at=?, summary=? WHERE bundle_id=?",
+                (state, self._now(), summary, bundle_id),
+            )
+            return self._add_result(db, result)
 
     def set_bundle_state(self, bundle_id: str, state: str, summary: str | None = None) -> None:
         if state not in BUNDLE_STATES:
@@ -421,10 +649,16 @@ class Journal:
             )
         return attempt
 
-    def recover_interrupted(self) -> list[str]:
+    def recover_interrupted(
+        self, result_for: Callable[[str], ResultIntent] | None = None
+    ) -> list[str]:
         """After a restart: running steps become interrupted, and so do their bundles.
 
-        Nothing is re-run automatically. Returns the ids of the interrupted bundles.
+        Nothing is re-run automatically. A bundle left ``running`` with no running step (the
+        agent died between two steps) is not interrupted: its next step never started, and
+        the agent continues it. With ``result_for``, each interrupted bundle's result is
+        recorded in the same transaction (``result_for(bundle_id)`` is called inside it and
+        may read :meth:`steps`). Returns the ids of the interrupted bundles.
         """
         now = self._now()
         with self._tx() as db:
@@ -438,10 +672,6 @@ class Journal:
                 "WHERE state='running'",
                 (now,),
             )
-            running = db.execute("SELECT bundle_id FROM bundles WHERE state='running'").fetchall()
-            for r in running:
-                if r[0] not in ids:
-                    ids.append(r[0])
             for bid in ids:
                 db.execute(
                     "UPDATE steps SET state='skipped', summary='not run: an earlier step was "
@@ -453,9 +683,93 @@ class Journal:
                     "WHERE bundle_id=?",
                     (now, "interrupted: the agent stopped while a step was running", bid),
                 )
+                if result_for is not None:
+                    self._add_result(db, result_for(bid))
         return ids
 
     # -- results ----------------------------------------------------------------------------
+
+    def _add_result(self, db: sqlite3.Connection, result: ResultIntent) -> int:
+        """Allocate the next result sequence and record ``result`` as pending (inside a
+        transaction). Operator actions not reported yet are added to it."""
+        row = db.execute("SELECT MAX(result_seq) FROM results").fetchone()
+        floor = db.execute("SELECT value FROM meta WHERE key='result_floor'").fetchone()
+        seq = max(int(row[0] or 0), int(floor[0]) if floor else 0) + 1
+        spec = dict(result.spec)
+        actions = db.execute(
+            "SELECT id, at, action, detail FROM operator_actions WHERE result_seq IS NULL "
+            "ORDER BY id"
+        ).fetchall()
+        if actions:
+            spec["extra"] = {**(spec.get("extra") or {}), "operator_actions": [
+                {"at": a["at"], "action": a["action"], "detail": a["detail"]} for a in actions]}
+            db.execute("UPDATE operator_actions SET result_seq=? WHERE result_seq IS NULL",
+                       (seq,))
+        file_name = f"{spec['agent_id']}-{seq:06d}-{result.status}.tgr"
+        db.execute(
+            "INSERT INTO results(result_seq, bundle_id, status, file_name, sha256, created_at,"
+            " state, spec) VALUES (?, ?, ?, ?, '', ?, 'pending', ?)",
+            (seq, result.bundle_id, result.status, file_name, self._now(),
+             json.dumps(spec, sort_keys=True)),
+        )
+        for name, text in result.logs.items():
+            db.execute("INSERT INTO result_logs(result_seq, name, text) VALUES (?, ?, ?)",
+                       (seq, name, text))
+        return seq
+
+    def add_result(self, result: ResultIntent) -> int:
+        """Record a result on its own (no other state changes); returns its sequence."""
+        with self._tx() as db:
+            return self._add_result(db, result)
+
+    def pending_results(self) -> list[PendingResult]:
+        """Recorded results whose file is not known to be written, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM results WHERE state='pending' ORDER BY result_seq"
+            ).fetchall()
+            out = []
+            for r in rows:
+                logs = {lr["name"]: lr["text"] for lr in self._db.execute(
+                    "SELECT name, text FROM result_logs WHERE result_seq=? ORDER BY name",
+                    (r["result_seq"],))}
+                out.append(PendingResult(r["result_seq"], r["bundle_id"], r["status"],
+                                         r["file_name"], json.loads(r["spec"] or "{}"), logs))
+        return out
+
+    def previous_digest(self, result_seq: int) -> str | None:
+        """The envelope digest of the result before ``result_seq`` (None for the first).
+
+        Raises:
+            JournalError: that result is recorded but its file not written yet.
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT state, sha256 FROM results WHERE result_seq < ? "
+                "ORDER BY result_seq DESC LIMIT 1", (result_seq,)
+            ).fetchone()
+            floor = self._db.execute(
+                "SELECT value FROM meta WHERE key='result_floor_sha256'").fetchone()
+        if row is None:
+            return str(floor[0]) if floor and floor[0] else None
+        if row["state"] != "written":
+            raise JournalError(f"result {result_seq - 1} is not written yet")
+        return str(row["sha256"])
+
+    def result_written(self, result_seq: int, sha256: str) -> None:
+        """The result file is in the outbox with this envelope digest."""
+        with self._tx() as db:
+            db.execute("UPDATE results SET state='written', sha256=? WHERE result_seq=?",
+                       (sha256, result_seq))
+            db.execute("DELETE FROM result_logs WHERE result_seq=?", (result_seq,))
+
+    def result_file(self, result_seq: int) -> tuple[str, str] | None:
+        """(file name, state) of a recorded result."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT file_name, state FROM results WHERE result_seq=?", (result_seq,)
+            ).fetchone()
+        return (row[0], row[1]) if row else None
 
     def last_result(self) -> tuple[int, str | None]:
         """(last result sequence, its sha256) — (0, None) before the first result."""
@@ -463,11 +777,12 @@ class Journal:
             row = self._db.execute(
                 "SELECT result_seq, sha256 FROM results ORDER BY result_seq DESC LIMIT 1"
             ).fetchone()
-        return (row[0], row[1]) if row else (0, None)
+        return (row[0], row[1] or None) if row else (0, None)
 
     def record_result(
         self, result_seq: int, bundle_id: str | None, status: str, file_name: str, sha256: str
     ) -> None:
+        """Record a result file that is already written (journal recovery)."""
         with self._tx() as db:
             db.execute(
                 "INSERT INTO results(result_seq, bundle_id, status, file_name, sha256, created_at)"
@@ -478,9 +793,70 @@ class Journal:
     def results(self, limit: int = 20) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM results ORDER BY result_seq DESC LIMIT ?", (limit,)
+                "SELECT result_seq, bundle_id, status, file_name, sha256, created_at, state "
+                "FROM results ORDER BY result_seq DESC LIMIT ?", (limit,)
             ).fetchall()
         return [dict(r) for r in rows]
+
+    # -- disposals (refused files and duplicate copies leaving the inbox) -------------------
+
+    def find_disposal(self, names: tuple[str, ...], sha256: str) -> Disposal | None:
+        """An unfinished disposal of exactly these files (same names, same bytes)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM disposals WHERE names=? AND sha256=? AND done=0",
+                (json.dumps(list(names)), sha256),
+            ).fetchone()
+        return _disposal(row) if row else None
+
+    def open_disposals(self) -> list[Disposal]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM disposals WHERE done=0 ORDER BY id").fetchall()
+        return [_disposal(r) for r in rows]
+
+    def record_disposal(self, names: tuple[str, ...], sha256: str, dest: str,
+                        result: ResultIntent,
+                        rejection: tuple[str, str, str] | None = None) -> Disposal:
+        """Record that these inbox files go to ``dest``, with their result (and, for a refused
+        file, the rejection ``(file_name, check, reason)``), before they move."""
+        with self._tx() as db:
+            seq = self._add_result(db, result)
+            if rejection is not None:
+                db.execute(
+                    "INSERT INTO rejections(file_name, file_sha256, check_name, reason, at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (rejection[0], sha256, rejection[1], rejection[2], self._now()),
+                )
+            cur = db.execute(
+                "INSERT INTO disposals(names, sha256, dest, result_seq, done, at, check_name,"
+                " reason) VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
+                (json.dumps(list(names)), sha256, dest, seq, self._now(),
+                 rejection[1] if rejection else None, rejection[2] if rejection else None),
+            )
+            rowid = int(cur.lastrowid or 0)
+        return Disposal(rowid, names, sha256, dest, seq, False, rejection)
+
+    def disposal_done(self, disposal_id: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE disposals SET done=1 WHERE id=?", (disposal_id,))
+
+    # -- operator actions -------------------------------------------------------------------
+
+    def record_action(self, action: str, detail: str) -> None:
+        """Something the operator did outside a bundle; reported in the next result."""
+        with self._tx() as db:
+            db.execute("INSERT INTO operator_actions(at, action, detail) VALUES (?, ?, ?)",
+                       (self._now(), action, detail))
+
+    def actions(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM operator_actions ORDER BY id").fetchall()
+        return [dict(r) for r in rows]
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                       "SET value=excluded.value", (key, value))
 
     # -- rejections -------------------------------------------------------------------------
 
@@ -508,7 +884,16 @@ def _bundle(row: sqlite3.Row) -> BundleRecord:
         row["root_version"], row["sequence"], row["product"], row["version"],
         json.loads(row["manifest"]), row["staged_dir"], row["not_before"], row["state"],
         row["received_at"], row["started_at"], row["finished_at"], row["summary"],
+        bool(row["archived"]), tuple(json.loads(row["inbox_files"] or "[]")),
     )
+
+
+def _disposal(row: sqlite3.Row) -> Disposal:
+    names = tuple(json.loads(row["names"]))
+    rejection = ((names[0], row["check_name"], row["reason"] or "")
+                 if row["check_name"] is not None else None)
+    return Disposal(row["id"], names, row["sha256"], row["dest"], row["result_seq"],
+                    bool(row["done"]), rejection)
 
 
 def _step(row: sqlite3.Row) -> StepRecord:

@@ -14,14 +14,25 @@ to the hub. The result carries:
 * one payload file per step attempt log (``logs/<step>-<attempt>.log``), compressed by the
   container, complete up to the cap with the cut marked.
 
-The result sequence is allocated and recorded in the journal in the same order the files are
-written; a crash between the two leaves a file the journal does not know, which the next
-result simply follows (the hub sees both).
+Two phases, so that a result is never lost and never numbered twice:
+
+1. :func:`result_intent` builds everything the file will hold (times, agent version, body,
+   logs); the caller records it in the journal *in the same transaction* as the state it
+   reports (``Journal.finish_bundle``, ``record_disposal``, ``recover_interrupted``), which
+   allocates its sequence number.
+2. :func:`flush_results` writes every pending result, in sequence order, from the journal
+   alone. The bytes are a function of the recorded row, the agent key and the previous
+   result's digest (Ed25519 and the bundle writer are deterministic, §12.2), so writing one
+   again after a crash gives the same file. A full or read-only outbox leaves the result
+   pending; the agent's loop calls :func:`flush_results` again until it succeeds.
+
+Result files are private (0600) from the moment they appear in the outbox.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -29,21 +40,22 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig
-from agent.journal import Journal
+from agent.faults import crash_point, fault_point
+from agent.journal import Journal, PendingResult, ResultIntent
 from agent.runner import StepReport
 from bundle.manifest import KIND_RESULT, Manifest, ResultInfo, Target
 from bundle.writer import write_bundle
+from signing.fileio import fsync_dir
 from signing.keys import SigningKey
 
-__all__ = ["RESULT_STATUSES", "write_result"]
+__all__ = ["RESULT_STATUSES", "flush_results", "result_intent", "write_result"]
 
 RESULT_STATUSES = ("succeeded", "failed", "rejected", "interrupted", "cancelled", "duplicate")
+MAX_SUMMARY_CHARS = 4000  # characters of a summary kept in a result
 
 
-def write_result(
+def result_intent(
     config: AgentConfig,
-    journal: Journal,
-    key: SigningKey,
     *,
     status: str,
     summary: str,
@@ -54,23 +66,15 @@ def write_result(
     extra: Mapping[str, Any] | None = None,
     root_version: int = 1,
     now: int | None = None,
-) -> Path:
-    """Write the next signed result file to the outbox and record it in the journal.
-
-    Returns the path of the ``.tgr`` file.
-
-    Raises:
-        OSError: the outbox cannot be written (the result is then retried by the caller).
-    """
+) -> ResultIntent:
+    """Everything a result file will hold, ready to be recorded in the journal. Pure."""
     if status not in RESULT_STATUSES:
         raise ValueError(f"unknown result status {status!r}")
     now = int(time.time()) if now is None else now
-    last_seq, last_digest = journal.last_result()
-    seq = last_seq + 1
     body: dict[str, Any] = {
-        "summary": summary[:4000],
+        "summary": summary[:MAX_SUMMARY_CHARS],
         "agent_version": _agent_version(),
-        "release": dict(release or {}),
+        "release": _json_safe(dict(release or {})),
         "steps": [
             {
                 "index": r.idx + 1,
@@ -78,51 +82,111 @@ def write_result(
                 "name": r.name,
                 "kind": r.kind,
                 "status": r.state,
-                "summary": r.summary[:4000],
+                "summary": r.summary[:MAX_SUMMARY_CHARS],
                 "exit_code": r.exit_code,
                 "started_at": r.started_at,
                 "finished_at": r.finished_at,
                 "details": _json_safe(r.details),
-                "log": f"logs/{r.idx + 1:03d}-{r.attempt}.log" if r.log else None,
+                "log": _log_name(r) if r.log else None,
                 "log_truncated": r.log_truncated,
             }
             for r in steps
         ],
     }
-    if extra:
-        body.update(_json_safe(dict(extra)))
+    spec: dict[str, Any] = {
+        "agent_id": config.agent_id,
+        "hub_id": config.hub_id,
+        "status": status,
+        "bundle_id": bundle_id,
+        "bundle_envelope_sha256": bundle_envelope_sha256,
+        "root_version": root_version,
+        "created": now,
+        "expires": now + config.result_expires_s,
+        "body": body,
+        "extra": _json_safe(dict(extra or {})),
+    }
+    logs = {_log_name(r): r.log for r in steps if r.log}
+    return ResultIntent(status, bundle_id, spec, logs)
+
+
+def _log_name(r: StepReport) -> str:
+    return f"logs/{r.idx + 1:03d}-{r.attempt}.log"
+
+
+def flush_results(config: AgentConfig, journal: Journal, key: SigningKey) -> list[Path]:
+    """Write every pending result file, oldest first; return the paths written.
+
+    Raises:
+        OSError: the outbox cannot be written (disk full, read-only ...): the results from
+            the failing one on stay pending and are written by a later call.
+        JournalWriteError: the journal cannot record that a file was written (the file is
+            written again, identically, by a later call).
+    """
+    written = []
+    for pending in journal.pending_results():
+        written.append(_write_one(config, journal, key, pending))
+    return written
+
+
+def _write_one(config: AgentConfig, journal: Journal, key: SigningKey,
+               pending: PendingResult) -> Path:
+    spec = pending.spec
+    seq = pending.result_seq
+    body = dict(spec["body"])
+    body.update(spec.get("extra") or {})
     manifest = Manifest(
-        bundle_id=f"result-{config.agent_id}-{seq}",
+        bundle_id=f"result-{spec['agent_id']}-{seq}",
         kind=KIND_RESULT,
         issuer=key.key_id,
-        target=Target(hub=config.hub_id),
-        root_version=root_version,
+        target=Target(hub=spec["hub_id"]),
+        root_version=int(spec["root_version"]),
         sequence=seq,
-        created=now,
-        expires=now + config.result_expires_s,
+        created=int(spec["created"]),
+        expires=int(spec["expires"]),
         result=ResultInfo(
-            agent_id=config.agent_id,
+            agent_id=spec["agent_id"],
             result_seq=seq,
-            status=status,
+            status=pending.status,
             body=body,
-            prev_result_sha256=last_digest,
-            bundle_id=bundle_id,
-            bundle_envelope_sha256=bundle_envelope_sha256,
+            prev_result_sha256=journal.previous_digest(seq),
+            bundle_id=spec["bundle_id"],
+            bundle_envelope_sha256=spec["bundle_envelope_sha256"],
         ),
     )
+    fault_point("outbox")
     config.outbox.mkdir(parents=True, exist_ok=True)
-    name = f"{config.agent_id}-{seq:06d}-{status}.tgr"
+    final = config.outbox / pending.file_name
     with tempfile.TemporaryDirectory(prefix=".result-", dir=config.outbox) as tmp:
         files: list[tuple[str, Path]] = []
-        for r in steps:
-            if r.log:
-                p = Path(tmp) / f"{r.idx + 1:03d}-{r.attempt}.log"
-                p.write_text(r.log, encoding="utf-8", errors="replace")
-                files.append((f"logs/{r.idx + 1:03d}-{r.attempt}.log", p))
-        written = write_bundle(config.outbox / name, manifest, files, [key], spool_dir=Path(tmp),
+        for name, text in sorted(pending.logs.items()):
+            p = Path(tmp) / name.replace("/", "-")
+            p.write_text(text, encoding="utf-8", errors="replace")
+            files.append((name, p))
+        private = Path(tmp) / pending.file_name  # the directory is 0700: never seen 0644
+        written = write_bundle(private, manifest, files, [key], spool_dir=Path(tmp),
                                verify=False)
-    journal.record_result(seq, bundle_id, status, name, written.envelope_sha256)
-    return written.paths[0]
+        os.chmod(private, 0o600)
+        os.replace(private, final)
+    fsync_dir(config.outbox)
+    crash_point("result-written")
+    journal.result_written(seq, written.envelope_sha256)
+    crash_point("result-recorded")
+    return final
+
+
+def write_result(config: AgentConfig, journal: Journal, key: SigningKey,
+                 **fields: Any) -> Path:
+    """Record a result on its own (``fields`` as for :func:`result_intent`) and write it,
+    and any pending before it, to the outbox.
+
+    Raises:
+        OSError: the outbox cannot be written; the result stays pending in the journal.
+    """
+    seq = journal.add_result(result_intent(config, **fields))
+    flush_results(config, journal, key)
+    found = journal.result_file(seq)
+    assert found is not None
+    return config.outbox / found[0]
 
 
 def _agent_version() -> str:

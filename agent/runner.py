@@ -7,8 +7,14 @@ smaller of the step's timeout and the bundle's overall deadline; record the outc
 step with ``on_failure = "stop"`` stops the run and the remaining steps are ``skipped``.
 
 Logs: every line goes to ``logs/<bundle>/<step>-<attempt>.log`` as it is written (the live
-view, capped at ``LOG_FILE_CAP_FACTOR`` × the step cap) and to an optional live sink; the
-capped, redacted log kept in memory goes into the result.
+view, capped at ``LOG_FILE_CAP_FACTOR`` × the step cap; a full disk stops the file, not the
+step) and to an optional live sink; the capped, redacted log kept in memory goes into the
+result.
+
+Resuming: :meth:`Runner.run` runs only the step attempts the journal shows ``pending``; steps
+already finished are reported as they are (a ``stop`` failure among them still stops the
+rest). So a bundle whose agent died *between* two steps continues with the next one, which
+never started; a step that was running is never run again (``Journal.recover_interrupted``).
 
 This module does not verify bundles, move files, or write result files (see ``agent.service``
 and ``agent.results``).
@@ -16,6 +22,7 @@ and ``agent.results``).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 import time
@@ -28,11 +35,17 @@ from agent.config import AgentConfig, ConfigError, resolve_connection, resolve_s
 from agent.executors import get_executor
 from agent.executors.base import LogLine, StepContext, StepLog, StepOutcome
 from agent.executors.errors import ExecutorError
+from agent.faults import crash_point, fault_point
 from agent.journal import Journal
 
 __all__ = ["BundleOutcome", "Runner", "StepReport"]
 
 LOG_FILE_CAP_FACTOR = 8
+
+log = logging.getLogger("tiangong.agent.runner")
+
+FinalHook = Callable[[str, str, list["StepReport"]], None]
+"""``on_final(state, summary, reports)``: records the bundle's final state (and its result)."""
 
 
 @dataclass
@@ -62,8 +75,15 @@ class _FileSink:
     """Appends log lines to a file, up to a byte cap (then one marker line)."""
 
     def __init__(self, path: Path, cap: int, live: Callable[[LogLine], None] | None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = path.open("a", encoding="utf-8", errors="replace")
+        self._path = path
+        self._fh: Any = None
+        try:
+            fault_point("logs")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = path.open("a", encoding="utf-8", errors="replace")
+        except OSError as exc:
+            log.error("cannot write the live step log %s: %s; the step runs without it (its "
+                      "log still goes into the result)", path, exc)
         self._cap = cap
         self._written = 0
         self._capped = False
@@ -74,21 +94,34 @@ class _FileSink:
         text = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(line.ts))} [{line.stream}] "
         text += line.text + "\n"
         with self._lock:
-            if self._written + len(text) <= self._cap:
-                self._fh.write(text)
-                self._fh.flush()
-                self._written += len(text)
-            elif not self._capped:
-                self._fh.write("[tiangong] live log file cap reached; the result keeps head "
-                               "and tail\n")
-                self._fh.flush()
-                self._capped = True
+            try:
+                self._write(text)
+            except OSError as exc:
+                log.error("cannot write the live step log %s: %s; it stops here (the log "
+                          "still goes into the result)", self._path, exc)
+                self._fh.close()
+                self._fh = None
         if self._live is not None:
             self._live(line)
 
+    def _write(self, text: str) -> None:
+        if self._fh is None:
+            return
+        fault_point("logs")
+        if self._written + len(text) <= self._cap:
+            self._fh.write(text)
+            self._fh.flush()
+            self._written += len(text)
+        elif not self._capped:
+            self._fh.write("[tiangong] live log file cap reached; the result keeps head "
+                           "and tail\n")
+            self._fh.flush()
+            self._capped = True
+
     def close(self) -> None:
         with self._lock:
-            self._fh.close()
+            if self._fh is not None:
+                self._fh.close()
 
 
 class Runner:
@@ -122,8 +155,13 @@ class Runner:
         manifest: Mapping[str, Any],
         files: Mapping[str, Path],
         sealed_secrets: Mapping[str, str] | None = None,
+        on_final: FinalHook | None = None,
     ) -> BundleOutcome:
-        """Run every pending step attempt of ``bundle_id`` (as recorded in the journal)."""
+        """Run every pending step attempt of ``bundle_id`` (as recorded in the journal).
+
+        ``on_final(state, summary, reports)`` records the final state (the agent records the
+        result in the same transaction); by default only the bundle's state is set.
+        """
         steps: list[Mapping[str, Any]] = list(manifest.get("steps") or [])
         release: Mapping[str, Any] = manifest.get("release") or {}
         bundle_deadline = time.monotonic() + self.config.bundle_timeout_s
@@ -138,10 +176,14 @@ class Runner:
         for rec in records:
             step = steps[rec.idx] if rec.idx < len(steps) else {}
             if rec.state != "pending":
-                # Already done in an earlier attempt (retry from a later step).
+                # Already done: in an earlier attempt (retry from a later step), or before the
+                # agent restarted (resuming between two steps).
                 reports.append(StepReport(rec.idx, rec.attempt, rec.name, rec.kind, rec.state,
                                           rec.summary or "", rec.exit_code, rec.started_at,
                                           rec.finished_at, rec.details or {}))
+                if (rec.state == "failed" and step.get("on_failure", "stop") == "stop"
+                        and stopped is None):
+                    stopped = f"step {rec.idx + 1} ({rec.name}) failed"
                 continue
             if stopped is not None or self.cancel.is_set():
                 why = stopped or "cancelled"
@@ -169,8 +211,11 @@ class Runner:
             done = sum(1 for r in reports if r.state == "succeeded")
             skipped = sum(1 for r in reports if r.state == "skipped")
             summary = f"{done} step(s) succeeded" + (f", {skipped} skipped" if skipped else "")
-        self.journal.set_bundle_state(bundle_id, "failed" if status == "cancelled" else status,
-                                      summary)
+        state = "failed" if status == "cancelled" else status
+        if on_final is not None:
+            on_final(state, summary, reports)
+        else:
+            self.journal.set_bundle_state(bundle_id, state, summary)
         return BundleOutcome(status, summary, reports)
 
     def _run_step(
@@ -208,17 +253,27 @@ class Runner:
         sink = _FileSink(log_path, self.config.step_log_cap_bytes * LOG_FILE_CAP_FACTOR, live)
         log = StepLog(cap_bytes=self.config.step_log_cap_bytes, secrets=list(secrets.values()),
                       sink=sink)
-        self.journal.step_running(bundle_id, idx, attempt, str(log_path))
+        try:
+            self.journal.step_running(bundle_id, idx, attempt, str(log_path))
+        except BaseException:
+            sink.close()
+            raise
+        crash_point("step-started")
         started = int(self.clock())
         workdir = self.config.runs / bundle_id / f"{idx + 1:03d}-{attempt}"
         try:
+            if problem is None:
+                try:
+                    if workdir.exists():
+                        shutil.rmtree(workdir)
+                    workdir.mkdir(parents=True, mode=0o700)
+                except OSError as exc:
+                    problem = (f"cannot create the working directory {workdir}: "
+                               f"{exc.strerror or exc}; nothing was run")
             if problem is not None:
                 log.write(problem, "tiangong")
                 outcome = StepOutcome("failed", problem)
             else:
-                if workdir.exists():
-                    shutil.rmtree(workdir)
-                workdir.mkdir(parents=True, mode=0o700)
                 timeout = int(step.get("timeout_s", 600))
                 deadline = min(time.monotonic() + timeout, bundle_deadline)
                 log.write(f"step {idx + 1} ({name}, {kind}) attempt {attempt} started; "
@@ -233,6 +288,7 @@ class Runner:
                 except Exception as exc:  # an executor bug must not kill the agent
                     outcome = StepOutcome("failed", f"internal error in the {kind} executor: "
                                           f"{type(exc).__name__}: {log.redact(str(exc))}")
+                crash_point("step-ran")
                 log.write(f"step {idx + 1} {outcome.status}: {outcome.summary}", "tiangong")
         finally:
             sink.close()
@@ -241,6 +297,8 @@ class Runner:
             details["log_truncated"] = True
         self.journal.step_finished(bundle_id, idx, attempt, outcome.status,
                                    log.redact(outcome.summary), outcome.exit_code, details)
+        crash_point("step-finished")
         return StepReport(idx, attempt, name, kind, outcome.status, log.redact(outcome.summary),
                           outcome.exit_code, started, int(self.clock()), details, log.text(),
                           log.truncated)
+

@@ -5,22 +5,35 @@ One bundle at a time. For every ready inbox item:
 1. If its envelope digest is already in the journal, it is a **duplicate**: archived, not run,
    reported in a ``duplicate`` result.
 2. Verify it with ``bundle.reader`` against the pinned root and the journal's replay state,
-   staging into ``staging/``. Bad data → the files move to ``quarantine/`` with
-   ``<name>.reason.txt``, the rejection is journaled and a signed ``rejected`` result goes to
-   the outbox. A transport error (unreadable stick) leaves the files where they are.
-3. Record acceptance *and* the new replay state (root, sequence, time floor) in one journal
+   staging into ``staging/``. Bad data → the rejection and its signed ``rejected`` result are
+   journaled, then the files move to ``quarantine/`` with ``<name>.reason.txt``. A transport
+   error (unreadable stick) leaves the files where they are.
+3. Check every step before anything is consumed: ``bundle.steps`` rules, the executor's own
+   rules, every script or manifest it names present in the bundle, every connection it names
+   defined in ``agent.toml`` with the right type. A bundle that fails is refused like bad data
+   (check ``steps``); its sequence is not consumed.
+4. Record acceptance *and* the new replay state (root, sequence, time floor) in one journal
    transaction, then move the inbox files to ``archive/``. Only then does anything run.
-4. Wait for ``not_before`` if the manifest has one (the bundle waits in ``staging/``; ``agent
-   status`` says so), then run the steps (``agent.runner``) and write the result.
+5. Wait for ``not_before`` if the manifest has one (the bundle waits in ``staging/``; ``agent
+   status`` says so), then run the steps (``agent.runner``); the final state and the result
+   are journaled together, then the result file is written (``agent.results``).
 
-On start, steps the journal shows as running are marked ``interrupted`` and reported; nothing
-is re-run without ``tiangong agent retry``.
+Every durable transition is a named crash point (``agent.faults``, docs/agent.md): the journal
+is written before each action, and every action can be repeated from the journal after a
+crash without a second run or a second result. On start, steps the journal shows as running
+are marked ``interrupted`` and reported; nothing is re-run without ``tiangong agent retry``.
+
+A full or read-only disk (outbox, archive, quarantine, journal) never stops the loop: the
+error is logged once, and what could not be written (results, moves) is retried on every
+pass until it succeeds, without a restart.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -31,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig
+from agent.faults import crash_point, fault_point
 from agent.home import AgentKeys, load_keys
 from agent.inbox import (
     QUARANTINE_COPY_CAP,
@@ -41,10 +55,11 @@ from agent.inbox import (
     printable,
     write_reason,
 )
-from agent.journal import Journal, JournalError
+from agent.journal import Journal, JournalError, JournalWriteError, ResultIntent
 from agent.order import Held, Sequencer, held_rows
-from agent.results import write_result
-from agent.runner import BundleOutcome, Runner, StepReport
+from agent.results import flush_results, result_intent
+from agent.runner import Runner, StepReport
+from agent.stepcheck import check_steps
 from bundle.errors import BundleError, InsufficientSpaceError, PartsError
 from bundle.parts import find_first_part, strip_part_suffix
 from bundle.reader import (
@@ -68,7 +83,8 @@ log = logging.getLogger("tiangong.agent")
 @dataclass(frozen=True)
 class ProcessOutcome:
     name: str
-    # succeeded | failed | rejected | duplicate | waiting | interrupted | deferred | held
+    # succeeded | failed | cancelled | rejected | duplicate | waiting | deferred | held
+    # | archived (the files of a bundle accepted before a crash reached archive/)
     status: str
     summary: str
     bundle_id: str | None = None
@@ -89,7 +105,7 @@ class Agent:
         self.config = config
         self.keys = keys or load_keys(config)
         self.clock = clock
-        self.journal = Journal(config.journal_path, clock=clock)
+        self.journal = Journal(config.journal_path, clock=clock, create=False)
         self.inbox = Inbox(config.inbox, settle_seconds=config.settle_seconds, wall_clock=clock,
                            taken_file=config.home / "inbox-taken.json")
         self.runner = Runner(config, self.journal, live_log=live_log, clock=clock)
@@ -99,6 +115,8 @@ class Agent:
         self.stopping = threading.Event()
         #: ``progress(phase, done, total)`` while a bundle is verified (``agent apply``).
         self.progress: Callable[[str, int, int], None] | None = None
+        self._problems: dict[str, str] = {}  # what keeps failing (logged once) by area
+        self._needs_recovery = False
 
     def close(self) -> None:
         self.journal.close()
@@ -124,22 +142,76 @@ class Agent:
     # -- startup ----------------------------------------------------------------------------
 
     def recover(self) -> list[Path]:
-        """Mark steps that were running when the agent died as interrupted; report them."""
-        results = []
-        for bundle_id in self.journal.recover_interrupted():
-            rec = self.journal.bundle(bundle_id)
-            steps = [StepReport(s.idx, s.attempt, s.name, s.kind, s.state, s.summary or "",
-                                s.exit_code, s.started_at, s.finished_at, s.details or {},
-                                _read_log(s.log_path))
-                     for s in self.journal.steps(bundle_id, latest_only=True)]
+        """Mark steps that were running when the agent died as interrupted and record their
+        results (one transaction), then write every pending result. Nothing is re-run."""
+        self._clean_staging()
+        ids = self.journal.recover_interrupted(self._interrupted_result)
+        crash_point("interrupted-recorded")
+        for bundle_id in ids:
             log.warning("bundle %s was interrupted: the agent stopped while a step was "
                         "running; nothing is re-run automatically (use 'tiangong agent retry')",
                         bundle_id)
-            summary = (rec.summary if rec else None) or "interrupted"
-            results.append(self._result("interrupted", summary, bundle_id,
-                                        rec.envelope_sha256 if rec else None,
-                                        rec.manifest.get("release") if rec else None, steps))
-        return results
+        self._needs_recovery = False
+        return self.flush()
+
+    def _clean_staging(self) -> None:
+        """Remove what an interrupted verification left in ``staging/`` (anything no
+        journal bundle refers to); staged payloads of accepted bundles stay for retries."""
+        try:
+            entries = list(self.config.staging.iterdir())
+        except FileNotFoundError:
+            return
+        keep = {Path(b.staged_dir) for b in self.journal.bundles() if b.staged_dir}
+        for entry in entries:
+            if entry not in keep:
+                log.info("removing %s, left in staging/ by an interrupted verification", entry)
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+
+    def _interrupted_result(self, bundle_id: str) -> ResultIntent:
+        rec = self.journal.bundle(bundle_id)
+        steps = [StepReport(s.idx, s.attempt, s.name, s.kind, s.state, s.summary or "",
+                            s.exit_code, s.started_at, s.finished_at, s.details or {},
+                            _read_log(s.log_path))
+                 for s in self.journal.steps(bundle_id, latest_only=True)]
+        return self._intent("interrupted",
+                            "interrupted: the agent stopped while a step was running",
+                            bundle_id, rec.envelope_sha256 if rec else None,
+                            rec.manifest.get("release") if rec else None, steps)
+
+    def flush(self) -> list[Path]:
+        """Write pending results and finish pending moves; log (once) what still fails.
+
+        Never raises for a full or read-only disk: what cannot be done now is retried by the
+        next call.
+        """
+        written: list[Path] = []
+        try:
+            written = flush_results(self.config, self.journal, self.keys.identity)
+        except (OSError, JournalWriteError) as exc:
+            self._problem("outbox", f"cannot write a result file to {self.config.outbox}: "
+                          f"{_why(exc)}; it stays recorded in the journal and is written as "
+                          "soon as the outbox can be written")
+        else:
+            self._solved("outbox", f"result files written to {self.config.outbox} again")
+        for rec in self.journal.unarchived():
+            self._archive(rec.bundle_id, _item_of(self.config.inbox, rec.source,
+                                                  rec.inbox_files))
+        for disposal in self.journal.open_disposals():
+            item = _item_of(self.config.inbox, disposal.names[0], disposal.names)
+            self._dispose(disposal.id, item, Path(disposal.dest), disposal.rejection)
+        return written
+
+    def _problem(self, area: str, message: str) -> None:
+        if self._problems.get(area) != message:
+            log.error(message)
+        self._problems[area] = message
+
+    def _solved(self, area: str, message: str) -> None:
+        if self._problems.pop(area, None) is not None:
+            log.warning("%s", message)
 
     # -- one item ---------------------------------------------------------------------------
 
@@ -148,6 +220,10 @@ class Agent:
 
         A bundle whose predecessor has not been applied, or that does not fit in staging
         now, is ``held``: left in the inbox, with the reason (``agent.order``).
+
+        Raises:
+            JournalWriteError: the journal cannot be written (nothing was consumed; the item
+                stays in the inbox and is tried again).
         """
         try:
             vb = self._verify(item, self.order.admit)
@@ -169,15 +245,26 @@ class Agent:
             exc = self.order.explain(exc)
             return self._reject(item, exc.check, str(exc))
         except OSError as exc:
-            # Transport trouble: leave the files; the next scan tries again.
-            log.error("cannot read %s: %s; leaving it in the inbox", printable(item.name), exc)
-            return ProcessOutcome(printable(item.name), "deferred", f"cannot read: {exc}")
+            # Transport trouble, or no room in staging/: leave the files; the next scan
+            # tries again.
+            log.error("cannot verify %s: %s; leaving it in the inbox", printable(item.name),
+                      _why(exc))
+            return ProcessOutcome(printable(item.name), "deferred", f"cannot read: {_why(exc)}")
+        crash_point("staged")
+        problem = check_steps(self.config, vb.manifest.steps,
+                              {f.name for f in vb.manifest.files})
+        if problem is not None:
+            shutil.rmtree(vb.staged_dir, ignore_errors=True)
+            return self._reject(item, "steps", f"bundle {vb.manifest.bundle_id} (sequence "
+                                f"{vb.manifest.sequence}) is refused before anything ran, and "
+                                f"its sequence is not used up: {problem}")
         return self._accept_and_run(item, vb)
 
     def _verify(self, item: ReadyItem, admit: AdmitFn) -> VerifiedBundle:
         trusted, state = self._trust()
         expect = ExpectRelease(agent_id=self.config.agent_id,
                                environment=self.config.environment)
+        fault_point("staging")
         self.config.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
         kwargs: dict[str, Any] = dict(trusted_root=trusted, state=state, expect=expect,
                                       staging_dir=self.config.staging, label=printable(item.name),
@@ -188,7 +275,8 @@ class Agent:
         return verify_path(item.paths[0], **kwargs)
 
     def _duplicate_of(self, item: ReadyItem, exc: BundleError) -> ProcessOutcome | None:
-        """A replayed bundle whose exact envelope was accepted before is a duplicate."""
+        """A replayed bundle whose exact envelope was accepted before is a duplicate (or our
+        own accepted bundle whose files did not reach ``archive/`` before a crash)."""
         if exc.check != "sequence":
             return None
         try:
@@ -208,16 +296,21 @@ class Agent:
             return self._reject(item, damage.check,
                                 f"{damage} (a damaged copy of bundle {rec.bundle_id}, which "
                                 "was already received intact)")
-        dest = self.config.archive / "duplicates"
-        dest.mkdir(parents=True, exist_ok=True)
-        move_to(item, dest)
-        self.inbox.forget(item)
+        if not rec.archived and set(rec.inbox_files) == {p.name for p in item.paths}:
+            # Accepted, then the agent stopped (or the disk was full) before the files
+            # reached archive/: finish that, no second run and no second result.
+            self._archive(rec.bundle_id, item)
+            return ProcessOutcome(printable(item.name), "archived", f"{printable(item.name)}: "
+                                  f"bundle {rec.bundle_id} was accepted before; its files are "
+                                  "now archived", rec.bundle_id)
         summary = (f"{printable(item.name)} is a copy of bundle {rec.bundle_id}, already received "
                    f"(state: {rec.state}); it was not run again")
         log.info(summary)
-        result = self._result("duplicate", summary, rec.bundle_id, rec.envelope_sha256,
+        intent = self._intent("duplicate", summary, rec.bundle_id, rec.envelope_sha256,
                               rec.manifest.get("release"), [])
-        return ProcessOutcome(printable(item.name), "duplicate", summary, rec.bundle_id, result)
+        seq = self._dispose_new(item, self.config.archive / "duplicates", intent, None)
+        return ProcessOutcome(printable(item.name), "duplicate", summary, rec.bundle_id,
+                              self._result_path(seq))
 
     def _check_copy(self, item: ReadyItem, root_version: int,
                     sequence: int) -> BundleError | None:
@@ -261,14 +354,74 @@ class Agent:
 
     def _reject(self, item: ReadyItem, check: str, reason: str) -> ProcessOutcome:
         dest = self.config.quarantine
-        moved = move_to(item, dest, max_copy_bytes=QUARANTINE_COPY_CAP)
-        write_reason(dest, strip_part_suffix(moved[0].name), check, reason, files=moved)
+        name = printable(item.name)
+        log.error("refused %s [%s]: %s; moving it to %s", name, check, reason, dest)
+        intent = self._intent("rejected", reason, None, None, None, [],
+                              extra={"rejected_file": name, "check": check})
+        seq = self._dispose_new(item, dest, intent, (name, check, reason))
+        return ProcessOutcome(name, "rejected", reason, None, self._result_path(seq))
+
+    def _dispose_new(self, item: ReadyItem, dest: Path, intent: ResultIntent,
+                     rejection: tuple[str, str, str] | None) -> int | None:
+        """Record a refused file or a duplicate copy with its result, then move it to
+        ``dest``. A disposal of the same files recorded before a crash is finished instead
+        (no second result)."""
+        names = tuple(p.name for p in item.paths)
+        try:
+            digest = _files_digest(item.paths)
+        except OSError as exc:
+            log.error("cannot read %s: %s; leaving it in the inbox", printable(item.name),
+                      _why(exc))
+            return None
+        earlier = self.journal.find_disposal(names, digest)
+        if earlier is None:
+            earlier = self.journal.record_disposal(names, digest, str(dest), intent, rejection)
+            crash_point("rejection-recorded")
+        self._dispose(earlier.id, item, dest, earlier.rejection)
         self.inbox.forget(item)
-        self.journal.record_rejection(printable(item.name), None, check, reason)
-        log.error("refused %s [%s]: %s; moved to %s", printable(item.name), check, reason, dest)
-        result = self._result("rejected", reason, None, None, None, [],
-                              extra={"rejected_file": printable(item.name), "check": check})
-        return ProcessOutcome(printable(item.name), "rejected", reason, None, result)
+        self.flush()
+        return earlier.result_seq
+
+    def _dispose(self, disposal_id: int, item: ReadyItem, dest: Path,
+                 rejection: tuple[str, str, str] | None) -> None:
+        moving = _still_there(item)
+        if moving is None:
+            # Moved before a crash (or taken away by the operator): nothing left to do.
+            self.journal.disposal_done(disposal_id)
+            return
+        if self._move_out(moving, dest, rejection, printable(item.name)):
+            self.journal.disposal_done(disposal_id)
+            crash_point("quarantined")
+
+    def _archive(self, bundle_id: str, item: ReadyItem) -> None:
+        moving = _still_there(item)
+        if moving is None or self._move_out(
+                moving, self.config.archive, None,
+                f"{printable(item.name)} (bundle {bundle_id}, accepted)"):
+            self.journal.set_archived(bundle_id)
+
+    def _move_out(self, moving: ReadyItem, dest: Path, rejection: tuple[str, str, str] | None,
+                  what: str) -> bool:
+        """Move inbox files to ``dest`` (private, 0600), with the reason file of a refused
+        one (refused files are copied only up to the quarantine cap). False, logged once,
+        when the disk refuses: the caller's journal row says to try again."""
+        quarantine = dest == self.config.quarantine
+        try:
+            fault_point("quarantine" if quarantine else "archive")
+            moved = move_to(moving, dest,
+                            max_copy_bytes=QUARANTINE_COPY_CAP if quarantine else None)
+            for path in moved:
+                os.chmod(path, 0o600)
+            if rejection is not None:
+                write_reason(dest, strip_part_suffix(moved[0].name), rejection[1], rejection[2],
+                             files=moved)
+        except OSError as exc:
+            self._problem(f"move {what}", f"cannot move {what} to {dest}: {_why(exc)}; it "
+                          "stays in the inbox (what happened to it is recorded) and is moved "
+                          "as soon as possible")
+            return False
+        self._solved(f"move {what}", f"moved {what} to {dest}")
+        return True
 
     def _accept_and_run(self, item: ReadyItem, vb: VerifiedBundle) -> ProcessOutcome:
         m = vb.manifest
@@ -282,13 +435,18 @@ class Agent:
                 manifest=manifest_json,
                 staged_dir=str(vb.staged_dir), not_before=vb.not_before,
                 steps=[(str(s.get("name")), str(s.get("kind"))) for s in m.steps],
+                inbox_files=tuple(p.name for p in item.paths),
             )
+        except JournalWriteError:
+            shutil.rmtree(vb.staged_dir, ignore_errors=True)
+            raise
         except JournalError as exc:
             return self._reject(item, "sequence", str(exc))
-        dest = self.config.archive
-        move_to(item, dest)
+        crash_point("accepted")
         self.inbox.forget(item)
         log.info("accepted %s: %s, sequence %d", printable(item.name), m.bundle_id, m.sequence)
+        self._archive(m.bundle_id, item)
+        crash_point("archived")
         return self.run_accepted(m.bundle_id)
 
     def run_accepted(self, bundle_id: str) -> ProcessOutcome:
@@ -304,13 +462,21 @@ class Agent:
         staged = Path(rec.staged_dir or "")
         files = _staged_files(manifest, staged)
         sealed = self._open_secrets(bundle_id, manifest)
-        outcome: BundleOutcome = self.runner.run(bundle_id, manifest, files, sealed)
-        status = {"succeeded": "succeeded", "failed": "failed",
-                  "cancelled": "cancelled"}[outcome.status]
-        result = self._result(status, outcome.summary, bundle_id, rec.envelope_sha256,
-                              manifest.get("release"), outcome.steps)
-        log.info("bundle %s %s: %s; result %s", bundle_id, status, outcome.summary, result)
-        return ProcessOutcome(rec.source, status, outcome.summary, bundle_id, result)
+        seqs: list[int] = []
+
+        def final(state: str, summary: str, reports: list[StepReport]) -> None:
+            status = "cancelled" if self.runner.cancel.is_set() else state
+            intent = self._intent(status, summary, bundle_id, rec.envelope_sha256,
+                                  manifest.get("release"), reports)
+            seqs.append(self.journal.finish_bundle(bundle_id, state, summary, intent))
+            crash_point("final")
+
+        outcome = self.runner.run(bundle_id, manifest, files, sealed, on_final=final)
+        self.flush()
+        result = self._result_path(seqs[0] if seqs else None)
+        log.info("bundle %s %s: %s; result %s", bundle_id, outcome.status, outcome.summary,
+                 result or "pending (see the errors above)")
+        return ProcessOutcome(rec.source, outcome.status, outcome.summary, bundle_id, result)
 
     def _open_secrets(self, bundle_id: str, manifest: Mapping[str, Any]) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -326,15 +492,21 @@ class Agent:
                           bundle_id, exc)
         return out
 
-    def _result(self, status: str, summary: str, bundle_id: str | None,
+    def _intent(self, status: str, summary: str, bundle_id: str | None,
                 envelope_sha256: str | None, release: Any, steps: list[StepReport],
-                extra: Mapping[str, Any] | None = None) -> Path:
+                extra: Mapping[str, Any] | None = None) -> ResultIntent:
         trusted, _ = self._trust()
-        return write_result(self.config, self.journal, self.keys.identity, status=status,
-                            summary=summary, bundle_id=bundle_id,
-                            bundle_envelope_sha256=envelope_sha256, release=release or {},
-                            steps=steps, extra=extra, root_version=trusted.version,
-                            now=int(self.clock()))
+        return result_intent(self.config, status=status, summary=summary, bundle_id=bundle_id,
+                             bundle_envelope_sha256=envelope_sha256, release=release or {},
+                             steps=steps, extra=extra, root_version=trusted.version,
+                             now=int(self.clock()))
+
+    def _result_path(self, seq: int | None) -> Path | None:
+        """The result file of ``seq`` if it is written, else None (still pending)."""
+        found = self.journal.result_file(seq) if seq is not None else None
+        if found is None or found[1] != "written":
+            return None
+        return self.config.outbox / found[0]
 
     # -- retry ------------------------------------------------------------------------------
 
@@ -360,17 +532,43 @@ class Agent:
     # -- the loop ---------------------------------------------------------------------------
 
     def run_once(self) -> list[ProcessOutcome]:
-        """One pass: scan the inbox, process ready items, run bundles whose time has come."""
-        outcomes = self.order.run(self.inbox.scan(self.clock()), self._verify, self.process,
-                                  self.stopping.is_set)
-        for rec in self.journal.bundles(("waiting",)):
-            if rec.not_before is None or rec.not_before <= self.clock():
-                outcomes.append(self.run_accepted(rec.bundle_id))
+        """One pass: finish what is pending (results, moves), scan the inbox, process ready
+        items in sequence order (``agent.order``), run bundles whose time has come (or that
+        stopped between two steps).
+
+        A journal that cannot be written (full or read-only disk) ends the pass with a logged
+        error; the next pass tries again (after recording any step cut short as
+        interrupted).
+        """
+        outcomes: list[ProcessOutcome] = []
+        try:
+            if self._needs_recovery:
+                self.recover()
+            self.flush()
+            outcomes = self.order.run(self.inbox.scan(self.clock()), self._verify,
+                                      self.process, self.stopping.is_set)
+            for rec in self.journal.bundles(("waiting", "running")):
+                if self.stopping.is_set():
+                    break
+                if rec.not_before is None or rec.not_before <= self.clock():
+                    outcomes.append(self.run_accepted(rec.bundle_id))
+        except JournalWriteError as exc:
+            self._needs_recovery = True
+            self._problem("journal", f"{exc}; nothing more is accepted or run until it can "
+                          "be written (free space, or remount it read-write)")
+        else:
+            self._solved("journal", f"the journal {self.config.journal_path} can be "
+                          "written again")
         return outcomes
 
     def serve(self, poll_seconds: float | None = None) -> None:
         """Run until :attr:`stopping` is set: recover, then watch the inbox."""
-        self.recover()
+        try:
+            self.recover()
+        except JournalWriteError as exc:
+            self._needs_recovery = True
+            self._problem("journal", f"{exc}; nothing is accepted or run until it can be "
+                          "written (free space, or remount it read-write)")
         interval = poll_seconds if poll_seconds is not None else self.config.settle_seconds
         watcher = InboxWatcher(self.config.inbox, self.wake.set,
                                rescan_seconds=self.config.rescan_seconds,
@@ -433,3 +631,36 @@ def _read_log(path: str | None) -> str:
         return ""
 
 
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+def _files_digest(paths: tuple[Path, ...]) -> str:
+    """One SHA-256 over the files' names and bytes (to recognise the same refused copy)."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(os.fsencode(path.name) + b"\0")
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _still_there(item: ReadyItem) -> ReadyItem | None:
+    """``item`` limited to the files still in the inbox, or None when none is."""
+    present = tuple(p for p in item.paths if os.path.lexists(p))
+    if not present:
+        return None
+    return ReadyItem(item.name, present, item.size, item.kind, item.first_seen)
+
+
+def _item_of(inbox: Path, name: str, names: tuple[str, ...]) -> ReadyItem:
+    """The inbox item a journal row names (its files may be gone by now)."""
+    paths = tuple(inbox / n for n in (names or (name,)))
+    kind: Any = "split" if len(paths) > 1 or paths[0].name != name else "single"
+    return ReadyItem(name, paths, 0, kind, 0.0)

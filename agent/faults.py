@@ -1,0 +1,105 @@
+"""Test hooks that make the agent die or fail at a named durable transition.
+
+Two environment variables, read once when the process starts (this module is imported):
+
+* ``TIANGONG_CRASH_AT=<point>[:<nth>]`` — at the ``nth`` time (default 1) the agent reaches
+  crash point ``point``, it kills itself with ``SIGKILL``: no ``finally``, no flush, no
+  clean-up, as far as the agent can tell a power cut. The points, in the order a bundle meets
+  them, are :data:`CRASH_POINTS` (docs/agent.md, "Crash points").
+* ``TIANGONG_FAULT_AT=<write point>:<ERRNO>[:<path>]`` — every write at ``write point``
+  (:data:`WRITE_POINTS`) fails with ``OSError(ERRNO)`` (``ENOSPC``, ``EROFS``, ``EIO`` ...),
+  as a full or read-only disk would. With ``path``, only while that path exists: a test
+  removes it to make "space return" without restarting the agent.
+
+Unset (production), each hook is one comparison with ``None``. This module deliberately
+does not read the environment again after start-up, and offers no way to set either hook
+from a bundle, the config or the network.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+__all__ = ["CRASH_POINTS", "WRITE_POINTS", "crash_point", "fault_point"]
+
+#: Every durable transition of the agent, in the order one bundle meets them.
+CRASH_POINTS: dict[str, str] = {
+    "staged": "verified and staged in staging/, nothing recorded yet",
+    "accepted": "acceptance and the new sequence committed to the journal, files still in "
+                "the inbox",
+    "archived": "the bundle's files moved from the inbox to archive/, no step started",
+    "step-started": "a step committed as running, its executor not called yet",
+    "step-ran": "a step's executor returned (its effect is done), its outcome not recorded",
+    "step-finished": "a step's outcome committed to the journal",
+    "final": "the bundle's final state and its result committed to the journal (result "
+             "pending), no result file yet",
+    "result-written": "the signed result file renamed into outbox/, the journal still says "
+                      "pending",
+    "result-recorded": "the journal records the result file as written",
+    "rejection-recorded": "a refused file's rejection and result committed, the file still "
+                          "in the inbox",
+    "quarantined": "a refused file moved to quarantine/ with its reason file",
+    "interrupted-recorded": "on start-up, steps that were running committed as interrupted "
+                            "(with their result)",
+}
+
+#: Where the agent writes, for ``TIANGONG_FAULT_AT``.
+WRITE_POINTS: dict[str, str] = {
+    "journal": "a journal commit (journal.sqlite)",
+    "staging": "verifying a bundle into staging/",
+    "archive": "moving accepted or duplicate bundles to archive/",
+    "quarantine": "moving refused files to quarantine/ and writing their reason file",
+    "outbox": "writing a signed result file to outbox/",
+    "logs": "writing a step's live log in logs/",
+}
+
+
+def _parse_crash(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    point, _, nth = value.partition(":")
+    if point not in CRASH_POINTS:
+        raise SystemExit(f"TIANGONG_CRASH_AT={value}: unknown crash point {point!r} "
+                         f"(known: {', '.join(CRASH_POINTS)})")
+    return point, int(nth) if nth else 1
+
+
+def _parse_fault(value: str | None) -> tuple[str, int, str | None] | None:
+    if not value:
+        return None
+    point, _, rest = value.partition(":")
+    name, _, path = rest.partition(":")
+    code = getattr(errno, name, None)
+    if point not in WRITE_POINTS or not isinstance(code, int):
+        raise SystemExit(f"TIANGONG_FAULT_AT={value}: expected <write point>:<ERRNO>[:<path>] "
+                         f"with a write point among {', '.join(WRITE_POINTS)}")
+    return point, code, path or None
+
+
+_CRASH = _parse_crash(os.environ.get("TIANGONG_CRASH_AT"))
+_FAULT = _parse_fault(os.environ.get("TIANGONG_FAULT_AT"))
+_reached: dict[str, int] = {}
+
+
+def crash_point(point: str) -> None:
+    """Mark that the agent has reached crash point ``point``; die there if asked to."""
+    if _CRASH is None or _CRASH[0] != point:
+        return
+    _reached[point] = _reached.get(point, 0) + 1
+    if _reached[point] == _CRASH[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fault_point(point: str) -> None:
+    """About to write at ``point``: raise the injected error if one is set for it.
+
+    Raises:
+        OSError: the injected error (only under ``TIANGONG_FAULT_AT``).
+    """
+    if _FAULT is None or _FAULT[0] != point:
+        return
+    if _FAULT[2] is not None and not os.path.lexists(_FAULT[2]):
+        return
+    raise OSError(_FAULT[1], f"{os.strerror(_FAULT[1])} (injected at {point})")
