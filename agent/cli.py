@@ -198,7 +198,8 @@ def init_cmd(home: Path | None, root_file: str, agent_id: str | None, environmen
 @agent.command("enroll-response")
 @click.argument("response_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @_home_option
-def enroll_response_cmd(response_file: Path, home: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print what was imported as JSON.")
+def enroll_response_cmd(response_file: Path, home: Path, as_json: bool) -> None:
     """Import the hub's signed enrollment response (`tiangong hub agents enroll --out`):
     verify it against the pinned hub root and pin the hub's live-channel CA to
     trust/hub-ca.pem (the live client trusts no other CA)."""
@@ -213,6 +214,12 @@ def enroll_response_cmd(response_file: Path, home: Path) -> None:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         raise click.ClickException(f"cannot read {response_file}: {exc.strerror}") from exc
+    if as_json:
+        click.echo(json.dumps({"agent_id": info.agent_id, "hub_id": info.hub_id,
+                               "environment": info.environment,
+                               "ca_pinned": str(info.ca_pinned) if info.ca_pinned else None,
+                               "live_url": info.live_url or None}, indent=2, sort_keys=True))
+        return
     click.echo(f"agent {info.agent_id} enrolled at hub {info.hub_id} "
                f"(environment {info.environment or '-'})")
     if info.ca_pinned is not None:

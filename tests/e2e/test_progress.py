@@ -42,6 +42,12 @@ def test_progress_on_export_apply_and_import_without_a_terminal(tmp_path: Path) 
     request.rename(usb / request.name)
     hub("import", str(usb), "--as", "ops")
     (usb / request.name).unlink()
+    response = usb / "enrollment-response-site-01.json"
+    pinned = json.loads(run("agent", "enroll-response", str(response), "--home", str(home),
+                            "--json").stdout)
+    assert pinned["agent_id"] == "site-01" and pinned["environment"] == "plant-a"
+    assert pinned["ca_pinned"] and Path(pinned["ca_pinned"]).is_file()
+    response.unlink()
     hub("releases", "create", str(HELLO), "--create-product", "--as", "ops")
     hub("releases", "submit", "hello", "1.0.0", "--as", "ops")
     hub("releases", "approve", "hello", "1.0.0", "--as", "bob")
