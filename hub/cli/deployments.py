@@ -26,6 +26,21 @@ def _deployment_row(d: Any) -> dict[str, Any]:
     }
 
 
+def _attempt_rows(d: Any) -> list[dict[str, Any]]:
+    """The deployment's runs at the site, as its results reported them (oldest first)."""
+    return [
+        {
+            "attempt": a.attempt,
+            "status": a.status,
+            "result_seq": a.result_seq,
+            "started_at": a.started_at,
+            "finished_at": a.finished_at,
+            "imported_at": a.imported_at,
+        }
+        for a in d.attempts
+    ]
+
+
 @hub.group()
 def deployments() -> None:
     """Deployments: queue approved releases, follow their state."""
@@ -79,14 +94,23 @@ def deployments_list(
 @json_option
 @click.pass_context
 def deployments_show(ctx: click.Context, deployment_id: int, as_json: bool) -> None:
-    """Show one deployment."""
+    """Show one deployment and its attempts (each run at the site, retries included)."""
     from hub.services.deployments import get_deployment
     from hub.services.users import require
 
     with _services(ctx) as sc:
         require(sc.actor, "view")
-        row = _deployment_row(get_deployment(sc.session, deployment_id))
-    _emit(row, as_json)
+        dep = get_deployment(sc.session, deployment_id)
+        row = _deployment_row(dep)
+        attempts = _attempt_rows(dep)
+    if as_json:
+        _emit({**row, "attempts": attempts}, True)
+        return
+    _emit(row, False)
+    if attempts:
+        click.echo("")
+        _emit(attempts, False, ["attempt", "status", "result_seq", "started_at",
+                                "finished_at", "imported_at"])
 
 
 @deployments.command("mark")

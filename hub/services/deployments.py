@@ -14,7 +14,8 @@ its own bundle, sequence and result.
        │                                             bundle); a result may skip states
        └──► delivered (live channel) ──► …
 
-    interrupted | failed ──► retried ──► succeeded | failed | interrupted  (agent retry)
+    interrupted | failed | succeeded ──► retried ──► succeeded | failed | interrupted
+                                                      (tiangong agent retry)
     exported ──► lost (an operator declared the bundle lost, ``hub.services.chain``; a
                  result that arrives for it anyway still moves it on)
 
@@ -23,9 +24,9 @@ is writing (:attr:`~hub.db.Deployment.export_intent`: sequence, bundle id, times
 committed *before* the file gets its final name, so a result for it is always accepted
 (:mod:`hub.services.export_claims`). ``succeeded``, ``failed``, ``rejected``,
 ``interrupted`` and ``lost`` are final for queueing (an operator may queue the release
-again); a later result of an ``tiangong agent retry`` still moves an interrupted or failed
-deployment on, through ``retried``, and every result is one
-:class:`~hub.db.DeploymentAttempt`.
+again); a later result of a ``tiangong agent retry`` still moves a finished deployment on,
+through ``retried`` (:func:`record_result`), and every result is one
+:class:`~hub.db.DeploymentAttempt` (attempt number, outcome, times): the history.
 
 **Sequences.** :func:`allocate_sequence` hands out the next bundle sequence for a target
 under a row lock (``UPDATE … SET next_sequence = next_sequence + 1`` first), so two
@@ -35,13 +36,14 @@ bundle it will write, then calls :func:`mark_exported` once the file is on the m
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from hub.db import Agent, Deployment, Release, SequenceCounter
+from hub.db import Agent, Deployment, DeploymentAttempt, Release, SequenceCounter
 from hub.errors import ConflictError, InvalidStateError, NotEnoughApprovalsError, NotFoundError
 from hub.services import audit
 from hub.services.agents import agent_target
@@ -62,12 +64,13 @@ __all__ = [
     "mark_exported",
     "pending_exports",
     "queue_deployment",
+    "record_result",
     "transition",
     "visible_deployments",
 ]
 
 FINAL_STATES = frozenset({"succeeded", "failed", "rejected", "interrupted", "lost"})
-RETRY_FROM = frozenset({"interrupted", "failed"})  # states an agent retry moves on from
+RETRY_FROM = frozenset({"interrupted", "failed", "succeeded"})  # an agent retry moves on
 TRANSITIONS: dict[str, frozenset[str]] = {
     "queued": frozenset({"exporting", "exported", "delivered"}),
     "exporting": frozenset(
@@ -79,7 +82,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "lost": frozenset({"delivered", "running", "succeeded", "failed", "rejected", "interrupted"}),
     "delivered": frozenset({"running", "succeeded", "failed", "rejected", "interrupted"}),
     "running": frozenset({"succeeded", "failed", "interrupted"}),
-    "succeeded": frozenset(),
+    "succeeded": frozenset({"retried"}),
     "failed": frozenset({"retried"}),
     "rejected": frozenset(),
     "interrupted": frozenset({"retried"}),
@@ -360,3 +363,84 @@ def mark_exported(
         action="bundle.export",
     )
 
+
+
+def record_result(
+    ctx: ServiceContext,
+    deployment: Deployment,
+    *,
+    state: str,
+    result_seq: int,
+    result_sha256: str,
+    steps: Sequence[Mapping[str, Any]],
+    summary: Mapping[str, Any],
+) -> DeploymentAttempt:
+    """Record one imported result of ``deployment`` as an attempt and move the deployment.
+
+    The attempt number is the agent's (the highest step ``attempt`` the result reports: 1
+    for the first run, one more for each ``tiangong agent retry``), else the next free one.
+    A result newer than every recorded attempt moves the deployment to ``state``; if the
+    deployment had already finished, this result is a retry: ``… → retried → state``. An
+    older result (media brought them out of order) only adds its attempt to the history.
+
+    Raises:
+        PermissionDeniedError, InvalidStateError (a move the states do not allow, e.g. a
+        ``rejected`` result after a run).
+    """
+    session = ctx.session
+    previous = list(
+        session.scalars(
+            select(DeploymentAttempt).where(DeploymentAttempt.deployment_id == deployment.id)
+        )
+    )
+    numbers = {a.attempt for a in previous}
+    reported = _ints(steps, "attempt")
+    number = max(reported) if reported else len(previous) + 1
+    if number in numbers or number < 1:
+        number = max(numbers, default=0) + 1
+    attempt = DeploymentAttempt(
+        deployment_id=deployment.id,
+        attempt=number,
+        result_seq=result_seq,
+        result_sha256=result_sha256,
+        status=state,
+        started_at=_when(min(_ints(steps, "started_at"), default=None)),
+        finished_at=_when(max(_ints(steps, "finished_at"), default=None)),
+        imported_at=ctx.now(),
+    )
+    session.add(attempt)
+    newest = all(a.result_seq < result_seq for a in previous)
+    if newest:
+        if previous and deployment.state in RETRY_FROM:
+            transition(
+                ctx,
+                deployment,
+                "retried",
+                summary={"attempt": number, "previous": deployment.state},
+                action="result.import",
+            )
+        if deployment.state != state:
+            transition(ctx, deployment, state, summary=summary, action="result.import")
+        else:
+            deployment.result_summary = dict(summary)
+    session.flush()
+    return attempt
+
+
+def _ints(steps: Sequence[Mapping[str, Any]], key: str) -> list[int]:
+    """The non-negative integer values of ``key`` in the result's steps (others ignored)."""
+    out: list[int] = []
+    for step in steps:
+        value = step.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            out.append(value)
+    return out
+
+
+def _when(unix: int | None) -> datetime | None:
+    if unix is None:
+        return None
+    try:
+        return datetime.fromtimestamp(unix, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None

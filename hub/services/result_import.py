@@ -40,7 +40,7 @@ from hub.db import Agent, AuditEvent, Deployment
 from hub.errors import ConfigError, HubError
 from hub.services import audit
 from hub.services.context import ServiceContext
-from hub.services.deployments import transition
+from hub.services.deployments import record_result
 from hub.services.enrollment_import import import_enrollment
 from hub.services.import_files import (
     COPY_BUFFER,
@@ -553,10 +553,18 @@ class _ImportRun:
                 for s in res.body.get("steps", [])
             ][:200],
         }
+        attempt: int | None = None
         if dep is not None and res.status in RESULT_STATES:
-            new_state = RESULT_STATES[res.status]
-            if dep.state != new_state:
-                transition(ctx, dep, new_state, summary=summary, action="result.import")
+            steps = [s for s in res.body.get("steps", []) if isinstance(s, dict)][:1000]
+            attempt = record_result(
+                ctx,
+                dep,
+                state=RESULT_STATES[res.status],
+                result_seq=res.result_seq,
+                result_sha256=vb.envelope_sha256,
+                steps=steps,
+                summary=summary,
+            ).attempt
         event = audit.record(
             ctx,
             "result.import",
@@ -568,6 +576,7 @@ class _ImportRun:
                 "status": res.status,
                 "bundle_id": res.bundle_id,
                 "deployment": dep.id if dep else None,
+                "attempt": attempt,
                 "file": inc.path.name,
                 "file_sha256": inc.file_sha256,
                 "envelope": base64.b64encode(vb.envelope).decode("ascii"),
