@@ -138,7 +138,7 @@ def test_state_machine(world: World, release_dir: Callable[..., Path]) -> None:
     assert dep.result_summary == {"steps": 1, "failed": 0}
     # Only a retry at the site (its result) moves a finished deployment on.
     for state in set(TRANSITIONS) - {"retried"}:
-        with pytest.raises(InvalidStateError, match="allowed: retried$"):
+        with pytest.raises(InvalidStateError, match=r"allowed: retried$"):
             transition(op, dep, state)
     with pytest.raises(PermissionDeniedError):
         transition(world.ctx("dev"), dep, "failed")
