@@ -138,10 +138,11 @@ def _opt_hex64(value: object, what: str) -> str | None:
     return None if value is None else _hex64(value, what)
 
 
-def _object(value: object, names: Sequence[str], what: str | None = None) -> dict[str, Any]:
+def _object(value: object, names: Sequence[str], what: str | None = None,
+            optional: Sequence[str] = ()) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _fail(what, "must be a JSON object")
-    missing = [n for n in names if n not in value]
+    missing = [n for n in names if n not in value and n not in optional]
     if missing:
         raise _fail(what, f"field {missing[0]!r} is missing")
     unknown = sorted(k for k in value if k not in names)
@@ -631,6 +632,9 @@ _MANIFEST_FIELDS = (
     "not_before", "expires", "release", "result", "steps", "files", "secrets", "parts",
     "checkpoint", "chain",
 )
+# §6.1: fields added after format 1 was first written. Absent means null, and a writer omits
+# them when null, so every manifest made before they existed keeps its exact bytes.
+_OPTIONAL_FIELDS = ("chain",)
 
 
 @dataclass(frozen=True)
@@ -770,7 +774,7 @@ class Manifest:
             "secrets": [s.to_json() for s in self.secrets],
             "parts": None if self.parts is None else self.parts.to_json(),
             "checkpoint": None if self.checkpoint is None else dict(self.checkpoint),
-            "chain": None if self.chain is None else self.chain.to_json(),
+            **({} if self.chain is None else {"chain": self.chain.to_json()}),
         }
 
     def to_bytes(self) -> bytes:
@@ -792,7 +796,7 @@ class Manifest:
             raise _fail("format", f"bundle format {str(value['format'])[:20]} is not "
                         f"supported (this version of Tiangong reads format {FORMAT}); "
                         "upgrade Tiangong")
-        doc = _object(value, _MANIFEST_FIELDS)
+        doc = _object(value, _MANIFEST_FIELDS, optional=_OPTIONAL_FIELDS)
         with _at("target"):
             target = Target.from_json(doc["target"])
         with _at("release"):
@@ -811,7 +815,10 @@ class Manifest:
         with _at("parts"):
             parts = None if doc["parts"] is None else PartsInfo.from_json(doc["parts"])
         with _at("chain"):
-            chain = None if doc["chain"] is None else ChainInfo.from_json(doc["chain"])
+            value_chain = doc.get("chain")
+            if "chain" in doc and value_chain is None:
+                raise _fail("chain", "is omitted when there is none, never null (§6.1)")
+            chain = None if value_chain is None else ChainInfo.from_json(value_chain)
         return cls(
             bundle_id=doc["bundle_id"],
             kind=doc["kind"],
