@@ -411,7 +411,8 @@ class Agent:
             moved = move_to(moving, dest,
                             max_copy_bytes=QUARANTINE_COPY_CAP if quarantine else None)
             for path in moved:
-                os.chmod(path, 0o600)
+                if path.parent == dest:  # not a file left on read-only media (over the cap)
+                    os.chmod(path, 0o600)
             if rejection is not None:
                 write_reason(dest, strip_part_suffix(moved[0].name), rejection[1], rejection[2],
                              files=moved)
