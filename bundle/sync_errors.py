@@ -12,12 +12,20 @@
     │   ├── NotAuthenticatedError     anything but HELLO/CHALLENGE/AUTH before auth
     │   │                                                                         [unauthenticated]
     │   ├── RateLimitedError          the peer sent log lines faster than allowed [rate-limited]
+    │   ├── HandshakeTimeoutError     (raised by the hub layer) no authentication within
+    │   │                             the handshake deadline                      [timeout]
+    │   ├── ForbiddenError            (raised by the hub layer) a message names a bundle
+    │   │                             the hub did not address to this agent       [forbidden]
     │   └── ConnectionClosedError     data received after the connection closed  [closed]
     ├── AuthError                     authentication failed                       [auth-failed]
     │   ├── UnknownAgentError         (raised by the hub layer) no such agent     [unknown-agent]
     │   ├── RevokedAgentError         (raised by the hub layer) agent revoked     [revoked]
-    │   └── WrongHubError             the agent expected another hub, or the hub
-    │                                 answered as another hub                     [wrong-hub]
+    │   ├── WrongHubError             the agent expected another hub, or the hub
+    │   │                             answered as another hub                     [wrong-hub]
+    │   ├── BackoffError              (raised by the hub layer) too many failed logins from
+    │   │                             this address; refused without a look-up     [backoff]
+    │   └── BusyError                 (raised by the hub layer) too many unauthenticated
+    │                                 connections from this address or in total   [busy]
     ├── TransferError                 received bytes do not match the offer (size or SHA-256);
     │                                 raised by TransferReceiver, not a protocol violation
     │                                                                             [corrupt]
@@ -37,7 +45,11 @@ from __future__ import annotations
 __all__ = [
     "CLOSE_CODES",
     "AuthError",
+    "BackoffError",
+    "BusyError",
     "ConnectionClosedError",
+    "ForbiddenError",
+    "HandshakeTimeoutError",
     "LogRateError",
     "MalformedError",
     "NotAuthenticatedError",
@@ -66,10 +78,14 @@ CLOSE_CODES: dict[str, int] = {
     "unauthenticated": 4006,
     "rate-limited": 4007,
     "closed": 4008,
+    "timeout": 4009,
     "auth-failed": 4010,
     "unknown-agent": 4011,
     "revoked": 4012,
     "wrong-hub": 4013,
+    "backoff": 4014,
+    "busy": 4015,
+    "forbidden": 4016,
     "corrupt": 4020,
     "usage": 4090,
     "going-away": 1001,  # RFC 6455: normal shutdown of either side
@@ -130,6 +146,16 @@ class RateLimitedError(ProtocolError):
     default_remote_text = "too many log messages"
 
 
+class HandshakeTimeoutError(ProtocolError):
+    code = "timeout"
+    default_remote_text = "no authentication within the handshake deadline"
+
+
+class ForbiddenError(ProtocolError):
+    code = "forbidden"
+    default_remote_text = "not addressed to this agent"
+
+
 class ConnectionClosedError(ProtocolError):
     code = "closed"
     default_remote_text = "connection closed"
@@ -153,6 +179,16 @@ class RevokedAgentError(AuthError):
 class WrongHubError(AuthError):
     code = "wrong-hub"
     default_remote_text = "wrong hub"
+
+
+class BackoffError(AuthError):
+    code = "backoff"
+    default_remote_text = "too many failed logins from this address; retry later"
+
+
+class BusyError(AuthError):
+    code = "busy"
+    default_remote_text = "too many unauthenticated connections; retry later"
 
 
 class TransferError(SyncError):

@@ -19,6 +19,7 @@ live_tls_cert_file             TIANGONG_HUB_LIVE_TLS_CERT_FILE  <data_dir>/tls/s
 live_tls_key_file              TIANGONG_HUB_LIVE_TLS_KEY_FILE   <data_dir>/tls/server.key
 live_allow_insecure_loopback   TIANGONG_HUB_LIVE_ALLOW_...      false
 live_binding_cert_file         TIANGONG_HUB_LIVE_BINDING_...    "" (= live_tls_cert_file)
+live_<limit>                   TIANGONG_HUB_LIVE_<LIMIT>        see hub.live_guard.LiveLimits
 =============================  ===============================  ============================
 
 In ``hub.toml`` the live settings sit in their own table, without the ``live_`` prefix::
@@ -31,6 +32,8 @@ In ``hub.toml`` the live settings sit in their own table, without the ``live_`` 
                                        # behind a TLS-terminating proxy on the same host)
     binding_cert_file = ""             # the certificate agents see, if not tls_cert_file:
                                        # a TLS-terminating proxy's (channel binding, §5.2)
+    handshake_timeout_s = 10.0         # and every other limit of hub.live_guard.LiveLimits
+                                       # (docs/live.md, "Limits"), each with its unit
 
 The live server listens on a port of its own, beside the WSGI port: gunicorn's workers are
 synchronous WSGI processes, the live server is one asyncio process holding every agent's
@@ -49,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.errors import ConfigError
+from hub.live_guard import LiveLimits
 
 __all__ = ["DEFAULT_BUNDLE_EXPIRY_S", "ENV_PREFIX", "HubConfig", "load_config"]
 
@@ -75,6 +79,22 @@ class HubConfig:
     live_tls_key_file: str = ""
     live_allow_insecure_loopback: bool = False
     live_binding_cert_file: str = ""
+    # The live server's limits (hub.live_guard.LiveLimits: names, units, defaults).
+    live_handshake_timeout_s: float = LiveLimits.handshake_timeout_s
+    live_max_unauthenticated_per_address: int = LiveLimits.max_unauthenticated_per_address
+    live_max_unauthenticated: int = LiveLimits.max_unauthenticated
+    live_login_failures_before_backoff: int = LiveLimits.login_failures_before_backoff
+    live_login_failure_window_s: float = LiveLimits.login_failure_window_s
+    live_login_backoff_s: float = LiveLimits.login_backoff_s
+    live_login_backoff_max_s: float = LiveLimits.login_backoff_max_s
+    live_refused_audit_interval_s: float = LiveLimits.refused_audit_interval_s
+    live_send_timeout_s: float = LiveLimits.send_timeout_s
+    live_send_buffer_bytes: int = LiveLimits.send_buffer_bytes
+    live_send_buffer_max_bytes: int = LiveLimits.send_buffer_max_bytes
+    live_max_result_bytes: int = LiveLimits.max_result_bytes
+    live_partial_max_age_s: float = LiveLimits.partial_max_age_s
+    live_log_quota_agent_bytes: int = LiveLimits.log_quota_agent_bytes
+    live_log_quota_total_bytes: int = LiveLimits.log_quota_total_bytes
     #: where the web UI's Media page writes exported bundles (a mounted share), relative to
     #: data_dir unless absolute; empty: the page offers the bundles as a download instead.
     export_dir: str = ""
@@ -85,6 +105,10 @@ class HubConfig:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'hub.db'}")
         if self.bundle_expiry_s <= 0:
             raise ConfigError(f"bundle_expiry_s must be positive, not {self.bundle_expiry_s}")
+        try:
+            LiveLimits.from_config(self)
+        except ValueError as exc:
+            raise ConfigError(f"hub config: {exc}") from exc
 
     @property
     def export_path(self) -> Path | None:
@@ -159,6 +183,10 @@ def _coerce(name: str, type_name: object, value: Any) -> Any:
     try:
         if text == "int" and not isinstance(value, int):
             return int(value)
+        if text == "float" and not isinstance(value, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
         if text == "bool" and isinstance(value, str):
             return value.strip().lower() in {"1", "true", "yes", "on"}
         if text == "Path":
@@ -211,7 +239,7 @@ def load_config(
 
 
 _LIVE_KEYS = ("bind", "tls_cert_file", "tls_key_file", "allow_insecure_loopback",
-              "binding_cert_file")
+              "binding_cert_file", *LiveLimits.setting_names())
 
 
 def _live_table(path: str | os.PathLike[str], table: object) -> dict[str, Any]:

@@ -50,10 +50,11 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from websockets.asyncio.server import Server, serve
 
 from bundle.sync import DEFAULT_HEARTBEAT_SECONDS, MAX_MESSAGE_BYTES, is_loopback
-from hub.errors import ConfigError
+from hub.errors import ConfigError, HubError
 from hub.live_hub import ACK_EVERY_BYTES, WINDOW_BYTES, LiveHub
 
 __all__ = ["ACK_EVERY_BYTES", "WINDOW_BYTES", "LiveHub", "LiveServer",
@@ -112,8 +113,13 @@ def start_live(hub: LiveHub, host: str, port: int, *,
     async def main() -> None:
         stopped = asyncio.Event()
         try:
+            # The TLS and WebSocket handshakes get the same deadline as authentication
+            # (docs/live-protocol.md §5.3); the handler's deadline runs from its start.
+            extra: dict[str, Any] = (
+                {"ssl_handshake_timeout": hub.limits.handshake_timeout_s} if ssl else {})
             server = await serve(hub.handler, host, port, compression=None,
-                                 max_size=MAX_MESSAGE_BYTES, ssl=ssl)
+                                 max_size=MAX_MESSAGE_BYTES, ssl=ssl,
+                                 open_timeout=hub.limits.handshake_timeout_s, **extra)
         except OSError as exc:
             ready.set_exception(exc)
             return
@@ -122,6 +128,10 @@ def start_live(hub: LiveHub, host: str, port: int, *,
             await stopped.wait()
             server.close(close_connections=True)
             await server.wait_closed()
+            try:
+                await hub.shutdown()
+            except (SQLAlchemyError, HubError, OSError) as exc:  # the database went first
+                log.error("live: at shutdown: %s: %s", type(exc).__name__, exc)
 
     thread = threading.Thread(target=asyncio.run, args=(main(),), name="tiangong-live",
                               daemon=True)
@@ -145,12 +155,13 @@ def serve_live(config: Any, host: str, port: int, *, actor: str | None = None,
     """
     from hub.db import make_engine, make_session_factory
     from hub.keystore import load_hub_keys
+    from hub.live_guard import LiveLimits
 
     keys = load_hub_keys(config.data_dir)
     engine = make_engine(config.database_url)
     hub = LiveHub(session_factory=make_session_factory(engine), keys=keys,
-                        data_dir=config.data_dir, actor=actor, heartbeat=heartbeat,
-                        binding=binding)
+                  data_dir=config.data_dir, actor=actor, heartbeat=heartbeat,
+                  binding=binding, limits=LiveLimits.from_config(config))
     return start_live(hub, host, port, ssl=ssl, allow_insecure_loopback=allow_insecure_loopback)
 
 

@@ -2,8 +2,10 @@
 
 * :func:`open_partial`: a :class:`bundle.sync.TransferReceiver` writing to a partial file,
   resumed from the bytes already there.
-* :class:`LogStore`: LOG lines as JSON lines in ``<dir>/<bundle_id>.log``, each
-  ``(bundle_id, seq)`` stored once (docs/live-protocol.md §3).
+* :class:`LogStore`: LOG lines as JSON lines in ``<dir>/<agent_id>/<bundle_id>.log``, each
+  ``(agent, bundle, seq)`` stored once (docs/live-protocol.md §3), within byte quotas.
+* :func:`partial_path`, :func:`sweep_partials`: where an upload is received, and the
+  clean-up of abandoned ones.
 
 No sockets and no database here.
 """
@@ -14,13 +16,18 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bundle.sync import LogReceived, Offer, TransferReceiver
 from bundle.sync_errors import SyncError
 
-__all__ = ["LogStore", "fsync_dir", "open_partial", "size_and_sha256"]
+__all__ = ["LogQuotaError", "LogStore", "fsync_dir", "open_partial", "partial_path",
+           "size_and_sha256", "sweep_partials"]
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")  # docs/live-protocol.md §2.3
 
 READ_BYTES = 1024 * 1024  # bytes per read when hashing or re-reading a partial file
 
@@ -72,33 +79,130 @@ def open_partial(path: Path, offer: Offer) -> tuple[TransferReceiver, Any]:
     return receiver, fh
 
 
+@dataclass(frozen=True)
+class LogQuotaError:
+    """Why a LOG line was not stored: the quota named, its size and whose it is."""
+
+    agent_id: str
+    which: str  # "agent" | "total"
+    quota: int  # bytes
+
+    def __str__(self) -> str:
+        whose = f"of agent {self.agent_id}" if self.which == "agent" else "of all agents"
+        return (f"live logs: the quota {whose} ({self.quota} bytes, [live] "
+                f"log_quota_{self.which}_bytes) is reached; further lines are not stored "
+                "(the result file carries the full log)")
+
+
 class LogStore:
-    """Step output received live, one JSON-lines file per bundle."""
+    """Step output received live: one JSON-lines file per (agent, bundle), in
+    ``<dir>/<agent id>/<bundle id>.log``, each ``seq`` stored once, with a byte quota per
+    agent and in total.
 
-    def __init__(self, directory: Path) -> None:
+    Ids follow the protocol's id rule (docs/live-protocol.md §2.3: no ``/``, never starting
+    with ``.``), so a directory per agent and a file per bundle never collide and never
+    leave ``<dir>``. The store only appends: a stored line is never rewritten, and nobody
+    but the agent a bundle was addressed to reaches its file (the hub layer checks that
+    before :meth:`add`).
+    """
+
+    def __init__(self, directory: Path, *, agent_quota: int = 256 * 1024 * 1024,
+                 total_quota: int = 8 * 1024 * 1024 * 1024) -> None:
         self.directory = Path(directory)
-        self._seen: dict[str, set[int]] = {}
+        self.agent_quota = agent_quota
+        self.total_quota = total_quota
+        self._seen: dict[tuple[str, str], set[int]] = {}
+        self._used: dict[str, int] | None = None  # agent -> bytes stored (scanned once)
+        self._full: set[tuple[str, str]] = set()  # (agent, bundle) told about the quota
 
-    def path(self, bundle_id: str) -> Path:
-        return self.directory / f"{bundle_id}.log"
+    def path(self, agent_id: str, bundle_id: str) -> Path:
+        _check_id(agent_id)
+        _check_id(bundle_id)
+        return self.directory / agent_id / f"{bundle_id}.log"
 
-    def add(self, event: LogReceived) -> bool:
-        """Store one line unless its ``seq`` is stored already; True when stored."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.path(event.bundle_id)
-        seen = self._seen.get(event.bundle_id)
+    def used(self, agent_id: str | None = None) -> int:
+        """Bytes stored for ``agent_id`` (None: all agents)."""
+        if self._used is None:
+            self._used = {}
+            if self.directory.is_dir():
+                for sub in self.directory.iterdir():
+                    if sub.is_dir():
+                        self._used[sub.name] = sum(
+                            f.stat().st_size for f in sub.glob("*.log") if f.is_file())
+        if agent_id is None:
+            return sum(self._used.values())
+        return self._used.get(agent_id, 0)
+
+    def add(self, agent_id: str, event: LogReceived) -> bool | LogQuotaError:
+        """Store one line of ``agent_id`` unless its ``seq`` is stored already; True when
+        stored, False when not (a repeat, or over a quota again); a :class:`LogQuotaError`
+        the first time a quota stops a line of a bundle (a note saying so is stored in
+        its place, so the page shows why the log ends)."""
+        path = self.path(agent_id, event.bundle_id)
+        key = (agent_id, event.bundle_id)
+        seen = self._seen.get(key)
         if seen is None:
             seen = set()
             if path.exists():
                 for line in path.read_text(encoding="utf-8").splitlines():
                     with contextlib.suppress(ValueError, KeyError, TypeError):
                         seen.add(int(json.loads(line)["seq"]))
-            self._seen[event.bundle_id] = seen
+            self._seen[key] = seen
         if event.seq in seen:
             return False
-        seen.add(event.seq)
         record = {"seq": event.seq, "step": event.step, "stream": event.stream,
                   "text": event.text}
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
-        return True
+        data = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+        over: LogQuotaError | None = None
+        if self.used(agent_id) + len(data) > self.agent_quota:
+            over = LogQuotaError(agent_id, "agent", self.agent_quota)
+        elif self.used() + len(data) > self.total_quota:
+            over = LogQuotaError(agent_id, "total", self.total_quota)
+        if over is not None:
+            if key in self._full:
+                return False  # told once already (the note is in the file)
+            self._full.add(key)
+            record = {"seq": event.seq, "step": event.step, "stream": "info",
+                      "text": f"[hub] {over}"}
+            data = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+        seen.add(event.seq)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab") as fh:
+            fh.write(data)
+        assert self._used is not None
+        self._used[agent_id] = self._used.get(agent_id, 0) + len(data)
+        return over if over is not None else True
+
+
+def _check_id(value: str) -> None:
+    if not _ID.fullmatch(value):
+        raise ValueError(f"{value!r} is not an id (docs/live-protocol.md §2.3)")
+
+
+def partial_path(inbox: Path, agent_id: str, transfer: str) -> Path:
+    """Where ``agent_id``'s upload ``transfer`` is received: ``<inbox>/.partial/<agent id>/
+    <transfer>.part`` — one directory per agent, so no two (agent, transfer) pairs share a
+    file whatever the ids hold (ids never contain ``/`` nor start with ``.``)."""
+    _check_id(agent_id)
+    _check_id(transfer)
+    return inbox / ".partial" / agent_id / f"{transfer}.part"
+
+
+def sweep_partials(inbox: Path, max_age_s: float, now: float, keep: set[Path]) -> list[Path]:
+    """Delete partial uploads not written to for ``max_age_s`` seconds (``now``: Unix
+    time), except ``keep`` (transfers running now); returns what was deleted."""
+    removed: list[Path] = []
+    root = inbox / ".partial"
+    if not root.is_dir():
+        return removed
+    for agent_dir in root.iterdir():
+        if not agent_dir.is_dir():
+            continue
+        for part in agent_dir.glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if part not in keep and now - part.stat().st_mtime >= max_age_s:
+                    part.unlink()
+                    removed.append(part)
+        with contextlib.suppress(OSError):
+            agent_dir.rmdir()  # only when empty
+    return removed

@@ -32,6 +32,7 @@ import functools
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ from bundle.sync import (
     CANCEL_HAVE_IT,
     DEFAULT_HEARTBEAT_SECONDS,
     MAX_CHUNK_BYTES,
+    MAX_HEADER_BYTES,
+    MAX_MESSAGE_BYTES,
     NONCE_BYTES,
     AckReceived,
     Authenticated,
@@ -67,7 +70,11 @@ from bundle.sync import (
 )
 from bundle.sync_errors import (
     AuthError,
-    MalformedError,
+    BackoffError,
+    BusyError,
+    ForbiddenError,
+    HandshakeTimeoutError,
+    ProtocolError,
     RevokedAgentError,
     SyncError,
     TransferError,
@@ -76,7 +83,16 @@ from bundle.sync_errors import (
 from hub.db import Agent as AgentRow
 from hub.db import Deployment
 from hub.errors import HubError
-from hub.live_files import LogStore, fsync_dir, open_partial, size_and_sha256
+from hub.live_files import (
+    LogQuotaError,
+    LogStore,
+    fsync_dir,
+    open_partial,
+    partial_path,
+    size_and_sha256,
+    sweep_partials,
+)
+from hub.live_guard import Admission, LiveLimits, LoginGuard, RefusalCount
 from hub.services import audit
 from hub.services.agents import get_agent
 from hub.services.context import HubKeys, ServiceContext, utc_now
@@ -101,6 +117,13 @@ SYSTEM_ACTOR = "live"  # ServiceContext.system of the live server (audited as sy
 HAVE_IT = CANCEL_HAVE_IT  # the agent already holds this bundle (docs/live-protocol.md §4.2)
 EXPORT_THREADS = 2  # threads exporting bundles at once (CPU-bound: more only contend for the GIL)
 OFFER_THREADS = 2  # threads hashing spooled files for OFFERs, never behind an export
+MAX_PARTIALS = 4  # partial uploads kept per agent (MAX_TRANSFERS of the protocol)
+HANDSHAKE_MESSAGE_BYTES = 3 + MAX_HEADER_BYTES  # bytes of one message before authentication
+CLOSE_SECONDS = 5.0  # seconds a closing handshake may take before the socket is cut
+SWEEP_SECONDS = 60.0  # seconds between two sweeps of abandoned partial uploads (at most)
+TOO_LARGE = "too-large"  # CANCEL code: a result over [live] max_result_bytes (§4.1)
+REJECTED = "rejected"  # CANCEL code: the importer refused the received result (§4.3)
+RETRY = "retry"  # CANCEL code: the hub could not import it now; offer it again later
 
 _T = TypeVar("_T")
 
@@ -115,28 +138,61 @@ class _Incoming:
 
 @dataclass
 class _Peer:
-    """One connection: the protocol object, its socket, and the files moving over it."""
+    """One connection: the protocol object, its socket, the files moving over it, and the
+    queue its writer task sends from.
+
+    Reading never waits for writing (docs/live-protocol.md §10.1): :meth:`flush` only
+    queues; :meth:`LiveHub._write_loop` sends. File chunks wait for :attr:`room` (the queue
+    under ``send_buffer_bytes``); a queue over ``send_buffer_max_bytes`` or a write that
+    makes no progress for ``send_timeout_s`` closes the connection.
+    """
 
     ws: ServerConnection
     conn: HubSide
-    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    source: str
+    limits: LiveLimits
     outgoing: dict[str, Path] = field(default_factory=dict)  # transfer -> spool file
     acked: dict[str, asyncio.Event] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     incoming: dict[str, _Incoming] = field(default_factory=dict)
+    bundles: set[str] = field(default_factory=set)  # bundle ids addressed to this agent
+    queue: deque[bytes] = field(default_factory=deque)
+    queued_bytes: int = 0
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    room: asyncio.Event = field(default_factory=asyncio.Event)
+    writer: asyncio.Task[None] | None = None
+    ending: bool = False  # no more messages will be queued: the writer ends when empty
 
-    async def flush(self) -> None:
-        """Send what the protocol queued; once the agent has gone nothing more is sent (the
-        receive loop sees the close and ends the connection)."""
-        async with self.send_lock:
-            messages = self.conn.data_to_send()
-            with contextlib.suppress(ConnectionClosed):
-                for message in messages:
-                    await self.ws.send(message)
+    def __post_init__(self) -> None:
+        self.room.set()
+
+    def flush(self) -> None:
+        """Queue what the protocol has to send; never waits. A queue over
+        ``send_buffer_max_bytes`` means the peer does not read: the socket is cut."""
+        for message in self.conn.data_to_send():
+            self.queue.append(message)
+            self.queued_bytes += len(message)
+        if self.queue:
+            self.wakeup.set()
+        if self.queued_bytes >= self.limits.send_buffer_bytes:
+            self.room.clear()
+        if self.queued_bytes > self.limits.send_buffer_max_bytes and not self.ending:
+            log.warning("live: agent %s: %d bytes wait to be sent, over [live] "
+                        "send_buffer_max_bytes = %d; closing", self.conn.agent_id,
+                        self.queued_bytes, self.limits.send_buffer_max_bytes)
+            self.abort()
+
+    def abort(self) -> None:
+        """Cut the connection now (no closing handshake: the peer does not read)."""
+        self.ending = True
+        self.queue.clear()
+        self.queued_bytes = 0
+        self.wakeup.set()
+        self.ws.transport.abort()
 
     @property
     def open(self) -> bool:
-        return self.conn.is_open and self.ws.state is WsState.OPEN
+        return self.conn.is_open and self.ws.state is WsState.OPEN and not self.ending
 
 
 class LiveHub:
@@ -151,7 +207,8 @@ class LiveHub:
     def __init__(self, *, session_factory: Callable[[], Session], keys: HubKeys,
                  data_dir: Path, actor: str | None, clock: Callable[[], Any] = utc_now,
                  heartbeat: int = DEFAULT_HEARTBEAT_SECONDS, binding: bytes = b"",
-                 poll_interval: float = POLL_SECONDS) -> None:
+                 poll_interval: float = POLL_SECONDS,
+                 limits: LiveLimits | None = None) -> None:
         self.session_factory = session_factory
         self.keys = keys
         self.hub_id = keys.hub_id
@@ -161,7 +218,13 @@ class LiveHub:
         self.heartbeat = heartbeat
         self.binding = binding
         self.peers: dict[str, _Peer] = {}  # agent id -> its authenticated connection
-        self.logs = LogStore(self.data_dir / "live-logs")
+        self.limits = limits or LiveLimits()
+        self.logs = LogStore(self.data_dir / "live-logs",
+                             agent_quota=self.limits.log_quota_agent_bytes,
+                             total_quota=self.limits.log_quota_total_bytes)
+        self.admission = Admission(self.limits)
+        self.guard = LoginGuard(self.limits)
+        self._swept = 0.0  # monotonic time of the last sweep of partial uploads
         self._push_locks: dict[str, asyncio.Lock] = {}  # one export + offer at a time per agent
         self.poll_interval = poll_interval
         self._poller: asyncio.Task[None] | None = None
@@ -225,7 +288,7 @@ class LiveHub:
                 yield ServiceContext(session, self.clock, None, self.keys, system=SYSTEM_ACTOR)
 
     def _lookup_key(self, agent_id: str) -> PublicKey:
-        """The enrolled key of ``agent_id``; refusals are audited here.
+        """The enrolled key of ``agent_id`` (the caller counts and audits refusals).
 
         Raises:
             UnknownAgentError, RevokedAgentError.
@@ -237,16 +300,41 @@ class LiveHub:
                 agent = None
             if agent is not None and agent.status == "enrolled":
                 return PublicKey.from_hex(agent.ed25519_public)
-        error: AuthError = (UnknownAgentError(f"live: no enrolled agent {agent_id!r}")
-                            if agent is None else
-                            RevokedAgentError(f"live: agent {agent_id} is {agent.status}"))
-        self._audit_refusal(agent_id, error)
-        raise error
+        raise (UnknownAgentError(f"live: no enrolled agent {agent_id!r}")
+               if agent is None else
+               RevokedAgentError(f"live: agent {agent_id} is {agent.status}"))
 
-    def _audit_refusal(self, agent_id: str, error: SyncError) -> None:
+    def _audit_refusals(self, counts: list[RefusalCount]) -> None:
+        """One ``live.refused`` event per ``(source, agent id, code)`` and interval, with
+        the number of refusals it stands for (never one event per attempt)."""
         with self._services() as ctx:
-            audit.record(ctx, "live.refused", "agent", agent_id,
-                         {"code": error.code, "reason": str(error)[:500]})
+            for rc in counts:
+                audit.record(ctx, "live.refused", "agent", rc.agent_id,
+                             rc.details(self.limits.refused_audit_interval_s))
+
+    async def _refused(self, peer: _Peer, agent_id: str, error: SyncError) -> None:
+        """A login was refused: count it against the source (back-off) and audit it in
+        aggregate (:class:`hub.live_guard.LoginGuard`)."""
+        log.warning("live: %s (from %s)", error, peer.source)
+        if not isinstance(error, BackoffError | BusyError):
+            self.guard.failed(peer.source)
+        first = self.guard.count_refusal(peer.source, agent_id, error.code, str(error))
+        if first is not None:
+            await asyncio.to_thread(self._audit_refusals, [first])
+
+    async def flush_refusals(self, *, force: bool = False) -> None:
+        """Audit the refusals counted in the interval that ended (``force``: now)."""
+        due = self.guard.due(force=force)
+        if due:
+            await asyncio.to_thread(self._audit_refusals, due)
+
+    def _addressed_to(self, agent_id: str, bundle_id: str) -> bool:
+        """Whether the hub exported bundle ``bundle_id`` for ``agent_id`` (live or media)."""
+        with self._session() as session:
+            found = session.scalar(
+                select(Deployment.id).join(AgentRow, Deployment.agent_id == AgentRow.id)
+                .where(AgentRow.agent_id == agent_id, Deployment.bundle_id == bundle_id))
+        return found is not None
 
     def _touch(self, agent_id: str) -> None:
         self._seen.pop(agent_id, None)
@@ -337,47 +425,93 @@ class LiveHub:
                          {"agent_id": agent_id, "file": name, "how": how,
                           "state": dep.state if dep else None})
 
-    def _import(self, path: Path) -> str:
+    def _import(self, path: Path) -> tuple[str, str]:
+        """Import one received result; (status, reason) as the importer says."""
         with self._services() as ctx:
             row = import_result(ctx, path, results_dir=self.results_dir)
         log.info("live: import of %s: %s %s", path.name, row.status, row.reason)
-        return row.status
+        return row.status, row.reason
 
     # -- the connection
 
     async def handler(self, ws: ServerConnection) -> None:
         """One agent connection, from HELLO to close. The first one starts the push loop
-        (so whoever serves :meth:`handler` needs nothing else)."""
+        (so whoever serves :meth:`handler` needs nothing else).
+
+        Before authentication (§5.3): a source address in back-off is refused ``backoff``,
+        one over the caps of unauthenticated connections ``busy``, both before anything is
+        read; a message may be at most :data:`HANDSHAKE_MESSAGE_BYTES`; AUTH must verify
+        within ``handshake_timeout_s`` of connecting (else ``timeout``)."""
         self._start_poller()
-        peer = _Peer(ws, HubSide(self.hub_id, binding=self.binding, heartbeat=self.heartbeat))
+        source = _source(ws)
+        peer = _Peer(ws, HubSide(self.hub_id, binding=self.binding, heartbeat=self.heartbeat),
+                     source, self.limits)
+        peer.writer = asyncio.create_task(self._write_loop(peer))
         conn = peer.conn
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.handshake_timeout_s
+        admitted = False
         try:
+            blocked = self.guard.blocked(source)
+            if blocked:
+                error: SyncError = BackoffError(
+                    f"live: {source} is in back-off for {blocked:.0f} s more after failed "
+                    "logins", remote_text=f"too many failed logins; retry in {blocked:.0f} s")
+                conn.fail(error)
+                await self._refused(peer, "-", error)
+                return
+            if not self.admission.admit(source):
+                error = BusyError(
+                    f"live: refusing a connection from {source}: over [live] "
+                    f"max_unauthenticated_per_address = "
+                    f"{self.limits.max_unauthenticated_per_address} or max_unauthenticated = "
+                    f"{self.limits.max_unauthenticated}")
+                conn.fail(error)
+                await self._refused(peer, "-", error)
+                return
+            admitted = True
+            ws.protocol.max_message_size = HANDSHAKE_MESSAGE_BYTES
             while not conn.is_closed:
+                timeout = (3 * self.heartbeat if conn.is_open
+                           else deadline - loop.time())
                 try:
-                    message = await asyncio.wait_for(ws.recv(), timeout=3 * self.heartbeat)
+                    if timeout <= 0:
+                        raise TimeoutError
+                    message = await asyncio.wait_for(ws.recv(), timeout=timeout)
                 except TimeoutError:
-                    log.warning("live: agent %s missed three heartbeats; closing",
-                                conn.agent_id)
+                    if conn.is_open:
+                        log.warning("live: agent %s missed three heartbeats; closing",
+                                    conn.agent_id)
+                    else:
+                        conn.fail(HandshakeTimeoutError(
+                            f"live: no authentication from {source} within [live] "
+                            f"handshake_timeout_s = {self.limits.handshake_timeout_s:g} s"))
+                        log.warning("%s", conn.failure)
                     break
                 if isinstance(message, str):
-                    conn.fail(MalformedError("text WebSocket message",
-                                             remote_text="binary messages only"))
+                    # §2.1: a text message is a protocol error, close code 4000.
+                    conn.fail(ProtocolError("text WebSocket message",
+                                            remote_text="binary messages only"))
                 else:
                     try:
                         conn.receive_data(message)
                     except AuthError as exc:
-                        log.warning("live: %s", exc)
-                        await asyncio.to_thread(self._audit_refusal, conn.agent_id or "?", exc)
+                        await self._refused(peer, conn.agent_id or "?", exc)
                     except SyncError as exc:
                         log.warning("live: agent %s: %s", conn.agent_id, exc)
                 for event in conn.events_received():
+                    if conn.is_closed:
+                        break
                     await self._on_event(peer, event)
-                await peer.flush()
-            if conn.failure is not None and conn.close_code is not None:
-                await ws.close(conn.close_code, conn.failure.code)
+                if conn.is_open and admitted:
+                    self.admission.release(source)
+                    admitted = False
+                peer.flush()
         except ConnectionClosed:
             pass
         finally:
+            if admitted:
+                self.admission.release(source)
             for task in peer.tasks:
                 task.cancel()
             for inc in peer.incoming.values():
@@ -385,6 +519,68 @@ class LiveHub:
             if conn.agent_id is not None and self.peers.get(conn.agent_id) is peer:
                 del self.peers[conn.agent_id]
                 log.info("live: agent %s offline", conn.agent_id)
+            peer.flush()
+            code = conn.close_code if conn.failure is not None else 1000
+            await self._close(peer, code or 1000,
+                              conn.failure.code if conn.failure is not None else "")
+
+    async def _write_loop(self, peer: _Peer) -> None:
+        """Send what :meth:`_Peer.flush` queued, in order. A write that makes no progress
+        for ``send_timeout_s`` (the peer stopped reading) cuts the connection: the reading
+        side sees it closed and ends."""
+        ws = peer.ws
+        try:
+            while True:
+                if not peer.queue:
+                    if peer.ending:
+                        return
+                    peer.wakeup.clear()
+                    await peer.wakeup.wait()
+                    continue
+                message = peer.queue[0]
+                try:
+                    async with asyncio.timeout(self.limits.send_timeout_s):
+                        await ws.send(message)
+                except TimeoutError:
+                    log.warning("live: agent %s (%s) has not read for [live] send_timeout_s = "
+                                "%g s; closing", peer.conn.agent_id, peer.source,
+                                self.limits.send_timeout_s)
+                    peer.abort()
+                    return
+                if peer.queue and peer.queue[0] is message:
+                    peer.queue.popleft()
+                    peer.queued_bytes -= len(message)
+                if peer.queued_bytes < self.limits.send_buffer_bytes:
+                    peer.room.set()
+        except ConnectionClosed:
+            peer.ending = True
+            peer.room.set()
+
+    async def _close(self, peer: _Peer, code: int, reason: str) -> None:
+        """Send what is queued, then the closing handshake — within :data:`CLOSE_SECONDS`
+        (bounded by ``send_timeout_s``); a peer that does not read is cut off."""
+        peer.ending = True
+        peer.wakeup.set()
+        try:
+            async with asyncio.timeout(min(CLOSE_SECONDS, self.limits.send_timeout_s)):
+                if peer.writer is not None:
+                    await asyncio.wait([peer.writer])  # never raises, even if cancelled
+                await peer.ws.close(code, reason)
+        except (TimeoutError, ConnectionClosed):
+            pass
+        finally:
+            peer.room.set()
+            if peer.writer is not None:
+                peer.writer.cancel()
+            if peer.ws.state is not WsState.CLOSED:
+                peer.ws.transport.abort()
+
+    async def _replace(self, old: _Peer) -> None:
+        """The same agent connected again: its old connection ends at once, whether or not
+        it still reads (§10.1)."""
+        for task in old.tasks:
+            task.cancel()
+        await self._close(old, 1001, "replaced by a new connection")
 
     async def _on_event(self, peer: _Peer, event: Any) -> None:
         conn = peer.conn
@@ -392,18 +588,22 @@ class LiveHub:
             try:
                 key = await asyncio.to_thread(self._lookup_key, event.agent_id)
             except AuthError as exc:
-                log.warning("%s", exc)
                 conn.fail(exc)
+                await self._refused(peer, event.agent_id, exc)
                 return
             conn.challenge(key, os.urandom(NONCE_BYTES), int(time.time()))
         elif isinstance(event, Authenticated):
+            peer.ws.protocol.max_message_size = MAX_MESSAGE_BYTES
+            self.guard.succeeded(peer.source)
             old = self.peers.get(event.agent_id)
-            if old is not None:
-                await old.ws.close(1001, "replaced by a new connection")
             self.peers[event.agent_id] = peer
+            if old is not None and old is not peer:
+                log.info("live: agent %s connected again; closing its old connection",
+                         event.agent_id)
+                self._spawn(self._replace(old))
             log.info("live: agent %s online", event.agent_id)
             await asyncio.to_thread(self._touch, event.agent_id)
-            await peer.flush()  # WELCOME before any offer
+            peer.flush()  # WELCOME before any offer
             task = asyncio.create_task(self._push(peer, event.agent_id))
             peer.tasks.add(task)
             task.add_done_callback(peer.tasks.discard)
@@ -430,7 +630,26 @@ class LiveHub:
         elif isinstance(event, TransferDone):
             await self._finish_incoming(peer, event.transfer)
         elif isinstance(event, LogReceived):
-            self.logs.add(event)
+            await self._on_log(peer, event)
+
+    async def _on_log(self, peer: _Peer, event: LogReceived) -> None:
+        """Store a LOG line under (this agent, its bundle) — only for a bundle the hub
+        addressed to this agent; any other closes the connection (``forbidden``)."""
+        agent_id = peer.conn.agent_id
+        assert agent_id is not None
+        if event.bundle_id not in peer.bundles:
+            if not await asyncio.to_thread(self._addressed_to, agent_id, event.bundle_id):
+                error = ForbiddenError(
+                    f"live: agent {agent_id} sent LOG for bundle {event.bundle_id!r}, which "
+                    "the hub did not address to it; closing",
+                    remote_text="LOG for a bundle not addressed to this agent")
+                log.warning("%s", error)
+                peer.conn.fail(error)
+                return
+            peer.bundles.add(event.bundle_id)
+        stored = self.logs.add(agent_id, event)
+        if isinstance(stored, LogQuotaError):
+            log.warning("%s (bundle %s)", stored, event.bundle_id)
 
     # -- the push loop
 
@@ -460,12 +679,31 @@ class LiveHub:
                 if self._seen and time.monotonic() - flushed >= SEEN_FLUSH_SECONDS:
                     flushed = time.monotonic()
                     await self.flush_seen()
+                await self.flush_refusals()
+                await self._sweep()
                 if not self.peers:
                     continue  # nobody to push to: no query at all
                 await self.poll_once()
             except (SQLAlchemyError, HubError, OSError) as exc:
                 # The database may be restarting; the next round tries again.
                 log.error("live: push loop: %s: %s", type(exc).__name__, exc)
+
+    async def _sweep(self) -> None:
+        """Delete partial uploads abandoned for ``partial_max_age_s`` (at most every
+        :data:`SWEEP_SECONDS`, sooner for a short maximum age)."""
+        every = min(SWEEP_SECONDS, self.limits.partial_max_age_s / 2)
+        if time.monotonic() - self._swept < every:
+            return
+        self._swept = time.monotonic()
+        keep = {inc.path for p in self.peers.values() for inc in p.incoming.values()}
+        removed = await asyncio.to_thread(sweep_partials, self.inbox,
+                                          self.limits.partial_max_age_s, time.time(), keep)
+        for path in removed:
+            log.info("live: removed abandoned partial upload %s", path)
+
+    async def shutdown(self) -> None:
+        """Before the event loop ends: audit the refusals still counted."""
+        await self.flush_refusals(force=True)
 
     async def poll_once(self) -> None:
         """One round of the push loop: for every connected agent, drop it if it is no longer
@@ -509,9 +747,9 @@ class LiveHub:
         error = RevokedAgentError(f"live: agent {agent_id} is {status}; closing its connection")
         log.warning("%s", error)
         peer.conn.fail(error)
-        await peer.flush()
+        peer.flush()
         await asyncio.to_thread(self._audit_revoked, agent_id, status)
-        await peer.ws.close(error.close_code, error.code)
+        self._spawn(self._close(peer, error.close_code, error.code))
 
     # -- bundles out
 
@@ -555,7 +793,7 @@ class LiveHub:
             peer.conn.send_offer(Offer(transfer, path.name, size, digest))
             peer.outgoing[transfer] = path
             peer.acked[transfer] = asyncio.Event()
-        await peer.flush()
+        peer.flush()
 
     def read_chunk(self, path: Path, offset: int, size: int) -> bytes:
         """The bytes of a spooled file to send (a seam for tests that corrupt the wire)."""
@@ -578,13 +816,16 @@ class LiveHub:
                 acked.clear()
                 await acked.wait()
                 continue
+            if not peer.room.is_set():  # the writer is behind: wait, never buffer more
+                await peer.room.wait()
+                continue
             data = self.read_chunk(path, offset, min(READ_BYTES, size - offset))
             conn.send_chunk(transfer, offset, data)
             offset += len(data)
-            await peer.flush()
+            peer.flush()
         if offset == size and peer.open and transfer in peer.outgoing:
             conn.send_done(transfer)
-            await peer.flush()
+            peer.flush()
 
     def _sent(self, peer: _Peer, transfer: str, how: str = "received") -> None:
         """The agent holds ``transfer`` (RECEIVED, or CANCEL ``have-it``): out of the spool
@@ -621,15 +862,28 @@ class LiveHub:
                         event.transfer, event.code, event.text)
         else:
             inc = peer.incoming.pop(event.transfer, None)
-            if inc is not None:
+            if inc is not None:  # the agent gave up this upload: nothing to resume
                 inc.fh.close()
+                inc.path.unlink(missing_ok=True)
+                log.info("live: agent %s cancelled its upload %s: %s", peer.conn.agent_id,
+                         event.transfer, event.code)
 
     # -- results in
 
     def _open_incoming(self, peer: _Peer, offer: Offer) -> None:
-        partial_dir = self.inbox / ".partial"
-        partial_dir.mkdir(parents=True, exist_ok=True)
-        path = partial_dir / f"{peer.conn.agent_id}--{offer.transfer}.part"
+        agent_id = peer.conn.agent_id
+        assert agent_id is not None
+        if offer.size > self.limits.max_result_bytes:
+            log.warning("live: agent %s offered result %s of %d bytes, over [live] "
+                        "max_result_bytes = %d; refused", agent_id, offer.name, offer.size,
+                        self.limits.max_result_bytes)
+            peer.conn.send_cancel(offer.transfer, "agent", TOO_LARGE,
+                                  f"results over {self.limits.max_result_bytes} bytes are "
+                                  "refused")
+            return
+        path = partial_path(self.inbox, agent_id, offer.transfer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_stale_partials(peer, path.parent, keep=path)
         receiver, fh = open_partial(path, offer)
         peer.incoming[offer.transfer] = _Incoming(receiver, path, fh, receiver.offset)
         peer.conn.send_resume(offer.transfer, receiver.offset)
@@ -648,6 +902,15 @@ class LiveHub:
             os.fsync(inc.fh.fileno())
             inc.acked = inc.receiver.offset
             peer.conn.send_ack(event.transfer, inc.acked)
+
+    def _drop_stale_partials(self, peer: _Peer, directory: Path, keep: Path) -> None:
+        """At most MAX_TRANSFERS partial uploads per agent: the oldest not running now go
+        (an agent that keeps offering new ids never fills the disk)."""
+        running = {inc.path for inc in peer.incoming.values()} | {keep}
+        others = sorted((p for p in directory.glob("*.part") if p not in running),
+                        key=lambda p: p.stat().st_mtime)
+        for stale in others[: max(0, len(others) + len(running) - MAX_PARTIALS)]:
+            stale.unlink(missing_ok=True)
 
     def _drop_incoming(self, peer: _Peer, transfer: str, exc: SyncError) -> None:
         inc = peer.incoming.pop(transfer)
@@ -671,8 +934,31 @@ class LiveHub:
         inc.fh.close()
         if inc.acked < inc.receiver.offset:
             peer.conn.send_ack(transfer, inc.receiver.offset)
-        dest = self.inbox / f"{peer.conn.agent_id}--{inc.receiver.offer.name}"
+        agent_id = peer.conn.agent_id
+        assert agent_id is not None
+        dest = self.inbox / agent_id / inc.receiver.offer.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(inc.path, dest)
-        fsync_dir(self.inbox)
-        await asyncio.to_thread(self._import, dest)
-        peer.conn.send_received(transfer)
+        fsync_dir(dest.parent)
+        try:
+            status, reason = await asyncio.to_thread(self._import, dest)
+        except (HubError, SQLAlchemyError, OSError) as exc:
+            log.error("live: cannot import %s from %s now: %s", dest.name, agent_id, exc)
+            status, reason = RETRY, "the hub could not import it now; offer it again later"
+        finally:
+            # Imported results are stored verbatim in results/; a rejected one is recorded
+            # in the audit log (result.rejected): nothing stays in live-inbox/.
+            dest.unlink(missing_ok=True)
+        if not peer.conn.is_open:
+            return
+        if status in ("imported", "duplicate", "enrolled"):
+            peer.conn.send_received(transfer)
+        else:  # §4.3: the agent learns that its result was not imported, and why
+            code = RETRY if status == RETRY else REJECTED
+            peer.conn.send_cancel(transfer, "agent", code, reason)
+
+
+def _source(ws: ServerConnection) -> str:
+    """The peer's IP address (what the per-address caps and back-off count)."""
+    address = ws.remote_address
+    return str(address[0]) if address else "?"

@@ -2,7 +2,7 @@
 the signed result bundle once it has been imported.
 
 **Live lines.** The live server (:mod:`hub.live_hub`, :class:`hub.live_files.LogStore`)
-appends one JSON object per LOG message to ``<data_dir>/live-logs/<bundle_id>.log``:
+appends one JSON object per LOG message to ``<data_dir>/live-logs/<agent_id>/<bundle_id>.log``:
 ``{"seq", "step", "stream", "text"}``, each ``seq`` stored once (docs/live-protocol.md §3).
 :func:`live_lines` returns the lines with a ``seq`` greater than a cursor, in ``seq`` order,
 at most :data:`MAX_LIVE_LINES` lines / :data:`MAX_LIVE_BYTES` of text per call, reading the
@@ -68,6 +68,7 @@ MAX_LIVE_BYTES = 1024 * 1024  # bytes of text per live_lines call
 MAX_RECORD_BYTES = 64 * 1024  # bytes of one stored JSON line (a LOG body is ≤ 16 KiB)
 MAX_SHOWN_LOG_BYTES = 1024 * 1024  # bytes of one result step log shown on a page
 _BUNDLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # bundle-format.md §6
+_AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")  # live-protocol.md §2.3
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,20 @@ class LiveChunk:
     omitted: int = 0  # lines before ``lines`` left out (tails only)
 
 
-def live_log_path(data_dir: Path, bundle_id: str) -> Path | None:
-    """``<data_dir>/live-logs/<bundle_id>.log``, or None for a name that is not a bundle id
-    (it could otherwise point outside the directory)."""
-    if not _BUNDLE_ID.fullmatch(bundle_id):
+def live_log_path(data_dir: Path, agent_id: str, bundle_id: str) -> Path | None:
+    """``<data_dir>/live-logs/<agent_id>/<bundle_id>.log`` (the lines that agent streamed
+    for that bundle), or None for a name that is not an id (it could otherwise point
+    outside the directory)."""
+    if not (_BUNDLE_ID.fullmatch(bundle_id) and _AGENT_ID.fullmatch(agent_id)):
         return None
-    return Path(data_dir) / LIVE_LOGS_DIR / f"{bundle_id}.log"
+    return Path(data_dir) / LIVE_LOGS_DIR / agent_id / f"{bundle_id}.log"
+
+
+def _deployment_log(deployment: Deployment, data_dir: Path) -> Path | None:
+    agent = deployment.agent
+    if not deployment.bundle_id or agent is None:
+        return None
+    return live_log_path(data_dir, agent.agent_id, deployment.bundle_id)
 
 
 def _records(path: Path) -> Iterator[LiveLine]:
@@ -172,7 +181,7 @@ def deployment_live_lines(ctx: ServiceContext, deployment: Deployment, data_dir:
         PermissionDeniedError: the actor may not view the deployment's environment.
     """
     require(ctx.actor, "view", deployment.environment)
-    path = live_log_path(data_dir, deployment.bundle_id) if deployment.bundle_id else None
+    path = _deployment_log(deployment, data_dir)
     if path is None:
         return LiveChunk((), after, False)
     return live_lines(path, after)
@@ -186,7 +195,7 @@ def deployment_live_tail(ctx: ServiceContext, deployment: Deployment,
         PermissionDeniedError: the actor may not view the deployment's environment.
     """
     require(ctx.actor, "view", deployment.environment)
-    path = live_log_path(data_dir, deployment.bundle_id) if deployment.bundle_id else None
+    path = _deployment_log(deployment, data_dir)
     if path is None or not path.exists():
         return None
     return live_tail(path)

@@ -32,6 +32,7 @@ from hub.migrate import upgrade
 from hub.services.agents import revoke_agent
 from hub.services.deployments import queue_deployment
 from hub.services.environments import create_environment
+from hub.services.exchange import export_environment
 from hub.services.users import bootstrap_admin, create_user, grant_role
 from signing.keys import SigningKey
 from tests.e2e.conftest import wait_for
@@ -132,7 +133,7 @@ def test_online_agent_receives_runs_and_result_is_imported(file_world: World,
         assert _process_live_inbox(agent) == ["succeeded"]
         # The step's output reached the hub live, one line per seq.
         (bundle_id,) = [b.bundle_id for b in agent.journal.bundles()]
-        log_file = tmp_path / "hubdata" / "live-logs" / f"{bundle_id}.log"
+        log_file = tmp_path / "hubdata" / "live-logs" / "site-01" / f"{bundle_id}.log"
         wait_for(log_file.exists, DEADLINE, "step logs at the hub")
         lines = [json.loads(line) for line in log_file.read_text().splitlines()]
         assert [r["seq"] for r in lines] == list(range(len(lines)))
@@ -287,7 +288,7 @@ def test_offline_bundle_waits_and_a_partial_download_resumes_where_it_stopped(
         agent.close()
 
 
-async def _send_logs(port: int, agent: Agent) -> None:
+async def _send_logs(port: int, agent: Agent, bundle_id: str) -> None:
     assert agent.config.hub_id is not None
     conn = AgentSide(agent.config.agent_id, agent.config.hub_id, agent.keys.identity)
     async with connect(f"ws://127.0.0.1:{port}/live", compression=None,
@@ -297,9 +298,9 @@ async def _send_logs(port: int, agent: Agent) -> None:
             for m in conn.data_to_send():
                 await ws.send(m)
             conn.receive_data(await ws.recv())  # type: ignore[arg-type]
-        conn.send_log("b-1", 0, 0, "stdout", "first line")
-        conn.send_log("b-1", 0, 1, "stderr", "second line")
-        conn.send_log("b-1", 0, 0, "stdout", "first line")  # re-sent after a reconnect
+        conn.send_log(bundle_id, 0, 0, "stdout", "first line")
+        conn.send_log(bundle_id, 0, 1, "stderr", "second line")
+        conn.send_log(bundle_id, 0, 0, "stdout", "first line")  # re-sent after a reconnect
         conn.send_heartbeat(7)
         for m in conn.data_to_send():
             await ws.send(m)
@@ -313,10 +314,19 @@ def test_log_lines_are_stored_once_per_sequence_number(file_world: World,
                                                        tmp_path: Path) -> None:
     world = file_world
     agent = _agent(world, tmp_path)
+    # A bundle addressed to the agent (exported to media here): LOG lines of any other
+    # bundle close the connection (tests/e2e/test_live_hostile.py).
+    queue_deployment(world.ctx("op"), _approved_release(world), "test")
+    export_environment(world.ctx("op"), "test", tmp_path / "usb", agent_id="site-01")
+    world.session.commit()
+    (bundle_id,) = world.session.scalars(select(Deployment.bundle_id))
+    world.session.rollback()
+    assert bundle_id is not None
     server = _hub(world, tmp_path)
     try:
-        asyncio.run(_send_logs(server.port, agent))
-        lines = (tmp_path / "hubdata" / "live-logs" / "b-1.log").read_text().splitlines()
+        asyncio.run(_send_logs(server.port, agent, bundle_id))
+        lines = (tmp_path / "hubdata" / "live-logs" / "site-01" / f"{bundle_id}.log"
+                 ).read_text().splitlines()
         assert [json.loads(line) for line in lines] == [
             {"seq": 0, "step": 0, "stream": "stdout", "text": "first line"},
             {"seq": 1, "step": 0, "stream": "stderr", "text": "second line"},

@@ -230,11 +230,14 @@ def test_tampered_result_file_is_reported_not_shown(
     assert "missing from the data directory" in gone
 
 
+AGENT_ID = "site-01"  # the agent the deployments of the `deployed` fixture are addressed to
+
+
 def _live_lines(site: Site, bundle_id: str, count: int) -> None:
     store = LogStore(site.data_dir / "live-logs")
     for seq in range(count):
         stream = "stderr" if seq == 1 else "stdout"
-        store.add(LogReceived(bundle_id, seq // 2, seq, stream, f"line {seq}"))
+        store.add(AGENT_ID, LogReceived(bundle_id, seq // 2, seq, stream, f"line {seq}"))
 
 
 def test_live_log_json_after_cursor(site: Site, deployed: Deployed) -> None:
@@ -245,7 +248,7 @@ def test_live_log_json_after_cursor(site: Site, deployed: Deployed) -> None:
     assert empty["lines"] == [] and empty["last_seq"] == -1 and empty["finished"] is False
     _live_lines(site, bundle_id, 4)
     # A torn last line (the live server is still writing it) is skipped, not an error.
-    with (site.data_dir / "live-logs" / f"{bundle_id}.log").open("a") as fh:
+    with (site.data_dir / "live-logs" / AGENT_ID / f"{bundle_id}.log").open("a") as fh:
         fh.write('{"seq": 4, "step": 2, "str')
     first = c.get(f"{url}?after=-1").get_json()
     assert [line["seq"] for line in first["lines"]] == [0, 1, 2, 3]
