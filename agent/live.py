@@ -10,8 +10,12 @@ While the hub is reachable the agent keeps one WebSocket open to ``hub_url``
   the usual inbox → verify → run path takes over (nothing is verified or run here). A file
   whose bytes do not match the offer is deleted and the transfer cancelled (``corrupt``).
 * **Results out.** Every ``*.tgr`` in the outbox not yet listed in ``<home>/live-sent.json``
-  is offered (RESULT_OFFER) and sent from the offset the hub asks for; on RECEIVED its name
-  is added to that list (written atomically).
+  is offered (RESULT_OFFER) and sent from the offset the hub asks for. The hub answers once
+  its importer has decided (docs/live-protocol.md §4.3): RECEIVED — imported (or imported
+  before) — or CANCEL ``rejected`` with the importer's reason, logged as an error. Either way
+  the name is added to that list (written atomically) and the result is not offered again.
+  CANCEL ``too-large`` (over the hub's size limit) and ``retry`` (the hub could not import it
+  now) leave it for the next connection.
 * **Step logs.** :meth:`LiveClient.live_log` is the runner's ``live_log`` hook: lines are
   queued (bounded) and sent as LOG within the protocol's rate, ``seq`` counting per bundle.
 * **Heartbeats** at the interval of WELCOME; **reconnects** with jittered exponential
@@ -81,6 +85,7 @@ log = logging.getLogger("tiangong.agent.live")
 ACK_EVERY_BYTES = 8 * 1024 * 1024  # bytes received between two fsync + ACK
 WINDOW_BYTES = 32 * 1024 * 1024  # bytes of a result sent and not yet acknowledged
 SENT_STATE = "live-sent.json"  # in the agent home: names of results the hub received
+CANCEL_REJECTED = "rejected"  # CANCEL code: the hub's importer refused the result (§4.3)
 MAX_QUEUED_LOGS = 10_000  # LOG messages waiting for the connection; more are dropped (counted)
 _LOG_STREAMS = ("stdout", "stderr", "info")  # what LOG carries; other streams go as "info"
 
@@ -505,10 +510,18 @@ class LiveClient:
         else:
             path = s.outgoing.pop(event.transfer, None)
             s.acked.pop(event.transfer, None)
-            if path is not None:
+            if path is None:
+                return
+            if event.code == CANCEL_REJECTED:
+                # Decided: the importer refused it (forged, replayed, not ours ...).
+                # Offering it again would get the same answer; the operator reads why.
+                log.error("live: the hub rejected result %s: %s", path.name, event.text)
+                self._mark_sent(path.name)
+            else:
                 s.skipped.add(path.name)
-                log.warning("live: the hub cancelled result %s: %s (%s)", path.name,
-                            event.code, event.text)
+                log.warning("live: the hub did not take result %s now: %s (%s); it is "
+                            "offered again on the next connection", path.name, event.code,
+                            event.text)
 
     # -- results out
 
@@ -517,7 +530,8 @@ class LiveClient:
         return self.config.home / SENT_STATE
 
     def sent_results(self) -> set[str]:
-        """Names of outbox results the hub confirmed (RECEIVED)."""
+        """Names of outbox results the hub has decided on: imported (RECEIVED) or
+        rejected (CANCEL ``rejected``)."""
         try:
             names = json.loads(self._sent_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -585,7 +599,7 @@ class LiveClient:
         s.acked.pop(transfer, None)
         if path is not None:
             self._mark_sent(path.name)
-            log.info("live: the hub received result %s", path.name)
+            log.info("live: the hub received and imported result %s", path.name)
 
 
 def glob_escape(text: str) -> str:

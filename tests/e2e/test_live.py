@@ -386,3 +386,28 @@ def test_hub_stopped_mid_transfer_agent_reconnects_and_resumes(
         client.close()
         server.stop()
         agent.close()
+
+
+def test_the_agent_learns_that_the_hub_rejected_its_result(
+        file_world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A result the importer refuses is answered CANCEL ``rejected`` (not RECEIVED): the
+    agent logs why and does not offer it again; nothing stays in the hub's live-inbox."""
+    world = file_world
+    agent = _agent(world, tmp_path)
+    bogus = agent.config.outbox / "bogus-result.tgr"
+    bogus.write_bytes(b"not a result bundle" * 100)
+    server = _hub(world, tmp_path)
+    caplog.set_level("INFO", logger="tiangong.agent.live")
+    client = _start_client(agent, server)
+    try:
+        wait_for(lambda: "bogus-result.tgr" in client.client.sent_results(), DEADLINE,
+                 "the hub's answer to the result")
+        assert "live: the hub rejected result bogus-result.tgr:" in caplog.text
+        assert "received and imported result bogus-result.tgr" not in caplog.text
+        inbox = tmp_path / "hubdata" / "live-inbox"
+        assert [p for p in inbox.rglob("*") if p.is_file()] == []
+        assert bogus.exists()  # the agent's own file stays where it was
+    finally:
+        client.close()
+        server.stop()
+        agent.close()

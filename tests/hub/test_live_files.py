@@ -1,0 +1,80 @@
+"""hub.live_files: the log store per (agent, bundle) with its quotas, and where partial
+uploads live (the same paths against a real `hub live`: tests/e2e/test_live_hostile.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from bundle.sync import LogReceived
+from hub.live_files import LogQuotaError, LogStore, partial_path, sweep_partials
+
+
+def _line(bundle: str, seq: int, text: str = "x") -> LogReceived:
+    return LogReceived(bundle, 0, seq, "stdout", text)
+
+
+def test_lines_are_stored_per_agent_and_bundle_once_per_seq(tmp_path: Path) -> None:
+    store = LogStore(tmp_path)
+    assert store.add("site-01", _line("b-1", 0, "one")) is True
+    assert store.add("site-01", _line("b-1", 0, "again")) is False  # never rewritten
+    assert store.add("site-02", _line("b-1", 0, "other agent")) is True  # its own file
+    one = [json.loads(x) for x in (tmp_path / "site-01" / "b-1.log").read_text().splitlines()]
+    assert [r["text"] for r in one] == ["one"]
+    assert (tmp_path / "site-02" / "b-1.log").exists()
+    # a new store (a restarted hub) remembers what is stored
+    assert LogStore(tmp_path).add("site-01", _line("b-1", 0, "after restart")) is False
+
+
+@pytest.mark.parametrize(("agent_quota", "total_quota", "which"), [
+    (300, 10_000, "agent"),
+    (10_000, 300, "total"),
+])
+def test_a_quota_stops_storing_with_one_note(tmp_path: Path, agent_quota: int,
+                                             total_quota: int, which: str) -> None:
+    store = LogStore(tmp_path, agent_quota=agent_quota, total_quota=total_quota)
+    results = [store.add("site-01", _line("b-1", seq, "y" * 50)) for seq in range(20)]
+    over = [r for r in results if isinstance(r, LogQuotaError)]
+    assert len(over) == 1 and over[0].which == which
+    assert results[-1] is False  # told once; later lines are dropped quietly
+    path = tmp_path / "site-01" / "b-1.log"
+    assert path.stat().st_size <= max(agent_quota, total_quota) + 400  # the note fits
+    last = json.loads(path.read_text().splitlines()[-1])
+    assert last["stream"] == "info" and f"log_quota_{which}_bytes" in last["text"]
+
+
+def test_usage_of_earlier_runs_counts_towards_the_quota(tmp_path: Path) -> None:
+    LogStore(tmp_path).add("site-01", _line("b-1", 0, "z" * 500))
+    store = LogStore(tmp_path, agent_quota=520)
+    assert isinstance(store.add("site-01", _line("b-2", 0, "z" * 50)), LogQuotaError)
+
+
+@pytest.mark.parametrize("bad", ["../x", ".hidden", "a/b", ""])
+def test_ids_that_are_not_ids_never_become_paths(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ValueError):
+        LogStore(tmp_path).path(bad, "b-1")
+    with pytest.raises(ValueError):
+        partial_path(tmp_path, "site-01", bad)
+
+
+def test_partial_paths_of_ids_with_separators_never_collide(tmp_path: Path) -> None:
+    assert partial_path(tmp_path, "agent-a--x", "r1") != partial_path(tmp_path, "agent-a",
+                                                                       "x--r1")
+    assert partial_path(tmp_path, "agent-a", "x--r1").parent.name == "agent-a"
+
+
+def test_sweep_removes_old_partials_except_running_ones(tmp_path: Path) -> None:
+    old, running, fresh = (partial_path(tmp_path, "site-01", t) for t in ("old", "run", "new"))
+    old.parent.mkdir(parents=True)
+    for p in (old, running, fresh):
+        p.write_bytes(b"x")
+    past = time.time() - 100
+    for p in (old, running):
+        os.utime(p, (past, past))
+    removed = sweep_partials(tmp_path, 50, time.time(), keep={running})
+    assert removed == [old]
+    assert running.exists() and fresh.exists()
