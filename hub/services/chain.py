@@ -38,7 +38,8 @@ __all__ = ["DECLARED_LOST", "MAX_REASON_CHARS", "chain_for", "declare_lost"]
 
 DECLARED_LOST = "bundle.declared_lost"  # audit action; object id = the sequence target
 MAX_REASON_CHARS = 2000  # characters of an operator's reason
-_EXPORTED_ACTIONS = ("deployment.exported", "bundle.written")
+_EXPORTED_ACTIONS = ("bundle.claimed", "deployment.exported", "bundle.written")
+LOSABLE_STATES = ("exporting", "exported")  # written (or being written), not yet at the site
 
 
 def _same_target(dep: Deployment) -> Any:
@@ -145,7 +146,7 @@ def declare_lost(ctx: ServiceContext, deployment_id: int, reason: str, *,
     if len(reason) > MAX_REASON_CHARS:
         raise ValidationError(f"the reason is {len(reason)} characters, over "
                               f"{MAX_REASON_CHARS}")
-    if dep.state != "exported" or dep.sequence is None or dep.bundle_id is None:
+    if dep.state not in LOSABLE_STATES or dep.sequence is None or dep.bundle_id is None:
         raise InvalidStateError(
             f"deployment {dep.id} is {dep.state}; only the bundle of an exported deployment "
             "that has not reached the site can be declared lost")

@@ -74,7 +74,8 @@ RETRY_FROM = frozenset({"interrupted", "failed", "succeeded"})  # an agent retry
 TRANSITIONS: dict[str, frozenset[str]] = {
     "queued": frozenset({"exporting", "exported", "delivered"}),
     "exporting": frozenset(
-        {"exported", "delivered", "running", "succeeded", "failed", "rejected", "interrupted"}
+        {"exported", "delivered", "running", "succeeded", "failed", "rejected", "interrupted",
+         "lost"}
     ),
     "exported": frozenset(
         {"delivered", "running", "succeeded", "failed", "rejected", "interrupted", "lost"}
