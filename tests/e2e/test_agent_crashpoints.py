@@ -1,8 +1,10 @@
-"""Power cuts at every crash point of a real agent process, for shell and SQL steps.
+"""Power cuts at every crash point of a real agent process, for shell, SQL and k8s steps.
 
-One agent home serves every case, one bundle (sequence) per case. Each bundle has three steps
+One agent home serves every case, one bundle (sequence) per case. Each bundle has four steps
 — a shell step appending to a file, a SQL step inserting a row into the real PostgreSQL, one
-inserting a row into the real MariaDB — so every step kind meets every step crash point. A
+inserting a row into the real MariaDB, a k8s step applying a ConfigMap to the real
+kube-apiserver (through the recording proxy, which counts the applies) — so every step kind
+meets every step crash point. A
 case drops its bundle, starts ``tiangong agent run`` with ``TIANGONG_CRASH_AT=<point>:<nth>``,
 waits for it to die by SIGKILL at that point, restarts it normally and waits for the
 bundle's result. At the end, the invariants of docs/agent.md ("Crash points"):
@@ -40,33 +42,37 @@ from tests.e2e.agent_site import (
 )
 from tests.e2e.conftest import HubKeys, wait_for
 from tests.fixtures.databases import MariaDBServer, PostgresServer
+from tests.fixtures.kube import KubeProxy
 
 OK = "succeeded"
 # (crash point, nth time it is reached, expected result status, expected runs of the shell,
-# PostgreSQL and MariaDB steps). Steps are reached in order, so "step-ran", 2 is the
+# PostgreSQL, MariaDB and k8s steps). Steps are reached in order, so "step-ran", 2 is the
 # PostgreSQL step having run.
-CASES: list[tuple[str, int, str, tuple[int, int, int]]] = [
-    ("staged", 1, OK, (1, 1, 1)),
-    ("accepted", 1, OK, (1, 1, 1)),
-    ("archived", 1, OK, (1, 1, 1)),
-    ("step-started", 1, "interrupted", (0, 0, 0)),
-    ("step-started", 2, "interrupted", (1, 0, 0)),
-    ("step-started", 3, "interrupted", (1, 1, 0)),
-    ("step-ran", 1, "interrupted", (1, 0, 0)),
-    ("step-ran", 2, "interrupted", (1, 1, 0)),
-    ("step-ran", 3, "interrupted", (1, 1, 1)),
-    ("step-finished", 1, OK, (1, 1, 1)),
-    ("step-finished", 2, OK, (1, 1, 1)),
-    ("step-finished", 3, OK, (1, 1, 1)),
-    ("final", 1, OK, (1, 1, 1)),
-    ("result-written", 1, OK, (1, 1, 1)),
-    ("result-recorded", 1, OK, (1, 1, 1)),
+CASES: list[tuple[str, int, str, tuple[int, int, int, int]]] = [
+    ("staged", 1, OK, (1, 1, 1, 1)),
+    ("accepted", 1, OK, (1, 1, 1, 1)),
+    ("archived", 1, OK, (1, 1, 1, 1)),
+    ("step-started", 1, "interrupted", (0, 0, 0, 0)),
+    ("step-started", 2, "interrupted", (1, 0, 0, 0)),
+    ("step-started", 3, "interrupted", (1, 1, 0, 0)),
+    ("step-started", 4, "interrupted", (1, 1, 1, 0)),
+    ("step-ran", 1, "interrupted", (1, 0, 0, 0)),
+    ("step-ran", 2, "interrupted", (1, 1, 0, 0)),
+    ("step-ran", 3, "interrupted", (1, 1, 1, 0)),
+    ("step-ran", 4, "interrupted", (1, 1, 1, 1)),
+    ("step-finished", 1, OK, (1, 1, 1, 1)),
+    ("step-finished", 2, OK, (1, 1, 1, 1)),
+    ("step-finished", 3, OK, (1, 1, 1, 1)),
+    ("step-finished", 4, OK, (1, 1, 1, 1)),
+    ("final", 1, OK, (1, 1, 1, 1)),
+    ("result-written", 1, OK, (1, 1, 1, 1)),
+    ("result-recorded", 1, OK, (1, 1, 1, 1)),
     # A bundle naming a connection the site does not define is refused before acceptance.
-    ("rejection-recorded", 1, "rejected", (0, 0, 0)),
-    ("quarantined", 1, "rejected", (0, 0, 0)),
+    ("rejection-recorded", 1, "rejected", (0, 0, 0, 0)),
+    ("quarantined", 1, "rejected", (0, 0, 0, 0)),
     # Killed while running step 1, then killed again on start-up right after recording the
     # interruption: the interrupted result is still written, once.
-    ("interrupted-recorded", 1, "interrupted", (1, 0, 0)),
+    ("interrupted-recorded", 1, "interrupted", (1, 0, 0, 0)),
 ]
 
 
@@ -74,7 +80,7 @@ def test_every_crash_point_is_covered() -> None:
     assert {point for point, *_ in CASES} == set(CRASH_POINTS)
 
 
-def _release(tmp: Path, seq: int, effects: Path, *, refused: bool) -> Path:
+def _release(tmp: Path, seq: int, effects: Path, namespace: str, *, refused: bool) -> Path:
     sql = ("CREATE TABLE IF NOT EXISTS effects (tag VARCHAR(20));\n"
            f"INSERT INTO effects (tag) VALUES ('b{seq}');\n")
     pg = "nowhere" if refused else "pg"
@@ -84,8 +90,12 @@ def _release(tmp: Path, seq: int, effects: Path, *, refused: bool) -> Path:
          f'name = "pg"\nkind = "sql"\nengine = "postgres"\nconnection = "{pg}"\n'
          'script = "effect.sql"',
          'name = "maria"\nkind = "sql"\nengine = "mysql"\nconnection = "maria"\n'
-         'script = "effect.sql"'],
-        {"effect.sh": f'echo "b{seq}" >> "{effects}"\n', "effect.sql": sql})
+         'script = "effect.sql"',
+         f'name = "kube"\nkind = "k8s"\nconnection = "kube"\nmanifests = ["cm.yaml"]\n'
+         f'namespace = "{namespace}"'],
+        {"effect.sh": f'echo "b{seq}" >> "{effects}"\n', "effect.sql": sql,
+         "cm.yaml": f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: effect-b{seq}\n"
+                    f"data:\n  tag: b{seq}\n"})
 
 
 def _sql(server: Any, db: str, statement: str, *args: str) -> int:
@@ -103,6 +113,12 @@ def _count(server: Any, db: str, tag: str) -> int:
     return _sql(server, db, "SELECT COUNT(*) FROM effects WHERE tag = %s", tag)
 
 
+def _applies(proxy: KubeProxy, tag: str) -> int:
+    """Real (not dry-run) applies of the case's ConfigMap the API server received."""
+    return sum(1 for r in proxy.patches(dry_run=False)
+               if r.path.endswith(f"/configmaps/effect-{tag}"))
+
+
 def _died_at(proc: subprocess.Popen[bytes], point: str, log: Path) -> None:
     try:
         proc.wait(timeout=90)
@@ -116,23 +132,27 @@ def _died_at(proc: subprocess.Popen[bytes], point: str, log: Path) -> None:
 
 def test_power_cut_at_every_crash_point(
     tmp_path: Path, hub_keys: HubKeys, postgres_server: PostgresServer,
-    mariadb_server: MariaDBServer, pg_db: str, mysql_db: str,
+    mariadb_server: MariaDBServer, pg_db: str, mysql_db: str, kube_proxy: KubeProxy,
+    kube_namespace: str,
 ) -> None:
     pg_name, my_name = pg_db.rsplit("/", 1)[1], mysql_db.rsplit("/", 1)[1]
     home = init_site(tmp_path, hub_keys, {
         "pg": {"type": "postgres", "dsn": pg_db},
         "maria": {"type": "mysql", "dsn": mysql_db},
+        "kube": {"type": "kubernetes",
+                 "kubeconfig": str(kube_proxy.write_kubeconfig(tmp_path / "kubeconfig"))},
     })
     for server, db in ((postgres_server, pg_name), (mariadb_server, my_name)):
         _sql(server, db, "CREATE TABLE effects (tag VARCHAR(20))")
     effects = tmp_path / "shell-effects.txt"
     effects.touch()
     log = tmp_path / "agent.log"
-    expected: dict[str, tuple[str, str, tuple[int, int, int]]] = {}
+    expected: dict[str, tuple[str, str, tuple[int, int, int, int]]] = {}
     accepted_seq = 0
     for seq, (point, nth, status, runs) in enumerate(CASES, start=1):
         refused = status == "rejected"
-        bundle, bid = make_bundle(hub_keys, _release(tmp_path, seq, effects, refused=refused),
+        bundle, bid = make_bundle(hub_keys, _release(tmp_path, seq, effects, kube_namespace,
+                                                  refused=refused),
                                   tmp_path / f"crash-{seq}.tgb", seq)
         expected[bid] = (bundle.name, status, runs)
         drop(bundle, home)
@@ -164,7 +184,7 @@ def test_power_cut_at_every_crash_point(
         assert [r["status"] for r in mine] == [status], (bid, name, mine)
         shell_runs = effects.read_text().split().count(tag)
         got = (shell_runs, _count(postgres_server, pg_name, tag),
-               _count(mariadb_server, my_name, tag))
+               _count(mariadb_server, my_name, tag), _applies(kube_proxy, tag))
         assert got == runs, (bid, status, got, runs)
     assert list((home / "inbox").iterdir()) == []
     db = sqlite3.connect(home / "journal.sqlite")
