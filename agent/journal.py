@@ -327,13 +327,14 @@ class Journal:
                                    f"newer than this agent's {SCHEMA_VERSION}; upgrade the agent")
             if version < SCHEMA_VERSION and "bundles" in known:
                 self._migrate(version)
-            self._db.executescript(_SCHEMA)
-            with self._tx() as db:
-                db.execute(
-                    "INSERT INTO meta(key, value) VALUES ('schema_version', ?) ON CONFLICT(key)"
-                    " DO UPDATE SET value=excluded.value",
-                    (str(SCHEMA_VERSION),),
-                )
+            if version != SCHEMA_VERSION or "meta" not in known or "disposals" not in known:
+                self._db.executescript(_SCHEMA)
+                with self._tx() as db:
+                    db.execute(
+                        "INSERT INTO meta(key, value) VALUES ('schema_version', ?) ON "
+                        "CONFLICT(key) DO UPDATE SET value=excluded.value",
+                        (str(SCHEMA_VERSION),),
+                    )
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise damaged(self.path, f"is not a readable SQLite journal ({exc})") from exc

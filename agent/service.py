@@ -211,7 +211,7 @@ class Agent:
 
     def _solved(self, area: str, message: str) -> None:
         if self._problems.pop(area, None) is not None:
-            log.warning("%s", message)
+            log.info("recovered: %s", message)
 
     # -- one item ---------------------------------------------------------------------------
 
@@ -247,9 +247,11 @@ class Agent:
         except OSError as exc:
             # Transport trouble, or no room in staging/: leave the files; the next scan
             # tries again.
-            log.error("cannot verify %s: %s; leaving it in the inbox", printable(item.name),
-                      _why(exc))
+            self._problem(f"verify {printable(item.name)}",
+                          f"cannot verify {printable(item.name)}: {_why(exc)}; it stays in "
+                          "the inbox and is tried again")
             return ProcessOutcome(printable(item.name), "deferred", f"cannot read: {_why(exc)}")
+        self._solved(f"verify {printable(item.name)}", f"{printable(item.name)} verified")
         crash_point("staged")
         problem = check_steps(self.config, vb.manifest.steps,
                               {f.name for f in vb.manifest.files})
