@@ -409,3 +409,82 @@ def status_cmd(home: Path, as_json: bool) -> None:
         click.echo("recent results (outbox):")
         for r in st["results"][:10]:
             click.echo(f"  #{r['result_seq']:<4} {r['status']:<12} {r['file_name']}")
+
+
+@agent.group("journal")
+def journal_group() -> None:
+    """Repair the agent's journal (see docs/agent.md, "Damaged journal")."""
+
+
+@journal_group.command("recover")
+@_home_option
+@click.option("--result-floor", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Number new results after at least this result sequence (when result files "
+                   "were already taken off the outbox; the hub shows the last one it has).")
+def journal_recover_cmd(home: Path, result_floor: int) -> None:
+    """Rebuild a damaged, emptied or deleted journal.sqlite from archive/ and outbox/.
+
+    The damaged files are kept (journal.sqlite.damaged-<time>). Results in the outbox are
+    recorded as written; archived bundles as accepted (the sequence floor becomes the highest
+    archived sequence), with the state of their result, or interrupted with a new signed
+    result when none is found. Nothing is ever run again.
+    """
+    from agent.home import load_keys
+    from agent.recovery import RecoveryError, recover_journal
+
+    setup_logging(False, False)
+    config = _config(home)
+    home_lock = _lock(config.home, "agent journal recover")
+    try:
+        report = recover_journal(config, load_keys(config), result_floor=result_floor)
+    except (RecoveryError, HomeError, JournalError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        home_lock.release()
+    for kept in report.kept:
+        click.echo(f"kept the damaged file as {kept}")
+    click.echo(f"journal rebuilt: {report.results} result(s) found in the outbox, "
+               f"{len(report.bundles)} bundle(s) in the archive; sequence floor "
+               f"{report.sequence}, next result after #{report.result_floor}")
+    for bundle_id, seq, state in report.bundles:
+        click.echo(f"  seq {seq:<5} {bundle_id}: {state}")
+    for skipped in report.skipped:
+        click.echo(f"  not used (does not verify): {printable(skipped)}")
+    for path in report.new_results:
+        click.echo(f"  new result: {path}")
+
+
+@agent.group("sql")
+def sql_group() -> None:
+    """Operator commands for SQL connections."""
+
+
+@sql_group.command("unlock")
+@click.argument("connection")
+@_home_option
+@click.option("--force", is_flag=True,
+              help="Clear a live lock even though its holder may still be running.")
+def sql_unlock_cmd(connection: str, home: Path, force: bool) -> None:
+    """Clear the schema lock (tiangong_schema_lock) that a killed SQL step left on the
+    database of site connection CONNECTION.
+
+    Names the holder; a holder that may still be running (another host, or a live process)
+    needs --force. Recorded in the journal and reported in the agent's next signed result.
+    Works while `agent run` is running.
+    """
+    from agent.executors.sqlunlock import UnlockError, unlock
+
+    setup_logging(False, False)
+    ag = _open(home)
+    try:
+        report = unlock(ag.config, ag.journal, connection, force=force)
+    except (UnlockError, JournalError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        ag.close()
+    if report.holder is None:
+        click.echo(f"the schema lock of connection {connection!r} is not held; nothing to do")
+    else:
+        click.echo(f"cleared the schema lock of connection {connection!r}, held by "
+                   f"{report.holder.holder} until {report.holder.until()}; this is reported "
+                   "in the agent's next result")

@@ -854,6 +854,18 @@ class Journal:
             rows = self._db.execute("SELECT * FROM operator_actions ORDER BY id").fetchall()
         return [dict(r) for r in rows]
 
+    def restore_outcome(self, bundle_id: str, step_state: str, step_summary: str,
+                        bundle_state: str | None = None) -> None:
+        """Journal recovery: set every pending step of a rebuilt bundle (and, if given, the
+        bundle) to a known final state."""
+        now = self._now()
+        with self._tx() as db:
+            db.execute("UPDATE steps SET state=?, summary=?, finished_at=? WHERE bundle_id=? "
+                       "AND state='pending'", (step_state, step_summary, now, bundle_id))
+            if bundle_state is not None:
+                db.execute("UPDATE bundles SET state=?, summary=?, finished_at=? "
+                           "WHERE bundle_id=?", (bundle_state, step_summary, now, bundle_id))
+
     def set_meta(self, key: str, value: str) -> None:
         with self._tx() as db:
             db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "

@@ -320,6 +320,35 @@ class SchemaStore:
             (token,),
         )
 
+    def holder(self) -> LockHolder | None:
+        """The lock's current holder (live or expired), or None when it is free.
+
+        Raises:
+            StatementError: the query failed.
+        """
+        now = "clock_timestamp()" if self.engine == "postgres" else "CURRENT_TIMESTAMP(6)"
+        rows = self.session.query(
+            f"SELECT holder, expires_at, expires_at <= {now} FROM {self.lock} "  # noqa: S608
+            "WHERE lock_id = 1"
+        )
+        if not rows or rows[0][0] is None:
+            return None
+        return LockHolder(str(rows[0][0]), rows[0][1], bool(rows[0][2]))
+
+    def clear(self, holder: str) -> bool:
+        """Free the lock if ``holder`` still holds it (the operator's ``sql unlock``);
+        False when someone else took it meanwhile.
+
+        Raises:
+            StatementError: the database failed.
+        """
+        results = self.session.execute(
+            f"UPDATE {self.lock} SET holder = NULL, token = NULL, acquired_at = NULL, "  # noqa: S608
+            "expires_at = NULL WHERE lock_id = 1 AND holder = %s",
+            (holder,),
+        )
+        return results[0].rowcount == 1
+
     def _plus(self, now: str) -> str:
         if self.engine == "postgres":
             return f"{now} + %s * interval '1 second'"
