@@ -53,7 +53,8 @@ def test_a_second_instance_is_refused_naming_the_first(tmp_path: Path,
     log = tmp_path / "agent.log"
     first = start_agent(home, log)
     try:
-        wait_for(lambda: holds_lock(home, first), 60, "the first agent to start")
+        wait_for(lambda: holds_lock(home, first) and "watching" in log.read_text(), 60,
+                 "the first agent to start")
         before = sorted(p.name for p in home.rglob("*") if p.name != "agent.log")
         for args in (["run"], ["run", "--once"], ["retry", "b1", "--from-step", "1"],
                      ["journal", "recover"]):
