@@ -26,6 +26,7 @@ journal (already accepted) and those of inbox bundles whose signatures verified 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Callable, Iterable
@@ -38,9 +39,11 @@ from agent.journal import Journal
 from bundle.chain import Position, collect_lost, declared_lost, missing_predecessor
 from bundle.errors import BundleError, InsufficientSpaceError, PartsError, ReplayError
 from bundle.limits import format_bytes
-from bundle.manifest import ChainInfo, LostBundle, Manifest
+from bundle.manifest import MAX_LOST_ENTRIES, ChainInfo, LostBundle, Manifest
 from bundle.parts import assign_parts, find_first_part
 from bundle.reader import AdmitFn, staging_needed
+from signing.errors import KeyFileError
+from signing.fileio import write_file_atomic
 
 __all__ = ["Held", "HeldItem", "LostBundleError", "Sequencer", "describe_lost", "held_rows"]
 
@@ -110,12 +113,17 @@ class Sequencer:
         journal: the agent's journal (accepted manifests carry earlier lost decisions).
         accepted: returns the accepted ``(root_version, sequence)`` right now.
         staging_dir: where bundles are staged; :meth:`survey` says when one would not fit.
+        decisions_file: where lost decisions learnt from bundles that were *not* accepted
+            (they let an earlier bundle through) are kept, so the lost bundle is refused
+            with the hub's reason even after a restart.
     """
 
     def __init__(self, journal: Journal, accepted: Callable[[], Position],
-                 staging_dir: Path | None = None) -> None:
+                 staging_dir: Path | None = None, decisions_file: Path | None = None) -> None:
         self._journal = journal
         self._staging_dir = staging_dir
+        self._decisions_file = decisions_file
+        self._kept_lost: dict[Position, LostBundle] = self._load_decisions()
         self._accepted = accepted
         self._pending_lost: dict[Position, LostBundle] = {}
         self._journal_lost: dict[Position, LostBundle] = {}
@@ -140,7 +148,36 @@ class Sequencer:
                     continue
             self._journal_lost = collect_lost(chains)
             self._journal_seen = len(bundles)
-        return {**self._journal_lost, **self._pending_lost}
+        return {**self._kept_lost, **self._journal_lost, **self._pending_lost}
+
+    def _load_decisions(self) -> dict[Position, LostBundle]:
+        if self._decisions_file is None:
+            return {}
+        try:
+            rows = json.loads(self._decisions_file.read_text(encoding="utf-8"))
+            return collect_lost([ChainInfo(None, tuple(LostBundle.from_json(r) for r in rows))])
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, BundleError) as e:
+            log.warning("cannot read %s (%s): lost-bundle decisions not yet in the journal "
+                        "are forgotten", self._decisions_file, e)
+            return {}
+
+    def _keep_decisions(self) -> None:
+        """Persist decisions that only waiting bundles carry (newest MAX_LOST_ENTRIES)."""
+        new = {k: v for k, v in self._pending_lost.items()
+               if k not in self._journal_lost and k not in self._kept_lost}
+        if not new or self._decisions_file is None:
+            return
+        self._kept_lost.update(new)
+        keep = sorted(self._kept_lost.values(), key=lambda d: d.bundle.position)
+        keep = keep[-MAX_LOST_ENTRIES:]
+        self._kept_lost = {d.bundle.position: d for d in keep}
+        data = json.dumps([d.to_json() for d in keep], ensure_ascii=True).encode("ascii")
+        try:
+            write_file_atomic(self._decisions_file, data, overwrite=True)
+        except (OSError, KeyFileError) as e:
+            log.warning("cannot keep lost-bundle decisions in %s: %s", self._decisions_file, e)
 
     def held(self) -> list[HeldItem]:
         """Items held in the last pass, by name."""
@@ -148,9 +185,10 @@ class Sequencer:
 
     # -- the verifier's hook ----------------------------------------------------------------
 
-    def admit(self, manifest: Manifest) -> None:
+    def admit(self, manifest: Manifest, *, keep: bool = True) -> None:
         """The verifier's ``admit`` hook (§9.7): refuse a lost bundle, hold a bundle whose
-        predecessor has not been applied, let everything else through.
+        predecessor has not been applied, let everything else through. A bundle let through
+        on the strength of decisions that only waiting bundles carry keeps them (``keep``).
 
         Raises:
             LostBundleError: the hub declared this bundle lost.
@@ -168,6 +206,8 @@ class Sequencer:
                        "(bundle " + link.bundle_id + "), which has not arrived: copy it into "
                        "the inbox, or have the hub declare it lost ('tiangong hub deployments "
                        "declare-lost')", (manifest.root_version, manifest.sequence))
+        if keep:
+            self._keep_decisions()
 
     def explain(self, exc: BundleError) -> BundleError:
         """A replay of a bundle the hub declared lost is refused for that reason."""
@@ -255,7 +295,7 @@ class Sequencer:
         return held
 
     def _survey_hook(self, manifest: Manifest) -> None:
-        self.admit(manifest)
+        self.admit(manifest, keep=False)
         if self._staging_dir is not None:
             need = staging_needed(manifest)
             free = shutil.disk_usage(self._staging_dir).free

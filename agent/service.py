@@ -109,7 +109,8 @@ class Agent:
         self.inbox = Inbox(config.inbox, settle_seconds=config.settle_seconds, wall_clock=clock,
                            taken_file=config.home / "inbox-taken.json")
         self.runner = Runner(config, self.journal, live_log=live_log, clock=clock)
-        self.order = Sequencer(self.journal, self._accepted, config.staging)
+        self.order = Sequencer(self.journal, self._accepted, config.staging,
+                               config.home / "chain-decisions.json")
         self.inbox.part_problems = lambda paths: self.order.part_problems(paths, self._verify)
         self.wake = threading.Event()
         self.stopping = threading.Event()

@@ -170,3 +170,32 @@ def test_a_lost_predecessor_whose_own_predecessor_is_missing_still_waits(  # typ
     assert [o.status for o in outs] == ["succeeded", "held"]
     assert "waiting for sequence 8" in outs[1].summary
     assert applied(agent) == [7]
+
+
+def test_a_decision_from_a_bundle_never_accepted_is_kept_across_restarts(  # type: ignore[no-untyped-def]
+        site, tmp_path: Path) -> None:
+    """11 carries "9 is lost" and lets 10 through, but 11 itself is damaged and refused:
+    after a restart, 9 turning up is still refused for the hub's reason."""
+    from agent.config import load_config
+
+    agent, kit, clock = site
+    drop(agent, make(kit, tmp_path / "a.tgb", 8))
+    drop(agent, make(kit, tmp_path / "c.tgb", 10, previous=9))
+    eleven = make(kit, tmp_path / "d.tgb", 11, previous=10, lost=(lost(9, 8),))
+    data = bytearray(eleven.read_bytes())
+    data[-2000] ^= 0x01  # a payload byte: the head (and the decision) still verify
+    eleven.write_bytes(bytes(data))
+    drop(agent, eleven)
+    outs = agent.run_once()
+    assert [(o.name, o.status) for o in outs] == [
+        ("a.tgb", "succeeded"), ("c.tgb", "succeeded"), ("d.tgb", "rejected")]
+    agent.close()
+
+    again = Agent(load_config(agent.config.home), clock=clock)
+    try:
+        drop(again, make(kit, tmp_path / "b.tgb", 9, previous=8))
+        (out,) = again.run_once()
+        assert out.status == "rejected"
+        assert "declared lost by carol" in out.summary
+    finally:
+        again.close()
