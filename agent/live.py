@@ -76,7 +76,7 @@ from bundle.sync import (
     Welcomed,
     is_loopback,
 )
-from bundle.sync_errors import SyncError, TransferError
+from bundle.sync.errors import SyncError, TransferError
 
 __all__ = ["LiveClient", "LiveTLSError", "check_hub_url", "pinned_context", "run_live_client"]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bundle.sync import LogReceived, Offer, TransferReceiver
-from bundle.sync_errors import SyncError
+from bundle.sync.errors import SyncError
 
 __all__ = ["LogQuotaError", "LogStore", "fsync_dir", "open_partial", "partial_path",
            "size_and_sha256", "sweep_partials"]

@@ -68,7 +68,7 @@ from bundle.sync import (
     TransferReceived,
     TransferReceiver,
 )
-from bundle.sync_errors import (
+from bundle.sync.errors import (
     AuthError,
     BackoffError,
     BusyError,

@@ -50,7 +50,7 @@ from bundle.sync import (
     decode_message,
     encode_message,
 )
-from bundle.sync_errors import (
+from bundle.sync.errors import (
     AuthError,
     ConnectionClosedError,
     LogRateError,
@@ -69,7 +69,7 @@ from bundle.sync_errors import (
     VersionError,
     WrongHubError,
 )
-from bundle.sync_messages import MAX_CHUNK_BYTES, MAX_HEADER_BYTES, MAX_LOG_LINE_BYTES
+from bundle.sync.messages import MAX_CHUNK_BYTES, MAX_HEADER_BYTES, MAX_LOG_LINE_BYTES
 from signing.keys import SigningKey
 
 HUB_ID = "hub-main"

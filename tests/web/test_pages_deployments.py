@@ -23,7 +23,7 @@ from agent.config import load_config
 from agent.home import init_home
 from agent.inbox import ReadyItem
 from agent.service import Agent
-from bundle.sync_events import LogReceived
+from bundle.sync.events import LogReceived
 from hub.db import Deployment, db, make_engine
 from hub.live_files import LogStore
 from hub.migrate import upgrade

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bundle.sync_errors import (
+from bundle.sync.errors import (
     AuthError,
     ConnectionClosedError,
     MalformedError,
@@ -26,7 +26,7 @@ from bundle.sync_errors import (
     UsageError,
     VersionError,
 )
-from bundle.sync_events import (
+from bundle.sync.events import (
     AckReceived,
     ChunkReceived,
     Event,
@@ -40,7 +40,7 @@ from bundle.sync_events import (
     TransferDone,
     TransferReceived,
 )
-from bundle.sync_messages import (
+from bundle.sync.messages import (
     MAX_CHUNK_BYTES,
     MAX_TEXT_CHARS,
     Message,
@@ -49,7 +49,7 @@ from bundle.sync_messages import (
     decode_message,
     encode_message,
 )
-from bundle.sync_transfer import Clock
+from bundle.sync.transfer import Clock
 
 __all__ = ["MAX_TRANSFERS", "RECENT_TRANSFERS", "Connection", "State"]
 

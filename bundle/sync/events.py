@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bundle.sync_messages import Offer
+from bundle.sync.messages import Offer
 
 __all__ = [
     "AckReceived",

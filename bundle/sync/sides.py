@@ -1,25 +1,7 @@
-"""Sans-I/O live sync protocol: hub and agent state machines (docs/live-protocol.md).
-
-The asyncio layers (hub server, agent client) move bytes; everything else is here::
-
-    conn.receive_data(message)      # one WebSocket binary message in
-    conn.events_received()          # -> list of events (what the peer said)
-    conn.data_to_send()             # -> list of messages to write, in order
-    conn.send_offer(...) / ...      # actions queue messages
-
-:class:`HubSide` and :class:`AgentSide` enforce the order of §6: nothing but HELLO, CHALLENGE
-and AUTH before authentication; a CHUNK only for an offered, resumed transfer at exactly the
-next offset and never past the offered size; DONE only when every byte was sent; log lines
-within their rate. When the peer breaks a rule, ``receive_data`` queues an ERROR (a REFUSE
-for authentication and version failures) with a short code, marks the connection closed and
-raises the :class:`~bundle.sync_errors.SyncError`: the layer sends what is queued, then
-closes the WebSocket with ``conn.close_code``.
-
-This module holds the handshake and the role-specific parts. The shared state machine
-(transfers, heartbeats, errors) is :mod:`bundle.sync_connection`, messages and limits
-:mod:`bundle.sync_messages`, events :mod:`bundle.sync_events`, :class:`TransferReceiver` and
-:class:`TokenBucket` :mod:`bundle.sync_transfer`; this module re-exports what the layers need,
-so they import from ``bundle.sync`` only.
+"""The hub's and the agent's ends of a live connection: :class:`HubSide` (it challenges and
+verifies AUTH, rate-limits LOG) and :class:`AgentSide` (it answers the challenge, sends
+LOG within its rate) over the shared :class:`bundle.sync.connection.Connection`
+(docs/live-protocol.md §5, §6). Import them from :mod:`bundle.sync`.
 
 Deliberately not here: sockets, files, timers, retries, database lookups (the hub layer finds
 the agent's key and decides to refuse), and what to do with a received file.
@@ -31,8 +13,8 @@ import ipaddress
 import time
 from collections.abc import Callable
 
-from bundle.sync_connection import MAX_TRANSFERS, RECENT_TRANSFERS, Connection, State
-from bundle.sync_errors import (
+from bundle.sync.connection import Connection, State
+from bundle.sync.errors import (
     LogRateError,
     NotAuthenticatedError,
     OutOfOrderError,
@@ -41,93 +23,33 @@ from bundle.sync_errors import (
     VersionError,
     WrongHubError,
 )
-from bundle.sync_events import (
-    AckReceived,
+from bundle.sync.events import (
     Authenticated,
     ChallengeReceived,
-    ChunkReceived,
-    Event,
-    HeartbeatAcked,
-    HeartbeatReceived,
     HelloReceived,
     LogReceived,
-    OfferReceived,
-    PeerError,
-    Refused,
-    ResumeRequested,
-    TransferCancelled,
-    TransferDone,
-    TransferReceived,
     Welcomed,
 )
-from bundle.sync_messages import (
-    CANCEL_HAVE_IT,
-    MAX_CHUNK_BYTES,
-    MAX_HEADER_BYTES,
+from bundle.sync.messages import (
     MAX_LOG_LINE_BYTES,
-    MAX_MESSAGE_BYTES,
-    MAX_TRANSFER_BYTES,
     NONCE_BYTES,
     PROTOCOL_VERSION,
     Message,
     MessageType,
-    Offer,
-    Part,
     auth_message,
-    decode_message,
-    encode_message,
     verify_auth,
 )
-from bundle.sync_transfer import Clock, Sink, TokenBucket, TransferReceiver
+from bundle.sync.transfer import Clock, TokenBucket
 from signing.keys import PublicKey, SigningKey
 
 __all__ = [
-    "CANCEL_HAVE_IT",
     "DEFAULT_HEARTBEAT_SECONDS",
     "HUB_LOG_BURST_MESSAGES",
     "LOG_BURST_MESSAGES",
     "LOG_MESSAGES_PER_SECOND",
-    "MAX_CHUNK_BYTES",
-    "MAX_HEADER_BYTES",
-    "MAX_LOG_LINE_BYTES",
-    "MAX_MESSAGE_BYTES",
-    "MAX_TRANSFERS",
-    "MAX_TRANSFER_BYTES",
-    "NONCE_BYTES",
-    "PROTOCOL_VERSION",
-    "RECENT_TRANSFERS",
-    "AckReceived",
     "AgentSide",
-    "Authenticated",
-    "ChallengeReceived",
-    "ChunkReceived",
-    "Connection",
-    "Event",
-    "HeartbeatAcked",
-    "HeartbeatReceived",
-    "HelloReceived",
     "HubSide",
-    "LogReceived",
-    "Message",
-    "MessageType",
-    "Offer",
-    "OfferReceived",
-    "Part",
-    "PeerError",
-    "Refused",
-    "ResumeRequested",
-    "Sink",
-    "TokenBucket",
-    "TransferCancelled",
-    "TransferDone",
-    "TransferReceived",
-    "TransferReceiver",
-    "Welcomed",
-    "auth_message",
-    "decode_message",
-    "encode_message",
     "is_loopback",
-    "verify_auth",
 ]
 
 LOG_MESSAGES_PER_SECOND = 200.0  # LOG messages per second an agent sends at most

@@ -13,8 +13,8 @@ import hashlib
 from collections.abc import Callable
 from typing import Protocol
 
-from bundle.sync_errors import OutOfOrderError, OversizedError, TransferError
-from bundle.sync_messages import Offer
+from bundle.sync.errors import OutOfOrderError, OversizedError, TransferError
+from bundle.sync.messages import Offer
 
 __all__ = ["Clock", "Sink", "TokenBucket", "TransferReceiver"]
 

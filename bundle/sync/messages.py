@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bundle.limits import GiB, KiB, MiB
-from bundle.sync_errors import (
+from bundle.sync.errors import (
     AuthError,
     MalformedError,
     OversizedError,
