@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench soak clean system-deps venv kube
+.PHONY: demo demo-ui test lint bench soak clean system-deps venv kube
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,11 @@ system-deps:
 
 demo: $(STAMP)
 	bash examples/demo.sh
+
+# The web UI to try in a browser: a hub left running on 127.0.0.1 with sample people who
+# sign in with printed passwords (stop it with the command it prints).
+demo-ui: $(STAMP)
+	bash examples/demo-ui.sh
 
 test: $(STAMP) system-deps kube
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -47,4 +52,4 @@ soak: $(STAMP) system-deps
 	$(BIN)/python bench/run_all.py --soak
 
 clean:
-	rm -rf $(VENV) demo-out bench-out test-artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-out demo-ui-out bench-out test-artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -21,7 +21,7 @@ from hub.services.context import Clock, utc_now
 from web.config import WebConfig
 from web.replay import ReplayCache
 
-__all__ = ["WebState", "init_app"]
+__all__ = ["WebState", "init_app", "listens_beyond_loopback"]
 
 #: The page blueprints, one module each (``web/<name>.py`` with templates in
 #: ``templates/<name>/``), in the order of the navigation bar.
@@ -47,13 +47,22 @@ def init_app(app: Flask, config: WebConfig, clock: Clock = utc_now) -> None:
     """Register the web UI on ``app``.
 
     Raises:
-        ConfigError: no secret key, unusable IdP metadata or SAML settings.
+        ConfigError: no secret key, unusable IdP metadata or SAML settings, local password
+            sign-in on a hub listening beyond loopback (``hub serve`` has no TLS of its own).
     """
+    from hub.app import hub_config
     from web import auth, csrf, sessions, views
     from web.saml import build_settings
 
     if not app.secret_key:
         raise ConfigError("the web UI needs secret_key (TIANGONG_HUB_SECRET_KEY)")
+    bind = hub_config(app).bind
+    if config.local_login and listens_beyond_loopback(bind):
+        raise ConfigError(
+            f"[web] local_login = true, but the hub listens on {bind}, beyond loopback, "
+            "without TLS: passwords would cross the network in clear. Bind to 127.0.0.1 "
+            "behind a TLS-terminating proxy on this machine, or use SAML (docs/web-login.md)"
+        )
     settings = replay = None
     if config.saml is not None:
         settings = build_settings(config.saml)
@@ -82,6 +91,7 @@ def init_app(app: Flask, config: WebConfig, clock: Clock = utc_now) -> None:
     def _globals() -> dict[str, Any]:
         return {
             "break_glass_enabled": config.break_glass.enabled,
+            "local_login_enabled": config.local_login,
             "saml_enabled": settings is not None,
             "nav_pages": NAV,
         }
@@ -97,6 +107,17 @@ def init_app(app: Flask, config: WebConfig, clock: Clock = utc_now) -> None:
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         resp.headers.setdefault("Referrer-Policy", "same-origin")
         return resp
+
+
+def listens_beyond_loopback(bind: str) -> bool:
+    """Whether a gunicorn ``bind`` (``HOST:PORT``, ``[::1]:PORT``, ``unix:PATH``) accepts
+    connections from other machines."""
+    from bundle.sync import is_loopback
+
+    if bind.startswith("unix:"):
+        return False
+    host = bind.strip().rpartition(":")[0].strip("[]")
+    return not is_loopback(host)
 
 
 def _idp_origins(settings: OneLogin_Saml2_Settings) -> set[str]:

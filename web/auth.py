@@ -9,8 +9,19 @@ Routes:
 ``/logout``            POST      end the session, then SAML single logout at the IdP
 ``/saml/sls``          GET       the IdP's LogoutResponse, or an IdP-initiated LogoutRequest
 ``/logged-out``        GET       the page after logout
-``/login/local``       GET/POST  break-glass login (404 unless ``web.break_glass.enabled``)
+``/login/local``       GET/POST  password sign-in: hub users with a password when
+                                 ``web.local_login`` is on, and the break-glass account when
+                                 ``web.break_glass.enabled`` (404 when both are off)
 =====================  ========  ==========================================================
+
+Password sign-ins (local and break-glass) are rate-limited per user name and per source
+address (:mod:`web.throttle`): once a limit is reached the password is not even checked
+(429). They are audited without flooding the log: a success (``auth.local_login`` /
+``auth.break_glass_login``, with the failures before it), the first failure of a window
+(``auth.local_login_refused`` / ``auth.break_glass_refused``) and the failure that reaches
+a limit (``auth.login_throttled``, with the count and the key). The local sign-in is refused
+(403) to a client that is neither on loopback nor on TLS; ``web.init_app`` refuses to start
+with it when the hub listens beyond loopback.
 
 A login started here remembers the AuthnRequest ID in a short-lived signed cookie of its
 own (``tiangong_saml``, path ``/saml/``; ``SameSite=None; Secure`` when cookies are secure,
@@ -35,7 +46,6 @@ from flask import (
     Response,
     abort,
     current_app,
-    flash,
     make_response,
     redirect,
     render_template,
@@ -47,13 +57,14 @@ from flask_login import current_user
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from onelogin.saml2.auth import OneLogin_Saml2_Auth
 from sqlalchemy import select
-from werkzeug.security import check_password_hash
+from werkzeug.security import check_password_hash, generate_password_hash
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from bundle.sync import is_loopback
 from hub.db import User, db
 from hub.errors import HubError
 from hub.services import audit
-from web import csrf
+from web import csrf, throttle
 from web.provisioning import identity_from_attributes, sync_saml_user
 from web.replay import ReplayCacheFullError, ReplayedError
 from web.saml import request_data
@@ -68,6 +79,9 @@ STATE_COOKIE = "tiangong_saml"
 STATE_MAX_AGE_S = 10 * 60  # seconds a started login may take at the IdP
 MAX_ASSERTION_LIFETIME_S = 24 * 3600  # seconds an ID is remembered without NotOnOrAfter
 MAX_SAML_RESPONSE_BYTES = 256 * 1024  # bytes of base64 SAMLResponse accepted by the ACS
+#: Checked against when the user name is unknown, so that the answer takes as long.
+_DUMMY_HASH = generate_password_hash("not a password of anyone")
+WRONG = "Wrong user name or password."
 REFUSED = (
     "The sign-in could not be verified. Try again, or ask an administrator to check the hub's log."
 )
@@ -155,6 +169,8 @@ def login() -> Any:
     if current_user.is_authenticated:
         return redirect(_safe_next(request.args.get("next")))
     if _web().saml_settings is None:
+        if _web().config.local_login:
+            return redirect(url_for("auth.local_login", next=_safe_next(request.args.get("next"))))
         return render_template("auth/login.html")
     auth = _saml_auth()
     url = auth.login()  # RelayState is ignored: where to go next is in our signed cookie
@@ -306,35 +322,91 @@ def logged_out() -> Any:
     return render_template("auth/logged_out.html")
 
 
+def _password_login_enabled() -> bool:
+    cfg = _web().config
+    return bool(cfg.local_login or cfg.break_glass.enabled)
+
+
+def _transport_ok() -> bool:
+    """A password may travel only over TLS or within this machine."""
+    return request.is_secure or is_loopback(request.remote_addr or "")
+
+
+def _login_page(status: int = 200, error: str = "") -> Any:
+    return render_template("auth/local_login.html", error=error,
+                           local_login=_web().config.local_login), status
+
+
+def _verify(username: str, password: str) -> tuple[User | None, str]:
+    """The user whose password this is (or None), and the method: ``break_glass`` for the
+    configured break-glass account, else ``local``. Always runs one hash check."""
+    cfg = _web().config
+    bg = cfg.break_glass
+    if bg.enabled and username == bg.username:
+        user = db.session.scalar(select(User).where(User.username == bg.username))
+        ok = check_password_hash(bg.password_hash, password)
+        good = ok and user is not None and user.source == "local" and user.is_active
+        return (user if good else None), "break_glass"
+    user = db.session.scalar(select(User).where(User.username == username)) if username else None
+    stored = user.password_hash if user is not None and cfg.local_login else None
+    ok = check_password_hash(stored or _DUMMY_HASH, password) and stored is not None
+    if not ok or user is None or not user.is_active:
+        return None, "local"
+    return user, "local"
+
+
 @bp.route("/login/local", methods=["GET", "POST"])
 def local_login() -> Any:
-    """Break-glass login for when the IdP is down; every attempt is audited."""
-    bg = _web().config.break_glass
-    if not bg.enabled:
+    """Password sign-in (local users and break-glass), rate-limited and audited."""
+    web = _web()
+    if not _password_login_enabled():
         abort(404)
+    plain = "Password sign-in is only offered over TLS or on this machine."
     if request.method == "GET":
-        return render_template("auth/local_login.html")
-    username = request.form.get("username", "").strip()
-    password = request.form.get("password", "")
+        if not web.config.break_glass.enabled and not _transport_ok():
+            return _login_page(403, plain)
+        return _login_page()
+    username = request.form.get("username", "").strip()[:64]
+    bg = web.config.break_glass
+    if not (bg.enabled and username == bg.username) and not _transport_ok():
+        return _login_page(403, plain)
+    password = request.form.get("password", "")[:1024]
     now = _now()
-    user = db.session.scalar(select(User).where(User.username == bg.username))
-    ok = (
-        username == bg.username
-        and check_password_hash(bg.password_hash, password)
-        and user is not None
-        and user.source == "local"
-        and user.is_active
-    )
+    limits = web.config.login_limits
+    address = request.remote_addr or "unknown"
+    keys = [throttle.user_key(username), throttle.address_key(address)]
+    wait = throttle.blocked_for(db.session(), keys, now, limits)
+    if wait:
+        log.warning("password sign-in for %r from %s refused: too many failures (%d s left)",
+                    username, address, wait)
+        return _login_page(429, f"Too many failed sign-ins for this user name or from this "
+                                f"address; try again in {(wait + 59) // 60} minute(s).")
+    user, method = _verify(username, password)
+    action = "auth.break_glass" if method == "break_glass" else "auth.local"
+    actor = username if method == "break_glass" else "anonymous"
+    if user is None:
+        for failure in throttle.record_failure(db.session(), keys, now, limits):
+            if failure.first and failure.key == keys[0]:
+                audit.append_event(
+                    db.session(), now, actor, f"{action}_refused", "user", username,
+                    {"given_username": username, "remote_addr": address,
+                     "note": "first failure in this window; later ones are counted"},
+                )  # fmt: skip
+            if failure.now_blocked:
+                audit.append_event(
+                    db.session(), now, actor, "auth.login_throttled", "user", username,
+                    {"key": failure.key, "failures": failure.failures,
+                     "window_s": limits.window_s, "remote_addr": address},
+                )  # fmt: skip
+        db.session.commit()
+        log.warning("%s sign-in refused for %r from %s", method, username, address)
+        return _login_page(403, WRONG)
+    before = throttle.clear(db.session(), keys[0], now, limits)
     audit.append_event(
-        db.session(), now, bg.username,
-        "auth.break_glass_login" if ok else "auth.break_glass_refused", "user", bg.username,
-        {"given_username": username[:64], "remote_addr": request.remote_addr or ""},
+        db.session(), now, user.username, f"{action}_login", "user", user.username,
+        {"remote_addr": address, "failures_before": before},
     )  # fmt: skip
     db.session.commit()
-    if not ok or user is None:
-        log.warning("break-glass login refused for %r from %s", username[:64], request.remote_addr)
-        flash("Wrong user name or password.", "error")
-        return render_template("auth/local_login.html"), 403
-    log.warning("break-glass login by %s from %s", user.username, request.remote_addr)
-    start_session(user, "break_glass")
-    return redirect(url_for("home.index"))
+    log.warning("%s sign-in by %s from %s", method, user.username, address)
+    start_session(user, method)
+    return redirect(_safe_next(request.args.get("next")))

@@ -7,6 +7,16 @@ same file (``<data_dir>/hub.toml`` or ``TIANGONG_HUB_CONFIG``)::
     secure_cookies = true            # Secure flag on cookies (false only for plain-http loopback)
     idle_timeout_s = 1800            # seconds without a request before a session ends
     absolute_timeout_s = 43200       # seconds after login a session ends regardless
+    local_login = false              # hub users sign in with a password (`hub users
+                                     # set-password`); refused beyond loopback without TLS
+    login_window_s = 900             # seconds over which failed password sign-ins count
+    login_max_failures_per_user = 5  # failures per user name per window, then refused
+    login_max_failures_per_address = 20  # failures per source address per window
+    max_upload_bytes = 268435456     # bytes of a release archive upload (256 MiB)
+    max_unpacked_file_bytes = 268435456   # bytes of one unpacked file
+    max_unpacked_total_bytes = 1073741824 # bytes of all unpacked files together
+    max_unpacked_files = 10000       # members of an uploaded archive
+    max_unpack_ratio = 100           # unpacked bytes per uploaded byte, at most
 
     [web.break_glass]                # local admin for when the IdP is down; off by default
     enabled = false
@@ -52,13 +62,18 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT_S",
     "AttributeNames",
     "BreakGlassConfig",
+    "LoginLimits",
     "SamlConfig",
+    "UploadLimits",
     "WebConfig",
     "load_web_config",
 ]
 
 DEFAULT_IDLE_TIMEOUT_S = 30 * 60  # seconds
 DEFAULT_ABSOLUTE_TIMEOUT_S = 12 * 3600  # seconds
+DEFAULT_LOGIN_WINDOW_S = 15 * 60  # seconds over which failed password sign-ins count
+DEFAULT_MAX_FAILURES_PER_USER = 5  # failed sign-ins per user name per window
+DEFAULT_MAX_FAILURES_PER_ADDRESS = 20  # failed sign-ins per source address per window
 
 
 @dataclass(frozen=True)
@@ -123,6 +138,56 @@ class BreakGlassConfig:
             raise ConfigError("web.break_glass is enabled but username or password_hash is empty")
 
 
+#: ``[web]`` keys of :class:`UploadLimits` (same names as its fields).
+UPLOAD_KEYS = ("max_upload_bytes", "max_unpacked_file_bytes", "max_unpacked_total_bytes",
+               "max_unpacked_files", "max_unpack_ratio")
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Caps on a release archive uploaded through the web UI (``[web]`` keys, same names).
+
+    The request body is cut at ``max_upload_bytes`` before anything reads it; the archive's
+    declared sizes are checked against the others before a byte of a member is written
+    (:class:`bundle.release_archive.ArchiveLimits`), and the bytes written are counted too.
+    """
+
+    max_upload_bytes: int = 256 * 1024**2  # bytes of the whole upload
+    max_unpacked_file_bytes: int = 256 * 1024**2  # bytes of one unpacked file
+    max_unpacked_total_bytes: int = 1024**3  # bytes of all unpacked files together
+    max_unpacked_files: int = 10_000  # members of the archive
+    max_unpack_ratio: int = 100  # unpacked bytes per uploaded byte
+
+    def __post_init__(self) -> None:
+        for name in UPLOAD_KEYS:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"web.{name} must be positive, not {getattr(self, name)}")
+
+    @classmethod
+    def from_table(cls, web: Mapping[str, Any]) -> UploadLimits:
+        """From the ``[web]`` table (missing keys: the defaults).
+
+        Raises:
+            ConfigError: a value that is not a positive whole number.
+        """
+        defaults = cls()
+        return cls(**{k: _int(web, k, getattr(defaults, k)) for k in UPLOAD_KEYS})
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    """How many failed password sign-ins (local or break-glass) are allowed per window."""
+
+    window_s: int = DEFAULT_LOGIN_WINDOW_S
+    max_failures_per_user: int = DEFAULT_MAX_FAILURES_PER_USER
+    max_failures_per_address: int = DEFAULT_MAX_FAILURES_PER_ADDRESS
+
+    def __post_init__(self) -> None:
+        for name in ("window_s", "max_failures_per_user", "max_failures_per_address"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"web.login_{name} must be positive, not {getattr(self, name)}")
+
+
 @dataclass(frozen=True)
 class WebConfig:
     saml: SamlConfig | None = None
@@ -130,6 +195,9 @@ class WebConfig:
     idle_timeout_s: int = DEFAULT_IDLE_TIMEOUT_S
     absolute_timeout_s: int = DEFAULT_ABSOLUTE_TIMEOUT_S
     break_glass: BreakGlassConfig = field(default_factory=BreakGlassConfig)
+    local_login: bool = False
+    login_limits: LoginLimits = field(default_factory=LoginLimits)
+    uploads: UploadLimits = field(default_factory=UploadLimits)
 
     def __post_init__(self) -> None:
         if not 0 < self.idle_timeout_s <= self.absolute_timeout_s:
@@ -150,7 +218,9 @@ class WebConfig:
         web = dict(_table(values, "web"))
         bg = _table(web, "break_glass", prefix="web.")
         web.pop("break_glass", None)
-        _known("web", web, {"secure_cookies", "idle_timeout_s", "absolute_timeout_s"})
+        _known("web", web, {"secure_cookies", "idle_timeout_s", "absolute_timeout_s",
+                            "local_login", "login_window_s", "login_max_failures_per_user",
+                            "login_max_failures_per_address", *UPLOAD_KEYS})
         _known("web.break_glass", bg, {"enabled", "username", "password_hash"})
         saml_values = values.get("saml")
         saml = None if saml_values is None else _saml(_table(values, "saml"), data_dir)
@@ -165,6 +235,15 @@ class WebConfig:
                     username=str(bg.get("username", "")),
                     password_hash=str(bg.get("password_hash", "")),
                 ),
+                local_login=_bool("web.local_login", web.get("local_login", False)),
+                login_limits=LoginLimits(
+                    window_s=_int(web, "login_window_s", DEFAULT_LOGIN_WINDOW_S),
+                    max_failures_per_user=_int(web, "login_max_failures_per_user",
+                                               DEFAULT_MAX_FAILURES_PER_USER),
+                    max_failures_per_address=_int(web, "login_max_failures_per_address",
+                                                  DEFAULT_MAX_FAILURES_PER_ADDRESS),
+                ),
+                uploads=UploadLimits.from_table(web),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"web settings: {exc}") from exc
@@ -181,6 +260,16 @@ def _known(where: str, values: Mapping[str, Any], known: set[str]) -> None:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown {where} setting(s): {', '.join(unknown)}")
+
+
+def _int(table: Mapping[str, Any], key: str, default: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"web.{key} must be a whole number, not {value!r}")
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"web.{key} must be a whole number, not {value!r}") from None
 
 
 def _bool(name: str, value: Any) -> bool:

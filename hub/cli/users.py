@@ -148,3 +148,28 @@ def users_activate(ctx: click.Context, username: str, as_json: bool) -> None:
     with _services(ctx) as sc:
         set_active(sc, username, True)
     _done(as_json, f"user {username} activated", {"username": username, "active": True})
+
+
+@users.command("set-password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password from the first line of standard input (scripts).")
+@json_option
+@click.pass_context
+def users_set_password(ctx: click.Context, username: str, password_stdin: bool,
+                       as_json: bool) -> None:
+    """Set USERNAME's password for the web UI's local sign-in ([web] local_login = true in
+    hub.toml; docs/web-login.md). Asks twice on a terminal. The user's web sessions end."""
+    import sys
+
+    from hub.services.users import set_password
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt(f"Password for {username}", hide_input=True,
+                                confirmation_prompt=True)
+    with _services(ctx) as sc:
+        set_password(sc, username, password)
+    _done(as_json, f"password of {username} set (its web sessions ended)",
+          {"username": username, "password_set": True})

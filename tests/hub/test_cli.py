@@ -539,3 +539,33 @@ def test_init_on_a_terminal_asks_for_admin_environment_sign_in_and_passphrase(
     assert "ROOT KEY (passphrase-encrypted)" in text
     envs = json.loads(run(data, "environments", "list", "--json", actor="boss").output)
     assert [e["name"] for e in envs] == ["plant-a"]
+
+
+def test_users_set_password_from_stdin(hub_dir: Path) -> None:
+    """`hub users set-password` stores a hash (never the password) for the web UI's local
+    sign-in; a short password is refused and changes nothing."""
+    from sqlalchemy import select
+    from werkzeug.security import check_password_hash
+
+    from hub.db import User, make_engine, make_session_factory
+
+    def stored() -> str | None:
+        engine = make_engine(f"sqlite:///{hub_dir / 'hub.db'}")
+        with make_session_factory(engine)() as s:
+            value = s.scalar(select(User.password_hash).where(User.username == "dev"))
+        engine.dispose()
+        return value
+
+    short = CliRunner().invoke(root, ["hub", "--data-dir", str(hub_dir), "--as", "admin",
+                                      "users", "set-password", "dev", "--password-stdin"],
+                               input="too short\n")
+    assert short.exit_code == 1 and "12 to 1024 characters, not 9" in short.output
+    assert stored() is None
+    ok = CliRunner().invoke(root, ["hub", "--data-dir", str(hub_dir), "--as", "admin",
+                                   "users", "set-password", "dev", "--password-stdin",
+                                   "--json"], input="a long enough password\n")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output) == {"username": "dev", "password_set": True}
+    value = stored()
+    assert value is not None and value.startswith("scrypt:")
+    assert check_password_hash(value, "a long enough password")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from tests.hub.conftest import FakeClock, seed_people
 from web.app import create_web_app
 from web.sessions import start_session
 
-__all__ = ["PEOPLE", "Site", "csrf_of", "request_file", "site"]
+__all__ = ["PEOPLE", "Site", "csrf_of", "make_site", "request_file", "site"]
 
 #: user name -> grants (``role`` global, ``role@env`` for one environment)
 PEOPLE: dict[str, tuple[str, ...]] = {
@@ -116,8 +117,9 @@ def request_file(site: Site, tmp: Path, agent_id: str, environment: str | None =
     return path
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
+@contextmanager
+def make_site(tmp_path: Path, **web: Any) -> Iterator[Site]:
+    """A populated site whose ``[web]`` table has ``web`` on top of plain-http cookies."""
     data_dir = tmp_path / "hub"
     data_dir.mkdir()
     clock = FakeClock()
@@ -125,7 +127,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
                  insecure_no_passphrase=True)
     app = create_web_app(
         {"data_dir": data_dir, "secret_key": "test-secret-key-not-for-production"},
-        {"web": {"secure_cookies": False}},
+        {"web": {"secure_cookies": False, **web}},
         clock=clock,
     )
     app.config["TESTING"] = True
@@ -138,3 +140,9 @@ def site(tmp_path: Path) -> Iterator[Site]:
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    with make_site(tmp_path) as s:
+        yield s

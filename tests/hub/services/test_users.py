@@ -125,3 +125,30 @@ def test_deactivate_and_reactivate(world: World) -> None:
     assert not can(world.user("op"), "deployment.queue")
     set_active(admin, "op", True)
     assert can(world.user("op"), "deployment.queue")
+
+
+def test_set_password_rules_and_sessions(world: World) -> None:
+    """An admin sets anyone's password, a user their own, nobody else anyone's; the
+    length is checked; the user's web sessions end; sign-out-everywhere is admin only."""
+    from datetime import timedelta
+
+    from hub.db import WebSession
+    from hub.services.users import open_sessions, set_password, sign_out_everywhere
+
+    dev = world.user("dev")
+    now = world.clock()
+    for sid in ("a" * 64, "b" * 64):
+        world.session.add(WebSession(id=sid, user_id=dev.id, method="local", created_at=now,
+                                     last_seen_at=now, expires_at=now + timedelta(hours=1)))
+    world.session.flush()
+    with pytest.raises(ValidationError, match="12 to 1024 characters, not 5"):
+        set_password(world.ctx("admin"), "dev", "short")
+    with pytest.raises(PermissionDeniedError):
+        set_password(world.ctx("dev2"), "dev", "twelve chars or more")
+    with pytest.raises(PermissionDeniedError):
+        sign_out_everywhere(world.ctx("dev"), "dev")
+    assert dev.password_hash is None and open_sessions(world.session, dev) == 2
+    set_password(world.ctx("dev"), "dev", "twelve chars or more")
+    assert dev.password_hash is not None and open_sessions(world.session, dev) == 0
+    set_password(world.ctx("admin"), "dev2", "another long password")
+    assert sign_out_everywhere(world.ctx("admin"), "dev") == 0
