@@ -3,8 +3,10 @@ hostile file names, read-only media, oversized junk (docs/agent.md)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 from bundle.manifest import ChainInfo, ChainLink, Target
 from bundle.release import load_release
 from bundle.writer import release_manifest, write_bundle
-from tests.e2e.conftest import HubKeys, run, set_fast_inbox
+from tests.e2e.conftest import TIANGONG, HubKeys, run, set_fast_inbox, wait_for
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
 DAY = 1_796_083_200  # 2026-12-01T00:00:00Z
@@ -166,3 +168,36 @@ def test_read_only_media_are_read_never_changed_and_not_taken_twice(
     reason = (home / "quarantine" / "junk.tgb.reason.txt").read_text()
     assert "536870912  junk.tgb  (SHA-256 of the first 67108864 bytes only)" in reason
     assert "not copied" in reason
+
+
+def test_the_daemon_holds_a_bundle_and_runs_it_when_its_predecessor_arrives(
+    tmp_path: Path, hub_keys: HubKeys
+) -> None:
+    home = init_agent(tmp_path, hub_keys)
+    src = tmp_path / "src"
+    src.mkdir()
+    b1 = chained(hub_keys, src / "a-first.tgb", 1, None)
+    b2 = chained(hub_keys, src / "b-second.tgb", 2, 1)
+    log = tmp_path / "agent.log"
+    with log.open("wb") as fh:
+        agent = subprocess.Popen([*TIANGONG, "agent", "run", "--home", str(home)],
+                                 stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        copy_in(b2, home)
+        wait_for(lambda: "holding b-second.tgb" in log.read_text(), 60, "the hold in the log")
+        text = log.read_text()
+        assert ("sequence 2 is waiting for sequence 1, hello 1.0.1, exported 2026-12-01 by "
+                "carol") in text
+        (line,) = [ln for ln in text.splitlines() if "holding b-second.tgb" in ln]
+        assert "WARNING" in line  # through the agent's configured log: time and level
+        copy_in(b1, home)
+        wait_for(lambda: len(list((home / "outbox").glob("*.tgr"))) >= 2, 60, "two results")
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=30)
+    assert agent.returncode == 0, log.read_text()
+    assert log.read_text().count("holding b-second.tgb") == 1  # said once, not every scan
+    status = json.loads(run("agent", "status", "--home", str(home), "--json").stdout)
+    assert [(b["sequence"], b["state"]) for b in status["bundles"]] == [
+        (1, "succeeded"), (2, "succeeded")]
+    assert status["inbox_held"] == []
