@@ -58,15 +58,17 @@ _FIXES = {
     "agent": "`tiangong hub agents list` shows the enrolled agents",
     "deployment": "`tiangong hub deployments list` shows the deployments",
 }
-_NOT_FOUND = re.compile(r"^(\w+) '?(.+?)'? does not exist$")
+_NOT_FOUND = re.compile(r"(?:^|: )(\w+) '?([^':]+?)'? does not exist$")
 
 
-def with_fix(exc: NotFoundError, *, acting_as: str | None = None, defaulted: bool = False) -> str:
+def with_fix(exc: NotFoundError | str, *, acting_as: str | None = None,
+             defaulted: bool = False) -> str:
     """The message of ``exc`` followed by the command that fixes it (``user 'carol' does not
     exist: create it with `tiangong hub users add carol --role ROLE` …``). ``acting_as``:
-    the missing user is the one the command acts as (``--as``)."""
+    the missing user is the one the command acts as (``--as``). Also for a message that ends
+    in such an error (``enrollment request refused: environment 'x' does not exist``)."""
     message = str(exc)
-    match = _NOT_FOUND.match(message)
+    match = _NOT_FOUND.search(message)
     if match is None or match.group(1) not in _FIXES:
         return message
     kind, name = match.groups()

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from bundle.cli import progress_bar
-from hub.cli.base import _config, _emit, _services, _state, hub, json_option
+from hub.cli.base import _config, _emit, _services, _state, hub, json_option, with_fix
 from signing.durations import parse_duration
 
 __all__ = ["export_cmd", "import_cmd"]
@@ -112,7 +112,8 @@ def import_cmd(ctx: click.Context, directory: Path, batch_size: int, as_json: bo
         report = import_directory(sc, directory, results_dir=results_dir,
                                   batch_size=batch_size, progress=progress)
     rows = [{"file": r.file, "status": r.status, "agent": r.agent_id,
-             "deployment": r.deployment_id, "reason": r.reason, "flags": list(r.flags)}
+             "deployment": r.deployment_id, "flags": list(r.flags),
+             "reason": with_fix(r.reason) if r.status == "rejected" and r.reason else r.reason}
             for r in report.rows]
     if as_json:
         _emit(rows, True)

@@ -569,3 +569,24 @@ def test_users_set_password_from_stdin(hub_dir: Path) -> None:
     value = stored()
     assert value is not None and value.startswith("scrypt:")
     assert check_password_hash(value, "a long enough password")
+
+
+def test_an_enrollment_for_a_missing_environment_names_the_fix(hub_dir: Path,
+                                                               tmp_path: Path) -> None:
+    home = tmp_path / "agent"
+    made = CliRunner().invoke(root, ["agent", "init", str(home), "--root",
+                                     str(hub_dir / "root.json"), "--id", "site-09",
+                                     "--environment", "plant-z"])
+    assert made.exit_code == 0, made.output
+    stick = tmp_path / "usb"
+    stick.mkdir()
+    for request in (home / "outbox").glob("enrollment-*.json"):
+        request.rename(stick / request.name)
+    before = _table_counts(hub_dir)["agents"]
+    result = run(hub_dir, "import", str(stick), "--json", actor="ops", ok=False)
+    assert result.exit_code == 1
+    (row,) = json.loads(result.output)
+    assert row["status"] == "rejected"
+    assert row["reason"].endswith("environment 'plant-z' does not exist: create it with "
+                                  "`tiangong hub environments create plant-z` (as an admin)")
+    assert _table_counts(hub_dir)["agents"] == before  # nobody enrolled
