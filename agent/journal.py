@@ -306,10 +306,8 @@ class Journal:
             check = self._db.execute("PRAGMA quick_check").fetchone()
             if check is None or check[0] != "ok":
                 raise damaged(self.path, f"fails SQLite's integrity check ({check and check[0]})")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=10000")
+            # Checked before anything is written, so a refused file is left as it was.
             known = {r[0] for r in self._db.execute(
                 "SELECT name FROM sqlite_master WHERE type='table'")}
             if not create and "meta" not in known:
@@ -322,6 +320,9 @@ class Journal:
                 version = int(row[0]) if row is not None else SCHEMA_VERSION
             else:
                 version = SCHEMA_VERSION
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
             if version > SCHEMA_VERSION:
                 raise JournalError(f"the journal {self.path} has schema version {version}, "
                                    f"newer than this agent's {SCHEMA_VERSION}; upgrade the agent")

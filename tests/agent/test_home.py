@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -70,3 +71,54 @@ def test_bad_agent_id(tmp_path: Path) -> None:
     with pytest.raises(HomeError, match="agent id"):
         init_home(tmp_path / "home", root_file=kit.write_root(tmp_path), agent_id="Bad Id!",
                   now=NOW)
+
+
+def test_init_sets_the_time_floor_so_a_clock_set_back_refuses_an_expired_bundle(
+    tmp_path: Path,
+) -> None:
+    import shutil
+    import uuid
+
+    from agent.inbox import ReadyItem
+    from agent.service import Agent
+    from bundle.manifest import Target
+    from bundle.release import load_release
+    from bundle.writer import release_manifest, write_bundle
+
+    kit = make_trust()
+    config, _ = init_home(tmp_path / "home", root_file=kit.write_root(tmp_path),
+                          agent_id="site-01", environment="plant-a", now=NOW)
+    trust = Journal(config.journal_path).trust(kit.hub_id)
+    assert trust is not None and trust.time_floor == NOW  # max(root issued, now)
+    # A bundle that expired a day before init; the site's clock is 30 days behind.
+    release = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
+    manifest, files = release_manifest(
+        load_release(release), bundle_id=str(uuid.uuid4()), issuer=kit.release_key.key_id,
+        target=Target(agents=("site-01",), environment="plant-a"), root_version=1, sequence=1,
+        created=NOW - 10 * 86400, expires=NOW - 86400, counter=1, author="alice")
+    bundle = write_bundle(tmp_path / "old.tgb", manifest, files, [kit.release_key]).paths[0]
+    agent = Agent(config, clock=lambda: float(NOW - 30 * 86400))
+    try:
+        dest = config.inbox / bundle.name
+        shutil.copyfile(bundle, dest)
+        out = agent.process(ReadyItem(dest.name, (dest,), dest.stat().st_size, "single", 0.0))
+        assert out.status == "rejected" and "expire" in out.summary, out.summary
+        assert agent.journal.bundles() == []
+        assert agent.journal.trust(kit.hub_id).sequence == 0  # type: ignore[union-attr]
+    finally:
+        agent.close()
+
+
+def test_lock_names_the_holder_and_is_released(tmp_path: Path) -> None:
+    from agent.home import lock_home
+
+    kit = make_trust()
+    init_home(tmp_path / "home", root_file=kit.write_root(tmp_path), agent_id="a1", now=NOW)
+    first = lock_home(tmp_path / "home", "agent run")
+    try:
+        with pytest.raises(HomeError, match=rf"in use by another process \(pid {os.getpid()}: "
+                                            "agent run"):
+            lock_home(tmp_path / "home", "agent apply")
+    finally:
+        first.release()
+    lock_home(tmp_path / "home", "agent apply").release()

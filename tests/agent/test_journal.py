@@ -99,3 +99,47 @@ def test_result_chain(tmp_path: Path) -> None:
     j.record_result(1, "b1", "succeeded", "r1.tgr", "aa")
     j.record_result(2, None, "rejected", "r2.tgr", "bb")
     assert j.last_result() == (2, "bb")
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "garbage", "no tables"])
+def test_a_damaged_journal_is_refused_with_the_recovery_command(tmp_path: Path,
+                                                                damage: str) -> None:
+    from agent.journal import JournalDamagedError
+
+    path = tmp_path / "journal.sqlite"
+    j = Journal(path, clock=Clock())
+    _accept(j, 1, "b1")
+    j.close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    if damage == "missing":
+        path.unlink()
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "garbage":
+        data = bytearray(path.read_bytes())
+        data[100:2000] = b"\x00\xff" * 950
+        path.write_bytes(bytes(data))
+    else:
+        path.unlink()
+        import sqlite3
+
+        sqlite3.connect(path).execute("CREATE TABLE unrelated (x)").connection.commit()
+    before = path.read_bytes() if path.exists() else None
+    with pytest.raises(JournalDamagedError) as err:
+        Journal(path, clock=Clock(), create=False)
+    assert str(path) in str(err.value)
+    assert f"tiangong agent journal recover --home {tmp_path}" in str(err.value)
+    assert (path.read_bytes() if path.exists() else None) == before
+
+
+def test_journal_file_is_private(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        Journal(tmp_path / "j.sqlite").close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "j.sqlite").stat().st_mode) == 0o600
