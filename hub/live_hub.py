@@ -955,7 +955,10 @@ class LiveHub:
             peer.conn.send_received(transfer)
         else:  # §4.3: the agent learns that its result was not imported, and why
             code = RETRY if status == RETRY else REJECTED
-            peer.conn.send_cancel(transfer, "agent", code, reason)
+            # The importer's reason names the file and the rule; paths of the hub's own
+            # disk stay out of what the peer is told (the hub log has them).
+            remote = reason.replace(str(self.data_dir), "<hub data dir>")
+            peer.conn.send_cancel(transfer, "agent", code, remote)
 
 
 def _source(ws: ServerConnection) -> str:

@@ -538,6 +538,21 @@ def test_unauthenticated_connections_are_capped_per_address_and_in_total_and_tim
     assert timed_out == [("timeout", 4009)] * 5
 
 
+def test_a_large_message_before_authentication_is_refused_by_the_websocket_layer(
+        site: Site, start_live: Callable[..., Live]) -> None:
+    """Before WELCOME nothing larger than a HELLO or AUTH is read (§5.3): a HELLO message of
+    64 KiB is refused with 1009 (message too big) before the hub parses it."""
+    live = start_live()
+
+    async def scenario() -> int | None:
+        peer = await open_peer(live, site, source="127.0.0.8")
+        await peer.send(HELLO, {"version": 1, "agent_id": "agent-a", "hub_id": HUB_ID},
+                        b"p" * 65536)
+        return await peer.closed()
+
+    assert arun(scenario()) == 1009
+
+
 def test_memory_stays_bounded_under_bursts_of_abandoned_connections(
         site: Site, start_live: Callable[..., Live]) -> None:
     """Bursts of 200 connections that never authenticate: RSS after six bursts stays
@@ -641,7 +656,9 @@ def test_a_result_the_importer_rejects_is_answered_as_rejected_and_leaves_the_in
 
     mtype, header = arun(scenario())
     assert mtype == CANCEL and header["code"] == "rejected", (mtype, header)
-    assert header["offered_by"] == "agent" and header["text"]
+    assert header["offered_by"] == "agent"
+    assert "not a readable result file" in header["text"]  # the importer's reason ...
+    assert str(site.data) not in header["text"]  # ... without the hub's paths
     inbox = site.data / "live-inbox"
     assert [p for p in inbox.rglob("*") if p.is_file()] == []
     rejected = site.sql("SELECT count(*) FROM audit_events WHERE action = 'result.rejected'")
