@@ -217,6 +217,10 @@ def _hub_child(data_dir: Path, agents_file: Path, port: int) -> None:
     engine.dispose()
     _emit("setup", hub_id=keys.hub_id, setup_seconds=round(time.perf_counter() - t_setup, 2))
     _raise_fd_limit()
+    # Every simulated agent connects from 127.0.0.1: the per-address cap of unauthenticated
+    # connections (meant for one site's address) must not throttle the connect phase.
+    for name in ("MAX_UNAUTHENTICATED_PER_ADDRESS", "MAX_UNAUTHENTICATED"):
+        os.environ.setdefault(f"TIANGONG_HUB_LIVE_{name}", str(max(256, 2 * len(agents))))
     os.execv(tiangong, [tiangong, "hub", "--data-dir", str(data_dir), "live",  # noqa: S606
                         "--bind", f"127.0.0.1:{port}", "--insecure-loopback"])
 
@@ -512,9 +516,10 @@ class SimAgent:
             self._got.clear()
             await self._got.wait()
 
-    async def send_logs(self, count: int, size: int) -> int:
-        """Send ``count`` LOG messages of ``size`` bytes as fast as the protocol's rate
-        allows, then ping; returns the body bytes sent."""
+    async def send_logs(self, count: int, size: int, bundle_id: str) -> int:
+        """Send ``count`` LOG messages of ``size`` bytes for ``bundle_id`` (a bundle the hub
+        exported for this agent: others close the connection) as fast as the protocol's
+        rate allows, then ping; returns the body bytes sent."""
         text = _log_text(size)
         seq = 0
         while seq < count:
@@ -523,7 +528,7 @@ class SimAgent:
                 await asyncio.sleep(wait)
             batch = 0
             while seq < count and batch < 64 and self.conn.log_wait() == 0:
-                self.conn.send_log(f"bench-{self.agent_id}", 0, seq, "stdout", text)
+                self.conn.send_log(bundle_id, 0, seq, "stdout", text)
                 seq += 1
                 batch += 1
             await self.flush()
@@ -644,6 +649,20 @@ def _errors(agents: list[SimAgent], results: list[Any] | None = None) -> list[st
         elif isinstance(result, BaseException):
             found.append(f"{agent.agent_id}: {type(result).__name__}: {result}")
     return found
+
+
+def _bundle_ids(db: Path) -> dict[str, str]:
+    """agent id -> the id of the newest bundle the hub exported for it (read-only)."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = conn.execute("SELECT a.agent_id, d.bundle_id FROM deployments d JOIN agents a "
+                            "ON a.id = d.agent_id WHERE d.bundle_id IS NOT NULL "
+                            "ORDER BY d.id").fetchall()
+    finally:
+        conn.close()
+    return {agent_id: bundle_id for agent_id, bundle_id in rows}
 
 
 def _audit_head(db: Path) -> int:
@@ -812,14 +831,18 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
               f"{out['deliver_hub_cpu_s']} s", flush=True)
 
         # 5. logs
-        senders = agents[: min(n, args.log_agents)]
+        # LOG must name a bundle the hub exported for the agent (the burst's).
+        bundles = await asyncio.to_thread(_bundle_ids, hub.data_dir / "hub.db")
+        senders = [a for a in agents if a.agent_id in bundles][: min(n, args.log_agents)]
         cpu0, mine0, t0 = hub.cpu(), self_cpu(), time.perf_counter()
-        sent = await asyncio.gather(*(a.send_logs(args.log_messages, args.log_bytes)
+        sent = await asyncio.gather(*(a.send_logs(args.log_messages, args.log_bytes,
+                                                  bundles[a.agent_id])
                                       for a in senders), return_exceptions=True)
         wall = time.perf_counter() - t0
         errors = _errors(senders, sent)
-        stored = sum(len(p.read_bytes().splitlines())
-                     for p in (work / "hub" / "live-logs").glob("bench-*.log"))
+        logs = work / "hub" / "live-logs"
+        stored = sum(len(p.read_bytes().splitlines()) for p in (
+            logs / a.agent_id / f"{bundles[a.agent_id]}.log" for a in senders) if p.exists())
         out["log_agents"] = len(senders)
         out["log_messages"] = len(senders) * args.log_messages
         out["log_stored_lines"] = stored
