@@ -48,6 +48,7 @@ from agent.faults import crash_point, fault_point
 from agent.home import AgentKeys, load_keys
 from agent.inbox import (
     QUARANTINE_COPY_CAP,
+    REASON_HASH_CAP,
     Inbox,
     InboxWatcher,
     ReadyItem,
@@ -644,13 +645,18 @@ def _why(exc: BaseException) -> str:
 
 
 def _files_digest(paths: tuple[Path, ...]) -> str:
-    """One SHA-256 over the files' names and bytes (to recognise the same refused copy)."""
+    """One SHA-256 over the files' names, sizes and first bytes (to recognise the same
+    refused copy); bounded by ``REASON_HASH_CAP`` per file, so oversized junk (a sparse
+    multi-GB file) is not read to its end."""
     h = hashlib.sha256()
     for path in paths:
         h.update(os.fsencode(path.name) + b"\0")
+        h.update(str(os.stat(path).st_size).encode("ascii") + b"\0")
         with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
+            left = REASON_HASH_CAP
+            while left and (chunk := fh.read(min(1 << 20, left))):
                 h.update(chunk)
+                left -= len(chunk)
         h.update(b"\0")
     return h.hexdigest()
 
