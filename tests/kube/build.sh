@@ -45,7 +45,7 @@ done
 
 start=$SECONDS
 echo "kube: building kube-apiserver v$version + etcd test server and kubectl into ${out#"$PWD"/}"
-echo "kube: the first build downloads ~1 GB of modules and compiles for several minutes;" \
+echo "kube: the first build downloads ~0.6 GB of modules and compiles for 5-25 minutes;" \
      "later runs reuse the binaries"
 tmp="$here/bin/.tmp-$key-$$"
 trap 'rm -rf "$tmp"' EXIT
