@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,35 @@ import click
 from hub.cli.base import _config, _emit, _state, hub, json_option
 from hub.errors import ConfigError, HubError
 
-SIGN_IN_METHODS = ("none", "saml")  # how people sign in to the web UI (hub init --sign-in)
+#: How people sign in to the web UI (``hub init --sign-in``): ``[saml]`` with an identity
+#: provider, ``local`` passwords of the hub's own users (``[web] local_login``; for a trial
+#: or a hub without an IdP), or ``none`` (the CLI only until one is configured).
+SIGN_IN_METHODS = ("none", "saml", "local")
+
+
+@dataclass(frozen=True)
+class InitAnswers:
+    """What ``hub init`` was told or asked: the first admin and environment, and sign-in."""
+
+    admin: str
+    environment: str | None
+    sign_in: str
+    public_url: str | None = None
+    idp_metadata: Path | None = None
+    admin_password: str | None = None  # local sign-in: the first admin's web password
+
+    def web_settings(self) -> dict[str, Any]:
+        """The ``[saml]`` / ``[web]`` tables for hub.toml (the metadata file is copied to
+        ``idp-metadata.xml`` in the data directory)."""
+        if self.sign_in == "saml":
+            return {"saml": {"sp_base_url": self.public_url,
+                             "idp_metadata_file": "idp-metadata.xml"}}
+        if self.sign_in == "local":
+            # Plain http is only for a hub on loopback (the web UI refuses local_login
+            # beyond loopback without TLS); behind TLS the cookies are Secure.
+            https = bool(self.public_url and self.public_url.startswith("https://"))
+            return {"web": {"local_login": True, "secure_cookies": https}}
+        return {}
 
 
 @hub.command()
@@ -24,14 +53,18 @@ SIGN_IN_METHODS = ("none", "saml")  # how people sign in to the web UI (hub init
               help="Also create this first environment (site) (asked on a terminal).")
 @click.option("--sign-in", "sign_in", type=click.Choice(SIGN_IN_METHODS), default=None,
               help="How people sign in to the web UI: saml (with --idp-metadata and "
-                   "--public-url) or none (the CLI only, until [saml] is set in hub.toml). "
-                   "Asked on a terminal; default: saml when --idp-metadata is given, else none.")
+                   "--public-url), local (passwords of the hub's own users, e.g. for a trial "
+                   "on 127.0.0.1; `hub users set-password`) or none (the CLI only). Asked on "
+                   "a terminal; default: saml when --idp-metadata is given, else none.")
+@click.option("--admin-password-stdin", is_flag=True,
+              help="With --sign-in local: read the first admin's web password from the "
+                   "first line of standard input (asked on a terminal otherwise).")
 @click.option("--idp-metadata", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               default=None, help="The SAML identity provider's metadata XML (copied into the "
                                  "data directory as idp-metadata.xml).")
 @click.option("--public-url", default=None, metavar="URL",
               help="How browsers reach the hub, e.g. https://hub.example.org (SAML's "
-                   "sp_base_url).")
+                   "sp_base_url; with local sign-in, https:// makes cookies Secure).")
 @click.option("--hub-id", default=None, help="Hub identifier (default: generated).")
 @click.option("--database-url", default=None, help="Default: SQLite in the data directory.")
 @click.option(
@@ -62,6 +95,7 @@ def init(
     admin: str | None,
     environment: str | None,
     sign_in: str | None,
+    admin_password_stdin: bool,
     idp_metadata: Path | None,
     public_url: str | None,
     hub_id: str | None,
@@ -93,8 +127,9 @@ def init(
     if (data_dir / "hub.toml").exists() or (data_dir / "root.json").exists():
         click.echo(f"error: {data_dir} is already initialised", err=True)
         sys.exit(2)
-    admin, environment, saml = _init_answers(admin, environment, sign_in, idp_metadata,
-                                             public_url, interactive=sys.stdin.isatty())
+    answers = _init_answers(admin, environment, sign_in, idp_metadata, public_url,
+                            interactive=sys.stdin.isatty(), password_stdin=admin_password_stdin)
+    admin = answers.admin
     passphrase = None
     if not insecure_no_passphrase:
         try:
@@ -127,12 +162,9 @@ def init(
         settings: dict[str, Any] = {"hub_id": trust.hub_id, "secret_key": secrets.token_hex(32)}
         if database_url:
             settings["database_url"] = database_url
-        doc: dict[str, Any] = {"hub": settings}
-        if saml is not None:
-            metadata, url = saml
-            copy = data_dir / "idp-metadata.xml"
-            copy.write_bytes(metadata.read_bytes())
-            doc["saml"] = {"sp_base_url": url, "idp_metadata_file": copy.name}
+        doc: dict[str, Any] = {"hub": settings} | answers.web_settings()
+        if answers.idp_metadata is not None:
+            (data_dir / "idp-metadata.xml").write_bytes(answers.idp_metadata.read_bytes())
         fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(b"# Tiangong hub settings (TIANGONG_HUB_* environment variables win)\n")
@@ -147,7 +179,7 @@ def init(
             with make_session_factory(engine)() as session:
                 first = bootstrap_admin(session, lambda: now, admin)
                 session.commit()
-                env_error = _first_environment(session, first, environment, data_dir)
+                env_error = _first_steps(session, first, answers, data_dir)
         finally:
             engine.dispose()
     except HubError as exc:
@@ -158,20 +190,19 @@ def init(
                "root_json": trust.root_json, "release_key": trust.release_key,
                "audit_key": trust.audit_key, "tls_ca": tls.ca_cert,
                "tls_cert": tls.server_cert, "admin": admin,
-               "environment": environment if env_error is None else None,
-               "sign_in": "saml" if saml else "none", "root_key": trust.root_key,
+               "environment": answers.environment if env_error is None else None,
+               "sign_in": answers.sign_in, "root_key": trust.root_key,
                "root_key_encrypted": trust.root_key_encrypted}, True)
     else:
-        _print_init(trust, cfg, tls, server_cert, admin, environment if env_error is None
-                    else None, saml)
+        _print_init(trust, cfg, tls, server_cert, answers, env_error is None)
     if env_error is not None:
         click.echo(f"error: {env_error}", err=True)
         sys.exit(1)
 
 
-def _print_init(trust: Any, cfg: Any, tls: Any, server_cert: Any, admin: str,
-                environment: str | None, saml: tuple[Path, str] | None) -> None:
-    data_dir = cfg.data_dir
+def _print_init(trust: Any, cfg: Any, tls: Any, server_cert: Any, answers: InitAnswers,
+                environment_made: bool) -> None:
+    data_dir, admin = cfg.data_dir, answers.admin
     click.echo(f"hub {trust.hub_id} initialised in {data_dir}")
     click.echo(f"  database       {cfg.database_url}")
     click.echo(f"  root document  {trust.root_json}  (give this to agents and auditors)")
@@ -180,11 +211,15 @@ def _print_init(trust: Any, cfg: Any, tls: Any, server_cert: Any, admin: str,
     click.echo(f"  live TLS CA    {tls.ca_cert}  (enrollment responses carry it to agents)")
     click.echo(f"  live TLS cert  {tls.server_cert}  for {_cert_names(server_cert)}")
     click.echo(f"  first admin    {admin}  (act as them: tiangong hub --as {admin} …)")
-    if environment:
-        click.echo(f"  environment    {environment}")
-    if saml is not None:
+    if answers.environment and environment_made:
+        click.echo(f"  environment    {answers.environment}")
+    if answers.sign_in == "saml":
         click.echo(f"  web sign-in    SAML: IdP metadata {data_dir / 'idp-metadata.xml'}, "
-                   f"hub at {saml[1]}")
+                   f"hub at {answers.public_url}")
+    elif answers.sign_in == "local":
+        how = ("password set" if answers.admin_password else
+               f"set its password: tiangong hub --as {admin} users set-password {admin}")
+        click.echo(f"  web sign-in    local passwords ([web] local_login); {admin}: {how}")
     else:
         click.echo("  web sign-in    none configured: add [saml] to hub.toml (docs/web-login.md)")
     enc = "passphrase-encrypted" if trust.root_key_encrypted else "NOT encrypted"
@@ -196,14 +231,18 @@ def _print_init(trust: Any, cfg: Any, tls: Any, server_cert: Any, admin: str,
 
 def _init_answers(admin: str | None, environment: str | None, sign_in: str | None,
                   idp_metadata: Path | None, public_url: str | None, *,
-                  interactive: bool) -> tuple[str, str | None, tuple[Path, str] | None]:
-    """The first admin, first environment and SAML settings of ``hub init``: from the
-    options, else asked on a terminal, else the defaults (login name, none, none).
+                  interactive: bool, password_stdin: bool) -> InitAnswers:
+    """The first admin, first environment and sign-in settings of ``hub init``: from the
+    options, else asked on a terminal, else the defaults (login name, none, none). Checked
+    here, before anything is created.
 
     Raises:
-        click.UsageError: SAML asked for without its metadata or public URL.
+        click.UsageError: SAML without its metadata or public URL; an option that does not
+            go with the sign-in method; a local password that is too short or long.
     """
     import getpass
+
+    from hub.services.users import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS
 
     if admin is None:
         admin = (click.prompt("First admin (a hub user name)", default=getpass.getuser())
@@ -219,10 +258,27 @@ def _init_answers(admin: str | None, environment: str | None, sign_in: str | Non
                                    default="none")
         else:
             sign_in = "none"
-    if sign_in != "saml":
+    if password_stdin and sign_in != "local":
+        raise click.UsageError("--admin-password-stdin goes with --sign-in local")
+    if sign_in == "none":
         if idp_metadata is not None or public_url is not None:
             raise click.UsageError("--idp-metadata and --public-url go with --sign-in saml")
-        return admin, environment, None
+        return InitAnswers(admin, environment, sign_in)
+    if sign_in == "local":
+        if idp_metadata is not None:
+            raise click.UsageError("--idp-metadata goes with --sign-in saml")
+        password = None
+        if password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        elif interactive:
+            password = click.prompt(f"Web password for {admin} (empty: set it later)",
+                                    default="", show_default=False, hide_input=True,
+                                    confirmation_prompt=True) or None
+        if password is not None and not MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS:
+            raise click.UsageError(f"a password has {MIN_PASSWORD_CHARS} to "
+                                   f"{MAX_PASSWORD_CHARS} characters, not {len(password)}")
+        return InitAnswers(admin, environment, sign_in, public_url=public_url,
+                           admin_password=password)
     if idp_metadata is None and interactive:
         idp_metadata = click.prompt("The IdP's metadata XML file", type=click.Path(
             dir_okay=False, exists=True, path_type=Path))
@@ -230,20 +286,26 @@ def _init_answers(admin: str | None, environment: str | None, sign_in: str | Non
         public_url = click.prompt("How browsers reach the hub (e.g. https://hub.example.org)")
     if idp_metadata is None or not public_url:
         raise click.UsageError("--sign-in saml needs --idp-metadata FILE and --public-url URL")
-    return admin, environment, (idp_metadata, public_url.rstrip("/"))
+    return InitAnswers(admin, environment, sign_in, public_url=public_url.rstrip("/"),
+                       idp_metadata=idp_metadata)
 
 
-def _first_environment(session: Any, admin: Any, name: str | None,
-                       data_dir: Path) -> str | None:
-    """Create the first environment as the first admin; the error (with its fix) if that
-    fails, None otherwise. The hub is usable either way."""
+def _first_steps(session: Any, admin: Any, answers: InitAnswers, data_dir: Path) -> str | None:
+    """As the first admin: set its web password (local sign-in), create the first
+    environment. The error (with its fix) if the environment fails, None otherwise; the hub
+    is usable either way."""
     from hub.keystore import load_hub_keys
     from hub.services.context import ServiceContext, utc_now
     from hub.services.environments import create_environment
+    from hub.services.users import set_password
 
+    sc = ServiceContext(session, utc_now, admin, load_hub_keys(data_dir), None)
+    if answers.admin_password:
+        set_password(sc, admin.username, answers.admin_password)  # checked in _init_answers
+        session.commit()
+    name = answers.environment
     if not name:
         return None
-    sc = ServiceContext(session, utc_now, admin, load_hub_keys(data_dir), None)
     try:
         create_environment(sc, name)
         session.commit()

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import run, wait_for
+from tests.e2e.conftest import TIANGONG, run, wait_for
 from tests.e2e.test_live_serve import DEADLINE, _accepts, free_port
 
 
@@ -85,6 +85,60 @@ def test_healthz_without_a_live_server_does_not_mention_it(tmp_path: Path) -> No
         wait_for(lambda: proc.poll() is not None or _health(http_port) is not None, DEADLINE,
                  "/healthz to answer")
         assert _health(http_port) == (200, {"status": "ok", "database": "ok"})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(DEADLINE)
+
+
+def test_init_with_local_sign_in_leaves_a_hub_the_admin_can_sign_in_to(tmp_path: Path) -> None:
+    """`hub init --sign-in local` writes [web] local_login and the first admin's password:
+    a real `hub serve` then lets the admin sign in over HTTP (form, CSRF token, cookie)."""
+    import html
+    import http.cookiejar
+    import re
+    import tomllib
+    import urllib.parse
+
+    data = tmp_path / "hub"
+    env = {"TIANGONG_HUB_DATA_DIR": str(data), "TIANGONG_KEY_PASSPHRASE": "pass"}
+    init = subprocess.run([*TIANGONG, "hub", "init", "--admin", "admin", "--sign-in", "local",
+                           "--admin-password-stdin", "--json"], input="a long trial password\n",
+                          capture_output=True, text=True, env={**os.environ, **env},
+                          timeout=DEADLINE, check=False)
+    assert init.returncode == 0, init.stderr
+    assert json.loads(init.stdout)["sign_in"] == "local"
+    web = tomllib.loads((data / "hub.toml").read_text())["web"]
+    assert web == {"local_login": True, "secure_cookies": False}
+
+    http_port = free_port()
+    with (tmp_path / "serve.log").open("wb") as out:
+        proc = subprocess.Popen([*TIANGONG, "hub", "serve", "--bind", f"127.0.0.1:{http_port}",
+                                 "--workers", "1"], stdout=out,
+                                stderr=subprocess.STDOUT, env={**os.environ, **env})
+    try:
+        wait_for(lambda: proc.poll() is not None or _health(http_port) is not None, DEADLINE,
+                 "/healthz to answer")
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+        base = f"http://127.0.0.1:{http_port}"
+        browser = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+        def sign_in(password: str) -> tuple[int, str]:
+            with browser.open(f"{base}/login/local", timeout=DEADLINE) as page:
+                form = page.read().decode()
+            token = html.unescape(re.search(r'name="csrf_token" value="([^"]+)"', form)[1])
+            body = urllib.parse.urlencode({"csrf_token": token, "username": "admin",
+                                           "password": password}).encode()
+            try:
+                with browser.open(f"{base}/login/local", data=body, timeout=DEADLINE) as page:
+                    return page.status, page.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        status, page = sign_in("not the password at all")
+        assert status == 403 and "Signed in as" not in page
+        status, page = sign_in("a long trial password")
+        assert status == 200 and "Signed in as <strong>admin</strong>" in page
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(DEADLINE)

@@ -590,3 +590,21 @@ def test_an_enrollment_for_a_missing_environment_names_the_fix(hub_dir: Path,
     assert row["reason"].endswith("environment 'plant-z' does not exist: create it with "
                                   "`tiangong hub environments create plant-z` (as an admin)")
     assert _table_counts(hub_dir)["agents"] == before  # nobody enrolled
+
+
+@pytest.mark.parametrize(("args", "stdin", "message"), [
+    (("--sign-in", "local", "--admin-password-stdin"), "short\n",
+     "a password has 12 to 1024 characters, not 5"),
+    (("--sign-in", "none", "--admin-password-stdin"), "a long trial password\n",
+     "--admin-password-stdin goes with --sign-in local"),
+    (("--sign-in", "local", "--idp-metadata", __file__), "",
+     "--idp-metadata goes with --sign-in saml"),
+])
+def test_init_refuses_a_bad_local_sign_in_and_creates_nothing(
+    tmp_path: Path, args: tuple[str, ...], stdin: str, message: str,
+) -> None:
+    data = tmp_path / "hub"
+    result = CliRunner().invoke(root, ["hub", "--data-dir", str(data), "init",
+                                       "--insecure-no-passphrase", *args], input=stdin)
+    assert result.exit_code == 2 and message in result.output
+    assert not data.exists()
