@@ -10,9 +10,11 @@ people's machines; this module turns one into a release directory without trusti
 * every member name follows the release file name rules (:mod:`bundle.release_names`): no
   absolute paths, no ``..``, no control characters, no backslashes, no two names that differ
   only in case or Unicode normalisation;
-* caps on the archive size, the member count, each file's size and the total size
-  (:class:`ArchiveLimits`) are checked while streaming, before the bytes they cover are
-  written, so a decompression bomb stops at the cap;
+* caps on the archive size, the member count, each file's size, the total size and the
+  total size per archive byte (:class:`ArchiveLimits`, ``max_ratio``) are checked against
+  each member's *declared* size before a byte of it is written, so a decompression bomb
+  stops at its first header; the bytes actually written are counted too and never exceed
+  what was declared (a member holding more data than its header says is refused);
 * hidden members (a name component starting with ``.``) and macOS's ``__MACOSX/`` folder are
   checked but not written: they are never part of a release;
 * a single top-level directory around everything (``billing-2.4.0/release.toml``, as ``tar
@@ -67,6 +69,16 @@ class ArchiveLimits:
     max_name_bytes: int = 1024  # bytes
     #: One pax extended header or GNU long-name record, in bytes.
     max_tar_extra_bytes: int = 64 * 1024  # bytes
+    #: Unpacked bytes per byte of the archive file, at most (beyond ``ratio_free_bytes``):
+    #: text compresses 3-10 times, a zip bomb a thousand.
+    max_ratio: int = 100  # unpacked bytes per archive byte
+    #: Unpacked bytes always allowed whatever the ratio (tiny archives of a few files).
+    ratio_free_bytes: int = 1024**2  # bytes
+
+    def unpacked_budget(self, archive_bytes: int) -> int:
+        """The most bytes an archive of ``archive_bytes`` may unpack to."""
+        by_ratio = max(self.ratio_free_bytes, self.max_ratio * archive_bytes)
+        return min(self.max_total_bytes, by_ratio)
 
 
 DEFAULT_ARCHIVE_LIMITS = ArchiveLimits()
@@ -86,14 +98,18 @@ class _Member:
 class _Unpacker:
     """Writes checked members under ``root`` and keeps the counts the limits apply to."""
 
-    def __init__(self, archive: Path, root: Path, limits: ArchiveLimits) -> None:
+    def __init__(self, archive: Path, root: Path, limits: ArchiveLimits,
+                 archive_bytes: int) -> None:
         self.archive = archive
         self.root = root
         self.limits = limits
         self.names = NameSet()
         self.members = 0
         self.extended_headers = 0
-        self.total = 0
+        self.total = 0  # declared bytes of the files admitted so far
+        self.written = 0  # bytes actually written
+        self.archive_bytes = archive_bytes
+        self.budget = limits.unpacked_budget(archive_bytes)
 
     def fail(self, member: str | None, message: str) -> ReleaseFormatError:
         where = f"{self.archive}" + (f": member {member!r}" if member is not None else "")
@@ -135,6 +151,12 @@ class _Unpacker:
                     f"unpacked files exceed {self.limits.max_total_bytes} bytes at member "
                     f"{name!r} (limit max_total_bytes)"
                 )
+            if self.total + member.size > self.budget:
+                raise self.limit(
+                    f"unpacked files exceed {self.budget} bytes at member {name!r}: at most "
+                    f"{self.limits.max_ratio} times the archive's {self.archive_bytes} bytes "
+                    f"(limit max_ratio)"
+                )
             self.total += member.size
         if is_hidden(name) or name.split("/", 1)[0] == "__MACOSX":
             return None  # never part of a release; __MACOSX/ is what macOS zips add
@@ -163,8 +185,11 @@ class _Unpacker:
                 chunk = data.read(min(COPY_BUFFER, left))
                 if not chunk:
                     raise self.fail(name, f"is truncated: {size - left} of {size} bytes present")
+                if len(chunk) > left or self.written + len(chunk) > self.total:
+                    raise self.fail(name, f"holds more data than its declared {size} bytes")
                 out.write(chunk)
                 left -= len(chunk)
+                self.written += len(chunk)
             if data.read(1):
                 raise self.fail(name, f"holds more data than its declared {size} bytes")
 
@@ -195,7 +220,7 @@ def unpack_release_archive(
     try:
         tree = work / "tree"
         os.mkdir(tree, 0o755)
-        unpacker = _Unpacker(archive, tree, limits)
+        unpacker = _Unpacker(archive, tree, limits, size)
         with open(archive, "rb") as fh:
             magic = fh.read(_BLOCK * 2)
             fh.seek(0)

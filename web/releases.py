@@ -12,9 +12,13 @@ Uploads: the archive is written to a private directory under the hub's releases 
 (never into the release store itself), handed to
 :func:`hub.services.releases.create_release`, which unpacks it with the bundle package's
 safe unpacker, and removed afterwards whatever happened. A refused archive leaves no
-product, release, audit event or stored file behind. The request body is capped at
-:data:`MAX_UPLOAD_BYTES` (app setting ``TIANGONG_MAX_RELEASE_UPLOAD_BYTES``); the
-unpacker's own caps (member count, unpacked sizes) apply after that.
+product, release, audit event or stored file behind. Every cap is a ``[web]`` setting of
+hub.toml (:class:`web.config.UploadLimits`): the request body is cut at
+``max_upload_bytes`` before anything reads it; the unpacker refuses an archive whose
+declared sizes pass ``max_unpacked_file_bytes``, ``max_unpacked_total_bytes`` or
+``max_unpack_ratio`` times the upload, or with more than ``max_unpacked_files`` members,
+before writing the member that passes, and counts the bytes it writes. A refusal names the
+hub.toml setting; no message shows the hub's own paths.
 
 Highlighting uses Pygments with CSS classes only (``web/static/highlight.css``): the CSP
 allows no inline styles.
@@ -60,6 +64,7 @@ from pygments.lexers import (
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import secure_filename
 
+from bundle.release_archive import ArchiveLimits
 from bundle.steps import referenced_files
 from hub.app import hub_config
 from hub.db import Release, db
@@ -89,17 +94,13 @@ from hub.services.releases import (
     submit_release,
 )
 from hub.services.users import can
+from web.config import UploadLimits
 from web.views import ctx, in_scope, login_required, signed_in_user, visible_environment
 
-__all__ = ["MAX_UPLOAD_BYTES", "UPLOAD_LIMIT_SETTING", "bp", "highlight_file"]
+__all__ = ["archive_limits", "bp", "highlight_file", "upload_limit"]
 
 bp = Blueprint("releases", __name__, url_prefix="/releases")
 
-#: Largest upload accepted (the whole request body), unless the app setting below says less
-#: or more.
-MAX_UPLOAD_BYTES = 1024**3  # bytes
-#: App config key overriding :data:`MAX_UPLOAD_BYTES` (bytes).
-UPLOAD_LIMIT_SETTING = "TIANGONG_MAX_RELEASE_UPLOAD_BYTES"
 #: Largest file compared line by line on the diff page (difflib's time grows faster than
 #: the size); larger changed files are only named.
 MAX_DIFF_FILE_BYTES = 128 * 1024  # bytes
@@ -174,9 +175,34 @@ def index() -> Any:
 # --- upload ---------------------------------------------------------------------------
 
 
+def _uploads() -> UploadLimits:
+    limits: UploadLimits = current_app.extensions["tiangong_web"].config.uploads
+    return limits
+
+
 def upload_limit() -> int:
-    """The request body cap for an upload, in bytes."""
-    return int(current_app.config.get(UPLOAD_LIMIT_SETTING) or MAX_UPLOAD_BYTES)
+    """The request body cap for an upload, in bytes (``[web] max_upload_bytes``)."""
+    return _uploads().max_upload_bytes
+
+
+def archive_limits() -> ArchiveLimits:
+    """The unpacker's caps from the ``[web]`` settings."""
+    u = _uploads()
+    return ArchiveLimits(
+        max_archive_bytes=u.max_upload_bytes, max_members=u.max_unpacked_files,
+        max_file_bytes=u.max_unpacked_file_bytes, max_total_bytes=u.max_unpacked_total_bytes,
+        max_ratio=u.max_unpack_ratio,
+    )  # fmt: skip
+
+
+#: The unpacker's limit names (in its messages) -> the hub.toml settings behind them.
+_SETTING_OF = {
+    "max_archive_bytes": "max_upload_bytes",
+    "max_members": "max_unpacked_files",
+    "max_file_bytes": "max_unpacked_file_bytes",
+    "max_total_bytes": "max_unpacked_total_bytes",
+    "max_ratio": "max_unpack_ratio",
+}
 
 
 def size_text(n: int) -> str:
@@ -200,10 +226,18 @@ def _upload_refused(filename: str, reason: str, status: int) -> Any:
 
 def _reason(message: str, saved: Path, shown: str, base: Path) -> str:
     """The service's message without the hub's private paths: the uploaded file is called
-    by the name it was uploaded as, files inside it by their release names."""
+    by the name it was uploaded as, files inside it by their release names, the unpacked
+    release itself "the archive"; a limit is named by its hub.toml setting."""
     text = message.replace(f"release archive {saved}: ", "", 1)
-    text = re.sub(re.escape(str(base)) + r"/\.unpack-[^/]+/release/", "", text)
-    return text.replace(str(saved), shown)
+    unpacked = re.escape(str(base)) + r"/\.unpack-[^/\s]+/release"
+    text = re.sub(unpacked + r"/", "", text)
+    text = re.sub(unpacked + r"\b", f"the archive {shown}", text)
+    text = text.replace(str(saved), shown)
+    text = re.sub(r"\((?:limit )?(max_\w+)\)", lambda m: (
+        f"(hub.toml [web] {_SETTING_OF[m.group(1)]})" if m.group(1) in _SETTING_OF
+        else m.group(0)), text)
+    # Anything else under the hub's data directory is nobody's business but the hub's.
+    return text.replace(str(hub_config().data_dir), "<hub data directory>")
 
 
 def _cap_upload_body() -> None:
@@ -241,7 +275,8 @@ def upload() -> Any:
         saved = work / (secure_filename(shown) or "upload")
         archive.save(saved)
         try:
-            release = create_release(ctx(), saved, create_missing_product=True)
+            release = create_release(ctx(), saved, create_missing_product=True,
+                                     archive_limits=archive_limits())
             label, steps, files = release.label, len(release.steps), len(release.files)
             url = _release_url(release)
             db.session.commit()

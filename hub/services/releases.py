@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import event, inspect, select
 from sqlalchemy.orm import Session
@@ -37,6 +37,9 @@ from hub.errors import (
 from hub.services import audit
 from hub.services.context import ServiceContext
 from hub.services.users import can, require
+
+if TYPE_CHECKING:
+    from bundle.release_archive import ArchiveLimits
 
 __all__ = [
     "IMMUTABLE_COLUMNS",
@@ -180,11 +183,14 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 
 
 @contextlib.contextmanager
-def _unpacked(ctx: ServiceContext, archive: Path) -> Iterator[ReleaseSourceLike]:
-    """Unpack a release archive safely (``bundle.release.load_release_archive``) into a
-    private directory that is removed afterwards."""
+def _unpacked(ctx: ServiceContext, archive: Path,
+              limits: ArchiveLimits | None = None) -> Iterator[ReleaseSourceLike]:
+    """Unpack a release archive safely (``bundle.release.load_release_archive``, with
+    ``limits`` or the bundle package's defaults) into a private directory that is removed
+    afterwards."""
     from bundle.errors import LimitExceededError, ReleaseFormatError
     from bundle.release import load_release_archive
+    from bundle.release_archive import DEFAULT_ARCHIVE_LIMITS
 
     base = Path(ctx.releases_dir) if ctx.releases_dir is not None else None
     if base is not None:
@@ -192,7 +198,8 @@ def _unpacked(ctx: ServiceContext, archive: Path) -> Iterator[ReleaseSourceLike]
     work = Path(tempfile.mkdtemp(prefix=".unpack-", dir=base))
     try:
         try:
-            source = load_release_archive(archive, work / "release")
+            source = load_release_archive(archive, work / "release",
+                                          limits=limits or DEFAULT_ARCHIVE_LIMITS)
         except (ReleaseFormatError, LimitExceededError, OSError) as exc:
             raise ValidationError(f"release archive {archive}: {exc}") from exc
         yield source
@@ -230,9 +237,11 @@ def create_release(
     *,
     product: str | None = None,
     create_missing_product: bool = False,
+    archive_limits: ArchiveLimits | None = None,
 ) -> Release:
     """Create a draft release from a release directory or a release archive (``.tar``,
-    ``.tar.gz``/``.tgz``, ``.zip``, unpacked with the bundle package's safe unpacker); see
+    ``.tar.gz``/``.tgz``, ``.zip``, unpacked with the bundle package's safe unpacker under
+    ``archive_limits``, default :data:`bundle.release.DEFAULT_ARCHIVE_LIMITS`); see
     :func:`create_release_from_source`.
 
     Raises:
@@ -246,7 +255,7 @@ def create_release(
             raise ValidationError(
                 f"{path} is a file but not a release archive ({', '.join(ARCHIVE_SUFFIXES)})"
             )
-        with _unpacked(ctx, path) as source:
+        with _unpacked(ctx, path, archive_limits) as source:
             return create_release_from_source(
                 ctx, source, product=product, create_missing_product=create_missing_product
             )

@@ -388,3 +388,97 @@ def test_corrupted_archives_raise_only_bundle_errors(
             load_release_archive(archive, out / "rel", limits=SMALL)
         except BundleError:
             assert list(out.iterdir()) == []
+
+
+# --- bombs: refused at the declared size, before a byte of the member is written ----------
+
+BOMB_BYTES = 32 * 1024**2  # bytes of zeros a bomb member unpacks to (compresses to ~32 KiB)
+
+
+def _zip_bomb() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        z.writestr("release.toml", FILES["release.toml"])
+        z.writestr("data/zeros.bin", bytes(BOMB_BYTES))
+    return buf.getvalue()
+
+
+def _tar_bomb() -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=9) as tar:
+        for name, data in (("release.toml", FILES["release.toml"]),
+                           ("data/zeros.bin", bytes(BOMB_BYTES))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
+
+
+@pytest.mark.parametrize("make", [_zip_bomb, _tar_bomb], ids=["zip", "tar.gz"])
+def test_bomb_is_refused_before_writing_by_the_ratio_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make: Callable[[], bytes]
+) -> None:
+    """A ~32 KiB archive declaring 32 MiB: over 100 times its size, refused at the member's
+    header; the member is never opened for writing, nothing is left behind."""
+    from bundle import release_archive
+
+    data = make()
+    assert len(data) * 100 < BOMB_BYTES  # a real bomb by the default ratio
+    archive = tmp_path / "bomb.bin"
+    archive.write_bytes(data)
+    written: list[str] = []
+    real = release_archive._Unpacker.write_file
+
+    def spy(self: Any, name: str, size: int, src: Any) -> None:
+        written.append(name)
+        real(self, name, size, src)
+
+    monkeypatch.setattr(release_archive._Unpacker, "write_file", spy)
+    with pytest.raises(LimitExceededError, match=r"member 'data/zeros.bin': at most 100 times "
+                       rf"the archive's {len(data)} bytes \(limit max_ratio\)"):
+        unpack_release_archive(archive, tmp_path / "out")
+    assert "data/zeros.bin" not in written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.bin"]
+    # With a ratio that allows it (and room for it), the same archive unpacks.
+    unpack_release_archive(archive, tmp_path / "out", ArchiveLimits(max_ratio=2000))
+    assert (tmp_path / "out" / "data" / "zeros.bin").stat().st_size == BOMB_BYTES
+
+
+def test_zip_member_holding_more_than_declared_is_refused(tmp_path: Path) -> None:
+    """A zip whose headers declare 1000 bytes for a member that inflates to 1 MiB: at most
+    the declared bytes are read and written, then the archive is refused."""
+    body = bytes(range(256)) * 4096  # 1 MiB
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("release.toml", FILES["release.toml"])
+        z.writestr("scripts/big.bin", body)
+    data = bytearray(buf.getvalue())
+    real = len(body).to_bytes(4, "little")
+    lie = (1000).to_bytes(4, "little")
+    # the uncompressed size in the member's local header (offset 22) and central entry (24)
+    local = data.index(b"scripts/big.bin") - 30  # the name follows the 30-byte local header
+    assert data[local:local + 4] == b"PK\x03\x04" and data[local + 22:local + 26] == real
+    data[local + 22:local + 26] = lie
+    central = data.rindex(b"PK\x01\x02")
+    assert data[central + 24:central + 28] == real
+    data[central + 24:central + 28] = lie
+    archive = tmp_path / "liar.zip"
+    archive.write_bytes(bytes(data))
+    with pytest.raises(ReleaseFormatError, match=r"corrupt zip archive|more data than"):
+        unpack_release_archive(archive, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["liar.zip"]
+
+
+def test_tiny_archives_unpack_whatever_their_ratio(tmp_path: Path) -> None:
+    """Below ratio_free_bytes (1 MiB) the ratio does not apply: a 300-byte archive of a
+    100 KiB text file is fine."""
+    body = b"-- a comment\n" * 8000
+    archive = tmp_path / "tiny.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        z.writestr("release.toml", FILES["release.toml"])
+        z.writestr("scripts/hello.sh", FILES["scripts/hello.sh"])
+        z.writestr("scripts/report.py", FILES["scripts/report.py"])
+        z.writestr("sql/comments.sql", body)
+    assert archive.stat().st_size * 100 < len(body)
+    unpack_release_archive(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "sql" / "comments.sql").read_bytes() == body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,27 @@ def test_unusable_idp_metadata_is_a_config_error(
         path.write_bytes(content)
     with pytest.raises(ConfigError, match=message):
         build_settings(SamlConfig(sp_base_url="https://hub.example.org", idp_metadata_file=path))
+
+
+def test_upload_and_login_caps_are_hub_toml_settings(tmp_path: Path) -> None:
+    (tmp_path / "hub.toml").write_text(
+        "[web]\nmax_upload_bytes = 1048576\nmax_unpack_ratio = 20\nmax_unpacked_files = 50\n"
+        "local_login = true\nlogin_max_failures_per_user = 3\n"
+    )
+    cfg = load_web_config(HubConfig(data_dir=tmp_path), environ={})
+    assert cfg.uploads.max_upload_bytes == 1048576 and cfg.uploads.max_unpack_ratio == 20
+    assert cfg.uploads.max_unpacked_files == 50
+    assert cfg.uploads.max_unpacked_total_bytes == 1024**3  # the default
+    assert cfg.local_login is True and cfg.login_limits.max_failures_per_user == 3
+
+
+@pytest.mark.parametrize(("line", "says"), [
+    ("max_unpack_ratio = 0", "web.max_unpack_ratio must be positive, not 0"),
+    ('max_upload_bytes = "lots"', "web.max_upload_bytes must be a whole number"),
+    ("login_window_s = -5", "web.login_window_s must be positive, not -5"),
+    ("local_login = 3", "web.local_login must be true or false"),
+])
+def test_bad_caps_are_refused_naming_the_setting(tmp_path: Path, line: str, says: str) -> None:
+    (tmp_path / "hub.toml").write_text(f"[web]\n{line}\n")
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_web_config(HubConfig(data_dir=tmp_path), environ={})

@@ -20,8 +20,7 @@ from hub.services.approvals import approve_release
 from hub.services.releases import create_release, get_release, submit_release
 from hub.services.users import create_user, grant_role
 from tests.hub.conftest import write_release
-from tests.web.pages import Site
-from web.releases import UPLOAD_LIMIT_SETTING
+from tests.web.pages import Site, make_site
 
 SQL_RELEASE = """format = 1
 
@@ -178,6 +177,7 @@ BAD_UPLOADS = [
     ("link.tgz", lambda tmp: _symlink_tgz(), "is a symbolic link"),
     ("escape.tgz", lambda tmp: _traversal_tgz(), ".."),
     ("bad-toml.tgz", _bad_toml_tgz, "version is missing"),
+    ("norel.zip", lambda tmp: _no_release_toml(), "the archive norel.zip: no release.toml"),
 ]
 
 
@@ -205,13 +205,76 @@ def test_missing_file_field_is_400(site: Site) -> None:
     assert "choose a release archive" in text(resp)
 
 
-def test_upload_over_the_size_limit_is_refused(site: Site, tmp_path: Path) -> None:
-    site.app.config[UPLOAD_LIMIT_SETTING] = 2048
+def test_upload_over_the_size_limit_is_refused(tmp_path: Path) -> None:
+    with make_site(tmp_path, max_upload_bytes=2048) as site:  # [web] max_upload_bytes
+        before = counts(site)
+        resp = upload(site, site.client("dev"), b"\0" * 4096, "big.tgz")
+        assert resp.status_code == 413
+        assert "larger than the limit of 2 KiB (2048 bytes)" in text(resp)
+        assert counts(site) == before and stored(site) == []
+
+
+def _no_release_toml() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("rel/steps.sh", "echo hi\n")
+    return buf.getvalue()
+
+
+BOMB_BYTES = 16 * 1024**2  # bytes of zeros: ~16 KiB deflated, over 1000 times that unpacked
+
+
+def _zip_bomb(tmp: Path) -> bytes:
+    root = write_release(tmp / "zb", product="bomb", version="1.0.0")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                z.write(path, path.relative_to(root).as_posix())
+        z.writestr("data/zeros.bin", bytes(BOMB_BYTES))
+    return buf.getvalue()
+
+
+def _tar_bomb(tmp: Path) -> bytes:
+    root = write_release(tmp / "tb", product="bomb", version="1.0.0")
+    (root / "data").mkdir()
+    (root / "data" / "zeros.bin").write_bytes(bytes(BOMB_BYTES))
+    return tgz(root)
+
+
+@pytest.mark.parametrize(("name", "make"), [("bomb.zip", _zip_bomb), ("bomb.tgz", _tar_bomb)])
+def test_bombs_are_refused_by_the_ratio_cap_before_anything_is_written(
+    site: Site, tmp_path: Path, name: str, make: Any
+) -> None:
+    """A small archive declaring 16 MiB is refused at the member's declared size (default
+    ``[web] max_unpack_ratio = 100``): a 400 naming the setting, no path of the hub's,
+    nothing created, nothing left in the releases directory."""
+    data = make(tmp_path)
+    assert len(data) * 100 < BOMB_BYTES
     before = counts(site)
-    resp = upload(site, site.client("dev"), b"\0" * 4096, "big.tgz")
-    assert resp.status_code == 413
-    assert "larger than the limit of 2 KiB (2048 bytes)" in text(resp)
+    resp = upload(site, site.client("dev"), data, name)
+    page = text(resp)
+    assert resp.status_code == 400, page
+    assert "data/zeros.bin&#39;: at most 100 times the archive" in page
+    assert "hub.toml [web] max_unpack_ratio" in page
+    assert str(site.data_dir) not in page and "/tmp" not in page
     assert counts(site) == before and stored(site) == []
+
+
+@pytest.mark.parametrize(("setting", "value", "says"), [
+    ("max_unpacked_file_bytes", 10, "hub.toml [web] max_unpacked_file_bytes"),
+    ("max_unpacked_total_bytes", 20, "hub.toml [web] max_unpacked_total_bytes"),
+    ("max_unpacked_files", 2, "hub.toml [web] max_unpacked_files"),
+])
+def test_every_unpack_cap_is_a_hub_toml_setting(
+    tmp_path: Path, setting: str, value: int, says: str
+) -> None:
+    with make_site(tmp_path, **{setting: value}) as site:
+        before = counts(site)
+        resp = upload(site, site.client("dev"), hello_tgz(tmp_path), "hello-1.0.0.tgz")
+        page = text(resp)
+        assert resp.status_code == 400 and says in page, page[page.find("upload-error"):][:300]
+        assert counts(site) == before and stored(site) == []
 
 
 def test_same_version_again_is_409_naming_it(site: Site, tmp_path: Path) -> None:
