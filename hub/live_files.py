@@ -133,6 +133,13 @@ class LogStore:
             return sum(self._used.values())
         return self._used.get(agent_id, 0)
 
+    def forget(self, agent_id: str) -> None:
+        """Drop what is remembered of ``agent_id``'s files (its connection ended); read
+        again from the files on its next line. Keeps memory bounded by connected agents."""
+        for key in [k for k in self._seen if k[0] == agent_id]:
+            del self._seen[key]
+        self._full = {k for k in self._full if k[0] != agent_id}
+
     def add(self, agent_id: str, event: LogReceived) -> bool | LogQuotaError:
         """Store one line of ``agent_id`` unless its ``seq`` is stored already; True when
         stored, False when not (a repeat, or over a quota again); a :class:`LogQuotaError`

@@ -518,6 +518,7 @@ class LiveHub:
                 inc.fh.close()
             if conn.agent_id is not None and self.peers.get(conn.agent_id) is peer:
                 del self.peers[conn.agent_id]
+                self.logs.forget(conn.agent_id)
                 log.info("live: agent %s offline", conn.agent_id)
             peer.flush()
             code = conn.close_code if conn.failure is not None else 1000

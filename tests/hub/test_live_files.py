@@ -26,8 +26,12 @@ def test_lines_are_stored_per_agent_and_bundle_once_per_seq(tmp_path: Path) -> N
     one = [json.loads(x) for x in (tmp_path / "site-01" / "b-1.log").read_text().splitlines()]
     assert [r["text"] for r in one] == ["one"]
     assert (tmp_path / "site-02" / "b-1.log").exists()
-    # a new store (a restarted hub) remembers what is stored
+    # a new store (a restarted hub), or one that forgot a disconnected agent, knows what
+    # is stored
     assert LogStore(tmp_path).add("site-01", _line("b-1", 0, "after restart")) is False
+    store.forget("site-01")
+    assert store.add("site-01", _line("b-1", 0, "after reconnect")) is False
+    assert store.add("site-01", _line("b-1", 1, "two")) is True
 
 
 @pytest.mark.parametrize(("agent_quota", "total_quota", "which"), [
