@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -29,11 +30,13 @@ from gunicorn.app.base import BaseApplication
 
 from hub.config import HubConfig
 
-__all__ = ["HubServer", "build_app", "live_child_command", "serve"]
+__all__ = ["HubServer", "build_app", "gunicorn_options", "live_child_command", "serve"]
 
 log = logging.getLogger("tiangong.hub.serve")
 
 LIVE_STOP_TIMEOUT_S = 15.0  # seconds the live child gets to close its connections
+CONTROL_SOCKET = "gunicorn.ctl"  # gunicorn's control socket, in the data directory
+MAX_SOCKET_PATH_BYTES = 107  # a Unix socket path (sun_path is 108 bytes with the NUL)
 class HubServer(BaseApplication):  # type: ignore[misc]
     """A gunicorn application serving one prepared Flask app."""
 
@@ -110,6 +113,33 @@ def build_app(config: HubConfig) -> Flask:
     return create_web_app(config)
 
 
+def gunicorn_options(config: HubConfig) -> dict[str, Any]:
+    """gunicorn's settings for ``hub serve``.
+
+    gunicorn (25.1 and later) opens a control socket for ``gunicornc``; its default,
+    ``$XDG_RUNTIME_DIR/gunicorn.ctl`` or ``~/.gunicorn/gunicorn.ctl``, is one per user for
+    the whole machine, so two hubs would fight over it. Here it is ``<data_dir>/gunicorn.ctl``
+    (mode 0600): one per hub. A data directory whose path is too long for a Unix socket
+    (:data:`MAX_SOCKET_PATH_BYTES`) gets none, and the log says so.
+    """
+    options: dict[str, Any] = {
+        "bind": config.bind,
+        "workers": config.workers,
+        "accesslog": "-",
+        "errorlog": "-",
+        "timeout": 60,
+    }
+    control = Path(config.data_dir).absolute() / CONTROL_SOCKET
+    if len(os.fsencode(control)) <= MAX_SOCKET_PATH_BYTES:
+        options["control_socket"] = str(control)
+        options["control_socket_mode"] = 0o600
+    else:
+        log.warning("hub serve: no gunicorn control socket: %s is longer than %d bytes, the "
+                    "limit of a Unix socket path", control, MAX_SOCKET_PATH_BYTES)
+        options["control_socket_disable"] = True
+    return options
+
+
 def serve(config: HubConfig, *, live_command: Sequence[str] | None = None) -> None:
     """Run until interrupted. Migrations run once, in the master, before forking.
 
@@ -124,16 +154,7 @@ def serve(config: HubConfig, *, live_command: Sequence[str] | None = None) -> No
     master = os.getpid()
     child = _start_live_child(live_command) if live_command else None
     try:
-        HubServer(
-            app,
-            {
-                "bind": config.bind,
-                "workers": config.workers,
-                "accesslog": "-",
-                "errorlog": "-",
-                "timeout": 60,
-            },
-        ).run()
+        HubServer(app, gunicorn_options(config)).run()
     finally:
         # gunicorn's workers are forked from here and leave through this frame too: only
         # the master owns the child.

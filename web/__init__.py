@@ -99,7 +99,8 @@ def init_app(app: Flask, config: WebConfig, clock: Clock = utc_now) -> None:
     # The logout form's POST is answered by a redirect to the IdP: allow that origin too.
     idp_origins = sorted(_idp_origins(settings)) if settings is not None else []
     form_action = " ".join(["'self'", *idp_origins])
-    csp = f"default-src 'self'; form-action {form_action}; frame-ancestors 'none'"
+    csp = (f"default-src 'self'; base-uri 'none'; object-src 'none'; "
+           f"form-action {form_action}; frame-ancestors 'none'")
 
     @app.after_request
     def _headers(resp: Any) -> Any:

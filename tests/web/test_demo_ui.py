@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -65,6 +66,8 @@ def demo_ui(tmp_path: Path) -> Iterator[DemoUI]:
                                      f"{proc.stderr}"
         url = re.search(r"web UI is running: (http://127\.0\.0\.1:\d+)", proc.stdout)
         assert url is not None, proc.stdout
+        # gunicorn's control socket is the hub's own, in its data directory.
+        assert stat.S_ISSOCK((out / "hub" / "gunicorn.ctl").stat().st_mode)
         yield DemoUI(url.group(1), dict(_PERSON.findall(proc.stdout)), proc.stdout)
     finally:
         if pid_file.exists():

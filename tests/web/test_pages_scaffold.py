@@ -42,3 +42,17 @@ def test_favicon_is_served_locally(site: Site) -> None:
     with c.get(resp.headers["Location"]) as icon:
         assert icon.status_code == 200 and b"<svg" in icon.data
     assert 'rel="icon"' in c.get("/").get_data(as_text=True)
+
+
+def test_content_security_policy(site: Site) -> None:
+    """No inline script or style, no <base> rewriting links, no plugins, forms only to the
+    hub, never framed."""
+    for c in (site.client(None), site.client("view")):
+        csp = c.get("/").headers["Content-Security-Policy"]
+        directives = {d.split()[0]: d.split()[1:] for d in csp.split("; ")}
+        assert directives["default-src"] == ["'self'"]
+        assert directives["base-uri"] == ["'none'"]
+        assert directives["object-src"] == ["'none'"]
+        assert directives["form-action"] == ["'self'"]  # no IdP configured here
+        assert directives["frame-ancestors"] == ["'none'"]
+        assert "unsafe-inline" not in csp
