@@ -31,7 +31,7 @@ from typing import Any
 
 import click
 
-from hub.errors import ConfigError, HubError, NotFoundError
+from hub.errors import ConfigError, HubError, NotFoundError, PermissionDeniedError
 
 __all__ = ["hub"]
 
@@ -59,6 +59,24 @@ _FIXES = {
     "deployment": "`tiangong hub deployments list` shows the deployments",
 }
 _NOT_FOUND = re.compile(r"(?:^|: )(\w+) '?([^':]+?)'? does not exist$")
+
+
+_DENIED = re.compile(r"^(\S+)( \(account deactivated\))? may not \S+"
+                     r"(?: in environment (\S+))?: it needs one of the roles ")
+
+
+def with_grant_fix(exc: PermissionDeniedError) -> str:
+    """The message of ``exc`` followed by the command an admin runs to allow it."""
+    message = str(exc)
+    match = _DENIED.match(message)
+    if match is None:
+        return message
+    user, deactivated, environment = match.groups()
+    if deactivated:
+        return f"{message}; an admin reactivates it with `tiangong hub users activate {user}`"
+    scope = f" --environment {environment}" if environment else ""
+    return (f"{message}; an admin grants one with "
+            f"`tiangong hub users grant {user} ROLE{scope}`")
 
 
 def with_fix(exc: NotFoundError | str, *, acting_as: str | None = None,
@@ -129,6 +147,10 @@ def _services(ctx: click.Context, *, as_actor: bool = True) -> Iterator[Any]:
     except NotFoundError as exc:
         session.rollback()
         click.echo(f"error: {with_fix(exc)}", err=True)
+        sys.exit(1)
+    except PermissionDeniedError as exc:
+        session.rollback()
+        click.echo(f"error: {with_grant_fix(exc)}", err=True)
         sys.exit(1)
     except HubError as exc:
         session.rollback()

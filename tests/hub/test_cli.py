@@ -140,6 +140,11 @@ def test_unknown_acting_user_and_permissions(hub_dir: Path) -> None:
     assert nobody.exit_code == 1 and "user 'mallory' does not exist" in nobody.output
     denied = run(hub_dir, "environments", "create", "x", actor="dev", ok=False)
     assert denied.exit_code == 1 and "may not environment.create" in denied.output
+    assert "an admin grants one with `tiangong hub users grant dev ROLE`" in denied.output
+    run(hub_dir, "environments", "create", "plant-a")
+    run(hub_dir, "users", "deactivate", "ops")
+    off = run(hub_dir, "agents", "list", "--environment", "plant-a", actor="ops", ok=False)
+    assert "an admin reactivates it with `tiangong hub users activate ops`" in off.output
 
 
 def test_enroll_list_revoke_agent(hub_dir: Path, tmp_path: Path) -> None:
