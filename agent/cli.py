@@ -119,8 +119,9 @@ def agent(ctx: click.Context, home: Path | None) -> None:
 
     \b
     Typical setup:
-      tiangong agent init /var/lib/tiangong-agent --root root.json --environment plant-a
-      (take outbox/enrollment-*.json to the hub; add connections to agent.toml)
+      tiangong agent init /var/lib/tiangong-agent --root /media/usb/root.json --environment plant-a
+      (root.json: the hub's <data-dir>/root.json, carried here; take
+      outbox/enrollment-*.json to the hub; add connections to agent.toml)
       tiangong agent run --home /var/lib/tiangong-agent
     """
     ctx.obj = home  # the commands' --home default (see _home_default)

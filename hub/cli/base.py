@@ -8,7 +8,7 @@ Global options: ``--data-dir`` (or ``TIANGONG_HUB_DATA_DIR``) and ``--as USER`` 
 it holds. ``--as`` only says which hub user's roles apply and whose name goes into the audit
 log.
 
-Output: readable tables by default, ``--json`` on every listing/showing command for scripts.
+Output: readable tables by default, ``--json`` on every command that reports for scripts.
 Exit codes: 0 success; 1 a domain error (permission, state, conflict, validation — the
 message says which rule); 2 usage or configuration error; 3 audit verification failed.
 
