@@ -21,6 +21,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from hub.audit_mac import attach as attach_audit_mac
 from hub.config import HubConfig, load_config
 from hub.db import User, db, engine_options, install_sqlite_pragmas, normalize_url
 from hub.migrate import upgrade
@@ -100,6 +101,8 @@ def create_app(config: HubConfig | Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     with app.app_context():
         install_sqlite_pragmas(db.engine)
+        keys = hub_keys(app)
+        attach_audit_mac(db.engine, keys.audit_mac if keys is not None else None)
         if cfg.run_migrations:
             upgrade(db.engine)
     app.register_blueprint(health)

@@ -144,6 +144,8 @@ class ChainEvent:
     hash: str
     #: the canonical JSON text of ``details`` as stored (database rows); hashed as is
     details_text: str | None = field(default=None, compare=False)
+    #: the hub's MAC of the event (database rows only; an export carries none)
+    mac: str | None = field(default=None, compare=False)
 
     def recompute(self, seq: int | None = None) -> str:
         """The hash these fields give (optionally as if the event had sequence ``seq``)."""
@@ -243,6 +245,8 @@ class ChainReport:
     problems: list[Problem] = field(default_factory=list)
     problem_count: int = 0
     checkpoints_checked: int = 0
+    #: every event's MAC was checked with the hub's audit MAC key (None: not applicable)
+    macs_checked: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -250,9 +254,14 @@ class ChainReport:
 
     def summary(self) -> str:
         if self.ok:
+            macs = {
+                True: ", every event's MAC verified",
+                False: " (event MACs NOT checked: the hub's audit MAC key is not loaded)",
+                None: "",
+            }[self.macs_checked]
             return (
                 f"audit log verified: {self.events} events, head {self.last_seq or 0} "
-                f"{self.head_hash}, {self.checkpoints_checked} checkpoint(s) match"
+                f"{self.head_hash}, {self.checkpoints_checked} checkpoint(s) match{macs}"
             )
         more = self.problem_count - len(self.problems)
         lines = [f"audit log does NOT verify: {self.problem_count} problem(s)"]

@@ -48,6 +48,9 @@ from sqlalchemy.orm import (
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
+from hub.audit_mac import AuditMacKey
+from hub.audit_mac import attach as attach_audit_mac
+
 __all__ = [
     "AGENT_STATUSES",
     "DEPLOYMENT_STATES",
@@ -396,11 +399,13 @@ def engine_options(url: str) -> dict[str, Any]:
     return {"pool_pre_ping": True}
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url`` with the hub's connection settings."""
+def make_engine(url: str, *, audit_mac: AuditMacKey | None = None) -> Engine:
+    """An engine for ``url`` with the hub's connection settings; with ``audit_mac``, its
+    connections carry the audit MAC key (:func:`hub.audit_mac.attach`)."""
     url = normalize_url(url)
     engine = create_engine(url, **engine_options(url))
     install_sqlite_pragmas(engine)
+    attach_audit_mac(engine, audit_mac)
     return engine
 
 

@@ -5,6 +5,8 @@ Layout of the data directory::
     root.json                 the signed root document (agents and auditors pin it)
     keys/release.key          online release signing key  (0600, no passphrase: unattended)
     keys/audit.key            online audit checkpoint key (0600, no passphrase: unattended)
+    keys/audit-mac.key        the audit MAC key: every audit event is MACed with it, and
+                              the database does not hold it (hub.audit_mac)
     keys/*.pub                their public key files
     root-key.OFFLINE.json     the root key — move it OFF this machine after init
     tls/                      the live channel's private CA and server certificate (hub.tls)
@@ -24,6 +26,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from hub import audit_mac
 from hub.errors import ConfigError
 from hub.services.context import HubKeys
 from signing.errors import SigningError
@@ -123,6 +126,7 @@ def create_trust(
                 insecure_no_passphrase=True,
             )
             write_public_key(keys_dir / f"{name}.pub", info)
+        audit_mac.create(keys_dir, from_seq=1)
         write_file_atomic(root_json, sign_root(doc, [root]), mode=0o644)
     except (SigningError, OSError) as exc:
         raise ConfigError(f"cannot write the hub's keys in {data_dir}: {exc}") from exc
@@ -160,7 +164,8 @@ def load_hub_keys(data_dir: Path, *, with_private: bool = True) -> HubKeys:
                 loaded[name] = load_private_key(path, passphrase=None).signing_key()
             except SigningError as exc:
                 raise ConfigError(f"{path}: {exc}") from exc
-    return HubKeys(envelope, loaded["audit"], loaded["release"], _tls_ca(data_dir))
+    mac = audit_mac.load(data_dir / "keys") if with_private else None
+    return HubKeys(envelope, loaded["audit"], loaded["release"], _tls_ca(data_dir), mac)
 
 
 def _tls_ca(data_dir: Path) -> bytes | None:

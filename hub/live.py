@@ -158,7 +158,7 @@ def serve_live(config: Any, host: str, port: int, *, actor: str | None = None,
     from hub.live_guard import LiveLimits
 
     keys = load_hub_keys(config.data_dir)
-    engine = make_engine(config.database_url)
+    engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
     hub = LiveHub(session_factory=make_session_factory(engine), keys=keys,
                   data_dir=config.data_dir, actor=actor, heartbeat=heartbeat,
                   binding=binding, limits=LiveLimits.from_config(config))

@@ -132,7 +132,7 @@ def _services(ctx: click.Context, *, as_actor: bool = True) -> Iterator[Any]:
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    engine = make_engine(cfg.database_url)
+    engine = make_engine(cfg.database_url, audit_mac=keys.audit_mac)
     session = make_session_factory(engine)()
     try:
         actor = None

@@ -173,7 +173,9 @@ def init(
         from hub.config import load_config
 
         cfg = load_config(data_dir)
-        engine = make_engine(cfg.database_url)
+        from hub import audit_mac
+
+        engine = make_engine(cfg.database_url, audit_mac=audit_mac.load(data_dir / "keys"))
         try:
             upgrade(engine)
             with make_session_factory(engine)() as session:

@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, SessionTransaction
 
 from hub.audit_chain import (
+    GENESIS_HASH,
     ChainEvent,
     ChainReport,
     ChainVerifier,
@@ -43,8 +44,10 @@ from hub.audit_chain import (
     sign_checkpoint,
     verify_checkpoint,
 )
+from hub.audit_mac import CONNECTION_KEY, AuditMacKey
 from hub.db import AuditCheckpoint, AuditEvent, AuditHead, Environment
 from hub.errors import AuditError, AuditVerificationError, ConfigError
+from hub.faults import crash_point
 from hub.services.context import HubKeys, ServiceContext
 from signing.errors import SigningError, StrictJSONError
 from signing.strictjson import dumps_canonical
@@ -63,6 +66,7 @@ __all__ = [
     "iter_events",
     "latest_checkpoint",
     "lock_head",
+    "mac_key",
     "record",
     "search_events",
     "verify_database",
@@ -99,6 +103,8 @@ class HeldHead:
         self.seq, self.hash = session.execute(
             select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == _HEAD_ID)
         ).one()
+        _refuse_rows_past_head(session, self.seq)
+        self.mac = mac_key(session)
         self._locked_seq: int = self.seq
         self._transaction: SessionTransaction | None = session.get_transaction()
 
@@ -214,6 +220,8 @@ def append_event(
         seq, prev_hash = session.execute(
             select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == _HEAD_ID)
         ).one()
+        _refuse_rows_past_head(session, seq - 1)
+    mac = held.mac if held is not None else mac_key(session)
     at_text = format_at(at)
     digest = compute_hash_raw(
         seq, at_text, actor, action, object_type, object_id, details_text, prev_hash
@@ -228,6 +236,7 @@ def append_event(
         details=details_text,
         prev_hash=prev_hash,
         hash=digest,
+        mac=mac.mac(seq, digest) if mac is not None else None,
     )
     session.add(event)
     if held is not None:
@@ -237,7 +246,30 @@ def append_event(
         return event
     session.flush()
     session.execute(update(AuditHead).where(AuditHead.id == _HEAD_ID).values(hash=digest))
+    crash_point("hub.audit-appended")
     return event
+
+
+def mac_key(session: Session) -> AuditMacKey | None:
+    """The audit MAC key the session's engine carries (:func:`hub.audit_mac.attach`)."""
+    key = session.connection().info.get(CONNECTION_KEY)
+    return key if isinstance(key, AuditMacKey) else None
+
+
+def _refuse_rows_past_head(session: Session, head: int) -> None:
+    """Raise AuditError when the log holds events after the head (``head``): rows written
+    into the database without the hub. Appending would collide with them.
+
+    Raises:
+        AuditError: naming the rows and the command that lists every problem.
+    """
+    last = session.scalar(select(func.max(AuditEvent.seq)))
+    if last is not None and last > head:
+        raise AuditError(
+            f"the audit log holds event(s) {head + 1}..{last} after its head (event {head}): "
+            "rows were written without the hub; nothing was recorded. Run "
+            "`tiangong hub audit verify` to list every problem"
+        )
 
 
 def record(
@@ -266,6 +298,7 @@ def _to_chain(row: Any) -> ChainEvent:
         row.prev_hash,
         row.hash,
         details_text=row.details,
+        mac=row.mac,
     )
 
 
@@ -281,6 +314,7 @@ def iter_events(session: Session, after_seq: int = 0, batch: int = BATCH) -> Ite
         AuditEvent.details,
         AuditEvent.prev_hash,
         AuditEvent.hash,
+        AuditEvent.mac,
     )
     last = after_seq
     while True:
@@ -324,9 +358,49 @@ def verify_database(session: Session, keys: HubKeys | None) -> ChainReport:
     verifier = ChainVerifier(signed)
     for seq, message in problems:
         verifier.add_problem(seq, "checkpoint", message)
-    for event in iter_events(session):
+    mac = keys.audit_mac if keys is not None and keys.audit_mac is not None else None
+    return _verify_rows(session, verifier, mac or mac_key(session), after_seq=0)
+
+
+def _verify_rows(
+    session: Session, verifier: ChainVerifier, mac: AuditMacKey | None, *, after_seq: int
+) -> ChainReport:
+    """Feed the events after ``after_seq`` to ``verifier``, check each MAC (with ``mac``)
+    and that the head row agrees with the last event; return the report."""
+    for event in iter_events(session, after_seq):
+        if mac is not None:
+            wrong = mac.check(event.seq, event.hash, event.mac)
+            if wrong is not None:
+                verifier.add_problem(event.seq, "mac", wrong)
         verifier.feed(event)
-    return verifier.finish()
+    report = verifier.finish()
+    report.macs_checked = mac is not None
+    head_seq, head_hash = session.execute(
+        select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == _HEAD_ID)
+    ).one()
+    last = report.last_seq if report.last_seq is not None else after_seq
+    if last > head_seq:
+        verifier.add_problem(
+            head_seq + 1,
+            "appended",
+            f"the log goes on past its head (event {head_seq}) to event {last}: rows were "
+            "added without the hub",
+        )
+    elif last < head_seq:
+        verifier.add_problem(
+            last + 1,
+            "missing",
+            f"the head says event {head_seq} but the log ends at event {last}: "
+            f"events {last + 1} to {head_seq} were removed",
+        )
+    elif report.events and head_hash != report.head_hash:
+        verifier.add_problem(
+            head_seq,
+            "link",
+            f"the head hash {head_hash} is not the hash of event {head_seq} "
+            f"({report.head_hash})",
+        )
+    return report
 
 
 def verify(ctx: ServiceContext) -> ChainReport:
@@ -339,7 +413,10 @@ def verify(ctx: ServiceContext) -> ChainReport:
 
     require(ctx.actor, "audit.verify")
     report = verify_database(ctx.session, ctx.keys)
-    record(ctx, "audit.verify", "audit", "log", {"ok": report.ok, "events": report.events})
+    try:
+        record(ctx, "audit.verify", "audit", "log", {"ok": report.ok, "events": report.events})
+    except AuditError:
+        ctx.session.rollback()  # rows past the head: the report names them; record nothing
     return report
 
 
@@ -371,6 +448,45 @@ def checkpoint_for_export(ctx: ServiceContext, environment: Environment) -> Audi
     return _sign_checkpoint(ctx)
 
 
+def _verify_since_last_checkpoint(session: Session, keys: HubKeys) -> None:
+    """Verify the chain from the newest checkpoint (its signature first) to the head, every
+    MAC included: a checkpoint is signed only over a chain verified since the last one.
+
+    Raises:
+        AuditError: naming the problems (up to five, and how many there are).
+    """
+    last = latest_checkpoint(session)
+    start_seq, start_hash = 1, GENESIS_HASH
+    if last is not None:
+        role = keys.root.role_keys("audit")
+        try:
+            signed = verify_checkpoint(last.envelope, role.keys, role.threshold, keys.hub_id)
+        except AuditVerificationError as exc:
+            raise AuditError(
+                f"refusing to sign an audit checkpoint: the newest stored checkpoint "
+                f"(id {last.id}, event {last.seq}) does not verify: {exc}"
+            ) from exc
+        if (signed.seq, signed.head_hash) != (last.seq, last.head_hash):
+            raise AuditError(
+                f"refusing to sign an audit checkpoint: checkpoint {last.id}'s stored event "
+                "and hash differ from what it signed"
+            )
+        start_seq, start_hash = last.seq + 1, last.head_hash
+    verifier = ChainVerifier(start_seq=start_seq, start_prev_hash=start_hash)
+    mac = keys.audit_mac or mac_key(session)
+    report = _verify_rows(session, verifier, mac, after_seq=start_seq - 1)
+    if not report.ok:
+        since = f"checkpoint at event {start_seq - 1}" if last is not None else "the start"
+        shown = "; ".join(p.message for p in report.problems[:5])
+        more = report.problem_count - min(5, len(report.problems))
+        raise AuditError(
+            f"refusing to sign an audit checkpoint: the log since {since} does not verify "
+            f"({report.problem_count} problem(s)): {shown}"
+            + (f"; and {more} more" if more > 0 else "")
+            + " — run `tiangong hub audit verify`"
+        )
+
+
 def _sign_checkpoint(ctx: ServiceContext) -> AuditCheckpoint:
     if ctx.keys is None or ctx.keys.audit_key is None:
         raise ConfigError("the audit key is not loaded; it lives in <data_dir>/keys/audit.key")
@@ -380,6 +496,7 @@ def _sign_checkpoint(ctx: ServiceContext) -> AuditCheckpoint:
     seq, head_hash = session.execute(
         select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == _HEAD_ID)
     ).one()
+    _verify_since_last_checkpoint(session, ctx.keys)
     now = ctx.now()
     payload = Checkpoint(ctx.keys.hub_id, seq, head_hash, int(now.timestamp()))
     try:
@@ -389,6 +506,7 @@ def _sign_checkpoint(ctx: ServiceContext) -> AuditCheckpoint:
     cp = AuditCheckpoint(seq=seq, head_hash=head_hash, at=now, envelope=envelope)
     session.add(cp)
     session.flush()
+    crash_point("hub.checkpoint-signed")
     record(ctx, "audit.checkpoint", "audit", str(seq), {"head_hash": head_hash})
     return cp
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from hub.audit_mac import AuditMacKey
 from hub.db import User
 from signing.keys import SigningKey
 from signing.roots import RootDocument, TrustedRoot
@@ -31,6 +32,7 @@ class HubKeys:
     audit_key: SigningKey | None = None
     release_key: SigningKey | None = None
     tls_ca_pem: bytes | None = None  # the live channel's private CA; agents pin it
+    audit_mac: AuditMacKey | None = None  # MACs every audit event (hub.audit_mac)
 
     @property
     def trusted_root(self) -> TrustedRoot:

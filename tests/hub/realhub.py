@@ -71,8 +71,8 @@ class RealHub:
         out = self.cli(*args, user="admin")
         assert out.returncode == 0, out.stderr
         cfg = load_config(self.data)
-        self.engine = make_engine(cfg.database_url)
         self.keys = load_hub_keys(self.data)
+        self.engine = make_engine(cfg.database_url, audit_mac=self.keys.audit_mac)
 
     @contextmanager
     def ctx(self, user: str | None = "admin") -> Iterator[ServiceContext]:

@@ -100,7 +100,10 @@ def test_inserted_row_is_named(world: World) -> None:
         prev=prev,
         hash=digest,
     )
-    assert problems(world) == ["event 13 was inserted: event 14 links past it to event 12"]
+    assert problems(world) == [
+        "event 13 was inserted: event 14 links past it to event 12",
+        "the log goes on past its head (event 29) to event 30: rows were added without the hub",
+    ]
 
 
 def test_checkpoint_verified_and_tampered_checkpoint_refused(world: World) -> None:
