@@ -99,3 +99,39 @@ def audit_show(ctx: click.Context, last: int, as_json: bool) -> None:
             )
         ][::-1]
     _emit(rows, as_json)
+
+
+@audit_group.command("mac-key")
+@json_option
+@click.pass_context
+def audit_mac_key(ctx: click.Context, as_json: bool) -> None:
+    """Give a hub initialised before audit MACs its audit MAC key (keys/audit-mac.key).
+
+    Every event from the next one on must then carry a MAC. Stop the hub's other processes
+    (serve, live) first and start them again after: until they load the key, the events
+    they write carry none and `audit verify` would name them.
+    """
+    from sqlalchemy import select
+
+    from hub import audit_mac
+    from hub.cli.base import _config, _state
+    from hub.db import AuditHead
+    from hub.errors import ConfigError
+    from hub.services import audit
+    from hub.services.users import require
+
+    keys_dir = _config(_state(ctx)).data_dir / "keys"
+    with _services(ctx) as sc:
+        require(sc.actor, "audit.checkpoint")
+        audit.lock_head(sc.session)
+        head = int(sc.session.scalar(select(AuditHead.seq)) or 0)
+        try:
+            mac = audit_mac.create(keys_dir, from_seq=head + 1)
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        audit.append_event(sc.session, sc.now(), sc.actor_name, "audit.mac_key_created",
+                           "audit", "mac-key", {"from_seq": head + 1}, mac=mac)
+    _done(as_json, f"audit MAC key written to {keys_dir / audit_mac.MAC_KEY_FILE}: events "
+          f"from {head + 1} on carry a MAC", {"from_seq": head + 1,
+                                              "file": str(keys_dir / audit_mac.MAC_KEY_FILE)})

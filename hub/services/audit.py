@@ -189,8 +189,11 @@ def append_event(
     object_type: str,
     object_id: str,
     details: Mapping[str, Any] | None = None,
+    *,
+    mac: AuditMacKey | None = None,
 ) -> AuditEvent:
-    """Append one event to the chain inside the session's transaction.
+    """Append one event to the chain inside the session's transaction, MACed with ``mac``
+    or else the key the session's engine carries (:func:`hub.audit_mac.attach`).
 
     Raises:
         AuditError: ``details`` is not strict JSON (floats, datetimes …) or too large, or
@@ -221,7 +224,8 @@ def append_event(
             select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == _HEAD_ID)
         ).one()
         _refuse_rows_past_head(session, seq - 1)
-    mac = held.mac if held is not None else mac_key(session)
+    if mac is None:
+        mac = held.mac if held is not None else mac_key(session)
     at_text = format_at(at)
     digest = compute_hash_raw(
         seq, at_text, actor, action, object_type, object_id, details_text, prev_hash
@@ -279,9 +283,11 @@ def record(
     object_id: str,
     details: Mapping[str, Any] | None = None,
 ) -> AuditEvent:
-    """Append an event for the context's actor at the context's time."""
+    """Append an event for the context's actor at the context's time (MACed with the
+    context's audit MAC key when it has one)."""
+    mac = ctx.keys.audit_mac if ctx.keys is not None else None
     return append_event(
-        ctx.session, ctx.now(), ctx.actor_name, action, object_type, object_id, details
+        ctx.session, ctx.now(), ctx.actor_name, action, object_type, object_id, details, mac=mac
     )
 
 

@@ -38,6 +38,7 @@ from bundle.errors import BundleError, InsufficientSpaceError
 from bundle.reader import ExpectResult, VerifiedBundle, VerifierState, verify_bundle
 from hub.db import Agent, AuditEvent, Deployment
 from hub.errors import ConfigError, HubError
+from hub.faults import crash_point
 from hub.services import audit
 from hub.services.context import ServiceContext
 from hub.services.deployments import record_result
@@ -266,7 +267,9 @@ class _ImportRun:
                 self._verify(inc)
             sync_copies([inc.copy for inc in batch if inc.copy is not None])
             self._record(batch)
+            crash_point("hub.import-stored")
             ctx.session.commit()
+            crash_point("hub.import-committed")
         except BaseException:
             ctx.session.rollback()
             raise

@@ -70,6 +70,10 @@ class RealHub:
             args += ["--database-url", self.database_url]
         out = self.cli(*args, user="admin")
         assert out.returncode == 0, out.stderr
+        self.init_engine()
+
+    def init_engine(self) -> None:
+        """(Re)load the keys and open the hub's database, as its processes do."""
         cfg = load_config(self.data)
         self.keys = load_hub_keys(self.data)
         self.engine = make_engine(cfg.database_url, audit_mac=self.keys.audit_mac)
@@ -88,12 +92,21 @@ class RealHub:
     def seed(self, agents: int) -> None:
         """Users op/dev/appr/aud, environment plant-a, ``agents`` enrolled agents
         (``site-01`` …), hello 1.0.0 approved and queued for each of them."""
+        self.seed_people()
+        self.enroll(agents)
+        self.queue()
+
+    def seed_people(self) -> None:
+        """Users op/dev/appr/aud and environment plant-a."""
         with self.ctx() as admin:
             create_environment(admin, ENV)
             for name, role in (("op", "operator"), ("dev", "developer"), ("appr", "approver"),
                                ("aud", "auditor")):
                 create_user(admin, name)
                 grant_role(admin, name, role)
+
+    def enroll(self, agents: int) -> None:
+        """``agents`` agents enrolled with generated keys (``site-01`` …)."""
         with self.ctx("op") as op:
             for i in range(1, agents + 1):
                 key = SigningKey.generate()
@@ -102,6 +115,9 @@ class RealHub:
                 enroll_agent(op, ENV, EnrollmentRequest(
                     hostname=agent_id, ed25519_public=key.public.raw.hex(),
                     x25519_public=BoxKeyPair.generate().public.raw.hex(), agent_id=agent_id))
+
+    def queue(self) -> None:
+        """hello 1.0.0 approved and queued for every enrolled agent of plant-a."""
         with self.ctx("dev") as dev:
             release = create_release(dev, HELLO, create_missing_product=True)
             submit_release(dev, release)

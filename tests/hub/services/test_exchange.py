@@ -10,6 +10,7 @@ import pytest
 from agent.config import load_config
 from agent.home import init_home
 from agent.inbox import ReadyItem
+from agent.results import write_result
 from agent.service import Agent
 from hub.errors import PermissionDeniedError
 from hub.services.approvals import approve_release
@@ -36,6 +37,17 @@ def _agent(world: World, tmp: Path, agent_id: str = "site-01") -> Agent:
     assert [r.status for r in report.rows] == ["enrolled"], report.rows
     assert (media / f"enrollment-response-{agent_id}.json").exists()
     return Agent(load_config(tmp / agent_id), clock=lambda: world.clock().timestamp())
+
+
+def _result(agent: Agent, status: str, summary: str, bundle_id: str | None = None,
+            envelope_sha256: str | None = None, release: object = None,
+            steps: list[object] | None = None, **extra: object) -> Path:
+    """A signed result file written by ``agent`` (as its own service would write one)."""
+    return write_result(agent.config, agent.journal, agent.keys.identity, status=status,
+                        summary=summary, bundle_id=bundle_id,
+                        bundle_envelope_sha256=envelope_sha256, release=release or {},
+                        steps=steps or [], extra=extra.get("extra"),  # type: ignore[arg-type]
+                        now=int(agent.clock()))
 
 
 def _approved_release(world: World):  # type: ignore[no-untyped-def]
@@ -108,7 +120,7 @@ def test_import_refuses_forged_and_foreign_results(world: World, tmp_path: Path)
     )
     forged_dir = tmp_path / "forged"
     forged_dir.mkdir()
-    forged = forged_agent._result("succeeded", "all good (forged)", None, None, None, [])
+    forged = _result(forged_agent, "succeeded", "all good (forged)")
     shutil.move(str(forged), forged_dir / forged.name)
     rows = import_directory(world.ctx("op"), forged_dir, results_dir=tmp_path / "r").rows
     assert [r.status for r in rows] == ["rejected"]
@@ -119,7 +131,7 @@ def test_import_refuses_forged_and_foreign_results(world: World, tmp_path: Path)
     foreign_dir = tmp_path / "foreign"
     foreign_dir.mkdir()
     rec = agent.journal.bundles()[0]
-    f2 = other._result("succeeded", "not mine", rec.bundle_id, rec.envelope_sha256, None, [])
+    f2 = _result(other, "succeeded", "not mine", rec.bundle_id, rec.envelope_sha256)
     shutil.move(str(f2), foreign_dir / f2.name)
     rows = import_directory(world.ctx("op"), foreign_dir, results_dir=tmp_path / "r").rows
     assert [r.status for r in rows] == ["rejected"] and "not addressed" in rows[0].reason
@@ -143,7 +155,7 @@ def test_export_requires_operator(world: World, tmp_path: Path) -> None:
 
 def test_gap_in_result_sequence_is_flagged_and_audited(world: World, tmp_path: Path) -> None:
     agent = _agent(world, tmp_path)
-    paths = [agent._result("rejected", f"report {i}", None, None, None, [],
+    paths = [_result(agent, "rejected", f"report {i}",
                            extra={"rejected_file": f"x{i}.tgb", "check": "target"})
              for i in (1, 2, 3)]
     media = tmp_path / "partial"

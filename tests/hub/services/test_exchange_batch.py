@@ -37,7 +37,7 @@ from hub.services.exchange import ImportRow, import_directory
 from hub.services.users import bootstrap_admin, get_user
 from tests.hub.conftest import PEOPLE, FakeClock, Keys, World, seed_people
 from tests.hub.services.test_concurrency import _in_threads
-from tests.hub.services.test_exchange import _agent
+from tests.hub.services.test_exchange import _agent, _result
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 
@@ -65,7 +65,7 @@ def any_world(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock,
 
 
 def _results(agent: Agent, n: int) -> list[Path]:
-    return [agent._result("succeeded", f"report {i}", None, None, None, []) for i in range(n)]
+    return [_result(agent, "succeeded", f"report {i}") for i in range(n)]
 
 
 def _media(tmp: Path, name: str, files: dict[str, Path]) -> Path:

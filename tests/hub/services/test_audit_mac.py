@@ -1,0 +1,137 @@
+"""The audit log cannot be extended by whoever can write the database (issue 9 §1): every
+event carries a MAC made with a key the database does not hold; ``audit verify`` names every
+inconsistency instead of crashing; a checkpoint is signed only over a chain verified since
+the last one (so an export no longer signs over a forged event)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, select, text
+
+from hub.audit_chain import compute_hash_raw, format_at
+from hub.audit_mac import AuditMacKey
+from hub.db import AuditCheckpoint, AuditEvent, AuditHead
+from hub.errors import AuditError
+from hub.services import audit
+from hub.services.context import ServiceContext
+from tests.hub.conftest import World
+
+
+@pytest.fixture(autouse=True)
+def _mac(world: World) -> None:
+    """The hub got its key after the fixture's first events (as an older hub would)."""
+    head = world.session.scalar(select(AuditHead.seq)) or 0
+    world.mac = AuditMacKey(bytes(range(32)), from_seq=head + 1)  # type: ignore[attr-defined]
+
+
+def _ctx(world: World, user: str = "aud") -> ServiceContext:
+    ctx = world.ctx(user)
+    assert ctx.keys is not None
+    mac = world.mac  # type: ignore[attr-defined]
+    return dataclasses.replace(ctx, keys=dataclasses.replace(ctx.keys, audit_mac=mac))
+
+
+def _fill(world: World, n: int = 5) -> None:
+    for i in range(n):
+        world.clock.advance(1)
+        audit.record(_ctx(world, "op"), "test.act", "thing", str(i), {"i": i})
+    world.session.commit()
+
+
+def _forge(world: World, seq: int, *, move_head: bool) -> None:
+    """What someone with only database access can do: a row with a correct hash (and,
+    if ``move_head``, the head row moved to it)."""
+    prev = world.session.scalar(select(AuditEvent.hash).where(AuditEvent.seq == seq - 1))
+    at = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    details = '{"release":"x"}'
+    digest = compute_hash_raw(seq, format_at(at), "mallory", "release.approve", "release",
+                              "x", details, str(prev))
+    world.session.execute(
+        text("INSERT INTO audit_events (seq, at, actor, action, object_type, object_id, "
+             "details, prev_hash, hash) VALUES (:seq, :at, 'mallory', 'release.approve', "
+             "'release', 'x', :d, :prev, :hash)"),
+        {"seq": seq, "at": at.replace(tzinfo=None), "d": details, "prev": prev,
+         "hash": digest})
+    if move_head:
+        world.session.execute(text("UPDATE audit_head SET seq = :s, hash = :h"),
+                              {"s": seq, "h": digest})
+    world.session.commit()
+
+
+def _state(world: World) -> tuple[int, int, int]:
+    s = world.session
+    return (s.scalar(select(func.count()).select_from(AuditEvent)) or 0,
+            s.scalar(select(func.count()).select_from(AuditCheckpoint)) or 0,
+            s.scalar(select(AuditHead.seq)) or 0)
+
+
+def test_events_carry_macs_and_verify(world: World) -> None:
+    _fill(world)
+    report = audit.verify_database(world.session, _ctx(world).keys)
+    assert report.ok, report.summary()
+    assert report.macs_checked and "every event's MAC verified" in report.summary()
+    macs = world.session.scalars(
+        select(AuditEvent.mac).where(AuditEvent.actor == "op")).all()
+    assert len(macs) == 5 and all(m and len(m) == 64 for m in macs)
+
+
+def test_forged_event_with_a_correct_hash_is_named_and_never_checkpointed(
+    world: World,
+) -> None:
+    _fill(world)
+    audit.write_checkpoint(_ctx(world))
+    world.session.commit()
+    head = world.session.scalar(select(AuditHead.seq))
+    _forge(world, head + 1, move_head=True)
+    report = audit.verify_database(world.session, _ctx(world).keys)
+    assert [p.message for p in report.problems] == [
+        f"event {head + 1} carries no MAC: it was written without the hub's audit key "
+        "(directly into the database?)"]
+    before = _state(world)
+    with pytest.raises(AuditError, match=rf"refusing to sign .* event {head + 1} carries no MAC"):
+        audit.write_checkpoint(_ctx(world))
+    world.session.rollback()
+    assert _state(world) == before  # no checkpoint, no event
+
+
+def test_row_past_the_head_is_named_and_writes_fail_clearly(world: World) -> None:
+    """A row with the next sequence number, the head left alone: every later append would
+    collide with it (a raw IntegrityError before)."""
+    _fill(world)
+    head = world.session.scalar(select(AuditHead.seq))
+    _forge(world, head + 1, move_head=False)
+    before = _state(world)
+    with pytest.raises(AuditError, match=rf"event\(s\) {head + 1}..{head + 1} after its head"):
+        audit.record(_ctx(world, "op"), "test.act", "thing", "late", {})
+    world.session.rollback()
+    report = audit.verify(_ctx(world))  # records nothing, names everything, does not raise
+    world.session.commit()
+    assert [p.message for p in report.problems] == [
+        f"event {head + 1} carries no MAC: it was written without the hub's audit key "
+        "(directly into the database?)",
+        f"the log goes on past its head (event {head}) to event {head + 1}: rows were added "
+        "without the hub",
+    ]
+    assert _state(world) == before
+
+
+def test_every_kind_of_tampering_is_named_at_once(world: World) -> None:
+    b = world.mac.from_seq  # type: ignore[attr-defined]
+    _fill(world, 8)
+    s = world.session
+    s.execute(text("UPDATE audit_events SET details = :d WHERE seq = :s"),
+              {"d": '{"i":99}', "s": b + 1})
+    s.execute(text("DELETE FROM audit_events WHERE seq = :s"), {"s": b + 3})
+    s.execute(text("UPDATE audit_events SET mac = :m WHERE seq = :s"), {"m": "0" * 64, "s": b + 5})
+    s.commit()
+    head = s.scalar(select(AuditHead.seq))
+    _forge(world, head + 1, move_head=False)
+    report = audit.verify_database(s, _ctx(world).keys)
+    kinds = [(p.seq, p.kind) for p in report.problems]
+    assert (b + 1, "edited") in kinds and (b + 3, "missing") in kinds
+    assert (b + 5, "mac") in kinds
+    assert (head + 1, "mac") in kinds and (head + 1, "appended") in kinds
+    assert report.problem_count == len(kinds) == 5, report.summary()
