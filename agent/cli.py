@@ -63,8 +63,11 @@ def setup_logging(as_json: bool, verbose: bool) -> None:
                                   "%Y-%m-%dT%H:%M:%S%z")
     formatter.converter = time.gmtime
     handler.setFormatter(_JsonFormatter() if as_json else formatter)
+    handler.set_name("tiangong-agent")
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replace only a handler this function installed before (tests call commands in-process).
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != "tiangong-agent"]
+    root.addHandler(handler)
     root.setLevel(logging.WARNING)
     ours = logging.getLogger("tiangong")
     ours.handlers[:] = []
