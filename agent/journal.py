@@ -40,7 +40,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -295,7 +295,9 @@ class Journal:
                 raise damaged(self.path, "is empty (0 bytes)")
         else:
             _open_private(self.path)
-        os.chmod(self.path, 0o600)
+        if self.path.stat().st_mode & 0o077:
+            with suppress(OSError):  # a read-only disk is reported by the first write
+                os.chmod(self.path, 0o600)
         try:
             self._db = sqlite3.connect(str(self.path), isolation_level=None,
                                        check_same_thread=False)
@@ -338,6 +340,9 @@ class Journal:
                     )
         except sqlite3.DatabaseError as exc:
             self._db.close()
+            if _WRITE_TROUBLE.search(str(exc)):
+                raise JournalWriteError(f"cannot open the journal {self.path} for writing: "
+                                        f"{exc} (free space, or remount it read-write)") from exc
             raise damaged(self.path, f"is not a readable SQLite journal ({exc})") from exc
         except JournalError:
             self._db.close()

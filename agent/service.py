@@ -80,6 +80,9 @@ __all__ = ["Agent", "ProcessOutcome"]
 
 log = logging.getLogger("tiangong.agent")
 
+#: Seconds between attempts to write result files to an outbox that refused (full, read-only).
+RETRY_SECONDS = 5.0  # seconds
+
 
 @dataclass(frozen=True)
 class ProcessOutcome:
@@ -119,6 +122,7 @@ class Agent:
         self.progress: Callable[[str, int, int], None] | None = None
         self._problems: dict[str, str] = {}  # what keeps failing (logged once) by area
         self._needs_recovery = False
+        self._outbox_retry_at = 0.0  # time.monotonic() before which a refusing outbox waits
 
     def close(self) -> None:
         self.journal.close()
@@ -190,14 +194,18 @@ class Agent:
         next call.
         """
         written: list[Path] = []
-        try:
-            written = flush_results(self.config, self.journal, self.keys.identity)
-        except (OSError, JournalWriteError) as exc:
-            self._problem("outbox", f"cannot write a result file to {self.config.outbox}: "
-                          f"{_why(exc)}; it stays recorded in the journal and is written as "
-                          "soon as the outbox can be written")
+        if "outbox" in self._problems and time.monotonic() < self._outbox_retry_at:
+            pass  # building a result costs CPU: a refusing disk is tried every few seconds
         else:
-            self._solved("outbox", f"result files written to {self.config.outbox} again")
+            try:
+                written = flush_results(self.config, self.journal, self.keys.identity)
+            except (OSError, JournalWriteError) as exc:
+                self._outbox_retry_at = time.monotonic() + RETRY_SECONDS
+                self._problem("outbox", f"cannot write a result file to {self.config.outbox}: "
+                              f"{_why(exc)}; it stays recorded in the journal and is written "
+                              "as soon as the outbox can be written")
+            else:
+                self._solved("outbox", f"result files written to {self.config.outbox} again")
         for rec in self.journal.unarchived():
             self._archive(rec.bundle_id, _item_of(self.config.inbox, rec.source,
                                                   rec.inbox_files))

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agent import faults
+from agent import faults, service
 from agent.journal import JournalWriteError
 from agent.results import flush_results, result_intent
 from agent.runner import StepReport
@@ -51,6 +51,7 @@ def test_a_full_outbox_keeps_results_pending_until_space_returns(
 ) -> None:
     agent, _, _ = site
     monkeypatch.setattr(faults, "_FAULT", ("outbox", errno.ENOSPC, None))
+    monkeypatch.setattr(service, "RETRY_SECONDS", 0.0)
     for i in range(2):
         agent.journal.add_result(_intent(agent, f"result {i}"))
     with caplog.at_level(logging.ERROR, logger="tiangong.agent"):
@@ -60,7 +61,7 @@ def test_a_full_outbox_keeps_results_pending_until_space_returns(
     assert len(errors) == 1  # logged once, not on every pass
     assert list(agent.config.outbox.glob("*.tgr")) == []
     assert len(agent.journal.pending_results()) == 2
-    monkeypatch.undo()
+    monkeypatch.setattr(faults, "_FAULT", None)  # space returns
     written = agent.flush()
     assert [p.name for p in written] == ["site-01-000001-succeeded.tgr",
                                          "site-01-000002-succeeded.tgr"]
