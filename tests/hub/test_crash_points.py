@@ -122,3 +122,35 @@ def test_import_killed_at(point: str, tmp_path: Path) -> None:
         _check(hub, usb, {"succeeded"})
     finally:
         hub.close()
+
+
+def test_result_of_a_bundle_from_a_killed_export_is_accepted(tmp_path: Path) -> None:
+    """Killed the instant the bundle's final name appeared (issue 9 §1): the stick goes to
+    the site as it is, and the result comes back before anyone exports again."""
+    hub, agents = _hub(tmp_path)
+    usb = tmp_path / "usb"
+    try:
+        _killed(hub, "hub.export-renamed", "export", "--environment", ENV, "--out", str(usb))
+        (bundle,) = usb.glob("*.tgb")  # the first bundle reached the media, complete
+        agent = next(a for n, a in agents.items() if n in bundle.name)
+        dest = agent.config.inbox / bundle.name
+        shutil.copyfile(bundle, dest)
+        done = agent.process(ReadyItem(bundle.name, (dest,), dest.stat().st_size, "single", 0.0))
+        assert done.status == "succeeded", done.summary
+        back = tmp_path / "back"
+        back.mkdir()
+        for result in agent.config.outbox.glob("*.tgr"):
+            shutil.copy(result, back)
+        imp = hub.cli("import", str(back))
+        assert imp.returncode == 0 and "1 imported" in imp.stdout, imp
+        with hub.ctx() as ctx:
+            states = sorted(d.state for d in ctx.session.scalars(select(Deployment)))
+        assert states == ["queued", "succeeded"]
+        # The next export writes only the other deployment and leaves this one alone.
+        again = hub.cli("export", "--environment", ENV, "--out", str(usb))
+        assert again.returncode == 0 and again.stdout.count("wrote ") == 1, again
+        with hub.ctx() as ctx:
+            assert hub.keys is not None
+            assert verify_database(ctx.session, hub.keys).ok
+    finally:
+        hub.close()

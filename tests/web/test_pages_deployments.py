@@ -205,6 +205,7 @@ def test_page_shows_verified_steps_and_their_logs(
     assert 'id="deployment-state">succeeded<' in html
     assert 'data-testid="agent-presence">online<' in html  # the import counts as seen
     assert 'id="steps-table"' in html and 'id="result-problem"' not in html
+    assert '<tr data-attempt="1"><td>1</td>' in html  # the history: one attempt so far
     for name in ("write greeting", "system info", "python report"):
         assert name in html
     assert html.count('class="badge badge-succeeded">succeeded<') >= 4  # result + 3 steps
