@@ -412,7 +412,9 @@ def status_cmd(home: Path, as_json: bool) -> None:
     if st["results"]:
         click.echo("recent results (outbox):")
         for r in st["results"][:10]:
-            click.echo(f"  #{r['result_seq']:<4} {r['status']:<12} {r['file_name']}")
+            pending = ("  (not written yet: the outbox refused it; retried)"
+                       if r.get("state") == "pending" else "")
+            click.echo(f"  #{r['result_seq']:<4} {r['status']:<12} {r['file_name']}{pending}")
 
 
 @agent.group("journal")

@@ -142,3 +142,26 @@ def test_logs_are_one_format_and_files_are_private(tmp_path: Path, hub_keys: Hub
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     db = sqlite3.connect(home / "journal.sqlite")
     db.close()
+
+
+def test_recovery_reports_a_bundle_without_result_as_interrupted(tmp_path: Path,
+                                                                 hub_keys: HubKeys) -> None:
+    """The journal is lost and so is the last result (taken to the hub): the bundle is
+    recorded interrupted with a new signed result numbered after --result-floor."""
+    home = init_site(tmp_path, hub_keys)
+    effects = tmp_path / "effects.txt"
+    effects.touch()
+    _run_bundles(tmp_path, hub_keys, home, effects, [1, 2])
+    taken = sorted((home / "outbox").glob("*.tgr"))[-1]
+    taken.unlink()
+    for name in ("journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm"):
+        (home / name).unlink(missing_ok=True)
+    rec = run("agent", "journal", "recover", "--home", str(home), "--result-floor", "2")
+    assert "seq 2" in rec.stdout and "interrupted" in rec.stdout, rec.stdout
+    found = verified_results(home, hub_keys, tmp_path)
+    assert [(r["result_seq"], r["status"]) for r in found] == [(1, "succeeded"),
+                                                               (3, "interrupted")]
+    assert "whether its steps ran is unknown" in found[1]["body"]["summary"]
+    assert effects.read_text().split() == ["b1", "b2"]  # nothing ran again
+    status = json.loads(run("agent", "status", "--home", str(home), "--json").stdout)
+    assert [b["state"] for b in status["bundles"]] == ["succeeded", "interrupted"]

@@ -117,3 +117,24 @@ def test_a_holder_that_may_be_alive_needs_force(site: Any,
     report = unlock(agent.config, agent.journal, "db", force=True)
     assert report.cleared and _lock_row(db) == (None, None)
     assert "--force" in agent.journal.actions()[0]["detail"]
+
+
+@pytest.mark.parametrize("db", ["postgres"], indirect=True)
+def test_the_command_names_the_holder_and_asks_for_force(
+    site: Any, db: tuple[str, str, Any, str]
+) -> None:
+    from click.testing import CliRunner
+
+    from agent.cli import agent as agent_cli
+
+    home = str(site.config.home)
+    runner = CliRunner()
+    free = runner.invoke(agent_cli, ["sql", "unlock", "db", "--home", home])
+    assert free.exit_code == 0 and "not held; nothing to do" in free.output, free.output
+    _hold(db, "plant-b-02 pid 4242 bundle b7 step 1 (schema)")
+    refused = runner.invoke(agent_cli, ["sql", "unlock", "db", "--home", home])
+    assert refused.exit_code == 1
+    assert "plant-b-02 pid 4242" in refused.output and "--force" in refused.output
+    forced = runner.invoke(agent_cli, ["sql", "unlock", "db", "--home", home, "--force"])
+    assert forced.exit_code == 0 and "cleared the schema lock" in forced.output, forced.output
+    assert _lock_row(db) == (None, None)
