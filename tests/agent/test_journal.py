@@ -143,3 +143,30 @@ def test_journal_file_is_private(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "j.sqlite").stat().st_mode) == 0o600
+
+
+def test_a_schema_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Agents in the field have journals of schema 1 (before pending results): opening one
+    keeps its results and sequence, and numbering continues."""
+    import sqlite3
+
+    from agent.journal import ResultIntent
+
+    path = tmp_path / "journal.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript((Path(__file__).parent / "data" / "journal-v1.sql").read_text())
+    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    db.execute("INSERT INTO trust VALUES ('hub-1', x'00', 1, 7, 100, 0)")
+    db.execute("INSERT INTO bundles(bundle_id, envelope_sha256, source, issuer, root_version,"
+               " sequence, manifest, state, received_at) VALUES ('b7', 'e7', 'b7.tgb', 'hub-1',"
+               " 1, 7, '{}', 'succeeded', 0)")
+    db.execute("INSERT INTO results VALUES (4, 'b7', 'succeeded', 'r4.tgr', 'aa', 0)")
+    db.commit()
+    db.close()
+    j = Journal(path, clock=Clock(), create=False)
+    assert j.trust("hub-1").sequence == 7  # type: ignore[union-attr]
+    assert j.bundle("b7").archived  # type: ignore[union-attr]
+    assert j.pending_results() == [] and j.last_result() == (4, "aa")
+    seq = j.add_result(ResultIntent("succeeded", None, {"agent_id": "a1"}, {}))
+    assert seq == 5 and j.previous_digest(5) == "aa"
+    j.close()
