@@ -127,7 +127,7 @@ class Sequencer:
         self._accepted = accepted
         self._pending_lost: dict[Position, LostBundle] = {}
         self._journal_lost: dict[Position, LostBundle] = {}
-        self._journal_seen = -1
+        self._journal_seen: Position | None = None
         self._held: dict[str, HeldItem] = {}
         self._logged: dict[str, str] = {}
 
@@ -135,10 +135,12 @@ class Sequencer:
 
     def known_lost(self) -> dict[Position, LostBundle]:
         """Lost decisions from accepted bundles (journal) and from verified inbox bundles."""
-        bundles = self._journal.bundles()
-        if len(bundles) != self._journal_seen:
+        # Decisions in the journal change only when a bundle is accepted, which moves the
+        # accepted position: re-read the manifests then, not on every look.
+        position = self._accepted()
+        if position != self._journal_seen:
             chains: list[ChainInfo | None] = []
-            for rec in bundles:
+            for rec in self._journal.bundles():
                 value = rec.manifest.get("chain")
                 if value is None:
                     continue
@@ -147,7 +149,7 @@ class Sequencer:
                 except BundleError:
                     continue
             self._journal_lost = collect_lost(chains)
-            self._journal_seen = len(bundles)
+            self._journal_seen = position
         return {**self._kept_lost, **self._journal_lost, **self._pending_lost}
 
     def _load_decisions(self) -> dict[Position, LostBundle]:
