@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sqlalchemy import select
+
+from hub.db import Agent
 from hub.errors import HubError, ValidationError
 from hub.services import audit
 from hub.services.agents import EnrollmentRequest, enroll_agent
@@ -42,8 +45,29 @@ def reject_file(
 
 
 
+def _already_enrolled(ctx: ServiceContext, request: EnrollmentRequest) -> str | None:
+    """The agent id when this very request was imported before (same keys, same
+    environment, same agent id if it names one, not revoked): importing it again is a
+    duplicate, as for results. A revoked key, or the key under another environment or id,
+    is not: :func:`enroll_agent` refuses those with its reason."""
+    agent = ctx.session.scalar(
+        select(Agent).where(Agent.ed25519_public == request.ed25519_public)
+    )
+    if (
+        agent is None
+        or agent.status == "revoked"
+        or agent.x25519_public != request.x25519_public
+        or agent.environment.name != request.environment
+        or (request.agent_id is not None and request.agent_id != agent.agent_id)
+    ):
+        return None
+    return agent.agent_id
+
+
 def import_enrollment(ctx: ServiceContext, path: Path) -> ImportRow:
-    """An agent's enrollment request: self-signed by the key it announces."""
+    """An agent's enrollment request: self-signed by the key it announces. A request
+    imported before (the stick still holds it when the results come back) is a
+    ``duplicate`` row that changes nothing."""
     try:
         data = path.read_bytes()[: MAX_ENROLLMENT_BYTES + 1]
         env = parse_envelope(data, MAX_ENROLLMENT_BYTES)
@@ -68,6 +92,14 @@ def import_enrollment(ctx: ServiceContext, path: Path) -> ImportRow:
             environment=doc["environment"],
             hub_id=doc.get("hub_id"),
         )
+        same = _already_enrolled(ctx, request)
+        if same is not None:
+            return ImportRow(
+                path.name,
+                "duplicate",
+                f"agent {same} is already enrolled from this request: nothing changed",
+                same,
+            )
         response = enroll_agent(ctx, doc["environment"], request)
         ctx.session.commit()
     except (SigningError, HubError, KeyError, TypeError, ValueError, OSError) as exc:

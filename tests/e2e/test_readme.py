@@ -53,7 +53,8 @@ def test_readme_round_trip_runs_as_printed(tmp_path: Path) -> None:
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
                           check=False)
     assert proc.returncode == 0, f"the README block failed:\n{proc.stdout}\n{proc.stderr}"
-    assert "1 imported, 0 duplicate, 0 rejected" in proc.stdout
+    # the enrollment request is still on the stick: imported again, it is a duplicate
+    assert "1 imported, 1 duplicate, 0 rejected" in proc.stdout
     assert "hello-1.0.0" in proc.stdout and "succeeded" in proc.stdout
     assert "audit.jsonl: audit log verified" in proc.stdout
 

@@ -318,6 +318,31 @@ def test_import_batch_size_is_checked_and_used(hub_dir: Path, tmp_path: Path) ->
     assert [r["status"] for r in out] == ["enrolled"]
 
 
+def test_an_enrollment_request_imported_again_is_a_duplicate(hub_dir: Path,
+                                                             tmp_path: Path) -> None:
+    """The stick still holds the request when the results come back: the second import
+    reports it as a duplicate, changes nothing and exits 0; the same key revoked is refused."""
+    from agent.home import init_home
+
+    run(hub_dir, "environments", "create", "plant-d")
+    media = tmp_path / "media"
+    media.mkdir()
+    _config, req = init_home(tmp_path / "agent", root_file=hub_dir / "root.json",
+                             agent_id="plant-d-01", environment="plant-d")
+    (media / req.name).write_bytes(req.read_bytes())
+    first = json.loads(run(hub_dir, "import", str(media), "--json", actor="ops").output)
+    assert [r["status"] for r in first] == ["enrolled"]
+    before = _table_counts(hub_dir)
+    again = json.loads(run(hub_dir, "import", str(media), "--json", actor="ops").output)
+    assert [r["status"] for r in again] == ["duplicate"]
+    assert "plant-d-01 is already enrolled" in again[0]["reason"]
+    assert _table_counts(hub_dir) == before
+    run(hub_dir, "agents", "revoke", "plant-d-01", "--reason", "lost", actor="ops")
+    refused = run(hub_dir, "import", str(media), "--json", actor="ops", ok=False)
+    assert json.loads(refused.output)[0]["status"] == "rejected"
+    assert "already enrolled as agent plant-d-01 (revoked)" in refused.output
+
+
 def _table_counts(data: Path) -> dict[str, int]:
     """Rows per table of the hub's SQLite database (to show that nothing changed)."""
     import sqlite3

@@ -216,7 +216,7 @@ def test_refused_and_ignored_files_are_reported_and_kept(site: Site, tmp_path: P
     assert f"{UPLOADS_DIR}/{kept_dir.name}/forged.tgr" in html
 
 
-def test_enrollment_request_refused_on_import_is_kept(site: Site, tmp_path: Path) -> None:
+def test_enrollment_request_imported_again_is_a_duplicate(site: Site, tmp_path: Path) -> None:
     req = request_file(site, tmp_path, "dup-01", "test")
     op = site.client("op")
     first = _upload(site, op, [(req.read_bytes(), req.name)]).get_data(as_text=True)
@@ -225,7 +225,7 @@ def test_enrollment_request_refused_on_import_is_kept(site: Site, tmp_path: Path
     assert dl.status_code == 200 and "enrollment-response-dup-01.json" in dl.headers[
         "Content-Disposition"]
     again = _upload(site, op, [(req.read_bytes(), req.name)]).get_data(as_text=True)
-    assert _rows(again) == {req.name: "rejected"} and "already enrolled" in again
+    assert _rows(again) == {req.name: "duplicate"} and "already enrolled" in again
 
 
 def test_import_is_refused_without_a_global_operator_role(site: Site, tmp_path: Path) -> None:
