@@ -18,6 +18,9 @@ from agent.cli import setup_logging
 def configured() -> Iterator[None]:
     root = logging.getLogger()
     before = (list(root.handlers), root.level)
+    # An earlier in-process command may have left logging's capture flag set while pytest
+    # restored warnings.showwarning: start from a clean state.
+    logging.captureWarnings(False)
     yield
     logging.captureWarnings(False)
     root.handlers[:] = before[0]
