@@ -91,10 +91,13 @@ def keys() -> None:
               help="Store the key unencrypted (marked in the file). Only for keys protected by "
               "their location, e.g. an agent key in a container volume. Refused for root.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the files written and their key ids as JSON.")
 @passphrase_options
 def generate(
     role: str, label: str | None, output: str, box_output: str | None, kdf_profile: str,
-    insecure_no_passphrase: bool, force: bool, passphrase_file: str | None, passphrase_env: str,
+    insecure_no_passphrase: bool, force: bool, as_json: bool, passphrase_file: str | None,
+    passphrase_env: str,
 ) -> None:
     """Generate a key pair of ROLE and write FILE (private, 0600) and FILE.pub.
 
@@ -134,16 +137,25 @@ def generate(
         ]
         if role == "agent":
             material.append((box, BoxKeyPair.generate(), f"{text} (sealed secrets)"))
+        written: list[dict[str, Any]] = []
         for path, key, key_label in material:
             info = save_private_key(
                 path, key, role=role, label=key_label, passphrase=passphrase, kdf=kdf,
                 insecure_no_passphrase=insecure_no_passphrase, force=force,
             )
             write_public_key(f"{path}.pub", info, force=force)
-            click.echo(f"wrote {path} ({role}, {info.scheme}, key id {info.key_id})")
-            click.echo(f"wrote {path}.pub")
+            written.append({"file": str(path), "public_file": f"{path}.pub", "role": role,
+                            "scheme": info.scheme, "key_id": info.key_id,
+                            "public": info.public.hex()})
+            if not as_json:
+                click.echo(f"wrote {path} ({role}, {info.scheme}, key id {info.key_id})")
+                click.echo(f"wrote {path}.pub")
     if insecure_no_passphrase:
         click.echo("warning: the private key is NOT encrypted; protect the file itself", err=True)
+    if as_json:
+        emit_json({"keys": written, "encrypted": not insecure_no_passphrase,
+                   "keep": KEY_HOMES[role]})
+        return
     click.echo(f"keep {output}: {KEY_HOMES[role]}")
 
 
@@ -207,9 +219,11 @@ def show(file: str, as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="Public key file to write.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the written key's details as JSON.")
 @passphrase_options
 def export_public(
-    file: str, output: str, force: bool, passphrase_file: str | None, passphrase_env: str
+    file: str, output: str, force: bool, as_json: bool, passphrase_file: str | None,
+    passphrase_env: str,
 ) -> None:
     """Write the public key file of the private key FILE.
 
@@ -222,6 +236,10 @@ def export_public(
         if info.kind == "private":
             info = Passphrases(passphrase_file, passphrase_env).load(file).info
         write_public_key(output, info, force=force)
+    if as_json:
+        emit_json({**_info_json(info), "file": output, "kind": "public", "encrypted": None,
+                   "kdf": None})
+        return
     click.echo(f"wrote {output} ({info.role}, {info.scheme}, key id {info.key_id})")
 
 

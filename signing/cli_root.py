@@ -123,12 +123,13 @@ def _read_root(path: str) -> tuple[TrustedRoot, bytes]:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Root document to write (root.json).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @passphrase_options
 def root_init(
     hub_id: str, root_keys: tuple[str, ...], threshold: int, release_keys: tuple[str, ...],
     release_threshold: int, audit_keys: tuple[str, ...], audit_threshold: int, expires: int,
-    key_expires: int | None, output: str, force: bool, passphrase_file: str | None,
-    passphrase_env: str,
+    key_expires: int | None, output: str, force: bool, as_json: bool,
+    passphrase_file: str | None, passphrase_env: str,
 ) -> None:
     """Create root version 1, signed by a threshold of its own root keys.
 
@@ -167,7 +168,25 @@ def root_init(
         envelope = sign_root(doc, rk.signers)
         TrustedRoot.pin(envelope, now)
     _write_root(output, envelope, force)
+    if as_json:
+        emit_json(_written_json(output, doc, signed_by=len({k.key_id for k in rk.signers})))
+        return
     click.echo(f"wrote {output}: root version 1 of hub {hub_id}, expires {format_utc(doc.expires)}")
+
+
+def _written_json(output: str, doc: RootDocument, *, signed_by: int) -> dict[str, object]:
+    """What 'root init' and 'root rotate --json' print about the root they wrote."""
+    return {
+        "file": output,
+        "hub_id": doc.hub_id,
+        "version": doc.version,
+        "issued": format_utc(doc.issued),
+        "expires": format_utc(doc.expires),
+        "roles": {role: {"threshold": thr, "keys": list(ids)}
+                  for role, (ids, thr) in sorted(doc.roles.items())},
+        "revoked": sorted(doc.revoked),
+        "signed_by": signed_by,
+    }
 
 
 def _check_disjoint(roles: Mapping[str, Mapping[str, KeyEntry]]) -> None:
@@ -233,12 +252,13 @@ def _carry(doc: RootDocument, role: str, revoked: set[str]) -> dict[str, KeyEntr
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Root document N+1 to write.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @passphrase_options
 def root_rotate(
     current: str, signing_keys: tuple[str, ...], new_root_keys: tuple[str, ...],
     threshold: int | None, release_keys: tuple[str, ...], release_threshold: int | None,
     audit_keys: tuple[str, ...], audit_threshold: int | None, revoke: tuple[str, ...],
-    expires: int, key_expires: int | None, output: str, force: bool,
+    expires: int, key_expires: int | None, output: str, force: bool, as_json: bool,
     passphrase_file: str | None, passphrase_env: str,
 ) -> None:
     """Make root version N+1, signed by a threshold of N's root keys and of its own.
@@ -311,6 +331,10 @@ def root_rotate(
         envelope = sign_root(doc, [*old_signers, *rk.signers])
         trusted.update(envelope).check_current(now)
     _write_root(output, envelope, force)
+    if as_json:
+        signers = {k.key_id for k in [*old_signers, *rk.signers]}
+        emit_json(_written_json(output, doc, signed_by=len(signers)))
+        return
     click.echo(
         f"wrote {output}: root version {doc.version} of hub {doc.hub_id}, expires "
         f"{format_utc(doc.expires)}; signed by {len({k.key_id for k in old_signers})} key(s) "

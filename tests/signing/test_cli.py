@@ -215,3 +215,19 @@ def test_env_var_name_can_be_changed(kd: KeyDir, monkeypatch: pytest.MonkeyPatch
     check(run(["export-public", kd.key("audit1"), "-o", str(out),
                "--passphrase-env", "CEREMONY_PASS"], passphrase=None), 0)
     assert out.exists()
+
+
+def test_generate_and_export_public_print_json(tmp_path: Path, fast_profiles: None,
+                                               kd: KeyDir) -> None:
+    out = tmp_path / "agent.key"
+    result = check(run(["generate", "--role", "agent", "-o", str(out), "--json"]), 0)
+    doc = json.loads(result.stdout)
+    assert [k["file"] for k in doc["keys"]] == [str(out), f"{out}.box"]
+    assert [k["key_id"] for k in doc["keys"]] == [read_key_info(out).key_id,
+                                                  read_key_info(f"{out}.box").key_id]
+    assert doc["encrypted"] is True and "agent's home" in doc["keep"]
+    pub = kd.path / "exported.pub"
+    shown = json.loads(check(run(["export-public", kd.key("audit1"), "-o", str(pub), "--json"]),
+                             0).stdout)
+    assert shown["file"] == str(pub) and shown["kind"] == "public"
+    assert shown["key_id"] == kd.ids["audit1"] and shown["role"] == "audit"

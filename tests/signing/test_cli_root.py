@@ -212,3 +212,15 @@ def test_root_show_refuses_bad_documents(kd: KeyDir, root_v1: Path, mangle: str)
         path = Path(kd.pub("root1"))
     result = check(run(["root", "show", str(path)]), 1)
     assert str(path) in result.output and "not a valid root document" in result.output
+
+
+def test_root_init_and_rotate_print_json(kd: KeyDir) -> None:
+    first = json.loads(check(run([*init_args(kd), "--json"]), 0).stdout)
+    assert first["version"] == 1 and first["hub_id"] == "hub-1" and first["signed_by"] == 1
+    assert first["roles"]["root"] == {"threshold": 1, "keys": [kd.ids["root1"]]}
+    assert first["file"] == str(kd.path / "root.json")
+    second = json.loads(check(run([*rotate_args(kd, "--new-root-key", kd.key("root2")),
+                                   "--json"]), 0).stdout)
+    assert second["version"] == 2 and second["signed_by"] == 2
+    assert second["roles"]["root"]["keys"] == [kd.ids["root2"]]
+    assert second["file"] == str(kd.path / "root-v2.json")
