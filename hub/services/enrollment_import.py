@@ -61,7 +61,7 @@ def _already_enrolled(ctx: ServiceContext, request: EnrollmentRequest) -> str | 
         or (request.agent_id is not None and request.agent_id != agent.agent_id)
     ):
         return None
-    return agent.agent_id
+    return str(agent.agent_id)
 
 
 def import_enrollment(ctx: ServiceContext, path: Path) -> ImportRow:
