@@ -312,7 +312,15 @@ class _Run:
             self._failed(report, dep_id, exc)
             return
         crash_point("hub.export-renamed")
-        self._record(dep, intent, written.paths, written.size, written.envelope_sha256, report)
+        try:
+            self._record(
+                dep, intent, written.paths, written.size, written.envelope_sha256, report
+            )
+        except HubError as exc:
+            # Moved on while it was written (declared lost, or a result arrived): the file
+            # stays on the media, as recorded in the intent; say why it is not "written".
+            ctx.session.rollback()
+            self._failed(report, dep_id, exc)
 
     def _write(self, dep: Deployment, intent: dict[str, Any]) -> WrittenBundle:
         keys = self.ctx.keys
@@ -487,9 +495,10 @@ def _clean_leftovers(ctx: ServiceContext, out_dir: Path) -> list[str]:
     temporary files of bundles they were writing. Returns the names removed.
 
     A leftover is removed only when the export that made it is gone: a spool directory
-    carries its export's claim token; a temporary file ``.<bundle file>.<random>.tmp`` is
-    kept while a live export has claimed that bundle file. Anything else of ours older than
-    :data:`~hub.services.export_claims.STALE_CLAIM` goes too.
+    carries its export's claim token; a temporary file ``.<bundle file>.<random>.tmp`` goes
+    when that bundle file is claimed by an export that is gone, and stays while a running
+    export has claimed it. Other temporary files and spools of ours go once older than
+    :data:`~hub.services.export_claims.STALE_CLAIM`.
     """
     now = ctx.now()
     found: list[os.DirEntry[str]] = []
@@ -499,15 +508,16 @@ def _clean_leftovers(ctx: ServiceContext, out_dir: Path) -> list[str]:
         return []
     # Read the claims AFTER listing: a temporary file seen above belongs to a claim that
     # was committed before the file was made, so it is in this list.
-    live: set[str] = set()
+    live: set[str] = set()  # bundle files a running export is writing
+    dead: set[str] = set()  # bundle files of claims whose export is gone
     rows = ctx.session.execute(
         select(Deployment.bundle_path, Deployment.claimed_by, Deployment.claimed_at).where(
             Deployment.state == "exporting"
         )
     ).all()
     for path, token, at in rows:
-        if path and claim_is_live(token, at, now):
-            live.add(Path(path).name)
+        if path:
+            (live if claim_is_live(token, at, now) else dead).add(Path(path).name)
     mine = _token_name(my_token())
     removed: list[str] = []
     for entry in found:
@@ -529,10 +539,10 @@ def _clean_leftovers(ctx: ServiceContext, out_dir: Path) -> list[str]:
                 removed.append(name)
         elif name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
             final = _final_of_temp(name)
-            if final is None or (final in live and not old):
+            if final is None or final in live:
                 continue
-            if final.startswith("INDEX-") and not old:
-                continue  # another export's index being written
+            if final not in dead and not old:
+                continue  # not ours to judge yet (another tool's, or an index being written)
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
                 removed.append(name)
