@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-ui test lint bench soak clean system-deps venv kube
+.PHONY: demo demo-ui test lint bench soak clean system-deps venv kube offline-kit
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -51,5 +51,12 @@ soak: $(STAMP) system-deps
 	    tests/bundle/test_sync.py -p no:cacheprovider
 	$(BIN)/python bench/run_all.py --soak
 
+# The offline install kit (docs/install.md): wheels of tiangong[agent] and tiangong[hub] and
+# every dependency for this machine's Python and platform, install.sh, SHA256SUMS, the docs,
+# the Dockerfiles, compose.yaml and the systemd units. KIT=DIR writes it elsewhere.
+KIT ?= build/offline-kit
+offline-kit: $(STAMP)
+	PYTHON=$(BIN)/python bash docker/offline-kit.sh $(KIT)
+
 clean:
-	rm -rf $(VENV) demo-out demo-ui-out bench-out test-artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build/offline-kit demo-out demo-ui-out bench-out test-artifacts .pytest_cache .mypy_cache .ruff_cache
