@@ -427,7 +427,8 @@ def journal_group() -> None:
 @click.option("--result-floor", type=click.IntRange(min=0), default=0, show_default=True,
               help="Number new results after at least this result sequence (when result files "
                    "were already taken off the outbox; the hub shows the last one it has).")
-def journal_recover_cmd(home: Path, result_floor: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print what was rebuilt as JSON.")
+def journal_recover_cmd(home: Path, result_floor: int, as_json: bool) -> None:
     """Rebuild a damaged, emptied or deleted journal.sqlite from archive/ and outbox/.
 
     The damaged files are kept (journal.sqlite.damaged-<time>). Results in the outbox are
@@ -447,6 +448,16 @@ def journal_recover_cmd(home: Path, result_floor: int) -> None:
         raise click.ClickException(str(exc)) from exc
     finally:
         home_lock.release()
+    if as_json:
+        click.echo(json.dumps({
+            "kept": [str(k) for k in report.kept], "results": report.results,
+            "bundles": [{"bundle_id": b, "sequence": q, "state": st}
+                        for b, q, st in report.bundles],
+            "sequence": report.sequence, "result_floor": report.result_floor,
+            "skipped": [printable(x) for x in report.skipped],
+            "new_results": [str(x) for x in report.new_results],
+        }, indent=2))
+        return
     for kept in report.kept:
         click.echo(f"kept the damaged file as {kept}")
     click.echo(f"journal rebuilt: {report.results} result(s) found in the outbox, "
@@ -470,7 +481,8 @@ def sql_group() -> None:
 @_home_option
 @click.option("--force", is_flag=True,
               help="Clear a live lock even though its holder may still be running.")
-def sql_unlock_cmd(connection: str, home: Path, force: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+def sql_unlock_cmd(connection: str, home: Path, force: bool, as_json: bool) -> None:
     """Clear the schema lock (tiangong_schema_lock) that a killed SQL step left on the
     database of site connection CONNECTION.
 
@@ -488,6 +500,15 @@ def sql_unlock_cmd(connection: str, home: Path, force: bool) -> None:
         raise click.ClickException(str(exc)) from exc
     finally:
         ag.close()
+    if as_json:
+        holder = report.holder
+        click.echo(json.dumps({
+            "connection": connection, "cleared": report.cleared,
+            "holder": None if holder is None else {"holder": holder.holder,
+                                                   "until": holder.until(),
+                                                   "expired": holder.expired},
+        }, indent=2))
+        return
     if report.holder is None:
         click.echo(f"the schema lock of connection {connection!r} is not held; nothing to do")
     else:

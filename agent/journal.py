@@ -6,7 +6,7 @@ holding:
 * ``trust``: per issuer (the hub id) the trusted root envelope, the root version + sequence
   high-water mark, and the time floor. Updated in the same transaction that records a bundle
   as accepted, so a crash can never leave a bundle accepted without its sequence persisted, or
-  the other way round (SECURITY-MODEL.md, verification step 6).
+  the other way round (docs/security.md, "The agent's verification order", step 6).
 * ``bundles``: every bundle seen, keyed by bundle id and unique by envelope digest (a bundle
   dropped twice runs once), with its state.
 * ``steps``: one row per step *attempt* with state pending → running → succeeded / failed /

@@ -7,7 +7,7 @@ to the hub. The result carries:
 
 * ``result.result_seq``: the agent's own counter (1, 2, 3 ...), and
   ``result.prev_result_sha256``: the envelope digest of the previous result, so the hub can
-  detect a missing or suppressed result (SECURITY-MODEL.md threat 15);
+  detect a missing or suppressed result (docs/security.md, threat 15);
 * ``result.bundle_id`` / ``bundle_envelope_sha256``: which bundle this is about (null for a
   file that could not even be authenticated);
 * ``result.body``: per-step status, timings, exit codes, summaries and details;

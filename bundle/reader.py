@@ -1,7 +1,7 @@
 """The streaming verifier (docs/bundle-format.md §9): authenticate, parse, then stage.
 
 The core, :func:`verify_bundle`, reads a byte source once, front to back, in the order of
-SECURITY-MODEL.md and §9 — structure, trust and signature, manifest rules (kind, target, root
+docs/security.md and §9 — structure, trust and signature, manifest rules (kind, target, root
 version, sequence, expiry, quotas, free space), then each payload: copied into private staging
 while hashed, then decompressed with a window cap and hashed again. Memory stays bounded (1 MiB
 buffers; a payload is never held whole unless it is at most 1 MiB compressed); staging itself

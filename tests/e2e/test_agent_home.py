@@ -156,8 +156,11 @@ def test_recovery_reports_a_bundle_without_result_as_interrupted(tmp_path: Path,
     taken.unlink()
     for name in ("journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm"):
         (home / name).unlink(missing_ok=True)
-    rec = run("agent", "journal", "recover", "--home", str(home), "--result-floor", "2")
-    assert "seq 2" in rec.stdout and "interrupted" in rec.stdout, rec.stdout
+    rec = json.loads(run("agent", "journal", "recover", "--home", str(home),
+                         "--result-floor", "2", "--json").stdout)
+    assert [(b["sequence"], b["state"]) for b in rec["bundles"]] == [(1, "succeeded"),
+                                                                     (2, "interrupted")]
+    assert rec["result_floor"] == 2 and len(rec["new_results"]) == 1
     found = verified_results(home, hub_keys, tmp_path)
     assert [(r["result_seq"], r["status"]) for r in found] == [(1, "succeeded"),
                                                                (3, "interrupted")]

@@ -8,7 +8,6 @@ import json
 import shutil
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -438,27 +437,6 @@ def test_init_refuses_saml_without_its_settings_and_creates_nothing(tmp_path: Pa
     assert result.exit_code == 2
     assert "--sign-in saml needs --idp-metadata FILE and --public-url URL" in result.output
     assert not data.exists()
-
-
-def _leaf_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> dict[str, click.Command]:
-    out: dict[str, click.Command] = {}
-    for name, cmd in group.commands.items():
-        if isinstance(cmd, click.Group):
-            out |= _leaf_commands(cmd, (*prefix, name))
-        else:
-            out[" ".join((*prefix, name))] = cmd
-    return out
-
-
-def test_every_hub_command_that_reports_takes_json() -> None:
-    from hub.cli import hub
-
-    long_running = {"serve", "live"}  # they log; they report nothing a script would read
-    leaves = _leaf_commands(hub)
-    assert {"init", "releases approve", "import", "audit export"} <= set(leaves)
-    missing = [name for name, cmd in leaves.items() if name not in long_running
-               and not any("--json" in p.opts for p in cmd.params)]
-    assert missing == []
 
 
 def test_json_of_submit_approve_reject_and_audit_export(hub_dir: Path, tmp_path: Path) -> None:

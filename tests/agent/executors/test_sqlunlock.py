@@ -4,6 +4,7 @@ journal and reported in the next signed result."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 from pathlib import Path
@@ -137,4 +138,11 @@ def test_the_command_names_the_holder_and_asks_for_force(
     assert "plant-b-02 pid 4242" in refused.output and "--force" in refused.output
     forced = runner.invoke(agent_cli, ["sql", "unlock", "db", "--home", home, "--force"])
     assert forced.exit_code == 0 and "cleared the schema lock" in forced.output, forced.output
+    assert _lock_row(db) == (None, None)
+    _hold(db, "plant-b-03 pid 4343 bundle b8 step 2 (schema)")
+    as_json = runner.invoke(agent_cli, ["sql", "unlock", "db", "--home", home, "--force",
+                                        "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    report = json.loads(as_json.output)
+    assert report["cleared"] is True and report["holder"]["holder"].startswith("plant-b-03")
     assert _lock_row(db) == (None, None)
