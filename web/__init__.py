@@ -21,7 +21,7 @@ from hub.services.context import Clock, utc_now
 from web.config import WebConfig
 from web.replay import ReplayCache
 
-__all__ = ["WebState", "init_app", "listens_beyond_loopback"]
+__all__ = ["NAV", "WebState", "init_app", "listens_beyond_loopback", "nav_for"]
 
 #: The page blueprints, one module each (``web/<name>.py`` with templates in
 #: ``templates/<name>/``), in the order of the navigation bar.
@@ -31,6 +31,24 @@ PAGES = ("home", "releases", "environments", "agents", "deployments", "media", "
 NAV = (("releases", "Releases"), ("environments", "Environments"), ("agents", "Agents"),
        ("deployments", "Deployments"), ("media", "Media"), ("audit", "Audit"),
        ("admin", "Admin"))
+#: The action a page's index needs, for the pages some signed-in people may not open (the
+#: others list only what one may view, possibly nothing).
+NAV_NEEDS = {"releases": "view", "audit": "audit.read", "admin": "user.manage"}
+
+
+def nav_for(user: Any) -> list[tuple[str, str]]:
+    """The navigation items ``user`` can open (the services still decide on each request;
+    this only hides links that would answer 403). Releases need any grant at all."""
+    from hub.services.releases import can_read
+    from hub.services.users import can
+
+    def may(name: str) -> bool:
+        need = NAV_NEEDS.get(name)
+        if need is None:
+            return True
+        return can_read(user) if name == "releases" else can(user, need)
+
+    return [(name, label) for name, label in NAV if may(name)]
 
 
 @dataclass(frozen=True)
@@ -93,7 +111,7 @@ def init_app(app: Flask, config: WebConfig, clock: Clock = utc_now) -> None:
             "break_glass_enabled": config.break_glass.enabled,
             "local_login_enabled": config.local_login,
             "saml_enabled": settings is not None,
-            "nav_pages": NAV,
+            "nav_pages": nav_for(sessions.current_hub_user()),
         }
 
     # The logout form's POST is answered by a redirect to the IdP: allow that origin too.

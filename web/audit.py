@@ -9,6 +9,12 @@ page does not verify on every visit: the *Verify now* button does, the service r
 ``<data_dir>/audit-verify-last.json`` (written atomically) to show it — valid, or broken at
 event N with the reason — with how many events were added since.
 
+**One line per event.** Each event is shown as time, actor, action, object (a link where
+the object has a page), outcome and a short summary of its details; the details themselves
+open on demand (``<details>``), one field per line, with hashes, signatures and base64
+envelopes shortened (the export and ``tiangong hub audit`` hold them whole).
+:func:`event_row` makes that view; it decides nothing.
+
 Permissions are the services' (``audit.read``, ``audit.verify``, ``audit.export``); this
 module reads forms and renders.
 """
@@ -16,9 +22,10 @@ module reads forms and renders.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +42,7 @@ from flask import (
 
 from hub.app import hub_config
 from hub.audit_chain import ChainReport
-from hub.db import db
+from hub.db import AuditEvent, db
 from hub.errors import ConfigError, ValidationError
 from hub.services import audit
 from hub.services.users import can
@@ -43,15 +50,127 @@ from signing.errors import KeyFileError
 from signing.fileio import write_file_atomic
 from web.views import ctx, login_required, signed_in_user
 
-__all__ = ["LAST_VERIFY_FILE", "SPOOL_BYTES", "bp"]
+__all__ = ["LAST_VERIFY_FILE", "SPOOL_BYTES", "EventRow", "bp", "event_row"]
 
 LAST_VERIFY_FILE = "audit-verify-last.json"  # under the data directory
 SPOOL_BYTES = 8 * 1024 * 1024  # bytes of an export kept in memory before spilling to disk
 READ_BYTES = 64 * 1024  # bytes per chunk of the download
-DETAILS_SHOWN = 400  # characters of an event's details shown in the table
+SUMMARY_ITEMS = 3  # detail fields in an event's one-line summary
+SUMMARY_VALUE_CHARS = 40  # longest value put in a summary
+DETAIL_VALUE_CHARS = 240  # characters of one detail field shown before it is shortened
+OBJECT_ID_CHARS = 28  # characters of an object id shown in the table (the rest on hover)
+_OPAQUE = re.compile(r"hash|sha|digest|envelope|signature|mac\b|key", re.IGNORECASE)
+_ENCODED = re.compile(r"^[A-Za-z0-9+/=_-]{64,}$")
+#: Words in an action that make its outcome a refusal.
+_REFUSED = ("refused", "rejected", "throttled", "denied", "failed", "quarantine")
 _FILTERS = ("actor", "action", "object_type", "object_id", "from", "to")
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One audit event as the table shows it."""
+
+    seq: int
+    at: str  # "YYYY-MM-DD HH:MM:SS" (UTC)
+    actor: str
+    action: str
+    object_label: str  # "type:id", the id shortened
+    object_full: str  # "type:id" whole (hover)
+    object_url: str | None
+    outcome: str
+    outcome_class: str  # badge-* class
+    summary: str
+    fields: tuple[tuple[str, str], ...]  # (name, value as shown)
+
+
+def _short(value: str, limit: int) -> str:
+    return value if len(value) <= limit else f"{value[:limit - 1]}… ({len(value)} characters)"
+
+
+def _shown(key: str, value: Any) -> str:
+    """One detail field for people: opaque values (hashes, envelopes, base64) shortened."""
+    if isinstance(value, str):
+        if _ENCODED.match(value) and len(value) > 64:
+            return f"{value[:16]}… ({len(value)} characters, encoded)"
+        if _OPAQUE.search(key) and len(value) > 24:
+            return f"{value[:16]}…"
+        return _short(value, DETAIL_VALUE_CHARS)
+    if value is None:
+        return "–"
+    if isinstance(value, bool | int | float):
+        return json.dumps(value)
+    text = json.dumps(value, sort_keys=True, separators=(", ", ": "))
+    return _short(text, DETAIL_VALUE_CHARS)
+
+
+def _outcome(action: str, details: dict[str, Any]) -> tuple[str, str]:
+    if any(word in action for word in _REFUSED):
+        return "refused", "badge-rejected"
+    for key in ("status", "state", "outcome"):
+        value = details.get(key)
+        if isinstance(value, str) and value:
+            bad = value in ("failed", "rejected", "interrupted", "refused")
+            return value, "badge-rejected" if bad else f"badge-{value}"
+    if isinstance(details.get("ok"), bool):
+        return ("valid", "badge-valid") if details["ok"] else ("broken", "badge-invalid")
+    if isinstance(details.get("to"), str):
+        return f"→ {details['to']}", f"badge-{details['to']}"
+    return "done", "badge-succeeded"
+
+
+def _summary(details: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for key, value in details.items():
+        if len(parts) == SUMMARY_ITEMS:
+            break
+        if value in (None, "", [], {}) or _OPAQUE.search(key):
+            continue
+        if isinstance(value, str) and (_ENCODED.match(value) or len(value) > SUMMARY_VALUE_CHARS):
+            continue
+        if isinstance(value, dict | list):
+            continue
+        parts.append(f"{key.replace('_', ' ')}: {_shown(key, value)}")
+    return "; ".join(parts)
+
+
+def _object_url(object_type: str, object_id: str) -> str | None:
+    if object_type == "deployment" and object_id.isdigit():
+        return url_for("deployments.show", deployment_id=int(object_id))
+    if object_type == "release" and object_id.count(" ") == 1:
+        product, version = object_id.split(" ")
+        return url_for("releases.release", product=product, version=version)
+    if object_type == "agent":
+        return url_for("agents.show", agent_id=object_id)
+    if object_type == "environment":
+        return url_for("environments.show", name=object_id)
+    return None
+
+
+def event_row(event: AuditEvent) -> EventRow:
+    """The table's view of ``event`` (details parsed from its canonical JSON)."""
+    try:
+        parsed = json.loads(event.details)
+    except ValueError:
+        parsed = {"details": event.details}
+    details = parsed if isinstance(parsed, dict) else {"details": parsed}
+    outcome, css = _outcome(event.action, details)
+    object_id = event.object_id
+    label = object_id if len(object_id) <= OBJECT_ID_CHARS else f"{object_id[:12]}…"
+    return EventRow(
+        seq=event.seq,
+        at=event.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        actor=event.actor,
+        action=event.action,
+        object_label=f"{event.object_type}:{label}",
+        object_full=f"{event.object_type}:{object_id}",
+        object_url=_object_url(event.object_type, object_id),
+        outcome=outcome,
+        outcome_class=css,
+        summary=_summary(details),
+        fields=tuple((str(k), _shown(str(k), v)) for k, v in sorted(details.items())),
+    )
 
 
 def _day_or_time(name: str, text: str, *, end: bool) -> datetime | None:
@@ -152,7 +271,7 @@ def index() -> Any:
     status = 400 if error else 200
     return render_template(
         "audit/index.html",
-        events=page.events if query else [],
+        events=[event_row(e) for e in page.events] if query else [],
         next_before=page.next_before if query else None,
         paged=bool(query and query.before),
         values=values,
@@ -162,7 +281,6 @@ def index() -> Any:
         head=audit.head_seq(sc.session),
         may_verify=can(user, "audit.verify"),
         may_export=can(user, "audit.export"),
-        shown=DETAILS_SHOWN,
     ), status
 
 

@@ -139,6 +139,11 @@ def show(deployment_id: int) -> Any:
     live = deployment_live_tail(sc, dep, data_dir)
     finished = dep.state in FINAL_STATES
     summary_steps = (dep.result_summary or {}).get("steps") or []
+    presence = agent_presence(dep.agent, sc.now()).state if dep.agent else None
+    # Nothing was streamed and the agent is not online: the bundle travels on media (file
+    # drop) or waits. Instead of an empty live panel, a sentence says what happens next;
+    # the panel stays in the page, hidden, and live-logs.js shows it when lines arrive.
+    waiting = not finished and live is None and presence != "online"
     marks = [
         (state, label) for state, label in WEB_MARKS.items()
         if state in TRANSITIONS.get(dep.state, frozenset())
@@ -152,7 +157,8 @@ def show(deployment_id: int) -> Any:
         summary_steps=summary_steps,
         live=live,
         show_live=dep.bundle_id is not None and (not finished or live is not None),
-        presence=agent_presence(dep.agent, sc.now()).state if dep.agent else None,
+        waiting=waiting,
+        presence=presence,
         marks=marks if can(signed_in_user(), "deployment.update", dep.environment) else [],
     )
 

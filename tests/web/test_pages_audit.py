@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import timedelta
 from html import unescape
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
@@ -67,7 +68,7 @@ def test_filters_by_actor_action_and_object(site: Site) -> None:
     assert _seqs(by_admin) and "user:view-test" in by_admin
     assert "user.create" not in by_admin
     obj = c.get("/audit/?object_type=user&object_id=op-test").get_data(as_text=True)
-    rows = re.findall(r"<td class=\"object-id\">user:(\S+?)</td>", obj)
+    rows = re.findall(r"<td class=\"object-id\" title=\"[^\"]*\">user:(\S+?)</td>", obj)
     assert rows and set(rows) == {"op-test"}
     none = c.get("/audit/?actor=nobody-at-all").get_data(as_text=True)
     assert _seqs(none) == [] and "No events match." in none
@@ -211,3 +212,70 @@ def test_export_without_checkpoint(site: Site) -> None:
     lines = resp.get_data().splitlines()
     assert len(lines) == 1 + before  # header, then every event; no checkpoint line
     assert _count(site) == before + 1
+
+
+ENVELOPE = "eyJwYXlsb2FkIjoi" + "QUJD" * 200  # base64, as signed envelopes are stored
+
+
+def _event(action: str, details: dict[str, object], object_type: str = "deployment",
+           object_id: str = "7") -> AuditEvent:
+    from datetime import UTC, datetime
+
+    return AuditEvent(seq=5, at=datetime(2026, 11, 23, 9, 0, 1, tzinfo=UTC), actor="carol",
+                      action=action, object_type=object_type, object_id=object_id,
+                      details=json.dumps(details, sort_keys=True), prev_hash="0" * 64,
+                      hash="1" * 64)
+
+
+@pytest.mark.parametrize(("action", "details", "outcome"), [
+    ("deployment.exported", {"from": "exporting", "to": "exported"}, "→ exported"),
+    ("auth.local_refused", {"given_username": "bob"}, "refused"),
+    ("auth.login_throttled", {"failures": 5}, "refused"),
+    ("result.import", {"status": "failed", "bundle_id": "b-1"}, "failed"),
+    ("audit.verify", {"ok": True, "events": 40}, "valid"),
+    ("user.grant", {"role": "operator", "environment": None}, "done"),
+])
+def test_event_row_outcome(
+    site: Site, action: str, details: dict[str, object], outcome: str
+) -> None:
+    from web.audit import event_row
+
+    with site_request(site):
+        assert event_row(_event(action, details)).outcome == outcome
+
+
+def site_request(site: Site) -> Any:
+    """A request context of the site's app, for url_for in event_row."""
+    return site.app.test_request_context("/")
+
+
+def test_event_row_summarises_and_shortens_opaque_values(site: Site) -> None:
+    from web.audit import event_row
+
+    with site_request(site):
+        row = event_row(_event("bundle.written", {
+            "bundle_id": "hello-1.0.0-plant-a-1", "envelope_sha256": "9" * 64,
+            "envelope": ENVELOPE, "sequence": 1, "target": {"agents": [], "hub": None},
+        }, object_id="12"))
+        long_id = event_row(_event("result.import", {}, "result", "a" * 64))
+    assert row.object_url == "/deployments/12"
+    assert row.summary == "bundle id: hello-1.0.0-plant-a-1; sequence: 1"
+    fields = dict(row.fields)
+    assert fields["envelope"] == f"{ENVELOPE[:16]}… ({len(ENVELOPE)} characters, encoded)"
+    assert fields["envelope_sha256"] == "9" * 16 + "…"
+    assert fields["target"] == '{"agents": [], "hub": null}'
+    assert long_id.object_label == "result:" + "a" * 12 + "…"
+    assert long_id.object_full == "result:" + "a" * 64
+
+
+def test_audit_page_is_one_line_per_event_with_details_on_demand(site: Site) -> None:
+    with site.app.app_context():
+        audit.append_event(db.session(), site.clock(), "carol", "bundle.written",
+                           "deployment", "3", {"bundle_id": "b-3", "envelope": ENVELOPE})
+        db.session.commit()
+    html = site.client("aud").get("/audit/").get_data(as_text=True)
+    row = html.split('<tr data-seq="', 2)[1].split("</tr>", 1)[0]  # the newest event
+    assert "bundle.written" in row and "<details>" in row
+    assert "<summary>bundle id: b-3</summary>" in row
+    assert ENVELOPE not in html and '{"bundle_id"' not in html  # no raw JSON, no envelope
+    assert 'class="badge badge-succeeded">done<' in row

@@ -191,7 +191,11 @@ def test_page_before_any_result(site: Site, deployed: Deployed) -> None:
     assert 'data-state="queued"' in html and "by op" in html
     assert 'href="/agents/site-01"' in html
     assert 'data-testid="agent-presence">never<' in html  # enrolled, not seen since
-    # Not finished, has a bundle: the live log section and its script are there.
+    # Not finished, has a bundle, the agent not online: a file drop. The page says what
+    # happens next instead of showing an empty live log; the hidden panel and its script
+    # stay, in case the agent comes online and streams.
+    assert 'id="file-drop-note"' in html and "was exported for a file drop" in html
+    assert '<section class="card" id="live-logs" hidden>' in html
     assert 'id="live-log"' in html and 'data-finished="0"' in html
     assert "live-logs.js" in html and "<script>" not in html
 
@@ -333,6 +337,9 @@ def test_live_log_script_in_a_real_browser(
         _live_lines(site, _bundle_id(site, deployed.test_id), 3)
         expect(page.locator("#live-log")).to_have_text(
             "[1] line 0\n[1 stderr] line 1\n[2] line 2\n")
+        # The file-drop note gives way to the live panel once lines stream.
+        expect(page.locator("#live-logs")).to_be_visible()
+        expect(page.locator("#no-live-log")).to_be_hidden()
         _run_and_import(site, deployed, tmp_path)
         expect(page.locator("#live-finished")).to_be_visible()
         expect(page.locator("#deployment-state")).to_have_text("succeeded")

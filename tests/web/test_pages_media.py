@@ -268,3 +268,10 @@ def test_tar_stream_matches_its_announced_length_and_reads_back(
         for p, m in zip(files, tar.getmembers(), strict=True):
             assert m.name == p.name and m.isreg()
             assert tar.extractfile(m).read() == p.read_bytes()  # type: ignore[union-attr]
+
+
+def test_no_export_button_with_nothing_queued(site: Site) -> None:
+    """An environment with nothing queued offers no Export button, but says what to do."""
+    page = site.client("op").get("/media/").get_data(as_text=True)
+    assert 'id="export-form-test"' not in page and 'id="export-button-test"' not in page
+    assert 'id="nothing-test"' in page and "queue an approved release for test" in page

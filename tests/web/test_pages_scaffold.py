@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.web.pages import Site
+from tests.web.pages import PEOPLE, Site
 
 AREAS = ("releases", "environments", "agents", "deployments", "media", "audit", "admin")
 
@@ -16,10 +16,20 @@ def test_pages_need_a_signed_in_user(site: Site, area: str) -> None:
     assert resp.headers["Location"].startswith(f"/login?next=/{area}/")
 
 
-def test_navigation_lists_every_area(site: Site) -> None:
-    page = site.client("view").get("/").get_data(as_text=True)
+def test_navigation_lists_every_area_for_an_admin(site: Site) -> None:
+    page = site.client("admin").get("/").get_data(as_text=True)
     for area in AREAS:
         assert f'href="/{area}/"' in page
+
+
+@pytest.mark.parametrize("who", [*PEOPLE, "admin"])
+def test_navigation_shows_exactly_the_pages_one_can_open(site: Site, who: str) -> None:
+    c = site.client(who)
+    nav = c.get("/").get_data(as_text=True).split('class="mainnav"', 1)[1].split("</nav>")[0]
+    for area in AREAS:
+        status = c.get(f"/{area}/").status_code
+        shown = f'href="/{area}/"' in nav
+        assert shown == (status == 200), f"{who}: /{area}/ answers {status}, shown={shown}"
 
 
 def test_post_without_csrf_token_is_refused(site: Site) -> None:

@@ -52,6 +52,15 @@
       var chunk = "";
       data.lines.forEach(function (line) { chunk += format(line); });
       if (chunk) {
+        // A file-drop deployment's page hides the empty panel: show it, drop the note.
+        var section = document.getElementById("live-logs");
+        var note = document.getElementById("no-live-log");
+        if (section && section.hidden) {
+          section.hidden = false;
+          if (note) {
+            note.hidden = true;
+          }
+        }
         pre.appendChild(document.createTextNode(chunk));
         if (atBottom) {
           pre.scrollTop = pre.scrollHeight;
