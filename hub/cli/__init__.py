@@ -4,13 +4,15 @@
 (one transaction per command, tables or ``--json``); the other modules attach their commands
 to it when imported: ``setup`` (init, tls), ``serve`` (serve, live), ``users``, ``releases``
 (products, releases), ``sites`` (environments, agents), ``deployments``, ``exchange``
-(export, import), ``audit``. Commands only translate: every rule is in ``hub/services``.
+(export, import), ``audit``, ``backup`` (backup, restore). Commands only translate: every
+rule is in ``hub/services``.
 """
 
 from __future__ import annotations
 
 from hub.cli import (  # noqa: F401 - each module registers its commands on the group
     audit,
+    backup,
     deployments,
     exchange,
     releases,
