@@ -35,7 +35,10 @@ def chain_report_json(report: ChainReport) -> dict[str, Any]:
         "head_hash": report.head_hash,
         "checkpoints": report.checkpoints_checked,
         "problems": [p.message for p in report.problems],
+        "problem_kinds": [{"seq": p.seq, "kind": p.kind} for p in report.problems],
         "problem_count": report.problem_count,
+        # True: every event's MAC verified; False: no audit MAC key; None: an export (none)
+        "macs_checked": report.macs_checked,
     }
 
 

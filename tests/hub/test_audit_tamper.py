@@ -4,6 +4,7 @@ clear message, and ``export`` signs no checkpoint over a forged event."""
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 
@@ -60,6 +61,9 @@ def test_forged_rows_are_named_and_never_signed(tmp_path: Path) -> None:
         _forge(hub, move_head=True)
         out = hub.cli("audit", "verify", "--json", user="aud")
         assert out.returncode == 3 and f"event {seq} carries no MAC" in out.stdout
+        doc = json.loads(out.stdout)
+        assert doc["macs_checked"] is True
+        assert {"seq": seq, "kind": "mac"} in doc["problem_kinds"]
         export = hub.cli("export", "--environment", ENV, "--out", str(tmp_path / "usb"))
         assert export.returncode == 1
         assert "refusing to sign an audit checkpoint" in export.stderr
