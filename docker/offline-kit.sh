@@ -22,9 +22,24 @@ out=$(cd "$out" && pwd)
 rm -rf "$out/wheels.new"
 mkdir -p "$out/wheels.new"
 
-# The project's own wheel, built from this checkout (pip fetches the build backend, setuptools,
-# like any other dependency).
-"$python" -m pip wheel --quiet --no-deps --wheel-dir "$out/wheels.new" "$src"
+# The project's own wheel, built from a clean copy of the checkout's files (tracked, or new and
+# not ignored: nothing stale from build/ or *.egg-info ends up in it); pip fetches the build
+# backend, setuptools, like any other dependency.
+tree=$(mktemp -d)
+trap 'rm -rf "$tree"' EXIT
+"$python" - "$src" "$tree" <<'COPY'
+import shutil, subprocess, sys
+from pathlib import Path
+src, tree = Path(sys.argv[1]), Path(sys.argv[2])
+listed = subprocess.run(["git", "-C", str(src), "ls-files", "-z", "--cached", "--others",
+                         "--exclude-standard"], capture_output=True, check=True).stdout
+for name in filter(None, listed.decode().split("\0")):
+    path = src / name
+    if path.is_file():  # tracked files deleted in the work tree are left out
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, tree / name)
+COPY
+"$python" -m pip wheel --quiet --no-deps --wheel-dir "$out/wheels.new" "$tree"
 project_wheel=$(ls "$out/wheels.new"/tiangong-*.whl)
 
 # Every dependency of both extras, as wheels (pip's cache makes a second run cheap).

@@ -145,7 +145,7 @@ def backup(cfg: HubConfig, out: Path) -> BackupReport:
             db_path = _sqlite_path(cfg.database_url)
             if not db_path.is_file():
                 raise ConfigError(f"database {db_path} does not exist")
-            src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+            src = sqlite3.connect(db_path)  # only read: the backup API copies its pages
             dst = sqlite3.connect(partial / SQLITE_COPY)
             try:
                 src.backup(dst)  # the online backup API: a consistent snapshot

@@ -58,6 +58,9 @@ def test_image_runs_as_non_root_with_data_on_a_volume_and_builds_offline(df: Doc
     installs = [run for run in df.runs() if "pip install" in run]
     assert installs and all("--no-index" in run and "/tmp/wheels" in run for run in installs)
     assert df.copies["/tmp/wheels"] == "wheels"
+    for run in df.runs():
+        for fetcher in ("apt-get", "apk ", "curl ", "wget ", "git "):
+            assert fetcher not in run, f"{df.path.name}: RUN uses the network: {run}"
     entrypoint = df.exec_form("ENTRYPOINT")
     assert len(entrypoint) == 1
     script = next(src for dest, src in df.copies.items() if dest.endswith("/" + entrypoint[0]))
