@@ -57,6 +57,7 @@ from flask_login import current_user
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from onelogin.saml2.auth import OneLogin_Saml2_Auth
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 from werkzeug.wrappers import Response as WerkzeugResponse
 
@@ -355,6 +356,35 @@ def _verify(username: str, password: str) -> tuple[User | None, str]:
     return user, "local"
 
 
+def _record_failure(keys: list[str], now: datetime, actor: str, action: str, username: str,
+                    address: str) -> None:
+    """Count a failed sign-in and audit the first of its window and the one that reaches a
+    limit, in one transaction. Two hub processes counting the first failure of the same key
+    at once both insert its row: the loser rolls back and counts again on the winner's."""
+    limits = _web().config.login_limits
+    for attempt in range(2):
+        try:
+            for failure in throttle.record_failure(db.session(), keys, now, limits):
+                if failure.first and failure.key == keys[0]:
+                    audit.append_event(
+                        db.session(), now, actor, f"{action}_refused", "user", username,
+                        {"given_username": username, "remote_addr": address,
+                         "note": "first failure in this window; later ones are counted"},
+                    )  # fmt: skip
+                if failure.now_blocked:
+                    audit.append_event(
+                        db.session(), now, actor, "auth.login_throttled", "user", username,
+                        {"key": failure.key, "failures": failure.failures,
+                         "window_s": limits.window_s, "remote_addr": address},
+                    )  # fmt: skip
+            db.session.commit()
+            return
+        except IntegrityError:
+            db.session.rollback()
+            if attempt:
+                raise
+
+
 @bp.route("/login/local", methods=["GET", "POST"])
 def local_login() -> Any:
     """Password sign-in (local users and break-glass), rate-limited and audited."""
@@ -385,20 +415,7 @@ def local_login() -> Any:
     action = "auth.break_glass" if method == "break_glass" else "auth.local"
     actor = username if method == "break_glass" else "anonymous"
     if user is None:
-        for failure in throttle.record_failure(db.session(), keys, now, limits):
-            if failure.first and failure.key == keys[0]:
-                audit.append_event(
-                    db.session(), now, actor, f"{action}_refused", "user", username,
-                    {"given_username": username, "remote_addr": address,
-                     "note": "first failure in this window; later ones are counted"},
-                )  # fmt: skip
-            if failure.now_blocked:
-                audit.append_event(
-                    db.session(), now, actor, "auth.login_throttled", "user", username,
-                    {"key": failure.key, "failures": failure.failures,
-                     "window_s": limits.window_s, "remote_addr": address},
-                )  # fmt: skip
-        db.session.commit()
+        _record_failure(keys, now, actor, action, username, address)
         log.warning("%s sign-in refused for %r from %s", method, username, address)
         return _login_page(403, WRONG)
     before = throttle.clear(db.session(), keys[0], now, limits)

@@ -201,3 +201,48 @@ def test_break_glass_is_rate_limited_too(tmp_path: Path) -> None:
         assert resp.status_code == 429 and _who(c) is None
         assert [e[1] for e in _auth_events(s)] == ["auth.break_glass_refused",
                                                     "auth.login_throttled"]
+
+
+def test_two_processes_counting_the_same_first_failure(
+    local: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another hub process inserts ``user:dev``'s counter between this one's look-up and
+    its insert: the insert collides, the sign-in is counted again on the other's row and
+    answered 403 (not 500)."""
+    from datetime import timedelta
+
+    from web import throttle
+
+    real = throttle.record_failure
+    calls = []
+
+    class Blind:
+        """This process's session, not seeing the other's row at its first look-up."""
+
+        def __init__(self, session: Any) -> None:
+            self.session, self.blind = session, True
+
+        def get(self, model: Any, key: str) -> Any:
+            if self.blind and key == "user:dev":
+                self.blind = False
+                return None
+            return self.session.get(model, key)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.session, name)
+
+    def racing(session: Any, keys: list[str], now: Any, limits: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            with db.engine.begin() as other:  # the other hub process, committed
+                other.execute(LoginThrottle.__table__.insert().values(
+                    key="user:dev", failures=1, window_start=now - timedelta(seconds=1)))
+            return real(Blind(session), keys, now, limits)
+        return real(session, keys, now, limits)
+
+    monkeypatch.setattr(throttle, "record_failure", racing)
+    resp = _sign_in(_client(local), "dev", "a wrong password!")
+    assert resp.status_code == 403 and len(calls) == 2
+    with local.app.app_context():
+        assert db.session.get(LoginThrottle, "user:dev").failures == 2
+        db.session.remove()
