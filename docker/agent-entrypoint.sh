@@ -42,7 +42,7 @@ if [ ! -e "$home/agent.toml" ]; then
     [ -z "${TIANGONG_AGENT_ENVIRONMENT:-}" ] || init+=(--environment "$TIANGONG_AGENT_ENVIRONMENT")
     [ -z "${TIANGONG_AGENT_HUB_URL:-}" ] || init+=(--hub-url "$TIANGONG_AGENT_HUB_URL")
     echo "agent-entrypoint: first start: creating the agent home $home" >&2
-    "${init[@]}" </dev/null || {
+    "${init[@]}" </dev/null >&2 || {
         echo "agent-entrypoint: tiangong agent init failed (see above); fix it and start again" >&2
         exit 1
     }
@@ -59,7 +59,7 @@ if [ -n "${TIANGONG_AGENT_HUB_URL:-}" ] && [ -n "${TIANGONG_AGENT_EXCHANGE_DIR:-
     echo "agent-entrypoint: waiting for the hub's enrollment response $response; at the hub:" \
          "tiangong hub agents enroll $TIANGONG_AGENT_EXCHANGE_DIR/$request --out $response" >&2
     wait_for_file "$response" "${TIANGONG_AGENT_ENROLL_WAIT_S:-3600}" TIANGONG_AGENT_ENROLL_WAIT_S 75
-    tiangong agent enroll-response "$response" --home "$home" </dev/null
+    tiangong agent enroll-response "$response" --home "$home" </dev/null >&2
 fi
 
 exec tiangong "$@"

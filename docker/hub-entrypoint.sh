@@ -8,6 +8,9 @@
 #   TIANGONG_ROOT_PASSPHRASE_FILE  first line: passphrase of the root key (a secret file), or
 #   TIANGONG_KEY_PASSPHRASE        the passphrase itself
 #   TIANGONG_HUB_ADMIN             first admin (default: admin)
+#   TIANGONG_HUB_ADMIN_PASSWORD_FILE  first line: the first admin's web password; sets the web
+#                                  UI's sign-in to local passwords (default: none, the CLI
+#                                  only; for SAML add [saml] to hub.toml, docs/web-login.md)
 #   TIANGONG_HUB_ENVIRONMENT       first environment (site) to create
 #   TIANGONG_HUB_DATABASE_URL      postgresql://... (default: SQLite on the volume)
 #   TIANGONG_HUB_TLS_NAMES         names agents use to reach the live server (space-separated)
@@ -19,7 +22,14 @@ set -euo pipefail
 data=${TIANGONG_HUB_DATA_DIR:?the image sets TIANGONG_HUB_DATA_DIR to the data volume}
 
 if [ ! -e "$data/hub.toml" ]; then
-    init=(tiangong hub init --data-dir "$data" --admin "${TIANGONG_HUB_ADMIN:-admin}" --sign-in none)
+    init=(tiangong hub init --data-dir "$data" --admin "${TIANGONG_HUB_ADMIN:-admin}")
+    password=/dev/null
+    if [ -n "${TIANGONG_HUB_ADMIN_PASSWORD_FILE:-}" ]; then
+        init+=(--sign-in local --admin-password-stdin)
+        password=$TIANGONG_HUB_ADMIN_PASSWORD_FILE
+    else
+        init+=(--sign-in none)
+    fi
     if [ -n "${TIANGONG_ROOT_PASSPHRASE_FILE:-}" ]; then
         init+=(--passphrase-file "$TIANGONG_ROOT_PASSPHRASE_FILE")
     elif [ -z "${TIANGONG_KEY_PASSPHRASE:-}" ]; then
@@ -34,7 +44,7 @@ if [ ! -e "$data/hub.toml" ]; then
         init+=(--tls-name "$name")
     done
     echo "hub-entrypoint: first start: initialising $data" >&2
-    "${init[@]}" </dev/null || {
+    "${init[@]}" <"$password" >&2 || {
         echo "hub-entrypoint: tiangong hub init failed (see above); fix it and start again" >&2
         exit 1
     }

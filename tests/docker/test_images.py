@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import urllib.error
@@ -235,6 +236,30 @@ def test_hub_entrypoint_refuses_to_init_without_a_passphrase(tmp_path: Path) -> 
     assert "TIANGONG_ROOT_PASSPHRASE_FILE" in proc.stderr and str(data) in proc.stderr
     assert list(data.iterdir()) == []
     assert list(Path(hub.env["TIANGONG_HUB_PUBLISH_DIR"]).iterdir()) == []
+
+
+def test_hub_entrypoint_sets_up_local_sign_in_from_a_password_file(tmp_path: Path) -> None:
+    secret = tmp_path / "root_passphrase"
+    secret.write_text(PASSPHRASE + "\n")
+    password = tmp_path / "admin_password"
+    password.write_text("a long admin password\n")
+    service = {**SERVICES["hub"], "environment": {
+        **{k: v for k, v in compose_env(SERVICES["hub"]).items()
+           if k != "TIANGONG_HUB_DATABASE_URL"},
+        "TIANGONG_HUB_ADMIN_PASSWORD_FILE": "/run/secrets/admin_password"}}
+    hub = make_container(HUB, service, tmp_path, "hub", {
+        "/run/secrets/root_passphrase": str(secret),
+        "/run/secrets/admin_password": str(password)})
+    proc = subprocess.run(hub.argv(["hub", "--as", "admin", "users", "list", "--json"]),
+                          env=hub.env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert [u["username"] for u in json.loads(proc.stdout)] == ["admin"]
+    data = Path(hub.env["TIANGONG_HUB_DATA_DIR"])
+    assert "local_login = true" in (data / "hub.toml").read_text()
+    with sqlite3.connect(data / "hub.db") as db:
+        (hashed,) = db.execute(
+            "SELECT password_hash FROM users WHERE username = 'admin'").fetchone()
+    assert hashed and "a long admin password" not in hashed
 
 
 def test_agent_entrypoint_gives_up_when_root_json_never_appears(tmp_path: Path) -> None:
