@@ -25,21 +25,16 @@ if [ -f "$OUT/hub.pid" ] && kill -0 "$(cat "$OUT/hub.pid")" 2>/dev/null; then
 fi
 rm -rf "$OUT"; mkdir -p "$OUT"
 
-hub admin init --admin admin --hub-id demo-ui-hub --environment plant-a --sign-in none >/dev/null
-# Password sign-in for the hub's own users; plain http is fine on 127.0.0.1 only (the hub
-# refuses local_login when it listens beyond loopback).
-cat >> "$OUT/hub/hub.toml" <<TOML
-
-[web]
-local_login = true
-secure_cookies = false   # plain http on 127.0.0.1: the demo only
-TOML
+# Password sign-in for the hub's own users ([web] local_login = true; plain http is fine on
+# 127.0.0.1 only: the hub refuses local_login when it listens beyond loopback).
+echo "admin-demo-password" | hub admin init --admin admin --hub-id demo-ui-hub \
+  --environment plant-a --sign-in local --admin-password-stdin >/dev/null
 
 for pair in alice:developer bob:approver carol:operator audrey:auditor; do
   hub admin users add "${pair%%:*}" --role "${pair##*:}" >/dev/null
 done
 hub admin users grant alice approver >/dev/null   # she still may not approve her own release
-for who in admin alice bob carol audrey; do
+for who in alice bob carol audrey; do
   echo "$who-demo-password" | hub admin users set-password "$who" --password-stdin >/dev/null
 done
 hub alice releases create "$RELEASE" --create-product >/dev/null

@@ -66,8 +66,11 @@ def demo_ui(tmp_path: Path) -> Iterator[DemoUI]:
                                      f"{proc.stderr}"
         url = re.search(r"web UI is running: (http://127\.0\.0\.1:\d+)", proc.stdout)
         assert url is not None, proc.stdout
-        # gunicorn's control socket is the hub's own, in its data directory.
-        assert stat.S_ISSOCK((out / "hub" / "gunicorn.ctl").stat().st_mode)
+        # gunicorn's control socket is the hub's own, in its data directory (the master
+        # opens it beside its workers, so it may come a moment after /healthz answers).
+        control = out / "hub" / "gunicorn.ctl"
+        wait_for(lambda: control.exists() and stat.S_ISSOCK(control.stat().st_mode),
+                 STOP_TIMEOUT_S, f"gunicorn's control socket {control}")
         yield DemoUI(url.group(1), dict(_PERSON.findall(proc.stdout)), proc.stdout)
     finally:
         if pid_file.exists():
