@@ -143,20 +143,22 @@ class _Candidate:
     index: int  # part index, 0 for a single file
 
 
-def printable(name: str) -> str:
+def printable(name: str, *, double_backslash: bool = True) -> str:
     """*name* made safe for one line of a log or reason file. Pure.
 
     A file name may be any byte sequence but ``/`` and NUL: bytes that are not UTF-8 (held by
     Python as lone surrogates) become ``\\xNN``, control, format and separator characters
     (newline, ESC, U+2028, bidi overrides …) become ``\\xNN`` / ``\\uNNNN``, and a backslash
     is doubled, so the text cannot fake a line, hide itself or be mistaken for another name.
+    ``double_backslash=False`` is for text that already holds names escaped this way (an
+    agent message): its escapes are kept as they are, so a name is escaped once.
     """
     out: list[str] = []
     for ch in name:
         o = ord(ch)
         if 0xDC80 <= o <= 0xDCFF:  # os.fsdecode's surrogateescape for an undecodable byte
             out.append(f"\\x{o - 0xDC00:02x}")
-        elif ch == "\\":
+        elif ch == "\\" and double_backslash:
             out.append("\\\\")
         elif unicodedata.category(ch) in _UNPRINTABLE:
             out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
@@ -798,7 +800,10 @@ def write_reason(
     dest = Path(dest_dir)
     when = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     paths = list(files) if files is not None else _item_files(dest, name)
-    reason_lines = [printable(line) for line in reason.strip().split("\n")]
+    # The agent's messages name files already escaped by printable(): escaped once more only
+    # what could still fake or hide a line, never their backslashes (one escape, not two).
+    reason_lines = [printable(line, double_backslash=False)
+                    for line in reason.strip().split("\n")]
     lines = [
         f"bundle: {printable(name)}",
         f"check: {printable(check)}",

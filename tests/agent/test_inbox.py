@@ -569,6 +569,20 @@ def test_write_reason_with_a_hostile_name_writes_one_valid_utf8_line_each(
     assert [ln.split(":")[0] for ln in lines[:4]] == ["bundle", "check", "reason", "time"]
     assert lines[0] == "bundle: junk\\xff\\x0areason: verified OK\\x0acheck: none.tgb"
     assert not any(ln.startswith(("reason: verified", "check: none")) for ln in lines)
+    # The reason names the file as escaped once, exactly as the bundle line does.
+    assert lines[2] == ("reason: bundle junk\\xff\\x0areason: verified OK\\x0acheck: "
+                        "none.tgb: not a bundle")
+
+
+def test_write_reason_escapes_what_a_reason_could_fake_but_keeps_its_escapes(
+    tmp_path: Path,
+) -> None:
+    f = _write(tmp_path / "x.tgb", b"junk")
+    reason = "bad \\x0a in name\x1b[31m\u2028second\nthird"  # an ESC, U+2028, a newline
+    lines = write_reason(tmp_path, "x.tgb", "format", reason, files=[f]).read_text(
+        encoding="utf-8").splitlines()
+    assert lines[2] == "reason: bad \\x0a in name\\x1b[31m\\u2028second"
+    assert lines[3] == "  third"  # a reason's own lines are indented under it
 
 
 def test_reason_file_hashes_a_huge_file_only_up_to_its_cap(
