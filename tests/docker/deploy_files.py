@@ -8,6 +8,8 @@ import json
 import os
 import re
 import shlex
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import yaml
 
 DOCKER_DIR = Path(__file__).resolve().parents[2] / "docker"
 REPO = DOCKER_DIR.parent
+START_DEADLINE_S = 120  # seconds for a hub (init + gunicorn + live) or agent to come up
+STOP_DEADLINE_S = 60  # seconds for a clean exit after SIGTERM
 
 
 @dataclass
@@ -153,3 +157,12 @@ def clean_env() -> dict[str, str]:
     """The test process's environment without anything Tiangong or pip would read."""
     return {k: v for k, v in os.environ.items()
             if not k.startswith(("TIANGONG_", "PIP_"))}
+
+
+def healthz(port: int) -> dict[str, str] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            body: dict[str, str] = json.load(resp)
+            return body if resp.status == 200 else None
+    except (OSError, urllib.error.URLError, ValueError):
+        return None

@@ -12,8 +12,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +20,14 @@ import pytest
 from tests.docker.deploy_files import (
     DOCKER_DIR,
     REPO,
+    START_DEADLINE_S,
+    STOP_DEADLINE_S,
     Dockerfile,
     clean_env,
     compose_comment_command,
     compose_env,
     compose_volumes,
+    healthz,
     read_compose,
     read_dockerfile,
     remap,
@@ -37,8 +38,6 @@ from tests.fixtures.dbservers import free_port, wait_for
 TIANGONG = Path(sys.executable).parent / "tiangong"
 DB_PASSWORD = "compose-test-password"  # ${TIANGONG_DB_PASSWORD} for compose.yaml
 PASSPHRASE = "compose-test-root-passphrase"
-START_DEADLINE_S = 120  # seconds for a hub (init + gunicorn + live) or agent to come up
-STOP_DEADLINE_S = 60  # seconds for a clean exit after SIGTERM
 
 HUB = read_dockerfile(DOCKER_DIR / "Dockerfile.hub")
 AGENT = read_dockerfile(DOCKER_DIR / "Dockerfile.agent")
@@ -146,15 +145,6 @@ def make_container(df: Dockerfile, service: dict[str, object], tmp: Path, name: 
     return Container(df, mapping, env, tmp / f"{name}.log")
 
 
-def _healthz(port: int) -> dict[str, str] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-            body: dict[str, str] = json.load(resp)
-            return body if resp.status == 200 else None
-    except (OSError, urllib.error.URLError, ValueError):
-        return None
-
-
 def _until_up(c: Container, proc: subprocess.Popen[bytes], up: object, what: str) -> None:
     def ready() -> bool:
         if proc.poll() is not None:
@@ -181,7 +171,7 @@ def test_compose_site_starts_initialises_once_and_stops(tmp_path: Path, pg_db: s
     published = Path(hub.env["TIANGONG_HUB_PUBLISH_DIR"]) / "root.json"
 
     proc = hub.start(SERVICES["hub"]["command"])  # type: ignore[arg-type]
-    _until_up(hub, proc, lambda: _healthz(http) == {"status": "ok", "database": "ok",
+    _until_up(hub, proc, lambda: healthz(http) == {"status": "ok", "database": "ok",
                                                     "live": "ok"}, "hub serve (first start)")
     assert hub.stop(proc) == 0, hub.log_text()
     assert "first start: initialising" in hub.log_text()
@@ -193,7 +183,7 @@ def test_compose_site_starts_initialises_once_and_stops(tmp_path: Path, pg_db: s
     hub.log.write_text("")
     proc = hub.start(HUB.exec_form("CMD"))
     try:
-        _until_up(hub, proc, lambda: _healthz(http) is not None, "hub serve (second start)")
+        _until_up(hub, proc, lambda: healthz(http) is not None, "hub serve (second start)")
         assert "initialising" not in hub.log_text()
         assert (data / "root.json").read_bytes() == root_before
 

@@ -1,18 +1,35 @@
 """The systemd units in docker/: `systemd-analyze verify` accepts them (with ExecStart pointing
 at this environment's `tiangong`), and every ExecStart command line parses with the real CLI:
 the exact subcommand with its options, plus --help, exits 0 (an unknown or misplaced option
-exits 2 with "No such option")."""
+exits 2 with "No such option"); and the three command lines really start (hub web + live on
+one data directory, the agent) and stop cleanly on SIGTERM."""
 
 from __future__ import annotations
 
+import functools
+import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.docker.deploy_files import DOCKER_DIR, clean_env, unit_environment, unit_exec_start
+from tests.docker.deploy_files import (
+    DOCKER_DIR,
+    START_DEADLINE_S,
+    STOP_DEADLINE_S,
+    clean_env,
+    healthz,
+    remap,
+    remap_all,
+    unit_environment,
+    unit_exec_start,
+)
+from tests.fixtures.dbservers import free_port, wait_for
 
 TIANGONG = Path(sys.executable).parent / "tiangong"
 INSTALLED = "/opt/tiangong/bin/tiangong"  # where the units expect the offline kit's install
@@ -62,3 +79,69 @@ def test_every_unit_is_hardened_and_the_agent_unit_says_what_it_forbids() -> Non
     assert "ProtectSystem=full" in agent and "ReadWritePaths=/var/lib/tiangong-agent" in agent
     install = (DOCKER_DIR.parent / "docs" / "install.md").read_text()
     assert "ProtectSystem=full" in install and "NoNewPrivileges" in install
+
+
+def test_the_units_command_lines_start_a_hub_web_live_pair_and_an_agent(tmp_path: Path) -> None:
+    """Each ExecStart, with its Environment= and paths remapped, really starts: the web unit
+    answers /healthz, the live unit listens (and the web unit does not start a second live
+    server), and the agent unit watches its inbox. Each stops cleanly on SIGTERM (systemctl
+    stop)."""
+    data, home = tmp_path / "hub-data", tmp_path / "agent-home"
+    http, live = free_port(), free_port()
+    mapping = {INSTALLED: str(TIANGONG), "/var/lib/tiangong-hub": str(data),
+               "/var/lib/tiangong-agent": str(home), "0.0.0.0:8400": f"127.0.0.1:{http}",
+               "0.0.0.0:8401": f"127.0.0.1:{live}"}
+    base = {**clean_env(), "TIANGONG_KEY_PASSPHRASE": "units-test-passphrase"}
+    subprocess.run([str(TIANGONG), "hub", "init", "--data-dir", str(data), "--admin", "admin",
+                    "--sign-in", "none"], env=base, capture_output=True, timeout=300,
+                   stdin=subprocess.DEVNULL, check=True)
+    subprocess.run([str(TIANGONG), "agent", "init", str(home), "--root", str(data / "root.json"),
+                    "--id", "units-01"], env=base, capture_output=True, timeout=300,
+                   stdin=subprocess.DEVNULL, check=True)
+
+    def start(name: str) -> tuple[subprocess.Popen[bytes], Path]:
+        unit = DOCKER_DIR / name
+        env = {**base, **{k: remap(v, mapping) for k, v in unit_environment(unit).items()}}
+        log = tmp_path / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(remap_all(unit_exec_start(unit), mapping), env=env,
+                                    stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        return proc, log
+
+    def running(proc: subprocess.Popen[bytes], log: Path, ready: Callable[[], bool]) -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode}:\n{log.read_text()}")
+        return ready()
+
+    units: list[tuple[str, Callable[[], bool]]] = [
+        ("tiangong-hub-live.service", lambda: _listening(live)),
+        ("tiangong-hub.service", lambda: healthz(http) == {"status": "ok", "database": "ok"}),
+        ("tiangong-agent.service",
+         lambda: "watching" in (tmp_path / "tiangong-agent.service.log").read_text()),
+    ]
+    started: list[tuple[subprocess.Popen[bytes], Path]] = []
+    try:
+        for name, ready in units:
+            proc, log = start(name)
+            started.append((proc, log))
+            wait_for(functools.partial(running, proc, log, ready), START_DEADLINE_S, name)
+        assert "live server" not in (tmp_path / "tiangong-hub.service.log").read_text()
+    finally:
+        for proc, _log in started:
+            os.killpg(proc.pid, signal.SIGTERM)
+        codes = []
+        for proc, _log in started:
+            try:
+                codes.append(proc.wait(timeout=STOP_DEADLINE_S))
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+    assert codes == [0, 0, 0], [log.read_text() for _, log in started]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
