@@ -4,7 +4,8 @@ directory (docs/install.md, "Backup and restore").
 
 A backup is a directory::
 
-    BACKUP/manifest.json          format, hub id, database kind, SHA-256 of every file
+    BACKUP/manifest.json          format, hub id, database kind, tiangong version, SHA-256
+                                  of every file
     BACKUP/database.sqlite        SQLite: the online backup API's copy, or
     BACKUP/database.pgdump        PostgreSQL: `pg_dump --format=custom`
     BACKUP/files/...              the data directory without the database and the root key
@@ -18,6 +19,7 @@ would be a second copy to guard. MySQL/MariaDB hubs are refused (no dump tool is
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -55,6 +57,13 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1024 * 1024), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("tiangong")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _database_kind(url: str) -> str:
@@ -172,6 +181,7 @@ def backup(cfg: HubConfig, out: Path) -> BackupReport:
         entries = {str(p.relative_to(partial)): _sha256(p)
                    for p in sorted(partial.rglob("*")) if p.is_file()}
         manifest = {"format": FORMAT, "hub_id": hub_id, "database": kind,
+                    "tiangong_version": _version(),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "left_out": left_out, "sha256": entries}
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")

@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from subprocess import CompletedProcess
 
@@ -53,6 +54,9 @@ def test_sqlite_hub_backs_up_and_restores_with_a_verifying_audit_log(tmp_path: P
     out = tmp_path / "backup"
     done = json.loads(hub("backup", str(out), "--json").stdout)
     assert done["database"] == "sqlite" and done["left_out"] == ["root-key.OFFLINE.json"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["hub_id"] == "hub-backup"
+    assert manifest["tiangong_version"] == version("tiangong")
     assert oct(out.stat().st_mode & 0o777) == "0o700"
     backed = _files(out / "files")
     assert "root-key.OFFLINE.json" not in backed and "hub.db" not in backed
@@ -92,7 +96,11 @@ def test_postgresql_hub_backs_up_with_pg_dump_and_restores_into_a_new_database(
         new = tmp_path / "restored"
         missing = hub("restore", str(out), data_dir=new, check=False)
         assert missing.returncode == 2 and "give --database-url" in missing.stderr
-        assert not new.exists()
+        wrong = hub("restore", str(out), "--database-url", f"sqlite:///{tmp_path}/x.db",
+                    data_dir=new, check=False)
+        assert wrong.returncode == 2
+        assert "holds a postgresql database; --database-url names sqlite" in wrong.stderr
+        assert not new.exists() and not (tmp_path / "x.db").exists()
         hub("restore", str(out), "--database-url", target, data_dir=new)
         verify = hub("audit", "verify", "--json", data_dir=new)
         assert _events(verify) == _events(hub("audit", "verify", "--json"))
