@@ -35,6 +35,8 @@ CRASH_POINTS: dict[str, str] = {
     "step-finished": "a step's outcome committed to the journal",
     "final": "the bundle's final state and its result committed to the journal (result "
              "pending), no result file yet",
+    "result-built": "the signed result built in a private temporary directory in outbox/ "
+                    "(.result-*), not yet renamed into place",
     "result-written": "the signed result file renamed into outbox/, the journal still says "
                       "pending",
     "result-recorded": "the journal records the result file as written",

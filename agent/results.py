@@ -26,13 +26,18 @@ Two phases, so that a result is never lost and never numbered twice:
    again after a crash gives the same file. A full or read-only outbox leaves the result
    pending; the agent's loop calls :func:`flush_results` again until it succeeds.
 
-Result files are private (0600) from the moment they appear in the outbox.
+Result files are private (0600) from the moment they appear in the outbox. A result is built
+in a private temporary directory ``outbox/.result-*/`` (0700; the step-log copies, spool and
+unsigned file in it 0600); one that a crash left behind is removed on the next start
+(:func:`remove_temporaries`) and the result is written again from the journal.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -48,7 +53,8 @@ from bundle.writer import write_bundle
 from signing.fileio import fsync_dir
 from signing.keys import SigningKey
 
-__all__ = ["RESULT_STATUSES", "flush_results", "result_intent", "write_result"]
+__all__ = ["RESULT_STATUSES", "flush_results", "remove_temporaries", "result_intent",
+           "write_result"]
 
 RESULT_STATUSES = ("succeeded", "failed", "rejected", "interrupted", "cancelled", "duplicate")
 MAX_SUMMARY_CHARS = 4000  # characters of a summary kept in a result
@@ -160,18 +166,56 @@ def _write_one(config: AgentConfig, journal: Journal, key: SigningKey,
         files: list[tuple[str, Path]] = []
         for name, text in sorted(pending.logs.items()):
             p = Path(tmp) / name.replace("/", "-")
-            p.write_text(text, encoding="utf-8", errors="replace")
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with open(fd, "w", encoding="utf-8", errors="replace") as fh:
+                fh.write(text)
             files.append((name, p))
         private = Path(tmp) / pending.file_name  # the directory is 0700: never seen 0644
         written = write_bundle(private, manifest, files, [key], spool_dir=Path(tmp),
                                verify=False)
         os.chmod(private, 0o600)
+        crash_point("result-built")
         os.replace(private, final)
     fsync_dir(config.outbox)
     crash_point("result-written")
     journal.result_written(seq, written.envelope_sha256)
     crash_point("result-recorded")
     return final
+
+
+#: Names of what the agent writes under a temporary name: result build directories
+#: (``.result-*``), bundle-writer spools (``.tiangong-spool-*``) and the hidden temp files of
+#: atomic writes and cross-device moves (``.<name>.<8 random characters>.tmp``, from
+#: ``tempfile.mkstemp``).
+_TEMP_DIR_PREFIXES = (".result-", ".tiangong-spool-")
+_TEMP_FILE_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$", re.DOTALL)
+
+
+def remove_temporaries(directories: Sequence[Path]) -> list[Path]:
+    """Remove what an interrupted write of this agent left in *directories* (its outbox,
+    archive, quarantine and home): only names the agent itself gives its temporaries, never
+    a result, an archived or quarantined file. Call with the home lock held, before anything
+    is written. Returns what was removed; a directory that is missing or cannot be changed is
+    left as it is (logged by the caller's next write, which fails the same way)."""
+    removed: list[Path] = []
+    for directory in directories:
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name.startswith(_TEMP_DIR_PREFIXES):
+                        shutil.rmtree(path)
+                        removed.append(path)
+                elif _TEMP_FILE_RE.match(entry.name):
+                    path.unlink()
+                    removed.append(path)
+            except OSError:
+                continue
+    return removed
 
 
 def write_result(config: AgentConfig, journal: Journal, key: SigningKey,

@@ -58,7 +58,7 @@ from agent.inbox import (
 )
 from agent.journal import Journal, JournalError, JournalWriteError, ResultIntent
 from agent.order import Held, Sequencer, held_rows
-from agent.results import flush_results, result_intent
+from agent.results import flush_results, remove_temporaries, result_intent
 from agent.runner import Runner, StepReport
 from agent.stepcheck import check_steps
 from bundle.errors import BundleError, InsufficientSpaceError, PartsError
@@ -151,6 +151,7 @@ class Agent:
         """Mark steps that were running when the agent died as interrupted and record their
         results (one transaction), then write every pending result. Nothing is re-run."""
         self._clean_staging()
+        self._clean_temporaries()
         ids = self.journal.recover_interrupted(self._interrupted_result)
         crash_point("interrupted-recorded")
         for bundle_id in ids:
@@ -175,6 +176,15 @@ class Agent:
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink(missing_ok=True)
+
+    def _clean_temporaries(self) -> None:
+        """Remove the temporaries an interrupted write left in the outbox (a result being
+        built), archive/ and quarantine/ (a copy across devices, a reason file) and the home
+        (its small state files): each is written again from the journal as needed."""
+        c = self.config
+        for path in remove_temporaries([c.outbox, c.archive, c.archive / "duplicates",
+                                        c.quarantine, c.home]):
+            log.info("removed %s, left by an interrupted write", printable(str(path)))
 
     def _interrupted_result(self, bundle_id: str) -> ResultIntent:
         rec = self.journal.bundle(bundle_id)

@@ -292,6 +292,11 @@ def _open_source(pf: PayloadFile) -> tuple[int, int]:
     return fd, st.st_size
 
 
+def _private(path: str, flags: int) -> int:
+    """``open(..., opener=_private)``: a new file readable by its owner only (0600)."""
+    return os.open(path, flags, 0o600)
+
+
 def _compress_one(
     index: int,
     pf: PayloadFile,
@@ -304,7 +309,7 @@ def _compress_one(
     buf = bytearray(BUFFER_BYTES)
     view = memoryview(buf)
     got = 0
-    with open(fd, "rb", buffering=0) as src, open(spool, "xb") as out:
+    with open(fd, "rb", buffering=0) as src, open(spool, "xb", opener=_private) as out:
         sink = _HashingWriter(out)
         cctx = compressors.for_size(size)
         zw = cctx.stream_writer(

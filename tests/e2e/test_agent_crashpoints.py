@@ -65,6 +65,7 @@ CASES: list[tuple[str, int, str, tuple[int, int, int, int]]] = [
     ("step-finished", 3, OK, (1, 1, 1, 1)),
     ("step-finished", 4, OK, (1, 1, 1, 1)),
     ("final", 1, OK, (1, 1, 1, 1)),
+    ("result-built", 1, OK, (1, 1, 1, 1)),
     ("result-written", 1, OK, (1, 1, 1, 1)),
     ("result-recorded", 1, OK, (1, 1, 1, 1)),
     # A bundle naming a connection the site does not define is refused before acceptance.
@@ -187,6 +188,9 @@ def test_power_cut_at_every_crash_point(
                _count(mariadb_server, my_name, tag), _applies(kube_proxy, tag))
         assert got == runs, (bid, status, got, runs)
     assert list((home / "inbox").iterdir()) == []
+    left = [p for d in ("outbox", "archive", "quarantine", "staging")
+            for p in (home / d).rglob(".*")]
+    assert left == [], left  # no temporary survives a restart
     db = sqlite3.connect(home / "journal.sqlite")
     try:
         assert db.execute("SELECT sequence FROM trust").fetchone()[0] == accepted_seq
