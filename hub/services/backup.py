@@ -132,15 +132,29 @@ def _finish(partial: Path, path: Path) -> None:
         os.close(fd)
 
 
+def _os_error(what: str, exc: OSError) -> ConfigError:
+    where = f" {exc.filename}" if exc.filename else ""
+    return ConfigError(f"{what}:{where}: {exc.strerror or exc}")
+
+
 def backup(cfg: HubConfig, out: Path) -> BackupReport:
     """Write a consistent backup of the hub configured by ``cfg`` into the new directory
     ``out`` (created mode 0700: it holds the hub's keys and TLS private keys).
 
     Raises:
         ValidationError: ``out`` exists and is not empty.
-        ConfigError: the data directory is not a hub, the database kind is not supported, or
-            pg_dump failed.
+        ConfigError: the data directory is not a hub, the database kind is not supported,
+            pg_dump failed, or a file could not be read or written (named in the message).
     """
+    try:
+        return _backup(cfg, out)
+    except OSError as exc:
+        raise _os_error(f"backup to {out}", exc) from exc
+    except sqlite3.Error as exc:
+        raise ConfigError(f"backup to {out}: SQLite database {cfg.database_url}: {exc}") from exc
+
+
+def _backup(cfg: HubConfig, out: Path) -> BackupReport:
     data_dir = cfg.data_dir
     root = data_dir / "root.json"
     if not root.is_file():
@@ -170,7 +184,8 @@ def backup(cfg: HubConfig, out: Path) -> BackupReport:
         files_dir = partial / FILES
         for path in sorted(data_dir.rglob("*")):
             rel = path.relative_to(data_dir)
-            if path in skip or path.is_dir() or path.is_symlink():
+            # Regular files only: not the running hub's gunicorn control socket, not symlinks.
+            if path in skip or path.is_symlink() or not path.is_file():
                 continue
             if path.name == ROOT_KEY_NAME:
                 left_out.append(str(rel))
@@ -249,8 +264,16 @@ def restore(backup_dir: Path, data_dir: Path, database_url: str | None = None) -
     Raises:
         ValidationError: the backup is damaged, ``data_dir`` is not new, or the database URL
             is missing or of the wrong kind.
-        ConfigError: pg_restore failed.
+        ConfigError: pg_restore failed, or a file could not be read or written (named in the
+            message).
     """
+    try:
+        return _restore(backup_dir, data_dir, database_url)
+    except OSError as exc:
+        raise _os_error(f"restore into {data_dir}", exc) from exc
+
+
+def _restore(backup_dir: Path, data_dir: Path, database_url: str | None) -> str:
     manifest = read_manifest(backup_dir)
     kind = str(manifest["database"])
     if kind == "postgresql" and not database_url:

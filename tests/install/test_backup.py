@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 from collections.abc import Callable
 from importlib.metadata import version
@@ -52,7 +53,10 @@ def test_sqlite_hub_backs_up_and_restores_with_a_verifying_audit_log(tmp_path: P
     data = tmp_path / "hub"
     hub = _make_hub(data)
     out = tmp_path / "backup"
-    done = json.loads(hub("backup", str(out), "--json").stdout)
+    # A running hub keeps its gunicorn control socket in the data directory.
+    with socket.socket(socket.AF_UNIX) as ctl:
+        ctl.bind(str(data / "gunicorn.ctl"))
+        done = json.loads(hub("backup", str(out), "--json").stdout)
     assert done["database"] == "sqlite" and done["left_out"] == ["root-key.OFFLINE.json"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["hub_id"] == "hub-backup"
@@ -60,6 +64,7 @@ def test_sqlite_hub_backs_up_and_restores_with_a_verifying_audit_log(tmp_path: P
     assert oct(out.stat().st_mode & 0o777) == "0o700"
     backed = _files(out / "files")
     assert "root-key.OFFLINE.json" not in backed and "hub.db" not in backed
+    assert "gunicorn.ctl" not in backed
     # Keys are copied byte for byte as they are on disk (encrypted where they are encrypted).
     for name in ("keys/release.key", "keys/audit.key", "keys/audit-mac.key", "tls/ca.key"):
         assert backed[name] == (data / name).read_bytes()
@@ -126,6 +131,14 @@ def test_a_damaged_backup_or_a_used_data_directory_is_refused(tmp_path: Path) ->
     assert refused.returncode == 2 and f"data directory {used} exists and is not empty" in \
         refused.stderr
     assert _files(used) == {"keep.txt": b"mine"}
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    no_dir = hub("restore", str(out), data_dir=blocked / "new", check=False)
+    assert no_dir.returncode == 2 and "Traceback" not in no_dir.stderr
+    assert f"error: restore into {blocked}/new: {blocked}/new.partial: Not a directory" in \
+        no_dir.stderr
+    assert blocked.read_text() == "not a directory"
 
     key = out / "files" / "keys" / "release.key"
     key.write_bytes(key.read_bytes().replace(b"a", b"b", 1))
