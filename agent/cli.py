@@ -238,7 +238,8 @@ def enroll_response_cmd(response_file: Path, home: Path, as_json: bool) -> None:
 
 @agent.command("run")
 @_home_option
-@click.option("--once", is_flag=True, help="Process what is ready now, then exit.")
+@click.option("--once", is_flag=True, help="Process what is ready now, then exit (files dated "
+              "in the future are first watched unchanged for settle_seconds).")
 @click.option("--json-logs", is_flag=True, help="Structured (JSON lines) logs on stderr.")
 @click.option("-v", "--verbose", is_flag=True)
 def run_cmd(home: Path, once: bool, json_logs: bool, verbose: bool) -> None:
@@ -295,7 +296,7 @@ def run_cmd(home: Path, once: bool, json_logs: bool, verbose: bool) -> None:
     try:
         if once:
             ag.recover()
-            for out in ag.run_once():
+            for out in ag.run_once_watching():
                 click.echo(f"{out.name}: {out.status}: {out.summary}")
         else:
             ag.serve()

@@ -14,9 +14,13 @@ Rules, applied by :meth:`Inbox.scan` on every call:
 * A file is *settled* when its ``(size, mtime_ns)`` has not changed for ``settle_seconds``: by
   its age (its modification time is at least ``settle_seconds`` in the past by the wall clock,
   and a second look shows the same size and time), or, when the file's time cannot be trusted
-  (set in the future), as observed over successive scans. So a file that has sat unchanged for
-  minutes is picked up by the first scan of a fresh process (``agent run --once`` from cron or
-  a systemd timer), and ``agent status`` tells settling files from ready ones.
+  (dated more than ``FUTURE_MTIME_TOLERANCE_SECONDS`` in the future: written where the clock
+  is ahead), as observed over successive scans — logged once as a warning naming the file and
+  the clock difference, and reported as such by ``agent status``; ``agent run --once`` watches
+  such a file within its run (:meth:`Inbox.age_unknown_until`, at most ``settle_seconds``).
+  So a file that has sat unchanged for minutes is picked up by the first scan of a fresh
+  process (``agent run --once`` from cron or a systemd timer), and ``agent status`` tells
+  settling files from ready ones.
 * A split bundle is ready when every one of its parts is settled and part 0 says (via the
   injected ``parts_needed``) how many data parts there are and all of them are present.
   Until then it is reported as e.g. ``waiting for parts 3, 5 of 7``; it is never quarantined
@@ -91,6 +95,10 @@ TEMP_PREFIXES = (".", "~")
 _PART_RE = re.compile(r"^(?P<base>.+\.tgb)\.part(?P<index>\d{3,})$", re.IGNORECASE)
 
 SETTLING = "settling (size still changing)"
+#: Seconds a file's modification time may lie ahead of this machine's clock and still count
+#: as "just written" (time stamp granularity, a share's clock a little ahead). Further ahead,
+#: its age is unknown: it settles by being watched unchanged for ``settle_seconds``.
+FUTURE_MTIME_TOLERANCE_SECONDS = 2.0
 
 PartsNeeded = Callable[[Path], "int | None"]
 """``parts_needed(part000_path) -> number of data parts, or None if it cannot be told``."""
@@ -292,6 +300,8 @@ class Inbox:
         self._counts: dict[str, tuple[tuple[int, int], int | None]] = {}
         self._waiting: list[WaitingItem] = []
         self._notes: set[str] = set()
+        self._future_logged: dict[str, int] = {}  # name -> mtime_ns warned about
+        self._age_unknown: dict[str, float] = {}  # name -> scan time it can settle at
         self.problem: str | None = None
         """Why the inbox cannot be read right now (``inbox unavailable: ...``), or None."""
 
@@ -470,6 +480,8 @@ class Inbox:
             else:
                 groups.setdefault(cand.base, {}).setdefault(cand.index, []).append(name)
         self._counts = {b: c for b, c in self._counts.items() if b in groups}
+        self._future_logged = {n: t for n, t in self._future_logged.items() if n in self._seen}
+        self._age_unknown = {}
 
         ready: list[ReadyItem] = []
         waiting: list[WaitingItem] = []
@@ -505,6 +517,45 @@ class Inbox:
             return False
         return (st.st_size, st.st_mtime_ns) == (seen.size, seen.mtime_ns)
 
+    def _ahead(self, name: str) -> float:
+        """Seconds the file's modification time lies ahead of this machine's clock (<= 0:
+        not ahead)."""
+        return self._seen[name].mtime_ns / 1e9 - self._wall_clock()
+
+    def _settling(self, now: float, names: Iterable[str]) -> str | None:
+        """None when every file of *names* is settled, else why the first one is not.
+
+        A file dated more than ``FUTURE_MTIME_TOLERANCE_SECONDS`` in the future (written on
+        a machine whose clock is ahead — ordinary for media) has no age this machine can
+        tell: it settles once watched unchanged for ``settle_seconds`` (see
+        :meth:`age_unknown_until`), with a warning naming it and the clock difference."""
+        for name in names:
+            if self._settled(now, name):
+                continue
+            ahead = self._ahead(name)
+            if ahead <= FUTURE_MTIME_TOLERANCE_SECONDS:
+                return SETTLING
+            seen = self._seen[name]
+            self._age_unknown[name] = seen.changed_at + self.settle_seconds
+            if self._future_logged.get(name) != seen.mtime_ns:
+                self._future_logged[name] = seen.mtime_ns
+                log.warning("inbox %s: %s: modification time is %.0f s ahead of this "
+                            "machine's clock (written where the clock is ahead?): its age "
+                            "is unknown, so it is taken once seen unchanged for %g s",
+                            self.directory, printable(name), ahead, self.settle_seconds)
+            watched = max(0.0, now - seen.changed_at)
+            return (f"{printable(name)} is dated {ahead:.0f} s in the future by this "
+                    f"machine's clock: age unknown, taken once seen unchanged for "
+                    f"{self.settle_seconds:g} s (unchanged for {watched:.0f} s so far)")
+        return None
+
+    def age_unknown_until(self) -> float | None:
+        """When (in :meth:`scan`'s time) every file the last scan held back only because
+        it is dated in the future will have been watched unchanged for ``settle_seconds``;
+        None when there is none. ``agent run --once`` waits until then (never longer than
+        ``settle_seconds``) and looks again, so such a file is taken within one run."""
+        return max(self._age_unknown.values()) if self._age_unknown else None
+
     def _unreadable(self, names: Iterable[str]) -> str | None:
         for name in names:
             if name in self._errors:
@@ -515,8 +566,9 @@ class Inbox:
         problem = self._unreadable([name])
         if problem:
             return problem
-        if not self._settled(now, name):
-            return SETTLING
+        settling = self._settling(now, [name])
+        if settling:
+            return settling
         path = self.directory / name
         if not _readable(path):
             return f"cannot read {name}: permission denied"
@@ -534,8 +586,9 @@ class Inbox:
         if 0 not in parts:
             return "waiting for part 0 (the header)"
         part0 = parts[0][0]
-        if not self._settled(now, part0):
-            return SETTLING
+        settling = self._settling(now, [part0])
+        if settling:
+            return settling
         count = self._count(base, part0)
         if count is None:
             return "waiting for part 0 to be readable (cannot tell the number of parts)"
@@ -547,8 +600,9 @@ class Inbox:
                 if damaged:
                     return f"{waiting}: {damaged}"
             return waiting
-        if not all(self._settled(now, n) for n in names):
-            return SETTLING
+        settling = self._settling(now, names)
+        if settling:
+            return settling
         paths = tuple(self.directory / n for n in names)
         for path in paths:
             if not _readable(path):

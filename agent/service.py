@@ -584,6 +584,27 @@ class Agent:
                           "written again")
         return outcomes
 
+    def run_once_watching(self) -> list[ProcessOutcome]:
+        """``agent run --once``: one pass; then, if the inbox held back files only because
+        they are dated in the future (their age is unknown), watch them within this run —
+        at most ``settle_seconds`` — and make one more pass, which takes those that stayed
+        unchanged. Without this a cron or timer run would never take such a file."""
+        outcomes = self.run_once()
+        until = self.inbox.age_unknown_until()
+        if until is None or self.stopping.is_set():
+            return outcomes
+        log.info("watching the inbox's files dated in the future for up to %g s before "
+                 "taking them", self.config.settle_seconds)
+        limit = time.monotonic() + self.config.settle_seconds  # a clock set back meanwhile
+        while not self.stopping.is_set():
+            left = min(until - self.clock(), limit - time.monotonic())
+            if left <= 0:
+                break
+            self.stopping.wait(left)
+        if not self.stopping.is_set():
+            outcomes += self.run_once()
+        return outcomes
+
     def serve(self, poll_seconds: float | None = None) -> None:
         """Run until :attr:`stopping` is set: recover, then watch the inbox."""
         try:

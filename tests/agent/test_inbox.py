@@ -97,6 +97,43 @@ def test_a_file_dated_in_the_future_settles_by_observation(box: Path) -> None:
     assert _names(inbox.scan(5)) == ["a.tgb"]
 
 
+def test_a_future_dated_file_says_so_warns_once_and_tells_when_it_can_settle(
+    box: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    f = _write(box / "a.tgb", b"x")
+    os.utime(f, (1_003_600, 1_003_600))  # written where the clock is an hour ahead
+    inbox = Inbox(box, settle_seconds=5, wall_clock=lambda: 1_000_000.0)
+    with caplog.at_level(logging.WARNING, logger="tiangong.agent.inbox"):
+        assert inbox.scan(100) == []
+        assert inbox.age_unknown_until() == 105
+        (waiting,) = inbox.waiting()
+        assert waiting.reason == ("a.tgb is dated 3600 s in the future by this machine's "
+                                  "clock: age unknown, taken once seen unchanged for 5 s "
+                                  "(unchanged for 0 s so far)")
+        assert inbox.scan(103) == []
+        assert inbox.waiting()[0].reason.endswith("(unchanged for 3 s so far)")
+        _append(f, b"y")  # still being written: the watch starts again
+        os.utime(f, (1_003_601, 1_003_601))
+        assert inbox.scan(104) == []
+        assert inbox.age_unknown_until() == 109
+        assert inbox.scan(108.9) == []
+        assert _names(inbox.scan(109)) == ["a.tgb"]
+        assert inbox.age_unknown_until() is None
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings  # once per modification time, not per scan
+    assert "a.tgb: modification time is 3600 s ahead of this machine's clock" in warnings[0]
+    assert "3601 s ahead" in warnings[1]
+
+
+def test_a_file_a_moment_in_the_future_is_just_settling(box: Path) -> None:
+    f = _write(box / "a.tgb", b"x")
+    os.utime(f, (1_000_001, 1_000_001))  # time stamp granularity, a share's clock drift
+    inbox = Inbox(box, settle_seconds=5, wall_clock=lambda: 1_000_000.0)
+    assert inbox.scan(0) == []
+    assert inbox.waiting() == [WaitingItem("a.tgb", SETTLING)]
+    assert inbox.age_unknown_until() is None
+
+
 def test_mtime_change_with_same_size_restarts_the_clock(box: Path) -> None:
     f = _write(box / "a.tgb", b"x" * 10)
     inbox = Inbox(box, settle_seconds=5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -115,6 +116,33 @@ def test_once_from_a_timer_picks_up_a_file_that_sat_unchanged(
     assert out.stdout.strip() == "hello.tgb: succeeded: 3 step(s) succeeded"
     assert len(_results(home)) == 1
     assert (home / "archive" / "hello.tgb").exists()
+
+
+def test_once_takes_a_file_dated_in_the_future_after_watching_it_unchanged(
+    tmp_path: Path, hub_keys: HubKeys
+) -> None:
+    """Media written where the clock is ahead: the file's age is unknown, so ``--once``
+    watches it for settle_seconds within its run, warns with the clock difference and takes
+    it; ``agent status`` says so instead of "size still changing"."""
+    home = _init_agent(tmp_path, hub_keys)
+    _set_settle(home, 1)
+    bundle = _create(hub_keys, HELLO, tmp_path / "hello.tgb", seq=1)
+    _drop(bundle, home)
+    ahead = bundle.stat().st_mtime + 3600  # written on a machine an hour ahead
+    os.utime(home / "inbox" / "hello.tgb", (ahead, ahead))
+    status = run("agent", "status", "--home", str(home))
+    assert re.search(r"hello\.tgb: hello\.tgb is dated 3[56]\d\d s in the future by this "
+                     r"machine's clock: age unknown, taken once seen unchanged for 1 s",
+                     status.stdout), status.stdout
+    assert "size still changing" not in status.stdout
+    assert _results(home) == [] and list((home / "inbox").iterdir())  # status takes nothing
+    out = run("agent", "run", "--home", str(home), "--once")
+    assert out.stdout.strip() == "hello.tgb: succeeded: 3 step(s) succeeded", out.stderr
+    assert re.search(r"WARNING .*hello\.tgb: modification time is 3[56]\d\d s ahead of this "
+                     r"machine's clock", out.stderr), out.stderr
+    assert len(_results(home)) == 1
+    assert (home / "archive" / "hello.tgb").exists()
+    assert not list((home / "inbox").iterdir())
 
 
 def test_killed_mid_step_reports_interrupted_and_does_not_rerun(
