@@ -44,6 +44,15 @@ class Dockerfile:
         assert isinstance(value, list) and all(isinstance(v, str) for v in value), args
         return value
 
+    def healthcheck(self) -> list[str]:
+        """HEALTHCHECK's CMD (exec form), its --options left out."""
+        args = self.one("HEALTHCHECK")
+        words = args.split(" ")
+        cmd = " ".join(words[words.index("CMD") + 1:])
+        value = json.loads(cmd)
+        assert isinstance(value, list) and all(isinstance(v, str) for v in value), args
+        return value
+
     def runs(self) -> list[str]:
         return [args for instr, args in self.instructions if instr == "RUN"]
 

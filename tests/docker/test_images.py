@@ -82,6 +82,8 @@ def test_compose_publishes_the_hub_ports_and_agrees_with_postgres() -> None:
         f"postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/"
         f"{pg['POSTGRES_DB']}")
     assert hub["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert SERVICES["agent"]["depends_on"] == {"hub": {"condition": "service_healthy"}}
+    assert HUB.healthcheck()[0] == "python"  # a compose "service_healthy" needs one
     # The agent reads root.json where the hub publishes it: the same named volume.
     agent = SERVICES["agent"]
     hub_mounts, agent_mounts = compose_volumes(hub), compose_volumes(agent)
@@ -127,6 +129,7 @@ def make_container(df: Dockerfile, service: dict[str, object], tmp: Path, name: 
     bindir = tmp / f"{name}-bin"
     bindir.mkdir()
     (bindir / "tiangong").symlink_to(TIANGONG)
+    (bindir / "python").symlink_to(TIANGONG.parent / "python")  # the image's venv python
     for dest, src in df.copies.items():
         if dest.startswith("/usr/local/bin/"):
             (bindir / Path(dest).name).symlink_to(REPO / src)
@@ -173,7 +176,16 @@ def test_compose_site_starts_initialises_once_and_stops(tmp_path: Path, pg_db: s
     proc = hub.start(SERVICES["hub"]["command"])  # type: ignore[arg-type]
     _until_up(hub, proc, lambda: healthz(http) == {"status": "ok", "database": "ok",
                                                     "live": "ok"}, "hub serve (first start)")
+    # The image's HEALTHCHECK command says healthy too.
+    health_argv = remap_all(HUB.healthcheck(), {"127.0.0.1:8400": f"127.0.0.1:{http}",
+                                                 **hub.mapping})
+    check = subprocess.run(health_argv, env=hub.env, capture_output=True, text=True,
+                           timeout=30, check=False)
+    assert check.returncode == 0, check.stderr
     assert hub.stop(proc) == 0, hub.log_text()
+    down = subprocess.run(health_argv, env=hub.env, capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert down.returncode != 0  # and unhealthy once stopped
     assert "first start: initialising" in hub.log_text()
     assert (data / "hub.toml").is_file()
     assert published.read_bytes() == (data / "root.json").read_bytes()
