@@ -175,6 +175,8 @@ class PendingExport:
     files: list[dict[str, Any]]
     failed: list[dict[str, Any]]
     path: Path
+    #: queued deployments another process (CLI export, live server) claimed first
+    taken: tuple[int, ...] = ()
 
     @property
     def size(self) -> int:
@@ -191,7 +193,7 @@ def _read_export(path: Path) -> PendingExport | None:
     except (OSError, ValueError):
         return None
     return PendingExport(path.name, meta["environment"], meta["by"], meta["at"],
-                         meta["files"], meta["failed"], path)
+                         meta["files"], meta["failed"], path, tuple(meta.get("taken", ())))
 
 
 def _export_named(name: str) -> PendingExport:
@@ -231,7 +233,14 @@ def _report_rows(report: ExportReport) -> tuple[list[dict[str, Any]], list[dict[
     return files, failed
 
 
-def _flash_failures(failed: list[dict[str, Any]]) -> None:
+def _flash_outcome(env: str, report: ExportReport, failed: list[dict[str, Any]]) -> None:
+    """What the export did not write, and why: deployments another process claimed first
+    (as ``hub export`` says it), failures, or nothing queued at all."""
+    for dep_id in report.taken:
+        flash(f"Deployment {dep_id}: exported by another process (a CLI export or the live "
+              "server claimed it first); this export did not write it.")
+    if not report.written and not failed and not report.taken:
+        flash(f"Nothing queued for {env}: nothing written.")
     for f in failed:
         flash(f"Deployment {f['deployment']} was NOT exported: {f['reason']}", "error")
 
@@ -281,9 +290,7 @@ def export() -> Any:
         if files:
             flash(f"Wrote {len(report.written)} bundle(s) of {env.name} to {cfg.export_path} "
                   f"(index: {report.index.name if report.index else '-'}).")
-        elif not failed:
-            flash(f"Nothing queued for {env.name}: nothing written.")
-        _flash_failures(failed)
+        _flash_outcome(env.name, report, failed)
         return redirect(url_for("media.index"))
 
     stamp = web_now().strftime("%Y%m%dT%H%M%SZ")
@@ -293,20 +300,18 @@ def export() -> Any:
         files, failed = _report_rows(report)
         if not files:
             shutil.rmtree(out, ignore_errors=True)
-            if not failed:
-                flash(f"Nothing queued for {env.name}: nothing written.")
-            _flash_failures(failed)
+            _flash_outcome(env.name, report, failed)
             return redirect(url_for("media.index"))
         meta = {"environment": env.name, "by": signed_in_user().username,
                 "at": web_now().strftime("%Y-%m-%d %H:%M UTC"), "files": files,
-                "failed": failed}
+                "failed": failed, "taken": report.taken}
         write_file_atomic(out / META, json.dumps(meta, indent=1).encode(), mode=0o600)
     except BaseException:
         if out.exists() and not any(out.glob("*.tgb*")):
             shutil.rmtree(out, ignore_errors=True)
         raise
     flash(f"Exported {len(report.written)} bundle(s) of {env.name}: download them now.")
-    _flash_failures(failed)
+    _flash_outcome(env.name, report, failed)
     return redirect(url_for("media.export_page", name=out.name))
 
 

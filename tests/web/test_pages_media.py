@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,9 +22,11 @@ from agent.service import Agent
 from hub.app import hub_config
 from hub.config import with_overrides
 from hub.db import db
+from hub.services import export as export_service
 from hub.services.approvals import approve_release
 from hub.services.deployments import get_deployment, queue_deployment
 from hub.services.releases import create_release, submit_release
+from tests.e2e.conftest import TIANGONG
 from tests.hub.conftest import write_release
 from tests.web.pages import Site, request_file
 from web.media import EXPORTS_DIR, IMPORT_LIMIT_SETTING, UPLOADS_DIR, tar_length, tar_stream
@@ -275,3 +279,42 @@ def test_no_export_button_with_nothing_queued(site: Site) -> None:
     page = site.client("op").get("/media/").get_data(as_text=True)
     assert 'id="export-form-test"' not in page and 'id="export-button-test"' not in page
     assert 'id="nothing-test"' in page and "queue an approved release for test" in page
+
+
+@pytest.mark.parametrize("destination", ["download", "directory"])
+def test_export_that_lost_the_race_names_what_another_process_exported(
+    queued: Site2, monkeypatch: pytest.MonkeyPatch, destination: str
+) -> None:
+    """The page read the queued list, then a real ``tiangong hub export`` process claimed
+    and wrote the deployment first: the page says so (as the CLI does), not "nothing
+    queued", and writes nothing itself."""
+    site, op = queued.site, queued.site.client("op")
+    elsewhere = queued.tmp / "cli-usb"
+    read = export_service.pending_exports
+
+    def read_then_lose(*args: Any, **kwargs: Any) -> Any:
+        found = read(*args, **kwargs)
+        cli = subprocess.run(
+            [*TIANGONG, "hub", "--as", "op", "export", "--environment", "test",
+             "--out", str(elsewhere)],
+            capture_output=True, text=True, timeout=300, check=False,
+            env={**os.environ, "TIANGONG_HUB_DATA_DIR": str(site.data_dir)})
+        assert cli.returncode == 0 and "wrote " in cli.stdout, cli
+        return found
+
+    monkeypatch.setattr(export_service, "pending_exports", read_then_lose)
+    if destination == "directory":
+        export_dir = queued.tmp / "export-dir"
+        monkeypatch.setitem(site.app.config, "TIANGONG_HUB",
+                            with_overrides(hub_config(site.app), export_dir=str(export_dir)))
+    resp = site.post(op, "/media/export", {"environment": "test", "destination": destination})
+    assert resp.status_code == 302 and resp.headers["Location"] == "/media/"
+    page = op.get("/media/").get_data(as_text=True)
+    assert f"Deployment {queued.deployment}: exported by another process" in page
+    assert "nothing written" not in page and "NOT exported" not in page
+    # Nothing changed by the page: one bundle (the CLI's), nothing waiting for download.
+    assert _state(site, queued.deployment) == "exported"
+    assert len(list(elsewhere.glob("*.tgb"))) == 1
+    assert _export_dirs(site) == []
+    if destination == "directory":
+        assert not export_dir.exists() or not list(export_dir.glob("*.tgb"))
