@@ -5,9 +5,11 @@ checksummed (SHA-256 of its bytes), split into statements (:mod:`~agent.executor
 and applied under a schema lock, with a row in the schema history table for every attempt
 (:mod:`~agent.executors.sqlhistory`):
 
-* **PostgreSQL**: the whole script and its history row run in one transaction. A failure
-  rolls everything back; the outcome names the failing statement and says nothing was
-  applied (the failed attempt is still recorded, outside the transaction).
+* **PostgreSQL**: the attempt is recorded (committed) as unfinished first; then the whole
+  script and the update marking the attempt succeeded run in one transaction. A failure
+  rolls the script back; the outcome names the failing statement and says nothing was
+  applied, and the attempt's row records the failure. A killed agent leaves the row
+  "did not finish" and nothing of the script applied.
 * **MySQL/MariaDB**: DDL commits implicitly, so statements run one by one and progress is
   written to the history row after each. A failure names the statement (index, line, text,
   server error) and exactly which statements were applied and stay applied.

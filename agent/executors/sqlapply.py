@@ -1,11 +1,13 @@
 """Applying a prepared script, per engine, and saying what happened in operator terms.
 
-:func:`apply_postgres` runs the statements and the history row in one transaction: all or
-nothing. :func:`apply_mysql` runs them one by one, recording progress in the history row
-after each statement, and on failure reports which statements were applied (and stay
-applied), which ran inside a transaction the script opened and were rolled back, and which
-never ran. Both are called by :class:`~agent.executors.sql.SqlExecutor` with the schema lock
-held, a control session (lock, history) and a work session (the script).
+:func:`apply_postgres` first records the attempt as unfinished (committed on its own, so a
+killed agent leaves it visible as ``did not finish``), then runs the statements and marks the
+attempt succeeded in one transaction: all or nothing. :func:`apply_mysql` runs them one by
+one, recording progress in the history row after each statement, and on failure reports
+which statements were applied (and stay applied), which ran inside a transaction the script
+opened and were rolled back, and which never ran. Both are called by
+:class:`~agent.executors.sql.SqlExecutor` with the schema lock held, a control session (lock,
+history) and a work session (the script).
 
 This module deliberately does not connect, lock or decide whether a version should run.
 """
@@ -36,9 +38,14 @@ def apply_postgres(
     store: SchemaStore,
     log: SqlLog,
 ) -> StepOutcome:
-    """Run the script and its success row in one transaction; see the module docstring."""
+    """Record the attempt as unfinished (committed on its own, so an agent killed mid-way
+    leaves it visible), then run the script and mark the attempt succeeded in one
+    transaction: all or nothing. A failure rolls the script back and records why."""
     started = time.monotonic()
     total = len(plan.statements)
+    rank = _record_start(ctx, plan, control, store)
+    if isinstance(rank, StepOutcome):
+        return rank
     try:
         work.execute("BEGIN")
         with _watchdog(ctx, plan, control, work, store, log) as dog:
@@ -52,6 +59,8 @@ def apply_postgres(
             )
     except StatementError as exc:
         _rollback(work, log)
+        error = f"cannot start a transaction: {exc}"
+        _record_failed_attempt(store, rank, log, error, _ms(started))
         return failed(f"cannot start a transaction on {plan.label}: {exc}; nothing was run")
     elapsed = _ms(started)
     failure = progress.failure
@@ -59,7 +68,7 @@ def apply_postgres(
         # the last statement finished as the watchdog fired: do not commit after all
         _rollback(work, log)
         what = _STOPPED[dog.reason]
-        note = _record_failed_attempt(ctx, plan, store, log, f"{what} before COMMIT", elapsed)
+        note = _record_failed_attempt(store, rank, log, f"{what} before COMMIT", elapsed)
         return failed(
             f"{what} on {plan.label} after the last statement, before COMMIT; the transaction "
             f"was rolled back, nothing was applied{note}",
@@ -71,19 +80,13 @@ def apply_postgres(
     if failure is None:
         try:
             work.set_statement_timeout(max(ctx.remaining(), BOOKKEEPING_MIN_S))
-            store.insert(
-                work,
-                fields=plan.history_fields(ctx),
-                success=True,
-                applied=total,
-                execution_ms=elapsed,
-                error=None,
-            )
+            store.update(rank, success=True, applied=total, execution_ms=elapsed, error=None,
+                         session=work)  # committed with the script, or not at all
             work.execute("COMMIT")
         except StatementError as exc:
             _rollback(work, log)
             error = f"COMMIT failed: {exc}"
-            _record_failed_attempt(ctx, plan, store, log, error, elapsed)
+            _record_failed_attempt(store, rank, log, error, elapsed)
             return failed(
                 f"committing {plan.script} on {plan.label} failed: {exc}; the transaction "
                 "was rolled back, nothing was applied",
@@ -101,7 +104,7 @@ def apply_postgres(
             details={**plan.details(), "statements_applied": total, "execution_ms": elapsed},
         )
     _rollback(work, log)
-    note = _record_failed_attempt(ctx, plan, store, log, _history_error(failure), _ms(started))
+    note = _record_failed_attempt(store, rank, log, _history_error(failure), _ms(started))
     return failed(
         f"{_what_happened(ctx, plan, failure)}; the transaction was rolled back, nothing was "
         f"applied{note}",
@@ -124,20 +127,9 @@ def apply_mysql(
     """Run the script statement by statement, recording progress; see the module docstring."""
     started = time.monotonic()
     total = len(plan.statements)
-    try:
-        rank = store.insert(
-            control,
-            fields=plan.history_fields(ctx),
-            success=False,
-            applied=0,
-            execution_ms=0,
-            error=UNFINISHED,
-        )
-    except StatementError as exc:
-        return failed(
-            f"cannot record the attempt in {HISTORY_TABLE} on {plan.label}: {exc}; nothing was run",
-            **plan.details(),
-        )
+    rank = _record_start(ctx, plan, control, store)
+    if isinstance(rank, StepOutcome):
+        return rank
     committed = 0  # statements known to be committed (not inside a script's transaction)
 
     def after_each(k: int) -> None:
@@ -264,19 +256,34 @@ def _history_error(failure: Failure) -> str:
     )
 
 
-def _record_failed_attempt(
-    ctx: StepContext, plan: Plan, store: SchemaStore, log: SqlLog, error: str, elapsed: int
-) -> str:
-    """PostgreSQL: record a rolled-back attempt (outside the transaction); '' or a note."""
+def _record_start(
+    ctx: StepContext, plan: Plan, control: Session, store: SchemaStore
+) -> int | StepOutcome:
+    """Record (commit) the attempt as unfinished before anything runs; its rank, or the
+    failed outcome when even that cannot be done."""
     try:
-        store.insert(
-            store.session,
+        return store.insert(
+            control,
             fields=plan.history_fields(ctx),
             success=False,
             applied=0,
-            execution_ms=elapsed,
-            error=error,
+            execution_ms=0,
+            error=UNFINISHED,
         )
+    except StatementError as exc:
+        return failed(
+            f"cannot record the attempt in {HISTORY_TABLE} on {plan.label}: {exc}; nothing was run",
+            **plan.details(),
+        )
+
+
+def _record_failed_attempt(
+    store: SchemaStore, rank: int, log: SqlLog, error: str, elapsed: int
+) -> str:
+    """PostgreSQL: mark attempt ``rank`` failed (its transaction was rolled back: nothing of
+    it applied), through the control session; '' or a note for the summary."""
+    try:
+        store.update(rank, success=False, applied=0, execution_ms=elapsed, error=error)
     except StatementError as exc:
         log.info(f"could not record the failed attempt in {HISTORY_TABLE}: {exc}")
         return f"; recording the attempt in {HISTORY_TABLE} failed: {exc}"

@@ -5,7 +5,11 @@ to apply a script version: ``version``, ``description``, ``script``, ``checksum`
 of the script's bytes), ``bundle_id``, ``step_name``, ``installed_by`` (the lock holder),
 ``installed_on``, ``execution_ms``, ``success``, ``statements_total``, ``statements_applied``
 and ``error``. A version with a successful row is never applied again; a version whose rows
-are all failures may be retried.
+are all failures may be retried. Every attempt is inserted (and committed) before its first
+statement runs, with ``success`` false and ``error`` :data:`UNFINISHED`, and updated with its
+outcome after: an agent killed mid-way leaves it so. On PostgreSQL the success update commits
+in the script's own transaction (so a killed attempt applied nothing); on MySQL/MariaDB the
+row also counts the statements committed so far.
 
 ``tiangong_schema_lock`` has exactly one row (``lock_id = 1``) naming its ``holder``
 (agent host, pid, bundle and step) with an ``expires_at`` in the database server's clock, so
@@ -215,8 +219,8 @@ class SchemaStore:
         execution_ms: int,
         error: str | None,
     ) -> int:
-        """Insert an attempt through ``session`` (the work session, to commit it with the
-        script on PostgreSQL) and return its ``installed_rank``.
+        """Insert an attempt through ``session`` (the control session: committed at once)
+        and return its ``installed_rank``.
 
         Raises:
             StatementError: the insert failed.
@@ -247,14 +251,16 @@ class SchemaStore:
         return int(session.query("SELECT LAST_INSERT_ID()")[0][0])
 
     def update(
-        self, rank: int, *, success: bool, applied: int, execution_ms: int, error: str | None
+        self, rank: int, *, success: bool, applied: int, execution_ms: int, error: str | None,
+        session: Session | None = None,
     ) -> None:
-        """Record progress or the outcome of attempt ``rank``.
+        """Record progress or the outcome of attempt ``rank``, through the control session
+        or ``session`` (the work session, to commit a PostgreSQL success with the script).
 
         Raises:
             StatementError: the update failed.
         """
-        self.session.execute(
+        (session or self.session).execute(
             f"UPDATE {self.history} SET success = %s, statements_applied = %s, "  # noqa: S608
             "execution_ms = %s, error = %s WHERE installed_rank = %s",
             (success, applied, execution_ms, error, rank),
