@@ -29,6 +29,8 @@ CRASH_POINTS: dict[str, str] = {
     "exporting",
     "hub.export-recorded": "the deployment committed as exported (bundle.written), the "
     "media index not written yet",
+    "hub.export-indexing": "the media index being rewritten: its lock file held and a "
+    "temporary copy written, not renamed",
     "hub.import-stored": "a batch of verified results renamed into the results directory "
     "and fsynced, the database transaction not committed",
     "hub.import-committed": "a batch of results committed (deployments, attempts, events)",

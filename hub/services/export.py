@@ -21,8 +21,9 @@ for it is accepted. An export that was killed (or failed writing) leaves its dep
 it over and either finds the file already on the media under the recorded name (and records
 it) or writes the *same* bundle again from the recorded intent — same sequence, bundle id
 and times, so the same bytes: a copy that did reach some media is an exact duplicate, never
-a second sequence. Leftovers of killed exports in the output directory — spool directories
-and temporary files — are removed on the next run and listed in the report.
+a second sequence. Leftovers of killed exports in the output directory — spool directories,
+temporary files, a media index's lock file and temporary copy — are removed on the next run
+and listed in the report; a finished export leaves nothing hidden on the media.
 
 Re-running with no queued work writes nothing. A human-readable ``INDEX-<env>.txt`` lists
 what is on the media and for whom.
@@ -36,6 +37,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import glob
 import os
 import shutil
 import tempfile
@@ -491,14 +493,16 @@ def _token_name(token: str) -> str:
 
 
 def _clean_leftovers(ctx: ServiceContext, out_dir: Path) -> list[str]:
-    """Remove what killed exports left in ``out_dir``: their spool directories and the
-    temporary files of bundles they were writing. Returns the names removed.
+    """Remove what killed exports left in ``out_dir``: their spool directories, the
+    temporary files of bundles they were writing, and the lock file and temporary copy of
+    a media index they were rewriting. Returns the names removed.
 
     A leftover is removed only when the export that made it is gone: a spool directory
     carries its export's claim token; a temporary file ``.<bundle file>.<random>.tmp`` goes
     when that bundle file is claimed by an export that is gone, and stays while a running
     export has claimed it. Other temporary files and spools of ours go once older than
-    :data:`~hub.services.export_claims.STALE_CLAIM`.
+    :data:`~hub.services.export_claims.STALE_CLAIM`. An index's lock file and temporary
+    copy go when nobody holds that lock (a running export holds it while they exist).
     """
     now = ctx.now()
     found: list[os.DirEntry[str]] = []
@@ -519,9 +523,11 @@ def _clean_leftovers(ctx: ServiceContext, out_dir: Path) -> list[str]:
         if path:
             (live if claim_is_live(token, at, now) else dead).add(Path(path).name)
     mine = _token_name(my_token())
-    removed: list[str] = []
+    removed = _clean_index_leftovers(out_dir, [e.name for e in found])
     for entry in found:
         name = entry.name
+        if name in removed:
+            continue
         try:
             age = now.timestamp() - entry.stat(follow_symlinks=False).st_mtime
         except OSError:
@@ -539,7 +545,7 @@ def _clean_leftovers(ctx: ServiceContext, out_dir: Path) -> list[str]:
                 removed.append(name)
         elif name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
             final = _final_of_temp(name)
-            if final is None or final in live:
+            if final is None or final in live or final.startswith("INDEX-"):
                 continue
             if final not in dead and not old:
                 continue  # not ours to judge yet (another tool's, or an index being written)
@@ -599,9 +605,10 @@ def _write_index(
         lines += [f"  deployment {d}: {r}" for d, r in report.failed]
     path = out_dir / f"INDEX-{environment}.txt"
     # Concurrent exports to one directory each add their lines: one at a time.
-    lock = os.open(out_dir / f".{path.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    lock = _lock_index(out_dir, path.name, wait=True)
+    assert lock is not None
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        _remove_index_temporaries(out_dir, path.name)  # of a killed export, under the lock
         previous = path.read_text(encoding="utf-8") if path.exists() else ""
         text = "\n".join(lines) + "\n"
         if previous:
@@ -609,8 +616,89 @@ def _write_index(
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=out_dir)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        crash_point("hub.export-indexing")
         os.replace(tmp, path)
     finally:
-        os.close(lock)
+        _unlock_index(out_dir, path.name, lock)
     return path
 
+
+def _index_lock_name(index: str) -> str:
+    return f".{index}.lock"
+
+
+def _lock_index(out_dir: Path, index: str, *, wait: bool) -> int | None:
+    """Lock the media index ``index`` (``INDEX-<env>.txt``) through its lock file
+    ``.INDEX-<env>.txt.lock``; the open descriptor, or None when ``wait`` is false and
+    another export holds it.
+
+    The holder removes the lock file when it is done (nothing stays on the media), so a
+    lock taken on a file that was removed meanwhile is worthless: it is taken again on
+    the file now under that name.
+    """
+    lock_path = out_dir / _index_lock_name(index)
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            named = os.stat(lock_path)
+        except FileNotFoundError:
+            named = None
+        held = os.fstat(fd)
+        if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)
+
+
+def _unlock_index(out_dir: Path, index: str, fd: int) -> None:
+    """Remove the index's lock file (still holding it), then release it."""
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(out_dir / _index_lock_name(index))
+    finally:
+        os.close(fd)
+
+
+def _remove_index_temporaries(out_dir: Path, index: str) -> list[str]:
+    """Remove the temporary copies of ``index`` (``.INDEX-<env>.txt.<random>.tmp``); only
+    the holder of the index's lock writes one, so call this holding it. Returns the names."""
+    removed = []
+    for tmp in out_dir.glob(f".{glob.escape(index)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp.name)
+    return removed
+
+
+def _clean_index_leftovers(out_dir: Path, names: list[str]) -> list[str]:
+    """Remove the lock files and temporary copies of media indexes (among ``names``, the
+    hidden entries of ``out_dir``) that a killed export left: those whose lock nobody
+    holds. Returns the names removed."""
+    indexes = set()
+    for name in names:
+        if name.startswith(".INDEX-") and name.endswith(".lock"):
+            indexes.add(name[1 : -len(".lock")])
+        elif name.startswith(".INDEX-") and name.endswith(".tmp"):
+            final = _final_of_temp(name)
+            if final is not None and final.startswith("INDEX-"):
+                indexes.add(final)
+    removed: list[str] = []
+    for index in sorted(indexes):
+        try:
+            fd = _lock_index(out_dir, index, wait=False)
+        except OSError:
+            continue  # read-only media or the like: leave it, the export itself will say
+        if fd is None:
+            continue  # an export is writing this index now
+        removed += _remove_index_temporaries(out_dir, index)
+        if _index_lock_name(index) in names:
+            removed.append(_index_lock_name(index))
+        _unlock_index(out_dir, index, fd)
+    return removed

@@ -24,7 +24,8 @@ from hub.services.audit import verify_database
 from tests.hub.realhub import ENV, RealHub
 
 EXPORT_POINTS = ["hub.export-claimed", "hub.export-writing", "hub.export-renamed",
-                 "hub.export-recorded", "hub.audit-appended", "hub.checkpoint-signed"]
+                 "hub.export-recorded", "hub.export-indexing", "hub.audit-appended",
+                 "hub.checkpoint-signed"]
 IMPORT_POINTS = ["hub.import-stored", "hub.import-committed"]
 AGENTS = ("site-01", "site-02")
 
@@ -74,8 +75,8 @@ def _check(hub: RealHub, usb: Path, states: set[str]) -> None:
         assert report.ok and report.macs_checked, report.summary()
     bundles = sorted(p.name for p in usb.glob("*.tgb"))
     assert len(bundles) == len(set(bundles)) == 2, bundles
-    assert not [p.name for p in usb.iterdir()
-                if p.name.startswith(".tiangong") or p.name.endswith(".tmp")]
+    # Nothing hidden left on the media: no spool, no temporary file, no index lock.
+    assert sorted(p.name for p in usb.iterdir() if p.name.startswith(".")) == []
 
 
 @pytest.mark.parametrize("point", EXPORT_POINTS)
@@ -86,8 +87,10 @@ def test_export_killed_at(point: str, tmp_path: Path) -> None:
         _killed(hub, point, "export", "--environment", ENV, "--out", str(usb))
         again = hub.cli("export", "--environment", ENV, "--out", str(usb))
         assert again.returncode == 0, again
-        if point == "hub.export-writing":
+        if point in ("hub.export-writing", "hub.export-indexing"):
             assert "by an export that was killed" in again.stdout
+        if point == "hub.export-indexing":
+            assert f"removed .INDEX-{ENV}.txt.lock " in again.stdout
         if point in ("hub.export-claimed", "hub.export-writing", "hub.export-renamed"):
             assert "completing an export that was interrupted" in again.stdout
         _check(hub, usb, {"exported"})
