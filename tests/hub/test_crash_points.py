@@ -18,9 +18,11 @@ from agent.config import load_config
 from agent.home import init_home
 from agent.inbox import ReadyItem
 from agent.service import Agent
+from bundle.inspect import inspect
 from hub.db import AuditEvent, Deployment, SequenceCounter
 from hub.faults import CRASH_POINTS
 from hub.services.audit import verify_database
+from hub.services.chain import DECLARED_LOST
 from tests.hub.realhub import ENV, RealHub
 
 EXPORT_POINTS = ["hub.export-claimed", "hub.export-writing", "hub.export-renamed",
@@ -155,5 +157,78 @@ def test_result_of_a_bundle_from_a_killed_export_is_accepted(tmp_path: Path) -> 
         with hub.ctx() as ctx:
             assert hub.keys is not None
             assert verify_database(ctx.session, hub.keys).ok
+    finally:
+        hub.close()
+
+
+def test_a_killed_export_never_resumed_is_declared_lost_and_not_exported_again(
+    tmp_path: Path,
+) -> None:
+    """``hub deployments declare-lost`` on a deployment left ``exporting`` by a killed
+    export (issue 9): the decision is audited and signed into the next bundle for that
+    agent, which a real agent then runs without the lost one; the lost deployment is never
+    exported again."""
+    hub, agents = _hub(tmp_path)
+    usb = tmp_path / "usb"
+    try:
+        _killed(hub, "hub.export-claimed", "export", "--environment", ENV, "--out", str(usb))
+        with hub.ctx() as ctx:
+            (claimed,) = ctx.session.scalars(
+                select(Deployment).where(Deployment.state == "exporting"))
+            lost_id, lost_seq = claimed.id, claimed.sequence
+            assert claimed.agent is not None
+            agent_id = claimed.agent.agent_id
+            events = len(ctx.session.scalars(select(AuditEvent.seq)).all())
+        assert lost_seq == 1 and not list(usb.glob("*.tgb"))
+
+        # Refused without a reason: nothing changes.
+        refused = hub.cli("deployments", "declare-lost", str(lost_id), "--reason", "  ")
+        assert refused.returncode != 0 and "say why the bundle is lost" in refused.stderr
+        with hub.ctx() as ctx:
+            assert ctx.session.get(Deployment, lost_id).state == "exporting"  # type: ignore[union-attr]
+            assert len(ctx.session.scalars(select(AuditEvent.seq)).all()) == events
+
+        reason = "export killed on the old laptop, never resumed"
+        out = hub.cli("deployments", "declare-lost", str(lost_id), "--reason", reason,
+                      "--requeue")
+        assert out.returncode == 0 and "declared lost" in out.stdout, out
+        with hub.ctx() as ctx:
+            assert ctx.session.get(Deployment, lost_id).state == "lost"  # type: ignore[union-attr]
+            decided = ctx.session.scalars(select(AuditEvent).where(
+                AuditEvent.action == DECLARED_LOST)).one()
+            assert decided.object_id == f"agent:{agent_id}" and reason in decided.details
+
+        again = hub.cli("export", "--environment", ENV, "--out", str(usb))
+        assert again.returncode == 0, again
+        assert f"deployment {lost_id}:" not in again.stdout  # neither completed nor taken
+        assert again.stdout.count("wrote ") == 2, again.stdout
+        (bundle,) = usb.glob(f"*-{agent_id}-*.tgb")
+        assert bundle.name.endswith("-000002.tgb")  # sequence 1 stays lost: never reused
+        manifest = inspect(bundle).manifest  # the hub's own bundle: looked at, not trusted
+        assert manifest is not None and manifest.chain is not None
+        chain = manifest.chain
+        (decision,) = chain.lost
+        assert (decision.bundle.sequence, decision.reason, decision.by) == (1, reason, "op")
+
+        # A real agent that never saw sequence 1 runs sequence 2: the signed decision says
+        # it will not come.
+        agent = agents[agent_id]
+        dest = agent.config.inbox / bundle.name
+        shutil.copyfile(bundle, dest)
+        done = agent.process(ReadyItem(bundle.name, (dest,), dest.stat().st_size, "single", 0.0))
+        assert done.status == "succeeded", done.summary
+
+        # The next export writes nothing: the lost deployment is not exported again.
+        last = hub.cli("export", "--environment", ENV, "--out", str(usb))
+        assert last.returncode == 0 and "nothing to export" in last.stdout, last
+        with hub.ctx() as ctx:
+            assert ctx.session.get(Deployment, lost_id).state == "lost"  # type: ignore[union-attr]
+            written = ctx.session.scalars(select(AuditEvent.object_id).where(
+                AuditEvent.action == "bundle.written")).all()
+            assert str(lost_id) not in written and len(written) == 2
+            assert hub.keys is not None
+            assert verify_database(ctx.session, hub.keys).ok
+        assert len(list(usb.glob("*.tgb"))) == 2
+        assert sorted(p.name for p in usb.iterdir() if p.name.startswith(".")) == []
     finally:
         hub.close()
