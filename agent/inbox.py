@@ -841,8 +841,9 @@ def write_reason(
 
     The file names the check that failed, the reason, the time (UTC) and the SHA-256 of each of
     the item's files: *files* if given, else ``name`` and ``name.partNNN`` found in *dest_dir*.
-    Every name and reason line is passed through :func:`printable`, so a hostile file name
-    cannot break the file or write lines of its own. A file over ``REASON_HASH_CAP`` bytes is
+    Every name and reason line is passed through :func:`printable` (a reason's backslashes
+    kept: the names in it are escaped already, and are shown escaped once), so a hostile file
+    name cannot break the file or write lines of its own. A file over ``REASON_HASH_CAP`` bytes is
     hashed over its first ``REASON_HASH_CAP`` bytes only, and the line says so.
 
     Raises:
