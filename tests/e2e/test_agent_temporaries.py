@@ -48,7 +48,8 @@ def test_a_result_killed_while_built_leaves_no_temporaries_and_is_written_once(
     (built,) = [p for p in outbox.iterdir() if p.name.startswith(".result-")]
     assert _mode(built) == 0o700
     inside = [p for p in built.rglob("*") if p.is_file()]
-    assert any(p.name.endswith(".tgr") for p in inside), inside  # the unsigned-in-place result
+    (built_result,) = [p for p in inside if p.name.endswith(".tgr")]  # signed, not in place
+    built_bytes = built_result.read_bytes()
     assert any(p.name.endswith(".log") for p in inside), inside  # the step log copy
     assert all(_mode(p) == 0o600 for p in inside), [(p.name, oct(_mode(p))) for p in inside]
     assert not list(outbox.glob("*.tgr"))
@@ -78,6 +79,7 @@ def test_a_result_killed_while_built_leaves_no_temporaries_and_is_written_once(
     assert_chain(found)
     assert [(r["bundle_id"], r["status"]) for r in found] == [(bid, "succeeded")]
     first = result.read_bytes()
+    assert first == built_bytes  # written again from the journal: the very same bytes
 
     again = run("agent", "run", "--once", "--home", str(home))  # nothing left to do
     assert "removed " not in again.stderr
