@@ -23,6 +23,7 @@ from hub.errors import HubError, ValidationError
 from hub.services.deployments import (
     FINAL_STATES,
     TRANSITIONS,
+    attempt_outcome,
     get_deployment,
     transition,
     visible_deployments,
@@ -160,6 +161,7 @@ def show(deployment_id: int) -> Any:
         waiting=waiting,
         presence=presence,
         marks=marks if can(signed_in_user(), "deployment.update", dep.environment) else [],
+        outcome=attempt_outcome,
     )
 
 

@@ -28,10 +28,12 @@ def _deployment_row(d: Any) -> dict[str, Any]:
 
 def _attempt_rows(d: Any) -> list[dict[str, Any]]:
     """The deployment's runs at the site, as its results reported them (oldest first)."""
+    from hub.services.deployments import attempt_outcome
+
     return [
         {
             "attempt": a.attempt,
-            "status": a.status,
+            "status": attempt_outcome(a),
             "result_seq": a.result_seq,
             "started_at": a.started_at,
             "finished_at": a.finished_at,

@@ -17,7 +17,9 @@ its own bundle, sequence and result.
     interrupted | failed | succeeded ──► retried ──► succeeded | failed | interrupted
                                                       (tiangong agent retry)
     exported ──► lost (an operator declared the bundle lost, ``hub.services.chain``; a
-                 result that arrives for it anyway still moves it on)
+                 result that arrives for it anyway still moves it on — except the agent's
+                 refusal of the lost bundle, which only joins its history:
+                 :func:`record_refused_lost`)
 
 ``exporting``: an export claimed the deployment (``claimed_by``) and recorded the bundle it
 is writing (:attr:`~hub.db.Deployment.export_intent`: sequence, bundle id, times, file) —
@@ -54,9 +56,11 @@ from hub.services.users import can, require, require_ctx
 
 __all__ = [
     "FINAL_STATES",
+    "REFUSED_AS_LOST",
     "RETRY_FROM",
     "TRANSITIONS",
     "allocate_sequence",
+    "attempt_outcome",
     "deployment_target",
     "get_deployment",
     "get_visible_deployment",
@@ -64,6 +68,7 @@ __all__ = [
     "mark_exported",
     "pending_exports",
     "queue_deployment",
+    "record_refused_lost",
     "record_result",
     "transition",
     "visible_deployments",
@@ -426,6 +431,54 @@ def record_result(
             deployment.result_summary = dict(summary)
     session.flush()
     return attempt
+
+
+REFUSED_AS_LOST = "rejected: declared lost"  # the outcome shown for such an attempt
+
+
+def record_refused_lost(
+    ctx: ServiceContext,
+    deployment: Deployment,
+    *,
+    result_seq: int,
+    result_sha256: str,
+) -> DeploymentAttempt:
+    """Record the agent's signed refusal of the bundle of a ``lost`` deployment (it turned
+    up at the site after the hub declared it lost) as an attempt of that deployment. The
+    state stays ``lost``: the decision stands and the bundle never ran; the attempt's
+    outcome reads :data:`REFUSED_AS_LOST` (:func:`attempt_outcome`).
+
+    Raises:
+        InvalidStateError: the deployment is not lost (nothing recorded).
+    """
+    if deployment.state != "lost":
+        raise InvalidStateError(
+            f"deployment {deployment.id} is {deployment.state}, not lost: a refusal of a "
+            "lost bundle cannot be attached to it"
+        )
+    session = ctx.session
+    numbers = session.scalars(
+        select(DeploymentAttempt.attempt).where(DeploymentAttempt.deployment_id == deployment.id)
+    ).all()
+    attempt = DeploymentAttempt(
+        deployment_id=deployment.id,
+        attempt=max(numbers, default=0) + 1,
+        result_seq=result_seq,
+        result_sha256=result_sha256,
+        status="rejected",
+        imported_at=ctx.now(),
+    )
+    session.add(attempt)
+    session.flush()
+    return attempt
+
+
+def attempt_outcome(attempt: DeploymentAttempt) -> str:
+    """What an attempt's outcome reads: its status, or :data:`REFUSED_AS_LOST` for the
+    agent's refusal of a bundle the hub declared lost (the deployment stayed ``lost``)."""
+    if attempt.status == "rejected" and attempt.deployment.state == "lost":
+        return REFUSED_AS_LOST
+    return attempt.status
 
 
 def _ints(steps: Sequence[Mapping[str, Any]], key: str) -> list[int]:

@@ -22,14 +22,15 @@ import contextlib
 import errno
 import io
 import os
+import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -41,7 +42,7 @@ from hub.errors import ConfigError, HubError
 from hub.faults import crash_point
 from hub.services import audit
 from hub.services.context import ServiceContext
-from hub.services.deployments import record_result
+from hub.services.deployments import record_refused_lost, record_result
 from hub.services.enrollment_import import import_enrollment
 from hub.services.import_files import (
     COPY_BUFFER,
@@ -512,7 +513,14 @@ class _ImportRun:
             )
         flags: list[str] = []
         dep: Deployment | None = None
-        if res.bundle_id is not None:
+        refused_lost = _refused_lost_bundle(res.status, res.body)
+        if res.bundle_id is None and refused_lost is not None:
+            # The agent refused a bundle the hub declared lost; its result names no bundle
+            # id, only in its reason: attach it to that lost deployment of this agent.
+            found = deployments.get(refused_lost)
+            if found is not None and found.agent_id == agent.id and found.state == "lost":
+                dep = found
+        elif res.bundle_id is not None:
             dep = deployments.get(res.bundle_id)
             if dep is None:
                 raise Rejected(
@@ -557,7 +565,11 @@ class _ImportRun:
             ][:200],
         }
         attempt: int | None = None
-        if dep is not None and res.status in RESULT_STATES:
+        if dep is not None and dep.state == "lost" and refused_lost is not None:
+            attempt = record_refused_lost(
+                ctx, dep, result_seq=res.result_seq, result_sha256=vb.envelope_sha256
+            ).attempt
+        elif dep is not None and res.status in RESULT_STATES:
             steps = [s for s in res.body.get("steps", []) if isinstance(s, dict)][:1000]
             attempt = record_result(
                 ctx,
@@ -606,13 +618,35 @@ def _duplicate_row(inc: _Incoming, seq: int) -> ImportRow:
     )
 
 
+_REFUSED_LOST = re.compile(r"\Abundle (\S+) \(.*\) was declared lost by ", re.DOTALL)
+
+
+def _refused_lost_bundle(status: str, body: Mapping[str, Any]) -> str | None:
+    """The bundle id of a bundle declared lost that this (signed) result refuses, else None.
+
+    The agent refuses such a bundle with check ``lost`` and the reason ``bundle <id>
+    (sequence …) was declared lost by …`` (agent.order.describe_lost); its result names no
+    bundle id, since a refused bundle is not trusted to say what it is — but the decision
+    it matched was the hub's own, signed, so the id in the reason is the hub's.
+    """
+    if status != "rejected" or body.get("check") != "lost":
+        return None
+    found = _REFUSED_LOST.match(str(body.get("summary", "")))
+    return found.group(1) if found else None
+
+
 def _deployments(session: Session, batch: list[_Incoming]) -> dict[str, Deployment]:
-    """The deployments the batch's results are about, by bundle id (one query)."""
+    """The deployments the batch's results are about, by bundle id (one query): the bundle
+    a result is about, or the lost bundle it refuses."""
     ids = set()
     for inc in batch:
         res = inc.verified.manifest.result if inc.verified is not None else None
         if res is not None and res.bundle_id is not None:
             ids.add(res.bundle_id)
+        elif res is not None:
+            lost = _refused_lost_bundle(res.status, res.body)
+            if lost is not None:
+                ids.add(lost)
     if not ids:
         return {}
     query = (

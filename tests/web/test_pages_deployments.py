@@ -217,6 +217,39 @@ def test_page_shows_verified_steps_and_their_logs(
     assert "live-logs.js" not in html  # finished: nothing to poll
 
 
+def test_refusal_of_a_lost_bundle_shows_in_its_history(
+    site: Site, deployed: Deployed, tmp_path: Path
+) -> None:
+    """The bundle declared lost turns up at the site after the next one ran: the agent's
+    signed refusal joins the lost deployment's attempts, which stays lost."""
+    from hub.services.chain import declare_lost
+
+    with site.app.app_context():
+        declare_lost(site.ctx("op"), deployed.test_id, "stick lost in transit", requeue=True)
+        db.session.commit()
+        site.clock.advance(60)
+        (again,) = export_environment(site.ctx("op"), "test", tmp_path / "usb2").written
+    (lost_bundle,) = deployed.usb.glob("*.tgb")
+    agent = deployed.agent
+    for f, status in ((again.paths[0], "succeeded"), (lost_bundle, "rejected")):
+        dest = agent.config.inbox / f.name
+        shutil.copyfile(f, dest)
+        out = agent.process(ReadyItem(f.name, (dest,), dest.stat().st_size, "single", 0.0))
+        assert out.status == status, out.summary
+    back = tmp_path / "back"
+    back.mkdir()
+    for result in agent.config.outbox.glob("*.tgr"):
+        shutil.copy(result, back)
+    with site.app.app_context():
+        rows = import_directory(site.ctx("op"), back, results_dir=site.data_dir / "results")
+        assert [r.status for r in rows.rows] == ["imported", "imported"], rows.rows
+    html = site.client("view-test").get(f"/deployments/{deployed.test_id}").get_data(
+        as_text=True)
+    assert 'id="deployment-state">lost<' in html
+    assert '<tr data-attempt="1"><td>1</td>' in html
+    assert 'class="badge badge-rejected">rejected: declared lost<' in html
+
+
 def test_tampered_result_file_is_reported_not_shown(
     site: Site, deployed: Deployed, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@ declared (audited) and the next bundle carries the decision to a real in-process
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -16,8 +17,8 @@ from hub.db import AuditEvent, Deployment
 from hub.errors import InvalidStateError, PermissionDeniedError, ValidationError
 from hub.services.approvals import approve_release
 from hub.services.chain import DECLARED_LOST, declare_lost
-from hub.services.deployments import get_deployment, queue_deployment
-from hub.services.exchange import export_environment
+from hub.services.deployments import attempt_outcome, get_deployment, queue_deployment
+from hub.services.exchange import export_environment, import_directory
 from hub.services.releases import create_release, submit_release
 from tests.hub.conftest import World
 from tests.hub.services.test_exchange import _agent
@@ -109,7 +110,39 @@ def test_lost_bundle_declared_then_the_agent_proceeds_and_refuses_it(
     assert out.status == "rejected"
     assert "declared lost by op" in out.summary and "stick 2 fell overboard" in out.summary
     assert [b.sequence for b in agent.journal.bundles()] == [1, 3, 4]
+
+    # Its signed result reaches the hub: attached to the lost deployment's history, which
+    # stays lost; one result.import event, no state change.
+    back = tmp_path / "back"
+    back.mkdir()
+    for result in agent.config.outbox.glob("*.tgr"):
+        shutil.copy(result, back)
     agent.close()
+    moves = _transitions(world, lost_id)
+    rows = import_directory(world.ctx("op"), back, results_dir=tmp_path / "results").rows
+    assert sorted(r.status for r in rows) == ["imported"] * 4, rows
+    (refused,) = [r for r in rows if r.reason.startswith("rejected:")]
+    assert refused.deployment_id == lost_id and "declared lost by op" in refused.reason
+    lost = get_deployment(world.session, lost_id)
+    assert lost.state == "lost"
+    assert [(a.attempt, attempt_outcome(a)) for a in lost.attempts] == [
+        (1, "rejected: declared lost")]
+    assert _transitions(world, lost_id) == moves
+    imports = [json.loads(d) for d in world.session.scalars(select(AuditEvent.details).where(
+        AuditEvent.action == "result.import"))]
+    (about,) = [d for d in imports if d["deployment"] == lost_id]
+    assert (about["status"], about["attempt"], about["bundle_id"]) == ("rejected", 1, None)
+    # Imported again: a duplicate, nothing changes.
+    again = import_directory(world.ctx("op"), back, results_dir=tmp_path / "results").rows
+    assert [r.status for r in again] == ["duplicate"] * 4
+    assert len(get_deployment(world.session, lost_id).attempts) == 1
+
+
+def _transitions(world: World, dep_id: int) -> list[str]:
+    """The audit events about deployment ``dep_id`` (its moves), oldest first."""
+    return list(world.session.scalars(select(AuditEvent.action).where(
+        AuditEvent.object_type == "deployment", AuditEvent.object_id == str(dep_id))
+        .order_by(AuditEvent.seq)))
 
 
 @pytest.mark.parametrize(
