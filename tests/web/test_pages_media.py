@@ -281,6 +281,25 @@ def test_no_export_button_with_nothing_queued(site: Site) -> None:
     assert 'id="nothing-test"' in page and "queue an approved release for test" in page
 
 
+def _lose_the_race(site: Site, monkeypatch: pytest.MonkeyPatch, out: Path, *args: str,
+                   wrote: int) -> None:
+    """Make the page's export lose the race: once it has read the queued list, a real
+    ``tiangong hub export … ARGS --out OUT`` process claims and writes first."""
+    read = export_service.pending_exports
+
+    def read_then_lose(*a: Any, **kw: Any) -> Any:
+        found = read(*a, **kw)
+        cli = subprocess.run(
+            [*TIANGONG, "hub", "--as", "op", "export", "--environment", "test", *args,
+             "--out", str(out)],
+            capture_output=True, text=True, timeout=300, check=False,
+            env={**os.environ, "TIANGONG_HUB_DATA_DIR": str(site.data_dir)})
+        assert cli.returncode == 0 and cli.stdout.count("wrote ") == wrote, cli
+        return found
+
+    monkeypatch.setattr(export_service, "pending_exports", read_then_lose)
+
+
 @pytest.mark.parametrize("destination", ["download", "directory"])
 def test_export_that_lost_the_race_names_what_another_process_exported(
     queued: Site2, monkeypatch: pytest.MonkeyPatch, destination: str
@@ -290,19 +309,7 @@ def test_export_that_lost_the_race_names_what_another_process_exported(
     queued", and writes nothing itself."""
     site, op = queued.site, queued.site.client("op")
     elsewhere = queued.tmp / "cli-usb"
-    read = export_service.pending_exports
-
-    def read_then_lose(*args: Any, **kwargs: Any) -> Any:
-        found = read(*args, **kwargs)
-        cli = subprocess.run(
-            [*TIANGONG, "hub", "--as", "op", "export", "--environment", "test",
-             "--out", str(elsewhere)],
-            capture_output=True, text=True, timeout=300, check=False,
-            env={**os.environ, "TIANGONG_HUB_DATA_DIR": str(site.data_dir)})
-        assert cli.returncode == 0 and "wrote " in cli.stdout, cli
-        return found
-
-    monkeypatch.setattr(export_service, "pending_exports", read_then_lose)
+    _lose_the_race(site, monkeypatch, elsewhere, wrote=1)
     if destination == "directory":
         export_dir = queued.tmp / "export-dir"
         monkeypatch.setitem(site.app.config, "TIANGONG_HUB",
@@ -318,3 +325,36 @@ def test_export_that_lost_the_race_names_what_another_process_exported(
     assert _export_dirs(site) == []
     if destination == "directory":
         assert not export_dir.exists() or not list(export_dir.glob("*.tgb"))
+
+
+def test_download_page_names_what_another_process_exported(
+    queued: Site2, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Part of the work lost to a real ``hub export --agent media-02`` process: the download
+    has the rest, and its page says which deployment the other process exported."""
+    site, op = queued.site, queued.site.client("op")
+    req = request_file(site, queued.tmp, "media-02", "test")
+    assert _rows(_upload(site, op, [(req.read_bytes(), req.name)]).get_data(as_text=True)) == {
+        req.name: "enrolled"}
+    with site.app.app_context():
+        release = create_release(site.ctx("dev"), write_release(queued.tmp / "src2",
+                                                                version="1.0.1"),
+                                 create_missing_product=True)
+        submit_release(site.ctx("dev"), release)
+        approve_release(site.ctx("appr1"), release)
+        deps = queue_deployment(site.ctx("op"), release, "test")
+        db.session.commit()
+        other = next(d.id for d in deps if d.agent is not None
+                     and d.agent.agent_id == "media-02")
+    elsewhere = queued.tmp / "cli-usb"
+    _lose_the_race(site, monkeypatch, elsewhere, "--agent", "media-02", wrote=1)
+    resp = site.post(op, "/media/export", {"environment": "test"})
+    assert resp.status_code == 302 and resp.headers["Location"].startswith("/media/exports/")
+    page = op.get(resp.headers["Location"]).get_data(as_text=True)
+    assert 'id="export-taken"' in page
+    assert f"Deployment <a href=\"/deployments/{other}\">{other}</a>: exported by another " \
+           "process" in page
+    (export_dir,) = _export_dirs(site)
+    assert len(list(export_dir.glob("*.tgb"))) == 2  # media-01's two, not media-02's
+    assert not list(export_dir.glob("*media-02*"))
+    assert len(list(elsewhere.glob("*media-02*.tgb"))) == 1
