@@ -2,10 +2,13 @@
 (``TIANGONG_CRASH_AT``, hub/faults.py), then run again: each deployment exported once, no
 sequence used twice, every imported result exactly one audit event, the audit chain and
 every MAC verify, nothing left behind on the media (issue 9 §2, docs/hub.md "Crash points").
+With the same real processes: a deployment a killed export left ``exporting`` declared lost,
+and a lost bundle's refusal imported (docs/hub.md "Lost bundles").
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 from collections import Counter
@@ -62,6 +65,22 @@ def _killed(hub: RealHub, point: str, *args: str) -> None:
     assert out.returncode == -signal.SIGKILL, (point, out)
 
 
+def _run_at_site(agent: Agent, bundle: Path, status: str = "succeeded") -> None:
+    """Copy ``bundle`` into the real agent's inbox and process it; it ends in ``status``."""
+    dest = agent.config.inbox / bundle.name
+    shutil.copyfile(bundle, dest)
+    done = agent.process(ReadyItem(bundle.name, (dest,), dest.stat().st_size, "single", 0.0))
+    assert done.status == status, done.summary
+
+
+def _results_of(agent: Agent, back: Path) -> Path:
+    """Copy the agent's result files into ``back`` (the stick going home)."""
+    back.mkdir(exist_ok=True)
+    for result in agent.config.outbox.glob("*.tgr"):
+        shutil.copy(result, back)
+    return back
+
+
 def _check(hub: RealHub, usb: Path, states: set[str]) -> None:
     assert hub.keys is not None
     with hub.ctx() as ctx:
@@ -107,16 +126,10 @@ def test_import_killed_at(point: str, tmp_path: Path) -> None:
     try:
         assert hub.cli("export", "--environment", ENV, "--out", str(usb)).returncode == 0
         back = tmp_path / "back"
-        back.mkdir()
         for agent_id, agent in agents.items():
             (bundle,) = usb.glob(f"*{agent_id}*.tgb")
-            dest = agent.config.inbox / bundle.name
-            shutil.copyfile(bundle, dest)
-            done = agent.process(ReadyItem(bundle.name, (dest,), dest.stat().st_size,
-                                           "single", 0.0))
-            assert done.status == "succeeded", done.summary
-            for result in agent.config.outbox.glob("*.tgr"):
-                shutil.copy(result, back)
+            _run_at_site(agent, bundle)
+            _results_of(agent, back)
         _killed(hub, point, "import", str(back))
         again = hub.cli("import", str(back))
         assert again.returncode == 0, again
@@ -138,15 +151,8 @@ def test_result_of_a_bundle_from_a_killed_export_is_accepted(tmp_path: Path) -> 
         _killed(hub, "hub.export-renamed", "export", "--environment", ENV, "--out", str(usb))
         (bundle,) = usb.glob("*.tgb")  # the first bundle reached the media, complete
         agent = next(a for n, a in agents.items() if n in bundle.name)
-        dest = agent.config.inbox / bundle.name
-        shutil.copyfile(bundle, dest)
-        done = agent.process(ReadyItem(bundle.name, (dest,), dest.stat().st_size, "single", 0.0))
-        assert done.status == "succeeded", done.summary
-        back = tmp_path / "back"
-        back.mkdir()
-        for result in agent.config.outbox.glob("*.tgr"):
-            shutil.copy(result, back)
-        imp = hub.cli("import", str(back))
+        _run_at_site(agent, bundle)
+        imp = hub.cli("import", str(_results_of(agent, tmp_path / "back")))
         assert imp.returncode == 0 and "1 imported" in imp.stdout, imp
         with hub.ctx() as ctx:
             states = sorted(d.state for d in ctx.session.scalars(select(Deployment)))
@@ -212,11 +218,7 @@ def test_a_killed_export_never_resumed_is_declared_lost_and_not_exported_again(
 
         # A real agent that never saw sequence 1 runs sequence 2: the signed decision says
         # it will not come.
-        agent = agents[agent_id]
-        dest = agent.config.inbox / bundle.name
-        shutil.copyfile(bundle, dest)
-        done = agent.process(ReadyItem(bundle.name, (dest,), dest.stat().st_size, "single", 0.0))
-        assert done.status == "succeeded", done.summary
+        _run_at_site(agents[agent_id], bundle)
 
         # The next export writes nothing: the lost deployment is not exported again.
         last = hub.cli("export", "--environment", ENV, "--out", str(usb))
@@ -230,5 +232,39 @@ def test_a_killed_export_never_resumed_is_declared_lost_and_not_exported_again(
             assert verify_database(ctx.session, hub.keys).ok
         assert len(list(usb.glob("*.tgb"))) == 2
         assert sorted(p.name for p in usb.iterdir() if p.name.startswith(".")) == []
+    finally:
+        hub.close()
+
+
+def test_refusal_of_a_lost_bundle_shows_in_deployments_show(tmp_path: Path) -> None:
+    """The lost stick turns up after all: a real agent refuses its bundle (the next bundle
+    carried the decision), and ``hub import`` attaches the signed refusal to the lost
+    deployment, which ``hub deployments show`` lists as ``rejected: declared lost``."""
+    hub, agents = _hub(tmp_path)
+    usb, usb2 = tmp_path / "usb", tmp_path / "usb2"
+    try:
+        assert hub.cli("export", "--environment", ENV, "--out", str(usb)).returncode == 0
+        agent_id = AGENTS[0]
+        (lost_bundle,) = usb.glob(f"*-{agent_id}-*.tgb")
+        with hub.ctx() as ctx:
+            lost_id = ctx.session.scalars(select(Deployment.id).where(
+                Deployment.bundle_id.is_not(None), Deployment.bundle_path.contains(agent_id)
+            )).one()
+        out = hub.cli("deployments", "declare-lost", str(lost_id), "--reason",
+                      "stick lost in transit", "--requeue")
+        assert out.returncode == 0, out
+        assert hub.cli("export", "--environment", ENV, "--out", str(usb2)).returncode == 0
+        (next_bundle,) = usb2.glob("*.tgb")
+        agent = agents[agent_id]
+        _run_at_site(agent, next_bundle)
+        _run_at_site(agent, lost_bundle, "rejected")
+        imp = hub.cli("import", str(_results_of(agent, tmp_path / "back")))
+        assert imp.returncode == 0 and "2 imported" in imp.stdout, imp
+        show = hub.cli("deployments", "show", str(lost_id), "--json")
+        assert show.returncode == 0, show
+        shown = json.loads(show.stdout)
+        assert shown["state"] == "lost"
+        assert [(a["attempt"], a["status"]) for a in shown["attempts"]] == [
+            (1, "rejected: declared lost")]
     finally:
         hub.close()
