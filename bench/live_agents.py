@@ -189,7 +189,9 @@ def _hub_child(data_dir: Path, agents_file: Path, port: int) -> None:
                    check=True, stdout=subprocess.DEVNULL)
     config = load_config(data_dir)
     keys = load_hub_keys(data_dir)
-    engine = make_engine(config.database_url)
+    # The audit MAC key (hub.audit_mac): an event written without it breaks the chain, and
+    # the live server then refuses to sign the checkpoint an export needs.
+    engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
     agents = json.loads(agents_file.read_text())
     t_setup = time.perf_counter()
     with make_session_factory(engine)() as s:
@@ -250,8 +252,8 @@ class OneQueuer:
         from hub.keystore import load_hub_keys
 
         self.config = load_config(data_dir)
-        self.keys = load_hub_keys(data_dir, with_private=False)
-        self.engine = make_engine(self.config.database_url)
+        self.keys = load_hub_keys(data_dir)
+        self.engine = make_engine(self.config.database_url, audit_mac=self.keys.audit_mac)
         self.sessions = make_session_factory(self.engine)
 
     def queue(self, agent_id: str) -> float:
@@ -297,8 +299,8 @@ def queue_release(data_dir: Path) -> tuple[float, int]:
     from hub.services.users import get_user
 
     config = load_config(data_dir)
-    keys = load_hub_keys(data_dir, with_private=False)
-    engine = make_engine(config.database_url)
+    keys = load_hub_keys(data_dir)
+    engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
     try:
         with make_session_factory(engine)() as s:
             op = ServiceContext(s, utc_now, get_user(s, "op"), keys, config.releases_dir)
