@@ -226,6 +226,8 @@ def append_event(
         _refuse_rows_past_head(session, seq - 1)
     if mac is None:
         mac = held.mac if held is not None else mac_key(session)
+    if mac is None and held is None:
+        _refuse_unkeyed_after_keyed(session, seq, action)
     at_text = format_at(at)
     digest = compute_hash_raw(
         seq, at_text, actor, action, object_type, object_id, details_text, prev_hash
@@ -252,6 +254,26 @@ def append_event(
     session.execute(update(AuditHead).where(AuditHead.id == _HEAD_ID).values(hash=digest))
     crash_point("hub.audit-appended")
     return event
+
+
+def _refuse_unkeyed_after_keyed(session: Session, seq: int, action: str) -> None:
+    """Raise AuditError when the event before ``seq`` carries a MAC but this process has
+    no audit MAC key: the event would be written unMACed, `audit verify` would flag it, and
+    every later checkpoint (so every export) would be refused. Better to refuse this one
+    write, saying which key is missing.
+
+    Raises:
+        AuditError: naming the key file.
+    """
+    with session.no_autoflush:
+        before = session.scalar(select(AuditEvent.mac).where(AuditEvent.seq == seq - 1))
+    if before is not None:
+        raise AuditError(
+            f"audit event {action}: this process has no audit MAC key (keys/audit-mac.key in "
+            f"the hub's data directory) but the log is MACed up to event {seq - 1}; an "
+            "unMACed event would break the chain, so nothing was recorded. Open the hub with "
+            "its keys (hub.keystore.load_hub_keys, make_engine(..., audit_mac=keys.audit_mac))"
+        )
 
 
 def mac_key(session: Session) -> AuditMacKey | None:

@@ -135,3 +135,18 @@ def test_every_kind_of_tampering_is_named_at_once(world: World) -> None:
     assert (b + 5, "mac") in kinds
     assert (head + 1, "mac") in kinds and (head + 1, "appended") in kinds
     assert report.problem_count == len(kinds) == 5, report.summary()
+
+
+def test_a_process_without_the_key_cannot_append_after_maced_events(world: World) -> None:
+    """A process that opened the database without the hub's keys (a script, a bench, a
+    misconfigured worker) is refused at its first write, instead of writing an unMACed
+    event that would make every later checkpoint — and so every export — fail."""
+    _fill(world)
+    before = _state(world)
+    plain = world.ctx("op")
+    assert plain.keys is None or plain.keys.audit_mac is None
+    with pytest.raises(AuditError, match=r"no audit MAC key .* MACed up to event"):
+        audit.record(plain, "test.act", "thing", "late", {})
+    world.session.rollback()
+    assert _state(world) == before
+    assert audit.verify_database(world.session, _ctx(world).keys).ok
