@@ -80,9 +80,13 @@ def test_an_older_hub_gets_its_mac_key(tmp_path: Path) -> None:
     hub = RealHub(tmp_path / "hub")
     try:
         hub.init()
-        (hub.data / "keys" / "audit-mac.key").unlink()  # as initialised before audit MACs
+        # As initialised before audit MACs: no key file, and no MAC on its events.
+        (hub.data / "keys" / "audit-mac.key").unlink()
         hub.close()
         hub.init_engine()
+        assert hub.engine is not None
+        with hub.engine.begin() as conn:
+            conn.execute(text("UPDATE audit_events SET mac = NULL"))
         hub.seed(1)
         before = hub.cli("audit", "verify", user="aud")
         assert before.returncode == 0 and "MACs NOT checked" in before.stdout, before
