@@ -103,4 +103,7 @@ cat <<TXT
   demo-out/audit-export.jsonl      the audit log, verifiable offline with root.json
   demo-out/hub.log, agent.log      the processes' own logs
   hub health: http://127.0.0.1:$PORT/healthz (stopped when the demo ends)
+
+  To click through the same flow in a browser: make demo-ui (leaves a hub running on
+  127.0.0.1 and prints the URL and the sample users' passwords).
 TXT
