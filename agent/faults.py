@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
+
+from bundle.crashhook import CrashHook
 
 __all__ = ["CRASH_POINTS", "WRITE_POINTS", "crash_point", "fault_point"]
 
@@ -58,16 +59,6 @@ WRITE_POINTS: dict[str, str] = {
 }
 
 
-def _parse_crash(value: str | None) -> tuple[str, int] | None:
-    if not value:
-        return None
-    point, _, nth = value.partition(":")
-    if point not in CRASH_POINTS:
-        raise SystemExit(f"TIANGONG_CRASH_AT={value}: unknown crash point {point!r} "
-                         f"(known: {', '.join(CRASH_POINTS)})")
-    return point, int(nth) if nth else 1
-
-
 def _parse_fault(value: str | None) -> tuple[str, int, str | None] | None:
     if not value:
         return None
@@ -80,18 +71,13 @@ def _parse_fault(value: str | None) -> tuple[str, int, str | None] | None:
     return point, code, path or None
 
 
-_CRASH = _parse_crash(os.environ.get("TIANGONG_CRASH_AT"))
+_CRASH = CrashHook(os.environ.get("TIANGONG_CRASH_AT"), CRASH_POINTS, hub=False)
 _FAULT = _parse_fault(os.environ.get("TIANGONG_FAULT_AT"))
-_reached: dict[str, int] = {}
 
 
 def crash_point(point: str) -> None:
     """Mark that the agent has reached crash point ``point``; die there if asked to."""
-    if _CRASH is None or _CRASH[0] != point:
-        return
-    _reached[point] = _reached.get(point, 0) + 1
-    if _reached[point] == _CRASH[1]:
-        os.kill(os.getpid(), signal.SIGKILL)
+    _CRASH.hit(point)
 
 
 def fault_point(point: str) -> None:

@@ -3,10 +3,10 @@
 ``TIANGONG_CRASH_AT=<point>[:<nth>]``, read once when the process starts (this module is
 imported): at the ``nth`` time (default 1) the process reaches crash point ``point``, it
 kills itself with ``SIGKILL`` — no ``finally``, no rollback, no clean-up: as far as the hub
-can tell, a power cut. The agent has the same convention (``agent.faults``); the hub's
-points all start with ``hub.``, and a value naming an agent's point is ignored here, so one
-environment can drive both. The points are :data:`CRASH_POINTS` (docs/hub.md, "Crash
-points").
+can tell, a power cut. The agent has the same convention (``agent.faults``), through the
+one hook of ``bundle.crashhook``: the hub's points all start with ``hub.``, and a value naming
+an agent's point is ignored here (and the other way round), so one environment can drive
+both. The points are :data:`CRASH_POINTS` (docs/hub.md, "Crash points").
 
 Unset (production), each hook is one comparison with ``None``. This module does not read
 the environment again after start-up and offers no other way to set the hook.
@@ -15,7 +15,8 @@ the environment again after start-up and offers no other way to set the hook.
 from __future__ import annotations
 
 import os
-import signal
+
+from bundle.crashhook import CrashHook
 
 __all__ = ["CRASH_POINTS", "crash_point"]
 
@@ -39,26 +40,9 @@ CRASH_POINTS: dict[str, str] = {
 }
 
 
-def _parse(value: str | None) -> tuple[str, int] | None:
-    if not value or not value.startswith("hub."):
-        return None
-    point, _, nth = value.partition(":")
-    if point not in CRASH_POINTS:
-        raise SystemExit(
-            f"TIANGONG_CRASH_AT={value}: unknown hub crash point {point!r} "
-            f"(known: {', '.join(CRASH_POINTS)})"
-        )
-    return point, int(nth) if nth.isdigit() else 1
-
-
-_CRASH = _parse(os.environ.get("TIANGONG_CRASH_AT"))
-_reached: dict[str, int] = {}
+_CRASH = CrashHook(os.environ.get("TIANGONG_CRASH_AT"), CRASH_POINTS, hub=True)
 
 
 def crash_point(point: str) -> None:
     """Mark that the process has reached crash point ``point``; die there if asked to."""
-    if _CRASH is None or _CRASH[0] != point:
-        return
-    _reached[point] = _reached.get(point, 0) + 1
-    if _reached[point] == _CRASH[1]:
-        os.kill(os.getpid(), signal.SIGKILL)
+    _CRASH.hit(point)
