@@ -10,7 +10,8 @@ Every request looks the token up (:func:`_load_session`, a ``before_request`` ho
 everything that reads the signed-in user): no row, a row of another user, an inactive user,
 more than ``web.idle_timeout_s`` since the last request or past the absolute end
 (``web.absolute_timeout_s`` after login) — the request is anonymous, and an expired row is
-deleted. Otherwise the request's time becomes the row's ``last_seen_at``; the absolute end
+deleted. Otherwise the request's time becomes the row's ``last_seen_at`` (written only when it is
+:func:`_touch_step_s` old, so a busy page costs reads, not commits); the absolute end
 never moves, so a stolen cookie is worth nothing after it, however busy it is kept.
 
 Ending a session deletes its row, so a copy of the cookie is refused from the next request
@@ -46,6 +47,8 @@ SID_KEY = "_tg_sid"  # the cookie key holding the session token
 METHOD = "_tg_auth"
 COOKIE_NAME = "tiangong_session"
 TOKEN_BYTES = 32  # random bytes per session token
+#: At most this stale before a request writes a session's last_seen_at (_touch_step_s).
+MAX_TOUCH_STEP_S = 30.0  # seconds
 _EXPIRED = object()
 
 
@@ -148,10 +151,18 @@ def _lookup() -> WebSession | object | None:
         db.session.delete(row)
         db.session.commit()
         return _EXPIRED
-    if now > row.last_seen_at:
+    if (now - row.last_seen_at).total_seconds() >= _touch_step_s(cfg):
         row.last_seen_at = now
         db.session.commit()
     return row
+
+
+def _touch_step_s(cfg: WebConfig) -> float:
+    """How stale ``last_seen_at`` may get before a request writes it: a tenth of the idle
+    timeout, at most :data:`MAX_TOUCH_STEP_S`. A burst of page loads (and their assets) then
+    costs reads, not one commit each; the idle limit can only end early by this much, never
+    late."""
+    return min(MAX_TOUCH_STEP_S, cfg.idle_timeout_s / 10)
 
 
 def _load_session() -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from hub.db import WebSession, db
 from tests.web.pages import Site, csrf_of
 from tests.web.test_authz_matrix import assert_unchanged, build_world, snapshot
-from web.sessions import COOKIE_NAME
+from web.sessions import COOKIE_NAME, MAX_TOUCH_STEP_S
 
 IDLE_S = 1800  # the defaults of web.config: idle 30 min, absolute 12 h
 ABSOLUTE_S = 12 * 3600
@@ -152,3 +152,24 @@ def test_a_cookie_for_a_session_that_never_existed_is_anonymous(site: Site) -> N
         db.session.execute(WebSession.__table__.delete())
         db.session.commit()
     assert _signed_in_as(owner) is None
+
+
+def _last_seen(site: Site) -> object:
+    with site.app.app_context():
+        value = db.session.scalar(select(WebSession.last_seen_at))
+        db.session.remove()
+    return value
+
+
+def test_a_burst_of_requests_writes_the_session_once(site: Site) -> None:
+    """Requests within MAX_TOUCH_STEP_S of the last write only read the row; the idle
+    limit still counts from the last write, so it can end early by that much, never late."""
+    owner = site.client("op")
+    first = _last_seen(site)
+    for _ in range(5):
+        site.clock.advance(5)
+        assert _signed_in_as(owner) == "op"
+    assert _last_seen(site) == first  # 25 s of page loads: no write
+    site.clock.advance(MAX_TOUCH_STEP_S)
+    assert _signed_in_as(owner) == "op"
+    assert _last_seen(site) != first
