@@ -27,6 +27,7 @@ from typing import Any
 from bundle.container import payload_member
 from bundle.errors import ManifestError
 from bundle.release_names import NameSet, file_name_problem
+from bundle.windows import Policy
 from signing.envelope import TYPE_RELEASE, TYPE_RESULT, parse_envelope
 from signing.errors import SignatureError, StrictJSONError
 from signing.strictjson import dumps_canonical, loads_strict
@@ -631,10 +632,11 @@ _MANIFEST_FIELDS = (
     "format", "bundle_id", "kind", "issuer", "target", "root_version", "sequence", "created",
     "not_before", "expires", "release", "result", "steps", "files", "secrets", "parts",
     "checkpoint", "chain",
+    "policy",
 )
 # §6.1: fields added after format 1 was first written. Absent means null, and a writer omits
 # them when null, so every manifest made before they existed keeps its exact bytes.
-_OPTIONAL_FIELDS = ("chain",)
+_OPTIONAL_FIELDS: tuple[str, ...] = ("chain", "policy")
 
 
 @dataclass(frozen=True)
@@ -662,6 +664,7 @@ class Manifest:
     checkpoint: Mapping[str, Any] | None = None
     not_before: int | None = None
     chain: ChainInfo | None = None
+    policy: Policy | None = None  # §6.9
     format: int = FORMAT
 
     def __post_init__(self) -> None:
@@ -702,6 +705,19 @@ class Manifest:
                 raise _fail("chain", "only a release bundle has a chain")
             with _at("chain"):
                 self.chain.check_before((self.root_version, self.sequence))
+        self._check_policy()
+
+    def _check_policy(self) -> None:
+        """§6.9: release bundles only; absent rather than empty."""
+        if self.policy is None:
+            return
+        if not isinstance(self.policy, Policy):
+            raise _fail("policy", "must be a Policy or null")
+        if self.kind != KIND_RELEASE:
+            raise _fail("policy", "only a release bundle has a policy")
+        if self.policy.empty:
+            raise _fail("policy", "is omitted when it has no windows, freezes or override "
+                        "(§6.1)")
 
     def _check_kind(self) -> None:
         if self.kind == KIND_RELEASE:
@@ -775,6 +791,7 @@ class Manifest:
             "parts": None if self.parts is None else self.parts.to_json(),
             "checkpoint": None if self.checkpoint is None else dict(self.checkpoint),
             **({} if self.chain is None else {"chain": self.chain.to_json()}),
+            **({} if self.policy is None else {"policy": self.policy.to_json()}),
         }
 
     def to_bytes(self) -> bytes:
@@ -819,6 +836,10 @@ class Manifest:
             if "chain" in doc and value_chain is None:
                 raise _fail("chain", "is omitted when there is none, never null (§6.1)")
             chain = None if value_chain is None else ChainInfo.from_json(value_chain)
+        if "policy" in doc and doc["policy"] is None:
+            raise _fail("policy", "is omitted when there is none, never null (§6.1)")
+        with _at("policy"):
+            policy = None if doc.get("policy") is None else Policy.from_json(doc["policy"])
         return cls(
             bundle_id=doc["bundle_id"],
             kind=doc["kind"],
@@ -837,6 +858,7 @@ class Manifest:
             checkpoint=doc["checkpoint"],
             not_before=doc["not_before"],
             chain=chain,
+            policy=policy,
             format=doc["format"],
         )
 
