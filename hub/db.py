@@ -53,10 +53,12 @@ from hub.audit_mac import attach as attach_audit_mac
 
 __all__ = [
     "AGENT_STATUSES",
+    "API_TOKEN_SCOPES",
     "DEPLOYMENT_STATES",
     "RELEASE_STATES",
     "ROLES",
     "Agent",
+    "ApiToken",
     "Approval",
     "AuditCheckpoint",
     "AuditEvent",
@@ -95,6 +97,8 @@ DEPLOYMENT_STATES = (
     "lost",
 )
 AGENT_STATUSES = ("enrolled", "revoked")
+#: What a personal API token may be used for (:mod:`hub.services.tokens`, docs/api.md).
+API_TOKEN_SCOPES = ("read", "releases:write", "approve", "deploy", "admin")
 SQLITE_BUSY_TIMEOUT_MS = 10_000  # milliseconds a writer waits for the lock
 
 _NAMING = {
@@ -448,3 +452,24 @@ class LoginThrottle(db.Model):  # type: ignore[name-defined,misc]
     key: Mapped[str] = mapped_column(String(200), primary_key=True)  # user:<name> | addr:<ip>
     failures: Mapped[int] = mapped_column(Integer)
     window_start: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class ApiToken(db.Model):  # type: ignore[name-defined,misc]
+    """A personal API token (:mod:`hub.services.tokens`): the hub keeps the token's public
+    ``prefix`` (to name it) and the SHA-256 of the whole token, never the token itself."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex of the whole token
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_by: Mapped[str | None] = mapped_column(String(64))
+
+    user: Mapped[User] = relationship()

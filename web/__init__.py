@@ -26,11 +26,11 @@ __all__ = ["NAV", "WebState", "init_app", "listens_beyond_loopback", "nav_for"]
 #: The page blueprints, one module each (``web/<name>.py`` with templates in
 #: ``templates/<name>/``), in the order of the navigation bar.
 PAGES = ("home", "releases", "environments", "agents", "deployments", "media", "audit",
-         "admin")
+         "admin", "tokens")
 #: Navigation: (blueprint, label) for each page but home.
 NAV = (("releases", "Releases"), ("environments", "Environments"), ("agents", "Agents"),
        ("deployments", "Deployments"), ("media", "Media"), ("audit", "Audit"),
-       ("admin", "Admin"))
+       ("admin", "Admin"), ("tokens", "API tokens"))
 #: The action a page's index needs, for the pages some signed-in people may not open (the
 #: others list only what one may view, possibly nothing).
 NAV_NEEDS = {"releases": "view", "audit": "audit.read", "admin": "user.manage"}
@@ -104,6 +104,9 @@ def init_app(app: Flask, config: WebConfig, clock: Clock = utc_now) -> None:
     for name in PAGES:
         app.register_blueprint(importlib.import_module(f"web.{name}").bp)
     views.init_app(app)
+    from web import api
+
+    app.register_blueprint(api.bp)  # /api/v1: personal tokens only (web/api/__init__.py)
 
     @app.context_processor
     def _globals() -> dict[str, Any]:

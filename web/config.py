@@ -17,6 +17,7 @@ same file (``<data_dir>/hub.toml`` or ``TIANGONG_HUB_CONFIG``)::
     max_unpacked_total_bytes = 1073741824 # bytes of all unpacked files together
     max_unpacked_files = 10000       # members of an uploaded archive
     max_unpack_ratio = 100           # unpacked bytes per uploaded byte, at most
+    api_token_max_days = 90          # days a personal API token may live, at most
 
     [web.break_glass]                # local admin for when the IdP is down; off by default
     enabled = false
@@ -74,6 +75,8 @@ DEFAULT_ABSOLUTE_TIMEOUT_S = 12 * 3600  # seconds
 DEFAULT_LOGIN_WINDOW_S = 15 * 60  # seconds over which failed password sign-ins count
 DEFAULT_MAX_FAILURES_PER_USER = 5  # failed sign-ins per user name per window
 DEFAULT_MAX_FAILURES_PER_ADDRESS = 20  # failed sign-ins per source address per window
+DEFAULT_API_TOKEN_MAX_DAYS = 90  # days a personal API token may live, at most
+MAX_API_TOKEN_DAYS = 3650  # days: the largest api_token_max_days accepted
 
 
 @dataclass(frozen=True)
@@ -198,8 +201,13 @@ class WebConfig:
     local_login: bool = False
     login_limits: LoginLimits = field(default_factory=LoginLimits)
     uploads: UploadLimits = field(default_factory=UploadLimits)
+    api_token_max_days: int = DEFAULT_API_TOKEN_MAX_DAYS
 
     def __post_init__(self) -> None:
+        if not 1 <= self.api_token_max_days <= MAX_API_TOKEN_DAYS:
+            raise ConfigError(
+                f"web.api_token_max_days must be 1-{MAX_API_TOKEN_DAYS}, "
+                f"not {self.api_token_max_days}")
         if not 0 < self.idle_timeout_s <= self.absolute_timeout_s:
             raise ConfigError(
                 f"web.idle_timeout_s ({self.idle_timeout_s}) must be positive and at most "
@@ -220,7 +228,8 @@ class WebConfig:
         web.pop("break_glass", None)
         _known("web", web, {"secure_cookies", "idle_timeout_s", "absolute_timeout_s",
                             "local_login", "login_window_s", "login_max_failures_per_user",
-                            "login_max_failures_per_address", *UPLOAD_KEYS})
+                            "login_max_failures_per_address", "api_token_max_days",
+                            *UPLOAD_KEYS})
         _known("web.break_glass", bg, {"enabled", "username", "password_hash"})
         saml_values = values.get("saml")
         saml = None if saml_values is None else _saml(_table(values, "saml"), data_dir)
@@ -244,6 +253,8 @@ class WebConfig:
                                                   DEFAULT_MAX_FAILURES_PER_ADDRESS),
                 ),
                 uploads=UploadLimits.from_table(web),
+                api_token_max_days=_int(web, "api_token_max_days",
+                                        DEFAULT_API_TOKEN_MAX_DAYS),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"web settings: {exc}") from exc

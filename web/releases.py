@@ -61,6 +61,7 @@ from pygments.lexers import (
     TOMLLexer,
     YamlLexer,
 )
+from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import secure_filename
 
@@ -76,6 +77,7 @@ from hub.services.approvals import (
     reject_release,
     visible_approvals,
 )
+from hub.services.context import ServiceContext
 from hub.services.deployments import queue_deployment
 from hub.services.environments import visible_environments
 from hub.services.releases import (
@@ -97,7 +99,14 @@ from hub.services.users import can
 from web.config import UploadLimits
 from web.views import ctx, in_scope, login_required, signed_in_user, visible_environment
 
-__all__ = ["archive_limits", "bp", "highlight_file", "upload_limit"]
+__all__ = [
+    "UploadRefusedError",
+    "archive_limits",
+    "bp",
+    "create_from_upload",
+    "highlight_file",
+    "upload_limit",
+]
 
 bp = Blueprint("releases", __name__, url_prefix="/releases")
 
@@ -260,13 +269,25 @@ def _too_large(_exc: RequestEntityTooLarge) -> Any:
     )
 
 
-@bp.post("/upload")
-@login_required
-def upload() -> Any:
-    signed_in_user()
-    archive = request.files.get("archive")
+class UploadRefusedError(Exception):
+    """An uploaded archive was refused: ``filename`` (as uploaded), ``reason`` (no hub
+    paths), ``status`` (400, 409)."""
+
+    def __init__(self, filename: str, reason: str, status: int) -> None:
+        super().__init__(reason)
+        self.filename, self.reason, self.status = filename, reason, status
+
+
+def create_from_upload(sc: ServiceContext, archive: FileStorage | None) -> tuple[Release, str]:
+    """Create a draft release from an uploaded archive acting as ``sc`` (the web page and
+    the API share this); the caller commits. Returns the release and the file name it was
+    uploaded as.
+
+    Raises:
+        UploadRefusedError: no file, or the service refused the archive (rolled back).
+    """
     if archive is None or not archive.filename:
-        return _upload_refused("(none)", "choose a release archive file to upload", 400)
+        raise UploadRefusedError("(none)", "choose a release archive file to upload", 400)
     shown = Path(archive.filename.replace("\\", "/")).name[:MAX_SHOWN_NAME_CHARS] or "upload"
     base = Path(hub_config().releases_dir)
     base.mkdir(parents=True, exist_ok=True)
@@ -275,17 +296,29 @@ def upload() -> Any:
         saved = work / (secure_filename(shown) or "upload")
         archive.save(saved)
         try:
-            release = create_release(ctx(), saved, create_missing_product=True,
+            release = create_release(sc, saved, create_missing_product=True,
                                      archive_limits=archive_limits())
-            label, steps, files = release.label, len(release.steps), len(release.files)
-            url = _release_url(release)
-            db.session.commit()
         except (ValidationError, ConflictError, NotFoundError) as exc:
             db.session.rollback()
             status = 409 if isinstance(exc, ConflictError) else 400
-            return _upload_refused(shown, _reason(str(exc), saved, shown, base), status)
+            raise UploadRefusedError(shown, _reason(str(exc), saved, shown, base),
+                                     status) from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return release, shown
+
+
+@bp.post("/upload")
+@login_required
+def upload() -> Any:
+    signed_in_user()
+    try:
+        release, shown = create_from_upload(ctx(), request.files.get("archive"))
+    except UploadRefusedError as refused:
+        return _upload_refused(refused.filename, refused.reason, refused.status)
+    label, steps, files = release.label, len(release.steps), len(release.files)
+    url = _release_url(release)
+    db.session.commit()
     flash(f"Created draft release {label} from {shown}: {steps} step(s), {files} file(s).")
     return redirect(url)
 

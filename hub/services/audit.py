@@ -306,8 +306,11 @@ def record(
     details: Mapping[str, Any] | None = None,
 ) -> AuditEvent:
     """Append an event for the context's actor at the context's time (MACed with the
-    context's audit MAC key when it has one)."""
+    context's audit MAC key when it has one); the context's ``via`` (local-admin, API
+    token) is added to the details."""
     mac = ctx.keys.audit_mac if ctx.keys is not None else None
+    if ctx.via is not None:
+        details = {**(details or {}), "via": ctx.via}
     return append_event(
         ctx.session, ctx.now(), ctx.actor_name, action, object_type, object_id, details, mac=mac
     )

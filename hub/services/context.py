@@ -60,6 +60,11 @@ class ServiceContext:
     process's own code, never from a request; it allows exactly the actions listed for it
     in :data:`hub.services.users.SYSTEM_ACTIONS` (checked by
     :func:`hub.services.users.require_ctx`) and is audited as ``system:<name>``.
+
+    ``via`` says how the actor reached the hub when it is not the web UI: ``"local-admin"``
+    (``tiangong hub`` on the hub's machine, with the data directory; nobody checked who
+    typed the name) or ``"api-token:<prefix>"`` (the HTTP API with a personal token).
+    :func:`hub.services.audit.record` writes it into every event's details.
     """
 
     session: Session
@@ -68,6 +73,7 @@ class ServiceContext:
     keys: HubKeys | None = None
     releases_dir: Path | None = None
     system: str | None = None
+    via: str | None = None
 
     @property
     def actor_name(self) -> str:
@@ -82,4 +88,5 @@ class ServiceContext:
         return now
 
     def as_user(self, user: User | None) -> ServiceContext:
-        return ServiceContext(self.session, self.clock, user, self.keys, self.releases_dir)
+        return ServiceContext(self.session, self.clock, user, self.keys, self.releases_dir,
+                              via=self.via)

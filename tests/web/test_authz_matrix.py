@@ -46,6 +46,7 @@ from hub.services.approvals import approve_release
 from hub.services.deployments import queue_deployment
 from hub.services.exchange import import_directory
 from hub.services.releases import create_release, submit_release
+from hub.services.tokens import issue_token
 from tests.hub.conftest import write_release
 from tests.web.pages import PEOPLE, Site, request_file
 from web import PAGES
@@ -156,6 +157,8 @@ def build_world(site: Site, tmp: Path) -> World:
         db.session.commit()
         w.test_deployment, w.prod_deployment = test_dep.id, prod_dep.id
         w.new_agent_request = request_file(site, tmp, "agent-new-1", "test").read_bytes()
+        w.extra["token"] = issue_token(site.ctx("dev"), "ci", ["read"], 30, max_days=90).token.id
+        db.session.commit()
         db.session.remove()
     w.archive = _archive(write_release(tmp / "upload", product=PRODUCT, version="2.0.0"))
     op = site.client("op")
@@ -350,6 +353,15 @@ EXPECTED: dict[str, View] = {
         **A_USER,
     ),
     "admin.end_sessions": View(post=ADMIN, args=lambda w: {"username": "view"}, **A_USER),
+    # Everyone issues tokens for themselves; a token is revoked by its owner or an admin,
+    # and is invisible (404, like none) to everyone else.
+    "tokens.index": View(get=SIGNED_IN),
+    "tokens.create": View(post=SIGNED_IN,
+                          form=lambda w: {"name": "matrix", "scope": "read", "days": "1"}),
+    "tokens.revoke": View(post=frozenset({"dev", "admin"}),
+                          args=lambda w: {"token_id": w.extra.get("token", 1)},
+                          scope=frozenset({"dev", "admin"}),
+                          ghost=lambda w: {"token_id": 999999}),
 }
 
 

@@ -1,0 +1,164 @@
+"""The API's OpenAPI 3.1 document, built from :data:`web.api.OPERATIONS` (the registered
+views) and :data:`SCHEMAS` (JSON Schema 2020-12 of every body). Served at
+``/api/v1/openapi.json``; ``tests/web/api`` checks it against the routes and the answers.
+
+This module describes; it validates nothing at run time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hub.db import API_TOKEN_SCOPES, DEPLOYMENT_STATES, RELEASE_STATES
+from hub.services.tokens import SCOPE_HELP
+from tiangong import __version__
+from web.api import OPERATIONS, Operation
+
+__all__ = ["SCHEMAS", "document"]
+
+_TIME = {"type": "string", "format": "date-time"}
+_TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+_STR = {"type": "string"}
+_STR_OR_NULL = {"type": ["string", "null"]}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": props,
+            "required": list(props) if required is None else required,
+            "additionalProperties": False}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _list_of(key: str, item: str) -> dict[str, Any]:
+    return _obj({key: {"type": "array", "items": _ref(item)}})
+
+
+_RELEASE_SUMMARY = {
+    "product": _STR, "version": _STR,
+    "state": {"type": "string", "enum": list(RELEASE_STATES)},
+    "author": _STR, "content_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    "created_at": _TIME, "submitted_at": _TIME_OR_NULL, "decided_at": _TIME_OR_NULL,
+}
+
+#: Every schema the document names (``#/components/schemas/<name>``).
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": _obj({"error": {"type": "string", "description": "A stable code: unauthorized, "
+                             "forbidden, insufficient_scope, not_found, conflict, bad_request, "
+                             "too_large."},
+                   "message": {"type": "string", "description": "For people: names the "
+                               "object, the rule and the number."}}),
+    "ReleaseSummary": _obj(_RELEASE_SUMMARY),
+    "Release": _obj({
+        **_RELEASE_SUMMARY, "description": _STR,
+        "steps": {"type": "array", "items": _STR, "description": "Step names, in order."},
+        "files": {"type": "array", "items": _obj({
+            "name": _STR, "size": {"type": "integer", "minimum": 0},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}})},
+        "approvals": {"type": "array", "items": _obj({
+            "by": _STR, "decision": {"type": "string", "enum": ["approve", "reject"]},
+            "environment": _STR_OR_NULL, "comment": _STR, "at": _TIME})},
+    }),
+    "ReleaseList": _list_of("releases", "ReleaseSummary"),
+    "Decision": _obj({
+        "comment": {"type": "string", "description": "Required to reject."},
+        "environment": {"type": ["string", "null"],
+                        "description": "Only for this environment (default: every one)."},
+    }, required=[]),
+    "QueueRequest": _obj({"environment": _STR}),
+    "Deployment": _obj({
+        "id": {"type": "integer"}, "product": _STR, "version": _STR, "environment": _STR,
+        "agent": _STR_OR_NULL, "state": {"type": "string", "enum": list(DEPLOYMENT_STATES)},
+        "sequence": {"type": ["integer", "null"]}, "bundle_id": _STR_OR_NULL,
+        "queued_by": _STR, "queued_at": _TIME, "exported_at": _TIME_OR_NULL,
+        "finished_at": _TIME_OR_NULL, "updated_at": _TIME,
+    }),
+    "DeploymentList": _list_of("deployments", "Deployment"),
+    "Environment": _obj({"name": _STR, "description": _STR,
+                         "required_approvals": {"type": "integer", "minimum": 0}}),
+    "EnvironmentList": _list_of("environments", "Environment"),
+    "Agent": _obj({
+        "agent_id": _STR, "environment": _STR,
+        "status": {"type": "string", "enum": ["enrolled", "revoked"]},
+        "presence": {"type": "string", "enum": ["online", "offline", "never", "revoked"]},
+        "hostname": _STR, "label": _STR, "enrolled_at": _TIME, "last_seen": _TIME_OR_NULL,
+    }),
+    "AgentList": _list_of("agents", "Agent"),
+    "Me": _obj({
+        "user": _STR, "display_name": _STR,
+        "roles": {"type": "array", "items": _obj({"role": _STR,
+                                                  "environment": _STR_OR_NULL})},
+        "token": _obj({
+            "id": {"type": "integer"}, "prefix": {"type": "string", "pattern": "^tgp_"},
+            "name": _STR,
+            "scopes": {"type": "array",
+                       "items": {"type": "string", "enum": list(API_TOKEN_SCOPES)}},
+            "expires_at": _TIME}),
+    }),
+    "OpenApiDocument": {"type": "object", "required": ["openapi", "info", "paths"]},
+}
+
+_STATUS_TEXT = {200: "OK", 201: "Created", 400: "Bad request", 401: "No valid token",
+                403: "Token scope or the person's roles do not allow this",
+                404: "Not found (or outside the caller's scope)",
+                409: "Conflict or wrong state", 413: "Upload too large"}
+
+
+def _operation(op: Operation) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "operationId": op.endpoint, "summary": op.summary,
+        "description": op.description,
+        "responses": {
+            str(status): {"description": _STATUS_TEXT.get(status, "Answer"),
+                          "content": {"application/json": {"schema": _ref(name)}}}
+            for status, name in sorted(op.responses.items())},
+    }  # fmt: skip
+    if op.scope is None:
+        out["security"] = []
+    else:
+        out["security"] = [{"token": []}]
+        out["x-tiangong-scope"] = op.scope
+        out["description"] = f"{op.description}\n\nToken scope: `{op.scope}`.".strip()
+    if op.params:
+        out["parameters"] = [
+            {"name": p.name, "in": p.where, "required": p.required or p.where == "path",
+             "description": p.description, "schema": p.schema} for p in op.params]
+    if op.body is not None:
+        if op.body.startswith("multipart:"):
+            field = op.body.split(":", 1)[1]
+            schema = {"type": "object", "required": [field], "properties": {
+                field: {"type": "string", "contentMediaType": "application/octet-stream",
+                        "description": "The release archive."}}}
+            out["requestBody"] = {"required": True,
+                                  "content": {"multipart/form-data": {"schema": schema}}}
+        else:
+            out["requestBody"] = {"required": False, "content": {
+                "application/json": {"schema": _ref(op.body)}}}
+    return out
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every registered operation."""
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
+    scopes = "\n".join(f"* `{s}`: {SCOPE_HELP[s]}" for s in API_TOKEN_SCOPES)
+    return {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "info": {
+            "title": "Tiangong hub API", "version": __version__,
+            "description": (
+                "Personal API tokens (issued on the hub's web UI, page API tokens) in "
+                "`Authorization: Bearer tgp_…`; browser sessions are not accepted. A call "
+                "needs the token's scope and the person's roles. Scopes:\n\n" + scopes),
+        },
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"token": {"type": "http", "scheme": "bearer",
+                                          "bearerFormat": "tgp_<10 hex>_<secret>"}},
+        },
+    }
