@@ -30,7 +30,7 @@ from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bundle.errors import ReleaseFormatError
 from bundle.release_archive import DEFAULT_ARCHIVE_LIMITS, ArchiveLimits, unpack_release_archive
@@ -38,6 +38,9 @@ from bundle.release_names import NameSet, file_name_problem
 from bundle.steps import normalize_step, referenced_files
 from signing.errors import StrictJSONError
 from signing.strictjson import dumps_canonical
+
+if TYPE_CHECKING:
+    from bundle.manifest import Manifest
 
 __all__ = [
     "FORMAT_VERSION",
@@ -50,6 +53,7 @@ __all__ = [
     "ReleaseSource",
     "ReleaseSpec",
     "compute_content_hash",
+    "content_hash_of_manifest",
     "load_release",
     "load_release_archive",
     "parse_release_toml",
@@ -270,15 +274,39 @@ def compute_content_hash(spec: ReleaseSpec, files: Sequence[ReleaseFile]) -> str
     Raises:
         ReleaseFormatError: a value cannot be written as canonical JSON.
     """
+    return _content_hash(spec.product, spec.version, spec.description, spec.steps,
+                         [(f.name, f.size, f.sha256) for f in files])
+
+
+def content_hash_of_manifest(manifest: Manifest) -> str:
+    """The content hash (docs §5) recomputed from a release bundle's manifest: its release
+    product, version and description, its steps and its files' names, sizes and SHA-256.
+
+    The agent uses it on a *verified* manifest to match approvals, never the hash the
+    manifest states.
+
+    Raises:
+        ReleaseFormatError: not a release manifest, or a value cannot be hashed.
+    """
+    if manifest.release is None:
+        raise ReleaseFormatError(f"bundle {manifest.bundle_id} is not a release bundle")
+    r = manifest.release
+    return _content_hash(r.product, r.version, r.description, manifest.steps,
+                         [(f.name, f.size, f.sha256) for f in manifest.files])
+
+
+def _content_hash(product: str, version: str, description: str,
+                  steps: Sequence[Mapping[str, Any]],
+                  files: Sequence[tuple[str, int, str]]) -> str:
     doc = {
         "format": FORMAT_VERSION,
-        "product": spec.product,
-        "version": spec.version,
-        "description": spec.description,
-        "steps": [dict(step) for step in spec.steps],
+        "product": product,
+        "version": version,
+        "description": description,
+        "steps": [dict(step) for step in steps],
         "files": [
-            {"name": f.name, "size": f.size, "sha256": f.sha256}
-            for f in sorted(files, key=lambda f: f.name)
+            {"name": name, "size": size, "sha256": sha256}
+            for name, size, sha256 in sorted(files)
         ],
     }
     try:

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from signing.cli_approvals import approval, approve
 from signing.cli_common import (
     EPILOG,
     EXIT_EXPIRED,
@@ -107,6 +108,8 @@ def generate(
       release  the hub's data directory
       audit    the hub's data directory
       agent    the agent's home directory
+      approval the hub's data directory (keys/approval.key; hub-attested approvals)
+      approver the approver's own machine (a personal key; never the hub)
 
     For the agent role two key pairs are made: the ed25519 identity key in FILE (signs
     results) and a separate x25519 box key in FILE.box (opens secrets sealed to this agent),
@@ -114,8 +117,9 @@ def generate(
     box key can be replaced without changing the agent's identity. Both use the same
     passphrase.
     """
-    if insecure_no_passphrase and role == "root":
-        raise click.UsageError("a root key is always encrypted; drop --insecure-no-passphrase")
+    if insecure_no_passphrase and role in ("root", "approver"):
+        raise click.UsageError(f"a{'' if role == 'root' else 'n'} {role} key is always "
+                               "encrypted; drop --insecure-no-passphrase")
     if box_output is not None and role != "agent":
         raise click.UsageError("--box-output is only for --role agent")
     out = Path(output)
@@ -244,3 +248,5 @@ def export_public(
 
 
 keys.add_command(root)
+keys.add_command(approve)
+keys.add_command(approval)

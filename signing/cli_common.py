@@ -53,6 +53,10 @@ KEY_HOMES: Mapping[str, str] = {
     "audit": "in the hub's data directory (the hub signs audit-log checkpoints with it)",
     "agent": "in the agent's home directory on the site (the ed25519 identity key signs "
     "results; the x25519 box key opens sealed secrets)",
+    "approval": "in the hub's data directory as keys/approval.key (the hub signs approval "
+    "attestations with it, for environments delegated in mode hub)",
+    "approver": "with the approver only (a personal key: their own machine or token, never "
+    "the hub); give the .pub file to whoever makes the root, to list it in a delegation",
 }
 
 EPILOG = """\b
@@ -71,6 +75,8 @@ Where keys live:
   release  the hub's data directory
   audit    the hub's data directory
   agent    the agent's home directory on the site
+  approval the hub's data directory (hub-attested approvals)
+  approver the approver's own machine (a personal key)
 """
 
 PASSPHRASES = """\b

@@ -27,12 +27,27 @@ from signing.cli_common import (
     passphrase_options,
     refuse_existing,
 )
+from signing.cli_delegations import (
+    carry_delegations,
+    check_parsed,
+    delegations_json,
+    read_delegation_file,
+)
+from signing.delegations import Delegation
 from signing.durations import format_duration, format_utc
 from signing.envelope import TYPE_ROOT, verify_envelope
 from signing.errors import KeyFileError
 from signing.keyfile import read_bounded, read_key_info, write_file_atomic
 from signing.keys import SigningKey
-from signing.roots import MAX_ROOT_BYTES, ROLES, KeyEntry, RootDocument, TrustedRoot, sign_root
+from signing.roots import (
+    MAX_ROOT_BYTES,
+    OPTIONAL_ROLES,
+    ROLES,
+    KeyEntry,
+    RootDocument,
+    TrustedRoot,
+    sign_root,
+)
 
 __all__ = ["root"]
 
@@ -115,6 +130,13 @@ def _read_root(path: str) -> tuple[TrustedRoot, bytes]:
 @click.option("--audit-key", "audit_keys", multiple=True, required=True,
               type=click.Path(dir_okay=False), help="Audit public key file (repeat).")
 @click.option("--audit-threshold", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--approval-key", "approval_keys", multiple=True, type=click.Path(dir_okay=False),
+              help="The hub's approval public key file (repeat): the optional approval role, "
+              "needed by environments delegated in mode hub.")
+@click.option("--approval-threshold", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--approvals", "approvals_file", type=click.Path(dir_okay=False), default=None,
+              help="JSON file of approval delegations: environment -> mode, threshold, "
+              "min_groups, approvers (see docs/keys-and-trust.md).")
 @click.option("--expires", metavar="DURATION", callback=duration_option, default="365d",
               show_default=True,
               help="Lifetime of this root document (e.g. 365d).")
@@ -127,8 +149,9 @@ def _read_root(path: str) -> tuple[TrustedRoot, bytes]:
 @passphrase_options
 def root_init(
     hub_id: str, root_keys: tuple[str, ...], threshold: int, release_keys: tuple[str, ...],
-    release_threshold: int, audit_keys: tuple[str, ...], audit_threshold: int, expires: int,
-    key_expires: int | None, output: str, force: bool, as_json: bool,
+    release_threshold: int, audit_keys: tuple[str, ...], audit_threshold: int,
+    approval_keys: tuple[str, ...], approval_threshold: int, approvals_file: str | None,
+    expires: int, key_expires: int | None, output: str, force: bool, as_json: bool,
     passphrase_file: str | None, passphrase_env: str,
 ) -> None:
     """Create root version 1, signed by a threshold of its own root keys.
@@ -148,22 +171,32 @@ def root_init(
         rk = _read_role_files(root_keys, "root", passes, None)
         rel = _read_role_files(release_keys, "release", None, key_exp)
         aud = _read_role_files(audit_keys, "audit", None, key_exp)
+        apr = _read_role_files(approval_keys, "approval", None, key_exp)
+        delegations, approver_keys = (read_delegation_file(approvals_file) if approvals_file
+                                      else ({}, {}))
     _check_threshold("root", threshold, len(rk.entries))
     _check_threshold("release", release_threshold, len(rel.entries))
     _check_threshold("audit", audit_threshold, len(aud.entries))
+    if apr.entries:
+        _check_threshold("approval", approval_threshold, len(apr.entries))
     if len(rk.signers) < threshold:
         raise click.ClickException(
             f"threshold {threshold} needs {threshold} private root key file(s); "
             f"{len(rk.signers)} given"
         )
-    _check_disjoint({"root": rk.entries, "release": rel.entries, "audit": aud.entries})
+    _check_disjoint({"root": rk.entries, "release": rel.entries, "audit": aud.entries,
+                     "approval": apr.entries, "approver": approver_keys})
+    roles = {"root": (tuple(rk.entries), threshold),
+             "release": (tuple(rel.entries), release_threshold),
+             "audit": (tuple(aud.entries), audit_threshold)}
+    if apr.entries:
+        roles["approval"] = (tuple(apr.entries), approval_threshold)
     doc = RootDocument(
         hub_id=hub_id, version=1, issued=now, expires=now + expires,
-        keys={**rk.entries, **rel.entries, **aud.entries},
-        roles={"root": (tuple(rk.entries), threshold),
-               "release": (tuple(rel.entries), release_threshold),
-               "audit": (tuple(aud.entries), audit_threshold)},
+        keys={**rk.entries, **rel.entries, **aud.entries, **apr.entries, **approver_keys},
+        roles=roles, approvals=delegations,
     )
+    _check_document(doc)
     with click_errors(f"refusing to write {output}: a verifier would reject it: "):
         envelope = sign_root(doc, rk.signers)
         TrustedRoot.pin(envelope, now)
@@ -172,6 +205,12 @@ def root_init(
         emit_json(_written_json(output, doc, signed_by=len({k.key_id for k in rk.signers})))
         return
     click.echo(f"wrote {output}: root version 1 of hub {hub_id}, expires {format_utc(doc.expires)}")
+
+
+def _check_document(doc: RootDocument) -> None:
+    """Name a broken delegation (or other rule) before anything is signed."""
+    with click_errors("the root would be invalid: "):
+        check_parsed(doc)
 
 
 def _written_json(output: str, doc: RootDocument, *, signed_by: int) -> dict[str, object]:
@@ -185,6 +224,7 @@ def _written_json(output: str, doc: RootDocument, *, signed_by: int) -> dict[str
         "roles": {role: {"threshold": thr, "keys": list(ids)}
                   for role, (ids, thr) in sorted(doc.roles.items())},
         "revoked": sorted(doc.revoked),
+        "approvals": delegations_json(doc),
         "signed_by": signed_by,
     }
 
@@ -196,7 +236,7 @@ def _check_disjoint(roles: Mapping[str, Mapping[str, KeyEntry]]) -> None:
             if kid in owner:
                 raise click.ClickException(
                     f"key {kid[:16]} is given for both roles {owner[kid]} and {role}; "
-                    "each key serves one role"
+                    "each key serves one role (an approver key is in no role)"
                 )
             owner[kid] = role
 
@@ -242,6 +282,16 @@ def _carry(doc: RootDocument, role: str, revoked: set[str]) -> dict[str, KeyEntr
 @click.option("--audit-key", "audit_keys", multiple=True, type=click.Path(dir_okay=False),
               help="Audit public key file (repeat); replaces the audit keys.")
 @click.option("--audit-threshold", type=click.IntRange(min=1), default=None)
+@click.option("--approval-key", "approval_keys", multiple=True, type=click.Path(dir_okay=False),
+              help="The hub's approval public key file (repeat); replaces the approval role's "
+              "keys. Default: keep N's that are not revoked.")
+@click.option("--approval-threshold", type=click.IntRange(min=1), default=None)
+@click.option("--approvals", "approvals_file", type=click.Path(dir_okay=False), default=None,
+              help="JSON file of approval delegations; replaces N's. Default: keep N's "
+              "(without revoked approver keys).")
+@click.option("--no-approvals", is_flag=True,
+              help="Drop every approval delegation (and the approval role unless "
+              "--approval-key is given).")
 @click.option("--revoke", multiple=True, metavar="KEYID",
               help="Revoke a key (full id, or a unique prefix of 8+ hex characters).")
 @click.option("--expires", metavar="DURATION", callback=duration_option, default="365d",
@@ -257,7 +307,9 @@ def _carry(doc: RootDocument, role: str, revoked: set[str]) -> dict[str, KeyEntr
 def root_rotate(
     current: str, signing_keys: tuple[str, ...], new_root_keys: tuple[str, ...],
     threshold: int | None, release_keys: tuple[str, ...], release_threshold: int | None,
-    audit_keys: tuple[str, ...], audit_threshold: int | None, revoke: tuple[str, ...],
+    audit_keys: tuple[str, ...], audit_threshold: int | None,
+    approval_keys: tuple[str, ...], approval_threshold: int | None, approvals_file: str | None,
+    no_approvals: bool, revoke: tuple[str, ...],
     expires: int, key_expires: int | None, output: str, force: bool, as_json: bool,
     passphrase_file: str | None, passphrase_env: str,
 ) -> None:
@@ -270,6 +322,8 @@ def root_rotate(
     --signing-key and private --new-root-key files are root keys: read them from their
     removable media on an offline machine, never from (or onto) the hub.
     """
+    if approvals_file and no_approvals:
+        raise click.UsageError("give --approvals FILE or --no-approvals, not both")
     refuse_existing([Path(output)], force)
     now = clock_now()
     trusted, _ = _read_root(current)
@@ -301,8 +355,19 @@ def root_rotate(
                else _RoleKeys(_carry(old, "release", revoked), []))
         aud = (_read_role_files(audit_keys, "audit", None, key_exp) if audit_keys
                else _RoleKeys(_carry(old, "audit", revoked), []))
+        apr = (_read_role_files(approval_keys, "approval", None, key_exp) if approval_keys
+               else _RoleKeys({} if no_approvals or not old.has_role("approval")
+                              else _carry(old, "approval", revoked), []))
+        delegations: dict[str, Delegation]
+        if approvals_file:
+            delegations, approver_keys = read_delegation_file(approvals_file)
+        elif no_approvals:
+            delegations, approver_keys = {}, {}
+        else:
+            delegations, approver_keys = carry_delegations(old, revoked)
     all_revoked = set(old.revoked) | revoked
-    for role, group in (("root", rk), ("release", rel), ("audit", aud)):
+    for role, group in (("root", rk), ("release", rel), ("audit", aud), ("approval", apr),
+                        ("approver", _RoleKeys(approver_keys, []))):
         bad = sorted(set(group.entries) & all_revoked)
         if bad:
             raise click.ClickException(f"{role} key {bad[0][:16]} is revoked and cannot be listed")
@@ -313,20 +378,26 @@ def root_rotate(
     }
     for role, group in (("root", rk), ("release", rel), ("audit", aud)):
         _check_threshold(role, thresholds[role], len(group.entries))
-    _check_disjoint({"root": rk.entries, "release": rel.entries, "audit": aud.entries})
-    for role, group in (("release", rel), ("audit", aud)):
+    if apr.entries:
+        thresholds["approval"] = (approval_threshold if approval_threshold is not None
+                                  else old.roles.get("approval", ((), 1))[1])
+        _check_threshold("approval", thresholds["approval"], len(apr.entries))
+    _check_disjoint({"root": rk.entries, "release": rel.entries, "audit": aud.entries,
+                     "approval": apr.entries, "approver": approver_keys})
+    for role, group in (("release", rel), ("audit", aud), ("approval", apr)):
         for kid, entry in group.entries.items():
             if entry.expires is not None and entry.expires <= now:
                 click.echo(f"warning: kept {role} key {kid[:16]} expired at "
                            f"{format_utc(entry.expires)}; give a new --{role}-key", err=True)
+    roles = {role: (tuple(group.entries), thresholds[role])
+             for role, group in (("root", rk), ("release", rel), ("audit", aud), ("approval", apr))
+             if group.entries}
     doc = RootDocument(
         hub_id=old.hub_id, version=old.version + 1, issued=now, expires=now + expires,
-        keys={**rk.entries, **rel.entries, **aud.entries},
-        roles={"root": (tuple(rk.entries), thresholds["root"]),
-               "release": (tuple(rel.entries), thresholds["release"]),
-               "audit": (tuple(aud.entries), thresholds["audit"])},
-        revoked=frozenset(all_revoked),
+        keys={**rk.entries, **rel.entries, **aud.entries, **apr.entries, **approver_keys},
+        roles=roles, revoked=frozenset(all_revoked), approvals=delegations,
     )
+    _check_document(doc)
     with click_errors(f"refusing to write {output}: a verifier would reject it: "):
         envelope = sign_root(doc, [*old_signers, *rk.signers])
         trusted.update(envelope).check_current(now)
@@ -363,7 +434,8 @@ def root_show(file: str, as_json: bool) -> None:
         ).signer_key_ids
     expired = doc.expires <= now
     roles_out: dict[str, Any] = {}
-    for role in ROLES:
+    present = [r for r in (*ROLES, *OPTIONAL_ROLES) if doc.has_role(r)]
+    for role in present:
         ids, thr = doc.roles[role]
         listed = []
         for kid in ids:
@@ -380,7 +452,7 @@ def root_show(file: str, as_json: bool) -> None:
         emit_json({
             "file": file, "hub_id": doc.hub_id, "version": doc.version, "issued": doc.issued,
             "expires": doc.expires, "expired": expired, "roles": roles_out,
-            "revoked": sorted(doc.revoked),
+            "revoked": sorted(doc.revoked), "approvals": delegations_json(doc),
         })
     else:
         left = doc.expires - now
@@ -391,7 +463,7 @@ def root_show(file: str, as_json: bool) -> None:
         click.echo(f"version: {doc.version}")
         click.echo(f"issued:  {format_utc(doc.issued)}")
         click.echo(f"expires: {format_utc(doc.expires)} ({state})")
-        for role in ROLES:
+        for role in present:
             spec = roles_out[role]
             click.echo(f"{role}: threshold {spec['threshold']} of {len(spec['keys'])}")
             for k in spec["keys"]:
@@ -406,6 +478,7 @@ def root_show(file: str, as_json: bool) -> None:
                 click.echo(f"  {k['key_id']}" + (f"  ({', '.join(notes)})" if notes else ""))
         if doc.revoked:
             click.echo(f"revoked: {', '.join(sorted(doc.revoked))}")
+        _echo_delegations(doc, now)
     if expired:
         click.echo(
             f"error: {file} (root version {doc.version}) expired at {format_utc(doc.expires)}; "
@@ -413,3 +486,23 @@ def root_show(file: str, as_json: bool) -> None:
             "'tiangong keys root rotate'.", err=True,
         )
         click.get_current_context().exit(EXIT_EXPIRED)
+
+
+def _echo_delegations(doc: RootDocument, now: int) -> None:
+    """The approval delegations, one environment per paragraph (docs/keys-and-trust.md)."""
+    if not doc.approvals:
+        click.echo("approvals: none delegated (no environment requires approvals at the site)")
+        return
+    click.echo("approvals:")
+    for env, d in sorted(doc.approvals.items()):
+        label = "every other environment (*)" if env == "*" else env
+        click.echo(f"  {label}: {d.describe()}")
+        for kid, a in sorted(d.approvers.items(), key=lambda x: x[1].name):
+            notes = []
+            if kid in doc.revoked:
+                notes.append("REVOKED")
+            key_exp = doc.keys[kid].expires
+            if key_exp is not None:
+                notes.append(("EXPIRED " if key_exp <= now else "expires ") + format_utc(key_exp))
+            click.echo(f"    {a.name} ({a.group})  {kid}"
+                       + (f"  ({', '.join(notes)})" if notes else ""))

@@ -37,6 +37,8 @@ __all__ = [
     "MAX_ENVELOPE_BYTES",
     "MAX_SIGNATURES",
     "PAYLOAD_TYPES",
+    "TYPE_APPROVAL",
+    "TYPE_APPROVAL_ATTESTATION",
     "TYPE_ENROLLMENT",
     "TYPE_ENROLLMENT_RESPONSE",
     "TYPE_RELEASE",
@@ -55,8 +57,11 @@ TYPE_RESULT = "application/vnd.tiangong.result.v1+json"
 TYPE_ROOT = "application/vnd.tiangong.root.v1+json"
 TYPE_ENROLLMENT = "application/vnd.tiangong.enrollment.v1+json"
 TYPE_ENROLLMENT_RESPONSE = "application/vnd.tiangong.enrollment-response.v1+json"
+TYPE_APPROVAL = "application/vnd.tiangong.approval.v1+json"
+TYPE_APPROVAL_ATTESTATION = "application/vnd.tiangong.approval-attestation.v1+json"
 PAYLOAD_TYPES = frozenset(
-    {TYPE_RELEASE, TYPE_RESULT, TYPE_ROOT, TYPE_ENROLLMENT, TYPE_ENROLLMENT_RESPONSE}
+    {TYPE_RELEASE, TYPE_RESULT, TYPE_ROOT, TYPE_ENROLLMENT, TYPE_ENROLLMENT_RESPONSE,
+     TYPE_APPROVAL, TYPE_APPROVAL_ATTESTATION}
 )
 
 MAX_ENVELOPE_BYTES = 1024 * 1024  # bytes; bundle readers pass their own (smaller) cap

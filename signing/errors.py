@@ -11,7 +11,8 @@
     ├── TrustError               the trust chain does not allow this (bad data)
     │   ├── RootFormatError      a root document is malformed
     │   ├── RootRotationError    root N+1 is not properly signed by N and N+1, or skips versions
-    │   └── ExpiredError         a root or key has expired
+    │   ├── ExpiredError         a root or key has expired
+    │   └── ApprovalFormatError  an approval or approval attestation is malformed
     └── SealedSecretError        a sealed secret cannot be opened or its context does not match
 
 Every message is written for an operator: it names the rule and the numbers involved.
@@ -20,6 +21,7 @@ Every message is written for an operator: it names the rule and the numbers invo
 from __future__ import annotations
 
 __all__ = [
+    "ApprovalFormatError",
     "EnvelopeFormatError",
     "ExpiredError",
     "KeyFileError",
@@ -82,6 +84,10 @@ class RootRotationError(TrustError):
 
 class ExpiredError(TrustError):
     """A root document or key has expired."""
+
+
+class ApprovalFormatError(TrustError):
+    """An approval or approval-attestation document is malformed (docs/keys-and-trust.md)."""
 
 
 class SealedSecretError(SigningError):

@@ -3,7 +3,8 @@
 A private key file is strict JSON holding one key (docs/keys-and-trust.md §"Key files")::
 
     {"format": "tiangong-private-key/1", "scheme": "ed25519" | "x25519",
-     "role": "root" | "release" | "audit" | "agent", "label": "...",
+     "role": "root" | "release" | "audit" | "agent" | "approval" | "approver",
+     "label": "...",
      "key_id": "<hex sha256 of public>", "public": "<hex>",
      "protection": "passphrase",
      "kdf": {"name": "argon2id", "opslimit": 3, "memlimit": 268435456, "salt": "<base64>"},
@@ -99,7 +100,7 @@ __all__ = [
 
 FORMAT_PRIVATE = "tiangong-private-key/1"
 FORMAT_PUBLIC = "tiangong-public-key/1"
-KEY_ROLES = ("root", "release", "audit", "agent")
+KEY_ROLES = ("root", "release", "audit", "agent", "approval", "approver")
 
 MAX_KEY_FILE_BYTES = 16 * 1024  # bytes; a key file is a few hundred bytes
 MAX_LABEL_CHARS = 200  # characters

@@ -1,8 +1,11 @@
 """The root of trust: root documents, their rotation, and the keys each role may use.
 
 A root document (payload type ``TYPE_ROOT``, docs/bundle-format.md §5) lists public keys and,
-for each role (``root``, ``release``, ``audit``), the key ids allowed to sign for it and how many
-distinct keys must sign. Online keys carry their own ``expires``; keys can be ``revoked``.
+for each role (``root``, ``release``, ``audit``, and the optional ``approval``), the key ids
+allowed to sign for it and how many distinct keys must sign. Online keys carry their own
+``expires``; keys can be ``revoked``. The optional ``approvals`` object delegates, per
+environment, who must approve a release before it runs there (``signing.delegations``).
+Both optional parts are omitted when absent, so older roots keep their exact bytes.
 
 * A root is pinned once (agent enrollment, ``keys root init``): its own root role must sign it.
 * Root N+1 is accepted only when signed by a threshold of root N's root keys *and* a threshold
@@ -21,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from signing.delegations import Delegation, delegation_for, parse_delegations
 from signing.durations import format_utc
 from signing.envelope import TYPE_ROOT, parse_envelope, sign_envelope, verify_envelope
 from signing.errors import (
@@ -36,6 +40,7 @@ from signing.strictjson import dumps_canonical, loads_strict
 
 __all__ = [
     "MAX_ROOT_BYTES",
+    "OPTIONAL_ROLES",
     "ROLES",
     "KeyEntry",
     "RoleKeys",
@@ -44,10 +49,12 @@ __all__ = [
     "sign_root",
 ]
 
-ROLES = ("root", "release", "audit")
+ROLES = ("root", "release", "audit")  # required in every root
+OPTIONAL_ROLES = ("approval",)  # the hub's approval key(s): hub-attested approvals only
 MAX_ROOT_BYTES = 64 * 1024  # bytes, envelope included
 _FIELDS = {"type", "spec_version", "hub_id", "version", "issued", "expires", "keys", "roles",
            "revoked"}
+_OPTIONAL_FIELDS = {"approvals"}  # omitted when absent (older roots keep their bytes)
 SPEC_VERSION = 1
 
 
@@ -76,6 +83,14 @@ class RootDocument:
     keys: Mapping[str, KeyEntry]
     roles: Mapping[str, tuple[tuple[str, ...], int]]  # role -> (key ids, threshold)
     revoked: frozenset[str] = field(default_factory=frozenset)
+    approvals: Mapping[str, Delegation] = field(default_factory=dict)  # environment -> rule
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles
+
+    def delegation(self, environment: str) -> Delegation | None:
+        """The approval delegation of ``environment`` (its own, else ``"*"``), or None."""
+        return delegation_for(self.approvals, environment)
 
     def to_json(self) -> dict[str, Any]:
         keys: dict[str, Any] = {}
@@ -97,6 +112,8 @@ class RootDocument:
                 for role, (ids, thr) in sorted(self.roles.items())
             },
             "revoked": sorted(self.revoked),
+            **({"approvals": {env: d.to_json() for env, d in sorted(self.approvals.items())}}
+               if self.approvals else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -113,8 +130,9 @@ class RootDocument:
             doc = loads_strict(data, MAX_ROOT_BYTES)
         except StrictJSONError as exc:
             raise RootFormatError(f"root document: {exc}") from exc
-        if not isinstance(doc, dict) or set(doc) != _FIELDS:
-            raise RootFormatError(f"root document must have exactly the fields {sorted(_FIELDS)}")
+        if not isinstance(doc, dict) or not _FIELDS <= set(doc) <= _FIELDS | _OPTIONAL_FIELDS:
+            raise RootFormatError(f"root document must have exactly the fields {sorted(_FIELDS)}"
+                                  f" and optionally {sorted(_OPTIONAL_FIELDS)}")
         if (
             doc["type"] != "tiangong/root"
             or not _is_int(doc["spec_version"])
@@ -155,8 +173,11 @@ class RootDocument:
                 raise RootFormatError(f"key {kid[:16]}: expires must be an integer")
             keys[kid] = KeyEntry(pub, exp)
         roles: dict[str, tuple[tuple[str, ...], int]] = {}
-        if not isinstance(doc["roles"], dict) or set(doc["roles"]) != set(ROLES):
-            raise RootFormatError(f"root document roles must be exactly {list(ROLES)}")
+        if not isinstance(doc["roles"], dict) or not (
+            set(ROLES) <= set(doc["roles"]) <= set(ROLES) | set(OPTIONAL_ROLES)
+        ):
+            raise RootFormatError(f"root document roles must be exactly {list(ROLES)}, "
+                                  f"optionally with {list(OPTIONAL_ROLES)}")
         for role, spec in doc["roles"].items():
             if not isinstance(spec, dict) or set(spec) != {"keyids", "threshold"}:
                 raise RootFormatError(f"role {role}: must have keyids and threshold")
@@ -186,14 +207,19 @@ class RootDocument:
             raise RootFormatError("revoked must be a list of key ids (64 lowercase hex)")
         if len(set(revoked)) != len(revoked):
             raise RootFormatError("revoked lists a key id twice")
+        approvals: dict[str, Delegation] = {}
+        if "approvals" in doc:
+            role_of = {kid: role for role, (ids, _) in roles.items() for kid in ids}
+            approvals = parse_delegations(doc["approvals"], keys=keys, role_of=role_of,
+                                          has_approval_role="approval" in roles)
         return cls(doc["hub_id"], doc["version"], doc["issued"], doc["expires"], keys, roles,
-                   frozenset(revoked))
+                   frozenset(revoked), approvals)
 
     def role_keys(self, role: str, now: int | None = None) -> RoleKeys:
         """Keys usable for ``role`` (revoked keys left out; expired ones too when ``now``).
 
         Raises:
-            KeyError: ``role`` is not one of :data:`ROLES`.
+            KeyError: ``role`` is not a role of this root (see :meth:`has_role`).
         """
         ids, threshold = self.roles[role]
         usable: dict[str, PublicKey] = {}
@@ -205,6 +231,12 @@ class RootDocument:
                 continue
             usable[kid] = entry.public
         return RoleKeys(usable, threshold)
+
+    def key_usable(self, key_id: str, now: int) -> bool:
+        """``key_id`` is listed in ``keys``, not revoked, and not expired at ``now``."""
+        entry = self.keys.get(key_id)
+        return (entry is not None and key_id not in self.revoked
+                and (entry.expires is None or entry.expires > now))
 
 
 def _is_int(value: object) -> bool:
@@ -340,4 +372,8 @@ class TrustedRoot:
 
     def role_keys(self, role: str, now: int) -> RoleKeys:
         return self.document.role_keys(role, now)
+
+    def key_usable(self, key_id: str, now: int) -> bool:
+        """``key_id`` is listed in ``keys``, not revoked, and not expired at ``now``."""
+        return self.document.key_usable(key_id, now)
 
