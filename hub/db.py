@@ -60,6 +60,8 @@ __all__ = [
     "Agent",
     "ApiToken",
     "Approval",
+    "ApprovalRule",
+    "ApproverKey",
     "AuditCheckpoint",
     "AuditEvent",
     "AuditHead",
@@ -74,6 +76,7 @@ __all__ = [
     "SamlReplay",
     "SequenceCounter",
     "User",
+    "UserGroup",
     "WebSession",
     "db",
     "make_engine",
@@ -161,6 +164,49 @@ class User(db.Model):  # type: ignore[name-defined,misc]
     grants: Mapped[list[RoleGrant]] = relationship(
         back_populates="user", foreign_keys="RoleGrant.user_id"
     )
+    groups: Mapped[list[UserGroup]] = relationship(
+        back_populates="user", order_by="UserGroup.name"
+    )
+
+    @property
+    def group_names(self) -> list[str]:
+        return [g.name for g in self.groups]
+
+
+class UserGroup(db.Model):  # type: ignore[name-defined,misc]
+    """A user's membership of an approver group (approval rules count groups)."""
+
+    __tablename__ = "user_groups"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    added_by: Mapped[str] = mapped_column(String(140), default="")
+
+    user: Mapped[User] = relationship(back_populates="groups")
+
+
+class ApproverKey(db.Model):  # type: ignore[name-defined,misc]
+    """The public half of a user's personal approver key. ``key_id`` is computed from
+    ``public`` (never taken from input) and belongs to one user for ever: a revoked key
+    stays here, so it can never be registered again."""
+
+    __tablename__ = "approver_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    public: Mapped[str] = mapped_column(String(64))  # hex
+    label: Mapped[str] = mapped_column(String(200), default="")
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    added_by: Mapped[str] = mapped_column(String(140), default="")
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_by: Mapped[str | None] = mapped_column(String(140))
+    revoke_reason: Mapped[str] = mapped_column(Text, default="")
+
+    user: Mapped[User] = relationship()
 
 
 class Environment(db.Model):  # type: ignore[name-defined,misc]
@@ -170,7 +216,31 @@ class Environment(db.Model):  # type: ignore[name-defined,misc]
     name: Mapped[str] = mapped_column(String(64), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     required_approvals: Mapped[int] = mapped_column(Integer, default=1)
+    #: only approvers in one of these groups count (empty: any approver)
+    approval_groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: distinct groups the counted approvers must come from (2: "two different groups")
+    approval_min_groups: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ApprovalRule(db.Model):  # type: ignore[name-defined,misc]
+    """An environment's approval rule for releases reaching it through one channel; it
+    replaces the environment's own rule (``required_approvals``, ``approval_groups``,
+    ``approval_min_groups``) for that channel."""
+
+    __tablename__ = "approval_rules"
+    __table_args__ = (UniqueConstraint("environment_id", "channel"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"))
+    channel: Mapped[str] = mapped_column(String(64))
+    required: Mapped[int] = mapped_column(Integer)
+    groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    min_groups: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_by: Mapped[str] = mapped_column(String(140), default="")
+
+    environment: Mapped[Environment] = relationship()
 
 
 class RoleGrant(db.Model):  # type: ignore[name-defined,misc]
@@ -235,6 +305,11 @@ class Approval(db.Model):  # type: ignore[name-defined,misc]
     decision: Mapped[str] = mapped_column(String(16))  # approve | reject
     comment: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: a signed approval (docs/governance.md "Approvals"): the envelope bytes as received,
+    #: the approver key that signed it and the approval's own expiry; NULL when unsigned
+    envelope: Mapped[bytes | None] = mapped_column(LargeBinary)
+    key_id: Mapped[str | None] = mapped_column(String(64))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     release: Mapped[Release] = relationship(back_populates="approvals")
     approver: Mapped[User] = relationship()

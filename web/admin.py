@@ -22,6 +22,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 
 from hub.db import ROLES, db
 from hub.errors import ConflictError, NotFoundError, ValidationError
+from hub.services.approvers import list_keys, set_groups
 from hub.services.context import ServiceContext
 from hub.services.environments import list_environments
 from hub.services.users import (
@@ -68,6 +69,7 @@ def user(username: str) -> Any:
         environments=list_environments(sc.session),
         is_self=u.id == signed_in_user().id,
         sessions=open_sessions(sc.session, u),
+        approver_keys=list_keys(sc.session, u),
     )
 
 
@@ -163,6 +165,19 @@ def active(username: str) -> Any:
         return f"{username} is {'active' if value == '1' else 'deactivated'}."
 
     return _apply(username, "Nothing changed", change)
+
+
+@bp.post("/users/<username>/groups")
+@login_required
+def groups(username: str) -> Any:
+    """Set ``username``'s approver groups (comma- or space-separated names)."""
+    names = (request.form.get("groups") or "").replace(",", " ").split()
+
+    def change(sc: ServiceContext) -> str:
+        now = set_groups(sc, username, names)
+        return f"{username} is in group(s) {', '.join(now) or 'none'}."
+
+    return _apply(username, "Groups not changed", change)
 
 
 @bp.post("/users/<username>/sessions/end")

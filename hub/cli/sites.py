@@ -177,3 +177,67 @@ def agents_revoke(ctx: click.Context, agent_id: str, reason: str, as_json: bool)
         revoke_agent(sc, agent_id, reason=reason)
     _done(as_json, f"agent {agent_id} revoked",
           {"agent_id": agent_id, "status": "revoked", "reason": reason})
+
+
+def _rule_text(rule: Any) -> str:
+    where = f"environment {rule.environment}"
+    if rule.channel:
+        where += f", channel {rule.channel}"
+    return f"{where}: {rule.describe()}"
+
+
+@environments.command("approval-rule")
+@click.argument("name")
+@click.option("--required", type=int, default=None,
+              help="Distinct approvers needed (never the release's author).")
+@click.option("--group", "groups", multiple=True, metavar="GROUP",
+              help="Only approvers in this group count (repeatable; default: any approver).")
+@click.option("--min-groups", type=int, default=None,
+              help="The approvers come from at least this many different groups.")
+@click.option("--channel", default=None,
+              help="The rule for releases reaching NAME through this channel only.")
+@click.option("--clear", is_flag=True, help="Remove the --channel rule.")
+@json_option
+@click.pass_context
+def environments_approval_rule(
+    ctx: click.Context, name: str, required: int | None, groups: tuple[str, ...],
+    min_groups: int | None, channel: str | None, clear: bool, as_json: bool,
+) -> None:
+    """Show or set NAME's approval rule: how many approvals, from which groups, from how
+    many different groups (docs/governance.md "Approvals"). Without --required, --group,
+    --min-groups or --clear it lists the rules."""
+    from hub.services.approval_rules import (
+        clear_channel_rule,
+        rule_for,
+        rules_of,
+        set_channel_rule,
+        set_environment_rule,
+    )
+    from hub.services.environments import get_environment
+
+    changing = required is not None or groups or min_groups is not None
+    if clear and (changing or channel is None):
+        raise click.UsageError("--clear takes --channel and nothing else")
+    with _services(ctx) as sc:
+        if clear:
+            assert channel is not None
+            clear_channel_rule(sc, name, channel)
+            rules = rules_of(sc, name)
+        elif changing:
+            current = rule_for(get_environment(sc.session, name), channel)
+            values = {
+                "required": required if required is not None else current.required,
+                "groups": groups or current.groups,
+                "min_groups": min_groups if min_groups is not None else current.min_groups,
+            }
+            if channel is None:
+                rules = [set_environment_rule(sc, name, **values)]  # type: ignore[arg-type]
+            else:
+                rules = [set_channel_rule(sc, name, channel, **values)]  # type: ignore[arg-type]
+        else:
+            rules = rules_of(sc, name)
+    if as_json:
+        _emit([r.to_json() for r in rules], True)
+        return
+    for rule in rules:
+        click.echo(_rule_text(rule))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -173,3 +174,121 @@ def users_set_password(ctx: click.Context, username: str, password_stdin: bool,
         set_password(sc, username, password)
     _done(as_json, f"password of {username} set (its web sessions ended)",
           {"username": username, "password_set": True})
+
+
+@users.group("groups")
+def users_groups() -> None:
+    """A user's approver groups (approval rules count them)."""
+
+
+@users_groups.command("add")
+@click.argument("username")
+@click.argument("group")
+@json_option
+@click.pass_context
+def users_groups_add(ctx: click.Context, username: str, group: str, as_json: bool) -> None:
+    """Put USERNAME into GROUP (admin)."""
+    from hub.services.approvers import add_group
+
+    with _services(ctx) as sc:
+        add_group(sc, username, group)
+    _done(as_json, f"{username} is now in group {group}",
+          {"username": username, "group": group, "member": True})
+
+
+@users_groups.command("remove")
+@click.argument("username")
+@click.argument("group")
+@json_option
+@click.pass_context
+def users_groups_remove(ctx: click.Context, username: str, group: str, as_json: bool) -> None:
+    """Take USERNAME out of GROUP (admin)."""
+    from hub.services.approvers import remove_group
+
+    with _services(ctx) as sc:
+        remove_group(sc, username, group)
+    _done(as_json, f"{username} is no longer in group {group}",
+          {"username": username, "group": group, "member": False})
+
+
+@users_groups.command("list")
+@click.argument("username", required=False)
+@json_option
+@click.pass_context
+def users_groups_list(ctx: click.Context, username: str | None, as_json: bool) -> None:
+    """The groups of USERNAME, or of every user."""
+    from hub.services.users import get_user, list_users, require
+
+    with _services(ctx) as sc:
+        require(sc.actor, "view")
+        people = [get_user(sc.session, username)] if username else list_users(sc.session)
+        rows = [{"username": u.username, "groups": u.group_names} for u in people]
+    _emit(rows, as_json)
+
+
+def _key_row(key: Any) -> dict[str, Any]:
+    return {
+        "key_id": key.key_id,
+        "username": key.user.username,
+        "label": key.label,
+        "added_at": key.added_at,
+        "added_by": key.added_by,
+        "revoked_at": key.revoked_at,
+        "revoked_by": key.revoked_by,
+        "revoke_reason": key.revoke_reason or None,
+    }
+
+
+@users.command("add-key")
+@click.argument("username")
+@click.argument("public_key_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--label", default="", help="A name for the key (default: the file's label).")
+@json_option
+@click.pass_context
+def users_add_key(ctx: click.Context, username: str, public_key_file: Path, label: str,
+                  as_json: bool) -> None:
+    """Register the approver public key in PUBLIC_KEY_FILE (from `tiangong keys generate
+    --role approver`) to USERNAME: an admin for anyone, a user for themselves. The key id
+    is computed from the key; a key belongs to one user."""
+    from hub.errors import ValidationError
+    from hub.services.approvers import register_key
+    from signing.errors import SigningError
+    from signing.keyfile import MAX_KEY_FILE_BYTES, read_bounded
+
+    try:
+        data = read_bounded(public_key_file, MAX_KEY_FILE_BYTES)
+    except (OSError, SigningError) as exc:
+        raise ValidationError(f"{public_key_file}: {exc}") from exc
+    with _services(ctx) as sc:
+        key = register_key(sc, username, data, source=str(public_key_file), label=label)
+        row = _key_row(key)
+    _done(as_json, f"approver key {row['key_id']} registered to {username}", row)
+
+
+@users.command("keys")
+@click.argument("username")
+@json_option
+@click.pass_context
+def users_keys(ctx: click.Context, username: str, as_json: bool) -> None:
+    """The approver keys of USERNAME (revoked ones too)."""
+    from hub.services.approvers import keys_of
+
+    with _services(ctx) as sc:
+        rows = [_key_row(k) for k in keys_of(sc, username)]
+    _emit(rows, as_json)
+
+
+@users.command("revoke-key")
+@click.argument("key_id")
+@click.option("--reason", required=True, help="Why (required, audited).")
+@json_option
+@click.pass_context
+def users_revoke_key(ctx: click.Context, key_id: str, reason: str, as_json: bool) -> None:
+    """Revoke an approver key (KEY_ID, or at least 8 hex characters of it): its owner or an
+    admin. Approvals it signed no longer count at the hub."""
+    from hub.services.approvers import revoke_key
+
+    with _services(ctx) as sc:
+        key = revoke_key(sc, key_id, reason=reason)
+        row = _key_row(key)
+    _done(as_json, f"approver key {row['key_id']} of {row['username']} revoked", row)

@@ -18,7 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hub.db import Agent, Deployment, Environment, Product, Release, User
-from hub.services.approvals import approval_scopes, distinct_approvers
+from hub.services.approval_rules import check_rule
+from hub.services.approvals import approval_scopes
 from hub.services.context import ServiceContext
 from hub.services.environments import visible_environments
 from hub.services.presence import agent_presence
@@ -126,7 +127,7 @@ def _pending(session: Session, user: User | None, envs: list[Environment]) -> li
         short = tuple(
             env.name
             for env in targets
-            if len(distinct_approvers(release, env)) < env.required_approvals
+            if not check_rule(release, env).met
         )
         if release.state == "submitted" or short:
             pending.append(PendingApproval(release, short))

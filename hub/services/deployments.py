@@ -49,7 +49,7 @@ from hub.db import Agent, Deployment, DeploymentAttempt, Release, SequenceCounte
 from hub.errors import ConflictError, InvalidStateError, NotEnoughApprovalsError, NotFoundError
 from hub.services import audit
 from hub.services.agents import agent_target
-from hub.services.approvals import distinct_approvers
+from hub.services.approval_rules import check_rule
 from hub.services.context import ServiceContext
 from hub.services.environments import get_environment, list_environments
 from hub.services.users import can, require, require_ctx
@@ -209,11 +209,11 @@ def queue_deployment(ctx: ServiceContext, release: Release, environment: str) ->
         raise InvalidStateError(
             f"release {release.label} is {release.state}; only an approved release can be queued"
         )
-    approvers = distinct_approvers(release, env)
-    if len(approvers) < env.required_approvals:
+    check = check_rule(release, env, now=ctx.now())
+    if not check.met:
         raise NotEnoughApprovalsError(
-            f"release {release.label} has {len(approvers)} distinct approval(s) valid for "
-            f"{env.name}, which requires {env.required_approvals}"
+            f"release {release.label} has {check.found} distinct approval(s) valid for "
+            f"{env.name}, which requires {check.rule.describe()}: {check.summary()}"
         )
     agents = list(
         session.scalars(
@@ -263,7 +263,7 @@ def queue_deployment(ctx: ServiceContext, release: Release, environment: str) ->
                 "content_hash": release.content_hash,
                 "environment": env.name,
                 "agent": dep.agent.agent_id if dep.agent else None,
-                "approvers": sorted(approvers),
+                "approvers": sorted(name for name, _ in check.approvers),
             },
         )
     return created
