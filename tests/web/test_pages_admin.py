@@ -171,3 +171,28 @@ def test_destructive_changes_ask_for_confirmation(
     resp = site.post(c, url, {**form, "confirmed": "1"})
     assert resp.status_code == 302
     assert _events(site) == before[0] + 1
+
+
+def _groups(site: Site, username: str) -> list[str]:
+    with site.app.app_context():
+        names = get_user(db.session(), username).group_names
+        db.session.remove()
+        return names
+
+
+def test_admin_sets_approver_groups(site: Site) -> None:
+    c = site.client("admin")
+    page = site.post(c, "/admin/users/dev2/groups", {"groups": "dba, ops"})
+    assert page.status_code == 302
+    assert _groups(site, "dev2") == ["dba", "ops"]
+    html = c.get("/admin/users/dev2").get_data(as_text=True)
+    assert 'value="dba, ops"' in html and "dev2 is in group(s) dba, ops." in unescape(html)
+    before = _events(site)
+    site.post(c, "/admin/users/dev2/groups", {"groups": "dba Bad!"})
+    html = unescape(c.get("/admin/users/dev2").get_data(as_text=True))
+    assert "Groups not changed: group name 'bad!'" not in html  # names are checked as given
+    assert "Groups not changed: group name 'Bad!' must be" in html
+    assert _groups(site, "dev2") == ["dba", "ops"] and _events(site) == before
+    assert site.post(site.client("dev"), "/admin/users/dev2/groups",
+                     {"groups": "x"}).status_code == 403
+    assert _groups(site, "dev2") == ["dba", "ops"]
