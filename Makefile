@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-ui test lint bench soak clean system-deps venv kube offline-kit
+.PHONY: demo demo-ui test lint bench soak clean system-deps venv kube helm offline-kit
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,13 +28,18 @@ demo: $(STAMP)
 demo-ui: $(STAMP)
 	bash examples/demo-ui.sh
 
-test: $(STAMP) system-deps kube
+test: $(STAMP) system-deps kube helm
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The real kube-apiserver (+ etcd) and kubectl for the k8s tests, built once from Go modules
 # into tests/kube/bin/ (see docs/kubernetes-tests.md).
 kube:
 	bash tests/kube/build.sh
+
+# helm (helm.sh/helm/v4, pinned in tests/helm/cli/go.mod) for the chart tests, built once from
+# Go modules into tests/helm/bin/ (see docs/kubernetes-tests.md).
+helm:
+	bash tests/helm/build.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -53,7 +53,7 @@ fi
 rm -rf "$out/wheels"
 mv "$out/wheels.new" "$out/wheels"
 
-# The docs and the files to run it: container images, compose, systemd units.
+# The docs and the files to run it: container images, compose, systemd units, Helm chart.
 rm -rf "$out/docs" "$out/docker"
 mkdir -p "$out/docs" "$out/docker"
 cp "$src/README.md" "$out/docs/"
@@ -62,6 +62,7 @@ for f in Dockerfile.hub Dockerfile.agent compose.yaml hub-entrypoint.sh agent-en
          tiangong-hub.service tiangong-hub-live.service tiangong-agent.service; do
   cp "$src/docker/$f" "$out/docker/"
 done
+cp -R "$src/docker/helm" "$out/docker/helm"   # the hub's Helm chart and example values
 cp "$here/kit-install.sh" "$out/install.sh"
 chmod 0755 "$out/install.sh" "$out/docker/hub-entrypoint.sh" "$out/docker/agent-entrypoint.sh"
 

@@ -136,6 +136,8 @@ def make_container(df: Dockerfile, service: dict[str, object], tmp: Path, name: 
     mapping = {**mapping, "/opt/tiangong/bin": str(bindir),
                "/usr/local/bin": f"{bindir}:/usr/local/bin"}
     for volume in df.exec_form("VOLUME"):
+        if volume in mapping:  # a volume the caller shares between containers (one pod)
+            continue
         mapping[volume] = str(tmp / f"{name}-volume")
         (tmp / f"{name}-volume").mkdir(mode=0o700)
     for vol_name, target in compose_volumes(service).items():

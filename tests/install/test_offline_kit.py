@@ -66,6 +66,7 @@ def test_the_kit_holds_wheels_checksums_install_script_docs_and_deploy_files(kit
     for name in ("Dockerfile.hub", "Dockerfile.agent", "compose.yaml", "tiangong-hub.service",
                  "tiangong-hub-live.service", "tiangong-agent.service"):
         assert (kit / "docker" / name).is_file(), name
+    assert (kit / "docker" / "helm" / "tiangong" / "Chart.yaml").is_file()
     info = (kit / "KIT-INFO.txt").read_text()
     assert f"python {sys.version.split()[0]}" in info
 
