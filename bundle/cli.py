@@ -31,8 +31,10 @@ from bundle.reader import (
     verify_parts,
     verify_path,
 )
-from bundle.release import load_release
+from bundle.release import ReleaseSource, load_release
 from bundle.writer import release_manifest, write_bundle
+from signing.approvals import ReleaseRef, evaluate_approvals
+from signing.cli_approvals import read_approval_file
 from signing.cli_common import Passphrases, passphrase_options
 from signing.durations import format_utc, parse_duration
 from signing.errors import SigningError
@@ -166,6 +168,11 @@ def bundle() -> None:
 @click.option("--author", default="cli", show_default=True, help="Who wrote the release.")
 @click.option("--approved-by", "approvers", multiple=True, metavar="USER",
               help="Record an approval by USER (repeatable; the hub fills these in).")
+@click.option("--approval", "approval_files", multiple=True, metavar="FILE",
+              type=click.Path(dir_okay=False),
+              help="A signed approval or attestation to carry (repeatable; made by "
+              "'tiangong keys approve' or the hub). Agents of environments whose root "
+              "delegation requires approvals count them.")
 @click.option("--counter", type=click.IntRange(min=0), default=1, show_default=True,
               help="The release counter of this product.")
 @click.option("--split", "split", is_flag=False, flag_value=str(DEFAULT_SPLIT_SIZE),
@@ -181,7 +188,8 @@ def bundle() -> None:
 @passphrase_options
 def create(release_dir: Path, key_file: str, root_file: str, agents: tuple[str, ...],
            environment: str | None, sequence: int, expires_in: str, not_before_in: str | None,
-           author: str, approvers: tuple[str, ...], counter: int, split: str | None,
+           author: str, approvers: tuple[str, ...], approval_files: tuple[str, ...],
+           counter: int, split: str | None,
            level: int, output: Path, as_json: bool, no_progress: bool,
            passphrase_file: str | None, passphrase_env: str) -> None:
     """Build a signed bundle from RELEASE_DIR (a release.toml and its files).
@@ -207,6 +215,7 @@ def create(release_dir: Path, key_file: str, root_file: str, agents: tuple[str, 
                 f"{key_file} is not a release key of root version {trusted.version} "
                 "(or it has expired or been revoked)")
         source = load_release(release_dir)
+        envelopes = [read_approval_file(f) for f in approval_files]
         manifest, files = release_manifest(
             source, bundle_id=str(uuid.uuid4()), issuer=key.key_id,
             target=Target(agents=tuple(agents), environment=environment),
@@ -214,7 +223,9 @@ def create(release_dir: Path, key_file: str, root_file: str, agents: tuple[str, 
             expires=now + expires, counter=counter, author=author,
             approvals=tuple(Approval(by=a, at=now) for a in approvers),
             not_before=now + not_before if not_before is not None else None,
+            approval_envelopes=envelopes,
         )
+        _warn_unapproved(trusted, environment, source, author, envelopes, now)
         with progress_bar(not no_progress and not as_json) as report:
             written = write_bundle(output, manifest, files, [key], split_size=split_size,
                                    level=level, progress=report)
@@ -234,6 +245,7 @@ def create(release_dir: Path, key_file: str, root_file: str, agents: tuple[str, 
         "version": source.version,
         "sequence": sequence,
         "expires": written.manifest.expires,
+        "approvals": len(written.manifest.approvals),
     }
     if as_json:
         _emit_json(summary)
@@ -245,6 +257,20 @@ def create(release_dir: Path, key_file: str, root_file: str, agents: tuple[str, 
     click.echo(f"  bundle id {written.manifest.bundle_id}, sequence {sequence}, "
                f"expires {format_utc(written.manifest.expires)}")
     click.echo("  re-read from disk and verified against its manifest")
+
+
+def _warn_unapproved(trusted: TrustedRoot, environment: str | None, source: ReleaseSource,
+                     author: str, envelopes: Sequence[bytes], now: int) -> None:
+    """Say on stderr when agents of ``environment`` will refuse the bundle for its approvals
+    (the bundle is still written: it may be meant for a test)."""
+    if environment is None:
+        return
+    verdict = evaluate_approvals(trusted.document, environment,
+                                 ReleaseRef(source.product, source.version, author),
+                                 source.content_hash, envelopes, now)
+    if not verdict.ok:
+        click.echo(f"warning: agents of environment {environment} will refuse this bundle: "
+                   f"{verdict.message}", err=True)
 
 
 def _parse_size(text: str) -> int:
@@ -304,6 +330,8 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
         r = m.release
         click.echo(f"  release        {r.product} {r.version} (counter {r.counter}) "
                    f"by {r.author}; approvals: {', '.join(a.by for a in r.approvals) or 'none'}")
+        click.echo(f"  signed         {len(m.approvals)} approval/attestation envelope(s) "
+                   "(judged by the agent)")
     if m.result is not None:
         click.echo(f"  result         agent {m.result.agent_id} seq {m.result.result_seq}: "
                    f"{m.result.status}")

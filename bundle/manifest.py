@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from bundle.approvals import approvals_from_json, approvals_to_json, check_approvals
 from bundle.container import payload_member
 from bundle.errors import ManifestError
 from bundle.release_names import NameSet, file_name_problem
@@ -633,10 +634,11 @@ _MANIFEST_FIELDS = (
     "not_before", "expires", "release", "result", "steps", "files", "secrets", "parts",
     "checkpoint", "chain",
     "policy",
+    "approvals",
 )
 # §6.1: fields added after format 1 was first written. Absent means null, and a writer omits
 # them when null, so every manifest made before they existed keeps its exact bytes.
-_OPTIONAL_FIELDS: tuple[str, ...] = ("chain", "policy")
+_OPTIONAL_FIELDS: tuple[str, ...] = ("chain", "policy", "approvals")
 
 
 @dataclass(frozen=True)
@@ -665,6 +667,7 @@ class Manifest:
     not_before: int | None = None
     chain: ChainInfo | None = None
     policy: Policy | None = None  # §6.9
+    approvals: tuple[bytes, ...] = ()  # §6.10: approval/attestation envelopes, exact bytes
     format: int = FORMAT
 
     def __post_init__(self) -> None:
@@ -706,6 +709,10 @@ class Manifest:
             with _at("chain"):
                 self.chain.check_before((self.root_version, self.sequence))
         self._check_policy()
+        if self.approvals != ():
+            check_approvals(self.approvals)
+            if self.kind != KIND_RELEASE:
+                raise _fail("approvals", "only a release bundle carries approvals")
 
     def _check_policy(self) -> None:
         """§6.9: release bundles only; absent rather than empty."""
@@ -792,6 +799,7 @@ class Manifest:
             "checkpoint": None if self.checkpoint is None else dict(self.checkpoint),
             **({} if self.chain is None else {"chain": self.chain.to_json()}),
             **({} if self.policy is None else {"policy": self.policy.to_json()}),
+            **({"approvals": approvals_to_json(self.approvals)} if self.approvals else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -840,6 +848,9 @@ class Manifest:
             raise _fail("policy", "is omitted when there is none, never null (§6.1)")
         with _at("policy"):
             policy = None if doc.get("policy") is None else Policy.from_json(doc["policy"])
+        if doc.get("approvals") == []:
+            raise _fail("approvals", "is omitted when there are none, never empty (§6.1)")
+        approvals = approvals_from_json(doc["approvals"]) if "approvals" in doc else ()
         return cls(
             bundle_id=doc["bundle_id"],
             kind=doc["kind"],
@@ -859,6 +870,7 @@ class Manifest:
             not_before=doc["not_before"],
             chain=chain,
             policy=policy,
+            approvals=approvals,
             format=doc["format"],
         )
 

@@ -176,8 +176,11 @@ def release_manifest(
     secrets: Sequence[SecretEntry] = (),
     checkpoint: Mapping[str, Any] | None = None,
     chain: ChainInfo | None = None,
+    approval_envelopes: Sequence[bytes] = (),
 ) -> tuple[Manifest, tuple[PayloadFile, ...]]:
     """The manifest (without ``files``/``parts``) and payload list of a release bundle (§6.3).
+
+    ``approval_envelopes`` are signed approvals and attestations (§6.10), carried as given.
 
     Payloads keep the release's file order (sorted by name) and carry the loader's size and
     SHA-256, which :func:`write_bundle` checks again while compressing.
@@ -208,6 +211,7 @@ def release_manifest(
         secrets=tuple(secrets),
         checkpoint=checkpoint,
         chain=chain,
+        approvals=tuple(approval_envelopes),
     )
     files = tuple(PayloadFile(f.name, Path(f.path), f.size, f.sha256) for f in source.files)
     return manifest, files
