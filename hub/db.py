@@ -66,11 +66,15 @@ __all__ = [
     "AuditEvent",
     "AuditHead",
     "Base",
+    "Channel",
+    "ChannelEntry",
+    "ChannelSubscription",
     "Deployment",
     "DeploymentAttempt",
     "Environment",
     "LoginThrottle",
     "Product",
+    "PromotionApproval",
     "Release",
     "RoleGrant",
     "SamlReplay",
@@ -87,6 +91,7 @@ __all__ = [
 ROLES = ("viewer", "developer", "operator", "approver", "auditor", "admin")
 RELEASE_STATES = ("draft", "submitted", "approved", "rejected")
 DEPLOYMENT_STATES = (
+    "planned",
     "queued",
     "exporting",
     "exported",
@@ -98,6 +103,7 @@ DEPLOYMENT_STATES = (
     "interrupted",
     "retried",
     "lost",
+    "cancelled",
 )
 AGENT_STATUSES = ("enrolled", "revoked")
 #: What a personal API token may be used for (:mod:`hub.services.tokens`, docs/api.md).
@@ -390,6 +396,84 @@ class DeploymentAttempt(db.Model):  # type: ignore[name-defined,misc]
     imported_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     deployment: Mapped[Deployment] = relationship(back_populates="attempts")
+
+
+class Channel(db.Model):  # type: ignore[name-defined,misc]
+    """One of a product's ordered release channels (RELEASE → CANARY → STABLE by default)
+    and the rule for promoting a release into it from the channel before it
+    (:mod:`hub.services.channels`, :mod:`hub.services.promotion`)."""
+
+    __tablename__ = "channels"
+    __table_args__ = (UniqueConstraint("product_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)
+    name: Mapped[str] = mapped_column(String(32))
+    position: Mapped[int] = mapped_column(Integer)  # 0 = first; releases enter it on approval
+    # The promotion rule (into this channel): distinct non-author approvers of the promotion,
+    # and health gates measured in the environments subscribed to the previous channel.
+    required_approvals: Mapped[int] = mapped_column(Integer, default=0)
+    min_successes: Mapped[int] = mapped_column(Integer, default=0)  # agents that succeeded
+    no_failures: Mapped[bool] = mapped_column(Boolean, default=False)
+    soak_seconds: Mapped[int] = mapped_column(Integer, default=0)  # since the last success
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    product: Mapped[Product] = relationship()
+
+
+class ChannelEntry(db.Model):  # type: ignore[name-defined,misc]
+    """A release in a channel: when it entered and who put it there; a recall keeps the row
+    (``recalled_*`` set), so a recalled release never silently re-enters the channel."""
+
+    __tablename__ = "channel_entries"
+    __table_args__ = (UniqueConstraint("channel_id", "release_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel_id: Mapped[int] = mapped_column(ForeignKey("channels.id"), index=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    entered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    entered_by: Mapped[str] = mapped_column(String(140))
+    recalled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    recalled_by: Mapped[str | None] = mapped_column(String(140))
+    recall_reason: Mapped[str | None] = mapped_column(Text)
+
+    channel: Mapped[Channel] = relationship()
+    release: Mapped[Release] = relationship()
+
+
+class ChannelSubscription(db.Model):  # type: ignore[name-defined,misc]
+    """An environment follows one channel of a product."""
+
+    __tablename__ = "channel_subscriptions"
+    __table_args__ = (UniqueConstraint("environment_id", "product_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"))
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)
+    channel_id: Mapped[int] = mapped_column(ForeignKey("channels.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(140))
+
+    environment: Mapped[Environment] = relationship()
+    product: Mapped[Product] = relationship()
+    channel: Mapped[Channel] = relationship()
+
+
+class PromotionApproval(db.Model):  # type: ignore[name-defined,misc]
+    """One person's approval of promoting a release into a channel."""
+
+    __tablename__ = "promotion_approvals"
+    __table_args__ = (UniqueConstraint("channel_id", "release_id", "approver_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel_id: Mapped[int] = mapped_column(ForeignKey("channels.id"), index=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    approver_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    channel: Mapped[Channel] = relationship()
+    approver: Mapped[User] = relationship()
 
 
 class SequenceCounter(db.Model):  # type: ignore[name-defined,misc]

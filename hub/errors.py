@@ -7,7 +7,8 @@
     │   └── ImmutableReleaseError a submitted release cannot change; make a new release
     ├── SeparationOfDutiesError   four-eyes rule: an author never approves their own release
     ├── InvalidStateError         the object is not in a state that allows this transition
-    │   └── NotEnoughApprovalsError  too few distinct approvers for the environment
+    │   ├── NotEnoughApprovalsError  too few distinct approvers for the environment
+    │   └── PromotionRefusedError    a channel's promotion rule is not met (says what is missing)
     ├── ValidationError           the input is malformed (bad name, bad key, bad release dir)
     ├── ConfigError               the hub's configuration or data directory is unusable
     └── AuditError                audit log problems the hub itself detects
@@ -34,6 +35,7 @@ __all__ = [
     "NotEnoughApprovalsError",
     "NotFoundError",
     "PermissionDeniedError",
+    "PromotionRefusedError",
     "SeparationOfDutiesError",
     "ValidationError",
 ]
@@ -69,6 +71,10 @@ class InvalidStateError(HubError):
 
 class NotEnoughApprovalsError(InvalidStateError):
     """The release lacks the distinct approvals an environment requires."""
+
+
+class PromotionRefusedError(InvalidStateError):
+    """Promoting a release into a channel does not meet the channel's rule."""
 
 
 class ValidationError(HubError):

@@ -101,7 +101,17 @@ def approve_release(
         release.label,
         {"environment": environment, "comment": comment, "content_hash": release.content_hash},
     )
+    _after_approval(ctx, release)
     return approval
+
+
+def _after_approval(ctx: ServiceContext, release: Release) -> None:
+    """An approved release enters its product's first channel; deployments planned for it
+    that waited for this approval are queued (:mod:`hub.services.promotion`)."""
+    from hub.services import promotion  # promotion builds on this module
+
+    promotion.enter_first_channel(ctx, release)
+    promotion.advance_release(ctx, release)
 
 
 def reject_release(

@@ -8,6 +8,10 @@ its own bundle, sequence and result.
 
 **States**::
 
+    planned ──► queued (a channel subscription planned it; :mod:`hub.services.promotion`
+       │                queues it once its approvals are met)
+       └──► cancelled ◄── queued (a recall of the release from the channel)
+
     queued ──► exporting ──► exported ──► delivered ──► running ──► succeeded | failed |
        │           │              │             │                   interrupted
        │           └──────────────┴─────────────┴──► rejected (the agent refused the
@@ -74,10 +78,14 @@ __all__ = [
     "visible_deployments",
 ]
 
-FINAL_STATES = frozenset({"succeeded", "failed", "rejected", "interrupted", "lost"})
+FINAL_STATES = frozenset(
+    {"succeeded", "failed", "rejected", "interrupted", "lost", "cancelled"})
 RETRY_FROM = frozenset({"interrupted", "failed", "succeeded"})  # an agent retry moves on
 TRANSITIONS: dict[str, frozenset[str]] = {
-    "queued": frozenset({"exporting", "exported", "delivered"}),
+    # planned: a channel subscription created it; it waits until it may be exported
+    # (hub.services.promotion), or a recall cancels it.
+    "planned": frozenset({"queued", "cancelled"}),
+    "queued": frozenset({"exporting", "exported", "delivered", "cancelled"}),
     "exporting": frozenset(
         {"exported", "delivered", "running", "succeeded", "failed", "rejected", "interrupted",
          "lost"}
@@ -93,6 +101,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "rejected": frozenset(),
     "interrupted": frozenset({"retried"}),
     "retried": frozenset({"running", "succeeded", "failed", "interrupted"}),
+    "cancelled": frozenset(),
 }
 _TIMESTAMP = {
     "exported": "exported_at",
@@ -103,6 +112,7 @@ _TIMESTAMP = {
     "rejected": "finished_at",
     "interrupted": "finished_at",
     "lost": "finished_at",
+    "cancelled": "finished_at",
 }
 
 

@@ -132,10 +132,14 @@ def create_product(ctx: ServiceContext, name: str, *, description: str = "") -> 
         )
     if ctx.session.scalar(select(Product.id).where(Product.name == name)) is not None:
         raise ConflictError(f"product {name!r} already exists")
+    from hub.services.channels import create_default_channels  # channels import this module
+
     product = Product(name=name, description=description, created_at=ctx.now())
     ctx.session.add(product)
     ctx.session.flush()
-    audit.record(ctx, "product.create", "product", name, {"description": description})
+    channels = create_default_channels(ctx, product)
+    audit.record(ctx, "product.create", "product", name,
+                 {"description": description, "channels": [c.name for c in channels]})
     return product
 
 

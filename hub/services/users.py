@@ -78,6 +78,11 @@ ACTIONS: dict[str, frozenset[str]] = {
     "audit.export": frozenset({"auditor", "admin"}),
     "audit.checkpoint": frozenset({"operator", "auditor", "admin"}),
     "user.manage": frozenset({"admin"}),
+    # channels (hub.services.channels, hub.services.promotion): always global grants
+    "channel.manage": frozenset({"admin"}),
+    "channel.approve": frozenset({"approver", "admin"}),
+    "channel.promote": frozenset({"operator", "admin"}),
+    "channel.recall": frozenset({"operator", "admin"}),
 }
 
 MIN_PASSWORD_CHARS = 12  # characters of a local password

@@ -30,8 +30,10 @@ ROLE_ACTIONS = {
         "bundle.export",
         "result.import",
         "audit.checkpoint",
+        "channel.promote",
+        "channel.recall",
     },
-    "approver": {"view", "release.approve"},
+    "approver": {"view", "release.approve", "channel.approve"},
     "auditor": {"view", "audit.read", "audit.verify", "audit.export", "audit.checkpoint"},
     "admin": set(ACTIONS),
 }
