@@ -5,8 +5,8 @@ rule), and every release already approved enters RELEASE, as an approval does fr
 (``entered_by`` = ``migration``; the audit log records nothing for it: the migration holds
 no audit MAC key).
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from sqlalchemy.dialects import mysql
 
 _DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
