@@ -3,7 +3,8 @@
 ``base`` holds the ``hub`` group, its global options and the helpers every command uses
 (one transaction per command, tables or ``--json``); the other modules attach their commands
 to it when imported: ``setup`` (init, tls), ``serve`` (serve, live), ``users``, ``releases``
-(products, releases), ``sites`` (environments, agents), ``deployments``, ``exchange``
+(products, releases), ``sites`` (environments, agents), ``channels`` (channels, promotion,
+recall, subscriptions), ``deployments``, ``exchange``
 (export, import), ``audit``, ``backup`` (backup, restore). Commands only translate: every
 rule is in ``hub/services``.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 from hub.cli import (  # noqa: F401 - each module registers its commands on the group
     audit,
     backup,
+    channels,
     deployments,
     exchange,
     releases,

@@ -19,8 +19,9 @@ enrolled agent (or one for the environment, when it has none) of each environmen
 subscribed to that channel — unless the release is already deployed, or on its way, there.
 A planned deployment is not exported: :func:`advance_planned` moves it to ``queued`` (which
 export takes) once :func:`waiting_for` names nothing — today the environment's required
-approvals (:func:`hub.services.approvals.distinct_approvers`). It runs when the deployment
-is planned and after each approval of the release.
+approval rule for releases reaching it through the channel it subscribes to
+(:func:`hub.services.approval_rules.check_rule`). It runs when the deployment is planned
+and after each approval of the release.
 
 Health gates count deployments of the release in the environments subscribed to the
 previous channel *now*: ``succeeded`` counts one per agent; ``failed``, ``rejected`` and
@@ -55,8 +56,9 @@ from hub.errors import (
     SeparationOfDutiesError,
     ValidationError,
 )
-from hub.services import audit
-from hub.services.approvals import MAX_COMMENT_CHARS, distinct_approvers
+from hub.services import approval_rules, audit
+from hub.services.approval_rules import RuleCheck
+from hub.services.approvals import MAX_COMMENT_CHARS
 from hub.services.chain import MAX_REASON_CHARS, declare_lost
 from hub.services.channels import (
     format_duration,
@@ -77,14 +79,16 @@ __all__ = [
     "Recall",
     "advance_planned",
     "advance_release",
+    "approval_check",
     "approve_promotion",
-    "check_rule",
+    "check_promotion",
     "enter_first_channel",
     "entries_of",
     "next_channel",
     "promote",
     "promotion_approvers",
     "recall",
+    "subscribed_channel",
     "waiting_for",
 ]
 
@@ -228,8 +232,8 @@ def gate_facts(session: Session, release: Release, previous: Channel) -> GateFac
     )
 
 
-def check_rule(session: Session, release: Release, previous: Channel, target: Channel,
-               now: datetime) -> tuple[list[str], list[str], GateFacts]:
+def check_promotion(session: Session, release: Release, previous: Channel, target: Channel,
+                    now: datetime) -> tuple[list[str], list[str], GateFacts]:
     """``(missing, approvers, facts)``: what the rule of ``target`` still misses (empty: it
     is met), the promotion's counted approvers, and what the health gates measured."""
     missing: list[str] = []
@@ -346,7 +350,7 @@ def promote(ctx: ServiceContext, product: str, version: str, to: str | None = No
         raise ValidationError(f"comment is longer than {MAX_COMMENT_CHARS} characters")
     previous, target = next_channel(session, release, to)
     now = ctx.now()
-    missing, approvers, facts = check_rule(session, release, previous, target, now)
+    missing, approvers, facts = check_promotion(session, release, previous, target, now)
     if missing:
         raise PromotionRefusedError(
             f"promotion of release {release.label} from {previous.name} to {target.name} "
@@ -394,17 +398,30 @@ def plan(ctx: ServiceContext, release: Release, channel: Channel) -> list[Deploy
     return made
 
 
-def waiting_for(dep: Deployment) -> list[str]:
+def subscribed_channel(session: Session, dep: Deployment) -> Channel | None:
+    """The channel of ``dep``'s product that its environment subscribes to, if any."""
+    sub = session.scalar(select(ChannelSubscription).where(
+        ChannelSubscription.environment_id == dep.environment_id,
+        ChannelSubscription.product_id == dep.release.product_id))
+    return None if sub is None else sub.channel
+
+
+def approval_check(session: Session, dep: Deployment, now: datetime) -> RuleCheck:
+    """The hub's approval rule for ``dep``: the environment's rule for releases reaching it
+    through the channel it subscribes to (approval rules spell channels in lower case)."""
+    channel = subscribed_channel(session, dep)
+    return approval_rules.check_rule(dep.release, dep.environment, now=now,
+                                     channel=None if channel is None else channel.name.lower())
+
+
+def waiting_for(session: Session, dep: Deployment, now: datetime) -> list[str]:
     """Why planned deployment ``dep`` is not queued yet (empty: nothing).
 
-    Today: the environment's required approvals of the release. (Windows and freezes are
-    checked by ``hub.services.readiness`` where it exists.)
+    Today: the hub's approval rule (:func:`approval_check`). (Windows and freezes are
+    ``hub.services.readiness``'s.)
     """
-    env = dep.environment
-    have = distinct_approvers(dep.release, env)
-    if len(have) < env.required_approvals:
-        return [f"approvals: {len(have)} of {env.required_approvals} for {env.name}"]
-    return []
+    check = approval_check(session, dep, now)
+    return [] if check.met else [f"approvals: {check.summary()}"]
 
 
 def advance_planned(ctx: ServiceContext, deployments: list[Deployment]) -> list[Deployment]:
@@ -413,9 +430,9 @@ def advance_planned(ctx: ServiceContext, deployments: list[Deployment]) -> list[
     conditional on the row still being ``planned`` (a recall may have cancelled it)."""
     queued = []
     for dep in deployments:
-        if dep.state != "planned" or waiting_for(dep):
-            continue
         now = ctx.now()
+        if dep.state != "planned" or waiting_for(ctx.session, dep, now):
+            continue
         moved = ctx.session.execute(
             update(Deployment).where(Deployment.id == dep.id, Deployment.state == "planned")
             .values(state="queued", updated_at=now).execution_options(synchronize_session=False))
@@ -425,7 +442,7 @@ def advance_planned(ctx: ServiceContext, deployments: list[Deployment]) -> list[
         audit.record(ctx, "deployment.queued", "deployment", str(dep.id), {
             "from": "planned", "to": "queued", "release": dep.release.label,
             "environment": dep.environment.name,
-            "approvers": sorted(distinct_approvers(dep.release, dep.environment))})
+            "approvers": [n for n, _ in approval_check(ctx.session, dep, now).approvers]})
         queued.append(dep)
     return queued
 

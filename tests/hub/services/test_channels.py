@@ -281,10 +281,12 @@ def test_promotion_rule_approvers_and_health_gates(world: World, tmp_path: Path)
     # release: planned, waiting, until a second approver approves.
     (prod,) = done.planned
     assert prod.state == "planned" and done.queued == ()
-    assert waiting_for(prod) == ["approvals: 1 of 2 for prod"]
+    now = world.clock()
+    assert waiting_for(world.session, prod, now) == [
+        "approvals: environment prod needs 2 approvals; found 1 (appr1/-)"]
     approve_release(world.ctx("appr2"), release)
     world.session.commit()
-    assert prod.state == "queued" and waiting_for(prod) == []
+    assert prod.state == "queued" and waiting_for(world.session, prod, now) == []
     site1.close()
     site2.close()
 

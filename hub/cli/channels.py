@@ -1,0 +1,339 @@
+"""``tiangong hub channels …`` (list, add, remove, order, rule), ``hub releases promote |
+approve-promotion | recall`` and ``hub environments subscribe | unsubscribe``: the commands
+of release channels (rules in ``hub.services.channels`` and ``hub.services.promotion``;
+docs/governance.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from hub.cli.base import _done, _emit, _services, hub, json_option
+from hub.cli.releases import releases
+from hub.cli.sites import environments
+
+
+@hub.group()
+def channels() -> None:
+    """Release channels of a product (RELEASE → CANARY → STABLE by default).
+
+    An approved release enters the first channel; `hub releases promote` moves it to the
+    next one under that channel's rule; environments subscribe to one channel per product
+    and get a planned deployment when a release reaches it. See docs/governance.md.
+    """
+
+
+def _channel_rows(sc: Any, product: str) -> list[dict[str, Any]]:
+    from hub.services.channels import (
+        active_entries,
+        describe_rule,
+        list_channels,
+        rule_json,
+        subscribers,
+    )
+    from hub.services.releases import get_product
+
+    chans = list_channels(sc.session, get_product(sc.session, product))
+    rows = []
+    for i, channel in enumerate(chans):
+        previous = chans[i - 1] if i else None
+        rows.append({
+            "position": i + 1,
+            "channel": channel.name,
+            "releases": [e.release.version for e in active_entries(sc.session, channel)],
+            "subscribers": [e.name for e in subscribers(sc.session, channel)],
+            "rule": describe_rule(channel, previous),
+            "rule_settings": rule_json(channel),
+        })
+    return rows
+
+
+@channels.command("list")
+@click.argument("product")
+@json_option
+@click.pass_context
+def channels_list(ctx: click.Context, product: str, as_json: bool) -> None:
+    """The channels of PRODUCT in order: the releases in each (newest first), the
+    environments subscribed, and the rule for promoting into it."""
+    from hub.services.users import require
+
+    with _services(ctx) as sc:
+        require(sc.actor, "view")
+        rows = _channel_rows(sc, product)
+    if not as_json:
+        rows = [{k: v for k, v in r.items() if k != "rule_settings"} for r in rows]
+    _emit(rows, as_json, ["position", "channel", "releases", "subscribers", "rule"])
+
+
+@channels.command("add")
+@click.argument("product")
+@click.argument("name")
+@click.option("--after", default=None, metavar="CHANNEL", help="Insert after this channel "
+              "(default: at the end).")
+@click.option("--first", is_flag=True, help="Insert as the first channel (where approved "
+              "releases enter).")
+@json_option
+@click.pass_context
+def channels_add(ctx: click.Context, product: str, name: str, after: str | None, first: bool,
+                 as_json: bool) -> None:
+    """Add channel NAME to PRODUCT (admin). Names are stored in upper case and never
+    renamed; a new channel has no promotion rule until `hub channels rule` sets one."""
+    from hub.services.channels import add_channel
+
+    with _services(ctx) as sc:
+        channel = add_channel(sc, product, name, after=after, first=first)
+        rows = _channel_rows(sc, product)
+    order = [r["channel"] for r in rows]
+    _done(as_json, f"channel {channel.name} added to {product}: {' → '.join(order)}",
+          {"product": product, "channel": channel.name, "order": order})
+
+
+@channels.command("remove")
+@click.argument("product")
+@click.argument("name")
+@json_option
+@click.pass_context
+def channels_remove(ctx: click.Context, product: str, name: str, as_json: bool) -> None:
+    """Remove channel NAME of PRODUCT (admin); refused while environments subscribe to it.
+    The releases it held stay in the other channels."""
+    from hub.services.channels import normalize_name, remove_channel
+
+    with _services(ctx) as sc:
+        held = remove_channel(sc, product, name)
+        order = [r["channel"] for r in _channel_rows(sc, product)]
+    what = f" (it held {', '.join(held)})" if held else ""
+    _done(as_json, f"channel {normalize_name(name)} removed from {product}{what}: "
+          f"{' → '.join(order)}",
+          {"product": product, "channel": normalize_name(name), "releases": held,
+           "order": order})
+
+
+@channels.command("order")
+@click.argument("product")
+@click.argument("names", nargs=-1, required=True)
+@json_option
+@click.pass_context
+def channels_order(ctx: click.Context, product: str, names: tuple[str, ...],
+                   as_json: bool) -> None:
+    """Reorder the channels of PRODUCT (admin): name every channel once, first to last
+    (`hub channels order hello RELEASE BETA CANARY STABLE`)."""
+    from hub.services.channels import reorder_channels
+
+    with _services(ctx) as sc:
+        order = [c.name for c in reorder_channels(sc, product, names)]
+    _done(as_json, f"channels of {product}: {' → '.join(order)}",
+          {"product": product, "order": order})
+
+
+@channels.command("rule")
+@click.argument("product")
+@click.argument("name")
+@click.option("--approvals", type=int, default=None,
+              help="Distinct people, never the release's author, who must approve a "
+                   "promotion into this channel (`hub releases approve-promotion`); 0: none.")
+@click.option("--min-successes", type=int, default=None, metavar="N",
+              help="Health gate: the release succeeded on at least N agents of the "
+                   "environments subscribed to the previous channel; 0: off.")
+@click.option("--no-failures/--allow-failures", default=None,
+              help="Health gate: refuse while the release failed (failed, rejected or "
+                   "interrupted) in an environment subscribed to the previous channel.")
+@click.option("--soak", default=None, metavar="DURATION",
+              help="Health gate: time since the last success in the previous channel "
+                   "(90s, 30m, 6h, 2d); 0: off.")
+@json_option
+@click.pass_context
+def channels_rule(ctx: click.Context, product: str, name: str, approvals: int | None,
+                  min_successes: int | None, no_failures: bool | None, soak: str | None,
+                  as_json: bool) -> None:
+    """Show or change the rule for promoting a release into channel NAME (admin to
+    change). Options not given keep their value; with none, the rule is printed."""
+    from hub.services.channels import (
+        ChannelRule,
+        describe_rule,
+        get_channel,
+        list_channels,
+        parse_duration,
+        rule_json,
+        set_rule,
+    )
+    from hub.services.releases import get_product
+    from hub.services.users import require
+
+    with _services(ctx) as sc:
+        rule = ChannelRule(approvals, min_successes, no_failures,
+                           None if soak is None else parse_duration(soak))
+        if rule == ChannelRule():
+            require(sc.actor, "view")
+            channel = get_channel(sc.session, get_product(sc.session, product), name)
+        else:
+            channel = set_rule(sc, product, name, rule)
+        chans = list_channels(sc.session, channel.product)
+        index = chans.index(channel)
+        text = describe_rule(channel, chans[index - 1] if index else None)
+        data = {"product": product, "channel": channel.name, **rule_json(channel),
+                "rule": text}
+    _done(as_json, f"{product} {channel.name}: {text}", data)
+
+
+# --- releases ---------------------------------------------------------------------------
+
+
+@releases.command("promote")
+@click.argument("product")
+@click.argument("version")
+@click.option("--to", "to", default=None, metavar="CHANNEL",
+              help="The channel to enter (default: the one after the last channel the "
+                   "release is in).")
+@click.option("--comment", default="")
+@json_option
+@click.pass_context
+def releases_promote(ctx: click.Context, product: str, version: str, to: str | None,
+                     comment: str, as_json: bool) -> None:
+    """Promote a release to the next channel (operator). Refused, with everything that is
+    missing, unless the channel's rule is met (`hub channels rule`); environments
+    subscribed to the channel get a planned deployment, queued for export once the
+    release has the approvals the environment requires."""
+    from hub.services.promotion import promote
+
+    with _services(ctx) as sc:
+        done = promote(sc, product, version, to, comment=comment)
+        planned = [{"deployment": d.id, "environment": d.environment.name,
+                    "agent": d.agent.agent_id if d.agent else None, "state": d.state}
+                   for d in done.planned]
+        channel = done.entry.channel.name
+    lines = [f"release {product} {version} promoted from {done.previous.name} to {channel}"]
+    lines += [f"  deployment {p['deployment']} for {p['environment']}"
+              f"{' agent ' + str(p['agent']) if p['agent'] else ''}: {p['state']}"
+              for p in planned]
+    if not planned:
+        lines.append(f"  no environment subscribed to {channel} needs a deployment")
+    _done(as_json, "\n".join(lines), {
+        "product": product, "version": version, "from": done.previous.name, "to": channel,
+        "approvers": list(done.approvers), "gates": done.facts.to_json(),
+        "deployments": planned})
+
+
+@releases.command("approve-promotion")
+@click.argument("product")
+@click.argument("version")
+@click.option("--to", "to", default=None, metavar="CHANNEL",
+              help="The channel (default: the next one).")
+@click.option("--comment", default="")
+@json_option
+@click.pass_context
+def releases_approve_promotion(ctx: click.Context, product: str, version: str, to: str | None,
+                               comment: str, as_json: bool) -> None:
+    """Approve promoting a release into a channel (approver; never the release's author).
+    Counts toward the channel's --approvals rule; `hub releases promote` then promotes."""
+    from hub.services.promotion import approve_promotion, promotion_approvers
+    from hub.services.releases import get_release
+
+    with _services(ctx) as sc:
+        _, channel = approve_promotion(sc, product, version, to, comment=comment)
+        have = promotion_approvers(sc.session, get_release(sc.session, product, version),
+                                   channel)
+        need, name = channel.required_approvals, channel.name
+    _done(as_json, f"{sc.actor_name} approved promoting {product} {version} to {name} "
+          f"({len(have)} of {need} required: {', '.join(have)})",
+          {"product": product, "version": version, "channel": name, "approvers": have,
+           "required": need})
+
+
+@releases.command("recall")
+@click.argument("product")
+@click.argument("version")
+@click.option("--channel", required=True, help="Pull the release from this channel (and "
+              "every later one it is in).")
+@click.option("--reason", required=True, help="Why (required; the sites see it).")
+@json_option
+@click.pass_context
+def releases_recall(ctx: click.Context, product: str, version: str, channel: str, reason: str,
+                    as_json: bool) -> None:
+    """Recall a release from a channel (operator): its planned and queued deployments in
+    the subscribed environments are cancelled; bundles exported but not yet at the site
+    are declared lost, and the next bundle to each such agent carries that signed
+    decision, so the agent refuses the recalled bundle with this reason."""
+    from hub.services.promotion import recall
+
+    with _services(ctx) as sc:
+        done = recall(sc, product, version, channel, reason)
+        data = {
+            "product": product, "version": version, "channels": done.channels,
+            "reason": reason,
+            "cancelled": [d.id for d in done.cancelled], "lost": [d.id for d in done.lost],
+            "at_site": [d.id for d in done.at_site],
+            "in_export": [d.id for d in done.in_export],
+        }
+        lines = [f"release {product} {version} recalled from {', '.join(done.channels)}"]
+        lines += [f"  deployment {d.id} ({d.environment.name}): cancelled"
+                  for d in done.cancelled]
+        lines += [f"  deployment {d.id} ({d.environment.name}): bundle declared lost; the next "
+                  "bundle to that agent tells the site" for d in done.lost]
+        lines += [f"  deployment {d.id} ({d.environment.name}): already at the site "
+                  f"({d.state}); the hub cannot stop it" for d in done.at_site]
+        lines += [f"  deployment {d.id} ({d.environment.name}): being exported now; run the "
+                  "recall again when the export has finished" for d in done.in_export]
+    _done(as_json, "\n".join(lines), data)
+
+
+# --- environments -----------------------------------------------------------------------
+
+
+@environments.command("subscribe")
+@click.argument("environment")
+@click.option("--product", required=True)
+@click.option("--channel", required=True)
+@json_option
+@click.pass_context
+def environments_subscribe(ctx: click.Context, environment: str, product: str, channel: str,
+                           as_json: bool) -> None:
+    """Subscribe ENVIRONMENT to a channel of a product (admin of the environment); replaces
+    its subscription to another channel of that product. The next release reaching the
+    channel is planned for the environment; nothing already in the channel is."""
+    from hub.services.channels import subscribe
+
+    with _services(ctx) as sc:
+        sub, previous = subscribe(sc, environment, product, channel)
+        name = sub.channel.name
+    was = f" (was {previous})" if previous else ""
+    _done(as_json, f"environment {environment} subscribes to {name} of {product}{was}",
+          {"environment": environment, "product": product, "channel": name,
+           "previous": previous})
+
+
+@environments.command("unsubscribe")
+@click.argument("environment")
+@click.option("--product", required=True)
+@json_option
+@click.pass_context
+def environments_unsubscribe(ctx: click.Context, environment: str, product: str,
+                             as_json: bool) -> None:
+    """End ENVIRONMENT's subscription to a product's channel (admin of the environment).
+    Deployments already planned stay."""
+    from hub.services.channels import unsubscribe
+
+    with _services(ctx) as sc:
+        channel = unsubscribe(sc, environment, product)
+    _done(as_json, f"environment {environment} no longer subscribes to {channel} of {product}",
+          {"environment": environment, "product": product, "channel": channel})
+
+
+@environments.command("subscriptions")
+@click.argument("environment")
+@json_option
+@click.pass_context
+def environments_subscriptions(ctx: click.Context, environment: str, as_json: bool) -> None:
+    """The channels ENVIRONMENT follows, one per product."""
+    from hub.services.channels import subscriptions_of
+    from hub.services.environments import environment_for
+
+    with _services(ctx) as sc:
+        env = environment_for(sc, environment)
+        rows = [{"product": s.product.name, "channel": s.channel.name,
+                 "since": s.created_at, "by": s.created_by}
+                for s in subscriptions_of(sc.session, env)]
+    _emit(rows, as_json, ["product", "channel", "since", "by"])
+
+
+__all__ = ["channels"]
