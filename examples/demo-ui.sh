@@ -16,7 +16,7 @@ URL="http://127.0.0.1:$PORT"
 export TIANGONG_HUB_DATA_DIR="$OUT/hub"
 export TIANGONG_KEY_PASSPHRASE="demo-only-passphrase"   # protects the demo root key
 
-hub() { local user=$1; shift; "$T" hub --as "$user" "$@"; }
+hub() { local user=$1; shift; "$T" hub --local-admin "$user" "$@"; }
 
 if [ -f "$OUT/hub.pid" ] && kill -0 "$(cat "$OUT/hub.pid")" 2>/dev/null; then
   echo "stopping the demo hub left running before (process $(cat "$OUT/hub.pid"))"

@@ -13,7 +13,7 @@ export TIANGONG_HUB_DATA_DIR="$OUT/hub"
 export TIANGONG_KEY_PASSPHRASE="demo-only-passphrase"   # protects the demo root key
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-hub() { local user=$1; shift; "$T" hub --as "$user" "$@"; }
+hub() { local user=$1; shift; "$T" hub --local-admin "$user" "$@"; }
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT

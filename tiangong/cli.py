@@ -1,4 +1,5 @@
-"""The ``tiangong`` command: groups ``bundle``, ``keys``, ``agent``, ``hub``, ``audit``.
+"""The ``tiangong`` command: groups ``bundle``, ``keys``, ``agent``, ``hub``, ``audit``,
+``remote``.
 
 Groups are imported only when invoked. When a group's extra is not installed, the command says
 which extra to install instead of failing with an ImportError.
@@ -24,6 +25,8 @@ _GROUPS: dict[str, tuple[str, str, str | None, str]] = {
     "hub": ("hub.cli_all", "hub", "hub",
             "Run the hub: releases, approvals, export, import, audit."),
     "audit": ("hub.audit_cli", "audit", None, "Verify an exported audit log offline."),
+    "remote": ("tiangong.remote", "remote", None,
+               "Use a hub's HTTP API as yourself, with a personal API token."),
 }
 
 

@@ -1,12 +1,19 @@
 """``tiangong hub``: the group, its global options and the helpers every command uses.
 
-Global options: ``--data-dir`` (or ``TIANGONG_HUB_DATA_DIR``) and ``--as USER`` (or
-``TIANGONG_HUB_AS``; default: the operating-system login name), accepted before the command
-(``hub --as carol import …``) or after it (``hub import … --as carol``); after wins.
-**The CLI trusts the local operating-system user**: whoever can read the data directory
-(database, online keys) can act as any hub user, so protect the data directory like the keys
-it holds. ``--as`` only says which hub user's roles apply and whose name goes into the audit
-log.
+Global options: ``--data-dir`` (or ``TIANGONG_HUB_DATA_DIR``) and ``--local-admin NAME`` (or
+``TIANGONG_HUB_LOCAL_ADMIN``; default: the operating-system login name), accepted before the
+command (``hub --local-admin carol import …``) or after it (``hub import … --local-admin
+carol``); after wins.
+
+**Local-admin mode.** These commands open the hub's database and keys directly, so whoever
+runs them can read the data directory and could do anything anyway: the CLI does not
+authenticate anyone. ``--local-admin NAME`` only says which hub user's roles apply and whose
+name goes into the audit log, and every event it writes says so (``"via": "local-admin"``
+in its details), so a reader of the log tells a person signed in through SAML or a personal
+API token from a name typed at the hub's console. People who are not at the console use the
+web UI or the HTTP API with a personal token (``tiangong remote``, docs/api.md).
+``--as USER`` (and ``TIANGONG_HUB_AS``) is the deprecated spelling of ``--local-admin``: it
+still works, prints a warning, and is audited the same.
 
 Output: readable tables by default, ``--json`` on every command that reports for scripts.
 Exit codes: 0 success; 1 a domain error (permission, state, conflict, validation — the
@@ -20,20 +27,26 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import json
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
 from hub.errors import ConfigError, HubError, NotFoundError, PermissionDeniedError
+from tiangong.output import cell, done, emit
 
 __all__ = ["hub"]
+
+
+#: How events written by ``tiangong hub`` commands say who typed the name (ServiceContext.via).
+LOCAL_ADMIN = "local-admin"
+AS_DEPRECATED = ("warning: --as (and TIANGONG_HUB_AS) is deprecated: use --local-admin NAME "
+                 "(TIANGONG_HUB_LOCAL_ADMIN); the command runs in local-admin mode and is "
+                 "audited as such either way")
 
 
 @dataclass
@@ -42,7 +55,7 @@ class CliState:
     actor: str | None
 
     def actor_name(self) -> str:
-        """The hub user this command acts as: ``--as`` or the operating-system login name."""
+        """The hub user this command acts as: ``--local-admin`` or the OS login name."""
         return self.actor or getpass.getuser()
 
 
@@ -83,8 +96,8 @@ def with_fix(exc: NotFoundError | str, *, acting_as: str | None = None,
              defaulted: bool = False) -> str:
     """The message of ``exc`` followed by the command that fixes it (``user 'carol' does not
     exist: create it with `tiangong hub users add carol --role ROLE` …``). ``acting_as``:
-    the missing user is the one the command acts as (``--as``). Also for a message that ends
-    in such an error (``enrollment request refused: environment 'x' does not exist``)."""
+    the missing user is the one the command acts as (``--local-admin``). Also for a message
+    that ends in such an error (``enrollment request refused: environment 'x' does not exist``)."""
     message = str(exc)
     match = _NOT_FOUND.search(message)
     if match is None or match.group(1) not in _FIXES:
@@ -94,8 +107,8 @@ def with_fix(exc: NotFoundError | str, *, acting_as: str | None = None,
         name = name.split(" ")[0]
     fix = _FIXES[kind].format(name=name)
     if acting_as is not None:
-        how = ("--as was not given, so the hub user is your login name; give --as USER or "
-               if defaulted else "")
+        how = ("--local-admin was not given, so the hub user is your login name; give "
+               "--local-admin NAME or " if defaulted else "")
         return f"{message} (the user this command acts as): {how}{fix}"
     return f"{message}: {fix}"
 
@@ -142,7 +155,7 @@ def _services(ctx: click.Context, *, as_actor: bool = True) -> Iterator[Any]:
             except NotFoundError as exc:
                 raise NotFoundError(with_fix(exc, acting_as=state.actor_name(),
                                              defaulted=state.actor is None)) from exc
-        yield ServiceContext(session, utc_now, actor, keys, cfg.releases_dir)
+        yield ServiceContext(session, utc_now, actor, keys, cfg.releases_dir, via=LOCAL_ADMIN)
         session.commit()
     except NotFoundError as exc:
         session.rollback()
@@ -161,56 +174,7 @@ def _services(ctx: click.Context, *, as_actor: bool = True) -> Iterator[Any]:
         engine.dispose()
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-def _emit(
-    rows: Sequence[dict[str, Any]] | dict[str, Any],
-    as_json: bool,
-    columns: Sequence[str] | None = None,
-) -> None:
-    if as_json:
-        click.echo(json.dumps(rows, default=_json_default, indent=2, sort_keys=True))
-        return
-    if isinstance(rows, dict):
-        width = max((len(k) for k in rows), default=0)
-        for key, value in rows.items():
-            if isinstance(value, (list, dict)):
-                value = json.dumps(value, default=_json_default)
-            click.echo(f"{key.ljust(width)}  {_cell(value)}")
-        return
-    if not rows:
-        click.echo("(none)")
-        return
-    cols = list(columns or rows[0].keys())
-    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
-    for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _done(as_json: bool, text: str, data: dict[str, Any]) -> None:
-    """Report one command's result: ``text`` for people, ``data`` as JSON with --json."""
-    if as_json:
-        _emit(data, True)
-    else:
-        click.echo(text)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%SZ")
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value) or "-"
-    return str(value)
+_emit, _done, _cell = emit, done, cell  # shared with `tiangong remote` (tiangong.output)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -220,8 +184,11 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 
 _DATA_DIR_HELP = "The hub's data directory [env TIANGONG_HUB_DATA_DIR]."
-_AS_HELP = ("Act as this hub user [env TIANGONG_HUB_AS; default: your login name]. The CLI "
-            "trusts the local OS user who can read the data directory.")
+_LOCAL_ADMIN_HELP = (
+    "Local-admin mode: act as this hub user [env TIANGONG_HUB_LOCAL_ADMIN; default: your "
+    "login name]. Nobody is authenticated (whoever reads the data directory can do "
+    "anything); events say via local-admin. Remote people use `tiangong remote`.")
+_AS_HELP = "Deprecated spelling of --local-admin (prints a warning) [env TIANGONG_HUB_AS]."
 
 
 def _late_data_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
@@ -231,12 +198,15 @@ def _late_data_dir(ctx: click.Context, param: click.Parameter, value: Path | Non
 
 def _late_actor(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value is not None:
+        if param.name == "late_as":
+            click.echo(AS_DEPRECATED, err=True)
         _state(ctx).actor = value
 
 
 class HubGroup(click.Group):
     """A command group whose every command also accepts the global options ``--data-dir``
-    and ``--as`` after its name (``hub import DIR --as carol``), besides before it."""
+    and ``--local-admin`` (and the deprecated ``--as``) after its name (``hub import DIR
+    --local-admin carol``), besides before it."""
 
     group_class = type  # sub-groups (users, releases …) are HubGroups too
 
@@ -247,9 +217,12 @@ class HubGroup(click.Group):
                              type=click.Path(file_okay=False, path_type=Path),
                              callback=_late_data_dir, help=_DATA_DIR_HELP.replace(
                                  " [env", " (also accepted before the command) [env")),
-                click.Option(["--as", "late_actor"], metavar="USER", expose_value=False,
-                             callback=_late_actor, help="Act as this hub user (also "
-                             "accepted before the command; see `tiangong hub --help`)."),
+                click.Option(["--local-admin", "late_actor"], metavar="NAME",
+                             expose_value=False, callback=_late_actor,
+                             help="Local-admin mode: act as this hub user (also accepted "
+                             "before the command; see `tiangong hub --help`)."),
+                click.Option(["--as", "late_as"], metavar="USER", expose_value=False,
+                             callback=_late_actor, hidden=True, help=_AS_HELP),
             ])
         super().add_command(cmd, name)
 
@@ -261,13 +234,25 @@ class HubGroup(click.Group):
     type=click.Path(file_okay=False, path_type=Path),
     help=_DATA_DIR_HELP,
 )
-@click.option("--as", "actor", envvar="TIANGONG_HUB_AS", metavar="USER", help=_AS_HELP)
+@click.option("--local-admin", "actor", envvar="TIANGONG_HUB_LOCAL_ADMIN", metavar="NAME",
+              help=_LOCAL_ADMIN_HELP)
+@click.option("--as", "actor_as", envvar="TIANGONG_HUB_AS", metavar="USER", hidden=True,
+              help=_AS_HELP)
 @click.pass_context
-def hub(ctx: click.Context, data_dir: Path | None, actor: str | None) -> None:
-    """Run the hub: releases, approvals, environments, agents, deployments, audit.
+def hub(ctx: click.Context, data_dir: Path | None, actor: str | None,
+        actor_as: str | None) -> None:
+    """Run the hub on its own machine: releases, approvals, environments, agents,
+    deployments, audit.
 
-    The global options --data-dir and --as go before the command or after it (after
-    wins): `tiangong hub --as carol import /media/usb` is `tiangong hub import /media/usb
-    --as carol`. Commands that print something a script would read take --json.
+    These commands work in local-admin mode: they open the hub's database and keys, and
+    --local-admin NAME (default: your login name) says whose roles apply; every event says
+    "via local-admin". From anywhere else use `tiangong remote` with a personal API token.
+
+    The global options --data-dir and --local-admin go before the command or after it
+    (after wins): `tiangong hub --local-admin carol import /media/usb` is `tiangong hub
+    import /media/usb --local-admin carol`. Commands that print something a script would
+    read take --json.
     """
-    ctx.obj = CliState(data_dir, actor)
+    if actor_as is not None:
+        click.echo(AS_DEPRECATED, err=True)
+    ctx.obj = CliState(data_dir, actor if actor is not None else actor_as)

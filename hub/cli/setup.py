@@ -212,7 +212,7 @@ def _print_init(trust: Any, cfg: Any, tls: Any, server_cert: Any, answers: InitA
     click.echo(f"  audit key      {trust.audit_key}")
     click.echo(f"  live TLS CA    {tls.ca_cert}  (enrollment responses carry it to agents)")
     click.echo(f"  live TLS cert  {tls.server_cert}  for {_cert_names(server_cert)}")
-    click.echo(f"  first admin    {admin}  (act as them: tiangong hub --as {admin} …)")
+    click.echo(f"  first admin    {admin}  (act as them: tiangong hub --local-admin {admin} …)")
     if answers.environment and environment_made:
         click.echo(f"  environment    {answers.environment}")
     if answers.sign_in == "saml":
@@ -220,7 +220,7 @@ def _print_init(trust: Any, cfg: Any, tls: Any, server_cert: Any, answers: InitA
                    f"hub at {answers.public_url}")
     elif answers.sign_in == "local":
         how = ("password set" if answers.admin_password else
-               f"set its password: tiangong hub --as {admin} users set-password {admin}")
+               f"set its password: tiangong hub --local-admin {admin} users set-password {admin}")
         click.echo(f"  web sign-in    local passwords ([web] local_login); {admin}: {how}")
     else:
         click.echo("  web sign-in    none configured: add [saml] to hub.toml (docs/web-login.md)")
@@ -228,7 +228,8 @@ def _print_init(trust: Any, cfg: Any, tls: Any, server_cert: Any, answers: InitA
     click.echo(f"ROOT KEY ({enc}): {trust.root_key}")
     click.echo("  Move it off this machine now (offline storage); the hub runs without it and")
     click.echo("  needs it only to rotate keys (tiangong keys root rotate).")
-    click.echo(f"Next: add people with `tiangong hub --as {admin} users add NAME --role ROLE`.")
+    click.echo(f"Next: add people with `tiangong hub --local-admin {admin} users add NAME "
+               "--role ROLE`.")
 
 
 def _init_answers(admin: str | None, environment: str | None, sign_in: str | None,
@@ -314,7 +315,8 @@ def _first_steps(session: Any, admin: Any, answers: InitAnswers, data_dir: Path)
     except HubError as exc:
         session.rollback()
         return (f"environment {name!r} not created: {exc}; the hub is ready otherwise: "
-                f"create it with `tiangong hub --as {admin.username} environments create NAME`")
+                f"create it with `tiangong hub --local-admin {admin.username} environments "
+                "create NAME`")
     return None
 
 

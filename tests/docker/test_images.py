@@ -254,7 +254,7 @@ def test_hub_entrypoint_sets_up_local_sign_in_from_a_password_file(tmp_path: Pat
     hub = make_container(HUB, service, tmp_path, "hub", {
         "/run/secrets/root_passphrase": str(secret),
         "/run/secrets/admin_password": str(password)})
-    proc = subprocess.run(hub.argv(["hub", "--as", "admin", "users", "list", "--json"]),
+    proc = subprocess.run(hub.argv(["hub", "--local-admin", "admin", "users", "list", "--json"]),
                           env=hub.env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert [u["username"] for u in json.loads(proc.stdout)] == ["admin"]

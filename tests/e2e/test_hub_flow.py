@@ -24,7 +24,7 @@ def test_release_travels_by_file_and_comes_back(tmp_path: Path) -> None:
 
     def hub(*args: str, user: str = "admin",
             check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run("hub", "--as", user, *args, env=env, check=check)
+        return run("hub", "--local-admin", user, *args, env=env, check=check)
 
     hub("init", "--admin", "admin", "--hub-id", "hub-e2e")
     for name, role in (("alice", "developer"), ("bob", "approver"), ("carol", "operator"),

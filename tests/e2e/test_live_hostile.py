@@ -90,7 +90,7 @@ class Site:
     keys: dict[str, SigningKey]
 
     def hub(self, *args: str, user: str = "admin") -> subprocess.CompletedProcess[str]:
-        return run("hub", "--as", user, *args, env=self.env)
+        return run("hub", "--local-admin", user, *args, env=self.env)
 
     def sql(self, query: str, *args: object) -> list[tuple[Any, ...]]:
         with contextlib.closing(sqlite3.connect(f"file:{self.data / 'hub.db'}?mode=ro",
@@ -147,7 +147,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
         if payload_mib:
             (src / "data").mkdir()
             (src / "data" / "blob.bin").write_bytes(os.urandom(payload_mib * 1024 * 1024))
-        run("hub", "--as", "alice", "releases", "create", str(src), "--create-product",
+        run("hub", "--local-admin", "alice", "releases", "create", str(src), "--create-product",
             env=env, check=False)  # an unreferenced file is a warning
         s.hub("releases", "submit", product, "1.0.0", user="alice")
         s.hub("releases", "approve", product, "1.0.0", user="bob")

@@ -61,7 +61,7 @@ class Site:
 
     def hub(self, *args: str, user: str = "admin",
             check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run("hub", "--as", user, *args, env=self.env, check=check)
+        return run("hub", "--local-admin", user, *args, env=self.env, check=check)
 
     def hub_json(self, *args: str, user: str = "carol") -> Any:
         return json.loads(self.hub(*args, "--json", user=user).stdout)

@@ -107,7 +107,7 @@ def hub_cli(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str],
 
     def hub(*args: str, user: str = "admin",
             check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run("hub", "--as", user, *args, env=env, check=check)
+        return run("hub", "--local-admin", user, *args, env=env, check=check)
 
     hub("init", "--admin", "admin", "--hub-id", "hub-live-e2e", "--tls-name", "127.0.0.1")
     yield data, env, hub

@@ -34,13 +34,14 @@ def test_progress_on_export_apply_and_import_without_a_terminal(tmp_path: Path) 
         return proc.stdout, proc.stderr
 
     hub("init", "--admin", "admin", "--environment", "plant-a")
-    hub("users", "add", "ops", "--role", "operator", "--role", "developer", "--as", "admin")
-    hub("users", "add", "bob", "--role", "approver", "--as", "admin")
+    hub("users", "add", "ops", "--role", "operator", "--role", "developer",
+        "--local-admin", "admin")
+    hub("users", "add", "bob", "--role", "approver", "--local-admin", "admin")
     run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
         "--environment", "plant-a")
     (request,) = (home / "outbox").glob("enrollment-*.json")
     request.rename(usb / request.name)
-    hub("import", str(usb), "--as", "ops")
+    hub("import", str(usb), "--local-admin", "ops")
     (usb / request.name).unlink()
     response = usb / "enrollment-response-site-01.json"
     pinned = json.loads(run("agent", "enroll-response", str(response), "--home", str(home),
@@ -48,12 +49,13 @@ def test_progress_on_export_apply_and_import_without_a_terminal(tmp_path: Path) 
     assert pinned["agent_id"] == "site-01" and pinned["environment"] == "plant-a"
     assert pinned["ca_pinned"] and Path(pinned["ca_pinned"]).is_file()
     response.unlink()
-    hub("releases", "create", str(HELLO), "--create-product", "--as", "ops")
-    hub("releases", "submit", "hello", "1.0.0", "--as", "ops")
-    hub("releases", "approve", "hello", "1.0.0", "--as", "bob")
-    hub("deployments", "queue", "hello", "1.0.0", "--environment", "plant-a", "--as", "ops")
+    hub("releases", "create", str(HELLO), "--create-product", "--local-admin", "ops")
+    hub("releases", "submit", "hello", "1.0.0", "--local-admin", "ops")
+    hub("releases", "approve", "hello", "1.0.0", "--local-admin", "bob")
+    hub("deployments", "queue", "hello", "1.0.0", "--environment", "plant-a",
+        "--local-admin", "ops")
 
-    out, err = hub("export", "--environment", "plant-a", "--out", str(usb), "--as", "ops",
+    out, err = hub("export", "--environment", "plant-a", "--out", str(usb), "--local-admin", "ops",
                    "--json", "--progress")
     assert json.loads(out)["written"]  # stdout is still only the JSON
     assert _progress_lines(err), err
@@ -67,10 +69,11 @@ def test_progress_on_export_apply_and_import_without_a_terminal(tmp_path: Path) 
 
     for result in (home / "outbox").glob("*.tgr"):
         (usb / result.name).write_bytes(result.read_bytes())
-    out, err = hub("import", str(usb), "--as", "ops", "--json", "--progress")
+    out, err = hub("import", str(usb), "--local-admin", "ops", "--json", "--progress")
     assert [r["status"] for r in json.loads(out)] == ["imported"]
     assert _progress_lines(err) == {"import": [100]}, err
 
-    quiet = run("hub", "import", str(usb), "--as", "ops", env=env)  # not asked, no terminal
+    # not asked, no terminal
+    quiet = run("hub", "import", str(usb), "--local-admin", "ops", env=env)
     assert _progress_lines(quiet.stderr) == {}
     assert "0 imported, 1 duplicate" in quiet.stdout

@@ -63,10 +63,10 @@ def test_readme_round_trip_runs_as_printed(tmp_path: Path) -> None:
                               env=env, capture_output=True, text=True, check=True,
                               timeout=120).stdout
 
-    (deployment,) = json.loads(hub("deployments", "list", "--json", "--as", "audrey"))
+    (deployment,) = json.loads(hub("deployments", "list", "--json", "--local-admin", "audrey"))
     assert deployment["state"] == "succeeded"
     assert deployment["release"] == "hello 1.0.0" and deployment["environment"] == "plant-a"
-    assert json.loads(hub("audit", "verify", "--json", "--as", "audrey"))["ok"] is True
+    assert json.loads(hub("audit", "verify", "--json", "--local-admin", "audrey"))["ok"] is True
     (archived,) = (tmp_path / "agent" / "archive").glob("*.tgb")  # it ran at the "site"
     again = subprocess.run(["tiangong", "agent", "apply", str(archived), "--json", "--home",
                             str(tmp_path / "agent")], env=env, capture_output=True, text=True,

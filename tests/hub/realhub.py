@@ -47,7 +47,7 @@ class RealHub:
         self, *args: str, user: str = "op", extra_env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*TIANGONG, "hub", "--as", user, *args],
+            [*TIANGONG, "hub", "--local-admin", user, *args],
             capture_output=True,
             text=True,
             timeout=300,
@@ -57,7 +57,7 @@ class RealHub:
 
     def popen(self, *args: str, user: str = "op") -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [*TIANGONG, "hub", "--as", user, *args],
+            [*TIANGONG, "hub", "--local-admin", user, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -19,7 +19,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "releases"
 def run(data_dir: Path, *args: str, actor: str | None = "admin", ok: bool = True) -> Result:
     argv = ["hub", "--data-dir", str(data_dir)]
     if actor is not None:
-        argv += ["--as", actor]
+        argv += ["--local-admin", actor]
     result = CliRunner().invoke(root, [*argv, *args], catch_exceptions=False)
     if ok:
         assert result.exit_code == 0, result.output
@@ -358,8 +358,8 @@ def _table_counts(data: Path) -> dict[str, int]:
          "user 'carol' does not exist (the user this command acts as): create it with "
          "`tiangong hub users add carol --role ROLE`"),
         (None, ("releases", "list"),
-         "--as was not given, so the hub user is your login name; give --as USER or create "
-         "it with `tiangong hub users add"),
+         "--local-admin was not given, so the hub user is your login name; give "
+         "--local-admin NAME or create it with `tiangong hub users add"),
         ("admin", ("users", "grant", "zed", "operator"),
          "user 'zed' does not exist: create it with `tiangong hub users add zed --role ROLE`"),
         ("admin", ("users", "grant", "ops", "operator", "--environment", "plant-b"),
@@ -396,18 +396,59 @@ def test_users_add_creates_and_grants_in_one_step(hub_dir: Path) -> None:
 
 
 def test_global_options_before_or_after_the_command(hub_dir: Path) -> None:
-    before = CliRunner().invoke(root, ["hub", "--data-dir", str(hub_dir), "--as", "aud",
-                                       "users", "list", "--json"])
+    before = CliRunner().invoke(root, ["hub", "--data-dir", str(hub_dir), "--local-admin",
+                                       "aud", "users", "list", "--json"])
     after = CliRunner().invoke(root, ["hub", "users", "list", "--json", "--data-dir",
-                                      str(hub_dir), "--as", "aud"])
+                                      str(hub_dir), "--local-admin", "aud"])
     assert before.exit_code == 0 and after.exit_code == 0, after.output
     assert before.output == after.output
     # after the command wins over before it
-    wins = CliRunner().invoke(root, ["hub", "--data-dir", str(hub_dir), "--as", "mallory",
-                                     "users", "list", "--as", "aud"])
+    wins = CliRunner().invoke(root, ["hub", "--data-dir", str(hub_dir), "--local-admin",
+                                     "mallory", "users", "list", "--local-admin", "aud"])
     assert wins.exit_code == 0, wins.output
     helped = CliRunner().invoke(root, ["hub", "--help"]).output
     assert "go before the command or after it" in " ".join(helped.split())
+    assert "local-admin mode" in " ".join(helped.split())
+
+
+def _last_event(hub_dir: Path) -> tuple[str, str, dict[str, object]]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(hub_dir / "hub.db")) as db:
+        actor, action, details = db.execute(
+            "SELECT actor, action, details FROM audit_events ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+    return actor, action, json.loads(details)
+
+
+@pytest.mark.parametrize("how", [
+    ("--local-admin", "ops"), ("--as", "ops"), ("env:TIANGONG_HUB_LOCAL_ADMIN", "ops"),
+    ("env:TIANGONG_HUB_AS", "ops"), ("after:--as", "ops"),
+])
+def test_local_admin_mode_is_audited_and_as_is_a_deprecated_alias(
+    hub_dir: Path, how: tuple[str, str]
+) -> None:
+    option, name = how
+    argv, env = ["hub", "--data-dir", str(hub_dir)], {}
+    tail: list[str] = []
+    if option.startswith("env:"):
+        env[option[4:]] = name
+    elif option.startswith("after:"):
+        tail = [option[6:], name]
+    else:
+        argv += [option, name]
+    result = CliRunner().invoke(
+        root, [*argv, "environments", "create", "plant-z", *tail], env=env)
+    assert result.exit_code == 1, result.output  # ops may not create environments…
+    result = CliRunner().invoke(
+        root, [*argv, "audit", "checkpoint", "--json", *tail], env=env)
+    assert result.exit_code == 0, result.output  # …but may sign a checkpoint
+    actor, action, details = _last_event(hub_dir)
+    assert (actor, action) == ("ops", "audit.checkpoint")
+    assert details["via"] == "local-admin"
+    deprecated = "--as (and TIANGONG_HUB_AS) is deprecated: use --local-admin NAME"
+    assert (deprecated in result.stderr) == ("AS" in option or "--as" in option)
+    json.loads(result.stdout)  # the warning never spoils --json output
     assert "--data-dir" in CliRunner().invoke(root, ["hub", "users", "grant", "--help"]).output
 
 
@@ -564,12 +605,12 @@ def test_users_set_password_from_stdin(hub_dir: Path) -> None:
         engine.dispose()
         return value
 
-    short = CliRunner().invoke(root, ["hub", "--data-dir", str(hub_dir), "--as", "admin",
+    short = CliRunner().invoke(root, ["hub", "--data-dir", str(hub_dir), "--local-admin", "admin",
                                       "users", "set-password", "dev", "--password-stdin"],
                                input="too short\n")
     assert short.exit_code == 1 and "12 to 1024 characters, not 9" in short.output
     assert stored() is None
-    ok = CliRunner().invoke(root, ["hub", "--data-dir", str(hub_dir), "--as", "admin",
+    ok = CliRunner().invoke(root, ["hub", "--data-dir", str(hub_dir), "--local-admin", "admin",
                                    "users", "set-password", "dev", "--password-stdin",
                                    "--json"], input="a long enough password\n")
     assert ok.exit_code == 0, ok.output

@@ -152,11 +152,11 @@ def test_init_issue_and_the_enrollment_response_carry_the_ca(tmp_path: Path) -> 
     # An agent enrolled now gets the CA in its signed response and pins it.
     home = tmp_path / "agent"
     run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01")
-    run("hub", "--as", "admin", "environments", "create", "plant-a", env=env)
+    run("hub", "--local-admin", "admin", "environments", "create", "plant-a", env=env)
     request = next((home / "outbox").glob("enrollment-*.json"))
     response = tmp_path / "response.json"
-    run("hub", "--as", "admin", "agents", "enroll", str(request), "--environment", "plant-a",
-        "--out", str(response), env=env)
+    run("hub", "--local-admin", "admin", "agents", "enroll", str(request),
+        "--environment", "plant-a", "--out", str(response), env=env)
     payload = json.loads(base64.b64decode(json.loads(response.read_bytes())["payload"]))
     assert payload["tls_ca"].encode() == ca_pem
     out = run("agent", "enroll-response", str(response), "--home", str(home))

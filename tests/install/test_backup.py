@@ -29,7 +29,7 @@ def _make_hub(data: Path, *init: str) -> Hub:
     env = {"TIANGONG_KEY_PASSPHRASE": "backup-test-pass"}
 
     def hub(*args: str, check: bool = True, data_dir: Path = data) -> CompletedProcess[str]:
-        return run("hub", "--as", "admin", "--data-dir", str(data_dir), *args, env=env,
+        return run("hub", "--local-admin", "admin", "--data-dir", str(data_dir), *args, env=env,
                    check=check)
 
     hub("init", "--admin", "admin", "--hub-id", "hub-backup", "--sign-in", "none",

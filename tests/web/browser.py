@@ -90,8 +90,8 @@ class LiveHub:
     log: Path
 
     def cli(self, *args: str, user: str = "admin") -> subprocess.CompletedProcess[str]:
-        """``tiangong hub --data-dir ... --as USER ARGS`` (fails the test if it fails)."""
-        return run_tiangong("hub", "--data-dir", str(self.data_dir), "--as", user, *args)
+        """``tiangong hub --data-dir ... --local-admin USER ARGS`` (fails the test if it fails)."""
+        return run_tiangong("hub", "--data-dir", str(self.data_dir), "--local-admin", user, *args)
 
     def log_tail(self, max_bytes: int = 6000) -> str:
         return self.log.read_text(errors="replace")[-max_bytes:] if self.log.exists() else ""

@@ -290,7 +290,7 @@ def _lose_the_race(site: Site, monkeypatch: pytest.MonkeyPatch, out: Path, *args
     def read_then_lose(*a: Any, **kw: Any) -> Any:
         found = read(*a, **kw)
         cli = subprocess.run(
-            [*TIANGONG, "hub", "--as", "op", "export", "--environment", "test", *args,
+            [*TIANGONG, "hub", "--local-admin", "op", "export", "--environment", "test", *args,
              "--out", str(out)],
             capture_output=True, text=True, timeout=300, check=False,
             env={**os.environ, "TIANGONG_HUB_DATA_DIR": str(site.data_dir)})

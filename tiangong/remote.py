@@ -1,0 +1,410 @@
+"""``tiangong remote``: the hub's HTTP API (``/api/v1``, docs/api.md) from anywhere, acting as
+the person whose personal API token it sends.
+
+Why a group of its own rather than ``tiangong hub --url …``: ``tiangong hub`` commands open
+the hub's database and keys on the hub's machine (local-admin mode, anybody may type any
+name); ``tiangong remote`` commands hold no hub secret, authenticate as one person with a
+token issued on the web UI, and can do only what that token's scopes and that person's roles
+allow. Keeping them apart keeps each command's trust obvious, and ``tiangong remote`` needs
+only click and the standard library (no hub extra).
+
+Options (before the command): ``--url`` (``TIANGONG_HUB_URL``), ``--token-file``
+(``TIANGONG_TOKEN_FILE``, default ``~/.tiangong/token``; refused when group or others may
+read it, like ssh refuses a key), ``--ca-file`` (``TIANGONG_HUB_CA_FILE``: the CA of a hub
+behind a TLS proxy with a private CA), ``--timeout``. ``http://`` is accepted only for a
+loopback host: a token must not cross a network in clear.
+
+Exit codes: 0 success; 1 the hub refused (the message is the hub's: scope, role, state);
+2 usage, token file or connection trouble.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import ssl
+import stat
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from tiangong.output import done, emit
+
+__all__ = ["remote"]
+
+DEFAULT_TOKEN_FILE = "~/.tiangong/token"  # noqa: S105 - a path, not a secret
+DEFAULT_TIMEOUT_S = 120.0  # seconds per HTTP request
+MAX_TOKEN_FILE_BYTES = 4096  # bytes: a token is ~60 characters
+MAX_ANSWER_BYTES = 64 * 1024 * 1024  # bytes of one JSON answer read at most
+CHUNK_BYTES = 1024 * 1024  # bytes per chunk of an upload
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
+_LOOPBACK_NAMES = {"localhost"}
+
+
+class RemoteError(Exception):
+    """Trouble before or around the call (exit 2), or the hub's refusal (``refused``, 1)."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(path: Path) -> str:
+    """The token in ``path`` (one line).
+
+    Raises:
+        RemoteError: missing, unreadable, readable by group or others, empty or too large.
+    """
+    try:
+        info = path.stat()
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise RemoteError(
+                f"token file {path}: group or others may access it (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`")
+        if info.st_size > MAX_TOKEN_FILE_BYTES:
+            raise RemoteError(f"token file {path}: {info.st_size} bytes, more than a token "
+                              f"(at most {MAX_TOKEN_FILE_BYTES})")
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise RemoteError(f"token file {path}: {exc.strerror or exc}; issue a token on the "
+                          "hub's web UI (API tokens) and save it there") from exc
+    if not text or "\n" in text:
+        raise RemoteError(f"token file {path}: expected one line holding the token (tgp_…)")
+    return text
+
+
+@dataclass
+class Client:
+    """One hub API endpoint and the token to send."""
+
+    url: str
+    token_file: Path
+    ca_file: Path | None
+    timeout: float
+
+    def _base(self) -> str:
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RemoteError(f"--url {self.url!r}: give the hub's address, e.g. "
+                              "https://hub.example.org")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise RemoteError(f"--url {self.url}: plain http sends the token in clear; use "
+                              "https (http is allowed to a loopback address only)")
+        return self.url.rstrip("/") + "/api/v1"
+
+    def _context(self) -> ssl.SSLContext | None:
+        if not self.url.startswith("https:"):
+            return None
+        return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+
+    def call(self, method: str, path: str, *, body: Any = None,
+             upload: Path | None = None) -> Any:
+        """The JSON answer of ``method path``.
+
+        Raises:
+            RemoteError: bad URL or token file, connection trouble, a non-JSON answer, or
+                the hub's refusal (``refused``: its status, code and message).
+        """
+        url = self._base() + path
+        headers = {"Authorization": f"Bearer {read_token(self.token_file.expanduser())}",
+                   "Accept": "application/json"}
+        data: Any = None
+        if upload is not None:
+            boundary = uuid.uuid4().hex
+            head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"archive\"; "
+                    f"filename=\"{upload.name}\"\r\nContent-Type: application/octet-stream"
+                    "\r\n\r\n").encode()
+            tail = f"\r\n--{boundary}--\r\n".encode()
+            headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+            headers["Content-Length"] = str(len(head) + upload.stat().st_size + len(tail))
+            data = _chunks(head, upload, tail)
+        elif body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        # _base() allowed http(s) only
+        request = urllib.request.Request(url, data=data, headers=headers,  # noqa: S310
+                                         method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout,  # noqa: S310
+                                        context=self._context()) as resp:
+                return _json(resp, url)
+        except urllib.error.HTTPError as exc:
+            answer = _json(exc, url, strict=False)
+            if isinstance(answer, dict) and "message" in answer:
+                raise RemoteError(f"the hub refused ({exc.code} {answer.get('error')}): "
+                                  f"{answer['message']}", refused=True) from None
+            raise RemoteError(f"{method} {url}: HTTP {exc.code} {exc.reason}",
+                              refused=True) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise RemoteError(f"cannot reach the hub at {self.url}: {reason}") from exc
+
+
+def _chunks(head: bytes, path: Path, tail: bytes) -> Iterator[bytes]:
+    yield head
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK_BYTES):
+            yield chunk
+    yield tail
+
+
+def _json(resp: IO[bytes], url: str, *, strict: bool = True) -> Any:
+    raw = resp.read(MAX_ANSWER_BYTES + 1)
+    try:
+        if len(raw) > MAX_ANSWER_BYTES:
+            raise ValueError(f"more than {MAX_ANSWER_BYTES} bytes")
+        return json.loads(raw)
+    except ValueError as exc:
+        if not strict:
+            return None
+        raise RemoteError(f"{url}: the answer is not the hub API's JSON ({exc})") from exc
+
+
+def _archive(path: Path, work: Path) -> Path:
+    """``path`` itself when it is an archive, else a ``.tar.gz`` of the release directory
+    (its folder as the single top-level entry, as the web upload expects)."""
+    if path.is_file():
+        if not path.name.endswith(ARCHIVE_SUFFIXES):
+            raise RemoteError(f"{path}: not a release directory or archive "
+                              f"({', '.join(ARCHIVE_SUFFIXES)})")
+        return path
+    if not (path / "release.toml").is_file():
+        raise RemoteError(f"{path}: no release.toml in this directory")
+    out = work / f"{path.resolve().name}.tar.gz"
+    with tarfile.open(out, "w:gz") as tar:
+        tar.add(path, arcname=path.resolve().name,
+                filter=lambda info: None if info.issym() or info.islnk() else info)
+    return out
+
+
+# --- commands -------------------------------------------------------------------------
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def _client(ctx: click.Context) -> Client:
+    client = ctx.find_object(Client)
+    assert client is not None
+    return client
+
+
+def _run(ctx: click.Context, method: str, path: str, **kw: Any) -> Any:
+    try:
+        return _client(ctx).call(method, path, **kw)
+    except RemoteError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1 if exc.refused else 2)
+
+
+def _q(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+def _release_row(rel: dict[str, Any]) -> dict[str, Any]:
+    keys = ("product", "version", "state", "author", "content_hash", "created_at")
+    return {k: (rel[k][:16] if k == "content_hash" else rel[k]) for k in keys}
+
+
+_DEPLOYMENT_COLUMNS = ("id", "product", "version", "environment", "agent", "state",
+                       "queued_by", "updated_at")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", envvar="TIANGONG_HUB_URL", required=True, metavar="URL",
+              help="The hub's web address, e.g. https://hub:8443 [env TIANGONG_HUB_URL].")
+@click.option("--token-file", envvar="TIANGONG_TOKEN_FILE", default=DEFAULT_TOKEN_FILE,
+              show_default=True, type=click.Path(path_type=Path),
+              help="File holding your personal API token, mode 0600 [env TIANGONG_TOKEN_FILE].")
+@click.option("--ca-file", envvar="TIANGONG_HUB_CA_FILE", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CA certificate(s) to trust for https [env TIANGONG_HUB_CA_FILE].")
+@click.option("--timeout", default=DEFAULT_TIMEOUT_S, show_default=True, type=float,
+              help="Seconds to wait for each answer.")
+@click.pass_context
+def remote(ctx: click.Context, url: str, token_file: Path, ca_file: Path | None,
+           timeout: float) -> None:
+    """Use a hub's HTTP API as yourself, with a personal API token (issued on the hub's
+    web UI, page API tokens). What you may do is what your roles and the token's scopes
+    allow; the hub audits every call under your name."""
+    ctx.obj = Client(url, token_file, ca_file, timeout)
+
+
+@remote.command("whoami")
+@json_option
+@click.pass_context
+def whoami(ctx: click.Context, as_json: bool) -> None:
+    """Who the token belongs to, its scopes and expiry."""
+    me = _run(ctx, "GET", "/me")
+    token = me["token"]
+    done(as_json, f"{me['user']} via token {token['prefix']} ({token['name']}): scopes "
+         f"{', '.join(token['scopes'])}; expires {token['expires_at']}", me)
+
+
+@remote.group("releases")
+def releases() -> None:
+    """Upload, submit, list, show, approve and reject releases."""
+
+
+@releases.command("upload")
+@click.argument("release_path", type=click.Path(exists=True, path_type=Path))
+@json_option
+@click.pass_context
+def releases_upload(ctx: click.Context, release_path: Path, as_json: bool) -> None:
+    """Upload RELEASE_PATH (a release directory, packed on the fly, or a release archive)
+    as a draft release (scope releases:write)."""
+    with tempfile.TemporaryDirectory(prefix="tiangong-upload-") as work:
+        try:
+            archive = _archive(release_path, Path(work))
+        except (RemoteError, OSError, tarfile.TarError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        rel = _run(ctx, "POST", "/releases", upload=archive)
+    done(as_json, f"draft release {rel['product']} {rel['version']} created; content hash "
+         f"{rel['content_hash']}", rel)
+
+
+@releases.command("list")
+@click.option("--product", default=None)
+@json_option
+@click.pass_context
+def releases_list(ctx: click.Context, product: str | None, as_json: bool) -> None:
+    """List releases (scope read)."""
+    query = f"?product={_q(product)}" if product else ""
+    rels = _run(ctx, "GET", f"/releases{query}")["releases"]
+    emit(rels if as_json else [_release_row(r) for r in rels], as_json)
+
+
+@releases.command("show")
+@click.argument("product")
+@click.argument("version")
+@json_option
+@click.pass_context
+def releases_show(ctx: click.Context, product: str, version: str, as_json: bool) -> None:
+    """Show one release (scope read)."""
+    emit(_run(ctx, "GET", f"/releases/{_q(product)}/{_q(version)}"), as_json)
+
+
+@releases.command("submit")
+@click.argument("product")
+@click.argument("version")
+@json_option
+@click.pass_context
+def releases_submit(ctx: click.Context, product: str, version: str, as_json: bool) -> None:
+    """Submit a draft for approval (scope releases:write)."""
+    rel = _run(ctx, "POST", f"/releases/{_q(product)}/{_q(version)}/submit")
+    done(as_json, f"release {product} {version} submitted; content hash "
+         f"{rel['content_hash']}", rel)
+
+
+def _decide(ctx: click.Context, verb: str, product: str, version: str, comment: str,
+            environment: str | None, as_json: bool) -> None:
+    body = {"comment": comment, "environment": environment}
+    rel = _run(ctx, "POST", f"/releases/{_q(product)}/{_q(version)}/{verb}", body=body)
+    where = f" for {environment}" if environment else ""
+    done(as_json, f"release {product} {version} {verb}d{where}; now {rel['state']}", rel)
+
+
+@releases.command("approve")
+@click.argument("product")
+@click.argument("version")
+@click.option("--comment", default="")
+@click.option("--environment", default=None, help="Approve for this environment only.")
+@json_option
+@click.pass_context
+def releases_approve(ctx: click.Context, product: str, version: str, comment: str,
+                     environment: str | None, as_json: bool) -> None:
+    """Approve a submitted release, never your own (scope approve)."""
+    _decide(ctx, "approve", product, version, comment, environment, as_json)
+
+
+@releases.command("reject")
+@click.argument("product")
+@click.argument("version")
+@click.option("--comment", required=True, help="Why (required).")
+@click.option("--environment", default=None)
+@json_option
+@click.pass_context
+def releases_reject(ctx: click.Context, product: str, version: str, comment: str,
+                    environment: str | None, as_json: bool) -> None:
+    """Reject a submitted release, final (scope approve)."""
+    _decide(ctx, "reject", product, version, comment, environment, as_json)
+
+
+@remote.group("deployments")
+def deployments() -> None:
+    """Queue, list and show deployments."""
+
+
+@deployments.command("queue")
+@click.argument("product")
+@click.argument("version")
+@click.option("--environment", required=True)
+@json_option
+@click.pass_context
+def deployments_queue(ctx: click.Context, product: str, version: str, environment: str,
+                      as_json: bool) -> None:
+    """Queue an approved release for an environment (scope deploy)."""
+    deps = _run(ctx, "POST", f"/releases/{_q(product)}/{_q(version)}/deployments",
+                body={"environment": environment})["deployments"]
+    emit(deps, as_json, _DEPLOYMENT_COLUMNS)
+
+
+@deployments.command("list")
+@click.option("--environment", default=None)
+@click.option("--state", default=None)
+@json_option
+@click.pass_context
+def deployments_list(ctx: click.Context, environment: str | None, state: str | None,
+                     as_json: bool) -> None:
+    """List deployments, newest first (scope read)."""
+    query = urllib.parse.urlencode({k: v for k, v in (("environment", environment),
+                                                      ("state", state)) if v})
+    deps = _run(ctx, "GET", "/deployments" + (f"?{query}" if query else ""))["deployments"]
+    emit(deps, as_json, _DEPLOYMENT_COLUMNS)
+
+
+@deployments.command("show")
+@click.argument("deployment_id", type=int)
+@json_option
+@click.pass_context
+def deployments_show(ctx: click.Context, deployment_id: int, as_json: bool) -> None:
+    """Show one deployment (scope read)."""
+    emit(_run(ctx, "GET", f"/deployments/{deployment_id}"), as_json)
+
+
+@remote.command("environments")
+@json_option
+@click.pass_context
+def environments(ctx: click.Context, as_json: bool) -> None:
+    """List the environments you may view (scope read)."""
+    emit(_run(ctx, "GET", "/environments")["environments"], as_json)
+
+
+@remote.command("agents")
+@click.option("--environment", default=None)
+@json_option
+@click.pass_context
+def agents(ctx: click.Context, environment: str | None, as_json: bool) -> None:
+    """List the agents of the environments you may view (scope read)."""
+    query = f"?environment={_q(environment)}" if environment else ""
+    emit(_run(ctx, "GET", f"/agents{query}")["agents"], as_json)
+
