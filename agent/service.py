@@ -10,8 +10,10 @@ One bundle at a time. For every ready inbox item:
    error (unreadable stick) leaves the files where they are.
 3. Check every step before anything is consumed: ``bundle.steps`` rules, the executor's own
    rules, every script or manifest it names present in the bundle, every connection it names
-   defined in ``agent.toml`` with the right type. A bundle that fails is refused like bad data
-   (check ``steps``); its sequence is not consumed.
+   defined in ``agent.toml`` with the right type (check ``steps``); then the approvals the
+   root requires for this agent's environment (``agent.approvalcheck``, check
+   ``approvals``). A bundle that fails is refused like bad data, its result naming the
+   verified bundle; its sequence is not consumed.
 4. Record acceptance *and* the new replay state (root, sequence, time floor) in one journal
    transaction, then move the inbox files to ``archive/``. Only then does anything run.
 5. Wait for ``not_before`` if the manifest has one (the bundle waits in ``staging/``; ``agent
@@ -43,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.approvalcheck import check_approvals
 from agent.config import AgentConfig
 from agent.faults import crash_point, fault_point
 from agent.home import AgentKeys, load_keys
@@ -273,13 +276,16 @@ class Agent:
             return ProcessOutcome(printable(item.name), "deferred", f"cannot read: {_why(exc)}")
         self._solved(f"verify {printable(item.name)}", f"{printable(item.name)} verified")
         crash_point("staged")
+        check = "steps"
         problem = check_steps(self.config, vb.manifest.steps,
                               {f.name for f in vb.manifest.files})
+        if problem is None:
+            check, problem = "approvals", check_approvals(self.config.environment, vb)
         if problem is not None:
             shutil.rmtree(vb.staged_dir, ignore_errors=True)
-            return self._reject(item, "steps", f"bundle {vb.manifest.bundle_id} (sequence "
+            return self._reject(item, check, f"bundle {vb.manifest.bundle_id} (sequence "
                                 f"{vb.manifest.sequence}) is refused before anything ran, and "
-                                f"its sequence is not used up: {problem}")
+                                f"its sequence is not used up: {problem}", verified=vb)
         return self._accept_and_run(item, vb)
 
     def _verify(self, item: ReadyItem, admit: AdmitFn) -> VerifiedBundle:
@@ -374,14 +380,23 @@ class Agent:
                               self.order.hold(item, f"waiting for parts to be copied again: "
                                               f"{exc}"))
 
-    def _reject(self, item: ReadyItem, check: str, reason: str) -> ProcessOutcome:
+    def _reject(self, item: ReadyItem, check: str, reason: str,
+                verified: VerifiedBundle | None = None) -> ProcessOutcome:
+        """Quarantine ``item`` with a signed ``rejected`` result. A bundle refused after it
+        verified (step or approval check) is named in the result (bundle id and envelope
+        digest, which its signature vouches for); an unverified one never is."""
         dest = self.config.quarantine
         name = printable(item.name)
         log.error("refused %s [%s]: %s; moving it to %s", name, check, reason, dest)
-        intent = self._intent("rejected", reason, None, None, None, [],
-                              extra={"rejected_file": name, "check": check})
+        bundle_id = verified.manifest.bundle_id if verified is not None else None
+        intent = self._intent(
+            "rejected", reason, bundle_id,
+            verified.envelope_sha256 if verified is not None else None,
+            verified.manifest.release.to_json() if verified is not None
+            and verified.manifest.release is not None else None, [],
+            extra={"rejected_file": name, "check": check})
         seq = self._dispose_new(item, dest, intent, (name, check, reason))
-        return ProcessOutcome(name, "rejected", reason, None, self._result_path(seq))
+        return ProcessOutcome(name, "rejected", reason, bundle_id, self._result_path(seq))
 
     def _dispose_new(self, item: ReadyItem, dest: Path, intent: ResultIntent,
                      rejection: tuple[str, str, str] | None) -> int | None:

@@ -520,6 +520,18 @@ class _ImportRun:
             found = deployments.get(refused_lost)
             if found is not None and found.agent_id == agent.id and found.state == "lost":
                 dep = found
+        elif res.bundle_id is not None and res.status == "rejected":
+            # The agent refused a bundle after it verified (step or approval check) and names
+            # it. A bundle this hub never exported to this agent (made by hand with the
+            # release key, say) is no reason to drop the refusal: it is imported, flagged and
+            # audited, attached to no deployment.
+            dep = deployments.get(res.bundle_id)
+            if dep is None or dep.agent_id != agent.id:
+                dep = None
+                flags.append(
+                    f"refused: bundle {res.bundle_id} was not exported by this hub to "
+                    f"{agent.agent_id} ({str(res.body.get('summary', ''))[:300]})"
+                )
         elif res.bundle_id is not None:
             dep = deployments.get(res.bundle_id)
             if dep is None:

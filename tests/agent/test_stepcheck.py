@@ -109,6 +109,9 @@ def test_a_bundle_whose_steps_cannot_run_here_is_refused_before_acceptance(
                      staging_dir=staging, clock=lambda: NOW)
     assert vb.manifest.result is not None and vb.manifest.result.status == "rejected"
     assert vb.manifest.result.body["check"] == "steps"
+    # Refused after it verified: the result names the bundle (its signature vouches for it).
+    assert vb.manifest.result.bundle_id == out.bundle_id is not None
+    assert vb.manifest.result.bundle_envelope_sha256 is not None
     # The hub's corrected bundle may reuse the sequence: it was not consumed.
     (tmp_path / "fixed").mkdir()
     fixed = _process(agent, _signed(kit, tmp_path / "fixed", None))
