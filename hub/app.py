@@ -1,9 +1,10 @@
 """The hub's Flask application factory (Flask tutorial style: ``create_app(config)``).
 
 ``create_app`` binds Flask-SQLAlchemy to the configured database, upgrades it to the
-newest migration (unless ``run_migrations`` is false), and registers the ``/healthz``
-endpoint. The web UI's blueprints (``web/``) are registered on top by their own issue;
-they get service contexts from :func:`service_context` and only translate domain errors.
+newest migration (unless ``run_migrations`` is false), and registers the ``/healthz``,
+``/readyz`` and ``/metrics`` endpoints. The web UI's blueprints (``web/``) are registered on
+top by their own issue; they get service contexts from :func:`service_context` and only
+translate domain errors.
 
 Nothing is created at import time.
 """
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import Blueprint, Flask, Response, current_app, got_request_exception, jsonify
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -54,24 +55,67 @@ def live_state(live_bind: str) -> str | None:
         return "down"
 
 
+def _database_answers(what: str) -> bool:
+    try:
+        db.session.execute(text("SELECT 1"))
+    except SQLAlchemyError:
+        current_app.logger.exception("%s: database unreachable", what)
+        return False
+    finally:
+        db.session.remove()
+    return True
+
+
 @health.get("/healthz")
 def healthz() -> Any:
     """200 with ``{"status": "ok", "database": "ok"}`` when the database answers and the live
     server (when one is configured: ``"live": "ok"``) accepts connections; 503 with what is
     ``unreachable``/``down`` otherwise."""
-    try:
-        db.session.execute(text("SELECT 1"))
-    except SQLAlchemyError:
-        current_app.logger.exception("health check: database unreachable")
+    if not _database_answers("health check"):
         return jsonify(status="unavailable", database="unreachable"), 503
-    finally:
-        db.session.remove()
     live = live_state(hub_config().live_bind)
     if live is None:
         return jsonify(status="ok", database="ok")
     if live == "down":
         return jsonify(status="unavailable", database="ok", live="down"), 503
     return jsonify(status="ok", database="ok", live="ok")
+
+
+@health.get("/readyz")
+def readyz() -> Any:
+    """For load balancers: 200 ``{"status": "ready"}`` when this process can serve requests
+    (its database answers), else 503. Unlike ``/healthz`` it does not look at the live
+    server: a web process is ready to take requests while the live server restarts."""
+    if not _database_answers("readiness check"):
+        return jsonify(status="unavailable", database="unreachable"), 503
+    return jsonify(status="ready", database="ok")
+
+
+@health.get("/metrics")
+def metrics() -> Any:
+    """Prometheus metrics: every web worker's own figures and the hub-wide figures from the
+    database (:mod:`hub.metrics`)."""
+    from hub.metrics import CONTENT_TYPE_LATEST, HubCollector, render, web_registry
+
+    try:
+        body = render(web_registry(HubCollector(db.session, utc_now)))
+    finally:
+        db.session.remove()
+    return current_app.response_class(body, mimetype=None,
+                                      headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _count_response(response: Response) -> Response:
+    from hub.metrics import web_metrics
+
+    web_metrics().requests.labels(f"{response.status_code // 100}xx").inc()
+    return response
+
+
+def _count_exception(sender: Flask, exception: BaseException, **_: Any) -> None:
+    from hub.metrics import web_metrics
+
+    web_metrics().errors.labels(type(exception).__name__).inc()
 
 
 def create_app(config: HubConfig | Mapping[str, Any] | None = None) -> Flask:
@@ -106,6 +150,8 @@ def create_app(config: HubConfig | Mapping[str, Any] | None = None) -> Flask:
         if cfg.run_migrations:
             upgrade(db.engine)
     app.register_blueprint(health)
+    app.after_request(_count_response)
+    got_request_exception.connect(_count_exception, app)
     return app
 
 

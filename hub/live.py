@@ -55,6 +55,7 @@ from websockets.asyncio.server import Server, serve
 
 from bundle.sync import DEFAULT_HEARTBEAT_SECONDS, MAX_MESSAGE_BYTES, is_loopback
 from hub.errors import ConfigError, HubError
+from hub.live_http import http_endpoints
 from hub.live_hub import ACK_EVERY_BYTES, WINDOW_BYTES, LiveHub
 
 __all__ = ["ACK_EVERY_BYTES", "WINDOW_BYTES", "LiveHub", "LiveServer",
@@ -119,7 +120,9 @@ def start_live(hub: LiveHub, host: str, port: int, *,
                 {"ssl_handshake_timeout": hub.limits.handshake_timeout_s} if ssl else {})
             server = await serve(hub.handler, host, port, compression=None,
                                  max_size=MAX_MESSAGE_BYTES, ssl=ssl,
-                                 open_timeout=hub.limits.handshake_timeout_s, **extra)
+                                 open_timeout=hub.limits.handshake_timeout_s,
+                                 process_request=http_endpoints(hub, stopped.is_set),
+                                 **extra)
         except OSError as exc:
             ready.set_exception(exc)
             return

@@ -93,6 +93,7 @@ from hub.live_files import (
     sweep_partials,
 )
 from hub.live_guard import Admission, LiveLimits, LoginGuard, RefusalCount
+from hub.metrics import LiveMetrics
 from hub.services import audit
 from hub.services.agents import get_agent
 from hub.services.context import HubKeys, ServiceContext, utc_now
@@ -223,6 +224,7 @@ class LiveHub:
                              agent_quota=self.limits.log_quota_agent_bytes,
                              total_quota=self.limits.log_quota_total_bytes)
         self.admission = Admission(self.limits)
+        self.metrics = LiveMetrics(lambda: len(self.peers), lambda: self.admission.total)
         self.guard = LoginGuard(self.limits)
         self._swept = 0.0  # monotonic time of the last sweep of partial uploads
         self._push_locks: dict[str, asyncio.Lock] = {}  # one export + offer at a time per agent
@@ -316,6 +318,7 @@ class LiveHub:
         """A login was refused: count it against the source (back-off) and audit it in
         aggregate (:class:`hub.live_guard.LoginGuard`)."""
         log.warning("live: %s (from %s)", error, peer.source)
+        self.metrics.error(error.code)
         if not isinstance(error, BackoffError | BusyError):
             self.guard.failed(peer.source)
         first = self.guard.count_refusal(peer.source, agent_id, error.code, str(error))
@@ -385,7 +388,9 @@ class LiveHub:
             ids = [dep_id for dep_id, _ in report.failed]
             self._export_failed[agent_id] = ((len(ids), max(ids)),
                                              time.monotonic() + EXPORT_RETRY_SECONDS)
+        self.metrics.exports.inc(len(report.written))
         for dep_id, reason in report.failed:
+            self.metrics.error("export_failed")
             log.error("live: export of deployment %s for %s failed: %s", dep_id, agent_id,
                       reason)
         if report.index is not None:
@@ -420,6 +425,8 @@ class LiveHub:
             if dep is not None and dep.state == "exported":
                 # Delivery is the last leg of export (the live server's own permission).
                 transition(ctx, dep, "delivered", action="bundle.export")
+                waited = (ctx.now() - dep.queued_at).total_seconds()
+                self.metrics.push_latency.observe(max(0.0, waited))
             audit.record(ctx, "live.delivered", "deployment" if dep else "agent",
                          str(dep.id) if dep else agent_id,
                          {"agent_id": agent_id, "file": name, "how": how,
@@ -480,9 +487,11 @@ class LiveHub:
                     message = await asyncio.wait_for(ws.recv(), timeout=timeout)
                 except TimeoutError:
                     if conn.is_open:
+                        self.metrics.error("heartbeat_missed")
                         log.warning("live: agent %s missed three heartbeats; closing",
                                     conn.agent_id)
                     else:
+                        self.metrics.error("timeout")
                         conn.fail(HandshakeTimeoutError(
                             f"live: no authentication from {source} within [live] "
                             f"handshake_timeout_s = {self.limits.handshake_timeout_s:g} s"))
@@ -543,6 +552,7 @@ class LiveHub:
                     async with asyncio.timeout(self.limits.send_timeout_s):
                         await ws.send(message)
                 except TimeoutError:
+                    self.metrics.error("send_timeout")
                     log.warning("live: agent %s (%s) has not read for [live] send_timeout_s = "
                                 "%g s; closing", peer.conn.agent_id, peer.source,
                                 self.limits.send_timeout_s)
@@ -645,11 +655,13 @@ class LiveHub:
                     "the hub did not address to it; closing",
                     remote_text="LOG for a bundle not addressed to this agent")
                 log.warning("%s", error)
+                self.metrics.error(error.code)
                 peer.conn.fail(error)
                 return
             peer.bundles.add(event.bundle_id)
         stored = self.logs.add(agent_id, event)
         if isinstance(stored, LogQuotaError):
+            self.metrics.error("log_quota")
             log.warning("%s (bundle %s)", stored, event.bundle_id)
 
     # -- the push loop
@@ -684,9 +696,11 @@ class LiveHub:
                 await self._sweep()
                 if not self.peers:
                     continue  # nobody to push to: no query at all
+                self.metrics.wakeups.labels("poll").inc()
                 await self.poll_once()
             except (SQLAlchemyError, HubError, OSError) as exc:
                 # The database may be restarting; the next round tries again.
+                self.metrics.error("push_loop")
                 log.error("live: push loop: %s: %s", type(exc).__name__, exc)
 
     async def _sweep(self) -> None:
@@ -735,6 +749,7 @@ class LiveHub:
         try:
             written, _ = await self._push_pending(agent_id)  # _export records failures
         except (HubError, OSError, SQLAlchemyError) as exc:
+            self.metrics.error("export_failed")
             log.error("live: cannot export for %s: %s", agent_id, exc)
             self._export_failed[agent_id] = (fingerprint,
                                              time.monotonic() + EXPORT_RETRY_SECONDS)
@@ -747,6 +762,7 @@ class LiveHub:
         code 4012, audit event ``live.revoked``."""
         error = RevokedAgentError(f"live: agent {agent_id} is {status}; closing its connection")
         log.warning("%s", error)
+        self.metrics.error("revoked")
         peer.conn.fail(error)
         peer.flush()
         await asyncio.to_thread(self._audit_revoked, agent_id, status)
@@ -779,6 +795,7 @@ class LiveHub:
             try:
                 await self._in_pool(self._export_pool, self._export, agent_id)
             except (HubError, OSError) as exc:
+                self.metrics.error("export_failed")
                 log.error("live: cannot export for %s: %s", agent_id, exc)
             await self._offer_spool(peer, agent_id)
 
@@ -823,6 +840,7 @@ class LiveHub:
             data = self.read_chunk(path, offset, min(READ_BYTES, size - offset))
             conn.send_chunk(transfer, offset, data)
             offset += len(data)
+            self.metrics.transfer_bytes.labels("out").inc(len(data))
             peer.flush()
         if offset == size and peer.open and transfer in peer.outgoing:
             conn.send_done(transfer)
@@ -841,6 +859,7 @@ class LiveHub:
         os.replace(path, sent / path.name)
         fsync_dir(path.parent)
         log.info("live: %s holds %s (%s)", agent_id, path.name, how)
+        self.metrics.delivered.labels(how).inc()
         # In the export pool, behind the exports already queued: bookkeeping must not delay
         # other agents' bundles (a burst's last bundle waited for the first ones' commits).
         self._spawn(self._in_pool(self._export_pool, self._mark_delivered, agent_id, path.name,
@@ -898,6 +917,7 @@ class LiveHub:
         except SyncError as exc:
             self._drop_incoming(peer, event.transfer, exc)
             return
+        self.metrics.transfer_bytes.labels("in").inc(len(event.data))
         if inc.receiver.offset - inc.acked >= ACK_EVERY_BYTES:
             inc.fh.flush()
             os.fsync(inc.fh.fileno())
@@ -917,6 +937,7 @@ class LiveHub:
         inc = peer.incoming.pop(transfer)
         inc.fh.close()
         inc.path.unlink(missing_ok=True)
+        self.metrics.error("result_corrupt")
         log.warning("live: result from %s rejected: %s", peer.conn.agent_id, exc)
         peer.conn.send_cancel(transfer, "agent", "corrupt", exc.remote_text)
 
@@ -944,12 +965,14 @@ class LiveHub:
         try:
             status, reason = await asyncio.to_thread(self._import, dest)
         except (HubError, SQLAlchemyError, OSError) as exc:
+            self.metrics.error("import_failed")
             log.error("live: cannot import %s from %s now: %s", dest.name, agent_id, exc)
             status, reason = RETRY, "the hub could not import it now; offer it again later"
         finally:
             # Imported results are stored verbatim in results/; a rejected one is recorded
             # in the audit log (result.rejected): nothing stays in live-inbox/.
             dest.unlink(missing_ok=True)
+        self.metrics.imports.labels(status).inc()
         if not peer.conn.is_open:
             return
         if status in ("imported", "duplicate", "enrolled"):

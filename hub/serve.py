@@ -113,6 +113,13 @@ def build_app(config: HubConfig) -> Flask:
     return create_web_app(config)
 
 
+def _worker_exited(server: Any, worker: Any) -> None:
+    """gunicorn's ``child_exit`` hook: a dead worker's gauges leave the metrics."""
+    from hub.metrics import worker_exited
+
+    worker_exited(worker.pid)
+
+
 def gunicorn_options(config: HubConfig) -> dict[str, Any]:
     """gunicorn's settings for ``hub serve``.
 
@@ -128,6 +135,7 @@ def gunicorn_options(config: HubConfig) -> dict[str, Any]:
         "accesslog": "-",
         "errorlog": "-",
         "timeout": 60,
+        "child_exit": _worker_exited,
     }
     control = Path(config.data_dir).absolute() / CONTROL_SOCKET
     if len(os.fsencode(control)) <= MAX_SOCKET_PATH_BYTES:
@@ -147,7 +155,15 @@ def serve(config: HubConfig, *, live_command: Sequence[str] | None = None) -> No
     process, stopped when gunicorn's master stops.
     """
     from hub.db import db
+    from hub.metrics import clear_multiprocess, enable_multiprocess, sweep_multiprocess
 
+    # gunicorn's workers are separate processes behind one port: their metrics go to files
+    # that any worker's /metrics adds up (hub.metrics, multiprocess mode). One directory per
+    # `hub serve`: several may share a data directory (docs/scale.md).
+    run_dir = Path(config.data_dir).absolute() / "run"
+    sweep_multiprocess(run_dir, "metrics-web-")
+    metrics_dir = run_dir / f"metrics-web-{os.getpid()}"
+    enable_multiprocess(metrics_dir)
     app = build_app(config)
     with app.app_context():
         db.engine.dispose()  # no pooled connection may cross the fork into workers
@@ -158,5 +174,7 @@ def serve(config: HubConfig, *, live_command: Sequence[str] | None = None) -> No
     finally:
         # gunicorn's workers are forked from here and leave through this frame too: only
         # the master owns the child.
-        if child is not None and os.getpid() == master:
-            _stop_live_child(child)
+        if os.getpid() == master:
+            if child is not None:
+                _stop_live_child(child)
+            clear_multiprocess(metrics_dir)

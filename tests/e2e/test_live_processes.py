@@ -120,14 +120,15 @@ class Site:
 
     # -- processes
 
-    def start_hub(self, log_name: str) -> subprocess.Popen[bytes]:
+    def start_hub(self, log_name: str, *, http_port: int | None = None,
+                  workers: int = 1) -> subprocess.Popen[bytes]:
         """``hub serve`` with the live server on :attr:`live_port`, in a process group of its
         own (so a hard kill takes gunicorn, its workers and the live child together)."""
-        http_port = free_port()
+        http_port = http_port or free_port()
         with (self.tmp / log_name).open("wb") as out:
             proc = subprocess.Popen(
                 [*TIANGONG, "hub", "--data-dir", str(self.data), "serve",
-                 "--bind", f"127.0.0.1:{http_port}", "--workers", "1",
+                 "--bind", f"127.0.0.1:{http_port}", "--workers", str(workers),
                  "--live-bind", f"127.0.0.1:{self.live_port}", "--live-insecure-loopback"],
                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
                 start_new_session=True)

@@ -45,6 +45,33 @@ def test_health_reports_unreachable_database(tmp_path: Path) -> None:
     assert response.get_json()["status"] == "unavailable"
 
 
+def test_readiness_follows_the_database(tmp_path: Path) -> None:
+    app = create_app({"data_dir": tmp_path})
+    response = app.test_client().get("/readyz")
+    assert (response.status_code, response.get_json()) == (200, {"status": "ready",
+                                                                  "database": "ok"})
+    with app.app_context():
+        db.engine.dispose()
+    broken = create_app({"data_dir": tmp_path,
+                         "database_url": f"sqlite:///{tmp_path / 'missing' / 'hub.db'}",
+                         "run_migrations": False})
+    broken.logger.disabled = True
+    response = broken.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json() == {"status": "unavailable", "database": "unreachable"}
+
+
+def test_metrics_without_a_database_say_so_instead_of_failing(tmp_path: Path) -> None:
+    app = create_app({"data_dir": tmp_path,
+                      "database_url": f"sqlite:///{tmp_path / 'missing' / 'hub.db'}",
+                      "run_migrations": False})
+    response = app.test_client().get("/metrics")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain; version=")
+    assert "tiangong_database_up 0.0" in response.get_data(as_text=True)
+    assert "tiangong_deployments" not in response.get_data(as_text=True)
+
+
 def test_create_app_on_postgresql(pg_db: str, tmp_path: Path) -> None:
     app = create_app({"data_dir": tmp_path, "database_url": pg_db})
     assert app.test_client().get("/healthz").status_code == 200
