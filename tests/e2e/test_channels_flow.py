@@ -30,7 +30,7 @@ def test_promote_subscribe_recall_with_real_processes(tmp_path: Path) -> None:
 
     def hub(*args: str, user: str = "admin",
             check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run("hub", "--as", user, *args, env=env, check=check)
+        return run("hub", "--local-admin", user, *args, env=env, check=check)
 
     def js(*args: str, user: str = "admin") -> object:
         return json.loads(hub(*args, "--json", user=user).stdout)
