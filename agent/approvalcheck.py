@@ -21,38 +21,22 @@ This module only reads the verified bundle; it does not touch files or the journ
 
 from __future__ import annotations
 
+from bundle.approvals import manifest_verdict
 from bundle.errors import ReleaseFormatError
 from bundle.reader import VerifiedBundle
-from bundle.release import content_hash_of_manifest
-from signing.approvals import ReleaseRef, Verdict, evaluate_approvals
-from signing.delegations import ANY_ENVIRONMENT
 
-__all__ = ["approval_verdict", "check_approvals"]
-
-
-def approval_verdict(environment: str | None, vb: VerifiedBundle) -> Verdict:
-    """The verdict on ``vb``'s approvals for an agent enrolled in ``environment``.
-
-    Raises:
-        ReleaseFormatError: ``vb`` is not a release bundle, or its content cannot be hashed.
-    """
-    m = vb.manifest
-    if m.release is None:
-        raise ReleaseFormatError(f"bundle {m.bundle_id} is not a release bundle")
-    root = vb.trusted_root.document
-    env = environment or ANY_ENVIRONMENT
-    if root.delegation(env) is None:
-        # Nothing required: skip hashing (the common case costs nothing).
-        return evaluate_approvals(root, env, ReleaseRef("", "", ""), "", (), 0)
-    return evaluate_approvals(
-        root, env, ReleaseRef(m.release.product, m.release.version, m.release.author),
-        content_hash_of_manifest(m), m.approvals, vb.state.time_floor)
+__all__ = ["check_approvals"]
 
 
 def check_approvals(environment: str | None, vb: VerifiedBundle) -> str | None:
-    """The reason this agent must refuse ``vb`` for its approvals, or None when it may run."""
+    """The reason this agent must refuse ``vb`` for its approvals, or None when it may run.
+
+    ``environment`` is the agent's enrolled one; the root is ``vb``'s trusted root (after the
+    updates it carried) and the floor its new time floor.
+    """
     try:
-        verdict = approval_verdict(environment, vb)
+        verdict = manifest_verdict(vb.trusted_root.document, environment, vb.manifest,
+                                   vb.state.time_floor)
     except ReleaseFormatError as exc:
         return f"its approvals cannot be checked: {exc}"
     return None if verdict.ok else verdict.message

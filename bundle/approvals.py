@@ -7,19 +7,28 @@ envelopes of one of the two approval payload types, within the size caps, none t
 they count is decided after the bundle is verified, by ``signing.approvals.evaluate_approvals``
 (the agent's approval check); an approval that does not count is never a format error.
 
+:func:`manifest_verdict` applies that rule to a verified manifest for a verifier's own
+environment (the agent's approval check, ``bundle verify --environment``).
+
 It does no I/O and keeps each envelope as its exact bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bundle.errors import ManifestError
-from signing.approvals import MAX_APPROVAL_BYTES
+from bundle.errors import ManifestError, ReleaseFormatError
+from bundle.release import content_hash_of_manifest
+from signing.approvals import MAX_APPROVAL_BYTES, ReleaseRef, Verdict, evaluate_approvals
+from signing.delegations import ANY_ENVIRONMENT
 from signing.envelope import TYPE_APPROVAL, TYPE_APPROVAL_ATTESTATION, parse_envelope
 from signing.errors import SignatureError, StrictJSONError
+from signing.roots import RootDocument
 from signing.strictjson import dumps_canonical, loads_strict
+
+if TYPE_CHECKING:
+    from bundle.manifest import Manifest
 
 __all__ = [
     "MAX_APPROVALS_TOTAL_BYTES",
@@ -27,6 +36,7 @@ __all__ = [
     "approvals_from_json",
     "approvals_to_json",
     "check_approvals",
+    "manifest_verdict",
 ]
 
 MAX_MANIFEST_APPROVALS = 32  # envelopes one manifest carries
@@ -87,3 +97,24 @@ def approvals_from_json(value: object) -> tuple[bytes, ...]:
 def approvals_to_json(envelopes: Sequence[bytes]) -> list[Any]:
     """The manifest value of ``envelopes``: each envelope's JSON object."""
     return [loads_strict(e, MAX_APPROVAL_BYTES) for e in envelopes]
+
+
+def manifest_verdict(root: RootDocument, environment: str | None, manifest: Manifest,
+                     floor: int) -> Verdict:
+    """Do the approvals of the VERIFIED ``manifest`` meet ``root``'s delegation for
+    ``environment`` (the verifier's own; None = an agent enrolled without one, held to
+    ``"*"``) at time floor ``floor``? The content hash is recomputed from the manifest
+    (docs/release-format.md §5), never taken from it.
+
+    Raises:
+        ReleaseFormatError: not a release manifest, or its content cannot be hashed.
+    """
+    if manifest.release is None:
+        raise ReleaseFormatError(f"bundle {manifest.bundle_id} is not a release bundle")
+    env = environment or ANY_ENVIRONMENT
+    if root.delegation(env) is None:
+        # Nothing required: no hashing (the common case costs nothing).
+        return evaluate_approvals(root, env, ReleaseRef("", "", ""), "", (), floor)
+    r = manifest.release
+    return evaluate_approvals(root, env, ReleaseRef(r.product, r.version, r.author),
+                              content_hash_of_manifest(manifest), manifest.approvals, floor)

@@ -19,7 +19,8 @@ from typing import Any
 
 import click
 
-from bundle.errors import BundleError
+from bundle.approvals import manifest_verdict
+from bundle.errors import ApprovalsError, BundleError
 from bundle.manifest import Approval, Manifest, Target
 from bundle.parts import DEFAULT_SPLIT_SIZE
 from bundle.reader import (
@@ -62,6 +63,7 @@ CHECKS: tuple[tuple[str, str], ...] = (
     ("space", "free space for staging"),
     ("digest", "every payload's length and SHA-256 (compressed)"),
     ("zstd", "every payload decompressed within the window cap; content SHA-256"),
+    ("approvals", "approvals the root requires for --environment (release bundles)"),
 )
 _ALIASES = {"truncated": "format", "parts": "format", "staging": "space"}
 
@@ -355,7 +357,8 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
 @click.option("--trust", "trust_file", required=True, type=click.Path(dir_okay=False),
               help="The hub root document to trust (root.json).")
 @click.option("--agent-id", help="Verify as this agent (release bundles).")
-@click.option("--environment", help="The verifying agent's environment.")
+@click.option("--environment", help="The verifying agent's environment: also checks the "
+              "approvals the root requires there, as that agent would.")
 @click.option("--result", "is_result", is_flag=True, help="FILE is a result bundle (.tgr).")
 @click.option("--agent-key", type=click.Path(dir_okay=False),
               help="With --result: the agent's public key file.")
@@ -412,6 +415,11 @@ def verify_cmd(files: tuple[Path, ...], trust_file: str, agent_id: str | None,
                 vb = verify_parts(list(files), trusted_root=trusted, state=state,
                                   expect=expect, staging_dir=staging, progress=report,
                                   durable=False)
+        if not is_result and environment is not None:
+            verdict = manifest_verdict(vb.trusted_root.document, environment, vb.manifest,
+                                       vb.state.time_floor)
+            if not verdict.ok:
+                raise ApprovalsError(f"bundle {label}: {verdict.message}")
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             for name, path in vb.files.items():

@@ -19,6 +19,8 @@
     │                                                                               [digest]
     ├── LimitExceededError            a named limit is exceeded (size, count, window) [limit]
     ├── DecompressionError            a payload is not a single valid zstd frame      [zstd]
+    ├── ApprovalsError                the approvals do not meet the root's delegation for the
+    │                                 verifier's environment (after verification) [approvals]
     └── StagingError                  the private staging area is unsafe or unusable  [staging]
         └── InsufficientSpaceError    not enough free space (says how much is needed) [space]
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ApprovalsError",
     "BundleError",
     "BundleFormatError",
     "BundleSignatureError",
@@ -128,6 +131,12 @@ class LimitExceededError(BundleError):
 
 class DecompressionError(BundleError):
     check = "zstd"
+
+
+class ApprovalsError(BundleError):
+    """The verified bundle lacks the approvals its verifier's environment requires."""
+
+    check = "approvals"
 
 
 class StagingError(BundleError):

@@ -111,18 +111,20 @@ def approve(s: Site, name: str, *, key: SigningKey | None = None, **kw: Any) -> 
 
 def _bundle(s: Site, envelopes: Sequence[bytes], *, author: str = "zoe",
             environment: str | None = None, extra_step: bool = False,
-            change: Callable[[Manifest], Manifest] | None = None) -> Path:
+            change: Callable[[Manifest], Manifest] | None = None,
+            roots: Sequence[bytes] = (), root_version: int = 1) -> Path:
     rel = _release(s.tmp, s.tmp / "ran", extra_step)
     manifest, files = release_manifest(
         load_release(rel), bundle_id=f"b-{uuid.uuid4().hex[:8]}",
         issuer=s.kit.release_key.key_id,
-        target=Target(agents=("site-01",), environment=environment), root_version=1,
+        target=Target(agents=("site-01",), environment=environment),
+        root_version=root_version,
         sequence=1, created=NOW - 60, expires=NOW + DAY, counter=1, author=author,
         approval_envelopes=envelopes)
     if change is not None:
         manifest = change(manifest)
     out = s.tmp / f"{manifest.bundle_id}.tgb"
-    return write_bundle(out, manifest, files, [s.kit.release_key]).paths[0]
+    return write_bundle(out, manifest, files, [s.kit.release_key], roots=roots).paths[0]
 
 
 def _process(s: Site, bundle: Path) -> ProcessOutcome:
@@ -265,5 +267,26 @@ def test_agent_without_environment_is_held_to_the_star_delegation(
                         "approves environments prod, not *")
         out = _process(s, _bundle(s, [approve(s, "alice", environments=["*"])]))
         assert out.status == "succeeded", out.summary
+    finally:
+        s.agent.close()
+
+
+def test_a_delegation_added_by_a_root_update_in_the_bundle_is_enforced(
+        tmp_path: Path, ring: dict[str, SigningKey]) -> None:
+    """The delegation comes from the trusted root AFTER the updates the bundle carries: a
+    bundle cannot escape a new rule by carrying it, and a refused bundle's root update is not
+    kept."""
+    s = _make_site(tmp_path, "prod", None, ring)
+    try:
+        v1 = s.kit.trusted.document
+        v2 = sign_root(replace(v1, version=2, approvals={"prod": _signed(ring, 2, 2)}),
+                       [s.kit.root_key])
+        _assert_refused(s, _bundle(s, (), roots=[v2], root_version=2),
+                        "environment prod needs 2 approvals from 2 groups")
+        assert s.agent.journal.trust(s.kit.hub_id).root_version == 1
+        out = _process(s, _bundle(s, [approve(s, "alice"), approve(s, "bob")], roots=[v2],
+                                  root_version=2))
+        assert out.status == "succeeded", out.summary
+        assert s.agent.journal.trust(s.kit.hub_id).root_version == 2
     finally:
         s.agent.close()

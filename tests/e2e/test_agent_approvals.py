@@ -145,6 +145,13 @@ def test_the_site_refuses_bundles_without_the_approvals_its_root_requires(
     ids = {}
     for name, release, approvals, author, _ in cases:
         ids[name] = _bundle(tmp_path, keys, release, name, approvals, "plant-a", author)
+    # 'bundle verify --environment' judges the approvals as that environment's agent will.
+    verify = run("bundle", "verify", str(tmp_path / "one-group.tgb"), "--trust",
+                 str(keys.root_json), "--agent-id", "site-01", "--environment", "plant-a",
+                 check=False)
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    assert "from only 1 group [check: approvals]" in verify.stderr
+    for name, *_ in cases:
         _drop_settled(tmp_path, name, home)
     out = run("agent", "run", "--home", str(home), "--once")
     assert out.stdout.count(": rejected: ") == len(cases), out.stdout + out.stderr
@@ -160,6 +167,16 @@ def test_the_site_refuses_bundles_without_the_approvals_its_root_requires(
     # Nothing ran and no sequence was used: the approved bundle now runs as sequence 1.
     assert not (tmp_path / "ran").exists()
     good = _bundle(tmp_path, keys, rel, "good", [ok["alice"], ok["bob"], ok["carol"]], "plant-a")
+    run("bundle", "verify", str(tmp_path / "good.tgb"), "--trust", str(keys.root_json),
+        "--agent-id", "site-01", "--environment", "plant-a")
+    # An approval can also be made from the bundle itself (content hash recomputed).
+    from_bundle = tmp_path / "alice-from-bundle.json"
+    run("keys", "approve", "--key", str(files["alice"]), "--approver", "alice", "--bundle",
+        str(tmp_path / "good.tgb"), "--environment", "plant-a", "-o", str(from_bundle),
+        env=PASS)
+    shown = json.loads(run("keys", "approval", "show", str(from_bundle), "--json").stdout)
+    assert shown["content_hash"] == json.loads(run("keys", "approval", "show", str(ok["bob"]),
+                                                   "--json").stdout)["content_hash"]
     _drop_settled(tmp_path, "good", home)
     out = run("agent", "run", "--home", str(home), "--once")
     assert "good.tgb: succeeded" in out.stdout, out.stdout + out.stderr
