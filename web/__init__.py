@@ -25,15 +25,16 @@ __all__ = ["NAV", "WebState", "init_app", "listens_beyond_loopback", "nav_for"]
 
 #: The page blueprints, one module each (``web/<name>.py`` with templates in
 #: ``templates/<name>/``), in the order of the navigation bar.
-PAGES = ("home", "releases", "environments", "agents", "deployments", "media", "audit",
-         "admin", "tokens")
+PAGES = ("home", "releases", "channels", "environments", "agents", "deployments", "media",
+         "audit", "admin", "tokens")
 #: Navigation: (blueprint, label) for each page but home.
-NAV = (("releases", "Releases"), ("environments", "Environments"), ("agents", "Agents"),
-       ("deployments", "Deployments"), ("media", "Media"), ("audit", "Audit"),
+NAV = (("releases", "Releases"), ("channels", "Channels"), ("environments", "Environments"),
+       ("agents", "Agents"), ("deployments", "Deployments"), ("media", "Media"), ("audit", "Audit"),
        ("admin", "Admin"), ("tokens", "API tokens"))
 #: The action a page's index needs, for the pages some signed-in people may not open (the
 #: others list only what one may view, possibly nothing).
-NAV_NEEDS = {"releases": "view", "audit": "audit.read", "admin": "user.manage"}
+NAV_NEEDS = {"releases": "view", "channels": "view", "audit": "audit.read",
+             "admin": "user.manage"}
 
 
 def nav_for(user: Any) -> list[tuple[str, str]]:
@@ -46,7 +47,7 @@ def nav_for(user: Any) -> list[tuple[str, str]]:
         need = NAV_NEEDS.get(name)
         if need is None:
             return True
-        return can_read(user) if name == "releases" else can(user, need)
+        return can_read(user) if name in ("releases", "channels") else can(user, need)
 
     return [(name, label) for name, label in NAV if may(name)]
 

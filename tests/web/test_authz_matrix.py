@@ -43,6 +43,7 @@ from sqlalchemy import select
 
 from hub.db import Base, db
 from hub.services.approvals import approve_release
+from hub.services.channels import subscribe
 from hub.services.deployments import queue_deployment
 from hub.services.exchange import import_directory
 from hub.services.releases import create_release, submit_release
@@ -154,6 +155,7 @@ def build_world(site: Site, tmp: Path) -> World:
         _enroll(site, tmp, PROD_AGENT, "prod")
         (test_dep,) = queue_deployment(site.ctx("op"), releases[w.approved], "test")
         (prod_dep,) = queue_deployment(site.ctx("op"), releases[w.approved], "prod")
+        subscribe(site.ctx("admin"), "test", PRODUCT, "STABLE")
         db.session.commit()
         w.test_deployment, w.prod_deployment = test_dep.id, prod_dep.id
         w.new_agent_request = request_file(site, tmp, "agent-new-1", "test").read_bytes()
@@ -203,6 +205,7 @@ RELEASE = {"scope": ANY_GRANT, "ghost": lambda w: w.release("9.9.9")}
 TEST_AGENT_URL = {"ghost": lambda w: {"agent_id": "agent-ghost-0000"}}
 TEST_DEPLOYMENT = {"ghost": lambda w: {"deployment_id": 999_999}}
 TEST_ENVIRONMENT = {"ghost": lambda w: {"name": "ghost-env"}}
+PRODUCT_URL = {"scope": ANY_GRANT, "ghost": lambda w: {"product": "ghostapp"}}
 A_USER = {"scope": ADMIN, "ghost": lambda w: {"username": "ghost"}, "hidden": 403}
 
 
@@ -244,6 +247,33 @@ EXPECTED: dict[str, View] = {
         args=lambda w: w.release(w.submitted),
         form=lambda w: {"comment": "the matrix says no", "environment": ""},
         **RELEASE,
+    ),
+    # Channels belong to a product: read like releases; promoting, approving a promotion
+    # and recalling need global grants (channels span environments).
+    "channels.index": View(get=ANY_GRANT),
+    "channels.show": View(get=ANY_GRANT, args=lambda w: {"product": w.product}, **PRODUCT_URL),
+    "channels.promote_release": View(
+        post=having("operator") - {"op-test"}, args=lambda w: {"product": w.product},
+        form=lambda w: {"version": w.unqueued, "to": "CANARY"}, **PRODUCT_URL,
+    ),
+    "channels.approve": View(
+        post=having("approver") - {"appr-prod"}, args=lambda w: {"product": w.product},
+        form=lambda w: {"version": w.unqueued, "to": "CANARY"}, **PRODUCT_URL,
+    ),
+    "channels.recall_release": View(
+        post=having("operator") - {"op-test"}, args=lambda w: {"product": w.product},
+        form=lambda w: {"version": w.approved, "channel": "RELEASE", "reason": "matrix"},
+        **PRODUCT_URL,
+    ),
+    "channels.subscribe_environment": View(
+        post=ADMIN, args=lambda w: {"environment": "test"},
+        form=lambda w: {"product": w.product, "channel": "CANARY"},
+        scope=VIEW_TEST, ghost=lambda w: {"environment": "ghost-env"},
+    ),
+    "channels.unsubscribe_environment": View(
+        post=ADMIN, args=lambda w: {"environment": "test"},
+        form=lambda w: {"product": w.product},
+        scope=VIEW_TEST, ghost=lambda w: {"environment": "ghost-env"},
     ),
     "environments.index": View(get=SIGNED_IN),
     "environments.create": View(

@@ -1,0 +1,146 @@
+"""The channels pages: a product's channels with the releases in each; approve-promotion,
+promote and recall buttons (CSRF, permissions, a refused promotion naming what is missing);
+subscriptions on an environment's page."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from hub.db import AuditEvent, ChannelEntry, ChannelSubscription, Deployment, db
+from hub.services.approvals import approve_release
+from hub.services.channels import ChannelRule, set_rule, subscribe
+from hub.services.releases import create_release, submit_release
+from tests.hub.conftest import write_release
+from tests.web.pages import Site
+
+
+def _approved(site: Site, tmp: Path, version: str = "1.0.0") -> None:
+    with site.app.app_context():
+        release = create_release(site.ctx("dev"), write_release(tmp / "src", version=version),
+                                 create_missing_product=True)
+        submit_release(site.ctx("dev"), release)
+        approve_release(site.ctx("appr1"), release)
+        db.session.commit()
+
+
+def _state(site: Site) -> tuple[int, int, list[tuple[int, str]], int]:
+    with site.app.app_context():
+        s = db.session
+        return (s.scalar(select(func.count()).select_from(AuditEvent)) or 0,
+                s.scalar(select(func.count()).select_from(ChannelEntry)) or 0,
+                [(d.id, d.state) for d in s.scalars(select(Deployment).order_by(Deployment.id))],
+                s.scalar(select(func.count()).select_from(ChannelSubscription)) or 0)
+
+
+def _channel_section(html: str, name: str) -> str:
+    return html.split(f'id="channel-{name}"')[1].split("</section>")[0]
+
+
+def test_channels_page_shows_each_channel_and_the_buttons_one_may_use(
+    site: Site, tmp_path: Path
+) -> None:
+    _approved(site, tmp_path)
+    with site.app.app_context():
+        subscribe(site.ctx("admin"), "prod", "hello", "STABLE")
+        db.session.commit()
+    html = site.client("view").get("/channels/hello").get_data(as_text=True)
+    assert html.index('id="channel-RELEASE"') < html.index('id="channel-CANARY"') < html.index(
+        'id="channel-STABLE"')
+    release = _channel_section(html, "RELEASE")
+    assert 'data-release="1.0.0"' in release and "ready for CANARY" in release
+    assert "promote-form" not in html and "recall-form" not in html
+    assert "approve-promotion-form" not in html
+    assert "No release in CANARY" in html
+    assert 'href="/environments/prod"' in _channel_section(html, "STABLE")
+    op = site.client("op").get("/channels/hello").get_data(as_text=True)
+    assert "promote-form" in op and "recall-form" in op and "approve-promotion-form" not in op
+    appr = site.client("appr2").get("/channels/hello").get_data(as_text=True)
+    assert "approve-promotion-form" in appr and "promote-form" not in appr
+    assert site.client("nobody").get("/channels/hello").status_code == 404  # as if absent
+    index = site.client("view").get("/channels/").get_data(as_text=True)
+    assert "RELEASE → CANARY → STABLE" in index
+    assert '<a href="/channels/"' in index  # in the navigation bar
+
+
+def test_promote_refused_then_approved_and_promoted_through_the_page(
+    site: Site, tmp_path: Path
+) -> None:
+    _approved(site, tmp_path)
+    with site.app.app_context():
+        set_rule(site.ctx("admin"), "hello", "CANARY", ChannelRule(required_approvals=1))
+        subscribe(site.ctx("admin"), "test", "hello", "CANARY")
+        db.session.commit()
+    form = {"version": "1.0.0", "to": "CANARY"}
+    op = site.client("op")
+    before = _state(site)
+    assert op.post("/channels/hello/promote", data=form).status_code == 400  # no CSRF token
+    assert site.post(site.client("appr1"), "/channels/hello/promote", form).status_code == 403
+    refused = site.post(op, "/channels/hello/promote", form)
+    assert refused.status_code == 303
+    page = op.get("/channels/hello").get_data(as_text=True)
+    assert "flash-error" in page and "missing: approvals: 0 of 1 distinct approver(s)" in page
+    author = site.post(site.client("admin"), "/channels/hello/approve", form)
+    assert author.status_code == 303  # admin is not the author: this one counts
+    after_approval = _state(site)
+    assert after_approval[1:] == before[1:]
+    assert site.post(site.client("dev"), "/channels/hello/approve", form).status_code == 403
+
+    done = site.post(op, "/channels/hello/promote", form)
+    assert done.status_code == 303
+    page = op.get("/channels/hello").get_data(as_text=True)
+    assert "promoted from RELEASE to CANARY; deployments: test (queued)" in page
+    assert 'data-release="1.0.0"' in _channel_section(page, "CANARY")
+
+
+def test_recall_through_the_page_needs_a_reason_and_cancels(site: Site, tmp_path: Path) -> None:
+    _approved(site, tmp_path)
+    with site.app.app_context():
+        subscribe(site.ctx("admin"), "test", "hello", "RELEASE")
+        db.session.commit()
+    _approved(site, tmp_path, "1.0.1")  # planned for test and queued at once
+    op = site.client("op")
+    before = _state(site)
+    assert [s for _, s in before[2]] == ["queued"]
+    form = {"version": "1.0.1", "channel": "RELEASE", "reason": "  "}
+    assert site.post(op, "/channels/hello/recall", form).status_code == 400
+    assert site.post(site.client("view"), "/channels/hello/recall",
+                     {**form, "reason": "bad"}).status_code == 403
+    assert _state(site) == before
+    assert site.post(op, "/channels/hello/recall",
+                     {**form, "reason": "bad build"}).status_code == 303
+    page = op.get("/channels/hello").get_data(as_text=True)
+    assert "recalled from RELEASE; 1 deployment(s) cancelled" in page
+    assert 'data-release="1.0.1"' not in page
+    assert [s for _, s in _state(site)[2]] == ["cancelled"]
+    with site.app.app_context():
+        details = json.loads(db.session.scalars(select(AuditEvent.details).where(
+            AuditEvent.action == "channel.recall")).one())
+    assert details["reason"] == "bad build"
+
+
+def test_environment_page_subscriptions(site: Site, tmp_path: Path) -> None:
+    _approved(site, tmp_path)
+    admin = site.client("admin")
+    page = admin.get("/environments/test").get_data(as_text=True)
+    assert 'id="no-subscriptions"' in page and 'id="subscribe-form"' in page
+    assert 'id="subscribe-form"' not in site.client("op").get(
+        "/environments/test").get_data(as_text=True)
+    before = _state(site)
+    refused = site.post(site.client("op"), "/channels/subscriptions/test",
+                        {"product": "hello", "channel": "STABLE"})
+    assert refused.status_code == 403
+    hidden = site.post(site.client("view-test"), "/channels/subscriptions/prod",
+                       {"product": "hello", "channel": "STABLE"})
+    assert hidden.status_code == 404  # an environment one may not view does not exist
+    assert _state(site) == before
+    assert site.post(admin, "/channels/subscriptions/test",
+                     {"product": "hello", "channel": "stable"}).status_code == 303
+    page = site.client("view").get("/environments/test").get_data(as_text=True)
+    row = page.split('id="subscriptions-table"')[1].split("</table>")[0]
+    assert 'data-product="hello"' in row and ">STABLE<" in row
+    assert site.post(admin, "/channels/subscriptions/test/remove",
+                     {"product": "hello"}).status_code == 303
+    assert 'id="no-subscriptions"' in admin.get("/environments/test").get_data(as_text=True)
