@@ -95,6 +95,7 @@ class HubConfig:
     live_partial_max_age_s: float = LiveLimits.partial_max_age_s
     live_log_quota_agent_bytes: int = LiveLimits.log_quota_agent_bytes
     live_log_quota_total_bytes: int = LiveLimits.log_quota_total_bytes
+    live_heartbeat_s: int = LiveLimits.heartbeat_s
     #: where the web UI's Media page writes exported bundles (a mounted share), relative to
     #: data_dir unless absolute; empty: the page offers the bundles as a download instead.
     export_dir: str = ""

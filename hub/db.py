@@ -338,6 +338,10 @@ class Agent(db.Model):  # type: ignore[name-defined,misc]
     enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Presence kept by the live servers (hub.services.presence): online until this time;
+    # the live connection holding the agent now (None: none).
+    online_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    live_conn: Mapped[str | None] = mapped_column(String(64))
     result_seq: Mapped[int] = mapped_column(Integer, default=0)
     last_result_digest: Mapped[str | None] = mapped_column(String(64))
 

@@ -53,7 +53,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from websockets.asyncio.server import Server, serve
 
-from bundle.sync import DEFAULT_HEARTBEAT_SECONDS, MAX_MESSAGE_BYTES, is_loopback
+from bundle.sync import MAX_MESSAGE_BYTES, is_loopback
 from hub.errors import ConfigError, HubError
 from hub.live_http import http_endpoints
 from hub.live_hub import ACK_EVERY_BYTES, WINDOW_BYTES, LiveHub
@@ -146,12 +146,13 @@ def start_live(hub: LiveHub, host: str, port: int, *,
 def serve_live(config: Any, host: str, port: int, *, actor: str | None = None,
                ssl: ssl_module.SSLContext | None = None, binding: bytes = b"",
                allow_insecure_loopback: bool = False,
-               heartbeat: int = DEFAULT_HEARTBEAT_SECONDS) -> LiveServer:
+               heartbeat: int | None = None) -> LiveServer:
     """Start the live server for the hub of ``config`` (a :class:`hub.config.HubConfig`).
 
     ``actor`` is the hub user that exports bundles for live delivery (needs the operator
     role), or None: the hub's own ``system:live`` (see :meth:`LiveHub._services`);
-    ``binding`` the SHA-256 of the hub's TLS certificate in DER form (§5.2).
+    ``binding`` the SHA-256 of the hub's TLS certificate in DER form (§5.2); ``heartbeat``
+    the seconds between heartbeats (default: ``[live] heartbeat_s``).
 
     Raises:
         ConfigError: as :func:`start_live`, or the hub is not initialised.
@@ -162,9 +163,10 @@ def serve_live(config: Any, host: str, port: int, *, actor: str | None = None,
 
     keys = load_hub_keys(config.data_dir)
     engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
+    limits = LiveLimits.from_config(config)
     hub = LiveHub(session_factory=make_session_factory(engine), keys=keys,
-                  data_dir=config.data_dir, actor=actor, heartbeat=heartbeat,
-                  binding=binding, limits=LiveLimits.from_config(config))
+                  data_dir=config.data_dir, actor=actor,
+                  heartbeat=heartbeat or limits.heartbeat_s, binding=binding, limits=limits)
     return start_live(hub, host, port, ssl=ssl, allow_insecure_loopback=allow_insecure_loopback)
 
 

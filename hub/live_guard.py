@@ -55,6 +55,8 @@ class LiveLimits:
     partial_max_age_s: float = 86_400.0  # seconds an abandoned partial upload is kept
     log_quota_agent_bytes: int = 256 * MiB  # bytes of stored live logs per agent
     log_quota_total_bytes: int = 8 * GiB  # bytes of stored live logs, all agents
+    heartbeat_s: int = 30  # seconds between an agent's heartbeats (announced in WELCOME);
+    #                        presence counts an agent offline one interval after its last
 
     def __post_init__(self) -> None:
         for f in fields(self):

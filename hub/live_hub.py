@@ -31,6 +31,7 @@ import contextlib
 import functools
 import logging
 import os
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from websockets.asyncio.server import ServerConnection
@@ -99,7 +100,7 @@ from hub.services.agents import get_agent
 from hub.services.context import HubKeys, ServiceContext, utc_now
 from hub.services.deployments import transition
 from hub.services.exchange import export_environment, import_result
-from hub.services.presence import LiveWork, live_work
+from hub.services.presence import LiveWork, live_work, presence_until
 from hub.services.users import get_user
 from signing.keys import PublicKey
 
@@ -162,6 +163,9 @@ class _Peer:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     room: asyncio.Event = field(default_factory=asyncio.Event)
     writer: asyncio.Task[None] | None = None
+    # This connection, as agents.live_conn names it: presence writes of an ended connection
+    # never touch an agent that a newer one holds (here or in another live process).
+    conn_id: str = field(default_factory=lambda: f"{os.getpid()}-{secrets.token_hex(12)}")
     ending: bool = False  # no more messages will be queued: the writer ends when empty
 
     def __post_init__(self) -> None:
@@ -231,7 +235,10 @@ class LiveHub:
         self.poll_interval = poll_interval
         self._poller: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # outlive a connection (database work)
-        self._seen: dict[str, Any] = {}  # agent -> time of its last heartbeat, not yet written
+        # agent -> (time of its last heartbeat, its connection), not written yet
+        self._seen: dict[str, tuple[Any, str]] = {}
+        # agent -> (time it disconnected, the connection that ended), not written yet
+        self._gone: dict[str, tuple[Any, str]] = {}
         # agent -> (fingerprint of its queued work, monotonic time before which an export that
         # failed for that same work is not tried again)
         self._export_failed: dict[str, tuple[tuple[int, int | None], float]] = {}
@@ -339,31 +346,56 @@ class LiveHub:
                 .where(AgentRow.agent_id == agent_id, Deployment.bundle_id == bundle_id))
         return found is not None
 
-    def _touch(self, agent_id: str) -> None:
+    def _touch(self, agent_id: str, conn_id: str) -> None:
+        """``agent_id`` authenticated on connection ``conn_id``: seen now, online for one
+        heartbeat interval (and the grace), held by that connection."""
         self._seen.pop(agent_id, None)
+        self._gone.pop(agent_id, None)
         with self._services() as ctx:
-            get_agent(ctx.session, agent_id).last_seen = ctx.now()
+            agent = get_agent(ctx.session, agent_id)
+            agent.last_seen = ctx.now()
+            agent.online_until = presence_until(agent.last_seen, self.heartbeat)
+            agent.live_conn = conn_id
 
-    def _flush_seen(self, seen: dict[str, Any]) -> None:
-        """Write the heartbeats' ``last_seen`` of many agents in one transaction."""
+    def _flush_presence(self, seen: dict[str, tuple[Any, str]],
+                        gone: dict[str, tuple[Any, str]]) -> None:
+        """Write heartbeats (``last_seen``, ``online_until``) and disconnects
+        (``online_until`` = the moment, no ``live_conn``) of many agents in one transaction.
+        Each row only while the same connection still holds the agent: a late write of a
+        connection that another live process (or a reconnect here) replaced changes nothing.
+        """
         table = AgentRow.__table__
+        held = and_(table.c.agent_id == bindparam("aid"), table.c.live_conn == bindparam("conn"))
         with self._session() as session:
-            session.execute(
-                update(table).where(table.c.agent_id == bindparam("aid"))
-                .values(last_seen=bindparam("at")),
-                [{"aid": aid, "at": at} for aid, at in sorted(seen.items())])
+            if seen:
+                session.execute(
+                    update(table).where(held)
+                    .values(last_seen=bindparam("at"), online_until=bindparam("until")),
+                    [{"aid": aid, "conn": conn, "at": at,
+                      "until": presence_until(at, self.heartbeat)}
+                     for aid, (at, conn) in sorted(seen.items())])
+            if gone:
+                session.execute(
+                    update(table).where(held)
+                    .values(online_until=bindparam("at"), live_conn=None),
+                    [{"aid": aid, "conn": conn, "at": at}
+                     for aid, (at, conn) in sorted(gone.items())])
 
     async def flush_seen(self) -> None:
-        """Write the pending heartbeat times now (the push loop does this every
-        :data:`SEEN_FLUSH_SECONDS`); on a database error they are kept for the next try."""
-        if not self._seen:
+        """Write the pending heartbeats and disconnects now (the push loop does this at once
+        for disconnects, every :data:`SEEN_FLUSH_SECONDS` for heartbeats); on a database error
+        they are kept for the next try."""
+        if not self._seen and not self._gone:
             return
         seen, self._seen = self._seen, {}
+        gone, self._gone = self._gone, {}
         try:
-            await asyncio.to_thread(self._flush_seen, seen)
+            await asyncio.to_thread(self._flush_presence, seen, gone)
         except BaseException:
-            for aid, at in seen.items():
-                self._seen.setdefault(aid, at)
+            for aid, entry in seen.items():
+                self._seen.setdefault(aid, entry)
+            for aid, entry in gone.items():
+                self._gone.setdefault(aid, entry)
             raise
 
     def _export(self, agent_id: str) -> tuple[int, int]:
@@ -528,6 +560,10 @@ class LiveHub:
             if conn.agent_id is not None and self.peers.get(conn.agent_id) is peer:
                 del self.peers[conn.agent_id]
                 self.logs.forget(conn.agent_id)
+                # Offline at once (the push loop writes it within POLL_SECONDS).
+                self._seen.pop(conn.agent_id, None)
+                self._gone[conn.agent_id] = (self.clock(), peer.conn_id)
+                self._start_poller()
                 log.info("live: agent %s offline", conn.agent_id)
             peer.flush()
             code = conn.close_code if conn.failure is not None else 1000
@@ -613,7 +649,7 @@ class LiveHub:
                          event.agent_id)
                 self._spawn(self._replace(old))
             log.info("live: agent %s online", event.agent_id)
-            await asyncio.to_thread(self._touch, event.agent_id)
+            await asyncio.to_thread(self._touch, event.agent_id, peer.conn_id)
             peer.flush()  # WELCOME before any offer
             task = asyncio.create_task(self._push(peer, event.agent_id))
             peer.tasks.add(task)
@@ -622,7 +658,7 @@ class LiveHub:
             if conn.agent_id is not None:
                 # Written by the push loop, all agents in one transaction (SEEN_FLUSH_SECONDS):
                 # one commit per heartbeat made 1,000 agents 33 commits a second.
-                self._seen[conn.agent_id] = self.clock()
+                self._seen[conn.agent_id] = (self.clock(), peer.conn_id)
         elif isinstance(event, ResumeRequested):
             task = asyncio.create_task(self._send_file(peer, event.transfer, event.offset))
             peer.tasks.add(task)
@@ -689,7 +725,8 @@ class LiveHub:
         while True:
             await asyncio.sleep(self.poll_interval)
             try:
-                if self._seen and time.monotonic() - flushed >= SEEN_FLUSH_SECONDS:
+                if self._gone or (self._seen
+                                  and time.monotonic() - flushed >= SEEN_FLUSH_SECONDS):
                     flushed = time.monotonic()
                     await self.flush_seen()
                 await self.flush_refusals()
@@ -717,8 +754,10 @@ class LiveHub:
             log.info("live: removed abandoned partial upload %s", path)
 
     async def shutdown(self) -> None:
-        """Before the event loop ends: audit the refusals still counted."""
+        """Before the event loop ends: audit the refusals still counted, write the
+        disconnects (every agent of this process is offline now)."""
         await self.flush_refusals(force=True)
+        await self.flush_seen()
 
     async def poll_once(self) -> None:
         """One round of the push loop: for every connected agent, drop it if it is no longer

@@ -10,8 +10,8 @@ UI keeps a copy in ``<data_dir>/enrollment-responses/`` so an operator can downl
 again (a lost USB stick) until the agent is revoked.
 
 Status comes from :mod:`hub.services.presence` (the same the dashboard shows): ``online``
-when the agent was seen within 2.5 heartbeats, ``offline``, ``never`` (enrolled, never seen)
-or ``revoked``.
+while the agent's live connection is open and heard within a heartbeat interval,
+``offline``, ``never`` (enrolled, never seen) or ``revoked``.
 """
 
 from __future__ import annotations

@@ -142,8 +142,9 @@ def agents_enroll(
 @json_option
 @click.pass_context
 def agents_list(ctx: click.Context, environment: str | None, as_json: bool) -> None:
-    """List agents with their presence: ``online`` when seen (live authentication or
-    heartbeat) within 2.5 heartbeat intervals, else ``offline`` / ``never`` / ``revoked``."""
+    """List agents with their presence: ``online`` while a live connection is open and its
+    last heartbeat is at most one interval (and a grace) old, else ``offline`` / ``never`` /
+    ``revoked`` (hub.services.presence)."""
     from hub.services.agents import list_agents
     from hub.services.presence import agent_presence
     from hub.services.users import require

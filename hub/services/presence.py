@@ -1,11 +1,21 @@
 """Presence: is an agent online, and when was it last seen?
 
-The live server (:mod:`hub.live_hub`) writes ``agents.last_seen`` when an agent
-authenticates and on each of its heartbeats. The web workers and the CLI run in other
-processes and cannot see the live server's memory, so "online" is derived from that column
-alone: an enrolled agent is **online** when it was seen within
-:data:`ONLINE_FACTOR` × the heartbeat interval (2.5 × 30 s by default — one missed
-heartbeat is tolerated, a dead connection shows as offline within 75 s).
+The web workers and the CLI run in other processes than the live servers and cannot see
+their memory, so presence lives in the database. A live server (:mod:`hub.live_hub`) writes,
+for each agent it holds:
+
+* at authentication and with each heartbeat: ``last_seen`` and ``online_until`` = that moment
+  + one heartbeat interval + :func:`presence_grace` (and ``live_conn``, its connection);
+* when the connection ends — a clean close, or a peer whose socket the kernel closed (a
+  killed agent) — ``online_until`` = that moment, within one poll of the push loop.
+
+An enrolled agent is **online** while ``online_until`` lies ahead: a clean disconnect shows
+at once, a connection lost without a close (a cut cable, a frozen host) one heartbeat interval
+and the grace after the agent's last heartbeat; a live process that died leaves its agents'
+``online_until`` to run out the same way. An agent no live server has recorded yet
+(``online_until`` empty: never connected live since this version, or only seen through media
+imports) keeps the old rule: online while ``last_seen`` is within :data:`ONLINE_FACTOR` ×
+the heartbeat interval.
 
 Also here: :func:`live_work`, the one indexed query the live server's push loop runs every
 poll interval for all of its connected agents (revoked? queued deployments?). The queueing
@@ -32,6 +42,7 @@ from hub.services.context import ServiceContext
 from hub.services.users import require
 
 __all__ = [
+    "GRACE_MIN_S",
     "ONLINE_FACTOR",
     "AgentPresence",
     "LiveWork",
@@ -39,15 +50,30 @@ __all__ = [
     "list_presence",
     "live_work",
     "online_window",
+    "presence_grace",
+    "presence_until",
 ]
 
-ONLINE_FACTOR = 2.5  # heartbeat intervals an agent may stay silent and still count as online
+ONLINE_FACTOR = 2.5  # heartbeat intervals a never-recorded agent counts as online (old rule)
+GRACE_MIN_S = 2.0  # seconds a heartbeat may come late (transit, the live server's batched write)
 QUERY_BATCH = 500  # agent ids per IN (...) list: SQLite caps bound parameters per statement
 
 
 def online_window(heartbeat: int = DEFAULT_HEARTBEAT_SECONDS) -> timedelta:
     """How recently an agent must have been seen to count as online."""
     return timedelta(seconds=ONLINE_FACTOR * heartbeat)
+
+
+def presence_grace(heartbeat: int) -> timedelta:
+    """How late a heartbeat may be before the agent shows offline: a tenth of the interval,
+    at least :data:`GRACE_MIN_S` (the live server writes heartbeats once a second)."""
+    return timedelta(seconds=max(GRACE_MIN_S, heartbeat / 10))
+
+
+def presence_until(seen: datetime, heartbeat: int) -> datetime:
+    """``online_until`` for an agent heard at ``seen`` that heartbeats every ``heartbeat``
+    seconds: its next heartbeat is due by then."""
+    return seen + timedelta(seconds=heartbeat) + presence_grace(heartbeat)
 
 
 @dataclass(frozen=True)
@@ -70,8 +96,11 @@ def agent_presence(agent: Agent, now: datetime,
                    heartbeat: int = DEFAULT_HEARTBEAT_SECONDS) -> AgentPresence:
     """The presence of ``agent`` at ``now`` (the caller's clock, so tests need no sleep)."""
     seen = agent.last_seen
-    online = (agent.status == "enrolled" and seen is not None
-              and now - seen <= online_window(heartbeat))
+    if agent.online_until is not None:  # kept by a live server
+        online = agent.status == "enrolled" and now < agent.online_until
+    else:
+        online = (agent.status == "enrolled" and seen is not None
+                  and now - seen <= online_window(heartbeat))
     if agent.status != "enrolled":
         state = agent.status
     elif seen is None:
