@@ -21,11 +21,15 @@ This module only reads the verified bundle; it does not touch files or the journ
 
 from __future__ import annotations
 
+import logging
+
 from bundle.approvals import manifest_verdict
 from bundle.errors import ReleaseFormatError
 from bundle.reader import VerifiedBundle
 
 __all__ = ["check_approvals"]
+
+log = logging.getLogger("tiangong.agent")
 
 
 def check_approvals(environment: str | None, vb: VerifiedBundle) -> str | None:
@@ -39,4 +43,6 @@ def check_approvals(environment: str | None, vb: VerifiedBundle) -> str | None:
                                    vb.state.time_floor)
     except ReleaseFormatError as exc:
         return f"its approvals cannot be checked: {exc}"
+    if verdict.ok and verdict.delegation is not None:
+        log.info("bundle %s: approvals checked: %s", vb.manifest.bundle_id, verdict.message)
     return None if verdict.ok else verdict.message
