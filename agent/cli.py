@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import click
 
+from agent import upgrade
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.home import HomeError, HomeLock, init_home, lock_home
 from agent.inbox import ReadyItem, printable
@@ -286,6 +287,8 @@ def run_cmd(home: Path, once: bool, json_logs: bool, verbose: bool) -> None:
     except (ConfigError, HomeError, JournalError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
     started.append(ag)
+    upgrade.on_restart(ag.stopping.set)
+    upgrade.on_restart(ag.wake.set)
     if requested.is_set():
         ag.stopping.set()
         ag.runner.cancel.set()
@@ -299,12 +302,15 @@ def run_cmd(home: Path, once: bool, json_logs: bool, verbose: bool) -> None:
             for out in ag.run_once_watching():
                 click.echo(f"{out.name}: {out.status}: {out.summary}")
         else:
+            upgrade.confirm_started(config.home)
             ag.serve()
     finally:
         if live_thread is not None:
             live_thread.join(timeout=30)
         ag.close()
         home_lock.release()
+    if upgrade.restart_requested():  # an agent-upgrade step: the supervisor starts us again
+        sys.exit(upgrade.RESTART_EXIT)
 
 
 @agent.command("apply")
@@ -381,6 +387,7 @@ def status_cmd(home: Path, as_json: bool) -> None:
         st = ag.status()
     finally:
         ag.close()
+    st["upgrade"] = upgrade.status(home)
     if as_json:
         click.echo(json.dumps(st, indent=2, sort_keys=True))
         return
@@ -516,3 +523,6 @@ def sql_unlock_cmd(connection: str, home: Path, force: bool, as_json: bool) -> N
         click.echo(f"cleared the schema lock of connection {connection!r}, held by "
                    f"{report.holder.holder} until {report.holder.until()}; this is reported "
                    "in the agent's next result")
+
+
+agent.add_command(upgrade.supervise_cmd)

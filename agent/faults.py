@@ -23,7 +23,7 @@ import os
 
 from bundle.crashhook import CrashHook
 
-__all__ = ["CRASH_POINTS", "WRITE_POINTS", "crash_point", "fault_point"]
+__all__ = ["CRASH_POINTS", "UPGRADE_CRASH_POINTS", "WRITE_POINTS", "crash_point", "fault_point"]
 
 #: Every durable transition of the agent, in the order one bundle meets them.
 CRASH_POINTS: dict[str, str] = {
@@ -71,7 +71,17 @@ def _parse_fault(value: str | None) -> tuple[str, int, str | None] | None:
     return point, code, path or None
 
 
-_CRASH = CrashHook(os.environ.get("TIANGONG_CRASH_AT"), CRASH_POINTS, hub=False)
+#: The agent-upgrade step's own durable transitions (agent/executors/upgrade.py; tested in
+#: tests/e2e/test_agent_upgrade.py, not by the bundle crash-point matrix).
+UPGRADE_CRASH_POINTS: dict[str, str] = {
+    "upgrade-installed": "an agent-upgrade step installed the new version in versions/<V>, "
+                         "nothing switched or recorded",
+    "upgrade-recorded": "the switch recorded in versions/upgrade.json, versions/current not "
+                        "yet switched",
+}
+
+_CRASH = CrashHook(os.environ.get("TIANGONG_CRASH_AT"), {**CRASH_POINTS, **UPGRADE_CRASH_POINTS},
+                   hub=False)
 _FAULT = _parse_fault(os.environ.get("TIANGONG_FAULT_AT"))
 
 

@@ -37,9 +37,11 @@ __all__ = [
     "validate_step",
 ]
 
-STEP_KINDS = ("sql", "k8s", "shell")
+STEP_KINDS = ("sql", "k8s", "shell", "agent-upgrade")
 #: A step's timeout when it gives none (in seconds).
 DEFAULT_TIMEOUT_S = 10 * 60  # seconds
+#: How long an agent-upgrade step gives the new version to come up, by default (in seconds).
+DEFAULT_CONFIRM_TIMEOUT_S = 2 * 60  # seconds
 #: Longest timeout (and k8s wait_timeout) a step may ask for (in seconds).
 MAX_TIMEOUT_S = 24 * 60 * 60  # seconds
 MAX_STEP_NAME_CHARS = 100  # characters
@@ -70,17 +72,22 @@ _KIND_RAW: dict[str, tuple[str, ...]] = {
     "sql": ("engine", "connection", "script", "version", "description"),
     "k8s": ("connection", "manifests", "namespace", "wait", "wait_timeout"),
     "shell": ("script", "interpreter", "env", "secrets_via", "args"),
+    "agent-upgrade": ("wheel", "confirm_timeout"),
 }
 _KIND_NORM: dict[str, tuple[str, ...]] = {
     "sql": ("engine", "connection", "script", "version", "description"),
     "k8s": ("connection", "manifests", "namespace", "wait", "wait_timeout_s"),
     "shell": ("script", "interpreter", "env", "secrets_via", "args"),
+    "agent-upgrade": ("wheel", "confirm_timeout_s"),
 }
+# Raw duration keys and their normalized names (seconds).
+_DURATION_KEYS = {"wait_timeout": "wait_timeout_s", "confirm_timeout": "confirm_timeout_s"}
 # Normalized keys that are left out when the release does not give them.
 _OPTIONAL_NORM: dict[str, frozenset[str]] = {
     "sql": frozenset({"version", "description"}),
     "k8s": frozenset({"namespace", "wait_timeout_s"}),
     "shell": frozenset(),
+    "agent-upgrade": frozenset(),
 }
 
 
@@ -359,6 +366,7 @@ def _raw_checks(files: Collection[str] | None) -> dict[str, dict[str, _Check]]:
             "secrets_via": _choice(SECRETS_VIA),
             "args": lambda v: _list(v, _arg),
         },
+        "agent-upgrade": {"wheel": ref, "confirm_timeout": _duration},
     }
 
 
@@ -375,6 +383,7 @@ _REQUIRED_RAW = {
     "sql": ("engine", "connection", "script"),
     "k8s": ("connection", "manifests"),
     "shell": ("script",),
+    "agent-upgrade": ("wheel",),
 }
 _DEFAULTS: dict[str, dict[str, Callable[[], object]]] = {
     "sql": {},
@@ -385,6 +394,7 @@ _DEFAULTS: dict[str, dict[str, Callable[[], object]]] = {
         "secrets_via": lambda: "env",
         "args": list,
     },
+    "agent-upgrade": {"confirm_timeout": lambda: DEFAULT_CONFIRM_TIMEOUT_S},
 }
 
 
@@ -456,7 +466,7 @@ def normalize_step(
         if key in _REQUIRED_RAW[kind] and key not in raw:
             needs = ", ".join(_REQUIRED_RAW[kind])
             _fail(index, name, key, f"is missing; a {kind} step needs {needs}")
-        norm_key = "wait_timeout_s" if key == "wait_timeout" else key
+        norm_key = _DURATION_KEYS.get(key, key)
         if key in raw:
             out[norm_key] = _apply(raw, key, checks[key], None, index, name)
         elif key in _DEFAULTS[kind]:
@@ -540,7 +550,7 @@ def validate_step(step: Mapping[str, Any], index: int | None = None) -> None:
     }
     raw_checks = _raw_checks(None)[kind]
     for key in _KIND_NORM[kind]:
-        checks[key] = _seconds if key == "wait_timeout_s" else raw_checks[key]
+        checks[key] = _seconds if key in _DURATION_KEYS.values() else raw_checks[key]
     for key, check in checks.items():
         if key not in step:
             if key in _OPTIONAL_NORM[kind]:
@@ -560,5 +570,5 @@ def referenced_files(step: Mapping[str, Any]) -> list[str]:
     """The release files a normalized step uses (its script, or its manifests), in order."""
     if step.get("kind") == "k8s":
         return list(step.get("manifests", []))
-    script = step.get("script")
+    script = step.get("wheel" if step.get("kind") == "agent-upgrade" else "script")
     return [script] if isinstance(script, str) else []

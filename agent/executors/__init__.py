@@ -21,6 +21,7 @@ _MODULES: dict[str, str] = {
     "sql": "agent.executors.sql:SqlExecutor",
     "k8s": "agent.executors.k8s:KubernetesExecutor",
     "shell": "agent.executors.shell:ShellExecutor",
+    "agent-upgrade": "agent.executors.upgrade:AgentUpgradeExecutor",
 }
 KINDS: tuple[str, ...] = tuple(sorted(_MODULES))
 
