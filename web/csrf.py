@@ -7,7 +7,10 @@ differs from the session's with **400**. The token is renewed at login and logou
 (:func:`rotate_token`).
 
 Views marked with :func:`exempt` skip the check: only the SAML ACS, which is protected by
-the IdP's signature and by ``InResponseTo`` against the login this browser started.
+the IdP's signature and by ``InResponseTo`` against the login this browser started. Paths
+under ``/api/`` skip it too: the HTTP API (:mod:`web.api`) is authenticated by bearer
+tokens only, never by the session cookie, so a forged cross-site request carries nothing
+it would accept.
 
 This module does not check ``Origin``/``Referer`` and does not protect GET requests (views
 must not change state on GET).
@@ -56,7 +59,7 @@ def exempt(view: F) -> F:
 
 
 def _check() -> None:
-    if request.method in _SAFE:
+    if request.method in _SAFE or request.path.startswith("/api/"):
         return
     view = current_app.view_functions.get(request.endpoint or "")
     if view is not None and getattr(view, _EXEMPT_ATTR, False):

@@ -144,8 +144,14 @@ def init_app(app: Flask) -> None:
         return render_template("errors/error.html", status=status, title=_TITLES[status],
                                message=str(exc)), status
 
-    for code in (403, 404):
+    for code in (403, 404, 405):
         @app.errorhandler(code)
         def _http_error(exc: Any, code: int = code) -> Any:
+            if request.path.startswith("/api/"):  # the HTTP API answers JSON (web/api)
+                from web.api import error_response
+
+                return error_response(code, getattr(exc, "description", "") or "")
+            if code == 405:
+                return exc
             return render_template("errors/error.html", status=code, title=_TITLES[code],
                                    message=getattr(exc, "description", "")), code

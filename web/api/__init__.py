@@ -63,6 +63,7 @@ __all__ = [
     "Param",
     "api_ctx",
     "bp",
+    "error_response",
     "operation",
 ]
 
@@ -130,6 +131,13 @@ def _error(status: int, code: str, message: str) -> Response:
     if status == 401:
         resp.headers["WWW-Authenticate"] = 'Bearer realm="tiangong"'
     return resp
+
+
+def error_response(status: int, message: str) -> Response:
+    """The API's JSON answer for an HTTP error raised outside its views (no such route:
+    404, a method the route does not take: 405)."""
+    return _error(status, _CODES.get(status, "error"),
+                  message or f"no such API operation: {request.method} {request.path}")
 
 
 def _clock_now() -> Any:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
-from hub.db import ApiToken, AuditEvent
+from hub.db import ApiToken, AuditEvent, make_engine
 from hub.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
+from hub.migrate import upgrade
 from hub.services.tokens import (
     MAX_ACTIVE_TOKENS,
     TokenRefusedError,
@@ -21,8 +24,8 @@ from hub.services.tokens import (
     revoke_token,
     token_state,
 )
-from hub.services.users import set_active
-from tests.hub.conftest import World
+from hub.services.users import bootstrap_admin, set_active
+from tests.hub.conftest import FakeClock, World, make_keys, seed_people
 
 MAX_DAYS = 90
 
@@ -163,3 +166,35 @@ def test_revoke_by_owner_or_admin_only(world: World) -> None:
     assert event.actor == "admin" and json.loads(event.details)["owner"] == "dev"
     assert [t.name for t in own_tokens(world.ctx("dev"))] == ["ci"]
     assert own_tokens(world.ctx("dev2")) == []
+
+
+@pytest.mark.parametrize("server", ["pg_db", "mysql_db"])
+def test_tokens_on_postgresql_and_mariadb(request: pytest.FixtureRequest, server: str,
+                                          tmp_path: Path) -> None:
+    """Issue, authenticate (last use written), expire and revoke on the real servers."""
+    engine = make_engine(request.getfixturevalue(server))
+    try:
+        upgrade(engine)
+        with Session(engine, expire_on_commit=False) as session:
+            clock = FakeClock()
+            bootstrap_admin(session, clock, "admin")
+            world = World(session, clock, make_keys(), tmp_path / "releases")
+            seed_people(world.ctx("admin"), {"dev": ("developer",)})
+            issued = issue_token(world.ctx("dev"), "ci", ["releases:write", "read"], 2,
+                                 max_days=MAX_DAYS)
+            session.commit()
+            clock.advance(3600)
+            token, user = authenticate(session, clock(), issued.secret)
+            session.commit()
+            session.expire_all()
+            assert (user.username, token.scopes) == ("dev", ["read", "releases:write"])
+            assert token.last_used_at == clock()
+            clock.advance(2 * 86400)
+            with pytest.raises(TokenRefusedError, match="expired at"):
+                authenticate(session, clock(), issued.secret)
+            revoke_token(world.ctx("admin"), issued.token.id)
+            session.commit()
+            with pytest.raises(TokenRefusedError, match="was revoked at"):
+                authenticate(session, clock(), issued.secret)
+    finally:
+        engine.dispose()

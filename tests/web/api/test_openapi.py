@@ -61,3 +61,13 @@ def test_the_document_is_openapi_3_1_and_its_references_resolve(site: Site) -> N
                 assert op["x-tiangong-scope"] in ("read", "releases:write", "approve",
                                                   "deploy", "admin")
     assert len(ids) == len(set(ids))
+
+
+def test_unknown_operations_answer_json_too(site: Site) -> None:
+    c = site.app.test_client()
+    missing = c.get(f"{PREFIX}/nothing-here")
+    assert missing.status_code == 404 and missing.get_json()["error"] == "not_found"
+    wrong = c.delete(f"{PREFIX}/releases")
+    assert wrong.status_code == 405 and wrong.get_json()["error"] == "method_not_allowed"
+    page = c.get("/no-such-page")  # the web UI's own pages are unchanged
+    assert page.status_code == 404 and page.content_type.startswith("text/html")
