@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: a hub on SQLite and a site agent on this machine; a sample release is approved by
-# someone other than its author, exported to a "USB stick" directory, dropped into the agent's
-# inbox, verified and run; the signed result travels back and is imported into the audit log.
+# someone other than its author, promoted through the channels RELEASE → CANARY → STABLE (the
+# site's environment subscribes to STABLE), exported to a "USB stick" directory, dropped into
+# the agent's inbox, verified and run; the signed result travels back and is imported into the audit log.
 # A tampered copy of the bundle is refused along the way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,9 +51,18 @@ say "4. alice uploads $(basename "$RELEASE") and submits it; alice may not appro
 hub alice releases create "$RELEASE" --create-product >/dev/null
 hub alice releases submit hello 1.0.0 >/dev/null
 hub alice releases approve hello 1.0.0 || echo "   (refused, as it must be)"
+hub admin environments subscribe plant-a --product hello --channel STABLE
+hub admin channels rule hello STABLE --approvals 1 >/dev/null
+echo "plant-a follows channel STABLE of hello; promoting into STABLE needs one approver"
 hub bob releases approve hello 1.0.0 --comment "looks good" >/dev/null
-echo "bob approved it"
-hub carol deployments queue hello 1.0.0 --environment plant-a
+echo "bob approved it: hello 1.0.0 entered the first channel"
+hub carol channels list hello
+
+say "4b. carol promotes it RELEASE → CANARY → STABLE; reaching STABLE queues plant-a's deployment"
+hub carol releases promote hello 1.0.0
+hub carol releases promote hello 1.0.0 || echo "   (refused: STABLE's rule wants an approver of the promotion)"
+hub bob releases approve-promotion hello 1.0.0 --comment "canary looked fine"
+hub carol releases promote hello 1.0.0
 
 say "5. carol exports the bundle to the USB stick"
 hub carol export --environment plant-a --out usb-to-site
