@@ -21,7 +21,8 @@ log anonymously.
 
 **Errors** are JSON ``{"error": CODE, "message": TEXT}`` with the status of
 :func:`web.views.status_for` (401 ``unauthorized``, 403 ``forbidden`` /
-``insufficient_scope``, 404, 409, 400, 413 ``too_large``).
+``insufficient_scope``, 404, 409, 400, 413 ``too_large``; 500 ``internal`` for a failure
+of the hub itself, whose traceback goes to the log, never to the caller).
 
 **One source of truth.** Each view is registered with :func:`operation`, which records its
 method, path, scope, parameters and response schemas in :data:`OPERATIONS`; the OpenAPI 3.1
@@ -220,6 +221,10 @@ def _run(view: Callable[..., Any], scope: str, kwargs: dict[str, Any]) -> Respon
         db.session.rollback()
         status = exc.code or 500
         resp = _error(status, _CODES.get(status, "error"), exc.description or exc.name)
+    except Exception:  # the traceback goes to the log, the caller gets JSON
+        db.session.rollback()
+        current_app.logger.exception("API call %s %s failed", request.method, request.path)
+        resp = _error(500, "internal", "the hub could not answer this call; its log says why")
     token, user = db.session.merge(token), db.session.merge(user)
     token.last_used_at = _clock_now()
     _audit_call("api.call", user, token, resp.status_code)
@@ -234,13 +239,13 @@ def operation(
     """Register a view as an API operation and describe it for the OpenAPI document.
 
     The view returns a JSON-able payload, or ``(payload, status)``; it raises domain errors
-    or :class:`ApiError`. ``errors``: the statuses it may answer besides 401/403 (added for
-    every operation with a scope).
+    or :class:`ApiError`. ``errors``: the statuses it may answer besides 401, 403 and 500
+    (added for every operation with a scope).
     """
 
     def register(view: Callable[..., Any]) -> Callable[..., Any]:
         described = dict(responses)
-        for status in (*((401, 403) if scope is not None else ()), *errors):
+        for status in (*((401, 403, 500) if scope is not None else ()), *errors):
             described.setdefault(status, "Error")
         OPERATIONS.append(Operation(
             endpoint=view.__name__, method=method.upper(), rule=rule, scope=scope,

@@ -103,7 +103,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 _STATUS_TEXT = {200: "OK", 201: "Created", 400: "Bad request", 401: "No valid token",
                 403: "Token scope or the person's roles do not allow this",
                 404: "Not found (or outside the caller's scope)",
-                409: "Conflict or wrong state", 413: "Upload too large"}
+                409: "Conflict or wrong state", 413: "Upload too large",
+                500: "The hub failed (its log says why)"}
 
 
 def _operation(op: Operation) -> dict[str, Any]:

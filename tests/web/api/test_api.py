@@ -209,3 +209,34 @@ def test_bad_bodies_are_refused_by_name(site: Site, tmp_path: Path) -> None:
     assert _state(site) == before
     op = api_for(site, "op", ["deploy", "read"])
     assert "unknown state 'done'" in op.get("/deployments?state=done", 400)["message"]
+
+
+def test_reject_needs_a_comment_and_is_final(site: Site, tmp_path: Path) -> None:
+    make_release(site, tmp_path)
+    appr = api_for(site, "appr1", ["approve", "read"])
+    before = _state(site)
+    assert "comment" in appr.post("/releases/hello/1.0.0/reject", 400, json={})["message"]
+    assert _state(site) == before
+    rejected = appr.post("/releases/hello/1.0.0/reject", json={"comment": "breaks billing"})
+    assert rejected["state"] == "rejected"
+    assert [(a["by"], a["decision"]) for a in rejected["approvals"]] == [("appr1", "reject")]
+    shown = appr.get("/releases/hello/1.0.0")
+    assert shown["state"] == "rejected" and shown["files"][0]["name"] == "step0.sh"
+    again = api_for(site, "appr2", ["approve"]).post("/releases/hello/1.0.0/approve", 409)
+    assert again["error"] == "conflict"
+
+
+def test_a_failure_of_the_hub_is_json_logged_and_audited(
+    site: Site, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(_ctx: object) -> list[object]:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("web.api.routes.viewable_environments", broken)
+    api = api_for(site, "op", ["read"])
+    body = api.call("GET", "/environments", 500)
+    assert body == {"error": "internal",
+                    "message": "the hub could not answer this call; its log says why"}
+    assert "disk on fire" in caplog.text
+    (event,) = _events(site, "api.call")
+    assert json.loads(event.details)["status"] == 500
