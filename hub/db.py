@@ -55,6 +55,7 @@ __all__ = [
     "AGENT_STATUSES",
     "API_TOKEN_SCOPES",
     "DEPLOYMENT_STATES",
+    "POLICY_KINDS",
     "RELEASE_STATES",
     "ROLES",
     "Agent",
@@ -71,8 +72,10 @@ __all__ = [
     "ChannelSubscription",
     "Deployment",
     "DeploymentAttempt",
+    "DeploymentOverride",
     "Environment",
     "LoginThrottle",
+    "PolicyRule",
     "Product",
     "PromotionApproval",
     "Release",
@@ -108,6 +111,7 @@ DEPLOYMENT_STATES = (
 AGENT_STATUSES = ("enrolled", "revoked")
 #: What a personal API token may be used for (:mod:`hub.services.tokens`, docs/api.md).
 API_TOKEN_SCOPES = ("read", "releases:write", "approve", "deploy", "admin")
+POLICY_KINDS = ("window", "freeze")  # PolicyRule.kind (hub.services.windows)
 SQLITE_BUSY_TIMEOUT_MS = 10_000  # milliseconds a writer waits for the lock
 
 _NAMING = {
@@ -373,6 +377,9 @@ class Deployment(db.Model):  # type: ignore[name-defined,misc]
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     export_intent: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Queued but held by a window or freeze (hub.services.windows): the live server does not
+    # export it before this time. NULL: not held. A cache the scheduler and exports refresh.
+    hold_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     release: Mapped[Release] = relationship()
     environment: Mapped[Environment] = relationship()
@@ -636,3 +643,44 @@ class ApiToken(db.Model):  # type: ignore[name-defined,misc]
     revoked_by: Mapped[str | None] = mapped_column(String(64))
 
     user: Mapped[User] = relationship()
+
+
+class PolicyRule(db.Model):  # type: ignore[name-defined,misc]
+    """A maintenance window or a change freeze (:mod:`hub.services.windows`) for an
+    environment and/or a product (NULL: every one). ``spec`` is the design's JSON object
+    (docs/bundle-format.md, ``policy``), exactly as it goes into bundles."""
+
+    __tablename__ = "policy_rules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))  # window | freeze
+    environment_id: Mapped[int | None] = mapped_column(ForeignKey("environments.id"),
+                                                       index=True)
+    product_id: Mapped[int | None] = mapped_column(ForeignKey("products.id"))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: a freeze ended early (``freezes end``) or a one-off freeze the scheduler expired
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ended_by: Mapped[str] = mapped_column(String(64), default="")
+
+    environment: Mapped[Environment | None] = relationship()
+    product: Mapped[Product | None] = relationship()
+
+
+class DeploymentOverride(db.Model):  # type: ignore[name-defined,misc]
+    """A request to deploy despite freezes and windows (:mod:`hub.services.windows`): a
+    reason and the requester, then a second person's confirmation (never the requester)."""
+
+    __tablename__ = "deployment_overrides"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    requested_by: Mapped[str] = mapped_column(String(64))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    state: Mapped[str] = mapped_column(String(16), default="requested")  # confirmed, expired
+    confirmed_by: Mapped[str | None] = mapped_column(String(64))
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    deployment: Mapped[Deployment] = relationship()

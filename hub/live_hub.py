@@ -403,7 +403,7 @@ class LiveHub:
         spool = self.spool_root / agent_id
         with self._services() as ctx:
             agent = get_agent(ctx.session, agent_id)
-            before = live_work(ctx.session, [agent_id])
+            before = live_work(ctx.session, [agent_id], now=ctx.now())
             fingerprint = (before[0].queued, before[0].newest) if before else None
             # Whoever asks (the push at connection or the push loop), the same work that
             # failed is left alone for EXPORT_RETRY_SECONDS: one audit event, not one a poll.
@@ -411,7 +411,8 @@ class LiveHub:
             if (fingerprint is not None and failed is not None and failed[0] == fingerprint
                     and time.monotonic() < failed[1]):
                 return 0, 0
-            report = export_environment(ctx, agent.environment.name, spool, agent_id=agent_id)
+            report = export_environment(ctx, agent.environment.name, spool, agent_id=agent_id,
+                                        live=True)
         if not report.failed:
             self._export_failed.pop(agent_id, None)
         else:
@@ -432,7 +433,7 @@ class LiveHub:
     def _live_work(self, agent_ids: list[str]) -> list[LiveWork]:
         session = self.session_factory()
         try:
-            return live_work(session, agent_ids)
+            return live_work(session, agent_ids, now=self.clock())
         finally:
             session.rollback()
             session.close()

@@ -239,7 +239,9 @@ def _flash_outcome(env: str, report: ExportReport, failed: list[dict[str, Any]])
     for dep_id in report.taken:
         flash(f"Deployment {dep_id}: exported by another process (a CLI export or the live "
               "server claimed it first); this export did not write it.")
-    if not report.written and not failed and not report.taken:
+    for dep_id, why in report.held:
+        flash(f"Deployment {dep_id} is held and was not exported: {why}.")
+    if not report.written and not failed and not report.taken and not report.held:
         flash(f"Nothing queued for {env}: nothing written.")
     for f in failed:
         flash(f"Deployment {f['deployment']} was NOT exported: {f['reason']}", "error")

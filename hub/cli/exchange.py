@@ -66,6 +66,7 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
         _emit({"written": rows, "failed": [{"deployment": d, "reason": r}
                                           for d, r in report.failed],
                "taken": report.taken, "recovered": report.recovered,
+               "held": [{"deployment": d, "reason": r} for d, r in report.held],
                "cleaned": report.cleaned,
                "index": str(report.index) if report.index else None}, True)
     else:
@@ -73,7 +74,9 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
             click.echo(f"removed {name} (left in {out_dir} by an export that was killed)")
         for d in report.taken:
             click.echo(f"deployment {d}: exported by another process")
-        if not rows and not report.failed:
+        for d, reason in report.held:
+            click.echo(f"deployment {d}: held, not exported: {reason}")
+        if not rows and not report.failed and not report.held:
             click.echo(f"nothing to export for {environment}: nothing written")
         for d in report.recovered:
             click.echo(f"deployment {d}: completing an export that was interrupted")

@@ -74,6 +74,7 @@ from hub.services.export_claims import (
     take_over,
 )
 from hub.services.users import require_ctx
+from hub.services.windows import hold_back
 
 __all__ = ["DEFAULT_EXPIRY", "ExportReport", "ExportedBundle", "ProgressFn", "export_environment"]
 
@@ -106,6 +107,8 @@ class ExportReport:
     recovered: list[int] = field(default_factory=list)
     #: leftovers of killed exports removed from the output directory (names)
     cleaned: list[str] = field(default_factory=list)
+    #: queued deployments a freeze (or, live, a window) holds: (deployment id, why)
+    held: list[tuple[int, str]] = field(default_factory=list)
     index: Path | None = None
 
 
@@ -124,9 +127,15 @@ def export_environment(
     expires_in: timedelta = DEFAULT_EXPIRY,
     split_size: int | None = None,
     progress: ProgressFn | None = None,
+    live: bool = False,
 ) -> ExportReport:
     """Write a bundle for every queued deployment of ``environment`` into ``out_dir``, and
     complete exports of it that were killed (see the module docstring).
+
+    A queued deployment a freeze holds is not exported (``held``), unless a hub override
+    lifts it; outside its windows it is, for media (the agent holds the bundle), but not
+    for the live server (``live``), which pushes it when its window opens
+    (:mod:`hub.services.windows`).
 
     Commits after each step of each bundle. Raises PermissionDeniedError (operator) before
     writing anything, ConfigError when the release key is not loaded; other per-deployment
@@ -143,6 +152,8 @@ def export_environment(
     report.cleaned = _clean_leftovers(ctx, out_dir)
     stale = stale_claims(ctx.session, environment, agent_id, ctx.now())
     pending = pending_exports(ctx.session, environment, agent_id)
+    if pending:
+        pending, report.held = hold_back(ctx.session, pending, ctx.now(), live=live)
     ctx.session.commit()  # end the read; every claim is its own transaction
     if not stale and not pending:
         return report  # nothing to write: no checkpoint either (the live server asks often)

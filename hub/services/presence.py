@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from bundle.sync import DEFAULT_HEARTBEAT_SECONDS
@@ -127,7 +127,8 @@ def list_presence(ctx: ServiceContext, environment: str | None = None, *,
 class LiveWork:
     """What the live server must do for one connected agent.
 
-    ``queued`` counts its deployments in state ``queued``; ``newest`` is the highest of their
+    ``queued`` counts its deployments in state ``queued`` that no window or freeze holds
+    (:attr:`~hub.db.Deployment.hold_until` unset or passed); ``newest`` is the highest of their
     ids (with ``queued``, a cheap fingerprint: a new deployment changes it).
     """
 
@@ -137,10 +138,12 @@ class LiveWork:
     newest: int | None
 
 
-def live_work(session: Session, agent_ids: Iterable[str]) -> list[LiveWork]:
-    """For the connected ``agent_ids``: their status and queued deployments, in one grouped
-    query per :data:`QUERY_BATCH` agents (agents by their unique id, deployments by their
-    indexed ``agent_id``). Agents the database does not know are left out."""
+def live_work(session: Session, agent_ids: Iterable[str], *,
+              now: datetime | None = None) -> list[LiveWork]:
+    """For the connected ``agent_ids``: their status and queued deployments (with ``now``:
+    those not held at ``now``), in one grouped query per :data:`QUERY_BATCH` agents (agents
+    by their unique id, deployments by their indexed ``agent_id``). Agents the database
+    does not know are left out."""
     ids: Sequence[str] = sorted(set(agent_ids))
     work: list[LiveWork] = []
     for start in range(0, len(ids), QUERY_BATCH):
@@ -148,8 +151,10 @@ def live_work(session: Session, agent_ids: Iterable[str]) -> list[LiveWork]:
         query = (
             select(Agent.agent_id, Agent.status, func.count(Deployment.id),
                    func.max(Deployment.id))
-            .outerjoin(Deployment, and_(Deployment.agent_id == Agent.id,
-                                        Deployment.state == "queued"))
+            .outerjoin(Deployment, and_(
+                Deployment.agent_id == Agent.id, Deployment.state == "queued",
+                true() if now is None else or_(Deployment.hold_until.is_(None),
+                                               Deployment.hold_until <= now)))
             .where(Agent.agent_id.in_(batch))
             .group_by(Agent.agent_id, Agent.status)
         )
