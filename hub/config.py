@@ -14,6 +14,7 @@ bind                           TIANGONG_HUB_BIND                127.0.0.1:8400
 workers                        TIANGONG_HUB_WORKERS             2
 hub_id                         TIANGONG_HUB_HUB_ID              (from root.json at init)
 export_dir                     TIANGONG_HUB_EXPORT_DIR          (none: the web UI offers a download)
+scheduled_export               TIANGONG_HUB_SCHEDULED_EXPORT    "" (the scheduler writes nothing)
 live_bind                      TIANGONG_HUB_LIVE_BIND           "" (no live server)
 live_tls_cert_file             TIANGONG_HUB_LIVE_TLS_CERT_FILE  <data_dir>/tls/server.crt
 live_tls_key_file              TIANGONG_HUB_LIVE_TLS_KEY_FILE   <data_dir>/tls/server.key
@@ -99,6 +100,9 @@ class HubConfig:
     #: where the web UI's Media page writes exported bundles (a mounted share), relative to
     #: data_dir unless absolute; empty: the page offers the bundles as a download instead.
     export_dir: str = ""
+    #: environments (comma-separated; "*": all) whose queued deployments the scheduler
+    #: (hub.scheduler) writes into export_dir when their window opens or freeze ends.
+    scheduled_export: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))

@@ -12,6 +12,9 @@ processes (one request at a time each), while the live server is one asyncio pro
 every agent's WebSocket open for hours. So ``hub serve`` starts it as a child process
 (``tiangong hub live``, which operators may also run on its own), on a port of its own, and
 stops it when gunicorn stops (SIGTERM/SIGINT). See docs/live.md.
+
+The scheduler (:mod:`hub.scheduler`: windows opening, freezes ending) runs the same way, in
+exactly one child process (``tiangong hub scheduler``), never in a gunicorn worker.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from gunicorn.app.base import BaseApplication
 
 from hub.config import HubConfig
 
-__all__ = ["HubServer", "build_app", "gunicorn_options", "live_child_command", "serve"]
+__all__ = ["HubServer", "build_app", "gunicorn_options", "live_child_command",
+           "scheduler_child_command", "serve"]
 
 log = logging.getLogger("tiangong.hub.serve")
 
@@ -69,15 +73,23 @@ def live_child_command(config: HubConfig, *, bind: str,
     return command
 
 
-def _start_live_child(command: Sequence[str]) -> subprocess.Popen[bytes]:
+def scheduler_child_command(config: HubConfig) -> list[str]:
+    """The ``tiangong hub scheduler`` command line ``hub serve`` runs as its child (``-P``
+    as for the live child)."""
+    return [sys.executable, "-P", "-m", "tiangong.cli", "hub", "--data-dir",
+            str(config.data_dir.absolute()), "scheduler", "--parent-pid", str(os.getpid())]
+
+
+def _start_live_child(command: Sequence[str], what: str = "live server",
+                      lost: str = "agents cannot connect") -> subprocess.Popen[bytes]:
     child = subprocess.Popen(list(command), stdin=subprocess.DEVNULL)
-    log.info("live server started as process %d", child.pid)
+    log.info("%s started as process %d", what, child.pid)
 
     def watch() -> None:
         code = child.wait()
         if code not in (0, -15):
-            log.error("the live server (process %d) exited with code %s; agents cannot "
-                      "connect until `tiangong hub serve` is restarted", child.pid, code)
+            log.error("the %s (process %d) exited with code %s; %s until `tiangong hub "
+                      "serve` is restarted", what, child.pid, code, lost)
 
     threading.Thread(target=watch, name="tiangong-live-watch", daemon=True).start()
     return child
@@ -148,11 +160,13 @@ def gunicorn_options(config: HubConfig) -> dict[str, Any]:
     return options
 
 
-def serve(config: HubConfig, *, live_command: Sequence[str] | None = None) -> None:
+def serve(config: HubConfig, *, live_command: Sequence[str] | None = None,
+          scheduler_command: Sequence[str] | None = None) -> None:
     """Run until interrupted. Migrations run once, in the master, before forking.
 
     ``live_command`` (from :func:`live_child_command`): also run the live server as a child
-    process, stopped when gunicorn's master stops.
+    process, stopped when gunicorn's master stops; ``scheduler_command``
+    (:func:`scheduler_child_command`) the same for the scheduler.
     """
     from hub.db import db
     from hub.metrics import clear_multiprocess, enable_multiprocess, sweep_multiprocess
@@ -169,12 +183,16 @@ def serve(config: HubConfig, *, live_command: Sequence[str] | None = None) -> No
         db.engine.dispose()  # no pooled connection may cross the fork into workers
     master = os.getpid()
     child = _start_live_child(live_command) if live_command else None
+    scheduler = (_start_live_child(scheduler_command, "scheduler",
+                                   "windows and freezes are not acted on")
+                 if scheduler_command else None)
     try:
         HubServer(app, gunicorn_options(config)).run()
     finally:
         # gunicorn's workers are forked from here and leave through this frame too: only
-        # the master owns the child.
+        # the master owns the children.
         if os.getpid() == master:
-            if child is not None:
-                _stop_live_child(child)
+            for each in (child, scheduler):
+                if each is not None:
+                    _stop_live_child(each)
             clear_multiprocess(metrics_dir)

@@ -9,7 +9,7 @@ import click
 from tiangong.cli import root
 
 #: Long-running commands: they log (``--json-logs``), they print no report.
-DAEMONS = {"agent run", "agent supervise", "hub serve", "hub live"}
+DAEMONS = {"agent run", "agent supervise", "hub serve", "hub live", "hub scheduler"}
 
 
 def _leaves(group: click.Group, ctx: click.Context, prefix: tuple[str, ...] = ()

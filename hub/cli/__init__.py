@@ -5,7 +5,8 @@
 to it when imported: ``setup`` (init, tls), ``serve`` (serve, live), ``users``, ``releases``
 (products, releases), ``sites`` (environments, agents), ``channels`` (channels, promotion,
 recall, subscriptions), ``deployments``, ``exchange``
-(export, import), ``audit``, ``backup`` (backup, restore). Commands only translate: every
+(export, import), ``audit``, ``backup`` (backup, restore), ``windows`` (windows, freezes,
+deployments why/override). Commands only translate: every
 rule is in ``hub/services``.
 """
 
@@ -22,6 +23,7 @@ from hub.cli import (  # noqa: F401 - each module registers its commands on the 
     setup,
     sites,
     users,
+    windows,
 )
 from hub.cli.base import hub
 

@@ -77,11 +77,17 @@ def deployments_list(
 ) -> None:
     """List deployments."""
     from hub.services.deployments import list_deployments
+    from hub.services.readiness import waiting_for
     from hub.services.users import require
 
     with _services(ctx) as sc:
         require(sc.actor, "view")
         rows = [_deployment_row(d) for d in list_deployments(sc.session, environment, state)]
+        if as_json:  # why each one waits (hub deployments why ID)
+            for row, dep in zip(rows, list_deployments(sc.session, environment, state),
+                                strict=True):
+                row["waiting_for"] = [r.to_json() for r in
+                                      waiting_for(sc.session, dep, sc.now())]
     _emit(
         rows,
         as_json,

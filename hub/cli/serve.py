@@ -1,6 +1,6 @@
-"""``tiangong hub serve`` and ``tiangong hub live``: run the hub under gunicorn and the live
-WebSocket server (as ``serve``'s child or on its own). The serving itself is in ``hub.serve``
-and ``hub.live``."""
+"""``tiangong hub serve``, ``tiangong hub live`` and ``tiangong hub scheduler``: run the hub
+under gunicorn, the live WebSocket server and the scheduler (as ``serve``'s children or on
+their own). The serving itself is in ``hub.serve``, ``hub.live`` and ``hub.scheduler``."""
 
 from __future__ import annotations
 
@@ -43,6 +43,9 @@ def with_live_port(bind: str) -> str:
     is_flag=True,
     help="Live server without TLS (plain ws://), on a loopback address only: for tests.",
 )
+@click.option("--no-scheduler", is_flag=True, help="Do not start the scheduler child "
+              "(`tiangong hub scheduler`: windows opening, freezes ending), e.g. when it runs "
+              "on another host of this hub.")
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -50,12 +53,14 @@ def serve(
     workers: int | None,
     live_bind: str | None,
     live_insecure_loopback: bool,
+    no_scheduler: bool,
 ) -> None:
     """Serve the hub under gunicorn (health check at /healthz, which also says whether the
-    live server answers), and the live WebSocket server as a child process (`tiangong hub
-    live`) when a live bind address is set."""
+    live server answers), the live WebSocket server as a child process (`tiangong hub
+    live`) when a live bind address is set, and the scheduler as another (`tiangong hub
+    scheduler`)."""
     from hub.config import with_overrides
-    from hub.serve import live_child_command
+    from hub.serve import live_child_command, scheduler_child_command
     from hub.serve import serve as run
 
     try:
@@ -74,7 +79,8 @@ def serve(
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    run(cfg, live_command=live_command)
+    run(cfg, live_command=live_command,
+        scheduler_command=None if no_scheduler else scheduler_child_command(cfg))
 
 
 def _live_command_if_configured(cfg: Any, live_child_command: Any) -> list[str] | None:
@@ -149,3 +155,26 @@ def live_cmd(
     click.echo(f"live server for hub {server.hub.hub_id} on {scheme}://{bind or cfg.live_bind}"
                "/live", err=True)
     run_until_signalled(server, parent_pid=parent_pid)
+
+
+@hub.command("scheduler")
+@click.option("--parent-pid", type=int, default=None, hidden=True,
+              help="Stop when this process is gone (set by `hub serve`).")
+@click.pass_context
+def scheduler_cmd(ctx: click.Context, parent_pid: int | None) -> None:
+    """Run only the scheduler (`hub serve` runs it as a child): acts when a maintenance
+    window opens or a freeze ends — releases held deployments (the live server pushes them),
+    writes bundles to export_dir for the environments in scheduled_export, expires one-off
+    freezes and unconfirmed override requests. One per hub (a lock file in the data
+    directory). Stops on SIGTERM/SIGINT."""
+    import logging
+
+    from hub.scheduler import run_configured
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job run
+    try:
+        run_configured(_config(_state(ctx)), parent_pid=parent_pid)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)

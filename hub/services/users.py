@@ -130,9 +130,11 @@ def require(user: User | None, action: str, environment: Environment | None = No
 #: system process (``ServiceContext.system``) -> the only actions it may do on its own.
 #: ``live``: the live server exports deployments an operator already queued (records them
 #: exported, signs the audit checkpoint every export carries) and imports the results its
-#: authenticated agents upload.
+#: authenticated agents upload. ``scheduler``: exports what a window or freeze released.
 SYSTEM_ACTIONS: dict[str, frozenset[str]] = {
     "live": frozenset({"bundle.export", "result.import"}),
+    # hub.scheduler: writes bundles of released deployments to the file share (export_dir)
+    "scheduler": frozenset({"bundle.export"}),
 }
 
 

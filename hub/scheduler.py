@@ -1,0 +1,280 @@
+"""The hub's scheduler: acts when a maintenance window opens or a freeze ends.
+
+**Where it runs: exactly one process**, ``tiangong hub scheduler``, which ``hub serve``
+starts as its child beside gunicorn (and the live server), and stops with it. Not in a
+gunicorn worker (there are several, forked) nor in the live server (optional: media-only
+hubs run none). The process holds an exclusive lock on ``<data_dir>/scheduler.lock`` for
+its whole life, so a second scheduler for the same hub refuses to start and names the
+holder. Everything it does is also safe if two ran (claims and conditional updates), only
+redundant.
+
+**What it does**, each time it wakes (:func:`tick`; APScheduler's ``BackgroundScheduler``
+wakes it at the next moment something changes — a hold ending, a one-off freeze ending, an
+override request expiring — and at least every :data:`RESYNC_S` seconds, to see rules other
+processes changed):
+
+1. expires one-off freezes that are over (``freeze.expire``) and override requests nobody
+   confirmed in time (``override.expire``), as ``system:scheduler``;
+2. recomputes the hold of every queued deployment
+   (:func:`hub.services.windows.refresh_holds`): a deployment whose window opened or whose
+   freeze ended is released, and **the live server pushes it to its online agent** at once
+   (its push loop reads the hold; the hold's time also releases it there on its own);
+3. for the environments named in ``scheduled_export`` (hub.toml; ``"*"``: all), writes the
+   bundles of released deployments — inside their window, outside every freeze — into
+   ``export_dir``, the file share those sites read (:func:`export_environment`, the same
+   function the CLI and the web media page call; ``INDEX-<env>.txt`` says what is there).
+
+Deliberately not here: deciding anything about windows (``hub.services.windows``), or
+exporting early: media exports by hand still go out early (the agent holds the bundle).
+Approvals carry no expiry at the hub yet, so none are expired here (docs/governance.md).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hub.db import Deployment, DeploymentOverride, PolicyRule
+from hub.errors import ConfigError, HubError
+from hub.services.context import Clock, HubKeys, ServiceContext, utc_now
+
+__all__ = ["LOCK_FILE", "RESYNC_S", "SYSTEM_ACTOR", "HubScheduler", "TickReport",
+           "scheduled_environments", "tick"]
+
+log = logging.getLogger("tiangong.hub.scheduler")
+
+RESYNC_S = 60.0  # seconds between two looks at the rules at most (other processes change them)
+PARENT_POLL_S = 1.0  # seconds between two checks that `hub serve` (the parent) still runs
+LOCK_FILE = "scheduler.lock"  # in the data directory: one scheduler per hub
+SYSTEM_ACTOR = "scheduler"  # ServiceContext.system (audited as system:scheduler)
+
+
+@dataclass
+class TickReport:
+    """What one :func:`tick` did, and when the next should run."""
+
+    at: datetime
+    expired_freezes: list[int] = field(default_factory=list)
+    expired_overrides: list[int] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)  # deployments whose hold lifted
+    exported: dict[str, list[int]] = field(default_factory=dict)  # env -> deployments
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    next_run: datetime | None = None
+
+
+def scheduled_environments(setting: str) -> frozenset[str] | None:
+    """``scheduled_export`` (``"prod, lab"``; ``"*"``: every environment; empty: none) as a
+    set; None means every environment."""
+    names = {n.strip() for n in setting.split(",") if n.strip()}
+    return None if "*" in names else frozenset(names)
+
+
+def tick(session_factory: Callable[[], Session], keys: HubKeys, clock: Clock = utc_now, *,
+         export_dir: Path | None = None,
+         export_environments: frozenset[str] | None = frozenset()) -> TickReport:
+    """One round (see the module docstring); commits after each step. ``export_environments``
+    None: every environment (with ``export_dir``)."""
+    from hub.services.exchange import export_environment
+    from hub.services.windows import expire_freezes, expire_overrides, refresh_holds
+
+    session = session_factory()
+    try:
+        ctx = ServiceContext(session, clock, None, keys, system=SYSTEM_ACTOR)
+        now = ctx.now()
+        report = TickReport(now)
+        report.expired_freezes = expire_freezes(ctx)
+        report.expired_overrides = expire_overrides(ctx)
+        session.commit()
+        lifted = refresh_holds(session, now)
+        report.released = [d.id for d in lifted]
+        session.commit()
+        if lifted:
+            log.info("scheduler: released deployment(s) %s", report.released)
+        if export_dir is not None:
+            ready = session.scalars(select(Deployment).where(Deployment.state == "queued",
+                                                             Deployment.hold_until.is_(None)))
+            envs = sorted({d.environment.name for d in ready})
+            session.commit()
+            for env in envs:
+                if export_environments is not None and env not in export_environments:
+                    continue
+                try:
+                    written = export_environment(ctx, env, export_dir, live=True)
+                except (HubError, OSError) as exc:
+                    session.rollback()
+                    log.error("scheduler: export of %s to %s failed: %s", env, export_dir, exc)
+                    report.failed.append((0, f"{env}: {exc}"))
+                    continue
+                if written.written:
+                    report.exported[env] = [b.deployment_id for b in written.written]
+                    log.info("scheduler: wrote %d bundle(s) of %s to %s",
+                             len(written.written), env, export_dir)
+                report.failed += written.failed
+        report.next_run = _next_run(session, now)
+        session.commit()
+        return report
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def _next_run(session: Session, now: datetime) -> datetime:
+    """The earliest future moment a tick has work: a hold ends, a one-off freeze ends, an
+    override request expires; at most :data:`RESYNC_S` from ``now``."""
+    from hub.services.windows import OVERRIDE_REQUEST_TTL
+
+    candidates = [now + timedelta(seconds=RESYNC_S)]
+    hold = session.scalar(select(Deployment.hold_until)
+                          .where(Deployment.state == "queued", Deployment.hold_until > now)
+                          .order_by(Deployment.hold_until).limit(1))
+    if hold is not None:
+        candidates.append(hold)
+    for spec in session.scalars(select(PolicyRule.spec).where(PolicyRule.kind == "freeze",
+                                                               PolicyRule.ended_at.is_(None))):
+        if spec.get("kind") == "once":
+            candidates.append(datetime.fromtimestamp(int(spec["end"]), UTC))
+    asked = session.scalar(select(DeploymentOverride.requested_at)
+                           .where(DeploymentOverride.state == "requested")
+                           .order_by(DeploymentOverride.requested_at).limit(1))
+    if asked is not None:
+        candidates.append(asked + OVERRIDE_REQUEST_TTL)
+    return max(now, min(candidates))
+
+
+class HubScheduler:
+    """APScheduler around :func:`tick`: one job that runs a tick and schedules the next at
+    the tick's ``next_run``. :meth:`start` / :meth:`stop`; tests call :meth:`run_once`."""
+
+    def __init__(self, session_factory: Callable[[], Session], keys: HubKeys, *,
+                 clock: Clock = utc_now, export_dir: Path | None = None,
+                 export_environments: frozenset[str] | None = frozenset()) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.session_factory = session_factory
+        self.keys = keys
+        self.clock = clock
+        self.export_dir = export_dir
+        self.export_environments = export_environments
+        self.last: TickReport | None = None
+        self.ticks = 0
+        self._aps = BackgroundScheduler(timezone=UTC)
+
+    def run_once(self) -> TickReport:
+        """One tick now; logs (never raises) a database or service error, and tries again
+        after :data:`RESYNC_S`."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            report = tick(self.session_factory, self.keys, self.clock,
+                          export_dir=self.export_dir,
+                          export_environments=self.export_environments)
+        except (SQLAlchemyError, HubError, OSError) as exc:
+            log.error("scheduler: %s: %s; trying again in %s s", type(exc).__name__, exc,
+                      RESYNC_S)
+            report = TickReport(self.clock(),
+                                next_run=self.clock() + timedelta(seconds=RESYNC_S))
+        self.last = report
+        self.ticks += 1
+        return report
+
+    def _job(self) -> None:
+        report = self.run_once()
+        assert report.next_run is not None
+        # The wall clock of this process decides when APScheduler fires; the tick's own
+        # clock (injected) decides what is due.
+        delay = max(0.0, (report.next_run - self.clock()).total_seconds())
+        self._schedule(datetime.now(UTC) + timedelta(seconds=delay))
+
+    def _schedule(self, at: datetime) -> None:
+        from apscheduler.triggers.date import DateTrigger
+
+        self._aps.add_job(self._job, DateTrigger(run_date=at, timezone=UTC), id="tick",
+                          replace_existing=True, misfire_grace_time=None, max_instances=1)
+
+    def start(self) -> None:
+        """Start the background thread; the first tick runs at once."""
+        self._schedule(datetime.now(UTC))
+        self._aps.start()
+
+    def stop(self) -> None:
+        self._aps.shutdown(wait=True)
+
+
+@contextmanager
+def exclusive_lock(data_dir: Path) -> Iterator[int]:
+    """Hold ``<data_dir>/scheduler.lock`` (with our pid in it) for the block.
+
+    Raises:
+        ConfigError: another scheduler holds it (names its pid).
+    """
+    path = Path(data_dir) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            raise ConfigError(f"another scheduler (process {holder}) runs for this hub: it "
+                              f"holds {path}; one scheduler per hub") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def run_configured(config: Any, *, parent_pid: int | None = None) -> None:
+    """``tiangong hub scheduler``: run until SIGTERM/SIGINT (or until ``parent_pid`` is
+    gone), holding the scheduler lock.
+
+    Raises:
+        ConfigError: not an initialised hub, or another scheduler runs.
+    """
+    from hub.db import make_engine, make_session_factory
+    from hub.keystore import load_hub_keys
+
+    if not (config.data_dir / "root.json").exists():
+        raise ConfigError(f"{config.data_dir} is not an initialised hub: run `tiangong hub "
+                          "init`")
+    with exclusive_lock(config.data_dir):
+        keys = load_hub_keys(config.data_dir)
+        engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
+        targets = scheduled_environments(config.scheduled_export)
+        export_dir = config.export_path if (targets is None or targets) else None
+        if targets and export_dir is None:
+            log.warning("scheduler: scheduled_export names %s but export_dir is not set: "
+                        "nothing is written to a file share", ", ".join(sorted(targets)))
+        scheduler = HubScheduler(make_session_factory(engine), keys, export_dir=export_dir,
+                                 export_environments=targets)
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: object) -> None:
+            stop.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        scheduler.start()
+        log.info("scheduler: running (process %d)", os.getpid())
+        try:
+            while not stop.wait(PARENT_POLL_S):
+                if parent_pid is not None and os.getppid() != parent_pid:
+                    log.warning("scheduler: parent process %d is gone; stopping", parent_pid)
+                    break
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            scheduler.stop()
+            engine.dispose()
