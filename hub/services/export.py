@@ -42,7 +42,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ from bundle.manifest import Approval as ManifestApproval
 from bundle.manifest import ChainInfo, Target
 from bundle.parts import part_path, strip_part_suffix
 from bundle.release import load_release
+from bundle.windows import Policy
 from bundle.writer import WrittenBundle, release_manifest, write_bundle
 from hub.db import Deployment, Environment
 from hub.errors import ConfigError, HubError, ValidationError
@@ -74,7 +75,7 @@ from hub.services.export_claims import (
     take_over,
 )
 from hub.services.users import require_ctx
-from hub.services.windows import hold_back
+from hub.services.windows import gate_for, hold_back, policy_for
 
 __all__ = ["DEFAULT_EXPIRY", "ExportReport", "ExportedBundle", "ProgressFn", "export_environment"]
 
@@ -157,7 +158,7 @@ def export_environment(
     ctx.session.commit()  # end the read; every claim is its own transaction
     if not stale and not pending:
         return report  # nothing to write: no checkpoint either (the live server asks often)
-    run = _Run(ctx, env, out_dir, expires_in, split_size, progress)
+    run = _Run(ctx, env, out_dir, expires_in, split_size, progress, live)
     try:
         for dep in stale:
             run.resume(dep, report)
@@ -181,8 +182,10 @@ class _Run:
         expires_in: timedelta,
         split_size: int | None,
         progress: ProgressFn | None,
+        live: bool = False,
     ) -> None:
         self.ctx = ctx
+        self.live = live
         self.env = env
         self.out_dir = out_dir
         self.expires_in = expires_in
@@ -232,6 +235,10 @@ class _Run:
         if release.state != "approved":
             raise ValidationError(f"release {release.label} is {release.state}, not approved")
         _check_release_files(release.label, release.stored_path, release.content_hash)
+        gate = gate_for(session, dep, now)  # a freeze added since the list was read
+        if not gate.export_allowed(live=self.live):
+            raise ValidationError(f"held: {gate.freeze if gate.frozen else gate.window}")
+        policy = policy_for(session, dep, now)  # what the bundle carries (§6.9)
         env = dep.environment
         if dep.agent is not None:
             if dep.agent.status != "enrolled":
@@ -257,6 +264,7 @@ class _Run:
             "split_size": self.split_size,
             "checkpoint": self.checkpoint,
             "chain": chain.to_json(),
+            "policy": policy.to_json() if policy is not None else None,
         }
         out = self.out_dir / name
         dep.sequence, dep.bundle_id = seq, intent["bundle_id"]
@@ -364,6 +372,8 @@ class _Run:
             checkpoint=intent.get("checkpoint"),
             chain=ChainInfo.from_json(intent["chain"]) if intent.get("chain") else None,
         )
+        if intent.get("policy"):  # windows, freezes, override (bundle-format §6.9)
+            manifest = replace(manifest, policy=Policy.from_json(intent["policy"]))
         self.spool.mkdir(exist_ok=True)
         return write_bundle(
             self.out_dir / intent["file"],

@@ -319,3 +319,31 @@ def test_override_only_for_queued(world: World) -> None:
     with pytest.raises(InvalidStateError, match="only a queued deployment"):
         request_override(world.ctx("op"), dep, "late")
     assert _count(world, DeploymentOverride) == 0
+
+
+def test_bundle_carries_the_policy_and_the_override(world: World, tmp_path: Path) -> None:
+    from bundle.inspect import inspect
+
+    dep = _queued(world)
+    add_rule(world.ctx("admin"), "window", SAT_BERLIN, environment="test")
+    _freeze(world)
+    request_override(world.ctx("op"), dep, "security fix")
+    confirm_override(world.ctx("admin"), dep)
+    world.session.commit()
+    report = export_environment(world.ctx("op"), "test", tmp_path / "usb")
+    (written,) = report.written
+    policy = inspect(written.paths[0]).manifest.policy
+    assert policy is not None
+    assert [w.to_json()["kind"] for w in policy.windows] == ["weekly"]
+    assert [f.reason for f in policy.freezes] == ["quarter close"]
+    assert policy.override is not None
+    assert (policy.override.by, policy.override.second) == ("op", "admin")
+    assert dep.export_intent is not None and dep.export_intent["policy"] == policy.to_json()
+
+
+def test_bundle_without_rules_has_no_policy(world: World, tmp_path: Path) -> None:
+    from bundle.inspect import inspect
+
+    _queued(world)
+    (written,) = export_environment(world.ctx("op"), "test", tmp_path / "usb").written
+    assert inspect(written.paths[0]).manifest.policy is None
