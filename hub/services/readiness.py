@@ -3,17 +3,21 @@
 :func:`waiting_for` answers for the deployment page, ``tiangong hub deployments why ID``
 and ``deployments list --json`` alike. Reasons, each a :class:`Reason` with a ``kind``:
 
-* ``approvals`` — fewer distinct approvers (never the author) than its environment
-  requires: "approval 1 of 2 (alice); needs 1 more";
+* ``approvals`` — the hub's approval rule for its environment is not met
+  (:func:`hub.services.approval_rules.check_rule`: how many, from which groups, never the
+  author, not expired): "approval 1 of 2: environment prod needs 2 approvals from 2
+  groups; found 1 (alice/dba)";
+* ``channel`` — a planned deployment whose release is not (or no longer) in the channel
+  its environment subscribes to: "not yet promoted to STABLE";
 * ``freeze`` — a change freeze holds it: "frozen until 2027-01-05 00:00 UTC (quarter
   close)"; the hub does not export it (:mod:`hub.services.windows`);
 * ``window`` — outside every maintenance window: "window opens Sat 2027-01-02 01:00
   Europe/Berlin"; exported to media early (the agent holds it), pushed live at the opening;
 * ``override`` — an override was requested and waits for a second person;
-* ``site`` — the agent received it and holds it (its last status said so).
 
-A confirmed hub override lifts ``freeze`` and ``window``. Deployments that are running or
-finished wait for nothing (an empty list).
+A confirmed hub override lifts ``freeze`` and ``window``. What an agent holds at the site
+is not reported to the hub (``tiangong agent status`` says it there). Deployments that are
+running or finished wait for nothing (an empty list).
 
 This module decides nothing and changes nothing: each rule lives in its own service.
 """
@@ -24,16 +28,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hub.db import Deployment
-from hub.services.approvals import distinct_approvers
+from hub.db import ChannelEntry, ChannelSubscription, Deployment
+from hub.services.approval_rules import check_rule
 from hub.services.windows import FOREVER, Gate, gate_for, list_overrides
 
 __all__ = ["WAITING_STATES", "Reason", "waiting_for"]
 
 #: states in which a deployment can still be waiting for something before it runs
-WAITING_STATES = frozenset({"queued", "exporting", "exported", "delivered"})
+WAITING_STATES = frozenset({"planned", "queued", "exporting", "exported", "delivered"})
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,8 @@ def waiting_for(session: Session, deployment: Deployment, now: datetime) -> list
     then freeze, window, override, site); empty when it waits for nothing."""
     if deployment.state not in WAITING_STATES:
         return []
-    reasons = _approvals(deployment)
+    sub = _subscription(session, deployment) if deployment.state == "planned" else None
+    reasons = _approvals(deployment, now, sub) + _channel(session, deployment, sub)
     gate = gate_for(session, deployment, now)
     reasons += _freeze_and_window(gate, deployment)
     pending = [o for o in list_overrides(session, deployment) if o.state == "requested"]
@@ -66,17 +72,35 @@ def waiting_for(session: Session, deployment: Deployment, now: datetime) -> list
     return reasons
 
 
-def _approvals(dep: Deployment) -> list[Reason]:
-    env = dep.environment
-    approvers = sorted(distinct_approvers(dep.release, env))
-    need = env.required_approvals
-    if len(approvers) >= need:
+def _subscription(session: Session, dep: Deployment) -> ChannelSubscription | None:
+    sub: ChannelSubscription | None = session.scalar(select(ChannelSubscription).where(
+        ChannelSubscription.environment_id == dep.environment_id,
+        ChannelSubscription.product_id == dep.release.product_id))
+    return sub
+
+
+def _approvals(dep: Deployment, now: datetime, sub: ChannelSubscription | None) -> list[Reason]:
+    """The hub's rule (a planned deployment: its channel's rule, if the channel has one)."""
+    channel = sub.channel.name if sub is not None else None
+    check = check_rule(dep.release, dep.environment, channel=channel, now=now)
+    if check.met:
         return []
-    have = len(approvers)
-    who = f" ({', '.join(approvers)})" if approvers else ""
-    return [Reason("approvals",
-                   f"approval {have} of {need}{who}; needs {need - have} more distinct "
-                   f"approver(s) for {env.name}, never the author")]
+    return [Reason("approvals", f"approval {check.found} of {check.rule.required}: "
+                   f"{check.summary()}")]
+
+
+def _channel(session: Session, dep: Deployment, sub: ChannelSubscription | None
+             ) -> list[Reason]:
+    """A planned deployment whose release is not in its environment's subscribed channel."""
+    if sub is None:
+        return []
+    inside = session.scalar(select(ChannelEntry.id).where(
+        ChannelEntry.channel_id == sub.channel_id, ChannelEntry.release_id == dep.release_id,
+        ChannelEntry.recalled_at.is_(None)))
+    if inside is not None:
+        return []
+    return [Reason("channel", f"not yet promoted to {sub.channel.name} (the channel "
+                   f"{dep.environment.name} subscribes to for {dep.release.product.name})")]
 
 
 def _freeze_and_window(gate: Gate, dep: Deployment) -> list[Reason]:
