@@ -105,6 +105,7 @@ def test_override_requested_then_confirmed(world: World) -> None:
 def test_running_and_finished_wait_for_nothing(world: World) -> None:
     dep = _queued(world)
     _freeze(world)
+    transition(world.ctx("op"), dep, "exported")
     transition(world.ctx("op"), dep, "running")
     assert _kinds(world, dep) == []
     transition(world.ctx("op"), dep, "succeeded")
