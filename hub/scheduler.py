@@ -4,9 +4,11 @@
 starts as its child beside gunicorn (and the live server), and stops with it. Not in a
 gunicorn worker (there are several, forked) nor in the live server (optional: media-only
 hubs run none). The process holds an exclusive lock on ``<data_dir>/scheduler.lock`` for
-its whole life, so a second scheduler for the same hub refuses to start and names the
-holder. Everything it does is also safe if two ran (claims and conditional updates), only
-redundant.
+its whole life: a second ``tiangong hub scheduler`` for the same hub refuses to start and
+names the holder; the scheduler child of a second ``hub serve`` on the same data directory
+stands by and takes over when the first stops. (Hub hosts that share a database but not a
+data directory each run one; everything it does is safe if two run — claims and
+conditional updates — only redundant.)
 
 **What it does**, each time it wakes (:func:`tick`; APScheduler's ``BackgroundScheduler``
 wakes it at the next moment something changes — a hold ending, a one-off freeze ending, an
@@ -172,6 +174,8 @@ class HubScheduler:
         self.last: TickReport | None = None
         self.ticks = 0
         self._aps = BackgroundScheduler(timezone=UTC)
+        self._running = threading.Lock()  # held while a tick runs
+        self._stopping = threading.Event()
 
     def run_once(self) -> TickReport:
         """One tick now; logs (never raises) a database or service error, and tries again
@@ -192,7 +196,14 @@ class HubScheduler:
         return report
 
     def _job(self) -> None:
-        report = self.run_once()
+        with self._running:
+            if self._stopping.is_set():
+                return
+            report = self.run_once()
+            if not self._stopping.is_set():
+                self._schedule_after(report)
+
+    def _schedule_after(self, report: TickReport) -> None:
         assert report.next_run is not None
         # The wall clock of this process decides when APScheduler fires; the tick's own
         # clock (injected) decides what is due.
@@ -211,25 +222,51 @@ class HubScheduler:
         self._aps.start()
 
     def stop(self) -> None:
-        self._aps.shutdown(wait=True)
+        """Stop; a tick under way finishes first. (Not ``shutdown(wait=True)``: APScheduler
+        holds its job-store lock while it waits, and a tick adds the next job under it.)"""
+        self._stopping.set()
+        self._aps.shutdown(wait=False)
+        with self._running:
+            pass
+
+
+def _lock_holder(fd: int) -> str:
+    return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
 
 
 @contextmanager
-def exclusive_lock(data_dir: Path) -> Iterator[int]:
+def exclusive_lock(data_dir: Path, *, standby: Callable[[], bool] | None = None
+                   ) -> Iterator[int | None]:
     """Hold ``<data_dir>/scheduler.lock`` (with our pid in it) for the block.
 
+    ``standby``: while another scheduler holds the lock, call it every
+    :data:`PARENT_POLL_S` seconds and take the lock when it is free (a second ``hub serve``
+    on the same data directory keeps a scheduler in reserve); when it returns True, give
+    up and yield None.
+
     Raises:
-        ConfigError: another scheduler holds it (names its pid).
+        ConfigError: another scheduler holds it and there is no ``standby`` (names its pid).
     """
     path = Path(data_dir) / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-            raise ConfigError(f"another scheduler (process {holder}) runs for this hub: it "
-                              f"holds {path}; one scheduler per hub") from None
+        said = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if standby is None:
+                    raise ConfigError(f"another scheduler (process {_lock_holder(fd)}) runs "
+                                      f"for this hub: it holds {path}; one scheduler per "
+                                      "hub") from None
+                if not said:
+                    log.info("scheduler: standing by: process %s holds %s",
+                             _lock_holder(fd), path)
+                    said = True
+                if standby():
+                    yield None
+                    return
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield fd
@@ -239,10 +276,11 @@ def exclusive_lock(data_dir: Path) -> Iterator[int]:
 
 def run_configured(config: Any, *, parent_pid: int | None = None) -> None:
     """``tiangong hub scheduler``: run until SIGTERM/SIGINT (or until ``parent_pid`` is
-    gone), holding the scheduler lock.
+    gone), holding the scheduler lock. As ``hub serve``'s child (``parent_pid``) it stands
+    by while another scheduler of the hub runs, and takes over when that one stops.
 
     Raises:
-        ConfigError: not an initialised hub, or another scheduler runs.
+        ConfigError: not an initialised hub, or (run on its own) another scheduler runs.
     """
     from hub.db import make_engine, make_session_factory
     from hub.keystore import load_hub_keys
@@ -250,31 +288,44 @@ def run_configured(config: Any, *, parent_pid: int | None = None) -> None:
     if not (config.data_dir / "root.json").exists():
         raise ConfigError(f"{config.data_dir} is not an initialised hub: run `tiangong hub "
                           "init`")
-    with exclusive_lock(config.data_dir):
-        keys = load_hub_keys(config.data_dir)
-        engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
-        targets = scheduled_environments(config.scheduled_export)
-        export_dir = config.export_path if (targets is None or targets) else None
-        if targets and export_dir is None:
-            log.warning("scheduler: scheduled_export names %s but export_dir is not set: "
-                        "nothing is written to a file share", ", ".join(sorted(targets)))
-        scheduler = HubScheduler(make_session_factory(engine), keys, export_dir=export_dir,
-                                 export_environments=targets)
-        stop = threading.Event()
+    stop = threading.Event()
 
-        def on_signal(signum: int, frame: object) -> None:
-            stop.set()
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
 
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        scheduler.start()
-        log.info("scheduler: running (process %d)", os.getpid())
-        try:
-            while not stop.wait(PARENT_POLL_S):
-                if parent_pid is not None and os.getppid() != parent_pid:
-                    log.warning("scheduler: parent process %d is gone; stopping", parent_pid)
-                    break
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            scheduler.stop()
-            engine.dispose()
+    def done() -> bool:
+        """Wait a little; True once stopped or orphaned."""
+        if stop.wait(PARENT_POLL_S):
+            return True
+        if parent_pid is not None and os.getppid() != parent_pid:
+            log.warning("scheduler: parent process %d is gone; stopping", parent_pid)
+            return True
+        return False
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with exclusive_lock(config.data_dir,
+                            standby=done if parent_pid is not None else None) as held:
+            if held is None:
+                return
+            keys = load_hub_keys(config.data_dir)
+            engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
+            targets = scheduled_environments(config.scheduled_export)
+            export_dir = config.export_path if (targets is None or targets) else None
+            if targets and export_dir is None:
+                log.warning("scheduler: scheduled_export names %s but export_dir is not "
+                            "set: nothing is written to a file share",
+                            ", ".join(sorted(targets)))
+            scheduler = HubScheduler(make_session_factory(engine), keys,
+                                     export_dir=export_dir, export_environments=targets)
+            scheduler.start()
+            log.info("scheduler: running (process %d)", os.getpid())
+            try:
+                while not done():
+                    pass
+            finally:
+                scheduler.stop()
+                engine.dispose()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

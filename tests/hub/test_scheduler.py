@@ -5,6 +5,7 @@ opens (and refuses to run twice for one hub)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -177,8 +178,28 @@ def test_real_scheduler_writes_the_bundle_when_the_window_opens(tmp_path: Path) 
         second = hub.cli("scheduler")
         assert second.returncode == 2
         assert f"another scheduler (process {proc.pid})" in second.stderr
+        # As a child of another `hub serve` (--parent-pid) it stands by, and takes over.
+        standby_log = tmp_path / "standby.log"
+        with standby_log.open("wb") as out:
+            standby = subprocess.Popen(
+                [*TIANGONG, "hub", "scheduler", "--parent-pid", str(os.getpid())],
+                stdout=out, stderr=subprocess.STDOUT, env=hub.env)
+        try:
+            wait_for(lambda: "standing by" in standby_log.read_text(), DEADLINE,
+                     "the second scheduler to stand by")
+            proc.terminate()
+            proc.wait(DEADLINE)
+            wait_for(lambda: "scheduler: running" in standby_log.read_text(), DEADLINE,
+                     "the standby to take over")
+            lock = (hub.data / "scheduler.lock").read_text().strip()
+            assert lock == str(standby.pid)
+        finally:
+            standby.terminate()
+            standby.wait(DEADLINE)
+        assert standby.returncode == 0, standby_log.read_text()
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         proc.wait(DEADLINE)
         hub.close()
     assert proc.returncode == 0, log.read_text()
