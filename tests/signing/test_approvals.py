@@ -13,6 +13,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from signing.approvals import (
     ApprovalDocument,
@@ -304,3 +306,32 @@ def test_signed_mode_threshold_one() -> None:
     root = _root(ring, approvals={"*": signed(ring, 1, 1)})
     assert _verdict(ring, [_sign(ring, "carol", environments=("lab",))], root=root,
                     environment="lab").ok
+
+
+# -- fuzz: a bad envelope is a reason, never an exception, never a counted approval -----------
+
+_FUZZ_RING = Ring()
+_FUZZ_ROOT = RootDocument.from_bytes(delegated_root(_FUZZ_RING, {
+    "prod": signed(_FUZZ_RING, 1, 1)}).to_bytes())
+_FUZZ_GOOD = sign_approval(approval("alice"), _FUZZ_RING["appr-alice"])
+
+
+@settings(derandomize=True, max_examples=300, deadline=None, database=None)
+@given(data=st.binary(max_size=600))
+def test_fuzz_arbitrary_bytes_never_raise_nor_count(data: bytes) -> None:
+    verdict = evaluate_approvals(_FUZZ_ROOT, "prod", REL, HASH, [data], NOW)
+    assert not verdict.ok and verdict.counted == ()
+    assert verdict.envelopes[0].reason is not None
+
+
+@settings(derandomize=True, max_examples=300, deadline=None, database=None)
+@given(st.data())
+def test_fuzz_mutated_valid_approval_never_counts(data: st.DataObject) -> None:
+    raw = bytearray(_FUZZ_GOOD)
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    mutated = bytes(raw)
+    verdict = evaluate_approvals(_FUZZ_ROOT, "prod", REL, HASH, [mutated], NOW)
+    # A flipped byte either leaves the exact same envelope (counts) or breaks it (does not).
+    assert verdict.ok == (mutated == _FUZZ_GOOD)
