@@ -75,6 +75,11 @@ DOC_REFUSED: list[tuple[str, bytes, str]] = [
     ("comment-too-long", _payload(comment="x" * 1025), "over the limit of 1024"),
     ("comment-control", _payload(comment="a\x00b"), "control characters"),
     ("not-canonical", json.dumps(approval("alice").to_json()).encode(), "canonical form"),
+    ("empty-version", _payload(version=""), "version must be a non-empty string"),
+    ("too-many-environments", _payload(environments=[f"e{i}" for i in range(65)]),
+     "65 environments, over the limit of 64"),
+    ("approver-star", _payload(approver="*"), "approver may not be '*'"),
+    ("at-bool", _payload(at=True), "at must be a non-negative integer"),
 ]
 
 
@@ -104,6 +109,11 @@ ATT_REFUSED: list[tuple[str, bytes, str]] = [
                                  for i in range(17)]), "over the limit of 16"),
     ("expires-before-issued", _att(expires=NOW - 3600), "is not after issued"),
     ("wrong-type", _att(type="tiangong/approval"), "type must be"),
+    ("empty-group", _att(approvers=[{**attestation(["alice"]).approvers[0].to_json(),
+                                     "group": ""}]), "approvers[0].group must be a non-empty"),
+    ("long-comment", _att(approvers=[{**attestation(["alice"]).approvers[0].to_json(),
+                                      "comment": "x" * 257}]), "over the limit of 256"),
+    ("approvers-not-list", _att(approvers={}), "approvers must be a non-empty list"),
 ]
 
 

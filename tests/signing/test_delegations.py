@@ -90,6 +90,18 @@ REFUSED: list[tuple[str, Change, str]] = [
     ("unknown-role", lambda d, r: d["roles"].update(approver=d["roles"]["approval"]),
      "roles must be exactly"),
     ("unknown-top-field", lambda d, r: d.update(delegations={}), "must have exactly the fields"),
+    ("delegation-not-object", lambda d, r: d["approvals"].update(prod=[]),
+     "must have exactly the fields"),
+    ("approvers-list", lambda d, r: d["approvals"]["prod"].update(approvers=[]),
+     "approvers must be an object of key id"),
+    ("env-name-too-long", lambda d, r: d["approvals"].update({"e" * 257: d["approvals"]["*"]}),
+     "257 characters, over the limit of 256"),
+    ("too-many-environments", lambda d, r: d["approvals"].update(
+        {f"env{i}": d["approvals"]["*"] for i in range(256)}),
+     "delegates 258 environments, over the limit of 256"),
+    ("too-many-approvers", lambda d, r: _approvers(d, r).update(
+        {f"{i:064x}": {"name": f"p{i}", "group": "g"} for i in range(61)}),
+     "65 approvers, over the limit of 64"),
 ]
 
 
