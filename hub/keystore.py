@@ -7,6 +7,11 @@ Layout of the data directory::
     keys/audit.key            online audit checkpoint key (0600, no passphrase: unattended)
     keys/audit-mac.key        the audit MAC key: every audit event is MACed with it, and
                               the database does not hold it (hub.audit_mac)
+    keys/approval.key         online approval key: signs hub-attested approvals, once a
+                              root lists it in role ``approval`` (``hub keys approval-key``
+                              makes it on a hub initialised before it existed)
+    roots/root-v<N>.json      every root version the hub has had (``hub keys install-root``);
+                              versions after 1 travel in each release bundle's roots.json
     keys/*.pub                their public key files
     root-key.OFFLINE.json     the root key — move it OFF this machine after init
     tls/                      the live channel's private CA and server certificate (hub.tls)
@@ -31,6 +36,7 @@ from hub.errors import ConfigError
 from hub.services.context import HubKeys
 from signing.errors import SigningError
 from signing.keyfile import (
+    KeyInfo,
     load_private_key,
     save_private_key,
     write_file_atomic,
@@ -40,17 +46,24 @@ from signing.keys import SigningKey
 from signing.roots import KeyEntry, RootDocument, TrustedRoot, sign_root
 
 __all__ = [
+    "APPROVAL_KEY_FILE",
     "ONLINE_KEY_VALIDITY_S",
+    "ROOTS_DIR",
     "ROOT_KEY_FILE",
     "ROOT_VALIDITY_S",
     "TrustFiles",
+    "create_approval_key",
     "create_trust",
     "load_hub_keys",
+    "load_root_updates",
+    "root_history_path",
 ]
 
 ROOT_VALIDITY_S = 5 * 365 * 86400  # seconds a root document stays valid
 ONLINE_KEY_VALIDITY_S = 365 * 86400  # seconds the release and audit keys are certified for
 ROOT_KEY_FILE = "root-key.OFFLINE.json"
+APPROVAL_KEY_FILE = "approval.key"
+ROOTS_DIR = "roots"
 MAX_CA_PEM_BYTES = 16 * 1024  # bytes of the TLS CA certificate file
 
 
@@ -127,6 +140,7 @@ def create_trust(
             )
             write_public_key(keys_dir / f"{name}.pub", info)
         audit_mac.create(keys_dir, from_seq=1)
+        create_approval_key(data_dir, hub_id)
         write_file_atomic(root_json, sign_root(doc, [root]), mode=0o644)
     except (SigningError, OSError) as exc:
         raise ConfigError(f"cannot write the hub's keys in {data_dir}: {exc}") from exc
@@ -138,6 +152,62 @@ def create_trust(
         keys_dir / "audit.key",
         root_passphrase is not None,
     )
+
+
+def create_approval_key(data_dir: Path, hub_id: str) -> KeyInfo:
+    """Write ``keys/approval.key`` (no passphrase: the hub signs attestations unattended)
+    and ``keys/approval.pub``; the public file is what the root ceremony lists in role
+    ``approval`` (docs/keys-and-trust.md).
+
+    Raises:
+        ConfigError: the key exists already, or cannot be written.
+    """
+    keys_dir = data_dir / "keys"
+    path = keys_dir / APPROVAL_KEY_FILE
+    if path.exists():
+        raise ConfigError(f"{path} exists already; the hub has its approval key")
+    try:
+        keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = save_private_key(
+            path,
+            SigningKey.generate(),
+            role="approval",
+            label=f"{hub_id} approval",
+            passphrase=None,
+            insecure_no_passphrase=True,
+        )
+        write_public_key(keys_dir / "approval.pub", info, force=True)
+    except (SigningError, OSError) as exc:
+        raise ConfigError(f"cannot write {path}: {exc}") from exc
+    return info
+
+
+def root_history_path(data_dir: Path, version: int) -> Path:
+    """Where root version ``version`` is kept (``roots/root-v<N>.json``)."""
+    return data_dir / ROOTS_DIR / f"root-v{version}.json"
+
+
+def load_root_updates(data_dir: Path, current: bytes) -> tuple[bytes, ...]:
+    """The root envelopes of versions 2..N (N the current root, ``current``) that release
+    bundles carry so an agent holding any older root can catch up (bundle-format §5.2).
+
+    Versions are read from ``roots/``; the run stops at the first missing version going
+    down (a hub rotated by hand before ``install-root`` existed carries what it has).
+
+    Raises:
+        ConfigError: a history file cannot be read.
+    """
+    version = TrustedRoot.pin(current).version
+    out = [current] if version > 1 else []
+    for v in range(version - 1, 1, -1):
+        path = root_history_path(data_dir, v)
+        try:
+            out.append(path.read_bytes())
+        except FileNotFoundError:
+            break
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from exc
+    return tuple(reversed(out))
 
 
 def load_hub_keys(data_dir: Path, *, with_private: bool = True) -> HubKeys:
@@ -154,7 +224,7 @@ def load_hub_keys(data_dir: Path, *, with_private: bool = True) -> HubKeys:
         raise ConfigError(f"{root_json}: {exc.strerror}; run `tiangong hub init`") from exc
     except SigningError as exc:
         raise ConfigError(f"{root_json} is not a valid root document: {exc}") from exc
-    loaded: dict[str, SigningKey | None] = {"audit": None, "release": None}
+    loaded: dict[str, SigningKey | None] = {"audit": None, "release": None, "approval": None}
     if with_private:
         for name in loaded:
             path = data_dir / "keys" / f"{name}.key"
@@ -165,7 +235,15 @@ def load_hub_keys(data_dir: Path, *, with_private: bool = True) -> HubKeys:
             except SigningError as exc:
                 raise ConfigError(f"{path}: {exc}") from exc
     mac = audit_mac.load(data_dir / "keys") if with_private else None
-    return HubKeys(envelope, loaded["audit"], loaded["release"], _tls_ca(data_dir), mac)
+    return HubKeys(
+        envelope,
+        loaded["audit"],
+        loaded["release"],
+        _tls_ca(data_dir),
+        mac,
+        approval_key=loaded["approval"],
+        root_updates=load_root_updates(data_dir, envelope),
+    )
 
 
 def _tls_ca(data_dir: Path) -> bytes | None:

@@ -22,6 +22,7 @@ from hub.cli import (  # noqa: F401 - each module registers its commands on the 
     serve,
     setup,
     sites,
+    trust,
     users,
     windows,
 )

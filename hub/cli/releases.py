@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from hub.cli.base import _done, _emit, _services, hub, json_option
+from signing.cli_common import duration_option, passphrase_options
 
 
 @hub.group()
@@ -70,6 +71,8 @@ def _release_row(rel: Any, full: bool = False) -> dict[str, Any]:
                     "environment": a.environment.name if a.environment else None,
                     "comment": a.comment,
                     "at": a.at,
+                    "signed_by": a.key_id,
+                    "expires_at": a.expires_at,
                 }
                 for a in rel.approvals
             ],
@@ -158,23 +161,75 @@ def releases_submit(ctx: click.Context, product: str, version: str, as_json: boo
 @click.argument("version")
 @click.option("--comment", default="")
 @click.option("--environment", default=None, help="Approve for this environment only.")
+@click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Sign the approval here with this personal approver key (its public half "
+                   "registered to you: hub users add-key); sites can then verify it.")
+@click.option("--signature", "signature_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Upload an approval made with `tiangong keys approve`.")
+@click.option("--expires", "valid_for", default="30d", show_default=True,
+              callback=duration_option, help="How long a --key approval stays valid.")
+@passphrase_options
 @json_option
 @click.pass_context
 def releases_approve(
     ctx: click.Context, product: str, version: str, comment: str, environment: str | None,
-    as_json: bool,
+    key_file: Path | None, signature_file: Path | None, valid_for: int,
+    passphrase_file: str | None, passphrase_env: str, as_json: bool,
 ) -> None:
-    """Approve a submitted release (never your own)."""
-    from hub.services.approvals import approve_release
-    from hub.services.releases import get_release
+    """Approve a submitted release (never your own). With --key the approval is signed
+    locally by your personal key; with --signature a detached approval file is uploaded.
+    The hub checks either against the keys registered to you (docs/governance.md)."""
+    from datetime import timedelta
 
+    from hub.errors import ValidationError
+    from hub.services.approvals import (
+        approval_request,
+        approve_release,
+        approve_with_signature,
+    )
+    from hub.services.releases import get_release
+    from signing.approvals import MAX_APPROVAL_BYTES, sign_approval
+    from signing.cli_common import Passphrases
+    from signing.errors import SigningError
+    from signing.keyfile import read_bounded
+
+    if key_file is not None and signature_file is not None:
+        raise click.UsageError("give --key or --signature, not both")
+    if signature_file is not None and (comment or environment):
+        raise click.UsageError("an uploaded approval names its own environments and comment")
+    envelope: bytes | None = None
+    signed_by = None
+    if signature_file is not None:
+        try:
+            envelope = read_bounded(signature_file, MAX_APPROVAL_BYTES)
+        except (OSError, SigningError) as exc:
+            raise ValidationError(f"{signature_file}: {exc}") from exc
     with _services(ctx) as sc:
         rel = get_release(sc.session, product, version)
-        approve_release(sc, rel, comment=comment, environment=environment)
+        if key_file is not None:
+            try:
+                key = Passphrases(passphrase_file, passphrase_env).load(str(key_file))
+                signing_key = key.signing_key()
+            except SigningError as exc:
+                raise ValidationError(f"{key_file}: {exc}") from exc
+            request = approval_request(sc, rel, environment=environment, comment=comment,
+                                       valid_for=timedelta(seconds=valid_for))
+            envelope = sign_approval(request.document, signing_key)
+        if envelope is not None:
+            rows = approve_with_signature(sc, rel, envelope)
+            signed_by = rows[0].key_id
+            scopes = [r.environment.name if r.environment else None for r in rows]
+            comment = rows[0].comment
+        else:
+            approve_release(sc, rel, comment=comment, environment=environment)
+            scopes = [environment]
         who, state = sc.actor_name, rel.state
-    _done(as_json, f"release {product} {version} approved by {who}",
+    where = ", ".join(s or "all environments" for s in scopes)
+    how = f" (signed by key {signed_by[:16]})" if signed_by else ""
+    _done(as_json, f"release {product} {version} approved by {who} for {where}{how}",
           {"product": product, "version": version, "state": state, "approved_by": who,
-           "environment": environment, "comment": comment})
+           "environment": scopes[0] if len(scopes) == 1 else None,
+           "environments": scopes, "signed_by": signed_by, "comment": comment})
 
 
 @releases.command("reject")

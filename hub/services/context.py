@@ -33,6 +33,9 @@ class HubKeys:
     release_key: SigningKey | None = None
     tls_ca_pem: bytes | None = None  # the live channel's private CA; agents pin it
     audit_mac: AuditMacKey | None = None  # MACs every audit event (hub.audit_mac)
+    approval_key: SigningKey | None = None  # signs hub-attested approvals (role approval)
+    #: root envelopes of versions 2..current, carried in every release bundle's roots.json
+    root_updates: tuple[bytes, ...] = ()
 
     @property
     def trusted_root(self) -> TrustedRoot:

@@ -43,12 +43,15 @@ from sqlalchemy import select
 
 from hub.db import Base, db
 from hub.services.approvals import approve_release
+from hub.services.approvers import register_key
 from hub.services.channels import subscribe
 from hub.services.deployments import queue_deployment
 from hub.services.exchange import import_directory
 from hub.services.releases import create_release, submit_release
 from hub.services.tokens import issue_token
+from signing.keys import SigningKey
 from tests.hub.conftest import write_release
+from tests.hub.services.approval_helpers import public_file
 from tests.web.pages import PEOPLE, Site, request_file
 from web import PAGES
 from web.agents import store_response
@@ -159,6 +162,8 @@ def build_world(site: Site, tmp: Path) -> World:
         db.session.commit()
         w.test_deployment, w.prod_deployment = test_dep.id, prod_dep.id
         w.new_agent_request = request_file(site, tmp, "agent-new-1", "test").read_bytes()
+        w.extra["approver_key"] = register_key(
+            site.ctx("appr1"), "appr1", public_file(SigningKey.generate())).key_id
         w.extra["token"] = issue_token(site.ctx("dev"), "ci", ["read"], 30, max_days=90).token.id
         db.session.commit()
         db.session.remove()
@@ -385,6 +390,39 @@ EXPECTED: dict[str, View] = {
     "admin.end_sessions": View(post=ADMIN, args=lambda w: {"username": "view"}, **A_USER),
     # Everyone issues tokens for themselves; a token is revoked by its owner or an admin,
     # and is invisible (404, like none) to everyone else.
+    "admin.groups": View(post=ADMIN, args=lambda w: {"username": "view"},
+                         form=lambda w: {"groups": "dba"}, **A_USER),
+    # Personal approver keys: each user registers their own; a key is revoked from its
+    # owner's page only (invisible, 404 like none, to everyone else).
+    "approvals.my_keys": View(get=SIGNED_IN),
+    "approvals.add_key": View(
+        post=SIGNED_IN,
+        form=lambda w: {"public_key": (io.BytesIO(public_file(SigningKey.generate())),
+                                       "k.pub")},
+    ),
+    "approvals.revoke": View(
+        post=frozenset({"appr1"}),
+        args=lambda w: {"key_id": w.extra.get("approver_key", "11" * 32)},
+        form=lambda w: {"reason": "matrix"},
+        scope=frozenset({"appr1"}),
+        ghost=lambda w: {"key_id": "00" * 32},
+    ),
+    # Signed approvals: the bytes to sign (for every environment: a global grant) and the
+    # two ways of handing in a signature.
+    "approvals.payload": View(get=having("approver"), args=lambda w: w.release(w.submitted),
+                              **RELEASE),
+    "approvals.approve_signed": View(
+        post=having("approver") | {"appr-prod"},
+        args=lambda w: w.release(w.submitted),
+        form=lambda w: {"payload": "", "signature": ""},
+        **RELEASE,
+    ),
+    "approvals.approve_upload": View(
+        post=having("approver") | {"appr-prod"},
+        args=lambda w: w.release(w.submitted),
+        form=lambda w: {"approval": (io.BytesIO(b"{}"), "approval.json")},
+        **RELEASE,
+    ),
     "tokens.index": View(get=SIGNED_IN),
     "tokens.create": View(post=SIGNED_IN,
                           form=lambda w: {"name": "matrix", "scope": "read", "days": "1"}),
