@@ -67,7 +67,8 @@ def test_cli_signed_approval_is_stored_as_received(
     prod = get_environment(world.session, "prod")
     assert envelopes_for(rel, prod) == [envelope]
     assert envelopes_for(rel, get_environment(world.session, "test")) == []
-    event = world.session.scalars(select(AuditEvent).order_by(AuditEvent.seq.desc())).first()
+    event = world.session.scalars(select(AuditEvent).where(
+        AuditEvent.action == "release.approve").order_by(AuditEvent.seq.desc())).first()
     assert event is not None and event.action == "release.approve"
     assert key.key_id in event.details and '"environments":["prod"]' in event.details
 
