@@ -137,8 +137,8 @@ class AgentUpgradeExecutor:
                  version: str) -> str | None:
         """Install the wheel into staging/lib and import it there; None if it works."""
         lib = staging / "lib"
-        pip = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
-               "--disable-pip-version-check", "--no-input", "--target", str(lib), str(wheel)]
+        pip = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-input",
+               "--disable-pip-version-check", "--no-cache-dir", "--target", str(lib), str(wheel)]
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("PIP_") and k != "PYTHONPATH"}
         for argv, what in ((pip, "pip install"),

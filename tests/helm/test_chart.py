@@ -76,9 +76,13 @@ def test_default_values_two_containers_one_volume_non_root(rendered: dict[str, s
     web, live = container(spec, "web"), container(spec, "live")
     assert web["args"] == ["hub", "serve", "--bind", "0.0.0.0:8400"]
     assert live["args"] == ["hub", "live", "--bind", "0.0.0.0:8401"]
-    assert web["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert web["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert live["livenessProbe"]["tcpSocket"] == {"port": "live"}
+    assert web["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http",
+                                               "scheme": "HTTP"}
+    assert web["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http",
+                                                "scheme": "HTTP"}
+    assert live["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "live",
+                                                "scheme": "HTTPS"}  # the live port is TLS
+    assert live["readinessProbe"]["httpGet"]["path"] == "/readyz"
     for c in [*spec["initContainers"], *spec["containers"]]:
         assert c["securityContext"]["allowPrivilegeEscalation"] is False
         assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}

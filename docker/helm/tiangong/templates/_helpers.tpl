@@ -75,21 +75,15 @@ capabilities:
   drop: [ALL]
 {{- end -}}
 
+{{/* An HTTP probe: (list $ path port scheme). */}}
 {{- define "tiangong.httpProbe" -}}
+{{- $ := index . 0 -}}
 httpGet:
-  path: {{ .Values.probes.path }}
-  port: http
-initialDelaySeconds: {{ .Values.probes.initialDelaySeconds }}
-periodSeconds: {{ .Values.probes.periodSeconds }}
-timeoutSeconds: {{ .Values.probes.timeoutSeconds }}
-failureThreshold: {{ .Values.probes.failureThreshold }}
-{{- end -}}
-
-{{- define "tiangong.tcpProbe" -}}
-tcpSocket:
-  port: live
-initialDelaySeconds: {{ .Values.probes.initialDelaySeconds }}
-periodSeconds: {{ .Values.probes.periodSeconds }}
-timeoutSeconds: {{ .Values.probes.timeoutSeconds }}
-failureThreshold: {{ .Values.probes.failureThreshold }}
+  path: {{ index . 1 }}
+  port: {{ index . 2 }}
+  scheme: {{ index . 3 }}
+initialDelaySeconds: {{ $.Values.probes.initialDelaySeconds }}
+periodSeconds: {{ $.Values.probes.periodSeconds }}
+timeoutSeconds: {{ $.Values.probes.timeoutSeconds }}
+failureThreshold: {{ $.Values.probes.failureThreshold }}
 {{- end -}}
