@@ -26,8 +26,12 @@ import logging
 from bundle.approvals import manifest_verdict
 from bundle.errors import ReleaseFormatError
 from bundle.reader import VerifiedBundle
+from signing.delegations import ANY_ENVIRONMENT
+from signing.envelope import parse_envelope
+from signing.errors import SigningError
+from signing.roots import MAX_ROOT_BYTES, RootDocument
 
-__all__ = ["check_approvals"]
+__all__ = ["check_approvals", "required_here"]
 
 log = logging.getLogger("tiangong.agent")
 
@@ -46,3 +50,15 @@ def check_approvals(environment: str | None, vb: VerifiedBundle) -> str | None:
     if verdict.ok and verdict.delegation is not None:
         log.info("bundle %s: approvals checked: %s", vb.manifest.bundle_id, verdict.message)
     return None if verdict.ok else verdict.message
+
+
+def required_here(root_envelope: bytes, environment: str | None) -> str | None:
+    """What the trusted root (the journal's, already verified) requires of a bundle before it
+    runs here, for ``agent status``: ``2 approvals from 2 groups (signed by approver keys)``,
+    or None when nothing is required."""
+    try:
+        doc = RootDocument.from_bytes(parse_envelope(root_envelope, MAX_ROOT_BYTES).payload)
+    except SigningError:
+        return None  # the journal's root was verified when stored; status never fails on it
+    delegation = doc.delegation(environment or ANY_ENVIRONMENT)
+    return None if delegation is None else delegation.describe()

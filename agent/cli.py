@@ -393,6 +393,8 @@ def status_cmd(home: Path, as_json: bool) -> None:
         return
     click.echo(f"agent {st['agent_id']} (environment {st['environment'] or '-'}) trusts hub "
                f"{st['hub_id']}: root v{st['root_version']}, last sequence {st['sequence']}")
+    if st.get("approvals_required"):
+        click.echo(f"approvals required here: {st['approvals_required']} (root delegation)")
     click.echo("bundles:")
     for b in st["bundles"] or []:
         wait = ""

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.approvalcheck import check_approvals
+from agent.approvalcheck import check_approvals, required_here
 from agent.config import AgentConfig
 from agent.faults import crash_point, fault_point
 from agent.home import AgentKeys, load_keys
@@ -658,6 +658,8 @@ class Agent:
             "root_version": trust.root_version if trust else None,
             "sequence": trust.sequence if trust else None,
             "time_floor": trust.time_floor if trust else None,
+            "approvals_required": (required_here(trust.root_envelope, self.config.environment)
+                                   if trust else None),
             "bundles": [
                 {"bundle_id": b.bundle_id, "source": b.source, "product": b.product,
                  "version": b.version, "sequence": b.sequence, "state": b.state,

@@ -166,6 +166,12 @@ def test_the_site_refuses_bundles_without_the_approvals_its_root_requires(
         assert (home / "quarantine" / f"{name}.tgb.reason.txt").exists()
     # Nothing ran and no sequence was used: the approved bundle now runs as sequence 1.
     assert not (tmp_path / "ran").exists()
+    status = run("agent", "status", "--home", str(home)).stdout
+    assert ("approvals required here: 2 approvals from 2 groups (signed by approver keys)"
+            in status), status
+    assert status.count("[approvals]") == len(cases), status
+    assert json.loads(run("agent", "status", "--home", str(home), "--json").stdout)[
+        "bundles"] == []
     good = _bundle(tmp_path, keys, rel, "good", [ok["alice"], ok["bob"], ok["carol"]], "plant-a")
     run("bundle", "verify", str(tmp_path / "good.tgb"), "--trust", str(keys.root_json),
         "--agent-id", "site-01", "--environment", "plant-a")
@@ -217,3 +223,5 @@ def test_the_site_refuses_bundles_without_the_approvals_its_root_requires(
     out = run("agent", "run", "--home", str(home_z), "--once")
     assert _results_by_bundle(home_z, keys, tmp_path)[plain]["status"] == "succeeded", \
         out.stdout + out.stderr
+    assert json.loads(run("agent", "status", "--home", str(home_z), "--json").stdout)[
+        "approvals_required"] is None
