@@ -6,9 +6,11 @@ One task per agent connection moves WebSocket messages in and out of the sans-I/
 * **Authentication.** On HELLO the agent's enrolled Ed25519 key is looked up
   (:func:`hub.services.agents.get_agent`); an unknown or revoked agent is refused with its
   close code (§7) and an audit event (``live.refused``).
-* **Presence.** An in-memory set of online agents; ``agents.last_seen`` is written when an
-  agent authenticates and on its heartbeats.
-* **Bundles out.** LiveHub's push loop polls the database (every ``poll_interval``) for
+* **Presence.** An in-memory set of online agents; ``agents.last_seen`` and
+  ``online_until`` are written when an agent authenticates, on its heartbeats and when it
+  disconnects (:mod:`hub.services.presence`).
+* **Bundles out.** LiveHub's push loop asks the database — woken by PostgreSQL NOTIFY
+  (:mod:`hub.live_notify`), else every ``poll_interval`` — for
   queued deployments of connected agents — approval and queueing happen in other processes,
   so the database is the signal — and exports them with the ordinary export path
   (:func:`hub.services.exchange.export_environment`) into a spool directory
@@ -34,8 +36,8 @@ allow only to export deployments an operator already queued and to import result
 (:data:`hub.services.users.SYSTEM_ACTIONS`); the audit log names it ``system:live``.
 
 Deliberately not here: certificate creation (:mod:`hub.tls`) and PostgreSQL
-LISTEN/NOTIFY (the push loop's poll is one indexed query; :meth:`LiveServer.push_pending`
-still pushes at once for callers in this process). Plain ``ws://`` is refused unless the
+LISTEN/NOTIFY (:mod:`hub.live_notify`; :meth:`LiveServer.push_pending` still pushes at once
+for callers in this process). Plain ``ws://`` is refused unless the
 caller allows it for a loopback address.
 """
 
@@ -160,13 +162,15 @@ def serve_live(config: Any, host: str, port: int, *, actor: str | None = None,
     from hub.db import make_engine, make_session_factory
     from hub.keystore import load_hub_keys
     from hub.live_guard import LiveLimits
+    from hub.live_notify import listen_dsn
 
     keys = load_hub_keys(config.data_dir)
     engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
     limits = LiveLimits.from_config(config)
     hub = LiveHub(session_factory=make_session_factory(engine), keys=keys,
                   data_dir=config.data_dir, actor=actor,
-                  heartbeat=heartbeat or limits.heartbeat_s, binding=binding, limits=limits)
+                  heartbeat=heartbeat or limits.heartbeat_s, binding=binding, limits=limits,
+                  notify_dsn=listen_dsn(config.database_url))
     return start_live(hub, host, port, ssl=ssl, allow_insecure_loopback=allow_insecure_loopback)
 
 

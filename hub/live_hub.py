@@ -3,13 +3,13 @@
 
 See :mod:`hub.live` for what it does; this module holds the per-connection work
 (authentication, presence, bundles out, results in, logs) and the **push loop**: a task on
-the server's event loop, started by the first connection, that every ``poll_interval``
-seconds asks the database (:func:`hub.services.presence.live_work`, one query for all
-connected agents) whether a connected agent has queued deployments — they are exported and
-offered at once, without anyone calling :meth:`LiveHub.push_pending` — or was revoked — its
-connection is closed with ``revoked`` (4012) and a ``live.revoked`` audit event. Approval,
-queueing and revocation happen in other processes (web workers, the CLI); the database is the
-signal between them.
+the server's event loop, started by the first connection, that — every ``poll_interval``
+seconds, or on PostgreSQL when a NOTIFY woke it (:mod:`hub.live_notify`) — asks the database
+(:func:`hub.services.presence.live_work`, one query for all connected agents) whether a
+connected agent has queued deployments — they are exported and offered at once, without
+anyone calling :meth:`LiveHub.push_pending` — or was revoked — its connection is closed with
+``revoked`` (4012) and a ``live.revoked`` audit event. Approval, queueing and revocation
+happen in other processes (web workers, the CLI); the database is the signal between them.
 
 A bundle the agent confirms (RECEIVED) or already holds (CANCEL ``have-it``, e.g. it came by
 media first) leaves the spool for ``sent/``, its deployment moves ``exported → delivered``
@@ -94,6 +94,7 @@ from hub.live_files import (
     sweep_partials,
 )
 from hub.live_guard import Admission, LiveLimits, LoginGuard, RefusalCount
+from hub.live_notify import NOTIFY_FALLBACK_POLL_S, Listener
 from hub.metrics import LiveMetrics
 from hub.services import audit
 from hub.services.agents import get_agent
@@ -213,7 +214,7 @@ class LiveHub:
                  data_dir: Path, actor: str | None, clock: Callable[[], Any] = utc_now,
                  heartbeat: int = DEFAULT_HEARTBEAT_SECONDS, binding: bytes = b"",
                  poll_interval: float = POLL_SECONDS,
-                 limits: LiveLimits | None = None) -> None:
+                 limits: LiveLimits | None = None, notify_dsn: str | None = None) -> None:
         self.session_factory = session_factory
         self.keys = keys
         self.hub_id = keys.hub_id
@@ -234,6 +235,10 @@ class LiveHub:
         self._push_locks: dict[str, asyncio.Lock] = {}  # one export + offer at a time per agent
         self.poll_interval = poll_interval
         self._poller: asyncio.Task[None] | None = None
+        # PostgreSQL: LISTEN for wake-ups (hub.live_notify); None: poll every round
+        self._listener = Listener(notify_dsn, self._wake_up) if notify_dsn else None
+        self._listening: asyncio.Task[None] | None = None
+        self._woken = False  # a wake-up arrived since the last round
         self._tasks: set[asyncio.Task[Any]] = set()  # outlive a connection (database work)
         # agent -> (time of its last heartbeat, its connection), not written yet
         self._seen: dict[str, tuple[Any, str]] = {}
@@ -708,7 +713,13 @@ class LiveHub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _wake_up(self) -> None:
+        self._woken = True
+
     def _start_poller(self) -> None:
+        if self._listener is not None and (self._listening is None or self._listening.done()):
+            self._listening = asyncio.get_running_loop().create_task(
+                self._listener.run(), name="tiangong-live-listen")
         if self._poller is None or self._poller.done():
             self._poller = asyncio.get_running_loop().create_task(
                 self._poll_loop(), name="tiangong-live-push")
@@ -722,9 +733,15 @@ class LiveHub:
                       exc_info=task.exception())
 
     async def _poll_loop(self) -> None:
+        """Every ``poll_interval``: write presence, audit refusals, sweep partial uploads,
+        and — when woken by a NOTIFY, when not listening (SQLite, MariaDB, PostgreSQL
+        connection down), or every :data:`NOTIFY_FALLBACK_POLL_S` as a safety net — ask the
+        database for work (:meth:`poll_once`)."""
         flushed = time.monotonic()
+        polled = 0.0
         while True:
             await asyncio.sleep(self.poll_interval)
+            woken, self._woken = self._woken, False
             try:
                 if self._gone or (self._seen
                                   and time.monotonic() - flushed >= SEEN_FLUSH_SECONDS):
@@ -734,7 +751,12 @@ class LiveHub:
                 await self._sweep()
                 if not self.peers:
                     continue  # nobody to push to: no query at all
-                self.metrics.wakeups.labels("poll").inc()
+                listening = self._listener is not None and self._listener.listening
+                if (listening and not woken
+                        and time.monotonic() - polled < NOTIFY_FALLBACK_POLL_S):
+                    continue
+                polled = time.monotonic()
+                self.metrics.wakeups.labels("notify" if woken else "poll").inc()
                 await self.poll_once()
             except (SQLAlchemyError, HubError, OSError) as exc:
                 # The database may be restarting; the next round tries again.
@@ -756,7 +778,9 @@ class LiveHub:
 
     async def shutdown(self) -> None:
         """Before the event loop ends: audit the refusals still counted, write the
-        disconnects (every agent of this process is offline now)."""
+        disconnects (every agent of this process is offline now), stop listening."""
+        if self._listening is not None:
+            self._listening.cancel()
         await self.flush_refusals(force=True)
         await self.flush_seen()
 
