@@ -1,7 +1,8 @@
 """``tiangong agent``: set up, run and inspect a site agent.
 
 A thin layer over ``agent.home`` (init, the home lock), ``agent.service`` (run, apply, retry,
-status), ``agent.recovery`` (journal recover) and ``agent.executors.sqlunlock`` (sql unlock).
+run-now, status), ``agent.recovery`` (journal recover) and ``agent.executors.sqlunlock`` (sql
+unlock).
 
 Commands that change the home (run, apply, retry, journal recover) take its exclusive lock
 first; a second one exits with a message naming the process holding it. All of them log
@@ -346,7 +347,7 @@ def apply_cmd(files: tuple[Path, ...], home: Path, as_json: bool, force_progress
         ag.close()
         home_lock.release()
     _print_outcome(out.name, out, as_json)
-    sys.exit(0 if out.status in ("succeeded", "waiting") else 1)
+    sys.exit(0 if out.status in ("succeeded", "waiting", "on-hold") else 1)
 
 
 @agent.command("retry")
@@ -376,6 +377,103 @@ def retry_cmd(bundle_id: str, from_step: int, home: Path, as_json: bool) -> None
     sys.exit(0 if out.status == "succeeded" else 1)
 
 
+MAX_REASON_CHARS = 4096  # characters of a run-now reason
+
+
+def _bundle_id_of(ag: Agent, bundle: str) -> str:
+    """BUNDLE as given to run-now: a bundle id, or a bundle file the agent accepted (found by
+    its envelope digest in the journal; the file itself is not trusted)."""
+    path = Path(bundle)
+    if ag.journal.bundle(bundle) is not None or not path.is_file():
+        return bundle
+    from bundle.errors import BundleError
+    from bundle.inspect import inspect as inspect_file
+
+    try:
+        digest = inspect_file(path).envelope_sha256
+    except (BundleError, OSError) as exc:
+        raise click.ClickException(f"{bundle}: cannot be read as a bundle file: {exc}") from exc
+    rec = ag.journal.find_by_envelope(digest) if digest else None
+    if rec is None:
+        raise click.ClickException(f"{bundle}: this agent has not accepted that bundle file "
+                                   "(see 'tiangong agent status')")
+    return rec.bundle_id
+
+
+def _os_user() -> str:
+    """The operator's account name, from the process's real user id (not $USER)."""
+    import os
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
+
+
+@agent.command("run-now")
+@click.argument("bundle")
+@click.option("--reason", required=True,
+              help="Why the bundle must run outside its maintenance windows or in a freeze "
+                   "(recorded in the journal and in the bundle's signed result).")
+@_home_option
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON for scripts.")
+def run_now_cmd(bundle: str, reason: str, home: Path, as_json: bool) -> None:
+    """Run one HELD bundle now, overriding its maintenance windows and freezes.
+
+    BUNDLE is the bundle id (see 'tiangong agent status') or the bundle file. The override
+    — the reason, your OS user and the time — is journaled and appears in the bundle's
+    signed result. If 'agent run' is running, it runs the bundle on its next pass; otherwise
+    this command runs it now and writes its result. Bundles still apply in order: a bundle
+    held behind an earlier held bundle is refused (run that one first).
+    """
+    text = reason.strip()
+    if not text or len(reason) > MAX_REASON_CHARS or any(
+            ord(c) < 0x20 and c not in "\n\t" for c in reason):
+        raise click.UsageError(f"--reason must be 1 to {MAX_REASON_CHARS} printable "
+                               "characters (it goes into the signed result)")
+    setup_logging(False, False)
+    ag = _open(home)
+    ran = None
+    try:
+        bundle_id = _bundle_id_of(ag, bundle)
+        try:
+            override = ag.run_now(bundle_id, reason, _os_user())
+        except (KeyError, ValueError) as exc:
+            raise click.ClickException(str(exc).strip("'\"")) from exc
+        try:
+            home_lock = lock_home(ag.config.home, "agent run-now")
+        except HomeError:
+            home_lock = None  # 'agent run' holds the home: it runs the bundle on its next pass
+        if home_lock is not None:
+            try:
+                ran = ag.run_accepted(bundle_id)
+            finally:
+                home_lock.release()
+    except JournalError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        ag.close()
+    if as_json:
+        click.echo(json.dumps({
+            "bundle_id": bundle_id, "override": override,
+            "ran": ran is not None,
+            "status": ran.status if ran else "released",
+            "summary": ran.summary if ran else "the running agent runs it on its next pass",
+            "result": str(ran.result) if ran and ran.result else None,
+        }, indent=2, sort_keys=True))
+    else:
+        click.echo(f"override recorded for bundle {bundle_id} by {override['by']}: "
+                   f"{override['reason']}")
+        if ran is None:
+            click.echo("the running agent runs it on its next pass (see 'tiangong agent "
+                       "status')")
+        else:
+            _print_outcome(bundle_id, ran, False)
+    if ran is not None:
+        sys.exit(0 if ran.status == "succeeded" else 1)
+
+
 @agent.command("status")
 @_home_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -400,13 +498,25 @@ def status_cmd(home: Path, as_json: bool) -> None:
         wait = ""
         if b["state"] == "waiting" and b["not_before"]:
             wait = f" until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(b['not_before']))}"
+        if b["hold"] is not None:
+            wait = f": {b['hold']['reason']}"
         click.echo(f"  seq {b['sequence']:<5} {b['product'] or '-'} {b['version'] or ''}  "
                    f"{b['state']}{wait}  ({b['bundle_id']})")
+        if b["hold"] is not None:
+            click.echo(f"      run it anyway: tiangong agent run-now {b['bundle_id']} "
+                       "--reason TEXT")
         for s in b["steps"]:
             click.echo(f"      {s['index']:>3}. {s['name']:<30} {s['state']:<12} "
                        f"{(s['summary'] or '')[:80]}")
     if not st["bundles"]:
         click.echo("  none yet")
+    held = [b for b in st["bundles"] if b["hold"] is not None]
+    if held:
+        click.echo("held (accepted; waiting for a maintenance window, the end of a freeze or "
+                   "an earlier bundle):")
+        for b in held:
+            click.echo(f"  held: {b['bundle_id']} ({b['product'] or '-'} {b['version'] or ''}, "
+                       f"sequence {b['sequence']}) — {b['hold']['reason']}")
     if st["inbox_waiting"]:
         click.echo("inbox, not ready yet:")
         for w in st["inbox_waiting"]:

@@ -31,6 +31,10 @@ CRASH_POINTS: dict[str, str] = {
     "accepted": "acceptance and the new sequence committed to the journal, files still in "
                 "the inbox",
     "archived": "the bundle's files moved from the inbox to archive/, no step started",
+    "held": "a bundle held by its maintenance windows, a freeze or an earlier held bundle "
+            "committed as held (with the reason) before a step, no step started",
+    "override-recorded": "an operator's 'agent run-now' override committed to the journal "
+                         "(the bundle still held)",
     "step-started": "a step committed as running, its executor not called yet",
     "step-ran": "a step's executor returned (its effect is done), its outcome not recorded",
     "step-finished": "a step's outcome committed to the journal",

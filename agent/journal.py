@@ -23,6 +23,9 @@ holding:
   so a crash in between moves them later without a second result.
 * ``operator_actions``: things the operator did outside a bundle (``agent sql unlock``),
   reported in the next result.
+* ``overrides``: ``agent run-now`` decisions — one bundle may run outside its maintenance
+  windows and in a freeze (who, when, why); reported in that bundle's result. A bundle that
+  waits for a window or a freeze to end is in state ``held`` (summary: why, until when).
 
 Opening an existing journal checks it (``PRAGMA quick_check``, the schema version row): a
 damaged, emptied or missing journal raises :class:`JournalDamagedError`, whose message gives
@@ -60,7 +63,7 @@ __all__ = [
     "TrustRecord",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RECOVER_COMMAND = "tiangong agent journal recover --home {home}"
 # SQLite's messages for a full, read-only or failing disk.
 _WRITE_TROUBLE = re.compile(r"disk is full|readonly|read-only|disk I/O error|out of memory")
@@ -144,6 +147,12 @@ CREATE TABLE IF NOT EXISTS operator_actions (
     detail      TEXT NOT NULL,
     result_seq  INTEGER
 );
+CREATE TABLE IF NOT EXISTS overrides (
+    bundle_id   TEXT PRIMARY KEY REFERENCES bundles(bundle_id),
+    reason      TEXT NOT NULL,
+    by_user     TEXT NOT NULL,
+    at          INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rejections (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     file_name   TEXT NOT NULL,
@@ -154,7 +163,8 @@ CREATE TABLE IF NOT EXISTS rejections (
 );
 """
 
-BUNDLE_STATES = ("waiting", "running", "succeeded", "failed", "interrupted", "cancelled")
+BUNDLE_STATES = ("waiting", "running", "held", "succeeded", "failed", "interrupted",
+                 "cancelled")
 STEP_STATES = ("pending", "running", "succeeded", "failed", "interrupted", "skipped")
 
 
@@ -330,7 +340,7 @@ class Journal:
                                    f"newer than this agent's {SCHEMA_VERSION}; upgrade the agent")
             if version < SCHEMA_VERSION and "bundles" in known:
                 self._migrate(version)
-            if version != SCHEMA_VERSION or "meta" not in known or "disposals" not in known:
+            if version != SCHEMA_VERSION or "meta" not in known or "overrides" not in known:
                 self._db.executescript(_SCHEMA)
                 with self._tx() as db:
                     db.execute(
@@ -349,8 +359,8 @@ class Journal:
             raise
 
     def _migrate(self, version: int) -> None:
-        """Schema 1 → 2: columns for pending results and archiving; new tables come from
-        ``_SCHEMA``."""
+        """Schema 1 → 2: columns for pending results and archiving; 2 → 3: the overrides
+        table. New tables come from ``_SCHEMA``."""
         if version < 2:
             for ddl in (
                 "ALTER TABLE bundles ADD COLUMN archived INTEGER NOT NULL DEFAULT 1",
@@ -549,7 +559,7 @@ class Journal:
         """Record the bundle's final state and its result, in one transaction; returns the
         result's sequence number. The result file is written afterwards
         (:meth:`pending_results`)."""
-        if state not in BUNDLE_STATES or state in ("waiting", "running"):
+        if state not in BUNDLE_STATES or state in ("waiting", "running", "held"):
             raise ValueError(f"not a final bundle state: {state!r}")
         with self._tx() as db:
             db.execute(
@@ -571,6 +581,9 @@ class Journal:
                 )
             elif state == "waiting":
                 db.execute("UPDATE bundles SET state=? WHERE bundle_id=?", (state, bundle_id))
+            elif state == "held":
+                db.execute("UPDATE bundles SET state=?, summary=? WHERE bundle_id=?",
+                           (state, summary, bundle_id))
             else:
                 db.execute(
                     "UPDATE bundles SET state=?, finished_at=?, summary=? WHERE bundle_id=?",
@@ -854,6 +867,40 @@ class Journal:
         with self._tx() as db:
             db.execute("INSERT INTO operator_actions(at, action, detail) VALUES (?, ?, ?)",
                        (self._now(), action, detail))
+
+    def record_override(self, bundle_id: str, reason: str, by_user: str) -> int:
+        """``agent run-now``: let the held bundle ``bundle_id`` run outside its windows and in
+        a freeze. Returns the time recorded.
+
+        Raises:
+            JournalError: no such bundle, it is not held, or it already has an override.
+        """
+        now = self._now()
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM bundles WHERE bundle_id=?",
+                             (bundle_id,)).fetchone()
+            if row is None:
+                raise JournalError(f"no bundle {bundle_id} in the journal")
+            if row["state"] != "held":
+                raise JournalError(f"bundle {bundle_id} is not held (it is {row['state']}); "
+                                   "run-now only releases a bundle held by its maintenance "
+                                   "windows or a freeze")
+            try:
+                db.execute("INSERT INTO overrides(bundle_id, reason, by_user, at) "
+                           "VALUES (?, ?, ?, ?)", (bundle_id, reason, by_user, now))
+            except sqlite3.IntegrityError as exc:
+                raise JournalError(f"bundle {bundle_id} already has a run-now override"
+                                   ) from exc
+        return now
+
+    def override(self, bundle_id: str) -> dict[str, Any] | None:
+        """The run-now override of ``bundle_id`` (reason, by, at), or None."""
+        with self._lock:
+            row = self._db.execute("SELECT reason, by_user, at FROM overrides WHERE "
+                                   "bundle_id=?", (bundle_id,)).fetchone()
+        if row is None:
+            return None
+        return {"reason": row["reason"], "by": row["by_user"], "at": row["at"]}
 
     def actions(self) -> list[dict[str, Any]]:
         with self._lock:

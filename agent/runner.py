@@ -11,6 +11,11 @@ view, capped at ``LOG_FILE_CAP_FACTOR`` × the step cap; a full disk stops the f
 step) and to an optional live sink; the capped, redacted log kept in memory goes into the
 result.
 
+Holding: before every step, ``gate()`` (the agent's windows, freezes and chain order,
+``agent.holds``) may say the bundle must wait; the run then stops *before* that step, the
+bundle's state becomes ``held`` (committed; crash point ``held``) with the reason, and the
+remaining steps stay ``pending`` for a later :meth:`Runner.run`.
+
 Resuming: :meth:`Runner.run` runs only the step attempts the journal shows ``pending``; steps
 already finished are reported as they are (a ``stop`` failure among them still stops the
 rest). So a bundle whose agent died *between* two steps continues with the next one, which
@@ -66,7 +71,7 @@ class StepReport:
 
 @dataclass
 class BundleOutcome:
-    status: str  # succeeded | failed | cancelled
+    status: str  # succeeded | failed | cancelled | held (stopped before a step, see gate)
     summary: str
     steps: list[StepReport]
 
@@ -156,11 +161,15 @@ class Runner:
         files: Mapping[str, Path],
         sealed_secrets: Mapping[str, str] | None = None,
         on_final: FinalHook | None = None,
+        gate: Callable[[], str | None] | None = None,
     ) -> BundleOutcome:
         """Run every pending step attempt of ``bundle_id`` (as recorded in the journal).
 
         ``on_final(state, summary, reports)`` records the final state (the agent records the
         result in the same transaction); by default only the bundle's state is set.
+        ``gate()`` is asked before each step is started: a reason means "not now" — the
+        bundle is recorded ``held`` with it and the outcome is ``held`` (``on_final`` is not
+        called; the steps not started stay pending).
         """
         steps: list[Mapping[str, Any]] = list(manifest.get("steps") or [])
         release: Mapping[str, Any] = manifest.get("release") or {}
@@ -192,6 +201,13 @@ class Runner:
                 reports.append(StepReport(rec.idx, rec.attempt, rec.name, rec.kind, "skipped",
                                           summary))
                 continue
+            hold = gate() if gate is not None else None
+            if hold is not None:
+                self.journal.set_bundle_state(bundle_id, "held", hold)
+                crash_point("held")
+                log.warning("bundle %s held before step %d (%s): %s", bundle_id, rec.idx + 1,
+                            rec.name, hold)
+                return BundleOutcome("held", hold, reports)
             report = self._run_step(bundle_id, rec.idx, rec.attempt, step, release, files,
                                     sealed_secrets or {}, bundle_deadline)
             reports.append(report)

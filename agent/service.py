@@ -19,6 +19,10 @@ One bundle at a time. For every ready inbox item:
 5. Wait for ``not_before`` if the manifest has one (the bundle waits in ``staging/``; ``agent
    status`` says so), then run the steps (``agent.runner``); the final state and the result
    are journaled together, then the result file is written (``agent.results``).
+6. Before every step, the bundle's maintenance windows and freezes (``agent.holds``) may hold
+   it: state ``held`` with the reason, committed; later bundles wait behind it; the loop
+   looks again when the policy says (or on ``agent run-now``), and continues with the step
+   that did not start.
 
 Every durable transition is a named crash point (``agent.faults``, docs/agent.md): the journal
 is written before each action, and every action can be repeated from the journal after a
@@ -48,6 +52,7 @@ from typing import Any
 from agent.approvalcheck import check_approvals, required_here
 from agent.config import AgentConfig
 from agent.faults import crash_point, fault_point
+from agent.holds import Decision, Earlier, PolicyClock, decide, override_record, policy_of
 from agent.home import AgentKeys, load_keys
 from agent.inbox import (
     QUARANTINE_COPY_CAP,
@@ -59,7 +64,7 @@ from agent.inbox import (
     printable,
     write_reason,
 )
-from agent.journal import Journal, JournalError, JournalWriteError, ResultIntent
+from agent.journal import BundleRecord, Journal, JournalError, JournalWriteError, ResultIntent
 from agent.order import Held, Sequencer, held_rows
 from agent.results import flush_results, remove_temporaries, result_intent
 from agent.runner import Runner, StepReport
@@ -92,6 +97,8 @@ class ProcessOutcome:
     name: str
     # succeeded | failed | cancelled | rejected | duplicate | waiting | deferred | held
     # | archived (the files of a bundle accepted before a crash reached archive/)
+    # | on-hold (accepted, waiting for a maintenance window, the end of a freeze or an
+    #   earlier held bundle; ``held`` is an inbox file that was not accepted yet)
     status: str
     summary: str
     bundle_id: str | None = None
@@ -126,6 +133,10 @@ class Agent:
         self._problems: dict[str, str] = {}  # what keeps failing (logged once) by area
         self._needs_recovery = False
         self._outbox_retry_at = 0.0  # time.monotonic() before which a refusing outbox waits
+        #: The time windows and freezes are judged by (never below the time floor).
+        self.policy_clock = PolicyClock(clock, self._time_floor)
+        #: bundle id -> (policy time decided at, time to look again): no arithmetic between.
+        self._hold_cache: dict[str, tuple[int, int | None, Decision]] = {}
 
     def close(self) -> None:
         self.journal.close()
@@ -143,6 +154,10 @@ class Agent:
             raise RuntimeError("no pinned root in the journal; re-run 'tiangong agent init'")
         return (TrustedRoot.pin(rec.root_envelope),
                 VerifierState(rec.root_version, rec.sequence, rec.time_floor))
+
+    def _time_floor(self) -> int:
+        rec = self.journal.trust(self._issuer())
+        return rec.time_floor if rec is not None else 0
 
     def _accepted(self) -> tuple[int, int]:
         _, state = self._trust()
@@ -496,6 +511,9 @@ class Agent:
             log.info("bundle %s waits in staging until %s (not_before)", bundle_id,
                      time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.not_before)))
             return ProcessOutcome(rec.source, "waiting", "waiting for not_before", bundle_id)
+        held = self.hold_of(rec)
+        if held is not None:
+            return self._keep_held(rec, held)
         manifest = rec.manifest
         staged = Path(rec.staged_dir or "")
         files = _staged_files(manifest, staged)
@@ -504,17 +522,103 @@ class Agent:
 
         def final(state: str, summary: str, reports: list[StepReport]) -> None:
             status = "cancelled" if self.runner.cancel.is_set() else state
+            override = override_record(manifest, self.journal.override(bundle_id))
             intent = self._intent(status, summary, bundle_id, rec.envelope_sha256,
-                                  manifest.get("release"), reports)
+                                  manifest.get("release"), reports,
+                                  None if override is None else {"override": override})
             seqs.append(self.journal.finish_bundle(bundle_id, state, summary, intent))
             crash_point("final")
 
-        outcome = self.runner.run(bundle_id, manifest, files, sealed, on_final=final)
+        def gate() -> str | None:
+            current = self.journal.bundle(bundle_id)
+            decision = self.hold_of(current) if current is not None else None
+            return None if decision is None else decision.text
+
+        outcome = self.runner.run(bundle_id, manifest, files, sealed, on_final=final,
+                                  gate=gate)
+        if outcome.status == "held":
+            return ProcessOutcome(rec.source, "on-hold", outcome.summary, bundle_id)
+        self._hold_cache.pop(bundle_id, None)
         self.flush()
         result = self._result_path(seqs[0] if seqs else None)
         log.info("bundle %s %s: %s; result %s", bundle_id, outcome.status, outcome.summary,
                  result or "pending (see the errors above)")
         return ProcessOutcome(rec.source, outcome.status, outcome.summary, bundle_id, result)
+
+    # -- holding (agent.holds) --------------------------------------------------------------
+
+    def hold_of(self, rec: BundleRecord) -> Decision | None:
+        """Why the accepted bundle ``rec`` may not start a step now (None: it may).
+
+        The policy is evaluated again only when the policy time reaches the moment the last
+        answer named (or goes back), so a held bundle costs one journal read per pass.
+        """
+        earlier = [Earlier(b.bundle_id, b.sequence, f"{b.product or '?'} {b.version or ''}"
+                           .strip(), b.summary or "held")
+                   for b in self.journal.bundles(("held",))
+                   if (b.root_version, b.sequence) < (rec.root_version, rec.sequence)]
+        if earlier:
+            return decide(rec.manifest, 0, None, earlier[:1])
+        run_now = self.journal.override(rec.bundle_id)
+        now = self.policy_clock()
+        cached = self._hold_cache.get(rec.bundle_id)
+        if (cached is not None and run_now is None and cached[0] <= now
+                and (cached[1] is None or now < cached[1])):
+            return cached[2]
+        decision = decide(rec.manifest, now, run_now)
+        if decision is None:
+            self._hold_cache.pop(rec.bundle_id, None)
+        else:
+            self._hold_cache[rec.bundle_id] = (now, decision.until, decision)
+        return decision
+
+    def _keep_held(self, rec: BundleRecord, decision: Decision) -> ProcessOutcome:
+        """Record (once per reason) that ``rec`` is held; crash point ``held``."""
+        if rec.state != "held" or rec.summary != decision.text:
+            self.journal.set_bundle_state(rec.bundle_id, "held", decision.text)
+            crash_point("held")
+            log.warning("bundle %s (sequence %d) is held: %s; 'tiangong agent run-now %s "
+                        "--reason ...' runs it anyway", rec.bundle_id, rec.sequence,
+                        decision.text, rec.bundle_id)
+        return ProcessOutcome(rec.source, "on-hold", decision.text, rec.bundle_id)
+
+    def next_hold_wake(self) -> float | None:
+        """Seconds until the earliest held bundle may run by its policy (None: none)."""
+        times = [c[1] for c in self._hold_cache.values() if c[1] is not None]
+        if not times:
+            return None
+        return max(0.0, min(times) - self.policy_clock())
+
+    def run_now(self, bundle_id: str, reason: str, user: str) -> dict[str, Any]:
+        """``agent run-now``: journal the operator's override of the windows and freezes of
+        the held bundle ``bundle_id`` (it runs on the agent's next pass, or by
+        :meth:`run_accepted`). Returns the override recorded.
+
+        Raises:
+            KeyError: no such bundle. ValueError: it is not held, or an earlier bundle that
+                is held must run first (bundles apply in order).
+        """
+        rec = self.journal.bundle(bundle_id)
+        if rec is None:
+            raise KeyError(f"no bundle {bundle_id} in the journal of {self.config.home}")
+        for b in self.journal.bundles(("held",)):
+            if (b.root_version, b.sequence) < (rec.root_version, rec.sequence):
+                raise ValueError(f"bundle {bundle_id} (sequence {rec.sequence}) waits for "
+                                 f"bundle {b.bundle_id} (sequence {b.sequence}), which is "
+                                 f"held: {b.summary}; bundles apply in order, so run that "
+                                 "one first")
+        try:
+            self.journal.record_override(bundle_id, reason, user)
+        except JournalWriteError:
+            raise
+        except JournalError as exc:
+            raise ValueError(str(exc)) from exc
+        crash_point("override-recorded")
+        log.warning("operator %s overrides the windows and freezes of bundle %s: %s", user,
+                    bundle_id, reason)
+        found = self.journal.override(bundle_id)
+        assert found is not None
+        return found
 
     def _open_secrets(self, bundle_id: str, manifest: Mapping[str, Any]) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -585,7 +689,7 @@ class Agent:
             self.flush()
             outcomes = self.order.run(self.inbox.scan(self.clock()), self._verify,
                                       self.process, self.stopping.is_set)
-            for rec in self.journal.bundles(("waiting", "running")):
+            for rec in self.journal.bundles(("waiting", "running", "held")):
                 if self.stopping.is_set():
                     break
                 if rec.not_before is None or rec.not_before <= self.clock():
@@ -637,9 +741,14 @@ class Agent:
         try:
             while not self.stopping.is_set():
                 self.run_once()
-                # Wake on an inbox event, the periodic rescan, or after the settle interval
-                # (a file that is settling needs another look).
-                self.wake.wait(timeout=max(0.05, interval / 2))
+                # Wake on an inbox event, the periodic rescan, after the settle interval (a
+                # file that is settling needs another look), or when a held bundle's window
+                # opens or its freeze ends, whichever comes first.
+                timeout = interval / 2
+                hold_wake = self.next_hold_wake()
+                if hold_wake is not None:
+                    timeout = min(timeout, hold_wake)
+                self.wake.wait(timeout=max(0.05, timeout))
                 self.wake.clear()
         finally:
             watcher.stop()
@@ -648,6 +757,22 @@ class Agent:
         """Look at the inbox as a pass would, without acting (for ``agent status``):
         settling files, waiting parts, and bundles held for a predecessor or for space."""
         self.order.survey(self.inbox.scan(self.clock()), self._verify)
+
+    def _policy_status(self, b: BundleRecord) -> dict[str, Any]:
+        """``agent status`` fields of one bundle: its policy, override and, when it is held,
+        why and until when (judged now, by the policy clock)."""
+        policy = policy_of(b.manifest)
+        out: dict[str, Any] = {
+            "policy": None if policy is None else policy.describe(),
+            "override": override_record(b.manifest, self.journal.override(b.bundle_id)),
+            "hold": None,
+        }
+        if b.state == "held":
+            decision = self.hold_of(b)
+            if decision is not None:
+                out["hold"] = {"kind": decision.kind, "reason": decision.text,
+                               "until": decision.until}
+        return out
 
     def status(self) -> dict[str, Any]:
         trust = self.journal.trust(self._issuer())
@@ -664,6 +789,7 @@ class Agent:
                 {"bundle_id": b.bundle_id, "source": b.source, "product": b.product,
                  "version": b.version, "sequence": b.sequence, "state": b.state,
                  "not_before": b.not_before, "summary": b.summary,
+                 **self._policy_status(b),
                  "steps": [{"index": s.idx + 1, "attempt": s.attempt, "name": s.name,
                             "state": s.state, "summary": s.summary}
                            for s in self.journal.steps(b.bundle_id, latest_only=True)]}

@@ -33,6 +33,7 @@ from bundle.reader import (
     verify_path,
 )
 from bundle.release import ReleaseSource, load_release
+from bundle.windows import Policy, PolicyError, parse_freeze_spec, parse_window_spec
 from bundle.writer import release_manifest, write_bundle
 from signing.approvals import ReleaseRef, evaluate_approvals
 from signing.cli_approvals import read_approval_file
@@ -177,6 +178,17 @@ def bundle() -> None:
               "delegation requires approvals count them.")
 @click.option("--counter", type=click.IntRange(min=0), default=1, show_default=True,
               help="The release counter of this product.")
+@click.option("--window", "windows", multiple=True, metavar="SPEC",
+              help="Run only inside this maintenance window (repeatable): 'sat,sun "
+                   "01:00-05:00 Europe/Berlin', 'mon-fri 22:00-02:00 UTC', or 'START/END' "
+                   "(ISO 8601 with offset, or Unix seconds). docs/bundle-format.md §6.9.")
+@click.option("--freeze", "freezes", multiple=True, metavar="SPEC",
+              help="Never start a step in this freeze (repeatable): a window spec or "
+                   "'MM-DD..MM-DD ZONE' (every year), then ': REASON' — e.g. "
+                   "'12-20..01-05 UTC: year end'.")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A JSON file holding the policy object of §6.9 (windows, freezes, "
+                   "override); --window and --freeze add to it.")
 @click.option("--split", "split", is_flag=False, flag_value=str(DEFAULT_SPLIT_SIZE),
               default=None, metavar="BYTES",
               help="Split into parts of at most BYTES (default when given alone: 4 GiB - 1, "
@@ -191,7 +203,8 @@ def bundle() -> None:
 def create(release_dir: Path, key_file: str, root_file: str, agents: tuple[str, ...],
            environment: str | None, sequence: int, expires_in: str, not_before_in: str | None,
            author: str, approvers: tuple[str, ...], approval_files: tuple[str, ...],
-           counter: int, split: str | None,
+           counter: int, windows: tuple[str, ...], freezes: tuple[str, ...],
+           policy_file: Path | None, split: str | None,
            level: int, output: Path, as_json: bool, no_progress: bool,
            passphrase_file: str | None, passphrase_env: str) -> None:
     """Build a signed bundle from RELEASE_DIR (a release.toml and its files).
@@ -208,6 +221,7 @@ def create(release_dir: Path, key_file: str, root_file: str, agents: tuple[str, 
         split_size = _parse_size(split) if split else None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    policy = _policy(policy_file, windows, freezes)
     trusted = _load_root(root_file)
     now = int(time.time())
     try:
@@ -226,6 +240,7 @@ def create(release_dir: Path, key_file: str, root_file: str, agents: tuple[str, 
             approvals=tuple(Approval(by=a, at=now) for a in approvers),
             not_before=now + not_before if not_before is not None else None,
             approval_envelopes=envelopes,
+            policy=policy,
         )
         _warn_unapproved(trusted, environment, source, author, envelopes, now)
         with progress_bar(not no_progress and not as_json) as report:
@@ -248,6 +263,7 @@ def create(release_dir: Path, key_file: str, root_file: str, agents: tuple[str, 
         "sequence": sequence,
         "expires": written.manifest.expires,
         "approvals": len(written.manifest.approvals),
+        "policy": None if policy is None else policy.to_json(),
     }
     if as_json:
         _emit_json(summary)
@@ -273,6 +289,33 @@ def _warn_unapproved(trusted: TrustedRoot, environment: str | None, source: Rele
     if not verdict.ok:
         click.echo(f"warning: agents of environment {environment} will refuse this bundle: "
                    f"{verdict.message}", err=True)
+
+
+def _policy(policy_file: Path | None, windows: tuple[str, ...],
+            freezes: tuple[str, ...]) -> Policy | None:
+    """The policy of ``--policy FILE`` plus ``--window``/``--freeze`` (None when none).
+
+    Raises:
+        click.UsageError: a spec or the file breaks a rule of §6.9 (the message says which).
+    """
+    try:
+        base = Policy()
+        if policy_file is not None:
+            try:
+                value = json.loads(policy_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise click.UsageError(f"--policy {policy_file}: cannot be read as JSON: "
+                                       f"{exc}") from exc
+            try:
+                base = Policy.from_json(value)
+            except PolicyError as exc:
+                raise click.UsageError(f"--policy {policy_file}: {exc}") from exc
+        policy = Policy(base.windows + tuple(parse_window_spec(w) for w in windows),
+                        base.freezes + tuple(parse_freeze_spec(f) for f in freezes),
+                        base.override)
+    except PolicyError as exc:
+        raise click.UsageError(str(exc)) from exc
+    return None if policy.empty else policy
 
 
 def _parse_size(text: str) -> int:
@@ -349,6 +392,9 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
     if m.parts is not None:
         click.echo(f"  parts          1 header + {m.parts.count} data parts of "
                    f"{_human(m.parts.size)}")
+    if m.policy is not None:
+        for line in m.policy.describe():
+            click.echo(f"  policy         {line}")
 
 
 @bundle.command("verify", epilog=_EXIT_EPILOG)

@@ -83,6 +83,7 @@ from bundle.parts import (
     strip_part_suffix,
 )
 from bundle.release_names import NameSet
+from bundle.windows import Policy
 from signing.envelope import sign_envelope
 from signing.fileio import fsync_dir
 from signing.keys import SigningKey
@@ -177,6 +178,7 @@ def release_manifest(
     checkpoint: Mapping[str, Any] | None = None,
     chain: ChainInfo | None = None,
     approval_envelopes: Sequence[bytes] = (),
+    policy: Policy | None = None,
 ) -> tuple[Manifest, tuple[PayloadFile, ...]]:
     """The manifest (without ``files``/``parts``) and payload list of a release bundle (§6.3).
 
@@ -212,6 +214,7 @@ def release_manifest(
         checkpoint=checkpoint,
         chain=chain,
         approvals=tuple(approval_envelopes),
+        policy=None if policy is None or policy.empty else policy,
     )
     files = tuple(PayloadFile(f.name, Path(f.path), f.size, f.sha256) for f in source.files)
     return manifest, files

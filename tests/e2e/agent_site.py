@@ -19,6 +19,7 @@ from bundle.inspect import inspect as inspect_path
 from bundle.manifest import Manifest, Target
 from bundle.reader import ExpectResult, VerifierState, verify_path
 from bundle.release import load_release
+from bundle.windows import Policy
 from bundle.writer import release_manifest, write_bundle
 from signing.keyfile import load_public_key
 from tests.e2e.conftest import TIANGONG, HubKeys, run, set_fast_inbox, wait_for
@@ -58,14 +59,17 @@ def write_release(directory: Path, product: str, version: str, steps: list[str],
 
 
 def make_bundle(keys: HubKeys, release: Path, out: Path, seq: int, *,
-                bundle_id: str | None = None, expires_in: int = 86400) -> tuple[Path, str]:
-    """Sign ``release`` for the site as sequence ``seq``; returns (path, bundle id)."""
+                bundle_id: str | None = None, expires_in: int = 86400,
+                policy: Policy | None = None) -> tuple[Path, str]:
+    """Sign ``release`` for the site as sequence ``seq`` (with maintenance windows and
+    freezes: ``policy``); returns (path, bundle id)."""
     now = int(time.time())
     bid = bundle_id or f"b{seq}-{uuid.uuid4().hex[:8]}"
     manifest, files = release_manifest(
         load_release(release), bundle_id=bid, issuer=keys.kit.release_key.key_id,
         target=Target(agents=(AGENT_ID,), environment=ENVIRONMENT), root_version=1,
-        sequence=seq, created=now - 60, expires=now + expires_in, counter=seq, author="alice")
+        sequence=seq, created=now - 60, expires=now + expires_in, counter=seq, author="alice",
+        policy=policy)
     return write_bundle(out, manifest, files, [keys.kit.release_key]).paths[0], bid
 
 

@@ -1,0 +1,272 @@
+"""Holding accepted bundles by their maintenance windows and freezes, in-process with an
+injected clock (agent.holds, agent.service; docs/agent.md "Windows and freezes")."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import load_config
+from agent.holds import PolicyClock, decide
+from agent.inbox import ReadyItem
+from agent.journal import JournalError
+from agent.service import Agent
+from bundle.manifest import Target
+from bundle.release import load_release
+from bundle.windows import Freeze, Once, Override, Policy, Weekly
+from bundle.writer import release_manifest, write_bundle
+from tests.agent.conftest import Clock
+from tests.agent.test_service import _verify_result
+from tests.fixtures.trust import NOW, TrustKit
+
+# NOW is Fri 2027-01-15 08:00 UTC.
+SAT_NIGHT = Weekly(("sat",), "01:00", "05:00", "Europe/Berlin")
+SAT_OPENS = 1_800_000_000 + 16 * 3600  # Sat 2027-01-16 00:00 UTC = 01:00 Berlin
+FROZEN_NOW = Freeze(Once(NOW - 3600, NOW + 86400), "quarter close")
+
+
+def _release(tmp: Path, name: str, steps: list[tuple[str, str]]) -> Path:
+    """A release of shell steps ``(name, script text)``."""
+    d = tmp / f"rel-{name}-{uuid.uuid4().hex[:6]}"
+    d.mkdir()
+    toml = f'format = 1\n[release]\nproduct = "{name}"\nversion = "1.0"\n'
+    for i, (step, body) in enumerate(steps, 1):
+        (d / f"s{i}.sh").write_text(body)
+        toml += f'\n[[steps]]\nname = "{step}"\nkind = "shell"\nscript = "s{i}.sh"\n'
+    (d / "release.toml").write_text(toml)
+    return d
+
+
+def _bundle(kit: TrustKit, release: Path, out: Path, seq: int,
+            policy: Policy | None = None) -> Path:
+    manifest, files = release_manifest(
+        load_release(release), bundle_id=f"b{seq}-{uuid.uuid4().hex[:6]}",
+        issuer=kit.release_key.key_id, target=Target(agents=("site-01",)), root_version=1,
+        sequence=seq, created=NOW - 60, expires=NOW + 30 * 86400, counter=seq,
+        author="alice", policy=policy)
+    return write_bundle(out, manifest, files, [kit.release_key]).paths[0]
+
+
+def _drop(agent: Agent, bundle: Path) -> ReadyItem:
+    dest = agent.config.inbox / bundle.name
+    shutil.copyfile(bundle, dest)
+    return ReadyItem(dest.name, (dest,), dest.stat().st_size, "single", 0.0)
+
+
+def _result(agent: Agent, kit: TrustKit, path: Path | None, tmp: Path) -> dict[str, Any]:
+    assert path is not None
+    return _verify_result(agent, kit, path, tmp)  # type: ignore[return-value]
+
+
+def _states(agent: Agent, bundle_id: str) -> list[str]:
+    return [s.state for s in agent.journal.steps(bundle_id, latest_only=True)]
+
+
+def _counter(tmp: Path, tag: str) -> tuple[Path, str]:
+    path = tmp / f"{tag}.runs"
+    return path, f'echo run >> "{path}"\n'
+
+
+def _runs(path: Path) -> int:
+    return path.read_text().count("run") if path.exists() else 0
+
+
+Site = tuple[Agent, TrustKit, Clock]
+
+
+def test_a_bundle_outside_its_window_is_accepted_held_and_runs_when_it_opens(
+        site: Site, tmp_path: Path) -> None:
+    agent, kit, clock = site
+    runs, script = _counter(tmp_path, "w")
+    bundle = _bundle(kit, _release(tmp_path, "hello", [("one", script)]), tmp_path / "w.tgb",
+                     1, Policy((SAT_NIGHT,)))
+    out = agent.process(_drop(agent, bundle))
+    assert out.status == "on-hold"
+    assert out.summary == "window opens Sat 2027-01-16 01:00 Europe/Berlin"
+    bid = out.bundle_id or ""
+    # Accepted (sequence used, files archived), nothing ran, nothing reported yet.
+    assert agent.journal.trust(kit.hub_id).sequence == 1  # type: ignore[union-attr]
+    assert (agent.config.archive / bundle.name).exists()
+    rec = agent.journal.bundle(bid)
+    assert rec is not None and rec.state == "held" and rec.summary == out.summary
+    assert _states(agent, bid) == ["pending"] and _runs(runs) == 0
+    assert list(agent.config.outbox.glob("*.tgr")) == []
+    row = agent.status()["bundles"][0]
+    assert row["hold"] == {"kind": "window", "reason": out.summary, "until": SAT_OPENS}
+    assert row["policy"] == ["window: Sat 01:00–05:00 Europe/Berlin"]
+    # A pass one second before the window: still held, nothing written again.
+    clock.t = SAT_OPENS - 1
+    assert [o.status for o in agent.run_once()] == ["on-hold"]
+    assert _runs(runs) == 0
+    clock.t = SAT_OPENS
+    done = agent.run_once()
+    assert [o.status for o in done] == ["succeeded"]
+    assert _runs(runs) == 1
+    result = _result(agent, kit, done[0].result, tmp_path)
+    assert result["status"] == "succeeded" and "override" not in result["body"]
+
+
+def test_the_daemon_knows_when_to_look_again(site: Site, tmp_path: Path) -> None:
+    agent, kit, clock = site
+    bundle = _bundle(kit, _release(tmp_path, "hello", [("one", "true\n")]),
+                     tmp_path / "w.tgb", 1, Policy((SAT_NIGHT,)))
+    assert agent.next_hold_wake() is None
+    agent.process(_drop(agent, bundle))
+    assert agent.next_hold_wake() == SAT_OPENS - NOW
+    clock.t = SAT_OPENS - 10
+    assert agent.next_hold_wake() == 10
+
+
+def test_a_freeze_beginning_between_two_steps_holds_the_rest(site: Site,
+                                                             tmp_path: Path) -> None:
+    agent, kit, clock = site
+    clock_file = tmp_path / "policy-clock"
+    clock_file.write_text(str(NOW))
+    agent.policy_clock = PolicyClock(clock, lambda: 0, clock_file=str(clock_file))
+    freeze_at, thaw = NOW + 3600, NOW + 7200
+    first, first_script = _counter(tmp_path, "first")
+    second, second_script = _counter(tmp_path, "second")
+    release = _release(tmp_path, "midrun", [
+        ("first", first_script + f'echo {freeze_at} > "{clock_file}"\n'),
+        ("second", second_script)])
+    policy = Policy((), (Freeze(Once(freeze_at, thaw), "quarter close"),))
+    out = agent.process(_drop(agent, _bundle(kit, release, tmp_path / "m.tgb", 1, policy)))
+    bid = out.bundle_id or ""
+    assert out.status == "on-hold"
+    assert out.summary == "frozen until Fri 2027-01-15 10:00 UTC (quarter close)"
+    assert _states(agent, bid) == ["succeeded", "pending"]
+    assert (_runs(first), _runs(second)) == (1, 0)
+    rec = agent.journal.bundle(bid)
+    assert rec is not None and rec.state == "held"
+    clock_file.write_text(str(thaw - 1))
+    assert [o.status for o in agent.run_once()] == ["on-hold"]
+    clock_file.write_text(str(thaw))
+    done = agent.run_once()
+    assert [o.status for o in done] == ["succeeded"]
+    assert (_runs(first), _runs(second)) == (1, 1)  # the first step is not run again
+    body = _result(agent, kit, done[0].result, tmp_path)["body"]
+    assert [s["status"] for s in body["steps"]] == ["succeeded", "succeeded"]
+
+
+def test_a_held_bundle_holds_the_later_ones(site: Site, tmp_path: Path) -> None:
+    agent, kit, clock = site
+    first = _bundle(kit, _release(tmp_path, "one", [("a", "true\n")]), tmp_path / "1.tgb", 1,
+                    Policy((SAT_NIGHT,)))
+    second = _bundle(kit, _release(tmp_path, "two", [("b", "true\n")]), tmp_path / "2.tgb", 2)
+    out1 = agent.process(_drop(agent, first))
+    out2 = agent.process(_drop(agent, second))
+    assert (out1.status, out2.status) == ("on-hold", "on-hold")
+    assert out2.summary == (f"after bundle {out1.bundle_id} (sequence 1, one 1.0), which is "
+                            "held: window opens Sat 2027-01-16 01:00 Europe/Berlin")
+    # run-now of the later one is refused: bundles apply in order. Nothing is recorded.
+    with pytest.raises(ValueError, match="bundles apply in order, so run that one first"):
+        agent.run_now(out2.bundle_id or "", "hurry", "alice")
+    assert agent.journal.override(out2.bundle_id or "") is None
+    assert _states(agent, out2.bundle_id or "") == ["pending"]
+    clock.t = SAT_OPENS
+    done = agent.run_once()
+    assert [(o.bundle_id, o.status) for o in done] == [(out1.bundle_id, "succeeded"),
+                                                        (out2.bundle_id, "succeeded")]
+    results = [r for r in agent.journal.results()]
+    assert [r["bundle_id"] for r in sorted(results, key=lambda r: r["result_seq"])] == [
+        out1.bundle_id, out2.bundle_id]
+
+
+def test_run_now_overrides_a_freeze_and_is_in_the_signed_result(site: Site,
+                                                                tmp_path: Path) -> None:
+    agent, kit, _ = site
+    runs, script = _counter(tmp_path, "r")
+    bundle = _bundle(kit, _release(tmp_path, "fix", [("one", script)]), tmp_path / "r.tgb",
+                     1, Policy((), (FROZEN_NOW,)))
+    out = agent.process(_drop(agent, bundle))
+    bid = out.bundle_id or ""
+    assert out.status == "on-hold" and "(quarter close)" in out.summary
+    override = agent.run_now(bid, "payment outage, ticket 4711", "alice")
+    assert override == {"reason": "payment outage, ticket 4711", "by": "alice", "at": NOW}
+    done = agent.run_accepted(bid)
+    assert done.status == "succeeded" and _runs(runs) == 1
+    body = _result(agent, kit, done.result, tmp_path)["body"]
+    assert body["override"] == {"site": {"reason": "payment outage, ticket 4711",
+                                         "by": "alice", "at": NOW,
+                                         "command": "tiangong agent run-now"}}
+    # Not held any more: a second run-now is refused and changes nothing.
+    with pytest.raises(ValueError, match="is not held"):
+        agent.run_now(bid, "again", "bob")
+    assert agent.journal.override(bid) == override
+    with pytest.raises(KeyError, match="no bundle nope"):
+        agent.run_now("nope", "x", "bob")
+
+
+def test_a_hub_override_in_the_manifest_ignores_windows_and_freezes(site: Site,
+                                                                   tmp_path: Path) -> None:
+    agent, kit, _ = site
+    hub = Override("hotfix for incident 12", "carol", "dave", NOW - 600)
+    bundle = _bundle(kit, _release(tmp_path, "hot", [("one", "true\n")]), tmp_path / "h.tgb",
+                     1, Policy((SAT_NIGHT,), (FROZEN_NOW,), hub))
+    out = agent.process(_drop(agent, bundle))
+    assert out.status == "succeeded", out.summary
+    body = _result(agent, kit, out.result, tmp_path)["body"]
+    assert body["override"] == {"hub": hub.to_json()}
+
+
+def test_a_restart_while_held_keeps_holding(site: Site, tmp_path: Path) -> None:
+    agent, kit, clock = site
+    runs, script = _counter(tmp_path, "restart")
+    bundle = _bundle(kit, _release(tmp_path, "hello", [("one", script)]), tmp_path / "x.tgb",
+                     1, Policy((SAT_NIGHT,)))
+    bid = agent.process(_drop(agent, bundle)).bundle_id or ""
+    agent.close()
+    again = Agent(load_config(agent.config.home), clock=clock)
+    try:
+        again.recover()
+        assert [o.status for o in again.run_once()] == ["on-hold"]
+        assert _runs(runs) == 0
+        assert again.status()["bundles"][0]["hold"]["until"] == SAT_OPENS
+        clock.t = SAT_OPENS + 60
+        assert [o.status for o in again.run_once()] == ["succeeded"]
+        assert _runs(runs) == 1
+        assert again.journal.bundle(bid).state == "succeeded"  # type: ignore[union-attr]
+    finally:
+        again.close()
+
+
+def test_retry_respects_a_freeze(site: Site, tmp_path: Path) -> None:
+    agent, kit, clock = site
+    policy = Policy((), (Freeze(Once(NOW + 3600, NOW + 7200), "audit"),))
+    bundle = _bundle(kit, _release(tmp_path, "r", [("one", "true\n")]), tmp_path / "r.tgb",
+                     1, policy)
+    bid = agent.process(_drop(agent, bundle)).bundle_id or ""
+    clock.t = NOW + 3600
+    out = agent.retry(bid, 1)
+    assert out.status == "on-hold" and "(audit)" in out.summary
+    assert _states(agent, bid) == ["pending"]
+
+
+def test_the_policy_clock_never_goes_below_the_time_floor(tmp_path: Path) -> None:
+    clock_file = tmp_path / "clock"
+    clock_file.write_text("1000\n")
+    assert PolicyClock(lambda: 5.0, lambda: 2000, clock_file=str(clock_file))() == 2000
+    assert PolicyClock(lambda: 5.0, lambda: 0, clock_file=str(clock_file))() == 1000
+    assert PolicyClock(lambda: 5.0, lambda: 0, clock_file=str(tmp_path / "none"))() == 5
+    clock_file.write_text("soon")
+    assert PolicyClock(lambda: 7.0, lambda: 3, clock_file=str(clock_file))() == 7
+
+
+def test_record_override_refuses_what_is_not_held(site: Site, tmp_path: Path) -> None:
+    agent, kit, _ = site
+    bundle = _bundle(kit, _release(tmp_path, "ok", [("one", "true\n")]), tmp_path / "o.tgb", 1)
+    bid = agent.process(_drop(agent, bundle)).bundle_id or ""
+    with pytest.raises(JournalError, match="is not held \\(it is succeeded\\)"):
+        agent.journal.record_override(bid, "why", "alice")
+    assert agent.journal.override(bid) is None
+
+
+def test_decide_without_policy_or_with_an_override() -> None:
+    assert decide({"policy": None}, NOW, None) is None
+    frozen = Policy((), (FROZEN_NOW,)).to_json()
+    assert decide({"policy": frozen}, NOW, None) is not None
+    assert decide({"policy": frozen}, NOW, {"reason": "r", "by": "a", "at": 1}) is None
