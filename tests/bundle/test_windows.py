@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from bundle.errors import ManifestError
 from bundle.manifest import Manifest
 from bundle.windows import (
+    SEARCH_YEARS,
     Annual,
     Freeze,
     Once,
@@ -336,7 +337,7 @@ _POLICY = st.builds(Policy, st.lists(st.one_of(_WEEKLY_ANY, _ONCE), max_size=3, 
                     st.lists(_FREEZE, max_size=3, unique=True).map(tuple))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(_POLICY, _NOW)
 def test_next_open_is_open_and_nothing_earlier_is(policy: Policy, now: int) -> None:
     t = policy.next_open(now)
@@ -354,7 +355,7 @@ def test_next_open_is_open_and_nothing_earlier_is(policy: Policy, now: int) -> N
         assert not policy.is_open(t - 1)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(_POLICY, _NOW)
 def test_hold_agrees_with_next_open(policy: Policy, now: int) -> None:
     hold = policy.hold(now)
@@ -365,8 +366,11 @@ def test_hold_agrees_with_next_open(policy: Policy, now: int) -> None:
         assert (hold.kind == "freeze") == (frozen is not None)
         if frozen is not None:
             assert frozen[0] > now
-            assert policy.frozen_until(frozen[0]) is None  # the freezes end there
             assert policy.frozen_until(frozen[0] - 1) is not None
+            if frozen[0] <= now + SEARCH_YEARS * 366 * 86400:
+                assert policy.frozen_until(frozen[0]) is None  # the freezes end there
+            else:  # frozen past the search: no time to run is found
+                assert hold.until is None
 
 
 def _exists(local: datetime) -> bool:
@@ -375,7 +379,7 @@ def _exists(local: datetime) -> bool:
     return back.replace(tzinfo=None) == local.replace(tzinfo=None)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(_WEEKLY_ANY, _NOW)
 def test_weekly_occurrences_start_at_their_wall_time(w: Weekly, now: int) -> None:
     start = w.next_start(now)
