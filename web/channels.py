@@ -76,9 +76,10 @@ def show(product: str) -> Any:
         releases = []
         for entry in active_entries(sc.session, channel):
             release = entry.release
-            item: dict[str, Any] = {"entry": entry, "release": release, "next": None}
             in_next = following is not None and any(
                 e.release_id == release.id for e in active_entries(sc.session, following))
+            item: dict[str, Any] = {"entry": entry, "release": release, "next": None,
+                                    "moved_on": following.name if in_next and following else None}
             if following is not None and not in_next:
                 missing, approvers, _ = check_promotion(sc.session, release, channel, following,
                                                         now)

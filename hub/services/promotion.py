@@ -38,6 +38,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hub.db import (
@@ -275,10 +276,21 @@ def check_promotion(session: Session, release: Release, previous: Channel, targe
 
 
 def _enter(ctx: ServiceContext, release: Release, channel: Channel) -> ChannelEntry:
+    """Record ``release`` in ``channel``. Two processes entering it at once: the unique
+    (channel, release) row lets one win; the other gets a ConflictError (not a database
+    error), its transaction still usable (a savepoint).
+
+    Raises:
+        ConflictError.
+    """
     entry = ChannelEntry(channel_id=channel.id, release_id=release.id, entered_at=ctx.now(),
                          entered_by=ctx.actor_name)
-    ctx.session.add(entry)
-    ctx.session.flush()
+    try:
+        with ctx.session.begin_nested():
+            ctx.session.add(entry)
+    except IntegrityError:
+        raise ConflictError(f"release {release.label} entered {channel.name} meanwhile "
+                            "(another promotion or approval)") from None
     return entry
 
 
@@ -291,7 +303,10 @@ def enter_first_channel(ctx: ServiceContext, release: Release) -> ChannelEntry |
     channels = list_channels(session, release.product)
     if not channels or entries_of(session, release):
         return None
-    entry = _enter(ctx, release, channels[0])
+    try:
+        entry = _enter(ctx, release, channels[0])
+    except ConflictError:
+        return None  # a concurrent approval put it there
     audit.record(ctx, "channel.enter", "release", release.label,
                  {"channel": channels[0].name, "content_hash": release.content_hash})
     plan(ctx, release, channels[0])

@@ -5,15 +5,19 @@ subscriptions on an environment's page."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
+from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import func, select
+from werkzeug.serving import make_server
 
 from hub.db import AuditEvent, ChannelEntry, ChannelSubscription, Deployment, db
 from hub.services.approvals import approve_release
 from hub.services.channels import ChannelRule, set_rule, subscribe
 from hub.services.releases import create_release, submit_release
 from tests.hub.conftest import write_release
+from tests.web.browser import ARTIFACTS, chromium, new_context  # noqa: F401 - chromium is a fixture
 from tests.web.pages import Site
 
 
@@ -144,3 +148,69 @@ def test_environment_page_subscriptions(site: Site, tmp_path: Path) -> None:
     assert site.post(admin, "/channels/subscriptions/test/remove",
                      {"product": "hello"}).status_code == 303
     assert 'id="no-subscriptions"' in admin.get("/environments/test").get_data(as_text=True)
+
+
+def test_approve_promote_and_recall_in_a_real_browser(
+    site: Site, tmp_path: Path, chromium: Browser  # noqa: F811
+) -> None:
+    """Chromium clicks through the Channels page (CSP on, forms with their CSRF tokens):
+    a refused promotion shows what is missing, an approver approves, the operator promotes
+    (the subscribed environment's deployment is queued), then recalls with a reason."""
+    _approved(site, tmp_path)
+    with site.app.app_context():
+        set_rule(site.ctx("admin"), "hello", "CANARY", ChannelRule(required_approvals=1))
+        subscribe(site.ctx("admin"), "test", "hello", "CANARY")
+        db.session.commit()
+    server = make_server("127.0.0.1", 0, site.app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="channels-web", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    shots = ARTIFACTS / "channels"
+    shots.mkdir(parents=True, exist_ok=True)
+
+    def page_of(user: str) -> Page:
+        cookie = site.client(user).get_cookie("tiangong_session")
+        assert cookie is not None
+        context = new_context(chromium)
+        context.add_cookies([{"name": cookie.key, "value": cookie.value, "url": base}])
+        page = context.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"{base}/channels/hello")
+        return page
+
+    errors: list[str] = []
+    try:
+        op = page_of("op")
+        row = op.locator('#channel-RELEASE tr[data-release="1.0.0"]')
+        expect(row.locator("td.next")).to_contain_text("approvals: 0 of 1")
+        row.locator(".promote-button").click()
+        expect(op.locator(".flash-error")).to_contain_text(
+            "from RELEASE to CANARY refused; missing: approvals: 0 of 1")
+
+        appr = page_of("appr1")
+        expect(appr.locator(".promote-button")).to_have_count(0)
+        appr.locator('#channel-RELEASE tr[data-release="1.0.0"] .approve-promotion-button').click()
+        expect(appr.locator(".flash")).to_contain_text("You approved promoting hello 1.0.0 to "
+                                                        "CANARY")
+        expect(appr.locator('#channel-RELEASE tr[data-release="1.0.0"] td.next')).to_contain_text(
+            "ready for CANARY (approved by appr1)")
+
+        op.reload()
+        op.locator('#channel-RELEASE tr[data-release="1.0.0"] .promote-button').click()
+        expect(op.locator(".flash")).to_contain_text(
+            "promoted from RELEASE to CANARY; deployments: test (queued)")
+        canary = op.locator('#channel-CANARY tr[data-release="1.0.0"]')
+        expect(canary).to_be_visible()
+        op.screenshot(path=str(shots / "promoted.png"), full_page=True)
+
+        canary.locator("input[name=reason]").fill("breaks invoices")
+        canary.locator(".recall-button").click()
+        expect(op.locator(".flash")).to_contain_text(
+            "recalled from CANARY; 1 deployment(s) cancelled")
+        expect(op.locator('#channel-CANARY tr[data-release="1.0.0"]')).to_have_count(0)
+        assert [s for _, s in _state(site)[2]] == ["cancelled"]
+        assert [e for e in errors if "favicon" not in e and "404" not in e] == []
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()

@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from agent.config import load_config
 from agent.home import init_home
 from agent.service import Agent
-from hub.db import AuditEvent, ChannelEntry, Deployment, PromotionApproval, Release
+from hub.db import AuditEvent, ChannelEntry, Deployment, PromotionApproval, Release, make_engine
 from hub.errors import (
     ConflictError,
     HubError,
@@ -25,6 +27,7 @@ from hub.errors import (
     SeparationOfDutiesError,
     ValidationError,
 )
+from hub.migrate import upgrade
 from hub.services.approvals import approve_release
 from hub.services.channels import (
     ChannelRule,
@@ -48,8 +51,8 @@ from hub.services.promotion import (
     waiting_for,
 )
 from hub.services.releases import create_product, create_release, get_product, submit_release
-from hub.services.users import grant_role
-from tests.hub.conftest import World
+from hub.services.users import bootstrap_admin, grant_role
+from tests.hub.conftest import PEOPLE, FakeClock, Keys, World, seed_people
 
 HELLO = Path(__file__).resolve().parents[3] / "examples" / "releases" / "hello-1.0.0"
 
@@ -403,3 +406,52 @@ def test_recall_cancels_planned_and_queued_and_the_site_refuses_the_exported_bun
     assert "declared lost by op" in out.summary
     assert "release hello 1.0.0 recalled from CANARY: corrupts invoices" in out.summary
     site.close()
+
+
+# --- concurrency (PostgreSQL) ------------------------------------------------------------
+
+
+def test_concurrent_promotions_enter_once_on_postgresql(
+    pg_db: str, keys: Keys, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Four operators promote the same release into CANARY at the same instant: one
+    promotion, one
+    audit event; every other caller gets a ConflictError naming the release (never a
+    database error)."""
+    engine = make_engine(pg_db)
+    upgrade(engine)
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            bootstrap_admin(session, clock, "admin")
+            w = World(session, clock, keys, tmp_path / "releases")
+            seed_people(w.ctx("admin"), PEOPLE)
+            session.commit()
+            _release(w, tmp_path)
+        outcomes: list[str] = []
+        start = threading.Barrier(4)
+
+        def attempt(_i: int) -> None:
+            with Session(engine, expire_on_commit=False) as session:
+                w = World(session, clock, keys, tmp_path / "releases")
+                start.wait()
+                try:
+                    promote(w.ctx("op"), "hello", "1.0.0", "CANARY")
+                    session.commit()
+                    outcomes.append("promoted")
+                except ConflictError as exc:
+                    session.rollback()
+                    assert "hello 1.0.0" in str(exc)
+                    outcomes.append("conflict")
+
+        threads = [threading.Thread(target=attempt, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert sorted(outcomes) == ["conflict"] * 3 + ["promoted"]
+        with Session(engine) as session:
+            w = World(session, clock, keys, None)
+            assert len(_events(w, "channel.promote")) == 1
+            assert session.scalar(select(func.count()).select_from(ChannelEntry)) == 2
+    finally:
+        engine.dispose()
