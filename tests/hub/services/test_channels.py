@@ -415,9 +415,8 @@ def test_concurrent_promotions_enter_once_on_postgresql(
     pg_db: str, keys: Keys, clock: FakeClock, tmp_path: Path
 ) -> None:
     """Four operators promote the same release into CANARY at the same instant: one
-    promotion, one
-    audit event; every other caller gets a ConflictError naming the release (never a
-    database error)."""
+    promotion, one audit event; every other caller gets a ConflictError naming the release
+    (never a database error)."""
     engine = make_engine(pg_db)
     upgrade(engine)
     try:
