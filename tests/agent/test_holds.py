@@ -270,3 +270,63 @@ def test_decide_without_policy_or_with_an_override() -> None:
     frozen = Policy((), (FROZEN_NOW,)).to_json()
     assert decide({"policy": frozen}, NOW, None) is not None
     assert decide({"policy": frozen}, NOW, {"reason": "r", "by": "a", "at": 1}) is None
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["{bid}", "--reason", "  "], 2, "--reason must be 1 to 4096 printable characters"),
+        (["{bid}", "--reason", "bell\a"], 2, "--reason must be 1 to 4096 printable"),
+        (["nope", "--reason", "x"], 1, "no bundle nope in the journal"),
+        (["{other}", "--reason", "x"], 1, "this agent has not accepted that bundle file"),
+        (["{junk}", "--reason", "x"], 1, "cannot be read as a bundle file"),
+    ],
+)
+def test_run_now_refusals_change_nothing(site: Site, tmp_path: Path, args: list[str],
+                                         code: int, message: str) -> None:
+    from click.testing import CliRunner
+
+    from tiangong.cli import root
+
+    agent, kit, _ = site
+    bundle = _bundle(kit, _release(tmp_path, "r", [("one", "true\n")]), tmp_path / "r.tgb", 1,
+                     Policy((), (FROZEN_NOW,)))
+    bid = agent.process(_drop(agent, bundle)).bundle_id or ""
+    other = _bundle(kit, _release(tmp_path, "o", [("one", "true\n")]), tmp_path / "o.tgb", 2)
+    junk = tmp_path / "junk.tgb"
+    junk.write_bytes(b"not a bundle")
+    argv = [a.format(bid=bid, other=other, junk=junk) for a in args]
+    result = CliRunner().invoke(root, ["agent", "run-now", *argv, "--home",
+                                       str(agent.config.home)])
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert agent.journal.override(bid) is None
+    rec = agent.journal.bundle(bid)
+    assert rec is not None and rec.state == "held"
+    assert _states(agent, bid) == ["pending"]
+    assert agent.journal.results() == []
+
+
+def test_a_schema_2_journal_gains_the_overrides_table(tmp_path: Path) -> None:
+    import sqlite3
+
+    from agent.journal import SCHEMA_VERSION, Journal
+
+    path = tmp_path / "journal.sqlite"
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE overrides")
+    db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    db.commit()
+    db.close()
+    j = Journal(path, create=False)
+    try:
+        assert j.override("b1") is None
+        with pytest.raises(JournalError, match="no bundle b1"):
+            j.record_override("b1", "why", "alice")
+    finally:
+        j.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(
+        SCHEMA_VERSION)
+    db.close()

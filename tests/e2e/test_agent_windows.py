@@ -292,3 +292,32 @@ def test_power_cuts_at_the_hold_and_at_run_now(tmp_path: Path, hub_keys: HubKeys
     assert found[0]["body"]["override"]["site"]["reason"] == "urgent"
     assert found[1]["body"]["override"]["site"]["reason"] == "second urgent fix"
     assert (_runs(tmp_path, "one", "a"), _runs(tmp_path, "two", "b")) == (1, 1)
+
+
+def test_bundle_create_refuses_a_bad_window_freeze_or_policy_and_writes_nothing(
+        tmp_path: Path, hub_keys: HubKeys) -> None:
+    from click.testing import CliRunner
+
+    from tiangong.cli import root
+
+    release = _counting_release(tmp_path, "hello", [("one", "")])
+    bad_policy = tmp_path / "bad-policy.json"
+    bad_policy.write_text(json.dumps({"windows": [], "freezes": [], "override": {
+        "reason": "x", "by": "carol", "second": "carol", "at": 1}}))
+    cases = [
+        (["--window", "sat 25:00-05:00 Europe/Berlin"],
+         "window 'sat 25:00-05:00 Europe/Berlin': start: '25:00' is not a time of day"),
+        (["--window", "sat 01:00-05:00 Europe/Atlantis"], "unknown time zone 'Europe/Atlantis'"),
+        (["--freeze", "12-20..01-05 UTC"], "needs a reason after ': '"),
+        (["--policy", str(bad_policy)],
+         "override.second: 'carol' cannot second their own override"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "never.tgb"
+        result = CliRunner(env=PASS).invoke(root, [
+            "bundle", "create", str(release), "--key", str(hub_keys.release_key), "--root",
+            str(hub_keys.root_json), "--agent", AGENT_ID, "--sequence", "1", *extra, "-o",
+            str(out), "--no-progress"])
+        assert result.exit_code == 2, result.output
+        assert message in " ".join(result.output.split()), result.output
+        assert not out.exists() and list(tmp_path.glob("never*")) == []
