@@ -22,6 +22,7 @@ This module only reads the verified bundle; it does not touch files or the journ
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from bundle.approvals import manifest_verdict
 from bundle.errors import ReleaseFormatError
@@ -36,8 +37,10 @@ __all__ = ["check_approvals", "required_here"]
 log = logging.getLogger("tiangong.agent")
 
 
-def check_approvals(environment: str | None, vb: VerifiedBundle) -> str | None:
-    """The reason this agent must refuse ``vb`` for its approvals, or None when it may run.
+def check_approvals(environment: str | None, vb: VerifiedBundle
+                    ) -> tuple[str, dict[str, Any]] | None:
+    """Why this agent must refuse ``vb`` for its approvals — the reason, and the verdict as
+    JSON for the signed result (``approvals`` in its body) — or None when it may run.
 
     ``environment`` is the agent's enrolled one; the root is ``vb``'s trusted root (after the
     updates it carried) and the floor its new time floor.
@@ -46,10 +49,10 @@ def check_approvals(environment: str | None, vb: VerifiedBundle) -> str | None:
         verdict = manifest_verdict(vb.trusted_root.document, environment, vb.manifest,
                                    vb.state.time_floor)
     except ReleaseFormatError as exc:
-        return f"its approvals cannot be checked: {exc}"
+        return f"its approvals cannot be checked: {exc}", {}
     if verdict.ok and verdict.delegation is not None:
         log.info("bundle %s: approvals checked: %s", vb.manifest.bundle_id, verdict.message)
-    return None if verdict.ok else verdict.message
+    return None if verdict.ok else (verdict.message, verdict.to_json())
 
 
 def required_here(root_envelope: bytes, environment: str | None) -> str | None:

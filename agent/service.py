@@ -291,16 +291,19 @@ class Agent:
             return ProcessOutcome(printable(item.name), "deferred", f"cannot read: {_why(exc)}")
         self._solved(f"verify {printable(item.name)}", f"{printable(item.name)} verified")
         crash_point("staged")
-        check = "steps"
+        check, details = "steps", None
         problem = check_steps(self.config, vb.manifest.steps,
                               {f.name for f in vb.manifest.files})
         if problem is None:
-            check, problem = "approvals", check_approvals(self.config.environment, vb)
+            refusal = check_approvals(self.config.environment, vb)
+            if refusal is not None:
+                check, (problem, details) = "approvals", refusal
         if problem is not None:
             shutil.rmtree(vb.staged_dir, ignore_errors=True)
             return self._reject(item, check, f"bundle {vb.manifest.bundle_id} (sequence "
                                 f"{vb.manifest.sequence}) is refused before anything ran, and "
-                                f"its sequence is not used up: {problem}", verified=vb)
+                                f"its sequence is not used up: {problem}", verified=vb,
+                                details={check: details} if details else None)
         return self._accept_and_run(item, vb)
 
     def _verify(self, item: ReadyItem, admit: AdmitFn) -> VerifiedBundle:
@@ -396,10 +399,12 @@ class Agent:
                                               f"{exc}"))
 
     def _reject(self, item: ReadyItem, check: str, reason: str,
-                verified: VerifiedBundle | None = None) -> ProcessOutcome:
+                verified: VerifiedBundle | None = None,
+                details: Mapping[str, Any] | None = None) -> ProcessOutcome:
         """Quarantine ``item`` with a signed ``rejected`` result. A bundle refused after it
         verified (step or approval check) is named in the result (bundle id and envelope
-        digest, which its signature vouches for); an unverified one never is."""
+        digest, which its signature vouches for); an unverified one never is. ``details``
+        go into the result's body (the approval verdict under ``approvals``)."""
         dest = self.config.quarantine
         name = printable(item.name)
         log.error("refused %s [%s]: %s; moving it to %s", name, check, reason, dest)
@@ -409,7 +414,7 @@ class Agent:
             verified.envelope_sha256 if verified is not None else None,
             verified.manifest.release.to_json() if verified is not None
             and verified.manifest.release is not None else None, [],
-            extra={"rejected_file": name, "check": check})
+            extra={"rejected_file": name, "check": check, **(details or {})})
         seq = self._dispose_new(item, dest, intent, (name, check, reason))
         return ProcessOutcome(name, "rejected", reason, bundle_id, self._result_path(seq))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class Site:
     people: dict[str, SigningKey]
     tmp: Path
     content_hash: str
+    sent: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
 
 
 def _release(tmp: Path, ran: Path, extra_step: bool = False) -> Path:
@@ -124,6 +125,7 @@ def _bundle(s: Site, envelopes: Sequence[bytes], *, author: str = "zoe",
     if change is not None:
         manifest = change(manifest)
     out = s.tmp / f"{manifest.bundle_id}.tgb"
+    s.sent[out.name] = manifest.approvals
     return write_bundle(out, manifest, files, [s.kit.release_key], roots=roots).paths[0]
 
 
@@ -161,6 +163,17 @@ def _assert_refused(s: Site, bundle: Path, *words: str) -> None:
     assert res.bundle_id == out.bundle_id and res.bundle_id is not None
     assert res.bundle_envelope_sha256 is not None
     assert res.body["release"]["product"] == "billing"
+    # The verdict travels in the result for the hub: what was required, who counted, and
+    # why each envelope did not.
+    verdict = res.body["approvals"]
+    assert verdict["ok"] is False and verdict["message"] in out.summary
+    assert verdict["environment"] == (s.agent.config.environment or "*")
+    assert len(verdict["envelopes"]) == len(vb_manifest_approvals(s, bundle))
+
+
+def vb_manifest_approvals(s: Site, bundle: Path) -> tuple[bytes, ...]:
+    """The approvals the bundle carried (read from the hub's side copy, written by the test)."""
+    return s.sent[bundle.name]
 
 
 def _hub_attest(s: Site, names: Sequence[str], key: SigningKey | None = None,
