@@ -288,6 +288,8 @@ def run_cmd(home: Path, once: bool, json_logs: bool, verbose: bool) -> None:
     except (ConfigError, HomeError, JournalError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
     started.append(ag)
+    if client is not None:
+        ag.live_connected = client.connected
     upgrade.on_restart(ag.stopping.set)
     upgrade.on_restart(ag.wake.set)
     if requested.is_set():

@@ -63,6 +63,7 @@ class AgentConfig:
     secrets: Mapping[str, Any] = field(default_factory=dict)
     hub_url: str | None = None
     allow_insecure_loopback: bool = False  # plain ws:// to a loopback hub (tests only)
+    metrics_textfile: Path | None = None  # node-exporter textfile (agent.metrics); None: off
 
     @property
     def inbox(self) -> Path:
@@ -137,6 +138,7 @@ def load_config(home: Path) -> AgentConfig:
     agent = _table(doc, "agent")
     inbox = _table(doc, "inbox")
     run = _table(doc, "run")
+    metrics = _table(doc, "metrics")
     agent_id = agent.get("id")
     if not isinstance(agent_id, str) or not agent_id:
         raise ConfigError(f"{path}: [agent] id must be a non-empty string")
@@ -167,9 +169,21 @@ def load_config(home: Path) -> AgentConfig:
             hub_url=agent.get("hub_url") or None,
             allow_insecure_loopback=_bool(path, "allow_insecure_loopback",
                                           agent.get("allow_insecure_loopback", False)),
+            metrics_textfile=_textfile(path, home, metrics.get("textfile")),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _textfile(path: Path, home: Path, value: object) -> Path | None:
+    """``[metrics] textfile``: a ``*.prom`` path (relative: under the agent home), or None."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not value.endswith(".prom"):
+        raise ConfigError(f"{path}: [metrics] textfile must be a path ending in .prom "
+                          "(node-exporter's textfile collector reads only those), "
+                          f"not {value!r}")
+    return Path(home).resolve() / value
 
 
 def _bool(path: Path, name: str, value: object) -> bool:

@@ -65,6 +65,8 @@ from agent.inbox import (
     write_reason,
 )
 from agent.journal import BundleRecord, Journal, JournalError, JournalWriteError, ResultIntent
+from agent.metrics import WRITE_EVERY_S, AgentFigures, write_textfile
+from agent.metrics import render as render_metrics
 from agent.order import Held, Sequencer, held_rows
 from agent.results import flush_results, remove_temporaries, result_intent
 from agent.runner import Runner, StepReport
@@ -137,6 +139,9 @@ class Agent:
         self.policy_clock = PolicyClock(clock, self._time_floor)
         #: bundle id -> (policy time decided at, time to look again): no arithmetic between.
         self._hold_cache: dict[str, tuple[int, int | None, Decision]] = {}
+        #: set while the live channel is authenticated (``agent run`` with a hub_url)
+        self.live_connected: threading.Event | None = None
+        self._metrics_at = -WRITE_EVERY_S  # time.monotonic() of the last textfile write
 
     def close(self) -> None:
         self.journal.close()
@@ -745,7 +750,7 @@ class Agent:
         log.info("agent %s watching %s", self.config.agent_id, self.config.inbox)
         try:
             while not self.stopping.is_set():
-                self.run_once()
+                self.write_metrics(force=bool(self.run_once()))
                 # Wake on an inbox event, the periodic rescan, after the settle interval (a
                 # file that is settling needs another look), or when a held bundle's window
                 # opens or its freeze ends, whichever comes first.
@@ -757,6 +762,41 @@ class Agent:
                 self.wake.clear()
         finally:
             watcher.stop()
+
+    def figures(self) -> AgentFigures:
+        """This agent's state for the metrics textfile (:mod:`agent.metrics`)."""
+        trust = self.journal.trust(self._issuer())
+        states: dict[str, int] = {}
+        for b in self.journal.bundles():
+            states[b.state] = states.get(b.state, 0) + 1
+        return AgentFigures(
+            agent_id=self.config.agent_id, environment=self.config.environment or "",
+            hub_id=self.config.hub_id or "",
+            sequence=trust.sequence if trust else None,
+            root_version=trust.root_version if trust else None, bundles=states,
+            inbox_waiting=len(self.inbox.waiting()), inbox_held=len(self.order.held()),
+            quarantined=sum(1 for _ in self.config.quarantine.glob("*.reason.txt")),
+            results_waiting=sum(1 for _ in self.config.outbox.glob("*.tgr")),
+            live_connected=(None if self.live_connected is None
+                            else self.live_connected.is_set()),
+            problems=tuple(self._problems), written_at=time.time())
+
+    def write_metrics(self, *, force: bool = False) -> None:
+        """Rewrite ``[metrics] textfile`` (if set): when ``force`` (a pass did something) or
+        :data:`agent.metrics.WRITE_EVERY_S` after the last write. A failure is logged once
+        and tried again next time; it never stops the loop."""
+        path = self.config.metrics_textfile
+        if path is None or (not force
+                            and time.monotonic() - self._metrics_at < WRITE_EVERY_S):
+            return
+        self._metrics_at = time.monotonic()
+        try:
+            write_textfile(path, render_metrics(self.figures()))
+        except OSError as exc:
+            self._problem("metrics", f"cannot write the metrics textfile {path}: {exc} "
+                          f"(agent.toml [metrics] textfile)")
+        else:
+            self._solved("metrics", f"the metrics textfile {path} is written again")
 
     def survey(self) -> None:
         """Look at the inbox as a pass would, without acting (for ``agent status``):

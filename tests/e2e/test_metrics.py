@@ -89,6 +89,8 @@ def test_metrics_and_health_of_a_real_hub_change_with_exports_and_imports(site: 
     inbox = site.home / "inbox"
     shutil.copyfile(bundle, inbox / (bundle.name + ".part"))
     os.replace(inbox / (bundle.name + ".part"), inbox / bundle.name)
+    config = site.home / "agent.toml"
+    config.write_text(config.read_text() + '\n[metrics]\ntextfile = "agent.prom"\n')
     site.start_agent()
     wait_for(lambda: value(scrape(f"{live}/metrics"), "tiangong_live_connected_agents") == 1,
              DEADLINE, "the live server to count the agent", interval_s=0.5)
@@ -113,6 +115,20 @@ def test_metrics_and_health_of_a_real_hub_change_with_exports_and_imports(site: 
     assert value(delivered, "tiangong_live_transfer_bytes_total",
                  direction="out") == pushed.stat().st_size
     assert value(delivered, "tiangong_live_transfer_bytes_total", direction="in") > 0
+
+    # The agent's own figures, in node-exporter's textfile format.
+    textfile = site.home / "agent.prom"
+
+    def agent_figures() -> Samples:
+        text = textfile.read_text() if textfile.exists() else ""
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    wait_for(lambda: value(agent_figures(), "tiangong_agent_bundles", state="succeeded") == 2
+             and value(agent_figures(), "tiangong_agent_live_connected") == 1, DEADLINE,
+             "the agent's textfile to show both bundles run and the live channel up",
+             interval_s=0.5)
+    assert value(agent_figures(), "tiangong_agent_sequence") == 2
 
     # Health: the database and the live server separately, on both ports.
     assert get(f"{web}/healthz")[0] == 200
