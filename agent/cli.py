@@ -495,6 +495,7 @@ def status_cmd(home: Path, as_json: bool) -> None:
                f"{st['hub_id']}: root v{st['root_version']}, last sequence {st['sequence']}")
     if st.get("approvals_required"):
         click.echo(f"approvals required here: {st['approvals_required']} (root delegation)")
+    click.echo(upgrade.describe(st["upgrade"]))
     click.echo("bundles:")
     for b in st["bundles"] or []:
         wait = ""

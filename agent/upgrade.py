@@ -50,6 +50,7 @@ __all__ = [
     "UpgradeError",
     "confirm_started",
     "current_version",
+    "describe",
     "on_restart",
     "read_state",
     "request_restart",
@@ -206,6 +207,24 @@ def status(home: Path) -> dict[str, Any]:
     if isinstance(running, dict) and isinstance(running.get("pid"), int):
         running["alive"] = _alive(running["pid"])
     return {"running": running, "current": _link(home, "current"), "last_upgrade": last}
+
+
+def describe(st: dict[str, Any]) -> str:
+    """One line for `agent status`: which version the supervised agent runs, and the last
+    upgrade."""
+    running = st.get("running")
+    if isinstance(running, dict):
+        alive = "" if running.get("alive") else ", not running now"
+        text = f"agent version: tiangong {running.get('version')} (pid {running.get('pid')}{alive})"
+    else:
+        text = f"agent version: tiangong {tiangong.__version__} (installed; not supervised yet)"
+    last = st.get("last_upgrade")
+    if isinstance(last, dict):
+        text += (f"; last upgrade {last.get('from')} -> {last.get('to')}: "
+                 f"{last.get('state')}")
+        if last.get("reason"):
+            text += f" ({last['reason']})"
+    return text
 
 
 def _alive(pid: int) -> bool:

@@ -30,6 +30,7 @@ PACKAGES = ("tiangong", "agent", "hub", "web", "bundle", "signing")
 THIS = tiangong.__version__
 BUMPED = THIS + ".post1"
 BROKEN = THIS + ".post2"
+SILENT = THIS + ".post3"
 UP_DEADLINE_S = 120  # seconds for a bundle to run and the agent to restart into a version
 #: Appended to agent/cli.py of the BROKEN build: `agent run` exits at once with status 3
 #: (it imports fine, so only the supervisor's deadline can catch it).
@@ -43,7 +44,15 @@ run_cmd.callback = _broken_run
 """
 
 
-def build_wheel(tmp: Path, version: str, *, broken: bool = False) -> Path:
+#: Appended to agent/upgrade.py of the SILENT build: it runs, but never says it is up.
+NEVER_CONFIRM = """
+
+def confirm_started(home):
+    return None
+"""
+
+
+def build_wheel(tmp: Path, version: str, *, broken: bool = False, silent: bool = False) -> Path:
     tree = tmp / f"tree-{version}"
     for name in PACKAGES:
         shutil.copytree(REPO / name, tree / name,
@@ -59,6 +68,9 @@ def build_wheel(tmp: Path, version: str, *, broken: bool = False) -> Path:
     if broken:
         with (tree / "agent" / "cli.py").open("a") as fh:
             fh.write(BREAK_RUN)
+    if silent:
+        with (tree / "agent" / "upgrade.py").open("a") as fh:
+            fh.write(NEVER_CONFIRM)
     out = tmp / "wheels"
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                            "--no-build-isolation", "--no-index", "--wheel-dir", str(out),
@@ -73,7 +85,8 @@ def build_wheel(tmp: Path, version: str, *, broken: bool = False) -> Path:
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("upgrade-wheels")
     return {THIS: build_wheel(tmp, THIS), BUMPED: build_wheel(tmp, BUMPED),
-            BROKEN: build_wheel(tmp, BROKEN, broken=True)}
+            BROKEN: build_wheel(tmp, BROKEN, broken=True),
+            SILENT: build_wheel(tmp, SILENT, silent=True)}
 
 
 def upgrade_release(tmp: Path, wheel: Path, version: str, confirm: str = "60s") -> Path:
@@ -156,6 +169,9 @@ def test_agent_upgrades_by_media_and_back_and_rolls_back_a_build_that_cannot_sta
         assert st["current"] == THIS
         assert (st["last_upgrade"]["from"], st["last_upgrade"]["to"],
                 st["last_upgrade"]["state"]) == (BUMPED, THIS, "confirmed")
+        text = run("agent", "status", "--home", str(home)).stdout
+        assert (f"agent version: tiangong {THIS} (pid {upgrade_status(home)['running']['pid']});"
+                f" last upgrade {BUMPED} -> {THIS}: confirmed") in text
         result = last_result(home, hub_keys, tmp_path, 2)
         assert result["status"] == "succeeded"
         assert result["body"]["steps"][0]["details"]["running"] == BUMPED  # who ran the step
@@ -237,3 +253,33 @@ def test_a_power_cut_during_the_upgrade_step_leaves_the_old_version_running(
         assert result["body"]["steps"][0]["status"] == "interrupted"
     finally:
         stop_supervisor(sup)
+
+
+@pytest.mark.slow
+def test_a_version_that_runs_but_never_comes_up_is_rolled_back_at_its_deadline(
+    tmp_path: Path, hub_keys: HubKeys, wheels: dict[str, Path]
+) -> None:
+    """The SILENT build starts and keeps running but never records that it is up: at the
+    step's confirm_timeout the supervisor stops it and starts the version before it."""
+    home = _init_agent(tmp_path, hub_keys)
+    set_fast_inbox(home)
+    log = tmp_path / "supervisor.log"
+    sup = start_supervisor(home, log)
+    try:
+        wait_for(lambda: runs(home, THIS), UP_DEADLINE_S, f"the agent running {THIS}")
+        first_pid = upgrade_status(home)["running"]["pid"]
+        ship(hub_keys, tmp_path, home, wheels[SILENT], SILENT, seq=1, confirm="3s")
+        wait_for(lambda: upgrade_status(home)["last_upgrade"] is not None
+                 and upgrade_status(home)["last_upgrade"]["state"] == "rolled-back",
+                 UP_DEADLINE_S, "the rollback at the deadline")
+        wait_for(lambda: runs(home, THIS, not_pid=first_pid), UP_DEADLINE_S,
+                 f"the agent running {THIS} after the rollback")
+        st = upgrade_status(home)
+        assert st["last_upgrade"]["reason"] == f"tiangong {SILENT} was not up within 3 s"
+        assert st["current"] is None  # back to the installed version
+        assert not (home / "versions" / "previous").exists()
+        assert "supervisor: starting the agent (tiangong " + SILENT + ")" in log.read_text()
+        assert sup.poll() is None
+    finally:
+        stop_supervisor(sup)
+    assert sup.returncode == 0, log.read_text()
