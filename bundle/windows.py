@@ -35,7 +35,7 @@ import re
 import zoneinfo
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
@@ -65,7 +65,7 @@ MAX_REASON_CHARS = 256  # a freeze's reason (single line)
 MAX_OVERRIDE_REASON_CHARS = 4096  # an override's reason (may span lines)
 MAX_TIME = 253402214400  # 9999-12-31T00:00:00Z: once-periods end no later
 SEARCH_YEARS = 10  # years next_open looks ahead before it answers "never"
-_SEARCH_STEPS = 20000  # boundaries next_open visits before it answers "never"
+_CHUNK = 28 * 86400  # seconds of occurrences the searches generate at a time
 _TIME = re.compile(r"([01]\d|2[0-3]):([0-5]\d)|24:00")
 _MONTH_DAY = re.compile(r"(\d\d)-(\d\d)")
 _DAY_SECONDS = 86400
@@ -201,6 +201,10 @@ class Weekly:
     start: str
     end: str
     timezone: str
+    #: (start, end) in minutes after midnight, and the weekdays (0 = Monday): parsed once.
+    _minutes: tuple[int, int] = field(init=False, repr=False, compare=False, default=(0, 0))
+    _weekdays: frozenset[int] = field(init=False, repr=False, compare=False,
+                                      default=frozenset())
 
     def __post_init__(self) -> None:
         if not isinstance(self.days, tuple) or not self.days:
@@ -218,13 +222,14 @@ class Weekly:
             raise _fail("end", f"equals start ({self.start}): a window needs a length (an end "
                         "before the start crosses midnight; 00:00 to 24:00 is the whole day)")
         _zone(self.timezone)
+        object.__setattr__(self, "_minutes", (s, e))
+        object.__setattr__(self, "_weekdays", frozenset(DAYS.index(d) for d in self.days))
 
-    def _intervals(self, day: date) -> Iterable[Interval]:
-        zone = zoneinfo.ZoneInfo(self.timezone)
-        if DAYS[day.weekday()] not in self.days:
+    def _intervals(self, day: date, zone: tzinfo | None = None) -> Iterable[Interval]:
+        if day.weekday() not in self._weekdays:
             return ()
-        s_min = _clock_time(self.start, "start", end=False)
-        e_min = _clock_time(self.end, "end", end=True)
+        zone = zone or zoneinfo.ZoneInfo(self.timezone)
+        s_min, e_min = self._minutes
         s = _wall(day, s_min, zone)
         if e_min == 24 * 60:
             e = _wall(day + timedelta(days=1), 0, zone)
@@ -233,6 +238,16 @@ class Weekly:
         else:
             e = _wall(day, e_min, zone)
         return ((s, e),) if e > s else ()
+
+    def intervals(self, lo: int, hi: int) -> list[Interval]:
+        """Every occurrence overlapping ``[lo, hi)``, in order."""
+        zone = zoneinfo.ZoneInfo(self.timezone)
+        day, last = _local_date(lo, zone) - timedelta(days=1), _local_date(hi, zone)
+        out: list[Interval] = []
+        while day <= last:
+            out += [(s, e) for s, e in self._intervals(day, zone) if e > lo and s < hi]
+            day += timedelta(days=1)
+        return out
 
     def containing(self, t: int) -> Interval | None:
         """The occurrence holding instant ``t``, or None."""
@@ -283,6 +298,9 @@ class Once:
         if self.end <= self.start:
             raise _fail("end", f"{self.end} must be later than start {self.start}")
 
+    def intervals(self, lo: int, hi: int) -> list[Interval]:
+        return [(self.start, self.end)] if self.end > lo and self.start < hi else []
+
     def containing(self, t: int) -> Interval | None:
         return (self.start, self.end) if self.start <= t < self.end else None
 
@@ -328,6 +346,14 @@ class Annual:
 
     def _years(self, t: int) -> int:
         return _local_date(t, zoneinfo.ZoneInfo(self.timezone)).year
+
+    def intervals(self, lo: int, hi: int) -> list[Interval]:
+        out = []
+        for year in range(self._years(lo) - 1, self._years(hi) + 1):
+            s, e = self._interval(year)
+            if e > lo and s < hi:
+                out.append((s, e))
+        return out
 
     def containing(self, t: int) -> Interval | None:
         y = self._years(t)
@@ -446,6 +472,17 @@ class Hold:
     text: str
 
 
+def _merged(intervals: list[Interval]) -> list[Interval]:
+    """Sorted, with overlapping and touching intervals joined."""
+    out: list[Interval] = []
+    for s, e in sorted(intervals):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
 def _zone_of(period: Period) -> str:
     return "UTC" if isinstance(period, Once) else period.timezone
 
@@ -505,11 +542,17 @@ class Policy:
         beyond :data:`SEARCH_YEARS` years is returned as the first instant found past that."""
         t, last = now, None
         limit = self._limit(now)
-        for _ in range(_SEARCH_STEPS):
-            hits = self._frozen_by(t)
-            if not hits or t > limit:
+        while t <= limit:
+            end = t + _CHUNK
+            found = sorted(((iv, f) for f in self.freezes for iv in f.period.intervals(t, end)),
+                           key=lambda h: h[0])
+            for (s, e), f in found:  # by start: extend the coverage while there is no gap
+                if s > t:
+                    break
+                if e > t:
+                    t, last = e, f
+            if last is None or t < end:
                 break
-            last, (_, t) = max(hits, key=lambda h: h[1][1])
         return None if last is None else (t, last)
 
     @staticmethod
@@ -518,22 +561,27 @@ class Policy:
 
     def next_open(self, now: int) -> int | None:
         """The first instant ≥ ``now`` when :meth:`is_open` holds; None when there is none in
-        the next :data:`SEARCH_YEARS` years (every window is over, or always frozen)."""
-        t = now
-        limit = self._limit(now)
-        for _ in range(_SEARCH_STEPS):
-            if t > limit:
-                return None
-            hits = self._frozen_by(t)
-            if hits:
-                t = max(iv[1] for _, iv in hits)
-                continue
-            if self._window_at(t):
-                return t
-            starts = [s for w in self.windows if (s := w.next_start(t)) is not None]
-            if not starts:
-                return None
-            t = min(starts)
+        the next :data:`SEARCH_YEARS` years (every window is over, or always frozen).
+
+        Looks ahead one chunk of :data:`_CHUNK` seconds at a time: the windows' and freezes'
+        occurrences in it, merged, then the first window instant no freeze covers."""
+        start, limit = now, self._limit(now)
+        while start <= limit:
+            end = start + _CHUNK
+            frozen = _merged([iv for f in self.freezes for iv in f.period.intervals(start, end)])
+            windows = (_merged([iv for w in self.windows for iv in w.intervals(start, end)])
+                       if self.windows else [(start, end)])
+            for s, e in windows:
+                t = max(s, start)
+                for fs, fe in frozen:
+                    if fe <= t:
+                        continue
+                    if fs > t:
+                        break
+                    t = fe
+                if t < e and t < end:
+                    return t
+            start = end
         return None
 
     def _window_opening(self, t: int) -> tuple[int, str] | None:
@@ -550,13 +598,13 @@ class Policy:
         opens Sat 2027-01-02 01:00 Europe/Berlin``."""
         if self.is_open(now):
             return None
-        until = self.next_open(now)
         frozen = self.frozen_until(now)
+        if frozen is not None and frozen[0] > self._limit(now):
+            return Hold("freeze", None, f"frozen ({frozen[1].reason}), with no end in the "
+                        f"next {SEARCH_YEARS} years")
+        until = self.next_open(now)
         if frozen is not None:
             end, freeze = frozen
-            if end > self._limit(now):
-                return Hold("freeze", None, f"frozen ({freeze.reason}), with no end in the "
-                            f"next {SEARCH_YEARS} years")
             text = (f"frozen until {format_instant(end, _zone_of(freeze.period))} "
                     f"({freeze.reason})")
             kind, first = "freeze", end
