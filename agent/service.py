@@ -676,6 +676,10 @@ class Agent:
             raise ValueError(f"bundle {bundle_id} has steps 1 to {n}; --from-step {from_step}")
         if rec.state == "running":
             raise ValueError(f"bundle {bundle_id} is running")
+        if rec.state == "held":
+            raise ValueError(f"bundle {bundle_id} is held ({rec.summary}); its steps have not "
+                             "failed: it runs by itself when its window opens, or now with "
+                             "'tiangong agent run-now'")
         attempt = self.journal.add_attempts(bundle_id, from_step - 1)
         log.warning("operator retry of %s from step %d (attempt %d)", bundle_id, from_step,
                     attempt)

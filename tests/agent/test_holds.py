@@ -246,6 +246,19 @@ def test_retry_respects_a_freeze(site: Site, tmp_path: Path) -> None:
     assert _states(agent, bid) == ["pending"]
 
 
+def test_retry_of_a_held_bundle_is_refused_and_changes_nothing(site: Site,
+                                                                tmp_path: Path) -> None:
+    agent, kit, _ = site
+    bundle = _bundle(kit, _release(tmp_path, "r", [("one", "true\n"), ("two", "true\n")]),
+                     tmp_path / "r.tgb", 1, Policy((SAT_NIGHT,)))
+    bid = agent.process(_drop(agent, bundle)).bundle_id or ""
+    with pytest.raises(ValueError, match="is held \\(window opens Sat 2027-01-16 01:00 "
+                       "Europe/Berlin\\); its steps have not failed"):
+        agent.retry(bid, 2)
+    assert [(s.idx, s.attempt, s.state) for s in agent.journal.steps(bid)] == [
+        (0, 1, "pending"), (1, 1, "pending")]
+
+
 def test_the_policy_clock_never_goes_below_the_time_floor(tmp_path: Path) -> None:
     clock_file = tmp_path / "clock"
     clock_file.write_text("1000\n")
