@@ -47,6 +47,7 @@ DEFAULT_TIMEOUT_S = 120.0  # seconds per HTTP request
 MAX_TOKEN_FILE_BYTES = 4096  # bytes: a token is ~60 characters
 MAX_ANSWER_BYTES = 64 * 1024 * 1024  # bytes of one JSON answer read at most
 CHUNK_BYTES = 1024 * 1024  # bytes per chunk of an upload
+MAX_SIGNATURE_BYTES = 32 * 1024  # bytes of an approval file (signing.approvals)
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 _LOOPBACK_NAMES = {"localhost"}
 
@@ -116,8 +117,8 @@ class Client:
             return None
         return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
 
-    def call(self, method: str, path: str, *, body: Any = None,
-             upload: Path | None = None) -> Any:
+    def call(self, method: str, path: str, *, body: Any = None, upload: Path | None = None,
+             raw: bytes | None = None) -> Any:
         """The JSON answer of ``method path``.
 
         Raises:
@@ -137,6 +138,9 @@ class Client:
             headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
             headers["Content-Length"] = str(len(head) + upload.stat().st_size + len(tail))
             data = _chunks(head, upload, tail)
+        elif raw is not None:
+            data = raw
+            headers["Content-Type"] = "application/json"
         elif body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
@@ -328,12 +332,36 @@ def _decide(ctx: click.Context, verb: str, product: str, version: str, comment: 
 @click.argument("version")
 @click.option("--comment", default="")
 @click.option("--environment", default=None, help="Approve for this environment only.")
+@click.option("--signature", "signature_file", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Upload a signed approval made with `tiangong keys approve` (it names its "
+                   "own environments and comment).")
 @json_option
 @click.pass_context
 def releases_approve(ctx: click.Context, product: str, version: str, comment: str,
-                     environment: str | None, as_json: bool) -> None:
-    """Approve a submitted release, never your own (scope approve)."""
-    _decide(ctx, "approve", product, version, comment, environment, as_json)
+                     environment: str | None, signature_file: Path | None,
+                     as_json: bool) -> None:
+    """Approve a submitted release, never your own (scope approve); with --signature, a
+    signed approval that sites can verify."""
+    if signature_file is None:
+        _decide(ctx, "approve", product, version, comment, environment, as_json)
+        return
+    if comment or environment:
+        raise click.UsageError("a signed approval names its own environments and comment")
+    try:
+        with signature_file.open("rb") as fh:
+            envelope = fh.read(MAX_SIGNATURE_BYTES + 1)
+    except OSError as exc:
+        click.echo(f"error: {signature_file}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
+    if len(envelope) > MAX_SIGNATURE_BYTES:
+        click.echo(f"error: {signature_file}: larger than an approval file "
+                   f"({MAX_SIGNATURE_BYTES} bytes)", err=True)
+        sys.exit(2)
+    rel = _run(ctx, "POST", f"/releases/{_q(product)}/{_q(version)}/signed-approvals",
+               raw=envelope)
+    done(as_json, f"release {product} {version}: signed approval {signature_file.name} "
+         f"stored; now {rel['state']}", rel)
 
 
 @releases.command("reject")
@@ -379,7 +407,14 @@ def deployments_list(ctx: click.Context, environment: str | None, state: str | N
     query = urllib.parse.urlencode({k: v for k, v in (("environment", environment),
                                                       ("state", state)) if v})
     deps = _run(ctx, "GET", "/deployments" + (f"?{query}" if query else ""))["deployments"]
-    emit(deps, as_json, _DEPLOYMENT_COLUMNS)
+    emit(deps if as_json else [_waiting(d) for d in deps], as_json,
+         (*_DEPLOYMENT_COLUMNS, "waiting_for"))
+
+
+def _waiting(dep: dict[str, Any]) -> dict[str, Any]:
+    """A deployment row whose ``waiting_for`` is the reasons' sentences, for a table."""
+    return {**dep, "waiting_for": "; ".join(r["text"] for r in dep.get("waiting_for", []))
+            or None}
 
 
 @deployments.command("show")
@@ -387,8 +422,9 @@ def deployments_list(ctx: click.Context, environment: str | None, state: str | N
 @json_option
 @click.pass_context
 def deployments_show(ctx: click.Context, deployment_id: int, as_json: bool) -> None:
-    """Show one deployment (scope read)."""
-    emit(_run(ctx, "GET", f"/deployments/{deployment_id}"), as_json)
+    """Show one deployment and what it waits for (scope read)."""
+    dep = _run(ctx, "GET", f"/deployments/{deployment_id}")
+    emit(dep if as_json else _waiting(dep), as_json)
 
 
 @remote.command("environments")

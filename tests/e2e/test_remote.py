@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hub.config import load_config
-from hub.db import AuditEvent, Release, make_engine, make_session_factory
+from hub.db import Approval, AuditEvent, Release, make_engine, make_session_factory
 from hub.keystore import load_hub_keys
 from hub.services.context import ServiceContext, utc_now
 from hub.services.tokens import issue_token, revoke_token
@@ -104,15 +104,29 @@ def test_ci_and_people_work_through_the_api_with_their_own_tokens(
     assert "the hub refused (403 insufficient_scope)" in refused.stderr
     assert _releases(data) == [("1.0.0", "submitted")]
 
+    # The approver signs at their desk with their personal key and uploads the file.
+    key, approval = tmp_path / "appr.key", tmp_path / "approval.json"
+    run("keys", "generate", "--role", "approver", "--kdf-profile", "interactive", "-o",
+        str(key), env=env)
+    run("hub", "--local-admin", "admin", "users", "add-key", "appr", f"{key}.pub", env=env)
+    run("keys", "approve", "--key", str(key), "--approver", "appr", "--release", str(HELLO),
+        "--environment", "plant-a", "--comment", "ok", "-o", str(approval), env=env)
     approved = json.loads(_remote(server, appr, "releases", "approve", "hello", "1.0.0",
-                                  "--comment", "ok", "--json").stdout)
+                                  "--signature", str(approval), "--json").stdout)
     assert approved["state"] == "approved"
+    assert approved["approvals"][0]["signed_by"] is not None
+    with _hub_session(data) as session:
+        (stored,) = session.scalars(select(Approval)).all()
+        assert stored.envelope == approval.read_bytes()
     queued = json.loads(_remote(server, op, "deployments", "queue", "hello", "1.0.0",
                                 "--environment", "plant-a", "--json").stdout)
     assert [(d["environment"], d["state"], d["queued_by"]) for d in queued] == [
         ("plant-a", "queued", "op")]
     table = _remote(server, op, "deployments", "list").stdout
-    assert "plant-a" in table and "queued" in table
+    assert "plant-a" in table and "queued" in table and "WAITING_FOR" in table
+    shown = json.loads(_remote(server, op, "deployments", "show", str(queued[0]["id"]),
+                               "--json").stdout)
+    assert shown["id"] == queued[0]["id"] and isinstance(shown["waiting_for"], list)
     listed = json.loads(_remote(server, op, "releases", "list", "--json").stdout)
     assert [(r["version"], r["state"]) for r in listed] == [("1.0.0", "approved")]
 

@@ -59,7 +59,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}})},
         "approvals": {"type": "array", "items": _obj({
             "by": _STR, "decision": {"type": "string", "enum": ["approve", "reject"]},
-            "environment": _STR_OR_NULL, "comment": _STR, "at": _TIME})},
+            "environment": _STR_OR_NULL, "comment": _STR, "at": _TIME,
+            "signed_by": {"type": ["string", "null"],
+                          "description": "Key id of a signed approval; null: hub approval."},
+            "expires_at": _TIME_OR_NULL})},
     }),
     "ReleaseList": _list_of("releases", "ReleaseSummary"),
     "Decision": _obj({
@@ -74,7 +77,26 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "sequence": {"type": ["integer", "null"]}, "bundle_id": _STR_OR_NULL,
         "queued_by": _STR, "queued_at": _TIME, "exported_at": _TIME_OR_NULL,
         "finished_at": _TIME_OR_NULL, "updated_at": _TIME,
+        "waiting_for": {"type": "array", "items": _ref("WaitingReason"),
+                        "description": "Why it has not run yet (empty: nothing)."},
     }),
+    "WaitingReason": _obj({
+        "kind": {"type": "string", "description": "approvals, channel, freeze, window, "
+                 "override (hub/services/readiness.py)"},
+        "text": {"type": "string", "description": "The sentence people read: "
+                 "'approval 1 of 2: …', 'window opens Sat 2027-01-02 01:00 Europe/Berlin'."},
+        "until": _TIME_OR_NULL,
+    }),
+    "ApprovalEnvelope": {
+        "type": "object", "required": ["payload", "payloadType", "signatures"],
+        "description": "An approval file written by `tiangong keys approve` (a signed "
+                       "envelope, payloadType application/vnd.tiangong.approval.v1+json), "
+                       "sent as it is: the hub stores these bytes.",
+        "properties": {"payload": _STR, "payloadType": _STR,
+                       "signatures": {"type": "array", "items": _obj({"keyid": _STR,
+                                                                      "sig": _STR})}},
+        "additionalProperties": False,
+    },
     "DeploymentList": _list_of("deployments", "Deployment"),
     "Environment": _obj({"name": _STR, "description": _STR,
                          "required_approvals": {"type": "integer", "minimum": 0}}),

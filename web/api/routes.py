@@ -3,9 +3,11 @@ deployments (queue, list, show), environments, agents, the caller, and the OpenA
 document. Each view reads its input, calls the same service functions as the web UI
 (:mod:`web.releases`, :mod:`web.deployments`) and shapes the answer; the services decide.
 
-Not here yet (follow-ups, docs/api.md): detached approval envelopes (issue 13 §2, when the
-hub stores signed approvals) and a deployment's "waiting for" reasons (when
-``hub/services/readiness.py`` exists).
+A signed approval (issue 13 §2: an envelope made by ``tiangong keys approve``) is posted as
+the request body itself, so the hub stores exactly the bytes the approver signed
+(:func:`hub.services.approvals.approve_with_signature` checks it against the keys registered
+to the caller). A deployment carries its "waiting for" reasons
+(:func:`hub.services.readiness.waiting_for`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,19 @@ from typing import Any
 from flask import current_app, g, request
 
 from hub.db import DEPLOYMENT_STATES, Agent, Deployment, Environment, Release
-from hub.services.approvals import approve_release, reject_release, visible_approvals
+from hub.services.approvals import (
+    approve_release,
+    approve_with_signature,
+    reject_release,
+    visible_approvals,
+)
 from hub.services.deployments import get_deployment, queue_deployment, visible_deployments
 from hub.services.environments import viewable_environments
 from hub.services.presence import agent_presence
+from hub.services.readiness import waiting_for
 from hub.services.releases import can_read, get_release, list_releases, submit_release
 from hub.services.users import can
+from signing.approvals import MAX_APPROVAL_BYTES
 from web.api import ApiError, Param, api_ctx, operation
 from web.releases import UploadRefusedError, create_from_upload
 from web.views import in_scope
@@ -53,7 +62,8 @@ def release_json(rel: Release, full: bool = True) -> dict[str, Any]:
                    for f in rel.files],
             approvals=[{"by": a.approver.username, "decision": a.decision,
                         "environment": a.environment.name if a.environment else None,
-                        "comment": a.comment, "at": _time(a.at)}
+                        "comment": a.comment, "at": _time(a.at), "signed_by": a.key_id,
+                        "expires_at": _time(a.expires_at)}
                        for a in visible_approvals(g.api_user, rel)],
         )
     return out
@@ -69,6 +79,8 @@ def deployment_json(dep: Deployment) -> dict[str, Any]:
         "queued_by": dep.queued_by, "queued_at": _time(dep.queued_at),
         "exported_at": _time(dep.exported_at), "finished_at": _time(dep.finished_at),
         "updated_at": _time(dep.updated_at),
+        "waiting_for": [r.to_json() for r in waiting_for(
+            api_ctx().session, dep, current_app.extensions["tiangong_web"].clock())],
     }  # fmt: skip
 
 
@@ -194,13 +206,37 @@ def releases_submit(product: str, version: str) -> Any:
            summary="Approve a submitted release", responses={200: "Release"},
            params=(_PRODUCT, _VERSION), body="Decision", errors=(400, 404, 409))
 def releases_approve(product: str, version: str) -> Any:
-    """Approve (never your own release), for every environment or for one. Signed
-    approval envelopes are a follow-up (docs/api.md)."""
+    """Approve (never your own release), for every environment or for one: a hub approval,
+    as on the web UI (a signed one: `signed-approvals`)."""
     doc = _body({"comment": str, "environment": str})
     rel = _release(product, version)
     approve_release(api_ctx(), rel, comment=doc.get("comment") or "",
                     environment=_visible_env(doc.get("environment")))
     return release_json(rel)
+
+
+@operation("/releases/<product>/<version>/signed-approvals", "POST", scope="approve",
+           summary="Upload a signed approval (tiangong keys approve)",
+           responses={201: "Release"}, params=(_PRODUCT, _VERSION), body="ApprovalEnvelope",
+           errors=(400, 404, 409, 413))
+def releases_signed_approval(product: str, version: str) -> Any:
+    """The request body is the approval envelope file itself (at most 32 KiB), signed by a
+    personal approver key registered to the caller; it names its own environments, comment
+    and expiry. The hub stores the bytes as received and puts them in the bundles it exports
+    for those environments."""
+    if request.content_length is not None and request.content_length > MAX_APPROVAL_BYTES:
+        raise ApiError(413, "too_large", f"an approval envelope is at most "
+                       f"{MAX_APPROVAL_BYTES} bytes, not {request.content_length}")
+    envelope = request.get_data(cache=False)
+    if len(envelope) > MAX_APPROVAL_BYTES:
+        raise ApiError(413, "too_large",
+                       f"an approval envelope is at most {MAX_APPROVAL_BYTES} bytes")
+    if not envelope:
+        raise ApiError(400, "bad_request", "send the approval file (tiangong keys approve … "
+                       "-o approval.json) as the request body")
+    rel = _release(product, version)
+    approve_with_signature(api_ctx(), rel, envelope)
+    return release_json(rel), 201
 
 
 @operation("/releases/<product>/<version>/reject", "POST", scope="approve",

@@ -13,9 +13,15 @@ import pytest
 from sqlalchemy import func, select
 
 from hub.db import ApiToken, AuditEvent, Deployment, db
+from hub.services.approvers import register_key
+from hub.services.readiness import waiting_for
 from hub.services.releases import get_release
 from hub.services.tokens import revoke_token
 from hub.services.users import set_active
+from hub.services.windows import add_rule
+from signing.approvals import MAX_APPROVAL_BYTES, ApprovalDocument, sign_approval
+from signing.keys import SigningKey
+from tests.hub.services.approval_helpers import public_file
 from tests.web.api.conftest import Api, api_for, token_for
 from tests.web.pages import Site, make_site
 from tests.web.test_pages_agents import enroll
@@ -240,3 +246,65 @@ def test_a_failure_of_the_hub_is_json_logged_and_audited(
     assert "disk on fire" in caplog.text
     (event,) = _events(site, "api.call")
     assert json.loads(event.details)["status"] == 500
+
+
+def test_a_signed_approval_is_stored_as_sent_and_refusals_change_nothing(
+    site: Site, tmp_path: Path
+) -> None:
+    make_release(site, tmp_path)  # hello 1.0.0 by dev, submitted
+    key, stranger = SigningKey.generate(), SigningKey.generate()
+    with site.app.app_context():
+        register_key(site.ctx("appr1"), "appr1", public_file(key))
+        rel = get_release(db.session(), "hello", "1.0.0")
+        content_hash = rel.content_hash
+        db.session.commit()
+    now = int(site.clock().timestamp())
+
+    def envelope(signer: SigningKey, approver: str = "appr1") -> bytes:
+        doc = ApprovalDocument("hello", "1.0.0", content_hash, ("test",), approver, now,
+                               now + 7 * 86400, "signed at my desk")
+        return sign_approval(doc, signer)
+
+    appr = api_for(site, "appr1", ["approve"])
+    before = _state(site)
+    for body, status, words in (
+        (envelope(stranger), 400, "which is not an approver key registered to appr1"),
+        (b"", 400, "send the approval file"),
+        (b"{" * (MAX_APPROVAL_BYTES + 1), 413, "at most"),
+    ):
+        refused = appr.post("/releases/hello/1.0.0/signed-approvals", status, data=body,
+                            content_type="application/json")
+        assert words in refused["message"], refused
+        assert _state(site) == before
+    sent = envelope(key)
+    rel_json = appr.post("/releases/hello/1.0.0/signed-approvals", 201, data=sent,
+                         content_type="application/json")
+    (approval,) = rel_json["approvals"]
+    assert approval["signed_by"] == key.key_id and approval["environment"] == "test"
+    assert rel_json["state"] == "approved"
+    with site.app.app_context():
+        (row,) = get_release(db.session(), "hello", "1.0.0").approvals
+        assert row.envelope == sent  # the bytes as received
+    (event,) = _events(site, "release.approve")
+    assert json.loads(event.details)["via"].startswith("api-token:")
+
+
+def test_deployments_say_what_they_wait_for(site: Site, tmp_path: Path) -> None:
+    make_release(site, tmp_path, approvers=("appr1", "appr2"))
+    op = api_for(site, "op", ["deploy", "read"])
+    (dep,) = op.post("/releases/hello/1.0.0/deployments", 201,
+                     json={"environment": "test"})["deployments"]
+    assert dep["waiting_for"] == []
+    start = int(site.clock().timestamp())
+    with site.app.app_context():
+        add_rule(site.ctx("admin"), "freeze", {"kind": "once", "start": start - 60,
+                                               "end": start + 3600, "reason": "quarter close"},
+                 environment="test")
+        db.session.commit()
+    (reason,) = op.get(f"/deployments/{dep['id']}")["waiting_for"]
+    assert reason["kind"] == "freeze" and "quarter close" in reason["text"]
+    with site.app.app_context():
+        row = db.session.get(Deployment, dep["id"])
+        assert row is not None
+        expected = [r.to_json() for r in waiting_for(db.session(), row, site.clock())]
+    assert op.get(f"/deployments/{dep['id']}")["waiting_for"] == expected
