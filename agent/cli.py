@@ -503,6 +503,8 @@ def status_cmd(home: Path, as_json: bool) -> None:
             wait = f" until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(b['not_before']))}"
         if b["hold"] is not None:
             wait = f": {b['hold']['reason']}"
+        elif b["state"] == "held":
+            wait = " (nothing holds it any more: the agent's next pass runs it)"
         click.echo(f"  seq {b['sequence']:<5} {b['product'] or '-'} {b['version'] or ''}  "
                    f"{b['state']}{wait}  ({b['bundle_id']})")
         if b["hold"] is not None:

@@ -259,6 +259,21 @@ def test_retry_of_a_held_bundle_is_refused_and_changes_nothing(site: Site,
         (0, 1, "pending"), (1, 1, "pending")]
 
 
+def test_a_clock_set_back_does_not_reopen_a_window_that_is_over(site: Site,
+                                                                  tmp_path: Path) -> None:
+    agent, kit, clock = site
+    window = Once(NOW - 7200, NOW - 3600)  # over when the bundle arrives (floor = NOW)
+    bundle = _bundle(kit, _release(tmp_path, "late", [("one", "true\n")]), tmp_path / "l.tgb",
+                     1, Policy((window,)))
+    out = agent.process(_drop(agent, bundle))
+    assert out.status == "on-hold"
+    assert out.summary == ("outside every window, and no window opens again (windows: "
+                           "2027-01-15 06:00–07:00 UTC)")
+    clock.t = NOW - 5000  # inside the window by the wall clock, below the time floor
+    assert [o.status for o in agent.run_once()] == ["on-hold"]
+    assert _states(agent, out.bundle_id or "") == ["pending"]
+
+
 def test_the_policy_clock_never_goes_below_the_time_floor(tmp_path: Path) -> None:
     clock_file = tmp_path / "clock"
     clock_file.write_text("1000\n")
