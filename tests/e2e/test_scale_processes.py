@@ -46,7 +46,7 @@ class Cluster:
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def hub(self, *args: str, user: str = "admin") -> subprocess.CompletedProcess[str]:
-        return run("hub", "--as", user, *args, env=self.env)
+        return run("hub", "--local-admin", user, *args, env=self.env)
 
     def hub_json(self, *args: str) -> Any:
         return json.loads(self.hub(*args, "--json", user="carol").stdout)
@@ -100,7 +100,7 @@ def cluster(tmp_path: Path, pg_db: str) -> Iterator[Cluster]:
     for name, role in (("alice", "developer"), ("bob", "approver"), ("carol", "operator")):
         c.hub("users", "create", name)
         c.hub("users", "grant", name, role)
-    subprocess.run([*TIANGONG, "hub", "--as", "admin", "users", "set-password", "carol",
+    subprocess.run([*TIANGONG, "hub", "--local-admin", "admin", "users", "set-password", "carol",
                     "--password-stdin"], input=PASSWORD + "\n", text=True, check=True,
                    capture_output=True, env={**os.environ, **env}, timeout=120)
     c.hub("environments", "create", "plant-a")
