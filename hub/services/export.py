@@ -61,6 +61,7 @@ from hub.errors import ConfigError, HubError, ValidationError
 from hub.faults import crash_point
 from hub.services import audit
 from hub.services.agents import agent_target
+from hub.services.approval_export import bundle_approvals
 from hub.services.approvals import approvals_for_manifest
 from hub.services.chain import chain_for
 from hub.services.context import ServiceContext
@@ -76,6 +77,8 @@ from hub.services.export_claims import (
 )
 from hub.services.users import require_ctx
 from hub.services.windows import gate_for, hold_back, policy_for
+from signing.envelope import parse_envelope
+from signing.roots import RootDocument
 
 __all__ = ["DEFAULT_EXPIRY", "ExportReport", "ExportedBundle", "ProgressFn", "export_environment"]
 
@@ -246,25 +249,30 @@ class _Run:
             counter, who = agent_target(dep.agent.agent_id), dep.agent.agent_id
         else:
             counter, who = f"env:{env.name}", env.name
+        created = int(now.timestamp())
+        expires = created + int(self.expires_in.total_seconds())
+        # Before any sequence is used: the approvals a site will check (bundle-format §6.10).
+        approvals = bundle_approvals(ctx, release, env, created=created, expires=expires)
         if not self.checkpoint_done:
             self.checkpoint = _checkpoint_json(ctx, env)
             self.checkpoint_done = True
         _, seq = allocate_sequence(session, counter, agent=dep.agent)
         root_version = keys.root.version
         chain = chain_for(session, dep, root_version, seq)  # bundle-format §6.8
-        created = int(now.timestamp())
         name = _bundle_name(release.product.name, release.version, who, seq)
         intent: dict[str, Any] = {
             "bundle_id": f"{release.product.name}-{release.version}-{who}-{seq}"[:128],
             "sequence": seq,
             "root_version": root_version,
             "created": created,
-            "expires": created + int(self.expires_in.total_seconds()),
+            "expires": expires,
             "file": name,
             "split_size": self.split_size,
             "checkpoint": self.checkpoint,
             "chain": chain.to_json(),
             "policy": policy.to_json() if policy is not None else None,
+            # the exact envelopes, so a re-write after a crash gives the same bytes
+            "approvals": [base64.b64encode(e).decode("ascii") for e in approvals],
         }
         out = self.out_dir / name
         dep.sequence, dep.bundle_id = seq, intent["bundle_id"]
@@ -371,6 +379,7 @@ class _Run:
             approvals=approvals,
             checkpoint=intent.get("checkpoint"),
             chain=ChainInfo.from_json(intent["chain"]) if intent.get("chain") else None,
+            approval_envelopes=[base64.b64decode(e) for e in intent.get("approvals", ())],
         )
         if intent.get("policy"):  # windows, freezes, override (bundle-format §6.9)
             manifest = replace(manifest, policy=Policy.from_json(intent["policy"]))
@@ -380,6 +389,7 @@ class _Run:
             manifest,
             files,
             [keys.release_key],
+            roots=_roots_up_to(keys.root_updates, intent["root_version"]),
             split_size=intent.get("split_size"),
             spool_dir=self.spool,
             progress=_with_crash_point(self.progress),
@@ -444,6 +454,17 @@ class _Run:
             ctx, "bundle.export_failed", "deployment", str(dep_id), {"reason": reason[:2000]}
         )
         ctx.session.commit()
+
+
+def _roots_up_to(updates: tuple[bytes, ...], version: int) -> tuple[bytes, ...]:
+    """The root updates (versions 2..N, bundle-format §5.2) up to ``version``, the root
+    version recorded in the bundle's intent: a bundle written again after a root was
+    installed meanwhile keeps its bytes."""
+    out = []
+    for envelope in updates:
+        if RootDocument.from_bytes(parse_envelope(envelope).payload).version <= version:
+            out.append(envelope)
+    return tuple(out)
 
 
 def _checkpoint_json(ctx: ServiceContext, env: Environment) -> dict[str, Any] | None:

@@ -1,0 +1,152 @@
+"""Export and the root's approval delegations: the hub puts every stored approval envelope
+covering the target environment into the bundle (plus, in mode ``hub``, an attestation
+signed by its approval key), refuses to export — with the agent's own message, no sequence
+used, audited — when a site would refuse, and a real agent (in-process) runs what it
+exports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from agent.inbox import ReadyItem
+from agent.service import Agent
+from bundle.inspect import inspect
+from hub.db import AuditEvent, Deployment, Release, SequenceCounter
+from hub.services.approvals import approval_request, approve_release, approve_with_signature
+from hub.services.approvers import add_group
+from hub.services.deployments import queue_deployment
+from hub.services.exchange import export_environment
+from hub.services.releases import create_release, submit_release
+from signing.approvals import AttestationDocument, peek_approval, sign_approval
+from signing.delegations import Delegation
+from signing.keys import SigningKey
+from tests.hub.conftest import World
+from tests.hub.services.approval_helpers import register, signed, with_delegations
+from tests.hub.services.test_exchange import HELLO, _agent
+
+
+def _release(world: World) -> Release:
+    rel = create_release(world.ctx("dev"), HELLO, create_missing_product=True)
+    submit_release(world.ctx("dev"), rel)
+    world.session.commit()
+    return rel
+
+
+def _sign(world: World, rel: Release, who: str, key: SigningKey) -> None:
+    request = approval_request(world.ctx(who), rel, environment="test")
+    approve_with_signature(world.ctx(who), rel, sign_approval(request.document, key))
+    world.session.commit()
+
+
+def _counters(world: World) -> list[tuple[str, int]]:
+    world.session.expire_all()
+    return [(c.target, c.next_sequence) for c in world.session.scalars(
+        select(SequenceCounter).order_by(SequenceCounter.target))]
+
+
+def _failed_events(world: World) -> list[str]:
+    rows = world.session.scalars(select(AuditEvent.details).where(
+        AuditEvent.action == "bundle.export_failed"))
+    return [json.loads(r)["reason"] for r in rows]
+
+
+def _run(agent: Agent, usb: Path) -> str:
+    (bundle,) = sorted(usb.glob("*.tgb"))
+    dest = agent.config.inbox / bundle.name
+    shutil.copyfile(bundle, dest)
+    done = agent.process(ReadyItem(bundle.name, (dest,), dest.stat().st_size, "single", 0.0))
+    return f"{done.status}: {done.summary}"
+
+
+def test_two_signed_approvals_travel_and_one_is_refused_before_export(
+    world: World, tmp_path: Path
+) -> None:
+    alice, bob = SigningKey.generate(), SigningKey.generate()
+    world.keys.hub = with_delegations(
+        world.keys, {"test": signed(2, 2, {"appr1": (alice, "dba"), "appr2": (bob, "ops")})},
+        {"appr1": alice, "appr2": bob})
+    agent = _agent(world, tmp_path)
+    register(world, "appr1", alice)
+    register(world, "appr2", bob)
+    rel = _release(world)
+    _sign(world, rel, "appr1", alice)
+    queue_deployment(world.ctx("op"), rel, "test")  # the hub's own rule: 1 approval
+    world.session.commit()
+    usb = tmp_path / "usb"
+    counters = _counters(world)
+    report = export_environment(world.ctx("op"), "test", usb)
+    # refused with the agent's message; no sequence used; nothing on the media; audited
+    assert report.written == [] and len(report.failed) == 1
+    reason = report.failed[0][1]
+    assert ("environment test needs 2 approvals from 2 groups; found 1 valid "
+            "(appr1/dba)") in reason
+    assert _counters(world) == counters
+    assert world.session.scalar(select(Deployment.state)) == "queued"
+    assert not list(usb.glob("*.tgb"))
+    assert any("found 1 valid (appr1/dba)" in r for r in _failed_events(world))
+    # bob signs too: the bundle carries both envelopes and the agent runs it
+    _sign(world, rel, "appr2", bob)
+    report = export_environment(world.ctx("op"), "test", usb)
+    assert len(report.written) == 1 and not report.failed
+    (bundle,) = report.written[0].paths
+    manifest = inspect(bundle).manifest
+    assert len(manifest.approvals) == 2
+    assert report.written[0].sequence == dict(counters).get("agent:site-01", 1)
+    assert _run(agent, usb).startswith("succeeded"), _run
+    agent.close()
+
+
+def test_hub_attested_mode_signs_an_attestation(world: World, tmp_path: Path) -> None:
+    approval_key = SigningKey.generate()
+    world.keys.hub = with_delegations(
+        world.keys, {"*": Delegation("hub", 1, 1, {})}, {}, approval_key=approval_key)
+    agent = _agent(world, tmp_path)
+    add_group(world.ctx("admin"), "appr1", "dba")
+    rel = _release(world)
+    approve_release(world.ctx("appr1"), rel, comment="looks right")
+    queue_deployment(world.ctx("op"), rel, "test")
+    world.session.commit()
+    report = export_environment(world.ctx("op"), "test", tmp_path / "usb")
+    assert len(report.written) == 1, report.failed
+    (bundle,) = report.written[0].paths
+    (envelope,) = inspect(bundle).manifest.approvals
+    _, doc = peek_approval(envelope)
+    assert isinstance(doc, AttestationDocument)
+    assert [(a.name, a.group, a.comment) for a in doc.approvers] == [
+        ("appr1", "dba", "looks right")]
+    assert doc.environments == ("test",) and doc.content_hash == rel.content_hash
+    assert _run(agent, tmp_path / "usb").startswith("succeeded")
+    agent.close()
+
+
+@pytest.mark.parametrize("without", ["approval key", "a second group"])
+def test_hub_attested_mode_refusals(world: World, tmp_path: Path, without: str) -> None:
+    approval_key = SigningKey.generate()
+    delegation = Delegation("hub", 1, 1 if without == "approval key" else 2, {})
+    if without == "a second group":
+        delegation = Delegation("hub", 2, 2, {})
+    world.keys.hub = with_delegations(
+        world.keys, {"test": delegation}, {}, approval_key=approval_key)
+    if without == "approval key":
+        from dataclasses import replace
+
+        world.keys.hub = replace(world.keys.hub, approval_key=None)
+    for who in ("appr1", "appr2"):
+        add_group(world.ctx("admin"), who, "dba")
+    rel = _release(world)
+    approve_release(world.ctx("appr1"), rel)
+    approve_release(world.ctx("appr2"), rel)
+    queue_deployment(world.ctx("op"), rel, "test")
+    world.session.commit()
+    counters = _counters(world)
+    report = export_environment(world.ctx("op"), "test", tmp_path / "usb")
+    assert report.written == [] and len(report.failed) == 1
+    expected = {"approval key": "hub keys approval-key",
+                "a second group": "needs 2 approvals from 2 groups; found 2 valid"}[without]
+    assert expected in report.failed[0][1]
+    assert _counters(world) == counters
