@@ -20,9 +20,15 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from hub.db import Environment, Product, db
 from hub.errors import PromotionRefusedError, ValidationError
 from hub.services.channels import (
+    ChannelRule,
     active_entries,
+    add_channel,
     describe_rule,
+    format_duration,
     list_channels,
+    parse_duration,
+    remove_channel,
+    set_rule,
     subscribe,
     subscribers,
     subscriptions_of,
@@ -99,8 +105,9 @@ def show(product: str) -> Any:
             "releases": releases,
         })
     return render_template(
-        "channels/show.html", product=prod, rows=rows,
-        may_promote=can(user, "channel.promote"), may_recall=can(user, "channel.recall"))
+        "channels/show.html", product=prod, rows=rows, format_duration=format_duration,
+        may_promote=can(user, "channel.promote"), may_recall=can(user, "channel.recall"),
+        may_manage=can(user, "channel.manage"))
 
 
 def _back(product: str) -> Any:
@@ -154,6 +161,57 @@ def recall_release(product: str) -> Any:
         parts.append(f"{len(done.at_site)} already at the site")
     db.session.commit()
     flash("; ".join(parts) + ".")
+    return _back(product)
+
+
+# --- admins: channels and their rules -------------------------------------------------------
+
+
+def _whole(label: str, text: str | None) -> int:
+    value = (text or "0").strip() or "0"
+    if not value.isdigit() or len(value) > 6:
+        raise ValidationError(f"{label} must be a whole number, not {value[:20]!r}")
+    return int(value)
+
+
+@bp.post("/<product>/rule")
+@login_required
+def rule(product: str) -> Any:
+    _product(product)
+    form = request.form
+    new = ChannelRule(
+        required_approvals=_whole("required approvals", form.get("required_approvals")),
+        min_successes=_whole("minimum successful agents", form.get("min_successes")),
+        no_failures=form.get("no_failures") == "1",
+        soak_seconds=parse_duration(form.get("soak") or "0"))
+    channel = set_rule(ctx(), product, form.get("channel", ""), new)
+    name = channel.name
+    db.session.commit()
+    flash(f"Rule for promoting {product} into {name} saved.")
+    return _back(product)
+
+
+@bp.post("/<product>/add")
+@login_required
+def add(product: str) -> Any:
+    _product(product)
+    after = request.form.get("after") or None
+    channel = add_channel(ctx(), product, request.form.get("name", ""), after=after)
+    name = channel.name
+    db.session.commit()
+    flash(f"Channel {name} added to {product}.")
+    return _back(product)
+
+
+@bp.post("/<product>/remove")
+@login_required
+def remove(product: str) -> Any:
+    _product(product)
+    name = request.form.get("channel", "")
+    held = remove_channel(ctx(), product, name)
+    db.session.commit()
+    what = f" (it held {', '.join(held)})" if held else ""
+    flash(f"Channel {name.upper()} removed from {product}{what}.")
     return _back(product)
 
 

@@ -270,6 +270,19 @@ EXPECTED: dict[str, View] = {
         form=lambda w: {"version": w.approved, "channel": "RELEASE", "reason": "matrix"},
         **PRODUCT_URL,
     ),
+    "channels.rule": View(
+        post=ADMIN, args=lambda w: {"product": w.product},
+        form=lambda w: {"channel": "STABLE", "required_approvals": "1", "min_successes": "0",
+                        "soak": "1h"}, **PRODUCT_URL,
+    ),
+    "channels.add": View(
+        post=ADMIN, args=lambda w: {"product": w.product},
+        form=lambda w: {"name": "BETA", "after": "CANARY"}, **PRODUCT_URL,
+    ),
+    "channels.remove": View(
+        post=ADMIN, args=lambda w: {"product": w.product},
+        form=lambda w: {"channel": "CANARY"}, **PRODUCT_URL,
+    ),
     "channels.subscribe_environment": View(
         post=ADMIN, args=lambda w: {"environment": "test"},
         form=lambda w: {"product": w.product, "channel": "CANARY"},

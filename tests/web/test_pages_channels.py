@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+from html import unescape as html_unescape
 from pathlib import Path
 
 from playwright.sync_api import Browser, Page, expect
@@ -214,3 +215,43 @@ def test_approve_promote_and_recall_in_a_real_browser(
         server.shutdown()
         thread.join()
         server.server_close()
+
+
+def test_admin_changes_rules_adds_and_removes_channels(site: Site, tmp_path: Path) -> None:
+    _approved(site, tmp_path)
+    with site.app.app_context():
+        subscribe(site.ctx("admin"), "prod", "hello", "STABLE")
+        db.session.commit()
+    admin = site.client("admin")
+    page = admin.get("/channels/hello").get_data(as_text=True)
+    assert 'id="add-channel-form"' in page and page.count("rule-form") == 2  # not RELEASE
+    assert 'id="add-channel-form"' not in site.client("op").get(
+        "/channels/hello").get_data(as_text=True)
+
+    def rules() -> list[str]:
+        html = site.client("view").get("/channels/hello").get_data(as_text=True)
+        return [part.split("</dd>")[0] for part in html.split('<dd class="rule">')[1:]]
+
+    before = (_state(site), rules())
+    for form, words in (({"required_approvals": "two"}, "must be a whole number, not 'two'"),
+                        ({"soak": "a while"}, "is not a duration"),
+                        ({"required_approvals": "11"}, "between 0 and 10, not 11")):
+        bad = site.post(admin, "/channels/hello/rule", {"channel": "STABLE", **form})
+        assert bad.status_code == 400 and words in html_unescape(bad.get_data(as_text=True))
+    busy = site.post(admin, "/channels/hello/remove", {"channel": "STABLE"})
+    assert busy.status_code == 409 and "has subscribers (prod)" in busy.get_data(as_text=True)
+    assert (_state(site), rules()) == before
+
+    saved = site.post(admin, "/channels/hello/rule", {
+        "channel": "STABLE", "required_approvals": "2", "min_successes": "1",
+        "no_failures": "1", "soak": "6h"})
+    assert saved.status_code == 303
+    assert rules()[2] == ("2 approver(s) of the promotion, not the author; succeeded on at "
+                          "least 1 agent(s) subscribed to CANARY; no failure in CANARY; soak "
+                          "6h since the last success in CANARY")
+    assert site.post(admin, "/channels/hello/add",
+                     {"name": "beta", "after": "CANARY"}).status_code == 303
+    assert site.post(admin, "/channels/hello/remove", {"channel": "CANARY"}).status_code == 303
+    html = site.client("view").get("/channels/hello").get_data(as_text=True)
+    assert [c.split('"')[0] for c in html.split('data-channel="')[1:]] == [
+        "RELEASE", "BETA", "STABLE"]
