@@ -507,7 +507,7 @@ def status_cmd(home: Path, as_json: bool) -> None:
             wait = " (nothing holds it any more: the agent's next pass runs it)"
         click.echo(f"  seq {b['sequence']:<5} {b['product'] or '-'} {b['version'] or ''}  "
                    f"{b['state']}{wait}  ({b['bundle_id']})")
-        if b["hold"] is not None:
+        if b["hold"] is not None and b["hold"]["kind"] != "chain":
             click.echo(f"      run it anyway: tiangong agent run-now {b['bundle_id']} "
                        "--reason TEXT")
         for s in b["steps"]:

@@ -153,6 +153,8 @@ def test_a_bundle_outside_its_window_is_held_across_a_restart_and_runs_when_it_o
                                           f"is held: {expected}")
         assert _held(home, env, bid1) is not None
         assert results(home) == []
+        text = run("agent", "status", "--home", str(home), env=env).stdout
+        assert f"run-now {bid1} " in text and f"run-now {bid2} " not in text  # it waits for 1
         _set_clock(clock, opens + 60)
         wait_for(lambda: _has_result(home, bid1) and _has_result(home, bid2), 60,
                  "both bundles to run once the window opens")
