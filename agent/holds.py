@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from bundle.errors import ManifestError
-from bundle.windows import Policy, format_instant
+from bundle.windows import Policy
 
-__all__ = ["CLOCK_FILE_ENV", "Decision", "PolicyClock", "decide", "override_record",
-           "policy_of"]
+__all__ = ["CLOCK_FILE_ENV", "Decision", "Earlier", "PolicyClock", "after_held", "decide",
+           "override_record", "policy_of"]
 
 log = logging.getLogger("tiangong.agent")
 
@@ -109,6 +109,12 @@ class Earlier:
     summary: str
 
 
+def after_held(e: Earlier) -> Decision:
+    """The hold of a bundle accepted after the held bundle ``e`` (bundles apply in order)."""
+    return Decision("chain", f"after bundle {e.bundle_id} (sequence {e.sequence}, {e.what}), "
+                    f"which is held: {e.summary}")
+
+
 def decide(manifest: Mapping[str, Any], now: int, run_now: Mapping[str, Any] | None,
            earlier_held: Iterable[Earlier] = ()) -> Decision | None:
     """None when the bundle's next step may start at policy time ``now``; else why not.
@@ -117,8 +123,7 @@ def decide(manifest: Mapping[str, Any], now: int, run_now: Mapping[str, Any] | N
         ValueError: the journaled policy is invalid (a damaged journal).
     """
     for e in earlier_held:
-        return Decision("chain", f"after bundle {e.bundle_id} (sequence {e.sequence}, "
-                        f"{e.what}), which is held: {e.summary}")
+        return after_held(e)
     policy = policy_of(manifest)
     if policy is None or policy.override is not None or run_now is not None:
         return None
@@ -141,8 +146,3 @@ def override_record(manifest: Mapping[str, Any], run_now: Mapping[str, Any] | No
         out["site"] = {"reason": run_now["reason"], "by": run_now["by"],
                        "at": run_now["at"], "command": "tiangong agent run-now"}
     return out or None
-
-
-def describe_until(decision: Decision) -> str | None:
-    """``Sat 2027-01-02 01:00 UTC`` for ``agent status --json`` (None when unknown)."""
-    return None if decision.until is None else format_instant(decision.until)

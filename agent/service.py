@@ -52,7 +52,15 @@ from typing import Any
 from agent.approvalcheck import check_approvals, required_here
 from agent.config import AgentConfig
 from agent.faults import crash_point, fault_point
-from agent.holds import Decision, Earlier, PolicyClock, decide, override_record, policy_of
+from agent.holds import (
+    Decision,
+    Earlier,
+    PolicyClock,
+    after_held,
+    decide,
+    override_record,
+    policy_of,
+)
 from agent.home import AgentKeys, load_keys
 from agent.inbox import (
     QUARANTINE_COPY_CAP,
@@ -568,7 +576,7 @@ class Agent:
                    for b in self.journal.bundles(("held",))
                    if (b.root_version, b.sequence) < (rec.root_version, rec.sequence)]
         if earlier:
-            return decide(rec.manifest, 0, None, earlier[:1])
+            return after_held(earlier[0])
         run_now = self.journal.override(rec.bundle_id)
         now = self.policy_clock()
         cached = self._hold_cache.get(rec.bundle_id)
