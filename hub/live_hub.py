@@ -101,6 +101,7 @@ from hub.services.agents import get_agent
 from hub.services.context import HubKeys, ServiceContext, utc_now
 from hub.services.deployments import transition
 from hub.services.exchange import export_environment, import_result
+from hub.services.export_claims import my_token
 from hub.services.presence import LiveWork, live_work, presence_until
 from hub.services.users import get_user
 from signing.keys import PublicKey
@@ -239,6 +240,8 @@ class LiveHub:
         self._listener = Listener(notify_dsn, self._wake_up) if notify_dsn else None
         self._listening: asyncio.Task[None] | None = None
         self._woken = False  # a wake-up arrived since the last round
+        # agents whose export failed on a database error after claiming (see _export)
+        self._unclaim: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()  # outlive a connection (database work)
         # agent -> (time of its last heartbeat, its connection), not written yet
         self._seen: dict[str, tuple[Any, str]] = {}
@@ -404,7 +407,19 @@ class LiveHub:
             raise
 
     def _export(self, agent_id: str) -> tuple[int, int]:
-        """Export ``agent_id``'s queued deployments into its spool; (written, failed)."""
+        """Export ``agent_id``'s queued deployments into its spool; (written, failed).
+
+        A database error may come after the export claimed a deployment (``exporting``,
+        claimed by this process): such a claim is never taken over while this process lives,
+        so the agent is noted for :meth:`_release_claims` (the push loop releases them, then
+        the next export resumes them)."""
+        try:
+            return self._export_once(agent_id)
+        except SQLAlchemyError:
+            self._unclaim.add(agent_id)
+            raise
+
+    def _export_once(self, agent_id: str) -> tuple[int, int]:
         spool = self.spool_root / agent_id
         with self._services() as ctx:
             agent = get_agent(ctx.session, agent_id)
@@ -434,6 +449,31 @@ class LiveHub:
         if report.index is not None:
             report.index.unlink(missing_ok=True)  # the index is for people reading media
         return len(report.written), len(report.failed)
+
+    def _unclaim_agent(self, agent_id: str) -> None:
+        """Release this process's claims on ``agent_id``'s ``exporting`` deployments."""
+        agent_pk = select(AgentRow.id).where(AgentRow.agent_id == agent_id).scalar_subquery()
+        with self._session() as session:
+            session.execute(
+                update(Deployment)
+                .where(Deployment.agent_id == agent_pk, Deployment.state == "exporting",
+                       Deployment.claimed_by == my_token())
+                .values(claimed_by=None)
+                .execution_options(synchronize_session=False))
+
+    async def _release_claims(self) -> None:
+        """For every agent whose export failed on a database error: release its claims —
+        under the agent's push lock, so no export of it runs meanwhile. On a database error
+        the agent stays noted for the next round."""
+        for agent_id in sorted(self._unclaim):
+            lock = self._push_locks.setdefault(agent_id, asyncio.Lock())
+            if lock.locked():
+                continue  # an export of it runs: next round
+            async with lock:
+                await asyncio.to_thread(self._unclaim_agent, agent_id)
+                self._unclaim.discard(agent_id)
+                log.info("live: released the export claims of %s after a database error; "
+                         "the next round exports them again", agent_id)
 
     def _live_work(self, agent_ids: list[str]) -> list[LiveWork]:
         session = self.session_factory()
@@ -749,6 +789,8 @@ class LiveHub:
                     await self.flush_seen()
                 await self.flush_refusals()
                 await self._sweep()
+                if self._unclaim:
+                    await self._release_claims()
                 if not self.peers:
                     continue  # nobody to push to: no query at all
                 listening = self._listener is not None and self._listener.listening
@@ -858,7 +900,7 @@ class LiveHub:
         async with lock:
             try:
                 await self._in_pool(self._export_pool, self._export, agent_id)
-            except (HubError, OSError) as exc:
+            except (HubError, OSError, SQLAlchemyError) as exc:
                 self.metrics.error("export_failed")
                 log.error("live: cannot export for %s: %s", agent_id, exc)
             await self._offer_spool(peer, agent_id)

@@ -127,9 +127,12 @@ def list_presence(ctx: ServiceContext, environment: str | None = None, *,
 class LiveWork:
     """What the live server must do for one connected agent.
 
-    ``queued`` counts its deployments in state ``queued`` that no window or freeze holds
-    (:attr:`~hub.db.Deployment.hold_until` unset or passed); ``newest`` is the highest of their
-    ids (with ``queued``, a cheap fingerprint: a new deployment changes it).
+    ``queued`` counts its deployments waiting for an export: in state ``queued`` that no
+    window or freeze holds (:attr:`~hub.db.Deployment.hold_until` unset or passed), or left
+    ``exporting`` with no claim (an export that failed after claiming released it: the next
+    export resumes it — without this the push loop never looked at them again while the agent
+    stayed connected, and a burst stalled); ``newest`` is the highest of their ids (with
+    ``queued``, a cheap fingerprint: a new deployment changes it).
     """
 
     agent_id: str
@@ -152,9 +155,11 @@ def live_work(session: Session, agent_ids: Iterable[str], *,
             select(Agent.agent_id, Agent.status, func.count(Deployment.id),
                    func.max(Deployment.id))
             .outerjoin(Deployment, and_(
-                Deployment.agent_id == Agent.id, Deployment.state == "queued",
-                true() if now is None else or_(Deployment.hold_until.is_(None),
-                                               Deployment.hold_until <= now)))
+                Deployment.agent_id == Agent.id,
+                or_(and_(Deployment.state == "queued",
+                         true() if now is None else or_(Deployment.hold_until.is_(None),
+                                                        Deployment.hold_until <= now)),
+                    and_(Deployment.state == "exporting", Deployment.claimed_by.is_(None)))))
             .where(Agent.agent_id.in_(batch))
             .group_by(Agent.agent_id, Agent.status)
         )

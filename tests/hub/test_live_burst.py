@@ -1,0 +1,163 @@
+"""A rollout burst always completes (issue 15: a burst to 9,000 live agents stalled).
+
+Why it stalled, read from the push loop: an export that failed *after* it had claimed a
+deployment left it ``exporting`` — released (claim cleared) after a file error such as
+``EMFILE`` ("too many open files", likely with 9,000 sockets open), or still claimed by the
+live process itself after a database error (SQLite "database is locked" under the burst's
+writes). The push loop asked only for ``queued`` work and a claim of a running process is
+never taken over, so while the agents stayed connected nothing looked at those deployments
+again, and the hub went idle. Now the push loop also counts released ``exporting`` work
+(:func:`hub.services.presence.live_work`) and releases its own claims after a database
+error (:meth:`hub.live_hub.LiveHub._release_claims`): the next export resumes them.
+
+The test: 200 protocol-level agents on one real live server (a SQLite file), one rollout for
+all of them in one commit, while exports fail now and then — every tenth bundle write with
+``EMFILE``, one record with a database error. Every deployment must end ``delivered``, each
+once. Nothing is timed: the wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+from websockets.asyncio.client import connect
+
+from bundle.sync import MAX_MESSAGE_BYTES, AgentSide, OfferReceived, Welcomed
+from hub import live_hub
+from hub.db import AuditEvent, Deployment, make_session_factory
+from hub.live import LiveHub, start_live
+from hub.live_guard import LiveLimits
+from hub.services import export as export_service
+from hub.services.agents import EnrollmentRequest, enroll_agent
+from hub.services.deployments import queue_deployment
+from signing.keys import BoxKeyPair, SigningKey
+from tests.e2e import test_live as e2e_live
+from tests.e2e.conftest import wait_for
+from tests.hub.conftest import World
+from tests.hub.services.test_exchange import _approved_release
+
+AGENTS = 200  # a few hundred: enough for exports to queue up behind each other
+DEADLINE = 240.0  # seconds for the whole burst on a shared 2-core machine
+file_world = e2e_live.file_world  # the fixture: the hub World on a SQLite file
+
+
+class BurstAgent:
+    """Connects, authenticates, and answers every offer with ``have-it`` (the bytes are not
+    what this test is about: exports, offers and the delivered bookkeeping are)."""
+
+    def __init__(self, agent_id: str, key: SigningKey, hub_id: str) -> None:
+        self.conn = AgentSide(agent_id, hub_id, key)
+        self.offers: list[str] = []
+        self.ws: Any = None
+
+    async def run(self, url: str, welcomed: asyncio.Event) -> None:
+        async with connect(url, compression=None, max_size=MAX_MESSAGE_BYTES) as ws:
+            self.ws = ws
+            self.conn.send_hello()
+            await self.flush()
+            async for message in ws:
+                assert isinstance(message, bytes)
+                self.conn.receive_data(message)
+                for event in self.conn.events_received():
+                    if isinstance(event, Welcomed):
+                        welcomed.set()
+                    elif isinstance(event, OfferReceived):
+                        self.offers.append(event.offer.name)
+                        self.conn.send_cancel(event.offer.transfer, "hub", "have-it",
+                                              "already here")
+                await self.flush()
+
+    async def flush(self) -> None:
+        for message in self.conn.data_to_send():
+            await self.ws.send(message)
+
+
+def _states(world: World) -> Counter[str]:
+    world.session.rollback()
+    states = Counter(world.session.scalars(select(Deployment.state)))
+    world.session.rollback()
+    return states
+
+
+def test_a_burst_to_hundreds_of_agents_completes_although_exports_fail_now_and_then(
+        file_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = file_world
+    keys = [SigningKey.generate() for _ in range(AGENTS)]
+    ids = [f"burst-{i:03d}" for i in range(AGENTS)]
+    op = world.ctx("op")
+    for agent_id, key in zip(ids, keys, strict=True):
+        enroll_agent(op, "test", EnrollmentRequest(
+            hostname=agent_id, ed25519_public=key.public.raw.hex(),
+            x25519_public=BoxKeyPair.generate().public.raw.hex(), agent_id=agent_id,
+            environment="test", hub_id=world.keys.hub.hub_id))
+    world.session.commit()
+    release = _approved_release(world)
+
+    # Faults after the claim: every tenth bundle write runs out of file descriptors, and one
+    # record of a written bundle meets a database error.
+    monkeypatch.setattr(live_hub, "EXPORT_RETRY_SECONDS", 0.2)  # retries sooner than 60 s
+    writes = Counter[str]()
+    write, record = export_service._Run._write, export_service._Run._record
+
+    def failing_write(self: Any, dep: Any, intent: Any) -> Any:
+        writes["write"] += 1
+        if writes["write"] % 10 == 3:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return write(self, dep, intent)
+
+    def failing_record(self: Any, *args: Any, **kwargs: Any) -> Any:
+        writes["record"] += 1
+        if writes["record"] == 7:
+            raise OperationalError("UPDATE deployments …", {}, Exception("database is locked"))
+        return record(self, *args, **kwargs)
+
+    monkeypatch.setattr(export_service._Run, "_write", failing_write)
+    monkeypatch.setattr(export_service._Run, "_record", failing_record)
+
+    hub = LiveHub(session_factory=make_session_factory(world.session.get_bind()),  # type: ignore[arg-type]
+                  keys=world.keys.hub, data_dir=tmp_path / "hubdata", actor="op",
+                  clock=world.clock, poll_interval=0.05,
+                  limits=LiveLimits(max_unauthenticated_per_address=AGENTS,
+                                    max_unauthenticated=AGENTS))
+    server = start_live(hub, "127.0.0.1", 0, allow_insecure_loopback=True)
+    agents = [BurstAgent(agent_id, key, world.keys.hub.hub_id)
+              for agent_id, key in zip(ids, keys, strict=True)]
+
+    async def scenario() -> None:
+        welcomed = [asyncio.Event() for _ in agents]
+        url = f"ws://127.0.0.1:{server.port}/live"
+        tasks = [asyncio.create_task(a.run(url, w)) for a, w in zip(agents, welcomed,
+                                                                     strict=True)]
+        try:
+            async with asyncio.timeout(DEADLINE):
+                await asyncio.gather(*(w.wait() for w in welcomed))
+            queue_deployment(world.ctx("op"), release, "test")  # the burst: one commit
+            world.session.commit()
+            await asyncio.to_thread(
+                wait_for, lambda: _states(world) == Counter({"delivered": AGENTS}), DEADLINE,
+                f"all {AGENTS} deployments to be delivered", interval_s=0.5)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert writes["write"] > AGENTS and writes["record"] >= AGENTS  # the faults happened
+    world.session.rollback()
+    failed = world.session.scalars(select(AuditEvent).where(
+        AuditEvent.action == "bundle.export_failed")).all()
+    assert len(failed) >= AGENTS // 10
+    delivered = Counter(e.object_id for e in world.session.scalars(select(AuditEvent).where(
+        AuditEvent.action == "deployment.delivered")))
+    assert len(delivered) == AGENTS and set(delivered.values()) == {1}  # each once
+    assert all(len(a.offers) >= 1 for a in agents)
