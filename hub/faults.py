@@ -37,6 +37,10 @@ CRASH_POINTS: dict[str, str] = {
     "hub.import-committed": "a batch of results committed (deployments, attempts, events)",
     "hub.audit-appended": "an audit event inserted in its transaction, not committed",
     "hub.checkpoint-signed": "an audit checkpoint signed and inserted, not committed",
+    "hub.root-installing": "hub keys install-root: the old and new root kept under roots/, "
+    "root.json still the old version, the root.install event not committed",
+    "hub.root-installed": "hub keys install-root: root.json replaced by the new version, the "
+    "root.install event not committed",
 }
 
 

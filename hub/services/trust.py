@@ -15,10 +15,15 @@ key (the root ceremony happens offline).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from hub.errors import ConfigError, ValidationError
+from sqlalchemy import select
+
+from hub.db import AuditEvent
+from hub.errors import ConfigError, ConflictError, ValidationError
+from hub.faults import crash_point
 from hub.keystore import root_history_path
 from hub.services import audit
 from hub.services.context import ServiceContext
@@ -45,9 +50,13 @@ def install_root(ctx: ServiceContext, data_dir: Path, envelope: bytes, *,
 
     Raises:
         PermissionDeniedError (admin), ValidationError (not the next version, not signed
-        by the threshold of the current root or of its own, another hub, expired — the
-        message names ``source`` and the rule), ConfigError (the data directory).
-        Nothing changes when it raises.
+        by the threshold of the current root or of its own, another hub, expired, an
+        approval role without this hub's approval key — the message names ``source`` and
+        the rule), ConflictError (it is the current root, its install recorded),
+        ConfigError (the data directory). Nothing changes when it raises.
+
+    Crash points ``hub.root-installing`` and ``hub.root-installed``: running the same
+    command again completes a killed install (one ``root.install`` event).
     """
     require(ctx.actor, "user.manage")
     if len(envelope) > MAX_ROOT_BYTES:
@@ -59,6 +68,13 @@ def install_root(ctx: ServiceContext, data_dir: Path, envelope: bytes, *,
     except (OSError, SigningError) as exc:
         raise ConfigError(f"{root_json}: {exc}") from exc
     now = int(ctx.now().timestamp())
+    digest = hashlib.sha256(envelope).hexdigest()
+    if envelope == current_bytes:
+        # Installed by a run killed before its event was committed: record it now, once.
+        if current.version == 1 or _install_recorded(ctx, current.version, digest):
+            raise ConflictError(f"{source}: root version {current.version} is installed "
+                                "already")
+        return _record(ctx, current, digest, previous=current.version - 1)
     try:
         new = current.update(envelope)
         new.check_current(now)
@@ -67,9 +83,7 @@ def install_root(ctx: ServiceContext, data_dir: Path, envelope: bytes, *,
             f"{source} cannot follow root version {current.version} of this hub: {exc}"
         ) from exc
     doc = new.document
-    approval_role = doc.has_role("approval")
-    delegations = tuple(sorted(doc.approvals))
-    if approval_role and ctx.keys is not None and ctx.keys.approval_key is not None:
+    if doc.has_role("approval") and ctx.keys is not None and ctx.keys.approval_key is not None:
         listed = doc.roles["approval"][0]
         if ctx.keys.approval_key.key_id not in listed:
             raise ValidationError(
@@ -77,13 +91,9 @@ def install_root(ctx: ServiceContext, data_dir: Path, envelope: bytes, *,
                 f"but this hub's approval key is {ctx.keys.approval_key.key_id[:16]} "
                 "(keys/approval.pub); hub-attested approvals would not verify"
             )
-    # Audited first: if writing the files fails, the caller's transaction rolls back.
-    digest = hashlib.sha256(envelope).hexdigest()
-    audit.record(
-        ctx, "root.install", "root", str(new.version),
-        {"from": current.version, "sha256": digest, "approval_role": approval_role,
-         "delegations": list(delegations)},
-    )
+    # Audited first (committed by the caller after the files): a failure writing them rolls
+    # the event back; a kill after root.json is replaced is completed by running it again.
+    installed = _record(ctx, new, digest, previous=current.version)
     try:
         old_path = root_history_path(data_dir, current.version)
         old_path.parent.mkdir(mode=0o755, exist_ok=True)
@@ -91,7 +101,29 @@ def install_root(ctx: ServiceContext, data_dir: Path, envelope: bytes, *,
             write_file_atomic(old_path, current_bytes, mode=0o644)
         write_file_atomic(root_history_path(data_dir, new.version), envelope, mode=0o644,
                           overwrite=True)
+        crash_point("hub.root-installing")
         write_file_atomic(root_json, envelope, mode=0o644, overwrite=True)
+        crash_point("hub.root-installed")
     except (OSError, SigningError) as exc:
         raise ConfigError(f"cannot install {source} in {data_dir}: {exc}") from exc
-    return InstalledRoot(current.version, new.version, digest, approval_role, delegations)
+    return installed
+
+
+def _install_recorded(ctx: ServiceContext, version: int, digest: str) -> bool:
+    rows = ctx.session.scalars(select(AuditEvent.details).where(
+        AuditEvent.action == "root.install", AuditEvent.object_id == str(version)))
+    return any(json.loads(d).get("sha256") == digest for d in rows)
+
+
+def _record(ctx: ServiceContext, new: TrustedRoot, digest: str, *,
+            previous: int) -> InstalledRoot:
+    """The ``root.install`` event of root ``new`` (in the caller's transaction)."""
+    doc = new.document
+    approval_role = doc.has_role("approval")
+    delegations = tuple(sorted(doc.approvals))
+    audit.record(
+        ctx, "root.install", "root", str(new.version),
+        {"from": previous, "sha256": digest, "approval_role": approval_role,
+         "delegations": list(delegations)},
+    )
+    return InstalledRoot(previous, new.version, digest, approval_role, delegations)

@@ -140,7 +140,7 @@ def test_approval_key_and_root_install(hub_dir: Path, tmp_path: Path) -> None:
     _rotate(hub_dir, tmp_path / "root-v3.json")
     v2 = (hub_dir / "root.json").read_bytes()
     same = run(hub_dir, "keys", "install-root", str(tmp_path / "root-v2.json"), ok=False)
-    assert same.exit_code != 0 and "cannot follow root version 2" in same.output
+    assert same.exit_code != 0 and "root version 2 is installed already" in same.output
     (tmp_path / "v3-copy.json").write_bytes((tmp_path / "root-v3.json").read_bytes())
     _rotate_from = tmp_path / "root-v4.json"
     result = CliRunner().invoke(root, [

@@ -36,7 +36,9 @@ AGENTS = ("site-01", "site-02")
 
 
 def test_every_crash_point_is_tested() -> None:
-    assert set(EXPORT_POINTS) | set(IMPORT_POINTS) == set(CRASH_POINTS)
+    from tests.hub.test_root_install_crash import ROOT_POINTS
+
+    assert set(EXPORT_POINTS) | set(IMPORT_POINTS) | set(ROOT_POINTS) == set(CRASH_POINTS)
 
 
 def _hub(tmp_path: Path) -> tuple[RealHub, dict[str, Agent]]:
