@@ -35,6 +35,7 @@ from signing.cli_common import (
     refuse_existing,
 )
 from signing.cli_root import root
+from signing.cli_webkey import export_web
 from signing.durations import format_utc
 from signing.errors import KeyFileError
 from signing.keyfile import (
@@ -250,3 +251,4 @@ def export_public(
 keys.add_command(root)
 keys.add_command(approve)
 keys.add_command(approval)
+keys.add_command(export_web)
