@@ -6,7 +6,10 @@ A real ``tiangong hub serve`` (local password sign-in) serves the release page; 
 bytes to sign from the hub and posts only the payload and the signature: the test records
 every request the page sends and checks that the private key's secret is in none of them.
 The hub stores an envelope that verifies with alice's key, over this release's content hash.
-A key file protected by a passphrase is refused in the page, and nothing is stored.
+The key is alice's real approver key (Argon2id-protected, which a browser cannot open),
+exported with ``tiangong keys export-web`` to a web key file the page opens with WebCrypto
+(PBKDF2 + AES-GCM) and its passphrase; the Argon2id file and a wrong passphrase are refused
+in the page, and nothing is stored.
 """
 
 from __future__ import annotations
@@ -28,9 +31,8 @@ from playwright.sync_api import Browser, Page, Request, expect
 
 from signing.approvals import peek_approval
 from signing.envelope import count_valid, parse_envelope
-from signing.keys import SigningKey
+from signing.webkey import decode_web_key
 from tests.e2e.conftest import TIANGONG, run, wait_for
-from tests.hub.services.approval_helpers import private_file, public_file
 from tests.web.browser import (
     HELLO,
     REPO,
@@ -44,6 +46,7 @@ from tests.web.browser import (
 __all__ = ["chromium"]  # fixture used by this module
 
 PASSWORD = "alice-browser-password"
+WEB_PASSPHRASE = "Grüße, alice"  # non-ASCII: the page must NFC-encode it as the CLI does
 
 
 @dataclass
@@ -133,14 +136,16 @@ def _approvals(hub: Hub) -> list[dict[str, object]]:
 def test_browser_signs_an_approval_with_webcrypto(
     hub: Hub, chromium: Browser, tmp_path: Path
 ) -> None:
-    key = SigningKey.generate()
-    (tmp_path / "alice.key.pub").write_bytes(public_file(key, label="alice"))
-    (tmp_path / "alice.key").write_bytes(private_file(key))
-    locked = tmp_path / "alice-locked.key"
-    run("keys", "generate", "--role", "approver", "-o", str(locked), "--kdf-profile",
-        "interactive", env={"TIANGONG_KEY_PASSPHRASE": "a passphrase"})
-    secret_b64 = json.loads((tmp_path / "alice.key").read_text())["secret"]
-    secret = base64.b64decode(secret_b64)
+    # alice's approver key, made and exported for the browser with the real CLI
+    env = {"TIANGONG_KEY_PASSPHRASE": "alice's key passphrase"}
+    run("keys", "generate", "--role", "approver", "--label", "alice", "-o",
+        str(tmp_path / "alice.key"), "--kdf-profile", "interactive", env=env)
+    (tmp_path / "web-pass").write_text(WEB_PASSPHRASE + "\n")
+    run("keys", "export-web", str(tmp_path / "alice.key"), "-o", str(tmp_path / "alice.webkey"),
+        "--web-passphrase-file", str(tmp_path / "web-pass"), env=env)
+    key = decode_web_key((tmp_path / "alice.webkey").read_bytes(), WEB_PASSPHRASE)
+    secret = key.seed
+    secret_b64 = base64.b64encode(secret).decode()
     sent: list[bytes] = []
 
     def record(request: Request) -> None:
@@ -158,14 +163,19 @@ def test_browser_signs_an_approval_with_webcrypto(
     shots.take(page, "my-keys")
 
     page.goto(f"{hub.url}/releases/hello/1.0.0")
-    # a passphrase-protected key file cannot be opened in the page: said, nothing sent
+    # the Argon2id-protected key file cannot be opened in the page, nor the web key file
+    # with a wrong passphrase: said on the page, nothing stored
     page.locator("#sign-environment").select_option("plant-a")
-    page.locator("#sign-key-file").set_input_files(str(locked))
+    page.locator("#sign-key-file").set_input_files(str(tmp_path / "alice.key"))
     page.locator("#sign-button").click()
-    expect(page.locator("#sign-status")).to_contain_text("protected by a passphrase")
+    expect(page.locator("#sign-status")).to_contain_text("tiangong keys export-web")
+    page.locator("#sign-key-file").set_input_files(str(tmp_path / "alice.webkey"))
+    page.locator("#sign-passphrase").fill("not the passphrase")
+    page.locator("#sign-button").click()
+    expect(page.locator("#sign-status")).to_contain_text("wrong passphrase")
     assert _approvals(hub) == []
 
-    page.locator("#sign-key-file").set_input_files(str(tmp_path / "alice.key"))
+    page.locator("#sign-passphrase").fill(WEB_PASSPHRASE)
     page.locator("#sign-comment").fill("checked in the browser")
     page.locator("#sign-button").click()
     expect(page.locator(".flash")).to_contain_text(

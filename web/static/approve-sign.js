@@ -1,4 +1,5 @@
-// Signed approval in the browser (web/approvals.py): the approver picks their key file,
+// Signed approval in the browser (web/approvals.py): the approver picks their key file
+// (normally a web key file from `tiangong keys export-web`, opened with its passphrase),
 // the page imports it as a non-extractable WebCrypto Ed25519 key (kept in this page only),
 // fetches from the hub the exact bytes to sign — the hub builds the canonical payload and
 // its envelope encoding, this script never builds JSON — signs them, and posts the payload
@@ -46,7 +47,43 @@
     return out;
   }
 
-  // A tiangong key file stored without a passphrase, or a PKCS#8 PEM file.
+  function jwkFor(seed, publicBytes) {
+    return { kty: "OKP", crv: "Ed25519", d: b64url(seed), x: b64url(publicBytes), ext: false };
+  }
+
+  // A web key file (tiangong keys export-web): PBKDF2-SHA256 -> AES-256-GCM, the key id as
+  // additional data (signing/webkey.py). The passphrase is NFC-normalised like the CLI's.
+  function openWebKey(doc) {
+    var pass = document.getElementById("sign-passphrase").value;
+    if (!pass) {
+      return Promise.reject(new Error("type the web key file's passphrase"));
+    }
+    if (doc.kdf.name !== "pbkdf2-sha256" || doc.cipher !== "aes-256-gcm") {
+      return Promise.reject(new Error("unsupported web key file"));
+    }
+    var enc = new TextEncoder();
+    return crypto.subtle.importKey("raw", enc.encode(pass.normalize("NFC")), "PBKDF2", false,
+                                   ["deriveKey"]).then(function (base) {
+      return crypto.subtle.deriveKey(
+        { name: "PBKDF2", hash: "SHA-256", salt: b64ToBytes(doc.kdf.salt),
+          iterations: doc.kdf.iterations },
+        base, { name: "AES-GCM", length: 256 }, false, ["decrypt"]);
+    }).then(function (aes) {
+      return crypto.subtle.decrypt(
+        { name: "AES-GCM", iv: b64ToBytes(doc.nonce), additionalData: enc.encode(doc.key_id) },
+        aes, b64ToBytes(doc.ciphertext));
+    }).then(function (seed) {
+      return crypto.subtle.importKey("jwk", jwkFor(new Uint8Array(seed), hexToBytes(doc.public)),
+                                     { name: "Ed25519" }, false, ["sign"]);
+    }, function (err) {
+      if (err && err.name === "OperationError") {
+        throw new Error("wrong passphrase for the web key file");
+      }
+      throw err;
+    });
+  }
+
+  // A web key file, a tiangong key file stored without a passphrase, or a PKCS#8 PEM file.
   function importKey(text) {
     var alg = { name: "Ed25519" };
     if (text.indexOf("-----BEGIN PRIVATE KEY-----") !== -1) {
@@ -59,6 +96,9 @@
     } catch (e) {
       return Promise.reject(new Error("the file is neither a tiangong key file nor a PKCS#8 PEM file"));
     }
+    if (doc.format === "tiangong-web-key/1") {
+      return openWebKey(doc);
+    }
     if (doc.format === "tiangong-public-key/1") {
       return Promise.reject(new Error("this is a public key file; pick the private key file"));
     }
@@ -66,12 +106,12 @@
       return Promise.reject(new Error("not a tiangong Ed25519 private key file"));
     }
     if (doc.protection !== "none") {
-      return Promise.reject(new Error("this key file is protected by a passphrase, which the " +
-        "browser cannot open: run `tiangong keys approve` and upload the approval file"));
+      return Promise.reject(new Error("this key file is protected with Argon2id, which the " +
+        "browser cannot open: make a web key file of it (tiangong keys export-web), or run " +
+        "`tiangong keys approve` and upload the approval file"));
     }
-    var jwk = { kty: "OKP", crv: "Ed25519", d: b64url(b64ToBytes(doc.secret)),
-                x: b64url(hexToBytes(doc.public)), ext: false };
-    return crypto.subtle.importKey("jwk", jwk, alg, false, ["sign"]);
+    return crypto.subtle.importKey("jwk", jwkFor(b64ToBytes(doc.secret), hexToBytes(doc.public)),
+                                   alg, false, ["sign"]);
   }
 
   function readFile(file) {
