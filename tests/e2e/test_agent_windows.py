@@ -323,3 +323,32 @@ def test_bundle_create_refuses_a_bad_window_freeze_or_policy_and_writes_nothing(
         assert result.exit_code == 2, result.output
         assert message in " ".join(result.output.split()), result.output
         assert not out.exists() and list(tmp_path.glob("never*")) == []
+
+
+def test_the_daemon_wakes_by_itself_when_the_real_window_opens(tmp_path: Path,
+                                                                hub_keys: HubKeys) -> None:
+    """Production path (no TIANGONG_CLOCK_FILE): ``agent apply`` accepts and holds a bundle
+    whose window opens a few seconds from now; the daemon, configured so that nothing else
+    wakes it for half an hour (settle and rescan intervals of an hour, an empty inbox), runs
+    it when the window opens — it computed that moment itself — inside the window."""
+    home = init_site(tmp_path, hub_keys)
+    cfg = home / "agent.toml"
+    cfg.write_text(cfg.read_text().replace("settle_seconds = 0.2", "settle_seconds = 3600.0")
+                   .replace("rescan_seconds = 0.5", "rescan_seconds = 3600.0"))
+    opens = int(time.time()) + 6
+    policy = Policy((Once(opens, opens + 3600),))
+    bundle, bid = make_bundle(hub_keys, _counting_release(tmp_path, "soon", [("a", "")]),
+                              tmp_path / "soon.tgb", 1, policy=policy)
+    applied = run("agent", "apply", str(bundle), "--home", str(home))
+    assert "on-hold: window opens" in applied.stdout
+    log = tmp_path / "agent.log"
+    agent = start_agent(home, log)
+    try:
+        wait_for(lambda: _has_result(home, bid), 120, "the daemon to run the bundle when its "
+                 "window opens (it would otherwise sleep for 1800 s)")
+    finally:
+        stop_agent(agent, log, home)
+    result = _result_of(home, hub_keys, tmp_path, bid)
+    assert result["status"] == "succeeded"
+    assert [s["started_at"] >= opens for s in result["body"]["steps"]] == [True]
+    assert _runs(tmp_path, "soon", "a") == 1
