@@ -64,6 +64,7 @@ class AgentConfig:
     hub_url: str | None = None
     allow_insecure_loopback: bool = False  # plain ws:// to a loopback hub (tests only)
     metrics_textfile: Path | None = None  # node-exporter textfile (agent.metrics); None: off
+    max_parallel_steps: int = 1  # steps of one bundle run at once ([run], docs/agent.md)
 
     @property
     def inbox(self) -> Path:
@@ -119,6 +120,17 @@ def _table(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return value
 
 
+#: Most steps of one bundle an agent may run at once ([run] max_parallel_steps).
+MAX_PARALLEL_STEPS = 64  # steps
+
+
+def _parallel(path: Path, value: object) -> int:
+    if type(value) is not int or not 1 <= value <= MAX_PARALLEL_STEPS:
+        raise ConfigError(f"{path}: [run] max_parallel_steps = {value!r} must be a whole "
+                          f"number from 1 to {MAX_PARALLEL_STEPS} (1: one step at a time)")
+    return value
+
+
 def load_config(home: Path) -> AgentConfig:
     """Read ``home/agent.toml``.
 
@@ -170,6 +182,7 @@ def load_config(home: Path) -> AgentConfig:
             allow_insecure_loopback=_bool(path, "allow_insecure_loopback",
                                           agent.get("allow_insecure_loopback", False)),
             metrics_textfile=_textfile(path, home, metrics.get("textfile")),
+            max_parallel_steps=_parallel(path, run.get("max_parallel_steps", 1)),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc

@@ -46,6 +46,7 @@ from typing import Any
 
 from agent.config import AgentConfig
 from agent.faults import crash_point, fault_point
+from agent.inventory import collect as collect_inventory
 from agent.journal import Journal, PendingResult, ResultIntent
 from agent.runner import StepReport
 from bundle.manifest import KIND_RESULT, Manifest, ResultInfo, Target
@@ -72,8 +73,15 @@ def result_intent(
     extra: Mapping[str, Any] | None = None,
     root_version: int = 1,
     now: int | None = None,
+    graph: Sequence[Mapping[str, Any]] | None = None,
+    inventory: Mapping[str, Any] | None = None,
 ) -> ResultIntent:
-    """Everything a result file will hold, ready to be recorded in the journal. Pure."""
+    """Everything a result file will hold, ready to be recorded in the journal.
+
+    ``graph`` (``bundle.dag.graph_of``) is added to the body for a release whose steps give
+    ``after``; ``inventory`` (default: ``agent.inventory.collect`` now, the one thing read
+    from the machine) is always added.
+    """
     if status not in RESULT_STATUSES:
         raise ValueError(f"unknown result status {status!r}")
     now = int(time.time()) if now is None else now
@@ -98,7 +106,11 @@ def result_intent(
             }
             for r in steps
         ],
+        "inventory": _json_safe(dict(inventory if inventory is not None
+                                     else collect_inventory(config, _agent_version()))),
     }
+    if graph is not None:
+        body["graph"] = _json_safe([dict(g) for g in graph])
     spec: dict[str, Any] = {
         "agent_id": config.agent_id,
         "hub_id": config.hub_id,

@@ -1,10 +1,17 @@
-"""Runs the steps of an accepted, verified bundle, in order, journal first.
+"""Runs the steps of an accepted, verified bundle, in graph order, journal first.
 
 For each step: validate every step before the first runs (a malformed step fails the bundle
 before anything changes); resolve the step's connection and secrets; mark the attempt
 ``running`` in the journal (committed) *before* starting it; run it with a deadline that is the
 smaller of the step's timeout and the bundle's overall deadline; record the outcome. A failed
-step with ``on_failure = "stop"`` stops the run and the remaining steps are ``skipped``.
+step with ``on_failure = "stop"`` stops what depends on it: those steps are ``skipped``, naming
+the failed step, while steps that do not depend on it go on.
+
+Order: the step graph of docs/release-format.md §3.7 (``bundle.dag``). A step without
+``after`` runs after the step before it, so a release without ``after`` runs in order as it
+always did. Of the steps whose predecessors have finished, the lowest-numbered starts first;
+up to ``[run] max_parallel_steps`` run at once (default 1), each in a worker thread whose
+journal writes are serialized by the journal's lock. An ``agent-upgrade`` step runs alone.
 
 Logs: every line goes to ``logs/<bundle>/<step>-<attempt>.log`` as it is written (the live
 view, capped at ``LOG_FILE_CAP_FACTOR`` × the step cap; a full disk stops the file, not the
@@ -32,6 +39,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,11 +49,15 @@ from agent.executors import get_executor
 from agent.executors.base import LogLine, StepContext, StepLog, StepOutcome
 from agent.executors.errors import ExecutorError
 from agent.faults import crash_point, fault_point
-from agent.journal import Journal
+from agent.journal import Journal, StepRecord
+from bundle.dag import Schedule, check_graph
+from bundle.errors import ReleaseFormatError
 
 __all__ = ["BundleOutcome", "Runner", "StepReport"]
 
 LOG_FILE_CAP_FACTOR = 8
+#: A step of this kind never runs alongside another (it restarts the agent).
+_RUNS_ALONE = "agent-upgrade"
 
 log = logging.getLogger("tiangong.agent.runner")
 
@@ -177,42 +189,18 @@ class Runner:
         self.journal.set_bundle_state(bundle_id, "running")
         records = self.journal.steps(bundle_id, latest_only=True)
         reports: list[StepReport] = []
-        stopped: str | None = None
+        invalid: str | None = None
         try:
+            check_graph(steps)
             self.validate_steps(steps)
-        except ExecutorError as exc:
-            stopped = f"the bundle has an invalid step: {exc}"
-        for rec in records:
-            step = steps[rec.idx] if rec.idx < len(steps) else {}
-            if rec.state != "pending":
-                # Already done: in an earlier attempt (retry from a later step), or before the
-                # agent restarted (resuming between two steps).
-                reports.append(StepReport(rec.idx, rec.attempt, rec.name, rec.kind, rec.state,
-                                          rec.summary or "", rec.exit_code, rec.started_at,
-                                          rec.finished_at, rec.details or {}))
-                if (rec.state == "failed" and step.get("on_failure", "stop") == "stop"
-                        and stopped is None):
-                    stopped = f"step {rec.idx + 1} ({rec.name}) failed"
-                continue
-            if stopped is not None or self.cancel.is_set():
-                why = stopped or "cancelled"
-                summary = f"not run: {why}"
-                self.journal.step_finished(bundle_id, rec.idx, rec.attempt, "skipped", summary)
-                reports.append(StepReport(rec.idx, rec.attempt, rec.name, rec.kind, "skipped",
-                                          summary))
-                continue
-            hold = gate() if gate is not None else None
-            if hold is not None:
-                self.journal.set_bundle_state(bundle_id, "held", hold)
-                crash_point("held")
-                log.warning("bundle %s held before step %d (%s): %s", bundle_id, rec.idx + 1,
-                            rec.name, hold)
-                return BundleOutcome("held", hold, reports)
-            report = self._run_step(bundle_id, rec.idx, rec.attempt, step, release, files,
-                                    sealed_secrets or {}, bundle_deadline)
-            reports.append(report)
-            if report.state == "failed" and step.get("on_failure", "stop") == "stop":
-                stopped = f"step {rec.idx + 1} ({rec.name}) failed"
+        except (ExecutorError, ReleaseFormatError) as exc:
+            invalid = f"the bundle has an invalid step: {exc}"
+        hold = self._run_graph(bundle_id, steps, records, reports, invalid, release, files,
+                               sealed_secrets or {}, bundle_deadline, gate)
+        reports.sort(key=lambda r: r.idx)
+        if hold is not None:
+            return BundleOutcome("held", hold, reports)
+        stopped = invalid
         failed = [r for r in reports if r.state in ("failed", "interrupted")]
         if self.cancel.is_set():
             status, summary = "cancelled", "cancelled by the operator or agent shutdown"
@@ -233,6 +221,120 @@ class Runner:
         else:
             self.journal.set_bundle_state(bundle_id, state, summary)
         return BundleOutcome(status, summary, reports)
+
+    def _run_graph(
+        self,
+        bundle_id: str,
+        steps: list[Mapping[str, Any]],
+        records: list[StepRecord],
+        reports: list[StepReport],
+        invalid: str | None,
+        release: Mapping[str, Any],
+        files: Mapping[str, Path],
+        sealed: Mapping[str, str],
+        bundle_deadline: float,
+        gate: Callable[[], str | None] | None,
+    ) -> str | None:
+        """Run the pending step attempts in graph order (``bundle.dag``), at most
+        ``config.max_parallel_steps`` at once; append a report per step to ``reports``.
+
+        A step starts once every step it runs after has finished without a stopping failure;
+        a stopping failure skips what depends on it (naming the failed step) while independent
+        branches go on. Returns the hold reason when ``gate()`` stopped the run before a step
+        (the steps running then finish first; the ones not started stay pending), else None.
+        """
+        sched = Schedule.of(steps) if invalid is None else None
+        pending: dict[int, StepRecord] = {}
+        for rec in records:
+            if rec.state == "pending":
+                pending[rec.idx] = rec
+                continue
+            # Already done: in an earlier attempt (retry from a later step), or before the
+            # agent restarted (resuming between two steps).
+            reports.append(StepReport(rec.idx, rec.attempt, rec.name, rec.kind, rec.state,
+                                      rec.summary or "", rec.exit_code, rec.started_at,
+                                      rec.finished_at, rec.details or {}))
+            if sched is not None:
+                sched.finished(rec.idx, rec.state)
+
+        def skip(idx: int, why: str) -> None:
+            rec = pending.pop(idx)
+            summary = f"not run: {why}"
+            self.journal.step_finished(bundle_id, rec.idx, rec.attempt, "skipped", summary)
+            reports.append(StepReport(rec.idx, rec.attempt, rec.name, rec.kind, "skipped",
+                                      summary))
+
+        if sched is None:
+            for idx in sorted(pending):
+                skip(idx, invalid or "invalid bundle")
+            return None
+        limit = max(1, self.config.max_parallel_steps)
+        running: dict[Future[StepReport], int] = {}
+        hold: str | None = None
+        pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="step") \
+            if limit > 1 else None
+        try:
+            while True:
+                for idx, cause in sched.blocked():
+                    if idx in pending:
+                        state = sched.done.get(cause, "failed")
+                        skip(idx, f"step {cause + 1} ({steps[cause].get('name')}) {state}")
+                        sched.finished(idx, "skipped", cause)
+                if self.cancel.is_set():
+                    for idx in sorted(pending):
+                        if idx not in sched.started:
+                            skip(idx, "cancelled")
+                            sched.finished(idx, "skipped")
+                ready = [i for i in sched.ready() if i in pending]
+                ran_inline = False
+                while ready and hold is None and len(running) < limit:
+                    idx = ready[0]
+                    alone = str(steps[idx].get("kind")) == _RUNS_ALONE
+                    if running and (alone or any(
+                            str(steps[i].get("kind")) == _RUNS_ALONE for i in running.values())):
+                        break
+                    hold = gate() if gate is not None else None
+                    if hold is not None:
+                        break
+                    ready.pop(0)
+                    sched.start(idx)
+                    rec = pending[idx]
+                    args = (bundle_id, idx, rec.attempt, steps[idx], release, files, sealed,
+                            bundle_deadline)
+                    if pool is None:
+                        self._step_done(self._run_step(*args), pending, reports, sched)
+                        ran_inline = True
+                        break  # one at a time, lowest ready index first: look again
+                    else:
+                        running[pool.submit(self._run_step, *args)] = idx
+                if not running:
+                    if ran_inline:
+                        continue
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    del running[fut]
+                    self._step_done(fut.result(), pending, reports, sched)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        if hold is not None:
+            self.journal.set_bundle_state(bundle_id, "held", hold)
+            crash_point("held")
+            first = min(pending) if pending else 0
+            log.warning("bundle %s held before step %d (%s): %s", bundle_id, first + 1,
+                        steps[first].get("name") if steps else "?", hold)
+            return hold
+        for idx in sorted(pending):  # cannot happen with a checked graph; never leave one
+            skip(idx, "a step it runs after did not finish")
+        return None
+
+    @staticmethod
+    def _step_done(report: StepReport, pending: dict[int, StepRecord],
+                   reports: list[StepReport], sched: Schedule) -> None:
+        pending.pop(report.idx, None)
+        reports.append(report)
+        sched.finished(report.idx, report.state)
 
     def _run_step(
         self,

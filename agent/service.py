@@ -44,7 +44,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,7 @@ from agent.order import Held, Sequencer, held_rows
 from agent.results import flush_results, remove_temporaries, result_intent
 from agent.runner import Runner, StepReport
 from agent.stepcheck import check_steps
+from bundle.dag import graph_of, has_after
 from bundle.errors import BundleError, InsufficientSpaceError, PartsError
 from bundle.parts import find_first_part, strip_part_suffix
 from bundle.reader import (
@@ -226,7 +227,8 @@ class Agent:
         return self._intent("interrupted",
                             "interrupted: the agent stopped while a step was running",
                             bundle_id, rec.envelope_sha256 if rec else None,
-                            rec.manifest.get("release") if rec else None, steps)
+                            rec.manifest.get("release") if rec else None, steps,
+                            manifest_steps=list(rec.manifest.get("steps") or []) if rec else [])
 
     def flush(self) -> list[Path]:
         """Write pending results and finish pending moves; log (once) what still fails.
@@ -543,7 +545,8 @@ class Agent:
             override = override_record(manifest, self.journal.override(bundle_id))
             intent = self._intent(status, summary, bundle_id, rec.envelope_sha256,
                                   manifest.get("release"), reports,
-                                  None if override is None else {"override": override})
+                                  None if override is None else {"override": override},
+                                  list(manifest.get("steps") or []))
             seqs.append(self.journal.finish_bundle(bundle_id, state, summary, intent))
             crash_point("final")
 
@@ -654,12 +657,14 @@ class Agent:
 
     def _intent(self, status: str, summary: str, bundle_id: str | None,
                 envelope_sha256: str | None, release: Any, steps: list[StepReport],
-                extra: Mapping[str, Any] | None = None) -> ResultIntent:
+                extra: Mapping[str, Any] | None = None,
+                manifest_steps: Sequence[Mapping[str, Any]] = ()) -> ResultIntent:
         trusted, _ = self._trust()
+        graph = graph_of(manifest_steps) if has_after(manifest_steps) else None
         return result_intent(self.config, status=status, summary=summary, bundle_id=bundle_id,
                              bundle_envelope_sha256=envelope_sha256, release=release or {},
                              steps=steps, extra=extra, root_version=trusted.version,
-                             now=int(self.clock()))
+                             now=int(self.clock()), graph=graph)
 
     def _result_path(self, seq: int | None) -> Path | None:
         """The result file of ``seq`` if it is written, else None (still pending)."""

@@ -27,6 +27,7 @@ from typing import Any
 from agent.config import AgentConfig
 from agent.executors import get_executor
 from agent.executors.errors import ExecutorError
+from bundle.dag import check_graph
 from bundle.errors import ReleaseFormatError
 from bundle.steps import referenced_files, validate_step
 
@@ -40,6 +41,10 @@ _CONNECTION_TYPE = {("sql", "postgres"): "postgres", ("sql", "mysql"): "mysql",
 def check_steps(config: AgentConfig, steps: Sequence[Mapping[str, Any]],
                 file_names: Collection[str]) -> str | None:
     """The first reason this agent cannot run ``steps``, or None when all can run."""
+    try:
+        check_graph(steps)  # ``after`` names steps of the bundle, no cycle (§3.7)
+    except ReleaseFormatError as exc:
+        return f"the step graph is invalid: {exc}"
     for idx, step in enumerate(steps):
         where = f"step {idx + 1} ({str(step.get('name'))[:100]!r})"
         try:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bundle.dag import check_graph
 from bundle.errors import ReleaseFormatError
 from bundle.release_archive import DEFAULT_ARCHIVE_LIMITS, ArchiveLimits, unpack_release_archive
 from bundle.release_names import NameSet, file_name_problem
@@ -265,6 +266,10 @@ def _steps(
             )
         seen[key] = index
         steps.append(step)
+    try:
+        check_graph(steps)
+    except ReleaseFormatError as exc:
+        raise _fail(source, str(exc)) from exc
     return tuple(steps)
 
 

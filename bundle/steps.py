@@ -66,8 +66,8 @@ _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _DURATION_RE = re.compile(r"(?:(\d{1,6})h)?(?:(\d{1,6})m)?(?:(\d{1,9})s)?")
 
 # Raw (release.toml) keys and normalized keys, common and per kind.
-_COMMON_RAW = ("name", "kind", "timeout", "on_failure", "secrets")
-_COMMON_NORM = ("name", "kind", "timeout_s", "on_failure", "secrets")
+_COMMON_RAW = ("name", "kind", "timeout", "on_failure", "secrets", "after")
+_COMMON_NORM = ("name", "kind", "timeout_s", "on_failure", "secrets", "after")
 _KIND_RAW: dict[str, tuple[str, ...]] = {
     "sql": ("engine", "connection", "script", "version", "description"),
     "k8s": ("connection", "manifests", "namespace", "wait", "wait_timeout"),
@@ -163,6 +163,18 @@ def _step_name(value: object) -> str:
     if name != name.strip():
         raise _FieldError("must not start or end with white space")
     return name
+
+
+def _after(value: object) -> list[str]:
+    """Names of the steps this one runs after (§3.7); that they exist is checked by
+    ``bundle.dag.check_graph`` once every step is known."""
+    names = _list(value, _step_name)
+    seen: set[str] = set()
+    for name in names:
+        if name.casefold() in seen:
+            raise _FieldError(f"{name!r} is listed twice (step names ignore letter case)")
+        seen.add(name.casefold())
+    return names
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[object], str]:
@@ -460,6 +472,8 @@ def normalize_step(
     }
     for key, (norm_key, check, default) in common.items():
         out[norm_key] = _apply(raw, key, check, default, index, name)
+    if "after" in raw:  # only when given, so releases without it keep their content hash
+        out["after"] = _apply(raw, "after", _after, None, index, name)
 
     checks = _raw_checks(file_names)[kind]
     for key in _KIND_RAW[kind]:
@@ -548,6 +562,8 @@ def validate_step(step: Mapping[str, Any], index: int | None = None) -> None:
         "on_failure": _choice(ON_FAILURE),
         "secrets": _secrets,
     }
+    if "after" in step:
+        checks["after"] = _after
     raw_checks = _raw_checks(None)[kind]
     for key in _KIND_NORM[kind]:
         checks[key] = _seconds if key in _DURATION_KEYS.values() else raw_checks[key]

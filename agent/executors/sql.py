@@ -60,7 +60,7 @@ __all__ = ["LOCK_POLL_S", "SqlExecutor"]
 #: Interval between attempts to take a schema lock held by someone else.
 LOCK_POLL_S = 0.5  # seconds
 
-_COMMON_FIELDS = {"name", "kind", "timeout_s", "on_failure", "secrets"}
+_COMMON_FIELDS = {"name", "kind", "timeout_s", "on_failure", "secrets", "after"}
 _SQL_FIELDS = {"engine", "connection", "script", "version", "description"}
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,99}")
 

@@ -201,3 +201,46 @@ def test_power_cut_at_every_crash_point(
                           ).fetchone()[0] == 0
     finally:
         db.close()
+
+
+# A release with a step graph (docs/release-format.md §3.7), one step at a time: "left" and
+# "right" need nothing, "join" runs after both; the agent runs left, right, join.
+DAG_CASES: list[tuple[str, int, str, tuple[int, int, int]]] = [
+    ("step-started", 2, "interrupted", (1, 0, 0)),   # right was starting: never run again
+    ("step-ran", 2, "interrupted", (1, 1, 0)),
+    ("step-finished", 2, OK, (1, 1, 1)),            # right done: join runs after restart
+]
+
+
+def test_power_cut_in_a_step_graph(tmp_path: Path, hub_keys: HubKeys) -> None:
+    home = init_site(tmp_path, hub_keys)
+    effects = tmp_path / "dag-effects.txt"
+    effects.touch()
+    log = tmp_path / "agent.log"
+    for seq, (point, nth, status, runs) in enumerate(DAG_CASES, start=1):
+        release = write_release(
+            tmp_path / f"dag-1.0.{seq}", "dag", f"1.0.{seq}",
+            ['name = "left"\nkind = "shell"\nscript = "left.sh"\nafter = []',
+             'name = "join"\nkind = "shell"\nscript = "join.sh"\nafter = ["left", "right"]',
+             'name = "right"\nkind = "shell"\nscript = "right.sh"\nafter = []'],
+            {f"{n}.sh": f'echo "{n}{seq}" >> "{effects}"\n' for n in ("left", "right", "join")})
+        bundle, bid = make_bundle(hub_keys, release, tmp_path / f"dag-{seq}.tgb", seq)
+        drop(bundle, home)
+        _died_at(start_agent(home, log, {"TIANGONG_CRASH_AT": f"{point}:{nth}"}), point, log)
+        agent = start_agent(home, log)
+        try:
+            wait_for(lambda bid=bid: settled(home) and any(  # type: ignore[misc]
+                r["bundle_id"] == bid for r in results(home)), 90, f"DAG case {seq}")
+        finally:
+            stop_agent(agent, log, home)
+        found = [r for r in results(home) if r["bundle_id"] == bid]
+        assert [r["status"] for r in found] == [status]
+        lines = effects.read_text().split()
+        got = tuple(lines.count(f"{n}{seq}") for n in ("left", "right", "join"))
+        assert got == runs, (point, nth, got)
+        body = found[0]["body"]
+        assert body["graph"] == [{"index": 1, "name": "left", "after": []},
+                                 {"index": 2, "name": "join", "after": ["left", "right"]},
+                                 {"index": 3, "name": "right", "after": []}]
+        assert body["inventory"]["step_kinds"] == ["agent-upgrade", "k8s", "shell", "sql"]
+    assert_chain(verified_results(home, hub_keys, tmp_path))

@@ -1,0 +1,86 @@
+"""What this agent is and can do, for the hub's preflight (issue 14 §3; docs/agent.md,
+"Inventory").
+
+:func:`collect` gathers: the agent's version, the OS, free disk space of the agent's home,
+CPU count and memory, the NAMES of the connections ``agent.toml`` defines with their types,
+the step kinds this agent can run, and the time zone. It goes into every result body
+(``agent.results``).
+
+It deliberately never includes a connection's details (DSNs, kubeconfig paths, hosts) or any
+secret: only names and types, which the release itself names too.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from agent.config import AgentConfig
+
+__all__ = ["INVENTORY_FORMAT", "collect", "step_kinds"]
+
+INVENTORY_FORMAT = 1
+
+
+def step_kinds() -> list[str]:
+    """The step kinds whose executor this agent can load (a missing optional library, say
+    the Kubernetes client, leaves its kind out)."""
+    from agent.executors import KINDS, get_executor
+    from agent.executors.errors import UnknownStepKindError
+
+    out = []
+    for kind in KINDS:
+        try:
+            get_executor(kind)
+        except UnknownStepKindError:
+            continue
+        out.append(kind)
+    return out
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _free_disk(config: AgentConfig) -> int | None:
+    try:
+        return int(shutil.disk_usage(config.home).free)
+    except OSError:
+        return None
+
+
+def _time_zone() -> str:
+    tz = os.environ.get("TZ")
+    if tz:
+        return tz
+    try:
+        link = os.readlink("/etc/localtime")
+        if "zoneinfo/" in link:
+            return link.split("zoneinfo/", 1)[1]
+    except OSError:
+        pass
+    return time.tzname[0]
+
+
+def collect(config: AgentConfig, version: str) -> dict[str, Any]:
+    """The inventory as a JSON-safe dict (docs/agent.md, "Inventory")."""
+    connections: Mapping[str, Mapping[str, Any]] = config.connections
+    return {
+        "format": INVENTORY_FORMAT,
+        "agent_version": version,
+        "os": f"{platform.system()} {platform.release()} ({platform.machine()})",
+        "free_disk_bytes": _free_disk(config),
+        "cpus": os.cpu_count(),
+        "memory_bytes": _memory_bytes(),
+        "connections": {name: str(spec.get("type")) for name, spec in
+                        sorted(connections.items())},
+        "step_kinds": step_kinds(),
+        "time_zone": _time_zone(),
+    }
