@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.orm import object_session
 
-from hub.db import Approval, ApprovalRule, Environment, Release
+from hub.db import Approval, ApprovalRule, ApproverKey, Environment, Release
 from hub.errors import NotFoundError, ValidationError
 from hub.services import audit
 from hub.services.approvers import parse_group_names
@@ -233,8 +234,6 @@ def rule_for(env: Environment, channel: str | None = None) -> Rule:
     """The rule for releases reaching ``env`` (through ``channel`` when given): the
     channel's rule if the environment has one, otherwise the environment's own."""
     if channel is not None:
-        from sqlalchemy.orm import object_session
-
         session = object_session(env)
         row = None
         if session is not None:
@@ -319,6 +318,16 @@ def assign_groups(members: Sequence[Iterable[str]]) -> list[str | None]:
     return chosen
 
 
+def _revoked_keys(release: Release) -> set[str]:
+    """Ids of the revoked approver keys that signed approvals of ``release``."""
+    ids = {a.key_id for a in release.approvals if a.key_id is not None}
+    session = object_session(release)
+    if not ids or session is None:
+        return set()
+    return set(session.scalars(select(ApproverKey.key_id).where(
+        ApproverKey.key_id.in_(ids), ApproverKey.revoked_at.is_not(None))))
+
+
 def check_rule(
     release: Release,
     env: Environment,
@@ -326,11 +335,13 @@ def check_rule(
     channel: str | None = None,
     now: datetime | None = None,
 ) -> RuleCheck:
-    """Count ``release``'s approvals against the rule for ``env`` (and ``channel``)."""
+    """Count ``release``'s approvals against the rule for ``env`` (and ``channel``). A
+    signed approval whose approver key was revoked at the hub does not count."""
     rule = rule_for(env, channel)
     wanted = set(rule.groups)
     counted: dict[str, tuple[str, ...]] = {}
     ignored: list[str] = []
+    revoked = _revoked_keys(release)
     for a in counted_approvals(release, env, now):
         user = a.approver
         name = user.username
@@ -338,6 +349,9 @@ def check_rule(
             continue
         if not user.is_active:
             ignored.append(f"{name}: account deactivated")
+            continue
+        if a.key_id is not None and a.key_id in revoked:
+            ignored.append(f"{name}: signed by revoked key {a.key_id[:16]}")
             continue
         groups = tuple(g for g in user.group_names if not wanted or g in wanted)
         if wanted and not groups:

@@ -20,6 +20,7 @@ from hub.errors import (
     SeparationOfDutiesError,
     ValidationError,
 )
+from hub.services.approval_rules import check_rule
 from hub.services.approvals import (
     approval_request,
     approve_release,
@@ -195,3 +196,19 @@ def test_scope_rules_apply_to_signed_approvals(
                                        SigningKey.generate().sign(b"x"))
     world.session.rollback()
     assert _state(world) == before
+
+
+def test_a_revoked_key_stops_counting_at_the_hub(
+    world: World, release_dir: Callable[..., Path]
+) -> None:
+    key = SigningKey.generate()
+    register(world, "appr1", key)
+    rel = submitted(world, release_dir)
+    request = approval_request(world.ctx("appr1"), rel, environment="test")
+    approve_with_signature(world.ctx("appr1"), rel, sign_approval(request.document, key))
+    test = get_environment(world.session, "test")
+    assert check_rule(rel, test).met
+    revoke_key(world.ctx("appr1"), key.key_id, reason="laptop stolen")
+    check = check_rule(rel, test)
+    assert not check.met
+    assert f"appr1: signed by revoked key {key.key_id[:16]}" in check.summary()
