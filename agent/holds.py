@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bundle.errors import ManifestError
-from bundle.windows import Policy
+from bundle.windows import Policy, PolicyError
 
 __all__ = ["CLOCK_FILE_ENV", "Decision", "Earlier", "PolicyClock", "after_held", "decide",
            "override_record", "policy_of"]
@@ -79,7 +79,7 @@ class PolicyClock:
 
 @dataclass(frozen=True)
 class Decision:
-    """Why a bundle is held: ``kind`` window | freeze | chain; ``until`` the policy time at
+    """Why a bundle is held: ``kind`` window | freeze | chain | clock; ``until`` the time at
     which to look again (None: not by itself — a run-now, or the bundle it waits for)."""
 
     kind: str
@@ -127,7 +127,11 @@ def decide(manifest: Mapping[str, Any], now: int, run_now: Mapping[str, Any] | N
     policy = policy_of(manifest)
     if policy is None or policy.override is not None or run_now is not None:
         return None
-    hold = policy.hold(now)
+    try:
+        hold = policy.hold(now)
+    except PolicyError as exc:  # a clock (or time floor) beyond year 9997
+        return Decision("clock", f"cannot judge its windows and freezes: {exc}; 'tiangong "
+                        "agent run-now' runs it anyway")
     if hold is None:
         return None
     return Decision(hold.kind, hold.text, hold.until)

@@ -43,6 +43,7 @@ from bundle.errors import ManifestError
 
 __all__ = [
     "DAYS",
+    "LATEST_NOW",
     "MAX_FREEZES",
     "MAX_WINDOWS",
     "Annual",
@@ -65,6 +66,7 @@ MAX_REASON_CHARS = 256  # a freeze's reason (single line)
 MAX_OVERRIDE_REASON_CHARS = 4096  # an override's reason (may span lines)
 MAX_TIME = 253402214400  # 9999-12-31T00:00:00Z: once-periods end no later
 SEARCH_YEARS = 10  # years next_open looks ahead before it answers "never"
+LATEST_NOW = MAX_TIME - 2 * 366 * 86400  # the latest instant a policy is asked about (9997)
 _CHUNK = 28 * 86400  # seconds of occurrences the searches generate at a time
 _TIME = re.compile(r"([01]\d|2[0-3]):([0-5]\d)|24:00")
 _MONTH_DAY = re.compile(r"(\d\d)-(\d\d)")
@@ -472,6 +474,12 @@ class Hold:
     text: str
 
 
+def _check_now(now: int) -> None:
+    if isinstance(now, bool) or not isinstance(now, int) or not 0 <= now <= LATEST_NOW:
+        raise PolicyError(f"the time {str(now)[:30]} is outside what windows and freezes are "
+                          f"judged for (0 to {LATEST_NOW}, {format_instant(LATEST_NOW)})")
+
+
 def _merged(intervals: list[Interval]) -> list[Interval]:
     """Sorted, with overlapping and touching intervals joined."""
     out: list[Interval] = []
@@ -533,13 +541,19 @@ class Policy:
         return not self.windows or any(w.containing(t) is not None for w in self.windows)
 
     def is_open(self, now: int) -> bool:
-        """True when a step may start at ``now``: inside a window (or none) and no freeze."""
+        """True when a step may start at ``now``: inside a window (or none) and no freeze.
+
+        Raises:
+            PolicyError: ``now`` is outside 0 … :data:`LATEST_NOW` (every question says so).
+        """
+        _check_now(now)
         return self._window_at(now) and not self._frozen_by(now)
 
     def frozen_until(self, now: int) -> tuple[int, Freeze] | None:
         """When the freeze holding ``now`` ends (following freezes that overlap or touch it),
         and the freeze that holds it last; None when nothing is frozen at ``now``. An end
         beyond :data:`SEARCH_YEARS` years is returned as the first instant found past that."""
+        _check_now(now)
         t, last = now, None
         limit = self._limit(now)
         while t <= limit:
@@ -557,7 +571,7 @@ class Policy:
 
     @staticmethod
     def _limit(now: int) -> int:
-        return min(now + SEARCH_YEARS * 366 * _DAY_SECONDS, MAX_TIME)
+        return min(now + SEARCH_YEARS * 366 * _DAY_SECONDS, LATEST_NOW)
 
     def next_open(self, now: int) -> int | None:
         """The first instant ≥ ``now`` when :meth:`is_open` holds; None when there is none in
@@ -565,6 +579,7 @@ class Policy:
 
         Looks ahead one chunk of :data:`_CHUNK` seconds at a time: the windows' and freezes'
         occurrences in it, merged, then the first window instant no freeze covers."""
+        _check_now(now)
         start, limit = now, self._limit(now)
         while start <= limit:
             end = start + _CHUNK

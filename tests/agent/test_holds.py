@@ -293,6 +293,15 @@ def test_record_override_refuses_what_is_not_held(site: Site, tmp_path: Path) ->
     assert agent.journal.override(bid) is None
 
 
+def test_a_clock_beyond_year_9997_holds_with_a_reason_instead_of_failing() -> None:
+    frozen = Policy((), (FROZEN_NOW,)).to_json()
+    decision = decide({"policy": frozen}, 2**40, None)
+    assert decision is not None and decision.kind == "clock" and decision.until is None
+    assert decision.text.startswith("cannot judge its windows and freezes: the time "
+                                    "1099511627776 is outside what windows and freezes are "
+                                    "judged for")
+
+
 def test_decide_without_policy_or_with_an_override() -> None:
     assert decide({"policy": None}, NOW, None) is None
     frozen = Policy((), (FROZEN_NOW,)).to_json()

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from bundle.errors import ManifestError
 from bundle.manifest import Manifest
 from bundle.windows import (
+    LATEST_NOW,
     SEARCH_YEARS,
     Annual,
     Freeze,
@@ -395,3 +396,12 @@ def test_weekly_occurrences_start_at_their_wall_time(w: Weekly, now: int) -> Non
     interval = w.containing(start)
     assert interval is not None and interval[0] == start
     assert w.containing(start - 1) != interval
+
+
+@pytest.mark.parametrize("now", [-1, LATEST_NOW + 1, 2**63 - 1, True])
+def test_questions_about_a_time_out_of_range_are_refused(now: int) -> None:
+    p = Policy((SAT_NIGHT,), (YEAR_END,))
+    for ask in (p.is_open, p.next_open, p.frozen_until, p.hold):
+        with pytest.raises(PolicyError, match="is outside what windows and freezes are judged"):
+            ask(now)  # type: ignore[operator]
+    assert p.hold(LATEST_NOW) is not None  # the last instant is still answered
