@@ -228,7 +228,14 @@ class Agent:
                             "interrupted: the agent stopped while a step was running",
                             bundle_id, rec.envelope_sha256 if rec else None,
                             rec.manifest.get("release") if rec else None, steps,
+                            self._override_extra(bundle_id, rec.manifest) if rec else None,
                             manifest_steps=list(rec.manifest.get("steps") or []) if rec else [])
+
+    def _override_extra(self, bundle_id: str, manifest: Mapping[str, Any]
+                        ) -> dict[str, Any] | None:
+        """The result body's ``override`` (hub and/or run-now), or None."""
+        override = override_record(manifest, self.journal.override(bundle_id))
+        return None if override is None else {"override": override}
 
     def flush(self) -> list[Path]:
         """Write pending results and finish pending moves; log (once) what still fails.
@@ -542,10 +549,9 @@ class Agent:
 
         def final(state: str, summary: str, reports: list[StepReport]) -> None:
             status = "cancelled" if self.runner.cancel.is_set() else state
-            override = override_record(manifest, self.journal.override(bundle_id))
             intent = self._intent(status, summary, bundle_id, rec.envelope_sha256,
                                   manifest.get("release"), reports,
-                                  None if override is None else {"override": override},
+                                  self._override_extra(bundle_id, manifest),
                                   list(manifest.get("steps") or []))
             seqs.append(self.journal.finish_bundle(bundle_id, state, summary, intent))
             crash_point("final")

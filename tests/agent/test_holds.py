@@ -201,6 +201,23 @@ def test_run_now_overrides_a_freeze_and_is_in_the_signed_result(site: Site,
         agent.run_now("nope", "x", "bob")
 
 
+def test_an_interrupted_run_now_bundle_names_the_override_in_its_result(
+        site: Site, tmp_path: Path) -> None:
+    agent, kit, _ = site
+    bundle = _bundle(kit, _release(tmp_path, "cut", [("one", "true\n")]), tmp_path / "c.tgb",
+                     1, Policy((), (FROZEN_NOW,)))
+    bid = agent.process(_drop(agent, bundle)).bundle_id or ""
+    agent.run_now(bid, "outage", "alice")
+    # The power goes while the step runs (journaled running, never finished).
+    agent.journal.step_running(bid, 0, 1, str(tmp_path / "log"))
+    agent.recover()
+    results = sorted(agent.config.outbox.glob("*.tgr"))
+    assert len(results) == 1
+    result = _result(agent, kit, results[0], tmp_path)
+    assert result["status"] == "interrupted"
+    assert result["body"]["override"]["site"]["reason"] == "outage"
+
+
 def test_a_hub_override_in_the_manifest_ignores_windows_and_freezes(site: Site,
                                                                    tmp_path: Path) -> None:
     agent, kit, _ = site
