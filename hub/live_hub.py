@@ -169,6 +169,7 @@ class _Peer:
     # never touch an agent that a newer one holds (here or in another live process).
     conn_id: str = field(default_factory=lambda: f"{os.getpid()}-{secrets.token_hex(12)}")
     ending: bool = False  # no more messages will be queued: the writer ends when empty
+    on_error: Callable[[str], None] | None = None  # counts errors by kind (LiveMetrics)
 
     def __post_init__(self) -> None:
         self.room.set()
@@ -187,6 +188,8 @@ class _Peer:
             log.warning("live: agent %s: %d bytes wait to be sent, over [live] "
                         "send_buffer_max_bytes = %d; closing", self.conn.agent_id,
                         self.queued_bytes, self.limits.send_buffer_max_bytes)
+            if self.on_error is not None:
+                self.on_error("send_buffer")
             self.abort()
 
     def abort(self) -> None:
@@ -530,7 +533,7 @@ class LiveHub:
         self._start_poller()
         source = _source(ws)
         peer = _Peer(ws, HubSide(self.hub_id, binding=self.binding, heartbeat=self.heartbeat),
-                     source, self.limits)
+                     source, self.limits, on_error=self.metrics.error)
         peer.writer = asyncio.create_task(self._write_loop(peer))
         conn = peer.conn
         loop = asyncio.get_running_loop()
