@@ -6,8 +6,11 @@ polled by ``static/live-logs.js``; the page renders the log so far without JavaS
 Who sees what is decided by :mod:`hub.services.deployments` (``visible_deployments``,
 and :func:`web.views.in_scope`: a deployment outside one's environments is a 404 like one
 that does not exist) and :mod:`hub.services.logs`; marking a deployment delivered is
-:func:`hub.services.deployments.transition`'s decision. Cancelling is not offered: a
-deployment marked final by hand would make the hub refuse the agent's genuine result later.
+:func:`hub.services.deployments.transition`'s decision. "Waiting for" is
+:func:`hub.services.readiness.waiting_for`; requesting and confirming a hub override (deploy
+despite freezes and windows, two people) is :mod:`hub.services.windows`'s decision.
+Cancelling is not offered: a deployment marked final by hand would make the hub refuse the
+agent's genuine result later.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ from hub.services.logs import (
     result_for_deployment,
 )
 from hub.services.presence import agent_presence
+from hub.services.readiness import waiting_for
 from hub.services.users import can
+from hub.services.windows import confirm_override, list_overrides, request_override
 from web.views import (
     ctx,
     in_scope,
@@ -149,9 +154,17 @@ def show(deployment_id: int) -> Any:
         (state, label) for state, label in WEB_MARKS.items()
         if state in TRANSITIONS.get(dep.state, frozenset())
     ]
+    may_queue = can(signed_in_user(), "deployment.queue", dep.environment)
+    overrides = list_overrides(sc.session, dep)
     return render_template(
         "deployments/show.html",
         dep=dep,
+        waiting_for=waiting_for(sc.session, dep, sc.now()),
+        overrides=overrides,
+        may_request_override=may_queue and dep.state == "queued" and not any(
+            o.state in ("requested", "confirmed") for o in overrides),
+        may_confirm_override=may_queue and dep.state == "queued" and any(
+            o.state == "requested" and o.requested_by != sc.actor_name for o in overrides),
         finished=finished,
         timeline=_timeline(dep),
         result=result,
@@ -163,6 +176,30 @@ def show(deployment_id: int) -> Any:
         marks=marks if can(signed_in_user(), "deployment.update", dep.environment) else [],
         outcome=attempt_outcome,
     )
+
+
+@bp.post("/<int:deployment_id>/override")
+@login_required
+def override(deployment_id: int) -> Any:
+    """Ask to deploy despite freezes and windows (a second person confirms)."""
+    dep = _deployment(deployment_id)
+    request_override(ctx(), dep, request.form.get("reason") or "")
+    db.session.commit()
+    flash(f"Override of deployment {deployment_id} requested; a second person must confirm "
+          "it.", "info")
+    return redirect(url_for("deployments.show", deployment_id=deployment_id))
+
+
+@bp.post("/<int:deployment_id>/confirm-override")
+@login_required
+def confirm(deployment_id: int) -> Any:
+    """Confirm another person's override request."""
+    dep = _deployment(deployment_id)
+    row = confirm_override(ctx(), dep)
+    db.session.commit()
+    flash(f"Override of deployment {deployment_id} confirmed (requested by "
+          f"{row.requested_by}).", "info")
+    return redirect(url_for("deployments.show", deployment_id=deployment_id))
 
 
 @bp.get("/<int:deployment_id>/logs")

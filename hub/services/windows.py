@@ -50,7 +50,7 @@ from hub.errors import (
 )
 from hub.services import audit
 from hub.services.context import ServiceContext
-from hub.services.environments import get_environment
+from hub.services.environments import get_environment, list_environments
 from hub.services.users import can, require
 
 __all__ = [
@@ -168,10 +168,23 @@ def add_rule(ctx: ServiceContext, kind: str, spec: Any, *, environment: str | No
 
 
 def _get_rule(ctx: ServiceContext, kind: str, rule_id: int) -> PolicyRule:
+    """The rule, if the actor may view it (else: as if it did not exist).
+
+    Raises:
+        NotFoundError.
+    """
     rule = ctx.session.get(PolicyRule, rule_id)
-    if rule is None or rule.kind != kind:
+    if rule is None or rule.kind != kind or not _visible(ctx, rule):
         raise NotFoundError(f"{kind} {rule_id} does not exist")
     return rule
+
+
+def _visible(ctx: ServiceContext, rule: PolicyRule) -> bool:
+    """One environment's rule: to those who may view it; every environment's: to those
+    who may view any."""
+    if rule.environment is not None:
+        return can(ctx.actor, "view", rule.environment)
+    return any(can(ctx.actor, "view", e) for e in list_environments(ctx.session))
 
 
 def remove_rule(ctx: ServiceContext, kind: str, rule_id: int) -> dict[str, Any]:
@@ -218,13 +231,16 @@ def end_freeze(ctx: ServiceContext, rule_id: int, reason: str) -> PolicyRule:
 def list_rules(ctx: ServiceContext, kind: str, *, environment: str | None = None,
                product: str | None = None, include_ended: bool = False) -> list[PolicyRule]:
     """The windows or freezes the actor may view: of ``environment`` (with the rules of
-    every environment) and/or ``product``, else all; ended freezes only on request.
+    every environment) and/or ``product``, else all; ended freezes only on request. Rules
+    of one environment are listed to those who may view it, rules of every environment to
+    those who may view any.
 
     Raises:
-        PermissionDeniedError (view), NotFoundError.
+        PermissionDeniedError (view, when ``environment`` is named), NotFoundError.
     """
     env, prod = _scope(ctx, environment, product)
-    require(ctx.actor, "view", env)
+    if env is not None:
+        require(ctx.actor, "view", env)
     query = select(PolicyRule).where(PolicyRule.kind == kind).order_by(PolicyRule.id)
     if env is not None:
         query = query.where(or_(PolicyRule.environment_id.is_(None),
@@ -234,8 +250,7 @@ def list_rules(ctx: ServiceContext, kind: str, *, environment: str | None = None
                                 PolicyRule.product_id == prod.id))
     if not include_ended:
         query = query.where(PolicyRule.ended_at.is_(None))
-    return [r for r in ctx.session.scalars(query)
-            if r.environment is None or can(ctx.actor, "view", r.environment)]
+    return [r for r in ctx.session.scalars(query) if _visible(ctx, r)]
 
 
 def rule_json(rule: PolicyRule) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from hub.services.deployments import queue_deployment
 from hub.services.exchange import import_directory
 from hub.services.releases import create_release, submit_release
 from hub.services.tokens import issue_token
+from hub.services.windows import add_rule, request_override
 from signing.keys import SigningKey
 from tests.hub.conftest import write_release
 from tests.hub.services.approval_helpers import public_file
@@ -159,6 +160,11 @@ def build_world(site: Site, tmp: Path) -> World:
         (test_dep,) = queue_deployment(site.ctx("op"), releases[w.approved], "test")
         (prod_dep,) = queue_deployment(site.ctx("op"), releases[w.approved], "prod")
         subscribe(site.ctx("admin"), "test", PRODUCT, "STABLE")
+        w.extra["window"] = add_rule(site.ctx("admin"), "window", "sat 01:00-05:00 UTC",
+                                     environment="test").id
+        w.extra["freeze"] = add_rule(site.ctx("admin"), "freeze",
+                                     "2030-01-01T00:00Z/2030-01-02T00:00Z: matrix",
+                                     environment="test").id
         db.session.commit()
         w.test_deployment, w.prod_deployment = test_dep.id, prod_dep.id
         w.new_agent_request = request_file(site, tmp, "agent-new-1", "test").read_bytes()
@@ -172,6 +178,17 @@ def build_world(site: Site, tmp: Path) -> World:
     made = site.post(op, "/media/export", {"environment": "test", "destination": "download"})
     assert made.status_code == 302, made.get_data(as_text=True)[:500]
     w.export = made.headers["Location"].rstrip("/").rpartition("/")[2]
+    with site.app.app_context():  # queued after the export: one to override, one to confirm
+        for version, key in (("1.4.0", "override"), ("1.5.0", "confirm")):
+            release = create_release(site.ctx("dev"), write_release(
+                src, product=PRODUCT, version=version), create_missing_product=True)
+            submit_release(site.ctx("dev"), release)
+            approve_release(site.ctx("appr1"), release)
+            (dep,) = queue_deployment(site.ctx("op"), release, "test")
+            w.extra[key] = dep.id
+        request_override(site.ctx("op-test"), dep, "the matrix asks")
+        db.session.commit()
+        db.session.remove()
     return w
 
 
@@ -352,6 +369,35 @@ EXPECTED: dict[str, View] = {
         form=lambda w: {"state": "delivered"},
         scope=VIEW_TEST,
         **TEST_DEPLOYMENT,
+    ),
+    # Asking for an override and confirming one (a second person) are the operator's.
+    "deployments.override": View(
+        post=having("operator", env="test"),
+        args=lambda w: {"deployment_id": w.extra.get("override", 1)},
+        form=lambda w: {"reason": "the matrix needs it now"},
+        scope=VIEW_TEST,
+        **TEST_DEPLOYMENT,
+    ),
+    "deployments.confirm": View(
+        post=having("operator", env="test"),
+        args=lambda w: {"deployment_id": w.extra.get("confirm", 1)},
+        scope=VIEW_TEST,
+        **TEST_DEPLOYMENT,
+    ),
+    # Windows and freezes: everyone reads the list (filtered); admins change them.
+    "windows.index": View(get=SIGNED_IN),
+    "windows.add": View(
+        post=ADMIN,
+        form=lambda w: {"kind": "window", "spec": "sun 02:00-04:00 UTC", "environment": "test"},
+    ),
+    "windows.remove": View(
+        post=ADMIN, args=lambda w: {"kind": "window", "rule_id": w.extra.get("window", 1)},
+        scope=VIEW_TEST, ghost=lambda w: {"kind": "window", "rule_id": 999_999},
+    ),
+    "windows.end": View(
+        post=ADMIN, args=lambda w: {"rule_id": w.extra.get("freeze", 1)},
+        scope=VIEW_TEST, ghost=lambda w: {"rule_id": 999_999},
+        form=lambda w: {"reason": "the matrix ends it"},
     ),
     "media.index": View(get=SIGNED_IN),
     # The audit checkpoint an export carries is part of exporting (bundle.export there).
