@@ -82,10 +82,10 @@ def deployments_list(
 
     with _services(ctx) as sc:
         require(sc.actor, "view")
-        rows = [_deployment_row(d) for d in list_deployments(sc.session, environment, state)]
+        deps = list_deployments(sc.session, environment, state)
+        rows = [_deployment_row(d) for d in deps]
         if as_json:  # why each one waits (hub deployments why ID)
-            for row, dep in zip(rows, list_deployments(sc.session, environment, state),
-                                strict=True):
+            for row, dep in zip(rows, deps, strict=True):
                 row["waiting_for"] = [r.to_json() for r in
                                       waiting_for(sc.session, dep, sc.now())]
     _emit(

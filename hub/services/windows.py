@@ -506,9 +506,11 @@ def gate_for(session: Session, deployment: Deployment, now: datetime) -> Gate:
     frozen_until: datetime | None = None
     freeze_text = ""
     if freezes:
-        held = _policy([], freezes).hold(at)
+        frozen = _policy([], freezes)
+        held = frozen.hold(at)
+        end = frozen.frozen_until(at)  # the freeze's own end, however far
         if held is not None:
-            frozen_until = FOREVER if held.until is None else _from_unix(held.until)
+            frozen_until = FOREVER if end is None else _from_unix(end[0])
             freeze_text = held.text
     window_opens: datetime | None = None
     window_text = ""

@@ -270,3 +270,29 @@ def test_refusal_of_a_lost_bundle_shows_in_deployments_show(tmp_path: Path) -> N
             (1, "rejected: declared lost")]
     finally:
         hub.close()
+
+
+def test_a_resumed_export_writes_the_policy_its_claim_recorded(tmp_path: Path) -> None:
+    """Killed after its first claim, with a window that applies; the window is removed; the
+    next export completes that bundle with the policy recorded at the claim (the bytes the
+    killed one would have written), and writes the other one under today's rules."""
+    hub, _ = _hub(tmp_path)
+    usb = tmp_path / "usb"
+    try:
+        out = hub.cli("windows", "add", "sat 01:00-05:00 Europe/Berlin", "--environment", ENV,
+                      "--json", user="admin")
+        assert out.returncode == 0, out
+        window = json.loads(out.stdout)
+        _killed(hub, "hub.export-claimed", "export", "--environment", ENV, "--out", str(usb))
+        out = hub.cli("windows", "remove", str(window["id"]), user="admin")
+        assert out.returncode == 0, out
+        again = hub.cli("export", "--environment", ENV, "--out", str(usb))
+        assert again.returncode == 0 and "completing an export" in again.stdout, again
+        policies = {b.name: inspect(b).manifest.policy for b in usb.glob("*.tgb")}
+        resumed = next(n for n in policies if "site-01" in n)  # claimed first, then killed
+        policy = policies.pop(resumed)
+        assert policy is not None and [w.to_json() for w in policy.windows] == [window["spec"]]
+        assert list(policies.values()) == [None]  # claimed after the removal: no rule left
+        _check(hub, usb, {"exported"})
+    finally:
+        hub.close()
