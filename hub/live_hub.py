@@ -32,6 +32,7 @@ import functools
 import logging
 import os
 import secrets
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
@@ -243,8 +244,10 @@ class LiveHub:
         self._listener = Listener(notify_dsn, self._wake_up) if notify_dsn else None
         self._listening: asyncio.Task[None] | None = None
         self._woken = False  # a wake-up arrived since the last round
-        # agents whose export failed on a database error after claiming (see _export)
+        # agents whose export failed on a database error after claiming (see _export);
+        # added to by export threads, read by the push loop: under its lock
         self._unclaim: set[str] = set()
+        self._unclaim_lock = threading.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()  # outlive a connection (database work)
         # agent -> (time of its last heartbeat, its connection), not written yet
         self._seen: dict[str, tuple[Any, str]] = {}
@@ -359,9 +362,9 @@ class LiveHub:
 
     def _touch(self, agent_id: str, conn_id: str) -> None:
         """``agent_id`` authenticated on connection ``conn_id``: seen now, online for one
-        heartbeat interval (and the grace), held by that connection."""
-        self._seen.pop(agent_id, None)
-        self._gone.pop(agent_id, None)
+        heartbeat interval (and the grace), held by that connection. (Runs in a worker
+        thread; the caller dropped the agent's pending heartbeat and disconnect first, on the
+        event loop, which alone touches those dicts.)"""
         with self._services() as ctx:
             agent = get_agent(ctx.session, agent_id)
             agent.last_seen = ctx.now()
@@ -419,7 +422,8 @@ class LiveHub:
         try:
             return self._export_once(agent_id)
         except SQLAlchemyError:
-            self._unclaim.add(agent_id)
+            with self._unclaim_lock:
+                self._unclaim.add(agent_id)
             raise
 
     def _export_once(self, agent_id: str) -> tuple[int, int]:
@@ -468,13 +472,16 @@ class LiveHub:
         """For every agent whose export failed on a database error: release its claims —
         under the agent's push lock, so no export of it runs meanwhile. On a database error
         the agent stays noted for the next round."""
-        for agent_id in sorted(self._unclaim):
+        with self._unclaim_lock:
+            noted = sorted(self._unclaim)
+        for agent_id in noted:
             lock = self._push_locks.setdefault(agent_id, asyncio.Lock())
             if lock.locked():
                 continue  # an export of it runs: next round
             async with lock:
                 await asyncio.to_thread(self._unclaim_agent, agent_id)
-                self._unclaim.discard(agent_id)
+                with self._unclaim_lock:
+                    self._unclaim.discard(agent_id)
                 log.info("live: released the export claims of %s after a database error; "
                          "the next round exports them again", agent_id)
 
@@ -698,6 +705,8 @@ class LiveHub:
                          event.agent_id)
                 self._spawn(self._replace(old))
             log.info("live: agent %s online", event.agent_id)
+            self._seen.pop(event.agent_id, None)
+            self._gone.pop(event.agent_id, None)
             await asyncio.to_thread(self._touch, event.agent_id, peer.conn_id)
             peer.flush()  # WELCOME before any offer
             task = asyncio.create_task(self._push(peer, event.agent_id))
