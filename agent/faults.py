@@ -36,6 +36,8 @@ CRASH_POINTS: dict[str, str] = {
     "override-recorded": "an operator's 'agent run-now' override committed to the journal "
                          "(the bundle still held)",
     "step-started": "a step committed as running, its executor not called yet",
+    "undo-recorded": "a step's undo data (what a rollback restores) written and fsynced in "
+                     "undo/, the change not made yet",
     "step-ran": "a step's executor returned (its effect is done), its outcome not recorded",
     "step-finished": "a step's outcome committed to the journal",
     "final": "the bundle's final state and its result committed to the journal (result "

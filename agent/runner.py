@@ -400,6 +400,7 @@ class Runner:
                     bundle_id=bundle_id, release=release, index=idx, step=step, files=files,
                     workdir=workdir, connection=connection, secrets=secrets, log=log,
                     deadline=deadline, cancel=self.cancel,
+                    undo_dir=self.config.home / "undo" / bundle_id / f"{idx + 1:03d}",
                 )
                 try:
                     outcome = get_executor(kind).run(ctx)

@@ -34,10 +34,11 @@ __all__ = [
     "parse_duration",
     "referenced_files",
     "secret_env_name",
+    "undo_support",
     "validate_step",
 ]
 
-STEP_KINDS = ("sql", "k8s", "shell", "agent-upgrade")
+STEP_KINDS = ("sql", "k8s", "shell", "agent-upgrade", "file")
 #: A step's timeout when it gives none (in seconds).
 DEFAULT_TIMEOUT_S = 10 * 60  # seconds
 #: How long an agent-upgrade step gives the new version to come up, by default (in seconds).
@@ -63,31 +64,40 @@ _CONNECTION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _NAMESPACE_RE = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+_PARAM_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_ACCOUNT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+_MODE_RE = re.compile(r"0[0-7]{3}")
+#: Longest destination path of a file step, in characters.
+MAX_PATH_CHARS = 4096  # characters
 _DURATION_RE = re.compile(r"(?:(\d{1,6})h)?(?:(\d{1,6})m)?(?:(\d{1,9})s)?")
 
+_FILE_KEYS = ("source", "path", "mode", "owner", "group", "render", "params", "follow_symlink")
 # Raw (release.toml) keys and normalized keys, common and per kind.
 _COMMON_RAW = ("name", "kind", "timeout", "on_failure", "secrets", "after")
 _COMMON_NORM = ("name", "kind", "timeout_s", "on_failure", "secrets", "after")
 _KIND_RAW: dict[str, tuple[str, ...]] = {
-    "sql": ("engine", "connection", "script", "version", "description"),
+    "sql": ("engine", "connection", "script", "version", "description", "down"),
     "k8s": ("connection", "manifests", "namespace", "wait", "wait_timeout"),
-    "shell": ("script", "interpreter", "env", "secrets_via", "args"),
+    "shell": ("script", "interpreter", "env", "secrets_via", "args", "rollback"),
     "agent-upgrade": ("wheel", "confirm_timeout"),
+    "file": _FILE_KEYS,
 }
 _KIND_NORM: dict[str, tuple[str, ...]] = {
-    "sql": ("engine", "connection", "script", "version", "description"),
+    "sql": ("engine", "connection", "script", "version", "description", "down"),
     "k8s": ("connection", "manifests", "namespace", "wait", "wait_timeout_s"),
-    "shell": ("script", "interpreter", "env", "secrets_via", "args"),
+    "shell": ("script", "interpreter", "env", "secrets_via", "args", "rollback"),
     "agent-upgrade": ("wheel", "confirm_timeout_s"),
+    "file": _FILE_KEYS,
 }
 # Raw duration keys and their normalized names (seconds).
 _DURATION_KEYS = {"wait_timeout": "wait_timeout_s", "confirm_timeout": "confirm_timeout_s"}
 # Normalized keys that are left out when the release does not give them.
 _OPTIONAL_NORM: dict[str, frozenset[str]] = {
-    "sql": frozenset({"version", "description"}),
+    "sql": frozenset({"version", "description", "down"}),
     "k8s": frozenset({"namespace", "wait_timeout_s"}),
-    "shell": frozenset(),
+    "shell": frozenset({"rollback"}),
     "agent-upgrade": frozenset(),
+    "file": frozenset({"owner", "group"}),
 }
 
 
@@ -322,30 +332,71 @@ def _arg(value: object) -> str:
     return value
 
 
-def _env(value: object) -> dict[str, str]:
+def _string_table(
+    value: object, *, what: str, example: str, name_re: re.Pattern[str], max_name: int,
+    reserved: str | None = None,
+) -> dict[str, str]:
+    """A table of name -> string (``env``, ``params``), sorted by name."""
     if not isinstance(value, Mapping):
-        raise _FieldError(f'must be a table like {{ LOG_LEVEL = "info" }}, not {_type(value)}')
+        raise _FieldError(f"must be a table like {example}, not {_type(value)}")
     if len(value) > MAX_LIST_ITEMS:
-        raise _FieldError(f"has {len(value)} variables; the limit is {MAX_LIST_ITEMS}")
+        raise _FieldError(f"has {len(value)} {what}s; the limit is {MAX_LIST_ITEMS}")
     out: dict[str, str] = {}
     for key, raw in value.items():
-        if not isinstance(key, str) or _ENV_NAME_RE.fullmatch(key) is None:
+        if not isinstance(key, str) or name_re.fullmatch(key) is None:
             raise _FieldError(
-                f"variable name {_show(key)} is not valid: letters, digits and '_', not "
-                "starting with a digit, at most 128 characters"
+                f"{what} name {_show(key)} is not valid: letters, digits and '_', not "
+                f"starting with a digit, at most {max_name} characters"
             )
-        if key.upper().startswith(RESERVED_ENV_PREFIX):
-            raise _FieldError(f"variable {key!r}: names starting with TIANGONG_ are reserved")
+        if reserved is not None and key.upper().startswith(reserved):
+            raise _FieldError(f"{what} {key!r}: names starting with {reserved} are reserved")
         if not isinstance(raw, str):
             raise _FieldError(
-                f"variable {key!r} must be a string, not {_type(raw)} "
+                f"{what} {key!r} must be a string, not {_type(raw)} "
                 f'(quote it: {key} = "{raw!s:.40}")'
             )
         try:
             out[key] = _arg(raw)
         except _FieldError as exc:
-            raise _FieldError(f"variable {key!r} {exc}") from None
+            raise _FieldError(f"{what} {key!r} {exc}") from None
     return dict(sorted(out.items()))
+
+
+def _env(value: object) -> dict[str, str]:
+    return _string_table(value, what="variable", example='{ LOG_LEVEL = "info" }',
+                         name_re=_ENV_NAME_RE, max_name=128, reserved=RESERVED_ENV_PREFIX)
+
+
+def _params(value: object) -> dict[str, str]:
+    return _string_table(value, what="parameter", example='{ port = "8080" }',
+                         name_re=_PARAM_NAME_RE, max_name=64)
+
+
+def _target_path(value: object) -> str:
+    """A file step's destination: an absolute path without '.', '..' or empty components."""
+    text = _text(value, MAX_PATH_CHARS)
+    if "\\" in text:
+        raise _FieldError(f"{_show(text)} contains a backslash; write '/' between directories")
+    if not text.startswith("/"):
+        raise _FieldError(f"{_show(text)} is not absolute; the path must start with '/'")
+    parts = text[1:].split("/")
+    if text == "/" or text.endswith("/"):
+        raise _FieldError(f"{_show(text)} names a directory; give the path of a file")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise _FieldError(
+                f"{_show(text)} has an empty, '.' or '..' component; write the plain path"
+            )
+    return text
+
+
+def _mode(value: object) -> str:
+    if not isinstance(value, str) or _MODE_RE.fullmatch(value) is None:
+        raise _FieldError(
+            f"{_show(value)} is not a file mode: write 4 octal digits as a string, like "
+            '"0644" or "0600" (set-id and sticky bits are not allowed)'
+        )
+    return value
 
 
 # --- the schema ---
@@ -363,6 +414,7 @@ def _raw_checks(files: Collection[str] | None) -> dict[str, dict[str, _Check]]:
             "script": ref,
             "version": _pattern(_VERSION_RE, _VERSION_RULE),
             "description": lambda v: _text(v, MAX_DESCRIPTION_CHARS, multiline=True),
+            "down": ref,
         },
         "k8s": {
             "connection": _connection,
@@ -377,8 +429,19 @@ def _raw_checks(files: Collection[str] | None) -> dict[str, dict[str, _Check]]:
             "env": _env,
             "secrets_via": _choice(SECRETS_VIA),
             "args": lambda v: _list(v, _arg),
+            "rollback": ref,
         },
         "agent-upgrade": {"wheel": ref, "confirm_timeout": _duration},
+        "file": {
+            "source": ref,
+            "path": _target_path,
+            "mode": _mode,
+            "owner": _account,
+            "group": _account,
+            "render": _bool,
+            "params": _params,
+            "follow_symlink": _bool,
+        },
     }
 
 
@@ -391,11 +454,16 @@ _connection = _pattern(
     "connection names are letters, digits and '.', '_', '-', starting with a letter or "
     "digit, at most 64 characters",
 )
+_account = _pattern(
+    _ACCOUNT_RE,
+    "a user or group name or number: letters, digits, '_', '.', '-', at most 32 characters",
+)
 _REQUIRED_RAW = {
     "sql": ("engine", "connection", "script"),
     "k8s": ("connection", "manifests"),
     "shell": ("script",),
     "agent-upgrade": ("wheel",),
+    "file": ("source", "path"),
 }
 _DEFAULTS: dict[str, dict[str, Callable[[], object]]] = {
     "sql": {},
@@ -407,6 +475,12 @@ _DEFAULTS: dict[str, dict[str, Callable[[], object]]] = {
         "args": list,
     },
     "agent-upgrade": {"confirm_timeout": lambda: DEFAULT_CONFIRM_TIMEOUT_S},
+    "file": {
+        "mode": lambda: "0644",
+        "render": lambda: False,
+        "params": dict,
+        "follow_symlink": lambda: False,
+    },
 }
 
 
@@ -518,6 +592,11 @@ def _check_combinations(step: Mapping[str, Any], index: int | None, *, raw_keys:
                 f"({step['timeout_s']} seconds)"
             )
             _fail(index, name, field, message)
+    if step["kind"] == "file" and step["params"] and not step["render"]:
+        _fail(index, name, "params", "has no effect unless render = true")
+    for first, second in (("script", "down"), ("script", "rollback")):
+        if second in step and step[second] == step.get(first):
+            _fail(index, name, second, f"is the step's {first} itself; give the undo script")
     if step["kind"] == "shell":
         # The shell executor exports secret "db-password" as TIANGONG_SECRET_DB_PASSWORD.
         seen: dict[str, str] = {}
@@ -583,8 +662,33 @@ def validate_step(step: Mapping[str, Any], index: int | None = None) -> None:
 
 
 def referenced_files(step: Mapping[str, Any]) -> list[str]:
-    """The release files a normalized step uses (its script, or its manifests), in order."""
-    if step.get("kind") == "k8s":
+    """The release files a normalized step uses (its script and undo script, its manifests,
+    its wheel or its source), in order."""
+    kind = step.get("kind")
+    if kind == "k8s":
         return list(step.get("manifests", []))
-    script = step.get("wheel" if step.get("kind") == "agent-upgrade" else "script")
-    return [script] if isinstance(script, str) else []
+    keys = {"agent-upgrade": ("wheel",), "file": ("source",)}.get(
+        str(kind), ("script", "down", "rollback")
+    )
+    return [step[key] for key in keys if isinstance(step.get(key), str)]
+
+
+def undo_support(step: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether a rollback can undo a normalized step, and why (docs/release-format.md §3.8).
+
+    Returns ``(True, how)`` or ``(False, why not)``, in words for the release page.
+    """
+    kind = step.get("kind")
+    if kind == "k8s":
+        return True, "the objects it applies over are recorded and restored; new ones deleted"
+    if kind == "file":
+        return True, "the previous file (or its absence) is recorded and restored"
+    if kind == "sql":
+        if isinstance(step.get("down"), str):
+            return True, f"its down script {step['down']} is run"
+        return False, "a sql step without a down script cannot be undone"
+    if kind == "shell":
+        if isinstance(step.get("rollback"), str):
+            return True, f"its rollback script {step['rollback']} is run"
+        return False, "a shell step without a rollback script cannot be undone"
+    return False, "an agent upgrade is not undone by a rollback (ship the older wheel)"

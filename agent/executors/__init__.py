@@ -22,6 +22,7 @@ _MODULES: dict[str, str] = {
     "k8s": "agent.executors.k8s:KubernetesExecutor",
     "shell": "agent.executors.shell:ShellExecutor",
     "agent-upgrade": "agent.executors.upgrade:AgentUpgradeExecutor",
+    "file": "agent.executors.file:FileExecutor",
 }
 KINDS: tuple[str, ...] = tuple(sorted(_MODULES))
 

@@ -257,6 +257,9 @@ class StepContext:
         log: where output goes (capped, redacted, streamed).
         deadline: ``time.monotonic()`` value after which the step must stop.
         cancel: set when the operator or the agent's shutdown cancels the run.
+        undo_dir: where the step records what a rollback needs before it changes anything
+            (``<home>/undo/<bundle id>/<step number>``, kept across attempts and crashes);
+            None when the caller keeps no undo data.
     """
 
     bundle_id: str
@@ -270,6 +273,7 @@ class StepContext:
     log: StepLog
     deadline: float
     cancel: threading.Event
+    undo_dir: Path | None = None
 
     def remaining(self) -> float:
         """Seconds left before :attr:`deadline` (never negative)."""

@@ -41,6 +41,7 @@ from tests.e2e.agent_site import (
     write_release,
 )
 from tests.e2e.conftest import HubKeys, wait_for
+from tests.e2e.test_agent_undo import UNDO_CRASH_POINTS
 from tests.e2e.test_agent_windows import WINDOW_CRASH_POINTS
 from tests.fixtures.databases import MariaDBServer, PostgresServer
 from tests.fixtures.kube import KubeProxy
@@ -80,7 +81,8 @@ CASES: list[tuple[str, int, str, tuple[int, int, int, int]]] = [
 
 def test_every_crash_point_is_covered() -> None:
     # The hold points need bundles with windows and freezes: tests/e2e/test_agent_windows.py.
-    covered = {point for point, *_ in CASES} | set(WINDOW_CRASH_POINTS)
+    # undo-recorded needs a file step: tests/e2e/test_agent_undo.py.
+    covered = {point for point, *_ in CASES} | set(WINDOW_CRASH_POINTS) | set(UNDO_CRASH_POINTS)
     assert covered == set(CRASH_POINTS)
 
 
@@ -242,5 +244,5 @@ def test_power_cut_in_a_step_graph(tmp_path: Path, hub_keys: HubKeys) -> None:
         assert body["graph"] == [{"index": 1, "name": "left", "after": []},
                                  {"index": 2, "name": "join", "after": ["left", "right"]},
                                  {"index": 3, "name": "right", "after": []}]
-        assert body["inventory"]["step_kinds"] == ["agent-upgrade", "k8s", "shell", "sql"]
+        assert body["inventory"]["step_kinds"] == ["agent-upgrade", "file", "k8s", "shell", "sql"]
     assert_chain(verified_results(home, hub_keys, tmp_path))
