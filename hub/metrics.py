@@ -113,7 +113,7 @@ class HubCollector(Collector):
 
     def _collect(self, session: Session) -> Iterator[Metric]:
         from hub.db import Agent, AuditEvent, AuditHead, Deployment, DeploymentAttempt, Environment
-        from hub.services.presence import agent_presence
+        from hub.services.presence import presence_state
 
         now = self.clock()
         deployments = GaugeMetricFamily("tiangong_deployments",
@@ -145,9 +145,11 @@ class HubCollector(Collector):
                                    "(online, offline, never, revoked)",
                                    labels=["environment", "presence"])
         counts: dict[tuple[str, str], int] = {}
-        for agent in session.scalars(select(Agent)):
-            p = agent_presence(agent, now)
-            counts[(p.environment, p.state)] = counts.get((p.environment, p.state), 0) + 1
+        for env, status, seen, until in session.execute(
+                select(Environment.name, Agent.status, Agent.last_seen, Agent.online_until)
+                .join(Environment, Agent.environment_id == Environment.id)):
+            key = (env, presence_state(status, seen, until, now))
+            counts[key] = counts.get(key, 0) + 1
         for (env, state), n in sorted(counts.items()):
             agents.add_metric([env, state], n)
         yield agents

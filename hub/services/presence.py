@@ -51,6 +51,7 @@ __all__ = [
     "live_work",
     "online_window",
     "presence_grace",
+    "presence_state",
     "presence_until",
 ]
 
@@ -95,20 +96,22 @@ class AgentPresence:
 def agent_presence(agent: Agent, now: datetime,
                    heartbeat: int = DEFAULT_HEARTBEAT_SECONDS) -> AgentPresence:
     """The presence of ``agent`` at ``now`` (the caller's clock, so tests need no sleep)."""
-    seen = agent.last_seen
-    if agent.online_until is not None:  # kept by a live server
-        online = agent.status == "enrolled" and now < agent.online_until
-    else:
-        online = (agent.status == "enrolled" and seen is not None
-                  and now - seen <= online_window(heartbeat))
-    if agent.status != "enrolled":
-        state = agent.status
-    elif seen is None:
-        state = "never"
-    else:
-        state = "online" if online else "offline"
-    return AgentPresence(agent.agent_id, agent.environment.name, agent.status, online, seen,
-                         state)
+    state = presence_state(agent.status, agent.last_seen, agent.online_until, now, heartbeat)
+    return AgentPresence(agent.agent_id, agent.environment.name, agent.status,
+                         state == "online", agent.last_seen, state)
+
+
+def presence_state(status: str, last_seen: datetime | None, online_until: datetime | None,
+                   now: datetime, heartbeat: int = DEFAULT_HEARTBEAT_SECONDS) -> str:
+    """``online``, ``offline``, ``never`` or the status of a non-enrolled agent, from the
+    columns alone (the metrics count thousands of agents without loading them)."""
+    if status != "enrolled":
+        return status
+    if last_seen is None:
+        return "never"
+    if online_until is not None:  # kept by a live server
+        return "online" if now < online_until else "offline"
+    return "online" if now - last_seen <= online_window(heartbeat) else "offline"
 
 
 def list_presence(ctx: ServiceContext, environment: str | None = None, *,
