@@ -12,11 +12,13 @@ conditional updates — only redundant.)
 
 **What it does**, each time it wakes (:func:`tick`; APScheduler's ``BackgroundScheduler``
 wakes it at the next moment something changes — a hold ending, a one-off freeze ending, an
-override request expiring — and at least every :data:`RESYNC_S` seconds, to see rules other
-processes changed):
+override request or an approval expiring — and at least every :data:`RESYNC_S` seconds,
+to see rules other processes changed):
 
-1. expires one-off freezes that are over (``freeze.expire``) and override requests nobody
-   confirmed in time (``override.expire``), as ``system:scheduler``;
+1. expires one-off freezes that are over (``freeze.expire``), override requests nobody
+   confirmed in time (``override.expire``) and records each approval whose validity ended
+   (``approval.expire``; the approval rules stop counting it at that moment anyway), as
+   ``system:scheduler``;
 2. recomputes the hold of every queued deployment
    (:func:`hub.services.windows.refresh_holds`): a deployment whose window opened or whose
    freeze ended is released, and **the live server pushes it to its online agent** at once
@@ -28,7 +30,6 @@ processes changed):
 
 Deliberately not here: deciding anything about windows (``hub.services.windows``), or
 exporting early: media exports by hand still go out early (the agent holds the bundle).
-Approvals carry no expiry at the hub yet, so none are expired here (docs/governance.md).
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hub.db import Deployment, DeploymentOverride, PolicyRule
+from hub.db import Approval, AuditEvent, Deployment, DeploymentOverride, PolicyRule
 from hub.errors import ConfigError, HubError
+from hub.services import audit
 from hub.services.context import Clock, HubKeys, ServiceContext, utc_now
 
 __all__ = ["LOCK_FILE", "RESYNC_S", "SYSTEM_ACTOR", "HubScheduler", "TickReport",
@@ -70,6 +72,7 @@ class TickReport:
     at: datetime
     expired_freezes: list[int] = field(default_factory=list)
     expired_overrides: list[int] = field(default_factory=list)
+    expired_approvals: list[int] = field(default_factory=list)
     released: list[int] = field(default_factory=list)  # deployments whose hold lifted
     exported: dict[str, list[int]] = field(default_factory=dict)  # env -> deployments
     failed: list[tuple[int, str]] = field(default_factory=list)
@@ -98,6 +101,7 @@ def tick(session_factory: Callable[[], Session], keys: HubKeys, clock: Clock = u
         report = TickReport(now)
         report.expired_freezes = expire_freezes(ctx)
         report.expired_overrides = expire_overrides(ctx)
+        report.expired_approvals = _expire_approvals(ctx)
         session.commit()
         lifted = refresh_holds(session, now)
         report.released = [d.id for d in lifted]
@@ -134,6 +138,33 @@ def tick(session_factory: Callable[[], Session], keys: HubKeys, clock: Clock = u
         session.close()
 
 
+def _expire_approvals(ctx: ServiceContext) -> list[int]:
+    """Record ``approval.expire`` once for each approval whose ``expires_at`` has passed
+    (the approval rules already stop counting it then: :func:`hub.services.approval_rules.
+    counted_approvals`); returns their ids. Deployments that needed it say so in "waiting
+    for" (approvals)."""
+    now = ctx.now()
+    expired = ctx.session.scalars(select(Approval).where(
+        Approval.decision == "approve", Approval.expires_at.is_not(None),
+        Approval.expires_at <= now).order_by(Approval.id)).all()
+    if not expired:
+        return []
+    done = set(ctx.session.scalars(select(AuditEvent.object_id).where(
+        AuditEvent.action == "approval.expire",
+        AuditEvent.object_id.in_([str(a.id) for a in expired]))))
+    out = []
+    for a in expired:
+        if str(a.id) in done:
+            continue
+        assert a.expires_at is not None
+        audit.record(ctx, "approval.expire", "approval", str(a.id), {
+            "release": a.release.label, "approver": a.approver.username,
+            "environment": a.environment.name if a.environment else None,
+            "expired_at": a.expires_at.isoformat()})
+        out.append(a.id)
+    return out
+
+
 def _next_run(session: Session, now: datetime) -> datetime:
     """The earliest future moment a tick has work: a hold ends, a one-off freeze ends, an
     override request expires; at most :data:`RESYNC_S` from ``now``."""
@@ -154,6 +185,12 @@ def _next_run(session: Session, now: datetime) -> datetime:
                            .order_by(DeploymentOverride.requested_at).limit(1))
     if asked is not None:
         candidates.append(asked + OVERRIDE_REQUEST_TTL)
+    expiring = session.scalar(select(Approval.expires_at)
+                              .where(Approval.decision == "approve",
+                                     Approval.expires_at > now)
+                              .order_by(Approval.expires_at).limit(1))
+    if expiring is not None:
+        candidates.append(expiring)
     return max(now, min(candidates))
 
 

@@ -204,3 +204,24 @@ def test_real_scheduler_writes_the_bundle_when_the_window_opens(tmp_path: Path) 
         hub.close()
     assert proc.returncode == 0, log.read_text()
     assert "scheduler: wrote 1 bundle(s) of plant-a" in log.read_text()
+
+
+def test_an_approval_expiring_is_recorded_once_and_the_deployment_waits(
+        world: World, engine: Engine) -> None:
+    from hub.services.readiness import waiting_for
+
+    dep = _queued(world, env="prod")  # prod needs 2 approvals: appr1 and appr2 gave them
+    approval = dep.release.approvals[-1]
+    approval.expires_at = world.clock() + timedelta(hours=1)  # as a signed approval's
+    world.session.commit()
+    world.clock.advance(3600 - 30)
+    report = tick(_factory(engine), world.keys.hub, world.clock)
+    assert report.expired_approvals == []
+    assert report.next_run == approval.expires_at  # it wakes exactly then
+    world.clock.advance(30)
+    report = tick(_factory(engine), world.keys.hub, world.clock)
+    assert report.expired_approvals == [approval.id]
+    assert tick(_factory(engine), world.keys.hub, world.clock).expired_approvals == []
+    assert _actions(world).count(("approval.expire", "system:scheduler")) == 1
+    (reason,) = waiting_for(world.session, dep, world.clock())
+    assert reason.kind == "approvals" and reason.text.startswith("approval 1 of 2")
