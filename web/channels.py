@@ -23,7 +23,9 @@ from hub.services.channels import (
     ChannelRule,
     active_entries,
     add_channel,
+    count_entries,
     describe_rule,
+    entry_in,
     format_duration,
     list_channels,
     parse_duration,
@@ -45,9 +47,11 @@ from hub.services.releases import can_read, get_product, list_products, require_
 from hub.services.users import can
 from web.views import ctx, in_scope, login_required, signed_in_user, visible_environment
 
-__all__ = ["bp", "subscriptions_panel"]
+__all__ = ["RELEASES_SHOWN", "bp", "subscriptions_panel"]
 
 bp = Blueprint("channels", __name__, url_prefix="/channels")
+
+RELEASES_SHOWN = 20  # newest releases listed per channel on a product's page
 
 
 def _product(name: str) -> Product:
@@ -80,10 +84,9 @@ def show(product: str) -> Any:
         previous = chans[i - 1] if i else None
         following = chans[i + 1] if i + 1 < len(chans) else None
         releases = []
-        for entry in active_entries(sc.session, channel):
+        for entry in active_entries(sc.session, channel, RELEASES_SHOWN):
             release = entry.release
-            in_next = following is not None and any(
-                e.release_id == release.id for e in active_entries(sc.session, following))
+            in_next = following is not None and entry_in(sc.session, following, release)
             item: dict[str, Any] = {"entry": entry, "release": release, "next": None,
                                     "moved_on": following.name if in_next and following else None}
             if following is not None and not in_next:
@@ -103,6 +106,7 @@ def show(product: str) -> Any:
             "subscribers": [e for e in subscribers(sc.session, channel)
                             if can(user, "view", e)],
             "releases": releases,
+            "count": count_entries(sc.session, channel),
         })
     return render_template(
         "channels/show.html", product=prod, rows=rows, format_duration=format_duration,

@@ -52,9 +52,10 @@ __all__ = [
     "ChannelRule",
     "active_entries",
     "add_channel",
+    "count_entries",
     "create_default_channels",
     "describe_rule",
-    "entry_count",
+    "entry_in",
     "format_duration",
     "get_channel",
     "list_channels",
@@ -156,12 +157,29 @@ def get_channel(session: Session, product: Product, name: str) -> Channel:
                         f"(its channels: {names})")
 
 
-def active_entries(session: Session, channel: Channel) -> list[ChannelEntry]:
-    """The releases in ``channel`` now (not recalled), newest entry first."""
-    return list(session.scalars(
-        select(ChannelEntry)
-        .where(ChannelEntry.channel_id == channel.id, ChannelEntry.recalled_at.is_(None))
-        .order_by(ChannelEntry.entered_at.desc(), ChannelEntry.id.desc())))
+def active_entries(session: Session, channel: Channel,
+                   limit: int | None = None) -> list[ChannelEntry]:
+    """The releases in ``channel`` now (not recalled), newest entry first (at most
+    ``limit``)."""
+    query = (select(ChannelEntry)
+             .where(ChannelEntry.channel_id == channel.id, ChannelEntry.recalled_at.is_(None))
+             .order_by(ChannelEntry.entered_at.desc(), ChannelEntry.id.desc()))
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def count_entries(session: Session, channel: Channel) -> int:
+    """How many releases are in ``channel`` now."""
+    return int(session.scalar(select(func.count()).select_from(ChannelEntry).where(
+        ChannelEntry.channel_id == channel.id, ChannelEntry.recalled_at.is_(None))) or 0)
+
+
+def entry_in(session: Session, channel: Channel, release: Release) -> bool:
+    """Whether ``release`` is in ``channel`` now."""
+    return session.scalar(select(ChannelEntry.id).where(
+        ChannelEntry.channel_id == channel.id, ChannelEntry.release_id == release.id,
+        ChannelEntry.recalled_at.is_(None))) is not None
 
 
 def subscribers(session: Session, channel: Channel) -> list[Environment]:
@@ -432,12 +450,6 @@ def unsubscribe(ctx: ServiceContext, environment: str, product_name: str) -> str
     audit.record(ctx, "environment.unsubscribe", "environment", env.name,
                  {"product": product.name, "channel": channel})
     return channel
-
-
-def entry_count(session: Session, release: Release) -> int:
-    """How many channels ``release`` is in now."""
-    return int(session.scalar(select(func.count()).select_from(ChannelEntry).where(
-        ChannelEntry.release_id == release.id, ChannelEntry.recalled_at.is_(None))) or 0)
 
 
 def when(value: datetime | None) -> str:

@@ -20,6 +20,7 @@ from hub.services.releases import create_release, submit_release
 from tests.hub.conftest import write_release
 from tests.web.browser import ARTIFACTS, chromium, new_context  # noqa: F401 - chromium is a fixture
 from tests.web.pages import Site
+from web.channels import RELEASES_SHOWN
 
 
 def _approved(site: Site, tmp: Path, version: str = "1.0.0") -> None:
@@ -255,3 +256,15 @@ def test_admin_changes_rules_adds_and_removes_channels(site: Site, tmp_path: Pat
     html = site.client("view").get("/channels/hello").get_data(as_text=True)
     assert [c.split('"')[0] for c in html.split('data-channel="')[1:]] == [
         "RELEASE", "BETA", "STABLE"]
+
+
+def test_a_long_channel_lists_its_newest_releases(site: Site, tmp_path: Path) -> None:
+    for i in range(RELEASES_SHOWN + 2):
+        site.clock.advance(1)
+        _approved(site, tmp_path, f"1.0.{i}")
+    html = site.client("view").get("/channels/hello").get_data(as_text=True)
+    release = _channel_section(html, "RELEASE")
+    assert release.count("data-release=") == RELEASES_SHOWN
+    assert f"The newest {RELEASES_SHOWN} of {RELEASES_SHOWN + 2} releases in RELEASE" in release
+    assert f'data-release="1.0.{RELEASES_SHOWN + 1}"' in release
+    assert 'data-release="1.0.0"' not in release
