@@ -38,7 +38,7 @@ __all__ = [
     "validate_step",
 ]
 
-STEP_KINDS = ("sql", "k8s", "shell", "agent-upgrade", "file")
+STEP_KINDS = ("sql", "k8s", "shell", "agent-upgrade", "file", "undo")
 #: A step's timeout when it gives none (in seconds).
 DEFAULT_TIMEOUT_S = 10 * 60  # seconds
 #: How long an agent-upgrade step gives the new version to come up, by default (in seconds).
@@ -72,6 +72,7 @@ MAX_PATH_CHARS = 4096  # characters
 _DURATION_RE = re.compile(r"(?:(\d{1,6})h)?(?:(\d{1,6})m)?(?:(\d{1,9})s)?")
 
 _FILE_KEYS = ("source", "path", "mode", "owner", "group", "render", "params", "follow_symlink")
+_UNDO_KEYS = ("bundle", "step", "connection")
 # Raw (release.toml) keys and normalized keys, common and per kind.
 _COMMON_RAW = ("name", "kind", "timeout", "on_failure", "secrets", "after")
 _COMMON_NORM = ("name", "kind", "timeout_s", "on_failure", "secrets", "after")
@@ -81,6 +82,7 @@ _KIND_RAW: dict[str, tuple[str, ...]] = {
     "shell": ("script", "interpreter", "env", "secrets_via", "args", "rollback"),
     "agent-upgrade": ("wheel", "confirm_timeout"),
     "file": _FILE_KEYS,
+    "undo": _UNDO_KEYS,
 }
 _KIND_NORM: dict[str, tuple[str, ...]] = {
     "sql": ("engine", "connection", "script", "version", "description", "down"),
@@ -88,6 +90,7 @@ _KIND_NORM: dict[str, tuple[str, ...]] = {
     "shell": ("script", "interpreter", "env", "secrets_via", "args", "rollback"),
     "agent-upgrade": ("wheel", "confirm_timeout_s"),
     "file": _FILE_KEYS,
+    "undo": _UNDO_KEYS,
 }
 # Raw duration keys and their normalized names (seconds).
 _DURATION_KEYS = {"wait_timeout": "wait_timeout_s", "confirm_timeout": "confirm_timeout_s"}
@@ -98,6 +101,7 @@ _OPTIONAL_NORM: dict[str, frozenset[str]] = {
     "shell": frozenset({"rollback"}),
     "agent-upgrade": frozenset(),
     "file": frozenset({"owner", "group"}),
+    "undo": frozenset({"connection"}),
 }
 
 
@@ -442,6 +446,7 @@ def _raw_checks(files: Collection[str] | None) -> dict[str, dict[str, _Check]]:
             "params": _params,
             "follow_symlink": _bool,
         },
+        "undo": {"bundle": _bundle_id, "step": _step_number, "connection": _connection},
     }
 
 
@@ -454,6 +459,19 @@ _connection = _pattern(
     "connection names are letters, digits and '.', '_', '-', starting with a letter or "
     "digit, at most 64 characters",
 )
+_bundle_id = _pattern(
+    re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"),
+    "a bundle id: letters, digits, '.', '_', '-', starting with a letter or digit, at most "
+    "128 characters",
+)
+
+
+def _step_number(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise _FieldError(f"{_show(value)} is not a step number (an integer from 1 to 1000)")
+    return value
+
+
 _account = _pattern(
     _ACCOUNT_RE,
     "a user or group name or number: letters, digits, '_', '.', '-', at most 32 characters",
@@ -464,6 +482,7 @@ _REQUIRED_RAW = {
     "shell": ("script",),
     "agent-upgrade": ("wheel",),
     "file": ("source", "path"),
+    "undo": ("bundle", "step"),
 }
 _DEFAULTS: dict[str, dict[str, Callable[[], object]]] = {
     "sql": {},
@@ -481,6 +500,7 @@ _DEFAULTS: dict[str, dict[str, Callable[[], object]]] = {
         "params": dict,
         "follow_symlink": lambda: False,
     },
+    "undo": {},
 }
 
 
@@ -691,4 +711,6 @@ def undo_support(step: Mapping[str, Any]) -> tuple[bool, str]:
         if isinstance(step.get("rollback"), str):
             return True, f"its rollback script {step['rollback']} is run"
         return False, "a shell step without a rollback script cannot be undone"
+    if kind == "undo":
+        return False, "a rollback is not undone (deploy the release again instead)"
     return False, "an agent upgrade is not undone by a rollback (ship the older wheel)"

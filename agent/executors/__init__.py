@@ -23,6 +23,7 @@ _MODULES: dict[str, str] = {
     "shell": "agent.executors.shell:ShellExecutor",
     "agent-upgrade": "agent.executors.upgrade:AgentUpgradeExecutor",
     "file": "agent.executors.file:FileExecutor",
+    "undo": "agent.executors.undo:UndoExecutor",
 }
 KINDS: tuple[str, ...] = tuple(sorted(_MODULES))
 

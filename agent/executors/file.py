@@ -24,27 +24,30 @@ from __future__ import annotations
 import contextlib
 import grp
 import hashlib
-import json
 import os
 import pwd
 import re
 import stat
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from agent.executors.base import StepContext, StepLog, StepOutcome
 from agent.executors.errors import StepSpecError
-from agent.faults import crash_point
+from agent.executors.undodata import (
+    UNDO_PREVIOUS,
+    UNDO_RECORD,
+    read_record,
+    write_durably,
+    write_record,
+)
 from bundle.errors import ReleaseFormatError
 from bundle.steps import validate_step
 from signing.fileio import fsync_dir
 
-__all__ = ["FileExecutor", "FileStepError", "render", "restore_file"]
+__all__ = ["UNDO_PREVIOUS", "UNDO_RECORD", "FileExecutor", "FileStepError", "render",
+           "restore_file"]
 
-UNDO_RECORD = "undo.json"
-UNDO_PREVIOUS = "previous"
 _PLACEHOLDER_RE = re.compile(r"\$\$|\$\{([^}]*)\}")
 
 
@@ -112,37 +115,15 @@ def _destination(path: str, follow: bool) -> tuple[Path, os.stat_result | None]:
 
 def _record_undo(undo_dir: Path, dest: Path, st: os.stat_result | None) -> bool:
     """Write the undo record for ``dest`` unless one exists; True when written now."""
-    record = undo_dir / UNDO_RECORD
-    if record.exists():
-        return False
-    undo_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if (undo_dir / UNDO_RECORD).exists():
+        return write_record(undo_dir, {})
     doc: dict[str, Any] = {"kind": "file", "path": str(dest), "existed": st is not None}
+    data = None
     if st is not None:
         data = dest.read_bytes()
-        _write_durably(undo_dir / UNDO_PREVIOUS, data, 0o600, -1, -1)
         doc.update(mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
                    sha256=hashlib.sha256(data).hexdigest())
-    _write_durably(record, json.dumps(doc, sort_keys=True).encode(), 0o600, -1, -1)
-    return True
-
-
-def _write_durably(dest: Path, data: bytes, mode: int, uid: int, gid: int) -> None:
-    """Temp file in dest's directory, mode/owner set, fsynced, renamed over dest, dir fsynced."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tiangong-", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            os.fchmod(fh.fileno(), mode)
-            if uid != -1 or gid != -1:
-                os.fchown(fh.fileno(), uid, gid)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(dest.parent)
+    return write_record(undo_dir, doc, data)
 
 
 def restore_file(undo_dir: Path, log: StepLog) -> str:
@@ -153,9 +134,11 @@ def restore_file(undo_dir: Path, log: StepLog) -> str:
         FileStepError: no usable record, or the restore failed (the message says so).
     """
     try:
-        doc = json.loads((undo_dir / UNDO_RECORD).read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise FileStepError(f"no usable undo record in {undo_dir}: {exc}") from None
+        doc = read_record(undo_dir)
+    except ValueError as exc:
+        raise FileStepError(str(exc)) from None
+    if doc is None or doc["kind"] != "file":
+        raise FileStepError(f"{undo_dir} holds no undo record of a file step")
     dest = Path(str(doc["path"]))
     try:
         if not doc["existed"]:
@@ -169,7 +152,7 @@ def restore_file(undo_dir: Path, log: StepLog) -> str:
             raise FileStepError(f"{undo_dir / UNDO_PREVIOUS} does not match its recorded "
                                 "SHA-256; the file was not restored")
         owned = os.geteuid() == 0
-        _write_durably(dest, data, int(doc["mode"]), int(doc["uid"]) if owned else -1,
+        write_durably(dest, data, int(doc["mode"]), int(doc["uid"]) if owned else -1,
                        int(doc["gid"]) if owned else -1)
     except OSError as exc:
         raise FileStepError(f"cannot restore {dest}: {exc.strerror or exc}") from None
@@ -177,17 +160,21 @@ def restore_file(undo_dir: Path, log: StepLog) -> str:
     return f"restored the previous {dest}"
 
 
-class FileExecutor:
-    """Runs ``file`` steps."""
-
-    kind: ClassVar[str] = "file"
+class SchemaValidated:
+    """``validate`` by the rules of ``bundle.steps`` alone (kinds with no agent-side rules)."""
 
     def validate(self, step: Mapping[str, Any]) -> None:
-        """Raises StepSpecError naming the field (the rules of bundle.steps)."""
+        """Raises StepSpecError naming the field."""
         try:
             validate_step(step)
         except ReleaseFormatError as exc:
             raise StepSpecError(str(exc)) from None
+
+
+class FileExecutor(SchemaValidated):
+    """Runs ``file`` steps."""
+
+    kind: ClassVar[str] = "file"
 
     def run(self, ctx: StepContext) -> StepOutcome:
         try:
@@ -224,8 +211,7 @@ class FileExecutor:
         ctx.log.write(f"undo data for {dest} {'recorded' if fresh else 'already recorded'} "
                       f"({'previous file kept' if st is not None else 'it did not exist'})",
                       "file")
-        crash_point("undo-recorded")
-        _write_durably(dest, data, int(str(step["mode"]), 8), uid, gid)
+        write_durably(dest, data, int(str(step["mode"]), 8), uid, gid)
         digest = hashlib.sha256(data).hexdigest()
         ctx.log.write(f"placed {dest}: {len(data)} bytes, mode {step['mode']}, "
                       f"sha256 {digest}", "file")

@@ -73,6 +73,7 @@ from agent.executors.k8sapi import (
 )
 from agent.executors.k8smanifest import ManifestObject, parse_manifest
 from agent.executors.k8srollout import WAITABLE_KINDS, rollout_state
+from agent.executors.undodata import write_record
 
 __all__ = ["KubernetesExecutor"]
 
@@ -229,6 +230,7 @@ class _Run:
             it.before = self.api.get(it.path())
             if it.resource.is_namespace and it.before is None:
                 new_namespaces.add(it.obj.name)
+        self._record_undo(items)
         self._dry_run([it for it in items if not it.deferred], "")
         for it in items:
             if it.resource.is_namespace:
@@ -249,6 +251,23 @@ class _Run:
         if self.ctx.step.get("wait", False):
             summary += "; " + self._wait(items)
         return summary
+
+    def _record_undo(self, items: list[_Item]) -> None:
+        """Record, before anything is applied, each object as it is now (or its absence), in
+        apply order: a rollback puts them back in reverse (docs/agent.md, "Undo data")."""
+        if self.ctx.undo_dir is None:
+            return
+        doc = {"kind": "k8s", "server": self.api.host, "objects": [
+            {"path": it.path(), "kind": it.obj.kind, "api_version": it.obj.api_version,
+             "namespace": it.namespace or None, "name": it.obj.name, "before": it.before}
+            for it in items]}  # items are in apply order (_plan)
+        try:
+            fresh = write_record(self.ctx.undo_dir, doc)
+        except OSError as exc:
+            raise K8sStepError(f"cannot record undo data in {self.ctx.undo_dir}: "
+                               f"{exc.strerror or exc}; nothing was applied") from exc
+        self.log(f"undo data {'recorded' if fresh else 'already recorded'}: "
+                 f"{_count(len(items), 'object')} as they are before the step")
 
     def _plan(self, objects: list[ManifestObject]) -> list[_Item]:
         """Resolve every object; order Namespaces first, the rest as in the files.

@@ -90,3 +90,17 @@ def test_a_normalized_file_step_must_be_in_normalized_form() -> None:
         validate_step({**step, "path": "relative.conf"}, 0)
     with pytest.raises(ReleaseFormatError, match="field follow_symlink: is missing"):
         validate_step({k: v for k, v in step.items() if k != "follow_symlink"}, 0)
+
+
+def test_an_undo_step_names_a_bundle_and_a_step_number() -> None:
+    step = normalize_step({"name": "undo 2", "kind": "undo", "bundle": "b7-1f2e", "step": 2,
+                           "connection": "kube"}, 0, FILES)
+
+    validate_step(step, 0)
+    assert step["bundle"] == "b7-1f2e" and referenced_files(step) == []
+    assert undo_support(step)[0] is False
+    for changes, field in (({"bundle": "../x"}, "bundle"), ({"step": 0}, "step"),
+                           ({"step": True}, "step"), ({"step": "2"}, "step")):
+        with pytest.raises(ReleaseFormatError, match=f"field {field}: "):
+            normalize_step({"name": "u", "kind": "undo", "bundle": "b7", "step": 2, **changes},
+                           0, FILES)

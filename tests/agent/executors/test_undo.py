@@ -1,0 +1,113 @@
+"""The undo step: k8s objects put back on the real API server, files put back, no record.
+
+A k8s step runs with an undo directory (as the agent's runner gives it), then an ``undo`` step
+naming that bundle and step reverses it: an object the release modified gets its recorded
+state back, an object (and a namespace) the release created is deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.executors import get_executor
+from agent.executors.base import Connection, StepContext, StepLog, StepOutcome
+from agent.executors.undodata import UNDO_RECORD
+from bundle.steps import normalize_step
+from tests.agent.executors.k8scase import Harness
+from tests.fixtures.kube import KubeServer
+
+
+def _undo_ctx(tmp: Path, undo_root: Path, bundle: str, number: int,
+              connection: Connection | None = None) -> StepContext:
+    step = normalize_step({"name": f"undo {number}", "kind": "undo", "bundle": bundle,
+                           "step": number, **({"connection": connection.name}
+                                              if connection else {})}, 0, set())
+    get_executor("undo").validate(step)
+    work = tmp / "undo-work"
+    work.mkdir(exist_ok=True)
+    return StepContext(bundle_id="rollback-1", release={}, index=0, step=step, files={},
+                       workdir=work, connection=connection, secrets={}, log=StepLog(),
+                       deadline=time.monotonic() + 60, cancel=threading.Event(),
+                       undo_dir=undo_root / "rollback-1" / "001")
+
+
+def _cm(name: str, data: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
+
+
+def test_a_k8s_step_is_undone_on_the_real_api_server(
+        tmp_path: Path, kube_server: KubeServer, kube_namespace: str) -> None:
+    ns = kube_namespace
+    base = f"/api/v1/namespaces/{ns}/configmaps"
+    kube_server.must("POST", base, {**_cm("settings", {"mode": "old"}),
+                                    "metadata": {"name": "settings", "labels": {"team": "a"}}})
+    new_ns = f"{ns}-made"
+    harness = Harness(tmp_path, kube_server.kubeconfig, ns)
+    manifest = harness.stage("k8s/app.yaml", _cm("settings", {"mode": "new", "extra": "1"}),
+                             _cm("created", {"k": "v"}),
+                             {"apiVersion": "v1", "kind": "Namespace",
+                              "metadata": {"name": new_ns}},
+                             {**_cm("inside", {"k": "v"}),
+                              "metadata": {"name": "inside", "namespace": new_ns}})
+    step = harness.step([manifest])
+    undo_root = tmp_path / "undo"
+    ctx = StepContext(bundle_id="app-1", release={}, index=0, step=step, files=harness.files,
+                      workdir=tmp_path, connection=harness.connection, secrets={},
+                      log=StepLog(), deadline=time.monotonic() + 60, cancel=threading.Event(),
+                      undo_dir=undo_root / "app-1" / "001")
+    try:
+        applied: StepOutcome = get_executor("k8s").run(ctx)
+        assert applied.status == "succeeded", applied.summary
+        assert kube_server.must("GET", f"{base}/settings")["data"] == {"mode": "new",
+                                                                      "extra": "1"}
+        record = json.loads((undo_root / "app-1" / "001" / UNDO_RECORD).read_text())
+        assert [o["name"] for o in record["objects"]] == [new_ns, "settings", "created",
+                                                          "inside"]
+        assert [o["before"] is None for o in record["objects"]] == [True, False, True, True]
+
+        undo = _undo_ctx(tmp_path, undo_root, "app-1", 1, harness.connection)
+        outcome = get_executor("undo").run(undo)
+
+        assert outcome.status == "succeeded", outcome.summary
+        assert "1 object(s) restored, 3 deleted" in outcome.summary
+        settings = kube_server.must("GET", f"{base}/settings")
+        assert settings["data"] == {"mode": "old"}
+        assert settings["metadata"]["labels"] == {"team": "a"}
+        assert kube_server.get(f"{base}/created") is None
+        gone = kube_server.get(f"/api/v1/namespaces/{new_ns}")
+        assert gone is None or gone["status"]["phase"] == "Terminating"
+    finally:
+        kube_server.request("DELETE", f"/api/v1/namespaces/{new_ns}")
+
+
+def test_an_undo_step_restores_a_file_and_says_when_nothing_was_recorded(
+        tmp_path: Path) -> None:
+    dest = tmp_path / "app.conf"
+    dest.write_text("old")
+    source = tmp_path / "new.conf"
+    source.write_text("new")
+    undo_root = tmp_path / "undo"
+    step = normalize_step({"name": "conf", "kind": "file", "source": "new.conf",
+                           "path": str(dest)}, 0, {"new.conf"})
+    ctx = StepContext(bundle_id="app-1", release={}, index=1, step=step,
+                      files={"new.conf": source}, workdir=tmp_path, connection=None,
+                      secrets={}, log=StepLog(), deadline=time.monotonic() + 60,
+                      cancel=threading.Event(), undo_dir=undo_root / "app-1" / "002")
+    assert get_executor("file").run(ctx).status == "succeeded"
+    assert dest.read_text() == "new"
+
+    outcome = get_executor("undo").run(_undo_ctx(tmp_path, undo_root, "app-1", 2))
+    nothing = get_executor("undo").run(_undo_ctx(tmp_path, undo_root, "app-1", 3))
+
+    assert outcome.status == "succeeded" and dest.read_text() == "old"
+    assert outcome.summary == f"step 2 of bundle app-1 undone: restored the previous {dest}"
+    assert nothing.status == "succeeded" and nothing.details == {"undone": False}
+    assert "step 3 of bundle app-1 recorded no undo data" in nothing.summary
+    no_dir = dataclasses.replace(_undo_ctx(tmp_path, undo_root, "app-1", 2), undo_dir=None)
+    refused = get_executor("undo").run(no_dir)
+    assert refused.status == "failed" and dest.read_text() == "old"
