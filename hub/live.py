@@ -163,6 +163,9 @@ def serve_live(config: Any, host: str, port: int, *, actor: str | None = None,
     from hub.keystore import load_hub_keys
     from hub.live_guard import LiveLimits
     from hub.live_notify import listen_dsn
+    from hub.metrics import single_process
+
+    single_process()  # before LiveHub creates its metrics
 
     keys = load_hub_keys(config.data_dir)
     engine = make_engine(config.database_url, audit_mac=keys.audit_mac)

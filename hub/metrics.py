@@ -58,6 +58,7 @@ __all__ = [
     "clear_multiprocess",
     "enable_multiprocess",
     "render",
+    "single_process",
     "sweep_multiprocess",
     "web_metrics",
     "web_registry",
@@ -274,6 +275,14 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def single_process() -> None:
+    """This process keeps its metrics in memory, whatever ``PROMETHEUS_MULTIPROC_DIR`` says
+    (the live server: one process serving its own figures; inherited from ``hub serve``, the
+    variable would put them into the web workers' files and onto the web's ``/metrics``)."""
+    os.environ.pop(MULTIPROC_ENV, None)
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
 
 
 def _multiproc_dir() -> str | None:

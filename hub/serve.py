@@ -82,7 +82,12 @@ def scheduler_child_command(config: HubConfig) -> list[str]:
 
 def _start_live_child(command: Sequence[str], what: str = "live server",
                       lost: str = "agents cannot connect") -> subprocess.Popen[bytes]:
-    child = subprocess.Popen(list(command), stdin=subprocess.DEVNULL)
+    from hub.metrics import MULTIPROC_ENV
+
+    # A child serves its own metrics (the live server: on its port), never into the web
+    # workers' multiprocess files.
+    env = {k: v for k, v in os.environ.items() if k != MULTIPROC_ENV}
+    child = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, env=env)
     log.info("%s started as process %d", what, child.pid)
 
     def watch() -> None:

@@ -111,6 +111,8 @@ def test_metrics_and_health_of_a_real_hub_change_with_exports_and_imports(site: 
     assert value(after, "tiangong_bundles_exported_total") == 2
     assert value(after, "tiangong_deployments", environment="plant-a", state="succeeded") == 2
     assert value(after, "tiangong_agents", environment="plant-a", presence="online") == 1
+    # The live child's own figures stay on its port (not in the workers' files).
+    assert not [name for name, _ in after if name.startswith("tiangong_live_")]
     # Both workers' request counters add up in one scrape (multiprocess mode): at least the
     # scrapes and readiness checks above.
     assert value(after, "tiangong_web_requests_total", status="2xx") >= 5
