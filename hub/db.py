@@ -684,3 +684,58 @@ class DeploymentOverride(db.Model):  # type: ignore[name-defined,misc]
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     deployment: Mapped[Deployment] = relationship()
+
+
+class Rollout(db.Model):  # type: ignore[name-defined,misc]
+    """A release rolled over a set of agents in batches (:mod:`hub.services.rollouts`).
+    ``selector``: ``{"environment": name}`` or ``{"labels": {k: v}}``; ``strategy``: the
+    :class:`hub.services.rollouts.Strategy` as JSON; ``current_batch`` 0 before the first."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    selector: Mapped[dict[str, Any]] = mapped_column(JSON)
+    strategy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    current_batch: Mapped[int] = mapped_column(Integer, default=0)
+    failures_accepted: Mapped[int] = mapped_column(Integer, default=0)
+    rolled_back: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    release: Mapped[Release] = relationship()
+
+
+class RolloutBatch(db.Model):  # type: ignore[name-defined,misc]
+    """One batch of a rollout and its gate (done, soak, manual confirmation)."""
+
+    __tablename__ = "rollout_batches"
+    __table_args__ = (UniqueConstraint("rollout_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    confirmed_by: Mapped[str | None] = mapped_column(String(64))
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class RolloutTarget(db.Model):  # type: ignore[name-defined,misc]
+    """An agent of a rollout: its batch and, once its batch started, its deployment."""
+
+    __tablename__ = "rollout_targets"
+    __table_args__ = (UniqueConstraint("rollout_id", "agent_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), index=True)
+    batch: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)
+    deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id"), index=True)
+
+    agent: Mapped[Agent] = relationship()
+    deployment: Mapped[Deployment | None] = relationship()

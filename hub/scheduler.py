@@ -92,6 +92,7 @@ def tick(session_factory: Callable[[], Session], keys: HubKeys, clock: Clock = u
     """One round (see the module docstring); commits after each step. ``export_environments``
     None: every environment (with ``export_dir``)."""
     from hub.services.exchange import export_environment
+    from hub.services.rollouts import advance_all
     from hub.services.windows import expire_freezes, expire_overrides, refresh_holds
 
     session = session_factory()
@@ -102,6 +103,8 @@ def tick(session_factory: Callable[[], Session], keys: HubKeys, clock: Clock = u
         report.expired_freezes = expire_freezes(ctx)
         report.expired_overrides = expire_overrides(ctx)
         report.expired_approvals = _expire_approvals(ctx)
+        session.commit()
+        advance_all(ctx)  # rollouts whose soak time ended start their next batch
         session.commit()
         lifted = refresh_holds(session, now)
         report.released = [d.id for d in lifted]
@@ -191,6 +194,11 @@ def _next_run(session: Session, now: datetime) -> datetime:
                               .order_by(Approval.expires_at).limit(1))
     if expiring is not None:
         candidates.append(expiring)
+    from hub.services.rollouts import next_wakeup
+
+    soak = next_wakeup(session)
+    if soak is not None and soak > now:
+        candidates.append(soak)
     return max(now, min(candidates))
 
 

@@ -19,6 +19,7 @@ from hub.cli import (  # noqa: F401 - each module registers its commands on the 
     deployments,
     exchange,
     releases,
+    rollouts,
     serve,
     setup,
     sites,

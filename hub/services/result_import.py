@@ -268,6 +268,12 @@ class _ImportRun:
                 self._verify(inc)
             sync_copies([inc.copy for inc in batch if inc.copy is not None])
             self._record(batch)
+            # rollouts owning these deployments move on in the same transaction
+            from hub.services.rollouts import after_deployments
+
+            after_deployments(ctx, [inc.row.deployment_id for inc in batch if inc.row is not None
+                                    and inc.row.status == "imported"
+                                    and inc.row.deployment_id is not None])
             crash_point("hub.import-stored")
             ctx.session.commit()
             crash_point("hub.import-committed")

@@ -1,0 +1,327 @@
+"""Rollouts (hub.services.rollouts): planning for every strategy, the engine's batches and
+gates, failure thresholds, people's actions, labels and selectors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from hub.db import AuditEvent, Deployment, Release, Rollout
+from hub.errors import InvalidStateError, PermissionDeniedError, ValidationError
+from hub.services import rollouts as ro
+from hub.services.agents import EnrollmentRequest, enroll_agent, get_agent
+from hub.services.deployments import mark_exported, transition
+from hub.services.rollouts import Strategy
+from hub.services.users import create_user, grant_role
+from tests.hub.conftest import World
+from tests.hub.services.test_deployments import approved, request
+
+
+def _fleet(world: World, n: int, env: str = "test", prefix: str = "a",
+           labels: tuple[tuple[str, str], ...] = ()) -> list[str]:
+    ids = []
+    for i in range(n):
+        req = request(f"{prefix}{i}", f"{prefix}{i:02d}")
+        req = EnrollmentRequest(hostname=req.hostname, ed25519_public=req.ed25519_public,
+                                x25519_public=req.x25519_public, agent_id=req.agent_id,
+                                labels=labels)
+        ids.append(enroll_agent(world.ctx("op"), env, req).agent_id)
+    return ids
+
+
+@pytest.fixture
+def rel(world: World, release_dir: Callable[..., Path]) -> Release:
+    return approved(world, release_dir, "appr1")
+
+
+def _second_operator(world: World) -> None:
+    create_user(world.ctx("admin"), "op2")
+    grant_role(world.ctx("admin"), "op2", "operator", None)
+
+
+def _batch_of(rollout: Rollout, number: int) -> list[str]:
+    return [a["agent"] for a in ro.rollout_json(
+        rollout_session(rollout), rollout, rollout.created_at)["batches"][number - 1]["agents"]]
+
+
+def rollout_session(rollout: Rollout):  # type: ignore[no-untyped-def]
+    from sqlalchemy.orm import object_session
+
+    return object_session(rollout)
+
+
+def _finish(world: World, rollout: Rollout, outcome: dict[str, str] | None = None) -> list[str]:
+    """Every queued deployment of the current batch exported, then finished with
+    ``outcome[agent]`` (default succeeded); then what the engine did."""
+    ctx = world.ctx("op")
+    outcome = outcome or {}
+    ids = []
+    for dep in _current(world, rollout):
+        if dep.state == "queued":
+            mark_exported(ctx, dep, bundle_id=f"b{dep.id}", bundle_path=f"/m/{dep.id}",
+                          sequence=dep.id, root_version=1)
+        transition(ctx, dep, outcome.get(dep.agent.agent_id, "succeeded"))
+        ids.append(dep.id)
+    return ro.after_deployments(ctx, ids)
+
+
+def _current(world: World, rollout: Rollout) -> list[Deployment]:
+    deps = world.session.scalars(select(Deployment).where(
+        Deployment.queued_by == f"rollout:{rollout.id}", Deployment.state.not_in(
+            ("succeeded", "failed", "rejected", "interrupted", "cancelled", "lost"))))
+    return list(deps)
+
+
+def _count(world: World, model: type) -> int:
+    return world.session.scalar(select(func.count()).select_from(model)) or 0
+
+
+# ---- planning: every strategy ---------------------------------------------------------
+
+
+def test_plan_all_at_once(world: World) -> None:
+    agents = [get_agent(world.session, a) for a in _fleet(world, 3)]
+    assert [[a.agent_id for a in b] for b in ro.plan_batches(agents, Strategy())] == [
+        ["a00", "a01", "a02"]]
+
+
+def test_plan_canary_then_batches_by_count_and_percent(world: World) -> None:
+    agents = [get_agent(world.session, a) for a in _fleet(world, 7)]
+    plan = ro.plan_batches(agents, Strategy(canary=1, batch_size=2))
+    assert [[a.agent_id for a in b] for b in plan] == [
+        ["a00"], ["a01", "a02"], ["a03", "a04"], ["a05", "a06"]]
+    plan = ro.plan_batches(agents, Strategy(batch_percent=30))  # ceil(7 * 0.3) = 3
+    assert [len(b) for b in plan] == [3, 3, 1]
+    plan = ro.plan_batches(agents, Strategy(canary_agents=("a05", "a02")))
+    assert [[a.agent_id for a in b] for b in plan] == [
+        ["a05", "a02"], ["a00", "a01", "a03", "a04", "a06"]]
+
+
+def test_plan_refusals(world: World) -> None:
+    agents = [get_agent(world.session, a) for a in _fleet(world, 2)]
+    with pytest.raises(ValidationError, match=r"canary agent.*zz.*not among the 2"):
+        ro.plan_batches(agents, Strategy(canary_agents=("zz",)))
+    with pytest.raises(ValidationError, match="no enrolled agent"):
+        ro.plan_batches([], Strategy())
+    for bad, rule in ((Strategy(batch_size=0), "at least 1"),
+                      (Strategy(batch_percent=101), "1 … 100"),
+                      (Strategy(batch_size=1, batch_percent=5), "not both"),
+                      (Strategy(on_failure="explode"), "pause or abort")):
+        with pytest.raises(ValidationError, match=rule):
+            bad.check()
+
+
+# ---- labels and selectors --------------------------------------------------------------
+
+
+def test_labels_from_enrollment_edit_and_select(world: World) -> None:
+    _fleet(world, 2, labels=(("region", "eu"),))
+    _fleet(world, 1, prefix="u", labels=(("region", "us"),))
+    assert [a.agent_id for a in ro.select_agents(world.session, labels={"region": "eu"})] \
+        == ["a00", "a01"]
+    ro.set_agent_labels(world.ctx("admin"), "a01", ["region=us", "tier=gold"])
+    assert get_agent(world.session, "a01").labels == {"region": "us", "tier": "gold"}
+    assert [a.agent_id for a in ro.select_agents(
+        world.session, labels=ro.parse_selector("region=us,tier=gold"))] == ["a01"]
+    ro.set_agent_labels(world.ctx("admin"), "a01", ["tier-"])
+    assert get_agent(world.session, "a01").labels == {"region": "us"}
+    events = world.session.scalars(select(AuditEvent).where(
+        AuditEvent.action == "agent.label")).all()
+    assert len(events) == 2
+
+
+def test_label_edit_refusals_change_nothing(world: World) -> None:
+    _fleet(world, 1, labels=(("region", "eu"),))
+    for who, changes, error in (("op", ["x=y"], PermissionDeniedError),
+                                ("admin", ["bad key=y"], ValidationError),
+                                ("admin", ["nothere-"], ValidationError)):
+        with pytest.raises(error):
+            ro.set_agent_labels(world.ctx(who), "a00", changes)
+        assert get_agent(world.session, "a00").labels == {"region": "eu"}
+    with pytest.raises(ValidationError, match="name=value"):
+        ro.parse_selector("region")
+
+
+# ---- the engine ------------------------------------------------------------------------
+
+
+def test_all_at_once_succeeds(world: World, rel: Release) -> None:
+    _fleet(world, 3)
+    rollout = ro.start_rollout(world.ctx("op"), rel, environment="test")
+    assert len(_current(world, rollout)) == 3
+    did = _finish(world, rollout)
+    assert rollout.state == "succeeded" and "rollout succeeded" in did
+
+
+def test_canary_batches_manual_gate(world: World, rel: Release) -> None:
+    _fleet(world, 5)
+    _second_operator(world)
+    strategy = Strategy(canary=1, batch_size=2, manual=True)
+    rollout = ro.start_rollout(world.ctx("op"), rel, environment="test", strategy=strategy)
+    assert [d.agent.agent_id for d in _current(world, rollout)] == ["a00"]
+    with pytest.raises(InvalidStateError, match=r"batch 1 .* not done: 1 agent"):
+        ro.confirm_gate(world.ctx("op2"), rollout)
+    _finish(world, rollout)
+    assert _current(world, rollout) == []  # the gate holds batch 2
+    waits = ro.rollout_json(world.session, rollout, world.clock())["batches"][0]["waiting_for"]
+    assert any("manual confirmation" in w for w in waits)
+    with pytest.raises(PermissionDeniedError, match="another operator"):
+        ro.confirm_gate(world.ctx("op"), rollout)  # the starter
+    with pytest.raises(PermissionDeniedError):
+        ro.confirm_gate(world.ctx("view"), rollout)
+    assert _current(world, rollout) == []
+    ro.confirm_gate(world.ctx("op2"), rollout)
+    assert [d.agent.agent_id for d in _current(world, rollout)] == ["a01", "a02"]
+    _finish(world, rollout)
+    ro.confirm_gate(world.ctx("op2"), rollout)
+    _finish(world, rollout)
+    assert rollout.state == "succeeded"
+    assert _count(world, Deployment) == 5
+    actions = world.session.scalars(select(AuditEvent.action).where(
+        AuditEvent.object_type == "rollout")).all()
+    assert actions.count("rollout.confirm") == 2 and actions.count("rollout.batch_start") == 3
+
+
+def test_soak_time(world: World, rel: Release) -> None:
+    _fleet(world, 2)
+    rollout = ro.start_rollout(world.ctx("op"), rel, environment="test",
+                               strategy=Strategy(canary=1, soak_s=600))
+    _finish(world, rollout)
+    assert _current(world, rollout) == []
+    assert ro.next_wakeup(world.session) is not None
+    world.clock.advance(599)
+    assert ro.advance_all(world.ctx("op")) == {}
+    world.clock.advance(1)
+    assert ro.advance_all(world.ctx("op")) == {rollout.id: [
+        "batch 2 started", f"deployment {_current(world, rollout)[0].id} queued for a01"]}
+
+
+def test_failing_batch_pauses_then_resume_accepts(world: World, rel: Release) -> None:
+    _fleet(world, 4)
+    rollout = ro.start_rollout(world.ctx("op"), rel, environment="test",
+                               strategy=Strategy(batch_size=2))
+    did = _finish(world, rollout, {"a01": "failed"})
+    assert rollout.state == "paused" and "a01 (failed)" in rollout.reason, did
+    assert _current(world, rollout) == []  # batch 2 not started
+    assert ro.advance(world.ctx("op"), rollout) == []
+    ro.resume_rollout(world.ctx("op"), rollout)
+    assert rollout.state == "running" and len(_current(world, rollout)) == 2
+    _finish(world, rollout)
+    assert rollout.state == "succeeded"
+
+
+def test_threshold_count_and_percent(world: World, rel: Release) -> None:
+    _fleet(world, 4)
+    rollout = ro.start_rollout(world.ctx("op"), rel, environment="test",
+                               strategy=Strategy(batch_size=2, max_failures=1))
+    _finish(world, rollout, {"a00": "failed"})
+    assert rollout.state == "running" and len(_current(world, rollout)) == 2
+    _finish(world, rollout, {"a02": "interrupted"})
+    assert rollout.state == "paused"
+    ro.abort_rollout(world.ctx("op"), rollout)
+    rel2 = rel
+    rollout2 = ro.start_rollout(world.ctx("op"), rel2, environment="test",
+                                strategy=Strategy(batch_size=2, max_failure_percent=50))
+    _finish(world, rollout2, {"a00": "failed", "a01": "failed"})  # 2 of 4 = 50 %: allowed
+    assert rollout2.state == "running"
+
+
+def test_failure_aborts_and_rolls_back(world: World, rel: Release) -> None:
+    _fleet(world, 4)
+    calls: list[list[int]] = []
+
+    def fake_rollback(ctx, rollout, failed):  # type: ignore[no-untyped-def]
+        calls.append([d.id for d in failed])
+        return f"rollback of {len(failed)} queued"
+
+    strategy = Strategy(canary=2, on_failure="abort", auto_rollback=True)
+    rollout = ro.start_rollout(world.ctx("op"), rel, environment="test", strategy=strategy)
+    ro.ROLLBACK_ACTIONS.append(fake_rollback)
+    try:
+        did = _finish(world, rollout, {"a00": "failed"})
+    finally:
+        ro.ROLLBACK_ACTIONS.remove(fake_rollback)
+    assert rollout.state == "aborted" and rollout.rolled_back
+    assert len(calls) == 1 and "rollback: rollback of 1 queued" in did
+    assert _count(world, Deployment) == 2  # the rest was never queued
+
+
+def test_rollback_without_action_says_so(world: World, rel: Release) -> None:
+    _fleet(world, 2)
+    rollout = ro.start_rollout(world.ctx("op"), rel, environment="test",
+                               strategy=Strategy(canary=1, auto_rollback=True))
+    did = _finish(world, rollout, {"a00": "failed"})
+    assert rollout.state == "paused"
+    assert "rollback: no automatic rollback action is installed at this hub" in did
+
+
+def test_cancel_cancels_queued_and_withdraws_exported(world: World, rel: Release) -> None:
+    _fleet(world, 3)
+    rollout = ro.start_rollout(world.ctx("op"), rel, environment="test")
+    deps = _current(world, rollout)
+    mark_exported(world.ctx("op"), deps[0], bundle_id="bx", bundle_path="/m/x", sequence=1,
+                  root_version=1)
+    transition(world.ctx("op"), deps[1], "exported")  # a bundle record without a file
+    did = ro.cancel_rollout(world.ctx("op"), rollout, "wrong release")
+    assert rollout.state == "cancelled"
+    assert deps[0].state == "lost" and deps[2].state == "cancelled"
+    assert any("withdrawn" in d for d in did)
+    lost = world.session.scalars(select(AuditEvent).where(
+        AuditEvent.action == "bundle.declared_lost")).all()
+    assert len(lost) == 1 and "wrong release" in str(lost[0].details)
+
+
+def test_actions_refused_change_nothing(world: World, rel: Release) -> None:
+    _fleet(world, 2)
+    rollout = ro.start_rollout(world.ctx("op"), rel, environment="test",
+                               strategy=Strategy(canary=1))
+    events = _count(world, AuditEvent)
+    for action in (ro.pause_rollout, ro.abort_rollout, ro.cancel_rollout):
+        with pytest.raises(PermissionDeniedError):
+            action(world.ctx("view"), rollout)
+    with pytest.raises(InvalidStateError, match="only a paused rollout"):
+        ro.resume_rollout(world.ctx("op"), rollout)
+    with pytest.raises(InvalidStateError, match="no manual gate"):
+        ro.confirm_gate(world.ctx("admin"), rollout)
+    assert rollout.state == "running" and _count(world, AuditEvent) == events
+    with pytest.raises(InvalidStateError, match="already in an active rollout"):
+        ro.start_rollout(world.ctx("op"), rel, environment="test")
+    assert _count(world, Rollout) == 1
+
+
+def test_pause_stops_the_next_batch(world: World, rel: Release) -> None:
+    _fleet(world, 2)
+    rollout = ro.start_rollout(world.ctx("op"), rel, environment="test",
+                               strategy=Strategy(canary=1))
+    ro.pause_rollout(world.ctx("op"), rollout, "looking at the canary")
+    _finish(world, rollout)
+    assert rollout.state == "paused" and _current(world, rollout) == []
+    ro.resume_rollout(world.ctx("op"), rollout)
+    assert [d.agent.agent_id for d in _current(world, rollout)] == ["a01"]
+
+
+def test_batch_waits_for_approvals(world: World, rel: Release) -> None:
+    _fleet(world, 1, env="prod", prefix="p")  # prod needs 2 approvals; rel has 1
+    rollout = ro.start_rollout(world.ctx("op"), rel, environment="prod")
+    assert _current(world, rollout) == []
+    view = ro.rollout_json(world.session, rollout, world.clock())
+    assert view["batches"][0]["agents"][0]["state"] == "not queued"
+    assert any("approval 1 of 2" in w for w in view["batches"][0]["waiting_for"])
+    from hub.services.approvals import approve_release
+
+    approve_release(world.ctx("appr2"), rel)
+    ro.advance(world.ctx("op"), rollout)
+    assert len(_current(world, rollout)) == 1
+
+
+def test_owes_result_since(world: World, rel: Release) -> None:
+    _fleet(world, 1)
+    rollout = ro.start_rollout(world.ctx("op"), rel, environment="test")
+    dep = _current(world, rollout)[0]
+    mark_exported(world.ctx("op"), dep, bundle_id="b", bundle_path="/m/b", sequence=1,
+                  root_version=1)
+    row = ro.rollout_json(world.session, rollout, world.clock())["batches"][0]["agents"][0]
+    assert row["reached"] == "media" and row["owes_result_since"] == dep.exported_at.isoformat()
