@@ -60,8 +60,13 @@ def waiting_for(session: Session, deployment: Deployment, now: datetime) -> list
     then freeze, window, override, site); empty when it waits for nothing."""
     if deployment.state not in WAITING_STATES:
         return []
-    sub = _subscription(session, deployment) if deployment.state == "planned" else None
-    reasons = _approvals(deployment, now, sub) + _channel(session, deployment, sub)
+    # The channel rule applies to what comes through a subscription (as
+    # hub.services.promotion.approval_check, which queued it); "not yet promoted" only
+    # while planned.
+    sub = _subscription(session, deployment)
+    reasons = _approvals(deployment, now, sub)
+    if deployment.state == "planned":
+        reasons += _channel(session, deployment, sub)
     gate = gate_for(session, deployment, now)
     reasons += _freeze_and_window(gate, deployment)
     pending = [o for o in list_overrides(session, deployment) if o.state == "requested"]
@@ -81,7 +86,7 @@ def _subscription(session: Session, dep: Deployment) -> ChannelSubscription | No
 
 def _approvals(dep: Deployment, now: datetime, sub: ChannelSubscription | None) -> list[Reason]:
     """The hub's rule (a planned deployment: its channel's rule, if the channel has one)."""
-    channel = sub.channel.name if sub is not None else None
+    channel = sub.channel.name.lower() if sub is not None else None  # rules spell it lower
     check = check_rule(dep.release, dep.environment, channel=channel, now=now)
     if check.met:
         return []

@@ -454,3 +454,24 @@ def test_concurrent_promotions_enter_once_on_postgresql(
             assert session.scalar(select(func.count()).select_from(ChannelEntry)) == 2
     finally:
         engine.dispose()
+
+
+def test_a_channel_approval_rule_applies_to_deployments_planned_through_it(
+    world: World, tmp_path: Path
+) -> None:
+    """prod needs 2 approvals, but 1 for releases reaching it through STABLE (the approval
+    rules spell channels in lower case): a planned deployment through STABLE is queued with
+    one approval, and the deployment page's reasons (readiness) agree."""
+    from hub.services.approval_rules import set_channel_rule
+    from hub.services.readiness import waiting_for as reasons
+
+    admin = world.ctx("admin")
+    release = _release(world, tmp_path)
+    set_channel_rule(admin, "prod", "stable", required=1)
+    subscribe(admin, "prod", "hello", "STABLE")
+    promote(world.ctx("op"), "hello", "1.0.0")
+    (dep,) = promote(world.ctx("op"), "hello", "1.0.0").planned
+    world.session.commit()
+    assert dep.state == "queued" and release.state == "approved"
+    assert [r.kind for r in reasons(world.session, dep, world.clock())
+            if r.kind == "approvals"] == []
