@@ -136,6 +136,12 @@ def set_required_approvals(ctx: ServiceContext, name: str, required_approvals: i
     env = get_environment(ctx.session, name)
     require(ctx.actor, "environment.update", env)
     _check_required(required_approvals)
+    if required_approvals < (env.approval_min_groups or 1):
+        raise ValidationError(
+            f"environment {name} wants approvers from {env.approval_min_groups} groups, which "
+            f"{required_approvals} approver(s) cannot meet; lower it first (hub environments "
+            "approval-rule --min-groups)"
+        )
     before = env.required_approvals
     env.required_approvals = required_approvals
     ctx.session.flush()

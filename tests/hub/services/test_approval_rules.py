@@ -177,3 +177,17 @@ def test_only_admins_change_rules_and_groups(world: World) -> None:
         add_group(world.ctx("admin"), "appr1", "dba")
     assert world.user("appr1").group_names == ["dba"]
     assert rule_for(get_environment(world.session, "prod")).required == 2
+
+
+def test_required_approvals_cannot_drop_below_min_groups(world: World) -> None:
+    from hub.services.environments import set_required_approvals
+
+    set_environment_rule(world.ctx("admin"), "prod", required=2, min_groups=2)
+    world.session.commit()
+    before = (rule_for(get_environment(world.session, "prod")),
+              _events(world, "environment.required_approvals"))
+    with pytest.raises(ValidationError, match="approvers from 2 groups, which 1 approver"):
+        set_required_approvals(world.ctx("admin"), "prod", 1)
+    world.session.rollback()
+    assert (rule_for(get_environment(world.session, "prod")),
+            _events(world, "environment.required_approvals")) == before
