@@ -72,7 +72,8 @@ MAX_PATH_CHARS = 4096  # characters
 _DURATION_RE = re.compile(r"(?:(\d{1,6})h)?(?:(\d{1,6})m)?(?:(\d{1,9})s)?")
 
 _FILE_KEYS = ("source", "path", "mode", "owner", "group", "render", "params", "follow_symlink")
-_UNDO_KEYS = ("bundle", "step", "connection")
+_UNDO_KEYS = ("bundle", "step", "connection", "engine", "script", "interpreter", "env", "args",
+              "secrets_via")
 # Raw (release.toml) keys and normalized keys, common and per kind.
 _COMMON_RAW = ("name", "kind", "timeout", "on_failure", "secrets", "after")
 _COMMON_NORM = ("name", "kind", "timeout_s", "on_failure", "secrets", "after")
@@ -101,7 +102,7 @@ _OPTIONAL_NORM: dict[str, frozenset[str]] = {
     "shell": frozenset({"rollback"}),
     "agent-upgrade": frozenset(),
     "file": frozenset({"owner", "group"}),
-    "undo": frozenset({"connection"}),
+    "undo": frozenset(_UNDO_KEYS[2:]),
 }
 
 
@@ -446,7 +447,10 @@ def _raw_checks(files: Collection[str] | None) -> dict[str, dict[str, _Check]]:
             "params": _params,
             "follow_symlink": _bool,
         },
-        "undo": {"bundle": _bundle_id, "step": _step_number, "connection": _connection},
+        "undo": {"bundle": _bundle_id, "step": _step_number, "connection": _connection,
+                 "engine": _choice(SQL_ENGINES), "script": ref,
+                 "interpreter": _choice(INTERPRETERS), "env": _env,
+                 "args": lambda v: _list(v, _arg), "secrets_via": _choice(SECRETS_VIA)},
     }
 
 
@@ -525,7 +529,8 @@ def _check_keys(
             continue
         owners = [k for k in STEP_KINDS if isinstance(key, str) and key in allowed[k]]
         if owners:
-            why = f"is a field of {' and '.join(owners)} steps, not of {kind} steps"
+            listed = ", ".join(owners[:-1]) + " and " + owners[-1] if len(owners) > 1 else owners[0]
+            why = f"is a field of {listed} steps, not of {kind} steps"
         else:
             why = f"is not a known field of a {kind} step{_hint(key, known)}"
         raise ReleaseFormatError(f"{_where(index, name)}: {_show(key)} {why}")
@@ -612,6 +617,8 @@ def _check_combinations(step: Mapping[str, Any], index: int | None, *, raw_keys:
                 f"({step['timeout_s']} seconds)"
             )
             _fail(index, name, field, message)
+    if step["kind"] == "undo":
+        _check_undo(step, index)
     if step["kind"] == "file" and step["params"] and not step["render"]:
         _fail(index, name, "params", "has no effect unless render = true")
     for first, second in (("script", "down"), ("script", "rollback")):
@@ -629,6 +636,26 @@ def _check_combinations(step: Mapping[str, Any], index: int | None, *, raw_keys:
                 )
                 _fail(index, name, "secrets", message)
             seen[var] = secret
+
+
+def _check_undo(step: Mapping[str, Any], index: int | None) -> None:
+    """An undo step runs a script only as a sql ``down`` (engine, connection) or a shell
+    ``rollback`` (interpreter, and optionally env, args, secrets_via)."""
+    name = step["name"]
+    runs = [key for key in ("engine", "interpreter") if key in step]
+    if len(runs) > 1:
+        _fail(index, name, "interpreter", "an undo step runs a sql down script (engine) or a "
+              "shell rollback script (interpreter), not both")
+    if runs and "script" not in step:
+        _fail(index, name, "script", f"is missing; {runs[0]} needs the script to run")
+    if "script" in step and not runs:
+        _fail(index, name, "script", "needs engine (a sql down script) or interpreter (a "
+              "shell rollback script)")
+    if "engine" in step and "connection" not in step:
+        _fail(index, name, "connection", "is missing; a sql down script needs its connection")
+    for key in ("env", "args", "secrets_via"):
+        if key in step and "interpreter" not in step:
+            _fail(index, name, key, "is only for a shell rollback script (with interpreter)")
 
 
 def secret_env_name(name: str) -> str:

@@ -58,6 +58,7 @@ from typing import IO, Any, ClassVar
 
 from agent.executors.base import MAX_LINE_CHARS, StepContext, StepLog, StepOutcome, StepStatus
 from agent.executors.errors import StepSpecError
+from agent.executors.undodata import record_script_undo
 
 __all__ = [
     "DEFAULT_PATH",
@@ -348,6 +349,9 @@ class ShellExecutor:
         started = time.monotonic()
         if ctx.cancel.is_set():
             return StepOutcome("failed", "cancelled before it started", details={"cancelled": True})
+        refused = record_script_undo(ctx, "rollback")
+        if refused is not None:
+            return refused
         plan = self._plan(ctx)
         if isinstance(plan, StepOutcome):
             return plan

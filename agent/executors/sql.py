@@ -54,6 +54,7 @@ from agent.executors.sqlconn import (
 from agent.executors.sqlhistory import UNFINISHED, SchemaStore
 from agent.executors.sqlplan import Plan, failed, prepare
 from agent.executors.sqlrun import SqlLog
+from agent.executors.undodata import record_script_undo
 
 __all__ = ["LOCK_POLL_S", "SqlExecutor"]
 
@@ -61,7 +62,8 @@ __all__ = ["LOCK_POLL_S", "SqlExecutor"]
 LOCK_POLL_S = 0.5  # seconds
 
 _COMMON_FIELDS = {"name", "kind", "timeout_s", "on_failure", "secrets", "after"}
-_SQL_FIELDS = {"engine", "connection", "script", "version", "description"}
+_SQL_FIELDS = {"engine", "connection", "script", "version", "description",
+               "down"}  # down: run by a rollback (agent.executors.undo), not here
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,99}")
 
 
@@ -127,6 +129,9 @@ class SqlExecutor:
         plan = prepare(ctx)
         if isinstance(plan, StepOutcome):
             return plan
+        refused = record_script_undo(ctx, "down")
+        if refused is not None:
+            return refused
 
         def redact(text: str) -> str:
             return ctx.log.redact(plan.target.redact(text))

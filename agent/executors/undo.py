@@ -18,12 +18,14 @@ bundle it undoes (naming that bundle's id and the step's number), in reverse ord
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from kubernetes.client import ApiClient
 
+from agent.executors import get_executor
 from agent.executors.base import StepContext, StepOutcome
 from agent.executors.errors import StepSpecError
 from agent.executors.file import FileStepError, SchemaValidated, restore_file
@@ -41,6 +43,35 @@ def restorable(obj: Mapping[str, Any]) -> dict[str, Any]:
     """``obj`` as recorded, less its status and the metadata the server sets."""
     meta = {k: v for k, v in obj.get("metadata", {}).items() if k not in _SERVER_SET}
     return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
+
+
+_SCRIPT_KEYS = {"sql": ("engine", "connection", "script"),
+                "shell": ("script", "interpreter", "env", "args", "secrets_via")}
+
+
+def _run_script(ctx: StepContext, what: str, kind: str) -> StepOutcome:
+    """Run the sql ``down`` or shell ``rollback`` script the undo step carries, with the
+    executor of that kind, as a step of that kind."""
+    needed = "engine" if kind == "sql" else "interpreter"
+    if needed not in ctx.step:
+        return StepOutcome("failed", f"{what} ran here, but this undo step carries no "
+                           f"{'down' if kind == 'sql' else 'rollback'} script to undo it")
+    step: dict[str, Any] = {key: ctx.step[key] for key in ("name", "timeout_s", "on_failure",
+                                                            "secrets")}
+    step["kind"] = kind
+    step.update({key: ctx.step[key] for key in _SCRIPT_KEYS[kind] if key in ctx.step})
+    if kind == "shell":
+        step.setdefault("env", {})
+        step.setdefault("args", [])
+        step.setdefault("secrets_via", "env")
+    executor = get_executor(kind)
+    executor.validate(step)
+    ctx.log.write(f"running {step['script']} to undo {what}", "undo")
+    outcome = executor.run(dataclasses.replace(ctx, step=step, undo_dir=None))
+    return dataclasses.replace(outcome, summary=f"{what}: {step['script']} {outcome.status}: "
+                               f"{outcome.summary}", details={**outcome.details,
+                                                             "undone": outcome.status ==
+                                                             "succeeded", "kind": kind})
 
 
 class UndoExecutor(SchemaValidated):
@@ -68,6 +99,8 @@ class UndoExecutor(SchemaValidated):
                 summary = restore_file(undo_dir, ctx.log)
             elif record["kind"] == "k8s":
                 summary = self._restore_k8s(ctx, record)
+            elif record["kind"] in ("sql", "shell"):
+                return _run_script(ctx, what, str(record["kind"]))
             else:
                 return StepOutcome("failed", f"{what}: undo data of kind {record['kind']!r} "
                                    "is not known to this agent")

@@ -18,11 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from agent.executors.base import StepContext, StepOutcome
 from agent.faults import crash_point
 from signing.fileio import fsync_dir
 
-__all__ = ["UNDO_PREVIOUS", "UNDO_RECORD", "read_record", "step_undo_dir", "write_durably",
-           "write_record"]
+__all__ = ["UNDO_PREVIOUS", "UNDO_RECORD", "read_record", "record_script_undo", "step_undo_dir",
+           "write_durably", "write_record"]
 
 UNDO_RECORD = "undo.json"
 UNDO_PREVIOUS = "previous"
@@ -72,6 +73,24 @@ def write_record(undo_dir: Path, doc: Mapping[str, Any], previous: bytes | None 
         write_durably(record, json.dumps(doc, sort_keys=True).encode("utf-8"), 0o600)
     crash_point("undo-recorded")
     return fresh
+
+
+def record_script_undo(ctx: StepContext, key: str) -> StepOutcome | None:
+    """For a sql step with ``down`` or a shell step with ``rollback`` (``key``): record, before
+    the step runs, that it ran here, so a rollback knows to run that script on this agent.
+    Returns the failed outcome to report when the record cannot be written (then the step
+    must not run), else None.
+    """
+    if key not in ctx.step or ctx.undo_dir is None:
+        return None
+    try:
+        write_record(ctx.undo_dir, {"kind": str(ctx.step["kind"]), "script": ctx.step[key]})
+    except OSError as exc:
+        message = (f"cannot record undo data in {ctx.undo_dir}: {exc.strerror or exc}; "
+                   "nothing was run")
+        ctx.log.write(message, "tiangong")
+        return StepOutcome("failed", message)
+    return None
 
 
 def read_record(undo_dir: Path) -> dict[str, Any] | None:

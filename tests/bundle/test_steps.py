@@ -178,7 +178,7 @@ BAD: list[Any] = [
     (with_(SQL, timeout_s=5), ["'timeout_s' is not a known field", "did you mean 'timeout'?"]),
     (with_(SQL, manifests=["k8s/ns.yaml"]), ["'manifests' is a field of k8s steps",
                                              "not of sql steps"]),
-    (with_(K8S, script="x.py"), ["'script' is a field of sql and shell steps"]),
+    (with_(K8S, script="x.py"), ["'script' is a field of sql, shell and undo steps"]),
     (with_(SHELL, totally_unknown=1), ["'totally_unknown' is not a known field of a shell"]),
     # timeout and on_failure
     (with_(SQL, timeout="5x"), ["step 4 ('create schema'), field timeout", "'5x'",

@@ -42,7 +42,7 @@ def test_a_file_step_normalizes_with_its_defaults() -> None:
     ({"render": True, "params": {"1x": "1"}}, ["field params", "parameter name '1x'"]),
     ({"render": True, "params": {"port": 8080}}, ["field params", "must be a string"]),
     ({"path": None}, ["field path", "is missing; a file step needs source, path"]),
-    ({"script": "scripts/do.sh"}, ["'script' is a field of sql and shell steps"]),
+    ({"script": "scripts/do.sh"}, ["'script' is a field of sql, shell and undo steps"]),
 ])
 def test_a_bad_file_step_is_refused_naming_the_field(changes: dict[str, Any],
                                                     words: list[str]) -> None:
@@ -104,3 +104,18 @@ def test_an_undo_step_names_a_bundle_and_a_step_number() -> None:
         with pytest.raises(ReleaseFormatError, match=f"field {field}: "):
             normalize_step({"name": "u", "kind": "undo", "bundle": "b7", "step": 2, **changes},
                            0, FILES)
+
+
+@pytest.mark.parametrize(("fields", "words"), [
+    ({"engine": "postgres", "script": "sql/down.sql"}, "field connection: is missing"),
+    ({"engine": "postgres", "connection": "db"}, "field script: is missing"),
+    ({"script": "sql/down.sql"}, "field script: needs engine"),
+    ({"engine": "mysql", "interpreter": "bash", "script": "sql/down.sql", "connection": "db"},
+     "not both"),
+    ({"args": ["x"]}, "field args: is only for a shell rollback script"),
+])
+def test_an_undo_step_runs_a_script_only_as_a_down_or_rollback(fields: dict[str, Any],
+                                                              words: str) -> None:
+    with pytest.raises(ReleaseFormatError, match=words):
+        normalize_step({"name": "u", "kind": "undo", "bundle": "b7", "step": 1, **fields}, 0,
+                       FILES)

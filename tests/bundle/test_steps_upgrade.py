@@ -35,7 +35,7 @@ def test_an_upgrade_step_normalizes_with_its_defaults() -> None:
     ({"wheel": None}, ["step 1 ('upgrade')", "field wheel", "is missing"]),
     ({"wheel": "tiangong-9.whl"}, ["field wheel", "tiangong-9.whl"]),
     ({"confirm_timeout": "soon"}, ["field confirm_timeout"]),
-    ({"script": "scripts/x.sh"}, ["'script' is a field of sql and shell steps"]),
+    ({"script": "scripts/x.sh"}, ["'script' is a field of sql, shell and undo steps"]),
 ])
 def test_a_bad_upgrade_step_is_refused_naming_the_field(changes: dict[str, Any],
                                                        words: list[str]) -> None:

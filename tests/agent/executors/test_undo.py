@@ -19,18 +19,22 @@ from agent.executors.base import Connection, StepContext, StepLog, StepOutcome
 from agent.executors.undodata import UNDO_RECORD
 from bundle.steps import normalize_step
 from tests.agent.executors.k8scase import Harness
+from tests.agent.executors.sqlcase import *  # noqa: F403  (the db fixture)
+from tests.agent.executors.sqlcase import Db, Runner
 from tests.fixtures.kube import KubeServer
 
 
 def _undo_ctx(tmp: Path, undo_root: Path, bundle: str, number: int,
-              connection: Connection | None = None) -> StepContext:
+              connection: Connection | None = None, **fields: Any) -> StepContext:
     step = normalize_step({"name": f"undo {number}", "kind": "undo", "bundle": bundle,
-                           "step": number, **({"connection": connection.name}
-                                              if connection else {})}, 0, set())
+                           "step": number, **fields, **({"connection": connection.name}
+                                                        if connection else {})}, 0,
+                          {"sql/down.sql", "scripts/rollback.sh"})
     get_executor("undo").validate(step)
     work = tmp / "undo-work"
     work.mkdir(exist_ok=True)
-    return StepContext(bundle_id="rollback-1", release={}, index=0, step=step, files={},
+    release = {"product": "billing", "version": "2.4.0-rollback-1"}
+    return StepContext(bundle_id="rollback-1", release=release, index=0, step=step, files={},
                        workdir=work, connection=connection, secrets={}, log=StepLog(),
                        deadline=time.monotonic() + 60, cancel=threading.Event(),
                        undo_dir=undo_root / "rollback-1" / "001")
@@ -111,3 +115,57 @@ def test_an_undo_step_restores_a_file_and_says_when_nothing_was_recorded(
     no_dir = dataclasses.replace(_undo_ctx(tmp_path, undo_root, "app-1", 2), undo_dir=None)
     refused = get_executor("undo").run(no_dir)
     assert refused.status == "failed" and dest.read_text() == "old"
+
+
+def test_a_sql_step_is_undone_by_its_down_script_on_the_real_server(
+        tmp_path: Path, db: Db) -> None:
+    runner = Runner(tmp_path, db)
+    undo_root = tmp_path / "undo"
+    up = runner.ctx("CREATE TABLE invoices (id INT);\nINSERT INTO invoices VALUES (1);\n",
+                    bundle_id="billing-1", step={"down": "sql/down.sql"})
+    up = dataclasses.replace(up, undo_dir=undo_root / "billing-1" / "001")
+    assert get_executor("sql").run(up).status == "succeeded"
+    assert "invoices" in db.tables()
+    assert json.loads((undo_root / "billing-1" / "001" / UNDO_RECORD).read_text()) == {
+        "kind": "sql", "script": "sql/down.sql"}
+    down = tmp_path / "down.sql"
+    down.write_text("DROP TABLE invoices;\n")
+    ctx = _undo_ctx(tmp_path, undo_root, "billing-1", 1, up.connection,
+                    engine=db.engine, script="sql/down.sql")
+    ctx = dataclasses.replace(ctx, files={"sql/down.sql": down})
+
+    outcome = get_executor("undo").run(ctx)
+    never = get_executor("undo").run(dataclasses.replace(
+        _undo_ctx(tmp_path, undo_root, "billing-1", 2, up.connection, engine=db.engine,
+                  script="sql/down.sql"), files={"sql/down.sql": down}))
+
+    assert outcome.status == "succeeded", outcome.summary
+    assert outcome.summary.startswith("step 1 of bundle billing-1: sql/down.sql succeeded")
+    assert "invoices" not in db.tables()
+    assert never.status == "succeeded" and never.details == {"undone": False}
+
+
+def test_a_shell_step_is_undone_by_its_rollback_script(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    marker.write_text("made by the release")
+    undo_root = tmp_path / "undo"
+    script = tmp_path / "rollback.sh"
+    script.write_text('rm "$1"\necho "removed $1"\n')
+    undone = _undo_ctx(tmp_path, undo_root, "ops-1", 1, None, interpreter="bash",
+                       script="scripts/rollback.sh", args=[str(marker)])
+    undone = dataclasses.replace(undone, files={"scripts/rollback.sh": script})
+    # the shell step of ops-1 recorded, before it ran, that it ran here
+    shell = {"name": "make marker", "kind": "shell", "timeout_s": 60, "on_failure": "stop",
+             "secrets": [], "script": "scripts/do.sh", "interpreter": "bash", "env": {},
+             "secrets_via": "env", "args": [], "rollback": "scripts/rollback.sh"}
+    do = tmp_path / "do.sh"
+    do.write_text("true\n")
+    ran = dataclasses.replace(undone, step=shell, files={"scripts/do.sh": do},
+                              undo_dir=undo_root / "ops-1" / "001")
+    assert get_executor("shell").run(ran).status == "succeeded"
+
+    outcome = get_executor("undo").run(undone)
+
+    assert outcome.status == "succeeded", outcome.summary
+    assert not marker.exists()
+    assert f"removed {marker}" in undone.log.text()
