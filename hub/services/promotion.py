@@ -435,6 +435,8 @@ def waiting_for(session: Session, dep: Deployment, now: datetime) -> list[str]:
     Today: the hub's approval rule (:func:`approval_check`). (Windows and freezes are
     ``hub.services.readiness``'s.)
     """
+    if dep.release.state != "approved":  # rejected after it was planned
+        return [f"release {dep.release.label} is {dep.release.state}"]
     check = approval_check(session, dep, now)
     return [] if check.met else [f"approvals: {check.summary()}"]
 

@@ -28,7 +28,7 @@ from hub.errors import (
     ValidationError,
 )
 from hub.migrate import upgrade
-from hub.services.approvals import approve_release
+from hub.services.approvals import approve_release, reject_release
 from hub.services.channels import (
     ChannelRule,
     add_channel,
@@ -44,6 +44,7 @@ from hub.services.deployments import transition
 from hub.services.environments import create_environment
 from hub.services.exchange import export_environment, import_directory
 from hub.services.promotion import (
+    advance_planned,
     approve_promotion,
     entries_of,
     promote,
@@ -475,3 +476,18 @@ def test_a_channel_approval_rule_applies_to_deployments_planned_through_it(
     assert dep.state == "queued" and release.state == "approved"
     assert [r.kind for r in reasons(world.session, dep, world.clock())
             if r.kind == "approvals"] == []
+
+
+def test_a_release_rejected_after_it_was_planned_is_never_queued(
+    world: World, tmp_path: Path
+) -> None:
+    admin = world.ctx("admin")
+    release = _release(world, tmp_path)
+    subscribe(admin, "prod", "hello", "CANARY")  # prod needs 2 approvals: planned, waiting
+    (dep,) = promote(world.ctx("op"), "hello", "1.0.0").planned
+    reject_release(world.ctx("appr2"), release, comment="found a bug")
+    world.session.commit()
+    assert advance_planned(world.ctx("op"), [dep]) == []
+    assert dep.state == "planned"
+    assert waiting_for(world.session, dep, world.clock()) == [
+        "release hello 1.0.0 is rejected"]
