@@ -19,6 +19,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from hub.db import db
 from hub.errors import ValidationError
 from hub.services.agents import list_agents
+from hub.services.approval_rules import rules_of
 from hub.services.deployments import pending_exports
 from hub.services.environments import (
     MAX_REQUIRED_APPROVALS,
@@ -113,6 +114,7 @@ def show(name: str) -> Any:
         may_update=can(user, "environment.update", env),
         may_enroll=can(user, "agent.enroll", env),
         max_required=MAX_REQUIRED_APPROVALS,
+        approval_rules=rules_of(sc, env.name),
     )
 
 

@@ -112,3 +112,17 @@ def test_payload_for_the_browser_and_its_signature(site: Site, tmp_path: Path) -
     assert "You approved release hello 1.0.0 for test, signed by key" in page
     # the author is never offered the payload
     assert site.client("dev").get(f"{URL}/approval-payload").status_code == 403
+
+
+def test_environment_page_shows_its_approval_rules(site: Site) -> None:
+    from hub.services.approval_rules import set_channel_rule, set_environment_rule
+
+    with site.app.app_context():
+        set_environment_rule(site.ctx("admin"), "prod", required=2, min_groups=2,
+                             groups=["dba", "ops"])
+        set_channel_rule(site.ctx("admin"), "prod", "canary", required=1)
+        db.session.commit()
+    page = unescape(site.client("view").get("/environments/prod").get_data(as_text=True))
+    assert ("this environment: 2 approvals from 2 groups (dba, ops), never the author"
+            in page)
+    assert "through channel canary: 1 approval, never the author" in page
