@@ -28,6 +28,9 @@ to see rules other processes changed):
    ``export_dir``, the file share those sites read (:func:`export_environment`, the same
    function the CLI and the web media page call; ``INDEX-<env>.txt`` says what is there).
 
+It also advances running rollouts (:func:`hub.services.rollouts.advance_all`): a batch whose
+soak time ended starts the next one; it wakes when the earliest soak ends.
+
 Deliberately not here: deciding anything about windows (``hub.services.windows``), or
 exporting early: media exports by hand still go out early (the agent holds the bundle).
 """
