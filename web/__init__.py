@@ -26,11 +26,12 @@ __all__ = ["NAV", "WebState", "init_app", "listens_beyond_loopback", "nav_for"]
 #: The page blueprints, one module each (``web/<name>.py`` with templates in
 #: ``templates/<name>/``), in the order of the navigation bar.
 PAGES = ("home", "releases", "channels", "environments", "windows", "agents", "deployments",
-         "media", "audit", "admin", "tokens", "approvals")
+         "rollouts", "media", "audit", "admin", "tokens", "approvals")
 #: Navigation: (blueprint, label) for each page but home.
 NAV = (("releases", "Releases"), ("channels", "Channels"), ("environments", "Environments"),
        ("windows", "Windows"), ("agents", "Agents"), ("deployments", "Deployments"),
-       ("media", "Media"), ("audit", "Audit"), ("admin", "Admin"), ("tokens", "API tokens"))
+       ("rollouts", "Fleet"), ("media", "Media"), ("audit", "Audit"), ("admin", "Admin"),
+       ("tokens", "API tokens"))
 #: The action a page's index needs, for the pages some signed-in people may not open (the
 #: others list only what one may view, possibly nothing).
 NAV_NEEDS = {"releases": "view", "channels": "view", "audit": "audit.read",

@@ -79,6 +79,7 @@ __all__ = [
     "plan_batches",
     "resume_rollout",
     "rollout_json",
+    "rollout_scope",
     "select_agents",
     "set_agent_labels",
     "start_rollout",
@@ -327,6 +328,11 @@ def _batch(session: Session, rollout: Rollout, number: int) -> RolloutBatch:
         RolloutBatch.rollout_id == rollout.id, RolloutBatch.number == number))
     assert row is not None, f"rollout {rollout.id} has no batch {number}"
     return row
+
+
+def rollout_scope(session: Session, rollout: Rollout) -> list[Environment]:
+    """The environments of a rollout's agents (seeing it needs ``view`` in each)."""
+    return _environments(_targets(session, rollout))
 
 
 def _environments(targets: Sequence[RolloutTarget]) -> list[Environment]:

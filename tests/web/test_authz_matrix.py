@@ -48,6 +48,7 @@ from hub.services.channels import subscribe
 from hub.services.deployments import queue_deployment
 from hub.services.exchange import import_directory
 from hub.services.releases import create_release, submit_release
+from hub.services.rollouts import start_rollout
 from hub.services.tokens import issue_token
 from hub.services.windows import add_rule, request_override
 from signing.keys import SigningKey
@@ -187,6 +188,11 @@ def build_world(site: Site, tmp: Path) -> World:
             (dep,) = queue_deployment(site.ctx("op"), release, "test")
             w.extra[key] = dep.id
         request_override(site.ctx("op-test"), dep, "the matrix asks")
+        rolled = create_release(site.ctx("dev"), write_release(
+            src, product=PRODUCT, version="1.6.0"), create_missing_product=True)
+        submit_release(site.ctx("dev"), rolled)
+        approve_release(site.ctx("appr1"), rolled)
+        w.extra["rollout"] = start_rollout(site.ctx("op"), rolled, environment="test").id
         db.session.commit()
         db.session.remove()
     return w
@@ -355,6 +361,13 @@ EXPECTED: dict[str, View] = {
     ),
     # Lists show only the environments one may view (the leak test checks): everyone opens.
     "deployments.index": View(get=SIGNED_IN),
+    # The fleet and the rollouts list show only the environments one may view.
+    "rollouts.index": View(get=SIGNED_IN),
+    "rollouts.listing": View(get=SIGNED_IN),
+    "rollouts.show": View(
+        get=VIEW_TEST, args=lambda w: {"rollout_id": w.extra.get("rollout", 1)}, scope=VIEW_TEST,
+        ghost=lambda w: {"rollout_id": 999_999},
+    ),
     "deployments.show": View(
         get=VIEW_TEST, args=lambda w: {"deployment_id": w.test_deployment}, scope=VIEW_TEST,
         **TEST_DEPLOYMENT,

@@ -1,0 +1,87 @@
+"""The fleet page and the rollout pages (web.rollouts): what each agent runs, presence and
+pending; a rollout's batches, gate, each agent's state, what the batch waits for, the
+reload while it runs; a rollout in an environment one may not view is a 404."""
+
+from __future__ import annotations
+
+from html import unescape
+from pathlib import Path
+
+from hub.db import db
+from hub.services.agents import enroll_agent
+from hub.services.approvals import approve_release
+from hub.services.deployments import get_deployment, mark_exported, transition
+from hub.services.releases import create_release, submit_release
+from hub.services.rollouts import Strategy, start_rollout
+from tests.hub.conftest import write_release
+from tests.hub.services.test_deployments import request
+from tests.web.pages import Site
+
+
+def _rollout(site: Site, tmp: Path, env: str = "test") -> int:
+    """Two agents in ``env``; hello 1.0.0 rolled out to them, canary 1 and a manual gate;
+    started by admin. Returns the rollout's id."""
+    with site.app.app_context():
+        for i in (1, 2):
+            enroll_agent(site.ctx("admin"), env, request(f"{env}-{i}", f"{env}-site-{i}"))
+        release = create_release(site.ctx("dev"), write_release(tmp / "src"),
+                                 create_missing_product=True)
+        submit_release(site.ctx("dev"), release)
+        approve_release(site.ctx("appr1"), release)
+        approve_release(site.ctx("appr2"), release)
+        rollout = start_rollout(site.ctx("admin"), release, environment=env,
+                                strategy=Strategy(canary=1, manual=True))
+        db.session.commit()
+        return rollout.id
+
+
+def test_fleet_and_rollout_pages(site: Site, tmp_path: Path) -> None:
+    rid = _rollout(site, tmp_path)
+    op = site.client("op")
+    page = unescape(op.get(f"/rollouts/{rid}").get_data(as_text=True))
+    assert '<meta http-equiv="refresh" content="15">' in page
+    assert "canary 1; the rest at once; gate: manual confirmation" in page
+    assert "Batch 1 (current)" in page and "not queued" in page
+    with site.app.app_context():
+        from hub.services.rollouts import advance, get_rollout
+
+        rollout = get_rollout(db.session, rid)
+        (target,) = [t for t in rollout_targets(rollout) if t.deployment_id is not None]
+        dep_id = target.deployment_id
+        assert dep_id is not None
+        dep = get_deployment(db.session, dep_id)
+        mark_exported(site.ctx("op"), dep, bundle_id="b1", bundle_path="/m/b1", sequence=1,
+                      root_version=1)
+        exported = dep.exported_at.isoformat()
+        db.session.commit()
+    page = unescape(op.get(f"/rollouts/{rid}").get_data(as_text=True))
+    assert "<td>media</td>" in page and f"<td>{exported}</td>" in page  # owes since
+    with site.app.app_context():
+        dep = get_deployment(db.session, dep_id)
+        transition(site.ctx("op"), dep, "succeeded")
+        advance(site.ctx("op"), get_rollout(db.session, rid))
+        db.session.commit()
+    page = unescape(op.get(f"/rollouts/{rid}").get_data(as_text=True))
+    assert "gate: manual confirmation" in page and "another operator than admin" in page
+    fleet = unescape(op.get("/fleet").get_data(as_text=True))
+    assert "test-site-1" in fleet and "hello 1.0.0" in fleet
+    listing = unescape(op.get("/rollouts/").get_data(as_text=True))
+    assert f'href="/rollouts/{rid}"' in listing
+
+
+def test_rollout_outside_ones_environments_is_a_404(site: Site, tmp_path: Path) -> None:
+    rid = _rollout(site, tmp_path, env="prod")
+    viewer = site.client("view-test")
+    assert viewer.get(f"/rollouts/{rid}").status_code == 404
+    assert viewer.get("/rollouts/999999").status_code == 404
+    assert f"/rollouts/{rid}" not in viewer.get("/rollouts/").get_data(as_text=True)
+    assert "prod-site-1" not in viewer.get("/fleet").get_data(as_text=True)
+
+
+def rollout_targets(rollout):  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from hub.db import RolloutTarget
+
+    return list(db.session.scalars(select(RolloutTarget).where(
+        RolloutTarget.rollout_id == rollout.id)))
