@@ -66,7 +66,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import secure_filename
 
 from bundle.release_archive import ArchiveLimits
-from bundle.steps import referenced_files
+from bundle.steps import referenced_files, undo_support
 from hub.app import hub_config
 from hub.db import Release, db
 from hub.errors import ConflictError, NotFoundError, ValidationError
@@ -345,7 +345,7 @@ def release(product: str, version: str) -> Any:
     user = signed_in_user()
     session = ctx().session
     steps = [
-        {"n": i, "step": step, "files": referenced_files(step),
+        {"n": i, "step": step, "files": referenced_files(step), "undo": undo_support(step),
          "details": json.dumps(step, indent=2, sort_keys=True)}
         for i, step in enumerate(rel.steps, start=1)
     ]

@@ -165,3 +165,29 @@ def deployments_declare_lost(ctx: click.Context, deployment_id: int, reason: str
         text += (f"\nqueued again as deployment {row['requeued_as']}: export it to carry the "
                  "decision")
     _done(as_json, text, row)
+
+
+@deployments.command("rollback")
+@click.argument("deployment_id", type=int)
+@click.option("--reason", required=True, help="Why (audited, and written into the rollback "
+              "release's description).")
+@json_option
+@click.pass_context
+def deployments_rollback(ctx: click.Context, deployment_id: int, reason: str,
+                         as_json: bool) -> None:
+    """Create and submit a release that undoes deployment ID at its site from the undo data
+    its agent recorded (docs/rollouts.md, "Rollback"); approve and queue it like any release.
+    """
+    from hub.services.rollback import create_rollback
+
+    with _services(ctx) as sc:
+        rel, plan = create_rollback(sc, deployment_id, reason)
+        row = {"deployment": deployment_id, "product": rel.product.name,
+               "version": rel.version, "state": rel.state, "content_hash": rel.content_hash,
+               "undo_steps": [s["name"] for s in plan.steps], "not_undone": plan.not_undone}
+    text = (f"rollback release {row['product']} {row['version']} created and submitted "
+            f"({len(plan.steps)} undo step(s)); approve and queue it like any release")
+    for item in plan.not_undone:
+        ran = "" if item["ran"] else " (if it ran)"
+        text += f"\ncannot be undone{ran}: step {item['step']} ({item['name']}): {item['why']}"
+    _done(as_json, text, row)

@@ -48,6 +48,14 @@ def products_list(ctx: click.Context, as_json: bool) -> None:
     _emit(rows, as_json)
 
 
+def _undo_line(number: int, step: Any) -> str:
+    """``2 (create schema): undo: no (a sql step without a down script cannot be undone)``."""
+    from bundle.steps import undo_support
+
+    ok, why = undo_support(step)
+    return f"{number} ({step.get('name')}): undo: {'yes' if ok else 'no'} ({why})"
+
+
 def _release_row(rel: Any, full: bool = False) -> dict[str, Any]:
     row: dict[str, Any] = {
         "product": rel.product.name,
@@ -63,6 +71,7 @@ def _release_row(rel: Any, full: bool = False) -> dict[str, Any]:
             submitted_at=rel.submitted_at,
             stored_path=rel.stored_path,
             steps=[s.get("name") for s in rel.steps],
+            undo=[_undo_line(n, s) for n, s in enumerate(rel.steps, start=1)],
             files=[f["name"] for f in rel.files],
             approvals=[
                 {

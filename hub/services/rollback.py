@@ -1,0 +1,165 @@
+"""Rollback of a deployment: a new release that runs the undo data its agent recorded
+(docs/rollouts.md, "Rollback").
+
+:func:`create_rollback` builds a release of the same product, version
+``<version>-rollback-<deployment id>``, whose steps reverse the deployment's bundle, last step
+first:
+
+* a ``k8s`` or ``file`` step becomes an ``undo`` step naming the bundle id and step number
+  (the agent puts back what it recorded before the step changed anything);
+* a ``sql`` step with ``down`` becomes an ``undo`` step carrying the down script, a ``shell``
+  step with ``rollback`` one carrying the rollback script (run only where the step ran);
+* a step that cannot be undone (sql without ``down``, shell without ``rollback``, an agent
+  upgrade) is named in the release's description and in the audit event.
+
+Every undo step has ``on_failure = "continue"``: one step that cannot be put back does not
+stop the others. The release is created and submitted like any release; it is approved,
+queued and exported through the usual checks. Because an agent undoes only steps it recorded,
+queueing it to the whole environment is safe: other agents report "nothing to undo".
+
+This module deliberately does not choose "the release that was there before" (deploy that
+release again for that) and does not roll back automatically.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bundle.steps import undo_support
+from hub.db import Deployment, Release
+from hub.errors import InvalidStateError, ValidationError
+from hub.services import audit
+from hub.services.context import ServiceContext
+from hub.services.deployments import get_deployment
+from hub.services.releases import create_release, submit_release
+
+__all__ = ["RollbackPlan", "create_rollback", "plan_rollback"]
+
+MAX_REASON_CHARS = 1000  # characters
+_RAN = ("succeeded", "failed", "interrupted")
+
+
+@dataclass
+class RollbackPlan:
+    """The steps (as ``release.toml`` tables), the release files they need, and what cannot
+    be undone (``(number, name, why)``; ``ran`` says whether the result says it ran)."""
+
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    not_undone: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string
+
+
+def plan_rollback(steps: Sequence[Mapping[str, Any]], bundle_id: str,
+                  results: Sequence[Mapping[str, Any]] = ()) -> RollbackPlan:
+    """Plan the undo steps for ``steps`` (a release's normalized steps) run as ``bundle_id``;
+    ``results`` are the step results the deployment's result reported (may be empty)."""
+    status = {int(r["index"]): str(r.get("status")) for r in results
+              if isinstance(r.get("index"), int)}
+    plan = RollbackPlan()
+    for number in range(len(steps), 0, -1):
+        step = steps[number - 1]
+        ok, why = undo_support(step)
+        if not ok:
+            if not status or status.get(number) in _RAN:
+                plan.not_undone.append({"step": number, "name": step["name"], "why": why,
+                                        "ran": status.get(number) in _RAN})
+            continue
+        raw: dict[str, Any] = {
+            "name": f"undo {number}: {step['name']}"[:100].rstrip(),
+            "kind": "undo", "bundle": bundle_id, "step": number,
+            "timeout": int(step["timeout_s"]), "on_failure": "continue",
+        }
+        kind = step["kind"]
+        if kind in ("k8s", "sql"):
+            raw["connection"] = step["connection"]
+        if kind == "sql":
+            raw.update(engine=step["engine"], script=step["down"])
+        if kind == "shell":
+            raw.update(script=step["rollback"], interpreter=step["interpreter"],
+                       env=step["env"], args=step["args"], secrets_via=step["secrets_via"])
+        if kind in ("sql", "shell"):
+            raw["secrets"] = list(step["secrets"])
+            if raw["script"] not in plan.files:
+                plan.files.append(raw["script"])
+        plan.steps.append(raw)
+    return plan
+
+
+def _version(release: Release, deployment: Deployment) -> str:
+    suffix = f"-rollback-{deployment.id}"
+    return release.version[: 64 - len(suffix)] + suffix
+
+
+def create_rollback(ctx: ServiceContext, deployment_id: int,
+                    reason: str) -> tuple[Release, RollbackPlan]:
+    """Create and submit the rollback release of deployment ``deployment_id``.
+
+    Raises:
+        NotFoundError (no such deployment), InvalidStateError (never exported, so nothing ran),
+        ValidationError (no reason, nothing can be undone, the release files are not stored),
+        ConflictError (a rollback of it exists), PermissionDeniedError.
+    """
+    reason = " ".join(reason.split())
+    if not reason:
+        raise ValidationError("a rollback needs a reason (--reason): it is audited")
+    if len(reason) > MAX_REASON_CHARS:
+        raise ValidationError(f"the reason is {len(reason)} characters; the limit is "
+                              f"{MAX_REASON_CHARS}")
+    dep = get_deployment(ctx.session, deployment_id)
+    if dep.bundle_id is None:
+        raise InvalidStateError(f"deployment {dep.id} ({dep.release.label}) was never exported, "
+                                "so nothing ran at a site; cancel it instead of rolling back")
+    release = dep.release
+    results = list((dep.result_summary or {}).get("steps") or [])
+    plan = plan_rollback(release.steps, dep.bundle_id, results)
+    if not plan.steps:
+        names = ", ".join(f"step {n['step']} ({n['name']}): {n['why']}" for n in plan.not_undone)
+        raise ValidationError(f"deployment {dep.id} ({release.label}): none of its steps can "
+                              f"be undone: {names}")
+    stored = Path(release.stored_path) if release.stored_path else None
+    if stored is None or not stored.is_dir():
+        raise ValidationError(f"release {release.label}: its files are not stored on the hub, "
+                              "so its down and rollback scripts cannot be shipped")
+    where = f"{dep.environment.name}" + (f"/{dep.agent.agent_id}" if dep.agent else "")
+    lines = [f"Rollback of deployment {dep.id} ({release.label}, bundle {dep.bundle_id}, "
+             f"{where}): {reason}"]
+    for item in plan.not_undone:
+        lines.append(f"Not undone: step {item['step']} ({item['name']}): {item['why']}")
+    work = Path(tempfile.mkdtemp(prefix=".rollback-"))
+    try:
+        text = (f"format = 1\n\n[release]\nproduct = {_toml_value(release.product.name)}\n"
+                f"version = {_toml_value(_version(release, dep))}\n"
+                f"description = {_toml_value(chr(10).join(lines)[:4096])}\n")
+        for raw in plan.steps:
+            text += "\n[[steps]]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in raw.items())
+        (work / "release.toml").write_text(text, encoding="utf-8")
+        for name in plan.files:
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(stored / name, work / name)
+        rollback = create_release(ctx, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    submit_release(ctx, rollback)
+    audit.record(ctx, "deployment.rollback", "deployment", str(dep.id), {
+        "reason": reason, "release": release.label, "bundle_id": dep.bundle_id,
+        "rollback_release": rollback.label, "content_hash": rollback.content_hash,
+        "undo_steps": len(plan.steps), "not_undone": plan.not_undone})
+    return rollback, plan

@@ -1,0 +1,137 @@
+"""A rollback by media with real processes: hub CLI → USB → agent → hub, twice.
+
+A release places a file (replacing one), runs a shell step with a rollback script and one
+without. It is deployed by media and run by a real agent; then ``hub deployments rollback``
+builds the rollback release (naming the step it cannot undo), it is approved, queued and
+exported like any release, the same agent runs it, and its result comes back: the file is
+the one from before, the shell rollback ran, the audit log holds the rollback and verifies.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.conftest import TIANGONG, run, set_fast_inbox, wait_for
+
+
+def _carry(files: list[Path], dest: Path) -> None:
+    dest.mkdir(exist_ok=True)
+    for f in files:
+        shutil.copy(f, dest / (f.name + ".part"))
+        (dest / (f.name + ".part")).rename(dest / f.name)
+
+
+def test_a_deployment_is_rolled_back_by_media(tmp_path: Path) -> None:
+    data = tmp_path / "hub"
+    env = {"TIANGONG_HUB_DATA_DIR": str(data), "TIANGONG_KEY_PASSPHRASE": "root-pass"}
+
+    def hub(*args: str, user: str = "admin") -> subprocess.CompletedProcess[str]:
+        return run("hub", "--local-admin", user, *args, env=env)
+
+    def hub_json(*args: str, user: str = "carol") -> Any:
+        return json.loads(hub(*args, "--json", user=user).stdout)
+
+    hub("init", "--admin", "admin", "--hub-id", "hub-rb")
+    for name, role in (("alice", "developer"), ("bob", "approver"), ("carol", "operator"),
+                       ("aud", "auditor")):
+        hub("users", "create", name)
+        hub("users", "grant", name, role)
+    hub("environments", "create", "plant-a")
+    home = tmp_path / "agent"
+    run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
+        "--environment", "plant-a")
+    set_fast_inbox(home)
+    _carry(list((home / "outbox").glob("enrollment-*.json")), tmp_path / "stick-0")
+    hub("import", str(tmp_path / "stick-0"), user="carol")
+
+    site = tmp_path / "site"
+    site.mkdir()
+    conf, marker, log = site / "app.conf", site / "marker", site / "log"
+    conf.write_text("port=80\n")
+    rel = tmp_path / "app-1.0"
+    (rel / "scripts").mkdir(parents=True)
+    (rel / "app.conf").write_text("port=${port}\n")
+    (rel / "scripts" / "make.sh").write_text(f'echo made > "{marker}"\n')
+    (rel / "scripts" / "unmake.sh").write_text(f'rm "{marker}"\n')
+    (rel / "scripts" / "note.sh").write_text(f'echo noted >> "{log}"\n')
+    (rel / "release.toml").write_text(f'''format = 1
+[release]
+product = "app"
+version = "1.0"
+
+[[steps]]
+name = "config"
+kind = "file"
+source = "app.conf"
+path = "{conf}"
+render = true
+params = {{ port = "8080" }}
+
+[[steps]]
+name = "marker"
+kind = "shell"
+script = "scripts/make.sh"
+rollback = "scripts/unmake.sh"
+
+[[steps]]
+name = "note"
+kind = "shell"
+script = "scripts/note.sh"
+''')
+    hub("releases", "create", str(rel), "--create-product", user="alice")
+    shown = hub_json("releases", "show", "app", "1.0")
+    assert shown["undo"] == [
+        "1 (config): undo: yes (the previous file (or its absence) is recorded and restored)",
+        "2 (marker): undo: yes (its rollback script scripts/unmake.sh is run)",
+        "3 (note): undo: no (a shell step without a rollback script cannot be undone)"]
+
+    def deliver(product: str, version: str, n: int) -> None:
+        hub("releases", "approve", product, version, user="bob")
+        hub("deployments", "queue", product, version, "--environment", "plant-a", user="carol")
+        usb = tmp_path / f"usb-{n}"
+        hub("export", "--environment", "plant-a", "--out", str(usb), user="carol")
+        before = set((home / "outbox").glob("*.tgr"))
+        agent = subprocess.Popen([*TIANGONG, "agent", "run", "--home", str(home)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _carry(list(usb.glob("*.tgb")), home / "inbox")
+            wait_for(lambda: set((home / "outbox").glob("*.tgr")) - before, 90,
+                     f"the result of {product} {version}")
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=30)
+        _carry(sorted(set((home / "outbox").glob("*.tgr")) - before), tmp_path / f"back-{n}")
+        assert "1 imported" in hub("import", str(tmp_path / f"back-{n}"), user="carol").stdout
+
+    hub("releases", "submit", "app", "1.0", user="alice")
+    deliver("app", "1.0", 1)
+    (first,) = hub_json("deployments", "list")
+    assert first["state"] == "succeeded", first
+    assert conf.read_text() == "port=8080\n" and marker.exists()
+
+    made = hub_json("deployments", "rollback", str(first["id"]), "--reason",
+                    "port 8080 is taken at plant A", user="alice")
+
+    assert made["version"] == f"1.0-rollback-{first['id']}" and made["state"] == "submitted"
+    assert made["undo_steps"] == ["undo 2: marker", "undo 1: config"]
+    assert made["not_undone"] == [{"step": 3, "name": "note", "ran": True, "why":
+                                   "a shell step without a rollback script cannot be undone"}]
+    deliver("app", made["version"], 2)
+    second = [d for d in hub_json("deployments", "list") if d["id"] != first["id"]]
+    assert [d["state"] for d in second] == ["succeeded"], second
+    steps = second[0]["result_summary"]["steps"]
+    assert [s["status"] for s in steps] == ["succeeded", "succeeded"], steps
+    assert conf.read_text() == "port=80\n" and not marker.exists()
+    assert log.read_text() == "noted\n"  # what cannot be undone was not touched
+
+    events = hub_json("audit", "show", "--last", "50", user="aud")
+    (event,) = [e for e in events if e["action"] == "deployment.rollback"]
+    details = json.loads(event["details"])  # audit show gives details as JSON text
+    assert details["reason"] == "port 8080 is taken at plant A"
+    assert details["rollback_release"] == f"app {made['version']}"
+    assert hub("audit", "verify", user="aud").returncode == 0
