@@ -39,7 +39,7 @@ from agent.executors.base import Connection
 __all__ = ["AgentConfig", "ConfigError", "load_config", "resolve_connection", "resolve_secret"]
 
 CONFIG_NAME = "agent.toml"
-CONNECTION_TYPES = ("postgres", "mysql", "kubernetes")
+CONNECTION_TYPES = ("postgres", "mysql", "kubernetes", "http")
 
 
 class ConfigError(Exception):
@@ -269,7 +269,8 @@ def resolve_connection(
             continue
         if key in ("password",):
             params[key] = _resolve_value(config, value, f"connection {name!r} {key}", sealed)
-        elif key == "kubeconfig" and isinstance(value, str) and not Path(value).is_absolute():
+        elif (key in ("kubeconfig", "ca_file") and isinstance(value, str)
+              and not Path(value).is_absolute()):
             params[key] = str(config.home / value)
         else:
             params[key] = value

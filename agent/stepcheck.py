@@ -35,7 +35,7 @@ __all__ = ["check_steps"]
 
 #: The connection type each step kind (and SQL engine) needs.
 _CONNECTION_TYPE = {("sql", "postgres"): "postgres", ("sql", "mysql"): "mysql",
-                    ("k8s", None): "kubernetes"}
+                    ("k8s", None): "kubernetes", ("http", None): "http"}
 
 
 def check_steps(config: AgentConfig, steps: Sequence[Mapping[str, Any]],

@@ -34,11 +34,12 @@ __all__ = [
     "parse_duration",
     "referenced_files",
     "secret_env_name",
+    "status_expected",
     "undo_support",
     "validate_step",
 ]
 
-STEP_KINDS = ("sql", "k8s", "shell", "agent-upgrade", "file", "undo")
+STEP_KINDS = ("sql", "k8s", "shell", "agent-upgrade", "file", "undo", "http")
 #: A step's timeout when it gives none (in seconds).
 DEFAULT_TIMEOUT_S = 10 * 60  # seconds
 #: How long an agent-upgrade step gives the new version to come up, by default (in seconds).
@@ -72,6 +73,19 @@ MAX_PATH_CHARS = 4096  # characters
 _DURATION_RE = re.compile(r"(?:(\d{1,6})h)?(?:(\d{1,6})m)?(?:(\d{1,9})s)?")
 
 _FILE_KEYS = ("source", "path", "mode", "owner", "group", "render", "params", "follow_symlink")
+_HTTP_RAW = ("method", "url", "connection", "headers", "secret_headers", "body", "expect",
+             "retries", "retry_delay", "request_timeout")
+_HTTP_NORM = ("method", "url", "connection", "headers", "secret_headers", "body", "expect",
+              "retries", "retry_delay_s", "request_timeout_s")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+#: Most retries an http step may ask for.
+MAX_HTTP_RETRIES = 20  # attempts after the first
+MAX_URL_CHARS = 2048  # characters
+DEFAULT_HTTP_EXPECT = ("2xx",)
+DEFAULT_RETRY_DELAY_S = 1  # seconds before the first retry; doubled for each next one
+DEFAULT_REQUEST_TIMEOUT_S = 30  # seconds one attempt may take
+_HEADER_NAME_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}")
+_STATUS_CLASS_RE = re.compile(r"[1-5]xx")
 _UNDO_KEYS = ("bundle", "step", "connection", "engine", "script", "interpreter", "env", "args",
               "secrets_via")
 # Raw (release.toml) keys and normalized keys, common and per kind.
@@ -84,6 +98,7 @@ _KIND_RAW: dict[str, tuple[str, ...]] = {
     "agent-upgrade": ("wheel", "confirm_timeout"),
     "file": _FILE_KEYS,
     "undo": _UNDO_KEYS,
+    "http": _HTTP_RAW,
 }
 _KIND_NORM: dict[str, tuple[str, ...]] = {
     "sql": ("engine", "connection", "script", "version", "description", "down"),
@@ -92,9 +107,11 @@ _KIND_NORM: dict[str, tuple[str, ...]] = {
     "agent-upgrade": ("wheel", "confirm_timeout_s"),
     "file": _FILE_KEYS,
     "undo": _UNDO_KEYS,
+    "http": _HTTP_NORM,
 }
 # Raw duration keys and their normalized names (seconds).
-_DURATION_KEYS = {"wait_timeout": "wait_timeout_s", "confirm_timeout": "confirm_timeout_s"}
+_DURATION_KEYS = {"wait_timeout": "wait_timeout_s", "confirm_timeout": "confirm_timeout_s",
+                  "retry_delay": "retry_delay_s", "request_timeout": "request_timeout_s"}
 # Normalized keys that are left out when the release does not give them.
 _OPTIONAL_NORM: dict[str, frozenset[str]] = {
     "sql": frozenset({"version", "description", "down"}),
@@ -103,6 +120,7 @@ _OPTIONAL_NORM: dict[str, frozenset[str]] = {
     "agent-upgrade": frozenset(),
     "file": frozenset({"owner", "group"}),
     "undo": frozenset(_UNDO_KEYS[2:]),
+    "http": frozenset({"connection", "body"}),
 }
 
 
@@ -451,6 +469,18 @@ def _raw_checks(files: Collection[str] | None) -> dict[str, dict[str, _Check]]:
                  "engine": _choice(SQL_ENGINES), "script": ref,
                  "interpreter": _choice(INTERPRETERS), "env": _env,
                  "args": lambda v: _list(v, _arg), "secrets_via": _choice(SECRETS_VIA)},
+        "http": {
+            "method": _choice(HTTP_METHODS),
+            "url": _url,
+            "connection": _connection,
+            "headers": _headers,
+            "secret_headers": _secret_headers,
+            "body": ref,
+            "expect": _expect,
+            "retries": _retries,
+            "retry_delay": _duration,
+            "request_timeout": _duration,
+        },
     }
 
 
@@ -476,6 +506,109 @@ def _step_number(value: object) -> int:
     return value
 
 
+def _url(value: object) -> str:
+    """An http step's URL: ``http://`` or ``https://``, a host, no user name or password
+    (those are secrets: use ``secret_headers`` or the connection), no white space."""
+    text = _text(value, MAX_URL_CHARS)
+    match = re.fullmatch(r"(https?)://([^/?#]*)([/?#].*)?", text)
+    if match is None:
+        raise _FieldError(f"{_show(text)} is not an http:// or https:// URL")
+    if any(ch.isspace() for ch in text):
+        raise _FieldError(f"{_show(text)} contains white space; percent-encode it (%20)")
+    authority = match.group(2)
+    if "@" in authority:
+        raise _FieldError("must not carry a user name or password (they would be in the "
+                          "signed manifest and in logs); put credentials in secret_headers "
+                          "or the site's connection")
+    if not authority or authority.startswith(":"):
+        raise _FieldError(f"{_show(text)} has no host")
+    return text
+
+
+def _header_name(value: object) -> str:
+    if not isinstance(value, str) or _HEADER_NAME_RE.fullmatch(value) is None:
+        raise _FieldError(f"header name {_show(value)} is not valid: letters, digits and "
+                          "!#$%&'*+.^_`|~- , at most 128 characters")
+    return value
+
+
+def _header_value(name: str, raw: object) -> str:
+    if not isinstance(raw, str):
+        raise _FieldError(f"header {name!r} must be a string, not {_type(raw)}")
+    if any(ch in raw for ch in "\r\n\x00"):
+        raise _FieldError(f"header {name!r} contains a line break or NUL")
+    return _arg(raw)
+
+
+def _header_secret(name: str, raw: object) -> str:
+    try:
+        return _secret_name(raw)
+    except _FieldError as exc:
+        raise _FieldError(f"header {name!r}: {exc}") from None
+
+
+def _header_table(value: object, example: str,
+                  item: Callable[[str, object], str]) -> dict[str, str]:
+    """A table of header name -> ``item(name, value)``, sorted by name."""
+    if not isinstance(value, Mapping):
+        raise _FieldError(f"must be a table like {example}, not {_type(value)}")
+    if len(value) > MAX_LIST_ITEMS:
+        raise _FieldError(f"has {len(value)} headers; the limit is {MAX_LIST_ITEMS}")
+    out = {_header_name(key): item(str(key), raw) for key, raw in value.items()}
+    return dict(sorted(out.items()))
+
+
+def _headers(value: object) -> dict[str, str]:
+    """``headers``: header name -> value (a string without CR, LF or NUL)."""
+    return _header_table(value, '{ Accept = "application/json" }', _header_value)
+
+
+def _secret_headers(value: object) -> dict[str, str]:
+    """``secret_headers``: header name -> name of a secret whose value is the header's."""
+    return _header_table(value, '{ Authorization = "api-token" } (header name = secret name)',
+                         _header_secret)
+
+
+def _expect_item(value: object) -> int | str:
+    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+        return value
+    if isinstance(value, str) and _STATUS_CLASS_RE.fullmatch(value):
+        return value
+    raise _FieldError(f"{_show(value)} is not an HTTP status (an integer from 100 to 599) or "
+                      'a class of them ("2xx")')
+
+
+def _expect(value: object) -> list[int | str]:
+    if not isinstance(value, list | tuple):
+        raise _FieldError(f'must be a list like [200, 204] or ["2xx"], not {_type(value)}')
+    if not value:
+        raise _FieldError("must not be empty")
+    if len(value) > MAX_LIST_ITEMS:
+        raise _FieldError(f"has {len(value)} items; the limit is {MAX_LIST_ITEMS}")
+    out: list[int | str] = []
+    for pos, raw in enumerate(value, 1):
+        try:
+            item = _expect_item(raw)
+        except _FieldError as exc:
+            raise _FieldError(f"item {pos}: {exc}") from None
+        if item in out:
+            raise _FieldError(f"{item!r} is listed twice")
+        out.append(item)
+    return out
+
+
+def _retries(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_HTTP_RETRIES:
+        raise _FieldError(f"{_show(value)} is not a number of retries (an integer from 0 to "
+                          f"{MAX_HTTP_RETRIES})")
+    return value
+
+
+def status_expected(status: int, expect: Collection[int | str]) -> bool:
+    """Whether HTTP ``status`` is one of ``expect`` (codes, or classes like ``"2xx"``)."""
+    return status in expect or f"{status // 100}xx" in expect
+
+
 _account = _pattern(
     _ACCOUNT_RE,
     "a user or group name or number: letters, digits, '_', '.', '-', at most 32 characters",
@@ -487,6 +620,7 @@ _REQUIRED_RAW = {
     "agent-upgrade": ("wheel",),
     "file": ("source", "path"),
     "undo": ("bundle", "step"),
+    "http": ("url",),
 }
 _DEFAULTS: dict[str, dict[str, Callable[[], object]]] = {
     "sql": {},
@@ -505,6 +639,15 @@ _DEFAULTS: dict[str, dict[str, Callable[[], object]]] = {
         "follow_symlink": lambda: False,
     },
     "undo": {},
+    "http": {
+        "method": lambda: "GET",
+        "headers": dict,
+        "secret_headers": dict,
+        "expect": lambda: list(DEFAULT_HTTP_EXPECT),
+        "retries": lambda: 0,
+        "retry_delay": lambda: DEFAULT_RETRY_DELAY_S,
+        "request_timeout": lambda: DEFAULT_REQUEST_TIMEOUT_S,
+    },
 }
 
 
@@ -619,6 +762,8 @@ def _check_combinations(step: Mapping[str, Any], index: int | None, *, raw_keys:
             _fail(index, name, field, message)
     if step["kind"] == "undo":
         _check_undo(step, index)
+    if step["kind"] == "http":
+        _check_http(step, index, raw_keys)
     if step["kind"] == "file" and step["params"] and not step["render"]:
         _fail(index, name, "params", "has no effect unless render = true")
     for first, second in (("script", "down"), ("script", "rollback")):
@@ -636,6 +781,28 @@ def _check_combinations(step: Mapping[str, Any], index: int | None, *, raw_keys:
                 )
                 _fail(index, name, "secrets", message)
             seen[var] = secret
+
+
+def _check_http(step: Mapping[str, Any], index: int | None, raw_keys: bool) -> None:
+    """Secret headers name listed secrets; a header is plain or secret, not both; a body
+    only with a method that sends one; one attempt fits in the step's timeout."""
+    name = step["name"]
+    for header, secret in step["secret_headers"].items():
+        if secret not in step["secrets"]:
+            _fail(index, name, "secret_headers", f"header {header!r} takes secret {secret!r}, "
+                  "which is not in the step's secrets; add it there")
+    plain = {h.lower() for h in step["headers"]}
+    for header in step["secret_headers"]:
+        if header.lower() in plain:
+            _fail(index, name, "secret_headers", f"header {header!r} is also in headers; give "
+                  "it once")
+    if "body" in step and step["method"] in ("GET", "HEAD"):
+        _fail(index, name, "body", f"a {step['method']} request sends no body; use POST, PUT, "
+              "PATCH or DELETE")
+    if step["request_timeout_s"] > step["timeout_s"]:
+        field = "request_timeout" if raw_keys else "request_timeout_s"
+        _fail(index, name, field, f"{step['request_timeout_s']} seconds is longer than the "
+              f"step's timeout ({step['timeout_s']} seconds)")
 
 
 def _check_undo(step: Mapping[str, Any], index: int | None) -> None:
@@ -714,7 +881,7 @@ def referenced_files(step: Mapping[str, Any]) -> list[str]:
     kind = step.get("kind")
     if kind == "k8s":
         return list(step.get("manifests", []))
-    keys = {"agent-upgrade": ("wheel",), "file": ("source",)}.get(
+    keys = {"agent-upgrade": ("wheel",), "file": ("source",), "http": ("body",)}.get(
         str(kind), ("script", "down", "rollback")
     )
     return [step[key] for key in keys if isinstance(step.get(key), str)]
@@ -738,6 +905,8 @@ def undo_support(step: Mapping[str, Any]) -> tuple[bool, str]:
         if isinstance(step.get("rollback"), str):
             return True, f"its rollback script {step['rollback']} is run"
         return False, "a shell step without a rollback script cannot be undone"
+    if kind == "http":
+        return False, "an http request cannot be taken back (send the reverse call in a step)"
     if kind == "undo":
         return False, "a rollback is not undone (deploy the release again instead)"
     return False, "an agent upgrade is not undone by a rollback (ship the older wheel)"

@@ -24,6 +24,7 @@ _MODULES: dict[str, str] = {
     "agent-upgrade": "agent.executors.upgrade:AgentUpgradeExecutor",
     "file": "agent.executors.file:FileExecutor",
     "undo": "agent.executors.undo:UndoExecutor",
+    "http": "agent.executors.http:HttpExecutor",
 }
 KINDS: tuple[str, ...] = tuple(sorted(_MODULES))
 

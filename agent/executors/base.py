@@ -45,12 +45,14 @@ REDACTED = "[REDACTED]"
 class Connection:
     """A site-defined connection, named in the agent config and referenced by steps.
 
-    ``type`` is ``"mysql"``, ``"postgres"`` or ``"kubernetes"``. ``params`` are type specific
-    and already have their secrets resolved:
+    ``type`` is ``"mysql"``, ``"postgres"``, ``"kubernetes"`` or ``"http"``. ``params`` are
+    type specific and already have their secrets resolved:
 
     * mysql / postgres: ``dsn`` (``mysql://user:pw@host:port/db`` or
       ``postgresql://user:pw@host:port/db``), optionally ``password`` (overrides the DSN's).
     * kubernetes: ``in_cluster`` (bool), ``kubeconfig`` (path), ``context`` (str or None).
+    * http: optionally ``ca_file`` (path of PEM CA certificates for https), ``username`` and
+      ``password`` (basic auth).
     """
 
     name: str

@@ -25,6 +25,10 @@ from tests.fixtures.trust import NOW, TrustKit, make_trust
 
 SQL = {"name": "migrate", "kind": "sql", "timeout_s": 600, "on_failure": "stop",
        "secrets": [], "engine": "postgres", "connection": "billing-db", "script": "b.sh"}
+HTTP = {"name": "call", "kind": "http", "timeout_s": 600, "on_failure": "stop", "secrets": [],
+        "method": "GET", "url": "https://127.0.0.1/", "connection": "legacy", "headers": {},
+        "secret_headers": {}, "expect": ["2xx"], "retries": 0, "retry_delay_s": 1,
+        "request_timeout_s": 30}
 
 
 def _release(tmp: Path) -> Path:
@@ -50,10 +54,11 @@ CASES = [
     (_second(lambda s: {**s, "script": "missing.sh"}), "'missing.sh', which is not a file"),
     (_second(lambda s: {**s, "script": "../../bin/sh"}), "'..'"),
     (_second(lambda s: {**s, "interpreter": "zsh"}), "interpreter"),
-    (_second(lambda s: {**s, "kind": "http"}), "kind"),
+    (_second(lambda s: {**s, "kind": "ftp"}), "kind"),
     (_second(lambda s: SQL), "connection 'billing-db', which is not defined"),
     (_second(lambda s: {**SQL, "connection": "legacy"}),
      "needs a connection of type 'postgres', but 'legacy'"),
+    (_second(lambda s: HTTP), "needs a connection of type 'http', but 'legacy'"),
 ]
 
 
