@@ -108,6 +108,33 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "hostname": _STR, "label": _STR, "enrolled_at": _TIME, "last_seen": _TIME_OR_NULL,
     }),
     "AgentList": _list_of("agents", "Agent"),
+    "RolloutRequest": _obj({
+        "environment": _STR, "selector": {"type": "string", "description": "k=v,k2=v2"},
+        "canary": {"type": "integer", "minimum": 0},
+        "canary_agents": {"type": "array", "items": _STR},
+        "batch_size": {"type": "integer", "minimum": 1},
+        "batch_percent": {"type": "integer", "minimum": 1, "maximum": 100},
+        "soak_s": {"type": "integer", "minimum": 0}, "manual": {"type": "boolean"},
+        "max_failures": {"type": "integer", "minimum": 0},
+        "max_failure_percent": {"type": "integer", "minimum": 0, "maximum": 100},
+        "on_failure": {"type": "string", "enum": ["pause", "abort"]},
+        "auto_rollback": {"type": "boolean"},
+    }, required=[]),
+    "RolloutAction": _obj({"reason": _STR}, required=[]),
+    "Rollout": _obj({
+        "id": {"type": "integer"}, "release": _STR,
+        "state": {"type": "string", "enum": ["running", "paused", "succeeded", "aborted",
+                                             "cancelled"]},
+        "reason": _STR, "selector": {"type": "object"}, "strategy": {"type": "object"},
+        "strategy_text": _STR, "current_batch": {"type": "integer"},
+        "batches": {"type": "array", "items": {"type": "object", "description":
+                    "number, started_at, done_at, confirmed_by, confirmed_at, waiting_for "
+                    "(sentences), agents (agent, environment, reached: live|media, "
+                    "deployment, state, owes_result_since)"}},
+        "failures_accepted": {"type": "integer"}, "rolled_back": {"type": "boolean"},
+        "created_by": _STR, "created_at": _TIME, "updated_at": _TIME,
+        "did": {"type": "array", "items": _STR, "description": "What this call did."},
+    }),
     "Me": _obj({
         "user": _STR, "display_name": _STR,
         "roles": {"type": "array", "items": _obj({"role": _STR,
