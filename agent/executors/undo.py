@@ -49,13 +49,19 @@ _SCRIPT_KEYS = {"sql": ("engine", "connection", "script"),
                 "shell": ("script", "interpreter", "env", "args", "secrets_via")}
 
 
-def _run_script(ctx: StepContext, what: str, kind: str) -> StepOutcome:
+def _run_script(ctx: StepContext, what: str, kind: str, recorded: object) -> StepOutcome:
     """Run the sql ``down`` or shell ``rollback`` script the undo step carries, with the
     executor of that kind, as a step of that kind."""
     needed = "engine" if kind == "sql" else "interpreter"
+    script = "down" if kind == "sql" else "rollback"
+    if recorded is None:
+        summary = (f"not undone: {what} ran here and cannot be undone (a {kind} step without "
+                   f"a {script} script)")
+        ctx.log.write(summary, "undo")
+        return StepOutcome("failed", summary, details={"undone": False, "kind": kind})
     if needed not in ctx.step:
         return StepOutcome("failed", f"{what} ran here, but this undo step carries no "
-                           f"{'down' if kind == 'sql' else 'rollback'} script to undo it")
+                           f"{script} script to undo it")
     step: dict[str, Any] = {key: ctx.step[key] for key in ("name", "timeout_s", "on_failure",
                                                             "secrets")}
     step["kind"] = kind
@@ -100,7 +106,7 @@ class UndoExecutor(SchemaValidated):
             elif record["kind"] == "k8s":
                 summary = self._restore_k8s(ctx, record)
             elif record["kind"] in ("sql", "shell"):
-                return _run_script(ctx, what, str(record["kind"]))
+                return _run_script(ctx, what, str(record["kind"]), record.get("script"))
             else:
                 return StepOutcome("failed", f"{what}: undo data of kind {record['kind']!r} "
                                    "is not known to this agent")

@@ -76,15 +76,17 @@ def write_record(undo_dir: Path, doc: Mapping[str, Any], previous: bytes | None 
 
 
 def record_script_undo(ctx: StepContext, key: str) -> StepOutcome | None:
-    """For a sql step with ``down`` or a shell step with ``rollback`` (``key``): record, before
-    the step runs, that it ran here, so a rollback knows to run that script on this agent.
+    """For a sql or shell step: record, before it runs, that it ran here and its ``down`` or
+    ``rollback`` script (``key``; None when it has none), so a rollback runs that script on
+    this agent only, or says plainly that the step ran here and cannot be undone.
     Returns the failed outcome to report when the record cannot be written (then the step
     must not run), else None.
     """
-    if key not in ctx.step or ctx.undo_dir is None:
+    if ctx.undo_dir is None:
         return None
     try:
-        write_record(ctx.undo_dir, {"kind": str(ctx.step["kind"]), "script": ctx.step[key]})
+        write_record(ctx.undo_dir, {"kind": str(ctx.step["kind"]),
+                                    "script": ctx.step.get(key)})
     except OSError as exc:
         message = (f"cannot record undo data in {ctx.undo_dir}: {exc.strerror or exc}; "
                    "nothing was run")

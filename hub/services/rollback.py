@@ -10,7 +10,9 @@ first:
 * a ``sql`` step with ``down`` becomes an ``undo`` step carrying the down script, a ``shell``
   step with ``rollback`` one carrying the rollback script (run only where the step ran);
 * a step that cannot be undone (sql without ``down``, shell without ``rollback``, an agent
-  upgrade) is named in the release's description and in the audit event.
+  upgrade) is named in the release's description and in the audit event; a sql or shell one
+  also gets an ``undo`` step without a script, which fails where the step ran saying it
+  cannot be undone, so the rollback's result names it too.
 
 Every undo step has ``on_failure = "continue"``: one step that cannot be put back does not
 stop the others. The release is created and submitted like any release; it is approved,
@@ -77,17 +79,19 @@ def plan_rollback(steps: Sequence[Mapping[str, Any]], bundle_id: str,
     for number in range(len(steps), 0, -1):
         step = steps[number - 1]
         ok, why = undo_support(step)
-        if not ok:
-            if not status or status.get(number) in _RAN:
-                plan.not_undone.append({"step": number, "name": step["name"], "why": why,
-                                        "ran": status.get(number) in _RAN})
-            continue
+        kind = step["kind"]
         raw: dict[str, Any] = {
             "name": f"undo {number}: {step['name']}"[:100].rstrip(),
             "kind": "undo", "bundle": bundle_id, "step": number,
             "timeout": int(step["timeout_s"]), "on_failure": "continue",
         }
-        kind = step["kind"]
+        if not ok:
+            if not status or status.get(number) in _RAN:
+                plan.not_undone.append({"step": number, "name": step["name"], "why": why,
+                                        "ran": status.get(number) in _RAN})
+                if kind in ("sql", "shell"):  # the agent says so where the step ran
+                    plan.steps.append(raw)
+            continue
         if kind in ("k8s", "sql"):
             raw["connection"] = step["connection"]
         if kind == "sql":
@@ -130,7 +134,8 @@ def create_rollback(ctx: ServiceContext, deployment_id: int,
     release = dep.release
     results = list((dep.result_summary or {}).get("steps") or [])
     plan = plan_rollback(release.steps, dep.bundle_id, results)
-    if not plan.steps:
+    if len(plan.steps) == len([n for n in plan.not_undone
+                               if release.steps[n["step"] - 1]["kind"] in ("sql", "shell")]):
         names = ", ".join(f"step {n['step']} ({n['name']}): {n['why']}" for n in plan.not_undone)
         raise ValidationError(f"deployment {dep.id} ({release.label}): none of its steps can "
                               f"be undone: {names}")

@@ -4,7 +4,8 @@ A release places a file (replacing one), runs a shell step with a rollback scrip
 without. It is deployed by media and run by a real agent; then ``hub deployments rollback``
 builds the rollback release (naming the step it cannot undo), it is approved, queued and
 exported like any release, the same agent runs it, and its result comes back: the file is
-the one from before, the shell rollback ran, the audit log holds the rollback and verifies.
+the one from before, the shell rollback ran, the step without a rollback script is named in
+the rollback's result as not undone, the audit log holds the rollback and verifies.
 """
 
 from __future__ import annotations
@@ -118,14 +119,16 @@ script = "scripts/note.sh"
                     "port 8080 is taken at plant A", user="alice")
 
     assert made["version"] == f"1.0-rollback-{first['id']}" and made["state"] == "submitted"
-    assert made["undo_steps"] == ["undo 2: marker", "undo 1: config"]
+    assert made["undo_steps"] == ["undo 3: note", "undo 2: marker", "undo 1: config"]
     assert made["not_undone"] == [{"step": 3, "name": "note", "ran": True, "why":
                                    "a shell step without a rollback script cannot be undone"}]
     deliver("app", made["version"], 2)
     second = [d for d in hub_json("deployments", "list") if d["id"] != first["id"]]
-    assert [d["state"] for d in second] == ["succeeded"], second
+    assert [d["state"] for d in second] == ["failed"], second  # not everything undone
     steps = second[0]["result_summary"]["steps"]
-    assert [s["status"] for s in steps] == ["succeeded", "succeeded"], steps
+    assert [s["status"] for s in steps] == ["failed", "succeeded", "succeeded"], steps
+    assert "step 3 of bundle" in steps[0]["summary"]
+    assert "ran here and cannot be undone" in steps[0]["summary"]
     assert conf.read_text() == "port=80\n" and not marker.exists()
     assert log.read_text() == "noted\n"  # what cannot be undone was not touched
 

@@ -169,3 +169,10 @@ def test_a_shell_step_is_undone_by_its_rollback_script(tmp_path: Path) -> None:
     assert outcome.status == "succeeded", outcome.summary
     assert not marker.exists()
     assert f"removed {marker}" in undone.log.text()
+    plain = {k: v for k, v in shell.items() if k != "rollback"}
+    ran_plain = dataclasses.replace(ran, step=plain, undo_dir=undo_root / "ops-1" / "002")
+    assert get_executor("shell").run(ran_plain).status == "succeeded"
+    cannot = get_executor("undo").run(_undo_ctx(tmp_path, undo_root, "ops-1", 2))
+    assert cannot.status == "failed"
+    assert cannot.summary == ("not undone: step 2 of bundle ops-1 ran here and cannot be "
+                              "undone (a shell step without a rollback script)")

@@ -37,8 +37,10 @@ def test_the_plan_reverses_the_steps_and_names_what_cannot_be_undone() -> None:
     assert plan.steps[1]["script"] == "down.sql" and plan.steps[1]["secrets"] == ["pw"]
     assert plan.files == ["down.sql"]
     assert plan.not_undone == []  # the shell step was skipped: nothing to undo
-    unknown = plan_rollback([SHELL], "b-42")
-    assert unknown.steps == [] and unknown.not_undone == [
+    unknown = plan_rollback([SHELL], "b-42")  # no result yet: it may have run
+    assert [s["name"] for s in unknown.steps] == ["undo 1: smoke"]  # the agent says if it ran
+    assert "script" not in unknown.steps[0]
+    assert unknown.not_undone == [
         {"step": 1, "name": "smoke", "ran": False,
          "why": "a shell step without a rollback script cannot be undone"}]
 
