@@ -78,6 +78,7 @@ __all__ = [
     "pause_rollout",
     "plan_batches",
     "resume_rollout",
+    "rollback_releases",
     "rollout_json",
     "rollout_scope",
     "select_agents",
@@ -93,10 +94,38 @@ ENGINE = "rollout"  # ServiceContext.system of the engine acting on its own
 MAX_BATCHES = 1000
 
 #: Automatic rollback: called with (engine context, rollout, the failed deployments) when a
-#: strategy with ``auto_rollback`` crosses its failure threshold. Empty until the rollback
-#: service (issue 14 §2) registers its action; the rollout then says no action is installed.
+#: strategy with ``auto_rollback`` crosses its failure threshold; returns what it did.
 RollbackAction = Callable[[ServiceContext, Rollout, list[Deployment]], str]
-ROLLBACK_ACTIONS: list[RollbackAction] = []
+
+
+def rollback_releases(ctx: ServiceContext, rollout: Rollout, failed: list[Deployment]) -> str:
+    """The hub's automatic rollback: for each failed deployment, create and submit its
+    rollback release (:func:`hub.services.rollback.create_rollback`, the recorded undo data)
+    as the person who started the rollout. Like any release it is then approved and queued
+    by people (the hub's rules apply); what could not be done is said, not raised."""
+    from hub.errors import HubError
+    from hub.services.rollback import create_rollback
+    from hub.services.users import get_user
+
+    try:
+        starter = ctx.as_user(get_user(ctx.session, rollout.created_by))
+    except HubError as exc:
+        return f"no rollback release: {exc}"
+    said = []
+    for dep in failed:
+        try:
+            with ctx.session.begin_nested():
+                release, _ = create_rollback(
+                    starter, dep.id, f"rollout {rollout.id}: automatic rollback after its "
+                    f"deployment {dep.id} {dep.state}")
+            said.append(f"deployment {dep.id}: rollback release {release.label} submitted "
+                        "(approve and queue it)")
+        except HubError as exc:
+            said.append(f"deployment {dep.id}: no rollback release: {exc}")
+    return "; ".join(said)
+
+
+ROLLBACK_ACTIONS: list[RollbackAction] = [rollback_releases]
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 _VALUE = re.compile(r"^[A-Za-z0-9._/:-]{0,200}$")

@@ -229,7 +229,7 @@ def test_threshold_count_and_percent(world: World, rel: Release) -> None:
     assert rollout2.state == "running"
 
 
-def test_failure_aborts_and_rolls_back(world: World, rel: Release) -> None:
+def test_failure_aborts_and_calls_the_rollback_action(world: World, rel: Release) -> None:
     _fleet(world, 4)
     calls: list[list[int]] = []
 
@@ -239,23 +239,56 @@ def test_failure_aborts_and_rolls_back(world: World, rel: Release) -> None:
 
     strategy = Strategy(canary=2, on_failure="abort", auto_rollback=True)
     rollout = ro.start_rollout(world.ctx("op"), rel, environment="test", strategy=strategy)
-    ro.ROLLBACK_ACTIONS.append(fake_rollback)
+    saved = list(ro.ROLLBACK_ACTIONS)
+    ro.ROLLBACK_ACTIONS[:] = [fake_rollback]
     try:
         did = _finish(world, rollout, {"a00": "failed"})
     finally:
-        ro.ROLLBACK_ACTIONS.remove(fake_rollback)
+        ro.ROLLBACK_ACTIONS[:] = saved
     assert rollout.state == "aborted" and rollout.rolled_back
     assert len(calls) == 1 and "rollback: rollback of 1 queued" in did
     assert _count(world, Deployment) == 2  # the rest was never queued
 
 
-def test_rollback_without_action_says_so(world: World, rel: Release) -> None:
+def test_automatic_rollback_submits_a_rollback_release(world: World,
+                                                       tmp_path: Path) -> None:
+    src = tmp_path / "undoable"
+    src.mkdir()
+    (src / "up.sh").write_text("echo up\n")
+    (src / "down.sh").write_text("echo down\n")
+    (src / "release.toml").write_text(
+        'format = 1\n\n[release]\nproduct = "hello"\nversion = "2.0.0"\n'
+        'description = "undoable"\n\n[[steps]]\nname = "up"\nkind = "shell"\n'
+        'script = "up.sh"\nrollback = "down.sh"\n')
+    from hub.services.approvals import approve_release
+    from hub.services.releases import create_product, create_release, submit_release
+
+    create_product(world.ctx("dev"), "hello")
+    rel = create_release(world.ctx("dev"), src)
+    submit_release(world.ctx("dev"), rel)
+    approve_release(world.ctx("appr1"), rel)
     _fleet(world, 2)
+    rollout = ro.start_rollout(world.ctx("admin"), rel, environment="test",
+                               strategy=Strategy(canary=1, auto_rollback=True))
+    did = _finish(world, rollout, {"a00": "failed"})
+    assert rollout.state == "paused"
+    (said,) = [d for d in did if d.startswith("rollback:")]
+    assert "rollback release hello 2.0.0-rollback-" in said, did
+    rollback = world.session.scalars(select(Release).where(
+        Release.version.like("2.0.0-rollback-%"))).one()
+    assert rollback.state == "submitted" and rollback.author.username == "admin"
+
+
+def test_automatic_rollback_says_what_cannot_be_undone(world: World, rel: Release) -> None:
+    _fleet(world, 2)
+    releases = _count(world, Release)
     rollout = ro.start_rollout(world.ctx("op"), rel, environment="test",
                                strategy=Strategy(canary=1, auto_rollback=True))
     did = _finish(world, rollout, {"a00": "failed"})
     assert rollout.state == "paused"
-    assert "rollback: no automatic rollback action is installed at this hub" in did
+    (said,) = [d for d in did if d.startswith("rollback:")]
+    assert "no rollback release" in said and "none of its steps can be undone" in said
+    assert _count(world, Release) == releases
 
 
 def test_cancel_cancels_queued_and_withdraws_exported(world: World, rel: Release) -> None:
