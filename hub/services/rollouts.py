@@ -571,6 +571,7 @@ def _fail(engine: ServiceContext, rollout: Rollout, failed: list[Deployment]) ->
             said = "; ".join(action(engine, rollout, failed) for action in ROLLBACK_ACTIONS)
         audit.record(engine, "rollout.rollback", "rollout", str(rollout.id), {
             "deployments": [d.id for d in failed], "result": said})
+        rollout.reason = f"{rollout.reason}; rollback: {said}"
         out.append(f"rollback: {said}")
     return out
 

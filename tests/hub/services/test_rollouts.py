@@ -274,6 +274,7 @@ def test_automatic_rollback_submits_a_rollback_release(world: World,
     assert rollout.state == "paused"
     (said,) = [d for d in did if d.startswith("rollback:")]
     assert "rollback release hello 2.0.0-rollback-" in said, did
+    assert "rollback: deployment" in rollout.reason  # rollouts show says it
     rollback = world.session.scalars(select(Release).where(
         Release.version.like("2.0.0-rollback-%"))).one()
     assert rollback.state == "submitted" and rollback.author.username == "admin"
