@@ -74,6 +74,30 @@ def test_a_power_cut_after_recording_undo_data_leaves_a_correct_rollback(
     assert dest.read_text() == "port=80\n"
 
 
+def test_a_power_cut_after_the_change_still_rolls_back_to_the_state_before(
+        tmp_path: Path, hub_keys: HubKeys) -> None:
+    home = init_site(tmp_path, hub_keys)
+    dest = tmp_path / "site" / "app.conf"
+    dest.parent.mkdir()
+    dest.write_text("port=80\n")
+    release = write_release(
+        tmp_path / "conf-1.0", "conf", "1.0",
+        [f'name = "config"\nkind = "file"\nsource = "app.conf"\npath = "{dest}"'],
+        {"app.conf": "port=8080\n"})
+    bundle, bid = make_bundle(hub_keys, release, tmp_path / "conf.tgb", 1)
+    drop(bundle, home)
+    log = tmp_path / "agent.log"
+
+    proc = start_agent(home, log, {"TIANGONG_CRASH_AT": "step-ran"})
+    proc.wait(timeout=90)
+    assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    assert dest.read_text() == "port=8080\n"  # the change was made, its outcome not recorded
+    assert _run_to_result(home, log, bid)["status"] == "interrupted"
+
+    restore_file(home / "undo" / bid / "001", StepLog())
+    assert dest.read_text() == "port=80\n"
+
+
 def test_a_file_step_runs_and_its_undo_data_restores_the_previous_file(
         tmp_path: Path, hub_keys: HubKeys) -> None:
     home = init_site(tmp_path, hub_keys)

@@ -522,3 +522,13 @@ def test_a_release_not_yet_approved_cannot_be_queued(site: Site, tmp_path: Path)
     resp = site.post(c, "/releases/hello/1.0.0/queue", {})
     assert resp.status_code == 400
     assert _deployments(site) == []
+
+
+def test_the_release_page_says_whether_each_step_can_be_undone(site: Site,
+                                                                tmp_path: Path) -> None:
+    make_release(site, tmp_path)  # one shell step without a rollback script
+
+    page = text(site.client("view").get("/releases/hello/1.0.0"))
+
+    assert ('<p class="undo">undo: no (a shell step without a rollback script cannot be '
+            'undone)</p>') in page
