@@ -359,3 +359,32 @@ def test_owes_result_since(world: World, rel: Release) -> None:
                   root_version=1)
     row = ro.rollout_json(world.session, rollout, world.clock())["batches"][0]["agents"][0]
     assert row["reached"] == "media" and row["owes_result_since"] == dep.exported_at.isoformat()
+
+
+def test_the_scheduler_wakes_when_the_soak_ends_and_starts_the_next_batch(
+        world: World, rel: Release, engine) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from sqlalchemy.orm import Session
+
+    from hub.scheduler import RESYNC_S, tick
+
+    _fleet(world, 2)
+    rollout = ro.start_rollout(world.ctx("op"), rel, environment="test",
+                               strategy=Strategy(canary=1, soak_s=20))
+    _finish(world, rollout)
+    world.session.commit()
+    done = world.clock()
+
+    def factory() -> Session:
+        return Session(engine, expire_on_commit=False)
+
+    report = tick(factory, world.keys.hub, world.clock)
+    assert report.next_run == done + timedelta(seconds=20) < done + timedelta(seconds=RESYNC_S)
+    world.clock.advance(20)
+    tick(factory, world.keys.hub, world.clock)
+    world.session.expire_all()
+    assert [d.agent.agent_id for d in _current(world, rollout)] == ["a01"]
+    starts = world.session.scalars(select(AuditEvent).where(
+        AuditEvent.action == "rollout.batch_start")).all()
+    assert [e.actor for e in starts] == ["system:rollout", "system:rollout"]
