@@ -243,6 +243,7 @@ def load_hub_keys(data_dir: Path, *, with_private: bool = True) -> HubKeys:
         mac,
         approval_key=loaded["approval"],
         root_updates=load_root_updates(data_dir, envelope),
+        data_dir=data_dir if with_private else None,
     )
 
 

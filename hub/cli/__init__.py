@@ -20,6 +20,7 @@ from hub.cli import (  # noqa: F401 - each module registers its commands on the 
     exchange,
     releases,
     rollouts,
+    secrets,
     serve,
     setup,
     sites,

@@ -36,6 +36,8 @@ class HubKeys:
     approval_key: SigningKey | None = None  # signs hub-attested approvals (role approval)
     #: root envelopes of versions 2..current, carried in every release bundle's roots.json
     root_updates: tuple[bytes, ...] = ()
+    #: the hub's data directory, where site secrets are kept (hub.services.site_secrets)
+    data_dir: Path | None = None
 
     @property
     def trusted_root(self) -> TrustedRoot:

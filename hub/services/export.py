@@ -75,6 +75,7 @@ from hub.services.export_claims import (
     stale_claims,
     take_over,
 )
+from hub.services.site_secrets import seal_for_agents, sealed_names, secret_recipients
 from hub.services.users import require_ctx
 from hub.services.windows import gate_for, hold_back, policy_for
 from signing.envelope import parse_envelope
@@ -273,6 +274,8 @@ class _Run:
             "policy": policy.to_json() if policy is not None else None,
             # the exact envelopes, so a re-write after a crash gives the same bytes
             "approvals": [base64.b64encode(e).decode("ascii") for e in approvals],
+            # site secrets the steps reference and the environment stores: sealed at writing
+            "secrets": sealed_names(ctx, env.name, release.steps),
         }
         out = self.out_dir / name
         dep.sequence, dep.bundle_id = seq, intent["bundle_id"]
@@ -288,6 +291,7 @@ class _Run:
                 "sequence": seq,
                 "file": str(out),
                 "claimed_by": my_token(),
+                **({"secrets": intent["secrets"]} if intent["secrets"] else {}),
             },
         )
         session.commit()
@@ -383,6 +387,10 @@ class _Run:
         )
         if intent.get("policy"):  # windows, freezes, override (bundle-format §6.9)
             manifest = replace(manifest, policy=Policy.from_json(intent["policy"]))
+        if intent.get("secrets"):  # sealed now, to each target agent's box key
+            sealed = seal_for_agents(self.ctx, env.name, intent["secrets"],
+                                     secret_recipients(self.ctx.session, dep), manifest.bundle_id)
+            manifest = replace(manifest, secrets=sealed)
         self.spool.mkdir(exist_ok=True)
         return write_bundle(
             self.out_dir / intent["file"],

@@ -1,0 +1,117 @@
+"""Site secrets with real processes: an admin stores a PostgreSQL password on the hub
+(`hub secrets set`), the export seals it to the agent's box key, a real agent process opens
+it just in time for the connection of a SQL step on a real PostgreSQL, and the value is in
+no file of the hub (database, audit), the media, the agent's home (logs, journal, results)
+nor any command's output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from bundle.inspect import read_manifest_unverified
+from tests.e2e.agent_site import write_release
+from tests.e2e.conftest import TIANGONG, run, set_fast_inbox, wait_for
+from tests.fixtures.dbservers import PostgresServer
+
+
+def _files_containing(root: Path, needle: bytes) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_a_sealed_password_connects_a_sql_step_and_is_never_shown(
+        tmp_path: Path, postgres_server: PostgresServer, pg_db: str) -> None:
+    password = postgres_server.password
+    dbname = pg_db.rsplit("/", 1)[1]
+    data = tmp_path / "hub"
+    env = {"TIANGONG_HUB_DATA_DIR": str(data), "TIANGONG_KEY_PASSPHRASE": "root-pass"}
+    outputs: list[str] = []
+
+    def hub(*args: str, user: str = "admin", check: bool = True,
+            extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        proc = run("hub", "--local-admin", user, *args, env={**env, **(extra or {})},
+                   check=check)
+        outputs.extend((proc.stdout, proc.stderr))
+        return proc
+
+    hub("init", "--admin", "admin", "--hub-id", "hub-secrets")
+    for name, role in (("alice", "developer"), ("bob", "approver"), ("carol", "operator")):
+        hub("users", "create", name)
+        hub("users", "grant", name, role)
+    hub("environments", "create", "plant-a")
+
+    home = tmp_path / "agent"
+    run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
+        "--environment", "plant-a")
+    set_fast_inbox(home)
+    cfg = home / "agent.toml"
+    cfg.write_text(cfg.read_text().replace("[connections]\n", "") + (
+        "\n[connections.billing-db]\ntype = \"postgres\"\n"
+        f"dsn = \"postgresql://{postgres_server.user}@127.0.0.1:{postgres_server.port}/"
+        f"{dbname}\"\npassword = {{ secret = \"billing-db-password\" }}\n"))
+    stick = tmp_path / "stick-1"
+    stick.mkdir()
+    shutil.copy(next((home / "outbox").glob("enrollment-*.json")), stick)
+    hub("import", str(stick), user="carol")
+
+    # Write-only: an operator may not set it; the admin can; nobody reads it back.
+    denied = hub("secrets", "set", "plant-a", "billing-db-password", "--from-env", "PW",
+                 user="carol", check=False, extra={"PW": password})
+    assert denied.returncode != 0 and "carol" in denied.stderr
+    assert not (data / "secrets").exists()
+    hub("secrets", "set", "plant-a", "billing-db-password", "--from-env", "PW",
+        extra={"PW": password})
+    listed = json.loads(hub("secrets", "list", "plant-a", "--json", user="carol").stdout)
+    assert [(s["name"], s["set_by"]) for s in listed] == [("billing-db-password", "admin")]
+
+    release = write_release(
+        tmp_path / "rel", "billing", "1.0.0",
+        ['name = "schema"\nkind = "sql"\nengine = "postgres"\nconnection = "billing-db"\n'
+         'script = "001.sql"\nsecrets = ["billing-db-password"]'],
+        {"001.sql": "CREATE TABLE invoices (id int primary key);\n"
+                    "INSERT INTO invoices VALUES (42);\n"})
+    hub("releases", "create", str(release), "--create-product", user="alice")
+    hub("releases", "submit", "billing", "1.0.0", user="alice")
+    hub("releases", "approve", "billing", "1.0.0", user="bob")
+    hub("deployments", "queue", "billing", "1.0.0", "--environment", "plant-a", user="carol")
+    usb = tmp_path / "usb"
+    hub("export", "--environment", "plant-a", "--out", str(usb), user="carol")
+    (bundle,) = usb.glob("*.tgb")
+    sealed = read_manifest_unverified(bundle)["secrets"]
+    assert [(e["name"], e["agent_id"]) for e in sealed] == [("billing-db-password", "site-01")]
+
+    log = tmp_path / "agent.log"
+    with log.open("wb") as out:
+        agent = subprocess.Popen([*TIANGONG, "agent", "run", "--home", str(home)],
+                                 stdout=out, stderr=subprocess.STDOUT)
+        try:
+            shutil.copy(bundle, home / "inbox" / (bundle.name + ".part"))
+            (home / "inbox" / (bundle.name + ".part")).rename(home / "inbox" / bundle.name)
+            wait_for(lambda: any((home / "outbox").glob("*.tgr")), 90, "the result file")
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=30)
+
+    back = tmp_path / "stick-back"
+    back.mkdir()
+    for f in (home / "outbox").glob("*.tgr"):
+        shutil.copy(f, back)
+    hub("import", str(back), user="carol")
+    deps = json.loads(hub("deployments", "list", "--json", user="carol").stdout)
+    assert [d["state"] for d in deps] == ["succeeded"], (deps, log.read_text())
+    with postgres_server.connect(dbname) as conn:
+        assert conn.execute("SELECT id FROM invoices").fetchall() == [(42,)]
+
+    audit = tmp_path / "audit.jsonl"
+    hub("audit", "export", "--out", str(audit))
+    events = [json.loads(line) for line in audit.read_text().splitlines() if line.strip()]
+    assert any(e.get("action") == "secret.set" for e in events)
+    needle = password.encode()
+    for root in (data, usb, home, back, tmp_path / "audit.jsonl", log):
+        found = [root] if root.is_file() and needle in root.read_bytes() else (
+            _files_containing(root, needle) if root.is_dir() else [])
+        assert found == [], f"the secret value is in {found}"
+    assert all(password not in text for text in outputs)
