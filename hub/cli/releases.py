@@ -208,12 +208,12 @@ def releases_approve(
         raise click.UsageError("an uploaded approval names its own environments and comment")
     envelope: bytes | None = None
     signed_by = None
-    if signature_file is not None:
-        try:
-            envelope = read_bounded(signature_file, MAX_APPROVAL_BYTES)
-        except (OSError, SigningError) as exc:
-            raise ValidationError(f"{signature_file}: {exc}") from exc
     with _services(ctx) as sc:
+        if signature_file is not None:  # inside: a refusal is an error line, not a traceback
+            try:
+                envelope = read_bounded(signature_file, MAX_APPROVAL_BYTES)
+            except (OSError, SigningError) as exc:
+                raise ValidationError(f"--signature: {exc}") from exc
         rel = get_release(sc.session, product, version)
         if key_file is not None:
             try:

@@ -153,3 +153,19 @@ def test_approval_key_and_root_install(hub_dir: Path, tmp_path: Path) -> None:
     assert (hub_dir / "root.json").read_bytes() == v2
     assert sorted(p.name for p in (hub_dir / "roots").iterdir()) == ["root-v1.json",
                                                                      "root-v2.json"]
+
+
+def test_a_missing_signature_file_is_an_error_not_a_traceback(hub_dir: Path,
+                                                             tmp_path: Path) -> None:
+    run(hub_dir, "releases", "create", str(EXAMPLES / "hello-1.0.0"), "--create-product",
+        actor="dev")
+    run(hub_dir, "releases", "submit", "hello", "1.0.0", actor="dev")
+    missing = tmp_path / "nowhere.json"
+    out = CliRunner().invoke(root, ["hub", "--data-dir", str(hub_dir), "--local-admin", "alice",
+                                    "releases", "approve", "hello", "1.0.0", "--signature",
+                                    str(missing)])
+    assert out.exit_code == 1, out.output
+    assert out.exception is None or isinstance(out.exception, SystemExit)
+    assert f"error: --signature: {missing} does not exist" in out.output
+    assert "Traceback" not in out.output
+    assert _approvals(hub_dir) == []
