@@ -1,9 +1,10 @@
 """Undo data survives a power cut between recording it and making the change.
 
-A real ``agent run`` is killed (SIGKILL) at crash point ``undo-recorded``: the previous file is
-recorded and fsynced in ``undo/``, the file step has not written yet. The next start reports
-the bundle ``interrupted`` (the step is never run twice), the destination is untouched, and
-the undo record still describes the file as it was — so a rollback restores the right bytes.
+A real ``agent run`` is killed (SIGKILL) at crash point ``undo-recorded`` (the previous file is
+recorded and fsynced in ``undo/``, the file step has not written yet) and at ``step-ran`` (the
+new file is in place, its outcome not recorded). The next start reports the bundle
+``interrupted`` (the step is never run twice), and the undo record still describes the file
+as it was before — so a rollback restores the right bytes either way.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import signal
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from agent.executors.base import StepLog
 from agent.executors.file import UNDO_PREVIOUS, UNDO_RECORD, restore_file
@@ -43,8 +46,12 @@ def _run_to_result(home: Path, log: Path, bid: str) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.parametrize(("point", "after_crash"), [
+    ("undo-recorded", "port=80\n"),  # recorded, the change not made
+    ("step-ran", "port=8080\n"),  # the change made, its outcome not recorded
+])
 def test_a_power_cut_after_recording_undo_data_leaves_a_correct_rollback(
-        tmp_path: Path, hub_keys: HubKeys) -> None:
+        tmp_path: Path, hub_keys: HubKeys, point: str, after_crash: str) -> None:
     home = init_site(tmp_path, hub_keys)
     dest = tmp_path / "site" / "app.conf"
     dest.parent.mkdir()
@@ -58,43 +65,19 @@ def test_a_power_cut_after_recording_undo_data_leaves_a_correct_rollback(
     drop(bundle, home)
     log = tmp_path / "agent.log"
 
-    proc = start_agent(home, log, {"TIANGONG_CRASH_AT": "undo-recorded"})
+    proc = start_agent(home, log, {"TIANGONG_CRASH_AT": point})
     proc.wait(timeout=90)
     assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
     undo = home / "undo" / bid / "001"
-    assert dest.read_text() == "port=80\n"  # the change was not made
+    assert dest.read_text() == after_crash
     assert (undo / UNDO_PREVIOUS).read_text() == "port=80\n"
 
     result = _run_to_result(home, log, bid)
     assert result["status"] == "interrupted", result
-    assert dest.read_text() == "port=80\n"  # never run twice
+    assert dest.read_text() == after_crash  # never run twice
     assert json.loads((undo / UNDO_RECORD).read_text())["existed"] is True
 
     restore_file(undo, StepLog())
-    assert dest.read_text() == "port=80\n"
-
-
-def test_a_power_cut_after_the_change_still_rolls_back_to_the_state_before(
-        tmp_path: Path, hub_keys: HubKeys) -> None:
-    home = init_site(tmp_path, hub_keys)
-    dest = tmp_path / "site" / "app.conf"
-    dest.parent.mkdir()
-    dest.write_text("port=80\n")
-    release = write_release(
-        tmp_path / "conf-1.0", "conf", "1.0",
-        [f'name = "config"\nkind = "file"\nsource = "app.conf"\npath = "{dest}"'],
-        {"app.conf": "port=8080\n"})
-    bundle, bid = make_bundle(hub_keys, release, tmp_path / "conf.tgb", 1)
-    drop(bundle, home)
-    log = tmp_path / "agent.log"
-
-    proc = start_agent(home, log, {"TIANGONG_CRASH_AT": "step-ran"})
-    proc.wait(timeout=90)
-    assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
-    assert dest.read_text() == "port=8080\n"  # the change was made, its outcome not recorded
-    assert _run_to_result(home, log, bid)["status"] == "interrupted"
-
-    restore_file(home / "undo" / bid / "001", StepLog())
     assert dest.read_text() == "port=80\n"
 
 
