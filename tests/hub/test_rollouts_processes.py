@@ -2,7 +2,8 @@
 (docs/rollouts.md): a canary → batches rollout with a manual gate, the hub killed between
 batches (crash point ``hub.rollout-batch-queued``) on the confirmation and on the result
 import that ends a batch — the rollout goes on without queueing or exporting anything twice;
-a failing batch that pauses the rollout; a cancel that withdraws an exported bundle."""
+a failing batch that pauses the rollout, resumed, then cancelled: the exported bundle of
+its second batch is withdrawn."""
 
 from __future__ import annotations
 
@@ -151,7 +152,7 @@ def test_canary_then_batches_with_manual_gate_killed_between_batches(tmp_path: P
         hub.close()
 
 
-def test_import_killed_starting_the_next_batch_then_a_failing_batch_pauses(
+def test_import_killed_starting_the_next_batch_then_a_failing_batch_pauses_and_cancel(
     tmp_path: Path,
 ) -> None:
     hub, agents = _hub(tmp_path)
@@ -193,34 +194,29 @@ def test_import_killed_starting_the_next_batch_then_a_failing_batch_pauses(
             paused = ctx.session.scalars(select(AuditEvent).where(
                 AuditEvent.action == "rollout.paused")).all()
             assert len(paused) == 1 and paused[0].actor == "system:rollout"
-        # Cancelled: the second batch never starts.
-        view = _ok(hub, "rollouts", "cancel", rid, "--reason", "broken step")
-        assert view["state"] == "cancelled"
-        assert _export_and_run(hub, agents, tmp_path, "4") == []
-    finally:
-        hub.close()
-
-
-def test_cancel_withdraws_an_exported_bundle(tmp_path: Path) -> None:
-    hub, _ = _hub(tmp_path)
-    try:
-        rid = str(_ok(hub, "rollouts", "start", "hello", "1.0.0", "--environment", ENV,
-                      "--canary", "site-02")["id"])
-        usb = tmp_path / "usb"
+        # Resumed (the failure accepted): batch 2 goes to the media, then the rollout is
+        # cancelled before the stick reaches site-02: its bundle is withdrawn (declared
+        # lost, the decision travels with the next bundle to it) and batch 3 never starts.
+        view = _ok(hub, "rollouts", "resume", rid)
+        assert view["state"] == "running" and view["current_batch"] == 2
+        usb = tmp_path / "usb-4"
         assert hub.cli("export", "--environment", ENV, "--out", str(usb)).returncode == 0
-        view = _ok(hub, "rollouts", "show", rid)
-        (row,) = view["batches"][0]["agents"]
-        assert row["agent"] == "site-02" and row["owes_result_since"] is not None
+        (bundle,) = usb.glob("*.tgb")
+        assert "site-02" in bundle.name
+        row = _ok(hub, "rollouts", "show", rid)["batches"][1]["agents"][0]
+        assert row["state"] == "exported" and row["owes_result_since"] is not None
         refused = hub.cli("rollouts", "cancel", rid, user="aud")
         assert refused.returncode == 1 and "may not" in refused.stderr
         assert _ok(hub, "rollouts", "show", rid)["state"] == "running"
-        view = _ok(hub, "rollouts", "cancel", rid, "--reason", "wrong build")
+        view = _ok(hub, "rollouts", "cancel", rid, "--reason", "broken step")
         assert view["state"] == "cancelled" and any("withdrawn" in d for d in view["did"])
-        assert _rollout_deployments(hub) == [("site-02", "lost")]
         with hub.ctx() as ctx:
             (decision,) = ctx.session.scalars(select(AuditEvent).where(
                 AuditEvent.action == "bundle.declared_lost")).all()
-            assert decision.object_id == "agent:site-02" and "wrong build" in str(
+            assert decision.object_id == "agent:site-02" and "broken step" in str(
                 decision.details)
+        assert [a["state"] for b in view["batches"] for a in b["agents"]] == [
+            "failed", "lost", "not queued"]
+        assert _export_and_run(hub, agents, tmp_path, "5") == []
     finally:
         hub.close()
