@@ -29,7 +29,7 @@ def parse_duration(text: str) -> int:
     match = _PATTERN.fullmatch(text.strip())
     if match is None:
         raise ValueError(
-            f"{text[:40]!r} is not a duration; use a whole number and one unit, "
+            f"{text[:40]!r} is not a duration; use a positive whole number and one unit, "
             "e.g. 90m, 12h, 365d, 2w (s, m, h, d, w)"
         )
     seconds = int(match.group(1)) * _UNITS[match.group(2)]

@@ -42,3 +42,8 @@ def test_format_duration(seconds: int, text: str) -> None:
 )
 def test_format_utc(timestamp: int, text: str) -> None:
     assert format_utc(timestamp) == text
+
+
+def test_a_zero_duration_is_refused_as_not_positive() -> None:
+    with pytest.raises(ValueError, match="use a positive whole number"):
+        parse_duration("0s")
