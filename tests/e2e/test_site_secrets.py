@@ -1,21 +1,41 @@
-"""Site secrets with real processes: an admin stores a PostgreSQL password on the hub
-(`hub secrets set`), the export seals it to the agent's box key, a real agent process opens
-it just in time for the connection of a SQL step on a real PostgreSQL, and the value is in
-no file of the hub (database, audit), the media, the agent's home (logs, journal, results)
-nor any command's output."""
+"""Site secrets with real processes: an admin stores a PostgreSQL password and an API token
+on the hub (`hub secrets set`), the export seals both to the agent's box key, a real agent
+process opens them just in time — the password for the connection of a SQL step on a real
+PostgreSQL, the token as the header of an http step to a local server — and neither value
+is in any file of the hub (database, audit), the media, the agent's home (logs, journal,
+results) nor any command's output."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import shutil
 import signal
 import subprocess
+import threading
 from pathlib import Path
+from typing import Any, ClassVar
 
 from bundle.inspect import read_manifest_unverified
 from tests.e2e.agent_site import write_release
 from tests.e2e.conftest import TIANGONG, run, set_fast_inbox, wait_for
 from tests.fixtures.dbservers import PostgresServer
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Records the Authorization header of each request; answers 201."""
+
+    seen: ClassVar[list[str | None]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).seen.append(self.headers.get("Authorization"))
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
 
 
 def _files_containing(root: Path, needle: bytes) -> list[str]:
@@ -25,6 +45,10 @@ def _files_containing(root: Path, needle: bytes) -> list[str]:
 def test_a_sealed_password_connects_a_sql_step_and_is_never_shown(
         tmp_path: Path, postgres_server: PostgresServer, pg_db: str) -> None:
     password = postgres_server.password
+    token = "Bearer tok-" + password[::-1]  # a second secret, for an http step's header
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    _Recorder.seen = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     dbname = pg_db.rsplit("/", 1)[1]
     data = tmp_path / "hub"
     env = {"TIANGONG_HUB_DATA_DIR": str(data), "TIANGONG_KEY_PASSPHRASE": "root-pass"}
@@ -64,15 +88,20 @@ def test_a_sealed_password_connects_a_sql_step_and_is_never_shown(
     assert not (data / "secrets").exists()
     hub("secrets", "set", "plant-a", "billing-db-password", "--from-env", "PW",
         extra={"PW": password})
+    hub("secrets", "set", "plant-a", "api-token", "--from-env", "PW", extra={"PW": token})
     listed = json.loads(hub("secrets", "list", "plant-a", "--json", user="carol").stdout)
-    assert [(s["name"], s["set_by"]) for s in listed] == [("billing-db-password", "admin")]
+    assert [(s["name"], s["set_by"]) for s in listed] == [("api-token", "admin"),
+                                                          ("billing-db-password", "admin")]
 
     release = write_release(
         tmp_path / "rel", "billing", "1.0.0",
         ['name = "schema"\nkind = "sql"\nengine = "postgres"\nconnection = "billing-db"\n'
-         'script = "001.sql"\nsecrets = ["billing-db-password"]'],
+         'script = "001.sql"\nsecrets = ["billing-db-password"]',
+         f'name = "notify"\nkind = "http"\nmethod = "POST"\nbody = "note.json"\n'
+         f'url = "http://127.0.0.1:{server.server_address[1]}/deployed"\n'
+         'secret_headers = { Authorization = "api-token" }\nsecrets = ["api-token"]'],
         {"001.sql": "CREATE TABLE invoices (id int primary key);\n"
-                    "INSERT INTO invoices VALUES (42);\n"})
+                    "INSERT INTO invoices VALUES (42);\n", "note.json": '{"v": 1}'})
     hub("releases", "create", str(release), "--create-product", user="alice")
     hub("releases", "submit", "billing", "1.0.0", user="alice")
     hub("releases", "approve", "billing", "1.0.0", user="bob")
@@ -81,7 +110,8 @@ def test_a_sealed_password_connects_a_sql_step_and_is_never_shown(
     hub("export", "--environment", "plant-a", "--out", str(usb), user="carol")
     (bundle,) = usb.glob("*.tgb")
     sealed = read_manifest_unverified(bundle)["secrets"]
-    assert [(e["name"], e["agent_id"]) for e in sealed] == [("billing-db-password", "site-01")]
+    assert sorted((e["name"], e["agent_id"]) for e in sealed) == [
+        ("api-token", "site-01"), ("billing-db-password", "site-01")]
 
     log = tmp_path / "agent.log"
     with log.open("wb") as out:
@@ -104,14 +134,17 @@ def test_a_sealed_password_connects_a_sql_step_and_is_never_shown(
     assert [d["state"] for d in deps] == ["succeeded"], (deps, log.read_text())
     with postgres_server.connect(dbname) as conn:
         assert conn.execute("SELECT id FROM invoices").fetchall() == [(42,)]
+    server.shutdown()
+    server.server_close()
+    assert _Recorder.seen == [token]  # the http step sent the sealed token as its header
 
     audit = tmp_path / "audit.jsonl"
     hub("audit", "export", "--out", str(audit))
     events = [json.loads(line) for line in audit.read_text().splitlines() if line.strip()]
     assert any(e.get("action") == "secret.set" for e in events)
-    needle = password.encode()
-    for root in (data, usb, home, back, tmp_path / "audit.jsonl", log):
-        found = [root] if root.is_file() and needle in root.read_bytes() else (
-            _files_containing(root, needle) if root.is_dir() else [])
-        assert found == [], f"the secret value is in {found}"
-    assert all(password not in text for text in outputs)
+    for needle in (password.encode(), token.encode()):
+        for root in (data, usb, home, back, tmp_path / "audit.jsonl", log):
+            found = [root] if root.is_file() and needle in root.read_bytes() else (
+                _files_containing(root, needle) if root.is_dir() else [])
+            assert found == [], f"a secret value is in {found}"
+    assert all(password not in text and token not in text for text in outputs)
