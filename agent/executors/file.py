@@ -207,7 +207,11 @@ class FileExecutor(SchemaValidated):
         dest, st = _destination(str(step["path"]), bool(step["follow_symlink"]))
         if ctx.undo_dir is None:
             raise FileStepError("this agent gives the step no undo directory; nothing changed")
-        fresh = _record_undo(ctx.undo_dir, dest, st)
+        try:
+            fresh = _record_undo(ctx.undo_dir, dest, st)
+        except OSError as exc:
+            raise FileStepError(f"cannot record undo data in {ctx.undo_dir}: "
+                                f"{exc.strerror or exc}; nothing was changed") from None
         ctx.log.write(f"undo data for {dest} {'recorded' if fresh else 'already recorded'} "
                       f"({'previous file kept' if st is not None else 'it did not exist'})",
                       "file")

@@ -153,3 +153,18 @@ def test_a_restore_refuses_a_previous_copy_that_does_not_match_its_digest(
         restore_file(undo, StepLog())
     assert dest.read_bytes() == b"new"
     assert _tree(undo)[UNDO_PREVIOUS] == b"tampered"
+
+
+def test_a_file_step_whose_undo_data_cannot_be_recorded_changes_nothing(
+        tmp_path: Path) -> None:
+    dest = tmp_path / "app.conf"
+    dest.write_bytes(b"old")
+    (tmp_path / "undo").write_text("a file where the undo directory should be")
+
+    outcome, undo = _run(tmp_path, b"new", dest)
+
+    assert outcome.status == "failed"
+    assert outcome.summary.startswith(f"cannot record undo data in {undo}")
+    assert outcome.summary.endswith("nothing was changed")
+    assert dest.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.conf", "payload", "undo"]

@@ -176,3 +176,23 @@ def test_a_shell_step_is_undone_by_its_rollback_script(tmp_path: Path) -> None:
     assert cannot.status == "failed"
     assert cannot.summary == ("not undone: step 2 of bundle ops-1 ran here and cannot be "
                               "undone (a shell step without a rollback script)")
+
+
+def test_a_k8s_step_whose_undo_data_cannot_be_recorded_applies_nothing(
+        tmp_path: Path, kube_server: KubeServer, kube_namespace: str) -> None:
+    harness = Harness(tmp_path, kube_server.kubeconfig, kube_namespace)
+    step = harness.step([harness.stage("k8s/cm.yaml", _cm("never", {"k": "v"}))])
+    blocker = tmp_path / "undo"
+    blocker.write_text("a file where the undo directory should be")
+    ctx = StepContext(bundle_id="app-1", release={}, index=0, step=step, files=harness.files,
+                      workdir=tmp_path, connection=harness.connection, secrets={},
+                      log=StepLog(), deadline=time.monotonic() + 60, cancel=threading.Event(),
+                      undo_dir=blocker / "app-1" / "001")
+
+    outcome = get_executor("k8s").run(ctx)
+
+    assert outcome.status == "failed"
+    assert f"cannot record undo data in {blocker / 'app-1' / '001'}" in outcome.summary
+    assert "nothing was applied" in outcome.summary
+    path = f"/api/v1/namespaces/{kube_namespace}/configmaps/never"
+    assert kube_server.get(path) is None
