@@ -244,6 +244,6 @@ def test_power_cut_in_a_step_graph(tmp_path: Path, hub_keys: HubKeys) -> None:
         assert body["graph"] == [{"index": 1, "name": "left", "after": []},
                                  {"index": 2, "name": "join", "after": ["left", "right"]},
                                  {"index": 3, "name": "right", "after": []}]
-        assert body["inventory"]["step_kinds"] == ["agent-upgrade", "file", "k8s", "shell", "sql",
-                                                   "undo"]
+        assert body["inventory"]["step_kinds"] == ["agent-upgrade", "file", "http", "k8s",
+                                                   "shell", "sql", "undo"]
     assert_chain(verified_results(home, hub_keys, tmp_path))
