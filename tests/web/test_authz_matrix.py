@@ -368,6 +368,12 @@ EXPECTED: dict[str, View] = {
         get=VIEW_TEST, args=lambda w: {"rollout_id": w.extra.get("rollout", 1)}, scope=VIEW_TEST,
         ghost=lambda w: {"rollout_id": 999_999},
     ),
+    "rollouts.act": View(
+        post=having("operator", env="test"),
+        args=lambda w: {"rollout_id": w.extra.get("rollout", 1)},
+        form=lambda w: {"action": "pause", "reason": "the matrix"},
+        scope=VIEW_TEST, ghost=lambda w: {"rollout_id": 999_999},
+    ),
     "deployments.show": View(
         get=VIEW_TEST, args=lambda w: {"deployment_id": w.test_deployment}, scope=VIEW_TEST,
         **TEST_DEPLOYMENT,

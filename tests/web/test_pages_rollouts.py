@@ -15,7 +15,7 @@ from hub.services.releases import create_release, submit_release
 from hub.services.rollouts import Strategy, start_rollout
 from tests.hub.conftest import write_release
 from tests.hub.services.test_deployments import request
-from tests.web.pages import Site
+from tests.web.pages import Site, csrf_of
 
 
 def _rollout(site: Site, tmp: Path, env: str = "test") -> int:
@@ -85,3 +85,42 @@ def rollout_targets(rollout):  # type: ignore[no-untyped-def]
 
     return list(db.session.scalars(select(RolloutTarget).where(
         RolloutTarget.rollout_id == rollout.id)))
+
+
+def test_buttons_confirm_the_gate_and_pause(site: Site, tmp_path: Path) -> None:
+    rid = _rollout(site, tmp_path)
+    with site.app.app_context():
+        from hub.services.rollouts import after_deployments, get_rollout
+
+        (target,) = [t for t in rollout_targets(get_rollout(db.session, rid))
+                     if t.deployment_id is not None]
+        assert target.deployment_id is not None
+        dep = get_deployment(db.session, target.deployment_id)
+        mark_exported(site.ctx("op"), dep, bundle_id="b1", bundle_path="/m/b1", sequence=1,
+                      root_version=1)
+        transition(site.ctx("op"), dep, "succeeded")
+        after_deployments(site.ctx("op"), [dep.id])
+        db.session.commit()
+    viewer = site.client("view-test")
+    assert 'id="rollout-pause-button"' not in viewer.get(f"/rollouts/{rid}").get_data(
+        as_text=True)
+    # The starter (admin) sees the button but the service refuses: nothing changes.
+    admin = site.client("admin")
+    page = admin.get(f"/rollouts/{rid}").get_data(as_text=True)
+    refused = admin.post(f"/rollouts/{rid}/act", data={
+        "action": "confirm", "csrf_token": csrf_of(page)})
+    assert refused.status_code == 403
+    assert "another operator" in unescape(refused.get_data(as_text=True))
+    op = site.client("op")
+    page = op.get(f"/rollouts/{rid}").get_data(as_text=True)
+    assert 'id="rollout-confirm-button"' in page
+    done = op.post(f"/rollouts/{rid}/act", data={"action": "confirm",
+                                                 "csrf_token": csrf_of(page)})
+    assert done.status_code == 302
+    page = unescape(op.get(f"/rollouts/{rid}").get_data(as_text=True))
+    assert "gate confirmed by op" in page and "Batch 2 (current)" in page
+    op.post(f"/rollouts/{rid}/act", data={"action": "pause", "reason": "coffee",
+                                          "csrf_token": csrf_of(page)})
+    page = unescape(op.get(f"/rollouts/{rid}").get_data(as_text=True))
+    assert ">paused<" in page and "coffee" in page and 'http-equiv="refresh"' not in page
+    assert 'id="rollout-resume-button"' in page
