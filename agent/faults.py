@@ -23,7 +23,8 @@ import os
 
 from bundle.crashhook import CrashHook
 
-__all__ = ["CRASH_POINTS", "UPGRADE_CRASH_POINTS", "WRITE_POINTS", "crash_point", "fault_point"]
+__all__ = ["CRASH_POINTS", "JOB_CRASH_POINTS", "UPGRADE_CRASH_POINTS", "WRITE_POINTS",
+           "crash_point", "fault_point"]
 
 #: Every durable transition of the agent, in the order one bundle meets them.
 CRASH_POINTS: dict[str, str] = {
@@ -86,8 +87,15 @@ UPGRADE_CRASH_POINTS: dict[str, str] = {
                         "yet switched",
 }
 
-_CRASH = CrashHook(os.environ.get("TIANGONG_CRASH_AT"), {**CRASH_POINTS, **UPGRADE_CRASH_POINTS},
-                   hub=False)
+#: Scheduled site jobs' durable transitions (agent/jobs.py; tested in tests/agent/test_jobs.py,
+#: not by the bundle crash-point matrix).
+JOB_CRASH_POINTS: dict[str, str] = {
+    "job-started": "a scheduled job's run committed as running, its command not started",
+    "job-ran": "a scheduled job's command ended, its outcome not recorded",
+}
+
+_CRASH = CrashHook(os.environ.get("TIANGONG_CRASH_AT"),
+                   {**CRASH_POINTS, **UPGRADE_CRASH_POINTS, **JOB_CRASH_POINTS}, hub=False)
 _FAULT = _parse_fault(os.environ.get("TIANGONG_FAULT_AT"))
 
 

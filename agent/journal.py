@@ -23,6 +23,9 @@ holding:
   so a crash in between moves them later without a second result.
 * ``operator_actions``: things the operator did outside a bundle (``agent sql unlock``),
   reported in the next result.
+* ``job_schedule`` / ``job_runs``: the schedule of site jobs installed by the last bundle
+  that carried one, and every run of a job (running → succeeded / failed, or interrupted),
+  reported in the next result (``scheduled_jobs``; ``agent.jobs``).
 * ``overrides``: ``agent run-now`` decisions — one bundle may run outside its maintenance
   windows and in a freeze (who, when, why); reported in that bundle's result. A bundle that
   waits for a window or a freeze to end is in state ``held`` (summary: why, until when).
@@ -146,6 +149,27 @@ CREATE TABLE IF NOT EXISTS operator_actions (
     action      TEXT NOT NULL,
     detail      TEXT NOT NULL,
     result_seq  INTEGER
+);
+CREATE TABLE IF NOT EXISTS job_schedule (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    bundle_id   TEXT NOT NULL,
+    jobs        TEXT NOT NULL,
+    installed_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS job_runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    job         TEXT NOT NULL,
+    bundle_id   TEXT NOT NULL,
+    due_at      INTEGER NOT NULL,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER,
+    state       TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    missed      INTEGER NOT NULL DEFAULT 0,
+    exit_code   INTEGER,
+    summary     TEXT NOT NULL DEFAULT '',
+    result_seq  INTEGER,
+    UNIQUE (job, bundle_id, due_at)
 );
 CREATE TABLE IF NOT EXISTS overrides (
     bundle_id   TEXT PRIMARY KEY REFERENCES bundles(bundle_id),
@@ -340,7 +364,8 @@ class Journal:
                                    f"newer than this agent's {SCHEMA_VERSION}; upgrade the agent")
             if version < SCHEMA_VERSION and "bundles" in known:
                 self._migrate(version)
-            if version != SCHEMA_VERSION or "meta" not in known or "overrides" not in known:
+            if version != SCHEMA_VERSION or "meta" not in known or "overrides" not in known \
+                    or "job_runs" not in known:
                 self._db.executescript(_SCHEMA)
                 with self._tx() as db:
                     db.execute(
@@ -725,6 +750,16 @@ class Journal:
                 {"at": a["at"], "action": a["action"], "detail": a["detail"]} for a in actions]}
             db.execute("UPDATE operator_actions SET result_seq=? WHERE result_seq IS NULL",
                        (seq,))
+        runs = db.execute(
+            "SELECT * FROM job_runs WHERE result_seq IS NULL AND state != 'running' ORDER BY id"
+        ).fetchall()
+        if runs:
+            spec["extra"] = {**(spec.get("extra") or {}), "scheduled_jobs": [
+                {k: r[k] for k in ("job", "bundle_id", "due_at", "started_at", "finished_at",
+                                   "state", "attempts", "missed", "exit_code", "summary")}
+                for r in runs]}
+            db.execute("UPDATE job_runs SET result_seq=? WHERE result_seq IS NULL AND "
+                       "state != 'running'", (seq,))
         file_name = f"{spec['agent_id']}-{seq:06d}-{result.status}.tgr"
         db.execute(
             "INSERT INTO results(result_seq, bundle_id, status, file_name, sha256, created_at,"
@@ -867,6 +902,70 @@ class Journal:
         with self._tx() as db:
             db.execute("INSERT INTO operator_actions(at, action, detail) VALUES (?, ?, ?)",
                        (self._now(), action, detail))
+
+    # -- scheduled jobs (agent.jobs) ---------------------------------------------------------
+
+    def set_schedule(self, bundle_id: str, jobs: list[dict[str, Any]]) -> None:
+        """Replace the installed job schedule with ``jobs`` from bundle ``bundle_id``."""
+        with self._tx() as db:
+            db.execute("INSERT INTO job_schedule(id, bundle_id, jobs, installed_at) "
+                       "VALUES (1, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                       "bundle_id=excluded.bundle_id, jobs=excluded.jobs, "
+                       "installed_at=excluded.installed_at",
+                       (bundle_id, json.dumps(jobs, sort_keys=True), self._now()))
+
+    def schedule(self) -> tuple[str, list[dict[str, Any]], int] | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM job_schedule WHERE id=1").fetchone()
+        if row is None:
+            return None
+        return row["bundle_id"], json.loads(row["jobs"]), int(row["installed_at"])
+
+    def last_job_due(self, job: str, bundle_id: str) -> int | None:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(due_at) FROM job_runs WHERE job=? AND "
+                                   "bundle_id=?", (job, bundle_id)).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def job_started(self, job: str, bundle_id: str, due_at: int, now: int,
+                    missed: int) -> int | None:
+        """Commit a run of ``job`` due at ``due_at`` as running; None if it exists already."""
+        with self._tx() as db:
+            try:
+                cur = db.execute("INSERT INTO job_runs(job, bundle_id, due_at, started_at, "
+                                 "state, missed) VALUES (?, ?, ?, ?, 'running', ?)",
+                                 (job, bundle_id, due_at, now, missed))
+            except sqlite3.IntegrityError:
+                return None
+            return cur.lastrowid
+
+    def job_finished(self, run_id: int, state: str, attempts: int, exit_code: int | None,
+                     summary: str, now: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE job_runs SET state=?, attempts=?, exit_code=?, summary=?, "
+                       "finished_at=? WHERE id=? AND state='running'",
+                       (state, attempts, exit_code, summary, now, run_id))
+
+    def unreported_job_runs(self) -> tuple[int, int | None]:
+        """Finished runs no result carries yet: (how many, oldest finish time)."""
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*), MIN(finished_at) FROM job_runs WHERE "
+                                   "result_seq IS NULL AND state != 'running'").fetchone()
+        return int(row[0]), None if row[1] is None else int(row[1])
+
+    def interrupt_job_runs(self, now: int) -> int:
+        """Runs left running by a crash become interrupted; returns how many."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE job_runs SET state='interrupted', finished_at=?, "
+                             "summary='interrupted: the agent stopped while the job ran' "
+                             "WHERE state='running'", (now,))
+            return cur.rowcount
+
+    def job_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM job_runs ORDER BY id DESC LIMIT ?",
+                                    (limit,)).fetchall()
+        return [dict(r) for r in rows]
 
     def record_override(self, bundle_id: str, reason: str, by_user: str) -> int:
         """``agent run-now``: let the held bundle ``bundle_id`` run outside its windows and in

@@ -72,6 +72,7 @@ from agent.inbox import (
     printable,
     write_reason,
 )
+from agent.jobs import SCHEDULE_FILE, JobScheduler, ScheduleError, install_schedule
 from agent.journal import BundleRecord, Journal, JournalError, JournalWriteError, ResultIntent
 from agent.metrics import WRITE_EVERY_S, AgentFigures, write_textfile
 from agent.metrics import render as render_metrics
@@ -151,6 +152,10 @@ class Agent:
         #: set while the live channel is authenticated (``agent run`` with a hub_url)
         self.live_connected: threading.Event | None = None
         self._metrics_at = -WRITE_EVERY_S  # time.monotonic() of the last textfile write
+        #: Scheduled site jobs (agent.jobs), on the policy clock; a job report result when
+        #: finished runs have waited ``report_after`` seconds for a result to carry them.
+        self.jobs = JobScheduler(self.journal, config.home / "jobs", self.policy_clock,
+                                 report=self._job_report)
 
     def close(self) -> None:
         self.journal.close()
@@ -186,6 +191,9 @@ class Agent:
         self._clean_temporaries()
         ids = self.journal.recover_interrupted(self._interrupted_result)
         crash_point("interrupted-recorded")
+        if self.jobs.recover():
+            log.warning("a scheduled job was interrupted: the agent stopped while it ran; it "
+                        "is reported as interrupted and runs again at its next time")
         for bundle_id in ids:
             log.warning("bundle %s was interrupted: the agent stopped while a step was "
                         "running; nothing is re-run automatically (use 'tiangong agent retry')",
@@ -546,8 +554,13 @@ class Agent:
         files = _staged_files(manifest, staged)
         sealed = self._open_secrets(bundle_id, manifest)
         seqs: list[int] = []
+        scheduled: list[tuple[str, str]] = []  # (state, summary) after a schedule.toml
 
         def final(state: str, summary: str, reports: list[StepReport]) -> None:
+            if (state == "succeeded" and not self.runner.cancel.is_set()
+                    and SCHEDULE_FILE in files):
+                state, summary = self._install_schedule(bundle_id, files, state, summary)
+                scheduled.append((state, summary))
             status = "cancelled" if self.runner.cancel.is_set() else state
             intent = self._intent(status, summary, bundle_id, rec.envelope_sha256,
                                   manifest.get("release"), reports,
@@ -568,9 +581,10 @@ class Agent:
         self._hold_cache.pop(bundle_id, None)
         self.flush()
         result = self._result_path(seqs[0] if seqs else None)
-        log.info("bundle %s %s: %s; result %s", bundle_id, outcome.status, outcome.summary,
+        status, summary = scheduled[-1] if scheduled else (outcome.status, outcome.summary)
+        log.info("bundle %s %s: %s; result %s", bundle_id, status, summary,
                  result or "pending (see the errors above)")
-        return ProcessOutcome(rec.source, outcome.status, outcome.summary, bundle_id, result)
+        return ProcessOutcome(rec.source, status, summary, bundle_id, result)
 
     # -- holding (agent.holds) --------------------------------------------------------------
 
@@ -672,6 +686,25 @@ class Agent:
                              steps=steps, extra=extra, root_version=trusted.version,
                              now=int(self.clock()), graph=graph)
 
+    def _install_schedule(self, bundle_id: str, files: Mapping[str, Path], state: str,
+                          summary: str) -> tuple[str, str]:
+        """A succeeded bundle whose release holds ``schedule.toml`` installs its schedule;
+        an invalid one fails the bundle (the installed schedule is kept)."""
+        try:
+            jobs = self.jobs.parse(files[SCHEDULE_FILE].read_bytes(), list(files))
+            install_schedule(self.journal, self.jobs.jobs_dir, bundle_id, jobs, files)
+        except (ScheduleError, OSError) as exc:
+            log.error("bundle %s: %s; the schedule installed before is kept", bundle_id, exc)
+            return "failed", (f"{summary}; but {exc}: the schedule was not installed (the "
+                              "one installed before is kept)")
+        log.info("bundle %s installed a schedule of %d job(s)", bundle_id, len(jobs))
+        return state, f"{summary}; schedule installed: {len(jobs)} job(s)"
+
+    def _job_report(self, runs: int) -> None:
+        """A result carrying only finished job runs (a 'job report', no bundle)."""
+        self.journal.add_result(self._intent(
+            "succeeded", f"job report: {runs} scheduled job run(s)", None, None, {}, []))
+
     def _result_path(self, seq: int | None) -> Path | None:
         """The result file of ``seq`` if it is written, else None (still pending)."""
         found = self.journal.result_file(seq) if seq is not None else None
@@ -727,6 +760,8 @@ class Agent:
                     break
                 if rec.not_before is None or rec.not_before <= self.clock():
                     outcomes.append(self.run_accepted(rec.bundle_id))
+            if not self.stopping.is_set() and self.jobs.tick():
+                self.flush()
         except JournalWriteError as exc:
             self._needs_recovery = True
             self._problem("journal", f"{exc}; nothing more is accepted or run until it can "

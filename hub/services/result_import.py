@@ -618,6 +618,7 @@ class _ImportRun:
         )
         for flag in flags:
             audit.record(ctx, "result.flag", "agent", agent.agent_id, {"flag": flag})
+        _audit_job_runs(ctx, agent.agent_id, res.result_seq, res.body)
         row = ImportRow(
             inc.path.name,
             "imported",
@@ -628,6 +629,28 @@ class _ImportRun:
         )
         return row, event.seq
 
+
+
+#: Scheduled job runs audited from one result (agent.jobs batches them; a result carrying
+#: more is still imported whole, its envelope in the result.import event).
+MAX_JOB_RUNS_AUDITED = 1000
+_JOB_RUN_FIELDS = ("job", "bundle_id", "due_at", "started_at", "finished_at", "state",
+                   "attempts", "missed", "exit_code", "summary")
+
+
+def _audit_job_runs(ctx: ServiceContext, agent_id: str, result_seq: int,
+                    body: Mapping[str, Any]) -> None:
+    """One ``job.run`` audit event per scheduled job run the result reports (docs/operations.md,
+    "Scheduled jobs")."""
+    runs = body.get("scheduled_jobs")
+    if not isinstance(runs, list):
+        return
+    for run in runs[:MAX_JOB_RUNS_AUDITED]:
+        if isinstance(run, dict):
+            detail = {k: run.get(k) for k in _JOB_RUN_FIELDS}
+            detail["summary"] = str(detail["summary"] or "")[:2000]
+            audit.record(ctx, "job.run", "agent", agent_id,
+                         {**detail, "result_seq": result_seq})
 
 
 def _duplicate_row(inc: _Incoming, seq: int) -> ImportRow:
