@@ -108,6 +108,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "hostname": _STR, "label": _STR, "enrolled_at": _TIME, "last_seen": _TIME_OR_NULL,
     }),
     "AgentList": _list_of("agents", "Agent"),
+    "SecretRequest": _obj({
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"},
+        "value": {"type": "string", "minLength": 1, "description": "Write-only: never "
+                  "returned, listed or logged."}}),
+    "SecretInfo": _obj({"environment": _STR, "name": _STR, "set_by": _STR, "set_at": _STR}),
+    "SecretList": _list_of("secrets", "SecretInfo"),
     "RolloutRequest": _obj({
         "environment": _STR, "selector": {"type": "string", "description": "k=v,k2=v2"},
         "canary": {"type": "integer", "minimum": 0},
