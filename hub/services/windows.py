@@ -351,13 +351,17 @@ def confirm_override(ctx: ServiceContext, deployment: Deployment) -> DeploymentO
 
     Raises:
         PermissionDeniedError (``deployment.queue`` in its environment), NotFoundError (no
-        open request; an expired one counts as none), SeparationOfDutiesError (the
-        requester confirms), InvalidStateError (no longer queued).
+        open request; an expired one counts as none), ConflictError (confirmed already),
+        SeparationOfDutiesError (the requester confirms), InvalidStateError (no longer
+        queued).
     """
     require(ctx.actor, "deployment.queue", deployment.environment)
     expire_overrides(ctx, deployment_id=deployment.id)
     row = _open_override(ctx.session, deployment.id)
-    if row is None or row.state != "requested":
+    if row is not None and row.state == "confirmed":
+        raise ConflictError(f"the override of deployment {deployment.id} was already confirmed "
+                            f"by {row.confirmed_by} (requested by {row.requested_by})")
+    if row is None:
         raise NotFoundError(f"override of deployment {deployment.id} does not exist "
                             "(none requested, or the request expired)")
     if row.requested_by == ctx.actor_name:

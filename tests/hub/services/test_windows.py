@@ -27,6 +27,7 @@ from hub.services.releases import create_release, submit_release
 from hub.services.windows import (
     FOREVER,
     OVERRIDE_REQUEST_TTL,
+    active_override,
     add_rule,
     confirm_override,
     end_freeze,
@@ -347,3 +348,15 @@ def test_bundle_without_rules_has_no_policy(world: World, tmp_path: Path) -> Non
     _queued(world)
     (written,) = export_environment(world.ctx("op"), "test", tmp_path / "usb").written
     assert inspect(written.paths[0]).manifest.policy is None
+
+
+def test_a_confirmed_override_is_not_confirmed_twice(world: World) -> None:
+    dep = _queued(world)
+    _freeze(world)
+    request_override(world.ctx("op"), dep, "hotfix")
+    confirm_override(world.ctx("admin"), dep)
+    with pytest.raises(ConflictError, match=r"already confirmed by admin \(requested by op\)"):
+        confirm_override(world.ctx("admin"), dep)
+    assert [e.actor for e in _events(world, "override.confirm")] == ["admin"]
+    row = active_override(world.session, dep)
+    assert row is not None and (row.state, row.confirmed_by) == ("confirmed", "admin")
