@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import inspect
 
@@ -31,7 +32,9 @@ def test_create_app_migrates_and_answers_health(tmp_path: Path) -> None:
         db.engine.dispose()
 
 
-def test_health_reports_unreachable_database(tmp_path: Path) -> None:
+def test_health_reports_unreachable_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = create_app(
         {
             "data_dir": tmp_path,
@@ -39,13 +42,15 @@ def test_health_reports_unreachable_database(tmp_path: Path) -> None:
             "run_migrations": False,
         }
     )
-    app.logger.disabled = True
+    monkeypatch.setattr(app.logger, "disabled", True)  # shared by every app: restored after
     response = app.test_client().get("/healthz")
     assert response.status_code == 503
     assert response.get_json()["status"] == "unavailable"
 
 
-def test_readiness_follows_the_database(tmp_path: Path) -> None:
+def test_readiness_follows_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = create_app({"data_dir": tmp_path})
     response = app.test_client().get("/readyz")
     assert (response.status_code, response.get_json()) == (200, {"status": "ready",
@@ -55,7 +60,7 @@ def test_readiness_follows_the_database(tmp_path: Path) -> None:
     broken = create_app({"data_dir": tmp_path,
                          "database_url": f"sqlite:///{tmp_path / 'missing' / 'hub.db'}",
                          "run_migrations": False})
-    broken.logger.disabled = True
+    monkeypatch.setattr(broken.logger, "disabled", True)
     response = broken.test_client().get("/readyz")
     assert response.status_code == 503
     assert response.get_json() == {"status": "unavailable", "database": "unreachable"}
