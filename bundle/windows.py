@@ -40,6 +40,7 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
 from bundle.errors import ManifestError
+from signing.durations import format_utc
 
 __all__ = [
     "DAYS",
@@ -298,7 +299,8 @@ class Once:
         _seconds(self.start, "start")
         _seconds(self.end, "end")
         if self.end <= self.start:
-            raise _fail("end", f"{self.end} must be later than start {self.start}")
+            raise _fail("end", f"{self.end} must be later than start {self.start} "
+                        f"({format_utc(self.end)} is not after {format_utc(self.start)})")
 
     def intervals(self, lo: int, hi: int) -> list[Interval]:
         return [(self.start, self.end)] if self.end > lo and self.start < hi else []

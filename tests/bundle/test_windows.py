@@ -78,6 +78,8 @@ def test_specs_parse_to_the_json_forms() -> None:
         ("sat 24:00-05:00 UTC", "24:00 is only allowed as an end"),
         ("sat 03:00-03:00 UTC", "end: equals start (03:00)"),
         ("1800000000/1800000000", "end: 1800000000 must be later than start"),
+        ("2027-01-02T05:00Z/2027-01-02T01:00Z",
+         "(2027-01-02T01:00:00Z is not after 2027-01-02T05:00:00Z)"),
         ("2027-01-02T01:00/2027-01-02T05:00", "has no UTC offset"),
         ("tomorrow", "is not one of 'DAYS HH:MM-HH:MM ZONE'"),
         ('{"kind": "annual", "start": "12-20", "end": "01-05", "timezone": "UTC"}',
