@@ -29,13 +29,9 @@ from agent.executors import get_executor
 from agent.executors.errors import ExecutorError
 from bundle.dag import check_graph
 from bundle.errors import ReleaseFormatError
-from bundle.steps import referenced_files, validate_step
+from bundle.steps import needed_connection_type, referenced_files, validate_step
 
 __all__ = ["check_steps"]
-
-#: The connection type each step kind (and SQL engine) needs.
-_CONNECTION_TYPE = {("sql", "postgres"): "postgres", ("sql", "mysql"): "mysql",
-                    ("k8s", None): "kubernetes", ("http", None): "http"}
 
 
 def check_steps(config: AgentConfig, steps: Sequence[Mapping[str, Any]],
@@ -63,8 +59,7 @@ def check_steps(config: AgentConfig, steps: Sequence[Mapping[str, Any]],
             known = ", ".join(sorted(config.connections)) or "none"
             return (f"{where} uses connection {connection!r}, which is not defined in "
                     f"{config.home / 'agent.toml'} (defined: {known})")
-        kind = str(step.get("kind"))
-        needed = _CONNECTION_TYPE.get((kind, step.get("engine") if kind == "sql" else None))
+        needed = needed_connection_type(step)
         if needed is not None and spec.get("type") != needed:
             return (f"{where} needs a connection of type {needed!r}, but {connection!r} in "
                     f"{config.home / 'agent.toml'} has type {spec.get('type')!r}")

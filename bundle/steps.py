@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "MAX_TIMEOUT_S",
     "STEP_KINDS",
+    "needed_connection_type",
     "normalize_step",
     "parse_duration",
     "referenced_files",
@@ -910,3 +911,16 @@ def undo_support(step: Mapping[str, Any]) -> tuple[bool, str]:
     if kind == "undo":
         return False, "a rollback is not undone (deploy the release again instead)"
     return False, "an agent upgrade is not undone by a rollback (ship the older wheel)"
+
+
+#: The connection type each step kind (and SQL engine) needs.
+_CONNECTION_TYPE = {("sql", "postgres"): "postgres", ("sql", "mysql"): "mysql",
+                    ("k8s", None): "kubernetes", ("http", None): "http"}
+
+
+def needed_connection_type(step: Mapping[str, Any]) -> str | None:
+    """The site connection type a normalized step needs (``sql`` + ``postgres`` →
+    ``"postgres"``, ``mysql`` → ``"mysql"``, ``k8s`` → ``"kubernetes"``, ``http`` →
+    ``"http"``), or None."""
+    kind = str(step.get("kind"))
+    return _CONNECTION_TYPE.get((kind, step.get("engine") if kind == "sql" else None))

@@ -348,6 +348,10 @@ class Agent(db.Model):  # type: ignore[name-defined,misc]
     live_conn: Mapped[str | None] = mapped_column(String(64))
     result_seq: Mapped[int] = mapped_column(Integer, default=0)
     last_result_digest: Mapped[str | None] = mapped_column(String(64))
+    # Last known inventory (docs/agent.md, "Inventory"; hub.services.preflight) and when the
+    # hub received it; None: not known yet.
+    inventory: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    inventory_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     environment: Mapped[Environment] = relationship()
 

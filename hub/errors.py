@@ -8,7 +8,8 @@
     ├── SeparationOfDutiesError   four-eyes rule: an author never approves their own release
     ├── InvalidStateError         the object is not in a state that allows this transition
     │   ├── NotEnoughApprovalsError  too few distinct approvers for the environment
-    │   └── PromotionRefusedError    a channel's promotion rule is not met (says what is missing)
+    │   ├── PromotionRefusedError    a channel's promotion rule is not met (says what is missing)
+    │   └── PreflightError           a target agent lacks a connection, step kind or disk
     ├── ValidationError           the input is malformed (bad name, bad key, bad release dir)
     ├── ConfigError               the hub's configuration or data directory is unusable
     └── AuditError                audit log problems the hub itself detects
@@ -35,6 +36,7 @@ __all__ = [
     "NotEnoughApprovalsError",
     "NotFoundError",
     "PermissionDeniedError",
+    "PreflightError",
     "PromotionRefusedError",
     "SeparationOfDutiesError",
     "ValidationError",
@@ -75,6 +77,10 @@ class NotEnoughApprovalsError(InvalidStateError):
 
 class PromotionRefusedError(InvalidStateError):
     """Promoting a release into a channel does not meet the channel's rule."""
+
+
+class PreflightError(InvalidStateError):
+    """A target agent lacks what a release needs (hub.services.preflight)."""
 
 
 class ValidationError(HubError):

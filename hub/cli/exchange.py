@@ -34,18 +34,25 @@ progress_option = click.option(
               help="How long the bundles stay valid at the site.")
 @click.option("--split", type=int, metavar="BYTES",
               help="Split bundles into parts of at most BYTES (e.g. 4294967295 for FAT32).")
+@click.option("--force", is_flag=True,
+              help="Export even when preflight finds that a target lacks a connection, "
+                   "step kind or disk space the release needs (recorded in the audit log).")
 @json_option
 @progress_option
 @click.pass_context
 def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_dir: Path,
-               expires: str, split: int | None, as_json: bool, force_progress: bool) -> None:
+               expires: str, split: int | None, force: bool, as_json: bool,
+               force_progress: bool) -> None:
     """Write a signed bundle for every queued deployment of ENVIRONMENT into --out.
 
     Each bundle gets the next sequence number of its agent, the release's approvals and the
     latest signed audit checkpoint; it is re-read and verified after writing. An index file
     (INDEX-<environment>.txt) on the media lists what is there and for whom. Running it
-    again with nothing queued writes nothing. Any number of exports may run at once: each
-    deployment is written by exactly one ("exported by another process" in the others).
+    again with nothing queued writes nothing. Before a sequence is used, each release is
+    checked against its targets' last known inventory (preflight): a missing connection,
+    step kind or disk space refuses that deployment (it stays queued) unless --force. Any
+    number of exports may run at once: each deployment is written by exactly one
+    ("exported by another process" in the others).
     An export that was killed is completed by the next one, which also removes what it
     left on the media. Exit code 1 if any deployment failed.
     """
@@ -58,7 +65,7 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
     with _services(ctx) as sc, progress_bar(force=force_progress) as progress:
         report = export_environment(sc, environment, out_dir, agent_id=agent_id,
                                     expires_in=expires_in, split_size=split,
-                                    progress=progress)
+                                    progress=progress, force=force)
     rows: list[dict[str, Any]] = [{"deployment": b.deployment_id, "agent": b.agent_id, "release":
              f"{b.product} {b.version}", "sequence": b.sequence,
              "files": [str(p) for p in b.paths], "size": b.size} for b in report.written]
@@ -67,6 +74,7 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
                                           for d, r in report.failed],
                "taken": report.taken, "recovered": report.recovered,
                "held": [{"deployment": d, "reason": r} for d, r in report.held],
+               "warnings": [{"deployment": d, "message": m} for d, m in report.warnings],
                "cleaned": report.cleaned,
                "index": str(report.index) if report.index else None}, True)
     else:
@@ -76,6 +84,8 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
             click.echo(f"deployment {d}: exported by another process")
         for d, reason in report.held:
             click.echo(f"deployment {d}: held, not exported: {reason}")
+        for d, message in report.warnings:
+            click.echo(f"deployment {d}: preflight warning: {message}", err=True)
         if not rows and not report.failed and not report.held:
             click.echo(f"nothing to export for {environment}: nothing written")
         for d in report.recovered:

@@ -165,6 +165,39 @@ def agents_list(ctx: click.Context, environment: str | None, as_json: bool) -> N
     )
 
 
+@agents.command("show")
+@click.argument("agent_id")
+@json_option
+@click.pass_context
+def agents_show(ctx: click.Context, agent_id: str, as_json: bool) -> None:
+    """Show one agent: enrollment, presence and its last known inventory (agent version,
+    OS, free disk, CPUs, memory, connection names, step kinds, time zone; what preflight
+    checks releases against)."""
+    from hub.services.agents import get_agent
+    from hub.services.presence import agent_presence
+    from hub.services.users import require
+
+    with _services(ctx) as sc:
+        require(sc.actor, "view")
+        a = get_agent(sc.session, agent_id)
+        presence = agent_presence(a, sc.now())
+        row = _agent_row(a) | {"presence": presence.state, "agent_version": a.agent_version,
+                               "inventory_at": a.inventory_at, "inventory": a.inventory}
+    if as_json:
+        _emit(row, True)
+        return
+    inv = row.pop("inventory")
+    _emit(row, False)
+    if inv is None:
+        click.echo("inventory     not known yet (it comes with the agent's next result)")
+        return
+    for key in ("os", "cpus", "memory_bytes", "free_disk_bytes", "time_zone"):
+        click.echo(f"{key.ljust(16)}  {inv.get(key)}")
+    conns = ", ".join(f"{n} ({t})" for n, t in sorted(inv.get("connections", {}).items()))
+    click.echo(f"{'connections'.ljust(16)}  {conns or 'none'}")
+    click.echo(f"{'step_kinds'.ljust(16)}  {', '.join(inv.get('step_kinds', [])) or 'none'}")
+
+
 @agents.command("revoke")
 @click.argument("agent_id")
 @click.option("--reason", default="")

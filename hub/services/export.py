@@ -57,7 +57,7 @@ from bundle.release import load_release
 from bundle.windows import Policy
 from bundle.writer import WrittenBundle, release_manifest, write_bundle
 from hub.db import Deployment, Environment
-from hub.errors import ConfigError, HubError, ValidationError
+from hub.errors import ConfigError, HubError, PreflightError, ValidationError
 from hub.faults import crash_point
 from hub.services import audit
 from hub.services.agents import agent_target
@@ -76,6 +76,7 @@ from hub.services.export_claims import (
     take_over,
 )
 from hub.services.site_secrets import seal_for_agents, sealed_names, secret_recipients
+from hub.services.preflight import check_deployment
 from hub.services.users import require_ctx
 from hub.services.windows import gate_for, hold_back, policy_for
 from signing.envelope import parse_envelope
@@ -114,6 +115,9 @@ class ExportReport:
     cleaned: list[str] = field(default_factory=list)
     #: queued deployments a freeze (or, live, a window) holds: (deployment id, why)
     held: list[tuple[int, str]] = field(default_factory=list)
+    #: preflight warnings (unknown inventory) and, with force, the problems overridden:
+    #: (deployment id, message) (hub.services.preflight)
+    warnings: list[tuple[int, str]] = field(default_factory=list)
     index: Path | None = None
 
 
@@ -133,9 +137,16 @@ def export_environment(
     split_size: int | None = None,
     progress: ProgressFn | None = None,
     live: bool = False,
+    force: bool = False,
 ) -> ExportReport:
     """Write a bundle for every queued deployment of ``environment`` into ``out_dir``, and
     complete exports of it that were killed (see the module docstring).
+
+    Before a deployment's sequence is used, its release is checked against each target's
+    last known inventory (:mod:`hub.services.preflight`): a problem (a missing connection,
+    step kind or disk space) refuses it — it is reported in ``failed`` and stays queued —
+    unless ``force``, which exports it anyway and records the problems in the
+    ``bundle.claimed`` event; warnings (an unknown inventory) are listed in ``warnings``.
 
     A queued deployment a freeze holds is not exported (``held``), unless a hub override
     lifts it; outside its windows it is, for media (the agent holds the bundle), but not
@@ -162,7 +173,7 @@ def export_environment(
     ctx.session.commit()  # end the read; every claim is its own transaction
     if not stale and not pending:
         return report  # nothing to write: no checkpoint either (the live server asks often)
-    run = _Run(ctx, env, out_dir, expires_in, split_size, progress, live)
+    run = _Run(ctx, env, out_dir, expires_in, split_size, progress, live, force, report)
     try:
         for dep in stale:
             run.resume(dep, report)
@@ -187,9 +198,13 @@ class _Run:
         split_size: int | None,
         progress: ProgressFn | None,
         live: bool = False,
+        force: bool = False,
+        report: ExportReport | None = None,
     ) -> None:
         self.ctx = ctx
         self.live = live
+        self.force = force
+        self.report = report
         self.env = env
         self.out_dir = out_dir
         self.expires_in = expires_in
@@ -250,6 +265,7 @@ class _Run:
             counter, who = agent_target(dep.agent.agent_id), dep.agent.agent_id
         else:
             counter, who = f"env:{env.name}", env.name
+        forced = self._preflight(dep)
         created = int(now.timestamp())
         expires = created + int(self.expires_in.total_seconds())
         # Before any sequence is used: the approvals a site will check (bundle-format §6.10).
@@ -292,10 +308,28 @@ class _Run:
                 "file": str(out),
                 "claimed_by": my_token(),
                 **({"secrets": intent["secrets"]} if intent["secrets"] else {}),
+                **({"preflight_forced": forced} if forced else {}),
             },
         )
         session.commit()
         return intent
+
+    def _preflight(self, dep: Deployment) -> list[str]:
+        """Check ``dep`` against its targets' inventories (before its sequence is used);
+        returns the problems ``force`` overrode.
+
+        Raises:
+            PreflightError: a target lacks something the release needs (not forced).
+        """
+        findings = check_deployment(self.ctx.session, dep)
+        problems = [f.message for f in findings if f.blocking]
+        if self.report is not None:
+            self.report.warnings.extend((dep.id, f.message) for f in findings
+                                        if not f.blocking or self.force)
+        if problems and not self.force:
+            raise PreflightError(f"preflight: {'; '.join(problems)} (nothing exported, no "
+                                 "sequence used; fix the site or export with --force)")
+        return problems
 
     # -- killed exports ------------------------------------------------------------------
 

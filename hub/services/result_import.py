@@ -55,6 +55,7 @@ from hub.services.import_files import (
     remove_stale_copies,
     sync_copies,
 )
+from hub.services.preflight import store_inventory
 from hub.services.users import require
 from signing.fileio import fsync_dir
 from signing.keys import PublicKey
@@ -572,6 +573,7 @@ class _ImportRun:
         if res.result_seq > agent.result_seq:
             agent.result_seq = res.result_seq
             agent.last_result_digest = vb.envelope_sha256
+            store_inventory(agent, res.body, ctx.now())  # the newest result's (preflight)
         agent.last_seen = ctx.now()
         summary = {
             "status": res.status,

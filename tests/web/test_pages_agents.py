@@ -246,3 +246,22 @@ def test_an_oversized_upload_is_refused_before_it_is_read(site: Site) -> None:
     assert resp.status_code == 413 and "not an enrollment request" in resp.get_data(as_text=True)
     with site.app.app_context():
         assert _agent_count() == 0
+
+
+def test_agent_page_shows_the_last_known_inventory(site: Site, tmp_path: Path) -> None:
+    enroll(site, tmp_path, "t-inv")
+    html = site.client("view").get("/agents/t-inv").get_data(as_text=True)
+    assert 'id="agent-inventory-unknown"' in html
+    with site.app.app_context():
+        agent = get_agent(db.session(), "t-inv")
+        agent.inventory = {"agent_version": "1.2", "os": "Linux 6.1 (x86_64)",
+                           "free_disk_bytes": 5 * 1048576, "cpus": 4,
+                           "memory_bytes": 2048 * 1048576, "time_zone": "Europe/Berlin",
+                           "connections": {"app-db": "postgres", "reports-db": "mysql"},
+                           "step_kinds": ["shell", "sql"]}
+        agent.inventory_at = site.clock()
+        db.session.commit()
+    html = site.client("view").get("/agents/t-inv").get_data(as_text=True)
+    facts = html.split('id="agent-inventory"', 1)[1].split("</dl>", 1)[0]
+    assert "app-db (postgres)" in facts and "reports-db (mysql)" in facts
+    assert "shell, sql" in facts and "Europe/Berlin" in facts and "5.0 MiB" in facts
