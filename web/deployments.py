@@ -41,6 +41,7 @@ from hub.services.presence import agent_presence
 from hub.services.readiness import waiting_for
 from hub.services.users import can
 from hub.services.windows import confirm_override, list_overrides, request_override
+from web.stepgraph import graph_rows
 from web.views import (
     ctx,
     in_scope,
@@ -135,6 +136,14 @@ def _deployment(deployment_id: int) -> Deployment:
                     lambda d: can(sc.actor, "view", d.environment))
 
 
+def _step_states(result: Any, summary_steps: list[Any]) -> dict[int, str]:
+    """Step number → state, from the verified result (else the summary kept at import)."""
+    if result is not None and not result.problem:
+        return {s.index: s.status for s in result.steps}
+    return {s["index"]: str(s.get("status")) for s in summary_steps
+            if isinstance(s, dict) and isinstance(s.get("index"), int)}
+
+
 @bp.get("/<int:deployment_id>")
 @login_required
 def show(deployment_id: int) -> Any:
@@ -169,6 +178,7 @@ def show(deployment_id: int) -> Any:
         timeline=_timeline(dep),
         result=result,
         summary_steps=summary_steps,
+        graph=graph_rows(dep.release.steps or [], _step_states(result, summary_steps)),
         live=live,
         show_live=dep.bundle_id is not None and (not finished or live is not None),
         waiting=waiting,

@@ -97,6 +97,7 @@ from hub.services.releases import (
 )
 from hub.services.users import can
 from web.config import UploadLimits
+from web.stepgraph import graph_rows
 from web.views import ctx, in_scope, login_required, signed_in_user, visible_environment
 
 __all__ = [
@@ -353,6 +354,7 @@ def release(product: str, version: str) -> Any:
         "releases/release.html",
         release=rel,
         steps=steps,
+        graph=graph_rows(rel.steps),
         previous=previous_release(session, rel),
         approvals=visible_approvals(user, rel),
         scopes=approval_scopes(user, rel, visible_environments(session, user)),

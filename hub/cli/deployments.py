@@ -57,14 +57,27 @@ def deployments() -> None:
 def deployments_queue(
     ctx: click.Context, product: str, version: str, environment: str, as_json: bool
 ) -> None:
-    """Queue an approved release for an environment (one deployment per agent)."""
+    """Queue an approved release for an environment (one deployment per agent).
+
+    Says at once what preflight finds against each target's last known inventory (a missing
+    connection, step kind or disk space; the export will refuse it without --force)."""
     from hub.services.deployments import queue_deployment
+    from hub.services.preflight import check_deployment
     from hub.services.releases import get_release
 
     with _services(ctx) as sc:
         deps = queue_deployment(sc, get_release(sc.session, product, version), environment)
-        rows = [_deployment_row(d) for d in deps]
-    _emit(rows, as_json, ["id", "release", "environment", "agent", "state"])
+        rows = [_deployment_row(d) | {"preflight": [f.to_json() for f in
+                                                    check_deployment(sc.session, d)]}
+                for d in deps]
+    if as_json:
+        _emit(rows, True)
+        return
+    _emit(rows, False, ["id", "release", "environment", "agent", "state"])
+    for row in rows:
+        for finding in row["preflight"]:
+            click.echo(f"deployment {row['id']}: preflight {finding['severity']}: "
+                       f"{finding['message']}", err=True)
 
 
 @deployments.command("list")

@@ -27,6 +27,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from agent.executors import KINDS
 from agent.faults import CRASH_POINTS
 from tests.e2e.agent_site import (
     assert_chain,
@@ -244,6 +245,5 @@ def test_power_cut_in_a_step_graph(tmp_path: Path, hub_keys: HubKeys) -> None:
         assert body["graph"] == [{"index": 1, "name": "left", "after": []},
                                  {"index": 2, "name": "join", "after": ["left", "right"]},
                                  {"index": 3, "name": "right", "after": []}]
-        assert body["inventory"]["step_kinds"] == ["agent-upgrade", "file", "http", "k8s",
-                                                   "shell", "sql", "undo"]
+        assert body["inventory"]["step_kinds"] == list(KINDS)
     assert_chain(verified_results(home, hub_keys, tmp_path))

@@ -51,14 +51,16 @@ def test_export_refuses_a_release_the_site_cannot_run(tmp_path: Path) -> None:
     shown = json.loads(hub("agents", "show", "site-01", "--json").stdout)
     assert shown["inventory"] is None
 
-    def release(directory: Path, product: str, version: str) -> None:
+    def release(directory: Path, product: str, version: str) -> list[dict[str, str]]:
         hub("releases", "create", str(directory), "--create-product", user="alice")
         hub("releases", "submit", product, version, user="alice")
         hub("releases", "approve", product, version, user="bob")
-        hub("deployments", "queue", product, version, "--environment", "plant-a",
-            user="carol")
+        [queued] = json.loads(hub("deployments", "queue", product, version, "--environment",
+                                  "plant-a", "--json", user="carol").stdout)
+        return list(queued["preflight"])
 
-    release(HELLO, "hello", "1.0.0")
+    [warning] = release(HELLO, "hello", "1.0.0")
+    assert warning["severity"] == "warning" and "no inventory yet" in warning["message"]
     usb = tmp_path / "usb"
     first = hub("export", "--environment", "plant-a", "--out", str(usb), user="carol")
     assert "sequence 1" in first.stdout
@@ -85,7 +87,11 @@ def test_export_refuses_a_release_the_site_cannot_run(tmp_path: Path) -> None:
         ['name = "create billing schema"\nkind = "sql"\nengine = "postgres"\n'
          'connection = "billing-db"\nscript = "schema.sql"'],
         {"schema.sql": "CREATE TABLE invoices (id INT);\n"})
-    release(billing, "billing", "2.4.0")
+    # Queueing already says what is missing.
+    assert release(billing, "billing", "2.4.0") == [{
+        "agent": "site-01", "severity": "problem",
+        "message": "agent site-01 has no connection 'billing-db' (it has: app-db, reports-db); "
+                   "step 1 ('create billing schema') needs it"}]
     before = sorted(p.name for p in usb.iterdir())
     refused = hub("export", "--environment", "plant-a", "--out", str(usb), "--json",
                   user="carol", check=False)
