@@ -75,8 +75,8 @@ from hub.services.export_claims import (
     stale_claims,
     take_over,
 )
-from hub.services.site_secrets import seal_for_agents, sealed_names, secret_recipients
 from hub.services.preflight import check_deployment
+from hub.services.site_secrets import seal_for_agents, sealed_names, secret_recipients
 from hub.services.users import require_ctx
 from hub.services.windows import gate_for, hold_back, policy_for
 from signing.envelope import parse_envelope
