@@ -1,11 +1,12 @@
 """A rollback by media with real processes: hub CLI → USB → agent → hub, twice.
 
-A release places a file (replacing one), runs a shell step with a rollback script and one
-without. It is deployed by media and run by a real agent; then ``hub deployments rollback``
-builds the rollback release (naming the step it cannot undo), it is approved, queued and
-exported like any release, the same agent runs it, and its result comes back: the file is
-the one from before, the shell rollback ran, the step without a rollback script is named in
-the rollback's result as not undone, the audit log holds the rollback and verifies.
+A release creates a table on real PostgreSQL (with a down script), places a file (replacing
+one), runs a shell step with a rollback script and one without. It is deployed by media and
+run by a real agent; then ``hub deployments rollback`` builds the rollback release (naming
+the step it cannot undo), it is approved, queued and exported like any release, the same
+agent runs it, and its result comes back: the table is gone, the file is the one from
+before, the shell rollback ran, the step without a rollback script is named in the
+rollback's result as not undone, the audit log holds the rollback and verifies.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from tests.e2e.conftest import TIANGONG, run, set_fast_inbox, wait_for
 
 
@@ -27,7 +30,13 @@ def _carry(files: list[Path], dest: Path) -> None:
         (dest / (f.name + ".part")).rename(dest / f.name)
 
 
-def test_a_deployment_is_rolled_back_by_media(tmp_path: Path) -> None:
+def _tables(pg_db: str) -> set[str]:
+    with psycopg.connect(pg_db, autocommit=True) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {str(r[0]) for r in rows.fetchall()}
+
+
+def test_a_deployment_is_rolled_back_by_media(tmp_path: Path, pg_db: str) -> None:
     data = tmp_path / "hub"
     env = {"TIANGONG_HUB_DATA_DIR": str(data), "TIANGONG_KEY_PASSPHRASE": "root-pass"}
 
@@ -47,6 +56,8 @@ def test_a_deployment_is_rolled_back_by_media(tmp_path: Path) -> None:
     run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
         "--environment", "plant-a")
     set_fast_inbox(home)
+    with (home / "agent.toml").open("a") as fh:
+        fh.write(f'\n[connections.billing-db]\ntype = "postgres"\ndsn = "{pg_db}"\n')
     _carry(list((home / "outbox").glob("enrollment-*.json")), tmp_path / "stick-0")
     hub("import", str(tmp_path / "stick-0"), user="carol")
 
@@ -60,10 +71,20 @@ def test_a_deployment_is_rolled_back_by_media(tmp_path: Path) -> None:
     (rel / "scripts" / "make.sh").write_text(f'echo made > "{marker}"\n')
     (rel / "scripts" / "unmake.sh").write_text(f'rm "{marker}"\n')
     (rel / "scripts" / "note.sh").write_text(f'echo noted >> "{log}"\n')
+    (rel / "up.sql").write_text("CREATE TABLE invoices (id INT);\n")
+    (rel / "down.sql").write_text("DROP TABLE invoices;\n")
     (rel / "release.toml").write_text(f'''format = 1
 [release]
 product = "app"
 version = "1.0"
+
+[[steps]]
+name = "schema"
+kind = "sql"
+engine = "postgres"
+connection = "billing-db"
+script = "up.sql"
+down = "down.sql"
 
 [[steps]]
 name = "config"
@@ -87,9 +108,10 @@ script = "scripts/note.sh"
     hub("releases", "create", str(rel), "--create-product", user="alice")
     shown = hub_json("releases", "show", "app", "1.0")
     assert shown["undo"] == [
-        "1 (config): undo: yes (the previous file (or its absence) is recorded and restored)",
-        "2 (marker): undo: yes (its rollback script scripts/unmake.sh is run)",
-        "3 (note): undo: no (a shell step without a rollback script cannot be undone)"]
+        "1 (schema): undo: yes (its down script down.sql is run)",
+        "2 (config): undo: yes (the previous file (or its absence) is recorded and restored)",
+        "3 (marker): undo: yes (its rollback script scripts/unmake.sh is run)",
+        "4 (note): undo: no (a shell step without a rollback script cannot be undone)"]
 
     def deliver(product: str, version: str, n: int) -> None:
         hub("releases", "approve", product, version, user="bob")
@@ -114,22 +136,25 @@ script = "scripts/note.sh"
     (first,) = hub_json("deployments", "list")
     assert first["state"] == "succeeded", first
     assert conf.read_text() == "port=8080\n" and marker.exists()
+    assert "invoices" in _tables(pg_db)
 
     made = hub_json("deployments", "rollback", str(first["id"]), "--reason",
                     "port 8080 is taken at plant A", user="alice")
 
     assert made["version"] == f"1.0-rollback-{first['id']}" and made["state"] == "submitted"
-    assert made["undo_steps"] == ["undo 3: note", "undo 2: marker", "undo 1: config"]
-    assert made["not_undone"] == [{"step": 3, "name": "note", "ran": True, "why":
+    assert made["undo_steps"] == ["undo 4: note", "undo 3: marker", "undo 2: config",
+                                  "undo 1: schema"]
+    assert made["not_undone"] == [{"step": 4, "name": "note", "ran": True, "why":
                                    "a shell step without a rollback script cannot be undone"}]
     deliver("app", made["version"], 2)
     second = [d for d in hub_json("deployments", "list") if d["id"] != first["id"]]
     assert [d["state"] for d in second] == ["failed"], second  # not everything undone
     steps = second[0]["result_summary"]["steps"]
-    assert [s["status"] for s in steps] == ["failed", "succeeded", "succeeded"], steps
-    assert "step 3 of bundle" in steps[0]["summary"]
+    assert [s["status"] for s in steps] == ["failed", "succeeded", "succeeded", "succeeded"]
+    assert "step 4 of bundle" in steps[0]["summary"]
     assert "ran here and cannot be undone" in steps[0]["summary"]
     assert conf.read_text() == "port=80\n" and not marker.exists()
+    assert "invoices" not in _tables(pg_db)  # the down script ran on real PostgreSQL
     assert log.read_text() == "noted\n"  # what cannot be undone was not touched
 
     events = hub_json("audit", "show", "--last", "50", user="aud")
