@@ -23,6 +23,7 @@ is signed offline).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,6 +55,9 @@ __all__ = [
 ]
 
 MAX_REQUIRED = MAX_REQUIRED_APPROVALS  # approvers a rule may require
+
+# A channel as the rules spell it: hub.services.channels' names, in lower case.
+CHANNEL_RULE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,7 @@ def set_channel_rule(
     env = get_environment(ctx.session, environment)
     require(ctx.actor, "environment.update", env)
     names = _check_rule_values(required, groups, min_groups)
-    (channel,) = parse_group_names([channel])  # same spelling rules as a group name
+    channel = _channel_name(channel)
     row = _channel_row(ctx, env, channel)
     before = rule_for(env, channel).to_json()
     if row is None:
@@ -205,10 +209,12 @@ def clear_channel_rule(ctx: ServiceContext, environment: str, channel: str) -> N
     """Remove the per-channel rule (the environment's own rule applies again).
 
     Raises:
-        PermissionDeniedError, NotFoundError (environment or rule).
+        PermissionDeniedError, NotFoundError (environment or rule), ValidationError (not a
+        channel name).
     """
     env = get_environment(ctx.session, environment)
     require(ctx.actor, "environment.update", env)
+    channel = _channel_name(channel)
     row = _channel_row(ctx, env, channel)
     if row is None:
         raise NotFoundError(f"environment {env.name} has no approval rule for channel {channel!r}")
@@ -219,6 +225,19 @@ def clear_channel_rule(ctx: ServiceContext, environment: str, channel: str) -> N
         ctx, "environment.approval_rule", "environment", env.name,
         {"channel": channel, "from": before, "to": None},
     )
+
+
+def _channel_name(channel: str) -> str:
+    """``channel`` as the rules spell it: lower case (``STABLE`` and ``stable`` are one).
+
+    Raises:
+        ValidationError: not a channel name (the channel commands' rule).
+    """
+    name = channel.strip().lower()
+    if not CHANNEL_RULE_NAME.match(name):
+        raise ValidationError(f"channel name {channel[:80]!r} must be 1-32 letters, digits, "
+                              "'_' or '-', starting with a letter")
+    return name
 
 
 def _channel_row(ctx: ServiceContext, env: Environment, channel: str) -> ApprovalRule | None:

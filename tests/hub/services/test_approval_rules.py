@@ -191,3 +191,18 @@ def test_required_approvals_cannot_drop_below_min_groups(world: World) -> None:
     world.session.rollback()
     assert (rule_for(get_environment(world.session, "prod")),
             _events(world, "environment.required_approvals")) == before
+
+
+def test_a_channel_rule_takes_the_channel_as_the_channel_commands_spell_it(
+    world: World, release_dir: Callable[..., Path]
+) -> None:
+    admin = world.ctx("admin")
+    set_channel_rule(admin, "test", "STABLE", required=2)  # as `hub channels` prints it
+    rel = _submitted(world, release_dir)
+    approve_release(world.ctx("appr1"), rel)
+    assert not check_rule(rel, get_environment(world.session, "test"), channel="stable").met
+    assert [r.channel for r in rules_of(admin, "test")] == [None, "stable"]
+    with pytest.raises(ValidationError, match="channel name 'BE TA' must be"):
+        set_channel_rule(admin, "test", "BE TA", required=1)
+    clear_channel_rule(admin, "test", "Stable")
+    assert [r.channel for r in rules_of(admin, "test")] == [None]
