@@ -743,3 +743,44 @@ class RolloutTarget(db.Model):  # type: ignore[name-defined,misc]
 
     agent: Mapped[Agent] = relationship()
     deployment: Mapped[Deployment | None] = relationship()
+
+
+class NotificationWebhook(db.Model):  # type: ignore[name-defined,misc]
+    """A webhook of an environment (hub.services.notifications): the events it receives and
+    the file holding its HMAC secret (the secret itself is not in the database)."""
+
+    __tablename__ = "notification_webhooks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"))
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(JSON)
+    secret_file: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    environment: Mapped[Environment] = relationship()
+
+
+class NotificationOutbox(db.Model):  # type: ignore[name-defined,misc]
+    """One notification to deliver to one webhook, written in the transaction of the event
+    that caused it; ``state`` pending → delivered, or failed after the last retry."""
+
+    __tablename__ = "notification_outbox"
+    __table_args__ = (Index("ix_notification_outbox_state_next", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("notification_webhooks.id"))
+    event: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    webhook: Mapped[NotificationWebhook] = relationship()

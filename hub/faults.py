@@ -41,6 +41,9 @@ CRASH_POINTS: dict[str, str] = {
     "hub.checkpoint-signed": "an audit checkpoint signed and inserted, not committed",
     "hub.root-installing": "hub keys install-root: the old and new root kept under roots/, "
     "root.json still the old version, the root.install event not committed",
+    "hub.notify-sending": "a notification read from the outbox and signed, the webhook "
+    "not called yet",
+    "hub.notify-sent": "a webhook answered 2xx, the notification not committed delivered",
     "hub.root-installed": "hub keys install-root: root.json replaced by the new version, the "
     "root.install event not committed",
 }

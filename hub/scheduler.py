@@ -28,6 +28,9 @@ to see rules other processes changed):
    ``export_dir``, the file share those sites read (:func:`export_environment`, the same
    function the CLI and the web media page call; ``INDEX-<env>.txt`` says what is there).
 
+It also sends the notifications that are due (:func:`hub.services.notifications.
+deliver_due`: webhooks, retried with backoff) and wakes when the next retry is due.
+
 It also advances running rollouts (:func:`hub.services.rollouts.advance_all`): a batch whose
 soak time ended starts the next one; it wakes when the earliest soak ends.
 
@@ -79,6 +82,7 @@ class TickReport:
     released: list[int] = field(default_factory=list)  # deployments whose hold lifted
     exported: dict[str, list[int]] = field(default_factory=dict)  # env -> deployments
     failed: list[tuple[int, str]] = field(default_factory=list)
+    notified: list[int] = field(default_factory=list)  # notifications delivered
     next_run: datetime | None = None
 
 
@@ -95,6 +99,7 @@ def tick(session_factory: Callable[[], Session], keys: HubKeys, clock: Clock = u
     """One round (see the module docstring); commits after each step. ``export_environments``
     None: every environment (with ``export_dir``)."""
     from hub.services.exchange import export_environment
+    from hub.services.notifications import deliver_due
     from hub.services.rollouts import advance_all
     from hub.services.windows import expire_freezes, expire_overrides, refresh_holds
 
@@ -109,6 +114,7 @@ def tick(session_factory: Callable[[], Session], keys: HubKeys, clock: Clock = u
         session.commit()
         advance_all(ctx)  # rollouts whose soak time ended start their next batch
         session.commit()
+        report.notified = deliver_due(session_factory, clock).delivered
         lifted = refresh_holds(session, now)
         report.released = [d.id for d in lifted]
         session.commit()
@@ -197,7 +203,12 @@ def _next_run(session: Session, now: datetime) -> datetime:
                               .order_by(Approval.expires_at).limit(1))
     if expiring is not None:
         candidates.append(expiring)
+    from hub.services.notifications import next_due
     from hub.services.rollouts import next_wakeup
+
+    retry = next_due(session)
+    if retry is not None:
+        candidates.append(max(retry, now))
 
     soak = next_wakeup(session)
     if soak is not None and soak > now:

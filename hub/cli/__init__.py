@@ -18,6 +18,7 @@ from hub.cli import (  # noqa: F401 - each module registers its commands on the 
     channels,
     deployments,
     exchange,
+    notifications,
     releases,
     rollouts,
     secrets,

@@ -56,6 +56,7 @@ from hub.services.agents import agent_target
 from hub.services.approval_rules import check_rule
 from hub.services.context import ServiceContext
 from hub.services.environments import get_environment, list_environments
+from hub.services.notifications import enqueue
 from hub.services.users import can, require, require_ctx
 
 __all__ = [
@@ -314,6 +315,12 @@ def transition(
     if summary is not None:
         details["summary"] = dict(summary)
     audit.record(ctx, "deployment." + new_state, "deployment", str(deployment.id), details)
+    if new_state in ("failed", "rejected", "interrupted"):
+        enqueue(ctx, "deployment.failed", deployment.environment, {
+            "deployment": deployment.id, "state": new_state,
+            "release": deployment.release.label,
+            "agent": deployment.agent.agent_id if deployment.agent else None,
+            "summary": details.get("summary")})
     return deployment
 
 

@@ -36,6 +36,7 @@ from hub.errors import (
 )
 from hub.services import audit
 from hub.services.context import ServiceContext
+from hub.services.notifications import enqueue
 from hub.services.users import can, require
 
 if TYPE_CHECKING:
@@ -392,6 +393,9 @@ def submit_release(ctx: ServiceContext, release: Release) -> Release:
     audit.record(
         ctx, "release.submit", "release", release.label, {"content_hash": release.content_hash}
     )
+    enqueue(ctx, "approval.needed", None, {"release": release.label,
+                                           "content_hash": release.content_hash,
+                                           "submitted_by": ctx.actor_name})
     return release
 
 
