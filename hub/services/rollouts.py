@@ -120,7 +120,7 @@ def rollback_releases(ctx: ServiceContext, rollout: Rollout, failed: list[Deploy
                     f"deployment {dep.id} {dep.state}")
             said.append(f"deployment {dep.id}: rollback release {release.label} submitted "
                         "(approve and queue it)")
-        except HubError as exc:
+        except (HubError, OSError) as exc:  # never fail the import that got us here
             said.append(f"deployment {dep.id}: no rollback release: {exc}")
     return "; ".join(said)
 
