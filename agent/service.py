@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,14 @@ from agent.inbox import (
     printable,
     write_reason,
 )
-from agent.jobs import SCHEDULE_FILE, JobScheduler, ScheduleError, install_schedule
+from agent.jobs import (
+    SCHEDULE_FILE,
+    JobScheduler,
+    ScheduleError,
+    install_schedule,
+    installed_schedule,
+    job_runs,
+)
 from agent.journal import BundleRecord, Journal, JournalError, JournalWriteError, ResultIntent
 from agent.metrics import WRITE_EVERY_S, AgentFigures, write_textfile
 from agent.metrics import render as render_metrics
@@ -902,7 +909,17 @@ class Agent:
             "inbox_held": held_rows(self.order.held()),
             "quarantined": self.journal.rejections(),
             "results": self.journal.results(),
+            "schedule": self._schedule_status(),
+            "job_runs": job_runs(self.journal, 20),
         }
+
+    def _schedule_status(self) -> dict[str, Any] | None:
+        """The installed job schedule (``agent status --json``), or None."""
+        bundle_id, jobs, installed_at = installed_schedule(self.journal)
+        if bundle_id is None:
+            return None
+        return {"bundle_id": bundle_id, "installed_at": installed_at,
+                "jobs": [asdict(j) for j in jobs]}
 
 
 def _staged_files(manifest: Mapping[str, Any], staged: Path) -> dict[str, Path]:

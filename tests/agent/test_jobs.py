@@ -73,6 +73,9 @@ def test_a_job_runs_three_times_offline_and_the_next_result_carries_the_runs(
         assert marker.read_text().count("ran") == hour
         agent.run_once()  # the same hour again: no second run
         assert marker.read_text().count("ran") == hour
+    status = agent.status()
+    assert [j["name"] for j in status["schedule"]["jobs"]] == ["count"]
+    assert [r["state"] for r in status["job_runs"]] == ["succeeded"] * 3
     # Three runs, no hub, no new result file yet (batched into the next result).
     assert sorted(agent.config.outbox.glob("*.tgr")) == results_before
     runs = agent.journal.job_runs()

@@ -110,3 +110,4 @@ def test_two_rotations_reach_an_offline_site_by_media_and_the_revoked_key_is_ref
     assert after["root_version"] == 3
     assert [b["bundle_id"] for b in after["bundles"]] == [
         b["bundle_id"] for b in status["bundles"]]  # nothing accepted, nothing ran
+    assert after["sequence"] == status["sequence"] == 1
