@@ -331,6 +331,16 @@ EXPECTED: dict[str, View] = {
         scope=VIEW_TEST,
         **TEST_ENVIRONMENT,
     ),
+    "secrets.show": View(
+        get=VIEW_TEST, args=lambda w: {"name": "test"}, scope=VIEW_TEST, **TEST_ENVIRONMENT
+    ),
+    "secrets.store": View(
+        post=ADMIN,
+        args=lambda w: {"name": "test"},
+        form=lambda w: {"name": "matrix-secret", "value": "v"},
+        scope=VIEW_TEST,
+        **TEST_ENVIRONMENT,
+    ),
     "agents.index": View(get=SIGNED_IN),
     "agents.enroll_form": View(get=having("operator", env="test")),
     "agents.enroll": View(
