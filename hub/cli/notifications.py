@@ -10,7 +10,8 @@ from hub.cli.base import _done, _emit, _services, hub, json_option
 
 @hub.group("notifications")
 def notifications() -> None:
-    """Webhooks per environment: the hub POSTs approval.needed and deployment.failed events,
+    """Webhooks per environment: the hub POSTs approval.needed, deployment.failed and
+    rollout.paused events,
     signed with HMAC-SHA256 when a secret file is given, and retries until delivered."""
 
 
@@ -18,7 +19,7 @@ def notifications() -> None:
 @click.argument("environment")
 @click.argument("url")
 @click.option("--events", required=True, metavar="E1,E2",
-              help="Comma-separated: approval.needed, deployment.failed.")
+              help="Comma-separated: approval.needed, deployment.failed, rollout.paused.")
 @click.option("--secret-file", metavar="PATH", default=None,
               help="File holding the HMAC secret (read at each delivery; not stored).")
 @json_option

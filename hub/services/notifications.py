@@ -10,7 +10,9 @@ docs/operations.md ("Notifications"). The rules:
   the caller's transaction: the notification commits with the release submission or the
   deployment's failure, or not at all. ``approval.needed`` (a release submitted) is not tied
   to an environment yet: it goes to every webhook that asked for it.
-  ``deployment.failed`` goes to the webhooks of the deployment's environment.
+  ``deployment.failed`` goes to the webhooks of the deployment's environment,
+  ``rollout.paused`` (by a person or by a failing batch) to those of every environment the
+  rollout's agents are in.
 * **Delivered at least once.** :func:`deliver_due` POSTs each due row (JSON body;
   ``X-Tiangong-Event``, ``X-Tiangong-Delivery`` — the outbox id, stable across retries,
   for the receiver to drop duplicates — and, with a secret,
@@ -21,6 +23,7 @@ docs/operations.md ("Notifications"). The rules:
   Every attempt's time, HTTP status and error stay on the row (:func:`delivery_log`).
 
 Deliberately not here: e-mail, agent-offline and overdue-result events (not built yet);
+when the events happen (``releases``, ``deployments``, ``rollouts`` call :func:`enqueue`);
 who runs :func:`deliver_due` (the hub scheduler each tick, ``tiangong hub notifications
 deliver`` by hand or from cron).
 """
@@ -54,7 +57,7 @@ __all__ = ["EVENTS", "MAX_ATTEMPTS", "DeliveryReport", "WebhookInfo", "add_webho
            "remove_webhook", "sign"]
 
 #: The events a webhook can ask for.
-EVENTS = frozenset({"approval.needed", "deployment.failed"})
+EVENTS = frozenset({"approval.needed", "deployment.failed", "rollout.paused"})
 MAX_ATTEMPTS = 8  # deliveries tried before a notification is marked failed
 BACKOFF_BASE_S = 30  # seconds before the second attempt; doubles after each failure
 BACKOFF_MAX_S = 3600  # seconds between two attempts at most

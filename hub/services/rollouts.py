@@ -58,6 +58,7 @@ from hub.services.approval_rules import check_rule
 from hub.services.context import ServiceContext
 from hub.services.deployments import FINAL_STATES, transition
 from hub.services.environments import get_environment
+from hub.services.notifications import enqueue
 from hub.services.readiness import waiting_for
 from hub.services.users import require_ctx
 
@@ -584,6 +585,13 @@ def _set_state(ctx: ServiceContext, rollout: Rollout, state: str, reason: str) -
     ctx.session.flush()
     audit.record(ctx, f"rollout.{state}", "rollout", str(rollout.id),
                  {"from": before, "to": state, "reason": reason})
+    if state == "paused":  # the webhooks of every environment the rollout reaches
+        envs = {t.agent.environment.id: t.agent.environment
+                for t in _targets(ctx.session, rollout)}
+        for env in sorted(envs.values(), key=lambda e: e.name):
+            enqueue(ctx, "rollout.paused", env, {"rollout": rollout.id,
+                                                 "release": rollout.release.label,
+                                                 "reason": reason})
 
 
 def _stop(ctx: ServiceContext, rollout: Rollout, state: str, reason: str, *,

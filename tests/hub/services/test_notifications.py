@@ -11,8 +11,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from hub.db import AuditEvent, NotificationOutbox, NotificationWebhook
+from hub.db import AuditEvent, NotificationOutbox, NotificationWebhook, Release
 from hub.errors import NotFoundError, PermissionDeniedError, ValidationError
+from hub.scheduler import tick
+from hub.services import rollouts as ro
 from hub.services.notifications import (
     MAX_ATTEMPTS,
     add_webhook,
@@ -24,6 +26,7 @@ from hub.services.notifications import (
 )
 from hub.services.releases import create_product, create_release, submit_release
 from tests.hub.conftest import World
+from tests.hub.services.test_rollouts import _finish, _fleet, rel  # noqa: F401 - fixture
 from tests.hub.webhook_receiver import SECRET, Receiver, receiver
 
 
@@ -149,8 +152,8 @@ def test_removing_a_webhook_cancels_what_it_had_pending(
 
 @pytest.mark.parametrize(("user", "env", "url", "events", "secret", "error", "words"), [
     ("admin", "prod", "ftp://x/", ["approval.needed"], None, ValidationError, "http://"),
-    ("admin", "prod", "http://127.0.0.1/", ["rollout.paused"], None, ValidationError,
-     "rollout.paused"),
+    ("admin", "prod", "http://127.0.0.1/", ["agent.offline"], None, ValidationError,
+     "agent.offline"),
     ("admin", "prod", "http://127.0.0.1/", [" "], None, ValidationError, "(none)"),
     ("admin", "prod", "http://127.0.0.1/", ["approval.needed"], "missing.secret",
      ValidationError, "missing.secret"),
@@ -175,3 +178,39 @@ def test_a_refused_webhook_changes_nothing(
 def test_removing_an_unknown_webhook_is_refused(world: World) -> None:
     with pytest.raises(NotFoundError, match="webhook 7"):
         remove_webhook(world.ctx(), 7)
+
+
+def test_a_rollout_paused_by_a_failing_batch_notifies_its_environment(
+        world: World, rel: Release, rec: Receiver, secret_file: Path) -> None:  # noqa: F811
+    add_webhook(world.ctx(), "test", rec.url, ["rollout.paused", "deployment.failed"],
+                str(secret_file))
+    add_webhook(world.ctx(), "prod", rec.url, ["rollout.paused"])  # no agent there
+    _fleet(world, 4)
+    rollout = ro.start_rollout(world.ctx("op"), rel, environment="test",
+                               strategy=ro.Strategy(batch_size=2))
+    _finish(world, rollout, {"a01": "failed"})
+    assert rollout.state == "paused"
+
+    assert len(_deliver(world)[0]) == 2
+    failed, paused = rec.verified(0), rec.verified(1)
+    assert (failed["event"], failed["agent"], failed["state"]) == (
+        "deployment.failed", "a01", "failed")
+    assert (paused["event"], paused["environment"], paused["rollout"]) == (
+        "rollout.paused", "test", rollout.id)
+    assert "a01 (failed)" in paused["reason"]
+
+
+def test_the_scheduler_delivers_and_wakes_when_a_retry_is_due(
+        world: World, release_dir: Callable[..., Path], rec: Receiver) -> None:
+    add_webhook(world.ctx(), "prod", rec.url, ["approval.needed"])
+    _submit(world, release_dir)
+    world.session.commit()
+    rec.answers = [500]
+    factory = lambda: Session(world.session.get_bind())  # noqa: E731
+
+    first = tick(factory, world.keys.hub, world.clock)
+    assert first.notified == [] and len(rec.posts) == 1
+    assert first.next_run == world.clock() + backoff(1)
+    world.clock.advance(backoff(1).total_seconds())
+    assert tick(factory, world.keys.hub, world.clock).notified == [1]
+    assert len(rec.posts) == 2
