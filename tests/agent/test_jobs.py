@@ -46,6 +46,10 @@ def _bundle(kit: TrustKit, release: Path, out: Path, seq: int) -> Path:
     return write_bundle(out, manifest, files, [kit.release_key]).paths[0]
 
 
+def _count(marker: Path) -> int:
+    return marker.read_text().count("ran") if marker.exists() else 0
+
+
 def _hourly(marker: Path, *, retries: int = 0, timeout: int = 60, name: str = "count") -> str:
     return (f'[[schedule]]\nname = "{name}"\ncron = "0 * * * *"\ntimezone = "Europe/Berlin"\n'
             f'retries = {retries}\ntimeout = {timeout}\nscript = "jobs/job.sh"\n')
@@ -192,8 +196,9 @@ def test_an_invalid_schedule_fails_the_bundle_and_keeps_the_installed_one(
     assert marker.read_text() == "ran\n"
 
 
+@pytest.mark.parametrize(("point", "ran"), [("job-started", 0), ("job-ran", 1)])
 def test_a_crash_while_a_job_runs_reports_it_interrupted_and_does_not_rerun_it(
-        site: Any, tmp_path: Path) -> None:
+        site: Any, tmp_path: Path, point: str, ran: int) -> None:
     agent, kit, clock = site
     marker = tmp_path / "runs.txt"
     _install(agent, kit, tmp_path, _hourly(marker), f'echo ran >> "{marker}"\n')
@@ -201,22 +206,22 @@ def test_a_crash_while_a_job_runs_reports_it_interrupted_and_does_not_rerun_it(
     clock_file.write_text(str(NEXT_HOUR + 5))
     code = ("from agent.config import load_config\nfrom agent.service import Agent\n"
             f"Agent(load_config({str(agent.config.home)!r})).run_once()\n")
-    env = {**os.environ, "TIANGONG_CRASH_AT": "job-started",
+    env = {**os.environ, "TIANGONG_CRASH_AT": point,
            "TIANGONG_CLOCK_FILE": str(clock_file)}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           timeout=120, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
-    assert not marker.exists()
+    assert _count(marker) == ran
     (run,) = agent.journal.job_runs()
     assert run["state"] == "running"
     clock.t = NEXT_HOUR + 10
     agent.recover()
     agent.run_once()
     (run,) = agent.journal.job_runs()
-    assert run["state"] == "interrupted" and not marker.exists()  # not run again
+    assert run["state"] == "interrupted" and _count(marker) == ran  # not run again
     clock.t = NEXT_HOUR + HOUR + 5
     agent.run_once()
-    assert marker.read_text() == "ran\n"
+    assert _count(marker) == ran + 1
     nxt = _install(agent, kit, tmp_path, None, "echo unused\n", seq=2)
     jobs: Any = _verify_result(agent, kit, nxt.result, tmp_path)["body"]
     assert [j["state"] for j in jobs["scheduled_jobs"]] == ["interrupted", "succeeded"]
