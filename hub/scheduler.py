@@ -28,8 +28,9 @@ to see rules other processes changed):
    ``export_dir``, the file share those sites read (:func:`export_environment`, the same
    function the CLI and the web media page call; ``INDEX-<env>.txt`` says what is there).
 
-It also sends the notifications that are due (:func:`hub.services.notifications.
-deliver_due`: webhooks, retried with backoff) and wakes when the next retry is due.
+Last, it sends the notifications that are due (:func:`hub.services.notifications.
+deliver_due`: webhooks, retried with backoff), for at most :data:`DELIVERY_BUDGET` per tick,
+and wakes when the next retry is due (at once when some were left).
 
 It also advances running rollouts (:func:`hub.services.rollouts.advance_all`): a batch whose
 soak time ended starts the next one; it wakes when the earliest soak ends.
@@ -68,6 +69,9 @@ log = logging.getLogger("tiangong.hub.scheduler")
 RESYNC_S = 60.0  # seconds between two looks at the rules at most (other processes change them)
 PARENT_POLL_S = 1.0  # seconds between two checks that `hub serve` (the parent) still runs
 LOCK_FILE = "scheduler.lock"  # in the data directory: one scheduler per hub
+#: Time one tick spends starting webhook deliveries at most (what is left stays due and the
+#: next tick follows at once), so a slow receiver does not hold up windows and rollouts.
+DELIVERY_BUDGET = timedelta(seconds=20)
 SYSTEM_ACTOR = "scheduler"  # ServiceContext.system (audited as system:scheduler)
 
 
@@ -114,7 +118,6 @@ def tick(session_factory: Callable[[], Session], keys: HubKeys, clock: Clock = u
         session.commit()
         advance_all(ctx)  # rollouts whose soak time ended start their next batch
         session.commit()
-        report.notified = deliver_due(session_factory, clock).delivered
         lifted = refresh_holds(session, now)
         report.released = [d.id for d in lifted]
         session.commit()
@@ -140,6 +143,7 @@ def tick(session_factory: Callable[[], Session], keys: HubKeys, clock: Clock = u
                     log.info("scheduler: wrote %d bundle(s) of %s to %s",
                              len(written.written), env, export_dir)
                 report.failed += written.failed
+        report.notified = deliver_due(session_factory, clock, budget=DELIVERY_BUDGET).delivered
         report.next_run = _next_run(session, now)
         session.commit()
         return report

@@ -254,9 +254,12 @@ def _post(url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int | None
     return status, f"HTTP {status}"
 
 
-def deliver_due(session_factory: Callable[[], Session], clock: Clock) -> DeliveryReport:
+def deliver_due(session_factory: Callable[[], Session], clock: Clock, *,
+                budget: timedelta | None = None) -> DeliveryReport:
     """Send every pending notification whose time has come (at most :data:`BATCH`),
-    committing each outcome on its own; see the module docstring."""
+    committing each outcome on its own; see the module docstring. With ``budget``, no new
+    notification is started once that much time has passed since the call began (the rest
+    stay due: the scheduler comes back at once, after its other work)."""
     report = DeliveryReport([], [], [])
     session = session_factory()
     try:
@@ -267,6 +270,8 @@ def deliver_due(session_factory: Callable[[], Session], clock: Clock) -> Deliver
             .order_by(NotificationOutbox.id).limit(BATCH)))
         session.commit()
         for row_id in ids:
+            if budget is not None and clock() - now >= budget:
+                break
             row = session.get(NotificationOutbox, row_id)
             if row is None or row.state != "pending":
                 continue

@@ -8,7 +8,7 @@ import hmac
 import http.server
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +21,7 @@ class Receiver:
     url: str = ""
     posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     answers: list[int] = field(default_factory=list)
+    on_post: Callable[[], None] | None = None  # called for each POST, before answering
 
     def verified(self, index: int = -1) -> dict[str, Any]:
         """The JSON body of POST ``index`` after checking its HMAC-SHA256 signature."""
@@ -44,6 +45,8 @@ def receiver() -> Iterator[Receiver]:
             with lock:
                 rec.posts.append((dict(self.headers.items()), body))
                 status = rec.answers.pop(0) if rec.answers else 200
+                if rec.on_post is not None:
+                    rec.on_post()
             self.send_response(status)
             self.send_header("Content-Length", "2")
             self.end_headers()

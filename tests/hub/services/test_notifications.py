@@ -5,6 +5,7 @@ attempt recorded; every refusal changes nothing."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,20 @@ def test_the_scheduler_delivers_and_wakes_when_a_retry_is_due(
     world.clock.advance(backoff(1).total_seconds())
     assert tick(factory, world.keys.hub, world.clock).notified == [1]
     assert len(rec.posts) == 2
+
+
+def test_a_delivery_budget_leaves_the_rest_due_for_the_next_round(
+        world: World, release_dir: Callable[..., Path], rec: Receiver) -> None:
+    for _ in range(3):
+        add_webhook(world.ctx(), "prod", rec.url, ["approval.needed"])
+    _submit(world, release_dir)
+    world.session.commit()
+    rec.on_post = lambda: world.clock.advance(15)  # each receiver takes 15 s
+    factory = lambda: Session(world.session.get_bind())  # noqa: E731
+
+    first = deliver_due(factory, world.clock, budget=timedelta(seconds=20))
+    assert first.delivered == [1, 2] and len(rec.posts) == 2
+    world.session.expire_all()
+    assert [r["state"] for r in delivery_log(world.ctx())] == ["pending", "delivered",
+                                                               "delivered"]
+    assert deliver_due(factory, world.clock, budget=timedelta(seconds=20)).delivered == [3]
