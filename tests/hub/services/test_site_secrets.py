@@ -100,3 +100,21 @@ def test_delete_forgets_the_secret(world: World, tmp_path: Path) -> None:
     delete_secret(ctx, "prod", "db-password")
     assert list_secrets(ctx, "prod") == []
     assert sealed_names(ctx, "prod", [{"secrets": ["db-password"]}]) == []
+
+
+def test_rotation_a_new_value_is_what_the_next_bundle_carries(world: World,
+                                                              tmp_path: Path) -> None:
+    ctx = _ctx(world, tmp_path)
+    box = BoxKeyPair.generate()
+    agents = [("site-01", box.public.raw.hex())]
+    set_secret(ctx, "prod", "db-password", VALUE)
+    (old,) = seal_for_agents(ctx, "prod", ["db-password"], agents, "b-1")
+    set_secret(ctx, "prod", "db-password", VALUE + "-rotated")
+    (new,) = seal_for_agents(ctx, "prod", ["db-password"], agents, "b-2")
+
+    assert open_secret(new.sealed, bundle_id="b-2", agent_id="site-01", name="db-password",
+                       keypair=box) == VALUE + "-rotated"
+    # the bundle exported before keeps the value sealed then
+    assert open_secret(old.sealed, bundle_id="b-1", agent_id="site-01", name="db-password",
+                       keypair=box) == VALUE
+    assert [i.name for i in list_secrets(ctx, "prod")] == ["db-password"]
