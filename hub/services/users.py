@@ -124,7 +124,20 @@ def require(user: User | None, action: str, environment: Environment | None = No
     inactive = " (account deactivated)" if user is not None and not user.is_active else ""
     raise PermissionDeniedError(
         f"{who}{inactive} may not {action}{where}: it needs one of the roles {roles}"
+        + (_scoped_only(user, action) if environment is None and not inactive else "")
     )
+
+
+def _scoped_only(user: User | None, action: str) -> str:
+    """Why a user with the right role still may not act globally: their grants of it are
+    per environment (`` (erin has approver only in environment prod; …)``), or ''."""
+    allowed = ACTIONS[action] | {"admin"}
+    scoped = sorted({(g.role, g.environment.name) for g in (user.grants if user else ())
+                     if g.role in allowed and g.environment is not None})
+    if user is None or not scoped:
+        return ""
+    where = ", ".join(f"{role} only in environment {env}" for role, env in scoped)
+    return f" ({user.username} has {where}; this needs a global grant)"
 
 
 #: system process (``ServiceContext.system``) -> the only actions it may do on its own.

@@ -154,3 +154,16 @@ def test_set_password_rules_and_sessions(world: World) -> None:
     assert dev.password_hash is not None and open_sessions(world.session, dev) == 0
     set_password(world.ctx("admin"), "dev2", "another long password")
     assert sign_out_everywhere(world.ctx("admin"), "dev") == 0
+
+
+def test_a_global_refusal_names_the_environments_a_scoped_grant_covers(world: World) -> None:
+    admin = world.ctx("admin")
+    create_user(admin, "appr-test")
+    grant_role(admin, "appr-test", "approver", "test")
+    user = world.user("appr-test")
+    with pytest.raises(PermissionDeniedError) as caught:
+        require(user, "release.approve")
+    assert str(caught.value) == (
+        "appr-test may not release.approve: it needs one of the roles admin, approver "
+        "(appr-test has approver only in environment test; this needs a global grant)")
+    assert can(user, "release.approve", get_environment(world.session, "test"))
