@@ -91,6 +91,17 @@ def install_root(ctx: ServiceContext, data_dir: Path, envelope: bytes, *,
                 f"but this hub's approval key is {ctx.keys.approval_key.key_id[:16]} "
                 "(keys/approval.pub); hub-attested approvals would not verify"
             )
+    release_key = ctx.keys.release_key if ctx.keys is not None else None
+    if release_key is not None and (
+            not doc.has_role("release")
+            or release_key.key_id not in doc.role_keys("release", now).keys):
+        raise ValidationError(
+            f"{source}: root version {new.version} does not certify this hub's release key "
+            f"{release_key.key_id[:16]} (keys/release.key): it is revoked, expired or not in "
+            "role release, so sites that take this root would refuse every bundle the hub "
+            "signs. Put the new release key in keys/release.key (and keys/release.pub) first, "
+            "then install the root (docs/keys-and-trust.md, 'Replacing the hub's release key')"
+        )
     # Audited first (committed by the caller after the files): a failure writing them rolls
     # the event back; a kill after root.json is replaced is completed by running it again.
     installed = _record(ctx, new, digest, previous=current.version)

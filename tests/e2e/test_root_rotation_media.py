@@ -20,7 +20,7 @@ from pathlib import Path
 from bundle.manifest import Target
 from bundle.release import load_release
 from bundle.writer import release_manifest, write_bundle
-from signing.keyfile import load_private_key
+from signing.keyfile import load_private_key, load_public_key
 from tests.e2e.conftest import run, set_fast_inbox, wait_for
 from tests.e2e.test_hub_approvals import _agent_root_version, _bring_back, _run_at_site
 
@@ -63,6 +63,19 @@ def test_two_rotations_reach_an_offline_site_by_media_and_the_revoked_key_is_ref
     v2 = json.loads(hub("keys", "install-root", str(tmp_path / "root-v2.json"),
                         "--json").stdout)
     assert v2["version"] == 2
+    # A root that revokes the hub's own release key is refused by install-root: sites would
+    # refuse every bundle the hub signs. Nothing changes.
+    hub_key_id = load_public_key(data / "keys" / "release.pub").key_id
+    run("keys", "root", "rotate", "--current", str(data / "root.json"), "--signing-key",
+        offline, "--revoke", hub_key_id, "-o", str(tmp_path / "root-v3-bad.json"))
+    root_before = (data / "root.json").read_bytes()
+    bad = hub("keys", "install-root", str(tmp_path / "root-v3-bad.json"), check=False)
+    assert bad.returncode != 0
+    assert (f"root-v3-bad.json: root version 3 does not certify this hub's release key "
+            f"{hub_key_id[:16]} (keys/release.key)") in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert (data / "root.json").read_bytes() == root_before
+    assert not (data / "roots" / "root-v3.json").exists()
     # Ceremony 2 (offline): the build machine is stolen; its key is revoked.
     run("keys", "root", "rotate", "--current", str(data / "root.json"), "--signing-key",
         offline, "--revoke", build_id, "-o", str(tmp_path / "root-v3.json"))
