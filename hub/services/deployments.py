@@ -49,7 +49,14 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from hub.db import Agent, Deployment, DeploymentAttempt, Release, SequenceCounter
+from hub.db import (
+    Agent,
+    ChannelEntry,
+    Deployment,
+    DeploymentAttempt,
+    Release,
+    SequenceCounter,
+)
 from hub.errors import ConflictError, InvalidStateError, NotEnoughApprovalsError, NotFoundError
 from hub.services import audit
 from hub.services.agents import agent_target
@@ -203,13 +210,30 @@ def pending_exports(
     return list(session.scalars(query))
 
 
+def _refuse_recalled(session: Session, release: Release) -> None:
+    """A release recalled from any channel is never queued again, by hand or by a rollout
+    (issue 13 §1): the operator is told who recalled it, from where and why."""
+    recalled = session.scalars(
+        select(ChannelEntry)
+        .where(ChannelEntry.release_id == release.id, ChannelEntry.recalled_at.is_not(None))
+        .order_by(ChannelEntry.recalled_at)
+    ).first()
+    if recalled is not None:
+        raise InvalidStateError(
+            f"release {release.label} was recalled from {recalled.channel.name} by "
+            f"{recalled.recalled_by}: {recalled.recall_reason}; a recalled release is not "
+            "deployed again (ship a new version)"
+        )
+
+
 def queue_deployment(ctx: ServiceContext, release: Release, environment: str) -> list[Deployment]:
     """Queue ``release`` for ``environment``: one deployment per enrolled agent, or one
     environment-wide deployment when it has none.
 
     Raises:
         PermissionDeniedError (operator of the environment), NotFoundError,
-        InvalidStateError (release not approved), NotEnoughApprovalsError (fewer distinct
+        InvalidStateError (release not approved, or recalled from a channel),
+        NotEnoughApprovalsError (fewer distinct
         non-author approvers than the environment requires), ConflictError (already
         queued or in flight for that agent).
     """
@@ -220,6 +244,7 @@ def queue_deployment(ctx: ServiceContext, release: Release, environment: str) ->
         raise InvalidStateError(
             f"release {release.label} is {release.state}; only an approved release can be queued"
         )
+    _refuse_recalled(session, release)
     check = check_rule(release, env, now=ctx.now())
     if not check.met:
         raise NotEnoughApprovalsError(

@@ -40,7 +40,7 @@ from hub.services.channels import (
     subscribe,
     unsubscribe,
 )
-from hub.services.deployments import transition
+from hub.services.deployments import queue_deployment, transition
 from hub.services.environments import create_environment
 from hub.services.exchange import export_environment, import_directory
 from hub.services.promotion import (
@@ -387,6 +387,14 @@ def test_recall_cancels_planned_and_queued_and_the_site_refuses_the_exported_bun
     with pytest.raises(InvalidStateError, match="was recalled from CANARY by op"):
         promote(world.ctx("op"), "hello", "1.0.0")
     world.session.rollback()
+    # Nor can it be queued by hand, in a subscribed environment or any other.
+    before = _snapshot(world)
+    for env in ("test", "prod"):
+        with pytest.raises(InvalidStateError,
+                           match="recalled from CANARY by op: corrupts invoices"):
+            queue_deployment(world.ctx("admin"), old, env)
+        world.session.rollback()
+    assert _snapshot(world) == before
 
     # The next release to the site carries the signed decision: the agent runs it and
     # refuses the recalled bundle with the hub's reason.
