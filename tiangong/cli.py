@@ -25,6 +25,8 @@ _GROUPS: dict[str, tuple[str, str, str | None, str]] = {
     "hub": ("hub.cli_all", "hub", "hub",
             "Run the hub: releases, approvals, export, import, audit."),
     "audit": ("hub.audit_cli", "audit", None, "Verify an exported audit log offline."),
+    "run": ("hub.cli.run", "run", "hub",
+            "On the hub: run one SQL or shell file on one agent, audited like a release."),
     "remote": ("tiangong.remote", "remote", None,
                "Use a hub's HTTP API as yourself, with a personal API token."),
 }

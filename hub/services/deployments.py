@@ -226,9 +226,11 @@ def _refuse_recalled(session: Session, release: Release) -> None:
         )
 
 
-def queue_deployment(ctx: ServiceContext, release: Release, environment: str) -> list[Deployment]:
+def queue_deployment(ctx: ServiceContext, release: Release, environment: str,
+                     *, agent_id: str | None = None) -> list[Deployment]:
     """Queue ``release`` for ``environment``: one deployment per enrolled agent, or one
-    environment-wide deployment when it has none.
+    environment-wide deployment when it has none; with ``agent_id``, for that enrolled agent
+    of the environment only (an ad-hoc run, ``tiangong run``).
 
     Raises:
         PermissionDeniedError (operator of the environment), NotFoundError,
@@ -259,6 +261,11 @@ def queue_deployment(ctx: ServiceContext, release: Release, environment: str) ->
         )
     )
     targets: list[Agent | None] = list(agents) if agents else [None]
+    if agent_id is not None:
+        targets = [a for a in agents if a.agent_id == agent_id]
+        if not targets:
+            raise NotFoundError(f"agent {agent_id!r} is not an enrolled agent of environment "
+                                f"{env.name}")
     active = list(
         session.scalars(
             select(Deployment).where(
