@@ -74,7 +74,7 @@ _EVENT_FIELDS = frozenset(
 
 def format_at(dt: datetime) -> str:
     """The one text form of an event time: UTC, microseconds, ``Z`` (naive means UTC)."""
-    if dt.tzinfo is not None:
+    if dt.tzinfo is not None and dt.tzinfo is not UTC:  # UTC itself: same wall clock
         dt = dt.astimezone(UTC).replace(tzinfo=None)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -103,6 +103,9 @@ def compute_hash(
     return hashlib.sha256(dumps_canonical(body)).hexdigest()
 
 
+_quote = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) quotes str with
+
+
 def _scalars(value: Mapping[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -121,11 +124,27 @@ def compute_hash_raw(
     database stores it): the same bytes are hashed without parsing and re-serialising.
     Keys in canonical order: action, actor, at, details, object_id, object_type, prev_hash,
     seq."""
-    head = _scalars({"action": action, "actor": actor, "at": at})
-    tail = _scalars(
-        {"object_id": object_id, "object_type": object_type, "prev_hash": prev_hash, "seq": seq}
-    )
-    body = head[:-1] + ',"details":' + details_text + "," + tail[1:]
+    body = None
+    if type(seq) is int and type(details_text) is str:  # a bool seq: json writes ``true``
+        # The common case, without building two dicts and sorting their keys per event
+        # (verify runs this once per event): ``_quote`` is the very string encoder
+        # ``json.dumps(..., ensure_ascii=False)`` uses, so the bytes are identical. It
+        # refuses anything but a str; such a value takes the general path below.
+        try:
+            body = (
+                f'{{"action":{_quote(action)},"actor":{_quote(actor)},"at":{_quote(at)},'
+                f'"details":{details_text},"object_id":{_quote(object_id)},'
+                f'"object_type":{_quote(object_type)},"prev_hash":{_quote(prev_hash)},'
+                f'"seq":{int.__repr__(seq)}}}'
+            )
+        except TypeError:
+            body = None
+    if body is None:
+        head = _scalars({"action": action, "actor": actor, "at": at})
+        tail = _scalars(
+            {"object_id": object_id, "object_type": object_type, "prev_hash": prev_hash, "seq": seq}
+        )
+        body = head[:-1] + ',"details":' + details_text + "," + tail[1:]
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 

@@ -22,7 +22,6 @@ engine, where the audit service finds it.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import os
@@ -57,7 +56,7 @@ class AuditMacKey:
     def mac(self, seq: int, event_hash: str) -> str:
         """Hex HMAC-SHA256 of one event (its sequence and hash)."""
         msg = _DOMAIN + f"{seq}:{event_hash}".encode("ascii")
-        return hmac.new(self.key, msg, hashlib.sha256).hexdigest()
+        return hmac.digest(self.key, msg, "sha256").hex()  # one C call; same bytes as hmac.new
 
     def check(self, seq: int, event_hash: str, mac: str | None) -> str | None:
         """None when the event's MAC is as it must be, else what is wrong (for a report)."""

@@ -178,3 +178,61 @@ def test_raw_hash_equals_canonical_hash(details: dict[str, object]) -> None:
         != compute_hash(*args[:6], details, args[6])
         or ":" not in text
     )
+
+
+@pytest.mark.parametrize(
+    "scalar",
+    [
+        'quote " back \\ slash',
+        "ctl \x00\x01\x1f\x7f tab\t nl\n",
+        "\u2028\u2029 é 日本 \U0001f600",
+        "",
+    ],
+)
+def test_raw_hash_fast_path_quotes_like_json(scalar: str) -> None:
+    """compute_hash_raw builds the body by hand for str fields and an int seq (verify's hot
+    path); it must give the bytes json.dumps(sort_keys, ensure_ascii=False) gives."""
+    import hashlib
+    import json
+
+    from hub.audit_chain import compute_hash_raw
+
+    def by_json(seq: object, *fields: object) -> str:
+        at, actor, action, otype, oid, prev = fields
+        body = json.dumps(
+            {
+                "seq": seq,
+                "at": at,
+                "actor": actor,
+                "action": action,
+                "object_type": otype,
+                "object_id": oid,
+                "details": {"k": 1},
+                "prev_hash": prev,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+    fields = ("2026-11-23T09:00:00.000000Z", scalar, "a.b", scalar, "id " + scalar, GENESIS_HASH)
+    assert compute_hash_raw(12, *fields[:5], '{"k":1}', fields[5]) == by_json(12, *fields)
+    # Values the hand-built body does not cover take json's general path: a bool seq is
+    # ``true`` (not 1), a None actor is ``null``.
+    assert compute_hash_raw(True, *fields[:5], '{"k":1}', fields[5]) == by_json(True, *fields)
+    odd = (fields[0], None, *fields[2:])
+    assert compute_hash_raw(12, *odd[:5], '{"k":1}', odd[5]) == by_json(12, *odd)
+
+
+def test_format_at_same_text_for_naive_utc_and_other_zones() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from hub.audit_chain import format_at
+
+    naive = datetime(2026, 11, 23, 9, 0, 0, 5)
+    want = "2026-11-23T09:00:00.000005Z"
+    assert format_at(naive) == want
+    assert format_at(naive.replace(tzinfo=UTC)) == want
+    plus8 = naive.replace(tzinfo=UTC).astimezone(timezone(timedelta(hours=8)))
+    assert format_at(plus8) == want
