@@ -140,7 +140,8 @@ def run_sql(ctx: click.Context, script: Path, agent_id: str, connection: str, en
 @run.command("shell")
 @_file
 @_agent
-@click.option("--interpreter", default="/bin/sh", show_default=True)
+@click.option("--interpreter", type=click.Choice(["sh", "bash", "python"]), default="sh",
+              show_default=True, help="What runs the file at the agent.")
 @_timeout
 @_out
 @_expires

@@ -85,7 +85,11 @@ def create_adhoc_release(ctx: ServiceContext, agent_id: str, step: dict[str, Any
     try:
         (work / "release.toml").write_text(text, encoding="utf-8")
         shutil.copyfile(script, work / name)
-        release = create_release(ctx, work)
+        try:
+            release = create_release(ctx, work)
+        except ValidationError as exc:  # name the operator's file, not the temporary one
+            raise ValidationError(str(exc).replace(str(work / "release.toml"),
+                                                   f"ad-hoc run of {script}")) from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
     submit_release(ctx, release)

@@ -13,6 +13,7 @@ from hub.errors import (
     ConflictError,
     InvalidStateError,
     NotEnoughApprovalsError,
+    NotFoundError,
     PermissionDeniedError,
 )
 from hub.services.agents import EnrollmentRequest, agent_target, enroll_agent, revoke_agent
@@ -48,6 +49,16 @@ def approved(world: World, release_dir: Callable[..., Path], *approvers: str) ->
     for who in approvers:
         approve_release(world.ctx(who), rel)
     return rel
+
+
+def two_agents_and_a_revoked_one(world: World, release_dir: Callable[..., Path]) -> Release:
+    """agent-1 and agent-2 enrolled in ``test``, agent-3 revoked; an approved release."""
+    op = world.ctx("op")
+    enroll_agent(op, "test", request("a1", "agent-1"))
+    enroll_agent(op, "test", request("a2", "agent-2"))
+    enroll_agent(op, "test", request("a3", "agent-3"))
+    revoke_agent(op, "agent-3")
+    return approved(world, release_dir, "appr1")
 
 
 def _deployments(world: World) -> int:
@@ -94,17 +105,28 @@ def test_queue_permission(world: World, release_dir: Callable[..., Path]) -> Non
 
 def test_one_deployment_per_enrolled_agent(world: World, release_dir: Callable[..., Path]) -> None:
     op = world.ctx("op")
-    enroll_agent(op, "test", request("a1", "agent-1"))
-    enroll_agent(op, "test", request("a2", "agent-2"))
-    enroll_agent(op, "test", request("a3", "agent-3"))
-    revoke_agent(op, "agent-3")
-    rel = approved(world, release_dir, "appr1")
+    rel = two_agents_and_a_revoked_one(world, release_dir)
     deps = queue_deployment(op, rel, "test")
     assert [d.agent.agent_id for d in deps if d.agent] == ["agent-1", "agent-2"]
     assert [deployment_target(d) for d in deps] == ["agent:agent-1", "agent:agent-2"]
     with pytest.raises(ConflictError, match="already queued"):
         queue_deployment(op, rel, "test")
     assert [d.id for d in pending_exports(world.session, "test", "agent-2")] == [deps[1].id]
+
+
+def test_queue_for_one_agent(world: World, release_dir: Callable[..., Path]) -> None:
+    """An ad-hoc run (``tiangong run``) queues for its one agent, never a revoked or unknown
+    one; a refusal queues nothing."""
+    op = world.ctx("op")
+    rel = two_agents_and_a_revoked_one(world, release_dir)
+    for who in ("agent-3", "agent-9"):
+        with pytest.raises(NotFoundError, match=f"agent '{who}' is not an enrolled agent of "
+                                                "environment test"):
+            queue_deployment(op, rel, "test", agent_id=who)
+        assert _deployments(world) == 0
+    (dep,) = queue_deployment(op, rel, "test", agent_id="agent-2")
+    assert dep.agent is not None and dep.agent.agent_id == "agent-2"
+    assert _deployments(world) == 1
 
 
 def test_environment_without_agents_gets_one_deployment(
