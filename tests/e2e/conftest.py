@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -56,6 +57,18 @@ def hub_keys(tmp_path: Path) -> HubKeys:
                             passphrase="test-pass", kdf=KdfParams(1, 8192))
     write_public_key(d / "release.key.pub", info)
     return HubKeys(kit, kit.write_root(d), d / "release.key")
+
+
+def drop_settled(bundle: Path, home: Path) -> Path:
+    """Copy ``bundle`` into the agent's inbox as if it had been copied a minute ago and left
+    alone since: ``agent run --once`` takes only files that have settled (their modification
+    time at least ``settle_seconds`` old), so a pass started right after a plain copy may
+    rightly leave it for the next pass."""
+    dest = home / "inbox" / bundle.name
+    shutil.copyfile(bundle, dest)
+    old = time.time() - 60
+    os.utime(dest, (old, old))
+    return dest
 
 
 def set_fast_inbox(home: Path) -> None:

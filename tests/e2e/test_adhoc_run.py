@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.e2e.conftest import run, set_fast_inbox
+from tests.e2e.conftest import drop_settled, run, set_fast_inbox
 
 
 def _tables(dsn: str) -> set[str]:
@@ -81,7 +81,7 @@ def test_an_adhoc_sql_run_reaches_postgresql_by_media_after_its_approval(
     assert written["sequence"] == 1
 
     for f in usb.glob("*.tgb"):
-        shutil.copy(f, home / "inbox" / f.name)
+        drop_settled(f, home)
     assert "adhoc_demo" not in _tables(pg_db)
     run("agent", "run", "--home", str(home), "--once")
     assert "adhoc_demo" in _tables(pg_db)  # the SQL ran on real PostgreSQL

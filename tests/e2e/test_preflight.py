@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from tests.e2e.agent_site import write_release
-from tests.e2e.conftest import run, set_fast_inbox
+from tests.e2e.conftest import drop_settled, run, set_fast_inbox
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
 
@@ -66,7 +66,7 @@ def test_export_refuses_a_release_the_site_cannot_run(tmp_path: Path) -> None:
     assert "sequence 1" in first.stdout
     assert "agent site-01 has sent no inventory yet" in first.stderr
     for f in usb.glob("*.tgb"):
-        shutil.copy(f, home / "inbox" / f.name)
+        drop_settled(f, home)
     run("agent", "run", "--home", str(home), "--once")
     back = tmp_path / "back"
     back.mkdir()
