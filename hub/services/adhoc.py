@@ -13,8 +13,6 @@ every rule of those services applies (roles, four eyes, preflight, sequence chai
 from __future__ import annotations
 
 import secrets
-import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -27,8 +25,8 @@ from hub.services.approval_rules import check_rule
 from hub.services.context import ServiceContext
 from hub.services.deployments import queue_deployment
 from hub.services.export import DEFAULT_EXPIRY, ExportReport, export_environment
-from hub.services.releases import create_product, create_release, get_product, submit_release
-from hub.services.rollback import _toml_value
+from hub.services.generated import create_generated_release
+from hub.services.releases import create_product, get_product, submit_release
 
 __all__ = ["ADHOC_PRODUCT", "AdhocRun", "create_adhoc_release", "ship_adhoc"]
 
@@ -77,21 +75,9 @@ def create_adhoc_release(ctx: ServiceContext, agent_id: str, step: dict[str, Any
     env_name = agent.environment.name
     description = (f"ad-hoc {step['kind']} run of {script.name} on agent {agent_id} "
                    f"({env_name}) by {ctx.actor_name}")
-    text = (f"format = 1\n\n[release]\nproduct = {_toml_value(ADHOC_PRODUCT)}\n"
-            f"version = {_toml_value(version)}\ndescription = {_toml_value(description)}\n"
-            "\n[[steps]]\n" + "".join(f"{k} = {_toml_value(v)}\n"
-                                     for k, v in {**step, "script": name}.items()))
-    work = Path(tempfile.mkdtemp(prefix=".adhoc-"))
-    try:
-        (work / "release.toml").write_text(text, encoding="utf-8")
-        shutil.copyfile(script, work / name)
-        try:
-            release = create_release(ctx, work)
-        except ValidationError as exc:  # name the operator's file, not the temporary one
-            raise ValidationError(str(exc).replace(str(work / "release.toml"),
-                                                   f"ad-hoc run of {script}")) from exc
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    release = create_generated_release(
+        ctx, ADHOC_PRODUCT, version, description, [{**step, "script": name}],
+        {name: script}, source=f"ad-hoc run of {script}")
     submit_release(ctx, release)
     return AdhocRun(release, env_name, agent_id)
 

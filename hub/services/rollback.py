@@ -25,9 +25,6 @@ release again for that) and does not roll back automatically.
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +36,8 @@ from hub.errors import InvalidStateError, ValidationError
 from hub.services import audit
 from hub.services.context import ServiceContext
 from hub.services.deployments import get_deployment
-from hub.services.releases import create_release, submit_release
+from hub.services.generated import create_generated_release
+from hub.services.releases import submit_release
 
 __all__ = ["RollbackPlan", "create_rollback", "plan_rollback"]
 
@@ -55,18 +53,6 @@ class RollbackPlan:
     steps: list[dict[str, Any]] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     not_undone: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string
 
 
 def plan_rollback(steps: Sequence[Mapping[str, Any]], bundle_id: str,
@@ -148,20 +134,10 @@ def create_rollback(ctx: ServiceContext, deployment_id: int,
              f"{where}): {reason}"]
     for item in plan.not_undone:
         lines.append(f"Not undone: step {item['step']} ({item['name']}): {item['why']}")
-    work = Path(tempfile.mkdtemp(prefix=".rollback-"))
-    try:
-        text = (f"format = 1\n\n[release]\nproduct = {_toml_value(release.product.name)}\n"
-                f"version = {_toml_value(_version(release, dep))}\n"
-                f"description = {_toml_value(chr(10).join(lines)[:4096])}\n")
-        for raw in plan.steps:
-            text += "\n[[steps]]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in raw.items())
-        (work / "release.toml").write_text(text, encoding="utf-8")
-        for name in plan.files:
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(stored / name, work / name)
-        rollback = create_release(ctx, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    rollback = create_generated_release(
+        ctx, release.product.name, _version(release, dep), "\n".join(lines)[:4096],
+        plan.steps, {name: stored / name for name in plan.files},
+        source=f"rollback of deployment {dep.id}")
     submit_release(ctx, rollback)
     audit.record(ctx, "deployment.rollback", "deployment", str(dep.id), {
         "reason": reason, "release": release.label, "bundle_id": dep.bundle_id,
