@@ -251,8 +251,10 @@ def _channel_row(ctx: ServiceContext, env: Environment, channel: str) -> Approva
 
 def rule_for(env: Environment, channel: str | None = None) -> Rule:
     """The rule for releases reaching ``env`` (through ``channel`` when given): the
-    channel's rule if the environment has one, otherwise the environment's own."""
+    channel's rule if the environment has one, otherwise the environment's own. ``channel``
+    is spelt either way (``STABLE`` as the channels print it, ``stable`` as rules store it)."""
     if channel is not None:
+        channel = channel.strip().lower()
         session = object_session(env)
         row = None
         if session is not None:

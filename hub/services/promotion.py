@@ -423,10 +423,10 @@ def subscribed_channel(session: Session, dep: Deployment) -> Channel | None:
 
 def approval_check(session: Session, dep: Deployment, now: datetime) -> RuleCheck:
     """The hub's approval rule for ``dep``: the environment's rule for releases reaching it
-    through the channel it subscribes to (approval rules spell channels in lower case)."""
+    through the channel it subscribes to."""
     channel = subscribed_channel(session, dep)
     return approval_rules.check_rule(dep.release, dep.environment, now=now,
-                                     channel=None if channel is None else channel.name.lower())
+                                     channel=None if channel is None else channel.name)
 
 
 def waiting_for(session: Session, dep: Deployment, now: datetime) -> list[str]:

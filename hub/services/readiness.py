@@ -86,7 +86,7 @@ def _subscription(session: Session, dep: Deployment) -> ChannelSubscription | No
 
 def _approvals(dep: Deployment, now: datetime, sub: ChannelSubscription | None) -> list[Reason]:
     """The hub's rule (a planned deployment: its channel's rule, if the channel has one)."""
-    channel = sub.channel.name.lower() if sub is not None else None  # rules spell it lower
+    channel = sub.channel.name if sub is not None else None
     check = check_rule(dep.release, dep.environment, channel=channel, now=now)
     if check.met:
         return []
