@@ -29,6 +29,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,21 +204,31 @@ def _serve_live_hub(saml_idp: SamlIdP, saml_sp_port: int, tmp_path: Path) -> Ite
     hub = LiveHub(saml_idp.sp_base_url, data_dir, tmp_path / "agent", tmp_path / "hub.log")
     hub.cli("environments", "create", ENVIRONMENT)
     _enroll_agent(hub, tmp_path)
-    log = hub.log.open("wb")
+    with served_hub(data_dir, saml_sp_port, hub.log, workers=2):
+        yield hub
+
+
+@contextmanager
+def served_hub(data_dir: Path, port: int, log_path: Path, workers: int) -> Iterator[None]:
+    """``tiangong hub serve`` on 127.0.0.1:``port`` until the block ends (its output in
+    ``log_path``): up once /healthz answers, stopped by SIGTERM (SIGKILL if it hangs)."""
+    url = f"http://127.0.0.1:{port}"
+    log = log_path.open("wb")
     proc = subprocess.Popen(
-        [*TIANGONG, "hub", "--data-dir", str(data_dir), "serve",
-         "--bind", f"127.0.0.1:{saml_sp_port}", "--workers", "2"],
+        [*TIANGONG, "hub", "--data-dir", str(data_dir), "serve", "--bind", f"127.0.0.1:{port}",
+         "--workers", str(workers)],
         cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
     try:
         def up() -> bool:
             if proc.poll() is not None:
-                raise AssertionError(f"the hub exited with {proc.returncode}:\n{hub.log_tail()}")
-            return _healthy(f"{hub.base_url}/healthz")
+                tail = log_path.read_text(errors="replace")[-4000:]
+                raise AssertionError(f"the hub exited with {proc.returncode}:\n{tail}")
+            return _healthy(f"{url}/healthz")
 
-        wait_for(up, START_TIMEOUT_S, f"the hub to answer {hub.base_url}/healthz")
-        yield hub
+        wait_for(up, START_TIMEOUT_S, f"the hub to answer {url}/healthz")
+        yield
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -16,12 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import socket
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +27,14 @@ from playwright.sync_api import Browser, Page, Request, expect
 from signing.approvals import peek_approval
 from signing.envelope import count_valid, parse_envelope
 from signing.webkey import decode_web_key
-from tests.e2e.conftest import TIANGONG, run, wait_for
+from tests.e2e.conftest import TIANGONG, run
+from tests.fixtures.dbservers import free_port
 from tests.web.browser import (
     HELLO,
-    REPO,
-    START_TIMEOUT_S,
-    STOP_TIMEOUT_S,
     Shots,
     chromium,
     new_context,
+    served_hub,
 )
 
 __all__ = ["chromium"]  # fixture used by this module
@@ -63,20 +57,6 @@ class Hub:
         return proc
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[Hub]:
     """A hub with local sign-in, alice (approver), dev's submitted hello 1.0.0, served by
@@ -85,7 +65,7 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
     run("hub", "--data-dir", str(data), "init", "--admin", "admin", "--insecure-no-passphrase")
     cfg = data / "hub.toml"
     cfg.write_text(cfg.read_text() + "\n[web]\nsecure_cookies = false\nlocal_login = true\n")
-    port = _free_port()
+    port = free_port()
     h = Hub(f"http://127.0.0.1:{port}", data)
     h.cli("environments", "create", "plant-a")
     for name, role in (("dev", "developer"), ("alice", "approver")):
@@ -94,30 +74,8 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
     h.cli("users", "set-password", "alice", "--password-stdin", stdin=PASSWORD + "\n")
     h.cli("releases", "create", str(HELLO), "--create-product", user="dev")
     h.cli("releases", "submit", "hello", "1.0.0", user="dev")
-    log = (tmp_path / "hub.log").open("wb")
-    proc = subprocess.Popen(
-        [*TIANGONG, "hub", "--data-dir", str(data), "serve", "--bind", f"127.0.0.1:{port}",
-         "--workers", "1"],
-        cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
-    try:
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"the hub exited with {proc.returncode}: "
-                                     + (tmp_path / "hub.log").read_text(errors="replace"))
-            return _healthy(f"{h.url}/healthz")
-
-        wait_for(up, START_TIMEOUT_S, f"the hub to answer {h.url}/healthz")
+    with served_hub(data, port, tmp_path / "hub.log", workers=1):
         yield h
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        log.close()
 
 
 def _sign_in(page: Page, hub: Hub) -> None:
