@@ -7,7 +7,6 @@ nothing run, the sequence left for the good bundle — and runs the ones that do
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from signing.keyfile import KdfParams, save_private_key, write_public_key
 from signing.keys import SigningKey
 from signing.roots import KeyEntry, RootDocument, sign_root
 from tests.e2e.agent_site import verified_results, write_release
-from tests.e2e.conftest import HubKeys, run, set_fast_inbox
+from tests.e2e.conftest import HubKeys, drop_settled, run, set_fast_inbox
 from tests.fixtures.trust import TrustKit, make_trust
 
 PASS = {"TIANGONG_KEY_PASSPHRASE": "test-pass"}
@@ -98,13 +97,6 @@ def _bundle(tmp: Path, keys: HubKeys, release: Path, name: str, approvals: list[
     return str(json.loads(out.stdout)["bundle_id"])
 
 
-def _drop_settled(tmp: Path, name: str, home: Path) -> None:
-    dest = home / "inbox" / f"{name}.tgb"
-    os.replace(tmp / f"{name}.tgb", dest)
-    old = time.time() - 3600  # copied an hour ago, unchanged since: settled
-    os.utime(dest, (old, old))
-
-
 def _results_by_bundle(home: Path, keys: HubKeys, tmp: Path) -> dict[str, dict[str, Any]]:
     return {str(r["bundle_id"]): r for r in verified_results(home, keys, tmp)}
 
@@ -152,7 +144,7 @@ def test_the_site_refuses_bundles_without_the_approvals_its_root_requires(
     assert verify.returncode == 1, verify.stdout + verify.stderr
     assert "from only 1 group [check: approvals]" in verify.stderr
     for name, *_ in cases:
-        _drop_settled(tmp_path, name, home)
+        drop_settled(tmp_path / f"{name}.tgb", home)
     out = run("agent", "run", "--home", str(home), "--once")
     assert out.stdout.count(": rejected: ") == len(cases), out.stdout + out.stderr
 
@@ -183,7 +175,7 @@ def test_the_site_refuses_bundles_without_the_approvals_its_root_requires(
     shown = json.loads(run("keys", "approval", "show", str(from_bundle), "--json").stdout)
     assert shown["content_hash"] == json.loads(run("keys", "approval", "show", str(ok["bob"]),
                                                    "--json").stdout)["content_hash"]
-    _drop_settled(tmp_path, "good", home)
+    drop_settled(tmp_path / "good.tgb", home)
     out = run("agent", "run", "--home", str(home), "--once")
     assert "good.tgb: succeeded" in out.stdout, out.stdout + out.stderr
     assert (tmp_path / "ran").read_text() == "ran\n"
@@ -203,14 +195,14 @@ def test_the_site_refuses_bundles_without_the_approvals_its_root_requires(
                         sign_attestation(attestation, [kit.release_key]))
     by_hub = _write(tmp_path, "att-hub.json", sign_attestation(attestation, [kit.approval_key]))
     forged = _bundle(tmp_path, keys, rel, "att-forged", [by_release], "plant-h")
-    _drop_settled(tmp_path, "att-forged", home_h)
+    drop_settled(tmp_path / "att-forged.tgb", home_h)
     out = run("agent", "run", "--home", str(home_h), "--once")
     res = _results_by_bundle(home_h, keys, tmp_path)[forged]
     assert res["status"] == "rejected", out.stdout
     assert "attestation 1: not signed by the hub's approval key" in res["body"]["summary"]
     assert (tmp_path / "ran").read_text() == "ran\n"
     attested = _bundle(tmp_path, keys, rel, "att-ok", [by_hub], "plant-h")
-    _drop_settled(tmp_path, "att-ok", home_h)
+    drop_settled(tmp_path / "att-ok.tgb", home_h)
     out = run("agent", "run", "--home", str(home_h), "--once")
     assert _results_by_bundle(home_h, keys, tmp_path)[attested]["status"] == "succeeded", \
         out.stdout + out.stderr
@@ -219,7 +211,7 @@ def test_the_site_refuses_bundles_without_the_approvals_its_root_requires(
     # plant-z: no delegation, nothing required — a bundle without approvals runs as before.
     home_z = _site(tmp_path, keys, "plant-z")
     plain = _bundle(tmp_path, keys, rel, "plain", [], "plant-z")
-    _drop_settled(tmp_path, "plain", home_z)
+    drop_settled(tmp_path / "plain.tgb", home_z)
     out = run("agent", "run", "--home", str(home_z), "--once")
     assert _results_by_bundle(home_z, keys, tmp_path)[plain]["status"] == "succeeded", \
         out.stdout + out.stderr

@@ -6,22 +6,19 @@ result once, from the journal, private (0600)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import stat
-import time
 from pathlib import Path
 
 from tests.e2e.agent_site import (
     assert_chain,
-    drop,
     init_site,
     make_bundle,
     start_agent,
     verified_results,
     write_release,
 )
-from tests.e2e.conftest import HubKeys, run
+from tests.e2e.conftest import HubKeys, drop_settled, run
 
 
 def _mode(path: Path) -> int:
@@ -36,9 +33,7 @@ def test_a_result_killed_while_built_leaves_no_temporaries_and_is_written_once(
                             ['name = "one"\nkind = "shell"\nscript = "s.sh"'],
                             {"s.sh": 'echo "$TIANGONG_STEP_NAME" >> "$0.runs"\necho hello\n'})
     bundle, bid = make_bundle(hub_keys, release, tmp_path / "tmpx-1.0.1.tgb", 1)
-    drop(bundle, home)
-    old = time.time() - 120
-    os.utime(home / "inbox" / bundle.name, (old, old))
+    drop_settled(bundle, home)
     log = tmp_path / "agent.log"
     proc = start_agent(home, log, {"TIANGONG_CRASH_AT": "result-built"})
     proc.wait(timeout=90)

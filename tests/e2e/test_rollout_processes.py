@@ -11,14 +11,12 @@ result and since when; its result imported by ``hub import`` ends the rollout.
 
 from __future__ import annotations
 
-import os
 import shutil
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import run, set_fast_inbox, wait_for
+from tests.e2e.conftest import drop_settled, run, set_fast_inbox, wait_for
 from tests.e2e.test_live_processes import DEADLINE, Site
 from tests.e2e.test_live_processes import site as live_site  # noqa: F401 - a fixture
 
@@ -88,10 +86,7 @@ def test_canary_live_then_media_batch_behind_a_manual_gate(fleet: Site) -> None:
 
     # The stick reaches the media site; its result comes home.
     home = site.tmp / "media-agent"
-    dest = home / "inbox" / bundle.name
-    shutil.copyfile(bundle, dest)
-    settled = time.time() - 120
-    os.utime(dest, (settled, settled))
+    drop_settled(bundle, home)
     run("agent", "run", "--home", str(home), "--once")
     back = site.tmp / "back"
     back.mkdir()
