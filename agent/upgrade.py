@@ -340,7 +340,18 @@ def supervise(home: Path, run_args: list[str], stopping: threading.Event) -> int
         proc.wait()
         if proc.returncode == RESTART_EXIT and not stopping.is_set():
             continue
-        return proc.returncode
+        return stop_status(proc.returncode, stopping.is_set())
+
+
+def stop_status(returncode: int, asked_to_stop: bool) -> int:
+    """The supervisor's exit status for a child that exited with ``returncode``. A stop of
+    the whole process group (systemctl stop, killpg) signals the child twice: once directly
+    and once from the supervisor. If the second arrives while the child's interpreter is
+    already shutting down (its handlers reset), the child dies of that SIGTERM after a clean
+    stop; that is a clean stop too, not a failure."""
+    if asked_to_stop and returncode in (-signal.SIGTERM, -signal.SIGINT):
+        return 0
+    return returncode
 
 
 def _stop_on(stopping: threading.Event, proc: subprocess.Popen[bytes]) -> None:

@@ -124,3 +124,17 @@ def test_a_malformed_step_is_refused_before_anything_runs() -> None:
 def test_wheel_name_version_reads_the_metadata(tmp_path: Path) -> None:
     wheel = make_wheel(tmp_path / "w.whl", "Tian_Gong", "1.2.3")
     assert wheel_name_version(wheel) == ("tian-gong", "1.2.3")
+
+
+def test_a_child_that_dies_of_the_stop_signal_after_a_stop_request_is_a_clean_stop() -> None:
+    """systemctl stop signals the whole group: the agent may get the supervisor's SIGTERM
+    again after its own clean stop, while its interpreter shuts down. That is status 0; the
+    same death with no stop requested, or any other status, is passed on."""
+    import signal
+
+    assert upgrade.stop_status(-signal.SIGTERM, asked_to_stop=True) == 0
+    assert upgrade.stop_status(-signal.SIGINT, asked_to_stop=True) == 0
+    assert upgrade.stop_status(-signal.SIGTERM, asked_to_stop=False) == -signal.SIGTERM
+    assert upgrade.stop_status(-signal.SIGKILL, asked_to_stop=True) == -signal.SIGKILL
+    assert upgrade.stop_status(3, asked_to_stop=True) == 3
+    assert upgrade.stop_status(0, asked_to_stop=False) == 0
