@@ -29,12 +29,13 @@ from bundle.container import payload_member
 from bundle.errors import ManifestError
 from bundle.release_names import NameSet, file_name_problem
 from bundle.windows import Policy
-from signing.envelope import TYPE_RELEASE, TYPE_RESULT, parse_envelope
+from signing.envelope import TYPE_PLAN, TYPE_RELEASE, TYPE_RESULT, parse_envelope
 from signing.errors import SignatureError, StrictJSONError
 from signing.strictjson import dumps_canonical, loads_strict
 
 __all__ = [
     "FORMAT",
+    "KIND_PLAN",
     "KIND_RELEASE",
     "KIND_RESULT",
     "MAX_LOST_ENTRIES",
@@ -59,7 +60,9 @@ __all__ = [
 FORMAT = 1  # §11: the manifest format this code reads and writes
 KIND_RELEASE = "release"
 KIND_RESULT = "result"
-PAYLOAD_TYPE_OF_KIND = {KIND_RELEASE: TYPE_RELEASE, KIND_RESULT: TYPE_RESULT}
+KIND_PLAN = "plan"  # §6.11: a preflight bundle, checks only, never changes the site
+PAYLOAD_TYPE_OF_KIND = {KIND_RELEASE: TYPE_RELEASE, KIND_RESULT: TYPE_RESULT,
+                        KIND_PLAN: TYPE_PLAN}
 
 MAX_TEXT_CHARS = 256  # identifiers and single-line text (§6.1)
 MAX_LONG_TEXT_CHARS = 4096  # descriptions and comments (§6.1)
@@ -678,7 +681,7 @@ class Manifest:
             raise _fail("bundle_id", "must be 1-128 characters of A-Z a-z 0-9 . _ -, "
                         "starting with a letter or digit")
         if not isinstance(self.kind, str) or self.kind not in PAYLOAD_TYPE_OF_KIND:
-            raise _fail("kind", f"{str(self.kind)[:40]!r} is not one of release, result")
+            raise _fail("kind", f"{str(self.kind)[:40]!r} is not one of release, result, plan")
         _hex64(self.issuer, "issuer")
         if not isinstance(self.target, Target):
             raise _fail("target", "must be a Target")
@@ -727,12 +730,15 @@ class Manifest:
                         "(§6.1)")
 
     def _check_kind(self) -> None:
-        if self.kind == KIND_RELEASE:
+        if self.kind in (KIND_RELEASE, KIND_PLAN):
+            what = "release" if self.kind == KIND_RELEASE else "plan"
             if not isinstance(self.release, ReleaseInfo) or self.result is not None:
-                raise _fail("release", "a release bundle has a release object and no result")
+                raise _fail("release", f"a {what} bundle has a release object and no result")
             if self.target.hub is not None or not (self.target.agents or self.target.environment):
-                raise _fail("target", "a release bundle names agents and/or an environment, "
+                raise _fail("target", f"a {what} bundle names agents and/or an environment, "
                             "and no hub")
+            if self.kind == KIND_PLAN and self.secrets:
+                raise _fail("secrets", "a plan bundle carries no secrets (§6.11)")
         else:
             if not isinstance(self.result, ResultInfo) or self.release is not None:
                 raise _fail("result", "a result bundle has a result object and no release")

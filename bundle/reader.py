@@ -62,7 +62,7 @@ from bundle.errors import (
 )
 from bundle.inspect import InspectedBundle, inspect, inspect_stream
 from bundle.limits import DEFAULT_LIMITS, Limits, format_bytes
-from bundle.manifest import KIND_RELEASE, KIND_RESULT, Manifest
+from bundle.manifest import KIND_PLAN, KIND_RELEASE, KIND_RESULT, Manifest
 from bundle.parts import (
     MAX_PARTS,
     PartsSource,
@@ -71,7 +71,13 @@ from bundle.parts import (
     strip_part_suffix,
 )
 from bundle.staging import BUFFER_BYTES, FILES_DIR, Stager, staged_name
-from signing.envelope import TYPE_RELEASE, TYPE_RESULT, parse_envelope, verify_envelope
+from signing.envelope import (
+    TYPE_PLAN,
+    TYPE_RELEASE,
+    TYPE_RESULT,
+    parse_envelope,
+    verify_envelope,
+)
 from signing.errors import ExpiredError as RootExpiredError
 from signing.errors import PayloadTypeError, SignatureError, SigningError, StrictJSONError
 from signing.keys import PublicKey
@@ -83,6 +89,7 @@ from signing.strictjson import loads_strict
 __all__ = [
     "AdmitFn",
     "Clock",
+    "ExpectPlan",
     "ExpectRelease",
     "ExpectResult",
     "Expectation",
@@ -162,6 +169,13 @@ class ExpectRelease:
 
 
 @dataclass(frozen=True)
+class ExpectPlan(ExpectRelease):
+    """An agent verifying a plan (preflight) bundle (§6.11): checked exactly like a release
+    bundle — release role, target, root version, expiry — but of payload type and kind
+    ``plan``, against the caller's *plan* state (its own sequence space)."""
+
+
+@dataclass(frozen=True)
 class ExpectResult:
     """The hub verifying a result bundle: its hub id, and the agent's id and public key."""
 
@@ -170,7 +184,7 @@ class ExpectResult:
     agent_key: PublicKey
 
 
-Expectation = ExpectRelease | ExpectResult
+Expectation = ExpectRelease | ExpectPlan | ExpectResult
 
 
 @dataclass(frozen=True)
@@ -338,7 +352,7 @@ class _Verifier:
         """§9 step 2: the signature over the exact envelope bytes, by the right role."""
         keys: Mapping[str, PublicKey]
         if isinstance(self.expect, ExpectRelease):
-            payload_type = TYPE_RELEASE
+            payload_type = TYPE_PLAN if isinstance(self.expect, ExpectPlan) else TYPE_RELEASE
             role = root.role_keys("release", floor)
             keys, threshold = role.keys, role.threshold
             if not keys:
@@ -362,7 +376,8 @@ class _Verifier:
         self, m: Manifest, root: TrustedRoot, signers: frozenset[str], floor: int
     ) -> VerifierState:
         """§9 step 3: every rule that needs no payload byte, in the documented order."""
-        want = KIND_RELEASE if isinstance(self.expect, ExpectRelease) else KIND_RESULT
+        want = (KIND_PLAN if isinstance(self.expect, ExpectPlan)
+                else KIND_RELEASE if isinstance(self.expect, ExpectRelease) else KIND_RESULT)
         if m.kind != want:
             raise KindError(self._err(f"it is a {m.kind} bundle, expected a {want} bundle"))
         if m.issuer not in signers:

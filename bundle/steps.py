@@ -33,11 +33,13 @@ __all__ = [
     "needed_connection_type",
     "normalize_step",
     "parse_duration",
+    "parse_version_requirement",
     "referenced_files",
     "secret_env_name",
     "status_expected",
     "undo_support",
     "validate_step",
+    "version_satisfies",
 ]
 
 STEP_KINDS = ("sql", "k8s", "shell", "agent-upgrade", "file", "undo", "http")
@@ -93,18 +95,20 @@ _UNDO_KEYS = ("bundle", "step", "connection", "engine", "script", "interpreter",
 _COMMON_RAW = ("name", "kind", "timeout", "on_failure", "secrets", "after")
 _COMMON_NORM = ("name", "kind", "timeout_s", "on_failure", "secrets", "after")
 _KIND_RAW: dict[str, tuple[str, ...]] = {
-    "sql": ("engine", "connection", "script", "version", "description", "down"),
+    "sql": ("engine", "connection", "script", "version", "description", "down", "check",
+            "server_version"),
     "k8s": ("connection", "manifests", "namespace", "wait", "wait_timeout"),
-    "shell": ("script", "interpreter", "env", "secrets_via", "args", "rollback"),
+    "shell": ("script", "interpreter", "env", "secrets_via", "args", "rollback", "check"),
     "agent-upgrade": ("wheel", "confirm_timeout"),
     "file": _FILE_KEYS,
     "undo": _UNDO_KEYS,
     "http": _HTTP_RAW,
 }
 _KIND_NORM: dict[str, tuple[str, ...]] = {
-    "sql": ("engine", "connection", "script", "version", "description", "down"),
+    "sql": ("engine", "connection", "script", "version", "description", "down", "check",
+            "server_version"),
     "k8s": ("connection", "manifests", "namespace", "wait", "wait_timeout_s"),
-    "shell": ("script", "interpreter", "env", "secrets_via", "args", "rollback"),
+    "shell": ("script", "interpreter", "env", "secrets_via", "args", "rollback", "check"),
     "agent-upgrade": ("wheel", "confirm_timeout_s"),
     "file": _FILE_KEYS,
     "undo": _UNDO_KEYS,
@@ -115,9 +119,9 @@ _DURATION_KEYS = {"wait_timeout": "wait_timeout_s", "confirm_timeout": "confirm_
                   "retry_delay": "retry_delay_s", "request_timeout": "request_timeout_s"}
 # Normalized keys that are left out when the release does not give them.
 _OPTIONAL_NORM: dict[str, frozenset[str]] = {
-    "sql": frozenset({"version", "description", "down"}),
+    "sql": frozenset({"version", "description", "down", "check", "server_version"}),
     "k8s": frozenset({"namespace", "wait_timeout_s"}),
-    "shell": frozenset({"rollback"}),
+    "shell": frozenset({"rollback", "check"}),
     "agent-upgrade": frozenset(),
     "file": frozenset({"owner", "group"}),
     "undo": frozenset(_UNDO_KEYS[2:]),
@@ -439,6 +443,8 @@ def _raw_checks(files: Collection[str] | None) -> dict[str, dict[str, _Check]]:
             "version": _pattern(_VERSION_RE, _VERSION_RULE),
             "description": lambda v: _text(v, MAX_DESCRIPTION_CHARS, multiline=True),
             "down": ref,
+            "check": ref,
+            "server_version": _server_version,
         },
         "k8s": {
             "connection": _connection,
@@ -454,6 +460,7 @@ def _raw_checks(files: Collection[str] | None) -> dict[str, dict[str, _Check]]:
             "secrets_via": _choice(SECRETS_VIA),
             "args": lambda v: _list(v, _arg),
             "rollback": ref,
+            "check": ref,
         },
         "agent-upgrade": {"wheel": ref, "confirm_timeout": _duration},
         "file": {
@@ -499,6 +506,63 @@ _bundle_id = _pattern(
     "a bundle id: letters, digits, '.', '_', '-', starting with a letter or digit, at most "
     "128 characters",
 )
+
+
+_REQ_CLAUSE = re.compile(r"\s*(>=|<=|==|!=|>|<)\s*(\d{1,9}(?:\.\d{1,9}){0,3})\s*")
+_LEADING_VERSION = re.compile(r"\s*v?(\d{1,9}(?:\.\d{1,9}){0,3})")
+_REQ_RULE = ("a version requirement: comparisons joined by ',', each one of >=, >, <=, <, "
+             "==, != and a version of up to 4 numbers, like \">= 14\" or \">= 10.6, < 12\"")
+
+
+def parse_version_requirement(value: object) -> list[tuple[str, tuple[int, ...]]]:
+    """The clauses of a ``server_version`` requirement (docs/release-format.md §3.2):
+    ``">= 10.6, < 12"`` → ``[(">=", (10, 6)), ("<", (12,))]``.
+
+    Raises:
+        ValueError: not a string of such clauses (the message states the rule).
+    """
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise ValueError(_REQ_RULE)
+    clauses = []
+    for part in value.split(","):
+        found = _REQ_CLAUSE.fullmatch(part)
+        if found is None:
+            raise ValueError(_REQ_RULE)
+        clauses.append((found.group(1), tuple(int(x) for x in found.group(2).split("."))))
+    return clauses
+
+
+def version_satisfies(server_version: str, requirement: str) -> bool | None:
+    """Whether the leading version of ``server_version`` (``"16.4 (Debian …)"``,
+    ``"10.11.6-MariaDB"``) meets ``requirement``; None when it holds no version number.
+    Versions compare number by number, missing numbers counting as 0.
+
+    Raises:
+        ValueError: ``requirement`` is not a valid requirement.
+    """
+    clauses = parse_version_requirement(requirement)
+    found = _LEADING_VERSION.match(server_version)
+    if found is None:
+        return None
+    have = tuple(int(x) for x in found.group(1).split("."))
+    for op, want in clauses:
+        width = max(len(have), len(want))
+        a = have + (0,) * (width - len(have))
+        b = want + (0,) * (width - len(want))
+        ok = {">=": a >= b, ">": a > b, "<=": a <= b, "<": a < b, "==": a == b,
+              "!=": a != b}[op]
+        if not ok:
+            return False
+    return True
+
+
+def _server_version(value: object) -> str:
+    try:
+        parse_version_requirement(value)
+    except ValueError as exc:
+        raise _FieldError(str(exc)) from None
+    assert isinstance(value, str)
+    return value
 
 
 def _step_number(value: object) -> int:
@@ -770,6 +834,10 @@ def _check_combinations(step: Mapping[str, Any], index: int | None, *, raw_keys:
     for first, second in (("script", "down"), ("script", "rollback")):
         if second in step and step[second] == step.get(first):
             _fail(index, name, second, f"is the step's {first} itself; give the undo script")
+    if "check" in step and step["check"] in (step.get("script"), step.get("down"),
+                                             step.get("rollback")):
+        _fail(index, name, "check", "is a script the step changes things with; give a script "
+              "that only looks (it runs in a preflight plan)")
     if step["kind"] == "shell":
         # The shell executor exports secret "db-password" as TIANGONG_SECRET_DB_PASSWORD.
         seen: dict[str, str] = {}
@@ -883,7 +951,7 @@ def referenced_files(step: Mapping[str, Any]) -> list[str]:
     if kind == "k8s":
         return list(step.get("manifests", []))
     keys = {"agent-upgrade": ("wheel",), "file": ("source",), "http": ("body",)}.get(
-        str(kind), ("script", "down", "rollback")
+        str(kind), ("script", "down", "rollback", "check")
     )
     return [step[key] for key in keys if isinstance(step.get(key), str)]
 

@@ -63,6 +63,7 @@ from bundle.errors import (
 )
 from bundle.limits import DEFAULT_LIMITS, Limits, format_bytes
 from bundle.manifest import (
+    KIND_PLAN,
     KIND_RELEASE,
     Approval,
     ChainInfo,
@@ -99,6 +100,7 @@ __all__ = [
     "ReleaseSourceLike",
     "WrittenBundle",
     "encode_roots",
+    "plan_manifest",
     "release_manifest",
     "write_bundle",
 ]
@@ -218,6 +220,36 @@ def release_manifest(
     )
     files = tuple(PayloadFile(f.name, Path(f.path), f.size, f.sha256) for f in source.files)
     return manifest, files
+
+
+def plan_manifest(
+    source: ReleaseSourceLike,
+    *,
+    bundle_id: str,
+    issuer: str,
+    target: Target,
+    root_version: int,
+    sequence: int,
+    created: int,
+    expires: int,
+    counter: int,
+    author: str,
+    checkpoint: Mapping[str, Any] | None = None,
+) -> tuple[Manifest, tuple[PayloadFile, ...]]:
+    """The manifest and payload list of a plan (preflight) bundle of ``source`` (§6.11).
+
+    A plan carries the release's steps and files so the agent can check them, and nothing
+    that a deployment needs beyond that: no approvals, chain, policy or secrets. Its
+    ``sequence`` is the hub's plan counter, a sequence space of its own.
+
+    Raises:
+        ManifestError: a field breaks a manifest rule.
+    """
+    manifest, files = release_manifest(
+        source, bundle_id=bundle_id, issuer=issuer, target=target, root_version=root_version,
+        sequence=sequence, created=created, expires=expires, counter=counter, author=author,
+        checkpoint=checkpoint)
+    return dataclasses.replace(manifest, kind=KIND_PLAN), files
 
 
 def encode_roots(roots: Sequence[bytes]) -> bytes:

@@ -41,6 +41,7 @@ __all__ = [
     "TYPE_APPROVAL_ATTESTATION",
     "TYPE_ENROLLMENT",
     "TYPE_ENROLLMENT_RESPONSE",
+    "TYPE_PLAN",
     "TYPE_RELEASE",
     "TYPE_RESULT",
     "TYPE_ROOT",
@@ -54,13 +55,14 @@ __all__ = [
 
 TYPE_RELEASE = "application/vnd.tiangong.release.v1+json"
 TYPE_RESULT = "application/vnd.tiangong.result.v1+json"
+TYPE_PLAN = "application/vnd.tiangong.plan.v1+json"  # a preflight bundle (bundle-format §6.11)
 TYPE_ROOT = "application/vnd.tiangong.root.v1+json"
 TYPE_ENROLLMENT = "application/vnd.tiangong.enrollment.v1+json"
 TYPE_ENROLLMENT_RESPONSE = "application/vnd.tiangong.enrollment-response.v1+json"
 TYPE_APPROVAL = "application/vnd.tiangong.approval.v1+json"
 TYPE_APPROVAL_ATTESTATION = "application/vnd.tiangong.approval-attestation.v1+json"
 PAYLOAD_TYPES = frozenset(
-    {TYPE_RELEASE, TYPE_RESULT, TYPE_ROOT, TYPE_ENROLLMENT, TYPE_ENROLLMENT_RESPONSE,
+    {TYPE_RELEASE, TYPE_RESULT, TYPE_PLAN, TYPE_ROOT, TYPE_ENROLLMENT, TYPE_ENROLLMENT_RESPONSE,
      TYPE_APPROVAL, TYPE_APPROVAL_ATTESTATION}
 )
 

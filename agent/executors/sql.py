@@ -63,7 +63,8 @@ LOCK_POLL_S = 0.5  # seconds
 
 _COMMON_FIELDS = {"name", "kind", "timeout_s", "on_failure", "secrets", "after"}
 _SQL_FIELDS = {"engine", "connection", "script", "version", "description",
-               "down"}  # down: run by a rollback (agent.executors.undo), not here
+               "down",  # down: run by a rollback (agent.executors.undo), not here
+               "check", "server_version"}  # run by a preflight plan (agent.plan), not here
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,99}")
 
 
