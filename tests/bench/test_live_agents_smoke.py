@@ -1,7 +1,9 @@
 """Smoke run of bench/live_agents.py: three agents, a tiny bundle, short windows.
 
 Checks that the benchmark runs end to end against a real hub child process on 127.0.0.1 and
-reports every figure it promises (the structure, never the timings: STYLE.md §15).
+reports every figure it promises (the structure, never the timings: STYLE.md §15): the
+agents in two worker processes of their own (how N = 10,000 fits the open-files limit),
+over wss:// with the hub's pinned CA, every agent of the small burst served.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 FLEET_KEYS = {
-    "agents", "enroll_s", "connect_s", "connect_hub_cpu_s", "connect_settled_s",
+    "agents", "tls", "agent_processes", "agent_pids", "enroll_s", "connect_s",
+    "connect_hub_cpu_s", "connect_settled_s",
     "heartbeat_s", "idle_window_s", "idle_hub_cpu_s_per_min", "idle_heartbeats",
     "hub_rss_mib", "hub_peak_rss_mib", "deliver_queued", "deliver_received",
     "deliver_min_ms", "deliver_p50_ms", "deliver_p99_ms", "deliver_max_ms",
@@ -33,6 +36,7 @@ def test_three_agents_report_every_figure(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "live_agents.py"), "--agents", "3", "--quick",
          "--idle-seconds", "1", "--log-messages", "20", "--transfer-mib", "2",
+         "--agent-processes", "2", "--tls",
          "--workdir", str(tmp_path), "--json", str(out)],
         capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -41,6 +45,10 @@ def test_three_agents_report_every_figure(tmp_path: Path) -> None:
     assert "failed" not in fleet, fleet
     assert set(fleet) >= FLEET_KEYS, FLEET_KEYS - set(fleet)
     assert fleet["agents"] == 3
+    # The agents ran in two processes of their own.
+    assert fleet["agent_processes"] == 2
+    assert len(set(fleet["agent_pids"])) == 2
+    assert fleet["tls"] is True
     # Every agent got its bundle, every log line was stored once.
     # Every steady sample (one deployment at a time) arrived too.
     assert fleet["deliver_queued"] == fleet["deliver_received"] == 3
