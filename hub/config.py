@@ -21,6 +21,14 @@ live_tls_key_file              TIANGONG_HUB_LIVE_TLS_KEY_FILE   <data_dir>/tls/s
 live_allow_insecure_loopback   TIANGONG_HUB_LIVE_ALLOW_...      false
 live_binding_cert_file         TIANGONG_HUB_LIVE_BINDING_...    "" (= live_tls_cert_file)
 live_<limit>                   TIANGONG_HUB_LIVE_<LIMIT>        see hub.live_guard.LiveLimits
+smtp_host                      TIANGONG_HUB_SMTP_HOST           "" (e-mail targets cannot send)
+smtp_port                      TIANGONG_HUB_SMTP_PORT           25
+smtp_starttls                  TIANGONG_HUB_SMTP_STARTTLS       false
+smtp_ca_file                   TIANGONG_HUB_SMTP_CA_FILE        "" (the system's CAs)
+smtp_from                      TIANGONG_HUB_SMTP_FROM           tiangong-hub@localhost
+smtp_username                  TIANGONG_HUB_SMTP_USERNAME       "" (no AUTH)
+smtp_password_file             TIANGONG_HUB_SMTP_PASSWORD_FILE  ""
+smtp_timeout_s                 TIANGONG_HUB_SMTP_TIMEOUT_S      10.0
 =============================  ===============================  ============================
 
 In ``hub.toml`` the live settings sit in their own table, without the ``live_`` prefix::
@@ -35,6 +43,19 @@ In ``hub.toml`` the live settings sit in their own table, without the ``live_`` 
                                        # a TLS-terminating proxy's (channel binding, §5.2)
     handshake_timeout_s = 10.0         # and every other limit of hub.live_guard.LiveLimits
                                        # (docs/live.md, "Limits"), each with its unit
+
+E-mail notifications (hub.services.notifications) go to an internal relay, configured in
+their own ``[smtp]`` table the same way::
+
+    [smtp]
+    host = "relay.internal"            # empty or absent: e-mail targets fail with that reason
+    port = 25
+    starttls = true                    # STARTTLS before anything else is sent
+    ca_file = "/etc/ssl/relay-ca.pem"  # the relay's CA (empty: the system's)
+    from = "tiangong@example.org"
+    username = ""                      # AUTH only with a username; the password stays in
+    password_file = ""                 # this file (read at each delivery)
+    timeout_s = 10.0
 
 The live server listens on a port of its own, beside the WSGI port: gunicorn's workers are
 synchronous WSGI processes, the live server is one asyncio process holding every agent's
@@ -59,6 +80,7 @@ __all__ = ["DEFAULT_BUNDLE_EXPIRY_S", "ENV_PREFIX", "HubConfig", "load_config"]
 
 ENV_PREFIX = "TIANGONG_HUB_"
 LIVE_TABLE = "live"  # the [live] table of hub.toml; its keys map to live_<key>
+SMTP_TABLE = "smtp"  # the [smtp] table: the relay of e-mail notifications (smtp_<key>)
 DEFAULT_BUNDLE_EXPIRY_S = 30 * 24 * 3600  # seconds
 CONFIG_FILE = "hub.toml"
 
@@ -103,6 +125,15 @@ class HubConfig:
     #: environments (comma-separated; "*": all) whose queued deployments the scheduler
     #: (hub.scheduler) writes into export_dir when their window opens or freeze ends.
     scheduled_export: str = ""
+    #: the SMTP relay of e-mail notifications ([smtp] in hub.toml)
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_ca_file: str = ""
+    smtp_from: str = "tiangong-hub@localhost"
+    smtp_username: str = ""
+    smtp_password_file: str = ""
+    smtp_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -234,8 +265,11 @@ def load_config(
         hub_values = dict(file_values.get("hub", file_values))
         live = file_values.get(LIVE_TABLE, hub_values.pop(LIVE_TABLE, {}))
         hub_values.pop(LIVE_TABLE, None)
+        smtp = file_values.get(SMTP_TABLE, hub_values.pop(SMTP_TABLE, {}))
+        hub_values.pop(SMTP_TABLE, None)
         values.update(hub_values)
-        values.update(_live_table(path, live))
+        values.update(_table(path, LIVE_TABLE, live, _LIVE_KEYS))
+        values.update(_table(path, SMTP_TABLE, smtp, _SMTP_KEYS))
     values.update(from_env)
     if data_dir is not None:
         values["data_dir"] = data_dir
@@ -247,19 +281,24 @@ _LIVE_KEYS = ("bind", "tls_cert_file", "tls_key_file", "allow_insecure_loopback"
               "binding_cert_file", *LiveLimits.setting_names())
 
 
-def _live_table(path: str | os.PathLike[str], table: object) -> dict[str, Any]:
-    """The ``[live]`` table of hub.toml as ``live_*`` settings.
+_SMTP_KEYS = ("host", "port", "starttls", "ca_file", "from", "username", "password_file",
+              "timeout_s")
+
+
+def _table(path: str | os.PathLike[str], name: str, table: object,
+           keys: tuple[str, ...]) -> dict[str, Any]:
+    """The ``[name]`` table of hub.toml (``[live]``, ``[smtp]``) as ``name_*`` settings.
 
     Raises:
-        ConfigError: not a table, or a key the live server does not know.
+        ConfigError: not a table, or a key that table does not know.
     """
     if not isinstance(table, dict):
-        raise ConfigError(f"hub config {path}: [live] must be a table")
-    unknown = sorted(set(table) - set(_LIVE_KEYS))
+        raise ConfigError(f"hub config {path}: [{name}] must be a table")
+    unknown = sorted(set(table) - set(keys))
     if unknown:
-        raise ConfigError(f"hub config {path}: unknown [live] setting(s) {', '.join(unknown)} "
-                          f"(known: {', '.join(_LIVE_KEYS)})")
-    return {f"live_{key}": value for key, value in table.items()}
+        raise ConfigError(f"hub config {path}: unknown [{name}] setting(s) "
+                          f"{', '.join(unknown)} (known: {', '.join(keys)})")
+    return {f"{name}_{key}": value for key, value in table.items()}
 
 
 def with_overrides(config: HubConfig, **changes: Any) -> HubConfig:

@@ -746,13 +746,16 @@ class RolloutTarget(db.Model):  # type: ignore[name-defined,misc]
 
 
 class NotificationWebhook(db.Model):  # type: ignore[name-defined,misc]
-    """A webhook of an environment (hub.services.notifications): the events it receives and
-    the file holding its HMAC secret (the secret itself is not in the database)."""
+    """A notification target of an environment (hub.services.notifications): a webhook
+    (``kind`` "webhook": ``url``, and the file holding its HMAC secret — the secret itself is
+    not in the database) or an e-mail target (``kind`` "email": ``url`` holds the
+    comma-separated recipients); the events it receives."""
 
     __tablename__ = "notification_webhooks"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"))
+    kind: Mapped[str] = mapped_column(String(16), default="webhook", server_default="webhook")
     url: Mapped[str] = mapped_column(Text)
     events: Mapped[list[str]] = mapped_column(JSON)
     secret_file: Mapped[str] = mapped_column(Text, default="")
@@ -784,3 +787,39 @@ class NotificationOutbox(db.Model):  # type: ignore[name-defined,misc]
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     webhook: Mapped[NotificationWebhook] = relationship()
+
+
+class NotificationThresholds(db.Model):  # type: ignore[name-defined,misc]
+    """An environment's thresholds for the events the scheduler computes
+    (hub.services.incidents): an agent offline longer than ``agent_offline_s``, an exported
+    bundle with no result after ``result_overdue_s``; None: that event is off."""
+
+    __tablename__ = "notification_thresholds"
+
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"),
+                                                primary_key=True)
+    agent_offline_s: Mapped[int | None] = mapped_column(Integer)
+    result_overdue_s: Mapped[int | None] = mapped_column(Integer)
+    updated_by: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    environment: Mapped[Environment] = relationship()
+
+
+class NotificationIncident(db.Model):  # type: ignore[name-defined,misc]
+    """One incident the scheduler opened (hub.services.incidents): ``kind`` agent.offline
+    (``subject``: the agent id) or result.overdue (``subject``: the deployment id); notified
+    when opened and when cleared, never in between."""
+
+    __tablename__ = "notification_incidents"
+    __table_args__ = (Index("ix_notification_incidents_kind_subject", "kind", "subject"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"))
+    subject: Mapped[str] = mapped_column(String(128))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    environment: Mapped[Environment] = relationship()

@@ -28,9 +28,14 @@ to see rules other processes changed):
    ``export_dir``, the file share those sites read (:func:`export_environment`, the same
    function the CLI and the web media page call; ``INDEX-<env>.txt`` says what is there).
 
+It opens and clears the incidents of the environments' notification thresholds
+(:func:`hub.services.incidents.check`: an agent offline too long, a result overdue), once
+per incident, audited.
+
 Last, it sends the notifications that are due (:func:`hub.services.notifications.
-deliver_due`: webhooks, retried with backoff), for at most :data:`DELIVERY_BUDGET` per tick,
-and wakes when the next retry is due (at once when some were left).
+deliver_due`: webhooks and e-mail through the ``[smtp]`` relay, retried with backoff), for
+at most :data:`DELIVERY_BUDGET` per tick, and wakes when the next retry is due (at once when
+some were left).
 
 It also advances running rollouts (:func:`hub.services.rollouts.advance_all`): a batch whose
 soak time ended starts the next one; it wakes when the earliest soak ends.
@@ -60,6 +65,7 @@ from hub.db import Approval, AuditEvent, Deployment, DeploymentOverride, PolicyR
 from hub.errors import ConfigError, HubError
 from hub.services import audit
 from hub.services.context import Clock, HubKeys, ServiceContext, utc_now
+from hub.services.notifications import SmtpSettings
 
 __all__ = ["LOCK_FILE", "RESYNC_S", "SYSTEM_ACTOR", "HubScheduler", "TickReport",
            "scheduled_environments", "tick"]
@@ -87,6 +93,8 @@ class TickReport:
     exported: dict[str, list[int]] = field(default_factory=dict)  # env -> deployments
     failed: list[tuple[int, str]] = field(default_factory=list)
     notified: list[int] = field(default_factory=list)  # notifications delivered
+    incidents_opened: list[int] = field(default_factory=list)
+    incidents_cleared: list[int] = field(default_factory=list)
     next_run: datetime | None = None
 
 
@@ -99,9 +107,11 @@ def scheduled_environments(setting: str) -> frozenset[str] | None:
 
 def tick(session_factory: Callable[[], Session], keys: HubKeys, clock: Clock = utc_now, *,
          export_dir: Path | None = None,
-         export_environments: frozenset[str] | None = frozenset()) -> TickReport:
+         export_environments: frozenset[str] | None = frozenset(),
+         smtp: SmtpSettings | None = None) -> TickReport:
     """One round (see the module docstring); commits after each step. ``export_environments``
-    None: every environment (with ``export_dir``)."""
+    None: every environment (with ``export_dir``). ``smtp``: the relay of e-mail targets."""
+    from hub.services import incidents
     from hub.services.exchange import export_environment
     from hub.services.notifications import deliver_due
     from hub.services.rollouts import advance_all
@@ -117,6 +127,8 @@ def tick(session_factory: Callable[[], Session], keys: HubKeys, clock: Clock = u
         report.expired_approvals = _expire_approvals(ctx)
         session.commit()
         advance_all(ctx)  # rollouts whose soak time ended start their next batch
+        session.commit()
+        report.incidents_opened, report.incidents_cleared = incidents.check(ctx)
         session.commit()
         lifted = refresh_holds(session, now)
         report.released = [d.id for d in lifted]
@@ -143,7 +155,8 @@ def tick(session_factory: Callable[[], Session], keys: HubKeys, clock: Clock = u
                     log.info("scheduler: wrote %d bundle(s) of %s to %s",
                              len(written.written), env, export_dir)
                 report.failed += written.failed
-        report.notified = deliver_due(session_factory, clock, budget=DELIVERY_BUDGET).delivered
+        report.notified = deliver_due(session_factory, clock, budget=DELIVERY_BUDGET,
+                                      smtp=smtp).delivered
         report.next_run = _next_run(session, now)
         session.commit()
         return report
@@ -226,7 +239,8 @@ class HubScheduler:
 
     def __init__(self, session_factory: Callable[[], Session], keys: HubKeys, *,
                  clock: Clock = utc_now, export_dir: Path | None = None,
-                 export_environments: frozenset[str] | None = frozenset()) -> None:
+                 export_environments: frozenset[str] | None = frozenset(),
+                 smtp: SmtpSettings | None = None) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self.session_factory = session_factory
@@ -234,6 +248,7 @@ class HubScheduler:
         self.clock = clock
         self.export_dir = export_dir
         self.export_environments = export_environments
+        self.smtp = smtp
         self.last: TickReport | None = None
         self.ticks = 0
         self._aps = BackgroundScheduler(timezone=UTC)
@@ -248,7 +263,7 @@ class HubScheduler:
         try:
             report = tick(self.session_factory, self.keys, self.clock,
                           export_dir=self.export_dir,
-                          export_environments=self.export_environments)
+                          export_environments=self.export_environments, smtp=self.smtp)
         except (SQLAlchemyError, HubError, OSError) as exc:
             log.error("scheduler: %s: %s; trying again in %s s", type(exc).__name__, exc,
                       RESYNC_S)
@@ -380,7 +395,8 @@ def run_configured(config: Any, *, parent_pid: int | None = None) -> None:
                             "set: nothing is written to a file share",
                             ", ".join(sorted(targets)))
             scheduler = HubScheduler(make_session_factory(engine), keys,
-                                     export_dir=export_dir, export_environments=targets)
+                                     export_dir=export_dir, export_environments=targets,
+                                     smtp=SmtpSettings.from_config(config))
             scheduler.start()
             log.info("scheduler: running (process %d)", os.getpid())
             try:

@@ -106,20 +106,22 @@ def normalize_name(name: str) -> str:
     return upper
 
 
-def parse_duration(text: str) -> int:
-    """Seconds in ``90``, ``90s``, ``30m``, ``6h`` or ``2d``.
+def parse_duration(text: str, what: str = "soak time",
+                   max_seconds: int = MAX_SOAK_SECONDS) -> int:
+    """Seconds in ``90``, ``90s``, ``30m``, ``6h`` or ``2d``; ``what`` names the setting in
+    errors.
 
     Raises:
-        ValidationError: anything else, or more than :data:`MAX_SOAK_SECONDS`.
+        ValidationError: anything else, or more than ``max_seconds``.
     """
     match = _DURATION.match(text.strip().lower())
     if match is None:
         raise ValidationError(
-            f"soak time {text[:40]!r} is not a duration: give seconds or a number with "
+            f"{what} {text[:40]!r} is not a duration: give seconds or a number with "
             "s, m, h or d (30m, 6h, 2d)")
     seconds = int(match.group(1)) * _UNIT[match.group(2)]
-    if seconds > MAX_SOAK_SECONDS:
-        raise ValidationError(f"soak time {text} is over the limit of {MAX_SOAK_SECONDS // 86400} "
+    if seconds > max_seconds:
+        raise ValidationError(f"{what} {text} is over the limit of {max_seconds // 86400} "
                               "days")
     return seconds
 

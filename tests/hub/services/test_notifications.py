@@ -153,8 +153,8 @@ def test_removing_a_webhook_cancels_what_it_had_pending(
 
 @pytest.mark.parametrize(("user", "env", "url", "events", "secret", "error", "words"), [
     ("admin", "prod", "ftp://x/", ["approval.needed"], None, ValidationError, "http://"),
-    ("admin", "prod", "http://127.0.0.1/", ["agent.offline"], None, ValidationError,
-     "agent.offline"),
+    ("admin", "prod", "http://127.0.0.1/", ["agent.lost"], None, ValidationError,
+     "agent.lost"),
     ("admin", "prod", "http://127.0.0.1/", [" "], None, ValidationError, "(none)"),
     ("admin", "prod", "http://127.0.0.1/", ["approval.needed"], "missing.secret",
      ValidationError, "missing.secret"),
@@ -177,7 +177,7 @@ def test_a_refused_webhook_changes_nothing(
 
 
 def test_removing_an_unknown_webhook_is_refused(world: World) -> None:
-    with pytest.raises(NotFoundError, match="webhook 7"):
+    with pytest.raises(NotFoundError, match="target 7"):
         remove_webhook(world.ctx(), 7)
 
 
