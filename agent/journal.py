@@ -66,7 +66,7 @@ __all__ = [
     "TrustRecord",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 RECOVER_COMMAND = "tiangong agent journal recover --home {home}"
 # SQLite's messages for a full, read-only or failing disk.
 _WRITE_TROUBLE = re.compile(r"disk is full|readonly|read-only|disk I/O error|out of memory")
@@ -99,7 +99,9 @@ CREATE TABLE IF NOT EXISTS bundles (
     finished_at      INTEGER,
     summary          TEXT,
     archived         INTEGER NOT NULL DEFAULT 1,
-    inbox_files      TEXT
+    inbox_files      TEXT,
+    release_digest   TEXT,
+    undoes           TEXT
 );
 CREATE TABLE IF NOT EXISTS steps (
     bundle_id   TEXT NOT NULL REFERENCES bundles(bundle_id),
@@ -235,6 +237,11 @@ class BundleRecord:
     summary: str | None
     archived: bool = True
     inbox_files: tuple[str, ...] = ()
+    #: the release's content hash recomputed from the verified manifest when it was accepted
+    #: (docs/release-format.md §5); None for a result or a bundle accepted before schema 4
+    release_digest: str | None = None
+    #: the bundle every step of this one undoes (an undo-only rollback bundle), else None
+    undoes: str | None = None
 
 
 @dataclass(frozen=True)
@@ -385,7 +392,8 @@ class Journal:
 
     def _migrate(self, version: int) -> None:
         """Schema 1 → 2: columns for pending results and archiving; 2 → 3: the overrides
-        table. New tables come from ``_SCHEMA``."""
+        table; 3 → 4: a bundle's release digest and the bundle it undoes. New tables come
+        from ``_SCHEMA``."""
         if version < 2:
             for ddl in (
                 "ALTER TABLE bundles ADD COLUMN archived INTEGER NOT NULL DEFAULT 1",
@@ -394,6 +402,11 @@ class Journal:
                 "ALTER TABLE results ADD COLUMN spec TEXT",
             ):
                 self._db.execute(ddl)
+        if version < 4:
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(bundles)")}
+            for column in ("release_digest", "undoes"):
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE bundles ADD COLUMN {column} TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -515,8 +528,14 @@ class Journal:
         not_before: int | None,
         steps: list[tuple[str, str]],
         inbox_files: tuple[str, ...] | None = None,
+        release_digest: str | None = None,
+        undoes: str | None = None,
     ) -> None:
         """Persist acceptance of a verified bundle *and* the new replay state, atomically.
+
+        ``release_digest`` is the release's content hash recomputed from the verified
+        manifest, ``undoes`` the bundle an undo-only bundle undoes (both kept for a later
+        rollback's inherited approvals, ``agent.approvalcheck``).
 
         ``steps`` is ``[(name, kind), ...]``; each gets a pending attempt 1. With
         ``inbox_files`` (the names the bundle has in the inbox), the bundle is recorded as not
@@ -549,13 +568,13 @@ class Journal:
                 db.execute(
                     "INSERT INTO bundles(bundle_id, envelope_sha256, source, issuer,"
                     " root_version, sequence, product, version, manifest, staged_dir,"
-                    " not_before, state, received_at, archived, inbox_files)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " not_before, state, received_at, archived, inbox_files, release_digest,"
+                    " undoes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (bundle_id, envelope_sha256, source, issuer, root_version, sequence,
                      release.get("product"), release.get("version"),
                      json.dumps(manifest, sort_keys=True), staged_dir, not_before, "waiting",
                      self._now(), 0 if inbox_files is not None else 1,
-                     json.dumps(list(inbox_files or ()))),
+                     json.dumps(list(inbox_files or ())), release_digest, undoes),
                 )
             except sqlite3.IntegrityError as exc:
                 raise JournalError(f"bundle {bundle_id} is already recorded") from exc
@@ -565,6 +584,25 @@ class Journal:
                     " VALUES (?, ?, 1, ?, ?, 'pending')",
                     (bundle_id, idx, name, kind),
                 )
+
+    def undone_by(self, bundle_id: str) -> BundleRecord | None:
+        """The first accepted bundle that undoes ``bundle_id`` (undo-only), if any."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM bundles WHERE undoes=? ORDER BY root_version, sequence LIMIT 1",
+                (bundle_id,)).fetchone()
+        return _bundle(row) if row else None
+
+    def later_of_product(self, rec: BundleRecord) -> list[BundleRecord]:
+        """Bundles of ``rec``'s product and issuer accepted after it (by chain position)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM bundles WHERE issuer=? AND product=? AND bundle_id<>? AND"
+                " (root_version>? OR (root_version=? AND sequence>?))"
+                " ORDER BY root_version, sequence",
+                (rec.issuer, rec.product, rec.bundle_id, rec.root_version, rec.root_version,
+                 rec.sequence)).fetchall()
+        return [_bundle(r) for r in rows]
 
     def set_archived(self, bundle_id: str) -> None:
         """The bundle's inbox files are in ``archive/`` now."""
@@ -1050,6 +1088,7 @@ def _bundle(row: sqlite3.Row) -> BundleRecord:
         json.loads(row["manifest"]), row["staged_dir"], row["not_before"], row["state"],
         row["received_at"], row["started_at"], row["finished_at"], row["summary"],
         bool(row["archived"]), tuple(json.loads(row["inbox_files"] or "[]")),
+        row["release_digest"], row["undoes"],
     )
 
 

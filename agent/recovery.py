@@ -36,11 +36,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.approvalcheck import release_digest
 from agent.config import AgentConfig
 from agent.home import AgentKeys
 from agent.journal import Journal, JournalDamagedError
 from agent.results import flush_results, result_intent
 from agent.runner import StepReport
+from bundle.approvals import undone_bundle
 from bundle.errors import BundleError
 from bundle.inspect import inspect
 from bundle.parts import find_first_part
@@ -209,7 +211,8 @@ def _restore(config: AgentConfig, journal: Journal, vb: VerifiedBundle, source: 
         root_version=vb.state.root_version, sequence=vb.state.sequence,
         time_floor=vb.state.time_floor, bundle_id=m.bundle_id,
         envelope_sha256=vb.envelope_sha256, source=source, manifest=m.to_json(),
-        staged_dir=str(vb.staged_dir), not_before=vb.not_before, steps=steps)
+        staged_dir=str(vb.staged_dir), not_before=vb.not_before, steps=steps,
+        release_digest=release_digest(m), undoes=undone_bundle(m))
     status = final[1] if final else "interrupted"
     state = {"succeeded": "succeeded", "failed": "failed", "cancelled": "failed"}.get(
         status, "interrupted")

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.approvalcheck import check_approvals, required_here
+from agent.approvalcheck import check_approvals, release_digest, required_here
 from agent.config import AgentConfig
 from agent.faults import crash_point, fault_point
 from agent.holds import (
@@ -87,6 +87,7 @@ from agent.order import Held, Sequencer, held_rows
 from agent.results import flush_results, remove_temporaries, result_intent
 from agent.runner import Runner, StepReport
 from agent.stepcheck import check_steps
+from bundle.approvals import undone_bundle
 from bundle.dag import graph_of, has_after
 from bundle.errors import BundleError, InsufficientSpaceError, PartsError
 from bundle.parts import find_first_part, strip_part_suffix
@@ -332,7 +333,8 @@ class Agent:
         problem = check_steps(self.config, vb.manifest.steps,
                               {f.name for f in vb.manifest.files})
         if problem is None:
-            refusal = check_approvals(self.config.environment, vb)
+            refusal = check_approvals(self.config.environment, vb, self.journal,
+                                      self.config.home / "undo")
             if refusal is not None:
                 check, (problem, details) = "approvals", refusal
         if problem is not None:
@@ -531,6 +533,7 @@ class Agent:
                 staged_dir=str(vb.staged_dir), not_before=vb.not_before,
                 steps=[(str(s.get("name")), str(s.get("kind"))) for s in m.steps],
                 inbox_files=tuple(p.name for p in item.paths),
+                release_digest=release_digest(m), undoes=undone_bundle(m),
             )
         except JournalWriteError:
             shutil.rmtree(vb.staged_dir, ignore_errors=True)

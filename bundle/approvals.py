@@ -15,7 +15,7 @@ It does no I/O and keeps each envelope as its exact bytes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bundle.errors import ManifestError, ReleaseFormatError
@@ -36,7 +36,10 @@ __all__ = [
     "approvals_from_json",
     "approvals_to_json",
     "check_approvals",
+    "inherited_verdict",
     "manifest_verdict",
+    "undo_mismatch",
+    "undone_bundle",
 ]
 
 MAX_MANIFEST_APPROVALS = 32  # envelopes one manifest carries
@@ -118,3 +121,110 @@ def manifest_verdict(root: RootDocument, environment: str | None, manifest: Mani
     r = manifest.release
     return evaluate_approvals(root, env, ReleaseRef(r.product, r.version, r.author),
                               content_hash_of_manifest(manifest), manifest.approvals, floor)
+
+
+# ---- approvals inherited by a rollback (docs/bundle-format.md §6.10.1) ----------------------
+
+#: Keys of an ``undo`` step that decide what it runs; each must be the original step's.
+_UNDO_RUN_KEYS = ("connection", "engine", "interpreter", "env", "args", "secrets_via")
+
+
+def undone_bundle(manifest: Manifest) -> str | None:
+    """The one bundle every step of release ``manifest`` undoes, when the manifest is
+    *undo-only* (at least one step, every step of kind ``undo``, all naming the same bundle,
+    not itself); else None."""
+    steps = manifest.steps
+    if manifest.release is None or not steps:
+        return None
+    targets = {step.get("bundle") for step in steps if step.get("kind") == "undo"}
+    if len(targets) != 1 or any(step.get("kind") != "undo" for step in steps):
+        return None
+    target = next(iter(targets))
+    if not isinstance(target, str) or target == manifest.bundle_id:
+        return None
+    return target
+
+
+def _expected_undo(step: Mapping[str, Any], files: Mapping[str, str]
+                   ) -> tuple[dict[str, Any], str | None, str | None]:
+    """What the undo of normalized ``step`` runs with (:func:`_runs_with`), the SHA-256 of
+    the script it runs (None: none) and, when a rollback does not undo such a step, why."""
+    kind = step.get("kind")
+    if kind == "k8s":
+        return {"connection": step.get("connection"), "secrets": []}, None, None
+    if kind == "sql" and isinstance(step.get("down"), str):
+        return ({"connection": step.get("connection"), "engine": step.get("engine"),
+                 "secrets": list(step.get("secrets") or [])},
+                files.get(step["down"], "?"), None)
+    if kind == "shell" and isinstance(step.get("rollback"), str):
+        return (_runs_with({**{k: step.get(k) for k in ("interpreter", "env", "args",
+                                                          "secrets_via")},
+                            "secrets": step.get("secrets")}),
+                files.get(step["rollback"], "?"), None)
+    if kind in ("file", "sql", "shell"):  # a sql or shell one says "cannot be undone"
+        return {"secrets": []}, None, None
+    return {}, None, f"it is a {kind} step, which a rollback does not undo"
+
+
+def _runs_with(step: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of an undo step that decide what it runs, with the executor's defaults."""
+    out = {key: step[key] for key in _UNDO_RUN_KEYS if key in step}
+    if "interpreter" in out:
+        out.setdefault("env", {})
+        out.setdefault("args", [])
+        out.setdefault("secrets_via", "env")
+    out["secrets"] = list(step.get("secrets") or [])
+    return out
+
+
+def undo_mismatch(manifest: Manifest, original: Manifest) -> str | None:
+    """Why the steps of undo-only ``manifest`` are not exactly undo steps of ``original``
+    (the bundle they name, as this verifier recorded it), or None when they are: each names
+    a step of ``original`` at most once, and runs what that step's undo runs — the same
+    connection, the same ``down``/``rollback`` script (by SHA-256), engine or interpreter,
+    env, args, secrets — and nothing else."""
+    files = {f.name: f.sha256 for f in manifest.files}
+    original_files = {f.name: f.sha256 for f in original.files}
+    of = f"bundle {original.bundle_id}"
+    seen: set[int] = set()
+    for index, step in enumerate(manifest.steps, start=1):
+        number = step.get("step")
+        where = f"step {index} ({str(step.get('name'))[:100]!r})"
+        if not isinstance(number, int) or not 1 <= number <= len(original.steps):
+            return f"{where} undoes step {number} of {of}, which has {len(original.steps)} step(s)"
+        if number in seen:
+            return f"{where} undoes step {number} of {of} a second time"
+        seen.add(number)
+        run, script, refused = _expected_undo(original.steps[number - 1], original_files)
+        if refused is not None:
+            return f"{where} undoes step {number} of {of}, but {refused}"
+        if _runs_with(step) != run:
+            return (f"{where} is not the undo of step {number} of {of}: it runs with other "
+                    "settings than that step (connection, engine, interpreter, env, args or "
+                    "secrets)")
+        given = files.get(str(step["script"])) if "script" in step else None
+        if given != script:
+            what = "down" if original.steps[number - 1].get("kind") == "sql" else "rollback"
+            return (f"{where} is not the undo of step {number} of {of}: "
+                    + (f"it runs a script that is not that step's {what} script (SHA-256 "
+                       "differs)" if script is not None else "that step has nothing to run "
+                       "back, but it carries a script"))
+    return None
+
+
+def inherited_verdict(root: RootDocument, environment: str | None, manifest: Manifest,
+                      original: Manifest, original_digest: str, floor: int) -> Verdict:
+    """Do the approvals ``manifest`` carries meet ``root``'s delegation for ``environment``
+    as approvals of ``original``'s release — its product, version and author, and
+    ``original_digest``, the content hash the verifier recorded when it accepted
+    ``original`` — at time floor ``floor``?
+
+    Raises:
+        ReleaseFormatError: ``original`` is not a release manifest.
+    """
+    if original.release is None:
+        raise ReleaseFormatError(f"bundle {original.bundle_id} is not a release bundle")
+    r = original.release
+    return evaluate_approvals(root, environment or ANY_ENVIRONMENT,
+                              ReleaseRef(r.product, r.version, r.author), original_digest,
+                              manifest.approvals, floor)
