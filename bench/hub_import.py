@@ -57,6 +57,7 @@ from agent.service import Agent
 from bundle import staging as bundle_staging
 from bundle.reader import ExpectResult, VerifierState, verify_path
 from hub.audit_chain import GENESIS_HASH, compute_hash_raw, format_at
+from hub.audit_mac import AuditMacKey
 from hub.db import AuditEvent, AuditHead, make_engine
 from hub.migrate import upgrade
 from hub.services import audit as audit_service
@@ -453,8 +454,13 @@ def _event(i: int, base: datetime) -> tuple[datetime, str, str, str, str, str]:
     return at, f"user{i % 20}", action, otype, f"{i:064x}"[:64], text_
 
 
-def fill_audit(url: str, events: int) -> tuple[float, int]:
-    """Bulk-insert ``events`` chained events; returns (seconds, bytes of details)."""
+#: The audit MAC key of the bench's log (a real hub MACs every event: hub.audit_mac).
+BENCH_MAC = AuditMacKey(bytes(range(32)))
+
+
+def fill_audit(url: str, events: int, mac: AuditMacKey | None = BENCH_MAC) -> tuple[float, int]:
+    """Bulk-insert ``events`` chained events, each MACed with ``mac`` as the hub writes
+    them; returns (seconds, bytes of details)."""
     engine = make_engine(url)
     upgrade(engine)
     base = datetime(2026, 1, 1, tzinfo=UTC)
@@ -486,6 +492,7 @@ def fill_audit(url: str, events: int) -> tuple[float, int]:
                 "details": details,
                 "prev_hash": prev,
                 "hash": digest,
+                "mac": mac.mac(seq, digest) if mac is not None else None,
             }
         )
         prev = digest
@@ -507,11 +514,33 @@ def _child_verify(url: str, root_b64: str, mode: str) -> None:
     engine = make_engine(url)
     out: dict[str, Any] = {}
     t = time.perf_counter()
-    if mode == "verify":
-        keys = HubKeys(base64.b64decode(root_b64))
+    if mode in ("verify", "verify-nomac"):
+        # "verify-nomac": as a hub without its audit MAC key (chain and checkpoints only).
+        mac = BENCH_MAC if mode == "verify" else None
+        keys = HubKeys(base64.b64decode(root_b64), audit_mac=mac)
         with Session(engine) as session:
             report = audit_service.verify_database(session, keys)
-        out = {"ok": report.ok, "events": report.events}
+        out = {"ok": report.ok, "events": report.events, "macs": report.macs_checked}
+    elif mode == "select-driver":
+        # The same keyset query straight on the driver's cursor: what the verifier reads.
+        n = 0
+        with engine.connect() as conn:
+            cursor = conn.connection.cursor()
+            mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+            last = 0
+            while True:
+                cursor.execute(
+                    "SELECT seq, at, actor, action, object_type, object_id, details, "
+                    f"prev_hash, hash, mac FROM audit_events WHERE seq > {mark} ORDER BY seq "
+                    f"LIMIT {audit_service.VERIFY_BATCH}",
+                    (last,),
+                )
+                rows = cursor.fetchall()
+                if not rows:
+                    break
+                n += len(rows)
+                last = rows[-1][0]
+        out = {"events": n}
     elif mode == "select":
         n = 0
         with engine.connect() as conn:
@@ -586,8 +615,11 @@ def run_child(args: list[str]) -> tuple[dict[str, Any], float]:
 def bench_audit(label: str, url: str, events: int, root_envelope: bytes) -> None:
     fill_s, details_bytes = fill_audit(url, events)
     root_b64 = base64.b64encode(root_envelope).decode()
+    print(f"\n[audit {label}] load average before: {os.getloadavg()}")
     verify, verify_rss = run_child([url, root_b64, "verify"])
+    nomac, nomac_rss = run_child([url, root_b64, "verify-nomac"])
     select_, select_rss = run_child([url, root_b64, "select"])
+    driver, driver_rss = run_child([url, root_b64, "select-driver"])
     sha, sha_rss = run_child([url, str(events), "sha256"])
     n = verify["events"]
     print(
@@ -596,12 +628,20 @@ def bench_audit(label: str, url: str, events: int, root_envelope: bytes) -> None
     )
     print(f"  {'what':<44} {'s':>8} {'events/s':>10} {'peak RSS MiB':>13}")
     print(
-        f"  {'verify_database (ok=' + str(verify['ok']) + ', ' + str(n) + ' events)':<44} "
+        f"  {'verify_database, MACs too (ok=' + str(verify['ok']) + ', ' + str(n) + ' events)':<44} "
         f"{verify['seconds']:8.2f} {n / verify['seconds']:10.0f} {verify_rss:13.0f}"
+    )
+    print(
+        f"  {'verify_database without the MAC key':<44} "
+        f"{nomac['seconds']:8.2f} {n / nomac['seconds']:10.0f} {nomac_rss:13.0f}"
     )
     print(
         f"  {'baseline: plain keyset SELECT of the rows':<44} {select_['seconds']:8.2f} "
         f"{select_['events'] / select_['seconds']:10.0f} {select_rss:13.0f}"
+    )
+    print(
+        f"  {'baseline: same SELECT on the driver cursor':<44} {driver['seconds']:8.2f} "
+        f"{driver['events'] / driver['seconds']:10.0f} {driver_rss:13.0f}"
     )
     print(
         f"  {'baseline: hashlib.sha256 chain, same bytes':<44} {sha['seconds']:8.2f} "
@@ -609,8 +649,10 @@ def bench_audit(label: str, url: str, events: int, root_envelope: bytes) -> None
     )
     print(
         f"RESULT hub_audit_verify {label} events={n} seconds={verify['seconds']:.2f} "
-        f"peak_rss_mib={verify_rss:.0f} select_s={select_['seconds']:.2f} "
-        f"sha256_s={sha['seconds']:.2f}"
+        f"peak_rss_mib={verify_rss:.0f} nomac_s={nomac['seconds']:.2f} "
+        f"select_s={select_['seconds']:.2f} driver_select_s={driver['seconds']:.2f} "
+        f"sha256_s={sha['seconds']:.2f} baseline_s={select_['seconds'] + sha['seconds']:.2f} "
+        f"load={os.getloadavg()[0]:.2f}"
     )
 
 
