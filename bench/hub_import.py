@@ -530,7 +530,7 @@ def _child_verify(url: str, root_b64: str, mode: str) -> None:
             last = 0
             while True:
                 cursor.execute(
-                    "SELECT seq, at, actor, action, object_type, object_id, details, "
+                    "SELECT seq, at, actor, action, object_type, object_id, details, "  # noqa: S608
                     f"prev_hash, hash, mac FROM audit_events WHERE seq > {mark} ORDER BY seq "
                     f"LIMIT {audit_service.VERIFY_BATCH}",
                     (last,),
@@ -627,8 +627,9 @@ def bench_audit(label: str, url: str, events: int, root_envelope: bytes) -> None
         f"({events / fill_s:.0f}/s), details {details_bytes / events:.0f} bytes/event"
     )
     print(f"  {'what':<44} {'s':>8} {'events/s':>10} {'peak RSS MiB':>13}")
+    what = f"verify_database, MACs too (ok={verify['ok']}, {n} events)"
     print(
-        f"  {'verify_database, MACs too (ok=' + str(verify['ok']) + ', ' + str(n) + ' events)':<44} "
+        f"  {what:<44} "
         f"{verify['seconds']:8.2f} {n / verify['seconds']:10.0f} {verify_rss:13.0f}"
     )
     print(
