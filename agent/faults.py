@@ -23,8 +23,8 @@ import os
 
 from bundle.crashhook import CrashHook
 
-__all__ = ["CRASH_POINTS", "JOB_CRASH_POINTS", "UPGRADE_CRASH_POINTS", "WRITE_POINTS",
-           "crash_point", "fault_point"]
+__all__ = ["CRASH_POINTS", "JOB_CRASH_POINTS", "PLAN_CRASH_POINTS", "UPGRADE_CRASH_POINTS",
+           "WRITE_POINTS", "crash_point", "fault_point"]
 
 #: Every durable transition of the agent, in the order one bundle meets them.
 CRASH_POINTS: dict[str, str] = {
@@ -94,8 +94,18 @@ JOB_CRASH_POINTS: dict[str, str] = {
     "job-ran": "a scheduled job's command ended, its outcome not recorded",
 }
 
+#: A plan (preflight) bundle's durable transitions (agent/plan.py; docs/agent.md, "Plan
+#: bundles"; tested in tests/agent/test_plan.py).
+PLAN_CRASH_POINTS: dict[str, str] = {
+    "plan-accepted": "a plan verified and the plan state written, its files still in the "
+                     "inbox, no check run",
+    "plan-recorded": "a plan's checks run and its result recorded in the journal, the result "
+                     "file not yet written",
+}
+
 _CRASH = CrashHook(os.environ.get("TIANGONG_CRASH_AT"),
-                   {**CRASH_POINTS, **UPGRADE_CRASH_POINTS, **JOB_CRASH_POINTS}, hub=False)
+                   {**CRASH_POINTS, **UPGRADE_CRASH_POINTS, **JOB_CRASH_POINTS,
+                    **PLAN_CRASH_POINTS}, hub=False)
 _FAULT = _parse_fault(os.environ.get("TIANGONG_FAULT_AT"))
 
 

@@ -57,7 +57,8 @@ from signing.keys import SigningKey
 __all__ = ["RESULT_STATUSES", "flush_results", "remove_temporaries", "result_intent",
            "write_result"]
 
-RESULT_STATUSES = ("succeeded", "failed", "rejected", "interrupted", "cancelled", "duplicate")
+RESULT_STATUSES = ("succeeded", "failed", "rejected", "interrupted", "cancelled", "duplicate",
+                   "plan-passed", "plan-failed")  # plan-*: a preflight plan (agent.plan)
 MAX_SUMMARY_CHARS = 4000  # characters of a summary kept in a result
 
 

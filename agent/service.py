@@ -84,6 +84,7 @@ from agent.journal import BundleRecord, Journal, JournalError, JournalWriteError
 from agent.metrics import WRITE_EVERY_S, AgentFigures, write_textfile
 from agent.metrics import render as render_metrics
 from agent.order import Held, Sequencer, held_rows
+from agent.plan import PlanRunner, is_plan
 from agent.results import flush_results, remove_temporaries, result_intent
 from agent.runner import Runner, StepReport
 from agent.stepcheck import check_steps
@@ -143,6 +144,7 @@ class Agent:
         self.inbox = Inbox(config.inbox, settle_seconds=config.settle_seconds, wall_clock=clock,
                            taken_file=config.home / "inbox-taken.json")
         self.runner = Runner(config, self.journal, live_log=live_log, clock=clock)
+        self.plans = PlanRunner(self)
         self.order = Sequencer(self.journal, self._accepted, config.staging,
                                config.home / "chain-decisions.json")
         self.inbox.part_problems = lambda paths: self.order.part_problems(paths, self._verify)
@@ -301,6 +303,8 @@ class Agent:
             JournalWriteError: the journal cannot be written (nothing was consumed; the item
                 stays in the inbox and is tried again).
         """
+        if is_plan(item):  # a preflight plan: its own state, changes nothing (agent.plan)
+            return self.plans.process(item)
         try:
             vb = self._verify(item, self.order.admit)
         except Held as held:

@@ -38,7 +38,7 @@ from agent.executors.base import MAX_LINE_CHARS, StepContext, StepOutcome
 from agent.executors.file import SchemaValidated
 from bundle.steps import status_expected
 
-__all__ = ["MAX_RESPONSE_LOG_BYTES", "MAX_RETRY_DELAY_S", "HttpExecutor"]
+__all__ = ["MAX_RESPONSE_LOG_BYTES", "MAX_RETRY_DELAY_S", "HttpExecutor", "probe"]
 
 #: Most bytes of a response body kept in the step log (and read from the socket).
 MAX_RESPONSE_LOG_BYTES = 64 * 1024  # bytes
@@ -202,6 +202,28 @@ class HttpExecutor(SchemaValidated):
         tries = f"{number} attempt{'s' if number > 1 else ''}"
         return StepOutcome("failed", f"{method} {url} failed after {tries}: {problem}",
                            details={"attempts": number, "method": method, "url": url})
+
+
+def probe(ctx: StepContext) -> StepOutcome:
+    """A preflight plan's check of an http step: does the server answer? One ``HEAD`` of the
+    step's URL (a method that changes nothing), with the connection's CA and basic auth but
+    none of the step's secret headers; any HTTP answer, whatever its status, passes. Never
+    sends the step's own request."""
+    url = ctx.step["url"]
+    try:
+        context = _ssl_context(ctx)
+        timeout = max(0.1, min(float(ctx.step["request_timeout_s"]), ctx.remaining()))
+        conn = _connect(url, timeout, context)
+        try:
+            conn.request("HEAD", _target(url), headers={"User-Agent": _USER_AGENT})
+            response = conn.getresponse()
+        finally:
+            conn.close()
+    except _StepFailure as exc:
+        return StepOutcome("failed", str(exc))
+    except (OSError, http.client.HTTPException) as exc:
+        return StepOutcome("failed", f"HEAD {url}: no answer: {_describe(exc)}")
+    return StepOutcome("succeeded", f"HEAD {url} answered {response.status} {response.reason}")
 
 
 def _describe(exc: BaseException) -> str:

@@ -219,17 +219,7 @@ class _Run:
         Raises:
             K8sStepError: the step failed; the message says why.
         """
-        version = self.api.request("GET", "/version").get("gitVersion", "unknown version")
-        self.log(f"connected to {self.api.host} (Kubernetes {version})")
-        items = self._plan(objects)
-        new_namespaces: set[str] = set()
-        for it in items:  # Namespaces come first, so new_namespaces is complete in time
-            if it.resource.namespaced and it.namespace in new_namespaces:
-                it.deferred = True
-                continue
-            it.before = self.api.get(it.path())
-            if it.resource.is_namespace and it.before is None:
-                new_namespaces.add(it.obj.name)
+        items = self._survey(objects)
         self._record_undo(items)
         self._dry_run([it for it in items if not it.deferred], "")
         for it in items:
@@ -250,6 +240,46 @@ class _Run:
             summary += f" ({_count(len(warned), 'warning')} from the API server in the step log)"
         if self.ctx.step.get("wait", False):
             summary += "; " + self._wait(items)
+        return summary
+
+    def _survey(self, objects: list[ManifestObject]) -> list[_Item]:
+        """Connect, resolve every object and read it as it is now; an object in a Namespace
+        the step creates is ``deferred`` (it cannot be read nor dry-run before that exists).
+
+        Raises:
+            K8sStepError: the server is unreachable, or a kind is not served.
+        """
+        version = self.api.request("GET", "/version").get("gitVersion", "unknown version")
+        self.log(f"connected to {self.api.host} (Kubernetes {version})")
+        items = self._plan(objects)
+        new_namespaces: set[str] = set()
+        for it in items:  # Namespaces come first, so new_namespaces is complete in time
+            if it.resource.namespaced and it.namespace in new_namespaces:
+                it.deferred = True
+                continue
+            it.before = self.api.get(it.path())
+            if it.resource.is_namespace and it.before is None:
+                new_namespaces.add(it.obj.name)
+        return items
+
+    def dry_run_only(self, objects: list[ManifestObject]) -> str:
+        """A preflight plan's check (docs/rollouts.md, "Preflight bundles"): the server-side
+        dry run (``dryRun=All``) of every object, and nothing else — no undo data, no apply,
+        no wait. Returns the summary.
+
+        Raises:
+            K8sStepError: unreachable, a kind not served, or the server rejected an object.
+        """
+        items = self._survey(objects)
+        checked = [it for it in items if not it.deferred]
+        self._dry_run(checked, "")
+        summary = (f"server dry run accepted {_count(len(checked), 'object')} on "
+                   f"{self.api.host}")
+        deferred = sorted({it.namespace for it in items if it.deferred})
+        if deferred:
+            summary += (f"; {_count(len(items) - len(checked), 'object')} in namespaces the "
+                        f"release creates ({', '.join(deferred)}) cannot be dry-run before "
+                        "those exist")
         return summary
 
     def _record_undo(self, items: list[_Item]) -> None:
@@ -496,6 +526,31 @@ class KubernetesExecutor:
         if "wait_timeout_s" in step and not positive_int("wait_timeout_s"):
             raise bad("wait_timeout_s", "must be a positive integer (seconds)")
 
+    def _with_run(self, ctx: StepContext, report: _Report,
+                  work: Callable[[_Run, list[ManifestObject]], str]) -> str:
+        """Load the step's manifests, connect, and do ``work`` (a :class:`_Run` method).
+
+        Raises:
+            StepSpecError, K8sStepError: as ``work`` and the loading do.
+        """
+        objects = _load(ctx)
+        configuration = load_configuration(_connection(ctx), ctx.workdir)
+        report.server = configuration.host
+        with ApiClient(configuration) as client:
+            api = KubeApi(client, ctx.deadline, ctx.cancel, self._clock)
+            return work(_Run(ctx, api, report, self._clock, self._pause), objects)
+
+    def dry_run(self, ctx: StepContext) -> StepOutcome:
+        """Only the server-side dry run of the step's manifests (a preflight plan's check):
+        nothing is created, changed or recorded. Call only with a validated step."""
+        report = _Report()
+        try:
+            summary = self._with_run(ctx, report, _Run.dry_run_only)
+        except (StepSpecError, K8sStepError) as exc:
+            ctx.log.write(f"error: {exc}", LOG_STREAM)
+            return StepOutcome("failed", str(exc), details=report.details())
+        return StepOutcome("succeeded", summary, details=report.details())
+
     def run(self, ctx: StepContext) -> StepOutcome:
         """Dry-run, apply and (with ``wait``) wait for the step's manifests.
 
@@ -505,12 +560,7 @@ class KubernetesExecutor:
         """
         report = _Report()
         try:
-            objects = _load(ctx)
-            configuration = load_configuration(_connection(ctx), ctx.workdir)
-            report.server = configuration.host
-            with ApiClient(configuration) as client:
-                api = KubeApi(client, ctx.deadline, ctx.cancel, self._clock)
-                summary = _Run(ctx, api, report, self._clock, self._pause).execute(objects)
+            summary = self._with_run(ctx, report, _Run.execute)
         except (StepSpecError, K8sStepError) as exc:
             summary = str(exc)
             applied = report.applied()
