@@ -230,6 +230,9 @@ class Environment(db.Model):  # type: ignore[name-defined,misc]
     approval_groups: Mapped[list[str]] = mapped_column(JSON, default=list)
     #: distinct groups the counted approvers must come from (2: "two different groups")
     approval_min_groups: Mapped[int] = mapped_column(Integer, default=1)
+    #: approvals an ad-hoc run (``tiangong run``) needs here; NULL: the rule above applies
+    #: (hub.services.adhoc_policy)
+    adhoc_required_approvals: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

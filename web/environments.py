@@ -18,6 +18,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 
 from hub.db import db
 from hub.errors import ValidationError
+from hub.services.adhoc_policy import describe_policy
 from hub.services.agents import list_agents
 from hub.services.approval_rules import rules_of
 from hub.services.deployments import pending_exports
@@ -115,6 +116,7 @@ def show(name: str) -> Any:
         may_enroll=can(user, "agent.enroll", env),
         max_required=MAX_REQUIRED_APPROVALS,
         approval_rules=rules_of(sc, env.name),
+        adhoc_policy=describe_policy(env),
     )
 
 

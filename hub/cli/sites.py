@@ -66,11 +66,43 @@ def environments_list(ctx: click.Context, as_json: bool) -> None:
             {
                 "name": e.name,
                 "required_approvals": e.required_approvals,
+                "adhoc_required_approvals": e.adhoc_required_approvals,
                 "description": e.description,
             }
             for e in list_environments(sc.session)
         ]
     _emit(rows, as_json)
+
+
+@environments.command("adhoc-policy")
+@click.argument("name")
+@click.option("--required", type=int, default=None,
+              help="Approvals an ad-hoc run (tiangong run) needs in NAME (0: none).")
+@click.option("--clear", is_flag=True, help="Ad-hoc runs follow NAME's approval rule again.")
+@json_option
+@click.pass_context
+def environments_adhoc_policy(ctx: click.Context, name: str, required: int | None,
+                              clear: bool, as_json: bool) -> None:
+    """Show or set NAME's ad-hoc policy: how many approvals a one-off run needs there
+    (docs/operations.md "Ad-hoc policy"). Admins only; audited. Releases keep NAME's rule."""
+    from hub.services.adhoc_policy import describe_policy, set_adhoc_policy
+    from hub.services.environments import get_environment
+    from hub.services.users import require
+
+    if clear and required is not None:
+        raise click.UsageError("--clear takes no --required")
+    with _services(ctx) as sc:
+        if clear or required is not None:
+            env = set_adhoc_policy(sc, name, None if clear else required)
+        else:
+            env = get_environment(sc.session, name)
+            require(sc.actor, "view", env)
+        row = {"environment": env.name, "adhoc_required_approvals": env.adhoc_required_approvals,
+               "policy": describe_policy(env)}
+    if as_json:
+        _emit(row, True)
+    else:
+        click.echo(f"environment {row['environment']}: {row['policy']}")
 
 
 @hub.group()

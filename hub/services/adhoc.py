@@ -4,7 +4,8 @@ path as any release.
 :func:`create_adhoc_release` builds a one-off release of product ``adhoc`` (version generated,
 one step running the file) with :func:`~hub.services.releases.create_release` and submits
 it — audited like any release (``release.create``, ``release.submit``). :func:`ship_adhoc`
-then applies the environment's approval rule (:func:`~hub.services.approval_rules.check_rule`),
+then applies the environment's ad-hoc policy (:mod:`hub.services.adhoc_policy`: its
+approval rule unless an admin set another number for ad-hoc runs),
 queues a deployment for that one agent (:func:`~hub.services.deployments.queue_deployment`)
 and exports it (:func:`~hub.services.export.export_environment`). There is no second path:
 every rule of those services applies (roles, four eyes, preflight, sequence chain).
@@ -18,8 +19,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from hub.db import Release
-from hub.errors import NotEnoughApprovalsError, NotFoundError, ValidationError
+from hub.db import Deployment, Release
+from hub.errors import InvalidStateError, NotEnoughApprovalsError, NotFoundError, ValidationError
+from hub.services import audit
+from hub.services.adhoc_policy import adhoc_rule, describe_policy
 from hub.services.agents import get_agent
 from hub.services.approval_rules import check_rule
 from hub.services.context import ServiceContext
@@ -28,11 +31,20 @@ from hub.services.export import DEFAULT_EXPIRY, ExportReport, export_environment
 from hub.services.generated import create_generated_release
 from hub.services.releases import create_product, get_product, submit_release
 
-__all__ = ["ADHOC_PRODUCT", "AdhocRun", "create_adhoc_release", "ship_adhoc"]
+__all__ = ["ADHOC_PRODUCT", "AdhocRun", "Shipped", "create_adhoc_release", "ship_adhoc"]
 
 ADHOC_PRODUCT = "adhoc"
 #: The largest script an ad-hoc run takes (a run is one file, not a release tree).
 MAX_SCRIPT_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """What :func:`ship_adhoc` did: the deployment it queued, the export (None: queued for
+    the live server's push)."""
+
+    deployment: Deployment
+    report: ExportReport | None
 
 
 @dataclass(frozen=True)
@@ -46,19 +58,12 @@ def _version(ctx: ServiceContext) -> str:
     return f"{ctx.now():%Y%m%d.%H%M%S}-{secrets.token_hex(3)}"
 
 
-def create_adhoc_release(ctx: ServiceContext, agent_id: str, step: dict[str, Any],
-                         script: Path) -> AdhocRun:
-    """Create and submit the one-off release running ``script`` as ``step`` (its ``script``
-    field is set here) on agent ``agent_id``.
+#: the release file name of a run's file by step kind, and the step field that names it
+_FILE_FIELD = {"sql": "script", "shell": "script", "k8s": "manifests", "http": "body"}
+_SUFFIXES = {".sql", ".sh", ".py", ".yaml", ".yml", ".json", ".xml", ".txt"}
 
-    Raises:
-        NotFoundError (agent), ValidationError (the file), PermissionDeniedError, and what
-        ``create_release`` and ``submit_release`` raise.
-    """
-    agent = get_agent(ctx.session, agent_id)
-    if agent.status != "enrolled":
-        raise ValidationError(f"agent {agent_id} is {agent.status}; an ad-hoc run needs an "
-                              "enrolled agent")
+
+def _check_file(script: Path) -> None:
     try:
         size = script.stat().st_size
     except OSError as exc:
@@ -66,18 +71,48 @@ def create_adhoc_release(ctx: ServiceContext, agent_id: str, step: dict[str, Any
     if not script.is_file() or size > MAX_SCRIPT_BYTES:
         raise ValidationError(f"--file {script}: must be a regular file of at most "
                               f"{MAX_SCRIPT_BYTES} bytes (it is {size})")
+
+
+def create_adhoc_release(ctx: ServiceContext, agent_id: str, step: dict[str, Any],
+                         script: Path | None, *, origin: str | None = None) -> AdhocRun:
+    """Create and submit the one-off release running ``step`` on agent ``agent_id``, with
+    ``script`` as its file: a sql or shell step's ``script``, a k8s step's one manifest, an
+    http step's ``body`` (optional: None sends none). ``origin`` (a template, say) is named
+    in the description.
+
+    Raises:
+        NotFoundError (agent), ValidationError (the file, the step), PermissionDeniedError,
+        and what ``create_release`` and ``submit_release`` raise.
+    """
+    agent = get_agent(ctx.session, agent_id)
+    if agent.status != "enrolled":
+        raise ValidationError(f"agent {agent_id} is {agent.status}; an ad-hoc run needs an "
+                              "enrolled agent")
+    kind = str(step.get("kind"))
+    field = _FILE_FIELD.get(kind)
+    if field is None:
+        raise ValidationError(f"an ad-hoc run is sql, shell, k8s or http, not {kind!r}")
+    if script is None and kind != "http":
+        raise ValidationError(f"an ad-hoc {kind} run needs a file")
+    files: dict[str, Path] = {}
+    step = dict(step)
+    if script is not None:
+        _check_file(script)
+        name = "run" + (script.suffix if script.suffix in _SUFFIXES else "")
+        step[field] = [name] if field == "manifests" else name
+        files[name] = script
     try:
         get_product(ctx.session, ADHOC_PRODUCT)
     except NotFoundError:
         create_product(ctx, ADHOC_PRODUCT, description="one-off runs (tiangong run)")
     version = _version(ctx)
-    name = "run" + (script.suffix if script.suffix in {".sql", ".sh", ".py"} else "")
     env_name = agent.environment.name
-    description = (f"ad-hoc {step['kind']} run of {script.name} on agent {agent_id} "
-                   f"({env_name}) by {ctx.actor_name}")
-    release = create_generated_release(
-        ctx, ADHOC_PRODUCT, version, description, [{**step, "script": name}],
-        {name: script}, source=f"ad-hoc run of {script}")
+    what = script.name if script is not None else str(step.get("url", ""))[:200]
+    description = (f"ad-hoc {kind} run of {what} on agent {agent_id} "
+                   f"({env_name}) by {ctx.actor_name}" + (f" from {origin}" if origin else ""))
+    source = f"ad-hoc run of {script}" if script is not None else f"ad-hoc {kind} run"
+    release = create_generated_release(ctx, ADHOC_PRODUCT, version, description, [step],
+                                       files, source=source)
     submit_release(ctx, release)
     return AdhocRun(release, env_name, agent_id)
 
@@ -87,24 +122,49 @@ def waiting_message(release: Release, missing: int) -> str:
             f"`tiangong hub releases approve {release.product.name} {release.version}`")
 
 
-def ship_adhoc(ctx: ServiceContext, release: Release, agent_id: str, out_dir: Path, *,
-               expires_in: timedelta = DEFAULT_EXPIRY) -> ExportReport:
-    """Queue ``release`` for agent ``agent_id`` alone and export it into ``out_dir``.
+def ship_adhoc(ctx: ServiceContext, release: Release, agent_id: str, out_dir: Path | None, *,
+               expires_in: timedelta = DEFAULT_EXPIRY) -> Shipped:
+    """Queue ``release`` (product ``adhoc``) for agent ``agent_id`` alone and export it into
+    ``out_dir``; with ``out_dir`` None, only queue it (an online agent gets it from the live
+    server's push loop; ``tiangong run --follow``).
 
-    Refuses before anything is queued or a sequence used when the environment's approval
-    rule is not met: ``NotEnoughApprovalsError`` saying how many approvals are missing and
-    the command that gives one. The export carries, in sequence order, whatever else is
-    already queued for that agent (one chain per agent).
+    The rule is the environment's ad-hoc policy (:func:`hub.services.adhoc_policy.
+    adhoc_rule`). A submitted release that meets it without approvals (a policy of 0) is
+    marked approved by the policy (``release.policy_approve``, audited) — the environment's
+    own rule still applies to any other queue of it. Refuses before anything is queued or a
+    sequence used when the rule is not met: ``NotEnoughApprovalsError`` saying how many
+    approvals are missing and the command that gives one. The export carries, in sequence
+    order, whatever else is already queued for that agent (one chain per agent).
+
+    Raises:
+        ValidationError (not an ad-hoc release), InvalidStateError (rejected, draft),
+        NotEnoughApprovalsError, and what queue_deployment and the export raise.
     """
+    if release.product.name != ADHOC_PRODUCT:
+        raise ValidationError(f"release {release.label} is not an ad-hoc run (product "
+                              f"{ADHOC_PRODUCT}); queue it with `tiangong hub deployments queue`")
     agent = get_agent(ctx.session, agent_id)
     env = agent.environment
-    check = check_rule(release, env, now=ctx.now())
-    if not check.met or release.state != "approved":
+    rule = adhoc_rule(env)
+    check = check_rule(release, env, now=ctx.now(), rule=rule)
+    if release.state not in ("submitted", "approved"):
+        raise InvalidStateError(f"release {release.label} is {release.state}; only a "
+                                "submitted or approved ad-hoc run can be shipped")
+    if not check.met:
         missing = max(check.rule.required - check.found, 1)
         raise NotEnoughApprovalsError(
             f"release {release.label} not shipped: environment {env.name} requires "
             f"{check.rule.describe()}, it has {check.found}; "
             + waiting_message(release, missing))
-    queue_deployment(ctx, release, env.name, agent_id=agent_id)
-    return export_environment(ctx, env.name, out_dir, agent_id=agent_id,
-                              expires_in=expires_in)
+    if release.state == "submitted":
+        release.state = "approved"
+        release.decided_at = ctx.now()
+        ctx.session.flush()
+        audit.record(ctx, "release.policy_approve", "release", release.label,
+                     {"environment": env.name, "agent": agent_id,
+                      "policy": describe_policy(env), "content_hash": release.content_hash})
+    [dep] = queue_deployment(ctx, release, env.name, agent_id=agent_id, rule=rule)
+    if out_dir is None:
+        return Shipped(dep, None)
+    return Shipped(dep, export_environment(ctx, env.name, out_dir, agent_id=agent_id,
+                                           expires_in=expires_in))

@@ -355,10 +355,12 @@ def check_rule(
     *,
     channel: str | None = None,
     now: datetime | None = None,
+    rule: Rule | None = None,
 ) -> RuleCheck:
-    """Count ``release``'s approvals against the rule for ``env`` (and ``channel``). A
+    """Count ``release``'s approvals against the rule for ``env`` (and ``channel``), or
+    against ``rule`` when given (an ad-hoc run's, :mod:`hub.services.adhoc_policy`). A
     signed approval whose approver key was revoked at the hub does not count."""
-    rule = rule_for(env, channel)
+    rule = rule if rule is not None else rule_for(env, channel)
     wanted = set(rule.groups)
     counted: dict[str, tuple[str, ...]] = {}
     ignored: list[str] = []

@@ -57,10 +57,16 @@ from hub.db import (
     Release,
     SequenceCounter,
 )
-from hub.errors import ConflictError, InvalidStateError, NotEnoughApprovalsError, NotFoundError
+from hub.errors import (
+    ConflictError,
+    InvalidStateError,
+    NotEnoughApprovalsError,
+    NotFoundError,
+    ValidationError,
+)
 from hub.services import audit
 from hub.services.agents import agent_target
-from hub.services.approval_rules import check_rule
+from hub.services.approval_rules import Rule, check_rule
 from hub.services.context import ServiceContext
 from hub.services.environments import get_environment, list_environments
 from hub.services.notifications import enqueue
@@ -227,10 +233,13 @@ def _refuse_recalled(session: Session, release: Release) -> None:
 
 
 def queue_deployment(ctx: ServiceContext, release: Release, environment: str,
-                     *, agent_id: str | None = None) -> list[Deployment]:
+                     *, agent_id: str | None = None,
+                     rule: Rule | None = None) -> list[Deployment]:
     """Queue ``release`` for ``environment``: one deployment per enrolled agent, or one
     environment-wide deployment when it has none; with ``agent_id``, for that enrolled agent
-    of the environment only (an ad-hoc run, ``tiangong run``).
+    of the environment only (an ad-hoc run, ``tiangong run``). ``rule`` replaces the
+    environment's approval rule: only :func:`hub.services.adhoc.ship_adhoc` passes one (the
+    environment's ad-hoc policy, for one agent).
 
     Raises:
         PermissionDeniedError (operator of the environment), NotFoundError,
@@ -247,7 +256,9 @@ def queue_deployment(ctx: ServiceContext, release: Release, environment: str,
             f"release {release.label} is {release.state}; only an approved release can be queued"
         )
     _refuse_recalled(session, release)
-    check = check_rule(release, env, now=ctx.now())
+    if rule is not None and agent_id is None:
+        raise ValidationError("an approval rule of its own applies to one agent's run only")
+    check = check_rule(release, env, now=ctx.now(), rule=rule)
     if not check.met:
         raise NotEnoughApprovalsError(
             f"release {release.label} has {check.found} distinct approval(s) valid for "
@@ -307,6 +318,7 @@ def queue_deployment(ctx: ServiceContext, release: Release, environment: str,
                 "environment": env.name,
                 "agent": dep.agent.agent_id if dep.agent else None,
                 "approvers": sorted(name for name, _ in check.approvers),
+                **({"adhoc_rule": check.rule.describe()} if rule is not None else {}),
             },
         )
     return created

@@ -130,3 +130,16 @@ def test_admin_changes_required_approvals(site: Site) -> None:
                      {"required_approvals": "1"}).status_code == 404
     with site.app.app_context():
         assert get_environment(db.session(), "prod").required_approvals == 3
+
+
+def test_environment_page_shows_its_adhoc_policy(site: Site) -> None:
+    from hub.services.adhoc_policy import set_adhoc_policy
+
+    before = site.client("view-test").get("/environments/test").get_data(as_text=True)
+    assert ('id="adhoc-policy">ad-hoc runs follow the environment\'s rule (1 approval)'
+            in before.replace("&#39;", "'"))
+    with site.app.app_context():
+        set_adhoc_policy(site.ctx("admin"), "test", 0)
+        db.session.commit()
+    after = site.client("view-test").get("/environments/test").get_data(as_text=True)
+    assert 'id="adhoc-policy">ad-hoc runs need no approval' in after

@@ -50,7 +50,8 @@ def test_a_shell_run_waits_for_the_rule_then_ships_to_its_agent(
         assert _count(world, Deployment) == 0 and _next_sequences(world) == {1}
         assert not out.exists()
     approve_release(world.ctx("appr2"), rel)
-    report = ship_adhoc(admin, rel, "prod-1", out)
+    report = ship_adhoc(admin, rel, "prod-1", out).report
+    assert report is not None
     [bundle] = report.written
     assert (bundle.agent_id, bundle.sequence, report.failed) == ("prod-1", 1, [])
     [dep] = world.session.scalars(select(Deployment)).all()
