@@ -290,6 +290,7 @@ def run_cmd(home: Path, once: bool, json_logs: bool, verbose: bool) -> None:
     started.append(ag)
     if client is not None:
         ag.live_connected = client.connected
+        client.state_source = ag.site_state
     upgrade.on_restart(ag.stopping.set)
     upgrade.on_restart(ag.wake.set)
     if requested.is_set():

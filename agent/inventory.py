@@ -3,8 +3,11 @@
 
 :func:`collect` gathers: the agent's version, the OS, free disk space of the agent's home,
 CPU count and memory, the NAMES of the connections ``agent.toml`` defines with their types,
-the step kinds this agent can run, and the time zone. It goes into every result body
-(``agent.results``).
+the step kinds this agent can run, the time zone, and the maintenance windows it last received
+(the newest accepted bundle's policy, as text). It goes into every result body
+(``agent.results``) and into the live channel's STATE message (``agent.live``,
+docs/live-protocol.md §3.1), whose rules (:mod:`bundle.sync.state`) bound every value: the
+strings here are cut to those bounds, and connection names a STATE cannot carry are left out.
 
 It deliberately never includes a connection's details (DSNs, kubeconfig paths, hosts) or any
 secret: only names and types, which the release itself names too.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import time
 from collections.abc import Mapping
@@ -24,6 +28,7 @@ from agent.config import AgentConfig
 __all__ = ["INVENTORY_FORMAT", "collect", "step_kinds"]
 
 INVENTORY_FORMAT = 1
+_PRINTABLE_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,128}")  # bundle.sync.state's rule
 
 
 def step_kinds() -> list[str]:
@@ -69,18 +74,23 @@ def _time_zone() -> str:
     return time.tzname[0]
 
 
-def collect(config: AgentConfig, version: str) -> dict[str, Any]:
-    """The inventory as a JSON-safe dict (docs/agent.md, "Inventory")."""
+def collect(config: AgentConfig, version: str, window: str | None = None
+            ) -> dict[str, Any]:
+    """The inventory as a JSON-safe dict (docs/agent.md, "Inventory"). ``window``: the
+    windows of the newest accepted bundle's policy (``Policy.describe_windows``), None when
+    no bundle brought one."""
     connections: Mapping[str, Mapping[str, Any]] = config.connections
     return {
         "format": INVENTORY_FORMAT,
-        "agent_version": version,
-        "os": f"{platform.system()} {platform.release()} ({platform.machine()})",
+        "agent_version": version[:64],
+        "os": f"{platform.system()} {platform.release()} ({platform.machine()})"[:200],
         "free_disk_bytes": _free_disk(config),
         "cpus": os.cpu_count(),
         "memory_bytes": _memory_bytes(),
-        "connections": {name: str(spec.get("type")) for name, spec in
-                        sorted(connections.items())},
+        "connections": {name: str(spec.get("type"))[:64] for name, spec in
+                        sorted(connections.items())[:256]
+                        if _PRINTABLE_NAME.fullmatch(name)},
         "step_kinds": step_kinds(),
-        "time_zone": _time_zone(),
+        "time_zone": _time_zone()[:64],
+        "window": None if window is None else window[:200],
     }

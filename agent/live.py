@@ -20,6 +20,12 @@ While the hub is reachable the agent keeps one WebSocket open to ``hub_url``
   queued (bounded) and sent as LOG within the protocol's rate, ``seq`` counting per bundle.
 * **Heartbeats** at the interval of WELCOME; **reconnects** with jittered exponential
   backoff, bounded by ``max_backoff``.
+* **State.** When :attr:`LiveClient.state_source` is set (``agent run`` sets
+  ``Agent.site_state``), the agent's inventory and the holds it enforces go to the hub as
+  STATE (docs/live-protocol.md §3.1): right after WELCOME, then with a heartbeat only when
+  they changed (:func:`state_changed`: free disk counts when it moved by more than 1/16).
+  A hub that speaks only protocol version 1 refuses HELLO version 2 (``bad-version``): the
+  client then speaks version 1, without STATE, until it is restarted.
 
 * **TLS.** ``wss://`` only, verified against the hub's CA pinned from the enrollment
   response (``<home>/trust/hub-ca.pem``) and nothing else — no system CAs — with the host
@@ -55,12 +61,14 @@ from websockets.protocol import State as WsState
 
 from agent.config import AgentConfig
 from agent.home import AgentKeys, load_keys
+from agent.journal import JournalError
 from bundle.sync import (
     CANCEL_HAVE_IT,
     MAX_CHUNK_BYTES,
     MAX_LOG_LINE_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_TRANSFERS,
+    PROTOCOL_VERSION,
     AckReceived,
     AgentSide,
     ChunkReceived,
@@ -76,9 +84,10 @@ from bundle.sync import (
     Welcomed,
     is_loopback,
 )
-from bundle.sync.errors import SyncError, TransferError
+from bundle.sync.errors import SyncError, TransferError, UsageError
 
-__all__ = ["LiveClient", "LiveTLSError", "check_hub_url", "pinned_context", "run_live_client"]
+__all__ = ["LiveClient", "LiveTLSError", "check_hub_url", "pinned_context", "run_live_client",
+           "state_changed"]
 
 log = logging.getLogger("tiangong.agent.live")
 
@@ -88,6 +97,22 @@ SENT_STATE = "live-sent.json"  # in the agent home: names of results the hub rec
 CANCEL_REJECTED = "rejected"  # CANCEL code: the hub's importer refused the result (§4.3)
 MAX_QUEUED_LOGS = 10_000  # LOG messages waiting for the connection; more are dropped (counted)
 _LOG_STREAMS = ("stdout", "stderr", "info")  # what LOG carries; other streams go as "info"
+DISK_CHANGE_FRACTION = 16  # free disk "changed" when it moved by more than 1/16 of it
+
+
+def state_changed(sent: dict[str, Any] | None, now: dict[str, Any]) -> bool:
+    """Whether the state ``now`` is worth a STATE after ``sent`` (None: nothing sent on this
+    connection yet). Free disk moves all the time: it counts only when it moved by more
+    than 1/:data:`DISK_CHANGE_FRACTION` of the value sent."""
+    if sent is None:
+        return True
+    old_inv, new_inv = dict(sent["inventory"]), dict(now["inventory"])
+    old_free, new_free = old_inv.pop("free_disk_bytes"), new_inv.pop("free_disk_bytes")
+    if old_inv != new_inv or sent["holds"] != now["holds"]:
+        return True
+    if old_free is None or new_free is None:
+        return bool(old_free != new_free)
+    return bool(abs(new_free - old_free) * DISK_CHANGE_FRACTION > old_free)
 
 
 class LiveTLSError(ValueError):
@@ -172,6 +197,8 @@ class _Session:
     acked: dict[str, asyncio.Event] = field(default_factory=dict)
     skipped: set[str] = field(default_factory=set)  # results the hub cancelled this time
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    sent_state: dict[str, Any] | None = None  # the last STATE sent on this connection
+    state_id: int = 0
 
     async def flush(self) -> None:
         """Send what the protocol queued. Once the hub has closed, nothing more can be sent:
@@ -243,6 +270,9 @@ class LiveClient:
         self._logs: asyncio.Queue[tuple[str, int, int, str, str]] | None = None
         self._log_seq: dict[str, int] = {}
         self.dropped_logs = 0
+        #: what STATE carries (``Agent.site_state``); called in a worker thread
+        self.state_source: Callable[[], dict[str, Any]] | None = None
+        self.version = PROTOCOL_VERSION  # 1 after a hub refused version 2
 
     # -- step logs (called from the runner's threads)
 
@@ -324,7 +354,7 @@ class LiveClient:
         async with connect(self.url, compression=None, max_size=MAX_MESSAGE_BYTES,
                            ssl=self.ssl, open_timeout=10) as ws:
             conn = AgentSide(self.config.agent_id, self.config.hub_id, self.keys.identity,
-                             binding=_peer_binding(ws))
+                             binding=_peer_binding(ws), version=self.version)
             s = _Session(ws, conn)
             conn.send_hello()
             await s.flush()
@@ -369,17 +399,44 @@ class LiveClient:
 
     async def _heartbeats(self, s: _Session, interval: int) -> None:
         n = 0
+        await self._send_state(s)
         while s.open:
             await asyncio.sleep(interval)
             if not s.open:
                 return
             n += 1
+            await self._send_state(s)
             s.conn.send_heartbeat(n)
             await s.flush()
+
+    async def _send_state(self, s: _Session) -> None:
+        """STATE before this heartbeat, if the agent's state changed (§3.1)."""
+        if self.state_source is None or s.conn.version < 2 or not s.open:
+            return
+        try:
+            state = await asyncio.to_thread(self.state_source)
+        except (OSError, ValueError, JournalError) as exc:
+            log.warning("live: cannot read this agent's state for the hub: %s", exc)
+            return
+        if not s.open or not state_changed(s.sent_state, state):
+            return
+        try:
+            s.conn.send_state(s.state_id, state)
+        except UsageError as exc:  # over the protocol's bounds: a bug, never a crash
+            log.error("live: cannot send this agent's state: %s", exc)
+            return
+        s.sent_state, s.state_id = state, s.state_id + 1
+        await s.flush()
 
     async def _on_event(self, s: _Session, event: Any) -> None:
         if isinstance(event, Refused | PeerError):
             self.last_refusal = (event.code, event.text)
+            if event.code == "bad-version" and self.version > 1:
+                log.warning("live: the hub does not speak protocol version %d (%s); speaking "
+                            "version 1 (no inventory or holds in heartbeats)", self.version,
+                            event.text)
+                self.version = 1
+                return
             log.error("live: the hub closed the connection: %s (%s)", event.code, event.text)
         elif isinstance(event, OfferReceived):
             held = self._already_held(event.offer)

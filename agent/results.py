@@ -54,8 +54,8 @@ from bundle.writer import write_bundle
 from signing.fileio import fsync_dir
 from signing.keys import SigningKey
 
-__all__ = ["RESULT_STATUSES", "flush_results", "remove_temporaries", "result_intent",
-           "write_result"]
+__all__ = ["RESULT_STATUSES", "agent_version", "flush_results", "remove_temporaries",
+           "result_intent", "write_result"]
 
 RESULT_STATUSES = ("succeeded", "failed", "rejected", "interrupted", "cancelled", "duplicate",
                    "plan-passed", "plan-failed")  # plan-*: a preflight plan (agent.plan)
@@ -76,19 +76,21 @@ def result_intent(
     now: int | None = None,
     graph: Sequence[Mapping[str, Any]] | None = None,
     inventory: Mapping[str, Any] | None = None,
+    holds: Sequence[Mapping[str, Any]] | None = None,
 ) -> ResultIntent:
     """Everything a result file will hold, ready to be recorded in the journal.
 
     ``graph`` (``bundle.dag.graph_of``) is added to the body for a release whose steps give
     ``after``; ``inventory`` (default: ``agent.inventory.collect`` now, the one thing read
-    from the machine) is always added.
+    from the machine) is always added; ``holds`` (``Agent.holds``: the bundles this agent
+    holds for a window, a freeze or an earlier held bundle) when given.
     """
     if status not in RESULT_STATUSES:
         raise ValueError(f"unknown result status {status!r}")
     now = int(time.time()) if now is None else now
     body: dict[str, Any] = {
         "summary": summary[:MAX_SUMMARY_CHARS],
-        "agent_version": _agent_version(),
+        "agent_version": agent_version(),
         "release": _json_safe(dict(release or {})),
         "steps": [
             {
@@ -108,10 +110,12 @@ def result_intent(
             for r in steps
         ],
         "inventory": _json_safe(dict(inventory if inventory is not None
-                                     else collect_inventory(config, _agent_version()))),
+                                     else collect_inventory(config, agent_version()))),
     }
     if graph is not None:
         body["graph"] = _json_safe([dict(g) for g in graph])
+    if holds is not None:
+        body["holds"] = _json_safe([dict(h) for h in holds])
     spec: dict[str, Any] = {
         "agent_id": config.agent_id,
         "hub_id": config.hub_id,
@@ -246,7 +250,8 @@ def write_result(config: AgentConfig, journal: Journal, key: SigningKey,
     return config.outbox / found[0]
 
 
-def _agent_version() -> str:
+def agent_version() -> str:
+    """The running ``tiangong`` version (results, inventory)."""
     from tiangong import __version__
 
     return __version__

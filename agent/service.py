@@ -72,6 +72,7 @@ from agent.inbox import (
     printable,
     write_reason,
 )
+from agent.inventory import collect as collect_inventory
 from agent.jobs import (
     SCHEDULE_FILE,
     JobScheduler,
@@ -85,7 +86,7 @@ from agent.metrics import WRITE_EVERY_S, AgentFigures, write_textfile
 from agent.metrics import render as render_metrics
 from agent.order import Held, Sequencer, held_rows
 from agent.plan import PlanRunner, is_plan
-from agent.results import flush_results, remove_temporaries, result_intent
+from agent.results import agent_version, flush_results, remove_temporaries, result_intent
 from agent.runner import Runner, StepReport
 from agent.stepcheck import check_steps
 from bundle.approvals import undone_bundle
@@ -101,6 +102,7 @@ from bundle.reader import (
     verify_parts,
     verify_path,
 )
+from bundle.sync.state import MAX_HOLD_TEXT, MAX_HOLDS
 from signing.errors import SigningError
 from signing.roots import TrustedRoot
 from signing.sealed import open_secret
@@ -159,6 +161,8 @@ class Agent:
         self.policy_clock = PolicyClock(clock, self._time_floor)
         #: bundle id -> (policy time decided at, time to look again): no arithmetic between.
         self._hold_cache: dict[str, tuple[int, int | None, Decision]] = {}
+        #: the newest accepted bundle's windows as text (:meth:`window`), read once
+        self._window: str | object | None = _UNREAD
         #: set while the live channel is authenticated (``agent run`` with a hub_url)
         self.live_connected: threading.Event | None = None
         self._metrics_at = -WRITE_EVERY_S  # time.monotonic() of the last textfile write
@@ -545,6 +549,7 @@ class Agent:
         except JournalError as exc:
             return self._reject(item, "sequence", str(exc))
         crash_point("accepted")
+        self._window = _window_of(manifest_json)
         self.inbox.forget(item)
         log.info("accepted %s: %s, sequence %d", printable(item.name), m.bundle_id, m.sequence)
         self._archive(m.bundle_id, item)
@@ -608,9 +613,7 @@ class Agent:
         The policy is evaluated again only when the policy time reaches the moment the last
         answer named (or goes back), so a held bundle costs one journal read per pass.
         """
-        earlier = [Earlier(b.bundle_id, b.sequence, f"{b.product or '?'} {b.version or ''}"
-                           .strip(), b.summary or "held")
-                   for b in self.journal.bundles(("held",))
+        earlier = [_earlier(b) for b in self.journal.bundles(("held",))
                    if (b.root_version, b.sequence) < (rec.root_version, rec.sequence)]
         if earlier:
             return after_held(earlier[0])
@@ -626,6 +629,43 @@ class Agent:
         else:
             self._hold_cache[rec.bundle_id] = (now, decision.until, decision)
         return decision
+
+    def holds(self) -> list[dict[str, Any]]:
+        """The bundles this agent holds now — for a window, a freeze, or an earlier held
+        bundle — for the hub (every result body and the live channel's STATE,
+        docs/live-protocol.md §3.1): bundle id, sequence, kind, reason, until (Unix seconds
+        or None). Judged afresh by the policy clock (no cache: the live thread calls it);
+        at most :data:`bundle.sync.state.MAX_HOLDS`."""
+        held = self.journal.bundles(("held",))
+        now = self.policy_clock()
+        out: list[dict[str, Any]] = []
+        for i, rec in enumerate(held):
+            try:
+                decision = decide(rec.manifest, now, self.journal.override(rec.bundle_id),
+                                  [_earlier(b) for b in held[:min(i, 1)]])
+            except ValueError as exc:  # a damaged journal: say so rather than nothing
+                decision = Decision("journal", str(exc))
+            if decision is not None:
+                out.append({"bundle_id": rec.bundle_id, "sequence": rec.sequence,
+                            "kind": decision.kind, "text": decision.text[:MAX_HOLD_TEXT],
+                            "until": decision.until})
+        return out[:MAX_HOLDS]
+
+    def window(self) -> str | None:
+        """The maintenance windows of the newest accepted bundle's policy, as text (the
+        inventory's ``window``); None before any bundle, or when it carried no policy."""
+        if self._window is _UNREAD:
+            newest = self.journal.bundles()[-1:]
+            self._window = _window_of(newest[0].manifest) if newest else None
+        return self._window if isinstance(self._window, str) else None
+
+    def inventory(self) -> dict[str, Any]:
+        """This agent's inventory now (``agent.inventory``), with its window."""
+        return collect_inventory(self.config, agent_version(), self.window())
+
+    def site_state(self) -> dict[str, Any]:
+        """The live channel's STATE body (docs/live-protocol.md §3.1)."""
+        return {"inventory": self.inventory(), "holds": self.holds()}
 
     def _keep_held(self, rec: BundleRecord, decision: Decision) -> ProcessOutcome:
         """Record (once per reason) that ``rec`` is held; crash point ``held``."""
@@ -698,7 +738,8 @@ class Agent:
         return result_intent(self.config, status=status, summary=summary, bundle_id=bundle_id,
                              bundle_envelope_sha256=envelope_sha256, release=release or {},
                              steps=steps, extra=extra, root_version=trusted.version,
-                             now=int(self.clock()), graph=graph)
+                             now=int(self.clock()), graph=graph, inventory=self.inventory(),
+                             holds=self.holds())
 
     def _install_schedule(self, bundle_id: str, files: Mapping[str, Path], state: str,
                           summary: str) -> tuple[str, str]:
@@ -927,6 +968,24 @@ class Agent:
             return None
         return {"bundle_id": bundle_id, "installed_at": installed_at,
                 "jobs": [asdict(j) for j in jobs]}
+
+
+_UNREAD = object()  # Agent._window before the journal was read
+
+
+def _earlier(b: BundleRecord) -> Earlier:
+    """A held bundle as the bundles accepted after it see it (agent.holds)."""
+    return Earlier(b.bundle_id, b.sequence, f"{b.product or '?'} {b.version or ''}".strip(),
+                   b.summary or "held")
+
+
+def _window_of(manifest: Mapping[str, Any]) -> str | None:
+    """The windows of a journaled manifest's policy as text; None without a policy."""
+    try:
+        policy = policy_of(manifest)
+    except ValueError:
+        return None
+    return None if policy is None else policy.describe_windows()
 
 
 def _staged_files(manifest: Mapping[str, Any], staged: Path) -> dict[str, Path]:

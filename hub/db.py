@@ -351,10 +351,12 @@ class Agent(db.Model):  # type: ignore[name-defined,misc]
     live_conn: Mapped[str | None] = mapped_column(String(64))
     result_seq: Mapped[int] = mapped_column(Integer, default=0)
     last_result_digest: Mapped[str | None] = mapped_column(String(64))
-    # Last known inventory (docs/agent.md, "Inventory"; hub.services.preflight) and when the
-    # hub received it; None: not known yet.
+    # Last known inventory (docs/agent.md, "Inventory"; hub.services.preflight) and the holds
+    # the agent enforces (bundles held for a window, a freeze, an earlier held bundle), from
+    # its newest live STATE or result; when that report was made. None: not known yet.
     inventory: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     inventory_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    holds: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
     environment: Mapped[Environment] = relationship()
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from websockets.asyncio.server import ServerConnection
@@ -65,6 +65,7 @@ from bundle.sync import (
     Offer,
     OfferReceived,
     ResumeRequested,
+    StateReceived,
     TransferCancelled,
     TransferDone,
     TransferReceived,
@@ -103,6 +104,7 @@ from hub.services.context import HubKeys, ServiceContext, utc_now
 from hub.services.deployments import transition
 from hub.services.exchange import export_environment, import_result
 from hub.services.export_claims import my_token
+from hub.services.preflight import state_values
 from hub.services.presence import LiveWork, live_work, presence_until
 from hub.services.users import get_user
 from signing.keys import PublicKey
@@ -253,6 +255,9 @@ class LiveHub:
         self._seen: dict[str, tuple[Any, str]] = {}
         # agent -> (time it disconnected, the connection that ended), not written yet
         self._gone: dict[str, tuple[Any, str]] = {}
+        # agent -> (time of its last STATE, its connection, the agents columns it sets), not
+        # written yet (docs/live-protocol.md §3.1; written with the heartbeats)
+        self._states: dict[str, tuple[Any, str, dict[str, Any]]] = {}
         # agent -> (fingerprint of its queued work, monotonic time before which an export that
         # failed for that same work is not tried again)
         self._export_failed: dict[str, tuple[tuple[int, int | None], float]] = {}
@@ -372,15 +377,29 @@ class LiveHub:
             agent.live_conn = conn_id
 
     def _flush_presence(self, seen: dict[str, tuple[Any, str]],
-                        gone: dict[str, tuple[Any, str]]) -> None:
-        """Write heartbeats (``last_seen``, ``online_until``) and disconnects
-        (``online_until`` = the moment, no ``live_conn``) of many agents in one transaction.
-        Each row only while the same connection still holds the agent: a late write of a
-        connection that another live process (or a reconnect here) replaced changes nothing.
+                        gone: dict[str, tuple[Any, str]],
+                        states: dict[str, tuple[Any, str, dict[str, Any]]] | None = None
+                        ) -> None:
+        """Write heartbeats (``last_seen``, ``online_until``), STATE reports (inventory,
+        holds, agent version) and disconnects (``online_until`` = the moment, no
+        ``live_conn``) of many agents in one transaction. Each row only while the same
+        connection still holds the agent: a late write of a connection that another live
+        process (or a reconnect here) replaced changes nothing, and an agent's STATE only
+        ever reaches that agent's row.
         """
         table = AgentRow.__table__
         held = and_(table.c.agent_id == bindparam("aid"), table.c.live_conn == bindparam("conn"))
         with self._session() as session:
+            if states:
+                session.execute(
+                    update(table).where(held)
+                    .values(inventory=bindparam("inv"), holds=bindparam("holds"),
+                            inventory_at=bindparam("at"),
+                            agent_version=func.coalesce(bindparam("ver"),
+                                                        table.c.agent_version)),
+                    [{"aid": aid, "conn": conn, "at": at, "inv": v["inventory"],
+                      "holds": v["holds"], "ver": v["agent_version"]}
+                     for aid, (at, conn, v) in sorted(states.items())])
             if seen:
                 session.execute(
                     update(table).where(held)
@@ -399,15 +418,18 @@ class LiveHub:
         """Write the pending heartbeats and disconnects now (the push loop does this at once
         for disconnects, every :data:`SEEN_FLUSH_SECONDS` for heartbeats); on a database error
         they are kept for the next try."""
-        if not self._seen and not self._gone:
+        if not self._seen and not self._gone and not self._states:
             return
         seen, self._seen = self._seen, {}
         gone, self._gone = self._gone, {}
+        states, self._states = self._states, {}
         try:
-            await asyncio.to_thread(self._flush_presence, seen, gone)
+            await asyncio.to_thread(self._flush_presence, seen, gone, states)
         except BaseException:
             for aid, entry in seen.items():
                 self._seen.setdefault(aid, entry)
+            for aid, report in states.items():
+                self._states.setdefault(aid, report)
             for aid, entry in gone.items():
                 self._gone.setdefault(aid, entry)
             raise
@@ -717,6 +739,12 @@ class LiveHub:
                 # Written by the push loop, all agents in one transaction (SEEN_FLUSH_SECONDS):
                 # one commit per heartbeat made 1,000 agents 33 commits a second.
                 self._seen[conn.agent_id] = (self.clock(), peer.conn_id)
+        elif isinstance(event, StateReceived):
+            # The authenticated agent's own row only (its connection, §3.1); the newest
+            # report wins over any result made before it (hub.services.preflight).
+            values = state_values(event.state)
+            if conn.agent_id is not None and values is not None:
+                self._states[conn.agent_id] = (self.clock(), peer.conn_id, values)
         elif isinstance(event, ResumeRequested):
             task = asyncio.create_task(self._send_file(peer, event.transfer, event.offset))
             peer.tasks.add(task)
@@ -795,7 +823,7 @@ class LiveHub:
             await asyncio.sleep(self.poll_interval)
             woken, self._woken = self._woken, False
             try:
-                if self._gone or (self._seen
+                if self._gone or ((self._seen or self._states)
                                   and time.monotonic() - flushed >= SEEN_FLUSH_SECONDS):
                     flushed = time.monotonic()
                     await self.flush_seen()

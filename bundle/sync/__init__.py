@@ -24,6 +24,7 @@ One sans-I/O protocol, one module per concept (as ``websockets`` keeps its ``pro
 :mod:`bundle.sync.events`   what the peer said (frozen values)
 :mod:`bundle.sync.errors`   the error tree and close codes (§7)
 :mod:`bundle.sync.transfer` :class:`TransferReceiver`, :class:`TokenBucket`
+:mod:`bundle.sync.state`    the STATE body's rules (an agent's inventory and holds)
 ==========================  ===========================================================
 
 This package re-exports what the layers need, so they import from ``bundle.sync`` (errors
@@ -50,6 +51,7 @@ from bundle.sync.events import (
     PeerError,
     Refused,
     ResumeRequested,
+    StateReceived,
     TransferCancelled,
     TransferDone,
     TransferReceived,
@@ -64,6 +66,7 @@ from bundle.sync.messages import (
     MAX_TRANSFER_BYTES,
     NONCE_BYTES,
     PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Message,
     MessageType,
     Offer,
@@ -99,6 +102,7 @@ __all__ = [
     "NONCE_BYTES",
     "PROTOCOL_VERSION",
     "RECENT_TRANSFERS",
+    "SUPPORTED_VERSIONS",
     "AckReceived",
     "AgentSide",
     "Authenticated",
@@ -120,6 +124,7 @@ __all__ = [
     "Refused",
     "ResumeRequested",
     "Sink",
+    "StateReceived",
     "TokenBucket",
     "TransferCancelled",
     "TransferDone",

@@ -5,7 +5,9 @@ Frozen values only; no behaviour.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from bundle.sync.messages import Offer
 
@@ -23,6 +25,7 @@ __all__ = [
     "PeerError",
     "Refused",
     "ResumeRequested",
+    "StateReceived",
     "TransferCancelled",
     "TransferDone",
     "TransferReceived",
@@ -151,6 +154,15 @@ class HeartbeatReceived:
 
 
 @dataclass(frozen=True)
+class StateReceived:
+    """Hub: the agent's inventory and holds (§3.1), checked by
+    :func:`bundle.sync.state.check_state`; it describes the authenticated agent."""
+
+    id: int
+    state: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class HeartbeatAcked:
     """The peer answered our HEARTBEAT ``id``."""
 
@@ -160,4 +172,4 @@ class HeartbeatAcked:
 Event = (HelloReceived | ChallengeReceived | Authenticated | Welcomed | Refused | PeerError
          | OfferReceived | ResumeRequested | ChunkReceived | AckReceived | TransferDone
          | TransferReceived | TransferCancelled | LogReceived | HeartbeatReceived
-         | HeartbeatAcked)
+         | HeartbeatAcked | StateReceived)

@@ -4,8 +4,8 @@
 One WebSocket binary message carries one protocol message (§2)::
 
     +--------+-------------------+----------------------+--------------------------+
-    | type   | header length n   | header: n bytes of   | body: raw bytes          |
-    | 1 byte | 2 bytes, big end. | strict JSON object   | (CHUNK, RESULT_CHUNK, LOG)|
+    | type   | header length n   | header: n bytes of   | body: raw bytes (CHUNK,  |
+    | 1 byte | 2 bytes, big end. | strict JSON object   | RESULT_CHUNK, LOG, STATE)|
     +--------+-------------------+----------------------+--------------------------+
 
 :func:`decode_message` checks everything that does not depend on the connection's state:
@@ -33,6 +33,7 @@ from bundle.sync.errors import (
     UnknownTypeError,
     UsageError,
 )
+from bundle.sync.state import MAX_STATE_BYTES, check_state
 from signing.errors import SignatureError, StrictJSONError
 from signing.keys import PublicKey
 from signing.strictjson import dumps_canonical, loads_strict
@@ -49,6 +50,7 @@ __all__ = [
     "NONCE_BYTES",
     "PROTOCOL_VERSION",
     "SIGNATURE_BYTES",
+    "SUPPORTED_VERSIONS",
     "Message",
     "MessageType",
     "Offer",
@@ -59,7 +61,8 @@ __all__ = [
     "verify_auth",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # what this code sends in HELLO (§9)
+SUPPORTED_VERSIONS = (1, 2)  # what the hub accepts: version 1 is version 2 without STATE
 MAX_HEADER_BYTES = 4 * KiB  # bytes of one message's JSON header
 MAX_CHUNK_BYTES = 1 * MiB  # bytes of one CHUNK / RESULT_CHUNK body
 MAX_LOG_LINE_BYTES = 16 * KiB  # bytes of one LOG body (UTF-8 text)
@@ -96,6 +99,7 @@ class MessageType(enum.IntEnum):
     RESULT_DONE = 0x32
     HEARTBEAT = 0x40
     HEARTBEAT_ACK = 0x41
+    STATE = 0x42
     ERROR = 0x7F
 
 
@@ -212,6 +216,7 @@ _SCHEMAS: dict[MessageType, dict[str, Rule]] = {
     MessageType.RESULT_DONE: {"transfer": _TRANSFER},
     MessageType.HEARTBEAT: {"id": _int(0, _INT64)},
     MessageType.HEARTBEAT_ACK: {"id": _int(0, _INT64)},
+    MessageType.STATE: {"id": _int(0, _INT64)},
     MessageType.ERROR: _REASON_RULES,
 }
 
@@ -220,6 +225,7 @@ _BODY_LIMITS: dict[MessageType, int] = {
     MessageType.CHUNK: MAX_CHUNK_BYTES,
     MessageType.RESULT_CHUNK: MAX_CHUNK_BYTES,
     MessageType.LOG: MAX_LOG_LINE_BYTES,
+    MessageType.STATE: MAX_STATE_BYTES,
 }
 
 
@@ -281,6 +287,8 @@ class Message:
     type: MessageType
     header: Mapping[str, Any]
     body: bytes = b""
+    #: STATE only: the body parsed and checked by :func:`bundle.sync.state.check_state`.
+    state: Mapping[str, Any] | None = None
 
 
 def _check_header(mtype: MessageType, header: object) -> dict[str, Any]:
@@ -346,6 +354,13 @@ def decode_message(data: bytes) -> Message:
         except UnicodeDecodeError as exc:
             raise MalformedError(f"LOG text is not UTF-8 at byte {exc.start}",
                                  remote_text="log text is not UTF-8") from exc
+    if mtype is MessageType.STATE:
+        try:
+            parsed = loads_strict(bytes(body), MAX_STATE_BYTES)
+        except StrictJSONError as exc:
+            raise MalformedError(f"STATE body: {exc}",
+                                 remote_text="STATE body is not strict JSON") from exc
+        return Message(mtype, header, bytes(body), check_state(parsed))
     return Message(mtype, header, bytes(body))
 
 

@@ -28,25 +28,31 @@ from bundle.sync.events import (
     ChallengeReceived,
     HelloReceived,
     LogReceived,
+    StateReceived,
     Welcomed,
 )
 from bundle.sync.messages import (
     MAX_LOG_LINE_BYTES,
     NONCE_BYTES,
     PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Message,
     MessageType,
     auth_message,
     verify_auth,
 )
 from bundle.sync.transfer import Clock, TokenBucket
+from signing.errors import StrictJSONError
 from signing.keys import PublicKey, SigningKey
+from signing.strictjson import dumps_canonical
 
 __all__ = [
     "DEFAULT_HEARTBEAT_SECONDS",
     "HUB_LOG_BURST_MESSAGES",
     "LOG_BURST_MESSAGES",
     "LOG_MESSAGES_PER_SECOND",
+    "STATE_BURST_MESSAGES",
+    "STATE_MESSAGES_PER_SECOND",
     "AgentSide",
     "HubSide",
     "is_loopback",
@@ -56,6 +62,8 @@ LOG_MESSAGES_PER_SECOND = 200.0  # LOG messages per second an agent sends at mos
 LOG_BURST_MESSAGES = 400  # LOG messages an agent may send at once (token bucket size)
 HUB_LOG_BURST_MESSAGES = 2_000  # the hub's bucket: larger, as the network may bunch messages
 DEFAULT_HEARTBEAT_SECONDS = 30  # seconds between heartbeats, announced in WELCOME
+STATE_MESSAGES_PER_SECOND = 1.0  # STATE messages per second the hub accepts at most
+STATE_BURST_MESSAGES = 10  # STATE messages the hub accepts at once (token bucket size)
 
 
 def is_loopback(host: str) -> bool:
@@ -76,6 +84,8 @@ class HubSide(Connection):
     """
 
     role = "hub"
+    #: the HELLO versions this hub accepts (§9)
+    versions: tuple[int, ...] = SUPPORTED_VERSIONS
     _OFFER = MessageType.OFFER
     _CHUNK = MessageType.CHUNK
     _DONE = MessageType.DONE
@@ -94,6 +104,8 @@ class HubSide(Connection):
         self._nonce: bytes | None = None
         self._log_rate = log_rate
         self._logs = TokenBucket(log_rate, log_burst, clock)
+        self._states = TokenBucket(STATE_MESSAGES_PER_SECOND, STATE_BURST_MESSAGES, clock)
+        self.version: int | None = None  # the agent's HELLO version, once received
 
     def challenge(self, agent_key: PublicKey, nonce: bytes, now: int) -> None:
         """Answer HELLO: challenge the agent to sign ``nonce`` with ``agent_key``.
@@ -115,14 +127,17 @@ class HubSide(Connection):
         if msg.type is MessageType.HELLO:
             if self.agent_id is not None:
                 raise OutOfOrderError("second HELLO", remote_text="HELLO sent twice")
-            if msg.header["version"] != PROTOCOL_VERSION:
+            if msg.header["version"] not in self.versions:
+                speaks = ("version " if len(self.versions) == 1 else "versions ") + " and ".join(
+                    str(v) for v in self.versions)
                 raise VersionError(f"agent speaks protocol version {msg.header['version']}, "
-                                   f"the hub speaks {PROTOCOL_VERSION}",
-                                   remote_text=f"the hub speaks version {PROTOCOL_VERSION}")
+                                   f"the hub speaks {speaks}",
+                                   remote_text=f"the hub speaks {speaks}")
             if msg.header["hub_id"] != self.hub_id:
                 raise WrongHubError(f"agent {msg.header['agent_id']} expected hub "
                                     f"{msg.header['hub_id']!r}, this is {self.hub_id!r}")
             self.agent_id = msg.header["agent_id"]
+            self.version = msg.header["version"]
             self._events.append(HelloReceived(msg.header["agent_id"], msg.header["version"]))
         elif msg.type is MessageType.AUTH:
             if self._nonce is None or self._agent_key is None or self.agent_id is None:
@@ -138,7 +153,18 @@ class HubSide(Connection):
                                         remote_text=f"{msg.type.name} before authentication")
 
     def _extra_handlers(self) -> dict[MessageType, Callable[[Message], None]]:
-        return {MessageType.LOG: self._on_log}
+        return {MessageType.LOG: self._on_log, MessageType.STATE: self._on_state}
+
+    def _on_state(self, msg: Message) -> None:
+        if self.version is None or self.version < 2:
+            raise OutOfOrderError(f"agent {self.agent_id} sent STATE on a protocol version "
+                                  f"{self.version} connection",
+                                  remote_text="STATE is not part of protocol version 1")
+        if not self._states.take():
+            raise RateLimitedError(f"agent {self.agent_id} sent STATE faster than "
+                                   f"{STATE_MESSAGES_PER_SECOND:g}/s")
+        assert msg.state is not None  # decode_message checked it
+        self._events.append(StateReceived(msg.header["id"], msg.state))
 
     def _on_log(self, msg: Message) -> None:
         if not self._logs.take():
@@ -162,8 +188,12 @@ class AgentSide(Connection):
     def __init__(self, agent_id: str, hub_id: str, signing_key: SigningKey, *,
                  binding: bytes = b"", clock: Clock = time.monotonic,
                  log_rate: float = LOG_MESSAGES_PER_SECOND,
-                 log_burst: int = LOG_BURST_MESSAGES) -> None:
+                 log_burst: int = LOG_BURST_MESSAGES,
+                 version: int = PROTOCOL_VERSION) -> None:
         super().__init__(clock=clock)
+        if version not in SUPPORTED_VERSIONS:
+            raise UsageError(f"protocol version {version} is not one of {SUPPORTED_VERSIONS}")
+        self.version = version
         self.agent_id = agent_id
         self.hub_id = hub_id
         self._key = signing_key
@@ -181,7 +211,7 @@ class AgentSide(Connection):
         if self._hello_sent:
             raise UsageError("HELLO is sent once per connection")
         self._hello_sent = True
-        self._send(MessageType.HELLO, {"version": PROTOCOL_VERSION, "agent_id": self.agent_id,
+        self._send(MessageType.HELLO, {"version": self.version, "agent_id": self.agent_id,
                                        "hub_id": self.hub_id})
 
     def _handshake(self, msg: Message) -> None:
@@ -223,3 +253,21 @@ class AgentSide(Connection):
             raise LogRateError("log rate exceeded", retry_after=self._logs.wait_time())
         self._send(MessageType.LOG, {"bundle_id": bundle_id, "step": step, "seq": seq,
                                      "stream": stream}, body)
+
+    def send_state(self, id: int, state: dict[str, object]) -> None:
+        """Send what the agent says about itself (§3.1): ``{"inventory": ..., "holds":
+        [...]}``, checked by :func:`bundle.sync.state.check_state`. ``id`` counts the STATE
+        messages of the connection.
+
+        Raises:
+            UsageError: not open, a version 1 connection, or the state breaks its rules or
+                is over MAX_STATE_BYTES (a local bug: the caller bounds what it sends).
+        """
+        self._require_open("send STATE")
+        if self.version < 2:
+            raise UsageError("STATE is not part of protocol version 1")
+        try:
+            body = dumps_canonical(state)
+        except StrictJSONError as exc:
+            raise UsageError(f"cannot encode STATE: {exc}") from exc
+        self._send(MessageType.STATE, {"id": id}, body)

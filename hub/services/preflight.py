@@ -1,8 +1,10 @@
 """Preflight: can each target agent run a release, judged by its last known inventory?
 
 Issue 14 §3; docs/rollouts.md, "Preflight". Agents send their inventory in every result body
-(docs/agent.md, "Inventory"); the importer keeps the newest per agent
-(:func:`store_inventory`). Before a deployment is exported — before its sequence is used —
+(docs/agent.md, "Inventory") and in the live channel's STATE (docs/live-protocol.md §3.1);
+the hub keeps the newest report per agent — by when it was made: a result's ``created``, a
+STATE's arrival — with the holds that came with it (:func:`store_inventory`,
+:func:`state_values`). Before a deployment is exported — before its sequence is used —
 :func:`check_agent` compares the release's steps and files with it:
 
 * every connection a step names is one the agent has, of the type the step needs
@@ -32,13 +34,15 @@ from bundle.steps import needed_connection_type
 from hub.db import Agent, Deployment
 
 __all__ = ["DISK_FACTOR", "Finding", "check_agent", "check_deployment", "check_inventory",
-           "clean_inventory", "store_inventory"]
+           "clean_holds", "clean_inventory", "state_values", "store_inventory"]
 
 #: The release's files must fit this many times in the agent's free disk (bundle + staging).
 DISK_FACTOR = 2
 #: Most connection names / step kinds kept from one inventory.
 MAX_INVENTORY_NAMES = 256  # names
 MAX_INVENTORY_TEXT = 200  # characters of one string value
+MAX_HOLDS = 64  # holds kept from one report
+MAX_HOLD_TEXT = 500  # characters of one hold's reason
 
 
 @dataclass(frozen=True)
@@ -82,18 +86,48 @@ def clean_inventory(raw: object) -> dict[str, Any] | None:
         "step_kinds": [k[:MAX_INVENTORY_TEXT] for k in kinds[:MAX_INVENTORY_NAMES]
                        if isinstance(k, str)] if isinstance(kinds, list) else [],
         "time_zone": _text(raw.get("time_zone")),
+        "window": _text(raw.get("window")),
     }
 
 
-def store_inventory(agent: Agent, body: Mapping[str, Any], at: datetime) -> bool:
-    """Keep the inventory of a result body as ``agent``'s last known one. The caller passes
-    only the agent's newest result (media may bring older ones later). True if stored."""
-    inventory = clean_inventory(body.get("inventory"))
+def clean_holds(raw: object) -> list[dict[str, Any]] | None:
+    """The holds of a report (bundle id, sequence, kind, reason, until), bounded; malformed
+    entries are dropped. None when the report carries no list (an older agent)."""
+    if not isinstance(raw, list):
+        return None
+    out = []
+    for h in raw[:MAX_HOLDS]:
+        if not isinstance(h, Mapping) or not isinstance(h.get("bundle_id"), str):
+            continue
+        out.append({"bundle_id": h["bundle_id"][:128], "sequence": _int(h.get("sequence")),
+                    "kind": _text(h.get("kind")) or "hold",
+                    "text": h["text"][:MAX_HOLD_TEXT] if isinstance(h.get("text"), str)
+                    else "", "until": _int(h.get("until"))})
+    return out
+
+
+def state_values(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``agents`` columns a report (a result body, a live STATE) sets: ``inventory``,
+    ``holds``, ``agent_version``; None when it carries no inventory."""
+    inventory = clean_inventory(report.get("inventory"))
     if inventory is None:
+        return None
+    return {"inventory": inventory, "holds": clean_holds(report.get("holds")),
+            "agent_version": (inventory["agent_version"] or "")[:64] or None}
+
+
+def store_inventory(agent: Agent, body: Mapping[str, Any], at: datetime) -> bool:
+    """Keep the inventory and holds of a result body made at ``at`` as ``agent``'s last
+    known ones, unless a newer report (a live STATE, say) is kept already. True if stored."""
+    values = state_values(body)
+    if values is None:
         return False
-    agent.inventory, agent.inventory_at = inventory, at
-    if inventory["agent_version"]:
-        agent.agent_version = inventory["agent_version"][:64]
+    if agent.inventory_at is not None and at < agent.inventory_at:
+        return False
+    agent.inventory, agent.inventory_at, agent.holds = (values["inventory"], at,
+                                                        values["holds"])
+    if values["agent_version"]:
+        agent.agent_version = values["agent_version"]
     return True
 
 

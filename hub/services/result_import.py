@@ -29,6 +29,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -573,7 +574,9 @@ class _ImportRun:
         if res.result_seq > agent.result_seq:
             agent.result_seq = res.result_seq
             agent.last_result_digest = vb.envelope_sha256
-            store_inventory(agent, res.body, ctx.now())  # the newest result's (preflight)
+            # The newest result's, unless a live STATE made later is kept (preflight).
+            made = datetime.fromtimestamp(vb.manifest.created, UTC)
+            store_inventory(agent, res.body, min(made, ctx.now()))
         agent.last_seen = ctx.now()
         summary = {
             "status": res.status,

@@ -114,7 +114,7 @@ def connect(clock: FakeClock | None = None, *, agent_key: SigningKey = AGENT_KEY
     agent = AgentSide(AGENT_ID, HUB_ID, agent_key, binding=agent_binding, clock=clock,
                       **agent_kwargs)  # type: ignore[arg-type]
     agent.send_hello()
-    assert pipe(agent, hub) == [HelloReceived(AGENT_ID, 1)]
+    assert pipe(agent, hub) == [HelloReceived(AGENT_ID, agent.version)]
     hub.challenge(AGENT_KEY.public, NONCE, now=1_700_000_000)
     assert pipe(hub, agent) == [ChallengeReceived(HUB_ID, 1_700_000_000)]
     return hub, agent
@@ -692,9 +692,9 @@ def test_hub_refuses_another_protocol_version_and_another_hub_id() -> None:
     hub = HubSide(HUB_ID)
     with pytest.raises(VersionError):
         hub.receive_data(encode_message(MessageType.HELLO, {
-            "version": 2, "agent_id": AGENT_ID, "hub_id": HUB_ID}))
+            "version": 3, "agent_id": AGENT_ID, "hub_id": HUB_ID}))
     assert last_message(hub) == (MessageType.REFUSE, {"code": "bad-version",
-                                                      "text": "the hub speaks version 1"})
+                                                      "text": "the hub speaks versions 1 and 2"})
     hub = HubSide(HUB_ID)
     with pytest.raises(WrongHubError):
         hub.receive_data(encode_message(MessageType.HELLO, {
