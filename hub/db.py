@@ -281,7 +281,8 @@ class Product(db.Model):  # type: ignore[name-defined,misc]
 
 class Release(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "releases"
-    __table_args__ = (UniqueConstraint("product_id", "version"),)
+    __table_args__ = (UniqueConstraint("product_id", "version"),
+                      UniqueConstraint("rollback_of_id", name="uq_releases_rollback_of"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)
@@ -296,9 +297,19 @@ class Release(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: a rollback release (hub.services.rollback): the deployment it rolls back (one each)
+    rollback_of_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deployments.id", use_alter=True, name="fk_releases_rollback_of"))
+    #: approved by inheritance (a rollout's automatic rollback): the release whose approvals
+    #: count for it, at the hub and at the sites (docs/rollouts.md, "Automatic rollback")
+    approvals_from_id: Mapped[int | None] = mapped_column(
+        ForeignKey("releases.id", name="fk_releases_approvals_from"))
 
     product: Mapped[Product] = relationship()
     author: Mapped[User] = relationship()
+    rollback_of: Mapped[Deployment | None] = relationship(foreign_keys=[rollback_of_id])
+    approvals_from: Mapped[Release | None] = relationship(remote_side=[id],
+                                                          foreign_keys=[approvals_from_id])
     approvals: Mapped[list[Approval]] = relationship(
         back_populates="release", order_by="Approval.id"
     )
@@ -390,7 +401,7 @@ class Deployment(db.Model):  # type: ignore[name-defined,misc]
     # export it before this time. NULL: not held. A cache the scheduler and exports refresh.
     hold_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
-    release: Mapped[Release] = relationship()
+    release: Mapped[Release] = relationship(foreign_keys=[release_id])
     environment: Mapped[Environment] = relationship()
     agent: Mapped[Agent | None] = relationship()
     attempts: Mapped[list[DeploymentAttempt]] = relationship(

@@ -37,6 +37,8 @@ CRASH_POINTS: dict[str, str] = {
     "hub.import-committed": "a batch of results committed (deployments, attempts, events)",
     "hub.rollout-batch-queued": "a rollout's next batch recorded started and its "
     "deployments queued, not committed",
+    "hub.rollback-created": "a rollout's automatic rollback: a rollback release created and "
+    "submitted, not yet approved by inheritance nor queued, nothing committed",
     "hub.audit-appended": "an audit event inserted in its transaction, not committed",
     "hub.checkpoint-signed": "an audit checkpoint signed and inserted, not committed",
     "hub.root-installing": "hub keys install-root: the old and new root kept under roots/, "

@@ -10,6 +10,11 @@ it runs the agent's own rule, ``signing.approvals.evaluate_approvals``, against 
 delegation for the target environment, and refuses with the very message a site would give
 when it is not met — so the export uses no sequence and writes nothing.
 
+A rollback release approved by inheritance (``Release.approvals_from``, a rollout's
+automatic rollback) carries the envelopes — and, in mode ``hub``, an attestation — of the
+release it undoes, checked against that release: a site accepts them only for an undo-only
+bundle of a bundle it ran (agent.approvalcheck, docs/security.md threat 18).
+
 This module does not decide the hub's own approval rules (``approval_rules``) and does not
 write bundles.
 """
@@ -111,6 +116,11 @@ def bundle_approvals(
         ConfigError: hub-attested mode without the hub's approval key.
     """
     assert ctx.keys is not None
+    if release.approvals_from is not None:
+        # A rollback approved by inheritance carries the approvals of the release it undoes,
+        # judged as a site judges them (agent.approvalcheck: against that release's ref and
+        # content hash)
+        release = release.approvals_from
     envelopes = envelopes_for(release, env)
     delegation = ctx.keys.root.delegation(env.name)
     if delegation is not None and delegation.mode == "hub":

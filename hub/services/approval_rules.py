@@ -359,7 +359,11 @@ def check_rule(
 ) -> RuleCheck:
     """Count ``release``'s approvals against the rule for ``env`` (and ``channel``), or
     against ``rule`` when given (an ad-hoc run's, :mod:`hub.services.adhoc_policy`). A
-    signed approval whose approver key was revoked at the hub does not count."""
+    signed approval whose approver key was revoked at the hub does not count. A release
+    approved by inheritance (a rollout's automatic rollback) counts the approvals of the
+    release it inherits them from (``Release.approvals_from``)."""
+    if release.approvals_from is not None:
+        release = release.approvals_from
     rule = rule if rule is not None else rule_for(env, channel)
     wanted = set(rule.groups)
     counted: dict[str, tuple[str, ...]] = {}

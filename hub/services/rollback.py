@@ -17,10 +17,24 @@ first:
 Every undo step has ``on_failure = "continue"``: one step that cannot be put back does not
 stop the others. The release is created and submitted like any release; it is approved,
 queued and exported through the usual checks. Because an agent undoes only steps it recorded,
-queueing it to the whole environment is safe: other agents report "nothing to undo".
+queueing it to the whole environment is safe: other agents report "nothing to undo". The
+release records the deployment it rolls back (``Release.rollback_of``, one each).
+
+**Automatically** (:func:`roll_back_automatically`, a rollout's ``auto_rollback``): the
+approvals of a release cover its own undo — its approvers saw the release page, which marks
+what cannot be undone, the ``down``/``rollback`` scripts are part of what they approved, and
+the rollout's starter chose the automatic rollback. So the rollback release is recorded
+approved **by inheritance** (``Release.approvals_from``; event
+``release.approve_inherited`` naming the original release, its approvals and the rollout),
+and queued for the one agent that ran the deployment; the live server pushes it, a media
+export carries it. Windows and freezes hold it like any deployment. Its bundle carries the
+original release's approvals, which a site counts only for an undo-only bundle of a bundle
+it ran (agent.approvalcheck). All of it happens in the caller's transaction: a hub killed
+in between (crash point ``hub.rollback-created``) leaves nothing, and the next pass (the
+import done again, the scheduler's tick) does it once.
 
 This module deliberately does not choose "the release that was there before" (deploy that
-release again for that) and does not roll back automatically.
+release again for that).
 """
 
 from __future__ import annotations
@@ -30,16 +44,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from bundle.steps import undo_support
-from hub.db import Deployment, Release
-from hub.errors import InvalidStateError, ValidationError
+from hub.db import Deployment, Release, Rollout
+from hub.errors import ConflictError, InvalidStateError, ValidationError
+from hub.faults import crash_point
 from hub.services import audit
+from hub.services.approval_rules import check_rule, counted_approvals
 from hub.services.context import ServiceContext
 from hub.services.deployments import get_deployment
 from hub.services.generated import create_generated_release
 from hub.services.releases import submit_release
 
-__all__ = ["RollbackPlan", "create_rollback", "plan_rollback"]
+__all__ = ["RollbackPlan", "create_rollback", "plan_rollback", "roll_back_automatically",
+           "rollback_of"]
 
 MAX_REASON_CHARS = 1000  # characters
 _RAN = ("succeeded", "failed", "interrupted")
@@ -114,6 +133,10 @@ def create_rollback(ctx: ServiceContext, deployment_id: int,
         raise ValidationError(f"the reason is {len(reason)} characters; the limit is "
                               f"{MAX_REASON_CHARS}")
     dep = get_deployment(ctx.session, deployment_id)
+    made = rollback_of(ctx, dep)
+    if made is not None:
+        raise ConflictError(f"deployment {dep.id} ({dep.release.label}) has a rollback "
+                            f"release already: {made.label} ({made.state})")
     if dep.bundle_id is None:
         raise InvalidStateError(f"deployment {dep.id} ({dep.release.label}) was never exported, "
                                 "so nothing ran at a site; cancel it instead of rolling back")
@@ -138,9 +161,69 @@ def create_rollback(ctx: ServiceContext, deployment_id: int,
         ctx, release.product.name, _version(release, dep), "\n".join(lines)[:4096],
         plan.steps, {name: stored / name for name in plan.files},
         source=f"rollback of deployment {dep.id}")
+    rollback.rollback_of_id = dep.id
     submit_release(ctx, rollback)
     audit.record(ctx, "deployment.rollback", "deployment", str(dep.id), {
         "reason": reason, "release": release.label, "bundle_id": dep.bundle_id,
         "rollback_release": rollback.label, "content_hash": rollback.content_hash,
         "undo_steps": len(plan.steps), "not_undone": plan.not_undone})
     return rollback, plan
+
+
+def rollback_of(ctx: ServiceContext, deployment: Deployment) -> Release | None:
+    """The rollback release made for ``deployment``, if any."""
+    release: Release | None = ctx.session.scalar(
+        select(Release).where(Release.rollback_of_id == deployment.id))
+    return release
+
+
+def roll_back_automatically(author: ServiceContext, engine: ServiceContext,
+                            deployment: Deployment, rollout: Rollout
+                            ) -> tuple[Release, Deployment | None, str]:
+    """A rollout's automatic rollback of failed ``deployment``: its rollback release
+    (created and submitted by ``author``, the rollout's starter), approved by inheritance
+    and queued for the deployment's agent by ``engine``. When the original release's
+    approvals no longer meet the hub's rule for the environment, the release stays
+    submitted for people to approve (the deployment is None). Returns what it did, in words.
+
+    Raises:
+        HubError (nothing done): see :func:`create_rollback`.
+    """
+    original, env = deployment.release, deployment.environment
+    now = engine.now()
+    check = check_rule(original, env, now=now)
+    rollback, plan = create_rollback(
+        author, deployment.id, f"rollout {rollout.id}: automatic rollback after its "
+        f"deployment {deployment.id} {deployment.state}")
+    if not check.met:
+        return rollback, None, (f"rollback release {rollback.label} submitted, not queued: the "
+                                f"approvals of {original.label} no longer meet the rule of "
+                                f"{env.name} ({check.summary()}); approve and queue it")
+    crash_point("hub.rollback-created")
+    rollback.approvals_from = original
+    rollback.state = "approved"
+    rollback.decided_at = now
+    engine.session.flush()
+    audit.record(engine, "release.approve_inherited", "release", rollback.label, {
+        "content_hash": rollback.content_hash, "inherited_from": original.label,
+        "inherited_content_hash": original.content_hash, "rollout": rollout.id,
+        "deployment": deployment.id, "environment": env.name,
+        "approvals": [{"approver": a.approver.username, "at": a.at.isoformat(),
+                       "environment": a.environment.name if a.environment else None,
+                       "signed_by_key": a.key_id}
+                      for a in counted_approvals(original, env, now)]})
+    queued = Deployment(release=rollback, environment=env, agent=deployment.agent,
+                        state="queued", queued_by=f"rollout:{rollout.id}", queued_at=now,
+                        updated_at=now)
+    engine.session.add(queued)
+    engine.session.flush()
+    audit.record(engine, "deployment.queue", "deployment", str(queued.id), {
+        "release": rollback.label, "content_hash": rollback.content_hash,
+        "environment": env.name,
+        "agent": deployment.agent.agent_id if deployment.agent else None,
+        "approvers": sorted(name for name, _ in check.approvers),
+        "rollback_of": deployment.id, "rollout": rollout.id})
+    where = deployment.agent.agent_id if deployment.agent else env.name
+    return rollback, queued, (f"rollback release {rollback.label} ({len(plan.steps)} undo "
+                              f"step(s)) approved by inheritance from {original.label} and "
+                              f"queued for {where} (deployment {queued.id})")

@@ -100,12 +100,14 @@ RollbackAction = Callable[[ServiceContext, Rollout, list[Deployment]], str]
 
 
 def rollback_releases(ctx: ServiceContext, rollout: Rollout, failed: list[Deployment]) -> str:
-    """The hub's automatic rollback: for each failed deployment, create and submit its
-    rollback release (:func:`hub.services.rollback.create_rollback`, the recorded undo data)
-    as the person who started the rollout. Like any release it is then approved and queued
-    by people (the hub's rules apply); what could not be done is said, not raised."""
+    """The hub's automatic rollback (docs/rollouts.md, "Automatic rollback"): for each
+    failed deployment that ran and has no rollback yet, its rollback release (the recorded
+    undo data, :func:`hub.services.rollback.roll_back_automatically`) is created by the
+    person who started the rollout, approved by inheritance from the release it undoes and
+    queued for the agent that ran it, each in a savepoint of the caller's transaction. What
+    could not be done is said, not raised (the import that got us here goes on)."""
     from hub.errors import HubError
-    from hub.services.rollback import create_rollback
+    from hub.services.rollback import roll_back_automatically, rollback_of
     from hub.services.users import get_user
 
     try:
@@ -114,13 +116,18 @@ def rollback_releases(ctx: ServiceContext, rollout: Rollout, failed: list[Deploy
         return f"no rollback release: {exc}"
     said = []
     for dep in failed:
+        made = rollback_of(ctx, dep)
+        if made is not None:
+            said.append(f"deployment {dep.id}: rolled back already by {made.label}")
+            continue
+        if dep.state == "rejected":
+            said.append(f"deployment {dep.id}: nothing to roll back (the site refused its "
+                        "bundle before anything ran)")
+            continue
         try:
             with ctx.session.begin_nested():
-                release, _ = create_rollback(
-                    starter, dep.id, f"rollout {rollout.id}: automatic rollback after its "
-                    f"deployment {dep.id} {dep.state}")
-            said.append(f"deployment {dep.id}: rollback release {release.label} submitted "
-                        "(approve and queue it)")
+                _, _, did = roll_back_automatically(starter, ctx, dep, rollout)
+            said.append(f"deployment {dep.id}: {did}")
         except (HubError, OSError) as exc:  # never fail the import that got us here
             said.append(f"deployment {dep.id}: no rollback release: {exc}")
     return "; ".join(said)
@@ -398,6 +405,8 @@ def start_rollout(ctx: ServiceContext, release: Release, *, environment: str | N
     batches = plan_batches(agents, strategy)
     for env in {a.environment_id: a.environment for a in agents}.values():
         require_ctx(ctx, "deployment.queue", env)
+    if strategy.auto_rollback:
+        _require_rollback_author(ctx)
     busy = _busy_agents(session, release, agents)
     if busy:
         raise InvalidStateError(f"agent(s) {', '.join(busy)} are already in an active "
@@ -425,6 +434,20 @@ def start_rollout(ctx: ServiceContext, release: Release, *, environment: str | N
         "batches": [[a.agent_id for a in b] for b in batches]})
     advance(ctx, rollout)
     return rollout
+
+
+def _require_rollback_author(ctx: ServiceContext) -> None:
+    """The automatic rollback creates and submits rollback releases in the name of the
+    person who starts the rollout: they must be allowed to.
+
+    Raises: PermissionDeniedError naming the option."""
+    for action in ("release.create", "release.submit"):
+        try:
+            require_ctx(ctx, action, None)
+        except PermissionDeniedError as exc:
+            raise PermissionDeniedError(
+                f"--auto-rollback: the automatic rollback creates and submits the rollback "
+                f"releases in the name of the person who starts the rollout, and {exc}") from None
 
 
 def _busy_agents(session: Session, release: Release, agents: Sequence[Agent]) -> list[str]:
@@ -564,7 +587,7 @@ def _fail(engine: ServiceContext, rollout: Rollout, failed: list[Deployment]) ->
     else:
         _set_state(engine, rollout, "paused", reason)
         out.append(f"paused: {reason}")
-    if strategy.auto_rollback and not rollout.rolled_back:
+    if strategy.auto_rollback:  # each failed deployment is rolled back once
         rollout.rolled_back = True
         if not ROLLBACK_ACTIONS:
             said = "no automatic rollback action is installed at this hub"
@@ -816,6 +839,26 @@ def _agent_json(t: RolloutTarget, now: datetime) -> dict[str, Any]:
     return row
 
 
+def _rollbacks_json(session: Session, rollout: Rollout) -> list[dict[str, Any]]:
+    """The rollback releases of the rollout's deployments and how their deployments went."""
+    ids = [t.deployment_id for t in _targets(session, rollout) if t.deployment_id is not None]
+    if not ids:
+        return []
+    out = []
+    for release in session.scalars(select(Release).where(Release.rollback_of_id.in_(ids))
+                                   .order_by(Release.id)):
+        deps = list(session.scalars(select(Deployment).where(
+            Deployment.release_id == release.id).order_by(Deployment.id)))
+        out.append({"rolls_back": release.rollback_of_id, "release": release.label,
+                    "state": release.state,
+                    "inherited_from": (release.approvals_from.label
+                                       if release.approvals_from is not None else None),
+                    "deployments": [{"id": d.id, "state": d.state,
+                                     "agent": d.agent.agent_id if d.agent else None}
+                                    for d in deps]})
+    return out
+
+
 def rollout_json(session: Session, rollout: Rollout, now: datetime) -> dict[str, Any]:
     """Everything the rollout page and ``rollouts show --json`` say."""
     strategy = Strategy.from_json(rollout.strategy)
@@ -838,7 +881,8 @@ def rollout_json(session: Session, rollout: Rollout, now: datetime) -> dict[str,
         "strategy": strategy.to_json(), "strategy_text": strategy.describe(),
         "current_batch": rollout.current_batch, "batches": batches,
         "failures_accepted": rollout.failures_accepted,
-        "rolled_back": rollout.rolled_back, "created_by": rollout.created_by,
+        "rolled_back": rollout.rolled_back, "rollbacks": _rollbacks_json(session, rollout),
+        "created_by": rollout.created_by,
         "created_at": rollout.created_at.isoformat(),
         "updated_at": rollout.updated_at.isoformat(),
     }

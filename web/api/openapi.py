@@ -138,6 +138,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                     "(sentences), agents (agent, environment, reached: live|media, "
                     "deployment, state, owes_result_since)"}},
         "failures_accepted": {"type": "integer"}, "rolled_back": {"type": "boolean"},
+        "rollbacks": {"type": "array", "description": "The automatic (or manual) rollback "
+                      "releases of the rollout's deployments.", "items": _obj({
+                          "rolls_back": {"type": "integer"}, "release": _STR,
+                          "state": _STR, "inherited_from": _STR_OR_NULL,
+                          "deployments": {"type": "array", "items": _obj({
+                              "id": {"type": "integer"}, "state": _STR,
+                              "agent": _STR_OR_NULL})}})},
         "created_by": _STR, "created_at": _TIME, "updated_at": _TIME,
         "did": {"type": "array", "items": _STR, "description": "What this call did."},
     }),

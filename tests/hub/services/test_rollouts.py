@@ -3,6 +3,7 @@ gates, failure thresholds, people's actions, labels and selectors."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -238,7 +239,7 @@ def test_failure_aborts_and_calls_the_rollback_action(world: World, rel: Release
         return f"rollback of {len(failed)} queued"
 
     strategy = Strategy(canary=2, on_failure="abort", auto_rollback=True)
-    rollout = ro.start_rollout(world.ctx("op"), rel, environment="test", strategy=strategy)
+    rollout = ro.start_rollout(world.ctx("admin"), rel, environment="test", strategy=strategy)
     saved = list(ro.ROLLBACK_ACTIONS)
     ro.ROLLBACK_ACTIONS[:] = [fake_rollback]
     try:
@@ -250,8 +251,7 @@ def test_failure_aborts_and_calls_the_rollback_action(world: World, rel: Release
     assert _count(world, Deployment) == 2  # the rest was never queued
 
 
-def test_automatic_rollback_submits_a_rollback_release(world: World,
-                                                       tmp_path: Path) -> None:
+def _undoable(world: World, tmp_path: Path) -> Release:
     src = tmp_path / "undoable"
     src.mkdir()
     (src / "up.sh").write_text("echo up\n")
@@ -267,23 +267,91 @@ def test_automatic_rollback_submits_a_rollback_release(world: World,
     rel = create_release(world.ctx("dev"), src)
     submit_release(world.ctx("dev"), rel)
     approve_release(world.ctx("appr1"), rel)
-    _fleet(world, 2)
+    return rel
+
+
+def test_automatic_rollback_is_approved_by_inheritance_and_queued(world: World,
+                                                                  tmp_path: Path) -> None:
+    rel = _undoable(world, tmp_path)
+    _fleet(world, 3)
     rollout = ro.start_rollout(world.ctx("admin"), rel, environment="test",
                                strategy=Strategy(canary=1, auto_rollback=True))
     did = _finish(world, rollout, {"a00": "failed"})
     assert rollout.state == "paused"
     (said,) = [d for d in did if d.startswith("rollback:")]
     assert "rollback release hello 2.0.0-rollback-" in said, did
+    assert "approved by inheritance from hello 2.0.0 and queued for a00" in said
     assert "rollback: deployment" in rollout.reason  # rollouts show says it
     rollback = world.session.scalars(select(Release).where(
         Release.version.like("2.0.0-rollback-%"))).one()
-    assert rollback.state == "submitted" and rollback.author.username == "admin"
+    assert rollback.state == "approved" and rollback.author.username == "admin"
+    assert rollback.approvals_from is rel and rollback.approvals == []
+    failed = world.session.scalars(select(Deployment).where(
+        Deployment.release_id == rel.id)).one()
+    assert rollback.rollback_of_id == failed.id
+    (queued,) = world.session.scalars(select(Deployment).where(
+        Deployment.release_id == rollback.id))
+    assert queued.state == "queued" and queued.agent is not None
+    assert queued.agent.agent_id == "a00"  # only the agent that ran it
+    from hub.services.approval_rules import check_rule
+
+    assert check_rule(rollback, queued.environment).met  # the original's approvals count
+    (event,) = world.session.scalars(select(AuditEvent).where(
+        AuditEvent.action == "release.approve_inherited"))
+    details = json.loads(event.details) if isinstance(event.details, str) else event.details
+    assert details["inherited_from"] == "hello 2.0.0" and details["rollout"] == rollout.id
+    assert [a["approver"] for a in details["approvals"]] == ["appr1"]
+    view = ro.rollout_json(world.session, rollout, rollout.updated_at)
+    assert view["rollbacks"][0]["deployments"] == [
+        {"id": queued.id, "state": "queued", "agent": "a00"}]
+
+    # Resumed, the next failure is rolled back too; the first is not rolled back twice.
+    ro.resume_rollout(world.ctx("admin"), rollout)
+    did = _finish(world, rollout, {"a01": "failed"})
+    (said,) = [d for d in did if d.startswith("rollback:")]
+    assert "rolled back already by hello 2.0.0-rollback-" in said
+    assert _count_like(world, "2.0.0-rollback-%") == 2
+
+
+def _count_like(world: World, pattern: str) -> int:
+    return len(world.session.scalars(select(Release).where(
+        Release.version.like(pattern))).all())
+
+
+def test_automatic_rollback_without_valid_approvals_is_left_for_people(
+        world: World, tmp_path: Path) -> None:
+    from hub.services.approval_rules import set_environment_rule
+
+    rel = _undoable(world, tmp_path)
+    _fleet(world, 2)
+    rollout = ro.start_rollout(world.ctx("admin"), rel, environment="test",
+                               strategy=Strategy(canary=1, auto_rollback=True))
+    set_environment_rule(world.ctx("admin"), "test", required=2)  # tightened since
+    did = _finish(world, rollout, {"a00": "failed"})
+    (said,) = [d for d in did if d.startswith("rollback:")]
+    assert "submitted, not queued: the approvals of hello 2.0.0 no longer meet" in said
+    rollback = world.session.scalars(select(Release).where(
+        Release.version.like("2.0.0-rollback-%"))).one()
+    assert rollback.state == "submitted" and rollback.approvals_from is None
+    assert world.session.scalars(select(Deployment).where(
+        Deployment.release_id == rollback.id)).all() == []
+
+
+def test_only_someone_who_may_create_releases_starts_an_automatic_rollback(
+        world: World, rel: Release) -> None:
+    _fleet(world, 2)
+    before = _count(world, Rollout)
+    with pytest.raises(PermissionDeniedError, match=r"--auto-rollback: .*op may not "
+                       r"release\.create"):
+        ro.start_rollout(world.ctx("op"), rel, environment="test",
+                         strategy=Strategy(canary=1, auto_rollback=True))
+    assert _count(world, Rollout) == before and _count(world, Deployment) == 0
 
 
 def test_automatic_rollback_says_what_cannot_be_undone(world: World, rel: Release) -> None:
     _fleet(world, 2)
     releases = _count(world, Release)
-    rollout = ro.start_rollout(world.ctx("op"), rel, environment="test",
+    rollout = ro.start_rollout(world.ctx("admin"), rel, environment="test",
                                strategy=Strategy(canary=1, auto_rollback=True))
     did = _finish(world, rollout, {"a00": "failed"})
     assert rollout.state == "paused"
