@@ -839,3 +839,45 @@ class NotificationIncident(db.Model):  # type: ignore[name-defined,misc]
     cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     environment: Mapped[Environment] = relationship()
+
+
+class PlanBundle(db.Model):  # type: ignore[name-defined,misc]
+    """A preflight plan made for a release and a target (hub.services.plans; docs/rollouts.md,
+    "Preflight bundles"). ``id`` is the plan's sequence (bundle-format §6.11: one counter for
+    the whole hub); ``agent_id`` None: every agent of the environment."""
+
+    __tablename__ = "plan_bundles"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"))
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"))
+    bundle_id: Mapped[str] = mapped_column(String(128), unique=True)
+    files: Mapped[list[str]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    release: Mapped[Release] = relationship()
+    environment: Mapped[Environment] = relationship()
+    agent: Mapped[Agent | None] = relationship()
+
+
+class PlanOutcome(db.Model):  # type: ignore[name-defined,misc]
+    """One agent's signed answer to a plan: ``passed`` or ``failed`` and every check."""
+
+    __tablename__ = "plan_outcomes"
+    __table_args__ = (UniqueConstraint("plan_id", "agent_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plan_bundles.id"), index=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    summary: Mapped[str] = mapped_column(Text)
+    checks: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    result_seq: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    plan: Mapped[PlanBundle] = relationship()
+    agent: Mapped[Agent] = relationship()

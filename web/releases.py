@@ -80,6 +80,7 @@ from hub.services.approvals import (
 from hub.services.context import ServiceContext
 from hub.services.deployments import queue_deployment
 from hub.services.environments import visible_environments
+from hub.services.plans import outcomes_json
 from hub.services.releases import (
     RELEASE_TOML,
     StoredFileText,
@@ -116,6 +117,7 @@ bp = Blueprint("releases", __name__, url_prefix="/releases")
 MAX_DIFF_FILE_BYTES = 128 * 1024  # bytes
 #: Longest uploaded file name shown back to the user.
 MAX_SHOWN_NAME_CHARS = 200  # characters
+MAX_PLANS_SHOWN = 20  # newest preflight plans on a release page
 
 _FORMATTER = HtmlFormatter(cssclass="highlight", linenos="table", wrapcode=True)
 _BY_SUFFIX: dict[str, type[Lexer]] = {
@@ -355,6 +357,7 @@ def release(product: str, version: str) -> Any:
         release=rel,
         steps=steps,
         graph=graph_rows(rel.steps),
+        plans=outcomes_json(session, rel)[:MAX_PLANS_SHOWN],
         previous=previous_release(session, rel),
         approvals=visible_approvals(user, rel),
         scopes=approval_scopes(user, rel, visible_environments(session, user)),

@@ -6,7 +6,7 @@ to it when imported: ``setup`` (init, tls), ``serve`` (serve, live), ``users``, 
 (products, releases), ``sites`` (environments, agents), ``channels`` (channels, promotion,
 recall, subscriptions), ``deployments``, ``exchange``
 (export, import), ``audit``, ``backup`` (backup, restore), ``windows`` (windows, freezes,
-deployments why/override). Commands only translate: every
+deployments why/override), ``plans`` (releases plan, releases plans). Commands only translate: every
 rule is in ``hub/services``.
 """
 
@@ -19,6 +19,7 @@ from hub.cli import (  # noqa: F401 - each module registers its commands on the 
     deployments,
     exchange,
     notifications,
+    plans,
     releases,
     rollouts,
     secrets,

@@ -64,12 +64,16 @@ def rollouts() -> None:
 @click.option("--on-failure", type=click.Choice(["pause", "abort"]), default="pause")
 @click.option("--auto-rollback", is_flag=True, help="Roll back the failed deployments "
               "when the threshold is crossed.")
+@click.option("--preflight-within", "preflight_within_h", type=click.IntRange(1, 720),
+              default=None, metavar="HOURS", help="Queue each batch only once a preflight "
+              "plan of the release passed on every agent of it within HOURS "
+              "(`tiangong hub releases plan`).")
 @json_option
 @click.pass_context
 def rollouts_start(ctx: click.Context, product: str, version: str, environment: str | None,
                    selector: str | None, canary: str, batch: str | None, soak_s: int,
                    manual: bool, max_failures: str, on_failure: str, auto_rollback: bool,
-                   as_json: bool) -> None:
+                   preflight_within_h: int | None, as_json: bool) -> None:
     """Start a rollout of an approved release; its first batch is queued at once."""
     from hub.services.releases import get_release
     from hub.services.rollouts import Strategy, parse_selector, start_rollout
@@ -83,7 +87,8 @@ def rollouts_start(ctx: click.Context, product: str, version: str, environment: 
         soak_s=soak_s, manual=manual,
         max_failures=int(max_failures) if max_failures.isdigit() else 0,
         max_failure_percent=_percent(max_failures, "--max-failures"),
-        on_failure=on_failure, auto_rollback=auto_rollback)
+        on_failure=on_failure, auto_rollback=auto_rollback,
+        preflight_within_h=preflight_within_h)
     with _services(ctx) as sc:
         rollout = start_rollout(sc, get_release(sc.session, product, version),
                                 environment=environment,

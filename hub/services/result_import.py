@@ -56,6 +56,7 @@ from hub.services.import_files import (
     remove_stale_copies,
     sync_copies,
 )
+from hub.services.plans import PLAN_STATUSES, record_outcome
 from hub.services.preflight import store_inventory
 from hub.services.users import require
 from signing.fileio import fsync_dir
@@ -540,6 +541,12 @@ class _ImportRun:
                     f"refused: bundle {res.bundle_id} was not exported by this hub to "
                     f"{agent.agent_id} ({str(res.body.get('summary', ''))[:300]})"
                 )
+        elif res.bundle_id is not None and res.status in PLAN_STATUSES:
+            # The answer to a preflight plan (hub.services.plans): no deployment.
+            flag = record_outcome(ctx, agent, res.bundle_id, res.status, res.body,
+                                  res.result_seq)
+            if flag is not None:
+                flags.append(flag)
         elif res.bundle_id is not None:
             dep = deployments.get(res.bundle_id)
             if dep is None:

@@ -71,6 +71,7 @@ __all__ = [
     "advance",
     "advance_all",
     "after_deployments",
+    "after_plan",
     "cancel_rollout",
     "confirm_gate",
     "get_rollout",
@@ -149,6 +150,8 @@ class Strategy:
       later batch; neither: everything after the canary in one batch ("all at once" when
       there is no canary either);
     * gate after each batch: ``soak_s`` seconds after it is done, ``manual`` confirmation;
+    * gate before each batch: ``preflight_within_h`` — a preflight plan of the release
+      passed on every agent of the batch within that many hours (:mod:`hub.services.plans`);
     * ``max_failures`` (count) or ``max_failure_percent`` (of all targets): failures
       allowed over the whole rollout before ``on_failure`` (``pause`` or ``abort``);
       ``auto_rollback`` calls the rollback action then.
@@ -164,6 +167,7 @@ class Strategy:
     max_failure_percent: int | None = None
     on_failure: str = "pause"
     auto_rollback: bool = False
+    preflight_within_h: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -185,6 +189,9 @@ class Strategy:
                                   "give 0 … 100")
         if self.on_failure not in ("pause", "abort"):
             raise ValidationError(f"on failure {self.on_failure!r}: give pause or abort")
+        if self.preflight_within_h is not None and not 1 <= self.preflight_within_h <= 24 * 30:
+            raise ValidationError(f"preflight within {self.preflight_within_h} h: give 1 … "
+                                  "720 hours")
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -222,6 +229,9 @@ class Strategy:
             gate.append("manual confirmation")
         if gate:
             parts.append("gate: " + " + ".join(gate))
+        if self.preflight_within_h is not None:
+            parts.append(f"each batch after a preflight passed on it within "
+                         f"{self.preflight_within_h} h")
         limit = (f"{self.max_failure_percent}%" if self.max_failure_percent is not None
                  else str(self.max_failures))
         parts.append(f"{self.on_failure} after more than {limit} failure(s)"
@@ -541,7 +551,9 @@ def _queue_targets(engine: ServiceContext, rollout: Rollout,
     session = engine.session
     release = rollout.release
     now = engine.now()
-    out = []
+    out: list[str] = []
+    if _preflight_waits(session, rollout, targets, now):
+        return out  # the whole batch waits for its preflight (batch_waits says why)
     for t in targets:
         if t.deployment_id is not None:
             continue
@@ -802,6 +814,28 @@ def confirm_gate(ctx: ServiceContext, rollout: Rollout) -> list[str]:
 # ---- what the pages show -----------------------------------------------------------------
 
 
+def _preflight_waits(session: Session, rollout: Rollout, targets: Sequence[RolloutTarget],
+                     now: datetime) -> list[str]:
+    """The strategy's preflight gate for the targets not queued yet (empty: open)."""
+    within = Strategy.from_json(rollout.strategy).preflight_within_h
+    waiting = [t.agent for t in targets if t.deployment_id is None]
+    if within is None or not waiting:
+        return []
+    from hub.services.plans import preflight_waits
+
+    return preflight_waits(session, rollout.release, waiting, timedelta(hours=within), now)
+
+
+def after_plan(ctx: ServiceContext, release: Release) -> list[str]:
+    """Advance the running rollouts of ``release`` (a preflight outcome was imported: a
+    batch may have waited for it)."""
+    out = []
+    for rollout in ctx.session.scalars(select(Rollout).where(
+            Rollout.release_id == release.id, Rollout.state == "running")):
+        out += advance(ctx, rollout)
+    return out
+
+
 def batch_waits(session: Session, rollout: Rollout, number: int, now: datetime) -> list[str]:
     """Why batch ``number`` does not move on at ``now`` (sentences)."""
     batch = _batch(session, rollout, number)
@@ -809,11 +843,14 @@ def batch_waits(session: Session, rollout: Rollout, number: int, now: datetime) 
     out: list[str] = []
     if batch.started_at is None:
         return ["not started"]
+    preflight = [f"preflight: {w}" for w in _preflight_waits(session, rollout, targets, now)]
+    out += preflight
     for t in targets:
         if t.deployment is None:
             check = check_rule(rollout.release, t.agent.environment, now=now)
-            out.append(f"{t.agent.agent_id}: approval {check.found} of "
-                       f"{check.rule.required}: {check.summary()}")
+            if not check.met or not preflight:
+                out.append(f"{t.agent.agent_id}: approval {check.found} of "
+                           f"{check.rule.required}: {check.summary()}")
             continue
         for reason in waiting_for(session, t.deployment, now):
             out.append(f"{t.agent.agent_id}: {reason.text}")

@@ -1,0 +1,250 @@
+"""Preflight plans: ask the sites whether they can run a release, changing nothing there.
+
+Issue 14 §3; docs/rollouts.md, "Preflight bundles". :func:`create_plan` writes one signed plan
+bundle (docs/bundle-format.md §6.11) of a release for an environment (every agent of it) or
+one agent: the release's steps and files, no approvals, chain, policy or secrets. Its
+sequence is the :class:`~hub.db.PlanBundle` row's id — one counter for the whole hub, so every
+agent sees plans in the order they were made, and deployment sequences are never touched. It
+is written to ``--out`` (media) or, without it, into the live spool of each target agent
+(``<data_dir>/live-outbox/<agent>/``), which the live server offers at the agent's next
+connection or push.
+
+Agents answer with a signed result (``plan-passed`` / ``plan-failed``); the importer calls
+:func:`record_outcome`, which keeps one :class:`~hub.db.PlanOutcome` per plan and agent, and
+then advances the running rollouts of the release (they may wait on the gate below).
+
+**The gate.** :func:`preflight_waits` says, for a release and some agents, what keeps "a plan
+passed on every one of them within N hours" from being true; rollouts use it before queueing
+each batch (``Strategy.preflight_within_h``, :mod:`hub.services.rollouts`). An agent's
+*newest* outcome for the release counts: a pass followed by a failure is a failure.
+
+This module does not export deployments, import files or run checks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bundle.manifest import Target
+from bundle.writer import plan_manifest, write_bundle
+from hub.db import Agent, Environment, PlanBundle, PlanOutcome, Release
+from hub.errors import ConfigError, ValidationError
+from hub.services import audit
+from hub.services.agents import get_agent
+from hub.services.context import ServiceContext
+from hub.services.environments import get_environment
+from hub.services.export import _check_release_files, _roots_up_to
+from hub.services.users import require_ctx
+
+__all__ = ["DEFAULT_EXPIRES", "PLAN_STATUSES", "PlanReport", "create_plan", "latest_outcomes",
+           "outcomes_json", "preflight_waits", "record_outcome"]
+
+#: How long a plan stays valid at the sites by default.
+DEFAULT_EXPIRES = timedelta(hours=24)
+#: Result statuses of a plan's answer, and the outcome each records.
+PLAN_STATUSES = {"plan-passed": "passed", "plan-failed": "failed"}
+MAX_CHECKS_KEPT = 500  # checks kept from one outcome
+LIVE_SPOOL = "live-outbox"  # under the data directory (= hub.live_hub.LiveHub.spool_root)
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    """What :func:`create_plan` made: the plan's sequence, its bundle and files, and the
+    agents expected to answer."""
+
+    sequence: int
+    bundle_id: str
+    release: str
+    target: str
+    files: tuple[Path, ...]
+    agents: tuple[str, ...]
+    expires_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sequence": self.sequence, "bundle_id": self.bundle_id,
+                "release": self.release, "target": self.target,
+                "files": [str(p) for p in self.files], "agents": list(self.agents),
+                "expires_at": self.expires_at.isoformat()}
+
+
+def _targets(session: Session, environment: str | None,
+             agent_id: str | None) -> tuple[Environment, Agent | None, list[Agent]]:
+    if (environment is None) == (agent_id is None):
+        raise ValidationError("give --environment or --agent (one of them)")
+    if agent_id is not None:
+        agent = get_agent(session, agent_id)
+        if agent.status != "enrolled":
+            raise ValidationError(f"agent {agent_id} is {agent.status}")
+        return agent.environment, agent, [agent]
+    assert environment is not None
+    env = get_environment(session, environment)
+    agents = list(session.scalars(select(Agent).where(
+        Agent.environment_id == env.id, Agent.status == "enrolled").order_by(Agent.agent_id)))
+    if not agents:
+        raise ValidationError(f"environment {environment} has no enrolled agent to plan on")
+    return env, None, agents
+
+
+def create_plan(ctx: ServiceContext, release: Release, *, environment: str | None = None,
+                agent_id: str | None = None, out_dir: Path | None = None,
+                expires_in: timedelta = DEFAULT_EXPIRES) -> PlanReport:
+    """Write a plan bundle of ``release`` for ``environment`` or ``agent_id`` into
+    ``out_dir`` (media) or, without it, into each target agent's live spool. Audited
+    (``plan.create``); needs ``bundle.export`` in the target's environment.
+
+    Raises:
+        ValidationError: no or two targets, a revoked agent, an environment without agents,
+            the release's stored files changed. NotFoundError: unknown environment/agent.
+        PermissionDeniedError. ConfigError: no release key, or no data directory for live.
+        BundleError, OSError: the bundle cannot be written (nothing is recorded).
+    """
+    session = ctx.session
+    env, agent, agents = _targets(session, environment, agent_id)
+    require_ctx(ctx, "bundle.export", env)
+    keys = ctx.keys
+    if keys is None or keys.release_key is None:
+        raise ConfigError("the hub's release key is not loaded; cannot sign a plan")
+    if out_dir is None and keys.data_dir is None:
+        raise ConfigError("no --out and no hub data directory for the live spool")
+    source = _check_release_files(release.label, release.stored_path, release.content_hash)
+    now = ctx.now()
+    who = agent.agent_id if agent is not None else env.name
+    row = PlanBundle(release=release, environment=env, agent=agent, bundle_id="",
+                     files=[], created_by=ctx.actor.username if ctx.actor else "system",
+                     created_at=now, expires_at=now + expires_in)
+    session.add(row)
+    session.flush()  # the id is the plan's sequence
+    row.bundle_id = f"plan-{release.product.name}-{release.version}-{who}-{row.id}"[:128]
+    created = int(now.timestamp())
+    target = (Target(agents=(agent.agent_id,), environment=env.name) if agent is not None
+              else Target(environment=env.name))
+    manifest, payloads = plan_manifest(
+        source, bundle_id=row.bundle_id, issuer=keys.release_key.key_id, target=target,
+        root_version=keys.root.version, sequence=row.id, created=created,
+        expires=created + int(expires_in.total_seconds()), counter=release.id,
+        author=release.author.username)
+    name = f"{row.bundle_id}.tgb"
+    dirs = ([out_dir] if out_dir is not None else
+            [keys.data_dir / LIVE_SPOOL / a.agent_id for a in agents])  # type: ignore[operator]
+    written: list[Path] = []
+    try:
+        first = dirs[0]
+        first.mkdir(parents=True, exist_ok=True)
+        bundle = write_bundle(first / name, manifest, payloads, [keys.release_key],
+                              roots=_roots_up_to(keys.root_updates, keys.root.version))
+        written.extend(bundle.paths)
+        for other in dirs[1:]:  # the same bytes into each agent's spool
+            other.mkdir(parents=True, exist_ok=True)
+            tmp = other / f".{name}.tmp"
+            shutil.copyfile(bundle.paths[0], tmp)
+            os.replace(tmp, other / name)
+            written.append(other / name)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    row.files = [str(p) for p in written]
+    audit.record(ctx, "plan.create", "release", str(release.id), {
+        "release": release.label, "plan": row.id, "bundle_id": row.bundle_id,
+        "environment": env.name, "agent": agent.agent_id if agent else None,
+        "agents": [a.agent_id for a in agents], "files": row.files,
+        "expires_at": row.expires_at.isoformat()})
+    session.commit()
+    return PlanReport(row.id, row.bundle_id, release.label,
+                      f"agent {who}" if agent is not None else f"environment {who}",
+                      tuple(written), tuple(a.agent_id for a in agents), row.expires_at)
+
+
+def record_outcome(ctx: ServiceContext, agent: Agent, bundle_id: str, status: str,
+                   body: Mapping[str, Any], result_seq: int) -> str | None:
+    """Keep ``agent``'s signed answer to plan ``bundle_id`` (called by the result importer,
+    in its transaction). Returns a flag for the import when the plan is not this hub's or
+    not addressed to the agent (the result is still imported), else None."""
+    session = ctx.session
+    plan = session.scalar(select(PlanBundle).where(PlanBundle.bundle_id == bundle_id))
+    if plan is None:
+        return f"plan: bundle {bundle_id} is not a plan this hub made"
+    if (plan.agent_id is not None and plan.agent_id != agent.id) or \
+            plan.environment_id != agent.environment_id:
+        return f"plan: plan {plan.id} was not addressed to agent {agent.agent_id}"
+    raw = body.get("plan")
+    checks = [c for c in (raw.get("checks") if isinstance(raw, Mapping) else None) or []
+              if isinstance(c, Mapping)][:MAX_CHECKS_KEPT]
+    row = session.scalar(select(PlanOutcome).where(PlanOutcome.plan_id == plan.id,
+                                                   PlanOutcome.agent_id == agent.id))
+    if row is None:
+        row = PlanOutcome(plan=plan, release_id=plan.release_id, agent=agent)
+        session.add(row)
+    row.status = PLAN_STATUSES[status]
+    row.summary = str(body.get("summary", ""))[:4000]
+    row.checks = [{k: (str(c.get(k))[:2000] if c.get(k) is not None else None)
+                   for k in ("check", "status", "summary", "step", "target")} for c in checks]
+    row.result_seq = result_seq
+    row.received_at = ctx.now()
+    session.flush()
+    audit.record(ctx, "plan.outcome", "release", str(plan.release_id), {
+        "plan": plan.id, "agent": agent.agent_id, "status": row.status,
+        "failed": [c["summary"] for c in row.checks if c["status"] == "failed"][:20]})
+    from hub.services.rollouts import after_plan
+
+    after_plan(ctx, plan.release)
+    return None
+
+
+def latest_outcomes(session: Session, release: Release) -> dict[int, PlanOutcome]:
+    """Each agent's newest outcome for ``release`` (by agent row id)."""
+    rows = session.scalars(select(PlanOutcome).where(PlanOutcome.release_id == release.id)
+                           .order_by(PlanOutcome.received_at, PlanOutcome.id))
+    return {r.agent_id: r for r in rows}
+
+
+def preflight_waits(session: Session, release: Release, agents: Sequence[Agent],
+                    within: timedelta, now: datetime) -> list[str]:
+    """Why "a plan of ``release`` passed on every one of ``agents`` within ``within``" is not
+    true at ``now`` (one sentence per agent; empty: the gate is open)."""
+    latest = latest_outcomes(session, release)
+    hours = f"{within.total_seconds() / 3600:g} h"
+    out = []
+    for agent in agents:
+        found = latest.get(agent.id)
+        if found is None:
+            out.append(f"{agent.agent_id}: no preflight plan of {release.label} has been "
+                       f"answered (tiangong hub releases plan {release.product.name} "
+                       f"{release.version} --agent {agent.agent_id})")
+        elif found.status != "passed":
+            out.append(f"{agent.agent_id}: preflight plan {found.plan_id} failed at "
+                       f"{found.received_at:%Y-%m-%d %H:%M} UTC: {found.summary[:300]}")
+        elif found.received_at < now - within:
+            out.append(f"{agent.agent_id}: preflight passed at "
+                       f"{found.received_at:%Y-%m-%d %H:%M} UTC, more than {hours} ago; "
+                       "plan again")
+    return out
+
+
+def outcomes_json(session: Session, release: Release) -> list[dict[str, Any]]:
+    """The plans of ``release`` with every agent's answer (newest plan first), for the
+    release page and ``--json``."""
+    plans = session.scalars(select(PlanBundle).where(PlanBundle.release_id == release.id)
+                            .order_by(PlanBundle.id.desc()))
+    out = []
+    for plan in plans:
+        answers = session.scalars(select(PlanOutcome).where(PlanOutcome.plan_id == plan.id)
+                                  .order_by(PlanOutcome.agent_id))
+        out.append({
+            "plan": plan.id, "bundle_id": plan.bundle_id, "environment": plan.environment.name,
+            "agent": plan.agent.agent_id if plan.agent else None,
+            "created_by": plan.created_by, "created_at": plan.created_at.isoformat(),
+            "expires_at": plan.expires_at.isoformat(),
+            "outcomes": [{"agent": o.agent.agent_id, "status": o.status, "summary": o.summary,
+                          "received_at": o.received_at.isoformat(), "checks": o.checks}
+                         for o in answers]})
+    return out

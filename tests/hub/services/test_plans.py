@@ -1,0 +1,169 @@
+"""Preflight plans at the hub (hub.services.plans): making a plan bundle uses no deployment
+sequence, outcomes are kept per plan and agent, and the rollout gate "a plan passed on every
+agent of the batch within N hours" refuses, explains, then allows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from bundle.inspect import inspect
+from bundle.manifest import KIND_PLAN
+from hub.db import AuditEvent, Deployment, PlanBundle, PlanOutcome, Release, SequenceCounter
+from hub.errors import NotFoundError, PermissionDeniedError, ValidationError
+from hub.services import rollouts as ro
+from hub.services.agents import get_agent, revoke_agent
+from hub.services.plans import create_plan, outcomes_json, preflight_waits, record_outcome
+from hub.services.rollouts import Strategy
+from tests.hub.conftest import World
+from tests.hub.services.test_deployments import approved
+from tests.hub.services.test_rollouts import _fleet
+
+
+@pytest.fixture
+def rel(world: World, release_dir: Callable[..., Path]) -> Release:
+    return approved(world, release_dir, "appr1")
+
+
+def _count(world: World, model: type) -> int:
+    return world.session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def _counters(world: World) -> list[tuple[str, int]]:
+    return [(c.target, c.next_sequence) for c in world.session.scalars(
+        select(SequenceCounter).order_by(SequenceCounter.target))]
+
+
+def _answer(world: World, plan: int, agent: str, status: str, summary: str = "") -> None:
+    row = world.session.get(PlanBundle, plan)
+    assert row is not None
+    flag = record_outcome(world.ctx("op"), get_agent(world.session, agent), row.bundle_id,
+                          status, {"summary": summary, "plan": {"checks": [
+                              {"check": "connection", "status": "failed", "summary": summary,
+                               "step": "s", "target": "db"}] if status == "plan-failed"
+                              else []}}, 1)
+    assert flag is None
+
+
+def test_a_plan_bundle_uses_its_own_sequence(world: World, rel: Release,
+                                             tmp_path: Path) -> None:
+    _fleet(world, 2)
+    counters = _counters(world)
+    first = create_plan(world.ctx("op"), rel, environment="test", out_dir=tmp_path / "m")
+    second = create_plan(world.ctx("op"), rel, agent_id="a01", out_dir=tmp_path / "m")
+    assert second.sequence > first.sequence >= 1
+    assert first.agents == ("a00", "a01") and second.agents == ("a01",)
+    seen = inspect(first.files[0])
+    assert seen.manifest is not None and seen.manifest.kind == KIND_PLAN
+    assert seen.manifest.sequence == first.sequence
+    assert seen.manifest.target.environment == "test" and seen.manifest.target.agents == ()
+    assert seen.manifest.secrets == () and seen.manifest.chain is None
+    # No deployment, no deployment sequence.
+    assert _count(world, Deployment) == 0 and _counters(world) == counters
+    events = world.session.scalars(select(AuditEvent).where(AuditEvent.action == "plan.create"))
+    assert [json.loads(e.details)["plan"] for e in events] == [first.sequence, second.sequence]
+
+
+def test_live_plans_go_to_each_agents_spool(world: World, rel: Release,
+                                            tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    _fleet(world, 2)
+    ctx = world.ctx("op")
+    ctx = replace(ctx, keys=replace(ctx.keys, data_dir=tmp_path / "data"))  # type: ignore[arg-type]
+    report = create_plan(ctx, rel, environment="test")
+    names = {p.parent.name: p.read_bytes() for p in report.files}
+    assert set(names) == {"a00", "a01"} and len(set(names.values())) == 1
+    assert all(p.parent.parent == tmp_path / "data" / "live-outbox" for p in report.files)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "words"), [
+    ({}, ValidationError, "give --environment or --agent"),
+    ({"environment": "test", "agent_id": "a00"}, ValidationError, "one of them"),
+    ({"environment": "prod"}, ValidationError, "no enrolled agent"),
+    ({"environment": "nowhere"}, NotFoundError, "nowhere"),
+    ({"agent_id": "a01"}, ValidationError, "a01 is revoked"),
+])
+def test_plan_refusals_record_nothing(world: World, rel: Release, tmp_path: Path,
+                                      kwargs: dict[str, str], error: type[Exception],
+                                      words: str) -> None:
+    _fleet(world, 2)
+    revoke_agent(world.ctx("op"), "a01")
+    world.session.commit()
+    with pytest.raises(error, match=words):
+        create_plan(world.ctx("op"), rel, out_dir=tmp_path / "m", **kwargs)  # type: ignore[arg-type]
+    world.session.rollback()
+    assert _count(world, PlanBundle) == 0
+    assert not (tmp_path / "m").exists() or not list((tmp_path / "m").iterdir())
+
+
+def test_a_developer_may_not_plan(world: World, rel: Release, tmp_path: Path) -> None:
+    _fleet(world, 1)
+    with pytest.raises(PermissionDeniedError):
+        create_plan(world.ctx("dev"), rel, environment="test", out_dir=tmp_path / "m")
+    world.session.rollback()
+    assert _count(world, PlanBundle) == 0 and not (tmp_path / "m").exists()
+
+
+def test_outcomes_and_the_gate(world: World, rel: Release, tmp_path: Path) -> None:
+    _fleet(world, 2)
+    agents = [get_agent(world.session, a) for a in ("a00", "a01")]
+    day = __import__("datetime").timedelta(hours=24)
+    waits = preflight_waits(world.session, rel, agents, day, world.clock())
+    assert len(waits) == 2 and "no preflight plan of hello" in waits[0]
+    plan = create_plan(world.ctx("op"), rel, environment="test", out_dir=tmp_path / "m")
+    _answer(world, plan.sequence, "a00", "plan-passed", "plan passed: 5 check(s) passed")
+    _answer(world, plan.sequence, "a01", "plan-failed", "connection 'billing-db' is not "
+            "defined")
+    waits = preflight_waits(world.session, rel, agents, day, world.clock())
+    assert waits == [f"a01: preflight plan {plan.sequence} failed at 2026-11-23 09:00 UTC: "
+                     "connection 'billing-db' is not defined"]
+    again = create_plan(world.ctx("op"), rel, agent_id="a01", out_dir=tmp_path / "m")
+    _answer(world, again.sequence, "a01", "plan-passed", "ok")
+    assert preflight_waits(world.session, rel, agents, day, world.clock()) == []
+    world.clock.advance(25 * 3600)
+    stale = preflight_waits(world.session, rel, agents, day, world.clock())
+    assert len(stale) == 2 and "more than 24 h ago" in stale[0]
+    shown = outcomes_json(world.session, rel)
+    assert [p["plan"] for p in shown] == [again.sequence, plan.sequence]
+    assert {o["agent"]: o["status"] for o in shown[1]["outcomes"]} == {
+        "a00": "passed", "a01": "failed"}
+    assert _count(world, PlanOutcome) == 3
+
+
+def test_an_answer_to_an_unknown_plan_is_flagged(world: World, rel: Release) -> None:
+    _fleet(world, 1)
+    flag = record_outcome(world.ctx("op"), get_agent(world.session, "a00"), "plan-x-1",
+                          "plan-passed", {"summary": "ok"}, 1)
+    assert flag == "plan: bundle plan-x-1 is not a plan this hub made"
+    assert _count(world, PlanOutcome) == 0
+
+
+def test_rollout_waits_for_preflight_then_queues(world: World, rel: Release,
+                                                 tmp_path: Path) -> None:
+    _fleet(world, 2)
+    rollout = ro.start_rollout(world.ctx("op"), rel, environment="test",
+                               strategy=Strategy(canary=1, preflight_within_h=24))
+    assert _count(world, Deployment) == 0  # the canary waits for its preflight
+    waits = ro.batch_waits(world.session, rollout, 1, world.clock())
+    assert waits and waits[0].startswith("preflight: a00: no preflight plan of hello")
+    assert "each batch after a preflight passed on it within 24 h" in \
+        Strategy.from_json(rollout.strategy).describe()
+    plan = create_plan(world.ctx("op"), rel, environment="test", out_dir=tmp_path / "m")
+    _answer(world, plan.sequence, "a00", "plan-failed", "dry run rejected")
+    assert _count(world, Deployment) == 0
+    _answer(world, plan.sequence, "a00", "plan-passed", "ok")  # advances the rollout
+    deps = list(world.session.scalars(select(Deployment)))
+    assert [d.agent.agent_id for d in deps] == ["a00"]
+    assert ro.batch_waits(world.session, rollout, 1, world.clock())[:1] != [
+        "preflight: a00: no preflight plan of hello"]
+
+
+def test_preflight_gate_bounds(world: World) -> None:
+    for bad in (0, 721):
+        with pytest.raises(ValidationError, match="preflight within"):
+            Strategy(preflight_within_h=bad).check()
