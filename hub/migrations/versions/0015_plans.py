@@ -1,8 +1,8 @@
 """Preflight plans: the plan bundles the hub made (their id is the plan sequence) and each
 agent's signed outcome (docs/rollouts.md, "Preflight bundles").
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from sqlalchemy.dialects import mysql
 
 _DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
-revision = "0014"
-down_revision = "0013"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
