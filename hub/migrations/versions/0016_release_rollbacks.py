@@ -1,8 +1,8 @@
 """Rollback releases: the deployment a release rolls back, and the release whose approvals
 it inherits (issue 14 §2: a rollout's automatic rollback, docs/rollouts.md).
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0016
+Revises: 0015
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0015"
-down_revision = "0014"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
