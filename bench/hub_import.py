@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import cProfile
+import pstats
 import json
 import os
 import shutil
@@ -75,6 +77,7 @@ from tests.hub.conftest import make_keys
 HELLO = Path(__file__).resolve().parents[1] / "examples" / "releases" / "hello-1.0.0"
 GOAL_IMPORTS_PER_S = 200
 INSERT_BATCH = 10_000  # audit events per bulk INSERT
+PROFILE = False  # --profile: cProfile the import (its figures then include the profiler)
 
 
 # -- the hub and its agent ----------------------------------------------------------------------
@@ -253,11 +256,18 @@ def timed_import(
         patched(os, "fsync", t.wrap("os.fsync (inside the phases)", os.fsync, nested=True)),
         patched(bundle_staging, "_syncfs", t.wrap("syncfs", bundle_staging._syncfs, nested=True)),
     ):
+        profiler = cProfile.Profile() if PROFILE else None
         start, cpu = time.perf_counter(), time.process_time()
+        if profiler is not None:
+            profiler.enable()
         report = exchange.import_directory(
             ctx, src, results_dir=results_dir, batch_size=batch_size
         )
         wall = time.perf_counter() - start
+        if profiler is not None:
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
         t.seconds["cpu"] = time.process_time() - cpu
     counts: dict[str, int] = defaultdict(int)
     for row in report.rows:
@@ -675,6 +685,10 @@ def main() -> int:
     p.add_argument("--events", type=int, default=1_000_000, help="audit events to verify")
     p.add_argument("--quick", action="store_true", help="100,000 audit events")
     p.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    p.add_argument("--no-sqlite", action="store_true", help="import into PostgreSQL only")
+    p.add_argument(
+        "--profile", action="store_true", help="print a cProfile of each import (slows it)"
+    )
     p.add_argument(
         "--audit-postgres",
         action="store_true",
@@ -703,7 +717,11 @@ def main() -> int:
     print(f"work directory {work} (same disk as the data); python {sys.version.split()[0]}")
     try:
         if not a.skip_import:
-            runs = [("SQLite", f"sqlite:///{work / 'import.sqlite'}", work / "sqlite")]
+            global PROFILE
+            PROFILE = a.profile
+            runs = []
+            if not a.no_sqlite:
+                runs.append(("SQLite", f"sqlite:///{work / 'import.sqlite'}", work / "sqlite"))
             if pg is not None:
                 pg.create_database("bench_import")
                 runs.append(("PostgreSQL", pg.sqlalchemy_url("bench_import"), work / "pg"))

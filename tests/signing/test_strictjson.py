@@ -144,3 +144,56 @@ def test_fuzz_canonical_round_trip(value: Any) -> None:
     out = dumps_canonical(value)
     assert loads_strict(out, 1 << 20) == value
     assert dumps_canonical(loads_strict(out, 1 << 20)) == out
+
+
+# --- the fast paths of loads_strict (nesting pre-scan, checks skipped when not needed) ------
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        # More brackets than MAX_DEPTH, all inside strings: the scan skips strings.
+        ('{"a":"' + "[" * 100 + '"}', {"a": "[" * 100}),
+        # An escaped quote does not end the string the brackets are in.
+        ('["\\"' + "{" * 40 + '"]', ['"' + "{" * 40]),
+        # A backslash before the closing quote is itself escaped.
+        ('["\\\\", ' + "[" * 20 + "]" * 20 + ', "' + "[" * 20 + '"]',
+         ["\\", [[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]], "[" * 20]),
+        # Many brackets side by side, never deep.
+        ("[" + ",".join(["[]"] * 200) + "]", [[]] * 200),
+        # MAX_DEPTH + 1 brackets, the innermost empty: its value is at depth MAX_DEPTH.
+        ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "nested"),
+        # Looks like a surrogate escape but is an escaped backslash and text.
+        ('"\\\\ud800"', "\\ud800"),
+        ('{"a":[-9223372036854775808, 9223372036854775807]}',
+         {"a": [-(2**63), 2**63 - 1]}),
+    ],
+    ids=["brackets-in-string", "escaped-quote", "escaped-backslash", "wide", "depth-33-empty",
+         "not-a-surrogate", "int-limits"],
+)
+def test_accepts_fast_paths(data: str, expected: Any) -> None:
+    if expected == "nested":
+        expected = []
+        for _ in range(MAX_DEPTH):
+            expected = [expected]
+    assert loads_strict(data.encode(), CAP) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ("[" * (MAX_DEPTH + 1) + "1" + "]" * (MAX_DEPTH + 1), "nesting"),
+        ('{"k":"' + "[" * 40 + '"}' + "[" * (MAX_DEPTH + 2), "nesting"),
+        ('{"a":{"b":[9223372036854775808]}}', "64-bit"),
+        ('[1,[2,[-9223372036854775809]]]', "64-bit"),
+        ('{"x":[{"k":1,"j":2,"k":3}]}', "duplicate key 'k'"),
+        ('["ok", {"deep":["\\udfff"]}]', "surrogate"),
+        ('{"a":1,"b":' + "[" * 20 + '"\\ud800"' + "]" * 20 + "}", "surrogate"),
+    ],
+    ids=["depth-33-scalar", "deep-after-string", "big-int-nested", "small-int-nested",
+         "duplicate-nested", "surrogate-nested", "surrogate-deep"],
+)
+def test_refuses_fast_paths(data: str, fragment: str) -> None:
+    with pytest.raises(StrictJSONError) as info:
+        loads_strict(data.encode(), CAP)
+    assert fragment in str(info.value)
