@@ -30,9 +30,9 @@ from __future__ import annotations
 import argparse
 import base64
 import cProfile
-import pstats
 import json
 import os
+import pstats
 import shutil
 import subprocess
 import sys
