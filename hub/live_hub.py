@@ -261,6 +261,8 @@ class LiveHub:
         # agent -> (fingerprint of its queued work, monotonic time before which an export that
         # failed for that same work is not tried again)
         self._export_failed: dict[str, tuple[tuple[int, int | None], float]] = {}
+        #: agent -> the newest preflight plan whose spool was offered to it (poll_once)
+        self._plans_offered: dict[str, int] = {}
         # Idle workers end when the LiveHub is garbage-collected (ThreadPoolExecutor's own
         # weak reference), so nobody has to shut these down.
         self._export_pool = ThreadPoolExecutor(EXPORT_THREADS, "tiangong-live-export")
@@ -878,6 +880,10 @@ class LiveHub:
             if work.status != "enrolled":
                 await self._drop_revoked(peer, work.agent_id, work.status)
                 continue
+            if work.plan is not None and work.plan != self._plans_offered.get(work.agent_id):
+                # A preflight plan was written into its spool (hub.services.plans).
+                self._plans_offered[work.agent_id] = work.plan
+                await self._offer_spool(peer, work.agent_id)
             if not work.queued:
                 self._export_failed.pop(work.agent_id, None)
                 continue

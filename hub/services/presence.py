@@ -36,7 +36,7 @@ from sqlalchemy import and_, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from bundle.sync import DEFAULT_HEARTBEAT_SECONDS
-from hub.db import Agent, Deployment
+from hub.db import Agent, Deployment, PlanBundle
 from hub.services.agents import list_agents
 from hub.services.context import ServiceContext
 from hub.services.users import require
@@ -135,13 +135,16 @@ class LiveWork:
     ``exporting`` with no claim (an export that failed after claiming released it: the next
     export resumes it — without this the push loop never looked at them again while the agent
     stayed connected, and a burst stalled); ``newest`` is the highest of their ids (with
-    ``queued``, a cheap fingerprint: a new deployment changes it).
+    ``queued``, a cheap fingerprint: a new deployment changes it). ``plan`` is the newest
+    unexpired preflight plan addressed to it (to it, or to its environment), whose bundle
+    waits in its live spool (:mod:`hub.services.plans`).
     """
 
     agent_id: str
     status: str
     queued: int
     newest: int | None
+    plan: int | None = None
 
 
 def live_work(session: Session, agent_ids: Iterable[str], *,
@@ -154,9 +157,16 @@ def live_work(session: Session, agent_ids: Iterable[str], *,
     work: list[LiveWork] = []
     for start in range(0, len(ids), QUERY_BATCH):
         batch = ids[start:start + QUERY_BATCH]
+        newest_plan = (
+            select(func.max(PlanBundle.id))
+            .where(or_(PlanBundle.agent_id == Agent.id,
+                       and_(PlanBundle.agent_id.is_(None),
+                            PlanBundle.environment_id == Agent.environment_id)),
+                   true() if now is None else PlanBundle.expires_at > now)
+            .correlate(Agent).scalar_subquery())
         query = (
             select(Agent.agent_id, Agent.status, func.count(Deployment.id),
-                   func.max(Deployment.id))
+                   func.max(Deployment.id), newest_plan)
             .outerjoin(Deployment, and_(
                 Deployment.agent_id == Agent.id,
                 or_(and_(Deployment.state == "queued",
@@ -164,7 +174,7 @@ def live_work(session: Session, agent_ids: Iterable[str], *,
                                                         Deployment.hold_until <= now)),
                     and_(Deployment.state == "exporting", Deployment.claimed_by.is_(None)))))
             .where(Agent.agent_id.in_(batch))
-            .group_by(Agent.agent_id, Agent.status)
+            .group_by(Agent.agent_id, Agent.status, Agent.id, Agent.environment_id)
         )
-        work += [LiveWork(a, s, int(n), m) for a, s, n, m in session.execute(query).all()]
+        work += [LiveWork(a, s, int(n), m, p) for a, s, n, m, p in session.execute(query).all()]
     return work
