@@ -202,9 +202,10 @@ def agents_list(ctx: click.Context, environment: str | None, as_json: bool) -> N
 @json_option
 @click.pass_context
 def agents_show(ctx: click.Context, agent_id: str, as_json: bool) -> None:
-    """Show one agent: enrollment, presence and its last known inventory (agent version,
-    OS, free disk, CPUs, memory, connection names, step kinds, time zone; what preflight
-    checks releases against)."""
+    """Show one agent: enrollment, presence, its last known inventory (agent version, OS,
+    free disk, CPUs, memory, connection names, step kinds, time zone, window; what preflight
+    checks releases against) and the bundles it reported holding (window, freeze, an
+    earlier held bundle), from its newest result or live heartbeat."""
     from hub.services.agents import get_agent
     from hub.services.presence import agent_presence
     from hub.services.users import require
@@ -214,20 +215,30 @@ def agents_show(ctx: click.Context, agent_id: str, as_json: bool) -> None:
         a = get_agent(sc.session, agent_id)
         presence = agent_presence(a, sc.now())
         row = _agent_row(a) | {"presence": presence.state, "agent_version": a.agent_version,
-                               "inventory_at": a.inventory_at, "inventory": a.inventory}
+                               "inventory_at": a.inventory_at, "inventory": a.inventory,
+                               "holds": a.holds}
     if as_json:
         _emit(row, True)
         return
     inv = row.pop("inventory")
+    holds = row.pop("holds")
     _emit(row, False)
     if inv is None:
-        click.echo("inventory     not known yet (it comes with the agent's next result)")
+        click.echo("inventory     not known yet (it comes with the agent's next result or "
+                   "live connection)")
         return
-    for key in ("os", "cpus", "memory_bytes", "free_disk_bytes", "time_zone"):
+    for key in ("os", "cpus", "memory_bytes", "free_disk_bytes", "time_zone", "window"):
         click.echo(f"{key.ljust(16)}  {inv.get(key)}")
     conns = ", ".join(f"{n} ({t})" for n, t in sorted(inv.get("connections", {}).items()))
     click.echo(f"{'connections'.ljust(16)}  {conns or 'none'}")
     click.echo(f"{'step_kinds'.ljust(16)}  {', '.join(inv.get('step_kinds', [])) or 'none'}")
+    if holds is None:
+        click.echo(f"{'held'.ljust(16)}  not reported")
+    elif not holds:
+        click.echo(f"{'held'.ljust(16)}  nothing")
+    for h in holds or []:
+        click.echo(f"{'held'.ljust(16)}  bundle {h['bundle_id']} (sequence {h['sequence']}, "
+                   f"{h['kind']}): {h['text']}")
 
 
 @agents.command("revoke")

@@ -14,10 +14,14 @@ and ``deployments list --json`` alike. Reasons, each a :class:`Reason` with a ``
 * ``window`` — outside every maintenance window: "window opens Sat 2027-01-02 01:00
   Europe/Berlin"; exported to media early (the agent holds it), pushed live at the opening;
 * ``override`` — an override was requested and waits for a second person;
+* ``site`` — an agent reported (in its newest result or live STATE, docs/live-protocol.md
+  §3.1) that it holds this deployment's bundle: "held at site-7 (reported 2027-01-15 08:00
+  UTC): window opens Sat 2027-01-16 01:00 Europe/Berlin" — by its own clock and the policy
+  the bundle carried, which is what decides at the site.
 
-A confirmed hub override lifts ``freeze`` and ``window``. What an agent holds at the site
-is not reported to the hub (``tiangong agent status`` says it there). Deployments that are
-running or finished wait for nothing (an empty list).
+A confirmed hub override lifts ``freeze`` and ``window`` (not ``site``: the agent holds by
+the bundle it has; ``tiangong agent run-now`` there). Deployments that are running or
+finished wait for nothing (an empty list).
 
 This module decides nothing and changes nothing: each rule lives in its own service.
 """
@@ -25,17 +29,18 @@ This module decides nothing and changes nothing: each rule lives in its own serv
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hub.db import ChannelEntry, ChannelSubscription, Deployment
+from bundle.windows import format_instant
+from hub.db import Agent, ChannelEntry, ChannelSubscription, Deployment
 from hub.services.approval_rules import check_rule
 from hub.services.windows import FOREVER, Gate, gate_for, list_overrides
 
-__all__ = ["WAITING_STATES", "Reason", "waiting_for"]
+__all__ = ["WAITING_STATES", "Reason", "site_holds", "waiting_for"]
 
 #: states in which a deployment can still be waiting for something before it runs
 WAITING_STATES = frozenset({"planned", "queued", "exporting", "exported", "delivered"})
@@ -74,7 +79,31 @@ def waiting_for(session: Session, deployment: Deployment, now: datetime) -> list
         o = pending[-1]
         reasons.append(Reason("override", f"override requested by {o.requested_by} "
                               f"({o.reason}); needs a second person to confirm it"))
-    return reasons
+    return reasons + site_holds(session, deployment)
+
+
+def site_holds(session: Session, dep: Deployment) -> list[Reason]:
+    """What the agents this deployment reaches report holding of its bundle (``site``)."""
+    if dep.bundle_id is None or dep.state not in ("exported", "delivered"):
+        return []
+    if dep.agent is not None:
+        agents = [dep.agent]
+    else:
+        agents = list(session.scalars(select(Agent).where(
+            Agent.environment_id == dep.environment_id, Agent.holds.is_not(None))
+            .order_by(Agent.agent_id)))
+    out = []
+    for agent in agents:
+        for hold in agent.holds or []:
+            if hold.get("bundle_id") != dep.bundle_id:
+                continue
+            until = hold.get("until")
+            reported = (f" (reported {format_instant(int(agent.inventory_at.timestamp()))})"
+                        if agent.inventory_at is not None else "")
+            out.append(Reason("site", f"held at {agent.agent_id}{reported}: {hold['text']}",
+                              datetime.fromtimestamp(until, UTC)
+                              if isinstance(until, int) else None))
+    return out
 
 
 def _subscription(session: Session, dep: Deployment) -> ChannelSubscription | None:

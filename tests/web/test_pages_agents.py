@@ -265,3 +265,29 @@ def test_agent_page_shows_the_last_known_inventory(site: Site, tmp_path: Path) -
     facts = html.split('id="agent-inventory"', 1)[1].split("</dl>", 1)[0]
     assert "app-db (postgres)" in facts and "reports-db (mysql)" in facts
     assert "shell, sql" in facts and "Europe/Berlin" in facts and "5.0 MiB" in facts
+    assert 'id="agent-holds-unknown"' in html  # a result from before holds were reported
+
+
+def test_agent_page_shows_what_the_site_holds(site: Site, tmp_path: Path) -> None:
+    enroll(site, tmp_path, "t-held")
+    with site.app.app_context():
+        agent = get_agent(db.session(), "t-held")
+        agent.inventory = {"agent_version": "1.2", "os": "Linux", "free_disk_bytes": None,
+                           "cpus": None, "memory_bytes": None, "time_zone": None,
+                           "connections": {}, "step_kinds": [],
+                           "window": "Sat 01:00–05:00 Europe/Berlin"}
+        agent.inventory_at = site.clock()
+        agent.holds = [{"bundle_id": "b-9", "sequence": 4, "kind": "freeze",
+                        "text": "frozen until Mon 2027-01-04 00:00 UTC (<quarter close>)",
+                        "until": None}]
+        db.session.commit()
+    html = site.client("view").get("/agents/t-held").get_data(as_text=True)
+    held = html.split('id="agent-holds"', 1)[1].split("</ul>", 1)[0]
+    assert "b-9" in held and "sequence 4" in held and 'data-kind="freeze"' in held
+    assert "(&lt;quarter close&gt;)" in held  # escaped
+    assert "Sat 01:00–05:00 Europe/Berlin" in html.split('id="agent-window"', 1)[1][:80]
+    with site.app.app_context():
+        get_agent(db.session(), "t-held").holds = []
+        db.session.commit()
+    html = site.client("view").get("/agents/t-held").get_data(as_text=True)
+    assert 'id="agent-holds-none"' in html and 'id="agent-holds"' not in html

@@ -3,11 +3,12 @@ a deployment that waits for nothing."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from hub.db import ChannelEntry, Deployment
+from bundle.windows import format_instant
+from hub.db import Agent, ChannelEntry, Deployment
 from hub.services.approvals import approve_release
 from hub.services.channels import subscribe
 from hub.services.deployments import transition
@@ -123,3 +124,29 @@ def test_every_reason_at_once_in_order(world: World) -> None:
     world.session.flush()
     world.session.expire(dep.release)
     assert _kinds(world, dep) == ["approvals", "freeze", "window", "override"]
+
+
+def test_a_bundle_an_agent_reports_holding_is_held_at_the_site(world: World) -> None:
+    """An environment-wide deployment whose bundle one agent of the environment reports
+    holding (its newest result or live STATE): "held at site-01 (reported …): …", with the
+    time the hold ends; another agent's hold of another bundle is not this one's."""
+    dep = _queued(world)
+    transition(world.ctx("op"), dep, "exported")
+    dep.bundle_id = "b-7"
+    env = _env(world, "test")
+    text = "window opens Sat 2027-01-16 01:00 Europe/Berlin"
+    for n, (agent_id, bundle_id) in enumerate((("site-01", "b-7"), ("site-02", "b-other"))):
+        world.session.add(Agent(
+            agent_id=agent_id, environment=env, hostname="h", ed25519_public=f"{n}" * 64,
+            x25519_public=f"{n}" * 64, enrolled_at=world.clock(), inventory={},
+            inventory_at=world.clock(),
+            holds=[{"bundle_id": bundle_id, "sequence": 3, "kind": "window", "text": text,
+                    "until": 1_800_000_000}]))
+    world.session.flush()
+    (reason,) = waiting_for(world.session, dep, world.clock())
+    assert reason.kind == "site"
+    assert reason.text == (f"held at site-01 (reported "
+                           f"{format_instant(int(world.clock().timestamp()))}): {text}")
+    assert reason.until == datetime.fromtimestamp(1_800_000_000, UTC)
+    transition(world.ctx("op"), dep, "running")
+    assert waiting_for(world.session, dep, world.clock()) == []
