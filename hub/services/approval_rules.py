@@ -31,7 +31,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import object_session
 
-from hub.db import Approval, ApprovalRule, ApproverKey, Environment, Release
+from hub.db import Approval, ApprovalRule, ApproverKey, Channel, Environment, Release
 from hub.errors import NotFoundError, ValidationError
 from hub.services import audit
 from hub.services.approvers import parse_group_names
@@ -189,6 +189,7 @@ def set_channel_rule(
     require(ctx.actor, "environment.update", env)
     names = _check_rule_values(required, groups, min_groups)
     channel = _channel_name(channel)
+    _require_known_channel(ctx, channel)
     row = _channel_row(ctx, env, channel)
     before = rule_for(env, channel).to_json()
     if row is None:
@@ -225,6 +226,26 @@ def clear_channel_rule(ctx: ServiceContext, environment: str, channel: str) -> N
         ctx, "environment.approval_rule", "environment", env.name,
         {"channel": channel, "from": before, "to": None},
     )
+
+
+def _require_known_channel(ctx: ServiceContext, channel: str) -> None:
+    """A per-channel rule only ever applies to releases reaching an environment through a
+    channel of that name: refuse one that no product has (a typo would silently never
+    apply). The default names count (every new product gets them).
+
+    Raises:
+        ValidationError: naming the channels that exist.
+    """
+    from hub.services.channels import DEFAULT_CHANNELS
+
+    known = {n.lower() for n in ctx.session.scalars(select(Channel.name).distinct())}
+    known |= {n.lower() for n in DEFAULT_CHANNELS}
+    if channel not in known:
+        raise ValidationError(
+            f"no product has a channel {channel!r} (channels: {', '.join(sorted(known))}); "
+            "a per-channel rule applies only to releases reaching the environment through "
+            "that channel: add the channel first (tiangong hub channels add PRODUCT NAME) "
+            "or correct the name")
 
 
 def _channel_name(channel: str) -> str:

@@ -28,6 +28,7 @@ from hub.services.approval_rules import (
 )
 from hub.services.approvals import approve_release
 from hub.services.approvers import add_group, remove_group, set_groups
+from hub.services.channels import add_channel
 from hub.services.deployments import queue_deployment
 from hub.services.environments import get_environment
 from hub.services.releases import create_product, create_release, submit_release
@@ -206,3 +207,21 @@ def test_a_channel_rule_takes_the_channel_as_the_channel_commands_spell_it(
         set_channel_rule(admin, "test", "BE TA", required=1)
     clear_channel_rule(admin, "test", "Stable")
     assert [r.channel for r in rules_of(admin, "test")] == [None]
+
+
+def test_a_rule_for_a_channel_no_product_has_is_refused_and_nothing_changes(
+    world: World, release_dir: Callable[..., Path]
+) -> None:
+    admin = world.ctx("admin")
+    _submitted(world, release_dir)  # a product with the default channels
+    world.session.commit()
+    before = (rules_of(admin, "prod"), _events(world, "environment.approval_rule"))
+    with pytest.raises(ValidationError, match=(
+            r"no product has a channel 'stabel' \(channels: canary, release, stable\); .*"
+            r"tiangong hub channels add PRODUCT NAME")):
+        set_channel_rule(admin, "prod", "STABEL", required=2)
+    world.session.rollback()
+    assert (rules_of(admin, "prod"), _events(world, "environment.approval_rule")) == before
+    add_channel(admin, "hello", "HOTFIX")  # a channel of one product is enough
+    set_channel_rule(admin, "prod", "HOTFIX", required=1)
+    assert [r.channel for r in rules_of(admin, "prod")] == [None, "hotfix"]
