@@ -39,6 +39,7 @@ release again for that).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +153,10 @@ def create_rollback(ctx: ServiceContext, deployment_id: int,
     if stored is None or not stored.is_dir():
         raise ValidationError(f"release {release.label}: its files are not stored on the hub, "
                               "so its down and rollback scripts cannot be shipped")
+    if ctx.releases_dir is None:
+        # The live server's and the scheduler's contexts store no files of their own; a
+        # rollback release goes where the release it undoes is stored (releases/<hash>/).
+        ctx = dataclasses.replace(ctx, releases_dir=stored.parent)
     where = f"{dep.environment.name}" + (f"/{dep.agent.agent_id}" if dep.agent else "")
     lines = [f"Rollback of deployment {dep.id} ({release.label}, bundle {dep.bundle_id}, "
              f"{where}): {reason}"]

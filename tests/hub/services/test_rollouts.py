@@ -3,6 +3,7 @@ gates, failure thresholds, people's actions, labels and selectors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -54,10 +55,14 @@ def rollout_session(rollout: Rollout):  # type: ignore[no-untyped-def]
     return object_session(rollout)
 
 
-def _finish(world: World, rollout: Rollout, outcome: dict[str, str] | None = None) -> list[str]:
+def _finish(world: World, rollout: Rollout, outcome: dict[str, str] | None = None, *,
+            stores_files: bool = True) -> list[str]:
     """Every queued deployment of the current batch exported, then finished with
-    ``outcome[agent]`` (default succeeded); then what the engine did."""
+    ``outcome[agent]`` (default succeeded); then what the engine did (``stores_files``
+    False: in a context without a releases directory, as the live server's import)."""
     ctx = world.ctx("op")
+    if not stores_files:
+        ctx = dataclasses.replace(ctx, releases_dir=None)
     outcome = outcome or {}
     ids = []
     for dep in _current(world, rollout):
@@ -276,7 +281,7 @@ def test_automatic_rollback_is_approved_by_inheritance_and_queued(world: World,
     _fleet(world, 3)
     rollout = ro.start_rollout(world.ctx("admin"), rel, environment="test",
                                strategy=Strategy(canary=1, auto_rollback=True))
-    did = _finish(world, rollout, {"a00": "failed"})
+    did = _finish(world, rollout, {"a00": "failed"}, stores_files=False)
     assert rollout.state == "paused"
     (said,) = [d for d in did if d.startswith("rollback:")]
     assert "rollback release hello 2.0.0-rollback-" in said, did
@@ -285,6 +290,8 @@ def test_automatic_rollback_is_approved_by_inheritance_and_queued(world: World,
     rollback = world.session.scalars(select(Release).where(
         Release.version.like("2.0.0-rollback-%"))).one()
     assert rollback.state == "approved" and rollback.author.username == "admin"
+    # stored beside the release it undoes, so it can be exported
+    assert Path(rollback.stored_path).parent == Path(rel.stored_path).parent
     assert rollback.approvals_from is rel and rollback.approvals == []
     failed = world.session.scalars(select(Deployment).where(
         Deployment.release_id == rel.id)).one()
