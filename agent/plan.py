@@ -11,7 +11,9 @@ type, so a file that lies is refused) and:
    a refusal is quarantined with a signed ``rejected`` result, as for any bundle;
 2. writes the new plan state atomically (crash point ``plan-accepted``) and moves the files to
    ``archive/plans/``; root updates the plan carried are *not* kept;
-3. runs the checks (:mod:`agent.plancheck`) in a scratch directory under ``runs/``;
+3. runs the checks (:mod:`agent.plancheck`) in a scratch directory under ``runs/`` — the
+   release's own ``check`` scripts only where its approvals are met, exactly as for a
+   deployment (``agent.approvalcheck``; the plan may carry them, §6.10), else ``skipped``;
 4. records a signed result — ``plan-passed`` or ``plan-failed``, ``body.plan`` listing every
    check — in the journal (crash point ``plan-recorded``) and writes it to the outbox.
 
@@ -21,7 +23,8 @@ one wait. An agent that stops between 2 and 4 reports nothing for that plan; a c
 copied again is refused as a replay of itself (its sequence is used): plan again.
 
 Deliberately not here: the checks themselves (``agent.plancheck``), ordering against release
-bundles (plans have their own sequence space and need none), approvals (a plan needs none).
+bundles (plans have their own sequence space and need none). A plan is never refused for its
+approvals: without them it still checks everything but the release's own scripts.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import logging
 import shutil
 from typing import TYPE_CHECKING, Any
 
+from agent.approvalcheck import check_approvals
 from agent.faults import crash_point, fault_point
 from agent.inbox import ReadyItem, printable
 from agent.plancheck import FAILED, CheckResult, run_checks
@@ -172,6 +176,7 @@ class PlanRunner:
         m = vb.manifest
         files = dict(vb.files)
         problem = check_steps(self.config, m.steps, {f.name for f in m.files})
+        refusal = check_approvals(self.config.environment, vb)  # scripts are release code
         steps_check = CheckResult(
             "steps", FAILED if problem else "passed",
             f"a deployment of this release would be refused: {problem}" if problem else
@@ -185,6 +190,7 @@ class PlanRunner:
                 self.config, m.steps, files, {f.name: f.size for f in m.files},
                 bundle_id=m.bundle_id, release=m.release.to_json() if m.release else {},
                 workdir=workdir, cancel=self.agent.runner.cancel,
-                timeout_s=float(self.config.bundle_timeout_s))]
+                timeout_s=float(self.config.bundle_timeout_s),
+                scripts_refused=refusal[0] if refusal is not None else None)]
         finally:
             shutil.rmtree(workdir, ignore_errors=True)

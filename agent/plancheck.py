@@ -15,6 +15,10 @@ verified, :func:`run_checks` looks at the site with them (docs/agent.md, "Plan b
 * **check scripts** — a step's ``check`` (docs/release-format.md §3.9): SQL inside a
   read-only transaction that is always rolled back, with transaction control refused; shell
   through the shell executor in a scratch directory, with ``TIANGONG_PLAN=1`` and no secrets.
+  They are the release's code: where the trusted root requires signed approvals for this
+  agent's environment, they run only when the plan carries approvals that meet it (the
+  caller's ``scripts_refused``), else they are reported ``skipped`` — a plan never runs code
+  a deployment of the same release could not.
 
 Every check is bounded by its step's timeout and the plan's deadline; one failing check never
 stops the others (the point is to say everything that is wrong at once).
@@ -55,7 +59,7 @@ from bundle.steps import needed_connection_type, version_satisfies
 
 __all__ = ["DISK_FACTOR", "FAILED", "PASSED", "CheckResult", "run_checks"]
 
-PASSED, FAILED = "passed", "failed"
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 #: The release's files must fit this many times in the agent home (bundle + staging).
 DISK_FACTOR = 2
 #: Log kept from one check script (head and tail), in bytes.
@@ -78,7 +82,7 @@ class CheckResult:
     """One check of a plan: what (``check``), for which step and target, and how it went."""
 
     check: str  # connection | server-version | k8s-dry-run | http | free-space | check-script
-    status: str  # passed | failed
+    status: str  # passed | failed | skipped
     summary: str
     step: str | None = None
     target: str | None = None
@@ -93,7 +97,9 @@ class _Checks:
     def __init__(self, config: AgentConfig, steps: Sequence[Mapping[str, Any]],
                  files: Mapping[str, Path], sizes: Mapping[str, int], bundle_id: str,
                  release: Mapping[str, Any], workdir: Path, cancel: threading.Event,
-                 deadline: float, clock: Callable[[], float]) -> None:
+                 deadline: float, clock: Callable[[], float],
+                 scripts_refused: str | None) -> None:
+        self.scripts_refused = scripts_refused
         self.config = config
         self.steps = steps
         self.files = files
@@ -228,9 +234,19 @@ class _Checks:
                      f"{requirement!r}" + (" (no version number in it)" if ok is None else ""),
                      name, conn.name)
         check = step.get("check")
-        if isinstance(check, str):
+        if isinstance(check, str) and not self._refused(name, check):
             ok, summary, log = self._sql_check(step, conn, check)
             self.add("check-script", ok, summary, name, check, log)
+
+    def _refused(self, step: str, check: str) -> bool:
+        """A release's own script runs only where its approvals are met (as a deployment's
+        would be): else the check is reported skipped, with the reason."""
+        if self.scripts_refused is None:
+            return False
+        self.out.append(CheckResult("check-script", SKIPPED, f"check {check}: not run: this "
+                                    f"site runs a release's scripts only when its approvals "
+                                    f"are met: {self.scripts_refused}", step, check))
+        return True
 
     def _sql_check(self, step: Mapping[str, Any], conn: Connection,
                    check: str) -> tuple[bool, str, str]:
@@ -274,6 +290,8 @@ class _Checks:
 
     def _shell_check(self, idx: int, step: Mapping[str, Any]) -> None:
         check = str(step["check"])
+        if self._refused(str(step.get("name")), check):
+            return
         spec = {k: v for k, v in step.items() if k not in ("rollback", "check")}
         spec.update(script=check, secrets=[], secrets_via="env",
                     env={**dict(step.get("env") or {}), "TIANGONG_PLAN": "1"})
@@ -319,15 +337,17 @@ def run_checks(config: AgentConfig, steps: Sequence[Mapping[str, Any]],
                files: Mapping[str, Path], sizes: Mapping[str, int], *, bundle_id: str,
                release: Mapping[str, Any], workdir: Path, cancel: threading.Event,
                timeout_s: float, clock: Callable[[], float] = time.monotonic,
-               ) -> list[CheckResult]:
+               scripts_refused: str | None = None) -> list[CheckResult]:
     """Every check of a verified plan, in step order after the free-space checks.
 
     ``files`` are the staged payloads by logical name and ``sizes`` their sizes; ``workdir``
-    a private scratch directory (removed by the caller). Never raises for what it finds:
-    each problem is a failed :class:`CheckResult`.
+    a private scratch directory (removed by the caller). ``scripts_refused``: why the
+    release's own ``check`` scripts may not run here (its approvals are not met where the
+    trusted root requires them); they are then reported ``skipped``. Never raises for what
+    it finds: each problem is a failed :class:`CheckResult`.
     """
     checks = _Checks(config, steps, files, sizes, bundle_id, release, workdir, cancel,
-                     clock() + timeout_s, clock)
+                     clock() + timeout_s, clock, scripts_refused)
     checks.free_space()
     for idx, step in enumerate(steps):
         if cancel.is_set():

@@ -714,8 +714,8 @@ class Manifest:
         self._check_policy()
         if self.approvals != ():
             check_approvals(self.approvals)
-            if self.kind != KIND_RELEASE:
-                raise _fail("approvals", "only a release bundle carries approvals")
+            if self.kind not in (KIND_RELEASE, KIND_PLAN):
+                raise _fail("approvals", "only a release or plan bundle carries approvals")
 
     def _check_policy(self) -> None:
         """§6.9: release bundles only; absent rather than empty."""

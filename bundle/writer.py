@@ -235,11 +235,13 @@ def plan_manifest(
     counter: int,
     author: str,
     checkpoint: Mapping[str, Any] | None = None,
+    approval_envelopes: Sequence[bytes] = (),
 ) -> tuple[Manifest, tuple[PayloadFile, ...]]:
     """The manifest and payload list of a plan (preflight) bundle of ``source`` (§6.11).
 
-    A plan carries the release's steps and files so the agent can check them, and nothing
-    that a deployment needs beyond that: no approvals, chain, policy or secrets. Its
+    A plan carries the release's steps and files so the agent can check them, the signed
+    approvals (§6.10) a site that requires them needs before it runs the release's own
+    ``check`` scripts, and nothing else a deployment needs: no chain, policy or secrets. Its
     ``sequence`` is the hub's plan counter, a sequence space of its own.
 
     Raises:
@@ -248,7 +250,7 @@ def plan_manifest(
     manifest, files = release_manifest(
         source, bundle_id=bundle_id, issuer=issuer, target=target, root_version=root_version,
         sequence=sequence, created=created, expires=expires, counter=counter, author=author,
-        checkpoint=checkpoint)
+        checkpoint=checkpoint, approval_envelopes=approval_envelopes)
     return dataclasses.replace(manifest, kind=KIND_PLAN), files
 
 

@@ -44,6 +44,8 @@ def releases_plan(ctx: click.Context, product: str, version: str, environment: s
                              environment=environment, agent_id=agent_id, out_dir=out_dir,
                              expires_in=expires_in)
     where = ", ".join(str(p) for p in report.files)
+    if report.note and not as_json:
+        click.echo(f"note: {report.note}", err=True)
     _done(as_json, f"plan {report.sequence} of {report.release} for {report.target} "
           f"({', '.join(report.agents)}) written to {where}; valid until "
           f"{report.expires_at:%Y-%m-%d %H:%M} UTC", report.to_json())

@@ -2,7 +2,9 @@
 
 Issue 14 §3; docs/rollouts.md, "Preflight bundles". :func:`create_plan` writes one signed plan
 bundle (docs/bundle-format.md §6.11) of a release for an environment (every agent of it) or
-one agent: the release's steps and files, no approvals, chain, policy or secrets. Its
+one agent: the release's steps and files, and the signed approvals a deployment would carry
+(a site that requires them runs the release's own check scripts only with them); no chain,
+policy or secrets. Its
 sequence is the :class:`~hub.db.PlanBundle` row's id — one counter for the whole hub, so every
 agent sees plans in the order they were made, and deployment sequences are never touched. It
 is written to ``--out`` (media) or, without it, into the live spool of each target agent
@@ -26,7 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,9 +39,10 @@ from sqlalchemy.orm import Session
 from bundle.manifest import Target
 from bundle.writer import plan_manifest, write_bundle
 from hub.db import Agent, Environment, PlanBundle, PlanOutcome, Release
-from hub.errors import ConfigError, ValidationError
+from hub.errors import ConfigError, NotEnoughApprovalsError, ValidationError
 from hub.services import audit
 from hub.services.agents import get_agent
+from hub.services.approval_export import bundle_approvals
 from hub.services.context import ServiceContext
 from hub.services.environments import get_environment
 from hub.services.export import _check_release_files, _roots_up_to
@@ -68,12 +71,15 @@ class PlanReport:
     files: tuple[Path, ...]
     agents: tuple[str, ...]
     expires_at: datetime
+    approvals: int = 0
+    note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"sequence": self.sequence, "bundle_id": self.bundle_id,
                 "release": self.release, "target": self.target,
                 "files": [str(p) for p in self.files], "agents": list(self.agents),
-                "expires_at": self.expires_at.isoformat()}
+                "expires_at": self.expires_at.isoformat(), "approvals": self.approvals,
+                "note": self.note}
 
 
 def _targets(session: Session, environment: str | None,
@@ -132,6 +138,18 @@ def create_plan(ctx: ServiceContext, release: Release, *, environment: str | Non
         root_version=keys.root.version, sequence=row.id, created=created,
         expires=created + int(expires_in.total_seconds()), counter=release.id,
         author=release.author.username)
+    # A site that requires signed approvals runs the release's own check scripts only with
+    # them (agent.plancheck): carry what a deployment would; without, the plan still checks
+    # everything else there, and says so.
+    note: str | None = None
+    try:
+        approvals = bundle_approvals(ctx, release, env, created=created,
+                                     expires=created + int(expires_in.total_seconds()))
+    except (NotEnoughApprovalsError, ConfigError) as exc:
+        approvals, note = [], (f"the plan carries no approvals ({exc}); sites that require "
+                               "them report the release's check scripts skipped")
+    if approvals:
+        manifest = replace(manifest, approvals=tuple(approvals))
     name = f"{row.bundle_id}.tgb"
     dirs = ([out_dir] if out_dir is not None else
             [keys.data_dir / LIVE_SPOOL / a.agent_id for a in agents])  # type: ignore[operator]
@@ -161,7 +179,8 @@ def create_plan(ctx: ServiceContext, release: Release, *, environment: str | Non
     session.commit()
     return PlanReport(row.id, row.bundle_id, release.label,
                       f"agent {who}" if agent is not None else f"environment {who}",
-                      tuple(written), tuple(a.agent_id for a in agents), row.expires_at)
+                      tuple(written), tuple(a.agent_id for a in agents), row.expires_at,
+                      len(approvals), note)
 
 
 def record_outcome(ctx: ServiceContext, agent: Agent, bundle_id: str, status: str,

@@ -323,3 +323,62 @@ def test_a_plan_for_another_agent_is_refused(site: tuple[Agent, TrustKit, Clock]
     assert not (agent.config.home / PLAN_STATE_FILE).exists()
     assert agent.journal.trust(kit.hub_id).sequence == 0  # type: ignore[union-attr]
     assert (agent.config.quarantine / "px.tgp").exists()
+
+
+def test_check_scripts_run_only_where_the_release_approvals_are_met(tmp_path: Path) -> None:
+    """Where the trusted root requires signed approvals for the agent's environment, a
+    plan runs the release's own check scripts only with approvals that meet it (a plan never
+    runs code a deployment of the release could not); everything else is checked anyway."""
+    from agent.home import init_home
+    from signing.approvals import ApprovalDocument, sign_approval
+    from signing.delegations import Approver, Delegation
+    from signing.keys import SigningKey
+    from signing.roots import KeyEntry
+    from tests.fixtures.trust import make_trust
+
+    alice = SigningKey.generate()
+    kit = make_trust(approvals={"plant-a": Delegation(
+        "signed", 1, 1, {alice.key_id: Approver("alice", "dba")})},
+        approver_keys=[KeyEntry(alice.public)])
+    init_home(tmp_path / "home", root_file=kit.write_root(tmp_path), agent_id="site-01",
+              environment="plant-a", now=NOW)
+    agent = Agent(load_config(tmp_path / "home"), clock=Clock())
+    marker = tmp_path / "checked.txt"
+    rel = tmp_path / "rel"
+    (rel / "sh").mkdir(parents=True)
+    (rel / "sh" / "run.sh").write_text("exit 0\n")
+    (rel / "sh" / "check.sh").write_text(f'echo "$TIANGONG_PLAN" >> "{marker}"\n')
+    (rel / "release.toml").write_text(
+        'format = 1\n[release]\nproduct = "billing"\nversion = "2.4.0"\n\n[[steps]]\n'
+        'name = "smoke"\nkind = "shell"\nscript = "sh/run.sh"\ncheck = "sh/check.sh"\n')
+    source = load_release(rel)
+
+    def plan(seq: int, approvals: tuple[bytes, ...]) -> Path:
+        manifest, files = plan_manifest(
+            source, bundle_id=f"plan-{seq}", issuer=kit.release_key.key_id,
+            target=Target(agents=("site-01",)), root_version=1, sequence=seq,
+            created=NOW - 60, expires=NOW + 3600, counter=1, author="zoe",
+            approval_envelopes=approvals)
+        return write_bundle(tmp_path / f"p{seq}.tgp", manifest, files,
+                            [kit.release_key]).paths[0]
+
+    try:
+        bare = agent.process(_drop(agent, plan(1, ())))
+        assert bare.status == "plan-passed", bare.summary
+        found = _checks(_result(agent, kit, bare.result, tmp_path))  # type: ignore[arg-type]
+        skipped = found[("check-script", "smoke")]
+        assert skipped["status"] == "skipped"
+        assert "not run: this site runs a release's scripts only when its approvals are met" \
+            in skipped["summary"] and "needs 1 approval" in skipped["summary"]
+        assert not marker.exists()
+
+        signed = sign_approval(ApprovalDocument(
+            product="billing", version="2.4.0", content_hash=source.content_hash,
+            environments=("plant-a",), approver="alice", at=NOW - 3600,
+            expires=NOW + 86400), alice)
+        approved = agent.process(_drop(agent, plan(2, (signed,))))
+        found = _checks(_result(agent, kit, approved.result, tmp_path))  # type: ignore[arg-type]
+        assert found[("check-script", "smoke")]["status"] == "passed"
+        assert marker.read_text() == "1\n"
+    finally:
+        agent.close()

@@ -80,8 +80,8 @@ def test_bad_approvals_fields_are_refused(trust: TrustKit, value: Any, message: 
         Manifest.from_bytes(_with(trust, value), 1 << 20)
 
 
-def test_only_release_bundles_carry_approvals(trust: TrustKit) -> None:
-    with pytest.raises(ManifestError, match="only a release bundle carries approvals"):
+def test_only_release_and_plan_bundles_carry_approvals(trust: TrustKit) -> None:
+    with pytest.raises(ManifestError, match="only a release or plan bundle carries approvals"):
         dataclasses.replace(result_draft(trust.release_key), approvals=(_approval(),))
 
 

@@ -40,7 +40,7 @@ from bundle.manifest import (
 )
 from bundle.reader import ExpectPlan, ExpectRelease, VerifierState
 from bundle.writer import plan_manifest, write_bundle
-from signing.envelope import TYPE_PLAN, TYPE_RELEASE, sign_envelope
+from signing.envelope import TYPE_APPROVAL, TYPE_PLAN, TYPE_RELEASE, sign_envelope
 from signing.keys import SigningKey
 from tests.bundle.kit import AGENT, NOW, make_files, release_draft, staging_entries, verify
 from tests.fixtures.trust import TrustKit
@@ -149,5 +149,8 @@ def test_plan_manifest_from_a_release_source(trust: TrustKit, src: Path) -> None
                                 created=NOW, expires=NOW + 3600, counter=3, author="alice")
     assert m.kind == KIND_PLAN and m.sequence == 7
     assert m.approvals == () and m.chain is None and m.policy is None and m.secrets == ()
+    # Approvals may ride along (§6.10): a site that requires them runs check scripts then.
+    approval = sign_envelope(TYPE_APPROVAL, b"{}", [SigningKey.generate()])
+    assert dataclasses.replace(m, approvals=(approval,)).approvals == (approval,)
     assert [dict(s) for s in m.steps] == [{"name": "schema", "kind": "sql"}]
     assert [p.name for p in payloads] == ["a.sql"]

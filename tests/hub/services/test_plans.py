@@ -57,6 +57,7 @@ def test_a_plan_bundle_uses_its_own_sequence(world: World, rel: Release,
     second = create_plan(world.ctx("op"), rel, agent_id="a01", out_dir=tmp_path / "m")
     assert second.sequence > first.sequence >= 1
     assert first.agents == ("a00", "a01") and second.agents == ("a01",)
+    assert first.note is None  # no delegation in this root: nothing to carry, nothing skipped
     seen = inspect(first.files[0])
     assert seen.manifest is not None and seen.manifest.kind == KIND_PLAN
     assert seen.manifest.sequence == first.sequence
