@@ -189,6 +189,7 @@ def make_results(hub: Hub, work: Path, count: int) -> tuple[Path, str, PublicKey
 class Timers:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)  # CPU of the calling thread
         self.calls: dict[str, int] = defaultdict(int)
         self.active = False
 
@@ -204,11 +205,12 @@ class Timers:
             outer = self.active
             if not nested:
                 self.active = True
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.seconds[name] += time.perf_counter() - t
+                self.cpu[name] += time.thread_time() - c
                 self.calls[name] += 1
                 self.active = outer
 
@@ -380,7 +382,7 @@ def print_import(r: dict[str, Any]) -> None:
         f"  CPU time of this process: {cpu:.2f} s = {1000 * cpu / n:.2f} ms/file "
         f"(wall/CPU {wall / cpu:.2f}: waiting for the disk, the database or a busy CPU)"
     )
-    print(f"  {'phase':<32} {'s':>8} {'ms/file':>9} {'share':>7}")
+    print(f"  {'phase':<32} {'s':>8} {'ms/file':>9} {'share':>7} {'CPU ms/file':>12}")
     order = [
         "receive (read once: copy+inspect)",
         "lookups (2 queries per batch)",
@@ -394,7 +396,11 @@ def print_import(r: dict[str, Any]) -> None:
     for name in order:
         s = t.seconds.get(name, 0.0)
         accounted += s
-        print(f"  {name:<32} {s:8.2f} {1000 * s / n:9.2f} {100 * s / wall:6.1f}%")
+        c = t.cpu.get(name, 0.0)
+        print(
+            f"  {name:<32} {s:8.2f} {1000 * s / n:9.2f} {100 * s / wall:6.1f}% "
+            f"{1000 * c / n:12.2f}"
+        )
     rest = wall - accounted
     fs = t.seconds.get("os.fsync (inside the phases)", 0.0)
     fc_ = t.calls.get("os.fsync (inside the phases)", 0)
