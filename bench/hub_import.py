@@ -530,9 +530,12 @@ def _child_verify(url: str, root_b64: str, mode: str) -> None:
     engine = make_engine(url)
     out: dict[str, Any] = {}
     t = time.perf_counter()
-    if mode in ("verify", "verify-nomac"):
-        # "verify-nomac": as a hub without its audit MAC key (chain and checkpoints only).
-        mac = BENCH_MAC if mode == "verify" else None
+    cpu = time.process_time()
+    if mode in ("verify", "verify-nomac", "verify-prefetch"):
+        # "verify-nomac": as a hub without its audit MAC key (chain and checkpoints only);
+        # "verify-prefetch": the next page is read in a thread (audit.PREFETCH).
+        mac = None if mode == "verify-nomac" else BENCH_MAC
+        audit_service.PREFETCH = mode == "verify-prefetch"
         keys = HubKeys(base64.b64decode(root_b64), audit_mac=mac)
         with Session(engine) as session:
             report = audit_service.verify_database(session, keys)
@@ -604,12 +607,13 @@ def _child_verify(url: str, root_b64: str, mode: str) -> None:
                 ).encode()
             )
         seq_tail = [f'","seq":{i + 1}}}'.encode() for i in range(events)]
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         prev = GENESIS_HASH.encode()
         for body, tail in zip(bodies, seq_tail, strict=True):
             prev = hashlib.sha256(body + prev + tail).hexdigest().encode()
         out = {"events": events}
     out["seconds"] = time.perf_counter() - t
+    out["cpu"] = time.process_time() - cpu
     engine.dispose()
     print(json.dumps(out))
 
@@ -634,6 +638,7 @@ def bench_audit(label: str, url: str, events: int, root_envelope: bytes) -> None
     print(f"\n[audit {label}] load average before: {os.getloadavg()}")
     verify, verify_rss = run_child([url, root_b64, "verify"])
     nomac, nomac_rss = run_child([url, root_b64, "verify-nomac"])
+    pre, pre_rss = run_child([url, root_b64, "verify-prefetch"])
     select_, select_rss = run_child([url, root_b64, "select"])
     driver, driver_rss = run_child([url, root_b64, "select-driver"])
     sha, sha_rss = run_child([url, str(events), "sha256"])
@@ -642,31 +647,40 @@ def bench_audit(label: str, url: str, events: int, root_envelope: bytes) -> None
         f"\n[audit {label}] {events} events bulk-inserted in {fill_s:.1f} s "
         f"({events / fill_s:.0f}/s), details {details_bytes / events:.0f} bytes/event"
     )
-    print(f"  {'what':<44} {'s':>8} {'events/s':>10} {'peak RSS MiB':>13}")
+    print(f"  {'what':<44} {'s':>8} {'events/s':>10} {'peak RSS MiB':>13} {'CPU s':>7}")
     what = f"verify_database, MACs too (ok={verify['ok']}, {n} events)"
     print(
         f"  {what:<44} "
-        f"{verify['seconds']:8.2f} {n / verify['seconds']:10.0f} {verify_rss:13.0f}"
+        f"{verify['seconds']:8.2f} {n / verify['seconds']:10.0f} {verify_rss:13.0f} "
+        f"{verify['cpu']:7.2f}"
     )
     print(
         f"  {'verify_database without the MAC key':<44} "
-        f"{nomac['seconds']:8.2f} {n / nomac['seconds']:10.0f} {nomac_rss:13.0f}"
+        f"{nomac['seconds']:8.2f} {n / nomac['seconds']:10.0f} {nomac_rss:13.0f} "
+        f"{nomac['cpu']:7.2f}"
+    )
+    print(
+        f"  {'verify_database, MACs, next page prefetched':<44} "
+        f"{pre['seconds']:8.2f} {n / pre['seconds']:10.0f} {pre_rss:13.0f} {pre['cpu']:7.2f}"
     )
     print(
         f"  {'baseline: plain keyset SELECT of the rows':<44} {select_['seconds']:8.2f} "
-        f"{select_['events'] / select_['seconds']:10.0f} {select_rss:13.0f}"
+        f"{select_['events'] / select_['seconds']:10.0f} {select_rss:13.0f} "
+        f"{select_['cpu']:7.2f}"
     )
     print(
         f"  {'baseline: same SELECT on the driver cursor':<44} {driver['seconds']:8.2f} "
-        f"{driver['events'] / driver['seconds']:10.0f} {driver_rss:13.0f}"
+        f"{driver['events'] / driver['seconds']:10.0f} {driver_rss:13.0f} "
+        f"{driver['cpu']:7.2f}"
     )
     print(
         f"  {'baseline: hashlib.sha256 chain, same bytes':<44} {sha['seconds']:8.2f} "
-        f"{sha['events'] / sha['seconds']:10.0f} {sha_rss:13.0f}"
+        f"{sha['events'] / sha['seconds']:10.0f} {sha_rss:13.0f} {sha['cpu']:7.2f}"
     )
     print(
         f"RESULT hub_audit_verify {label} events={n} seconds={verify['seconds']:.2f} "
         f"peak_rss_mib={verify_rss:.0f} nomac_s={nomac['seconds']:.2f} "
+        f"prefetch_s={pre['seconds']:.2f} cpu_s={verify['cpu']:.2f} "
         f"select_s={select_['seconds']:.2f} driver_select_s={driver['seconds']:.2f} "
         f"sha256_s={sha['seconds']:.2f} baseline_s={select_['seconds'] + sha['seconds']:.2f} "
         f"load={os.getloadavg()[0]:.2f}"

@@ -23,7 +23,9 @@ exporting and checkpointing need the auditor role (checkpointing: operator too).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -76,6 +78,7 @@ __all__ = [
 
 BATCH = 1000  # events per keyset page
 VERIFY_BATCH = 10_000  # events per keyset page when verifying (a few MiB of rows)
+PREFETCH = False  # verify: read the next page in a thread while hashing this one (see benchmarks)
 PAGE_SIZE = 50  # events per page of search_events
 MAX_DETAILS_BYTES = 256 * 1024  # bytes of canonical JSON per event's details
 _HEAD_ID = 1
@@ -324,13 +327,16 @@ _ROW_COLUMNS = "seq, at, actor, action, object_type, object_id, details, prev_ha
 _PARAM_MARK = {"qmark": "?", "format": "%s", "pyformat": "%s", "numeric": ":1"}
 
 
-def iter_rows(session: Session, after_seq: int = 0, batch: int = BATCH) -> Iterator[list[Any]]:
+def iter_rows(
+    session: Session, after_seq: int = 0, batch: int = BATCH, *, prefetch: bool = False
+) -> Iterator[list[Any]]:
     """Stream stored events as lists of up to ``batch`` plain row tuples in
     :data:`hub.audit_chain.EventRow` order (with the MAC), in sequence order (keyset
     pagination), straight from the database driver: no ORM objects, no result rows, no
     type conversion (``at`` comes as the driver gives it: SQLite's stored text, or a
     datetime; :func:`hub.audit_chain.at_text` reads both). A million events cost what the
-    driver costs, not several times that (docs/benchmarks.md)."""
+    driver costs, not several times that (docs/benchmarks.md). ``prefetch``: read the next
+    page in a thread while the caller handles this one (the verifier)."""
     conn = session.connection()
     mark = _PARAM_MARK.get(conn.dialect.paramstyle)
     if mark is None:  # a driver this hub does not ship with: through SQLAlchemy
@@ -347,18 +353,40 @@ def iter_rows(session: Session, after_seq: int = 0, batch: int = BATCH) -> Itera
         f"ORDER BY seq LIMIT {int(batch)}"
     )
     cursor = conn.connection.cursor()  # the session's own connection and transaction
+
+    def fetch(after: int) -> list[Any]:
+        cursor.execute(sql, (after,))
+        return list(cursor.fetchall())
+
+    if not prefetch:
+        try:
+            last = after_seq
+            while rows := fetch(last):
+                yield rows
+                if len(rows) < batch:
+                    return
+                last = rows[-1][0]
+        finally:
+            cursor.close()
+        return
+    # One thread fetches the next page while the caller works on this one (the driver lets
+    # go of the GIL while the database reads); only one of the two uses the cursor at a time.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="audit-rows")
+    pending: Future[list[Any]] | None = pool.submit(fetch, after_seq)
     try:
-        last = after_seq
-        while True:
-            cursor.execute(sql, (last,))
-            rows = list(cursor.fetchall())
+        while pending is not None:
+            rows = pending.result()
+            pending = None
             if not rows:
                 return
+            if len(rows) == batch:
+                pending = pool.submit(fetch, rows[-1][0])
             yield rows
-            if len(rows) < batch:
-                return
-            last = rows[-1][0]
     finally:
+        if pending is not None:  # the caller stopped early: let the fetch finish first
+            with contextlib.suppress(Exception):
+                pending.result()
+        pool.shutdown(wait=True)
         cursor.close()
 
 
@@ -408,7 +436,7 @@ def _verify_rows(
 ) -> ChainReport:
     """Feed the events after ``after_seq`` to ``verifier``, check each MAC (with ``mac``)
     and that the head row agrees with the last event; return the report."""
-    for rows in iter_rows(session, after_seq, VERIFY_BATCH):
+    for rows in iter_rows(session, after_seq, VERIFY_BATCH, prefetch=PREFETCH):
         if mac is not None:
             for seq, wrong in mac.check_rows(rows):
                 verifier.add_problem(seq, "mac", wrong)

@@ -204,6 +204,17 @@ def test_verify_reads_driver_rows_on_every_database(
             assert written[-1].at == "2026-11-23T09:00:10.010000Z"
             report = audit.verify_database(session, None)
             assert report.ok and report.events == base + 11, report.summary()
+            # The next page read in a thread gives the same pages; a reader stopped early
+            # leaves the session usable.
+            plain = list(audit.iter_rows(session, batch=4))
+            assert list(audit.iter_rows(session, batch=4, prefetch=True)) == plain
+            early = audit.iter_rows(session, batch=4, prefetch=True)
+            assert next(early) == plain[0]
+            early.close()
+            assert audit.head_seq(session) == base + 11
+            monkeypatch.setattr(audit, "PREFETCH", True)
+            assert audit.verify_database(session, None).ok
+            monkeypatch.setattr(audit, "PREFETCH", False)
             session.execute(
                 text("UPDATE audit_events SET actor = 'mallory' WHERE seq = :s"), {"s": base + 6}
             )
