@@ -38,6 +38,13 @@ def _text(view: dict[str, Any]) -> str:
             lines.append(f"      {a['agent']} ({a['environment']}, {a['reached']}): "
                          f"{a['state']}{owes}")
         lines += [f"    waiting for: {w}" for w in b["waiting_for"]]
+    for rb in view.get("rollbacks", []):
+        how = (f"approved by inheritance from {rb['inherited_from']}" if rb["inherited_from"]
+               else rb["state"])
+        deps = ", ".join(f"{d['agent'] or '?'} {d['state']} (deployment {d['id']})"
+                         for d in rb["deployments"]) or "not queued"
+        lines.append(f"  rollback of deployment {rb['rolls_back']}: {rb['release']}, {how}: "
+                     f"{deps}")
     return "\n".join(lines)
 
 

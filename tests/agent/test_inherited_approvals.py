@@ -25,7 +25,13 @@ from bundle.manifest import Target
 from bundle.reader import ExpectResult, VerifierState, verify_path
 from bundle.release import load_release
 from bundle.writer import release_manifest, write_bundle
-from signing.approvals import ApprovalDocument, sign_approval
+from signing.approvals import (
+    ApprovalDocument,
+    AttestationDocument,
+    AttestedApprover,
+    sign_approval,
+    sign_attestation,
+)
 from signing.delegations import Approver, Delegation
 from signing.keys import SigningKey
 from signing.roots import KeyEntry
@@ -39,13 +45,16 @@ PEOPLE = {"alice": "dba", "bob": "ops"}
 class Site:
     """An agent in ``prod``, whose root needs alice (dba) and bob (ops) to sign."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, mode: str = "signed") -> None:
         self.tmp = tmp
+        self.mode = mode
         self.people = {n: SigningKey.generate() for n in PEOPLE}
         self.kit: TrustKit = make_trust(
             approvals={"prod": Delegation("signed", 2, 2, {
-                k.key_id: Approver(n, PEOPLE[n]) for n, k in self.people.items()})},
-            approver_keys=[KeyEntry(k.public, None) for k in self.people.values()])
+                k.key_id: Approver(n, PEOPLE[n]) for n, k in self.people.items()})
+                if mode == "signed" else Delegation("hub", 2, 2, {})},
+            approver_keys=[KeyEntry(k.public, None) for k in self.people.values()],
+            approval_key=SigningKey.generate() if mode == "hub" else None)
         home = tmp / "home"
         init_home(home, root_file=self.kit.write_root(tmp), agent_id="site-01",
                   environment="prod", now=NOW)
@@ -66,6 +75,13 @@ class Site:
         return d
 
     def approvals(self, version: str, content_hash: str) -> list[bytes]:
+        if self.mode == "hub":  # the hub's attestation of alice and bob, fresh at export
+            assert self.kit.approval_key is not None
+            return [sign_attestation(AttestationDocument(
+                product="billing", version=version, content_hash=content_hash,
+                environments=("prod",), approvers=tuple(
+                    AttestedApprover(n, g, NOW - 100) for n, g in PEOPLE.items()),
+                issued=NOW - 60, expires=NOW + DAY), [self.kit.approval_key])]
         return [sign_approval(ApprovalDocument(
             product="billing", version=version, content_hash=content_hash,
             environments=("prod",), approver=n, at=NOW - 3600, expires=NOW + 7 * DAY), k)
@@ -300,3 +316,20 @@ def test_a_schema_3_journal_gains_the_release_digest_columns(tmp_path: Path) -> 
         assert j.undone_by("old") == new
     finally:
         j.close()
+
+
+def test_in_an_environment_of_hub_attested_approvals_too(tmp_path: Path) -> None:
+    """Mode ``hub``: the rollback carries a (fresh) attestation of the ORIGINAL release; an
+    attestation of another release's content does not count."""
+    site = Site(tmp_path, mode="hub")
+    try:
+        content_hash = _run_original(site)
+        _assert_refused(site, _rollback(site, "billing-1.4.0-site-01-1",
+                                        site.approvals("1.4.0", "1" * 64)),
+                        "its approvals do not count as approvals of billing 1.4.0")
+        out = site.process(_rollback(site, "billing-1.4.0-site-01-1",
+                                     site.approvals("1.4.0", content_hash)))
+        assert out.status == "succeeded", out.summary
+        assert site.conf.read_text() == "port=80\n"
+    finally:
+        site.agent.close()

@@ -184,3 +184,17 @@ def release_dir(tmp_path: Path) -> Callable[..., Path]:
 
 __all__ = ["PEOPLE", "FakeClock", "Keys", "RoleGrant", "World", "make_keys", "seed_people",
            "write_release"]
+
+
+def write_undoable_release(base: Path, product: str = "hello", version: str = "2.0.0") -> Path:
+    """A release directory with one shell step that has a rollback script (so a rollback
+    release can be made of its deployments)."""
+    src = base / f"undoable-{product}-{version}"
+    src.mkdir(parents=True)
+    (src / "up.sh").write_text("echo up\n")
+    (src / "down.sh").write_text("echo down\n")
+    (src / "release.toml").write_text(
+        f'format = 1\n\n[release]\nproduct = "{product}"\nversion = "{version}"\n'
+        'description = "undoable"\n\n[[steps]]\nname = "up"\nkind = "shell"\n'
+        'script = "up.sh"\nrollback = "down.sh"\n')
+    return src

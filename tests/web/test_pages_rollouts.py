@@ -13,7 +13,7 @@ from hub.services.approvals import approve_release
 from hub.services.deployments import get_deployment, mark_exported, transition
 from hub.services.releases import create_release, submit_release
 from hub.services.rollouts import Strategy, start_rollout
-from tests.hub.conftest import write_release
+from tests.hub.conftest import write_release, write_undoable_release
 from tests.hub.services.test_deployments import request
 from tests.web.pages import Site, csrf_of
 
@@ -124,3 +124,32 @@ def test_buttons_confirm_the_gate_and_pause(site: Site, tmp_path: Path) -> None:
     page = unescape(op.get(f"/rollouts/{rid}").get_data(as_text=True))
     assert ">paused<" in page and "coffee" in page and 'http-equiv="refresh"' not in page
     assert 'id="rollout-resume-button"' in page
+
+
+def test_the_rollout_page_shows_its_automatic_rollbacks(site: Site, tmp_path: Path) -> None:
+    src = write_undoable_release(tmp_path, version="3.0")
+    with site.app.app_context():
+        for i in (1, 2):
+            enroll_agent(site.ctx("admin"), "test", request(f"rb-{i}", f"rb-site-{i}"))
+        release = create_release(site.ctx("dev"), src, create_missing_product=True)
+        submit_release(site.ctx("dev"), release)
+        approve_release(site.ctx("appr1"), release)
+        approve_release(site.ctx("appr2"), release)
+        rollout = start_rollout(site.ctx("admin"), release, environment="test",
+                                strategy=Strategy(canary=1, auto_rollback=True))
+        (target,) = [t for t in rollout_targets(rollout) if t.deployment_id is not None]
+        assert target.deployment_id is not None
+        dep = get_deployment(db.session, target.deployment_id)
+        mark_exported(site.ctx("op"), dep, bundle_id="b-rb", bundle_path="/m/b-rb",
+                      sequence=1, root_version=1)
+        transition(site.ctx("op"), dep, "failed")
+        from hub.services.rollouts import advance
+
+        advance(site.ctx("op"), rollout)
+        rid, dep_id = rollout.id, dep.id
+        db.session.commit()
+    page = unescape(site.client("op").get(f"/rollouts/{rid}").get_data(as_text=True))
+    section = page.split('id="rollbacks"', 1)[1]
+    assert f"deployment {dep_id}</a>" in section and f"hello 3.0-rollback-{dep_id}" in section
+    assert "by inheritance from hello 3.0" in section and "rb-site-1</a>" in section
+    assert '<span class="badge badge-queued">queued</span>' in section

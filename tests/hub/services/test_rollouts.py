@@ -18,7 +18,7 @@ from hub.services.agents import EnrollmentRequest, enroll_agent, get_agent
 from hub.services.deployments import mark_exported, transition
 from hub.services.rollouts import Strategy
 from hub.services.users import create_user, grant_role
-from tests.hub.conftest import World
+from tests.hub.conftest import World, write_undoable_release
 from tests.hub.services.test_deployments import approved, request
 
 
@@ -257,14 +257,7 @@ def test_failure_aborts_and_calls_the_rollback_action(world: World, rel: Release
 
 
 def _undoable(world: World, tmp_path: Path) -> Release:
-    src = tmp_path / "undoable"
-    src.mkdir()
-    (src / "up.sh").write_text("echo up\n")
-    (src / "down.sh").write_text("echo down\n")
-    (src / "release.toml").write_text(
-        'format = 1\n\n[release]\nproduct = "hello"\nversion = "2.0.0"\n'
-        'description = "undoable"\n\n[[steps]]\nname = "up"\nkind = "shell"\n'
-        'script = "up.sh"\nrollback = "down.sh"\n')
+    src = write_undoable_release(tmp_path)
     from hub.services.approvals import approve_release
     from hub.services.releases import create_product, create_release, submit_release
 
