@@ -447,6 +447,9 @@ class Channel(db.Model):  # type: ignore[name-defined,misc]
     min_successes: Mapped[int] = mapped_column(Integer, default=0)  # agents that succeeded
     no_failures: Mapped[bool] = mapped_column(Boolean, default=False)
     soak_seconds: Mapped[int] = mapped_column(Integer, default=0)  # since the last success
+    # Preflight gate: a plan of the release passed on every agent subscribed to this channel
+    # within this many hours (hub.services.plans); None: off.
+    preflight_within_h: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     product: Mapped[Product] = relationship()

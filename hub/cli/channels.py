@@ -141,11 +141,15 @@ def channels_order(ctx: click.Context, product: str, names: tuple[str, ...],
 @click.option("--soak", default=None, metavar="DURATION",
               help="Health gate: time since the last success in the previous channel "
                    "(90s, 30m, 6h, 2d); 0: off.")
+@click.option("--preflight-within", "preflight_within_h", type=click.IntRange(0, 720),
+              default=None, metavar="HOURS",
+              help="Preflight gate: a plan of the release passed on every agent subscribed "
+                   "to this channel within HOURS (`hub releases plan`); 0: off.")
 @json_option
 @click.pass_context
 def channels_rule(ctx: click.Context, product: str, name: str, approvals: int | None,
                   min_successes: int | None, no_failures: bool | None, soak: str | None,
-                  as_json: bool) -> None:
+                  preflight_within_h: int | None, as_json: bool) -> None:
     """Show or change the rule for promoting a release into channel NAME (admin to
     change). Options not given keep their value; with none, the rule is printed."""
     from hub.services.channels import (
@@ -162,7 +166,7 @@ def channels_rule(ctx: click.Context, product: str, name: str, approvals: int | 
 
     with _services(ctx) as sc:
         rule = ChannelRule(approvals, min_successes, no_failures,
-                           None if soak is None else parse_duration(soak))
+                           None if soak is None else parse_duration(soak), preflight_within_h)
         if rule == ChannelRule():
             require(sc.actor, "view")
             channel = get_channel(sc.session, get_product(sc.session, product), name)

@@ -90,6 +90,11 @@ class ChannelRule:
     min_successes: int | None = None
     no_failures: bool | None = None
     soak_seconds: int | None = None
+    preflight_within_h: int | None = None  # 0: off
+
+
+#: Longest a passed preflight counts for a channel's promotion rule, in hours.
+MAX_PREFLIGHT_HOURS = 30 * 24  # hours
 
 
 def normalize_name(name: str) -> str:
@@ -347,11 +352,15 @@ def set_rule(ctx: ServiceContext, product_name: str, name: str, rule: ChannelRul
         _check_range("minimum successful agents", rule.min_successes, MAX_MIN_SUCCESSES)
     if rule.soak_seconds is not None:
         _check_range("soak seconds", rule.soak_seconds, MAX_SOAK_SECONDS)
+    if rule.preflight_within_h is not None:
+        _check_range("preflight hours", rule.preflight_within_h, MAX_PREFLIGHT_HOURS)
     before = rule_json(channel)
     for field in ("required_approvals", "min_successes", "no_failures", "soak_seconds"):
         value = getattr(rule, field)
         if value is not None:
             setattr(channel, field, value)
+    if rule.preflight_within_h is not None:
+        channel.preflight_within_h = rule.preflight_within_h or None
     ctx.session.flush()
     audit.record(ctx, "channel.rule", "product", product.name,
                  {"channel": channel.name, "from": before, "to": rule_json(channel)})
@@ -363,7 +372,8 @@ def rule_json(channel: Channel) -> dict[str, object]:
     return {"required_approvals": channel.required_approvals,
             "min_successes": channel.min_successes,
             "no_failures": channel.no_failures,
-            "soak_seconds": channel.soak_seconds}
+            "soak_seconds": channel.soak_seconds,
+            "preflight_within_h": channel.preflight_within_h}
 
 
 def describe_rule(channel: Channel, previous: Channel | None) -> str:
@@ -383,6 +393,9 @@ def describe_rule(channel: Channel, previous: Channel | None) -> str:
     if channel.soak_seconds:
         parts.append(f"soak {format_duration(channel.soak_seconds)} since the last success in "
                      f"{previous.name}")
+    if channel.preflight_within_h:
+        parts.append(f"a preflight plan passed on every agent subscribed to {channel.name} "
+                     f"within {channel.preflight_within_h} h")
     return "; ".join(parts) or "no conditions"
 
 

@@ -269,7 +269,28 @@ def check_promotion(session: Session, release: Release, previous: Channel, targe
                     f"{previous.name} at {when(facts.last_success)}, so not before "
                     f"{when(ready)} ({format_duration(int((ready - now).total_seconds()) + 1)} "
                     "from now)")
+    if target.preflight_within_h:
+        missing += _preflight_missing(session, release, target, now)
     return missing, approvers, facts
+
+
+def _preflight_missing(session: Session, release: Release, target: Channel,
+                       now: datetime) -> list[str]:
+    """The preflight gate of ``target``'s rule: a plan of ``release`` passed on every agent
+    of the environments subscribed to ``target`` within its hours (hub.services.plans)."""
+    from hub.services.plans import preflight_waits
+
+    assert target.preflight_within_h
+    envs = subscribers(session, target)
+    agents = list(session.scalars(select(Agent).where(
+        Agent.environment_id.in_([e.id for e in envs]), Agent.status == "enrolled")
+        .order_by(Agent.agent_id))) if envs else []
+    if not agents:
+        return [f"preflight: no enrolled agent subscribes to {target.name} of product "
+                f"{release.product.name}, so no plan can pass there"]
+    waits = preflight_waits(session, release, agents, timedelta(hours=target.preflight_within_h),
+                            now)
+    return [f"preflight: {w}" for w in waits]
 
 
 # --- moving a release ---------------------------------------------------------------------

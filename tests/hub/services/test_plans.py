@@ -168,3 +168,37 @@ def test_preflight_gate_bounds(world: World) -> None:
     for bad in (0, 721):
         with pytest.raises(ValidationError, match="preflight within"):
             Strategy(preflight_within_h=bad).check()
+
+
+def test_channel_promotion_waits_for_preflight_then_promotes(world: World, rel: Release,
+                                                             tmp_path: Path) -> None:
+    """A channel's promotion rule can ask for a preflight passed on every agent subscribed to
+    it within N hours; promotion is refused naming each agent (nothing changes), then
+    allowed once the plan's answer is in."""
+    from hub.errors import PromotionRefusedError
+    from hub.services.channels import ChannelRule, describe_rule, set_rule, subscribe
+    from hub.services.environments import create_environment
+    from hub.services.promotion import promote
+
+    admin = world.ctx("admin")
+    create_environment(admin, "canary")
+    _fleet(world, 1, env="canary", prefix="c")
+    subscribe(admin, "canary", "hello", "CANARY")
+    channel = set_rule(admin, "hello", "CANARY", ChannelRule(preflight_within_h=24))
+    assert "a preflight plan passed on every agent subscribed to CANARY within 24 h" in \
+        describe_rule(channel, object())  # type: ignore[arg-type]
+    world.session.commit()
+    before = (_count(world, Deployment), _count(world, AuditEvent))
+    with pytest.raises(PromotionRefusedError) as refused:
+        promote(world.ctx("op"), "hello", rel.version, "CANARY")
+    world.session.rollback()
+    assert "preflight: c00: no preflight plan of hello" in str(refused.value)
+    assert (_count(world, Deployment), _count(world, AuditEvent)) == before
+
+    plan = create_plan(world.ctx("op"), rel, environment="canary", out_dir=tmp_path / "m")
+    _answer(world, plan.sequence, "c00", "plan-passed", "ok")
+    world.session.commit()
+    done = promote(world.ctx("op"), "hello", rel.version, "CANARY")
+    assert done.entry.channel.name == "CANARY"
+    with pytest.raises(ValidationError, match="preflight hours must be between 0 and 720"):
+        set_rule(admin, "hello", "CANARY", ChannelRule(preflight_within_h=721))
