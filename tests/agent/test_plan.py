@@ -382,3 +382,55 @@ def test_check_scripts_run_only_where_the_release_approvals_are_met(tmp_path: Pa
         assert marker.read_text() == "1\n"
     finally:
         agent.close()
+
+
+def test_http_steps_are_probed_with_head_only(site: tuple[Agent, TrustKit, Clock],
+                                              tmp_path: Path) -> None:
+    """An http step's server must answer (any status); the plan sends one HEAD of the URL,
+    never the step's own request; a server that does not answer fails the check."""
+    import http.server
+    import threading
+
+    from tests.fixtures.dbservers import free_port
+
+    agent, kit, _ = site
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            seen.append(f"{self.command} {self.path}")
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_HEAD = do_POST = do_GET = _answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    closed = free_port()
+    rel = tmp_path / "rel"
+    rel.mkdir()
+    (rel / "body.json").write_text("{}")
+    port = server.server_address[1]
+    rel.joinpath("release.toml").write_text(
+        'format = 1\n[release]\nproduct = "billing"\nversion = "2.4.0"\n\n'
+        f'[[steps]]\nname = "notify"\nkind = "http"\nmethod = "POST"\n'
+        f'url = "http://127.0.0.1:{port}/hooks/deploy"\nbody = "body.json"\n\n'
+        f'[[steps]]\nname = "gone"\nkind = "http"\nurl = "http://127.0.0.1:{closed}/x"\n')
+    try:
+        out = agent.process(_drop(agent, _plan(kit, rel, tmp_path / "p.tgp", 1)))
+        found = _checks(_result(agent, kit, out.result, tmp_path))  # type: ignore[arg-type]
+        assert found[("http", "notify")]["status"] == "passed"
+        assert "answered 404" in found[("http", "notify")]["summary"]
+        assert found[("http", "gone")]["status"] == "failed"
+        assert "no answer: connection refused" in found[("http", "gone")]["summary"]
+        assert out.status == "plan-failed"
+        assert seen == ["HEAD /hooks/deploy"]  # never the step's POST
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
