@@ -17,8 +17,11 @@ then advances the running rollouts of the release (they may wait on the gate bel
 
 **The gate.** :func:`preflight_waits` says, for a release and some agents, what keeps "a plan
 passed on every one of them within N hours" from being true; rollouts use it before queueing
-each batch (``Strategy.preflight_within_h``, :mod:`hub.services.rollouts`). An agent's
-*newest* outcome for the release counts: a pass followed by a failure is a failure.
+each batch (``Strategy.preflight_within_h``, :mod:`hub.services.rollouts`) and channel
+promotion rules before promoting (``Channel.preflight_within_h``,
+:mod:`hub.services.promotion`). An agent's answer to the *newest* plan it answered counts (a
+pass followed by a failure is a failure), and "within N hours" is measured from when that
+plan was made (the site checked after that).
 
 This module does not export deployments, import files or run checks.
 """
@@ -220,9 +223,10 @@ def record_outcome(ctx: ServiceContext, agent: Agent, bundle_id: str, status: st
 
 
 def latest_outcomes(session: Session, release: Release) -> dict[int, PlanOutcome]:
-    """Each agent's newest outcome for ``release`` (by agent row id)."""
+    """Each agent's answer to the newest plan of ``release`` it answered (by agent row id).
+    Newest by plan, not by arrival: media may bring an old plan's answer last."""
     rows = session.scalars(select(PlanOutcome).where(PlanOutcome.release_id == release.id)
-                           .order_by(PlanOutcome.received_at, PlanOutcome.id))
+                           .order_by(PlanOutcome.plan_id, PlanOutcome.id))
     return {r.agent_id: r for r in rows}
 
 
@@ -242,10 +246,12 @@ def preflight_waits(session: Session, release: Release, agents: Sequence[Agent],
         elif found.status != "passed":
             out.append(f"{agent.agent_id}: preflight plan {found.plan_id} failed at "
                        f"{found.received_at:%Y-%m-%d %H:%M} UTC: {found.summary[:300]}")
-        elif found.received_at < now - within:
-            out.append(f"{agent.agent_id}: preflight passed at "
-                       f"{found.received_at:%Y-%m-%d %H:%M} UTC, more than {hours} ago; "
-                       "plan again")
+        elif found.plan.created_at < now - within:
+            # Measured from when the plan was made: the site checked after that, so a plan
+            # answered late by media never counts as fresher than it is.
+            out.append(f"{agent.agent_id}: preflight plan {found.plan_id} passed, but it was "
+                       f"made at {found.plan.created_at:%Y-%m-%d %H:%M} UTC, more than "
+                       f"{hours} ago; plan again")
     return out
 
 

@@ -202,3 +202,18 @@ def test_channel_promotion_waits_for_preflight_then_promotes(world: World, rel: 
     assert done.entry.channel.name == "CANARY"
     with pytest.raises(ValidationError, match="preflight hours must be between 0 and 720"):
         set_rule(admin, "hello", "CANARY", ChannelRule(preflight_within_h=721))
+
+
+def test_the_newest_plan_counts_not_the_last_answer_to_arrive(world: World, rel: Release,
+                                                              tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    _fleet(world, 1)
+    agents = [get_agent(world.session, "a00")]
+    old = create_plan(world.ctx("op"), rel, environment="test", out_dir=tmp_path / "m")
+    new = create_plan(world.ctx("op"), rel, environment="test", out_dir=tmp_path / "m")
+    _answer(world, new.sequence, "a00", "plan-failed", "dry run rejected")
+    _answer(world, old.sequence, "a00", "plan-passed", "ok")  # by media, late
+    waits = preflight_waits(world.session, rel, agents, timedelta(hours=24), world.clock())
+    assert waits == [f"a00: preflight plan {new.sequence} failed at 2026-11-23 09:00 UTC: "
+                     "dry run rejected"]
