@@ -22,6 +22,7 @@ engine, where the audit service finds it.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import os
@@ -42,6 +43,7 @@ CONNECTION_KEY = "tiangong.audit_mac"  # where a connection's info holds the key
 MAX_KEY_FILE_BYTES = 4096  # bytes
 _TYPE = "tiangong/audit-mac-key"
 _DOMAIN = b"tiangong-audit-event-v1\0"
+_BLOCK = 64  # bytes: SHA-256's block, HMAC's pad length
 
 
 @dataclass(frozen=True)
@@ -78,19 +80,33 @@ class AuditMacKey:
         return None
 
 
+    def _pads(self) -> tuple[Any, Any]:
+        """SHA-256 states after the HMAC key's inner pad (and the domain) and outer pad."""
+        key = self.key if len(self.key) <= _BLOCK else hashlib.sha256(self.key).digest()
+        key = key.ljust(_BLOCK, b"\0")
+        inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        inner.update(_DOMAIN)
+        return inner, hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
     def check_rows(self, rows: Sequence[Sequence[Any]]) -> Iterator[tuple[int, str]]:
         """:meth:`check` for stored rows ``(seq, …, hash at index 8, mac at index 9)``
         (:data:`hub.audit_chain.EventRow`): yields ``(seq, what is wrong)`` per bad MAC.
         The common case costs one HMAC and one comparison per row."""
-        key, domain, from_seq = self.key, _DOMAIN, self.from_seq
-        digest, same = hmac.digest, hmac.compare_digest
+        # HMAC (RFC 2104) with the key's padded inner and outer SHA-256 states computed
+        # once, the domain already absorbed: per row two state copies and two updates, the
+        # same MAC as :meth:`mac` (a test holds them equal) at well under half its cost.
+        inner, outer = self._pads()
+        from_seq, same = self.from_seq, hmac.compare_digest
         for row in rows:
             seq, event_hash, mac = row[0], row[8], row[9]
             if seq < from_seq:
                 continue
             try:
-                msg = domain + f"{seq}:{event_hash}".encode("ascii")
-                if mac is not None and same(mac, digest(key, msg, "sha256").hex()):
+                ih = inner.copy()
+                ih.update(f"{seq}:{event_hash}".encode("ascii"))
+                oh = outer.copy()
+                oh.update(ih.digest())
+                if mac is not None and same(mac, oh.hexdigest()):
                     continue
             except (TypeError, UnicodeEncodeError):
                 pass

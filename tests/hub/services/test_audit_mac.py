@@ -150,3 +150,21 @@ def test_a_process_without_the_key_cannot_append_after_maced_events(world: World
     world.session.rollback()
     assert _state(world) == before
     assert audit.verify_database(world.session, _ctx(world).keys).ok
+
+
+@pytest.mark.parametrize("key_len", [32, 64, 65, 100])
+def test_check_rows_is_the_same_mac(key_len: int) -> None:
+    """check_rows computes HMAC from precomputed pad states: the very MAC mac() makes, for
+    keys shorter than, equal to and longer than SHA-256's block; every wrong one is named."""
+    key = AuditMacKey(bytes((7 * i + key_len) % 256 for i in range(key_len)), from_seq=3)
+    hashes = [f"{n:064x}" for n in range(40)]
+    good = [(seq, *[""] * 7, h, key.mac(seq, h)) for seq, h in enumerate(hashes, start=1)]
+    assert list(key.check_rows(good)) == []
+    bad = list(good)
+    bad[5] = (*bad[5][:9], key.mac(6, hashes[0]))  # another event's MAC
+    bad[9] = (*bad[9][:9], None)
+    bad[12] = (*bad[12][:8], "é" * 64, bad[12][9])  # a hash that is not ASCII
+    bad[1] = (*bad[1][:9], None)  # before from_seq: not checked
+    found = list(key.check_rows(bad))
+    assert [seq for seq, _ in found] == [6, 10, 13]
+    assert "does not match" in found[0][1] and "carries no MAC" in found[1][1]
