@@ -26,7 +26,8 @@ __all__ = ["NAV", "WebState", "init_app", "listens_beyond_loopback", "nav_for"]
 #: The page blueprints, one module each (``web/<name>.py`` with templates in
 #: ``templates/<name>/``), in the order of the navigation bar.
 PAGES = ("home", "releases", "channels", "environments", "windows", "agents", "deployments",
-         "rollouts", "media", "audit", "admin", "tokens", "approvals", "secrets")
+         "rollouts", "media", "audit", "admin", "tokens", "approvals", "secrets",
+         "notifications")
 #: Navigation: (blueprint, label) for each page but home.
 NAV = (("releases", "Releases"), ("channels", "Channels"), ("environments", "Environments"),
        ("windows", "Windows"), ("agents", "Agents"), ("deployments", "Deployments"),

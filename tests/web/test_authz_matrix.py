@@ -41,12 +41,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from hub.db import Base, db
+from hub.db import Base, NotificationOutbox, db
 from hub.services.approvals import approve_release
 from hub.services.approvers import register_key
 from hub.services.channels import subscribe
 from hub.services.deployments import queue_deployment
+from hub.services.environments import get_environment
 from hub.services.exchange import import_directory
+from hub.services.notifications import add_email, enqueue
 from hub.services.releases import create_release, submit_release
 from hub.services.rollouts import start_rollout
 from hub.services.tokens import issue_token
@@ -193,6 +195,11 @@ def build_world(site: Site, tmp: Path) -> World:
         submit_release(site.ctx("dev"), rolled)
         approve_release(site.ctx("appr1"), rolled)
         w.extra["rollout"] = start_rollout(site.ctx("op"), rolled, environment="test").id
+        target = add_email(site.ctx("admin"), "test", ["ops@example.org"], ["agent.offline"])
+        w.extra["target"] = target.id
+        enqueue(site.ctx("admin"), "agent.offline", get_environment(db.session(), "test"),
+                {"agent": TEST_AGENT, "state": "open"})
+        w.extra["delivery"] = db.session.scalar(select(NotificationOutbox.id))
         db.session.commit()
         db.session.remove()
     return w
@@ -340,6 +347,36 @@ EXPECTED: dict[str, View] = {
         form=lambda w: {"name": "matrix-secret", "value": "v"},
         scope=VIEW_TEST,
         **TEST_ENVIRONMENT,
+    ),
+    # Notifications of an environment: its viewers read, admins configure, operators retry.
+    "notifications.show": View(
+        get=VIEW_TEST, args=lambda w: {"name": "test"}, scope=VIEW_TEST, **TEST_ENVIRONMENT
+    ),
+    "notifications.add_target": View(
+        post=ADMIN,
+        args=lambda w: {"name": "test"},
+        form=lambda w: {"kind": "email", "recipients": "m@example.org", "events": "agent.offline"},
+        scope=VIEW_TEST,
+        **TEST_ENVIRONMENT,
+    ),
+    "notifications.remove_target": View(
+        post=ADMIN,
+        args=lambda w: {"name": "test", "target_id": w.extra.get("target", 1)},
+        scope=VIEW_TEST,
+        ghost=lambda w: {"name": "test", "target_id": 999_999},
+    ),
+    "notifications.thresholds": View(
+        post=ADMIN,
+        args=lambda w: {"name": "test"},
+        form=lambda w: {"agent_offline": "2h", "result_overdue": "off"},
+        scope=VIEW_TEST,
+        **TEST_ENVIRONMENT,
+    ),
+    "notifications.retry": View(
+        post=having("operator", env="test"),
+        args=lambda w: {"name": "test", "delivery_id": w.extra.get("delivery", 1)},
+        scope=VIEW_TEST,
+        ghost=lambda w: {"name": "test", "delivery_id": 999_999},
     ),
     "agents.index": View(get=SIGNED_IN),
     "agents.enroll_form": View(get=having("operator", env="test")),

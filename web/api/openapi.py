@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from hub.db import API_TOKEN_SCOPES, DEPLOYMENT_STATES, RELEASE_STATES
+from hub.services.notifications import EVENTS
 from hub.services.tokens import SCOPE_HELP
 from tiangong import __version__
 from web.api import OPERATIONS, Operation
@@ -20,6 +21,9 @@ _TIME = {"type": "string", "format": "date-time"}
 _TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
 _STR = {"type": "string"}
 _STR_OR_NULL = {"type": ["string", "null"]}
+_SECONDS_OR_NULL = {"type": ["integer", "null"], "minimum": 60,
+                    "description": "Seconds, 60 to a year (31536000); null: off."}
+_NOTIFY_EVENTS = sorted(EVENTS)
 
 
 def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -114,6 +118,43 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                   "returned, listed or logged."}}),
     "SecretInfo": _obj({"environment": _STR, "name": _STR, "set_by": _STR, "set_at": _STR}),
     "SecretList": _list_of("secrets", "SecretInfo"),
+    "NotificationTarget": _obj({
+        "id": {"type": "integer"}, "kind": {"type": "string", "enum": ["webhook", "email"]},
+        "environment": _STR,
+        "url": {"type": "string", "description": "The webhook's URL, or the e-mail "
+                "target's recipients (comma-separated)."},
+        "events": {"type": "array", "items": {"type": "string", "enum": _NOTIFY_EVENTS}},
+        "secret_file": {"type": "string", "description": "Where the HMAC secret is read "
+                        "(empty: unsigned)."},
+        "created_by": _STR, "created_at": _TIME}),
+    "NotificationTargetRequest": _obj({
+        "kind": {"type": "string", "enum": ["webhook", "email"]},
+        "url": {"type": "string", "description": "webhook: http(s) URL"},
+        "recipients": {"type": "array", "items": _STR,
+                       "description": "email: 1 to 20 addresses (local@domain)"},
+        "events": {"type": "array", "items": {"type": "string", "enum": _NOTIFY_EVENTS}}},
+        required=["events"]),
+    "NotificationThresholds": _obj({
+        "environment": _STR, "agent_offline_s": _SECONDS_OR_NULL,
+        "result_overdue_s": _SECONDS_OR_NULL, "updated_by": _STR,
+        "updated_at": _TIME_OR_NULL}),
+    "NotificationThresholdsRequest": _obj({
+        "agent_offline_s": _SECONDS_OR_NULL, "result_overdue_s": _SECONDS_OR_NULL},
+        required=[]),
+    "NotificationConfig": _obj({
+        "environment": _STR,
+        "targets": {"type": "array", "items": _ref("NotificationTarget")},
+        "thresholds": _ref("NotificationThresholds")}),
+    "Delivery": _obj({
+        "id": {"type": "integer"}, "webhook": {"type": "integer"},
+        "kind": {"type": "string", "enum": ["webhook", "email"]}, "environment": _STR,
+        "url": _STR, "event": {"type": "string", "enum": _NOTIFY_EVENTS},
+        "state": {"type": "string",
+                  "enum": ["pending", "delivered", "failed", "cancelled"]},
+        "attempts": {"type": "integer", "minimum": 0}, "created_at": _TIME,
+        "last_attempt_at": _TIME_OR_NULL, "last_status": {"type": ["integer", "null"]},
+        "last_error": _STR, "next_attempt_at": _TIME_OR_NULL}),
+    "DeliveryList": _list_of("deliveries", "Delivery"),
     "RolloutRequest": _obj({
         "environment": _STR, "selector": {"type": "string", "description": "k=v,k2=v2"},
         "canary": {"type": "integer", "minimum": 0},
