@@ -10,6 +10,9 @@ other: hashed, signed, carried in the bundle; docs/operations.md, "Scheduled job
     retries = 2                    # further attempts after a failed one (0..10, default 0)
     timeout = 600                  # seconds per attempt (1..86400, default 3600)
     script = "jobs/backup.sh"      # a file of the release, run with bash
+    # or, instead of script, a sequence of steps run in order (the first failure ends the
+    # attempt; a retry starts again from the first):
+    # scripts = ["jobs/dump.sh", "jobs/rotate.sh"]
 
 When a bundle whose release holds ``schedule.toml`` ends ``succeeded``, its schedule *replaces*
 the installed one (:func:`install_schedule`): the scripts are copied to
@@ -38,6 +41,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -66,7 +70,8 @@ MAX_OUTPUT_CHARS = 2000  # tail of a run's output kept in its summary
 REPORT_AFTER_S = 6 * 3600  # a finished run waits at most this long for a result
 MAX_CATCH_UP = 100_000  # fire times counted when coalescing missed runs
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_KEYS = ("name", "cron", "timezone", "retries", "timeout", "script")
+_KEYS = ("name", "cron", "timezone", "retries", "timeout", "script", "scripts")
+MAX_SCRIPTS = 20  # steps of one job
 
 
 class ScheduleError(ValueError):
@@ -80,7 +85,12 @@ class JobSpec:
     timezone: str
     retries: int
     timeout: int
-    script: str
+    script: str  # the first (or only) step
+    scripts: tuple[str, ...] = ()  # every step, in order, when there are several
+
+    def steps(self) -> tuple[str, ...]:
+        """The release files this job runs, in order."""
+        return tuple(self.scripts) or (self.script,)
 
     def trigger(self) -> CronTrigger:
         return CronTrigger.from_crontab(self.cron, timezone=ZoneInfo(self.timezone))
@@ -120,10 +130,11 @@ def _job(entry: Mapping[str, Any], where: str, files: set[str]) -> JobSpec:
     for key in entry:
         if key not in _KEYS:
             raise ScheduleError(f"{where}: unknown key {key!r} (known: {', '.join(_KEYS)})")
-    for key in ("name", "cron", "script"):
+    for key in ("name", "cron"):
         if not isinstance(entry.get(key), str):
             raise ScheduleError(f"{where}: {key!r} is required and must be a string")
-    name, cron, script = entry["name"], entry["cron"], entry["script"]
+    name, cron = entry["name"], entry["cron"]
+    steps = _steps(entry, where)
     if not _NAME.fullmatch(name):
         raise ScheduleError(f"{where}: name {name!r} must match [a-z0-9][a-z0-9._-]* "
                             "(at most 64 characters)")
@@ -141,9 +152,35 @@ def _job(entry: Mapping[str, Any], where: str, files: set[str]) -> JobSpec:
                             f"expression ({exc})") from exc
     retries = _int(entry, "retries", 0, 0, MAX_RETRIES, where, name)
     timeout = _int(entry, "timeout", DEFAULT_TIMEOUT_S, 1, MAX_TIMEOUT_S, where, name)
-    if script not in files:
-        raise ScheduleError(f"{where} ({name}): script {script!r} is not a file of the release")
-    return JobSpec(name, cron, tz, retries, timeout, script)
+    for script in steps:
+        if script not in files:
+            raise ScheduleError(f"{where} ({name}): script {script!r} is not a file of the "
+                                "release")
+    return JobSpec(name, cron, tz, retries, timeout, steps[0],
+                   steps if "scripts" in entry else ())
+
+
+def _steps(entry: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    """``script`` (one) or ``scripts`` (1 to :data:`MAX_SCRIPTS`, in order): exactly one."""
+    if ("script" in entry) == ("scripts" in entry):
+        raise ScheduleError(f"{where}: give 'script' (one file) or 'scripts' (a list of files "
+                            "run in order), not both or neither")
+    if "script" in entry:
+        if not isinstance(entry["script"], str):
+            raise ScheduleError(f"{where}: 'script' must be a string")
+        return (entry["script"],)
+    steps = entry["scripts"]
+    if (not isinstance(steps, list) or not all(isinstance(x, str) for x in steps)
+            or not 1 <= len(steps) <= MAX_SCRIPTS):
+        raise ScheduleError(f"{where}: 'scripts' must be a list of 1 to {MAX_SCRIPTS} file "
+                            "names")
+    return tuple(steps)
+
+
+def _step_file(index: int, job: JobSpec, step: int) -> str:
+    """The installed copy of step ``step`` of job ``index`` (the first keeps the name a
+    one-script job has always had)."""
+    return f"{index:03d}-{job.name}.sh" if step == 0 else f"{index:03d}-{job.name}.{step}.sh"
 
 
 def _int(entry: Mapping[str, Any], key: str, default: int, low: int, high: int, where: str,
@@ -156,25 +193,29 @@ def _int(entry: Mapping[str, Any], key: str, default: int, low: int, high: int, 
 
 
 def install_schedule(journal: Journal, jobs_dir: Path, bundle_id: str,
-                     jobs: Sequence[JobSpec], files: Mapping[str, Path]) -> None:
+                     jobs: Sequence[JobSpec], files: Mapping[str, Path],
+                     now: int | None = None) -> None:
     """Make ``jobs`` (from bundle ``bundle_id``; ``files``: its verified payload paths) the
-    agent's schedule, replacing the installed one. Scripts are copied and fsynced before the
+    agent's schedule, replacing the installed one, installed at ``now`` — the clock the jobs
+    are judged by (:class:`JobScheduler`'s), so no fire time before the install runs even
+    when that clock is ahead of the journal's. Scripts are copied and fsynced before the
     journal names them; the previous bundle's copies are removed afterwards."""
     target = jobs_dir / bundle_id
     tmp = jobs_dir / f".{bundle_id}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True, mode=0o700)
     for i, job in enumerate(jobs):
-        dest = tmp / f"{i:03d}-{job.name}.sh"
-        shutil.copyfile(files[job.script], dest)
-        os.chmod(dest, 0o600)
-        with dest.open("rb") as fh:
-            os.fsync(fh.fileno())
+        for k, script in enumerate(job.steps()):
+            dest = tmp / _step_file(i, job, k)
+            shutil.copyfile(files[script], dest)
+            os.chmod(dest, 0o600)
+            with dest.open("rb") as fh:
+                os.fsync(fh.fileno())
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     fsync_dir(jobs_dir)
     payload = [asdict(j) for j in jobs]
-    journal.set_schedule(bundle_id, payload)
+    journal.set_schedule(bundle_id, payload, now)
     for old in jobs_dir.iterdir():
         if old.name != bundle_id:
             shutil.rmtree(old, ignore_errors=True)
@@ -186,7 +227,8 @@ def installed_schedule(journal: Journal) -> tuple[str | None, list[JobSpec], int
     if found is None:
         return None, [], 0
     bundle_id, jobs, installed_at = found
-    return bundle_id, [JobSpec(**j) for j in jobs], installed_at
+    return bundle_id, [JobSpec(**{**j, "scripts": tuple(j.get("scripts") or ())})
+                       for j in jobs], installed_at
 
 
 def job_runs(journal: Journal, limit: int = 50) -> list[dict[str, Any]]:
@@ -253,8 +295,9 @@ class JobScheduler:
             if run_id is None:  # recorded already (another tick won the race)
                 continue
             crash_point("job-started")
-            state, attempts, code, summary = self._run(job, self.jobs_dir / bundle_id /
-                                                       f"{i:03d}-{job.name}.sh")
+            folder = self.jobs_dir / bundle_id
+            state, attempts, code, summary = self._run(job, [
+                folder / _step_file(i, job, k) for k in range(len(job.steps()))])
             crash_point("job-ran")
             self.journal.job_finished(run_id, state, attempts, code, summary, self.clock())
             log.info("scheduled job %s (due %s): %s after %d attempt(s)", job.name,
@@ -274,16 +317,35 @@ class JobScheduler:
         self.report(count)
         return True
 
-    def _run(self, job: JobSpec, script: Path) -> tuple[str, int, int | None, str]:
+    def _run(self, job: JobSpec, scripts: list[Path]) -> tuple[str, int, int | None, str]:
         code: int | None = None
         summary = ""
         for attempt in range(1, job.retries + 2):
-            code, summary = self._attempt(job, script)
+            code, summary = self._steps(job, scripts)
             if code == 0:
                 return "succeeded", attempt, code, summary
         return "failed", job.retries + 1, code, summary
 
-    def _attempt(self, job: JobSpec, script: Path) -> tuple[int | None, str]:
+    def _steps(self, job: JobSpec, scripts: list[Path]) -> tuple[int | None, str]:
+        """One attempt: each step in order, the first that fails ends it; ``timeout`` is
+        the attempt's whole budget. A job of several steps says which step ended how."""
+        if len(scripts) == 1:
+            return self._attempt(job, scripts[0], job.timeout)
+        started = time.monotonic()
+        parts: list[str] = []
+        code: int | None = 0
+        for k, (script, name) in enumerate(zip(scripts, job.steps(), strict=True), 1):
+            left = job.timeout - int(time.monotonic() - started)
+            if left <= 0:
+                code, text = None, f"timed out after {job.timeout} s before it started"
+            else:
+                code, text = self._attempt(job, script, left)
+            parts.append(f"step {k}/{len(scripts)} {name}: {text}")
+            if code != 0:
+                break
+        return code, _tail("\n".join(parts).encode())
+
+    def _attempt(self, job: JobSpec, script: Path, timeout: int) -> tuple[int | None, str]:
         try:
             proc = subprocess.Popen([self.bash, str(script)], stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -291,7 +353,7 @@ class JobScheduler:
         except OSError as exc:
             return None, f"cannot start {self.bash} {script}: {exc}"
         try:
-            out, _ = proc.communicate(timeout=job.timeout)
+            out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)

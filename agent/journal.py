@@ -943,14 +943,17 @@ class Journal:
 
     # -- scheduled jobs (agent.jobs) ---------------------------------------------------------
 
-    def set_schedule(self, bundle_id: str, jobs: list[dict[str, Any]]) -> None:
-        """Replace the installed job schedule with ``jobs`` from bundle ``bundle_id``."""
+    def set_schedule(self, bundle_id: str, jobs: list[dict[str, Any]],
+                     installed_at: int | None = None) -> None:
+        """Replace the installed job schedule with ``jobs`` from bundle ``bundle_id``,
+        installed at ``installed_at`` (the jobs' clock; default: the journal's)."""
         with self._tx() as db:
             db.execute("INSERT INTO job_schedule(id, bundle_id, jobs, installed_at) "
                        "VALUES (1, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
                        "bundle_id=excluded.bundle_id, jobs=excluded.jobs, "
                        "installed_at=excluded.installed_at",
-                       (bundle_id, json.dumps(jobs, sort_keys=True), self._now()))
+                       (bundle_id, json.dumps(jobs, sort_keys=True),
+                        self._now() if installed_at is None else installed_at))
 
     def schedule(self) -> tuple[str, list[dict[str, Any]], int] | None:
         with self._lock:

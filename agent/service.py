@@ -747,7 +747,8 @@ class Agent:
         an invalid one fails the bundle (the installed schedule is kept)."""
         try:
             jobs = self.jobs.parse(files[SCHEDULE_FILE].read_bytes(), list(files))
-            install_schedule(self.journal, self.jobs.jobs_dir, bundle_id, jobs, files)
+            install_schedule(self.journal, self.jobs.jobs_dir, bundle_id, jobs, files,
+                             self.jobs.clock())
         except (ScheduleError, OSError) as exc:
             log.error("bundle %s: %s; the schedule installed before is kept", bundle_id, exc)
             return "failed", (f"{summary}; but {exc}: the schedule was not installed (the "

@@ -178,6 +178,13 @@ def test_a_job_report_result_when_no_bundle_comes(site: Any, tmp_path: Path) -> 
      "'retries' must be a whole number from 0 to 10"),
     ('[[schedule]]\nname = "x"\ncron = "0 * * * *"\nscript = "jobs/job.sh"\nuser = "root"\n',
      "unknown key 'user'"),
+    ('[[schedule]]\nname = "x"\ncron = "0 * * * *"\nscript = "jobs/job.sh"\n'
+     'scripts = ["jobs/job.sh"]\n', "give 'script' (one file) or 'scripts'"),
+    ('[[schedule]]\nname = "x"\ncron = "0 * * * *"\n', "not both or neither"),
+    ('[[schedule]]\nname = "x"\ncron = "0 * * * *"\nscripts = []\n',
+     "'scripts' must be a list of 1 to 20 file names"),
+    ('[[schedule]]\nname = "x"\ncron = "0 * * * *"\nscripts = ["jobs/job.sh", "gone.sh"]\n',
+     "script 'gone.sh' is not a file of the release"),
 ])
 def test_an_invalid_schedule_fails_the_bundle_and_keeps_the_installed_one(
         site: Any, tmp_path: Path, text: str, rule: str) -> None:
@@ -194,6 +201,40 @@ def test_an_invalid_schedule_fails_the_bundle_and_keeps_the_installed_one(
     clock.t = NEXT_HOUR
     agent.run_once()
     assert marker.read_text() == "ran\n"
+
+
+def test_a_job_of_several_scripts_runs_them_in_order_and_stops_at_the_first_failure(
+        site: Any, tmp_path: Path) -> None:
+    agent, kit, clock = site
+    marker = tmp_path / "steps.txt"
+    rel = _release(tmp_path, "1.0.1", (
+        '[[schedule]]\nname = "backup"\ncron = "0 * * * *"\nretries = 1\ntimeout = 60\n'
+        'scripts = ["jobs/job.sh", "jobs/rotate.sh", "jobs/report.sh"]\n'),
+        f'echo dump >> "{marker}"\necho dumped\n')
+    flag = tmp_path / "rotate-fails"
+    (rel / "jobs" / "rotate.sh").write_text(
+        f'echo rotate >> "{marker}"\nif [ -e "{flag}" ]; then echo "disk full"; exit 4; fi\n')
+    (rel / "jobs" / "report.sh").write_text(f'echo report >> "{marker}"\n')
+    out = agent.process(_drop(agent, _bundle(kit, rel, tmp_path / "b1.tgb", 1)))
+    assert out.status == "succeeded" and "1 job(s)" in out.summary
+    clock.t = NEXT_HOUR
+    agent.run_once()
+    assert marker.read_text().split() == ["dump", "rotate", "report"]
+    (run,) = agent.journal.job_runs()
+    assert (run["state"], run["attempts"], run["exit_code"]) == ("succeeded", 1, 0)
+    assert "step 1/3 jobs/job.sh: exit 0. dumped" in run["summary"]
+    assert "step 3/3 jobs/report.sh: exit 0" in run["summary"]
+
+    marker.unlink()
+    flag.touch()
+    clock.t = NEXT_HOUR + HOUR
+    agent.run_once()
+    # two attempts, each from the first step; the step after the failing one never ran
+    assert marker.read_text().split() == ["dump", "rotate", "dump", "rotate"]
+    run = agent.journal.job_runs()[0]
+    assert (run["state"], run["attempts"], run["exit_code"]) == ("failed", 2, 4)
+    assert "step 2/3 jobs/rotate.sh: exit 4. disk full" in run["summary"]
+    assert "step 3/3" not in run["summary"]
 
 
 @pytest.mark.parametrize(("point", "ran"), [("job-started", 0), ("job-ran", 1)])

@@ -75,3 +75,35 @@ def set_fast_inbox(home: Path) -> None:
     cfg = home / "agent.toml"
     text = cfg.read_text().replace("settle_seconds = 5.0", "settle_seconds = 0.2")
     cfg.write_text(text.replace("rescan_seconds = 10.0", "rescan_seconds = 0.5"))
+
+
+HubCli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def media_site(tmp_path: Path) -> tuple[HubCli, Path, Path]:
+    """A real hub in ``tmp_path/hub`` (`tiangong hub init`, no passphrase) with people dev
+    (developer), bob (approver), carol (operator), environment plant-a, and agent site-01
+    (``tmp_path/agent``, fast inbox) enrolled by media; returns (``hub(*args, user=,
+    check=)`` running `tiangong hub --local-admin USER …`, the hub's data directory, the
+    agent's home)."""
+    data = tmp_path / "hub"
+    env = {"TIANGONG_HUB_DATA_DIR": str(data)}
+
+    def hub(*args: str, user: str = "admin",
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run("hub", "--local-admin", user, *args, env=env, check=check)
+
+    hub("init", "--admin", "admin", "--hub-id", "hub-e2e", "--insecure-no-passphrase")
+    for name, role in (("dev", "developer"), ("bob", "approver"), ("carol", "operator")):
+        hub("users", "create", name)
+        hub("users", "grant", name, role)
+    hub("environments", "create", "plant-a")
+    home = tmp_path / "agent"
+    run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
+        "--environment", "plant-a")
+    set_fast_inbox(home)
+    stick = tmp_path / "enroll"
+    stick.mkdir()
+    shutil.copy(next((home / "outbox").glob("enrollment-*.json")), stick)
+    hub("import", str(stick), user="carol")
+    return hub, data, home

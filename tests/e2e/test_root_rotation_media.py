@@ -12,8 +12,6 @@ and quarantined, and nothing at the site changes (no step runs, no sequence is u
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from bundle.manifest import Target
 from bundle.release import load_release
 from bundle.writer import release_manifest, write_bundle
 from signing.keyfile import load_private_key, load_public_key
-from tests.e2e.conftest import run, set_fast_inbox, wait_for
+from tests.e2e.conftest import media_site, run, wait_for
 from tests.e2e.test_hub_approvals import _agent_root_version, _bring_back, _run_at_site
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
@@ -29,26 +27,7 @@ HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1
 
 def test_two_rotations_reach_an_offline_site_by_media_and_the_revoked_key_is_refused(
         tmp_path: Path) -> None:
-    data = tmp_path / "hub"
-    env = {"TIANGONG_HUB_DATA_DIR": str(data)}
-
-    def hub(*args: str, user: str = "admin",
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run("hub", "--local-admin", user, *args, env=env, check=check)
-
-    hub("init", "--admin", "admin", "--hub-id", "hub-e2e", "--insecure-no-passphrase")
-    for name, role in (("dev", "developer"), ("bob", "approver"), ("carol", "operator")):
-        hub("users", "create", name)
-        hub("users", "grant", name, role)
-    hub("environments", "create", "plant-a")
-    home = tmp_path / "agent"
-    run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
-        "--environment", "plant-a")
-    set_fast_inbox(home)
-    stick = tmp_path / "enroll"
-    stick.mkdir()
-    shutil.copy(next((home / "outbox").glob("enrollment-*.json")), stick)
-    hub("import", str(stick), user="carol")
+    hub, data, home = media_site(tmp_path)
     assert _agent_root_version(home) == 1
 
     # Ceremony 1 (offline): a build machine's release key joins the hub's.
