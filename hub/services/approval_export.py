@@ -11,9 +11,10 @@ delegation for the target environment, and refuses with the very message a site 
 when it is not met — so the export uses no sequence and writes nothing.
 
 A rollback release approved by inheritance (``Release.approvals_from``, a rollout's
-automatic rollback) carries the envelopes — and, in mode ``hub``, an attestation — of the
-release it undoes, checked against that release: a site accepts them only for an undo-only
-bundle of a bundle it ran (agent.approvalcheck, docs/security.md threat 18).
+automatic rollback) also carries the envelopes — and, in mode ``hub``, an attestation — of
+the release it undoes, checked against that release (an attestation names only the
+approvers of the release it is about, never inherited ones): a site accepts them only for
+an undo-only bundle of a bundle it ran (agent.approvalcheck, docs/security.md threat 18).
 
 This module does not decide the hub's own approval rules (``approval_rules``) and does not
 write bundles.
@@ -60,7 +61,7 @@ def attestation_for(
             "key keys/approval.key is not loaded; create it with `tiangong hub keys "
             "approval-key` and list keys/approval.pub in the root's approval role"
         )
-    check = check_rule(release, env, now=ctx.now())
+    check = check_rule(release, env, now=ctx.now(), inherited=False)  # its own approvers
     if not check.approvers:
         return None
     groups = assign_groups([g for _, g in check.approvers])
@@ -116,21 +117,24 @@ def bundle_approvals(
         ConfigError: hub-attested mode without the hub's approval key.
     """
     assert ctx.keys is not None
-    if release.approvals_from is not None:
-        # A rollback approved by inheritance carries the approvals of the release it undoes,
-        # judged as a site judges them (agent.approvalcheck: against that release's ref and
-        # content hash)
-        release = release.approvals_from
-    envelopes = envelopes_for(release, env)
+    # A rollback approved by inheritance carries its own approvals (if people gave some) and
+    # those of the release it undoes, which a site judges against that release's ref and
+    # content hash (agent.approvalcheck); either may satisfy the delegation.
+    sources = [release] + ([release.approvals_from] if release.approvals_from is not None
+                           else [])
     delegation = ctx.keys.root.delegation(env.name)
-    if delegation is not None and delegation.mode == "hub":
-        attestation = attestation_for(ctx, release, env, issued=created, expires=expires)
-        if attestation is not None:
-            envelopes.append(attestation)
+    envelopes: list[bytes] = []
+    for source in sources:
+        envelopes += envelopes_for(source, env)
+        if delegation is not None and delegation.mode == "hub":
+            attestation = attestation_for(ctx, source, env, issued=created, expires=expires)
+            if attestation is not None:
+                envelopes.append(attestation)
     envelopes = envelopes[-MAX_BUNDLE_APPROVALS:]
     if delegation is None:
         return envelopes
-    verdict = verdict_for(ctx, release, env, envelopes, created)
+    verdicts = [verdict_for(ctx, source, env, envelopes, created) for source in sources]
+    verdict = next((v for v in verdicts if v.ok), verdicts[-1])
     if not verdict.ok:
         raise NotEnoughApprovalsError(
             f"release {release.label} cannot go to {env.name}: root version "

@@ -377,14 +377,20 @@ def check_rule(
     channel: str | None = None,
     now: datetime | None = None,
     rule: Rule | None = None,
+    inherited: bool = True,
 ) -> RuleCheck:
     """Count ``release``'s approvals against the rule for ``env`` (and ``channel``), or
     against ``rule`` when given (an ad-hoc run's, :mod:`hub.services.adhoc_policy`). A
     signed approval whose approver key was revoked at the hub does not count. A release
-    approved by inheritance (a rollout's automatic rollback) counts the approvals of the
-    release it inherits them from (``Release.approvals_from``)."""
-    if release.approvals_from is not None:
-        release = release.approvals_from
+    approved by inheritance (a rollout's automatic rollback, ``Release.approvals_from``)
+    meets the rule with its own approvals or, ``inherited`` (default), with those of the
+    release it inherits them from."""
+    if inherited and release.approvals_from is not None:
+        own = check_rule(release, env, channel=channel, now=now, rule=rule, inherited=False)
+        if own.met:
+            return own
+        return check_rule(release.approvals_from, env, channel=channel, now=now, rule=rule,
+                          inherited=False)
     rule = rule if rule is not None else rule_for(env, channel)
     wanted = set(rule.groups)
     counted: dict[str, tuple[str, ...]] = {}

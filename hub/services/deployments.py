@@ -258,12 +258,17 @@ def queue_deployment(ctx: ServiceContext, release: Release, environment: str,
     _refuse_recalled(session, release)
     if rule is not None and agent_id is None:
         raise ValidationError("an approval rule of its own applies to one agent's run only")
-    check = check_rule(release, env, now=ctx.now(), rule=rule)
+    # A rollback's inherited approvals are for its rollout's own queueing only.
+    check = check_rule(release, env, now=ctx.now(), rule=rule, inherited=False)
     if not check.met:
+        inherited = ("" if release.approvals_from is None else
+                     f" (its approvals are inherited from {release.approvals_from.label} "
+                     "for the automatic rollback of one deployment only; to queue it by "
+                     "hand, approve it as a release of its own)")
         raise NotEnoughApprovalsError(
             f"release {release.label} has {check.found} distinct approval(s) valid for "
             f"{env.name}, which requires {check.rule.describe()}: {check.summary()}"
-        )
+            + inherited)
     agents = list(
         session.scalars(
             select(Agent)

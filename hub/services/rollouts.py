@@ -411,6 +411,10 @@ def start_rollout(ctx: ServiceContext, release: Release, *, environment: str | N
     if release.state != "approved":
         raise InvalidStateError(f"release {release.label} is {release.state}; only an "
                                 "approved release can be rolled out")
+    if release.approvals_from is not None:
+        raise InvalidStateError(f"release {release.label} is approved by inheritance from "
+                                f"{release.approvals_from.label} for the automatic rollback "
+                                "of one deployment only; it is not rolled out")
     agents = select_agents(session, environment=environment, labels=labels)
     batches = plan_batches(agents, strategy)
     for env in {a.environment_id: a.environment for a in agents}.values():

@@ -296,6 +296,18 @@ def test_automatic_rollback_is_approved_by_inheritance_and_queued(world: World,
     from hub.services.approval_rules import check_rule
 
     assert check_rule(rollback, queued.environment).met  # the original's approvals count
+    assert not check_rule(rollback, queued.environment, inherited=False).met  # none of its own
+    # The inheritance is for this rollback only: not queued by hand elsewhere, not rolled out.
+    from hub.errors import NotEnoughApprovalsError
+    from hub.services.deployments import queue_deployment
+
+    deployments = _count(world, Deployment)
+    with pytest.raises(NotEnoughApprovalsError, match=r"inherited from hello 2\.0\.0 for the "
+                       r"automatic rollback of one deployment only"):
+        queue_deployment(world.ctx("op"), rollback, "test")
+    with pytest.raises(InvalidStateError, match="approved by inheritance"):
+        ro.start_rollout(world.ctx("admin"), rollback, environment="test")
+    assert _count(world, Deployment) == deployments
     (event,) = world.session.scalars(select(AuditEvent).where(
         AuditEvent.action == "release.approve_inherited"))
     details = json.loads(event.details) if isinstance(event.details, str) else event.details
