@@ -6,6 +6,7 @@ progress and prints results; every rule lives in the library.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -32,7 +33,7 @@ from bundle.reader import (
     verify_parts,
     verify_path,
 )
-from bundle.release import ReleaseSource, load_release
+from bundle.release import ReleaseSource, content_hash_of_manifest, scan_release
 from bundle.windows import Policy, PolicyError, parse_freeze_spec, parse_window_spec
 from bundle.writer import release_manifest, write_bundle
 from signing.approvals import ReleaseRef, evaluate_approvals
@@ -230,10 +231,13 @@ def create(release_dir: Path, key_file: str, root_file: str, agents: tuple[str, 
             raise click.ClickException(
                 f"{key_file} is not a release key of root version {trusted.version} "
                 "(or it has expired or been revoked)")
-        source = load_release(release_dir)
+        # One pass over the files: the writer hashes each while compressing it, and the
+        # content hash is computed from those digests before the manifest is signed.
+        source = scan_release(release_dir)
         envelopes = [read_approval_file(f) for f in approval_files]
         manifest, files = release_manifest(
-            source, bundle_id=str(uuid.uuid4()), issuer=key.key_id,
+            dataclasses.replace(source, content_hash=_PENDING_HASH),
+            bundle_id=str(uuid.uuid4()), issuer=key.key_id,
             target=Target(agents=tuple(agents), environment=environment),
             root_version=trusted.version, sequence=sequence, created=now,
             expires=now + expires, counter=counter, author=author,
@@ -242,10 +246,13 @@ def create(release_dir: Path, key_file: str, root_file: str, agents: tuple[str, 
             approval_envelopes=envelopes,
             policy=policy,
         )
-        _warn_unapproved(trusted, environment, source, author, envelopes, now)
         with progress_bar(not no_progress and not as_json) as report:
             written = write_bundle(output, manifest, files, [key], split_size=split_size,
-                                   level=level, progress=report)
+                                   level=level, progress=report, finish=_with_content_hash)
+        release = written.manifest.release
+        assert release is not None
+        source = dataclasses.replace(source, content_hash=release.content_hash)
+        _warn_unapproved(trusted, environment, source, author, envelopes, now)
     except (BundleError, SigningError) as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
@@ -275,6 +282,18 @@ def create(release_dir: Path, key_file: str, root_file: str, agents: tuple[str, 
     click.echo(f"  bundle id {written.manifest.bundle_id}, sequence {sequence}, "
                f"expires {format_utc(written.manifest.expires)}")
     click.echo("  re-read from disk and verified against its manifest")
+
+
+#: the content hash a manifest carries until the writer's digests give the real one
+_PENDING_HASH = "0" * 64
+
+
+def _with_content_hash(manifest: Manifest) -> Manifest:
+    """``manifest`` with its release's content hash computed from its signed file digests
+    (docs/release-format.md §5): what the release loader would have computed."""
+    assert manifest.release is not None
+    return dataclasses.replace(manifest, release=dataclasses.replace(
+        manifest.release, content_hash=content_hash_of_manifest(manifest)))
 
 
 def _warn_unapproved(trusted: TrustedRoot, environment: str | None, source: ReleaseSource,

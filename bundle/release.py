@@ -58,6 +58,7 @@ __all__ = [
     "load_release",
     "load_release_archive",
     "parse_release_toml",
+    "scan_release",
     "unreferenced_files",
 ]
 
@@ -320,6 +321,19 @@ def _content_hash(product: str, version: str, description: str,
         raise ReleaseFormatError(f"release content cannot be hashed: {exc}") from exc
 
 
+def _read_tree(path: Path) -> tuple[Path, ReleaseSpec, list[tuple[str, Path]]]:
+    """The release directory's absolute path, its checked ``release.toml`` and its files
+    (name, path), before any file's content is read."""
+    root = Path(os.path.abspath(path))
+    if not root.is_dir():
+        raise _fail(str(root), "is not a release directory")
+    toml_path = root / RELEASE_TOML
+    data = _read_release_toml(toml_path)
+    found = _walk(root)
+    spec = parse_release_toml(data, {name for name, _ in found}, str(toml_path))
+    return root, spec, found
+
+
 def load_release(path: Path) -> ReleaseSource:
     """Load and check the release directory ``path`` (docs §1–§5).
 
@@ -330,13 +344,7 @@ def load_release(path: Path) -> ReleaseSource:
         ReleaseFormatError: naming the file (or ``release.toml`` and the field) and the rule.
         OSError: a file cannot be read.
     """
-    root = Path(os.path.abspath(path))
-    if not root.is_dir():
-        raise _fail(str(root), "is not a release directory")
-    toml_path = root / RELEASE_TOML
-    data = _read_release_toml(toml_path)
-    found = _walk(root)
-    spec = parse_release_toml(data, {name for name, _ in found}, str(toml_path))
+    root, spec, found = _read_tree(path)
     files = _hash_files(found)
     return ReleaseSource(
         product=spec.product,
@@ -345,6 +353,37 @@ def load_release(path: Path) -> ReleaseSource:
         steps=spec.steps,
         files=files,
         content_hash=compute_content_hash(spec, files),
+        root=root,
+    )
+
+
+def scan_release(path: Path) -> ReleaseSource:
+    """:func:`load_release` without reading the files' content: every check of
+    ``release.toml`` and of the tree, each file's size, but ``sha256`` and ``content_hash``
+    left empty (``""``). For ``bundle create``, whose writer hashes each file while it
+    compresses it (one pass, docs/bundle-format.md §12.1) and fills in the content hash
+    from the manifest it signs (:func:`content_hash_of_manifest`).
+
+    Raises:
+        ReleaseFormatError: as :func:`load_release`; also a file that is not a regular file.
+        OSError: a file cannot be read.
+    """
+    root, spec, found = _read_tree(path)
+    files = []
+    for name, file_path in found:
+        fd = _open_regular(file_path, "a release holds only regular files")
+        try:
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        files.append(ReleaseFile(name=name, path=file_path, size=size, sha256=""))
+    return ReleaseSource(
+        product=spec.product,
+        version=spec.version,
+        description=spec.description,
+        steps=spec.steps,
+        files=tuple(files),
+        content_hash="",
         root=root,
     )
 

@@ -61,6 +61,7 @@ from bundle.errors import (
     ManifestError,
     ReleaseFormatError,
 )
+from bundle.frame_cache import FrameCache
 from bundle.limits import DEFAULT_LIMITS, Limits, format_bytes
 from bundle.manifest import (
     KIND_PLAN,
@@ -218,7 +219,9 @@ def release_manifest(
         approvals=tuple(approval_envelopes),
         policy=None if policy is None or policy.empty else policy,
     )
-    files = tuple(PayloadFile(f.name, Path(f.path), f.size, f.sha256) for f in source.files)
+    # An empty sha256 (bundle.release.scan_release): not known yet, hashed while compressing.
+    files = tuple(PayloadFile(f.name, Path(f.path), f.size, f.sha256 or None)
+                  for f in source.files)
     return manifest, files
 
 
@@ -557,7 +560,8 @@ class _ReadBack:
     thread waits for the writer's final ``fsync`` and re-reads the whole file then.
     """
 
-    def __init__(self, fd: int, label: str, layout: Sequence[_Expect], total: int) -> None:
+    def __init__(self, fd: int, label: str, layout: Sequence[_Expect], total: int,
+                 *, threaded: bool = True) -> None:
         # A duplicate of the writer's descriptor: the very file written, never a path that
         # could be swapped meanwhile (pread does not move the shared offset).
         self._fd = os.dup(fd)
@@ -573,13 +577,21 @@ class _ReadBack:
         self.checked = 0  # bytes compared so far (read by the writer for progress)
         self._range_sync = _sync_file_range
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="bundle-read-back", daemon=True)
-        self._thread.start()
+        # A bundle of one window or less is re-read in the writer's thread after its fsync:
+        # there is nothing to overlap, and a thread per small bundle costs more than the read.
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name="bundle-read-back",
+                                            daemon=True)
+            self._thread.start()
 
     # writer side
 
     def advance(self, written: int, write_fd: int) -> None:
         """The writer has written ``written`` bytes; start writeback of each full window."""
+        if self._thread is None:
+            self._written = written
+            return
         if _sync_file_range is not None and written - self._kicked >= _READBACK_WINDOW:
             _sync_file_range(write_fd, self._kicked, written - self._kicked, _SYNC_WRITE)
             self._kicked = written
@@ -592,10 +604,12 @@ class _ReadBack:
         with self._cond:
             self._synced = True
             self._cond.notify()
+        if self._thread is None:
+            self._run()
 
     def join(self, report: Callable[[int], None]) -> None:
         """Wait for the re-read, reporting progress; raise what it found."""
-        while self._thread.is_alive():
+        while self._thread is not None and self._thread.is_alive():
             self._thread.join(0.25)
             report(self.checked)
         os.close(self._fd)
@@ -607,7 +621,8 @@ class _ReadBack:
         with self._cond:
             self._stop = True
             self._cond.notify()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         os.close(self._fd)
 
     # reader side
@@ -708,6 +723,8 @@ def write_bundle(
     spool_dir: Path | None = None,
     progress: ProgressFn | None = None,
     verify: bool = True,
+    frames: FrameCache | None = None,
+    finish: Callable[[Manifest], Manifest] | None = None,
 ) -> WrittenBundle:
     """Write a signed bundle to ``out`` (or to its parts ``out.part000``, ``out.part001`` ...).
 
@@ -728,6 +745,13 @@ def write_bundle(
         progress: called as ``progress(phase, done, total)``.
         verify: re-read the written files from the device and check every digest; if they
             differ, the written files are removed and the error is raised.
+        frames: take each payload's frame from this cache when it holds one for the
+            payload's ``sha256`` (given by the caller) and ``level``, and keep the frames it
+            compresses there (§12.4); the bytes written are the same as without it.
+        finish: called with the complete manifest (``files`` filled in) just before it is
+            signed; returns the manifest to sign (e.g. with the release's content hash
+            computed from the digests taken while compressing). It may not change ``files``
+            or ``parts``.
 
     Raises:
         LimitExceededError: the bundle would exceed a limit (files, sizes, envelope, secrets).
@@ -754,11 +778,12 @@ def write_bundle(
     spool_root = Path(tempfile.mkdtemp(prefix=".tiangong-spool-", dir=spool_dir or out.parent))
     temps: list[Path] = []
     try:
-        entries, spools = _compress_all(payloads, spool_root, level, threads, limits, report)
+        entries, spools = _compress_all(payloads, spool_root, level, threads, limits, report,
+                                        frames)
         data_bytes = sum(member_span(e.compressed_size) for e in entries) + len(END_OF_ARCHIVE)
         result = _frame_and_write(
             out, manifest, entries, spools, signing_keys, roots, split_size, write_parts,
-            data_bytes, limits, report, temps, verify,
+            data_bytes, limits, report, temps, verify, finish,
         )
     finally:
         for tmp in temps:
@@ -818,6 +843,7 @@ def _compress_all(
     threads: int,
     limits: Limits,
     report: ProgressFn,
+    frames: FrameCache | None = None,
 ) -> tuple[list[FileEntry], list[Path]]:
     total = 0
     for pf in payloads:
@@ -846,7 +872,49 @@ def _compress_all(
     spools = [spool_root / f"{index:06d}.zst" for index in range(1, len(payloads) + 1)]
     entries: list[FileEntry | None] = [None] * len(payloads)
     sizes = [pf.size if pf.size is not None else os.stat(pf.path).st_size for pf in payloads]
-    small = [i for i, size in enumerate(sizes) if size <= MT_THRESHOLD_BYTES]
+    to_cache: list[int] = []  # compressed into the frame cache's temporary files
+    if frames is not None:
+        for i, pf in enumerate(payloads):
+            if pf.sha256 is None or pf.size is None:
+                continue  # only a known content can be looked up
+            hit = frames.lookup(pf.sha256, pf.size, level)
+            if hit is None:
+                spools[i] = frames.new_temp(pf.sha256)
+                to_cache.append(i)
+                continue
+            entries[i] = FileEntry(member=payload_member(i + 1), name=pf.name, size=hit.size,
+                                   sha256=hit.sha256, compressed_size=hit.compressed_size,
+                                   compressed_sha256=hit.compressed_sha256)
+            spools[i] = hit.path
+            tick(hit.size)
+    try:
+        _compress_missing(payloads, entries, spools, sizes, level, threads, tick)
+        if frames is not None:
+            for i in to_cache:
+                entry = entries[i]
+                assert entry is not None
+                spools[i] = frames.store(spools[i], level, entry.sha256, entry.size,
+                                         entry.compressed_sha256, entry.compressed_size).path
+    finally:
+        for i in to_cache:
+            if spools[i].name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    spools[i].unlink()
+    return [e for e in entries if e is not None], spools
+
+
+def _compress_missing(
+    payloads: Sequence[PayloadFile],
+    entries: list[FileEntry | None],
+    spools: Sequence[Path],
+    sizes: Sequence[int],
+    level: int,
+    threads: int,
+    tick: Callable[[int], None],
+) -> None:
+    """Compress every payload whose entry is still None into its spool path."""
+    small = [i for i, size in enumerate(sizes) if size <= MT_THRESHOLD_BYTES
+             and entries[i] is None]
     workers = (os.cpu_count() or 1) if threads < 0 else max(1, threads)
     # Small payloads: one single-worker compressor per thread, several files at once (zstd
     # and hashlib release the GIL). Each frame depends only on its own file, and entries are
@@ -876,7 +944,6 @@ def _compress_all(
     for i, _size in enumerate(sizes):
         if entries[i] is None:
             entries[i] = _compress_one(i + 1, payloads[i], spools[i], compressors, tick)
-    return [e for e in entries if e is not None], spools
 
 
 def _frame_and_write(
@@ -893,6 +960,7 @@ def _frame_and_write(
     report: ProgressFn,
     temps: list[Path],
     verify: bool,
+    finish: Callable[[Manifest], Manifest] | None = None,
 ) -> WrittenBundle:
     roots_json = encode_roots(roots)
     if len(roots_json) > limits.max_roots_bytes:
@@ -928,6 +996,11 @@ def _frame_and_write(
         files=tuple(entries),
         parts=None if split_size is None else PartsInfo(split_size, len(sizes), digests),
     )
+    if finish is not None:
+        finished = finish(final)
+        if (finished.files, finished.parts) != (final.files, final.parts):
+            raise ValueError("finish may not change the manifest's files or parts")
+        final = finished
     envelope = sign_envelope(final.payload_type, final.to_bytes(), signing_keys)
     if len(envelope) > limits.max_envelope_bytes:
         raise LimitExceededError(
@@ -974,7 +1047,8 @@ def _frame_and_write(
                                       sha256=entry.compressed_sha256, entry=entry))
                 layout.append(_Expect(data=padding(entry.compressed_size)))
             layout.append(_Expect(data=END_OF_ARCHIVE))
-            readback = _ReadBack(fd, strip_part_suffix(out.name), layout, total)
+            readback = _ReadBack(fd, strip_part_suffix(out.name), layout, total,
+                                 threaded=total > _READBACK_WINDOW)
 
         def counted(n: int) -> None:
             tick(n)

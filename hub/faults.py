@@ -26,6 +26,8 @@ CRASH_POINTS: dict[str, str] = {
     "file name committed (bundle.claimed), nothing on the media yet",
     "hub.export-writing": "the bundle being written: its spool and a temporary file on the "
     "media, no final name yet",
+    "hub.export-frame-caching": "a payload's compressed frame written to a temporary file "
+    "in the release store's frame cache and fsynced, not renamed to its entry",
     "hub.export-renamed": "the bundle under its final name on the media, the hub still says "
     "exporting",
     "hub.export-recorded": "the deployment committed as exported (bundle.written), the "

@@ -103,6 +103,7 @@ from hub.services.agents import get_agent
 from hub.services.context import HubKeys, ServiceContext, utc_now
 from hub.services.deployments import transition
 from hub.services.exchange import export_environment, import_result
+from hub.services.export import export_agents
 from hub.services.export_claims import my_token
 from hub.services.preflight import state_values
 from hub.services.presence import LiveWork, live_work, presence_until
@@ -123,6 +124,7 @@ EXPORT_RETRY_SECONDS = 60.0  # seconds before an export that failed is tried aga
 SYSTEM_ACTOR = "live"  # ServiceContext.system of the live server (audited as system:live)
 HAVE_IT = CANCEL_HAVE_IT  # the agent already holds this bundle (docs/live-protocol.md §4.2)
 EXPORT_THREADS = 2  # threads exporting bundles at once (CPU-bound: more only contend for the GIL)
+LIVE_EXPORT_BATCH = 100  # agents whose queued deployments one export call takes at once
 OFFER_THREADS = 2  # threads hashing spooled files for OFFERs, never behind an export
 MAX_PARTIALS = 4  # partial uploads kept per agent (MAX_TRANSFERS of the protocol)
 HANDSHAKE_MESSAGE_BYTES = 3 + MAX_HEADER_BYTES  # bytes of one message before authentication
@@ -311,11 +313,14 @@ class LiveHub:
     @contextlib.contextmanager
     def _services(self) -> Iterator[ServiceContext]:
         with self._session() as session:
+            # The release store: exports keep each release's compressed frames there.
+            releases = self.data_dir / "releases"
             if self.actor is not None:
                 yield ServiceContext(session, self.clock, get_user(session, self.actor),
-                                     self.keys)
+                                     self.keys, releases)
             else:  # the hub's own process: only what users.SYSTEM_ACTIONS["live"] allows
-                yield ServiceContext(session, self.clock, None, self.keys, system=SYSTEM_ACTOR)
+                yield ServiceContext(session, self.clock, None, self.keys, releases,
+                                     system=SYSTEM_ACTOR)
 
     def _lookup_key(self, agent_id: str) -> PublicKey:
         """The enrolled key of ``agent_id`` (the caller counts and audits refusals).
@@ -480,6 +485,52 @@ class LiveHub:
         if report.index is not None:
             report.index.unlink(missing_ok=True)  # the index is for people reading media
         return len(report.written), len(report.failed)
+
+    def _export_many(self, agent_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """:meth:`_export` for many agents in one call (:func:`export_agents`: their
+        deployments claimed, written and recorded in batches, two commits a batch); agent id
+        -> (written, failed). On a database error every one of them is noted for
+        :meth:`_release_claims`."""
+        try:
+            return self._export_many_once(agent_ids)
+        except SQLAlchemyError:
+            with self._unclaim_lock:
+                self._unclaim.update(agent_ids)
+            raise
+
+    def _export_many_once(self, agent_ids: list[str]) -> dict[str, tuple[int, int]]:
+        counts = {agent_id: (0, 0) for agent_id in agent_ids}
+        with self._services() as ctx:
+            envs: dict[str, list[str]] = {}
+            for row in ctx.session.execute(select(AgentRow.agent_id, AgentRow.environment_id)
+                                           .where(AgentRow.agent_id.in_(agent_ids))):
+                envs.setdefault(str(row.environment_id), []).append(row.agent_id)
+            reports = []
+            for ids in envs.values():
+                env_name = get_agent(ctx.session, ids[0]).environment.name
+                reports.append(export_agents(ctx, env_name, self.spool_root, ids, live=True))
+        for report in reports:
+            for bundle in report.written:
+                if bundle.agent_id in counts:
+                    written, failed = counts[bundle.agent_id]
+                    counts[bundle.agent_id] = (written + 1, failed)
+            failed_ids: dict[str, list[int]] = {}
+            for dep_id, reason in report.failed:
+                agent_id = report.failed_agents.get(dep_id, "")
+                failed_ids.setdefault(agent_id, []).append(dep_id)
+                self.metrics.error("export_failed")
+                log.error("live: export of deployment %s for %s failed: %s", dep_id,
+                          agent_id or "?", reason)
+            for agent_id, dep_ids in failed_ids.items():
+                if agent_id in counts:
+                    counts[agent_id] = (counts[agent_id][0], len(dep_ids))
+                    self._export_failed[agent_id] = ((len(dep_ids), max(dep_ids)),
+                                                     time.monotonic() + EXPORT_RETRY_SECONDS)
+            self.metrics.exports.inc(len(report.written))
+        for agent_id, (_, failed) in counts.items():
+            if not failed:
+                self._export_failed.pop(agent_id, None)
+        return counts
 
     def _unclaim_agent(self, agent_id: str) -> None:
         """Release this process's claims on ``agent_id``'s ``exporting`` deployments."""
@@ -873,6 +924,7 @@ class LiveHub:
         enrolled, else start a push if it has queued deployments (one push per agent at a
         time; an export that failed is retried after :data:`EXPORT_RETRY_SECONDS` unless the
         queued work changed)."""
+        due: list[tuple[str, tuple[int, int | None]]] = []
         for work in await asyncio.to_thread(self._live_work, sorted(self.peers)):
             peer = self.peers.get(work.agent_id)
             if peer is None or not peer.open:
@@ -895,7 +947,49 @@ class LiveHub:
             if (failed is not None and failed[0] == fingerprint
                     and time.monotonic() < failed[1]):
                 continue
-            self._spawn(self._push_queued(work.agent_id, fingerprint))
+            due.append((work.agent_id, fingerprint))
+        if len(due) == 1:
+            self._spawn(self._push_queued(*due[0]))
+            return
+        # A burst (a rollout, a release queued for an environment): agents exported together,
+        # LIVE_EXPORT_BATCH at a time, so the database work is two commits a batch.
+        for start in range(0, len(due), LIVE_EXPORT_BATCH):
+            self._spawn(self._push_batch(due[start:start + LIVE_EXPORT_BATCH]))
+
+    async def _push_batch(self, due: list[tuple[str, tuple[int, int | None]]]) -> None:
+        """Export the queued deployments of the agents in ``due`` in one call, then offer
+        each its spool; each agent's push lock is held throughout (agents whose push is
+        already under way are left to it)."""
+        held: list[tuple[str, tuple[int, int | None], asyncio.Lock]] = []
+        for agent_id, fingerprint in due:
+            lock = self._push_locks.setdefault(agent_id, asyncio.Lock())
+            if lock.locked():
+                continue
+            await lock.acquire()
+            held.append((agent_id, fingerprint, lock))
+        try:
+            if not held:
+                return
+            ids = [agent_id for agent_id, _, _ in held]
+            try:
+                counts = await self._in_pool(self._export_pool, self._export_many, ids)
+            except (HubError, OSError, SQLAlchemyError) as exc:
+                self.metrics.error("export_failed")
+                log.error("live: cannot export for %d agents: %s", len(ids), exc)
+                for agent_id, fingerprint, _ in held:
+                    self._export_failed[agent_id] = (fingerprint,
+                                                     time.monotonic() + EXPORT_RETRY_SECONDS)
+                counts = {}
+            for agent_id in ids:
+                peer = self.peers.get(agent_id)
+                if peer is not None:
+                    await self._offer_spool(peer, agent_id)
+                written = counts.get(agent_id, (0, 0))[0]
+                if written:
+                    log.info("live: pushed %d queued bundle(s) to %s", written, agent_id)
+        finally:
+            for _, _, lock in held:
+                lock.release()
 
     async def _push_queued(self, agent_id: str, fingerprint: tuple[int, int | None]) -> None:
         try:

@@ -41,7 +41,8 @@ import glob
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,10 +51,11 @@ from typing import Any
 from sqlalchemy import select
 
 from bundle.errors import BundleError
+from bundle.frame_cache import FrameCache
 from bundle.manifest import Approval as ManifestApproval
 from bundle.manifest import ChainInfo, Target
 from bundle.parts import part_path, strip_part_suffix
-from bundle.release import load_release
+from bundle.release import ReleaseSource, load_release
 from bundle.windows import Policy
 from bundle.writer import WrittenBundle, release_manifest, write_bundle
 from hub.db import Deployment, Environment
@@ -82,11 +84,22 @@ from hub.services.windows import gate_for, hold_back, policy_for
 from signing.envelope import parse_envelope
 from signing.roots import RootDocument
 
-__all__ = ["DEFAULT_EXPIRY", "ExportReport", "ExportedBundle", "ProgressFn", "export_environment"]
+__all__ = [
+    "DEFAULT_EXPIRY",
+    "ExportReport",
+    "ExportedBundle",
+    "ProgressFn",
+    "export_agents",
+    "export_environment",
+]
 
 DEFAULT_EXPIRY = timedelta(days=14)
 ProgressFn = Callable[[str, int, int], None]
 SPOOL_PREFIX = ".tiangong-export-"  # + the claim token: one export's private spool directory
+#: Queued deployments claimed in one transaction and recorded in another (one audit-head
+#: lock, one commit each, every deployment still its own audit events)
+EXPORT_BATCH = 200
+FRAMES_DIR = ".frames"  # in the release store: compressed payload frames (bundle.frame_cache)
 WRITER_SPOOL_PREFIX = ".tiangong-spool-"  # the writer's own default spool (older hubs)
 
 
@@ -119,6 +132,8 @@ class ExportReport:
     #: (deployment id, message) (hub.services.preflight)
     warnings: list[tuple[int, str]] = field(default_factory=list)
     index: Path | None = None
+    #: (export_agents) deployment id -> agent id, for every deployment in ``failed``
+    failed_agents: dict[int, str] = field(default_factory=dict)
 
 
 def _bundle_name(product: str, version: str, target: str, seq: int) -> str:
@@ -174,15 +189,56 @@ def export_environment(
     if not stale and not pending:
         return report  # nothing to write: no checkpoint either (the live server asks often)
     run = _Run(ctx, env, out_dir, expires_in, split_size, progress, live, force, report)
-    try:
-        for dep in stale:
-            run.resume(dep, report)
-        for dep in pending:
-            run.export(dep, report)
-    finally:
-        shutil.rmtree(run.spool, ignore_errors=True)
+    run.run_all(stale, pending, report)
     if report.written or report.failed:
         report.index = _write_index(out_dir, environment, report, ctx)
+    return report
+
+
+def export_agents(
+    ctx: ServiceContext,
+    environment: str,
+    spool_root: Path,
+    agent_ids: Collection[str],
+    *,
+    expires_in: timedelta = DEFAULT_EXPIRY,
+    live: bool = True,
+) -> ExportReport:
+    """:func:`export_environment` for many agents of ``environment`` at once, each agent's
+    bundles into its own directory ``spool_root/<agent id>`` (the live server's spools):
+    the queued deployments of all of them are claimed, written and recorded in batches of
+    :data:`EXPORT_BATCH` (two commits a batch). No media index is written.
+
+    Raises as :func:`export_environment`.
+    """
+    env = get_environment(ctx.session, environment)
+    require_ctx(ctx, "bundle.export", env)
+    if ctx.keys is None or ctx.keys.release_key is None:
+        raise ConfigError("the release key is not loaded; it lives in <data_dir>/keys/")
+    spool_root = Path(spool_root)
+    wanted = set(agent_ids)
+    report = ExportReport(environment)
+    now = ctx.now()
+    stale = [d for d in stale_claims(ctx.session, environment, None, now)
+             if d.agent is not None and d.agent.agent_id in wanted]
+    pending = [d for d in pending_exports(ctx.session, environment)
+               if d.agent is not None and d.agent.agent_id in wanted]
+    if pending:
+        pending, report.held = hold_back(ctx.session, pending, now, live=live)
+    ctx.session.commit()
+    if not stale and not pending:
+        return report
+    spool_root.mkdir(parents=True, exist_ok=True)
+    for agent_id in sorted({d.agent.agent_id for d in [*stale, *pending] if d.agent}):
+        (spool_root / agent_id).mkdir(exist_ok=True)
+        report.cleaned += _clean_leftovers(ctx, spool_root / agent_id)
+    report.cleaned += _clean_leftovers(ctx, spool_root)
+    run = _Run(ctx, env, spool_root, expires_in, None, None, live, False, report,
+               per_agent=True)
+    run.run_all(stale, pending, report)
+    owners = {d.id: d.agent.agent_id for d in [*stale, *pending] if d.agent is not None}
+    report.failed_agents = {dep_id: owners[dep_id] for dep_id, _ in report.failed
+                            if dep_id in owners}
     return report
 
 
@@ -200,8 +256,11 @@ class _Run:
         live: bool = False,
         force: bool = False,
         report: ExportReport | None = None,
+        *,
+        per_agent: bool = False,
     ) -> None:
         self.ctx = ctx
+        self.per_agent = per_agent  # each agent's bundles into out_dir/<agent id>
         self.live = live
         self.force = force
         self.report = report
@@ -212,7 +271,26 @@ class _Run:
         self.progress = progress
         self.checkpoint: dict[str, Any] | None = None
         self.checkpoint_done = False
+        self.frames: FrameCache | None = None
         self.spool = out_dir / (SPOOL_PREFIX + _token_name(my_token()))
+
+    def run_all(self, stale: list[Deployment], pending: list[Deployment],
+                report: ExportReport) -> None:
+        """Complete the killed exports of ``stale``, then export ``pending`` in batches of
+        :data:`EXPORT_BATCH`; the run's spool directory is removed at the end."""
+        try:
+            for dep in stale:
+                self.resume(dep, report)
+            for start in range(0, len(pending), EXPORT_BATCH):
+                self.export_batch(pending[start:start + EXPORT_BATCH], report)
+        finally:
+            shutil.rmtree(self.spool, ignore_errors=True)
+
+    def dir_for(self, dep: Deployment) -> Path:
+        """Where ``dep``'s bundle goes."""
+        if self.per_agent and dep.agent is not None:
+            return self.out_dir / dep.agent.agent_id
+        return self.out_dir
 
     # -- new exports ---------------------------------------------------------------------
 
@@ -232,6 +310,80 @@ class _Run:
         crash_point("hub.export-claimed")
         self._write_and_record(dep, intent, report)
 
+    def export_batch(self, deps: list[Deployment], report: ExportReport) -> None:
+        """:meth:`export` for many deployments with two commits in all: every claim and
+        intent in one transaction, then every bundle written, then every ``exported`` in
+        one transaction. Each deployment keeps its own ``bundle.claimed`` and
+        ``bundle.written`` events (appended under one lock of the audit head); one that
+        fails is rolled back alone (a savepoint) and reported in ``failed``."""
+        if len(deps) == 1:
+            self.export(deps[0], report)  # the plain path: one deployment, same commits
+            return
+        session = self.ctx.session
+        self._ensure_checkpoint()
+        claimed: list[tuple[Deployment, dict[str, Any]]] = []
+        failed: list[tuple[int, BaseException]] = []
+        with audit.held_head(session) as head:
+            for dep in deps:
+                dep_id = dep.id
+                try:
+                    with head.savepoint():
+                        intent = self._claim_one(dep)
+                except (HubError, BundleError, OSError) as exc:
+                    failed.append((dep_id, exc))  # its claim rolled back: stays queued
+                    continue
+                if intent is None:
+                    report.taken.append(dep_id)
+                else:
+                    claimed.append((dep, intent))
+            for dep_id, why in failed:
+                self._failed_event(report, dep_id, why)
+        session.commit()
+        if not claimed:
+            return
+        crash_point("hub.export-claimed")
+        written: list[tuple[Deployment, dict[str, Any], WrittenBundle]] = []
+        unwritten: list[tuple[Deployment, BaseException]] = []
+        for dep, intent in claimed:
+            try:
+                written.append((dep, intent, self._write(dep, intent)))
+            except (HubError, BundleError, OSError) as exc:
+                unwritten.append((dep, exc))
+                continue
+            crash_point("hub.export-renamed")
+        session.rollback()  # _write only reads; start the recording transaction afresh
+        done: list[ExportedBundle] = []
+        with audit.held_head(session) as head:
+            for dep, intent, bundle in written:
+                dep_id = dep.id
+                try:
+                    with head.savepoint():
+                        done.append(self._record_one(dep, intent, bundle.paths, bundle.size,
+                                                     bundle.envelope_sha256))
+                except HubError as exc:
+                    # Moved on while it was written (see _write_and_record).
+                    self._failed_event(report, dep_id, exc)
+            for dep, why in unwritten:
+                # The claim is released: the next export writes the recorded bundle again.
+                dep.claimed_by = None
+                self._failed_event(report, dep.id, why)
+        session.commit()
+        crash_point("hub.export-recorded")
+        report.written.extend(done)
+
+    def _ensure_checkpoint(self) -> None:
+        """Sign the run's audit checkpoint (once, in its own commit) before a batch holds
+        the audit head; a failure is left for each claim to report, as one at a time."""
+        if self.checkpoint_done:
+            return
+        try:
+            self.checkpoint = _checkpoint_json(self.ctx, self.env)
+        except HubError:
+            self.ctx.session.rollback()
+            return
+        self.checkpoint_done = True
+        self.ctx.session.commit()
+
     def _claim(self, dep: Deployment) -> dict[str, Any] | None:
         """Claim ``dep`` and record the bundle to write, in one committed transaction;
         None when another export claimed it first.
@@ -239,15 +391,26 @@ class _Run:
         Raises:
             HubError (validation: release, agent), BundleError, OSError: nothing recorded.
         """
-        ctx, session = self.ctx, self.ctx.session
-        keys = ctx.keys
-        assert keys is not None and keys.release_key is not None
+        session = self.ctx.session
         # Lock order everywhere: audit head, then deployment, then sequence counter (the
         # importer holds the head while it moves deployments).
         audit.lock_head(session)
+        intent = self._claim_one(dep)
+        if intent is None:
+            session.rollback()
+            return None
+        session.commit()
+        return intent
+
+    def _claim_one(self, dep: Deployment) -> dict[str, Any] | None:
+        """The body of :meth:`_claim` inside the caller's transaction (the audit head
+        locked): claim ``dep``, check it, allocate its sequence, record its intent and its
+        ``bundle.claimed`` event; None (nothing written) when another export has it."""
+        ctx, session = self.ctx, self.ctx.session
+        keys = ctx.keys
+        assert keys is not None and keys.release_key is not None
         now = ctx.now()
         if not claim(session, dep.id, now):
-            session.rollback()
             return None
         session.refresh(dep)
         release = dep.release
@@ -293,7 +456,7 @@ class _Run:
             # site secrets the steps reference and the environment stores: sealed at writing
             "secrets": sealed_names(ctx, env.name, release.steps),
         }
-        out = self.out_dir / name
+        out = self.dir_for(dep) / name
         dep.sequence, dep.bundle_id = seq, intent["bundle_id"]
         dep.root_version, dep.bundle_path = intent["root_version"], str(out)
         dep.export_intent = intent
@@ -311,7 +474,6 @@ class _Run:
                 **({"preflight_forced": forced} if forced else {}),
             },
         )
-        session.commit()
         return intent
 
     def _preflight(self, dep: Deployment) -> list[str]:
@@ -427,7 +589,7 @@ class _Run:
             manifest = replace(manifest, secrets=sealed)
         self.spool.mkdir(exist_ok=True)
         return write_bundle(
-            self.out_dir / intent["file"],
+            self.dir_for(dep) / intent["file"],
             manifest,
             files,
             [keys.release_key],
@@ -435,7 +597,19 @@ class _Run:
             split_size=intent.get("split_size"),
             spool_dir=self.spool,
             progress=_with_crash_point(self.progress),
+            frames=self._frames(),
         )
+
+    def _frames(self) -> FrameCache | None:
+        """The release store's cache of compressed payload frames (bundle-format §12.4):
+        each release file is compressed once, whatever the number of agents."""
+        if self.ctx.releases_dir is None:
+            return None
+        if self.frames is None:
+            self.frames = FrameCache(Path(self.ctx.releases_dir) / FRAMES_DIR,
+                                     crash=lambda _: crash_point("hub.export-frame-caching"))
+            self.frames.clean()  # what a killed export left half made
+        return self.frames
 
     def _record(
         self,
@@ -447,9 +621,24 @@ class _Run:
         report: ExportReport,
     ) -> None:
         """Mark ``dep`` exported with its ``bundle.written`` event, and commit."""
+        audit.lock_head(self.ctx.session)  # lock order: audit head, then the deployment
+        exported = self._record_one(dep, intent, paths, size, envelope_sha256)
+        self.ctx.session.commit()
+        crash_point("hub.export-recorded")
+        report.written.append(exported)
+
+    def _record_one(
+        self,
+        dep: Deployment,
+        intent: dict[str, Any],
+        paths: tuple[Path, ...],
+        size: int,
+        envelope_sha256: str | None,
+    ) -> ExportedBundle:
+        """Mark ``dep`` exported with its ``bundle.written`` event, in the caller's
+        transaction (the audit head locked)."""
         ctx = self.ctx
         release = dep.release
-        audit.lock_head(ctx.session)  # lock order: audit head, then the deployment
         mark_exported(
             ctx,
             dep,
@@ -473,29 +662,30 @@ class _Run:
                 "target": _target_json(dep),
             },
         )
-        ctx.session.commit()
-        crash_point("hub.export-recorded")
-        report.written.append(
-            ExportedBundle(
-                dep.id,
-                dep.agent.agent_id if dep.agent else None,
-                release.product.name,
-                release.version,
-                intent["sequence"],
-                intent["bundle_id"],
-                paths,
-                size,
-            )
+        return ExportedBundle(
+            dep.id,
+            dep.agent.agent_id if dep.agent else None,
+            release.product.name,
+            release.version,
+            intent["sequence"],
+            intent["bundle_id"],
+            paths,
+            size,
         )
 
     def _failed(self, report: ExportReport, dep_id: int, exc: BaseException) -> None:
-        ctx = self.ctx
+        self._failed_event(report, dep_id, exc)
+        self.ctx.session.commit()
+
+    def _failed_event(self, report: ExportReport, dep_id: int, exc: BaseException) -> None:
+        """Report ``dep_id`` failed and append its ``bundle.export_failed`` event (the
+        caller commits)."""
         reason = f"{type(exc).__name__}: {exc}"
         report.failed.append((dep_id, reason))
         audit.record(
-            ctx, "bundle.export_failed", "deployment", str(dep_id), {"reason": reason[:2000]}
+            self.ctx, "bundle.export_failed", "deployment", str(dep_id),
+            {"reason": reason[:2000]}
         )
-        ctx.session.commit()
 
 
 def _roots_up_to(updates: tuple[bytes, ...], version: int) -> tuple[bytes, ...]:
@@ -530,13 +720,48 @@ def _target_json(dep: Deployment) -> dict[str, Any]:
     return Target(environment=env).to_json()
 
 
-def _check_release_files(label: str, stored_path: str, content_hash: str) -> Any:
+#: stored release directory -> (what its files looked like, the release loaded from them)
+_loaded: dict[str, tuple[tuple[tuple[str, int, int, int, int], ...], ReleaseSource]] = {}
+_loaded_lock = threading.Lock()
+
+
+def _stamp(root: Path) -> tuple[tuple[str, int, int, int, int], ...]:
+    """What every file and directory under ``root`` looks like to ``stat`` (name, inode,
+    size, modification and change time): any write, rename, addition or removal changes it."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in [".", *sorted(filenames)]:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            out.append((path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(out)
+
+
+def _check_release_files(label: str, stored_path: str, content_hash: str) -> ReleaseSource:
     """The release's stored files, loaded; they must still have the approved content hash.
+
+    Hashing them is done once per process while no file of the release directory changes
+    (its ``stat`` stamp is compared at every call): exporting a release to a thousand
+    agents reads its files once, and a file changed after approval is still caught.
 
     Raises:
         ValidationError: they changed on disk.
     """
-    source = load_release(Path(stored_path))
+    root = Path(stored_path)
+    try:
+        stamp = _stamp(root)
+    except OSError:
+        stamp = ()
+    with _loaded_lock:
+        known = _loaded.get(stored_path)
+    if stamp and known is not None and known[0] == stamp:
+        source = known[1]
+    else:
+        source = load_release(root)
+        if stamp and _stamp(root) == stamp:
+            with _loaded_lock:
+                _loaded[stored_path] = (stamp, source)
     if source.content_hash != content_hash:
         raise ValidationError(
             f"the stored files of {label} changed on disk "

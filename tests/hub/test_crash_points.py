@@ -22,13 +22,15 @@ from agent.home import init_home
 from agent.inbox import ReadyItem
 from agent.service import Agent
 from bundle.inspect import inspect
+from bundle.release import load_release
 from hub.db import AuditEvent, Deployment, SequenceCounter
 from hub.faults import CRASH_POINTS
 from hub.services.audit import verify_database
 from hub.services.chain import DECLARED_LOST
-from tests.hub.realhub import ENV, RealHub
+from tests.hub.realhub import ENV, HELLO, RealHub
 
-EXPORT_POINTS = ["hub.export-claimed", "hub.export-writing", "hub.export-renamed",
+EXPORT_POINTS = ["hub.export-claimed", "hub.export-frame-caching", "hub.export-writing",
+                 "hub.export-renamed",
                  "hub.export-recorded", "hub.export-indexing", "hub.audit-appended",
                  "hub.checkpoint-signed"]
 IMPORT_POINTS = ["hub.import-stored", "hub.import-committed"]
@@ -118,8 +120,15 @@ def test_export_killed_at(point: str, tmp_path: Path) -> None:
             assert "by an export that was killed" in again.stdout
         if point == "hub.export-indexing":
             assert f"removed .INDEX-{ENV}.txt.lock " in again.stdout
-        if point in ("hub.export-claimed", "hub.export-writing", "hub.export-renamed"):
+        if point in ("hub.export-claimed", "hub.export-frame-caching", "hub.export-writing",
+                     "hub.export-renamed"):
             assert "completing an export that was interrupted" in again.stdout
+        if point == "hub.export-frame-caching":
+            # Killed with a frame fsynced under its temporary name: the next export removed
+            # it and made the entries; every bundle carries the cached frames.
+            frames = hub.data / "releases" / ".frames"
+            assert not [p.name for p in frames.iterdir() if p.name.endswith(".tmp")]
+            assert len(list(frames.glob("*.zst"))) == len(load_release(HELLO).files)
         _check(hub, usb, {"exported"})
     finally:
         hub.close()
@@ -162,7 +171,9 @@ def test_result_of_a_bundle_from_a_killed_export_is_accepted(tmp_path: Path) -> 
         assert imp.returncode == 0 and "1 imported" in imp.stdout, imp
         with hub.ctx() as ctx:
             states = sorted(d.state for d in ctx.session.scalars(select(Deployment)))
-        assert states == ["queued", "succeeded"]
+        # Both deployments were claimed in one batch (one transaction): the other one is
+        # left ``exporting`` by the killed export, and the next export completes it.
+        assert states == ["exporting", "succeeded"]
         # The next export writes only the other deployment and leaves this one alone.
         again = hub.cli("export", "--environment", ENV, "--out", str(usb))
         assert again.returncode == 0 and again.stdout.count("wrote ") == 1, again
@@ -185,8 +196,11 @@ def test_a_killed_export_never_resumed_is_declared_lost_and_not_exported_again(
     try:
         _killed(hub, "hub.export-claimed", "export", "--environment", ENV, "--out", str(usb))
         with hub.ctx() as ctx:
-            (claimed,) = ctx.session.scalars(
-                select(Deployment).where(Deployment.state == "exporting"))
+            # Both deployments were claimed in one batch; the first is declared lost.
+            both = ctx.session.scalars(select(Deployment).where(
+                Deployment.state == "exporting").order_by(Deployment.id)).all()
+            assert len(both) == 2
+            claimed = both[0]
             lost_id, lost_seq = claimed.id, claimed.sequence
             assert claimed.agent is not None
             agent_id = claimed.agent.agent_id
@@ -277,9 +291,9 @@ def test_refusal_of_a_lost_bundle_shows_in_deployments_show(tmp_path: Path) -> N
 
 
 def test_a_resumed_export_writes_the_policy_its_claim_recorded(tmp_path: Path) -> None:
-    """Killed after its first claim, with a window that applies; the window is removed; the
-    next export completes that bundle with the policy recorded at the claim (the bytes the
-    killed one would have written), and writes the other one under today's rules."""
+    """Killed after its claims (both deployments, one batch), with a window that applies;
+    the window is removed; the next export completes both bundles with the policy recorded
+    at the claim (the bytes the killed one would have written), not today's rules."""
     hub, _ = _hub(tmp_path)
     usb = tmp_path / "usb"
     try:
@@ -292,11 +306,11 @@ def test_a_resumed_export_writes_the_policy_its_claim_recorded(tmp_path: Path) -
         assert out.returncode == 0, out
         again = hub.cli("export", "--environment", ENV, "--out", str(usb))
         assert again.returncode == 0 and "completing an export" in again.stdout, again
-        policies = {b.name: inspect(b).manifest.policy for b in usb.glob("*.tgb")}
-        resumed = next(n for n in policies if "site-01" in n)  # claimed first, then killed
-        policy = policies.pop(resumed)
-        assert policy is not None and [w.to_json() for w in policy.windows] == [window["spec"]]
-        assert list(policies.values()) == [None]  # claimed after the removal: no rule left
+        policies = [inspect(b).manifest.policy for b in usb.glob("*.tgb")]
+        assert len(policies) == 2
+        for policy in policies:  # both claimed in the killed batch: the recorded policy
+            assert policy is not None
+            assert [w.to_json() for w in policy.windows] == [window["spec"]]
         _check(hub, usb, {"exported"})
     finally:
         hub.close()

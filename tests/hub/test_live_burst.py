@@ -104,7 +104,7 @@ def test_a_burst_to_hundreds_of_agents_completes_although_exports_fail_now_and_t
     # record of a written bundle meets a database error.
     monkeypatch.setattr(live_hub, "EXPORT_RETRY_SECONDS", 0.2)  # retries sooner than 60 s
     writes = Counter[str]()
-    write, record = export_service._Run._write, export_service._Run._record
+    write, record = export_service._Run._write, export_service._Run._record_one
 
     def failing_write(self: Any, dep: Any, intent: Any) -> Any:
         writes["write"] += 1
@@ -119,7 +119,7 @@ def test_a_burst_to_hundreds_of_agents_completes_although_exports_fail_now_and_t
         return record(self, *args, **kwargs)
 
     monkeypatch.setattr(export_service._Run, "_write", failing_write)
-    monkeypatch.setattr(export_service._Run, "_record", failing_record)
+    monkeypatch.setattr(export_service._Run, "_record_one", failing_record)
 
     hub = LiveHub(session_factory=make_session_factory(world.session.get_bind()),  # type: ignore[arg-type]
                   keys=world.keys.hub, data_dir=tmp_path / "hubdata", actor="op",

@@ -1,0 +1,58 @@
+"""``tiangong bundle create`` reads each payload file once (docs/bundle-format.md §12.1): the
+release is scanned without hashing, the writer hashes the plain bytes while compressing and
+the frame as it is written, and the content hash is computed from those digests before the
+manifest is signed — the same content hash the release loader computes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import bundle.release as release_mod
+from bundle.cli import bundle
+from bundle.inspect import inspect
+from bundle.release import load_release
+from signing.keyfile import DEFAULT_PASSPHRASE_ENV
+from tests.signing.clitools import PASS, KeyDir, check, init_args, run
+
+HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
+
+
+def test_bundle_create_reads_each_file_once(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    kd = KeyDir(tmp_path)
+    for name, role in (("root1", "root"), ("release1", "release"), ("audit1", "audit")):
+        kd.make(name, role)
+    check(run(init_args(kd), now=int(time.time())), 0)
+    release = tmp_path / "hello"
+    shutil.copytree(HELLO, release)
+    (release / "data.bin").write_bytes(b"row of data\n" * 200_000)
+    loaded = load_release(release)
+
+    def no_second_pass(name: str, path: Path) -> object:
+        raise AssertionError(f"{name} hashed by the release loader before compressing")
+
+    monkeypatch.setattr(release_mod, "_hash_file", no_second_pass)
+    result = CliRunner().invoke(bundle, [
+        "create", str(release), "--key", kd.key("release1"), "--root",
+        str(tmp_path / "root.json"), "--agent", "site-01", "--sequence", "1",
+        "-o", str(tmp_path / "out.tgb"), "--json", "--no-progress"],
+        env={DEFAULT_PASSPHRASE_ENV: PASS})
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    manifest = inspect(tmp_path / "out.tgb").manifest
+    assert manifest is not None and manifest.release is not None
+    assert manifest.release.content_hash == loaded.content_hash
+    assert [(f.name, f.size, f.sha256) for f in manifest.files] == [
+        (f.name, f.size, f.sha256) for f in loaded.files]
+    # The unchanged verifier accepts it.
+    verified = CliRunner().invoke(bundle, [
+        "verify", str(tmp_path / "out.tgb"), "--trust", str(tmp_path / "root.json"),
+        "--agent-id", "site-01", "--json", "--no-progress"])
+    assert verified.exit_code == 0, verified.output
+    assert json.loads(verified.output)["envelope_sha256"] == summary["envelope_sha256"]
