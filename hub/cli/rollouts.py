@@ -3,15 +3,12 @@ batches with gates (rules in ``hub.services.rollouts``; docs/rollouts.md)."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import click
 
 from hub.cli.base import _done, _emit, _services, hub, json_option
 from hub.cli.sites import agents
-
-_PERCENT = re.compile(r"^(\d{1,3})%$")
 
 
 def _show(sc: Any, rollout: Any) -> dict[str, Any]:
@@ -85,34 +82,17 @@ def rollouts_start(ctx: click.Context, product: str, version: str, environment: 
     from hub.services.releases import get_release
     from hub.services.rollouts import Strategy, parse_selector, start_rollout
 
-    strategy = Strategy(
-        canary=int(canary) if canary.isdigit() else 0,
-        canary_agents=() if canary.isdigit() else tuple(
-            c.strip() for c in canary.split(",") if c.strip()),
-        batch_size=int(batch) if batch is not None and batch.isdigit() else None,
-        batch_percent=_percent(batch, "--batch"),
-        soak_s=soak_s, manual=manual,
-        max_failures=int(max_failures) if max_failures.isdigit() else 0,
-        max_failure_percent=_percent(max_failures, "--max-failures"),
-        on_failure=on_failure, auto_rollback=auto_rollback,
-        preflight_within_h=preflight_within_h)
     with _services(ctx) as sc:
+        strategy = Strategy.from_text(
+            canary=canary, batch=batch, soak_s=soak_s, manual=manual,
+            max_failures=max_failures, on_failure=on_failure, auto_rollback=auto_rollback,
+            preflight_within_h=preflight_within_h)
         rollout = start_rollout(sc, get_release(sc.session, product, version),
                                 environment=environment,
                                 labels=parse_selector(selector) if selector else None,
                                 strategy=strategy)
         view = _show(sc, rollout)
     _done(as_json, _text(view), view)
-
-
-def _percent(value: str | None, option: str) -> int | None:
-    if value is None or value.isdigit():
-        return None
-    m = _PERCENT.match(value.strip())
-    if m is None:
-        raise click.BadParameter(f"{value!r}: give a number N or a percentage P%",
-                                 param_hint=option)
-    return int(m.group(1))
 
 
 @rollouts.command("list")

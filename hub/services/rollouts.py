@@ -140,6 +140,19 @@ _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 _VALUE = re.compile(r"^[A-Za-z0-9._/:-]{0,200}$")
 
 
+_PERCENT = re.compile(r"^(\d{1,3})%$")
+
+
+def _percent(value: str | None, what: str) -> int | None:
+    """``P`` of ``"P%"``; None for a plain number or nothing."""
+    if value is None or not value.strip() or value.strip().isdigit():
+        return None
+    m = _PERCENT.match(value.strip())
+    if m is None:
+        raise ValidationError(f"{what} {value[:32]!r}: give a number N or a percentage P%")
+    return int(m.group(1))
+
+
 @dataclass(frozen=True)
 class Strategy:
     """How the targets are split and gated.
@@ -198,6 +211,33 @@ class Strategy:
         out.pop("extra")
         out["canary_agents"] = list(self.canary_agents)
         return out
+
+    @classmethod
+    def from_text(cls, *, canary: str = "0", batch: str | None = None, soak_s: int = 0,
+                  manual: bool = False, max_failures: str = "0", on_failure: str = "pause",
+                  auto_rollback: bool = False, preflight_within_h: int | None = None
+                  ) -> Strategy:
+        """A strategy as people type it (``hub rollouts start`` and the web form):
+        ``canary`` a number of agents or agent ids separated by commas; ``batch`` and
+        ``max_failures`` a number ``N`` or a percentage ``P%``.
+
+        Raises:
+            ValidationError: naming the field and its rule (also every :meth:`check`).
+        """
+        canary = canary.strip() or "0"
+        strategy = cls(
+            canary=int(canary) if canary.isdigit() else 0,
+            canary_agents=() if canary.isdigit() else tuple(
+                c.strip() for c in canary.split(",") if c.strip()),
+            batch_size=int(batch) if batch and batch.strip().isdigit() else None,
+            batch_percent=_percent(batch, "batch"),
+            soak_s=soak_s, manual=manual,
+            max_failures=int(max_failures) if max_failures.strip().isdigit() else 0,
+            max_failure_percent=_percent(max_failures, "max failures"),
+            on_failure=on_failure, auto_rollback=auto_rollback,
+            preflight_within_h=preflight_within_h)
+        strategy.check()
+        return strategy
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Strategy:

@@ -415,6 +415,19 @@ EXPECTED: dict[str, View] = {
         get=VIEW_TEST, args=lambda w: {"rollout_id": w.extra.get("rollout", 1)}, scope=VIEW_TEST,
         ghost=lambda w: {"rollout_id": 999_999},
     ),
+    "rollouts.state": View(
+        get=VIEW_TEST, args=lambda w: {"rollout_id": w.extra.get("rollout", 1)}, scope=VIEW_TEST,
+        ghost=lambda w: {"rollout_id": 999_999},
+    ),
+    # Starting a rollout from the release page: operators of the environment, as the CLI.
+    "rollouts.start": View(
+        post=having("operator", env="test"),
+        args=lambda w: w.release(w.unqueued),
+        form=lambda w: {"environment": "test", "canary": "0", "max_failures": "0",
+                        "on_failure": "pause"},
+        form_scope=VIEW_TEST,
+        **RELEASE,
+    ),
     "rollouts.act": View(
         post=having("operator", env="test"),
         args=lambda w: {"rollout_id": w.extra.get("rollout", 1)},

@@ -39,9 +39,11 @@ def test_fleet_and_rollout_pages(site: Site, tmp_path: Path) -> None:
     rid = _rollout(site, tmp_path)
     op = site.client("op")
     page = unescape(op.get(f"/rollouts/{rid}").get_data(as_text=True))
-    assert '<meta http-equiv="refresh" content="15">' in page
+    assert '<noscript><meta http-equiv="refresh" content="15"></noscript>' in page
+    assert "rollout-live.js" in page and f'data-state-url="/rollouts/{rid}/state"' in page
     assert "canary 1; the rest at once; gate: manual confirmation" in page
-    assert "Batch 1 (current)" in page and "not queued" in page
+    assert 'Batch 1<span class="batch-current"> (current)</span>' in page
+    assert "not queued" in page
     with site.app.app_context():
         from hub.services.rollouts import advance, get_rollout
 
@@ -55,7 +57,17 @@ def test_fleet_and_rollout_pages(site: Site, tmp_path: Path) -> None:
         exported = dep.exported_at.isoformat()
         db.session.commit()
     page = unescape(op.get(f"/rollouts/{rid}").get_data(as_text=True))
-    assert "<td>media</td>" in page and f"<td>{exported}</td>" in page  # owes since
+    assert '<td class="agent-reached">media</td>' in page  # owes a result since:
+    assert f'<td class="agent-owes">{exported}</td>' in page
+    state = op.get(f"/rollouts/{rid}/state")
+    assert state.headers["Cache-Control"] == "no-store"
+    doc = state.get_json()
+    assert (doc["state"], doc["running"], doc["current_batch"]) == ("running", True, 1)
+    (agent,) = doc["batches"][0]["agents"]
+    assert agent["state"] == "exported" and agent["owes_result_since"] == exported
+    assert agent["reached"] == "media"
+    assert agent["deployment_url"] == f"/deployments/{dep_id}"
+    assert doc["batches"][0]["status"].startswith("started ")
     with site.app.app_context():
         dep = get_deployment(db.session, dep_id)
         transition(site.ctx("op"), dep, "succeeded")
@@ -118,7 +130,8 @@ def test_buttons_confirm_the_gate_and_pause(site: Site, tmp_path: Path) -> None:
                                                  "csrf_token": csrf_of(page)})
     assert done.status_code == 302
     page = unescape(op.get(f"/rollouts/{rid}").get_data(as_text=True))
-    assert "gate confirmed by op" in page and "Batch 2 (current)" in page
+    assert "gate confirmed by op" in page
+    assert 'Batch 2<span class="batch-current"> (current)</span>' in page
     op.post(f"/rollouts/{rid}/act", data={"action": "pause", "reason": "coffee",
                                           "csrf_token": csrf_of(page)})
     page = unescape(op.get(f"/rollouts/{rid}").get_data(as_text=True))
