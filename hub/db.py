@@ -884,3 +884,25 @@ class PlanOutcome(db.Model):  # type: ignore[name-defined,misc]
 
     plan: Mapped[PlanBundle] = relationship()
     agent: Mapped[Agent] = relationship()
+
+
+class HubSchedule(db.Model):  # type: ignore[name-defined,misc]
+    """The hub's own timed work (hub.services.hub_schedules): ``kind`` "export" writes what
+    is queued for ``environment`` into ``target_dir`` at each fire time of ``cron`` (in
+    ``timezone``); ``last_fire_at`` is the fire time last run (claimed before it runs)."""
+
+    __tablename__ = "hub_schedules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"))
+    target_dir: Mapped[str] = mapped_column(Text)
+    cron: Mapped[str] = mapped_column(String(120))
+    timezone: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_fire_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    environment: Mapped[Environment] = relationship()

@@ -26,7 +26,9 @@ to see rules other processes changed):
 3. for the environments named in ``scheduled_export`` (hub.toml; ``"*"``: all), writes the
    bundles of released deployments — inside their window, outside every freeze — into
    ``export_dir``, the file share those sites read (:func:`export_environment`, the same
-   function the CLI and the web media page call; ``INDEX-<env>.txt`` says what is there).
+   function the CLI and the web media page call; ``INDEX-<env>.txt`` says what is there);
+   and runs the export schedules whose cron fire time has come (``tiangong hub schedule
+   export``: :func:`hub.services.hub_schedules.run_due`), waking at their next fire time.
 
 It opens and clears the incidents of the environments' notification thresholds
 (:func:`hub.services.incidents.check`: an agent offline too long, a result overdue), once
@@ -95,6 +97,7 @@ class TickReport:
     notified: list[int] = field(default_factory=list)  # notifications delivered
     incidents_opened: list[int] = field(default_factory=list)
     incidents_cleared: list[int] = field(default_factory=list)
+    scheduled: dict[int, dict[str, Any]] = field(default_factory=dict)  # schedule -> outcome
     next_run: datetime | None = None
 
 
@@ -111,7 +114,7 @@ def tick(session_factory: Callable[[], Session], keys: HubKeys, clock: Clock = u
          smtp: SmtpSettings | None = None) -> TickReport:
     """One round (see the module docstring); commits after each step. ``export_environments``
     None: every environment (with ``export_dir``). ``smtp``: the relay of e-mail targets."""
-    from hub.services import incidents
+    from hub.services import hub_schedules, incidents
     from hub.services.exchange import export_environment
     from hub.services.notifications import deliver_due
     from hub.services.rollouts import advance_all
@@ -155,6 +158,7 @@ def tick(session_factory: Callable[[], Session], keys: HubKeys, clock: Clock = u
                     log.info("scheduler: wrote %d bundle(s) of %s to %s",
                              len(written.written), env, export_dir)
                 report.failed += written.failed
+        report.scheduled = hub_schedules.run_due(ctx)  # `hub schedule export` crons
         report.notified = deliver_due(session_factory, clock, budget=DELIVERY_BUDGET,
                                       smtp=smtp).delivered
         report.next_run = _next_run(session, now)
@@ -226,6 +230,12 @@ def _next_run(session: Session, now: datetime) -> datetime:
     retry = next_due(session)
     if retry is not None:
         candidates.append(max(retry, now))
+
+    from hub.services.hub_schedules import next_fire
+
+    fire = next_fire(session, now)
+    if fire is not None:
+        candidates.append(fire)
 
     soak = next_wakeup(session)
     if soak is not None and soak > now:

@@ -6,7 +6,8 @@ to it when imported: ``setup`` (init, tls), ``serve`` (serve, live), ``users``, 
 (products, releases), ``sites`` (environments, agents), ``channels`` (channels, promotion,
 recall, subscriptions), ``deployments``, ``exchange``
 (export, import), ``audit``, ``backup`` (backup, restore), ``windows`` (windows, freezes,
-deployments why/override), ``plans`` (releases plan, releases plans). Commands only translate: every
+deployments why/override), ``plans`` (releases plan, releases plans), ``schedule``
+(scheduled exports), ``notifications``. Commands only translate: every
 rule is in ``hub/services``.
 """
 
@@ -22,6 +23,7 @@ from hub.cli import (  # noqa: F401 - each module registers its commands on the 
     plans,
     releases,
     rollouts,
+    schedule,
     secrets,
     serve,
     setup,
