@@ -339,19 +339,17 @@ def iter_rows(
     page in a thread while the caller handles this one (the verifier)."""
     conn = session.connection()
     mark = _PARAM_MARK.get(conn.dialect.paramstyle)
+    # Constants only: the column list, the driver's placeholder, an int.
+    sql = (
+        f"SELECT {_ROW_COLUMNS} FROM audit_events WHERE seq > {mark or ':last'} "  # noqa: S608
+        f"ORDER BY seq LIMIT {int(batch)}"
+    )
     if mark is None:  # a driver this hub does not ship with: through SQLAlchemy
-        stmt = select(text(_ROW_COLUMNS)).select_from(AuditEvent).order_by(AuditEvent.seq)
-        stmt = stmt.limit(batch)
         last = after_seq
-        while rows := [tuple(r) for r in session.execute(stmt.where(AuditEvent.seq > last))]:
+        while rows := [tuple(r) for r in session.execute(text(sql), {"last": last})]:
             yield rows
             last = rows[-1][0]
         return
-    # Constants only: the column list, the driver's placeholder, an int.
-    sql = (
-        f"SELECT {_ROW_COLUMNS} FROM audit_events WHERE seq > {mark} "  # noqa: S608
-        f"ORDER BY seq LIMIT {int(batch)}"
-    )
     cursor = conn.connection.cursor()  # the session's own connection and transaction
 
     def fetch(after: int) -> list[Any]:

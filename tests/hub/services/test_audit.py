@@ -225,3 +225,17 @@ def test_verify_reads_driver_rows_on_every_database(
             assert after.events == base + 11 and after.head_hash == report.head_hash
     finally:
         engine.dispose()
+
+
+def test_iter_rows_through_sqlalchemy_for_other_drivers(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver whose paramstyle the reader does not know is read through SQLAlchemy: the
+    same rows, and verify finds the same."""
+    fill(world, 7)
+    direct = list(audit.iter_rows(world.session, batch=3))
+    monkeypatch.setattr(audit, "_PARAM_MARK", {})
+    assert list(audit.iter_rows(world.session, batch=3)) == direct
+    assert audit.verify_database(world.session, world.keys.hub).ok
+    sql(world, "UPDATE audit_events SET details = :d WHERE seq = 3", d='{"i":99}')
+    assert [p.split(":")[0] for p in problems(world)] == ["event 3 was edited"]
