@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from agent.approvalcheck import check_approvals
 from agent.faults import crash_point, fault_point
 from agent.inbox import ReadyItem, printable
-from agent.plancheck import FAILED, CheckResult, run_checks
+from agent.plancheck import FAILED, SKIPPED, CheckResult, run_checks
 from agent.stepcheck import check_steps
 from bundle.errors import BundleError, PartsError
 from bundle.inspect import inspect
@@ -120,6 +120,7 @@ class PlanRunner:
             agent._problem(f"plan {name}", f"cannot verify the plan {name}: {exc}; it stays "
                            "in the inbox and is tried again")
             return ProcessOutcome(name, "deferred", f"cannot read: {exc}")
+        agent._solved(f"plan {name}", f"the plan {name} verified")
         m = vb.manifest
         try:
             try:
@@ -133,6 +134,8 @@ class PlanRunner:
                      m.sequence, m.release.product if m.release else "?",
                      m.release.version if m.release else "?")
             agent.inbox.forget(item)
+            # A file that cannot be moved (full disk) stays: the next pass refuses it as a
+            # replay of its own sequence, with a signed result (the plan state is kept).
             agent._move_out(item, self.config.archive / PLAN_ARCHIVE, None,
                             f"{name} (plan {m.bundle_id})")
             checks = self._checks(vb)
@@ -144,7 +147,9 @@ class PlanRunner:
             summary = (f"plan failed: {len(failed)} of {len(checks)} check(s) failed; first: "
                        f"{failed[0].summary}")
         else:
-            summary = f"plan passed: {len(checks)} check(s) passed; nothing was changed"
+            skipped = sum(c.status == SKIPPED for c in checks)
+            summary = (f"plan passed: {len(checks) - skipped} check(s) passed"
+                       + (f", {skipped} skipped" if skipped else "") + "; nothing was changed")
         release = m.release.to_json() if m.release is not None else {}
         intent = agent._intent(status, summary, m.bundle_id, vb.envelope_sha256, release, [],
                                extra={"plan": {"sequence": m.sequence,

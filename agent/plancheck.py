@@ -69,12 +69,13 @@ CONNECT_TIMEOUT_S = 10  # seconds
 #: Rows kept from one statement of a SQL check script (only the first is looked at).
 _MAX_ROWS = 1
 _FALSE = {"0", "f", "false", "no", "n", "off"}
-#: Statements a SQL check may not run: they would end or widen its read-only transaction.
+#: Statements a SQL check may not run: they would end or widen its read-only transaction —
+#: transaction control, and any SET that names a transaction, its access mode or autocommit.
 _TX_CONTROL = re.compile(
-    r"\s*(begin|start|commit|end|rollback|abort|savepoint|release|prepare|set\s+transaction|"
-    r"set\s+session\s+(characteristics|transaction)|set\s+(@@|global|session)?\s*"
-    r"(tx|transaction)_read_only|set\s+autocommit|lock|unlock|xa)\b",
-    re.IGNORECASE)
+    r"\s*(?:(?:begin|start|commit|end|rollback|abort|savepoint|release|prepare|lock|unlock|"
+    r"xa|handler|load|flush|reset)\b|set\b.*(?:transaction|characteristics|read_only|"
+    r"read\s+write|autocommit|completion_type))",
+    re.IGNORECASE | re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -258,10 +259,11 @@ class _Checks:
         except (KeyError, OSError, UnicodeDecodeError, SqlSplitError) as exc:
             return False, f"check {check}: cannot be read: {exc}", ""
         for st in statements:
-            if _TX_CONTROL.match(st.text):
+            code = _code(st.text)
+            if code is None or _TX_CONTROL.match(code):
                 return False, (f"check {check} line {st.line}: a check may not control "
-                               f"transactions ({st.text.split()[0].upper()}); it runs inside "
-                               "a read-only transaction that is rolled back"), ""
+                               f"transactions ({' '.join(st.text.split()[:3])[:60]}…); it "
+                               "runs inside a read-only transaction that is rolled back"), ""
         timeout = min(float(step.get("timeout_s", 600)), self.remaining())
         target = parse_target(conn, engine)
         try:
@@ -311,6 +313,23 @@ class _Checks:
                            step=step, files=self.files, workdir=workdir, connection=conn,
                            secrets={}, log=StepLog(cap_bytes=CHECK_LOG_CAP), deadline=deadline,
                            cancel=self.cancel, undo_dir=None)
+
+
+_LEADING_COMMENT = re.compile(r"\s*(?:--[^\n]*(?:\n|$)|#[^\n]*(?:\n|$)|/\*(?![!M]).*?\*/)",
+                              re.DOTALL)
+
+
+def _code(text: str) -> str | None:
+    """The statement without its leading comments; None when it holds a MySQL executable
+    comment (``/*! … */``, ``/*M! … */``: code that looks like a comment), which a check may
+    not use."""
+    if "/*!" in text or "/*M!" in text:
+        return None
+    while True:
+        found = _LEADING_COMMENT.match(text)
+        if found is None or not found.group(0):
+            return text
+        text = text[found.end():]
 
 
 def _server_version(session: Session) -> str:

@@ -266,6 +266,14 @@ def test_plan_runs_every_check_and_changes_nothing(
     ("my", "create table sneaky (i int);\n", "READ ONLY transaction"),
     ("my", "set session transaction read write;\ninsert into t values (2);\n",
      "may not control transactions"),
+    ("my", "set @@session.transaction_read_only = 0;\ncreate table sneaky (i int);\n",
+     "may not control transactions"),
+    ("my", "/*!40101 SET autocommit = 1 */;\ninsert into t values (2);\n",
+     "may not control transactions"),
+    ("pg", "-- looks harmless\ncommit;\ninsert into t values (2);\n",
+     "may not control transactions"),
+    ("pg", "select 1 from (select set_config('default_transaction_read_only', 'off', "
+     "false)) s;\ncreate table sneaky (i int);\n", "read-only transaction"),
 ])
 def test_a_check_script_cannot_write(wired: tuple[Agent, TrustKit], tmp_path: Path,
                                      pg_db: str, mysql_db: str, kube_namespace: str,
