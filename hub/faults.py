@@ -50,6 +50,8 @@ CRASH_POINTS: dict[str, str] = {
     "hub.notify-sent": "a webhook answered 2xx, the notification not committed delivered",
     "hub.root-installed": "hub keys install-root: root.json replaced by the new version, the "
     "root.install event not committed",
+    "hub.schedule-claimed": "an export schedule's fire time claimed (committed), its export "
+    "not started",
 }
 
 

@@ -17,6 +17,9 @@
   queued adds no event, so a frequent schedule does not fill the log). Fire times missed
   while no scheduler ran are coalesced into one run. A fire time before the schedule was
   added never runs.
+* A scheduler killed after the claim (crash point ``hub.schedule-claimed``) does not run
+  that fire time again: what it would have written stays queued and goes at the next fire
+  time (a killed export itself is completed by the next export, as for ``hub export``).
 * Bundles go out as ``live=True`` exports do: a freeze or a closed window holds them (they
   are written at a later fire time once released).
 
@@ -38,6 +41,7 @@ from sqlalchemy.orm import Session
 
 from hub.db import HubSchedule
 from hub.errors import HubError, NotFoundError, ValidationError
+from hub.faults import crash_point
 from hub.services import audit
 from hub.services.context import ServiceContext
 from hub.services.environments import get_environment
@@ -199,6 +203,7 @@ def run_due(ctx: ServiceContext) -> dict[int, dict[str, Any]]:
         fire, missed = _latest_fire(s, now)
         if fire is None or not _claim(ctx, s, fire):
             continue
+        crash_point("hub.schedule-claimed")
         s = ctx.session.get(HubSchedule, s.id)  # type: ignore[assignment]
         outcome: dict[str, Any] = {"fire_at": fire.isoformat(), "missed": missed}
         try:

@@ -3,11 +3,13 @@ fire times on the scheduler's clock — the queued deployment written into the s
 index, audited ``schedule.run`` by the scheduler — once per fire time, missed fire times
 coalesced, none before it was added, a fire time claimed once by two schedulers; every
 refused schedule changes nothing; and a real ``tiangong hub scheduler`` process runs a
-per-second schedule added with ``tiangong hub schedule export --json``."""
+per-second schedule added with ``tiangong hub schedule export --json``, after one killed at
+crash point ``hub.schedule-claimed`` (the next fire time writes what it did not)."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -32,6 +34,7 @@ from tests.hub.realhub import ENV, RealHub
 from tests.hub.services.test_windows import _queued
 
 DEADLINE = 60.0  # seconds a real process gets to act
+SCHEDULE_POINTS = ["hub.schedule-claimed"]
 
 
 def _factory(engine: Engine) -> Callable[[], Session]:
@@ -131,6 +134,17 @@ def test_the_real_scheduler_runs_a_per_second_export_schedule(tmp_path: Path) ->
     assert out.returncode == 0, out.stderr
     added = json.loads(out.stdout)
     assert (added["id"], added["cron"], added["to"]) == (1, "* * * * * *", str(share))
+    # Killed right after claiming a fire time: nothing written, the deployment still queued.
+    killed = subprocess.run([*TIANGONG, "hub", "scheduler"], capture_output=True,
+                            timeout=DEADLINE * 2, check=False,
+                            env={**hub.env, "TIANGONG_CRASH_AT": "hub.schedule-claimed"})
+    assert killed.returncode == -signal.SIGKILL, killed
+    assert not share.exists() or list(share.iterdir()) == []
+    [claimed] = json.loads(hub.cli("schedule", "list", "--json").stdout)
+    assert claimed["last_fire_at"] is not None and claimed["last_result"] is None
+    with hub.ctx() as ctx:
+        assert ctx.session.scalars(select(Deployment)).one().state == "queued"
+    # The next scheduler writes it at the schedule's next fire time.
     log = tmp_path / "scheduler.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen([*TIANGONG, "hub", "scheduler"], stdout=fh,
