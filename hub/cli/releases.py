@@ -85,6 +85,9 @@ def _release_row(rel: Any, full: bool = False) -> dict[str, Any]:
                 }
                 for a in rel.approvals
             ],
+            rollback_of=rel.rollback_of_id,
+            approved_by_inheritance_from=(rel.approvals_from.label
+                                          if rel.approvals_from is not None else None),
         )
     return row
 

@@ -122,6 +122,9 @@ def test_killed_between_creating_and_queueing_the_rollback_it_happens_once(
         assert again.returncode == 0 and "duplicate" in again.stdout, again
         assert _state(hub) == after
 
+        shown = json.loads(hub.cli("releases", "show", "app", "2.0-rollback-1", "--json").stdout)
+        assert (shown["rollback_of"], shown["approved_by_inheritance_from"]) == (1, "app 2.0")
+        assert shown["approvals"] == []  # nobody approved it: it inherits
         view = json.loads(hub.cli("rollouts", "show", rid, "--json").stdout)
         assert view["state"] == "paused" and view["rolled_back"]
         assert view["rollbacks"] == [{
