@@ -42,7 +42,7 @@ bundle it will write, then calls :func:`mark_exported` once the file is on the m
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -197,9 +197,11 @@ def get_visible_deployment(ctx: ServiceContext, deployment_id: int) -> Deploymen
 
 
 def pending_exports(
-    session: Session, environment: str, agent_id: str | None = None
+    session: Session, environment: str, agent_id: str | None = None,
+    *, agent_ids: Collection[str] | None = None,
 ) -> list[Deployment]:
-    """Queued deployments of ``environment`` (optionally for one agent) — export's work.
+    """Queued deployments of ``environment`` (optionally for one agent, or for the agents
+    ``agent_ids``) — export's work.
 
     One query, filtered by the database: the live server calls this for every connected
     agent, and filtering in Python cost a lazy load per queued deployment (N² with N agents).
@@ -213,6 +215,9 @@ def pending_exports(
     if agent_id is not None:
         query = query.join(Agent, Deployment.agent_id == Agent.id).where(
             Agent.agent_id == agent_id)
+    elif agent_ids is not None:
+        query = query.join(Agent, Deployment.agent_id == Agent.id).where(
+            Agent.agent_id.in_(sorted(agent_ids)))
     return list(session.scalars(query))
 
 

@@ -219,10 +219,8 @@ def export_agents(
     wanted = set(agent_ids)
     report = ExportReport(environment)
     now = ctx.now()
-    stale = [d for d in stale_claims(ctx.session, environment, None, now)
-             if d.agent is not None and d.agent.agent_id in wanted]
-    pending = [d for d in pending_exports(ctx.session, environment)
-               if d.agent is not None and d.agent.agent_id in wanted]
+    stale = stale_claims(ctx.session, environment, None, now, agent_ids=wanted)
+    pending = pending_exports(ctx.session, environment, agent_ids=wanted)
     if pending:
         pending, report.held = hold_back(ctx.session, pending, now, live=live)
     ctx.session.commit()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from functools import cache
 
@@ -89,10 +90,11 @@ def claim(session: Session, deployment_id: int, now: datetime) -> bool:
 
 
 def stale_claims(
-    session: Session, environment: str, agent_id: str | None, now: datetime
+    session: Session, environment: str, agent_id: str | None, now: datetime,
+    *, agent_ids: Collection[str] | None = None,
 ) -> list[Deployment]:
-    """Deployments of ``environment`` (optionally one agent) left ``exporting`` by an export
-    that is gone, oldest first."""
+    """Deployments of ``environment`` (optionally one agent, or the agents ``agent_ids``)
+    left ``exporting`` by an export that is gone, oldest first."""
     query = (
         select(Deployment)
         .where(
@@ -104,6 +106,10 @@ def stale_claims(
     if agent_id is not None:
         query = query.join(Agent, Deployment.agent_id == Agent.id).where(
             Agent.agent_id == agent_id
+        )
+    elif agent_ids is not None:
+        query = query.join(Agent, Deployment.agent_id == Agent.id).where(
+            Agent.agent_id.in_(sorted(agent_ids))
         )
     return [
         d
