@@ -73,6 +73,25 @@ class FrameCache:
     def __init__(self, directory: Path, *, crash: Callable[[str], None] | None = None) -> None:
         self.directory = Path(directory)
         self._crash = crash or (lambda point: None)
+        self._index: dict[str, list[str]] | None = None
+
+    def _listing(self) -> dict[str, list[str]]:
+        """The entries by content SHA-256, read with one ``scandir`` per cache object (an
+        export makes one per run): a release of 2,000 files does not list the directory
+        2,000 times. An entry another process makes meanwhile is not seen; this one then
+        makes the same bytes under the same name."""
+        if self._index is None:
+            index: dict[str, list[str]] = {}
+            try:
+                with os.scandir(self.directory) as it:
+                    for entry in it:
+                        if not entry.name.startswith(".") and entry.name.endswith(".zst"):
+                            index.setdefault(entry.name.split("-", 1)[0], []).append(
+                                entry.name)
+            except FileNotFoundError:
+                pass
+            self._index = index
+        return self._index
 
     def _prefix(self, sha256: str, level: int) -> str:
         return f"{sha256}-l{level}-zstd{_zstd_version()}-"
@@ -81,13 +100,8 @@ class FrameCache:
         """The verified entry for content ``sha256`` of ``size`` bytes at ``level``, or None
         (none yet, or it was damaged and has been removed)."""
         prefix = self._prefix(sha256, level)
-        try:
-            with os.scandir(self.directory) as it:
-                names = [e.name for e in it if e.name.startswith(prefix)
-                         and e.name.endswith(".zst")]
-        except FileNotFoundError:
-            return None
-        for name in sorted(names):
+        names = self._listing().get(sha256, [])
+        for name in sorted(n for n in names if n.startswith(prefix)):
             frame_sha = name[len(prefix):-len(".zst")]
             path = self.directory / name
             compressed = self._verified_size(path, frame_sha)
@@ -117,6 +131,8 @@ class FrameCache:
         if digest.hexdigest() != frame_sha:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # damaged: the next writer makes it again
+            with contextlib.suppress(KeyError, ValueError):
+                self._listing()[path.name.split("-", 1)[0]].remove(path.name)
             return None
         with _verified_lock:
             _verified[key] = stamp
@@ -142,6 +158,9 @@ class FrameCache:
         final = self.directory / f"{self._prefix(sha256, level)}{compressed_sha256}.zst"
         os.replace(temp, final)
         fsync_dir(self.directory)
+        names = self._listing().setdefault(sha256, [])
+        if final.name not in names:
+            names.append(final.name)
         st = os.stat(final)
         with _verified_lock:
             _verified[str(final)] = (st.st_ino, st.st_size, st.st_mtime_ns)
