@@ -55,6 +55,7 @@ from apscheduler.triggers.cron import CronTrigger
 from agent.faults import crash_point
 from agent.journal import Journal
 from signing.fileio import fsync_dir
+from tiangong.cron import cron_trigger
 
 __all__ = ["SCHEDULE_FILE", "JobScheduler", "JobSpec", "ScheduleError", "install_schedule",
            "installed_schedule", "job_runs", "parse_schedule"]
@@ -93,7 +94,7 @@ class JobSpec:
         return tuple(self.scripts) or (self.script,)
 
     def trigger(self) -> CronTrigger:
-        return CronTrigger.from_crontab(self.cron, timezone=ZoneInfo(self.timezone))
+        return cron_trigger(self.cron, ZoneInfo(self.timezone))
 
 
 def parse_schedule(data: bytes, files: Sequence[str], source: str = SCHEDULE_FILE
@@ -146,7 +147,9 @@ def _job(entry: Mapping[str, Any], where: str, files: set[str]) -> JobSpec:
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ScheduleError(f"{where} ({name}): unknown time zone {tz!r}") from exc
     try:
-        CronTrigger.from_crontab(cron, timezone=zone)
+        if len(cron.split()) != 5:
+            raise ValueError(f"{len(cron.split())} fields")
+        cron_trigger(cron, zone)
     except ValueError as exc:
         raise ScheduleError(f"{where} ({name}): cron {cron!r} is not a 5-field cron "
                             f"expression ({exc})") from exc

@@ -1,8 +1,11 @@
-"""``tiangong hub schedule export | list | remove``: the hub's own timed work — exports of an
-environment to a file share on a cron, run by the hub scheduler
+"""``tiangong hub schedule export | report | list | remove``: the hub's own timed work —
+exports and reports of an environment to a file share on a cron, run by the hub scheduler
 (``hub.services.hub_schedules``)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -15,28 +18,56 @@ def schedule() -> None:
     scheduler (`hub serve` runs it) at each fire time of a cron expression."""
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _schedule_options(what: str) -> Callable[[F], F]:
+    def wrap(f: F) -> F:
+        for option in reversed((
+            click.option("--environment", required=True, help=f"Whose {what}."),
+            click.option("--to", "to", required=True, type=click.Path(file_okay=False),
+                         help="The directory (a mounted file share) written into."),
+            click.option("--cron", required=True, metavar="'M H DOM MON DOW'",
+                         help="5 fields (minute hour day-of-month month day-of-week), or 6 "
+                              "with seconds first."),
+            click.option("--timezone", default="UTC", show_default=True,
+                         help="IANA time zone of --cron."),
+            json_option, click.pass_context)):
+            f = cast(F, option(f))
+        return f
+    return wrap
+
+
+def _add(ctx: click.Context, kind: str, environment: str, to: str, cron: str, timezone: str,
+         as_json: bool) -> None:
+    import os
+
+    from hub.services.hub_schedules import add_export, add_report
+
+    add = add_report if kind == "report" else add_export
+    with _services(ctx) as sc:
+        info = add(sc, environment, os.path.abspath(to), cron, timezone)
+    _done(as_json, f"schedule {info.id}: {kind} {environment} to {info.target_dir} at "
+          f"'{info.cron}' ({info.timezone})", info.to_json())
+
+
 @schedule.command("export")
-@click.option("--environment", required=True, help="Whose queued deployments to export.")
-@click.option("--to", "to", required=True, type=click.Path(file_okay=False),
-              help="The directory (a mounted file share) the bundles are written into.")
-@click.option("--cron", required=True, metavar="'M H DOM MON DOW'",
-              help="5 fields (minute hour day-of-month month day-of-week), or 6 with seconds "
-                   "first.")
-@click.option("--timezone", default="UTC", show_default=True, help="IANA time zone of --cron.")
-@json_option
-@click.pass_context
+@_schedule_options("queued deployments to export")
 def export(ctx: click.Context, environment: str, to: str, cron: str, timezone: str,
            as_json: bool) -> None:
     """At each fire time of CRON, export what is queued for ENVIRONMENT into --to (admins;
     the same export as `hub export`, written atomically and audited)."""
-    import os
+    _add(ctx, "export", environment, to, cron, timezone, as_json)
 
-    from hub.services.hub_schedules import add_export
 
-    with _services(ctx) as sc:
-        info = add_export(sc, environment, os.path.abspath(to), cron, timezone)
-    _done(as_json, f"schedule {info.id}: export {environment} to {info.target_dir} at "
-          f"'{info.cron}' ({info.timezone})", info.to_json())
+@schedule.command("report")
+@_schedule_options("report to write")
+def report(ctx: click.Context, environment: str, to: str, cron: str, timezone: str,
+           as_json: bool) -> None:
+    """At each fire time of CRON, write ENVIRONMENT's report REPORT-<env>.json into --to
+    (admins): agents, deployments, failures since the last report, awaited results, open
+    incidents, undelivered notifications."""
+    _add(ctx, "report", environment, to, cron, timezone, as_json)
 
 
 @schedule.command("list")

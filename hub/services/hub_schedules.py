@@ -1,5 +1,5 @@
-"""The hub's own timed work: scheduled exports to a file share (docs/operations.md,
-"Scheduled exports at the hub").
+"""The hub's own timed work: scheduled exports and reports to a file share
+(docs/operations.md, "Scheduled exports at the hub").
 
 * :func:`add_export` (admins; audited ``schedule.add``): at each fire time of a cron
   expression — five fields (minute hour day-of-month month day-of-week), or six with a
@@ -22,6 +22,11 @@
   time (a killed export itself is completed by the next export, as for ``hub export``).
 * Bundles go out as ``live=True`` exports do: a freeze or a closed window holds them (they
   are written at a later fire time once released).
+
+* :func:`add_report`: at each fire time the scheduler writes ``REPORT-<env>.json`` (its
+  agents, deployments by state, failures since the previous report, results still awaited,
+  open incidents, undelivered notifications: :func:`report`) into the directory, replacing
+  the previous one atomically; audited ``schedule.run`` like an export that wrote.
 
 Deliberately not here: what an export writes (:mod:`hub.services.export`), when the
 scheduler wakes (:mod:`hub.scheduler` asks :func:`next_fire`).
@@ -47,8 +52,8 @@ from hub.services.context import ServiceContext
 from hub.services.environments import get_environment
 from hub.services.users import require_ctx
 
-__all__ = ["ScheduleInfo", "add_export", "list_schedules", "next_fire", "remove_schedule",
-           "run_due", "trigger"]
+__all__ = ["ScheduleInfo", "add_export", "add_report", "list_schedules", "next_fire",
+           "remove_schedule", "report", "run_due", "trigger"]
 
 MAX_CATCH_UP = 100_000  # fire times counted when coalescing missed ones
 
@@ -85,25 +90,17 @@ def trigger(cron: str, timezone: str) -> Any:
     Raises:
         ValidationError: not 5 or 6 valid fields, or an unknown time zone.
     """
-    from apscheduler.triggers.cron import CronTrigger
+    from tiangong.cron import cron_trigger
 
     try:
         zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValidationError(f"time zone {timezone[:64]!r} is not known (an IANA name such "
                               "as UTC or Europe/Berlin)") from None
-    fields = cron.split()
     try:
-        if len(fields) == 5:
-            return CronTrigger.from_crontab(cron, timezone=zone)
-        if len(fields) == 6:
-            second, minute, hour, day, month, dow = fields
-            return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
-                               day_of_week=dow, timezone=zone)
+        return cron_trigger(cron, zone)
     except ValueError as exc:
         raise ValidationError(f"cron {cron[:120]!r}: {exc}") from None
-    raise ValidationError(f"cron {cron[:120]!r}: give 5 fields (minute hour day-of-month "
-                          "month day-of-week) or 6 (seconds first)")
 
 
 def _latest_fire(s: HubSchedule, now: datetime) -> tuple[datetime | None, int]:
@@ -130,25 +127,121 @@ def add_export(ctx: ServiceContext, environment: str, target_dir: str, cron: str
         NotFoundError, PermissionDeniedError, ValidationError (cron, time zone, a directory
         that is not absolute or exists as something other than a directory).
     """
+    return _add(ctx, "export", environment, target_dir, cron, timezone)
+
+
+def add_report(ctx: ServiceContext, environment: str, target_dir: str, cron: str,
+               timezone: str = "UTC") -> ScheduleInfo:
+    """Write ``environment``'s report (:func:`report`) as ``REPORT-<env>.json`` into
+    ``target_dir`` at each fire time of ``cron`` (admins; audited ``schedule.add``).
+
+    Raises:
+        the same as :func:`add_export`.
+    """
+    return _add(ctx, "report", environment, target_dir, cron, timezone)
+
+
+def _add(ctx: ServiceContext, kind: str, environment: str, target_dir: str, cron: str,
+         timezone: str) -> ScheduleInfo:
     env = get_environment(ctx.session, environment)
     require_ctx(ctx, "environment.update", env)
     trigger(cron, timezone)
     path = Path(target_dir)
     if not path.is_absolute():
-        raise ValidationError(f"export directory {target_dir[:200]!r}: give an absolute path "
+        raise ValidationError(f"{kind} directory {target_dir[:200]!r}: give an absolute path "
                               "(the scheduler runs elsewhere than this command)")
     if path.exists() and not path.is_dir():
-        raise ValidationError(f"export directory {target_dir[:200]}: exists and is not a "
+        raise ValidationError(f"{kind} directory {target_dir[:200]}: exists and is not a "
                               "directory")
-    s = HubSchedule(kind="export", environment_id=env.id, target_dir=str(path),
+    s = HubSchedule(kind=kind, environment_id=env.id, target_dir=str(path),
                     cron=" ".join(cron.split()), timezone=timezone,
                     created_by=ctx.actor_name, created_at=ctx.now())
     ctx.session.add(s)
     ctx.session.flush()
     audit.record(ctx, "schedule.add", "schedule", str(s.id),
-                 {"kind": "export", "environment": env.name, "to": s.target_dir,
+                 {"kind": kind, "environment": env.name, "to": s.target_dir,
                   "cron": s.cron, "timezone": timezone})
     return _info(s)
+
+
+def report(ctx: ServiceContext, environment: str, since: datetime | None) -> dict[str, Any]:
+    """``environment`` now: its agents (last seen, online), deployments by state and those
+    that failed since ``since``, what still waits for a result, open incidents and
+    undelivered notifications. For the scheduler (no permission check)."""
+    from hub.db import (
+        Agent,
+        Deployment,
+        NotificationIncident,
+        NotificationOutbox,
+        NotificationWebhook,
+    )
+
+    env = get_environment(ctx.session, environment)
+    now = ctx.now()
+    agents = ctx.session.scalars(select(Agent).where(
+        Agent.environment_id == env.id, Agent.status == "enrolled").order_by(Agent.agent_id))
+    deps = list(ctx.session.scalars(select(Deployment).where(
+        Deployment.environment_id == env.id).order_by(Deployment.id)))
+    states: dict[str, int] = {}
+    for d in deps:
+        states[d.state] = states.get(d.state, 0) + 1
+    failed = [{"deployment": d.id, "release": d.release.label,
+               "agent": d.agent.agent_id if d.agent else None,
+               "at": d.updated_at.isoformat()}
+              for d in deps if d.state == "failed" and (since is None or d.updated_at > since)]
+    waiting = [{"deployment": d.id, "release": d.release.label,
+                "agent": d.agent.agent_id if d.agent else None,
+                "exported_at": d.exported_at.isoformat() if d.exported_at else None}
+               for d in deps if d.state in ("exported", "delivered", "running")]
+    undelivered = ctx.session.scalars(select(NotificationOutbox.state).join(
+        NotificationWebhook).where(NotificationWebhook.environment_id == env.id,
+                                   NotificationOutbox.state.in_(("pending", "failed"))))
+    notes: dict[str, int] = {}
+    for state in undelivered:
+        notes[state] = notes.get(state, 0) + 1
+    return {
+        "environment": env.name, "generated_at": now.isoformat(),
+        "since": since.isoformat() if since else None,
+        "agents": [{"agent": a.agent_id, "last_seen": a.last_seen.isoformat()
+                    if a.last_seen else None,
+                    "online": bool(a.online_until and a.online_until > now)} for a in agents],
+        "deployments": states, "failed_since": failed, "waiting_for_result": waiting,
+        "open_incidents": [{"kind": i.kind, "subject": i.subject,
+                            "opened_at": i.opened_at.isoformat()}
+                           for i in ctx.session.scalars(select(NotificationIncident).where(
+                               NotificationIncident.environment_id == env.id,
+                               NotificationIncident.cleared_at.is_(None))
+                               .order_by(NotificationIncident.id))],
+        "notifications_undelivered": notes,
+    }
+
+
+def _write_report(ctx: ServiceContext, s: HubSchedule, since: datetime | None) -> str:
+    """Write ``REPORT-<env>.json`` into the schedule's directory atomically (a temporary
+    file, fsynced, renamed); returns its name."""
+    import json
+    import os
+    import tempfile
+
+    from signing.fileio import fsync_dir
+
+    doc = report(ctx, s.environment.name, since)
+    folder = Path(s.target_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"REPORT-{s.environment.name}.json"
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(folder)
+    return name
 
 
 def _active(ctx: ServiceContext) -> Iterable[HubSchedule]:
@@ -201,22 +294,26 @@ def run_due(ctx: ServiceContext) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     for s in list(_active(ctx)):
         fire, missed = _latest_fire(s, now)
+        since = s.last_fire_at
         if fire is None or not _claim(ctx, s, fire):
             continue
         crash_point("hub.schedule-claimed")
         s = ctx.session.get(HubSchedule, s.id)  # type: ignore[assignment]
         outcome: dict[str, Any] = {"fire_at": fire.isoformat(), "missed": missed}
         try:
-            report = export_environment(ctx, s.environment.name, Path(s.target_dir),
-                                        live=True)
+            if s.kind == "report":
+                outcome.update(written=[_write_report(ctx, s, since)], failed=[], held=[],
+                               error="")
+            else:
+                done = export_environment(ctx, s.environment.name, Path(s.target_dir),
+                                          live=True)
+                outcome.update(written=[b.deployment_id for b in done.written],
+                               failed=[[d, why[:200]] for d, why in done.failed],
+                               held=[d for d, _ in done.held], error="")
         except (HubError, OSError) as exc:
             ctx.session.rollback()
             s = ctx.session.get(HubSchedule, s.id)  # type: ignore[assignment]
             outcome.update(written=[], failed=[], held=[], error=str(exc)[:500])
-        else:
-            outcome.update(written=[b.deployment_id for b in report.written],
-                           failed=[[d, why[:200]] for d, why in report.failed],
-                           held=[d for d, _ in report.held], error="")
         s.last_result = outcome
         if outcome["written"] or outcome["failed"] or outcome["error"]:
             audit.record(ctx, "schedule.run", "schedule", str(s.id),

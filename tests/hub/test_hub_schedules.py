@@ -1,4 +1,5 @@
-"""The hub's own timed work (hub.services.hub_schedules): an export schedule runs at its cron
+"""The hub's own timed work (hub.services.hub_schedules): a report schedule writes the
+environment's report atomically at its fire times; an export schedule runs at its cron
 fire times on the scheduler's clock — the queued deployment written into the share with its
 index, audited ``schedule.run`` by the scheduler — once per fire time, missed fire times
 coalesced, none before it was added, a fire time claimed once by two schedulers; every
@@ -25,6 +26,7 @@ from hub.scheduler import tick
 from hub.services.hub_schedules import (
     _claim,
     add_export,
+    add_report,
     list_schedules,
     remove_schedule,
 )
@@ -86,6 +88,35 @@ def test_an_export_schedule_runs_once_per_fire_time(world: World, engine: Engine
     assert tick(_factory(engine), world.keys.hub, world.clock).scheduled == {}
 
 
+def test_a_report_schedule_writes_the_environment_report_atomically(
+        world: World, engine: Engine, tmp_path: Path) -> None:
+    from hub.services.deployments import mark_exported, transition
+
+    world.clock.now = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+    share = tmp_path / "reports"
+    info = add_report(world.ctx(), "test", str(share), "0 7 * * 1", "UTC")  # Mondays 07:00
+    world.session.commit()
+    dep = _queued(world)
+    mark_exported(world.ctx("op"), dep, bundle_id="b1", bundle_path="/m/b1", sequence=1,
+                  root_version=1)
+    transition(world.ctx("op"), dep, "failed")
+    world.session.commit()
+    world.clock.now = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
+    report = tick(_factory(engine), world.keys.hub, world.clock)
+    assert report.scheduled[info.id]["written"] == ["REPORT-test.json"]
+    assert [p.name for p in share.iterdir()] == ["REPORT-test.json"]  # no temporary left
+    doc = json.loads((share / "REPORT-test.json").read_text())
+    assert (doc["environment"], doc["since"], doc["deployments"]) == (
+        "test", None, {"failed": 1})
+    assert [f["deployment"] for f in doc["failed_since"]] == [dep.id]
+    assert doc["generated_at"] == "2026-11-23T07:00:00+00:00"
+    world.clock.now = datetime(2026, 11, 30, 7, 0, tzinfo=UTC)  # a week later
+    tick(_factory(engine), world.keys.hub, world.clock)
+    doc = json.loads((share / "REPORT-test.json").read_text())
+    assert doc["since"] == "2026-11-23T07:00:00+00:00" and doc["failed_since"] == []
+    assert [r["kind"] for r in _runs(world)] == ["report", "report"]
+
+
 def test_a_fire_time_is_claimed_once(world: World, tmp_path: Path) -> None:
     add_export(world.ctx(), "test", str(tmp_path), "* * * * *")
     world.session.commit()
@@ -102,7 +133,7 @@ def test_a_fire_time_is_claimed_once(world: World, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("user", "env", "to", "cron", "tz", "error", "words"), [
     ("admin", "test", "/srv/share", "61 * * * *", "UTC", ValidationError, "cron '61 * * * *'"),
-    ("admin", "test", "/srv/share", "0 * * *", "UTC", ValidationError, "give 5 fields"),
+    ("admin", "test", "/srv/share", "0 * * *", "UTC", ValidationError, "4 fields: give 5"),
     ("admin", "test", "/srv/share", "0 2 * * *", "Mars/Base", ValidationError, "Mars/Base"),
     ("admin", "test", "share", "0 2 * * *", "UTC", ValidationError, "absolute path"),
     ("admin", "nowhere", "/srv/share", "0 2 * * *", "UTC", NotFoundError, "nowhere"),
@@ -128,7 +159,7 @@ def test_the_real_scheduler_runs_a_per_second_export_schedule(tmp_path: Path) ->
     share = tmp_path / "share"
     bad = hub.cli("schedule", "export", "--environment", ENV, "--to", str(share), "--cron",
                   "0 2 * *", user="admin")
-    assert bad.returncode == 1 and "give 5 fields" in bad.stderr
+    assert bad.returncode == 1 and "4 fields: give 5" in bad.stderr
     out = hub.cli("schedule", "export", "--environment", ENV, "--to", str(share), "--cron",
                   "* * * * * *", "--json", user="admin")
     assert out.returncode == 0, out.stderr
