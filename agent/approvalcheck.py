@@ -121,7 +121,12 @@ def _inherited(environment: str | None, vb: VerifiedBundle, target: str, journal
         return (f"this agent did not record the release digest of bundle {target} when it "
                 "accepted it (an agent older than schema 4)"), {}
     folder = undo_root / target
-    if not folder.is_dir() or not any((d / UNDO_RECORD).is_file() for d in folder.iterdir()):
+    try:
+        recorded = folder.is_dir() and any((d / UNDO_RECORD).is_file()
+                                           for d in folder.iterdir())
+    except OSError as exc:
+        return f"the undo data of bundle {target} in {folder} cannot be read: {exc}", {}
+    if not recorded:
         return f"this agent recorded no undo data for bundle {target}", {}
     first = journal.undone_by(target)
     if first is not None:
