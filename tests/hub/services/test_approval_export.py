@@ -150,3 +150,35 @@ def test_hub_attested_mode_refusals(world: World, tmp_path: Path, without: str) 
                 "a second group": "needs 2 approvals from 2 groups; found 2 valid"}[without]
     assert expected in report.failed[0][1]
     assert _counters(world) == counters
+
+
+def test_a_rollback_approved_by_inheritance_carries_an_attestation_of_the_original(
+        world: World, tmp_path: Path) -> None:
+    """Mode ``hub``: the bundle of a rollback release approved by inheritance carries the
+    hub's attestation of the ORIGINAL release (its approvers, its content hash) and none of
+    the rollback's own (nobody approved it); the check before export passes as a site's
+    inherited check would."""
+    from hub.services.approval_export import bundle_approvals
+    from hub.services.environments import get_environment
+    from tests.hub.conftest import write_undoable_release
+
+    approval_key = SigningKey.generate()
+    world.keys.hub = with_delegations(
+        world.keys, {"*": Delegation("hub", 1, 1, {})}, {}, approval_key=approval_key)
+    add_group(world.ctx("admin"), "appr1", "dba")
+    original = create_release(world.ctx("dev"), write_undoable_release(tmp_path / "a"),
+                              create_missing_product=True)
+    submit_release(world.ctx("dev"), original)
+    approve_release(world.ctx("appr1"), original)
+    rollback = create_release(world.ctx("dev"), write_undoable_release(
+        tmp_path / "b", version="2.0.0-rollback-1"))
+    rollback.approvals_from = original
+    rollback.state = "approved"
+    world.session.flush()
+    env = get_environment(world.session, "test")
+    (envelope,) = bundle_approvals(world.ctx("op"), rollback, env, created=1_900_000_000,
+                                   expires=1_900_086_400)
+    _, doc = peek_approval(envelope)
+    assert isinstance(doc, AttestationDocument)
+    assert (doc.version, doc.content_hash) == ("2.0.0", original.content_hash)
+    assert [a.name for a in doc.approvers] == ["appr1"]
