@@ -329,6 +329,7 @@ class _Run:
                         intent = self._claim_one(dep)
                 except (HubError, BundleError, OSError) as exc:
                     failed.append((dep_id, exc))  # its claim rolled back: stays queued
+                    session.expire(dep)  # loaded inside the savepoint: read it again
                     continue
                 if intent is None:
                     report.taken.append(dep_id)
