@@ -25,28 +25,10 @@ def channels() -> None:
 
 
 def _channel_rows(sc: Any, product: str) -> list[dict[str, Any]]:
-    from hub.services.channels import (
-        active_entries,
-        describe_rule,
-        list_channels,
-        rule_json,
-        subscribers,
-    )
+    from hub.services.channels import channel_rows
     from hub.services.releases import get_product
 
-    chans = list_channels(sc.session, get_product(sc.session, product))
-    rows = []
-    for i, channel in enumerate(chans):
-        previous = chans[i - 1] if i else None
-        rows.append({
-            "position": i + 1,
-            "channel": channel.name,
-            "releases": [e.release.version for e in active_entries(sc.session, channel)],
-            "subscribers": [e.name for e in subscribers(sc.session, channel)],
-            "rule": describe_rule(channel, previous),
-            "rule_settings": rule_json(channel),
-        })
-    return rows
+    return channel_rows(sc.session, get_product(sc.session, product))
 
 
 @channels.command("list")
@@ -198,24 +180,19 @@ def releases_promote(ctx: click.Context, product: str, version: str, to: str | N
     missing, unless the channel's rule is met (`hub channels rule`); environments
     subscribed to the channel get a planned deployment, queued for export once the
     release has the approvals the environment requires."""
-    from hub.services.promotion import promote
+    from hub.services.promotion import promote, promotion_json
 
     with _services(ctx) as sc:
         done = promote(sc, product, version, to, comment=comment)
-        planned = [{"deployment": d.id, "environment": d.environment.name,
-                    "agent": d.agent.agent_id if d.agent else None, "state": d.state}
-                   for d in done.planned]
-        channel = done.entry.channel.name
-    lines = [f"release {product} {version} promoted from {done.previous.name} to {channel}"]
+        data = promotion_json(product, version, done)
+    planned = data["deployments"]
+    lines = [f"release {product} {version} promoted from {data['from']} to {data['to']}"]
     lines += [f"  deployment {p['deployment']} for {p['environment']}"
               f"{' agent ' + str(p['agent']) if p['agent'] else ''}: {p['state']}"
               for p in planned]
     if not planned:
-        lines.append(f"  no environment subscribed to {channel} needs a deployment")
-    _done(as_json, "\n".join(lines), {
-        "product": product, "version": version, "from": done.previous.name, "to": channel,
-        "approvers": list(done.approvers), "gates": done.facts.to_json(),
-        "deployments": planned})
+        lines.append(f"  no environment subscribed to {data['to']} needs a deployment")
+    _done(as_json, "\n".join(lines), data)
 
 
 @releases.command("approve-promotion")
@@ -258,17 +235,11 @@ def releases_recall(ctx: click.Context, product: str, version: str, channel: str
     the subscribed environments are cancelled; bundles exported but not yet at the site
     are declared lost, and the next bundle to each such agent carries that signed
     decision, so the agent refuses the recalled bundle with this reason."""
-    from hub.services.promotion import recall
+    from hub.services.promotion import recall, recall_json
 
     with _services(ctx) as sc:
         done = recall(sc, product, version, channel, reason)
-        data = {
-            "product": product, "version": version, "channels": done.channels,
-            "reason": reason,
-            "cancelled": [d.id for d in done.cancelled], "lost": [d.id for d in done.lost],
-            "at_site": [d.id for d in done.at_site],
-            "in_export": [d.id for d in done.in_export],
-        }
+        data = recall_json(product, version, reason, done)
         lines = [f"release {product} {version} recalled from {', '.join(done.channels)}"]
         lines += [f"  deployment {d.id} ({d.environment.name}): cancelled"
                   for d in done.cancelled]

@@ -23,6 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -52,6 +53,7 @@ __all__ = [
     "ChannelRule",
     "active_entries",
     "add_channel",
+    "channel_rows",
     "count_entries",
     "create_default_channels",
     "describe_rule",
@@ -144,6 +146,25 @@ def format_duration(seconds: int) -> str:
 
 
 # --- reading --------------------------------------------------------------------------------
+
+
+def channel_rows(session: Session, product: Product) -> list[dict[str, Any]]:
+    """The channels of ``product`` in order, as ``hub channels list --json`` and the API show
+    them: position, name, the releases in it (newest first), the environments subscribed,
+    the rule for promoting into it (text and settings)."""
+    chans = list_channels(session, product)
+    rows = []
+    for i, channel in enumerate(chans):
+        previous = chans[i - 1] if i else None
+        rows.append({
+            "position": i + 1,
+            "channel": channel.name,
+            "releases": [e.release.version for e in active_entries(session, channel)],
+            "subscribers": [e.name for e in subscribers(session, channel)],
+            "rule": describe_rule(channel, previous),
+            "rule_settings": rule_json(channel),
+        })
+    return rows
 
 
 def list_channels(session: Session, product: Product) -> list[Channel]:

@@ -88,7 +88,9 @@ __all__ = [
     "next_channel",
     "promote",
     "promotion_approvers",
+    "promotion_json",
     "recall",
+    "recall_json",
     "subscribed_channel",
     "waiting_for",
 ]
@@ -495,6 +497,25 @@ def advance_release(ctx: ServiceContext, release: Release) -> list[Deployment]:
 
 
 # --- recall -------------------------------------------------------------------------------
+
+
+def promotion_json(product: str, version: str, done: Promotion) -> dict[str, Any]:
+    """A promotion as ``hub releases promote --json`` and the API answer it."""
+    return {
+        "product": product, "version": version, "from": done.previous.name,
+        "to": done.entry.channel.name, "approvers": list(done.approvers),
+        "gates": done.facts.to_json(),
+        "deployments": [{"deployment": d.id, "environment": d.environment.name,
+                         "agent": d.agent.agent_id if d.agent else None, "state": d.state}
+                        for d in done.planned]}
+
+
+def recall_json(product: str, version: str, reason: str, done: Recall) -> dict[str, Any]:
+    """A recall as ``hub releases recall --json`` and the API answer it."""
+    return {
+        "product": product, "version": version, "channels": done.channels, "reason": reason,
+        "cancelled": [d.id for d in done.cancelled], "lost": [d.id for d in done.lost],
+        "at_site": [d.id for d in done.at_site], "in_export": [d.id for d in done.in_export]}
 
 
 def recall(ctx: ServiceContext, product: str, version: str, channel: str,

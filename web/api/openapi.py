@@ -86,7 +86,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     }),
     "WaitingReason": _obj({
         "kind": {"type": "string", "description": "approvals, channel, freeze, window, "
-                 "override (hub/services/readiness.py)"},
+                 "override, site (hub/services/readiness.py)"},
         "text": {"type": "string", "description": "The sentence people read: "
                  "'approval 1 of 2: …', 'window opens Sat 2027-01-02 01:00 Europe/Berlin'."},
         "until": _TIME_OR_NULL,
@@ -168,6 +168,55 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "auto_rollback": {"type": "boolean"},
     }, required=[]),
     "RolloutAction": _obj({"reason": _STR}, required=[]),
+    "ChannelList": _obj({"channels": {"type": "array", "items": _obj({
+        "position": {"type": "integer", "minimum": 1}, "channel": _STR,
+        "releases": {"type": "array", "items": _STR, "description": "Newest first."},
+        "subscribers": {"type": "array", "items": _STR},
+        "rule": {"type": "string", "description": "The promotion rule in words."},
+        "rule_settings": _obj({
+            "required_approvals": {"type": "integer"}, "min_successes": {"type": "integer"},
+            "no_failures": {"type": "boolean"}, "soak_seconds": {"type": "integer"},
+            "preflight_within_h": {"type": ["integer", "null"]}}),
+    })}}),
+    "PromotionRequest": _obj({
+        "to": {"type": ["string", "null"], "description": "The channel (default: the next)."},
+        "comment": _STR}, required=[]),
+    "Promotion": _obj({
+        "product": _STR, "version": _STR, "from": _STR, "to": _STR,
+        "approvers": {"type": "array", "items": _STR},
+        "gates": _obj({"environments": {"type": "array", "items": _STR},
+                       "succeeded": {"type": "array", "items": _STR},
+                       "failed": {"type": "array", "items": _STR},
+                       "last_success": _TIME_OR_NULL}),
+        "deployments": {"type": "array", "items": _obj({
+            "deployment": {"type": "integer"}, "environment": _STR, "agent": _STR_OR_NULL,
+            "state": {"type": "string", "enum": list(DEPLOYMENT_STATES)}})}}),
+    "PromotionApproval": _obj({
+        "product": _STR, "version": _STR, "channel": _STR,
+        "approvers": {"type": "array", "items": _STR},
+        "required": {"type": "integer", "minimum": 0}}),
+    "RecallRequest": _obj({"channel": _STR, "reason": _STR}),
+    "Recall": _obj({
+        "product": _STR, "version": _STR, "reason": _STR,
+        "channels": {"type": "array", "items": _STR},
+        **{k: {"type": "array", "items": {"type": "integer"}, "description": d} for k, d in (
+            ("cancelled", "Deployments cancelled."),
+            ("lost", "Exported bundles declared lost: the site refuses them."),
+            ("at_site", "Already at the site: the hub cannot stop them."),
+            ("in_export", "Being exported now: recall again afterwards."))}}),
+    "PolicyRuleRequest": _obj({
+        "spec": {"type": ["string", "object"], "description": "As `tiangong hub windows|"
+                 "freezes add` takes it, or the JSON object of docs/bundle-format.md §6.9."},
+        "environment": {"type": ["string", "null"]}, "product": {"type": ["string", "null"]},
+    }, required=["spec"]),
+    "PolicyRule": _obj({
+        "id": {"type": "integer"}, "kind": {"type": "string", "enum": ["window", "freeze"]},
+        "environment": _STR_OR_NULL, "product": _STR_OR_NULL,
+        "spec": {"type": "object"}, "description": _STR, "created_by": _STR,
+        "created_at": _TIME_OR_NULL, "ended_at": _TIME_OR_NULL, "ended_by": _STR_OR_NULL}),
+    "WindowList": _list_of("windows", "PolicyRule"),
+    "FreezeList": _list_of("freezes", "PolicyRule"),
+    "ReasonRequest": _obj({"reason": _STR}),
     "Rollout": _obj({
         "id": {"type": "integer"}, "release": _STR,
         "state": {"type": "string", "enum": ["running", "paused", "succeeded", "aborted",
