@@ -47,6 +47,7 @@ import json
 import logging
 import os
 import random
+import sqlite3
 import ssl as ssl_module
 import threading
 import urllib.parse
@@ -415,7 +416,7 @@ class LiveClient:
             return
         try:
             state = await asyncio.to_thread(self.state_source)
-        except (OSError, ValueError, JournalError) as exc:
+        except (OSError, ValueError, JournalError, sqlite3.Error) as exc:
             log.warning("live: cannot read this agent's state for the hub: %s", exc)
             return
         if not s.open or not state_changed(s.sent_state, state):

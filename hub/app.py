@@ -161,19 +161,20 @@ def hub_config(app: Flask | None = None) -> HubConfig:
 
 
 def hub_keys(app: Flask | None = None) -> HubKeys | None:
-    """The hub's keys from the data directory, loaded once per app (None before init)."""
+    """The hub's keys from the data directory (None before init): loaded once per app, and
+    again when ``root.json`` changes (``hub keys install-root``; :class:`KeysReloader`)."""
     from hub.errors import ConfigError
-    from hub.keystore import load_hub_keys
+    from hub.keystore import KeysReloader
 
     the_app = app or current_app
     cache = the_app.extensions.setdefault("tiangong_hub", {})
     if "keys" not in cache:
         try:
-            cache["keys"] = load_hub_keys(hub_config(the_app).data_dir)
+            cache["keys"] = KeysReloader(hub_config(the_app).data_dir)
         except ConfigError:
             cache["keys"] = None
-    keys: HubKeys | None = cache["keys"]
-    return keys
+    reloader: KeysReloader | None = cache["keys"]
+    return None if reloader is None else reloader.current()
 
 
 def service_context(actor: User | None) -> ServiceContext:

@@ -27,6 +27,8 @@ This module does not rotate roots (``tiangong keys root rotate`` does).
 
 from __future__ import annotations
 
+import logging
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,12 +47,15 @@ from signing.keyfile import (
 from signing.keys import SigningKey
 from signing.roots import KeyEntry, RootDocument, TrustedRoot, sign_root
 
+log = logging.getLogger("tiangong.hub")
+
 __all__ = [
     "APPROVAL_KEY_FILE",
     "ONLINE_KEY_VALIDITY_S",
     "ROOTS_DIR",
     "ROOT_KEY_FILE",
     "ROOT_VALIDITY_S",
+    "KeysReloader",
     "TrustFiles",
     "create_approval_key",
     "create_trust",
@@ -245,6 +250,52 @@ def load_hub_keys(data_dir: Path, *, with_private: bool = True) -> HubKeys:
         root_updates=load_root_updates(data_dir, envelope),
         data_dir=data_dir if with_private else None,
     )
+
+
+class KeysReloader:
+    """The hub's keys for a long-running process (``hub serve``'s workers, the live server),
+    loaded again when ``root.json`` changes — ``tiangong hub keys install-root`` replaces it
+    by a rename — so a new root reaches the next export without a restart.
+
+    :meth:`current` costs one ``stat`` of root.json per call; it reloads when the file's
+    inode, size or modification time differ from the loaded one. A reload that fails (a
+    file being replaced by hand, say) keeps the keys loaded before and is logged; the next
+    call tries again.
+    """
+
+    def __init__(self, data_dir: Path, *, with_private: bool = True) -> None:
+        self.data_dir = data_dir
+        self._with_private = with_private
+        self._lock = threading.Lock()
+        self._stamp = self._stat()
+        self._keys = load_hub_keys(data_dir, with_private=with_private)
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = (self.data_dir / "root.json").stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def current(self) -> HubKeys:
+        """The keys, reloaded first if root.json changed since they were loaded."""
+        stamp = self._stat()
+        if stamp == self._stamp or stamp is None:
+            return self._keys
+        with self._lock:
+            if stamp != self._stamp:
+                try:
+                    keys = load_hub_keys(self.data_dir, with_private=self._with_private)
+                except ConfigError as exc:
+                    log.error("keeping the hub's keys loaded before: %s", exc)
+                    return self._keys
+                old = TrustedRoot.pin(self._keys.root_envelope).version
+                new = TrustedRoot.pin(keys.root_envelope).version
+                if new != old:
+                    log.warning("root.json changed: root version %d is current now "
+                                "(was %d)", new, old)
+                self._keys, self._stamp = keys, stamp
+        return self._keys
 
 
 def _tls_ca(data_dir: Path) -> bytes | None:

@@ -160,20 +160,21 @@ def serve_live(config: Any, host: str, port: int, *, actor: str | None = None,
         ConfigError: as :func:`start_live`, or the hub is not initialised.
     """
     from hub.db import make_engine, make_session_factory
-    from hub.keystore import load_hub_keys
+    from hub.keystore import KeysReloader
     from hub.live_guard import LiveLimits
     from hub.live_notify import listen_dsn
     from hub.metrics import single_process
 
     single_process()  # before LiveHub creates its metrics
 
-    keys = load_hub_keys(config.data_dir)
+    reloader = KeysReloader(config.data_dir)
+    keys = reloader.current()
     engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
     limits = LiveLimits.from_config(config)
     hub = LiveHub(session_factory=make_session_factory(engine), keys=keys,
                   data_dir=config.data_dir, actor=actor,
                   heartbeat=heartbeat or limits.heartbeat_s, binding=binding, limits=limits,
-                  notify_dsn=listen_dsn(config.database_url))
+                  notify_dsn=listen_dsn(config.database_url), keys_source=reloader.current)
     return start_live(hub, host, port, ssl=ssl, allow_insecure_loopback=allow_insecure_loopback)
 
 

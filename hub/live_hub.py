@@ -223,9 +223,13 @@ class LiveHub:
                  data_dir: Path, actor: str | None, clock: Callable[[], Any] = utc_now,
                  heartbeat: int = DEFAULT_HEARTBEAT_SECONDS, binding: bytes = b"",
                  poll_interval: float = POLL_SECONDS,
-                 limits: LiveLimits | None = None, notify_dsn: str | None = None) -> None:
+                 limits: LiveLimits | None = None, notify_dsn: str | None = None,
+                 keys_source: Callable[[], HubKeys] | None = None) -> None:
         self.session_factory = session_factory
         self.keys = keys
+        # where exports take the keys from (``KeysReloader.current``: a root installed while
+        # the server runs is used at once); default: ``keys`` as given
+        self._keys_source = keys_source
         self.hub_id = keys.hub_id
         self.data_dir = Path(data_dir)
         self.actor = actor
@@ -315,6 +319,8 @@ class LiveHub:
         with self._session() as session:
             # The release store: exports keep each release's compressed frames there.
             releases = self.data_dir / "releases"
+            if self._keys_source is not None:
+                self.keys = self._keys_source()
             if self.actor is not None:
                 yield ServiceContext(session, self.clock, get_user(session, self.actor),
                                      self.keys, releases)

@@ -250,11 +250,13 @@ class HubScheduler:
     def __init__(self, session_factory: Callable[[], Session], keys: HubKeys, *,
                  clock: Clock = utc_now, export_dir: Path | None = None,
                  export_environments: frozenset[str] | None = frozenset(),
-                 smtp: SmtpSettings | None = None) -> None:
+                 smtp: SmtpSettings | None = None,
+                 keys_source: Callable[[], HubKeys] | None = None) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self.session_factory = session_factory
         self.keys = keys
+        self._keys_source = keys_source  # KeysReloader.current: a new root used at once
         self.clock = clock
         self.export_dir = export_dir
         self.export_environments = export_environments
@@ -271,6 +273,8 @@ class HubScheduler:
         from sqlalchemy.exc import SQLAlchemyError
 
         try:
+            if self._keys_source is not None:
+                self.keys = self._keys_source()
             report = tick(self.session_factory, self.keys, self.clock,
                           export_dir=self.export_dir,
                           export_environments=self.export_environments, smtp=self.smtp)
@@ -371,7 +375,7 @@ def run_configured(config: Any, *, parent_pid: int | None = None) -> None:
         ConfigError: not an initialised hub, or (run on its own) another scheduler runs.
     """
     from hub.db import make_engine, make_session_factory
-    from hub.keystore import load_hub_keys
+    from hub.keystore import KeysReloader
 
     if not (config.data_dir / "root.json").exists():
         raise ConfigError(f"{config.data_dir} is not an initialised hub: run `tiangong hub "
@@ -396,7 +400,8 @@ def run_configured(config: Any, *, parent_pid: int | None = None) -> None:
                             standby=done if parent_pid is not None else None) as held:
             if held is None:
                 return
-            keys = load_hub_keys(config.data_dir)
+            reloader = KeysReloader(config.data_dir)
+            keys = reloader.current()
             engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
             targets = scheduled_environments(config.scheduled_export)
             export_dir = config.export_path if (targets is None or targets) else None
@@ -406,7 +411,8 @@ def run_configured(config: Any, *, parent_pid: int | None = None) -> None:
                             ", ".join(sorted(targets)))
             scheduler = HubScheduler(make_session_factory(engine), keys,
                                      export_dir=export_dir, export_environments=targets,
-                                     smtp=SmtpSettings.from_config(config))
+                                     smtp=SmtpSettings.from_config(config),
+                                     keys_source=reloader.current)
             scheduler.start()
             log.info("scheduler: running (process %d)", os.getpid())
             try:

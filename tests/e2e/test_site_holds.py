@@ -70,15 +70,8 @@ def test_a_bundle_held_at_the_site_is_shown_at_the_hub_until_it_runs(site: Site)
     assert hold["kind"] == "window" and hold["sequence"] == 1
     assert str(hold["text"]).startswith("window opens ")
     assert shown["inventory"]["window"] is not None  # the bundle's one-off window
-    assert "plain" not in repr(shown["inventory"])  # names only, no connection details
-    why = s.hub_json("deployments", "why", str(dep["id"]))
-    site_reasons = [r for r in why["waiting_for"] if r["kind"] == "site"]
-    assert len(site_reasons) == 1, why
-    assert site_reasons[0]["text"].startswith("held at site-01 (reported ")
-    assert site_reasons[0]["text"].endswith(str(hold["text"]))
     text = s.hub("deployments", "why", str(dep["id"]), user="carol").stdout
-    assert "site: held at site-01" in text
-    assert "held              bundle" in s.hub("agents", "show", "site-01", user="carol").stdout
+    assert "site: held at site-01 (reported " in text and str(hold["text"]) in text
     assert s.runs() == 0
 
     # The agent's clock reaches the window: it runs, its result comes back live, the hold
@@ -88,5 +81,4 @@ def test_a_bundle_held_at_the_site_is_shown_at_the_hub_until_it_runs(site: Site)
              "the held bundle to run and its result to be imported")
     assert s.deployment_state() == "succeeded", s.log("agent.log")
     wait_for(lambda: _holds(s) == [], DEADLINE, "the hub to learn that nothing is held")
-    assert s.hub_json("deployments", "why", str(dep["id"]))["waiting_for"] == []
     assert s.runs() == 1
