@@ -532,6 +532,29 @@ class AuditHead(db.Model):  # type: ignore[name-defined,misc]
     hash: Mapped[str] = mapped_column(String(64))
 
 
+class JobTemplate(db.Model):  # type: ignore[name-defined,misc]
+    """One version of a script or job template (hub.services.templates): a step with typed
+    parameters and its file, instantiated into ad-hoc runs or releases."""
+
+    __tablename__ = "job_templates"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(Text, default="")
+    #: the step's fixed fields (release-format.md §3), without name, kind and its file
+    step: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: the parameters (hub.services.template_params.ParamSpec.to_json), in order
+    params: Mapped[list[Any]] = mapped_column(JSON)
+    file_name: Mapped[str] = mapped_column(String(128))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(140))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class AuditEvent(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "audit_events"
     # The importer looks results up by (action, object_id) (a result's SHA-256), the

@@ -27,16 +27,16 @@ __all__ = ["NAV", "WebState", "init_app", "listens_beyond_loopback", "nav_for"]
 #: ``templates/<name>/``), in the order of the navigation bar.
 PAGES = ("home", "releases", "channels", "environments", "windows", "agents", "deployments",
          "rollouts", "media", "audit", "admin", "tokens", "approvals", "secrets",
-         "notifications")
+         "notifications", "jobs")
 #: Navigation: (blueprint, label) for each page but home.
 NAV = (("releases", "Releases"), ("channels", "Channels"), ("environments", "Environments"),
        ("windows", "Windows"), ("agents", "Agents"), ("deployments", "Deployments"),
-       ("rollouts", "Fleet"), ("media", "Media"), ("audit", "Audit"), ("admin", "Admin"),
-       ("tokens", "API tokens"))
+       ("rollouts", "Fleet"), ("jobs", "Jobs"), ("media", "Media"), ("audit", "Audit"),
+       ("admin", "Admin"), ("tokens", "API tokens"))
 #: The action a page's index needs, for the pages some signed-in people may not open (the
 #: others list only what one may view, possibly nothing).
 NAV_NEEDS = {"releases": "view", "channels": "view", "audit": "audit.read",
-             "admin": "user.manage"}
+             "admin": "user.manage", "jobs": "view"}
 
 
 def nav_for(user: Any) -> list[tuple[str, str]]:

@@ -277,6 +277,8 @@ def show(agent_id: str) -> Any:
         state=presence(agent, web_now()),
         may_revoke=agent.status != "revoked" and can(user, "agent.revoke", agent.environment),
         response_ready=may_enroll and has_response and agent.status != "revoked",
+        may_run=agent.status == "enrolled" and can(user, "release.create")
+        and can(user, "deployment.queue", agent.environment),
     )
 
 

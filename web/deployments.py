@@ -180,7 +180,10 @@ def show(deployment_id: int) -> Any:
         summary_steps=summary_steps,
         graph=graph_rows(dep.release.steps or [], _step_states(result, summary_steps)),
         live=live,
-        show_live=dep.bundle_id is not None and (not finished or live is not None),
+        # A queued run for one agent shows the (empty) panel at once: the live server pushes
+        # it when the agent is online and the page's script adds the lines as they come.
+        show_live=(dep.bundle_id is not None or dep.agent is not None)
+        and (not finished or live is not None),
         waiting=waiting,
         presence=presence,
         marks=marks if can(signed_in_user(), "deployment.update", dep.environment) else [],

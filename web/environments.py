@@ -117,6 +117,7 @@ def show(name: str) -> Any:
         max_required=MAX_REQUIRED_APPROVALS,
         approval_rules=rules_of(sc, env.name),
         adhoc_policy=describe_policy(env),
+        may_run=can(user, "release.create") and can(user, "deployment.queue", env),
     )
 
 

@@ -28,6 +28,7 @@ from hub.cli import (  # noqa: F401 - each module registers its commands on the 
     serve,
     setup,
     sites,
+    templates,
     trust,
     users,
     windows,

@@ -22,7 +22,7 @@ from typing import Any
 from hub.db import Deployment, Release
 from hub.errors import InvalidStateError, NotEnoughApprovalsError, NotFoundError, ValidationError
 from hub.services import audit
-from hub.services.adhoc_policy import adhoc_rule, describe_policy
+from hub.services.adhoc_policy import ADHOC_PRODUCT, adhoc_rule, describe_policy
 from hub.services.agents import get_agent
 from hub.services.approval_rules import check_rule
 from hub.services.context import ServiceContext
@@ -33,7 +33,6 @@ from hub.services.releases import create_product, get_product, submit_release
 
 __all__ = ["ADHOC_PRODUCT", "AdhocRun", "Shipped", "create_adhoc_release", "ship_adhoc"]
 
-ADHOC_PRODUCT = "adhoc"
 #: The largest script an ad-hoc run takes (a run is one file, not a release tree).
 MAX_SCRIPT_BYTES = 16 * 1024 * 1024
 
@@ -63,6 +62,12 @@ _FILE_FIELD = {"sql": "script", "shell": "script", "k8s": "manifests", "http": "
 _SUFFIXES = {".sql", ".sh", ".py", ".yaml", ".yml", ".json", ".xml", ".txt"}
 
 
+def run_file_name(name: str) -> str:
+    """The release file name of a run's file ``name``: ``run`` and its known suffix."""
+    suffix = Path(name).suffix
+    return "run" + (suffix if suffix in _SUFFIXES else "")
+
+
 def _check_file(script: Path) -> None:
     try:
         size = script.stat().st_size
@@ -74,11 +79,12 @@ def _check_file(script: Path) -> None:
 
 
 def create_adhoc_release(ctx: ServiceContext, agent_id: str, step: dict[str, Any],
-                         script: Path | None, *, origin: str | None = None) -> AdhocRun:
+                         script: Path | None, *, origin: str | None = None,
+                         reason: str = "") -> AdhocRun:
     """Create and submit the one-off release running ``step`` on agent ``agent_id``, with
     ``script`` as its file: a sql or shell step's ``script``, a k8s step's one manifest, an
     http step's ``body`` (optional: None sends none). ``origin`` (a template, say) is named
-    in the description.
+    in the description, and the operator's ``reason`` (at most 1000 characters).
 
     Raises:
         NotFoundError (agent), ValidationError (the file, the step), PermissionDeniedError,
@@ -98,7 +104,7 @@ def create_adhoc_release(ctx: ServiceContext, agent_id: str, step: dict[str, Any
     step = dict(step)
     if script is not None:
         _check_file(script)
-        name = "run" + (script.suffix if script.suffix in _SUFFIXES else "")
+        name = run_file_name(script.name)
         step[field] = [name] if field == "manifests" else name
         files[name] = script
     try:
@@ -109,7 +115,8 @@ def create_adhoc_release(ctx: ServiceContext, agent_id: str, step: dict[str, Any
     env_name = agent.environment.name
     what = script.name if script is not None else str(step.get("url", ""))[:200]
     description = (f"ad-hoc {kind} run of {what} on agent {agent_id} "
-                   f"({env_name}) by {ctx.actor_name}" + (f" from {origin}" if origin else ""))
+                   f"({env_name}) by {ctx.actor_name}" + (f" from {origin}" if origin else "")
+                   + (f": {reason.strip()[:1000]}" if reason.strip() else ""))
     source = f"ad-hoc run of {script}" if script is not None else f"ad-hoc {kind} run"
     release = create_generated_release(ctx, ADHOC_PRODUCT, version, description, [step],
                                        files, source=source)

@@ -21,7 +21,7 @@ What it deliberately cannot do:
 
 from __future__ import annotations
 
-from hub.db import Environment
+from hub.db import Deployment, Environment
 from hub.errors import ValidationError
 from hub.services import audit
 from hub.services.approval_rules import MAX_REQUIRED, Rule, rule_for
@@ -29,7 +29,9 @@ from hub.services.context import ServiceContext
 from hub.services.environments import get_environment
 from hub.services.users import require
 
-__all__ = ["adhoc_rule", "describe_policy", "set_adhoc_policy"]
+__all__ = ["ADHOC_PRODUCT", "adhoc_rule", "describe_policy", "is_adhoc", "set_adhoc_policy"]
+
+ADHOC_PRODUCT = "adhoc"  # the product of every one-off run (hub.services.adhoc)
 
 
 def adhoc_rule(env: Environment) -> Rule:
@@ -41,6 +43,11 @@ def adhoc_rule(env: Environment) -> Rule:
     if required is None:
         return own
     return Rule(env.name, required, own.groups, max(1, min(own.min_groups, required)))
+
+
+def is_adhoc(dep: Deployment) -> bool:
+    """Whether ``dep`` is an ad-hoc run's deployment: product ``adhoc``, for one agent."""
+    return dep.release.product.name == ADHOC_PRODUCT and dep.agent is not None
 
 
 def describe_policy(env: Environment) -> str:

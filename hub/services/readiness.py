@@ -3,7 +3,8 @@
 :func:`waiting_for` answers for the deployment page, ``tiangong hub deployments why ID``
 and ``deployments list --json`` alike. Reasons, each a :class:`Reason` with a ``kind``:
 
-* ``approvals`` — the hub's approval rule for its environment is not met
+* ``approvals`` — the hub's approval rule for its environment is not met (for an ad-hoc
+  run, nor the environment's ad-hoc policy, :mod:`hub.services.adhoc_policy`)
   (:func:`hub.services.approval_rules.check_rule`: how many, from which groups, never the
   author, not expired): "approval 1 of 2: environment prod needs 2 approvals from 2
   groups; found 1 (alice/dba)";
@@ -37,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from bundle.windows import format_instant
 from hub.db import Agent, ChannelEntry, ChannelSubscription, Deployment
+from hub.services.adhoc_policy import adhoc_rule, is_adhoc
 from hub.services.approval_rules import check_rule
 from hub.services.windows import FOREVER, Gate, gate_for, list_overrides
 
@@ -119,6 +121,12 @@ def _approvals(dep: Deployment, now: datetime, sub: ChannelSubscription | None) 
     check = check_rule(dep.release, dep.environment, channel=channel, now=now)
     if check.met:
         return []
+    if is_adhoc(dep):  # an ad-hoc run went out under its environment's ad-hoc policy
+        adhoc = check_rule(dep.release, dep.environment, now=now,
+                           rule=adhoc_rule(dep.environment))
+        if adhoc.met:
+            return []
+        check = adhoc
     return [Reason("approvals", f"approval {check.found} of {check.rule.required}: "
                    f"{check.summary()}")]
 

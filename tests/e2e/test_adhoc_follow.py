@@ -4,7 +4,10 @@ MariaDB. Environment ``plant-a``'s ad-hoc policy says "no second person" (set by
 audited), so `tiangong run sql --follow` creates the one-off release, the policy approves
 it, the hub's push loop delivers it to the online agent, and the command prints the live log
 and then the result — nobody exports, nobody imports. The normal path keeps its rule: the
-same release cannot be queued for the environment without an approval."""
+same release cannot be queued for the environment without an approval. Then a job template:
+a value out of its range is refused before anything is created (no release, no deployment,
+no sequence, nothing written, nothing at the agent); a good one runs live, its string value
+reaching PostgreSQL as a literal however it is quoted."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from typing import Any
 import psycopg
 
 from tests.e2e.conftest import run, wait_for
-from tests.e2e.test_live_processes import DEADLINE, Site
+from tests.e2e.test_live_processes import DEADLINE, Site, _journal
 from tests.e2e.test_live_processes import site as site  # the fixture
 from tests.fixtures.dbservers import MariaDBServer
 
@@ -94,3 +97,60 @@ def test_adhoc_sql_followed_live_on_postgresql_and_mariadb(
                        user="carol", check=False)
     assert refused.returncode == 1 and "requires 1 approval" in refused.stderr
     assert site.hub_json("deployments", "list") == before
+
+    _templates_part(site, pg_db, tmp_path)
+
+
+TEMPLATE = """name = "add-note"
+kind = "sql"
+file = "note.sql"
+description = "one more row"
+[step]
+engine = "postgres"
+connection = "app-pg"
+[[params]]
+name = "id"
+type = "int"
+min = 2
+[[params]]
+name = "note"
+type = "string"
+max_length = 40
+"""
+
+
+def _template_run(site: Site, *args: str) -> Any:
+    return run("hub", "--local-admin", "carol", "templates", "run", "add-note", "--agent",
+               "site-01", *args, env=site.env, check=False, timeout=DEADLINE + 30)
+
+
+def _templates_part(site: Site, pg_db: str, tmp_path: Path) -> None:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "note.sql").write_text("INSERT INTO followed VALUES ({{id}}, {{note}});\n")
+    (folder / "add-note.toml").write_text(TEMPLATE)
+    added = site.hub_json("templates", "add", str(folder / "add-note.toml"))
+    assert (added["name"], added["version"]) == ("add-note", 1)
+
+    def state() -> Any:
+        return (site.hub_json("releases", "list", "--product", "adhoc"),
+                site.hub_json("deployments", "list"),
+                site.sql("SELECT target, next_sequence FROM sequence_counters ORDER BY target"),
+                _journal(site))
+
+    before = state()
+    usb = tmp_path / "usb"
+    bad = _template_run(site, "--param", "id=1", "--param", "note=x", "--out", str(usb))
+    assert bad.returncode == 1
+    assert "error: template add-note v1: parameter id: 1 is below the minimum 2" in bad.stderr
+    assert state() == before and not usb.exists()
+    assert site.audit("template.run") == []
+
+    good = _template_run(site, "--param", "id=2", "--param", "note=it's $tg$ live",
+                         "--follow", "--follow-timeout", f"{int(DEADLINE)}s", "--json")
+    assert good.returncode == 0, good.stdout + good.stderr
+    doc = json.loads(good.stdout)
+    assert (doc["state"], doc["template"]) == ("succeeded", "template add-note v1")
+    assert _pg_rows(pg_db)[1:] == [(2, "it's $tg$ live")]
+    [event] = site.audit("template.run")
+    assert json.loads(event["details"])["values"] == {"id": 2, "note": "it's $tg$ live"}

@@ -379,6 +379,19 @@ EXPECTED: dict[str, View] = {
         ghost=lambda w: {"name": "test", "delivery_id": 999_999},
     ),
     "agents.index": View(get=SIGNED_IN),
+    # Job templates belong to no environment: global grants read them.
+    "jobs.index": View(get=GLOBAL),
+    # A run creates a release (developer) and queues it in the agent's environment
+    # (operator there): in this fixture only the admin holds both.
+    "jobs.run_form": View(
+        get=ADMIN, args=lambda w: {"agent": w.test_agent}, scope=VIEW_TEST,
+        ghost=lambda w: {"agent": "agent-ghost-0000"}, hidden=403,
+    ),
+    "jobs.run": View(
+        post=ADMIN,
+        form=lambda w: {"agent": w.test_agent, "kind": "shell", "text": "echo matrix\n",
+                        "reason": "the matrix"},
+    ),
     "agents.enroll_form": View(get=having("operator", env="test")),
     "agents.enroll": View(
         post=having("operator", env="test"),

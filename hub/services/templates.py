@@ -1,0 +1,331 @@
+"""Script and job templates (issue 16 §2): a step (``sql`` or ``shell``) with its file and
+typed parameters, stored on the hub in numbered versions, instantiated into an ad-hoc run or
+written out as a release directory.
+
+A definition is a TOML file (docs/operations.md "Job templates")::
+
+    name = "purge-sessions"
+    kind = "sql"                      # sql | shell
+    file = "purge.sql"                # next to the definition
+    description = "delete old sessions"
+    [step]                            # the step's own fields (release-format.md §3)
+    engine = "postgres"
+    connection = "app-db"
+    [[params]]
+    name = "days"
+    type = "int"                      # string | int | bool | enum | secret-ref
+    min = 1
+    max = 365
+    default = 30
+
+:func:`add_template` checks it (parameters, placeholders, the step as a release would have
+it) and stores it as the next version of ``name`` (``template.add``, audited, developers and
+admins). :func:`instantiate` checks the values given against the parameters —
+**before anything is created**: a bad value creates no release, queues nothing, uses no
+sequence — and renders the step and its file (:mod:`hub.services.template_params` says how
+values are substituted). :func:`run_template` hands that to :func:`hub.services.adhoc.
+create_adhoc_release` (``template.run``, audited, naming the release).
+
+This module does not ship anything itself: the ad-hoc path does (its policy, export, live).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from bundle.errors import BundleError
+from bundle.release import parse_release_toml
+from hub.db import JobTemplate
+from hub.errors import NotFoundError, ValidationError
+from hub.services import audit
+from hub.services.adhoc import AdhocRun, create_adhoc_release, run_file_name
+from hub.services.context import ServiceContext
+from hub.services.generated import release_toml
+from hub.services.template_params import (
+    ParamSpec,
+    check_values,
+    parse_params,
+    placeholders,
+    render_sql,
+    shell_env,
+)
+from hub.services.users import require
+
+__all__ = [
+    "MAX_DEFINITION_BYTES",
+    "MAX_TEMPLATE_BYTES",
+    "TEMPLATE_KINDS",
+    "Instance",
+    "add_template",
+    "get_template",
+    "instantiate",
+    "list_templates",
+    "read_definition",
+    "release_of",
+    "run_template",
+    "specs_of",
+]
+
+TEMPLATE_KINDS = ("sql", "shell")
+MAX_TEMPLATE_BYTES = 60 * 1024  # bytes of a template's file (stored in the database)
+MAX_DEFINITION_BYTES = 64 * 1024  # bytes of a definition file
+_TOP = ("name", "kind", "file", "description", "step", "params")
+_NOT_IN_STEP = ("name", "kind", "script")
+_TEMPLATE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A parsed definition file."""
+
+    name: str
+    kind: str
+    description: str
+    step: dict[str, Any]
+    params: tuple[ParamSpec, ...]
+    file_name: str
+    content: bytes
+
+
+def _name(value: Any, where: str) -> str:
+    text = value if isinstance(value, str) else ""
+    if not _TEMPLATE_NAME.fullmatch(text):
+        raise ValidationError(f"{where}: name must be 1-32 lower-case letters, digits, '_' or "
+                              "'-', starting with a letter")
+    return text
+
+
+def read_definition(path: Path) -> Definition:
+    """Parse the definition file ``path`` and read its file (next to it).
+
+    Raises:
+        ValidationError: naming ``path``, the key and the rule.
+    """
+    where = str(path)
+    try:
+        data = path.read_bytes()[: MAX_DEFINITION_BYTES + 1]
+    except OSError as exc:
+        raise ValidationError(f"{where}: {exc.strerror}") from exc
+    if len(data) > MAX_DEFINITION_BYTES:
+        raise ValidationError(f"{where}: larger than {MAX_DEFINITION_BYTES} bytes")
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValidationError(f"{where}: not a TOML file: {exc}") from exc
+    unknown = sorted(set(doc) - set(_TOP))
+    if unknown:
+        raise ValidationError(f"{where}: unknown key(s) {', '.join(unknown)} (a definition "
+                              f"has {', '.join(_TOP)})")
+    name = _name(doc.get("name"), where)
+    kind = doc.get("kind")
+    if kind not in TEMPLATE_KINDS:
+        raise ValidationError(f"{where}: kind must be one of {', '.join(TEMPLATE_KINDS)}, "
+                              f"not {kind!r}")
+    file = doc.get("file")
+    if not isinstance(file, str) or not file or "/" in file or file.startswith("."):
+        raise ValidationError(f"{where}: file must name a file next to the definition")
+    source = path.parent / file
+    try:
+        with source.open("rb") as fh:
+            content = fh.read(MAX_TEMPLATE_BYTES + 1)
+    except OSError as exc:
+        raise ValidationError(f"{where}: file {source}: {exc.strerror}") from exc
+    if len(content) > MAX_TEMPLATE_BYTES:
+        raise ValidationError(f"{where}: file {source} is larger than {MAX_TEMPLATE_BYTES} "
+                              "bytes")
+    step = doc.get("step", {})
+    if not isinstance(step, dict):
+        raise ValidationError(f"{where}: [step] must be a table")
+    description = doc.get("description", "")
+    if not isinstance(description, str) or len(description) > 4096:
+        raise ValidationError(f"{where}: description must be at most 4096 characters")
+    return Definition(name, str(kind), description, dict(step), parse_params(
+        doc.get("params"), where), file, content)
+
+
+def _check_definition(d: Definition, where: str) -> None:
+    """The rules a definition must meet beyond its syntax (placeholders, secret-refs, the
+    step as a release would carry it)."""
+    clash = sorted(set(d.step) & set(_NOT_IN_STEP))
+    if clash:
+        raise ValidationError(f"{where}: [step] may not set {', '.join(clash)} (the template "
+                              "sets them)")
+    names = {p.name for p in d.params}
+    if d.kind == "sql":
+        secret = [p.name for p in d.params if p.type == "secret-ref"]
+        if secret:
+            raise ValidationError(
+                f"{where}: parameter {secret[0]}: a SQL template cannot take a secret-ref (the "
+                "hub never sees a secret's value); use a connection whose password is a secret")
+        try:
+            text = d.content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValidationError(f"{where}: file {d.file_name} is not UTF-8 text") from exc
+        unknown = [n for n in placeholders(text) if n not in names]
+        if unknown:
+            declared = ", ".join(sorted(names)) or "none"
+            raise ValidationError(f"{where}: file {d.file_name}: placeholder "
+                                  f"{{{{{unknown[0]}}}}} names no parameter (declared: "
+                                  f"{declared})")
+    # The step as a release would carry it, checked by the release format's own rules.
+    sample = {p.name: p.default if p.default is not None else _sample(p) for p in d.params}
+    step, _ = _render(d.kind, d.step, d.file_name, d.content, sample)
+    try:
+        parse_release_toml(release_toml("template", "0.0.1", "check", [step]).encode(),
+                           [run_file_name(d.file_name)], source=where)
+    except BundleError as exc:
+        raise ValidationError(str(exc).replace("step 1 ('template')", "[step]")) from exc
+
+
+def _sample(p: ParamSpec) -> Any:
+    return {"int": p.min if p.min is not None else 0, "bool": False,
+            "enum": p.choices[0] if p.choices else "x"}.get(p.type, "x")
+
+
+def _render(kind: str, fixed: Mapping[str, Any], file_name: str, content: bytes,
+            values: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """The step (its file named ``run<suffix>``) and the file's rendered bytes."""
+    step: dict[str, Any] = {"name": "template", "kind": kind, **fixed,
+                            "script": run_file_name(file_name)}
+    if kind == "sql":
+        engine = str(fixed.get("engine", "postgres"))
+        return step, render_sql(content.decode("utf-8"), values, engine).encode("utf-8")
+    env = {**dict(fixed.get("env") or {}), **shell_env(values)}
+    if env:
+        step["env"] = env
+    return step, content
+
+
+def specs_of(template: JobTemplate) -> tuple[ParamSpec, ...]:
+    return parse_params(template.params, f"template {template.name} v{template.version}")
+
+
+def add_template(ctx: ServiceContext, path: Path) -> JobTemplate:
+    """Store the definition ``path`` as the next version of its template; audited.
+
+    Raises:
+        PermissionDeniedError (developers and admins), ValidationError (naming the file).
+    """
+    require(ctx.actor, "release.create")
+    d = read_definition(path)
+    _check_definition(d, str(path))
+    latest = ctx.session.scalar(select(func.max(JobTemplate.version))
+                                .where(JobTemplate.name == d.name)) or 0
+    row = JobTemplate(name=d.name, version=latest + 1, kind=d.kind, description=d.description,
+                      step=d.step, params=[p.to_json() for p in d.params],
+                      file_name=d.file_name, content=d.content,
+                      sha256=hashlib.sha256(d.content).hexdigest(),
+                      created_by=ctx.actor_name, created_at=ctx.now())
+    ctx.session.add(row)
+    ctx.session.flush()
+    audit.record(ctx, "template.add", "template", f"{row.name} v{row.version}",
+                 {"kind": row.kind, "sha256": row.sha256, "file": row.file_name,
+                  "params": [p.name for p in d.params]})
+    return row
+
+
+def get_template(ctx: ServiceContext, name: str, version: int | None = None) -> JobTemplate:
+    """Version ``version`` of template ``name`` (the newest when None).
+
+    Raises:
+        PermissionDeniedError (view), NotFoundError.
+    """
+    require(ctx.actor, "view")
+    query = select(JobTemplate).where(JobTemplate.name == name)
+    if version is not None:
+        query = query.where(JobTemplate.version == version)
+    row: JobTemplate | None = ctx.session.scalar(
+        query.order_by(JobTemplate.version.desc()).limit(1))
+    if row is None:
+        which = f"template {name!r}" + (f" version {version}" if version is not None else "")
+        raise NotFoundError(f"{which} not found (`tiangong hub templates list`)")
+    return row
+
+
+def list_templates(ctx: ServiceContext) -> list[JobTemplate]:
+    """The newest version of every template, by name."""
+    require(ctx.actor, "view")
+    newest = (select(JobTemplate.name, func.max(JobTemplate.version).label("v"))
+              .group_by(JobTemplate.name).subquery())
+    return list(ctx.session.scalars(
+        select(JobTemplate).join(newest, (JobTemplate.name == newest.c.name)
+                                 & (JobTemplate.version == newest.c.v))
+        .order_by(JobTemplate.name)))
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A template with its values: the step and its rendered file."""
+
+    template: JobTemplate
+    values: dict[str, Any]
+    step: dict[str, Any]
+    content: bytes
+
+    @property
+    def label(self) -> str:
+        return f"template {self.template.name} v{self.template.version}"
+
+
+def instantiate(template: JobTemplate, given: Mapping[str, str]) -> Instance:
+    """Check ``given`` (name -> text) against the template's parameters and render it.
+
+    Raises:
+        ValidationError: ``template purge-sessions v2: parameter days: 'x' is not an
+        integer`` (and the other rules of :func:`~hub.services.template_params.check_values`).
+    """
+    where = f"template {template.name} v{template.version}"
+    values = check_values(specs_of(template), given, where)
+    step, content = _render(template.kind, template.step, template.file_name,
+                            template.content, values)
+    secrets = [values[p.name] for p in specs_of(template) if p.type == "secret-ref"]
+    if secrets:
+        step["secrets"] = sorted(set(step.get("secrets", [])) | set(secrets))
+    step["name"] = f"{template.name} v{template.version}"
+    return Instance(template, values, step, content)
+
+
+def run_template(ctx: ServiceContext, instance: Instance, agent_id: str,
+                 work_dir: Path) -> AdhocRun:
+    """Create and submit the ad-hoc run of ``instance`` for ``agent_id`` (its rendered file
+    is written into ``work_dir``, a private directory of the caller); audited
+    ``template.run`` with the values (secret-refs are names, never values).
+
+    Raises:
+        what :func:`hub.services.adhoc.create_adhoc_release` raises.
+    """
+    script = work_dir / instance.step["script"]
+    script.write_bytes(instance.content)
+    step = {k: v for k, v in instance.step.items() if k != "script"}
+    made = create_adhoc_release(ctx, agent_id, step, script, origin=instance.label)
+    t = instance.template
+    audit.record(ctx, "template.run", "template", f"{t.name} v{t.version}",
+                 {"release": made.release.label, "agent": agent_id,
+                  "values": instance.values, "content_hash": made.release.content_hash})
+    return made
+
+
+def release_of(ctx: ServiceContext, instance: Instance, product: str, version: str
+               ) -> dict[str, bytes]:
+    """The files of a release directory for ``instance`` (``release.toml`` and the rendered
+    file), for the normal release path; audited ``template.release``. The release itself
+    is created (and checked, and audited) by ``releases create``.
+
+    Raises:
+        PermissionDeniedError (developers and admins).
+    """
+    require(ctx.actor, "release.create")
+    t = instance.template
+    toml = release_toml(product, version, f"{instance.label}: {t.description}"[:4096],
+                        [instance.step])
+    audit.record(ctx, "template.release", "template", f"{t.name} v{t.version}",
+                 {"product": product, "version": version, "values": instance.values})
+    return {"release.toml": toml.encode("utf-8"), instance.step["script"]: instance.content}

@@ -1,0 +1,100 @@
+"""Typed template parameters (hub.services.template_params): definitions refused with the
+parameter named, values checked and typed, and values substituted as literals — a
+PostgreSQL dollar-quoted string its value cannot close, a MySQL hex literal — and for shell
+as environment variables; the SQL literals are checked on real PostgreSQL and MariaDB."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from hub.errors import ValidationError
+from hub.services.template_params import (
+    check_values,
+    parse_params,
+    placeholders,
+    render_sql,
+    shell_env,
+)
+from tests.fixtures.dbservers import MariaDBServer
+
+SPECS = parse_params([
+    {"name": "days", "type": "int", "min": 1, "max": 365, "default": 30},
+    {"name": "mode", "type": "enum", "choices": ["fast", "slow"]},
+    {"name": "dry_run", "type": "bool", "default": False},
+    {"name": "note", "type": "string", "max_length": 10, "default": ""},
+    {"name": "token", "type": "secret-ref", "default": "api-token"},
+], "t.toml")
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ([{"name": "Days", "type": "int"}], "parameter 1 \\(Days\\): name must be"),
+    ([{"name": "days", "type": "float"}], "parameter 1 \\(days\\): type must be one of"),
+    ([{"name": "m", "type": "enum"}], "parameter 1 \\(m\\): an enum needs 'choices'"),
+    ([{"name": "m", "type": "enum", "choices": ["a", "a"]}], "an enum needs 'choices'"),
+    ([{"name": "s", "type": "string", "min": 1}], "'min' is an integer, for an int"),
+    ([{"name": "d", "type": "int", "min": 5, "max": 1}], "min 5 is above max 1"),
+    ([{"name": "d", "type": "int", "max": 9, "default": 10}],
+     "parameter 1 \\(d\\): default: 10 is above the maximum 9"),
+    ([{"name": "d", "type": "int", "colour": 1}], "unknown key\\(s\\) colour"),
+    ([{"name": "d", "type": "int"}, {"name": "d", "type": "bool"}], "d is declared twice"),
+])
+def test_bad_definitions_name_the_parameter(raw: Any, message: str) -> None:
+    with pytest.raises(ValidationError, match=f"^t.toml: .*{message}"):
+        parse_params(raw, "t.toml")
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ({}, "parameter mode is required \\(mode \\(enum: fast\\|slow, required\\)\\)"),
+    ({"mode": "quick"}, "parameter mode: 'quick' is not one of fast, slow"),
+    ({"mode": "fast", "days": "thirty"}, "parameter days: 'thirty' is not an integer"),
+    ({"mode": "fast", "days": "0"}, "parameter days: 0 is below the minimum 1"),
+    ({"mode": "fast", "days": "366"}, "parameter days: 366 is above the maximum 365"),
+    ({"mode": "fast", "dry_run": "maybe"}, "parameter dry_run: 'maybe' is not true or false"),
+    ({"mode": "fast", "note": "x" * 11}, "parameter note: 11 characters, more than 10"),
+    ({"mode": "fast", "token": "a b"}, "parameter token: 'a b' is not a secret name"),
+    ({"mode": "fast", "note": "a\x00b"}, "parameter note: contains a NUL character"),
+    ({"mode": "fast", "colour": "red"},
+     "unknown parameter colour \\(it takes days, mode, dry_run, note, token\\)"),
+])
+def test_bad_values_name_the_parameter(given: dict[str, str], message: str) -> None:
+    with pytest.raises(ValidationError, match=f"^template t v1: {message}"):
+        check_values(SPECS, given, "template t v1")
+
+
+def test_values_are_typed_and_defaults_filled() -> None:
+    assert check_values(SPECS, {"mode": "slow", "days": "7", "dry_run": "yes"},
+                        "t") == {"days": 7, "mode": "slow", "dry_run": True, "note": "",
+                                 "token": "api-token"}
+    assert shell_env({"days": 7, "dry_run": False, "note": "a b;$(x)"}) == {
+        "PARAM_DAYS": "7", "PARAM_DRY_RUN": "false", "PARAM_NOTE": "a b;$(x)"}
+
+
+HOSTILE = ["it's", "a\\'; DROP TABLE t; --", "$tg$ x $tg$", "ends with $tg", "\\", "ü€😀",
+           "line\nbreak", ""]
+
+
+def test_sql_literals_round_trip_on_postgresql(pg_db: str) -> None:
+    text = "SELECT {{v}}::text, {{n}}, {{b}}"
+    assert placeholders(text) == ["v", "n", "b"]
+    with psycopg.connect(pg_db, autocommit=True) as conn:
+        for value in HOSTILE:
+            sql = render_sql(text, {"v": value, "n": -5, "b": True}, "postgres")
+            assert conn.execute(sql).fetchone() == (value, -5, True), sql
+
+
+def test_sql_literals_round_trip_on_mariadb(mariadb_server: MariaDBServer,
+                                            mysql_db: str) -> None:
+    conn = mariadb_server.connect(mysql_db.rsplit("/", 1)[1])
+    try:
+        with conn.cursor() as cur:
+            for mode in ("", "NO_BACKSLASH_ESCAPES,ANSI_QUOTES"):
+                cur.execute(f"SET SESSION sql_mode = '{mode}'")
+                for value in HOSTILE:
+                    sql = render_sql("SELECT {{v}}, {{n}}", {"v": value, "n": 12}, "mysql")
+                    cur.execute(sql)
+                    assert cur.fetchone() == (value, 12), sql
+    finally:
+        conn.close()
