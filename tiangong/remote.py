@@ -31,7 +31,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -444,3 +444,76 @@ def agents(ctx: click.Context, environment: str | None, as_json: bool) -> None:
     query = f"?environment={_q(environment)}" if environment else ""
     emit(_run(ctx, "GET", f"/agents{query}")["agents"], as_json)
 
+
+
+# --- change control: channels, promotion, recall, windows, freezes (docs/api.md) ----------
+
+
+@remote.command("channels")
+@click.argument("product")
+@json_option
+@click.pass_context
+def channels(ctx: click.Context, product: str, as_json: bool) -> None:
+    """A product's channels in order: releases, subscribers, the promotion rule (scope
+    read)."""
+    rows = _run(ctx, "GET", f"/products/{_q(product)}/channels")["channels"]
+    emit(rows if as_json else [{k: v for k, v in r.items() if k != "rule_settings"}
+                               for r in rows], as_json,
+         None if as_json else ("position", "channel", "releases", "subscribers", "rule"))
+
+
+@releases.command("promote")
+@click.argument("product")
+@click.argument("version")
+@click.option("--to", "to", default=None, metavar="CHANNEL",
+              help="The channel to enter (default: the next one).")
+@click.option("--comment", default="")
+@json_option
+@click.pass_context
+def releases_promote(ctx: click.Context, product: str, version: str, to: str | None,
+                     comment: str, as_json: bool) -> None:
+    """Promote a release to the next channel, under its rule (scope deploy)."""
+    done_ = _run(ctx, "POST", f"/releases/{_q(product)}/{_q(version)}/promote",
+                 body={"to": to, "comment": comment})
+    planned = ", ".join(f"deployment {d['deployment']} for {d['environment']}"
+                        for d in done_["deployments"]) or "no deployment planned"
+    done(as_json, f"release {product} {version} promoted from {done_['from']} to "
+         f"{done_['to']}: {planned}", done_)
+
+
+@releases.command("recall")
+@click.argument("product")
+@click.argument("version")
+@click.option("--channel", required=True, help="Pull it from this channel (and later ones).")
+@click.option("--reason", required=True, help="Why (the sites see it).")
+@json_option
+@click.pass_context
+def releases_recall(ctx: click.Context, product: str, version: str, channel: str,
+                    reason: str, as_json: bool) -> None:
+    """Recall a release from a channel (scope deploy)."""
+    out = _run(ctx, "POST", f"/releases/{_q(product)}/{_q(version)}/recall",
+               body={"channel": channel, "reason": reason})
+    done(as_json, f"release {product} {version} recalled from {', '.join(out['channels'])}: "
+         f"{len(out['cancelled'])} cancelled, {len(out['lost'])} declared lost, "
+         f"{len(out['at_site'])} already at the site", out)
+
+
+def _rules(kind: str) -> Callable[..., None]:
+    @click.option("--environment", default=None, help="Those that apply to it.")
+    @click.option("--product", default=None, help="Those that apply to it.")
+    @json_option
+    @click.pass_context
+    def listing(ctx: click.Context, environment: str | None, product: str | None,
+                as_json: bool) -> None:
+        query = urllib.parse.urlencode({k: v for k, v in (("environment", environment),
+                                                          ("product", product)) if v})
+        rows = _run(ctx, "GET", f"/{kind}" + (f"?{query}" if query else ""))[kind]
+        emit(rows, as_json, None if as_json else ("id", "environment", "product",
+                                                  "description", "created_by"))
+
+    listing.__doc__ = f"List the {kind} that apply (scope read)."
+    return listing
+
+
+remote.command("windows")(_rules("windows"))
+remote.command("freezes")(_rules("freezes"))

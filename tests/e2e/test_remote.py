@@ -130,6 +130,23 @@ def test_ci_and_people_work_through_the_api_with_their_own_tokens(
     listed = json.loads(_remote(server, op, "releases", "list", "--json").stdout)
     assert [(r["version"], r["state"]) for r in listed] == [("1.0.0", "approved")]
 
+    # Change control over the API: channels, promotion, recall, windows and freezes.
+    chans = json.loads(_remote(server, op, "channels", "hello", "--json").stdout)
+    assert [(c["channel"], c["releases"]) for c in chans] == [
+        ("RELEASE", ["1.0.0"]), ("CANARY", []), ("STABLE", [])]
+    promoted = _remote(server, op, "releases", "promote", "hello", "1.0.0").stdout
+    assert "promoted from RELEASE to CANARY" in promoted
+    recalled = json.loads(_remote(server, op, "releases", "recall", "hello", "1.0.0",
+                                  "--channel", "CANARY", "--reason", "bad build",
+                                  "--json").stdout)
+    assert recalled["channels"] == ["CANARY"]
+    run("hub", "--local-admin", "admin", "windows", "add", "sat 01:00-05:00 UTC",
+        "--environment", "plant-a", env=env)
+    (window,) = json.loads(_remote(server, op, "windows", "--environment", "plant-a",
+                                   "--json").stdout)
+    assert window["environment"] == "plant-a" and "Sat" in window["description"]
+    assert json.loads(_remote(server, op, "freezes", "--json").stdout) == []
+
     with _hub_session(data) as session:
         events = {e.action: e for e in session.scalars(select(AuditEvent))}
     for action, actor in (("release.create", "dev"), ("release.submit", "dev"),
