@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from hub.db import Deployment, SequenceCounter
+from hub.db import Deployment, Release, SequenceCounter
 from hub.errors import NotEnoughApprovalsError, ValidationError
 from hub.services.adhoc import create_adhoc_release, ship_adhoc
 from hub.services.agents import enroll_agent
@@ -71,3 +71,33 @@ def test_a_directory_is_not_a_script(world: World, tmp_path: Path) -> None:
         create_adhoc_release(admin, "test-1", {"name": "x", "kind": "shell",
                                                "interpreter": "zsh"}, script)
     assert _count(world, Deployment) == 0
+
+
+def test_k8s_and_http_runs_carry_their_file_where_the_step_reads_it(
+        world: World, tmp_path: Path) -> None:
+    admin = world.ctx("admin")
+    enroll_agent(admin, "test", request("t1", "test-1"))
+    manifest = tmp_path / "patch.yaml"
+    manifest.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n")
+    k8s = create_adhoc_release(admin, "test-1", {"name": "apply patch.yaml", "kind": "k8s",
+                                                 "connection": "kube"}, manifest).release
+    assert k8s.steps[0]["manifests"] == ["run.yaml"]
+    assert [f["name"] for f in k8s.files] == ["run.yaml"]
+    http = create_adhoc_release(admin, "test-1", {"name": "GET health", "kind": "http",
+                                                  "url": "http://127.0.0.1:9/health"},
+                                None).release
+    assert http.files == [] and "body" not in http.steps[0]
+    assert "ad-hoc http run of http://127.0.0.1:9/health" in http.description
+    body = tmp_path / "flush.json"
+    body.write_text("{}")
+    post = create_adhoc_release(admin, "test-1", {"name": "POST flush", "kind": "http",
+                                                  "method": "POST", "url": "http://h/flush"},
+                                body).release
+    assert post.steps[0]["body"] == "run.json"
+    releases = _count(world, Release)
+    with pytest.raises(ValidationError, match="an ad-hoc k8s run needs a file"):
+        create_adhoc_release(admin, "test-1", {"name": "x", "kind": "k8s",
+                                               "connection": "kube"}, None)
+    with pytest.raises(ValidationError, match="an ad-hoc run is sql, shell, k8s or http"):
+        create_adhoc_release(admin, "test-1", {"name": "x", "kind": "file"}, body)
+    assert _count(world, Release) == releases and _count(world, Deployment) == 0
