@@ -28,7 +28,9 @@ accepted when it is *undo-only* — every step an ``undo`` step of one bundle B
 * no bundle undid B here before, and no later bundle of B's product was accepted since B
   (undoing B then would put back what was there before B over the later release);
 * the bundle is of B's product, and each step is exactly the undo of a step of B as B was
-  recorded (``bundle.approvals.undo_mismatch``: same connection, same script by SHA-256, …);
+  recorded (``bundle.approvals.undo_mismatch``: same connection, same script by SHA-256, …), and
+  it carries no file but the scripts of its steps (a ``schedule.toml`` would install jobs
+  no approver saw);
 * the approvals it carries meet the delegation as approvals of B's release: B's product,
   version and author and the **recorded** digest (``bundle.approvals.inherited_verdict``),
   at the new time floor, against the current root (revoked or expired keys do not count).

@@ -182,10 +182,19 @@ def undo_mismatch(manifest: Manifest, original: Manifest) -> str | None:
     (the bundle they name, as this verifier recorded it), or None when they are: each names
     a step of ``original`` at most once, and runs what that step's undo runs — the same
     connection, the same ``down``/``rollback`` script (by SHA-256), engine or interpreter,
-    env, args, secrets — and nothing else."""
+    env, args, secrets — and nothing else; and it carries no file but those scripts."""
     files = {f.name: f.sha256 for f in manifest.files}
     original_files = {f.name: f.sha256 for f in original.files}
     of = f"bundle {original.bundle_id}"
+    # Only the scripts its steps run: any other file (a schedule.toml, say) would act on
+    # the approvals of a release that never held it.
+    unused = sorted(set(files) - {str(step["script"]) for step in manifest.steps
+                                  if "script" in step})
+    if unused:
+        shown = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5
+                                         else "")
+        return (f"it carries {shown}, which none of its undo steps runs (an undo-only bundle "
+                "carries only the scripts of its steps)")
     seen: set[int] = set()
     for index, step in enumerate(manifest.steps, start=1):
         number = step.get("step")

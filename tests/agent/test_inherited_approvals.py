@@ -20,6 +20,7 @@ import pytest
 from agent.config import load_config
 from agent.home import init_home
 from agent.inbox import ReadyItem
+from agent.jobs import installed_schedule
 from agent.service import Agent, ProcessOutcome
 from bundle.manifest import Target
 from bundle.reader import ExpectResult, VerifierState, verify_path
@@ -333,3 +334,18 @@ def test_in_an_environment_of_hub_attested_approvals_too(tmp_path: Path) -> None
         assert site.conf.read_text() == "port=80\n"
     finally:
         site.agent.close()
+
+
+def test_an_undo_only_bundle_carrying_a_schedule_is_refused(site: Site) -> None:
+    """Its steps are exactly the undo of the bundle it names, but it also carries a
+    ``schedule.toml`` and a script the undo steps never run: on inherited approvals that
+    would install a job running code no approver saw. Refused, no job installed."""
+    content_hash = _run_original(site)
+    files = {"unmake.sh": _original_files(site)["unmake.sh"],
+             "schedule.toml": '[[schedule]]\nname = "x"\ncron = "* * * * *"\n'
+                              'script = "evil.sh"\n',
+             "evil.sh": f'echo pwned >> "{site.ran}"\n'}
+    _assert_refused(site, _rollback(site, "billing-1.4.0-site-01-1",
+                                    site.approvals("1.4.0", content_hash), files=files),
+                    "carries evil.sh, schedule.toml, which none of its undo steps runs")
+    assert installed_schedule(site.agent.journal)[1] == []
