@@ -50,6 +50,7 @@ import random
 import sqlite3
 import ssl as ssl_module
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,6 +98,11 @@ WINDOW_BYTES = 32 * 1024 * 1024  # bytes of a result sent and not yet acknowledg
 SENT_STATE = "live-sent.json"  # in the agent home: names of results the hub received
 CANCEL_REJECTED = "rejected"  # CANCEL code: the hub's importer refused the result (§4.3)
 MAX_QUEUED_LOGS = 10_000  # LOG messages waiting for the connection; more are dropped (counted)
+# Heartbeat intervals without a single message from the hub (it answers every HEARTBEAT)
+# before the agent gives the connection up and reconnects. The protocol's heartbeats are the
+# keepalive: WebSocket pings every 20 s (the library's default) cost a hub of 10,000 agents
+# 500 pongs a second, and their 20 s timeout dropped every agent of a hub busy for 20 s.
+HUB_SILENT_HEARTBEATS = 3
 _LOG_STREAMS = ("stdout", "stderr", "info")  # what LOG carries; other streams go as "info"
 DISK_CHANGE_FRACTION = 16  # free disk "changed" when it moved by more than 1/16 of it
 
@@ -200,6 +206,7 @@ class _Session:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     sent_state: dict[str, Any] | None = None  # the last STATE sent on this connection
     state_id: int = 0
+    heard: float = field(default_factory=time.monotonic)  # the hub's last message (monotonic)
 
     async def flush(self) -> None:
         """Send what the protocol queued. Once the hub has closed, nothing more can be sent:
@@ -353,7 +360,7 @@ class LiveClient:
     async def _connect_once(self, stop: threading.Event) -> bool:
         assert self.config.hub_id is not None and self.url is not None
         async with connect(self.url, compression=None, max_size=MAX_MESSAGE_BYTES,
-                           ssl=self.ssl, open_timeout=10) as ws:
+                           ssl=self.ssl, open_timeout=10, ping_interval=None) as ws:
             conn = AgentSide(self.config.agent_id, self.config.hub_id, self.keys.identity,
                              binding=_peer_binding(ws), version=self.version)
             s = _Session(ws, conn)
@@ -363,6 +370,7 @@ class LiveClient:
             watcher = asyncio.create_task(self._watch_stop(stop, ws))
             try:
                 async for message in ws:
+                    s.heard = time.monotonic()
                     if isinstance(message, str):
                         log.warning("live: the hub sent a text message; closing")
                         break
@@ -399,11 +407,22 @@ class LiveClient:
         await ws.close(1001, "going away")
 
     async def _heartbeats(self, s: _Session, interval: int) -> None:
+        """A HEARTBEAT every ``interval`` seconds; a hub that sent nothing for
+        :data:`HUB_SILENT_HEARTBEATS` intervals (not even the ACKs) is given up: the
+        connection is cut and the reconnect loop takes over."""
         n = 0
         await self._send_state(s)
         while s.open:
             await asyncio.sleep(interval)
             if not s.open:
+                return
+            silent = time.monotonic() - s.heard
+            if silent > HUB_SILENT_HEARTBEATS * interval:
+                self.last_error = (f"the hub at {self.url} sent nothing for {silent:.0f} s "
+                                   f"({HUB_SILENT_HEARTBEATS} heartbeat intervals of "
+                                   f"{interval} s); reconnecting")
+                log.warning("live: %s", self.last_error)
+                s.ws.transport.abort()
                 return
             n += 1
             await self._send_state(s)

@@ -379,7 +379,7 @@ class Deployment(db.Model):  # type: ignore[name-defined,misc]
     release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
     environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"), index=True)
     agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"), index=True)
-    state: Mapped[str] = mapped_column(String(16), default="queued")
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     sequence: Mapped[int | None] = mapped_column(Integer)
     root_version: Mapped[int | None] = mapped_column(Integer)
     bundle_id: Mapped[str | None] = mapped_column(String(64), unique=True)

@@ -67,6 +67,12 @@ __all__ = ["ACK_EVERY_BYTES", "WINDOW_BYTES", "LiveHub", "LiveServer",
 log = logging.getLogger("tiangong.hub.live")
 
 PARENT_POLL_S = 1.0  # seconds between checks that `hub serve` (the parent) still runs
+# Bytes asyncio's TLS layer reads from a socket at once. Its default (256 KiB) is a buffer
+# allocated and zeroed for every connection: 283 KiB of resident memory per idle TLS
+# connection, 2.8 GiB for 10,000 agents; with 16 KiB (a TLS record) it is 43 KiB
+# (docs/benchmarks.md, "10,000 agents"). Only reads from agents (results, logs) are cut
+# into more pieces; what the hub sends is not affected.
+TLS_READ_BYTES = 16 * 1024
 
 
 class LiveServer:
@@ -112,6 +118,8 @@ def start_live(hub: LiveHub, host: str, port: int, *,
         raise ConfigError(f"refusing plain ws:// on {host}: only loopback addresses may serve "
                           "without TLS")
     ready: Future[tuple[asyncio.AbstractEventLoop, Server, asyncio.Event]] = Future()
+    if ssl is not None:
+        _limit_tls_read_buffer()
 
     async def main() -> None:
         stopped = asyncio.Event()
@@ -120,8 +128,12 @@ def start_live(hub: LiveHub, host: str, port: int, *,
             # (docs/live-protocol.md §5.3); the handler's deadline runs from its start.
             extra: dict[str, Any] = (
                 {"ssl_handshake_timeout": hub.limits.handshake_timeout_s} if ssl else {})
+            # No WebSocket pings from the hub (ping_interval=None): the protocol's
+            # heartbeats are the keepalive — a connection silent for three intervals is
+            # closed by the handler — and pings every 20 s (the library's default) cost
+            # 10,000 agents 500 ping/pong rounds a second (docs/benchmarks.md).
             server = await serve(hub.handler, host, port, compression=None,
-                                 max_size=MAX_MESSAGE_BYTES, ssl=ssl,
+                                 max_size=MAX_MESSAGE_BYTES, ssl=ssl, ping_interval=None,
                                  open_timeout=hub.limits.handshake_timeout_s,
                                  process_request=http_endpoints(hub, stopped.is_set),
                                  **extra)
@@ -143,6 +155,16 @@ def start_live(hub: LiveHub, host: str, port: int, *,
     thread.start()
     loop, server, stopped = ready.result(timeout=30)
     return LiveServer(hub, loop, server, thread, stopped)
+
+
+def _limit_tls_read_buffer() -> None:
+    """Make asyncio's TLS transports of this process read :data:`TLS_READ_BYTES` at a time
+    (a class attribute of ``asyncio.sslproto.SSLProtocol``, the size of the read buffer each
+    TLS connection allocates; the live server is the only server of its process)."""
+    from asyncio import sslproto
+
+    if getattr(sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BYTES:
+        sslproto.SSLProtocol.max_size = TLS_READ_BYTES
 
 
 def serve_live(config: Any, host: str, port: int, *, actor: str | None = None,

@@ -106,7 +106,7 @@ from hub.services.exchange import export_environment, import_result
 from hub.services.export import export_agents
 from hub.services.export_claims import my_token
 from hub.services.preflight import state_values
-from hub.services.presence import LiveWork, live_work, presence_until
+from hub.services.presence import LiveWork, live_work, live_work_of, presence_until
 from hub.services.users import get_user
 from signing.keys import PublicKey
 
@@ -257,6 +257,10 @@ class LiveHub:
         self._unclaim: set[str] = set()
         self._unclaim_lock = threading.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()  # outlive a connection (database work)
+        # (agent id, spooled file name, how) of bundles agents confirmed, not recorded yet:
+        # recorded in one transaction per batch (_record_delivered), not one per bundle
+        self._delivered: list[tuple[str, str, str]] = []
+        self._recording: asyncio.Task[None] | None = None
         # agent -> (time of its last heartbeat, its connection), not written yet
         self._seen: dict[str, tuple[Any, str]] = {}
         # agent -> (time it disconnected, the connection that ended), not written yet
@@ -465,6 +469,12 @@ class LiveHub:
         spool = self.spool_root / agent_id
         with self._services() as ctx:
             agent = get_agent(ctx.session, agent_id)
+            if not any(w.queued for w in live_work(ctx.session, [agent_id])):
+                # Nothing waits, held by a window or not (every connection asks: 10,000
+                # agents reconnecting would otherwise run 10,000 empty exports; one with
+                # held work still runs, which refreshes the holds).
+                self._export_failed.pop(agent_id, None)
+                return 0, 0
             before = live_work(ctx.session, [agent_id], now=ctx.now())
             fingerprint = (before[0].queued, before[0].newest) if before else None
             # Whoever asks (the push at connection or the push loop), the same work that
@@ -566,10 +576,10 @@ class LiveHub:
                 log.info("live: released the export claims of %s after a database error; "
                          "the next round exports them again", agent_id)
 
-    def _live_work(self, agent_ids: list[str]) -> list[LiveWork]:
+    def _live_work(self, agent_ids: set[str]) -> list[LiveWork]:
         session = self.session_factory()
         try:
-            return live_work(session, agent_ids, now=self.clock())
+            return live_work_of(session, agent_ids, now=self.clock())
         finally:
             session.rollback()
             session.close()
@@ -580,26 +590,33 @@ class LiveHub:
                          {"code": "revoked", "status": status,
                           "reason": "connection closed: the agent is no longer enrolled"})
 
-    def _mark_delivered(self, agent_id: str, name: str, how: str) -> None:
-        """Record that ``agent_id`` holds the spooled bundle ``name``: its deployment moves
-        ``exported → delivered`` (unless it is already further on, e.g. its result came by
-        media first) and a ``live.delivered`` event says ``how`` (``received`` /
-        ``have-it``)."""
+    def _mark_delivered(self, items: list[tuple[str, str, str]]) -> None:
+        """Record, in one transaction, that each agent of ``items`` (agent id, file name,
+        how) holds the spooled bundle of that name: its deployment moves ``exported →
+        delivered`` (unless it is already further on, e.g. its result came by media first)
+        and a ``live.delivered`` event says ``how`` (``received`` / ``have-it``). One commit
+        for a batch: a burst to 10,000 agents made 10,000 commits, behind the exports."""
         with self._services() as ctx:
-            agent = get_agent(ctx.session, agent_id)
-            candidates = ctx.session.scalars(select(Deployment).where(
-                Deployment.agent_id == agent.id, Deployment.bundle_path.like(f"%{name}")))
-            dep = next((d for d in candidates
-                        if d.bundle_path is not None and Path(d.bundle_path).name == name), None)
-            if dep is not None and dep.state == "exported":
-                # Delivery is the last leg of export (the live server's own permission).
-                transition(ctx, dep, "delivered", action="bundle.export")
-                waited = (ctx.now() - dep.queued_at).total_seconds()
-                self.metrics.push_latency.observe(max(0.0, waited))
-            audit.record(ctx, "live.delivered", "deployment" if dep else "agent",
-                         str(dep.id) if dep else agent_id,
-                         {"agent_id": agent_id, "file": name, "how": how,
-                          "state": dep.state if dep else None})
+            for agent_id, name, how in items:
+                self._mark_one_delivered(ctx, agent_id, name, how)
+
+    def _mark_one_delivered(self, ctx: ServiceContext, agent_id: str, name: str,
+                            how: str) -> None:
+        """One item of :meth:`_mark_delivered`."""
+        agent = get_agent(ctx.session, agent_id)
+        candidates = ctx.session.scalars(select(Deployment).where(
+            Deployment.agent_id == agent.id, Deployment.bundle_path.like(f"%{name}")))
+        dep = next((d for d in candidates
+                    if d.bundle_path is not None and Path(d.bundle_path).name == name), None)
+        if dep is not None and dep.state == "exported":
+            # Delivery is the last leg of export (the live server's own permission).
+            transition(ctx, dep, "delivered", action="bundle.export")
+            waited = (ctx.now() - dep.queued_at).total_seconds()
+            self.metrics.push_latency.observe(max(0.0, waited))
+        audit.record(ctx, "live.delivered", "deployment" if dep else "agent",
+                     str(dep.id) if dep else agent_id,
+                     {"agent_id": agent_id, "file": name, "how": how,
+                      "state": dep.state if dep else None})
 
     def _import(self, path: Path) -> tuple[str, str]:
         """Import one received result; (status, reason) as the importer says."""
@@ -887,6 +904,7 @@ class LiveHub:
                     flushed = time.monotonic()
                     await self.flush_seen()
                 await self.flush_refusals()
+                self._record_delivered_soon()
                 await self._sweep()
                 if self._unclaim:
                     await self._release_claims()
@@ -919,11 +937,15 @@ class LiveHub:
 
     async def shutdown(self) -> None:
         """Before the event loop ends: audit the refusals still counted, write the
-        disconnects (every agent of this process is offline now), stop listening."""
+        disconnects (every agent of this process is offline now) and the deliveries not
+        recorded yet, stop listening."""
         if self._listening is not None:
             self._listening.cancel()
         await self.flush_refusals(force=True)
         await self.flush_seen()
+        if self._recording is not None:
+            await asyncio.wait([self._recording])
+        await self._record_delivered()
 
     async def poll_once(self) -> None:
         """One round of the push loop: for every connected agent, drop it if it is no longer
@@ -931,7 +953,11 @@ class LiveHub:
         time; an export that failed is retried after :data:`EXPORT_RETRY_SECONDS` unless the
         queued work changed)."""
         due: list[tuple[str, tuple[int, int | None]]] = []
-        for work in await asyncio.to_thread(self._live_work, sorted(self.peers)):
+        found = await asyncio.to_thread(self._live_work, set(self.peers))
+        # Agents without work are not in ``found``: their failed exports are forgotten.
+        for agent_id in set(self._export_failed) - {w.agent_id for w in found if w.queued}:
+            self._export_failed.pop(agent_id, None)
+        for work in found:
             peer = self.peers.get(work.agent_id)
             if peer is None or not peer.open:
                 continue
@@ -1113,10 +1139,28 @@ class LiveHub:
         log.info("live: %s holds %s (%s)", agent_id, path.name, how)
         self.metrics.delivered.labels(how).inc()
         # In the export pool, behind the exports already queued: bookkeeping must not delay
-        # other agents' bundles (a burst's last bundle waited for the first ones' commits).
-        self._spawn(self._in_pool(self._export_pool, self._mark_delivered, agent_id, path.name,
-                                  how))
+        # other agents' bundles (a burst's last bundle waited for the first ones' commits);
+        # what arrives meanwhile is recorded in the next batch.
+        self._delivered.append((agent_id, path.name, how))
+        self._record_delivered_soon()
         self._spawn(self._offer_more(peer, agent_id))
+
+    def _record_delivered_soon(self) -> None:
+        if self._delivered and (self._recording is None or self._recording.done()):
+            self._recording = asyncio.get_running_loop().create_task(self._record_delivered())
+
+    async def _record_delivered(self) -> None:
+        """Record the confirmed bundles, a batch per transaction, until none are left. On a
+        database error the batch waits for the push loop's next round."""
+        while self._delivered:
+            batch, self._delivered = self._delivered, []
+            try:
+                await self._in_pool(self._export_pool, self._mark_delivered, batch)
+            except (SQLAlchemyError, HubError) as exc:
+                self._delivered[:0] = batch
+                self.metrics.error("push_loop")
+                log.error("live: cannot record %d delivered bundle(s) now: %s", len(batch), exc)
+                return
 
     async def _offer_more(self, peer: _Peer, agent_id: str) -> None:
         """A transfer slot came free: offer what else waits in the spool."""

@@ -223,3 +223,66 @@ def test_agent_run_without_a_pinned_ca_says_what_to_do(tmp_path: Path) -> None:
     out = run("agent", "run", "--home", str(home), check=False)
     assert out.returncode == 1
     assert "no pinned hub CA" in out.stderr and "agent enroll-response" in out.stderr
+
+
+def test_a_message_larger_than_the_tls_read_buffer_arrives_whole(
+        site: tuple[World, Agent], tmp_path: Path) -> None:
+    """The live server reads TLS in pieces of TLS_READ_BYTES (16 KiB, not asyncio's 256 KiB:
+    memory per connection); a 1 MiB RESULT_CHUNK crosses many of them and still arrives
+    byte for byte: the importer decides on it (CANCEL ``rejected``: not a result file), and
+    the transfer check never says ``corrupt``."""
+    from asyncio import sslproto
+
+    from websockets.asyncio.client import connect
+
+    from agent.live import pinned_context
+    from bundle.sync import (
+        MAX_MESSAGE_BYTES,
+        AgentSide,
+        Offer,
+        ResumeRequested,
+        TransferCancelled,
+        Welcomed,
+    )
+    from hub.live import TLS_READ_BYTES
+
+    world, agent = site
+    files = _ca(tmp_path, "tls")
+    issue_server_certificate(files, ["localhost", "127.0.0.1"], NOW)
+    server = _server(world, tmp_path, files)
+    data = bytes(range(256)) * 4096  # 1 MiB
+    answers: list[TransferCancelled] = []
+
+    async def upload() -> None:
+        async with connect(f"wss://127.0.0.1:{server.port}/live", compression=None,
+                           max_size=MAX_MESSAGE_BYTES,
+                           ssl=pinned_context(files.ca_cert)) as ws:
+            der = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            conn = AgentSide("site-01", world.keys.hub.hub_id, agent.keys.identity,
+                             binding=hashlib.sha256(der).digest())
+            conn.send_hello()
+            while not answers:
+                for message in conn.data_to_send():
+                    await ws.send(message)
+                raw = await asyncio.wait_for(ws.recv(), DEADLINE)
+                assert isinstance(raw, bytes)
+                conn.receive_data(raw)
+                for event in conn.events_received():
+                    if isinstance(event, Welcomed):
+                        conn.send_offer(Offer("r1", "site-01-r1.tgr", len(data),
+                                              hashlib.sha256(data).hexdigest()))
+                    elif isinstance(event, ResumeRequested):
+                        conn.send_chunk("r1", 0, data)
+                        conn.send_done("r1")
+                    elif isinstance(event, TransferCancelled):
+                        answers.append(event)
+
+    try:
+        asyncio.run(upload())
+        assert sslproto.SSLProtocol.max_size == TLS_READ_BYTES < len(data)
+        (answer,) = answers
+        assert (answer.transfer, answer.code) == ("r1", "rejected"), answer
+        # Nothing of it stays at the hub: neither the partial upload nor the received file.
+        assert not list((tmp_path / "hubdata" / "live-inbox").rglob("*r1*"))
+    finally:
+        server.stop()

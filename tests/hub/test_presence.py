@@ -20,6 +20,7 @@ from hub.services.presence import (
     agent_presence,
     list_presence,
     live_work,
+    live_work_of,
     online_window,
 )
 from hub.services.users import bootstrap_admin
@@ -92,6 +93,31 @@ def test_live_work_counts_queued_deployments_of_connected_agents(world: World,
                     LiveWork("site-02", "revoked", 1, by_agent["site-02"])]
 
 
+def test_live_work_of_names_only_connected_agents_with_something_to_do(
+        world: World, tmp_path: Path) -> None:
+    """The push loop's query: what :func:`live_work` says, for the connected agents that
+    have queued work or are no longer enrolled; an idle connected agent costs nothing."""
+    for name in ("site-01", "site-02", "site-03", "site-04"):
+        _agent(world, tmp_path, name)
+    assert live_work_of(world.session, {"site-01", "site-02", "nobody"}) == []
+    deps = queue_deployment(world.ctx("op"), _approved_release(world), "test")
+    by_agent = {d.agent.agent_id: d.id for d in deps if d.agent is not None}
+    revoke_agent(world.ctx("op"), "site-02")
+    revoke_agent(world.ctx("op"), "site-04")
+    # site-03 has queued work but is not connected here; site-04 is revoked, not connected.
+    connected = {"site-01", "site-02", "nobody"}
+    work = live_work_of(world.session, connected, now=world.clock())
+    assert work == [LiveWork("site-01", "enrolled", 1, by_agent["site-01"]),
+                    LiveWork("site-02", "revoked", 1, by_agent["site-02"])]
+    assert work == [w for w in live_work(world.session, connected, now=world.clock())
+                    if w.queued or w.status != "enrolled"]
+    # Exported: nothing waits any more; the revoked agent is still named.
+    for dep in deps:
+        dep.state = "exported"
+    world.session.flush()
+    assert live_work_of(world.session, connected) == [LiveWork("site-02", "revoked", 0, None)]
+
+
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def db_url(request: pytest.FixtureRequest) -> str:
     """An empty database of each kind the hub supports (real servers, tests/fixtures)."""
@@ -124,6 +150,9 @@ def test_presence_and_live_work_on_every_database(db_url: str, tmp_path: Path) -
             assert rows[0].last_seen == clock() - timedelta(seconds=10)
             newest = {d.agent.agent_id: d.id for d in deps if d.agent is not None}
             assert live_work(session, ["site-02", "site-01"]) == [
+                LiveWork("site-01", "enrolled", 1, newest["site-01"]),
+                LiveWork("site-02", "enrolled", 1, newest["site-02"])]
+            assert live_work_of(session, {"site-02", "site-01"}, now=clock()) == [
                 LiveWork("site-01", "enrolled", 1, newest["site-01"]),
                 LiveWork("site-02", "enrolled", 1, newest["site-02"])]
     finally:
