@@ -311,6 +311,19 @@ def decode_message(data: bytes) -> Message:
     """Decode one WebSocket binary message.
 
     Raises:
+        OversizedError, UnknownTypeError, MalformedError: as :func:`_decode_head`.
+    """
+    mtype, header, end, state = _decode_head(data)
+    return Message(mtype, header, bytes(data[end:]), state)
+
+
+def _decode_head(data: bytes) -> tuple[MessageType, dict[str, Any], int,
+                                       Mapping[str, Any] | None]:
+    """Check one message and decode its type and header: (type, header, where the body
+    starts, the checked STATE). Only LOG and STATE bodies are read (UTF-8, strict JSON);
+    others are checked by length, so checking a 1 MiB CHUNK copies none of it.
+
+    Raises:
         OversizedError: the header or body is over its limit (checked before parsing).
         UnknownTypeError: the type byte is not a :class:`MessageType`.
         MalformedError: truncated, not strict JSON, wrong header keys or field values, or a
@@ -334,13 +347,13 @@ def decode_message(data: bytes) -> Message:
         raise MalformedError(
             f"{mtype.name} header is truncated ({len(data) - _PREFIX.size} of {header_len} bytes)",
             remote_text="truncated header")
-    body = data[end:]
+    body_len = len(data) - end
     limit = _BODY_LIMITS.get(mtype, 0)
-    if len(body) > limit:
+    if body_len > limit:
         if limit == 0:
-            raise MalformedError(f"{mtype.name} carries a body of {len(body)} bytes",
+            raise MalformedError(f"{mtype.name} carries a body of {body_len} bytes",
                                  remote_text=f"{mtype.name} carries no body")
-        raise OversizedError(f"{mtype.name} body of {len(body)} bytes is over {limit} bytes",
+        raise OversizedError(f"{mtype.name} body of {body_len} bytes is over {limit} bytes",
                              remote_text=f"{mtype.name} body over {limit} bytes")
     try:
         raw = loads_strict(data[_PREFIX.size:end], MAX_HEADER_BYTES)
@@ -350,18 +363,19 @@ def decode_message(data: bytes) -> Message:
     header = _check_header(mtype, raw)
     if mtype is MessageType.LOG:
         try:
-            body.decode("utf-8", errors="strict")
+            bytes(data[end:]).decode("utf-8", errors="strict")
         except UnicodeDecodeError as exc:
             raise MalformedError(f"LOG text is not UTF-8 at byte {exc.start}",
                                  remote_text="log text is not UTF-8") from exc
+    state = None
     if mtype is MessageType.STATE:
         try:
-            parsed = loads_strict(bytes(body), MAX_STATE_BYTES)
+            parsed = loads_strict(bytes(data[end:]), MAX_STATE_BYTES)
         except StrictJSONError as exc:
             raise MalformedError(f"STATE body: {exc}",
                                  remote_text="STATE body is not strict JSON") from exc
-        return Message(mtype, header, bytes(body), check_state(parsed))
-    return Message(mtype, header, bytes(body))
+        state = check_state(parsed)
+    return mtype, header, end, state
 
 
 def _wire_value(value: object) -> object:
@@ -385,9 +399,9 @@ def encode_message(mtype: MessageType, header: Mapping[str, object], body: bytes
         raise UsageError(f"cannot encode {mtype.name}: {exc}") from exc
     if len(payload) > MAX_HEADER_BYTES:
         raise UsageError(f"{mtype.name} header of {len(payload)} bytes is over the limit")
-    data = _PREFIX.pack(int(mtype), len(payload)) + payload + body
+    data = b"".join((_PREFIX.pack(int(mtype), len(payload)), payload, body))  # one copy
     try:
-        decode_message(data)
+        _decode_head(data)  # what the peer will check, without copying the body again
     except (MalformedError, OversizedError, UnknownTypeError) as exc:
         raise UsageError(f"cannot encode {mtype.name}: {exc}") from exc
     return data

@@ -103,6 +103,17 @@ class TransferReceiver:
         if offset + len(data) > self.offer.size:
             raise OversizedError(f"{name}: chunk ends at {offset + len(data)}, past the "
                                  f"offered size of {self.offer.size} bytes")
+        if len(self._sizes) == 1:
+            # Unsplit: the one part is the whole file, whose SHA-256 finish() compares —
+            # one hash, and the chunk goes to the sink as it came (no copy).
+            if write:
+                self._sink.write(0, data)
+            self._whole.update(data)
+            self._part_offset += len(data)
+            self.offset += len(data)
+            if self._part_offset == self._sizes[0]:
+                self._finish_part()
+            return
         view = memoryview(data)
         while view:
             room = self._sizes[self._part] - self._part_offset
