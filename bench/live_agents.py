@@ -11,9 +11,10 @@ operator's own command, same pid, real 30 s heartbeat interval, real push loop. 
 live in ``--agent-processes`` worker processes of their own (default one per 2,500 agents, at
 least two; ``--agent-worker``), each under its own open-files limit, so the hub's limit only
 has to hold the hub's N sockets: N = 10,000 fits the 20,000 of the test machine. Each agent
-has its own Ed25519 key, speaks through the real ``websockets`` client (keepalive pings as
-``agent/live.py``) and the real :class:`bundle.sync.AgentSide`, and authenticates for real
-(HELLO, CHALLENGE, signed AUTH, WELCOME); with ``--tls`` it pins the hub's CA, verifies the
+has its own Ed25519 key, speaks through the real ``websockets`` client (no WebSocket pings:
+heartbeats are the keepalive, as in ``agent/live.py``) and the real
+:class:`bundle.sync.AgentSide`, and authenticates for real (HELLO, CHALLENGE, signed AUTH,
+WELCOME); with ``--tls`` it pins the hub's CA, verifies the
 certificate and the host name and signs the channel binding as ``agent/live.py`` does.
 What the simulated agents skip: nothing of the handshake; of a delivery, the bundle
 verification and the run (bytes are checked against the offer's SHA-256 and dropped, or
@@ -125,6 +126,17 @@ def proc_cpu(pid: int) -> float:
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
+
+
+def proc_runqueue_wait(pid: int) -> float:
+    """Seconds the threads of ``pid`` spent runnable but waiting for a CPU (all threads,
+    /proc/<pid>/task/*/schedstat): on a machine shared with other work, a hub that waits
+    much is starved and its figures say more about the machine than about the hub."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
 
 
 def proc_rss(pid: int) -> tuple[float, float]:
@@ -406,10 +418,12 @@ def _echo_child(path: Path) -> None:
     """Serve ``path`` to the first client in 1 MiB binary messages, then close (baseline)."""
 
     async def send_file(ws: ServerConnection) -> None:
+        cpu0 = self_cpu()
         with path.open("rb") as fh:
             while block := fh.read(MiB):
                 await ws.send(block)
         await ws.close()
+        _emit("sent", cpu=self_cpu() - cpu0)
         done.set()
 
     async def main() -> None:
@@ -507,7 +521,8 @@ class SimAgent:
         ``pinned_context``; the AUTH signature then covers the certificate's
         tls-server-end-point, as the real agent's does."""
         self.ws = await connect(url, compression=None, max_size=MAX_MESSAGE_BYTES,
-                                open_timeout=120, ssl=ssl)  # keepalive pings as agent/live.py
+                                open_timeout=120, ssl=ssl,
+                                ping_interval=None)  # as agent/live.py: heartbeats only
         if ssl is not None:
             self.conn = AgentSide(self.agent_id, self.hub_id, self.key,
                                   binding=_peer_binding(self.ws))
@@ -1055,7 +1070,7 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
 
         # 2. idle with heartbeats at the real interval (running since each WELCOME)
         before = await fleet.ask_all({"cmd": "stats"}, expect="stats")
-        cpu0, t0 = hub.cpu(), time.perf_counter()
+        cpu0, t0, waited0 = hub.cpu(), time.perf_counter(), proc_runqueue_wait(hub.pid)
         load0 = os.getloadavg()[0]
         await asyncio.sleep(args.idle_seconds)
         wall = time.perf_counter() - t0
@@ -1064,6 +1079,8 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
         out["idle_window_s"] = round(wall, 1)
         out["idle_hub_cpu_s_per_min"] = round(hub_cpu / wall * 60, 2)
         out["idle_hub_cpu_percent"] = round(hub_cpu / wall * 100, 1)
+        out["idle_hub_runqueue_wait_percent"] = round(
+            (proc_runqueue_wait(hub.pid) - waited0) / wall * 100, 1)
         out["idle_client_cpu_s_per_min"] = round(
             (sum(a["cpu"] for a in after) - sum(b["cpu"] for b in before)) / wall * 60, 2)
         out["idle_heartbeats"] = (sum(a["acked"] for a in after)
@@ -1086,7 +1103,9 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
               f"{out['idle_heartbeats_unanswered']} awaiting an answer at the end), RSS "
               f"{out['hub_rss_mib']} MiB "
               f"(peak {out['hub_peak_rss_mib']} MiB); {out['idle_still_connected']}/{n} "
-              f"still connected; load average {out['idle_load_average']}", flush=True)
+              f"still connected; load average {out['idle_load_average']}; the hub's threads "
+              f"waited for a CPU {out['idle_hub_runqueue_wait_percent']} % of the window",
+              flush=True)
 
         # 3. steady: one deployment at a time, to one random agent
         await _steady(hub, fleet, args, rng, out)
@@ -1170,10 +1189,15 @@ async def _tiangong_transfer(args: argparse.Namespace, work: Path, payload: Path
             spool = hub.data_dir / "live-outbox" / agent.agent_id
             spool.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(payload, spool / "big-bench.tgb")
+            # Written back before the clock starts: the agent's fsyncs must not wait for
+            # the kernel to flush the copy above (the baseline starts clean too).
+            os.sync()
             cpu0 = hub.cpu()
             t0 = time.time()
             await agent.connect(f"ws://127.0.0.1:{hub.port}/live")
+            mine0 = self_cpu()
             await asyncio.wait_for(agent.wait_received(), 600)
+            out[f"agent_cpu_{variant}_s"] = round(self_cpu() - mine0, 3)
             got = agent.received["big-bench"]
             out[f"tiangong_{variant}_mb_s"] = round(size / (got - agent.offered["big-bench"])
                                                     / 1e6)
@@ -1188,17 +1212,21 @@ async def _tiangong_transfer(args: argparse.Namespace, work: Path, payload: Path
     return out
 
 
-async def _baseline_transfer(work: Path, payload: Path, sink: _FileSink | _NullSink) -> float:
-    """MB/s of a bare websockets server process sending ``payload`` in 1 MiB messages to a
-    client doing the same writes and fsyncs as the agent (no protocol, no hash)."""
+async def _baseline_transfer(work: Path, payload: Path, sink: _FileSink | _NullSink
+                             ) -> tuple[float, float, float]:
+    """A bare websockets server process sending ``payload`` in 1 MiB messages to a client
+    doing the same writes and fsyncs as the agent (no protocol, no hash): (MB/s, the
+    client's CPU seconds, the server's CPU seconds)."""
     size = payload.stat().st_size
     err_path = work / "echo-stderr.log"
     with err_path.open("ab") as err:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--echo-child", str(payload),
             stdout=asyncio.subprocess.PIPE, stderr=err)
-    port = (await HubProcess(proc, err_path).expect("ready", 60))["port"]
+    server = HubProcess(proc, err_path)
+    port = (await server.expect("ready", 60))["port"]
     t0 = time.time()
+    mine0 = self_cpu()
     received = acked = 0
     async with connect(f"ws://127.0.0.1:{port}/", compression=None,
                        max_size=MAX_MESSAGE_BYTES) as ws:
@@ -1210,10 +1238,12 @@ async def _baseline_transfer(work: Path, payload: Path, sink: _FileSink | _NullS
                 sink.sync()
                 acked = received
     seconds = time.time() - t0
+    mine = self_cpu() - mine0
+    server_cpu = (await server.expect("sent", 60))["cpu"]
     await proc.wait()
     if received != size:
         raise RuntimeError(f"baseline received {received} of {size} bytes")
-    return size / seconds / 1e6
+    return size / seconds / 1e6, mine, server_cpu
 
 
 async def transfer_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -1226,15 +1256,24 @@ async def transfer_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     sink_dir.mkdir()
     out: dict[str, Any] = {"transfer_mib": args.transfer_mib}
     out.update(await _tiangong_transfer(args, work, payload, sink_dir))
-    disk = _FileSink(sink_dir / "baseline.part")
-    try:
-        out["baseline_disk_mb_s"] = round(await _baseline_transfer(work, payload, disk))
-    finally:
-        disk.fh.close()
-    out["baseline_memory_mb_s"] = round(await _baseline_transfer(work, payload, _NullSink()))
     for variant in ("disk", "memory"):
+        os.sync()  # as before each Tiangong run
+        sink = _FileSink(sink_dir / "baseline.part") if variant == "disk" else _NullSink()
+        try:
+            mb_s, client_cpu, server_cpu = await _baseline_transfer(work, payload, sink)
+        finally:
+            if isinstance(sink, _FileSink):
+                sink.fh.close()
+        out[f"baseline_{variant}_mb_s"] = round(mb_s)
+        out[f"baseline_client_cpu_{variant}_s"] = round(client_cpu, 3)
+        out[f"baseline_server_cpu_{variant}_s"] = round(server_cpu, 3)
         out[f"ratio_{variant}"] = round(out[f"tiangong_{variant}_mb_s"]
                                         / out[f"baseline_{variant}_mb_s"], 2)
+        # CPU per byte on the receiving side, which bounds both on an idle machine and does
+        # not depend on the load: baseline client CPU / agent CPU.
+        out[f"cpu_ratio_{variant}"] = round(client_cpu / max(1e-9, out[f"agent_cpu_{variant}_s"]),
+                                            2)
+    out["load_average"] = round(os.getloadavg()[0], 2)
     return out
 
 
@@ -1246,8 +1285,13 @@ def _print_transfer(t: dict[str, Any]) -> None:
               f"SHA-256 of the spool file) {t[f'tiangong_{variant}_connect_mb_s']} MB/s; hub CPU "
               f"{t[f'hub_cpu_{variant}_s']} s")
         print(f"    baseline, bare websockets, same sink: {t[f'baseline_{variant}_mb_s']} MB/s "
-              f"(ratio {t[f'ratio_{variant}']})")
-    print(f"  hub peak RSS {t['hub_peak_rss_mib']} MiB", flush=True)
+              f"(ratio {t[f'ratio_{variant}']}); receiving CPU: agent "
+              f"{t[f'agent_cpu_{variant}_s']} s, baseline client "
+              f"{t[f'baseline_client_cpu_{variant}_s']} s (ratio {t[f'cpu_ratio_{variant}']}); "
+              f"sending CPU: hub {t[f'hub_cpu_{variant}_s']} s, baseline server "
+              f"{t[f'baseline_server_cpu_{variant}_s']} s")
+    print(f"  hub peak RSS {t['hub_peak_rss_mib']} MiB; load average {t['load_average']}",
+          flush=True)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
