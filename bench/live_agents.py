@@ -107,6 +107,7 @@ TAG = "@@live_agents "  # prefix of the child's machine-readable stdout lines
 TICK = os.sysconf("SC_CLK_TCK")
 STEADY_VERSION = "1.0.1"  # the release the steady phase queues, one agent at a time
 AGENTS_PER_PROCESS = 2500  # simulated agents per worker process (default --agent-processes)
+CONNECT_ATTEMPTS = 6  # connection attempts of a simulated agent (then it counts as failed)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -520,12 +521,13 @@ class SimAgent:
         ``ssl``: a context pinning the hub's CA (``wss://``), as agent/live.py's
         ``pinned_context``; the AUTH signature then covers the certificate's
         tls-server-end-point, as the real agent's does."""
+        self.error = None
         self.ws = await connect(url, compression=None, max_size=MAX_MESSAGE_BYTES,
                                 open_timeout=120, ssl=ssl,
                                 ping_interval=None)  # as agent/live.py: heartbeats only
-        if ssl is not None:
-            self.conn = AgentSide(self.agent_id, self.hub_id, self.key,
-                                  binding=_peer_binding(self.ws))
+        # A fresh protocol object for each connection (a retry starts from HELLO again).
+        self.conn = AgentSide(self.agent_id, self.hub_id, self.key,
+                              binding=_peer_binding(self.ws) if ssl is not None else b"")
         self.conn.send_hello()
         await self.flush()
         while not self.conn.is_open:
@@ -688,10 +690,24 @@ async def _worker_main(spec: dict[str, Any]) -> None:
         if what == "connect":
             rng = random.Random(cmd["seed"])
             t0 = self_cpu()
-            results = await _gather_bounded(
-                [a.connect(cmd["url"], rng, ssl) for a in agents.values()], cmd["concurrency"])
-            errors = _errors(list(agents.values()), results)
-            _worker_reply("connected", failed=len(errors), errors=errors[:3],
+            todo = list(agents.values())
+            retries = 0
+            first: list[str] = []
+            for attempt in range(CONNECT_ATTEMPTS):
+                # As real agents: one that was refused or timed out (a hub too busy for the
+                # handshake deadline) tries again after a backoff.
+                if attempt:
+                    await asyncio.sleep(rng.uniform(1, 2 ** attempt))
+                    retries += len(todo)
+                results = await _gather_bounded([a.connect(cmd["url"], rng, ssl) for a in todo],
+                                                cmd["concurrency"])
+                errors = _errors(todo, results)
+                first = first or errors[:3]
+                todo = [a for a, r in zip(todo, results, strict=True)
+                        if a.error or isinstance(r, BaseException)]
+                if not todo:
+                    break
+            _worker_reply("connected", failed=len(todo), errors=first, retries=retries,
                           cpu=self_cpu() - t0, heartbeat=next(iter(agents.values())).heartbeat)
         elif what == "stats":
             rtts: list[float] = []
@@ -1047,6 +1063,8 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
         answers = await fleet.ask_all({"cmd": "connect", "url": url, "concurrency": share,
                                        "seed": n}, expect="connected")
         failed = sum(a["failed"] for a in answers)
+        out["connect_retries"] = sum(a["retries"] for a in answers)
+        out["connect_first_errors"] = [e for a in answers for e in a["errors"]][:3]
         if failed:
             first = next(e for a in answers for e in a["errors"])
             raise RuntimeError(f"{failed} of {n} agents failed to connect; first: {first}")
@@ -1061,7 +1079,8 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
         out["connect_settle_hub_cpu_s"] = round(hub.cpu() - cpu0, 2)
         print(f"  connect+auth ({'wss:// with the pinned CA' if args.tls else 'plain ws://'}, "
               f"agents in {len(fleet.pids)} processes): {n} agents in {out['connect_s']} s (at "
-              f"most {args.connect_concurrency} handshakes at once), hub CPU "
+              f"most {args.connect_concurrency} handshakes at once; {out['connect_retries']} "
+              f"retries after a refusal or a timeout), hub CPU "
               f"{out['connect_hub_cpu_s']} s, agent processes {out['connect_client_cpu_s']} s; "
               f"the audit log stopped growing {'' if settle else 'NOT '}after "
               f"{out['connect_settled_s']} s (hub CPU by then {out['connect_settle_hub_cpu_s']} "
