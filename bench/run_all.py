@@ -33,6 +33,7 @@ ARGS: dict[str, tuple[list[str], list[str]]] = {
     "live_agents": (["--quick"], ["--soak"]),  # full N=100/1000 takes ~15 min; soak adds 5000
     "agent_overhead": ([], ["--size", "1024", "--steps", "200"]),
     "hub_import": (["--quick"], ["--count", "5000"]),  # soak: 1,000,000 audit events too
+    "live_wire": ([], ["--mib", "1024"]),
 }
 
 

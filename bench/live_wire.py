@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Live wire: CPU per MiB of the live protocol's hot paths, in this process.
+
+Prints figures; asserts nothing. A live transfer runs in two processes (the hub sends, the
+agent receives), so the slower side sets the rate; this measures each side's protocol work
+without the network, the disk or the event loop, with ``time.process_time`` (best of
+``--reps``), so the figures hold on a loaded machine where wall-clock MB/s do not:
+
+* *send*: ``encode_message`` of a 1 MiB CHUNK (what the hub does per chunk before the
+  WebSocket layer);
+* *receive*: ``decode_message`` of that CHUNK and :class:`bundle.sync.TransferReceiver`
+  ``write`` into a sink that drops the bytes (what an agent does per chunk: checks, SHA-256).
+
+Usage::
+
+    .venv/bin/python bench/live_wire.py [--mib 256] [--reps 5]
+    .venv/bin/python <other checkout>/bench/live_wire.py   # the same on other code
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout this file is in
+
+from bundle.sync.messages import MessageType, Offer, decode_message, encode_message
+from bundle.sync.transfer import TransferReceiver
+
+MiB = 1024 * 1024
+
+
+class _Drop:
+    def write(self, part: int, data: bytes) -> None:
+        pass
+
+
+def _best(run: Callable[[], None], reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.process_time()
+        run()
+        times.append(time.process_time() - t0)
+    return min(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mib", type=int, default=256, help="MiB per repetition")
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args(argv)
+    payload = os.urandom(MiB)
+    wire = [encode_message(MessageType.CHUNK, {"transfer": "big", "offset": i * MiB}, payload)
+            for i in range(args.mib)]
+
+    def send() -> None:
+        for i in range(args.mib):
+            encode_message(MessageType.CHUNK, {"transfer": "big", "offset": i * MiB}, payload)
+
+    def receive() -> None:
+        receiver = TransferReceiver(Offer("big", "big.tgb", args.mib * MiB, "0" * 64), _Drop())
+        for message in wire:
+            decoded = decode_message(message)
+            receiver.write(decoded.header["offset"], decoded.body)
+
+    send_ms = _best(send, args.reps) / args.mib * 1000
+    receive_ms = _best(receive, args.reps) / args.mib * 1000
+    print(f"live_wire ({Path(sys.path[0]).name}): send {send_ms:.3f} ms per MiB, receive "
+          f"{receive_ms:.3f} ms per MiB (receive = {MiB / receive_ms / 1e3:.0f} MB/s of one "
+          f"CPU); load average {os.getloadavg()[0]:.2f}")
+    print(f"RESULT live_wire send_ms_per_mib={send_ms:.3f} receive_ms_per_mib={receive_ms:.3f} "
+          f"load={os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""Smoke run of bench/live_wire.py: both figures are reported (never their values)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_live_wire_reports_send_and_receive_cost() -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "live_wire.py"), "--mib", "2",
+                           "--reps", "1"], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    fields = dict(item.split("=") for item in result.split()[2:])
+    assert set(fields) == {"send_ms_per_mib", "receive_ms_per_mib", "load"}
+    assert float(fields["send_ms_per_mib"]) > 0 < float(fields["receive_ms_per_mib"])
