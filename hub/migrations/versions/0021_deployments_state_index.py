@@ -2,16 +2,16 @@
 the deployments waiting (queued, or exporting without a claim), and with it that costs what
 is waiting, not the whole history of deployments (docs/benchmarks.md, "10,000 agents").
 
-Revision ID: 0020
-Revises: 0019
+Revision ID: 0021
+Revises: 0020
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0020"
-down_revision = "0019"
+revision = "0021"
+down_revision = "0020"
 branch_labels = None
 depends_on = None
 
