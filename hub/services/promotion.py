@@ -446,10 +446,12 @@ def subscribed_channel(session: Session, dep: Deployment) -> Channel | None:
 
 def approval_check(session: Session, dep: Deployment, now: datetime) -> RuleCheck:
     """The hub's approval rule for ``dep``: the environment's rule for releases reaching it
-    through the channel it subscribes to."""
+    through the channel it subscribes to. Only the release's own approvals count: inherited
+    ones are for a rollout's automatic rollback of one deployment (docs/governance.md)."""
     channel = subscribed_channel(session, dep)
     return approval_rules.check_rule(dep.release, dep.environment, now=now,
-                                     channel=None if channel is None else channel.name)
+                                     channel=None if channel is None else channel.name,
+                                     inherited=False)
 
 
 def waiting_for(session: Session, dep: Deployment, now: datetime) -> list[str]:

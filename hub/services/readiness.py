@@ -118,7 +118,10 @@ def _subscription(session: Session, dep: Deployment) -> ChannelSubscription | No
 def _approvals(dep: Deployment, now: datetime, sub: ChannelSubscription | None) -> list[Reason]:
     """The hub's rule (a planned deployment: its channel's rule, if the channel has one)."""
     channel = sub.channel.name if sub is not None else None
-    check = check_rule(dep.release, dep.environment, channel=channel, now=now)
+    # A planned deployment came through a channel: only the release's own approvals count
+    # there (hub.services.promotion.approval_check); inherited ones queue nothing.
+    check = check_rule(dep.release, dep.environment, channel=channel, now=now,
+                       inherited=dep.state != "planned")
     if check.met:
         return []
     if is_adhoc(dep):  # an ad-hoc run went out under its environment's ad-hoc policy

@@ -468,3 +468,45 @@ def test_the_scheduler_wakes_when_the_soak_ends_and_starts_the_next_batch(
     starts = world.session.scalars(select(AuditEvent).where(
         AuditEvent.action == "rollout.batch_start")).all()
     assert [e.actor for e in starts] == ["system:rollout", "system:rollout"]
+
+
+def test_a_rollback_reaching_a_channel_is_not_queued_on_its_inherited_approvals(
+        world: World, tmp_path: Path) -> None:
+    """One person's approval puts an automatic rollback into its product's first channel;
+    the environments subscribed there get it planned, but the inherited approvals (2 of 2
+    in prod) do not queue it: only the rollback's own (1 of 2) count there."""
+    from hub.services.approvals import approve_release
+    from hub.services.channels import subscribe
+    from hub.services import readiness
+    from hub.services.promotion import waiting_for
+    from hub.services.releases import create_product, create_release, submit_release
+
+    create_product(world.ctx("dev"), "hello")
+    rel = create_release(world.ctx("dev"), write_undoable_release(tmp_path))
+    submit_release(world.ctx("dev"), rel)
+    approve_release(world.ctx("appr1"), rel)
+    approve_release(world.ctx("appr2"), rel)
+    _fleet(world, 2, env="prod", prefix="p")
+    rollout = ro.start_rollout(world.ctx("admin"), rel, environment="prod",
+                               strategy=Strategy(canary=1, auto_rollback=True))
+    _finish(world, rollout, {"p00": "failed"}, stores_files=False)
+    rollback = world.session.scalars(select(Release).where(
+        Release.version.like("2.0.0-rollback-%"))).one()
+    assert rollback.approvals_from is rel
+    subscribe(world.ctx("admin"), "prod", "hello", "RELEASE")
+    queued_before = world.session.scalars(select(Deployment).where(
+        Deployment.release_id == rollback.id, Deployment.state == "queued")).all()
+    approve_release(world.ctx("appr-prod"), rollback, environment="prod")
+    planned = world.session.scalars(select(Deployment).where(
+        Deployment.release_id == rollback.id, Deployment.state == "planned")).all()
+    every = [(d.agent.agent_id if d.agent else None, d.state, d.queued_by) for d in
+             world.session.scalars(select(Deployment).where(
+                 Deployment.release_id == rollback.id))]
+    assert planned, every
+    assert world.session.scalars(select(Deployment).where(
+        Deployment.release_id == rollback.id, Deployment.state == "queued")).all() \
+        == queued_before
+    for dep in planned:
+        (why,) = waiting_for(world.session, dep, world.clock.now)
+        assert why.startswith("approvals: environment prod needs 2 approvals; found 1"), why
+        assert readiness.waiting_for(world.session, dep, world.clock.now)[0].kind == "approvals"
