@@ -55,7 +55,7 @@ def create_generated_release(ctx: ServiceContext, product: str, version: str,
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, work / name)
         try:
-            return create_release(ctx, work)
+            return create_release(ctx, work, generated=True)
         except ValidationError as exc:
             raise ValidationError(str(exc).replace(str(work / "release.toml"), source)
                                   .replace(str(work), source)) from exc

@@ -35,6 +35,7 @@ from hub.errors import (
     ValidationError,
 )
 from hub.services import audit
+from hub.services.adhoc_policy import ADHOC_PRODUCT
 from hub.services.context import ServiceContext
 from hub.services.notifications import enqueue
 from hub.services.users import can, require
@@ -243,6 +244,7 @@ def create_release(
     product: str | None = None,
     create_missing_product: bool = False,
     archive_limits: ArchiveLimits | None = None,
+    generated: bool = False,
 ) -> Release:
     """Create a draft release from a release directory or a release archive (``.tar``,
     ``.tar.gz``/``.tgz``, ``.zip``, unpacked with the bundle package's safe unpacker under
@@ -262,10 +264,12 @@ def create_release(
             )
         with _unpacked(ctx, path, archive_limits) as source:
             return create_release_from_source(
-                ctx, source, product=product, create_missing_product=create_missing_product
+                ctx, source, product=product, create_missing_product=create_missing_product,
+                generated=generated,
             )
     return create_release_from_source(
-        ctx, _load(path), product=product, create_missing_product=create_missing_product
+        ctx, _load(path), product=product, create_missing_product=create_missing_product,
+        generated=generated,
     )
 
 
@@ -275,9 +279,12 @@ def create_release_from_source(
     *,
     product: str | None = None,
     create_missing_product: bool = False,
+    generated: bool = False,
 ) -> Release:
     """Create a draft release from an already loaded release. With
     ``create_missing_product`` an unknown product is created first (needs product.create).
+    Product ``adhoc`` is the hub's own (one-off runs, whose environment's ad-hoc policy may
+    ask fewer approvals): only a ``generated`` release (``hub.services.generated``) is of it.
 
     Raises:
         PermissionDeniedError, ValidationError (``product`` differs from release.toml),
@@ -287,6 +294,11 @@ def create_release_from_source(
     assert ctx.actor is not None
     if product is not None and product != source.product:
         raise ValidationError(f"release.toml names product {source.product!r}, not {product!r}")
+    if source.product == ADHOC_PRODUCT and not generated:
+        raise ValidationError(
+            f"release.toml names product {ADHOC_PRODUCT!r}, which is kept for one-off runs "
+            "(`tiangong run`, `hub templates run`; their environment's ad-hoc policy may ask "
+            "fewer approvals): give the release a product of its own")
     try:
         prod = get_product(ctx.session, source.product)
     except NotFoundError:

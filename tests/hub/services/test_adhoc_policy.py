@@ -128,3 +128,26 @@ def test_a_root_that_delegates_approvals_to_the_site_refuses_a_weaker_policy(
     set_adhoc_policy(world.ctx("admin"), "prod", 2)  # as strong as the root: accepted
     set_adhoc_policy(world.ctx("admin"), "test", 0)  # not delegated: the hub decides
     assert env.adhoc_required_approvals == 2
+
+
+def test_a_release_of_its_own_cannot_take_the_adhoc_product(world: World,
+                                                             tmp_path: Path) -> None:
+    """A release directory naming product ``adhoc`` (many steps, a schedule.toml, …) would
+    ship under the ad-hoc policy's 0 approvals with `tiangong run ship`: refused at create,
+    nothing made; an ad-hoc run still creates its release there."""
+    from hub.db import Product, Release
+    from hub.services.releases import create_release
+
+    set_adhoc_policy(world.ctx("admin"), "test", 0)
+    _run(world, tmp_path, "test", "test-1")  # the product exists now
+    src = tmp_path / "rel"
+    src.mkdir()
+    (src / "a.sh").write_text("echo a\n")
+    (src / "release.toml").write_text(
+        'format = 1\n\n[release]\nproduct = "adhoc"\nversion = "9.9.9"\n\n'
+        '[[steps]]\nname = "a"\nkind = "shell"\nscript = "a.sh"\n')
+    before = (_count(world, Release), _count(world, Product))
+    with pytest.raises(ValidationError, match=r"release\.toml names product 'adhoc', which is "
+                       "kept for one-off runs"):
+        create_release(world.ctx("dev"), src, create_missing_product=True)
+    assert (_count(world, Release), _count(world, Product)) == before
