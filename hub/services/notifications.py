@@ -230,6 +230,11 @@ def add_webhook(ctx: ServiceContext, environment: str, url: str, events: Iterabl
     if not (url.startswith("http://") or url.startswith("https://")) or len(url) > 2000:
         raise ValidationError(f"webhook URL {url!r}: must start with http:// or https:// "
                               "(at most 2000 characters)")
+    if "@" in url.split("/", 3)[2]:
+        host = url.split("/", 3)[2].rsplit("@", 1)[1]
+        raise ValidationError(f"webhook URL for {host}: must not carry a user name or password "
+                              "(the URL is shown in lists, the web UI and the audit log); the "
+                              "hub signs each POST with --secret-file instead")
     wanted = _events(events)
     secret_path = ""
     if secret_file is not None:
