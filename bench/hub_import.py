@@ -63,7 +63,7 @@ from hub.audit_mac import AuditMacKey
 from hub.db import AuditEvent, AuditHead, make_engine
 from hub.migrate import upgrade
 from hub.services import audit as audit_service
-from hub.services import exchange, import_files, result_import
+from hub.services import exchange, import_files, import_verify, result_import
 from hub.services.approvals import approve_release
 from hub.services.context import HubKeys, ServiceContext, utc_now
 from hub.services.deployments import queue_deployment
@@ -248,7 +248,10 @@ def timed_import(
     with (
         patched(run, "_receive", t.wrap("receive (read once: copy+inspect)", run._receive)),
         patched(run, "_lookup", t.wrap("lookups (2 queries per batch)", run._lookup)),
-        patched(ri, "verify_bundle", t.wrap("verify_bundle", import_fn("verify_bundle"))),
+        # Only the files verified in this process (batches of at most POOL_MIN_FILES files,
+        # or --no-pool); the pool's workers are timed as "CPU of the verification workers".
+        patched(import_verify, "verify_bundle",
+                t.wrap("verify_bundle", vars(import_verify)["verify_bundle"])),
         patched(shutil, "rmtree", t.wrap("staging rmtree", shutil.rmtree)),
         patched(result_import, "sync_copies", t.wrap("fsync copies", import_files.sync_copies)),
         patched(run, "_record", t.wrap("record (SQL, savepoints)", run._record)),
@@ -260,6 +263,7 @@ def timed_import(
     ):
         profiler = cProfile.Profile() if PROFILE else None
         start, cpu = time.perf_counter(), time.process_time()
+        children = os.times()
         if profiler is not None:
             profiler.enable()
         report = exchange.import_directory(
@@ -271,6 +275,10 @@ def timed_import(
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
             pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
         t.seconds["cpu"] = time.process_time() - cpu
+        # The pool's workers have exited (the import shut the pool down): their CPU is here.
+        after = os.times()
+        t.seconds["workers_cpu"] = (after.children_user - children.children_user
+                                    + after.children_system - children.children_system)
     counts: dict[str, int] = defaultdict(int)
     for row in report.rows:
         counts[row.status] += 1
@@ -381,6 +389,12 @@ def print_import(r: dict[str, Any]) -> None:
     print(
         f"  CPU time of this process: {cpu:.2f} s = {1000 * cpu / n:.2f} ms/file "
         f"(wall/CPU {wall / cpu:.2f}: waiting for the disk, the database or a busy CPU)"
+    )
+    wcpu = t.seconds.get("workers_cpu", 0.0)
+    print(
+        f"  CPU of the verification workers (processes): {wcpu:.2f} s = "
+        f"{1000 * wcpu / n:.2f} ms/file; pool "
+        f"{'off (--no-pool)' if vars(result_import)['POOL_MIN_FILES'] > 10**6 else 'on'}"
     )
     print(f"  {'phase':<32} {'s':>8} {'ms/file':>9} {'share':>7} {'CPU ms/file':>12}")
     order = [
@@ -714,6 +728,11 @@ def main() -> int:
         action="store_true",
         help="also fill and verify the audit log on PostgreSQL",
     )
+    p.add_argument(
+        "--no-pool",
+        action="store_true",
+        help="verify every file in the importing process (no worker processes: the old way)",
+    )
     p.add_argument("--skip-import", action="store_true")
     p.add_argument("--skip-audit", action="store_true")
     p.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parents[2])
@@ -739,6 +758,8 @@ def main() -> int:
         if not a.skip_import:
             global PROFILE
             PROFILE = a.profile
+            if a.no_pool:
+                vars(result_import)["POOL_MIN_FILES"] = 10**9  # read at each batch
             runs = []
             if not a.no_sqlite:
                 runs.append(("SQLite", f"sqlite:///{work / 'import.sqlite'}", work / "sqlite"))

@@ -74,6 +74,10 @@ class Rejected(Exception):
         self.check = check
         self.agent_id = agent_id
 
+    def __reduce__(self) -> tuple[type[Rejected], tuple[str, str, str | None]]:
+        # Whole across a process boundary (a verification worker returns it).
+        return (Rejected, (self.reason, self.check, self.agent_id))
+
 
 class CopyingReader:
     """A byte source over an open result file that copies every byte it reads into ``fd``

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
-import io
 import os
 import re
 import shutil
@@ -31,13 +30,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bundle.errors import BundleError, InsufficientSpaceError
-from bundle.reader import ExpectResult, VerifiedBundle, VerifierState, verify_bundle
 from hub.db import Agent, AuditEvent, Deployment
 from hub.errors import ConfigError, HubError
 from hub.faults import crash_point
@@ -46,7 +43,6 @@ from hub.services.context import ServiceContext
 from hub.services.deployments import record_refused_lost, record_result
 from hub.services.enrollment_import import import_enrollment
 from hub.services.import_files import (
-    COPY_BUFFER,
     INCOMING_PREFIX,
     CopyingReader,
     ImportReport,
@@ -56,11 +52,17 @@ from hub.services.import_files import (
     remove_stale_copies,
     sync_copies,
 )
+from hub.services.import_verify import (
+    POOL_MIN_FILES,
+    VerifiedResult,
+    VerifyJob,
+    VerifyPool,
+    verify_copy,
+)
 from hub.services.plans import PLAN_STATUSES, record_outcome
 from hub.services.preflight import store_inventory
 from hub.services.users import require
 from signing.fileio import fsync_dir
-from signing.keys import PublicKey
 from signing.roots import TrustedRoot
 
 __all__ = [
@@ -129,7 +131,7 @@ class _Incoming:
     data: bytes | None = None  # the whole file, when small enough to keep until verified
     agent: Agent | None = None
     agent_key: str = ""
-    verified: VerifiedBundle | None = None
+    verified: VerifiedResult | None = None
     rejected: Rejected | None = None
     row: ImportRow | None = None
 
@@ -223,9 +225,8 @@ class _ImportRun:
         self.results_dir = results_dir
         self.clean = clean  # look for copies a crashed import left (scans the directory)
         self.memory_staging: Path | None = None
-        self.disk_staging: Path | None = None
         self.trusted: TrustedRoot | None = None  # parsed once per run, not once per file
-        self.agent_keys: dict[str, PublicKey] = {}
+        self.pool: VerifyPool | None = None  # worker processes, started for a large batch
         self.keep_per_file = KEEP_IN_MEMORY  # bytes of one file kept to verify from memory
 
     def __enter__(self) -> _ImportRun:
@@ -240,17 +241,10 @@ class _ImportRun:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for staging in (self.memory_staging, self.disk_staging):
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
-
-    def _disk_staging(self) -> Path:
-        if self.disk_staging is None:
-            # Private (0700), beside the results.
-            self.disk_staging = Path(
-                tempfile.mkdtemp(prefix="import-", dir=self.results_dir.parent)
-            )
-        return self.disk_staging
+        if self.pool is not None:
+            self.pool.close()
+        if self.memory_staging is not None:
+            shutil.rmtree(self.memory_staging, ignore_errors=True)
 
     def import_batch(self, paths: list[Path]) -> list[ImportRow]:
         """Phases 1 and 2 for ``paths``; returns their rows, in order, once committed."""
@@ -267,8 +261,7 @@ class _ImportRun:
             else:
                 self._receive(batch[0])
             self._lookup(batch)
-            for inc in batch:
-                self._verify(inc)
+            self._verify(batch)
             sync_copies([inc.copy for inc in batch if inc.copy is not None])
             self._record(batch)
             # rollouts owning these deployments move on in the same transaction
@@ -348,60 +341,43 @@ class _ImportRun:
             if inc.rejected is not None or inc.row is not None:
                 inc.discard_copy()
 
-    def _verify(self, inc: _Incoming) -> None:
-        """Verify the private copy against the enrolled key (every check, every digest)."""
-        if inc.rejected is not None or inc.row is not None or inc.copy is None:
+    def _verify(self, batch: list[_Incoming]) -> None:
+        """Verify each private copy against the enrolled key (every check, every digest):
+        in worker processes when the batch has more than :data:`POOL_MIN_FILES` files to
+        verify (CPU on the other cores), else here. Either way the outcome is
+        :func:`verify_copy`'s, the same function."""
+        todo = [inc for inc in batch
+                if inc.rejected is None and inc.row is None and inc.copy is not None]
+        if not todo:
             return
-        keys, copy = self.ctx.keys, inc.copy
-        assert keys is not None and inc.agent_id is not None
+        keys = self.ctx.keys
+        assert keys is not None
         if self.trusted is None:
             self.trusted = keys.trusted_root
         trusted = self.trusted
-        key = self.agent_keys.get(inc.agent_key)
-        if key is None:
-            key = self.agent_keys[inc.agent_key] = PublicKey.from_hex(inc.agent_key)
-        expect = ExpectResult(hub_id=trusted.document.hub_id, agent_id=inc.agent_id, agent_key=key)
-        data, inc.data = inc.data, None
-
-        def verify(staging: Path) -> VerifiedBundle:
-            if data is not None:
-                source: contextlib.AbstractContextManager[BinaryIO] = io.BytesIO(data)
-            else:
-                fd = os.open(copy, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-                source = open(fd, "rb", buffering=COPY_BUFFER)  # noqa: SIM115 - closed below
-            with source as fh:
-                return verify_bundle(
-                    fh,
-                    label=inc.path.name,
-                    size=inc.size,
-                    trusted_root=trusted,
-                    state=VerifierState(),
-                    expect=expect,
-                    staging_dir=staging,
-                    clock=lambda: int(self.ctx.now().timestamp()),
-                    # The staged payloads are only checked, then removed: nothing to make
-                    # durable. Every signature, rule and digest is still checked.
-                    durable=False,
-                )
-
-        try:
-            try:
-                if self.memory_staging is None:
-                    raise InsufficientSpaceError("no memory staging")
-                vb = verify(self.memory_staging)
-            except InsufficientSpaceError:
-                vb = verify(self._disk_staging())
-        except BundleError as exc:
-            inc.rejected = Rejected(str(exc), exc.check, inc.agent_id)
-        except OSError as exc:
-            inc.rejected = Rejected(
-                f"{inc.path.name}: the hub could not verify its copy: {exc}", "io", inc.agent_id
-            )
+        now = int(self.ctx.now().timestamp())
+        jobs = []
+        for inc in todo:
+            assert inc.agent_id is not None and inc.copy is not None
+            jobs.append(VerifyJob(
+                label=inc.path.name, copy=str(inc.copy), data=inc.data, size=inc.size,
+                agent_id=inc.agent_id, agent_key=inc.agent_key, now=now,
+                memory_staging=str(self.memory_staging) if self.memory_staging else None,
+                disk_staging_parent=str(self.results_dir.parent),
+            ))
+            inc.data = None
+        if len(jobs) > POOL_MIN_FILES:
+            if self.pool is None:
+                self.pool = VerifyPool(trusted)
+            outcomes = self.pool.verify(jobs)
         else:
-            shutil.rmtree(vb.staged_dir, ignore_errors=True)
-            inc.verified = vb
-        if inc.rejected is not None:
-            inc.discard_copy()
+            outcomes = [verify_copy(job, trusted) for job in jobs]
+        for inc, outcome in zip(todo, outcomes, strict=True):
+            if isinstance(outcome, Rejected):
+                inc.rejected = outcome
+                inc.discard_copy()
+            else:
+                inc.verified = outcome
 
     # -- phase 2: record, one transaction --------------------------------------------------
 
@@ -509,8 +485,7 @@ class _ImportRun:
         ctx = self.ctx
         vb, agent = inc.verified, inc.agent
         assert vb is not None and agent is not None
-        res = vb.manifest.result
-        assert res is not None
+        res = vb
         if agent.status != "enrolled":
             raise Rejected(f"agent {agent.agent_id} is {agent.status}", "agent", agent.agent_id)
         if agent.ed25519_public != inc.agent_key:
@@ -582,7 +557,7 @@ class _ImportRun:
             agent.result_seq = res.result_seq
             agent.last_result_digest = vb.envelope_sha256
             # The newest result's, unless a live STATE made later is kept (preflight).
-            made = datetime.fromtimestamp(vb.manifest.created, UTC)
+            made = datetime.fromtimestamp(vb.created, UTC)
             store_inventory(agent, res.body, min(made, ctx.now()))
         agent.last_seen = ctx.now()
         summary = {
@@ -693,7 +668,7 @@ def _deployments(session: Session, batch: list[_Incoming]) -> dict[str, Deployme
     a result is about, or the lost bundle it refuses."""
     ids = set()
     for inc in batch:
-        res = inc.verified.manifest.result if inc.verified is not None else None
+        res = inc.verified
         if res is not None and res.bundle_id is not None:
             ids.add(res.bundle_id)
         elif res is not None:
