@@ -29,7 +29,9 @@ Deliberately not done here:
   as the agent's user, and the bundle's signature is what makes it trusted;
 * processes that leave the process group (``setsid``, double-forking daemons) are not tracked
   or killed (that needs cgroups); if one keeps stdout or stderr open the executor stops waiting
-  for the pipe after a bounded time and says so in the log;
+  for the pipe after a bounded time without progress (``READER_JOIN_S``; at most
+  ``READER_JOIN_MAX_S`` in all) and says so in the log — output still draining on a slow
+  machine is waited for, not lost;
 * the script is not copied, rewritten or made executable, and args are never passed through a
   shell;
 * secrets that the script transforms (base64, JSON-escaped, split across lines) before printing
@@ -79,8 +81,11 @@ ON_FAILURE = ("stop", "continue")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Time between SIGTERM and SIGKILL when the step's process group is ended.
 KILL_GRACE_S = 5.0  # seconds
-#: How long to wait for stdout/stderr to reach EOF once the process group is gone.
+#: How long to wait for stdout/stderr to reach EOF once the process group is gone, while
+#: the readers make no progress (a slow machine still draining a full pipe does make progress).
 READER_JOIN_S = 5.0  # seconds
+#: The longest wait for stdout/stderr, progress or not (a daemon that keeps writing).
+READER_JOIN_MAX_S = 60.0  # seconds
 #: Bytes of one output line read into memory; the rest of a longer line is counted and dropped.
 #: Four bytes per character, so the step log's own cut (in characters) still applies first.
 MAX_LINE_BYTES = 4 * MAX_LINE_CHARS  # bytes
@@ -175,6 +180,9 @@ class _Pump(threading.Thread):
         self._splitter = LineSplitter(max_line_bytes)
         self._abandoned = threading.Event()
         self.error: Exception | None = None
+        #: Grows with every read and every line logged: the executor waits for a pump that
+        #: is still getting somewhere.
+        self.progress = 0
 
     def abandon(self) -> None:
         self._abandoned.set()
@@ -183,6 +191,7 @@ class _Pump(threading.Thread):
         fd = self._pipe.fileno()
         try:
             while data := os.read(fd, READ_CHUNK_BYTES):
+                self.progress += 1
                 self._emit(self._splitter.feed(data))
             self._emit(self._splitter.close())
         except OSError as exc:
@@ -194,6 +203,7 @@ class _Pump(threading.Thread):
         if self._abandoned.is_set() or self.error is not None:
             return
         for text, cut_bytes in lines:
+            self.progress += 1
             try:
                 self._log.write(text, self._stream, cut_bytes=cut_bytes)
             except Exception as exc:  # kept, and re-raised by ShellExecutor.run()
@@ -257,11 +267,13 @@ class ShellExecutor:
         path: str = DEFAULT_PATH,
         kill_grace_s: float = KILL_GRACE_S,
         reader_join_s: float = READER_JOIN_S,
+        reader_join_max_s: float = READER_JOIN_MAX_S,
         max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         self.path = path
         self.kill_grace_s = kill_grace_s
         self.reader_join_s = reader_join_s
+        self.reader_join_max_s = max(reader_join_max_s, reader_join_s)
         self.max_line_bytes = max_line_bytes
 
     # -- validation --------------------------------------------------------------------------
@@ -529,16 +541,28 @@ class ShellExecutor:
     def _join_readers(
         self, pumps: list[_Pump], feeder: threading.Thread | None, log: StepLog
     ) -> None:
-        """Wait, boundedly, for stdout/stderr to reach EOF and for stdin to be written."""
-        until = time.monotonic() + self.reader_join_s
-        for thread in [*pumps, *([feeder] if feeder else [])]:
-            thread.join(timeout=max(0.0, until - time.monotonic()))
+        """Wait, boundedly, for stdout/stderr to reach EOF and for stdin to be written: up to
+        ``reader_join_s`` without progress, and never longer than ``reader_join_max_s``."""
+        start = time.monotonic()
+        until = start + self.reader_join_s
+        last = sum(p.progress for p in pumps)
+        threads = [*pumps, *([feeder] if feeder else [])]
+        while True:
+            for thread in threads:
+                thread.join(timeout=max(0.0, until - time.monotonic()))
+            if not any(t.is_alive() for t in threads):
+                break
+            now, progress = time.monotonic(), sum(p.progress for p in pumps)
+            if progress == last or now - start >= self.reader_join_max_s:
+                break
+            last, until = progress, min(now + self.reader_join_s, start + self.reader_join_max_s)
         stuck = [pump for pump in pumps if pump.is_alive()]
         for pump in stuck:
             pump.abandon()
         if stuck:
+            waited = time.monotonic() - start
             log.write(
-                f"stopped waiting for the script's output after {self.reader_join_s:g} s: a "
+                f"stopped waiting for the script's output after {waited:.1f} s: a "
                 "process outside its process group (setsid? a daemon?) still holds "
                 f"{' and '.join(p.name.removeprefix('shell-step-') for p in stuck)} open",
                 "info",

@@ -760,6 +760,23 @@ def test_processes_left_behind_by_a_finished_script_are_ended(
     wait_until(lambda: not pid_running(stray_pids[0]), "the left-behind process to die")
 
 
+def test_a_slow_log_still_gets_every_line_after_the_script_exits(tmp_path: Path) -> None:
+    """A loaded machine drains the pipe slowly after the script has exited: the executor keeps
+    waiting while the reader makes progress, so no line is lost (it gave up after
+    ``reader_join_s`` before, and a busy CI machine lost the tail of the output)."""
+    pause = threading.Event()
+
+    def slow(line: LogLine, run: Run) -> None:
+        pause.wait(0.002)  # a slow log sink: 500 lines take at least 1 s, the bound is 0.05 s
+
+    run = Run(tmp_path, "seq 1 500\n", on_line=slow)
+    outcome = run.execute(ShellExecutor(kill_grace_s=0.5, reader_join_s=0.05))
+
+    assert outcome.status == "succeeded"
+    assert [int(t) for t in run.texts("stdout")] == list(range(1, 501))
+    assert not any("stopped waiting" in t for t in run.texts("info"))
+
+
 def test_process_escaping_the_group_does_not_hang_the_agent(
     tmp_path: Path, executor: ShellExecutor, stray_pids: list[int]
 ) -> None:
