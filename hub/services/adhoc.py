@@ -153,7 +153,7 @@ def ship_adhoc(ctx: ServiceContext, release: Release, agent_id: str, out_dir: Pa
     agent = get_agent(ctx.session, agent_id)
     env = agent.environment
     rule = adhoc_rule(env)
-    check = check_rule(release, env, now=ctx.now(), rule=rule)
+    check = check_rule(release, env, now=ctx.now(), rule=rule, inherited=False)
     if release.state not in ("submitted", "approved"):
         raise InvalidStateError(f"release {release.label} is {release.state}; only a "
                                 "submitted or approved ad-hoc run can be shipped")

@@ -151,3 +151,19 @@ def test_a_release_of_its_own_cannot_take_the_adhoc_product(world: World,
                        "kept for one-off runs"):
         create_release(world.ctx("dev"), src, create_missing_product=True)
     assert (_count(world, Release), _count(world, Product)) == before
+
+
+def test_a_run_approved_by_inheritance_is_not_shipped_on_those_approvals(
+        world: World, tmp_path: Path) -> None:
+    """An automatic rollback of an ad-hoc run inherits its approvals for that rollback only:
+    `tiangong run ship` of it (to this or another agent) counts its own approvals."""
+    set_adhoc_policy(world.ctx("admin"), "prod", 1)
+    original = _run(world, tmp_path, "prod", "prod-1").release
+    approve_release(world.ctx("appr1"), original)
+    rollback = _run(world, tmp_path, "prod", "prod-2").release
+    rollback.approvals_from = original  # as hub.services.rollback records it
+    rollback.state = "approved"
+    world.session.flush()
+    with pytest.raises(NotEnoughApprovalsError, match="requires 1 approval, it has 0"):
+        ship_adhoc(world.ctx("op"), rollback, "prod-2", None)
+    assert _count(world, Deployment) == 0
