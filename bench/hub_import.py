@@ -394,7 +394,7 @@ def print_import(r: dict[str, Any]) -> None:
     print(
         f"  CPU of the verification workers (processes): {wcpu:.2f} s = "
         f"{1000 * wcpu / n:.2f} ms/file; pool "
-        f"{'off (--no-pool)' if vars(result_import)['POOL_MIN_FILES'] > 10**6 else 'on'}"
+        f"{'on (--pool)' if vars(result_import)['POOL_MIN_FILES'] < 1000 else 'off'}"
     )
     print(f"  {'phase':<32} {'s':>8} {'ms/file':>9} {'share':>7} {'CPU ms/file':>12}")
     order = [
@@ -729,9 +729,9 @@ def main() -> int:
         help="also fill and verify the audit log on PostgreSQL",
     )
     p.add_argument(
-        "--no-pool",
+        "--pool",
         action="store_true",
-        help="verify every file in the importing process (no worker processes: the old way)",
+        help="verify batches of more than 8 files in worker processes (off by default)",
     )
     p.add_argument("--skip-import", action="store_true")
     p.add_argument("--skip-audit", action="store_true")
@@ -758,8 +758,8 @@ def main() -> int:
         if not a.skip_import:
             global PROFILE
             PROFILE = a.profile
-            if a.no_pool:
-                vars(result_import)["POOL_MIN_FILES"] = 10**9  # read at each batch
+            if a.pool:
+                vars(result_import)["POOL_MIN_FILES"] = 8  # read at each batch
             runs = []
             if not a.no_sqlite:
                 runs.append(("SQLite", f"sqlite:///{work / 'import.sqlite'}", work / "sqlite"))

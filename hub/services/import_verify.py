@@ -43,7 +43,10 @@ __all__ = [
     "verify_copy",
 ]
 
-POOL_MIN_FILES = 8  # a batch with more result files than this is verified in worker processes
+#: A batch with more files to verify than this is verified in worker processes. Off (no batch
+#: holds more than 1,000 files): measured slower than in-process on the 2-core machine
+#: (docs/benchmarks.md, "Verification in worker processes"); 8 turns it on.
+POOL_MIN_FILES = 1000
 POOL_MAX_WORKERS = 4  # worker processes at most (and never more than the CPUs)
 
 

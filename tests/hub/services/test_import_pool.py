@@ -103,6 +103,7 @@ def test_a_batch_verified_in_worker_processes_imports_as_in_process(
     tmp_path: Path, clock: FakeClock, keys: Keys, monkeypatch: pytest.MonkeyPatch, method: str
 ) -> None:
     monkeypatch.setattr(import_verify, "start_method", lambda: method)
+    monkeypatch.setattr(result_import, "POOL_MIN_FILES", 8)  # the pool (off by default) on
     db = tmp_path / "hub.sqlite"
     world = _world(f"sqlite:///{db}", clock, keys, tmp_path / "releases")
     upgrade(world.session.get_bind())  # type: ignore[arg-type]
