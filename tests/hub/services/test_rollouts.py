@@ -475,9 +475,9 @@ def test_a_rollback_reaching_a_channel_is_not_queued_on_its_inherited_approvals(
     """One person's approval puts an automatic rollback into its product's first channel;
     the environments subscribed there get it planned, but the inherited approvals (2 of 2
     in prod) do not queue it: only the rollback's own (1 of 2) count there."""
+    from hub.services import readiness
     from hub.services.approvals import approve_release
     from hub.services.channels import subscribe
-    from hub.services import readiness
     from hub.services.promotion import waiting_for
     from hub.services.releases import create_product, create_release, submit_release
 
