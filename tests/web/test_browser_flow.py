@@ -73,7 +73,8 @@ def queue_deployment(carol: Page, hub: LiveHub, shots: Shots) -> None:
     """carol queues hello 1.0.0 for plant-a with the release page's Deploy form."""
     carol.goto(f"{hub.base_url}/releases/hello/1.0.0")
     expect(carol.locator("#release-state")).to_have_text("approved")
-    carol.get_by_label("Environment").select_option(ENVIRONMENT)
+    deploy = carol.get_by_role("region", name="Deploy")
+    deploy.get_by_label("Environment").select_option(ENVIRONMENT)
     shots.take(carol, "release-deploy")
     carol.locator("#queue-button").click()
     expect(carol.get_by_role("status").filter(has_text="Queued release")).to_be_visible()
