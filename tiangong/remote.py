@@ -38,6 +38,7 @@ from typing import IO, Any
 
 import click
 
+from tiangong import rule_text
 from tiangong.output import done, emit
 
 __all__ = ["remote"]
@@ -498,22 +499,96 @@ def releases_recall(ctx: click.Context, product: str, version: str, channel: str
          f"{len(out['at_site'])} already at the site", out)
 
 
-def _rules(kind: str) -> Callable[..., None]:
-    @click.option("--environment", default=None, help="Those that apply to it.")
-    @click.option("--product", default=None, help="Those that apply to it.")
+_SPEC_HELP = {
+    "window": "SPEC: 'sat,sun 01:00-05:00 Europe/Berlin' (weekly; mon-fri, daily), "
+              "'START/END' (ISO 8601 with an offset, or Unix seconds), or the JSON object of "
+              "docs/bundle-format.md §6.9.",
+    "freeze": "SPEC: '12-20..01-05 UTC: year end' (yearly, both days included), "
+              "'START/END: reason', 'fri 18:00-24:00 UTC: weekend', or a JSON object; a "
+              "freeze always has a reason.",
+}
+
+
+def _ended_option(kind: str) -> Callable[[Any], Any]:
+    """``--all`` for freezes (ended ones are kept); windows never end."""
+    if kind != "freeze":
+        return lambda f: f
+    return click.option("--all", "include_ended", is_flag=True, help="Include ended freezes.")
+
+
+def _rules_group(kind: str, plural: str) -> click.Group:
+    """``remote windows|freezes add|list|remove``: the names, options and messages of
+    ``tiangong hub windows|freezes`` (hub/cli/windows.py), through the API's operations
+    (which call the same services: docs/api.md)."""
+
+    @remote.group(plural)
+    def group() -> None:
+        pass
+
+    group.help = (("Maintenance windows: when deployments may run (none: any time). "
+                   if kind == "window" else
+                   "Change freezes: no deployment is exported or starts inside one, unless a "
+                   "hub override lifts it. ") + _SPEC_HELP[kind]
+                  + " Listing needs scope read; adding and removing scope admin and an "
+                    "admin of the environment (every environment: a global admin).")
+
+    @group.command("add")
+    @click.argument("spec")
+    @click.option("--environment", default=None,
+                  help="Only this environment (default: every environment).")
+    @click.option("--product", default=None, help="Only this product (default: every "
+                  "product).")
     @json_option
     @click.pass_context
-    def listing(ctx: click.Context, environment: str | None, product: str | None,
-                as_json: bool) -> None:
-        query = urllib.parse.urlencode({k: v for k, v in (("environment", environment),
-                                                          ("product", product)) if v})
-        rows = _run(ctx, "GET", f"/{kind}" + (f"?{query}" if query else ""))[kind]
-        emit(rows, as_json, None if as_json else ("id", "environment", "product",
-                                                  "description", "created_by"))
+    def add(ctx: click.Context, spec: str, environment: str | None, product: str | None,
+            as_json: bool) -> None:
+        row = _run(ctx, "POST", f"/{plural}",
+                   body={"spec": spec, "environment": environment, "product": product})
+        done(as_json, rule_text.added(kind, row), row)
 
-    listing.__doc__ = f"List the {kind} that apply (scope read)."
-    return listing
+    add.help = (f"Add a {kind} (scope admin; admins only). {_SPEC_HELP[kind]} Queued "
+                "deployments it applies to are held or released at once.")
+
+    @group.command("list")
+    @click.option("--environment", default=None,
+                  help="Those that apply to this environment.")
+    @click.option("--product", default=None, help="Those that apply to this product.")
+    @_ended_option(kind)
+    @json_option
+    @click.pass_context
+    def list_(ctx: click.Context, environment: str | None, product: str | None,
+              as_json: bool, include_ended: bool = False) -> None:
+        query = urllib.parse.urlencode({k: v for k, v in (
+            ("environment", environment), ("product", product),
+            ("all", "1" if include_ended else None)) if v})
+        rows = _run(ctx, "GET", f"/{plural}" + (f"?{query}" if query else ""))[plural]
+        emit(rows, as_json, None if as_json else rule_text.columns(kind))
+
+    list_.help = f"List {plural} (those of every environment/product too; scope read)."
+
+    @group.command("remove")
+    @click.argument("rule_id", type=int)
+    @json_option
+    @click.pass_context
+    def remove_(ctx: click.Context, rule_id: int, as_json: bool) -> None:
+        row = _run(ctx, "DELETE", f"/{plural}/{rule_id}")
+        done(as_json, rule_text.removed(kind, rule_id, row), row)
+
+    remove_.help = f"Delete a {kind} (scope admin; audited)."
+    return group
 
 
-remote.command("windows")(_rules("windows"))
-remote.command("freezes")(_rules("freezes"))
+windows = _rules_group("window", "windows")
+freezes = _rules_group("freeze", "freezes")
+
+
+@freezes.command("end")
+@click.argument("rule_id", type=int)
+@click.option("--reason", required=True, help="Why it ends now (audited).")
+@json_option
+@click.pass_context
+def freezes_end(ctx: click.Context, rule_id: int, reason: str, as_json: bool) -> None:
+    """End a freeze now (kept as ended, for the record); the deployments it held are
+    released (scope admin)."""
+    row = _run(ctx, "POST", f"/freezes/{rule_id}/end", body={"reason": reason})
+    done(as_json, rule_text.ended(rule_id, row), row)

@@ -19,6 +19,7 @@ import click
 
 from hub.cli.base import _done, _emit, _services, hub, json_option
 from hub.cli.deployments import deployments
+from tiangong import rule_text
 
 _SCOPE_HELP = "(default: every {})"
 
@@ -54,8 +55,7 @@ def _rules_group(kind: str, plural: str) -> click.Group:
         with _services(ctx) as sc:
             row = _rule_row(add_rule(sc, kind, spec, environment=environment,
                                      product=product))
-        _done(as_json, f"{kind} {row['id']} added: {row['description']} (environment "
-              f"{row['environment'] or 'every'}, product {row['product'] or 'every'})", row)
+        _done(as_json, rule_text.added(kind, row), row)
 
     add.help = (f"Add a {kind} (SPEC: see `tiangong hub {plural} --help`); admins only. "
                 "Queued deployments it applies to are held or released at once.")
@@ -75,10 +75,7 @@ def _rules_group(kind: str, plural: str) -> click.Group:
             rows = [_rule_row(r) for r in list_rules(sc, kind, environment=environment,
                                                      product=product,
                                                      include_ended=include_ended)]
-        columns = ["id", "environment", "product", "description", "created_by"]
-        if kind == "freeze":
-            columns += ["ended_at", "ended_by"]
-        _emit(rows, as_json, None if as_json else columns)
+        _emit(rows, as_json, None if as_json else rule_text.columns(kind))
 
     list_.help = f"List {plural} (those of every environment/product too)."
 
@@ -91,7 +88,7 @@ def _rules_group(kind: str, plural: str) -> click.Group:
 
         with _services(ctx) as sc:
             row = remove_rule(sc, kind, rule_id)
-        _done(as_json, f"{kind} {rule_id} removed ({row['description']})", row)
+        _done(as_json, rule_text.removed(kind, rule_id, row), row)
 
     remove.help = f"Delete a {kind} (audited)."
     return group
@@ -118,7 +115,7 @@ def freezes_end(ctx: click.Context, rule_id: int, reason: str, as_json: bool) ->
 
     with _services(ctx) as sc:
         row = _rule_row(end_freeze(sc, rule_id, reason))
-    _done(as_json, f"freeze {rule_id} ended ({row['description']})", row)
+    _done(as_json, rule_text.ended(rule_id, row), row)
 
 
 # --- deployments: why, override -------------------------------------------------------------

@@ -142,10 +142,10 @@ def test_ci_and_people_work_through_the_api_with_their_own_tokens(
     assert recalled["channels"] == ["CANARY"]
     run("hub", "--local-admin", "admin", "windows", "add", "sat 01:00-05:00 UTC",
         "--environment", "plant-a", env=env)
-    (window,) = json.loads(_remote(server, op, "windows", "--environment", "plant-a",
+    (window,) = json.loads(_remote(server, op, "windows", "list", "--environment", "plant-a",
                                    "--json").stdout)
     assert window["environment"] == "plant-a" and "Sat" in window["description"]
-    assert json.loads(_remote(server, op, "freezes", "--json").stdout) == []
+    assert json.loads(_remote(server, op, "freezes", "list", "--json").stdout) == []
 
     with _hub_session(data) as session:
         events = {e.action: e for e in session.scalars(select(AuditEvent))}
