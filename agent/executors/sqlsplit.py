@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Dialect", "SqlSplitError", "Statement", "split_statements"]
+__all__ = ["Dialect", "SqlSplitError", "Statement", "code_starts", "split_statements"]
 
 Dialect = Literal["mysql", "postgres"]
 
@@ -81,6 +81,22 @@ def split_statements(script: str, dialect: Dialect) -> list[Statement]:
     return _Splitter(script, dialect).run()
 
 
+def code_starts(script: str, dialect: Dialect) -> frozenset[int]:
+    """The indexes of ``script`` at which the splitter reads SQL code: where a token starts
+    outside quoted text, comments and dollar-quoted bodies (on MySQL, every such character).
+    A job template uses it to tell where a value may stand (hub.services.template_params).
+
+    Raises:
+        SqlSplitError, ValueError: as :func:`split_statements`.
+    """
+    if dialect not in ("mysql", "postgres"):
+        raise ValueError(f"unknown SQL dialect {dialect!r}; expected 'mysql' or 'postgres'")
+    splitter = _Splitter(script, dialect)
+    splitter.code = []
+    splitter.run()
+    return frozenset(splitter.code)
+
+
 def _is_word_char(ch: str) -> bool:
     return ch.isalnum() or ch == "_" or ch == "$" or ord(ch) > 127
 
@@ -96,6 +112,7 @@ class _Splitter:
         self.delimiter = ";"
         self._newlines = [i for i, ch in enumerate(script) if ch == "\n"]
         self.out: list[Statement] = []
+        self.code: list[int] | None = None  # token starts in code, when asked (code_starts)
         self._reset()
 
     def _reset(self) -> None:
@@ -136,6 +153,8 @@ class _Splitter:
                         "scripts must contain SQL only",
                         self.line_of(i),
                     )
+            if self.code is not None:
+                self.code.append(i)
             i = self._token_end(i)
         self._emit(self.n)
         return self.out

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.executors.sqlsplit import Dialect, SqlSplitError, code_starts
 from hub.errors import ValidationError
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "PARAM_TYPES",
     "ParamSpec",
     "check_values",
+    "misplaced_placeholder",
     "parse_params",
     "placeholders",
     "render_sql",
@@ -233,6 +235,37 @@ def placeholders(text: str) -> list[str]:
     return list(dict.fromkeys(m.group(1) for m in _PLACEHOLDER.finditer(text)))
 
 
+def _word_char(ch: str) -> bool:
+    """A character that continues an identifier or a number (``$`` too, on PostgreSQL)."""
+    return ch.isalnum() or ch in "_$" or ord(ch) > 127
+
+
+def misplaced_placeholder(text: str, engine: str) -> str | None:
+    """Why a placeholder of SQL template ``text`` does not stand where a value may — inside
+    quoted text, a comment or a dollar-quoted body, or glued to a word — or None when each
+    does. A value's literal is safe only in SQL code: inside ``'…'``, ``-- …`` or ``$$…$$``
+    its text would be read as raw characters (a quote or a new line ends that context and the
+    rest runs as SQL), and after ``tbl_`` PostgreSQL reads ``$tg$…`` as part of the name."""
+    dialect: Dialect = "mysql" if engine == "mysql" else "postgres"
+    try:
+        code = code_starts(text, dialect)
+    except SqlSplitError as exc:
+        return f"cannot be read as SQL: {exc}"
+    for m in _PLACEHOLDER.finditer(text):
+        start, end = m.span()
+        line = text.count("\n", 0, start) + 1
+        where = f"line {line}: placeholder {m.group(0)}"
+        if start not in code:
+            return (f"{where} is inside quoted text, a comment or a dollar-quoted body; a "
+                    "placeholder is a whole value in SQL code (write owner = {{who}}, not "
+                    "owner = '{{who}}')")
+        if (start > 0 and _word_char(text[start - 1])) or \
+                (end < len(text) and _word_char(text[end])):
+            return (f"{where} is joined to a word or number; a placeholder is a whole value, "
+                    "never part of a name")
+    return None
+
+
 def _pg_string(value: str) -> str:
     tag = "tg"
     while f"${tag}$" in value or value.endswith(f"${tag}"):
@@ -244,7 +277,7 @@ def _sql_literal(value: Any, engine: str) -> str:
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
     if isinstance(value, int):
-        return str(value)
+        return f"({value})" if value < 0 else str(value)  # never "--5" after a minus
     text = str(value)
     if engine == "mysql":
         return f"_utf8mb4 X'{text.encode('utf-8').hex()}'"
@@ -254,7 +287,15 @@ def _sql_literal(value: Any, engine: str) -> str:
 def render_sql(text: str, values: Mapping[str, Any], engine: str) -> str:
     """``text`` with each ``{{name}}`` replaced by the literal of ``values[name]`` for
     ``engine`` (``postgres`` or ``mysql``); the caller checked every placeholder names a
-    parameter."""
+    parameter.
+
+    Raises:
+        ValidationError: a placeholder does not stand where a value may
+            (:func:`misplaced_placeholder`; a template stored before that rule).
+    """
+    problem = misplaced_placeholder(text, engine)
+    if problem is not None:
+        raise ValidationError(f"the SQL file: {problem}")
     return _PLACEHOLDER.sub(lambda m: _sql_literal(values[m.group(1)], engine), text)
 
 

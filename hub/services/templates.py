@@ -52,6 +52,7 @@ from hub.services.generated import release_toml
 from hub.services.template_params import (
     ParamSpec,
     check_values,
+    misplaced_placeholder,
     parse_params,
     placeholders,
     render_sql,
@@ -175,6 +176,9 @@ def _check_definition(d: Definition, where: str) -> None:
             raise ValidationError(f"{where}: file {d.file_name}: placeholder "
                                   f"{{{{{unknown[0]}}}}} names no parameter (declared: "
                                   f"{declared})")
+        misplaced = misplaced_placeholder(text, str(d.step.get("engine", "postgres")))
+        if misplaced is not None:
+            raise ValidationError(f"{where}: file {d.file_name}: {misplaced}")
     # The step as a release would carry it, checked by the release format's own rules.
     sample = {p.name: p.default if p.default is not None else _sample(p) for p in d.params}
     step, _ = _render(d.kind, d.step, d.file_name, d.content, sample)

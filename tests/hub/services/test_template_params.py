@@ -98,3 +98,44 @@ def test_sql_literals_round_trip_on_mariadb(mariadb_server: MariaDBServer,
                     assert cur.fetchone() == (value, 12), sql
     finally:
         conn.close()
+
+
+# Where a value's literal may stand: only in SQL code, as a whole token. Each of these, as a
+# template, let a value run as SQL on PostgreSQL (a quote or a new line ends the context the
+# placeholder sits in; after a word, PostgreSQL reads $tg$ as part of the name).
+MISPLACED = [
+    ("DELETE FROM s WHERE owner = '{{v}}'", "'; DROP TABLE s; --", "inside quoted text"),
+    ("SELECT 1; -- for {{v}}\n", "x\nDROP TABLE s; --", "inside quoted text, a comment"),
+    ("SELECT 1 /* {{v}} */", "*/ DROP TABLE s; /*", "inside quoted text, a comment"),
+    ("DO $$ BEGIN PERFORM {{v}}; END $$", "1; END $$; DROP TABLE s; --",
+     "inside quoted text, a comment or a dollar-quoted body"),
+    ('SELECT "{{v}}"', '"; DROP TABLE s; --', "inside quoted text"),
+    ("SELECT tbl_{{v}}", "x; DROP TABLE s; --", "joined to a word"),
+    ("SELECT {{v}}x", "y", "joined to a word"),
+]
+
+
+@pytest.mark.parametrize(("text", "value", "message"), MISPLACED)
+def test_a_placeholder_outside_sql_code_is_refused(text: str, value: str, message: str) -> None:
+    assert placeholders(text) == ["v"]
+    with pytest.raises(ValidationError, match=f"line 1: placeholder {{{{v}}}} is {message}"):
+        render_sql(text, {"v": value}, "postgres")
+    if "$$" not in text:  # MySQL has no dollar quoting: there {{v}} is in code (a hex literal)
+        with pytest.raises(ValidationError, match="placeholder"):
+            render_sql(text, {"v": value}, "mysql")
+
+
+def test_a_negative_int_after_a_minus_stays_arithmetic(pg_db: str,
+                                                       mariadb_server: MariaDBServer,
+                                                       mysql_db: str) -> None:
+    # "10 -{{n}}" with n = -5 was "10 --5": a comment to the end of the line.
+    text = "SELECT 10 -{{n}}, 2"
+    with psycopg.connect(pg_db, autocommit=True) as conn:
+        assert conn.execute(render_sql(text, {"n": -5}, "postgres")).fetchone() == (15, 2)
+    conn2 = mariadb_server.connect(mysql_db.rsplit("/", 1)[1])
+    try:
+        with conn2.cursor() as cur:
+            cur.execute(render_sql(text, {"n": -5}, "mysql"))
+            assert cur.fetchone() == (15, 2)
+    finally:
+        conn2.close()

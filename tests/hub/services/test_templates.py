@@ -91,6 +91,10 @@ def test_versions_are_numbered_listed_and_audited(world: World, tmp_path: Path) 
     (SQL_DEF.replace('[step]', 'colour = "red"\n[step]'), SQL, "unknown key\\(s\\) colour"),
     (SQL_DEF.replace('[step]', '[step]\nscript = "x.sql"'), SQL,
      "\\[step\\] may not set script"),
+    (SQL_DEF, "DELETE FROM sessions WHERE age > {{days}};\n-- by {{who}}\n",
+     "file purge.sql: line 2: placeholder {{who}} is inside quoted text, a comment"),
+    (SQL_DEF, "DELETE FROM sessions WHERE age > {{days}} AND owner = '{{who}}';\n",
+     "file purge.sql: line 1: placeholder {{who}} is inside quoted text"),
 ])
 def test_bad_definitions_are_refused_naming_the_rule(world: World, tmp_path: Path, text: str,
                                                       script: str, message: str) -> None:
