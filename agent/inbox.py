@@ -665,15 +665,38 @@ class Inbox:
 # -- moving files out of the inbox -----------------------------------------------------------
 
 
+#: The longest file name most file systems take, in bytes (NAME_MAX).
+NAME_MAX_BYTES = 255  # bytes
+#: What a temp name adds to a name (``.`` + name + ``.XXXXXXXX.tmp``, signing.fileio), in bytes.
+_TEMP_NAME_BYTES = 16  # bytes
+
+
+def fit_name(name: str, suffix: str = "", limit: int = NAME_MAX_BYTES) -> str:
+    """``name + suffix`` when it is at most ``limit`` bytes on disk; else ``name`` cut short
+    and marked ``~`` + 12 hex digits of its SHA-256 (so two long names stay apart) before
+    ``suffix``. Pure."""
+    if len(os.fsencode(name + suffix)) <= limit:
+        return name + suffix
+    mark = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
+    room = limit - len(os.fsencode(mark + suffix))
+    cut = name
+    while len(os.fsencode(cut)) > room:
+        cut = cut[:-1]
+    return cut + mark + suffix
+
+
 def _with_suffix_number(name: str, n: int) -> str:
-    """``billing-2.4.0.tgb.part001`` → ``billing-2.4.0-1.tgb.part001``. Pure."""
+    """``billing-2.4.0.tgb.part001`` → ``billing-2.4.0-1.tgb.part001`` (the part before the
+    number cut short when the name would not fit a file system). Pure."""
     if n == 0:
         return name
     at = name.lower().rfind(BUNDLE_SUFFIX)
     if at <= 0:
         stem, dot, ext = name.rpartition(".")
-        return f"{stem}-{n}.{ext}" if dot and stem else f"{name}-{n}"
-    return f"{name[:at]}-{n}{name[at:]}"
+        stem, ext = (stem, "." + ext) if dot and stem else (name, "")
+    else:
+        stem, ext = name[:at], name[at:]
+    return fit_name(stem, f"-{n}{ext}")
 
 
 def _free_names(dest_dir: Path, names: Sequence[str]) -> list[Path]:
@@ -697,7 +720,8 @@ def _copy_chunks(src: Any, dst: Any) -> None:
 
 def _copy_to_temp(src: Path, dest_dir: Path) -> Path:
     """Copy *src* into a hidden temp file in *dest_dir*, fsynced. Removes the temp on failure."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{src.name}.", suffix=".tmp", dir=dest_dir)
+    prefix = "." + fit_name(src.name, ".", NAME_MAX_BYTES - _TEMP_NAME_BYTES)
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=dest_dir)
     tmp = Path(tmp_name)
     try:
         with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
@@ -837,7 +861,8 @@ def write_reason(
     files: Sequence[Path] | None = None,
     now: datetime | None = None,
 ) -> Path:
-    """Write ``<name>.reason.txt`` in *dest_dir* atomically, beside a quarantined item.
+    """Write ``<name>.reason.txt`` in *dest_dir* atomically, beside a quarantined item (a name
+    too long for the file system is cut short and marked by its digest, :func:`fit_name`).
 
     The file names the check that failed, the reason, the time (UTC) and the SHA-256 of each of
     the item's files: *files* if given, else ``name`` and ``name.partNNN`` found in *dest_dir*.
@@ -867,7 +892,8 @@ def write_reason(
         "files:",
         *(f"  {_file_line(p, dest)}" for p in paths),
     ]
-    target = dest / f"{name}.reason.txt"
+    # Beside the item, under a name the file system takes (the file names it in full).
+    target = dest / fit_name(name, ".reason.txt", NAME_MAX_BYTES - _TEMP_NAME_BYTES)
     try:
         write_file_atomic(target, ("\n".join(lines) + "\n").encode("utf-8"), overwrite=True)
     except KeyFileError as e:

@@ -571,6 +571,36 @@ def test_write_reason(box: Path, tmp_path: Path) -> None:
     assert not [p for p in dest.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize("across", [False, True], ids=["same-fs", "across-fs"])
+def test_a_name_of_the_longest_length_is_quarantined_with_its_reason(
+        box: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, across: bool) -> None:
+    """A file name of 255 bytes (the most a file system takes) still moves — across file
+    systems (a stick) through a temp copy whose name cannot be longer than the limit — and
+    gets a reason file, twice (the second under a clash suffix). Such a bundle used to stay
+    on the stick for ever, logged "File name too long" on every pass, or lie in quarantine/
+    without its reason."""
+    if across:
+        monkeypatch.setattr(inbox_mod, "_same_filesystem", lambda src, dest: False)
+    name = "\u00e9" * 120 + "x" * 11 + ".tgb"  # 255 bytes in UTF-8
+    assert len(os.fsencode(name)) == 255
+    dest = tmp_path / "quarantine"
+    for n in range(2):
+        _write(box / name, b"bundle %d" % n)
+        inbox = Inbox(box, settle_seconds=5)
+        inbox.scan(0)
+        [item] = inbox.scan(5)
+        [moved] = move_to(item, dest)
+        assert moved.read_bytes() == b"bundle %d" % n and not (box / name).exists()
+        assert len(os.fsencode(moved.name)) <= 255
+        reason = write_reason(dest, moved.name, "signature", "bad signature", files=[moved])
+        assert len(os.fsencode(reason.name)) <= 255 and reason.name.endswith(".reason.txt")
+        text = reason.read_text(encoding="utf-8")
+        assert text.startswith(f"bundle: {printable(moved.name)}\n")
+        assert f"  {printable(moved.name)}" in text  # the file line names it in full
+    assert len(list(dest.glob("*.reason.txt"))) == 2
+    assert not [p for p in dest.iterdir() if p.name.startswith(".")]  # no temp left
+
+
 def test_write_reason_with_explicit_files_and_overwrite(tmp_path: Path) -> None:
     f = _write(tmp_path / "x-1.tgb", b"abc")
     write_reason(tmp_path, "x-1.tgb", "parts", "first")

@@ -99,19 +99,22 @@ def test_hostile_file_names_are_escaped_and_never_crash(tmp_path: Path, hub_keys
     valid_name = os.fsdecode(b"hello-\xff\xfe.tgb")  # not UTF-8
     fake_lines = "junk\nreason: verified OK\ncheck: none.tgb"  # newlines in a file name
     bad_bytes = os.fsdecode(b"bad-\xc3\x28\x1b[31m.tgb")  # invalid UTF-8 and an ESC sequence
+    dash = "--help -rf .tgb"  # a leading dash and spaces: never an option
+    longest = "\u00e9" * 120 + "x" * 11 + ".tgb"  # 255 bytes: no room for ".reason.txt"
     copy_in([good], home, [valid_name])
-    for name in (fake_lines, bad_bytes):
+    for name in (fake_lines, bad_bytes, dash, longest):
         (inbox / name).write_bytes(b"not a bundle at all\n" * 100)
         os.utime(inbox / name, (time.time() - 120, time.time() - 120))
     out = run("agent", "run", "--home", str(home), "--once")
     lines = out.stdout.splitlines()
     assert "hello-\\xff\\xfe.tgb: succeeded: 3 step(s) succeeded" in lines
-    assert sum(": rejected: " in line for line in lines) == 2, out.stdout
-    assert "Traceback" not in out.stderr
+    assert sum(": rejected: " in line for line in lines) == 4, out.stdout
+    assert "Traceback" not in out.stderr and "cannot move" not in out.stderr
     assert (home / "archive" / valid_name).exists()
-    assert len(list((home / "outbox").glob("*.tgr"))) == 3  # one signed result each
+    assert len(list((home / "outbox").glob("*.tgr"))) == 5  # one signed result each
+    assert (home / "quarantine" / dash).exists() and (home / "quarantine" / longest).exists()
     reasons = _reason_files(home)
-    assert len(reasons) == 2
+    assert len(reasons) == 4
     for reason in reasons:
         text = reason.read_bytes().decode("utf-8")  # always valid UTF-8
         assert not any(line.startswith("reason: verified OK") for line in text.splitlines())
@@ -119,6 +122,7 @@ def test_hostile_file_names_are_escaped_and_never_crash(tmp_path: Path, hub_keys
     texts = "".join(r.read_text() for r in reasons)
     assert "junk\\x0areason: verified OK\\x0acheck: none.tgb" in texts
     assert "bad-\\xc3(\\x1b[31m.tgb" in texts
+    assert f"bundle: {dash}\n" in texts and f"bundle: {longest}\n" in texts
     assert not list(inbox.iterdir())
 
 
