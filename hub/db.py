@@ -233,6 +233,9 @@ class Environment(db.Model):  # type: ignore[name-defined,misc]
     #: approvals an ad-hoc run (``tiangong run``) needs here; NULL: the rule above applies
     #: (hub.services.adhoc_policy)
     adhoc_required_approvals: Mapped[int | None] = mapped_column(Integer)
+    #: every deployment queued here needs a preflight plan of its release passed on each
+    #: target agent within this many hours; NULL: no such policy (hub.services.plans)
+    preflight_within_h: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

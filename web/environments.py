@@ -25,6 +25,7 @@ from hub.services.deployments import pending_exports
 from hub.services.environments import (
     MAX_REQUIRED_APPROVALS,
     create_environment,
+    describe_preflight_policy,
     latest_deployments,
     set_required_approvals,
     viewable_environments,
@@ -117,6 +118,7 @@ def show(name: str) -> Any:
         max_required=MAX_REQUIRED_APPROVALS,
         approval_rules=rules_of(sc, env.name),
         adhoc_policy=describe_policy(env),
+        preflight_policy=describe_preflight_policy(env),
         may_run=can(user, "release.create") and can(user, "deployment.queue", env),
     )
 

@@ -138,6 +138,11 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HubError)
     def _hub_error(exc: HubError) -> Any:
         db.session.rollback()
+        if exc.audit is not None:  # a refusal the audit log keeps (hub.errors)
+            from hub.services.audit import record_refusal
+
+            record_refusal(ctx(), exc)
+            db.session.commit()
         status = status_for(exc)
         if status == 500:
             current_app.logger.error("unhandled hub error: %s", exc)

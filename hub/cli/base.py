@@ -155,7 +155,8 @@ def _services(ctx: click.Context, *, as_actor: bool = True) -> Iterator[Any]:
             except NotFoundError as exc:
                 raise NotFoundError(with_fix(exc, acting_as=state.actor_name(),
                                              defaulted=state.actor is None)) from exc
-        yield ServiceContext(session, utc_now, actor, keys, cfg.releases_dir, via=LOCAL_ADMIN)
+        sc = ServiceContext(session, utc_now, actor, keys, cfg.releases_dir, via=LOCAL_ADMIN)
+        yield sc
         session.commit()
     except NotFoundError as exc:
         session.rollback()
@@ -167,6 +168,11 @@ def _services(ctx: click.Context, *, as_actor: bool = True) -> Iterator[Any]:
         sys.exit(1)
     except HubError as exc:
         session.rollback()
+        if exc.audit is not None:  # a refusal the audit log keeps (hub.errors)
+            from hub.services.audit import record_refusal
+
+            record_refusal(sc, exc)
+            session.commit()
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     finally:

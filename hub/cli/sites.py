@@ -3,6 +3,7 @@ enrolled in them (rules in ``hub.services.environments`` and ``hub.services.agen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ def environments_list(ctx: click.Context, as_json: bool) -> None:
                 "name": e.name,
                 "required_approvals": e.required_approvals,
                 "adhoc_required_approvals": e.adhoc_required_approvals,
+                "preflight_within_h": e.preflight_within_h,
                 "description": e.description,
             }
             for e in list_environments(sc.session)
@@ -86,23 +88,54 @@ def environments_adhoc_policy(ctx: click.Context, name: str, required: int | Non
     """Show or set NAME's ad-hoc policy: how many approvals a one-off run needs there
     (docs/operations.md "Ad-hoc policy"). Admins only; audited. Releases keep NAME's rule."""
     from hub.services.adhoc_policy import describe_policy, set_adhoc_policy
+
+    _policy_command(ctx, name, required, clear, as_json, option="--required",
+                    field="adhoc_required_approvals", setter=set_adhoc_policy,
+                    describe=describe_policy)
+
+
+def _policy_command(ctx: click.Context, name: str, value: int | None, clear: bool,
+                    as_json: bool, *, option: str, field: str,
+                    setter: Callable[[Any, str, int | None], Any],
+                    describe: Callable[[Any], str]) -> None:
+    """Show NAME's policy (``field``), or set ``value`` / clear it with ``setter`` (the
+    service checks the grant and audits)."""
     from hub.services.environments import get_environment
     from hub.services.users import require
 
-    if clear and required is not None:
-        raise click.UsageError("--clear takes no --required")
+    if clear and value is not None:
+        raise click.UsageError(f"--clear takes no {option}")
     with _services(ctx) as sc:
-        if clear or required is not None:
-            env = set_adhoc_policy(sc, name, None if clear else required)
+        if clear or value is not None:
+            env = setter(sc, name, None if clear else value)
         else:
             env = get_environment(sc.session, name)
             require(sc.actor, "view", env)
-        row = {"environment": env.name, "adhoc_required_approvals": env.adhoc_required_approvals,
-               "policy": describe_policy(env)}
+        row = {"environment": env.name, field: getattr(env, field), "policy": describe(env)}
     if as_json:
         _emit(row, True)
     else:
         click.echo(f"environment {row['environment']}: {row['policy']}")
+
+
+@environments.command("preflight-policy")
+@click.argument("name")
+@click.option("--within", "within_h", type=int, default=None,
+              help="Every deployment to NAME needs a preflight plan of its release passed on "
+                   "each target agent within this many hours.")
+@click.option("--clear", is_flag=True, help="Deployments to NAME need no passed plan again.")
+@json_option
+@click.pass_context
+def environments_preflight_policy(ctx: click.Context, name: str, within_h: int | None,
+                                  clear: bool, as_json: bool) -> None:
+    """Show or set NAME's preflight policy (docs/rollouts.md "Preflight policy of an
+    environment"): `deployments queue`, the web and API, rollouts and channels all obey it.
+    Admins only; audited."""
+    from hub.services.environments import describe_preflight_policy, set_preflight_policy
+
+    _policy_command(ctx, name, within_h, clear, as_json, option="--within",
+                    field="preflight_within_h", setter=set_preflight_policy,
+                    describe=describe_preflight_policy)
 
 
 @hub.group()

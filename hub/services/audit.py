@@ -48,7 +48,7 @@ from hub.audit_chain import (
 )
 from hub.audit_mac import CONNECTION_KEY, AuditMacKey
 from hub.db import AuditCheckpoint, AuditEvent, AuditHead, Environment
-from hub.errors import AuditError, AuditVerificationError, ConfigError
+from hub.errors import AuditError, AuditVerificationError, ConfigError, HubError
 from hub.faults import crash_point
 from hub.services.context import HubKeys, ServiceContext
 from signing.errors import SigningError, StrictJSONError
@@ -71,6 +71,7 @@ __all__ = [
     "lock_head",
     "mac_key",
     "record",
+    "record_refusal",
     "search_events",
     "verify_database",
     "write_checkpoint",
@@ -319,6 +320,17 @@ def record(
     return append_event(
         ctx.session, ctx.now(), ctx.actor_name, action, object_type, object_id, details, mac=mac
     )
+
+
+def record_refusal(ctx: ServiceContext, exc: HubError) -> bool:
+    """Record the audit event a refusal carries (``exc.audit``, hub.errors), after the
+    caller rolled the refused work back; the caller commits. False: nothing to record."""
+    event = exc.audit
+    if event is None:
+        return False
+    record(ctx, event.action, event.target_type, event.target_id,
+           {**event.details, "refused": str(exc)[:2000]})
+    return True
 
 
 #: The columns of an event in :data:`hub.audit_chain.EventRow` order.

@@ -169,6 +169,9 @@ def declare_lost(ctx: ServiceContext, deployment_id: int, reason: str, *,
 def _requeue(ctx: ServiceContext, dep: Deployment) -> Deployment:
     """Queue ``dep``'s release again for the same agent (or environment)."""
     require_ctx(ctx, "deployment.queue", dep.environment)
+    from hub.services.plans import require_passed_plan
+
+    require_passed_plan(ctx, dep.release, dep.environment, [dep.agent] if dep.agent else [])
     now = ctx.now()
     again = Deployment(release=dep.release, environment=dep.environment, agent=dep.agent,
                        state="queued", queued_by=ctx.actor_name, queued_at=now,

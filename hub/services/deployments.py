@@ -251,7 +251,9 @@ def queue_deployment(ctx: ServiceContext, release: Release, environment: str,
         InvalidStateError (release not approved, or recalled from a channel),
         NotEnoughApprovalsError (fewer distinct
         non-author approvers than the environment requires), ConflictError (already
-        queued or in flight for that agent).
+        queued or in flight for that agent), PreflightRequiredError (the environment's
+        preflight policy is not met: :func:`hub.services.plans.require_passed_plan`, audited
+        ``deployment.refused``).
     """
     session = ctx.session
     env = get_environment(session, environment)
@@ -301,6 +303,10 @@ def queue_deployment(ctx: ServiceContext, release: Release, environment: str,
         if (agent.id if agent else None) in busy:
             who = f"agent {agent.agent_id}" if agent else f"environment {env.name}"
             raise ConflictError(f"release {release.label} is already queued or in flight for {who}")
+    if rule is None:  # an ad-hoc run follows the environment's ad-hoc policy instead
+        from hub.services.plans import require_passed_plan
+
+        require_passed_plan(ctx, release, env, [a for a in targets if a is not None])
     now = ctx.now()
     created = []
     for agent in targets:

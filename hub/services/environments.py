@@ -18,18 +18,22 @@ from hub.services.context import ServiceContext
 from hub.services.users import can, require
 
 __all__ = [
+    "MAX_PREFLIGHT_HOURS",
     "MAX_REQUIRED_APPROVALS",
     "create_environment",
+    "describe_preflight_policy",
     "environment_for",
     "get_environment",
     "latest_deployments",
     "list_environments",
+    "set_preflight_policy",
     "set_required_approvals",
     "viewable_environments",
     "visible_environments",
 ]
 
 MAX_REQUIRED_APPROVALS = 10  # distinct approvers an environment may demand
+MAX_PREFLIGHT_HOURS = 24 * 30  # the longest preflight policy (as a rollout's gate)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
@@ -152,4 +156,36 @@ def set_required_approvals(ctx: ServiceContext, name: str, required_approvals: i
         name,
         {"from": before, "to": required_approvals},
     )
+    return env
+
+
+def describe_preflight_policy(env: Environment) -> str:
+    """``deployments need a preflight plan passed on each agent within 24 h`` / ``no
+    preflight policy …``."""
+    if not env.preflight_within_h:
+        return ("no preflight policy: deployments need no passed plan (a rollout or channel "
+                "rule may still ask for one)")
+    return (f"every deployment needs a preflight plan of its release passed on each target "
+            f"agent within {env.preflight_within_h} h")
+
+
+def set_preflight_policy(ctx: ServiceContext, name: str, within_h: int | None) -> Environment:
+    """Set (``within_h`` hours) or clear (None) ``name``'s preflight policy, which every path
+    queueing a deployment there obeys (:func:`hub.services.plans.deploy_waits`); audited
+    ``environment.preflight_policy``.
+
+    Raises:
+        PermissionDeniedError (not an admin of the environment), NotFoundError,
+        ValidationError (hours out of range).
+    """
+    env = get_environment(ctx.session, name)
+    require(ctx.actor, "environment.update", env)
+    if within_h is not None and not 1 <= within_h <= MAX_PREFLIGHT_HOURS:
+        raise ValidationError(f"environment {name}: a preflight policy of {within_h} h: give "
+                              f"1 … {MAX_PREFLIGHT_HOURS} hours (or clear it)")
+    before = env.preflight_within_h
+    env.preflight_within_h = within_h
+    ctx.session.flush()
+    audit.record(ctx, "environment.preflight_policy", "environment", name,
+                 {"from": before, "to": within_h, "policy": describe_preflight_policy(env)})
     return env

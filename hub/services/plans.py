@@ -42,7 +42,13 @@ from sqlalchemy.orm import Session
 from bundle.manifest import Target
 from bundle.writer import plan_manifest, write_bundle
 from hub.db import Agent, Environment, PlanBundle, PlanOutcome, Release
-from hub.errors import ConfigError, NotEnoughApprovalsError, ValidationError
+from hub.errors import (
+    ConfigError,
+    NotEnoughApprovalsError,
+    PreflightRequiredError,
+    RefusalEvent,
+    ValidationError,
+)
 from hub.services import audit
 from hub.services.agents import get_agent
 from hub.services.approval_export import bundle_approvals
@@ -51,8 +57,9 @@ from hub.services.environments import get_environment
 from hub.services.export import _check_release_files, _roots_up_to
 from hub.services.users import require_ctx
 
-__all__ = ["DEFAULT_EXPIRES", "PLAN_STATUSES", "PlanReport", "create_plan", "latest_outcomes",
-           "outcomes_json", "preflight_waits", "record_outcome"]
+__all__ = ["DEFAULT_EXPIRES", "PLAN_STATUSES", "PlanReport", "create_plan", "deploy_waits",
+           "latest_outcomes", "outcomes_json", "preflight_waits", "record_outcome",
+           "require_passed_plan"]
 
 #: How long a plan stays valid at the sites by default.
 DEFAULT_EXPIRES = timedelta(hours=24)
@@ -216,9 +223,11 @@ def record_outcome(ctx: ServiceContext, agent: Agent, bundle_id: str, status: st
     audit.record(ctx, "plan.outcome", "release", str(plan.release_id), {
         "plan": plan.id, "agent": agent.agent_id, "status": row.status,
         "failed": [c["summary"] for c in row.checks if c["status"] == "failed"][:20]})
+    from hub.services.promotion import advance_release
     from hub.services.rollouts import after_plan
 
     after_plan(ctx, plan.release)
+    advance_release(ctx, plan.release)  # planned deployments may wait for the policy
     return None
 
 
@@ -253,6 +262,45 @@ def preflight_waits(session: Session, release: Release, agents: Sequence[Agent],
                        f"made at {found.plan.created_at:%Y-%m-%d %H:%M} UTC, more than "
                        f"{hours} ago; plan again")
     return out
+
+
+def deploy_waits(session: Session, release: Release, env: Environment, agents: Sequence[Agent],
+                 now: datetime, *, within_h: int | None = None) -> list[str]:
+    """The one preflight gate of queueing ``release`` for ``agents`` of ``env``, whoever
+    queues it (``deployments queue``, the web Deploy form, the API, a rollout's batch, a
+    channel's planned deployment, a lost bundle queued again): the environment's policy
+    (``Environment.preflight_within_h``) and a rollout's own ``within_h`` — the stricter
+    counts. What keeps it closed, one sentence per agent (empty: open, or no gate)."""
+    hours = [h for h in (env.preflight_within_h, within_h) if h]
+    if not hours:
+        return []
+    if not agents:
+        return [f"environment {env.name} has no enrolled agent, so no preflight plan of "
+                f"{release.label} can pass there"]
+    return preflight_waits(session, release, agents, timedelta(hours=min(hours)), now)
+
+
+def require_passed_plan(ctx: ServiceContext, release: Release, env: Environment,
+                        agents: Sequence[Agent]) -> None:
+    """Refuse to queue ``release`` for ``agents`` of ``env`` while its preflight policy is
+    not met (:func:`deploy_waits`). The refusal names the release, each agent and what is
+    missing, and is audited (``deployment.refused``) although nothing is queued.
+
+    Raises:
+        PreflightRequiredError.
+    """
+    waits = deploy_waits(ctx.session, release, env, agents, ctx.now())
+    if not waits:
+        return
+    assert env.preflight_within_h
+    message = (f"environment {env.name} requires a preflight plan of {release.label} passed "
+               f"on every target agent within {env.preflight_within_h} h: "
+               f"{'; '.join(waits)}; nothing queued")
+    raise PreflightRequiredError(message, audit=RefusalEvent(
+        "deployment.refused", "release", str(release.id),
+        {"release": release.label, "content_hash": release.content_hash,
+         "environment": env.name, "agents": [a.agent_id for a in agents],
+         "rule": f"preflight within {env.preflight_within_h} h", "missing": waits[:50]}))
 
 
 def outcomes_json(session: Session, release: Release) -> list[dict[str, Any]]:

@@ -457,13 +457,19 @@ def approval_check(session: Session, dep: Deployment, now: datetime) -> RuleChec
 def waiting_for(session: Session, dep: Deployment, now: datetime) -> list[str]:
     """Why planned deployment ``dep`` is not queued yet (empty: nothing).
 
-    Today: the hub's approval rule (:func:`approval_check`). (Windows and freezes are
+    The hub's approval rule (:func:`approval_check`) and the environment's preflight
+    policy (:func:`hub.services.plans.deploy_waits`). (Windows and freezes are
     ``hub.services.readiness``'s.)
     """
     if dep.release.state != "approved":  # rejected after it was planned
         return [f"release {dep.release.label} is {dep.release.state}"]
     check = approval_check(session, dep, now)
-    return [] if check.met else [f"approvals: {check.summary()}"]
+    if not check.met:
+        return [f"approvals: {check.summary()}"]
+    from hub.services.plans import deploy_waits
+
+    return [f"preflight: {w}" for w in deploy_waits(
+        session, dep.release, dep.environment, [dep.agent] if dep.agent else [], now)]
 
 
 def advance_planned(ctx: ServiceContext, deployments: list[Deployment]) -> list[Deployment]:

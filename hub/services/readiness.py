@@ -74,6 +74,11 @@ def waiting_for(session: Session, deployment: Deployment, now: datetime) -> list
     reasons = _approvals(deployment, now, sub)
     if deployment.state == "planned":
         reasons += _channel(session, deployment, sub)
+        from hub.services.plans import deploy_waits  # the environment's preflight policy
+
+        reasons += [Reason("preflight", f"preflight: {w}") for w in deploy_waits(
+            session, deployment.release, deployment.environment,
+            [deployment.agent] if deployment.agent else [], now)]
     gate = gate_for(session, deployment, now)
     reasons += _freeze_and_window(gate, deployment)
     pending = [o for o in list_overrides(session, deployment) if o.state == "requested"]

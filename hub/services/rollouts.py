@@ -860,14 +860,21 @@ def confirm_gate(ctx: ServiceContext, rollout: Rollout) -> list[str]:
 
 def _preflight_waits(session: Session, rollout: Rollout, targets: Sequence[RolloutTarget],
                      now: datetime) -> list[str]:
-    """The strategy's preflight gate for the targets not queued yet (empty: open)."""
+    """The preflight gate for the targets not queued yet (empty: open): the strategy's
+    hours and each target environment's policy, through the one gate of every queueing
+    (:func:`hub.services.plans.deploy_waits`)."""
     within = Strategy.from_json(rollout.strategy).preflight_within_h
-    waiting = [t.agent for t in targets if t.deployment_id is None]
-    if within is None or not waiting:
-        return []
-    from hub.services.plans import preflight_waits
+    by_env: dict[int, list[Agent]] = {}
+    for t in targets:
+        if t.deployment_id is None:
+            by_env.setdefault(t.agent.environment_id, []).append(t.agent)
+    from hub.services.plans import deploy_waits
 
-    return preflight_waits(session, rollout.release, waiting, timedelta(hours=within), now)
+    out: list[str] = []
+    for agents in by_env.values():
+        out += deploy_waits(session, rollout.release, agents[0].environment, agents, now,
+                            within_h=within)
+    return out
 
 
 def after_plan(ctx: ServiceContext, release: Release) -> list[str]:

@@ -205,6 +205,10 @@ def _run(view: Callable[..., Any], scope: str, kwargs: dict[str, Any]) -> Respon
         resp = _error(403, code, str(exc))
     except HubError as exc:
         db.session.rollback()
+        if exc.audit is not None:  # a refusal the audit log keeps (hub.errors)
+            from hub.services.audit import record_refusal
+
+            record_refusal(api_ctx(), exc)
         from web.views import status_for
 
         status = status_for(exc)

@@ -103,7 +103,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "DeploymentList": _list_of("deployments", "Deployment"),
     "Environment": _obj({"name": _STR, "description": _STR,
-                         "required_approvals": {"type": "integer", "minimum": 0}}),
+                         "required_approvals": {"type": "integer", "minimum": 0},
+                         "preflight_within_h": {"type": ["integer", "null"]}}),
     "EnvironmentList": _list_of("environments", "Environment"),
     "Agent": _obj({
         "agent_id": _STR, "environment": _STR,

@@ -86,7 +86,8 @@ def deployment_json(dep: Deployment) -> dict[str, Any]:
 
 def _environment_json(env: Environment) -> dict[str, Any]:
     return {"name": env.name, "description": env.description,
-            "required_approvals": env.required_approvals}
+            "required_approvals": env.required_approvals,
+            "preflight_within_h": env.preflight_within_h}
 
 
 def _agent_json(agent: Agent, now: datetime) -> dict[str, Any]:
