@@ -52,6 +52,7 @@ from hub.errors import (
 from hub.services import audit
 from hub.services.agents import get_agent
 from hub.services.approval_export import bundle_approvals
+from hub.services.approval_rules import check_rule
 from hub.services.context import ServiceContext
 from hub.services.environments import get_environment
 from hub.services.export import _check_release_files, _roots_up_to
@@ -160,6 +161,16 @@ def create_plan(ctx: ServiceContext, release: Release, *, environment: str | Non
                                "them report the release's check scripts skipped")
     if approvals:
         manifest = replace(manifest, approvals=tuple(approvals))
+    # A check script is the author's code: it rides along only when a deployment of the
+    # release could be queued here too (approved, meeting the environment's rule) — a site
+    # whose root delegates no approvals runs whatever check a plan names.
+    unapproved = _scripts_withheld(release, env, now)
+    if unapproved is not None and any("check" in step for step in manifest.steps):
+        manifest = replace(manifest, steps=tuple(
+            {k: v for k, v in step.items() if k != "check"} for step in manifest.steps))
+        note = "; ".join(filter(None, [note, (
+            f"the release's check scripts are left out: {unapproved}; a plan runs no code "
+            "a deployment could not — plan again once it is approved")]))
     name = f"{row.bundle_id}.tgb"
     dirs = ([out_dir] if out_dir is not None else
             [keys.data_dir / LIVE_SPOOL / a.agent_id for a in agents])  # type: ignore[operator]
@@ -191,6 +202,15 @@ def create_plan(ctx: ServiceContext, release: Release, *, environment: str | Non
                       f"agent {who}" if agent is not None else f"environment {who}",
                       tuple(written), tuple(a.agent_id for a in agents), row.expires_at,
                       len(approvals), note)
+
+
+def _scripts_withheld(release: Release, env: Environment, now: datetime) -> str | None:
+    """Why ``release``'s own check scripts may not travel in a plan for ``env`` (it is not
+    approved, or short of the environment's approval rule), or None."""
+    if release.state != "approved":
+        return f"{release.label} is {release.state}"
+    check = check_rule(release, env, now=now, inherited=False)
+    return None if check.met else check.summary()
 
 
 def record_outcome(ctx: ServiceContext, agent: Agent, bundle_id: str, status: str,

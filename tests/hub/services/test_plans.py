@@ -217,3 +217,54 @@ def test_the_newest_plan_counts_not_the_last_answer_to_arrive(world: World, rel:
     waits = preflight_waits(world.session, rel, agents, timedelta(hours=24), world.clock())
     assert waits == [f"a00: preflight plan {new.sequence} failed at 2026-11-23 09:00 UTC: "
                      "dry run rejected"]
+
+
+def _checked_release(world: World, tmp_path: Path, *approvers: str) -> Release:
+    from hub.services.approvals import approve_release
+    from hub.services.releases import create_product, create_release, submit_release
+
+    src = tmp_path / "checked"
+    src.mkdir()
+    (src / "up.sh").write_text("echo up\n")
+    (src / "look.sh").write_text("touch /tmp/anything-at-all\n")  # the author's code
+    (src / "release.toml").write_text(
+        'format = 1\n\n[release]\nproduct = "hello"\nversion = "3.0.0"\n\n[[steps]]\n'
+        'name = "up"\nkind = "shell"\nscript = "up.sh"\ncheck = "look.sh"\n')
+    create_product(world.ctx("dev"), "hello")
+    rel = create_release(world.ctx("dev"), src)
+    if approvers:
+        submit_release(world.ctx("dev"), rel)
+        for who in approvers:
+            approve_release(world.ctx(who), rel)
+    return rel
+
+
+def _plan_steps(path: Path) -> list[dict[str, object]]:
+    seen = inspect(path)
+    assert seen.manifest is not None
+    return [dict(s) for s in seen.manifest.steps]
+
+
+def test_a_plan_of_a_release_not_approved_for_the_environment_carries_no_check_script(
+        world: World, tmp_path: Path) -> None:
+    """A check script is the author's code, and a plan needs no approval: a plan of a draft
+    (or of a release short of the environment's approvals) ran it at every site whose root
+    delegates no approvals — the author and an operator (or one admin) ran unapproved code
+    there. Such a plan leaves the check scripts out and says so; once the release meets the
+    environment's rule, the next plan carries them."""
+    _fleet(world, 1)
+    draft = _checked_release(world, tmp_path)
+    assert draft.state == "draft"
+    report = create_plan(world.ctx("op"), draft, environment="test", out_dir=tmp_path / "m")
+    assert [s.get("check") for s in _plan_steps(report.files[0])] == [None]
+    assert report.note is not None and "check scripts are left out" in report.note
+    assert "hello 3.0.0 is draft" in report.note
+
+    from hub.services.approvals import approve_release
+    from hub.services.releases import submit_release
+
+    submit_release(world.ctx("dev"), draft)
+    approve_release(world.ctx("appr1"), draft)
+    report = create_plan(world.ctx("op"), draft, environment="test", out_dir=tmp_path / "n")
+    assert [s.get("check") for s in _plan_steps(report.files[0])] == ["look.sh"]
+    assert report.note is None
