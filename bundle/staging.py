@@ -22,9 +22,11 @@ import contextlib
 import errno
 import hashlib
 import os
+import queue
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, cast
@@ -43,9 +45,22 @@ from bundle.limits import Limits, format_bytes
 from bundle.manifest import FileEntry, Manifest
 from signing.fileio import fsync_dir
 
-__all__ = ["BUFFER_BYTES", "FILES_DIR", "READY_PREFIX", "ProgressFn", "Stager", "staged_name"]
+__all__ = [
+    "BUFFER_BYTES",
+    "FILES_DIR",
+    "PIPELINE_MIN_BYTES",
+    "READY_PREFIX",
+    "ProgressFn",
+    "Stager",
+    "staged_name",
+]
 
 BUFFER_BYTES = 1024 * 1024  # bytes per read, hash and write step
+PIPELINE_MIN_BYTES = 8 * 1024 * 1024  # compressed bytes from which staging uses threads
+_READ_AHEAD = 16  # members held ahead of the decompressor (each at most BUFFER_BYTES)
+_WRITE_AHEAD = 8  # decompressed chunks (at most BUFFER_BYTES each) queued for the writer
+_POLL_SECONDS = 0.1  # how often a blocked reader thread looks whether staging stopped
+_BEGIN, _DATA, _END = range(3)  # _OutputWriter queue items
 READY_PREFIX = "ready-"  # a staged bundle's directory: READY_PREFIX + envelope SHA-256
 FILES_DIR = "files"
 _WORK_PREFIX = ".verifying-"
@@ -61,12 +76,15 @@ def staged_name(index: int) -> str:
 
 
 class _CappedSink:
-    """Receives decompressed bytes: writes, hashes and counts them; refuses more than ``cap``."""
+    """Receives decompressed bytes: counts them and refuses more than ``cap``; writes and
+    hashes them itself, or hands them to ``writer``'s thread."""
 
-    def __init__(self, fd: int, cap: int, tick: Callable[[int], None]) -> None:
+    def __init__(self, fd: int, cap: int, tick: Callable[[int], None],
+                 writer: _OutputWriter | None = None) -> None:
         self._fd = fd
         self._cap = cap
         self._tick = tick
+        self._writer = writer
         self.sha = hashlib.sha256()
         self.size = 0
         self.overflow = False
@@ -75,14 +93,137 @@ class _CappedSink:
         if self.size + len(data) > self._cap:
             self.overflow = True
             raise DecompressionError("more output than the signed size")
-        _write_all(self._fd, data)
-        self.sha.update(data)
+        if self._writer is not None:
+            self._writer.write(data)
+        else:
+            _write_all(self._fd, data)
+            self.sha.update(data)
         self.size += len(data)
         self._tick(len(data))
         return len(data)
 
     def flush(self) -> None:
         pass
+
+
+class _Progress:
+    """``(stage, done, total)`` reports; only the staging thread reports, the reader thread
+    only counts (:meth:`add_quietly`), so a caller's callback never runs in another thread."""
+
+    def __init__(self, total: int, report: ProgressFn | None) -> None:
+        self.total = total
+        self._report = report
+        self._quiet = 0
+        self._done = 0
+        self.add(0)
+
+    def add(self, n: int) -> None:
+        self._done += n
+        if self._report is not None:
+            self._report("stage", self._done + self._quiet, self.total)
+
+    def add_quietly(self, n: int) -> None:
+        self._quiet += n
+
+
+class _Spool:
+    """The one spool file, reused for every member over ``BUFFER_BYTES`` (§9.4)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def reset(self) -> int:
+        if self._fd is None:
+            self._fd = _create_private(self.path, readable=True)
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        os.ftruncate(self._fd, 0)
+        return self._fd
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        assert self._fd is not None
+        return _fd_chunks(self._fd, size)
+
+    def remove(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
+class _OutputWriter:
+    """Hashes and writes decompressed output in a thread of its own (zstd, hashlib and file
+    writes release the GIL, so this runs beside the decompressor).
+
+    Per file: :meth:`begin` hands over its descriptor (closed by this thread), :meth:`write`
+    each chunk, :meth:`end`. :meth:`finished` returns ``(index, entry, sha256 hex)`` of the
+    files completely written since the last call, in order; :meth:`close` waits for the rest
+    and returns them with the first write error (also raised by the next :meth:`write`).
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[int, object] | None] = queue.Queue(maxsize=_WRITE_AHEAD)
+        self._lock = threading.Lock()
+        self._done: list[tuple[int, FileEntry, str]] = []
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="bundle-stage-write",
+                                        daemon=True)
+        self._thread.start()
+
+    def begin(self, fd: int, index: int, entry: FileEntry) -> None:
+        self._queue.put((_BEGIN, (fd, index, entry)))
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put((_DATA, data))
+
+    def end(self, complete: bool) -> None:
+        """The file is done; ``complete``: its digest counts (False after a failure)."""
+        self._queue.put((_END, complete))
+
+    def finished(self) -> list[tuple[int, FileEntry, str]]:
+        with self._lock:
+            done, self._done = self._done, []
+        return done
+
+    def close(self) -> tuple[list[tuple[int, FileEntry, str]], BaseException | None]:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        return self.finished(), self.error
+
+    def _run(self) -> None:
+        fd: int | None = None
+        index = 0
+        entry: FileEntry | None = None
+        sha = hashlib.sha256()
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            kind, value = item
+            try:
+                if kind == _BEGIN:
+                    fd, index, entry = cast(tuple[int, int, FileEntry], value)
+                    sha = hashlib.sha256()
+                elif kind == _DATA:
+                    data = cast(bytes, value)
+                    if self.error is None and fd is not None:
+                        _write_all(fd, data)
+                        sha.update(data)
+                elif fd is not None:
+                    os.close(fd)
+                    fd = None
+                    if value and self.error is None and entry is not None:
+                        with self._lock:
+                            self._done.append((index, entry, sha.hexdigest()))
+            except BaseException as exc:  # raised in the staging thread (write, close)
+                if self.error is None:
+                    self.error = exc
+        if fd is not None:
+            os.close(fd)
 
 
 class Stager:
@@ -136,71 +277,157 @@ class Stager:
     def stage_files(self, reader: ContainerReader, m: Manifest, work: Path) -> None:
         """§9.4–§9.5 for every payload member, in manifest order.
 
+        A bundle of at least :data:`PIPELINE_MIN_BYTES` compressed bytes is staged by three
+        threads (:meth:`_stage_pipelined`); a smaller one in the caller's thread alone. Both
+        do the same checks in the same order and raise the same first error.
+
         Raises:
             BundleFormatError / TruncatedError: a member header is wrong or data is missing.
             DigestMismatchError: a length or SHA-256 differs from the manifest.
             DecompressionError, LimitExceededError: the frame breaks §7 or the window cap.
         """
-        total = sum(f.compressed_size + f.size for f in m.files)
-        done = 0
-        report = self.progress
+        progress = _Progress(sum(f.compressed_size + f.size for f in m.files), self.progress)
+        spool = _Spool(work / _SPOOL)
+        try:
+            if sum(f.compressed_size for f in m.files) >= PIPELINE_MIN_BYTES:
+                self._stage_pipelined(reader, m, work, spool, progress)
+                return
+            for index, entry in enumerate(m.files, start=1):
+                memory = self._copy_member(reader, entry, spool, progress.add)
+                chunks = iter((memory,)) if memory is not None else spool.chunks(
+                    entry.compressed_size)
+                self._decompress(entry, chunks, work / FILES_DIR / staged_name(index),
+                                 progress.add)
+        finally:
+            spool.remove()
 
-        def tick(n: int) -> None:
-            nonlocal done
-            done += n
-            if report is not None:
-                report("stage", done, total)
+    def _copy_member(self, reader: ContainerReader, entry: FileEntry, spool: _Spool,
+                     tick: Callable[[int], None]) -> bytes | None:
+        """§9.4 for one member: its private copy, hashed. Returns the bytes when the member
+        is held in memory (at most ``BUFFER_BYTES``), None when it is in the spool."""
+        size = reader.expect_member(entry.member)
+        if size != entry.compressed_size:
+            raise DigestMismatchError(self._err(
+                f"payload {entry.name!r} ({entry.member}) is {size} bytes in the "
+                f"container, but the manifest signs {entry.compressed_size}"))
+        sha = hashlib.sha256()
+        memory: bytes | None = None
+        if size <= BUFFER_BYTES:
+            # A small member is held in memory: a private copy without file churn.
+            memory = reader.read_exact(size, f"member {entry.member}")
+            sha.update(memory)
+            tick(size)
+        else:
+            fd = spool.reset()
+            for chunk in reader.iter_data(size, entry.member, BUFFER_BYTES):
+                sha.update(chunk)
+                _write_all(fd, chunk)
+                tick(len(chunk))
+        reader.skip_padding(size, entry.member)
+        if sha.hexdigest() != entry.compressed_sha256:
+            raise DigestMismatchError(self._err(
+                f"payload {entry.name!r} ({entry.member}) does not match the signed "
+                "manifest (compressed SHA-256 differs)"))
+        return memory
 
-        tick(0)
-        spool_fd: int | None = None
+    def _stage_pipelined(self, reader: ContainerReader, m: Manifest, work: Path,
+                         spool: _Spool, progress: _Progress) -> None:
+        """The same steps as the one-thread loop, overlapped member by member.
+
+        A reader thread copies and hashes members (§9.4) up to ``_READ_AHEAD`` members
+        ahead; only members whose compressed SHA-256 matched reach this thread, which checks
+        the frame and decompresses them (§9.5); a writer thread hashes and writes the output
+        (:class:`_OutputWriter`). The one spool is reused only after its member has been
+        decompressed. Errors are raised in member order, as the one-thread loop raises them:
+        a reader error when this thread reaches its member, and before any later error, the
+        content digests of every earlier member.
+        """
+        ahead: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_READ_AHEAD)
+        stop = threading.Event()
+        spool_free = threading.Semaphore(1)
+
+        def hand_over(item: bytes | BaseException | None) -> bool:
+            while not stop.is_set():
+                try:
+                    ahead.put(item, timeout=_POLL_SECONDS)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def read_all() -> None:
+            try:
+                for entry in m.files:
+                    if entry.compressed_size > BUFFER_BYTES:
+                        while not spool_free.acquire(timeout=_POLL_SECONDS):
+                            if stop.is_set():
+                                return
+                    if stop.is_set() or not hand_over(
+                            self._copy_member(reader, entry, spool, progress.add_quietly)):
+                        return
+            except BaseException as exc:  # raised in this thread's turn, in member order
+                hand_over(exc)
+
+        out = _OutputWriter()
+        thread = threading.Thread(target=read_all, name="bundle-stage-read", daemon=True)
+        thread.start()
+        failure: BaseException | None = None
+        at = len(m.files) + 1  # the member that failed
         try:
             for index, entry in enumerate(m.files, start=1):
-                size = reader.expect_member(entry.member)
-                if size != entry.compressed_size:
-                    raise DigestMismatchError(self._err(
-                        f"payload {entry.name!r} ({entry.member}) is {size} bytes in the "
-                        f"container, but the manifest signs {entry.compressed_size}"))
-                sha = hashlib.sha256()
-                chunks: Iterator[bytes]
-                if size <= BUFFER_BYTES:
-                    # A small member is held in memory: a private copy without file churn.
-                    memory = reader.read_exact(size, f"member {entry.member}")
-                    sha.update(memory)
-                    tick(size)
-                    chunks = iter((memory,))
-                else:
-                    if spool_fd is None:
-                        spool_fd = _create_private(work / _SPOOL, readable=True)
-                    os.lseek(spool_fd, 0, os.SEEK_SET)
-                    os.ftruncate(spool_fd, 0)
-                    for chunk in reader.iter_data(size, entry.member, BUFFER_BYTES):
-                        sha.update(chunk)
-                        _write_all(spool_fd, chunk)
-                        tick(len(chunk))
-                    chunks = _fd_chunks(spool_fd, size)
-                reader.skip_padding(size, entry.member)
-                if sha.hexdigest() != entry.compressed_sha256:
-                    raise DigestMismatchError(self._err(
-                        f"payload {entry.name!r} ({entry.member}) does not match the signed "
-                        "manifest (compressed SHA-256 differs)"))
-                self._decompress(entry, chunks, work / FILES_DIR / staged_name(index), tick)
-        finally:
-            if spool_fd is not None:
-                os.close(spool_fd)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(work / _SPOOL)
+                at = index
+                item = ahead.get()
+                if isinstance(item, BaseException):
+                    raise item
+                chunks = iter((item,)) if item is not None else spool.chunks(
+                    entry.compressed_size)
+                self._decompress(entry, chunks, work / FILES_DIR / staged_name(index),
+                                 progress.add, out, index)
+                if item is None:
+                    spool_free.release()
+                bad = _first_mismatch(out.finished(), at)
+                if bad is not None:
+                    at = bad[0]
+                    raise self._content_differs(bad[1])
+            at = len(m.files) + 1
+        except BaseException as exc:
+            failure = exc
+        stop.set()
+        thread.join()
+        done, write_error = out.close()
+        # The content digests of members before the failing one come first, as in one thread.
+        bad = _first_mismatch(done, at - 1)
+        if bad is not None:
+            raise self._content_differs(bad[1]) from failure
+        if failure is not None:
+            raise failure
+        if write_error is not None:
+            raise write_error
+
+    def _content_differs(self, entry: FileEntry) -> DigestMismatchError:
+        return DigestMismatchError(self._err(
+            f"payload {entry.name!r} ({entry.member}) does not match the signed manifest "
+            "(content SHA-256 differs)"))
 
     def _decompress(self, entry: FileEntry, chunks: Iterator[bytes], out: Path,
-                    tick: Callable[[int], None]) -> None:
+                    tick: Callable[[int], None], writer: _OutputWriter | None = None,
+                    index: int = 0) -> None:
         """§9.5: exactly one frame whose stated content size is the signed one, window capped,
-        output stopped past the signed size, content SHA-256 compared."""
+        output stopped past the signed size, content SHA-256 compared.
+
+        With ``writer``, the output is hashed and written by the writer's thread, and the
+        content SHA-256 is compared when the writer has finished it
+        (:meth:`_check_written`); the file descriptor is the writer's from then on."""
         what = f"payload {entry.name!r} ({entry.member})"
         scanner = FrameScanner()
         dctx = zstandard.ZstdDecompressor(max_window_size=self.limits.max_window_bytes)
         fd = _create_private(out)
+        if writer is not None:
+            writer.begin(fd, index, entry)
+        complete = False
         try:
-            sink = _CappedSink(fd, entry.size, tick)
-            writer = dctx.stream_writer(cast(IO[bytes], sink), write_size=BUFFER_BYTES,
+            sink = _CappedSink(fd, entry.size, tick, writer)
+            stream = dctx.stream_writer(cast(IO[bytes], sink), write_size=BUFFER_BYTES,
                                         closefd=False)
             pending: list[bytes] = []
             checked = False
@@ -218,9 +445,9 @@ class Stager:
                         if pending:
                             chunk = b"".join([*pending, chunk])
                             pending.clear()
-                    writer.write(chunk)
+                    stream.write(chunk)
                 scanner.finish()
-                writer.flush()  # type: ignore[no-untyped-call]
+                stream.flush()  # type: ignore[no-untyped-call]
             except DecompressionError as exc:
                 if sink.overflow:
                     raise DecompressionError(self._err(
@@ -234,12 +461,15 @@ class Stager:
                 raise DecompressionError(self._err(
                     f"{what} decompresses to {sink.size} bytes, but the manifest signs "
                     f"{entry.size}"))
-            if sink.sha.hexdigest() != entry.sha256:
-                raise DigestMismatchError(self._err(
-                    f"{what} does not match the signed manifest (content SHA-256 differs)"))
+            if writer is None and sink.sha.hexdigest() != entry.sha256:
+                raise self._content_differs(entry)
+            complete = True
             # No fsync per file: publish() makes the whole work directory durable at once.
         finally:
-            os.close(fd)
+            if writer is None:
+                os.close(fd)
+            else:
+                writer.end(complete)
 
     def _check_frame_header(self, entry: FileEntry, content_size: int, window: int) -> None:
         if content_size != entry.size:
@@ -275,6 +505,15 @@ class Stager:
         if self.durable:
             fsync_dir(self.staging_dir)
         return ready
+
+
+def _first_mismatch(done: list[tuple[int, FileEntry, str]],
+                    upto: int) -> tuple[int, FileEntry] | None:
+    """The first written member numbered ``upto`` or lower whose content SHA-256 differs."""
+    for index, entry, digest in done:
+        if index <= upto and digest != entry.sha256:
+            return index, entry
+    return None
 
 
 def _create_private(path: Path, *, readable: bool = False) -> int:
