@@ -1,7 +1,9 @@
 """Run the hub's Alembic migrations programmatically (no ``alembic.ini``).
 
 ``hub init`` and :func:`hub.app.create_app` call :func:`upgrade` to bring the database to
-head; tests call it on empty SQLite and PostgreSQL databases. This module does not create
+head, and every console command calls :func:`ensure_current` (a newer hub installed over an
+older database migrates it before the first query, instead of failing on a missing column);
+tests call it on empty SQLite and PostgreSQL databases. This module does not create
 databases themselves (the operator or the fixture does).
 """
 
@@ -11,11 +13,13 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 from hub.db import make_engine
 
-__all__ = ["MIGRATIONS_DIR", "alembic_config", "upgrade"]
+__all__ = ["MIGRATIONS_DIR", "alembic_config", "ensure_current", "upgrade"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -37,3 +41,16 @@ def upgrade(target: Engine | str, revision: str = "head") -> None:
     finally:
         if isinstance(target, str):
             engine.dispose()
+
+
+def ensure_current(engine: Engine) -> tuple[str | None, str] | None:
+    """Bring the database behind ``engine`` to head when it is behind: (the revision it was
+    at, head) when it migrated, None when it was current already (one small query)."""
+    cfg = alembic_config(engine)
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    if head is None or current == head:
+        return None
+    command.upgrade(cfg, "head")
+    return current, head

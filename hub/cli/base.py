@@ -127,6 +127,25 @@ def _config(state: CliState) -> Any:
     return load_config(state.data_dir)
 
 
+def _migrate(engine: Any) -> None:
+    """A newer hub on an older database: migrate it before the command's first query (as
+    ``hub serve`` does), saying so; a migration that fails stops the command."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from hub.migrate import ensure_current
+
+    try:
+        moved = ensure_current(engine)
+    except SQLAlchemyError as exc:
+        click.echo(f"error: the hub database {engine.url.render_as_string(hide_password=True)} "
+                   f"cannot be migrated to this hub's schema: {exc.__class__.__name__}: "
+                   f"{str(exc).splitlines()[0][:300]}", err=True)
+        sys.exit(2)
+    if moved is not None:
+        click.echo(f"migrated the hub database from revision {moved[0] or 'none'} to "
+                   f"{moved[1]} (this hub is newer than the database was)", err=True)
+
+
 @contextlib.contextmanager
 def _services(ctx: click.Context, *, as_actor: bool = True) -> Iterator[Any]:
     """Open a session, build the service context, commit on success, roll back on error."""
@@ -146,6 +165,8 @@ def _services(ctx: click.Context, *, as_actor: bool = True) -> Iterator[Any]:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     engine = make_engine(cfg.database_url, audit_mac=keys.audit_mac)
+    if cfg.run_migrations:
+        _migrate(engine)
     session = make_session_factory(engine)()
     try:
         actor = None

@@ -657,3 +657,36 @@ def test_init_refuses_a_bad_local_sign_in_and_creates_nothing(
                                        "--insecure-no-passphrase", *args], input=stdin)
     assert result.exit_code == 2 and message in result.output
     assert not data.exists()
+
+
+def test_a_hub_command_after_an_upgrade_brings_the_database_to_the_new_schema_first(
+        hub_dir: Path) -> None:
+    """The operator installs a newer hub whose code needs a migration the database has not
+    had yet, then runs a console command (the Helm chart's init container runs
+    `hub environments list` for exactly this). It used to die with a raw
+    `sqlalchemy.exc.OperationalError: no such column …` traceback (and the pod never
+    started); it migrates first, says so, and works."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from hub.config import load_config
+    from hub.db import make_engine
+    from hub.migrate import alembic_config
+
+    engine = make_engine(load_config(hub_dir).database_url)
+    try:
+        command.downgrade(alembic_config(engine), "-1")  # as the hub before the upgrade left it
+        with engine.connect() as conn:
+            before = MigrationContext.configure(conn).get_current_revision()
+        head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+        assert before != head
+        out = run(hub_dir, "environments", "create", "prod")
+        assert f"migrated the hub database from revision {before} to {head}" in out.stderr
+        listed = run(hub_dir, "environments", "list", "--json")
+        assert "prod" in [e["name"] for e in json.loads(listed.stdout)]
+        assert "migrated" not in listed.stderr  # once only
+        with engine.connect() as conn:
+            assert MigrationContext.configure(conn).get_current_revision() == head
+    finally:
+        engine.dispose()
