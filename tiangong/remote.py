@@ -20,6 +20,7 @@ Exit codes: 0 success; 1 the hub refused (the message is the hub's: scope, role,
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import ssl
@@ -27,6 +28,8 @@ import stat
 import sys
 import tarfile
 import tempfile
+import time
+import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -38,7 +41,7 @@ from typing import IO, Any
 
 import click
 
-from tiangong import rule_text
+from tiangong import rule_text, run_text
 from tiangong.output import done, emit
 
 __all__ = ["remote"]
@@ -592,3 +595,271 @@ def freezes_end(ctx: click.Context, rule_id: int, reason: str, as_json: bool) ->
     released (scope admin)."""
     row = _run(ctx, "POST", f"/freezes/{rule_id}/end", body={"reason": reason})
     done(as_json, rule_text.ended(rule_id, row), row)
+
+
+# --- ad-hoc runs (docs/operations.md "Ad-hoc runs") -----------------------------------------
+
+POLL_SECONDS = 0.5  # seconds between two polls of a followed run (as `tiangong run --follow`)
+
+
+@remote.group("run")
+def run_group() -> None:
+    """Run one SQL, shell, Kubernetes or HTTP file on one agent through the hub's audited
+    release path, as `tiangong run` does on the hub's machine (scopes releases:write and
+    deploy; the developer role, and operator in the agent's environment, or admin).
+
+    The hub creates and submits a one-off release of product adhoc and applies the
+    environment's ad-hoc policy: when it is met the run is queued and the hub's live server
+    delivers it when the agent is online (--follow prints its live log and result);
+    otherwise the command says which approval it waits for and exits 1, and `remote run
+    ship VERSION --agent A` ships it once approved. Media (`tiangong run --out`) is made on
+    the hub's machine: `tiangong hub export --agent A` or the web Media page.
+    """
+
+
+def _duration_s(text: str, option: str) -> float:
+    from signing.durations import parse_duration
+
+    try:
+        return float(parse_duration(text))
+    except ValueError as exc:
+        raise click.UsageError(f"{option} {text!r}: {exc}") from exc
+
+
+def _run_shared(f: Any) -> Any:
+    """The options every remote run command shares (those of `tiangong run` that do not
+    write on the hub's machine), in the order --help shows them."""
+    for option in (
+        json_option,
+        run_text.follow_options("Print the agent's live log, then the verified result; exit "
+                                "0 only when it succeeded."),
+        run_text.agent_option,
+    ):
+        f = option(f)
+    return f
+
+
+_run_reason = click.option("--reason", default="",
+                           help="Why (at most 1000 characters; into the release's description "
+                                "and the audit log).")
+
+
+def _file_fields(script: Path | None) -> dict[str, Any]:
+    if script is None:
+        return {}
+    try:
+        data = script.read_bytes()
+    except OSError as exc:
+        click.echo(f"error: {script}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
+    return {"file_name": script.name, "content_base64": base64.b64encode(data).decode()}
+
+
+def _follow(ctx: click.Context, deployment: int, agent_id: str, follow_timeout: str,
+            as_json: bool, row: dict[str, Any]) -> None:
+    """Poll ``GET /deployments/{id}/progress`` until the run is final or --follow-timeout
+    passed (each poll bounded by --timeout); print as `tiangong run --follow` does."""
+    waited_s = _duration_s(follow_timeout, "--follow-timeout")
+    deadline = time.monotonic() + waited_s
+    after, said_offline = -1, False
+    lines: list[dict[str, Any]] = []
+    while True:
+        progress = _run(ctx, "GET", f"/deployments/{deployment}/progress?after={after}")
+        after = progress["last_seq"]
+        for line in progress["lines"]:
+            lines.append(line)
+            if not as_json:
+                run_text.echo_line(line)
+        if not progress["agent_online"] and not said_offline and not progress["done"]:
+            said_offline = True
+            if not as_json:
+                run_text.not_online(agent_id)
+        if progress["done"] or time.monotonic() > deadline:
+            break
+        time.sleep(POLL_SECONDS)
+    if as_json:
+        emit({**row, "state": progress["state"], "done": progress["done"], "lines": lines,
+              "result": progress["result"]}, True)
+    else:
+        run_text.echo_outcome(deployment, progress["state"], progress["done"],
+                              progress["result"], int(waited_s),
+                              f"tiangong remote deployments show {deployment}")
+    if not (progress["done"] and progress["state"] == "succeeded"):
+        sys.exit(1)
+
+
+def _after_ship(ctx: click.Context, answer: dict[str, Any], follow: bool,
+                follow_timeout: str, as_json: bool) -> None:
+    """Report a run the hub shipped (or not): queued, followed, or what it waits for."""
+    product, version, agent_id = answer["product"], answer["version"], answer["agent"]
+    if not answer["shipped"]:
+        if as_json:
+            emit(answer, True)
+        click.echo(f"error: {answer['waiting_for']}", err=True)
+        sys.exit(1)
+    if follow:
+        _follow(ctx, answer["deployment"], agent_id, follow_timeout, as_json, answer)
+    elif as_json:
+        emit({**answer, "queued": True}, True)
+    else:
+        click.echo(run_text.queued(product, version, answer["deployment"], agent_id))
+
+
+def _remote_run(ctx: click.Context, body: dict[str, Any], script: Path | None, follow: bool,
+                follow_timeout: str, as_json: bool) -> None:
+    _duration_s(follow_timeout, "--follow-timeout")  # a usage error before anything is sent
+    answer = _run(ctx, "POST", "/runs", body={
+        **{k: v for k, v in body.items() if v not in (None, "", [], {})},
+        **_file_fields(script)})
+    if not as_json:
+        what = script.name if script is not None else str(body.get("url", ""))
+        click.echo(run_text.created(answer["product"], answer["version"], body["kind"], what,
+                                    answer["agent"], answer["environment"],
+                                    origin=answer.get("template", "")))
+    _after_ship(ctx, answer, follow, follow_timeout, as_json)
+
+
+def _kind_command(kind: str) -> None:
+    """``remote run KIND``: the options of ``tiangong run KIND`` (tiangong/run_text.py), but
+    ``--out``/``--expires``, and ``--reason``."""
+
+    @run_group.command(kind, help=run_text.KIND_HELP[kind])
+    @run_text.kind_options(kind)
+    @_run_reason
+    @_run_shared
+    @click.pass_context
+    def command(ctx: click.Context, /, reason: str, agent_id: str, follow: bool,
+                follow_timeout: str, as_json: bool, **options: Any) -> None:
+        script, opts = run_text.step_options(options)
+        _remote_run(ctx, {"kind": kind, "agent": agent_id, "reason": reason, **opts},
+                    script, follow, follow_timeout, as_json)
+
+
+for _kind in ("sql", "shell", "k8s", "http"):
+    _kind_command(_kind)
+
+
+@run_group.command("ship")
+@click.argument("version")
+@_run_shared
+@click.pass_context
+def run_ship(ctx: click.Context, version: str, agent_id: str, follow: bool,
+             follow_timeout: str, as_json: bool) -> None:
+    """Ship ad-hoc release VERSION once approved: queue it for --agent, for the hub's live
+    server (--follow to watch it)."""
+    _duration_s(follow_timeout, "--follow-timeout")
+    answer = _run(ctx, "POST", f"/runs/{_q(version)}/ship", body={"agent": agent_id})
+    _after_ship(ctx, answer, follow, follow_timeout, as_json)
+
+
+# --- job templates (docs/operations.md "Job templates") -------------------------------------
+
+
+@remote.group("templates")
+def templates_group() -> None:
+    """Script and job templates with typed parameters, as `tiangong hub templates` (list
+    and show: scope read; add and release: releases:write and the developer role; run:
+    releases:write and deploy, and operator in the agent's environment)."""
+
+
+def _template_query(name: str) -> tuple[str, int | None]:
+    base, version = run_text.split_name(name)
+    return f"/templates/{_q(base)}", version
+
+
+@templates_group.command("list")
+@json_option
+@click.pass_context
+def templates_list(ctx: click.Context, as_json: bool) -> None:
+    """The newest version of every template."""
+    rows = _run(ctx, "GET", "/templates")["templates"]
+    emit(rows if as_json else run_text.template_rows(rows), as_json)
+
+
+@templates_group.command("show")
+@click.argument("name")
+@json_option
+@click.pass_context
+def templates_show(ctx: click.Context, name: str, as_json: bool) -> None:
+    """One template (NAME or NAME@VERSION): its step, parameters and file."""
+    path, version = _template_query(name)
+    row = _run(ctx, "GET", path + (f"?version={version}" if version is not None else ""))
+    if as_json:
+        emit({k: v for k, v in row.items() if k != "described"}, True)
+    else:
+        run_text.echo_template(row)
+
+
+@templates_group.command("add")
+@click.argument("definition", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+@click.pass_context
+def templates_add(ctx: click.Context, definition: Path, as_json: bool) -> None:
+    """Store DEFINITION (a TOML file next to its script) as the next version of its
+    template; the hub checks it by every rule of `tiangong hub templates add`."""
+    try:
+        text = definition.read_text(encoding="utf-8")
+        named = tomllib.loads(text).get("file")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        click.echo(f"error: {definition}: not a readable TOML file: {exc}", err=True)
+        sys.exit(2)
+    if not isinstance(named, str) or not named or "/" in named:
+        click.echo(f"error: {definition}: file must name a file next to the definition",
+                   err=True)
+        sys.exit(2)
+    try:
+        content = (definition.parent / named).read_bytes()
+    except OSError as exc:
+        click.echo(f"error: {definition}: file {definition.parent / named}: "
+                   f"{exc.strerror or exc}", err=True)
+        sys.exit(2)
+    row = _run(ctx, "POST", "/templates", body={
+        "definition_name": definition.name, "definition": text, "file_name": named,
+        "content_base64": base64.b64encode(content).decode()})
+    done(as_json, run_text.template_added(row), row)
+
+
+@templates_group.command("run")
+@click.argument("name")
+@run_text.param_option
+@_run_shared
+@click.pass_context
+def templates_run(ctx: click.Context, name: str, params: tuple[str, ...], agent_id: str,
+                  follow: bool, follow_timeout: str, as_json: bool) -> None:
+    """Run template NAME (or NAME@VERSION) on one agent, as `tiangong remote run` would.
+    The values are checked first: a bad one creates and queues nothing."""
+    path, version = _template_query(name)
+    _duration_s(follow_timeout, "--follow-timeout")
+    answer = _run(ctx, "POST", f"{path}/runs", body={
+        "agent": agent_id, "params": run_text.param_values(params), "version": version})
+    if not as_json:
+        click.echo(run_text.created(answer["product"], answer["version"], "", "",
+                                    agent_id, answer["environment"],
+                                    origin=answer["template"]))
+    _after_ship(ctx, answer, follow, follow_timeout, as_json)
+
+
+@templates_group.command("release")
+@click.argument("name")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--product", required=True)
+@click.option("--version", "release_version", required=True)
+@run_text.param_option
+@json_option
+@click.pass_context
+def templates_release(ctx: click.Context, name: str, out: Path, product: str,
+                      release_version: str, params: tuple[str, ...], as_json: bool) -> None:
+    """Write template NAME with its values as a release directory OUT (release.toml and the
+    rendered file), for `tiangong remote releases upload OUT`."""
+    if out.exists() and any(out.iterdir()):
+        raise click.UsageError(f"{out} is not empty")
+    path, version = _template_query(name)
+    answer = _run(ctx, "POST", f"{path}/release", body={
+        "product": product, "release_version": release_version,
+        "params": run_text.param_values(params), "version": version})
+    out.mkdir(parents=True, exist_ok=True)
+    for file_name, data in answer["files"].items():
+        (out / Path(file_name).name).write_bytes(base64.b64decode(data))
+    row = {"template": answer["template"], "directory": str(out), "values": answer["values"]}
+    done(as_json, run_text.template_written(answer["template"], out,
+                                            "tiangong remote releases upload"), row)

@@ -15,8 +15,9 @@ from typing import Any
 
 import click
 
-from hub.cli.base import _emit, _services, hub, json_option
+from hub.cli.base import _done, _emit, _services, hub, json_option
 from hub.cli.run import _delivery, _ship, _shipping
+from tiangong import run_text
 
 __all__ = ["templates"]
 
@@ -27,36 +28,12 @@ def templates() -> None:
 
 
 def _row(t: Any) -> dict[str, Any]:
-    return {"name": t.name, "version": t.version, "kind": t.kind,
-            "description": t.description, "params": t.params, "step": t.step,
-            "file": t.file_name, "sha256": t.sha256, "created_by": t.created_by,
-            "created_at": t.created_at.isoformat()}
+    from hub.services.templates import template_json
+
+    return template_json(t)
 
 
-def _split(name: str) -> tuple[str, int | None]:
-    """``purge`` or ``purge@3``."""
-    base, sep, version = name.partition("@")
-    if not sep:
-        return base, None
-    if not version.isdigit():
-        raise click.UsageError(f"{name!r}: write NAME or NAME@VERSION (a number)")
-    return base, int(version)
-
-
-def _params(values: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for value in values:
-        name, sep, text = value.partition("=")
-        if not sep or not name:
-            raise click.UsageError(f"--param {value!r}: write it as NAME=VALUE")
-        if name in out:
-            raise click.UsageError(f"--param {name} is given twice")
-        out[name] = text
-    return out
-
-
-_param = click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
-                      help="A parameter's value (repeatable).")
+_split, _params, _param = run_text.split_name, run_text.param_values, run_text.param_option
 
 
 @templates.command("add")
@@ -70,11 +47,7 @@ def templates_add(ctx: click.Context, definition: Path, as_json: bool) -> None:
 
     with _services(ctx) as sc:
         row = _row(add_template(sc, definition))
-    if as_json:
-        _emit(row, True)
-    else:
-        click.echo(f"template {row['name']} version {row['version']} added ({row['kind']}, "
-                   f"{len(row['params'])} parameter(s))")
+    _done(as_json, run_text.template_added(row), row)
 
 
 @templates.command("list")
@@ -86,12 +59,7 @@ def templates_list(ctx: click.Context, as_json: bool) -> None:
 
     with _services(ctx) as sc:
         rows = [_row(t) for t in list_templates(sc)]
-    if as_json:
-        _emit(rows, True)
-        return
-    _emit([{"name": r["name"], "version": r["version"], "kind": r["kind"],
-            "params": ", ".join(p["name"] for p in r["params"]),
-            "description": r["description"]} for r in rows], False)
+    _emit(rows if as_json else run_text.template_rows(rows), as_json)
 
 
 @templates.command("show")
@@ -100,21 +68,16 @@ def templates_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def templates_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """One template (NAME or NAME@VERSION): its step, parameters and file."""
-    from hub.services.templates import get_template, specs_of
+    from hub.services.templates import get_template, specs_of, template_json
 
     with _services(ctx) as sc:
         t = get_template(sc, *_split(name))
-        row = {**_row(t), "text": t.content.decode("utf-8", errors="replace")}
-        described = [p.describe() for p in specs_of(t)]
+        row = {**template_json(t, text=True),
+               "described": [p.describe() for p in specs_of(t)]}
     if as_json:
-        _emit(row, True)
+        _emit({k: v for k, v in row.items() if k != "described"}, True)
         return
-    click.echo(f"template {row['name']} version {row['version']} ({row['kind']}) by "
-               f"{row['created_by']}: {row['description']}")
-    for text in described:
-        click.echo(f"  parameter {text}")
-    click.echo(f"  file {row['file']} (sha256 {row['sha256']}):")
-    click.echo(row["text"])
+    run_text.echo_template(row)
 
 
 @templates.command("run")
@@ -139,8 +102,8 @@ def templates_run(ctx: click.Context, name: str, params: tuple[str, ...], agent_
         created = {"environment": made.environment, "template": instance.label,
                    "content_hash": made.release.content_hash}
     if not as_json:
-        click.echo(f"release {product} {version} created and submitted ({instance.label} "
-                   f"for agent {agent_id}, environment {made.environment})")
+        click.echo(run_text.created(product, version, "", "", agent_id, made.environment,
+                                    origin=instance.label))
     _ship(ctx, product, version, how, created)
 
 
@@ -167,7 +130,4 @@ def templates_release(ctx: click.Context, name: str, out: Path, product: str,
         for file_name, data in files.items():
             (out / file_name).write_bytes(data)
     row = {"template": instance.label, "directory": str(out), "values": instance.values}
-    if as_json:
-        _emit(row, True)
-    else:
-        click.echo(f"{instance.label} written to {out} (`tiangong hub releases create {out}`)")
+    _done(as_json, run_text.template_written(instance.label, out), row)

@@ -31,7 +31,15 @@ from hub.services.export import DEFAULT_EXPIRY, ExportReport, export_environment
 from hub.services.generated import create_generated_release
 from hub.services.releases import create_product, get_product, submit_release
 
-__all__ = ["ADHOC_PRODUCT", "AdhocRun", "Shipped", "create_adhoc_release", "ship_adhoc"]
+__all__ = [
+    "ADHOC_KINDS",
+    "ADHOC_PRODUCT",
+    "AdhocRun",
+    "Shipped",
+    "adhoc_step",
+    "create_adhoc_release",
+    "ship_adhoc",
+]
 
 #: The largest script an ad-hoc run takes (a run is one file, not a release tree).
 MAX_SCRIPT_BYTES = 16 * 1024 * 1024
@@ -66,6 +74,53 @@ def run_file_name(name: str) -> str:
     """The release file name of a run's file ``name``: ``run`` and its known suffix."""
     suffix = Path(name).suffix
     return "run" + (suffix if suffix in _SUFFIXES else "")
+
+
+#: the options of each kind of run beyond ``timeout`` (``tiangong run KIND --help``)
+ADHOC_KINDS: dict[str, tuple[str, ...]] = {
+    "sql": ("connection", "engine"),
+    "shell": ("interpreter",),
+    "k8s": ("connection", "namespace", "wait"),
+    "http": ("url", "method", "headers", "expect", "connection", "retries"),
+}
+_REQUIRED = {"sql": ("connection",), "k8s": ("connection",), "http": ("url",)}
+
+
+def adhoc_step(kind: str, file_name: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The one step of a ``kind`` run of the file ``file_name`` (None: an http run without
+    a body) with ``options`` — what ``tiangong run KIND`` and the API's ``POST /runs`` take:
+    sql ``connection``, ``engine`` (postgres); shell ``interpreter`` (sh); k8s
+    ``connection``, ``namespace``, ``wait``; http ``url``, ``method`` (GET), ``headers``,
+    ``expect``, ``connection``, ``retries``; all ``timeout`` (10m). The release format
+    checks the values when the release is created.
+
+    Raises:
+        ValidationError: an unknown kind, an option the kind does not take, a missing one.
+    """
+    if kind not in ADHOC_KINDS:
+        raise ValidationError(f"an ad-hoc run is {', '.join(ADHOC_KINDS)}, not {kind!r}")
+    given = {k: v for k, v in options.items() if v not in (None, False, "", [], {})}
+    allowed = (*ADHOC_KINDS[kind], "timeout")
+    extra = sorted(set(given) - set(allowed))
+    if extra:
+        raise ValidationError(f"a {kind} run does not take {', '.join(extra)} (it takes "
+                              f"{', '.join(allowed)})")
+    missing = [k for k in _REQUIRED.get(kind, ()) if k not in given]
+    if missing:
+        raise ValidationError(f"a {kind} run needs {', '.join(missing)}")
+    if kind != "http" and not file_name:
+        raise ValidationError(f"an ad-hoc {kind} run needs a file")
+    step: dict[str, Any] = {"kind": kind, "timeout": given.pop("timeout", "10m")}
+    if kind == "sql":
+        step.update(name=f"run {file_name}", engine=given.pop("engine", "postgres"))
+    elif kind == "shell":
+        step.update(name=f"run {file_name}", interpreter=given.pop("interpreter", "sh"))
+    elif kind == "k8s":
+        step["name"] = f"apply {file_name}"
+    else:
+        step["method"] = given.pop("method", "GET")
+        step["name"] = f"{step['method']} {given['url']}"[:200]
+    return {**step, **given}
 
 
 def _check_file(script: Path) -> None:

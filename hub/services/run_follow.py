@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hub.db import Deployment
 from hub.errors import NotFoundError
@@ -20,7 +21,7 @@ from hub.services.deployments import FINAL_STATES
 from hub.services.logs import LiveLine, ResultLogs, deployment_live_lines, result_for_deployment
 from hub.services.presence import agent_presence
 
-__all__ = ["POLL_SECONDS", "RunProgress", "poll_run"]
+__all__ = ["POLL_SECONDS", "RunProgress", "poll_run", "result_json"]
 
 POLL_SECONDS = 0.5  # seconds between two polls of a follower
 
@@ -54,3 +55,15 @@ def poll_run(ctx: ServiceContext, deployment_id: int, data_dir: Path,
     done = dep.state in FINAL_STATES and not chunk.more
     result = result_for_deployment(ctx, dep, data_dir) if done else None
     return RunProgress(dep.id, dep.state, chunk.lines, chunk.last_seq, online, done, result)
+
+
+def result_json(result: ResultLogs | None) -> dict[str, Any] | None:
+    """A followed run's verified result as ``tiangong run --follow --json`` and the API's
+    ``RunProgress`` give it: status, summary, each step, and the problem (a stored result
+    that no longer verifies)."""
+    if result is None:
+        return None
+    return {"status": result.status, "summary": result.summary, "problem": result.problem,
+            "steps": [{"step": s.index, "name": s.name, "status": s.status,
+                       "summary": s.summary, "exit_code": s.exit_code}
+                      for s in result.steps]}

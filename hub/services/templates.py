@@ -73,6 +73,7 @@ __all__ = [
     "release_of",
     "run_template",
     "specs_of",
+    "template_json",
 ]
 
 TEMPLATE_KINDS = ("sql", "shell")
@@ -206,6 +207,18 @@ def _render(kind: str, fixed: Mapping[str, Any], file_name: str, content: bytes,
     if env:
         step["env"] = env
     return step, content
+
+
+def template_json(t: JobTemplate, *, text: bool = False) -> dict[str, Any]:
+    """A template as ``hub templates list|show --json`` and the API show it (``text``: its
+    file, as UTF-8 with replacement characters)."""
+    row = {"name": t.name, "version": t.version, "kind": t.kind,
+           "description": t.description, "params": t.params, "step": t.step,
+           "file": t.file_name, "sha256": t.sha256, "created_by": t.created_by,
+           "created_at": t.created_at.isoformat()}
+    if text:
+        row["text"] = t.content.decode("utf-8", errors="replace")
+    return row
 
 
 def specs_of(template: JobTemplate) -> tuple[ParamSpec, ...]:

@@ -283,4 +283,6 @@ from web.api import governance as _governance  # noqa: E402,F401 - channels, win
 from web.api import notifications as _notifications  # noqa: E402,F401 - notifications
 from web.api import rollouts as _rollouts  # noqa: E402,F401 - the rollout operations
 from web.api import routes as _routes  # noqa: E402,F401 - registers the operations
+from web.api import runs as _runs  # noqa: E402,F401 - ad-hoc runs and following them
 from web.api import secrets as _secrets  # noqa: E402,F401 - the site-secret operations
+from web.api import templates as _templates  # noqa: E402,F401 - job templates

@@ -239,6 +239,98 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "created_by": _STR, "created_at": _TIME, "updated_at": _TIME,
         "did": {"type": "array", "items": _STR, "description": "What this call did."},
     }),
+    "RunRequest": _obj({
+        "kind": {"type": "string", "enum": ["sql", "shell", "k8s", "http"]},
+        "agent": {"type": "string", "description": "The enrolled agent that runs it."},
+        "file_name": {"type": "string", "description": "The file's name (its suffix is "
+                      "kept: run.sql); with content_base64."},
+        "content_base64": {"type": "string", "description": "The file, base64 (at most "
+                           "16 MiB): sql/shell the script, k8s the manifest, http the request "
+                           "body (optional)."},
+        "reason": {"type": "string", "description": "Why, at most 1000 characters (into the "
+                   "release's description and the audit log)."},
+        "connection": {"type": "string", "description": "sql, k8s (required), http."},
+        "engine": {"type": "string", "enum": ["postgres", "mysql"], "description": "sql"},
+        "interpreter": {"type": "string", "enum": ["sh", "bash", "python"],
+                        "description": "shell"},
+        "namespace": {"type": "string", "description": "k8s"},
+        "wait": {"type": "boolean", "description": "k8s"},
+        "url": {"type": "string", "description": "http (required)"},
+        "method": {"type": "string", "description": "http (default GET)"},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"},
+                    "description": "http"},
+        "expect": {"type": "array", "items": {"type": ["integer", "string"]},
+                   "description": "http: statuses (200) or classes ('2xx')"},
+        "retries": {"type": "integer", "minimum": 0, "description": "http"},
+        "timeout": {"type": "string", "description": "How long the step may run (default "
+                    "10m)."},
+    }, required=["kind", "agent"]),
+    "ShipRequest": _obj({"agent": _STR}),
+    "Run": _obj({
+        "product": _STR, "version": _STR,
+        "state": {"type": "string", "enum": list(RELEASE_STATES)},
+        "content_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "environment": _STR, "agent": _STR,
+        "shipped": {"type": "boolean", "description": "Queued for the agent (the live "
+                    "server delivers it when the agent is online)."},
+        "deployment": {"type": ["integer", "null"]},
+        "waiting_for": {"type": ["string", "null"], "description": "Not shipped: the "
+                        "approvals the environment's ad-hoc policy still wants."},
+        "template": {"type": "string", "description": "A template's run: which one."},
+    }, required=["product", "version", "state", "content_hash", "environment", "agent",
+                 "shipped", "deployment", "waiting_for"]),
+    "RunProgress": _obj({
+        "deployment": {"type": "integer"},
+        "state": {"type": "string", "enum": list(DEPLOYMENT_STATES)},
+        "done": {"type": "boolean", "description": "Final, and every line read."},
+        "agent_online": {"type": "boolean"},
+        "last_seq": {"type": "integer", "description": "The cursor for the next poll."},
+        "lines": {"type": "array", "items": _obj({
+            "seq": {"type": "integer"}, "step": {"type": "integer", "description":
+                                                 "0-based"},
+            "stream": _STR, "text": _STR})},
+        "result": {**_obj({
+            "status": _STR, "summary": _STR, "problem": _STR_OR_NULL,
+            "steps": {"type": "array", "items": _obj({
+                "step": {"type": "integer"}, "name": _STR, "status": _STR,
+                "summary": _STR, "exit_code": {"type": ["integer", "null"]}})}}),
+            "type": ["object", "null"], "description": "Once done: the verified result."},
+    }),
+    "Template": _obj({
+        "name": _STR, "version": {"type": "integer", "minimum": 1},
+        "kind": {"type": "string", "enum": ["sql", "shell", "k8s", "http"]},
+        "description": _STR,
+        "params": {"type": "array", "items": {"type": "object", "description": "name, type "
+                   "(string, int, bool, enum, secret-ref), description, default, choices, "
+                   "min, max, max_length"}},
+        "step": {"type": "object", "description": "The step's own fields."},
+        "file": _STR, "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "created_by": _STR, "created_at": _TIME,
+        "text": {"type": "string", "description": "show: the file."},
+        "described": {"type": "array", "items": _STR,
+                      "description": "show: each parameter as people read it."},
+    }, required=["name", "version", "kind", "description", "params", "step", "file",
+                 "sha256", "created_by", "created_at"]),
+    "TemplateList": _list_of("templates", "Template"),
+    "TemplateRequest": _obj({
+        "definition_name": {"type": "string", "description": "The definition file's name "
+                            "(errors name it)."},
+        "definition": {"type": "string", "description": "Its TOML text."},
+        "file_name": {"type": "string", "description": "The file it names (`file`)."},
+        "content_base64": {"type": "string", "description": "That file, base64."}}),
+    "TemplateRunRequest": _obj({
+        "agent": _STR, "version": {"type": "integer", "minimum": 1},
+        "params": {"type": "object", "description": "name -> value (string, number or "
+                   "boolean), checked against the template's parameters."}},
+        required=["agent"]),
+    "TemplateReleaseRequest": _obj({
+        "product": _STR, "release_version": _STR,
+        "version": {"type": "integer", "minimum": 1}, "params": {"type": "object"}},
+        required=["product", "release_version"]),
+    "TemplateRelease": _obj({
+        "template": _STR, "values": {"type": "object"},
+        "files": {"type": "object", "description": "file name -> its bytes, base64: "
+                  "release.toml and the rendered file."}}),
     "Me": _obj({
         "user": _STR, "display_name": _STR,
         "roles": {"type": "array", "items": _obj({"role": _STR,
