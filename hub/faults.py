@@ -34,6 +34,9 @@ CRASH_POINTS: dict[str, str] = {
     "media index not written yet",
     "hub.export-indexing": "the media index being rewritten: its lock file held and a "
     "temporary copy written, not renamed",
+    "hub.import-copies-synced": "a batch's verified private copies (.incoming-*) fsynced in "
+    "the results directory, not yet renamed; the batch before it may be recorded or "
+    "committed (the import is pipelined)",
     "hub.import-stored": "a batch of verified results renamed into the results directory "
     "and fsynced, the database transaction not committed",
     "hub.import-committed": "a batch of results committed (deployments, attempts, events)",

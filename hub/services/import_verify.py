@@ -180,6 +180,10 @@ def _worker_verify(job: VerifyJob) -> VerifiedResult | Rejected:
     return verify_copy(job, _worker_root)
 
 
+def _ready() -> None:
+    """A no-op job: the pool has started its workers."""
+
+
 def start_method() -> str:
     """``fork`` when the importing process runs one thread (``tiangong hub import``): a
     worker starts at once and only runs :func:`verify_copy`, and it leaves by ``os._exit``,
@@ -198,8 +202,9 @@ class VerifyPool:
         self.workers = max(1, min(os.cpu_count() or 1, POOL_MAX_WORKERS))
         self._pool: ProcessPoolExecutor | None = None
 
-    def verify(self, jobs: list[VerifyJob]) -> list[VerifiedResult | Rejected]:
-        """The outcome of each job, in order."""
+    def start(self) -> None:
+        """Start the workers now (from the thread that will not be forked with locks held:
+        call it before starting other threads, see :func:`start_method`)."""
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 self.workers,
@@ -207,6 +212,13 @@ class VerifyPool:
                 initializer=_worker_init,
                 initargs=(self.trusted,),
             )
+            # Forked workers are all made at the first submission: make it here.
+            self._pool.submit(_ready).result()
+
+    def verify(self, jobs: list[VerifyJob]) -> list[VerifiedResult | Rejected]:
+        """The outcome of each job, in order (safe to call from any one thread)."""
+        self.start()
+        assert self._pool is not None
         chunk = max(1, len(jobs) // (self.workers * 4))
         return list(self._pool.map(_worker_verify, jobs, chunksize=chunk))
 

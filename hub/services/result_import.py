@@ -25,8 +25,9 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,7 +84,10 @@ RESULT_STATES = {
 DEFAULT_IMPORT_BATCH = 100  # result files recorded per transaction
 MAX_IMPORT_BATCH = 1000  # result files per transaction at most
 KEEP_IN_MEMORY = 64 * 1024 * 1024  # bytes of a batch's files kept to verify from memory
-RECEIVE_THREADS = 4  # files of a batch read and copied at the same time
+RECEIVE_THREADS = 4  # files read and copied at the same time
+#: Batches that hold received files at once: one read, one verified, one waiting for the
+#: verifier while the batch before them is recorded (bounds the memory they keep).
+PIPELINE_BATCHES = 3
 #: Where the verifier stages a result's payloads first: a memory file system, so the few
 #: small files each verification creates and removes cost no disk metadata writes (≈ 1 ms
 #: each on a busy ext4 here). A result that does not fit there is staged beside the results.
@@ -111,7 +115,17 @@ MEMORY_STAGING = Path("/dev/shm")  # noqa: S108 - only a private mkdtemp directo
 #    ``<envelope sha256>.tgr``; the directory is fsynced once; then one commit records the
 #    batch. The stored file is durable before the database says it was imported; a crash
 #    before the commit leaves stored files that a re-import finds and keeps, imported once.
-
+#
+# The batches are pipelined: while batch k is recorded (this thread: every database
+# statement of the import runs here), batch k+1 is verified and its copies flushed on one
+# verifier thread and batch k+2 is read by the reading threads. Signature checks, hashing,
+# decompression and the file system release the GIL, and so does waiting for the database;
+# so recording, verifying and reading overlap. Batch k+1's lookups run before batch k is
+# recorded; what they decide is read again under the lock in phase 2 (a result of batch k
+# that batch k+1 repeats is found there and counted a duplicate). Nothing of a batch is
+# recorded before the batches ahead of it are committed, in name order; a failure while
+# batch k is recorded rolls batch k back and drops the batches behind it (their private
+# copies are removed; the next run reads them again).
 
 
 class _Retry(Exception):
@@ -123,6 +137,7 @@ class _Incoming:
     """One result file on its way through a batch."""
 
     path: Path
+    keep: int = 0  # bytes of the file kept in memory to verify from (0: read the copy)
     copy: Path | None = None  # the private copy in the results directory
     size: int = 0
     file_sha256: str = ""
@@ -141,6 +156,23 @@ class _Incoming:
                 self.copy.unlink()
             self.copy = None
 
+
+
+@dataclass
+class _Batch:
+    """A batch on its way through the pipeline."""
+
+    files: list[_Incoming]
+    received: list[Future[None]]  # one per file, on the reading threads
+    checked: Future[None] | None = None  # verified and flushed, on the verifier thread
+
+    def discard_copies(self) -> None:
+        """Wait for what still runs on this batch's files, then remove their copies."""
+        for running in [*self.received, *([self.checked] if self.checked else [])]:
+            with contextlib.suppress(BaseException):
+                running.result()
+        for inc in self.files:
+            inc.discard_copy()
 
 
 def import_directory(
@@ -176,27 +208,36 @@ def import_directory(
     names = sorted(directory.iterdir())
     total = sum(1 for p in names if p.suffix == ".tgr" or _is_enrollment_request(p))
 
-    def batch(paths: list[Path]) -> None:
-        report.rows.extend(run.import_batch(paths))
-        if progress is not None:
-            progress("import", len(report.rows), max(total, len(report.rows)))
-
     with _ImportRun(ctx, Path(results_dir)) as run:
+        # Runs of result batches between enrollment requests go through the pipeline
+        # together; an enrollment waits for the batches before it (it may enroll an agent
+        # whose results come after it in name order).
+        batches: list[list[Path]] = []
+
+        def run_batches() -> None:
+            for rows in run.import_batches(batches):
+                report.rows.extend(rows)
+                if progress is not None:
+                    progress("import", len(report.rows), max(total, len(report.rows)))
+            batches.clear()
+
         for path in names:
             if path.name.startswith(".") or not path.is_file():
                 continue
             if path.suffix == ".tgr":
                 pending.append(path)
                 if len(pending) >= batch_size:
-                    batch(pending)
+                    batches.append(pending)
                     pending = []
             elif _is_enrollment_request(path):
                 if pending:
-                    batch(pending)
+                    batches.append(pending)
                     pending = []
+                run_batches()
                 report.rows.append(import_enrollment(ctx, path))
         if pending:
-            batch(pending)
+            batches.append(pending)
+        run_batches()
     return report
 
 
@@ -211,7 +252,7 @@ def import_result(ctx: ServiceContext, path: Path, *, results_dir: Path) -> Impo
     happened). Raises what :func:`import_directory` raises for the hub's own failures."""
     # One file at a time (the live server): no scan of the results directory for leftovers.
     with _ImportRun(ctx, Path(results_dir), clean=False) as run:
-        (row,) = run.import_batch([Path(path)])
+        ((row,),) = run.import_batches([[Path(path)]])
     return row
 
 
@@ -227,7 +268,6 @@ class _ImportRun:
         self.memory_staging: Path | None = None
         self.trusted: TrustedRoot | None = None  # parsed once per run, not once per file
         self.pool: VerifyPool | None = None  # worker processes, started for a large batch
-        self.keep_per_file = KEEP_IN_MEMORY  # bytes of one file kept to verify from memory
 
     def __enter__(self) -> _ImportRun:
         self.results_dir.mkdir(parents=True, exist_ok=True)
@@ -246,23 +286,102 @@ class _ImportRun:
         if self.memory_staging is not None:
             shutil.rmtree(self.memory_staging, ignore_errors=True)
 
-    def import_batch(self, paths: list[Path]) -> list[ImportRow]:
-        """Phases 1 and 2 for ``paths``; returns their rows, in order, once committed."""
-        ctx = self.ctx
-        if ctx.keys is None:
+    def import_batches(self, batches: list[list[Path]]) -> Iterator[list[ImportRow]]:
+        """Phases 1 and 2 for each batch of ``batches``, pipelined (see the comment at the
+        top): yields each batch's rows, in order, once that batch is committed.
+
+        Raises:
+            ConfigError: the hub keys are not loaded.
+            What the hub's own failures raise: the batch being recorded is rolled back and
+            the batches read or verified ahead of it are dropped (their copies removed).
+        """
+        if self.ctx.keys is None:
             raise ConfigError("the hub keys are not loaded")
-        batch = [_Incoming(p) for p in paths]
-        self.keep_per_file = KEEP_IN_MEMORY // len(batch)
+        if self.trusted is None:
+            self.trusted = self.ctx.keys.trusted_root
+        if not batches:
+            return
+        if self.pool is None and max(len(b) for b in batches) > POOL_MIN_FILES:
+            # Before this import starts a thread: forked workers inherit no held lock.
+            self.pool = VerifyPool(self.trusted)
+            self.pool.start()
+        if len(batches) == 1 and len(batches[0]) == 1:
+            # One file (the live server): no threads to start and stop.
+            (inc,) = batch = [_Incoming(batches[0][0], keep=KEEP_IN_MEMORY)]
+            try:
+                self._receive(inc)
+                self._lookup(batch)
+                self._verify(batch, self._clock())
+            except BaseException:
+                inc.discard_copy()
+                raise
+            yield self._commit(batch)
+            return
+        # Bytes kept in memory per file: a batch being read, one being verified and one
+        # waiting for the verifier can hold files at the same time.
+        keep = KEEP_IN_MEMORY // (PIPELINE_BATCHES * max(len(b) for b in batches))
+        todo = iter(batches)
+        verifying: deque[_Batch] = deque()  # submitted to the verifier, in order
+        reading: _Batch | None = None
+        readers = ThreadPoolExecutor(RECEIVE_THREADS, thread_name_prefix="tiangong-import-read")
+        verifier = ThreadPoolExecutor(1, thread_name_prefix="tiangong-import-verify")
+
+        def read_next() -> _Batch | None:
+            paths = next(todo, None)
+            if paths is None:
+                return None
+            files = [_Incoming(p, keep=keep) for p in paths]
+            return _Batch(files, [readers.submit(self._receive, inc) for inc in files])
+
         try:
-            if len(batch) > 1:
-                # Mostly waiting for the disk (open, create, read, write): overlap the files.
-                with ThreadPoolExecutor(min(RECEIVE_THREADS, len(batch))) as pool:
-                    list(pool.map(self._receive, batch))
-            else:
-                self._receive(batch[0])
-            self._lookup(batch)
-            self._verify(batch)
-            sync_copies([inc.copy for inc in batch if inc.copy is not None])
+            reading = read_next()
+            while reading is not None or verifying:
+                if reading is not None:
+                    for done in reading.received:
+                        done.result()
+                    self._lookup(reading.files)  # the database: this thread only
+                    reading.checked = verifier.submit(
+                        self._verify_and_sync, reading.files, self._clock()
+                    )
+                    verifying.append(reading)
+                    reading = read_next()
+                if len(verifying) > 1 or (verifying and reading is None):
+                    # Record the oldest batch while the next one is verified and read.
+                    oldest = verifying.popleft()
+                    assert oldest.checked is not None
+                    try:
+                        oldest.checked.result()
+                    except BaseException:
+                        oldest.discard_copies()
+                        raise
+                    yield self._commit(oldest.files)
+        except BaseException:
+            # Stop what runs ahead and remove what it copied; nothing of it is recorded.
+            readers.shutdown(wait=True, cancel_futures=True)
+            verifier.shutdown(wait=True, cancel_futures=True)
+            for ahead in [*verifying, *([reading] if reading is not None else [])]:
+                ahead.discard_copies()
+            raise
+        finally:
+            readers.shutdown(wait=True)
+            verifier.shutdown(wait=True)
+
+    def _clock(self) -> int:
+        return int(self.ctx.now().timestamp())
+
+    def _verify_and_sync(self, batch: list[_Incoming], now: int) -> None:
+        """The verifier thread's part of phase 1: verify, then flush the copies to keep."""
+        self._verify(batch, now)
+        copies = [inc.copy for inc in batch if inc.copy is not None]
+        sync_copies(copies)
+        if copies:
+            crash_point("hub.import-copies-synced")
+
+    def _commit(self, batch: list[_Incoming]) -> list[ImportRow]:
+        """Phase 2 for a received and verified batch: record, store, commit; returns its
+        rows, in order, once committed."""
+        ctx = self.ctx
+        try:
             self._record(batch)
             # rollouts owning these deployments move on in the same transaction
             from hub.services.rollouts import after_deployments
@@ -303,7 +422,7 @@ class _ImportRun:
             )
             inc.copy = Path(copy)
             try:
-                reader = CopyingReader(source, out, keep=self.keep_per_file)
+                reader = CopyingReader(source, out, keep=inc.keep)
                 inc.agent_id, inc.envelope_sha256 = claim_result(reader, name)
                 inc.data = reader.drain()
                 inc.size, inc.file_sha256 = reader.size, reader.sha.hexdigest()
@@ -341,7 +460,7 @@ class _ImportRun:
             if inc.rejected is not None or inc.row is not None:
                 inc.discard_copy()
 
-    def _verify(self, batch: list[_Incoming]) -> None:
+    def _verify(self, batch: list[_Incoming], now: int) -> None:
         """Verify each private copy against the enrolled key (every check, every digest):
         in worker processes when the batch has more than :data:`POOL_MIN_FILES` files to
         verify (CPU on the other cores), else here. Either way the outcome is
@@ -350,12 +469,8 @@ class _ImportRun:
                 if inc.rejected is None and inc.row is None and inc.copy is not None]
         if not todo:
             return
-        keys = self.ctx.keys
-        assert keys is not None
-        if self.trusted is None:
-            self.trusted = keys.trusted_root
         trusted = self.trusted
-        now = int(self.ctx.now().timestamp())
+        assert trusted is not None  # set by import_batches
         jobs = []
         for inc in todo:
             assert inc.agent_id is not None and inc.copy is not None

@@ -33,7 +33,7 @@ EXPORT_POINTS = ["hub.export-claimed", "hub.export-frame-caching", "hub.export-w
                  "hub.export-renamed",
                  "hub.export-recorded", "hub.export-indexing", "hub.audit-appended",
                  "hub.checkpoint-signed"]
-IMPORT_POINTS = ["hub.import-stored", "hub.import-committed"]
+IMPORT_POINTS = ["hub.import-copies-synced", "hub.import-stored", "hub.import-committed"]
 AGENTS = ("site-01", "site-02")
 
 
@@ -136,8 +136,11 @@ def test_export_killed_at(point: str, tmp_path: Path) -> None:
         hub.close()
 
 
-@pytest.mark.parametrize("point", IMPORT_POINTS)
+@pytest.mark.parametrize("point", [*IMPORT_POINTS, *(f"{p}:2" for p in IMPORT_POINTS)])
 def test_import_killed_at(point: str, tmp_path: Path) -> None:
+    """Killed at an import point, then run again: each result imported exactly once. With
+    ``:2`` the import runs one file per batch, so the kill comes with the first batch
+    recorded or committed and the second one verified ahead of it (the pipeline)."""
     hub, agents = _hub(tmp_path)
     usb = tmp_path / "usb"
     try:
@@ -147,7 +150,8 @@ def test_import_killed_at(point: str, tmp_path: Path) -> None:
             (bundle,) = usb.glob(f"*{agent_id}*.tgb")
             _run_at_site(agent, bundle)
             _results_of(agent, back)
-        _killed(hub, point, "import", str(back))
+        one_per_batch = ["--batch-size", "1"] if point.endswith(":2") else []
+        _killed(hub, point, "import", *one_per_batch, str(back))
         again = hub.cli("import", str(back))
         assert again.returncode == 0, again
         with hub.ctx() as ctx:
@@ -155,6 +159,11 @@ def test_import_killed_at(point: str, tmp_path: Path) -> None:
                 AuditEvent.action == "result.import")))
         assert len(imported) == 2 and set(imported.values()) == {1}  # exactly once each
         _check(hub, usb, {"succeeded"})
+        # The stored results are the imported ones; a kill leaves at most private copies
+        # (removed by a later import once a day old).
+        stored = {p.name for p in (hub.data / "results").iterdir()}
+        assert {n for n in stored if not n.startswith(".incoming-")} == {
+            f"{sha}.tgr" for sha in imported}
     finally:
         hub.close()
 
