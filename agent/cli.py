@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any, Literal
 
 import click
@@ -30,6 +28,7 @@ from agent.inbox import ReadyItem, printable
 from agent.journal import JournalError
 from agent.service import Agent
 from bundle.cli import progress_bar
+from tiangong.stopsignals import stop_signals
 
 __all__ = ["agent"]
 
@@ -258,7 +257,7 @@ def run_cmd(home: Path, once: bool, json_logs: bool, verbose: bool) -> None:
     requested = threading.Event()
     started: list[Agent] = []
 
-    def stop(signum: int, frame: FrameType | None) -> None:
+    def stop(signum: int) -> None:  # in a helper thread (tiangong.stopsignals)
         logging.getLogger("tiangong.agent").info("signal %d: stopping", signum)
         requested.set()
         for ag in started:
@@ -266,53 +265,52 @@ def run_cmd(home: Path, once: bool, json_logs: bool, verbose: bool) -> None:
             ag.runner.cancel.set()
             ag.wake.set()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    config = _config(home)
-    home_lock = _lock(config.home, "agent run")
-    live_thread = None
-    client = None
-    if config.hub_url and not once:
-        # Online site: the live client is a faster courier for the same files (it writes
-        # bundles into the inbox and uploads results from the outbox).
-        import asyncio
+    with stop_signals(stop, restore=False):
+        config = _config(home)
+        home_lock = _lock(config.home, "agent run")
+        live_thread = None
+        client = None
+        if config.hub_url and not once:
+            # Online site: the live client is a faster courier for the same files (it writes
+            # bundles into the inbox and uploads results from the outbox).
+            import asyncio
 
-        from agent.live import LiveClient, LiveTLSError
+            from agent.live import LiveClient, LiveTLSError
 
+            try:
+                client = LiveClient(config)
+            except (LiveTLSError, HomeError) as exc:
+                raise click.ClickException(f"live channel: {exc}") from exc
         try:
-            client = LiveClient(config)
-        except (LiveTLSError, HomeError) as exc:
-            raise click.ClickException(f"live channel: {exc}") from exc
-    try:
-        ag = Agent(config, live_log=client.live_log if client else None)
-    except (ConfigError, HomeError, JournalError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    started.append(ag)
-    if client is not None:
-        ag.live_connected = client.connected
-        client.state_source = ag.site_state
-    upgrade.on_restart(ag.stopping.set)
-    upgrade.on_restart(ag.wake.set)
-    if requested.is_set():
-        ag.stopping.set()
-        ag.runner.cancel.set()
-    if client is not None:
-        live_thread = threading.Thread(target=asyncio.run, args=(client.run(ag.stopping),),
-                                       name="tiangong-live", daemon=True)
-        live_thread.start()
-    try:
-        if once:
-            ag.recover()
-            for out in ag.run_once_watching():
-                click.echo(f"{out.name}: {out.status}: {out.summary}")
-        else:
-            upgrade.confirm_started(config.home)
-            ag.serve()
-    finally:
-        if live_thread is not None:
-            live_thread.join(timeout=30)
-        ag.close()
-        home_lock.release()
+            ag = Agent(config, live_log=client.live_log if client else None)
+        except (ConfigError, HomeError, JournalError, RuntimeError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        started.append(ag)
+        if client is not None:
+            ag.live_connected = client.connected
+            client.state_source = ag.site_state
+        upgrade.on_restart(ag.stopping.set)
+        upgrade.on_restart(ag.wake.set)
+        if requested.is_set():
+            ag.stopping.set()
+            ag.runner.cancel.set()
+        if client is not None:
+            live_thread = threading.Thread(target=asyncio.run, args=(client.run(ag.stopping),),
+                                           name="tiangong-live", daemon=True)
+            live_thread.start()
+        try:
+            if once:
+                ag.recover()
+                for out in ag.run_once_watching():
+                    click.echo(f"{out.name}: {out.status}: {out.summary}")
+            else:
+                upgrade.confirm_started(config.home)
+                ag.serve()
+        finally:
+            if live_thread is not None:
+                live_thread.join(timeout=30)
+            ag.close()
+            home_lock.release()
     if upgrade.restart_requested():  # an agent-upgrade step: the supervisor starts us again
         sys.exit(upgrade.RESTART_EXIT)
 

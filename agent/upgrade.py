@@ -36,13 +36,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import click
 
 import tiangong
 from agent.faults import crash_point
+from tiangong.stopsignals import stop_signals
 
 __all__ = [
     "RESTART_EXIT",
@@ -378,16 +378,15 @@ def supervise_cmd(home: Path, run_args: tuple[str, ...]) -> None:
                                    "`tiangong agent init` first")
     stopping = threading.Event()
 
-    def stop(signum: int, frame: FrameType | None) -> None:
+    def stop(signum: int) -> None:  # in a helper thread (tiangong.stopsignals)
         log.info("supervisor: signal %d: stopping the agent", signum)
         stopping.set()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        code = supervise(home, list(run_args), stopping)
-    except (UpgradeError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    with stop_signals(stop, restore=False):
+        try:
+            code = supervise(home, list(run_args), stopping)
+        except (UpgradeError, OSError) as exc:
+            raise click.ClickException(str(exc)) from exc
     sys.exit(code if code >= 0 else 128 - code)  # killed by signal N: 128 + N, as a shell says
 
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import ssl as ssl_module
 import threading
 from concurrent.futures import Future
@@ -59,6 +58,7 @@ from bundle.sync import MAX_MESSAGE_BYTES, is_loopback
 from hub.errors import ConfigError, HubError
 from hub.live_http import http_endpoints
 from hub.live_hub import ACK_EVERY_BYTES, WINDOW_BYTES, LiveHub
+from tiangong.stopsignals import stop_signals
 
 __all__ = ["ACK_EVERY_BYTES", "WINDOW_BYTES", "LiveHub", "LiveServer",
            "is_loopback", "parse_bind", "run_until_signalled", "serve_live",
@@ -263,19 +263,17 @@ def run_until_signalled(server: LiveServer, *, parent_pid: int | None = None) ->
     """
     stop = threading.Event()
 
-    def on_signal(signum: int, frame: object) -> None:
+    def on_signal(signum: int) -> None:  # in a helper thread (tiangong.stopsignals)
         log.info("live: signal %d: stopping", signum)
         stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while not stop.wait(PARENT_POLL_S):
-            if not server.thread.is_alive():
-                raise RuntimeError("the live server thread ended unexpectedly")
-            if parent_pid is not None and os.getppid() != parent_pid:
-                log.warning("live: parent process %d is gone; stopping", parent_pid)
-                break
+        with stop_signals(on_signal):
+            while not stop.wait(PARENT_POLL_S):
+                if not server.thread.is_alive():
+                    raise RuntimeError("the live server thread ended unexpectedly")
+                if parent_pid is not None and os.getppid() != parent_pid:
+                    log.warning("live: parent process %d is gone; stopping", parent_pid)
+                    break
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         server.stop()

@@ -51,7 +51,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -68,6 +67,7 @@ from hub.errors import ConfigError, HubError
 from hub.services import audit
 from hub.services.context import Clock, HubKeys, ServiceContext, utc_now
 from hub.services.notifications import SmtpSettings
+from tiangong.stopsignals import stop_signals
 
 __all__ = ["LOCK_FILE", "RESYNC_S", "SYSTEM_ACTOR", "HubScheduler", "TickReport",
            "scheduled_environments", "tick"]
@@ -382,7 +382,7 @@ def run_configured(config: Any, *, parent_pid: int | None = None) -> None:
                           "init`")
     stop = threading.Event()
 
-    def on_signal(signum: int, frame: object) -> None:
+    def on_signal(signum: int) -> None:  # in a helper thread (tiangong.stopsignals)
         stop.set()
 
     def done() -> bool:
@@ -394,33 +394,28 @@ def run_configured(config: Any, *, parent_pid: int | None = None) -> None:
             return True
         return False
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        with exclusive_lock(config.data_dir,
-                            standby=done if parent_pid is not None else None) as held:
-            if held is None:
-                return
-            reloader = KeysReloader(config.data_dir)
-            keys = reloader.current()
-            engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
-            targets = scheduled_environments(config.scheduled_export)
-            export_dir = config.export_path if (targets is None or targets) else None
-            if targets and export_dir is None:
-                log.warning("scheduler: scheduled_export names %s but export_dir is not "
-                            "set: nothing is written to a file share",
-                            ", ".join(sorted(targets)))
-            scheduler = HubScheduler(make_session_factory(engine), keys,
-                                     export_dir=export_dir, export_environments=targets,
-                                     smtp=SmtpSettings.from_config(config),
-                                     keys_source=reloader.current)
-            scheduler.start()
-            log.info("scheduler: running (process %d)", os.getpid())
-            try:
-                while not done():
-                    pass
-            finally:
-                scheduler.stop()
-                engine.dispose()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with stop_signals(on_signal), exclusive_lock(config.data_dir,
+                        standby=done if parent_pid is not None else None) as held:
+        if held is None:
+            return
+        reloader = KeysReloader(config.data_dir)
+        keys = reloader.current()
+        engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
+        targets = scheduled_environments(config.scheduled_export)
+        export_dir = config.export_path if (targets is None or targets) else None
+        if targets and export_dir is None:
+            log.warning("scheduler: scheduled_export names %s but export_dir is not "
+                        "set: nothing is written to a file share",
+                        ", ".join(sorted(targets)))
+        scheduler = HubScheduler(make_session_factory(engine), keys,
+                                 export_dir=export_dir, export_environments=targets,
+                                 smtp=SmtpSettings.from_config(config),
+                                 keys_source=reloader.current)
+        scheduler.start()
+        log.info("scheduler: running (process %d)", os.getpid())
+        try:
+            while not done():
+                pass
+        finally:
+            scheduler.stop()
+            engine.dispose()
