@@ -38,11 +38,14 @@ def _run_bundles(tmp: Path, keys: HubKeys, home: Path, effects: Path, seqs: list
     agent = start_agent(home, log)
     try:
         for seq in seqs:
-            bundle, _ = make_bundle(keys, _release(tmp, seq, effects), tmp / f"h-{seq}.tgb", seq)
-            before = len(results(home))
+            bundle, bid = make_bundle(keys, _release(tmp, seq, effects), tmp / f"h-{seq}.tgb",
+                                      seq)
             drop(bundle, home)
-            wait_for(lambda n=before: settled(home) and len(results(home)) > n
-                     and not any((home / "inbox").iterdir()), 60, f"bundle {seq} to run")
+            # Wait for this bundle's own result: a count of results is satisfied early by the
+            # refusal of another file, and the three looks below are not one snapshot.
+            wait_for(lambda b=bid: any(r["bundle_id"] == b for r in results(home))
+                     and settled(home) and not any((home / "inbox").iterdir()), 60,
+                     f"bundle {seq} to run")
     finally:
         stop_agent(agent, log, home)
 
