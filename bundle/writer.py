@@ -33,8 +33,9 @@ import shutil
 import stat
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol, cast
@@ -42,6 +43,7 @@ from typing import IO, Any, BinaryIO, Protocol, cast
 import zstandard
 
 from bundle.container import (
+    BLOCK,
     END_OF_ARCHIVE,
     ENVELOPE_NAME,
     MARKER,
@@ -86,7 +88,7 @@ from bundle.parts import (
 )
 from bundle.release_names import NameSet
 from bundle.windows import Policy
-from signing.envelope import sign_envelope
+from signing.envelope import Envelope, Signature, sign_envelope
 from signing.fileio import fsync_dir
 from signing.keys import SigningKey
 from signing.strictjson import dumps_canonical
@@ -110,6 +112,7 @@ BUFFER_BYTES = 1024 * 1024  # bytes per read/write/hash step
 DEFAULT_LEVEL = 3  # zstd level (§12.1)
 MT_THRESHOLD_BYTES = 4 * 1024 * 1024  # members larger than this use all cores (§12.2)
 MAX_SMALL_WORKERS = 4  # threads compressing small members at once
+_SMALL_AHEAD = 16  # small frames compressed ahead of the one taken next (memory bound)
 _COPY_STEP = 8 * 1024 * 1024  # bytes per copy_file_range call (progress granularity)
 
 #: ``progress(phase, done, total)``: phase is ``"compress"`` (content bytes read),
@@ -341,20 +344,62 @@ def _private(path: str, flags: int) -> int:
     return os.open(path, flags, 0o600)
 
 
+@dataclass(frozen=True)
+class _Frame:
+    """Where a payload's compressed frame lies: ``offset`` bytes into the file ``path``
+    (its own spool or cache file at 0, the shared spool of small frames, or the bundle's
+    temporary file itself, already at its final place)."""
+
+    path: Path
+    offset: int = 0
+
+
+class _PwriteSink:
+    """A sink for the zstd writer that writes at a fixed place of an open file, hashing and
+    counting what passes through (the file's own offset is left alone)."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self._fd = fd
+        self._at = offset
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._fd, view, self._at)
+            self._at += n
+            view = view[n:]
+        self.sha.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
 def _compress_one(
     index: int,
     pf: PayloadFile,
-    spool: Path,
+    dest: Path | tuple[int, int],
     compressors: _Compressors,
     tick: Callable[[int], None],
 ) -> FileEntry:
+    """Stream one payload through zstd into ``dest``: a new file, or ``(fd, offset)``."""
     fd, size = _open_source(pf)
     content_sha = hashlib.sha256()
     buf = bytearray(BUFFER_BYTES)
     view = memoryview(buf)
     got = 0
-    with open(fd, "rb", buffering=0) as src, open(spool, "xb", opener=_private) as out:
-        sink = _HashingWriter(out)
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(open(fd, "rb", buffering=0))
+        sink: _HashingWriter | _PwriteSink
+        if isinstance(dest, Path):
+            out = stack.enter_context(open(dest, "xb", opener=_private))
+            sink = _HashingWriter(out)
+        else:
+            out = None
+            sink = _PwriteSink(*dest)
         cctx = compressors.for_size(size)
         zw = cctx.stream_writer(
             cast(IO[bytes], sink), size=size, write_size=BUFFER_BYTES, closefd=False
@@ -375,9 +420,38 @@ def _compress_one(
                 f"payload {pf.name!r}: {pf.path} changed size while it was being read"
             )
         zw.flush(zstandard.FLUSH_FRAME)
-        out.flush()
-    digest = content_sha.hexdigest()
-    if pf.sha256 is not None and digest != pf.sha256:
+        if out is not None:
+            out.flush()
+    return _entry(index, pf, size, content_sha.hexdigest(), sink.size, sink.sha.hexdigest())
+
+
+def _compress_small(pf: PayloadFile, compressors: _Compressors) -> tuple[int, str, bytes, str]:
+    """Read a small payload whole, hash it and compress it in memory (the same frame as
+    :func:`_compress_one` gives, §12.2): ``(size, sha256, frame, frame sha256)``."""
+    fd, size = _open_source(pf)
+    buf = bytearray(size + 1)
+    view = memoryview(buf)
+    got = 0
+    with open(fd, "rb", buffering=0) as src:
+        while got <= size:
+            n = src.readinto(view[got:])
+            if not n:
+                break
+            got += n
+    if got != size:
+        raise ReleaseFormatError(
+            f"payload {pf.name!r}: {pf.path} changed size while it was being read"
+        )
+    data = view[:size]
+    frame = compressors.for_size(size).compress(data)
+    return size, hashlib.sha256(data).hexdigest(), frame, hashlib.sha256(frame).hexdigest()
+
+
+def _entry(index: int, pf: PayloadFile, size: int, sha256: str, compressed_size: int,
+           compressed_sha256: str) -> FileEntry:
+    """The manifest entry of a compressed payload, once its content digest is checked
+    against the one the release was loaded with."""
+    if pf.sha256 is not None and sha256 != pf.sha256:
         raise ReleaseFormatError(
             f"payload {pf.name!r}: {pf.path} no longer has the SHA-256 it had when the release "
             "was loaded; the file changed — load the release again"
@@ -386,21 +460,27 @@ def _compress_one(
         member=payload_member(index),
         name=pf.name,
         size=size,
-        sha256=digest,
-        compressed_size=sink.size,
-        compressed_sha256=sink.sha.hexdigest(),
+        sha256=sha256,
+        compressed_size=compressed_size,
+        compressed_sha256=compressed_sha256,
     )
 
 
 # -- the data section (payload members and end marker) -----------------------------------
 
 
-def _data_section(entries: Sequence[FileEntry], spools: Sequence[Path]) -> Iterator[bytes]:
+def _data_section(entries: Sequence[FileEntry], frames: Sequence[_Frame]) -> Iterator[bytes]:
     """The bytes after the envelope member, in order (§2.1)."""
-    for entry, spool in zip(entries, spools, strict=True):
+    for entry, frame in zip(entries, frames, strict=True):
         yield encode_header(entry.member, entry.compressed_size)
-        with open(spool, "rb") as fh:
-            while chunk := fh.read(BUFFER_BYTES):
+        with open(frame.path, "rb") as fh:
+            fh.seek(frame.offset)
+            left = entry.compressed_size
+            while left:
+                chunk = fh.read(min(BUFFER_BYTES, left))
+                if not chunk:
+                    raise OSError(errno.EIO, f"spool file {frame.path} ended early")
+                left -= len(chunk)
                 yield chunk
         yield padding(entry.compressed_size)
     yield END_OF_ARCHIVE
@@ -455,8 +535,10 @@ def _cut_parts(
 # -- files ------------------------------------------------------------------------------
 
 
-def _copy_fd(src: int, dst: int, count: int, tick: Callable[[int], None]) -> None:
-    """Copy ``count`` bytes from ``src`` (at its offset) to ``dst``; kernel copy if possible."""
+def _copy_fd(src: int, dst: int, count: int, tick: Callable[[int], None],
+             offset: int = 0) -> None:
+    """Copy ``count`` bytes from ``src`` at ``offset`` to ``dst`` (at its position); kernel
+    copy if possible."""
     done = 0
     fast = hasattr(os, "copy_file_range")
     while done < count:
@@ -464,7 +546,7 @@ def _copy_fd(src: int, dst: int, count: int, tick: Callable[[int], None]) -> Non
         n = 0
         if fast:
             try:
-                n = os.copy_file_range(src, dst, step)
+                n = os.copy_file_range(src, dst, step, offset + done)
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
                                      errno.EPERM, errno.EBADF):
@@ -472,7 +554,7 @@ def _copy_fd(src: int, dst: int, count: int, tick: Callable[[int], None]) -> Non
                 fast = False
                 continue
         else:
-            data = os.read(src, min(step, BUFFER_BYTES))
+            data = os.pread(src, min(step, BUFFER_BYTES), offset + done)
             view = memoryview(data)
             while view:
                 view = view[os.write(dst, view) :]
@@ -775,17 +857,33 @@ def write_bundle(
     out = Path(out)
     report = progress or (lambda phase, done, total: None)
 
+    roots_json = encode_roots(roots)
+    if len(roots_json) > limits.max_roots_bytes:
+        raise LimitExceededError(
+            f"roots.json would be {format_bytes(len(roots_json))}, over the max_roots_bytes "
+            f"limit of {format_bytes(limits.max_roots_bytes)}"
+        )
     spool_root = Path(tempfile.mkdtemp(prefix=".tiangong-spool-", dir=spool_dir or out.parent))
     temps: list[Path] = []
+    direct: _Direct | None = None
     try:
-        entries, spools = _compress_all(payloads, spool_root, level, threads, limits, report,
-                                        frames)
+        if split_size is None and frames is None:
+            # Large frames are compressed straight into the bundle's temporary file, at the
+            # place the predicted head leaves them (§12.3).
+            fd, tmp = _tmp_for(out)
+            temps.append(tmp)
+            direct = _Direct(fd, tmp, lambda entries: _head_size(
+                manifest, entries, signing_keys, roots_json, finish))
+        entries, sources = _compress_all(payloads, spool_root, level, threads, limits, report,
+                                         frames, direct)
         data_bytes = sum(member_span(e.compressed_size) for e in entries) + len(END_OF_ARCHIVE)
         result = _frame_and_write(
-            out, manifest, entries, spools, signing_keys, roots, split_size, write_parts,
-            data_bytes, limits, report, temps, verify, finish,
+            out, manifest, entries, sources, signing_keys, roots_json, split_size, write_parts,
+            data_bytes, limits, report, temps, verify, finish, direct,
         )
     finally:
+        if direct is not None:
+            direct.close()
         for tmp in temps:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -836,6 +934,43 @@ def _check_inputs(
         )
 
 
+@dataclass
+class _Direct:
+    """The bundle's temporary file while payloads are compressed (single-file output).
+
+    ``head_size(entries)`` is the length the head (§2.1) would have for these manifest
+    entries; large frames are written at the offsets that prediction gives. The prediction
+    is checked once the real head is built: if it differs (a large payload compressed to a
+    size with fewer digits than predicted), the bundle is written to a new temporary file
+    and the frames are copied there, as any spooled frame is.
+    """
+
+    fd: int
+    path: Path
+    head_size: Callable[[Sequence[FileEntry]], int]
+    predicted: int | None = None  # the head size large frames were placed for
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _head_size(manifest: Manifest, entries: Sequence[FileEntry],
+               signing_keys: Sequence[SigningKey], roots_json: bytes,
+               finish: Callable[[Manifest], Manifest] | None) -> int:
+    """Bytes of the head for ``manifest`` with ``entries``: the envelope is built with
+    signatures of the right length (Ed25519: always 64 bytes), not signed."""
+    m = dataclasses.replace(manifest, files=tuple(entries), parts=None)
+    if finish is not None:
+        m = finish(m)
+    keys = sorted({k.key_id for k in signing_keys})
+    envelope = Envelope(m.payload_type, m.to_bytes(),
+                        tuple(Signature(k, bytes(64)) for k in keys)).to_bytes()
+    return (member_span(len(MARKER)) + member_span(len(roots_json))
+            + member_span(len(envelope)))
+
+
 def _compress_all(
     payloads: Sequence[PayloadFile],
     spool_root: Path,
@@ -844,7 +979,8 @@ def _compress_all(
     limits: Limits,
     report: ProgressFn,
     frames: FrameCache | None = None,
-) -> tuple[list[FileEntry], list[Path]]:
+    direct: _Direct | None = None,
+) -> tuple[list[FileEntry], list[_Frame]]:
     total = 0
     for pf in payloads:
         size = pf.size if pf.size is not None else os.stat(pf.path).st_size
@@ -869,7 +1005,10 @@ def _compress_all(
             report("compress", done, total)
 
     report("compress", 0, total)
-    spools = [spool_root / f"{index:06d}.zst" for index in range(1, len(payloads) + 1)]
+    # Where each frame goes: None = the writer decides (shared spool, own spool or the
+    # bundle file); a path = the frame cache's temporary file for it.
+    dests: list[Path | None] = [None] * len(payloads)
+    sources: list[_Frame | None] = [None] * len(payloads)
     entries: list[FileEntry | None] = [None] * len(payloads)
     sizes = [pf.size if pf.size is not None else os.stat(pf.path).st_size for pf in payloads]
     to_cache: list[int] = []  # compressed into the frame cache's temporary files
@@ -879,80 +1018,177 @@ def _compress_all(
                 continue  # only a known content can be looked up
             hit = frames.lookup(pf.sha256, pf.size, level)
             if hit is None:
-                spools[i] = frames.new_temp(pf.sha256)
+                dests[i] = frames.new_temp(pf.sha256)
                 to_cache.append(i)
                 continue
             entries[i] = FileEntry(member=payload_member(i + 1), name=pf.name, size=hit.size,
                                    sha256=hit.sha256, compressed_size=hit.compressed_size,
                                    compressed_sha256=hit.compressed_sha256)
-            spools[i] = hit.path
+            sources[i] = _Frame(hit.path)
             tick(hit.size)
     try:
-        _compress_missing(payloads, entries, spools, sizes, level, threads, tick)
+        _compress_missing(_Job(payloads, entries, dests, sources, sizes, level, tick,
+                               spool_root), threads, direct)
         if frames is not None:
             for i in to_cache:
-                entry = entries[i]
-                assert entry is not None
-                spools[i] = frames.store(spools[i], level, entry.sha256, entry.size,
-                                         entry.compressed_sha256, entry.compressed_size).path
+                entry, temp = entries[i], dests[i]
+                assert entry is not None and temp is not None
+                sources[i] = _Frame(frames.store(temp, level, entry.sha256, entry.size,
+                                                 entry.compressed_sha256,
+                                                 entry.compressed_size).path)
     finally:
         for i in to_cache:
-            if spools[i].name.endswith(".tmp"):
+            temp = dests[i]
+            if temp is not None and temp.name.endswith(".tmp"):
                 with contextlib.suppress(FileNotFoundError):
-                    spools[i].unlink()
-    return [e for e in entries if e is not None], spools
+                    temp.unlink()
+    return [e for e in entries if e is not None], [f for f in sources if f is not None]
 
 
-def _compress_missing(
-    payloads: Sequence[PayloadFile],
-    entries: list[FileEntry | None],
-    spools: Sequence[Path],
-    sizes: Sequence[int],
-    level: int,
-    threads: int,
-    tick: Callable[[int], None],
-) -> None:
-    """Compress every payload whose entry is still None into its spool path."""
+@dataclass(frozen=True)
+class _Job:
+    """The payloads of one bundle and what is known of them so far (by index): the entry and
+    source of each compressed one, and the frame cache's temporary file for those it keeps."""
+
+    payloads: Sequence[PayloadFile]
+    entries: list[FileEntry | None]
+    dests: Sequence[Path | None]
+    sources: list[_Frame | None]
+    sizes: Sequence[int]
+    level: int
+    tick: Callable[[int], None]
+    spool_root: Path
+
+
+def _compress_missing(job: _Job, threads: int, direct: _Direct | None) -> None:
+    """Compress every payload whose entry is still None; fill in its entry and source."""
+    workers = (os.cpu_count() or 1) if threads < 0 else max(1, threads)
+    _compress_small_ones(job, workers)
+    payloads, entries, dests, sources, sizes, level, tick, spool_root = (
+        job.payloads, job.entries, job.dests, job.sources, job.sizes, job.level, job.tick,
+        job.spool_root)
+    # Large payloads: one at a time, each on every core, in manifest order; straight into
+    # the bundle file when the head's size is known well enough to place them (§12.3).
+    compressors = _Compressors(level, threads)
+    at: int | None = None  # where the next member starts in the bundle file
+    for i, size in enumerate(sizes):
+        entry = entries[i]
+        if entry is not None:
+            if at is not None:
+                at += member_span(entry.compressed_size)
+            continue
+        dest = dests[i]
+        if dest is None and direct is not None and _fits_one_header(size):
+            if at is None:
+                direct.predicted = direct.head_size(_predicted(payloads, entries, sizes))
+                at = direct.predicted + sum(member_span(e.compressed_size)
+                                            for e in entries[:i] if e is not None)
+            entry = _compress_one(i + 1, payloads[i], (direct.fd, at + BLOCK), compressors,
+                                  tick)
+            sources[i] = _Frame(direct.path, at + BLOCK)
+            at += member_span(entry.compressed_size)
+        else:
+            if dest is None:
+                dest = spool_root / f"{i + 1:06d}.zst"
+            entry = _compress_one(i + 1, payloads[i], dest, compressors, tick)
+            sources[i] = _Frame(dest)
+            if at is not None:
+                at += member_span(entry.compressed_size)
+        entries[i] = entry
+
+
+def _fits_one_header(size: int) -> bool:
+    """Whether every frame a verifier accepts for ``size`` content bytes has a plain ustar
+    header (no pax record, §2.3), so its data starts one block after the member."""
+    return size + size // 128 + 1024 < 8**11
+
+
+def _predicted(payloads: Sequence[PayloadFile], entries: Sequence[FileEntry | None],
+               sizes: Sequence[int]) -> list[FileEntry]:
+    """The entries, with payloads not compressed yet assumed incompressible (their frame as
+    long as their content: the usual case for large files, and only the number of digits
+    matters) and placeholder digests of the right length."""
+    zero = "0" * 64
+    return [e if e is not None else FileEntry(payload_member(i + 1), pf.name, size, zero,
+                                              size, zero)
+            for i, (pf, e, size) in enumerate(zip(payloads, entries, sizes, strict=True))]
+
+
+def _compress_small_ones(job: _Job, workers: int) -> None:
+    """Small payloads: read whole and compressed in memory by up to ``MAX_SMALL_WORKERS``
+    threads at once (zstd and hashlib release the GIL), one single-worker compressor per
+    thread. Frames are taken in manifest order, so the bundle bytes do not depend on
+    scheduling (§12.2), and appended to one shared spool file (or written to their frame
+    cache file); at most ``_SMALL_AHEAD`` frames wait in memory."""
+    payloads, entries, dests, sources, sizes = (job.payloads, job.entries, job.dests,
+                                                job.sources, job.sizes)
     small = [i for i, size in enumerate(sizes) if size <= MT_THRESHOLD_BYTES
              and entries[i] is None]
-    workers = (os.cpu_count() or 1) if threads < 0 else max(1, threads)
-    # Small payloads: one single-worker compressor per thread, several files at once (zstd
-    # and hashlib release the GIL). Each frame depends only on its own file, and entries are
-    # assembled in manifest order, so the bundle bytes do not depend on scheduling (§12.2).
+    if not small:
+        return
     local = threading.local()
 
-    def one_small(i: int) -> FileEntry:
+    def one(i: int) -> tuple[int, str, bytes, str]:
         if not hasattr(local, "compressors"):
-            local.compressors = _Compressors(level, 1)
-        return _compress_one(i + 1, payloads[i], spools[i], local.compressors, tick)
+            local.compressors = _Compressors(job.level, 1)
+        return _compress_small(payloads[i], local.compressors)
 
-    if workers > 1 and len(small) > 1:
-        with ThreadPoolExecutor(max_workers=min(workers, MAX_SMALL_WORKERS)) as pool:
-            futures = {i: pool.submit(one_small, i) for i in small}
+    shared = job.spool_root / "small.zst"
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(shared, "xb", opener=_private))
+        pool = None
+        if workers > 1 and len(small) > 1:
+            pool = stack.enter_context(
+                ThreadPoolExecutor(max_workers=min(workers, MAX_SMALL_WORKERS)))
+        pending: deque[tuple[int, Future[tuple[int, str, bytes, str]]]] = deque()
+        todo = iter(small)
+
+        def submit() -> None:
+            assert pool is not None
+            for i in todo:
+                pending.append((i, pool.submit(one, i)))
+                if len(pending) >= _SMALL_AHEAD:
+                    return
+
+        def results() -> Iterator[tuple[int, tuple[int, str, bytes, str]]]:
+            if pool is None:
+                for i in small:
+                    yield i, one(i)
+                return
+            submit()
             try:
-                for i, fut in futures.items():
-                    entries[i] = fut.result()
-            except BaseException:
-                for fut in futures.values():
+                while pending:
+                    i, fut = pending.popleft()
+                    result = fut.result()
+                    submit()
+                    yield i, result
+            finally:
+                for _, fut in pending:
                     fut.cancel()
-                raise
-    else:
-        for i in small:
-            entries[i] = one_small(i)
-    # Large payloads: one at a time, each on every core.
-    compressors = _Compressors(level, threads)
-    for i, _size in enumerate(sizes):
-        if entries[i] is None:
-            entries[i] = _compress_one(i + 1, payloads[i], spools[i], compressors, tick)
+
+        offset = 0
+        for i, (size, sha256, frame, frame_sha256) in results():
+            entries[i] = _entry(i + 1, payloads[i], size, sha256, len(frame), frame_sha256)
+            dest = dests[i]
+            if dest is not None:
+                with open(dest, "xb", opener=_private) as fh:
+                    fh.write(frame)
+                sources[i] = _Frame(dest)
+            else:
+                out.write(frame)
+                sources[i] = _Frame(shared, offset)
+                offset += len(frame)
+            job.tick(size)
+        out.flush()
 
 
 def _frame_and_write(
     out: Path,
     manifest: Manifest,
     entries: Sequence[FileEntry],
-    spools: Sequence[Path],
+    sources: Sequence[_Frame],
     signing_keys: Sequence[SigningKey],
-    roots: Sequence[bytes],
+    roots_json: bytes,
     split_size: int | None,
     write_parts: bool,
     data_bytes: int,
@@ -961,13 +1197,8 @@ def _frame_and_write(
     temps: list[Path],
     verify: bool,
     finish: Callable[[Manifest], Manifest] | None = None,
+    direct: _Direct | None = None,
 ) -> WrittenBundle:
-    roots_json = encode_roots(roots)
-    if len(roots_json) > limits.max_roots_bytes:
-        raise LimitExceededError(
-            f"roots.json would be {format_bytes(len(roots_json))}, over the max_roots_bytes "
-            f"limit of {format_bytes(limits.max_roots_bytes)}"
-        )
     sizes = plan_parts(data_bytes, split_size) if split_size is not None else []
     parts_written: list[Path] = []
     digests: tuple[PartDigest, ...] = ()
@@ -989,7 +1220,7 @@ def _frame_and_write(
                 parts_written.append(tmp)
                 return open(fd, "wb")
 
-        digests = _cut_parts(_data_section(entries, spools), sizes, opener,
+        digests = _cut_parts(_data_section(entries, sources), sizes, opener,
                              tick if write_parts else (lambda n: None))
     final = dataclasses.replace(
         manifest,
@@ -1036,8 +1267,15 @@ def _frame_and_write(
     else:
         written, write_total = 0, total
         report("write", 0, total)
-        fd, tmp = _tmp_for(out)
-        temps.append(tmp)
+        placed = [] if direct is None else [f for f in sources if f.path == direct.path]
+        if direct is not None and (not placed or direct.predicted == len(head)):
+            # The frames compressed into this file are where the head leaves them.
+            fd, tmp = direct.fd, direct.path
+            direct.fd = -1
+            os.lseek(fd, 0, os.SEEK_SET)
+        else:
+            fd, tmp = _tmp_for(out)
+            temps.append(tmp)
         readback: _ReadBack | None = None
         if verify:
             layout = [_Expect(data=head)]
@@ -1059,15 +1297,20 @@ def _frame_and_write(
             _write_all(fd, data)
             counted(len(data))
 
+        opened: dict[Path, int] = {}
         try:
             put(head)
-            for entry, spool in zip(entries, spools, strict=True):
+            for entry, frame in zip(entries, sources, strict=True):
                 put(encode_header(entry.member, entry.compressed_size))
-                src = os.open(spool, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    _copy_fd(src, fd, entry.compressed_size, counted)
-                finally:
-                    os.close(src)
+                if frame.path == tmp and frame.offset == written:
+                    os.lseek(fd, entry.compressed_size, os.SEEK_CUR)  # already in place
+                    counted(entry.compressed_size)
+                else:
+                    src = opened.get(frame.path)
+                    if src is None:
+                        src = opened[frame.path] = os.open(frame.path,
+                                                           os.O_RDONLY | os.O_CLOEXEC)
+                    _copy_fd(src, fd, entry.compressed_size, counted, frame.offset)
                 put(padding(entry.compressed_size))
             put(END_OF_ARCHIVE)
             os.fsync(fd)
@@ -1078,6 +1321,8 @@ def _frame_and_write(
                 readback.abandon()
             raise
         finally:
+            for src in opened.values():
+                os.close(src)
             os.close(fd)
         if readback is not None:
             readback.synced()
@@ -1085,7 +1330,7 @@ def _frame_and_write(
             readback.join(lambda n: report("verify", n, total))
             report("verify", total, total)
         os.replace(tmp, out)
-        temps.clear()
+        temps.remove(tmp)  # a temporary file left by a wrong prediction is still removed
         fsync_dir(out.parent)
         paths = (out,)
     return WrittenBundle(paths, final, envelope, envelope_sha256, total)

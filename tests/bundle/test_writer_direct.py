@@ -1,0 +1,137 @@
+"""Large frames compressed straight into the bundle file (docs/bundle-format.md §12.3).
+
+For a single-file bundle the writer predicts the head's size, compresses each large payload
+into the bundle's temporary file at the place that head leaves it, and copies only the small
+frames (kept in one shared spool) around them. These tests check that the result is the
+same bundle, byte for byte, as a writer that copies every frame (the frame-cache path never
+places frames in the bundle file); that a wrong prediction falls back to copying into a new
+temporary file; and that failures leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from bundle import writer as writer_mod
+from bundle.errors import DigestMismatchError
+from bundle.frame_cache import FrameCache
+from bundle.inspect import verify_written
+from bundle.writer import PayloadFile, write_bundle
+from tests.bundle.kit import make_files, release_draft
+from tests.fixtures.trust import TrustKit
+
+BIG = 64 * 1024  # MT_THRESHOLD_BYTES in these tests: larger payloads are "large"
+
+
+def _text(size: int, seed: int) -> bytes:
+    rnd = random.Random(seed)
+    out = bytearray()
+    while len(out) < size:
+        out += b"insert into t values (%d, 'row %d');\n" % (len(out), rnd.randrange(10**6))
+    return bytes(out[:size])
+
+
+def _contents() -> dict[str, bytes]:
+    return {
+        "a.sql": _text(30_000, 1),  # small
+        "b.bin": os.urandom(300_000),  # large, incompressible: its frame is placed in the file
+        "c.sql": _text(900_000, 2),  # large, compresses to fewer digits than predicted
+        "d.yaml": _text(5_000, 3),  # small
+        "e.bin": os.urandom(200_000),  # large
+        "f": b"",
+    }
+
+
+@pytest.fixture(autouse=True)
+def _small_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_mod, "MT_THRESHOLD_BYTES", BIG)
+
+
+def _temps_made(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    made: list[Path] = []
+    real = writer_mod._tmp_for
+
+    def spy(final: Path) -> tuple[int, Path]:
+        fd, path = real(final)
+        made.append(path)
+        return fd, path
+
+    monkeypatch.setattr(writer_mod, "_tmp_for", spy)
+    return made
+
+
+def _reference(trust: TrustKit, files: list[PayloadFile], tmp_path: Path) -> bytes:
+    """The same bundle written with every frame copied (through a frame cache)."""
+    (tmp_path / "ref").mkdir()
+    known = [PayloadFile(f.name, f.path, f.path.stat().st_size,
+                         __import__("hashlib").sha256(f.path.read_bytes()).hexdigest())
+             for f in files]
+    w = write_bundle(tmp_path / "ref" / "b.tgb", release_draft(trust), known,
+                     [trust.release_key], frames=FrameCache(tmp_path / "cache"))
+    return w.paths[0].read_bytes()
+
+
+def test_frames_placed_in_the_file_give_the_same_bundle(
+        trust: TrustKit, src: Path, out: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    files = make_files(src, _contents())
+    reference = _reference(trust, files, tmp_path)
+    made = _temps_made(monkeypatch)
+    w = write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key])
+    assert w.paths[0].read_bytes() == reference
+    assert len(made) == 1  # the prediction held: no second temporary file, no copy
+    assert os.listdir(out) == ["b.tgb"]
+    verify_written(w)
+
+
+@pytest.mark.parametrize("error", [+512, -512])
+def test_a_wrong_prediction_copies_into_a_new_file(
+        trust: TrustKit, src: Path, out: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, error: int) -> None:
+    files = make_files(src, _contents())
+    reference = _reference(trust, files, tmp_path)
+    real = writer_mod._head_size
+    monkeypatch.setattr(writer_mod, "_head_size",
+                        lambda *args: real(*args) + error)  # type: ignore[misc]
+    made = _temps_made(monkeypatch)
+    w = write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key])
+    assert w.paths[0].read_bytes() == reference
+    assert len(made) == 2
+    assert os.listdir(out) == ["b.tgb"]
+
+
+def test_a_failure_after_placing_a_frame_leaves_nothing(
+        trust: TrustKit, src: Path, out: Path) -> None:
+    files = make_files(src, _contents())
+    missing = PayloadFile("z.bin", src / "does-not-exist")
+    with pytest.raises(FileNotFoundError):
+        write_bundle(out / "b.tgb", release_draft(trust), [*files, missing],
+                     [trust.release_key])
+    assert os.listdir(out) == []
+
+
+def test_a_placed_frame_that_reads_back_differently_removes_the_output(
+        trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = make_files(src, _contents())
+    w = write_bundle(out / "probe.tgb", release_draft(trust), files, [trust.release_key])
+    entry = w.manifest.files[1]  # b.bin, placed in the file
+    assert entry.name == "b.bin"
+    (out / "probe.tgb").unlink()
+    real = os.pread
+    at = w.size - 1024 - sum(writer_mod.member_span(e.compressed_size)
+                             for e in w.manifest.files[1:]) + 512 + 1000
+
+    def pread(fd: int, count: int, offset: int) -> bytes:
+        data = bytearray(real(fd, count, offset))
+        if 0 <= at - offset < len(data):
+            data[at - offset] ^= 0x40
+        return bytes(data)
+
+    monkeypatch.setattr(writer_mod.os, "pread", pread)
+    with pytest.raises(DigestMismatchError, match=r"b\.bin"):
+        write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key])
+    assert os.listdir(out) == []
