@@ -41,6 +41,7 @@ from agent.plancheck import FAILED, SKIPPED, CheckResult, run_checks
 from agent.stepcheck import check_steps
 from bundle.errors import BundleError, PartsError
 from bundle.inspect import inspect
+from bundle.manifest import KIND_PLAN, Manifest
 from bundle.parts import find_first_part
 from bundle.reader import ExpectPlan, VerifiedBundle, VerifierState, verify_parts, verify_path
 from signing.envelope import TYPE_PLAN
@@ -115,7 +116,11 @@ class PlanRunner:
                 return ProcessOutcome(name, "held", f"waiting for parts of the plan: {exc}")
             return agent._reject(item, exc.check, str(exc))
         except BundleError as exc:
-            return agent._reject(item, exc.check, f"plan {name}: {exc}")
+            # Refused by a rule checked after the signature (expired, a replay, another
+            # target): the result names the plan, so the hub attaches the refusal to it.
+            signed = exc.manifest
+            named = signed if isinstance(signed, Manifest) and signed.kind == KIND_PLAN else None
+            return agent._reject(item, exc.check, f"plan {name}: {exc}", named=named)
         except (OSError, RuntimeError) as exc:
             agent._problem(f"plan {name}", f"cannot verify the plan {name}: {exc}; it stays "
                            "in the inbox and is tried again")

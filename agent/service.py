@@ -92,6 +92,7 @@ from agent.stepcheck import check_steps
 from bundle.approvals import undone_bundle
 from bundle.dag import graph_of, has_after
 from bundle.errors import BundleError, InsufficientSpaceError, PartsError
+from bundle.manifest import Manifest
 from bundle.parts import find_first_part, strip_part_suffix
 from bundle.reader import (
     AdmitFn,
@@ -447,23 +448,26 @@ class Agent:
 
     def _reject(self, item: ReadyItem, check: str, reason: str,
                 verified: VerifiedBundle | None = None,
-                details: Mapping[str, Any] | None = None) -> ProcessOutcome:
+                details: Mapping[str, Any] | None = None,
+                named: Manifest | None = None) -> ProcessOutcome:
         """Quarantine ``item`` with a signed ``rejected`` result. A bundle refused after it
         verified (step or approval check) is named in the result (bundle id and envelope
-        digest, which its signature vouches for); an unverified one never is. ``details``
-        go into the result's body (the approval verdict under ``approvals``)."""
+        digest, which its signature vouches for); so is a plan refused by a rule checked
+        after its signature (``named``: expired, a replay; ``agent.plan``); an unverified
+        one never is. ``details`` go into the result's body (the approval verdict under
+        ``approvals``)."""
         dest = self.config.quarantine
         name = printable(item.name)
         log.error("refused %s [%s]: %s; moving it to %s", name, check, reason, dest)
-        bundle_id = verified.manifest.bundle_id if verified is not None else None
+        m = verified.manifest if verified is not None else named
         intent = self._intent(
-            "rejected", reason, bundle_id,
+            "rejected", reason, m.bundle_id if m is not None else None,
             verified.envelope_sha256 if verified is not None else None,
-            verified.manifest.release.to_json() if verified is not None
-            and verified.manifest.release is not None else None, [],
+            m.release.to_json() if m is not None and m.release is not None else None, [],
             extra={"rejected_file": name, "check": check, **(details or {})})
         seq = self._dispose_new(item, dest, intent, (name, check, reason))
-        return ProcessOutcome(name, "rejected", reason, bundle_id, self._result_path(seq))
+        return ProcessOutcome(name, "rejected", reason, m.bundle_id if m is not None else None,
+                              self._result_path(seq))
 
     def _dispose_new(self, item: ReadyItem, dest: Path, intent: ResultIntent,
                      rejection: tuple[str, str, str] | None) -> int | None:

@@ -55,9 +55,13 @@ __all__ = [
 
 
 class BundleError(Exception):
-    """Base of bundle errors. ``check`` names the verification step that failed."""
+    """Base of bundle errors. ``check`` names the verification step that failed.
+    ``manifest`` is the *verified* manifest (its signature checked) when the refusal came
+    from a rule checked after the signature (§9 step 3: kind, target, root, sequence,
+    expiry, quotas), so the caller may name the bundle it refused (§9.3); else None."""
 
     check = "bundle"
+    manifest: Any = None
 
 
 class BundleFormatError(BundleError):

@@ -276,7 +276,12 @@ class _Verifier:
             manifest = Manifest.from_bytes(verified_payload, self.limits.max_envelope_bytes)
         except ManifestError as exc:
             raise ManifestError(self._err(f"manifest {exc}")) from exc
-        new_state = self._check_manifest(manifest, root, signers, floor)
+        try:
+            new_state = self._check_manifest(manifest, root, signers, floor)
+        except BundleError as exc:
+            if exc.manifest is None:  # signed: the refusal may name the bundle (§9.3)
+                exc.manifest = manifest
+            raise
         data_size = sum(_span(f.compressed_size) for f in manifest.files) + len(END_OF_ARCHIVE)
         if manifest.parts is not None and manifest.parts.data_bytes != data_size:
             raise ManifestError(self._err(

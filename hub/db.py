@@ -893,7 +893,9 @@ class PlanBundle(db.Model):  # type: ignore[name-defined,misc]
 
 
 class PlanOutcome(db.Model):  # type: ignore[name-defined,misc]
-    """One agent's signed answer to a plan: ``passed`` or ``failed`` and every check."""
+    """One agent's signed answer to a plan: ``passed`` or ``failed`` and every check, or
+    ``refused`` (the agent refused the plan after its signature verified: expired, a
+    replay; the reason is the summary)."""
 
     __tablename__ = "plan_outcomes"
     __table_args__ = (UniqueConstraint("plan_id", "agent_id"),)

@@ -58,14 +58,17 @@ from hub.services.environments import get_environment
 from hub.services.export import _check_release_files, _roots_up_to
 from hub.services.users import require_ctx
 
-__all__ = ["DEFAULT_EXPIRES", "PLAN_STATUSES", "PlanReport", "create_plan", "deploy_waits",
-           "latest_outcomes", "outcomes_json", "preflight_waits", "record_outcome",
-           "require_passed_plan"]
+__all__ = ["DEFAULT_EXPIRES", "PLAN_STATUSES", "REFUSED", "PlanReport", "create_plan",
+           "deploy_waits", "is_plan", "latest_outcomes", "outcomes_json", "preflight_waits",
+           "record_outcome", "require_passed_plan"]
 
 #: How long a plan stays valid at the sites by default.
 DEFAULT_EXPIRES = timedelta(hours=24)
 #: Result statuses of a plan's answer, and the outcome each records.
 PLAN_STATUSES = {"plan-passed": "passed", "plan-failed": "failed"}
+#: The outcome a plan's refusal records (a signed ``rejected`` result naming the plan: the
+#: agent refused it by a rule checked after its signature — expired, a replay).
+REFUSED = "refused"
 MAX_CHECKS_KEPT = 500  # checks kept from one outcome
 LIVE_SPOOL = "live-outbox"  # under the data directory (= hub.live_hub.LiveHub.spool_root)
 
@@ -213,11 +216,20 @@ def _scripts_withheld(release: Release, env: Environment, now: datetime) -> str 
     return None if check.met else check.summary()
 
 
+def is_plan(session: Session, bundle_id: str) -> bool:
+    """Whether ``bundle_id`` names a plan this hub made."""
+    return session.scalar(select(PlanBundle.id).where(PlanBundle.bundle_id == bundle_id)) \
+        is not None
+
+
 def record_outcome(ctx: ServiceContext, agent: Agent, bundle_id: str, status: str,
                    body: Mapping[str, Any], result_seq: int) -> str | None:
     """Keep ``agent``'s signed answer to plan ``bundle_id`` (called by the result importer,
-    in its transaction). Returns a flag for the import when the plan is not this hub's or
-    not addressed to the agent (the result is still imported), else None."""
+    in its transaction): ``plan-passed``, ``plan-failed`` or ``rejected`` (outcome
+    ``refused``, its reason the summary). A refusal never replaces the answer the agent gave
+    after it ran that plan (a copy of it delivered again is refused as a replay). Returns a
+    flag for the import when the plan is not this hub's or not addressed to the agent, or a
+    refusal is not kept (the result is still imported), else None."""
     session = ctx.session
     plan = session.scalar(select(PlanBundle).where(PlanBundle.bundle_id == bundle_id))
     if plan is None:
@@ -230,10 +242,13 @@ def record_outcome(ctx: ServiceContext, agent: Agent, bundle_id: str, status: st
               if isinstance(c, Mapping)][:MAX_CHECKS_KEPT]
     row = session.scalar(select(PlanOutcome).where(PlanOutcome.plan_id == plan.id,
                                                    PlanOutcome.agent_id == agent.id))
+    if status == "rejected" and row is not None and row.status != REFUSED:
+        return (f"plan: agent {agent.agent_id} refused plan {plan.id} again after it answered "
+                f"{row.status} ({str(body.get('summary', ''))[:300]}); the answer is kept")
     if row is None:
         row = PlanOutcome(plan=plan, release_id=plan.release_id, agent=agent)
         session.add(row)
-    row.status = PLAN_STATUSES[status]
+    row.status = REFUSED if status == "rejected" else PLAN_STATUSES[status]
     row.summary = str(body.get("summary", ""))[:4000]
     row.checks = [{k: (str(c.get(k))[:2000] if c.get(k) is not None else None)
                    for k in ("check", "status", "summary", "step", "target")} for c in checks]
@@ -272,8 +287,8 @@ def preflight_waits(session: Session, release: Release, agents: Sequence[Agent],
             out.append(f"{agent.agent_id}: no preflight plan of {release.label} has been "
                        f"answered (tiangong hub releases plan {release.product.name} "
                        f"{release.version} --agent {agent.agent_id})")
-        elif found.status != "passed":
-            out.append(f"{agent.agent_id}: preflight plan {found.plan_id} failed at "
+        elif found.status != "passed":  # failed, or refused by the agent
+            out.append(f"{agent.agent_id}: preflight plan {found.plan_id} {found.status} at "
                        f"{found.received_at:%Y-%m-%d %H:%M} UTC: {found.summary[:300]}")
         elif found.plan.created_at < now - within:
             # Measured from when the plan was made: the site checked after that, so a plan

@@ -60,7 +60,7 @@ from hub.services.import_verify import (
     VerifyPool,
     verify_copy,
 )
-from hub.services.plans import PLAN_STATUSES, record_outcome
+from hub.services.plans import PLAN_STATUSES, is_plan, record_outcome
 from hub.services.preflight import store_inventory
 from hub.services.users import require
 from signing.fileio import fsync_dir
@@ -619,6 +619,16 @@ class _ImportRun:
             found = deployments.get(refused_lost)
             if found is not None and found.agent_id == agent.id and found.state == "lost":
                 dep = found
+        elif res.bundle_id is not None and (
+                res.status in PLAN_STATUSES or (res.status == "rejected" and res.bundle_id
+                                                not in deployments
+                                                and is_plan(ctx.session, res.bundle_id))):
+            # The answer to a preflight plan, or its refusal by a rule checked after its
+            # signature (expired, a replay) (hub.services.plans): no deployment.
+            flag = record_outcome(ctx, agent, res.bundle_id, res.status, res.body,
+                                  res.result_seq)
+            if flag is not None:
+                flags.append(flag)
         elif res.bundle_id is not None and res.status == "rejected":
             # The agent refused a bundle after it verified (step or approval check) and names
             # it. A bundle this hub never exported to this agent (made by hand with the
@@ -631,12 +641,6 @@ class _ImportRun:
                     f"refused: bundle {res.bundle_id} was not exported by this hub to "
                     f"{agent.agent_id} ({str(res.body.get('summary', ''))[:300]})"
                 )
-        elif res.bundle_id is not None and res.status in PLAN_STATUSES:
-            # The answer to a preflight plan (hub.services.plans): no deployment.
-            flag = record_outcome(ctx, agent, res.bundle_id, res.status, res.body,
-                                  res.result_seq)
-            if flag is not None:
-                flags.append(flag)
         elif res.bundle_id is not None:
             dep = deployments.get(res.bundle_id)
             if dep is None:

@@ -7,14 +7,19 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from signing.keyfile import KdfParams, save_private_key, write_public_key
 from tests.fixtures.trust import TrustKit, make_trust
+
+if TYPE_CHECKING:
+    from tests.web.pages import Site
 
 TIANGONG = [sys.executable, "-m", "tiangong.cli"]
 
@@ -107,3 +112,49 @@ def media_site(tmp_path: Path) -> tuple[HubCli, Path, Path]:
     shutil.copy(next((home / "outbox").glob("enrollment-*.json")), stick)
     hub("import", str(stick), user="carol")
     return hub, data, home
+
+
+@contextmanager
+def web_site(data: Path) -> Iterator[Site]:
+    """The web app over the hub in ``data`` that real `tiangong hub` processes made (its
+    database and keys), driven by Flask's test client (``tests.web.pages.Site``: signed-in
+    clients, CSRF posts, API tokens), on the real clock: the CLI's rows carry real times."""
+    from hub.db import db
+    from hub.services.context import utc_now
+    from tests.web.pages import Site
+    from web.app import create_web_app
+
+    app = create_web_app({"data_dir": data, "secret_key": "test-secret-key-not-for-production"},
+                         {"web": {"secure_cookies": False}}, clock=utc_now)
+    app.config["TESTING"] = True
+    try:
+        yield Site(app, utc_now, data)  # type: ignore[arg-type]
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+def carry_home(home: Path, to: Path) -> Path:
+    """Copy every result in the agent's outbox to ``to`` (the stick back to the hub)."""
+    to.mkdir(parents=True, exist_ok=True)
+    for f in (home / "outbox").glob("*.tgr"):
+        shutil.copy(f, to)
+    return to
+
+
+def approved_release(hub: HubCli, tmp_path: Path, product: str = "app", version: str = "1.0",
+                     steps: list[str] | None = None,
+                     files: dict[str, str] | None = None) -> Path:
+    """A release written with ``tests.e2e.agent_site.write_release`` (default: one shell step
+    ``hello``), created and submitted by dev and approved by bob (the people of
+    :func:`media_site`); its directory."""
+    from tests.e2e.agent_site import write_release
+
+    rel = write_release(tmp_path / f"{product}-{version}", product, version,
+                        steps or ['name = "hello"\nkind = "shell"\nscript = "hello.sh"'],
+                        files if files is not None else {"hello.sh": "#!/bin/sh\necho hello\n"})
+    hub("releases", "create", str(rel), "--create-product", user="dev")
+    hub("releases", "submit", product, version, user="dev")
+    hub("releases", "approve", product, version, user="bob")
+    return rel

@@ -9,29 +9,22 @@ nothing. A real `agent run --once` answers the plan; then the API queues it.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from hub.db import db
-from hub.services.context import utc_now
-from tests.e2e.agent_site import write_release
-from tests.e2e.conftest import HubCli, drop_settled, media_site, run
+from tests.e2e.conftest import (
+    HubCli,
+    approved_release,
+    carry_home,
+    drop_settled,
+    media_site,
+    run,
+    web_site,
+)
 from tests.web.api.conftest import Api, token_for
-from tests.web.pages import Site
-from web.app import create_web_app
 
 MISSING = ("no preflight plan of app 1.0 has been answered "
            "(tiangong hub releases plan app 1.0 --agent site-01)")
-
-
-def _web(data: Path) -> Site:
-    """The web app over the hub the CLI made (its database and keys), with the real clock:
-    plans are made by the CLI at real time."""
-    app = create_web_app({"data_dir": data, "secret_key": "test-secret-key-not-for-production"},
-                         {"web": {"secure_cookies": False}}, clock=utc_now)
-    app.config["TESTING"] = True
-    return Site(app, utc_now, data)  # type: ignore[arg-type]
 
 
 def _state(hub: HubCli) -> tuple[list[Any], list[Any]]:
@@ -46,12 +39,7 @@ def _state(hub: HubCli) -> tuple[list[Any], list[Any]]:
 
 def test_a_hand_queued_deployment_waits_for_a_passed_plan(tmp_path: Path) -> None:
     hub, data, home = media_site(tmp_path)
-    rel = write_release(tmp_path / "app-1.0", "app", "1.0",
-                        ['name = "hello"\nkind = "shell"\nscript = "hello.sh"'],
-                        {"hello.sh": "#!/bin/sh\necho hello\n"})
-    hub("releases", "create", str(rel), "--create-product", user="dev")
-    hub("releases", "submit", "app", "1.0", user="dev")
-    hub("releases", "approve", "app", "1.0", user="bob")
+    approved_release(hub, tmp_path)
     set_ = json.loads(hub("environments", "preflight-policy", "plant-a", "--within", "24",
                           "--json").stdout)
     assert set_["preflight_within_h"] == 24 and "within 24 h" in set_["policy"]
@@ -75,8 +63,7 @@ def test_a_hand_queued_deployment_waits_for_a_passed_plan(tmp_path: Path) -> Non
     assert events[0]["details"]["agents"] == ["site-01"]
     assert events[0]["details"]["missing"] == [f"site-01: {MISSING}"]
 
-    site = _web(data)
-    try:
+    with web_site(data) as site:
         # 2. The web Deploy form.
         c = site.client("carol")
         page = site.post(c, "/releases/app/1.0/queue", {"environment": "plant-a"})
@@ -101,11 +88,7 @@ def test_a_hand_queued_deployment_waits_for_a_passed_plan(tmp_path: Path) -> Non
                               "--out", str(usb), "--json", user="carol").stdout)
         drop_settled(Path(made["files"][0]), home)
         run("agent", "run", "--home", str(home), "--once")
-        back = tmp_path / "back"
-        back.mkdir()
-        for f in (home / "outbox").glob("*.tgr"):
-            shutil.copy(f, back)
-        hub("import", str(back), user="carol")
+        hub("import", str(carry_home(home, tmp_path / "back")), user="carol")
         [plan] = json.loads(hub("releases", "plans", "app", "1.0", "--json").stdout)
         assert [o["status"] for o in plan["outcomes"]] == ["passed"]
         [dep] = api.post("/releases/app/1.0/deployments", 201,
@@ -113,7 +96,3 @@ def test_a_hand_queued_deployment_waits_for_a_passed_plan(tmp_path: Path) -> Non
         assert dep["agent"] == "site-01" and dep["state"] == "queued"
         deps, events = _state(hub)
         assert [d["id"] for d in deps] == [dep["id"]] and len(events) == 3
-    finally:
-        with site.app.app_context():
-            db.session.remove()
-            db.engine.dispose()

@@ -102,6 +102,22 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "additionalProperties": False,
     },
     "DeploymentList": _list_of("deployments", "Deployment"),
+    "Plan": _obj({
+        "plan": {"type": "integer", "description": "The plan's sequence."},
+        "bundle_id": _STR, "environment": _STR, "agent": _STR_OR_NULL, "created_by": _STR,
+        "created_at": _TIME, "expires_at": _TIME,
+        "outcomes": {"type": "array", "items": _obj({
+            "agent": _STR,
+            "status": {"type": "string", "enum": ["passed", "failed", "refused"],
+                       "description": "refused: the agent refused the plan after its "
+                                      "signature verified (expired, a replay); the "
+                                      "summary says why."},
+            "summary": _STR, "received_at": _TIME,
+            "checks": {"type": "array", "items": _obj({
+                "check": _STR_OR_NULL, "status": _STR_OR_NULL, "summary": _STR_OR_NULL,
+                "step": _STR_OR_NULL, "target": _STR_OR_NULL})}})},
+    }),
+    "PlanList": _list_of("plans", "Plan"),
     "Environment": _obj({"name": _STR, "description": _STR,
                          "required_approvals": {"type": "integer", "minimum": 0},
                          "preflight_within_h": {"type": ["integer", "null"]}}),

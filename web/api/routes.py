@@ -194,6 +194,18 @@ def releases_show(product: str, version: str) -> Any:
     return release_json(_release(product, version))
 
 
+@operation("/releases/<product>/<version>/plans", "GET", scope="read",
+           summary="The preflight plans of a release and every agent's answer",
+           responses={200: "PlanList"}, params=(_PRODUCT, _VERSION), errors=(404,))
+def releases_plans(product: str, version: str) -> Any:
+    """Each plan (newest first) with each agent's outcome — passed, failed or refused (the
+    agent refused the plan: expired, a replay; the reason is the summary) — as
+    `tiangong hub releases plans` and the release page show them."""
+    from hub.services.plans import outcomes_json
+
+    return {"plans": outcomes_json(api_ctx().session, _release(product, version))}
+
+
 @operation("/releases/<product>/<version>/submit", "POST", scope="releases:write",
            summary="Submit a draft for approval", responses={200: "Release"},
            params=(_PRODUCT, _VERSION), errors=(404, 409))
