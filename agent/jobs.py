@@ -34,15 +34,14 @@ each one on import (``job.run``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
 import shutil
-import signal
-import subprocess
+import threading
 import time
 import tomllib
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -52,6 +51,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
 
+from agent.executors.base import LogLine, StepContext, StepLog
+from agent.executors.shell import ShellExecutor
 from agent.faults import crash_point
 from agent.journal import Journal
 from signing.fileio import fsync_dir
@@ -68,6 +69,7 @@ MAX_RETRIES = 10
 MAX_TIMEOUT_S = 86400
 DEFAULT_TIMEOUT_S = 3600
 MAX_OUTPUT_CHARS = 2000  # tail of a run's output kept in its summary
+JOB_LOG_CAP_BYTES = 64 * 1024  # bytes of a run's output held while it runs (the tail is kept)
 REPORT_AFTER_S = 6 * 3600  # a finished run waits at most this long for a result
 MAX_CATCH_UP = 100_000  # fire times counted when coalescing missed runs
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -263,18 +265,16 @@ class JobScheduler:
         journal: the agent's journal (schedule and runs).
         jobs_dir: ``<home>/jobs`` (installed scripts).
         clock: the agent's policy clock (Unix seconds).
-        bash: the interpreter of job scripts.
     """
 
     parse = staticmethod(parse_schedule)
 
     def __init__(self, journal: Journal, jobs_dir: Path, clock: Callable[[], int],
-                 bash: str = "bash", report: Callable[[int], None] | None = None,
+                 report: Callable[[int], None] | None = None,
                  report_after: int = REPORT_AFTER_S) -> None:
         self.journal = journal
         self.jobs_dir = jobs_dir
         self.clock = clock
-        self.bash = bash
         self.report = report
         self.report_after = report_after
 
@@ -349,25 +349,38 @@ class JobScheduler:
         return code, _tail("\n".join(parts).encode())
 
     def _attempt(self, job: JobSpec, script: Path, timeout: int) -> tuple[int | None, str]:
-        try:
-            proc = subprocess.Popen([self.bash, str(script)], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    cwd=script.parent, start_new_session=True)
-        except OSError as exc:
-            return None, f"cannot start {self.bash} {script}: {exc}"
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-            return None, (f"timed out after {job.timeout} s; killed. "
-                          + _tail(out))[:MAX_OUTPUT_CHARS]
-        # What the script left running in its group goes too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        verdict = "exit 0" if proc.returncode == 0 else f"exit {proc.returncode}"
-        return proc.returncode, f"{verdict}. {_tail(out)}"[:MAX_OUTPUT_CHARS]
+        """Run one script as a shell step runs (``agent.executors.shell``): an environment
+        built from nothing, its process group ended when it exits or times out, a pipe held
+        open by something that left the group waited for only a bounded time, and only the
+        tail of the output kept."""
+        tail: deque[str] = deque()
+        kept = [0]
+
+        def keep(line: LogLine) -> None:
+            if line.stream not in ("stdout", "stderr"):
+                return
+            tail.append(line.text)
+            kept[0] += len(line.text) + 1
+            while kept[0] > MAX_OUTPUT_CHARS and len(tail) > 1:
+                kept[0] -= len(tail.popleft()) + 1
+
+        ctx = StepContext(
+            bundle_id=script.parent.name, release={}, index=0,
+            step={"name": job.name, "kind": "shell", "script": script.name,
+                  "interpreter": "bash", "env": {}, "args": [], "secrets": [],
+                  "secrets_via": "env", "timeout_s": timeout},
+            files={script.name: script}, workdir=script.parent, connection=None, secrets={},
+            log=StepLog(cap_bytes=JOB_LOG_CAP_BYTES, sink=keep),
+            deadline=time.monotonic() + timeout, cancel=threading.Event(), undo_dir=None)
+        outcome = ShellExecutor().run(ctx)
+        output = "\n".join(tail).strip()[-(MAX_OUTPUT_CHARS - 100):]
+        if outcome.details.get("timed_out"):
+            return None, f"timed out after {job.timeout} s; killed. {output}"[:MAX_OUTPUT_CHARS]
+        code = outcome.exit_code
+        if code is None and "signal" not in outcome.details:
+            return None, f"cannot start {script}: {outcome.summary}"[:MAX_OUTPUT_CHARS]
+        verdict = f"exit {code}" if code is not None else outcome.summary
+        return code, f"{verdict}. {output}"[:MAX_OUTPUT_CHARS]
 
 
 def _tail(out: bytes) -> str:

@@ -266,3 +266,57 @@ def test_a_crash_while_a_job_runs_reports_it_interrupted_and_does_not_rerun_it(
     nxt = _install(agent, kit, tmp_path, None, "echo unused\n", seq=2)
     jobs: Any = _verify_result(agent, kit, nxt.result, tmp_path)["body"]
     assert [j["state"] for j in jobs["scheduled_jobs"]] == ["interrupted", "succeeded"]
+
+
+def test_a_job_gets_none_of_the_agents_environment_and_a_bounded_output(
+        site: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job runs as a shell step does: its environment built from nothing (the agent's may
+    hold a key passphrase, a proxy password: a job used to inherit all of it) and its output
+    kept as a bounded tail (it used to be read whole into the agent's memory: a chatty
+    backup of an hour could take the agent down)."""
+    import tracemalloc
+
+    agent, kit, clock = site
+    monkeypatch.setenv("AGENT_KEY_PASSPHRASE", "s3cret-pass")
+    seen = tmp_path / "env.txt"
+    out = _install(agent, kit, tmp_path, _hourly(seen, timeout=600),
+                   f'env > "{seen}"\nfor i in $(seq 64); do head -c 1048576 /dev/zero '
+                   "| tr '\\0' x; echo; done\necho end\n")
+    assert out.status == "succeeded", out.summary
+    clock.t = NEXT_HOUR
+    tracemalloc.start()
+    try:
+        agent.run_once()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    (run,) = agent.journal.job_runs()
+    assert (run["state"], run["exit_code"]) == ("succeeded", 0), run["summary"]
+    assert run["summary"].startswith("exit 0. ") and run["summary"].endswith("end")
+    assert len(run["summary"]) <= 2000
+    env = dict(line.split("=", 1) for line in seen.read_text().splitlines() if "=" in line)
+    assert "AGENT_KEY_PASSPHRASE" not in env and "s3cret-pass" not in seen.read_text()
+    assert env["HOME"] == str(agent.config.home / "jobs" / out.bundle_id)
+    assert peak < 16 * 1024 * 1024, peak  # 64 MiB of output went through
+
+
+def test_a_job_that_leaves_a_daemon_holding_its_output_does_not_hold_the_agent(
+        site: Any, tmp_path: Path) -> None:
+    """A job that starts something in a session of its own (``setsid``) which keeps the
+    job's stdout open: the agent used to wait for that pipe to close — past the job's
+    timeout, for as long as the daemon lived (the agent took no bundle meanwhile) — and
+    then report the job killed. It ends when the script exits, like a shell step."""
+    agent, kit, clock = site
+    pidfile = tmp_path / "daemon.pid"
+    _install(agent, kit, tmp_path, _hourly(pidfile, timeout=2),
+             f'setsid sleep 30 &\necho $! > "{pidfile}"\necho started\n')
+    clock.t = NEXT_HOUR
+    try:
+        agent.run_once()
+        (run,) = agent.journal.job_runs()
+        assert (run["state"], run["exit_code"]) == ("succeeded", 0), run["summary"]
+        assert "started" in run["summary"]
+    finally:
+        if pidfile.exists():
+            with __import__("contextlib").suppress(ProcessLookupError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
