@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email.parser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,9 @@ from bundle.steps import validate_step
 __all__ = ["AgentUpgradeExecutor", "wheel_name_version"]
 
 MAX_METADATA_BYTES = 1024 * 1024  # bytes of a wheel's METADATA read at most
+#: What a version may look like (PEP 440 versions begin with a digit): it names
+#: ``versions/<V>`` in the agent home, so never a path, a hidden name or the layout's own.
+_VERSION = re.compile(r"[0-9][A-Za-z0-9.+!_-]{0,63}")
 _CHECK = "import tiangong, agent.cli, agent.service, bundle.reader; print(tiangong.__version__)"
 
 
@@ -89,6 +93,11 @@ class AgentUpgradeExecutor:
         if name != "tiangong":
             return StepOutcome("failed", f"{wheel_name} is a wheel of {name!r}, not of "
                                "'tiangong'; nothing was changed")
+        if not _VERSION.fullmatch(version) or ".." in version:
+            return StepOutcome("failed", f"{wheel_name} declares version {version[:80]!r}, "
+                               "which is not a version (a digit, then at most 63 letters, "
+                               "digits and . + ! _ -); it would name the directory it is "
+                               "installed in; nothing was changed")
         running = tiangong.__version__
         details = {"from": running, "to": version, "running": running}
         if version == running:

@@ -80,6 +80,33 @@ def test_a_wheel_that_is_not_tiangong_is_refused_and_nothing_changes(
     assert not upgrade.restart_requested()
 
 
+def _wheel_declaring(path: Path, version: str) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("tiangong-1.0.dist-info/METADATA",
+                    f"Metadata-Version: 2.1\nName: tiangong\nVersion: {version}\n")
+    return path
+
+
+@pytest.mark.parametrize("version", ["../../../outside", "current", "previous", ".hidden",
+                                     "1.0 beta", "upgrade.json"])
+def test_a_version_that_is_not_a_version_is_refused_and_nothing_changes(
+    tmp_path: Path, home: Path, version: str
+) -> None:
+    """The version a wheel's METADATA declares names the directory it is installed in
+    (versions/<V>) and the link the supervisor follows: a path, one of the layout's own
+    names or text that is no version would install outside the agent's home or over the
+    layout. Refused before anything is written."""
+    wheel = _wheel_declaring(tmp_path / "staged-1", version)
+
+    out = get_executor("agent-upgrade").run(context(tmp_path, wheel))
+
+    assert out.status == "failed", out.summary
+    assert "is not a version" in out.summary and "nothing was changed" in out.summary
+    assert list(home.iterdir()) == []
+    assert not (tmp_path / "outside").exists()
+    assert not upgrade.restart_requested()
+
+
 def test_the_running_version_is_not_installed_again(tmp_path: Path, home: Path) -> None:
     wheel = make_wheel(tmp_path / "staged-1", "tiangong", tiangong.__version__)
     step = {**STEP, "wheel": f"tiangong-{tiangong.__version__}-py3-none-any.whl"}
