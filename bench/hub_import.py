@@ -256,7 +256,8 @@ def timed_import(
         # or --no-pool); the pool's workers are timed as "CPU of the verification workers".
         patched(import_verify, "verify_bundle",
                 t.wrap("verify_bundle", vars(import_verify)["verify_bundle"])),
-        patched(shutil, "rmtree", t.wrap("staging rmtree", shutil.rmtree)),
+        patched(import_verify, "remove_staged",
+                t.wrap("staging rmtree", import_verify.remove_staged)),
         patched(result_import, "sync_copies", t.wrap("fsync copies", import_files.sync_copies)),
         patched(run, "_record", t.wrap("record (SQL, savepoints)", run._record)),
         patched(session, "commit", t.wrap("commit", session.commit)),

@@ -13,6 +13,7 @@ process does the database work). Nothing here touches the database.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import io
@@ -29,6 +30,7 @@ from typing import Any, BinaryIO
 
 from bundle.errors import BundleError, InsufficientSpaceError
 from bundle.reader import ExpectResult, VerifiedBundle, VerifierState, verify_bundle
+from bundle.staging import FILES_DIR
 from hub.services.import_files import COPY_BUFFER, Rejected
 from signing.keys import PublicKey
 from signing.roots import TrustedRoot
@@ -39,6 +41,7 @@ __all__ = [
     "VerifiedResult",
     "VerifyJob",
     "VerifyPool",
+    "remove_staged",
     "start_method",
     "verify_copy",
 ]
@@ -150,7 +153,7 @@ def verify_copy(job: VerifyJob, trusted: TrustedRoot) -> VerifiedResult | Reject
         except InsufficientSpaceError:
             with _disk_staging(job.disk_staging_parent) as staging:
                 vb = verify(staging)
-        shutil.rmtree(vb.staged_dir, ignore_errors=True)
+        remove_staged(vb)
         return _summary(vb)
     except BundleError as exc:
         return Rejected(str(exc), exc.check, job.agent_id)
@@ -158,6 +161,19 @@ def verify_copy(job: VerifyJob, trusted: TrustedRoot) -> VerifiedResult | Reject
         return Rejected(
             f"{job.label}: the hub could not verify its copy: {exc}", "io", job.agent_id
         )
+
+
+def remove_staged(vb: VerifiedBundle) -> None:
+    """Remove what verifying ``vb`` staged: its payload files, ``files/`` and the ready
+    directory (what :class:`bundle.staging.Stager` makes), or the whole tree when it holds
+    anything else."""
+    try:
+        for staged in vb.files.values():
+            os.unlink(staged)
+        os.rmdir(vb.staged_dir / FILES_DIR)
+        os.rmdir(vb.staged_dir)
+    except OSError:
+        shutil.rmtree(vb.staged_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -177,6 +193,18 @@ def _worker_init(trusted: TrustedRoot) -> None:
 
 def _worker_verify(job: VerifyJob) -> VerifiedResult | Rejected:
     assert _worker_root is not None
+    if job.memory_staging is not None:
+        # A directory of this worker's own: two workers verifying the same result (a file
+        # and its copy under another name) would stage under the same ready name.
+        own = os.path.join(job.memory_staging, f"worker-{os.getpid()}")
+        staging: str | None = own
+        try:
+            os.mkdir(own, 0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            staging = None  # staged beside the results instead
+        job = dataclasses.replace(job, memory_staging=staging)
     return verify_copy(job, _worker_root)
 
 

@@ -34,7 +34,8 @@ from bundle.steps import needed_connection_type
 from hub.db import Agent, Deployment
 
 __all__ = ["DISK_FACTOR", "Finding", "check_agent", "check_deployment", "check_inventory",
-           "clean_holds", "clean_inventory", "state_values", "store_inventory"]
+           "clean_holds", "clean_inventory", "state_values", "store_inventories",
+           "store_inventory"]
 
 #: The release's files must fit this many times in the agent's free disk (bundle + staging).
 DISK_FACTOR = 2
@@ -119,12 +120,26 @@ def state_values(report: Mapping[str, Any]) -> dict[str, Any] | None:
 def store_inventory(agent: Agent, body: Mapping[str, Any], at: datetime) -> bool:
     """Keep the inventory and holds of a result body made at ``at`` as ``agent``'s last
     known ones, unless a newer report (a live STATE, say) is kept already. True if stored."""
-    values = state_values(body)
+    return store_inventories(agent, [(body, at)])
+
+
+def store_inventories(agent: Agent, reports: Sequence[tuple[Mapping[str, Any], datetime]]
+                      ) -> bool:
+    """:func:`store_inventory` of each report in turn, with the same outcome, but the one
+    that stays is the only one cleaned and written (an import stores a batch's results of
+    one agent at once). True if one was stored."""
+    newest: Mapping[str, Any] | None = None
+    kept = agent.inventory_at
+    for body, at in reports:
+        if not isinstance(body.get("inventory"), Mapping):
+            continue  # no inventory (state_values: None)
+        if kept is not None and at < kept:
+            continue
+        newest, kept = body, at
+    values = state_values(newest) if newest is not None else None
     if values is None:
         return False
-    if agent.inventory_at is not None and at < agent.inventory_at:
-        return False
-    agent.inventory, agent.inventory_at, agent.holds = (values["inventory"], at,
+    agent.inventory, agent.inventory_at, agent.holds = (values["inventory"], kept,
                                                         values["holds"])
     if values["agent_version"]:
         agent.agent_version = values["agent_version"]

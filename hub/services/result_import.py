@@ -61,7 +61,7 @@ from hub.services.import_verify import (
     verify_copy,
 )
 from hub.services.plans import PLAN_STATUSES, is_plan, record_outcome
-from hub.services.preflight import store_inventory
+from hub.services.preflight import store_inventories
 from hub.services.users import require
 from signing.fileio import fsync_dir
 from signing.roots import TrustedRoot
@@ -518,6 +518,8 @@ class _ImportRun:
         session = self.ctx.session
         rows: list[ImportRow] = []
         keep: list[_Incoming] = []  # verified copies to store under their final names
+        # Per agent: the inventories of its results recorded in this pass, in order.
+        reports: dict[int, tuple[Agent, list[tuple[Mapping[str, Any], datetime]]]] = {}
         with audit.held_head(session) as head:
             # The head lock serialises every audit appender, so from here on no other import
             # can record the same result or move the same agent: read both again.
@@ -540,9 +542,9 @@ class _ImportRun:
                     try:
                         if careful:
                             with head.savepoint():
-                                row, seq = self._apply(inc, deployments)
+                                row, seq, report = self._apply(inc, deployments)
                         else:
-                            row, seq = self._apply(inc, deployments)
+                            row, seq, report = self._apply(inc, deployments)
                     except Rejected as exc:
                         if not careful:
                             raise _Retry from exc
@@ -555,6 +557,9 @@ class _ImportRun:
                         done[sha] = seq
                         keep.append(inc)
                         rows.append(row)
+                        if report is not None:
+                            assert inc.agent is not None
+                            reports.setdefault(inc.agent.id, (inc.agent, []))[1].append(report)
                         continue
                 assert rejected is not None
                 audit.record(
@@ -571,6 +576,9 @@ class _ImportRun:
                 rows.append(
                     ImportRow(inc.path.name, "rejected", rejected.reason, rejected.agent_id)
                 )
+            # Each agent's newest inventory of the batch, as storing them in turn would keep.
+            for agent, newer in reports.values():
+                store_inventories(agent, newer)
             for inc in keep:
                 self._store(inc)
             fsync_dir(self.results_dir)  # the stored names, before the commit records them
@@ -590,9 +598,11 @@ class _ImportRun:
 
     def _apply(
         self, inc: _Incoming, deployments: dict[str, Deployment]
-    ) -> tuple[ImportRow, int]:
-        """Record one verified result; returns the row and the seq of its ``result.import``
-        event. ``deployments`` maps the batch's bundle ids to their deployments.
+    ) -> tuple[ImportRow, int, tuple[Mapping[str, Any], datetime] | None]:
+        """Record one verified result; returns the row, the seq of its ``result.import``
+        event and, when it is the agent's newest result yet, its body and time, for the
+        agent's inventory (:func:`~hub.services.preflight.store_inventories`, once per agent
+        and batch). ``deployments`` maps the batch's bundle ids to their deployments.
 
         Raises:
             Rejected, HubError: the file is refused (nothing of it may be kept).
@@ -672,12 +682,13 @@ class _ImportRun:
                 f"chain: result {res.result_seq} does not follow the last imported result "
                 "of this agent"
             )
+        report: tuple[Mapping[str, Any], datetime] | None = None
         if res.result_seq > agent.result_seq:
             agent.result_seq = res.result_seq
             agent.last_result_digest = vb.envelope_sha256
             # The newest result's, unless a live STATE made later is kept (preflight).
             made = datetime.fromtimestamp(vb.created, UTC)
-            store_inventory(agent, res.body, min(made, ctx.now()))
+            report = (res.body, min(made, ctx.now()))
         agent.last_seen = ctx.now()
         summary = {
             "status": res.status,
@@ -733,7 +744,7 @@ class _ImportRun:
             dep.id if dep else None,
             tuple(flags),
         )
-        return row, event.seq
+        return row, event.seq, report
 
 
 

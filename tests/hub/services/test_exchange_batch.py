@@ -224,6 +224,69 @@ def test_crash_between_storing_and_committing(
     agent.close()
 
 
+def test_a_failure_while_a_batch_is_recorded_drops_the_batches_read_ahead(
+    any_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import is pipelined: while batch 2 is recorded, batch 3 is already copied and
+    verified. A failure of the hub while batch 2 is recorded rolls batch 2 back, keeps
+    batch 1 committed, and removes batch 3's private copies; the next run imports the rest
+    once."""
+    world = any_world
+    agent = _agent(world, tmp_path)
+    r = _results(agent, 6)
+    media = _media(tmp_path, "usb", {f"p{i}.tgr": p for i, p in enumerate(r)})
+    results = tmp_path / "results"
+    real_fsync_dir = result_import.fsync_dir
+    calls = []
+
+    def fail_second(directory: Any) -> None:
+        calls.append(directory)
+        if len(calls) == 2:
+            raise OSError("simulated disk failure while batch 2 is stored")
+        real_fsync_dir(directory)
+
+    monkeypatch.setattr(result_import, "fsync_dir", fail_second)
+    with pytest.raises(OSError, match="simulated disk failure"):
+        import_directory(world.ctx("op"), media, results_dir=results, batch_size=2)
+    monkeypatch.undo()
+
+    world.session.rollback()
+    imported_files = sorted(
+        f"p{i}.tgr" for i in range(6)
+        if any(f'"file":"p{i}.tgr"' in e.details for e in _events(world, "result.import")))
+    assert imported_files == ["p0.tgr", "p1.tgr"]
+    # Batch 2's files were stored (renamed) before the failure; batch 3's copies are gone.
+    assert not [n for n in _stored(results) if n.startswith(".")]
+    assert len(_stored(results)) == 4
+    _assert_chain_ok(world)
+
+    rows = _import(world, media, results, 2)
+    assert [row.status for row in rows] == ["duplicate"] * 2 + ["imported"] * 4
+    assert len(_events(world, "result.import")) == 6
+    assert len(_stored(results)) == 6
+    row = world.session.scalar(select(AgentRow).where(AgentRow.agent_id == "site-01"))
+    assert row is not None and row.result_seq == 6
+    _assert_chain_ok(world)
+    agent.close()
+
+
+def test_the_same_result_in_two_pipelined_batches_is_imported_once(
+    world: World, tmp_path: Path
+) -> None:
+    """Batch 2 is looked up before batch 1 is committed; the copy of a result batch 1
+    records is still found, under the lock, and counted a duplicate."""
+    agent = _agent(world, tmp_path)
+    r = _results(agent, 2)
+    media = _media(tmp_path, "usb", {"q1.tgr": r[0], "q2.tgr": r[1], "q3-copy.tgr": r[0]})
+    rows = _import(world, media, tmp_path / "results", 2)
+    assert [row.status for row in rows] == ["imported", "imported", "duplicate"]
+    first = _events(world, "result.import")[0]
+    assert rows[2].reason == f"already imported (audit event {first.seq})"
+    assert len(_events(world, "result.import")) == 2
+    assert len(_stored(tmp_path / "results")) == 2
+    agent.close()
+
+
 def test_the_same_result_twice_in_one_batch_is_imported_once(
     world: World, tmp_path: Path
 ) -> None:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from hub.services.preflight import DISK_FACTOR, check_inventory, clean_inventory
+from hub.db import Agent
+from hub.services.preflight import (
+    DISK_FACTOR,
+    check_inventory,
+    clean_inventory,
+    store_inventories,
+    store_inventory,
+)
 
 INV: dict[str, Any] = {
     "agent_version": "1.0", "os": "Linux", "free_disk_bytes": 10 * 1024 * 1024, "cpus": 2,
@@ -60,3 +68,45 @@ def test_clean_inventory_keeps_known_bounded_fields() -> None:
     assert clean["step_kinds"] == ["sql"]
     assert clean["connections"] == {"db": "postgres", "x" * 200: ""}
     assert clean_inventory("not a mapping") is None
+
+
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def _report(version: str | None, minutes: int) -> tuple[dict[str, Any], datetime]:
+    body: dict[str, Any] = {"summary": "ok"}
+    if version is not None:
+        body["inventory"] = {**INV, "agent_version": version}
+        body["holds"] = [{"bundle_id": f"b-{version}", "sequence": 1, "text": "held"}]
+    return body, T0 + timedelta(minutes=minutes)
+
+
+@pytest.mark.parametrize(("kept_at", "reports"), [
+    (None, [("1.0", 1), ("1.1", 2), ("1.2", 3)]),
+    (None, [("1.0", 3), ("1.1", 2)]),  # an older result made later: the later one stays
+    (None, [("1.0", 1), (None, 5), ("1.1", 2)]),  # one without an inventory changes nothing
+    (10, [("1.0", 1), ("1.1", 2)]),  # a newer live STATE is kept
+    (2, [("1.0", 1), ("1.1", 2), ("1.2", 1)]),  # the same time as the kept one: replaced
+    (None, [(None, 1)]),
+    (None, []),
+])
+def test_store_inventories_keeps_what_storing_each_in_turn_keeps(
+    kept_at: int | None, reports: list[tuple[str | None, int]]
+) -> None:
+    """An import stores the inventories of a batch's results of one agent at once; the
+    agent ends as if each had been stored in turn, and the outcome says the same."""
+    bodies = [_report(v, m) for v, m in reports]
+
+    def agent() -> Agent:
+        a = Agent(agent_id="s7", inventory=None, holds=None, agent_version=None,
+                  inventory_at=None)
+        if kept_at is not None:
+            a.inventory, a.holds, a.agent_version = {"kept": True}, [], "0.9"
+            a.inventory_at = T0 + timedelta(minutes=kept_at)
+        return a
+
+    one_by_one, at_once = agent(), agent()
+    stored = [store_inventory(one_by_one, body, at) for body, at in bodies]
+    assert store_inventories(at_once, bodies) == any(stored)
+    for column in ("inventory", "holds", "agent_version", "inventory_at"):
+        assert getattr(at_once, column) == getattr(one_by_one, column), column
