@@ -4,9 +4,11 @@ While the hub is reachable the agent keeps one WebSocket open to ``hub_url``
 (docs/live-protocol.md §10):
 
 * **Bundles in.** An offered ``*.tgb`` is written to ``<home>/staging/live-<transfer>.part``
-  through a :class:`bundle.sync.TransferReceiver`; the file is fsynced before every ACK. After
-  a reconnect the partial file is fsynced, fed to ``absorb_existing`` and the transfer resumes
-  from its length. On DONE the whole file is checked, fsynced and renamed into the inbox:
+  through a :class:`bundle.live_file.FileReceiver`: its worker thread checks, hashes (each
+  byte once per digest it is part of), writes and fsyncs while the event loop reads on; an
+  ACK goes out once its fsync is done (every 8 MiB and at the end). After a reconnect the
+  partial file is fsynced, fed to ``absorb_existing`` and the transfer resumes from its
+  length. On DONE the whole file is checked, fsynced and renamed into the inbox:
   the usual inbox → verify → run path takes over (nothing is verified or run here). A file
   whose bytes do not match the offer is deleted and the transfer cancelled (``corrupt``).
 * **Results out.** Every ``*.tgr`` in the outbox not yet listed in ``<home>/live-sent.json``
@@ -53,6 +55,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +67,7 @@ from websockets.protocol import State as WsState
 from agent.config import AgentConfig
 from agent.home import AgentKeys, load_keys
 from agent.journal import JournalError
+from bundle.live_file import FileReceiver
 from bundle.sync import (
     CANCEL_HAVE_IT,
     MAX_CHUNK_BYTES,
@@ -82,11 +86,10 @@ from bundle.sync import (
     TransferCancelled,
     TransferDone,
     TransferReceived,
-    TransferReceiver,
     Welcomed,
     is_loopback,
 )
-from bundle.sync.errors import SyncError, TransferError, UsageError
+from bundle.sync.errors import SyncError, UsageError
 
 __all__ = ["LiveClient", "LiveTLSError", "check_hub_url", "pinned_context", "run_live_client",
            "state_changed"]
@@ -97,6 +100,7 @@ ACK_EVERY_BYTES = 8 * 1024 * 1024  # bytes received between two fsync + ACK
 WINDOW_BYTES = 32 * 1024 * 1024  # bytes of a result sent and not yet acknowledged
 SENT_STATE = "live-sent.json"  # in the agent home: names of results the hub received
 CANCEL_REJECTED = "rejected"  # CANCEL code: the hub's importer refused the result (§4.3)
+CANCEL_IO_ERROR = "io-error"  # CANCEL code: this side cannot write the file (disk full ...)
 MAX_QUEUED_LOGS = 10_000  # LOG messages waiting for the connection; more are dropped (counted)
 # Heartbeat intervals without a single message from the hub (it answers every HEARTBEAT)
 # before the agent gives the connection up and reconnects. The protocol's heartbeats are the
@@ -178,20 +182,12 @@ def _peer_binding(ws: ClientConnection) -> bytes:
     return hashlib.sha256(der).digest()
 
 
-class _FileSink:
-    def __init__(self, fh: Any) -> None:
-        self.fh = fh
-
-    def write(self, part: int, data: bytes) -> None:
-        self.fh.write(data)
-
-
 @dataclass
 class _Incoming:
-    receiver: TransferReceiver
+    file: FileReceiver  # checks, hashes, writes and fsyncs in its own thread
     path: Path
-    fh: Any
-    acked: int
+    acked: int  # bytes an ACK was sent for
+    syncing: int  # bytes an fsync was asked for (its ACK follows when it is done)
 
 
 @dataclass
@@ -398,7 +394,7 @@ class LiveClient:
                 for task in list(s.tasks):
                     task.cancel()
                 for inc in s.incoming.values():
-                    inc.fh.close()
+                    inc.file.close()  # what was fsynced stays for a resume
             return welcomed
 
     async def _watch_stop(self, stop: threading.Event, ws: ClientConnection) -> None:
@@ -469,11 +465,11 @@ class LiveClient:
                 s.conn.send_cancel(event.offer.transfer, "hub", CANCEL_HAVE_IT,
                                    "the agent already holds this bundle")
             else:
-                self._open_incoming(s, event.offer)
+                await self._open_incoming(s, event.offer)
         elif isinstance(event, ChunkReceived):
-            self._write_chunk(s, event)
+            await self._write_chunk(s, event)
         elif isinstance(event, TransferDone):
-            self._finish_incoming(s, event.transfer)
+            await self._finish_incoming(s, event.transfer)
         elif isinstance(event, TransferCancelled):
             self._cancelled(s, event)
         elif isinstance(event, ResumeRequested):
@@ -509,67 +505,89 @@ class LiveClient:
     def _partial(self, transfer: str) -> Path:
         return self.config.staging / f"live-{transfer}.part"
 
-    def _open_incoming(self, s: _Session, offer: Offer) -> None:
+    async def _open_incoming(self, s: _Session, offer: Offer) -> None:
         self.config.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self._partial(offer.transfer)
-        fh = path.open("ab+")
-        os.fsync(fh.fileno())  # what is in the file now is what we resume from
-        fh.seek(0)
-        sink = _FileSink(fh)
-        receiver = TransferReceiver(offer, sink)
+        # What the file holds now (fsynced, re-hashed) is what we resume from.
         try:
-            while block := fh.read(1024 * 1024):
-                receiver.absorb_existing(block)
-        except SyncError:  # an older, different offer under this id: start again
-            fh.truncate(0)
-            receiver = TransferReceiver(offer, sink)
-        fh.seek(0, os.SEEK_END)
-        s.incoming[offer.transfer] = _Incoming(receiver, path, fh, receiver.offset)
-        if receiver.offset:
-            log.info("live: resuming %s at byte %d of %d", offer.name, receiver.offset,
+            file = await asyncio.to_thread(FileReceiver.open, path, offer)
+        except OSError as exc:
+            log.error("live: cannot write %s into %s: %s", offer.name, path, exc)
+            s.conn.send_cancel(offer.transfer, "hub", CANCEL_IO_ERROR,
+                               "the agent cannot write the file")
+            return
+        if not s.open:  # the connection ended meanwhile
+            file.close()
+            return
+        s.incoming[offer.transfer] = _Incoming(file, path, file.offset, file.offset)
+        if file.offset:
+            log.info("live: resuming %s at byte %d of %d", offer.name, file.offset,
                      offer.size)
-        s.conn.send_resume(offer.transfer, receiver.offset)
+        s.conn.send_resume(offer.transfer, file.offset)
 
-    def _write_chunk(self, s: _Session, event: ChunkReceived) -> None:
+    async def _write_chunk(self, s: _Session, event: ChunkReceived) -> None:
+        """Hand the chunk to the file's worker (checked, hashed, written there) and read on;
+        every :data:`ACK_EVERY_BYTES` and at the end an fsync is queued behind it, and its
+        ACK is sent once it is done. Reading waits only while the worker is far behind."""
         inc = s.incoming.get(event.transfer)
         if inc is None:
             return
         try:
-            inc.receiver.write(event.offset, event.data)
-        except SyncError as exc:
+            inc.file.write(event.offset, event.data)
+        except (SyncError, OSError) as exc:
             self._reject_incoming(s, event.transfer, exc)
             return
-        if (inc.receiver.offset - inc.acked >= ACK_EVERY_BYTES
-                or inc.receiver.offset == inc.receiver.offer.size):
-            self._sync_and_ack(s, event.transfer, inc)
+        offset = inc.file.offset
+        if offset - inc.syncing >= ACK_EVERY_BYTES or offset == inc.file.offer.size:
+            inc.syncing = offset
+            s.spawn(self._ack_when_durable(s, event.transfer, inc, inc.file.sync()))
+        await inc.file.room()
 
-    def _sync_and_ack(self, s: _Session, transfer: str, inc: _Incoming) -> None:
-        inc.fh.flush()
-        os.fsync(inc.fh.fileno())
-        inc.acked = inc.receiver.offset
-        s.conn.send_ack(transfer, inc.acked)
+    async def _ack_when_durable(self, s: _Session, transfer: str, inc: _Incoming,
+                                synced: Future[int]) -> None:
+        try:
+            durable = await inc.file.wait(synced)
+        except (SyncError, OSError) as exc:
+            if s.incoming.get(transfer) is inc:
+                self._reject_incoming(s, transfer, exc)
+                await s.flush()
+            return
+        # ACKs go out in order (one worker, callbacks in completion order); one for a
+        # transfer already finished or dropped is not sent.
+        if s.incoming.get(transfer) is inc and durable > inc.acked and s.open:
+            inc.acked = durable
+            s.conn.send_ack(transfer, durable)
+            await s.flush()
 
-    def _reject_incoming(self, s: _Session, transfer: str, exc: SyncError) -> None:
+    def _reject_incoming(self, s: _Session, transfer: str,
+                         exc: SyncError | OSError) -> None:
         inc = s.incoming.pop(transfer)
-        inc.fh.close()
+        inc.file.close()
         inc.path.unlink(missing_ok=True)
-        log.error("live: %s rejected: %s", inc.receiver.offer.name, exc)
-        s.conn.send_cancel(transfer, "hub", "corrupt", exc.remote_text)
+        log.error("live: %s rejected: %s", inc.file.offer.name, exc)
+        if isinstance(exc, SyncError):
+            s.conn.send_cancel(transfer, "hub", "corrupt", exc.remote_text)
+        else:
+            s.conn.send_cancel(transfer, "hub", CANCEL_IO_ERROR,
+                               "the agent cannot write the file")
 
-    def _finish_incoming(self, s: _Session, transfer: str) -> None:
+    async def _finish_incoming(self, s: _Session, transfer: str) -> None:
         inc = s.incoming.get(transfer)
         if inc is None:
             return
         try:
-            inc.receiver.finish()
-        except TransferError as exc:
-            self._reject_incoming(s, transfer, exc)
+            # Every byte written, the size and the whole SHA-256 compared, fsynced, closed.
+            await inc.file.wait(inc.file.finish())
+        except (SyncError, OSError) as exc:
+            if s.incoming.get(transfer) is inc:
+                self._reject_incoming(s, transfer, exc)
             return
         del s.incoming[transfer]
-        inc.fh.flush()
-        os.fsync(inc.fh.fileno())
-        inc.fh.close()
-        dest = self.config.inbox / inc.receiver.offer.name
+        inc.file.close()
+        if inc.acked < inc.file.durable:  # the last fsync's ACK may not have gone out yet
+            inc.acked = inc.file.durable
+            s.conn.send_ack(transfer, inc.acked)
+        dest = self.config.inbox / inc.file.offer.name
         if dest.exists():  # delivered by media too: the journal runs it once
             inc.path.unlink()
         else:
@@ -582,7 +600,7 @@ class LiveClient:
         if event.offered_by == "hub":
             inc = s.incoming.pop(event.transfer, None)
             if inc is not None:
-                inc.fh.close()
+                inc.file.close()
                 inc.path.unlink(missing_ok=True)
         else:
             path = s.outgoing.pop(event.transfer, None)

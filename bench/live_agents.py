@@ -46,10 +46,12 @@ For each N (default 100 and 1,000; ``--soak`` adds 5,000) it reports:
 
 Once per run, *transfer*: a fresh two-agent hub offers a ``--transfer-mib`` file dropped into
 each agent's live spool (the hub offers any spooled ``*.tgb`` on connection and never looks
-inside). One agent writes it and fsyncs every 8 MiB as ``agent/live.py`` does, the other
-hashes and drops it. Baseline in the same run: a bare ``websockets`` server in its own
-process sends the same file in 1 MiB messages to a client with the same sink (no protocol,
-no hash).
+inside). Both receive through ``agent/live.py``'s :class:`bundle.live_file.FileReceiver`
+(checks and SHA-256 in a worker thread, overlapping the reading): one writes the file and
+fsyncs every 8 MiB before its ACK as ``agent/live.py`` does, the other checks and drops it.
+Baseline in the same run: a bare ``websockets`` server in its own process sends the same
+file in 1 MiB messages to a client with the same sink (no protocol, no hash; it writes and
+fsyncs in its event loop, as ``agent/live.py`` did before the worker thread).
 
 Usage::
 
@@ -85,6 +87,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from agent.live import _peer_binding, pinned_context
+from bundle.live_file import FileReceiver
 from bundle.sync import (
     MAX_MESSAGE_BYTES,
     AgentSide,
@@ -94,7 +97,6 @@ from bundle.sync import (
     PeerError,
     Refused,
     TransferDone,
-    TransferReceiver,
     Welcomed,
 )
 from signing.keys import BoxKeyPair, SigningKey
@@ -441,7 +443,7 @@ def _echo_child(path: Path) -> None:
 
 
 class _FileSink:
-    """Append to a file; the caller fsyncs before each ACK (as agent/live.py)."""
+    """The baseline's sink: append to a file, fsync before each ACK, in the event loop."""
 
     def __init__(self, path: Path) -> None:
         self.fh = path.open("wb")
@@ -455,8 +457,7 @@ class _FileSink:
 
 
 class _NullSink:
-    """Bytes are hashed by the receiver and dropped: N agents on one disk would measure that
-    disk, not the hub (each real agent has its own)."""
+    """The baseline's sink without a disk: bytes are dropped."""
 
     def write(self, part: int, data: bytes) -> None:
         pass
@@ -467,9 +468,14 @@ class _NullSink:
 
 @dataclass
 class _Incoming:
-    receiver: TransferReceiver
-    sink: _FileSink | _NullSink
+    """A bundle coming in through :class:`bundle.live_file.FileReceiver`, as in
+    agent/live.py: checked, hashed, written and fsynced in its worker thread, an ACK when
+    each fsync is done. Without a sink directory the bytes are checked and dropped: N
+    agents on one disk would measure that disk, not the hub (each real agent has its own)."""
+
+    file: FileReceiver
     acked: int = 0
+    syncing: int = 0
 
 
 def _log_text(size: int) -> str:
@@ -501,6 +507,7 @@ class SimAgent:
     _ping_id: int = 0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _acks: set[asyncio.Task[None]] = field(default_factory=set)
     _got: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -579,14 +586,21 @@ class SimAgent:
                 assert isinstance(message, bytes)
                 self.conn.receive_data(message)
                 for event in self.conn.events_received():
-                    self._on_event(event)
+                    await self._on_event(event)
                 await self.flush()
         except (ConnectionClosed, Exception) as exc:  # recorded, reported by the caller
             self.error = f"{type(exc).__name__}: {exc}"
         if self.error is None and self.ws.close_code not in (None, 1000, 1001):
             self.error = f"closed {self.ws.close_code} {self.ws.close_reason}"
 
-    def _on_event(self, event: Any) -> None:
+    async def _ack_when_durable(self, transfer: str, inc: _Incoming, synced: Any) -> None:
+        durable = await inc.file.wait(synced)
+        if self._incoming.get(transfer) is inc and durable > inc.acked:
+            inc.acked = durable
+            self.conn.send_ack(transfer, durable)
+            await self.flush()
+
+    async def _on_event(self, event: Any) -> None:
         if isinstance(event, HeartbeatAcked):
             self.heartbeats_acked += 1
             waiter = self._pings.pop(event.id, None)
@@ -594,24 +608,25 @@ class SimAgent:
                 waiter.set_result(time.time())
         elif isinstance(event, OfferReceived):
             self.offered[event.offer.transfer] = time.time()
-            sink: _FileSink | _NullSink = (
-                _NullSink() if self.sink_dir is None
-                else _FileSink(self.sink_dir / f"{self.agent_id}-{event.offer.name}.part"))
-            self._incoming[event.offer.transfer] = _Incoming(TransferReceiver(event.offer, sink),
-                                                             sink)
+            path = (None if self.sink_dir is None
+                    else self.sink_dir / f"{self.agent_id}-{event.offer.name}.part")
+            self._incoming[event.offer.transfer] = _Incoming(FileReceiver.open(path, event.offer))
             self.conn.send_resume(event.offer.transfer, 0)
         elif isinstance(event, ChunkReceived):
             inc = self._incoming[event.transfer]
-            inc.receiver.write(event.offset, event.data)
-            end = inc.receiver.offset
-            if end - inc.acked >= ACK_EVERY_BYTES or end == inc.receiver.offer.size:
-                inc.sink.sync()
-                inc.acked = end
-                self.conn.send_ack(event.transfer, end)
+            inc.file.write(event.offset, event.data)
+            end = inc.file.offset
+            if end - inc.syncing >= ACK_EVERY_BYTES or end == inc.file.offer.size:
+                inc.syncing = end
+                task = asyncio.create_task(
+                    self._ack_when_durable(event.transfer, inc, inc.file.sync()))
+                self._acks.add(task)
+                task.add_done_callback(self._acks.discard)
+            await inc.file.room()
         elif isinstance(event, TransferDone):
             inc = self._incoming.pop(event.transfer)
-            inc.receiver.finish()  # size and SHA-256 of the whole file
-            inc.sink.sync()
+            await inc.file.wait(inc.file.finish())  # size and SHA-256 of the whole file
+            inc.file.close()
             self.received[event.transfer] = time.time()
             self.conn.send_received(event.transfer)
             self._got.set()

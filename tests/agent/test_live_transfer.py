@@ -1,0 +1,137 @@
+"""agent.live: bundles in through the worker thread of bundle.live_file, against a scripted hub
+(HubSide on a real socket on 127.0.0.1): every byte checked before the inbox sees the file,
+ACKs only for fsynced bytes and in order, a bad part or a flipped byte refused with nothing
+in the inbox and no partial file left (the whole path with a real hub: tests/e2e/test_live.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection
+
+from agent.config import AgentConfig
+from bundle.sync import (
+    MAX_CHUNK_BYTES,
+    AckReceived,
+    HelloReceived,
+    HubSide,
+    Offer,
+    Part,
+    ResumeRequested,
+    TransferCancelled,
+    TransferReceived,
+)
+from tests.agent.test_live import _FakeHub, _Keys, _run_client
+from tests.e2e.conftest import wait_for
+
+DEADLINE = 60.0  # seconds for anything that crosses the socket
+MiB = 1024 * 1024
+
+
+class _ScriptedHub(_FakeHub):
+    """A hub (HubSide) on 127.0.0.1 that offers one file once the agent is welcomed and
+    sends ``wire`` (the bytes as they go out, maybe corrupted) in CHUNKs, then DONE;
+    records ACK offsets and how the transfer ended."""
+
+    def __init__(self, offer: Offer, wire: bytes) -> None:
+        self.offer, self.wire = offer, wire
+        self.acks: list[int] = []
+        self.ended: list[Any] = []  # TransferReceived / TransferCancelled
+        super().__init__(_Keys.identity, silent=False)
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        conn = HubSide("hub-test", heartbeat=30)
+        async for message in ws:
+            assert isinstance(message, bytes)
+            was_open = conn.is_open
+            conn.receive_data(message)
+            if conn.is_open and not was_open and not self.ended:
+                conn.send_offer(self.offer)
+            for event in conn.events_received():
+                if isinstance(event, HelloReceived):
+                    conn.challenge(self.key.public, os.urandom(32), int(time.time()))
+                elif isinstance(event, ResumeRequested):
+                    for offset in range(event.offset, len(self.wire), MAX_CHUNK_BYTES):
+                        conn.send_chunk(event.transfer, offset,
+                                        self.wire[offset:offset + MAX_CHUNK_BYTES])
+                        for out in conn.data_to_send():
+                            await ws.send(out)
+                    conn.send_done(event.transfer)
+                elif isinstance(event, AckReceived):
+                    self.acks.append(event.offset)
+                elif isinstance(event, TransferReceived | TransferCancelled):
+                    self.ended.append(event)
+            for out in conn.data_to_send():
+                await ws.send(out)
+
+
+def _deliver(tmp_path: Path, offer: Offer, wire: bytes) -> tuple[_ScriptedHub, AgentConfig]:
+    (tmp_path / "inbox").mkdir()
+    hub = _ScriptedHub(offer, wire)
+    client, stop, thread = _run_client(tmp_path, hub)
+    try:
+        wait_for(lambda: bool(hub.ended), DEADLINE, "the agent to answer the transfer")
+    finally:
+        stop.set()
+        thread.join(DEADLINE)
+        hub.stop.set()
+        hub.thread.join(DEADLINE)
+    assert not thread.is_alive()
+    return hub, client.config
+
+
+def _offer(data: bytes, parts: list[bytes] | None = None) -> Offer:
+    split = tuple(Part(len(p), hashlib.sha256(p).hexdigest()) for p in parts or [])
+    return Offer("b-1", "billing-2.4.0.tgb", len(data), hashlib.sha256(data).hexdigest(), split)
+
+
+@pytest.mark.parametrize("size", [MiB // 2, 20 * MiB + 5])  # in the loop; in the worker
+def test_a_bundle_arrives_whole_with_acks_for_fsynced_bytes_in_order(tmp_path: Path,
+                                                                      size: int) -> None:
+    data = os.urandom(size)
+    hub, config = _deliver(tmp_path, _offer(data), data)
+    assert isinstance(hub.ended[0], TransferReceived)
+    assert (config.inbox / "billing-2.4.0.tgb").read_bytes() == data
+    assert hub.acks == sorted(set(hub.acks)) and hub.acks[-1] == size
+    assert all(b - a <= 9 * MiB for a, b in zip([0, *hub.acks], hub.acks, strict=False))
+    assert list(config.staging.glob("live-*.part")) == []
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    bad = bytearray(data)
+    bad[at] ^= 0x01
+    return bytes(bad)
+
+
+@pytest.mark.parametrize(("case", "size"), [
+    ("flipped byte, unsplit, in the loop", MiB // 2),
+    ("flipped byte, unsplit, in the worker", 12 * MiB),
+    ("bad part 001 of 3", 12 * MiB),
+    ("bad last part", 12 * MiB),
+])
+def test_bad_bytes_are_refused_and_nothing_reaches_the_inbox(tmp_path: Path, case: str,
+                                                            size: int) -> None:
+    data = os.urandom(size)
+    parts = None
+    at = size // 2
+    if "part" in case:
+        parts = [data[:4 * MiB], data[4 * MiB:9 * MiB], data[9 * MiB:]]
+        at = 5 * MiB if "001" in case else size - 1
+    hub, config = _deliver(tmp_path, _offer(data, parts), _flip(data, at))
+    ended = hub.ended[0]
+    assert isinstance(ended, TransferCancelled) and ended.code == "corrupt"
+    if "part" in case:
+        assert "part digest mismatch" in ended.text
+    # Nothing in the inbox, no partial left to resume from, and no ACK ever claimed the
+    # bad byte as durable and accepted: an ACK past it can only precede the check of its
+    # part, which then refused the transfer.
+    assert list(config.inbox.iterdir()) == []
+    assert list(config.staging.glob("live-*.part")) == []
+    if "001" in case:
+        assert all(a <= 9 * MiB for a in hub.acks)  # part 001 ends at 9 MiB
