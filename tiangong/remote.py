@@ -803,19 +803,20 @@ def templates_add(ctx: click.Context, definition: Path, as_json: bool) -> None:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         click.echo(f"error: {definition}: not a readable TOML file: {exc}", err=True)
         sys.exit(2)
-    if not isinstance(named, str) or not named or "/" in named:
-        click.echo(f"error: {definition}: file must name a file next to the definition",
-                   err=True)
-        sys.exit(2)
-    try:
-        content = (definition.parent / named).read_bytes()
-    except OSError as exc:
-        click.echo(f"error: {definition}: file {definition.parent / named}: "
-                   f"{exc.strerror or exc}", err=True)
-        sys.exit(2)
-    row = _run(ctx, "POST", "/templates", body={
-        "definition_name": definition.name, "definition": text, "file_name": named,
-        "content_base64": base64.b64encode(content).decode()})
+    body = {"definition_name": definition.name, "definition": text}
+    if named is not None:  # else the hub says what is missing (an http template: no body)
+        if not isinstance(named, str) or not named or "/" in named:
+            click.echo(f"error: {definition}: file must name a file next to the definition",
+                       err=True)
+            sys.exit(2)
+        try:
+            content = (definition.parent / named).read_bytes()
+        except OSError as exc:
+            click.echo(f"error: {definition}: file {definition.parent / named}: "
+                       f"{exc.strerror or exc}", err=True)
+            sys.exit(2)
+        body.update(file_name=named, content_base64=base64.b64encode(content).decode())
+    row = _run(ctx, "POST", "/templates", body=body)
     done(as_json, run_text.template_added(row), row)
 
 

@@ -34,6 +34,7 @@ from hub.services.releases import create_product, get_product, submit_release
 __all__ = [
     "ADHOC_KINDS",
     "ADHOC_PRODUCT",
+    "FILE_FIELD",
     "AdhocRun",
     "Shipped",
     "adhoc_step",
@@ -66,7 +67,7 @@ def _version(ctx: ServiceContext) -> str:
 
 
 #: the release file name of a run's file by step kind, and the step field that names it
-_FILE_FIELD = {"sql": "script", "shell": "script", "k8s": "manifests", "http": "body"}
+FILE_FIELD = {"sql": "script", "shell": "script", "k8s": "manifests", "http": "body"}
 _SUFFIXES = {".sql", ".sh", ".py", ".yaml", ".yml", ".json", ".xml", ".txt"}
 
 
@@ -150,7 +151,7 @@ def create_adhoc_release(ctx: ServiceContext, agent_id: str, step: dict[str, Any
         raise ValidationError(f"agent {agent_id} is {agent.status}; an ad-hoc run needs an "
                               "enrolled agent")
     kind = str(step.get("kind"))
-    field = _FILE_FIELD.get(kind)
+    field = FILE_FIELD.get(kind)
     if field is None:
         raise ValidationError(f"an ad-hoc run is sql, shell, k8s or http, not {kind!r}")
     if script is None and kind != "http":

@@ -15,6 +15,11 @@ How values are substituted (docs/operations.md "Job templates"):
   ``sql_mode`` says). A placeholder is a value, never an identifier or a piece of SQL.
   ``secret-ref`` parameters are refused for SQL templates (the hub never sees a secret's
   value; put it in the connection).
+* **k8s** — a placeholder is a whole value alone on its line of the manifest
+  (:func:`misplaced_yaml_placeholder`) and becomes :func:`yaml_literal`: a double-quoted
+  scalar whose every character but letters, digits and ``._/+=-`` is an escape.
+* **http** — a placeholder in the URL's path or query becomes :func:`url_text`
+  (percent-encoded), one in the (JSON) body :func:`json_literal`.
 * **shell** — nothing is spliced into the script: each value is an environment variable of
   the step, ``PARAM_<NAME>`` (upper case), which the script reads as ``"$PARAM_DAYS"``; a
   ``secret-ref``'s secret is added to the step's ``secrets`` and its variable holds the
@@ -23,10 +28,12 @@ How values are substituted (docs/operations.md "Job templates"):
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from agent.executors.sqlsplit import Dialect, SqlSplitError, code_starts
 from hub.errors import ValidationError
@@ -36,11 +43,16 @@ __all__ = [
     "PARAM_TYPES",
     "ParamSpec",
     "check_values",
+    "json_literal",
     "misplaced_placeholder",
+    "misplaced_yaml_placeholder",
     "parse_params",
     "placeholders",
+    "render",
     "render_sql",
     "shell_env",
+    "url_text",
+    "yaml_literal",
 ]
 
 PARAM_TYPES = ("string", "int", "bool", "enum", "secret-ref")
@@ -306,3 +318,66 @@ def shell_env(values: Mapping[str, Any]) -> dict[str, str]:
         text = ("true" if value else "false") if isinstance(value, bool) else str(value)
         out[f"PARAM_{name.upper()}"] = text
     return out
+
+
+_YAML_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._/+=-")
+#: a line whose one placeholder is a whole YAML value: ``key: {{p}}``, ``- {{p}}`` or
+#: ``- key: {{p}}`` (a trailing comment allowed)
+_YAML_VALUE_LINE = re.compile(
+    r"[ \t]*(?:(?:-[ \t]+)+|(?:-[ \t]+)*[A-Za-z0-9_./-]+:[ \t]+)"
+    r"\{\{\s*[^{}\s]*\s*\}\}[ \t]*(?:#.*)?")
+
+
+def _yaml_char(ch: str) -> str:
+    if ch in _YAML_PLAIN:
+        return ch
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def yaml_literal(value: Any) -> str:
+    """A YAML scalar standing for exactly ``value``: an int its digits, a bool
+    ``true``/``false``, text a double-quoted scalar in which every character but letters,
+    digits and ``._/+=-`` is an escape (``\\x27`` for a quote, ``\\x0a`` for a new line,
+    ``\\x20`` for a space): no quote, line break, ``#``, ``:`` or bracket stays raw, so the
+    value cannot end the scalar, start a comment, a key or a new line, in whatever context
+    it stands."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return '"' + "".join(_yaml_char(ch) for ch in str(value)) + '"'
+
+
+def misplaced_yaml_placeholder(text: str) -> str | None:
+    """Why a placeholder of a Kubernetes manifest ``text`` is not a whole value of its own
+    line (``replicas: {{replicas}}``, ``- {{host}}``), or None when each is."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        found = _PLACEHOLDER.findall(line)
+        if found and (len(found) > 1 or not _YAML_VALUE_LINE.fullmatch(line)):
+            return (f"line {number}: placeholder {{{{{found[0]}}}}} is not a whole value; write "
+                    "it alone after the key or the dash (image: {{image}}, - {{host}}), never "
+                    "inside quotes, a longer text or a comment")
+    return None
+
+
+def json_literal(value: Any) -> str:
+    """A JSON value standing for exactly ``value`` (a string is quoted and escaped)."""
+    return json.dumps(value, ensure_ascii=True)
+
+
+def url_text(value: Any) -> str:
+    """``value`` percent-encoded for a URL's path or query (nothing left that ends a
+    segment, a query parameter or the URL)."""
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return quote(text, safe="")
+
+
+def render(text: str, values: Mapping[str, Any], literal: Callable[[Any], str]) -> str:
+    """``text`` with each ``{{name}}`` replaced by ``literal(values[name])``; the caller
+    checked every placeholder names a parameter."""
+    return _PLACEHOLDER.sub(lambda m: literal(values[m.group(1)]), text)

@@ -1,12 +1,12 @@
-"""Script and job templates (issue 16 §2): a step (``sql`` or ``shell``) with its file and
-typed parameters, stored on the hub in numbered versions, instantiated into an ad-hoc run or
-written out as a release directory.
+"""Script and job templates (issue 16 §2): a step (``sql``, ``shell``, ``k8s`` or ``http``)
+with its file and typed parameters, stored on the hub in numbered versions, instantiated
+into an ad-hoc run or written out as a release directory.
 
 A definition is a TOML file (docs/operations.md "Job templates")::
 
     name = "purge-sessions"
-    kind = "sql"                      # sql | shell
-    file = "purge.sql"                # next to the definition
+    kind = "sql"                      # sql | shell | k8s | http
+    file = "purge.sql"                # next to the definition (http: the body, optional)
     description = "delete old sessions"
     [step]                            # the step's own fields (release-format.md §3)
     engine = "postgres"
@@ -32,9 +32,10 @@ This module does not ship anything itself: the ad-hoc path does (its policy, exp
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,17 +47,22 @@ from bundle.release import parse_release_toml
 from hub.db import JobTemplate
 from hub.errors import NotFoundError, ValidationError
 from hub.services import audit
-from hub.services.adhoc import AdhocRun, create_adhoc_release, run_file_name
+from hub.services.adhoc import FILE_FIELD, AdhocRun, create_adhoc_release, run_file_name
 from hub.services.context import ServiceContext
 from hub.services.generated import release_toml
 from hub.services.template_params import (
     ParamSpec,
     check_values,
+    json_literal,
     misplaced_placeholder,
+    misplaced_yaml_placeholder,
     parse_params,
     placeholders,
+    render,
     render_sql,
     shell_env,
+    url_text,
+    yaml_literal,
 )
 from hub.services.users import require
 
@@ -76,11 +82,14 @@ __all__ = [
     "template_json",
 ]
 
-TEMPLATE_KINDS = ("sql", "shell")
+TEMPLATE_KINDS = ("sql", "shell", "k8s", "http")
 MAX_TEMPLATE_BYTES = 60 * 1024  # bytes of a template's file (stored in the database)
 MAX_DEFINITION_BYTES = 64 * 1024  # bytes of a definition file
 _TOP = ("name", "kind", "file", "description", "step", "params")
-_NOT_IN_STEP = ("name", "kind", "script")
+_NOT_IN_STEP = ("name", "kind", "script", "manifests", "body")  # the template sets them
+#: http: the only [step] fields that may hold a {{placeholder}} (url: percent-encoded
+#: values; secret_headers: exactly "{{p}}" naming a secret-ref parameter)
+_HTTP_PLACEHOLDER_FIELDS = ("url", "secret_headers")
 _TEMPLATE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
@@ -132,17 +141,12 @@ def read_definition(path: Path) -> Definition:
         raise ValidationError(f"{where}: kind must be one of {', '.join(TEMPLATE_KINDS)}, "
                               f"not {kind!r}")
     file = doc.get("file")
-    if not isinstance(file, str) or not file or "/" in file or file.startswith("."):
+    if file is None and kind == "http":
+        file, content = "", b""  # a request without a body
+    elif not isinstance(file, str) or not file or "/" in file or file.startswith("."):
         raise ValidationError(f"{where}: file must name a file next to the definition")
-    source = path.parent / file
-    try:
-        with source.open("rb") as fh:
-            content = fh.read(MAX_TEMPLATE_BYTES + 1)
-    except OSError as exc:
-        raise ValidationError(f"{where}: file {source}: {exc.strerror}") from exc
-    if len(content) > MAX_TEMPLATE_BYTES:
-        raise ValidationError(f"{where}: file {source} is larger than {MAX_TEMPLATE_BYTES} "
-                              "bytes")
+    else:
+        content = _read_file(path.parent / file, where)
     step = doc.get("step", {})
     if not isinstance(step, dict):
         raise ValidationError(f"{where}: [step] must be a table")
@@ -153,41 +157,126 @@ def read_definition(path: Path) -> Definition:
         doc.get("params"), where), file, content)
 
 
+def _read_file(source: Path, where: str) -> bytes:
+    try:
+        with source.open("rb") as fh:
+            content = fh.read(MAX_TEMPLATE_BYTES + 1)
+    except OSError as exc:
+        raise ValidationError(f"{where}: file {source}: {exc.strerror}") from exc
+    if len(content) > MAX_TEMPLATE_BYTES:
+        raise ValidationError(f"{where}: file {source} is larger than {MAX_TEMPLATE_BYTES} "
+                              "bytes")
+    return content
+
+
+def _check_placeholders(text: str, where: str, what: str, names: set[str]) -> None:
+    unknown = [n for n in placeholders(text) if n not in names]
+    if unknown:
+        declared = ", ".join(sorted(names)) or "none"
+        raise ValidationError(f"{where}: {what}: placeholder {{{{{unknown[0]}}}}} names no "
+                              f"parameter (declared: {declared})")
+
+
+def _file_text(d: Definition, where: str) -> str:
+    try:
+        return d.content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"{where}: file {d.file_name} is not UTF-8 text") from exc
+
+
+def _check_http(d: Definition, where: str, values: set[str], secrets: set[str]) -> None:
+    """An http template: placeholders in the URL (after its host) and the body stand for
+    values; ``secret_headers`` values are a secret's name or exactly ``{{p}}`` of a
+    secret-ref parameter; no other field holds one."""
+    for key, value in d.step.items():
+        if key not in _HTTP_PLACEHOLDER_FIELDS and placeholders(json.dumps(value)):
+            raise ValidationError(f"{where}: [step], field {key}: takes no {{{{placeholder}}}} "
+                                  f"(only {', '.join(_HTTP_PLACEHOLDER_FIELDS)} and the body "
+                                  "do)")
+    url = d.step.get("url")
+    if isinstance(url, str):
+        _check_placeholders(url, where, "[step], field url", values)
+        if placeholders(url.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0]):
+            raise ValidationError(f"{where}: [step], field url: a placeholder may stand in the "
+                                  "path or the query, not in the scheme or the host")
+    headers = d.step.get("secret_headers")
+    for header, value in (headers.items() if isinstance(headers, dict) else ()):
+        named = placeholders(str(value))
+        if named and (str(value).strip() != f"{{{{{named[0]}}}}}" or named[0] not in secrets):
+            raise ValidationError(
+                f"{where}: [step], field secret_headers.{header}: a placeholder there is the "
+                "whole value and names a secret-ref parameter (declared: "
+                f"{', '.join(sorted(secrets)) or 'none'})")
+    if d.file_name:
+        _check_placeholders(_file_text(d, where), where, f"file {d.file_name}", values)
+
+
 def _check_definition(d: Definition, where: str) -> None:
-    """The rules a definition must meet beyond its syntax (placeholders, secret-refs, the
-    step as a release would carry it)."""
+    """The rules a definition must meet beyond its syntax (placeholders, where they stand,
+    secret-refs, the step as a release would carry it, the rendered file)."""
     clash = sorted(set(d.step) & set(_NOT_IN_STEP))
     if clash:
         raise ValidationError(f"{where}: [step] may not set {', '.join(clash)} (the template "
                               "sets them)")
     names = {p.name for p in d.params}
-    if d.kind == "sql":
-        secret = [p.name for p in d.params if p.type == "secret-ref"]
-        if secret:
-            raise ValidationError(
-                f"{where}: parameter {secret[0]}: a SQL template cannot take a secret-ref (the "
-                "hub never sees a secret's value); use a connection whose password is a secret")
-        try:
-            text = d.content.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValidationError(f"{where}: file {d.file_name} is not UTF-8 text") from exc
-        unknown = [n for n in placeholders(text) if n not in names]
-        if unknown:
-            declared = ", ".join(sorted(names)) or "none"
-            raise ValidationError(f"{where}: file {d.file_name}: placeholder "
-                                  f"{{{{{unknown[0]}}}}} names no parameter (declared: "
-                                  f"{declared})")
-        misplaced = misplaced_placeholder(text, str(d.step.get("engine", "postgres")))
+    secrets = {p.name for p in d.params if p.type == "secret-ref"}
+    if d.kind in ("sql", "k8s") and secrets:
+        what = "a SQL template" if d.kind == "sql" else "a Kubernetes template"
+        raise ValidationError(
+            f"{where}: parameter {sorted(secrets)[0]}: {what} cannot take a secret-ref (the "
+            "hub never sees a secret's value); use a connection whose password is a secret")
+    if d.kind in ("sql", "k8s"):
+        text = _file_text(d, where)
+        _check_placeholders(text, where, f"file {d.file_name}", names)
+        misplaced = (misplaced_placeholder(text, str(d.step.get("engine", "postgres")))
+                     if d.kind == "sql" else misplaced_yaml_placeholder(text))
         if misplaced is not None:
             raise ValidationError(f"{where}: file {d.file_name}: {misplaced}")
-    # The step as a release would carry it, checked by the release format's own rules.
+    elif d.kind == "http":
+        _check_http(d, where, names - secrets, secrets)
+    # The step as a release would carry it, checked by the release format's own rules, and
+    # the file rendered with sample values, checked as the agent would read it.
     sample = {p.name: p.default if p.default is not None else _sample(p) for p in d.params}
-    step, _ = _render(d.kind, d.step, d.file_name, d.content, sample)
+    step, rendered = _render(d.kind, d.step, d.file_name, d.content, sample,
+                             [sample[n] for n in sorted(secrets)])
     try:
         parse_release_toml(release_toml("template", "0.0.1", "check", [step]).encode(),
-                           [run_file_name(d.file_name)], source=where)
+                           [run_file_name(d.file_name)] if d.file_name else [], source=where)
     except BundleError as exc:
         raise ValidationError(str(exc).replace("step 1 ('template')", "[step]")) from exc
+    if d.kind == "k8s":
+        _check_manifest(rendered, where, d.file_name)
+    elif d.kind == "http" and d.file_name and placeholders(_file_text(d, where)):
+        try:
+            json.loads(rendered)
+        except ValueError as exc:
+            raise ValidationError(f"{where}: file {d.file_name}: with placeholders the body "
+                                  f"must be JSON, each placeholder a whole value: {exc}"
+                                  ) from None
+
+
+def _check_manifest(rendered: bytes, where: str, file_name: str) -> None:
+    """The manifest, rendered with sample values, as Kubernetes objects: YAML documents that
+    are mappings with apiVersion, kind and metadata.name (the agent checks the same before
+    it applies anything; a template that could never apply is refused when added)."""
+    import yaml
+
+    try:
+        docs = [doc for doc in yaml.safe_load_all(rendered.decode("utf-8")) if doc is not None]
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValidationError(f"{where}: file {file_name}: not a YAML manifest once its "
+                              f"placeholders are values: {exc}") from None
+    if not docs:
+        raise ValidationError(f"{where}: file {file_name}: holds no Kubernetes object")
+    for number, doc in enumerate(docs, start=1):
+        meta = doc.get("metadata") if isinstance(doc, dict) else None
+        if (not isinstance(doc, dict) or not isinstance(meta, dict)
+                or not all(isinstance(doc.get(k), str) and doc[k] for k in ("apiVersion",
+                                                                             "kind"))
+                or not isinstance(meta.get("name"), str) or not meta["name"]):
+            raise ValidationError(f"{where}: file {file_name}: document {number} is not a "
+                                  "Kubernetes object (a mapping with apiVersion, kind and "
+                                  "metadata.name)")
 
 
 def _sample(p: ParamSpec) -> Any:
@@ -196,13 +285,36 @@ def _sample(p: ParamSpec) -> Any:
 
 
 def _render(kind: str, fixed: Mapping[str, Any], file_name: str, content: bytes,
-            values: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
-    """The step (its file named ``run<suffix>``) and the file's rendered bytes."""
-    step: dict[str, Any] = {"name": "template", "kind": kind, **fixed,
-                            "script": run_file_name(file_name)}
+            values: Mapping[str, Any], secrets: Sequence[str] = ()
+            ) -> tuple[dict[str, Any], bytes]:
+    """The step (its file named ``run<suffix>`` in the kind's field: sql/shell ``script``,
+    k8s ``manifests``, http ``body``; none for an http template without a body; the
+    ``secrets`` named by secret-ref values added to its own) and the file's rendered
+    bytes."""
+    step: dict[str, Any] = {"name": "template", "kind": kind, **fixed}
+    if secrets:
+        step["secrets"] = sorted(set(fixed.get("secrets", [])) | set(secrets))
+    if file_name:
+        name = run_file_name(file_name)
+        step[FILE_FIELD[kind]] = [name] if kind == "k8s" else name
     if kind == "sql":
         engine = str(fixed.get("engine", "postgres"))
         return step, render_sql(content.decode("utf-8"), values, engine).encode("utf-8")
+    if kind == "k8s":
+        text = content.decode("utf-8")
+        problem = misplaced_yaml_placeholder(text)
+        if problem is not None:  # checked when added; a stored template is checked again
+            raise ValidationError(f"the manifest: {problem}")
+        return step, render(text, values, yaml_literal).encode("utf-8")
+    if kind == "http":
+        if isinstance(fixed.get("url"), str):
+            step["url"] = render(fixed["url"], values, url_text)
+        if isinstance(fixed.get("secret_headers"), dict):
+            step["secret_headers"] = {h: render(str(v), values, str)
+                                      for h, v in fixed["secret_headers"].items()}
+        if not file_name:
+            return step, b""
+        return step, render(content.decode("utf-8"), values, json_literal).encode("utf-8")
     env = {**dict(fixed.get("env") or {}), **shell_env(values)}
     if env:
         step["env"] = env
@@ -288,6 +400,12 @@ class Instance:
     content: bytes
 
     @property
+    def file_name(self) -> str | None:
+        """The rendered file's name in the release (None: an http template without a
+        body)."""
+        return run_file_name(self.template.file_name) if self.template.file_name else None
+
+    @property
     def label(self) -> str:
         return f"template {self.template.name} v{self.template.version}"
 
@@ -301,11 +419,9 @@ def instantiate(template: JobTemplate, given: Mapping[str, str]) -> Instance:
     """
     where = f"template {template.name} v{template.version}"
     values = check_values(specs_of(template), given, where)
-    step, content = _render(template.kind, template.step, template.file_name,
-                            template.content, values)
     secrets = [values[p.name] for p in specs_of(template) if p.type == "secret-ref"]
-    if secrets:
-        step["secrets"] = sorted(set(step.get("secrets", [])) | set(secrets))
+    step, content = _render(template.kind, template.step, template.file_name,
+                            template.content, values, secrets)
     step["name"] = f"{template.name} v{template.version}"
     return Instance(template, values, step, content)
 
@@ -319,9 +435,12 @@ def run_template(ctx: ServiceContext, instance: Instance, agent_id: str,
     Raises:
         what :func:`hub.services.adhoc.create_adhoc_release` raises.
     """
-    script = work_dir / instance.step["script"]
-    script.write_bytes(instance.content)
-    step = {k: v for k, v in instance.step.items() if k != "script"}
+    field = FILE_FIELD[instance.template.kind]
+    script = None
+    if instance.file_name is not None:
+        script = work_dir / instance.file_name
+        script.write_bytes(instance.content)
+    step = {k: v for k, v in instance.step.items() if k != field}
     made = create_adhoc_release(ctx, agent_id, step, script, origin=instance.label)
     t = instance.template
     audit.record(ctx, "template.run", "template", f"{t.name} v{t.version}",
@@ -345,4 +464,7 @@ def release_of(ctx: ServiceContext, instance: Instance, product: str, version: s
                         [instance.step])
     audit.record(ctx, "template.release", "template", f"{t.name} v{t.version}",
                  {"product": product, "version": version, "values": instance.values})
-    return {"release.toml": toml.encode("utf-8"), instance.step["script"]: instance.content}
+    files = {"release.toml": toml.encode("utf-8")}
+    if instance.file_name is not None:
+        files[instance.file_name] = instance.content
+    return files

@@ -8,10 +8,12 @@ shell --follow`` goes at once. Every change is audited as carol, via her token."
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tests.e2e.conftest import run, wait_for
 from tests.e2e.test_live_processes import DEADLINE, Site, free_port
@@ -146,3 +148,48 @@ def _templates_part(site: Site, tmp: Path, url: str, carol: Path, state: Any,
     assert written.returncode == 0, written.stderr
     assert sorted(p.name for p in out.iterdir()) == ["release.toml", "run.sh"]
     assert 'PARAM_WHO = "ops"' in (out / "release.toml").read_text()
+    _http_template(site, folder, templates, follow)
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Records each request's path and body; answers 204."""
+
+    seen: ClassVar[list[tuple[str, bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).seen.append((self.path, body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def _http_template(site: Site, folder: Path, templates: Any,
+                   follow: tuple[str, ...]) -> None:
+    """An http template run live against a local server: the URL value percent-encoded, the
+    body value a JSON string, whatever they hold."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    _Recorder.seen = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (folder / "note.json").write_text('{"note": {{note}}, "id": {{id}}}\n')
+        (folder / "note.toml").write_text(
+            'name = "post-note"\nkind = "http"\nfile = "note.json"\n[step]\n'
+            f'url = "http://127.0.0.1:{server.server_address[1]}/notes/{{{{id}}}}"\n'
+            'method = "POST"\nexpect = [204]\n'
+            '[[params]]\nname = "id"\ntype = "string"\n'
+            '[[params]]\nname = "note"\ntype = "string"\n')
+        added = json.loads(templates("add", str(folder / "note.toml"), "--json").stdout)
+        assert (added["kind"], added["version"]) == ("http", 1)
+        hostile = 'say "hi"\n}, "id": "evil'
+        went = templates("run", "post-note", "--agent", "site-01", "--param", "id=a/b?c",
+                         "--param", f"note={hostile}", *follow)
+        assert went.returncode == 0, went.stdout + went.stderr
+        ((path, body),) = _Recorder.seen
+        assert path == "/notes/a%2Fb%3Fc"
+        assert json.loads(body) == {"note": hostile, "id": "a/b?c"}
+    finally:
+        server.shutdown()
+        server.server_close()

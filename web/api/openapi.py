@@ -333,7 +333,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                             "(errors name it)."},
         "definition": {"type": "string", "description": "Its TOML text."},
         "file_name": {"type": "string", "description": "The file it names (`file`)."},
-        "content_base64": {"type": "string", "description": "That file, base64."}}),
+        "content_base64": {"type": "string", "description": "That file, base64."}},
+        required=["definition_name", "definition"]),
     "TemplateRunRequest": _obj({
         "agent": _STR, "version": {"type": "integer", "minimum": 1},
         "params": {"type": "object", "description": "name -> value (string, number or "

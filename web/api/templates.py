@@ -100,28 +100,31 @@ def templates_show(name: str) -> Any:
            responses={201: "Template"}, body="TemplateRequest", errors=(400,))
 def templates_add() -> Any:
     """`definition` (the TOML text of the definition file, named `definition_name`) and its
-    file (`file_name`, `content_base64`), checked by every rule of `tiangong hub templates
-    add`; developers and admins."""
+    file (`file_name`, `content_base64`; an http template may have none), checked by every
+    rule of `tiangong hub templates add`; developers and admins."""
     doc = _body({"definition_name": str, "definition": str, "file_name": str,
                  "content_base64": str})
     definition_name = _plain(doc.get("definition_name"), "definition_name")
-    file_name = _plain(doc.get("file_name"), "file_name")
     text, content = doc.get("definition"), doc.get("content_base64")
-    if text is None or content is None:
-        raise ApiError(400, "bad_request", "fields 'definition' and 'content_base64' are "
-                       "required")
-    if len(text) > MAX_DEFINITION_BYTES or len(content) > MAX_TEMPLATE_BYTES * 4 // 3 + 4:
+    if text is None or (content is None) != (doc.get("file_name") is None):
+        raise ApiError(400, "bad_request", "field 'definition' is required, and the file it "
+                       "names as 'file_name' and 'content_base64' together (an http "
+                       "template may have none)")
+    if len(text) > MAX_DEFINITION_BYTES or len(content or "") > MAX_TEMPLATE_BYTES * 4 // 3 + 4:
         raise ApiError(400, "bad_request", f"a definition is at most {MAX_DEFINITION_BYTES} "
                        f"bytes and its file at most {MAX_TEMPLATE_BYTES}")
-    try:
-        data = base64.b64decode(content, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, "bad_request", "field 'content_base64' is not base64") from None
     with tempfile.TemporaryDirectory(prefix="tiangong-api-template-") as work:
         path = Path(work) / definition_name
         path.write_text(text, encoding="utf-8")
-        if file_name != definition_name:
-            (Path(work) / file_name).write_bytes(data)
+        if content is not None:
+            file_name = _plain(doc.get("file_name"), "file_name")
+            try:
+                data = base64.b64decode(content, validate=True)
+            except (binascii.Error, ValueError):
+                raise ApiError(400, "bad_request",
+                               "field 'content_base64' is not base64") from None
+            if file_name != definition_name:
+                (Path(work) / file_name).write_bytes(data)
         try:
             row = add_template(api_ctx(), path)
         except ValidationError as exc:

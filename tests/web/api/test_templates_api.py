@@ -71,6 +71,11 @@ def test_templates_added_shown_and_refused(site: Site) -> None:
         assert message in answer["message"], (message, answer)
         assert "tiangong-api-template-" not in answer["message"]
     assert _state(site) == before
+    with site.app.app_context():  # each refused call audited as its caller, with its status
+        calls = [(e.actor, json.loads(e.details)["status"]) for e in db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "api.call")
+            .order_by(AuditEvent.seq))]
+    assert calls == [("dev", 403), ("view", 403), *[("dev", 400)] * 4]
 
     added = dev.post("/templates", 201, json=_add())
     assert (added["name"], added["version"], added["kind"]) == ("purge", 1, "sql")
