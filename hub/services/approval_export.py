@@ -35,11 +35,13 @@ from signing.approvals import (
     ReleaseRef,
     Verdict,
     evaluate_approvals,
+    peek_approval,
     sign_attestation,
 )
+from signing.errors import SigningError
 
-__all__ = ["MAX_BUNDLE_APPROVALS", "NO_GROUP", "attestation_for", "bundle_approvals",
-           "verdict_for"]
+__all__ = ["MAX_BUNDLE_APPROVALS", "NO_GROUP", "approvals_hold_until", "attestation_for",
+           "bundle_approvals", "verdict_for"]
 
 MAX_BUNDLE_APPROVALS = 32  # envelopes one manifest carries (docs/bundle-format.md §6)
 NO_GROUP = "none"  # the group an attestation names for an approver in no group
@@ -142,3 +144,27 @@ def bundle_approvals(
             f"{verdict.message}"
         )
     return envelopes
+
+
+def approvals_hold_until(ctx: ServiceContext, release: Release, env: Environment,
+                         envelopes: list[bytes], created: int, expires: int) -> int:
+    """The latest time, at most ``expires``, at which ``envelopes`` still meet the current
+    root's delegation for ``env`` as a site judges them: a bundle valid longer than its
+    approvals would be refused at a site it reached late, for an expired approval, after
+    the hub said it would be accepted. ``expires`` itself when nothing is required."""
+    assert ctx.keys is not None
+    if ctx.keys.root.delegation(env.name) is None:
+        return expires
+    ends: set[int] = set()
+    for envelope in envelopes:
+        try:
+            ends.add(peek_approval(envelope)[1].expires)
+        except (SigningError, ValueError):
+            continue  # an envelope that does not parse never counted
+    sources = [release] + ([release.approvals_from] if release.approvals_from is not None
+                           else [])
+    for end in sorted(e for e in ends if created < e <= expires):
+        # At ``end`` the approvals expiring then no longer count (expires <= time floor).
+        if not any(verdict_for(ctx, source, env, envelopes, end).ok for source in sources):
+            return end - 1
+    return expires

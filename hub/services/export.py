@@ -63,7 +63,7 @@ from hub.errors import ConfigError, HubError, PreflightError, ValidationError
 from hub.faults import crash_point
 from hub.services import audit
 from hub.services.agents import agent_target
-from hub.services.approval_export import bundle_approvals
+from hub.services.approval_export import approvals_hold_until, bundle_approvals
 from hub.services.approvals import approvals_for_manifest
 from hub.services.chain import chain_for
 from hub.services.context import ServiceContext
@@ -432,6 +432,7 @@ class _Run:
         expires = created + int(self.expires_in.total_seconds())
         # Before any sequence is used: the approvals a site will check (bundle-format §6.10).
         approvals = bundle_approvals(ctx, release, env, created=created, expires=expires)
+        expires = approvals_hold_until(ctx, release, env, approvals, created, expires)
         if not self.checkpoint_done:
             self.checkpoint = _checkpoint_json(ctx, env)
             self.checkpoint_done = True

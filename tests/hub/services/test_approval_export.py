@@ -182,3 +182,32 @@ def test_a_rollback_approved_by_inheritance_carries_an_attestation_of_the_origin
     assert isinstance(doc, AttestationDocument)
     assert (doc.version, doc.content_hash) == ("2.0.0", original.content_hash)
     assert [a.name for a in doc.approvers] == ["appr1"]
+
+
+def test_a_bundle_never_outlives_the_approvals_it_carries(world: World, tmp_path: Path) -> None:
+    """An approval signed for 2 days (`keys approve` gives 7 by default), a bundle valid for
+    14 (the export's default): a stick that reached the site on day 3 was refused there for
+    an expired approval, although the hub had said the site would accept it. The bundle
+    expires when its approvals stop meeting the site's rule, so the site says the plain
+    "expired" — and a bundle that arrives in time runs."""
+    import dataclasses
+
+    alice = SigningKey.generate()
+    world.keys.hub = with_delegations(
+        world.keys, {"test": signed(1, 1, {"appr1": (alice, "dba")})}, {"appr1": alice})
+    agent = _agent(world, tmp_path)
+    register(world, "appr1", alice)
+    rel = _release(world)
+    request = approval_request(world.ctx("appr1"), rel, environment="test")
+    short = dataclasses.replace(request.document, expires=request.document.at + 2 * 86400)
+    approve_with_signature(world.ctx("appr1"), rel, sign_approval(short, alice))
+    queue_deployment(world.ctx("op"), rel, "test")
+    world.session.commit()
+    report = export_environment(world.ctx("op"), "test", tmp_path / "usb")
+    assert len(report.written) == 1, report.failed
+    manifest = inspect(report.written[0].paths[0]).manifest
+    assert manifest is not None
+    assert manifest.expires <= short.expires < manifest.created + 14 * 86400
+    assert manifest.expires >= short.expires - 1
+    assert _run(agent, tmp_path / "usb").startswith("succeeded")
+    agent.close()
