@@ -29,6 +29,7 @@ import dataclasses
 import errno
 import hashlib
 import os
+import queue
 import shutil
 import stat
 import tempfile
@@ -625,6 +626,7 @@ class _Expect:
     size: int = 0
     sha256: str = ""
     entry: FileEntry | None = None
+    checked: bool = False  # read back from the device already (:class:`_PlacedCheck`)
 
 
 class _ReadBack:
@@ -772,6 +774,11 @@ class _ReadBack:
                         "differently from what was written (container structure)")
                 offset += len(part.data)
                 continue
+            if part.checked:
+                # Read back from the device while later payloads were compressed.
+                offset += part.size
+                self._durable = max(self._durable, offset)
+                continue
             sha = hashlib.sha256()
             for chunk in self._read(offset, part.size):
                 sha.update(chunk)
@@ -785,6 +792,79 @@ class _ReadBack:
                 f"bundle {self._label}: is {os.fstat(self._fd).st_size} bytes on the device, "
                 f"{self._total} written")
 
+
+
+class _PlacedCheck:
+    """Re-read frames compressed straight into the bundle file while later payloads are
+    compressed (§12.3): for each, in a thread, its range is written back and waited for
+    (``sync_file_range``), dropped from the page cache, read from the device and its SHA-256
+    compared with the one the compressor computed (the one the manifest will sign). The
+    final re-read (:class:`_ReadBack`) then skips those ranges. Where ``sync_file_range`` is
+    unavailable nothing is checked here and the final re-read reads everything.
+    """
+
+    def __init__(self, fd: int, label: str) -> None:
+        self._fd = os.dup(fd)
+        self._label = label
+        self._queue: queue.Queue[tuple[int, FileEntry] | None] = queue.Queue()
+        self.checked: set[int] = set()  # offsets of frames read back and found equal
+        self.error: BaseException | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="bundle-placed-check",
+                                        daemon=True)
+        self._thread.start()
+
+    def add(self, offset: int, entry: FileEntry) -> None:
+        """The frame of ``entry`` is written at ``offset``."""
+        self._queue.put((offset, entry))
+
+    def finish(self) -> set[int]:
+        """Wait for every frame handed over; the offsets found equal (raise what differed)."""
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.checked
+
+    def close(self) -> None:
+        """Stop without waiting for the rest (the bundle is abandoned or rewritten)."""
+        self._stop = True
+        self._queue.put(None)
+        self._thread.join()
+        os.close(self._fd)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._stop or self.error is not None or _sync_file_range is None:
+                continue
+            offset, entry = item
+            try:
+                self._check(offset, entry)
+            except BaseException as exc:  # raised by finish() in the writer's thread
+                self.error = exc
+
+    def _check(self, offset: int, entry: FileEntry) -> None:
+        size = entry.compressed_size
+        assert _sync_file_range is not None
+        if not _sync_file_range(self._fd, offset, size, _SYNC_WAIT_ALL):
+            return  # not supported here: the final re-read reads it
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(self._fd, offset, size, os.POSIX_FADV_DONTNEED)
+        sha = hashlib.sha256()
+        done = 0
+        while done < size:
+            data = os.pread(self._fd, min(BUFFER_BYTES, size - done), offset + done)
+            if not data:
+                break
+            sha.update(data)
+            done += len(data)
+            if self._stop:
+                return
+        if sha.hexdigest() != entry.compressed_sha256:
+            raise DigestMismatchError(
+                f"bundle {self._label}: {entry.member} ({entry.name!r}) reads back "
+                "differently from what was written")
+        self.checked.add(offset)
 
 
 # -- the writer -------------------------------------------------------------------------
@@ -873,7 +953,8 @@ def write_bundle(
             fd, tmp = _tmp_for(out)
             temps.append(tmp)
             direct = _Direct(fd, tmp, lambda entries: _head_size(
-                manifest, entries, signing_keys, roots_json, finish))
+                manifest, entries, signing_keys, roots_json, finish),
+                label=strip_part_suffix(out.name) if verify else "")
         entries, sources = _compress_all(payloads, spool_root, level, threads, limits, report,
                                          frames, direct)
         data_bytes = sum(member_span(e.compressed_size) for e in entries) + len(END_OF_ARCHIVE)
@@ -948,9 +1029,25 @@ class _Direct:
     fd: int
     path: Path
     head_size: Callable[[Sequence[FileEntry]], int]
+    label: str = ""  # how messages name the bundle; empty: placed frames are not re-read
     predicted: int | None = None  # the head size large frames were placed for
+    check: _PlacedCheck | None = None
+
+    def placed(self, offset: int, entry: FileEntry) -> None:
+        """A frame was compressed into the file at ``offset``: re-read it meanwhile."""
+        if self.label:
+            if self.check is None:
+                self.check = _PlacedCheck(self.fd, self.label)
+            self.check.add(offset, entry)
+
+    def checked(self) -> set[int]:
+        """Offsets of the placed frames that read back as written (raises if one did not)."""
+        return set() if self.check is None else self.check.finish()
 
     def close(self) -> None:
+        if self.check is not None:
+            self.check.close()
+            self.check = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -1086,6 +1183,7 @@ def _compress_missing(job: _Job, threads: int, direct: _Direct | None) -> None:
             entry = _compress_one(i + 1, payloads[i], (direct.fd, at + BLOCK), compressors,
                                   tick)
             sources[i] = _Frame(direct.path, at + BLOCK)
+            direct.placed(at + BLOCK, entry)
             at += member_span(entry.compressed_size)
         else:
             if dest is None:
@@ -1268,21 +1366,26 @@ def _frame_and_write(
         written, write_total = 0, total
         report("write", 0, total)
         placed = [] if direct is None else [f for f in sources if f.path == direct.path]
+        checked: set[int] = set()
         if direct is not None and (not placed or direct.predicted == len(head)):
             # The frames compressed into this file are where the head leaves them.
+            checked = direct.checked()
             fd, tmp = direct.fd, direct.path
             direct.fd = -1
             os.lseek(fd, 0, os.SEEK_SET)
         else:
+            if direct is not None:
+                direct.close()  # its frames are copied into a new file, re-read there
             fd, tmp = _tmp_for(out)
             temps.append(tmp)
         readback: _ReadBack | None = None
         if verify:
             layout = [_Expect(data=head)]
-            for entry in entries:
+            for entry, frame in zip(entries, sources, strict=True):
                 layout.append(_Expect(data=encode_header(entry.member, entry.compressed_size)))
                 layout.append(_Expect(size=entry.compressed_size,
-                                      sha256=entry.compressed_sha256, entry=entry))
+                                      sha256=entry.compressed_sha256, entry=entry,
+                                      checked=frame.path == tmp and frame.offset in checked))
                 layout.append(_Expect(data=padding(entry.compressed_size)))
             layout.append(_Expect(data=END_OF_ARCHIVE))
             readback = _ReadBack(fd, strip_part_suffix(out.name), layout, total,

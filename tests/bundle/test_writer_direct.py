@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from bundle import writer as writer_mod
 from bundle.errors import DigestMismatchError
 from bundle.frame_cache import FrameCache
 from bundle.inspect import verify_written
-from bundle.writer import PayloadFile, write_bundle
+from bundle.writer import PayloadFile, WrittenBundle, write_bundle
 from tests.bundle.kit import make_files, release_draft
 from tests.fixtures.trust import TrustKit
 
@@ -75,6 +76,22 @@ def _reference(trust: TrustKit, files: list[PayloadFile], tmp_path: Path) -> byt
     return w.paths[0].read_bytes()
 
 
+def _flip_a_byte_of_b_bin(probe: WrittenBundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every read from the device return one byte of b.bin's frame changed, at the
+    place the probe bundle (written from the same inputs) has it."""
+    at = probe.size - 1024 - sum(writer_mod.member_span(e.compressed_size)
+                                 for e in probe.manifest.files[1:]) + 512 + 1000
+    real = os.pread
+
+    def pread(fd: int, count: int, offset: int) -> bytes:
+        data = bytearray(real(fd, count, offset))
+        if 0 <= at - offset < len(data):
+            data[at - offset] ^= 0x40
+        return bytes(data)
+
+    monkeypatch.setattr(writer_mod.os, "pread", pread)
+
+
 def test_frames_placed_in_the_file_give_the_same_bundle(
         trust: TrustKit, src: Path, out: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,17 +138,45 @@ def test_a_placed_frame_that_reads_back_differently_removes_the_output(
     entry = w.manifest.files[1]  # b.bin, placed in the file
     assert entry.name == "b.bin"
     (out / "probe.tgb").unlink()
+    _flip_a_byte_of_b_bin(w, monkeypatch)
+    with pytest.raises(DigestMismatchError, match=r"b\.bin"):
+        write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key])
+    assert os.listdir(out) == []
+
+
+def test_placed_frames_are_read_back_once(
+        trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame compressed into the file is re-read while later payloads are compressed, and
+    the final re-read does not read it again; every other byte is re-read once."""
+    files = make_files(src, _contents())
+    reads: list[tuple[int, int]] = []
+    threads: set[str] = set()
     real = os.pread
-    at = w.size - 1024 - sum(writer_mod.member_span(e.compressed_size)
-                             for e in w.manifest.files[1:]) + 512 + 1000
 
     def pread(fd: int, count: int, offset: int) -> bytes:
-        data = bytearray(real(fd, count, offset))
-        if 0 <= at - offset < len(data):
-            data[at - offset] ^= 0x40
-        return bytes(data)
+        reads.append((offset, count))
+        threads.add(threading.current_thread().name)
+        return real(fd, count, offset)
 
     monkeypatch.setattr(writer_mod.os, "pread", pread)
+    w = write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key])
+    covered = [0] * w.size
+    for offset, count in reads:
+        for i in range(offset, min(offset + count, w.size)):
+            covered[i] += 1
+    assert set(covered) == {1}
+    assert "bundle-placed-check" in threads
+
+
+def test_a_placed_frame_changed_on_the_device_after_its_check_is_not_missed(
+        trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without sync_file_range (other systems) nothing is checked early: the final re-read
+    reads the placed frames too and still finds a changed byte."""
+    monkeypatch.setattr(writer_mod, "_sync_file_range", None)
+    files = make_files(src, _contents())
+    w = write_bundle(out / "probe.tgb", release_draft(trust), files, [trust.release_key])
+    (out / "probe.tgb").unlink()
+    _flip_a_byte_of_b_bin(w, monkeypatch)
     with pytest.raises(DigestMismatchError, match=r"b\.bin"):
         write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key])
     assert os.listdir(out) == []
