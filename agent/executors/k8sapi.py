@@ -315,7 +315,11 @@ class KubeApi:
         )
         if dry_run:
             query += (("dryRun", "All"),)
-        return self.request("PATCH", path, body=body, query=query, warnings=warnings)
+        # Serialised here, as UTF-8 JSON (which is YAML): the client's own json.dumps writes
+        # a character beyond U+FFFF (an emoji) as a surrogate pair "\ud83d\ude00", which
+        # the server's YAML decoder refuses ("invalid Unicode character escape code").
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        return self.request("PATCH", path, body=data, query=query, warnings=warnings)
 
     def resolve(self, api_version: str, kind: str, where: str) -> Resource:
         """Find the REST resource of ``kind`` in ``api_version`` by discovery.

@@ -19,10 +19,16 @@ from tests.e2e.conftest import run, wait_for
 from tests.e2e.test_live_processes import DEADLINE, Site, free_port
 from tests.e2e.test_live_processes import site as site  # the fixture
 from tests.e2e.test_remote_governance import token_file
+from tests.fixtures.kube import KubeServer
 
 
-def test_remote_runs_wait_ship_and_follow_live(site: Site, tmp_path: Path) -> None:
+def test_remote_runs_wait_ship_and_follow_live(site: Site, tmp_path: Path,
+                                               kube_server: KubeServer,
+                                               kube_namespace: str) -> None:
     site.hub("users", "grant", "carol", "developer")
+    with (site.home / "agent.toml").open("a") as fh:
+        fh.write(f'\n[connections.kube]\ntype = "kubernetes"\n'
+                 f'kubeconfig = "{kube_server.kubeconfig}"\n')
     port = free_port()
     site.start_hub("hub.log", http_port=port)
     site.start_agent()
@@ -86,6 +92,7 @@ def test_remote_runs_wait_ship_and_follow_live(site: Site, tmp_path: Path) -> No
     assert [e["actor"] for e in site.audit("deployment.queue")] == ["carol", "carol"]
     assert len(site.audit("release.policy_approve")) == 1
     _templates_part(site, tmp_path, url, carol, state, follow)
+    _k8s_template(tmp_path / "templates", url, carol, kube_server, kube_namespace, follow)
 
 
 TEMPLATE = """name = "greet"
@@ -193,3 +200,42 @@ def _http_template(site: Site, folder: Path, templates: Any,
     finally:
         server.shutdown()
         server.server_close()
+
+
+MANIFEST = """apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{name}}
+  labels:
+    tier: {{tier}}
+data:
+  note: {{note}}   # whatever it holds
+"""
+
+
+def _k8s_template(folder: Path, url: str, carol: Path, kube: KubeServer, namespace: str,
+                  follow: tuple[str, ...]) -> None:
+    """A k8s template run live on the real kube-apiserver: a hostile value is the object's
+    data, byte for byte (quotes, a new line, '#', ':', braces, non-ASCII), and adds no
+    key."""
+    (folder / "conf.yaml").write_text(MANIFEST)
+    (folder / "conf.toml").write_text(
+        f'name = "app-conf"\nkind = "k8s"\nfile = "conf.yaml"\n[step]\n'
+        f'connection = "kube"\nnamespace = "{namespace}"\n'
+        '[[params]]\nname = "name"\ntype = "string"\n'
+        '[[params]]\nname = "tier"\ntype = "enum"\nchoices = ["web", "db"]\n'
+        '[[params]]\nname = "note"\ntype = "string"\n')
+
+    def templates(*args: str) -> Any:
+        return run("remote", "--url", url, "--token-file", str(carol), "templates", *args,
+                   check=False, timeout=DEADLINE + 30)
+
+    added = templates("add", str(folder / "conf.toml"))
+    assert added.returncode == 0, added.stderr
+    hostile = "it's \"quoted\" # not a comment\nevil: {x: 1}\n- ü 😀"
+    went = templates("run", "app-conf", "--agent", "site-01", "--param", "name=app-conf",
+                     "--param", "tier=web", "--param", f"note={hostile}", *follow)
+    assert went.returncode == 0, went.stdout + went.stderr
+    made = kube.must("GET", f"/api/v1/namespaces/{namespace}/configmaps/app-conf")
+    assert made["data"] == {"note": hostile}
+    assert made["metadata"]["labels"] == {"tier": "web"}

@@ -125,6 +125,20 @@ def test_apply_and_dry_run(api: KubeApi, kube_server: KubeServer, kube_namespace
     assert api.get(path) == created
 
 
+def test_apply_keeps_characters_beyond_the_basic_plane(api: KubeApi,
+                                                       kube_namespace: str) -> None:
+    """An emoji (beyond U+FFFF) in an object applies and reads back as sent (the client's
+    JSON wrote it as a surrogate pair, which the server's YAML decoder refused)."""
+    path = f"/api/v1/namespaces/{kube_namespace}/configmaps/notes"
+    data = {"note": "ship it 😀 — ü \"q\" \n# not a comment", "empty": ""}
+    body = {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "notes", "namespace": kube_namespace}, "data": data}
+    assert api.apply(path, body, dry_run=True)["data"] == data
+    assert api.apply(path, body, dry_run=False)["data"] == data
+    got = api.get(path)
+    assert got is not None and got["data"] == data
+
+
 def test_apply_sends_strict_field_validation(
     proxied_api: KubeApi, kube_proxy: KubeProxy, kube_namespace: str
 ) -> None:

@@ -81,16 +81,24 @@ def test_templates_added_shown_and_refused(site: Site) -> None:
     assert (added["name"], added["version"], added["kind"]) == ("purge", 1, "sql")
     assert dev.post("/templates", 201, json=_add(sql=SQL.upper().replace(
         "{{DAYS}}", "{{days}}")))["version"] == 2
+    ping = dev.post("/templates", 201, json={
+        "definition_name": "ping.toml", "definition": 'name = "ping"\nkind = "http"\n'
+        '[step]\nurl = "https://status.internal/ping/{{who}}"\n[[params]]\nname = "who"\n'
+        'type = "string"\n'})  # an http template without a body
+    assert (ping["kind"], ping["file"], ping["step"]["url"]) == (
+        "http", "", "https://status.internal/ping/{{who}}")
+    dev.post("/templates", 400, json={"definition_name": "ping.toml",
+                                      "definition": "name = 'ping'", "file_name": "x.json"})
     reader = api_for(site, "view", ["read"])
     assert [(t["name"], t["version"]) for t in reader.get("/templates")["templates"]] == [
-        ("purge", 2)]
+        ("ping", 1), ("purge", 2)]
     shown = reader.get("/templates/purge?version=1")
     assert shown["text"] == SQL and shown["described"] == ["days (int 1..365, default 30)"]
     reader.get("/templates/purge?version=3", 404)
     reader.get("/templates/purge?version=x", 400)
     reader.get("/templates/nothing", 404)
     with site.app.app_context():
-        [event, _second] = db.session.scalars(
+        [event, _second, _ping] = db.session.scalars(
             select(AuditEvent).where(AuditEvent.action == "template.add")).all()
         assert event.actor == "dev"
         assert json.loads(event.details)["via"].startswith("api-token:tgp_")
