@@ -114,6 +114,7 @@ DEFAULT_LEVEL = 3  # zstd level (§12.1)
 MT_THRESHOLD_BYTES = 4 * 1024 * 1024  # members larger than this use all cores (§12.2)
 MAX_SMALL_WORKERS = 4  # threads compressing small members at once
 _SMALL_AHEAD = 16  # small frames compressed ahead of the one taken next (memory bound)
+_PIPE_CHUNKS = 4  # chunks (at most BUFFER_BYTES each) queued for a hashing or writing thread
 _COPY_STEP = 8 * 1024 * 1024  # bytes per copy_file_range call (progress granularity)
 
 #: ``progress(phase, done, total)``: phase is ``"compress"`` (content bytes read),
@@ -379,6 +380,50 @@ class _PwriteSink:
         pass
 
 
+class _Pipe:
+    """Applies ``step`` to each chunk handed over, in order, in a thread of its own (hashlib,
+    zstd and file writes release the GIL, so the steps of one payload run side by side).
+    The first error ``step`` raises is raised by the next :meth:`put` or by :meth:`close`;
+    chunks after it are dropped."""
+
+    def __init__(self, step: Callable[[bytes], object], name: str) -> None:
+        self._step = step
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_PIPE_CHUNKS)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put(data)
+
+    def write(self, data: bytes) -> int:
+        """The zstd writer's sink interface."""
+        self.put(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, *, raise_error: bool = True) -> None:
+        """Wait for every chunk handed over; raise the first error (unless told not to,
+        when another error is on its way)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if raise_error and self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self._step(data)
+                except BaseException as exc:  # raised in the caller's thread
+                    self.error = exc
+
+
 def _compress_one(
     index: int,
     pf: PayloadFile,
@@ -386,11 +431,12 @@ def _compress_one(
     compressors: _Compressors,
     tick: Callable[[int], None],
 ) -> FileEntry:
-    """Stream one payload through zstd into ``dest``: a new file, or ``(fd, offset)``."""
+    """Stream one (large) payload through zstd into ``dest``: a new file, or ``(fd, offset)``.
+
+    Three threads: this one reads and feeds libzstd (whose own workers compress), one hashes
+    the content, one hashes and writes the frame."""
     fd, size = _open_source(pf)
     content_sha = hashlib.sha256()
-    buf = bytearray(BUFFER_BYTES)
-    view = memoryview(buf)
     got = 0
     with contextlib.ExitStack() as stack:
         src = stack.enter_context(open(fd, "rb", buffering=0))
@@ -401,26 +447,34 @@ def _compress_one(
         else:
             out = None
             sink = _PwriteSink(*dest)
-        cctx = compressors.for_size(size)
-        zw = cctx.stream_writer(
-            cast(IO[bytes], sink), size=size, write_size=BUFFER_BYTES, closefd=False
-        )
-        # No ``with zw``: closing a frame whose pledged size was not reached raises a zstd
-        # error that would hide the real reason below.
-        while got < size:
-            n = src.readinto(view[: min(BUFFER_BYTES, size - got)])
-            if not n:
-                break
-            chunk = view[:n]
-            content_sha.update(chunk)
-            zw.write(chunk)
-            got += n
-            tick(n)
-        if got != size or src.read(1):
-            raise ReleaseFormatError(
-                f"payload {pf.name!r}: {pf.path} changed size while it was being read"
+        hasher = _Pipe(content_sha.update, "bundle-content-sha")
+        framer = _Pipe(sink.write, "bundle-frame-write")
+        try:
+            cctx = compressors.for_size(size)
+            zw = cctx.stream_writer(
+                cast(IO[bytes], framer), size=size, write_size=BUFFER_BYTES, closefd=False
             )
-        zw.flush(zstandard.FLUSH_FRAME)
+            # No ``with zw``: closing a frame whose pledged size was not reached raises a
+            # zstd error that would hide the real reason below.
+            while got < size:
+                chunk = src.read(min(BUFFER_BYTES, size - got))
+                if not chunk:
+                    break
+                hasher.put(chunk)
+                zw.write(chunk)
+                got += len(chunk)
+                tick(len(chunk))
+            if got != size or src.read(1):
+                raise ReleaseFormatError(
+                    f"payload {pf.name!r}: {pf.path} changed size while it was being read"
+                )
+            zw.flush(zstandard.FLUSH_FRAME)
+        except BaseException:
+            hasher.close(raise_error=False)
+            framer.close(raise_error=False)
+            raise
+        hasher.close()
+        framer.close()
         if out is not None:
             out.flush()
     return _entry(index, pf, size, content_sha.hexdigest(), sink.size, sink.sha.hexdigest())

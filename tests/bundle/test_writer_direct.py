@@ -10,10 +10,13 @@ temporary file; and that failures leave nothing behind.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import random
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,7 +72,7 @@ def _reference(trust: TrustKit, files: list[PayloadFile], tmp_path: Path) -> byt
     """The same bundle written with every frame copied (through a frame cache)."""
     (tmp_path / "ref").mkdir()
     known = [PayloadFile(f.name, f.path, f.path.stat().st_size,
-                         __import__("hashlib").sha256(f.path.read_bytes()).hexdigest())
+                         hashlib.sha256(f.path.read_bytes()).hexdigest())
              for f in files]
     w = write_bundle(tmp_path / "ref" / "b.tgb", release_draft(trust), known,
                      [trust.release_key], frames=FrameCache(tmp_path / "cache"))
@@ -180,3 +183,34 @@ def test_a_placed_frame_changed_on_the_device_after_its_check_is_not_missed(
     with pytest.raises(DigestMismatchError, match=r"b\.bin"):
         write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key])
     assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("where", ["placed", "spooled"])
+def test_a_full_disk_while_a_frame_is_written(
+        trust: TrustKit, src: Path, out: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """The frame of a large payload is written by a thread of its own: its error reaches
+    the caller, nothing is left in the output directory, and no thread stays behind."""
+    files = make_files(src, _contents())
+    before = {t.name for t in threading.enumerate()}
+    if where == "placed":
+        def pwrite(fd: int, data: Any, offset: int) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(writer_mod.os, "pwrite", pwrite)
+        kwargs: dict[str, Any] = {}
+    else:
+        def write(self: Any, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(writer_mod._HashingWriter, "write", write)
+        kwargs = {"frames": FrameCache(tmp_path / "cache")}
+        files = [PayloadFile(f.name, f.path, f.path.stat().st_size,
+                             hashlib.sha256(f.path.read_bytes()).hexdigest()) for f in files]
+    with pytest.raises(OSError) as err:
+        write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key],
+                     **kwargs)
+    assert err.value.errno == errno.ENOSPC
+    assert os.listdir(out) == []
+    after = {t.name for t in threading.enumerate()}
+    assert not {n for n in after - before if n.startswith("bundle-")}
