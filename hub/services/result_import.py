@@ -164,13 +164,23 @@ class _Batch:
 
     files: list[_Incoming]
     received: list[Future[None]]  # one per file, on the reading threads
-    checked: Future[None] | None = None  # verified and flushed, on the verifier thread
+    #: Verified on the verifier thread, whose result is the flush of the copies to keep on
+    #: the flushing thread.
+    checked: Future[Future[None]] | None = None
+
+    def ready(self) -> None:
+        """Wait until the batch is verified and its copies flushed; raise what failed."""
+        assert self.checked is not None
+        self.checked.result().result()
 
     def discard_copies(self) -> None:
         """Wait for what still runs on this batch's files, then remove their copies."""
-        for running in [*self.received, *([self.checked] if self.checked else [])]:
+        for running in self.received:
             with contextlib.suppress(BaseException):
                 running.result()
+        if self.checked is not None:
+            with contextlib.suppress(BaseException):
+                self.ready()
         for inc in self.files:
             inc.discard_copy()
 
@@ -312,6 +322,7 @@ class _ImportRun:
                 self._receive(inc)
                 self._lookup(batch)
                 self._verify(batch, self._clock())
+                self._sync(batch)
             except BaseException:
                 inc.discard_copy()
                 raise
@@ -325,6 +336,7 @@ class _ImportRun:
         reading: _Batch | None = None
         readers = ThreadPoolExecutor(RECEIVE_THREADS, thread_name_prefix="tiangong-import-read")
         verifier = ThreadPoolExecutor(1, thread_name_prefix="tiangong-import-verify")
+        flusher = ThreadPoolExecutor(1, thread_name_prefix="tiangong-import-fsync")
 
         def read_next() -> _Batch | None:
             paths = next(todo, None)
@@ -341,16 +353,15 @@ class _ImportRun:
                         done.result()
                     self._lookup(reading.files)  # the database: this thread only
                     reading.checked = verifier.submit(
-                        self._verify_and_sync, reading.files, self._clock()
+                        self._verify_then_sync, reading.files, self._clock(), flusher
                     )
                     verifying.append(reading)
                     reading = read_next()
                 if len(verifying) > 1 or (verifying and reading is None):
                     # Record the oldest batch while the next one is verified and read.
                     oldest = verifying.popleft()
-                    assert oldest.checked is not None
                     try:
-                        oldest.checked.result()
+                        oldest.ready()
                     except BaseException:
                         oldest.discard_copies()
                         raise
@@ -359,19 +370,27 @@ class _ImportRun:
             # Stop what runs ahead and remove what it copied; nothing of it is recorded.
             readers.shutdown(wait=True, cancel_futures=True)
             verifier.shutdown(wait=True, cancel_futures=True)
+            flusher.shutdown(wait=True, cancel_futures=True)
             for ahead in [*verifying, *([reading] if reading is not None else [])]:
                 ahead.discard_copies()
             raise
         finally:
             readers.shutdown(wait=True)
             verifier.shutdown(wait=True)
+            flusher.shutdown(wait=True)
 
     def _clock(self) -> int:
         return int(self.ctx.now().timestamp())
 
-    def _verify_and_sync(self, batch: list[_Incoming], now: int) -> None:
-        """The verifier thread's part of phase 1: verify, then flush the copies to keep."""
+    def _verify_then_sync(self, batch: list[_Incoming], now: int,
+                          flusher: ThreadPoolExecutor) -> Future[None]:
+        """The verifier thread's part of phase 1: verify, then hand the copies to keep to
+        the flushing thread (the verifier goes on with the next batch meanwhile)."""
         self._verify(batch, now)
+        return flusher.submit(self._sync, batch)
+
+    def _sync(self, batch: list[_Incoming]) -> None:
+        """Flush the verified copies of ``batch`` (the flushing thread)."""
         copies = [inc.copy for inc in batch if inc.copy is not None]
         sync_copies(copies)
         if copies:

@@ -287,6 +287,38 @@ def test_the_same_result_in_two_pipelined_batches_is_imported_once(
     agent.close()
 
 
+@pytest.mark.parametrize("files", [1, 5])
+def test_every_stored_copy_is_flushed_before_it_is_renamed(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: int
+) -> None:
+    """One file (the live server's way, no pipeline) or pipelined batches: each stored
+    result's copy was fsynced under its private name before its rename, and the directory
+    after the renames, before the commit."""
+    agent = _agent(world, tmp_path)
+    media = _media(tmp_path, "usb", {f"s{i}.tgr": p for i, p in enumerate(_results(agent, files))})
+    results = tmp_path / "results"
+    log: list[tuple[str, str]] = []
+    real_sync, real_fsync_dir = result_import.sync_copies, result_import.fsync_dir
+
+    def sync(paths: list[Path]) -> None:
+        log.extend(("fsync", p.name) for p in paths)
+        real_sync(paths)
+
+    def sync_dir(directory: Path) -> None:
+        log.append(("fsync-dir", "") if directory == results else ("other", str(directory)))
+        real_fsync_dir(directory)
+
+    monkeypatch.setattr(result_import, "sync_copies", sync)
+    monkeypatch.setattr(result_import, "fsync_dir", sync_dir)
+    rows = _import(world, media, results, 2)
+    assert [row.status for row in rows] == ["imported"] * files
+    flushed = [name for what, name in log if what == "fsync"]
+    assert len(flushed) == files and all(n.startswith(".incoming-") for n in flushed)
+    assert ("fsync-dir", "") in log and log.index(("fsync-dir", "")) > 0
+    assert len(_stored(results)) == files
+    agent.close()
+
+
 def test_the_same_result_twice_in_one_batch_is_imported_once(
     world: World, tmp_path: Path
 ) -> None:
