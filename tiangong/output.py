@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -57,12 +58,27 @@ def done(as_json: bool, text: str, data: dict[str, Any]) -> None:
         click.echo(text)
 
 
+#: What a cell never prints raw: control characters (a new line, an escape sequence), bidi
+#: controls, and the lone surrogates a file name that is not UTF-8 decodes to.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
+                          "\udc80-\udcff]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group(0))
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"  # the byte a non-UTF-8 name held
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def cell(value: Any) -> str:
-    """One table cell: ``-`` for nothing, UTC times, comma-joined lists."""
+    """One table cell on one line: ``-`` for nothing, UTC times, comma-joined lists; what
+    could break the line or drive a terminal (names from a stick, texts people typed) is
+    escaped (``\\x0a``, ``\\x1b``, ``\\u202e``)."""
     if value is None:
         return "-"
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%SZ")
     if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value) or "-"
-    return str(value)
+        return _UNPRINTABLE.sub(_escaped, ",".join(str(v) for v in value)) or "-"
+    return _UNPRINTABLE.sub(_escaped, str(value))

@@ -690,3 +690,21 @@ def test_a_hub_command_after_an_upgrade_brings_the_database_to_the_new_schema_fi
             assert MigrationContext.configure(conn).get_current_revision() == head
     finally:
         engine.dispose()
+
+
+def test_names_from_the_media_are_printed_escaped_on_one_line(hub_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """A file on a stick named to fake table lines (a new line, an escape sequence, a bidi
+    override) is shown escaped on its own row of `hub import`'s table, as the agent shows
+    such names: it used to print raw, so it could write lines of its own — "imported" for a
+    refused file — or drive the operator's terminal."""
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    hostile = "x.tgr  imported\nreal.tgr\x1b[2J\u202egpj.tgr"
+    (usb / hostile).write_bytes(b"not a result at all\n")
+    out = run(hub_dir, "import", str(usb), actor="ops", ok=False)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3, out.stdout  # the header, one row, the totals
+    assert "x.tgr  imported\\x0areal.tgr\\x1b[2J\\u202egpj.tgr" in lines[1]
+    assert "rejected" in lines[1]
+    assert "\x1b" not in out.stdout and "\u202e" not in out.stdout
