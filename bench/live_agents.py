@@ -72,10 +72,12 @@ import random
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -454,6 +456,25 @@ class _FileSink:
     def sync(self) -> None:
         self.fh.flush()
         os.fsync(self.fh.fileno())
+
+
+class _ThreadedFileSink(_FileSink):
+    """The baseline's sink written as ``agent/live.py`` writes: the writes and the fsync
+    every 8 MiB run in order in one worker thread while the event loop reads on (no hash,
+    no protocol); the transfer ends when the last fsync is done."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.pool = ThreadPoolExecutor(1, "baseline-sink")
+
+    def write(self, part: int, data: bytes) -> None:
+        self.pool.submit(self.fh.write, data)
+
+    def sync(self) -> None:
+        self.pool.submit(super().sync)
+
+    def wait(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 class _NullSink:
@@ -1271,6 +1292,8 @@ async def _baseline_transfer(work: Path, payload: Path, sink: _FileSink | _NullS
             if received - acked >= ACK_EVERY_BYTES or received == size:
                 sink.sync()
                 acked = received
+    if isinstance(sink, _ThreadedFileSink):
+        await asyncio.to_thread(sink.wait)
     seconds = time.time() - t0
     mine = self_cpu() - mine0
     server_cpu = (await server.expect("sent", 60))["cpu"]
@@ -1290,9 +1313,11 @@ async def transfer_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     sink_dir.mkdir()
     out: dict[str, Any] = {"transfer_mib": args.transfer_mib}
     out.update(await _tiangong_transfer(args, work, payload, sink_dir))
-    for variant in ("disk", "memory"):
+    for variant in ("disk", "memory", "disk_threaded"):
         os.sync()  # as before each Tiangong run
-        sink = _FileSink(sink_dir / "baseline.part") if variant == "disk" else _NullSink()
+        sink = (_FileSink(sink_dir / "baseline.part") if variant == "disk"
+                else _ThreadedFileSink(sink_dir / "baseline.part")
+                if variant == "disk_threaded" else _NullSink())
         try:
             mb_s, client_cpu, server_cpu = await _baseline_transfer(work, payload, sink)
         finally:
@@ -1301,11 +1326,12 @@ async def transfer_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         out[f"baseline_{variant}_mb_s"] = round(mb_s)
         out[f"baseline_client_cpu_{variant}_s"] = round(client_cpu, 3)
         out[f"baseline_server_cpu_{variant}_s"] = round(server_cpu, 3)
-        out[f"ratio_{variant}"] = round(out[f"tiangong_{variant}_mb_s"]
+        mine = variant.removesuffix("_threaded")  # the Tiangong run it compares with
+        out[f"ratio_{variant}"] = round(out[f"tiangong_{mine}_mb_s"]
                                         / out[f"baseline_{variant}_mb_s"], 2)
         # CPU per byte on the receiving side, which bounds both on an idle machine and does
         # not depend on the load: baseline client CPU / agent CPU.
-        out[f"cpu_ratio_{variant}"] = round(client_cpu / max(1e-9, out[f"agent_cpu_{variant}_s"]),
+        out[f"cpu_ratio_{variant}"] = round(client_cpu / max(1e-9, out[f"agent_cpu_{mine}_s"]),
                                             2)
     out["load_average"] = round(os.getloadavg()[0], 2)
     return out
@@ -1324,6 +1350,8 @@ def _print_transfer(t: dict[str, Any]) -> None:
               f"{t[f'baseline_client_cpu_{variant}_s']} s (ratio {t[f'cpu_ratio_{variant}']}); "
               f"sending CPU: hub {t[f'hub_cpu_{variant}_s']} s, baseline server "
               f"{t[f'baseline_server_cpu_{variant}_s']} s")
+    print(f"    baseline writing and fsyncing in a worker thread as agent/live.py does: "
+          f"{t['baseline_disk_threaded_mb_s']} MB/s (ratio {t['ratio_disk_threaded']})")
     print(f"  hub peak RSS {t['hub_peak_rss_mib']} MiB; load average {t['load_average']}",
           flush=True)
 
@@ -1362,15 +1390,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             report["fleet"].append(fig)
             print("RESULT live_agents " + " ".join(f"{k}={v}" for k, v in fig.items()),
                   flush=True)
-        if args.transfer_mib:
-            print(f"single agent, {args.transfer_mib} MiB bundle", flush=True)
-            d = work / "transfer"
+        runs = []
+        for i in range(args.transfer_repeat if args.transfer_mib else 0):
+            print(f"single agent, {args.transfer_mib} MiB bundle (run {i + 1} of "
+                  f"{args.transfer_repeat})", flush=True)
+            d = work / f"transfer{i}"
             d.mkdir()
             t = await transfer_run(args, d)
             _print_transfer(t)
-            report["transfer"] = t
+            runs.append(t)
             print("RESULT live_agents_transfer " + " ".join(f"{k}={v}" for k, v in t.items()),
                   flush=True)
+            shutil.rmtree(d, ignore_errors=True)
+        if runs:
+            report["transfer"] = runs[0] if len(runs) == 1 else runs
+        if len(runs) > 1:
+            medians = {k: statistics.median(r[k] for r in runs)
+                       for k in runs[0] if k.startswith(("ratio_", "cpu_ratio_", "load"))}
+            print("  medians of " + str(len(runs)) + " runs: "
+                  + ", ".join(f"{k} {v}" for k, v in medians.items()), flush=True)
+            print("RESULT live_agents_transfer_median runs=" + str(len(runs)) + " "
+                  + " ".join(f"{k}={v}" for k, v in medians.items()), flush=True)
     finally:
         if args.keep:
             print(f"work directory kept: {work}")
@@ -1407,6 +1447,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="bytes per LOG message (max 16 KiB)")
     ap.add_argument("--transfer-mib", type=int, default=None,
                     help="single-agent bundle size (default 256; --quick 16; 0: skip)")
+    ap.add_argument("--transfer-repeat", type=int, default=1,
+                    help="transfer phase runs (Tiangong and baselines each time); more than "
+                         "one prints the median ratios")
     ap.add_argument("--workdir", default=str(REPO.parent),
                     help="where the temporary hub data goes (a real disk, not tmpfs)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")

@@ -1,11 +1,10 @@
 """Files of the hub's live server (:mod:`hub.live`): partial uploads and stored log lines.
 
-* :func:`open_partial`: a :class:`bundle.sync.TransferReceiver` writing to a partial file,
-  resumed from the bytes already there.
 * :class:`LogStore`: LOG lines as JSON lines in ``<dir>/<agent_id>/<bundle_id>.log``, each
   ``(agent, bundle, seq)`` stored once (docs/live-protocol.md §3), within byte quotas.
-* :func:`partial_path`, :func:`sweep_partials`: where an upload is received, and the
-  clean-up of abandoned ones.
+* :func:`partial_path`, :func:`sweep_partials`: where an upload is received (by
+  :class:`bundle.live_file.FileReceiver`), and the clean-up of abandoned ones.
+* :class:`SpoolDigests`: size and SHA-256 of spooled bundles for OFFERs, each hashed once.
 
 No sockets and no database here.
 """
@@ -19,27 +18,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from bundle.sync import LogReceived, Offer, TransferReceiver
-from bundle.sync.errors import SyncError
+from bundle.sync import LogReceived
 
-__all__ = ["LogQuotaError", "LogStore", "fsync_dir", "open_partial", "partial_path",
+__all__ = ["LogQuotaError", "LogStore", "SpoolDigests", "fsync_dir", "partial_path",
            "size_and_sha256", "sweep_partials"]
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")  # docs/live-protocol.md §2.3
 
 READ_BYTES = 1024 * 1024  # bytes per read when hashing or re-reading a partial file
-
-
-class FileSink:
-    """Appends to one open file (part 0 only: the live path moves unsplit files)."""
-
-    def __init__(self, fh: Any) -> None:
-        self.fh = fh
-
-    def write(self, part: int, data: bytes) -> None:
-        self.fh.write(data)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -60,23 +47,41 @@ def size_and_sha256(path: Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def open_partial(path: Path, offer: Offer) -> tuple[TransferReceiver, Any]:
-    """A receiver for ``offer`` writing to ``path`` (opened for appending), resumed from the
-    bytes already there (fsynced first, so they are what RESUME may claim); a partial file
-    that does not fit the offer is started again from 0."""
-    fh = path.open("ab+")
-    os.fsync(fh.fileno())
-    fh.seek(0)
-    sink = FileSink(fh)
-    receiver = TransferReceiver(offer, sink)
-    try:
-        while block := fh.read(READ_BYTES):
-            receiver.absorb_existing(block)
-    except SyncError:
-        fh.truncate(0)
-        receiver = TransferReceiver(offer, sink)
-    fh.seek(0, os.SEEK_END)
-    return receiver, fh
+class SpoolDigests:
+    """Size and SHA-256 of spooled bundles for OFFERs, each file hashed once: a bundle
+    offered again (the agent reconnected before RECEIVED, or cancelled it for now) is not
+    read again while its inode, size and modification time are unchanged. Thread-safe
+    enough for the offer pool (a race only hashes a file twice). At most ``limit`` files
+    are remembered (the oldest forgotten first). A stale entry could only make the agent
+    refuse the bytes as ``corrupt`` (it hashes every byte): never accept other bytes."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._known: dict[Path, tuple[tuple[int, int, int, int], int, str]] = {}
+
+    def get(self, path: Path) -> tuple[int, str]:
+        """``(size, sha256)`` of ``path``, hashed unless known for this very file.
+
+        Raises:
+            OSError: the file cannot be read.
+        """
+        st = path.stat()
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        known = self._known.get(path)
+        if known is not None and known[0] == key:
+            return known[1], known[2]
+        size, digest = size_and_sha256(path)
+        if size != st.st_size:  # written meanwhile: do not remember
+            return size, digest
+        self._known.pop(path, None)
+        while len(self._known) >= self.limit:
+            self._known.pop(next(iter(self._known)))
+        self._known[path] = (key, size, digest)
+        return size, digest
+
+    def forget(self, path: Path) -> None:
+        """``path`` left the spool (delivered)."""
+        self._known.pop(path, None)
 
 
 @dataclass(frozen=True)

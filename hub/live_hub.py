@@ -36,7 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +48,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State as WsState
 
+from bundle.live_file import FileReceiver
 from bundle.sync import (
     CANCEL_HAVE_IT,
     DEFAULT_HEARTBEAT_SECONDS,
@@ -69,7 +70,6 @@ from bundle.sync import (
     TransferCancelled,
     TransferDone,
     TransferReceived,
-    TransferReceiver,
 )
 from bundle.sync.errors import (
     AuthError,
@@ -80,7 +80,6 @@ from bundle.sync.errors import (
     ProtocolError,
     RevokedAgentError,
     SyncError,
-    TransferError,
     UnknownAgentError,
 )
 from hub.db import Agent as AgentRow
@@ -89,10 +88,9 @@ from hub.errors import HubError
 from hub.live_files import (
     LogQuotaError,
     LogStore,
+    SpoolDigests,
     fsync_dir,
-    open_partial,
     partial_path,
-    size_and_sha256,
     sweep_partials,
 )
 from hub.live_guard import Admission, LiveLimits, LoginGuard, RefusalCount
@@ -133,16 +131,19 @@ SWEEP_SECONDS = 60.0  # seconds between two sweeps of abandoned partial uploads 
 TOO_LARGE = "too-large"  # CANCEL code: a result over [live] max_result_bytes (§4.1)
 REJECTED = "rejected"  # CANCEL code: the importer refused the received result (§4.3)
 RETRY = "retry"  # CANCEL code: the hub could not import it now; offer it again later
+IO_ERROR = "io-error"  # CANCEL code: the hub cannot write the upload (disk); offered again later
+RESULT_PENDING_BYTES = ACK_EVERY_BYTES  # bytes of one upload waiting for the disk before
+# that connection's reading pauses (TCP then holds the agent back)
 
 _T = TypeVar("_T")
 
 
 @dataclass
 class _Incoming:
-    receiver: TransferReceiver
+    file: FileReceiver  # checks, hashes, writes and fsyncs in its own thread (big uploads)
     path: Path
-    fh: Any
-    acked: int
+    acked: int  # bytes an ACK was sent for
+    syncing: int  # bytes an fsync was asked for (its ACK follows when it is done)
 
 
 @dataclass
@@ -277,6 +278,7 @@ class LiveHub:
         # weak reference), so nobody has to shut these down.
         self._export_pool = ThreadPoolExecutor(EXPORT_THREADS, "tiangong-live-export")
         self._offer_pool = ThreadPoolExecutor(OFFER_THREADS, "tiangong-live-offer")
+        self._digests = SpoolDigests()  # each spooled bundle hashed once for its OFFERs
 
     async def _in_pool(self, pool: ThreadPoolExecutor, func: Callable[..., _T],
                        *args: Any) -> _T:
@@ -710,7 +712,7 @@ class LiveHub:
             for task in peer.tasks:
                 task.cancel()
             for inc in peer.incoming.values():
-                inc.fh.close()
+                inc.file.close()  # what was fsynced stays for a resume
             if conn.agent_id is not None and self.peers.get(conn.agent_id) is peer:
                 del self.peers[conn.agent_id]
                 self.logs.forget(conn.agent_id)
@@ -835,7 +837,7 @@ class LiveHub:
         elif isinstance(event, OfferReceived):
             self._open_incoming(peer, event.offer)
         elif isinstance(event, ChunkReceived):
-            self._write_chunk(peer, event)
+            await self._write_chunk(peer, event)
         elif isinstance(event, TransferDone):
             await self._finish_incoming(peer, event.transfer)
         elif isinstance(event, LogReceived):
@@ -1085,7 +1087,7 @@ class LiveHub:
             transfer = path.name[: -len(".tgb")]
             if transfer in peer.outgoing or len(peer.outgoing) >= 4:
                 continue
-            size, digest = await self._in_pool(self._offer_pool, size_and_sha256, path)
+            size, digest = await self._in_pool(self._offer_pool, self._digests.get, path)
             peer.conn.send_offer(Offer(transfer, path.name, size, digest))
             peer.outgoing[transfer] = path
             peer.acked[transfer] = asyncio.Event()
@@ -1135,6 +1137,7 @@ class LiveHub:
         sent = path.parent / "sent"
         sent.mkdir(exist_ok=True)
         os.replace(path, sent / path.name)
+        self._digests.forget(path)
         fsync_dir(path.parent)
         log.info("live: %s holds %s (%s)", agent_id, path.name, how)
         self.metrics.delivered.labels(how).inc()
@@ -1179,7 +1182,7 @@ class LiveHub:
         else:
             inc = peer.incoming.pop(event.transfer, None)
             if inc is not None:  # the agent gave up this upload: nothing to resume
-                inc.fh.close()
+                inc.file.close()
                 inc.path.unlink(missing_ok=True)
                 log.info("live: agent %s cancelled its upload %s: %s", peer.conn.agent_id,
                          event.transfer, event.code)
@@ -1200,25 +1203,45 @@ class LiveHub:
         path = partial_path(self.inbox, agent_id, offer.transfer)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._drop_stale_partials(peer, path.parent, keep=path)
-        receiver, fh = open_partial(path, offer)
-        peer.incoming[offer.transfer] = _Incoming(receiver, path, fh, receiver.offset)
-        peer.conn.send_resume(offer.transfer, receiver.offset)
+        file = FileReceiver.open(path, offer, max_pending=RESULT_PENDING_BYTES)
+        peer.incoming[offer.transfer] = _Incoming(file, path, file.offset, file.offset)
+        peer.conn.send_resume(offer.transfer, file.offset)
 
-    def _write_chunk(self, peer: _Peer, event: ChunkReceived) -> None:
+    async def _write_chunk(self, peer: _Peer, event: ChunkReceived) -> None:
+        """Hand the chunk to the upload's worker (checked, hashed, written there; inline for
+        a small result); every :data:`ACK_EVERY_BYTES` an fsync is queued and its ACK sent
+        when done. Only this connection's reading waits while its disk is behind — the
+        event loop, and every other agent, never waits for an fsync."""
         inc = peer.incoming.get(event.transfer)
         if inc is None:
             return
         try:
-            inc.receiver.write(event.offset, event.data)
-        except SyncError as exc:
+            inc.file.write(event.offset, event.data)
+        except (SyncError, OSError) as exc:
             self._drop_incoming(peer, event.transfer, exc)
             return
         self.metrics.transfer_bytes.labels("in").inc(len(event.data))
-        if inc.receiver.offset - inc.acked >= ACK_EVERY_BYTES:
-            inc.fh.flush()
-            os.fsync(inc.fh.fileno())
-            inc.acked = inc.receiver.offset
-            peer.conn.send_ack(event.transfer, inc.acked)
+        if inc.file.offset - inc.syncing >= ACK_EVERY_BYTES:
+            inc.syncing = inc.file.offset
+            task = asyncio.create_task(self._ack_when_durable(peer, event.transfer, inc,
+                                                              inc.file.sync()))
+            peer.tasks.add(task)
+            task.add_done_callback(peer.tasks.discard)
+        await inc.file.room()
+
+    async def _ack_when_durable(self, peer: _Peer, transfer: str, inc: _Incoming,
+                                synced: Future[int]) -> None:
+        try:
+            durable = await inc.file.wait(synced)
+        except (SyncError, OSError) as exc:
+            if peer.incoming.get(transfer) is inc:
+                self._drop_incoming(peer, transfer, exc)
+                peer.flush()
+            return
+        if peer.incoming.get(transfer) is inc and durable > inc.acked and peer.open:
+            inc.acked = durable
+            peer.conn.send_ack(transfer, durable)
+            peer.flush()
 
     def _drop_stale_partials(self, peer: _Peer, directory: Path, keep: Path) -> None:
         """At most MAX_TRANSFERS partial uploads per agent: the oldest not running now go
@@ -1229,32 +1252,40 @@ class LiveHub:
         for stale in others[: max(0, len(others) + len(running) - MAX_PARTIALS)]:
             stale.unlink(missing_ok=True)
 
-    def _drop_incoming(self, peer: _Peer, transfer: str, exc: SyncError) -> None:
+    def _drop_incoming(self, peer: _Peer, transfer: str, exc: SyncError | OSError) -> None:
         inc = peer.incoming.pop(transfer)
-        inc.fh.close()
+        inc.file.close()
         inc.path.unlink(missing_ok=True)
-        self.metrics.error("result_corrupt")
-        log.warning("live: result from %s rejected: %s", peer.conn.agent_id, exc)
-        peer.conn.send_cancel(transfer, "agent", "corrupt", exc.remote_text)
+        if isinstance(exc, SyncError):
+            self.metrics.error("result_corrupt")
+            log.warning("live: result from %s rejected: %s", peer.conn.agent_id, exc)
+            peer.conn.send_cancel(transfer, "agent", "corrupt", exc.remote_text)
+        else:  # the hub's disk: the agent offers it again on its next connection
+            self.metrics.error("result_io")
+            log.error("live: cannot write result %s from %s: %s", inc.file.offer.name,
+                      peer.conn.agent_id, exc)
+            peer.conn.send_cancel(transfer, "agent", IO_ERROR,
+                                  "the hub cannot write the file now")
 
     async def _finish_incoming(self, peer: _Peer, transfer: str) -> None:
         inc = peer.incoming.get(transfer)
         if inc is None:
             return
         try:
-            inc.receiver.finish()
-        except TransferError as exc:
-            self._drop_incoming(peer, transfer, exc)
+            # Every byte written, the size and the whole SHA-256 compared, fsynced, closed.
+            await inc.file.wait(inc.file.finish())
+        except (SyncError, OSError) as exc:
+            if peer.incoming.get(transfer) is inc:
+                self._drop_incoming(peer, transfer, exc)
             return
         del peer.incoming[transfer]
-        inc.fh.flush()
-        os.fsync(inc.fh.fileno())
-        inc.fh.close()
-        if inc.acked < inc.receiver.offset:
-            peer.conn.send_ack(transfer, inc.receiver.offset)
+        inc.file.close()
+        if inc.acked < inc.file.durable:
+            inc.acked = inc.file.durable
+            peer.conn.send_ack(transfer, inc.acked)
         agent_id = peer.conn.agent_id
         assert agent_id is not None
-        dest = self.inbox / agent_id / inc.receiver.offer.name
+        dest = self.inbox / agent_id / inc.file.offer.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(inc.path, dest)
         fsync_dir(dest.parent)

@@ -28,6 +28,7 @@ FLEET_KEYS = {
 TRANSFER_KEYS = {
     "transfer_mib", "tiangong_disk_mb_s", "tiangong_memory_mb_s", "baseline_disk_mb_s",
     "baseline_memory_mb_s", "ratio_disk", "ratio_memory", "hub_peak_rss_mib",
+    "baseline_disk_threaded_mb_s", "ratio_disk_threaded",
 }
 
 

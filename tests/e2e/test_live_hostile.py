@@ -637,6 +637,55 @@ def test_cancelled_and_abandoned_partial_uploads_are_removed(
     assert "removed abandoned partial upload" in live.log()
 
 
+@pytest.mark.parametrize("case", ["good bytes", "flipped byte", "bad part"])
+def test_a_large_upload_is_checked_as_it_arrives_and_bad_bytes_never_reach_the_inbox(
+        site: Site, start_live: Callable[..., Live], case: str) -> None:
+    """A result over 1 MiB is checked, hashed and written by the upload's worker thread
+    (bundle/live_file.py): good bytes reach the importer (random bytes: it rejects them),
+    ACKs come in order and only for written bytes; a flipped byte or a bad part is refused
+    ``corrupt`` and nothing is left in live-inbox/."""
+    live = start_live()
+    mib = 1024 * 1024
+    data = os.urandom(10 * mib + 17)
+    offer = result_offer("big", data)
+    if case == "bad part":
+        parts = [data[:4 * mib], data[4 * mib:]]
+        offer["parts"] = [[len(p), hashlib.sha256(p).hexdigest()] for p in parts]
+    wire = bytearray(data)
+    if case != "good bytes":
+        wire[6 * mib] ^= 0x01  # in part 001 of the split offer
+    before = tree(site.data / "live-inbox")
+
+    async def scenario() -> tuple[list[int], int, dict[str, Any]]:
+        peer = await login(live, site, "upload-01")
+        await peer.send(RESULT_OFFER, offer)
+        assert (await peer.expect(RESUME))["offset"] == 0
+        for offset in range(0, len(wire), mib):
+            await peer.send(RESULT_CHUNK, {"transfer": "big", "offset": offset},
+                            bytes(wire[offset:offset + mib]))
+        await peer.send(RESULT_DONE, {"transfer": "big"})
+        acks = []
+        while True:
+            mtype, header, _ = await peer.recv()
+            if mtype == ACK:
+                acks.append(header["offset"])
+            elif mtype in (RECEIVED, CANCEL):
+                await peer.ws.close()
+                return acks, mtype, header
+
+    acks, mtype, header = arun(scenario())
+    assert mtype == CANCEL and header["offered_by"] == "agent", (mtype, header)
+    assert acks == sorted(set(acks))
+    if case == "good bytes":
+        assert header["code"] == "rejected"  # it passed the transfer checks
+        assert "not a readable result file" in header["text"]
+        assert acks[-1] == len(data)
+    else:
+        assert header["code"] == "corrupt"
+        assert all(a < len(data) for a in acks)  # never the whole file
+    assert tree(site.data / "live-inbox") == before
+
+
 def test_a_result_the_importer_rejects_is_answered_as_rejected_and_leaves_the_inbox(
         site: Site, start_live: Callable[..., Live]) -> None:
     live = start_live()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bundle.sync import LogReceived
-from hub.live_files import LogQuotaError, LogStore, partial_path, sweep_partials
+from hub.live_files import LogQuotaError, LogStore, SpoolDigests, partial_path, sweep_partials
 
 
 def _line(bundle: str, seq: int, text: str = "x") -> LogReceived:
@@ -82,3 +82,40 @@ def test_sweep_removes_old_partials_except_running_ones(tmp_path: Path) -> None:
     removed = sweep_partials(tmp_path, 50, time.time(), keep={running})
     assert removed == [old]
     assert running.exists() and fresh.exists()
+
+
+def test_a_spooled_bundle_is_hashed_once_for_its_offers(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent that reconnects before RECEIVED is offered the bundle again without the hub
+    reading the whole file again; a file replaced under the same name is hashed afresh."""
+    import hashlib
+
+    import hub.live_files as live_files
+
+    hashed: list[Path] = []
+    real = live_files.size_and_sha256
+
+    def counted(p: Path) -> tuple[int, str]:
+        hashed.append(p)
+        return real(p)
+
+    monkeypatch.setattr(live_files, "size_and_sha256", counted)
+    path = tmp_path / "b-1.tgb"
+    path.write_bytes(b"one" * 1000)
+    digests = SpoolDigests(limit=2)
+    first = digests.get(path)
+    assert first == (3000, hashlib.sha256(b"one" * 1000).hexdigest())
+    assert digests.get(path) == first and hashed == [path]
+    replacement = tmp_path / "new.tgb"
+    replacement.write_bytes(b"two" * 1000)
+    os.replace(replacement, path)  # another inode
+    assert digests.get(path) == (3000, hashlib.sha256(b"two" * 1000).hexdigest())
+    assert hashed == [path, path]
+    for name in ("c.tgb", "d.tgb"):  # over the limit: the oldest is forgotten
+        (tmp_path / name).write_bytes(b"x")
+        digests.get(tmp_path / name)
+    digests.get(path)
+    assert hashed.count(path) == 3
+    digests.forget(path)
+    digests.get(path)
+    assert hashed.count(path) == 4
