@@ -201,6 +201,27 @@ def _hub_child(data_dir: Path, agents_file: Path, port: int, tls: bool = False,
     """Initialise a hub in ``data_dir`` and enroll the agents of ``agents_file``, then
     become ``tiangong hub live`` on 127.0.0.1:``port`` (exec: the same pid, so the parent's
     /proc figures are the live server's)."""
+    agents = json.loads(agents_file.read_text())
+    init_bench_hub(data_dir, agents)
+    _raise_fd_limit()
+    # Every simulated agent connects from 127.0.0.1: the per-address cap of unauthenticated
+    # connections (meant for one site's address) must not throttle the connect phase.
+    for name in ("MAX_UNAUTHENTICATED_PER_ADDRESS", "MAX_UNAUTHENTICATED"):
+        os.environ.setdefault(f"TIANGONG_HUB_LIVE_{name}", str(max(256, 2 * len(agents))))
+    # --tls: wss:// with the certificate `hub init` issued (its CA is what agents pin).
+    plain = [] if tls else ["--insecure-loopback"]
+    tiangong = str(Path(sys.executable).with_name("tiangong"))
+    argv = ["hub", "--data-dir", str(data_dir), "live", "--bind", f"127.0.0.1:{port}", *plain]
+    if profile is not None:
+        _run_sampled(argv, profile)
+        return
+    os.execv(tiangong, [tiangong, *argv])  # noqa: S606
+
+
+def init_bench_hub(data_dir: Path, agents: list[dict[str, str]]) -> None:
+    """``tiangong hub init`` in ``data_dir`` (SQLite file, real keys), then with the hub's
+    services: environment ``bench``, users ``op``/``dev``/``appr``, the approved releases
+    ``hello 1.0.0`` and ``1.0.1``, and ``agents`` enrolled in ``bench``."""
     from hub.config import load_config
     from hub.db import make_engine, make_session_factory
     from hub.keystore import load_hub_keys
@@ -220,7 +241,6 @@ def _hub_child(data_dir: Path, agents_file: Path, port: int, tls: bool = False,
     # The audit MAC key (hub.audit_mac): an event written without it breaks the chain, and
     # the live server then refuses to sign the checkpoint an export needs.
     engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
-    agents = json.loads(agents_file.read_text())
     t_setup = time.perf_counter()
     with make_session_factory(engine)() as s:
         def ctx(user: str) -> ServiceContext:
@@ -246,18 +266,6 @@ def _hub_child(data_dir: Path, agents_file: Path, port: int, tls: bool = False,
         s.commit()
     engine.dispose()
     _emit("setup", hub_id=keys.hub_id, setup_seconds=round(time.perf_counter() - t_setup, 2))
-    _raise_fd_limit()
-    # Every simulated agent connects from 127.0.0.1: the per-address cap of unauthenticated
-    # connections (meant for one site's address) must not throttle the connect phase.
-    for name in ("MAX_UNAUTHENTICATED_PER_ADDRESS", "MAX_UNAUTHENTICATED"):
-        os.environ.setdefault(f"TIANGONG_HUB_LIVE_{name}", str(max(256, 2 * len(agents))))
-    # --tls: wss:// with the certificate `hub init` issued (its CA is what agents pin).
-    plain = [] if tls else ["--insecure-loopback"]
-    argv = ["hub", "--data-dir", str(data_dir), "live", "--bind", f"127.0.0.1:{port}", *plain]
-    if profile is not None:
-        _run_sampled(argv, profile)
-        return
-    os.execv(tiangong, [tiangong, *argv])  # noqa: S606
 
 
 SAMPLE_SECONDS = 0.005  # --profile-hub: seconds between two samples of every thread's stack

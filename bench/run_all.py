@@ -34,6 +34,7 @@ ARGS: dict[str, tuple[list[str], list[str]]] = {
     "agent_overhead": ([], ["--size", "1024", "--steps", "200"]),
     "hub_import": (["--quick"], ["--count", "5000"]),  # soak: 1,000,000 audit events too
     "live_wire": ([], ["--mib", "1024"]),
+    "export_burst": (["--quick"], ["--agents", "5000"]),
 }
 
 

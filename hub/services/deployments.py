@@ -46,7 +46,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from hub.db import (
@@ -78,6 +78,7 @@ __all__ = [
     "RETRY_FROM",
     "TRANSITIONS",
     "allocate_sequence",
+    "allocate_sequences",
     "attempt_outcome",
     "deployment_target",
     "get_deployment",
@@ -347,8 +348,11 @@ def transition(
     *,
     summary: Mapping[str, Any] | None = None,
     action: str = "deployment.update",
+    flush: bool = True,
 ) -> Deployment:
     """Move ``deployment`` to ``new_state`` (validated against :data:`TRANSITIONS`).
+    ``flush=False`` leaves the row's update to the session's next flush (a batch of
+    deployments written in one statement at its commit, :mod:`hub.services.export`).
 
     Raises:
         PermissionDeniedError, InvalidStateError (naming both states and what is allowed).
@@ -370,7 +374,8 @@ def transition(
         setattr(deployment, column, now)
     if summary is not None:
         deployment.result_summary = dict(summary)
-    ctx.session.flush()
+    if flush:
+        ctx.session.flush()
     details: dict[str, Any] = {"from": before, "to": new_state}
     if summary is not None:
         details["summary"] = dict(summary)
@@ -416,6 +421,51 @@ def allocate_sequence(
     return root_version, next_after - 1
 
 
+def allocate_sequences(
+    session: Session, wanted: Sequence[tuple[str, Agent | None]]
+) -> list[int]:
+    """:func:`allocate_sequence` for many targets at once (an export batch): the sequence
+    of each item of ``wanted`` (target, its agent), in order; a target that appears
+    several times gets consecutive numbers. Two or three statements in all, whatever the
+    number of targets: one read, one update per existing counter (executemany), one
+    insert per new counter. The updates lock the counter rows for the rest of the
+    transaction, as :func:`allocate_sequence` does.
+    """
+    counts: dict[str, int] = {}
+    agents: dict[str, Agent | None] = {}
+    for target, agent in wanted:
+        counts[target] = counts.get(target, 0) + 1
+        agents.setdefault(target, agent)
+    if not counts:
+        return []
+    table = SequenceCounter.__table__
+    targets = sorted(counts)
+    existing = set(session.scalars(
+        select(SequenceCounter.target).where(SequenceCounter.target.in_(targets))))
+    after: dict[str, int] = {}  # target -> next_sequence after this allocation
+    if existing:
+        session.execute(
+            update(table).where(table.c.target == bindparam("t"))
+            .values(next_sequence=table.c.next_sequence + bindparam("n")),
+            [{"t": t, "n": counts[t]} for t in sorted(existing)])
+        after = {target: int(after_next) for target, after_next in session.execute(
+            select(SequenceCounter.target, SequenceCounter.next_sequence)
+            .where(SequenceCounter.target.in_(sorted(existing))))}
+    for target in targets:
+        if target not in existing:
+            agent = agents[target]
+            session.add(SequenceCounter(target=target, agent_id=agent.id if agent else None,
+                                        next_sequence=counts[target] + 1, root_version=1))
+            after[target] = counts[target] + 1
+    session.flush()
+    given = {t: after[t] - counts[t] for t in targets}
+    out = []
+    for target, _ in wanted:
+        out.append(given[target])
+        given[target] += 1
+    return out
+
+
 def mark_exported(
     ctx: ServiceContext,
     deployment: Deployment,
@@ -424,8 +474,10 @@ def mark_exported(
     bundle_path: str,
     sequence: int,
     root_version: int,
+    flush: bool = True,
 ) -> Deployment:
-    """Record the bundle written for ``deployment`` and move it to ``exported``.
+    """Record the bundle written for ``deployment`` and move it to ``exported`` (``flush``
+    as :func:`transition`).
 
     Raises:
         PermissionDeniedError (operator: bundle.export), InvalidStateError (neither queued
@@ -444,6 +496,7 @@ def mark_exported(
         "exported",
         summary=None,
         action="bundle.export",
+        flush=flush,
     )
 
 

@@ -42,6 +42,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
 
 from bundle.errors import BundleError
 from bundle.frame_cache import FrameCache
@@ -58,21 +60,28 @@ from bundle.parts import part_path, strip_part_suffix
 from bundle.release import ReleaseSource, load_release
 from bundle.windows import Policy
 from bundle.writer import WrittenBundle, release_manifest, write_bundle
-from hub.db import Deployment, Environment
-from hub.errors import ConfigError, HubError, PreflightError, ValidationError
+from hub.db import Deployment, Environment, Release
+from hub.errors import (
+    ConfigError,
+    HubError,
+    InvalidStateError,
+    PreflightError,
+    ValidationError,
+)
 from hub.faults import crash_point
 from hub.services import audit
 from hub.services.agents import agent_target
 from hub.services.approval_export import approvals_hold_until, bundle_approvals
 from hub.services.approvals import approvals_for_manifest
-from hub.services.chain import chain_for
+from hub.services.chain import chain_for, chains_for
 from hub.services.context import ServiceContext
-from hub.services.deployments import allocate_sequence, mark_exported, pending_exports
+from hub.services.deployments import allocate_sequences, mark_exported, pending_exports
 from hub.services.environments import get_environment
 from hub.services.export_claims import (
     STALE_CLAIM,
     claim,
     claim_is_live,
+    claim_many,
     my_token,
     stale_claims,
     take_over,
@@ -80,7 +89,7 @@ from hub.services.export_claims import (
 from hub.services.preflight import check_deployment
 from hub.services.site_secrets import seal_for_agents, sealed_names, secret_recipients
 from hub.services.users import require_ctx
-from hub.services.windows import gate_for, hold_back, policy_for
+from hub.services.windows import gates_for, hold_back
 from signing.envelope import parse_envelope
 from signing.roots import RootDocument
 
@@ -101,6 +110,7 @@ SPOOL_PREFIX = ".tiangong-export-"  # + the claim token: one export's private sp
 EXPORT_BATCH = 200
 FRAMES_DIR = ".frames"  # in the release store: compressed payload frames (bundle.frame_cache)
 WRITER_SPOOL_PREFIX = ".tiangong-spool-"  # the writer's own default spool (older hubs)
+IN_CHUNK = 500  # ids in one SQL IN list (well under every driver's parameter limit)
 
 
 @dataclass(frozen=True)
@@ -312,56 +322,49 @@ class _Run:
         """:meth:`export` for many deployments with two commits in all: every claim and
         intent in one transaction, then every bundle written, then every ``exported`` in
         one transaction. Each deployment keeps its own ``bundle.claimed`` and
-        ``bundle.written`` events (appended under one lock of the audit head); one that
-        fails is rolled back alone (a savepoint) and reported in ``failed``."""
+        ``bundle.written`` events (appended under one lock of the audit head).
+
+        What depends only on the release, the environment and the rules (release files,
+        approvals, windows and freezes, sealed secret names) is worked out once per batch
+        (:class:`_Facts`), and the database is asked with one query per kind of row for the
+        whole batch, not once per deployment. Every check that may refuse a deployment
+        runs before it is claimed, so one that fails is simply not claimed (it stays
+        queued) and is reported in ``failed``; nothing else of the batch is rolled back."""
         if len(deps) == 1:
             self.export(deps[0], report)  # the plain path: one deployment, same commits
             return
         session = self.ctx.session
         self._ensure_checkpoint()
-        claimed: list[tuple[Deployment, dict[str, Any]]] = []
-        failed: list[tuple[int, BaseException]] = []
-        with audit.held_head(session) as head:
-            for dep in deps:
-                dep_id = dep.id
-                try:
-                    with head.savepoint():
-                        intent = self._claim_one(dep)
-                except (HubError, BundleError, OSError) as exc:
-                    failed.append((dep_id, exc))  # its claim rolled back: stays queued
-                    session.expire(dep)  # loaded inside the savepoint: read it again
-                    continue
-                if intent is None:
-                    report.taken.append(dep_id)
-                else:
-                    claimed.append((dep, intent))
-            for dep_id, why in failed:
-                self._failed_event(report, dep_id, why)
+        with audit.held_head(session):
+            claimed = self._claim_batch(deps, report)
         session.commit()
         if not claimed:
             return
         crash_point("hub.export-claimed")
         written: list[tuple[Deployment, dict[str, Any], WrittenBundle]] = []
         unwritten: list[tuple[Deployment, BaseException]] = []
+        facts = _Facts(self.ctx, [], self.ctx.now())  # the write's: release files, approvals
         for dep, intent in claimed:
             try:
-                written.append((dep, intent, self._write(dep, intent)))
+                written.append((dep, intent, self._write(dep, intent, facts)))
             except (HubError, BundleError, OSError) as exc:
                 unwritten.append((dep, exc))
                 continue
             crash_point("hub.export-renamed")
         session.rollback()  # _write only reads; start the recording transaction afresh
         done: list[ExportedBundle] = []
-        with audit.held_head(session) as head:
+        with audit.held_head(session):
+            states = _load_deployments(session, [dep.id for dep, _, _ in written])
             for dep, intent, bundle in written:
-                dep_id = dep.id
-                try:
-                    with head.savepoint():
-                        done.append(self._record_one(dep, intent, bundle.paths, bundle.size,
-                                                     bundle.envelope_sha256))
-                except HubError as exc:
+                fresh = states.get(dep.id)
+                if fresh is None or fresh.state != "exporting":
                     # Moved on while it was written (see _write_and_record).
-                    self._failed_event(report, dep_id, exc)
+                    self._failed_event(report, dep.id, InvalidStateError(
+                        f"deployment {dep.id} is "
+                        f"{fresh.state if fresh is not None else 'gone'}, not queued"))
+                    continue
+                done.append(self._record_one(fresh, intent, bundle.paths, bundle.size,
+                                             bundle.envelope_sha256))
             for dep, why in unwritten:
                 # The claim is released: the next export writes the recorded bundle again.
                 dep.claimed_by = None
@@ -369,6 +372,45 @@ class _Run:
         session.commit()
         crash_point("hub.export-recorded")
         report.written.extend(done)
+
+    def _claim_batch(self, deps: list[Deployment],
+                     report: ExportReport) -> list[tuple[Deployment, dict[str, Any]]]:
+        """The claim transaction of :meth:`export_batch` (the audit head held): read the
+        deployments again, check each, claim those that pass with one conditional update,
+        allocate their sequences, record their intents and events."""
+        ctx, session = self.ctx, self.ctx.session
+        now = ctx.now()
+        fresh = _load_deployments(session, [dep.id for dep in deps])
+        queued = [fresh[dep.id] for dep in deps
+                  if dep.id in fresh and fresh[dep.id].state == "queued"]
+        report.taken.extend(dep.id for dep in deps
+                            if dep.id not in fresh or fresh[dep.id].state != "queued")
+        facts = _Facts(ctx, queued, now)
+        checked: list[tuple[Deployment, _Checked]] = []
+        for dep in queued:
+            try:
+                checked.append((dep, self._check(dep, now, facts)))
+            except (HubError, BundleError, OSError) as exc:
+                self._failed_event(report, dep.id, exc)  # not claimed: stays queued
+        mine = claim_many(session, [dep.id for dep, _ in checked], now)
+        report.taken.extend(dep.id for dep, _ in checked if dep.id not in mine)
+        checked = [(dep, c) for dep, c in checked if dep.id in mine]
+        seqs = allocate_sequences(session, [(c.counter, dep.agent) for dep, c in checked])
+        keys = ctx.keys
+        assert keys is not None
+        root_version = keys.root.version  # verifies the root: once a batch, not a bundle
+        counters = Counter(c.counter for _, c in checked)
+        # Before any of them records its sequence: the chains of agents with one bundle in
+        # this batch at once; the others (and whatever chains_for leaves) one by one, in
+        # order, so each sees the one before it.
+        chains = chains_for(session, [(dep, seq) for (dep, c), seq in zip(checked, seqs,
+                                                                          strict=True)
+                                      if counters[c.counter] == 1], root_version)
+        out = []
+        for (dep, c), seq in zip(checked, seqs, strict=True):
+            out.append((dep, self._record_intent(dep, c, seq, root_version,
+                                                 chains.get(dep.id))))
+        return out
 
     def _ensure_checkpoint(self) -> None:
         """Sign the run's audit checkpoint (once, in its own commit) before a batch holds
@@ -405,21 +447,31 @@ class _Run:
         """The body of :meth:`_claim` inside the caller's transaction (the audit head
         locked): claim ``dep``, check it, allocate its sequence, record its intent and its
         ``bundle.claimed`` event; None (nothing written) when another export has it."""
-        ctx, session = self.ctx, self.ctx.session
-        keys = ctx.keys
-        assert keys is not None and keys.release_key is not None
-        now = ctx.now()
-        if not claim(session, dep.id, now):
+        now = self.ctx.now()
+        if not claim(self.ctx.session, dep.id, now):
             return None
-        session.refresh(dep)
+        self.ctx.session.refresh(dep)
+        checked = self._check(dep, now, _Facts(self.ctx, [dep], now))
+        seq = allocate_sequences(self.ctx.session, [(checked.counter, dep.agent)])[0]
+        assert self.ctx.keys is not None
+        return self._record_intent(dep, checked, seq, self.ctx.keys.root.version)
+
+    def _check(self, dep: Deployment, now: datetime, facts: _Facts) -> _Checked:
+        """Everything that may refuse ``dep``'s export, before any sequence is used: its
+        release (approved, files unchanged), freezes (and, live, windows) added since the
+        queue was read, its agent, the preflight, the approvals a site will check
+        (bundle-format §6.10). Writes nothing but the report's warnings.
+
+        Raises:
+            HubError (validation, preflight, approvals), BundleError, OSError.
+        """
         release = dep.release
         if release.state != "approved":
             raise ValidationError(f"release {release.label} is {release.state}, not approved")
-        _check_release_files(release.label, release.stored_path, release.content_hash)
-        gate = gate_for(session, dep, now)  # a freeze added since the list was read
+        facts.release_files(release)
+        gate, policy = facts.gates[dep.id]  # a freeze added since the list was read
         if not gate.export_allowed(live=self.live):
             raise ValidationError(f"held: {gate.freeze if gate.frozen else gate.window}")
-        policy = policy_for(session, dep, now)  # what the bundle carries (§6.9)
         env = dep.environment
         if dep.agent is not None:
             if dep.agent.status != "enrolled":
@@ -430,38 +482,46 @@ class _Run:
         forced = self._preflight(dep)
         created = int(now.timestamp())
         expires = created + int(self.expires_in.total_seconds())
-        # Before any sequence is used: the approvals a site will check (bundle-format §6.10).
-        approvals = bundle_approvals(ctx, release, env, created=created, expires=expires)
-        expires = approvals_hold_until(ctx, release, env, approvals, created, expires)
+        # Before any sequence is used: the approvals a site will check (bundle-format §6.10);
+        # the bundle never outlives them.
+        approvals, expires = facts.approvals(release, env, created, expires)
         if not self.checkpoint_done:
-            self.checkpoint = _checkpoint_json(ctx, env)
+            self.checkpoint = _checkpoint_json(self.ctx, env)
             self.checkpoint_done = True
-        _, seq = allocate_sequence(session, counter, agent=dep.agent)
-        root_version = keys.root.version
-        chain = chain_for(session, dep, root_version, seq)  # bundle-format §6.8
-        name = _bundle_name(release.product.name, release.version, who, seq)
+        return _Checked(counter, who, created, expires, policy, approvals, forced,
+                        facts.sealed_names(env, release))
+
+    def _record_intent(self, dep: Deployment, checked: _Checked, seq: int, root_version: int,
+                       chain: ChainInfo | None = None) -> dict[str, Any]:
+        """Record the bundle ``dep`` (claimed and checked) will be, at sequence ``seq``
+        under root ``root_version``, with its ``bundle.claimed`` event (in the caller's
+        transaction). ``chain``: found already (:func:`chains_for`), else asked here."""
+        release = dep.release
+        if chain is None:
+            chain = chain_for(self.ctx.session, dep, root_version, seq)  # bundle-format §6.8
+        name = _bundle_name(release.product.name, release.version, checked.who, seq)
         intent: dict[str, Any] = {
-            "bundle_id": f"{release.product.name}-{release.version}-{who}-{seq}"[:128],
+            "bundle_id": f"{release.product.name}-{release.version}-{checked.who}-{seq}"[:128],
             "sequence": seq,
             "root_version": root_version,
-            "created": created,
-            "expires": expires,
+            "created": checked.created,
+            "expires": checked.expires,
             "file": name,
             "split_size": self.split_size,
             "checkpoint": self.checkpoint,
             "chain": chain.to_json(),
-            "policy": policy.to_json() if policy is not None else None,
+            "policy": checked.policy.to_json() if checked.policy is not None else None,
             # the exact envelopes, so a re-write after a crash gives the same bytes
-            "approvals": [base64.b64encode(e).decode("ascii") for e in approvals],
+            "approvals": [base64.b64encode(e).decode("ascii") for e in checked.approvals],
             # site secrets the steps reference and the environment stores: sealed at writing
-            "secrets": sealed_names(ctx, env.name, release.steps),
+            "secrets": checked.secrets,
         }
         out = self.dir_for(dep) / name
         dep.sequence, dep.bundle_id = seq, intent["bundle_id"]
         dep.root_version, dep.bundle_path = intent["root_version"], str(out)
         dep.export_intent = intent
         audit.record(
-            ctx,
+            self.ctx,
             "bundle.claimed",
             "deployment",
             str(dep.id),
@@ -471,7 +531,7 @@ class _Run:
                 "file": str(out),
                 "claimed_by": my_token(),
                 **({"secrets": intent["secrets"]} if intent["secrets"] else {}),
-                **({"preflight_forced": forced} if forced else {}),
+                **({"preflight_forced": checked.forced} if checked.forced else {}),
             },
         )
         return intent
@@ -551,20 +611,19 @@ class _Run:
             ctx.session.rollback()
             self._failed(report, dep_id, exc)
 
-    def _write(self, dep: Deployment, intent: dict[str, Any]) -> WrittenBundle:
+    def _write(self, dep: Deployment, intent: dict[str, Any],
+               facts: _Facts | None = None) -> WrittenBundle:
         keys = self.ctx.keys
         assert keys is not None and keys.release_key is not None
+        facts = facts or _Facts(self.ctx, [], self.ctx.now())
         release = dep.release
-        source = _check_release_files(release.label, release.stored_path, release.content_hash)
+        source = facts.release_files(release)
         env = dep.environment
         if dep.agent is not None:
             target = Target(agents=(dep.agent.agent_id,), environment=env.name)
         else:
             target = Target(environment=env.name)
-        approvals = tuple(
-            ManifestApproval(by=a["by"], at=_unix(a["at"]), comment=a.get("comment", ""))
-            for a in approvals_for_manifest(release, env)
-        )
+        approvals = facts.manifest_approvals(release, env)
         manifest, files = release_manifest(
             source,
             bundle_id=intent["bundle_id"],
@@ -646,6 +705,7 @@ class _Run:
             bundle_path=str(paths[0]),
             sequence=intent["sequence"],
             root_version=intent["root_version"],
+            flush=False,  # all of a batch's rows in one flush, at its commit
         )
         dep.claimed_by = None
         audit.record(
@@ -686,6 +746,95 @@ class _Run:
             self.ctx, "bundle.export_failed", "deployment", str(dep_id),
             {"reason": reason[:2000]}
         )
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What :meth:`_Run._check` found for one deployment: its sequence counter and target
+    name, the bundle's times, policy, approval envelopes, the problems ``force`` overrode,
+    and the names of the site secrets it carries."""
+
+    counter: str
+    who: str
+    created: int
+    expires: int
+    policy: Policy | None
+    approvals: list[bytes]
+    forced: list[str]
+    secrets: list[str]
+
+
+class _Facts:
+    """What an export batch works out once, not once per deployment: the windows, freezes
+    and overrides of all its deployments (:func:`hub.services.windows.gates_for`), each
+    release's checked files, and per release and environment the approval envelopes, the
+    manifest's approvals and the sealed secrets' names."""
+
+    def __init__(self, ctx: ServiceContext, deps: list[Deployment], now: datetime) -> None:
+        self.ctx = ctx
+        self.gates = gates_for(ctx.session, deps, now) if deps else {}
+        self._sources: dict[int, ReleaseSource] = {}
+        self._approvals: dict[tuple[int, int, int, int], tuple[list[bytes], int]] = {}
+        self._manifest_approvals: dict[tuple[int, int], tuple[ManifestApproval, ...]] = {}
+        self._sealed: dict[tuple[int, int], list[str]] = {}
+
+    def release_files(self, release: Release) -> ReleaseSource:
+        """:func:`_check_release_files` of ``release``, once a batch."""
+        source = self._sources.get(release.id)
+        if source is None:
+            source = _check_release_files(release.label, release.stored_path,
+                                          release.content_hash)
+            self._sources[release.id] = source
+        return source
+
+    def approvals(self, release: Release, env: Environment, created: int,
+                  expires: int) -> tuple[list[bytes], int]:
+        """:func:`bundle_approvals` (raises as it does) and the bundle's expiry, at most
+        ``expires``, while they hold (:func:`approvals_hold_until`); once per release,
+        environment and validity period."""
+        key = (release.id, env.id, created, expires)
+        found = self._approvals.get(key)
+        if found is None:
+            envelopes = bundle_approvals(self.ctx, release, env, created=created,
+                                         expires=expires)
+            found = (envelopes, approvals_hold_until(self.ctx, release, env, envelopes,
+                                                     created, expires))
+            self._approvals[key] = found
+        return list(found[0]), found[1]
+
+    def manifest_approvals(self, release: Release,
+                           env: Environment) -> tuple[ManifestApproval, ...]:
+        """The manifest's ``approvals`` (who approved, when), once per release and
+        environment."""
+        key = (release.id, env.id)
+        found = self._manifest_approvals.get(key)
+        if found is None:
+            found = tuple(
+                ManifestApproval(by=a["by"], at=_unix(a["at"]), comment=a.get("comment", ""))
+                for a in approvals_for_manifest(release, env))
+            self._manifest_approvals[key] = found
+        return found
+
+    def sealed_names(self, env: Environment, release: Release) -> list[str]:
+        """:func:`sealed_names` of the release's steps in ``env``, once per pair."""
+        key = (env.id, release.id)
+        found = self._sealed.get(key)
+        if found is None:
+            found = sealed_names(self.ctx, env.name, release.steps)
+            self._sealed[key] = found
+        return list(found)
+
+
+def _load_deployments(session: Session, ids: list[int]) -> dict[int, Deployment]:
+    """The deployments ``ids`` read again from the database (their agents with them: one
+    query for all, not one lazy load each); id -> row, without the ones that are gone."""
+    out: dict[int, Deployment] = {}
+    for start in range(0, len(ids), IN_CHUNK):
+        query = (select(Deployment).where(Deployment.id.in_(ids[start:start + IN_CHUNK]))
+                 .options(selectinload(Deployment.agent))
+                 .execution_options(populate_existing=True))
+        out.update((dep.id, dep) for dep in session.scalars(query))
+    return out
 
 
 def _roots_up_to(updates: tuple[bytes, ...], version: int) -> tuple[bytes, ...]:

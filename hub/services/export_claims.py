@@ -31,6 +31,7 @@ from functools import cache
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from hub.db import Agent, Deployment
 from hub.services.environments import get_environment
@@ -39,12 +40,14 @@ __all__ = [
     "STALE_CLAIM",
     "claim",
     "claim_is_live",
+    "claim_many",
     "my_token",
     "stale_claims",
     "take_over",
 ]
 
 STALE_CLAIM = timedelta(hours=6)  # a claim from another host this old is taken over
+_IN_CHUNK = 500  # ids in one SQL IN list
 
 
 def _start_time(pid: int) -> str | None:
@@ -87,6 +90,44 @@ def claim(session: Session, deployment_id: int, now: datetime) -> bool:
         .execution_options(synchronize_session=False)
     )
     return bool(changed.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def claim_many(session: Session, deployment_ids: Collection[int], now: datetime) -> set[int]:
+    """:func:`claim` for many queued deployments with one conditional update; the ids this
+    process claimed (the others were claimed by another export first).
+
+    Call it holding the audit head (every export does, :mod:`hub.services.export`): then no
+    other export of this process claims at the same instant, so the rows this update
+    changed are exactly those now claimed by this process at ``now``.
+    """
+    ids = sorted(set(deployment_ids))
+    if not ids:
+        return set()
+    changed = 0
+    for start in range(0, len(ids), _IN_CHUNK):
+        changed += session.execute(
+            update(Deployment)
+            .where(Deployment.id.in_(ids[start:start + _IN_CHUNK]),
+                   Deployment.state == "queued")
+            .values(state="exporting", claimed_by=my_token(), claimed_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+    if changed == len(ids):
+        mine = set(ids)
+    else:
+        mine = set()
+        for start in range(0, len(ids), _IN_CHUNK):
+            mine.update(session.scalars(select(Deployment.id).where(
+                Deployment.id.in_(ids[start:start + _IN_CHUNK]),
+                Deployment.state == "exporting", Deployment.claimed_by == my_token(),
+                Deployment.claimed_at == now)))
+    # The rows loaded in this session say what the update wrote (without a reload).
+    for dep in session.identity_map.values():
+        if isinstance(dep, Deployment) and dep.id in mine:
+            for name, value in (("state", "exporting"), ("claimed_by", my_token()),
+                                ("claimed_at", now), ("updated_at", now)):
+                set_committed_value(dep, name, value)
+    return mine
 
 
 def stale_claims(

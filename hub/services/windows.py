@@ -68,6 +68,7 @@ __all__ = [
     "expire_freezes",
     "expire_overrides",
     "gate_for",
+    "gates_for",
     "hold_back",
     "list_overrides",
     "list_rules",
@@ -83,6 +84,7 @@ MAX_RULES = 100  # windows and freezes (not ended) the hub keeps; a bundle carri
 MAX_REASON_CHARS = 500  # characters of a freeze's or an override's reason
 OVERRIDE_REQUEST_TTL = timedelta(hours=24)  # a request nobody confirmed by then expires
 FOREVER = datetime(9999, 12, 31, tzinfo=UTC)  # hold_until of a hold no time will lift
+_IN_CHUNK = 500  # ids in one SQL IN list (well under every driver's parameter limit)
 
 
 def _unix(at: datetime) -> int:
@@ -505,7 +507,11 @@ def _policy(windows: Sequence[PolicyRule], freezes: Sequence[PolicyRule],
 def gate_for(session: Session, deployment: Deployment, now: datetime) -> Gate:
     """The :class:`Gate` of ``deployment`` at ``now`` (the shared model's arithmetic)."""
     windows, freezes = applicable_rules(session, deployment, now)
-    overridden = active_override(session, deployment) is not None
+    return _gate(windows, freezes, active_override(session, deployment) is not None, now)
+
+
+def _gate(windows: Sequence[PolicyRule], freezes: Sequence[PolicyRule], overridden: bool,
+          now: datetime) -> Gate:
     at = _unix(now)
     frozen_until: datetime | None = None
     freeze_text = ""
@@ -541,6 +547,37 @@ def policy_for(session: Session, deployment: Deployment, now: datetime) -> Any:
     return _policy(windows, freezes, override)
 
 
+def gates_for(session: Session, deployments: Sequence[Deployment],
+              now: datetime) -> dict[int, tuple[Gate, Any]]:
+    """:func:`gate_for` and :func:`policy_for` of many deployments at once: deployment id
+    -> (gate, policy). The same answers, with one query of rules per (environment,
+    product) and one of overrides for all of them, instead of three queries each (an
+    export of a rollout to 1,000 agents asks this once per batch)."""
+    rules: dict[tuple[int, int], tuple[list[PolicyRule], list[PolicyRule]]] = {}
+    for dep in deployments:
+        key = (dep.environment_id, dep.release.product_id)
+        if key not in rules:
+            rules[key] = applicable_rules(session, dep, now)
+    open_: dict[int, DeploymentOverride] = {}
+    ids = sorted({dep.id for dep in deployments})
+    for start in range(0, len(ids), _IN_CHUNK):
+        for row in session.scalars(
+                select(DeploymentOverride)
+                .where(DeploymentOverride.deployment_id.in_(ids[start:start + _IN_CHUNK]),
+                       DeploymentOverride.state.in_(("requested", "confirmed")))
+                .order_by(DeploymentOverride.id.desc())):
+            open_.setdefault(row.deployment_id, row)  # the newest, as _open_override
+    out: dict[int, tuple[Gate, Any]] = {}
+    for dep in deployments:
+        windows, freezes = rules[(dep.environment_id, dep.release.product_id)]
+        found = open_.get(dep.id)
+        override = found if found is not None and found.state == "confirmed" else None
+        policy = (None if not windows and not freezes and override is None
+                  else _policy(windows, freezes, override))
+        out[dep.id] = (_gate(windows, freezes, override is not None, now), policy)
+    return out
+
+
 def refresh_holds(session: Session, now: datetime, *, environment_id: int | None = None,
                   deployments: Iterable[Deployment] | None = None) -> list[Deployment]:
     """Recompute :attr:`~hub.db.Deployment.hold_until` of queued deployments (of one
@@ -552,8 +589,10 @@ def refresh_holds(session: Session, now: datetime, *, environment_id: int | None
             query = query.where(Deployment.environment_id == environment_id)
         deployments = session.scalars(query).all()
     lifted = []
+    deployments = list(deployments)
+    gates = gates_for(session, deployments, now)
     for dep in deployments:
-        hold = gate_for(session, dep, now).hold_until()
+        hold = gates[dep.id][0].hold_until()
         if hold != dep.hold_until:
             if hold is None:
                 lifted.append(dep)
@@ -569,8 +608,9 @@ def hold_back(session: Session, deployments: Sequence[Deployment], now: datetime
     (the caller commits). ``live``: for the live server, which also waits for windows."""
     go: list[Deployment] = []
     held: list[tuple[int, str]] = []
+    gates = gates_for(session, deployments, now)
     for dep in deployments:
-        gate = gate_for(session, dep, now)
+        gate = gates[dep.id][0]
         hold = gate.hold_until()
         if hold != dep.hold_until:
             dep.hold_until = hold

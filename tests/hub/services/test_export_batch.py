@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import event, select
 
 from hub.db import Agent as AgentRow
-from hub.db import AuditEvent, Deployment, SequenceCounter
+from hub.db import AuditEvent, Deployment, Release, SequenceCounter
 from hub.services.agents import EnrollmentRequest, enroll_agent
 from hub.services.approvals import approve_release
 from hub.services.audit import verify_database
@@ -130,4 +130,91 @@ def test_one_failing_deployment_is_rolled_back_alone(world: World, tmp_path: Pat
     assert not (spool / "site-02").exists() or not list((spool / "site-02").glob("*.tgb"))
     frames = Path(world.ctx("op").releases_dir or "") / FRAMES_DIR
     assert sorted(p.suffix for p in frames.iterdir()) == [".zst"] * 3
+    assert verify_database(world.session, world.keys.hub).ok
+
+
+def _version(tmp_path: Path, version: str) -> Path:
+    """``hello`` under another version (a second release of the same product)."""
+    dest = tmp_path / f"hello-{version}"
+    for item in HELLO.rglob("*"):
+        target = dest / item.relative_to(HELLO)
+        if item.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(item.read_bytes().replace(b'version = "1.0.0"',
+                                                         f'version = "{version}"'.encode()))
+    return dest
+
+
+def _approved(world: World, tmp_path: Path, version: str) -> Release:
+    release = create_release(world.ctx("dev"), _version(tmp_path, version),
+                             create_missing_product=True)
+    submit_release(world.ctx("dev"), release)
+    approve_release(world.ctx("appr1"), release)
+    world.session.commit()
+    return release
+
+
+def test_a_batch_records_what_one_at_a_time_would(world: World, tmp_path: Path) -> None:
+    """What a batch works out once (windows, freezes, overrides, approvals, chains, sequence
+    counters) gives each deployment's intent exactly what the one-deployment functions
+    give it: agents with and without an earlier bundle, one whose earlier bundle was
+    declared lost, one with a confirmed override, one with two bundles in the batch."""
+    from hub.services.chain import chain_for, declare_lost
+    from hub.services.windows import add_rule, confirm_override, policy_for, request_override
+
+    ids = ["site-01", "site-02", "site-03", "site-04"]
+    _enroll(world, ids)
+    _queue(world)  # 1.0.0 for every agent: each has an earlier bundle
+    first = export_agents(world.ctx("op"), "test", tmp_path / "spool", ids[:3])
+    assert len(first.written) == 3 and not first.failed
+    lost = next(b for b in first.written if b.agent_id == "site-02")
+    declare_lost(world.ctx("op"), lost.deployment_id, "stick lost in transit")
+    add_rule(world.ctx("admin"), "window", "sat 01:00-05:00 Europe/Berlin", environment="test")
+    world.session.commit()
+    queued = queue_deployment(world.ctx("op"), _approved(world, tmp_path, "1.0.1"), "test")
+    overridden = next(d for d in queued if d.agent is not None
+                      and d.agent.agent_id == "site-03")
+    request_override(world.ctx("op"), overridden, "security fix")
+    confirm_override(world.ctx("admin"), overridden)
+    world.session.commit()
+    queue_deployment(world.ctx("op"), _approved(world, tmp_path, "1.0.2"), "test",
+                     agent_id="site-01")  # two in the batch
+    world.session.commit()
+
+    # live=False: outside its window a bundle is written (the agent holds it), as for media
+    report = export_agents(world.ctx("op"), "test", tmp_path / "spool", ids, live=False)
+    assert not report.failed, report.failed
+    assert len(report.written) == 6  # site-04's 1.0.0 and all four 1.0.1, site-01's 1.0.2
+    world.session.expire_all()
+    deps = {b.deployment_id: world.session.get(Deployment, b.deployment_id)
+            for b in report.written}
+    policies = Counter()
+    for dep_id, dep in deps.items():
+        assert dep is not None and dep.state == "exported" and dep.export_intent
+        intent = dep.export_intent
+        assert dep.sequence == intent["sequence"] and dep.root_version is not None
+        # the previous bundle and the lost decisions, as chain_for finds them now
+        assert intent["chain"] == chain_for(world.session, dep, dep.root_version,
+                                            dep.sequence).to_json(), dep_id
+        policy = policy_for(world.session, dep, world.clock())
+        assert intent["policy"] == (policy.to_json() if policy else None), dep_id
+        policies["override" if policy and policy.override else "window"] += 1
+    assert policies == Counter({"window": 5, "override": 1})
+    # per agent: consecutive sequences, each bundle's previous the one before it
+    by_agent: dict[str, list[int]] = {}
+    for dep in world.session.scalars(select(Deployment).order_by(Deployment.sequence)):
+        if dep.sequence is not None and dep.agent is not None:
+            by_agent.setdefault(dep.agent.agent_id, []).append(dep.sequence)
+    assert by_agent == {"site-01": [1, 2, 3], "site-02": [1, 2], "site-03": [1, 2],
+                        "site-04": [1, 2]}
+    site02 = next(d for d in deps.values() if d is not None and d.agent is not None
+                  and d.agent.agent_id == "site-02")
+    assert site02.export_intent is not None
+    assert [x["bundle"]["bundle_id"] for x in site02.export_intent["chain"]["lost"]] == [
+        lost.bundle_id]
+    assert _counters(world) == {f"agent:{a}": n + 1 for a, n in
+                                (("site-01", 3), ("site-02", 2), ("site-03", 2),
+                                 ("site-04", 2))}
     assert verify_database(world.session, world.keys.hub).ok

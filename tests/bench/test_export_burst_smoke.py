@@ -1,0 +1,24 @@
+"""Smoke run of bench/export_burst.py: every queued deployment is exported and the figures
+are reported (never judged)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_export_burst_exports_every_deployment_and_reports_cpu(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "export_burst.py"),
+                           "--agents", "5", "--sql", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    fields = dict(item.split("=") for item in result.split()[2:])
+    assert set(fields) == {"agents", "written", "failed", "cpu_ms_per_export",
+                           "wall_ms_per_export", "sql_per_export", "load"}
+    assert (fields["agents"], fields["written"], fields["failed"]) == ("5", "5", "0")
+    assert float(fields["cpu_ms_per_export"]) > 0 < float(fields["sql_per_export"])
+    assert list(tmp_path.iterdir()) == []  # the work directory is removed
