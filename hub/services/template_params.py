@@ -372,8 +372,16 @@ def json_literal(value: Any) -> str:
 
 def url_text(value: Any) -> str:
     """``value`` percent-encoded for a URL's path or query (nothing left that ends a
-    segment, a query parameter or the URL)."""
+    segment, a query parameter or the URL).
+
+    Raises:
+        ValidationError: the value is ``.`` or ``..`` (a dot-segment of its own).
+    """
     text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    if text in (".", ".."):
+        raise ValidationError(f"a URL value may not be {text!r}: as a path segment it names "
+                              "the parent or this segment, another resource than the "
+                              "template's")
     return quote(text, safe="")
 
 

@@ -5,6 +5,7 @@ as environment variables; the SQL literals are checked on real PostgreSQL and Ma
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
@@ -139,3 +140,17 @@ def test_a_negative_int_after_a_minus_stays_arithmetic(pg_db: str,
             assert cur.fetchone() == (15, 2)
     finally:
         conn2.close()
+
+
+@pytest.mark.parametrize("value", [".", ".."])
+def test_a_url_value_that_is_a_dot_segment_is_refused(value: str) -> None:
+    """Percent-encoding leaves nothing that ends a path segment, but "." and ".." are whole
+    segments of their own: `customers/{{id}}/refund` with id ".." was `customers/../refund`,
+    which a server reads as `/api/refund` — another resource than the template names."""
+    from hub.services.template_params import render, url_text
+
+    words = f"may not be '{re.escape(value)}': .* the parent or this"
+    with pytest.raises(ValidationError, match=words):
+        render("https://pay.example/api/customers/{{id}}/refund", {"id": value}, url_text)
+    assert render("https://pay.example/c/{{id}}", {"id": "..x"}, url_text) == \
+        "https://pay.example/c/..x"
