@@ -448,8 +448,8 @@ def verify_cmd(files: tuple[Path, ...], trust_file: str, agent_id: str | None,
     """Fully verify a bundle: signature, target, sequence, expiry and every payload digest.
 
     FILES is one bundle file, or all the parts of a split bundle (any order, any names).
-    The payloads are decompressed into a private temporary directory and checked, then
-    removed (or kept with --keep).
+    The payloads are decompressed into a private temporary directory and checked, each
+    removed as soon as it is checked (or all kept with --keep).
     """
     trusted = _load_root(trust_file)
     expect: ExpectRelease | ExpectResult
@@ -475,11 +475,12 @@ def verify_cmd(files: tuple[Path, ...], trust_file: str, agent_id: str | None,
         with progress_bar(not no_progress and not as_json) as report:
             if len(files) == 1 and not files[0].name.endswith(".part000"):
                 vb = verify_path(files[0], trusted_root=trusted, state=state, expect=expect,
-                                 staging_dir=staging, progress=report, durable=False)
+                                 staging_dir=staging, progress=report, durable=False,
+                                 keep=keep is not None)
             else:
                 vb = verify_parts(list(files), trusted_root=trusted, state=state,
                                   expect=expect, staging_dir=staging, progress=report,
-                                  durable=False)
+                                  durable=False, keep=keep is not None)
         if not is_result and environment is not None:
             verdict = manifest_verdict(vb.trusted_root.document, environment, vb.manifest,
                                        vb.state.time_floor)

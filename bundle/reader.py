@@ -241,8 +241,10 @@ class _Verifier:
         progress: ProgressFn | None,
         disk_free: Callable[[Path], int],
         durable: bool = True,
+        keep: bool = True,
     ) -> None:
         self.durable = durable
+        self.keep = keep
         self.label = label
         self.trusted_root = trusted_root
         self.state = state
@@ -497,7 +499,7 @@ class _Verifier:
         m = auth.manifest
         reader.expected_total = auth.head_size + auth.data_size
         stager = Stager(self.label, self.staging_dir, self.limits, self.progress,
-                        durable=self.durable)
+                        durable=self.durable, keep=self.keep)
         work = stager.open()
         try:
             try:
@@ -518,7 +520,8 @@ class _Verifier:
         except BaseException:
             stager.discard(work)
             raise
-        files = {f.name: ready / FILES_DIR / staged_name(i) for i, f in enumerate(m.files, 1)}
+        files = ({f.name: ready / FILES_DIR / staged_name(i) for i, f in enumerate(m.files, 1)}
+                 if self.keep else {})
         return VerifiedBundle(
             manifest=m,
             envelope=auth.envelope,
@@ -551,6 +554,7 @@ def verify_bundle(
     disk_free: Callable[[Path], int] = _disk_free,
     durable: bool = True,
     admit: AdmitFn | None = None,
+    keep: bool = True,
 ) -> VerifiedBundle:
     """Verify the bundle read from ``source`` and stage its payloads (§9).
 
@@ -568,6 +572,8 @@ def verify_bundle(
         limits, clock, progress, disk_free: injectable for tests and configuration.
         durable: flush the staged files to disk before the ready rename (§9.6). Only a
             caller that throws the staging directory away (``bundle verify``) turns it off.
+        keep: keep the staged files. False (``bundle verify`` without ``--keep``): each is
+            still written and checked, then removed at once, and ``files`` is empty.
         admit: called with the verified manifest after §9.3 rules 1–6 and before the
             length, space and payload checks (§9.7: the agent holds a bundle whose
             predecessor it has not applied). Whatever it raises propagates; nothing is staged.
@@ -581,7 +587,8 @@ def verify_bundle(
     """
     verifier = _Verifier(label=label, trusted_root=trusted_root, state=state, expect=expect,
                          staging_dir=staging_dir, limits=limits, clock=clock,
-                         progress=progress, disk_free=disk_free, durable=durable)
+                         progress=progress, disk_free=disk_free, durable=durable,
+                         keep=keep)
     reader = ContainerReader(source, label)
     auth = verifier.authenticate(reader)
     if admit is not None:
@@ -605,6 +612,7 @@ def verify_path(
     disk_free: Callable[[Path], int] = _disk_free,
     durable: bool = True,
     admit: AdmitFn | None = None,
+    keep: bool = True,
 ) -> VerifiedBundle:
     """:func:`verify_bundle` on the file ``path``, opened read-only (a symbolic link is
     refused); ``label`` defaults to the file name. Raises what :func:`verify_bundle` raises."""
@@ -623,7 +631,7 @@ def verify_path(
         return verify_bundle(
             fh, label=name, size=st.st_size, trusted_root=trusted_root, state=state,
             expect=expect, staging_dir=staging_dir, limits=limits, clock=clock,
-            progress=progress, disk_free=disk_free, durable=durable, admit=admit,
+            progress=progress, disk_free=disk_free, durable=durable, admit=admit, keep=keep,
         )
 
 
@@ -641,6 +649,7 @@ def verify_parts(
     disk_free: Callable[[Path], int] = _disk_free,
     durable: bool = True,
     admit: AdmitFn | None = None,
+    keep: bool = True,
 ) -> VerifiedBundle:
     """:func:`verify_bundle` on a split bundle, straight from its parts (§8.2).
 
@@ -659,7 +668,8 @@ def verify_parts(
     name = label or strip_part_suffix(first.name)
     verifier = _Verifier(label=name, trusted_root=trusted_root, state=state, expect=expect,
                          staging_dir=staging_dir, limits=limits, clock=clock,
-                         progress=progress, disk_free=disk_free, durable=durable)
+                         progress=progress, disk_free=disk_free, durable=durable,
+                         keep=keep)
     fd = os.open(first, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     with open(fd, "rb", buffering=0) as fh:
         reader = ContainerReader(fh, name)

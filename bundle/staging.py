@@ -162,7 +162,8 @@ class _OutputWriter:
     and returns them with the first write error (also raised by the next :meth:`write`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, discard: bool = False) -> None:
+        self._discard = discard  # remove each file once written (its digest is kept)
         self._queue: queue.Queue[tuple[int, object] | None] = queue.Queue(maxsize=_WRITE_AHEAD)
         self._lock = threading.Lock()
         self._done: list[tuple[int, FileEntry, str]] = []
@@ -171,8 +172,8 @@ class _OutputWriter:
                                         daemon=True)
         self._thread.start()
 
-    def begin(self, fd: int, index: int, entry: FileEntry) -> None:
-        self._queue.put((_BEGIN, (fd, index, entry)))
+    def begin(self, fd: int, index: int, entry: FileEntry, path: Path) -> None:
+        self._queue.put((_BEGIN, (fd, index, entry, path)))
 
     def write(self, data: bytes) -> None:
         if self.error is not None:
@@ -198,6 +199,7 @@ class _OutputWriter:
         fd: int | None = None
         index = 0
         entry: FileEntry | None = None
+        path: Path | None = None
         sha = hashlib.sha256()
         while True:
             item = self._queue.get()
@@ -206,7 +208,7 @@ class _OutputWriter:
             kind, value = item
             try:
                 if kind == _BEGIN:
-                    fd, index, entry = cast(tuple[int, int, FileEntry], value)
+                    fd, index, entry, path = cast(tuple[int, int, FileEntry, Path], value)
                     sha = hashlib.sha256()
                 elif kind == _DATA:
                     data = cast(bytes, value)
@@ -216,6 +218,8 @@ class _OutputWriter:
                 elif fd is not None:
                     os.close(fd)
                     fd = None
+                    if self._discard and path is not None:
+                        os.unlink(path)
                     if value and self.error is None and entry is not None:
                         with self._lock:
                             self._done.append((index, entry, sha.hexdigest()))
@@ -235,8 +239,10 @@ class Stager:
     """
 
     def __init__(self, label: str, staging_dir: Path, limits: Limits,
-                 progress: ProgressFn | None = None, *, durable: bool = True) -> None:
+                 progress: ProgressFn | None = None, *, durable: bool = True,
+                 keep: bool = True) -> None:
         self.durable = durable
+        self.keep = keep
         self.label = label
         self.staging_dir = Path(staging_dir)
         self.limits = limits
@@ -296,8 +302,10 @@ class Stager:
                 memory = self._copy_member(reader, entry, spool, progress.add)
                 chunks = iter((memory,)) if memory is not None else spool.chunks(
                     entry.compressed_size)
-                self._decompress(entry, chunks, work / FILES_DIR / staged_name(index),
-                                 progress.add)
+                path = work / FILES_DIR / staged_name(index)
+                self._decompress(entry, chunks, path, progress.add)
+                if not self.keep:
+                    os.unlink(path)  # checked; the caller wants only the verdict
         finally:
             spool.remove()
 
@@ -368,7 +376,7 @@ class Stager:
             except BaseException as exc:  # raised in this thread's turn, in member order
                 hand_over(exc)
 
-        out = _OutputWriter()
+        out = _OutputWriter(discard=not self.keep)
         thread = threading.Thread(target=read_all, name="bundle-stage-read", daemon=True)
         thread.start()
         failure: BaseException | None = None
@@ -423,7 +431,7 @@ class Stager:
         dctx = zstandard.ZstdDecompressor(max_window_size=self.limits.max_window_bytes)
         fd = _create_private(out)
         if writer is not None:
-            writer.begin(fd, index, entry)
+            writer.begin(fd, index, entry, out)
         complete = False
         try:
             sink = _CappedSink(fd, entry.size, tick, writer)

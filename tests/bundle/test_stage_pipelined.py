@@ -50,9 +50,9 @@ def test_the_threaded_path_is_taken(trust: TrustKit, out: Path, staging: Path,
     made: list[object] = []
     real = staging_mod._OutputWriter
 
-    def counting() -> object:
+    def counting(**kwargs: bool) -> object:
         made.append(1)
-        return real()
+        return real(**kwargs)
 
     monkeypatch.setattr(staging_mod, "_OutputWriter", counting)
     payloads = [(f"f{i}", bytes([i]) * 5000, _zstd(bytes([i]) * 5000)) for i in range(5)]
@@ -131,3 +131,32 @@ def test_a_write_error_in_the_writer_thread(trust: TrustKit, out: Path, staging:
     assert staging_entries(staging) == []
     after = {t.name for t in threading.enumerate()}
     assert not {n for n in after - before if n.startswith("bundle-stage")}
+
+
+@pytest.mark.parametrize("threshold", [0, 1 << 62], ids=["threads", "one-thread"])
+def test_without_keep_every_file_is_written_checked_and_removed(
+        trust: TrustKit, out: Path, staging: Path, monkeypatch: pytest.MonkeyPatch,
+        threshold: int) -> None:
+    """``keep=False`` (``bundle verify`` without --keep): every payload is still written,
+    decompressed and checked, and removed once checked; a bad one is still refused."""
+    monkeypatch.setattr(staging_mod, "PIPELINE_MIN_BYTES", threshold)
+    written: list[str] = []
+    real = staging_mod._create_private
+
+    def spy(path: Path, *, readable: bool = False) -> int:
+        written.append(path.name)
+        return real(path, readable=readable)
+
+    monkeypatch.setattr(staging_mod, "_create_private", spy)
+    payloads = [(f"f{i}", bytes([i]) * 5000, _zstd(bytes([i]) * 5000)) for i in range(4)]
+    payloads.append(("big", _BIG, _zstd(_BIG)))
+    craft_bundle(out / "b.tgb", trust, payloads)
+    vb = verify(out / "b.tgb", trust, staging, keep=False)
+    assert dict(vb.files) == {}
+    assert os.listdir(vb.staged_dir / "files") == []
+    assert [n for n in written if n != "spool.zst"] == [f"{i:06d}" for i in range(1, 6)]
+    bad = [*payloads[:2], ("f2", b"x" * 5000, payloads[2][2]), *payloads[3:]]
+    craft_bundle(out / "c.tgb", trust, bad)
+    with pytest.raises(DigestMismatchError, match=r"'f2'"):
+        verify(out / "c.tgb", trust, staging, state=VerifierState(), keep=False)
+    assert staging_entries(staging) == [vb.staged_dir.name]
