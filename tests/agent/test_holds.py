@@ -19,8 +19,7 @@ from bundle.manifest import Target
 from bundle.release import load_release
 from bundle.windows import Freeze, Once, Override, Policy, Weekly
 from bundle.writer import release_manifest, write_bundle
-from tests.agent.conftest import Clock
-from tests.agent.test_service import _verify_result
+from tests.agent.conftest import Clock, verified_result
 from tests.fixtures.trust import NOW, TrustKit
 
 # NOW is Fri 2027-01-15 08:00 UTC.
@@ -51,7 +50,7 @@ def _bundle(kit: TrustKit, release: Path, out: Path, seq: int,
     return write_bundle(out, manifest, files, [kit.release_key]).paths[0]
 
 
-def _drop(agent: Agent, bundle: Path) -> ReadyItem:
+def drop(agent: Agent, bundle: Path) -> ReadyItem:
     dest = agent.config.inbox / bundle.name
     shutil.copyfile(bundle, dest)
     return ReadyItem(dest.name, (dest,), dest.stat().st_size, "single", 0.0)
@@ -59,7 +58,7 @@ def _drop(agent: Agent, bundle: Path) -> ReadyItem:
 
 def _result(agent: Agent, kit: TrustKit, path: Path | None, tmp: Path) -> dict[str, Any]:
     assert path is not None
-    return _verify_result(agent, kit, path, tmp)  # type: ignore[return-value]
+    return verified_result(agent, kit, path, tmp)  # type: ignore[return-value]
 
 
 def _states(agent: Agent, bundle_id: str) -> list[str]:
@@ -84,7 +83,7 @@ def test_a_bundle_outside_its_window_is_accepted_held_and_runs_when_it_opens(
     runs, script = _counter(tmp_path, "w")
     bundle = _bundle(kit, _release(tmp_path, "hello", [("one", script)]), tmp_path / "w.tgb",
                      1, Policy((SAT_NIGHT,)))
-    out = agent.process(_drop(agent, bundle))
+    out = agent.process(drop(agent, bundle))
     assert out.status == "on-hold"
     assert out.summary == "window opens Sat 2027-01-16 01:00 Europe/Berlin"
     bid = out.bundle_id or ""
@@ -115,7 +114,7 @@ def test_the_daemon_knows_when_to_look_again(site: Site, tmp_path: Path) -> None
     bundle = _bundle(kit, _release(tmp_path, "hello", [("one", "true\n")]),
                      tmp_path / "w.tgb", 1, Policy((SAT_NIGHT,)))
     assert agent.next_hold_wake() is None
-    agent.process(_drop(agent, bundle))
+    agent.process(drop(agent, bundle))
     assert agent.next_hold_wake() == SAT_OPENS - NOW
     clock.t = SAT_OPENS - 10
     assert agent.next_hold_wake() == 10
@@ -134,7 +133,7 @@ def test_a_freeze_beginning_between_two_steps_holds_the_rest(site: Site,
         ("first", first_script + f'echo {freeze_at} > "{clock_file}"\n'),
         ("second", second_script)])
     policy = Policy((), (Freeze(Once(freeze_at, thaw), "quarter close"),))
-    out = agent.process(_drop(agent, _bundle(kit, release, tmp_path / "m.tgb", 1, policy)))
+    out = agent.process(drop(agent, _bundle(kit, release, tmp_path / "m.tgb", 1, policy)))
     bid = out.bundle_id or ""
     assert out.status == "on-hold"
     assert out.summary == "frozen until Fri 2027-01-15 10:00 UTC (quarter close)"
@@ -157,8 +156,8 @@ def test_a_held_bundle_holds_the_later_ones(site: Site, tmp_path: Path) -> None:
     first = _bundle(kit, _release(tmp_path, "one", [("a", "true\n")]), tmp_path / "1.tgb", 1,
                     Policy((SAT_NIGHT,)))
     second = _bundle(kit, _release(tmp_path, "two", [("b", "true\n")]), tmp_path / "2.tgb", 2)
-    out1 = agent.process(_drop(agent, first))
-    out2 = agent.process(_drop(agent, second))
+    out1 = agent.process(drop(agent, first))
+    out2 = agent.process(drop(agent, second))
     assert (out1.status, out2.status) == ("on-hold", "on-hold")
     assert out2.summary == (f"after bundle {out1.bundle_id} (sequence 1, one 1.0), which is "
                             "held: window opens Sat 2027-01-16 01:00 Europe/Berlin")
@@ -182,7 +181,7 @@ def test_run_now_overrides_a_freeze_and_is_in_the_signed_result(site: Site,
     runs, script = _counter(tmp_path, "r")
     bundle = _bundle(kit, _release(tmp_path, "fix", [("one", script)]), tmp_path / "r.tgb",
                      1, Policy((), (FROZEN_NOW,)))
-    out = agent.process(_drop(agent, bundle))
+    out = agent.process(drop(agent, bundle))
     bid = out.bundle_id or ""
     assert out.status == "on-hold" and "(quarter close)" in out.summary
     override = agent.run_now(bid, "payment outage, ticket 4711", "alice")
@@ -206,7 +205,7 @@ def test_an_interrupted_run_now_bundle_names_the_override_in_its_result(
     agent, kit, _ = site
     bundle = _bundle(kit, _release(tmp_path, "cut", [("one", "true\n")]), tmp_path / "c.tgb",
                      1, Policy((), (FROZEN_NOW,)))
-    bid = agent.process(_drop(agent, bundle)).bundle_id or ""
+    bid = agent.process(drop(agent, bundle)).bundle_id or ""
     agent.run_now(bid, "outage", "alice")
     # The power goes while the step runs (journaled running, never finished).
     agent.journal.step_running(bid, 0, 1, str(tmp_path / "log"))
@@ -224,7 +223,7 @@ def test_a_hub_override_in_the_manifest_ignores_windows_and_freezes(site: Site,
     hub = Override("hotfix for incident 12", "carol", "dave", NOW - 600)
     bundle = _bundle(kit, _release(tmp_path, "hot", [("one", "true\n")]), tmp_path / "h.tgb",
                      1, Policy((SAT_NIGHT,), (FROZEN_NOW,), hub))
-    out = agent.process(_drop(agent, bundle))
+    out = agent.process(drop(agent, bundle))
     assert out.status == "succeeded", out.summary
     body = _result(agent, kit, out.result, tmp_path)["body"]
     assert body["override"] == {"hub": hub.to_json()}
@@ -235,7 +234,7 @@ def test_a_restart_while_held_keeps_holding(site: Site, tmp_path: Path) -> None:
     runs, script = _counter(tmp_path, "restart")
     bundle = _bundle(kit, _release(tmp_path, "hello", [("one", script)]), tmp_path / "x.tgb",
                      1, Policy((SAT_NIGHT,)))
-    bid = agent.process(_drop(agent, bundle)).bundle_id or ""
+    bid = agent.process(drop(agent, bundle)).bundle_id or ""
     agent.close()
     again = Agent(load_config(agent.config.home), clock=clock)
     try:
@@ -256,7 +255,7 @@ def test_retry_respects_a_freeze(site: Site, tmp_path: Path) -> None:
     policy = Policy((), (Freeze(Once(NOW + 3600, NOW + 7200), "audit"),))
     bundle = _bundle(kit, _release(tmp_path, "r", [("one", "true\n")]), tmp_path / "r.tgb",
                      1, policy)
-    bid = agent.process(_drop(agent, bundle)).bundle_id or ""
+    bid = agent.process(drop(agent, bundle)).bundle_id or ""
     clock.t = NOW + 3600
     out = agent.retry(bid, 1)
     assert out.status == "on-hold" and "(audit)" in out.summary
@@ -268,7 +267,7 @@ def test_retry_of_a_held_bundle_is_refused_and_changes_nothing(site: Site,
     agent, kit, _ = site
     bundle = _bundle(kit, _release(tmp_path, "r", [("one", "true\n"), ("two", "true\n")]),
                      tmp_path / "r.tgb", 1, Policy((SAT_NIGHT,)))
-    bid = agent.process(_drop(agent, bundle)).bundle_id or ""
+    bid = agent.process(drop(agent, bundle)).bundle_id or ""
     with pytest.raises(ValueError, match="is held \\(window opens Sat 2027-01-16 01:00 "
                        "Europe/Berlin\\); its steps have not failed"):
         agent.retry(bid, 2)
@@ -282,7 +281,7 @@ def test_a_clock_set_back_does_not_reopen_a_window_that_is_over(site: Site,
     window = Once(NOW - 7200, NOW - 3600)  # over when the bundle arrives (floor = NOW)
     bundle = _bundle(kit, _release(tmp_path, "late", [("one", "true\n")]), tmp_path / "l.tgb",
                      1, Policy((window,)))
-    out = agent.process(_drop(agent, bundle))
+    out = agent.process(drop(agent, bundle))
     assert out.status == "on-hold"
     assert out.summary == ("outside every window, and no window opens again (windows: "
                            "2027-01-15 06:00–07:00 UTC)")
@@ -304,7 +303,7 @@ def test_the_policy_clock_never_goes_below_the_time_floor(tmp_path: Path) -> Non
 def test_record_override_refuses_what_is_not_held(site: Site, tmp_path: Path) -> None:
     agent, kit, _ = site
     bundle = _bundle(kit, _release(tmp_path, "ok", [("one", "true\n")]), tmp_path / "o.tgb", 1)
-    bid = agent.process(_drop(agent, bundle)).bundle_id or ""
+    bid = agent.process(drop(agent, bundle)).bundle_id or ""
     with pytest.raises(JournalError, match="is not held \\(it is succeeded\\)"):
         agent.journal.record_override(bid, "why", "alice")
     assert agent.journal.override(bid) is None
@@ -345,7 +344,7 @@ def test_run_now_refusals_change_nothing(site: Site, tmp_path: Path, args: list[
     agent, kit, _ = site
     bundle = _bundle(kit, _release(tmp_path, "r", [("one", "true\n")]), tmp_path / "r.tgb", 1,
                      Policy((), (FROZEN_NOW,)))
-    bid = agent.process(_drop(agent, bundle)).bundle_id or ""
+    bid = agent.process(drop(agent, bundle)).bundle_id or ""
     other = _bundle(kit, _release(tmp_path, "o", [("one", "true\n")]), tmp_path / "o.tgb", 2)
     junk = tmp_path / "junk.tgb"
     junk.write_bytes(b"not a bundle")

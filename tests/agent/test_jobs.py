@@ -17,7 +17,7 @@ from agent.jobs import ScheduleError, parse_schedule
 from bundle.manifest import Target
 from bundle.release import load_release
 from bundle.writer import release_manifest, write_bundle
-from tests.agent.test_service import _drop, _verify_result
+from tests.agent.conftest import drop, verified_result
 from tests.fixtures.trust import NOW, TrustKit
 
 HOUR = 3600
@@ -58,7 +58,7 @@ def _hourly(marker: Path, *, retries: int = 0, timeout: int = 60, name: str = "c
 def _install(agent: Any, kit: TrustKit, tmp: Path, schedule: str | None, script: str,
              seq: int = 1) -> Any:
     rel = _release(tmp, f"1.0.{seq}", schedule, script)
-    out = agent.process(_drop(agent, _bundle(kit, rel, tmp / f"b{seq}.tgb", seq)))
+    out = agent.process(drop(agent, _bundle(kit, rel, tmp / f"b{seq}.tgb", seq)))
     return out
 
 
@@ -88,7 +88,7 @@ def test_a_job_runs_three_times_offline_and_the_next_result_carries_the_runs(
     # The next bundle (no schedule.toml: the schedule stays) carries the three outcomes.
     nxt = _install(agent, kit, tmp_path, None, "echo unused\n", seq=2)
     assert nxt.status == "succeeded"
-    body = _verify_result(agent, kit, nxt.result, tmp_path)["body"]
+    body = verified_result(agent, kit, nxt.result, tmp_path)["body"]
     jobs = body["scheduled_jobs"]  # type: ignore[index]
     assert [(j["job"], j["state"], j["attempts"], j["exit_code"]) for j in jobs] == [
         ("count", "succeeded", 1, 0)] * 3
@@ -161,7 +161,7 @@ def test_a_job_report_result_when_no_bundle_comes(site: Any, tmp_path: Path) -> 
         clock.t = NOW + hour * HOUR + 5
         agent.run_once()
     (report,) = set(agent.config.outbox.glob("*.tgr")) - before
-    result = _verify_result(agent, kit, report, tmp_path)
+    result = verified_result(agent, kit, report, tmp_path)
     assert result["bundle_id"] is None and result["status"] == "succeeded"
     body: Any = result["body"]
     assert body["summary"] == "job report: 7 scheduled job run(s)"
@@ -215,7 +215,7 @@ def test_a_job_of_several_scripts_runs_them_in_order_and_stops_at_the_first_fail
     (rel / "jobs" / "rotate.sh").write_text(
         f'echo rotate >> "{marker}"\nif [ -e "{flag}" ]; then echo "disk full"; exit 4; fi\n')
     (rel / "jobs" / "report.sh").write_text(f'echo report >> "{marker}"\n')
-    out = agent.process(_drop(agent, _bundle(kit, rel, tmp_path / "b1.tgb", 1)))
+    out = agent.process(drop(agent, _bundle(kit, rel, tmp_path / "b1.tgb", 1)))
     assert out.status == "succeeded" and "1 job(s)" in out.summary
     clock.t = NEXT_HOUR
     agent.run_once()
@@ -264,7 +264,7 @@ def test_a_crash_while_a_job_runs_reports_it_interrupted_and_does_not_rerun_it(
     agent.run_once()
     assert _count(marker) == ran + 1
     nxt = _install(agent, kit, tmp_path, None, "echo unused\n", seq=2)
-    jobs: Any = _verify_result(agent, kit, nxt.result, tmp_path)["body"]
+    jobs: Any = verified_result(agent, kit, nxt.result, tmp_path)["body"]
     assert [j["state"] for j in jobs["scheduled_jobs"]] == ["interrupted", "succeeded"]
 
 

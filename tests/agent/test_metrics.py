@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import ConfigError, load_config
 from agent.metrics import AgentFigures, render, write_textfile
-from tests.agent.test_service import _drop, _make_bundle
+from tests.agent.conftest import drop
+from tests.agent.test_service import _make_bundle
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -109,7 +110,7 @@ def test_a_real_agent_writes_its_state_before_and_after_a_bundle(
     assert not any(name == "tiangong_agent_bundles" for name, _ in before)
     assert not any(name == "tiangong_agent_live_connected" for name, _ in before)
 
-    out = agent.process(_drop(agent, _make_bundle(kit, tmp_path / "hello.tgb", seq=1)))
+    out = agent.process(drop(agent, _make_bundle(kit, tmp_path / "hello.tgb", seq=1)))
     assert out.status == "succeeded"
     agent.write_metrics()  # within WRITE_EVERY_S of the last write: not rewritten
     assert _samples(path.read_text()) == before

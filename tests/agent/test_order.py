@@ -14,7 +14,7 @@ from agent.service import Agent
 from bundle.manifest import ChainInfo, ChainLink, LostBundle, Target
 from bundle.release import load_release
 from bundle.writer import release_manifest, write_bundle
-from tests.agent.test_service import _verify_result
+from tests.agent.conftest import verified_result
 from tests.fixtures.trust import NOW, TrustKit
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
@@ -140,7 +140,7 @@ def test_declared_lost_lets_the_chain_proceed_and_refuses_the_lost_one(  # type:
     reason = (agent.config.quarantine / "b.tgb.reason.txt").read_text()
     assert "check: lost" in reason
     assert applied(agent) == [8, 10, 11]
-    result = _verify_result(agent, kit, outs[0].result, tmp_path)
+    result = verified_result(agent, kit, outs[0].result, tmp_path)
     assert result["status"] == "rejected"
     assert result["body"]["check"] == "lost"  # type: ignore[index]
 

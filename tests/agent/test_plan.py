@@ -6,7 +6,6 @@ an object on the API server, not the agent's release sequence, trust or journal.
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,12 @@ import pymysql
 import pytest
 
 from agent.config import load_config
-from agent.inbox import ReadyItem
 from agent.plan import PLAN_STATE_FILE
 from agent.service import Agent
 from bundle.manifest import Target
-from bundle.reader import ExpectResult, VerifierState, verify_path
 from bundle.release import load_release
 from bundle.writer import plan_manifest, release_manifest, write_bundle
-from tests.agent.conftest import Clock
+from tests.agent.conftest import Clock, drop, verified_result
 from tests.fixtures.kubeserver import KubeServer
 from tests.fixtures.trust import NOW, TrustKit
 
@@ -121,24 +118,6 @@ def _deployment(kit: TrustKit, release: Path, out: Path, seq: int) -> Path:
     return write_bundle(out, manifest, files, [kit.release_key]).paths[0]
 
 
-def _drop(agent: Agent, bundle: Path) -> ReadyItem:
-    dest = agent.config.inbox / bundle.name
-    shutil.copyfile(bundle, dest)
-    return ReadyItem(name=dest.name, paths=(dest,), size=dest.stat().st_size, kind="single",
-                     first_seen=0.0)
-
-
-def _result(agent: Agent, kit: TrustKit, path: Path, tmp: Path) -> dict[str, Any]:
-    staging = tmp / f"hub-{uuid.uuid4().hex[:6]}"
-    staging.mkdir(mode=0o700)
-    vb = verify_path(path, trusted_root=kit.trusted, state=VerifierState(),
-                     expect=ExpectResult(hub_id=kit.hub_id, agent_id="site-01",
-                                         agent_key=agent.keys.identity.public),
-                     staging_dir=staging, clock=lambda: NOW)
-    assert vb.manifest.result is not None
-    return vb.manifest.result.to_json()
-
-
 @pytest.fixture
 def wired(site: tuple[Agent, TrustKit, Clock], pg_db: str, mysql_db: str,
           kube_server: KubeServer) -> tuple[Agent, TrustKit]:
@@ -210,10 +189,10 @@ def test_plan_runs_every_check_and_changes_nothing(
                        extra_steps='\n[[steps]]\nname = "billing"\nkind = "sql"\n'
                                    'engine = "postgres"\nconnection = "billing-db"\n'
                                    'script = "sql/pg.sql"\n')
-    out = agent.process(_drop(agent, _plan(kit, release, tmp_path / "p1.tgp", 1)))
+    out = agent.process(drop(agent, _plan(kit, release, tmp_path / "p1.tgp", 1)))
 
     assert out.status == "plan-failed", out.summary
-    result = _result(agent, kit, out.result, tmp_path)  # type: ignore[arg-type]
+    result = verified_result(agent, kit, out.result, tmp_path)  # type: ignore[arg-type]
     assert result["status"] == "plan-failed" and result["bundle_id"] == out.bundle_id
     checks = _checks(result)
     assert checks[("connection", "pg schema")]["status"] == "passed"
@@ -251,7 +230,7 @@ def test_plan_runs_every_check_and_changes_nothing(
 
     # The real deployment is neither a replay of the plan nor blocked by it: sequence 1.
     fixed = _release(tmp_path, kube_namespace, bad_manifest=False)
-    dep = agent.process(_drop(agent, _deployment(kit, fixed, tmp_path / "d1.tgb", 1)))
+    dep = agent.process(drop(agent, _deployment(kit, fixed, tmp_path / "d1.tgb", 1)))
     assert dep.status != "rejected", dep.summary
     assert agent.journal.trust(kit.hub_id).sequence == 1  # type: ignore[union-attr]
     agent.close()
@@ -283,8 +262,8 @@ def test_a_check_script_cannot_write(wired: tuple[Agent, TrustKit], tmp_path: Pa
     pg_before, my_before = _pg_state(pg_db), _my_state(mysql_db)
     changes = {"pg_check": check} if engine == "pg" else {"my_check": check}
     release = _release(tmp_path, kube_namespace, bad_manifest=False, **changes)
-    out = agent.process(_drop(agent, _plan(kit, release, tmp_path / "p.tgp", 1)))
-    result = _result(agent, kit, out.result, tmp_path)  # type: ignore[arg-type]
+    out = agent.process(drop(agent, _plan(kit, release, tmp_path / "p.tgp", 1)))
+    result = verified_result(agent, kit, out.result, tmp_path)  # type: ignore[arg-type]
     step = "pg schema" if engine == "pg" else "my schema"
     found = _checks(result)[("check-script", step)]
     assert found["status"] == "failed" and words in found["summary"], found
@@ -299,19 +278,19 @@ def test_plan_sequence_is_its_own(wired: tuple[Agent, TrustKit], tmp_path: Path,
     agent, kit = wired
     _seed(pg_db, mysql_db)
     release = _release(tmp_path, kube_namespace, bad_manifest=False)
-    dep = agent.process(_drop(agent, _deployment(kit, release, tmp_path / "d1.tgb", 1)))
+    dep = agent.process(drop(agent, _deployment(kit, release, tmp_path / "d1.tgb", 1)))
     assert dep.status != "rejected", dep.summary
     plan5 = _plan(kit, release, tmp_path / "p5.tgp", 5)
     plan3 = _plan(kit, release, tmp_path / "p3.tgp", 3)
-    first = agent.process(_drop(agent, plan5))
+    first = agent.process(drop(agent, plan5))
     assert first.status in ("plan-passed", "plan-failed"), first.summary  # not a replay
     for again, seen in ((plan5, 5), (plan3, 5)):
-        refused = agent.process(_drop(agent, again))
+        refused = agent.process(drop(agent, again))
         assert refused.status == "rejected" and f"is not newer than {seen}" in \
             refused.summary, refused.summary
-        assert _result(agent, kit, refused.result, tmp_path)["status"] == "rejected"  # type: ignore[arg-type]
+        assert verified_result(agent, kit, refused.result, tmp_path)["status"] == "rejected"  # type: ignore[arg-type]
     assert json.loads((agent.config.home / PLAN_STATE_FILE).read_text())["sequence"] == 5
-    dep2 = agent.process(_drop(agent, _deployment(kit, release, tmp_path / "d2.tgb", 2)))
+    dep2 = agent.process(drop(agent, _deployment(kit, release, tmp_path / "d2.tgb", 2)))
     assert dep2.status != "rejected", dep2.summary
     assert agent.journal.trust(kit.hub_id).sequence == 2  # type: ignore[union-attr]
     agent.close()
@@ -326,7 +305,7 @@ def test_a_plan_for_another_agent_is_refused(site: tuple[Agent, TrustKit, Clock]
         target=Target(agents=("site-02",)), root_version=1, sequence=1, created=NOW - 60,
         expires=NOW + 3600, counter=1, author="alice")
     path = write_bundle(tmp_path / "px.tgp", manifest, files, [kit.release_key]).paths[0]
-    out = agent.process(_drop(agent, path))
+    out = agent.process(drop(agent, path))
     assert out.status == "rejected" and "not to agent 'site-01'" in out.summary
     assert not (agent.config.home / PLAN_STATE_FILE).exists()
     assert agent.journal.trust(kit.hub_id).sequence == 0  # type: ignore[union-attr]
@@ -371,9 +350,9 @@ def test_check_scripts_run_only_where_the_release_approvals_are_met(tmp_path: Pa
                             [kit.release_key]).paths[0]
 
     try:
-        bare = agent.process(_drop(agent, plan(1, ())))
+        bare = agent.process(drop(agent, plan(1, ())))
         assert bare.status == "plan-passed", bare.summary
-        found = _checks(_result(agent, kit, bare.result, tmp_path))  # type: ignore[arg-type]
+        found = _checks(verified_result(agent, kit, bare.result, tmp_path))  # type: ignore[arg-type]
         skipped = found[("check-script", "smoke")]
         assert skipped["status"] == "skipped"
         assert "not run: this site runs a release's scripts only when its approvals are met" \
@@ -384,8 +363,8 @@ def test_check_scripts_run_only_where_the_release_approvals_are_met(tmp_path: Pa
             product="billing", version="2.4.0", content_hash=source.content_hash,
             environments=("plant-a",), approver="alice", at=NOW - 3600,
             expires=NOW + 86400), alice)
-        approved = agent.process(_drop(agent, plan(2, (signed,))))
-        found = _checks(_result(agent, kit, approved.result, tmp_path))  # type: ignore[arg-type]
+        approved = agent.process(drop(agent, plan(2, (signed,))))
+        found = _checks(verified_result(agent, kit, approved.result, tmp_path))  # type: ignore[arg-type]
         assert found[("check-script", "smoke")]["status"] == "passed"
         assert marker.read_text() == "1\n"
     finally:
@@ -430,8 +409,8 @@ def test_http_steps_are_probed_with_head_only(site: tuple[Agent, TrustKit, Clock
         f'url = "http://127.0.0.1:{port}/hooks/deploy"\nbody = "body.json"\n\n'
         f'[[steps]]\nname = "gone"\nkind = "http"\nurl = "http://127.0.0.1:{closed}/x"\n')
     try:
-        out = agent.process(_drop(agent, _plan(kit, rel, tmp_path / "p.tgp", 1)))
-        found = _checks(_result(agent, kit, out.result, tmp_path))  # type: ignore[arg-type]
+        out = agent.process(drop(agent, _plan(kit, rel, tmp_path / "p.tgp", 1)))
+        found = _checks(verified_result(agent, kit, out.result, tmp_path))  # type: ignore[arg-type]
         assert found[("http", "notify")]["status"] == "passed"
         assert "answered 404" in found[("http", "notify")]["summary"]
         assert found[("http", "gone")]["status"] == "failed"

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from pathlib import Path
 
 import pytest
 
 from agent.inbox import ReadyItem
-from agent.service import Agent
 from bundle.manifest import Target
-from bundle.reader import ExpectResult, VerifierState, verify_path
 from bundle.release import load_release
 from bundle.writer import release_manifest, write_bundle
+from tests.agent.conftest import drop, verified_result
 from tests.fixtures.trust import NOW, TrustKit, make_trust
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
@@ -35,31 +33,14 @@ def _item(path: Path) -> ReadyItem:
                      first_seen=0.0)
 
 
-def _drop(agent: Agent, bundle: Path) -> ReadyItem:
-    dest = agent.config.inbox / bundle.name
-    shutil.copyfile(bundle, dest)
-    return _item(dest)
-
-
-def _verify_result(agent: Agent, kit: TrustKit, path: Path, tmp: Path) -> dict[str, object]:
-    staging = tmp / f"hub-staging-{path.stem}"
-    staging.mkdir(mode=0o700)
-    vb = verify_path(path, trusted_root=kit.trusted, state=VerifierState(),
-                     expect=ExpectResult(hub_id=kit.hub_id, agent_id="site-01",
-                                         agent_key=agent.keys.identity.public),
-                     staging_dir=staging, clock=lambda: NOW)
-    assert vb.manifest.result is not None
-    return vb.manifest.result.to_json()
-
-
 def test_bundle_runs_and_result_verifies(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     agent, kit, _ = site
     bundle = _make_bundle(kit, tmp_path / "hello.tgb", seq=1)
-    out = agent.process(_drop(agent, bundle))
+    out = agent.process(drop(agent, bundle))
     assert out.status == "succeeded", out.summary
     assert not list(agent.config.inbox.iterdir())  # moved, not deleted
     assert (agent.config.archive / "hello.tgb").exists()
-    result = _verify_result(agent, kit, out.result, tmp_path)  # type: ignore[arg-type]
+    result = verified_result(agent, kit, out.result, tmp_path)  # type: ignore[arg-type]
     assert result["status"] == "succeeded" and result["result_seq"] == 1
     steps = result["body"]["steps"]  # type: ignore[index]
     assert [s["status"] for s in steps] == ["succeeded"] * 3
@@ -69,11 +50,11 @@ def test_bundle_runs_and_result_verifies(site, tmp_path: Path) -> None:  # type:
 def test_duplicate_runs_once(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     agent, kit, _ = site
     bundle = _make_bundle(kit, tmp_path / "hello.tgb", seq=1)
-    assert agent.process(_drop(agent, bundle)).status == "succeeded"
-    again = agent.process(_drop(agent, bundle))
+    assert agent.process(drop(agent, bundle)).status == "succeeded"
+    again = agent.process(drop(agent, bundle))
     assert again.status == "duplicate"
     assert len(agent.journal.steps(again.bundle_id or "")) == 3  # not run a second time
-    result = _verify_result(agent, kit, again.result, tmp_path)  # type: ignore[arg-type]
+    result = verified_result(agent, kit, again.result, tmp_path)  # type: ignore[arg-type]
     assert result["status"] == "duplicate" and result["result_seq"] == 2
 
 
@@ -90,7 +71,7 @@ def test_bad_bundles_are_quarantined_and_reported(site, tmp_path: Path, make,  #
                                                   check: str) -> None:
     agent, kit, _ = site
     bundle = make(kit, tmp_path / "bad.tgb")
-    out = agent.process(_drop(agent, bundle))
+    out = agent.process(drop(agent, bundle))
     assert out.status == "rejected"
     assert (agent.config.quarantine / "bad.tgb").exists()
     reason = (agent.config.quarantine / "bad.tgb.reason.txt").read_text()
@@ -98,7 +79,7 @@ def test_bad_bundles_are_quarantined_and_reported(site, tmp_path: Path, make,  #
     assert agent.journal.trust(kit.hub_id).sequence == 0  # type: ignore[union-attr]
     assert agent.journal.bundles() == []
     assert not list(agent.config.staging.iterdir())
-    result = _verify_result(agent, kit, out.result, tmp_path)  # type: ignore[arg-type]
+    result = verified_result(agent, kit, out.result, tmp_path)  # type: ignore[arg-type]
     assert result["status"] == "rejected"
     assert result["body"]["check"] == check  # type: ignore[index]
 
@@ -109,7 +90,7 @@ def test_tampered_bundle_quarantined(site, tmp_path: Path) -> None:  # type: ign
     data = bytearray(bundle.read_bytes())
     data[-2000] ^= 0x01
     bundle.write_bytes(bytes(data))
-    out = agent.process(_drop(agent, bundle))
+    out = agent.process(drop(agent, bundle))
     assert out.status == "rejected"
     assert agent.journal.steps("x") == []
     assert not list(agent.config.runs.glob("*"))
@@ -119,8 +100,8 @@ def test_replay_of_older_sequence_refused(site, tmp_path: Path) -> None:  # type
     agent, kit, _ = site
     old = _make_bundle(kit, tmp_path / "old.tgb", seq=1)
     new = _make_bundle(kit, tmp_path / "new.tgb", seq=2)
-    assert agent.process(_drop(agent, new)).status == "succeeded"
-    out = agent.process(_drop(agent, old))
+    assert agent.process(drop(agent, new)).status == "succeeded"
+    out = agent.process(drop(agent, old))
     assert out.status == "rejected"
     assert "not newer" in out.summary
     assert agent.journal.trust(kit.hub_id).sequence == 2  # type: ignore[union-attr]
@@ -131,12 +112,12 @@ def test_damaged_copy_of_accepted_bundle_is_quarantined_not_duplicate(  # type: 
 ) -> None:
     agent, kit, _ = site
     bundle = _make_bundle(kit, tmp_path / "hello.tgb", seq=1)
-    assert agent.process(_drop(agent, bundle)).status == "succeeded"
+    assert agent.process(drop(agent, bundle)).status == "succeeded"
     damaged = tmp_path / "copy.tgb"
     data = bytearray(bundle.read_bytes())
     data[-1500] ^= 0x01  # inside a compressed payload: the envelope is unchanged
     damaged.write_bytes(bytes(data))
-    out = agent.process(_drop(agent, damaged))
+    out = agent.process(drop(agent, damaged))
     assert out.status == "rejected"
     assert "damaged copy" in out.summary
     assert (agent.config.quarantine / "copy.tgb").exists()
@@ -153,7 +134,7 @@ def test_not_before_waits_in_staging_then_runs(site, tmp_path: Path) -> None:  #
         not_before=NOW + 3600,
     )
     bundle = write_bundle(tmp_path / "later.tgb", manifest, files, [kit.release_key]).paths[0]
-    out = agent.process(_drop(agent, bundle))
+    out = agent.process(drop(agent, bundle))
     assert out.status == "waiting"
     # Accepted (sequence persisted) but nothing ran; status says it waits.
     assert agent.journal.trust(kit.hub_id).sequence == 1  # type: ignore[union-attr]
@@ -197,7 +178,7 @@ def test_sealed_secret_used_and_never_logged(site, tmp_path: Path,  # type: igno
         secrets=(SecretEntry("api_token", "site-01", sealed),))
     bundle = write_bundle(tmp_path / "sec.tgb", manifest, files, [kit.release_key]).paths[0]
     assert value.encode() not in bundle.read_bytes()  # sealed on the stick
-    out = agent.process(_drop(agent, bundle))
+    out = agent.process(drop(agent, bundle))
     result_bytes = out.result.read_bytes()  # type: ignore[union-attr]
     logs = b"".join(p.read_bytes() for p in agent.config.logs.rglob("*.log"))
     if sealed_for == "site-01":
@@ -238,7 +219,7 @@ def test_retry_after_failure_is_deliberate_and_recorded(site, tmp_path: Path) ->
         target=Target(agents=("site-01",), environment="plant-a"), root_version=1, sequence=1,
         created=NOW - 60, expires=NOW + 86400, counter=1, author="alice")
     bundle = write_bundle(tmp_path / "flaky.tgb", manifest, files, [kit.release_key]).paths[0]
-    assert agent.process(_drop(agent, bundle)).status == "failed"
+    assert agent.process(drop(agent, bundle)).status == "failed"
     flag.touch()  # the operator fixes the cause
     with pytest.raises(ValueError, match="steps 1 to 2"):
         agent.retry("flaky-b1", 3)
@@ -246,7 +227,7 @@ def test_retry_after_failure_is_deliberate_and_recorded(site, tmp_path: Path) ->
     assert again.status == "succeeded"
     attempts = [(s.idx, s.attempt, s.state) for s in agent.journal.steps("flaky-b1")]
     assert attempts == [(0, 1, "succeeded"), (1, 1, "failed"), (1, 2, "succeeded")]
-    result = _verify_result(agent, kit, again.result, tmp_path)  # type: ignore[arg-type]
+    result = verified_result(agent, kit, again.result, tmp_path)  # type: ignore[arg-type]
     steps = result["body"]["steps"]  # type: ignore[index]
     assert [(s["index"], s["attempt"], s["status"]) for s in steps] == [
         (1, 1, "succeeded"), (2, 2, "succeeded")]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,33 +86,77 @@ def set_fast_inbox(home: Path) -> None:
 HubCli = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def media_site(tmp_path: Path) -> tuple[HubCli, Path, Path]:
-    """A real hub in ``tmp_path/hub`` (`tiangong hub init`, no passphrase) with people dev
-    (developer), bob (approver), carol (operator), environment plant-a, and agent site-01
-    (``tmp_path/agent``, fast inbox) enrolled by media; returns (``hub(*args, user=,
-    check=)`` running `tiangong hub --local-admin USER …`, the hub's data directory, the
-    agent's home)."""
+#: The people of :func:`media_site` unless a test names its own: (user, role).
+SITE_PEOPLE = (("dev", "developer"), ("bob", "approver"), ("carol", "operator"))
+
+
+def media_site(tmp_path: Path, *, people: tuple[tuple[str, str], ...] = SITE_PEOPLE,
+               hub_id: str = "hub-e2e", connections: str = "") -> tuple[HubCli, Path, Path]:
+    """A real hub in ``tmp_path/hub`` (`tiangong hub init`, no passphrase) with ``people``
+    (default dev developer, bob approver, carol operator; a name twice: two roles),
+    environment plant-a, and agent
+    site-01 (``tmp_path/agent``, fast inbox, ``connections`` — TOML tables such as
+    ``[connections.app-db]`` — added to its agent.toml) enrolled by media; returns
+    (``hub(*args, user=, check=, extra=)`` running `tiangong hub --local-admin USER …`
+    with ``extra`` environment variables, the hub's data directory, the agent's home)."""
     data = tmp_path / "hub"
     env = {"TIANGONG_HUB_DATA_DIR": str(data)}
 
-    def hub(*args: str, user: str = "admin",
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run("hub", "--local-admin", user, *args, env=env, check=check)
+    def hub(*args: str, user: str = "admin", check: bool = True,
+            extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return run("hub", "--local-admin", user, *args, env={**env, **(extra or {})},
+                   check=check)
 
-    hub("init", "--admin", "admin", "--hub-id", "hub-e2e", "--insecure-no-passphrase")
-    for name, role in (("dev", "developer"), ("bob", "approver"), ("carol", "operator")):
+    hub("init", "--admin", "admin", "--hub-id", hub_id, "--insecure-no-passphrase")
+    for name in dict.fromkeys(name for name, _ in people):  # a person may have two roles
         hub("users", "create", name)
+    for name, role in people:
         hub("users", "grant", name, role)
     hub("environments", "create", "plant-a")
     home = tmp_path / "agent"
     run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
         "--environment", "plant-a")
     set_fast_inbox(home)
-    stick = tmp_path / "enroll"
-    stick.mkdir()
-    shutil.copy(next((home / "outbox").glob("enrollment-*.json")), stick)
-    hub("import", str(stick), user="carol")
+    if connections:
+        cfg = home / "agent.toml"
+        cfg.write_text(cfg.read_text().replace("[connections]\n", "") + "\n" + connections)
+    carry(list((home / "outbox").glob("enrollment-*.json")), tmp_path / "enroll")
+    hub("import", str(tmp_path / "enroll"), user="carol")
     return hub, data, home
+
+
+def carry(files: Iterable[Path], dest: Path) -> Path:
+    """Copy ``files`` into ``dest`` (made if missing) the way a finished copy lands: each
+    as ``NAME.part``, renamed when complete (an agent's inbox never sees half a file)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        part = dest / (f.name + ".part")
+        shutil.copy(f, part)
+        part.rename(dest / f.name)
+    return dest
+
+
+def results_of(home: Path) -> set[Path]:
+    """The result files in the agent's outbox."""
+    return set((home / "outbox").glob("*.tgr"))
+
+
+def run_agent_until(home: Path, bundles: Iterable[Path], what: str, *, results: int = 1,
+                    log: Path | None = None, timeout_s: float = 90) -> list[Path]:
+    """Start a real `tiangong agent run` on ``home`` (output to ``log``, else dropped),
+    carry ``bundles`` into its inbox, wait until ``results`` new result files are in its
+    outbox (``what`` names them on a timeout), stop it (SIGTERM); the new results, sorted."""
+    before = results_of(home)
+    with (log.open("ab") if log is not None else open(os.devnull, "wb")) as out:
+        agent = subprocess.Popen([*TIANGONG, "agent", "run", "--home", str(home)],
+                                 stdout=out, stderr=subprocess.STDOUT)
+        try:
+            carry(sorted(bundles), home / "inbox")
+            wait_for(lambda: len(results_of(home) - before) >= results, timeout_s, what)
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=30)
+    return sorted(results_of(home) - before)
 
 
 @contextmanager
@@ -137,10 +182,7 @@ def web_site(data: Path) -> Iterator[Site]:
 
 def carry_home(home: Path, to: Path) -> Path:
     """Copy every result in the agent's outbox to ``to`` (the stick back to the hub)."""
-    to.mkdir(parents=True, exist_ok=True)
-    for f in (home / "outbox").glob("*.tgr"):
-        shutil.copy(f, to)
-    return to
+    return carry(sorted(results_of(home)), to)
 
 
 def approved_release(hub: HubCli, tmp_path: Path, product: str = "app", version: str = "1.0",

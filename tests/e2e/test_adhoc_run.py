@@ -6,13 +6,11 @@ media, and a real `tiangong agent run --once` runs the SQL on real PostgreSQL.""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import psycopg
 
-from tests.e2e.conftest import drop_settled, run, set_fast_inbox
+from tests.e2e.conftest import carry_home, drop_settled, media_site, run
 
 
 def _tables(dsn: str) -> set[str]:
@@ -23,30 +21,10 @@ def _tables(dsn: str) -> set[str]:
 
 def test_an_adhoc_sql_run_reaches_postgresql_by_media_after_its_approval(
         tmp_path: Path, pg_db: str) -> None:
-    data = tmp_path / "hub"
-    env = {"TIANGONG_HUB_DATA_DIR": str(data), "TIANGONG_KEY_PASSPHRASE": "root-pass"}
-
-    def hub(*args: str, user: str = "admin",
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run("hub", "--local-admin", user, *args, env=env, check=check)
-
-    hub("init", "--admin", "admin", "--hub-id", "hub-e2e")
-    for name, roles in (("carol", ("developer", "operator")), ("bob", ("approver",))):
-        hub("users", "create", name)
-        for role in roles:
-            hub("users", "grant", name, role)
-    hub("environments", "create", "plant-a")
-
-    home = tmp_path / "agent"
-    run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
-        "--environment", "plant-a")
-    set_fast_inbox(home)
-    with (home / "agent.toml").open("a") as fh:
-        fh.write(f'\n[connections.app-db]\ntype = "postgres"\ndsn = "{pg_db}"\n')
-    stick = tmp_path / "stick-1"
-    stick.mkdir()
-    shutil.copy(next((home / "outbox").glob("enrollment-*.json")), stick)
-    hub("import", str(stick), user="carol")
+    hub, data, home = media_site(
+        tmp_path, people=(("carol", "developer"), ("carol", "operator"), ("bob", "approver")),
+        connections=f'[connections.app-db]\ntype = "postgres"\ndsn = "{pg_db}"\n')
+    env = {"TIANGONG_HUB_DATA_DIR": str(data)}
 
     demo = tmp_path / "demo.sql"
     demo.write_text("CREATE TABLE adhoc_demo (id INT PRIMARY KEY);\n"
@@ -86,10 +64,7 @@ def test_an_adhoc_sql_run_reaches_postgresql_by_media_after_its_approval(
     run("agent", "run", "--home", str(home), "--once")
     assert "adhoc_demo" in _tables(pg_db)  # the SQL ran on real PostgreSQL
 
-    back = tmp_path / "back"
-    back.mkdir()
-    for f in (home / "outbox").glob("*.tgr"):
-        shutil.copy(f, back)
+    back = carry_home(home, tmp_path / "back")
     assert "1 imported" in hub("import", str(back), user="carol").stdout
     [dep] = json.loads(hub("deployments", "list", "--json").stdout)
     assert dep["release"] == f"adhoc {version}"

@@ -15,16 +15,10 @@
 from __future__ import annotations
 
 import json
-import shutil
-import signal
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 from hub.services.approvers import add_group
-from hub.services.environments import create_environment
-from hub.services.users import create_user, grant_role
-from tests.e2e.conftest import TIANGONG, run, set_fast_inbox, wait_for
+from tests.e2e.conftest import HubCli, carry_home, media_site, run, run_agent_until
 from tests.hub.realhub import RealHub
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
@@ -37,53 +31,22 @@ def _agent_root_version(home: Path) -> int:
     return int(status["root_version"])
 
 
-def _run_at_site(home: Path, usb: Path, results: int) -> None:
-    """A real agent process takes every bundle of ``usb`` and writes its results."""
-    agent = subprocess.Popen([*TIANGONG, "agent", "run", "--home", str(home)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for f in sorted(usb.glob("*.tgb")):
-            part = home / "inbox" / (f.name + ".part")
-            shutil.copy(f, part)
-            part.rename(home / "inbox" / f.name)
-        wait_for(lambda: len(list((home / "outbox").glob("*.tgr"))) >= results,
-                 AGENT_TIMEOUT_S, f"{results} result file(s)")
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(timeout=30)
-
-
-def _bring_back(hub: Callable[..., subprocess.CompletedProcess[str]], home: Path,
-                back: Path) -> None:
+def _bring_back(hub: HubCli, home: Path, back: Path) -> None:
     """The results of the site's outbox go home and are imported."""
-    back.mkdir()
-    for f in (home / "outbox").glob("*.tgr"):
-        shutil.copy(f, back)
-    out = hub("import", str(back), user="carol")
+    out = hub("import", str(carry_home(home, back)), user="carol")
     assert "imported" in out.stdout, out.stdout
 
 
 def test_signed_approvals_and_a_root_rotation_reach_the_site(tmp_path: Path) -> None:
-    data = tmp_path / "hub"
     pw = tmp_path / "approver-pass"
     pw.write_text("approver passphrase\n")
-    env = {"TIANGONG_HUB_DATA_DIR": str(data)}
-
-    def hub(*args: str, user: str = "admin",
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run("hub", "--local-admin", user, *args, env=env, check=check)
-
-    hub("init", "--admin", "admin", "--hub-id", "hub-e2e", "--insecure-no-passphrase")
-    # People, groups and the environment through the services (what is under test below
-    # runs as real `tiangong hub` and `tiangong agent` processes).
+    hub, data, home = media_site(tmp_path, people=(
+        ("dev", "developer"), ("alice", "approver"), ("bob", "approver"), ("carol", "operator")))
+    # The groups through the services (what is under test below runs as real `tiangong
+    # hub` and `tiangong agent` processes).
     real = RealHub(data)
     real.init_engine()
     with real.ctx() as admin:
-        create_environment(admin, "plant-a")
-        for name, role in (("dev", "developer"), ("alice", "approver"), ("bob", "approver"),
-                           ("carol", "operator")):
-            create_user(admin, name)
-            grant_role(admin, name, role)
         add_group(admin, "alice", "dba")
         add_group(admin, "bob", "ops")
     real.close()
@@ -92,15 +55,6 @@ def test_signed_approvals_and_a_root_rotation_reach_the_site(tmp_path: Path) -> 
             str(tmp_path / f"{who}.key"), "--passphrase-file", str(pw),
             "--kdf-profile", "interactive")
         hub("users", "add-key", who, str(tmp_path / f"{who}.key.pub"), user=who)
-
-    home = tmp_path / "agent"
-    run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
-        "--environment", "plant-a")
-    set_fast_inbox(home)
-    stick = tmp_path / "enroll"
-    stick.mkdir()
-    shutil.copy(next((home / "outbox").glob("enrollment-*.json")), stick)
-    hub("import", str(stick), user="carol")
     assert _agent_root_version(home) == 1
 
     # The root ceremony (offline machine): plant-a needs alice (dba) and bob (ops)
@@ -150,7 +104,7 @@ def test_signed_approvals_and_a_root_rotation_reach_the_site(tmp_path: Path) -> 
     assert inspected["manifest"]["root_version"] == 2
 
     # The real agent takes root version 2 from the bundle, checks both approvals, runs it
-    _run_at_site(home, usb, results=1)
+    run_agent_until(home, usb.glob("*.tgb"), "1 result file", timeout_s=AGENT_TIMEOUT_S)
     assert _agent_root_version(home) == 2
     _bring_back(hub, home, tmp_path / "back")
     deps = json.loads(hub("deployments", "list", "--json", user="carol").stdout)

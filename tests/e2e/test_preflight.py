@@ -9,51 +9,26 @@ The issue's case: the billing release needs connection 'billing-db'; site-01 has
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 from tests.e2e.agent_site import write_release
-from tests.e2e.conftest import drop_settled, run, set_fast_inbox
+from tests.e2e.conftest import carry_home, drop_settled, media_site, run
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
 
 
 def test_export_refuses_a_release_the_site_cannot_run(tmp_path: Path) -> None:
-    data = tmp_path / "hub"
-    env = {"TIANGONG_HUB_DATA_DIR": str(data), "TIANGONG_KEY_PASSPHRASE": "root-pass"}
-
-    def hub(*args: str, user: str = "admin",
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run("hub", "--local-admin", user, *args, env=env, check=check)
-
-    hub("init", "--admin", "admin", "--hub-id", "hub-e2e")
-    for name, role in (("alice", "developer"), ("bob", "approver"), ("carol", "operator")):
-        hub("users", "create", name)
-        hub("users", "grant", name, role)
-    hub("environments", "create", "plant-a")
-
-    home = tmp_path / "agent"
-    run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
-        "--environment", "plant-a")
-    set_fast_inbox(home)
-    cfg = home / "agent.toml"
-    cfg.write_text(cfg.read_text().replace("[connections]\n", "") +
-                   '\n[connections.app-db]\ntype = "postgres"\ndsn = "postgresql:///app"\n'
-                   '\n[connections.reports-db]\ntype = "postgres"\n'
-                   'dsn = "postgresql:///reports"\n')
-    stick = tmp_path / "stick-1"
-    stick.mkdir()
-    shutil.copy(next((home / "outbox").glob("enrollment-*.json")), stick)
-    hub("import", str(stick), user="carol")
+    hub, _data, home = media_site(tmp_path, connections=(
+        '[connections.app-db]\ntype = "postgres"\ndsn = "postgresql:///app"\n'
+        '\n[connections.reports-db]\ntype = "postgres"\ndsn = "postgresql:///reports"\n'))
 
     # Before any result: the inventory is unknown (shown, and a warning at export).
     shown = json.loads(hub("agents", "show", "site-01", "--json").stdout)
     assert shown["inventory"] is None
 
     def release(directory: Path, product: str, version: str) -> list[dict[str, str]]:
-        hub("releases", "create", str(directory), "--create-product", user="alice")
-        hub("releases", "submit", product, version, user="alice")
+        hub("releases", "create", str(directory), "--create-product", user="dev")
+        hub("releases", "submit", product, version, user="dev")
         hub("releases", "approve", product, version, user="bob")
         [queued] = json.loads(hub("deployments", "queue", product, version, "--environment",
                                   "plant-a", "--json", user="carol").stdout)
@@ -68,10 +43,7 @@ def test_export_refuses_a_release_the_site_cannot_run(tmp_path: Path) -> None:
     for f in usb.glob("*.tgb"):
         drop_settled(f, home)
     run("agent", "run", "--home", str(home), "--once")
-    back = tmp_path / "back"
-    back.mkdir()
-    for f in (home / "outbox").glob("*.tgr"):
-        shutil.copy(f, back)
+    back = carry_home(home, tmp_path / "back")
     assert "1 imported" in hub("import", str(back), user="carol").stdout
 
     shown = json.loads(hub("agents", "show", "site-01", "--json").stdout)

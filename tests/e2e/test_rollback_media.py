@@ -12,22 +12,12 @@ rollback's result as not undone, the audit log holds the rollback and verifies.
 from __future__ import annotations
 
 import json
-import shutil
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from tests.e2e.conftest import TIANGONG, run, set_fast_inbox, wait_for
-
-
-def _carry(files: list[Path], dest: Path) -> None:
-    dest.mkdir(exist_ok=True)
-    for f in files:
-        shutil.copy(f, dest / (f.name + ".part"))
-        (dest / (f.name + ".part")).rename(dest / f.name)
+from tests.e2e.conftest import SITE_PEOPLE, carry, media_site, run_agent_until
 
 
 def _tables(pg_db: str) -> set[str]:
@@ -37,29 +27,12 @@ def _tables(pg_db: str) -> set[str]:
 
 
 def test_a_deployment_is_rolled_back_by_media(tmp_path: Path, pg_db: str) -> None:
-    data = tmp_path / "hub"
-    env = {"TIANGONG_HUB_DATA_DIR": str(data), "TIANGONG_KEY_PASSPHRASE": "root-pass"}
-
-    def hub(*args: str, user: str = "admin") -> subprocess.CompletedProcess[str]:
-        return run("hub", "--local-admin", user, *args, env=env)
+    hub, _data, home = media_site(
+        tmp_path, hub_id="hub-rb", people=(*SITE_PEOPLE, ("aud", "auditor")),
+        connections=f'[connections.billing-db]\ntype = "postgres"\ndsn = "{pg_db}"\n')
 
     def hub_json(*args: str, user: str = "carol") -> Any:
         return json.loads(hub(*args, "--json", user=user).stdout)
-
-    hub("init", "--admin", "admin", "--hub-id", "hub-rb")
-    for name, role in (("alice", "developer"), ("bob", "approver"), ("carol", "operator"),
-                       ("aud", "auditor")):
-        hub("users", "create", name)
-        hub("users", "grant", name, role)
-    hub("environments", "create", "plant-a")
-    home = tmp_path / "agent"
-    run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
-        "--environment", "plant-a")
-    set_fast_inbox(home)
-    with (home / "agent.toml").open("a") as fh:
-        fh.write(f'\n[connections.billing-db]\ntype = "postgres"\ndsn = "{pg_db}"\n')
-    _carry(list((home / "outbox").glob("enrollment-*.json")), tmp_path / "stick-0")
-    hub("import", str(tmp_path / "stick-0"), user="carol")
 
     site = tmp_path / "site"
     site.mkdir()
@@ -105,7 +78,7 @@ name = "note"
 kind = "shell"
 script = "scripts/note.sh"
 ''')
-    hub("releases", "create", str(rel), "--create-product", user="alice")
+    hub("releases", "create", str(rel), "--create-product", user="dev")
     shown = hub_json("releases", "show", "app", "1.0")
     assert shown["undo"] == [
         "1 (schema): undo: yes (its down script down.sql is run)",
@@ -118,20 +91,11 @@ script = "scripts/note.sh"
         hub("deployments", "queue", product, version, "--environment", "plant-a", user="carol")
         usb = tmp_path / f"usb-{n}"
         hub("export", "--environment", "plant-a", "--out", str(usb), user="carol")
-        before = set((home / "outbox").glob("*.tgr"))
-        agent = subprocess.Popen([*TIANGONG, "agent", "run", "--home", str(home)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            _carry(list(usb.glob("*.tgb")), home / "inbox")
-            wait_for(lambda: set((home / "outbox").glob("*.tgr")) - before, 90,
-                     f"the result of {product} {version}")
-        finally:
-            agent.send_signal(signal.SIGTERM)
-            agent.wait(timeout=30)
-        _carry(sorted(set((home / "outbox").glob("*.tgr")) - before), tmp_path / f"back-{n}")
-        assert "1 imported" in hub("import", str(tmp_path / f"back-{n}"), user="carol").stdout
+        new = run_agent_until(home, usb.glob("*.tgb"), f"the result of {product} {version}")
+        back = carry(new, tmp_path / f"back-{n}")
+        assert "1 imported" in hub("import", str(back), user="carol").stdout
 
-    hub("releases", "submit", "app", "1.0", user="alice")
+    hub("releases", "submit", "app", "1.0", user="dev")
     deliver("app", "1.0", 1)
     (first,) = hub_json("deployments", "list")
     assert first["state"] == "succeeded", first
@@ -139,7 +103,7 @@ script = "scripts/note.sh"
     assert "invoices" in _tables(pg_db)
 
     made = hub_json("deployments", "rollback", str(first["id"]), "--reason",
-                    "port 8080 is taken at plant A", user="alice")
+                    "port 8080 is taken at plant A", user="dev")
 
     assert made["version"] == f"1.0-rollback-{first['id']}" and made["state"] == "submitted"
     assert made["undo_steps"] == ["undo 4: note", "undo 3: marker", "undo 2: config",

@@ -19,8 +19,8 @@ from bundle.manifest import Target
 from bundle.release import load_release
 from bundle.writer import release_manifest, write_bundle
 from signing.keyfile import load_private_key, load_public_key
-from tests.e2e.conftest import media_site, run, wait_for
-from tests.e2e.test_hub_approvals import _agent_root_version, _bring_back, _run_at_site
+from tests.e2e.conftest import media_site, run, run_agent_until, wait_for
+from tests.e2e.test_hub_approvals import _agent_root_version, _bring_back
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
 
@@ -74,7 +74,7 @@ def test_two_rotations_reach_an_offline_site_by_media_and_the_revoked_key_is_ref
     bundle = next(usb.glob("*.tgb"))
     inspected = json.loads(run("bundle", "inspect", str(bundle), "--json").stdout)
     assert inspected["manifest"]["root_version"] == 3
-    _run_at_site(home, usb, results=1)
+    run_agent_until(home, usb.glob("*.tgb"), "1 result file")
     assert _agent_root_version(home) == 3
     _bring_back(hub, home, tmp_path / "back")
     deps = json.loads(hub("deployments", "list", "--json", user="carol").stdout)
@@ -91,8 +91,7 @@ def test_two_rotations_reach_an_offline_site_by_media_and_the_revoked_key_is_ref
     forged_dir = tmp_path / "forged"
     forged_dir.mkdir()
     write_bundle(forged_dir / "forged.tgb", manifest, files, [stolen])
-    outbox_before = sorted(p.name for p in (home / "outbox").glob("*.tgr"))
-    _run_at_site(home, forged_dir, results=len(outbox_before) + 1)
+    run_agent_until(home, forged_dir.glob("*.tgb"), "the forged bundle's result")
     wait_for(lambda: (home / "quarantine" / "forged.tgb").exists(), 60,
              "the forged bundle in quarantine")
     reasons = [p.read_text() for p in (home / "quarantine").iterdir() if p.name != "forged.tgb"]

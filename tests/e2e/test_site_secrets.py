@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import shutil
-import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any, ClassVar
 
 from bundle.inspect import read_manifest_unverified
 from tests.e2e.agent_site import write_release
-from tests.e2e.conftest import TIANGONG, run, set_fast_inbox, wait_for
+from tests.e2e.conftest import carry_home, media_site, run_agent_until
 from tests.fixtures.dbservers import PostgresServer
 
 
@@ -50,36 +48,16 @@ def test_a_sealed_password_connects_a_sql_step_and_is_never_shown(
     _Recorder.seen = []
     threading.Thread(target=server.serve_forever, daemon=True).start()
     dbname = pg_db.rsplit("/", 1)[1]
-    data = tmp_path / "hub"
-    env = {"TIANGONG_HUB_DATA_DIR": str(data), "TIANGONG_KEY_PASSPHRASE": "root-pass"}
-    outputs: list[str] = []
-
-    def hub(*args: str, user: str = "admin", check: bool = True,
-            extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        proc = run("hub", "--local-admin", user, *args, env={**env, **(extra or {})},
-                   check=check)
-        outputs.extend((proc.stdout, proc.stderr))
-        return proc
-
-    hub("init", "--admin", "admin", "--hub-id", "hub-secrets")
-    for name, role in (("alice", "developer"), ("bob", "approver"), ("carol", "operator")):
-        hub("users", "create", name)
-        hub("users", "grant", name, role)
-    hub("environments", "create", "plant-a")
-
-    home = tmp_path / "agent"
-    run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
-        "--environment", "plant-a")
-    set_fast_inbox(home)
-    cfg = home / "agent.toml"
-    cfg.write_text(cfg.read_text().replace("[connections]\n", "") + (
-        "\n[connections.billing-db]\ntype = \"postgres\"\n"
+    site_hub, data, home = media_site(tmp_path, hub_id="hub-secrets", connections=(
+        "[connections.billing-db]\ntype = \"postgres\"\n"
         f"dsn = \"postgresql://{postgres_server.user}@127.0.0.1:{postgres_server.port}/"
         f"{dbname}\"\npassword = {{ secret = \"billing-db-password\" }}\n"))
-    stick = tmp_path / "stick-1"
-    stick.mkdir()
-    shutil.copy(next((home / "outbox").glob("enrollment-*.json")), stick)
-    hub("import", str(stick), user="carol")
+    outputs: list[str] = []  # every command's output from here on (secrets are set below)
+
+    def hub(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        proc = site_hub(*args, **kwargs)
+        outputs.extend((proc.stdout, proc.stderr))
+        return proc
 
     # Write-only: an operator may not set it; the admin can; nobody reads it back.
     denied = hub("secrets", "set", "plant-a", "billing-db-password", "--from-env", "PW",
@@ -102,8 +80,8 @@ def test_a_sealed_password_connects_a_sql_step_and_is_never_shown(
          'secret_headers = { Authorization = "api-token" }\nsecrets = ["api-token"]'],
         {"001.sql": "CREATE TABLE invoices (id int primary key);\n"
                     "INSERT INTO invoices VALUES (42);\n", "note.json": '{"v": 1}'})
-    hub("releases", "create", str(release), "--create-product", user="alice")
-    hub("releases", "submit", "billing", "1.0.0", user="alice")
+    hub("releases", "create", str(release), "--create-product", user="dev")
+    hub("releases", "submit", "billing", "1.0.0", user="dev")
     hub("releases", "approve", "billing", "1.0.0", user="bob")
     hub("deployments", "queue", "billing", "1.0.0", "--environment", "plant-a", user="carol")
     usb = tmp_path / "usb"
@@ -114,21 +92,8 @@ def test_a_sealed_password_connects_a_sql_step_and_is_never_shown(
         ("api-token", "site-01"), ("billing-db-password", "site-01")]
 
     log = tmp_path / "agent.log"
-    with log.open("wb") as out:
-        agent = subprocess.Popen([*TIANGONG, "agent", "run", "--home", str(home)],
-                                 stdout=out, stderr=subprocess.STDOUT)
-        try:
-            shutil.copy(bundle, home / "inbox" / (bundle.name + ".part"))
-            (home / "inbox" / (bundle.name + ".part")).rename(home / "inbox" / bundle.name)
-            wait_for(lambda: any((home / "outbox").glob("*.tgr")), 90, "the result file")
-        finally:
-            agent.send_signal(signal.SIGTERM)
-            agent.wait(timeout=30)
-
-    back = tmp_path / "stick-back"
-    back.mkdir()
-    for f in (home / "outbox").glob("*.tgr"):
-        shutil.copy(f, back)
+    run_agent_until(home, [bundle], "the result file", log=log)
+    back = carry_home(home, tmp_path / "stick-back")
     hub("import", str(back), user="carol")
     deps = json.loads(hub("deployments", "list", "--json", user="carol").stdout)
     assert [d["state"] for d in deps] == ["succeeded"], (deps, log.read_text())
