@@ -3,7 +3,6 @@ injected clock (agent.holds, agent.service; docs/agent.md "Windows and freezes")
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,14 +11,13 @@ import pytest
 
 from agent.config import load_config
 from agent.holds import PolicyClock, decide
-from agent.inbox import ReadyItem
 from agent.journal import JournalError
 from agent.service import Agent
 from bundle.manifest import Target
 from bundle.release import load_release
 from bundle.windows import Freeze, Once, Override, Policy, Weekly
 from bundle.writer import release_manifest, write_bundle
-from tests.agent.conftest import Clock, verified_result
+from tests.agent.conftest import Clock, drop, verified_result
 from tests.fixtures.trust import NOW, TrustKit
 
 # NOW is Fri 2027-01-15 08:00 UTC.
@@ -48,12 +46,6 @@ def _bundle(kit: TrustKit, release: Path, out: Path, seq: int,
         sequence=seq, created=NOW - 60, expires=NOW + 30 * 86400, counter=seq,
         author="alice", policy=policy)
     return write_bundle(out, manifest, files, [kit.release_key]).paths[0]
-
-
-def drop(agent: Agent, bundle: Path) -> ReadyItem:
-    dest = agent.config.inbox / bundle.name
-    shutil.copyfile(bundle, dest)
-    return ReadyItem(dest.name, (dest,), dest.stat().st_size, "single", 0.0)
 
 
 def _result(agent: Agent, kit: TrustKit, path: Path | None, tmp: Path) -> dict[str, Any]:

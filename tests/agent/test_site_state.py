@@ -16,7 +16,8 @@ from bundle.sync import HubSide
 from bundle.sync.state import check_state
 from bundle.windows import Policy
 from hub.services.agents import get_agent
-from tests.agent.test_holds import SAT_NIGHT, SAT_OPENS, Site, _bundle, _drop, _release, _result
+from tests.agent.conftest import drop
+from tests.agent.test_holds import SAT_NIGHT, SAT_OPENS, Site, _bundle, _release, _result
 from tests.bundle.test_sync_state import STATE
 from tests.e2e import test_live as e2e_live
 from tests.e2e.conftest import wait_for
@@ -36,10 +37,10 @@ def test_holds_and_window_are_reported_in_the_state_and_in_results(site: Site,
     state = agent.site_state()
     assert state["holds"] == [] and state["inventory"]["window"] is None
     check_state(state)
-    first = agent.process(_drop(agent, _bundle(
+    first = agent.process(drop(agent, _bundle(
         kit, _release(tmp_path, "one", [("a", "true\n")]), tmp_path / "1.tgb", 1,
         Policy((SAT_NIGHT,)))))
-    second = agent.process(_drop(agent, _bundle(
+    second = agent.process(drop(agent, _bundle(
         kit, _release(tmp_path, "two", [("b", "true\n")]), tmp_path / "2.tgb", 2,
         Policy((SAT_NIGHT,)))))
     assert (first.status, second.status) == ("on-hold", "on-hold")
