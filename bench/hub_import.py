@@ -254,10 +254,11 @@ def timed_import(
         patched(run, "_lookup", t.wrap("lookups (2 queries per batch)", run._lookup)),
         # Only the files verified in this process (batches of at most POOL_MIN_FILES files,
         # or --no-pool); the pool's workers are timed as "CPU of the verification workers".
+        patched(run, "_verify", t.wrap("verify a batch", run._verify)),
         patched(import_verify, "verify_bundle",
-                t.wrap("verify_bundle", vars(import_verify)["verify_bundle"])),
+                t.wrap("verify_bundle", vars(import_verify)["verify_bundle"], nested=True)),
         patched(import_verify, "remove_staged",
-                t.wrap("staging rmtree", import_verify.remove_staged)),
+                t.wrap("staging rmtree", import_verify.remove_staged, nested=True)),
         patched(result_import, "sync_copies", t.wrap("fsync copies", import_files.sync_copies)),
         patched(run, "_record", t.wrap("record (SQL, savepoints)", run._record)),
         patched(session, "commit", t.wrap("commit", session.commit)),
@@ -399,7 +400,7 @@ def print_import(r: dict[str, Any]) -> None:
     print(
         f"  CPU of the verification workers (processes): {wcpu:.2f} s = "
         f"{1000 * wcpu / n:.2f} ms/file; pool "
-        f"{'on (--pool)' if vars(result_import)['POOL_MIN_FILES'] < 1000 else 'off'}"
+        f"{'used' if wcpu > 0 else 'not used (--no-pool, one CPU, or batches of 8 or less)'}"
     )
     # The import is pipelined (hub/services/result_import.py): the phases run on different
     # threads at the same time, so their wall seconds overlap and may add up to more than
@@ -409,9 +410,10 @@ def print_import(r: dict[str, Any]) -> None:
     order = [
         ("receive (read once: copy+inspect)", "reading threads, 4, summed"),
         ("lookups (2 queries per batch)", "main"),
-        ("verify_bundle", "verifier thread"),
+        ("verify a batch", "verifier thread: here or waiting for the workers"),
+        ("verify_bundle", "verifier thread, when not in workers"),
         ("staging rmtree", "verifier thread"),
-        ("fsync copies", "verifier thread"),
+        ("fsync copies", "flushing thread"),
         ("record (SQL, savepoints)", "main"),
         ("commit", "main"),
     ]
@@ -741,9 +743,10 @@ def main() -> int:
         help="also fill and verify the audit log on PostgreSQL",
     )
     p.add_argument(
-        "--pool",
+        "--no-pool",
         action="store_true",
-        help="verify batches of more than 8 files in worker processes (off by default)",
+        help="verify on the importing process's thread, never in worker processes (the "
+        "default uses them for batches of more than 8 files on a machine with 2+ CPUs)",
     )
     p.add_argument("--skip-import", action="store_true")
     p.add_argument("--skip-audit", action="store_true")
@@ -770,8 +773,8 @@ def main() -> int:
         if not a.skip_import:
             global PROFILE
             PROFILE = a.profile
-            if a.pool:
-                vars(result_import)["POOL_MIN_FILES"] = 8  # read at each batch
+            if a.no_pool:
+                vars(result_import)["POOL_MIN_FILES"] = 1000  # no batch is larger
             runs = []
             if not a.no_sqlite:
                 runs.append(("SQLite", f"sqlite:///{work / 'import.sqlite'}", work / "sqlite"))

@@ -38,6 +38,7 @@ from signing.roots import TrustedRoot
 __all__ = [
     "POOL_MAX_WORKERS",
     "POOL_MIN_FILES",
+    "POOL_START_METHODS",
     "VerifiedResult",
     "VerifyJob",
     "VerifyPool",
@@ -46,10 +47,13 @@ __all__ = [
     "verify_copy",
 ]
 
-#: A batch with more files to verify than this is verified in worker processes. Off (no batch
-#: holds more than 1,000 files): measured slower than in-process on the 2-core machine
-#: (docs/benchmarks.md, "Verification in worker processes"); 8 turns it on.
-POOL_MIN_FILES = 1000
+#: A batch with more files to verify than this is verified in worker processes, when the
+#: machine has more than one CPU and the workers can be forked (POOL_START_METHODS).
+POOL_MIN_FILES = 8
+#: How workers may be started for the pool to be used: a spawned worker first imports the
+#: hub's modules (about a second each), more than it saves on a directory of results; the
+#: importing process of a web server (threads: spawn) verifies on a thread instead.
+POOL_START_METHODS = frozenset({"fork"})
 POOL_MAX_WORKERS = 4  # worker processes at most (and never more than the CPUs)
 
 

@@ -55,9 +55,11 @@ from hub.services.import_files import (
 )
 from hub.services.import_verify import (
     POOL_MIN_FILES,
+    POOL_START_METHODS,
     VerifiedResult,
     VerifyJob,
     VerifyPool,
+    start_method,
     verify_copy,
 )
 from hub.services.plans import PLAN_STATUSES, is_plan, record_outcome
@@ -311,8 +313,10 @@ class _ImportRun:
             self.trusted = self.ctx.keys.trusted_root
         if not batches:
             return
-        if self.pool is None and max(len(b) for b in batches) > POOL_MIN_FILES:
-            # Before this import starts a thread: forked workers inherit no held lock.
+        if (self.pool is None and max(len(b) for b in batches) > POOL_MIN_FILES
+                and (os.cpu_count() or 1) > 1 and start_method() in POOL_START_METHODS):
+            # Started before this import starts a thread: forked workers inherit no lock
+            # another thread holds.
             self.pool = VerifyPool(self.trusted)
             self.pool.start()
         if len(batches) == 1 and len(batches[0]) == 1:
@@ -481,9 +485,10 @@ class _ImportRun:
 
     def _verify(self, batch: list[_Incoming], now: int) -> None:
         """Verify each private copy against the enrolled key (every check, every digest):
-        in worker processes when the batch has more than :data:`POOL_MIN_FILES` files to
-        verify (CPU on the other cores), else here. Either way the outcome is
-        :func:`verify_copy`'s, the same function."""
+        in the run's worker processes when it has them (:meth:`import_batches` starts them
+        for batches of more than :data:`POOL_MIN_FILES` files, on a machine with more than
+        one CPU, when they can be forked) and the batch has more than that many files to
+        verify, else on this thread. Either way the outcome is :func:`verify_copy`'s."""
         todo = [inc for inc in batch
                 if inc.rejected is None and inc.row is None and inc.copy is not None]
         if not todo:
@@ -500,9 +505,7 @@ class _ImportRun:
                 disk_staging_parent=str(self.results_dir.parent),
             ))
             inc.data = None
-        if len(jobs) > POOL_MIN_FILES:
-            if self.pool is None:
-                self.pool = VerifyPool(trusted)
+        if self.pool is not None and len(jobs) > POOL_MIN_FILES:
             outcomes = self.pool.verify(jobs)
         else:
             outcomes = [verify_copy(job, trusted) for job in jobs]

@@ -102,8 +102,11 @@ def _outcome(world: World, results: Path) -> dict[str, Any]:
 def test_a_batch_verified_in_worker_processes_imports_as_in_process(
     tmp_path: Path, clock: FakeClock, keys: Keys, monkeypatch: pytest.MonkeyPatch, method: str
 ) -> None:
+    monkeypatch.setattr(result_import, "start_method", lambda: method)
     monkeypatch.setattr(import_verify, "start_method", lambda: method)
-    monkeypatch.setattr(result_import, "POOL_MIN_FILES", 8)  # the pool (off by default) on
+    monkeypatch.setattr(result_import, "POOL_MIN_FILES", 8)
+    # Spawned workers are not used by default (slow to start): allowed here.
+    monkeypatch.setattr(result_import, "POOL_START_METHODS", frozenset({"fork", "spawn"}))
     db = tmp_path / "hub.sqlite"
     world = _world(f"sqlite:///{db}", clock, keys, tmp_path / "releases")
     upgrade(world.session.get_bind())  # type: ignore[arg-type]
