@@ -280,6 +280,8 @@ def preflight_waits(session: Session, release: Release, agents: Sequence[Agent],
     true at ``now`` (one sentence per agent; empty: the gate is open)."""
     latest = latest_outcomes(session, release)
     hours = f"{within.total_seconds() / 3600:g} h"
+    scripts = sum(1 for step in release.steps or [] if isinstance(step, Mapping)
+                  and isinstance(step.get("check"), str))
     out = []
     for agent in agents:
         found = latest.get(agent.id)
@@ -290,6 +292,14 @@ def preflight_waits(session: Session, release: Release, agents: Sequence[Agent],
         elif found.status != "passed":  # failed, or refused by the agent
             out.append(f"{agent.agent_id}: preflight plan {found.plan_id} {found.status} at "
                        f"{found.received_at:%Y-%m-%d %H:%M} UTC: {found.summary[:300]}")
+        elif scripts and sum(c.get("check") == "check-script" and c.get("status") == "passed"
+                             for c in found.checks or []) < scripts:
+            # A plan made before the release was approved leaves its check scripts out,
+            # and a site that requires approvals skips them without: not a preflight yet.
+            out.append(f"{agent.agent_id}: preflight plan {found.plan_id} passed without "
+                       f"running the release's {scripts} check script(s) (it was made before "
+                       f"{release.label} was approved, or without the approvals the site "
+                       "requires); plan again")
         elif found.plan.created_at < now - within:
             # Measured from when the plan was made: the site checked after that, so a plan
             # answered late by media never counts as fresher than it is.

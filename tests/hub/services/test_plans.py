@@ -268,3 +268,39 @@ def test_a_plan_of_a_release_not_approved_for_the_environment_carries_no_check_s
     report = create_plan(world.ctx("op"), draft, environment="test", out_dir=tmp_path / "n")
     assert [s.get("check") for s in _plan_steps(report.files[0])] == ["look.sh"]
     assert report.note is None
+
+
+def test_a_plan_that_ran_no_check_script_does_not_open_the_gate(world: World,
+                                                                 tmp_path: Path) -> None:
+    """"Preflight passed" includes the release's own checks: a plan made before the release
+    was approved (its check scripts left out) or skipped for want of approvals passes on
+    everything else, but the gate stays closed until a plan that ran them passed."""
+    from datetime import timedelta
+
+    from hub.services.approvals import approve_release
+    from hub.services.releases import submit_release
+
+    _fleet(world, 1)
+    rel = _checked_release(world, tmp_path)
+    agents = [get_agent(world.session, "a00")]
+    early = create_plan(world.ctx("op"), rel, environment="test", out_dir=tmp_path / "m")
+    row = world.session.get(PlanBundle, early.sequence)
+    assert row is not None
+    record_outcome(world.ctx("op"), agents[0], row.bundle_id, "plan-passed", {
+        "summary": "plan passed: 2 check(s) passed", "plan": {"checks": [
+            {"check": "free-space", "status": "passed", "summary": "ok"}]}}, 1)
+    day = timedelta(hours=24)
+    (wait,) = preflight_waits(world.session, rel, agents, day, world.clock())
+    assert "passed without running the release's 1 check script(s)" in wait
+
+    submit_release(world.ctx("dev"), rel)
+    approve_release(world.ctx("appr1"), rel)
+    late = create_plan(world.ctx("op"), rel, environment="test", out_dir=tmp_path / "n")
+    row = world.session.get(PlanBundle, late.sequence)
+    assert row is not None
+    record_outcome(world.ctx("op"), agents[0], row.bundle_id, "plan-passed", {
+        "summary": "plan passed: 3 check(s) passed", "plan": {"checks": [
+            {"check": "free-space", "status": "passed", "summary": "ok"},
+            {"check": "check-script", "status": "passed", "summary": "check look.sh: ok",
+             "step": "up", "target": "look.sh"}]}}, 2)
+    assert preflight_waits(world.session, rel, agents, day, world.clock()) == []
