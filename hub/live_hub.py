@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import secrets
@@ -123,7 +124,11 @@ SYSTEM_ACTOR = "live"  # ServiceContext.system of the live server (audited as sy
 HAVE_IT = CANCEL_HAVE_IT  # the agent already holds this bundle (docs/live-protocol.md §4.2)
 EXPORT_THREADS = 2  # threads exporting bundles at once (CPU-bound: more only contend for the GIL)
 LIVE_EXPORT_BATCH = 100  # agents whose queued deployments one export call takes at once
+#: a burst's first export calls take this many agents each, then LIVE_EXPORT_BATCH: the first
+#: bundles leave after a few exports, the rest in calls that cost little per bundle
+BURST_STEPS = (5, 20, 50)
 OFFER_THREADS = 2  # threads hashing spooled files for OFFERs, never behind an export
+INLINE_HASH_BYTES = 1024 * 1024  # spooled files up to this size are hashed on the event loop
 MAX_PARTIALS = 4  # partial uploads kept per agent (MAX_TRANSFERS of the protocol)
 HANDSHAKE_MESSAGE_BYTES = 3 + MAX_HEADER_BYTES  # bytes of one message before authentication
 CLOSE_SECONDS = 5.0  # seconds a closing handshake may take before the socket is cut
@@ -597,7 +602,12 @@ class LiveHub:
         how) holds the spooled bundle of that name: its deployment moves ``exported →
         delivered`` (unless it is already further on, e.g. its result came by media first)
         and a ``live.delivered`` event says ``how`` (``received`` / ``have-it``). One commit
-        for a batch: a burst to 10,000 agents made 10,000 commits, behind the exports."""
+        for a batch: a burst to 10,000 agents made 10,000 commits, behind the exports.
+        The spool directories the bundles left (for ``sent/``) are fsynced first, each once
+        (one per bundle on the event loop held up every other agent during a burst)."""
+        for directory in sorted({self.spool_root / agent_id for agent_id, _, _ in items}):
+            with contextlib.suppress(FileNotFoundError):
+                fsync_dir(directory)
         with self._services() as ctx:
             for agent_id, name, how in items:
                 self._mark_one_delivered(ctx, agent_id, name, how)
@@ -985,44 +995,67 @@ class LiveHub:
         if len(due) == 1:
             self._spawn(self._push_queued(*due[0]))
             return
-        # A burst (a rollout, a release queued for an environment): agents exported together,
-        # LIVE_EXPORT_BATCH at a time, so the database work is two commits a batch.
-        for start in range(0, len(due), LIVE_EXPORT_BATCH):
-            self._spawn(self._push_batch(due[start:start + LIVE_EXPORT_BATCH]))
+        # A burst (a rollout, a release queued for an environment): one pipeline for all of
+        # them (_push_burst).
+        self._spawn(self._push_burst(due))
 
-    async def _push_batch(self, due: list[tuple[str, tuple[int, int | None]]]) -> None:
-        """Export the queued deployments of the agents in ``due`` in one call, then offer
-        each its spool; each agent's push lock is held throughout (agents whose push is
-        already under way are left to it)."""
-        held: list[tuple[str, tuple[int, int | None], asyncio.Lock]] = []
+    async def _push_burst(self, due: list[tuple[str, tuple[int, int | None]]]) -> None:
+        """Export the queued deployments of the agents in ``due`` and offer each its spool,
+        as a pipeline: one export call after another (:data:`BURST_STEPS` agents for the
+        first calls, then :data:`LIVE_EXPORT_BATCH`), each call's agents offered while the
+        next call exports. The first bundles leave after the export of a few, not of a
+        hundred; one export thread works for the burst and the other stays free for single
+        pushes and the ``delivered`` bookkeeping. Each agent's push lock is held from the
+        start until its offer (agents whose push is already under way are left to it), so
+        the next rounds of the push loop leave them alone."""
+        held: dict[str, tuple[tuple[int, int | None], asyncio.Lock]] = {}
         for agent_id, fingerprint in due:
             lock = self._push_locks.setdefault(agent_id, asyncio.Lock())
             if lock.locked():
                 continue
             await lock.acquire()
-            held.append((agent_id, fingerprint, lock))
+            held[agent_id] = (fingerprint, lock)
+        ids = list(held)
+        offers: list[asyncio.Task[None]] = []
         try:
-            if not held:
-                return
-            ids = [agent_id for agent_id, _, _ in held]
-            try:
-                counts = await self._in_pool(self._export_pool, self._export_many, ids)
-            except (HubError, OSError, SQLAlchemyError) as exc:
-                self.metrics.error("export_failed")
-                log.error("live: cannot export for %d agents: %s", len(ids), exc)
-                for agent_id, fingerprint, _ in held:
-                    self._export_failed[agent_id] = (fingerprint,
-                                                     time.monotonic() + EXPORT_RETRY_SECONDS)
-                counts = {}
-            for agent_id in ids:
+            start = 0
+            for size in _burst_sizes(len(ids)):
+                chunk = ids[start:start + size]
+                start += size
+                try:
+                    counts = await self._in_pool(self._export_pool, self._export_many, chunk)
+                except (HubError, OSError, SQLAlchemyError) as exc:
+                    self.metrics.error("export_failed")
+                    log.error("live: cannot export for %d agents: %s", len(chunk), exc)
+                    for agent_id in chunk:
+                        self._export_failed[agent_id] = (
+                            held[agent_id][0], time.monotonic() + EXPORT_RETRY_SECONDS)
+                    counts = {}
+                offers.append(asyncio.create_task(self._offer_exported(
+                    [(agent_id, held.pop(agent_id)[1]) for agent_id in chunk], counts)))
+        finally:
+            for _, lock in held.values():  # cancelled before their export: not offered
+                lock.release()
+            if offers:
+                await asyncio.wait(offers)
+
+    async def _offer_exported(self, agents: list[tuple[str, asyncio.Lock]],
+                              counts: dict[str, tuple[int, int]]) -> None:
+        """Offer each agent of an export call of :meth:`_push_burst` its spool, then release
+        its push lock (all of them, even if this is cancelled midway)."""
+        pending = deque(agents)
+        try:
+            while pending:
+                agent_id, _ = pending[0]
                 peer = self.peers.get(agent_id)
                 if peer is not None:
                     await self._offer_spool(peer, agent_id)
+                pending.popleft()[1].release()
                 written = counts.get(agent_id, (0, 0))[0]
                 if written:
                     log.info("live: pushed %d queued bundle(s) to %s", written, agent_id)
         finally:
-            for _, _, lock in held:
+            for _, lock in pending:
                 lock.release()
 
     async def _push_queued(self, agent_id: str, fingerprint: tuple[int, int | None]) -> None:
@@ -1087,7 +1120,15 @@ class LiveHub:
             transfer = path.name[: -len(".tgb")]
             if transfer in peer.outgoing or len(peer.outgoing) >= 4:
                 continue
-            size, digest = await self._in_pool(self._offer_pool, self._digests.get, path)
+            try:
+                small = path.stat().st_size <= INLINE_HASH_BYTES
+            except FileNotFoundError:
+                continue  # delivered meanwhile (moved to sent/)
+            # A small bundle (the usual one: payload frames are compressed once per release)
+            # is hashed here: a thread's round trip costs more, and under a burst's exports it
+            # waits for the GIL.
+            size, digest = (self._digests.get(path) if small else
+                            await self._in_pool(self._offer_pool, self._digests.get, path))
             peer.conn.send_offer(Offer(transfer, path.name, size, digest))
             peer.outgoing[transfer] = path
             peer.acked[transfer] = asyncio.Event()
@@ -1136,9 +1177,8 @@ class LiveHub:
             return
         sent = path.parent / "sent"
         sent.mkdir(exist_ok=True)
-        os.replace(path, sent / path.name)
+        os.replace(path, sent / path.name)  # made durable with its record (_mark_delivered)
         self._digests.forget(path)
-        fsync_dir(path.parent)
         log.info("live: %s holds %s (%s)", agent_id, path.name, how)
         self.metrics.delivered.labels(how).inc()
         # In the export pool, behind the exports already queued: bookkeeping must not delay
@@ -1310,6 +1350,17 @@ class LiveHub:
             # disk stay out of what the peer is told (the hub log has them).
             remote = reason.replace(str(self.data_dir), "<hub data dir>")
             peer.conn.send_cancel(transfer, "agent", code, remote)
+
+
+def _burst_sizes(count: int) -> Iterator[int]:
+    """The agents per export call of a burst of ``count`` (:data:`BURST_STEPS`, then
+    :data:`LIVE_EXPORT_BATCH`); they add up to ``count``."""
+    left = count
+    for size in itertools.chain(BURST_STEPS, itertools.repeat(LIVE_EXPORT_BATCH)):
+        if left <= 0:
+            return
+        yield min(size, left)
+        left -= size
 
 
 def _source(ws: ServerConnection) -> str:
