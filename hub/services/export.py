@@ -39,6 +39,7 @@ import contextlib
 import fcntl
 import glob
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -104,7 +105,10 @@ __all__ = [
 
 DEFAULT_EXPIRY = timedelta(days=14)
 ProgressFn = Callable[[str, int, int], None]
-SPOOL_PREFIX = ".tiangong-export-"  # + the claim token: one export's private spool directory
+#: + the claim token, "~" and a random run id: one export's private spool directory (the run id:
+#: two exports of one process at once, the live server's threads, each remove only their own)
+SPOOL_PREFIX = ".tiangong-export-"
+RUN_MARK = "~"  # never in a token as a file-name part (_token_name)
 #: Queued deployments claimed in one transaction and recorded in another (one audit-head
 #: lock, one commit each, every deployment still its own audit events)
 EXPORT_BATCH = 200
@@ -280,7 +284,8 @@ class _Run:
         self.checkpoint: dict[str, Any] | None = None
         self.checkpoint_done = False
         self.frames: FrameCache | None = None
-        self.spool = out_dir / (SPOOL_PREFIX + _token_name(my_token()))
+        self.spool = out_dir / (SPOOL_PREFIX + _token_name(my_token()) + RUN_MARK
+                                + secrets.token_hex(6))
 
     def run_all(self, stale: list[Deployment], pending: list[Deployment],
                 report: ExportReport) -> None:
@@ -992,7 +997,7 @@ def _clean_leftovers(ctx: ServiceContext, out_dir: Path) -> list[str]:
             continue
         old = age > STALE_CLAIM.total_seconds()
         if name.startswith(SPOOL_PREFIX) and entry.is_dir(follow_symlinks=False):
-            owner = name[len(SPOOL_PREFIX) :]
+            owner = name[len(SPOOL_PREFIX) :].partition(RUN_MARK)[0]
             gone = owner != mine and not _token_alive(owner, entry, now)
             if gone or old:
                 shutil.rmtree(entry.path, ignore_errors=True)

@@ -5,23 +5,29 @@ rolled back alone, and the release's frames are compressed once for all agents."
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from pathlib import Path
 
 from sqlalchemy import event, select
 
 from hub.db import Agent as AgentRow
-from hub.db import AuditEvent, Deployment, Release, SequenceCounter
+from hub.db import AuditEvent, Deployment, Release, SequenceCounter, make_session_factory
+from hub.services import export as export_service
 from hub.services.agents import EnrollmentRequest, enroll_agent
 from hub.services.approvals import approve_release
 from hub.services.audit import verify_database
+from hub.services.context import ServiceContext
 from hub.services.deployments import queue_deployment
 from hub.services.export import FRAMES_DIR, export_agents, export_environment
 from hub.services.releases import create_release, submit_release
+from hub.services.users import get_user
 from signing.keys import BoxKeyPair, SigningKey
+from tests.e2e import test_live as e2e_live
 from tests.hub.conftest import World
 
 HELLO = Path(__file__).resolve().parents[3] / "examples" / "releases" / "hello-1.0.0"
+file_world = e2e_live.file_world  # the fixture: the hub World on a SQLite file
 
 
 def _enroll(world: World, ids: list[str]) -> None:
@@ -218,3 +224,55 @@ def test_a_batch_records_what_one_at_a_time_would(world: World, tmp_path: Path) 
                                 (("site-01", 3), ("site-02", 2), ("site-03", 2),
                                  ("site-04", 2))}
     assert verify_database(world.session, world.keys.hub).ok
+
+
+def test_two_exports_into_one_spool_root_at_once_both_write(file_world: World,
+                                                            tmp_path: Path) -> None:
+    """The live server runs two exports at once into one spool root (its two export
+    threads). Each has its own scratch directory there: one that finishes and removes its
+    own must not remove the other's while that one is still writing. (They shared one named
+    after the process, so the export that finished first removed it under the other: its
+    bundle failed with FileNotFoundError and waited a minute for the retry — the 73 s
+    straggler of the 1,000-agent burst, docs/benchmarks.md.)"""
+    world = file_world
+    _enroll(world, ["site-01", "site-02", "site-03", "site-04"])
+    _queue(world)
+    spool = tmp_path / "spool"
+    writing = threading.Event()  # the second export is about to write its first bundle
+    go_on = threading.Event()  # the first export is done
+    real = export_service.write_bundle
+
+    def held_write(*args: object, **kwargs: object) -> object:
+        if threading.current_thread().name == "second":
+            writing.set()
+            assert go_on.wait(120)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    sessions = make_session_factory(world.session.get_bind())  # type: ignore[arg-type]
+    reports: dict[str, export_service.ExportReport] = {}
+
+    def second() -> None:
+        with sessions() as session:
+            ctx = ServiceContext(session, world.clock, get_user(session, "op"),
+                                 world.keys.hub, world.releases_dir)
+            reports["second"] = export_agents(ctx, "test", spool, ["site-03", "site-04"])
+
+    export_service.write_bundle = held_write  # type: ignore[assignment]
+    thread = threading.Thread(target=second, name="second")
+    try:
+        thread.start()
+        assert writing.wait(120)
+        reports["first"] = export_agents(world.ctx("op"), "test", spool,
+                                         ["site-01", "site-02"])
+        go_on.set()
+        thread.join(120)
+    finally:
+        go_on.set()
+        export_service.write_bundle = real  # type: ignore[assignment]
+    assert not thread.is_alive()
+    for name in ("first", "second"):
+        assert not reports[name].failed, reports[name].failed
+        assert len(reports[name].written) == 2
+    world.session.expire_all()
+    assert {d.state for d in world.session.scalars(select(Deployment))} == {"exported"}
+    assert not [p.name for p in spool.iterdir() if p.name.startswith(".")]  # nothing left
