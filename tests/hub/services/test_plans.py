@@ -304,3 +304,43 @@ def test_a_plan_that_ran_no_check_script_does_not_open_the_gate(world: World,
             {"check": "check-script", "status": "passed", "summary": "check look.sh: ok",
              "step": "up", "target": "look.sh"}]}}, 2)
     assert preflight_waits(world.session, rel, agents, day, world.clock()) == []
+
+
+def test_a_refused_plan_is_kept_but_never_replaces_an_answer(world: World, rel: Release,
+                                                             tmp_path: Path) -> None:
+    """A signed `rejected` result naming a plan (the agent refused it after its signature
+    verified: expired, a replay) is the plan's outcome `refused`, its reason the summary,
+    and keeps the gate closed; a refusal of a plan the agent already answered is flagged
+    and the answer kept."""
+    from datetime import timedelta
+
+    from hub.services.plans import is_plan
+
+    _fleet(world, 1)
+    agent = get_agent(world.session, "a00")
+    old = create_plan(world.ctx("op"), rel, environment="test", out_dir=tmp_path / "m")
+    row = world.session.get(PlanBundle, old.sequence)
+    assert row is not None and is_plan(world.session, row.bundle_id)
+    assert not is_plan(world.session, "dep-1")
+    why = f"plan {row.bundle_id}.tgb: bundle …: it expired at 2026-11-23 10:00:00Z"
+    assert record_outcome(world.ctx("op"), agent, row.bundle_id, "rejected",
+                          {"summary": why}, 1) is None
+    [shown] = outcomes_json(world.session, rel)
+    assert [(o["status"], o["summary"], o["checks"]) for o in shown["outcomes"]] == [
+        ("refused", why, [])]
+    waits = preflight_waits(world.session, rel, [agent], timedelta(hours=24), world.clock())
+    assert waits == [f"a00: preflight plan {old.sequence} refused at 2026-11-23 09:00 UTC: "
+                     f"{why}"]
+
+    new = create_plan(world.ctx("op"), rel, environment="test", out_dir=tmp_path / "m")
+    _answer(world, new.sequence, "a00", "plan-passed", "ok")
+    newer = world.session.get(PlanBundle, new.sequence)
+    assert newer is not None
+    before = _count(world, AuditEvent)
+    flag = record_outcome(world.ctx("op"), agent, newer.bundle_id, "rejected",
+                          {"summary": "sequence 2 is not newer than 2"}, 3)
+    assert flag == (f"plan: agent a00 refused plan {new.sequence} again after it answered "
+                    "passed (sequence 2 is not newer than 2); the answer is kept")
+    assert _count(world, AuditEvent) == before
+    assert preflight_waits(world.session, rel, [agent], timedelta(hours=24),
+                           world.clock()) == []
