@@ -41,7 +41,7 @@ from typing import IO, Any
 
 import click
 
-from tiangong import rule_text, run_text
+from tiangong import rule_text, run_text, secret_input
 from tiangong.output import done, emit
 
 __all__ = ["remote"]
@@ -429,6 +429,50 @@ def deployments_show(ctx: click.Context, deployment_id: int, as_json: bool) -> N
     """Show one deployment and what it waits for (scope read)."""
     dep = _run(ctx, "GET", f"/deployments/{deployment_id}")
     emit(dep if as_json else _waiting(dep), as_json)
+
+
+@deployments.command("why")
+@click.argument("deployment_id", type=int)
+@json_option
+@click.pass_context
+def deployments_why(ctx: click.Context, deployment_id: int, as_json: bool) -> None:
+    """Why is this deployment not deploying? Every reason it waits (approvals, channel,
+    freeze, window, override, site), as `tiangong hub deployments why` (scope read)."""
+    dep = _run(ctx, "GET", f"/deployments/{deployment_id}")
+    data = {"id": dep["id"], "release": f"{dep['product']} {dep['version']}",
+            "environment": dep["environment"], "state": dep["state"],
+            "waiting_for": dep["waiting_for"]}
+    if as_json:
+        emit(data, True)
+    else:
+        rule_text.echo_why(data)
+
+
+@deployments.command("override")
+@click.argument("deployment_id", type=int)
+@rule_text.override_reason
+@json_option
+@click.pass_context
+def deployments_override(ctx: click.Context, deployment_id: int, reason: str,
+                         as_json: bool) -> None:
+    """Ask to deploy a queued deployment despite freezes and windows (scope deploy). A
+    second person confirms it with `remote deployments confirm-override ID` within 24
+    hours."""
+    row = _run(ctx, "POST", f"/deployments/{deployment_id}/override", body={"reason": reason})
+    done(as_json, rule_text.override_requested(row, "tiangong remote"), row)
+
+
+@deployments.command("confirm-override")
+@click.argument("deployment_id", type=int)
+@json_option
+@click.pass_context
+def deployments_confirm_override(ctx: click.Context, deployment_id: int,
+                                 as_json: bool) -> None:
+    """Confirm another person's override request, never your own (scope deploy): the
+    deployment is exported despite freezes and windows, and its bundle tells the agent
+    so."""
+    row = _run(ctx, "POST", f"/deployments/{deployment_id}/override/confirm")
+    done(as_json, rule_text.override_confirmed(row), row)
 
 
 @remote.command("environments")
@@ -864,3 +908,52 @@ def templates_release(ctx: click.Context, name: str, out: Path, product: str,
     row = {"template": answer["template"], "directory": str(out), "values": answer["values"]}
     done(as_json, run_text.template_written(answer["template"], out,
                                             "tiangong remote releases upload"), row)
+
+
+# --- site secrets (docs/operations.md "Site secrets") ----------------------------------------
+
+
+@remote.group("secrets")
+def secrets_group() -> None:
+    """Site secrets of an environment, as `tiangong hub secrets` (set and delete: scope
+    admin and an admin of the environment; list: scope read). Values are read from standard
+    input, a file or an environment variable, never from the command line; the hub never
+    answers them back."""
+
+
+@secrets_group.command("set")
+@click.argument("environment")
+@click.argument("name")
+@secret_input.value_options
+@json_option
+@click.pass_context
+def secrets_set(ctx: click.Context, environment: str, name: str, from_env: str | None,
+                from_file: str | None, as_json: bool) -> None:
+    """Store (or replace) secret NAME of ENVIRONMENT. Without --from-env or --from-file the
+    value is read from standard input (a hidden prompt on a terminal)."""
+    value = secret_input.read_value(from_env, from_file)
+    info = _run(ctx, "POST", f"/environments/{_q(environment)}/secrets",
+                body={"name": name, "value": value})
+    done(as_json, secret_input.stored(name, environment), info)
+
+
+@secrets_group.command("list")
+@click.argument("environment")
+@json_option
+@click.pass_context
+def secrets_list(ctx: click.Context, environment: str, as_json: bool) -> None:
+    """Names of ENVIRONMENT's secrets, who set them and when (never the values)."""
+    rows = _run(ctx, "GET", f"/environments/{_q(environment)}/secrets")["secrets"]
+    emit(rows, as_json, None if as_json else ("name", "set_by", "set_at"))
+
+
+@secrets_group.command("delete")
+@click.argument("environment")
+@click.argument("name")
+@json_option
+@click.pass_context
+def secrets_delete(ctx: click.Context, environment: str, name: str, as_json: bool) -> None:
+    """Forget secret NAME of ENVIRONMENT (audited). Bundles already exported keep their
+    sealed copy."""
+    info = _run(ctx, "DELETE", f"/environments/{_q(environment)}/secrets/{_q(name)}")
+    done(as_json, secret_input.deleted(name, environment), info)

@@ -3,12 +3,10 @@ values are never shown again; ``hub.services.site_secrets``)."""
 
 from __future__ import annotations
 
-import os
-import sys
-
 import click
 
 from hub.cli.base import _done, _emit, _services, hub, json_option
+from tiangong import secret_input
 
 
 @hub.group("secrets")
@@ -18,33 +16,10 @@ def secrets() -> None:
     environment variable, never from the command line, and never printed."""
 
 
-def _read_value(from_env: str | None, from_file: str | None) -> str:
-    if from_env is not None and from_file is not None:
-        raise click.UsageError("give --from-env or --from-file, not both")
-    if from_env is not None:
-        value = os.environ.get(from_env)
-        if value is None:
-            raise click.UsageError(f"environment variable {from_env} is not set")
-        return value
-    if from_file is not None:
-        try:
-            with open(from_file, encoding="utf-8") as fh:
-                return fh.read().rstrip("\n")
-        except OSError as exc:
-            raise click.UsageError(f"cannot read {from_file}: {exc.strerror}") from None
-    if sys.stdin.isatty():
-        value = click.prompt("value (not echoed)", hide_input=True, err=True)
-        return str(value)
-    return sys.stdin.read().rstrip("\n")
-
-
 @secrets.command("set")
 @click.argument("environment")
 @click.argument("name")
-@click.option("--from-env", metavar="VAR", default=None,
-              help="Read the value from this environment variable.")
-@click.option("--from-file", metavar="PATH", default=None,
-              help="Read the value from this file (one trailing newline dropped).")
+@secret_input.value_options
 @json_option
 @click.pass_context
 def set_(ctx: click.Context, environment: str, name: str, from_env: str | None,
@@ -54,11 +29,10 @@ def set_(ctx: click.Context, environment: str, name: str, from_env: str | None,
     a release whose steps list the secret."""
     from hub.services.site_secrets import set_secret
 
-    value = _read_value(from_env, from_file)
+    value = secret_input.read_value(from_env, from_file)
     with _services(ctx) as sc:
         info = set_secret(sc, environment, name, value)
-    _done(as_json, f"secret {name} of {environment} stored (encrypted; it is not shown "
-          "again)", info.to_json())
+    _done(as_json, secret_input.stored(name, environment), info.to_json())
 
 
 @secrets.command("list")
@@ -86,4 +60,4 @@ def delete(ctx: click.Context, environment: str, name: str, as_json: bool) -> No
 
     with _services(ctx) as sc:
         info = delete_secret(sc, environment, name)
-    _done(as_json, f"secret {name} of {environment} deleted", info.to_json())
+    _done(as_json, secret_input.deleted(name, environment), info.to_json())

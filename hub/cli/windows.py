@@ -139,20 +139,13 @@ def deployments_why(ctx: click.Context, deployment_id: int, as_json: bool) -> No
                 "waiting_for": [r.to_json() for r in reasons]}
     if as_json:
         _emit(data, True)
-        return
-    head = f"deployment {dep.id} ({data['release']} → {data['environment']}) is {dep.state}"
-    if not reasons:
-        click.echo(f"{head}: waiting for nothing")
-        return
-    click.echo(f"{head}, waiting for:")
-    for r in reasons:
-        click.echo(f"  {r.kind}: {r.text}")
+    else:
+        rule_text.echo_why(data)
 
 
 @deployments.command("override")
 @click.argument("deployment_id", type=int)
-@click.option("--reason", required=True, help="Why it must deploy despite freezes and "
-              "windows (audited, and carried in the bundle).")
+@rule_text.override_reason
 @json_option
 @click.pass_context
 def deployments_override(ctx: click.Context, deployment_id: int, reason: str,
@@ -160,15 +153,12 @@ def deployments_override(ctx: click.Context, deployment_id: int, reason: str,
     """Ask to deploy a queued deployment despite freezes and windows. A second person
     confirms it with `hub deployments confirm-override ID` within 24 hours."""
     from hub.services.deployments import get_deployment
-    from hub.services.windows import request_override
+    from hub.services.windows import override_row, request_override
 
     with _services(ctx) as sc:
-        row = request_override(sc, get_deployment(sc.session, deployment_id), reason)
-        data = {"override": row.id, "deployment": deployment_id, "state": row.state,
-                "requested_by": row.requested_by, "reason": row.reason}
-    _done(as_json, f"override of deployment {deployment_id} requested by "
-          f"{data['requested_by']}; a second person confirms it with `tiangong hub "
-          f"deployments confirm-override {deployment_id}`", data)
+        data = override_row(request_override(sc, get_deployment(sc.session, deployment_id),
+                                             reason))
+    _done(as_json, rule_text.override_requested(data, "tiangong hub"), data)
 
 
 @deployments.command("confirm-override")
@@ -180,12 +170,8 @@ def deployments_confirm_override(ctx: click.Context, deployment_id: int,
     """Confirm another person's override request (never your own): the deployment is
     exported despite freezes and windows, and its bundle tells the agent so."""
     from hub.services.deployments import get_deployment
-    from hub.services.windows import confirm_override
+    from hub.services.windows import confirm_override, override_row
 
     with _services(ctx) as sc:
-        row = confirm_override(sc, get_deployment(sc.session, deployment_id))
-        data = {"override": row.id, "deployment": deployment_id, "state": row.state,
-                "requested_by": row.requested_by, "confirmed_by": row.confirmed_by,
-                "reason": row.reason}
-    _done(as_json, f"override of deployment {deployment_id} confirmed by "
-          f"{data['confirmed_by']} (requested by {data['requested_by']})", data)
+        data = override_row(confirm_override(sc, get_deployment(sc.session, deployment_id)))
+    _done(as_json, rule_text.override_confirmed(data), data)

@@ -406,6 +406,14 @@ def list_overrides(session: Session, deployment: Deployment) -> list[DeploymentO
         .order_by(DeploymentOverride.id)))
 
 
+def override_row(row: DeploymentOverride) -> dict[str, Any]:
+    """An override request as ``hub deployments override|confirm-override --json`` and the
+    API answer it."""
+    return {"override": row.id, "deployment": row.deployment_id, "state": row.state,
+            "requested_by": row.requested_by, "confirmed_by": row.confirmed_by,
+            "reason": row.reason}
+
+
 def override_json(row: DeploymentOverride) -> dict[str, Any]:
     """``policy.override`` of the manifest (design13 §3/§5)."""
     assert row.confirmed_at is not None and row.confirmed_by is not None

@@ -8,6 +8,7 @@ event; the refused call itself is audited as ``api.call`` with its status)."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from sqlalchemy import select
 
 from hub.db import AuditEvent, PolicyRule
 from hub.services.tokens import issue_token
-from tests.e2e.test_live_serve import HubServe
+from tests.e2e.conftest import run
+from tests.e2e.test_live_serve import HELLO, HubServe
 from tests.e2e.test_remote import _ctx, _hub_session, _remote
 from tests.e2e.test_remote import served as served  # the fixture
 
@@ -46,8 +48,8 @@ def _events(data: Path, prefix: str) -> list[tuple[str, str, dict[str, Any]]]:
 def test_windows_and_freezes_managed_remotely(
     tmp_path: Path, served: tuple[Path, dict[str, str], HubServe]
 ) -> None:
-    data, _env, server = served
-    admin = token_file(data, tmp_path, "admin", "admin-all", ["admin", "read"])
+    data, env, server = served
+    admin = token_file(data, tmp_path, "admin", "admin-all", ["admin", "read", "deploy"])
     op_admin_scope = token_file(data, tmp_path, "op", "op-admin", ["admin", "read"])
     op_read = token_file(data, tmp_path, "op", "op-read", ["read"])
 
@@ -116,3 +118,79 @@ def test_windows_and_freezes_managed_remotely(
                                ("window.add", "admin"), ("window.remove", "admin")]
     assert all(d["via"].startswith("api-token:tgp_")
                for _a, _u, d in _events(data, "window.") + _events(data, "freeze."))
+    _override_part(tmp_path, data, env, server, admin)
+
+
+def _override_part(tmp: Path, data: Path, env: dict[str, str], server: HubServe,
+                   admin: Path) -> None:
+    """``remote deployments why|override|confirm-override``: a deployment held by a freeze
+    says so; the operator asks, cannot confirm their own request, the admin confirms."""
+    for args in (("releases", "create", str(HELLO), "--create-product"),
+                 ("releases", "submit", "hello", "1.0.0")):
+        run("hub", "--local-admin", "dev", *args, env=env)
+    run("hub", "--local-admin", "appr", "releases", "approve", "hello", "1.0.0", env=env)
+    (dep,) = json.loads(run("hub", "--local-admin", "op", "deployments", "queue", "hello",
+                            "1.0.0", "--environment", "plant-a", "--json", env=env).stdout)
+    op = token_file(data, tmp, "op", "op-deploy", ["deploy", "read"])
+    now = datetime.now(UTC)
+    spec = (f"{(now - timedelta(hours=1)):%Y-%m-%dT%H:%MZ}/"
+            f"{(now + timedelta(days=1)):%Y-%m-%dT%H:%MZ}: quarter close")
+    assert _remote(server, admin, "freezes", "add", spec, "--environment", "plant-a").stdout
+    why = _remote(server, op, "deployments", "why", str(dep["id"])).stdout
+    assert why.startswith(f"deployment {dep['id']} (hello 1.0.0 → plant-a) is queued, "
+                          "waiting for:\n  freeze: frozen until"), why
+    asked = _remote(server, op, "deployments", "override", str(dep["id"]), "--reason",
+                    "security fix").stdout.strip()
+    assert asked == (f"override of deployment {dep['id']} requested by op; a second person "
+                     "confirms it with `tiangong remote deployments confirm-override "
+                     f"{dep['id']}`")
+    own = _remote(server, op, "deployments", "confirm-override", str(dep["id"]), check=False)
+    assert own.returncode == 1 and "op requested this override and cannot confirm it" in \
+        own.stderr
+    confirmed = json.loads(_remote(server, admin, "deployments", "confirm-override",
+                                   str(dep["id"]), "--json").stdout)
+    assert (confirmed["state"], confirmed["confirmed_by"]) == ("confirmed", "admin")
+    waiting = json.loads(_remote(server, op, "deployments", "why", str(dep["id"]),
+                                 "--json").stdout)["waiting_for"]
+    assert [r["kind"] for r in waiting] == []
+    assert [(a, actor) for a, actor, _d in _events(data, "override.")] == [
+        ("override.request", "op"), ("override.confirm", "admin")]
+
+
+def test_site_secrets_managed_remotely(
+    tmp_path: Path, served: tuple[Path, dict[str, str], HubServe]
+) -> None:
+    """``remote secrets set|list|delete``: the value read from an environment variable,
+    never printed back; the operator refused, nothing stored; audited as the admin."""
+    data, _env, server = served
+    admin = token_file(data, tmp_path, "admin", "admin-all", ["admin", "read"])
+    op_admin_scope = token_file(data, tmp_path, "op", "op-admin", ["admin", "read"])
+    value = "s3cret-Value-for-the-db"
+
+    def remote(token: Path, *args: str) -> Any:
+        proc = run("remote", "--url", f"http://127.0.0.1:{server.http_port}", "--token-file",
+                   str(token), "secrets", *args, check=False,
+                   env={"DB_PASS": value})
+        assert value not in proc.stdout + proc.stderr
+        return proc
+
+    def stored() -> list[Path]:
+        return sorted((data / "secrets").rglob("*.json"))
+
+    refused = remote(op_admin_scope, "set", "plant-a", "db-pass", "--from-env", "DB_PASS")
+    assert refused.returncode == 1 and "op may not environment.update" in refused.stderr
+    assert stored() == [] and _events(data, "secret.") == []
+    done = remote(admin, "set", "plant-a", "db-pass", "--from-env", "DB_PASS")
+    assert done.stdout.strip() == ("secret db-pass of plant-a stored (encrypted; it is not "
+                                   "shown again)")
+    (listed,) = json.loads(remote(op_admin_scope, "list", "plant-a", "--json").stdout)
+    assert (listed["name"], listed["set_by"]) == ("db-pass", "admin")
+    denied = remote(op_admin_scope, "delete", "plant-a", "db-pass")
+    assert denied.returncode == 1 and "(403 forbidden)" in denied.stderr
+    assert remote(admin, "delete", "plant-a", "db-pass").stdout.strip() == (
+        "secret db-pass of plant-a deleted")
+    assert json.loads(remote(admin, "list", "plant-a", "--json").stdout) == []
+    assert stored() == []
+    actions = [(a, actor) for a, actor, _d in _events(data, "secret.")]
+    assert actions == [("secret.set", "admin"), ("secret.deleted", "admin")]
+

@@ -15,7 +15,9 @@ from flask import request
 from hub.services import promotion
 from hub.services import windows as rules
 from hub.services.channels import channel_rows
+from hub.services.deployments import get_deployment
 from hub.services.releases import can_read, get_product
+from hub.services.users import can
 from web.api import ApiError, Param, api_ctx, operation
 from web.api.routes import _PRODUCT, _VERSION, _body, _release, _visible_env
 from web.views import in_scope
@@ -152,3 +154,36 @@ def freezes_end(rule_id: int) -> Any:
     """Kept as ended, for the record; the deployments it held are released."""
     reason = str(_body({"reason": str}).get("reason") or "")
     return rules.rule_json(rules.end_freeze(api_ctx(), rule_id, reason))
+
+
+# --- hub overrides (docs/governance.md "Hub override") --------------------------------------
+
+_DEPLOYMENT = Param("deployment_id", "path", "The deployment's number.",
+                    schema={"type": "integer"})
+
+
+def _deployment(deployment_id: int) -> Any:
+    sc = api_ctx()
+    return in_scope(f"deployment {deployment_id} does not exist",
+                    lambda: get_deployment(sc.session, deployment_id),
+                    lambda d: can(sc.actor, "view", d.environment))
+
+
+@operation("/deployments/<int:deployment_id>/override", "POST", scope="deploy",
+           summary="Ask to deploy despite freezes and windows", responses={201: "Override"},
+           params=(_DEPLOYMENT,), body="ReasonRequest", errors=(400, 404, 409))
+def deployments_override(deployment_id: int) -> Any:
+    """A queued deployment, with a reason (audited, carried in its bundle); a second person
+    confirms it within 24 hours (`…/override/confirm`). Operators of its environment."""
+    reason = str(_body({"reason": str}).get("reason") or "")
+    return rules.override_row(rules.request_override(api_ctx(), _deployment(deployment_id),
+                                                     reason)), 201
+
+
+@operation("/deployments/<int:deployment_id>/override/confirm", "POST", scope="deploy",
+           summary="Confirm another person's override request", responses={200: "Override"},
+           params=(_DEPLOYMENT,), errors=(404, 409))
+def deployments_confirm_override(deployment_id: int) -> Any:
+    """Never the requester's own: from now on the hub exports it despite freezes and
+    windows, and its bundle tells the agent so."""
+    return rules.override_row(rules.confirm_override(api_ctx(), _deployment(deployment_id)))

@@ -234,6 +234,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "WindowList": _list_of("windows", "PolicyRule"),
     "FreezeList": _list_of("freezes", "PolicyRule"),
     "ReasonRequest": _obj({"reason": _STR}),
+    "Override": _obj({
+        "override": {"type": "integer"}, "deployment": {"type": "integer"},
+        "state": {"type": "string", "enum": ["requested", "confirmed", "expired"]},
+        "requested_by": _STR, "confirmed_by": _STR_OR_NULL, "reason": _STR}),
     "Rollout": _obj({
         "id": {"type": "integer"}, "release": _STR,
         "state": {"type": "string", "enum": ["running", "paused", "succeeded", "aborted",

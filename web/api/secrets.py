@@ -37,3 +37,13 @@ def secrets_list(environment: str) -> Any:
     env = _visible_env(environment)
     assert env is not None
     return {"secrets": [i.to_json() for i in service.list_secrets(api_ctx(), env)]}
+
+
+@operation("/environments/<environment>/secrets/<name>", "DELETE", scope="admin",
+           summary="Forget a site secret", responses={200: "SecretInfo"},
+           params=(_ENV, Param("name", "path", "The secret's name.")), errors=(400, 404))
+def secrets_delete(environment: str, name: str) -> Any:
+    """Admins only; audited. Bundles already exported keep their sealed copy."""
+    env = _visible_env(environment)
+    assert env is not None
+    return service.delete_secret(api_ctx(), env, name).to_json()

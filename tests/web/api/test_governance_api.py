@@ -104,3 +104,46 @@ def test_windows_and_freezes_through_the_api(site: Site) -> None:
     admin.call("DELETE", f"/windows/{window['id']}", 404)
     admin.call("DELETE", f"/freezes/{window['id']}", 404)  # not a freeze
     assert admin.get("/windows")["windows"] == []
+
+
+def test_overrides_through_the_api(site: Site, tmp_path: Path) -> None:
+    """Request and confirm a hub override: a reason and a second person (docs/governance.md
+    "Hub override"); every refusal answers the rule and adds no override and no event."""
+    from hub.db import DeploymentOverride
+    from hub.services.deployments import queue_deployment
+    from hub.services.releases import get_release
+
+    make_release(site, tmp_path, approvers=("appr1",))
+    with site.app.app_context():
+        [dep] = queue_deployment(site.ctx("op"), get_release(db.session(), "hello", "1.0.0"),
+                                 "test")
+        dep_id = dep.id
+        db.session.commit()
+    path = f"/deployments/{dep_id}/override"
+    op = api_for(site, "op", ["deploy", "read"])
+    for api, status, body, message in (
+        (op, 400, {"reason": ""}, "reason"),
+        (api_for(site, "op", ["read"]), 403, {"reason": "fix"}, "lacks the scope 'deploy'"),
+        (api_for(site, "view", ["deploy"]), 403, {"reason": "fix"},
+         "view may not deployment.queue in environment test"),
+        (api_for(site, "appr-prod", ["deploy"]), 404, {"reason": "fix"},
+         f"deployment {dep_id} does not exist"),
+    ):
+        assert message in api.post(path, status, json=body)["message"]
+    api_for(site, "op", ["deploy"]).post("/deployments/99999/override", 404,
+                                         json={"reason": "fix"})
+    assert _count(site, DeploymentOverride) == 0
+    assert _count(site, AuditEvent, action="override.request") == 0
+
+    asked = op.post(path, 201, json={"reason": "security fix CVE-2027-0042"})
+    assert (asked["state"], asked["requested_by"], asked["confirmed_by"]) == (
+        "requested", "op", None)
+    op.post(path, 409, json={"reason": "twice"})
+    own = op.post(f"{path}/confirm", 409)
+    assert "op requested this override and cannot confirm it" in own["message"]
+    api_for(site, "view", ["deploy"]).post(f"{path}/confirm", 403)
+    confirmed = api_for(site, "op-test", ["deploy"]).post(f"{path}/confirm")
+    assert (confirmed["state"], confirmed["confirmed_by"]) == ("confirmed", "op-test")
+    api_for(site, "op-test", ["deploy"]).post(f"{path}/confirm", 409)
+    assert [_count(site, AuditEvent, action=a) for a in ("override.request",
+                                                         "override.confirm")] == [1, 1]

@@ -46,3 +46,26 @@ def test_secrets_through_the_api(site: Site) -> None:
         rows = db.session.execute(text("SELECT details FROM audit_events")).fetchall()
     assert any("db-password" in str(r) for r in rows)
     assert not any(VALUE in str(r) for r in rows)
+
+
+def test_deleting_a_secret_through_the_api(site: Site) -> None:
+    admin = api_for(site, "admin", ["admin"])
+    admin.post("/environments/test/secrets", 201, json={"name": "db-password", "value": VALUE})
+    stored = _stored(site)
+    for api, status, message in (
+        (api_for(site, "op", ["read", "deploy"]), 403, "lacks the scope 'admin'"),
+        (api_for(site, "op", ["admin"]), 403, "op may not environment.update"),
+    ):
+        refused = api.call("DELETE", "/environments/test/secrets/db-password", status)
+        assert message in refused["message"] and _stored(site) == stored
+    admin.call("DELETE", "/environments/nowhere/secrets/db-password", 404)
+    admin.call("DELETE", "/environments/test/secrets/other", 404)
+    assert _stored(site) == stored
+    gone = admin.call("DELETE", "/environments/test/secrets/db-password", 200)
+    assert (gone["name"], gone["environment"]) == ("db-password", "test")
+    assert VALUE not in str(gone) and _stored(site) == []
+    admin.call("DELETE", "/environments/test/secrets/db-password", 404)
+    with site.app.app_context():
+        rows = db.session.execute(text(
+            "SELECT actor FROM audit_events WHERE action = 'secret.deleted'")).fetchall()
+    assert [r[0] for r in rows] == ["admin"]
