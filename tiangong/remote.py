@@ -529,6 +529,26 @@ def releases_promote(ctx: click.Context, product: str, version: str, to: str | N
          f"{done_['to']}: {planned}", done_)
 
 
+@releases.command("approve-promotion")
+@click.argument("product")
+@click.argument("version")
+@click.option("--to", "to", default=None, metavar="CHANNEL",
+              help="The channel (default: the next one).")
+@click.option("--comment", default="")
+@json_option
+@click.pass_context
+def releases_approve_promotion(ctx: click.Context, product: str, version: str, to: str | None,
+                               comment: str, as_json: bool) -> None:
+    """Approve promoting a release into a channel (scope approve; approvers, never the
+    release's author). Counts toward the channel's approvals rule; `remote releases
+    promote` then promotes."""
+    out = _run(ctx, "POST", f"/releases/{_q(product)}/{_q(version)}/promotion-approvals",
+               body={"to": to, "comment": comment})
+    done(as_json, f"promoting {product} {version} to {out['channel']} approved "
+         f"({len(out['approvers'])} of {out['required']} required: "
+         f"{', '.join(out['approvers'])})", out)
+
+
 @releases.command("recall")
 @click.argument("product")
 @click.argument("version")

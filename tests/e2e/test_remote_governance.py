@@ -156,6 +156,21 @@ def _override_part(tmp: Path, data: Path, env: dict[str, str], server: HubServe,
     assert [(a, actor) for a, actor, _d in _events(data, "override.")] == [
         ("override.request", "op"), ("override.confirm", "admin")]
 
+    # Approving a promotion remotely: an approver may, the operator may not.
+    run("hub", "--local-admin", "admin", "channels", "rule", "hello", "CANARY", "--approvals",
+        "1", env=env)
+    op_approve = token_file(data, tmp, "op", "op-approve", ["approve"])
+    refused = _remote(server, op_approve, "releases", "approve-promotion", "hello", "1.0.0",
+                      check=False)
+    assert refused.returncode == 1 and "(403 forbidden)" in refused.stderr
+    assert _events(data, "channel.promotion_approve") == []
+    appr = token_file(data, tmp, "appr", "appr-approve", ["approve"])
+    said = _remote(server, appr, "releases", "approve-promotion", "hello", "1.0.0",
+                   "--comment", "canary ok").stdout.strip()
+    assert said == "promoting hello 1.0.0 to CANARY approved (1 of 1 required: appr)"
+    [(_a, actor, details)] = _events(data, "channel.promotion_approve")
+    assert actor == "appr" and details["via"].startswith("api-token:tgp_")
+
 
 def test_site_secrets_managed_remotely(
     tmp_path: Path, served: tuple[Path, dict[str, str], HubServe]
