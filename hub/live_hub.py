@@ -122,7 +122,8 @@ SEEN_FLUSH_SECONDS = 1.0  # seconds between two writes of the heartbeats' last_s
 EXPORT_RETRY_SECONDS = 60.0  # seconds before an export that failed is tried again unchanged
 SYSTEM_ACTOR = "live"  # ServiceContext.system of the live server (audited as system:live)
 HAVE_IT = CANCEL_HAVE_IT  # the agent already holds this bundle (docs/live-protocol.md §4.2)
-EXPORT_THREADS = 2  # threads exporting bundles at once (CPU-bound: more only contend for the GIL)
+EXPORT_THREADS = 3  # threads exporting bundles (a burst's two calls at once, one for the rest)
+BURST_CALLS = 2  # export calls of one burst at once: one's fsyncs and commits overlap the other
 LIVE_EXPORT_BATCH = 100  # agents whose queued deployments one export call takes at once
 #: a burst's first export calls take this many agents each, then LIVE_EXPORT_BATCH: the first
 #: bundles leave after a few exports, the rest in calls that cost little per bundle
@@ -1001,43 +1002,49 @@ class LiveHub:
 
     async def _push_burst(self, due: list[tuple[str, tuple[int, int | None]]]) -> None:
         """Export the queued deployments of the agents in ``due`` and offer each its spool,
-        as a pipeline: one export call after another (:data:`BURST_STEPS` agents for the
-        first calls, then :data:`LIVE_EXPORT_BATCH`), each call's agents offered while the
-        next call exports. The first bundles leave after the export of a few, not of a
-        hundred; one export thread works for the burst and the other stays free for single
-        pushes and the ``delivered`` bookkeeping. Each agent's push lock is held from the
-        start until its offer (agents whose push is already under way are left to it), so
-        the next rounds of the push loop leave them alone."""
-        held: dict[str, tuple[tuple[int, int | None], asyncio.Lock]] = {}
+        as a pipeline: export calls in order (:data:`BURST_STEPS` agents for the first
+        calls, then :data:`LIVE_EXPORT_BATCH`), :data:`BURST_CALLS` at a time (one's disk
+        waits — fsyncs, commits — overlap the other's work), each call's agents offered as
+        soon as it is done, while later calls export. The first bundles leave after the
+        export of a few, not of a hundred; one export thread stays free for single pushes
+        and the ``delivered`` bookkeeping. Each agent's push lock is held from the start
+        until its offer (agents whose push is already under way are left to it), so the next
+        rounds of the push loop leave them alone."""
+        held: list[tuple[str, tuple[int, int | None], asyncio.Lock]] = []
         for agent_id, fingerprint in due:
             lock = self._push_locks.setdefault(agent_id, asyncio.Lock())
             if lock.locked():
                 continue
             await lock.acquire()
-            held[agent_id] = (fingerprint, lock)
-        ids = list(held)
-        offers: list[asyncio.Task[None]] = []
+            held.append((agent_id, fingerprint, lock))
+        calls = asyncio.Semaphore(BURST_CALLS)  # FIFO: the calls start in order
+        chunks = []
+        start = 0
+        for size in _burst_sizes(len(held)):
+            chunks.append(held[start:start + size])
+            start += size
+        await asyncio.gather(*(self._burst_call(calls, chunk) for chunk in chunks))
+
+    async def _burst_call(self, calls: asyncio.Semaphore,
+                          chunk: list[tuple[str, tuple[int, int | None], asyncio.Lock]]) -> None:
+        """One export call of :meth:`_push_burst` (when ``calls`` lets it), then the offers
+        to its agents; their push locks are released in every case."""
+        ids = [agent_id for agent_id, _, _ in chunk]
+        counts: dict[str, tuple[int, int]] = {}
         try:
-            start = 0
-            for size in _burst_sizes(len(ids)):
-                chunk = ids[start:start + size]
-                start += size
-                try:
-                    counts = await self._in_pool(self._export_pool, self._export_many, chunk)
-                except (HubError, OSError, SQLAlchemyError) as exc:
-                    self.metrics.error("export_failed")
-                    log.error("live: cannot export for %d agents: %s", len(chunk), exc)
-                    for agent_id in chunk:
-                        self._export_failed[agent_id] = (
-                            held[agent_id][0], time.monotonic() + EXPORT_RETRY_SECONDS)
-                    counts = {}
-                offers.append(asyncio.create_task(self._offer_exported(
-                    [(agent_id, held.pop(agent_id)[1]) for agent_id in chunk], counts)))
-        finally:
-            for _, lock in held.values():  # cancelled before their export: not offered
+            async with calls:
+                counts = await self._in_pool(self._export_pool, self._export_many, ids)
+        except (HubError, OSError, SQLAlchemyError) as exc:
+            self.metrics.error("export_failed")
+            log.error("live: cannot export for %d agents: %s", len(ids), exc)
+            for agent_id, fingerprint, _ in chunk:
+                self._export_failed[agent_id] = (fingerprint,
+                                                 time.monotonic() + EXPORT_RETRY_SECONDS)
+        except BaseException:
+            for _, _, lock in chunk:  # cancelled before the offers: nothing to offer
                 lock.release()
-            if offers:
-                await asyncio.wait(offers)
+            raise
+        await self._offer_exported([(agent_id, lock) for agent_id, _, lock in chunk], counts)
 
     async def _offer_exported(self, agents: list[tuple[str, asyncio.Lock]],
                               counts: dict[str, tuple[int, int]]) -> None:
