@@ -87,12 +87,14 @@ PROFILE = False  # --profile: cProfile the import (its figures then include the 
 class Hub:
     """A migrated hub database with admin, op, dev, appr1 and environment ``test``."""
 
-    def __init__(self, url: str, work: Path) -> None:
+    def __init__(self, url: str, work: Path, *, fresh: bool = True) -> None:
         self.engine: Engine = make_engine(url)
-        upgrade(self.engine)
         self.session = Session(self.engine, expire_on_commit=False)
         self.keys = make_keys("hub-bench").hub
         self.work = work
+        if not fresh:  # a copy of a hub set up already (--repeat)
+            return
+        upgrade(self.engine)
         bootstrap_admin(self.session, utc_now, "admin")
         admin = self.ctx("admin")
         create_environment(admin, "test")
@@ -239,13 +241,13 @@ def import_fn(name: str) -> Callable[..., Any]:
 
 
 def timed_import(
-    hub: Hub, src: Path, work: Path, batch_size: int
+    hub: Hub, src: Path, work: Path, batch_size: int, results: str = "results"
 ) -> tuple[float, dict[str, int], Timers]:
     """``import_directory`` over ``src`` with every phase timed."""
     t = Timers()
     ctx = hub.ctx("op")
     session = hub.session
-    results_dir = work / "results"
+    results_dir = work / results
     results_dir.mkdir()
     run = result_import._ImportRun
     ri = result_import
@@ -345,8 +347,37 @@ def verifier_floor(
     return verify_s, copy_s, flushes, fsyncs.seconds["fsync"] + fsyncs.seconds["syncfs"], nosync_s
 
 
+def repeat_imports(
+    copy_db: Callable[[str], str], work: Path, src: Path, batch_size: int, repeat: int
+) -> None:
+    """``repeat`` imports of the same files, each into a fresh copy of the hub database
+    (``copy_db(name)`` makes one and returns its URL), alternately with the verification
+    pool and without it (``--no-pool``): the two ways compared on the same files, minutes
+    apart at most. Prints a line per import and the median of each way."""
+    n = len(list(src.glob("*.tgr")))
+    walls: dict[str, list[float]] = defaultdict(list)
+    for k in range(repeat):
+        mode = "pool" if k % 2 == 0 else "no-pool"
+        vars(result_import)["POOL_MIN_FILES"] = 8 if mode == "pool" else 1000
+        hub = Hub(copy_db(f"bench_import_{k}"), work, fresh=False)
+        load = os.getloadavg()[0]
+        try:
+            wall, counts, t = timed_import(hub, src, work, batch_size, f"results-{k}")
+        finally:
+            hub.close()
+        walls[mode].append(wall)
+        print(f"  repeat {k + 1}/{repeat} ({mode:7}): {n / wall:5.0f} imports/s, "
+              f"{1000 * wall / n:.2f} ms/file; CPU {1000 * t.seconds['cpu'] / n:.2f} ms/file "
+              f"+ workers {1000 * t.seconds['workers_cpu'] / n:.2f}; load {load:.1f}; {counts}")
+    for mode, w in walls.items():
+        med = sorted(w)[len(w) // 2]
+        print(f"RESULT hub_import repeat mode={mode} runs={len(w)} "
+              f"median_imports_per_s={n / med:.0f} best={n / min(w):.0f}")
+
+
 def bench_import(
-    label: str, url: str, work: Path, count: int, batch_size: int
+    label: str, url: str, work: Path, count: int, batch_size: int,
+    copy_db: Callable[[str], str] | None = None, repeat: int = 0,
 ) -> dict[str, Any]:
     work.mkdir(parents=True)
     hub = Hub(url, work)
@@ -356,6 +387,12 @@ def bench_import(
         gen_s = time.perf_counter() - t
         files = sorted(src.glob("*.tgr"))
         total_bytes = sum(f.stat().st_size for f in files)
+        if copy_db is not None and repeat:
+            hub.close()  # a database with connections cannot be copied
+            pool_setting = vars(result_import)["POOL_MIN_FILES"]
+            repeat_imports(copy_db, work, src, batch_size, repeat)
+            vars(result_import)["POOL_MIN_FILES"] = pool_setting
+            hub = Hub(url, work, fresh=False)
         wall, counts, timers = timed_import(hub, src, work, batch_size)
         verify_s, copy_s, floor_fsyncs, floor_fsync_s, nosync_s = verifier_floor(
             hub, src, work, agent_id, public
@@ -748,6 +785,13 @@ def main() -> int:
         help="verify on the importing process's thread, never in worker processes (the "
         "default uses them for batches of more than 8 files on a machine with 2+ CPUs)",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=0,
+        help="PostgreSQL: before the detailed import, import the same files N more times "
+        "into fresh copies of the hub database, alternately with and without the pool",
+    )
     p.add_argument("--skip-import", action="store_true")
     p.add_argument("--skip-audit", action="store_true")
     p.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parents[2])
@@ -781,8 +825,16 @@ def main() -> int:
             if pg is not None:
                 pg.create_database("bench_import")
                 runs.append(("PostgreSQL", pg.sqlalchemy_url("bench_import"), work / "pg"))
+            def copy_db(name: str) -> str:
+                assert pg is not None
+                with pg.connect() as conn:
+                    conn.execute(f'CREATE DATABASE "{name}" TEMPLATE bench_import'.encode())
+                return pg.sqlalchemy_url(name)
+
             for label, url, wdir in runs:
-                print_import(bench_import(label, url, wdir, a.count, a.batch_size))
+                pg_copies = copy_db if label == "PostgreSQL" else None
+                print_import(bench_import(label, url, wdir, a.count, a.batch_size,
+                                          pg_copies, a.repeat))
         if not a.skip_audit:
             root = make_keys("hub-bench").hub.root_envelope
             bench_audit("SQLite", f"sqlite:///{work / 'audit.sqlite'}", events, root)
