@@ -36,12 +36,14 @@ from signing.keys import PublicKey
 from signing.roots import TrustedRoot
 
 __all__ = [
+    "POOL_MAX_LOAD_PER_CPU",
     "POOL_MAX_WORKERS",
     "POOL_MIN_FILES",
     "POOL_START_METHODS",
     "VerifiedResult",
     "VerifyJob",
     "VerifyPool",
+    "cores_free",
     "remove_staged",
     "start_method",
     "verify_copy",
@@ -54,6 +56,10 @@ POOL_MIN_FILES = 8
 #: hub's modules (about a second each), more than it saves on a directory of results; the
 #: importing process of a web server (threads: spawn) verifies on a thread instead.
 POOL_START_METHODS = frozenset({"fork"})
+#: The pool is used only while the 1-minute load average per CPU is below this, as the
+#: import starts: on cores kept busy by other work, verifying on a thread costs less CPU in
+#: all and was faster (docs/benchmarks.md, "Result import pipelined").
+POOL_MAX_LOAD_PER_CPU = 1.0
 POOL_MAX_WORKERS = 4  # worker processes at most (and never more than the CPUs)
 
 
@@ -210,6 +216,16 @@ def _worker_verify(job: VerifyJob) -> VerifiedResult | Rejected:
             staging = None  # staged beside the results instead
         job = dataclasses.replace(job, memory_staging=staging)
     return verify_copy(job, _worker_root)
+
+
+def cores_free(cpus: int) -> bool:
+    """True when the machine's 1-minute load average leaves room on its ``cpus`` CPUs
+    (:data:`POOL_MAX_LOAD_PER_CPU`); True where the load average cannot be read."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return True
+    return load < POOL_MAX_LOAD_PER_CPU * cpus
 
 
 def _ready() -> None:

@@ -59,6 +59,7 @@ from hub.services.import_verify import (
     VerifiedResult,
     VerifyJob,
     VerifyPool,
+    cores_free,
     start_method,
     verify_copy,
 )
@@ -313,8 +314,9 @@ class _ImportRun:
             self.trusted = self.ctx.keys.trusted_root
         if not batches:
             return
-        if (self.pool is None and max(len(b) for b in batches) > POOL_MIN_FILES
-                and (os.cpu_count() or 1) > 1 and start_method() in POOL_START_METHODS):
+        cpus = os.cpu_count() or 1
+        if (self.pool is None and max(len(b) for b in batches) > POOL_MIN_FILES and cpus > 1
+                and start_method() in POOL_START_METHODS and cores_free(cpus)):
             # Started before this import starts a thread: forked workers inherit no lock
             # another thread holds.
             self.pool = VerifyPool(self.trusted)
@@ -487,8 +489,9 @@ class _ImportRun:
         """Verify each private copy against the enrolled key (every check, every digest):
         in the run's worker processes when it has them (:meth:`import_batches` starts them
         for batches of more than :data:`POOL_MIN_FILES` files, on a machine with more than
-        one CPU, when they can be forked) and the batch has more than that many files to
-        verify, else on this thread. Either way the outcome is :func:`verify_copy`'s."""
+        one CPU not kept busy by other work, when they can be forked) and the batch has more
+        than that many files to verify, else on this thread. Either way the outcome is
+        :func:`verify_copy`'s."""
         todo = [inc for inc in batch
                 if inc.rejected is None and inc.row is None and inc.copy is not None]
         if not todo:

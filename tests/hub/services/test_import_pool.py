@@ -5,6 +5,7 @@ files — on two copies of one hub database."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -107,6 +108,7 @@ def test_a_batch_verified_in_worker_processes_imports_as_in_process(
     monkeypatch.setattr(result_import, "POOL_MIN_FILES", 8)
     # Spawned workers are not used by default (slow to start): allowed here.
     monkeypatch.setattr(result_import, "POOL_START_METHODS", frozenset({"fork", "spawn"}))
+    monkeypatch.setattr(result_import, "cores_free", lambda cpus: True)  # however busy
     db = tmp_path / "hub.sqlite"
     world = _world(f"sqlite:///{db}", clock, keys, tmp_path / "releases")
     upgrade(world.session.get_bind())  # type: ignore[arg-type]
@@ -170,3 +172,19 @@ def test_a_rejection_crosses_the_process_boundary_whole() -> None:
     rejected = pickle.loads(sent)  # noqa: S301 - our own bytes, as the pool sends them
     assert (rejected.reason, rejected.check, rejected.agent_id) == (
         "a.tgr: digest mismatch", "digest", "s-1")
+
+
+@pytest.mark.parametrize(("load", "free"), [(0.5, True), (1.9, True), (2.0, False),
+                                            (7.5, False), (None, True)])
+def test_the_pool_is_left_out_while_the_cores_are_busy(
+    monkeypatch: pytest.MonkeyPatch, load: float | None, free: bool
+) -> None:
+    """On two CPUs: the pool is used below a load average of 2 (or when it is unknown)."""
+
+    def getloadavg() -> tuple[float, float, float]:
+        if load is None:
+            raise OSError("no load average here")
+        return (load, 0.0, 0.0)
+
+    monkeypatch.setattr(os, "getloadavg", getloadavg)
+    assert import_verify.cores_free(2) is free
