@@ -65,6 +65,7 @@ READY_PREFIX = "ready-"  # a staged bundle's directory: READY_PREFIX + envelope 
 FILES_DIR = "files"
 _WORK_PREFIX = ".verifying-"
 _SPOOL = "spool.zst"
+_SPOOL2 = "spool-2.zst"  # the second spool of threaded staging (when there is room)
 
 #: ``progress(phase, done, total)``
 ProgressFn = Callable[[str, int, int], None]
@@ -345,16 +346,26 @@ class Stager:
         A reader thread copies and hashes members (§9.4) up to ``_READ_AHEAD`` members
         ahead; only members whose compressed SHA-256 matched reach this thread, which checks
         the frame and decompresses them (§9.5); a writer thread hashes and writes the output
-        (:class:`_OutputWriter`). The one spool is reused only after its member has been
-        decompressed. Errors are raised in member order, as the one-thread loop raises them:
+        (:class:`_OutputWriter`). A spool is reused only after its member has been
+        decompressed; a second spool (so that the next large member is copied while one is
+        decompressed) is used only when the staging file system has room for it beyond what
+        §9.3 rule 8 checked. Errors are raised in member order, as the one-thread loop raises them:
         a reader error when this thread reaches its member, and before any later error, the
         content digests of every earlier member.
         """
-        ahead: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_READ_AHEAD)
+        ahead: queue.Queue[bytes | int | BaseException] = queue.Queue(maxsize=_READ_AHEAD)
         stop = threading.Event()
-        spool_free = threading.Semaphore(1)
+        spools = [spool]
+        big = sorted((f.compressed_size for f in m.files if f.compressed_size > BUFFER_BYTES),
+                     reverse=True)
+        if len(big) > 1 and shutil.disk_usage(work).free > big[0] + big[1] + sum(
+                f.size for f in m.files) + self.limits.staging_reserve_bytes:
+            spools.append(_Spool(work / _SPOOL2))
+        free: queue.Queue[int] = queue.Queue()
+        for number in range(len(spools)):
+            free.put(number)
 
-        def hand_over(item: bytes | BaseException | None) -> bool:
+        def hand_over(item: bytes | int | BaseException) -> bool:
             while not stop.is_set():
                 try:
                     ahead.put(item, timeout=_POLL_SECONDS)
@@ -366,12 +377,20 @@ class Stager:
         def read_all() -> None:
             try:
                 for entry in m.files:
+                    number = 0
                     if entry.compressed_size > BUFFER_BYTES:
-                        while not spool_free.acquire(timeout=_POLL_SECONDS):
-                            if stop.is_set():
-                                return
-                    if stop.is_set() or not hand_over(
-                            self._copy_member(reader, entry, spool, progress.add_quietly)):
+                        while True:
+                            try:
+                                number = free.get(timeout=_POLL_SECONDS)
+                                break
+                            except queue.Empty:
+                                if stop.is_set():
+                                    return
+                    if stop.is_set():
+                        return
+                    memory = self._copy_member(reader, entry, spools[number],
+                                               progress.add_quietly)
+                    if not hand_over(memory if memory is not None else number):
                         return
             except BaseException as exc:  # raised in this thread's turn, in member order
                 hand_over(exc)
@@ -387,12 +406,12 @@ class Stager:
                 item = ahead.get()
                 if isinstance(item, BaseException):
                     raise item
-                chunks = iter((item,)) if item is not None else spool.chunks(
+                chunks = iter((item,)) if isinstance(item, bytes) else spools[item].chunks(
                     entry.compressed_size)
                 self._decompress(entry, chunks, work / FILES_DIR / staged_name(index),
                                  progress.add, out, index)
-                if item is None:
-                    spool_free.release()
+                if isinstance(item, int):
+                    free.put(item)
                 bad = _first_mismatch(out.finished(), at)
                 if bad is not None:
                     at = bad[0]
@@ -402,6 +421,8 @@ class Stager:
             failure = exc
         stop.set()
         thread.join()
+        for extra in spools[1:]:
+            extra.remove()
         done, write_error = out.close()
         # The content digests of members before the failing one come first, as in one thread.
         bad = _first_mismatch(done, at - 1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import zstandard
 from bundle import staging as staging_mod
 from bundle.container import member_span
 from bundle.errors import DigestMismatchError
-from bundle.reader import VerifierState
+from bundle.reader import VerifierState, staging_needed
 from tests.bundle.kit import craft_bundle, staging_entries, verify
 from tests.bundle.test_parts import *  # noqa: F403
 from tests.bundle.test_reader import *  # noqa: F403
@@ -133,6 +134,19 @@ def test_a_write_error_in_the_writer_thread(trust: TrustKit, out: Path, staging:
     assert not {n for n in after - before if n.startswith("bundle-stage")}
 
 
+def _created(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the files staging creates, in order."""
+    created: list[str] = []
+    real = staging_mod._create_private
+
+    def spy(path: Path, *, readable: bool = False) -> int:
+        created.append(path.name)
+        return real(path, readable=readable)
+
+    monkeypatch.setattr(staging_mod, "_create_private", spy)
+    return created
+
+
 @pytest.mark.parametrize("threshold", [0, 1 << 62], ids=["threads", "one-thread"])
 def test_without_keep_every_file_is_written_checked_and_removed(
         trust: TrustKit, out: Path, staging: Path, monkeypatch: pytest.MonkeyPatch,
@@ -140,14 +154,7 @@ def test_without_keep_every_file_is_written_checked_and_removed(
     """``keep=False`` (``bundle verify`` without --keep): every payload is still written,
     decompressed and checked, and removed once checked; a bad one is still refused."""
     monkeypatch.setattr(staging_mod, "PIPELINE_MIN_BYTES", threshold)
-    written: list[str] = []
-    real = staging_mod._create_private
-
-    def spy(path: Path, *, readable: bool = False) -> int:
-        written.append(path.name)
-        return real(path, readable=readable)
-
-    monkeypatch.setattr(staging_mod, "_create_private", spy)
+    written = _created(monkeypatch)
     payloads = [(f"f{i}", bytes([i]) * 5000, _zstd(bytes([i]) * 5000)) for i in range(4)]
     payloads.append(("big", _BIG, _zstd(_BIG)))
     craft_bundle(out / "b.tgb", trust, payloads)
@@ -160,3 +167,28 @@ def test_without_keep_every_file_is_written_checked_and_removed(
     with pytest.raises(DigestMismatchError, match=r"'f2'"):
         verify(out / "c.tgb", trust, staging, state=VerifierState(), keep=False)
     assert staging_entries(staging) == [vb.staged_dir.name]
+
+
+@pytest.mark.parametrize("room", [True, False], ids=["room-for-two-spools", "room-for-one"])
+def test_a_second_spool_only_when_there_is_room(
+        trust: TrustKit, out: Path, staging: Path, monkeypatch: pytest.MonkeyPatch,
+        room: bool) -> None:
+    """Two large members: the second is copied into a second spool while the first is
+    decompressed, but only if the staging file system has room for both beyond what the
+    space rule checked; the files are the same either way and no spool is left."""
+    created = _created(monkeypatch)
+    payloads = [("a", b"a" * 100, _zstd(b"a" * 100)), ("big1", _BIG, _zstd(_BIG)),
+                ("big2", _BIG[::-1], _zstd(_BIG[::-1])), ("big3", _BIG[1:], _zstd(_BIG[1:]))]
+    m = craft_bundle(out / "b.tgb", trust, payloads)
+    if not room:
+        # Room for what the space rule asks (one spool) and 1 MiB more, not a second spool.
+        usage = shutil.disk_usage
+        free = staging_needed(m) + (1 << 20)
+        monkeypatch.setattr(shutil, "disk_usage",
+                            lambda path: usage(path)._replace(free=free))
+    vb = verify(out / "b.tgb", trust, staging)
+    spools = sorted({n for n in created if n.startswith("spool")})
+    assert spools == (["spool-2.zst", "spool.zst"] if room else ["spool.zst"])
+    assert [vb.files[name].read_bytes() for name, _, _ in payloads] == [
+        content for _, content, _ in payloads]
+    assert sorted(os.listdir(vb.staged_dir)) == ["files"]
