@@ -331,6 +331,13 @@ EXPECTED: dict[str, View] = {
     "environments.show": View(
         get=VIEW_TEST, args=lambda w: {"name": "test"}, scope=VIEW_TEST, **TEST_ENVIRONMENT
     ),
+    "environments.preflight_policy": View(
+        post=ADMIN,
+        args=lambda w: {"name": "test"},
+        form=lambda w: {"within_h": "24"},
+        scope=VIEW_TEST,
+        **TEST_ENVIRONMENT,
+    ),
     "environments.required_approvals": View(
         post=ADMIN,
         args=lambda w: {"name": "test"},

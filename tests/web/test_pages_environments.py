@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from hub.db import Environment, db
+from hub.db import AuditEvent, Environment, db
 from hub.services.approvals import approve_release
 from hub.services.deployments import queue_deployment
 from hub.services.environments import get_environment
@@ -143,3 +143,39 @@ def test_environment_page_shows_its_adhoc_policy(site: Site) -> None:
         db.session.commit()
     after = site.client("view-test").get("/environments/test").get_data(as_text=True)
     assert 'id="adhoc-policy">ad-hoc runs need no approval' in after
+
+
+def test_admin_sets_and_clears_the_preflight_policy(site: Site) -> None:
+    """The environment page's preflight policy form (docs/rollouts.md, "Preflight policy of
+    an environment"): admins only, bounded, audited; a refusal changes nothing."""
+
+    def policy() -> int | None:
+        with site.app.app_context():
+            return db.session.scalar(select(Environment.preflight_within_h)
+                                     .where(Environment.name == "test"))
+
+    def events() -> int:
+        with site.app.app_context():
+            return len(list(db.session.scalars(select(AuditEvent.seq).where(
+                AuditEvent.action == "environment.preflight_policy"))))
+
+    assert site.post(site.client("op"), "/environments/test/preflight-policy",
+                     {"within_h": "24"}).status_code == 403
+    assert site.post(site.client("op"), "/environments/test/preflight-policy",
+                     {"within_h": "soon"}).status_code == 403  # 403 before 400
+    c = site.client("admin")
+    for bad, words in (("0", "a preflight policy of 0 h: give 1 … 720 hours"),
+                       ("721", "of 721 h"), ("soon", "not &#39;soon&#39;")):
+        resp = site.post(c, "/environments/test/preflight-policy", {"within_h": bad})
+        assert resp.status_code == 400 and words in resp.get_data(as_text=True), bad
+    assert policy() is None and events() == 0
+    page = c.get("/environments/test").get_data(as_text=True)
+    assert 'id="preflight-policy-form"' in page and "no preflight policy" in page
+    done = site.post(c, "/environments/test/preflight-policy", {"within_h": "24"})
+    assert done.status_code == 302 and policy() == 24
+    page = c.get("/environments/test").get_data(as_text=True)
+    assert "passed on each target agent within 24 h" in page
+    assert 'id="preflight-policy-form"' not in \
+        site.client("op").get("/environments/test").get_data(as_text=True)
+    site.post(c, "/environments/test/preflight-policy", {"within_h": ""})
+    assert policy() is None and events() == 2
