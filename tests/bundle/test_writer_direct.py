@@ -171,7 +171,7 @@ def test_placed_frames_are_read_back_once(
     assert "bundle-placed-check" in threads
 
 
-def test_a_placed_frame_changed_on_the_device_after_its_check_is_not_missed(
+def test_without_sync_file_range_the_final_re_read_checks_placed_frames(
         trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without sync_file_range (other systems) nothing is checked early: the final re-read
     reads the placed frames too and still finds a changed byte."""
