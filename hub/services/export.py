@@ -235,6 +235,8 @@ def export_agents(
     now = ctx.now()
     stale = stale_claims(ctx.session, environment, None, now, agent_ids=wanted)
     pending = pending_exports(ctx.session, environment, agent_ids=wanted)
+    # Their agents in one query (not a lazy load each): their spool directories below.
+    _load_deployments(ctx.session, [d.id for d in [*stale, *pending]])
     if pending:
         pending, report.held = hold_back(ctx.session, pending, now, live=live)
     ctx.session.commit()
