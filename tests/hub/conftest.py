@@ -3,6 +3,7 @@ the hub's keys, users with roles, and release directories."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -121,6 +122,23 @@ def world(session: Session, clock: FakeClock, keys: Keys, tmp_path: Path) -> Wor
     seed_people(w.ctx("admin"), PEOPLE)
     session.commit()
     return w
+
+
+@contextlib.contextmanager
+def world_on(url: str, clock: FakeClock, keys: Keys, tmp_path: Path) -> Iterator[World]:
+    """The ``world`` fixture's World on the database at ``url`` (migrated here; its engine
+    disposed of at the end): for tests that run on every database the hub supports."""
+    engine = make_engine(url)
+    upgrade(engine)
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            bootstrap_admin(session, clock, "admin")
+            w = World(session, clock, keys, tmp_path / "releases")
+            seed_people(w.ctx("admin"), PEOPLE)
+            session.commit()
+            yield w
+    finally:
+        engine.dispose()
 
 
 def seed_people(admin: ServiceContext, people: Mapping[str, tuple[str, ...]]) -> None:

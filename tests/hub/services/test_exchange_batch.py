@@ -34,8 +34,8 @@ from hub.migrate import upgrade
 from hub.services import audit, result_import
 from hub.services.context import ServiceContext
 from hub.services.exchange import ImportRow, import_directory
-from hub.services.users import bootstrap_admin, get_user
-from tests.hub.conftest import PEOPLE, FakeClock, Keys, World, seed_people
+from hub.services.users import get_user
+from tests.hub.conftest import FakeClock, Keys, World, world_on
 from tests.hub.services.test_concurrency import _in_threads
 from tests.hub.services.test_exchange import _agent, _result
 
@@ -50,18 +50,8 @@ def any_world(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock,
         url = f"sqlite:///{tmp_path / 'hub.sqlite'}"
     else:
         url = request.getfixturevalue("pg_db")
-    engine = make_engine(url)
-    upgrade(engine)
-    session = Session(engine, expire_on_commit=False)
-    try:
-        bootstrap_admin(session, clock, "admin")
-        w = World(session, clock, keys, tmp_path / "releases")
-        seed_people(w.ctx("admin"), PEOPLE)
-        session.commit()
+    with world_on(url, clock, keys, tmp_path) as w:
         yield w
-    finally:
-        session.close()
-        engine.dispose()
 
 
 def _results(agent: Agent, n: int) -> list[Path]:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import event, select
-from sqlalchemy.orm import Session
 
 from hub.db import Agent as AgentRow
 from hub.db import (
@@ -20,10 +19,8 @@ from hub.db import (
     Deployment,
     Release,
     SequenceCounter,
-    make_engine,
     make_session_factory,
 )
-from hub.migrate import upgrade
 from hub.services import export as export_service
 from hub.services.agents import EnrollmentRequest, enroll_agent
 from hub.services.approvals import approve_release
@@ -32,10 +29,10 @@ from hub.services.context import ServiceContext
 from hub.services.deployments import queue_deployment
 from hub.services.export import FRAMES_DIR, export_agents, export_environment
 from hub.services.releases import create_release, submit_release
-from hub.services.users import bootstrap_admin, get_user
+from hub.services.users import get_user
 from signing.keys import BoxKeyPair, SigningKey
 from tests.e2e import test_live as e2e_live
-from tests.hub.conftest import PEOPLE, FakeClock, Keys, World, seed_people
+from tests.hub.conftest import FakeClock, Keys, World, world_on
 
 HELLO = Path(__file__).resolve().parents[3] / "examples" / "releases" / "hello-1.0.0"
 file_world = e2e_live.file_world  # the fixture: the hub World on a SQLite file
@@ -178,23 +175,10 @@ def any_world(request: pytest.FixtureRequest, keys: Keys, clock: FakeClock,
               tmp_path: Path) -> Iterator[World]:
     """The hub World on each database the hub supports (the batch's statements: IN lists,
     an executemany UPDATE, a grouped MAX)."""
-    url = {"sqlite": "sqlite://", "postgresql": None, "mariadb": None}[request.param]
-    if request.param == "postgresql":
-        url = request.getfixturevalue("pg_db")
-    elif request.param == "mariadb":
-        url = request.getfixturevalue("mysql_db")
-    assert url is not None
-    engine = make_engine(url)
-    upgrade(engine)
-    try:
-        with Session(engine, expire_on_commit=False) as session:
-            bootstrap_admin(session, clock, "admin")
-            w = World(session, clock, keys, tmp_path / "releases")
-            seed_people(w.ctx("admin"), PEOPLE)
-            session.commit()
-            yield w
-    finally:
-        engine.dispose()
+    url = {"sqlite": lambda: "sqlite://", "postgresql": lambda: request.getfixturevalue("pg_db"),
+           "mariadb": lambda: request.getfixturevalue("mysql_db")}[request.param]()
+    with world_on(url, clock, keys, tmp_path) as world:
+        yield world
 
 
 def test_a_batch_records_what_one_at_a_time_would(any_world: World, tmp_path: Path) -> None:
