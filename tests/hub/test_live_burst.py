@@ -165,3 +165,18 @@ def test_a_burst_to_hundreds_of_agents_completes_although_exports_fail_now_and_t
         AuditEvent.action == "deployment.delivered")))
     assert len(delivered) == AGENTS and set(delivered.values()) == {1}  # each once
     assert all(len(a.offers) >= 1 for a in agents)
+
+
+def test_a_burst_is_cut_into_growing_export_calls_that_cover_every_agent() -> None:
+    """The pipeline's export calls (hub.live_hub._burst_sizes): a few agents first, so the
+    first bundles leave early, then LIVE_EXPORT_BATCH at a time; every agent exactly once."""
+    assert list(live_hub._burst_sizes(0)) == []
+    assert list(live_hub._burst_sizes(3)) == [3]
+    first = list(live_hub.BURST_STEPS)
+    sizes = list(live_hub._burst_sizes(1000))
+    assert sizes[:len(first)] == first and first == sorted(first)
+    assert set(sizes[len(first):-1]) == {live_hub.LIVE_EXPORT_BATCH}
+    assert 0 < sizes[-1] <= live_hub.LIVE_EXPORT_BATCH
+    for count in (1, 5, 6, 74, 75, 76, 9_999):
+        sizes = list(live_hub._burst_sizes(count))
+        assert sum(sizes) == count and all(s > 0 for s in sizes)
