@@ -40,7 +40,7 @@ MiB = 1024 * 1024
 
 
 class _Drop:
-    def write(self, part: int, data: bytes) -> None:
+    def write(self, part: int, data: bytes | memoryview) -> None:
         pass
 
 

@@ -63,7 +63,7 @@ class _RawSink:
     def __init__(self, fh: IO[bytes] | None) -> None:
         self.fh = fh
 
-    def write(self, part: int, data: bytes) -> None:
+    def write(self, part: int, data: bytes | memoryview) -> None:
         if self.fh is None:
             return
         view = memoryview(data)
@@ -209,7 +209,7 @@ class FileReceiver:
             self._pending_bytes -= self._pending.popleft()[0]
         return self._pending_bytes
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: bytes | memoryview) -> None:
         """Hand over one chunk received at ``offset`` (checked, hashed and written in order).
 
         Raises:

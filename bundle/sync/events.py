@@ -100,7 +100,7 @@ class ChunkReceived:
 
     transfer: str
     offset: int
-    data: bytes
+    data: bytes | memoryview  # a read-only view into the received message
 
 
 @dataclass(frozen=True)

@@ -172,7 +172,7 @@ class HubSide(Connection):
                                    f"{self._log_rate:g}/s")
         h = msg.header
         self._events.append(LogReceived(h["bundle_id"], h["step"], h["seq"], h["stream"],
-                                        msg.body.decode("utf-8")))
+                                        bytes(msg.body).decode("utf-8")))
 
 
 class AgentSide(Connection):

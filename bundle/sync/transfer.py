@@ -57,7 +57,7 @@ class Sink(Protocol):
     """Where a :class:`TransferReceiver` writes: part ``part`` (0 when not split) gets
     ``data`` appended. Files, fsync and renames are the caller's business."""
 
-    def write(self, part: int, data: bytes) -> None: ...
+    def write(self, part: int, data: bytes | memoryview) -> None: ...
 
 
 class TransferReceiver:
@@ -88,15 +88,15 @@ class TransferReceiver:
         """Index of the part the next byte belongs to."""
         return self._part
 
-    def absorb_existing(self, data: bytes) -> None:
+    def absorb_existing(self, data: bytes | memoryview) -> None:
         """Account for bytes already stored (before resuming); nothing is written."""
         self._feed(self.offset, data, write=False)
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: bytes | memoryview) -> None:
         """Check and write one chunk received at ``offset``."""
         self._feed(offset, data, write=True)
 
-    def _feed(self, offset: int, data: bytes, *, write: bool) -> None:
+    def _feed(self, offset: int, data: bytes | memoryview, *, write: bool) -> None:
         name = self.offer.name
         if offset != self.offset:
             raise OutOfOrderError(f"{name}: chunk at offset {offset}, expected {self.offset}")

@@ -135,3 +135,17 @@ def test_bad_bytes_are_refused_and_nothing_reaches_the_inbox(tmp_path: Path, cas
     assert list(config.staging.glob("live-*.part")) == []
     if "001" in case:
         assert all(a <= 9 * MiB for a in hub.acks)  # part 001 ends at 9 MiB
+
+
+def test_a_file_the_agent_cannot_write_is_cancelled_as_io_error(tmp_path: Path) -> None:
+    """The staging file cannot be opened (here: a directory stands in its place): the hub
+    hears CANCEL ``io-error`` (it keeps the bundle for the next connection) and nothing
+    reaches the inbox."""
+    data = os.urandom(3 * MiB)
+    (tmp_path / "staging" / "live-b-1.part").mkdir(parents=True)
+    hub, config = _deliver(tmp_path, _offer(data), data)
+    ended = hub.ended[0]
+    assert isinstance(ended, TransferCancelled) and ended.code == "io-error"
+    assert hub.acks == []
+    assert list(config.inbox.iterdir()) == []
+    assert (config.staging / "live-b-1.part").is_dir()  # nothing of it was touched

@@ -93,7 +93,7 @@ class FakeClock:
 class MemorySink:
     parts: dict[int, bytearray] = field(default_factory=dict)
 
-    def write(self, part: int, data: bytes) -> None:
+    def write(self, part: int, data: bytes | memoryview) -> None:
         self.parts.setdefault(part, bytearray()).extend(data)
 
     def joined(self) -> bytes:
@@ -925,3 +925,17 @@ def test_arbitrary_bytes_raise_only_sync_errors(side: str, messages: list[bytes]
         conn.events_received()
         for out in conn.data_to_send():
             decode_message(out)  # whatever we answer is itself well-formed
+
+
+def test_a_chunk_body_is_a_read_only_view_of_the_message_not_a_copy() -> None:
+    """File bytes are not copied out of the WebSocket message (a 1 MiB copy per chunk was the
+    biggest cost left in the agent's event loop); the view cannot change the message, and
+    bodies that are read as text stay ``bytes``."""
+    data = bytes(range(256)) * 4096
+    message = encode_message(MessageType.CHUNK, {"transfer": "t-1", "offset": 0}, data)
+    body = decode_message(message).body
+    assert isinstance(body, memoryview) and body.readonly and body.obj is message
+    assert body == data
+    log = encode_message(MessageType.LOG, {"bundle_id": "b-1", "step": 0, "seq": 0,
+                                           "stream": "stdout"}, b"line")
+    assert decode_message(log).body == b"line" and isinstance(decode_message(log).body, bytes)
