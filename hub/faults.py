@@ -34,6 +34,9 @@ CRASH_POINTS: dict[str, str] = {
     "media index not written yet",
     "hub.export-indexing": "the media index being rewritten: its lock file held and a "
     "temporary copy written, not renamed",
+    "hub.plan-written": "hub releases plan: the plan's sequence committed (its row, no "
+    "files yet) and its file written under its final name, the files and audit event not "
+    "committed",
     "hub.import-copies-synced": "a batch's verified private copies (.incoming-*) fsynced in "
     "the results directory, not yet renamed; the batch before it may be recorded or "
     "committed (the import is pipelined)",

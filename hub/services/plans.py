@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from bundle.manifest import Target
@@ -49,6 +50,7 @@ from hub.errors import (
     RefusalEvent,
     ValidationError,
 )
+from hub.faults import crash_point
 from hub.services import audit
 from hub.services.agents import get_agent
 from hub.services.approval_export import bundle_approvals
@@ -177,6 +179,11 @@ def create_plan(ctx: ServiceContext, release: Release, *, environment: str | Non
     name = f"{row.bundle_id}.tgb"
     dirs = ([out_dir] if out_dir is not None else
             [keys.data_dir / LIVE_SPOOL / a.agent_id for a in agents])  # type: ignore[operator]
+    # The sequence is committed before any file carries it: on SQLite a rolled-back id is
+    # handed out again, so a process killed after writing the file would leave a plan on the
+    # media (or in the live spool) whose sequence the next plan reuses, and the site would
+    # refuse that next plan as a replay. Killed from here on, the row stays, with no files.
+    session.commit()
     written: list[Path] = []
     try:
         first = dirs[0]
@@ -193,7 +200,9 @@ def create_plan(ctx: ServiceContext, release: Release, *, environment: str | Non
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
+        _forget_unwritten(session, row)
         raise
+    crash_point("hub.plan-written")
     row.files = [str(p) for p in written]
     audit.record(ctx, "plan.create", "release", str(release.id), {
         "release": release.label, "plan": row.id, "bundle_id": row.bundle_id,
@@ -205,6 +214,18 @@ def create_plan(ctx: ServiceContext, release: Release, *, environment: str | Non
                       f"agent {who}" if agent is not None else f"environment {who}",
                       tuple(written), tuple(a.agent_id for a in agents), row.expires_at,
                       len(approvals), note)
+
+
+def _forget_unwritten(session: Session, row: PlanBundle) -> None:
+    """Remove the committed row of a plan whose files could not be written (they were
+    removed, so its sequence may be handed out again). Best effort: the error that got us
+    here is the one to report."""
+    try:
+        session.rollback()
+        session.delete(row)
+        session.commit()
+    except SQLAlchemyError:
+        session.rollback()
 
 
 def _scripts_withheld(release: Release, env: Environment, now: datetime) -> str | None:

@@ -33,6 +33,7 @@ EXPORT_POINTS = ["hub.export-claimed", "hub.export-frame-caching", "hub.export-w
                  "hub.export-renamed",
                  "hub.export-recorded", "hub.export-indexing", "hub.audit-appended",
                  "hub.checkpoint-signed"]
+PLAN_POINTS = ["hub.plan-written"]
 IMPORT_POINTS = ["hub.import-copies-synced", "hub.import-stored", "hub.import-committed"]
 AGENTS = ("site-01", "site-02")
 
@@ -44,7 +45,7 @@ def test_every_crash_point_is_tested() -> None:
     from tests.hub.test_rollouts_processes import ROLLOUT_POINTS
     from tests.hub.test_root_install_crash import ROOT_POINTS
 
-    assert (set(EXPORT_POINTS) | set(IMPORT_POINTS) | set(ROOT_POINTS)
+    assert (set(EXPORT_POINTS) | set(IMPORT_POINTS) | set(PLAN_POINTS) | set(ROOT_POINTS)
             | set(ROLLOUT_POINTS) | set(NOTIFY_POINTS) | set(ROLLBACK_POINTS)
             | set(SCHEDULE_POINTS)) == set(CRASH_POINTS)
 
@@ -132,6 +133,29 @@ def test_export_killed_at(point: str, tmp_path: Path) -> None:
             assert not [p.name for p in frames.iterdir() if p.name.endswith(".tmp")]
             assert len(list(frames.glob("*.zst"))) == len(load_release(HELLO).files)
         _check(hub, usb, {"exported"})
+    finally:
+        hub.close()
+
+
+def test_a_plan_killed_after_writing_its_file_never_lends_its_sequence_to_the_next(
+        tmp_path: Path) -> None:
+    """On SQLite a rolled-back id is handed out again: the plan's sequence is committed before
+    its file is written, so the file a killed run left and the next plan differ."""
+    hub, _ = _hub(tmp_path)
+    usb = tmp_path / "usb"
+    try:
+        plan = ("releases", "plan", "hello", "1.0.0", "--agent", AGENTS[0], "--out", str(usb))
+        _killed(hub, PLAN_POINTS[0], *plan)
+        (orphan,) = [inspect(p).manifest for p in usb.glob("*.tgb")]
+        again = hub.cli(*plan, "--json")
+        assert again.returncode == 0, again
+        made = json.loads(again.stdout)
+        assert made["sequence"] > orphan.sequence, (made, orphan.sequence)
+        assert made["bundle_id"] != orphan.bundle_id
+        seqs = sorted(inspect(p).manifest.sequence for p in usb.glob("*.tgb"))
+        assert seqs == [orphan.sequence, made["sequence"]]
+        listed = json.loads(hub.cli("releases", "plans", "hello", "1.0.0", "--json").stdout)
+        assert sorted(p["plan"] for p in listed) == seqs  # the killed one is listed, unanswered
     finally:
         hub.close()
 
