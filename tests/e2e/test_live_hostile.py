@@ -409,16 +409,23 @@ def test_transfer_messages_for_a_bundle_not_offered_to_this_agent_close_the_conn
     live = start_live()
     spool = site.data / "live-outbox" / "agent-b"
 
-    async def scenario() -> tuple[str, int | None]:
+    async def offered() -> str:
         b = await login(live, site, "agent-b")
         transfer = (await b.expect(OFFER))["transfer"]
         await b.ws.close()
+        return str(transfer)
+
+    # Taken once agent-b was offered its bundle (the hub may spool it only then): the test
+    # does not lean on earlier tests of this file having filled the spool.
+    transfer = arun(offered())
+    before = tree(spool)
+
+    async def scenario() -> tuple[str, int | None]:
         a = await login(live, site, "agent-a")
         body = b"z" if mtype == RESULT_CHUNK else b""
         await a.send(mtype, {"transfer": transfer, **header}, body)
         return await refused(a)
 
-    before = tree(spool)
     code, close = arun(scenario())
     assert (code, close) == ("out-of-order", 4005)
     assert tree(spool) == before and any(spool.glob("*.tgb"))
