@@ -42,7 +42,10 @@ from tests.e2e.test_live_serve import _accepts, _healthy, free_port
 from tests.hub.conftest import write_release
 
 DEADLINE = 90.0  # seconds for anything that crosses a process boundary (the machine is shared)
-PAYLOAD_MIB = 96  # random, so incompressible: the bundle is as large, the transfer takes a while
+# Random, so incompressible: the bundle is as large, and the transfer takes a while. The live
+# transfer now runs at ~650 MB/s here, so 96 MiB gave the test's poll only ~0.15 s to see the
+# partial file, which a loaded machine can miss; 256 MiB widens that window to ~0.4 s.
+PAYLOAD_MIB = 256
 
 
 @dataclass
