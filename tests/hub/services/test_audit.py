@@ -195,9 +195,14 @@ def test_verify_reads_driver_rows_on_every_database(
     try:
         with Session(engine) as session:
             base = audit.head_seq(session)
-            for i in range(11):
+            for i in range(8):
                 at = datetime(2026, 11, 23, 9, 0, i, 1000 * i, tzinfo=UTC)
                 audit.append_event(session, at, "tester", "test.act", "thing", str(i), {"i": i})
+            # The batched append (one executemany through each driver) continues the chain.
+            at = datetime(2026, 11, 23, 9, 0, 10, 10000, tzinfo=UTC)
+            assert audit.append_events(session, at, "tester", [
+                ("test.act", "thing", str(i), {"i": i}) for i in range(8, 11)
+            ]) == [base + 9, base + 10, base + 11]
             session.commit()
             written = list(audit.iter_events(session, batch=3))
             assert [e.seq for e in written] == list(range(1, base + 12))

@@ -152,6 +152,45 @@ def test_a_process_without_the_key_cannot_append_after_maced_events(world: World
     assert audit.verify_database(world.session, _ctx(world).keys).ok
 
 
+def test_append_events_writes_what_one_by_one_appends_write(world: World) -> None:
+    """The batched append (one executemany) gives every event exactly the sequence, hash,
+    chain and MAC that appending them one at a time gives: the same log either way, and
+    `audit verify` checks it; with the head held, a savepoint rolls a batch back too."""
+    _fill(world, 2)
+    events = [("test.batch", "thing", str(i), {"i": i}) for i in range(4)]
+    ctx = _ctx(world, "op")
+    head = world.session.scalar(select(AuditHead.seq)) or 0
+    one_by_one = [audit.record(ctx, *e) for e in events]
+    expected = [(e.seq, e.prev_hash, e.hash, e.mac) for e in one_by_one]
+    world.session.rollback()
+    assert audit.record_many(ctx, events) == [head + 1, head + 2, head + 3, head + 4]
+    world.session.commit()
+    rows = world.session.execute(
+        select(AuditEvent.seq, AuditEvent.prev_hash, AuditEvent.hash, AuditEvent.mac)
+        .where(AuditEvent.seq > head).order_by(AuditEvent.seq)).all()
+    assert [tuple(r) for r in rows] == expected
+    with audit.held_head(world.session) as held:
+        audit.record_many(ctx, events[:1])
+        with pytest.raises(RuntimeError), held.savepoint():
+            audit.record_many(ctx, events[1:])
+            raise RuntimeError("item failed")
+        audit.record_many(ctx, events[3:])
+    world.session.commit()
+    assert world.session.scalar(select(AuditHead.seq)) == head + 6
+    report = audit.verify_database(world.session, ctx.keys)
+    assert report.ok and report.macs_checked, report.summary()
+
+
+def test_append_events_refuses_a_bad_batch_whole(world: World) -> None:
+    _fill(world, 1)
+    before = _state(world)
+    with pytest.raises(AuditError, match=r"test\.bad: details are not strict JSON"):
+        audit.record_many(_ctx(world, "op"), [("test.ok", "thing", "1", {}),
+                                              ("test.bad", "thing", "2", {"f": 1.5})])
+    world.session.rollback()
+    assert _state(world) == before
+
+
 @pytest.mark.parametrize("key_len", [32, 64, 65, 100])
 def test_check_rows_is_the_same_mac(key_len: int) -> None:
     """check_rows computes HMAC from precomputed pad states: the very MAC mac() makes, for
