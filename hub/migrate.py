@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
+from alembic import command, util
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+import tiangong
 from hub.db import make_engine
+from hub.errors import ConfigError
 
 __all__ = ["MIGRATIONS_DIR", "alembic_config", "ensure_current", "upgrade"]
 
@@ -33,11 +35,39 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
+def _refuse_newer(cfg: Config, engine: Engine, current: str | None) -> None:
+    """Raise when the database is at a revision this hub does not know: a newer hub
+    migrated it (this one was installed over it, e.g. an upgrade rolled back).
+
+    Raises:
+        ConfigError: names the revision, this hub's head and what to do.
+    """
+    if current is None:
+        return
+    script = ScriptDirectory.from_config(cfg)
+    try:
+        script.get_revision(current)
+    except util.CommandError:
+        raise ConfigError(
+            f"the hub database {engine.url.render_as_string(hide_password=True)} is at "
+            f"schema revision {current}, which this hub ({tiangong.__version__}, newest "
+            f"revision {script.get_current_head()}) does not know: a newer hub migrated it. "
+            "Install that hub again, or restore the backup taken before the upgrade; "
+            "nothing was changed") from None
+
+
 def upgrade(target: Engine | str, revision: str = "head") -> None:
-    """Upgrade the database behind ``target`` (an engine or URL) to ``revision``."""
+    """Upgrade the database behind ``target`` (an engine or URL) to ``revision``.
+
+    Raises:
+        ConfigError: the database is at a revision this hub does not know (newer).
+    """
     engine = make_engine(target) if isinstance(target, str) else target
     try:
-        command.upgrade(alembic_config(engine), revision)
+        cfg = alembic_config(engine)
+        with engine.connect() as conn:
+            _refuse_newer(cfg, engine, MigrationContext.configure(conn).get_current_revision())
+        command.upgrade(cfg, revision)
     finally:
         if isinstance(target, str):
             engine.dispose()
@@ -45,12 +75,17 @@ def upgrade(target: Engine | str, revision: str = "head") -> None:
 
 def ensure_current(engine: Engine) -> tuple[str | None, str] | None:
     """Bring the database behind ``engine`` to head when it is behind: (the revision it was
-    at, head) when it migrated, None when it was current already (one small query)."""
+    at, head) when it migrated, None when it was current already (one small query).
+
+    Raises:
+        ConfigError: the database is at a revision this hub does not know (newer).
+    """
     cfg = alembic_config(engine)
     head = ScriptDirectory.from_config(cfg).get_current_head()
     with engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
     if head is None or current == head:
         return None
+    _refuse_newer(cfg, engine, current)
     command.upgrade(cfg, "head")
     return current, head

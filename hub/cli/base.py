@@ -132,10 +132,14 @@ def _migrate(engine: Any) -> None:
     ``hub serve`` does), saying so; a migration that fails stops the command."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from hub.errors import ConfigError
     from hub.migrate import ensure_current
 
     try:
         moved = ensure_current(engine)
+    except ConfigError as exc:  # a database newer than this hub
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     except SQLAlchemyError as exc:
         click.echo(f"error: the hub database {engine.url.render_as_string(hide_password=True)} "
                    f"cannot be migrated to this hub's schema: {exc.__class__.__name__}: "

@@ -76,11 +76,12 @@ def serve(
             changes["live_allow_insecure_loopback"] = True
         cfg = with_overrides(cfg, **changes)
         live_command = _live_command_if_configured(cfg, live_child_command)
+        # build_app refuses bad web settings and a database newer than this hub
+        run(cfg, live_command=live_command,
+            scheduler_command=None if no_scheduler else scheduler_child_command(cfg))
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    run(cfg, live_command=live_command,
-        scheduler_command=None if no_scheduler else scheduler_child_command(cfg))
 
 
 def _live_command_if_configured(cfg: Any, live_child_command: Any) -> list[str] | None:

@@ -708,3 +708,33 @@ def test_names_from_the_media_are_printed_escaped_on_one_line(hub_dir: Path,
     assert "x.tgr  imported\\x0areal.tgr\\x1b[2J\\u202egpj.tgr" in lines[1]
     assert "rejected" in lines[1]
     assert "\x1b" not in out.stdout and "\u202e" not in out.stdout
+
+
+def test_a_hub_older_than_its_database_refuses_with_a_message_and_changes_nothing(
+        hub_dir: Path) -> None:
+    """An upgrade rolled back: the older hub is installed again over a database a newer hub
+    migrated. Every console command (and `hub serve`) used to die with a raw alembic
+    'CommandError: Can't locate revision identified by ...' traceback; now it says what
+    happened and what to do, exit 2, and the database stays at its revision."""
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import text
+
+    from hub.config import load_config
+    from hub.db import make_engine
+    from hub.errors import ConfigError
+    from hub.migrate import upgrade
+
+    engine = make_engine(load_config(hub_dir).database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        out = run(hub_dir, "environments", "list", ok=False)
+        assert out.exit_code == 2
+        assert "is at schema revision 9999, which this hub" in out.output
+        assert "Traceback" not in out.output
+        with pytest.raises(ConfigError, match="revision 9999"):  # hub serve's create_app
+            upgrade(engine)
+        with engine.connect() as conn:
+            assert MigrationContext.configure(conn).get_current_revision() == "9999"
+    finally:
+        engine.dispose()
