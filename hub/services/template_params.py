@@ -24,6 +24,11 @@ How values are substituted (docs/operations.md "Job templates"):
   the step, ``PARAM_<NAME>`` (upper case), which the script reads as ``"$PARAM_DAYS"``; a
   ``secret-ref``'s secret is added to the step's ``secrets`` and its variable holds the
   secret's name.
+
+A ``secret-ref`` lists in ``choices`` the secrets a run may name (required when a template
+is added): without it, whoever may run the template could hand any secret of the
+environment to the template's step (to its URL, its script). :func:`secret_not_allowed`
+says which value is not allowed.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ __all__ = [
     "placeholders",
     "render",
     "render_sql",
+    "secret_not_allowed",
     "shell_env",
     "url_text",
     "yaml_literal",
@@ -135,8 +141,17 @@ def _spec(raw: Any, where: str, index: int) -> ParamSpec:
                 or len(set(choices)) != len(choices)):
             raise ValidationError(f"{here}: an enum needs 'choices', 1-{MAX_CHOICES} distinct "
                                   "non-empty strings")
+    elif kind == "secret-ref" and "choices" in raw:
+        # The secrets a run may name (a stored template of before this rule has none: its
+        # runs are refused, hub.services.templates.instantiate).
+        if (not isinstance(choices, list) or not 1 <= len(choices) <= MAX_CHOICES
+                or not all(isinstance(c, str) and _SECRET.fullmatch(c) for c in choices)
+                or len(set(choices)) != len(choices)):
+            raise ValidationError(f"{here}: a secret-ref's 'choices' are the secrets a run may "
+                                  f"name: 1-{MAX_CHOICES} distinct secret names (letters, "
+                                  "digits, '_' and '-', at most 64 characters)")
     elif "choices" in raw:
-        raise ValidationError(f"{here}: only an enum takes 'choices'")
+        raise ValidationError(f"{here}: only an enum or a secret-ref takes 'choices'")
     bounds = {k: raw.get(k) for k in ("min", "max")}
     for key, value in bounds.items():
         if value is not None and (kind != "int" or type(value) is not int):
@@ -161,6 +176,9 @@ def _spec(raw: Any, where: str, index: int) -> ParamSpec:
         spec = ParamSpec(spec.name, spec.type, spec.description,
                          _typed(spec, text, f"{here}: default"), spec.choices, spec.min,
                          spec.max, spec.max_length)
+        if spec.type == "secret-ref" and spec.choices and default not in spec.choices:
+            raise ValidationError(f"{here}: default: secret {text[:64]!r} is not one of its "
+                                  f"choices ({', '.join(spec.choices)})")
     return spec
 
 
@@ -209,7 +227,7 @@ def _typed(spec: ParamSpec, text: str, here: str) -> Any:
         if not _SECRET.fullmatch(text):
             raise ValidationError(f"{here}: {text[:40]!r} is not a secret name (letters, "
                                   "digits, '_' and '-', at most 64 characters)")
-        return text
+        return text  # whether the template allows it: secret_not_allowed
     if len(text) > spec.max_length:
         raise ValidationError(f"{here}: {len(text)} characters, more than {spec.max_length}")
     return text
@@ -240,6 +258,29 @@ def check_values(specs: Sequence[ParamSpec], given: Mapping[str, str],
         else:
             values[spec.name] = spec.default
     return values
+
+
+def secret_not_allowed(specs: Sequence[ParamSpec], values: Mapping[str, Any],
+                       where: str) -> tuple[ParamSpec, str, str] | None:
+    """The first secret-ref parameter whose value (a secret's name, from
+    :func:`check_values`) is not one of the parameter's ``choices`` — the secrets the
+    template's author allowed — as ``(spec, secret, message)``; None when every one is
+    allowed. A parameter without ``choices`` (a template stored before they were required)
+    allows none."""
+    for spec in specs:
+        if spec.type != "secret-ref":
+            continue
+        secret = str(values[spec.name])
+        if not spec.choices:
+            return spec, secret, (
+                f"{where}: parameter {spec.name}: secret {secret!r} refused: this version "
+                "lists no secrets a run may name (it was added before a secret-ref needed "
+                "'choices'); add a new version whose parameter lists them")
+        if secret not in spec.choices:
+            return spec, secret, (
+                f"{where}: parameter {spec.name}: secret {secret!r} is not one the template "
+                f"allows ({', '.join(spec.choices)})")
+    return None
 
 
 def placeholders(text: str) -> list[str]:

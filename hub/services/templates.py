@@ -45,7 +45,7 @@ from sqlalchemy import func, select
 from bundle.errors import BundleError
 from bundle.release import parse_release_toml
 from hub.db import JobTemplate
-from hub.errors import NotFoundError, ValidationError
+from hub.errors import NotFoundError, RefusalEvent, ValidationError
 from hub.services import audit
 from hub.services.adhoc import FILE_FIELD, AdhocRun, create_adhoc_release, run_file_name
 from hub.services.context import ServiceContext
@@ -60,6 +60,7 @@ from hub.services.template_params import (
     placeholders,
     render,
     render_sql,
+    secret_not_allowed,
     shell_env,
     url_text,
     yaml_literal,
@@ -225,6 +226,12 @@ def _check_definition(d: Definition, where: str) -> None:
         raise ValidationError(
             f"{where}: parameter {sorted(secrets)[0]}: {what} cannot take a secret-ref (the "
             "hub never sees a secret's value); use a connection whose password is a secret")
+    unlisted = [p.name for p in d.params if p.type == "secret-ref" and not p.choices]
+    if unlisted:
+        raise ValidationError(
+            f"{where}: parameter {unlisted[0]}: a secret-ref needs 'choices', the secrets a run "
+            "may name (choices = [\"api-token\"]); without them a run could hand the step any "
+            "secret of the environment")
     if d.kind in ("sql", "k8s"):
         text = _file_text(d, where)
         _check_placeholders(text, where, f"file {d.file_name}", names)
@@ -280,8 +287,9 @@ def _check_manifest(rendered: bytes, where: str, file_name: str) -> None:
 
 
 def _sample(p: ParamSpec) -> Any:
-    return {"int": p.min if p.min is not None else 0, "bool": False,
-            "enum": p.choices[0] if p.choices else "x"}.get(p.type, "x")
+    if p.type in ("enum", "secret-ref") and p.choices:
+        return p.choices[0]
+    return {"int": p.min if p.min is not None else 0, "bool": False}.get(p.type, "x")
 
 
 def _render(kind: str, fixed: Mapping[str, Any], file_name: str, content: bytes,
@@ -415,11 +423,20 @@ def instantiate(template: JobTemplate, given: Mapping[str, str]) -> Instance:
 
     Raises:
         ValidationError: ``template purge-sessions v2: parameter days: 'x' is not an
-        integer`` (and the other rules of :func:`~hub.services.template_params.check_values`).
+        integer`` (and the other rules of :func:`~hub.services.template_params.check_values`);
+        a secret-ref naming a secret not among its ``choices`` is a refusal the audit log
+        keeps (``template.refused``: the parameter, the secret, the allowed ones).
     """
     where = f"template {template.name} v{template.version}"
-    values = check_values(specs_of(template), given, where)
-    secrets = [values[p.name] for p in specs_of(template) if p.type == "secret-ref"]
+    specs = specs_of(template)
+    values = check_values(specs, given, where)
+    refused = secret_not_allowed(specs, values, where)
+    if refused is not None:
+        spec, secret, message = refused
+        raise ValidationError(message, audit=RefusalEvent(
+            "template.refused", "template", f"{template.name} v{template.version}",
+            {"parameter": spec.name, "secret": secret, "allowed": list(spec.choices)}))
+    secrets = [values[p.name] for p in specs if p.type == "secret-ref"]
     step, content = _render(template.kind, template.step, template.file_name,
                             template.content, values, secrets)
     step["name"] = f"{template.name} v{template.version}"

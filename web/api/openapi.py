@@ -321,8 +321,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "kind": {"type": "string", "enum": ["sql", "shell", "k8s", "http"]},
         "description": _STR,
         "params": {"type": "array", "items": {"type": "object", "description": "name, type "
-                   "(string, int, bool, enum, secret-ref), description, default, choices, "
-                   "min, max, max_length"}},
+                   "(string, int, bool, enum, secret-ref), description, default, choices (an "
+                   "enum's values; a secret-ref's allowed secrets), min, max, max_length"}},
         "step": {"type": "object", "description": "The step's own fields."},
         "file": _STR, "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
         "created_by": _STR, "created_at": _TIME,

@@ -17,6 +17,7 @@ from hub.services.template_params import (
     parse_params,
     placeholders,
     render_sql,
+    secret_not_allowed,
     shell_env,
 )
 from tests.fixtures.dbservers import MariaDBServer
@@ -26,7 +27,8 @@ SPECS = parse_params([
     {"name": "mode", "type": "enum", "choices": ["fast", "slow"]},
     {"name": "dry_run", "type": "bool", "default": False},
     {"name": "note", "type": "string", "max_length": 10, "default": ""},
-    {"name": "token", "type": "secret-ref", "default": "api-token"},
+    {"name": "token", "type": "secret-ref", "default": "api-token",
+     "choices": ["api-token", "backup-token"]},
 ], "t.toml")
 
 
@@ -41,6 +43,14 @@ SPECS = parse_params([
      "parameter 1 \\(d\\): default: 10 is above the maximum 9"),
     ([{"name": "d", "type": "int", "colour": 1}], "unknown key\\(s\\) colour"),
     ([{"name": "d", "type": "int"}, {"name": "d", "type": "bool"}], "d is declared twice"),
+    ([{"name": "s", "type": "string", "choices": ["a"]}],
+     "only an enum or a secret-ref takes 'choices'"),
+    ([{"name": "t", "type": "secret-ref", "choices": []}],
+     "parameter 1 \\(t\\): a secret-ref's 'choices' are the secrets a run may name"),
+    ([{"name": "t", "type": "secret-ref", "choices": ["a b"]}], "1-64 distinct secret names"),
+    ([{"name": "t", "type": "secret-ref", "choices": ["a", "a"]}], "1-64 distinct secret names"),
+    ([{"name": "t", "type": "secret-ref", "choices": ["a"], "default": "b"}],
+     "parameter 1 \\(t\\): default: secret 'b' is not one of its choices \\(a\\)"),
 ])
 def test_bad_definitions_name_the_parameter(raw: Any, message: str) -> None:
     with pytest.raises(ValidationError, match=f"^t.toml: .*{message}"):
@@ -63,6 +73,21 @@ def test_bad_definitions_name_the_parameter(raw: Any, message: str) -> None:
 def test_bad_values_name_the_parameter(given: dict[str, str], message: str) -> None:
     with pytest.raises(ValidationError, match=f"^template t v1: {message}"):
         check_values(SPECS, given, "template t v1")
+
+
+def test_a_secret_ref_allows_only_its_choices() -> None:
+    where = "template t v1"
+    values = check_values(SPECS, {"mode": "fast", "token": "backup-token"}, where)
+    assert secret_not_allowed(SPECS, values, where) is None
+    values = check_values(SPECS, {"mode": "fast", "token": "db-root"}, where)
+    refused = secret_not_allowed(SPECS, values, where)
+    assert refused is not None and (refused[0].name, refused[1]) == ("token", "db-root")
+    assert refused[2] == ("template t v1: parameter token: secret 'db-root' is not one the "
+                          "template allows (api-token, backup-token)")
+    # a parameter stored before 'choices' were required allows no secret at all
+    old = parse_params([{"name": "token", "type": "secret-ref", "default": "api-token"}], "t")
+    refused = secret_not_allowed(old, {"token": "api-token"}, where)
+    assert refused is not None and "lists no secrets a run may name" in refused[2]
 
 
 def test_values_are_typed_and_defaults_filled() -> None:

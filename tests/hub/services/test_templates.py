@@ -134,7 +134,8 @@ def test_a_bad_value_creates_nothing_and_a_good_one_an_adhoc_run(
 def test_shell_values_are_environment_variables(world: World, tmp_path: Path) -> None:
     text = ('name = "rotate"\nkind = "shell"\nfile = "rotate.sh"\n[step]\ninterpreter = "sh"\n'
             'env = { LOG = "1" }\n[[params]]\nname = "keep"\ntype = "int"\n'
-            '[[params]]\nname = "token"\ntype = "secret-ref"\n')
+            '[[params]]\nname = "token"\ntype = "secret-ref"\n'
+            'choices = ["api-token"]\n')
     template = add_template(world.ctx("dev"), _definition(
         tmp_path, text, 'echo "keeping $PARAM_KEEP"\n', "rotate.sh"))
     instance = instantiate(template, {"keep": "3", "token": "api-token"})

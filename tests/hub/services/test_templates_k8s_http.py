@@ -74,6 +74,7 @@ default = "soft"
 [[params]]
 name = "token"
 type = "secret-ref"
+choices = ["cache-token", "cache-admin"]
 default = "cache-token"
 """
 BODY = '{"item": {{item}}, "hard": {{mode}}}\n'
@@ -148,6 +149,26 @@ def test_an_http_template_encodes_url_body_and_secret_header(world: World,
     assert made.release.files == [] and "body" not in made.release.steps[0]
 
 
+def test_an_http_template_refuses_a_secret_its_author_did_not_allow(
+        world: World, tmp_path: Path) -> None:
+    template = add_template(world.ctx("dev"),
+                            _definition(tmp_path, HTTP_DEF, "body.json", BODY))
+    allowed = instantiate(template, {"item": "a", "token": "cache-admin"})
+    assert allowed.step["secrets"] == ["cache-admin"]
+    before = _stored(world)
+    with pytest.raises(ValidationError, match=(
+            r"^template flush-item v1: parameter token: secret 'db-password' is not one the "
+            r"template allows \(cache-token, cache-admin\)$")) as refused:
+        instantiate(template, {"item": "a", "token": "db-password"})
+    event = refused.value.audit
+    assert event is not None and (event.action, event.target_id) == ("template.refused",
+                                                                    "flush-item v1")
+    assert event.details == {"parameter": "token", "secret": "db-password",
+                             "allowed": ["cache-token", "cache-admin"]}
+    assert _stored(world) == before
+    assert world.session.scalar(select(func.count()).select_from(Release)) == 0
+
+
 _REFUSALS: list[tuple[str, str, str, str, str]] = [
     (K8S_DEF, "web.yaml", MANIFEST.replace("{{replicas}}", "{{count}}"),
      "file web.yaml: placeholder {{count}} names no parameter", "unknown placeholder"),
@@ -181,6 +202,9 @@ _REFUSALS: list[tuple[str, str, str, str, str]] = [
      "file body.json: placeholder {{token}} names no parameter", "secret in the body"),
     (HTTP_DEF.replace('url = "https://', 'url = "ftp://'), "body.json", BODY,
      "field url", "not an http URL"),
+    (HTTP_DEF.replace('choices = ["cache-token", "cache-admin"]\n', ""), "body.json", BODY,
+     "parameter token: a secret-ref needs 'choices', the secrets a run may name",
+     "secret-ref without choices"),
 ]
 
 

@@ -157,3 +157,51 @@ def test_template_runs_and_release(site: Site, tmp_path: Path) -> None:
         released = db.session.scalars(
             select(AuditEvent).where(AuditEvent.action == "template.release")).all()
         assert [e.actor for e in released] == ["dev"]
+
+
+PING = """name = "ping"
+kind = "http"
+[step]
+url = "https://status.internal/ping"
+secret_headers = { Authorization = "{{token}}" }
+[[params]]
+name = "token"
+type = "secret-ref"
+choices = ["status-token"]
+default = "status-token"
+"""
+
+
+def test_a_secret_ref_names_only_the_secrets_its_author_allowed(site: Site,
+                                                                 tmp_path: Path) -> None:
+    """A run naming another secret of the environment is refused before anything is
+    created, naming the parameter and the secret, and audited as the token's owner; a
+    definition whose secret-ref lists no choices is refused when added."""
+    enroll(site, tmp_path, "run-agent-1")
+    dev = api_for(site, "dev", ["releases:write"])
+    answer = dev.post("/templates", 400, json={"definition_name": "ping.toml",
+                                               "definition": PING.replace(
+                                                   'choices = ["status-token"]\n', "")})
+    assert "ping.toml: parameter token: a secret-ref needs 'choices'" in answer["message"]
+    dev.post("/templates", 201, json={"definition_name": "ping.toml", "definition": PING})
+    admin = api_for(site, "admin", ["releases:write", "deploy", "read"])
+    before = _state(site)
+    answer = admin.post("/templates/ping/runs", 400, json={
+        "agent": "run-agent-1", "params": {"token": "db-root-password"}})
+    assert answer["message"] == ("template ping v1: parameter token: secret "
+                                 "'db-root-password' is not one the template allows "
+                                 "(status-token)")
+    admin.post("/templates/ping/release", 400, json={
+        "product": "ops", "release_version": "1.0.0", "params": {"token": "db-root-password"}})
+    count = before[:3]
+    assert _state(site)[:3] == count  # no template, release or deployment more
+    with site.app.app_context():
+        refused = db.session.scalars(select(AuditEvent).where(
+            AuditEvent.action == "template.refused").order_by(AuditEvent.seq)).all()
+        assert [(e.actor, e.object_id) for e in refused] == [("admin", "ping v1")] * 2
+        details = json.loads(refused[0].details)
+        assert (details["parameter"], details["secret"], details["allowed"]) == (
+            "token", "db-root-password", ["status-token"])
+        assert "is not one the template allows" in details["refused"]
+    went = admin.post("/templates/ping/runs", 201, json={"agent": "run-agent-1"})
+    assert went["template"] == "template ping v1"
