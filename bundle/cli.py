@@ -343,7 +343,7 @@ def _parse_size(text: str) -> int:
     mult = 1
     if t and t[-1] in units:
         mult, t = units[t[-1]], t[:-1]
-    if not t.isdigit():
+    if not t.isdecimal():
         raise ValueError(f"--split: {text!r} is not a size (e.g. 700M, 4G, 1048576)")
     return int(t) * mult
 

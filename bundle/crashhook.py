@@ -42,7 +42,7 @@ class CrashHook:
         if point not in points:
             raise SystemExit(f"TIANGONG_CRASH_AT={value}: unknown {side} crash point {point!r} "
                              f"(known: {', '.join(points)})")
-        if nth and (not nth.isdigit() or int(nth) < 1):
+        if nth and (not nth.isdecimal() or int(nth) < 1):
             raise SystemExit(f"TIANGONG_CRASH_AT={value}: {nth!r} is not a count of 1 or more")
         self._target = (point, int(nth) if nth else 1)
 

@@ -193,7 +193,7 @@ def _writer_alive(name: str) -> bool:
     """Whether the process named in temporary file ``name`` (``.<sha>.<pid>.<rnd>.tmp``)
     may still be writing it."""
     parts = name.split(".")
-    if len(parts) < 5 or not parts[2].isdigit():
+    if len(parts) < 5 or not parts[2].isdecimal():
         return True  # not one of ours: leave it to the age rule
     pid = int(parts[2])
     return pid == os.getpid() or os.path.exists(f"/proc/{pid}")

@@ -418,7 +418,7 @@ def _tar_members(stream: _Stream, unpacker: _Unpacker) -> Iterator[_Member]:
         if "path" in pax:
             name = pax["path"]
         if "size" in pax:
-            if not pax["size"].isdigit():
+            if not pax["size"].isdecimal():
                 raise unpacker.fail(name, f"bad pax size {pax['size'][:20]!r}")
             size = int(pax["size"])
         kind = _TAR_KINDS.get(typeflag, f"tar member of unsupported type {typeflag!r}")

@@ -21,6 +21,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, got_request_exception, jsonify
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.routing import IntegerConverter, Map
 
 from hub.audit_mac import attach as attach_audit_mac
 from hub.config import HubConfig, load_config
@@ -118,6 +119,21 @@ def _count_exception(sender: Flask, exception: BaseException, **_: Any) -> None:
     web_metrics().errors.labels(type(exception).__name__).inc()
 
 
+#: The largest row id a route takes: every database's 32-bit INTEGER (PostgreSQL's, MariaDB's).
+MAX_ROW_ID = 2**31 - 1
+
+
+class RowNumber(IntegerConverter):
+    """``<int:…>`` in the hub's routes: a number no larger than :data:`MAX_ROW_ID`, so a
+    longer one is a 404 like any id that names nothing (it reached the database before and
+    failed there: an overflow on SQLite, "integer out of range" on PostgreSQL, answered 500).
+    """
+
+    def __init__(self, map: Map, fixed_digits: int = 0, min: int | None = None,
+                 max: int | None = MAX_ROW_ID, signed: bool = False) -> None:
+        super().__init__(map, fixed_digits, min, max, signed)
+
+
 def create_app(config: HubConfig | Mapping[str, Any] | None = None) -> Flask:
     """Build the hub's WSGI app.
 
@@ -135,6 +151,7 @@ def create_app(config: HubConfig | Mapping[str, Any] | None = None) -> Flask:
     else:
         cfg = HubConfig.from_mapping(config)
     app = Flask("hub", instance_path=str(Path(cfg.data_dir).absolute() / "instance"))
+    app.url_map.converters["int"] = RowNumber  # before any route is added
     url = normalize_url(cfg.database_url)
     app.config.update(
         SECRET_KEY=cfg.secret_key or None,

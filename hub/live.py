@@ -209,7 +209,7 @@ def parse_bind(bind: str) -> tuple[str, int]:
     host, sep, port_text = bind.strip().rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+    if not sep or not host or not port_text.isdecimal() or int(port_text) > 65535:
         raise ConfigError(f"live bind {bind!r} is not HOST:PORT (e.g. 0.0.0.0:8401)")
     return host, int(port_text)
 

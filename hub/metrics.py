@@ -263,7 +263,7 @@ def sweep_multiprocess(parent: Path, prefix: str) -> None:
     ``hub serve`` that was killed could not clean up after itself)."""
     for directory in parent.glob(f"{prefix}*"):
         pid = directory.name[len(prefix):]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdecimal() and not _running(int(pid)):
             shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -136,7 +136,7 @@ def step_options(options: dict[str, Any]) -> tuple[Path | None, dict[str, Any]]:
     if "headers" in opts:
         opts["headers"] = _headers(opts["headers"])
     if "expect" in opts:
-        opts["expect"] = [int(v) if v.isdigit() else v for v in opts["expect"]]
+        opts["expect"] = [int(v) if v.isdecimal() else v for v in opts["expect"]]
     return script, opts
 
 
@@ -189,8 +189,8 @@ def split_name(name: str) -> tuple[str, int | None]:
     base, sep, version = name.partition("@")
     if not sep:
         return base, None
-    if not version.isdigit():
-        raise click.UsageError(f"{name!r}: write NAME or NAME@VERSION (a number)")
+    if not version.isdecimal() or len(version) > 9:
+        raise click.UsageError(f"{name[:80]!r}: write NAME or NAME@VERSION (a number)")
     return base, int(version)
 
 

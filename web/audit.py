@@ -136,7 +136,7 @@ def _summary(details: dict[str, Any]) -> str:
 
 
 def _object_url(object_type: str, object_id: str) -> str | None:
-    if object_type == "deployment" and object_id.isdigit():
+    if object_type == "deployment" and object_id.isdecimal():
         return url_for("deployments.show", deployment_id=int(object_id))
     if object_type == "release" and object_id.count(" ") == 1:
         product, version = object_id.split(" ")
@@ -206,7 +206,7 @@ def _query(args: Any) -> tuple[dict[str, str], audit.EventQuery]:
         raise ValidationError(f"the range ends ({values['to']}) before it starts "
                               f"({values['from']})")
     before_text = (args.get("before") or "").strip()
-    if before_text and not before_text.isdigit():
+    if before_text and not before_text.isdecimal():
         raise ValidationError(f"before {before_text[:20]!r} is not an event number")
     return values, audit.EventQuery(
         actor=values["actor"] or None,

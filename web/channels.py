@@ -173,7 +173,7 @@ def recall_release(product: str) -> Any:
 
 def _whole(label: str, text: str | None) -> int:
     value = (text or "0").strip() or "0"
-    if not value.isdigit() or len(value) > 6:
+    if not value.isdecimal() or len(value) > 6:
         raise ValidationError(f"{label} must be a whole number, not {value[:20]!r}")
     return int(value)
 

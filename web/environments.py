@@ -52,7 +52,7 @@ def _approvals_input(form_value: str | None) -> Iterator[int]:
     "not 0" is then replaced by what was typed.
     """
     text = (form_value or "").strip()
-    number = int(text) if text.isdigit() and len(text) < 6 else 0
+    number = int(text) if text.isdecimal() and len(text) < 6 else 0
     try:
         yield number
     except ValidationError as exc:
@@ -136,7 +136,7 @@ def preflight_policy(name: str) -> Any:
     text = (request.form.get("within_h") or "").strip()
     # Not a whole number: 0, which the service refuses after its permission check (403
     # before 400), naming what was typed.
-    hours = None if not text else int(text) if text.isdigit() and len(text) < 6 else 0
+    hours = None if not text else int(text) if text.isdecimal() and len(text) < 6 else 0
     try:
         env = set_preflight_policy(ctx(), name, hours)
     except ValidationError as exc:

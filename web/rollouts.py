@@ -171,7 +171,7 @@ def _int_field(name: str, default: int | None) -> Any:
     raw = (request.form.get(name) or "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or len(raw) > 9:
+    if not raw.isdecimal() or len(raw) > 9:
         raise ValidationError(f"{name.replace('_', ' ')} {raw[:32]!r}: give a whole number")
     return int(raw)
 

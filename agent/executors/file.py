@@ -84,7 +84,7 @@ def render(text: str, params: Mapping[str, str], source: str) -> str:
 def _account_id(value: str | None, *, group: bool) -> int:
     if value is None:
         return -1
-    if value.isdigit():
+    if value.isdecimal():
         return int(value)
     try:
         return grp.getgrnam(value).gr_gid if group else pwd.getpwnam(value).pw_uid

@@ -121,7 +121,7 @@ def _attempt(ctx: StepContext, headers: Mapping[str, str], body: bytes | None,
         if len(data) > MAX_RESPONSE_LOG_BYTES:
             data = data[:MAX_RESPONSE_LOG_BYTES]
             length = response.getheader("Content-Length")
-            left_out = int(length) - len(data) if length and length.isdigit() else -1
+            left_out = int(length) - len(data) if length and length.isdecimal() else -1
         ctx.log.write(f"attempt {number}: {response.status} {response.reason}", "http")
         for name, value in response.getheaders():
             ctx.log.write(f"< {name}: {value}", "http")

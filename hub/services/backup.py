@@ -91,7 +91,7 @@ def _pg_tool(name: str) -> str:
     if found:
         return found
     candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
-                        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
+                        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdecimal()
                         else 0)
     if candidates:
         return str(candidates[-1])

@@ -75,7 +75,7 @@ def claim_is_live(token: str | None, claimed_at: datetime | None, now: datetime)
         return False
     host, _, rest = token.partition(":")
     pid_text, _, start = rest.partition(":")
-    if host != socket.gethostname()[:120] or not pid_text.isdigit():
+    if host != socket.gethostname()[:120] or not pid_text.isdecimal():
         return claimed_at is not None and now - claimed_at < STALE_CLAIM
     return _start_time(int(pid_text)) == start
 

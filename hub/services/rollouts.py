@@ -145,7 +145,7 @@ _PERCENT = re.compile(r"^(\d{1,3})%$")
 
 def _percent(value: str | None, what: str) -> int | None:
     """``P`` of ``"P%"``; None for a plain number or nothing."""
-    if value is None or not value.strip() or value.strip().isdigit():
+    if value is None or not value.strip() or value.strip().isdecimal():
         return None
     m = _PERCENT.match(value.strip())
     if m is None:
@@ -226,13 +226,13 @@ class Strategy:
         """
         canary = canary.strip() or "0"
         strategy = cls(
-            canary=int(canary) if canary.isdigit() else 0,
-            canary_agents=() if canary.isdigit() else tuple(
+            canary=int(canary) if canary.isdecimal() else 0,
+            canary_agents=() if canary.isdecimal() else tuple(
                 c.strip() for c in canary.split(",") if c.strip()),
-            batch_size=int(batch) if batch and batch.strip().isdigit() else None,
+            batch_size=int(batch) if batch and batch.strip().isdecimal() else None,
             batch_percent=_percent(batch, "batch"),
             soak_s=soak_s, manual=manual,
-            max_failures=int(max_failures) if max_failures.strip().isdigit() else 0,
+            max_failures=int(max_failures) if max_failures.strip().isdecimal() else 0,
             max_failure_percent=_percent(max_failures, "max failures"),
             on_failure=on_failure, auto_rollback=auto_rollback,
             preflight_within_h=preflight_within_h)

@@ -221,6 +221,18 @@ def _tar_with_size(size: int) -> Callable[[tarfile.TarFile], None]:
     return add
 
 
+def _tar_with_pax_size(text: str) -> Callable[[tarfile.TarFile], None]:
+    """A member whose pax header gives its size as ``text``."""
+
+    def add(tf: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo("scripts/p.bin")
+        info.size = 1
+        info.pax_headers = {"size": text}
+        tf.addfile(info, io.BytesIO(b"x"))
+
+    return add
+
+
 SMALL = ArchiveLimits(max_members=20, max_file_bytes=4096, max_total_bytes=8192)
 
 BAD: list[Any] = [
@@ -288,6 +300,9 @@ BAD: list[Any] = [
      ["extended header", "max_tar_extra_bytes"]),
     ("r.tar", tar_bytes(extra=tar_member("n/" * 600 + "x", data=b"x")), ReleaseFormatError,
      ["limit is 1024 bytes"]),
+    # a superscript two is a digit to str.isdigit() but not to int(): a raw ValueError
+    ("r.tar", tar_bytes(extra=_tar_with_pax_size("\u00b2")), ReleaseFormatError,
+     ["member 'scripts/p.bin'", "bad pax size '\u00b2'"]),
     # not an archive, or a broken one
     ("r.tar", b"", ReleaseFormatError, ["not a release archive"]),
     ("r.tar", b"format = 1\n", ReleaseFormatError, ["not a release archive"]),

@@ -165,7 +165,8 @@ def test_admin_sets_and_clears_the_preflight_policy(site: Site) -> None:
                      {"within_h": "soon"}).status_code == 403  # 403 before 400
     c = site.client("admin")
     for bad, words in (("0", "a preflight policy of 0 h: give 1 … 720 hours"),
-                       ("721", "of 721 h"), ("soon", "not &#39;soon&#39;")):
+                       ("721", "of 721 h"), ("soon", "not &#39;soon&#39;"),
+                       ("\u00b2", "not &#39;\u00b2&#39;")):  # isdigit() but no int(): a 500
         resp = site.post(c, "/environments/test/preflight-policy", {"within_h": bad})
         assert resp.status_code == 400 and words in resp.get_data(as_text=True), bad
     assert policy() is None and events() == 0

@@ -21,6 +21,7 @@ from typing import Any
 
 from flask import g, request
 
+from hub.app import MAX_ROW_ID
 from hub.errors import ValidationError
 from hub.services.templates import (
     MAX_DEFINITION_BYTES,
@@ -71,7 +72,7 @@ def _values(doc: dict[str, Any]) -> dict[str, str]:
 
 def _version(doc: dict[str, Any]) -> int | None:
     version = doc.get("version")
-    if version is not None and (isinstance(version, bool) or version < 1):
+    if version is not None and (isinstance(version, bool) or not 1 <= version <= MAX_ROW_ID):
         raise ApiError(400, "bad_request", "field 'version' is a version number (1, 2, …)")
     return version
 
@@ -89,8 +90,8 @@ def templates_show(name: str) -> Any:
     """One version (default the newest): its step, parameters (`described`: as people read
     them) and file (`text`)."""
     raw = request.args.get("version")
-    if raw is not None and not raw.isdigit():
-        raise ApiError(400, "bad_request", "query 'version' must be a number")
+    if raw is not None and not (raw.isdecimal() and 1 <= int(raw) <= MAX_ROW_ID):
+        raise ApiError(400, "bad_request", "query 'version' must be a version number (1, 2, …)")
     t = get_template(api_ctx(), name, int(raw) if raw is not None else None)
     return {**template_json(t, text=True), "described": [p.describe() for p in specs_of(t)]}
 

@@ -145,3 +145,16 @@ def test_shell_values_are_environment_variables(world: World, tmp_path: Path) ->
     files = release_of(world.ctx("dev"), instance, "ops", "1.0.0")
     assert b'PARAM_KEEP = "3"' in files["release.toml"] and files["run.sh"] == instance.content
     assert _actions(world)[-1][0] == "template.release"
+
+
+def test_a_template_name_at_a_version_that_is_no_number_is_a_usage_error() -> None:
+    """'purge@\u00b2' (isdigit() but not int()) raised a raw ValueError, and a version past
+    the database's integer an OverflowError at the query."""
+    import click
+
+    from tiangong.run_text import split_name
+
+    assert split_name("purge@3") == ("purge", 3) and split_name("purge") == ("purge", None)
+    for bad in ("purge@\u00b2", "purge@99999999999999999999", "purge@", "purge@-1"):
+        with pytest.raises(click.UsageError, match="NAME@VERSION"):
+            split_name(bad)

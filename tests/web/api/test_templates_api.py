@@ -205,3 +205,22 @@ def test_a_secret_ref_names_only_the_secrets_its_author_allowed(site: Site,
         assert "is not one the template allows" in details["refused"]
     went = admin.post("/templates/ping/runs", 201, json={"agent": "run-agent-1"})
     assert went["template"] == "template ping v1"
+
+
+def test_template_versions_that_are_no_numbers_are_refused(site: Site) -> None:
+    """A superscript digit ('\u00b2' is str.isdigit() but not int()) and a version past the
+    database's integer were a 500 (ValueError, OverflowError) in show, run and release."""
+    dev = api_for(site, "dev", ["releases:write", "read", "deploy"])
+    dev.post("/templates", 201, json=_add())
+    before = _state(site)
+    for query in ("%C2%B2", "99999999999999999999", "0"):
+        body = dev.get(f"/templates/purge?version={query}", 400)
+        assert "must be a version number" in body["message"]
+    for version in (2**70, 0):
+        body = dev.post("/templates/purge/release", 400, json={
+            "product": "p", "release_version": "1.0.0", "version": version})
+        assert "field 'version' is a version number" in body["message"]
+    resp = site.app.test_client().get("/api/v1/deployments/99999999999999999999/progress",
+                                      headers={"Authorization": f"Bearer {dev.token}"})
+    assert resp.status_code == 404  # a path id past the database's integer names nothing
+    assert _state(site) == before
