@@ -18,7 +18,8 @@ verified, :func:`run_checks` looks at the site with them (docs/agent.md, "Plan b
   They are the release's code: where the trusted root requires signed approvals for this
   agent's environment, they run only when the plan carries approvals that meet it (the
   caller's ``scripts_refused``), else they are reported ``skipped`` — a plan never runs code
-  a deployment of the same release could not.
+  a deployment of the same release could not. The same holds for an http step's ``HEAD``:
+  its URL is the author's choice, and the probe carries the connection's credentials.
 
 Every check is bounded by its step's timeout and the plan's deadline; one failing check never
 stops the others (the point is to say everything that is wrong at once).
@@ -218,6 +219,12 @@ class _Checks:
             self.add("k8s-dry-run", outcome.status == "succeeded", outcome.summary, name,
                      conn.name)
         elif kind == "http" and (conn is not None or "connection" not in step):
+            if self.scripts_refused is not None:  # the URL is the release author's choice
+                self.out.append(CheckResult(
+                    "http", SKIPPED, f"HEAD {step.get('url')}: not sent: this site contacts "
+                    "a release's URLs only when its approvals are met: "
+                    f"{self.scripts_refused}", name, str(step.get("url"))))
+                return
             outcome = probe(self.context(idx, step, conn))
             self.add("http", outcome.status == "succeeded", outcome.summary, name,
                      str(step.get("url")))

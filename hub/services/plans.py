@@ -4,7 +4,8 @@ Issue 14 §3; docs/rollouts.md, "Preflight bundles". :func:`create_plan` writes 
 bundle (docs/bundle-format.md §6.11) of a release for an environment (every agent of it) or
 one agent: the release's steps and files, and the signed approvals a deployment would carry
 (a site that requires them runs the release's own check scripts only with them); no chain,
-policy or secrets. Its
+policy or secrets. A release not yet approved for the environment travels without its check
+scripts and without its http steps (the author's code, and URLs the author chose). Its
 sequence is the :class:`~hub.db.PlanBundle` row's id — one counter for the whole hub, so every
 agent sees plans in the order they were made, and deployment sequences are never touched. It
 is written to ``--out`` (media) or, without it, into the live spool of each target agent
@@ -62,7 +63,7 @@ from hub.services.users import require_ctx
 
 __all__ = ["DEFAULT_EXPIRES", "PLAN_STATUSES", "REFUSED", "PlanReport", "create_plan",
            "deploy_waits", "is_plan", "latest_outcomes", "outcomes_json", "preflight_waits",
-           "record_outcome", "require_passed_plan"]
+           "record_outcome", "require_passed_plan", "without_http_steps"]
 
 #: How long a plan stays valid at the sites by default.
 DEFAULT_EXPIRES = timedelta(hours=24)
@@ -166,9 +167,11 @@ def create_plan(ctx: ServiceContext, release: Release, *, environment: str | Non
                                "them report the release's check scripts skipped")
     if approvals:
         manifest = replace(manifest, approvals=tuple(approvals))
-    # A check script is the author's code: it rides along only when a deployment of the
-    # release could be queued here too (approved, meeting the environment's rule) — a site
-    # whose root delegates no approvals runs whatever check a plan names.
+    # A check script is the author's code, and an http step's URL the author's choice: they
+    # ride along only when a deployment of the release could be queued here too (approved,
+    # meeting the environment's rule) — a site whose root delegates no approvals runs
+    # whatever check a plan names, and sends the HEAD of an http step's URL (with the
+    # site connection's credentials) wherever the step points.
     unapproved = _scripts_withheld(release, env, now)
     if unapproved is not None and any("check" in step for step in manifest.steps):
         manifest = replace(manifest, steps=tuple(
@@ -176,6 +179,13 @@ def create_plan(ctx: ServiceContext, release: Release, *, environment: str | Non
         note = "; ".join(filter(None, [note, (
             f"the release's check scripts are left out: {unapproved}; a plan runs no code "
             "a deployment could not — plan again once it is approved")]))
+    if unapproved is not None and any(step.get("kind") == "http" for step in manifest.steps):
+        steps, left_out = without_http_steps(manifest.steps)
+        manifest = replace(manifest, steps=steps)
+        note = "; ".join(filter(None, [note, (
+            f"the release's http step(s) {', '.join(left_out)} are left out: {unapproved}; a "
+            "plan makes no site contact a URL its author chose — plan again once it is "
+            "approved")]))
     name = f"{row.bundle_id}.tgb"
     dirs = ([out_dir] if out_dir is not None else
             [keys.data_dir / LIVE_SPOOL / a.agent_id for a in agents])  # type: ignore[operator]
@@ -228,9 +238,43 @@ def _forget_unwritten(session: Session, row: PlanBundle) -> None:
         session.rollback()
 
 
+def without_http_steps(steps: Sequence[Mapping[str, Any]]
+                       ) -> tuple[tuple[dict[str, Any], ...], list[str]]:
+    """``steps`` without their ``http`` steps, and the names left out. A step that ran
+    ``after`` a left-out step runs after what that step ran after (the graph stays valid,
+    bundle.dag: every name a step of the plan, no cycle); a step without ``after`` follows
+    the step before it, as always."""
+    dropped = {str(s.get("name")).casefold(): list(s.get("after", ()))
+               for s in steps if s.get("kind") == "http"}
+
+    def expand(names: Sequence[Any], seen: set[str]) -> list[str]:
+        out: list[str] = []
+        for name in names:
+            key = str(name).casefold()
+            if key not in dropped:
+                out.append(str(name))
+            elif key not in seen:
+                seen.add(key)
+                out.extend(expand(dropped[key], seen))
+        return out
+
+    kept = []
+    for step in steps:
+        if step.get("kind") == "http":
+            continue
+        copy = dict(step)
+        if "after" in copy:
+            unique: dict[str, str] = {}  # step names ignore letter case (bundle.steps)
+            for name in expand(copy["after"], set()):
+                unique.setdefault(name.casefold(), name)
+            copy["after"] = list(unique.values())
+        kept.append(copy)
+    return tuple(kept), [str(s.get("name")) for s in steps if s.get("kind") == "http"]
+
+
 def _scripts_withheld(release: Release, env: Environment, now: datetime) -> str | None:
-    """Why ``release``'s own check scripts may not travel in a plan for ``env`` (it is not
-    approved, or short of the environment's approval rule), or None."""
+    """Why ``release``'s own check scripts and http steps may not travel in a plan for
+    ``env`` (it is not approved, or short of the environment's approval rule), or None."""
     if release.state != "approved":
         return f"{release.label} is {release.state}"
     check = check_rule(release, env, now=now, inherited=False)
@@ -301,11 +345,21 @@ def preflight_waits(session: Session, release: Release, agents: Sequence[Agent],
     true at ``now`` (one sentence per agent; empty: the gate is open)."""
     latest = latest_outcomes(session, release)
     hours = f"{within.total_seconds() / 3600:g} h"
-    scripts = sum(1 for step in release.steps or [] if isinstance(step, Mapping)
-                  and isinstance(step.get("check"), str))
+    # What a plan made before the release was approved leaves out (and a site that requires
+    # approvals skips without them): the release's own check scripts, and the HEAD of its
+    # http steps' URLs. A pass without them is not a preflight yet.
+    steps = [step for step in release.steps or [] if isinstance(step, Mapping)]
+    needed = [(check, count, what) for check, count, what in (
+        ("check-script", sum(isinstance(s.get("check"), str) for s in steps),
+         "running the release's {n} check script(s)"),
+        ("http", sum(s.get("kind") == "http" for s in steps),
+         "asking the servers of the release's {n} http step(s)")) if count]
     out = []
     for agent in agents:
         found = latest.get(agent.id)
+        missing = [what.format(n=count) for check, count, what in needed if found and sum(
+            c.get("check") == check and c.get("status") == "passed"
+            for c in found.checks or []) < count]
         if found is None:
             out.append(f"{agent.agent_id}: no preflight plan of {release.label} has been "
                        f"answered (tiangong hub releases plan {release.product.name} "
@@ -313,14 +367,10 @@ def preflight_waits(session: Session, release: Release, agents: Sequence[Agent],
         elif found.status != "passed":  # failed, or refused by the agent
             out.append(f"{agent.agent_id}: preflight plan {found.plan_id} {found.status} at "
                        f"{found.received_at:%Y-%m-%d %H:%M} UTC: {found.summary[:300]}")
-        elif scripts and sum(c.get("check") == "check-script" and c.get("status") == "passed"
-                             for c in found.checks or []) < scripts:
-            # A plan made before the release was approved leaves its check scripts out,
-            # and a site that requires approvals skips them without: not a preflight yet.
+        elif missing:
             out.append(f"{agent.agent_id}: preflight plan {found.plan_id} passed without "
-                       f"running the release's {scripts} check script(s) (it was made before "
-                       f"{release.label} was approved, or without the approvals the site "
-                       "requires); plan again")
+                       f"{' or '.join(missing)} (it was made before {release.label} was "
+                       "approved, or without the approvals the site requires); plan again")
         elif found.plan.created_at < now - within:
             # Measured from when the plan was made: the site checked after that, so a plan
             # answered late by media never counts as fresher than it is.

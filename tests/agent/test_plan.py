@@ -5,8 +5,10 @@ an object on the API server, not the agent's release sequence, trust or journal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -314,8 +316,9 @@ def test_a_plan_for_another_agent_is_refused(site: tuple[Agent, TrustKit, Clock]
 
 def test_check_scripts_run_only_where_the_release_approvals_are_met(tmp_path: Path) -> None:
     """Where the trusted root requires signed approvals for the agent's environment, a
-    plan runs the release's own check scripts only with approvals that meet it (a plan never
-    runs code a deployment of the release could not); everything else is checked anyway."""
+    plan runs the release's own check scripts, and sends the HEAD of its http steps' URLs,
+    only with approvals that meet it (a plan never runs code or contacts a URL a deployment
+    of the release could not); everything else is checked anyway."""
     from agent.home import init_home
     from signing.approvals import ApprovalDocument, sign_approval
     from signing.delegations import Approver, Delegation
@@ -330,6 +333,8 @@ def test_check_scripts_run_only_where_the_release_approvals_are_met(tmp_path: Pa
     init_home(tmp_path / "home", root_file=kit.write_root(tmp_path), agent_id="site-01",
               environment="plant-a", now=NOW)
     agent = Agent(load_config(tmp_path / "home"), clock=Clock())
+    server = contextlib.ExitStack()
+    port, seen = server.enter_context(_http_server())
     marker = tmp_path / "checked.txt"
     rel = tmp_path / "rel"
     (rel / "sh").mkdir(parents=True)
@@ -337,7 +342,8 @@ def test_check_scripts_run_only_where_the_release_approvals_are_met(tmp_path: Pa
     (rel / "sh" / "check.sh").write_text(f'echo "$TIANGONG_PLAN" >> "{marker}"\n')
     (rel / "release.toml").write_text(
         'format = 1\n[release]\nproduct = "billing"\nversion = "2.4.0"\n\n[[steps]]\n'
-        'name = "smoke"\nkind = "shell"\nscript = "sh/run.sh"\ncheck = "sh/check.sh"\n')
+        'name = "smoke"\nkind = "shell"\nscript = "sh/run.sh"\ncheck = "sh/check.sh"\n\n'
+        f'[[steps]]\nname = "tell"\nkind = "http"\nurl = "http://127.0.0.1:{port}/t"\n')
     source = load_release(rel)
 
     def plan(seq: int, approvals: tuple[bytes, ...]) -> Path:
@@ -358,6 +364,9 @@ def test_check_scripts_run_only_where_the_release_approvals_are_met(tmp_path: Pa
         assert "not run: this site runs a release's scripts only when its approvals are met" \
             in skipped["summary"] and "needs 1 approval" in skipped["summary"]
         assert not marker.exists()
+        assert found[("http", "tell")]["status"] == "skipped" and seen == []
+        assert "not sent: this site contacts a release's URLs only when its approvals are " \
+            "met" in found[("http", "tell")]["summary"]
 
         signed = sign_approval(ApprovalDocument(
             product="billing", version="2.4.0", content_hash=source.content_hash,
@@ -367,20 +376,18 @@ def test_check_scripts_run_only_where_the_release_approvals_are_met(tmp_path: Pa
         found = _checks(verified_result(agent, kit, approved.result, tmp_path))  # type: ignore[arg-type]
         assert found[("check-script", "smoke")]["status"] == "passed"
         assert marker.read_text() == "1\n"
+        assert found[("http", "tell")]["status"] == "passed" and seen == ["HEAD /t"]
     finally:
         agent.close()
+        server.close()
 
 
-def test_http_steps_are_probed_with_head_only(site: tuple[Agent, TrustKit, Clock],
-                                              tmp_path: Path) -> None:
-    """An http step's server must answer (any status); the plan sends one HEAD of the URL,
-    never the step's own request; a server that does not answer fails the check."""
+@contextlib.contextmanager
+def _http_server() -> Iterator[tuple[int, list[str]]]:
+    """A local HTTP server answering 404 to everything: its port and the requests seen."""
     import http.server
     import threading
 
-    from tests.fixtures.dbservers import free_port
-
-    agent, kit, _ = site
     seen: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -398,17 +405,31 @@ def test_http_steps_are_probed_with_head_only(site: tuple[Agent, TrustKit, Clock
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    try:
+        yield server.server_address[1], seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_http_steps_are_probed_with_head_only(site: tuple[Agent, TrustKit, Clock],
+                                              tmp_path: Path) -> None:
+    """An http step's server must answer (any status); the plan sends one HEAD of the URL,
+    never the step's own request; a server that does not answer fails the check."""
+    from tests.fixtures.dbservers import free_port
+
+    agent, kit, _ = site
     closed = free_port()
     rel = tmp_path / "rel"
     rel.mkdir()
     (rel / "body.json").write_text("{}")
-    port = server.server_address[1]
-    rel.joinpath("release.toml").write_text(
-        'format = 1\n[release]\nproduct = "billing"\nversion = "2.4.0"\n\n'
-        f'[[steps]]\nname = "notify"\nkind = "http"\nmethod = "POST"\n'
-        f'url = "http://127.0.0.1:{port}/hooks/deploy"\nbody = "body.json"\n\n'
-        f'[[steps]]\nname = "gone"\nkind = "http"\nurl = "http://127.0.0.1:{closed}/x"\n')
-    try:
+    with _http_server() as (port, seen):
+        rel.joinpath("release.toml").write_text(
+            'format = 1\n[release]\nproduct = "billing"\nversion = "2.4.0"\n\n'
+            f'[[steps]]\nname = "notify"\nkind = "http"\nmethod = "POST"\n'
+            f'url = "http://127.0.0.1:{port}/hooks/deploy"\nbody = "body.json"\n\n'
+            f'[[steps]]\nname = "gone"\nkind = "http"\nurl = "http://127.0.0.1:{closed}/x"\n')
         out = agent.process(drop(agent, _plan(kit, rel, tmp_path / "p.tgp", 1)))
         found = _checks(verified_result(agent, kit, out.result, tmp_path))  # type: ignore[arg-type]
         assert found[("http", "notify")]["status"] == "passed"
@@ -417,7 +438,3 @@ def test_http_steps_are_probed_with_head_only(site: tuple[Agent, TrustKit, Clock
         assert "no answer: connection refused" in found[("http", "gone")]["summary"]
         assert out.status == "plan-failed"
         assert seen == ["HEAD /hooks/deploy"]  # never the step's POST
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)

