@@ -64,6 +64,11 @@ _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u
                           "\udc80-\udcff]")
 
 
+#: The same in a block of text shown as lines (a template's file): new lines and tabs stay.
+_UNPRINTABLE_IN_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f"
+                                   "\u202a-\u202e\u2066-\u2069\udc80-\udcff]")
+
+
 def _escaped(match: re.Match[str]) -> str:
     code = ord(match.group(0))
     if 0xDC80 <= code <= 0xDCFF:
@@ -82,3 +87,11 @@ def cell(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return _UNPRINTABLE.sub(_escaped, ",".join(str(v) for v in value)) or "-"
     return _UNPRINTABLE.sub(_escaped, str(value))
+
+
+def text_lines(value: str) -> str:
+    """Text somebody else wrote (a template's file, its description) for a terminal: its
+    lines and tabs kept, every other control character, bidi control and non-UTF-8 byte
+    escaped as :func:`cell` does (a carriage return or an escape sequence could otherwise
+    hide a line from the person reading it before they run it)."""
+    return _UNPRINTABLE_IN_LINES.sub(_escaped, value)

@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from tiangong.output import cell, text_lines
+
 __all__ = [
     "KIND_HELP",
     "agent_option",
@@ -226,11 +228,11 @@ def template_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def echo_template(row: dict[str, Any]) -> None:
     """``templates show`` for people: the head, each parameter described, the file."""
     click.echo(f"template {row['name']} version {row['version']} ({row['kind']}) by "
-               f"{row['created_by']}: {row['description']}")
+               f"{row['created_by']}: {cell(row['description'])}")
     for text in row["described"]:
-        click.echo(f"  parameter {text}")
-    click.echo(f"  file {row['file']} (sha256 {row['sha256']}):")
-    click.echo(row["text"])
+        click.echo(f"  parameter {cell(text)}")
+    click.echo(f"  file {cell(row['file'])} (sha256 {row['sha256']}):")
+    click.echo(text_lines(row["text"]))  # what will run: no line hidden by escape codes
 
 
 def template_written(label: str, out: Path,

@@ -158,3 +158,21 @@ def test_a_template_name_at_a_version_that_is_no_number_is_a_usage_error() -> No
     for bad in ("purge@\u00b2", "purge@99999999999999999999", "purge@", "purge@-1"):
         with pytest.raises(click.UsageError, match="NAME@VERSION"):
             split_name(bad)
+
+
+def test_templates_show_escapes_what_could_hide_a_line_of_the_file(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`hub templates show` / `remote templates show` is how an operator reads a template
+    before running it: its file went to the terminal raw, so an author's '\\x1b[1A\\x1b[2K'
+    or '\\r' erased the DROP line it stood on and the reader saw only 'SELECT 2;'. Lines
+    and tabs stay; escapes, carriage returns and bidi controls are shown as escapes."""
+    from tiangong.run_text import echo_template
+
+    echo_template({"name": "p", "version": 1, "kind": "sql", "created_by": "dev",
+                   "description": "old\u202esessions", "described": ["days int"],
+                   "file": "p.sql", "sha256": "00",
+                   "text": "SELECT 1;\n\tDROP TABLE s; -- \x1b[1A\x1b[2K\rSELECT 2;\n"})
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and "\u202e" not in out
+    assert "SELECT 1;\n\tDROP TABLE s; -- \\x1b[1A\\x1b[2K\\x0dSELECT 2;\n" in out
+    assert "old\\u202esessions" in out
