@@ -382,7 +382,7 @@ def get_template(ctx: ServiceContext, name: str, version: int | None = None) -> 
     row: JobTemplate | None = ctx.session.scalar(
         query.order_by(JobTemplate.version.desc()).limit(1))
     if row is None:
-        which = f"template {name!r}" + (f" version {version}" if version is not None else "")
+        which = f"template {name[:64]!r}" + (f" version {version}" if version is not None else "")
         raise NotFoundError(f"{which} not found (`tiangong hub templates list`)")
     return row
 

@@ -223,4 +223,6 @@ def test_template_versions_that_are_no_numbers_are_refused(site: Site) -> None:
     resp = site.app.test_client().get("/api/v1/deployments/99999999999999999999/progress",
                                       headers={"Authorization": f"Bearer {dev.token}"})
     assert resp.status_code == 404  # a path id past the database's integer names nothing
+    body = dev.get("/templates/" + "a" * 5000, 404)  # the name is cut, as other 404s
+    assert body["message"] == f"template {'a' * 64!r} not found (`tiangong hub templates list`)"
     assert _state(site) == before
