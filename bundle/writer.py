@@ -104,6 +104,7 @@ __all__ = [
     "ReleaseSourceLike",
     "WrittenBundle",
     "encode_roots",
+    "make_durable",
     "plan_manifest",
     "release_manifest",
     "write_bundle",
@@ -112,6 +113,10 @@ __all__ = [
 BUFFER_BYTES = 1024 * 1024  # bytes per read/write/hash step
 DEFAULT_LEVEL = 3  # zstd level (§12.1)
 MT_THRESHOLD_BYTES = 4 * 1024 * 1024  # members larger than this use all cores (§12.2)
+#: single-file bundles up to this size are assembled in memory and written with one call
+#: (the usual export: payload frames come from the release's frame cache)
+ASSEMBLE_BYTES = 8 * 1024 * 1024
+SYNC_THREADS = 8  # make_durable: files fsynced and read back at once
 MAX_SMALL_WORKERS = 4  # threads compressing small members at once
 _SMALL_AHEAD = 16  # small frames compressed ahead of the one taken next (memory bound)
 _PIPE_CHUNKS = 4  # chunks (at most BUFFER_BYTES each) queued for a hashing or writing thread
@@ -149,6 +154,12 @@ class WrittenBundle:
     envelope: bytes
     envelope_sha256: str
     size: int
+    #: SHA-256 of the whole bundle file (what a live transfer OFFERs); None where the
+    #: writer did not pass every byte through memory (large or split bundles)
+    file_sha256: str | None = None
+    #: ``durable=False``: the temporary file holding the bundle, not yet made durable nor
+    #: renamed to ``paths[0]`` (:func:`make_durable` does both); None: already in place
+    pending: Path | None = None
 
 
 class ReleaseSourceLike(Protocol):
@@ -941,6 +952,7 @@ def write_bundle(
     verify: bool = True,
     frames: FrameCache | None = None,
     finish: Callable[[Manifest], Manifest] | None = None,
+    durable: bool = True,
 ) -> WrittenBundle:
     """Write a signed bundle to ``out`` (or to its parts ``out.part000``, ``out.part001`` ...).
 
@@ -968,6 +980,11 @@ def write_bundle(
             signed; returns the manifest to sign (e.g. with the release's content hash
             computed from the digests taken while compressing). It may not change ``files``
             or ``parts``.
+        durable: False: a bundle assembled in memory (single file, at most
+            :data:`ASSEMBLE_BYTES`) is left under its temporary name, not fsynced nor
+            re-read (``pending`` in the result); the caller makes many such bundles durable
+            at once with :func:`make_durable`, which re-reads and renames them. Other
+            bundles are written as with True (``pending`` None).
 
     Raises:
         LimitExceededError: the bundle would exceed a limit (files, sizes, envelope, secrets).
@@ -1014,7 +1031,7 @@ def write_bundle(
         data_bytes = sum(member_span(e.compressed_size) for e in entries) + len(END_OF_ARCHIVE)
         result = _frame_and_write(
             out, manifest, entries, sources, signing_keys, roots_json, split_size, write_parts,
-            data_bytes, limits, report, temps, verify, finish, direct,
+            data_bytes, limits, report, temps, verify, finish, direct, durable,
         )
     finally:
         if direct is not None:
@@ -1350,6 +1367,7 @@ def _frame_and_write(
     verify: bool,
     finish: Callable[[Manifest], Manifest] | None = None,
     direct: _Direct | None = None,
+    durable: bool = True,
 ) -> WrittenBundle:
     sizes = plan_parts(data_bytes, split_size) if split_size is not None else []
     parts_written: list[Path] = []
@@ -1416,6 +1434,42 @@ def _frame_and_write(
         _remove_stale_parts(out, len(sizes))
         paths = (part_path(out, 0), *finals)
         report("write", total, total)
+    elif total <= ASSEMBLE_BYTES and (
+            direct is None or not any(f.path == direct.path for f in sources)):
+        if direct is not None:  # nothing was compressed into it: it is the file to write
+            fd, tmp = direct.fd, direct.path
+            direct.fd = -1
+        else:
+            fd, tmp = _tmp_for(out)
+            temps.append(tmp)
+        label = strip_part_suffix(out.name)
+        try:
+            data = _assemble(label, head, entries, sources)
+            report("write", 0, total)
+            _write_all(fd, data)
+            report("write", total, total)
+            file_sha256 = hashlib.sha256(data).hexdigest()
+            del data
+            if durable:
+                os.fsync(fd)
+                if verify:
+                    report("verify", 0, total)
+                    _check_on_device(fd, label, total, file_sha256, entries)
+                    report("verify", total, total)
+        finally:
+            os.close(fd)
+        temps.remove(tmp)
+        if not durable:
+            return WrittenBundle((out,), final, envelope, envelope_sha256, total,
+                                 file_sha256=file_sha256, pending=tmp)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            temps.append(tmp)
+            raise
+        fsync_dir(out.parent)
+        return WrittenBundle((out,), final, envelope, envelope_sha256, total,
+                             file_sha256=file_sha256)
     else:
         written, write_total = 0, total
         report("write", 0, total)
@@ -1491,6 +1545,180 @@ def _frame_and_write(
         fsync_dir(out.parent)
         paths = (out,)
     return WrittenBundle(paths, final, envelope, envelope_sha256, total)
+
+
+def _assemble(label: str, head: bytes, entries: Sequence[FileEntry],
+              sources: Sequence[_Frame]) -> bytes:
+    """The whole bundle file in memory: head, each member (its frame read from its spool or
+    cache file and checked against the SHA-256 the manifest signs), end marker.
+
+    Raises:
+        DigestMismatchError: a frame file no longer holds the frame compressed (a damaged
+            frame cache or spool).
+        OSError: a frame file cannot be read or ended early.
+    """
+    out = bytearray(head)
+    opened: dict[Path, int] = {}
+    try:
+        for entry, frame in zip(entries, sources, strict=True):
+            out += encode_header(entry.member, entry.compressed_size)
+            src = opened.get(frame.path)
+            if src is None:
+                src = opened[frame.path] = os.open(frame.path, os.O_RDONLY | os.O_CLOEXEC)
+            start = len(out)
+            out += bytes(entry.compressed_size)
+            view = memoryview(out)[start:]
+            got = 0
+            while got < entry.compressed_size:  # straight into the bundle's buffer
+                n = os.preadv(src, [view[got:]], frame.offset + got)
+                if n <= 0:
+                    raise OSError(errno.EIO, f"frame file {frame.path} ended early")
+                got += n
+            digest = hashlib.sha256(view).hexdigest()
+            view.release()
+            if digest != entry.compressed_sha256:
+                raise DigestMismatchError(
+                    f"bundle {label}: the frame of {entry.member} ({entry.name!r}) in "
+                    f"{frame.path} is not the one compressed (a damaged frame cache or spool)")
+            out += padding(entry.compressed_size)
+    finally:
+        for fd in opened.values():
+            os.close(fd)
+    out += END_OF_ARCHIVE
+    return bytes(out)
+
+
+def _check_on_device(fd: int, label: str, size: int, sha256: str,
+                     entries: Sequence[FileEntry]) -> None:
+    """Re-read a written and fsynced bundle file of at most :data:`ASSEMBLE_BYTES` from the
+    device (its pages dropped from the cache first) and compare it with the SHA-256 of what
+    was written (§12.3); a difference is named by :func:`_locate`.
+
+    Raises:
+        BundleFormatError, DigestMismatchError: it reads back with another length or other
+            bytes.
+    """
+    _drop_cache(fd)
+    chunks = []
+    done = 0
+    while done < size:
+        data = os.pread(fd, min(BUFFER_BYTES, size - done), done)
+        if not data:
+            break
+        chunks.append(data)
+        done += len(data)
+    if done != size or os.fstat(fd).st_size != size:
+        raise BundleFormatError(
+            f"bundle {label}: is {os.fstat(fd).st_size} bytes on the device, {size} written")
+    got = b"".join(chunks)
+    if hashlib.sha256(got).hexdigest() != sha256:
+        raise _locate(label, got, entries)
+
+
+def _locate(label: str, got: bytes, entries: Sequence[FileEntry]) -> BundleError:
+    """The error naming where ``got`` (a bundle read back) differs from what was written:
+    a payload member whose SHA-256 differs, else the container structure (head, member
+    headers, padding, end marker)."""
+    structure = BundleFormatError(
+        f"bundle {label}: the bytes read back differently from what was written (container "
+        "structure)")
+    at = len(got) - len(END_OF_ARCHIVE) - sum(member_span(e.compressed_size) for e in entries)
+    if at < 0:
+        return structure
+    for entry in entries:
+        size = entry.compressed_size
+        header = encode_header(entry.member, size)
+        if got[at:at + len(header)] != header:
+            return structure
+        frame = got[at + len(header):at + len(header) + size]
+        if hashlib.sha256(frame).hexdigest() != entry.compressed_sha256:
+            return DigestMismatchError(
+                f"bundle {label}: {entry.member} ({entry.name!r}) reads back differently "
+                "from what was written")
+        at += member_span(size)
+    return structure
+
+
+def make_durable(
+    bundles: Sequence[WrittenBundle],
+    *,
+    verify: bool = True,
+    synced: Callable[[], None] | None = None,
+    threads: int = SYNC_THREADS,
+) -> list[BaseException | None]:
+    """Make the bundles :func:`write_bundle` left ``pending`` (``durable=False``) durable
+    under their final names, all in one pass: every temporary file ``fsync``-ed (in
+    ``threads`` threads at once) and, with ``verify``, re-read from the device and compared
+    with its SHA-256 (§12.3); then ``synced()`` is called; then each is renamed to its final
+    name and every directory holding one is ``fsync``-ed once. Bundles already in place
+    (``pending`` None) are left alone.
+
+    Returns, per bundle, None or the error that kept it from its final name (its temporary
+    file is then removed; nothing of it stays).
+    """
+    errors: list[BaseException | None] = [None] * len(bundles)
+    todo = [i for i, b in enumerate(bundles) if b.pending is not None]
+    if not todo:
+        return errors
+
+    def sync_one(b: WrittenBundle) -> None:
+        assert b.pending is not None
+        fd = os.open(b.pending, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+            if verify:
+                assert b.file_sha256 is not None
+                _check_on_device(fd, strip_part_suffix(b.paths[0].name), b.size,
+                                 b.file_sha256, b.manifest.files)
+        finally:
+            os.close(fd)
+
+    def failed(i: int, exc: BaseException) -> None:
+        errors[i] = exc
+        pending = bundles[i].pending
+        assert pending is not None
+        with contextlib.suppress(FileNotFoundError):
+            pending.unlink()
+
+    if len(todo) == 1 or threads <= 1:
+        results: list[BaseException | None] = []
+        for i in todo:
+            try:
+                sync_one(bundles[i])
+                results.append(None)
+            except (OSError, BundleError) as exc:
+                results.append(exc)
+    else:
+        with ThreadPoolExecutor(min(threads, len(todo)), "bundle-sync") as pool:
+            futures = [pool.submit(sync_one, bundles[i]) for i in todo]
+            results = [f.exception() for f in futures]
+    for i, found in zip(todo, results, strict=True):
+        if found is not None:
+            if not isinstance(found, (OSError, BundleError)):
+                raise found
+            failed(i, found)
+    if synced is not None:
+        synced()
+    dirs: dict[Path, list[int]] = {}
+    for i in todo:
+        if errors[i] is None:
+            b = bundles[i]
+            assert b.pending is not None
+            try:
+                os.replace(b.pending, b.paths[0])
+            except OSError as exc:
+                failed(i, exc)
+                continue
+            dirs.setdefault(b.paths[0].parent, []).append(i)
+    for directory, members in sorted(dirs.items()):
+        try:
+            fsync_dir(directory)
+        except OSError as exc:
+            for i in members:  # under its final name, but not known to be durable there
+                errors[i] = exc
+                with contextlib.suppress(FileNotFoundError):
+                    bundles[i].paths[0].unlink()
+    return errors
 
 
 def _remove_stale_parts(out: Path, count: int) -> None:

@@ -28,6 +28,8 @@ CRASH_POINTS: dict[str, str] = {
     "media, no final name yet",
     "hub.export-frame-caching": "a payload's compressed frame written to a temporary file "
     "in the release store's frame cache and fsynced, not renamed to its entry",
+    "hub.export-synced": "a batch's bundles written under temporary names, fsynced and "
+    "read back, none renamed yet",
     "hub.export-renamed": "the bundle under its final name on the media, the hub still says "
     "exporting",
     "hub.export-recorded": "the deployment committed as exported (bundle.written), the "

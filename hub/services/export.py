@@ -38,6 +38,7 @@ import base64
 import contextlib
 import fcntl
 import glob
+import hashlib
 import os
 import secrets
 import shutil
@@ -60,7 +61,7 @@ from bundle.manifest import ChainInfo, Target
 from bundle.parts import part_path, strip_part_suffix
 from bundle.release import ReleaseSource, load_release
 from bundle.windows import Policy
-from bundle.writer import WrittenBundle, release_manifest, write_bundle
+from bundle.writer import WrittenBundle, make_durable, release_manifest, write_bundle
 from hub.db import Deployment, Environment, Release
 from hub.errors import (
     ConfigError,
@@ -127,6 +128,10 @@ class ExportedBundle:
     bundle_id: str
     paths: tuple[Path, ...]
     size: int
+    #: SHA-256 of the whole bundle file as written (what a live OFFER carries); None for a
+    #: bundle the writer streamed (large or split). Also kept in the deployment's
+    #: ``export_intent["file_sha256"]`` (with ``"file_size"``) for other processes.
+    sha256: str | None = None
 
 
 @dataclass
@@ -353,10 +358,16 @@ class _Run:
         facts = _Facts(self.ctx, [], self.ctx.now())  # the write's: release files, approvals
         for dep, intent in claimed:
             try:
-                written.append((dep, intent, self._write(dep, intent, facts)))
+                # Under temporary names; made durable, re-read and renamed all at once below.
+                written.append((dep, intent, self._write(dep, intent, facts, durable=False)))
             except (HubError, BundleError, OSError) as exc:
                 unwritten.append((dep, exc))
-                continue
+        errors = make_durable([bundle for _, _, bundle in written],
+                              synced=lambda: crash_point("hub.export-synced"))
+        unwritten += [(dep, exc) for (dep, _, _), exc in zip(written, errors, strict=True)
+                      if exc is not None]
+        written = [w for w, exc in zip(written, errors, strict=True) if exc is None]
+        if written:
             crash_point("hub.export-renamed")
         session.rollback()  # _write only reads; start the recording transaction afresh
         done: list[ExportedBundle] = []
@@ -371,7 +382,7 @@ class _Run:
                         f"{fresh.state if fresh is not None else 'gone'}, not queued"))
                     continue
                 done.append(self._record_one(fresh, intent, bundle.paths, bundle.size,
-                                             bundle.envelope_sha256))
+                                             bundle.envelope_sha256, bundle.file_sha256))
             for dep, why in unwritten:
                 # The claim is released: the next export writes the recorded bundle again.
                 dep.claimed_by = None
@@ -580,11 +591,14 @@ class _Run:
         recorded = Path(dep.bundle_path or "")
         head = part_path(recorded, 0) if intent.get("split_size") else recorded
         if dep.bundle_path and head.is_file():
-            # The final name reached the media before the export died: record it as is.
+            # The final name reached the media before the export died: record it once it
+            # reads back as the bundle of this intent (else it is written again).
             paths = _written_paths(recorded, bool(intent.get("split_size")))
-            size = sum(p.stat().st_size for p in paths)
-            self._record(dep, intent, paths, size, envelope_sha256=None, report=report)
-            return
+            found = _check_found(paths, intent)
+            if found is not None:
+                self._record(dep, intent, paths, found.size, found.envelope_sha256, report,
+                             file_sha256=found.file_sha256)
+                return
         if intent["expires"] <= int(ctx.now().timestamp()):
             # A copy that reached some media has expired there: a fresh validity period.
             created = int(ctx.now().timestamp())
@@ -610,7 +624,8 @@ class _Run:
         crash_point("hub.export-renamed")
         try:
             self._record(
-                dep, intent, written.paths, written.size, written.envelope_sha256, report
+                dep, intent, written.paths, written.size, written.envelope_sha256, report,
+                file_sha256=written.file_sha256,
             )
         except HubError as exc:
             # Moved on while it was written (declared lost, or a result arrived): the file
@@ -619,7 +634,7 @@ class _Run:
             self._failed(report, dep_id, exc)
 
     def _write(self, dep: Deployment, intent: dict[str, Any],
-               facts: _Facts | None = None) -> WrittenBundle:
+               facts: _Facts | None = None, *, durable: bool = True) -> WrittenBundle:
         keys = self.ctx.keys
         assert keys is not None and keys.release_key is not None
         facts = facts or _Facts(self.ctx, [], self.ctx.now())
@@ -664,6 +679,7 @@ class _Run:
             spool_dir=self.spool,
             progress=_with_crash_point(self.progress),
             frames=self._frames(),
+            durable=durable,
         )
 
     def _frames(self) -> FrameCache | None:
@@ -685,10 +701,12 @@ class _Run:
         size: int,
         envelope_sha256: str | None,
         report: ExportReport,
+        *,
+        file_sha256: str | None = None,
     ) -> None:
         """Mark ``dep`` exported with its ``bundle.written`` event, and commit."""
         audit.lock_head(self.ctx.session)  # lock order: audit head, then the deployment
-        exported = self._record_one(dep, intent, paths, size, envelope_sha256)
+        exported = self._record_one(dep, intent, paths, size, envelope_sha256, file_sha256)
         self.ctx.session.commit()
         crash_point("hub.export-recorded")
         report.written.append(exported)
@@ -700,9 +718,11 @@ class _Run:
         paths: tuple[Path, ...],
         size: int,
         envelope_sha256: str | None,
+        file_sha256: str | None = None,
     ) -> ExportedBundle:
         """Mark ``dep`` exported with its ``bundle.written`` event, in the caller's
-        transaction (the audit head locked)."""
+        transaction (the audit head locked); the whole file's SHA-256 and size, when known,
+        go into its ``export_intent`` (``file_sha256``, ``file_size``)."""
         ctx = self.ctx
         release = dep.release
         mark_exported(
@@ -715,6 +735,8 @@ class _Run:
             flush=False,  # all of a batch's rows in one flush, at its commit
         )
         dep.claimed_by = None
+        if file_sha256 is not None:
+            dep.export_intent = {**intent, "file_sha256": file_sha256, "file_size": size}
         audit.record(
             ctx,
             "bundle.written",
@@ -738,6 +760,7 @@ class _Run:
             intent["bundle_id"],
             paths,
             size,
+            file_sha256,
         )
 
     def _failed(self, report: ExportReport, dep_id: int, exc: BaseException) -> None:
@@ -925,6 +948,54 @@ def _check_release_files(label: str, stored_path: str, content_hash: str) -> Rel
             " refusing to export"
         )
     return source
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A bundle a killed export left under its final name, read back whole."""
+
+    size: int
+    envelope_sha256: str
+    file_sha256: str | None
+
+
+def _check_found(paths: tuple[Path, ...], intent: dict[str, Any]) -> _Found | None:
+    """Read back the bundle ``paths`` that a killed export left under its final name(s):
+    it is recorded only if it is the bundle of ``intent`` (bundle id and sequence) and every
+    member, digest and part reads back as its signed manifest says
+    (:func:`bundle.inspect.verify_written`). Otherwise its files are removed and None is
+    returned: the caller writes it again from the intent (the same bytes)."""
+    from bundle.container import ContainerReader, read_head
+    from bundle.inspect import verify_written
+    from bundle.manifest import peek_manifest
+
+    label = strip_part_suffix(paths[0].name)
+    try:
+        size = sum(p.stat().st_size for p in paths)
+        with paths[0].open("rb") as fh:
+            head = read_head(ContainerReader(fh, label), max_roots_bytes=2**30,
+                             max_envelope_bytes=2**30)
+        manifest = peek_manifest(head.envelope, len(head.envelope))
+        if (manifest.bundle_id, manifest.sequence) != (intent["bundle_id"],
+                                                       intent["sequence"]):
+            raise BundleError(f"bundle {label} is {manifest.bundle_id} "
+                              f"(sequence {manifest.sequence}), not the one recorded")
+        written = WrittenBundle(paths, manifest, head.envelope,
+                                hashlib.sha256(head.envelope).hexdigest(), size)
+        verify_written(written)
+        file_sha256 = None
+        if len(paths) == 1:
+            digest = hashlib.sha256()
+            with paths[0].open("rb") as fh:
+                while block := fh.read(1024 * 1024):
+                    digest.update(block)
+            file_sha256 = digest.hexdigest()
+    except (BundleError, OSError):
+        for path in paths:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return None
+    return _Found(size, written.envelope_sha256, file_sha256)
 
 
 def _written_paths(out: Path, split: bool) -> tuple[Path, ...]:

@@ -383,6 +383,41 @@ def test_a_device_returning_other_bytes_removes_the_output(
     assert os.listdir(out) == []
 
 
+def test_bundles_made_durable_together_are_the_same_bytes(
+    trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``durable=False`` leaves a small bundle under its temporary name (not yet fsynced
+    nor re-read); :func:`make_durable` fsyncs and re-reads a batch of them, then renames
+    them: the files are byte for byte what a durable write gives, with the whole file's
+    SHA-256 reported. One that reads back differently is removed, the others land."""
+    files = make_files(src, {"a": b"small", "b": _mixed(50_000)})
+    ref = write_bundle(out / "ref.tgb", release_draft(trust), files, [trust.release_key])
+    assert ref.pending is None
+    assert ref.file_sha256 == hashlib.sha256((out / "ref.tgb").read_bytes()).hexdigest()
+    batch = [write_bundle(out / f"b{i}.tgb", release_draft(trust), files,
+                          [trust.release_key], durable=False) for i in range(3)]
+    for w in batch:
+        assert w.pending is not None and w.pending.is_file() and not w.paths[0].exists()
+        assert w.pending.name.endswith(".tmp") and w.file_sha256 == ref.file_sha256
+    synced: list[list[str]] = []
+    errors = writer_mod.make_durable(batch, synced=lambda: synced.append(
+        sorted(p.name for p in out.glob("*.tgb"))))
+    assert errors == [None] * 3 and synced == [["ref.tgb"]]  # none renamed before it
+    for w in batch:
+        assert w.paths[0].read_bytes() == (out / "ref.tgb").read_bytes()
+        verify_written(w)
+    assert _spools_and_temps(out) == []
+
+    again = [write_bundle(out / f"c{i}.tgb", release_draft(trust), files,
+                          [trust.release_key], durable=False) for i in range(2)]
+    _device_flipping_byte(monkeypatch, lambda size: size - 1024 - 600)
+    first, second = writer_mod.make_durable(again, threads=1)  # both damaged on re-read
+    assert isinstance(first, DigestMismatchError) and "reads back differently" in str(first)
+    assert isinstance(second, DigestMismatchError)
+    assert not (out / "c0.tgb").exists() and not (out / "c1.tgb").exists()
+    assert _spools_and_temps(out) == []
+
+
 def test_read_back_spans_many_windows(
     trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -30,7 +30,7 @@ from hub.services.chain import DECLARED_LOST
 from tests.hub.realhub import ENV, HELLO, RealHub
 
 EXPORT_POINTS = ["hub.export-claimed", "hub.export-frame-caching", "hub.export-writing",
-                 "hub.export-renamed",
+                 "hub.export-synced", "hub.export-renamed",
                  "hub.export-recorded", "hub.export-indexing", "hub.audit-appended",
                  "hub.checkpoint-signed"]
 PLAN_POINTS = ["hub.plan-written"]
@@ -119,12 +119,12 @@ def test_export_killed_at(point: str, tmp_path: Path) -> None:
         _killed(hub, point, "export", "--environment", ENV, "--out", str(usb))
         again = hub.cli("export", "--environment", ENV, "--out", str(usb))
         assert again.returncode == 0, again
-        if point in ("hub.export-writing", "hub.export-indexing"):
+        if point in ("hub.export-writing", "hub.export-synced", "hub.export-indexing"):
             assert "by an export that was killed" in again.stdout
         if point == "hub.export-indexing":
             assert f"removed .INDEX-{ENV}.txt.lock " in again.stdout
         if point in ("hub.export-claimed", "hub.export-frame-caching", "hub.export-writing",
-                     "hub.export-renamed"):
+                     "hub.export-synced", "hub.export-renamed"):
             assert "completing an export that was interrupted" in again.stdout
         if point == "hub.export-frame-caching":
             # Killed with a frame fsynced under its temporary name: the next export removed

@@ -106,11 +106,11 @@ def test_a_burst_to_hundreds_of_agents_completes_although_exports_fail_now_and_t
     writes = Counter[str]()
     write, record = export_service._Run._write, export_service._Run._record_one
 
-    def failing_write(self: Any, dep: Any, intent: Any, *args: Any) -> Any:
+    def failing_write(self: Any, dep: Any, intent: Any, *args: Any, **kwargs: Any) -> Any:
         writes["write"] += 1
         if writes["write"] % 10 == 3:
             raise OSError(errno.EMFILE, "Too many open files")
-        return write(self, dep, intent, *args)
+        return write(self, dep, intent, *args, **kwargs)
 
     def failing_record(self: Any, *args: Any, **kwargs: Any) -> Any:
         writes["record"] += 1

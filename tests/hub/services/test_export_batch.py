@@ -296,3 +296,63 @@ def test_two_exports_into_one_spool_root_at_once_both_write(file_world: World,
     world.session.expire_all()
     assert {d.state for d in world.session.scalars(select(Deployment))} == {"exported"}
     assert not [p.name for p in spool.iterdir() if p.name.startswith(".")]  # nothing left
+
+
+class _Killed(BaseException):
+    """Stands for the SIGKILL of a crash point (no except clause of the export catches it)."""
+
+
+def test_a_batch_offers_each_file_digest_and_resume_rereads_what_it_finds(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's bundles are made durable together (written under temporary names, fsynced
+    and re-read in one pass, then renamed): each written bundle reports the SHA-256 and size
+    of its whole file (kept in its intent for the live server's OFFER). Killed once they
+    are under their final names, the next export records a bundle it finds only if it
+    reads back whole: a damaged one is written again from the intent, the same bytes."""
+    import hashlib
+
+    from hub.services.export_claims import STALE_CLAIM
+
+    ids = ["site-01", "site-02", "site-03"]
+    _enroll(world, ids)
+    _queue(world)
+    usb = tmp_path / "usb"
+
+    def crash(point: str) -> None:
+        if point == "hub.export-renamed":
+            raise _Killed(point)
+
+    monkeypatch.setattr(export_service, "crash_point", crash)
+    with pytest.raises(_Killed):
+        export_environment(world.ctx("op"), "test", usb)
+    world.session.rollback()
+    files = sorted(usb.glob("*.tgb"))
+    assert len(files) == 3 and not [p for p in usb.iterdir() if p.name.startswith(".")]
+    original = {p.name: p.read_bytes() for p in files}
+    # The killed process's claims (another host's token, old enough to be taken over).
+    for dep in world.session.scalars(select(Deployment)):
+        assert dep.state == "exporting"
+        dep.claimed_by = "gone-host:1:1"
+        dep.claimed_at = world.clock() - STALE_CLAIM * 2
+    world.session.commit()
+    damaged = bytearray(original[files[1].name])
+    damaged[len(damaged) - 1500] ^= 0x01  # inside the last payload frame
+    files[1].write_bytes(bytes(damaged))
+    files[2].write_bytes(original[files[2].name][:4096])  # cut short
+
+    monkeypatch.undo()
+    report = export_environment(world.ctx("op"), "test", usb)
+    assert not report.failed, report.failed
+    assert len(report.written) == len(report.recovered) == 3
+    assert {p.name: p.read_bytes() for p in usb.glob("*.tgb")} == original
+    world.session.expire_all()
+    for bundle in report.written:
+        (path,) = bundle.paths
+        data = path.read_bytes()
+        assert bundle.sha256 == hashlib.sha256(data).hexdigest()
+        assert bundle.size == len(data)
+        dep = world.session.get(Deployment, bundle.deployment_id)
+        assert dep is not None and dep.state == "exported" and dep.export_intent is not None
+        assert dep.export_intent["file_sha256"] == bundle.sha256
+        assert dep.export_intent["file_size"] == len(data)
+    assert verify_database(world.session, world.keys.hub).ok
