@@ -116,7 +116,7 @@ log = logging.getLogger("tiangong.hub.live")
 
 WINDOW_BYTES = 32 * 1024 * 1024  # bytes sent and not yet acknowledged, per transfer
 ACK_EVERY_BYTES = 8 * 1024 * 1024  # bytes received between two fsync + ACK
-READ_BYTES = MAX_CHUNK_BYTES  # bytes per CHUNK sent
+READ_BYTES = MAX_CHUNK_BYTES  # bytes per CHUNK sent (at most [live] send_buffer_bytes)
 POLL_SECONDS = 0.25  # seconds between two looks at the database for queued work / revocations
 SEEN_FLUSH_SECONDS = 1.0  # seconds between two writes of the heartbeats' last_seen
 EXPORT_RETRY_SECONDS = 60.0  # seconds before an export that failed is tried again unchanged
@@ -172,7 +172,7 @@ class _Peer:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     incoming: dict[str, _Incoming] = field(default_factory=dict)
     bundles: set[str] = field(default_factory=set)  # bundle ids addressed to this agent
-    queue: deque[bytes] = field(default_factory=deque)
+    queue: deque[bytes | bytearray] = field(default_factory=deque)
     queued_bytes: int = 0
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     room: asyncio.Event = field(default_factory=asyncio.Event)
@@ -1141,35 +1141,49 @@ class LiveHub:
             peer.acked[transfer] = asyncio.Event()
         peer.flush()
 
-    def read_chunk(self, path: Path, offset: int, size: int) -> bytes:
-        """The bytes of a spooled file to send (a seam for tests that corrupt the wire)."""
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            return fh.read(size)
+    def read_chunk(self, fd: int, offset: int, view: memoryview) -> None:
+        """Fill ``view`` with the bytes of a spooled file from ``offset``: read straight into
+        the CHUNK message (a seam for tests that corrupt the wire).
+
+        Raises:
+            OSError: the read failed, or the file ends before ``view`` is full.
+        """
+        while view:
+            got = os.preadv(fd, [view], offset)
+            if not got:
+                raise OSError(f"the spooled file ends at byte {offset}, before its offered size")
+            view, offset = view[got:], offset + got
 
     async def _send_file(self, peer: _Peer, transfer: str, offset: int) -> None:
         path = peer.outgoing.get(transfer)
         if path is None:
             return
         conn = peer.conn
-        size = path.stat().st_size
         acked = peer.acked[transfer]
-        # The offset the agent asked for: > 0 after a resume (nothing it holds is sent again).
-        log.info("live: sending %s to %s from byte %d of %d", path.name, conn.agent_id, offset,
-                 size)
-        while offset < size and peer.open and transfer in peer.outgoing:
-            if conn.in_flight(transfer) >= WINDOW_BYTES:
-                acked.clear()
-                await acked.wait()
-                continue
-            if not peer.room.is_set():  # the writer is behind: wait, never buffer more
-                await peer.room.wait()
-                continue
-            data = self.read_chunk(path, offset, min(READ_BYTES, size - offset))
-            conn.send_chunk(transfer, offset, data)
-            offset += len(data)
-            self.metrics.transfer_bytes.labels("out").inc(len(data))
-            peer.flush()
+        # One chunk never outgrows the queue file chunks wait for (§10.1).
+        most = min(READ_BYTES, peer.limits.send_buffer_bytes)
+        # Open once: renamed into sent/ meanwhile, the file is still read to its end.
+        with path.open("rb", buffering=0) as fh:
+            fd = fh.fileno()
+            size = os.fstat(fd).st_size
+            # The offset the agent asked for: > 0 after a resume (nothing it holds is sent
+            # again).
+            log.info("live: sending %s to %s from byte %d of %d", path.name, conn.agent_id,
+                     offset, size)
+            while offset < size and peer.open and transfer in peer.outgoing:
+                if conn.in_flight(transfer) >= WINDOW_BYTES:
+                    acked.clear()
+                    await acked.wait()
+                    continue
+                if not peer.room.is_set():  # the writer is behind: wait, never buffer more
+                    await peer.room.wait()
+                    continue
+                n = min(most, size - offset)
+                conn.send_chunk_from(transfer, offset, n,
+                                     functools.partial(self.read_chunk, fd, offset))
+                offset += n
+                self.metrics.transfer_bytes.labels("out").inc(n)
+                peer.flush()
         if offset == size and peer.open and transfer in peer.outgoing:
             conn.send_done(transfer)
             peer.flush()

@@ -73,6 +73,7 @@ from bundle.sync.messages import (
     Part,
     auth_message,
     decode_message,
+    encode_chunk,
     encode_message,
     verify_auth,
 )
@@ -133,6 +134,7 @@ __all__ = [
     "Welcomed",
     "auth_message",
     "decode_message",
+    "encode_chunk",
     "encode_message",
     "is_loopback",
     "verify_auth",

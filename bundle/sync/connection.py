@@ -47,6 +47,7 @@ from bundle.sync.messages import (
     MessageType,
     Offer,
     decode_message,
+    encode_chunk,
     encode_message,
 )
 from bundle.sync.transfer import Clock
@@ -107,7 +108,7 @@ class Connection:
     def __init__(self, *, clock: Clock = time.monotonic) -> None:
         self._clock = clock
         self._state = State.HANDSHAKE
-        self._out: list[bytes] = []
+        self._out: list[bytes | bytearray] = []
         self._events: list[Event] = []
         self._mine = _Transfers()  # offered by us (we send chunks)
         self._theirs = _Transfers()  # offered by the peer (we receive chunks)
@@ -136,7 +137,7 @@ class Connection:
         events, self._events = self._events, []
         return events
 
-    def data_to_send(self) -> list[bytes]:
+    def data_to_send(self) -> list[bytes | bytearray]:
         """Messages to write since the last call, in order (one WebSocket message each)."""
         out, self._out = self._out, []
         return out
@@ -358,12 +359,7 @@ class Connection:
         self._mine.live[offer.transfer] = _Outgoing(offer)
         self._send(self._OFFER, offer.to_header())
 
-    def send_chunk(self, transfer: str, offset: int, data: bytes) -> None:
-        """Send the next bytes of an offered file, at exactly the next offset.
-
-        Raises:
-            UsageError: before RESUME, wrong offset, empty, over MAX_CHUNK_BYTES or past size.
-        """
+    def _next_chunk(self, transfer: str, offset: int, size: int) -> None:
         self._require_open(f"send {self._CHUNK.name}")
         state = self._outgoing(transfer)
         if state.next_offset is None or state.done:
@@ -371,12 +367,38 @@ class Connection:
         if offset != state.next_offset:
             raise UsageError(f"transfer {transfer!r}: chunk at {offset}, next is "
                              f"{state.next_offset}")
-        if not 0 < len(data) <= MAX_CHUNK_BYTES:
-            raise UsageError(f"a chunk is 1..{MAX_CHUNK_BYTES} bytes, not {len(data)}")
-        if offset + len(data) > state.offer.size:
+        if not 0 < size <= MAX_CHUNK_BYTES:
+            raise UsageError(f"a chunk is 1..{MAX_CHUNK_BYTES} bytes, not {size}")
+        if offset + size > state.offer.size:
             raise UsageError(f"transfer {transfer!r}: chunk past the offered size")
-        state.next_offset = offset + len(data)
+
+    def send_chunk(self, transfer: str, offset: int, data: bytes) -> None:
+        """Send the next bytes of an offered file, at exactly the next offset.
+
+        Raises:
+            UsageError: before RESUME, wrong offset, empty, over MAX_CHUNK_BYTES or past size.
+        """
+        self._next_chunk(transfer, offset, len(data))
+        self._outgoing(transfer).next_offset = offset + len(data)
         self._send(self._CHUNK, {"transfer": transfer, "offset": offset}, data)
+
+    def send_chunk_from(self, transfer: str, offset: int, size: int,
+                        fill: Callable[[memoryview], None], *,
+                        buffer: bytearray | None = None) -> None:
+        """As :meth:`send_chunk`, with the ``size`` bytes written by ``fill`` straight into
+        the message (a file read into it: no copy of the body in between). ``buffer``: a
+        message already sent, reused when it has the right length (see
+        :func:`~bundle.sync.messages.encode_chunk`). Nothing is queued if ``fill`` raises.
+
+        Raises:
+            UsageError: as :meth:`send_chunk`.
+            OSError: as ``fill`` (the transfer stays where it was).
+        """
+        self._next_chunk(transfer, offset, size)
+        message = encode_chunk(self._CHUNK, {"transfer": transfer, "offset": offset}, size,
+                               fill, buffer=buffer)
+        self._outgoing(transfer).next_offset = offset + size
+        self._out.append(message)
 
     def send_done(self, transfer: str) -> None:
         """Every byte was sent; the receiver checks and answers RECEIVED (or CANCEL).

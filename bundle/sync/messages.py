@@ -57,6 +57,7 @@ __all__ = [
     "Part",
     "auth_message",
     "decode_message",
+    "encode_chunk",
     "encode_message",
     "verify_auth",
 ]
@@ -325,8 +326,8 @@ def decode_message(data: bytes) -> Message:
     return Message(mtype, header, bytes(data[end:]), state)
 
 
-def _decode_head(data: bytes) -> tuple[MessageType, dict[str, Any], int,
-                                       Mapping[str, Any] | None]:
+def _decode_head(data: bytes | bytearray) -> tuple[MessageType, dict[str, Any], int,
+                                                   Mapping[str, Any] | None]:
     """Check one message and decode its type and header: (type, header, where the body
     starts, the checked STATE). Only LOG and STATE bodies are read (UTF-8, strict JSON);
     others are checked by length, so checking a 1 MiB CHUNK copies none of it.
@@ -364,7 +365,7 @@ def _decode_head(data: bytes) -> tuple[MessageType, dict[str, Any], int,
         raise OversizedError(f"{mtype.name} body of {body_len} bytes is over {limit} bytes",
                              remote_text=f"{mtype.name} body over {limit} bytes")
     try:
-        raw = loads_strict(data[_PREFIX.size:end], MAX_HEADER_BYTES)
+        raw = loads_strict(bytes(data[_PREFIX.size:end]), MAX_HEADER_BYTES)
     except StrictJSONError as exc:
         raise MalformedError(f"{mtype.name} header: {exc}",
                              remote_text="header is not strict JSON") from exc
@@ -394,12 +395,8 @@ def _wire_value(value: object) -> object:
     return value
 
 
-def encode_message(mtype: MessageType, header: Mapping[str, object], body: bytes = b"") -> bytes:
-    """Encode one message; ``bytes`` header values are written as lowercase hex.
-
-    Raises:
-        UsageError: the message would not pass :func:`decode_message` (a local bug).
-    """
+def _encode_head(mtype: MessageType, header: Mapping[str, object]) -> bytes:
+    """The type byte, the header length and the canonical JSON header of one message."""
     wire = {key: _wire_value(value) for key, value in header.items()}
     try:
         payload = dumps_canonical(wire)
@@ -407,11 +404,47 @@ def encode_message(mtype: MessageType, header: Mapping[str, object], body: bytes
         raise UsageError(f"cannot encode {mtype.name}: {exc}") from exc
     if len(payload) > MAX_HEADER_BYTES:
         raise UsageError(f"{mtype.name} header of {len(payload)} bytes is over the limit")
-    data = b"".join((_PREFIX.pack(int(mtype), len(payload)), payload, body))  # one copy
+    return _PREFIX.pack(int(mtype), len(payload)) + payload
+
+
+def _self_check(mtype: MessageType, data: bytes | bytearray) -> None:
     try:
-        _decode_head(data)  # what the peer will check, without copying the body again
+        _decode_head(data)  # what the peer will check, without copying the body
     except (MalformedError, OversizedError, UnknownTypeError) as exc:
         raise UsageError(f"cannot encode {mtype.name}: {exc}") from exc
+
+
+def encode_message(mtype: MessageType, header: Mapping[str, object], body: bytes = b"") -> bytes:
+    """Encode one message; ``bytes`` header values are written as lowercase hex.
+
+    Raises:
+        UsageError: the message would not pass :func:`decode_message` (a local bug).
+    """
+    data = b"".join((_encode_head(mtype, header), body))  # one copy
+    _self_check(mtype, data)
+    return data
+
+
+def encode_chunk(mtype: MessageType, header: Mapping[str, object], size: int,
+                 fill: Callable[[memoryview], None], *,
+                 buffer: bytearray | None = None) -> bytearray:
+    """Encode a CHUNK or RESULT_CHUNK whose ``size``-byte body ``fill`` writes in place (a
+    file read straight into the message: no copy of the body in between). ``buffer``, if
+    it has exactly the message's length, is reused instead of a fresh allocation (a
+    message already sent: the WebSocket layer copied it into its frame).
+
+    Raises:
+        UsageError: not a chunk type, or the message would not pass :func:`decode_message`.
+        OSError: as ``fill``.
+    """
+    if mtype not in _VIEW_BODIES:
+        raise UsageError(f"{mtype.name} is not a chunk")
+    head = _encode_head(mtype, header)
+    total = len(head) + size
+    data = buffer if buffer is not None and len(buffer) == total else bytearray(total)
+    data[:len(head)] = head
+    _self_check(mtype, data)  # before reading: checks sizes and the header
+    fill(memoryview(data)[len(head):])
     return data
 
 

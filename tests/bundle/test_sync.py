@@ -69,7 +69,12 @@ from bundle.sync.errors import (
     VersionError,
     WrongHubError,
 )
-from bundle.sync.messages import MAX_CHUNK_BYTES, MAX_HEADER_BYTES, MAX_LOG_LINE_BYTES
+from bundle.sync.messages import (
+    MAX_CHUNK_BYTES,
+    MAX_HEADER_BYTES,
+    MAX_LOG_LINE_BYTES,
+    encode_chunk,
+)
 from signing.keys import SigningKey
 
 HUB_ID = "hub-main"
@@ -700,6 +705,38 @@ def test_hub_refuses_another_protocol_version_and_another_hub_id() -> None:
         hub.receive_data(encode_message(MessageType.HELLO, {
             "version": 1, "agent_id": AGENT_ID, "hub_id": "hub-other"}))
     assert last_message(hub)[1]["code"] == "wrong-hub"
+
+
+def test_a_chunk_is_read_straight_into_its_message() -> None:
+    hub, _agent = offered_and_resumed(size=10)
+    reads: list[int] = []
+
+    def fill(view: memoryview) -> None:
+        reads.append(len(view))
+        view[:] = b"0123456789"[:len(view)]
+
+    hub.send_chunk_from("t1", 0, 4, fill)
+    (message,) = hub.data_to_send()
+    assert message == chunk(0, b"0123")  # the same bytes as send_chunk's
+    # A message already sent is reused when it has the same length ...
+    assert isinstance(message, bytearray)
+    hub.send_chunk_from("t1", 4, 4, lambda view: view.__setitem__(slice(None), b"4567"),
+                        buffer=message)
+    (again,) = hub.data_to_send()
+    assert again is message and again == chunk(4, b"4567")
+    # ... and a failed read queues nothing and leaves the transfer where it was.
+
+    def broken(view: memoryview) -> None:
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError):
+        hub.send_chunk_from("t1", 8, 2, broken)
+    assert hub.data_to_send() == [] and hub.in_flight("t1") == 8
+    with pytest.raises(UsageError):  # over MAX_CHUNK_BYTES: refused before reading
+        hub.send_chunk_from("t1", 8, MAX_CHUNK_BYTES + 1, fill)
+    with pytest.raises(UsageError):
+        encode_chunk(MessageType.ACK, {"transfer": "t1", "offset": 0}, 1, fill)
+    assert reads == [4]
 
 
 def test_agent_refuses_a_challenge_from_another_hub_and_signs_nothing() -> None:

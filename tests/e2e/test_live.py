@@ -216,10 +216,9 @@ def test_byte_flipped_on_the_wire_is_rejected_and_nothing_runs(
     original_read = LiveHub.read_chunk
     original_cancelled = LiveHub._cancelled
 
-    def flip(self: LiveHub, path: Path, offset: int, size: int) -> bytes:
-        data = bytearray(original_read(self, path, offset, size))
-        data[len(data) // 2] ^= 0x01
-        return bytes(data)
+    def flip(self: LiveHub, fd: int, offset: int, view: memoryview) -> None:
+        original_read(self, fd, offset, view)
+        view[len(view) // 2] ^= 0x01
 
     def note_cancel(self: LiveHub, peer: object, event: object) -> None:
         original_cancelled(self, peer, event)  # type: ignore[arg-type]
@@ -254,9 +253,9 @@ def test_offline_bundle_waits_and_a_partial_download_resumes_where_it_stopped(
     sent_offsets: list[int] = []
     original_read = LiveHub.read_chunk
 
-    def record(self: LiveHub, path: Path, offset: int, size: int) -> bytes:
+    def record(self: LiveHub, fd: int, offset: int, view: memoryview) -> None:
         sent_offsets.append(offset)
-        return original_read(self, path, offset, size)
+        original_read(self, fd, offset, view)
 
     monkeypatch.setattr(LiveHub, "read_chunk", record)
     server = _hub(world, tmp_path)
@@ -351,13 +350,13 @@ def test_hub_stopped_mid_transfer_agent_reconnects_and_resumes(
     original_read = LiveHub.read_chunk
     first: list[LiveHub] = []
 
-    def read(self: LiveHub, path: Path, offset: int, size: int) -> bytes:
+    def read(self: LiveHub, fd: int, offset: int, view: memoryview) -> None:
         generation = "first" if self is first[0] else "second"
         if generation == "first" and offset >= stall_at:
             stalled.set()
             raise asyncio.CancelledError  # the hub stops sending, as if it hung
         sent.append((generation, offset))
-        return original_read(self, path, offset, size)
+        original_read(self, fd, offset, view)
 
     monkeypatch.setattr(LiveHub, "read_chunk", read)
     server = _hub(world, tmp_path)
