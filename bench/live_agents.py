@@ -19,7 +19,8 @@ certificate and the host name and signs the channel binding as ``agent/live.py``
 What the simulated agents skip: nothing of the handshake; of a delivery, the bundle
 verification and the run (bytes are checked against the offer's SHA-256 and dropped, or
 written and fsynced in the transfer phase), the journal, and the result upload.
-``--profile-hub FILE`` samples the hub's Python stacks (py-spy is not installed).
+``--profile-hub FILE`` samples the Python stacks of the hub's threads that are on a CPU,
+during the burst only (py-spy is not installed).
 
 For each N (default 100 and 1,000; ``--soak`` adds 5,000) it reports:
 
@@ -59,6 +60,9 @@ Usage::
     .venv/bin/python bench/live_agents.py --soak          # N = 100, 1000, 5000; 120 s idle
     .venv/bin/python bench/live_agents.py --quick         # N = 20; smoke run
     .venv/bin/python bench/live_agents.py --agents 3 --quick --json out.json
+    .venv/bin/python -u bench/live_agents.py --agents 1000 --tls --burst-only   # ~40 s
+    .venv/bin/python -u bench/live_agents.py --agents 1000 --tls --burst-only \
+        --profile-hub profile.txt       # where the burst's hub CPU goes, by function
 """
 
 from __future__ import annotations
@@ -213,7 +217,7 @@ def _hub_child(data_dir: Path, agents_file: Path, port: int, tls: bool = False,
     tiangong = str(Path(sys.executable).with_name("tiangong"))
     argv = ["hub", "--data-dir", str(data_dir), "live", "--bind", f"127.0.0.1:{port}", *plain]
     if profile is not None:
-        _run_sampled(argv, profile)
+        _run_sampled(argv, profile, data_dir.parent / PROFILE_WINDOW)
         return
     os.execv(tiangong, [tiangong, *argv])  # noqa: S606
 
@@ -269,45 +273,68 @@ def init_bench_hub(data_dir: Path, agents: list[dict[str, str]]) -> None:
 
 
 SAMPLE_SECONDS = 0.005  # --profile-hub: seconds between two samples of every thread's stack
-IDLE_LEAVES = {("selectors.py", "select"), ("threading.py", "wait"),
-               ("thread.py", "_worker"), ("live.py", "run_until_signalled")}
+PROFILE_WINDOW = "profile-window"  # --profile-hub: samples count while this file exists
 
 
-def _run_sampled(argv: list[str], out: Path) -> None:
-    """Run ``tiangong ARGV`` in this process (the same pid) while a thread samples every
-    other thread's Python stack every :data:`SAMPLE_SECONDS` (py-spy is not installed);
-    at exit, write the stacks counted to ``out`` (collapsed, most frequent first) and a
-    summary per function: *self* (the innermost Python frame: C code it calls included)
-    and *total* (anywhere on the stack). Stacks whose innermost frame waits (an idle event
-    loop in ``select``, idle pool threads) are counted apart as idle."""
+def _thread_cpu(ident: int) -> float:
+    """CPU seconds the thread ``ident`` (``threading.get_ident()``) has used, or -1."""
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (OSError, ValueError):
+        return -1.0
+
+
+def _run_sampled(argv: list[str], out: Path, window: Path | None = None) -> None:
+    """Run ``tiangong ARGV`` in this process (the same pid) while a thread samples the Python
+    stack of every other thread every :data:`SAMPLE_SECONDS` (py-spy is not installed),
+    each sample weighed by the CPU time the thread used since its previous sample (its own
+    CPU clock): a CPU profile of all threads, the event loop and the pools together (a
+    thread waiting for a lock, a socket or the disk weighs nothing). With ``window``, only
+    while that file exists (the bench creates it for the burst and removes it after). At
+    exit, write to ``out`` the CPU milliseconds per thread, per function — *self* (the
+    innermost Python frame: C code it calls included) and *total* (anywhere on the stack)
+    — and per collapsed stack, most first."""
     import collections
     import threading
 
     from tiangong.cli import root
 
-    stacks: collections.Counter[str] = collections.Counter()
-    idle = collections.Counter[str]()
+    stacks: collections.Counter[str] = collections.Counter()  # stack -> CPU microseconds
+    threads: collections.Counter[str] = collections.Counter()
+    last: dict[int, float] = {}
+    wall = 0.0
     stop = threading.Event()
 
     def sample() -> None:
+        nonlocal wall
+        me = threading.get_ident()
         while not stop.wait(SAMPLE_SECONDS):
+            if window is not None and not window.exists():
+                last.clear()
+                continue
+            t0 = time.perf_counter()
+            named = {t.ident: t for t in threading.enumerate()}
             for tid, frame in sys._current_frames().items():
-                if tid == me:
+                thread = named.get(tid)
+                if tid == me or thread is None:
+                    continue
+                cpu = _thread_cpu(tid)
+                used = cpu - last.get(tid, cpu)
+                last[tid] = cpu
+                if used <= 0:
                     continue
                 names = []
                 f: Any = frame
                 while f is not None:
                     names.append(f"{Path(f.f_code.co_filename).name}:{f.f_code.co_name}")
                     f = f.f_back
-                leaf = tuple(names[0].split(":", 1))
-                if leaf in IDLE_LEAVES:
-                    idle[names[0]] += 1
-                else:
-                    stacks[";".join(reversed(names))] += 1
+                micros = round(used * 1e6)
+                threads[thread.name.rstrip("0123456789_").removesuffix("-")] += micros
+                stacks[";".join(reversed(names))] += micros
+            wall += SAMPLE_SECONDS + time.perf_counter() - t0
 
     sampler = threading.Thread(target=sample, name="bench-sampler", daemon=True)
     sampler.start()
-    me = sampler.ident or 0
     try:
         root(args=argv, prog_name="tiangong", standalone_mode=False)
     finally:
@@ -322,16 +349,19 @@ def _run_sampled(argv: list[str], out: Path) -> None:
             for name in set(frames):
                 total[name] += count
         with out.open("w") as fh:
-            fh.write(f"# {busy} busy samples, {sum(idle.values())} idle, every "
-                     f"{SAMPLE_SECONDS * 1000:g} ms\n# self\n")
-            for name, count in own.most_common(40):
-                fh.write(f"{count:8d} {100 * count / max(1, busy):5.1f}% {name}\n")
-            fh.write("# total\n")
-            for name, count in total.most_common(60):
-                fh.write(f"{count:8d} {100 * count / max(1, busy):5.1f}% {name}\n")
-            fh.write("# stacks\n")
+            fh.write(f"# {busy / 1000:.0f} ms of CPU in the sampled threads over about "
+                     f"{wall:.1f} s of wall time\n# by thread (ms, %)\n")
+            for name, count in threads.most_common():
+                fh.write(f"{count // 1000:8d} {100 * count / max(1, busy):5.1f}% {name}\n")
+            fh.write("# self (ms, %)\n")
+            for name, count in own.most_common(50):
+                fh.write(f"{count // 1000:8d} {100 * count / max(1, busy):5.1f}% {name}\n")
+            fh.write("# total (ms, %)\n")
+            for name, count in total.most_common(80):
+                fh.write(f"{count // 1000:8d} {100 * count / max(1, busy):5.1f}% {name}\n")
+            fh.write("# stacks (ms)\n")
             for stack, count in stacks.most_common(200):
-                fh.write(f"{count} {stack}\n")
+                fh.write(f"{count // 1000} {stack}\n")
 
 
 def _steady_release(work: Path) -> Path:
@@ -1174,25 +1204,33 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
         await _steady(hub, fleet, args, rng, out)
 
         # 4. burst: queue (approved release) -> bundle received by every agent
+        window = work / PROFILE_WINDOW  # --profile-hub samples the burst only
+        window.touch()
         cpu0 = hub.cpu()
         load0 = os.getloadavg()[0]
         known = {a: len(r) for a, r in fleet.received.items()}
         before_sets = {a: set(r) for a, r in fleet.received.items()}
         t_queued, count = await asyncio.to_thread(queue_release, hub.data_dir)
-        await fleet.wait_new(list(fleet.received), known, args.deliver_timeout)
+        try:
+            await fleet.wait_new(list(fleet.received), known, args.deliver_timeout)
+        finally:
+            window.unlink(missing_ok=True)
         latencies = [min(t for k, t in r.items() if k not in before_sets[a]) - t_queued
                      for a, r in fleet.received.items() if set(r) - before_sets[a]]
         out["deliver_queued"] = count
         out["deliver_received"] = len(latencies)
         out.update(_latency_figures("deliver", latencies))
         out["deliver_hub_cpu_s"] = round(hub.cpu() - cpu0, 2)
+        out["deliver_hub_cpu_ms_per_agent"] = round(
+            1000 * out["deliver_hub_cpu_s"] / max(1, count), 2)
         out["deliver_load_average"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
         print(f"  burst, queued -> received ({count} deployments queued at once by this "
               f"process, one per agent, found by the hub's push loop): {len(latencies)}/{n} "
               f"received; first "
               f"{out.get('deliver_min_ms')} ms, p50 {out.get('deliver_p50_ms')} ms, p99 "
               f"{out.get('deliver_p99_ms')} ms, max {out.get('deliver_max_ms')} ms; hub CPU "
-              f"{out['deliver_hub_cpu_s']} s; load average {out['deliver_load_average']}",
+              f"{out['deliver_hub_cpu_s']} s ({out['deliver_hub_cpu_ms_per_agent']} ms per "
+              f"agent); load average {out['deliver_load_average']}",
               flush=True)
 
         # 5. logs
@@ -1442,6 +1480,9 @@ def main(argv: list[str] | None = None) -> None:
                          "--quick 20)")
     ap.add_argument("--quick", action="store_true", help="smoke run: small N, short windows")
     ap.add_argument("--soak", action="store_true", help="adds N=5000, 120 s idle window")
+    ap.add_argument("--burst-only", action="store_true",
+                    help="connect, then the burst: no idle window, steady samples, logs or "
+                         "transfer (unless given)")
     ap.add_argument("--idle-seconds", type=float, default=None,
                     help="idle window with heartbeats (default 60; --quick 5; --soak 120)")
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -1476,8 +1517,9 @@ def main(argv: list[str] | None = None) -> None:
                     help=argparse.SUPPRESS)
     ap.add_argument("--agent-worker", metavar="SPEC_JSON", help=argparse.SUPPRESS)
     ap.add_argument("--profile-hub", type=Path, default=None, metavar="FILE",
-                    help="sample the hub's Python stacks (every 5 ms, all threads) and write "
-                         "them to FILE when it stops (costs the hub some CPU)")
+                    help="during the burst, sample the Python stacks of the hub's threads "
+                         "that are on a CPU (every 5 ms) and write them to FILE when it "
+                         "stops (costs the hub some CPU)")
     ap.add_argument("--echo-child", metavar="FILE", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.hub_child:
@@ -1497,6 +1539,11 @@ def main(argv: list[str] | None = None) -> None:
         return quick if args.quick else soak if args.soak else normal
 
     args.agents = pick(args.agents, [20], [100, 1000], [100, 1000, 5000])
+    if args.burst_only:
+        for name in ("idle_seconds", "steady_samples", "log_agents", "log_messages",
+                     "transfer_mib"):
+            if getattr(args, name) is None:
+                setattr(args, name, 0)
     args.idle_seconds = pick(args.idle_seconds, 5.0, 60.0, 120.0)
     args.log_agents = pick(args.log_agents, 3, 10, 10)
     args.steady_samples = pick(args.steady_samples, 5, 50, 50)

@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State as WsState
@@ -128,6 +128,7 @@ LIVE_EXPORT_BATCH = 100  # agents whose queued deployments one export call takes
 #: a burst's first export calls take this many agents each, then LIVE_EXPORT_BATCH: the first
 #: bundles leave after a few exports, the rest in calls that cost little per bundle
 BURST_STEPS = (5, 20, 50)
+DELIVERED_QUERY_ITEMS = 500  # confirmed bundles looked up per query (bound parameters)
 OFFER_THREADS = 2  # threads hashing spooled files for OFFERs, never behind an export
 INLINE_HASH_BYTES = 1024 * 1024  # spooled files up to this size are hashed on the event loop
 MAX_PARTIALS = 4  # partial uploads kept per agent (MAX_TRANSFERS of the protocol)
@@ -602,34 +603,34 @@ class LiveHub:
         """Record, in one transaction, that each agent of ``items`` (agent id, file name,
         how) holds the spooled bundle of that name: its deployment moves ``exported →
         delivered`` (unless it is already further on, e.g. its result came by media first)
-        and a ``live.delivered`` event says ``how`` (``received`` / ``have-it``). One commit
-        for a batch: a burst to 10,000 agents made 10,000 commits, behind the exports.
-        The spool directories the bundles left (for ``sent/``) are fsynced first, each once
-        (one per bundle on the event loop held up every other agent during a burst)."""
+        and a ``live.delivered`` event says ``how`` (``received`` / ``have-it``).
+
+        One commit for a batch (a burst to 10,000 agents made 10,000 commits, behind the
+        exports), and a batch's SQL does not grow per item beyond its rows: the agents and
+        their deployments in two queries, the audit head held once
+        (:func:`hub.services.audit.held_head`: events appended in memory, inserted at the
+        commit), the deployments' updates flushed together. Per bundle this was 2.3 ms of
+        the live process's CPU in a 1,000-agent burst: as much as its export
+        (docs/benchmarks.md, "Session 7: live burst"). The spool directories the bundles
+        left (for ``sent/``) are fsynced first, each once."""
         for directory in sorted({self.spool_root / agent_id for agent_id, _, _ in items}):
             with contextlib.suppress(FileNotFoundError):
                 fsync_dir(directory)
         with self._services() as ctx:
-            for agent_id, name, how in items:
-                self._mark_one_delivered(ctx, agent_id, name, how)
-
-    def _mark_one_delivered(self, ctx: ServiceContext, agent_id: str, name: str,
-                            how: str) -> None:
-        """One item of :meth:`_mark_delivered`."""
-        agent = get_agent(ctx.session, agent_id)
-        candidates = ctx.session.scalars(select(Deployment).where(
-            Deployment.agent_id == agent.id, Deployment.bundle_path.like(f"%{name}")))
-        dep = next((d for d in candidates
-                    if d.bundle_path is not None and Path(d.bundle_path).name == name), None)
-        if dep is not None and dep.state == "exported":
-            # Delivery is the last leg of export (the live server's own permission).
-            transition(ctx, dep, "delivered", action="bundle.export")
-            waited = (ctx.now() - dep.queued_at).total_seconds()
-            self.metrics.push_latency.observe(max(0.0, waited))
-        audit.record(ctx, "live.delivered", "deployment" if dep else "agent",
-                     str(dep.id) if dep else agent_id,
-                     {"agent_id": agent_id, "file": name, "how": how,
-                      "state": dep.state if dep else None})
+            found = _delivered_deployments(ctx.session, items)
+            with audit.held_head(ctx.session):
+                for agent_id, name, how in items:
+                    dep = found.get((agent_id, name))
+                    if dep is not None and dep.state == "exported":
+                        # Delivery is the last leg of export (the live server's own
+                        # permission).
+                        transition(ctx, dep, "delivered", action="bundle.export", flush=False)
+                        waited = (ctx.now() - dep.queued_at).total_seconds()
+                        self.metrics.push_latency.observe(max(0.0, waited))
+                    audit.record(ctx, "live.delivered", "deployment" if dep else "agent",
+                                 str(dep.id) if dep else agent_id,
+                                 {"agent_id": agent_id, "file": name, "how": how,
+                                  "state": dep.state if dep else None})
 
     def _import(self, path: Path) -> tuple[str, str]:
         """Import one received result; (status, reason) as the importer says."""
@@ -1371,6 +1372,52 @@ class LiveHub:
             # disk stay out of what the peer is told (the hub log has them).
             remote = reason.replace(str(self.data_dir), "<hub data dir>")
             peer.conn.send_cancel(transfer, "agent", code, remote)
+
+
+def _delivered_deployments(session: Session, items: list[tuple[str, str, str]]
+                           ) -> dict[tuple[str, str], Deployment]:
+    """(agent id, spooled file name) -> the deployment exported into that file, for the
+    items of :meth:`LiveHub._mark_delivered` that have one (a preflight plan's file has
+    none). Two queries per :data:`DELIVERED_QUERY_ITEMS` items: their agents, then those
+    agents' deployments of the sequences the names end in (``…-000042.tgb``,
+    :func:`hub.services.export._bundle_name`), each matched on its file's exact name; a
+    name without a sequence is looked up alone."""
+    found: dict[tuple[str, str], Deployment] = {}
+    for start in range(0, len(items), DELIVERED_QUERY_ITEMS):
+        chunk = items[start:start + DELIVERED_QUERY_ITEMS]
+        pks: dict[str, int] = {row.agent_id: row.id for row in session.execute(
+            select(AgentRow.agent_id, AgentRow.id)
+            .where(AgentRow.agent_id.in_(sorted({agent_id for agent_id, _, _ in chunk}))))}
+        wanted: dict[tuple[int, str], str] = {}  # (agent pk, file name) -> agent id
+        sequences: set[int] = set()
+        odd: list[tuple[int, str]] = []
+        for agent_id, name, _ in chunk:
+            pk = pks.get(agent_id)
+            if pk is None:
+                continue
+            wanted[(pk, name)] = agent_id
+            digits = name.removesuffix(".tgb").rpartition("-")[2]
+            if name.endswith(".tgb") and digits.isdigit():
+                sequences.add(int(digits))
+            else:
+                odd.append((pk, name))
+        with_env = selectinload(Deployment.environment)
+        candidates = list(session.scalars(
+            select(Deployment).options(with_env)
+            .where(Deployment.agent_id.in_(sorted({pk for pk, _ in wanted})),
+                   Deployment.sequence.in_(sorted(sequences)),
+                   Deployment.bundle_path.is_not(None)))) if sequences else []
+        for pk, name in odd:
+            candidates.extend(session.scalars(
+                select(Deployment).options(with_env)
+                .where(Deployment.agent_id == pk, Deployment.bundle_path.like(f"%{name}"))))
+        for dep in candidates:
+            if dep.agent_id is None or dep.bundle_path is None:
+                continue
+            key = (dep.agent_id, Path(dep.bundle_path).name)
+            if key in wanted:
+                found[(wanted[key], key[1])] = dep
+    return found
 
 
 def _burst_sizes(count: int) -> Iterator[int]:
