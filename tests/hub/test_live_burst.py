@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 from websockets.asyncio.client import connect
 
@@ -180,3 +181,63 @@ def test_a_burst_is_cut_into_growing_export_calls_that_cover_every_agent() -> No
     for count in (1, 5, 6, 74, 75, 76, 9_999):
         sizes = list(live_hub._burst_sizes(count))
         assert sum(sizes) == count and all(s > 0 for s in sizes)
+
+
+def test_delivered_bundles_are_recorded_as_one_batch_whatever_its_size(
+        file_world: World, tmp_path: Path) -> None:
+    """LiveHub._mark_delivered: each confirmed bundle moves its deployment ``exported →
+    delivered`` once, with its ``live.delivered`` event (a bundle whose deployment moved on
+    meanwhile keeps its state; a file no deployment was exported into, like a preflight
+    plan's, is recorded against the agent), and the batch's SQL statements do not grow
+    with the number of bundles (a burst's confirmations came one transaction each)."""
+    world = file_world
+    ids = [f"batch-{i}" for i in range(6)]
+    op = world.ctx("op")
+    for agent_id in ids:
+        enroll_agent(op, "test", EnrollmentRequest(
+            hostname=agent_id, ed25519_public=SigningKey.generate().public.raw.hex(),
+            x25519_public=BoxKeyPair.generate().public.raw.hex(), agent_id=agent_id,
+            environment="test", hub_id=world.keys.hub.hub_id))
+    world.session.commit()
+    queue_deployment(world.ctx("op"), _approved_release(world), "test")
+    world.session.commit()
+    engine = world.session.get_bind()
+    hub = LiveHub(session_factory=make_session_factory(engine),  # type: ignore[arg-type]
+                  keys=world.keys.hub, data_dir=tmp_path / "hubdata", actor="op",
+                  clock=world.clock)
+    assert hub._export_many(ids) == {agent_id: (1, 0) for agent_id in ids}
+    names = {agent_id: next((hub.spool_root / agent_id).glob("*.tgb")).name
+             for agent_id in ids}
+    world.session.rollback()
+    moved_on = world.session.scalars(select(Deployment).join(Deployment.agent).where(
+        Deployment.agent.has(agent_id=ids[0]))).one()
+    moved_on.state = "succeeded"  # its result came by media before the live confirmation
+    world.session.commit()
+
+    statements: list[int] = []
+
+    def count(*_: Any) -> None:
+        statements[-1] += 1
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        statements.append(0)
+        hub._mark_delivered([(ids[1], names[ids[1]], "received")])
+        statements.append(0)
+        hub._mark_delivered([(agent_id, names[agent_id], "received") for agent_id in ids[2:]]
+                            + [(ids[0], names[ids[0]], "have-it"),
+                               (ids[0], "preflight-plan.tgb", "received")])
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert statements[1] <= statements[0] + 1  # the odd name is looked up alone
+    assert _states(world) == Counter({"delivered": len(ids) - 1, "succeeded": 1})
+    world.session.rollback()
+    events = world.session.scalars(select(AuditEvent).where(
+        AuditEvent.action.in_(["live.delivered", "deployment.delivered"]))).all()
+    delivered = Counter(e.object_id for e in events if e.action == "deployment.delivered")
+    assert len(delivered) == len(ids) - 1 and set(delivered.values()) == {1}
+    live = {(e.object_type, json.loads(e.details)["file"]): json.loads(e.details)
+            for e in events if e.action == "live.delivered"}
+    assert len(live) == len(ids) + 1
+    assert live[("deployment", names[ids[0]])]["state"] == "succeeded"
+    assert live[("agent", "preflight-plan.tgb")]["state"] is None
