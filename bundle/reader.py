@@ -6,7 +6,9 @@ version, sequence, expiry, quotas, free space), then each payload: copied into p
 while hashed, then decompressed with a window cap and hashed again. Memory stays bounded (1 MiB
 buffers; a payload is never held whole unless it is at most 1 MiB compressed); staging itself
 is ``bundle.staging``. :func:`verify_path` and :func:`verify_parts` are thin wrappers that open
-files.
+files. :func:`check_bundle` runs every check of :func:`verify_bundle` on a bundle whose
+payloads are each at most 1 MiB compressed without staging anything (for a caller that wants
+only the verdict and the manifest: the hub importing a result).
 
 The verifier never persists anything and never mutates its inputs: it returns a
 :class:`VerifiedBundle` with the updated trusted root and the new :class:`VerifierState`; the
@@ -88,6 +90,7 @@ from signing.strictjson import loads_strict
 # verify anything; they are re-exported here only for callers that import them from the reader.
 __all__ = [
     "AdmitFn",
+    "CheckedBundle",
     "Clock",
     "ExpectPlan",
     "ExpectRelease",
@@ -97,6 +100,7 @@ __all__ = [
     "ProgressFn",
     "VerifiedBundle",
     "VerifierState",
+    "check_bundle",
     "inspect",
     "inspect_stream",
     "staging_needed",
@@ -203,6 +207,21 @@ class VerifiedBundle:
     signer_key_ids: frozenset[str]
     staged_dir: Path
     files: Mapping[str, Path]
+    trusted_root: TrustedRoot
+    root_updates: tuple[bytes, ...]
+    state: VerifierState
+    not_before: int | None
+
+
+@dataclass(frozen=True)
+class CheckedBundle:
+    """A bundle that passed every check of :func:`check_bundle`, with nothing staged: the
+    fields of :class:`VerifiedBundle` without the staged paths."""
+
+    manifest: Manifest
+    envelope: bytes
+    envelope_sha256: str
+    signer_key_ids: frozenset[str]
     trusted_root: TrustedRoot
     root_updates: tuple[bytes, ...]
     state: VerifierState
@@ -491,6 +510,16 @@ class _Verifier:
                 f"staging it needs {format_bytes(need)} free in {self.staging_dir}, but only "
                 f"{format_bytes(free)} is free; free {format_bytes(need - free)} and retry"))
 
+    def check_in_memory(self, m: Manifest) -> None:
+        """:func:`check_bundle`'s stand-in for §9.3 rule 8: every member must fit the memory
+        a private copy may take (``BUFFER_BYTES``, §9.4), since there is no spool."""
+        for f in m.files:
+            if f.compressed_size > BUFFER_BYTES:
+                raise InsufficientSpaceError(self._err(
+                    f"payload {f.name!r} is {format_bytes(f.compressed_size)} compressed, over "
+                    f"the {format_bytes(BUFFER_BYTES)} a payload may take to be checked in "
+                    "memory; verify it with a staging directory"))
+
     # -- steps 4–6: staging --------------------------------------------------------------
 
     def stage(self, reader: ContainerReader, auth: _Authentic,
@@ -596,6 +625,50 @@ def verify_bundle(
     verifier.check_length(auth, size)
     verifier.check_space(auth.manifest)
     return verifier.stage(reader, auth)
+
+
+def check_bundle(
+    source: ByteSource,
+    *,
+    label: str,
+    trusted_root: TrustedRoot,
+    state: VerifierState,
+    expect: Expectation,
+    size: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    clock: Clock = system_clock,
+) -> CheckedBundle:
+    """Every check of :func:`verify_bundle`, in the same order and with the same errors, on
+    a bundle whose payloads are each at most ``BUFFER_BYTES`` compressed — with nothing
+    staged: each member's private copy is held in memory (as §9.4 does for such a member),
+    checked and decompressed (§9.5), and its output only counted and hashed. For a caller
+    that needs the verdict and the manifest, not the files (the hub importing a result).
+
+    Raises:
+        InsufficientSpaceError: (instead of §9.3 rule 8) a payload is over ``BUFFER_BYTES``
+            compressed: verify it with :func:`verify_bundle` and a staging directory.
+        Everything else :func:`verify_bundle` raises, for the same reasons.
+    """
+    verifier = _Verifier(label=label, trusted_root=trusted_root, state=state, expect=expect,
+                         staging_dir=Path(), limits=limits, clock=clock, progress=None,
+                         disk_free=_disk_free, durable=False, keep=False)
+    reader = ContainerReader(source, label)
+    auth = verifier.authenticate(reader)
+    verifier.check_length(auth, size)
+    verifier.check_in_memory(auth.manifest)
+    reader.expected_total = auth.head_size + auth.data_size
+    Stager(label, Path(), limits, durable=False, keep=False).check_files(reader, auth.manifest)
+    reader.expect_end()
+    return CheckedBundle(
+        manifest=auth.manifest,
+        envelope=auth.envelope,
+        envelope_sha256=auth.envelope_sha256,
+        signer_key_ids=auth.signers,
+        trusted_root=auth.root,
+        root_updates=auth.updates,
+        state=auth.state,
+        not_before=auth.manifest.not_before,
+    )
 
 
 def verify_path(

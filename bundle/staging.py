@@ -12,6 +12,10 @@ directory created fresh by ``mkdtemp`` (mode 0700); files are created with ``O_E
 O_NOFOLLOW``, so nothing planted beforehand is followed or reused. On any failure the work
 directory is removed.
 
+:meth:`Stager.check_files` runs the same checks on a bundle whose every member is at most
+:data:`BUFFER_BYTES` compressed without any file: each member's private copy is held in memory
+(as in staging) and its output is only counted and hashed (the hub checking a small result).
+
 This module does not check signatures or manifest rules (``bundle.reader`` does) and never
 runs, decrypts or interprets payloads.
 """
@@ -80,7 +84,7 @@ class _CappedSink:
     """Receives decompressed bytes: counts them and refuses more than ``cap``; writes and
     hashes them itself, or hands them to ``writer``'s thread."""
 
-    def __init__(self, fd: int, cap: int, tick: Callable[[int], None],
+    def __init__(self, fd: int | None, cap: int, tick: Callable[[int], None],
                  writer: _OutputWriter | None = None) -> None:
         self._fd = fd
         self._cap = cap
@@ -97,7 +101,8 @@ class _CappedSink:
         if self._writer is not None:
             self._writer.write(data)
         else:
-            _write_all(self._fd, data)
+            if self._fd is not None:
+                _write_all(self._fd, data)
             self.sha.update(data)
         self.size += len(data)
         self._tick(len(data))
@@ -310,7 +315,22 @@ class Stager:
         finally:
             spool.remove()
 
-    def _copy_member(self, reader: ContainerReader, entry: FileEntry, spool: _Spool,
+    def check_files(self, reader: ContainerReader, m: Manifest) -> None:
+        """§9.4–§9.5 for every payload member, in manifest order, without writing anything:
+        each member (at most :data:`BUFFER_BYTES` compressed: the caller checks that first)
+        is held in memory and hashed, its frame checked, and its output only counted and
+        hashed. The same checks and messages as :meth:`stage_files`.
+
+        Raises:
+            What :meth:`stage_files` raises; StagingError: a member is over BUFFER_BYTES.
+        """
+        progress = _Progress(sum(f.compressed_size + f.size for f in m.files), self.progress)
+        for entry in m.files:
+            memory = self._copy_member(reader, entry, None, progress.add)
+            assert memory is not None  # a larger member raised in _copy_member
+            self._decompress(entry, iter((memory,)), None, progress.add)
+
+    def _copy_member(self, reader: ContainerReader, entry: FileEntry, spool: _Spool | None,
                      tick: Callable[[int], None]) -> bytes | None:
         """§9.4 for one member: its private copy, hashed. Returns the bytes when the member
         is held in memory (at most ``BUFFER_BYTES``), None when it is in the spool."""
@@ -321,12 +341,17 @@ class Stager:
                 f"container, but the manifest signs {entry.compressed_size}"))
         sha = hashlib.sha256()
         memory: bytes | None = None
+        if spool is None and size > BUFFER_BYTES:
+            raise StagingError(self._err(
+                f"payload {entry.name!r} ({entry.member}) is {format_bytes(size)} compressed, "
+                f"over the {format_bytes(BUFFER_BYTES)} checked in memory; stage it"))
         if size <= BUFFER_BYTES:
             # A small member is held in memory: a private copy without file churn.
             memory = reader.read_exact(size, f"member {entry.member}")
             sha.update(memory)
             tick(size)
         else:
+            assert spool is not None
             fd = spool.reset()
             for chunk in reader.iter_data(size, entry.member, BUFFER_BYTES):
                 sha.update(chunk)
@@ -438,7 +463,7 @@ class Stager:
             f"payload {entry.name!r} ({entry.member}) does not match the signed manifest "
             "(content SHA-256 differs)"))
 
-    def _decompress(self, entry: FileEntry, chunks: Iterator[bytes], out: Path,
+    def _decompress(self, entry: FileEntry, chunks: Iterator[bytes], out: Path | None,
                     tick: Callable[[int], None], writer: _OutputWriter | None = None,
                     index: int = 0) -> None:
         """§9.5: exactly one frame whose stated content size is the signed one, window capped,
@@ -446,12 +471,14 @@ class Stager:
 
         With ``writer``, the output is hashed and written by the writer's thread, and the
         content SHA-256 is compared when the writer has finished it
-        (:meth:`_check_written`); the file descriptor is the writer's from then on."""
+        (:meth:`_check_written`); the file descriptor is the writer's from then on. With
+        ``out`` None (and no writer) the output is only counted and hashed."""
         what = f"payload {entry.name!r} ({entry.member})"
         scanner = FrameScanner()
         dctx = zstandard.ZstdDecompressor(max_window_size=self.limits.max_window_bytes)
-        fd = _create_private(out)
+        fd = _create_private(out) if out is not None else None
         if writer is not None:
+            assert fd is not None and out is not None
             writer.begin(fd, index, entry, out)
         complete = False
         try:
@@ -495,10 +522,10 @@ class Stager:
             complete = True
             # No fsync per file: publish() makes the whole work directory durable at once.
         finally:
-            if writer is None:
-                os.close(fd)
-            else:
+            if writer is not None:
                 writer.end(complete)
+            elif fd is not None:
+                os.close(fd)
 
     def _check_frame_header(self, entry: FileEntry, content_size: int, window: int) -> None:
         if content_size != entry.size:

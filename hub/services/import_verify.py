@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from bundle.errors import BundleError, InsufficientSpaceError
-from bundle.reader import ExpectResult, VerifiedBundle, VerifierState, verify_bundle
+from bundle.reader import (
+    CheckedBundle,
+    ExpectResult,
+    VerifiedBundle,
+    VerifierState,
+    check_bundle,
+    verify_bundle,
+)
 from bundle.staging import FILES_DIR
 from hub.services.import_files import COPY_BUFFER, Rejected
 from signing.keys import PublicKey
@@ -106,7 +113,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _summary(vb: VerifiedBundle) -> VerifiedResult:
+def _summary(vb: VerifiedBundle | CheckedBundle) -> VerifiedResult:
     res = vb.manifest.result
     assert res is not None  # ExpectResult refuses a bundle without a result
     return VerifiedResult(
@@ -126,21 +133,30 @@ _worker_root: TrustedRoot | None = None  # the trusted root of a worker process
 
 
 def verify_copy(job: VerifyJob, trusted: TrustedRoot) -> VerifiedResult | Rejected:
-    """Verify ``job``'s copy against the enrolled key (every check, every digest); the
-    staged payloads are removed. Never raises for a bad file or an I/O error: returns the
-    :class:`Rejected` the import records (same reason and check in or out of a worker)."""
+    """Verify ``job``'s copy against the enrolled key (every check, every digest). A result
+    whose payloads are each at most 1 MiB compressed (the usual one) is checked in memory
+    (:func:`bundle.reader.check_bundle`: nothing staged); a larger one is staged, in memory
+    staging when it fits there, and its staged payloads removed. Never raises for a bad file
+    or an I/O error: returns the :class:`Rejected` the import records (same reason and check
+    in or out of a worker)."""
     key = _agent_keys.get(job.agent_key)
     if key is None:
         key = _agent_keys[job.agent_key] = PublicKey.from_hex(job.agent_key)
     expect = ExpectResult(hub_id=trusted.document.hub_id, agent_id=job.agent_id, agent_key=key)
 
-    def verify(staging: Path) -> VerifiedBundle:
+    def source() -> contextlib.AbstractContextManager[BinaryIO]:
         if job.data is not None:
-            source: contextlib.AbstractContextManager[BinaryIO] = io.BytesIO(job.data)
-        else:
-            fd = os.open(job.copy, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            source = open(fd, "rb", buffering=COPY_BUFFER)  # noqa: SIM115 - closed below
-        with source as fh:
+            return io.BytesIO(job.data)
+        fd = os.open(job.copy, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        return open(fd, "rb", buffering=COPY_BUFFER)
+
+    def check() -> CheckedBundle:
+        with source() as fh:
+            return check_bundle(fh, label=job.label, size=job.size, trusted_root=trusted,
+                                state=VerifierState(), expect=expect, clock=lambda: job.now)
+
+    def verify(staging: Path) -> VerifiedBundle:
+        with source() as fh:
             return verify_bundle(
                 fh,
                 label=job.label,
@@ -156,6 +172,10 @@ def verify_copy(job: VerifyJob, trusted: TrustedRoot) -> VerifiedResult | Reject
             )
 
     try:
+        try:
+            return _summary(check())
+        except InsufficientSpaceError:
+            pass  # a payload over 1 MiB compressed: staged
         try:
             if job.memory_staging is None:
                 raise InsufficientSpaceError("no memory staging")

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from agent.runner import StepReport
 from agent.service import Agent
 from hub.db import Agent as AgentRow
 from hub.db import AuditEvent, Deployment, make_engine
@@ -60,6 +61,10 @@ def _media(tmp: Path, clock: FakeClock, world: World) -> Path:
     media.mkdir()
     files = sorted(site1.config.outbox.glob("*.tgr"))
     files += [_result(site1, "succeeded", f"report {i}") for i in range(8)]
+    # A log over 1 MiB compressed: this result is staged to be verified, not checked in memory.
+    big_log = StepReport(idx=0, attempt=1, name="dump", kind="shell", state="succeeded",
+                         summary="ok", exit_code=0, log=os.urandom(1536 * 1024).hex())
+    files.append(_result(site1, "succeeded", "a big log", steps=[big_log]))
     for i, f in enumerate(files):
         shutil.copyfile(f, media / f"a{i:02}.tgr")
     shutil.copyfile(files[3], media / "a03-again.tgr")  # the same result twice
@@ -127,6 +132,14 @@ def test_a_batch_verified_in_worker_processes_imports_as_in_process(
         return real_verify(self, jobs)
 
     monkeypatch.setattr(import_verify.VerifyPool, "verify", counted)
+    staged: list[str] = []  # in this process: the results verified through staging
+    real_stage = import_verify.verify_bundle
+
+    def staging(source: Any, **kwargs: Any) -> Any:
+        staged.append(kwargs["label"])
+        return real_stage(source, **kwargs)
+
+    monkeypatch.setattr(import_verify, "verify_bundle", staging)
     rows: dict[str, list[ImportRow]] = {}
     outcome: dict[str, dict[str, Any]] = {}
     for mode, url in (("pool", f"sqlite:///{db}"),
@@ -140,15 +153,16 @@ def test_a_batch_verified_in_worker_processes_imports_as_in_process(
         assert audit.verify_database(w.session, keys.hub).ok
         _close(w)
 
-    # 15 files reached verification (the garbage one is refused from its head): one pool call
-    # in the first import, none in the second.
-    assert pool_calls == [15]
+    # 16 files reached verification (the garbage one is refused from its head): one pool call
+    # in the first import, none in the second. Only the big one was staged.
+    assert pool_calls == [16]
+    assert staged == ["a09.tgr"]
     assert rows["pool"] == rows["in-process"]
     assert outcome["pool"] == outcome["in-process"]
     by_file = {r.file: r for r in rows["pool"]}
     # The copy named first ("a03-again" sorts before "a03.") imports, the other is a duplicate.
     assert [r.file for r in rows["pool"] if r.status == "imported"] == [
-        "a00.tgr", "a01.tgr", "a02.tgr", "a03-again.tgr", *(f"a{i:02}.tgr" for i in range(4, 9))]
+        "a00.tgr", "a01.tgr", "a02.tgr", "a03-again.tgr", *(f"a{i:02}.tgr" for i in range(4, 10))]
     assert by_file["a00.tgr"].deployment_id is not None
     assert by_file["a03.tgr"].status == "duplicate"
     rejected = {f: r.reason for f, r in by_file.items() if r.status == "rejected"}
@@ -162,8 +176,8 @@ def test_a_batch_verified_in_worker_processes_imports_as_in_process(
     assert "never exported" in rejected["c-unknown.tgr"]
     rejected_events = [e for e in outcome["pool"]["events"] if e[1] == "result.rejected"]
     assert sorted(e[2] for e in rejected_events) == sorted(rejected)
-    # Nine results stored, nothing else left behind, and the bad files stay on the media.
-    assert len(outcome["pool"]["stored"]) == 9
+    # Ten results stored, nothing else left behind, and the bad files stay on the media.
+    assert len(outcome["pool"]["stored"]) == 10
     assert all((media / f).exists() for f in rejected)
 
 
