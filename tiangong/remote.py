@@ -41,7 +41,7 @@ from typing import IO, Any
 
 import click
 
-from tiangong import rule_text, run_text, secret_input
+from tiangong import channel_text, rule_text, run_text, secret_input
 from tiangong.output import done, emit
 
 __all__ = ["remote"]
@@ -475,12 +475,82 @@ def deployments_confirm_override(ctx: click.Context, deployment_id: int,
     done(as_json, rule_text.override_confirmed(row), row)
 
 
-@remote.command("environments")
+class _ListByDefault(click.Group):
+    """A group whose ``list`` is also what it does without a subcommand (``remote
+    environments``, ``remote channels hello``: the commands these groups once were)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands
+                         and args[0] not in ctx.help_option_names):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+@remote.group("environments", cls=_ListByDefault)
+def environments() -> None:
+    """Environments: list them, and as `tiangong hub environments` their preflight policy
+    and channel subscriptions (setting: scope admin and an admin of the environment)."""
+
+
+@environments.command("list")
 @json_option
 @click.pass_context
-def environments(ctx: click.Context, as_json: bool) -> None:
+def environments_list(ctx: click.Context, as_json: bool) -> None:
     """List the environments you may view (scope read)."""
     emit(_run(ctx, "GET", "/environments")["environments"], as_json)
+
+
+@environments.command("preflight-policy")
+@channel_text.preflight_options
+@json_option
+@click.pass_context
+def environments_preflight_policy(ctx: click.Context, name: str, within_h: int | None,
+                                  clear: bool, as_json: bool) -> None:
+    """Show or set NAME's preflight policy (docs/rollouts.md "Preflight policy of an
+    environment"): every path that queues a deployment there obeys it. Setting: scope admin,
+    admins only; audited."""
+    if clear and within_h is not None:
+        raise click.UsageError("--clear takes no --within")
+    path = f"/environments/{_q(name)}/preflight-policy"
+    row = (_run(ctx, "PUT", path, body={"within_h": within_h}) if clear or within_h is not None
+           else _run(ctx, "GET", path))
+    done(as_json, channel_text.policy(row), row)
+
+
+@environments.command("subscribe")
+@channel_text.subscribe_options
+@json_option
+@click.pass_context
+def environments_subscribe(ctx: click.Context, environment: str, product: str, channel: str,
+                           as_json: bool) -> None:
+    """Subscribe ENVIRONMENT to a channel of a product (scope admin; an admin of the
+    environment); replaces its subscription to another channel of that product."""
+    row = _run(ctx, "PUT", f"/environments/{_q(environment)}/subscriptions/{_q(product)}",
+               body={"channel": channel})
+    done(as_json, channel_text.subscribed(row), row)
+
+
+@environments.command("unsubscribe")
+@channel_text.unsubscribe_options
+@json_option
+@click.pass_context
+def environments_unsubscribe(ctx: click.Context, environment: str, product: str,
+                             as_json: bool) -> None:
+    """End ENVIRONMENT's subscription to a product's channel (scope admin; an admin of the
+    environment). Deployments already planned stay."""
+    row = _run(ctx, "DELETE",
+               f"/environments/{_q(environment)}/subscriptions/{_q(product)}")
+    done(as_json, channel_text.unsubscribed(row), row)
+
+
+@environments.command("subscriptions")
+@click.argument("environment")
+@json_option
+@click.pass_context
+def environments_subscriptions(ctx: click.Context, environment: str, as_json: bool) -> None:
+    """The channels ENVIRONMENT follows, one per product (scope read)."""
+    rows = _run(ctx, "GET", f"/environments/{_q(environment)}/subscriptions")["subscriptions"]
+    emit(rows, as_json, channel_text.SUBSCRIPTION_COLUMNS)
 
 
 @remote.command("agents")
@@ -497,17 +567,77 @@ def agents(ctx: click.Context, environment: str | None, as_json: bool) -> None:
 # --- change control: channels, promotion, recall, windows, freezes (docs/api.md) ----------
 
 
-@remote.command("channels")
+@remote.group("channels", cls=_ListByDefault)
+def channels() -> None:
+    """Release channels of a product, as `tiangong hub channels` (list and show a rule:
+    scope read; add, remove, order and rule changes: scope admin and an admin)."""
+
+
+@channels.command("list")
 @click.argument("product")
 @json_option
 @click.pass_context
-def channels(ctx: click.Context, product: str, as_json: bool) -> None:
+def channels_list(ctx: click.Context, product: str, as_json: bool) -> None:
     """A product's channels in order: releases, subscribers, the promotion rule (scope
     read)."""
     rows = _run(ctx, "GET", f"/products/{_q(product)}/channels")["channels"]
-    emit(rows if as_json else [{k: v for k, v in r.items() if k != "rule_settings"}
-                               for r in rows], as_json,
-         None if as_json else ("position", "channel", "releases", "subscribers", "rule"))
+    emit(channel_text.list_rows(rows, as_json), as_json, channel_text.CHANNEL_COLUMNS)
+
+
+@channels.command("add")
+@channel_text.add_options
+@json_option
+@click.pass_context
+def channels_add(ctx: click.Context, product: str, name: str, after: str | None, first: bool,
+                 as_json: bool) -> None:
+    """Add channel NAME to PRODUCT (scope admin; admins). Names are stored in upper case; a
+    new channel has no promotion rule until `remote channels rule` sets one."""
+    row = _run(ctx, "POST", f"/products/{_q(product)}/channels",
+               body={"name": name, "after": after, "first": first})
+    done(as_json, channel_text.added(row), row)
+
+
+@channels.command("remove")
+@click.argument("product")
+@click.argument("name")
+@json_option
+@click.pass_context
+def channels_remove(ctx: click.Context, product: str, name: str, as_json: bool) -> None:
+    """Remove channel NAME of PRODUCT (scope admin; admins); refused while environments
+    subscribe to it."""
+    row = _run(ctx, "DELETE", f"/products/{_q(product)}/channels/{_q(name)}")
+    done(as_json, channel_text.removed(row), row)
+
+
+@channels.command("order")
+@click.argument("product")
+@click.argument("names", nargs=-1, required=True)
+@json_option
+@click.pass_context
+def channels_order(ctx: click.Context, product: str, names: tuple[str, ...],
+                   as_json: bool) -> None:
+    """Reorder the channels of PRODUCT (scope admin; admins): name every channel once,
+    first to last."""
+    row = _run(ctx, "PUT", f"/products/{_q(product)}/channels", body={"order": list(names)})
+    done(as_json, channel_text.ordered(row), row)
+
+
+@channels.command("rule")
+@channel_text.rule_options
+@json_option
+@click.pass_context
+def channels_rule(ctx: click.Context, product: str, name: str, approvals: int | None,
+                  min_successes: int | None, no_failures: bool | None, soak: str | None,
+                  preflight_within_h: int | None, as_json: bool) -> None:
+    """Show (scope read) or change (scope admin; admins) the rule for promoting a release
+    into channel NAME. Options not given keep their value; with none, the rule is
+    printed."""
+    path = f"/products/{_q(product)}/channels/{_q(name)}/rule"
+    change = {k: v for k, v in (("approvals", approvals), ("min_successes", min_successes),
+                                ("no_failures", no_failures), ("soak", soak),
+                                ("preflight_within", preflight_within_h)) if v is not None}
+    row = _run(ctx, "PATCH", path, body=change) if change else _run(ctx, "GET", path)
+    done(as_json, channel_text.rule(row), row)
 
 
 @releases.command("promote")

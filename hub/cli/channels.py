@@ -12,6 +12,7 @@ import click
 from hub.cli.base import _done, _emit, _services, hub, json_option
 from hub.cli.releases import releases
 from hub.cli.sites import environments
+from tiangong import channel_text
 
 
 @hub.group()
@@ -43,32 +44,24 @@ def channels_list(ctx: click.Context, product: str, as_json: bool) -> None:
     with _services(ctx) as sc:
         require(sc.actor, "view")
         rows = _channel_rows(sc, product)
-    if not as_json:
-        rows = [{k: v for k, v in r.items() if k != "rule_settings"} for r in rows]
-    _emit(rows, as_json, ["position", "channel", "releases", "subscribers", "rule"])
+    _emit(channel_text.list_rows(rows, as_json), as_json, channel_text.CHANNEL_COLUMNS)
 
 
 @channels.command("add")
-@click.argument("product")
-@click.argument("name")
-@click.option("--after", default=None, metavar="CHANNEL", help="Insert after this channel "
-              "(default: at the end).")
-@click.option("--first", is_flag=True, help="Insert as the first channel (where approved "
-              "releases enter).")
+@channel_text.add_options
 @json_option
 @click.pass_context
 def channels_add(ctx: click.Context, product: str, name: str, after: str | None, first: bool,
                  as_json: bool) -> None:
     """Add channel NAME to PRODUCT (admin). Names are stored in upper case and never
     renamed; a new channel has no promotion rule until `hub channels rule` sets one."""
-    from hub.services.channels import add_channel
+    from hub.services.channels import add_channel, channel_order
 
     with _services(ctx) as sc:
         channel = add_channel(sc, product, name, after=after, first=first)
-        rows = _channel_rows(sc, product)
-    order = [r["channel"] for r in rows]
-    _done(as_json, f"channel {channel.name} added to {product}: {' → '.join(order)}",
-          {"product": product, "channel": channel.name, "order": order})
+        row = {"product": product, "channel": channel.name,
+               "order": channel_order(sc.session, product)}
+    _done(as_json, channel_text.added(row), row)
 
 
 @channels.command("remove")
@@ -79,16 +72,13 @@ def channels_add(ctx: click.Context, product: str, name: str, after: str | None,
 def channels_remove(ctx: click.Context, product: str, name: str, as_json: bool) -> None:
     """Remove channel NAME of PRODUCT (admin); refused while environments subscribe to it.
     The releases it held stay in the other channels."""
-    from hub.services.channels import normalize_name, remove_channel
+    from hub.services.channels import channel_order, normalize_name, remove_channel
 
     with _services(ctx) as sc:
         held = remove_channel(sc, product, name)
-        order = [r["channel"] for r in _channel_rows(sc, product)]
-    what = f" (it held {', '.join(held)})" if held else ""
-    _done(as_json, f"channel {normalize_name(name)} removed from {product}{what}: "
-          f"{' → '.join(order)}",
-          {"product": product, "channel": normalize_name(name), "releases": held,
-           "order": order})
+        row = {"product": product, "channel": normalize_name(name), "releases": held,
+               "order": channel_order(sc.session, product)}
+    _done(as_json, channel_text.removed(row), row)
 
 
 @channels.command("order")
@@ -103,30 +93,13 @@ def channels_order(ctx: click.Context, product: str, names: tuple[str, ...],
     from hub.services.channels import reorder_channels
 
     with _services(ctx) as sc:
-        order = [c.name for c in reorder_channels(sc, product, names)]
-    _done(as_json, f"channels of {product}: {' → '.join(order)}",
-          {"product": product, "order": order})
+        row = {"product": product,
+               "order": [c.name for c in reorder_channels(sc, product, names)]}
+    _done(as_json, channel_text.ordered(row), row)
 
 
 @channels.command("rule")
-@click.argument("product")
-@click.argument("name")
-@click.option("--approvals", type=int, default=None,
-              help="Distinct people, never the release's author, who must approve a "
-                   "promotion into this channel (`hub releases approve-promotion`); 0: none.")
-@click.option("--min-successes", type=int, default=None, metavar="N",
-              help="Health gate: the release succeeded on at least N agents of the "
-                   "environments subscribed to the previous channel; 0: off.")
-@click.option("--no-failures/--allow-failures", default=None,
-              help="Health gate: refuse while the release failed (failed, rejected or "
-                   "interrupted) in an environment subscribed to the previous channel.")
-@click.option("--soak", default=None, metavar="DURATION",
-              help="Health gate: time since the last success in the previous channel "
-                   "(90s, 30m, 6h, 2d); 0: off.")
-@click.option("--preflight-within", "preflight_within_h", type=click.IntRange(0, 720),
-              default=None, metavar="HOURS",
-              help="Preflight gate: a plan of the release passed on every agent subscribed "
-                   "to this channel within HOURS (`hub releases plan`); 0: off.")
+@channel_text.rule_options
 @json_option
 @click.pass_context
 def channels_rule(ctx: click.Context, product: str, name: str, approvals: int | None,
@@ -136,11 +109,9 @@ def channels_rule(ctx: click.Context, product: str, name: str, approvals: int | 
     change). Options not given keep their value; with none, the rule is printed."""
     from hub.services.channels import (
         ChannelRule,
-        describe_rule,
         get_channel,
-        list_channels,
         parse_duration,
-        rule_json,
+        rule_answer,
         set_rule,
     )
     from hub.services.releases import get_product
@@ -154,12 +125,8 @@ def channels_rule(ctx: click.Context, product: str, name: str, approvals: int | 
             channel = get_channel(sc.session, get_product(sc.session, product), name)
         else:
             channel = set_rule(sc, product, name, rule)
-        chans = list_channels(sc.session, channel.product)
-        index = chans.index(channel)
-        text = describe_rule(channel, chans[index - 1] if index else None)
-        data = {"product": product, "channel": channel.name, **rule_json(channel),
-                "rule": text}
-    _done(as_json, f"{product} {channel.name}: {text}", data)
+        data = {**rule_answer(sc.session, channel), "product": product}
+    _done(as_json, channel_text.rule(data), data)
 
 
 # --- releases ---------------------------------------------------------------------------
@@ -256,9 +223,7 @@ def releases_recall(ctx: click.Context, product: str, version: str, channel: str
 
 
 @environments.command("subscribe")
-@click.argument("environment")
-@click.option("--product", required=True)
-@click.option("--channel", required=True)
+@channel_text.subscribe_options
 @json_option
 @click.pass_context
 def environments_subscribe(ctx: click.Context, environment: str, product: str, channel: str,
@@ -270,16 +235,13 @@ def environments_subscribe(ctx: click.Context, environment: str, product: str, c
 
     with _services(ctx) as sc:
         sub, previous = subscribe(sc, environment, product, channel)
-        name = sub.channel.name
-    was = f" (was {previous})" if previous else ""
-    _done(as_json, f"environment {environment} subscribes to {name} of {product}{was}",
-          {"environment": environment, "product": product, "channel": name,
-           "previous": previous})
+        row = {"environment": environment, "product": product, "channel": sub.channel.name,
+               "previous": previous}
+    _done(as_json, channel_text.subscribed(row), row)
 
 
 @environments.command("unsubscribe")
-@click.argument("environment")
-@click.option("--product", required=True)
+@channel_text.unsubscribe_options
 @json_option
 @click.pass_context
 def environments_unsubscribe(ctx: click.Context, environment: str, product: str,
@@ -289,9 +251,9 @@ def environments_unsubscribe(ctx: click.Context, environment: str, product: str,
     from hub.services.channels import unsubscribe
 
     with _services(ctx) as sc:
-        channel = unsubscribe(sc, environment, product)
-    _done(as_json, f"environment {environment} no longer subscribes to {channel} of {product}",
-          {"environment": environment, "product": product, "channel": channel})
+        row = {"environment": environment, "product": product,
+               "channel": unsubscribe(sc, environment, product)}
+    _done(as_json, channel_text.unsubscribed(row), row)
 
 
 @environments.command("subscriptions")
@@ -300,15 +262,12 @@ def environments_unsubscribe(ctx: click.Context, environment: str, product: str,
 @click.pass_context
 def environments_subscriptions(ctx: click.Context, environment: str, as_json: bool) -> None:
     """The channels ENVIRONMENT follows, one per product."""
-    from hub.services.channels import subscriptions_of
+    from hub.services.channels import subscription_rows
     from hub.services.environments import environment_for
 
     with _services(ctx) as sc:
-        env = environment_for(sc, environment)
-        rows = [{"product": s.product.name, "channel": s.channel.name,
-                 "since": s.created_at, "by": s.created_by}
-                for s in subscriptions_of(sc.session, env)]
-    _emit(rows, as_json, ["product", "channel", "since", "by"])
+        rows = subscription_rows(sc.session, environment_for(sc, environment))
+    _emit(rows, as_json, channel_text.SUBSCRIPTION_COLUMNS)
 
 
 __all__ = ["channels"]

@@ -11,6 +11,7 @@ import click
 
 from hub.cli.base import _done, _emit, _services, hub, json_option
 from hub.errors import ConfigError
+from tiangong import channel_text
 
 
 @hub.group()
@@ -112,18 +113,11 @@ def _policy_command(ctx: click.Context, name: str, value: int | None, clear: boo
             env = get_environment(sc.session, name)
             require(sc.actor, "view", env)
         row = {"environment": env.name, field: getattr(env, field), "policy": describe(env)}
-    if as_json:
-        _emit(row, True)
-    else:
-        click.echo(f"environment {row['environment']}: {row['policy']}")
+    _done(as_json, channel_text.policy(row), row)
 
 
 @environments.command("preflight-policy")
-@click.argument("name")
-@click.option("--within", "within_h", type=int, default=None,
-              help="Every deployment to NAME needs a preflight plan of its release passed on "
-                   "each target agent within this many hours.")
-@click.option("--clear", is_flag=True, help="Deployments to NAME need no passed plan again.")
+@channel_text.preflight_options
 @json_option
 @click.pass_context
 def environments_preflight_policy(ctx: click.Context, name: str, within_h: int | None,

@@ -53,6 +53,7 @@ __all__ = [
     "ChannelRule",
     "active_entries",
     "add_channel",
+    "channel_order",
     "channel_rows",
     "count_entries",
     "create_default_channels",
@@ -65,10 +66,12 @@ __all__ = [
     "parse_duration",
     "remove_channel",
     "reorder_channels",
+    "rule_answer",
     "rule_json",
     "set_rule",
     "subscribe",
     "subscribers",
+    "subscription_rows",
     "subscriptions_of",
     "unsubscribe",
     "when",
@@ -165,6 +168,27 @@ def channel_rows(session: Session, product: Product) -> list[dict[str, Any]]:
             "rule_settings": rule_json(channel),
         })
     return rows
+
+
+def rule_answer(session: Session, channel: Channel) -> dict[str, Any]:
+    """A channel's promotion rule as ``hub channels rule --json`` and the API answer it:
+    product, channel, the settings and the rule in words."""
+    chans = list_channels(session, channel.product)
+    index = chans.index(channel)
+    return {"product": channel.product.name, "channel": channel.name, **rule_json(channel),
+            "rule": describe_rule(channel, chans[index - 1] if index else None)}
+
+
+def channel_order(session: Session, product_name: str) -> list[str]:
+    """The names of a product's channels, first to last."""
+    return [c.name for c in list_channels(session, get_product(session, product_name))]
+
+
+def subscription_rows(session: Session, environment: Environment) -> list[dict[str, Any]]:
+    """``environment``'s subscriptions as ``hub environments subscriptions --json`` shows
+    them: product, channel, since, by."""
+    return [{"product": s.product.name, "channel": s.channel.name, "since": s.created_at,
+             "by": s.created_by} for s in subscriptions_of(session, environment)]
 
 
 def list_channels(session: Session, product: Product) -> list[Channel]:

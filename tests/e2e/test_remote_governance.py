@@ -170,6 +170,75 @@ def _override_part(tmp: Path, data: Path, env: dict[str, str], server: HubServe,
     assert said == "promoting hello 1.0.0 to CANARY approved (1 of 1 required: appr)"
     [(_a, actor, details)] = _events(data, "channel.promotion_approve")
     assert actor == "appr" and details["via"].startswith("api-token:tgp_")
+    _channels_part(tmp, data, env, server, admin)
+
+
+def _channels_part(tmp: Path, data: Path, env: dict[str, str], server: HubServe,
+                   admin: Path) -> None:
+    """``remote channels add|order|rule|remove``, ``remote environments subscribe|
+    subscriptions|unsubscribe|preflight-policy``: the words of the `tiangong hub` commands;
+    the operator refused (nothing changes); audited as the admin through the token."""
+    op = token_file(data, tmp, "op", "op-admin-2", ["admin", "read"])
+    changes = ("channel.add", "channel.reorder", "channel.rule", "channel.remove",
+               "environment.")
+    before = [e for p in changes for e in _events(data, p)]
+    for args in (("channels", "add", "hello", "beta"),
+                 ("environments", "subscribe", "plant-a", "--product", "hello", "--channel",
+                  "STABLE"),
+                 ("environments", "preflight-policy", "plant-a", "--within", "24")):
+        refused = _remote(server, op, *args, check=False)
+        assert refused.returncode == 1 and "(403 forbidden)" in refused.stderr, args
+    both = _remote(server, admin, "environments", "preflight-policy", "plant-a", "--within",
+                   "2", "--clear", check=False)
+    assert both.returncode == 2 and "--clear takes no --within" in both.stderr
+    assert [e for p in changes for e in _events(data, p)] == before
+
+    said = _remote(server, admin, "channels", "add", "hello", "beta", "--after", "CANARY")
+    assert said.stdout.strip() == "channel BETA added to hello: RELEASE → CANARY → BETA → STABLE"
+    local = run("hub", "--local-admin", "admin", "channels", "order", "hello", "RELEASE",
+                "BETA", "CANARY", "STABLE", env=env).stdout.strip()
+    remote_said = _remote(server, admin, "channels", "order", "hello", "RELEASE", "BETA",
+                          "CANARY", "STABLE").stdout.strip()
+    assert local == remote_said == "channels of hello: RELEASE → BETA → CANARY → STABLE"
+    rule = json.loads(_remote(server, admin, "channels", "rule", "hello", "BETA", "--soak",
+                              "1h", "--json").stdout)
+    assert (rule["channel"], rule["soak_seconds"]) == ("BETA", 3600)
+    shown = _remote(server, op, "channels", "rule", "hello", "BETA").stdout.strip()
+    assert shown == run("hub", "--local-admin", "admin", "channels", "rule", "hello", "BETA",
+                        env=env).stdout.strip()
+    assert _remote(server, admin, "environments", "subscribe", "plant-a", "--product", "hello",
+                   "--channel", "beta").stdout.strip() == (
+        "environment plant-a subscribes to BETA of hello")
+    (sub,) = json.loads(_remote(server, op, "environments", "subscriptions", "plant-a",
+                                "--json").stdout)
+    assert (sub["product"], sub["channel"], sub["by"]) == ("hello", "BETA", "admin")
+    assert _remote(server, admin, "environments", "unsubscribe", "plant-a", "--product",
+                   "hello").stdout.strip() == (
+        "environment plant-a no longer subscribes to BETA of hello")
+    assert _remote(server, admin, "channels", "remove", "hello", "beta").stdout.strip() == (
+        "channel BETA removed from hello: RELEASE → CANARY → STABLE")
+    policy = _remote(server, admin, "environments", "preflight-policy", "plant-a",
+                     "--within", "24").stdout.strip()
+    assert policy == ("environment plant-a: every deployment needs a preflight plan of its "
+                      "release passed on each target agent within 24 h")
+    assert _remote(server, op, "environments", "preflight-policy", "plant-a").stdout.strip() \
+        == policy == run("hub", "--local-admin", "admin", "environments", "preflight-policy",
+                         "plant-a", env=env).stdout.strip()
+    cleared = json.loads(_remote(server, admin, "environments", "preflight-policy", "plant-a",
+                                 "--clear", "--json").stdout)
+    assert cleared["preflight_within_h"] is None
+    names = [e["name"] for e in json.loads(_remote(server, op, "environments", "--json").stdout)]
+    assert "plant-a" in names  # `remote environments` still lists
+    done = [(a, actor, d) for p in changes for a, actor, d in _events(data, p)
+            if (a, actor, d) not in before]
+    assert sorted(a for a, _u, _d in done) == [
+        "channel.add", "channel.remove", "channel.reorder", "channel.reorder", "channel.rule",
+        "environment.preflight_policy", "environment.preflight_policy",
+        "environment.subscribe", "environment.unsubscribe"]
+    assert {actor for _a, actor, _d in done} == {"admin"}
+    vias = [str(d.get("via")) for _a, _u, d in done]  # one reorder was the local command's
+    assert vias.count("local-admin") == 1
+    assert all(v.startswith("api-token:tgp_") for v in vias if v != "local-admin")
 
 
 def test_site_secrets_managed_remotely(

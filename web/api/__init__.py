@@ -279,6 +279,7 @@ def _cap_body() -> None:
 
 bp.before_request(_cap_body)
 
+from web.api import channels as _channels  # noqa: E402,F401 - channel admin, subscriptions
 from web.api import governance as _governance  # noqa: E402,F401 - channels, windows, freezes
 from web.api import notifications as _notifications  # noqa: E402,F401 - notifications
 from web.api import rollouts as _rollouts  # noqa: E402,F401 - the rollout operations

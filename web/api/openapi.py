@@ -195,6 +195,46 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "no_failures": {"type": "boolean"}, "soak_seconds": {"type": "integer"},
             "preflight_within_h": {"type": ["integer", "null"]}}),
     })}}),
+    "ChannelRequest": _obj({
+        "name": {"type": "string", "description": "Stored in upper case."},
+        "after": {"type": ["string", "null"], "description": "Insert after this channel "
+                  "(default: at the end)."},
+        "first": {"type": "boolean", "description": "Insert as the first channel."}},
+        required=["name"]),
+    "ChannelOrderRequest": _obj({"order": {"type": "array", "items": _STR,
+                                           "description": "Every channel once, first to "
+                                                          "last."}}),
+    "ChannelOrder": _obj({
+        "product": _STR, "channel": _STR,
+        "releases": {"type": "array", "items": _STR,
+                     "description": "remove: the releases the channel held."},
+        "order": {"type": "array", "items": _STR, "description": "The channels now, first to "
+                  "last."}}, required=["product", "order"]),
+    "ChannelRuleRequest": _obj({
+        "approvals": {"type": "integer", "minimum": 0},
+        "min_successes": {"type": "integer", "minimum": 0},
+        "no_failures": {"type": "boolean"},
+        "soak": {"type": "string", "description": "90s, 30m, 6h, 2d; 0: off."},
+        "preflight_within": {"type": "integer", "minimum": 0, "maximum": 720,
+                             "description": "Hours; 0: off."}}, required=[]),
+    "ChannelRule": _obj({
+        "product": _STR, "channel": _STR, "required_approvals": {"type": "integer"},
+        "min_successes": {"type": "integer"}, "no_failures": {"type": "boolean"},
+        "soak_seconds": {"type": "integer"}, "preflight_within_h": {"type": ["integer", "null"]},
+        "rule": {"type": "string", "description": "The promotion rule in words."}}),
+    "SubscriptionRequest": _obj({"channel": _STR}),
+    "Subscription": _obj({
+        "environment": _STR, "product": _STR, "channel": _STR,
+        "previous": {"type": ["string", "null"], "description": "subscribe: the channel it "
+                     "replaced."}}, required=["environment", "product", "channel"]),
+    "SubscriptionList": _obj({"subscriptions": {"type": "array", "items": _obj({
+        "product": _STR, "channel": _STR, "since": _TIME, "by": _STR})}}),
+    "PreflightPolicyRequest": _obj({"within_h": {
+        "type": ["integer", "null"], "minimum": 1,
+        "description": "Hours; null clears the policy."}}),
+    "PreflightPolicy": _obj({
+        "environment": _STR, "preflight_within_h": {"type": ["integer", "null"]},
+        "policy": {"type": "string", "description": "The policy in words."}}),
     "PromotionRequest": _obj({
         "to": {"type": ["string", "null"], "description": "The channel (default: the next)."},
         "comment": _STR}, required=[]),

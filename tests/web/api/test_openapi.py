@@ -38,7 +38,7 @@ def test_every_route_is_documented_and_every_documented_operation_is_a_route(
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     routes = _routes(site)
     assert routes == documented
-    assert len(routes) == 48
+    assert len(routes) == 58
 
 
 def test_the_document_is_openapi_3_1_and_its_references_resolve(site: Site) -> None:
