@@ -59,8 +59,10 @@ def done(as_json: bool, text: str, data: dict[str, Any]) -> None:
 
 
 #: What a cell never prints raw: control characters (a new line, an escape sequence), bidi
-#: controls, and the lone surrogates a file name that is not UTF-8 decodes to.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
+#: controls, the lone surrogates a file name that is not UTF-8 decodes to — and the
+#: backslash, doubled, so that a name holding the four characters ``\x0a`` never reads as an
+#: escaped new line (as ``agent.inbox.printable`` does).
+_UNPRINTABLE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
                           "\udc80-\udcff]")
 
 
@@ -70,6 +72,8 @@ _UNPRINTABLE_IN_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f"
 
 
 def _escaped(match: re.Match[str]) -> str:
+    if match.group(0) == "\\":
+        return "\\\\"
     code = ord(match.group(0))
     if 0xDC80 <= code <= 0xDCFF:
         return f"\\x{code - 0xDC00:02x}"  # the byte a non-UTF-8 name held
@@ -79,7 +83,7 @@ def _escaped(match: re.Match[str]) -> str:
 def cell(value: Any) -> str:
     """One table cell on one line: ``-`` for nothing, UTC times, comma-joined lists; what
     could break the line or drive a terminal (names from a stick, texts people typed) is
-    escaped (``\\x0a``, ``\\x1b``, ``\\u202e``)."""
+    escaped (``\\x0a``, ``\\x1b``, ``\\u202e``) and a backslash doubled (``\\\\``)."""
     if value is None:
         return "-"
     if isinstance(value, datetime):
