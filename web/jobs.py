@@ -23,7 +23,13 @@ from sqlalchemy import select
 
 from hub.db import Agent, db
 from hub.errors import NotEnoughApprovalsError, PermissionDeniedError, ValidationError
-from hub.services.adhoc import MAX_SCRIPT_BYTES, create_adhoc_release, ship_adhoc
+from hub.services.adhoc import (
+    ADHOC_KINDS,
+    MAX_SCRIPT_BYTES,
+    adhoc_step,
+    create_adhoc_release,
+    ship_adhoc,
+)
 from hub.services.adhoc_policy import describe_policy
 from hub.services.agents import get_agent
 from hub.services.environments import get_environment
@@ -99,24 +105,10 @@ def run_form() -> Any:
     return _form()
 
 
-def _step(kind: str, name: str) -> dict[str, Any]:
-    f = request.form
-    connection = (f.get("connection") or "").strip()
-    step: dict[str, Any] = {"name": f"run {name}"[:200], "kind": kind,
-                            "timeout": (f.get("timeout") or "10m").strip()}
-    if kind == "sql":
-        step.update(engine=f.get("engine") or "postgres", connection=connection)
-    elif kind == "shell":
-        step["interpreter"] = f.get("interpreter") or "sh"
-    elif kind == "k8s":
-        step["connection"] = connection
-    else:
-        url = (f.get("url") or "").strip()
-        step.update(name=f"{f.get('method') or 'GET'} {url}"[:200],
-                    method=f.get("method") or "GET", url=url)
-        if connection:
-            step["connection"] = connection
-    return step
+def _options(kind: str) -> dict[str, str]:
+    """The form's fields that a ``kind`` run takes (the form shows every kind's fields; a
+    hidden one still posts its value), for :func:`hub.services.adhoc.adhoc_step`."""
+    return {k: (request.form.get(k) or "").strip() for k in (*ADHOC_KINDS[kind], "timeout")}
 
 
 @bp.post("/run")
@@ -156,7 +148,8 @@ def run() -> Any:
             script = Path(work) / name
             script.write_bytes(data)
         try:
-            made = create_adhoc_release(sc, agent_id, _step(kind, name or "request"), script,
+            made = create_adhoc_release(sc, agent_id,
+                                        adhoc_step(kind, name or None, _options(kind)), script,
                                         reason=reason, origin="the web UI")
         except ValidationError as exc:
             db.session.rollback()
