@@ -1263,9 +1263,17 @@ class LiveHub:
                                   "refused")
             return
         path = partial_path(self.inbox, agent_id, offer.transfer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._drop_stale_partials(peer, path.parent, keep=path)
-        file = FileReceiver.open(path, offer, max_pending=RESULT_PENDING_BYTES)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._drop_stale_partials(peer, path.parent, keep=path)
+            file = FileReceiver.open(path, offer, max_pending=RESULT_PENDING_BYTES)
+        except OSError as exc:  # the hub's disk (full, read-only): offered again later
+            self.metrics.error("result_io")
+            log.error("live: cannot write result %s from %s into %s: %s", offer.name,
+                      agent_id, path, exc)
+            peer.conn.send_cancel(offer.transfer, "agent", IO_ERROR,
+                                  "the hub cannot write the file now")
+            return
         peer.incoming[offer.transfer] = _Incoming(file, path, file.offset, file.offset)
         peer.conn.send_resume(offer.transfer, file.offset)
 

@@ -282,3 +282,45 @@ def test_authentication_and_heartbeats_keep_presence_online(file_world: World,
     finally:
         server.stop()
         agent.close()
+
+
+def test_a_result_the_hub_cannot_store_is_cancelled_io_error_and_the_connection_stays(
+        file_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub's live-inbox cannot take the upload's partial file (disk full, read-only):
+    the OSError of opening it escaped the connection's handler, which closed the connection
+    (1011) — the agent reconnected and offered again, in a loop, and no bundle reached it
+    meanwhile. Now the offer is cancelled ``io-error`` (the agent offers it again on its
+    next connection), nothing is left in live-inbox, and the connection stays up."""
+    import errno
+
+    import hub.live_hub as live_hub_mod
+    from bundle.sync import HeartbeatAcked as Acked
+    from bundle.sync import Offer, TransferCancelled
+
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(live_hub_mod.FileReceiver, "open", full)
+    world = file_world
+    agent = _agent(world, tmp_path)
+    server = _serve(world, tmp_path)
+
+    async def scenario() -> tuple[object, object]:
+        async with ScriptedAgent(server.port, agent) as a:
+            a.conn.send_offer(Offer("t1", "site-01-000001-succeeded.tgr", 3, "0" * 64))
+            await a.flush()
+            ended = await a.until(lambda e: isinstance(e, TransferCancelled))
+            a.conn.send_heartbeat(1)
+            await a.flush()
+            alive = await a.until(lambda e: isinstance(e, Acked))
+            return ended, alive
+
+    try:
+        ended, alive = asyncio.run(scenario())
+        assert isinstance(ended, TransferCancelled) and ended.code == "io-error"
+        assert isinstance(alive, Acked)  # the same connection answers on
+        inbox = tmp_path / "hubdata" / "live-inbox"
+        assert not [p for p in inbox.rglob("*") if p.is_file()]
+    finally:
+        server.stop()
+        agent.close()
