@@ -14,9 +14,30 @@ import click
 __all__ = ["deleted", "read_value", "stored", "value_options"]
 
 
+def _text(data: bytes, source: str) -> str:
+    """``data`` as UTF-8 text with one trailing new line (``\\n`` or ``\\r\\n``) dropped.
+
+    Raises:
+        click.UsageError: not UTF-8 (a secret is text: encode a binary one, e.g. base64).
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.UsageError(f"{source} is not UTF-8 text (byte {exc.start + 1} is not): a "
+                               "secret is text; write a binary one as base64") from None
+    if text.endswith("\n"):
+        text = text[:-2] if text.endswith("\r\n") else text[:-1]
+    return text
+
+
 def read_value(from_env: str | None, from_file: str | None) -> str:
-    """The value from ``--from-env VAR``, ``--from-file PATH`` (one trailing newline
-    dropped) or standard input."""
+    """The value from ``--from-env VAR``, ``--from-file PATH`` or standard input (one
+    trailing new line dropped from a file or standard input).
+
+    Raises:
+        click.UsageError: both options, a variable not set, a file not readable, or text
+            that is not UTF-8.
+    """
     if from_env is not None and from_file is not None:
         raise click.UsageError("give --from-env or --from-file, not both")
     if from_env is not None:
@@ -26,14 +47,15 @@ def read_value(from_env: str | None, from_file: str | None) -> str:
         return value
     if from_file is not None:
         try:
-            with open(from_file, encoding="utf-8") as fh:
-                return fh.read().rstrip("\n")
+            with open(from_file, "rb") as fh:
+                data = fh.read()
         except OSError as exc:
             raise click.UsageError(f"cannot read {from_file}: {exc.strerror}") from None
+        return _text(data, from_file)
     if sys.stdin.isatty():
         value = click.prompt("value (not echoed)", hide_input=True, err=True)
         return str(value)
-    return sys.stdin.read().rstrip("\n")
+    return _text(sys.stdin.buffer.read(), "standard input")
 
 
 def value_options(f: Any) -> Any:
