@@ -157,7 +157,10 @@ def queued(product: str, version: str, deployment: int, agent_id: str) -> str:
 
 def echo_line(line: dict[str, Any]) -> None:
     """One live line: ``[step 1 info] [2/2] line 2: INSERT …``."""
-    click.echo(f"[step {line['step'] + 1} {line['stream']}] {line['text'].rstrip()}")
+    # The text comes from the site (a script's output, a row of its database): shown, never
+    # obeyed by the terminal (tiangong.output.text_lines).
+    click.echo(f"[step {line['step'] + 1} {cell(line['stream'])}] "
+               f"{text_lines(line['text'].rstrip())}")
 
 
 def not_online(agent_id: str) -> None:
@@ -174,13 +177,13 @@ def echo_outcome(deployment: int, state: str, done: bool, result: dict[str, Any]
                    f"goes on at the agent (`{show}`)", err=True)
         return
     click.echo(f"deployment {deployment}: {state}"
-               + (f" — {result['summary']}" if result and result["summary"] else ""))
+               + (f" — {cell(result['summary'])}" if result and result["summary"] else ""))
     for s in (result or {}).get("steps", []):
-        click.echo(f"  step {s['step']} {s['name']}: {s['status']}"
+        click.echo(f"  step {s['step']} {cell(s['name'])}: {cell(s['status'])}"
                    + (f" (exit {s['exit_code']})" if s["exit_code"] is not None else "")
-                   + (f" — {s['summary']}" if s["summary"] else ""))
+                   + (f" — {cell(s['summary'])}" if s["summary"] else ""))
     if result is not None and result["problem"]:
-        click.echo(f"error: {result['problem']}", err=True)
+        click.echo(f"error: {cell(result['problem'])}", err=True)
 
 
 # --- templates (``tiangong hub templates``, ``tiangong remote templates``) ---------------------

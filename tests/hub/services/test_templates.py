@@ -176,3 +176,23 @@ def test_templates_show_escapes_what_could_hide_a_line_of_the_file(
     assert "\x1b" not in out and "\r" not in out and "\u202e" not in out
     assert "SELECT 1;\n\tDROP TABLE s; -- \\x1b[1A\\x1b[2K\\x0dSELECT 2;\n" in out
     assert "old\\u202esessions" in out
+
+
+def test_a_followed_run_shows_what_the_site_sent_without_obeying_it(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`tiangong run … --follow` / `remote run … --follow` print the lines a site's script
+    wrote and its result's summaries: an escape sequence there (a tool's colours, a row of
+    the site's database, a hostile script: '\\x1b]52;c;…' writes the operator's clipboard)
+    reached the operator's terminal raw. Shown escaped; tabs kept."""
+    from tiangong.run_text import echo_line, echo_outcome
+
+    echo_line({"step": 0, "stream": "stdout", "text": "row\t\x1b]52;c;cm0gLXJmIH4=\x07\r\n"})
+    echo_outcome(7, "succeeded", True, {
+        "summary": "ok\x1b[2J", "problem": None,
+        "steps": [{"step": 1, "name": "one\x1b[8m", "status": "succeeded", "exit_code": 0,
+                   "summary": "done\rFAILED"}]}, 1, "show")
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out
+    assert "[step 1 stdout] row\t\\x1b]52;c;cm0gLXJmIH4=\\x07\n" in out
+    assert "deployment 7: succeeded — ok\\x1b[2J" in out
+    assert "  step 1 one\\x1b[8m: succeeded (exit 0) — done\\x0dFAILED" in out
