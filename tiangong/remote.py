@@ -806,8 +806,10 @@ def run_group() -> None:
     environment's ad-hoc policy: when it is met the run is queued and the hub's live server
     delivers it when the agent is online (--follow prints its live log and result);
     otherwise the command says which approval it waits for and exits 1, and `remote run
-    ship VERSION --agent A` ships it once approved. Media (`tiangong run --out`) is made on
-    the hub's machine: `tiangong hub export --agent A` or the web Media page.
+    ship VERSION --agent A` ships it once approved. With --out DIR the hub exports the
+    bundle for media instead (valid --expires) and sends it: it is written into DIR, as
+    `tiangong run --out` writes it (bundles too large for one answer wait on the hub's web
+    Media page).
     """
 
 
@@ -821,16 +823,66 @@ def _duration_s(text: str, option: str) -> float:
 
 
 def _run_shared(f: Any) -> Any:
-    """The options every remote run command shares (those of `tiangong run` that do not
-    write on the hub's machine), in the order --help shows them."""
+    """The options every remote run command shares (those of `tiangong run`), in the order
+    --help shows them."""
     for option in (
         json_option,
-        run_text.follow_options("Print the agent's live log, then the verified result; exit "
-                                "0 only when it succeeded."),
+        run_text.follow_options("Print the agent's live log, then the verified result (not "
+                                "with --out); exit 0 only when it succeeded."),
+        run_text.expires_option,
+        run_text.out_option,
         run_text.agent_option,
     ):
         f = option(f)
     return f
+
+
+def _media(out_dir: Path | None, expires: str, follow: bool) -> dict[str, Any]:
+    """The request's fields for --out (a usage error with --follow, before anything is
+    sent)."""
+    if out_dir is None:
+        return {}
+    if follow:
+        raise click.UsageError(run_text.OUT_AND_FOLLOW)
+    return {"out": True, "expires": expires}
+
+
+def _write_media(answer: dict[str, Any], out_dir: Path, as_json: bool) -> None:
+    """Write the bundles the hub exported for media into ``out_dir`` (as `tiangong run --out`
+    writes them); exit 1 when they did not come (too large for one answer: the web Media
+    page has them) or a deployment failed to export."""
+    media = answer["media"]
+    written: list[dict[str, Any]] = []
+    if media["download"] is None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f in media["files"]:
+            name = Path(f["name"]).name
+            if name != f["name"] or name.startswith("."):
+                click.echo(f"error: the hub sent a file named {f['name']!r}; not written",
+                           err=True)
+                sys.exit(2)
+            target = out_dir / name
+            target.write_bytes(base64.b64decode(f["content_base64"]))
+            written.append({**{k: v for k, v in f.items() if k != "content_base64"},
+                            "path": str(target)})
+    if as_json:
+        emit({**{k: v for k, v in answer.items() if k != "media"},
+              "media": {**media, "files": written or media["files"]}}, True)
+    else:
+        by_deployment: dict[Any, list[str]] = {}
+        for f in written:
+            if f["deployment"] is not None:
+                by_deployment.setdefault((f["deployment"], f["sequence"]), []).append(f["path"])
+        for (deployment, sequence), paths in by_deployment.items():
+            click.echo(run_text.written(answer["product"], answer["version"], answer["agent"],
+                                        deployment, sequence, paths))
+    if media["download"] is not None:
+        click.echo(f"error: the bundles are larger than one API answer carries; download "
+                   f"them from the hub's web Media page: {media['download']}", err=True)
+    for f in media["failed"]:
+        click.echo(f"error: deployment {f['deployment']}: {f['reason']}", err=True)
+    if media["download"] is not None or media["failed"] or not written:
+        sys.exit(1)
 
 
 _run_reason = click.option("--reason", default="",
@@ -883,15 +935,18 @@ def _follow(ctx: click.Context, deployment: int, agent_id: str, follow_timeout: 
 
 
 def _after_ship(ctx: click.Context, answer: dict[str, Any], follow: bool,
-                follow_timeout: str, as_json: bool) -> None:
-    """Report a run the hub shipped (or not): queued, followed, or what it waits for."""
+                follow_timeout: str, as_json: bool, out_dir: Path | None = None) -> None:
+    """Report a run the hub shipped (or not): queued, followed, written for media, or what
+    it waits for."""
     product, version, agent_id = answer["product"], answer["version"], answer["agent"]
     if not answer["shipped"]:
         if as_json:
             emit(answer, True)
         click.echo(f"error: {answer['waiting_for']}", err=True)
         sys.exit(1)
-    if follow:
+    if out_dir is not None:
+        _write_media(answer, out_dir, as_json)
+    elif follow:
         _follow(ctx, answer["deployment"], agent_id, follow_timeout, as_json, answer)
     elif as_json:
         emit({**answer, "queued": True}, True)
@@ -900,33 +955,35 @@ def _after_ship(ctx: click.Context, answer: dict[str, Any], follow: bool,
 
 
 def _remote_run(ctx: click.Context, body: dict[str, Any], script: Path | None, follow: bool,
-                follow_timeout: str, as_json: bool) -> None:
+                follow_timeout: str, as_json: bool, out_dir: Path | None,
+                expires: str) -> None:
     _duration_s(follow_timeout, "--follow-timeout")  # a usage error before anything is sent
     answer = _run(ctx, "POST", "/runs", body={
         **{k: v for k, v in body.items() if v not in (None, "", [], {})},
-        **_file_fields(script)})
+        **_file_fields(script), **_media(out_dir, expires, follow)})
     if not as_json:
         what = script.name if script is not None else str(body.get("url", ""))
         click.echo(run_text.created(answer["product"], answer["version"], body["kind"], what,
                                     answer["agent"], answer["environment"],
                                     origin=answer.get("template", "")))
-    _after_ship(ctx, answer, follow, follow_timeout, as_json)
+    _after_ship(ctx, answer, follow, follow_timeout, as_json, out_dir)
 
 
 def _kind_command(kind: str) -> None:
-    """``remote run KIND``: the options of ``tiangong run KIND`` (tiangong/run_text.py), but
-    ``--out``/``--expires``, and ``--reason``."""
+    """``remote run KIND``: the options of ``tiangong run KIND`` (tiangong/run_text.py), and
+    ``--reason``."""
 
     @run_group.command(kind, help=run_text.KIND_HELP[kind])
     @run_text.kind_options(kind)
     @_run_reason
     @_run_shared
     @click.pass_context
-    def command(ctx: click.Context, /, reason: str, agent_id: str, follow: bool,
-                follow_timeout: str, as_json: bool, **options: Any) -> None:
+    def command(ctx: click.Context, /, reason: str, agent_id: str, out_dir: Path | None,
+                expires: str, follow: bool, follow_timeout: str, as_json: bool,
+                **options: Any) -> None:
         script, opts = run_text.step_options(options)
         _remote_run(ctx, {"kind": kind, "agent": agent_id, "reason": reason, **opts},
-                    script, follow, follow_timeout, as_json)
+                    script, follow, follow_timeout, as_json, out_dir, expires)
 
 
 for _kind in ("sql", "shell", "k8s", "http"):
@@ -937,13 +994,14 @@ for _kind in ("sql", "shell", "k8s", "http"):
 @click.argument("version")
 @_run_shared
 @click.pass_context
-def run_ship(ctx: click.Context, version: str, agent_id: str, follow: bool,
-             follow_timeout: str, as_json: bool) -> None:
+def run_ship(ctx: click.Context, version: str, agent_id: str, out_dir: Path | None,
+             expires: str, follow: bool, follow_timeout: str, as_json: bool) -> None:
     """Ship ad-hoc release VERSION once approved: queue it for --agent, for the hub's live
-    server (--follow to watch it)."""
+    server (--follow to watch it), or write it into --out for media."""
     _duration_s(follow_timeout, "--follow-timeout")
-    answer = _run(ctx, "POST", f"/runs/{_q(version)}/ship", body={"agent": agent_id})
-    _after_ship(ctx, answer, follow, follow_timeout, as_json)
+    answer = _run(ctx, "POST", f"/runs/{_q(version)}/ship",
+                  body={"agent": agent_id, **_media(out_dir, expires, follow)})
+    _after_ship(ctx, answer, follow, follow_timeout, as_json, out_dir)
 
 
 # --- job templates (docs/operations.md "Job templates") -------------------------------------
@@ -1020,18 +1078,20 @@ def templates_add(ctx: click.Context, definition: Path, as_json: bool) -> None:
 @_run_shared
 @click.pass_context
 def templates_run(ctx: click.Context, name: str, params: tuple[str, ...], agent_id: str,
-                  follow: bool, follow_timeout: str, as_json: bool) -> None:
+                  out_dir: Path | None, expires: str, follow: bool, follow_timeout: str,
+                  as_json: bool) -> None:
     """Run template NAME (or NAME@VERSION) on one agent, as `tiangong remote run` would.
     The values are checked first: a bad one creates and queues nothing."""
     path, version = _template_query(name)
     _duration_s(follow_timeout, "--follow-timeout")
     answer = _run(ctx, "POST", f"{path}/runs", body={
-        "agent": agent_id, "params": run_text.param_values(params), "version": version})
+        "agent": agent_id, "params": run_text.param_values(params), "version": version,
+        **_media(out_dir, expires, follow)})
     if not as_json:
         click.echo(run_text.created(answer["product"], answer["version"], "", "",
                                     agent_id, answer["environment"],
                                     origin=answer["template"]))
-    _after_ship(ctx, answer, follow, follow_timeout, as_json)
+    _after_ship(ctx, answer, follow, follow_timeout, as_json, out_dir)
 
 
 @templates_group.command("release")

@@ -16,14 +16,17 @@ from tiangong.output import cell, text_lines
 
 __all__ = [
     "KIND_HELP",
+    "OUT_AND_FOLLOW",
     "agent_option",
     "created",
     "echo_line",
     "echo_outcome",
     "echo_template",
+    "expires_option",
     "follow_options",
     "kind_options",
     "not_online",
+    "out_option",
     "param_option",
     "param_values",
     "queued",
@@ -32,6 +35,7 @@ __all__ = [
     "template_added",
     "template_rows",
     "template_written",
+    "written",
 ]
 
 
@@ -107,6 +111,24 @@ def kind_options(kind: str) -> Decorator:
 
 agent_option = click.option("--agent", "agent_id", required=True,
                             help="The enrolled agent that runs it.")
+
+
+out_option = click.option(
+    "--out", "out_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+    help="Write the bundle here for media (the mounted USB stick or share). Without it the "
+         "run is queued and the hub's live server delivers it when the agent is online.")
+expires_option = click.option("--expires", default="14d", show_default=True,
+                              metavar="DURATION",
+                              help="How long the bundle stays valid at the site (--out).")
+OUT_AND_FOLLOW = ("--follow and --out exclude each other: a run on media comes back with "
+                  "`tiangong hub import`")
+
+
+def written(product: str, version: str, agent_id: str, deployment: Any, sequence: Any,
+            files: list[str]) -> str:
+    """One bundle a run wrote for media."""
+    return (f"{product} {version}: deployment {deployment}, sequence {sequence} for agent "
+            f"{agent_id}: {', '.join(files)}")
 
 
 def follow_options(follow_help: str) -> Decorator:

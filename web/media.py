@@ -32,7 +32,7 @@ import re
 import secrets
 import shutil
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,7 @@ __all__ = [
     "MAX_IMPORT_UPLOAD_BYTES",
     "UPLOADS_DIR",
     "bp",
+    "export_for_download",
     "import_limit",
     "tar_length",
     "tar_stream",
@@ -247,6 +248,31 @@ def _flash_outcome(env: str, report: ExportReport, failed: list[dict[str, Any]])
         flash(f"Deployment {f['deployment']} was NOT exported: {f['reason']}", "error")
 
 
+def export_for_download(environment: str, by: str, export: Callable[[Path], ExportReport]
+                        ) -> tuple[ExportReport, Path | None]:
+    """Run ``export`` into a fresh private directory of :data:`EXPORTS_DIR` and keep it for
+    download (its summary beside it, shown on the Media page until downloaded); the
+    directory, or None when nothing was written (then it is removed). Shared by the Media
+    page's export and the API's runs on media."""
+    stamp = web_now().strftime("%Y%m%dT%H%M%SZ")
+    out = _exports_root() / f"{environment}-{stamp}-{secrets.token_hex(4)}"
+    try:
+        report = export(out)
+        files, failed = _report_rows(report)
+        if not files:
+            shutil.rmtree(out, ignore_errors=True)
+            return report, None
+        meta = {"environment": environment, "by": by,
+                "at": web_now().strftime("%Y-%m-%d %H:%M UTC"), "files": files,
+                "failed": failed, "taken": report.taken}
+        write_file_atomic(out / META, json.dumps(meta, indent=1).encode(), mode=0o600)
+    except BaseException:
+        if out.exists() and not any(out.glob("*.tgb*")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return report, out
+
+
 # -- views ------------------------------------------------------------------------------------
 
 
@@ -295,25 +321,13 @@ def export() -> Any:
         _flash_outcome(env.name, report, failed)
         return redirect(url_for("media.index"))
 
-    stamp = web_now().strftime("%Y%m%dT%H%M%SZ")
-    out = _exports_root() / f"{env.name}-{stamp}-{secrets.token_hex(4)}"
-    try:
-        report = export_environment(sc, env.name, out)
-        files, failed = _report_rows(report)
-        if not files:
-            shutil.rmtree(out, ignore_errors=True)
-            _flash_outcome(env.name, report, failed)
-            return redirect(url_for("media.index"))
-        meta = {"environment": env.name, "by": signed_in_user().username,
-                "at": web_now().strftime("%Y-%m-%d %H:%M UTC"), "files": files,
-                "failed": failed, "taken": report.taken}
-        write_file_atomic(out / META, json.dumps(meta, indent=1).encode(), mode=0o600)
-    except BaseException:
-        if out.exists() and not any(out.glob("*.tgb*")):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    flash(f"Exported {len(report.written)} bundle(s) of {env.name}: download them now.")
-    _flash_outcome(env.name, report, failed)
+    report, out = export_for_download(env.name, signed_in_user().username,
+                                      lambda out: export_environment(sc, env.name, out))
+    if out is not None:
+        flash(f"Exported {len(report.written)} bundle(s) of {env.name}: download them now.")
+    _flash_outcome(env.name, report, _report_rows(report)[1])
+    if out is None:
+        return redirect(url_for("media.index"))
     return redirect(url_for("media.export_page", name=out.name))
 
 

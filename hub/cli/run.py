@@ -56,16 +56,10 @@ def run(ctx: click.Context, data_dir: Path | None, actor: str | None,
     ctx.obj = CliState(data_dir, actor if actor is not None else actor_as)
 
 
-_out = click.option("--out", "out_dir", default=None,
-                    type=click.Path(file_okay=False, path_type=Path),
-                    help="Write the bundle here for media (the mounted USB stick or share). "
-                         "Without it the run is queued and the hub's live server delivers "
-                         "it when the agent is online.")
+_out, _expires = run_text.out_option, run_text.expires_option
 _follow = run_text.follow_options(
     "Stream the agent's live log, then the result (not with --out); exit 0 only when it "
     "succeeded.")
-_expires = click.option("--expires", default="14d", show_default=True, metavar="DURATION",
-                        help="How long the bundle stays valid at the site.")
 
 
 def _shipping(f: Any) -> Any:
@@ -95,8 +89,7 @@ class _Delivery:
 def _delivery(agent_id: str, out_dir: Path | None, expires: str, follow: bool,
               follow_timeout: str, as_json: bool) -> _Delivery:
     if follow and out_dir is not None:
-        raise click.UsageError("--follow and --out exclude each other: a run on media comes "
-                               "back with `tiangong hub import`")
+        raise click.UsageError(run_text.OUT_AND_FOLLOW)
     return _Delivery(agent_id, out_dir, _expiry(expires), follow, _expiry(follow_timeout),
                      as_json)
 
@@ -133,8 +126,8 @@ def _ship(ctx: click.Context, product: str, version: str, how: _Delivery,
         _emit({**row, "shipped": ok, "written": written, "failed": failed}, True)
     else:
         for w in written:
-            click.echo(f"{product} {version}: deployment {w['deployment']}, sequence "
-                       f"{w['sequence']} for agent {how.agent_id}: {', '.join(w['files'])}")
+            click.echo(run_text.written(product, version, how.agent_id, w["deployment"],
+                                        w["sequence"], w["files"]))
         for f in failed:
             click.echo(f"error: deployment {f['deployment']}: {f['reason']}", err=True)
     if not ok:

@@ -94,6 +94,23 @@ def test_remote_runs_wait_ship_and_follow_live(site: Site, tmp_path: Path,
     _templates_part(site, tmp_path, url, carol, state, follow)
     _k8s_template(tmp_path / "templates", url, carol, kube_server, kube_namespace, follow)
 
+    # Last (a bundle on media chains the agent's next live ones after it): `--out` writes
+    # the bundle the hub exported into DIR, as `tiangong run --out` does; not with --follow.
+    stick = tmp_path / "stick"
+    both = remote(carol, "shell", "--file", str(script), "--agent", "site-01", "--out",
+                  str(stick), *follow)
+    assert both.returncode == 2 and "--follow and --out exclude each other" in both.stderr
+    media = remote(carol, "shell", "--file", str(script), "--agent", "site-01", "--out",
+                   str(stick), "--expires", "2d")
+    assert media.returncode == 0, media.stdout + media.stderr
+    said = re.search(r"^adhoc (\S+): deployment (\d+), sequence \d+ for agent site-01: "
+                     r"(\S+\.tgb)$", media.stdout, re.M)
+    assert said is not None, media.stdout
+    assert Path(said.group(3)).parent == stick and Path(said.group(3)).is_file()
+    assert sorted(p.suffix for p in stick.iterdir()) == [".tgb", ".txt"]  # and its INDEX
+    assert site.sql(f"SELECT state FROM deployments WHERE id = {said.group(2)}") == [
+        ("exported",)]
+
 
 TEMPLATE = """name = "greet"
 kind = "shell"

@@ -24,6 +24,12 @@ _STR_OR_NULL = {"type": ["string", "null"]}
 _SECONDS_OR_NULL = {"type": ["integer", "null"], "minimum": 60,
                     "description": "Seconds, 60 to a year (31536000); null: off."}
 _NOTIFY_EVENTS = sorted(EVENTS)
+#: the fields of a run request that ask for media (`tiangong remote run … --out`)
+_MEDIA_REQUEST = {
+    "out": {"type": "boolean", "description": "Export the bundle for media instead of "
+            "queueing it for the live server; the answer's `media` carries the files."},
+    "expires": {"type": "string", "description": "With out: how long the bundle stays "
+                "valid at the site (default 14d)."}}
 
 
 def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -300,6 +306,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "did": {"type": "array", "items": _STR, "description": "What this call did."},
     }),
     "RunRequest": _obj({
+        **_MEDIA_REQUEST,
         "kind": {"type": "string", "enum": ["sql", "shell", "k8s", "http"]},
         "agent": {"type": "string", "description": "The enrolled agent that runs it."},
         "file_name": {"type": "string", "description": "The file's name (its suffix is "
@@ -325,7 +332,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "timeout": {"type": "string", "description": "How long the step may run (default "
                     "10m)."},
     }, required=["kind", "agent"]),
-    "ShipRequest": _obj({"agent": _STR}),
+    "ShipRequest": _obj({"agent": _STR, **_MEDIA_REQUEST}, required=["agent"]),
     "Run": _obj({
         "product": _STR, "version": _STR,
         "state": {"type": "string", "enum": list(RELEASE_STATES)},
@@ -337,6 +344,22 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "waiting_for": {"type": ["string", "null"], "description": "Not shipped: the "
                         "approvals the environment's ad-hoc policy still wants."},
         "template": {"type": "string", "description": "A template's run: which one."},
+        "media": {**_obj({
+            "expires_in_s": {"type": "integer", "description": "How long the bundles stay "
+                             "valid at the site."},
+            "files": {"type": "array", "items": _obj({
+                "name": _STR, "deployment": {"type": ["integer", "null"]},
+                "sequence": {"type": ["integer", "null"]},
+                "content_base64": {"type": "string", "description": "The file (absent when "
+                                   "it waits on the Media page)."}},
+                required=["name", "deployment", "sequence"])},
+            "download": {"type": ["string", "null"], "description": "Too large for one "
+                         "answer: the web Media page where the bundles wait for download."},
+            "failed": {"type": "array", "items": _obj({"deployment": {"type": "integer"},
+                                                       "reason": _STR})}}),
+            "description": "`out: true`: the bundles written for media (the bundle of the "
+                           "run and whatever else was queued for the agent, and the "
+                           "media's INDEX)."},
     }, required=["product", "version", "state", "content_hash", "environment", "agent",
                  "shipped", "deployment", "waiting_for"]),
     "RunProgress": _obj({
@@ -380,6 +403,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "content_base64": {"type": "string", "description": "That file, base64."}},
         required=["definition_name", "definition"]),
     "TemplateRunRequest": _obj({
+        **_MEDIA_REQUEST,
         "agent": _STR, "version": {"type": "integer", "minimum": 1},
         "params": {"type": "object", "description": "name -> value (string, number or "
                    "boolean), checked against the template's parameters."}},

@@ -16,15 +16,21 @@ leaves it): the answer says ``shipped: false`` and what it waits for; the shippi
 ran in a savepoint that was rolled back, so nothing was queued and no sequence used. Any
 other refusal rolls the whole call back: no release, nothing queued.
 
-Media (``tiangong run --out``) is not offered here: a bundle is written on the hub's
-machine (``tiangong hub export --agent``, the web Media page).
+**Media** (``remote run … --out DIR``, the request's ``"out": true``): the run is created
+and submitted in its own transaction (it stays, whatever follows), then shipped and exported
+into a fresh private directory of the web Media page's exports (:func:`web.media.
+export_for_download`), as ``tiangong run --out`` would write it; an answer carries the
+bundles (base64) up to :data:`MAX_MEDIA_ANSWER_BYTES` and the directory is removed, else they
+wait on the Media page for download and the answer names the page.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import shutil
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +57,18 @@ from web.api import ApiError, Param, api_ctx, operation
 from web.api.routes import _VERSION, _body, _release
 from web.views import in_scope
 
-__all__ = ["agent_for_run", "file_of", "run_json", "ship_in_savepoint"]
+__all__ = ["MEDIA_FIELDS", "agent_for_run", "file_of", "run_json", "ship", "ship_in_savepoint"]
 
 MAX_REASON_CHARS = 1000  # characters of a run's reason (as the web form)
+#: Most bytes of bundle files one answer carries (base64 adds a third; `tiangong remote`
+#: reads answers of up to 64 MiB); more wait on the web Media page.
+MAX_MEDIA_ANSWER_BYTES = 32 * 1024 * 1024  # bytes
 MAX_FILE_NAME_CHARS = 200
 #: the request's fields besides the kind's options (hub.services.adhoc.ADHOC_KINDS)
 _FIXED: dict[str, type] = {"kind": str, "agent": str, "file_name": str,
-                           "content_base64": str, "reason": str}
+                           "content_base64": str, "reason": str, "out": bool, "expires": str}
+#: the fields that ask for media instead of the live server (``tiangong run --out``)
+MEDIA_FIELDS: dict[str, type] = {"out": bool, "expires": str}
 _OPTIONS: dict[str, type] = {"connection": str, "engine": str, "interpreter": str,
                              "namespace": str, "wait": bool, "url": str, "method": str,
                              "headers": dict, "expect": list, "retries": int, "timeout": str}
@@ -118,6 +129,66 @@ def ship_in_savepoint(sc: ServiceContext, release: Any,
         return None, str(exc)
 
 
+def _expiry(text: Any) -> timedelta:
+    from signing.durations import parse_duration
+
+    try:
+        return timedelta(seconds=parse_duration(str(text or "14d")))
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", f"field 'expires': {exc}") from None
+
+
+def ship(sc: ServiceContext, release: Any, agent_id: str,
+         doc: dict[str, Any]) -> tuple[Shipped | None, str | None, dict[str, Any] | None]:
+    """Ship ``release`` to ``agent_id`` as ``doc`` asks: for the live server
+    (:func:`ship_in_savepoint`), or with ``"out": true`` on media (see the module doc; the
+    third value is the answer's ``media``). A refusal for want of approvals is ``(None,
+    why, None)``, nothing queued."""
+    if not doc.get("out"):
+        if doc.get("expires") is not None:
+            raise ApiError(400, "bad_request", "field 'expires' is for a bundle on media "
+                           "('out': true)")
+        return (*ship_in_savepoint(sc, release, agent_id), None)
+    from web.media import export_for_download
+
+    expires_in = _expiry(doc.get("expires"))
+    product, version = release.product.name, release.version
+    environment = get_agent(sc.session, agent_id).environment.name
+    sc.session.commit()  # created and submitted, whatever follows (as `tiangong run --out`)
+    made: list[Shipped] = []
+
+    def export(out: Path) -> Any:
+        made.append(ship_adhoc(sc, _release(product, version), agent_id, out,
+                               expires_in=expires_in))
+        return made[0].report
+
+    try:
+        report, out = export_for_download(environment, sc.actor_name, export)
+    except NotEnoughApprovalsError as exc:
+        sc.session.rollback()
+        return None, str(exc), None
+    files: list[dict[str, Any]] = [
+        {"name": p.name, "deployment": b.deployment_id, "sequence": b.sequence, "path": p}
+        for b in report.written for p in b.paths]
+    if report.index is not None:
+        files.append({"name": report.index.name, "deployment": None, "sequence": None,
+                      "path": report.index})
+    media: dict[str, Any] = {
+        "expires_in_s": int(expires_in.total_seconds()), "download": None,
+        "failed": [{"deployment": d, "reason": r} for d, r in report.failed]}
+    if out is not None and sum(f["path"].stat().st_size for f in files) > \
+            MAX_MEDIA_ANSWER_BYTES:
+        media["download"] = f"/media/exports/{out.name}"  # too large for one answer
+        media["files"] = [{k: v for k, v in f.items() if k != "path"} for f in files]
+    else:
+        media["files"] = [{**{k: v for k, v in f.items() if k != "path"},
+                           "content_base64": base64.b64encode(f["path"].read_bytes()).decode()}
+                          for f in files]
+        if out is not None:
+            shutil.rmtree(out, ignore_errors=True)  # delivered in this answer
+    return made[0] if made else None, None, media
+
+
 def run_json(release: Any, environment: str, agent_id: str, shipped: Shipped | None,
              waiting: str | None, **extra: Any) -> dict[str, Any]:
     """A run as the schema ``Run`` describes it."""
@@ -171,8 +242,9 @@ def runs_create() -> Any:
                                         origin="the HTTP API")
         except ValidationError as exc:
             raise ValidationError(str(exc).replace(f"{work}/", "")) from None
-    shipped, waiting = ship_in_savepoint(sc, made.release, agent_id)
-    return run_json(made.release, made.environment, agent_id, shipped, waiting), 201
+    shipped, waiting, media = ship(sc, made.release, agent_id, doc)
+    extra = {} if media is None else {"media": media}
+    return run_json(made.release, made.environment, agent_id, shipped, waiting, **extra), 201
 
 
 @operation("/runs/<version>/ship", "POST", scope="deploy",
@@ -182,7 +254,8 @@ def runs_ship(version: str) -> Any:
     """`tiangong run ship`: queue ad-hoc release `version` for `agent` under its
     environment's ad-hoc policy (refused, 409, while approvals are missing; nothing
     queued)."""
-    agent_id = _body({"agent": str}).get("agent")
+    doc = _body({"agent": str, **MEDIA_FIELDS})
+    agent_id = doc.get("agent")
     if not agent_id:
         raise ApiError(400, "bad_request", "field 'agent' is required")
     sc = api_ctx()
@@ -190,8 +263,13 @@ def runs_ship(version: str) -> Any:
                      lambda: get_agent(sc.session, agent_id),
                      lambda a: can(sc.actor, "view", a.environment))
     release = _release(ADHOC_PRODUCT, version)
-    shipped = ship_adhoc(sc, release, agent_id, None)
-    return run_json(release, agent.environment.name, agent_id, shipped, None)
+    if not doc.get("out"):
+        return run_json(release, agent.environment.name, agent_id,
+                        ship_adhoc(sc, release, agent_id, None), None)
+    shipped, waiting, media = ship(sc, release, agent_id, doc)
+    if waiting is not None:
+        raise NotEnoughApprovalsError(waiting)
+    return run_json(release, agent.environment.name, agent_id, shipped, None, media=media)
 
 
 @operation("/deployments/<int:deployment_id>/progress", "GET", scope="read",

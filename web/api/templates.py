@@ -38,7 +38,7 @@ from hub.services.templates import (
 from hub.services.tokens import require_scope
 from web.api import ApiError, Param, api_ctx, operation
 from web.api.routes import _body
-from web.api.runs import MAX_FILE_NAME_CHARS, agent_for_run, run_json, ship_in_savepoint
+from web.api.runs import MAX_FILE_NAME_CHARS, MEDIA_FIELDS, agent_for_run, run_json, ship
 
 __all__: list[str] = []
 
@@ -141,7 +141,7 @@ def templates_run(name: str) -> Any:
     template's parameters before anything is created; then the ad-hoc run of `POST /runs`
     (its policy, `shipped` or `waiting_for`). Scopes `deploy` and `releases:write`; the
     developer role and operator in the agent's environment (or admin)."""
-    doc = _body({"agent": str, "params": dict, "version": int})
+    doc = _body({"agent": str, "params": dict, "version": int, **MEDIA_FIELDS})
     require_scope(g.api_token, "releases:write")
     agent_id = doc.get("agent")
     if not agent_id:
@@ -151,9 +151,10 @@ def templates_run(name: str) -> Any:
     instance = instantiate(get_template(sc, name, _version(doc)), _values(doc))
     with tempfile.TemporaryDirectory(prefix="tiangong-api-template-") as work:
         made = run_template(sc, instance, agent_id, Path(work))
-    shipped, waiting = ship_in_savepoint(sc, made.release, agent_id)
+    shipped, waiting, media = ship(sc, made.release, agent_id, doc)
+    extra = {} if media is None else {"media": media}
     return run_json(made.release, made.environment, agent_id, shipped, waiting,
-                    template=instance.label), 201
+                    template=instance.label, **extra), 201
 
 
 @operation("/templates/<name>/release", "POST", scope="releases:write",

@@ -144,3 +144,49 @@ def test_a_run_waits_then_ships_and_is_followed(site: Site, tmp_path: Path) -> N
     api_for(site, "view-test", ["read"]).get("/deployments/99999/progress", 404)
     api_for(site, "appr-prod", ["read"]).get(f"/deployments/{went['deployment']}/progress",
                                              404)
+
+
+def test_a_run_on_media_answers_its_bundle(site: Site, tmp_path: Path) -> None:
+    """`"out": true` (`tiangong remote run … --out DIR`): the run is created and submitted,
+    then exported as `tiangong run --out` would write it, valid `expires`; the answer carries
+    the bundle and the media's INDEX, and nothing is left in the hub's export directory. A
+    run the policy holds is created, submitted and not exported; `expires` without `out`
+    is refused, nothing created."""
+    from bundle.inspect import inspect
+    from hub.app import hub_config
+    from web.media import EXPORTS_DIR
+
+    enroll(site, tmp_path, "run-agent-1")
+    admin = api_for(site, "admin", ["releases:write", "deploy", "read"])
+    before = _state(site)
+    refused = admin.post("/runs", 400, json=_shell(expires="2d"))
+    assert "field 'expires' is for a bundle on media" in refused["message"]
+    bad = admin.post("/runs", 400, json=_shell(out=True, expires="soon"))
+    assert "field 'expires'" in bad["message"]
+    assert _state(site) == before
+
+    held = admin.post("/runs", 201, json=_shell(out=True))
+    assert (held["shipped"], held["deployment"], held["state"]) == (False, None, "submitted")
+    assert "waiting for 1 approval" in held["waiting_for"] and "media" not in held
+    assert _state(site)[1] == 0  # created and submitted, nothing queued
+
+    with site.app.app_context():
+        set_adhoc_policy(site.ctx("admin"), "test", 0)
+        db.session.commit()
+    went = admin.post("/runs", 201, json=_shell(out=True, expires="2d"))
+    media = went["media"]
+    assert went["shipped"] is True and media["download"] is None and media["failed"] == []
+    assert media["expires_in_s"] == 2 * 86400
+    (bundle,) = [f for f in media["files"] if f["name"].endswith(".tgb")]
+    assert (bundle["deployment"], bundle["sequence"]) == (went["deployment"], 1)
+    assert any(f["name"].startswith("INDEX-") for f in media["files"])
+    path = tmp_path / bundle["name"]
+    path.write_bytes(base64.b64decode(bundle["content_base64"]))
+    seen = inspect(path).manifest
+    assert seen is not None and seen.target.agents == ("run-agent-1",)
+    assert seen.expires - seen.created == 2 * 86400
+    with site.app.app_context():
+        dep = db.session.get(Deployment, went["deployment"])
+        assert dep is not None and dep.state == "exported"
+        exports = hub_config().data_dir / EXPORTS_DIR
+        assert not exports.exists() or list(exports.iterdir()) == []
