@@ -143,7 +143,11 @@ class FileReceiver:
                        max_pending=max_pending)
         fh = path.open("ab+", buffering=0)
         try:
-            os.fsync(fh.fileno())
+            if os.fstat(fh.fileno()).st_size:
+                # Bytes a dropped connection left: durable before RESUME claims them. A new,
+                # empty file needs no fsync (RESUME 0 claims nothing); the hub opens one per
+                # result offered, on its event loop, where each fsync stalled every agent.
+                os.fsync(fh.fileno())
             fh.seek(0)
             sink = _RawSink(fh)
             receiver = TransferReceiver(offer, sink)
