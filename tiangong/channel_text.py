@@ -6,10 +6,11 @@ same from the CLI and from the API."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import click
+
+from tiangong.options import stack
 
 __all__ = ["CHANNEL_COLUMNS", "SUBSCRIPTION_COLUMNS", "add_options", "added", "list_rows",
            "ordered", "policy", "preflight_options", "removed", "rule", "rule_options",
@@ -61,45 +62,33 @@ def policy(row: dict[str, Any]) -> str:
     return f"environment {row['environment']}: {row['policy']}"
 
 
-def rule_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``channels rule PRODUCT NAME`` and its options (each unset keeps its value)."""
-    for option in reversed((
-        click.argument("product"), click.argument("name"),
-        click.option("--approvals", type=int, default=None,
-                     help="Distinct people, never the release's author, who must approve a "
-                          "promotion into this channel (`releases approve-promotion`); 0: "
-                          "none."),
-        click.option("--min-successes", type=int, default=None, metavar="N",
-                     help="Health gate: the release succeeded on at least N agents of the "
-                          "environments subscribed to the previous channel; 0: off."),
-        click.option("--no-failures/--allow-failures", default=None,
-                     help="Health gate: refuse while the release failed (failed, rejected or "
-                          "interrupted) in an environment subscribed to the previous "
-                          "channel."),
-        click.option("--soak", default=None, metavar="DURATION",
-                     help="Health gate: time since the last success in the previous channel "
-                          "(90s, 30m, 6h, 2d); 0: off."),
-        click.option("--preflight-within", "preflight_within_h", type=click.IntRange(0, 720),
-                     default=None, metavar="HOURS",
-                     help="Preflight gate: a plan of the release passed on every agent "
-                          "subscribed to this channel within HOURS (`hub releases plan`); 0: "
-                          "off."),
-    )):
-        f = option(f)
-    return f
-
-
-def _stack(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """One decorator applying ``decorators`` as if written one per line, top first."""
-    def apply(f: Any) -> Any:
-        for decorator in reversed(decorators):
-            f = decorator(f)
-        return f
-    return apply
+#: ``channels rule PRODUCT NAME`` and its options (each unset keeps its value)
+rule_options = stack(
+    click.argument("product"), click.argument("name"),
+    click.option("--approvals", type=int, default=None,
+                 help="Distinct people, never the release's author, who must approve a "
+                      "promotion into this channel (`releases approve-promotion`); 0: "
+                      "none."),
+    click.option("--min-successes", type=int, default=None, metavar="N",
+                 help="Health gate: the release succeeded on at least N agents of the "
+                      "environments subscribed to the previous channel; 0: off."),
+    click.option("--no-failures/--allow-failures", default=None,
+                 help="Health gate: refuse while the release failed (failed, rejected or "
+                      "interrupted) in an environment subscribed to the previous "
+                      "channel."),
+    click.option("--soak", default=None, metavar="DURATION",
+                 help="Health gate: time since the last success in the previous channel "
+                      "(90s, 30m, 6h, 2d); 0: off."),
+    click.option("--preflight-within", "preflight_within_h", type=click.IntRange(0, 720),
+                 default=None, metavar="HOURS",
+                 help="Preflight gate: a plan of the release passed on every agent "
+                      "subscribed to this channel within HOURS (`hub releases plan`); 0: "
+                      "off."),
+)
 
 
 #: ``environments preflight-policy NAME [--within H | --clear]``
-preflight_options = _stack(
+preflight_options = stack(
     click.argument("name"),
     click.option("--within", "within_h", type=int, default=None,
                  help="Every deployment to NAME needs a preflight plan of its release passed "
@@ -107,16 +96,16 @@ preflight_options = _stack(
     click.option("--clear", is_flag=True, help="Deployments to NAME need no passed plan "
                  "again."))
 #: ``channels add PRODUCT NAME [--after CHANNEL | --first]``
-add_options = _stack(
+add_options = stack(
     click.argument("product"), click.argument("name"),
     click.option("--after", default=None, metavar="CHANNEL",
                  help="Insert after this channel (default: at the end)."),
     click.option("--first", is_flag=True,
                  help="Insert as the first channel (where approved releases enter)."))
 #: ``environments subscribe ENVIRONMENT --product P --channel C``
-subscribe_options = _stack(click.argument("environment"),
+subscribe_options = stack(click.argument("environment"),
                            click.option("--product", required=True),
                            click.option("--channel", required=True))
 #: ``environments unsubscribe ENVIRONMENT --product P``
-unsubscribe_options = _stack(click.argument("environment"),
+unsubscribe_options = stack(click.argument("environment"),
                              click.option("--product", required=True))

@@ -34,14 +34,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import click
 
-from tiangong import channel_text, rule_text, run_text, secret_input
+from tiangong import channel_text, options, rule_text, run_text, secret_input
 from tiangong.output import done, emit
 
 __all__ = ["remote"]
@@ -449,8 +449,7 @@ def deployments_why(ctx: click.Context, deployment_id: int, as_json: bool) -> No
 
 
 @deployments.command("override")
-@click.argument("deployment_id", type=int)
-@rule_text.override_reason
+@options.deployment_reason
 @json_option
 @click.pass_context
 def deployments_override(ctx: click.Context, deployment_id: int, reason: str,
@@ -706,13 +705,6 @@ _SPEC_HELP = {
 }
 
 
-def _ended_option(kind: str) -> Callable[[Any], Any]:
-    """``--all`` for freezes (ended ones are kept); windows never end."""
-    if kind != "freeze":
-        return lambda f: f
-    return click.option("--all", "include_ended", is_flag=True, help="Include ended freezes.")
-
-
 def _rules_group(kind: str, plural: str) -> click.Group:
     """``remote windows|freezes add|list|remove``: the names, options and messages of
     ``tiangong hub windows|freezes`` (hub/cli/windows.py), through the API's operations
@@ -730,11 +722,7 @@ def _rules_group(kind: str, plural: str) -> click.Group:
                     "admin of the environment (every environment: a global admin).")
 
     @group.command("add")
-    @click.argument("spec")
-    @click.option("--environment", default=None,
-                  help="Only this environment (default: every environment).")
-    @click.option("--product", default=None, help="Only this product (default: every "
-                  "product).")
+    @options.rule_add
     @json_option
     @click.pass_context
     def add(ctx: click.Context, spec: str, environment: str | None, product: str | None,
@@ -747,10 +735,7 @@ def _rules_group(kind: str, plural: str) -> click.Group:
                 "deployments it applies to are held or released at once.")
 
     @group.command("list")
-    @click.option("--environment", default=None,
-                  help="Those that apply to this environment.")
-    @click.option("--product", default=None, help="Those that apply to this product.")
-    @_ended_option(kind)
+    @options.rule_list(kind)
     @json_option
     @click.pass_context
     def list_(ctx: click.Context, environment: str | None, product: str | None,
@@ -780,8 +765,7 @@ freezes = _rules_group("freeze", "freezes")
 
 
 @freezes.command("end")
-@click.argument("rule_id", type=int)
-@click.option("--reason", required=True, help="Why it ends now (audited).")
+@options.freeze_end
 @json_option
 @click.pass_context
 def freezes_end(ctx: click.Context, rule_id: int, reason: str, as_json: bool) -> None:
@@ -1095,11 +1079,7 @@ def templates_run(ctx: click.Context, name: str, params: tuple[str, ...], agent_
 
 
 @templates_group.command("release")
-@click.argument("name")
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--product", required=True)
-@click.option("--version", "release_version", required=True)
-@run_text.param_option
+@options.template_release(run_text.param_option)
 @json_option
 @click.pass_context
 def templates_release(ctx: click.Context, name: str, out: Path, product: str,

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 __all__ = ["RULE_COLUMNS", "added", "columns", "echo_why", "ended", "override_confirmed",
-           "override_reason", "override_requested", "removed"]
+           "override_requested", "removed"]
 
 RULE_COLUMNS = ("id", "environment", "product", "description", "created_by")
 
@@ -56,8 +56,3 @@ def echo_why(data: dict[str, Any]) -> None:
     click.echo(f"{head}, waiting for:")
     for reason in data["waiting_for"]:
         click.echo(f"  {reason['kind']}: {reason['text']}")
-
-
-#: ``deployments override --reason`` (both command groups)
-override_reason = click.option("--reason", required=True, help="Why it must deploy despite "
-                               "freezes and windows (audited, and carried in the bundle).")

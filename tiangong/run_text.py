@@ -6,12 +6,12 @@ has no hub extra). A line and a result are the JSON of ``hub.services.run_follow
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from tiangong import options
 from tiangong.output import cell, text_lines
 
 __all__ = [
@@ -49,16 +49,8 @@ KIND_HELP = {
     "http": "Send one HTTP request from one agent's machine and check its status.",
 }
 
-Decorator = Callable[[Any], Any]
-
-
-def _stack(*options: Decorator) -> Decorator:
-    def apply(f: Any) -> Any:
-        for option in reversed(options):
-            f = option(f)
-        return f
-
-    return apply
+Decorator = options.Decorator
+_stack = options.stack
 
 
 _file = click.option("--file", "script", required=True,

@@ -17,7 +17,7 @@ import click
 
 from hub.cli.base import _done, _emit, _services, hub, json_option
 from hub.cli.run import _delivery, _ship, _shipping
-from tiangong import run_text
+from tiangong import options, run_text
 
 __all__ = ["templates"]
 
@@ -108,11 +108,7 @@ def templates_run(ctx: click.Context, name: str, params: tuple[str, ...], agent_
 
 
 @templates.command("release")
-@click.argument("name")
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--product", required=True)
-@click.option("--version", "release_version", required=True)
-@_param
+@options.template_release(_param)
 @json_option
 @click.pass_context
 def templates_release(ctx: click.Context, name: str, out: Path, product: str,

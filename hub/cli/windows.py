@@ -19,9 +19,7 @@ import click
 
 from hub.cli.base import _done, _emit, _services, hub, json_option
 from hub.cli.deployments import deployments
-from tiangong import rule_text
-
-_SCOPE_HELP = "(default: every {})"
+from tiangong import options, rule_text
 
 
 def _rule_row(rule: Any) -> dict[str, Any]:
@@ -41,11 +39,7 @@ def _rules_group(kind: str, plural: str) -> click.Group:
                   "Change freezes: no deployment starts inside one (unless overridden).")
 
     @group.command("add")
-    @click.argument("spec")
-    @click.option("--environment", default=None, help="Only this environment "
-                  + _SCOPE_HELP.format("environment"))
-    @click.option("--product", default=None, help="Only this product "
-                  + _SCOPE_HELP.format("product"))
+    @options.rule_add
     @json_option
     @click.pass_context
     def add(ctx: click.Context, spec: str, environment: str | None, product: str | None,
@@ -61,14 +55,11 @@ def _rules_group(kind: str, plural: str) -> click.Group:
                 "Queued deployments it applies to are held or released at once.")
 
     @group.command("list")
-    @click.option("--environment", default=None, help="Those that apply to this "
-                  "environment.")
-    @click.option("--product", default=None, help="Those that apply to this product.")
-    @click.option("--all", "include_ended", is_flag=True, help="Include ended freezes.")
+    @options.rule_list(kind)
     @json_option
     @click.pass_context
     def list_(ctx: click.Context, environment: str | None, product: str | None,
-              include_ended: bool, as_json: bool) -> None:
+              as_json: bool, include_ended: bool = False) -> None:
         from hub.services.windows import list_rules
 
         with _services(ctx) as sc:
@@ -105,8 +96,7 @@ freezes.help = ("Change freezes: no deployment is exported or starts inside one,
 
 
 @freezes.command("end")
-@click.argument("rule_id", type=int)
-@click.option("--reason", required=True, help="Why it ends now (audited).")
+@options.freeze_end
 @json_option
 @click.pass_context
 def freezes_end(ctx: click.Context, rule_id: int, reason: str, as_json: bool) -> None:
@@ -144,8 +134,7 @@ def deployments_why(ctx: click.Context, deployment_id: int, as_json: bool) -> No
 
 
 @deployments.command("override")
-@click.argument("deployment_id", type=int)
-@rule_text.override_reason
+@options.deployment_reason
 @json_option
 @click.pass_context
 def deployments_override(ctx: click.Context, deployment_id: int, reason: str,
