@@ -8,7 +8,9 @@ STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 # The suite runs in two pytest-xdist workers, one test file per worker at a time (most tests
 # wait on real hub, agent, database and browser processes, so two workers halve the wall time
-# on a 2-core machine); TEST_WORKERS=0 runs it in one process.
+# on a 2-core machine); TEST_WORKERS=0 runs it in one process. Files start longest first
+# (tests/conftest.py orders them by tests/file_costs.json; --no-loadscope-reorder keeps
+# xdist from re-sorting them by their number of tests), so both workers finish together.
 TEST_WORKERS ?= 2
 
 .PHONY: demo demo-ui test lint bench soak clean system-deps venv kube helm offline-kit
@@ -33,7 +35,7 @@ demo-ui: $(STAMP)
 	bash examples/demo-ui.sh
 
 test: $(STAMP) system-deps kube helm
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The real kube-apiserver (+ etcd) and kubectl for the k8s tests, built once from Go modules
 # into tests/kube/bin/ (see docs/kubernetes-tests.md).
