@@ -137,6 +137,17 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
 
 
+def proc_children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (the live server's export workers), from /proc."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                for child in (task / "children").read_text().split():
+                    found.extend([int(child), *proc_children(int(child))])
+    return found
+
+
 def proc_runqueue_wait(pid: int) -> float:
     """Seconds the threads of ``pid`` spent runnable but waiting for a CPU (all threads,
     /proc/<pid>/task/*/schedstat): on a machine shared with other work, a hub that waits
@@ -978,7 +989,18 @@ class HubProcess:
                 return doc
 
     def cpu(self) -> float:
+        """CPU seconds of the live server and its export worker processes."""
+        return self.own_cpu() + self.workers_cpu()
+
+    def own_cpu(self) -> float:
         return proc_cpu(self.pid)
+
+    def workers_cpu(self) -> float:
+        total = 0.0
+        for child in proc_children(self.pid):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += proc_cpu(child)
+        return total
 
     def rss(self) -> tuple[float, float]:
         return proc_rss(self.pid)
@@ -1206,7 +1228,7 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
         # 4. burst: queue (approved release) -> bundle received by every agent
         window = work / PROFILE_WINDOW  # --profile-hub samples the burst only
         window.touch()
-        cpu0 = hub.cpu()
+        cpu0, workers0 = hub.cpu(), hub.workers_cpu()
         load0 = os.getloadavg()[0]
         known = {a: len(r) for a, r in fleet.received.items()}
         before_sets = {a: set(r) for a, r in fleet.received.items()}
@@ -1221,6 +1243,7 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
         out["deliver_received"] = len(latencies)
         out.update(_latency_figures("deliver", latencies))
         out["deliver_hub_cpu_s"] = round(hub.cpu() - cpu0, 2)
+        out["deliver_workers_cpu_s"] = round(hub.workers_cpu() - workers0, 2)
         out["deliver_hub_cpu_ms_per_agent"] = round(
             1000 * out["deliver_hub_cpu_s"] / max(1, count), 2)
         out["deliver_load_average"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
@@ -1230,7 +1253,8 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
               f"{out.get('deliver_min_ms')} ms, p50 {out.get('deliver_p50_ms')} ms, p99 "
               f"{out.get('deliver_p99_ms')} ms, max {out.get('deliver_max_ms')} ms; hub CPU "
               f"{out['deliver_hub_cpu_s']} s ({out['deliver_hub_cpu_ms_per_agent']} ms per "
-              f"agent); load average {out['deliver_load_average']}",
+              f"agent; export worker processes {out['deliver_workers_cpu_s']} s of it); load "
+              f"average {out['deliver_load_average']}",
               flush=True)
 
         # 5. logs

@@ -183,6 +183,7 @@ def serve_live(config: Any, host: str, port: int, *, actor: str | None = None,
     """
     from hub.db import make_engine, make_session_factory
     from hub.keystore import KeysReloader
+    from hub.live_exports import ExportWorkers
     from hub.live_guard import LiveLimits
     from hub.live_notify import listen_dsn
     from hub.metrics import single_process
@@ -193,10 +194,15 @@ def serve_live(config: Any, host: str, port: int, *, actor: str | None = None,
     keys = reloader.current()
     engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
     limits = LiveLimits.from_config(config)
+    workers = (ExportWorkers(config, actor, limits.export_processes)
+               if limits.export_processes else None)
+    if workers is not None:
+        workers.start()  # now, not at the first burst: starting costs a second of CPU
     hub = LiveHub(session_factory=make_session_factory(engine), keys=keys,
                   data_dir=config.data_dir, actor=actor,
                   heartbeat=heartbeat or limits.heartbeat_s, binding=binding, limits=limits,
-                  notify_dsn=listen_dsn(config.database_url), keys_source=reloader.current)
+                  notify_dsn=listen_dsn(config.database_url), keys_source=reloader.current,
+                  export_workers=workers)
     return start_live(hub, host, port, ssl=ssl, allow_insecure_loopback=allow_insecure_loopback)
 
 

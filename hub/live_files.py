@@ -79,6 +79,21 @@ class SpoolDigests:
         self._known[path] = (key, size, digest)
         return size, digest
 
+    def remember(self, path: Path, size: int, digest: str) -> None:
+        """``(size, sha256)`` of ``path`` as its writer computed them (the export reports
+        the whole file's digest): its OFFER reads nothing. Not remembered when the file
+        is not there or not of that size."""
+        try:
+            st = path.stat()
+        except OSError:
+            return
+        if st.st_size != size:
+            return
+        self._known.pop(path, None)
+        while len(self._known) >= self.limit:
+            self._known.pop(next(iter(self._known)))
+        self._known[path] = ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), size, digest)
+
     def forget(self, path: Path) -> None:
         """``path`` left the spool (delivered)."""
         self._known.pop(path, None)

@@ -26,6 +26,7 @@ from typing import Any
 __all__ = ["Admission", "LiveLimits", "LoginGuard", "RefusalCount"]
 
 Clock = Callable[[], float]
+ZERO_ALLOWED = frozenset({"export_processes"})  # settings of LiveLimits that may be 0
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -57,12 +58,17 @@ class LiveLimits:
     log_quota_total_bytes: int = 8 * GiB  # bytes of stored live logs, all agents
     heartbeat_s: int = 30  # seconds between an agent's heartbeats (announced in WELCOME);
     #                        presence counts an agent offline one interval after its last
+    export_processes: int = 0  # processes exporting a burst's bundles beside the event loop
+    #                            (hub.live_exports); 0: in the live server's own threads
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"[live] {f.name} must be a positive number, not {value!r}")
+            least = 0 if f.name in ZERO_ALLOWED else 1e-9
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < least:
+                raise ValueError(f"[live] {f.name} must be a "
+                                 f"{'number >= 0' if least == 0 else 'positive number'}, "
+                                 f"not {value!r}")
         if self.send_buffer_max_bytes < self.send_buffer_bytes:
             raise ValueError(f"[live] send_buffer_max_bytes ({self.send_buffer_max_bytes}) "
                              f"is below send_buffer_bytes ({self.send_buffer_bytes})")

@@ -86,6 +86,7 @@ from bundle.sync.errors import (
 from hub.db import Agent as AgentRow
 from hub.db import Deployment
 from hub.errors import HubError
+from hub.live_exports import ExportWorkers, WorkerFailed, WorkerLost
 from hub.live_files import (
     LogQuotaError,
     LogStore,
@@ -102,7 +103,7 @@ from hub.services.agents import get_agent
 from hub.services.context import HubKeys, ServiceContext, utc_now
 from hub.services.deployments import transition
 from hub.services.exchange import export_environment, import_result
-from hub.services.export import export_agents
+from hub.services.export import ExportedBundle, export_agents
 from hub.services.export_claims import my_token
 from hub.services.preflight import state_values
 from hub.services.presence import LiveWork, live_work, live_work_of, presence_until
@@ -232,8 +233,11 @@ class LiveHub:
                  heartbeat: int = DEFAULT_HEARTBEAT_SECONDS, binding: bytes = b"",
                  poll_interval: float = POLL_SECONDS,
                  limits: LiveLimits | None = None, notify_dsn: str | None = None,
-                 keys_source: Callable[[], HubKeys] | None = None) -> None:
+                 keys_source: Callable[[], HubKeys] | None = None,
+                 export_workers: ExportWorkers | None = None) -> None:
         self.session_factory = session_factory
+        # a burst's exports in worker processes (hub.live_exports); None: in threads here
+        self.export_workers = export_workers
         self.keys = keys
         # where exports take the keys from (``KeysReloader.current``: a root installed while
         # the server runs is used at once); default: ``keys`` as given
@@ -317,29 +321,16 @@ class LiveHub:
     @contextlib.contextmanager
     def _session(self) -> Iterator[Session]:
         """A session committed at the end of the block, rolled back on any exception."""
-        session = self.session_factory()
-        try:
+        with committed(self.session_factory) as session:
             yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
 
     @contextlib.contextmanager
     def _services(self) -> Iterator[ServiceContext]:
-        with self._session() as session:
-            # The release store: exports keep each release's compressed frames there.
-            releases = self.data_dir / "releases"
-            if self._keys_source is not None:
-                self.keys = self._keys_source()
-            if self.actor is not None:
-                yield ServiceContext(session, self.clock, get_user(session, self.actor),
-                                     self.keys, releases)
-            else:  # the hub's own process: only what users.SYSTEM_ACTIONS["live"] allows
-                yield ServiceContext(session, self.clock, None, self.keys, releases,
-                                     system=SYSTEM_ACTOR)
+        if self._keys_source is not None:
+            self.keys = self._keys_source()
+        with live_services(self.session_factory, self.clock, self.actor, self.keys,
+                           self.data_dir) as ctx:
+            yield ctx
 
     def _lookup_key(self, agent_id: str) -> PublicKey:
         """The enrolled key of ``agent_id`` (the caller counts and audits refusals).
@@ -503,6 +494,8 @@ class LiveHub:
             self._export_failed[agent_id] = ((len(ids), max(ids)),
                                              time.monotonic() + EXPORT_RETRY_SECONDS)
         self.metrics.exports.inc(len(report.written))
+        for path, size, digest in _digests(report.written):
+            self._digests.remember(Path(path), size, digest)
         for dep_id, reason in report.failed:
             self.metrics.error("export_failed")
             log.error("live: export of deployment %s for %s failed: %s", dep_id, agent_id,
@@ -512,59 +505,54 @@ class LiveHub:
         return len(report.written), len(report.failed)
 
     def _export_many(self, agent_ids: list[str]) -> dict[str, tuple[int, int]]:
-        """:meth:`_export` for many agents in one call (:func:`export_agents`: their
-        deployments claimed, written and recorded in batches, two commits a batch); agent id
-        -> (written, failed). On a database error every one of them is noted for
-        :meth:`_release_claims`."""
+        """:meth:`_export` for many agents in one call, in this process
+        (:func:`export_many`); agent id -> (written, failed). On a database error every one
+        of them is noted for :meth:`_release_claims`."""
         try:
-            return self._export_many_once(agent_ids)
+            outcome = export_many(self._services, self.spool_root, agent_ids)
         except SQLAlchemyError:
             with self._unclaim_lock:
                 self._unclaim.update(agent_ids)
             raise
+        return self._took(outcome)
 
-    def _export_many_once(self, agent_ids: list[str]) -> dict[str, tuple[int, int]]:
-        counts = {agent_id: (0, 0) for agent_id in agent_ids}
-        with self._services() as ctx:
-            envs: dict[str, list[str]] = {}
-            for row in ctx.session.execute(select(AgentRow.agent_id, AgentRow.environment_id)
-                                           .where(AgentRow.agent_id.in_(agent_ids))):
-                envs.setdefault(str(row.environment_id), []).append(row.agent_id)
-            reports = []
-            for ids in envs.values():
-                env_name = get_agent(ctx.session, ids[0]).environment.name
-                reports.append(export_agents(ctx, env_name, self.spool_root, ids, live=True))
-        for report in reports:
-            for bundle in report.written:
-                if bundle.agent_id in counts:
-                    written, failed = counts[bundle.agent_id]
-                    counts[bundle.agent_id] = (written + 1, failed)
-            failed_ids: dict[str, list[int]] = {}
-            for dep_id, reason in report.failed:
-                agent_id = report.failed_agents.get(dep_id, "")
-                failed_ids.setdefault(agent_id, []).append(dep_id)
-                self.metrics.error("export_failed")
-                log.error("live: export of deployment %s for %s failed: %s", dep_id,
-                          agent_id or "?", reason)
-            for agent_id, dep_ids in failed_ids.items():
-                if agent_id in counts:
-                    counts[agent_id] = (counts[agent_id][0], len(dep_ids))
-                    self._export_failed[agent_id] = ((len(dep_ids), max(dep_ids)),
-                                                     time.monotonic() + EXPORT_RETRY_SECONDS)
-            self.metrics.exports.inc(len(report.written))
+    def _took(self, outcome: ExportOutcome) -> dict[str, tuple[int, int]]:
+        """Count and log what an export call did (here or in a worker process); note the
+        agents whose export failed for :data:`EXPORT_RETRY_SECONDS`. Returns its counts."""
+        failed_ids: dict[str, list[int]] = {}
+        for dep_id, agent_id, reason in outcome.failed:
+            failed_ids.setdefault(agent_id, []).append(dep_id)
+            self.metrics.error("export_failed")
+            log.error("live: export of deployment %s for %s failed: %s", dep_id,
+                      agent_id or "?", reason)
+        counts = dict(outcome.counts)
+        for agent_id, dep_ids in failed_ids.items():
+            if agent_id in counts:
+                counts[agent_id] = (counts[agent_id][0], len(dep_ids))
+                self._export_failed[agent_id] = ((len(dep_ids), max(dep_ids)),
+                                                 time.monotonic() + EXPORT_RETRY_SECONDS)
+        self.metrics.exports.inc(outcome.written)
+        for path, size, digest in outcome.digests:
+            self._digests.remember(Path(path), size, digest)
         for agent_id, (_, failed) in counts.items():
             if not failed:
                 self._export_failed.pop(agent_id, None)
         return counts
 
+    def _claim_tokens(self) -> set[str]:
+        """The claim tokens of this process and of its export workers (hub.live_exports)."""
+        workers = self.export_workers.tokens if self.export_workers is not None else set()
+        return {my_token(), *workers}
+
     def _unclaim_agent(self, agent_id: str) -> None:
-        """Release this process's claims on ``agent_id``'s ``exporting`` deployments."""
+        """Release the claims of this process (and its export workers) on ``agent_id``'s
+        ``exporting`` deployments."""
         agent_pk = select(AgentRow.id).where(AgentRow.agent_id == agent_id).scalar_subquery()
         with self._session() as session:
             session.execute(
                 update(Deployment)
                 .where(Deployment.agent_id == agent_pk, Deployment.state == "exporting",
-                       Deployment.claimed_by == my_token())
+                       Deployment.claimed_by.in_(sorted(self._claim_tokens())))
                 .values(claimed_by=None)
                 .execution_options(synchronize_session=False))
 
@@ -960,6 +948,8 @@ class LiveHub:
         if self._recording is not None:
             await asyncio.wait([self._recording])
         await self._record_delivered()
+        if self.export_workers is not None:
+            self.export_workers.shutdown()
 
     async def poll_once(self) -> None:
         """One round of the push loop: for every connected agent, drop it if it is no longer
@@ -1034,7 +1024,11 @@ class LiveHub:
         counts: dict[str, tuple[int, int]] = {}
         try:
             async with calls:
-                counts = await self._in_pool(self._export_pool, self._export_many, ids)
+                counts = await self._export_call(ids)
+        except WorkerLost as exc:
+            # Its claims are stale (the process is gone): the next round exports them again.
+            self.metrics.error("export_failed")
+            log.error("live: cannot export for %d agents now: %s", len(ids), exc)
         except (HubError, OSError, SQLAlchemyError) as exc:
             self.metrics.error("export_failed")
             log.error("live: cannot export for %d agents: %s", len(ids), exc)
@@ -1046,6 +1040,24 @@ class LiveHub:
                 lock.release()
             raise
         await self._offer_exported([(agent_id, lock) for agent_id, _, lock in chunk], counts)
+
+    async def _export_call(self, ids: list[str]) -> dict[str, tuple[int, int]]:
+        """One export call of a burst: in an export worker process (:mod:`hub.live_exports`)
+        when they run, else in this process's export threads (a call while they start, or
+        after one died, starts them and does not wait for them)."""
+        workers = self.export_workers
+        if workers is None or not workers.ready:
+            if workers is not None:
+                workers.start()
+            return await self._in_pool(self._export_pool, self._export_many, ids)
+        try:
+            outcome = await workers.export_many(self.spool_root, ids)
+        except WorkerFailed as exc:
+            if exc.database:  # it may have claimed some: released by the push loop
+                with self._unclaim_lock:
+                    self._unclaim.update(ids)
+            raise
+        return self._took(outcome)
 
     async def _offer_exported(self, agents: list[tuple[str, asyncio.Lock]],
                               counts: dict[str, tuple[int, int]]) -> None:
@@ -1380,6 +1392,91 @@ class LiveHub:
             # disk stay out of what the peer is told (the hub log has them).
             remote = reason.replace(str(self.data_dir), "<hub data dir>")
             peer.conn.send_cancel(transfer, "agent", code, remote)
+
+
+@contextlib.contextmanager
+def committed(session_factory: Callable[[], Session]) -> Iterator[Session]:
+    """A session committed at the end of the block, rolled back on any exception."""
+    session = session_factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+@contextlib.contextmanager
+def live_services(session_factory: Callable[[], Session], clock: Callable[[], Any],
+                  actor: str | None, keys: HubKeys, data_dir: Path
+                  ) -> Iterator[ServiceContext]:
+    """The live server's service context in a session committed at the end of the block:
+    as hub user ``actor``, or as the hub itself (``system:live``, only what
+    users.SYSTEM_ACTIONS["live"] allows) when None. Exports keep each release's compressed
+    frames in the release store (``<data_dir>/releases``)."""
+    with committed(session_factory) as session:
+        releases = data_dir / "releases"
+        if actor is not None:
+            yield ServiceContext(session, clock, get_user(session, actor), keys, releases)
+        else:
+            yield ServiceContext(session, clock, None, keys, releases, system=SYSTEM_ACTOR)
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    """What one export call for many agents did (:func:`export_many`); plain data, so that
+    it crosses from an export worker process (:mod:`hub.live_exports`)."""
+
+    counts: dict[str, tuple[int, int]]  # agent id -> (bundles written, deployments failed)
+    failed: list[tuple[int, str, str]]  # (deployment id, agent id or "", reason)
+    written: int  # bundles written
+    #: (file, size, SHA-256) of each bundle written in one file whose digest the writer
+    #: computed: its OFFER does not read it again (SpoolDigests.remember)
+    digests: list[tuple[str, int, str]] = field(default_factory=list)
+
+
+def export_many(services: Callable[[], contextlib.AbstractContextManager[ServiceContext]],
+                spool_root: Path, agent_ids: list[str]) -> ExportOutcome:
+    """Export the queued deployments of ``agent_ids`` into their spools under
+    ``spool_root`` in one call (:func:`hub.services.export.export_agents`, one per
+    environment: their deployments claimed, written and recorded in batches, two commits a
+    batch), in the context ``services()`` opens.
+
+    Raises:
+        HubError, OSError, SQLAlchemyError: the call failed as a whole.
+    """
+    counts = {agent_id: (0, 0) for agent_id in agent_ids}
+    with services() as ctx:
+        envs: dict[str, list[str]] = {}
+        for row in ctx.session.execute(select(AgentRow.agent_id, AgentRow.environment_id)
+                                       .where(AgentRow.agent_id.in_(agent_ids))):
+            envs.setdefault(str(row.environment_id), []).append(row.agent_id)
+        reports = []
+        for ids in envs.values():
+            env_name = get_agent(ctx.session, ids[0]).environment.name
+            reports.append(export_agents(ctx, env_name, spool_root, ids, live=True))
+    failed: list[tuple[int, str, str]] = []
+    written = 0
+    digests: list[tuple[str, int, str]] = []
+    for report in reports:
+        for bundle in report.written:
+            if bundle.agent_id in counts:
+                done, not_done = counts[bundle.agent_id]
+                counts[bundle.agent_id] = (done + 1, not_done)
+        written += len(report.written)
+        digests.extend(_digests(report.written))
+        failed.extend((dep_id, report.failed_agents.get(dep_id, ""), reason)
+                      for dep_id, reason in report.failed)
+    return ExportOutcome(counts, failed, written, digests)
+
+
+def _digests(bundles: list[ExportedBundle]) -> Iterator[tuple[str, int, str]]:
+    """(file, size, SHA-256) of the bundles written whole in one file (ExportOutcome)."""
+    for bundle in bundles:
+        if bundle.sha256 is not None and len(bundle.paths) == 1:
+            yield str(bundle.paths[0]), bundle.size, bundle.sha256
 
 
 def _delivered_deployments(session: Session, items: list[tuple[str, str, str]]

@@ -119,3 +119,18 @@ def test_a_spooled_bundle_is_hashed_once_for_its_offers(tmp_path: Path,
     digests.forget(path)
     digests.get(path)
     assert hashed.count(path) == 4
+    # The export's own digest (ExportedBundle.sha256): the OFFER reads nothing; a size
+    # that is not the file's is not remembered, and a file replaced later is hashed again.
+    fresh = tmp_path / "e.tgb"
+    fresh.write_bytes(b"three" * 100)
+    told = hashlib.sha256(b"three" * 100).hexdigest()
+    digests.remember(tmp_path / "missing.tgb", 1, told)
+    digests.remember(fresh, 499, told)
+    digests.get(fresh)
+    assert hashed.count(fresh) == 1
+    digests.remember(fresh, 500, told)
+    assert digests.get(fresh) == (500, told) and hashed.count(fresh) == 1
+    (tmp_path / "f.tgb").write_bytes(b"four" * 125)
+    os.replace(tmp_path / "f.tgb", fresh)
+    assert digests.get(fresh) == (500, hashlib.sha256(b"four" * 125).hexdigest())
+    assert hashed.count(fresh) == 2

@@ -31,13 +31,15 @@ def test_every_limit_is_a_live_setting_of_hub_toml_and_the_environment(tmp_path:
     assert limits.send_timeout_s == 7.0
     assert limits.log_quota_agent_bytes == LiveLimits().log_quota_agent_bytes
     # every name ends in its unit
-    assert all(name.endswith(("_s", "_bytes")) or name.startswith(("max_", "login_failures"))
+    assert all(name.endswith(("_s", "_bytes", "_processes"))
+               or name.startswith(("max_", "login_failures"))
                for name in LiveLimits.setting_names())
 
 
 @pytest.mark.parametrize(("text", "why"), [
     ("send_timeout_s = 0", "send_timeout_s must be a positive number"),
     ("max_unauthenticated = -1", "max_unauthenticated must be a positive number"),
+    ("export_processes = -1", "export_processes must be a number >= 0"),
     ("send_buffer_bytes = 100\nsend_buffer_max_bytes = 10", "below send_buffer_bytes"),
     ("no_such_limit = 1", "unknown [live] setting(s) no_such_limit"),
 ])

@@ -1,0 +1,212 @@
+"""Export worker processes for the live server: a rollout burst's exports on another core.
+
+An export is CPU-bound Python (sign, frame, hash, the database rows); in the live server's
+own threads it holds the GIL that the event loop needs to offer and send bundles, so a
+burst's exports and its sending took turns on one core. :class:`ExportWorkers` runs a
+burst's export calls (:func:`hub.live_hub.export_many`) in ``[live] export_processes``
+processes of their own instead: each opens its own database engine and loads the hub's keys
+from the data directory, as the live server did; the live server's event loop only offers
+and sends. The bundles, their rows and audit events are exactly those of an export in the
+live server itself: the same function runs, only in another process.
+
+Off by default (``export_processes = 0``): measured on the 2-core test machine under the
+load of other work, a 1,000-agent burst was not faster with a worker (docs/benchmarks.md,
+"Session 7: live burst"): the live server's share of the work (offers, TLS, the
+``delivered`` records) stays, and the worker competes for the same two cores. Where cores
+are free, it takes the exports' CPU off the event loop's core.
+
+What stays in the live server's threads: single exports (an agent connecting, one queued
+deployment), the ``delivered`` bookkeeping, and every export call while the workers are not
+running (``hub live`` starts them with the server; after a worker died, the next call starts
+them again and runs in threads meanwhile, so no bundle waits for a process to start).
+
+The workers are started with ``spawn`` (forking the live server's threads and sockets is
+unsafe), which imports the main module again in each worker: ``tiangong``'s entry points
+guard their ``main()``, as any program embedding the live server must.
+
+Claims (:mod:`hub.services.export_claims`) name the process that exports: a worker's claims
+carry its own token, which it reports with every call, so the live server can release them
+after a database error (:meth:`hub.live_hub.LiveHub._release_claims`); the claims of a
+worker that died are stale (its pid is gone) and the next export takes them over. A worker
+ends when the live server's process is gone (it watches its parent), and a pool whose
+worker died is started again for the next call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import multiprocessing
+import os
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from hub.errors import HubError
+
+__all__ = ["ExportWorkers", "WorkerFailed", "WorkerLost"]
+
+log = logging.getLogger("tiangong.hub.live")
+
+PARENT_POLL_S = 1.0  # seconds between a worker's checks that the live server still runs
+
+
+class WorkerFailed(HubError):
+    """An export call failed as a whole in a worker (what the error was is in the text);
+    ``database`` says whether it was a database error (claims may need releasing)."""
+
+    def __init__(self, message: str, *, database: bool) -> None:
+        super().__init__(message)
+        self.database = database
+
+
+class WorkerLost(HubError):
+    """The worker process running an export call died (its claims are stale: the next
+    export takes them over)."""
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A worker's reply: its claim token, and the outcome or the error."""
+
+    token: str
+    outcome: Any = None  # hub.live_hub.ExportOutcome
+    error: str | None = None
+    database: bool = False
+
+
+# -- in the worker process
+
+_state: dict[str, Any] = {}
+
+
+def _init(config: Any, actor: str | None, parent: int) -> None:
+    """Worker start: the hub's keys (reloaded when root.json changes), a database engine
+    of its own, and a thread that ends the process once ``parent`` is gone."""
+    from hub.db import make_engine, make_session_factory
+    from hub.keystore import KeysReloader
+
+    reloader = KeysReloader(config.data_dir)
+    engine = make_engine(config.database_url, audit_mac=reloader.current().audit_mac)
+    _state.update(reloader=reloader, sessions=make_session_factory(engine), actor=actor,
+                  data_dir=Path(config.data_dir))
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            threading.Event().wait(PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="tiangong-export-parent", daemon=True).start()
+
+
+def _ping() -> str:
+    from hub.services.export_claims import my_token
+
+    return my_token()
+
+
+def _export(spool_root: str, agent_ids: list[str]) -> _Answer:
+    """One export call in the worker; every error is answered, never raised (an exception
+    object from SQLAlchemy or a driver need not survive pickling)."""
+    from hub.live_hub import export_many, live_services
+    from hub.services.context import utc_now
+    from hub.services.export_claims import my_token
+
+    def services() -> Any:
+        return live_services(_state["sessions"], utc_now, _state["actor"],
+                             _state["reloader"].current(), _state["data_dir"])
+
+    try:
+        return _Answer(my_token(), outcome=export_many(services, Path(spool_root), agent_ids))
+    except SQLAlchemyError as exc:
+        return _Answer(my_token(), error=f"database error: {exc}", database=True)
+    except (HubError, OSError) as exc:
+        return _Answer(my_token(), error=str(exc))
+
+
+# -- in the live server
+
+
+class ExportWorkers:
+    """``processes`` export worker processes of the live server (started on first use)."""
+
+    def __init__(self, config: Any, actor: str | None, processes: int) -> None:
+        self.config = config
+        self.actor = actor
+        self.processes = processes
+        self.tokens: set[str] = set()  # claim tokens of workers (for releasing claims)
+        self._pool: ProcessPoolExecutor | None = None
+        self._ready = False
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        """The workers have started (calls before that run in the live server's threads)."""
+        return self._ready
+
+    def start(self) -> None:
+        """Start the worker processes, if not yet (returns at once; :attr:`ready` turns true
+        when they answered)."""
+        with self._lock:
+            if self._pool is not None:
+                return
+            # spawn: forking the live server (threads, sockets, an event loop) is unsafe
+            self._pool = pool = ProcessPoolExecutor(
+                self.processes, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init, initargs=(self.config, self.actor, os.getpid()))
+            pings = [pool.submit(_ping) for _ in range(self.processes)]
+        for ping in pings:
+            ping.add_done_callback(functools.partial(self._started, pool))
+
+    def _started(self, pool: ProcessPoolExecutor, ping: Future[str]) -> None:
+        try:
+            token = ping.result()
+        except (BrokenProcessPool, OSError) as exc:
+            log.error("live: an export worker did not start (%s); exports stay in the live "
+                      "server's threads until the next burst tries again", exc)
+            self._drop(pool)
+            return
+        self.tokens.add(token)
+        self._ready = True
+        log.info("live: export worker %s ready", token)
+
+    def _drop(self, pool: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+                self._ready = False
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    async def export_many(self, spool_root: Path, agent_ids: list[str]) -> Any:
+        """:func:`hub.live_hub.export_many` in a worker; its ExportOutcome.
+
+        Raises:
+            WorkerFailed: the call failed as a whole (as it would have here).
+            WorkerLost: the worker died (the pool starts again on the next burst).
+        """
+        pool = self._pool
+        if pool is None:
+            raise WorkerLost("the export workers are not running")
+        try:
+            answer: _Answer = await asyncio.wrap_future(
+                pool.submit(_export, str(spool_root), agent_ids))
+        except BrokenProcessPool as exc:
+            self._drop(pool)
+            raise WorkerLost(f"an export worker died: {exc}") from exc
+        self.tokens.add(answer.token)
+        if answer.error is not None:
+            raise WorkerFailed(answer.error, database=answer.database)
+        return answer.outcome
+
+    def shutdown(self) -> None:
+        """Stop the workers (a call under way is left to finish in its process)."""
+        with self._lock:
+            pool, self._pool, self._ready = self._pool, None, False
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,129 @@
+"""The live server's export worker process (hub.live_exports): a real ``tiangong hub init``
+data directory, one spawned worker, the LiveHub's burst export call routed to it.
+
+* The worker exports what the live server would: every agent's bundle in its spool, each
+  deployment ``exported`` and claimed under the *worker's* token (which the live server
+  learns, to release its claims after a database error), and the whole file's SHA-256 comes
+  back, so the OFFER reads nothing.
+* A call the worker cannot do (its spool root is a file) fails as a whole with the reason,
+  and changes nothing: every deployment still queued, no file written.
+* Shut down, the worker process ends.
+
+Nothing is timed: waits poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from hub.config import load_config
+from hub.db import Deployment, make_engine, make_session_factory
+from hub.keystore import load_hub_keys
+from hub.live_exports import ExportWorkers, WorkerFailed
+from hub.live_hub import LiveHub
+from hub.services.agents import EnrollmentRequest, enroll_agent
+from hub.services.approvals import approve_release
+from hub.services.context import ServiceContext, utc_now
+from hub.services.deployments import queue_deployment
+from hub.services.environments import create_environment
+from hub.services.export_claims import my_token
+from hub.services.releases import create_release, submit_release
+from hub.services.users import create_user, get_user, grant_role
+from signing.keys import BoxKeyPair, SigningKey
+from tests.e2e.conftest import run, wait_for
+from tests.hub.services.test_exchange import HELLO
+
+DEADLINE = 120.0  # seconds for a spawned process on a shared machine
+AGENTS = [f"w-{i}" for i in range(3)]
+
+
+def _hub(tmp_path: Path) -> Path:
+    """An initialised hub with environment ``env``, an approved release queued for the
+    agents of :data:`AGENTS`."""
+    data = tmp_path / "hub"
+    run("hub", "--data-dir", str(data), "init", "--admin", "admin", "--hub-id", "hub-w",
+        "--insecure-no-passphrase")
+    config, keys = load_config(data), load_hub_keys(data)
+    engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
+    with make_session_factory(engine)() as s:
+        def ctx(user: str) -> ServiceContext:
+            return ServiceContext(s, utc_now, get_user(s, user), keys, config.releases_dir)
+
+        create_environment(ctx("admin"), "env")
+        for user, role in (("op", "operator"), ("dev", "developer"), ("appr", "approver")):
+            create_user(ctx("admin"), user)
+            grant_role(ctx("admin"), user, role)
+        s.commit()
+        release = create_release(ctx("dev"), HELLO, create_missing_product=True)
+        submit_release(ctx("dev"), release)
+        approve_release(ctx("appr"), release)
+        for agent_id in AGENTS:
+            enroll_agent(ctx("op"), "env", EnrollmentRequest(
+                hostname=agent_id, ed25519_public=SigningKey.generate().public.raw.hex(),
+                x25519_public=BoxKeyPair.generate().public.raw.hex(), agent_id=agent_id,
+                environment="env", hub_id=keys.hub_id))
+        queue_deployment(ctx("op"), release, "env")
+        s.commit()
+    engine.dispose()
+    return data
+
+
+def _deployments(data: Path) -> list[tuple[str, str | None]]:
+    engine = make_engine(load_config(data).database_url)
+    try:
+        with make_session_factory(engine)() as s:
+            return [(d.state, d.claimed_by) for d in s.scalars(select(Deployment))]
+    finally:
+        engine.dispose()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_burst_export_call_runs_in_the_worker_process(tmp_path: Path) -> None:
+    data = _hub(tmp_path)
+    config, keys = load_config(data), load_hub_keys(data)
+    engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
+
+    workers = ExportWorkers(config, None, 1)  # system:live, as `hub live` runs
+    hub = LiveHub(session_factory=make_session_factory(engine), keys=keys, data_dir=data,
+                  actor=None, export_workers=workers)
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    try:
+        workers.start()
+        wait_for(lambda: workers.ready, DEADLINE, "the export worker to start")
+        with pytest.raises(WorkerFailed, match="not-a-directory") as refused:
+            asyncio.run(workers.export_many(blocked, AGENTS))
+        assert not refused.value.database
+        assert _deployments(data) == [("queued", None)] * len(AGENTS)
+        assert not list(tmp_path.rglob("*.tgb"))
+
+
+        assert asyncio.run(hub._export_call(AGENTS)) == {a: (1, 0) for a in AGENTS}
+        (token,) = workers.tokens
+        assert token != my_token() and hub._claim_tokens() == {token, my_token()}
+        states = _deployments(data)
+        assert [state for state, _ in states] == ["exported"] * len(AGENTS)
+        for agent_id in AGENTS:
+            (path,) = (hub.spool_root / agent_id).glob("*.tgb")
+            # The worker's digest is what the OFFER carries: the file is not read here.
+            assert hub._digests._known[path][1:] == (
+                path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest())
+        pids = list(workers._pool._processes) if workers._pool is not None else []
+        assert len(pids) == 1
+    finally:
+        workers.shutdown()
+        engine.dispose()
+    wait_for(lambda: _gone(pids[0]), DEADLINE, "the export worker to end")
