@@ -135,6 +135,44 @@ class _Retry(Exception):
     """A file failed while a batch was recorded without savepoints: record it again with."""
 
 
+class _Events:
+    """The import's own audit events of a batch (``result.import``, ``result.flag``,
+    ``job.run``, ``result.rejected``), appended in runs with one statement each
+    (:func:`hub.services.audit.record_many`: the same seq, chain and MACs as one by one)
+    instead of one ORM object each. :meth:`flush` runs before anything else appends an event
+    (a deployment's or a plan's), so the chain keeps every file's events in their order."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.pending: list[audit.NewEvent] = []
+        self.seqs: list[tuple[int, str]] = []  # (index in pending, envelope sha256)
+        self.appended: dict[str, int] = {}  # envelope sha256 -> seq of its result.import
+
+    def add(self, action: str, object_type: str, object_id: str,
+            details: Mapping[str, Any]) -> None:
+        if action == "result.import":
+            self.seqs.append((len(self.pending), object_id))
+        self.pending.append((action, object_type, object_id, details))
+
+    def flush(self) -> None:
+        """Append the pending events (in the session's transaction, with the head held).
+
+        Raises:
+            AuditError: a detail is not strict JSON or too large (nothing appended).
+        """
+        if not self.pending:
+            return
+        seqs = audit.record_many(self.ctx, self.pending)
+        for index, sha in self.seqs:
+            self.appended.setdefault(sha, seqs[index])
+        self.drop()
+
+    def drop(self) -> None:
+        """Forget the pending events (their file was rolled back)."""
+        self.pending.clear()
+        self.seqs.clear()
+
+
 @dataclass
 class _Incoming:
     """One result file on its way through a batch."""
@@ -545,6 +583,7 @@ class _ImportRun:
         keep: list[_Incoming] = []  # verified copies to store under their final names
         # Per agent: the inventories of its results recorded in this pass, in order.
         reports: dict[int, tuple[Agent, list[tuple[Mapping[str, Any], datetime]]]] = {}
+        events = _Events(self.ctx)
         with audit.held_head(session) as head:
             # The head lock serialises every audit appender, so from here on no other import
             # can record the same result or move the same agent: read both again.
@@ -560,16 +599,24 @@ class _ImportRun:
                 rejected = inc.rejected
                 if inc.verified is not None:
                     sha = inc.verified.envelope_sha256
-                    if sha in done:
+                    if sha in done or sha in events.appended or any(
+                            sha == pending for _, pending in events.seqs):
+                        events.flush()  # the seq of its result.import event, if pending
                         keep.append(inc)
-                        rows.append(_duplicate_row(inc, done[sha]))
+                        rows.append(_duplicate_row(inc, done.get(sha) or events.appended[sha]))
                         continue
                     try:
                         if careful:
+                            events.flush()  # earlier files' events, outside this savepoint
                             with head.savepoint():
-                                row, seq, report = self._apply(inc, deployments)
+                                try:
+                                    row, report = self._apply(inc, deployments, events)
+                                    events.flush()  # inside the file's savepoint
+                                except BaseException:
+                                    events.drop()
+                                    raise
                         else:
-                            row, seq, report = self._apply(inc, deployments)
+                            row, report = self._apply(inc, deployments, events)
                     except Rejected as exc:
                         if not careful:
                             raise _Retry from exc
@@ -579,7 +626,6 @@ class _ImportRun:
                             raise _Retry from exc
                         rejected = Rejected(f"{type(exc).__name__}: {exc}", "hub", inc.agent_id)
                     else:
-                        done[sha] = seq
                         keep.append(inc)
                         rows.append(row)
                         if report is not None:
@@ -587,8 +633,7 @@ class _ImportRun:
                             reports.setdefault(inc.agent.id, (inc.agent, []))[1].append(report)
                         continue
                 assert rejected is not None
-                audit.record(
-                    self.ctx,
+                events.add(
                     "result.rejected",
                     "file",
                     inc.path.name[:200],
@@ -601,6 +646,12 @@ class _ImportRun:
                 rows.append(
                     ImportRow(inc.path.name, "rejected", rejected.reason, rejected.agent_id)
                 )
+            try:
+                events.flush()
+            except HubError as exc:
+                if not careful:
+                    raise _Retry from exc
+                raise
             # Each agent's newest inventory of the batch, as storing them in turn would keep.
             for agent, newer in reports.values():
                 store_inventories(agent, newer)
@@ -622,12 +673,12 @@ class _ImportRun:
             inc.copy = None
 
     def _apply(
-        self, inc: _Incoming, deployments: dict[str, Deployment]
-    ) -> tuple[ImportRow, int, tuple[Mapping[str, Any], datetime] | None]:
-        """Record one verified result; returns the row, the seq of its ``result.import``
-        event and, when it is the agent's newest result yet, its body and time, for the
-        agent's inventory (:func:`~hub.services.preflight.store_inventories`, once per agent
-        and batch). ``deployments`` maps the batch's bundle ids to their deployments.
+        self, inc: _Incoming, deployments: dict[str, Deployment], events: _Events
+    ) -> tuple[ImportRow, tuple[Mapping[str, Any], datetime] | None]:
+        """Record one verified result, its audit events added to ``events``; returns the row
+        and, when it is the agent's newest result yet, its body and time, for the agent's
+        inventory (:func:`~hub.services.preflight.store_inventories`, once per agent and
+        batch). ``deployments`` maps the batch's bundle ids to their deployments.
 
         Raises:
             Rejected, HubError: the file is refused (nothing of it may be kept).
@@ -660,6 +711,7 @@ class _ImportRun:
                                                 and is_plan(ctx.session, res.bundle_id))):
             # The answer to a preflight plan, or its refusal by a rule checked after its
             # signature (expired, a replay) (hub.services.plans): no deployment.
+            events.flush()  # record_outcome appends events of its own
             flag = record_outcome(ctx, agent, res.bundle_id, res.status, res.body,
                                   res.result_seq)
             if flag is not None:
@@ -725,6 +777,8 @@ class _ImportRun:
             ][:200],
         }
         attempt: int | None = None
+        if dep is not None:
+            events.flush()  # the deployment's own events come after the batch's so far
         if dep is not None and dep.state == "lost" and refused_lost is not None:
             attempt = record_refused_lost(
                 ctx, dep, result_seq=res.result_seq, result_sha256=vb.envelope_sha256
@@ -740,8 +794,7 @@ class _ImportRun:
                 steps=steps,
                 summary=summary,
             ).attempt
-        event = audit.record(
-            ctx,
+        events.add(
             "result.import",
             "result",
             vb.envelope_sha256,
@@ -759,8 +812,8 @@ class _ImportRun:
             },
         )
         for flag in flags:
-            audit.record(ctx, "result.flag", "agent", agent.agent_id, {"flag": flag})
-        _audit_job_runs(ctx, agent.agent_id, res.result_seq, res.body)
+            events.add("result.flag", "agent", agent.agent_id, {"flag": flag})
+        _audit_job_runs(events, agent.agent_id, res.result_seq, res.body)
         row = ImportRow(
             inc.path.name,
             "imported",
@@ -769,7 +822,7 @@ class _ImportRun:
             dep.id if dep else None,
             tuple(flags),
         )
-        return row, event.seq, report
+        return row, report
 
 
 
@@ -780,7 +833,7 @@ _JOB_RUN_FIELDS = ("job", "bundle_id", "due_at", "started_at", "finished_at", "s
                    "attempts", "missed", "exit_code", "summary")
 
 
-def _audit_job_runs(ctx: ServiceContext, agent_id: str, result_seq: int,
+def _audit_job_runs(events: _Events, agent_id: str, result_seq: int,
                     body: Mapping[str, Any]) -> None:
     """One ``job.run`` audit event per scheduled job run the result reports (docs/operations.md,
     "Scheduled jobs")."""
@@ -791,8 +844,7 @@ def _audit_job_runs(ctx: ServiceContext, agent_id: str, result_seq: int,
         if isinstance(run, dict):
             detail = {k: run.get(k) for k in _JOB_RUN_FIELDS}
             detail["summary"] = str(detail["summary"] or "")[:2000]
-            audit.record(ctx, "job.run", "agent", agent_id,
-                         {**detail, "result_seq": result_seq})
+            events.add("job.run", "agent", agent_id, {**detail, "result_seq": result_seq})
 
 
 def _duplicate_row(inc: _Incoming, seq: int) -> ImportRow:

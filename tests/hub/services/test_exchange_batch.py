@@ -137,15 +137,14 @@ def test_a_file_failing_after_it_changed_the_database_rolls_back_alone(
     agent = _agent(world, tmp_path)
     r = _results(agent, 4)
     media = _media(tmp_path, "usb", {"b1.tgr": r[0], "b2.tgr": r[2], "b3.tgr": r[3]})
-    real_record = audit.record
+    real_record_many = audit.record_many
 
-    def record(ctx: Any, action: str, object_type: str, object_id: str,
-               details: Any = None) -> AuditEvent:
-        if action == "result.flag":
+    def record_many(ctx: Any, events: Any) -> list[int]:
+        if any(action == "result.flag" for action, *_ in events):
             raise AuditError("simulated failure after the result was recorded")
-        return real_record(ctx, action, object_type, object_id, details)
+        return real_record_many(ctx, events)
 
-    monkeypatch.setattr(audit, "record", record)
+    monkeypatch.setattr(audit, "record_many", record_many)
     results = tmp_path / "results"
     rows = _import(world, media, results)
     # b2 (result 3) would carry a gap flag: it fails after its result.import event and the
