@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import base64
 import cProfile
+import io
 import json
 import os
 import pstats
@@ -58,7 +59,7 @@ from agent.results import write_result
 from agent.runner import StepReport
 from agent.service import Agent
 from bundle import staging as bundle_staging
-from bundle.reader import ExpectResult, VerifierState, verify_path
+from bundle.reader import ExpectResult, VerifierState, check_bundle, verify_path
 from hub.audit_chain import GENESIS_HASH, compute_hash_raw, format_at
 from hub.audit_mac import AuditMacKey
 from hub.db import AuditEvent, AuditHead, make_engine
@@ -287,6 +288,8 @@ def timed_import(
         # Only the files verified in this process (batches of at most POOL_MIN_FILES files,
         # or --no-pool); the pool's workers are timed as "CPU of the verification workers".
         patched(run, "_verify", t.wrap("verify a batch", run._verify)),
+        patched(import_verify, "check_bundle",
+                t.wrap("verify_bundle", vars(import_verify)["check_bundle"], nested=True)),
         patched(import_verify, "verify_bundle",
                 t.wrap("verify_bundle", vars(import_verify)["verify_bundle"], nested=True)),
         patched(import_verify, "remove_staged",
@@ -295,6 +298,8 @@ def timed_import(
         patched(run, "_record", t.wrap("record (SQL, savepoints)", run._record)),
         patched(session, "commit", t.wrap("commit", session.commit)),
         patched(audit_service, "record", t.wrap("audit.record", audit_service.record, nested=True)),
+        patched(audit_service, "record_many",
+                t.wrap("audit.record_many", audit_service.record_many, nested=True)),
         patched(ri, "fsync_dir", t.wrap("fsync_dir", import_fn("fsync_dir"), nested=True)),
         patched(os, "fsync", t.wrap("os.fsync (inside the phases)", os.fsync, nested=True)),
         patched(bundle_staging, "_syncfs", t.wrap("syncfs", bundle_staging._syncfs, nested=True)),
@@ -327,12 +332,13 @@ def timed_import(
 
 def verifier_floor(
     hub: Hub, src: Path, work: Path, agent_id: str, public: PublicKey
-) -> tuple[float, float, int, float, float]:
+) -> tuple[float, float, int, float, float, float]:
     """Seconds for ``verify_path`` alone over every file (fresh staging each, durable as
     before this import's batching), seconds for copy + fsync of every file, the fsync calls
-    and seconds inside ``verify_path``, and seconds for ``verify_path(durable=False)`` staged
-    in ``result_import.MEMORY_STAGING`` (the verification the import does now: every check and
-    digest, staging not flushed)."""
+    and seconds inside ``verify_path``, seconds for ``verify_path(durable=False)`` staged
+    in ``result_import.MEMORY_STAGING`` (session 6's verification: every check and digest,
+    staging not flushed), and seconds for ``check_bundle`` on each file's bytes (read, then
+    checked in memory, nothing staged: the import's verification now)."""
     expect = ExpectResult(hub_id=hub.keys.hub_id, agent_id=agent_id, agent_key=public)
     trusted = hub.keys.trusted_root
     files = sorted(src.glob("*.tgr"))
@@ -366,6 +372,13 @@ def verifier_floor(
     ):
         verify_s = verify_all(True)
     nosync_s = verify_all(False)
+    check_s = 0.0
+    for f in files:
+        t = time.perf_counter()
+        data = f.read_bytes()
+        check_bundle(io.BytesIO(data), label=f.name, size=len(data), trusted_root=trusted,
+                     state=VerifierState(), expect=expect)
+        check_s += time.perf_counter() - t
     copies = work / "copies"
     copies.mkdir()
     t = time.perf_counter()
@@ -376,7 +389,8 @@ def verifier_floor(
             os.fsync(fh.fileno())
     copy_s = time.perf_counter() - t
     flushes = fsyncs.calls["fsync"] + fsyncs.calls["syncfs"]
-    return verify_s, copy_s, flushes, fsyncs.seconds["fsync"] + fsyncs.seconds["syncfs"], nosync_s
+    return (verify_s, copy_s, flushes, fsyncs.seconds["fsync"] + fsyncs.seconds["syncfs"],
+            nosync_s, check_s)
 
 
 def repeat_imports(
@@ -429,7 +443,7 @@ def bench_import(
             vars(result_import)["POOL_MIN_FILES"] = pool_setting
             hub = Hub(url, work, fresh=False)
         wall, counts, timers = timed_import(hub, src, work, batch_size)
-        verify_s, copy_s, floor_fsyncs, floor_fsync_s, nosync_s = verifier_floor(
+        verify_s, copy_s, floor_fsyncs, floor_fsync_s, nosync_s, check_s = verifier_floor(
             hub, src, work, agent_id, public
         )
     finally:
@@ -448,6 +462,7 @@ def bench_import(
         "floor_fsyncs": floor_fsyncs,
         "floor_fsync_s": floor_fsync_s,
         "floor_nosync_s": nosync_s,
+        "floor_check_s": check_s,
     }
 
 
@@ -489,7 +504,7 @@ def print_import(r: dict[str, Any]) -> None:
         ("receive (read once: copy+inspect)", "reading threads, 4, summed"),
         ("lookups (2 queries per batch)", "main"),
         ("verify a batch", "verifier thread: here or waiting for the workers"),
-        ("verify_bundle", "verifier thread, when not in workers"),
+        ("verify_bundle", "check_bundle/verify_bundle, when not in workers"),
         ("staging rmtree", "verifier thread"),
         ("fsync copies", "flushing thread"),
         ("record (SQL, savepoints)", "main"),
@@ -514,7 +529,9 @@ def print_import(r: dict[str, Any]) -> None:
         f"{rest:.2f} s = {1000 * rest / n:.2f} ms/file ({100 * rest / wall:.1f}% of wall)"
     )
     ar, ac = t.seconds.get("audit.record", 0.0), t.calls.get("audit.record", 0)
-    print(f"  of which audit.record: {ac} calls, {ar:.2f} s ({1000 * ar / n:.2f} ms/file)")
+    mr, mc = t.seconds.get("audit.record_many", 0.0), t.calls.get("audit.record_many", 0)
+    print(f"  of which audit.record: {ac} calls, {ar:.2f} s ({1000 * ar / n:.2f} ms/file); "
+          f"audit.record_many: {mc} calls, {mr:.2f} s ({1000 * mr / n:.2f} ms/file)")
     ds, dc = t.seconds.get("fsync_dir", 0.0), t.calls.get("fsync_dir", 0)
     print(f"  of which fsync of the results directory: {dc} calls, {ds:.2f} s")
     ss, sc = t.seconds.get("syncfs", 0.0), t.calls.get("syncfs", 0)
@@ -536,11 +553,16 @@ def print_import(r: dict[str, Any]) -> None:
         f"    of which fsync + syncfs: {r['floor_fsyncs']} calls, {r['floor_fsync_s']:.2f} s "
         f"({100 * r['floor_fsync_s'] / fv:.0f}% of the floor)"
     )
-    ns = r["floor_nosync_s"]
+    ss_ = r["floor_nosync_s"]
     print(
-        f"  baseline verify_path(durable=False) alone (the import's verification now): "
-        f"{ns:.2f} s = {n / ns:.0f} files/s ({1000 * ns / n:.2f} ms/file); import is "
-        f"{wall / ns:.2f}x this floor"
+        f"  baseline verify_path(durable=False) alone, staged in memory (session 6's way): "
+        f"{ss_:.2f} s = {n / ss_:.0f} files/s ({1000 * ss_ / n:.2f} ms/file)"
+    )
+    ns = r["floor_check_s"]
+    print(
+        f"  baseline read + check_bundle alone (the import's verification now, nothing "
+        f"staged): {ns:.2f} s = {n / ns:.0f} files/s ({1000 * ns / n:.2f} ms/file); import "
+        f"is {wall / ns:.2f}x this floor"
     )
     print(f"  baseline copy+fsync alone:       {fc:.2f} s ({1000 * fc / n:.2f} ms/file)")
     print(
