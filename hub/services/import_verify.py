@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import hashlib
 import io
 import multiprocessing
@@ -221,19 +222,25 @@ def _worker_init(trusted: TrustedRoot) -> None:
     _worker_root = trusted
 
 
+_worker_staging: dict[str, str | None] = {}  # the run's memory staging -> this worker's own
+
+
 def _worker_verify(job: VerifyJob) -> VerifiedResult | Rejected:
     assert _worker_root is not None
     if job.memory_staging is not None:
         # A directory of this worker's own: two workers verifying the same result (a file
-        # and its copy under another name) would stage under the same ready name.
-        own = os.path.join(job.memory_staging, f"worker-{os.getpid()}")
-        staging: str | None = own
-        try:
-            os.mkdir(own, 0o700)
-        except FileExistsError:
-            pass
-        except OSError:
-            staging = None  # staged beside the results instead
+        # and its copy under another name) would stage under the same ready name. Made once
+        # per worker (most results are checked in memory and never stage).
+        staging = _worker_staging.get(job.memory_staging, "")
+        if staging == "":
+            staging = os.path.join(job.memory_staging, f"worker-{os.getpid()}")
+            try:
+                os.mkdir(staging, 0o700)
+            except FileExistsError:
+                pass
+            except OSError:
+                staging = None  # staged beside the results instead
+            _worker_staging[job.memory_staging] = staging
         job = dataclasses.replace(job, memory_staging=staging)
     return verify_copy(job, _worker_root)
 
@@ -269,11 +276,18 @@ class VerifyPool:
         self.trusted = trusted
         self.workers = max(1, min(os.cpu_count() or 1, POOL_MAX_WORKERS))
         self._pool: ProcessPoolExecutor | None = None
+        self._frozen = False  # gc.freeze() called by start(), undone by close()
 
     def start(self) -> None:
         """Start the workers now (from the thread that will not be forked with locks held:
         call it before starting other threads, see :func:`start_method`)."""
         if self._pool is None:
+            if start_method() == "fork":
+                # The objects alive now are left out of garbage collection while the workers
+                # live: a collection would write to them and copy their pages in the
+                # children and here (copy-on-write) for nothing (see gc.freeze).
+                gc.freeze()
+                self._frozen = True
             self._pool = ProcessPoolExecutor(
                 self.workers,
                 mp_context=multiprocessing.get_context(start_method()),
@@ -294,4 +308,7 @@ class VerifyPool:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._frozen:
+            gc.unfreeze()
+            self._frozen = False
 
