@@ -1368,9 +1368,19 @@ class LiveHub:
         agent_id = peer.conn.agent_id
         assert agent_id is not None
         dest = self.inbox / agent_id / inc.file.offer.name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(inc.path, dest)
-        fsync_dir(dest.parent)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(inc.path, dest)
+            fsync_dir(dest.parent)
+        except OSError as exc:  # the hub's disk: the agent offers it again later
+            for path in (inc.path, dest):
+                path.unlink(missing_ok=True)
+            self.metrics.error("result_io")
+            log.error("live: cannot move result %s from %s into %s: %s", dest.name,
+                      agent_id, dest.parent, exc)
+            peer.conn.send_cancel(transfer, "agent", IO_ERROR,
+                                  "the hub cannot write the file now")
+            return
         try:
             status, reason = await asyncio.to_thread(self._import, dest)
         except (HubError, SQLAlchemyError, OSError) as exc:

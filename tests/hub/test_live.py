@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -284,31 +285,42 @@ def test_authentication_and_heartbeats_keep_presence_online(file_world: World,
         agent.close()
 
 
+@pytest.mark.parametrize("fails", ["open", "fsync_dir"])
 def test_a_result_the_hub_cannot_store_is_cancelled_io_error_and_the_connection_stays(
-        file_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The hub's live-inbox cannot take the upload's partial file (disk full, read-only):
-    the OSError of opening it escaped the connection's handler, which closed the connection
-    (1011) — the agent reconnected and offered again, in a loop, and no bundle reached it
-    meanwhile. Now the offer is cancelled ``io-error`` (the agent offers it again on its
+        file_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str) -> None:
+    """The hub's live-inbox cannot take the upload's partial file (disk full, read-only), or
+    the received file cannot be moved durably to where the importer takes it (EIO): the
+    OSError escaped the connection's handler, which closed the connection (1011) — the agent
+    reconnected and offered again, in a loop, and no bundle reached it meanwhile. Now the offer is cancelled ``io-error`` (the agent offers it again on its
     next connection), nothing is left in live-inbox, and the connection stays up."""
     import errno
 
     import hub.live_hub as live_hub_mod
     from bundle.sync import HeartbeatAcked as Acked
-    from bundle.sync import Offer, TransferCancelled
+    from bundle.sync import Offer, ResumeRequested, TransferCancelled
 
     def full(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(live_hub_mod.FileReceiver, "open", full)
+    if fails == "open":  # the partial file cannot be created
+        monkeypatch.setattr(live_hub_mod.FileReceiver, "open", full)
+    else:  # received and checked, but its move to where the importer takes it not durable
+        monkeypatch.setattr(live_hub_mod, "fsync_dir", full)
     world = file_world
     agent = _agent(world, tmp_path)
     server = _serve(world, tmp_path)
+    data = b"not really a result"
 
     async def scenario() -> tuple[object, object]:
         async with ScriptedAgent(server.port, agent) as a:
-            a.conn.send_offer(Offer("t1", "site-01-000001-succeeded.tgr", 3, "0" * 64))
+            a.conn.send_offer(Offer("t1", "site-01-000001-succeeded.tgr", len(data),
+                                    hashlib.sha256(data).hexdigest()))
             await a.flush()
+            if fails == "fsync_dir":
+                await a.until(lambda e: isinstance(e, ResumeRequested))
+                a.conn.send_chunk("t1", 0, data)
+                a.conn.send_done("t1")
+                await a.flush()
             ended = await a.until(lambda e: isinstance(e, TransferCancelled))
             a.conn.send_heartbeat(1)
             await a.flush()
