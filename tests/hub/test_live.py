@@ -291,8 +291,9 @@ def test_a_result_the_hub_cannot_store_is_cancelled_io_error_and_the_connection_
     """The hub's live-inbox cannot take the upload's partial file (disk full, read-only), or
     the received file cannot be moved durably to where the importer takes it (EIO): the
     OSError escaped the connection's handler, which closed the connection (1011) — the agent
-    reconnected and offered again, in a loop, and no bundle reached it meanwhile. Now the offer is cancelled ``io-error`` (the agent offers it again on its
-    next connection), nothing is left in live-inbox, and the connection stays up."""
+    reconnected and offered again, in a loop, and no bundle reached it meanwhile. Now the
+    offer is cancelled ``io-error`` (the agent offers it again on its next connection),
+    nothing is left in live-inbox, and the connection stays up."""
     import errno
 
     import hub.live_hub as live_hub_mod
