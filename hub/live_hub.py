@@ -118,6 +118,7 @@ log = logging.getLogger("tiangong.hub.live")
 WINDOW_BYTES = 32 * 1024 * 1024  # bytes sent and not yet acknowledged, per transfer
 ACK_EVERY_BYTES = 8 * 1024 * 1024  # bytes received between two fsync + ACK
 READ_BYTES = MAX_CHUNK_BYTES  # bytes per CHUNK sent (at most [live] send_buffer_bytes)
+SPARE_CHUNKS = 2  # sent CHUNK messages kept per connection to be filled again
 POLL_SECONDS = 0.25  # seconds between two looks at the database for queued work / revocations
 SEEN_FLUSH_SECONDS = 1.0  # seconds between two writes of the heartbeats' last_seen
 EXPORT_RETRY_SECONDS = 60.0  # seconds before an export that failed is tried again unchanged
@@ -184,6 +185,9 @@ class _Peer:
     conn_id: str = field(default_factory=lambda: f"{os.getpid()}-{secrets.token_hex(12)}")
     ending: bool = False  # no more messages will be queued: the writer ends when empty
     on_error: Callable[[str], None] | None = None  # counts errors by kind (LiveMetrics)
+    # CHUNK messages already sent, reused for the next ones (no fresh 1 MiB, page faults
+    # and zeroing included, per chunk); at most SPARE_CHUNKS
+    spare: list[bytearray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.room.set()
@@ -753,6 +757,10 @@ class LiveHub:
                 if peer.queue and peer.queue[0] is message:
                     peer.queue.popleft()
                     peer.queued_bytes -= len(message)
+                    # send() returned: websockets copied it into its frame, so a CHUNK's
+                    # buffer (the only bytearrays queued) can take the next chunk's bytes.
+                    if type(message) is bytearray and len(peer.spare) < SPARE_CHUNKS:
+                        peer.spare.append(message)
                 if peer.queued_bytes < self.limits.send_buffer_bytes:
                     peer.room.set()
         except ConnectionClosed:
@@ -1193,7 +1201,8 @@ class LiveHub:
                     continue
                 n = min(most, size - offset)
                 conn.send_chunk_from(transfer, offset, n,
-                                     functools.partial(self.read_chunk, fd, offset))
+                                     functools.partial(self.read_chunk, fd, offset),
+                                     buffer=peer.spare.pop() if peer.spare else None)
                 offset += n
                 self.metrics.transfer_bytes.labels("out").inc(n)
                 peer.flush()
