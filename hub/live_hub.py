@@ -843,7 +843,7 @@ class LiveHub:
         elif isinstance(event, TransferCancelled):
             self._cancelled(peer, event)
         elif isinstance(event, OfferReceived):
-            self._open_incoming(peer, event.offer)
+            await self._open_incoming(peer, event.offer)
         elif isinstance(event, ChunkReceived):
             await self._write_chunk(peer, event)
         elif isinstance(event, TransferDone):
@@ -1272,7 +1272,7 @@ class LiveHub:
 
     # -- results in
 
-    def _open_incoming(self, peer: _Peer, offer: Offer) -> None:
+    async def _open_incoming(self, peer: _Peer, offer: Offer) -> None:
         agent_id = peer.conn.agent_id
         assert agent_id is not None
         if offer.size > self.limits.max_result_bytes:
@@ -1287,13 +1287,22 @@ class LiveHub:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._drop_stale_partials(peer, path.parent, keep=path)
-            file = FileReceiver.open(path, offer, max_pending=RESULT_PENDING_BYTES)
+            if path.exists() and path.stat().st_size > 0:
+                # Bytes a dropped connection left (up to max_result_bytes) are fsynced and
+                # hashed again: in a thread, not on the loop every agent's connection uses.
+                file = await asyncio.to_thread(FileReceiver.open, path, offer,
+                                               max_pending=RESULT_PENDING_BYTES)
+            else:  # a new, empty file: opened at once (one per result offered)
+                file = FileReceiver.open(path, offer, max_pending=RESULT_PENDING_BYTES)
         except OSError as exc:  # the hub's disk (full, read-only): offered again later
             self.metrics.error("result_io")
             log.error("live: cannot write result %s from %s into %s: %s", offer.name,
                       agent_id, path, exc)
             peer.conn.send_cancel(offer.transfer, "agent", IO_ERROR,
                                   "the hub cannot write the file now")
+            return
+        if not peer.conn.is_open:  # the connection ended meanwhile
+            file.close()
             return
         peer.incoming[offer.transfer] = _Incoming(file, path, file.offset, file.offset)
         peer.conn.send_resume(offer.transfer, file.offset)

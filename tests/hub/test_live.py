@@ -337,3 +337,47 @@ def test_a_result_the_hub_cannot_store_is_cancelled_io_error_and_the_connection_
     finally:
         server.stop()
         agent.close()
+
+
+def test_a_resumed_result_is_reopened_off_the_event_loop(
+        file_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result upload resumed after a dropped connection: the bytes already received (up
+    to [live] max_result_bytes, 1 GiB) are fsynced and hashed again before RESUME — that ran
+    on the live server's event loop, stalling every agent's connection meanwhile. It runs
+    in a worker thread; the RESUME offset is still the bytes found."""
+    import threading
+
+    import hub.live_hub as live_hub_mod
+    from bundle.sync import Offer, ResumeRequested
+    from hub.live_files import partial_path
+
+    threads: list[threading.Thread] = []
+    real = live_hub_mod.FileReceiver.open
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(live_hub_mod.FileReceiver, "open", spy)
+    world = file_world
+    agent = _agent(world, tmp_path)
+    server = _serve(world, tmp_path)
+    data = b"a result, resumed after a dropped connection"
+    left = partial_path(tmp_path / "hubdata" / "live-inbox", "site-01", "t1")
+    left.parent.mkdir(parents=True, exist_ok=True)
+    left.write_bytes(data[:9])
+
+    async def scenario() -> object:
+        async with ScriptedAgent(server.port, agent) as a:
+            a.conn.send_offer(Offer("t1", "site-01-000001-succeeded.tgr", len(data),
+                                    hashlib.sha256(data).hexdigest()))
+            await a.flush()
+            return await a.until(lambda e: isinstance(e, ResumeRequested))
+
+    try:
+        resume = asyncio.run(scenario())
+        assert isinstance(resume, ResumeRequested) and resume.offset == 9
+        assert len(threads) == 1 and threads[0] is not server.thread
+    finally:
+        server.stop()
+        agent.close()
