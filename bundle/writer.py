@@ -30,9 +30,9 @@ import errno
 import hashlib
 import os
 import queue
+import secrets
 import shutil
 import stat
-import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -647,10 +647,15 @@ def _drop_cache(fd: int) -> None:
 def _tmp_for(final: Path) -> tuple[int, Path]:
     """A new temporary file beside ``final``: hidden and ending in ``.tmp`` (inbox watchers
     ignore such names)."""
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    with contextlib.suppress(OSError):
-        os.fchmod(fd, 0o644)
-    return fd, Path(name)
+    while True:
+        path = final.parent / f".{final.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o644)  # whatever the umask, as every bundle file
+        return fd, path
 
 
 # -- reading back while writing ------------------------------------------------------------
@@ -1014,7 +1019,8 @@ def write_bundle(
             f"roots.json would be {format_bytes(len(roots_json))}, over the max_roots_bytes "
             f"limit of {format_bytes(limits.max_roots_bytes)}"
         )
-    spool_root = Path(tempfile.mkdtemp(prefix=".tiangong-spool-", dir=spool_dir or out.parent))
+    # Made only when a payload is compressed (not when every frame comes from the cache).
+    spool_root = Path(spool_dir or out.parent) / f".tiangong-spool-{secrets.token_hex(6)}"
     temps: list[Path] = []
     direct: _Direct | None = None
     try:
@@ -1230,6 +1236,8 @@ class _Job:
 
 def _compress_missing(job: _Job, threads: int, direct: _Direct | None) -> None:
     """Compress every payload whose entry is still None; fill in its entry and source."""
+    if any(e is None for e in job.entries):
+        job.spool_root.mkdir(mode=0o700)
     workers = (os.cpu_count() or 1) if threads < 0 else max(1, threads)
     _compress_small_ones(job, workers)
     payloads, entries, dests, sources, sizes, level, tick, spool_root = (
@@ -1736,4 +1744,5 @@ def _remove_stale_parts(out: Path, count: int) -> None:
 
 
 def _remove_tree(root: Path) -> None:
-    shutil.rmtree(root, ignore_errors=True)
+    if os.path.lexists(root):
+        shutil.rmtree(root, ignore_errors=True)

@@ -46,7 +46,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import JSON, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from hub.db import (
@@ -54,6 +54,7 @@ from hub.db import (
     ChannelEntry,
     Deployment,
     DeploymentAttempt,
+    Environment,
     Release,
     SequenceCounter,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "get_visible_deployment",
     "list_deployments",
     "mark_exported",
+    "mark_exported_many",
     "pending_exports",
     "queue_deployment",
     "record_refused_lost",
@@ -499,6 +501,42 @@ def mark_exported(
         flush=flush,
     )
 
+
+
+def mark_exported_many(
+    ctx: ServiceContext,
+    environment: Environment,
+    rows: Sequence[Mapping[str, Any]],
+) -> list[audit.NewEvent]:
+    """:func:`mark_exported` for many ``exporting`` deployments of ``environment`` with one
+    executemany UPDATE (no ORM objects): each row gives ``id``, ``bundle_id``,
+    ``bundle_path``, ``sequence``, ``root_version`` and ``export_intent`` (stored as given);
+    the claim is released. The caller read them ``exporting`` holding the audit head (every
+    writer of deployments takes it first) and appends the returned ``deployment.exported``
+    events (the ones :func:`transition` appends), one per row, in order.
+
+    Raises:
+        PermissionDeniedError (operator: bundle.export).
+    """
+    require_ctx(ctx, "bundle.export", environment)
+    if not rows:
+        return []
+    now = ctx.now()
+    table = Deployment.__table__
+    ctx.session.execute(
+        update(table)
+        .where(table.c.id == bindparam("b_id"), table.c.state == "exporting")
+        .values(state="exported", updated_at=now,
+                exported_at=func.coalesce(table.c.exported_at, now), claimed_by=None,
+                bundle_id=bindparam("b_bundle_id"), bundle_path=bindparam("b_bundle_path"),
+                sequence=bindparam("b_sequence"), root_version=bindparam("b_root_version"),
+                export_intent=bindparam("b_export_intent", type_=JSON))
+        .execution_options(synchronize_session=False),
+        [{f"b_{key}": row[key] for key in ("id", "bundle_id", "bundle_path", "sequence",
+                                           "root_version", "export_intent")}
+         for row in rows])
+    return [("deployment.exported", "deployment", str(row["id"]),
+             {"from": "exporting", "to": "exported"}) for row in rows]
 
 
 def record_result(

@@ -51,7 +51,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from bundle.errors import BundleError
@@ -77,7 +77,12 @@ from hub.services.approval_export import approvals_hold_until, bundle_approvals
 from hub.services.approvals import approvals_for_manifest
 from hub.services.chain import chain_for, chains_for
 from hub.services.context import ServiceContext
-from hub.services.deployments import allocate_sequences, mark_exported, pending_exports
+from hub.services.deployments import (
+    allocate_sequences,
+    mark_exported,
+    mark_exported_many,
+    pending_exports,
+)
 from hub.services.environments import get_environment
 from hub.services.export_claims import (
     STALE_CLAIM,
@@ -252,10 +257,11 @@ def export_agents(
         (spool_root / agent_id).mkdir(exist_ok=True)
         report.cleaned += _clean_leftovers(ctx, spool_root / agent_id)
     report.cleaned += _clean_leftovers(ctx, spool_root)
+    # Before the run: its commits and rollbacks expire these rows.
+    owners = {d.id: d.agent.agent_id for d in [*stale, *pending] if d.agent is not None}
     run = _Run(ctx, env, spool_root, expires_in, None, None, live, False, report,
                per_agent=True)
     run.run_all(stale, pending, report)
-    owners = {d.id: d.agent.agent_id for d in [*stale, *pending] if d.agent is not None}
     report.failed_agents = {dep_id: owners[dep_id] for dep_id, _ in report.failed
                             if dep_id in owners}
     return report
@@ -291,6 +297,7 @@ class _Run:
         self.checkpoint: dict[str, Any] | None = None
         self.checkpoint_done = False
         self.frames: FrameCache | None = None
+        self.spool_made = False
         self.spool = out_dir / (SPOOL_PREFIX + _token_name(my_token()) + RUN_MARK
                                 + secrets.token_hex(6))
 
@@ -353,43 +360,83 @@ class _Run:
         if not claimed:
             return
         crash_point("hub.export-claimed")
-        written: list[tuple[Deployment, dict[str, Any], WrittenBundle]] = []
-        unwritten: list[tuple[Deployment, BaseException]] = []
+        written: list[tuple[_Done, dict[str, Any], WrittenBundle]] = []
+        unwritten: list[tuple[int, BaseException]] = []
         facts = _Facts(self.ctx, [], self.ctx.now())  # the write's: release files, approvals
         for dep, intent in claimed:
             try:
                 # Under temporary names; made durable, re-read and renamed all at once below.
-                written.append((dep, intent, self._write(dep, intent, facts, durable=False)))
+                bundle = self._write(dep, intent, facts, durable=False)
             except (HubError, BundleError, OSError) as exc:
-                unwritten.append((dep, exc))
+                unwritten.append((dep.id, exc))
+                continue
+            # What the record needs, as plain values: the rollback below expires the rows.
+            written.append((_Done.of(dep), intent, bundle))
         errors = make_durable([bundle for _, _, bundle in written],
                               synced=lambda: crash_point("hub.export-synced"))
-        unwritten += [(dep, exc) for (dep, _, _), exc in zip(written, errors, strict=True)
+        unwritten += [(done.id, exc) for (done, _, _), exc in zip(written, errors, strict=True)
                       if exc is not None]
         written = [w for w, exc in zip(written, errors, strict=True) if exc is None]
         if written:
             crash_point("hub.export-renamed")
         session.rollback()  # _write only reads; start the recording transaction afresh
-        done: list[ExportedBundle] = []
-        with audit.held_head(session):
-            states = _load_deployments(session, [dep.id for dep, _, _ in written])
-            for dep, intent, bundle in written:
-                fresh = states.get(dep.id)
-                if fresh is None or fresh.state != "exporting":
-                    # Moved on while it was written (see _write_and_record).
-                    self._failed_event(report, dep.id, InvalidStateError(
-                        f"deployment {dep.id} is "
-                        f"{fresh.state if fresh is not None else 'gone'}, not queued"))
-                    continue
-                done.append(self._record_one(fresh, intent, bundle.paths, bundle.size,
-                                             bundle.envelope_sha256, bundle.file_sha256))
-            for dep, why in unwritten:
-                # The claim is released: the next export writes the recorded bundle again.
-                dep.claimed_by = None
-                self._failed_event(report, dep.id, why)
-        session.commit()
+        report.written.extend(self._record_batch(written, unwritten, report))
         crash_point("hub.export-recorded")
-        report.written.extend(done)
+
+    def _record_batch(self, written: list[tuple[_Done, dict[str, Any], WrittenBundle]],
+                      unwritten: list[tuple[int, BaseException]],
+                      report: ExportReport) -> list[ExportedBundle]:
+        """The recording transaction of :meth:`export_batch`, committed: every written
+        deployment still ``exporting`` marked ``exported`` with one executemany UPDATE, the
+        claims of the unwritten ones released with another, and every event
+        (``deployment.exported`` and ``bundle.written`` each, ``bundle.export_failed``)
+        appended with one INSERT, under one lock of the audit head."""
+        ctx, session = self.ctx, self.ctx.session
+        done: list[ExportedBundle] = []
+        events: list[audit.NewEvent] = []
+        with audit.held_head(session):
+            ids = [d.id for d, _, _ in written]
+            states: dict[int, str] = {}
+            for start in range(0, len(ids), IN_CHUNK):
+                states.update((dep_id, state) for dep_id, state in session.execute(
+                    select(Deployment.id, Deployment.state)
+                    .where(Deployment.id.in_(ids[start:start + IN_CHUNK]))))
+            rows: list[dict[str, Any]] = []
+            after: list[audit.NewEvent] = []  # each one's bundle.written, after its move
+            for d, intent, bundle in written:
+                state = states.get(d.id)
+                if state != "exporting":
+                    # Moved on while it was written (see _write_and_record).
+                    events.append(self._failure(report, d.id, InvalidStateError(
+                        f"deployment {d.id} is {state or 'gone'}, not queued")))
+                    continue
+                if bundle.file_sha256 is not None:
+                    intent = {**intent, "file_sha256": bundle.file_sha256,
+                              "file_size": bundle.size}
+                rows.append({"id": d.id, "bundle_id": intent["bundle_id"],
+                             "bundle_path": str(bundle.paths[0]),
+                             "sequence": intent["sequence"],
+                             "root_version": intent["root_version"], "export_intent": intent})
+                after.append(("bundle.written", "deployment", str(d.id), _written_details(
+                    intent, bundle.paths, bundle.size, bundle.envelope_sha256, d.target)))
+                done.append(ExportedBundle(d.id, d.agent_id, d.product, d.version,
+                                           intent["sequence"], intent["bundle_id"],
+                                           bundle.paths, bundle.size, bundle.file_sha256))
+            for moved, written_event in zip(mark_exported_many(ctx, self.env, rows), after,
+                                            strict=True):
+                events += [moved, written_event]
+            if unwritten:
+                # The claims are released: the next export writes the recorded bundles again.
+                table = Deployment.__table__
+                session.execute(
+                    update(table).where(table.c.id == bindparam("b_id"))
+                    .values(claimed_by=None)
+                    .execution_options(synchronize_session=False),
+                    [{"b_id": dep_id} for dep_id, _ in unwritten])
+                events += [self._failure(report, dep_id, why) for dep_id, why in unwritten]
+            audit.record_many(ctx, events)
+        session.commit()
+        return done
 
     def _claim_batch(self, deps: list[Deployment],
                      report: ExportReport) -> list[tuple[Deployment, dict[str, Any]]]:
@@ -425,9 +472,11 @@ class _Run:
                                                                           strict=True)
                                       if counters[c.counter] == 1], root_version)
         out = []
+        events: list[audit.NewEvent] = []
         for (dep, c), seq in zip(checked, seqs, strict=True):
             out.append((dep, self._record_intent(dep, c, seq, root_version,
-                                                 chains.get(dep.id))))
+                                                 chains.get(dep.id), events)))
+        audit.record_many(ctx, events)
         return out
 
     def _ensure_checkpoint(self) -> None:
@@ -510,10 +559,12 @@ class _Run:
                         facts.sealed_names(env, release))
 
     def _record_intent(self, dep: Deployment, checked: _Checked, seq: int, root_version: int,
-                       chain: ChainInfo | None = None) -> dict[str, Any]:
+                       chain: ChainInfo | None = None,
+                       events: list[audit.NewEvent] | None = None) -> dict[str, Any]:
         """Record the bundle ``dep`` (claimed and checked) will be, at sequence ``seq``
         under root ``root_version``, with its ``bundle.claimed`` event (in the caller's
-        transaction). ``chain``: found already (:func:`chains_for`), else asked here."""
+        transaction; added to ``events`` for the caller to append, if given). ``chain``:
+        found already (:func:`chains_for`), else asked here."""
         release = dep.release
         if chain is None:
             chain = chain_for(self.ctx.session, dep, root_version, seq)  # bundle-format §6.8
@@ -538,8 +589,7 @@ class _Run:
         dep.sequence, dep.bundle_id = seq, intent["bundle_id"]
         dep.root_version, dep.bundle_path = intent["root_version"], str(out)
         dep.export_intent = intent
-        audit.record(
-            self.ctx,
+        event: audit.NewEvent = (
             "bundle.claimed",
             "deployment",
             str(dep.id),
@@ -552,6 +602,10 @@ class _Run:
                 **({"preflight_forced": checked.forced} if checked.forced else {}),
             },
         )
+        if events is not None:
+            events.append(event)
+        else:
+            audit.record(self.ctx, *event)
         return intent
 
     def _preflight(self, dep: Deployment) -> list[str]:
@@ -668,7 +722,9 @@ class _Run:
             sealed = seal_for_agents(self.ctx, env.name, intent["secrets"],
                                      secret_recipients(self.ctx.session, dep), manifest.bundle_id)
             manifest = replace(manifest, secrets=sealed)
-        self.spool.mkdir(exist_ok=True)
+        if not self.spool_made:
+            self.spool.mkdir(exist_ok=True)
+            self.spool_made = True
         return write_bundle(
             self.dir_for(dep) / intent["file"],
             manifest,
@@ -737,20 +793,8 @@ class _Run:
         dep.claimed_by = None
         if file_sha256 is not None:
             dep.export_intent = {**intent, "file_sha256": file_sha256, "file_size": size}
-        audit.record(
-            ctx,
-            "bundle.written",
-            "deployment",
-            str(dep.id),
-            {
-                "bundle_id": intent["bundle_id"],
-                "envelope_sha256": envelope_sha256,
-                "files": [p.name for p in paths],
-                "size": size,
-                "sequence": intent["sequence"],
-                "target": _target_json(dep),
-            },
-        )
+        audit.record(ctx, "bundle.written", "deployment", str(dep.id),
+                     _written_details(intent, paths, size, envelope_sha256, _target_json(dep)))
         return ExportedBundle(
             dep.id,
             dep.agent.agent_id if dep.agent else None,
@@ -762,6 +806,13 @@ class _Run:
             size,
             file_sha256,
         )
+
+    def _failure(self, report: ExportReport, dep_id: int,
+                 exc: BaseException) -> audit.NewEvent:
+        """Report ``dep_id`` failed; its ``bundle.export_failed`` event, to append."""
+        reason = f"{type(exc).__name__}: {exc}"
+        report.failed.append((dep_id, reason))
+        return ("bundle.export_failed", "deployment", str(dep_id), {"reason": reason[:2000]})
 
     def _failed(self, report: ExportReport, dep_id: int, exc: BaseException) -> None:
         self._failed_event(report, dep_id, exc)
@@ -776,6 +827,36 @@ class _Run:
             self.ctx, "bundle.export_failed", "deployment", str(dep_id),
             {"reason": reason[:2000]}
         )
+
+
+@dataclass(frozen=True)
+class _Done:
+    """What recording a written deployment needs of its row, as plain values."""
+
+    id: int
+    agent_id: str | None
+    product: str
+    version: str
+    target: dict[str, Any]
+
+    @classmethod
+    def of(cls, dep: Deployment) -> _Done:
+        release = dep.release
+        return cls(dep.id, dep.agent.agent_id if dep.agent is not None else None,
+                   release.product.name, release.version, _target_json(dep))
+
+
+def _written_details(intent: dict[str, Any], paths: tuple[Path, ...], size: int,
+                     envelope_sha256: str | None, target: dict[str, Any]) -> dict[str, Any]:
+    """The details of a ``bundle.written`` event."""
+    return {
+        "bundle_id": intent["bundle_id"],
+        "envelope_sha256": envelope_sha256,
+        "files": [p.name for p in paths],
+        "size": size,
+        "sequence": intent["sequence"],
+        "target": target,
+    }
 
 
 @dataclass(frozen=True)
