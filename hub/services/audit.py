@@ -379,7 +379,7 @@ def append_events(
                      "details": details_text, "prev_hash": prev_hash, "hash": digest,
                      "mac": mac.mac(seq, digest) if mac is not None else None})
         prev_hash = digest
-    session.execute(insert(AuditEvent), rows)
+    session.execute(insert(AuditEvent.__table__), rows)  # Core: no ORM bookkeeping
     if held is not None:
         held.seq, held.hash = seq, prev_hash
     else:

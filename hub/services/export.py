@@ -473,9 +473,21 @@ class _Run:
                                       if counters[c.counter] == 1], root_version)
         out = []
         events: list[audit.NewEvent] = []
+        rows: list[dict[str, Any]] = []  # written at once: no chain_for below reads them
         for (dep, c), seq in zip(checked, seqs, strict=True):
-            out.append((dep, self._record_intent(dep, c, seq, root_version,
-                                                 chains.get(dep.id), events)))
+            chain = chains.get(dep.id)
+            out.append((dep, self._record_intent(dep, c, seq, root_version, chain, events,
+                                                 rows if chain is not None else None)))
+        if rows:
+            table = Deployment.__table__
+            session.execute(
+                update(table).where(table.c.id == bindparam("b_id"))
+                .values(sequence=bindparam("b_sequence"), bundle_id=bindparam("b_bundle_id"),
+                        root_version=bindparam("b_root_version"),
+                        bundle_path=bindparam("b_bundle_path"),
+                        export_intent=bindparam("b_export_intent",
+                                                type_=table.c.export_intent.type))
+                .execution_options(synchronize_session=False), rows)
         audit.record_many(ctx, events)
         return out
 
@@ -560,11 +572,13 @@ class _Run:
 
     def _record_intent(self, dep: Deployment, checked: _Checked, seq: int, root_version: int,
                        chain: ChainInfo | None = None,
-                       events: list[audit.NewEvent] | None = None) -> dict[str, Any]:
+                       events: list[audit.NewEvent] | None = None,
+                       rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Record the bundle ``dep`` (claimed and checked) will be, at sequence ``seq``
         under root ``root_version``, with its ``bundle.claimed`` event (in the caller's
-        transaction; added to ``events`` for the caller to append, if given). ``chain``:
-        found already (:func:`chains_for`), else asked here."""
+        transaction; added to ``events`` for the caller to append, if given; the row's new
+        values added to ``rows`` for the caller to write, if given, else set on ``dep``).
+        ``chain``: found already (:func:`chains_for`), else asked here."""
         release = dep.release
         if chain is None:
             chain = chain_for(self.ctx.session, dep, root_version, seq)  # bundle-format §6.8
@@ -586,9 +600,14 @@ class _Run:
             "secrets": checked.secrets,
         }
         out = self.dir_for(dep) / name
-        dep.sequence, dep.bundle_id = seq, intent["bundle_id"]
-        dep.root_version, dep.bundle_path = intent["root_version"], str(out)
-        dep.export_intent = intent
+        if rows is not None:
+            rows.append({"b_id": dep.id, "b_sequence": seq, "b_bundle_id": intent["bundle_id"],
+                         "b_root_version": root_version, "b_bundle_path": str(out),
+                         "b_export_intent": intent})
+        else:
+            dep.sequence, dep.bundle_id = seq, intent["bundle_id"]
+            dep.root_version, dep.bundle_path = intent["root_version"], str(out)
+            dep.export_intent = intent
         event: audit.NewEvent = (
             "bundle.claimed",
             "deployment",

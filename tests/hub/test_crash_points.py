@@ -199,7 +199,9 @@ def test_result_of_a_bundle_from_a_killed_export_is_accepted(tmp_path: Path) -> 
     usb = tmp_path / "usb"
     try:
         _killed(hub, "hub.export-renamed", "export", "--environment", ENV, "--out", str(usb))
-        (bundle,) = usb.glob("*.tgb")  # the first bundle reached the media, complete
+        # A batch's bundles are renamed together, after all of them are durable: both
+        # reached the media, complete; the stick takes the first to its site.
+        bundle, _ = sorted(usb.glob("*.tgb"))
         agent = next(a for n, a in agents.items() if n in bundle.name)
         _run_at_site(agent, bundle)
         imp = hub.cli("import", str(_results_of(agent, tmp_path / "back")))

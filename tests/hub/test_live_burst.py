@@ -106,6 +106,7 @@ def test_a_burst_to_hundreds_of_agents_completes_although_exports_fail_now_and_t
     monkeypatch.setattr(live_hub, "EXPORT_RETRY_SECONDS", 0.2)  # retries sooner than 60 s
     writes = Counter[str]()
     write, record = export_service._Run._write, export_service._Run._record_one
+    record_batch = export_service._Run._record_batch
 
     def failing_write(self: Any, dep: Any, intent: Any, *args: Any, **kwargs: Any) -> Any:
         writes["write"] += 1
@@ -119,8 +120,16 @@ def test_a_burst_to_hundreds_of_agents_completes_although_exports_fail_now_and_t
             raise OperationalError("UPDATE deployments …", {}, Exception("database is locked"))
         return record(self, *args, **kwargs)
 
+    def failing_record_batch(self: Any, written: Any, *args: Any) -> Any:
+        writes["batches"] += 1
+        if writes["batches"] == 2:
+            raise OperationalError("UPDATE deployments …", {}, Exception("database is locked"))
+        writes["record"] += len(written)
+        return record_batch(self, written, *args)
+
     monkeypatch.setattr(export_service._Run, "_write", failing_write)
     monkeypatch.setattr(export_service._Run, "_record_one", failing_record)
+    monkeypatch.setattr(export_service._Run, "_record_batch", failing_record_batch)
 
     hub = LiveHub(session_factory=make_session_factory(world.session.get_bind()),  # type: ignore[arg-type]
                   keys=world.keys.hub, data_dir=tmp_path / "hubdata", actor="op",
