@@ -17,6 +17,8 @@ name and never extracts anything: callers read member data as bytes.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -125,15 +127,19 @@ def _pax_record(size: int) -> bytes:
     return b"%d%s" % (length, body)
 
 
+_PLAIN_NAME = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space
+
+
 def _check_name(name: str) -> None:
     if not name or len(name) >= _NAME_FIELD or not name.isascii():
         raise ValueError(f"member name {name!r} must be 1-99 ASCII characters")
-    if any(not 0x20 < ord(c) < 0x7F for c in name) or name.startswith("/"):
+    if not _PLAIN_NAME.fullmatch(name) or name.startswith("/"):
         raise ValueError(f"member name {name!r} is not a plain relative name")
     if ".." in name.split("/"):
         raise ValueError(f"member name {name!r} contains '..'")
 
 
+@functools.lru_cache(maxsize=4096)  # a release's members are the same for every agent
 def encode_header(name: str, size: int) -> bytes:
     """The canonical header bytes of member ``name`` holding ``size`` data bytes (§2.2, §2.3).
 

@@ -98,16 +98,14 @@ def _int(value: object, what: str, low: int = 0) -> int:
     return value
 
 
+#: C0 and C1 controls, DEL, and lone surrogates (not encodable as UTF-8); the second lets
+#: tab and newline through (multi-line text)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL_MULTILINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _has_control(text: str, multiline: bool) -> bool:
-    for ch in text:
-        o = ord(ch)
-        if o < 0x20 or 0x7F <= o <= 0x9F:
-            if multiline and ch in "\n\t":
-                continue
-            return True
-        if 0xD800 <= o <= 0xDFFF:
-            return True  # lone surrogate: not encodable as UTF-8
-    return False
+    return (_CONTROL_MULTILINE if multiline else _CONTROL).search(text) is not None
 
 
 def _text(
