@@ -663,16 +663,18 @@ class _Run:
         report.recovered.append(dep_id)
         recorded = Path(dep.bundle_path or "")
         head = part_path(recorded, 0) if intent.get("split_size") else recorded
-        if dep.bundle_path and head.is_file():
+        expired = intent["expires"] <= int(ctx.now().timestamp())
+        if dep.bundle_path and not expired and head.is_file():
             # The final name reached the media before the export died: record it once it
-            # reads back as the bundle of this intent (else it is written again).
+            # reads back as the bundle of this intent (else it is written again). One whose
+            # validity ended is written again below (every agent would refuse it).
             paths = _written_paths(recorded, bool(intent.get("split_size")))
             found = _check_found(paths, intent)
             if found is not None:
                 self._record(dep, intent, paths, found.size, found.envelope_sha256, report,
                              file_sha256=found.file_sha256)
                 return
-        if intent["expires"] <= int(ctx.now().timestamp()):
+        if expired:
             # A copy that reached some media has expired there: a fresh validity period.
             created = int(ctx.now().timestamp())
             intent.update(created=created, expires=created + int(self.expires_in.total_seconds()))

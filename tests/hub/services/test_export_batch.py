@@ -356,3 +356,47 @@ def test_a_batch_offers_each_file_digest_and_resume_rereads_what_it_finds(
         assert dep.export_intent["file_sha256"] == bundle.sha256
         assert dep.export_intent["file_size"] == len(data)
     assert verify_database(world.session, world.keys.hub).ok
+
+
+def test_resume_writes_again_a_bundle_found_whole_but_expired(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export killed once its bundles are under their final names, resumed after their
+    validity ended: a bundle found whole there is not recorded as is (every agent would
+    refuse it as expired and the deployment would wait for a result that never comes); it
+    is written again with a fresh validity period, as one never written is."""
+    from hub.services.export import DEFAULT_EXPIRY
+    from hub.services.export_claims import STALE_CLAIM
+
+    _enroll(world, ["site-01", "site-02"])
+    _queue(world)
+    usb = tmp_path / "usb"
+
+    def crash(point: str) -> None:
+        if point == "hub.export-renamed":
+            raise _Killed(point)
+
+    monkeypatch.setattr(export_service, "crash_point", crash)
+    with pytest.raises(_Killed):
+        export_environment(world.ctx("op"), "test", usb)
+    world.session.rollback()
+    original = {p.name: p.read_bytes() for p in usb.glob("*.tgb")}
+    assert len(original) == 2
+    world.clock.advance(DEFAULT_EXPIRY.total_seconds() + 3600)
+    for dep in world.session.scalars(select(Deployment)):
+        dep.claimed_by = "gone-host:1:1"
+        dep.claimed_at = world.clock() - STALE_CLAIM * 2
+    world.session.commit()
+
+    monkeypatch.undo()
+    report = export_environment(world.ctx("op"), "test", usb)
+    assert not report.failed, report.failed
+    assert len(report.written) == len(report.recovered) == 2
+    now = int(world.clock().timestamp())
+    world.session.expire_all()
+    for bundle in report.written:
+        (path,) = bundle.paths
+        assert path.read_bytes() != original[path.name]
+        dep = world.session.get(Deployment, bundle.deployment_id)
+        assert dep is not None and dep.state == "exported" and dep.export_intent is not None
+        assert dep.export_intent["expires"] > now
+    assert verify_database(world.session, world.keys.hub).ok
