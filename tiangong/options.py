@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-__all__ = ["Decorator", "deployment_reason", "freeze_end", "rule_add", "rule_list", "stack",
-           "template_release"]
+__all__ = ["Decorator", "deployment_reason", "freeze_end", "promotion", "recall",
+           "release_reject", "rule_add", "rule_list", "stack", "template_release"]
 
 Decorator = Callable[[Any], Any]
 
@@ -70,3 +70,26 @@ def template_release(param_option: Decorator) -> Decorator:
         click.option("--product", required=True),
         click.option("--version", "release_version", required=True),
         param_option)
+
+
+_release = stack(click.argument("product"), click.argument("version"))
+
+
+def promotion(to_help: str) -> Decorator:
+    """``releases promote|approve-promotion PRODUCT VERSION [--to CHANNEL] [--comment]``."""
+    return stack(_release,
+                 click.option("--to", "to", default=None, metavar="CHANNEL", help=to_help),
+                 click.option("--comment", default=""))
+
+
+#: ``releases recall PRODUCT VERSION --channel C --reason TEXT``
+recall = stack(
+    _release,
+    click.option("--channel", required=True,
+                 help="Pull the release from this channel (and every later one it is in)."),
+    click.option("--reason", required=True, help="Why (required; the sites see it)."))
+
+#: ``releases reject PRODUCT VERSION --comment TEXT [--environment E]``
+release_reject = stack(_release, click.option("--comment", required=True,
+                                              help="Why (required)."),
+                       click.option("--environment", default=None))

@@ -369,10 +369,7 @@ def releases_approve(ctx: click.Context, product: str, version: str, comment: st
 
 
 @releases.command("reject")
-@click.argument("product")
-@click.argument("version")
-@click.option("--comment", required=True, help="Why (required).")
-@click.option("--environment", default=None)
+@options.release_reject
 @json_option
 @click.pass_context
 def releases_reject(ctx: click.Context, product: str, version: str, comment: str,
@@ -640,11 +637,8 @@ def channels_rule(ctx: click.Context, product: str, name: str, approvals: int | 
 
 
 @releases.command("promote")
-@click.argument("product")
-@click.argument("version")
-@click.option("--to", "to", default=None, metavar="CHANNEL",
-              help="The channel to enter (default: the next one).")
-@click.option("--comment", default="")
+@options.promotion("The channel to enter (default: the one after the last channel the "
+                   "release is in).")
 @json_option
 @click.pass_context
 def releases_promote(ctx: click.Context, product: str, version: str, to: str | None,
@@ -659,11 +653,7 @@ def releases_promote(ctx: click.Context, product: str, version: str, to: str | N
 
 
 @releases.command("approve-promotion")
-@click.argument("product")
-@click.argument("version")
-@click.option("--to", "to", default=None, metavar="CHANNEL",
-              help="The channel (default: the next one).")
-@click.option("--comment", default="")
+@options.promotion("The channel (default: the next one).")
 @json_option
 @click.pass_context
 def releases_approve_promotion(ctx: click.Context, product: str, version: str, to: str | None,
@@ -679,10 +669,7 @@ def releases_approve_promotion(ctx: click.Context, product: str, version: str, t
 
 
 @releases.command("recall")
-@click.argument("product")
-@click.argument("version")
-@click.option("--channel", required=True, help="Pull it from this channel (and later ones).")
-@click.option("--reason", required=True, help="Why (the sites see it).")
+@options.recall
 @json_option
 @click.pass_context
 def releases_recall(ctx: click.Context, product: str, version: str, channel: str,

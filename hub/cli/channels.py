@@ -12,7 +12,7 @@ import click
 from hub.cli.base import _done, _emit, _services, hub, json_option
 from hub.cli.releases import releases
 from hub.cli.sites import environments
-from tiangong import channel_text
+from tiangong import channel_text, options
 
 
 @hub.group()
@@ -133,12 +133,8 @@ def channels_rule(ctx: click.Context, product: str, name: str, approvals: int | 
 
 
 @releases.command("promote")
-@click.argument("product")
-@click.argument("version")
-@click.option("--to", "to", default=None, metavar="CHANNEL",
-              help="The channel to enter (default: the one after the last channel the "
+@options.promotion("The channel to enter (default: the one after the last channel the "
                    "release is in).")
-@click.option("--comment", default="")
 @json_option
 @click.pass_context
 def releases_promote(ctx: click.Context, product: str, version: str, to: str | None,
@@ -163,11 +159,7 @@ def releases_promote(ctx: click.Context, product: str, version: str, to: str | N
 
 
 @releases.command("approve-promotion")
-@click.argument("product")
-@click.argument("version")
-@click.option("--to", "to", default=None, metavar="CHANNEL",
-              help="The channel (default: the next one).")
-@click.option("--comment", default="")
+@options.promotion("The channel (default: the next one).")
 @json_option
 @click.pass_context
 def releases_approve_promotion(ctx: click.Context, product: str, version: str, to: str | None,
@@ -189,11 +181,7 @@ def releases_approve_promotion(ctx: click.Context, product: str, version: str, t
 
 
 @releases.command("recall")
-@click.argument("product")
-@click.argument("version")
-@click.option("--channel", required=True, help="Pull the release from this channel (and "
-              "every later one it is in).")
-@click.option("--reason", required=True, help="Why (required; the sites see it).")
+@options.recall
 @json_option
 @click.pass_context
 def releases_recall(ctx: click.Context, product: str, version: str, channel: str, reason: str,

@@ -10,6 +10,7 @@ import click
 
 from hub.cli.base import _done, _emit, _services, hub, json_option
 from signing.cli_common import duration_option, passphrase_options
+from tiangong import options
 
 
 @hub.group()
@@ -245,10 +246,7 @@ def releases_approve(
 
 
 @releases.command("reject")
-@click.argument("product")
-@click.argument("version")
-@click.option("--comment", required=True, help="Why (required).")
-@click.option("--environment", default=None)
+@options.release_reject
 @json_option
 @click.pass_context
 def releases_reject(
