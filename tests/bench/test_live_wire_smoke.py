@@ -16,6 +16,8 @@ def test_live_wire_reports_send_and_receive_cost() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result,) = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     fields = dict(item.split("=") for item in result.split()[2:])
-    assert set(fields) == {"send_ms_per_mib", "receive_ms_per_mib", "receive_loop_ms_per_mib",
-                           "load"}
+    assert set(fields) == {"send_ms_per_mib", "send_from_file_ms_per_mib",
+                           "read_encode_ms_per_mib", "receive_ms_per_mib",
+                           "receive_loop_ms_per_mib", "load"}
     assert float(fields["send_ms_per_mib"]) > 0 < float(fields["receive_ms_per_mib"])
+    assert float(fields["send_from_file_ms_per_mib"]) > 0 < float(fields["read_encode_ms_per_mib"])
