@@ -464,7 +464,7 @@ class LiveHub:
         the next export resumes them)."""
         try:
             return self._export_once(agent_id)
-        except SQLAlchemyError:
+        except Exception:  # a database error, or a bug: the claims would stay till restart
             with self._unclaim_lock:
                 self._unclaim.add(agent_id)
             raise
@@ -514,7 +514,7 @@ class LiveHub:
         of them is noted for :meth:`_release_claims`."""
         try:
             outcome = export_many(self._services, self.spool_root, agent_ids)
-        except SQLAlchemyError:
+        except Exception:  # a database error, or a bug: the claims would stay till restart
             with self._unclaim_lock:
                 self._unclaim.update(agent_ids)
             raise
@@ -1043,6 +1043,11 @@ class LiveHub:
             for agent_id, fingerprint, _ in chunk:
                 self._export_failed[agent_id] = (fingerprint,
                                                  time.monotonic() + EXPORT_RETRY_SECONDS)
+        except Exception:
+            # A bug: said with its traceback; the claims are released by the push loop and
+            # the agents' push locks below, so the next round exports them again.
+            self.metrics.error("export_failed")
+            log.exception("live: export for %d agents failed unexpectedly", len(ids))
         except BaseException:
             for _, _, lock in chunk:  # cancelled before the offers: nothing to offer
                 lock.release()
@@ -1064,6 +1069,12 @@ class LiveHub:
             if exc.database:  # it may have claimed some: released by the push loop
                 with self._unclaim_lock:
                     self._unclaim.update(ids)
+            raise
+        except WorkerLost:
+            raise
+        except Exception:  # a bug in the worker: it may have claimed some
+            with self._unclaim_lock:
+                self._unclaim.update(ids)
             raise
         return self._took(outcome)
 
