@@ -22,55 +22,27 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from bench.live_agents import init_bench_hub, make_agents, queue_release
 from hub.config import load_config
 from hub.db import Deployment, make_engine, make_session_factory
 from hub.keystore import load_hub_keys
 from hub.live_exports import ExportWorkers, WorkerFailed
 from hub.live_hub import LiveHub
-from hub.services.agents import EnrollmentRequest, enroll_agent
-from hub.services.approvals import approve_release
-from hub.services.context import ServiceContext, utc_now
-from hub.services.deployments import queue_deployment
-from hub.services.environments import create_environment
 from hub.services.export_claims import my_token
-from hub.services.releases import create_release, submit_release
-from hub.services.users import create_user, get_user, grant_role
-from signing.keys import BoxKeyPair, SigningKey
-from tests.e2e.conftest import run, wait_for
-from tests.hub.services.test_exchange import HELLO
+from tests.e2e.conftest import wait_for
 
 DEADLINE = 120.0  # seconds for a spawned process on a shared machine
-AGENTS = [f"w-{i}" for i in range(3)]
+AGENTS = [f"w-{i:05d}" for i in range(3)]  # the names make_agents gives
 
 
 def _hub(tmp_path: Path) -> Path:
-    """An initialised hub with environment ``env``, an approved release queued for the
-    agents of :data:`AGENTS`."""
+    """An initialised hub (bench/live_agents.py's setup: ``tiangong hub init``, environment
+    ``bench``, approved releases) with the agents of :data:`AGENTS` enrolled and a release
+    queued for them."""
     data = tmp_path / "hub"
-    run("hub", "--data-dir", str(data), "init", "--admin", "admin", "--hub-id", "hub-w",
-        "--insecure-no-passphrase")
-    config, keys = load_config(data), load_hub_keys(data)
-    engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
-    with make_session_factory(engine)() as s:
-        def ctx(user: str) -> ServiceContext:
-            return ServiceContext(s, utc_now, get_user(s, user), keys, config.releases_dir)
-
-        create_environment(ctx("admin"), "env")
-        for user, role in (("op", "operator"), ("dev", "developer"), ("appr", "approver")):
-            create_user(ctx("admin"), user)
-            grant_role(ctx("admin"), user, role)
-        s.commit()
-        release = create_release(ctx("dev"), HELLO, create_missing_product=True)
-        submit_release(ctx("dev"), release)
-        approve_release(ctx("appr"), release)
-        for agent_id in AGENTS:
-            enroll_agent(ctx("op"), "env", EnrollmentRequest(
-                hostname=agent_id, ed25519_public=SigningKey.generate().public.raw.hex(),
-                x25519_public=BoxKeyPair.generate().public.raw.hex(), agent_id=agent_id,
-                environment="env", hub_id=keys.hub_id))
-        queue_deployment(ctx("op"), release, "env")
-        s.commit()
-    engine.dispose()
+    specs, _ = make_agents(len(AGENTS), prefix="w-")
+    init_bench_hub(data, specs)
+    queue_release(data)
     return data
 
 
