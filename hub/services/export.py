@@ -110,6 +110,9 @@ __all__ = [
 ]
 
 DEFAULT_EXPIRY = timedelta(days=14)
+#: the shortest validity a bundle may get when its approvals cut ``--expires`` short (less
+#: than that is refused: a stick that expires on the way is no use); at most what was asked
+MIN_CAPPED_VALIDITY = timedelta(hours=1)
 ProgressFn = Callable[[str, int, int], None]
 #: + the claim token, "~" and a random run id: one export's private spool directory (the run id:
 #: two exports of one process at once, the live server's threads, each remove only their own)
@@ -155,6 +158,9 @@ class ExportReport:
     #: preflight warnings (unknown inventory) and, with force, the problems overridden:
     #: (deployment id, message) (hub.services.preflight)
     warnings: list[tuple[int, str]] = field(default_factory=list)
+    #: bundles whose expiry the approvals they carry cut short of the one asked for:
+    #: (deployment id, expiry, Unix time)
+    capped: list[tuple[int, int]] = field(default_factory=list)
     index: Path | None = None
     #: (export_agents) deployment id -> agent id, for every deployment in ``failed``
     failed_agents: dict[int, str] = field(default_factory=dict)
@@ -563,12 +569,34 @@ class _Run:
         expires = created + int(self.expires_in.total_seconds())
         # Before any sequence is used: the approvals a site will check (bundle-format §6.10);
         # the bundle never outlives them.
+        asked = expires
         approvals, expires = facts.approvals(release, env, created, expires)
+        if expires < asked:
+            self._capped(dep, created, expires)
         if not self.checkpoint_done:
             self.checkpoint = _checkpoint_json(self.ctx, env)
             self.checkpoint_done = True
         return _Checked(counter, who, created, expires, policy, approvals, forced,
                         facts.sealed_names(env, release))
+
+    def _capped(self, dep: Deployment, created: int, expires: int) -> None:
+        """Note that ``dep``'s bundle expires at ``expires``, before the asked validity,
+        because its approvals stop counting then; refuse it when that leaves less than
+        :data:`MIN_CAPPED_VALIDITY` (or what was asked, if less).
+
+        Raises:
+            ValidationError: too short a validity (nothing claimed, no sequence used).
+        """
+        floor = int(min(MIN_CAPPED_VALIDITY, self.expires_in).total_seconds())
+        when = datetime.fromtimestamp(expires + 1, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        if expires - created < floor:
+            raise ValidationError(
+                f"release {dep.release.label}: its approvals for {dep.environment.name} stop "
+                f"counting at {when}, {max(expires + 1 - created, 0)} s from now: a bundle "
+                f"would be valid under the minimum of {floor // 60} min (nothing exported, "
+                "no sequence used; renew the approvals, then export again)")
+        if self.report is not None:
+            self.report.capped.append((dep.id, expires))
 
     def _record_intent(self, dep: Deployment, checked: _Checked, seq: int, root_version: int,
                        chain: ChainInfo | None = None,

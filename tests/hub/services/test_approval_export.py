@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -209,5 +210,41 @@ def test_a_bundle_never_outlives_the_approvals_it_carries(world: World, tmp_path
     assert manifest is not None
     assert manifest.expires <= short.expires < manifest.created + 14 * 86400
     assert manifest.expires >= short.expires - 1
+    assert report.capped == [(report.written[0].deployment_id, manifest.expires)]
     assert _run(agent, tmp_path / "usb").startswith("succeeded")
     agent.close()
+
+
+def test_a_bundle_cut_short_by_its_approvals_is_reported_and_refused_under_an_hour(
+        world: World, tmp_path: Path) -> None:
+    """The cut is not silent: the report names each bundle whose approvals end before the
+    asked expiry, with that expiry. An approval ending in 30 minutes would give a bundle
+    that expires on the way to the site: refused (the message names the release, the time
+    and the minimum), nothing written, the deployment stays queued, no sequence used."""
+    import dataclasses
+
+    alice = SigningKey.generate()
+    world.keys.hub = with_delegations(
+        world.keys, {"test": signed(1, 1, {"appr1": (alice, "dba")})}, {"appr1": alice})
+    _agent(world, tmp_path).close()
+    register(world, "appr1", alice)
+    rel = _release(world)
+    request = approval_request(world.ctx("appr1"), rel, environment="test")
+    soon = dataclasses.replace(request.document, expires=int(world.clock().timestamp()) + 1800)
+    approve_with_signature(world.ctx("appr1"), rel, sign_approval(soon, alice))
+    queue_deployment(world.ctx("op"), rel, "test")
+    world.session.commit()
+    usb = tmp_path / "usb"
+    report = export_environment(world.ctx("op"), "test", usb)
+    assert not report.written and not report.capped
+    ((dep_id, reason),) = report.failed
+    assert "stop counting at" in reason and "minimum of 60 min" in reason, reason
+    assert not list(usb.glob("*.tgb"))
+    world.session.expire_all()
+    dep = world.session.get(Deployment, dep_id)
+    assert dep is not None and dep.state == "queued" and dep.sequence is None
+    assert dep.claimed_by is None
+
+    # Asked for 20 minutes: the approval's 30 are enough, nothing is cut.
+    report = export_environment(world.ctx("op"), "test", usb, expires_in=timedelta(minutes=20))
+    assert len(report.written) == 1 and not report.capped, report.failed
