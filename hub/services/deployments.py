@@ -548,6 +548,8 @@ def record_result(
     result_sha256: str,
     steps: Sequence[Mapping[str, Any]],
     summary: Mapping[str, Any],
+    previous: list[DeploymentAttempt] | None = None,
+    flush: bool = True,
 ) -> DeploymentAttempt:
     """Record one imported result of ``deployment`` as an attempt and move the deployment.
 
@@ -557,16 +559,21 @@ def record_result(
     deployment had already finished, this result is a retry: ``… → retried → state``. An
     older result (media brought them out of order) only adds its attempt to the history.
 
+    ``previous``: the deployment's attempts, when the caller has loaded them already (the
+    importer, one query per batch); the new attempt is appended to it. ``flush=False``
+    leaves the rows to the session's next flush (a batch written together).
+
     Raises:
         PermissionDeniedError, InvalidStateError (a move the states do not allow, e.g. a
         ``rejected`` result after a run).
     """
     session = ctx.session
-    previous = list(
-        session.scalars(
-            select(DeploymentAttempt).where(DeploymentAttempt.deployment_id == deployment.id)
+    if previous is None:
+        previous = list(
+            session.scalars(
+                select(DeploymentAttempt).where(DeploymentAttempt.deployment_id == deployment.id)
+            )
         )
-    )
     numbers = {a.attempt for a in previous}
     reported = _ints(steps, "attempt")
     number = max(reported) if reported else len(previous) + 1
@@ -592,12 +599,16 @@ def record_result(
                 "retried",
                 summary={"attempt": number, "previous": deployment.state},
                 action="result.import",
+                flush=flush,
             )
         if deployment.state != state:
-            transition(ctx, deployment, state, summary=summary, action="result.import")
+            transition(ctx, deployment, state, summary=summary, action="result.import",
+                       flush=flush)
         else:
             deployment.result_summary = dict(summary)
-    session.flush()
+    previous.append(attempt)
+    if flush:
+        session.flush()
     return attempt
 
 

@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from hub.db import Agent, AuditEvent, Deployment
+from hub.db import Agent, AuditEvent, Deployment, DeploymentAttempt
 from hub.errors import ConfigError, HubError
 from hub.faults import crash_point
 from hub.services import audit
@@ -592,6 +592,9 @@ class _ImportRun:
             for agent in {id(inc.agent): inc.agent for inc in verified}.values():
                 session.refresh(agent)
             deployments = _deployments(session, verified)
+            # Recorded without savepoints (the common case): each deployment's attempts are
+            # read once for the batch and its rows flushed together; file by file, as before.
+            attempts = None if careful else _attempts(session, deployments)
             for inc in batch:
                 if inc.row is not None:  # a duplicate already kept, decided in phase 1
                     rows.append(inc.row)
@@ -610,13 +613,14 @@ class _ImportRun:
                             events.flush()  # earlier files' events, outside this savepoint
                             with head.savepoint():
                                 try:
-                                    row, report = self._apply(inc, deployments, events)
+                                    row, report = self._apply(inc, deployments, events,
+                                                              None)
                                     events.flush()  # inside the file's savepoint
                                 except BaseException:
                                     events.drop()
                                     raise
                         else:
-                            row, report = self._apply(inc, deployments, events)
+                            row, report = self._apply(inc, deployments, events, attempts)
                     except Rejected as exc:
                         if not careful:
                             raise _Retry from exc
@@ -673,12 +677,15 @@ class _ImportRun:
             inc.copy = None
 
     def _apply(
-        self, inc: _Incoming, deployments: dict[str, Deployment], events: _Events
+        self, inc: _Incoming, deployments: dict[str, Deployment], events: _Events,
+        attempts: dict[int, list[DeploymentAttempt]] | None,
     ) -> tuple[ImportRow, tuple[Mapping[str, Any], datetime] | None]:
         """Record one verified result, its audit events added to ``events``; returns the row
         and, when it is the agent's newest result yet, its body and time, for the agent's
         inventory (:func:`~hub.services.preflight.store_inventories`, once per agent and
-        batch). ``deployments`` maps the batch's bundle ids to their deployments.
+        batch). ``deployments`` maps the batch's bundle ids to their deployments;
+        ``attempts``, when given, their attempts (kept current; rows left to the next flush),
+        else each deployment's attempts are read and its rows flushed here.
 
         Raises:
             Rejected, HubError: the file is refused (nothing of it may be kept).
@@ -780,9 +787,12 @@ class _ImportRun:
         if dep is not None:
             events.flush()  # the deployment's own events come after the batch's so far
         if dep is not None and dep.state == "lost" and refused_lost is not None:
-            attempt = record_refused_lost(
+            refused = record_refused_lost(
                 ctx, dep, result_seq=res.result_seq, result_sha256=vb.envelope_sha256
-            ).attempt
+            )
+            if attempts is not None:
+                attempts.setdefault(dep.id, []).append(refused)  # kept current
+            attempt = refused.attempt
         elif dep is not None and res.status in RESULT_STATES:
             steps = [s for s in res.body.get("steps", []) if isinstance(s, dict)][:1000]
             attempt = record_result(
@@ -793,6 +803,8 @@ class _ImportRun:
                 result_sha256=vb.envelope_sha256,
                 steps=steps,
                 summary=summary,
+                previous=None if attempts is None else attempts.setdefault(dep.id, []),
+                flush=attempts is None,
             ).attempt
         events.add(
             "result.import",
@@ -890,6 +902,18 @@ def _deployments(session: Session, batch: list[_Incoming]) -> dict[str, Deployme
         .execution_options(populate_existing=True)  # as they are now, under the lock
     )
     return {d.bundle_id: d for d in session.scalars(query) if d.bundle_id is not None}
+
+
+def _attempts(session: Session,
+              deployments: dict[str, Deployment]) -> dict[int, list[DeploymentAttempt]]:
+    """The recorded attempts of ``deployments``, by deployment id (one query)."""
+    ids = sorted({d.id for d in deployments.values()})
+    out: dict[int, list[DeploymentAttempt]] = {i: [] for i in ids}
+    if ids:
+        query = select(DeploymentAttempt).where(DeploymentAttempt.deployment_id.in_(ids))
+        for attempt in session.scalars(query):
+            out[attempt.deployment_id].append(attempt)
+    return out
 
 
 def _already_imported(session: Session, shas: set[str]) -> dict[str, int]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from agent.inbox import ReadyItem
 from agent.service import Agent
@@ -80,8 +81,20 @@ def test_retried_deployment_ends_succeeded_with_every_attempt(
     back.mkdir()
     for r in results:
         shutil.copy(r, back)
-    report = import_directory(world.ctx("op"), back, results_dir=tmp_path / "results")
+    reads: list[str] = []  # the statements that read attempts
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "deployment_attempts" in statement:
+            reads.append(statement)
+
+    engine = world.session.get_bind()
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        report = import_directory(world.ctx("op"), back, results_dir=tmp_path / "results")
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
     assert [r.status for r in report.rows] == ["imported"] * 3, report.rows
+    assert len(reads) == 1, reads  # once for the batch, not once per result
     assert all(not r.flags for r in report.rows)  # no "gap" from a refused result
     state, attempts, moves = _history(world)
     assert state == "succeeded"
