@@ -1268,8 +1268,12 @@ class LiveHub:
         if event.offered_by == "hub" and event.code == HAVE_IT:
             self._sent(peer, event.transfer, HAVE_IT)
         elif event.offered_by == "hub":
-            peer.outgoing.pop(event.transfer, None)
+            path = peer.outgoing.pop(event.transfer, None)
             peer.acked.pop(event.transfer, None)
+            if path is not None and event.code == "corrupt":
+                # Hashed again before its next offer: a digest remembered from the export
+                # for bytes that changed since would be refused as corrupt forever.
+                self._digests.forget(path)
             # The file stays in the spool: offered again on the next connection.
             log.warning("live: agent %s cancelled %s: %s (%s)", peer.conn.agent_id,
                         event.transfer, event.code, event.text)

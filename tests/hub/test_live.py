@@ -381,3 +381,27 @@ def test_a_resumed_result_is_reopened_off_the_event_loop(
     finally:
         server.stop()
         agent.close()
+
+
+def test_a_bundle_the_agent_found_corrupt_is_hashed_again_before_its_next_offer(
+        keys: Keys, tmp_path: Path) -> None:
+    """The OFFER carries the digest the export reported (SpoolDigests.remember), kept while
+    the file's inode, size and modification time are unchanged. Bytes that changed on the
+    disk without those changing (bit rot, a restored time) made the agent refuse the file as
+    ``corrupt`` — and every later offer carried the same stale digest: refused forever.
+    The agent's ``corrupt`` now drops what is remembered: the next offer reads the file."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from bundle.sync.events import TransferCancelled
+
+    hub = _hub(keys, tmp_path)
+    path = tmp_path / "spool" / "a1" / "b.tgb"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"bundle bytes")
+    hub._digests.remember(path, 12, "0" * 64)  # what the export said; the disk says otherwise
+    peer = SimpleNamespace(outgoing={"t1": path}, acked={},
+                           conn=SimpleNamespace(agent_id="a1"))
+    hub._cancelled(peer, TransferCancelled("t1", "hub", "corrupt", "digest differs"))  # type: ignore[arg-type]
+    assert hub._digests.get(path) == (12, hashlib.sha256(b"bundle bytes").hexdigest())
+    assert path.exists() and not peer.outgoing  # still spooled, offered again later
