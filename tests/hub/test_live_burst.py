@@ -32,6 +32,7 @@ from websockets.asyncio.client import connect
 
 from bundle.sync import MAX_MESSAGE_BYTES, AgentSide, OfferReceived, Welcomed
 from hub import live_hub
+from hub.db import Agent as AgentRow
 from hub.db import AuditEvent, Deployment, make_session_factory
 from hub.live import LiveHub, start_live
 from hub.live_guard import LiveLimits
@@ -252,3 +253,40 @@ def test_delivered_bundles_are_recorded_as_one_batch_whatever_its_size(
     assert len(live) == len(ids) + 1
     assert live[("deployment", names[ids[0]])]["state"] == "succeeded"
     assert live[("agent", "preflight-plan.tgb")]["state"] is None
+
+
+def test_claims_of_an_export_worker_are_released_after_its_database_error(
+        file_world: World, tmp_path: Path) -> None:
+    """A worker process (hub.live_exports) claims under its own token: after its call failed
+    on a database error, the push loop releases the claims of that token on the agent's
+    deployments (the next export resumes them) — and none of another process."""
+    world = file_world
+    op = world.ctx("op")
+    for agent_id in ("held-1", "held-2"):
+        enroll_agent(op, "test", EnrollmentRequest(
+            hostname=agent_id, ed25519_public=SigningKey.generate().public.raw.hex(),
+            x25519_public=BoxKeyPair.generate().public.raw.hex(), agent_id=agent_id,
+            environment="test", hub_id=world.keys.hub.hub_id))
+    world.session.commit()
+    mine, other = "vm:4242:123", "elsewhere:7:1"
+    deps = queue_deployment(world.ctx("op"), _approved_release(world), "test")
+    for dep, token in zip(sorted(deps, key=lambda d: d.agent_id or 0), (mine, other),
+                          strict=True):
+        dep.state, dep.claimed_by = "exporting", token
+    world.session.commit()
+
+    class Workers:
+        def __init__(self) -> None:
+            self.tokens = {mine}
+
+    hub = LiveHub(session_factory=make_session_factory(world.session.get_bind()),  # type: ignore[arg-type]
+                  keys=world.keys.hub, data_dir=tmp_path / "hubdata", actor="op",
+                  clock=world.clock, export_workers=Workers())  # type: ignore[arg-type]
+    hub._unclaim.update({"held-1", "held-2"})
+    asyncio.run(hub._release_claims())
+    assert not hub._unclaim
+    with hub._session() as session:
+        claims = {agent_id: (state, token) for agent_id, state, token in session.execute(
+            select(AgentRow.agent_id, Deployment.state, Deployment.claimed_by)
+            .join(AgentRow, Deployment.agent_id == AgentRow.id))}
+    assert claims == {"held-1": ("exporting", None), "held-2": ("exporting", other)}
