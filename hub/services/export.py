@@ -703,9 +703,25 @@ class _Run:
                              file_sha256=found.file_sha256)
                 return
         if expired:
-            # A copy that reached some media has expired there: a fresh validity period.
+            # A copy that reached some media has expired there: a fresh validity period,
+            # with the approvals that count now (the intent's may have expired with it) and
+            # the expiry they allow, checked as a new export checks them.
             created = int(ctx.now().timestamp())
-            intent.update(created=created, expires=created + int(self.expires_in.total_seconds()))
+            facts = _Facts(ctx, [dep], ctx.now())
+            try:
+                asked = created + int(self.expires_in.total_seconds())
+                envelopes, expires = facts.approvals(dep.release, dep.environment, created,
+                                                     asked)
+                if expires < asked:
+                    self._capped(dep, created, expires)
+            except (HubError, BundleError) as exc:
+                ctx.session.rollback()
+                audit.lock_head(ctx.session)
+                dep.claimed_by = None  # the next export tries again
+                self._failed(report, dep_id, exc)
+                return
+            intent.update(created=created, expires=expires,
+                          approvals=[base64.b64encode(e).decode("ascii") for e in envelopes])
         self._write_and_record(dep, intent, report)
 
     # -- writing -------------------------------------------------------------------------

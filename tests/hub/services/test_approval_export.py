@@ -248,3 +248,71 @@ def test_a_bundle_cut_short_by_its_approvals_is_reported_and_refused_under_an_ho
     # Asked for 20 minutes: the approval's 30 are enough, nothing is cut.
     report = export_environment(world.ctx("op"), "test", usb, expires_in=timedelta(minutes=20))
     assert len(report.written) == 1 and not report.capped, report.failed
+
+
+def test_a_resumed_export_past_its_expiry_carries_the_approvals_that_count_now(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export killed after its bundle reached the media, resumed once that bundle (and
+    the approval it carried) expired: the bundle written again took a fresh validity but the
+    intent's old approval envelopes, expired — every site refused it for an expired
+    approval. Now the approvals are checked again as for a new export: with none that
+    counts it fails (claim released, nothing written); once one is given, it is carried."""
+    import dataclasses
+
+    from hub.services import export as export_service
+    from hub.services.export_claims import STALE_CLAIM
+
+    class Killed(BaseException):
+        pass
+
+    def crash(point: str) -> None:
+        if point == "hub.export-renamed":
+            raise Killed(point)
+
+    alice, bob = SigningKey.generate(), SigningKey.generate()
+    world.keys.hub = with_delegations(
+        world.keys, {"test": signed(1, 1, {"appr1": (alice, "dba"), "appr2": (bob, "dba")})},
+        {"appr1": alice, "appr2": bob})
+    _agent(world, tmp_path).close()
+    register(world, "appr1", alice)
+    register(world, "appr2", bob)
+    rel = _release(world)
+    request = approval_request(world.ctx("appr1"), rel, environment="test")
+    short = dataclasses.replace(request.document, expires=request.document.at + 2 * 86400)
+    approve_with_signature(world.ctx("appr1"), rel, sign_approval(short, alice))
+    queue_deployment(world.ctx("op"), rel, "test")
+    world.session.commit()
+    usb = tmp_path / "usb"
+    monkeypatch.setattr(export_service, "crash_point", crash)
+    with pytest.raises(Killed):
+        export_environment(world.ctx("op"), "test", usb)
+    monkeypatch.undo()
+    world.session.rollback()
+    (old,) = usb.glob("*.tgb")
+    before = old.read_bytes()
+
+    def stale() -> None:
+        for dep in world.session.scalars(select(Deployment)):
+            dep.claimed_by = "gone-host:1:1"
+            dep.claimed_at = world.clock() - STALE_CLAIM * 2
+        world.session.commit()
+
+    world.clock.advance(3 * 86400)
+    stale()
+    report = export_environment(world.ctx("op"), "test", usb)
+    assert not report.written and len(report.failed) == 1, report.written
+    assert old.read_bytes() == before  # nothing written
+    world.session.expire_all()
+    (dep,) = world.session.scalars(select(Deployment)).all()
+    assert dep.state == "exporting" and dep.claimed_by is None
+    assert dep.sequence == 1
+
+    # A new approval: the next export completes it, carrying that one.
+    _sign(world, rel, "appr2", bob)
+    report = export_environment(world.ctx("op"), "test", usb)
+    assert len(report.written) == 1 and report.recovered == [dep.id], report.failed
+    manifest = inspect(report.written[0].paths[0]).manifest
+    assert manifest is not None and manifest.sequence == 1
+    now = int(world.clock().timestamp())
+    assert manifest.expires > now + 86400
+    assert max(peek_approval(e)[1].expires for e in manifest.approvals) > manifest.expires
