@@ -18,7 +18,11 @@ Use::
 
 from __future__ import annotations
 
+import atexit
 import re
+import shutil
+import sqlite3
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +37,7 @@ from agent.home import init_home
 from hub.app import hub_config, hub_keys
 from hub.db import db
 from hub.keystore import create_trust
+from hub.migrate import upgrade
 from hub.services.context import ServiceContext
 from hub.services.users import bootstrap_admin, get_user
 from tests.hub.conftest import FakeClock, seed_people
@@ -117,11 +122,34 @@ def request_file(site: Site, tmp: Path, agent_id: str, environment: str | None =
     return path
 
 
+_TEMPLATE: Path | None = None  # see migrated_hub_db()
+
+
+def migrated_hub_db(dest: Path) -> None:
+    """Write at ``dest`` a copy of a SQLite hub database that :func:`hub.migrate.upgrade`
+    brought to head once per test process (every Alembic revision costs about 0.1 s of CPU,
+    paid by each of several hundred page tests otherwise); ``create_web_app`` then finds it
+    current. The migrations themselves are tested in tests/hub/test_migrations.py."""
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        folder = Path(tempfile.mkdtemp(prefix="tiangong-web-db-"))
+        atexit.register(shutil.rmtree, folder, True)
+        upgrade(f"sqlite:///{folder / 'hub.db'}")
+        _TEMPLATE = folder / "hub.db"
+    src, dst = sqlite3.connect(_TEMPLATE), sqlite3.connect(dest)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+
+
 @contextmanager
 def make_site(tmp_path: Path, **web: Any) -> Iterator[Site]:
     """A populated site whose ``[web]`` table has ``web`` on top of plain-http cookies."""
     data_dir = tmp_path / "hub"
     data_dir.mkdir()
+    migrated_hub_db(data_dir / "hub.db")
     clock = FakeClock()
     create_trust(data_dir, int(clock().timestamp()), hub_id="hub-web",
                  insecure_no_passphrase=True)
