@@ -41,8 +41,10 @@ Deliberately not done here:
 
 from __future__ import annotations
 
+import array
 import codecs
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -51,6 +53,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -183,14 +186,34 @@ class _Pump(threading.Thread):
         #: Grows with every read and every line logged: the executor waits for a pump that
         #: is still getting somewhere.
         self.progress = 0
+        #: True only while the pump is blocked reading an empty pipe (see :meth:`behind`).
+        self._reading = False
 
     def abandon(self) -> None:
         self._abandoned.set()
 
+    def behind(self) -> bool:
+        """Whether the pump still has work in hand: it is not waiting in ``read`` (it has not
+        started, or it is logging what it read), or the pipe holds bytes it has not read yet.
+        Only a pump blocked on an empty pipe is waiting for somebody else's writes."""
+        if not self._reading:
+            return True
+        try:
+            pending = array.array("i", [0])
+            fcntl.ioctl(self._pipe.fileno(), termios.FIONREAD, pending)
+        except (OSError, ValueError):  # the pipe was closed meanwhile: the pump is ending
+            return False
+        return pending[0] > 0
+
     def run(self) -> None:
         fd = self._pipe.fileno()
         try:
-            while data := os.read(fd, READ_CHUNK_BYTES):
+            while True:
+                self._reading = True
+                data = os.read(fd, READ_CHUNK_BYTES)
+                self._reading = False
+                if not data:
+                    break
                 self.progress += 1
                 self._emit(self._splitter.feed(data))
             self._emit(self._splitter.close())
@@ -542,7 +565,9 @@ class ShellExecutor:
         self, pumps: list[_Pump], feeder: threading.Thread | None, log: StepLog
     ) -> None:
         """Wait, boundedly, for stdout/stderr to reach EOF and for stdin to be written: up to
-        ``reader_join_s`` without progress, and never longer than ``reader_join_max_s``."""
+        ``reader_join_s`` without progress, and never longer than ``reader_join_max_s``. A
+        pump that has bytes in hand or in its pipe counts as progressing even when a loaded
+        machine has not let its thread run for ``reader_join_s``."""
         start = time.monotonic()
         until = start + self.reader_join_s
         last = sum(p.progress for p in pumps)
@@ -553,7 +578,8 @@ class ShellExecutor:
             if not any(t.is_alive() for t in threads):
                 break
             now, progress = time.monotonic(), sum(p.progress for p in pumps)
-            if progress == last or now - start >= self.reader_join_max_s:
+            behind = any(p.behind() for p in pumps if p.is_alive())
+            if (progress == last and not behind) or now - start >= self.reader_join_max_s:
                 break
             last, until = progress, min(now + self.reader_join_s, start + self.reader_join_max_s)
         stuck = [pump for pump in pumps if pump.is_alive()]

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from agent.executors import get_executor
+from agent.executors import shell as shell_module
 from agent.executors.base import REDACTED, LogLine, StepContext, StepLog, StepOutcome
 from agent.executors.errors import StepSpecError
 from agent.executors.shell import (
@@ -771,6 +772,38 @@ def test_a_slow_log_still_gets_every_line_after_the_script_exits(tmp_path: Path)
 
     run = Run(tmp_path, "seq 1 500\n", on_line=slow)
     outcome = run.execute(ShellExecutor(kill_grace_s=0.5, reader_join_s=0.05))
+
+    assert outcome.status == "succeeded"
+    assert [int(t) for t in run.texts("stdout")] == list(range(1, 501))
+    assert not any("stopped waiting" in t for t in run.texts("info"))
+
+
+def test_a_reader_the_machine_has_not_let_run_still_gets_every_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a machine at load 30 a reader thread may not run at all for longer than
+    ``reader_join_s`` once the script has exited, so it shows no progress (CI kept none of
+    500 lines). A reader with lines in hand or bytes in its pipe is waited for: here the log
+    sink holds the first line until the executor has looked three times."""
+    looked = threading.Semaphore(0)
+    real_behind = shell_module._Pump.behind
+
+    def counted(self: Any) -> bool:
+        answer = real_behind(self)
+        looked.release()
+        return answer
+
+    monkeypatch.setattr(shell_module._Pump, "behind", counted)
+    held: list[str] = []
+
+    def stalled(line: LogLine, run: Run) -> None:
+        if line.stream == "stdout" and not held:
+            held.append(line.text)
+            for _ in range(3):
+                assert looked.acquire(timeout=60), "the executor stopped waiting for the reader"
+
+    run = Run(tmp_path, "seq 1 500\n", on_line=stalled)
+    outcome = run.execute(ShellExecutor(kill_grace_s=0.5, reader_join_s=0.001))
 
     assert outcome.status == "succeeded"
     assert [int(t) for t in run.texts("stdout")] == list(range(1, 501))
