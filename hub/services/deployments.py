@@ -42,7 +42,7 @@ bundle it will write, then calls :func:`mark_exported` once the file is on the m
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -535,8 +535,20 @@ def mark_exported_many(
         [{f"b_{key}": row[key] for key in ("id", "bundle_id", "bundle_path", "sequence",
                                            "root_version", "export_intent")}
          for row in rows])
+    expire_loaded(ctx.session, [row["id"] for row in rows])
     return [("deployment.exported", "deployment", str(row["id"]),
              {"from": "exporting", "to": "exported"}) for row in rows]
+
+
+def expire_loaded(session: Session, deployment_ids: Iterable[int]) -> None:
+    """Expire the deployments among ``deployment_ids`` that ``session`` holds as objects, after
+    a Core UPDATE changed their rows behind the ORM's back: read again, they show what the
+    database has (a session without expire-on-commit kept showing ``exporting`` after the
+    batch had committed them ``exported``)."""
+    for deployment_id in deployment_ids:
+        loaded = session.identity_map.get(session.identity_key(Deployment, deployment_id))
+        if loaded is not None:
+            session.expire(loaded)
 
 
 def record_result(
