@@ -42,12 +42,13 @@ bundle it will write, then calls :func:`mark_exported` once the file is on the m
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, bindparam, func, select, update
+from sqlalchemy import JSON, bindparam, func, inspect, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from hub.db import (
     Agent,
@@ -535,20 +536,27 @@ def mark_exported_many(
         [{f"b_{key}": row[key] for key in ("id", "bundle_id", "bundle_path", "sequence",
                                            "root_version", "export_intent")}
          for row in rows])
-    expire_loaded(ctx.session, [row["id"] for row in rows])
+    for row in rows:
+        show_loaded(ctx.session, row["id"], state="exported", updated_at=now, claimed_by=None,
+                    **{key: row[key] for key in ("bundle_id", "bundle_path", "sequence",
+                                                 "root_version", "export_intent")})
     return [("deployment.exported", "deployment", str(row["id"]),
              {"from": "exporting", "to": "exported"}) for row in rows]
 
 
-def expire_loaded(session: Session, deployment_ids: Iterable[int]) -> None:
-    """Expire the deployments among ``deployment_ids`` that ``session`` holds as objects, after
-    a Core UPDATE changed their rows behind the ORM's back: read again, they show what the
-    database has (a session without expire-on-commit kept showing ``exporting`` after the
-    batch had committed them ``exported``)."""
-    for deployment_id in deployment_ids:
-        loaded = session.identity_map.get(session.identity_key(Deployment, deployment_id))
-        if loaded is not None:
-            session.expire(loaded)
+def show_loaded(session: Session, deployment_id: int, **values: Any) -> None:
+    """Give the deployment ``deployment_id``, if ``session`` holds it as an object, the column
+    ``values`` a Core UPDATE just wrote behind the ORM's back, as loaded values (nothing to
+    flush, nothing read again): a session without expire-on-commit (the web's) went on
+    showing a batch's deployments ``exporting`` after it had committed them ``exported``."""
+    loaded = session.identity_map.get(session.identity_key(Deployment, deployment_id))
+    if loaded is None or inspect(loaded).expired:
+        return  # not held, or read again at its next use anyway
+    if values.get("state") == "exported" and "exported_at" not in inspect(loaded).unloaded \
+            and loaded.exported_at is None:
+        values["exported_at"] = values["updated_at"]
+    for key, value in values.items():
+        set_committed_value(loaded, key, value)
 
 
 def record_result(

@@ -79,10 +79,10 @@ from hub.services.chain import chain_for, chains_for
 from hub.services.context import ServiceContext
 from hub.services.deployments import (
     allocate_sequences,
-    expire_loaded,
     mark_exported,
     mark_exported_many,
     pending_exports,
+    show_loaded,
 )
 from hub.services.environments import get_environment
 from hub.services.export_claims import (
@@ -440,7 +440,8 @@ class _Run:
                     .values(claimed_by=None)
                     .execution_options(synchronize_session=False),
                     [{"b_id": dep_id} for dep_id, _ in unwritten])
-                expire_loaded(session, [dep_id for dep_id, _ in unwritten])
+                for dep_id, _ in unwritten:
+                    show_loaded(session, dep_id, claimed_by=None)
                 events += [self._failure(report, dep_id, why) for dep_id, why in unwritten]
             audit.record_many(ctx, events)
         session.commit()
