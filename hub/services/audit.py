@@ -190,6 +190,24 @@ def lock_head(session: Session) -> None:
         raise AuditError("the audit head row is missing: run the hub's migrations")
 
 
+def _details_text(action: str, details: Mapping[str, Any] | None) -> str:
+    """``details`` as the canonical JSON text an event stores.
+
+    Raises:
+        AuditError: not strict JSON (floats, datetimes …), or over ``MAX_DETAILS_BYTES``.
+    """
+    try:
+        text = dumps_canonical(dict(details or {})).decode("utf-8")
+    except StrictJSONError as exc:
+        raise AuditError(f"audit event {action}: details are not strict JSON: {exc}") from exc
+    if len(text) > MAX_DETAILS_BYTES:
+        raise AuditError(
+            f"audit event {action}: details are {len(text)} bytes, over the limit "
+            f"of {MAX_DETAILS_BYTES}"
+        )
+    return text
+
+
 def append_event(
     session: Session,
     at: datetime,
@@ -208,15 +226,7 @@ def append_event(
         AuditError: ``details`` is not strict JSON (floats, datetimes …) or too large, or
             the head row is missing (database not migrated).
     """
-    try:
-        details_text = dumps_canonical(dict(details or {})).decode("utf-8")
-    except StrictJSONError as exc:
-        raise AuditError(f"audit event {action}: details are not strict JSON: {exc}") from exc
-    if len(details_text) > MAX_DETAILS_BYTES:
-        raise AuditError(
-            f"audit event {action}: details are {len(details_text)} bytes, over the limit "
-            f"of {MAX_DETAILS_BYTES}"
-        )
+    details_text = _details_text(action, details)
     held: HeldHead | None = session.info.get(_HELD_KEY)
     if held is not None:
         # The row is locked by this transaction and its state is in memory.
@@ -337,16 +347,7 @@ def append_events(
         return []
     texts = []
     for action, _, _, details in events:
-        try:
-            details_text = dumps_canonical(dict(details or {})).decode("utf-8")
-        except StrictJSONError as exc:
-            raise AuditError(f"audit event {action}: details are not strict JSON: {exc}") from exc
-        if len(details_text) > MAX_DETAILS_BYTES:
-            raise AuditError(
-                f"audit event {action}: details are {len(details_text)} bytes, over the "
-                f"limit of {MAX_DETAILS_BYTES}"
-            )
-        texts.append(details_text)
+        texts.append(_details_text(action, details))
     held: HeldHead | None = session.info.get(_HELD_KEY)
     if held is not None:
         held.check()
