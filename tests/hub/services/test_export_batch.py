@@ -302,6 +302,21 @@ class _Killed(BaseException):
     """Stands for the SIGKILL of a crash point (no except clause of the export catches it)."""
 
 
+def _export_killed_after_renames(world: World, monkeypatch: pytest.MonkeyPatch,
+                                 usb: Path) -> None:
+    """Export the environment into ``usb``, killed the instant its bundles have their final
+    names (``hub.export-renamed``), and roll the session back as the dead process's was."""
+
+    def crash(point: str) -> None:
+        if point == "hub.export-renamed":
+            raise _Killed(point)
+
+    monkeypatch.setattr(export_service, "crash_point", crash)
+    with pytest.raises(_Killed):
+        export_environment(world.ctx("op"), "test", usb)
+    world.session.rollback()
+
+
 def test_a_batch_offers_each_file_digest_and_resume_rereads_what_it_finds(
         world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch's bundles are made durable together (written under temporary names, fsynced
@@ -317,15 +332,7 @@ def test_a_batch_offers_each_file_digest_and_resume_rereads_what_it_finds(
     _enroll(world, ids)
     _queue(world)
     usb = tmp_path / "usb"
-
-    def crash(point: str) -> None:
-        if point == "hub.export-renamed":
-            raise _Killed(point)
-
-    monkeypatch.setattr(export_service, "crash_point", crash)
-    with pytest.raises(_Killed):
-        export_environment(world.ctx("op"), "test", usb)
-    world.session.rollback()
+    _export_killed_after_renames(world, monkeypatch, usb)
     files = sorted(usb.glob("*.tgb"))
     assert len(files) == 3 and not [p for p in usb.iterdir() if p.name.startswith(".")]
     original = {p.name: p.read_bytes() for p in files}
@@ -370,15 +377,7 @@ def test_resume_writes_again_a_bundle_found_whole_but_expired(
     _enroll(world, ["site-01", "site-02"])
     _queue(world)
     usb = tmp_path / "usb"
-
-    def crash(point: str) -> None:
-        if point == "hub.export-renamed":
-            raise _Killed(point)
-
-    monkeypatch.setattr(export_service, "crash_point", crash)
-    with pytest.raises(_Killed):
-        export_environment(world.ctx("op"), "test", usb)
-    world.session.rollback()
+    _export_killed_after_renames(world, monkeypatch, usb)
     original = {p.name: p.read_bytes() for p in usb.glob("*.tgb")}
     assert len(original) == 2
     world.clock.advance(DEFAULT_EXPIRY.total_seconds() + 3600)
