@@ -6,8 +6,10 @@ exports."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,6 +31,19 @@ from signing.keys import SigningKey
 from tests.hub.conftest import World
 from tests.hub.services.approval_helpers import register, signed, with_delegations
 from tests.hub.services.test_exchange import HELLO, _agent
+
+
+def _approve_and_queue(world: World, rel: Release, key: SigningKey,
+                       expires: Callable[[int], int]) -> AttestationDocument:
+    """appr1 approves ``rel`` for environment test with a signature that ends at
+    ``expires(approval time)``, and the release is queued there (committed); the signed
+    document."""
+    request = approval_request(world.ctx("appr1"), rel, environment="test")
+    document = dataclasses.replace(request.document, expires=expires(request.document.at))
+    approve_with_signature(world.ctx("appr1"), rel, sign_approval(document, key))
+    queue_deployment(world.ctx("op"), rel, "test")
+    world.session.commit()
+    return document
 
 
 def _release(world: World) -> Release:
@@ -191,7 +206,6 @@ def test_a_bundle_never_outlives_the_approvals_it_carries(world: World, tmp_path
     an expired approval, although the hub had said the site would accept it. The bundle
     expires when its approvals stop meeting the site's rule, so the site says the plain
     "expired" — and a bundle that arrives in time runs."""
-    import dataclasses
 
     alice = SigningKey.generate()
     world.keys.hub = with_delegations(
@@ -199,11 +213,7 @@ def test_a_bundle_never_outlives_the_approvals_it_carries(world: World, tmp_path
     agent = _agent(world, tmp_path)
     register(world, "appr1", alice)
     rel = _release(world)
-    request = approval_request(world.ctx("appr1"), rel, environment="test")
-    short = dataclasses.replace(request.document, expires=request.document.at + 2 * 86400)
-    approve_with_signature(world.ctx("appr1"), rel, sign_approval(short, alice))
-    queue_deployment(world.ctx("op"), rel, "test")
-    world.session.commit()
+    short = _approve_and_queue(world, rel, alice, lambda at: at + 2 * 86400)
     report = export_environment(world.ctx("op"), "test", tmp_path / "usb")
     assert len(report.written) == 1, report.failed
     manifest = inspect(report.written[0].paths[0]).manifest
@@ -221,7 +231,6 @@ def test_a_bundle_cut_short_by_its_approvals_is_reported_and_refused_under_an_ho
     asked expiry, with that expiry. An approval ending in 30 minutes would give a bundle
     that expires on the way to the site: refused (the message names the release, the time
     and the minimum), nothing written, the deployment stays queued, no sequence used."""
-    import dataclasses
 
     alice = SigningKey.generate()
     world.keys.hub = with_delegations(
@@ -229,11 +238,7 @@ def test_a_bundle_cut_short_by_its_approvals_is_reported_and_refused_under_an_ho
     _agent(world, tmp_path).close()
     register(world, "appr1", alice)
     rel = _release(world)
-    request = approval_request(world.ctx("appr1"), rel, environment="test")
-    soon = dataclasses.replace(request.document, expires=int(world.clock().timestamp()) + 1800)
-    approve_with_signature(world.ctx("appr1"), rel, sign_approval(soon, alice))
-    queue_deployment(world.ctx("op"), rel, "test")
-    world.session.commit()
+    _approve_and_queue(world, rel, alice, lambda at: int(world.clock().timestamp()) + 1800)
     usb = tmp_path / "usb"
     report = export_environment(world.ctx("op"), "test", usb)
     assert not report.written and not report.capped
@@ -257,7 +262,6 @@ def test_a_resumed_export_past_its_expiry_carries_the_approvals_that_count_now(
     intent's old approval envelopes, expired — every site refused it for an expired
     approval. Now the approvals are checked again as for a new export: with none that
     counts it fails (claim released, nothing written); once one is given, it is carried."""
-    import dataclasses
 
     from hub.services import export as export_service
     from hub.services.export_claims import STALE_CLAIM
@@ -277,11 +281,7 @@ def test_a_resumed_export_past_its_expiry_carries_the_approvals_that_count_now(
     register(world, "appr1", alice)
     register(world, "appr2", bob)
     rel = _release(world)
-    request = approval_request(world.ctx("appr1"), rel, environment="test")
-    short = dataclasses.replace(request.document, expires=request.document.at + 2 * 86400)
-    approve_with_signature(world.ctx("appr1"), rel, sign_approval(short, alice))
-    queue_deployment(world.ctx("op"), rel, "test")
-    world.session.commit()
+    _approve_and_queue(world, rel, alice, lambda at: at + 2 * 86400)
     usb = tmp_path / "usb"
     monkeypatch.setattr(export_service, "crash_point", crash)
     with pytest.raises(Killed):
