@@ -474,14 +474,23 @@ def release_of(ctx: ServiceContext, instance: Instance, product: str, version: s
 
     Raises:
         PermissionDeniedError (developers and admins).
+        ValidationError: ``product`` or ``version`` breaks the rule of ``releases create``.
     """
+    from bundle.errors import ReleaseFormatError
+    from bundle.release import RELEASE_TOML, parse_release_toml
+
     require(ctx.actor, "release.create")
     t = instance.template
     toml = release_toml(product, version, f"{instance.label}: {t.description}"[:4096],
                         [instance.step])
-    audit.record(ctx, "template.release", "template", f"{t.name} v{t.version}",
-                 {"product": product, "version": version, "values": instance.values})
-    files = {"release.toml": toml.encode("utf-8")}
+    files = {RELEASE_TOML: toml.encode("utf-8")}
     if instance.file_name is not None:
         files[instance.file_name] = instance.content
+    try:  # the checks of `releases create`, so no unusable release.toml is handed out
+        parse_release_toml(files[RELEASE_TOML], set(files) - {RELEASE_TOML},
+                           f"{instance.label}: {RELEASE_TOML}")
+    except ReleaseFormatError as exc:
+        raise ValidationError(str(exc)) from exc
+    audit.record(ctx, "template.release", "template", f"{t.name} v{t.version}",
+                 {"product": product, "version": version, "values": instance.values})
     return files

@@ -196,3 +196,21 @@ def test_a_followed_run_shows_what_the_site_sent_without_obeying_it(
     assert "[step 1 stdout] row\t\\x1b]52;c;cm0gLXJmIH4=\\x07\n" in out
     assert "deployment 7: succeeded — ok\\x1b[2J" in out
     assert "  step 1 one\\x1b[8m: succeeded (exit 0) — done\\x0dFAILED" in out
+
+
+def test_a_release_of_a_name_no_release_may_have_is_refused(world: World,
+                                                            tmp_path: Path) -> None:
+    """`templates release` answered an unusable release.toml for a product or version that
+    `releases create` would refuse; it is refused by the same rule, with the same message,
+    and nothing is audited as released."""
+    template = add_template(world.ctx("dev"), _definition(tmp_path))
+    instance = instantiate(template, {"who": "x"})
+    before = _actions(world)
+    for product, version, message in (
+            ("Ops!", "1.0.0", "[release] product = 'Ops!' is not valid: lower-case letters"),
+            ("ops", "../1", "[release] version = '../1' is not valid: letters, digits"),
+            ("ops", "", "[release] version = '' is not valid: letters, digits")):
+        with pytest.raises(ValidationError) as refused:
+            release_of(world.ctx("dev"), instance, product, version)
+        assert message in str(refused.value)
+    assert _actions(world) == before and _count(world, Release) == 0

@@ -153,6 +153,10 @@ def test_template_runs_and_release(site: Site, tmp_path: Path) -> None:
         b"DELETE FROM sessions WHERE age_days > 7;\n")
     api_for(site, "op", ["releases:write"]).post(
         "/templates/purge/release", 403, json={"product": "ops", "release_version": "1.0.1"})
+    refused = api_for(site, "dev", ["releases:write"]).post(  # a name no release may have
+        "/templates/purge/release", 400, json={"product": "Ops", "release_version": "1.0.1"})
+    assert refused["message"].startswith("template purge v1: release.toml: [release] "
+                                         "product = 'Ops' is not valid: lower-case letters")
     with site.app.app_context():
         released = db.session.scalars(
             select(AuditEvent).where(AuditEvent.action == "template.release")).all()
