@@ -53,7 +53,12 @@ from hub.app import hub_config
 from hub.errors import NotFoundError, PermissionDeniedError, ValidationError
 from hub.services.deployments import pending_exports
 from hub.services.environments import get_environment, viewable_environments
-from hub.services.exchange import ExportReport, export_environment, import_directory
+from hub.services.exchange import (
+    DEFAULT_EXPIRY,
+    ExportReport,
+    export_environment,
+    import_directory,
+)
 from hub.services.users import can
 from signing.fileio import write_file_atomic
 from web.agents import (
@@ -242,6 +247,9 @@ def _flash_outcome(env: str, report: ExportReport, failed: list[dict[str, Any]])
               "server claimed it first); this export did not write it.")
     for dep_id, why in report.held:
         flash(f"Deployment {dep_id} is held and was not exported: {why}.")
+    for line in report.capped_lines(f"the {DEFAULT_EXPIRY.days} days an export from this "
+                                    "page is valid"):
+        flash(line[0].upper() + line[1:] + ".")
     if not report.written and not failed and not report.taken and not report.held:
         flash(f"Nothing queued for {env}: nothing written.")
     for f in failed:

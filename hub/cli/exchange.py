@@ -6,7 +6,7 @@ Attached to the ``hub`` group of ``hub.cli.base``; the rules live in ``hub.servi
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,6 @@ from hub.cli.base import _config, _emit, _services, _state, hub, json_option, wi
 from signing.durations import parse_duration
 
 __all__ = ["export_cmd", "import_cmd"]
-
-
-def _utc(unix: int) -> str:
-    """A bundle's expiry (Unix time) as operators read it."""
-    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 progress_option = click.option(
@@ -63,6 +58,7 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
     left on the media. Exit code 1 if any deployment failed.
     """
     from hub.services.exchange import export_environment
+    from hub.services.export import utc_text
 
     try:
         expires_in = timedelta(seconds=parse_duration(expires))
@@ -81,7 +77,7 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
                "taken": report.taken, "recovered": report.recovered,
                "held": [{"deployment": d, "reason": r} for d, r in report.held],
                "warnings": [{"deployment": d, "message": m} for d, m in report.warnings],
-               "capped": [{"deployment": d, "expires": _utc(e)} for d, e in report.capped],
+               "capped": [{"deployment": d, "expires": utc_text(e)} for d, e in report.capped],
                "cleaned": report.cleaned,
                "index": str(report.index) if report.index else None}, True)
     else:
@@ -93,9 +89,8 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
             click.echo(f"deployment {d}: held, not exported: {reason}")
         for d, message in report.warnings:
             click.echo(f"deployment {d}: preflight warning: {message}", err=True)
-        for d, until in report.capped:
-            click.echo(f"deployment {d}: its bundle expires {_utc(until)}, before --expires "
-                       f"{expires}: its release's approvals stop counting then", err=True)
+        for line in report.capped_lines(f"--expires {expires}"):
+            click.echo(line, err=True)
         if not rows and not report.failed and not report.held:
             click.echo(f"nothing to export for {environment}: nothing written")
         for d in report.recovered:

@@ -166,6 +166,17 @@ class ExportReport:
     #: (export_agents) deployment id -> agent id, for every deployment in ``failed``
     failed_agents: dict[int, str] = field(default_factory=dict)
 
+    def capped_lines(self, asked: str) -> list[str]:
+        """``capped`` as operators read it (``hub export``, the Media page); ``asked`` names
+        the validity asked for (``--expires 14d``)."""
+        return [f"deployment {d}: its bundle expires {utc_text(until)}, before {asked}: its "
+                "release's approvals stop counting then" for d, until in self.capped]
+
+
+def utc_text(unix: int) -> str:
+    """A bundle's expiry (Unix time) as operators read it."""
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
 
 def _bundle_name(product: str, version: str, target: str, seq: int) -> str:
     safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in f"{product}-{version}")
@@ -591,7 +602,7 @@ class _Run:
             ValidationError: too short a validity (nothing claimed, no sequence used).
         """
         floor = int(min(MIN_CAPPED_VALIDITY, self.expires_in).total_seconds())
-        when = datetime.fromtimestamp(expires + 1, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        when = utc_text(expires + 1)
         if expires - created < floor:
             raise ValidationError(
                 f"release {dep.release.label}: its approvals for {dep.environment.name} stop "

@@ -10,6 +10,7 @@ import subprocess
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,12 @@ from hub.db import db
 from hub.services import export as export_service
 from hub.services.approvals import approve_release
 from hub.services.deployments import get_deployment, queue_deployment
+from hub.services.exchange import ExportReport
 from hub.services.releases import create_release, submit_release
 from tests.e2e.conftest import TIANGONG
 from tests.hub.conftest import write_release
 from tests.web.pages import Site, request_file
+from web import media
 from web.media import EXPORTS_DIR, IMPORT_LIMIT_SETTING, UPLOADS_DIR, tar_length, tar_stream
 
 
@@ -358,3 +361,20 @@ def test_download_page_names_what_another_process_exported(
     assert len(list(export_dir.glob("*.tgb"))) == 2  # media-01's two, not media-02's
     assert not list(export_dir.glob("*media-02*"))
     assert len(list(elsewhere.glob("*media-02*.tgb"))) == 1
+
+
+def test_a_bundle_cut_short_by_its_approvals_is_said_on_the_media_page(
+        site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hub export` says when a bundle's approvals cut its expiry short of the one asked;
+    the Media page said nothing (only the refusal under an hour): it says the same."""
+    cut = int(datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp())
+
+    def export(ctx: Any, environment: str, out: Path, **_: Any) -> ExportReport:
+        return ExportReport(environment, capped=[(7, cut)])
+
+    monkeypatch.setattr(media, "export_environment", export)
+    page = site.post(site.client("op"), "/media/export", {"environment": "test"},
+                     follow_redirects=True).get_data(as_text=True)
+    assert ("Deployment 7: its bundle expires 2030-01-02 03:04:05 UTC, before the 14 days an "
+            "export from this page is valid: its release&#39;s approvals stop counting then."
+            ) in page

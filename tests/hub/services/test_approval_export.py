@@ -24,6 +24,7 @@ from hub.services.approvals import approval_request, approve_release, approve_wi
 from hub.services.approvers import add_group
 from hub.services.deployments import queue_deployment
 from hub.services.exchange import export_environment
+from hub.services.export import utc_text
 from hub.services.releases import create_release, submit_release
 from signing.approvals import AttestationDocument, peek_approval, sign_approval
 from signing.delegations import Delegation
@@ -221,6 +222,10 @@ def test_a_bundle_never_outlives_the_approvals_it_carries(world: World, tmp_path
     assert manifest.expires <= short.expires < manifest.created + 14 * 86400
     assert manifest.expires >= short.expires - 1
     assert report.capped == [(report.written[0].deployment_id, manifest.expires)]
+    assert report.capped_lines("--expires 14d") == [  # what `hub export` prints
+        f"deployment {report.written[0].deployment_id}: its bundle expires "
+        f"{utc_text(manifest.expires)}, before --expires 14d: its release's approvals stop "
+        "counting then"]
     assert _run(agent, tmp_path / "usb").startswith("succeeded")
     agent.close()
 
