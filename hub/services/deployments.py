@@ -46,9 +46,8 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, bindparam, func, inspect, select, update
+from sqlalchemy import JSON, bindparam, func, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from hub.db import (
     Agent,
@@ -71,6 +70,7 @@ from hub.services.agents import agent_target
 from hub.services.approval_rules import Rule, check_rule
 from hub.services.context import ServiceContext
 from hub.services.environments import get_environment, list_environments
+from hub.services.export_claims import show_loaded
 from hub.services.notifications import enqueue
 from hub.services.users import can, require, require_ctx
 
@@ -542,21 +542,6 @@ def mark_exported_many(
                                                  "root_version", "export_intent")})
     return [("deployment.exported", "deployment", str(row["id"]),
              {"from": "exporting", "to": "exported"}) for row in rows]
-
-
-def show_loaded(session: Session, deployment_id: int, **values: Any) -> None:
-    """Give the deployment ``deployment_id``, if ``session`` holds it as an object, the column
-    ``values`` a Core UPDATE just wrote behind the ORM's back, as loaded values (nothing to
-    flush, nothing read again): a session without expire-on-commit (the web's) went on
-    showing a batch's deployments ``exporting`` after it had committed them ``exported``."""
-    loaded = session.identity_map.get(session.identity_key(Deployment, deployment_id))
-    if loaded is None or inspect(loaded).expired:
-        return  # not held, or read again at its next use anyway
-    if values.get("state") == "exported" and "exported_at" not in inspect(loaded).unloaded \
-            and loaded.exported_at is None:
-        values["exported_at"] = values["updated_at"]
-    for key, value in values.items():
-        set_committed_value(loaded, key, value)
 
 
 def record_result(

@@ -82,7 +82,6 @@ from hub.services.deployments import (
     mark_exported,
     mark_exported_many,
     pending_exports,
-    show_loaded,
 )
 from hub.services.environments import get_environment
 from hub.services.export_claims import (
@@ -91,6 +90,7 @@ from hub.services.export_claims import (
     claim_is_live,
     claim_many,
     my_token,
+    show_loaded,
     stale_claims,
     take_over,
 )

@@ -28,8 +28,9 @@ import socket
 from collections.abc import Collection
 from datetime import datetime, timedelta
 from functools import cache
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import inspect, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -42,6 +43,7 @@ __all__ = [
     "claim_is_live",
     "claim_many",
     "my_token",
+    "show_loaded",
     "stale_claims",
     "take_over",
 ]
@@ -121,13 +123,25 @@ def claim_many(session: Session, deployment_ids: Collection[int], now: datetime)
                 Deployment.id.in_(ids[start:start + _IN_CHUNK]),
                 Deployment.state == "exporting", Deployment.claimed_by == my_token(),
                 Deployment.claimed_at == now)))
-    # The rows loaded in this session say what the update wrote (without a reload).
-    for dep in session.identity_map.values():
-        if isinstance(dep, Deployment) and dep.id in mine:
-            for name, value in (("state", "exporting"), ("claimed_by", my_token()),
-                                ("claimed_at", now), ("updated_at", now)):
-                set_committed_value(dep, name, value)
+    for dep_id in mine:
+        show_loaded(session, dep_id, state="exporting", claimed_by=my_token(), claimed_at=now,
+                    updated_at=now)
     return mine
+
+
+def show_loaded(session: Session, deployment_id: int, **values: Any) -> None:
+    """Give the deployment ``deployment_id``, if ``session`` holds it as an object, the column
+    ``values`` a Core UPDATE just wrote behind the ORM's back, as loaded values (nothing to
+    flush, nothing read again): a session without expire-on-commit (the web's) went on
+    showing a batch's deployments ``exporting`` after it had committed them ``exported``."""
+    loaded = session.identity_map.get(session.identity_key(Deployment, deployment_id))
+    if loaded is None or inspect(loaded).expired:
+        return  # not held, or read again at its next use anyway
+    if values.get("state") == "exported" and "exported_at" not in inspect(loaded).unloaded \
+            and loaded.exported_at is None:
+        values["exported_at"] = values["updated_at"]
+    for key, value in values.items():
+        set_committed_value(loaded, key, value)
 
 
 def stale_claims(
