@@ -11,7 +11,8 @@ The live server is **not** a gunicorn worker: gunicorn's workers are synchronous
 processes (one request at a time each), while the live server is one asyncio process holding
 every agent's WebSocket open for hours. So ``hub serve`` starts it as a child process
 (``tiangong hub live``, which operators may also run on its own), on a port of its own, and
-stops it when gunicorn stops (SIGTERM/SIGINT). See docs/live.md.
+stops it when gunicorn stops (SIGTERM/SIGINT); a child that exits on its own is started again
+with a back-off (:class:`ChildProcess`). See docs/live.md.
 
 The scheduler (:mod:`hub.scheduler`: windows opening, freezes ending) runs the same way, in
 exactly one child process (``tiangong hub scheduler``), never in a gunicorn worker.
@@ -24,6 +25,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,12 +35,15 @@ from gunicorn.app.base import BaseApplication
 
 from hub.config import HubConfig
 
-__all__ = ["HubServer", "build_app", "gunicorn_options", "live_child_command",
+__all__ = ["ChildProcess", "HubServer", "build_app", "gunicorn_options", "live_child_command",
            "scheduler_child_command", "serve"]
 
 log = logging.getLogger("tiangong.hub.serve")
 
 LIVE_STOP_TIMEOUT_S = 15.0  # seconds the live child gets to close its connections
+RESTART_FIRST_S = 1.0  # a child that exited unasked is started again after this …
+RESTART_MAX_S = 30.0  # … doubling up to this, while it keeps exiting
+RESTART_STABLE_S = 60.0  # a child that ran this long starts the back-off again
 CONTROL_SOCKET = "gunicorn.ctl"  # gunicorn's control socket, in the data directory
 MAX_SOCKET_PATH_BYTES = 107  # a Unix socket path (sun_path is 108 bytes with the NUL)
 class HubServer(BaseApplication):  # type: ignore[misc]
@@ -80,37 +85,86 @@ def scheduler_child_command(config: HubConfig) -> list[str]:
             str(config.data_dir.absolute()), "scheduler", "--parent-pid", str(os.getpid())]
 
 
-def _start_live_child(command: Sequence[str], what: str = "live server",
-                      lost: str = "agents cannot connect") -> subprocess.Popen[bytes]:
-    from hub.metrics import MULTIPROC_ENV
+class ChildProcess:
+    """A child ``hub serve`` keeps running (the live server, the scheduler): started with
+    :meth:`start`, restarted when it exits on its own, stopped with :meth:`stop`.
 
-    # A child serves its own metrics (the live server: on its port), never into the web
-    # workers' multiprocess files.
-    env = {k: v for k, v in os.environ.items() if k != MULTIPROC_ENV}
-    child = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, env=env)
-    log.info("%s started as process %d", what, child.pid)
+    A child that exits unasked (a crash, a port another process holds, an operator's
+    ``kill``) is logged with its exit code and started again after a back-off that doubles
+    from :data:`RESTART_FIRST_S` up to :data:`RESTART_MAX_S`, and starts again from the
+    first delay once a child has run :data:`RESTART_STABLE_S`. Meanwhile the web side keeps
+    serving and ``/healthz`` reports the live server down, so a monitor sees it and the
+    hub heals on its own when the cause goes away (docs/live.md, "Processes and ports").
+    """
 
-    def watch() -> None:
-        code = child.wait()
-        if code not in (0, -15):
-            log.error("the %s (process %d) exited with code %s; %s until `tiangong hub "
-                      "serve` is restarted", what, child.pid, code, lost)
+    def __init__(self, command: Sequence[str], what: str = "live server",
+                 lost: str = "agents cannot connect") -> None:
+        self.command = list(command)
+        self.what = what
+        self.lost = lost
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._proc: subprocess.Popen[bytes] | None = None
 
-    threading.Thread(target=watch, name="tiangong-live-watch", daemon=True).start()
-    return child
+    @property
+    def pid(self) -> int | None:
+        with self._lock:
+            return self._proc.pid if self._proc else None
 
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        from hub.metrics import MULTIPROC_ENV
 
-def _stop_live_child(child: subprocess.Popen[bytes]) -> None:
-    if child.poll() is not None:
-        return
-    child.terminate()
-    try:
-        child.wait(LIVE_STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        log.error("the live server (process %d) did not stop in %s s; killing it", child.pid,
-                  LIVE_STOP_TIMEOUT_S)
-        child.kill()
-        child.wait()
+        # A child serves its own metrics (the live server: on its port), never into the web
+        # workers' multiprocess files.
+        env = {k: v for k, v in os.environ.items() if k != MULTIPROC_ENV}
+        proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, env=env)
+        log.info("%s started as process %d", self.what, proc.pid)
+        return proc
+
+    def start(self) -> None:
+        with self._lock:
+            self._proc = self._spawn()
+        threading.Thread(target=self._watch, name=f"tiangong-watch-{self.what}",
+                         daemon=True).start()
+
+    def _watch(self) -> None:
+        delay = RESTART_FIRST_S
+        while True:
+            with self._lock:
+                proc = self._proc
+            assert proc is not None
+            started = time.monotonic()
+            code = proc.wait()
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started >= RESTART_STABLE_S:
+                delay = RESTART_FIRST_S
+            log.error("the %s (process %d) exited with code %s; %s; starting it again in "
+                      "%g s", self.what, proc.pid, code, self.lost, delay)
+            if self._stopping.wait(delay):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self._proc = self._spawn()
+            delay = min(delay * 2, RESTART_MAX_S)
+
+    def stop(self) -> None:
+        """Stop the child (SIGTERM, then SIGKILL after :data:`LIVE_STOP_TIMEOUT_S`) and
+        never start it again."""
+        with self._lock:
+            self._stopping.set()
+            proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(LIVE_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log.error("the %s (process %d) did not stop in %s s; killing it", self.what,
+                      proc.pid, LIVE_STOP_TIMEOUT_S)
+            proc.kill()
+            proc.wait()
 
 
 def build_app(config: HubConfig) -> Flask:
@@ -187,17 +241,20 @@ def serve(config: HubConfig, *, live_command: Sequence[str] | None = None,
     with app.app_context():
         db.engine.dispose()  # no pooled connection may cross the fork into workers
     master = os.getpid()
-    child = _start_live_child(live_command) if live_command else None
-    scheduler = (_start_live_child(scheduler_command, "scheduler",
-                                   "windows and freezes are not acted on")
-                 if scheduler_command else None)
+    children = []
+    if live_command:
+        children.append(ChildProcess(live_command))
+    if scheduler_command:
+        children.append(ChildProcess(scheduler_command, "scheduler",
+                                     "windows and freezes are not acted on"))
+    for each in children:
+        each.start()
     try:
         HubServer(app, gunicorn_options(config)).run()
     finally:
         # gunicorn's workers are forked from here and leave through this frame too: only
         # the master owns the children.
         if os.getpid() == master:
-            for each in (child, scheduler):
-                if each is not None:
-                    _stop_live_child(each)
+            for each in children:
+                each.stop()
             clear_multiprocess(metrics_dir)

@@ -59,10 +59,15 @@ def serve(
     live server answers), the live WebSocket server as a child process (`tiangong hub
     live`) when a live bind address is set, and the scheduler as another (`tiangong hub
     scheduler`)."""
+    import logging
+
     from hub.config import with_overrides
     from hub.serve import live_child_command, scheduler_child_command
     from hub.serve import serve as run
 
+    # the master's own lines (children started, exited, started again) beside gunicorn's
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per migration plugin
     try:
         cfg = _config(_state(ctx))
         changes: dict[str, Any] = {}

@@ -22,17 +22,10 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import TIANGONG, run, set_fast_inbox, wait_for
+from tests.fixtures.dbservers import free_port
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
 DEADLINE = 60.0  # seconds for anything that crosses a process boundary
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _accepts(port: int) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -40,12 +41,18 @@ def _live_child(pid: int) -> int | None:
 
 
 def test_serve_from_a_directory_holding_hub_and_healthz_reports_live(tmp_path: Path) -> None:
+    """The live port is held by another process when `hub serve` starts: the live child's
+    error names the address, the web side serves, and the child is started again until the
+    port is free. A live child killed later is started again too."""
     data = tmp_path / "hub"  # the working directory holds a hub/ folder: the data dir
     env = {"TIANGONG_HUB_DATA_DIR": str(data), "TIANGONG_KEY_PASSPHRASE": "pass"}
     run("hub", "init", "--admin", "admin", env=env)
     tiangong = Path(sys.executable).parent / "tiangong"  # the console script, as installed
     assert tiangong.is_file()
     http_port, live_port = free_port(), free_port()
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", live_port))
+    squatter.listen()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -53,22 +60,31 @@ def test_serve_from_a_directory_holding_hub_and_healthz_reports_live(tmp_path: P
              "1", "--live-bind", f"127.0.0.1:{live_port}", "--live-insecure-loopback"],
             cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
     try:
-        wait_for(lambda: proc.poll() is not None or _health(http_port) == (
-            200, {"status": "ok", "database": "ok", "live": "ok"}), DEADLINE,
-            "/healthz to report the database and the live server ok")
+        wait_for(lambda: proc.poll() is not None or "starting it again" in log.read_text(),
+                 DEADLINE, "hub serve to report its live child's exit")
+        text = log.read_text()
+        assert f"cannot listen on 127.0.0.1:{live_port}" in text, text
+        assert "the live server (process " in text and "agents cannot connect" in text
+        assert _health(http_port) is not None  # the web side serves meanwhile
+        squatter.close()
+        wait_for(lambda: proc.poll() is not None or (_health(http_port) == (
+            200, {"status": "ok", "database": "ok", "live": "ok"})
+            and "live server for hub" in log.read_text()), DEADLINE,
+            "the live child started again to listen and /healthz to report it ok")
         assert proc.poll() is None, log.read_text()
-        assert _accepts(live_port)
         child = _live_child(proc.pid)
         assert child is not None, log.read_text()
         os.kill(child, signal.SIGTERM)  # the live server goes away; the web side stays
-        wait_for(lambda: _health(http_port) == (
-            503, {"status": "unavailable", "database": "ok", "live": "down"}), DEADLINE,
-            "/healthz to report the live server down")
+        wait_for(lambda: _live_child(proc.pid) not in (None, child) and _accepts(live_port),
+                 DEADLINE, "a new live child to listen")
+        assert f"process {child}) exited with code 0; agents cannot connect" in log.read_text()
         assert "No module named" not in log.read_text()
     finally:
+        squatter.close()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         proc.wait(DEADLINE)
+    assert "Traceback" not in log.read_text()
 
 
 def test_healthz_without_a_live_server_does_not_mention_it(tmp_path: Path) -> None:

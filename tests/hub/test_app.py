@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -18,6 +17,7 @@ from sqlalchemy import inspect
 from hub.app import create_app
 from hub.db import db
 from tests.fixtures.databases import wait_for
+from tests.fixtures.dbservers import free_port as _free_port
 from tiangong.cli import root
 
 
@@ -28,6 +28,19 @@ def test_create_app_migrates_and_answers_health(tmp_path: Path) -> None:
     response = app.test_client().get("/healthz")
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok", "database": "ok"}
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_health_reports_a_live_server_that_does_not_listen(tmp_path: Path) -> None:
+    """A live address is configured but nothing listens there (the live child is down, or
+    is being started again): 503 naming the live server, the database ok."""
+    port = _free_port()
+    app = create_app({"data_dir": tmp_path, "live_bind": f"127.0.0.1:{port}"})
+    response = app.test_client().get("/healthz")
+    assert (response.status_code, response.get_json()) == (
+        503, {"status": "unavailable", "database": "ok", "live": "down"})
+    assert app.test_client().get("/readyz").status_code == 200  # ready while it restarts
     with app.app_context():
         db.engine.dispose()
 
@@ -82,13 +95,6 @@ def test_create_app_on_postgresql(pg_db: str, tmp_path: Path) -> None:
     assert app.test_client().get("/healthz").status_code == 200
     with app.app_context():
         db.engine.dispose()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_hub_serve_runs_gunicorn(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.e2e.conftest import wait_for
+from tests.fixtures.dbservers import free_port as _free_port
 from tests.web.browser import REPO, STOP_TIMEOUT_S, Shots, chromium, new_context
 
 __all__ = ["chromium"]  # fixture used by this module
@@ -35,12 +35,6 @@ class DemoUI:
     url: str
     passwords: dict[str, str]
     output: str
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _alive(pid: int) -> bool:
