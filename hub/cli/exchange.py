@@ -126,9 +126,17 @@ def import_cmd(ctx: click.Context, directory: Path, batch_size: int, as_json: bo
     from hub.services.exchange import import_directory
 
     results_dir = _config(_state(ctx)).data_dir / "results"
-    with _services(ctx) as sc, progress_bar(force=force_progress) as progress:
-        report = import_directory(sc, directory, results_dir=results_dir,
-                                  batch_size=batch_size, progress=progress)
+    try:
+        with _services(ctx) as sc, progress_bar(force=force_progress) as progress:
+            report = import_directory(sc, directory, results_dir=results_dir,
+                                      batch_size=batch_size, progress=progress)
+    except KeyboardInterrupt:
+        # The batch in progress was rolled back and its private copies removed (the
+        # worker pool ignores Ctrl-C and is shut down by this process).
+        click.echo(f"tiangong hub import: interrupted (Ctrl-C): the files recorded before "
+                   f"stay imported, once; the others in {directory} were not touched: run "
+                   "the same command again to import them", err=True)
+        sys.exit(130)
     rows = [{"file": r.file, "status": r.status, "agent": r.agent_id,
              "deployment": r.deployment_id, "flags": list(r.flags),
              "reason": with_fix(r.reason) if r.status == "rejected" and r.reason else r.reason}

@@ -21,6 +21,7 @@ import io
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -220,6 +221,9 @@ def _disk_staging(parent: str) -> Iterator[Path]:
 def _worker_init(trusted: TrustedRoot) -> None:
     global _worker_root
     _worker_root = trusted
+    # A terminal's Ctrl-C reaches the whole process group: the importer handles it (rolls
+    # back its batch and shuts the pool down); a worker dying of it only printed a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 _worker_staging: dict[str, str | None] = {}  # the run's memory staging -> this worker's own

@@ -7,6 +7,7 @@ import contextlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -738,3 +739,39 @@ def test_a_hub_older_than_its_database_refuses_with_a_message_and_changes_nothin
             assert MigrationContext.configure(conn).get_current_revision() == "9999"
     finally:
         engine.dispose()
+
+
+def test_an_import_stopped_by_ctrl_c_says_so_and_the_next_run_does_the_rest(
+        hub_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during `hub import` printed click's bare "Aborted!" (and, with the worker pool,
+    a traceback from every worker): it says what became of the files and what to do, exits
+    130, and the next run imports the rest, the first file once."""
+    from agent.home import init_home
+    from hub.services import result_import
+
+    run(hub_dir, "environments", "create", "plant-e")
+    media = tmp_path / "media"
+    media.mkdir()
+    for agent_id in ("plant-e-01", "plant-e-02"):
+        _config, req = init_home(tmp_path / agent_id, root_file=hub_dir / "root.json",
+                                 agent_id=agent_id, environment="plant-e")
+        (media / req.name).write_bytes(req.read_bytes())
+    real = result_import.import_enrollment
+    calls: list[Path] = []
+
+    def interrupted(ctx: Any, path: Path) -> Any:
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the operator's Ctrl-C, at the second file
+        return real(ctx, path)
+
+    monkeypatch.setattr(result_import, "import_enrollment", interrupted)
+    stopped = run(hub_dir, "import", str(media), actor="ops", ok=False)
+    assert stopped.exit_code == 130, stopped.output
+    assert "Aborted!" not in stopped.output and "Traceback" not in stopped.output
+    assert (f"tiangong hub import: interrupted (Ctrl-C): the files recorded before stay "
+            f"imported, once; the others in {media} were not touched: run the same command "
+            "again to import them") in stopped.output
+    monkeypatch.setattr(result_import, "import_enrollment", real)
+    again = json.loads(run(hub_dir, "import", str(media), "--json", actor="ops").output)
+    assert [r["status"] for r in again] == ["duplicate", "enrolled"]

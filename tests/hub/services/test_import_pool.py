@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,23 @@ def test_the_pool_is_left_out_while_the_cores_are_busy(
 
     monkeypatch.setattr(os, "getloadavg", getloadavg)
     assert import_verify.cores_free(2) is free
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_the_workers_leave_ctrl_c_to_the_importer(
+        keys: Keys, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """A terminal's Ctrl-C goes to the whole process group: every worker died of it with a
+    KeyboardInterrupt traceback, in the middle of the importer's own clean-up. The workers
+    ignore it; the importer stops them (tiangong hub import says it was interrupted)."""
+    monkeypatch.setattr(import_verify, "start_method", lambda: method)
+    pool = import_verify.VerifyPool(keys.hub.trusted_root)
+    pool.start()
+    try:
+        assert pool._pool is not None
+        answers = {pool._pool.submit(signal.getsignal, signal.SIGINT).result()
+                   for _ in range(pool.workers * 2)}
+        assert answers == {signal.SIG_IGN}
+    finally:
+        pool.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the importer's own
+
