@@ -19,6 +19,7 @@ import gc
 import hashlib
 import io
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
 import signal
@@ -224,6 +225,18 @@ def _worker_init(trusted: TrustedRoot) -> None:
     # A terminal's Ctrl-C reaches the whole process group: the importer handles it (rolls
     # back its batch and shuts the pool down); a worker dying of it only printed a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        # The importer killed alone (kill -9, the OOM killer) would leave this worker blocked
+        # on the pool's queue for ever: every worker holds that queue's write end too.
+        threading.Thread(target=_leave_with, args=(parent.sentinel,), daemon=True,
+                         name="importer-gone").start()
+
+
+def _leave_with(sentinel: int) -> None:
+    """Exit this worker as soon as its importing process is gone."""
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
 
 
 _worker_staging: dict[str, str | None] = {}  # the run's memory staging -> this worker's own

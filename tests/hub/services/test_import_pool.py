@@ -5,10 +5,13 @@ files — on two copies of one hub database."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from hub.services.exchange import ImportRow, export_environment, import_director
 from hub.services.import_files import Rejected
 from hub.services.users import bootstrap_admin
 from signing.keys import SigningKey
+from tests.fixtures.dbservers import wait_for
 from tests.hub.conftest import PEOPLE, FakeClock, Keys, World, seed_people
 from tests.hub.services.test_exchange import _agent, _approved_release, _deliver, _result
 
@@ -223,3 +227,44 @@ def test_the_workers_leave_ctrl_c_to_the_importer(
         pool.close()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the importer's own
 
+
+_IMPORTER = """
+import sys, threading
+from hub.services import import_verify
+from tests.hub.conftest import make_keys
+pool = import_verify.VerifyPool(make_keys().hub.trusted_root)
+pool.start()
+print(*pool._pool._processes, flush=True)
+threading.Event().wait()  # importing, until killed
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+
+
+def test_the_workers_of_a_killed_importer_do_not_outlive_it(tmp_path: Path) -> None:
+    """`kill -9` of the importing process alone (or the OOM killer) left its workers blocked
+    on the pool's queue for ever, each holding the importer's memory and its output pipes
+    (a caller reading them until the end never got it). They leave when it is gone."""
+    importer = subprocess.Popen([sys.executable, "-c", _IMPORTER], stdout=subprocess.PIPE,
+                                text=True, cwd=Path(__file__).resolve().parents[3])
+    workers: list[int] = []
+    try:
+        assert importer.stdout is not None
+        workers = [int(p) for p in importer.stdout.readline().split()]
+        assert workers and all(_alive(p) for p in workers)
+        importer.kill()
+        importer.wait(timeout=30)
+        wait_for(lambda: not any(_alive(p) for p in workers), 30, "the workers to leave")
+    finally:
+        importer.kill()
+        importer.communicate()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
