@@ -56,6 +56,7 @@ from bundle.container import (
     padding,
     payload_member,
 )
+from bundle.direct_io import DIRECT_CHUNK, DeviceReader
 from bundle.errors import (
     BundleError,
     BundleFormatError,
@@ -706,7 +707,8 @@ class _ReadBack:
     bytes than were written (USER-PAINS: export verifies what it wrote). Hashing the bytes on
     their way out cannot notice that; only a read that reaches the device can. So every
     window of ``_READBACK_WINDOW`` bytes is, in a thread: written back and waited for
-    (``sync_file_range``), dropped from the page cache, read again and compared with what
+    (``sync_file_range``), dropped from the page cache, read again (``O_DIRECT`` where
+    possible, :class:`bundle.direct_io.DeviceReader`) and compared with what
     the writer meant to write — literal bytes for the head, member headers, padding and end
     marker, and the SHA-256 signed in the manifest for every payload member. The writer
     meanwhile copies the next windows, so the disk writes, reads and the hashing overlap
@@ -731,6 +733,7 @@ class _ReadBack:
         self.checked = 0  # bytes compared so far (read by the writer for progress)
         self._range_sync = _sync_file_range
         self.error: BaseException | None = None
+        self._reader = DeviceReader(fd)
         # A bundle of one window or less is re-read in the writer's thread after its fsync:
         # there is nothing to overlap, and a thread per small bundle costs more than the read.
         self._thread: threading.Thread | None = None
@@ -767,6 +770,7 @@ class _ReadBack:
             self._thread.join(0.25)
             report(self.checked)
         os.close(self._fd)
+        self._reader.close()
         if self.error is not None:
             raise self.error
 
@@ -778,6 +782,7 @@ class _ReadBack:
         if self._thread is not None:
             self._thread.join()
         os.close(self._fd)
+        self._reader.close()
 
     # reader side
 
@@ -811,37 +816,56 @@ class _ReadBack:
                     continue
             if hasattr(os, "posix_fadvise"):
                 with contextlib.suppress(OSError):
+                    # Written pages are not needed again (a direct read skips the cache;
+                    # a buffered one must not find them there).
                     os.posix_fadvise(self._fd, self._durable, upto - self._durable,
                                      os.POSIX_FADV_DONTNEED)
-                    # Read the dropped window back from the device in the background while
-                    # this thread hashes the previous megabytes.
-                    os.posix_fadvise(self._fd, self._durable, upto - self._durable,
-                                     os.POSIX_FADV_WILLNEED)
+                    if not self._reader.direct:
+                        # Read the dropped window back from the device in the background
+                        # while this thread hashes the previous megabytes.
+                        os.posix_fadvise(self._fd, self._durable, upto - self._durable,
+                                         os.POSIX_FADV_WILLNEED)
             self._durable = upto
 
-    def _read(self, offset: int, count: int) -> Iterator[bytes]:
+    def _read(self, offset: int, count: int, stop: int) -> Iterator[memoryview]:
+        """The bytes ``[offset, offset + count)`` as read from the device, once the writer
+        has written them (views valid until the next step); reads stop short of ``stop``
+        (where a range already checked begins)."""
         end = offset + count
-        while offset < end:
-            step = min(BUFFER_BYTES, end - offset)
-            self._make_durable(offset + step)
-            data = os.pread(self._fd, step, offset)
-            if len(data) != step:
-                raise BundleFormatError(
-                    f"bundle {self._label}: reads back shorter than written ({offset + len(data)} "
-                    f"of {self._total} bytes)")
-            offset += step
-            self.checked = offset
-            yield data
+        try:
+            while offset < end:
+                self._make_durable(min(self._total, offset + DIRECT_CHUNK))
+                upto = min(end, self._durable)
+                ready = min(self._durable, stop)
+                for view in self._reader.read(offset, upto - offset, ready=ready):
+                    offset += len(view)
+                    self.checked = offset
+                    yield view
+        except EOFError:
+            raise BundleFormatError(
+                f"bundle {self._label}: reads back shorter than written ({offset} of "
+                f"{self._total} bytes)") from None
 
     def _check_all(self) -> None:
+        # Where each stretch of parts to read ends: at the next part checked already.
+        stops: list[int] = []
+        end = stop = self._total
+        for part in reversed(self._layout):
+            end -= len(part.data) if part.entry is None else part.size
+            if part.checked:
+                stop = end
+            stops.append(stop)
+        stops.reverse()
         offset = 0
-        for part in self._layout:
+        for part, stop in zip(self._layout, stops, strict=True):
             if part.entry is None:
-                got = b"".join(self._read(offset, len(part.data)))
-                if got != part.data:
-                    raise BundleFormatError(
-                        f"bundle {self._label}: the bytes at offset {offset} read back "
-                        "differently from what was written (container structure)")
+                at = 0
+                for view in self._read(offset, len(part.data), stop):
+                    if view != part.data[at:at + len(view)]:
+                        raise BundleFormatError(
+                            f"bundle {self._label}: the bytes at offset {offset} read back "
+                            "differently from what was written (container structure)")
+                    at += len(view)
                 offset += len(part.data)
                 continue
             if part.checked:
@@ -850,7 +874,7 @@ class _ReadBack:
                 self._durable = max(self._durable, offset)
                 continue
             sha = hashlib.sha256()
-            for chunk in self._read(offset, part.size):
+            for chunk in self._read(offset, part.size, stop):
                 sha.update(chunk)
             if sha.hexdigest() != part.sha256:
                 raise DigestMismatchError(
@@ -867,7 +891,8 @@ class _ReadBack:
 class _PlacedCheck:
     """Re-read frames compressed straight into the bundle file while later payloads are
     compressed (§12.3): for each, in a thread, its range is written back and waited for
-    (``sync_file_range``), dropped from the page cache, read from the device and its SHA-256
+    (``sync_file_range``), dropped from the page cache, read from the device (``O_DIRECT``
+    where possible) and its SHA-256
     compared with the one the compressor computed (the one the manifest will sign). The
     final re-read (:class:`_ReadBack`) then skips those ranges. Where ``sync_file_range`` is
     unavailable nothing is checked here and the final re-read reads everything.
@@ -875,6 +900,7 @@ class _PlacedCheck:
 
     def __init__(self, fd: int, label: str) -> None:
         self._fd = os.dup(fd)
+        self._reader = DeviceReader(fd)
         self._label = label
         self._queue: queue.Queue[tuple[int, FileEntry] | None] = queue.Queue()
         self.checked: set[int] = set()  # offsets of frames read back and found equal
@@ -902,6 +928,7 @@ class _PlacedCheck:
         self._queue.put(None)
         self._thread.join()
         os.close(self._fd)
+        self._reader.close()
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -921,15 +948,11 @@ class _PlacedCheck:
         with contextlib.suppress(OSError):
             os.posix_fadvise(self._fd, offset, size, os.POSIX_FADV_DONTNEED)
         sha = hashlib.sha256()
-        done = 0
-        while done < size:
-            data = os.pread(self._fd, min(BUFFER_BYTES, size - done), offset + done)
-            if not data:
-                break
-            sha.update(data)
-            done += len(data)
-            if self._stop:
-                return
+        with contextlib.suppress(EOFError):  # shorter on the device: the digest differs
+            for view in self._reader.read(offset, size):
+                sha.update(view)
+                if self._stop:
+                    return
         if sha.hexdigest() != entry.compressed_sha256:
             raise DigestMismatchError(
                 f"bundle {self._label}: {entry.member} ({entry.name!r}) reads back "

@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from bundle.container import (
     END_OF_ARCHIVE,
@@ -197,3 +199,35 @@ def rotate_root(
                "audit": ((trust.audit_key.key_id,), 1)},
     )
     return sign_root(doc, [old_root_key or trust.root_key, new_root]), new_root, release
+
+
+def device_flipping_byte(monkeypatch: pytest.MonkeyPatch, at: Callable[[int], int | None],
+                         reads: list[tuple[int, int]] | None = None) -> None:
+    """Make the writer's re-reads see a device that returns the byte at ``at(file size)``
+    (None: none) with one bit changed: both the direct reads of large bundles
+    (``bundle.direct_io.pread_into``) and the buffered ones of small bundles (``os.pread``).
+    With ``reads``, record every direct read as (offset, bytes read)."""
+    import bundle.direct_io
+    import bundle.writer
+
+    real_pread = os.pread
+    real_into = bundle.direct_io.pread_into
+
+    def pread(fd: int, count: int, offset: int) -> bytes:
+        data = bytearray(real_pread(fd, count, offset))
+        bad = at(os.fstat(fd).st_size)
+        if bad is not None and 0 <= bad - offset < len(data):
+            data[bad - offset] ^= 0x40
+        return bytes(data)
+
+    def pread_into(fd: int, view: memoryview, offset: int) -> int:
+        n = real_into(fd, view, offset)
+        if reads is not None:
+            reads.append((offset, n))
+        bad = at(os.fstat(fd).st_size)
+        if bad is not None and 0 <= bad - offset < n:
+            view[bad - offset] ^= 0x40
+        return n
+
+    monkeypatch.setattr(bundle.writer.os, "pread", pread)
+    monkeypatch.setattr(bundle.direct_io, "pread_into", pread_into)

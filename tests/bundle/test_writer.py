@@ -29,7 +29,7 @@ from bundle.manifest import Approval, Target
 from bundle.writer import PayloadFile, release_manifest, write_bundle
 from signing.envelope import TYPE_RELEASE, verify_envelope
 from signing.keys import SigningKey
-from tests.bundle.kit import NOW, make_files, release_draft
+from tests.bundle.kit import NOW, device_flipping_byte, make_files, release_draft
 from tests.fixtures.trust import TrustKit
 
 
@@ -351,22 +351,6 @@ def test_a_failed_read_back_of_parts_removes_them(
     assert os.listdir(out) == []
 
 
-def _device_flipping_byte(monkeypatch: pytest.MonkeyPatch, at: Callable[[int], int]) -> None:
-    """Make the writer's re-read see a device that returns one changed byte."""
-    import bundle.writer
-
-    real = os.pread
-
-    def pread(fd: int, count: int, offset: int) -> bytes:
-        data = bytearray(real(fd, count, offset))
-        bad = at(os.fstat(fd).st_size) - offset
-        if 0 <= bad < len(data):
-            data[bad] ^= 0x40
-        return bytes(data)
-
-    monkeypatch.setattr(bundle.writer.os, "pread", pread)
-
-
 @pytest.mark.parametrize(("where", "error", "message"), [
     (lambda size: size - 1024 - 600, DigestMismatchError, r"reads back differently"),
     (lambda size: 3, BundleFormatError, r"container structure"),
@@ -376,7 +360,7 @@ def test_a_device_returning_other_bytes_removes_the_output(
     trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch,
     where: Callable[[int], int], error: type[Exception], message: str,
 ) -> None:
-    _device_flipping_byte(monkeypatch, where)
+    device_flipping_byte(monkeypatch, where)
     with pytest.raises(error, match=message):
         write_bundle(out / "b.tgb", release_draft(trust),
                      make_files(src, {"a": _mixed(50_000)}), [trust.release_key])
@@ -410,7 +394,7 @@ def test_bundles_made_durable_together_are_the_same_bytes(
 
     again = [write_bundle(out / f"c{i}.tgb", release_draft(trust), files,
                           [trust.release_key], durable=False) for i in range(2)]
-    _device_flipping_byte(monkeypatch, lambda size: size - 1024 - 600)
+    device_flipping_byte(monkeypatch, lambda size: size - 1024 - 600)
     first, second = writer_mod.make_durable(again, threads=1)  # both damaged on re-read
     assert isinstance(first, DigestMismatchError) and "reads back differently" in str(first)
     assert isinstance(second, DigestMismatchError)
@@ -430,7 +414,7 @@ def test_read_back_spans_many_windows(
     w = write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key])
     verify_written(w)
     # The file is still growing while it is re-read: name the byte by the final size.
-    _device_flipping_byte(monkeypatch, lambda size: w.size - 1024 - 700)
+    device_flipping_byte(monkeypatch, lambda size: w.size - 1024 - 700)
     with pytest.raises(DigestMismatchError, match=r"f3"):
         write_bundle(out / "c.tgb", release_draft(trust), files, [trust.release_key])
     assert not (out / "c.tgb").exists()
