@@ -156,6 +156,7 @@ class ExportWorkers:
         with self._lock:
             if self._pool is not None:
                 return
+            log.info("live: starting %d export worker(s)", self.processes)
             # spawn: forking the live server (threads, sockets, an event loop) is unsafe
             self._pool = pool = ProcessPoolExecutor(
                 self.processes, mp_context=multiprocessing.get_context("spawn"),
@@ -198,7 +199,9 @@ class ExportWorkers:
                 pool.submit(_export, str(spool_root), agent_ids))
         except BrokenProcessPool as exc:
             self._drop(pool)
-            raise WorkerLost(f"an export worker died: {exc}") from exc
+            raise WorkerLost(f"an export worker died ({exc}); the next round exports them "
+                             "again, in the live server's threads until new export workers "
+                             "are ready") from exc
         self.tokens.add(answer.token)
         if answer.error is not None:
             raise WorkerFailed(answer.error, database=answer.database)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from sqlalchemy import select
 
 from bench.live_agents import init_bench_hub, make_agents, queue_release
 from hub.config import load_config
-from hub.db import Deployment, make_engine, make_session_factory
+from hub.db import AuditEvent, Deployment, make_engine, make_session_factory
 from hub.keystore import load_hub_keys
 from hub.live_exports import ExportWorkers, WorkerFailed
 from hub.live_hub import LiveHub
@@ -99,3 +100,55 @@ def test_a_burst_export_call_runs_in_the_worker_process(tmp_path: Path) -> None:
         workers.shutdown()
         engine.dispose()
     wait_for(lambda: _gone(pids[0]), DEADLINE, "the export worker to end")
+
+
+
+def test_a_worker_killed_mid_export_loses_nothing_and_doubles_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker killed with its bundles renamed into the spools, not yet recorded: the
+    deployments stay claimed by the dead worker (nothing offered); the live server says the
+    worker died and what it does now, the next round takes the claims over in its own
+    threads and completes each bundle once (same sequence, one file), and new workers are
+    started."""
+    data = _hub(tmp_path)
+    config, keys = load_config(data), load_hub_keys(data)
+    engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
+    workers = ExportWorkers(config, None, 1)
+    hub = LiveHub(session_factory=make_session_factory(engine), keys=keys, data_dir=data,
+                  actor=None, export_workers=workers)
+    monkeypatch.setenv("TIANGONG_CRASH_AT", "hub.export-renamed")  # read by the worker only
+    caplog.set_level(logging.INFO, "tiangong.hub.live")
+
+    async def burst() -> None:
+        locks = [asyncio.Lock() for _ in AGENTS]
+        for lock in locks:
+            await lock.acquire()
+        await hub._burst_call(asyncio.Semaphore(1),
+                              [(a, (0, None), lock) for a, lock in zip(AGENTS, locks, strict=True)])
+
+    try:
+        workers.start()
+        wait_for(lambda: workers.ready, DEADLINE, "the export worker to start")
+        (dead,) = workers.tokens
+        asyncio.run(burst())
+        assert _deployments(data) == [("exporting", dead)] * len(AGENTS)
+        assert "live: cannot export for 3 agents now: an export worker died (" in caplog.text
+        assert ("the next round exports them again, in the live server's threads until new "
+                "export workers are ready") in caplog.text
+        monkeypatch.delenv("TIANGONG_CRASH_AT")
+        asyncio.run(burst())  # the next round: in this process's threads, workers starting
+        assert _deployments(data) == [("exported", None)] * len(AGENTS)
+        for agent_id in AGENTS:
+            assert [p.name for p in (hub.spool_root / agent_id).iterdir()] == [
+                f"hello-1.0.0-{agent_id}-000001.tgb"]
+        with make_session_factory(engine)() as s:
+            written = s.scalars(select(AuditEvent.object_id).where(
+                AuditEvent.action == "bundle.written")).all()
+        assert len(written) == len(set(written)) == len(AGENTS)
+        assert "live: starting 1 export worker(s)" in caplog.text
+        wait_for(lambda: workers.ready, DEADLINE, "the new export worker to start")
+        assert len(workers.tokens - {dead}) == 1
+    finally:
+        workers.shutdown()
+        engine.dispose()
