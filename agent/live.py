@@ -5,8 +5,9 @@ While the hub is reachable the agent keeps one WebSocket open to ``hub_url``
 
 * **Bundles in.** An offered ``*.tgb`` is written to ``<home>/staging/live-<transfer>.part``
   through a :class:`bundle.live_file.FileReceiver`: its worker thread checks, hashes (each
-  byte once per digest it is part of), writes and fsyncs while the event loop reads on; an
-  ACK goes out once its fsync is done (every 8 MiB and at the end). After a reconnect the
+  byte once per digest it is part of) and writes, and a second thread fsyncs, while the
+  event loop reads on; an ACK goes out once its fsync is done (every 8 MiB and at the end)
+  and claims only the bytes written before that fsync began. After a reconnect the
   partial file is fsynced, fed to ``absorb_existing`` and the transfer resumes from its
   length. On DONE the whole file is checked, fsynced and renamed into the inbox:
   the usual inbox → verify → run path takes over (nothing is verified or run here). A file

@@ -61,6 +61,8 @@ Usage::
     .venv/bin/python bench/live_agents.py --quick         # N = 20; smoke run
     .venv/bin/python bench/live_agents.py --agents 3 --quick --json out.json
     .venv/bin/python -u bench/live_agents.py --agents 1000 --tls --burst-only   # ~40 s
+    .venv/bin/python -u bench/live_agents.py --transfer-only --transfer-mib 64 \
+        --transfer-repeat 5                   # the transfer against bare websockets, ~1 min
     .venv/bin/python -u bench/live_agents.py --agents 1000 --tls --burst-only \
         --profile-hub profile.txt       # where the burst's hub CPU goes, by function
 """
@@ -1507,6 +1509,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--burst-only", action="store_true",
                     help="connect, then the burst: no idle window, steady samples, logs or "
                          "transfer (unless given)")
+    ap.add_argument("--transfer-only", action="store_true",
+                    help="only the single-agent transfer phase (no fleet: the same as "
+                         "--agents ''); with --transfer-mib 64 --transfer-repeat 5 about "
+                         "a minute")
     ap.add_argument("--idle-seconds", type=float, default=None,
                     help="idle window with heartbeats (default 60; --quick 5; --soak 120)")
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -1562,7 +1568,8 @@ def main(argv: list[str] | None = None) -> None:
             return value
         return quick if args.quick else soak if args.soak else normal
 
-    args.agents = pick(args.agents, [20], [100, 1000], [100, 1000, 5000])
+    args.agents = [] if args.transfer_only else pick(args.agents, [20], [100, 1000],
+                                                      [100, 1000, 5000])
     if args.burst_only:
         for name in ("idle_seconds", "steady_samples", "log_agents", "log_messages",
                      "transfer_mib"):

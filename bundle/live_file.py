@@ -8,15 +8,22 @@ goes back to reading the socket; a worker thread of the receiver's own then, in 
 * checks the offset and the size, hashes the bytes **once** into the whole-file SHA-256
   (and, for a split offer, the part's SHA-256, comparing it when the part's last byte is
   in: a bad part is refused at once), and appends them to the partial file;
-* on :meth:`FileReceiver.sync` fsyncs and says how many bytes are now durable (what an ACK
-  may claim);
+* on :meth:`FileReceiver.sync` notes how many bytes it has written so far and hands an
+  fsync of them to a second thread, the receiver's *syncer*, and goes on with the next
+  chunks: the sync's future says how many bytes are durable (what an ACK may claim) once
+  that fsync returned — never a byte written after the fsync began;
 * on :meth:`FileReceiver.finish` compares the size and the whole SHA-256 with the offer,
-  fsyncs and closes the file.
+  waits for the syncer's fsyncs, fsyncs and closes the file.
 
 ``hashlib``, ``write`` and ``fsync`` release the GIL, so hashing and the disk overlap the
 receiving of the next chunks instead of stopping it (an fsync of 8 MiB stalled the whole
-event loop). Nothing is checked less than before: every byte is hashed, every part and the
-whole file compared with the offer, and the caller still moves the file to its destination
+event loop). The fsyncs have a thread of their own because an fsync in the worker stopped
+the hashing and writing behind it: up to ``max_pending`` received chunks then waited in
+memory (fresh pages the reading had to fault in) while the disk flushed, and the disk sat
+idle while the worker caught up (docs/benchmarks.md "Session 8: live transfer").
+
+Nothing is checked less than before: every byte is hashed, every part and the whole file
+compared with the offer, and the caller still moves the file to its destination
 only after :meth:`~FileReceiver.finish` succeeded (the agent's bundle verifier and the hub's
 importer follow as before).
 
@@ -90,6 +97,17 @@ async def _settled(future: Future[Any]) -> None:
     await waiter
 
 
+def _pass_on(source: Future[Any], target: Future[Any]) -> None:
+    """Give ``target`` the outcome of ``source`` (done): its result, its exception, or
+    cancelled."""
+    if source.cancelled():
+        target.cancel()
+    elif source.exception() is not None:
+        target.set_exception(source.exception())
+    else:
+        target.set_result(source.result())
+
+
 def _set_done(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -127,6 +145,10 @@ class FileReceiver:
         inline = offer.size - receiver.offset <= INLINE_BYTES
         self._pool = None if inline else ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"live-file-{offer.transfer}"[:40])
+        # fsyncs beside the writing (a file in a thread only: inline, an fsync is the
+        # caller's anyway, and without a file there is nothing to flush)
+        self._syncer = None if inline or fh is None else ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"live-sync-{offer.transfer}"[:40])
 
     @classmethod
     def open(cls, path: Path | None, offer: Offer, *,
@@ -198,6 +220,29 @@ class FileReceiver:
             os.fsync(self._fh.fileno())
         return self._receiver.offset
 
+    def _fsync_written(self, written: int) -> int:
+        """In the syncer: fsync; ``written`` bytes (all written before this began) are
+        durable. A failure is the transfer's failure: nothing more is written."""
+        if self._error is not None:
+            raise self._error
+        assert self._fh is not None
+        try:
+            os.fsync(self._fh.fileno())
+        except BaseException as exc:
+            if self._error is None:
+                self._error = exc
+            raise
+        self.durable = max(self.durable, written)
+        return written
+
+    def _wait_syncer(self) -> None:
+        """In the worker: return once every fsync handed to the syncer is done; raises the
+        first failure (the syncer runs its fsyncs in order, one at a time)."""
+        if self._syncer is not None:
+            self._syncer.submit(lambda: None).result()
+        if self._error is not None:
+            raise self._error
+
     # -- the caller's side
 
     @property
@@ -259,11 +304,23 @@ class FileReceiver:
         Raises (from the future):
             SyncError, OSError: an earlier chunk or the fsync failed.
         """
-        def job() -> int:
-            self.durable = self._fsync()
-            return self.durable
+        syncer = self._syncer
+        if syncer is None:
+            def job() -> int:
+                self.durable = self._fsync()
+                return self.durable
 
-        return self._run(job)
+            return self._run(job)
+        durable: Future[int] = Future()
+
+        def hand_over() -> None:  # in the worker, after every chunk handed over before
+            flushed = syncer.submit(self._fsync_written, self._receiver.offset)
+            flushed.add_done_callback(lambda f: _pass_on(f, durable))
+
+        queued = self._run(hand_over)
+        queued.add_done_callback(
+            lambda f: _pass_on(f, durable) if f.cancelled() or f.exception() else None)
+        return durable
 
     def finish(self) -> Future[None]:
         """Call on DONE: once every byte handed over is written, check the size and the
@@ -276,6 +333,7 @@ class FileReceiver:
         """
         def job() -> None:
             self._receiver.finish()
+            self._wait_syncer()  # no fsync of the syncer's left running on the fd closed here
             self.durable = self._fsync()
             if self._fh is not None:
                 self._fh.close()
@@ -292,8 +350,10 @@ class FileReceiver:
         if self._closed:
             return
         self._closed = True
-        if self._pool is not None:
+        if self._pool is not None:  # first: a running finish() waits for the syncer
             self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._syncer is not None:
+            self._syncer.shutdown(wait=True, cancel_futures=True)
         if self._fh is not None:
             with contextlib.suppress(OSError):
                 self._fh.close()

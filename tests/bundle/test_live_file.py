@@ -254,3 +254,75 @@ def test_work_dropped_by_close_raises_a_transfer_error_not_a_cancellation(
     with pytest.raises(TransferError, match="ended before"):
         asyncio.run(file.wait(finished))
     assert (tmp_path / "x.part").read_bytes() == data[:MiB]
+
+
+def _hold_syncer(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> threading.Event:
+    """Make every fsync of a receiver's syncer thread wait until the returned event is set
+    (then raise EIO when ``fail``); other fsyncs run as usual."""
+    gate = threading.Event()
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if threading.current_thread().name.startswith("live-sync"):
+            gate.wait(60)
+            if fail:
+                raise OSError(5, "Input/output error (test)")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return gate
+
+
+def test_writing_goes_on_while_an_fsync_runs_and_an_ack_claims_only_what_it_covered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fsync runs in the syncer: the worker writes the chunks behind it meanwhile, and
+    the sync's result is the bytes written before the fsync began, not those after."""
+    gate = _hold_syncer(monkeypatch)
+    data = os.urandom(4 * MiB)
+    path = tmp_path / "x.part"
+    file = FileReceiver.open(path, _offer(data))
+
+    async def run() -> tuple[int, int]:
+        chunks = _chunks(data)
+        for offset, chunk in chunks[:2]:
+            file.write(offset, chunk)
+        synced = file.sync()
+        for offset, chunk in chunks[2:]:
+            file.write(offset, chunk)
+        deadline = asyncio.get_running_loop().time() + 60
+        while file.pending_bytes and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert file.pending_bytes == 0 and path.stat().st_size == 4 * MiB  # not held up
+        assert not synced.done() and file.durable == 0  # the fsync still runs
+        gate.set()
+        durable = await file.wait(synced)
+        await file.wait(file.finish())
+        file.close()
+        return durable, file.durable
+
+    assert asyncio.run(run()) == (2 * MiB, 4 * MiB)
+    assert path.read_bytes() == data
+
+
+def test_a_failed_fsync_fails_the_transfer_and_nothing_more_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = _hold_syncer(monkeypatch, fail=True)
+    data = os.urandom(4 * MiB)
+    path = tmp_path / "x.part"
+    file = FileReceiver.open(path, _offer(data))
+
+    async def run() -> None:
+        file.write(0, data[:2 * MiB])
+        synced = file.sync()
+        gate.set()
+        with pytest.raises(OSError, match="Input/output error"):
+            await file.wait(synced)
+        assert file.durable == 0  # no ACK may claim a byte
+        with pytest.raises(OSError, match="Input/output error"):
+            file.write(2 * MiB, data[2 * MiB:])
+        with pytest.raises(OSError, match="Input/output error"):
+            await file.wait(file.finish())
+        file.close()
+
+    asyncio.run(run())
+    assert path.read_bytes() == data[:2 * MiB]  # nothing after the failure
