@@ -108,6 +108,7 @@ __all__ = [
     "make_durable",
     "plan_manifest",
     "release_manifest",
+    "release_payloads",
     "write_bundle",
 ]
 
@@ -199,10 +200,13 @@ def release_manifest(
     chain: ChainInfo | None = None,
     approval_envelopes: Sequence[bytes] = (),
     policy: Policy | None = None,
+    entries: Sequence[FileEntry] = (),
 ) -> tuple[Manifest, tuple[PayloadFile, ...]]:
     """The manifest (without ``files``/``parts``) and payload list of a release bundle (§6.3).
 
     ``approval_envelopes`` are signed approvals and attestations (§6.10), carried as given.
+    ``entries``: the manifest's ``files`` when the payloads are framed already
+    (:func:`bundle.prepared.write_prepared`); empty for :func:`write_bundle`.
 
     Payloads keep the release's file order (sorted by name) and carry the loader's size and
     SHA-256, which :func:`write_bundle` checks again while compressing.
@@ -230,16 +234,22 @@ def release_manifest(
             approvals=tuple(approvals),
         ),
         steps=tuple(dict(s) for s in source.steps),
+        files=tuple(entries),
         secrets=tuple(secrets),
         checkpoint=checkpoint,
         chain=chain,
         approvals=tuple(approval_envelopes),
         policy=None if policy is None or policy.empty else policy,
     )
+    return manifest, release_payloads(source)
+
+
+def release_payloads(source: ReleaseSourceLike) -> tuple[PayloadFile, ...]:
+    """The payload list of a release bundle of ``source``: the release's file order (sorted
+    by name), each with the loader's size and SHA-256."""
     # An empty sha256 (bundle.release.scan_release): not known yet, hashed while compressing.
-    files = tuple(PayloadFile(f.name, Path(f.path), f.size, f.sha256 or None)
-                  for f in source.files)
-    return manifest, files
+    return tuple(PayloadFile(f.name, Path(f.path), f.size, f.sha256 or None)
+                 for f in source.files)
 
 
 def plan_manifest(
@@ -1036,12 +1046,7 @@ def write_bundle(
     out = Path(out)
     report = progress or (lambda phase, done, total: None)
 
-    roots_json = encode_roots(roots)
-    if len(roots_json) > limits.max_roots_bytes:
-        raise LimitExceededError(
-            f"roots.json would be {format_bytes(len(roots_json))}, over the max_roots_bytes "
-            f"limit of {format_bytes(limits.max_roots_bytes)}"
-        )
+    roots_json = _roots_json(roots, limits)
     # Made only when a payload is compressed (not when every frame comes from the cache).
     spool_root = Path(spool_dir or out.parent) / f".tiangong-spool-{secrets.token_hex(6)}"
     temps: list[Path] = []
@@ -1084,9 +1089,48 @@ def write_bundle(
     return result
 
 
+def _roots_json(roots: Sequence[bytes], limits: Limits) -> bytes:
+    """The ``roots.json`` member's data (§5.2), within ``max_roots_bytes``.
+
+    Raises:
+        LimitExceededError: it is larger.
+    """
+    roots_json = encode_roots(roots)
+    if len(roots_json) > limits.max_roots_bytes:
+        raise LimitExceededError(
+            f"roots.json would be {format_bytes(len(roots_json))}, over the max_roots_bytes "
+            f"limit of {format_bytes(limits.max_roots_bytes)}"
+        )
+    return roots_json
+
+
+def _signed(manifest: Manifest, signing_keys: Sequence[SigningKey], limits: Limits) -> bytes:
+    """The envelope of ``manifest`` signed by ``signing_keys``, within
+    ``max_envelope_bytes``.
+
+    Raises:
+        LimitExceededError: it is larger.
+    """
+    envelope = sign_envelope(manifest.payload_type, manifest.to_bytes(), signing_keys)
+    if len(envelope) > limits.max_envelope_bytes:
+        raise LimitExceededError(
+            f"the signed manifest of {len(manifest.files)} files is "
+            f"{format_bytes(len(envelope))}, over the max_envelope_bytes limit of "
+            f"{format_bytes(limits.max_envelope_bytes)}; pack small files into an archive or "
+            "split the release"
+        )
+    return envelope
+
+
 def _check_inputs(
     manifest: Manifest, payloads: Sequence[PayloadFile], roots: Sequence[bytes], limits: Limits
 ) -> None:
+    _check_payloads(payloads, limits)
+    _check_head_inputs(manifest, roots, limits)
+
+
+def _check_payloads(payloads: Sequence[PayloadFile], limits: Limits) -> None:
+    """The payloads' number and names (checked before compressing anything)."""
     if len(payloads) > limits.max_files:
         raise LimitExceededError(
             f"{len(payloads)} payload files is over the max_files limit of {limits.max_files}"
@@ -1098,6 +1142,10 @@ def _check_inputs(
         if clash is not None:
             # Checked before compressing anything, so a typo costs no time.
             raise ManifestError(f"payload name {pf.name[:80]!r} {clash}")
+
+
+def _check_head_inputs(manifest: Manifest, roots: Sequence[bytes], limits: Limits) -> None:
+    """The manifest's sealed secrets and the roots carried, against their limits."""
     if len(manifest.secrets) > limits.max_secrets:
         raise LimitExceededError(
             f"{len(manifest.secrets)} secrets is over the max_secrets limit of "
@@ -1433,13 +1481,7 @@ def _frame_and_write(
         if (finished.files, finished.parts) != (final.files, final.parts):
             raise ValueError("finish may not change the manifest's files or parts")
         final = finished
-    envelope = sign_envelope(final.payload_type, final.to_bytes(), signing_keys)
-    if len(envelope) > limits.max_envelope_bytes:
-        raise LimitExceededError(
-            f"the signed manifest of {len(entries)} files is {format_bytes(len(envelope))}, "
-            f"over the max_envelope_bytes limit of {format_bytes(limits.max_envelope_bytes)}; "
-            "pack small files into an archive or split the release"
-        )
+    envelope = _signed(final, signing_keys, limits)
     head = (
         encode_member(MARKER_NAME, MARKER)
         + encode_member(ROOTS_NAME, roots_json)

@@ -46,7 +46,7 @@ import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -57,11 +57,18 @@ from sqlalchemy.orm import Session, selectinload
 from bundle.errors import BundleError
 from bundle.frame_cache import FrameCache
 from bundle.manifest import Approval as ManifestApproval
-from bundle.manifest import ChainInfo, Target
+from bundle.manifest import ChainInfo, SecretEntry, Target
 from bundle.parts import part_path, strip_part_suffix
+from bundle.prepared import PreparedPayloads, prepare_payloads, write_prepared
 from bundle.release import ReleaseSource, load_release
 from bundle.windows import Policy
-from bundle.writer import WrittenBundle, make_durable, release_manifest, write_bundle
+from bundle.writer import (
+    WrittenBundle,
+    make_durable,
+    release_manifest,
+    release_payloads,
+    write_bundle,
+)
 from hub.db import Deployment, Environment, Release
 from hub.errors import (
     ConfigError,
@@ -315,6 +322,8 @@ class _Run:
         self.checkpoint: dict[str, Any] | None = None
         self.checkpoint_done = False
         self.frames: FrameCache | None = None
+        self.prepared: dict[int, PreparedPayloads | None] = {}  # release id -> its payloads
+        self.roots: dict[int, tuple[bytes, ...]] = {}  # root version -> the updates carried
         self.spool_made = False
         self.spool = out_dir / (SPOOL_PREFIX + _token_name(my_token()) + RUN_MARK
                                 + secrets.token_hex(6))
@@ -779,6 +788,17 @@ class _Run:
         else:
             target = Target(environment=env.name)
         approvals = facts.manifest_approvals(release, env)
+        if not self.spool_made:
+            self.spool.mkdir(exist_ok=True)
+            self.spool_made = True
+        # The payload section framed once a run for every bundle of the release (a split
+        # bundle is cut by the writer): each bundle is then its manifest, signed, and a write.
+        prepared = None if intent.get("split_size") else self._prepared(release, source)
+        sealed: tuple[SecretEntry, ...] = ()
+        if intent.get("secrets"):  # sealed now, to each target agent's box key
+            sealed = seal_for_agents(self.ctx, env.name, intent["secrets"],
+                                     secret_recipients(self.ctx.session, dep),
+                                     intent["bundle_id"])
         manifest, files = release_manifest(
             source,
             bundle_id=intent["bundle_id"],
@@ -794,28 +814,50 @@ class _Run:
             checkpoint=intent.get("checkpoint"),
             chain=ChainInfo.from_json(intent["chain"]) if intent.get("chain") else None,
             approval_envelopes=[base64.b64decode(e) for e in intent.get("approvals", ())],
+            # windows, freezes, override (bundle-format §6.9)
+            policy=Policy.from_json(intent["policy"]) if intent.get("policy") else None,
+            secrets=sealed,
+            entries=prepared.entries if prepared is not None else (),
         )
-        if intent.get("policy"):  # windows, freezes, override (bundle-format §6.9)
-            manifest = replace(manifest, policy=Policy.from_json(intent["policy"]))
-        if intent.get("secrets"):  # sealed now, to each target agent's box key
-            sealed = seal_for_agents(self.ctx, env.name, intent["secrets"],
-                                     secret_recipients(self.ctx.session, dep), manifest.bundle_id)
-            manifest = replace(manifest, secrets=sealed)
-        if not self.spool_made:
-            self.spool.mkdir(exist_ok=True)
-            self.spool_made = True
+        out = self.dir_for(dep) / intent["file"]
+        roots = self._roots(intent["root_version"])
+        if prepared is not None:
+            return write_prepared(out, manifest, prepared, [keys.release_key], roots=roots,
+                                  progress=_with_crash_point(self.progress), durable=durable)
         return write_bundle(
-            self.dir_for(dep) / intent["file"],
+            out,
             manifest,
             files,
             [keys.release_key],
-            roots=_roots_up_to(keys.root_updates, intent["root_version"]),
+            roots=roots,
             split_size=intent.get("split_size"),
             spool_dir=self.spool,
             progress=_with_crash_point(self.progress),
             frames=self._frames(),
             durable=durable,
         )
+
+    def _prepared(self, release: Release, source: ReleaseSource) -> PreparedPayloads | None:
+        """The payload section of ``release``'s bundles (:mod:`bundle.prepared`), framed at
+        its first bundle of this run; None when it is too large to hold (write_bundle
+        streams those).
+
+        Raises:
+            BundleError, OSError: as :func:`prepare_payloads` (nothing kept: the next
+                bundle tries again).
+        """
+        if release.id not in self.prepared:
+            self.prepared[release.id] = prepare_payloads(release_payloads(source), self.spool,
+                                                         frames=self._frames())
+        return self.prepared[release.id]
+
+    def _roots(self, version: int) -> tuple[bytes, ...]:
+        """:func:`_roots_up_to` ``version``, once a run."""
+        found = self.roots.get(version)
+        if found is None:
+            assert self.ctx.keys is not None
+            found = self.roots[version] = _roots_up_to(self.ctx.keys.root_updates, version)
+        return found
 
     def _frames(self) -> FrameCache | None:
         """The release store's cache of compressed payload frames (bundle-format §12.4):

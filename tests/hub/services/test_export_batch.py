@@ -258,9 +258,9 @@ def test_two_exports_into_one_spool_root_at_once_both_write(file_world: World,
     _enroll(world, ["site-01", "site-02", "site-03", "site-04"])
     _queue(world)
     spool = tmp_path / "spool"
-    writing = threading.Event()  # the second export is about to write its first bundle
+    writing = threading.Event()  # the second export is about to frame its payloads (spool)
     go_on = threading.Event()  # the first export is done
-    real = export_service.write_bundle
+    real = export_service.prepare_payloads
 
     def held_write(*args: object, **kwargs: object) -> object:
         if threading.current_thread().name == "second":
@@ -277,7 +277,7 @@ def test_two_exports_into_one_spool_root_at_once_both_write(file_world: World,
                                  world.keys.hub, world.releases_dir)
             reports["second"] = export_agents(ctx, "test", spool, ["site-03", "site-04"])
 
-    export_service.write_bundle = held_write  # type: ignore[assignment]
+    export_service.prepare_payloads = held_write  # type: ignore[assignment]
     thread = threading.Thread(target=second, name="second")
     try:
         thread.start()
@@ -288,7 +288,7 @@ def test_two_exports_into_one_spool_root_at_once_both_write(file_world: World,
         thread.join(120)
     finally:
         go_on.set()
-        export_service.write_bundle = real  # type: ignore[assignment]
+        export_service.prepare_payloads = real
     assert not thread.is_alive()
     for name in ("first", "second"):
         assert not reports[name].failed, reports[name].failed
