@@ -9,30 +9,23 @@ recall, subscriptions), ``deployments``, ``exchange``
 deployments why/override), ``plans`` (releases plan, releases plans), ``schedule``
 (scheduled exports), ``notifications``. Commands only translate: every
 rule is in ``hub/services``.
+
+A command's modules are imported only when the command is looked up
+(``base.COMMAND_MODULES``): a process pays for the commands it runs, not for all of them.
+:func:`load_all` imports every module (for code that walks the whole tree).
 """
 
 from __future__ import annotations
 
-from hub.cli import (  # noqa: F401 - each module registers its commands on the group
-    audit,
-    backup,
-    channels,
-    deployments,
-    exchange,
-    notifications,
-    plans,
-    releases,
-    rollouts,
-    schedule,
-    secrets,
-    serve,
-    setup,
-    sites,
-    templates,
-    trust,
-    users,
-    windows,
-)
-from hub.cli.base import hub
+import importlib
 
-__all__ = ["hub"]
+from hub.cli.base import COMMAND_MODULES, hub
+
+__all__ = ["hub", "load_all"]
+
+
+def load_all() -> None:
+    """Import every command module, so that ``hub.commands`` holds every command."""
+    for modules in COMMAND_MODULES.values():
+        for module in modules:
+            importlib.import_module(f"hub.cli.{module}")

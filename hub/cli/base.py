@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import importlib
 import re
 import sys
 from collections.abc import Iterator
@@ -39,7 +40,7 @@ import click
 from hub.errors import ConfigError, HubError, NotFoundError, PermissionDeniedError
 from tiangong.output import cell, done, emit
 
-__all__ = ["hub"]
+__all__ = ["COMMAND_MODULES", "hub"]
 
 
 #: How events written by ``tiangong hub`` commands say who typed the name (ServiceContext.via).
@@ -258,7 +259,56 @@ class HubGroup(click.Group):
         super().add_command(cmd, name)
 
 
-@click.group(cls=HubGroup, context_settings={"help_option_names": ["-h", "--help"]})
+#: Each ``hub`` command and the modules of ``hub.cli`` that attach it and its sub-commands
+#: (``releases plan`` is in ``plans``): a command's modules are imported when it is looked
+#: up, so ``hub users list`` does not import the export, audit or serve commands.
+#: tests/hub/test_cli_modules.py checks this table against what the modules register.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "agents": ("sites", "rollouts"),
+    "audit": ("audit",),
+    "backup": ("backup",),
+    "channels": ("channels",),
+    "deployments": ("deployments", "windows"),
+    "environments": ("sites", "channels"),
+    "export": ("exchange",),
+    "fleet": ("rollouts",),
+    "freezes": ("windows",),
+    "import": ("exchange",),
+    "init": ("setup",),
+    "keys": ("trust",),
+    "live": ("serve",),
+    "notifications": ("notifications",),
+    "products": ("releases",),
+    "releases": ("releases", "channels", "plans"),
+    "restore": ("backup",),
+    "rollouts": ("rollouts",),
+    "schedule": ("schedule",),
+    "scheduler": ("serve",),
+    "secrets": ("secrets",),
+    "serve": ("serve",),
+    "templates": ("templates",),
+    "tls": ("setup",),
+    "users": ("users",),
+    "windows": ("windows",),
+}
+
+
+class LazyHubGroup(HubGroup):
+    """The ``hub`` group: imports the modules of a command (:data:`COMMAND_MODULES`) when
+    click looks the command up, instead of every command module at start-up."""
+
+    group_class = HubGroup  # its sub-groups (users, releases …) are plain HubGroups
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMAND_MODULES) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for module in COMMAND_MODULES.get(cmd_name, ()):
+            importlib.import_module(f"hub.cli.{module}")
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyHubGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--data-dir",
     envvar="TIANGONG_HUB_DATA_DIR",

@@ -24,7 +24,6 @@ import re
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
-from werkzeug.security import generate_password_hash
 
 from hub.db import ROLES, Environment, RoleGrant, User, WebSession
 from hub.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
@@ -408,6 +407,8 @@ def set_password(ctx: ServiceContext, username: str, password: str) -> None:
             f"a password has {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters, "
             f"not {len(password)}"
         )
+    from werkzeug.security import generate_password_hash  # the web stack, only here
+
     user.password_hash = generate_password_hash(password)
     ended = end_sessions(ctx.session, user)
     ctx.session.flush()

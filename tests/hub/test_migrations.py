@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
@@ -9,7 +11,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from hub.db import Base, make_engine
-from hub.migrate import upgrade
+from hub.migrate import alembic_config, head_revision, upgrade
 
 
 def _assert_matches_models(url: str) -> None:
@@ -44,3 +46,34 @@ def test_upgrade_postgresql_from_empty(pg_db: str) -> None:
 
 def test_upgrade_mariadb_from_empty(mysql_db: str) -> None:
     _assert_matches_models(mysql_db)
+
+
+def test_head_revision_read_from_the_scripts_is_alembics_head() -> None:
+    """:func:`hub.migrate.head_revision` reads the scripts' revision lines instead of
+    importing Alembic (every console command checks the head): the same answer."""
+    from alembic.script import ScriptDirectory
+
+    engine = make_engine("sqlite://")
+    try:
+        head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    finally:
+        engine.dispose()
+    assert head is not None
+    assert head_revision() == head
+
+
+def test_a_database_at_head_is_checked_without_importing_alembic(tmp_path: Path) -> None:
+    """What every console command does first costs one query: Alembic (and each migration
+    script) is imported only when there is something to migrate or to refuse."""
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    upgrade(url)
+    code = ("import sys\n"
+            "from hub.db import make_engine\n"
+            "from hub.migrate import ensure_current\n"
+            f"engine = make_engine({url!r})\n"
+            "assert ensure_current(engine) is None\n"
+            "engine.dispose()\n"
+            "assert 'alembic' not in sys.modules, 'alembic was imported'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
