@@ -46,10 +46,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from apscheduler.triggers.cron import CronTrigger
 
 from agent.executors.base import LogLine, StepContext, StepLog
 from agent.executors.shell import ShellExecutor
@@ -57,6 +55,9 @@ from agent.faults import crash_point
 from agent.journal import Journal
 from signing.fileio import fsync_dir
 from tiangong.cron import cron_trigger
+
+if TYPE_CHECKING:  # imported by tiangong.cron when a schedule is parsed
+    from apscheduler.triggers.cron import CronTrigger
 
 __all__ = ["SCHEDULE_FILE", "JobScheduler", "JobSpec", "ScheduleError", "install_schedule",
            "installed_schedule", "job_runs", "parse_schedule"]

@@ -59,8 +59,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from kubernetes.client import ApiClient
-
 from agent.executors.base import Connection, StepContext, StepOutcome
 from agent.executors.errors import StepSpecError
 from agent.executors.k8sapi import (
@@ -533,6 +531,8 @@ class KubernetesExecutor:
         Raises:
             StepSpecError, K8sStepError: as ``work`` and the loading do.
         """
+        from kubernetes.client import ApiClient  # imported by the first k8s step (big)
+
         objects = _load(ctx)
         configuration = load_configuration(_connection(ctx), ctx.workdir)
         report.server = configuration.host

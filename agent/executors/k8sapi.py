@@ -37,18 +37,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import urllib3
 import yaml
-from kubernetes import config as kube_config
-from kubernetes.client import ApiClient, Configuration
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
-from kubernetes.dynamic import DynamicClient
 
 from agent.executors.base import Connection
+
+if TYPE_CHECKING:  # the client is imported when a k8s step connects (it is big)
+    from kubernetes.client import ApiClient, Configuration
 
 __all__ = [
     "FIELD_MANAGER",
@@ -148,6 +145,11 @@ def load_configuration(connection: Connection, workdir: Path) -> Configuration:
     Raises:
         K8sStepError: the kubeconfig (or in-cluster credentials) cannot be loaded.
     """
+    import urllib3
+    from kubernetes import config as kube_config
+    from kubernetes.client import Configuration
+    from kubernetes.config.config_exception import ConfigException
+
     params = connection.params
     configuration = Configuration()
     kubeconfig = params.get("kubeconfig")
@@ -200,6 +202,8 @@ class KubeApi:
         cancel: threading.Event,
         clock: Callable[[], float],
     ) -> None:
+        from kubernetes.dynamic import DynamicClient
+
         self.host: str = client.configuration.host
         self._dyn = DynamicClient(client, discoverer=_NoDiscovery)  # type: ignore[no-untyped-call]
         self._deadline = deadline
@@ -234,6 +238,9 @@ class KubeApi:
             K8sStatusError: the server answered with an error status.
             K8sStepError: cancelled, out of time, or the server could not be reached.
         """
+        import urllib3
+        from kubernetes.client.exceptions import ApiException
+
         self.check()
         remaining = self._deadline - self._clock()
         timeout = (min(CONNECT_TIMEOUT_S, remaining), min(READ_TIMEOUT_S, remaining))
@@ -266,6 +273,8 @@ class KubeApi:
         return answer
 
     def _unreachable(self, error: object) -> str:
+        import urllib3
+
         reason = getattr(error, "reason", error)
         cause = reason if isinstance(reason, BaseException) else None
         while cause is not None and not (isinstance(cause, OSError) and cause.strerror):

@@ -30,15 +30,15 @@ import socket
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-import psycopg
-import pymysql
-import pymysql.cursors
-from pymysql.constants import SERVER_STATUS
-
 from agent.executors.base import Connection
+
+if TYPE_CHECKING:  # the drivers are imported by the first session that needs them
+    import psycopg
+    import pymysql.connections
+    import pymysql.cursors
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -283,6 +283,8 @@ class PostgresSession(Session):
     def execute(
         self, sql: str, params: Sequence[Any] | None = None, *, max_rows: int = 0
     ) -> list[ResultSet]:
+        import psycopg
+
         with self._mutex:
             try:
                 with self._conn.cursor() as cur:
@@ -300,10 +302,14 @@ class PostgresSession(Session):
         self.execute("SELECT set_config('statement_timeout', %s, true)", (f"{ms}ms",))
 
     def in_transaction(self) -> bool:
+        import psycopg
+
         status = self._conn.info.transaction_status
         return status != psycopg.pq.TransactionStatus.IDLE
 
     def interrupt(self, via: Session) -> None:
+        import psycopg
+
         try:
             self._conn.cancel_safe(timeout=CONNECT_TIMEOUT_S)
         except psycopg.Error as exc:
@@ -328,6 +334,8 @@ class MySQLSession(Session):
     def execute(
         self, sql: str, params: Sequence[Any] | None = None, *, max_rows: int = 0
     ) -> list[ResultSet]:
+        import pymysql.cursors
+
         with self._mutex:
             try:
                 cur = self._conn.cursor(pymysql.cursors.SSCursor)
@@ -349,12 +357,16 @@ class MySQLSession(Session):
             self.execute("SET SESSION MAX_EXECUTION_TIME = %s", (max(1, int(seconds * 1000)),))
 
     def in_transaction(self) -> bool:
+        from pymysql.constants import SERVER_STATUS
+
         return bool((self._conn.server_status or 0) & SERVER_STATUS.SERVER_STATUS_IN_TRANS)
 
     def interrupt(self, via: Session) -> None:
         via.execute(f"KILL QUERY {self.thread_id}")
 
     def close(self) -> None:
+        import pymysql
+
         if self._conn.open:
             # COM_QUIT on a connection the server already dropped fails; it is gone anyway
             with contextlib.suppress(pymysql.MySQLError, OSError):
@@ -392,11 +404,15 @@ def open_session(
         if statement_timeout_s is not None:
             ms = max(1, int(statement_timeout_s * 1000))
             kwargs["options"] = f"{target.options.get('options', '')} -c statement_timeout={ms}"
+        import psycopg
+
         try:
             pg = psycopg.connect(autocommit=True, **kwargs)
         except psycopg.Error as exc:
             raise ConnectError(target.redact(_one_line(str(exc)))) from exc
         return PostgresSession(target, pg)
+    import pymysql
+
     try:
         conn = pymysql.connect(
             host=target.host or "localhost",
@@ -453,6 +469,8 @@ def _pg_error(exc: psycopg.Error) -> StatementError:
     if diag.message_detail:
         message += f" ({_one_line(diag.message_detail)})"
     position = int(diag.statement_position) if diag.statement_position else None
+    import psycopg.errors
+
     canceled = isinstance(exc, psycopg.errors.QueryCanceled)
     return StatementError(
         code,

@@ -23,8 +23,6 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from kubernetes.client import ApiClient
-
 from agent.executors import get_executor
 from agent.executors.base import StepContext, StepOutcome
 from agent.executors.errors import StepSpecError
@@ -119,6 +117,8 @@ class UndoExecutor(SchemaValidated):
 
     @staticmethod
     def _restore_k8s(ctx: StepContext, record: Mapping[str, Any]) -> str:
+        from kubernetes.client import ApiClient  # imported by the first k8s undo (big)
+
         connection = ctx.connection
         if connection is None or connection.type != "kubernetes":
             raise StepSpecError("undoing a k8s step needs a connection of type kubernetes")

@@ -240,7 +240,7 @@ class HubGroup(click.Group):
     and ``--local-admin`` (and the deprecated ``--as``) after its name (``hub import DIR
     --local-admin carol``), besides before it."""
 
-    group_class = type  # sub-groups (users, releases …) are HubGroups too
+    group_class: type[click.Group] | type[type] | None = type  # sub-groups are HubGroups too
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         if not isinstance(cmd, click.Group):
