@@ -34,7 +34,11 @@ demo: $(STAMP)
 demo-ui: $(STAMP)
 	bash examples/demo-ui.sh
 
+# The tests start many `tiangong` processes from this editable tree: byte-compile it
+# first (an installed wheel is compiled at install time; with PYTHONDONTWRITEBYTECODE set,
+# every process would compile each module it imports again).
 test: $(STAMP) system-deps kube helm
+	$(BIN)/python -m compileall -q agent bundle hub signing tiangong web
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The real kube-apiserver (+ etcd) and kubectl for the k8s tests, built once from Go modules

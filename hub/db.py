@@ -1,7 +1,10 @@
-"""The hub's tables: typed SQLAlchemy 2.0 models, registered with Flask-SQLAlchemy.
+"""The hub's tables: typed SQLAlchemy 2.0 models on :class:`Base`, which the web app's
+Flask-SQLAlchemy extension :data:`db` uses as its model class.
 
 The models work with a plain :class:`sqlalchemy.orm.Session` too (services, CLI and tests
-use :func:`make_engine` + :func:`make_session_factory` without a Flask app). The schema is
+use :func:`make_engine` + :func:`make_session_factory` without a Flask app): ``db`` and Flask
+are imported when something first asks for ``hub.db.db`` (the web app), not by a console
+command. The schema is
 owned by Alembic (``hub/migrations``); :func:`hub.migrate.upgrade` creates it, never
 ``create_all``.
 
@@ -15,9 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -34,6 +36,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import make_url
@@ -50,6 +53,9 @@ from sqlalchemy.types import TypeDecorator
 
 from hub.audit_mac import AuditMacKey
 from hub.audit_mac import attach as attach_audit_mac
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
 
 __all__ = [
     "AGENT_STATUSES",
@@ -153,11 +159,42 @@ class UTCDateTime(TypeDecorator[datetime]):
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=_NAMING)
 
+    def __repr__(self) -> str:
+        # As Flask-SQLAlchemy's models print themselves (the models were db.Model before).
+        state = inspect(self)
+        if state.transient:
+            key = f"(transient {id(self)})"
+        elif state.pending:
+            key = f"(pending {id(self)})"
+        else:
+            key = ", ".join(map(str, state.identity or ()))
+        return f"<{type(self).__name__} {key}>"
 
-db = SQLAlchemy(model_class=Base)
+
+if TYPE_CHECKING:
+    db: SQLAlchemy  # made by __getattr__ on first use
+    _Model: Any  # the models' base is untyped to mypy, as db.Model was; their columns are typed
+else:
+    _Model = Base
 
 
-class User(db.Model):  # type: ignore[name-defined,misc]
+def __getattr__(name: str) -> Any:
+    """``db``: the Flask-SQLAlchemy extension over :class:`Base`, made (and Flask imported)
+    when first asked for (PEP 562).
+
+    Raises:
+        AttributeError: any other name.
+    """
+    if name != "db":
+        raise AttributeError(f"module 'hub.db' has no attribute {name!r}")
+    from flask_sqlalchemy import SQLAlchemy
+
+    extension = SQLAlchemy(model_class=Base)
+    globals()["db"] = extension
+    return extension
+
+
+class User(_Model):  # type: ignore[misc]
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -183,7 +220,7 @@ class User(db.Model):  # type: ignore[name-defined,misc]
         return [g.name for g in self.groups]
 
 
-class UserGroup(db.Model):  # type: ignore[name-defined,misc]
+class UserGroup(_Model):  # type: ignore[misc]
     """A user's membership of an approver group (approval rules count groups)."""
 
     __tablename__ = "user_groups"
@@ -198,7 +235,7 @@ class UserGroup(db.Model):  # type: ignore[name-defined,misc]
     user: Mapped[User] = relationship(back_populates="groups")
 
 
-class ApproverKey(db.Model):  # type: ignore[name-defined,misc]
+class ApproverKey(_Model):  # type: ignore[misc]
     """The public half of a user's personal approver key. ``key_id`` is computed from
     ``public`` (never taken from input) and belongs to one user for ever: a revoked key
     stays here, so it can never be registered again."""
@@ -219,7 +256,7 @@ class ApproverKey(db.Model):  # type: ignore[name-defined,misc]
     user: Mapped[User] = relationship()
 
 
-class Environment(db.Model):  # type: ignore[name-defined,misc]
+class Environment(_Model):  # type: ignore[misc]
     __tablename__ = "environments"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -239,7 +276,7 @@ class Environment(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
-class ApprovalRule(db.Model):  # type: ignore[name-defined,misc]
+class ApprovalRule(_Model):  # type: ignore[misc]
     """An environment's approval rule for releases reaching it through one channel; it
     replaces the environment's own rule (``required_approvals``, ``approval_groups``,
     ``approval_min_groups``) for that channel."""
@@ -259,7 +296,7 @@ class ApprovalRule(db.Model):  # type: ignore[name-defined,misc]
     environment: Mapped[Environment] = relationship()
 
 
-class RoleGrant(db.Model):  # type: ignore[name-defined,misc]
+class RoleGrant(_Model):  # type: ignore[misc]
     __tablename__ = "role_grants"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -273,7 +310,7 @@ class RoleGrant(db.Model):  # type: ignore[name-defined,misc]
     environment: Mapped[Environment | None] = relationship()
 
 
-class Product(db.Model):  # type: ignore[name-defined,misc]
+class Product(_Model):  # type: ignore[misc]
     __tablename__ = "products"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -282,7 +319,7 @@ class Product(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
-class Release(db.Model):  # type: ignore[name-defined,misc]
+class Release(_Model):  # type: ignore[misc]
     __tablename__ = "releases"
     __table_args__ = (UniqueConstraint("product_id", "version"),
                       UniqueConstraint("rollback_of_id", name="uq_releases_rollback_of"))
@@ -322,7 +359,7 @@ class Release(db.Model):  # type: ignore[name-defined,misc]
         return f"{self.product.name} {self.version}"
 
 
-class Approval(db.Model):  # type: ignore[name-defined,misc]
+class Approval(_Model):  # type: ignore[misc]
     __tablename__ = "approvals"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -343,7 +380,7 @@ class Approval(db.Model):  # type: ignore[name-defined,misc]
     environment: Mapped[Environment | None] = relationship()
 
 
-class Agent(db.Model):  # type: ignore[name-defined,misc]
+class Agent(_Model):  # type: ignore[misc]
     __tablename__ = "agents"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -375,7 +412,7 @@ class Agent(db.Model):  # type: ignore[name-defined,misc]
     environment: Mapped[Environment] = relationship()
 
 
-class Deployment(db.Model):  # type: ignore[name-defined,misc]
+class Deployment(_Model):  # type: ignore[misc]
     __tablename__ = "deployments"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -412,7 +449,7 @@ class Deployment(db.Model):  # type: ignore[name-defined,misc]
     )
 
 
-class DeploymentAttempt(db.Model):  # type: ignore[name-defined,misc]
+class DeploymentAttempt(_Model):  # type: ignore[misc]
     """One run of a deployment's bundle at the site, as a result reported it (the first run
     is attempt 1; each ``tiangong agent retry`` adds one)."""
 
@@ -432,7 +469,7 @@ class DeploymentAttempt(db.Model):  # type: ignore[name-defined,misc]
     deployment: Mapped[Deployment] = relationship(back_populates="attempts")
 
 
-class Channel(db.Model):  # type: ignore[name-defined,misc]
+class Channel(_Model):  # type: ignore[misc]
     """One of a product's ordered release channels (RELEASE → CANARY → STABLE by default)
     and the rule for promoting a release into it from the channel before it
     (:mod:`hub.services.channels`, :mod:`hub.services.promotion`)."""
@@ -458,7 +495,7 @@ class Channel(db.Model):  # type: ignore[name-defined,misc]
     product: Mapped[Product] = relationship()
 
 
-class ChannelEntry(db.Model):  # type: ignore[name-defined,misc]
+class ChannelEntry(_Model):  # type: ignore[misc]
     """A release in a channel: when it entered and who put it there; a recall keeps the row
     (``recalled_*`` set), so a recalled release never silently re-enters the channel."""
 
@@ -478,7 +515,7 @@ class ChannelEntry(db.Model):  # type: ignore[name-defined,misc]
     release: Mapped[Release] = relationship()
 
 
-class ChannelSubscription(db.Model):  # type: ignore[name-defined,misc]
+class ChannelSubscription(_Model):  # type: ignore[misc]
     """An environment follows one channel of a product."""
 
     __tablename__ = "channel_subscriptions"
@@ -496,7 +533,7 @@ class ChannelSubscription(db.Model):  # type: ignore[name-defined,misc]
     channel: Mapped[Channel] = relationship()
 
 
-class PromotionApproval(db.Model):  # type: ignore[name-defined,misc]
+class PromotionApproval(_Model):  # type: ignore[misc]
     """One person's approval of promoting a release into a channel."""
 
     __tablename__ = "promotion_approvals"
@@ -513,7 +550,7 @@ class PromotionApproval(db.Model):  # type: ignore[name-defined,misc]
     approver: Mapped[User] = relationship()
 
 
-class SequenceCounter(db.Model):  # type: ignore[name-defined,misc]
+class SequenceCounter(_Model):  # type: ignore[misc]
     """Next bundle sequence per target (``agent:<agent_id>`` or ``env:<name>``)."""
 
     __tablename__ = "sequence_counters"
@@ -525,7 +562,7 @@ class SequenceCounter(db.Model):  # type: ignore[name-defined,misc]
     root_version: Mapped[int] = mapped_column(Integer, default=1)
 
 
-class AuditHead(db.Model):  # type: ignore[name-defined,misc]
+class AuditHead(_Model):  # type: ignore[misc]
     """The single row every audit append locks: last sequence and hash."""
 
     __tablename__ = "audit_head"
@@ -535,7 +572,7 @@ class AuditHead(db.Model):  # type: ignore[name-defined,misc]
     hash: Mapped[str] = mapped_column(String(64))
 
 
-class JobTemplate(db.Model):  # type: ignore[name-defined,misc]
+class JobTemplate(_Model):  # type: ignore[misc]
     """One version of a script or job template (hub.services.templates): a step with typed
     parameters and its file, instantiated into ad-hoc runs or releases."""
 
@@ -558,7 +595,7 @@ class JobTemplate(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
-class AuditEvent(db.Model):  # type: ignore[name-defined,misc]
+class AuditEvent(_Model):  # type: ignore[misc]
     __tablename__ = "audit_events"
     # The importer looks results up by (action, object_id) (a result's SHA-256), the
     # deployment page by action: without it, every import batch scanned the whole log.
@@ -578,7 +615,7 @@ class AuditEvent(db.Model):  # type: ignore[name-defined,misc]
     mac: Mapped[str | None] = mapped_column(String(64))
 
 
-class AuditCheckpoint(db.Model):  # type: ignore[name-defined,misc]
+class AuditCheckpoint(_Model):  # type: ignore[misc]
     __tablename__ = "audit_checkpoints"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -637,7 +674,7 @@ def make_session_factory(engine: Engine) -> Callable[[], Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-class SamlReplay(db.Model):  # type: ignore[name-defined,misc]
+class SamlReplay(_Model):  # type: ignore[misc]
     """IDs of processed SAML responses and assertions, each until its ``NotOnOrAfter``
     (:mod:`web.replay`): in the hub database so every hub host behind the IdP shares them."""
 
@@ -647,7 +684,7 @@ class SamlReplay(db.Model):  # type: ignore[name-defined,misc]
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
-class WebSession(db.Model):  # type: ignore[name-defined,misc]
+class WebSession(_Model):  # type: ignore[misc]
     """A signed-in browser (:mod:`web.sessions`). The cookie carries a random token; the hub
     keeps only its SHA-256 (``id``), so every hub process shares sessions and ending one
     (sign-out, deactivation, "sign out everywhere", a timeout) deletes the row at once."""
@@ -662,7 +699,7 @@ class WebSession(db.Model):  # type: ignore[name-defined,misc]
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)  # absolute end
 
 
-class LoginThrottle(db.Model):  # type: ignore[name-defined,misc]
+class LoginThrottle(_Model):  # type: ignore[misc]
     """Failed password sign-ins per user name or per source address within a window
     (:mod:`web.throttle`), shared by every hub process."""
 
@@ -673,7 +710,7 @@ class LoginThrottle(db.Model):  # type: ignore[name-defined,misc]
     window_start: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
-class ApiToken(db.Model):  # type: ignore[name-defined,misc]
+class ApiToken(_Model):  # type: ignore[misc]
     """A personal API token (:mod:`hub.services.tokens`): the hub keeps the token's public
     ``prefix`` (to name it) and the SHA-256 of the whole token, never the token itself."""
 
@@ -694,7 +731,7 @@ class ApiToken(db.Model):  # type: ignore[name-defined,misc]
     user: Mapped[User] = relationship()
 
 
-class PolicyRule(db.Model):  # type: ignore[name-defined,misc]
+class PolicyRule(_Model):  # type: ignore[misc]
     """A maintenance window or a change freeze (:mod:`hub.services.windows`) for an
     environment and/or a product (NULL: every one). ``spec`` is the design's JSON object
     (docs/bundle-format.md, ``policy``), exactly as it goes into bundles."""
@@ -717,7 +754,7 @@ class PolicyRule(db.Model):  # type: ignore[name-defined,misc]
     product: Mapped[Product | None] = relationship()
 
 
-class DeploymentOverride(db.Model):  # type: ignore[name-defined,misc]
+class DeploymentOverride(_Model):  # type: ignore[misc]
     """A request to deploy despite freezes and windows (:mod:`hub.services.windows`): a
     reason and the requester, then a second person's confirmation (never the requester)."""
 
@@ -735,7 +772,7 @@ class DeploymentOverride(db.Model):  # type: ignore[name-defined,misc]
     deployment: Mapped[Deployment] = relationship()
 
 
-class Rollout(db.Model):  # type: ignore[name-defined,misc]
+class Rollout(_Model):  # type: ignore[misc]
     """A release rolled over a set of agents in batches (:mod:`hub.services.rollouts`).
     ``selector``: ``{"environment": name}`` or ``{"labels": {k: v}}``; ``strategy``: the
     :class:`hub.services.rollouts.Strategy` as JSON; ``current_batch`` 0 before the first."""
@@ -758,7 +795,7 @@ class Rollout(db.Model):  # type: ignore[name-defined,misc]
     release: Mapped[Release] = relationship()
 
 
-class RolloutBatch(db.Model):  # type: ignore[name-defined,misc]
+class RolloutBatch(_Model):  # type: ignore[misc]
     """One batch of a rollout and its gate (done, soak, manual confirmation)."""
 
     __tablename__ = "rollout_batches"
@@ -773,7 +810,7 @@ class RolloutBatch(db.Model):  # type: ignore[name-defined,misc]
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
-class RolloutTarget(db.Model):  # type: ignore[name-defined,misc]
+class RolloutTarget(_Model):  # type: ignore[misc]
     """An agent of a rollout: its batch and, once its batch started, its deployment."""
 
     __tablename__ = "rollout_targets"
@@ -790,7 +827,7 @@ class RolloutTarget(db.Model):  # type: ignore[name-defined,misc]
     deployment: Mapped[Deployment | None] = relationship()
 
 
-class NotificationWebhook(db.Model):  # type: ignore[name-defined,misc]
+class NotificationWebhook(_Model):  # type: ignore[misc]
     """A notification target of an environment (hub.services.notifications): a webhook
     (``kind`` "webhook": ``url``, and the file holding its HMAC secret — the secret itself is
     not in the database) or an e-mail target (``kind`` "email": ``url`` holds the
@@ -811,7 +848,7 @@ class NotificationWebhook(db.Model):  # type: ignore[name-defined,misc]
     environment: Mapped[Environment] = relationship()
 
 
-class NotificationOutbox(db.Model):  # type: ignore[name-defined,misc]
+class NotificationOutbox(_Model):  # type: ignore[misc]
     """One notification to deliver to one webhook, written in the transaction of the event
     that caused it; ``state`` pending → delivered, or failed after the last retry."""
 
@@ -834,7 +871,7 @@ class NotificationOutbox(db.Model):  # type: ignore[name-defined,misc]
     webhook: Mapped[NotificationWebhook] = relationship()
 
 
-class NotificationThresholds(db.Model):  # type: ignore[name-defined,misc]
+class NotificationThresholds(_Model):  # type: ignore[misc]
     """An environment's thresholds for the events the scheduler computes
     (hub.services.incidents): an agent offline longer than ``agent_offline_s``, an exported
     bundle with no result after ``result_overdue_s``; None: that event is off."""
@@ -851,7 +888,7 @@ class NotificationThresholds(db.Model):  # type: ignore[name-defined,misc]
     environment: Mapped[Environment] = relationship()
 
 
-class NotificationIncident(db.Model):  # type: ignore[name-defined,misc]
+class NotificationIncident(_Model):  # type: ignore[misc]
     """One incident the scheduler opened (hub.services.incidents): ``kind`` agent.offline
     (``subject``: the agent id) or result.overdue (``subject``: the deployment id); notified
     when opened and when cleared, never in between."""
@@ -870,7 +907,7 @@ class NotificationIncident(db.Model):  # type: ignore[name-defined,misc]
     environment: Mapped[Environment] = relationship()
 
 
-class PlanBundle(db.Model):  # type: ignore[name-defined,misc]
+class PlanBundle(_Model):  # type: ignore[misc]
     """A preflight plan made for a release and a target (hub.services.plans; docs/rollouts.md,
     "Preflight bundles"). ``id`` is the plan's sequence (bundle-format §6.11: one counter for
     the whole hub); ``agent_id`` None: every agent of the environment."""
@@ -892,7 +929,7 @@ class PlanBundle(db.Model):  # type: ignore[name-defined,misc]
     agent: Mapped[Agent | None] = relationship()
 
 
-class PlanOutcome(db.Model):  # type: ignore[name-defined,misc]
+class PlanOutcome(_Model):  # type: ignore[misc]
     """One agent's signed answer to a plan: ``passed`` or ``failed`` and every check, or
     ``refused`` (the agent refused the plan after its signature verified: expired, a
     replay; the reason is the summary)."""
@@ -914,7 +951,7 @@ class PlanOutcome(db.Model):  # type: ignore[name-defined,misc]
     agent: Mapped[Agent] = relationship()
 
 
-class HubSchedule(db.Model):  # type: ignore[name-defined,misc]
+class HubSchedule(_Model):  # type: ignore[misc]
     """The hub's own timed work (hub.services.hub_schedules): ``kind`` "export" writes what
     is queued for ``environment`` into ``target_dir`` at each fire time of ``cron`` (in
     ``timezone``); ``last_fire_at`` is the fire time last run (claimed before it runs)."""
