@@ -23,10 +23,11 @@ import contextlib
 import errno
 import mmap
 import os
+import queue
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-__all__ = ["DIRECT_CHUNK", "DeviceReader", "pread_into"]
+__all__ = ["DIRECT_CHUNK", "BufferRing", "DeviceReader", "pread_into"]
 
 ALIGN = 4096  # bytes: O_DIRECT offsets, lengths and buffer addresses are multiples of this
 DIRECT_CHUNK = 4 * 1024 * 1024  # bytes read per call (a multiple of ALIGN)
@@ -171,3 +172,20 @@ class DeviceReader:
             with contextlib.suppress(BufferError):  # a caller still holds a view: GC frees it
                 view.release()
                 m.close()
+
+
+class BufferRing:
+    """``count`` page-aligned buffers of ``size`` bytes, taken and given back (thread-safe):
+    reads into reused memory instead of a fresh allocation per read, bounded."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        for _ in range(count):
+            self._free.put(memoryview(mmap.mmap(-1, size)))
+
+    def take(self) -> memoryview:
+        """A free buffer (waits for one to be given back)."""
+        return self._free.get()
+
+    def give(self, buf: memoryview) -> None:
+        self._free.put(buf)

@@ -56,7 +56,7 @@ from bundle.container import (
     padding,
     payload_member,
 )
-from bundle.direct_io import DIRECT_CHUNK, DeviceReader
+from bundle.direct_io import DIRECT_CHUNK, BufferRing, DeviceReader
 from bundle.errors import (
     BundleError,
     BundleFormatError,
@@ -408,14 +408,16 @@ class _Pipe:
     The first error ``step`` raises is raised by the next :meth:`put` or by :meth:`close`;
     chunks after it are dropped."""
 
-    def __init__(self, step: Callable[[bytes], object], name: str) -> None:
+    def __init__(self, step: Callable[[Any], object], name: str,
+                 drop: Callable[[Any], object] | None = None) -> None:
         self._step = step
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_PIPE_CHUNKS)
+        self._drop = drop  # called instead of step for chunks after an error
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=_PIPE_CHUNKS)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def put(self, data: bytes) -> None:
+    def put(self, data: Any) -> None:
         if self.error is not None:
             raise self.error
         self._queue.put(data)
@@ -444,6 +446,8 @@ class _Pipe:
                     self._step(data)
                 except BaseException as exc:  # raised in the caller's thread
                     self.error = exc
+            elif self._drop is not None:
+                self._drop(data)
 
 
 def _compress_one(
@@ -456,12 +460,23 @@ def _compress_one(
     """Stream one (large) payload through zstd into ``dest``: a new file, or ``(fd, offset)``.
 
     Three threads: this one reads and feeds libzstd (whose own workers compress), one hashes
-    the content, one hashes and writes the frame."""
+    the content, one hashes and writes the frame. The content is read into a few reused
+    buffers (no fresh megabyte per read), each given back once hashed."""
     fd, size = _open_source(pf)
     content_sha = hashlib.sha256()
     got = 0
+    ring = BufferRing(_PIPE_CHUNKS + 2, BUFFER_BYTES)
+
+    def hash_chunk(item: tuple[memoryview, memoryview]) -> None:
+        try:
+            content_sha.update(item[1])
+        finally:
+            ring.give(item[0])
+
     with contextlib.ExitStack() as stack:
-        src = stack.enter_context(open(fd, "rb", buffering=0))
+        stack.callback(os.close, fd)
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         sink: _HashingWriter | _PwriteSink
         if isinstance(dest, Path):
             out = stack.enter_context(open(dest, "xb", opener=_private))
@@ -469,7 +484,7 @@ def _compress_one(
         else:
             out = None
             sink = _PwriteSink(*dest)
-        hasher = _Pipe(content_sha.update, "bundle-content-sha")
+        hasher = _Pipe(hash_chunk, "bundle-content-sha", drop=lambda item: ring.give(item[0]))
         framer = _Pipe(sink.write, "bundle-frame-write")
         try:
             cctx = compressors.for_size(size)
@@ -479,14 +494,19 @@ def _compress_one(
             # No ``with zw``: closing a frame whose pledged size was not reached raises a
             # zstd error that would hide the real reason below.
             while got < size:
-                chunk = src.read(min(BUFFER_BYTES, size - got))
-                if not chunk:
+                buf = ring.take()
+                n = os.readv(fd, [buf[:min(BUFFER_BYTES, size - got)]])
+                if not n:
+                    ring.give(buf)
                     break
-                hasher.put(chunk)
+                chunk = buf[:n]
+                hasher.put((buf, chunk))
+                # libzstd copies what it keeps before this returns; the buffer is taken
+                # again only by this thread, after it
                 zw.write(chunk)
-                got += len(chunk)
-                tick(len(chunk))
-            if got != size or src.read(1):
+                got += n
+                tick(n)
+            if got != size or os.read(fd, 1):
                 raise ReleaseFormatError(
                     f"payload {pf.name!r}: {pf.path} changed size while it was being read"
                 )
@@ -1365,9 +1385,10 @@ def _predicted(payloads: Sequence[PayloadFile], entries: Sequence[FileEntry | No
 def _compress_small_ones(job: _Job, workers: int) -> None:
     """Small payloads: read whole and compressed in memory by up to ``MAX_SMALL_WORKERS``
     threads at once (zstd and hashlib release the GIL), one single-worker compressor per
-    thread. Frames are taken in manifest order, so the bundle bytes do not depend on
-    scheduling (§12.2), and appended to one shared spool file (or written to their frame
-    cache file); at most ``_SMALL_AHEAD`` frames wait in memory."""
+    thread; twice as many threads as ``workers`` (cores), so that a thread waiting for its
+    file's read leaves the core to another. Frames are taken in manifest order, so the
+    bundle bytes do not depend on scheduling (§12.2), and appended to one shared spool file
+    (or written to their frame cache file); at most ``_SMALL_AHEAD`` frames wait in memory."""
     payloads, entries, dests, sources, sizes = (job.payloads, job.entries, job.dests,
                                                 job.sources, job.sizes)
     small = [i for i, size in enumerate(sizes) if size <= MT_THRESHOLD_BYTES
@@ -1387,7 +1408,7 @@ def _compress_small_ones(job: _Job, workers: int) -> None:
         pool = None
         if workers > 1 and len(small) > 1:
             pool = stack.enter_context(
-                ThreadPoolExecutor(max_workers=min(workers, MAX_SMALL_WORKERS)))
+                ThreadPoolExecutor(max_workers=min(2 * workers, MAX_SMALL_WORKERS)))
         pending: deque[tuple[int, Future[tuple[int, str, bytes, str]]]] = deque()
         todo = iter(small)
 

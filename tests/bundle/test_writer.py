@@ -428,10 +428,13 @@ def test_colliding_names_refused_before_compressing(trust: TrustKit, src: Path,
                      [*files, PayloadFile("SQL/A.sql", src / "missing")], [trust.release_key])
 
 
+@pytest.mark.parametrize("large", [False, True])
 @pytest.mark.parametrize("delta", [+10, -1])
 def test_a_file_changing_size_while_read(
-    trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch, delta: int
+    trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch, delta: int,
+    large: bool,
 ) -> None:
+    """Read whole (small) or streamed through reused buffers (large): refused either way."""
     real = writer_mod._open_source
 
     def lying(pf: PayloadFile) -> tuple[int, int]:
@@ -439,7 +442,10 @@ def test_a_file_changing_size_while_read(
         return fd, size + delta  # as if the file grew or shrank after fstat
 
     monkeypatch.setattr(writer_mod, "_open_source", lying)
+    if large:
+        monkeypatch.setattr(writer_mod, "MT_THRESHOLD_BYTES", 50)
+        monkeypatch.setattr(writer_mod, "BUFFER_BYTES", 64)  # several reads into the ring
     with pytest.raises(ReleaseFormatError, match=r"changed size while it was being read"):
-        write_bundle(out / "b.tgb", release_draft(trust), make_files(src, {"a": b"x" * 100}),
+        write_bundle(out / "b.tgb", release_draft(trust), make_files(src, {"a": b"x" * 1000}),
                      [trust.release_key])
     assert os.listdir(out) == []
