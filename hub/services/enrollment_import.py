@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from agent.inbox import printable
 from hub.db import Agent
 from hub.errors import HubError, ValidationError
 from hub.services import audit
@@ -37,11 +38,11 @@ def reject_file(
         ctx,
         "result.rejected",
         "file",
-        path.name[:200],
+        printable(path.name)[:200],
         {"reason": reason[:2000], "check": check, "claimed_agent": agent},
     )
     ctx.session.commit()
-    return ImportRow(path.name, "rejected", reason, agent)
+    return ImportRow(printable(path.name), "rejected", reason, agent)
 
 
 
@@ -95,7 +96,7 @@ def import_enrollment(ctx: ServiceContext, path: Path) -> ImportRow:
         same = _already_enrolled(ctx, request)
         if same is not None:
             return ImportRow(
-                path.name,
+                printable(path.name),
                 "duplicate",
                 f"agent {same} is already enrolled from this request: nothing changed",
                 same,
@@ -108,7 +109,7 @@ def import_enrollment(ctx: ServiceContext, path: Path) -> ImportRow:
         out = path.with_name(f"enrollment-response-{response.agent_id}.json")
         out.write_bytes(response.to_envelope(ctx.keys.release_key))
     return ImportRow(
-        path.name,
+        printable(path.name),
         "enrolled",
         f"agent {response.agent_id} enrolled in {response.environment}",
         response.agent_id,

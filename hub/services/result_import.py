@@ -36,6 +36,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from agent.inbox import printable
 from hub.db import Agent, AuditEvent, Deployment, DeploymentAttempt
 from hub.errors import ConfigError, HubError
 from hub.faults import crash_point
@@ -190,6 +191,12 @@ class _Incoming:
     verified: VerifiedResult | None = None
     rejected: Rejected | None = None
     row: ImportRow | None = None
+
+    @property
+    def name(self) -> str:
+        """The file's name as messages, rows and the audit log show it (a byte that is not
+        UTF-8, a newline or ESC escaped: agent.inbox.printable)."""
+        return printable(self.path.name)
 
     def discard_copy(self) -> None:
         if self.copy is not None:
@@ -469,7 +476,7 @@ class _ImportRun:
 
     def _receive(self, inc: _Incoming) -> None:
         """Copy the file into the results directory, inspecting its head on the way."""
-        name = inc.path.name
+        name = inc.name
         try:
             fd = os.open(inc.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError as exc:
@@ -540,7 +547,7 @@ class _ImportRun:
         for inc in todo:
             assert inc.agent_id is not None and inc.copy is not None
             jobs.append(VerifyJob(
-                label=inc.path.name, copy=str(inc.copy), data=inc.data, size=inc.size,
+                label=inc.name, copy=str(inc.copy), data=inc.data, size=inc.size,
                 agent_id=inc.agent_id, agent_key=inc.agent_key, now=now,
                 memory_staging=str(self.memory_staging) if self.memory_staging else None,
                 disk_staging_parent=str(self.results_dir.parent),
@@ -640,7 +647,7 @@ class _ImportRun:
                 events.add(
                     "result.rejected",
                     "file",
-                    inc.path.name[:200],
+                    inc.name[:200],
                     {
                         "reason": rejected.reason[:2000],
                         "check": rejected.check,
@@ -648,7 +655,7 @@ class _ImportRun:
                     },
                 )
                 rows.append(
-                    ImportRow(inc.path.name, "rejected", rejected.reason, rejected.agent_id)
+                    ImportRow(inc.name, "rejected", rejected.reason, rejected.agent_id)
                 )
             try:
                 events.flush()
@@ -817,7 +824,7 @@ class _ImportRun:
                 "bundle_id": res.bundle_id,
                 "deployment": dep.id if dep else None,
                 "attempt": attempt,
-                "file": inc.path.name,
+                "file": inc.name,
                 "file_sha256": inc.file_sha256,
                 "envelope": base64.b64encode(vb.envelope).decode("ascii"),
                 "flags": flags,
@@ -827,7 +834,7 @@ class _ImportRun:
             events.add("result.flag", "agent", agent.agent_id, {"flag": flag})
         _audit_job_runs(events, agent.agent_id, res.result_seq, res.body)
         row = ImportRow(
-            inc.path.name,
+            inc.name,
             "imported",
             f"{res.status}: {summary['summary']}"[:300],
             agent.agent_id,
@@ -861,7 +868,7 @@ def _audit_job_runs(events: _Events, agent_id: str, result_seq: int,
 
 def _duplicate_row(inc: _Incoming, seq: int) -> ImportRow:
     return ImportRow(
-        inc.path.name, "duplicate", f"already imported (audit event {seq})", inc.agent_id
+        inc.name, "duplicate", f"already imported (audit event {seq})", inc.agent_id
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -207,3 +208,37 @@ def test_export_with_nothing_queued_writes_nothing_and_signs_no_checkpoint(
     report = export_environment(world.ctx("op"), "test", tmp_path / "usb")
     assert report.written == [] and report.failed == [] and report.index is None
     assert world.session.query(AuditCheckpoint).count() == before
+
+
+def test_files_with_odd_names_are_imported_and_named_escaped(world: World,
+                                                              tmp_path: Path) -> None:
+    """A name with a byte that is not UTF-8 made its audit event unwritable: the whole
+    import failed (a raw traceback; no file of the directory imported). Odd names — such
+    bytes, a newline, ESC, a leading dash, spaces — are imported or refused like any
+    other, named with those characters escaped (as the agent's inbox names them)."""
+    from sqlalchemy import func, select
+
+    from hub.db import AuditEvent
+    from hub.services.audit import verify_database
+
+    agent = _agent(world, tmp_path)
+    media = tmp_path / "odd"
+    media.mkdir()
+    names = [b"a \xff\xfe.tgr", b"b new\nline.tgr", b"c \x1b[31mred.tgr", b"-d --json.tgr"]
+    for i, raw in enumerate(names):
+        shutil.move(_result(agent, "succeeded", f"report {i}"),
+                    media / os.fsdecode(raw))
+    (media / os.fsdecode(b"e \xff garbage.tgr")).write_bytes(b"not a bundle\n")
+    (media / os.fsdecode(b"enrollment-\xff.json")).write_bytes(b"{}")
+    rows = import_directory(world.ctx("op"), media, results_dir=tmp_path / "r").rows
+    assert [(r.file, r.status) for r in rows] == [
+        ("-d --json.tgr", "imported"), ("a \\xff\\xfe.tgr", "imported"),
+        ("b new\\x0aline.tgr", "imported"), ("c \\x1b[31mred.tgr", "imported"),
+        ("e \\xff garbage.tgr", "rejected"), ("enrollment-\\xff.json", "rejected")]
+    assert "bundle e \\xff garbage.tgr is truncated" in str(rows[4].reason)
+    files = world.session.scalars(select(AuditEvent.details).where(
+        AuditEvent.action.in_(("result.import", "result.rejected")))).all()
+    assert len(files) == 6 and not any("\n" in f or "\x1b" in f for f in files)
+    assert world.session.scalar(select(func.count()).select_from(AuditEvent)) > 0
+    assert verify_database(world.session, world.keys.hub).ok
+    agent.close()
