@@ -17,11 +17,12 @@ from agent.inbox import printable
 from hub.db import Agent
 from hub.errors import HubError, ValidationError
 from hub.services import audit
-from hub.services.agents import EnrollmentRequest, enroll_agent
+from hub.services.agents import EnrollmentRequest, EnrollmentResponse, enroll_agent
 from hub.services.context import ServiceContext
 from hub.services.import_files import ImportRow
 from signing.envelope import TYPE_ENROLLMENT, parse_envelope, verify_envelope
-from signing.errors import SigningError
+from signing.errors import KeyFileError, SigningError
+from signing.fileio import write_file_atomic
 from signing.keys import PublicKey
 from signing.strictjson import loads_strict
 
@@ -102,15 +103,41 @@ def import_enrollment(ctx: ServiceContext, path: Path) -> ImportRow:
                 same,
             )
         response = enroll_agent(ctx, doc["environment"], request)
-        ctx.session.commit()
+        # Written before the commit: an agent is never enrolled without its response (read-
+        # only media), which could not be had again (the request would be a duplicate).
+        out = _write_response(ctx, path, response)
+        try:
+            ctx.session.commit()
+        except BaseException:
+            if out is not None:
+                out.unlink(missing_ok=True)
+            raise
     except (SigningError, HubError, KeyError, TypeError, ValueError, OSError) as exc:
         return reject_file(ctx, path, f"enrollment request refused: {exc}", None, "enrollment")
-    if ctx.keys is not None and ctx.keys.release_key is not None:
-        out = path.with_name(f"enrollment-response-{response.agent_id}.json")
-        out.write_bytes(response.to_envelope(ctx.keys.release_key))
     return ImportRow(
         printable(path.name),
         "enrolled",
         f"agent {response.agent_id} enrolled in {response.environment}",
         response.agent_id,
     )
+
+
+def _write_response(ctx: ServiceContext, path: Path, response: EnrollmentResponse
+                    ) -> Path | None:
+    """Write the signed ``response`` next to the request ``path`` (nothing without the
+    release key); the file written.
+
+    Raises:
+        ValidationError: it cannot be written there (read-only media, no space).
+    """
+    if ctx.keys is None or ctx.keys.release_key is None:
+        return None
+    out = path.with_name(f"enrollment-response-{response.agent_id}.json")
+    try:
+        write_file_atomic(out, response.to_envelope(ctx.keys.release_key), mode=0o644,
+                          overwrite=True)
+    except (KeyFileError, OSError) as exc:
+        raise ValidationError(
+            f"its response cannot be written ({printable(str(exc))}): nothing enrolled; "
+            "import it from a directory the hub can write to") from exc
+    return out

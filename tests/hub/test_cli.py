@@ -775,3 +775,37 @@ def test_an_import_stopped_by_ctrl_c_says_so_and_the_next_run_does_the_rest(
     monkeypatch.setattr(result_import, "import_enrollment", real)
     again = json.loads(run(hub_dir, "import", str(media), "--json", actor="ops").output)
     assert [r["status"] for r in again] == ["duplicate", "enrolled"]
+
+
+def test_an_enrollment_whose_response_cannot_be_written_enrolls_nothing(
+        hub_dir: Path, tmp_path: Path) -> None:
+    """Imported from read-only media, the agent was enrolled and committed, then writing its
+    response raised (a raw traceback, the files after it not imported) and the response was
+    lost for good: imported again, the request was a duplicate that wrote nothing, and
+    enrolled, the key could not be enrolled again. Now the request is refused with the
+    reason, nothing enrolled; from a writable place it is enrolled with its response."""
+    from agent.home import init_home
+
+    run(hub_dir, "environments", "create", "plant-f")
+    media = tmp_path / "media"
+    media.mkdir()
+    _config, req = init_home(tmp_path / "agent", root_file=hub_dir / "root.json",
+                             agent_id="plant-f-01", environment="plant-f")
+    (media / req.name).write_bytes(req.read_bytes())
+    blocked = media / "enrollment-response-plant-f-01.json"
+    blocked.mkdir()  # what the response cannot be written over (as root, mode bits do not)
+    before = _table_counts(hub_dir)
+    refused = run(hub_dir, "import", str(media), "--json", actor="ops", ok=False)
+    assert refused.exit_code == 1, refused.output
+    (row,) = json.loads(refused.stdout)
+    assert row["status"] == "rejected" and row["file"] == req.name
+    assert row["reason"].startswith(f"enrollment request refused: its response cannot be "
+                                    f"written (cannot write {blocked}: "), row
+    assert row["reason"].endswith("nothing enrolled; import it from a directory the hub can "
+                                  "write to"), row
+    after = _table_counts(hub_dir)
+    assert after["agents"] == before["agents"] and list(media.iterdir()) != []
+    blocked.rmdir()
+    again = json.loads(run(hub_dir, "import", str(media), "--json", actor="ops").output)
+    assert [r["status"] for r in again] == ["enrolled"]
+    assert blocked.is_file()
