@@ -302,15 +302,26 @@ def test_read_lines_stops_at_an_overlong_line() -> None:
     assert lines == [b"short\n", b"x" * 12]
 
 
-def test_import_batch_size_is_checked_and_used(hub_dir: Path, tmp_path: Path) -> None:
+def _requests_on_media(hub_dir: Path, tmp_path: Path, environment: str,
+                       *agent_ids: str) -> tuple[Path, list[Path]]:
+    """Environment ``environment`` created, and the enrollment request of each agent (made
+    by ``agent init``) on a stick ``tmp_path/media``: the stick and the requests on it."""
     from agent.home import init_home
 
-    run(hub_dir, "environments", "create", "plant-c")
+    run(hub_dir, "environments", "create", environment)
     media = tmp_path / "media"
     media.mkdir()
-    _config, req = init_home(tmp_path / "agent", root_file=hub_dir / "root.json",
-                             agent_id="plant-c-01", environment="plant-c")
-    (media / req.name).write_bytes(req.read_bytes())
+    on_media = []
+    for agent_id in agent_ids:
+        _config, req = init_home(tmp_path / agent_id, root_file=hub_dir / "root.json",
+                                 agent_id=agent_id, environment=environment)
+        on_media.append(media / req.name)
+        on_media[-1].write_bytes(req.read_bytes())
+    return media, on_media
+
+
+def test_import_batch_size_is_checked_and_used(hub_dir: Path, tmp_path: Path) -> None:
+    media, _ = _requests_on_media(hub_dir, tmp_path, "plant-c", "plant-c-01")
     bad = run(hub_dir, "import", str(media), "--batch-size", "0", actor="ops", ok=False)
     assert bad.exit_code == 2 and "--batch-size" in bad.output
     out = json.loads(run(hub_dir, "import", str(media), "--batch-size", "1", "--json",
@@ -322,14 +333,7 @@ def test_an_enrollment_request_imported_again_is_a_duplicate(hub_dir: Path,
                                                              tmp_path: Path) -> None:
     """The stick still holds the request when the results come back: the second import
     reports it as a duplicate, changes nothing and exits 0; the same key revoked is refused."""
-    from agent.home import init_home
-
-    run(hub_dir, "environments", "create", "plant-d")
-    media = tmp_path / "media"
-    media.mkdir()
-    _config, req = init_home(tmp_path / "agent", root_file=hub_dir / "root.json",
-                             agent_id="plant-d-01", environment="plant-d")
-    (media / req.name).write_bytes(req.read_bytes())
+    media, _ = _requests_on_media(hub_dir, tmp_path, "plant-d", "plant-d-01")
     first = json.loads(run(hub_dir, "import", str(media), "--json", actor="ops").output)
     assert [r["status"] for r in first] == ["enrolled"]
     before = _table_counts(hub_dir)
@@ -746,17 +750,9 @@ def test_an_import_stopped_by_ctrl_c_says_so_and_the_next_run_does_the_rest(
     """Ctrl-C during `hub import` printed click's bare "Aborted!" (and, with the worker pool,
     a traceback from every worker): it says what became of the files and what to do, exits
     130, and the next run imports the rest, the first file once."""
-    from agent.home import init_home
-    from hub.services import result_import
+    from hub.services.enrollment_import import import_enrollment as real
 
-    run(hub_dir, "environments", "create", "plant-e")
-    media = tmp_path / "media"
-    media.mkdir()
-    for agent_id in ("plant-e-01", "plant-e-02"):
-        _config, req = init_home(tmp_path / agent_id, root_file=hub_dir / "root.json",
-                                 agent_id=agent_id, environment="plant-e")
-        (media / req.name).write_bytes(req.read_bytes())
-    real = result_import.import_enrollment
+    media, _ = _requests_on_media(hub_dir, tmp_path, "plant-e", "plant-e-01", "plant-e-02")
     calls: list[Path] = []
 
     def interrupted(ctx: Any, path: Path) -> Any:
@@ -765,14 +761,14 @@ def test_an_import_stopped_by_ctrl_c_says_so_and_the_next_run_does_the_rest(
             raise KeyboardInterrupt  # the operator's Ctrl-C, at the second file
         return real(ctx, path)
 
-    monkeypatch.setattr(result_import, "import_enrollment", interrupted)
+    monkeypatch.setattr("hub.services.result_import.import_enrollment", interrupted)
     stopped = run(hub_dir, "import", str(media), actor="ops", ok=False)
     assert stopped.exit_code == 130, stopped.output
     assert "Aborted!" not in stopped.output and "Traceback" not in stopped.output
     assert (f"tiangong hub import: interrupted (Ctrl-C): the files recorded before stay "
             f"imported, once; the others in {media} were not touched: run the same command "
             "again to import them") in stopped.output
-    monkeypatch.setattr(result_import, "import_enrollment", real)
+    monkeypatch.setattr("hub.services.result_import.import_enrollment", real)
     again = json.loads(run(hub_dir, "import", str(media), "--json", actor="ops").output)
     assert [r["status"] for r in again] == ["duplicate", "enrolled"]
 
@@ -784,14 +780,7 @@ def test_an_enrollment_whose_response_cannot_be_written_enrolls_nothing(
     lost for good: imported again, the request was a duplicate that wrote nothing, and
     enrolled, the key could not be enrolled again. Now the request is refused with the
     reason, nothing enrolled; from a writable place it is enrolled with its response."""
-    from agent.home import init_home
-
-    run(hub_dir, "environments", "create", "plant-f")
-    media = tmp_path / "media"
-    media.mkdir()
-    _config, req = init_home(tmp_path / "agent", root_file=hub_dir / "root.json",
-                             agent_id="plant-f-01", environment="plant-f")
-    (media / req.name).write_bytes(req.read_bytes())
+    media, (req,) = _requests_on_media(hub_dir, tmp_path, "plant-f", "plant-f-01")
     blocked = media / "enrollment-response-plant-f-01.json"
     blocked.mkdir()  # what the response cannot be written over (as root, mode bits do not)
     before = _table_counts(hub_dir)
