@@ -727,7 +727,7 @@ class _Expect:
     size: int = 0
     sha256: str = ""
     entry: FileEntry | None = None
-    checked: bool = False  # read back from the device already (:class:`_PlacedCheck`)
+    placed: bool = False  # compressed into the file in place: maybe checked by _PlacedCheck
 
 
 class _ReadBack:
@@ -744,10 +744,16 @@ class _ReadBack:
     meanwhile copies the next windows, so the disk writes, reads and the hashing overlap
     instead of running one after another. Where ``sync_file_range`` is unavailable the
     thread waits for the writer's final ``fsync`` and re-reads the whole file then.
+
+    Frames compressed into the file in place were re-read by :class:`_PlacedCheck`;
+    ``placed_checked()`` waits for those checks and gives the offsets found equal. It is
+    called when the re-read first reaches such a frame, so the writer copies the small
+    frames meanwhile instead of waiting for the last large frame's check.
     """
 
     def __init__(self, fd: int, label: str, layout: Sequence[_Expect], total: int,
-                 *, threaded: bool = True) -> None:
+                 *, threaded: bool = True,
+                 placed_checked: Callable[[], set[int]] = set) -> None:
         # A duplicate of the writer's descriptor: the very file written, never a path that
         # could be swapped meanwhile (pread does not move the shared offset).
         self._fd = os.dup(fd)
@@ -764,6 +770,7 @@ class _ReadBack:
         self._range_sync = _sync_file_range
         self.error: BaseException | None = None
         self._reader = DeviceReader(fd)
+        self._placed_checked = placed_checked
         # A bundle of one window or less is re-read in the writer's thread after its fsync:
         # there is nothing to overlap, and a thread per small bundle costs more than the read.
         self._thread: threading.Thread | None = None
@@ -877,16 +884,18 @@ class _ReadBack:
                 f"{self._total} bytes)") from None
 
     def _check_all(self) -> None:
-        # Where each stretch of parts to read ends: at the next part checked already.
+        # Where each stretch of parts to read ends: at the next frame that may be checked
+        # already (reads ahead stop there).
         stops: list[int] = []
         end = stop = self._total
         for part in reversed(self._layout):
             end -= len(part.data) if part.entry is None else part.size
-            if part.checked:
+            if part.placed:
                 stop = end
             stops.append(stop)
         stops.reverse()
         offset = 0
+        checked: set[int] | None = None  # placed frames read back already, once known
         for part, stop in zip(self._layout, stops, strict=True):
             if part.entry is None:
                 at = 0
@@ -898,11 +907,14 @@ class _ReadBack:
                     at += len(view)
                 offset += len(part.data)
                 continue
-            if part.checked:
-                # Read back from the device while later payloads were compressed.
-                offset += part.size
-                self._durable = max(self._durable, offset)
-                continue
+            if part.placed:
+                if checked is None:
+                    checked = self._placed_checked()
+                if offset in checked:
+                    # Read back from the device while later payloads were compressed.
+                    offset += part.size
+                    self._durable = max(self._durable, offset)
+                    continue
             sha = hashlib.sha256()
             for chunk in self._read(offset, part.size, stop):
                 sha.update(chunk)
@@ -1568,10 +1580,11 @@ def _frame_and_write(
         written, write_total = 0, total
         report("write", 0, total)
         placed = [] if direct is None else [f for f in sources if f.path == direct.path]
-        checked: set[int] = set()
+        placed_checked: Callable[[], set[int]] = set
         if direct is not None and (not placed or direct.predicted == len(head)):
-            # The frames compressed into this file are where the head leaves them.
-            checked = direct.checked()
+            # The frames compressed into this file are where the head leaves them; the
+            # re-read waits for their checks when it reaches them.
+            placed_checked = direct.checked
             fd, tmp = direct.fd, direct.path
             direct.fd = -1
             os.lseek(fd, 0, os.SEEK_SET)
@@ -1587,11 +1600,12 @@ def _frame_and_write(
                 layout.append(_Expect(data=encode_header(entry.member, entry.compressed_size)))
                 layout.append(_Expect(size=entry.compressed_size,
                                       sha256=entry.compressed_sha256, entry=entry,
-                                      checked=frame.path == tmp and frame.offset in checked))
+                                      placed=frame.path == tmp))
                 layout.append(_Expect(data=padding(entry.compressed_size)))
             layout.append(_Expect(data=END_OF_ARCHIVE))
             readback = _ReadBack(fd, strip_part_suffix(out.name), layout, total,
-                                 threaded=total > _READBACK_WINDOW)
+                                 threaded=total > _READBACK_WINDOW,
+                                 placed_checked=placed_checked)
 
         def counted(n: int) -> None:
             tick(n)
