@@ -39,11 +39,11 @@ def reject_file(
         ctx,
         "result.rejected",
         "file",
-        printable(path.name)[:200],
-        {"reason": reason[:2000], "check": check, "claimed_agent": agent},
+        printable(path.name)[:200],  # the audit log holds UTF-8 text only
+        {"reason": printable(reason)[:2000], "check": check, "claimed_agent": agent},
     )
     ctx.session.commit()
-    return ImportRow(printable(path.name), "rejected", reason, agent)
+    return ImportRow(path.name, "rejected", reason, agent)
 
 
 
@@ -97,7 +97,7 @@ def import_enrollment(ctx: ServiceContext, path: Path) -> ImportRow:
         same = _already_enrolled(ctx, request)
         if same is not None:
             return ImportRow(
-                printable(path.name),
+                path.name,
                 "duplicate",
                 f"agent {same} is already enrolled from this request: nothing changed",
                 same,
@@ -115,7 +115,7 @@ def import_enrollment(ctx: ServiceContext, path: Path) -> ImportRow:
     except (SigningError, HubError, KeyError, TypeError, ValueError, OSError) as exc:
         return reject_file(ctx, path, f"enrollment request refused: {exc}", None, "enrollment")
     return ImportRow(
-        printable(path.name),
+        path.name,
         "enrolled",
         f"agent {response.agent_id} enrolled in {response.environment}",
         response.agent_id,

@@ -192,12 +192,6 @@ class _Incoming:
     rejected: Rejected | None = None
     row: ImportRow | None = None
 
-    @property
-    def name(self) -> str:
-        """The file's name as messages, rows and the audit log show it (a byte that is not
-        UTF-8, a newline or ESC escaped: agent.inbox.printable)."""
-        return printable(self.path.name)
-
     def discard_copy(self) -> None:
         if self.copy is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -476,7 +470,7 @@ class _ImportRun:
 
     def _receive(self, inc: _Incoming) -> None:
         """Copy the file into the results directory, inspecting its head on the way."""
-        name = inc.name
+        name = inc.path.name
         try:
             fd = os.open(inc.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError as exc:
@@ -547,7 +541,7 @@ class _ImportRun:
         for inc in todo:
             assert inc.agent_id is not None and inc.copy is not None
             jobs.append(VerifyJob(
-                label=inc.name, copy=str(inc.copy), data=inc.data, size=inc.size,
+                label=inc.path.name, copy=str(inc.copy), data=inc.data, size=inc.size,
                 agent_id=inc.agent_id, agent_key=inc.agent_key, now=now,
                 memory_staging=str(self.memory_staging) if self.memory_staging else None,
                 disk_staging_parent=str(self.results_dir.parent),
@@ -647,15 +641,15 @@ class _ImportRun:
                 events.add(
                     "result.rejected",
                     "file",
-                    inc.name[:200],
+                    printable(inc.path.name)[:200],  # the audit log holds UTF-8 text only
                     {
-                        "reason": rejected.reason[:2000],
+                        "reason": printable(rejected.reason)[:2000],
                         "check": rejected.check,
                         "claimed_agent": rejected.agent_id,
                     },
                 )
                 rows.append(
-                    ImportRow(inc.name, "rejected", rejected.reason, rejected.agent_id)
+                    ImportRow(inc.path.name, "rejected", rejected.reason, rejected.agent_id)
                 )
             try:
                 events.flush()
@@ -824,7 +818,7 @@ class _ImportRun:
                 "bundle_id": res.bundle_id,
                 "deployment": dep.id if dep else None,
                 "attempt": attempt,
-                "file": inc.name,
+                "file": printable(inc.path.name),
                 "file_sha256": inc.file_sha256,
                 "envelope": base64.b64encode(vb.envelope).decode("ascii"),
                 "flags": flags,
@@ -834,7 +828,7 @@ class _ImportRun:
             events.add("result.flag", "agent", agent.agent_id, {"flag": flag})
         _audit_job_runs(events, agent.agent_id, res.result_seq, res.body)
         row = ImportRow(
-            inc.name,
+            inc.path.name,
             "imported",
             f"{res.status}: {summary['summary']}"[:300],
             agent.agent_id,
@@ -868,7 +862,7 @@ def _audit_job_runs(events: _Events, agent_id: str, result_seq: int,
 
 def _duplicate_row(inc: _Incoming, seq: int) -> ImportRow:
     return ImportRow(
-        inc.name, "duplicate", f"already imported (audit event {seq})", inc.agent_id
+        inc.path.name, "duplicate", f"already imported (audit event {seq})", inc.agent_id
     )
 
 

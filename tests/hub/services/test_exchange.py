@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -210,13 +211,13 @@ def test_export_with_nothing_queued_writes_nothing_and_signs_no_checkpoint(
     assert world.session.query(AuditCheckpoint).count() == before
 
 
-def test_files_with_odd_names_are_imported_and_named_escaped(world: World,
-                                                              tmp_path: Path) -> None:
+def test_files_with_odd_names_are_imported_and_audited_escaped(world: World,
+                                                                tmp_path: Path) -> None:
     """A name with a byte that is not UTF-8 made its audit event unwritable: the whole
     import failed (a raw traceback; no file of the directory imported). Odd names — such
-    bytes, a newline, ESC, a leading dash, spaces — are imported or refused like any
-    other, named with those characters escaped (as the agent's inbox names them)."""
-    from sqlalchemy import func, select
+    bytes, a newline, ESC, a leading dash, spaces — are imported or refused like any other;
+    the audit log names them escaped as the agent's inbox and the CLI's tables do."""
+    from sqlalchemy import select
 
     from hub.db import AuditEvent
     from hub.services.audit import verify_database
@@ -224,21 +225,24 @@ def test_files_with_odd_names_are_imported_and_named_escaped(world: World,
     agent = _agent(world, tmp_path)
     media = tmp_path / "odd"
     media.mkdir()
-    names = [b"a \xff\xfe.tgr", b"b new\nline.tgr", b"c \x1b[31mred.tgr", b"-d --json.tgr"]
-    for i, raw in enumerate(names):
-        shutil.move(_result(agent, "succeeded", f"report {i}"),
-                    media / os.fsdecode(raw))
-    (media / os.fsdecode(b"e \xff garbage.tgr")).write_bytes(b"not a bundle\n")
-    (media / os.fsdecode(b"enrollment-\xff.json")).write_bytes(b"{}")
+    names = [os.fsdecode(n) for n in (b"a \xff\xfe.tgr", b"b new\nline.tgr",
+                                      b"c \x1b[31mred.tgr", b"-d --json.tgr")]
+    for i, name in enumerate(names):
+        shutil.move(_result(agent, "succeeded", f"report {i}"), media / name)
+    garbage, request = os.fsdecode(b"e \xff garbage.tgr"), os.fsdecode(b"enrollment-\xff.json")
+    (media / garbage).write_bytes(b"not a bundle\n")
+    (media / request).write_bytes(b"{}")
     rows = import_directory(world.ctx("op"), media, results_dir=tmp_path / "r").rows
     assert [(r.file, r.status) for r in rows] == [
-        ("-d --json.tgr", "imported"), ("a \\xff\\xfe.tgr", "imported"),
-        ("b new\\x0aline.tgr", "imported"), ("c \\x1b[31mred.tgr", "imported"),
-        ("e \\xff garbage.tgr", "rejected"), ("enrollment-\\xff.json", "rejected")]
-    assert "bundle e \\xff garbage.tgr is truncated" in str(rows[4].reason)
-    files = world.session.scalars(select(AuditEvent.details).where(
-        AuditEvent.action.in_(("result.import", "result.rejected")))).all()
-    assert len(files) == 6 and not any("\n" in f or "\x1b" in f for f in files)
-    assert world.session.scalar(select(func.count()).select_from(AuditEvent)) > 0
+        (names[3], "imported"), (names[0], "imported"), (names[1], "imported"),
+        (names[2], "imported"), (garbage, "rejected"), (request, "rejected")]
+    audited = {e.object_id: e.details for e in world.session.scalars(select(AuditEvent).where(
+        AuditEvent.action == "result.rejected"))}
+    assert sorted(audited) == ["e \\xff garbage.tgr", "enrollment-\\xff.json"]
+    assert "bundle e \\\\xff garbage.tgr is truncated" in audited["e \\xff garbage.tgr"]
+    files = sorted(json.loads(d)["file"] for d in world.session.scalars(
+        select(AuditEvent.details).where(AuditEvent.action == "result.import")))
+    assert files == ["-d --json.tgr", "a \\xff\\xfe.tgr", "b new\\x0aline.tgr",
+                     "c \\x1b[31mred.tgr"]
     assert verify_database(world.session, world.keys.hub).ok
     agent.close()
