@@ -38,7 +38,6 @@ from sqlalchemy import (
     event,
     inspect,
 )
-from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -138,6 +137,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     def load_dialect_impl(self, dialect: Dialect) -> Any:
         # Microseconds on MySQL/MariaDB too: audit event times are hashed with them.
         if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects import mysql  # loaded with the dialect's engine anyway
+
             return dialect.type_descriptor(mysql.DATETIME(fsp=6))
         return dialect.type_descriptor(DateTime())
 

@@ -24,7 +24,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import psycopg
 from sqlalchemy.engine import make_url
 
 from hub.db import normalize_url
@@ -57,6 +56,8 @@ class Listener:
 
     async def run(self) -> None:
         """Listen until cancelled; reconnect every :data:`RECONNECT_S` after a failure."""
+        import psycopg  # only a hub on PostgreSQL listens (not imported on SQLite, MariaDB)
+
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,37 @@ def run(*args: str, check: bool = True, env: dict[str, str] | None = None,
     if check and proc.returncode != 0:
         raise AssertionError(f"tiangong {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+#: One process running several `tiangong` command lines in turn (``run_many``): each goes
+#: through the real command line (``tiangong.cli.root``), as `tiangong ARGS` would.
+_MANY = r"""
+import json, sys
+from tiangong.cli import root
+for args in json.loads(sys.argv[1]):
+    print(f"$ tiangong {' '.join(args)}", flush=True)
+    try:
+        root.main(args, prog_name="tiangong")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code != 0:
+            print(f"tiangong {' '.join(args)} exited {code}", file=sys.stderr)
+            sys.exit(code)
+"""
+
+
+def run_many(*commands: Sequence[str], env: dict[str, str] | None = None,
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``commands`` (each the arguments of one `tiangong` command) one after the other in
+    ONE process, stopping at the first that fails (an AssertionError naming it): for setting
+    up state with the commands a test is not about, at the cost of one process start instead
+    of one per command. The output of each follows a ``$ tiangong ARGS`` line."""
+    proc = subprocess.run([sys.executable, "-c", _MANY, json.dumps([list(c) for c in commands])],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, check=False)
+    if proc.returncode != 0:
+        raise AssertionError(f"run_many exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
@@ -108,11 +140,11 @@ def media_site(tmp_path: Path, *, people: tuple[tuple[str, str], ...] = SITE_PEO
                    check=check)
 
     hub("init", "--admin", "admin", "--hub-id", hub_id, "--insecure-no-passphrase")
-    for name in dict.fromkeys(name for name, _ in people):  # a person may have two roles
-        hub("users", "create", name)
-    for name, role in people:
-        hub("users", "grant", name, role)
-    hub("environments", "create", "plant-a")
+    admin = ("hub", "--local-admin", "admin")
+    run_many(*[(*admin, "users", "create", name)  # a person may have two roles
+               for name in dict.fromkeys(name for name, _ in people)],
+             *[(*admin, "users", "grant", name, role) for name, role in people],
+             (*admin, "environments", "create", "plant-a"), env=env)
     home = tmp_path / "agent"
     run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
         "--environment", "plant-a")

@@ -11,7 +11,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.e2e.conftest import TIANGONG, run, set_fast_inbox, wait_for
+from tests.e2e.conftest import TIANGONG, run, run_many, set_fast_inbox, wait_for
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
 
@@ -35,12 +35,15 @@ def test_promote_subscribe_recall_with_real_processes(tmp_path: Path) -> None:
     def js(*args: str, user: str = "admin") -> object:
         return json.loads(hub(*args, "--json", user=user).stdout)
 
+    def as_(user: str, *args: str) -> tuple[str, ...]:  # for run_many (setup steps)
+        return ("hub", "--local-admin", user, *args)
+
     hub("init", "--admin", "admin", "--hub-id", "hub-channels")
-    for name, role in (("alice", "developer"), ("bob", "approver"), ("carol", "operator")):
-        hub("users", "create", name)
-        hub("users", "grant", name, role)
-    hub("users", "grant", "alice", "approver")
-    hub("environments", "create", "plant-a")
+    people = (("alice", "developer"), ("bob", "approver"), ("carol", "operator"))
+    run_many(*[as_("admin", "users", "create", name) for name, _ in people],
+             *[as_("admin", "users", "grant", name, role) for name, role in people],
+             as_("admin", "users", "grant", "alice", "approver"),
+             as_("admin", "environments", "create", "plant-a"), env=env)
     home = tmp_path / "agent"
     run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
         "--environment", "plant-a")
@@ -97,12 +100,12 @@ def test_promote_subscribe_recall_with_real_processes(tmp_path: Path) -> None:
     assert shown["state"] == "lost"  # type: ignore[index]
 
     # The next release carries the decision to the site.
-    hub("releases", "create", str(_version(tmp_path, "1.0.1")), user="alice")
-    hub("releases", "submit", "hello", "1.0.1", user="alice")
-    hub("releases", "approve", "hello", "1.0.1", user="bob")
-    hub("releases", "promote", "hello", "1.0.1", user="carol")
-    hub("releases", "approve-promotion", "hello", "1.0.1", user="bob")
-    hub("releases", "promote", "hello", "1.0.1", user="carol")
+    run_many(as_("alice", "releases", "create", str(_version(tmp_path, "1.0.1"))),
+             as_("alice", "releases", "submit", "hello", "1.0.1"),
+             as_("bob", "releases", "approve", "hello", "1.0.1"),
+             as_("carol", "releases", "promote", "hello", "1.0.1"),
+             as_("bob", "releases", "approve-promotion", "hello", "1.0.1"),
+             as_("carol", "releases", "promote", "hello", "1.0.1"), env=env)
     usb2 = tmp_path / "usb2"
     hub("export", "--environment", "plant-a", "--out", str(usb2), user="carol")
     (next_bundle,) = usb2.glob("*.tgb")
