@@ -123,6 +123,7 @@ MAX_SMALL_WORKERS = 4  # threads compressing small members at once
 _SMALL_AHEAD = 16  # small frames compressed ahead of the one taken next (memory bound)
 _PIPE_CHUNKS = 4  # chunks (at most BUFFER_BYTES each) queued for a hashing or writing thread
 _COPY_STEP = 8 * 1024 * 1024  # bytes per copy_file_range call (progress granularity)
+_SMALL_SPOOL = "small.zst"  # the spool file of the small frames, in the spool directory
 
 #: ``progress(phase, done, total)``: phase is ``"compress"`` (content bytes read),
 #: ``"write"`` (bundle bytes written) or ``"verify"`` (bundle bytes re-read).
@@ -1212,6 +1213,9 @@ class _Direct:
     label: str = ""  # how messages name the bundle; empty: placed frames are not re-read
     predicted: int | None = None  # the head size large frames were placed for
     check: _PlacedCheck | None = None
+    checking: set[int] = dataclasses.field(default_factory=set)  # offsets handed to check
+    small: _SmallPlacer | None = None
+    prewritten: set[int] = dataclasses.field(default_factory=set)  # member offsets in place
 
     def placed(self, offset: int, entry: FileEntry) -> None:
         """A frame was compressed into the file at ``offset``: re-read it meanwhile."""
@@ -1219,18 +1223,108 @@ class _Direct:
             if self.check is None:
                 self.check = _PlacedCheck(self.fd, self.label)
             self.check.add(offset, entry)
+            self.checking.add(offset)
+
+    def place_small(self, members: list[tuple[FileEntry, _Frame, int]]) -> None:
+        """Copy these spooled small members (entry, spool frame, member offset) into the
+        file at their places, in a thread (:class:`_SmallPlacer`)."""
+        if members:
+            if self.small is None:
+                self.small = _SmallPlacer(self.fd)
+            self.small.add(members)
+            self.prewritten.update(at for _, _, at in members)
+
+    def small_done(self) -> None:
+        """Wait for the small members handed over (raise what failed)."""
+        if self.small is not None:
+            small, self.small = self.small, None
+            small.finish()
 
     def checked(self) -> set[int]:
         """Offsets of the placed frames that read back as written (raises if one did not)."""
         return set() if self.check is None else self.check.finish()
 
     def close(self) -> None:
+        if self.small is not None:
+            self.small.close()
+            self.small = None
         if self.check is not None:
             self.check.close()
             self.check = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class _SmallPlacer:
+    """Writes small members — header, frame read from the shared spool, padding — into the
+    bundle's temporary file at their final offsets, in a thread of its own, while the large
+    payloads are compressed (§12.3): the writer then only skips over them. Consecutive
+    members are gathered and written with one call per ``ASSEMBLE_BYTES``."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pool = ThreadPoolExecutor(1, "bundle-small-place")
+        self._jobs: list[Future[None]] = []
+        self._sources: dict[Path, int] = {}  # spool files, opened by the thread
+
+    def add(self, members: list[tuple[FileEntry, _Frame, int]]) -> None:
+        self._jobs.append(self._pool.submit(self._place, list(members)))
+
+    def finish(self) -> None:
+        """Wait for every member handed over; raise the first error."""
+        try:
+            for job in self._jobs:
+                job.result()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for job in self._jobs:
+            job.cancel()
+        self._pool.shutdown()
+        for src in self._sources.values():
+            os.close(src)
+        self._sources.clear()
+
+    def _place(self, members: list[tuple[FileEntry, _Frame, int]]) -> None:
+        i = 0
+        while i < len(members):
+            # A run of members next to each other both in the file and in the spool (as
+            # small frames are): one read, one write.
+            first, frame, at = members[i]
+            j, end = i + 1, frame.offset + first.compressed_size
+            span = member_span(first.compressed_size)
+            while j < len(members) and span < ASSEMBLE_BYTES:
+                entry, nxt, place = members[j]
+                if place != at + span or nxt.path != frame.path or nxt.offset != end:
+                    break
+                end += entry.compressed_size
+                span += member_span(entry.compressed_size)
+                j += 1
+            src = self._sources.get(frame.path)
+            if src is None:
+                src = self._sources[frame.path] = os.open(frame.path,
+                                                          os.O_RDONLY | os.O_CLOEXEC)
+            data = memoryview(os.pread(src, end - frame.offset, frame.offset))
+            if len(data) != end - frame.offset:
+                raise OSError(errno.EIO, f"spool file {frame.path} ended early")
+            buf = bytearray()
+            got = 0
+            for entry, _, _ in members[i:j]:
+                buf += encode_header(entry.member, entry.compressed_size)
+                buf += data[got:got + entry.compressed_size]
+                buf += padding(entry.compressed_size)
+                got += entry.compressed_size
+            self._write(buf, at)
+            i = j
+
+    def _write(self, buf: bytearray, at: int) -> None:
+        view = memoryview(buf)
+        while view:
+            n = os.pwrite(self._fd, view, at)
+            at += n
+            view = view[n:]
 
 
 def _head_size(manifest: Manifest, entries: Sequence[FileEntry],
@@ -1350,18 +1444,33 @@ def _compress_missing(job: _Job, threads: int, direct: _Direct | None) -> None:
     # the bundle file when the head's size is known well enough to place them (§12.3).
     compressors = _Compressors(level, threads)
     at: int | None = None  # where the next member starts in the bundle file
+    small = spool_root / _SMALL_SPOOL
+    # Small members whose place is known, not yet handed to direct.place_small.
+    known: list[tuple[FileEntry, _Frame, int]] = []
+
+    def place(j: int, entry: FileEntry, offset: int) -> None:
+        frame = sources[j]
+        if direct is not None and frame is not None and frame.path == small:
+            known.append((entry, frame, offset))
+            sources[j] = _Frame(direct.path, offset + BLOCK)
+
     for i, size in enumerate(sizes):
         entry = entries[i]
         if entry is not None:
             if at is not None:
+                place(i, entry, at)
                 at += member_span(entry.compressed_size)
             continue
         dest = dests[i]
         if dest is None and direct is not None and _fits_one_header(size):
             if at is None:
-                direct.predicted = direct.head_size(_predicted(payloads, entries, sizes))
-                at = direct.predicted + sum(member_span(e.compressed_size)
-                                            for e in entries[:i] if e is not None)
+                direct.predicted = at = direct.head_size(_predicted(payloads, entries, sizes))
+                for j, before in enumerate(entries[:i]):
+                    if before is not None:
+                        place(j, before, at)
+                        at += member_span(before.compressed_size)
+            direct.place_small(known)  # copied while this payload is compressed
+            known = []
             entry = _compress_one(i + 1, payloads[i], (direct.fd, at + BLOCK), compressors,
                                   tick)
             sources[i] = _Frame(direct.path, at + BLOCK)
@@ -1375,6 +1484,8 @@ def _compress_missing(job: _Job, threads: int, direct: _Direct | None) -> None:
             if at is not None:
                 at += member_span(entry.compressed_size)
         entries[i] = entry
+    if direct is not None:
+        direct.place_small(known)
 
 
 def _fits_one_header(size: int) -> bool:
@@ -1414,7 +1525,7 @@ def _compress_small_ones(job: _Job, workers: int) -> None:
             local.compressors = _Compressors(job.level, 1)
         return _compress_small(payloads[i], local.compressors)
 
-    shared = job.spool_root / "small.zst"
+    shared = job.spool_root / _SMALL_SPOOL
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(shared, "xb", opener=_private))
         pool = None
@@ -1581,10 +1692,15 @@ def _frame_and_write(
         report("write", 0, total)
         placed = [] if direct is None else [f for f in sources if f.path == direct.path]
         placed_checked: Callable[[], set[int]] = set
+        prewritten: set[int] = set()
+        checking: set[int] = set()
+        if direct is not None:
+            direct.small_done()  # the small members copied into it, wherever they go next
         if direct is not None and (not placed or direct.predicted == len(head)):
             # The frames compressed into this file are where the head leaves them; the
             # re-read waits for their checks when it reaches them.
             placed_checked = direct.checked
+            prewritten, checking = direct.prewritten, direct.checking
             fd, tmp = direct.fd, direct.path
             direct.fd = -1
             os.lseek(fd, 0, os.SEEK_SET)
@@ -1600,7 +1716,7 @@ def _frame_and_write(
                 layout.append(_Expect(data=encode_header(entry.member, entry.compressed_size)))
                 layout.append(_Expect(size=entry.compressed_size,
                                       sha256=entry.compressed_sha256, entry=entry,
-                                      placed=frame.path == tmp))
+                                      placed=frame.path == tmp and frame.offset in checking))
                 layout.append(_Expect(data=padding(entry.compressed_size)))
             layout.append(_Expect(data=END_OF_ARCHIVE))
             readback = _ReadBack(fd, strip_part_suffix(out.name), layout, total,
@@ -1619,7 +1735,15 @@ def _frame_and_write(
         opened: dict[Path, int] = {}
         try:
             put(head)
+            skip = 0  # bytes of members written in place already, not yet skipped over
             for entry, frame in zip(entries, sources, strict=True):
+                if written + skip in prewritten and frame.path == tmp:
+                    skip += member_span(entry.compressed_size)
+                    continue
+                if skip:
+                    os.lseek(fd, skip, os.SEEK_CUR)
+                    counted(skip)
+                    skip = 0
                 put(encode_header(entry.member, entry.compressed_size))
                 if frame.path == tmp and frame.offset == written:
                     os.lseek(fd, entry.compressed_size, os.SEEK_CUR)  # already in place
@@ -1631,6 +1755,9 @@ def _frame_and_write(
                                                            os.O_RDONLY | os.O_CLOEXEC)
                     _copy_fd(src, fd, entry.compressed_size, counted, frame.offset)
                 put(padding(entry.compressed_size))
+            if skip:
+                os.lseek(fd, skip, os.SEEK_CUR)
+                counted(skip)
             put(END_OF_ARCHIVE)
             os.fsync(fd)
             if readback is None:

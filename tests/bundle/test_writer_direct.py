@@ -94,9 +94,18 @@ def test_frames_placed_in_the_file_give_the_same_bundle(
     files = make_files(src, _contents())
     reference = _reference(trust, files, tmp_path)
     made = _temps_made(monkeypatch)
+    handed: list[str] = []  # small members written in place while large ones compress
+    real = writer_mod._SmallPlacer.add
+
+    def add(self: Any, members: list[tuple[Any, Any, int]]) -> None:
+        handed.extend(entry.name for entry, _, _ in members)
+        real(self, members)
+
+    monkeypatch.setattr(writer_mod._SmallPlacer, "add", add)
     w = write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key])
     assert w.paths[0].read_bytes() == reference
     assert len(made) == 1  # the prediction held: no second temporary file, no copy
+    assert handed == ["a.sql", "d.yaml", "f"]
     assert os.listdir(out) == ["b.tgb"]
     verify_written(w)
 
@@ -192,12 +201,13 @@ def test_without_sync_file_range_the_final_re_read_checks_placed_frames(
     assert os.listdir(out) == []
 
 
-@pytest.mark.parametrize("where", ["placed", "spooled"])
+@pytest.mark.parametrize("where", ["placed", "spooled", "small"])
 def test_a_full_disk_while_a_frame_is_written(
         trust: TrustKit, src: Path, out: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, where: str) -> None:
-    """The frame of a large payload is written by a thread of its own: its error reaches
-    the caller, nothing is left in the output directory, and no thread stays behind."""
+    """A large payload's frame, and the small members written in place, are written by
+    threads of their own: their error reaches the caller, nothing is left in the output
+    directory, and no thread stays behind."""
     files = make_files(src, _contents())
     before = {t.name for t in threading.enumerate()}
     if where == "placed":
@@ -206,6 +216,12 @@ def test_a_full_disk_while_a_frame_is_written(
 
         monkeypatch.setattr(writer_mod.os, "pwrite", pwrite)
         kwargs: dict[str, Any] = {}
+    elif where == "small":  # the thread writing small members in place
+        def place(self: Any, buf: bytearray, at: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(writer_mod._SmallPlacer, "_write", place)
+        kwargs = {}
     else:
         def write(self: Any, data: bytes) -> int:
             raise OSError(errno.ENOSPC, "No space left on device")
