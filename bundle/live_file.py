@@ -146,7 +146,9 @@ class FileReceiver:
         self._pool = None if inline else ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"live-file-{offer.transfer}"[:40])
         # fsyncs beside the writing (a file in a thread only: inline, an fsync is the
-        # caller's anyway, and without a file there is nothing to flush)
+        # caller's anyway, and without a file there is nothing to flush); its thread starts
+        # with the first sync() (a hub's result under 8 MiB never has one)
+        self._handed_syncs = 0  # fsyncs handed to the syncer (counted in the worker)
         self._syncer = None if inline or fh is None else ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"live-sync-{offer.transfer}"[:40])
 
@@ -238,7 +240,7 @@ class FileReceiver:
     def _wait_syncer(self) -> None:
         """In the worker: return once every fsync handed to the syncer is done; raises the
         first failure (the syncer runs its fsyncs in order, one at a time)."""
-        if self._syncer is not None:
+        if self._syncer is not None and self._handed_syncs:  # else it never started
             self._syncer.submit(lambda: None).result()
         if self._error is not None:
             raise self._error
@@ -314,6 +316,7 @@ class FileReceiver:
         durable: Future[int] = Future()
 
         def hand_over() -> None:  # in the worker, after every chunk handed over before
+            self._handed_syncs += 1
             flushed = syncer.submit(self._fsync_written, self._receiver.offset)
             flushed.add_done_callback(lambda f: _pass_on(f, durable))
 

@@ -326,3 +326,22 @@ def test_a_failed_fsync_fails_the_transfer_and_nothing_more_is_written(
 
     asyncio.run(run())
     assert path.read_bytes() == data[:2 * MiB]  # nothing after the failure
+
+
+def test_no_fsync_thread_for_a_file_never_synced_before_finish(tmp_path: Path) -> None:
+    """A hub's result of 1–8 MiB gets no sync() before DONE: finish() fsyncs it in the
+    worker, and no second thread is started for nothing."""
+    data = os.urandom(3 * MiB)
+    path = tmp_path / "x.part"
+    file = FileReceiver.open(path, _offer(data))
+
+    async def run() -> None:
+        for offset, chunk in _chunks(data):
+            file.write(offset, chunk)
+        await file.wait(file.finish())
+
+    asyncio.run(run())
+    names = {t.name for t in threading.enumerate()}
+    file.close()
+    assert not any(n.startswith("live-sync") for n in names)
+    assert file.durable == len(data) and path.read_bytes() == data
