@@ -124,6 +124,7 @@ _SMALL_AHEAD = 16  # small frames compressed ahead of the one taken next (memory
 _PIPE_CHUNKS = 4  # chunks (at most BUFFER_BYTES each) queued for a hashing or writing thread
 _COPY_STEP = 8 * 1024 * 1024  # bytes per copy_file_range call (progress granularity)
 _SMALL_SPOOL = "small.zst"  # the spool file of the small frames, in the spool directory
+_PLACE_BYTES = 4 * 1024 * 1024  # bytes of small members read and written in place at once
 
 #: ``progress(phase, done, total)``: phase is ``"compress"`` (content bytes read),
 #: ``"write"`` (bundle bytes written) or ``"verify"`` (bundle bytes re-read).
@@ -1260,7 +1261,7 @@ class _SmallPlacer:
     """Writes small members — header, frame read from the shared spool, padding — into the
     bundle's temporary file at their final offsets, in a thread of its own, while the large
     payloads are compressed (§12.3): the writer then only skips over them. Consecutive
-    members are gathered and written with one call per ``ASSEMBLE_BYTES``."""
+    members are gathered and written with one call per ``_PLACE_BYTES``."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
@@ -1295,7 +1296,7 @@ class _SmallPlacer:
             first, frame, at = members[i]
             j, end = i + 1, frame.offset + first.compressed_size
             span = member_span(first.compressed_size)
-            while j < len(members) and span < ASSEMBLE_BYTES:
+            while j < len(members) and span < _PLACE_BYTES:
                 entry, nxt, place = members[j]
                 if place != at + span or nxt.path != frame.path or nxt.offset != end:
                     break
