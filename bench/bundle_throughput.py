@@ -27,6 +27,11 @@ Usage::
     .venv/bin/python bench/bundle_throughput.py --size 4G --repeat 3
     .venv/bin/python bench/bundle_throughput.py --soak          # = --size 4G --repeat 3
     .venv/bin/python bench/bundle_throughput.py --create-only --repeat 5   # iterate on create
+    .venv/bin/python bench/bundle_throughput.py --create-only --before /tmp/old  # A/B
+
+``--before DIR`` also times ``bundle create`` from another source tree (``PYTHONPATH=DIR``
+with this checkout's interpreter, e.g. ``git archive COMMIT | tar -x -C DIR``), in the same
+alternation, and prints before/after.
 """
 
 from __future__ import annotations
@@ -214,11 +219,11 @@ class Runner:
             return False
         return True
 
-    def run(self, argv: list[str], *, cwd: Path) -> Run:
+    def run(self, argv: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> Run:
         if self.drop_caches:
             self._try_drop()
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=cwd, env=self.env, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(argv, cwd=cwd, env=env or self.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         # Read the (small) output before reaping; wait4 gives this child's own rusage.
         out, err = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
@@ -252,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"smoke run: {' '.join(QUICK_ARGS)}")
     ap.add_argument("--create-only", action="store_true",
                     help="time only create and its baselines (half the time per repeat)")
+    ap.add_argument("--before", type=Path, metavar="DIR",
+                    help="also time bundle create from the source tree DIR (PYTHONPATH)")
     args = ap.parse_args(argv)
     if args.soak:
         args = ap.parse_args([*SOAK_ARGS, *(argv if argv is not None else sys.argv[1:])])
@@ -312,6 +319,13 @@ def _bench(args: argparse.Namespace, work: Path, tiangong: str, env: dict[str, s
     # Informational: the same pipelines made as durable as Tiangong (which fsyncs its output
     # and every staged file). The ratios above are against the plain pipelines.
     create_sync = ["sh", "-c", create_base[2] + " && sync"]
+    before_env = None
+    create_before: list[str] = []
+    if args.before is not None:
+        before_env = dict(env, PYTHONPATH=str(args.before.resolve()))
+        create_before = [sys.executable, "-c", "import sys; from tiangong.cli import main; "
+                         "sys.argv[0] = 'tiangong'; sys.exit(main())", *create_tg[1:]]
+        create_before[create_before.index("out.tgb")] = "out-before.tgb"
     verify_sync = ["sh", "-c", verify_base[2] + " && sync"]
 
     print(f"payload: {content:,} bytes in {nfiles} files ({N_LAYERS} random layers, "
@@ -329,6 +343,8 @@ def _bench(args: argparse.Namespace, work: Path, tiangong: str, env: dict[str, s
             runner.run(argv, cwd=work)
 
     keys = ["create_tg", "create_base", "create_sync"]
+    if create_before:
+        keys.append("create_before")
     if not args.create_only:
         keys += ["verify_tg", "verify_base", "verify_sync"]
     results: dict[str, list[Run]] = {k: [] for k in keys}
@@ -336,12 +352,16 @@ def _bench(args: argparse.Namespace, work: Path, tiangong: str, env: dict[str, s
         # Alternate which side goes first so drift (thermal, other load) hits both.
         order = [("create_tg", create_tg), ("create_base", create_base),
                  ("create_sync", create_sync)]
+        if create_before:
+            order.insert(1, ("create_before", create_before))
         if i % 2:
             order.reverse()
         for key, argv in order:
             if key == "create_tg":
                 (work / "out.tgb").unlink(missing_ok=True)
-            results[key].append(runner.run(argv, cwd=work))
+            (work / "out-before.tgb").unlink(missing_ok=True)
+            results[key].append(runner.run(
+                argv, cwd=work, env=before_env if key == "create_before" else None))
         order = [("verify_tg", verify_tg), ("verify_base", verify_base),
                  ("verify_sync", verify_sync)]
         if i % 2:
@@ -364,6 +384,7 @@ def _bench(args: argparse.Namespace, work: Path, tiangong: str, env: dict[str, s
         "create_tg": "tiangong bundle create",
         "create_base": "tar | zstd -3 -T0 | tee | openssl dgst",
         "create_sync": "  same, then sync (informational)",
+        "create_before": f"  bundle create from {args.before}",
         "verify_tg": "tiangong bundle verify (full, staged)",
         "verify_base": "openssl dgst && zstd -d | tar -x",
         "verify_sync": "  same, then sync (informational)",
@@ -398,6 +419,12 @@ def _bench(args: argparse.Namespace, work: Path, tiangong: str, env: dict[str, s
         print(f"best of {args.repeat} (informational): create ratio "
               f"{ratio('create_base', 'create_tg', True)}, verify ratio "
               f"{ratio('verify_base', 'verify_tg', True)}")
+    if create_before:
+        print(f"before/after (informational): bundle create from {args.before} "
+              f"{m['create_before'].seconds:.2f} s, this checkout {m['create_tg'].seconds:.2f} s "
+              f"(x{m['create_before'].seconds / m['create_tg'].seconds:.2f}); against the "
+              f"pipeline + sync: before {ratio('create_sync', 'create_before')}, after "
+              f"{ratio('create_sync', 'create_tg')}")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
     def verdict(value: float, target: float) -> str:
