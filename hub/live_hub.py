@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State as WsState
@@ -84,7 +84,7 @@ from bundle.sync.errors import (
     UnknownAgentError,
 )
 from hub.db import Agent as AgentRow
-from hub.db import Deployment
+from hub.db import Deployment, Environment
 from hub.errors import HubError
 from hub.live_exports import ExportWorkers, WorkerFailed, WorkerLost
 from hub.live_files import (
@@ -101,7 +101,7 @@ from hub.metrics import LiveMetrics
 from hub.services import audit
 from hub.services.agents import get_agent
 from hub.services.context import HubKeys, ServiceContext, utc_now
-from hub.services.deployments import transition
+from hub.services.deployments import mark_delivered_many
 from hub.services.exchange import export_environment, import_result
 from hub.services.export import ExportedBundle, export_agents
 from hub.services.export_claims import my_token
@@ -136,6 +136,9 @@ INLINE_HASH_BYTES = 1024 * 1024  # spooled files up to this size are hashed on t
 MAX_PARTIALS = 4  # partial uploads kept per agent (MAX_TRANSFERS of the protocol)
 HANDSHAKE_MESSAGE_BYTES = 3 + MAX_HEADER_BYTES  # bytes of one message before authentication
 CLOSE_SECONDS = 5.0  # seconds a closing handshake may take before the socket is cut
+#: seconds between two polls of the database (not woken by a NOTIFY) while a burst of this
+#: process runs: each poll reads every deployment still queued in it
+BURST_POLL_SECONDS = 1.0
 SWEEP_SECONDS = 60.0  # seconds between two sweeps of abandoned partial uploads (at most)
 TOO_LARGE = "too-large"  # CANCEL code: a result over [live] max_result_bytes (§4.1)
 REJECTED = "rejected"  # CANCEL code: the importer refused the received result (§4.3)
@@ -268,6 +271,7 @@ class LiveHub:
         self._listener = Listener(notify_dsn, self._wake_up) if notify_dsn else None
         self._listening: asyncio.Task[None] | None = None
         self._woken = False  # a wake-up arrived since the last round
+        self._bursts = 0  # _push_burst calls under way
         # agents whose export failed on a database error after claiming (see _export);
         # added to by export threads, read by the push loop: under its lock
         self._unclaim: set[str] = set()
@@ -577,10 +581,10 @@ class LiveHub:
                 log.info("live: released the export claims of %s after a database error; "
                          "the next round exports them again", agent_id)
 
-    def _live_work(self, agent_ids: set[str]) -> list[LiveWork]:
+    def _live_work(self, agent_ids: set[str], busy: set[str]) -> list[LiveWork]:
         session = self.session_factory()
         try:
-            return live_work_of(session, agent_ids, now=self.clock())
+            return live_work_of(session, agent_ids, now=self.clock(), busy=busy)
         finally:
             session.rollback()
             session.close()
@@ -598,31 +602,49 @@ class LiveHub:
         and a ``live.delivered`` event says ``how`` (``received`` / ``have-it``).
 
         One commit for a batch (a burst to 10,000 agents made 10,000 commits, behind the
-        exports), and a batch's SQL does not grow per item beyond its rows: the agents and
-        their deployments in two queries, the audit head held once
-        (:func:`hub.services.audit.held_head`: events appended in memory, inserted at the
-        commit), the deployments' updates flushed together. Per bundle this was 2.3 ms of
-        the live process's CPU in a 1,000-agent burst: as much as its export
-        (docs/benchmarks.md, "Session 7: live burst"). The spool directories the bundles
-        left (for ``sent/``) are fsynced first, each once."""
+        exports), and a batch's SQL does not grow per item beyond its rows: with the audit
+        head held (:func:`hub.services.audit.held_head`), the agents and their deployments
+        in two queries of plain rows, the deployments' updates in one executemany statement
+        (:func:`hub.services.deployments.mark_delivered_many`), the events in one insert.
+        Per bundle this was 2.3 ms of the live process's CPU in a 1,000-agent burst, then
+        0.3 ms with ORM objects (docs/benchmarks.md, "Session 7: live burst", "Session 8:
+        live burst"). The spool directories the bundles left (for ``sent/``) are fsynced
+        first, each once."""
         for directory in sorted({self.spool_root / agent_id for agent_id, _, _ in items}):
             with contextlib.suppress(FileNotFoundError):
                 fsync_dir(directory)
-        with self._services() as ctx:
+        with self._services() as ctx, audit.held_head(ctx.session):
             found = _delivered_deployments(ctx.session, items)
-            with audit.held_head(ctx.session):
-                for agent_id, name, how in items:
-                    dep = found.get((agent_id, name))
-                    if dep is not None and dep.state == "exported":
-                        # Delivery is the last leg of export (the live server's own
-                        # permission).
-                        transition(ctx, dep, "delivered", action="bundle.export", flush=False)
-                        waited = (ctx.now() - dep.queued_at).total_seconds()
-                        self.metrics.push_latency.observe(max(0.0, waited))
-                    audit.record(ctx, "live.delivered", "deployment" if dep else "agent",
-                                 str(dep.id) if dep else agent_id,
-                                 {"agent_id": agent_id, "file": name, "how": how,
-                                  "state": dep.state if dep else None})
+            environments = {env_id: ctx.session.get(Environment, env_id) for env_id in
+                            {row.environment_id for row in found.values()} - {None}}
+            moved: list[tuple[int, Environment | None]] = []
+            # per item: its deployment row (None: a plan's file), its state after the batch,
+            # whether this batch moves it (its deployment.delivered event comes first)
+            told: list[tuple[Any, str | None, bool]] = []
+            done: set[int] = set()
+            for agent_id, name, _ in items:
+                row = found.get((agent_id, name))
+                if row is None:
+                    told.append((None, None, False))
+                elif row.state == "exported" and row.id not in done:
+                    # Delivery is the last leg of export (the live server's own permission).
+                    done.add(row.id)
+                    moved.append((row.id, environments.get(row.environment_id)))
+                    told.append((row, "delivered", True))
+                    waited = (ctx.now() - row.queued_at).total_seconds()
+                    self.metrics.push_latency.observe(max(0.0, waited))
+                else:
+                    told.append((row, "delivered" if row.id in done else row.state, False))
+            transitions = iter(mark_delivered_many(ctx, moved))
+            events: list[audit.NewEvent] = []
+            for (agent_id, name, how), (row, state, moves) in zip(items, told, strict=True):
+                if moves:
+                    events.append(next(transitions))
+                events.append(("live.delivered", "deployment" if row else "agent",
+                               str(row.id) if row else agent_id,
+                               {"agent_id": agent_id, "file": name, "how": how,
+                                "state": state}))
+            audit.record_many(ctx, events)
 
     def _import(self, path: Path) -> tuple[str, str]:
         """Import one received result; (status, reason) as the importer says."""
@@ -902,7 +924,8 @@ class LiveHub:
         """Every ``poll_interval``: write presence, audit refusals, sweep partial uploads,
         and — when woken by a NOTIFY, when not listening (SQLite, MariaDB, PostgreSQL
         connection down), or every :data:`NOTIFY_FALLBACK_POLL_S` as a safety net — ask the
-        database for work (:meth:`poll_once`)."""
+        database for work (:meth:`poll_once`); while a burst runs, not woken, at most every
+        :data:`BURST_POLL_SECONDS`."""
         flushed = time.monotonic()
         polled = 0.0
         while True:
@@ -921,8 +944,9 @@ class LiveHub:
                 if not self.peers:
                     continue  # nobody to push to: no query at all
                 listening = self._listener is not None and self._listener.listening
-                if (listening and not woken
-                        and time.monotonic() - polled < NOTIFY_FALLBACK_POLL_S):
+                since = time.monotonic() - polled
+                if not woken and ((listening and since < NOTIFY_FALLBACK_POLL_S)
+                                  or (self._bursts and since < BURST_POLL_SECONDS)):
                     continue
                 polled = time.monotonic()
                 self.metrics.wakeups.labels("notify" if woken else "poll").inc()
@@ -965,7 +989,11 @@ class LiveHub:
         time; an export that failed is retried after :data:`EXPORT_RETRY_SECONDS` unless the
         queued work changed)."""
         due: list[tuple[str, tuple[int, int | None]]] = []
-        found = await asyncio.to_thread(self._live_work, set(self.peers))
+        # During a burst most queued agents are in it already: left out in the thread, not
+        # made into LiveWork objects to be skipped here (their locks are held).
+        busy = ({a for a, lock in self._push_locks.items() if lock.locked()}
+                if self._bursts else set())
+        found = await asyncio.to_thread(self._live_work, set(self.peers), busy)
         # Agents without work are not in ``found``: their failed exports are forgotten.
         for agent_id in set(self._export_failed) - {w.agent_id for w in found if w.queued}:
             self._export_failed.pop(agent_id, None)
@@ -1009,6 +1037,13 @@ class LiveHub:
         and the ``delivered`` bookkeeping. Each agent's push lock is held from the start
         until its offer (agents whose push is already under way are left to it), so the next
         rounds of the push loop leave them alone."""
+        self._bursts += 1
+        try:
+            await self._push_burst_held(due)
+        finally:
+            self._bursts -= 1
+
+    async def _push_burst_held(self, due: list[tuple[str, tuple[int, int | None]]]) -> None:
         held: list[tuple[str, tuple[int, int | None], asyncio.Lock]] = []
         for agent_id, fingerprint in due:
             lock = self._push_locks.setdefault(agent_id, asyncio.Lock())
@@ -1230,8 +1265,11 @@ class LiveHub:
         if path is None or agent_id is None:
             return
         sent = path.parent / "sent"
-        sent.mkdir(exist_ok=True)
-        os.replace(path, sent / path.name)  # made durable with its record (_mark_delivered)
+        try:  # made durable with its record (_mark_delivered)
+            os.replace(path, sent / path.name)
+        except FileNotFoundError:  # the agent's first delivery: no sent/ yet
+            sent.mkdir(exist_ok=True)
+            os.replace(path, sent / path.name)
         self._digests.forget(path)
         log.info("live: %s holds %s (%s)", agent_id, path.name, how)
         self.metrics.delivered.labels(how).inc()
@@ -1523,14 +1561,18 @@ def _digests(bundles: list[ExportedBundle]) -> Iterator[tuple[str, int, str]]:
 
 
 def _delivered_deployments(session: Session, items: list[tuple[str, str, str]]
-                           ) -> dict[tuple[str, str], Deployment]:
-    """(agent id, spooled file name) -> the deployment exported into that file, for the
+                           ) -> dict[tuple[str, str], Any]:
+    """(agent id, spooled file name) -> the deployment exported into that file (a row of
+    its ``id``, ``agent_id``, ``bundle_path``, ``state``, ``queued_at`` and
+    ``environment_id``, no ORM object), for the
     items of :meth:`LiveHub._mark_delivered` that have one (a preflight plan's file has
     none). Two queries per :data:`DELIVERED_QUERY_ITEMS` items: their agents, then those
     agents' deployments of the sequences the names end in (``…-000042.tgb``,
     :func:`hub.services.export._bundle_name`), each matched on its file's exact name; a
     name without a sequence is looked up alone."""
-    found: dict[tuple[str, str], Deployment] = {}
+    found: dict[tuple[str, str], Any] = {}  # the rows of `columns`
+    columns = select(Deployment.id, Deployment.agent_id, Deployment.bundle_path,
+                     Deployment.state, Deployment.queued_at, Deployment.environment_id)
     for start in range(0, len(items), DELIVERED_QUERY_ITEMS):
         chunk = items[start:start + DELIVERED_QUERY_ITEMS]
         pks: dict[str, int] = {row.agent_id: row.id for row in session.execute(
@@ -1549,16 +1591,14 @@ def _delivered_deployments(session: Session, items: list[tuple[str, str, str]]
                 sequences.add(int(digits))
             else:
                 odd.append((pk, name))
-        with_env = selectinload(Deployment.environment)
-        candidates = list(session.scalars(
-            select(Deployment).options(with_env)
-            .where(Deployment.agent_id.in_(sorted({pk for pk, _ in wanted})),
-                   Deployment.sequence.in_(sorted(sequences)),
-                   Deployment.bundle_path.is_not(None)))) if sequences else []
+        candidates = list(session.execute(
+            columns.where(Deployment.agent_id.in_(sorted({pk for pk, _ in wanted})),
+                          Deployment.sequence.in_(sorted(sequences)),
+                          Deployment.bundle_path.is_not(None)))) if sequences else []
         for pk, name in odd:
-            candidates.extend(session.scalars(
-                select(Deployment).options(with_env)
-                .where(Deployment.agent_id == pk, Deployment.bundle_path.like(f"%{name}"))))
+            candidates.extend(session.execute(
+                columns.where(Deployment.agent_id == pk,
+                              Deployment.bundle_path.like(f"%{name}"))))
         for dep in candidates:
             if dep.agent_id is None or dep.bundle_path is None:
                 continue

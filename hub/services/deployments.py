@@ -86,6 +86,7 @@ __all__ = [
     "get_deployment",
     "get_visible_deployment",
     "list_deployments",
+    "mark_delivered_many",
     "mark_exported",
     "mark_exported_many",
     "pending_exports",
@@ -663,6 +664,46 @@ def attempt_outcome(attempt: DeploymentAttempt) -> str:
     if attempt.status == "rejected" and attempt.deployment.state == "lost":
         return REFUSED_AS_LOST
     return attempt.status
+
+
+def mark_delivered_many(
+    ctx: ServiceContext,
+    rows: Sequence[tuple[int, Environment | None]],
+) -> list[audit.NewEvent]:
+    """:func:`transition` to ``delivered`` (action ``bundle.export``) for many ``exported``
+    deployments, given as (id, environment), with one executemany UPDATE and no ORM
+    objects. The caller read them ``exported`` holding the audit head (every writer of
+    deployments takes it first) and appends the returned ``deployment.delivered`` events
+    (the ones :func:`transition` appends), one per row, in order. Per deployment this cost
+    the live server more than its bundle's export in a burst (docs/benchmarks.md,
+    "Session 8: live burst").
+
+    Raises:
+        PermissionDeniedError (operator: bundle.export, in any environment of ``rows``).
+    """
+    checked: set[int | None] = set()
+    for _, environment in rows:
+        key = None if environment is None else environment.id
+        if key not in checked:
+            require_ctx(ctx, "bundle.export", environment)
+            checked.add(key)
+    if not rows:
+        return []
+    now = ctx.now()
+    table = Deployment.__table__
+    ctx.session.execute(
+        update(table)
+        .where(table.c.id == bindparam("b_id"), table.c.state == "exported")
+        .values(state="delivered", updated_at=now,
+                delivered_at=func.coalesce(table.c.delivered_at, now))
+        .execution_options(synchronize_session=False),
+        [{"b_id": dep_id} for dep_id, _ in rows])
+    for dep_id, _ in rows:  # one the session holds is read again at its next use
+        loaded = ctx.session.identity_map.get(ctx.session.identity_key(Deployment, dep_id))
+        if loaded is not None:
+            ctx.session.expire(loaded)
+    return [("deployment.delivered", "deployment", str(dep_id),
+             {"from": "exported", "to": "delivered"}) for dep_id, _ in rows]
 
 
 def _ints(steps: Sequence[Mapping[str, Any]], key: str) -> list[int]:

@@ -182,7 +182,7 @@ def live_work(session: Session, agent_ids: Iterable[str], *,
 
 
 def live_work_of(session: Session, connected: Collection[str], *,
-                 now: datetime | None = None) -> list[LiveWork]:
+                 now: datetime | None = None, busy: Collection[str] = ()) -> list[LiveWork]:
     """What the push loop must do, for the agents in ``connected``: those with queued work
     (as :func:`live_work` counts it), those with an unexpired preflight plan (``plan``, as
     :func:`live_work` says it) and those no longer enrolled — every other connected agent is
@@ -192,7 +192,12 @@ def live_work_of(session: Session, connected: Collection[str], *,
     for the deployments waiting (by the index on ``deployments.state``) and one for the
     agents not enrolled, whatever the number of connected agents. With 10,000 agents
     connected the other way asked 20 grouped queries of 500 agents four times a second
-    (docs/benchmarks.md, "10,000 agents")."""
+    (docs/benchmarks.md, "10,000 agents").
+
+    Agents in ``busy`` (their queued work is being exported already: a burst) are left
+    out unless they are no longer enrolled: during a burst to 10,000 agents every poll
+    made an object for each agent still waiting in it (docs/benchmarks.md, "Session 8:
+    live burst")."""
     waiting = or_(and_(Deployment.state == "queued",
                        true() if now is None else or_(Deployment.hold_until.is_(None),
                                                       Deployment.hold_until <= now)),
@@ -202,7 +207,8 @@ def live_work_of(session: Session, connected: Collection[str], *,
         .join(Agent, Deployment.agent_id == Agent.id)
         .where(Deployment.state.in_(("queued", "exporting")), waiting)
         .group_by(Agent.agent_id, Agent.status)).all()
-    found = {a: LiveWork(a, s, int(n), m) for a, s, n, m in queued if a in connected}
+    found = {a: LiveWork(a, s, int(n), m) for a, s, n, m in queued
+             if a in connected and a not in busy}
     for agent_id, status in session.execute(
             select(Agent.agent_id, Agent.status).where(Agent.status != "enrolled")).all():
         if agent_id in connected and agent_id not in found:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 from websockets.asyncio.client import connect
 
@@ -38,7 +38,9 @@ from hub.live import LiveHub, start_live
 from hub.live_guard import LiveLimits
 from hub.services import export as export_service
 from hub.services.agents import EnrollmentRequest, enroll_agent
-from hub.services.deployments import queue_deployment
+from hub.errors import PermissionDeniedError
+from hub.services.audit import verify_database
+from hub.services.deployments import mark_delivered_many, queue_deployment
 from signing.keys import BoxKeyPair, SigningKey
 from tests.e2e import test_live as e2e_live
 from tests.e2e.conftest import wait_for
@@ -253,6 +255,36 @@ def test_delivered_bundles_are_recorded_as_one_batch_whatever_its_size(
     assert len(live) == len(ids) + 1
     assert live[("deployment", names[ids[0]])]["state"] == "succeeded"
     assert live[("agent", "preflight-plan.tgb")]["state"] is None
+    # The events are what transition() appended one by one: a deployment's own event right
+    # before its live.delivered, in a chain that verifies; delivered_at is set.
+    order = [(e.action, e.object_id) for e in sorted(events, key=lambda e: e.seq)]
+    for i, (action, object_id) in enumerate(order):
+        if action == "deployment.delivered":
+            assert order[i + 1] == ("live.delivered", object_id)
+    assert verify_database(world.session, world.keys.hub).ok
+    assert all(d.delivered_at is not None for d in world.session.scalars(
+        select(Deployment).where(Deployment.state == "delivered")))
+
+
+def test_delivered_bundles_of_an_actor_without_export_change_nothing(
+        file_world: World, tmp_path: Path) -> None:
+    """mark_delivered_many checks bundle.export in each environment before it writes: a
+    viewer is refused, and no deployment, no audit event changes."""
+    world = file_world
+    enroll_agent(world.ctx("op"), "test", EnrollmentRequest(
+        hostname="deny-1", ed25519_public=SigningKey.generate().public.raw.hex(),
+        x25519_public=BoxKeyPair.generate().public.raw.hex(), agent_id="deny-1",
+        environment="test", hub_id=world.keys.hub.hub_id))
+    (dep,) = queue_deployment(world.ctx("op"), _approved_release(world), "test")
+    dep.state = "exported"
+    world.session.commit()
+    head = world.session.scalar(select(func.max(AuditEvent.seq)))
+    ctx = world.ctx("view")
+    with pytest.raises(PermissionDeniedError, match="bundle.export"):
+        mark_delivered_many(ctx, [(dep.id, dep.environment)])
+    world.session.rollback()
+    assert world.session.get(Deployment, dep.id).state == "exported"  # type: ignore[union-attr]
+    assert world.session.scalar(select(func.max(AuditEvent.seq))) == head
 
 
 def test_claims_of_an_export_worker_are_released_after_its_database_error(

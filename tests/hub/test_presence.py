@@ -111,6 +111,9 @@ def test_live_work_of_names_only_connected_agents_with_something_to_do(
                     LiveWork("site-02", "revoked", 1, by_agent["site-02"])]
     assert work == [w for w in live_work(world.session, connected, now=world.clock())
                     if w.queued or w.status != "enrolled"]
+    # Agents busy in a burst already: their queued work is left out, not their revocation.
+    assert live_work_of(world.session, connected, now=world.clock(),
+                        busy={"site-01", "site-02"}) == [LiveWork("site-02", "revoked", 0, None)]
     # Exported: nothing waits any more; the revoked agent is still named.
     for dep in deps:
         dep.state = "exported"
