@@ -1230,11 +1230,14 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
         # 4. burst: queue (approved release) -> bundle received by every agent
         window = work / PROFILE_WINDOW  # --profile-hub samples the burst only
         window.touch()
-        cpu0, workers0 = hub.cpu(), hub.workers_cpu()
+        cpu0, workers0, agents0 = hub.cpu(), hub.workers_cpu(), await fleet.cpu()
         load0 = os.getloadavg()[0]
         known = {a: len(r) for a, r in fleet.received.items()}
         before_sets = {a: set(r) for a, r in fleet.received.items()}
+        t_queue = time.time()
         t_queued, count = await asyncio.to_thread(queue_release, hub.data_dir)
+        # the operator's queueing itself (not in the latencies, which start at its commit)
+        out["deliver_queue_s"] = round(t_queued - t_queue, 2)
         try:
             await fleet.wait_new(list(fleet.received), known, args.deliver_timeout)
         finally:
@@ -1248,6 +1251,8 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
         out["deliver_workers_cpu_s"] = round(hub.workers_cpu() - workers0, 2)
         out["deliver_hub_cpu_ms_per_agent"] = round(
             1000 * out["deliver_hub_cpu_s"] / max(1, count), 2)
+        # the simulated agents' processes share the 2 cores with the hub
+        out["deliver_client_cpu_s"] = round(await fleet.cpu() - agents0, 2)
         out["deliver_load_average"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
         print(f"  burst, queued -> received ({count} deployments queued at once by this "
               f"process, one per agent, found by the hub's push loop): {len(latencies)}/{n} "
@@ -1255,8 +1260,10 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
               f"{out.get('deliver_min_ms')} ms, p50 {out.get('deliver_p50_ms')} ms, p99 "
               f"{out.get('deliver_p99_ms')} ms, max {out.get('deliver_max_ms')} ms; hub CPU "
               f"{out['deliver_hub_cpu_s']} s ({out['deliver_hub_cpu_ms_per_agent']} ms per "
-              f"agent; export worker processes {out['deliver_workers_cpu_s']} s of it); load "
-              f"average {out['deliver_load_average']}",
+              f"agent; export worker processes {out['deliver_workers_cpu_s']} s of it); agent "
+              f"processes {out['deliver_client_cpu_s']} s; queueing took "
+              f"{out['deliver_queue_s']} s; load average "
+              f"{out['deliver_load_average']}",
               flush=True)
 
         # 5. logs

@@ -59,13 +59,14 @@ class SpoolDigests:
         self.limit = limit
         self._known: dict[Path, tuple[tuple[int, int, int, int], int, str]] = {}
 
-    def get(self, path: Path) -> tuple[int, str]:
-        """``(size, sha256)`` of ``path``, hashed unless known for this very file.
+    def get(self, path: Path, st: os.stat_result | None = None) -> tuple[int, str]:
+        """``(size, sha256)`` of ``path``, hashed unless known for this very file (``st``:
+        its ``stat`` as the caller just took it).
 
         Raises:
             OSError: the file cannot be read.
         """
-        st = path.stat()
+        st = path.stat() if st is None else st
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         known = self._known.get(path)
         if known is not None and known[0] == key:

@@ -698,7 +698,10 @@ class LiveHub:
                 try:
                     if timeout <= 0:
                         raise TimeoutError
-                    message = await asyncio.wait_for(ws.recv(), timeout=timeout)
+                    # Not wait_for: on Python 3.11 it runs recv() in a task of its own, an
+                    # extra task and loop turn for every message of every agent.
+                    async with asyncio.timeout(timeout):
+                        message = await ws.recv()
                 except TimeoutError:
                     if conn.is_open:
                         self.metrics.error("heartbeat_missed")
@@ -1187,23 +1190,28 @@ class LiveHub:
             await self._offer_spool(peer, agent_id)
 
     async def _offer_spool(self, peer: _Peer, agent_id: str) -> None:
-        spool = self.spool_root / agent_id
-        if not peer.conn.is_open or not spool.is_dir():
+        if not peer.conn.is_open:
             return
-        for path in sorted(spool.glob("*.tgb")):
-            transfer = path.name[: -len(".tgb")]
+        try:  # os.scandir, not Path.glob: one listing, no Path per entry (twice per agent)
+            with os.scandir(self.spool_root / agent_id) as entries:
+                names = sorted(e.name for e in entries if e.name.endswith(".tgb"))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for name in names:
+            transfer = name[: -len(".tgb")]
             if transfer in peer.outgoing or len(peer.outgoing) >= 4:
                 continue
+            path = self.spool_root / agent_id / name
             try:
-                small = path.stat().st_size <= INLINE_HASH_BYTES
+                st = path.stat()
             except FileNotFoundError:
                 continue  # delivered meanwhile (moved to sent/)
             # A small bundle (the usual one: payload frames are compressed once per release)
             # is hashed here: a thread's round trip costs more, and under a burst's exports it
             # waits for the GIL.
-            size, digest = (self._digests.get(path) if small else
-                            await self._in_pool(self._offer_pool, self._digests.get, path))
-            peer.conn.send_offer(Offer(transfer, path.name, size, digest))
+            size, digest = (self._digests.get(path, st) if st.st_size <= INLINE_HASH_BYTES
+                            else await self._in_pool(self._offer_pool, self._digests.get, path))
+            peer.conn.send_offer(Offer(transfer, name, size, digest))
             peer.outgoing[transfer] = path
             peer.acked[transfer] = asyncio.Event()
         peer.flush()
