@@ -107,6 +107,7 @@ def test_a_burst_to_hundreds_of_agents_completes_although_exports_fail_now_and_t
     # Faults after the claim: every tenth bundle write runs out of file descriptors, and one
     # record of a written bundle meets a database error.
     monkeypatch.setattr(live_hub, "EXPORT_RETRY_SECONDS", 0.2)  # retries sooner than 60 s
+    monkeypatch.setattr(live_hub, "BURST_POLL_SECONDS", 0.2)  # and a burst's polls, than 5 s
     writes = Counter[str]()
     write, record = export_service._Run._write, export_service._Run._record_one
     record_batch = export_service._Run._record_batch
