@@ -34,11 +34,11 @@ from bundle.sync import MAX_MESSAGE_BYTES, AgentSide, OfferReceived, Welcomed
 from hub import live_hub
 from hub.db import Agent as AgentRow
 from hub.db import AuditEvent, Deployment, make_session_factory
+from hub.errors import PermissionDeniedError
 from hub.live import LiveHub, start_live
 from hub.live_guard import LiveLimits
 from hub.services import export as export_service
 from hub.services.agents import EnrollmentRequest, enroll_agent
-from hub.errors import PermissionDeniedError
 from hub.services.audit import verify_database
 from hub.services.deployments import mark_delivered_many, queue_deployment
 from signing.keys import BoxKeyPair, SigningKey
@@ -281,7 +281,7 @@ def test_delivered_bundles_of_an_actor_without_export_change_nothing(
     world.session.commit()
     head = world.session.scalar(select(func.max(AuditEvent.seq)))
     ctx = world.ctx("view")
-    with pytest.raises(PermissionDeniedError, match="bundle.export"):
+    with pytest.raises(PermissionDeniedError, match=r"bundle\.export"):
         mark_delivered_many(ctx, [(dep.id, dep.environment)])
     world.session.rollback()
     assert world.session.get(Deployment, dep.id).state == "exported"  # type: ignore[union-attr]
