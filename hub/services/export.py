@@ -52,7 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from bundle.errors import BundleError
 from bundle.frame_cache import FrameCache
@@ -69,7 +70,7 @@ from bundle.writer import (
     release_payloads,
     write_bundle,
 )
-from hub.db import Deployment, Environment, Release
+from hub.db import Agent, Deployment, Environment, Release
 from hub.errors import (
     ConfigError,
     HubError,
@@ -271,7 +272,7 @@ def export_agents(
     stale = stale_claims(ctx.session, environment, None, now, agent_ids=wanted)
     pending = pending_exports(ctx.session, environment, agent_ids=wanted)
     # Their agents in one query (not a lazy load each): their spool directories below.
-    _load_deployments(ctx.session, [d.id for d in [*stale, *pending]])
+    _load_agents(ctx.session, [*stale, *pending])
     if pending:
         pending, report.held = hold_back(ctx.session, pending, now, live=live)
     ctx.session.commit()
@@ -406,7 +407,9 @@ class _Run:
         written = [w for w, exc in zip(written, errors, strict=True) if exc is None]
         if written:
             crash_point("hub.export-renamed")
-        session.rollback()  # _write only reads; start the recording transaction afresh
+        # _write only reads: end its transaction, and start the recording one afresh (a
+        # commit keeps the loaded rows the next batch checks; a rollback would expire them)
+        session.commit()
         report.written.extend(self._record_batch(written, unwritten, report))
         crash_point("hub.export-recorded")
 
@@ -474,11 +477,9 @@ class _Run:
         allocate their sequences, record their intents and events."""
         ctx, session = self.ctx, self.ctx.session
         now = ctx.now()
-        fresh = _load_deployments(session, [dep.id for dep in deps])
-        queued = [fresh[dep.id] for dep in deps
-                  if dep.id in fresh and fresh[dep.id].state == "queued"]
-        report.taken.extend(dep.id for dep in deps
-                            if dep.id not in fresh or fresh[dep.id].state != "queued")
+        queued = _still_queued(session, deps)
+        still = {dep.id for dep in queued}
+        report.taken.extend(dep.id for dep in deps if dep.id not in still)
         facts = _Facts(ctx, queued, now)
         checked: list[tuple[Deployment, _Checked]] = []
         for dep in queued:
@@ -1057,16 +1058,47 @@ class _Facts:
         return list(found)
 
 
-def _load_deployments(session: Session, ids: list[int]) -> dict[int, Deployment]:
-    """The deployments ``ids`` read again from the database (their agents with them: one
-    query for all, not one lazy load each); id -> row, without the ones that are gone."""
-    out: dict[int, Deployment] = {}
+def _still_queued(session: Session, deps: list[Deployment]) -> list[Deployment]:
+    """Those of ``deps`` that are still queued, read now as plain rows with their agents'
+    status (one query per :data:`IN_CHUNK`, no ORM objects built): the loaded objects are
+    given the values read (state, agent status), in the order of ``deps``. What else the
+    claim checks is read by its own queries (windows, approvals, preflight), and the claim
+    itself is conditional (:func:`claim_many`)."""
+    ids = [dep.id for dep in deps]
+    now: dict[int, tuple[str, str | None]] = {}
     for start in range(0, len(ids), IN_CHUNK):
-        query = (select(Deployment).where(Deployment.id.in_(ids[start:start + IN_CHUNK]))
-                 .options(selectinload(Deployment.agent))
-                 .execution_options(populate_existing=True))
-        out.update((dep.id, dep) for dep in session.scalars(query))
+        now.update((dep_id, (state, status)) for dep_id, state, status in session.execute(
+            select(Deployment.id, Deployment.state, Agent.status)
+            .outerjoin(Agent, Deployment.agent_id == Agent.id)
+            .where(Deployment.id.in_(ids[start:start + IN_CHUNK]))))
+    out = []
+    for dep in deps:
+        found = now.get(dep.id)
+        if found is None:
+            continue  # gone
+        state, status = found
+        if dep.state != state:
+            show_loaded(session, dep.id, state=state)
+        agent = dep.agent
+        if agent is not None and status is not None and agent.status != status:
+            set_committed_value(agent, "status", status)
+        if state == "queued":
+            out.append(dep)
     return out
+
+
+def _load_agents(session: Session, deps: list[Deployment]) -> None:
+    """Load the agents of ``deps`` with one query per :data:`IN_CHUNK` and give each
+    deployment its agent (held by it: the session's identity map holds rows weakly), so
+    ``dep.agent`` is no lazy load each."""
+    ids = sorted({dep.agent_id for dep in deps if dep.agent_id is not None})
+    agents: dict[int, Agent] = {}
+    for start in range(0, len(ids), IN_CHUNK):
+        agents.update((a.id, a) for a in session.scalars(
+            select(Agent).where(Agent.id.in_(ids[start:start + IN_CHUNK]))))
+    for dep in deps:
+        if dep.agent_id in agents:
+            set_committed_value(dep, "agent", agents[dep.agent_id])
 
 
 def _roots_up_to(updates: tuple[bytes, ...], version: int) -> tuple[bytes, ...]:
