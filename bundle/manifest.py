@@ -20,7 +20,7 @@ import binascii
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "KIND_RESULT",
     "MAX_LOST_ENTRIES",
     "PAYLOAD_TYPE_OF_KIND",
+    "PER_BUNDLE_FIELDS",
     "Approval",
     "ChainInfo",
     "ChainLink",
@@ -642,6 +643,13 @@ _MANIFEST_FIELDS = (
 _OPTIONAL_FIELDS: tuple[str, ...] = ("chain", "policy", "approvals")
 
 
+#: the fields :meth:`Manifest.derive` may change: what differs between the bundles of one
+#: release (its kind, issuer, release, steps and files stay)
+PER_BUNDLE_FIELDS = frozenset({
+    "bundle_id", "target", "root_version", "sequence", "created", "expires", "not_before",
+    "secrets", "checkpoint", "chain", "policy", "approvals"})
+
+
 @dataclass(frozen=True)
 class Manifest:
     """The signed description of a bundle (§6). Times are integer Unix seconds.
@@ -672,6 +680,32 @@ class Manifest:
     format: int = FORMAT
 
     def __post_init__(self) -> None:
+        self._validate(kept=False)
+
+    def derive(self, **changes: Any) -> Manifest:
+        """This manifest with ``changes`` to its per-bundle fields (:data:`PER_BUNDLE_FIELDS`:
+        target, bundle id, sequence, times, secrets, checkpoint, chain, policy, approvals),
+        validated as a new manifest is, except that its ``steps`` and ``files`` — the same
+        objects, checked when this manifest was made — are not checked again: an export
+        derives each agent's manifest from one made per release (bundle-format §12.4).
+
+        Raises:
+            ManifestError: a changed field breaks a rule.
+            ValueError: ``changes`` names a field that is not per bundle.
+        """
+        unknown = changes.keys() - PER_BUNDLE_FIELDS
+        if unknown:
+            raise ValueError(f"not per-bundle fields: {', '.join(sorted(unknown))}")
+        new = object.__new__(Manifest)
+        for name in _FIELD_NAMES:
+            object.__setattr__(new, name, changes[name] if name in changes
+                               else getattr(self, name))
+        new._validate(kept=True)
+        return new
+
+    def _validate(self, *, kept: bool) -> None:
+        """Every rule of a manifest; ``kept``: ``steps`` and ``files`` are those of a
+        manifest validated already (:meth:`derive`), only their types are checked."""
         if self.format != FORMAT:
             raise _fail("format", f"bundle format {self.format!r} is not supported (this "
                         f"version of Tiangong reads format {FORMAT}); upgrade Tiangong")
@@ -694,9 +728,12 @@ class Manifest:
         self._check_kind()
         if not isinstance(self.steps, tuple):
             raise _fail("steps", "must be a list")
-        for i, step in enumerate(self.steps):
-            _json_object(step, f"steps[{i}]")
-        self._check_files()
+        if not kept:
+            for i, step in enumerate(self.steps):
+                _json_object(step, f"steps[{i}]")
+            self._check_files()
+        elif not isinstance(self.files, tuple):
+            raise _fail("files", "must be a list")
         self._check_secrets()
         if self.parts is not None and not isinstance(self.parts, PartsInfo):
             raise _fail("parts", "must be a PartsInfo or null")
@@ -893,6 +930,9 @@ class Manifest:
         if manifest.to_bytes() != data:
             raise ManifestError("manifest is not in canonical form (sorted keys, no spaces)")
         return manifest
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Manifest))
 
 
 def peek_manifest(envelope: bytes, max_envelope_bytes: int) -> Manifest:

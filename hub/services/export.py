@@ -58,7 +58,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from bundle.errors import BundleError
 from bundle.frame_cache import FrameCache
 from bundle.manifest import Approval as ManifestApproval
-from bundle.manifest import ChainInfo, SecretEntry, Target
+from bundle.manifest import ChainInfo, Manifest, SecretEntry, Target
 from bundle.parts import part_path, strip_part_suffix
 from bundle.prepared import PreparedPayloads, prepare_payloads, write_prepared
 from bundle.release import ReleaseSource, load_release
@@ -325,6 +325,8 @@ class _Run:
         self.frames: FrameCache | None = None
         self.prepared: dict[int, PreparedPayloads | None] = {}  # release id -> its payloads
         self.roots: dict[int, tuple[bytes, ...]] = {}  # root version -> the updates carried
+        #: (release id, environment id, prepared) -> the manifest its bundles derive from
+        self.templates: dict[tuple[int, int, bool], Manifest] = {}
         self.spool_made = False
         self.spool = out_dir / (SPOOL_PREFIX + _token_name(my_token()) + RUN_MARK
                                 + secrets.token_hex(6))
@@ -788,7 +790,6 @@ class _Run:
             target = Target(agents=(dep.agent.agent_id,), environment=env.name)
         else:
             target = Target(environment=env.name)
-        approvals = facts.manifest_approvals(release, env)
         if not self.spool_made:
             self.spool.mkdir(exist_ok=True)
             self.spool_made = True
@@ -800,25 +801,21 @@ class _Run:
             sealed = seal_for_agents(self.ctx, env.name, intent["secrets"],
                                      secret_recipients(self.ctx.session, dep),
                                      intent["bundle_id"])
-        manifest, files = release_manifest(
-            source,
+        # What differs between the bundles of the release in this environment, on the
+        # manifest made (and validated) once for all of them.
+        manifest = self._template(release, env, source, prepared, target, intent, facts).derive(
             bundle_id=intent["bundle_id"],
-            issuer=keys.release_key.key_id,
             target=target,
             root_version=intent["root_version"],
             sequence=intent["sequence"],
             created=intent["created"],
             expires=intent["expires"],
-            counter=release.id,
-            author=release.author.username,
-            approvals=approvals,
             checkpoint=intent.get("checkpoint"),
             chain=ChainInfo.from_json(intent["chain"]) if intent.get("chain") else None,
-            approval_envelopes=[base64.b64decode(e) for e in intent.get("approvals", ())],
+            approvals=tuple(base64.b64decode(e) for e in intent.get("approvals", ())),
             # windows, freezes, override (bundle-format §6.9)
             policy=Policy.from_json(intent["policy"]) if intent.get("policy") else None,
             secrets=sealed,
-            entries=prepared.entries if prepared is not None else (),
         )
         out = self.dir_for(dep) / intent["file"]
         roots = self._roots(intent["root_version"])
@@ -828,7 +825,7 @@ class _Run:
         return write_bundle(
             out,
             manifest,
-            files,
+            release_payloads(source),
             [keys.release_key],
             roots=roots,
             split_size=intent.get("split_size"),
@@ -851,6 +848,38 @@ class _Run:
             self.prepared[release.id] = prepare_payloads(release_payloads(source), self.spool,
                                                          frames=self._frames())
         return self.prepared[release.id]
+
+    def _template(self, release: Release, env: Environment, source: ReleaseSource,
+                  prepared: PreparedPayloads | None, target: Target, intent: dict[str, Any],
+                  facts: _Facts) -> Manifest:
+        """The manifest of ``release``'s bundles in ``env`` (made with the values of the
+        first one: each bundle's own come by :meth:`Manifest.derive`), once a run; its
+        ``files`` the prepared entries, or none for :func:`write_bundle` to fill in.
+
+        Raises:
+            ManifestError: a field breaks a manifest rule.
+        """
+        key = (release.id, env.id, prepared is not None)
+        found = self.templates.get(key)
+        if found is None:
+            keys = self.ctx.keys
+            assert keys is not None and keys.release_key is not None
+            found, _ = release_manifest(
+                source,
+                bundle_id=intent["bundle_id"],
+                issuer=keys.release_key.key_id,
+                target=target,
+                root_version=intent["root_version"],
+                sequence=intent["sequence"],
+                created=intent["created"],
+                expires=intent["expires"],
+                counter=release.id,
+                author=release.author.username,
+                approvals=facts.manifest_approvals(release, env),
+                entries=prepared.entries if prepared is not None else (),
+            )
+            self.templates[key] = found
+        return found
 
     def _roots(self, version: int) -> tuple[bytes, ...]:
         """:func:`_roots_up_to` ``version``, once a run."""

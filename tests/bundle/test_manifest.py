@@ -281,3 +281,52 @@ def test_peek_manifest_reads_without_verifying(trust: TrustKit) -> None:
     assert peek_manifest(envelope, 1 << 20) == m
     with pytest.raises(ManifestError, match=r"envelope is malformed"):
         peek_manifest(envelope + b" ", 1 << 20)
+
+
+# -- derive: each agent's manifest from one made per release (§12.4) --------------------
+
+DERIVED_OK: list[dict[str, Any]] = [
+    {"sequence": 9, "bundle_id": "billing-2.4.0-9", "target": Target(agents=("agent-2",))},
+    {"created": 100, "expires": 200, "not_before": 150, "root_version": 3},
+    {"secrets": (SecretEntry("db", "agent-2", b"\x02" * 80),), "checkpoint": {"seq": 1},
+     "chain": None, "policy": None},
+]
+
+
+@pytest.mark.parametrize("changes", DERIVED_OK)
+def test_derive_gives_what_a_new_manifest_with_the_changes_is(
+        trust: TrustKit, changes: dict[str, Any]) -> None:
+    base = _full(trust)
+    derived = base.derive(**changes)
+    assert derived == dataclasses.replace(base, **changes)
+    assert derived.to_bytes() == dataclasses.replace(base, **changes).to_bytes()
+    assert derived.steps is base.steps and derived.files is base.files
+
+
+DERIVED_BAD: list[tuple[dict[str, Any], str]] = [
+    ({"expires": 1, "created": 2}, "expires: must be later than created"),
+    ({"sequence": 0}, "sequence"),
+    ({"bundle_id": "../x"}, "bundle_id"),
+    ({"target": Target(hub="hub-1")}, "target: a release bundle names agents"),
+    ({"checkpoint": {"x": 1.5}}, "checkpoint: is not strict JSON"),
+    ({"secrets": (SecretEntry("db", "a", b"x"), SecretEntry("db", "a", b"y"))},
+     "listed twice"),
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), DERIVED_BAD)
+def test_derive_checks_every_field_it_changes(trust: TrustKit, changes: dict[str, Any],
+                                              message: str) -> None:
+    base = _full(trust)
+    before = base.to_bytes()
+    with pytest.raises(ManifestError, match=message):
+        base.derive(**changes)
+    assert base.to_bytes() == before  # the manifest derived from is unchanged
+
+
+@pytest.mark.parametrize("field", ["steps", "files", "release", "kind", "issuer", "parts",
+                                   "format", "result"])
+def test_derive_changes_only_per_bundle_fields(trust: TrustKit, field: str) -> None:
+    base = _full(trust)
+    with pytest.raises(ValueError, match=f"not per-bundle fields: {field}"):
+        base.derive(**{field: getattr(base, field)})
