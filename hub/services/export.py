@@ -1107,7 +1107,7 @@ def _still_queued(session: Session, deps: list[Deployment]) -> list[Deployment]:
             continue  # gone
         state, status = found
         if dep.state != state:
-            show_loaded(session, dep.id, state=state)
+            set_committed_value(dep, "state", state)  # another export took it meanwhile
         agent = dep.agent
         if agent is not None and status is not None and agent.status != status:
             set_committed_value(agent, "status", status)
