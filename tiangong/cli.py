@@ -32,7 +32,24 @@ _GROUPS: dict[str, tuple[str, str, str | None, str]] = {
 }
 
 
-class LazyGroup(click.Group):
+class SuggestingGroup(click.Group):
+    """A group whose commands are imported when looked up: a mistyped name is answered with
+    the close names among :meth:`list_commands` (click suggests from ``self.commands``, the
+    commands imported so far — none before the lookup)."""
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            no_such = getattr(click.exceptions, "NoSuchCommand", None)  # click 8.4 and later
+            if no_such is None or not isinstance(exc, no_such) or exc.possibilities:
+                raise
+            raise no_such(exc.command_name, possibilities=self.list_commands(ctx),
+                          ctx=exc.ctx) from None
+
+
+class LazyGroup(SuggestingGroup):
     """A click group whose sub-groups are imported on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:

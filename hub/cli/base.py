@@ -38,6 +38,7 @@ from typing import Any
 import click
 
 from hub.errors import ConfigError, HubError, NotFoundError, PermissionDeniedError
+from tiangong.cli import SuggestingGroup
 from tiangong.output import cell, done, emit
 
 __all__ = ["COMMAND_MODULES", "hub"]
@@ -293,7 +294,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 
-class LazyHubGroup(HubGroup):
+class LazyHubGroup(SuggestingGroup, HubGroup):
     """The ``hub`` group: imports the modules of a command (:data:`COMMAND_MODULES`) when
     click looks the command up, instead of every command module at start-up."""
 

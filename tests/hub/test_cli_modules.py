@@ -49,3 +49,19 @@ def test_a_command_imports_only_its_own_modules() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=False)
     assert out.returncode == 0, out.stderr
+
+
+def test_a_mistyped_command_is_answered_with_the_close_names() -> None:
+    """The groups import their commands when looked up, so click's suggestions (made from
+    the commands imported so far: none) must come from the whole table instead."""
+    from click.testing import CliRunner
+
+    from tiangong.cli import root
+
+    for args, typo, close in ((["hub", "serv"], "serv", "'serve'"),
+                              (["hub", "deployment", "list"], "deployment", "'deployments'"),
+                              (["bundl", "verify"], "bundl", "'bundle'")):
+        result = CliRunner().invoke(root, args)
+        assert result.exit_code == 2, result.output
+        assert f"No such command {typo!r}" in result.output
+        assert "Did you mean" in result.output and close in result.output, result.output
