@@ -76,6 +76,22 @@ def _database_revisions(conn: Connection) -> tuple[str, ...]:
     return tuple(str(row[0]) for row in rows)
 
 
+def _at_head(engine: Engine, *, check_references: bool) -> bool:
+    """Whether the database is at :func:`head_revision` (one small query, no Alembic).
+    ``check_references``: on SQLite also run the foreign-key check that a migration run ends
+    with (``migrations/env.py``), and answer False when it finds broken references, so that
+    the caller's migration run reports them as it always did."""
+    head = head_revision()
+    if head is None:
+        return False
+    with engine.connect() as conn:
+        if _database_revisions(conn) != (head,):
+            return False
+        if check_references and conn.dialect.name == "sqlite":
+            return conn.exec_driver_sql("PRAGMA foreign_key_check").first() is None
+    return True
+
+
 def _refuse_newer(cfg: Config, engine: Engine, current: str | None) -> None:
     """Raise when the database is at a revision this hub does not know: a newer hub
     migrated it (this one was installed over it, e.g. an upgrade rolled back).
@@ -101,16 +117,19 @@ def _refuse_newer(cfg: Config, engine: Engine, current: str | None) -> None:
 
 
 def upgrade(target: Engine | str, revision: str = "head") -> None:
-    """Upgrade the database behind ``target`` (an engine or URL) to ``revision``.
+    """Upgrade the database behind ``target`` (an engine or URL) to ``revision``; a database
+    already at head costs a query or two (``hub serve`` and every web app start call this).
 
     Raises:
         ConfigError: the database is at a revision this hub does not know (newer).
     """
-    from alembic import command
-    from alembic.runtime.migration import MigrationContext
-
     engine = make_engine(target) if isinstance(target, str) else target
     try:
+        if revision == "head" and _at_head(engine, check_references=True):
+            return
+        from alembic import command
+        from alembic.runtime.migration import MigrationContext
+
         cfg = alembic_config(engine)
         with engine.connect() as conn:
             _refuse_newer(cfg, engine, MigrationContext.configure(conn).get_current_revision())
@@ -128,11 +147,8 @@ def ensure_current(engine: Engine) -> tuple[str | None, str] | None:
     Raises:
         ConfigError: the database is at a revision this hub does not know (newer).
     """
-    head = head_revision()
-    if head is not None:
-        with engine.connect() as conn:
-            if _database_revisions(conn) == (head,):
-                return None
+    if _at_head(engine, check_references=False):
+        return None
     from alembic import command
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
@@ -77,3 +78,27 @@ def test_a_database_at_head_is_checked_without_importing_alembic(tmp_path: Path)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=False)
     assert out.returncode == 0, out.stderr
+
+
+def test_an_upgrade_at_head_still_reports_broken_references_on_sqlite(tmp_path: Path) -> None:
+    """A database at head is not migrated again (a query, no Alembic), but on SQLite the
+    foreign-key check that ends every migration run still runs: broken references refuse
+    the start as before, and the database is left as it was."""
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    upgrade(url)
+    upgrade(url)  # at head: nothing to do
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.exec_driver_sql("INSERT INTO role_grants (user_id, role, granted_at, "
+                                 "granted_by) VALUES (99, 'admin', '2026-01-01', 'x')")
+            conn.commit()
+        with pytest.raises(RuntimeError, match="broken reference"):
+            upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT user_id FROM role_grants")).all() == [(99,)]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [
+                (head_revision(),)]
+    finally:
+        engine.dispose()
