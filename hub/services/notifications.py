@@ -38,18 +38,14 @@ hub scheduler each tick, ``tiangong hub notifications deliver`` by hand or from 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import re
-import smtplib
-import ssl
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -310,23 +306,31 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(0, attempts - 1)))
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # a redirect is an answer other than 2xx: the attempt failed
+@functools.cache
+def _opener() -> Any:
+    """The opener webhooks are posted with: no proxy, no redirect followed (made, and
+    urllib.request imported, by the first delivery: a console command sends nothing)."""
+    import urllib.request
 
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None  # a redirect is an answer other than 2xx: the attempt failed
 
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
 
 def _post(url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int | None, str]:
     """POST ``body``; (HTTP status or None, error text — empty on 2xx)."""
+    import urllib.error
+    import urllib.request
+
     if not (url.startswith("http://") or url.startswith("https://")):
         return None, f"{url}: not an http(s) URL"
     # the scheme is checked just above (and when the webhook was added)
     request = urllib.request.Request(  # noqa: S310
         url, data=body, method="POST", headers=dict(headers))
     try:
-        with _OPENER.open(request, timeout=TIMEOUT_S) as response:
+        with _opener().open(request, timeout=TIMEOUT_S) as response:
             status = int(response.status)
             response.read(MAX_ERROR_CHARS)
     except urllib.error.HTTPError as exc:
@@ -358,6 +362,10 @@ def _send_mail(smtp: SmtpSettings, row: NotificationOutbox) -> tuple[str, str]:
     """Send ``row`` to its target's recipients through ``smtp``; (error text, empty when
     the relay accepted it for at least one recipient; the recipients it refused, if any).
     A message some recipients got is not sent again (they would get it each retry)."""
+    import smtplib
+    import ssl
+    from email.message import EmailMessage
+
     recipients = [a.strip() for a in row.webhook.url.split(",") if a.strip()]
     if not smtp.host:
         return ("e-mail: no SMTP relay configured: set host in the [smtp] table of the hub's "
