@@ -79,6 +79,19 @@ def run_many(*commands: Sequence[str], env: dict[str, str] | None = None,
     return proc
 
 
+def add_people(env: dict[str, str], people: Iterable[tuple[str, str]],
+               environments: Iterable[str] = ("plant-a",), *, admin: str = "admin") -> None:
+    """Set up a hub's ``people`` — (user, role) pairs; a name twice: two roles — and
+    ``environments`` as ``admin`` with `tiangong hub users create|grant` and `environments
+    create`, all in one process (:func:`run_many`); ``env`` names the hub
+    (``TIANGONG_HUB_DATA_DIR``)."""
+    pairs = list(people)
+    hub = ("hub", "--local-admin", admin)
+    run_many(*[(*hub, "users", "create", name) for name in dict.fromkeys(n for n, _ in pairs)],
+             *[(*hub, "users", "grant", name, role) for name, role in pairs],
+             *[(*hub, "environments", "create", name) for name in environments], env=env)
+
+
 @dataclass
 class HubKeys:
     kit: TrustKit
@@ -140,11 +153,7 @@ def media_site(tmp_path: Path, *, people: tuple[tuple[str, str], ...] = SITE_PEO
                    check=check)
 
     hub("init", "--admin", "admin", "--hub-id", hub_id, "--insecure-no-passphrase")
-    admin = ("hub", "--local-admin", "admin")
-    run_many(*[(*admin, "users", "create", name)  # a person may have two roles
-               for name in dict.fromkeys(name for name, _ in people)],
-             *[(*admin, "users", "grant", name, role) for name, role in people],
-             (*admin, "environments", "create", "plant-a"), env=env)
+    add_people(env, people)
     home = tmp_path / "agent"
     run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
         "--environment", "plant-a")

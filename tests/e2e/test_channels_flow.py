@@ -11,7 +11,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.e2e.conftest import TIANGONG, run, run_many, set_fast_inbox, wait_for
+from tests.e2e.conftest import TIANGONG, add_people, run, run_many, set_fast_inbox, wait_for
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
 
@@ -39,11 +39,8 @@ def test_promote_subscribe_recall_with_real_processes(tmp_path: Path) -> None:
         return ("hub", "--local-admin", user, *args)
 
     hub("init", "--admin", "admin", "--hub-id", "hub-channels")
-    people = (("alice", "developer"), ("bob", "approver"), ("carol", "operator"))
-    run_many(*[as_("admin", "users", "create", name) for name, _ in people],
-             *[as_("admin", "users", "grant", name, role) for name, role in people],
-             as_("admin", "users", "grant", "alice", "approver"),
-             as_("admin", "environments", "create", "plant-a"), env=env)
+    add_people(env, (("alice", "developer"), ("bob", "approver"), ("carol", "operator"),
+                     ("alice", "approver")))
     home = tmp_path / "agent"
     run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
         "--environment", "plant-a")

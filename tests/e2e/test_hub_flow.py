@@ -13,7 +13,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.e2e.conftest import TIANGONG, run, set_fast_inbox, wait_for
+from tests.e2e.conftest import TIANGONG, add_people, run, set_fast_inbox, wait_for
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
 
@@ -27,12 +27,9 @@ def test_release_travels_by_file_and_comes_back(tmp_path: Path) -> None:
         return run("hub", "--local-admin", user, *args, env=env, check=check)
 
     hub("init", "--admin", "admin", "--hub-id", "hub-e2e")
-    for name, role in (("alice", "developer"), ("bob", "approver"), ("carol", "operator"),
-                       ("aud", "auditor")):
-        hub("users", "create", name)
-        hub("users", "grant", name, role)
-    hub("users", "grant", "alice", "approver")  # so only four-eyes can stop her
-    hub("environments", "create", "plant-a")
+    add_people(env, (("alice", "developer"), ("bob", "approver"), ("carol", "operator"),
+                     ("aud", "auditor"),
+                     ("alice", "approver")))  # so only four-eyes can stop her
 
     # A site agent, enrolled offline with its request file.
     home = tmp_path / "agent"
