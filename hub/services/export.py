@@ -279,8 +279,11 @@ def export_agents(
     if not stale and not pending:
         return report
     spool_root.mkdir(parents=True, exist_ok=True)
+    with os.scandir(spool_root) as entries:  # one listing, not a mkdir each
+        made = {e.name for e in entries if e.is_dir(follow_symlinks=False)}
     for agent_id in sorted({d.agent.agent_id for d in [*stale, *pending] if d.agent}):
-        (spool_root / agent_id).mkdir(exist_ok=True)
+        if agent_id not in made:
+            (spool_root / agent_id).mkdir(exist_ok=True)
         report.cleaned += _clean_leftovers(ctx, spool_root / agent_id)
     report.cleaned += _clean_leftovers(ctx, spool_root)
     # Before the run: its commits and rollbacks expire these rows.

@@ -135,10 +135,14 @@ def show_loaded(session: Session, deployment_id: int, **values: Any) -> None:
     flush, nothing read again): a session without expire-on-commit (the web's) went on
     showing a batch's deployments ``exporting`` after it had committed them ``exported``."""
     loaded = session.identity_map.get(session.identity_key(Deployment, deployment_id))
-    if loaded is None or inspect(loaded).expired:
-        return  # not held, or read again at its next use anyway
-    if values.get("state") == "exported" and "exported_at" not in inspect(loaded).unloaded \
-            and loaded.exported_at is None:
+    if loaded is None:
+        return  # not held
+    state = inspect(loaded)
+    if state.expired:
+        return  # read again at its next use anyway
+    held = state.dict  # the loaded values (an unloaded column is not in it)
+    if values.get("state") == "exported" and "exported_at" in held \
+            and held["exported_at"] is None:
         values["exported_at"] = values["updated_at"]
     for key, value in values.items():
         set_committed_value(loaded, key, value)
