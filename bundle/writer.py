@@ -342,9 +342,11 @@ def _check_level(level: int, limits: Limits) -> None:
 
 
 def _open_source(pf: PayloadFile) -> tuple[int, int]:
-    """Open a payload source read-only without following a final symlink; (fd, size)."""
+    """Open a payload source read-only without following a final symlink; (fd, size).
+    ``O_NONBLOCK``: a FIFO put in a file's place is refused below instead of waited on for
+    ever (reads of a regular file are not affected)."""
     try:
-        fd = os.open(pf.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(pf.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ReleaseFormatError(

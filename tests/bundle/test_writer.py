@@ -269,6 +269,23 @@ def test_symlinked_payload_is_refused(trust: TrustKit, src: Path, out: Path) -> 
     assert os.listdir(out) == []
 
 
+@pytest.mark.timeout(60)  # before: opening the FIFO waited for a writer for ever
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_payload_replaced_by_a_fifo_or_a_directory_is_refused(
+        trust: TrustKit, src: Path, out: Path, kind: str) -> None:
+    """Replaced after the release was loaded (scan_release refuses them): refused by name,
+    not waited on, and nothing is left in the output directory."""
+    files = make_files(src, {"a": b"a" * 5000, "b": b"b"})
+    files[1].path.unlink()
+    if kind == "fifo":
+        os.mkfifo(files[1].path)
+    else:
+        files[1].path.mkdir()
+    with pytest.raises(ReleaseFormatError, match=r"payload 'b': .* is not a regular file"):
+        write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key])
+    assert os.listdir(out) == []
+
+
 def test_spools_removed_when_a_late_file_fails(trust: TrustKit, src: Path, out: Path) -> None:
     files = make_files(src, {"a": b"a" * 5000, "b": b"b"})
     missing = PayloadFile("c", src / "does-not-exist")
