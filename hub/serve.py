@@ -129,25 +129,30 @@ class ChildProcess:
 
     def _watch(self) -> None:
         delay = RESTART_FIRST_S
+        with self._lock:
+            proc = self._proc
         while True:
-            with self._lock:
-                proc = self._proc
-            assert proc is not None
-            started = time.monotonic()
-            code = proc.wait()
-            if self._stopping.is_set():
-                return
-            if time.monotonic() - started >= RESTART_STABLE_S:
-                delay = RESTART_FIRST_S
-            log.error("the %s (process %d) exited with code %s; %s; starting it again in "
-                      "%g s", self.what, proc.pid, code, self.lost, delay)
+            if proc is not None:  # None: the last start failed (logged)
+                started = time.monotonic()
+                code = proc.wait()
+                if self._stopping.is_set():
+                    return
+                if time.monotonic() - started >= RESTART_STABLE_S:
+                    delay = RESTART_FIRST_S
+                log.error("the %s (process %d) exited with code %s; %s; starting it again "
+                          "in %g s", self.what, proc.pid, code, self.lost, delay)
             if self._stopping.wait(delay):
                 return
+            delay = min(delay * 2, RESTART_MAX_S)
             with self._lock:
                 if self._stopping.is_set():
                     return
-                self._proc = self._spawn()
-            delay = min(delay * 2, RESTART_MAX_S)
+                try:
+                    proc = self._proc = self._spawn()
+                except OSError as exc:  # no memory to fork, the interpreter moved …
+                    proc = None
+                    log.error("the %s could not be started again (%s); %s; trying again in "
+                              "%g s", self.what, exc, self.lost, delay)
 
     def stop(self) -> None:
         """Stop the child (SIGTERM, then SIGKILL after :data:`LIVE_STOP_TIMEOUT_S`) and

@@ -1,11 +1,21 @@
-"""``hub serve``'s gunicorn settings: the control socket is one per hub data directory."""
+"""``hub serve``'s gunicorn settings (the control socket is one per hub data directory) and
+the children it keeps running (:class:`hub.serve.ChildProcess`)."""
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
+import hub.serve as serve_mod
 from hub.config import HubConfig
 from hub.serve import CONTROL_SOCKET, MAX_SOCKET_PATH_BYTES, gunicorn_options
+from tests.fixtures.dbservers import wait_for
 
 
 def test_control_socket_is_in_the_data_directory(tmp_path: Path) -> None:
@@ -22,3 +32,41 @@ def test_a_data_directory_too_long_for_a_socket_gets_none(tmp_path: Path) -> Non
     options = gunicorn_options(HubConfig(data_dir=deep))
     assert options["control_socket_disable"] is True
     assert "control_socket" not in options
+
+
+def test_a_child_that_cannot_be_started_again_is_retried_with_the_back_off(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A child that exits is started again; when that start fails (no memory for the fork,
+    the interpreter moved by an upgrade) it is logged and tried again after the back-off,
+    instead of the watching thread dying and the child staying down for good."""
+    monkeypatch.setattr(serve_mod, "RESTART_FIRST_S", 0.01)
+    monkeypatch.setattr(serve_mod, "RESTART_MAX_S", 0.04)
+    real = serve_mod.ChildProcess._spawn
+    spawns: list[int] = []
+    commands = [[sys.executable, "-c", "raise SystemExit(3)"], None,
+                [sys.executable, "-c", "import time; time.sleep(120)"]]
+
+    def spawn(self: serve_mod.ChildProcess) -> subprocess.Popen[bytes]:
+        command = commands[min(len(spawns), len(commands) - 1)]
+        spawns.append(1)
+        if command is None:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        self.command = command
+        return real(self)
+
+    monkeypatch.setattr(serve_mod.ChildProcess, "_spawn", spawn)
+    caplog.set_level(logging.INFO, logger="tiangong.hub.serve")
+    child = serve_mod.ChildProcess(["unused"], "live server", "agents cannot connect")
+    child.start()
+    try:
+        wait_for(lambda: len(spawns) >= 3, 30, "the third start")
+    finally:
+        child.stop()
+    pid = child.pid
+    assert pid is not None
+    with pytest.raises(ProcessLookupError):  # stopped and reaped, not left running
+        os.kill(pid, 0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("exited with code 3" in m for m in messages), messages
+    assert any("could not be started again" in m and "Cannot allocate memory" in m
+               and "trying again in" in m for m in messages), messages
