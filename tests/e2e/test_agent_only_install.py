@@ -1,7 +1,8 @@
 """The agent runs without the hub's web stack (``pip install 'tiangong[agent]'``).
 
 The agent's commands run in a subprocess whose import system refuses Flask, SQLAlchemy,
-Alembic, python3-saml and gunicorn, as an agent-only install would lack them. (APScheduler is
+Alembic, python3-saml, gunicorn, Pygments and prometheus-client (the hub extra's own
+packages), as an agent-only install would lack them. (APScheduler is
 in the agent extra too: scheduled site jobs use its cron triggers.)
 """
 
@@ -16,7 +17,7 @@ from tests.e2e.conftest import HubKeys
 BLOCKER = r"""
 import sys, importlib.abc
 BLOCKED = {"flask", "flask_sqlalchemy", "flask_login", "flask_migrate", "sqlalchemy",
-           "alembic", "onelogin", "gunicorn", "xmlsec"}
+           "alembic", "onelogin", "gunicorn", "xmlsec", "pygments", "prometheus_client"}
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
@@ -57,3 +58,13 @@ def test_hub_group_says_which_extra_to_install() -> None:
     out = _run("hub", "init", "--admin", "admin")
     assert out.returncode == 2
     assert "pip install 'tiangong[hub]'" in out.stderr
+
+
+def test_help_works_without_the_hub_stack() -> None:
+    """Commands are imported when looked up (bundle's names on first use, PEP 562): help
+    of the groups an agent-only install uses must not reach into the hub's modules."""
+    for args in (["--help"], ["agent", "--help"], ["bundle", "verify", "--help"],
+                 ["agent", "run", "--help"]):
+        out = _run(*args)
+        assert out.returncode == 0, (args, out.stderr)
+        assert out.stdout.startswith("Usage: tiangong"), (args, out.stdout)
