@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select, update
 
 from hub.db import Agent as AgentRow
 from hub.db import (
@@ -110,6 +110,41 @@ def test_commits_do_not_grow_with_the_number_of_deployments(world: World,
 def _counters(world: World) -> dict[str, int]:
     return {c.target: c.next_sequence
             for c in world.session.scalars(select(SequenceCounter))}
+
+
+def test_a_deployment_taken_between_the_list_and_the_claim_is_left_to_its_taker(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another export moved a deployment on after this one listed it as queued (the claim
+    reads the states again as plain rows): it is reported taken, not failed; nothing of it
+    changes (no sequence, no event, no file) and the rest of the batch is written."""
+    ids = ["site-01", "site-02", "site-03"]
+    _enroll(world, ids)
+    _queue(world)
+    listed = export_service.hold_back
+
+    def meanwhile(*args: object, **kwargs: object) -> object:
+        go, held = listed(*args, **kwargs)  # type: ignore[arg-type]
+        world.session.execute(update(Deployment.__table__)
+                              .where(Deployment.__table__.c.id == go[1].id)
+                              .values(state="exported", claimed_by=None))
+        return go, held
+
+    monkeypatch.setattr(export_service, "hold_back", meanwhile)
+    events_before = world.session.scalar(select(func.count()).select_from(AuditEvent))
+    counters_before = _counters(world)
+    report = export_agents(world.ctx("op"), "test", tmp_path / "spool", ids)
+    world.session.expire_all()
+    deps = {d.agent.agent_id: d for d in world.session.scalars(select(Deployment))
+            if d.agent is not None}
+    taken = deps["site-02"]
+    assert report.taken == [taken.id] and not report.failed
+    assert sorted(b.agent_id or "" for b in report.written) == ["site-01", "site-03"]
+    assert (taken.state, taken.sequence, taken.export_intent) == ("exported", None, None)
+    assert not list((tmp_path / "spool" / "site-02").glob("*.tgb"))
+    assert _counters(world)["agent:site-02"] == counters_before["agent:site-02"]  # unused
+    touched = {e.object_id for e in world.session.scalars(
+        select(AuditEvent).where(AuditEvent.seq > events_before))}
+    assert str(taken.id) not in touched
 
 
 def test_one_failing_deployment_is_rolled_back_alone(world: World, tmp_path: Path) -> None:
