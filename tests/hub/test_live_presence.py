@@ -7,12 +7,13 @@ depends on timing."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 from hub.db import make_session_factory
 from hub.live import LiveHub, LiveServer, start_live
 from hub.services.agents import get_agent
-from hub.services.presence import agent_presence
+from hub.services.presence import agent_presence, presence_until
 from tests.e2e import test_live as e2e_live
 from tests.e2e.conftest import wait_for
 from tests.hub.conftest import World
@@ -80,3 +81,30 @@ def test_a_late_disconnect_of_the_old_live_server_does_not_mark_a_moved_agent_of
         a.stop()
         b.stop()
         agent.close()
+
+
+def test_heartbeats_are_written_with_online_until_one_interval_and_grace_ahead(
+        file_world: World, tmp_path: Path) -> None:
+    """LiveHub._flush_presence: each heartbeat's row gets ``last_seen`` and ``online_until``
+    as presence_until says (computed once per flush), only while its connection holds the
+    agent."""
+    world = file_world
+    _agent(world, tmp_path, "site-01")
+    _agent(world, tmp_path, "site-02")
+    for agent_id in ("site-01", "site-02"):
+        get_agent(world.session, agent_id).live_conn = f"conn-{agent_id}"
+    world.session.commit()
+    hub = LiveHub(session_factory=make_session_factory(world.session.get_bind()),  # type: ignore[arg-type]
+                  keys=world.keys.hub, data_dir=tmp_path / "hubdata", actor="op",
+                  clock=world.clock, heartbeat=30)
+    heard = world.clock()
+    later = heard + timedelta(seconds=7, microseconds=3)
+    hub._flush_presence({"site-01": (heard, "conn-site-01"), "site-02": (later, "stale")}, {})
+    world.session.rollback()
+    one, two = get_agent(world.session, "site-01"), get_agent(world.session, "site-02")
+    assert (one.last_seen, one.online_until) == (heard, presence_until(heard, 30))
+    assert two.last_seen is None  # another connection holds it: unchanged
+    hub._flush_presence({"site-02": (later, "conn-site-02")}, {})
+    world.session.rollback()
+    two = get_agent(world.session, "site-02")
+    assert (two.last_seen, two.online_until) == (later, presence_until(later, 30))
