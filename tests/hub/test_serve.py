@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,29 @@ def test_a_child_that_cannot_be_started_again_is_retried_with_the_back_off(
     assert any("exited with code 3" in m for m in messages), messages
     assert any("could not be started again" in m and "Cannot allocate memory" in m
                and "trying again in" in m for m in messages), messages
+
+
+def test_stopping_during_the_back_off_starts_no_child_and_ends_the_watch(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """SIGTERM to hub serve while a child waits to be started again (bad config: it exits
+    at once): stop() returns, no child is started after it, the watching thread ends."""
+    monkeypatch.setattr(serve_mod, "RESTART_FIRST_S", 3600.0)
+    spawned: list[int] = []
+    real = serve_mod.ChildProcess._spawn
+
+    def spawn(self: serve_mod.ChildProcess) -> subprocess.Popen[bytes]:
+        proc = real(self)
+        spawned.append(proc.pid)
+        return proc
+
+    monkeypatch.setattr(serve_mod.ChildProcess, "_spawn", spawn)
+    caplog.set_level(logging.INFO, logger="tiangong.hub.serve")
+    child = serve_mod.ChildProcess([sys.executable, "-c", "raise SystemExit(2)"], "scheduler",
+                                   "windows and freezes are not acted on")
+    child.start()
+    wait_for(lambda: any("starting it again in 3600 s" in r.getMessage()
+                         for r in caplog.records), 30, "the exit to be logged")
+    child.stop()
+    wait_for(lambda: not any(t.name == "tiangong-watch-scheduler"
+                             for t in threading.enumerate()), 30, "the watch to end")
+    assert len(spawned) == 1
