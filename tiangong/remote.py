@@ -211,7 +211,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 def _client(ctx: click.Context) -> Client:
     client = ctx.find_object(Client)
-    assert client is not None
+    if client is None:  # checked here, not by click: help needs no address
+        raise click.UsageError("Missing option '--url' (or TIANGONG_HUB_URL).", ctx=ctx)
     return client
 
 
@@ -237,8 +238,10 @@ _DEPLOYMENT_COLUMNS = ("id", "product", "version", "environment", "agent", "stat
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--url", envvar="TIANGONG_HUB_URL", required=True, metavar="URL",
-              help="The hub's web address, e.g. https://hub:8443 [env TIANGONG_HUB_URL].")
+# Not required=True: click would then refuse every sub-command's --help without it.
+@click.option("--url", envvar="TIANGONG_HUB_URL", metavar="URL",
+              help="The hub's web address, e.g. https://hub:8443 [env TIANGONG_HUB_URL; "
+              "required].")
 @click.option("--token-file", envvar="TIANGONG_TOKEN_FILE", default=DEFAULT_TOKEN_FILE,
               show_default=True, type=click.Path(path_type=Path),
               help="File holding your personal API token, mode 0600 [env TIANGONG_TOKEN_FILE].")
@@ -248,12 +251,12 @@ _DEPLOYMENT_COLUMNS = ("id", "product", "version", "environment", "agent", "stat
 @click.option("--timeout", default=DEFAULT_TIMEOUT_S, show_default=True, type=float,
               help="Seconds to wait for each answer.")
 @click.pass_context
-def remote(ctx: click.Context, url: str, token_file: Path, ca_file: Path | None,
+def remote(ctx: click.Context, url: str | None, token_file: Path, ca_file: Path | None,
            timeout: float) -> None:
     """Use a hub's HTTP API as yourself, with a personal API token (issued on the hub's
     web UI, page API tokens). What you may do is what your roles and the token's scopes
     allow; the hub audits every call under your name."""
-    ctx.obj = Client(url, token_file, ca_file, timeout)
+    ctx.obj = None if url is None else Client(url, token_file, ca_file, timeout)
 
 
 @remote.command("whoami")
