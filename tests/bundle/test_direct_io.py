@@ -67,8 +67,9 @@ def test_bytes_past_ready_are_read_again(tmp_path: Path) -> None:
         os.close(fd)
 
 
+@pytest.mark.parametrize("refused_from", [1, 2, 3])  # 2, 3: a read ahead is refused
 def test_a_device_refusing_direct_reads_is_read_through_the_cache(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused_from: int) -> None:
     data = os.urandom(3 * CHUNK + 99)
     path = tmp_path / "f"
     path.write_bytes(data)
@@ -76,9 +77,14 @@ def test_a_device_refusing_direct_reads_is_read_through_the_cache(
     reader = DeviceReader(fd, chunk=CHUNK)
     real = direct_io.pread_into
 
+    direct_reads = 0
+
     def pread_into(fd_: int, view: memoryview, offset: int) -> int:
+        nonlocal direct_reads
         if os.O_DIRECT & _flags(fd_):
-            raise OSError(errno.EINVAL, "Invalid argument")
+            direct_reads += 1
+            if direct_reads >= refused_from:
+                raise OSError(errno.EINVAL, "Invalid argument")
         return real(fd_, view, offset)
 
     monkeypatch.setattr(direct_io, "pread_into", pread_into)
@@ -86,6 +92,7 @@ def test_a_device_refusing_direct_reads_is_read_through_the_cache(
         got = b"".join(bytes(v) for v in reader.read(0, len(data)))
         assert got == data
         assert not reader.direct
+        assert direct_reads == refused_from
     finally:
         reader.close()
         os.close(fd)
