@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import TIANGONG, run, set_fast_inbox, wait_for
+from tests.e2e.conftest import TIANGONG, add_people, run, set_fast_inbox, wait_for
 from tests.fixtures.dbservers import free_port
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
@@ -113,10 +113,7 @@ def test_hub_serve_runs_the_live_server_and_delivers_live(
         tls: bool,
 ) -> None:
     data, env, hub = hub_cli
-    for name, role in (("alice", "developer"), ("bob", "approver"), ("carol", "operator")):
-        hub("users", "create", name)
-        hub("users", "grant", name, role)
-    hub("environments", "create", "plant-a")
+    add_people(env, (("alice", "developer"), ("bob", "approver"), ("carol", "operator")))
     server = start_hub_serve(data, env, tmp_path / "hub-serve.log", tls=tls)
     agent = None
     try:

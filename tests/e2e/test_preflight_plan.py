@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 
 from tests.e2e.agent_site import write_release
-from tests.e2e.conftest import drop_settled, run, set_fast_inbox
+from tests.e2e.conftest import add_people, drop_settled, run, set_fast_inbox
 from tests.fixtures.kubeserver import KubeServer
 
 
@@ -45,10 +45,7 @@ def test_plan_catches_what_is_missing_then_gates_the_rollout(
         return json.loads(hub(*args, "--json", user=user).stdout)
 
     hub("init", "--admin", "admin", "--hub-id", "hub-e2e", user="admin")
-    for name, role in (("alice", "developer"), ("bob", "approver"), ("carol", "operator")):
-        hub("users", "create", name, user="admin")
-        hub("users", "grant", name, role, user="admin")
-    hub("environments", "create", "plant-a", user="admin")
+    add_people(env, (("alice", "developer"), ("bob", "approver"), ("carol", "operator")))
 
     home = tmp_path / "agent"
     run("agent", "init", str(home), "--root", str(data / "root.json"), "--id", "site-01",
