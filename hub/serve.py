@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -139,10 +140,22 @@ class ChildProcess:
                     return
                 if time.monotonic() - started >= RESTART_STABLE_S:
                     delay = RESTART_FIRST_S
-                log.error("the %s (process %d) exited with code %s; %s; starting it again "
-                          "in %g s", self.what, proc.pid, code, self.lost, delay)
+                # Told to stop (exit 0, SIGTERM, SIGINT): most often hub serve is stopping
+                # too (systemd signals the whole group) and stop() comes within the delay;
+                # said only if it does not. Anything else is said at once.
+                told = code in (0, -signal.SIGTERM, -signal.SIGINT)
+                if not told:
+                    log.error("the %s (process %d) exited with code %s; %s; starting it "
+                              "again in %g s", self.what, proc.pid, code, self.lost, delay)
+            else:
+                told = False
             if self._stopping.wait(delay):
                 return
+            if told:
+                assert proc is not None
+                log.error("the %s (process %d) exited with code %s; %s; starting it again "
+                          "(%g s after it exited)", self.what, proc.pid, proc.returncode,
+                          self.lost, delay)
             delay = min(delay * 2, RESTART_MAX_S)
             with self._lock:
                 if self._stopping.is_set():

@@ -97,3 +97,33 @@ def test_stopping_during_the_back_off_starts_no_child_and_ends_the_watch(
     wait_for(lambda: not any(t.name == "tiangong-watch-scheduler"
                              for t in threading.enumerate()), 30, "the watch to end")
     assert len(spawned) == 1
+
+
+class _SpyEvent(threading.Event):
+    """An Event that says when someone waits on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waited.set()
+        return super().wait(timeout)
+
+
+@pytest.mark.parametrize("code", [0, -15])
+def test_a_child_stopped_with_hub_serve_logs_no_error(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, code: int) -> None:
+    """systemd's stop signals the whole group: the live child exits 0 (or by SIGTERM)
+    before hub serve calls stop(). That is not a crash: no ERROR is logged (monitors alert
+    on it) unless the child is still down when its back-off ends."""
+    monkeypatch.setattr(serve_mod, "RESTART_FIRST_S", 3600.0)
+    caplog.set_level(logging.INFO, logger="tiangong.hub.serve")
+    exit_code = ("raise SystemExit(0)" if code == 0
+                 else "import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
+    child = serve_mod.ChildProcess([sys.executable, "-c", exit_code])
+    spy = child._stopping = _SpyEvent()
+    child.start()
+    wait_for(spy.waited.is_set, 30, "the watch to wait out the back-off")
+    child.stop()
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
