@@ -45,7 +45,7 @@ def test_a_child_that_cannot_be_started_again_is_retried_with_the_back_off(
     real = serve_mod.ChildProcess._spawn
     spawns: list[int] = []
     commands = [[sys.executable, "-c", "raise SystemExit(3)"], None,
-                [sys.executable, "-c", "import time; time.sleep(120)"]]
+                [sys.executable, "-c", "import signal; signal.pause()"]]  # runs until stopped
 
     def spawn(self: serve_mod.ChildProcess) -> subprocess.Popen[bytes]:
         command = commands[min(len(spawns), len(commands) - 1)]
