@@ -537,6 +537,7 @@ def mark_exported_many(
          for row in rows])
     for row in rows:
         show_loaded(ctx.session, row["id"], state="exported", updated_at=now, claimed_by=None,
+                    unless_set={"exported_at": now},
                     **{key: row[key] for key in ("bundle_id", "bundle_path", "sequence",
                                                  "root_version", "export_intent")})
     return [("deployment.exported", "deployment", str(row["id"]),
@@ -696,10 +697,9 @@ def mark_delivered_many(
                 delivered_at=func.coalesce(table.c.delivered_at, now))
         .execution_options(synchronize_session=False),
         [{"b_id": dep_id} for dep_id, _ in rows])
-    for dep_id, _ in rows:  # one the session holds is read again at its next use
-        loaded = ctx.session.identity_map.get(ctx.session.identity_key(Deployment, dep_id))
-        if loaded is not None:
-            ctx.session.expire(loaded)
+    for dep_id, _ in rows:
+        show_loaded(ctx.session, dep_id, state="delivered", updated_at=now,
+                    unless_set={"delivered_at": now})
     return [("deployment.delivered", "deployment", str(dep_id),
              {"from": "exported", "to": "delivered"}) for dep_id, _ in rows]
 

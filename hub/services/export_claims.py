@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
@@ -129,11 +129,15 @@ def claim_many(session: Session, deployment_ids: Collection[int], now: datetime)
     return mine
 
 
-def show_loaded(session: Session, deployment_id: int, **values: Any) -> None:
+def show_loaded(session: Session, deployment_id: int, *,
+                unless_set: Mapping[str, Any] | None = None, **values: Any) -> None:
     """Give the deployment ``deployment_id``, if ``session`` holds it as an object, the column
     ``values`` a Core UPDATE just wrote behind the ORM's back, as loaded values (nothing to
     flush, nothing read again): a session without expire-on-commit (the web's) went on
-    showing a batch's deployments ``exporting`` after it had committed them ``exported``."""
+    showing a batch's deployments ``exporting`` after it had committed them ``exported``.
+    ``unless_set``: columns the UPDATE wrote with ``coalesce(column, value)``, given where
+    the loaded value is None, and read again at their next use where none is loaded (an
+    object this session inserted holds no value for a column it never set)."""
     loaded = session.identity_map.get(session.identity_key(Deployment, deployment_id))
     if loaded is None:
         return  # not held
@@ -141,11 +145,16 @@ def show_loaded(session: Session, deployment_id: int, **values: Any) -> None:
     if state.expired:
         return  # read again at its next use anyway
     held = state.dict  # the loaded values (an unloaded column is not in it)
-    if values.get("state") == "exported" and "exported_at" in held \
-            and held["exported_at"] is None:
-        values["exported_at"] = values["updated_at"]
+    unknown = []
+    for key, value in (unless_set or {}).items():
+        if key not in held:
+            unknown.append(key)
+        elif held[key] is None:
+            values[key] = value
     for key, value in values.items():
         set_committed_value(loaded, key, value)
+    if unknown:
+        session.expire(loaded, unknown)
 
 
 def stale_claims(

@@ -288,6 +288,27 @@ def test_delivered_bundles_of_an_actor_without_export_change_nothing(
     assert world.session.scalar(select(func.max(AuditEvent.seq))) == head
 
 
+def test_a_deployment_the_session_holds_shows_what_mark_delivered_many_wrote(
+        file_world: World) -> None:
+    """The UPDATE is Core: an object the session holds is given the written values (state,
+    updated_at, delivered_at where it had none), the same as the row read afresh."""
+    world = file_world
+    enroll_agent(world.ctx("op"), "test", EnrollmentRequest(
+        hostname="held-d", ed25519_public=SigningKey.generate().public.raw.hex(),
+        x25519_public=BoxKeyPair.generate().public.raw.hex(), agent_id="held-d",
+        environment="test", hub_id=world.keys.hub.hub_id))
+    (dep,) = queue_deployment(world.ctx("op"), _approved_release(world), "test")
+    dep.state = "exported"
+    world.session.commit()
+    assert dep.delivered_at is None  # loaded, and held by the session
+    mark_delivered_many(world.ctx("op"), [(dep.id, dep.environment)])
+    held = (dep.state, dep.updated_at, dep.delivered_at)
+    world.session.commit()
+    world.session.expire(dep)
+    assert held == (dep.state, dep.updated_at, dep.delivered_at)
+    assert held[0] == "delivered" and held[2] is not None
+
+
 def test_claims_of_an_export_worker_are_released_after_its_database_error(
         file_world: World, tmp_path: Path) -> None:
     """A worker process (hub.live_exports) claims under its own token: after its call failed
