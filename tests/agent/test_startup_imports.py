@@ -30,3 +30,15 @@ def test_importing_one_small_bundle_module_does_not_import_the_rest() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.split() == ["['bundle.crashhook',", "'bundle.errors']"]
+
+
+def test_every_public_name_of_bundle_is_in_its_lazy_table_and_resolves() -> None:
+    """``bundle.__all__`` (what mypy and readers see) and ``bundle._EXPORTS`` (what
+    ``__getattr__`` imports) name the same things, and each is found where the table says."""
+    import importlib
+
+    import bundle
+
+    assert sorted(bundle.__all__) == sorted(bundle._EXPORTS)
+    for name, (module, attribute) in bundle._EXPORTS.items():
+        assert getattr(bundle, name) is getattr(importlib.import_module(module), attribute)
