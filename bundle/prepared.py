@@ -49,14 +49,13 @@ from bundle.writer import (
     _assemble,
     _check_head_inputs,
     _check_level,
-    _check_on_device,
     _check_payloads,
     _compress_all,
     _remove_tree,
     _roots_json,
     _signed,
     _tmp_for,
-    _write_all,
+    _write_assembled,
 )
 from signing.fileio import fsync_dir
 from signing.keys import SigningKey
@@ -143,28 +142,17 @@ def write_prepared(
     roots_json = _roots_json(roots, limits)
     envelope = _signed(manifest, signing_keys, limits)
     report = progress or (lambda phase, done, total: None)
-    data = (_MARKER_MEMBER + encode_member(ROOTS_NAME, roots_json)
-            + encode_member(ENVELOPE_NAME, envelope) + prepared.data)
-    total = len(data)
-    file_sha256 = hashlib.sha256(data).hexdigest()
+    head = (_MARKER_MEMBER + encode_member(ROOTS_NAME, roots_json)
+            + encode_member(ENVELOPE_NAME, envelope))
+    total = len(head) + len(prepared.data)
     envelope_sha256 = hashlib.sha256(envelope).hexdigest()
     out = Path(out)
     label = strip_part_suffix(out.name)
     fd, tmp = _tmp_for(out)
     try:
-        try:
-            report("write", 0, total)
-            _write_all(fd, data)
-            report("write", total, total)
-            del data
-            if durable:
-                os.fsync(fd)
-                if verify:
-                    report("verify", 0, total)
-                    _check_on_device(fd, label, total, file_sha256, prepared.entries)
-                    report("verify", total, total)
-        finally:
-            os.close(fd)
+        file_sha256 = _write_assembled(fd, label, lambda: head + prepared.data,
+                                       prepared.entries, report, durable=durable,
+                                       verify=verify)
         if not durable:
             return WrittenBundle((out,), manifest, envelope, envelope_sha256, total,
                                  file_sha256=file_sha256, pending=tmp)

@@ -1663,21 +1663,9 @@ def _frame_and_write(
             fd, tmp = _tmp_for(out)
             temps.append(tmp)
         label = strip_part_suffix(out.name)
-        try:
-            data = _assemble(label, head, entries, sources)
-            report("write", 0, total)
-            _write_all(fd, data)
-            report("write", total, total)
-            file_sha256 = hashlib.sha256(data).hexdigest()
-            del data
-            if durable:
-                os.fsync(fd)
-                if verify:
-                    report("verify", 0, total)
-                    _check_on_device(fd, label, total, file_sha256, entries)
-                    report("verify", total, total)
-        finally:
-            os.close(fd)
+        file_sha256 = _write_assembled(
+            fd, label, lambda: _assemble(label, head, entries, sources), entries, report,
+            durable=durable, verify=verify)
         temps.remove(tmp)
         if not durable:
             return WrittenBundle((out,), final, envelope, envelope_sha256, total,
@@ -1824,6 +1812,32 @@ def _assemble(label: str, head: bytes, entries: Sequence[FileEntry],
             os.close(fd)
     out += END_OF_ARCHIVE
     return bytes(out)
+
+
+def _write_assembled(fd: int, label: str, assemble: Callable[[], bytes],
+                     entries: Sequence[FileEntry], report: ProgressFn, *, durable: bool,
+                     verify: bool) -> str:
+    """Write the bundle ``assemble`` builds in memory (at most :data:`ASSEMBLE_BYTES`) to
+    ``fd`` with one call and close ``fd``; with ``durable``, fsync it and, with ``verify``,
+    re-read it from the device (:func:`_check_on_device`). The bytes are let go before the
+    re-read. Returns the file's SHA-256."""
+    try:
+        data = assemble()
+        total = len(data)
+        report("write", 0, total)
+        _write_all(fd, data)
+        report("write", total, total)
+        file_sha256 = hashlib.sha256(data).hexdigest()
+        del data
+        if durable:
+            os.fsync(fd)
+            if verify:
+                report("verify", 0, total)
+                _check_on_device(fd, label, total, file_sha256, entries)
+                report("verify", total, total)
+    finally:
+        os.close(fd)
+    return file_sha256
 
 
 def _check_on_device(fd: int, label: str, size: int, sha256: str,
