@@ -267,18 +267,25 @@ def test_delivered_bundles_are_recorded_as_one_batch_whatever_its_size(
         select(Deployment).where(Deployment.state == "delivered")))
 
 
+def _exported_deployment(world: World, agent_id: str) -> Deployment:
+    """A deployment of an approved release to a new agent ``agent_id`` of ``test``, set
+    ``exported`` and committed (the state mark_delivered_many moves on)."""
+    enroll_agent(world.ctx("op"), "test", EnrollmentRequest(
+        hostname=agent_id, ed25519_public=SigningKey.generate().public.raw.hex(),
+        x25519_public=BoxKeyPair.generate().public.raw.hex(), agent_id=agent_id,
+        environment="test", hub_id=world.keys.hub.hub_id))
+    (dep,) = queue_deployment(world.ctx("op"), _approved_release(world), "test")
+    dep.state = "exported"
+    world.session.commit()
+    return dep
+
+
 def test_delivered_bundles_of_an_actor_without_export_change_nothing(
         file_world: World, tmp_path: Path) -> None:
     """mark_delivered_many checks bundle.export in each environment before it writes: a
     viewer is refused, and no deployment, no audit event changes."""
     world = file_world
-    enroll_agent(world.ctx("op"), "test", EnrollmentRequest(
-        hostname="deny-1", ed25519_public=SigningKey.generate().public.raw.hex(),
-        x25519_public=BoxKeyPair.generate().public.raw.hex(), agent_id="deny-1",
-        environment="test", hub_id=world.keys.hub.hub_id))
-    (dep,) = queue_deployment(world.ctx("op"), _approved_release(world), "test")
-    dep.state = "exported"
-    world.session.commit()
+    dep = _exported_deployment(world, "deny-1")
     head = world.session.scalar(select(func.max(AuditEvent.seq)))
     ctx = world.ctx("view")
     with pytest.raises(PermissionDeniedError, match=r"bundle\.export"):
@@ -293,13 +300,7 @@ def test_a_deployment_the_session_holds_shows_what_mark_delivered_many_wrote(
     """The UPDATE is Core: an object the session holds is given the written values (state,
     updated_at, delivered_at where it had none), the same as the row read afresh."""
     world = file_world
-    enroll_agent(world.ctx("op"), "test", EnrollmentRequest(
-        hostname="held-d", ed25519_public=SigningKey.generate().public.raw.hex(),
-        x25519_public=BoxKeyPair.generate().public.raw.hex(), agent_id="held-d",
-        environment="test", hub_id=world.keys.hub.hub_id))
-    (dep,) = queue_deployment(world.ctx("op"), _approved_release(world), "test")
-    dep.state = "exported"
-    world.session.commit()
+    dep = _exported_deployment(world, "held-d")
     assert dep.delivered_at is None  # loaded, and held by the session
     mark_delivered_many(world.ctx("op"), [(dep.id, dep.environment)])
     held = (dep.state, dep.updated_at, dep.delivered_at)
