@@ -141,9 +141,12 @@ def create_plan(ctx: ServiceContext, release: Release, *, environment: str | Non
     source = _check_release_files(release.label, release.stored_path, release.content_hash)
     now = ctx.now()
     who = agent.agent_id if agent is not None else env.name
+    # Expired (expires_at = created_at) until its files are written: the live server offers
+    # unexpired plans, and one committed before its file reached the spool was marked
+    # offered with nothing to offer, and never offered again.
     row = PlanBundle(release=release, environment=env, agent=agent, bundle_id="",
                      files=[], created_by=ctx.actor.username if ctx.actor else "system",
-                     created_at=now, expires_at=now + expires_in)
+                     created_at=now, expires_at=now)
     session.add(row)
     session.flush()  # the id is the plan's sequence
     row.bundle_id = f"plan-{release.product.name}-{release.version}-{who}-{row.id}"[:128]
@@ -214,6 +217,7 @@ def create_plan(ctx: ServiceContext, release: Release, *, environment: str | Non
         raise
     crash_point("hub.plan-written")
     row.files = [str(p) for p in written]
+    row.expires_at = now + expires_in  # offered from the commit below
     audit.record(ctx, "plan.create", "release", str(release.id), {
         "release": release.label, "plan": row.id, "bundle_id": row.bundle_id,
         "environment": env.name, "agent": agent.agent_id if agent else None,

@@ -82,6 +82,33 @@ def test_live_plans_go_to_each_agents_spool(world: World, rel: Release,
     assert all(p.parent.parent == tmp_path / "data" / "live-outbox" for p in report.files)
 
 
+def test_a_plan_is_no_live_work_until_its_files_are_in_the_spool(
+        world: World, rel: Release, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its row is committed before its file is written (its sequence must be): the live
+    server, asking then, must not see it (it would mark it offered with nothing in the
+    spool, and never offer it again); once written, it does."""
+    from dataclasses import replace
+
+    from hub.services import plans
+    from hub.services.presence import live_work_of
+
+    _fleet(world, 2)
+    ctx = world.ctx("op")
+    ctx = replace(ctx, keys=replace(ctx.keys, data_dir=tmp_path / "data"))  # type: ignore[arg-type]
+    seen: list[list[object]] = []
+    real = plans.write_bundle
+
+    def write_bundle(*args: object, **kwargs: object) -> object:
+        seen.append([w.plan for w in live_work_of(world.session, {"a00"}, now=world.clock())])
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plans, "write_bundle", write_bundle)
+    report = create_plan(ctx, rel, agent_id="a00")
+    assert seen == [[]]
+    assert [w.plan for w in live_work_of(world.session, {"a00"}, now=world.clock())] == [
+        report.sequence]
+
+
 @pytest.mark.parametrize(("kwargs", "error", "words"), [
     ({}, ValidationError, "give --environment or --agent"),
     ({"environment": "test", "agent_id": "a00"}, ValidationError, "one of them"),
