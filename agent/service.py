@@ -37,6 +37,7 @@ pass until it succeeds, without a restart.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import logging
 import os
@@ -116,6 +117,11 @@ log = logging.getLogger("tiangong.agent")
 RETRY_SECONDS = 5.0  # seconds
 
 
+OWN_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+"""Errors only a write raises: staging on the agent's own disk failed, not the read of one
+inbox file, so no later item of the pass can be staged either (``Agent.process``)."""
+
+
 @dataclass(frozen=True)
 class ProcessOutcome:
     name: str
@@ -153,6 +159,7 @@ class Agent:
         self.inbox.part_problems = lambda paths: self.order.part_problems(paths, self._verify)
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        self._own_disk_refused = False  # this pass: staging hit a full or read-only disk
         #: ``progress(phase, done, total)`` while a bundle is verified (``agent apply``).
         self.progress: Callable[[str, int, int], None] | None = None
         self._problems: dict[str, str] = {}  # what keeps failing (logged once) by area
@@ -331,7 +338,11 @@ class Agent:
             return self._reject(item, exc.check, str(exc))
         except OSError as exc:
             # Transport trouble, or no room in staging/: leave the files; the next scan
-            # tries again.
+            # tries again. The agent's own disk refusing writes ends the pass: a later item
+            # staged in this pass (the disk recovered meanwhile) would be accepted before
+            # this one and make it an old sequence.
+            if exc.errno in OWN_DISK_ERRNOS:
+                self._own_disk_refused = True
             self._problem(f"verify {printable(item.name)}",
                           f"cannot verify {printable(item.name)}: {_why(exc)}; it stays in "
                           "the inbox and is tried again")
@@ -813,8 +824,10 @@ class Agent:
             if self._needs_recovery:
                 self.recover()
             self.flush()
-            outcomes = self.order.run(self.inbox.scan(self.clock()), self._verify,
-                                      self.process, self.stopping.is_set)
+            self._own_disk_refused = False
+            outcomes = self.order.run(
+                self.inbox.scan(self.clock()), self._verify, self.process,
+                lambda: self.stopping.is_set() or self._own_disk_refused)
             for rec in self.journal.bundles(("waiting", "running", "held")):
                 if self.stopping.is_set():
                     break

@@ -3,6 +3,7 @@ predecessor, and proceed past a bundle the hub declared lost (docs/agent.md "Ord
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -199,3 +200,57 @@ def test_a_decision_from_a_bundle_never_accepted_is_kept_across_restarts(  # typ
         assert "declared lost by carol" in out.summary
     finally:
         again.close()
+
+
+def test_a_full_disk_while_staging_ends_the_pass_so_a_later_bundle_cannot_overtake(
+        site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Bundles 1 and 2 (no chain: nothing else holds 2) wait while staging fails with ENOSPC;
+    the disk recovers between bundle 1's failed staging and bundle 2's: 2 must not be
+    accepted before 1 (which would then be refused as an old sequence). The pass ends at the
+    full disk, and the next one applies 1 then 2."""
+    agent, kit, _ = site
+    drop(agent, make(kit, tmp_path / "disk-1.tgb", 1, chain=False))
+    drop(agent, make(kit, tmp_path / "disk-2.tgb", 2, chain=False))
+    real = agent._verify
+    calls: list[str] = []
+
+    def verify(item, admit):  # type: ignore[no-untyped-def]
+        calls.append(item.name)
+        if len(calls) <= 3:  # peek 1, peek 2, stage 1: the disk is full; then it recovers
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(item, admit)
+
+    monkeypatch.setattr(agent, "_verify", verify)
+    outs = agent.run_once()
+    assert [(o.name, o.status) for o in outs] == [("disk-1.tgb", "deferred")]
+    assert calls == ["disk-1.tgb", "disk-2.tgb", "disk-1.tgb"]
+    assert applied(agent) == []
+    assert sorted(p.name for p in agent.config.inbox.iterdir()) == ["disk-1.tgb", "disk-2.tgb"]
+
+    outs = agent.run_once()
+    assert [(o.name, o.status) for o in outs] == [("disk-1.tgb", "succeeded"),
+                                                  ("disk-2.tgb", "succeeded")]
+    assert applied(agent) == [1, 2]
+    assert agent.journal.rejections() == []
+    assert not list(agent.config.quarantine.iterdir())
+
+
+def test_an_unreadable_inbox_file_does_not_stop_the_others(
+        site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A read error on one file (EIO from a failing stick) is that file's problem: the rest
+    of the pass goes on, and the file stays in the inbox."""
+    agent, kit, _ = site
+    bad = drop(agent, make(kit, tmp_path / "a-bad.tgb", 1, chain=False))
+    drop(agent, make(kit, tmp_path / "b-good.tgb", 2, chain=False))
+    real = agent._verify
+
+    def verify(item, admit):  # type: ignore[no-untyped-def]
+        if item.name == "a-bad.tgb":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(item, admit)
+
+    monkeypatch.setattr(agent, "_verify", verify)
+    outs = agent.run_once()
+    assert [(o.name, o.status) for o in outs] == [("a-bad.tgb", "deferred"),
+                                                  ("b-good.tgb", "succeeded")]
+    assert bad.exists()
