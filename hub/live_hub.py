@@ -615,8 +615,12 @@ class LiveHub:
         live burst"). The spool directories the bundles left (for ``sent/``) are fsynced
         first, each once."""
         for directory in sorted({self.spool_root / agent_id for agent_id, _, _ in items}):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 fsync_dir(directory)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # the batch waits for the next round (_record_delivered)
+                raise OSError(exc.errno, exc.strerror, str(directory)) from exc
         with self._services() as ctx, audit.held_head(ctx.session):
             found = _delivered_deployments(ctx.session, items)
             environments = {env_id: ctx.session.get(Environment, env_id) for env_id in
@@ -1298,12 +1302,13 @@ class LiveHub:
 
     async def _record_delivered(self) -> None:
         """Record the confirmed bundles, a batch per transaction, until none are left. On a
-        database error the batch waits for the push loop's next round."""
+        database error, or a spool directory that cannot be fsynced, the batch waits for
+        the push loop's next round."""
         while self._delivered:
             batch, self._delivered = self._delivered, []
             try:
                 await self._in_pool(self._export_pool, self._mark_delivered, batch)
-            except (SQLAlchemyError, HubError) as exc:
+            except (SQLAlchemyError, HubError, OSError) as exc:
                 self._delivered[:0] = batch
                 self.metrics.error("push_loop")
                 log.error("live: cannot record %d delivered bundle(s) now: %s", len(batch), exc)

@@ -31,7 +31,7 @@ from sqlalchemy.exc import OperationalError
 from websockets.asyncio.client import connect
 
 from bundle.sync import MAX_MESSAGE_BYTES, AgentSide, OfferReceived, Welcomed
-from hub import live_hub
+from hub import live_files, live_hub
 from hub.db import Agent as AgentRow
 from hub.db import AuditEvent, Deployment, make_session_factory
 from hub.errors import PermissionDeniedError
@@ -345,3 +345,38 @@ def test_claims_of_an_export_worker_are_released_after_its_database_error(
             select(AgentRow.agent_id, Deployment.state, Deployment.claimed_by)
             .join(AgentRow, Deployment.agent_id == AgentRow.id))}
     assert claims == {"held-1": ("exporting", None), "held-2": ("exporting", other)}
+
+
+def test_delivered_bundles_whose_spool_cannot_be_synced_are_recorded_in_a_later_round(
+        file_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spool directory a delivered bundle left for ``sent/`` cannot be fsynced (EIO):
+    the OSError escaped LiveHub._record_delivered, whose task died with the batch already
+    taken off the list, so the deployment stayed ``exported`` for good (its file in
+    ``sent/`` is never offered again). Now the batch waits for the next round, nothing
+    recorded meanwhile, and is recorded once the directory syncs."""
+    world = file_world
+    agent_id = "sync-fails"
+    _exported_deployment(world, agent_id).state = "queued"
+    world.session.commit()
+    hub = LiveHub(session_factory=make_session_factory(world.session.get_bind()),  # type: ignore[arg-type]
+                  keys=world.keys.hub, data_dir=tmp_path / "hubdata", actor="op",
+                  clock=world.clock)
+    assert hub._export_many([agent_id]) == {agent_id: (1, 0)}
+    spooled = next((hub.spool_root / agent_id).glob("*.tgb"))
+    (spooled.parent / "sent").mkdir()
+    spooled.rename(spooled.parent / "sent" / spooled.name)  # as LiveHub._sent moves it
+    head = world.session.scalar(select(func.max(AuditEvent.seq)))
+
+    def eio(directory: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error", str(directory))
+
+    monkeypatch.setattr(live_hub, "fsync_dir", eio)
+    hub._delivered.append((agent_id, spooled.name, "received"))
+    asyncio.run(hub._record_delivered())
+    assert hub._delivered == [(agent_id, spooled.name, "received")]
+    assert _states(world) == Counter({"exported": 1})
+    assert world.session.scalar(select(func.max(AuditEvent.seq))) == head
+    monkeypatch.setattr(live_hub, "fsync_dir", live_files.fsync_dir)
+    asyncio.run(hub._record_delivered())
+    assert hub._delivered == []
+    assert _states(world) == Counter({"delivered": 1})
