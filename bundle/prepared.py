@@ -56,8 +56,8 @@ from bundle.writer import (
     _signed,
     _tmp_for,
     _write_assembled,
+    sync_placed,
 )
-from signing.fileio import fsync_dir
 from signing.keys import SigningKey
 
 __all__ = ["PreparedPayloads", "prepare_payloads", "write_prepared"]
@@ -161,7 +161,7 @@ def write_prepared(
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    fsync_dir(out.parent)
+    sync_placed((out,))
     return WrittenBundle((out,), manifest, envelope, envelope_sha256, total,
                          file_sha256=file_sha256)
 

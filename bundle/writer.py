@@ -109,6 +109,7 @@ __all__ = [
     "plan_manifest",
     "release_manifest",
     "release_payloads",
+    "sync_placed",
     "write_bundle",
 ]
 
@@ -1650,9 +1651,9 @@ def _frame_and_write(
             os.replace(tmp, dest)
         os.replace(tmp0, part_path(out, 0))  # last: watchers wait for the first part
         temps.clear()
-        fsync_dir(out.parent)
-        _remove_stale_parts(out, len(sizes))
         paths = (part_path(out, 0), *finals)
+        sync_placed(paths)
+        _remove_stale_parts(out, len(sizes))
         report("write", total, total)
     elif total <= ASSEMBLE_BYTES and (
             direct is None or not any(f.path == direct.path for f in sources)):
@@ -1675,7 +1676,7 @@ def _frame_and_write(
         except BaseException:
             temps.append(tmp)
             raise
-        fsync_dir(out.parent)
+        sync_placed((out,))
         return WrittenBundle((out,), final, envelope, envelope_sha256, total,
                              file_sha256=file_sha256)
     else:
@@ -1768,8 +1769,8 @@ def _frame_and_write(
             report("verify", total, total)
         os.replace(tmp, out)
         temps.remove(tmp)  # a temporary file left by a wrong prediction is still removed
-        fsync_dir(out.parent)
         paths = (out,)
+        sync_placed(paths)
     return WrittenBundle(paths, final, envelope, envelope_sha256, total)
 
 
@@ -1962,15 +1963,37 @@ def make_durable(
                 failed(i, exc)
                 continue
             dirs.setdefault(b.paths[0].parent, []).append(i)
-    for directory, members in sorted(dirs.items()):
+    for _, members in sorted(dirs.items()):
         try:
-            fsync_dir(directory)
+            sync_placed([bundles[i].paths[0] for i in members])
         except OSError as exc:
-            for i in members:  # under its final name, but not known to be durable there
+            for i in members:
                 errors[i] = exc
-                with contextlib.suppress(FileNotFoundError):
-                    bundles[i].paths[0].unlink()
     return errors
+
+
+def sync_placed(paths: Sequence[Path]) -> None:
+    """``fsync`` the directory that ``paths`` (bundle files just renamed to their final
+    names, all in one directory) are in.
+
+    Raises:
+        OSError: the directory cannot be synced. Each of ``paths`` has then been removed:
+            it was whole and verified, but a power cut could still lose it or leave the
+            directory as it was, so nothing claims it is there. The message names the
+            files, the directory and the reason; the bundle can be written again.
+    """
+    directory = paths[0].parent
+    try:
+        fsync_dir(directory)
+    except OSError as exc:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        names = ", ".join(p.name for p in paths)
+        raise OSError(exc.errno, f"{names} written and verified, but its directory "
+                      f"{os.path.abspath(directory)} cannot be synced "
+                      f"({exc.strerror or exc}): removed, as it might not survive a power "
+                      "cut; write it again once the disk is sound") from exc
 
 
 def _remove_stale_parts(out: Path, count: int) -> None:

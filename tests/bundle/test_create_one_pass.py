@@ -5,15 +5,17 @@ manifest is signed — the same content hash the release loader computes."""
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 import bundle.release as release_mod
+import bundle.writer as writer_mod
 from bundle.cli import bundle
 from bundle.inspect import inspect
 from bundle.release import load_release
@@ -23,8 +25,8 @@ from tests.signing.clitools import PASS, KeyDir, check, init_args, run
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "releases" / "hello-1.0.0"
 
 
-def test_bundle_create_reads_each_file_once(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def _keys_and_release(tmp_path: Path) -> tuple[KeyDir, Path]:
+    """Root, release and audit keys, root.json, and a copy of hello with a data file."""
     kd = KeyDir(tmp_path)
     for name, role in (("root1", "root"), ("release1", "release"), ("audit1", "audit")):
         kd.make(name, role)
@@ -32,17 +34,27 @@ def test_bundle_create_reads_each_file_once(tmp_path: Path,
     release = tmp_path / "hello"
     shutil.copytree(HELLO, release)
     (release / "data.bin").write_bytes(b"row of data\n" * 200_000)
+    return kd, release
+
+
+def _create(kd: KeyDir, release: Path, out: Path) -> Result:
+    return CliRunner().invoke(bundle, [
+        "create", str(release), "--key", kd.key("release1"), "--root",
+        str(kd.path / "root.json"), "--agent", "site-01", "--sequence", "1",
+        "-o", str(out), "--json", "--no-progress"],
+        env={DEFAULT_PASSPHRASE_ENV: PASS})
+
+
+def test_bundle_create_reads_each_file_once(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    kd, release = _keys_and_release(tmp_path)
     loaded = load_release(release)
 
     def no_second_pass(name: str, path: Path) -> object:
         raise AssertionError(f"{name} hashed by the release loader before compressing")
 
     monkeypatch.setattr(release_mod, "_hash_file", no_second_pass)
-    result = CliRunner().invoke(bundle, [
-        "create", str(release), "--key", kd.key("release1"), "--root",
-        str(tmp_path / "root.json"), "--agent", "site-01", "--sequence", "1",
-        "-o", str(tmp_path / "out.tgb"), "--json", "--no-progress"],
-        env={DEFAULT_PASSPHRASE_ENV: PASS})
+    result = _create(kd, release, tmp_path / "out.tgb")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     manifest = inspect(tmp_path / "out.tgb").manifest
@@ -56,3 +68,31 @@ def test_bundle_create_reads_each_file_once(tmp_path: Path,
         "--agent-id", "site-01", "--json", "--no-progress"])
     assert verified.exit_code == 0, verified.output
     assert json.loads(verified.output)["envelope_sha256"] == summary["envelope_sha256"]
+
+
+def test_bundle_create_says_a_bundle_its_directory_cannot_sync_was_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The output directory cannot be fsynced after the rename (EIO): 'cannot write
+    out.tgb: [Errno 5] Input/output error', exit 3, and out.tgb whole on the disk. Now the
+    message says it was written and verified, which directory failed and why, and that
+    the file was removed (exit 3, no traceback); the same command then writes it."""
+    kd, release = _keys_and_release(tmp_path)
+    out = tmp_path / "media" / "out.tgb"
+    out.parent.mkdir()
+    real = writer_mod.fsync_dir
+
+    def eio(directory: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(writer_mod, "fsync_dir", eio)
+    result = _create(kd, release, out)
+    assert result.exit_code == 3 and isinstance(result.exception, SystemExit)
+    assert result.output == (
+        f"Error: cannot write {out}: [Errno 5] out.tgb written and verified, but its "
+        f"directory {out.parent} cannot be synced (Input/output error): removed, as it "
+        "might not survive a power cut; write it again once the disk is sound\n")
+    assert list(out.parent.iterdir()) == []
+    monkeypatch.setattr(writer_mod, "fsync_dir", real)
+    result = _create(kd, release, out)
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in out.parent.iterdir()] == ["out.tgb"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import random
+import re
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -466,3 +468,52 @@ def test_a_file_changing_size_while_read(
         write_bundle(out / "b.tgb", release_draft(trust), make_files(src, {"a": b"x" * 1000}),
                      [trust.release_key])
     assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("how", ["assembled", "streamed", "split", "pending", "prepared"])
+def test_a_directory_that_cannot_be_synced_after_the_rename_leaves_no_bundle(
+    trust: TrustKit, src: Path, out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    """The bundle is whole, verified and under its final name when its directory's fsync
+    fails (EIO): write_bundle and write_prepared raised the bare OSError ("Input/output
+    error", no file named) and left the file, which the hub then reported failed and
+    'bundle create' reported not written. Now every writer does what make_durable did:
+    the file (every part) is removed and the error names it, the directory and the
+    reason; the same write succeeds once the directory syncs."""
+    from bundle.prepared import prepare_payloads, write_prepared
+
+    files = make_files(src, {"a": _mixed(40_000), "b": b"small"})
+    if how == "streamed":
+        monkeypatch.setattr(writer_mod, "ASSEMBLE_BYTES", 1000)
+    prepared = prepare_payloads(files, tmp_path) if how == "prepared" else None
+
+    def write() -> tuple[Path, ...]:
+        if prepared is not None:
+            return write_prepared(out / "b.tgb", release_draft(trust, files=prepared.entries),
+                                  prepared, [trust.release_key]).paths
+        w = write_bundle(out / "b.tgb", release_draft(trust), files, [trust.release_key],
+                         split_size=20_000 if how == "split" else None,
+                         durable=how != "pending")
+        if how == "pending":
+            (error,) = writer_mod.make_durable([w])
+            if error is not None:
+                raise error
+        return w.paths
+
+    real = writer_mod.fsync_dir
+
+    def eio(directory: Any) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(writer_mod, "fsync_dir", eio)
+    with pytest.raises(OSError, match=r"b\.tgb.* written and verified, but its directory "
+                       rf"{re.escape(str(out))} cannot be synced \(Input/output error\): "
+                       "removed") as caught:
+        write()
+    assert caught.value.errno == errno.EIO
+    assert os.listdir(out) == []
+    monkeypatch.setattr(writer_mod, "fsync_dir", real)
+    paths = write()
+    assert len(paths) == (3 if how == "split" else 1) and all(p.is_file() for p in paths)
+    assert _spools_and_temps(out) == []

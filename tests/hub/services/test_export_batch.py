@@ -434,3 +434,48 @@ def test_resume_writes_again_a_bundle_found_whole_but_expired(
         assert dep is not None and dep.state == "exported" and dep.export_intent is not None
         assert dep.export_intent["expires"] > now
     assert verify_database(world.session, world.keys.hub).ok
+
+
+@pytest.mark.parametrize("count", [1, 2])  # one export alone, and a batch (make_durable)
+def test_a_directory_that_cannot_be_synced_fails_the_export_and_the_next_writes_it_again(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """The media's directory cannot be fsynced (EIO) once a bundle is under its final name:
+    one export alone left the whole bundle on the media but reported it failed with a bare
+    "OSError: [Errno 5] Input/output error". Now both ways the bundle is removed, the
+    reason names it, its directory and the cause, and the next export writes the same
+    bundle (same sequence and bundle id; no sequence used twice, none skipped)."""
+    import errno
+
+    from bundle import writer as writer_mod
+
+    ids = [f"site-{i:02d}" for i in range(1, count + 1)]
+    _enroll(world, ids)
+    _queue(world)
+    usb = tmp_path / "usb"
+
+    def eio(directory: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(writer_mod, "fsync_dir", eio)
+    report = export_agents(world.ctx("op"), "test", usb, ids)
+    assert not report.written and len(report.failed) == count
+    for _, reason in report.failed:
+        assert "written and verified, but its directory" in reason
+        assert "cannot be synced (Input/output error): removed" in reason
+    assert not list(usb.rglob("*.tgb"))
+    world.session.expire_all()
+    deps = world.session.scalars(select(Deployment).order_by(Deployment.id)).all()
+    assert [(d.state, d.claimed_by) for d in deps] == [("exporting", None)] * count
+    intended = [(d.sequence, d.bundle_id) for d in deps]
+    assert all(seq is not None for seq, _ in intended)
+    counters = _counters(world)
+    monkeypatch.undo()
+    again = export_agents(world.ctx("op"), "test", usb, ids)
+    assert not again.failed and len(again.written) == count
+    world.session.expire_all()
+    deps = world.session.scalars(select(Deployment).order_by(Deployment.id)).all()
+    assert [d.state for d in deps] == ["exported"] * count
+    assert [(d.sequence, d.bundle_id) for d in deps] == intended
+    assert _counters(world) == counters
+    assert len(list(usb.rglob("*.tgb"))) == count
+    assert verify_database(world.session, world.keys.hub).ok
