@@ -313,6 +313,38 @@ def damaged(path: Path, what: str) -> JournalDamagedError:
     )
 
 
+def _refuse_unwritable(path: Path, exc: sqlite3.Error) -> None:
+    """SQLite could not open the journal (``exc``), but the file itself may be sound: a
+    journal in WAL mode on a read-only file system (or in a directory this user cannot
+    write) fails with "unable to open database file", because its ``-shm`` file cannot be
+    made. Read without those (``immutable``), a sound file passes SQLite's check and holds
+    the journal's tables: then this raises :class:`JournalWriteError` saying so, instead
+    of calling the file damaged (whose advice, ``journal recover``, would set the agent's
+    history aside for nothing).
+
+    Raises:
+        JournalWriteError: the file reads back sound.
+    """
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?immutable=1", uri=True)
+    except sqlite3.Error:
+        return
+    try:
+        check = db.execute("PRAGMA quick_check").fetchone()
+        meta = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+                          ).fetchone()
+    except sqlite3.Error:
+        return
+    finally:
+        db.close()
+    if check is not None and check[0] == "ok" and meta is not None:
+        raise JournalWriteError(
+            f"cannot open the journal {path} for writing ({exc}), although the file reads "
+            f"back sound: its directory {path.parent} refuses writes (a read-only file "
+            "system, or another user's directory); remount it read-write or run as the "
+            "agent's user. The journal is not damaged: do not recover it") from exc
+
+
 class Journal:
     """A handle on the journal file. Thread-safe (one connection, serialised by a lock).
 
@@ -343,6 +375,7 @@ class Journal:
             self._db = sqlite3.connect(str(self.path), isolation_level=None,
                                        check_same_thread=False)
         except sqlite3.Error as exc:
+            _refuse_unwritable(self.path, exc)
             raise damaged(self.path, f"cannot be opened ({exc})") from exc
         self._db.row_factory = sqlite3.Row
         try:
@@ -385,6 +418,7 @@ class Journal:
             if _WRITE_TROUBLE.search(str(exc)):
                 raise JournalWriteError(f"cannot open the journal {self.path} for writing: "
                                         f"{exc} (free space, or remount it read-write)") from exc
+            _refuse_unwritable(self.path, exc)
             raise damaged(self.path, f"is not a readable SQLite journal ({exc})") from exc
         except JournalError:
             self._db.close()

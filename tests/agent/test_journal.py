@@ -133,6 +133,49 @@ def test_a_damaged_journal_is_refused_with_the_recovery_command(tmp_path: Path,
     assert (path.read_bytes() if path.exists() else None) == before
 
 
+@pytest.mark.parametrize("damaged", [False, True])
+def test_a_sound_journal_in_a_directory_that_refuses_writes_is_not_called_damaged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damaged: bool) -> None:
+    """On a read-only file system SQLite cannot make a WAL journal's -shm file and says
+    "unable to open database file" (seen on a real read-only tmpfs mount): 'agent status'
+    and 'agent run' called the journal damaged and told the operator to run 'agent journal
+    recover'. Now a journal that reads back sound without those files is reported as a
+    write problem naming its directory; a damaged one is still called damaged. Nothing is
+    changed either way."""
+    import sqlite3
+
+    import agent.journal as journal_mod
+    from agent.journal import JournalDamagedError, JournalWriteError
+
+    path = tmp_path / "journal.sqlite"
+    j = Journal(path, clock=Clock())
+    _accept(j, 1, "b1")
+    j.close()
+    if damaged:
+        data = bytearray(path.read_bytes())
+        data[100:2000] = b"\x00\xff" * 950
+        path.write_bytes(bytes(data))
+    before = sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir())
+    real = sqlite3.connect
+
+    def read_only_fs(database: str, *args: object, **kwargs: object) -> sqlite3.Connection:
+        if not kwargs.get("uri"):  # the read-write open: its -shm file cannot be made
+            raise sqlite3.OperationalError("unable to open database file")
+        return real(database, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(journal_mod.sqlite3, "connect", read_only_fs)
+    with pytest.raises(JournalDamagedError if damaged else JournalWriteError) as err:
+        Journal(path, clock=Clock(), create=False)
+    if not damaged:
+        assert str(err.value).startswith(
+            f"cannot open the journal {path} for writing (unable to open database file), "
+            f"although the file reads back sound: its directory {tmp_path} refuses writes")
+        assert "recover --home" not in str(err.value)
+    else:
+        assert "recover --home" in str(err.value)
+    assert sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir()) == before
+
+
 def test_journal_file_is_private(tmp_path: Path) -> None:
     import os
     import stat
