@@ -337,10 +337,10 @@ class Sequencer:
             log.warning("inbox: holding %s: %s", printable(item.name), reason)
         return reason
 
-    def hold_for_space(self, item: ReadyItem, exc: InsufficientSpaceError) -> str:
-        """A good bundle that does not fit in staging now waits in the inbox (§9.3 rule 8)."""
-        return self.hold(item, f"waiting for staging space: {exc}; it stays in the inbox and "
-                         "is tried again on every scan")
+    def hold_for_space(self, item: ReadyItem, exc: InsufficientSpaceError, left: str) -> str:
+        """A good bundle that does not fit in staging now waits in the inbox (§9.3 rule 8);
+        ``left`` says so (or where a file given to 'agent apply' is left)."""
+        return self.hold(item, f"waiting for staging space: {exc}; {left}")
 
 
 def held_rows(held: Iterable[HeldItem]) -> list[dict[str, Any]]:

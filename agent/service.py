@@ -324,8 +324,9 @@ class Agent:
             return ProcessOutcome(printable(item.name), "held",
                                   self.order.hold(item, held.reason, seq))
         except InsufficientSpaceError as exc:
-            return ProcessOutcome(printable(item.name), "held",
-                                  self.order.hold_for_space(item, exc))
+            return ProcessOutcome(printable(item.name), "held", self.order.hold_for_space(
+                item, exc, self._left_as(item, "it stays in the inbox and is tried again on "
+                                               "every scan")))
         except PartsError as exc:
             if exc.damaged or exc.missing:
                 return self._bad_parts(item, exc)
@@ -341,12 +342,15 @@ class Agent:
             # tries again. The agent's own disk refusing writes ends the pass: a later item
             # staged in this pass (the disk recovered meanwhile) would be accepted before
             # this one and make it an old sequence.
+            left = self._left_as(item, "it stays in the inbox and is tried again")
+            what = "cannot read it"
             if exc.errno in OWN_DISK_ERRNOS:
                 self._own_disk_refused = True
+                what = f"cannot stage it in {self.config.staging}"
             self._problem(f"verify {printable(item.name)}",
-                          f"cannot verify {printable(item.name)}: {_why(exc)}; it stays in "
-                          "the inbox and is tried again")
-            return ProcessOutcome(printable(item.name), "deferred", f"cannot read: {_why(exc)}")
+                          f"cannot verify {printable(item.name)}: {what}: {_why(exc)}; {left}")
+            return ProcessOutcome(printable(item.name), "deferred",
+                                  f"{what}: {_why(exc)}; {left}")
         self._solved(f"verify {printable(item.name)}", f"{printable(item.name)} verified")
         crash_point("staged")
         check, details = "steps", None
@@ -364,6 +368,16 @@ class Agent:
                                 f"its sequence is not used up: {problem}", verified=vb,
                                 details={check: details} if details else None)
         return self._accept_and_run(item, vb)
+
+    def _left_as(self, item: ReadyItem, in_inbox: str) -> str:
+        """What becomes of ``item`` when it is not taken now: ``in_inbox`` for the inbox's
+        files; a file given to 'agent apply' from elsewhere is left where it is, and nothing
+        tries it again."""
+        first = item.paths[0]
+        if os.path.abspath(first.parent) == os.path.abspath(self.config.inbox):
+            return in_inbox
+        return (f"{printable(str(first))} is left where it is; run 'tiangong agent apply' "
+                "on it again")
 
     def _verify(self, item: ReadyItem, admit: AdmitFn) -> VerifiedBundle:
         trusted, state = self._trust()

@@ -254,3 +254,38 @@ def test_an_unreadable_inbox_file_does_not_stop_the_others(
     assert [(o.name, o.status) for o in outs] == [("a-bad.tgb", "deferred"),
                                                   ("b-good.tgb", "succeeded")]
     assert bad.exists()
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO])
+def test_a_file_given_to_apply_that_cannot_be_staged_or_read_is_said_to_stay_where_it_is(
+        site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int) -> None:  # type: ignore[no-untyped-def]
+    """'agent apply FILE' (a file outside the inbox) on a full staging disk (seen on a real
+    full tmpfs) said "deferred: cannot read: No space left on device" and logged that it
+    "stays in the inbox and is tried again": it was never in the inbox and nothing tries it
+    again. Now the outcome says whether staging or the read failed, and where the file
+    stays; an inbox file keeps its "stays in the inbox" wording."""
+    from agent.inbox import ReadyItem
+
+    agent, kit, _ = site
+    outside = make(kit, tmp_path / "given.tgb", 1, chain=False)
+    before = outside.read_bytes()
+    dest = drop(agent, make(kit, tmp_path / "dropped.tgb", 1, chain=False))
+    inboxed = ReadyItem(name=dest.name, paths=(dest,), size=dest.stat().st_size,
+                        kind="single", first_seen=0.0)
+
+    def verify(item, admit):  # type: ignore[no-untyped-def]
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(agent, "_verify", verify)
+    given = agent.process(ReadyItem(name=outside.name, paths=(outside,),
+                                    size=len(before), kind="single", first_seen=0.0))
+    dropped = agent.process(inboxed)
+    what = (f"cannot stage it in {agent.config.staging}" if error == errno.ENOSPC
+            else "cannot read it")
+    assert (given.status, given.summary) == (
+        "deferred", f"{what}: {os.strerror(error)}; {outside} is left where it is; run "
+        "'tiangong agent apply' on it again")
+    assert (dropped.status, dropped.summary) == (
+        "deferred", f"{what}: {os.strerror(error)}; it stays in the inbox and is tried again")
+    assert outside.read_bytes() == before and inboxed.paths[0].exists()
+    assert applied(agent) == [] and agent.journal.rejections() == []
