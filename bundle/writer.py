@@ -106,6 +106,7 @@ __all__ = [
     "WrittenBundle",
     "encode_roots",
     "make_durable",
+    "name_file",
     "plan_manifest",
     "release_manifest",
     "release_payloads",
@@ -1927,7 +1928,7 @@ def make_durable(
             os.close(fd)
 
     def failed(i: int, exc: BaseException) -> None:
-        errors[i] = exc
+        errors[i] = name_file(exc, bundles[i].paths[0])
         pending = bundles[i].pending
         assert pending is not None
         with contextlib.suppress(FileNotFoundError):
@@ -1970,6 +1971,15 @@ def make_durable(
             for i in members:
                 errors[i] = exc
     return errors
+
+
+def name_file(exc: BaseException, path: Path) -> BaseException:
+    """``exc``, an OSError of writing ``path`` that names no file (a write or ``fsync`` of
+    an open file: "No space left on device"), made to name ``path``; returned. One whose
+    message names the file already (:func:`sync_placed`) is left as it is."""
+    if isinstance(exc, OSError) and exc.filename is None and path.name not in str(exc):
+        exc.filename = str(path)
+    return exc
 
 
 def sync_placed(paths: Sequence[Path]) -> None:

@@ -65,9 +65,12 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     with _services(ctx) as sc, progress_bar(force=force_progress) as progress:
-        report = export_environment(sc, environment, out_dir, agent_id=agent_id,
-                                    expires_in=expires_in, split_size=split,
-                                    progress=progress, force=force)
+        try:
+            report = export_environment(sc, environment, out_dir, agent_id=agent_id,
+                                        expires_in=expires_in, split_size=split,
+                                        progress=progress, force=force)
+        except OSError as exc:  # the media, before any deployment (each one's are reported)
+            raise click.ClickException(f"cannot export to {out_dir}: {exc}") from exc
     rows: list[dict[str, Any]] = [{"deployment": b.deployment_id, "agent": b.agent_id, "release":
              f"{b.product} {b.version}", "sequence": b.sequence,
              "files": [str(p) for p in b.paths], "size": b.size} for b in report.written]
@@ -79,7 +82,8 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
                "warnings": [{"deployment": d, "message": m} for d, m in report.warnings],
                "capped": [{"deployment": d, "expires": utc_text(e)} for d, e in report.capped],
                "cleaned": report.cleaned,
-               "index": str(report.index) if report.index else None}, True)
+               "index": str(report.index) if report.index else None,
+               "index_error": report.index_error}, True)
     else:
         for name in report.cleaned:
             click.echo(f"removed {name} (left in {out_dir} by an export that was killed)")
@@ -103,6 +107,9 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
             click.echo(f"FAILED deployment {d}: {reason}", err=True)
         if report.index:
             click.echo(f"index: {report.index}")
+        if report.index_error:
+            click.echo(f"warning: {report.index_error}" + (
+                "; the bundles above are written and recorded" if rows else ""), err=True)
     sys.exit(1 if report.failed else 0)
 
 

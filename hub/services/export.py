@@ -66,6 +66,7 @@ from bundle.windows import Policy
 from bundle.writer import (
     WrittenBundle,
     make_durable,
+    name_file,
     release_manifest,
     release_payloads,
     write_bundle,
@@ -171,6 +172,9 @@ class ExportReport:
     #: (deployment id, expiry, Unix time)
     capped: list[tuple[int, int]] = field(default_factory=list)
     index: Path | None = None
+    #: why the index could not be written (read-only or full media): the bundles in
+    #: ``written`` are written and recorded all the same
+    index_error: str | None = None
     #: (export_agents) deployment id -> agent id, for every deployment in ``failed``
     failed_agents: dict[int, str] = field(default_factory=dict)
 
@@ -241,7 +245,11 @@ def export_environment(
     run = _Run(ctx, env, out_dir, expires_in, split_size, progress, live, force, report)
     run.run_all(stale, pending, report)
     if report.written or report.failed:
-        report.index = _write_index(out_dir, environment, report, ctx)
+        try:
+            report.index = _write_index(out_dir, environment, report, ctx)
+        except OSError as exc:
+            report.index_error = (f"cannot write the index INDEX-{environment}.txt in "
+                                  f"{out_dir}: {exc}")
     return report
 
 
@@ -783,6 +791,16 @@ class _Run:
 
     def _write(self, dep: Deployment, intent: dict[str, Any],
                facts: _Facts | None = None, *, durable: bool = True) -> WrittenBundle:
+        """``dep``'s bundle written (:meth:`_write_file`); an OSError that names no file (a
+        write or fsync of an open one: "No space left on device") names the bundle's."""
+        try:
+            return self._write_file(dep, intent, facts, durable=durable)
+        except OSError as exc:
+            name_file(exc, self.dir_for(dep) / intent["file"])
+            raise
+
+    def _write_file(self, dep: Deployment, intent: dict[str, Any],
+                    facts: _Facts | None = None, *, durable: bool = True) -> WrittenBundle:
         keys = self.ctx.keys
         assert keys is not None and keys.release_key is not None
         facts = facts or _Facts(self.ctx, [], self.ctx.now())

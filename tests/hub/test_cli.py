@@ -512,7 +512,8 @@ def test_json_of_submit_approve_reject_and_audit_export(hub_dir: Path, tmp_path:
     assert report["ok"] is True and report["events"] == exported["events"]
 
 
-def test_declare_lost_from_the_cli(hub_dir: Path, tmp_path: Path) -> None:
+def _queued_hello(hub_dir: Path) -> dict[str, Any]:
+    """hello 1.0.0 approved and queued for environment plant-a: its deployment (JSON)."""
     run(hub_dir, "environments", "create", "plant-a")
     run(hub_dir, "products", "create", "hello", actor="dev")
     run(hub_dir, "releases", "create", str(EXAMPLES / "hello-1.0.0"), actor="dev")
@@ -520,6 +521,44 @@ def test_declare_lost_from_the_cli(hub_dir: Path, tmp_path: Path) -> None:
     run(hub_dir, "releases", "approve", "hello", "1.0.0", actor="alice")
     (dep,) = json.loads(run(hub_dir, "deployments", "queue", "hello", "1.0.0",
                             "--environment", "plant-a", "--json", actor="ops").output)
+    return dep  # type: ignore[no-any-return]
+
+
+def test_export_to_media_it_cannot_write_says_so_without_a_traceback(
+        hub_dir: Path, tmp_path: Path) -> None:
+    """'hub export' to a read-only stick (seen on a real read-only mount) ended in a
+    traceback from the index's lock file, after the report of each deployment was lost
+    with it; an --out it cannot create did too. Now an --out that cannot be made is one
+    error naming it (nothing claimed), and an index that cannot be written is a warning
+    naming it, after the bundles written and recorded (a directory in the index's place
+    stands in for the read-only media: a real OSError, root or not)."""
+    dep = _queued_hello(hub_dir)
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_bytes(b"")
+    refused = run(hub_dir, "export", "--environment", "plant-a", "--out",
+                  str(blocked / "usb"), actor="ops", ok=False)
+    assert refused.exit_code == 1 and refused.output == (
+        f"Error: cannot export to {blocked / 'usb'}: [Errno 20] Not a directory: "
+        f"'{blocked / 'usb'}'\n")
+    shown = json.loads(run(hub_dir, "deployments", "show", str(dep["id"]), "--json",
+                           actor="ops").output)
+    assert shown["state"] == "queued" and shown["sequence"] is None
+    usb = tmp_path / "usb"
+    (usb / "INDEX-plant-a.txt").mkdir(parents=True)
+    result = run(hub_dir, "export", "--environment", "plant-a", "--out", str(usb),
+                 actor="ops")
+    assert result.output.splitlines()[-1] == (
+        f"warning: cannot write the index INDEX-plant-a.txt in {usb}: [Errno 21] Is a "
+        f"directory: '{usb / 'INDEX-plant-a.txt'}'; the bundles above are written and "
+        "recorded")
+    assert [p.name for p in usb.glob("*.tgb")] == ["hello-1.0.0-plant-a-000001.tgb"]
+    shown = json.loads(run(hub_dir, "deployments", "show", str(dep["id"]), "--json",
+                           actor="ops").output)
+    assert shown["state"] == "exported"
+
+
+def test_declare_lost_from_the_cli(hub_dir: Path, tmp_path: Path) -> None:
+    dep = _queued_hello(hub_dir)
     early = run(hub_dir, "deployments", "declare-lost", str(dep["id"]), "--reason", "x",
                 actor="ops", ok=False)
     assert early.exit_code == 1 and "only the bundle of an exported deployment" in early.output

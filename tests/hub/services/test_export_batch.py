@@ -437,14 +437,19 @@ def test_resume_writes_again_a_bundle_found_whole_but_expired(
 
 
 @pytest.mark.parametrize("count", [1, 2])  # one export alone, and a batch (make_durable)
-def test_a_directory_that_cannot_be_synced_fails_the_export_and_the_next_writes_it_again(
-        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+@pytest.mark.parametrize("fault", ["directory", "full"])
+def test_a_bundle_the_media_cannot_hold_fails_named_and_the_next_export_writes_it_again(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int,
+        fault: str) -> None:
     """The media's directory cannot be fsynced (EIO) once a bundle is under its final name:
     one export alone left the whole bundle on the media but reported it failed with a bare
-    "OSError: [Errno 5] Input/output error". Now both ways the bundle is removed, the
-    reason names it, its directory and the cause, and the next export writes the same
-    bundle (same sequence and bundle id; no sequence used twice, none skipped)."""
+    "OSError: [Errno 5] Input/output error". The media is full when the bundle is fsynced
+    (ENOSPC, as a real full stick gives it at write or fsync): "OSError: [Errno 28] No
+    space left on device", no file named. Now the bundle is removed, the reason names it
+    (and for the directory, the directory and the cause), and the next export writes the
+    same bundle (same sequence and bundle id; no sequence used twice, none skipped)."""
     import errno
+    import os
 
     from bundle import writer as writer_mod
 
@@ -452,16 +457,29 @@ def test_a_directory_that_cannot_be_synced_fails_the_export_and_the_next_writes_
     _enroll(world, ids)
     _queue(world)
     usb = tmp_path / "usb"
+    real_fsync = os.fsync
 
     def eio(directory: object) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(writer_mod, "fsync_dir", eio)
+    def full(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(usb)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    if fault == "directory":
+        monkeypatch.setattr(writer_mod, "fsync_dir", eio)
+    else:
+        monkeypatch.setattr(os, "fsync", full)
     report = export_agents(world.ctx("op"), "test", usb, ids)
     assert not report.written and len(report.failed) == count
     for _, reason in report.failed:
-        assert "written and verified, but its directory" in reason
-        assert "cannot be synced (Input/output error): removed" in reason
+        if fault == "directory":
+            assert "written and verified, but its directory" in reason
+            assert "cannot be synced (Input/output error): removed" in reason
+        else:
+            assert reason.startswith("OSError: [Errno 28] No space left on device: ")
+            assert f"{usb}/" in reason and reason.endswith(".tgb'")
     assert not list(usb.rglob("*.tgb"))
     world.session.expire_all()
     deps = world.session.scalars(select(Deployment).order_by(Deployment.id)).all()
