@@ -129,6 +129,10 @@ def _config(state: CliState) -> Any:
     return load_config(state.data_dir)
 
 
+_DISK_TROUBLE = re.compile(r"disk I/O error|database or disk is full|readonly database|"
+                           r"unable to open database file")
+
+
 def _migrate(engine: Any) -> None:
     """A newer hub on an older database: migrate it before the command's first query (as
     ``hub serve`` does), saying so; a migration that fails stops the command."""
@@ -143,9 +147,15 @@ def _migrate(engine: Any) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except SQLAlchemyError as exc:
+        first = str(exc).splitlines()[0][:300]
+        # SQLite's words for a full or read-only disk (its WAL files cannot be made): not
+        # a schema problem, though the first query (the schema's revision) meets it.
+        what, fix = "cannot be migrated to this hub's schema", ""
+        if _DISK_TROUBLE.search(first):
+            what = "cannot be opened"
+            fix = " (is its disk full or read-only? free space or remount it read-write)"
         click.echo(f"error: the hub database {engine.url.render_as_string(hide_password=True)} "
-                   f"cannot be migrated to this hub's schema: {exc.__class__.__name__}: "
-                   f"{str(exc).splitlines()[0][:300]}", err=True)
+                   f"{what}: {exc.__class__.__name__}: {first}{fix}", err=True)
         sys.exit(2)
     if moved is not None:
         click.echo(f"migrated the hub database from revision {moved[0] or 'none'} to "

@@ -837,3 +837,30 @@ def test_an_enrollment_whose_response_cannot_be_written_enrolls_nothing(
     again = json.loads(run(hub_dir, "import", str(media), "--json", actor="ops").output)
     assert [r["status"] for r in again] == ["enrolled"]
     assert blocked.is_file()
+
+
+def test_a_database_on_a_full_disk_is_not_called_a_schema_problem(
+        hub_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub's disk full (seen on a real full tmpfs): SQLite answers the first query, the
+    schema's revision, with "disk I/O error", and every hub command said "the hub database
+    ... cannot be migrated to this hub's schema". Now it says the database cannot be opened
+    and asks about the disk (exit 2, as before); nothing is written."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    import hub.migrate
+
+    def full(engine: object) -> None:
+        raise OperationalError("SELECT version_num FROM alembic_version", {},
+                               sqlite3.OperationalError("disk I/O error"))
+
+    before = (hub_dir / "hub.db").read_bytes()
+    monkeypatch.setattr(hub.migrate, "ensure_current", full)
+    result = run(hub_dir, "users", "list", ok=False)
+    assert result.exit_code == 2
+    assert result.output == (
+        f"error: the hub database sqlite:///{hub_dir / 'hub.db'} cannot be opened: "
+        "OperationalError: (sqlite3.OperationalError) disk I/O error (is its disk full or "
+        "read-only? free space or remount it read-write)\n")
+    assert (hub_dir / "hub.db").read_bytes() == before
