@@ -1893,6 +1893,33 @@ def _locate(label: str, got: bytes, entries: Sequence[FileEntry]) -> BundleError
     return structure
 
 
+_sync_pools: dict[int, ThreadPoolExecutor] = {}  # threads -> make_durable's pool
+_sync_pools_lock = threading.Lock()
+
+
+def _sync_pool(threads: int) -> ThreadPoolExecutor:
+    """The process's pool of ``threads`` threads for :func:`make_durable`, made at its first
+    use and kept (a live server makes a batch durable every few milliseconds in a burst:
+    starting eight threads each time cost more than the work; concurrent calls share it,
+    each waiting for its own files only)."""
+    with _sync_pools_lock:
+        pool = _sync_pools.get(threads)
+        if pool is None:
+            pool = _sync_pools[threads] = ThreadPoolExecutor(threads, "bundle-sync")
+        return pool
+
+
+def _forget_sync_pools() -> None:
+    """In a forked child: the parent's threads are not there (a new pool is made)."""
+    global _sync_pools_lock
+    _sync_pools.clear()
+    _sync_pools_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_sync_pools)
+
+
 def make_durable(
     bundles: Sequence[WrittenBundle],
     *,
@@ -1943,9 +1970,9 @@ def make_durable(
             except (OSError, BundleError) as exc:
                 results.append(exc)
     else:
-        with ThreadPoolExecutor(min(threads, len(todo)), "bundle-sync") as pool:
-            futures = [pool.submit(sync_one, bundles[i]) for i in todo]
-            results = [f.exception() for f in futures]
+        pool = _sync_pool(threads)
+        futures = [pool.submit(sync_one, bundles[i]) for i in todo]
+        results = [f.exception() for f in futures]
     for i, found in zip(todo, results, strict=True):
         if found is not None:
             if not isinstance(found, (OSError, BundleError)):

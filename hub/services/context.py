@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@functools.lru_cache(maxsize=8)
+def _pinned(envelope: bytes) -> TrustedRoot:
+    """:meth:`TrustedRoot.pin` of ``envelope``, verified once per process (an export asks
+    for the root several times a batch; the same bytes verify the same way; an immutable
+    result)."""
+    return TrustedRoot.pin(envelope)
+
+
 @dataclass(frozen=True)
 class HubKeys:
     """The hub's trust material: its signed root document and its online keys (if loaded)."""
@@ -41,7 +50,7 @@ class HubKeys:
 
     @property
     def trusted_root(self) -> TrustedRoot:
-        return TrustedRoot.pin(self.root_envelope)
+        return _pinned(self.root_envelope)
 
     @property
     def root(self) -> RootDocument:

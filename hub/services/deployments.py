@@ -202,18 +202,18 @@ def get_visible_deployment(ctx: ServiceContext, deployment_id: int) -> Deploymen
 
 
 def pending_exports(
-    session: Session, environment: str, agent_id: str | None = None,
+    session: Session, environment: str | Environment, agent_id: str | None = None,
     *, agent_ids: Collection[str] | None = None,
 ) -> list[Deployment]:
-    """Queued deployments of ``environment`` (optionally for one agent, or for the agents
-    ``agent_ids``) — export's work.
+    """Queued deployments of ``environment`` (its name, or the environment already loaded;
+    optionally for one agent, or for the agents ``agent_ids``) — export's work.
 
     One query, filtered by the database: the live server calls this for every connected
     agent, and filtering in Python cost a lazy load per queued deployment (N² with N agents).
     """
     query = (
         select(Deployment)
-        .where(Deployment.environment_id == get_environment(session, environment).id,
+        .where(Deployment.environment_id == _environment_id(session, environment),
                Deployment.state == "queued")
         .order_by(Deployment.id)
     )
@@ -224,6 +224,12 @@ def pending_exports(
         query = query.join(Agent, Deployment.agent_id == Agent.id).where(
             Agent.agent_id.in_(sorted(agent_ids)))
     return list(session.scalars(query))
+
+
+def _environment_id(session: Session, environment: str | Environment) -> int:
+    if isinstance(environment, Environment):
+        return environment.id
+    return get_environment(session, environment).id
 
 
 def _refuse_recalled(session: Session, release: Release) -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import functools
 import glob
 import hashlib
 import os
@@ -191,9 +192,14 @@ def utc_text(unix: int) -> str:
 
 
 def _bundle_name(product: str, version: str, target: str, seq: int) -> str:
-    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in f"{product}-{version}")
-    who = "".join(c if c.isalnum() or c in "._-" else "-" for c in target)
-    return f"{safe}-{who}-{seq:06d}.tgb"
+    return f"{_file_safe(f'{product}-{version}')}-{_file_safe(target)}-{seq:06d}.tgb"
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_safe(text: str) -> str:
+    """``text`` with every character but letters, digits, ``.``, ``_`` and ``-`` made ``-``
+    (a rollout names a release and each agent again and again: worked out once each)."""
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text)
 
 
 def export_environment(
@@ -235,8 +241,8 @@ def export_environment(
     out_dir.mkdir(parents=True, exist_ok=True)
     report = ExportReport(environment)
     report.cleaned = _clean_leftovers(ctx, out_dir)
-    stale = stale_claims(ctx.session, environment, agent_id, ctx.now())
-    pending = pending_exports(ctx.session, environment, agent_id)
+    stale = stale_claims(ctx.session, env, agent_id, ctx.now())
+    pending = pending_exports(ctx.session, env, agent_id)
     if pending:
         pending, report.held = hold_back(ctx.session, pending, ctx.now(), live=live)
     ctx.session.commit()  # end the read; every claim is its own transaction
@@ -277,8 +283,8 @@ def export_agents(
     wanted = set(agent_ids)
     report = ExportReport(environment)
     now = ctx.now()
-    stale = stale_claims(ctx.session, environment, None, now, agent_ids=wanted)
-    pending = pending_exports(ctx.session, environment, agent_ids=wanted)
+    stale = stale_claims(ctx.session, env, None, now, agent_ids=wanted)
+    pending = pending_exports(ctx.session, env, agent_ids=wanted)
     # Their agents in one query (not a lazy load each): their spool directories below.
     _load_agents(ctx.session, [*stale, *pending])
     if pending:
@@ -287,17 +293,18 @@ def export_agents(
     if not stale and not pending:
         return report
     spool_root.mkdir(parents=True, exist_ok=True)
-    with os.scandir(spool_root) as entries:  # one listing, not a mkdir each
-        made = {e.name for e in entries if e.is_dir(follow_symlinks=False)}
+    run = _Run(ctx, env, spool_root, expires_in, None, None, live, False, report,
+               per_agent=True)
     for agent_id in sorted({d.agent.agent_id for d in [*stale, *pending] if d.agent}):
-        if agent_id not in made:
-            (spool_root / agent_id).mkdir(exist_ok=True)
-        report.cleaned += _clean_leftovers(ctx, spool_root / agent_id)
+        agent_dir = run.agent_dirs[agent_id] = spool_root / agent_id
+        try:
+            os.mkdir(agent_dir)  # one call for a directory that exists already, too
+        except FileExistsError:
+            report.cleaned += _clean_leftovers(ctx, agent_dir)
+        # else made just now, so empty: nothing left over in it
     report.cleaned += _clean_leftovers(ctx, spool_root)
     # Before the run: its commits and rollbacks expire these rows.
     owners = {d.id: d.agent.agent_id for d in [*stale, *pending] if d.agent is not None}
-    run = _Run(ctx, env, spool_root, expires_in, None, None, live, False, report,
-               per_agent=True)
     run.run_all(stale, pending, report)
     report.failed_agents = {dep_id: owners[dep_id] for dep_id, _ in report.failed
                             if dep_id in owners}
@@ -339,6 +346,7 @@ class _Run:
         #: (release id, environment id, prepared) -> the manifest its bundles derive from
         self.templates: dict[tuple[int, int, bool], Manifest] = {}
         self.spool_made = False
+        self.agent_dirs: dict[str, Path] = {}  # agent id -> out_dir/<agent id> (per_agent)
         self.spool = out_dir / (SPOOL_PREFIX + _token_name(my_token()) + RUN_MARK
                                 + secrets.token_hex(6))
 
@@ -357,7 +365,11 @@ class _Run:
     def dir_for(self, dep: Deployment) -> Path:
         """Where ``dep``'s bundle goes."""
         if self.per_agent and dep.agent is not None:
-            return self.out_dir / dep.agent.agent_id
+            agent_id = dep.agent.agent_id
+            found = self.agent_dirs.get(agent_id)
+            if found is None:
+                found = self.agent_dirs[agent_id] = self.out_dir / agent_id
+            return found
         return self.out_dir
 
     # -- new exports ---------------------------------------------------------------------
@@ -1330,18 +1342,7 @@ def _clean_leftovers(ctx: ServiceContext, out_dir: Path) -> list[str]:
         found = [e for e in entries if e.name.startswith(".")]
     if not found:
         return []
-    # Read the claims AFTER listing: a temporary file seen above belongs to a claim that
-    # was committed before the file was made, so it is in this list.
-    live: set[str] = set()  # bundle files a running export is writing
-    dead: set[str] = set()  # bundle files of claims whose export is gone
-    rows = ctx.session.execute(
-        select(Deployment.bundle_path, Deployment.claimed_by, Deployment.claimed_at).where(
-            Deployment.state == "exporting"
-        )
-    ).all()
-    for path, token, at in rows:
-        if path:
-            (live if claim_is_live(token, at, now) else dead).add(Path(path).name)
+    claims: tuple[set[str], set[str]] | None = None  # read when a temporary file is seen
     mine = _token_name(my_token())
     removed = _clean_index_leftovers(out_dir, [e.name for e in found])
     for entry in found:
@@ -1365,7 +1366,12 @@ def _clean_leftovers(ctx: ServiceContext, out_dir: Path) -> list[str]:
                 removed.append(name)
         elif name.endswith(".tmp") and entry.is_file(follow_symlinks=False):
             final = _final_of_temp(name)
-            if final is None or final in live or final.startswith("INDEX-"):
+            if final is None or final.startswith("INDEX-"):
+                continue
+            if claims is None:
+                claims = _exporting_files(ctx, now)
+            live, dead = claims
+            if final in live:
                 continue
             if final not in dead and not old:
                 continue  # not ours to judge yet (another tool's, or an index being written)
@@ -1374,6 +1380,31 @@ def _clean_leftovers(ctx: ServiceContext, out_dir: Path) -> list[str]:
                 removed.append(name)
     ctx.session.commit()
     return sorted(removed)
+
+
+def _exporting_files(ctx: ServiceContext, now: datetime) -> tuple[set[str], set[str]]:
+    """The bundle file names of ``exporting`` deployments: (those a running export is
+    writing, those of claims whose export is gone). Read AFTER listing the directory: a
+    temporary file seen there belongs to a claim committed before the file was made, so
+    it is among these."""
+    live: set[str] = set()
+    dead: set[str] = set()
+    # (token, claimed at) -> claim_is_live: the rows one batch claimed share both, so its
+    # process is looked up once, not once a row
+    alive: dict[tuple[str | None, datetime | None], bool] = {}
+    rows = ctx.session.execute(
+        select(Deployment.bundle_path, Deployment.claimed_by, Deployment.claimed_at).where(
+            Deployment.state == "exporting"
+        )
+    ).all()
+    for path, token, at in rows:
+        if not path:
+            continue
+        key = (token, at)
+        if key not in alive:
+            alive[key] = claim_is_live(token, at, now)
+        (live if alive[key] else dead).add(Path(path).name)
+    return live, dead
 
 
 def _token_alive(owner: str, entry: os.DirEntry[str], now: datetime) -> bool:

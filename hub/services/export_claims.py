@@ -34,7 +34,7 @@ from sqlalchemy import inspect, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from hub.db import Agent, Deployment
+from hub.db import Agent, Deployment, Environment
 from hub.services.environments import get_environment
 
 __all__ = [
@@ -158,15 +158,18 @@ def show_loaded(session: Session, deployment_id: int, *,
 
 
 def stale_claims(
-    session: Session, environment: str, agent_id: str | None, now: datetime,
+    session: Session, environment: str | Environment, agent_id: str | None, now: datetime,
     *, agent_ids: Collection[str] | None = None,
 ) -> list[Deployment]:
-    """Deployments of ``environment`` (optionally one agent, or the agents ``agent_ids``)
-    left ``exporting`` by an export that is gone, oldest first."""
+    """Deployments of ``environment`` (its name, or the environment already loaded;
+    optionally one agent, or the agents ``agent_ids``) left ``exporting`` by an export that
+    is gone, oldest first."""
+    env_id = (environment.id if isinstance(environment, Environment)
+              else get_environment(session, environment).id)
     query = (
         select(Deployment)
         .where(
-            Deployment.environment_id == get_environment(session, environment).id,
+            Deployment.environment_id == env_id,
             Deployment.state == "exporting",
         )
         .order_by(Deployment.id)

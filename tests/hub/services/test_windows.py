@@ -19,6 +19,7 @@ from hub.errors import (
     SeparationOfDutiesError,
     ValidationError,
 )
+from hub.services.agents import EnrollmentRequest, enroll_agent
 from hub.services.approvals import approve_release
 from hub.services.deployments import queue_deployment
 from hub.services.exchange import export_environment
@@ -34,12 +35,14 @@ from hub.services.windows import (
     expire_freezes,
     expire_overrides,
     gate_for,
+    gates_for,
     list_rules,
     policy_for,
     refresh_holds,
     remove_rule,
     request_override,
 )
+from signing.keys import BoxKeyPair, SigningKey
 from tests.hub.conftest import World
 
 HELLO = Path(__file__).resolve().parents[3] / "examples" / "releases" / "hello-1.0.0"
@@ -154,6 +157,41 @@ def test_product_rules_apply_to_that_product_only(world: World) -> None:
     # A rule for another environment does not apply.
     add_rule(world.ctx("admin"), "freeze", "12-01..12-31 UTC: not here", environment="prod")
     assert not gate_for(world.session, dep, world.clock()).frozen
+
+
+def test_gates_of_many_deployments_are_each_their_own_and_read_afresh(world: World) -> None:
+    """gates_for works the gate of one (environment, product) out once for the deployments
+    without an override: one with a confirmed override still gets its own, and a freeze
+    ended between two calls is seen by the next (nothing is kept between calls)."""
+    for agent_id in ("a1", "a2", "a3"):
+        enroll_agent(world.ctx("op"), "test", EnrollmentRequest(
+            hostname=agent_id, ed25519_public=SigningKey.generate().public.raw.hex(),
+            x25519_public=BoxKeyPair.generate().public.raw.hex(), agent_id=agent_id,
+            environment="test", hub_id=world.keys.hub.hub_id))
+    world.session.commit()
+    deps = _queued_many(world)
+    assert len(deps) == 3
+    rule = _freeze(world)
+    request_override(world.ctx("op"), deps[1], "security fix")
+    confirm_override(world.ctx("admin"), deps[1])
+    gates = gates_for(world.session, deps, world.clock())
+    assert [gates[d.id][0].frozen for d in deps] == [True, False, True]
+    assert [gates[d.id][1].override is not None for d in deps] == [False, True, False]
+    assert gates[deps[0].id][0].freeze == gate_for(world.session, deps[2], world.clock()).freeze
+    end_freeze(world.ctx("admin"), rule.id, "the close finished early")
+    gates = gates_for(world.session, deps, world.clock())
+    assert [gates[d.id][0].frozen for d in deps] == [False, False, False]
+    assert [gates[d.id][1] is None for d in deps] == [True, False, True]
+
+
+def _queued_many(world: World) -> list[Deployment]:
+    release = create_release(world.ctx("dev"), HELLO, create_missing_product=True)
+    submit_release(world.ctx("dev"), release)
+    approve_release(world.ctx("appr1"), release)
+    approve_release(world.ctx("appr2"), release)
+    deps = queue_deployment(world.ctx("op"), release, "test")
+    world.session.commit()
+    return sorted(deps, key=lambda d: d.id)
 
 
 # --- the gate at export ----------------------------------------------------------------------
