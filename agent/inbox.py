@@ -54,13 +54,13 @@ import stat
 import tempfile
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from bundle.printable import printable
 from signing.errors import KeyFileError
 from signing.fileio import fsync_dir, write_file_atomic
 
@@ -149,33 +149,6 @@ class _Candidate:
     kind: Literal["single", "split"]
     base: str
     index: int  # part index, 0 for a single file
-
-
-def printable(name: str, *, double_backslash: bool = True) -> str:
-    """*name* made safe for one line of a log or reason file. Pure.
-
-    A file name may be any byte sequence but ``/`` and NUL: bytes that are not UTF-8 (held by
-    Python as lone surrogates) become ``\\xNN``, control, format and separator characters
-    (newline, ESC, U+2028, bidi overrides …) become ``\\xNN`` / ``\\uNNNN``, and a backslash
-    is doubled, so the text cannot fake a line, hide itself or be mistaken for another name.
-    ``double_backslash=False`` is for text that already holds names escaped this way (an
-    agent message): its escapes are kept as they are, so a name is escaped once.
-    """
-    out: list[str] = []
-    for ch in name:
-        o = ord(ch)
-        if 0xDC80 <= o <= 0xDCFF:  # os.fsdecode's surrogateescape for an undecodable byte
-            out.append(f"\\x{o - 0xDC00:02x}")
-        elif ch == "\\" and double_backslash:
-            out.append("\\\\")
-        elif unicodedata.category(ch) in _UNPRINTABLE:
-            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 def _classify(name: str) -> _Candidate | Literal["temp", "other"]:

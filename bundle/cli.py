@@ -24,6 +24,7 @@ from bundle.approvals import manifest_verdict
 from bundle.errors import ApprovalsError, BundleError
 from bundle.manifest import Approval, Manifest, Target
 from bundle.parts import DEFAULT_SPLIT_SIZE
+from bundle.printable import printable
 from bundle.reader import (
     ExpectRelease,
     ExpectResult,
@@ -368,7 +369,7 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
     except BundleError as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
-        click.echo(f"Error: cannot read {file}: {exc.strerror}", err=True)
+        click.echo(f"Error: cannot read {printable(str(file))}: {exc.strerror}", err=True)
         sys.exit(EXIT_IO)
     m = info.manifest
     if as_json:
@@ -378,7 +379,7 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
                     "problem": info.problem,
                     "manifest": _manifest_summary(m) if m is not None else None})
         return
-    click.echo(f"UNVERIFIED — {file.name} has not been verified; nothing below is trusted.")
+    click.echo(f"UNVERIFIED — {info.label} has not been verified; nothing below is trusted.")
     click.echo(f"  payload type   {info.payload_type}")
     click.echo(f"  claimed signer {', '.join(k[:16] for k in info.claimed_signer_key_ids)}")
     if m is None:
@@ -470,13 +471,13 @@ def verify_cmd(files: tuple[Path, ...], trust_file: str, agent_id: str | None,
         root_version_floor = trusted.version if sequence_floor else 0
     state = VerifierState(root_version_floor, sequence_floor, time_floor)
     staging = Path(tempfile.mkdtemp(prefix="tiangong-verify-"))
-    label = files[0].name
+    label = printable(files[0].name)
     try:
         with progress_bar(not no_progress and not as_json) as report:
             if len(files) == 1 and not files[0].name.endswith(".part000"):
                 vb = verify_path(files[0], trusted_root=trusted, state=state, expect=expect,
                                  staging_dir=staging, progress=report, durable=False,
-                                 keep=keep is not None)
+                                 keep=keep is not None, label=label)
             else:
                 vb = verify_parts(list(files), trusted_root=trusted, state=state,
                                   expect=expect, staging_dir=staging, progress=report,
@@ -496,7 +497,7 @@ def verify_cmd(files: tuple[Path, ...], trust_file: str, agent_id: str | None,
         _report_failure(label, exc, verbose, as_json)
         sys.exit(EXIT_INVALID)
     except OSError as exc:
-        click.echo(f"Error: {label}: {exc}", err=True)
+        click.echo(f"Error: {label}: {printable(str(exc), double_backslash=False)}", err=True)
         sys.exit(EXIT_IO)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -505,16 +506,19 @@ def verify_cmd(files: tuple[Path, ...], trust_file: str, agent_id: str | None,
 
 def _report_failure(label: str, exc: BundleError, verbose: bool, as_json: bool) -> None:
     failed = _ALIASES.get(exc.check, exc.check)
+    # One line each: a part's name in the message (parts are named by the reader as they
+    # are, a bundle by its escaped label) cannot write a line of its own.
+    why = printable(str(exc), double_backslash=False)
     if as_json:
-        _emit_json({"verified": False, "file": label, "check": exc.check, "reason": str(exc)})
+        _emit_json({"verified": False, "file": label, "check": exc.check, "reason": why})
         return
     if verbose:
         for name, what in CHECKS:
             if name == failed:
-                click.echo(f"  FAIL  {what}: {exc}")
+                click.echo(f"  FAIL  {what}: {why}")
                 break
             click.echo(f"  ok    {what}")
-    click.echo(f"REFUSED {label}: {exc} [check: {exc.check}]", err=True)
+    click.echo(f"REFUSED {label}: {why} [check: {exc.check}]", err=True)
 
 
 def _report_success(label: str, vb: VerifiedBundle, verbose: bool, as_json: bool) -> None:

@@ -24,6 +24,7 @@ from bundle.errors import BundleFormatError, DigestMismatchError, ManifestError,
 from bundle.limits import DEFAULT_LIMITS, Limits
 from bundle.manifest import Manifest, peek_manifest
 from bundle.parts import PartsSource, assign_parts, strip_part_suffix
+from bundle.printable import printable
 from signing.envelope import parse_envelope
 from signing.errors import SignatureError, StrictJSONError
 from signing.strictjson import loads_strict
@@ -98,11 +99,12 @@ def inspect_stream(source: ByteSource, label: str,
 
 
 def inspect(path: Path, limits: Limits = DEFAULT_LIMITS) -> InspectedBundle:
-    """:func:`inspect_stream` on a bundle file or on the first part of a split bundle."""
+    """:func:`inspect_stream` on a bundle file or on the first part of a split bundle (its
+    label the file name, escaped: :func:`bundle.printable.printable`)."""
     path = Path(path)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     with open(fd, "rb", buffering=0) as fh:
-        return inspect_stream(fh, strip_part_suffix(path.name), limits)
+        return inspect_stream(fh, printable(strip_part_suffix(path.name)), limits)
 
 
 def verify_written(written: WrittenBundle, *, progress: ProgressFn | None = None) -> None:

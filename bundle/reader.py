@@ -72,6 +72,7 @@ from bundle.parts import (
     find_first_part,
     strip_part_suffix,
 )
+from bundle.printable import printable
 from bundle.staging import BUFFER_BYTES, FILES_DIR, Stager, staged_name
 from signing.envelope import (
     TYPE_PLAN,
@@ -688,9 +689,10 @@ def verify_path(
     keep: bool = True,
 ) -> VerifiedBundle:
     """:func:`verify_bundle` on the file ``path``, opened read-only (a symbolic link is
-    refused); ``label`` defaults to the file name. Raises what :func:`verify_bundle` raises."""
+    refused); ``label`` defaults to the file name, escaped (:func:`bundle.printable.printable`).
+    Raises what :func:`verify_bundle` raises."""
     path = Path(path)
-    name = label or path.name
+    name = label or printable(path.name)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
@@ -730,7 +732,7 @@ def verify_parts(
     of an inbox that looks like a part of this bundle). The first part is found by content
     and verified; then the signed part digests pick the data parts, which stream without
     being joined (no extra disk space). ``label`` defaults to the first part's name without
-    ``.part000``.
+    ``.part000``, escaped (:func:`bundle.printable.printable`).
 
     Raises:
         PartsError: the first part is missing or ambiguous, or data parts are missing or
@@ -738,7 +740,7 @@ def verify_parts(
     """
     candidates = [Path(p) for p in paths]
     first = find_first_part(candidates)
-    name = label or strip_part_suffix(first.name)
+    name = label or printable(strip_part_suffix(first.name))
     verifier = _Verifier(label=name, trusted_root=trusted_root, state=state, expect=expect,
                          staging_dir=staging_dir, limits=limits, clock=clock,
                          progress=progress, disk_free=disk_free, durable=durable,

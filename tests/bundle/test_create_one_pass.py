@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 import bundle.release as release_mod
 import bundle.writer as writer_mod
-from bundle.cli import bundle
+from bundle.cli import EXIT_INVALID, bundle
 from bundle.inspect import inspect
 from bundle.release import load_release
 from signing.keyfile import DEFAULT_PASSPHRASE_ENV
@@ -96,3 +96,44 @@ def test_bundle_create_says_a_bundle_its_directory_cannot_sync_was_removed(
     result = _create(kd, release, out)
     assert result.exit_code == 0, result.output
     assert [p.name for p in out.parent.iterdir()] == ["out.tgb"]
+
+
+def test_bundle_verify_and_inspect_print_a_hostile_file_name_on_one_line(
+        tmp_path: Path) -> None:
+    """A file name may hold a newline, bytes that are not UTF-8 or a bidi override. 'bundle
+    verify' of a damaged bundle named "t.tgb<newline>VERIFIED t.tgb: ..." printed that
+    forged VERIFIED line of its own under the REFUSED one (seen by hand); 'bundle inspect'
+    too. Now every name is printed escaped as the agent escapes it, once, and each verdict
+    is one line."""
+    import os
+
+    kd, release = _keys_and_release(tmp_path)
+    good = tmp_path / "good.tgb"
+    assert _create(kd, release, good).exit_code == 0
+    media = tmp_path / "media"
+    media.mkdir()
+    forged = "t.tgb\nVERIFIED t.tgb: hello 1.0.0, sequence 1"
+    damaged = bytearray(good.read_bytes())
+    damaged[-1500] ^= 1
+    (media / forged).write_bytes(bytes(damaged))
+    odd = os.fsdecode(b"bad\xff\xe2\x80\xae.tgb")
+    (media / odd).write_bytes(good.read_bytes())
+
+    def verify(name: str) -> Result:
+        return CliRunner().invoke(bundle, [
+            "verify", str(media / name), "--trust", str(tmp_path / "root.json"),
+            "--agent-id", "site-01", "--no-progress"])
+
+    refused = verify(forged)
+    assert refused.exit_code == EXIT_INVALID
+    (line,) = refused.output.splitlines()
+    assert line.startswith("REFUSED t.tgb\\x0aVERIFIED t.tgb: hello 1.0.0, sequence 1: bundle "
+                           "t.tgb\\x0aVERIFIED t.tgb: hello 1.0.0, sequence 1: ")
+    verified = verify(odd)
+    assert verified.exit_code == 0
+    (line,) = verified.output.splitlines()
+    assert line.startswith("VERIFIED bad\\xff\\u202e.tgb: hello 1.0.0, sequence 1, ")
+    shown = CliRunner().invoke(bundle, ["inspect", str(media / forged)])
+    assert shown.output.splitlines()[0] == (
+        "UNVERIFIED — t.tgb\\x0aVERIFIED t.tgb: hello 1.0.0, sequence 1 has not been "
+        "verified; nothing below is trusted.")
