@@ -681,11 +681,22 @@ def _drop_cache(fd: int) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
+_NAME_MAX = 255  # bytes of one file name (Linux file systems, FAT's long names)
+_TMP_EXTRA = len(".") + len(".123456789abc.tmp")  # what a temporary name adds to the final
+
+
 def _tmp_for(final: Path) -> tuple[int, Path]:
     """A new temporary file beside ``final``: hidden and ending in ``.tmp`` (inbox watchers
-    ignore such names)."""
+    ignore such names). A final name too long to take those 18 bytes more (a 255-byte
+    name is legal) is cut short in the temporary name and ends ``~<12 hex digits of its
+    SHA-256>`` instead, so the temporary name stays within the limit."""
+    name = final.name
+    raw = os.fsencode(name)
+    if len(raw) + _TMP_EXTRA > _NAME_MAX:
+        digest = hashlib.sha256(raw).hexdigest()[:12]
+        name = f"{os.fsdecode(raw[:_NAME_MAX - _TMP_EXTRA - 13])}~{digest}"
     while True:
-        path = final.parent / f".{final.name}.{secrets.token_hex(6)}.tmp"
+        path = final.parent / f".{name}.{secrets.token_hex(6)}.tmp"
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:

@@ -517,3 +517,21 @@ def test_a_directory_that_cannot_be_synced_after_the_rename_leaves_no_bundle(
     paths = write()
     assert len(paths) == (3 if how == "split" else 1) and all(p.is_file() for p in paths)
     assert _spools_and_temps(out) == []
+
+
+@pytest.mark.parametrize("name", ["y" * 251 + ".tgb", "\u00e9" * 125 + "e.tgb"])
+def test_a_bundle_named_as_long_as_the_file_system_allows_is_written(
+    trust: TrustKit, src: Path, out: Path, name: str,
+) -> None:
+    """A 255-byte file name is legal, but the temporary name ``.NAME.<12 hex>.tmp`` is 18
+    bytes longer: 'bundle create -o <255-byte name>' failed with "File name too long"
+    (seen by hand). The temporary name is now cut short with a digest of the name, and
+    the bundle lands under the name asked for."""
+    import os
+
+    assert len(os.fsencode(name)) == 255
+    files = make_files(src, {"a": _mixed(40_000), "b": b"small"})
+    w = write_bundle(out / name, release_draft(trust), files, [trust.release_key])
+    assert w.paths == (out / name,)
+    verify_written(w)
+    assert os.listdir(out) == [name]
