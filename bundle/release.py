@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from bundle.dag import check_graph
 from bundle.errors import ReleaseFormatError
+from bundle.printable import printable
 from bundle.release_archive import DEFAULT_ARCHIVE_LIMITS, ArchiveLimits, unpack_release_archive
 from bundle.release_names import NameSet, file_name_problem
 from bundle.steps import normalize_step, referenced_files
@@ -127,8 +128,10 @@ class ReleaseSource:
 
 
 def _fail(source: str, message: str) -> ReleaseFormatError:
-    text = f"{source}: {message}"
-    # A path that is not UTF-8 must not make the message itself unprintable.
+    # The path escaped (bundle.printable): one that is not UTF-8 must not make the message
+    # unprintable, and one holding a new line must not split it (its name, quoted in the
+    # message, says which character is wrong).
+    text = f"{printable(source)}: {message}"
     return ReleaseFormatError(text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
