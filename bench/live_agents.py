@@ -65,6 +65,8 @@ Usage::
         --transfer-repeat 5                   # the transfer against bare websockets, ~1 min
     .venv/bin/python -u bench/live_agents.py --agents 1000 --tls --burst-only \
         --profile-hub profile.txt       # where the burst's hub CPU goes, by function
+    .venv/bin/python -u bench/live_agents.py --agents 10000 --tls --idle-only \
+        --profile-hub idle.txt          # connect, then only the idle window (~4 min)
 """
 
 from __future__ import annotations
@@ -1187,10 +1189,14 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
 
         # 2. idle with heartbeats at the real interval (running since each WELCOME)
         before = await fleet.ask_all({"cmd": "stats"}, expect="stats")
+        window = work / PROFILE_WINDOW  # --profile-hub with --idle-only samples the idle window
+        if args.idle_only:
+            window.touch()
         cpu0, t0, waited0 = hub.cpu(), time.perf_counter(), proc_runqueue_wait(hub.pid)
         load0 = os.getloadavg()[0]
         await asyncio.sleep(args.idle_seconds)
         wall = time.perf_counter() - t0
+        window.unlink(missing_ok=True)
         hub_cpu = hub.cpu() - cpu0
         after = await fleet.ask_all({"cmd": "stats"}, expect="stats")
         out["idle_window_s"] = round(wall, 1)
@@ -1224,12 +1230,13 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
               f"waited for a CPU {out['idle_hub_runqueue_wait_percent']} % of the window",
               flush=True)
 
+        if args.idle_only:
+            return
         # 3. steady: one deployment at a time, to one random agent
         await _steady(hub, fleet, args, rng, out)
 
         # 4. burst: queue (approved release) -> bundle received by every agent
-        window = work / PROFILE_WINDOW  # --profile-hub samples the burst only
-        window.touch()
+        window.touch()  # --profile-hub samples the burst only (without --idle-only)
         cpu0, workers0, agents0 = hub.cpu(), hub.workers_cpu(), await fleet.cpu()
         load0 = os.getloadavg()[0]
         known = {a: len(r) for a, r in fleet.received.items()}
@@ -1516,6 +1523,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--burst-only", action="store_true",
                     help="connect, then the burst: no idle window, steady samples, logs or "
                          "transfer (unless given)")
+    ap.add_argument("--idle-only", action="store_true",
+                    help="connect, then the idle window only: no steady samples, burst, logs "
+                         "or transfer (unless given); --profile-hub then samples the idle "
+                         "window")
     ap.add_argument("--transfer-only", action="store_true",
                     help="only the single-agent transfer phase (no fleet: the same as "
                          "--agents ''); with --transfer-mib 64 --transfer-repeat 5 about "
@@ -1554,9 +1565,9 @@ def main(argv: list[str] | None = None) -> None:
                     help=argparse.SUPPRESS)
     ap.add_argument("--agent-worker", metavar="SPEC_JSON", help=argparse.SUPPRESS)
     ap.add_argument("--profile-hub", type=Path, default=None, metavar="FILE",
-                    help="during the burst, sample the Python stacks of the hub's threads "
-                         "that are on a CPU (every 5 ms) and write them to FILE when it "
-                         "stops (costs the hub some CPU)")
+                    help="during the burst (--idle-only: the idle window), sample the Python "
+                         "stacks of the hub's threads that are on a CPU (every 5 ms) and "
+                         "write them to FILE when it stops (costs the hub some CPU)")
     ap.add_argument("--echo-child", metavar="FILE", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.hub_child:
@@ -1577,9 +1588,9 @@ def main(argv: list[str] | None = None) -> None:
 
     args.agents = [] if args.transfer_only else pick(args.agents, [20], [100, 1000],
                                                       [100, 1000, 5000])
-    if args.burst_only:
-        for name in ("idle_seconds", "steady_samples", "log_agents", "log_messages",
-                     "transfer_mib"):
+    if args.burst_only or args.idle_only:
+        for name in ("steady_samples", "log_agents", "log_messages", "transfer_mib",
+                     *(() if args.idle_only else ("idle_seconds",))):
             if getattr(args, name) is None:
                 setattr(args, name, 0)
     args.idle_seconds = pick(args.idle_seconds, 5.0, 60.0, 120.0)
