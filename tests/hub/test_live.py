@@ -285,6 +285,52 @@ def test_authentication_and_heartbeats_keep_presence_online(file_world: World,
         agent.close()
 
 
+def test_an_agent_silent_for_three_heartbeat_intervals_is_closed_and_shown_offline(
+        file_world: World, tmp_path: Path) -> None:
+    """One timer per authenticated connection watches for silence (no timeout around each
+    message): an agent that sends nothing for three heartbeat intervals after its last
+    message is closed (code 1000), counted as ``heartbeat_missed``, and shown offline at
+    once with no connection holding it."""
+    world = file_world
+    agent = _agent(world, tmp_path)
+    hub = LiveHub(session_factory=make_session_factory(world.session.get_bind()),  # type: ignore[arg-type]
+                  keys=world.keys.hub, data_dir=tmp_path / "hubdata", actor="op",
+                  clock=world.clock, poll_interval=0.05, heartbeat=1)
+    server = start_live(hub, "127.0.0.1", 0, allow_insecure_loopback=True)
+
+    def row() -> tuple[str, str | None]:
+        world.session.rollback()
+        found = get_agent(world.session, "site-01")
+        state = agent_presence(found, world.clock(), heartbeat=1).state, found.live_conn
+        world.session.rollback()
+        return state
+
+    async def scenario() -> ConnectionClosed:
+        async with ScriptedAgent(server.port, agent) as a:
+            a.conn.send_heartbeat(1)
+            await a.flush()
+            await a.until(lambda e: isinstance(e, HeartbeatAcked))
+            await asyncio.to_thread(wait_for, lambda: row()[0] == "online", DEADLINE,
+                                    "online after authentication")
+            try:  # nothing sent from here on
+                async with asyncio.timeout(DEADLINE):
+                    while True:
+                        await a.ws.recv()
+            except ConnectionClosed as exc:
+                return exc
+        raise AssertionError("unreachable")
+
+    try:
+        closed = asyncio.run(scenario())
+        assert closed.rcvd is not None and closed.rcvd.code == 1000
+        assert hub.metrics.registry.get_sample_value(
+            "tiangong_live_errors_total", {"kind": "heartbeat_missed"}) == 1
+        wait_for(lambda: row() == ("offline", None), DEADLINE, "the disconnect written")
+    finally:
+        server.stop()
+        agent.close()
+
+
 @pytest.mark.parametrize("fails", ["open", "fsync_dir"])
 def test_a_result_the_hub_cannot_store_is_cancelled_io_error_and_the_connection_stays(
         file_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str) -> None:
