@@ -310,6 +310,12 @@ def _check_header(mtype: MessageType, header: object) -> dict[str, Any]:
 
 
 _VIEW_BODIES = frozenset({MessageType.CHUNK, MessageType.RESULT_CHUNK})  # bodies not copied
+#: HEARTBEAT and HEARTBEAT_ACK in their canonical form (what every peer sends: no body, the
+#: header ``{"id":N}``) are read and written without the JSON parser and encoder — a live
+#: server with 10,000 agents handles 333 of each a second. Anything else takes the general
+#: path, with the same checks and errors.
+_HEARTBEATS = frozenset({MessageType.HEARTBEAT, MessageType.HEARTBEAT_ACK})
+_CANONICAL_ID = re.compile(rb'\{"id":(0|[1-9][0-9]{0,18})\}')
 
 
 def decode_message(data: bytes) -> Message:
@@ -356,6 +362,10 @@ def _decode_head(data: bytes | bytearray) -> tuple[MessageType, dict[str, Any], 
         raise MalformedError(
             f"{mtype.name} header is truncated ({len(data) - _PREFIX.size} of {header_len} bytes)",
             remote_text="truncated header")
+    if mtype in _HEARTBEATS and len(data) == end:
+        found = _CANONICAL_ID.fullmatch(data, _PREFIX.size, end)
+        if found is not None and int(found[1]) <= _INT64:
+            return mtype, {"id": int(found[1])}, end, None
     body_len = len(data) - end
     limit = _BODY_LIMITS.get(mtype, 0)
     if body_len > limit:
@@ -420,6 +430,11 @@ def encode_message(mtype: MessageType, header: Mapping[str, object], body: bytes
     Raises:
         UsageError: the message would not pass :func:`decode_message` (a local bug).
     """
+    if mtype in _HEARTBEATS and not body and header.keys() == {"id"}:
+        beat = header["id"]
+        if type(beat) is int and 0 <= beat <= _INT64:  # its canonical form, checked as read
+            head = b'{"id":%d}' % beat
+            return _PREFIX.pack(int(mtype), len(head)) + head
     data = b"".join((_encode_head(mtype, header), body))  # one copy
     _self_check(mtype, data)
     return data

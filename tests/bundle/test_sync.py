@@ -976,3 +976,48 @@ def test_a_chunk_body_is_a_read_only_view_of_the_message_not_a_copy() -> None:
     log = encode_message(MessageType.LOG, {"bundle_id": "b-1", "step": 0, "seq": 0,
                                            "stream": "stdout"}, b"line")
     assert decode_message(log).body == b"line" and isinstance(decode_message(log).body, bytes)
+
+
+@pytest.mark.parametrize("beat", [0, 1, 9, 10, 123_456, 2**63 - 1])
+@pytest.mark.parametrize("mtype", [MessageType.HEARTBEAT, MessageType.HEARTBEAT_ACK])
+def test_heartbeats_skip_the_json_codec_with_the_same_bytes_and_values(
+        mtype: MessageType, beat: int) -> None:
+    """A heartbeat and its ACK in canonical form are written and read without the JSON
+    encoder and parser: the same bytes as the general encoder, the same header read back."""
+    data = encode_message(mtype, {"id": beat})
+    head = json.dumps({"id": beat}, separators=(",", ":")).encode()
+    assert data == struct.pack(">BH", int(mtype), len(head)) + head
+    msg = decode_message(data)
+    assert (msg.type, msg.header, msg.body) == (mtype, {"id": beat}, b"")
+
+
+def _raw(mtype: MessageType, head: bytes, body: bytes = b"") -> bytes:
+    return struct.pack(">BH", int(mtype), len(head)) + head + body
+
+
+@pytest.mark.parametrize(("head", "body", "expected"), [
+    (b'{"id": 5}', b"", 5),  # not canonical: the general parser reads it
+    (b'{ "id":7 }', b"", 7),
+    (b'{"id":-1}', b"", MalformedError),
+    (b'{"id":9223372036854775808}', b"", MalformedError),  # 2**63
+    (b'{"id":99999999999999999999}', b"", MalformedError),
+    (b'{"id":01}', b"", MalformedError),
+    (b'{"id":true}', b"", MalformedError),
+    (b'{"id":1.0}', b"", MalformedError),
+    (b'{"id":1,"x":2}', b"", MalformedError),
+    (b'{"id":1}', b"x", MalformedError),  # a heartbeat carries no body
+])
+def test_heartbeats_not_in_canonical_form_get_the_general_checks(
+        head: bytes, body: bytes, expected: int | type[Exception]) -> None:
+    data = _raw(MessageType.HEARTBEAT, head, body)
+    if isinstance(expected, int):
+        assert decode_message(data).header == {"id": expected}
+    else:
+        with pytest.raises(expected):
+            decode_message(data)
+
+
+@pytest.mark.parametrize("beat", [-1, 2**63, True, "1"])
+def test_a_heartbeat_id_out_of_range_is_not_encoded(beat: object) -> None:
+    with pytest.raises(UsageError):
+        encode_message(MessageType.HEARTBEAT_ACK, {"id": beat})
