@@ -6,7 +6,8 @@ Prints figures; asserts nothing. Sets up a hub exactly as ``bench/live_agents.py
 release ``hello 1.0.0``, N agents enrolled), queues the release for the environment (one
 deployment per agent, one commit), then exports every deployment the way the live server's
 push loop does in a burst: :meth:`hub.live_hub.LiveHub._export_many` over
-``LIVE_EXPORT_BATCH`` agents at a time, into the live spool (``live-outbox/<agent>/``).
+``LIVE_EXPORT_BATCH`` agents at a time (``--call-size N``: N; ``--live-sizes``: the live
+server's burst, ``BURST_STEPS`` first), into the live spool (``live-outbox/<agent>/``).
 Nothing is sent: this isolates the export path (database, signing, writing, fsync).
 
 Figures: CPU seconds of this process (``time.process_time``: user + system of every thread,
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from hub.config import load_config
     from hub.db import Deployment, make_engine, make_session_factory
     from hub.keystore import load_hub_keys
-    from hub.live_hub import LIVE_EXPORT_BATCH, LiveHub
+    from hub.live_hub import LIVE_EXPORT_BATCH, LiveHub, _burst_sizes
 
     work = Path(tempfile.mkdtemp(prefix="tiangong-bench-export-", dir=args.workdir))
     try:
@@ -85,8 +86,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if profiler is not None:
             profiler.enable()
         written = failed = 0
-        for start in range(0, len(ids), LIVE_EXPORT_BATCH):
-            counts = hub._export_many(ids[start:start + LIVE_EXPORT_BATCH])
+        if args.live_sizes:  # the live server's calls: BURST_STEPS first, then the batch
+            sizes = list(_burst_sizes(len(ids)))
+        else:
+            sizes = [args.call_size or LIVE_EXPORT_BATCH] * len(ids)
+        start = calls = 0
+        for size in sizes:
+            if start >= len(ids):
+                break
+            counts = hub._export_many(ids[start:start + size])
+            start += size
+            calls += 1
             written += sum(w for w, _ in counts.values())
             failed += sum(f for _, f in counts.values())
         if profiler is not None:
@@ -101,6 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 .where(Deployment.state == "exported"))
         engine.dispose()
         out = {"agents": args.agents, "queued": queued, "written": written, "failed": failed,
+               "calls": calls,
                "exported_rows": exported, "cpu_s": round(cpu, 3), "wall_s": round(wall, 3),
                "cpu_ms_per_export": round(1000 * cpu / max(1, written), 2),
                "wall_ms_per_export": round(1000 * wall / max(1, written), 2),
@@ -115,7 +126,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"({out['wall_ms_per_export']} ms each)"
               + (f", {out['sql_per_export']} SQL statements each" if args.sql else "")
               + f"; load average {load_before} -> {load_after}")
-        print(f"RESULT export_burst agents={args.agents} written={written} failed={failed} "
+        print(f"RESULT export_burst agents={args.agents} calls={calls} written={written} "
+              f"failed={failed} "
               f"cpu_ms_per_export={out['cpu_ms_per_export']} "
               f"user_ms={out['user_ms_per_export']} sys_ms={out['sys_ms_per_export']} "
               f"wall_ms_per_export={out['wall_ms_per_export']}"
@@ -143,6 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="N = 200")
     parser.add_argument("--profile", metavar="FILE", help="cProfile the exports into FILE")
     parser.add_argument("--sql", action="store_true", help="count SQL statements per export")
+    parser.add_argument("--call-size", type=int, default=0, metavar="N",
+                        help="agents per export call (default: LIVE_EXPORT_BATCH)")
+    parser.add_argument("--live-sizes", action="store_true",
+                        help="export calls sized as the live server's burst (BURST_STEPS, "
+                             "then LIVE_EXPORT_BATCH)")
     parser.add_argument("--workdir", default=str(Path(__file__).resolve().parents[2]),
                         help="where the temporary hub goes (a real disk, not tmpfs)")
     parser.add_argument("--keep", action="store_true")

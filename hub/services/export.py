@@ -360,7 +360,8 @@ class _Run:
             for start in range(0, len(pending), EXPORT_BATCH):
                 self.export_batch(pending[start:start + EXPORT_BATCH], report)
         finally:
-            shutil.rmtree(self.spool, ignore_errors=True)
+            if self.spool_made:
+                shutil.rmtree(self.spool, ignore_errors=True)
 
     def dir_for(self, dep: Deployment) -> Path:
         """Where ``dep``'s bundle goes."""
@@ -473,7 +474,8 @@ class _Run:
                              "sequence": intent["sequence"],
                              "root_version": intent["root_version"], "export_intent": intent})
                 after.append(("bundle.written", "deployment", str(d.id), _written_details(
-                    intent, bundle.paths, bundle.size, bundle.envelope_sha256, d.target)))
+                    intent, bundle.paths, bundle.size, bundle.envelope_sha256,
+                    bundle.manifest.target.to_json())))  # _target_json's, as written
                 done.append(ExportedBundle(d.id, d.agent_id, d.product, d.version,
                                            intent["sequence"], intent["bundle_id"],
                                            bundle.paths, bundle.size, bundle.file_sha256))
@@ -823,9 +825,6 @@ class _Run:
             target = Target(agents=(dep.agent.agent_id,), environment=env.name)
         else:
             target = Target(environment=env.name)
-        if not self.spool_made:
-            self.spool.mkdir(exist_ok=True)
-            self.spool_made = True
         # The payload section framed once a run for every bundle of the release (a split
         # bundle is cut by the writer): each bundle is then its manifest, signed, and a write.
         prepared = None if intent.get("split_size") else self._prepared(release, source)
@@ -862,7 +861,7 @@ class _Run:
             [keys.release_key],
             roots=roots,
             split_size=intent.get("split_size"),
-            spool_dir=self.spool,
+            spool_dir=self._spool(),
             progress=_with_crash_point(self.progress),
             frames=self._frames(),
             durable=durable,
@@ -878,9 +877,29 @@ class _Run:
                 bundle tries again).
         """
         if release.id not in self.prepared:
-            self.prepared[release.id] = prepare_payloads(release_payloads(source), self.spool,
-                                                         frames=self._frames())
+            key = (release.stored_path, release.content_hash)
+            with _prepared_lock:
+                known = _prepared.get(key)
+            if known is not None and known[0] is source:
+                self.prepared[release.id] = known[1]  # framed by an earlier run, same files
+            else:
+                made = prepare_payloads(release_payloads(source), self._spool(),
+                                        frames=self._frames())
+                with _prepared_lock:
+                    _prepared.pop(key, None)
+                    while len(_prepared) >= PREPARED_KEPT:
+                        del _prepared[next(iter(_prepared))]  # the oldest
+                    _prepared[key] = (source, made)
+                self.prepared[release.id] = made
         return self.prepared[release.id]
+
+    def _spool(self) -> Path:
+        """The run's spool directory (made when first needed: a release whose payload
+        section an earlier run framed needs none)."""
+        if not self.spool_made:
+            self.spool.mkdir(exist_ok=True)
+            self.spool_made = True
+        return self.spool
 
     def _template(self, release: Release, env: Environment, source: ReleaseSource,
                   prepared: PreparedPayloads | None, target: Target, intent: dict[str, Any],
@@ -1021,13 +1040,12 @@ class _Done:
     agent_id: str | None
     product: str
     version: str
-    target: dict[str, Any]
 
     @classmethod
     def of(cls, dep: Deployment) -> _Done:
         release = dep.release
         return cls(dep.id, dep.agent.agent_id if dep.agent is not None else None,
-                   release.product.name, release.version, _target_json(dep))
+                   release.product.name, release.version)
 
 
 def _written_details(intent: dict[str, Any], paths: tuple[Path, ...], size: int,
@@ -1194,6 +1212,14 @@ def _target_json(dep: Deployment) -> dict[str, Any]:
         return Target(agents=(dep.agent.agent_id,), environment=env).to_json()
     return Target(environment=env).to_json()
 
+
+#: (stored release directory, content hash) -> (the release loaded from its files, its
+#: payload section framed from that, or None when too large to hold): a rollout's export
+#: calls frame it once, not once a call. Used only while :func:`_check_release_files`
+#: gives the very same loaded release (its files unchanged since).
+_prepared: dict[tuple[str, str], tuple[ReleaseSource, PreparedPayloads | None]] = {}
+_prepared_lock = threading.Lock()
+PREPARED_KEPT = 2  # releases whose payload sections are kept (each at most ASSEMBLE_BYTES)
 
 #: stored release directory -> (what its files looked like, the release loaded from them)
 _loaded: dict[str, tuple[tuple[tuple[str, int, int, int, int], ...], ReleaseSource]] = {}

@@ -48,6 +48,7 @@ __all__ = [
     "take_over",
 ]
 
+_DEPLOYMENT = inspect(Deployment)  # its mapper: the identity keys of loaded rows
 STALE_CLAIM = timedelta(hours=6)  # a claim from another host this old is taken over
 _IN_CHUNK = 500  # ids in one SQL IN list
 
@@ -138,7 +139,7 @@ def show_loaded(session: Session, deployment_id: int, *,
     ``unless_set``: columns the UPDATE wrote with ``coalesce(column, value)``, given where
     the loaded value is None, and read again at their next use where none is loaded (an
     object this session inserted holds no value for a column it never set)."""
-    loaded = session.identity_map.get(session.identity_key(Deployment, deployment_id))
+    loaded = session.identity_map.get(_DEPLOYMENT.identity_key_from_primary_key((deployment_id,)))
     if loaded is None:
         return  # not held
     state = inspect(loaded)
@@ -151,8 +152,14 @@ def show_loaded(session: Session, deployment_id: int, *,
             unknown.append(key)
         elif held[key] is None:
             values[key] = value
-    for key, value in values.items():
-        set_committed_value(loaded, key, value)
+    if not state.modified and not state.expired_attributes and not state.callables:
+        # Nothing pending, expired or to be loaded on this row: a committed value is just
+        # the value (what set_committed_value leaves, without its per-column bookkeeping;
+        # an export sets nine columns of each of a batch's rows)
+        held.update(values)
+    else:
+        for key, value in values.items():
+            set_committed_value(loaded, key, value)
     if unknown:
         session.expire(loaded, unknown)
 

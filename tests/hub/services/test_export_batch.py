@@ -5,6 +5,7 @@ rolled back alone, and the release's frames are compressed once for all agents."
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, func, select, update
 
+from bundle.inspect import inspect as inspect_bundle
 from hub.db import Agent as AgentRow
 from hub.db import (
     AuditEvent,
@@ -331,6 +333,54 @@ def test_two_exports_into_one_spool_root_at_once_both_write(file_world: World,
     world.session.expire_all()
     assert {d.state for d in world.session.scalars(select(Deployment))} == {"exported"}
     assert not [p.name for p in spool.iterdir() if p.name.startswith(".")]  # nothing left
+
+
+def test_export_calls_frame_a_release_once_while_its_files_stay_the_same(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live server exports a rollout in many calls: the payload section framed by the
+    first is used by the next ones (the same bytes), but not once the release's stored files
+    changed on disk (touched: loaded and framed again), and a run that frames nothing makes
+    no scratch directory."""
+    _enroll(world, ["site-01", "site-02", "site-03"])
+    _queue(world)
+    spool = tmp_path / "spool"
+    real = export_service.prepare_payloads
+    framed: list[str] = []
+
+    def counted(*args: object, **kwargs: object) -> object:
+        framed.append("framed")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(export_service, "prepare_payloads", counted)
+    made: list[Path] = []
+    real_mkdir = Path.mkdir
+
+    def seen_mkdir(self: Path, *args: object, **kwargs: object) -> None:
+        made.append(self)
+        real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", seen_mkdir)
+    first = export_agents(world.ctx("op"), "test", spool, ["site-01"])
+    assert len(first.written) == 1 and framed == ["framed"]
+    made.clear()
+    second = export_agents(world.ctx("op"), "test", spool, ["site-02"])
+    assert len(second.written) == 1 and framed == ["framed"]  # the first call's section
+    assert not [p for p in made if p.name.startswith(export_service.SPOOL_PREFIX)]
+    release = world.session.scalars(select(Release)).one()
+    stored = Path(release.stored_path)
+    one = next(p for p in stored.rglob("*") if p.is_file())
+    os.utime(one, ns=(one.stat().st_atime_ns, one.stat().st_mtime_ns + 10**9))
+    third = export_agents(world.ctx("op"), "test", spool, ["site-03"])
+    assert len(third.written) == 1 and framed == ["framed", "framed"]  # loaded afresh
+    sections = []
+    for report in (first, second, third):
+        (bundle,) = report.written
+        data = bundle.paths[0].read_bytes()
+        sections.append(data[-len(export_service._prepared[(release.stored_path,
+                                                            release.content_hash)][1].data):])
+        assert inspect_bundle(bundle.paths[0]).manifest.bundle_id == bundle.bundle_id
+    assert sections[0] == sections[1] == sections[2]
+    assert not [p.name for p in spool.iterdir() if p.name.startswith(".")]
 
 
 class _Killed(BaseException):
