@@ -36,6 +36,9 @@ CRASH_POINTS: dict[str, str] = {
     "media index not written yet",
     "hub.export-indexing": "the media index being rewritten: its lock file held and a "
     "temporary copy written, not renamed",
+    "hub.live-delivering": "the live server: bundles their agents confirmed moved from the "
+    "spool into sent/ and the spool directories fsynced, their delivered record not "
+    "committed",
     "hub.plan-written": "hub releases plan: the plan's sequence committed (its row, no "
     "files yet) and its file written under its final name, the files and audit event not "
     "committed",

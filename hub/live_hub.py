@@ -86,6 +86,7 @@ from bundle.sync.errors import (
 from hub.db import Agent as AgentRow
 from hub.db import Deployment, Environment
 from hub.errors import HubError
+from hub.faults import crash_point
 from hub.live_exports import ExportWorkers, WorkerFailed, WorkerLost
 from hub.live_files import (
     LogQuotaError,
@@ -307,6 +308,7 @@ class LiveHub:
         # (agent id, spooled file name, how) of bundles agents confirmed, not recorded yet:
         # recorded in one transaction per batch (_record_delivered), not one per bundle
         self._delivered: list[tuple[str, str, str]] = []
+        self._delivered_recovered = False  # recover_delivered ran in this process
         self._recording: asyncio.Task[None] | None = None
         # agent -> (time of its last heartbeat, its connection), not written yet
         self._seen: dict[str, tuple[Any, str]] = {}
@@ -647,6 +649,7 @@ class LiveHub:
                 pass
             except OSError as exc:  # the batch waits for the next round (_record_delivered)
                 raise OSError(exc.errno, exc.strerror, str(directory)) from exc
+        crash_point("hub.live-delivering")
         with self._services() as ctx, audit.held_head(ctx.session):
             found = _delivered_deployments(ctx.session, items)
             environments = {env_id: ctx.session.get(Environment, env_id) for env_id in
@@ -984,9 +987,17 @@ class LiveHub:
         and — when woken by a NOTIFY, when not listening (SQLite, MariaDB, PostgreSQL
         connection down), or every :data:`NOTIFY_FALLBACK_POLL_S` as a safety net — ask the
         database for work (:meth:`poll_once`); while a burst runs, not woken, at most every
-        :data:`BURST_POLL_SECONDS`."""
+        :data:`BURST_POLL_SECONDS`. First, once a process, what a killed live server left
+        in ``sent/`` unrecorded is recorded (:meth:`recover_delivered`)."""
         flushed = time.monotonic()
         polled = 0.0
+        if not self._delivered_recovered:
+            try:
+                await self._in_pool(self._export_pool, self.recover_delivered)
+                self._delivered_recovered = True
+            except (SQLAlchemyError, HubError, OSError) as exc:  # the next start tries again
+                log.error("live: cannot record the deliveries a killed live server left: "
+                          "%s: %s", type(exc).__name__, exc)
         while True:
             await asyncio.sleep(self.poll_interval)
             woken, self._woken = self._woken, False
@@ -1346,6 +1357,35 @@ class LiveHub:
         self._delivered.append((agent_id, path.name, how))
         self._record_delivered_soon()
         self._spawn(self._offer_more(peer, agent_id))
+
+    def recover_delivered(self) -> int:
+        """Record the bundles a killed live server moved into ``sent/`` (their agents
+        confirmed them) without committing their ``delivered`` record (crash point
+        ``hub.live-delivering``): each ``exported`` deployment whose spooled file is in its
+        agent's ``sent/`` and no longer in the spool is recorded delivered now, as
+        ``received``. One query, and one ``stat`` per exported live deployment; returns how
+        many were recorded."""
+        with self._services() as ctx:
+            rows = ctx.session.execute(
+                select(AgentRow.agent_id, Deployment.bundle_path)
+                .join(AgentRow, Deployment.agent_id == AgentRow.id)
+                .where(Deployment.state == "exported", Deployment.bundle_path.is_not(None))
+            ).all()
+        items: list[tuple[str, str, str]] = []
+        for agent_id, bundle_path in rows:
+            if not bundle_path:
+                continue
+            spooled = Path(os.path.abspath(bundle_path))
+            if spooled.parent != Path(os.path.abspath(self.spool_root / agent_id)) \
+                    or spooled.exists():
+                continue  # on media, or still offered from the spool
+            if (spooled.parent / "sent" / spooled.name).exists():
+                items.append((agent_id, spooled.name, "received"))
+        if items:
+            log.info("live: recording %d bundle(s) delivered that a killed live server moved "
+                     "to sent/ without recording them", len(items))
+            self._mark_delivered(items)
+        return len(items)
 
     def _record_delivered_soon(self) -> None:
         if self._delivered and (self._recording is None or self._recording.done()):

@@ -41,13 +41,14 @@ AGENTS = ("site-01", "site-02")
 def test_every_crash_point_is_tested() -> None:
     from tests.hub.test_auto_rollback_processes import ROLLBACK_POINTS
     from tests.hub.test_hub_schedules import SCHEDULE_POINTS
+    from tests.hub.test_live_delivered_crash import LIVE_POINTS
     from tests.hub.test_notifications_processes import NOTIFY_POINTS
     from tests.hub.test_rollouts_processes import ROLLOUT_POINTS
     from tests.hub.test_root_install_crash import ROOT_POINTS
 
     assert (set(EXPORT_POINTS) | set(IMPORT_POINTS) | set(PLAN_POINTS) | set(ROOT_POINTS)
             | set(ROLLOUT_POINTS) | set(NOTIFY_POINTS) | set(ROLLBACK_POINTS)
-            | set(SCHEDULE_POINTS)) == set(CRASH_POINTS)
+            | set(SCHEDULE_POINTS) | set(LIVE_POINTS)) == set(CRASH_POINTS)
 
 
 def _hub(tmp_path: Path) -> tuple[RealHub, dict[str, Agent]]:
