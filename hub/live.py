@@ -194,10 +194,10 @@ def serve_live(config: Any, host: str, port: int, *, actor: str | None = None,
     keys = reloader.current()
     engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
     limits = LiveLimits.from_config(config)
+    # Started by the hub once enough agents are connected (LiveHub._start_workers): before
+    # the first burst, and never for a handful of agents (starting costs a second of CPU).
     workers = (ExportWorkers(config, actor, limits.export_processes)
                if limits.export_processes else None)
-    if workers is not None:
-        workers.start()  # now, not at the first burst: starting costs a second of CPU
     hub = LiveHub(session_factory=make_session_factory(engine), keys=keys,
                   data_dir=config.data_dir, actor=actor,
                   heartbeat=heartbeat or limits.heartbeat_s, binding=binding, limits=limits,

@@ -9,16 +9,17 @@ from the data directory, as the live server did; the live server's event loop on
 and sends. The bundles, their rows and audit events are exactly those of an export in the
 live server itself: the same function runs, only in another process.
 
-Off by default (``export_processes = 0``): measured on the 2-core test machine under the
-load of other work, a 1,000-agent burst was not faster with a worker (docs/benchmarks.md,
-"Session 7: live burst"): the live server's share of the work (offers, TLS, the
-``delivered`` records) stays, and the worker competes for the same two cores. Where cores
-are free, it takes the exports' CPU off the event loop's core.
+One worker by default where the live server may run on two or more CPUs, none on one
+(:func:`hub.live_guard.default_export_processes`): the exports' CPU leaves the event loop's
+core, which then only offers, sends and records deliveries (docs/benchmarks.md, "Session 10:
+live burst").
 
 What stays in the live server's threads: single exports (an agent connecting, one queued
 deployment), the ``delivered`` bookkeeping, and every export call while the workers are not
-running (``hub live`` starts them with the server; after a worker died, the next call starts
-them again and runs in threads meanwhile, so no bundle waits for a process to start).
+running (the live server starts them once :data:`hub.live_hub.EXPORT_WORKERS_FROM` agents
+are connected; after a worker died, the next call starts them again and runs in threads
+meanwhile, so no bundle waits for a process to start; a start that failed is tried again
+:data:`RESTART_PAUSE_S` later at the earliest).
 
 The workers are started with ``spawn`` (forking the live server's threads and sockets is
 unsafe), which imports the main module again in each worker: ``tiangong``'s entry points
@@ -40,6 +41,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -55,6 +57,7 @@ __all__ = ["ExportWorkers", "WorkerFailed", "WorkerLost"]
 log = logging.getLogger("tiangong.hub.live")
 
 PARENT_POLL_S = 1.0  # seconds between a worker's checks that the live server still runs
+RESTART_PAUSE_S = 60.0  # seconds after a worker failed to start before the next try
 
 
 class WorkerFailed(HubError):
@@ -91,6 +94,7 @@ def _init(config: Any, actor: str | None, parent: int) -> None:
     of its own, and a thread that ends the process once ``parent`` is gone."""
     from hub.db import make_engine, make_session_factory
     from hub.keystore import KeysReloader
+    from hub.live_hub import export_many  # noqa: F401  (now, not in the first call)
 
     reloader = KeysReloader(config.data_dir)
     engine = make_engine(config.database_url, audit_mac=reloader.current().audit_mac)
@@ -144,6 +148,7 @@ class ExportWorkers:
         self._pool: ProcessPoolExecutor | None = None
         self._ready = False
         self._lock = threading.Lock()
+        self._not_before = 0.0  # monotonic time: no start before (after a failed start)
 
     @property
     def ready(self) -> bool:
@@ -152,9 +157,10 @@ class ExportWorkers:
 
     def start(self) -> None:
         """Start the worker processes, if not yet (returns at once; :attr:`ready` turns true
-        when they answered)."""
+        when they answered). After a start that failed, the next is tried only
+        :data:`RESTART_PAUSE_S` later (callers ask on every connection and burst)."""
         with self._lock:
-            if self._pool is not None:
+            if self._pool is not None or time.monotonic() < self._not_before:
                 return
             log.info("live: starting %d export worker(s)", self.processes)
             # spawn: forking the live server (threads, sockets, an event loop) is unsafe
@@ -170,7 +176,9 @@ class ExportWorkers:
             token = ping.result()
         except (BrokenProcessPool, OSError) as exc:
             log.error("live: an export worker did not start (%s); exports stay in the live "
-                      "server's threads until the next burst tries again", exc)
+                      "server's threads, the next start is tried in %g s or later", exc,
+                      RESTART_PAUSE_S)
+            self._not_before = time.monotonic() + RESTART_PAUSE_S
             self._drop(pool)
             return
         self.tokens.add(token)

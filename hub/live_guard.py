@@ -18,18 +18,31 @@ Sans-I/O: no sockets, no database, no timers; the clock is injected (monotonic s
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["Admission", "LiveLimits", "LoginGuard", "RefusalCount"]
+__all__ = ["Admission", "LiveLimits", "LoginGuard", "RefusalCount", "default_export_processes"]
 
 Clock = Callable[[], float]
 ZERO_ALLOWED = frozenset({"export_processes"})  # settings of LiveLimits that may be 0
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
+
+
+def default_export_processes() -> int:
+    """``[live] export_processes`` when hub.toml does not say: 1 where this process may run
+    on two or more CPUs (its affinity mask; the CPU count where there is none), so that a
+    burst's exports take a second core beside the event loop; 0 on one CPU, where a worker
+    process would only compete with the event loop for it (docs/live.md, "Limits")."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return 1 if cpus >= 2 else 0
 
 
 @dataclass(frozen=True)
@@ -58,8 +71,9 @@ class LiveLimits:
     log_quota_total_bytes: int = 8 * GiB  # bytes of stored live logs, all agents
     heartbeat_s: int = 30  # seconds between an agent's heartbeats (announced in WELCOME);
     #                        presence counts an agent offline one interval after its last
-    export_processes: int = 0  # processes exporting a burst's bundles beside the event loop
-    #                            (hub.live_exports); 0: in the live server's own threads
+    # processes exporting a burst's bundles beside the event loop (hub.live_exports); 0: in
+    # the live server's own threads; default 1 on two or more CPUs, else 0
+    export_processes: int = default_export_processes()
 
     def __post_init__(self) -> None:
         for f in fields(self):

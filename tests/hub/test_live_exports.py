@@ -18,6 +18,8 @@ import asyncio
 import hashlib
 import logging
 import os
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,7 @@ from bench.live_agents import init_bench_hub, make_agents, queue_release
 from hub.config import load_config
 from hub.db import AuditEvent, Deployment, make_engine, make_session_factory
 from hub.keystore import load_hub_keys
-from hub.live_exports import ExportWorkers, WorkerFailed
+from hub.live_exports import RESTART_PAUSE_S, ExportWorkers, WorkerFailed
 from hub.live_hub import LiveHub
 from hub.services.export_claims import my_token
 from tests.e2e.conftest import wait_for
@@ -94,6 +96,8 @@ def test_a_burst_export_call_runs_in_the_worker_process(tmp_path: Path) -> None:
             # The worker's digest is what the OFFER carries: the file is not read here.
             assert hub._digests._known[path][1:] == (
                 path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest())
+            # sent/, which the bundle moves into once confirmed, made by the worker too
+            assert (hub.spool_root / agent_id / "sent").is_dir()
         pids = list(workers._pool._processes) if workers._pool is not None else []
         assert len(pids) == 1
     finally:
@@ -115,8 +119,9 @@ def test_a_worker_killed_mid_export_loses_nothing_and_doubles_nothing(
     config, keys = load_config(data), load_hub_keys(data)
     engine = make_engine(config.database_url, audit_mac=keys.audit_mac)
     workers = ExportWorkers(config, None, 1)
+    # no agent connected: the workers start again at the next burst call, whatever the number
     hub = LiveHub(session_factory=make_session_factory(engine), keys=keys, data_dir=data,
-                  actor=None, export_workers=workers)
+                  actor=None, export_workers=workers, export_workers_from=0)
     monkeypatch.setenv("TIANGONG_CRASH_AT", "hub.export-renamed")  # read by the worker only
     caplog.set_level(logging.INFO, "tiangong.hub.live")
 
@@ -140,8 +145,8 @@ def test_a_worker_killed_mid_export_loses_nothing_and_doubles_nothing(
         asyncio.run(burst())  # the next round: in this process's threads, workers starting
         assert _deployments(data) == [("exported", None)] * len(AGENTS)
         for agent_id in AGENTS:
-            assert [p.name for p in (hub.spool_root / agent_id).iterdir()] == [
-                f"hello-1.0.0-{agent_id}-000001.tgb"]
+            assert sorted(p.name for p in (hub.spool_root / agent_id).iterdir()) == [
+                f"hello-1.0.0-{agent_id}-000001.tgb", "sent"]
         with make_session_factory(engine)() as s:
             written = s.scalars(select(AuditEvent.object_id).where(
                 AuditEvent.action == "bundle.written")).all()
@@ -152,3 +157,74 @@ def test_a_worker_killed_mid_export_loses_nothing_and_doubles_nothing(
     finally:
         workers.shutdown()
         engine.dispose()
+
+
+class _Keys:
+    hub_id = "hub-test"  # all a LiveHub reads of its keys before exporting
+
+
+class _Pool:
+    """Stands in for ProcessPoolExecutor: counts the pools made, runs nothing."""
+
+    made = 0
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        type(self).made += 1
+
+    def submit(self, fn: object, *args: object) -> Future[str]:
+        return Future()  # never answered: the workers stay "starting"
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+def test_workers_start_once_enough_agents_are_connected(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub serving a handful of agents never starts a worker process; the one where
+    ``export_workers_from`` agents are connected starts them once (later connections and
+    bursts do not start a second pool while the first one starts)."""
+    monkeypatch.setattr("hub.live_exports.ProcessPoolExecutor", _Pool)
+    _Pool.made = 0
+    workers = ExportWorkers(load_config(tmp_path), None, 1)
+    hub = LiveHub(session_factory=lambda: None,  # type: ignore[arg-type,return-value]
+                  keys=_Keys(),  # type: ignore[arg-type]
+                  data_dir=tmp_path, actor=None, export_workers=workers, export_workers_from=3)
+    for n in range(2):
+        hub.peers[f"a{n}"] = None  # type: ignore[assignment]
+        hub._start_workers()
+    assert _Pool.made == 0 and workers._pool is None
+    for n in range(2, 5):
+        hub.peers[f"a{n}"] = None  # type: ignore[assignment]
+        hub._start_workers()
+    assert _Pool.made == 1 and not workers.ready
+
+
+def test_a_worker_that_did_not_start_is_tried_again_only_after_a_pause(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its start failing (the spawned process died before answering), the live server says
+    so and keeps exporting in its threads; the next start is tried RESTART_PAUSE_S later,
+    not at every connection."""
+    monkeypatch.setattr("hub.live_exports.ProcessPoolExecutor", _Pool)
+    _Pool.made = 0
+    now = [1000.0]
+    monkeypatch.setattr("hub.live_exports.time.monotonic", lambda: now[0])
+    caplog.set_level(logging.INFO, "tiangong.hub.live")
+    workers = ExportWorkers(load_config(tmp_path), None, 1)
+    workers.start()
+    pool = workers._pool
+    assert pool is not None and _Pool.made == 1
+    died: Future[str] = Future()
+    died.set_exception(BrokenProcessPool("a child process terminated abruptly"))
+    workers._started(pool, died)
+    assert workers._pool is None and not workers.ready and not workers.tokens
+    assert ("live: an export worker did not start (a child process terminated abruptly); "
+            "exports stay in the live server's threads, the next start is tried in 60 s or "
+            "later") in caplog.text
+    workers.start()
+    now[0] += RESTART_PAUSE_S - 1
+    workers.start()
+    assert _Pool.made == 1 and workers._pool is None
+    now[0] += 1
+    workers.start()
+    assert _Pool.made == 2 and workers._pool is not None

@@ -10,7 +10,7 @@ import pytest
 
 from hub.config import load_config
 from hub.errors import ConfigError
-from hub.live_guard import Admission, LiveLimits, LoginGuard
+from hub.live_guard import Admission, LiveLimits, LoginGuard, default_export_processes
 
 
 class Clock:
@@ -34,6 +34,22 @@ def test_every_limit_is_a_live_setting_of_hub_toml_and_the_environment(tmp_path:
     assert all(name.endswith(("_s", "_bytes", "_processes"))
                or name.startswith(("max_", "login_failures"))
                for name in LiveLimits.setting_names())
+
+
+@pytest.mark.parametrize(("cpus", "processes"), [(1, 0), (2, 1), (16, 1)])
+def test_exports_leave_the_event_loop_for_a_worker_process_where_there_is_a_second_cpu(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cpus: int, processes: int) -> None:
+    """``export_processes`` unset: one worker process on two or more CPUs this process may
+    use, none on one; what hub.toml says wins either way."""
+    # the default of this machine, as the live server reads it (hub.config's default too)
+    assert LiveLimits().export_processes == default_export_processes()
+    assert load_config(tmp_path).live_export_processes == default_export_processes()
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cpus)))
+    assert default_export_processes() == processes
+    (tmp_path / "hub.toml").write_text("[live]\nexport_processes = 0\n")
+    assert LiveLimits.from_config(load_config(tmp_path)).export_processes == 0
+    (tmp_path / "hub.toml").write_text("[live]\nexport_processes = 2\n")
+    assert LiveLimits.from_config(load_config(tmp_path)).export_processes == 2
 
 
 @pytest.mark.parametrize(("text", "why"), [
