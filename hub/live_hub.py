@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import itertools
 import logging
 import os
@@ -1119,12 +1120,23 @@ class LiveHub:
         export of a few, not of a hundred; one export thread stays free for single pushes
         and the ``delivered`` bookkeeping. Each agent's push lock is held from the start
         until its offer (agents whose push is already under way are left to it), so the next
-        rounds of the push loop leave them alone."""
+        rounds of the push loop leave them alone.
+
+        While bursts run, what was alive when the first began — every connection's objects,
+        most of this process's memory — is left out of Python's cyclic garbage collection
+        (``gc.freeze``; back in at the last burst's end): each full collection walked all of
+        it, about 0.3 s at 3,000 connected agents, three times during a burst to them
+        (docs/benchmarks.md, "Session 10: live burst"). Garbage in cycles among those
+        objects waits for the next full collection after the burst."""
         self._bursts += 1
+        if self._bursts == 1:
+            gc.freeze()
         try:
             await self._push_burst_held(due)
         finally:
             self._bursts -= 1
+            if not self._bursts:
+                gc.unfreeze()
 
     async def _push_burst_held(self, due: list[tuple[str, tuple[int, int | None]]]) -> None:
         held: list[tuple[str, tuple[int, int | None], asyncio.Lock]] = []

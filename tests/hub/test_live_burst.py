@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import json
 from collections import Counter
 from pathlib import Path
@@ -181,6 +182,38 @@ def test_a_burst_to_hundreds_of_agents_completes_although_exports_fail_now_and_t
         AuditEvent.action == "deployment.delivered")))
     assert len(delivered) == AGENTS and set(delivered.values()) == {1}  # each once
     assert all(len(a.offers) >= 1 for a in agents)
+
+
+def test_the_heap_alive_at_a_bursts_start_is_left_out_of_garbage_collection_until_the_end(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frozen (gc.freeze) from the first of overlapping bursts to the end of the last, also
+    when one fails; not before, not after."""
+    assert gc.get_freeze_count() == 0
+    seen: list[int] = []
+
+    async def held(self: LiveHub, due: list[Any]) -> None:
+        seen.append(gc.get_freeze_count())
+        await asyncio.sleep(0)
+        if due[0][0] == "fails":
+            raise OSError("the burst's export failed")
+        seen.append(gc.get_freeze_count())
+
+    monkeypatch.setattr(LiveHub, "_push_burst_held", held)
+    hub = object.__new__(LiveHub)
+    hub._bursts = 0
+
+    async def bursts() -> None:
+        results = await asyncio.gather(hub._push_burst([("a", (1, 1))]),
+                                       hub._push_burst([("fails", (1, 2))]),
+                                       return_exceptions=True)
+        assert isinstance(results[1], OSError)
+        assert gc.get_freeze_count() == 0 and hub._bursts == 0
+
+    try:
+        asyncio.run(bursts())
+        assert len(seen) == 3 and all(n > 0 for n in seen)
+    finally:
+        gc.unfreeze()
 
 
 def test_a_burst_is_cut_into_growing_export_calls_that_cover_every_agent() -> None:
