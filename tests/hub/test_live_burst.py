@@ -396,7 +396,7 @@ def test_delivered_bundles_whose_spool_cannot_be_synced_are_recorded_in_a_later_
                   clock=world.clock)
     assert hub._export_many([agent_id]) == {agent_id: (1, 0)}
     spooled = next((hub.spool_root / agent_id).glob("*.tgb"))
-    (spooled.parent / "sent").mkdir()
+    assert (spooled.parent / "sent").is_dir()  # made by the export
     spooled.rename(spooled.parent / "sent" / spooled.name)  # as LiveHub._sent moves it
     head = world.session.scalar(select(func.max(AuditEvent.seq)))
 
