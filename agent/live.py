@@ -91,6 +91,7 @@ from bundle.sync import (
     is_loopback,
 )
 from bundle.sync.errors import SyncError, UsageError
+from signing.fileio import fsync_dir
 
 __all__ = ["LiveClient", "LiveTLSError", "check_hub_url", "pinned_context", "run_live_client",
            "state_changed"]
@@ -223,14 +224,6 @@ class _Session:
         task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LiveClient:
@@ -593,7 +586,7 @@ class LiveClient:
             inc.path.unlink()
         else:
             os.replace(inc.path, dest)
-            _fsync_dir(self.config.inbox)
+            fsync_dir(self.config.inbox)
         log.info("live: received %s into the inbox", dest.name)
         s.conn.send_received(transfer)
 
@@ -642,7 +635,7 @@ class LiveClient:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self._sent_path)
-        _fsync_dir(self.config.home)
+        fsync_dir(self.config.home)
 
     async def _watch_outbox(self, s: _Session) -> None:
         while s.open:

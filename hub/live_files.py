@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bundle.sync import LogReceived
+from signing.fileio import fsync_dir
 
 __all__ = ["LogQuotaError", "LogStore", "SpoolDigests", "fsync_dir", "partial_path",
            "size_and_sha256", "sweep_partials"]
@@ -27,14 +28,6 @@ __all__ = ["LogQuotaError", "LogStore", "SpoolDigests", "fsync_dir", "partial_pa
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")  # docs/live-protocol.md §2.3
 
 READ_BYTES = 1024 * 1024  # bytes per read when hashing or re-reading a partial file
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def size_and_sha256(path: Path) -> tuple[int, str]:

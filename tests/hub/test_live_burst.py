@@ -413,3 +413,30 @@ def test_delivered_bundles_whose_spool_cannot_be_synced_are_recorded_in_a_later_
     asyncio.run(hub._record_delivered())
     assert hub._delivered == []
     assert _states(world) == Counter({"delivered": 1})
+
+
+def test_the_live_sides_sync_directories_as_every_other_writer_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live server and the agent's live client had their own directory fsync, which
+    failed on a file system that cannot fsync a directory (EINVAL, vfat on some kernels):
+    the hub's delivered records then waited for good, the agent's received bundle never
+    reached RECEIVED. They use signing.fileio.fsync_dir, which tolerates that, like every
+    other writer; any other error is still raised."""
+    import os
+
+    from agent import live as agent_live
+
+    real = os.fsync
+
+    def einval(fd: int) -> None:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", einval)
+    live_files.fsync_dir(tmp_path)
+    agent_live.fsync_dir(tmp_path)
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(
+        OSError(errno.EIO, "Input/output error")))
+    with pytest.raises(OSError, match="Input/output error"):
+        live_files.fsync_dir(tmp_path)
