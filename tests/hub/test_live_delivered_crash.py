@@ -67,7 +67,7 @@ def test_bundles_moved_to_sent_by_a_killed_live_server_are_recorded_delivered_on
     confirmed = []
     for agent_id in AGENTS:  # what LiveHub._sent does once the agent says RECEIVED
         (spooled,) = (hub.spool_root / agent_id).glob("*.tgb")
-        (spooled.parent / "sent").mkdir()
+        assert (spooled.parent / "sent").is_dir()  # made by the export
         spooled.rename(spooled.parent / "sent" / spooled.name)
         confirmed.append(f"{agent_id}/{spooled.name}")
     env = {**os.environ, "TIANGONG_CRASH_AT": LIVE_POINTS[0]}
