@@ -146,7 +146,7 @@ def write_prepared(
             + encode_member(ENVELOPE_NAME, envelope))
     total = len(head) + len(prepared.data)
     envelope_sha256 = hashlib.sha256(envelope).hexdigest()
-    out = Path(out)
+    out = out if isinstance(out, Path) else Path(out)  # a Path made again is parsed again
     label = strip_part_suffix(out.name)
     fd, tmp = _tmp_for(out)
     try:

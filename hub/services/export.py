@@ -285,8 +285,8 @@ def export_agents(
     now = ctx.now()
     stale = stale_claims(ctx.session, env, None, now, agent_ids=wanted)
     pending = pending_exports(ctx.session, env, agent_ids=wanted)
-    # Their agents in one query (not a lazy load each): their spool directories below.
-    _load_agents(ctx.session, [*stale, *pending])
+    # Their agents and releases in one query each (not a lazy load each deployment).
+    _load_agents(ctx.session, [*stale, *pending], env)
     if pending:
         pending, report.held = hold_back(ctx.session, pending, now, live=live)
     ctx.session.commit()
@@ -347,6 +347,7 @@ class _Run:
         self.templates: dict[tuple[int, int, bool], Manifest] = {}
         self.spool_made = False
         self.agent_dirs: dict[str, Path] = {}  # agent id -> out_dir/<agent id> (per_agent)
+        self.out_paths: dict[int, Path] = {}  # deployment id -> its bundle file, as claimed
         self.spool = out_dir / (SPOOL_PREFIX + _token_name(my_token()) + RUN_MARK
                                 + secrets.token_hex(6))
 
@@ -679,6 +680,7 @@ class _Run:
             "secrets": checked.secrets,
         }
         out = self.dir_for(dep) / name
+        self.out_paths[dep.id] = out  # for _write_file: the same path, not joined again
         if rows is not None:
             rows.append({"b_id": dep.id, "b_sequence": seq, "b_bundle_id": intent["bundle_id"],
                          "b_root_version": root_version, "b_bundle_path": str(out),
@@ -849,7 +851,9 @@ class _Run:
             policy=Policy.from_json(intent["policy"]) if intent.get("policy") else None,
             secrets=sealed,
         )
-        out = self.dir_for(dep) / intent["file"]
+        out = self.out_paths.get(dep.id)
+        if out is None or out.name != intent["file"]:
+            out = self.dir_for(dep) / intent["file"]
         roots = self._roots(intent["root_version"])
         if prepared is not None:
             return write_prepared(out, manifest, prepared, [keys.release_key], roots=roots,
@@ -1167,18 +1171,28 @@ def _still_queued(session: Session, deps: list[Deployment]) -> list[Deployment]:
     return out
 
 
-def _load_agents(session: Session, deps: list[Deployment]) -> None:
+def _load_agents(session: Session, deps: list[Deployment], env: Environment) -> None:
     """Load the agents of ``deps`` with one query per :data:`IN_CHUNK` and give each
-    deployment its agent (held by it: the session's identity map holds rows weakly), so
-    ``dep.agent`` is no lazy load each."""
+    deployment its agent (held by it: the session's identity map holds rows weakly), its
+    release (one query for all) and, of ``env``, ``env``: ``dep.agent``, ``dep.release``
+    and ``dep.environment`` are no lazy load each."""
     ids = sorted({dep.agent_id for dep in deps if dep.agent_id is not None})
     agents: dict[int, Agent] = {}
     for start in range(0, len(ids), IN_CHUNK):
         agents.update((a.id, a) for a in session.scalars(
             select(Agent).where(Agent.id.in_(ids[start:start + IN_CHUNK]))))
+    release_ids = sorted({dep.release_id for dep in deps})
+    releases: dict[int, Release] = {}
+    for start in range(0, len(release_ids), IN_CHUNK):
+        releases.update((r.id, r) for r in session.scalars(
+            select(Release).where(Release.id.in_(release_ids[start:start + IN_CHUNK]))))
     for dep in deps:
         if dep.agent_id in agents:
             set_committed_value(dep, "agent", agents[dep.agent_id])
+        if dep.release_id in releases:
+            set_committed_value(dep, "release", releases[dep.release_id])
+        if dep.environment_id == env.id:
+            set_committed_value(dep, "environment", env)
 
 
 def _roots_up_to(updates: tuple[bytes, ...], version: int) -> tuple[bytes, ...]:
