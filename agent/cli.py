@@ -315,6 +315,28 @@ def run_cmd(home: Path, once: bool, json_logs: bool, verbose: bool) -> None:
         sys.exit(upgrade.RESTART_EXIT)
 
 
+def _only_regular_files(files: tuple[Path, ...]) -> None:
+    """Refuse, before anything is done, a FILE given to 'agent apply' that the inbox would
+    leave alone: a symbolic link, a device, a FIFO, a socket. Processed as a bundle, a
+    device such as /dev/null was "refused" and moved to quarantine/ (run as root, the
+    device node left /dev); a FIFO hung the command."""
+    import stat
+
+    for path in files:
+        try:
+            mode = path.lstat().st_mode
+        except OSError as exc:
+            raise click.ClickException(f"cannot read {printable(str(path))}: "
+                                       f"{exc.strerror}") from exc
+        if stat.S_ISREG(mode):
+            continue
+        what = "a symbolic link" if stat.S_ISLNK(mode) else "a device, FIFO or socket"
+        raise click.ClickException(
+            f"{printable(str(path))} is {what}, not a regular file: the agent reads only "
+            "regular files (as its inbox does); nothing was done. Copy the bundle file itself "
+            "and apply the copy")
+
+
 @agent.command("apply")
 @click.argument("files", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -331,6 +353,7 @@ def apply_cmd(files: tuple[Path, ...], home: Path, as_json: bool, force_progress
     the bundle succeeded, 1 otherwise.
     """
     setup_logging(False, False)
+    _only_regular_files(files)
     home_lock = _lock(_config(home).home, "agent apply")
     ag = _open(home)
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,9 +103,14 @@ def inspect(path: Path, limits: Limits = DEFAULT_LIMITS) -> InspectedBundle:
     """:func:`inspect_stream` on a bundle file or on the first part of a split bundle (its
     label the file name, escaped: :func:`bundle.printable.printable`)."""
     path = Path(path)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    label = printable(strip_part_suffix(path.name))
+    # O_NONBLOCK: a FIFO opens at once and is refused, instead of blocking until something
+    # writes to it; reads of a regular file ignore the flag.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     with open(fd, "rb", buffering=0) as fh:
-        return inspect_stream(fh, printable(strip_part_suffix(path.name)), limits)
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise BundleFormatError(f"bundle {label} is not a regular file")
+        return inspect_stream(fh, label, limits)
 
 
 def verify_written(written: WrittenBundle, *, progress: ProgressFn | None = None) -> None:

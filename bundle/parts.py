@@ -103,7 +103,9 @@ def _base_of(path: Path) -> str | None:
 
 
 def _open_regular(path: Path) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    # O_NONBLOCK: a FIFO opens at once and is refused below, instead of blocking until
+    # something writes to it; reads of a regular file ignore the flag.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise PartsError(f"{path.name} is not a regular file")

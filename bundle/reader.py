@@ -693,8 +693,8 @@ def verify_path(
     Raises what :func:`verify_bundle` raises."""
     path = Path(path)
     name = label or printable(path.name)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:  # O_NONBLOCK: a FIFO is refused below at once, not waited on (as in _open_regular)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise BundleFormatError(f"bundle {name} is a symbolic link") from exc

@@ -58,3 +58,28 @@ def test_init_without_the_root_document_says_where_it_is(tmp_path: Path) -> None
     assert result.exit_code == 2
     assert "<hub data dir>/root.json (written by `tiangong hub init`)" in result.output
     assert not (tmp_path / "agent").exists()
+
+
+def test_apply_leaves_a_link_or_a_fifo_alone(home: Path, tmp_path: Path) -> None:
+    """'agent apply /dev/null' as root "refused" the device as a bundle and moved it into
+    quarantine/ (the device node left /dev, seen by hand); a FIFO hung the command. Like the
+    inbox, apply now leaves whatever is not a regular file alone: one error naming it,
+    exit 1, nothing moved, no result written, nothing recorded."""
+    import os
+
+    fifo = tmp_path / "pipe.tgb"
+    os.mkfifo(fifo)
+    target = tmp_path / "real.tgb"
+    target.write_bytes(b"not a bundle")
+    link = tmp_path / "link.tgb"
+    link.symlink_to(target)
+    before = sorted(str(p.relative_to(home)) for p in home.rglob("*"))
+    for path, what in ((fifo, "a device, FIFO or socket"), (link, "a symbolic link")):
+        result = CliRunner().invoke(root, ["agent", "apply", str(path), "--home", str(home)])
+        assert result.exit_code == 1
+        assert result.output == (
+            f"Error: {path} is {what}, not a regular file: the agent reads only regular files "
+            "(as its inbox does); nothing was done. Copy the bundle file itself and apply the "
+            "copy\n")
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == before
+    assert fifo.exists() and link.is_symlink() and target.read_bytes() == b"not a bundle"

@@ -430,3 +430,23 @@ def test_a_cut_stream_says_how_much_arrived(trust: TrustKit, bundle_path: Path,
                       trusted_root=trust.trusted, state=VerifierState(),
                       expect=ExpectRelease(AGENT), staging_dir=staging, clock=lambda: NOW)
     assert staging_entries(staging) == []
+
+
+def test_a_fifo_is_refused_at_once_not_waited_on(trust: TrustKit, tmp_path: Path,
+                                                  staging: Path) -> None:
+    """'bundle verify', 'bundle inspect' and 'agent apply' of a FIFO blocked for ever in
+    open() (nothing writes to it), seen by hand; each is now refused as not a regular file
+    at once (a split bundle's FIFO "part" is no candidate: its first part is missing), and
+    nothing is staged."""
+    from bundle.errors import PartsError
+
+    fifo = tmp_path / "pipe.tgb"
+    os.mkfifo(fifo)
+    with pytest.raises(BundleFormatError, match=r"^bundle pipe\.tgb is not a regular file$"):
+        inspect(fifo)
+    with pytest.raises(BundleFormatError, match=r"^bundle pipe\.tgb is not a regular file$"):
+        verify(fifo, trust, staging)
+    os.rename(fifo, tmp_path / "pipe.tgb.part000")
+    with pytest.raises(PartsError, match=r"the first part .* is missing"):  # not a candidate
+        verify([tmp_path / "pipe.tgb.part000"], trust, staging)
+    assert staging_entries(staging) == []
