@@ -689,7 +689,22 @@ def _tmp_for(final: Path) -> tuple[int, Path]:
     """A new temporary file beside ``final``: hidden and ending in ``.tmp`` (inbox watchers
     ignore such names). A final name too long to take those 18 bytes more (a 255-byte
     name is legal) is cut short in the temporary name and ends ``~<12 hex digits of its
-    SHA-256>`` instead, so the temporary name stays within the limit."""
+    SHA-256>`` instead, so the temporary name stays within the limit.
+
+    Raises:
+        OSError: ``final`` exists and is not a regular file (a device such as /dev/null, a
+            FIFO, a directory, a symbolic link): the rename would replace it with the
+            bundle, so it is refused before anything is written.
+    """
+    try:
+        mode = os.lstat(final).st_mode
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EEXIST, f"{final} exists and is not a regular file (a device, "
+                          "FIFO, directory or symbolic link): refusing to replace it with "
+                          "the bundle")
     name = final.name
     raw = os.fsencode(name)
     if len(raw) + _TMP_EXTRA > _NAME_MAX:

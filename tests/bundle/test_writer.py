@@ -8,6 +8,7 @@ import io
 import os
 import random
 import re
+import stat
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -535,3 +536,30 @@ def test_a_bundle_named_as_long_as_the_file_system_allows_is_written(
     assert w.paths == (out / name,)
     verify_written(w)
     assert os.listdir(out) == [name]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_an_output_that_is_not_a_regular_file_is_never_replaced(
+    trust: TrustKit, src: Path, out: Path, tmp_path: Path, kind: str,
+) -> None:
+    """'bundle create -o /dev/null' (as root) renamed the bundle over the device node:
+    /dev/null became a regular file (seen by hand on a device node made for it). An output
+    that exists and is not a regular file (a device, a FIFO, a directory, a symbolic link;
+    a FIFO and a link stand in here) is refused before anything is written, and left."""
+    import os
+
+    target = out / "b.tgb"
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        (tmp_path / "elsewhere.tgb").write_bytes(b"kept")
+        target.symlink_to(tmp_path / "elsewhere.tgb")
+    files = make_files(src, {"a": b"small"})
+    with pytest.raises(OSError, match=rf"{re.escape(str(target))} exists and is not a regular "
+                       "file .*: refusing to replace it with the bundle"):
+        write_bundle(target, release_draft(trust), files, [trust.release_key])
+    assert os.listdir(out) == ["b.tgb"]
+    if kind == "fifo":
+        assert stat.S_ISFIFO(os.lstat(target).st_mode)
+    else:
+        assert target.is_symlink() and target.read_bytes() == b"kept"
