@@ -32,12 +32,21 @@ def write_file_atomic(
     applied with ``fchmod`` (best effort: some removable-media file systems have no modes).
 
     Raises:
-        KeyFileError: ``path`` exists and ``overwrite`` is false, or an OS error.
+        KeyFileError: ``path`` exists and ``overwrite`` is false, or is not a regular file
+            nor a symbolic link (a device, a FIFO), or an OS error.
     """
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
     if not overwrite and os.path.lexists(target):
         raise KeyFileError(f"{target} already exists; refusing to overwrite it (use --force)")
+    if overwrite:
+        # Even with --force, a device (-o /dev/null, as root), FIFO, socket or directory is
+        # never replaced by the file: only a regular file or a symbolic link is.
+        with contextlib.suppress(FileNotFoundError):
+            kind = os.lstat(target).st_mode
+            if not (stat.S_ISREG(kind) or stat.S_ISLNK(kind)):
+                raise KeyFileError(f"{target} is not a regular file (a device, FIFO, socket "
+                                   "or directory); refusing to replace it")
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:

@@ -84,3 +84,23 @@ def test_read_bounded_follows_symlinks_to_regular_files(tmp_path: Path) -> None:
     (tmp_path / "real").write_bytes(b"x")
     os.symlink(tmp_path / "real", tmp_path / "link")
     assert read_bounded(tmp_path / "link", CAP) == b"x"
+
+
+def test_a_fifo_or_a_directory_is_never_replaced_even_with_force(tmp_path: Path) -> None:
+    """With overwrite (--force) the temporary file was renamed over whatever was there: as
+    root, '-o /dev/null --force' replaced the device node with a key or root file. A device,
+    FIFO, socket or directory is now refused and left (a FIFO and a directory stand in for
+    the device); a symbolic link is still replaced, as before."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "dir").mkdir()
+    for target in (fifo, tmp_path / "dir"):
+        with pytest.raises(KeyFileError, match=r"is not a regular file .*; refusing to "
+                           "replace it"):
+            write_file_atomic(target, b"data", overwrite=True)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and (tmp_path / "dir").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "pipe"]
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    write_file_atomic(link, b"data", overwrite=True)
+    assert not link.is_symlink() and link.read_bytes() == b"data"
