@@ -45,8 +45,8 @@ def write_file_atomic(
         with contextlib.suppress(FileNotFoundError):
             kind = os.lstat(target).st_mode
             if not (stat.S_ISREG(kind) or stat.S_ISLNK(kind)):
-                raise KeyFileError(f"{target} is not a regular file (a device, FIFO, socket "
-                                   "or directory); refusing to replace it")
+                raise KeyFileError(f"cannot write {target}: it is not a regular file (a "
+                                   "device, FIFO, socket or directory); refusing to replace it")
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:
