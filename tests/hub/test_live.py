@@ -285,6 +285,46 @@ def test_authentication_and_heartbeats_keep_presence_online(file_world: World,
         agent.close()
 
 
+def test_agents_connecting_together_are_asked_for_queued_work_in_one_query(
+        file_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At authentication the hub asks whether the agent has work queued before it runs an
+    export: agents authenticating while that query runs share the next one (10,000 agents
+    reconnecting ran 10,000 empty exports); a query that fails answers "queued", so the
+    export runs and reports the error as it did."""
+    world = file_world
+    one = _agent(world, tmp_path, "site-01")
+    queue_deployment(world.ctx("op"), _approved_release(world), "test")
+    world.session.commit()
+    two = _agent(world, tmp_path, "site-02")  # enrolled after the queueing: nothing for it
+    hub = LiveHub(session_factory=make_session_factory(world.session.get_bind()),  # type: ignore[arg-type]
+                  keys=world.keys.hub, data_dir=tmp_path / "hubdata", actor="op",
+                  clock=world.clock)
+    asked: list[list[str]] = []
+    real = hub._queued_of
+
+    def counted(agent_ids: list[str]) -> set[str]:
+        asked.append(sorted(agent_ids))
+        return real(agent_ids)
+
+    monkeypatch.setattr(hub, "_queued_of", counted)
+
+    async def ask(*agents: str) -> list[bool]:
+        return list(await asyncio.gather(*(hub._queued_at_connect(a) for a in agents)))
+
+    try:
+        assert asyncio.run(ask("site-01", "site-02", "site-03")) == [True, False, False]
+        assert asked == [["site-01", "site-02", "site-03"]]
+
+        def broken(agent_ids: list[str]) -> set[str]:
+            raise OSError("database unreachable")
+
+        monkeypatch.setattr(hub, "_queued_of", broken)
+        assert asyncio.run(ask("site-01", "site-02")) == [True, True]
+    finally:
+        one.close()
+        two.close()
+
+
 def test_an_agent_silent_for_three_heartbeat_intervals_is_closed_and_shown_offline(
         file_world: World, tmp_path: Path) -> None:
     """One timer per authenticated connection watches for silence (no timeout around each
