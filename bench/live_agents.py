@@ -20,7 +20,8 @@ What the simulated agents skip: nothing of the handshake; of a delivery, the bun
 verification and the run (bytes are checked against the offer's SHA-256 and dropped, or
 written and fsynced in the transfer phase), the journal, and the result upload.
 ``--profile-hub FILE`` samples the Python stacks of the hub's threads that are on a CPU,
-during the burst only (py-spy is not installed).
+during the burst only — with ``--idle-only`` (connect, then the idle window alone) during the
+idle window (py-spy is not installed).
 
 For each N (default 100 and 1,000; ``--soak`` adds 5,000) it reports:
 
@@ -1184,8 +1185,8 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
               f"{out['connect_hub_cpu_s']} s, agent processes {out['connect_client_cpu_s']} s; "
               f"the audit log stopped growing {'' if settle else 'NOT '}after "
               f"{out['connect_settled_s']} s (hub CPU by then {out['connect_settle_hub_cpu_s']} "
-              "s: each connection runs an export, which finds nothing queued and writes "
-              "nothing)", flush=True)
+              "s: each connection asks for queued work, agents connecting together in one "
+              "query, and none is queued)", flush=True)
 
         # 2. idle with heartbeats at the real interval (running since each WELCOME)
         before = await fleet.ask_all({"cmd": "stats"}, expect="stats")
