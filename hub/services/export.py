@@ -348,6 +348,8 @@ class _Run:
         self.spool_made = False
         self.agent_dirs: dict[str, Path] = {}  # agent id -> out_dir/<agent id> (per_agent)
         self.out_paths: dict[int, Path] = {}  # deployment id -> its bundle file, as claimed
+        #: deployment id -> (its intent, as claimed by this run, its chain and approvals)
+        self.claimed: dict[int, tuple[dict[str, Any], ChainInfo, tuple[bytes, ...]]] = {}
         self.spool = out_dir / (SPOOL_PREFIX + _token_name(my_token()) + RUN_MARK
                                 + secrets.token_hex(6))
 
@@ -681,6 +683,8 @@ class _Run:
         }
         out = self.dir_for(dep) / name
         self.out_paths[dep.id] = out  # for _write_file: the same path, not joined again
+        # for _write_file: the chain and approvals as made, not parsed back from the intent
+        self.claimed[dep.id] = (intent, chain, tuple(checked.approvals))
         if rows is not None:
             rows.append({"b_id": dep.id, "b_sequence": seq, "b_bundle_id": intent["bundle_id"],
                          "b_root_version": root_version, "b_bundle_path": str(out),
@@ -837,6 +841,13 @@ class _Run:
                                      intent["bundle_id"])
         # What differs between the bundles of the release in this environment, on the
         # manifest made (and validated) once for all of them.
+        claimed = self.claimed.get(dep.id)
+        if claimed is not None and claimed[0] is intent:  # claimed by this run: as made
+            chain: ChainInfo | None = claimed[1]
+            approvals = claimed[2]
+        else:  # from the database: the intent recorded
+            chain = ChainInfo.from_json(intent["chain"]) if intent.get("chain") else None
+            approvals = tuple(base64.b64decode(e) for e in intent.get("approvals", ()))
         manifest = self._template(release, env, source, prepared, target, intent, facts).derive(
             bundle_id=intent["bundle_id"],
             target=target,
@@ -845,8 +856,8 @@ class _Run:
             created=intent["created"],
             expires=intent["expires"],
             checkpoint=intent.get("checkpoint"),
-            chain=ChainInfo.from_json(intent["chain"]) if intent.get("chain") else None,
-            approvals=tuple(base64.b64decode(e) for e in intent.get("approvals", ())),
+            chain=chain,
+            approvals=approvals,
             # windows, freezes, override (bundle-format §6.9)
             policy=Policy.from_json(intent["policy"]) if intent.get("policy") else None,
             secrets=sealed,
