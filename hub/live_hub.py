@@ -202,6 +202,9 @@ class _Peer:
     # and zeroing included, per chunk); at most SPARE_CHUNKS
     spare: list[bytearray] = field(default_factory=list)
     heard: float = 0.0  # event-loop time of the last message received
+    # the last look at the spool left bundles out for want of a transfer slot (or none was
+    # taken yet): a slot coming free looks again (LiveHub._sent)
+    spool_more: bool = True
     silence: asyncio.TimerHandle | None = None  # closes it after SILENT_HEARTBEATS intervals
 
     def __post_init__(self) -> None:
@@ -309,6 +312,9 @@ class LiveHub:
         self._listening: asyncio.Task[None] | None = None
         self._woken = False  # a wake-up arrived since the last round
         self._bursts = 0  # _push_burst calls under way
+        # the newest deployment id a poll saw queued: while bursts run, polls look only for
+        # newer ones (poll_once)
+        self._seen_work = 0
         # agents whose export failed on a database error after claiming (see _export);
         # added to by export threads, read by the push loop: under its lock
         self._unclaim: set[str] = set()
@@ -628,10 +634,11 @@ class LiveHub:
                 log.info("live: released the export claims of %s after a database error; "
                          "the next round exports them again", agent_id)
 
-    def _live_work(self, agent_ids: Collection[str], busy: set[str]) -> list[LiveWork]:
+    def _live_work(self, agent_ids: Collection[str], busy: set[str],
+                   after: int | None = None) -> list[LiveWork]:
         session = self.session_factory()
         try:
-            return live_work_of(session, agent_ids, now=self.clock(), busy=busy)
+            return live_work_of(session, agent_ids, now=self.clock(), busy=busy, after=after)
         finally:
             session.rollback()
             session.close()
@@ -1079,13 +1086,20 @@ class LiveHub:
         # made into LiveWork objects to be skipped here (their locks are held).
         busy = ({a for a, lock in self._push_locks.items() if lock.locked()}
                 if self._bursts else set())
+        # While a burst runs only deployments newer than any a poll saw count: the older ones
+        # are in it, under way, or waiting for a failed export's retry — which the first
+        # poll after the last burst, which reads all, takes up again.
+        after = self._seen_work if self._bursts else None
         # The connected agents as a live view, not a copy of 10,000 ids four times a second:
         # the query only asks whether an agent it found is connected, and each result is
         # checked against self.peers again below.
-        found = await asyncio.to_thread(self._live_work, self.peers.keys(), busy)
-        # Agents without work are not in ``found``: their failed exports are forgotten.
-        for agent_id in set(self._export_failed) - {w.agent_id for w in found if w.queued}:
-            self._export_failed.pop(agent_id, None)
+        found = await asyncio.to_thread(self._live_work, self.peers.keys(), busy, after)
+        self._seen_work = max([self._seen_work,
+                               *(w.newest for w in found if w.newest is not None)])
+        if after is None:
+            # Agents without work are not in ``found``: their failed exports are forgotten.
+            for agent_id in set(self._export_failed) - {w.agent_id for w in found if w.queued}:
+                self._export_failed.pop(agent_id, None)
         for work in found:
             peer = self.peers.get(work.agent_id)
             if peer is None or not peer.open:
@@ -1336,9 +1350,13 @@ class LiveHub:
                 names = sorted(e.name for e in entries if e.name.endswith(".tgb"))
         except (FileNotFoundError, NotADirectoryError):
             return
+        peer.spool_more = False
         for name in names:
             transfer = name[: -len(".tgb")]
-            if transfer in peer.outgoing or len(peer.outgoing) >= 4:
+            if transfer in peer.outgoing:
+                continue
+            if len(peer.outgoing) >= 4:
+                peer.spool_more = True
                 continue
             path = self.spool_root / agent_id / name
             try:
@@ -1376,9 +1394,10 @@ class LiveHub:
         acked = peer.acked[transfer]
         # One chunk never outgrows the queue file chunks wait for (§10.1).
         most = min(READ_BYTES, peer.limits.send_buffer_bytes)
-        # Open once: renamed into sent/ meanwhile, the file is still read to its end.
-        with path.open("rb", buffering=0) as fh:
-            fd = fh.fileno()
+        # Open once: renamed into sent/ meanwhile, the file is still read to its end. A bare
+        # descriptor: no file object, the chunks are read into the messages (read_chunk).
+        fd = os.open(path, os.O_RDONLY)
+        try:
             size = os.fstat(fd).st_size
             # The offset the agent asked for: > 0 after a resume (nothing it holds is sent
             # again).
@@ -1399,6 +1418,8 @@ class LiveHub:
                 offset += n
                 self.metrics.transfer_bytes.labels("out").inc(n)
                 peer.flush()
+        finally:
+            os.close(fd)
         if offset == size and peer.open and transfer in peer.outgoing:
             conn.send_done(transfer)
             peer.flush()
@@ -1425,7 +1446,11 @@ class LiveHub:
         # what arrives meanwhile is recorded in the next batch.
         self._delivered.append((agent_id, path.name, how))
         self._record_delivered_soon()
-        self._spawn(self._offer_more(peer, agent_id))
+        if peer.spool_more:
+            # Only then: every bundle this process writes into a spool is offered after its
+            # export, and a plan after the poll that sees it; looking again after each
+            # RECEIVED listed every agent's spool twice in a burst.
+            self._spawn(self._offer_more(peer, agent_id))
 
     def recover_delivered(self) -> int:
         """Record the bundles a killed live server moved into ``sent/`` (their agents

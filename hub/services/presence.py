@@ -182,7 +182,8 @@ def live_work(session: Session, agent_ids: Iterable[str], *,
 
 
 def live_work_of(session: Session, connected: Collection[str], *,
-                 now: datetime | None = None, busy: Collection[str] = ()) -> list[LiveWork]:
+                 now: datetime | None = None, busy: Collection[str] = (),
+                 after: int | None = None) -> list[LiveWork]:
     """What the push loop must do, for the agents in ``connected``: those with queued work
     (as :func:`live_work` counts it), those with an unexpired preflight plan (``plan``, as
     :func:`live_work` says it) and those no longer enrolled — every other connected agent is
@@ -197,7 +198,11 @@ def live_work_of(session: Session, connected: Collection[str], *,
     Agents in ``busy`` (their queued work is being exported already: a burst) are left
     out unless they are no longer enrolled: during a burst to 10,000 agents every poll
     made an object for each agent still waiting in it (docs/benchmarks.md, "Session 8:
-    live burst")."""
+    live burst").
+
+    ``after``: only deployments with a greater id count as queued work (the push loop's
+    polls during a burst: what was queued before it is in it, or handled once it ended;
+    reading those rows again each poll cost 1.3 s of a burst to 10,000 agents)."""
     waiting = or_(and_(Deployment.state == "queued",
                        true() if now is None else or_(Deployment.hold_until.is_(None),
                                                       Deployment.hold_until <= now)),
@@ -205,7 +210,8 @@ def live_work_of(session: Session, connected: Collection[str], *,
     queued = session.execute(
         select(Agent.agent_id, Agent.status, func.count(Deployment.id), func.max(Deployment.id))
         .join(Agent, Deployment.agent_id == Agent.id)
-        .where(Deployment.state.in_(("queued", "exporting")), waiting)
+        .where(Deployment.state.in_(("queued", "exporting")), waiting,
+               true() if after is None else Deployment.id > after)
         .group_by(Agent.agent_id, Agent.status)).all()
     found = {a: LiveWork(a, s, int(n), m) for a, s, n, m in queued
              if a in connected and a not in busy}

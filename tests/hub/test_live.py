@@ -167,6 +167,44 @@ def test_queued_deployment_is_pushed_to_a_connected_agent_without_push_pending(
         agent.close()
 
 
+def test_more_spooled_bundles_than_transfer_slots_are_offered_as_slots_come_free(
+        file_world: World, tmp_path: Path) -> None:
+    """Six bundles wait in the spool, four may be on the wire (MAX_TRANSFERS): four are
+    offered at once, and each that the agent confirms frees a slot for the next, in name
+    order, until all six left the spool for ``sent/``; none is offered twice."""
+    world = file_world
+    agent = _agent(world, tmp_path)
+    spool = tmp_path / "hubdata" / "live-outbox" / "site-01"
+    spool.mkdir(parents=True)
+    names = [f"spooled-{i}.tgb" for i in range(6)]
+    for name in names:
+        (spool / name).write_bytes(name.encode())
+    server = _serve(world, tmp_path)
+
+    async def scenario() -> list[str]:
+        offered: list[str] = []
+        async with ScriptedAgent(server.port, agent) as a:
+            while len(offered) < len(names):
+                offer = await a.until(lambda e: isinstance(e, OfferReceived))
+                assert isinstance(offer, OfferReceived)
+                offered.append(offer.offer.name)
+                if len(offered) >= 4:  # all slots taken: confirm the oldest offered
+                    done = offered[len(offered) - 4]
+                    a.conn.send_cancel(done.removesuffix(".tgb"), "hub", "have-it", "here")
+                    await a.flush()
+            await asyncio.to_thread(
+                wait_for, lambda: len(list((spool / "sent").glob("*.tgb"))) == 3, DEADLINE,
+                "the hub to move the confirmed bundles into sent/")
+        return offered
+
+    try:
+        assert asyncio.run(scenario()) == names
+        assert sorted(p.name for p in spool.glob("*.tgb")) == names[3:]  # not confirmed
+    finally:
+        server.stop()
+        agent.close()
+
+
 def test_revoked_agent_is_dropped_while_connected_and_refused_on_reconnect(
         file_world: World, tmp_path: Path) -> None:
     world = file_world

@@ -42,6 +42,7 @@ from hub.services import export as export_service
 from hub.services.agents import EnrollmentRequest, enroll_agent
 from hub.services.audit import verify_database
 from hub.services.deployments import mark_delivered_many, queue_deployment
+from hub.services.presence import LiveWork
 from signing.keys import BoxKeyPair, SigningKey
 from tests.e2e import test_live as e2e_live
 from tests.e2e.conftest import wait_for
@@ -440,3 +441,38 @@ def test_the_live_sides_sync_directories_as_every_other_writer_does(
         OSError(errno.EIO, "Input/output error")))
     with pytest.raises(OSError, match="Input/output error"):
         live_files.fsync_dir(tmp_path)
+
+
+def test_polls_during_a_burst_look_only_for_work_newer_than_any_seen(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A poll reads all queued work; while a burst runs, polls ask only for deployments newer
+    than the newest a poll saw, and keep the failed exports they do not see (the first
+    poll after the burst reads everything again)."""
+    class Keys:
+        hub_id = "hub-test"
+
+    hub = LiveHub(session_factory=lambda: None,  # type: ignore[arg-type,return-value]
+                  keys=Keys(), data_dir=tmp_path, actor=None)  # type: ignore[arg-type]
+    asked: list[int | None] = []
+    answer = [LiveWork("a", "enrolled", 2, 7), LiveWork("b", "enrolled", 1, 5)]
+
+    def live_work(agent_ids: Any, busy: set[str], after: int | None = None) -> list[LiveWork]:
+        asked.append(after)
+        return answer
+
+    monkeypatch.setattr(hub, "_live_work", live_work)
+    monkeypatch.setattr(hub, "_spawn", lambda coro: coro.close())
+    hub._export_failed["c"] = ((1, 3), 0.0)  # failed earlier; its work is not new
+    asyncio.run(hub.poll_once())
+    assert asked == [None] and hub._seen_work == 7
+    assert "c" not in hub._export_failed  # a full poll: c has no work any more
+    hub._export_failed["c"] = ((1, 3), 0.0)
+    hub._bursts = 1
+    answer = [LiveWork("d", "enrolled", 1, 9)]
+    asyncio.run(hub.poll_once())
+    assert asked == [None, 7] and hub._seen_work == 9
+    assert "c" in hub._export_failed  # not seen by a poll that only looks for newer work
+    hub._bursts = 0
+    answer = []
+    asyncio.run(hub.poll_once())
+    assert asked == [None, 7, None] and "c" not in hub._export_failed

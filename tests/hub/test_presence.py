@@ -114,6 +114,14 @@ def test_live_work_of_names_only_connected_agents_with_something_to_do(
     # Agents busy in a burst already: their queued work is left out, not their revocation.
     assert live_work_of(world.session, connected, now=world.clock(),
                         busy={"site-01", "site-02"}) == [LiveWork("site-02", "revoked", 0, None)]
+    # During a burst, polls count only deployments newer than the newest one seen.
+    one, two = by_agent["site-01"], by_agent["site-02"]
+    assert one < two
+    assert live_work_of(world.session, connected, now=world.clock(), after=two) == [
+        LiveWork("site-02", "revoked", 0, None)]
+    assert live_work_of(world.session, connected, now=world.clock(), after=one) == [
+        LiveWork("site-02", "revoked", 1, two)]
+    assert live_work_of(world.session, connected, now=world.clock(), after=one - 1) == work
     # Exported: nothing waits any more; the revoked agent is still named.
     for dep in deps:
         dep.state = "exported"
