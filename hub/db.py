@@ -393,7 +393,8 @@ class Agent(_Model):  # type: ignore[misc]
     agent_version: Mapped[str] = mapped_column(String(64), default="")
     ed25519_public: Mapped[str] = mapped_column(String(64), unique=True)
     x25519_public: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="enrolled")
+    # indexed: the live servers' push loops look for agents no longer enrolled 4x a second
+    status: Mapped[str] = mapped_column(String(16), default="enrolled", index=True)
     enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -215,8 +215,11 @@ def live_work_of(session: Session, connected: Collection[str], *,
         .group_by(Agent.agent_id, Agent.status)).all()
     found = {a: LiveWork(a, s, int(n), m) for a, s, n, m in queued
              if a in connected and a not in busy}
+    # "!= enrolled" as two ranges, which the index on agents.status answers (a "!=" scans
+    # every agent: 1.5 ms four times a second at 10,000 agents, for the few revoked)
     for agent_id, status in session.execute(
-            select(Agent.agent_id, Agent.status).where(Agent.status != "enrolled")).all():
+            select(Agent.agent_id, Agent.status)
+            .where(or_(Agent.status < "enrolled", Agent.status > "enrolled"))).all():
         if agent_id in connected and agent_id not in found:
             found[agent_id] = LiveWork(agent_id, status, 0, None)
     # Unexpired preflight plans (rare, short-lived): the newest addressed to each agent, to

@@ -138,8 +138,9 @@ def db_url(request: pytest.FixtureRequest) -> str:
 
 
 def test_presence_and_live_work_on_every_database(db_url: str, tmp_path: Path) -> None:
-    """The grouped outer join and the last_seen comparison mean the same everywhere (and
-    last_seen comes back as an aware UTC time, comparable with the clock)."""
+    """The grouped outer join, the last_seen comparison and the revoked agents found by
+    the index on agents.status mean the same everywhere (and last_seen comes back as an
+    aware UTC time, comparable with the clock)."""
     engine = make_engine(db_url)
     upgrade(engine)
     clock = FakeClock()
@@ -166,5 +167,12 @@ def test_presence_and_live_work_on_every_database(db_url: str, tmp_path: Path) -
             assert live_work_of(session, {"site-02", "site-01"}, now=clock()) == [
                 LiveWork("site-01", "enrolled", 1, newest["site-01"]),
                 LiveWork("site-02", "enrolled", 1, newest["site-02"])]
+            # "not enrolled" asked as two ranges of the index on agents.status
+            revoke_agent(world.ctx("op"), "site-02")
+            for dep in deps:
+                dep.state = "exported"
+            session.commit()
+            assert live_work_of(session, {"site-02", "site-01"}, now=clock()) == [
+                LiveWork("site-02", "revoked", 0, None)]
     finally:
         engine.dispose()
