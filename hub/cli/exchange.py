@@ -98,7 +98,8 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
         if not rows and not report.failed and not report.held:
             click.echo(f"nothing to export for {environment}: nothing written")
         for d in report.recovered:
-            click.echo(f"deployment {d}: completing an export that was interrupted")
+            click.echo(f"deployment {d}: completing an export that was interrupted or failed "
+                       "(same sequence and bundle id)")
         for r in rows:
             click.echo(f"wrote {', '.join(Path(f).name for f in r['files'])}  "
                        f"({r['release']} for {r['agent'] or 'the environment'}, "

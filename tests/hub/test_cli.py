@@ -545,8 +545,22 @@ def test_export_to_media_it_cannot_write_says_so_without_a_traceback(
     assert shown["state"] == "queued" and shown["sequence"] is None
     usb = tmp_path / "usb"
     (usb / "INDEX-plant-a.txt").mkdir(parents=True)
+    # The bundle cannot be written either (a directory where it goes): that deployment
+    # fails, named; the next export writes it and says the earlier one failed or was cut
+    # short (it said "interrupted" only, after a failure nobody interrupted).
+    taken = usb / "hello-1.0.0-plant-a-000001.tgb"
+    taken.mkdir()
+    failed = run(hub_dir, "export", "--environment", "plant-a", "--out", str(usb),
+                 actor="ops", ok=False)
+    assert failed.exit_code == 1
+    assert f"FAILED deployment {dep['id']}: FileExistsError: [Errno 17] {taken} exists and is " \
+        "not a regular file" in failed.output
+    taken.rmdir()
     result = run(hub_dir, "export", "--environment", "plant-a", "--out", str(usb),
                  actor="ops")
+    assert result.output.splitlines()[0] == (
+        f"deployment {dep['id']}: completing an export that was interrupted or failed (same "
+        "sequence and bundle id)")
     assert result.output.splitlines()[-1] == (
         f"warning: cannot write the index INDEX-plant-a.txt in {usb}: [Errno 21] Is a "
         f"directory: '{usb / 'INDEX-plant-a.txt'}'; the bundles above are written and "
