@@ -133,6 +133,10 @@ LIVE_EXPORT_BATCH = 100  # agents whose queued deployments one export call takes
 #: bundles leave after a few exports, the rest in calls that cost little per bundle
 BURST_STEPS = (5, 20, 50)
 DELIVERED_QUERY_ITEMS = 500  # confirmed bundles looked up per query (bound parameters)
+#: seconds confirmations gather before their batch is recorded (unless DELIVERED_QUERY_ITEMS
+#: wait already): a batch costs 3-9 ms of CPU whatever its size, and a burst to 1,000 agents
+#: made 27 batches of 37 on average without waiting (docs/benchmarks.md, "Session 10")
+DELIVERED_GATHER_SECONDS = POLL_SECONDS
 OFFER_THREADS = 2  # threads hashing spooled files for OFFERs, never behind an export
 #: connected agents from which the export worker processes are started (hub.live_exports):
 #: a burst to fewer is a fraction of a second in threads, less than a process costs to start
@@ -323,6 +327,9 @@ class LiveHub:
         # (agent id, spooled file name, how) of bundles agents confirmed, not recorded yet:
         # recorded in one transaction per batch (_record_delivered), not one per bundle
         self._delivered: list[tuple[str, str, str]] = []
+        # (agent id, file name) -> when the agent confirmed it (the push-latency metric
+        # counts to that moment, not to the batch's commit)
+        self._confirmed_at: dict[tuple[str, str], Any] = {}
         self._delivered_recovered = False  # recover_delivered ran in this process
         self._recording: asyncio.Task[None] | None = None
         # agent -> (time of its last heartbeat, its connection), not written yet
@@ -649,11 +656,14 @@ class LiveHub:
                          {"code": "revoked", "status": status,
                           "reason": "connection closed: the agent is no longer enrolled"})
 
-    def _mark_delivered(self, items: list[tuple[str, str, str]]) -> None:
+    def _mark_delivered(self, items: list[tuple[str, str, str]],
+                        confirmed_at: dict[tuple[str, str], Any] | None = None) -> None:
         """Record, in one transaction, that each agent of ``items`` (agent id, file name,
         how) holds the spooled bundle of that name: its deployment moves ``exported →
         delivered`` (unless it is already further on, e.g. its result came by media first)
-        and a ``live.delivered`` event says ``how`` (``received`` / ``have-it``).
+        and a ``live.delivered`` event says ``how`` (``received`` / ``have-it``). The push
+        latency observed for each runs to its time in ``confirmed_at`` (agent id, file
+        name), else to now.
 
         One commit for a batch (a burst to 10,000 agents made 10,000 commits, behind the
         exports), and a batch's SQL does not grow per item beyond its rows: with the audit
@@ -690,7 +700,8 @@ class LiveHub:
                     done.add(row.id)
                     moved.append((row.id, environments.get(row.environment_id)))
                     told.append((row, "delivered", True))
-                    waited = (ctx.now() - row.queued_at).total_seconds()
+                    at = (confirmed_at or {}).get((agent_id, name)) or ctx.now()
+                    waited = (at - row.queued_at).total_seconds()
                     self.metrics.push_latency.observe(max(0.0, waited))
                 else:
                     told.append((row, "delivered" if row.id in done else row.state, False))
@@ -1445,6 +1456,7 @@ class LiveHub:
         # other agents' bundles (a burst's last bundle waited for the first ones' commits);
         # what arrives meanwhile is recorded in the next batch.
         self._delivered.append((agent_id, path.name, how))
+        self._confirmed_at[(agent_id, path.name)] = self.clock()
         self._record_delivered_soon()
         if peer.spool_more:
             # Only then: every bundle this process writes into a spool is offered after its
@@ -1483,18 +1495,25 @@ class LiveHub:
 
     def _record_delivered_soon(self) -> None:
         if self._delivered and (self._recording is None or self._recording.done()):
-            self._recording = asyncio.get_running_loop().create_task(self._record_delivered())
+            self._recording = asyncio.get_running_loop().create_task(
+                self._record_delivered(gather=DELIVERED_GATHER_SECONDS))
 
-    async def _record_delivered(self) -> None:
-        """Record the confirmed bundles, a batch per transaction, until none are left. On a
-        database error, or a spool directory that cannot be fsynced, the batch waits for
-        the push loop's next round."""
+    async def _record_delivered(self, gather: float = 0.0) -> None:
+        """Record the confirmed bundles, a batch per transaction, until none are left; with
+        ``gather``, each batch first waits that many seconds for more confirmations (unless
+        :data:`DELIVERED_QUERY_ITEMS` wait already). On a database error, or a spool
+        directory that cannot be fsynced, the batch waits for the push loop's next round."""
         while self._delivered:
+            if gather and len(self._delivered) < DELIVERED_QUERY_ITEMS:
+                await asyncio.sleep(gather)
             batch, self._delivered = self._delivered, []
+            at = {key: self._confirmed_at.pop(key) for key in
+                  ((agent_id, name) for agent_id, name, _ in batch) if key in self._confirmed_at}
             try:
-                await self._in_pool(self._export_pool, self._mark_delivered, batch)
+                await self._in_pool(self._export_pool, self._mark_delivered, batch, at)
             except (SQLAlchemyError, HubError, OSError) as exc:
                 self._delivered[:0] = batch
+                self._confirmed_at.update(at)
                 self.metrics.error("push_loop")
                 log.error("live: cannot record %d delivered bundle(s) now: %s", len(batch), exc)
                 return

@@ -301,6 +301,54 @@ def test_delivered_bundles_are_recorded_as_one_batch_whatever_its_size(
         select(Deployment).where(Deployment.state == "delivered")))
 
 
+def test_confirmations_arriving_together_are_recorded_in_one_batch_timed_at_their_arrival(
+        file_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Confirmations gather for DELIVERED_GATHER_SECONDS before their batch is recorded (a
+    batch costs the same few ms whatever its size): three confirmed one after another are
+    one transaction, and the push-latency metric counts each to its confirmation, not to
+    the later commit."""
+    world = file_world
+    ids = [f"gather-{i}" for i in range(3)]
+    for agent_id in ids:
+        enroll_agent(world.ctx("op"), "test", EnrollmentRequest(
+            hostname=agent_id, ed25519_public=SigningKey.generate().public.raw.hex(),
+            x25519_public=BoxKeyPair.generate().public.raw.hex(), agent_id=agent_id,
+            environment="test", hub_id=world.keys.hub.hub_id))
+    queue_deployment(world.ctx("op"), _approved_release(world), "test")
+    world.session.commit()
+    hub = LiveHub(session_factory=make_session_factory(world.session.get_bind()),  # type: ignore[arg-type]
+                  keys=world.keys.hub, data_dir=tmp_path / "hubdata", actor="op",
+                  clock=world.clock)
+    assert hub._export_many(ids) == {agent_id: (1, 0) for agent_id in ids}
+    batches: list[int] = []
+    mark = hub._mark_delivered
+
+    def counted(items: list[tuple[str, str, str]], at: Any = None) -> None:
+        batches.append(len(items))
+        mark(items, at)
+
+    monkeypatch.setattr(hub, "_mark_delivered", counted)
+
+    async def confirm() -> None:
+        world.clock.advance(2)  # queued at 09:00:00, confirmed at 09:00:02
+        for agent_id in ids:
+            name = next((hub.spool_root / agent_id).glob("*.tgb")).name
+            hub._delivered.append((agent_id, name, "received"))
+            hub._confirmed_at[(agent_id, name)] = world.clock()
+            hub._record_delivered_soon()
+            await asyncio.sleep(0)
+        world.clock.advance(10)  # recorded later: not what the metric counts
+        assert hub._recording is not None
+        await hub._recording
+
+    asyncio.run(confirm())
+    assert batches == [3] and not hub._delivered and not hub._confirmed_at
+    assert _states(world) == Counter({"delivered": 3})
+    registry = hub.metrics.registry
+    assert registry.get_sample_value("tiangong_live_push_latency_seconds_count") == 3
+    assert registry.get_sample_value("tiangong_live_push_latency_seconds_sum") == 6.0
+
+
 def _exported_deployment(world: World, agent_id: str) -> Deployment:
     """A deployment of an approved release to a new agent ``agent_id`` of ``test``, set
     ``exported`` and committed (the state mark_delivered_many moves on)."""
