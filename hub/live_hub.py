@@ -1134,6 +1134,11 @@ class LiveHub:
                     and time.monotonic() < failed[1]):
                 continue
             due.append((work.agent_id, fingerprint))
+        if not due:
+            # No burst for nothing: each froze and unfroze the GC (_push_burst), which moved
+            # every young object into the oldest generation four times a second and left
+            # cyclic garbage uncollected on a hub with little traffic.
+            return
         if len(due) == 1:
             self._spawn(self._push_queued(*due[0]))
             return

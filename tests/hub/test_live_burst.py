@@ -524,3 +524,25 @@ def test_polls_during_a_burst_look_only_for_work_newer_than_any_seen(
     answer = []
     asyncio.run(hub.poll_once())
     assert asked == [None, 7, None] and "c" not in hub._export_failed
+
+
+def test_a_poll_that_finds_nothing_to_push_starts_no_burst(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A poll without work spawns nothing: an empty burst froze and unfroze the GC at every
+    poll (four times a second on SQLite), moving each young object into the oldest
+    generation, so cyclic garbage of a quiet hub was never collected."""
+    class Keys:
+        hub_id = "hub-test"
+
+    hub = LiveHub(session_factory=lambda: None,  # type: ignore[arg-type,return-value]
+                  keys=Keys(), data_dir=tmp_path, actor=None)  # type: ignore[arg-type]
+    spawned: list[str] = []
+
+    def spawn(coro: Any) -> None:
+        spawned.append(coro.__qualname__)
+        coro.close()
+
+    monkeypatch.setattr(hub, "_live_work", lambda *a, **k: [])
+    monkeypatch.setattr(hub, "_spawn", spawn)
+    asyncio.run(hub.poll_once())
+    assert spawned == [] and hub._bursts == 0 and gc.get_freeze_count() == 0
