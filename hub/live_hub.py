@@ -153,6 +153,11 @@ DIRECT_WRITE_BYTES = 4096  # messages up to this size may skip the writer task (
 #: process runs, as PostgreSQL's safety net: each poll reads every deployment still queued in
 #: it (a poll took ~20 ms during a burst to 10,000 agents on SQLite, four times a second)
 BURST_POLL_SECONDS = NOTIFY_FALLBACK_POLL_S
+#: seconds at most between two polls that read every deployment still queued, bursts or not:
+#: a poll during a burst asks only for newer deployments, which leaves out an older one whose
+#: hold ended, one a failed or lost export left queued, one re-queued with its old id, or one
+#: committed late with a smaller id (PostgreSQL); back-to-back bursts would starve them
+FULL_POLL_SECONDS = 30.0
 SWEEP_SECONDS = 60.0  # seconds between two sweeps of abandoned partial uploads (at most)
 TOO_LARGE = "too-large"  # CANCEL code: a result over [live] max_result_bytes (§4.1)
 REJECTED = "rejected"  # CANCEL code: the importer refused the received result (§4.3)
@@ -319,6 +324,7 @@ class LiveHub:
         # the newest deployment id a poll saw queued: while bursts run, polls look only for
         # newer ones (poll_once)
         self._seen_work = 0
+        self._full_polled = 0.0  # time.monotonic() of the last poll that read all queued work
         # agents whose export failed on a database error after claiming (see _export);
         # added to by export threads, read by the push loop: under its lock
         self._unclaim: set[str] = set()
@@ -1099,8 +1105,13 @@ class LiveHub:
                 if self._bursts else set())
         # While a burst runs only deployments newer than any a poll saw count: the older ones
         # are in it, under way, or waiting for a failed export's retry — which the first
-        # poll after the last burst, which reads all, takes up again.
-        after = self._seen_work if self._bursts else None
+        # poll after the last burst, or one every FULL_POLL_SECONDS while bursts follow each
+        # other, reads again (a hold ended, a lost export, a late commit, a re-queue).
+        after = None
+        if self._bursts and time.monotonic() - self._full_polled < FULL_POLL_SECONDS:
+            after = self._seen_work
+        else:
+            self._full_polled = time.monotonic()
         # The connected agents as a live view, not a copy of 10,000 ids four times a second:
         # the query only asks whether an agent it found is connected, and each result is
         # checked against self.peers again below.

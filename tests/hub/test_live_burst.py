@@ -22,8 +22,10 @@ import asyncio
 import errno
 import gc
 import json
+import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -546,3 +548,41 @@ def test_a_poll_that_finds_nothing_to_push_starts_no_burst(
     monkeypatch.setattr(hub, "_spawn", spawn)
     asyncio.run(hub.poll_once())
     assert spawned == [] and hub._bursts == 0 and gc.get_freeze_count() == 0
+
+
+def test_bursts_that_follow_each_other_still_read_all_queued_work_now_and_then(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While bursts keep running, a poll reads every queued deployment again once
+    FULL_POLL_SECONDS passed since the last that did: an older deployment (its hold ended,
+    its export was lost, it was re-queued with its id) is not starved by polls that only look
+    for newer ones."""
+    class Keys:
+        hub_id = "hub-test"
+
+    hub = LiveHub(session_factory=lambda: None,  # type: ignore[arg-type,return-value]
+                  keys=Keys(), data_dir=tmp_path, actor=None)  # type: ignore[arg-type]
+    asked: list[int | None] = []
+    spawned: list[str] = []
+
+    def live_work(agent_ids: Any, busy: set[str], after: int | None = None) -> list[LiveWork]:
+        asked.append(after)
+        return [] if after is not None else [LiveWork("old", "enrolled", 1, 3)]
+
+    def spawn(coro: Any) -> None:
+        spawned.append(coro.__qualname__)
+        coro.close()
+
+    monkeypatch.setattr(hub, "_live_work", live_work)
+    monkeypatch.setattr(hub, "_spawn", spawn)
+    monkeypatch.setitem(hub.peers, "old", SimpleNamespace(open=True))
+    hub._seen_work = 9  # a burst to newer work runs, and another after it
+    hub._bursts = 1
+    hub._full_polled = time.monotonic()
+    asyncio.run(hub.poll_once())
+    assert asked == [9] and spawned == []  # the older deployment is not looked at
+    hub._full_polled = time.monotonic() - live_hub.FULL_POLL_SECONDS
+    asyncio.run(hub.poll_once())
+    assert asked == [9, None] and spawned == ["LiveHub._push_queued"]
+    assert hub._seen_work == 9  # what was seen stays the newest
+    asyncio.run(hub.poll_once())
+    assert asked == [9, None, 9]  # the next full read waits FULL_POLL_SECONDS again
