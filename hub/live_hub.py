@@ -1357,13 +1357,20 @@ class LiveHub:
     async def _check_connected(self) -> None:
         while self._connected_unchecked:
             waiting, self._connected_unchecked = self._connected_unchecked, []
+            queued: set[str] | None = None
             try:
                 queued = await asyncio.to_thread(self._queued_of, [a for a, _ in waiting])
             except (HubError, OSError, SQLAlchemyError):
-                queued = None
-            for agent_id, answer in waiting:
-                if not answer.done():
-                    answer.set_result(queued is None or agent_id in queued)
+                pass
+            except Exception:  # a bug: said, and the exports run as after a failed query
+                log.exception("live: cannot ask whether %d connecting agents have work "
+                              "queued", len(waiting))
+            finally:
+                # Every push waiting is answered, even after a bug or a cancellation: an
+                # unanswered one held its agent's push lock, and polls skip a locked agent.
+                for agent_id, answer in waiting:
+                    if not answer.done():
+                        answer.set_result(queued is None or agent_id in queued)
 
     def _queued_of(self, agent_ids: list[str]) -> set[str]:
         with self._session() as session:

@@ -358,6 +358,13 @@ def test_agents_connecting_together_are_asked_for_queued_work_in_one_query(
 
         monkeypatch.setattr(hub, "_queued_of", broken)
         assert asyncio.run(ask("site-01", "site-02")) == [True, True]
+
+        def bug(agent_ids: list[str]) -> set[str]:
+            raise RuntimeError("a bug")
+
+        # a bug is answered too: an unanswered push held its agent's push lock for good
+        monkeypatch.setattr(hub, "_queued_of", bug)
+        assert asyncio.run(asyncio.wait_for(ask("site-01", "site-02"), DEADLINE)) == [True, True]
     finally:
         one.close()
         two.close()
