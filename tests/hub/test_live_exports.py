@@ -18,6 +18,8 @@ import asyncio
 import hashlib
 import logging
 import os
+import subprocess
+import sys
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -228,3 +230,42 @@ def test_a_worker_that_did_not_start_is_tried_again_only_after_a_pause(
     now[0] += 1
     workers.start()
     assert _Pool.made == 2 and workers._pool is not None
+
+
+_PARENT = """
+import sys, threading
+from hub.config import load_config
+from hub.live_exports import ExportWorkers
+from tests.e2e.conftest import wait_for
+workers = ExportWorkers(load_config(sys.argv[1]), None, 1)
+workers.start()
+wait_for(lambda: workers.ready, float(sys.argv[2]), "the export worker to start")
+print(*workers._pool._processes, flush=True)
+threading.Event().wait()
+"""
+
+
+def _ended(pid: int) -> bool:
+    """``pid`` exited (gone, or a zombie left for init to reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_worker_ends_when_the_live_server_is_killed(tmp_path: Path) -> None:
+    """The live server's process killed (SIGKILL: no shutdown ran), its export worker sees
+    its parent gone and ends by itself: no orphan process is left after ``hub serve`` or
+    ``hub live`` is killed."""
+    data = _hub(tmp_path)
+    with subprocess.Popen([sys.executable, "-c", _PARENT, str(data), str(DEADLINE)],
+                          stdout=subprocess.PIPE, text=True,
+                          cwd=Path(__file__).resolve().parents[2]) as parent:
+        try:
+            assert parent.stdout is not None
+            worker = int(parent.stdout.readline())
+            assert not _ended(worker)
+        finally:
+            parent.kill()
+            parent.wait(DEADLINE)
+    wait_for(lambda: _ended(worker), DEADLINE, "the orphaned export worker to end")
