@@ -631,9 +631,9 @@ class LiveHub:
                 .execution_options(synchronize_session=False))
 
     async def _release_claims(self) -> None:
-        """For every agent whose export failed on a database error: release its claims —
-        under the agent's push lock, so no export of it runs meanwhile. On a database error
-        the agent stays noted for the next round."""
+        """For every agent whose export failed on a database error or in an export worker
+        that died: release its claims — under the agent's push lock, so no export of it runs
+        meanwhile. On a database error the agent stays noted for the next round."""
         with self._unclaim_lock:
             noted = sorted(self._unclaim)
         for agent_id in noted:
@@ -644,8 +644,8 @@ class LiveHub:
                 await asyncio.to_thread(self._unclaim_agent, agent_id)
                 with self._unclaim_lock:
                     self._unclaim.discard(agent_id)
-                log.info("live: released the export claims of %s after a database error; "
-                         "the next round exports them again", agent_id)
+                log.info("live: released the export claims of %s after a database error or "
+                         "a lost export worker; the next round exports them again", agent_id)
 
     def _live_work(self, agent_ids: Collection[str], busy: set[str],
                    after: int | None = None) -> list[LiveWork]:
@@ -1253,6 +1253,10 @@ class LiveHub:
                     self._unclaim.update(ids)
             raise
         except WorkerLost:
+            # Its claims name a dead process, which the push loop's query does not count as
+            # work (only unclaimed 'exporting' rows): released, the next round exports them.
+            with self._unclaim_lock:
+                self._unclaim.update(ids)
             raise
         except Exception:  # a bug in the worker: it may have claimed some
             with self._unclaim_lock:

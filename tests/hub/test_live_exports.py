@@ -34,6 +34,7 @@ from hub.keystore import load_hub_keys
 from hub.live_exports import RESTART_PAUSE_S, ExportWorkers, WorkerFailed
 from hub.live_hub import LiveHub
 from hub.services.export_claims import my_token
+from hub.services.presence import live_work_of
 from tests.e2e.conftest import wait_for
 
 DEADLINE = 120.0  # seconds for a spawned process on a shared machine
@@ -143,6 +144,17 @@ def test_a_worker_killed_mid_export_loses_nothing_and_doubles_nothing(
         assert "live: cannot export for 3 agents now: an export worker died (" in caplog.text
         assert ("the next round exports them again, in the live server's threads until new "
                 "export workers are ready") in caplog.text
+        # The push loop's query counts only unclaimed 'exporting' rows as work: the dead
+        # worker's claims are released, so the next round finds them (they waited for
+        # other work or a reconnect otherwise).
+        assert hub._unclaim == set(AGENTS)
+        with make_session_factory(engine)() as s:
+            assert live_work_of(s, AGENTS) == []
+        asyncio.run(hub._release_claims())
+        assert _deployments(data) == [("exporting", None)] * len(AGENTS)
+        with make_session_factory(engine)() as s:
+            assert [(w.agent_id, w.queued) for w in live_work_of(s, AGENTS)] == [
+                (a, 1) for a in AGENTS]
         monkeypatch.delenv("TIANGONG_CRASH_AT")
         asyncio.run(burst())  # the next round: in this process's threads, workers starting
         assert _deployments(data) == [("exported", None)] * len(AGENTS)
