@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import multiprocessing
 import os
@@ -58,6 +59,7 @@ log = logging.getLogger("tiangong.hub.live")
 
 PARENT_POLL_S = 1.0  # seconds between a worker's checks that the live server still runs
 RESTART_PAUSE_S = 60.0  # seconds after a worker failed to start before the next try
+WORKER_GC_THRESHOLD = 50_000  # a worker's gen-0 collection threshold (the default is 700)
 
 
 class WorkerFailed(HubError):
@@ -107,6 +109,12 @@ def _init(config: Any, actor: str | None, parent: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="tiangong-export-parent", daemon=True).start()
+    # What is loaded now (modules, the engine, the keys) lives as long as the worker: out of
+    # the cyclic collector's walks. A call makes ~100 objects per agent and frees them by
+    # reference counting; with the default gen-0 threshold (700) a 1,000-agent burst ran
+    # ~10 % of its export CPU in collections (docs/benchmarks.md, "Session 10: export CPU").
+    gc.freeze()
+    gc.set_threshold(WORKER_GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _ping() -> str:

@@ -15,6 +15,7 @@ Nothing is timed: waits poll with a deadline.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import os
@@ -31,7 +32,7 @@ from bench.live_agents import init_bench_hub, make_agents, queue_release
 from hub.config import load_config
 from hub.db import AuditEvent, Deployment, make_engine, make_session_factory
 from hub.keystore import load_hub_keys
-from hub.live_exports import RESTART_PAUSE_S, ExportWorkers, WorkerFailed
+from hub.live_exports import RESTART_PAUSE_S, WORKER_GC_THRESHOLD, ExportWorkers, WorkerFailed
 from hub.live_hub import LiveHub
 from hub.services.export_claims import my_token
 from hub.services.presence import live_work_of
@@ -103,6 +104,11 @@ def test_a_burst_export_call_runs_in_the_worker_process(tmp_path: Path) -> None:
             assert (hub.spool_root / agent_id / "sent").is_dir()
         pids = list(workers._pool._processes) if workers._pool is not None else []
         assert len(pids) == 1
+        # What the worker loaded at its start is out of the collector's walks, and calls
+        # collect rarely (docs/benchmarks.md, "Session 10: export CPU").
+        assert workers._pool is not None
+        assert workers._pool.submit(gc.get_freeze_count).result() > 0
+        assert workers._pool.submit(gc.get_threshold).result()[0] == WORKER_GC_THRESHOLD
     finally:
         workers.shutdown()
         engine.dispose()
