@@ -106,7 +106,7 @@ from hub.services.context import HubKeys, ServiceContext, utc_now
 from hub.services.deployments import mark_delivered_many
 from hub.services.exchange import export_environment, import_result
 from hub.services.export import ExportedBundle, export_agents
-from hub.services.export_claims import my_token
+from hub.services.export_claims import my_token, release_dead_claims
 from hub.services.preflight import state_values
 from hub.services.presence import LiveWork, live_work, live_work_of, presence_until
 from hub.services.users import get_user
@@ -1034,6 +1034,7 @@ class LiveHub:
         if not self._delivered_recovered:
             try:
                 await self._in_pool(self._export_pool, self.recover_delivered)
+                await self._in_pool(self._export_pool, self.release_dead_claims)
                 self._delivered_recovered = True
             except (SQLAlchemyError, HubError, OSError) as exc:  # the next start tries again
                 log.error("live: cannot record the deliveries a killed live server left: "
@@ -1490,6 +1491,18 @@ class LiveHub:
             # export, and a plan after the poll that sees it; looking again after each
             # RECEIVED listed every agent's spool twice in a burst.
             self._spawn(self._offer_more(peer, agent_id))
+
+    def release_dead_claims(self) -> int:
+        """Release the claims of exports that are gone (a killed live server's, a killed
+        ``hub export``'s): the push loop counts only unclaimed ``exporting`` deployments as
+        work, so those waited for other work for their agent or for a ``hub export``. Once
+        a process, at the push loop's start; returns how many."""
+        with self._session() as session:
+            released = release_dead_claims(session, self.clock())
+        if released:
+            log.info("live: released %d export claim(s) of processes that are gone; the "
+                     "push loop exports them again", released)
+        return released
 
     def recover_delivered(self) -> int:
         """Record the bundles a killed live server moved into ``sent/`` (their agents

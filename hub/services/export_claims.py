@@ -43,6 +43,7 @@ __all__ = [
     "claim_is_live",
     "claim_many",
     "my_token",
+    "release_dead_claims",
     "show_loaded",
     "stale_claims",
     "take_over",
@@ -194,6 +195,29 @@ def stale_claims(
         for d in session.scalars(query)
         if d.claimed_by != my_token() and not claim_is_live(d.claimed_by, d.claimed_at, now)
     ]
+
+
+def release_dead_claims(session: Session, now: datetime) -> int:
+    """Release the claims of exports that are gone (``claimed_by`` set to NULL on each
+    ``exporting`` deployment whose claim is not live): the live server's push loop counts
+    only unclaimed ``exporting`` rows as work, so a deployment a killed ``hub live`` (or
+    ``hub export``) left claimed waited for other work for its agent. The next export takes
+    it over as any stale claim. Returns how many were released (in the session's
+    transaction: the caller commits)."""
+    released = 0
+    for dep_id, token, at in session.execute(
+            select(Deployment.id, Deployment.claimed_by, Deployment.claimed_at)
+            .where(Deployment.state == "exporting", Deployment.claimed_by.is_not(None))):
+        if token == my_token() or claim_is_live(token, at, now):
+            continue
+        changed = session.execute(
+            update(Deployment)
+            .where(Deployment.id == dep_id, Deployment.state == "exporting",
+                   Deployment.claimed_by == token)
+            .values(claimed_by=None)
+            .execution_options(synchronize_session=False))
+        released += int(changed.rowcount)  # type: ignore[attr-defined]
+    return released
 
 
 def take_over(session: Session, dep: Deployment, now: datetime) -> bool:

@@ -34,7 +34,8 @@ from hub.errors import ConfigError
 from hub.live import LiveHub, LiveServer, start_live
 from hub.services.agents import get_agent, revoke_agent
 from hub.services.deployments import queue_deployment
-from hub.services.presence import agent_presence
+from hub.services.export_claims import STALE_CLAIM
+from hub.services.presence import agent_presence, live_work_of
 from tests.e2e import test_live as e2e_live
 from tests.e2e.conftest import wait_for
 from tests.hub.conftest import Keys, World
@@ -368,6 +369,36 @@ def test_agents_connecting_together_are_asked_for_queued_work_in_one_query(
     finally:
         one.close()
         two.close()
+
+
+def test_claims_of_exports_that_are_gone_are_released_for_the_push_loop(
+        file_world: World, tmp_path: Path) -> None:
+    """A deployment left ``exporting`` under the claim of a process that is gone (a killed
+    live server or ``hub export``) counted as no work for the push loop, which counts only
+    unclaimed ``exporting`` rows: it waited for other work for its agent. The live server
+    releases such claims at its start; a claim that may still be live is left."""
+    world = file_world
+    agents = [_agent(world, tmp_path, "site-01"), _agent(world, tmp_path, "site-02")]
+    queue_deployment(world.ctx("op"), _approved_release(world), "test")
+    world.session.commit()
+    gone, live = world.session.scalars(select(Deployment).order_by(Deployment.id)).all()
+    for dep, at in ((gone, world.clock() - STALE_CLAIM * 2), (live, world.clock())):
+        dep.state, dep.claimed_by, dep.claimed_at = "exporting", "gone-host:1:1", at
+    world.session.commit()
+    hub = LiveHub(session_factory=make_session_factory(world.session.get_bind()),  # type: ignore[arg-type]
+                  keys=world.keys.hub, data_dir=tmp_path / "hubdata", actor="op",
+                  clock=world.clock)
+    try:
+        assert live_work_of(world.session, ["site-01", "site-02"]) == []
+        assert hub.release_dead_claims() == 1
+        world.session.expire_all()
+        assert (gone.claimed_by, live.claimed_by) == (None, "gone-host:1:1")
+        assert [(w.agent_id, w.queued) for w in live_work_of(
+            world.session, ["site-01", "site-02"])] == [(gone.agent.agent_id, 1)]
+        assert hub.release_dead_claims() == 0  # nothing more to release
+    finally:
+        for agent in agents:
+            agent.close()
 
 
 def test_an_agent_silent_for_three_heartbeat_intervals_is_closed_and_shown_offline(
