@@ -35,7 +35,7 @@ import shutil
 import stat
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -1977,13 +1977,16 @@ def make_durable(
     verify: bool = True,
     synced: Callable[[], None] | None = None,
     threads: int = SYNC_THREADS,
+    new_dirs: Collection[Path] = (),
 ) -> list[BaseException | None]:
     """Make the bundles :func:`write_bundle` left ``pending`` (``durable=False``) durable
     under their final names, all in one pass: every temporary file ``fsync``-ed (in
     ``threads`` threads at once) and, with ``verify``, re-read from the device and compared
     with its SHA-256 (§12.3); then ``synced()`` is called; then each is renamed to its final
-    name and every directory holding one is ``fsync``-ed once. Bundles already in place
-    (``pending`` None) are left alone.
+    name and every directory holding one is ``fsync``-ed once; where that directory is one
+    of ``new_dirs`` (made for these bundles), its parent is ``fsync``-ed once too, so the
+    directory's own entry survives a power cut. Bundles already in place (``pending`` None)
+    are left alone.
 
     Returns, per bundle, None or the error that kept it from its final name (its temporary
     file is then removed; nothing of it stays).
@@ -2042,9 +2045,19 @@ def make_durable(
                 failed(i, exc)
                 continue
             dirs.setdefault(b.paths[0].parent, []).append(i)
-    for _, members in sorted(dirs.items()):
+    parents: dict[Path, list[int]] = {}
+    for directory, members in sorted(dirs.items()):
         try:
             sync_placed([bundles[i].paths[0] for i in members])
+        except OSError as exc:
+            for i in members:
+                errors[i] = exc
+            continue
+        if directory in new_dirs:
+            parents.setdefault(directory.parent, []).extend(members)
+    for parent, members in sorted(parents.items()):
+        try:
+            sync_placed([bundles[i].paths[0] for i in members], parent)
         except OSError as exc:
             for i in members:
                 errors[i] = exc
@@ -2060,9 +2073,10 @@ def name_file(exc: BaseException, path: Path) -> BaseException:
     return exc
 
 
-def sync_placed(paths: Sequence[Path]) -> None:
+def sync_placed(paths: Sequence[Path], directory: Path | None = None) -> None:
     """``fsync`` the directory that ``paths`` (bundle files just renamed to their final
-    names, all in one directory) are in.
+    names, all in one directory) are in, or ``directory`` (the parent of theirs, made for
+    them).
 
     Raises:
         OSError: the directory cannot be synced. Each of ``paths`` has then been removed:
@@ -2070,7 +2084,11 @@ def sync_placed(paths: Sequence[Path]) -> None:
             directory as it was, so nothing claims it is there. The message names the
             files, the directory and the reason; the bundle can be written again.
     """
-    directory = paths[0].parent
+    which = "its directory"
+    if directory is None:
+        directory = paths[0].parent
+    else:
+        which = "the directory holding its new directory,"
     try:
         fsync_dir(directory)
     except OSError as exc:
@@ -2078,7 +2096,7 @@ def sync_placed(paths: Sequence[Path]) -> None:
             with contextlib.suppress(OSError):
                 path.unlink()
         names = ", ".join(p.name for p in paths)
-        raise OSError(exc.errno, f"{names} written and verified, but its directory "
+        raise OSError(exc.errno, f"{names} written and verified, but {which} "
                       f"{os.path.abspath(directory)} cannot be synced "
                       f"({exc.strerror or exc}): removed, as it might not survive a power "
                       "cut; write it again once the disk is sound") from exc

@@ -70,6 +70,7 @@ from bundle.writer import (
     name_file,
     release_manifest,
     release_payloads,
+    sync_placed,
     write_bundle,
 )
 from hub.db import Agent, Deployment, Environment, Release
@@ -301,7 +302,8 @@ def export_agents(
             os.mkdir(agent_dir)  # one call for a directory that exists already, too
         except FileExistsError:
             report.cleaned += _clean_leftovers(ctx, agent_dir)
-        # else made just now, so empty: nothing left over in it
+        else:  # made just now, so empty: nothing left over in it; its entry is synced with
+            run.new_dirs.add(agent_dir)  # its first bundle (make_durable)
     report.cleaned += _clean_leftovers(ctx, spool_root)
     # Before the run: its commits and rollbacks expire these rows.
     owners = {d.id: d.agent.agent_id for d in [*stale, *pending] if d.agent is not None}
@@ -347,6 +349,8 @@ class _Run:
         self.templates: dict[tuple[int, int, bool], Manifest] = {}
         self.spool_made = False
         self.agent_dirs: dict[str, Path] = {}  # agent id -> out_dir/<agent id> (per_agent)
+        # agent directories this run made whose entry in out_dir is not yet fsynced
+        self.new_dirs: set[Path] = set()
         self.out_paths: dict[int, Path] = {}  # deployment id -> its bundle file, as claimed
         #: deployment id -> (its intent, as claimed by this run, its chain and approvals)
         self.claimed: dict[int, tuple[dict[str, Any], ChainInfo, tuple[bytes, ...]]] = {}
@@ -430,7 +434,10 @@ class _Run:
             # What the record needs, as plain values: the rollback below expires the rows.
             written.append((_Done.of(dep), intent, bundle))
         errors = make_durable([bundle for _, _, bundle in written],
-                              synced=lambda: crash_point("hub.export-synced"))
+                              synced=lambda: crash_point("hub.export-synced"),
+                              new_dirs=self.new_dirs)
+        self.new_dirs -= {bundle.paths[0].parent for (_, _, bundle), exc
+                          in zip(written, errors, strict=True) if exc is None}
         unwritten += [(done.id, exc) for (done, _, _), exc in zip(written, errors, strict=True)
                       if exc is not None]
         written = [w for w, exc in zip(written, errors, strict=True) if exc is None]
@@ -814,7 +821,14 @@ class _Run:
         """``dep``'s bundle written (:meth:`_write_file`); an OSError that names no file (a
         write or fsync of an open one: "No space left on device") names the bundle's."""
         try:
-            return self._write_file(dep, intent, facts, durable=durable)
+            bundle = self._write_file(dep, intent, facts, durable=durable)
+            directory = self.dir_for(dep)
+            if durable and directory in self.new_dirs:
+                # a directory this run made: its entry in out_dir too (make_durable does
+                # this for a batch)
+                sync_placed(bundle.paths, directory.parent)
+                self.new_dirs.discard(directory)
+            return bundle
         except OSError as exc:
             name_file(exc, self.dir_for(dep) / intent["file"])
             raise

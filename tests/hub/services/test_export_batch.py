@@ -547,3 +547,54 @@ def test_a_bundle_the_media_cannot_hold_fails_named_and_the_next_export_writes_i
     assert _counters(world) == counters
     assert len(list(usb.rglob("*.tgb"))) == count
     assert verify_database(world.session, world.keys.hub).ok
+
+
+def test_an_agent_directory_made_for_its_first_bundle_is_synced_in_its_parent(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first export to an agent makes ``<spool>/<agent>``: the bundle's directory is
+    fsynced after the rename and so is the spool root that holds the new directory (without
+    it, a file system with no journal can lose the directory, bundle and all, in a power cut
+    while the hub records the bundle exported). The next export into the same directory
+    syncs only that directory. If the parent cannot be synced the bundles are removed and
+    fail named, with their claims released."""
+    import errno
+
+    from bundle import writer as writer_mod
+
+    real = writer_mod.fsync_dir
+    synced: list[Path] = []
+
+    def recording(directory: Path) -> None:
+        synced.append(Path(directory))
+        real(directory)
+
+    monkeypatch.setattr(writer_mod, "fsync_dir", recording)
+    ids = ["site-01", "site-02"]
+    _enroll(world, ids)
+    spool = tmp_path / "spool"
+    _queue(world)
+    report = export_agents(world.ctx("op"), "test", spool, ids)
+    assert len(report.written) == 2 and not report.failed
+    assert synced.count(spool) == 1
+    assert sorted(p for p in synced if p != spool) == [spool / "site-01", spool / "site-02"]
+
+    synced.clear()
+    _queue(world, _version(tmp_path, "1.0.1"))
+    report = export_agents(world.ctx("op"), "test", spool, ids)
+    assert len(report.written) == 2
+    assert spool not in synced and sorted(synced) == [spool / "site-01", spool / "site-02"]
+
+    def parent_fails(directory: Path) -> None:
+        if Path(directory) == spool:
+            raise OSError(errno.EIO, "Input/output error")
+        real(directory)
+
+    monkeypatch.setattr(writer_mod, "fsync_dir", parent_fails)
+    _enroll(world, ["site-03"])
+    before = sorted(spool.rglob("*.tgb"))
+    _queue(world, _version(tmp_path, "1.0.2"))
+    report = export_agents(world.ctx("op"), "test", spool, ["site-03"])
+    assert not report.written and len(report.failed) == 1
+    (_, reason) = report.failed[0]
+    assert "the directory holding its new directory," in reason and str(spool) in reason
+    assert sorted(spool.rglob("*.tgb")) == before
