@@ -393,6 +393,7 @@ def test_claims_of_exports_that_are_gone_are_released_for_the_push_loop(
         assert hub.release_dead_claims() == 1
         world.session.expire_all()
         assert (gone.claimed_by, live.claimed_by) == (None, "gone-host:1:1")
+        assert gone.agent is not None
         assert [(w.agent_id, w.queued) for w in live_work_of(
             world.session, ["site-01", "site-02"])] == [(gone.agent.agent_id, 1)]
         assert hub.release_dead_claims() == 0  # nothing more to release
