@@ -215,6 +215,9 @@ class _Peer:
     # taken yet): a slot coming free looks again (LiveHub._sent)
     spool_more: bool = True
     silence: asyncio.TimerHandle | None = None  # closes it after SILENT_HEARTBEATS intervals
+    # the reading loop is handling a message (it may wait there: an upload waiting for the
+    # disk pauses reading), so what the agent sends meanwhile is not read: not silence
+    handling: bool = False
 
     def __post_init__(self) -> None:
         self.room.set()
@@ -801,10 +804,12 @@ class LiveHub:
                         await self._refused(peer, conn.agent_id or "?", exc)
                     except SyncError as exc:
                         log.warning("live: agent %s: %s", conn.agent_id, exc)
+                peer.handling = True
                 for event in conn.events_received():
                     if conn.is_closed:
                         break
                     await self._on_event(peer, event)
+                peer.handling = False
                 if conn.is_open and admitted:
                     self.admission.release(source)
                     admitted = False
@@ -842,6 +847,11 @@ class LiveHub:
             return
         loop = asyncio.get_running_loop()
         due = peer.heard + SILENT_HEARTBEATS * self.heartbeat
+        if peer.handling:
+            # Reading is paused in a message's handling (an upload waiting for the disk):
+            # the agent's messages wait unread, so its silence is not measured meanwhile.
+            peer.heard = loop.time()
+            due = peer.heard + SILENT_HEARTBEATS * self.heartbeat
         if loop.time() < due:
             peer.silence = loop.call_at(due, self._silent, peer)
             return

@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -400,6 +401,37 @@ def test_claims_of_exports_that_are_gone_are_released_for_the_push_loop(
     finally:
         for agent in agents:
             agent.close()
+
+
+def test_an_agent_is_not_counted_silent_while_the_hub_pauses_reading_its_messages(
+        tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The silence timer fires while the reading loop waits in a message's handling (an
+    upload waiting for the disk: the agent's heartbeats wait unread in the socket): the
+    agent is given three more intervals, not closed; once reading goes on and it still says
+    nothing, it is closed."""
+    hub = LiveHub(session_factory=lambda: None,  # type: ignore[arg-type,return-value]
+                  keys=keys.hub, data_dir=tmp_path, actor=None, heartbeat=30)
+    spawned: list[str] = []
+
+    def spawn(coro: Any) -> None:
+        spawned.append(coro.__qualname__)
+        coro.close()
+
+    monkeypatch.setattr(hub, "_spawn", spawn)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        peer = SimpleNamespace(silence=None, ending=False, handling=True, heard=loop.time() - 91,
+                               conn=SimpleNamespace(is_closed=False, agent_id="site-01"))
+        hub._silent(peer)  # type: ignore[arg-type]
+        assert spawned == [] and peer.silence is not None
+        assert peer.silence.when() >= loop.time() + 89  # three intervals from now
+        peer.silence.cancel()
+        peer.handling, peer.heard = False, loop.time() - 91
+        hub._silent(peer)  # type: ignore[arg-type]
+        assert spawned == ["LiveHub._close"] and peer.silence is None
+
+    asyncio.run(scenario())
 
 
 def test_an_agent_silent_for_three_heartbeat_intervals_is_closed_and_shown_offline(
