@@ -218,6 +218,9 @@ class ExportWorkers:
             raise WorkerLost(f"an export worker died ({exc}); the next round exports them "
                              "again, in the live server's threads until new export workers "
                              "are ready") from exc
+        except RuntimeError as exc:  # the pool was shut down meanwhile (dropped, stopping)
+            raise WorkerLost(f"the export workers stopped ({exc}); the next round exports "
+                             "them again") from exc
         self.tokens.add(answer.token)
         if answer.error is not None:
             raise WorkerFailed(answer.error, database=answer.database)

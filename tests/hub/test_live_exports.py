@@ -32,7 +32,13 @@ from bench.live_agents import init_bench_hub, make_agents, queue_release
 from hub.config import load_config
 from hub.db import AuditEvent, Deployment, make_engine, make_session_factory
 from hub.keystore import load_hub_keys
-from hub.live_exports import RESTART_PAUSE_S, WORKER_GC_THRESHOLD, ExportWorkers, WorkerFailed
+from hub.live_exports import (
+    RESTART_PAUSE_S,
+    WORKER_GC_THRESHOLD,
+    ExportWorkers,
+    WorkerFailed,
+    WorkerLost,
+)
 from hub.live_hub import LiveHub
 from hub.services.export_claims import my_token
 from hub.services.presence import live_work_of
@@ -287,3 +293,20 @@ def test_a_worker_ends_when_the_live_server_is_killed(tmp_path: Path) -> None:
             parent.kill()
             parent.wait(DEADLINE)
     wait_for(lambda: _ended(worker), DEADLINE, "the orphaned export worker to end")
+
+
+def test_a_call_to_a_pool_shut_down_meanwhile_is_a_lost_worker_not_a_bug(
+        tmp_path: Path) -> None:
+    """The pool shut down between the check and the call (another call dropped it after
+    a worker died, or ``hub live`` stops): the call is lost as after a worker's death
+    (WorkerLost: claims released, the next round exports them), not a RuntimeError logged
+    as a bug with its traceback."""
+
+    class _Stopped(_Pool):
+        def submit(self, fn: object, *args: object) -> Future[str]:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    workers = ExportWorkers(load_config(tmp_path), None, 1)
+    workers._pool = _Stopped()  # type: ignore[assignment]
+    with pytest.raises(WorkerLost, match="the export workers stopped"):
+        asyncio.run(workers.export_many(tmp_path, AGENTS))
