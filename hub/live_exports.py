@@ -11,7 +11,7 @@ live server itself: the same function runs, only in another process.
 
 One worker by default where the live server may run on two or more CPUs, none on one
 (:func:`hub.live_guard.default_export_processes`): the exports' CPU leaves the event loop's
-core, which then only offers, sends and records deliveries (docs/benchmarks.md, "Session 10:
+core, which then only offers, sends and records deliveries (docs/benchmarks.md, "Session 9:
 live burst").
 
 What stays in the live server's threads: single exports (an agent connecting, one queued
@@ -112,7 +112,7 @@ def _init(config: Any, actor: str | None, parent: int) -> None:
     # What is loaded now (modules, the engine, the keys) lives as long as the worker: out of
     # the cyclic collector's walks. A call makes ~100 objects per agent and frees them by
     # reference counting; with the default gen-0 threshold (700) a 1,000-agent burst ran
-    # ~10 % of its export CPU in collections (docs/benchmarks.md, "Session 10: export CPU").
+    # ~10 % of its export CPU in collections (docs/benchmarks.md, "Session 9: export CPU").
     gc.freeze()
     gc.set_threshold(WORKER_GC_THRESHOLD, *gc.get_threshold()[1:])
 

@@ -135,7 +135,7 @@ BURST_STEPS = (5, 20, 50)
 DELIVERED_QUERY_ITEMS = 500  # confirmed bundles looked up per query (bound parameters)
 #: seconds confirmations gather before their batch is recorded (unless DELIVERED_QUERY_ITEMS
 #: wait already): a batch costs 3-9 ms of CPU whatever its size, and a burst to 1,000 agents
-#: made 27 batches of 37 on average without waiting (docs/benchmarks.md, "Session 10")
+#: made 27 batches of 37 on average without waiting (docs/benchmarks.md, "Session 9")
 DELIVERED_GATHER_SECONDS = POLL_SECONDS
 OFFER_THREADS = 2  # threads hashing spooled files for OFFERs, never behind an export
 #: connected agents from which the export worker processes are started (hub.live_exports):
@@ -1183,7 +1183,7 @@ class LiveHub:
         most of this process's memory — is left out of Python's cyclic garbage collection
         (``gc.freeze``; back in at the last burst's end): each full collection walked all of
         it, about 0.3 s at 3,000 connected agents, three times during a burst to them
-        (docs/benchmarks.md, "Session 10: live burst"). Garbage in cycles among those
+        (docs/benchmarks.md, "Session 9: live burst"). Garbage in cycles among those
         objects waits for the next full collection after the burst."""
         self._bursts += 1
         if self._bursts == 1:

@@ -111,7 +111,7 @@ def test_a_burst_export_call_runs_in_the_worker_process(tmp_path: Path) -> None:
         pids = list(workers._pool._processes) if workers._pool is not None else []
         assert len(pids) == 1
         # What the worker loaded at its start is out of the collector's walks, and calls
-        # collect rarely (docs/benchmarks.md, "Session 10: export CPU").
+        # collect rarely (docs/benchmarks.md, "Session 9: export CPU").
         assert workers._pool is not None
         assert workers._pool.submit(gc.get_freeze_count).result() > 0
         assert workers._pool.submit(gc.get_threshold).result()[0] == WORKER_GC_THRESHOLD

@@ -1,6 +1,6 @@
 """An index on agents.status: the live server's push loop asks four times a second which
 agents are no longer enrolled (revoked), and with it that costs the agents not enrolled, not
-a scan of every agent (1.5 ms per poll at 10,000 agents; docs/benchmarks.md, "Session 10:
+a scan of every agent (1.5 ms per poll at 10,000 agents; docs/benchmarks.md, "Session 9:
 10,000 idle agents").
 
 Revision ID: 0023
