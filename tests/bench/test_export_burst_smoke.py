@@ -17,8 +17,10 @@ def test_export_burst_exports_every_deployment_and_reports_cpu(tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result,) = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     fields = dict(item.split("=") for item in result.split()[2:])
-    assert set(fields) == {"agents", "written", "failed", "cpu_ms_per_export",
-                           "wall_ms_per_export", "sql_per_export", "load"}
-    assert (fields["agents"], fields["written"], fields["failed"]) == ("5", "5", "0")
+    assert set(fields) == {"agents", "calls", "written", "failed", "cpu_ms_per_export",
+                           "user_ms", "sys_ms", "wall_ms_per_export", "sql_per_export", "load"}
+    assert (fields["agents"], fields["calls"], fields["written"], fields["failed"]) == (
+        "5", "1", "5", "0")
     assert float(fields["cpu_ms_per_export"]) > 0 < float(fields["sql_per_export"])
+    assert float(fields["user_ms"]) >= 0 <= float(fields["sys_ms"])  # the CPU split in two
     assert list(tmp_path.iterdir()) == []  # the work directory is removed
