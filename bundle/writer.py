@@ -88,6 +88,7 @@ from bundle.parts import (
     plan_parts,
     strip_part_suffix,
 )
+from bundle.printable import printable
 from bundle.release_names import NameSet
 from bundle.windows import Policy
 from signing.envelope import Envelope, Signature, sign_envelope
@@ -2095,9 +2096,9 @@ def sync_placed(paths: Sequence[Path], directory: Path | None = None) -> None:
         for path in paths:
             with contextlib.suppress(OSError):
                 path.unlink()
-        names = ", ".join(p.name for p in paths)
+        names = ", ".join(printable(p.name) for p in paths)
         raise OSError(exc.errno, f"{names} written and verified, but {which} "
-                      f"{os.path.abspath(directory)} cannot be synced "
+                      f"{printable(os.path.abspath(directory))} cannot be synced "
                       f"({exc.strerror or exc}): removed, as it might not survive a power "
                       "cut; write it again once the disk is sound") from exc
 

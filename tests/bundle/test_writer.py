@@ -563,3 +563,22 @@ def test_an_output_that_is_not_a_regular_file_is_never_replaced(
         assert stat.S_ISFIFO(os.lstat(target).st_mode)
     else:
         assert target.is_symlink() and target.read_bytes() == b"kept"
+
+
+def test_a_directory_that_cannot_be_synced_names_an_odd_bundle_on_one_line(
+    trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The error for a directory that cannot be synced names the bundle: a name holding a
+    new line (the operator's ``-o``) is escaped, so it cannot start a line of its own."""
+    from bundle import writer as writer_mod
+
+    def eio(directory: Any) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(writer_mod, "fsync_dir", eio)
+    manifest, payloads = _release_manifest(trust, _source(src, {"a.sql": b"select 1;"}))
+    with pytest.raises(OSError) as caught:
+        write_bundle(out / "a.tgb\nVERIFIED a.tgb", manifest, payloads, [trust.release_key])
+    assert "\n" not in str(caught.value)
+    assert "a.tgb\\x0aVERIFIED a.tgb written and verified, but its directory" in str(caught.value)
+    assert os.listdir(out) == []
