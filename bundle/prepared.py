@@ -51,7 +51,6 @@ from bundle.writer import (
     _check_level,
     _check_payloads,
     _compress_all,
-    _issuers,
     _remove_tree,
     _roots_json,
     _signed,
@@ -137,7 +136,7 @@ def write_prepared(
     """
     if manifest.files != prepared.entries or manifest.parts is not None:
         raise ValueError("the manifest's files must be the prepared entries, without parts")
-    if manifest.issuer not in _issuers(signing_keys):
+    if manifest.issuer not in {k.key_id for k in signing_keys}:
         raise ValueError("manifest.issuer must be the key id of one of the signing keys")
     _check_head_inputs(manifest, roots, limits)
     roots_json = _roots_json(roots, limits)

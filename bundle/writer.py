@@ -1101,7 +1101,7 @@ def write_bundle(
         raise ValueError("leave manifest.files and manifest.parts empty; the writer fills them")
     if not signing_keys:
         raise ValueError("at least one signing key is needed")
-    if manifest.issuer not in _issuers(signing_keys):
+    if manifest.issuer not in {k.key_id for k in signing_keys}:
         raise ValueError("manifest.issuer must be the key id of one of the signing keys")
     if split_size is not None:
         check_split_size(split_size)
@@ -1155,22 +1155,7 @@ def write_bundle(
 
 
 _encoded_roots: dict[tuple[bytes, ...], bytes] = {}  # the roots of the last bundles written
-_key_ids: dict[int, tuple[SigningKey, str]] = {}  # id(key) -> (the key, its key id)
-_MEMO_ENTRIES = 16  # each memo above holds at most this many (an export uses one or two)
-
-
-def _issuers(keys: Sequence[SigningKey]) -> set[str]:
-    """The key ids of ``keys`` (each worked out once per process, not once per bundle: a
-    key id hashes the public key)."""
-    out = set()
-    for key in keys:
-        known = _key_ids.get(id(key))
-        if known is None or known[0] is not key:
-            if len(_key_ids) >= _MEMO_ENTRIES:
-                _key_ids.clear()
-            known = _key_ids[id(key)] = (key, key.key_id)
-        out.add(known[1])
-    return out
+_MEMO_ENTRIES = 16  # the memo above holds at most this many (an export uses one or two)
 
 
 def _roots_json(roots: Sequence[bytes], limits: Limits) -> bytes:

@@ -94,12 +94,14 @@ class PublicKey:
 class SigningKey:
     """An Ed25519 private key. Signing is deterministic (RFC 8032)."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_key_id")
 
     def __init__(self, seed: bytes) -> None:
         if len(seed) != RAW_KEY_BYTES:
             raise ValueError(f"an Ed25519 seed is {RAW_KEY_BYTES} bytes, not {len(seed)}")
         self._key = nacl.signing.SigningKey(seed)
+        # worked out once: every bundle and envelope signed names it
+        self._key_id = key_id_of(bytes(self._key.verify_key))
 
     @classmethod
     def generate(cls) -> SigningKey:
@@ -115,7 +117,7 @@ class SigningKey:
 
     @property
     def key_id(self) -> str:
-        return self.public.key_id
+        return self._key_id
 
     def sign(self, message: bytes) -> bytes:
         """The 64-byte detached signature of ``message``."""
