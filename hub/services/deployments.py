@@ -69,7 +69,7 @@ from hub.services import audit
 from hub.services.agents import agent_target
 from hub.services.approval_rules import Rule, check_rule
 from hub.services.context import ServiceContext
-from hub.services.environments import get_environment, list_environments
+from hub.services.environments import environment_id, get_environment, list_environments
 from hub.services.export_claims import show_loaded
 from hub.services.notifications import enqueue
 from hub.services.users import can, require, require_ctx
@@ -213,7 +213,7 @@ def pending_exports(
     """
     query = (
         select(Deployment)
-        .where(Deployment.environment_id == _environment_id(session, environment),
+        .where(Deployment.environment_id == environment_id(session, environment),
                Deployment.state == "queued")
         .order_by(Deployment.id)
     )
@@ -224,12 +224,6 @@ def pending_exports(
         query = query.join(Agent, Deployment.agent_id == Agent.id).where(
             Agent.agent_id.in_(sorted(agent_ids)))
     return list(session.scalars(query))
-
-
-def _environment_id(session: Session, environment: str | Environment) -> int:
-    if isinstance(environment, Environment):
-        return environment.id
-    return get_environment(session, environment).id
 
 
 def _refuse_recalled(session: Session, release: Release) -> None:

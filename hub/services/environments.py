@@ -23,6 +23,7 @@ __all__ = [
     "create_environment",
     "describe_preflight_policy",
     "environment_for",
+    "environment_id",
     "get_environment",
     "latest_deployments",
     "list_environments",
@@ -43,6 +44,15 @@ def get_environment(session: Session, name: str) -> Environment:
     if env is None:
         raise NotFoundError(f"environment {name!r} does not exist")
     return env
+
+
+def environment_id(session: Session, environment: str | Environment) -> int:
+    """The id of ``environment``, given by name or already loaded (no query then).
+
+    Raises NotFoundError."""
+    if isinstance(environment, Environment):
+        return environment.id
+    return get_environment(session, environment).id
 
 
 def list_environments(session: Session) -> list[Environment]:

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from hub.db import Agent, Deployment, Environment
-from hub.services.environments import get_environment
+from hub.services.environments import environment_id
 
 __all__ = [
     "STALE_CLAIM",
@@ -172,8 +172,7 @@ def stale_claims(
     """Deployments of ``environment`` (its name, or the environment already loaded;
     optionally one agent, or the agents ``agent_ids``) left ``exporting`` by an export that
     is gone, oldest first."""
-    env_id = (environment.id if isinstance(environment, Environment)
-              else get_environment(session, environment).id)
+    env_id = environment_id(session, environment)
     query = (
         select(Deployment)
         .where(
