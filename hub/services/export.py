@@ -297,7 +297,7 @@ def export_agents(
     run = _Run(ctx, env, spool_root, expires_in, None, None, live, False, report,
                per_agent=True)
     for agent_id in sorted({d.agent.agent_id for d in [*stale, *pending] if d.agent}):
-        agent_dir = run.agent_dirs[agent_id] = spool_root / agent_id
+        agent_dir = spool_root / agent_id
         try:
             os.mkdir(agent_dir)  # one call for a directory that exists already, too
         except FileExistsError:
@@ -348,10 +348,8 @@ class _Run:
         #: (release id, environment id, prepared) -> the manifest its bundles derive from
         self.templates: dict[tuple[int, int, bool], Manifest] = {}
         self.spool_made = False
-        self.agent_dirs: dict[str, Path] = {}  # agent id -> out_dir/<agent id> (per_agent)
         # agent directories this run made whose entry in out_dir is not yet fsynced
         self.new_dirs: set[Path] = set()
-        self.out_paths: dict[int, Path] = {}  # deployment id -> its bundle file, as claimed
         #: deployment id -> (its intent, as claimed by this run, its chain and approvals)
         self.claimed: dict[int, tuple[dict[str, Any], ChainInfo, tuple[bytes, ...]]] = {}
         self.spool = out_dir / (SPOOL_PREFIX + _token_name(my_token()) + RUN_MARK
@@ -373,11 +371,7 @@ class _Run:
     def dir_for(self, dep: Deployment) -> Path:
         """Where ``dep``'s bundle goes."""
         if self.per_agent and dep.agent is not None:
-            agent_id = dep.agent.agent_id
-            found = self.agent_dirs.get(agent_id)
-            if found is None:
-                found = self.agent_dirs[agent_id] = self.out_dir / agent_id
-            return found
+            return self.out_dir / dep.agent.agent_id
         return self.out_dir
 
     # -- new exports ---------------------------------------------------------------------
@@ -689,7 +683,6 @@ class _Run:
             "secrets": checked.secrets,
         }
         out = self.dir_for(dep) / name
-        self.out_paths[dep.id] = out  # for _write_file: the same path, not joined again
         # for _write_file: the chain and approvals as made, not parsed back from the intent
         self.claimed[dep.id] = (intent, chain, tuple(checked.approvals))
         if rows is not None:
@@ -876,9 +869,7 @@ class _Run:
             policy=Policy.from_json(intent["policy"]) if intent.get("policy") else None,
             secrets=sealed,
         )
-        out = self.out_paths.get(dep.id)
-        if out is None or out.name != intent["file"]:
-            out = self.dir_for(dep) / intent["file"]
+        out = self.dir_for(dep) / intent["file"]
         roots = self._roots(intent["root_version"])
         if prepared is not None:
             return write_prepared(out, manifest, prepared, [keys.release_key], roots=roots,
