@@ -105,7 +105,7 @@ from hub.services.agents import get_agent
 from hub.services.context import HubKeys, ServiceContext, utc_now
 from hub.services.deployments import mark_delivered_many
 from hub.services.exchange import export_environment, import_result
-from hub.services.export import ExportedBundle, export_agents
+from hub.services.export import SENT, ExportedBundle, export_agents
 from hub.services.export_claims import my_token, release_dead_claims
 from hub.services.preflight import state_values
 from hub.services.presence import LiveWork, live_work, live_work_of, presence_until
@@ -142,7 +142,6 @@ OFFER_THREADS = 2  # threads hashing spooled files for OFFERs, never behind an e
 #: a burst to fewer is a fraction of a second in threads, less than a process costs to start
 #: (about a second of CPU), which a hub serving a handful of agents never pays
 EXPORT_WORKERS_FROM = 64
-SENT = "sent"  # an agent's spool subdirectory of bundles it confirmed (never offered again)
 INLINE_HASH_BYTES = 1024 * 1024  # spooled files up to this size are hashed on the event loop
 MAX_PARTIALS = 4  # partial uploads kept per agent (MAX_TRANSFERS of the protocol)
 HANDSHAKE_MESSAGE_BYTES = 3 + MAX_HEADER_BYTES  # bytes of one message before authentication
@@ -570,7 +569,6 @@ class LiveHub:
             self._export_failed[agent_id] = ((len(ids), max(ids)),
                                              time.monotonic() + EXPORT_RETRY_SECONDS)
         self.metrics.exports.inc(len(report.written))
-        make_sent_dirs(self.spool_root, report.written)
         for path, size, digest in _digests(report.written):
             self._digests.remember(Path(path), size, digest)
         for dep_id, reason in report.failed:
@@ -1484,7 +1482,7 @@ class LiveHub:
         sent = path.parent / SENT
         try:  # made durable with its record (_mark_delivered)
             os.replace(path, sent / path.name)
-        except FileNotFoundError:  # the agent's first delivery: no sent/ yet
+        except FileNotFoundError:  # a spool made before export_agents made sent/ with it
             sent.mkdir(exist_ok=True)
             os.replace(path, sent / path.name)
         self._digests.forget(path)
@@ -1535,7 +1533,7 @@ class LiveHub:
             if spooled.parent != Path(os.path.abspath(self.spool_root / agent_id)) \
                     or spooled.exists():
                 continue  # on media, or still offered from the spool
-            if (spooled.parent / "sent" / spooled.name).exists():
+            if (spooled.parent / SENT / spooled.name).exists():
                 items.append((agent_id, spooled.name, "received"))
         if items:
             log.info("live: recording %d bundle(s) delivered that a killed live server moved "
@@ -1813,7 +1811,6 @@ def export_many(services: Callable[[], contextlib.AbstractContextManager[Service
     written = 0
     digests: list[tuple[str, int, str]] = []
     for report in reports:
-        make_sent_dirs(spool_root, report.written)
         for bundle in report.written:
             if bundle.agent_id in counts:
                 done, not_done = counts[bundle.agent_id]
@@ -1823,14 +1820,6 @@ def export_many(services: Callable[[], contextlib.AbstractContextManager[Service
         failed.extend((dep_id, report.failed_agents.get(dep_id, ""), reason)
                       for dep_id, reason in report.failed)
     return ExportOutcome(counts, failed, written, digests)
-
-
-def make_sent_dirs(spool_root: Path, bundles: list[ExportedBundle]) -> None:
-    """Make each agent's ``sent/`` (:data:`SENT`) that ``bundles`` will move into once
-    confirmed, here in the exporting thread or worker process: made at the first RECEIVED,
-    on the event loop, it cost a burst to 1,000 agents 50–330 ms of the loop's time."""
-    for agent_id in sorted({b.agent_id for b in bundles if b.agent_id}):
-        (spool_root / agent_id / SENT).mkdir(exist_ok=True)
 
 
 def _digests(bundles: list[ExportedBundle]) -> Iterator[tuple[str, int, str]]:

@@ -114,6 +114,7 @@ from signing.roots import RootDocument
 
 __all__ = [
     "DEFAULT_EXPIRY",
+    "SENT",
     "ExportReport",
     "ExportedBundle",
     "ProgressFn",
@@ -130,6 +131,9 @@ ProgressFn = Callable[[str, int, int], None]
 #: two exports of one process at once, the live server's threads, each remove only their own)
 SPOOL_PREFIX = ".tiangong-export-"
 RUN_MARK = "~"  # never in a token as a file-name part (_token_name)
+#: a live spool agent directory's subdirectory of the bundles its agent confirmed
+#: (hub.live_hub moves them there); made with the agent's directory by export_agents
+SENT = "sent"
 #: Queued deployments claimed in one transaction and recorded in another (one audit-head
 #: lock, one commit each, every deployment still its own audit events)
 EXPORT_BATCH = 200
@@ -303,7 +307,9 @@ def export_agents(
         except FileExistsError:
             report.cleaned += _clean_leftovers(ctx, agent_dir)
         else:  # made just now, so empty: nothing left over in it; its entry is synced with
-            run.new_dirs.add(agent_dir)  # its first bundle (make_durable)
+            run.new_dirs.add(agent_dir)  # its first bundle (make_durable), as is sent/'s
+            # with the bundle's rename into agent_dir
+            os.mkdir(agent_dir / SENT)
     report.cleaned += _clean_leftovers(ctx, spool_root)
     # Before the run: its commits and rollbacks expire these rows.
     owners = {d.id: d.agent.agent_id for d in [*stale, *pending] if d.agent is not None}
