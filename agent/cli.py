@@ -17,16 +17,16 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import click
 
 from agent import upgrade
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.home import HomeError, HomeLock, init_home, lock_home
-from agent.inbox import ReadyItem, printable
+from agent.inbox import printable
 from agent.journal import JournalError
-from agent.service import Agent
+from agent.service import Agent, apply_item
 from bundle.cli import progress_bar
 from tiangong.stopsignals import stop_signals
 
@@ -315,28 +315,6 @@ def run_cmd(home: Path, once: bool, json_logs: bool, verbose: bool) -> None:
         sys.exit(upgrade.RESTART_EXIT)
 
 
-def _only_regular_files(files: tuple[Path, ...]) -> None:
-    """Refuse, before anything is done, a FILE given to 'agent apply' that the inbox would
-    leave alone: a symbolic link, a device, a FIFO, a socket. Processed as a bundle, a
-    device such as /dev/null was "refused" and moved to quarantine/ (run as root, the
-    device node left /dev); a FIFO hung the command."""
-    import stat
-
-    for path in files:
-        try:
-            mode = path.lstat().st_mode
-        except OSError as exc:
-            raise click.ClickException(f"cannot read {printable(str(path))}: "
-                                       f"{exc.strerror}") from exc
-        if stat.S_ISREG(mode):
-            continue
-        what = "a symbolic link" if stat.S_ISLNK(mode) else "a device, FIFO or socket"
-        raise click.ClickException(
-            f"{printable(str(path))} is {what}, not a regular file: the agent reads only "
-            "regular files (as its inbox does); nothing was done. Copy the bundle file itself "
-            "and apply the copy")
-
-
 @agent.command("apply")
 @click.argument("files", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -353,16 +331,14 @@ def apply_cmd(files: tuple[Path, ...], home: Path, as_json: bool, force_progress
     the bundle succeeded, 1 otherwise.
     """
     setup_logging(False, False)
-    _only_regular_files(files)
+    try:
+        item = apply_item(files, time.time())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     home_lock = _lock(_config(home).home, "agent apply")
     ag = _open(home)
     try:
         ag.recover()
-        kind: Literal["single", "split"] = (
-            "split" if len(files) > 1 or files[0].name.endswith(".part000") else "single")
-        item = ReadyItem(name=files[0].name.removesuffix(".part000"), paths=tuple(files),
-                         size=sum(f.stat().st_size for f in files), kind=kind,
-                         first_seen=time.time())
         with progress_bar(force=force_progress) as ag.progress:
             out = ag.process(item)
     except JournalError as exc:

@@ -42,6 +42,7 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -120,6 +121,36 @@ RETRY_SECONDS = 5.0  # seconds
 OWN_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 """Errors only a write raises: staging on the agent's own disk failed, not the read of one
 inbox file, so no later item of the pass can be staged either (``Agent.process``)."""
+
+
+def apply_item(files: Sequence[Path], now: float) -> ReadyItem:
+    """The item ``agent apply FILE…`` processes: one bundle file, or a split bundle's parts.
+
+    Only regular files, as the inbox takes: processed as a bundle, a device such as
+    /dev/null was "refused" and moved to quarantine/ (run as root, the device node left
+    /dev), and a FIFO hung the command.
+
+    Raises:
+        ValueError: a file cannot be read, or is a symbolic link, a device, a FIFO or a
+            socket; nothing was done.
+    """
+    sizes = []
+    for path in files:
+        try:
+            st = path.lstat()
+        except OSError as exc:
+            raise ValueError(f"cannot read {printable(str(path))}: {exc.strerror}") from exc
+        if not stat.S_ISREG(st.st_mode):
+            what = ("a symbolic link" if stat.S_ISLNK(st.st_mode)
+                    else "a device, FIFO or socket")
+            raise ValueError(
+                f"{printable(str(path))} is {what}, not a regular file: the agent reads only "
+                "regular files (as its inbox does); nothing was done. Copy the bundle file "
+                "itself and apply the copy")
+        sizes.append(st.st_size)
+    split = len(files) > 1 or files[0].name.endswith(".part000")
+    return ReadyItem(name=files[0].name.removesuffix(".part000"), paths=tuple(files),
+                     size=sum(sizes), kind="split" if split else "single", first_seen=now)
 
 
 @dataclass(frozen=True)
