@@ -98,7 +98,7 @@ from hub.live_files import (
     sweep_partials,
 )
 from hub.live_guard import Admission, LiveLimits, LoginGuard, RefusalCount
-from hub.live_notify import NOTIFY_FALLBACK_POLL_S, Listener
+from hub.live_notify import NOTIFY_FALLBACK_POLL_S, WAKE_GAP_SECONDS, Listener
 from hub.metrics import LiveMetrics
 from hub.services import audit
 from hub.services.agents import get_agent
@@ -321,7 +321,10 @@ class LiveHub:
         # PostgreSQL: LISTEN for wake-ups (hub.live_notify); None: poll every round
         self._listener = Listener(notify_dsn, self._wake_up) if notify_dsn else None
         self._listening: asyncio.Task[None] | None = None
-        self._woken = False  # a wake-up arrived since the last round
+        self._woken = False  # a wake-up arrived since the last poll started
+        # set with _woken: ends the push loop's wait between two rounds (made with the loop's
+        # task, on its event loop)
+        self._wake: asyncio.Event | None = None
         self._bursts = 0  # _push_burst calls under way
         # the newest deployment id a poll saw queued: while bursts run, polls look only for
         # newer ones (poll_once)
@@ -1012,13 +1015,18 @@ class LiveHub:
         task.add_done_callback(self._tasks.discard)
 
     def _wake_up(self) -> None:
+        """Start a round of the push loop now (on the event loop's thread; a wake-up during a
+        poll starts one more round after it, any number of them one round)."""
         self._woken = True
+        if self._wake is not None:
+            self._wake.set()
 
     def _start_poller(self) -> None:
         if self._listener is not None and (self._listening is None or self._listening.done()):
             self._listening = asyncio.get_running_loop().create_task(
                 self._listener.run(), name="tiangong-live-listen")
         if self._poller is None or self._poller.done():
+            self._wake = asyncio.Event()
             self._poller = asyncio.get_running_loop().create_task(
                 self._poll_loop(), name="tiangong-live-push")
             self._poller.add_done_callback(self._poller_ended)
@@ -1032,11 +1040,14 @@ class LiveHub:
 
     async def _poll_loop(self) -> None:
         """Every ``poll_interval``: write presence, audit refusals, sweep partial uploads,
-        and — when woken by a NOTIFY, when not listening (SQLite, MariaDB, PostgreSQL
-        connection down), or every :data:`NOTIFY_FALLBACK_POLL_S` as a safety net — ask the
-        database for work (:meth:`poll_once`); while a burst runs, not woken, at most every
-        :data:`BURST_POLL_SECONDS`. First, once a process, what a killed live server left
-        in ``sent/`` unrecorded is recorded (:meth:`recover_delivered`)."""
+        and — when not listening (SQLite, MariaDB, PostgreSQL connection down), or every
+        :data:`NOTIFY_FALLBACK_POLL_S` as a safety net — ask the database for work
+        (:meth:`poll_once`); while a burst runs, not woken, at most every
+        :data:`BURST_POLL_SECONDS`. A wake-up (a NOTIFY, a local datagram:
+        :mod:`hub.live_notify`) starts a poll at once, without waiting for the interval —
+        at most one every :data:`WAKE_GAP_SECONDS`, one poll at a time; the work above stays
+        at the interval's pace. First, once a process, what a killed live server left in
+        ``sent/`` unrecorded is recorded (:meth:`recover_delivered`)."""
         flushed = time.monotonic()
         polled = 0.0
         if not self._delivered_recovered:
@@ -1047,26 +1058,42 @@ class LiveHub:
             except (SQLAlchemyError, HubError, OSError) as exc:  # the next start tries again
                 log.error("live: cannot record the deliveries a killed live server left: "
                           "%s: %s", type(exc).__name__, exc)
+        if self._wake is None:  # not started by _start_poller (tests)
+            self._wake = asyncio.Event()
+        wake = self._wake
+        tick = time.monotonic() + self.poll_interval  # when the next timed round is due
         while True:
-            await asyncio.sleep(self.poll_interval)
-            woken, self._woken = self._woken, False
+            if not self._woken:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), max(0.0, tick - time.monotonic()))
             try:
-                if self._gone or ((self._seen or self._states)
-                                  and time.monotonic() - flushed >= SEEN_FLUSH_SECONDS):
-                    flushed = time.monotonic()
-                    await self.flush_seen()
-                await self.flush_refusals()
-                self._record_delivered_soon()
-                await self._sweep()
-                if self._unclaim:
-                    await self._release_claims()
+                if time.monotonic() >= tick:
+                    tick = time.monotonic() + self.poll_interval
+                    if self._gone or ((self._seen or self._states)
+                                      and time.monotonic() - flushed >= SEEN_FLUSH_SECONDS):
+                        flushed = time.monotonic()
+                        await self.flush_seen()
+                    await self.flush_refusals()
+                    self._record_delivered_soon()
+                    await self._sweep()
+                    if self._unclaim:
+                        await self._release_claims()
+                elif not self._woken:
+                    continue  # the wait ended without a wake-up (cancelled or spurious)
                 if not self.peers:
-                    continue  # nobody to push to: no query at all
+                    self._woken = False  # nobody to push to: no query at all (a connecting
+                    wake.clear()         # agent's queued work is asked for at once)
+                    continue
                 listening = self._listener is not None and self._listener.listening
                 since = time.monotonic() - polled
-                if not woken and ((listening and since < NOTIFY_FALLBACK_POLL_S)
-                                  or (self._bursts and since < BURST_POLL_SECONDS)):
+                if not self._woken and ((listening and since < NOTIFY_FALLBACK_POLL_S)
+                                        or (self._bursts and since < BURST_POLL_SECONDS)):
                     continue
+                if self._woken and since < WAKE_GAP_SECONDS:
+                    await asyncio.sleep(WAKE_GAP_SECONDS - since)  # later wake-ups join in
+                # what was committed before this point is in the poll's answer
+                woken, self._woken = self._woken, False
+                wake.clear()
                 polled = time.monotonic()
                 self.metrics.wakeups.labels("notify" if woken else "poll").inc()
                 await self.poll_once()

@@ -1,17 +1,26 @@
-"""hub.live_notify: which databases get wake-ups, and a real LISTEN on a throwaway
-PostgreSQL woken by the triggers of migration 0008."""
+"""hub.live_notify: which databases get wake-ups, a real LISTEN on a throwaway PostgreSQL
+woken by the triggers of migration 0008, and what a wake-up does to the push loop
+(hub.live_hub.LiveHub._poll_loop): a poll at once, however long the interval."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from hub.db import Agent, Environment, make_engine
+from hub.live_hub import LiveHub
 from hub.live_notify import CHANNEL, Listener, listen_dsn
 from hub.migrate import upgrade
 from hub.services.context import utc_now
+from tests.hub.conftest import Keys
+
+DEADLINE = 30.0  # seconds for a task of this event loop to get its turn on a loaded machine
+HOUR = 3600.0  # a poll interval no test waits for: only a wake-up explains a poll
 
 
 def test_only_postgresql_gets_a_listening_connection() -> None:
@@ -60,3 +69,82 @@ def test_a_status_change_wakes_the_listener(pg_db: str) -> None:
         assert CHANNEL == "tiangong_live"
     finally:
         engine.dispose()
+
+
+def _idle_hub(keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+              ) -> tuple[LiveHub, list[str], asyncio.Queue[None], asyncio.Queue[None]]:
+    """A live hub with one connected agent, an hour between timed rounds and ``poll_once``
+    replaced: each poll notes the label it was counted under, says it started and waits
+    for a permit. Any database work fails the test."""
+
+    def no_db() -> Any:
+        raise AssertionError("no database work expected")
+
+    hub = LiveHub(session_factory=no_db, keys=keys.hub, data_dir=tmp_path, actor="op",
+                  poll_interval=HOUR)
+    hub._delivered_recovered = True  # nothing left by a killed live server (no database)
+    hub.peers["site-01"] = object()  # type: ignore[assignment]
+    polls: list[str] = []
+    started: asyncio.Queue[None] = asyncio.Queue()
+    permits: asyncio.Queue[None] = asyncio.Queue()
+
+    async def poll_once() -> None:
+        polls.append("poll")
+        started.put_nowait(None)
+        await permits.get()
+
+    monkeypatch.setattr(hub, "poll_once", poll_once)
+    return hub, polls, started, permits
+
+
+def _wakeups(hub: LiveHub, by: str) -> float:
+    return hub.metrics.registry.get_sample_value("tiangong_live_wakeups_total",
+                                                 {"by": by}) or 0.0
+
+
+def test_a_wake_up_polls_at_once_and_wake_ups_during_a_poll_make_one_more_round(
+        keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        hub, polls, started, permits = _idle_hub(keys, tmp_path, monkeypatch)
+        hub._start_poller()
+        try:
+            hub._wake_up()
+            await asyncio.wait_for(started.get(), DEADLINE)  # not an hour later
+            assert polls == ["poll"] and _wakeups(hub, "notify") == 1
+            for _ in range(1000):  # a flood while the poll runs
+                hub._wake_up()
+            permits.put_nowait(None)
+            await asyncio.wait_for(started.get(), DEADLINE)
+            # One more round for all of them, and nothing left to start another.
+            assert polls == ["poll", "poll"] and _wakeups(hub, "notify") == 2
+            assert not hub._woken and hub._wake is not None and not hub._wake.is_set()
+            permits.put_nowait(None)
+            hub._wake_up()  # the loop waits for the next wake-up, not for the interval
+            await asyncio.wait_for(started.get(), DEADLINE)
+            assert polls == ["poll"] * 3 and _wakeups(hub, "poll") == 0
+            permits.put_nowait(None)
+        finally:
+            assert hub._poller is not None
+            hub._poller.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_wake_up_with_nobody_connected_asks_the_database_nothing(
+        keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        hub, polls, started, _ = _idle_hub(keys, tmp_path, monkeypatch)
+        hub.peers.clear()
+        hub._start_poller()
+        try:
+            hub._wake_up()
+            # The wake-up is taken (and dropped) by a round that asks nothing.
+            async with asyncio.timeout(DEADLINE):
+                while hub._woken:
+                    await asyncio.sleep(0)
+            assert polls == [] and started.empty() and _wakeups(hub, "notify") == 0
+        finally:
+            assert hub._poller is not None
+            hub._poller.cancel()
+
+    asyncio.run(scenario())
