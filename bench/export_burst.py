@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from hub.db import Deployment, make_engine, make_session_factory
     from hub.keystore import load_hub_keys
     from hub.live_hub import LIVE_EXPORT_BATCH, LiveHub, _burst_sizes
+    from hub.services.export import make_spool_dirs
 
     work = Path(tempfile.mkdtemp(prefix="tiangong-bench-export-", dir=args.workdir))
     try:
@@ -78,6 +79,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         hub = LiveHub(session_factory=make_session_factory(engine), keys=keys,
                       data_dir=config.data_dir, actor=None)
         ids = [s["id"] for s in specs]
+        if args.made_dirs:  # as the live server makes them when an agent connects
+            make_spool_dirs(hub.spool_root, ids)
         # CPU time, not wall time: what a function costs holds on a loaded machine
         profiler = cProfile.Profile(time.process_time) if args.profile else None
         load_before = _load()
@@ -162,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
                              "then LIVE_EXPORT_BATCH)")
     parser.add_argument("--workdir", default=str(Path(__file__).resolve().parents[2]),
                         help="where the temporary hub goes (a real disk, not tmpfs)")
+    parser.add_argument("--made-dirs", action="store_true",
+                        help="the agents' spool directories exist before the burst")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:

@@ -105,7 +105,7 @@ from hub.services.agents import get_agent
 from hub.services.context import HubKeys, ServiceContext, utc_now
 from hub.services.deployments import mark_delivered_many
 from hub.services.exchange import export_environment, import_result
-from hub.services.export import SENT, ExportedBundle, export_agents
+from hub.services.export import SENT, ExportedBundle, export_agents, make_spool_dirs
 from hub.services.export_claims import my_token, release_dead_claims
 from hub.services.preflight import state_values
 from hub.services.presence import LiveWork, live_work, live_work_of, presence_until
@@ -1399,7 +1399,8 @@ class LiveHub:
             waiting, self._connected_unchecked = self._connected_unchecked, []
             queued: set[str] | None = None
             try:
-                queued = await asyncio.to_thread(self._queued_of, [a for a, _ in waiting])
+                queued = await asyncio.to_thread(self._connected_work,
+                                                 [a for a, _ in waiting])
             except (HubError, OSError, SQLAlchemyError):
                 pass
             except Exception:  # a bug: said, and the exports run as after a failed query
@@ -1411,6 +1412,20 @@ class LiveHub:
                 for agent_id, answer in waiting:
                     if not answer.done():
                         answer.set_result(queued is None or agent_id in queued)
+
+    def _connected_work(self, agent_ids: list[str]) -> set[str]:
+        """For agents that authenticated together: make their spool directories where
+        missing (:func:`~hub.services.export.make_spool_dirs`: a rollout's exports then find
+        them, two directory creations per agent fewer on its path), and ask which have work
+        queued (:meth:`_queued_of`). Their push locks are held meanwhile (:meth:`_push`): no
+        export of this process writes into a directory before it is synced."""
+        try:
+            make_spool_dirs(self.spool_root, agent_ids)
+        except OSError as exc:  # the export makes them with the first bundle, as before
+            log.warning("live: cannot make the spool directories of %d connecting agent(s) "
+                        "in %s now (their first export makes them): %s", len(agent_ids),
+                        self.spool_root, exc)
+        return self._queued_of(agent_ids)
 
     def _queued_of(self, agent_ids: list[str]) -> set[str]:
         with self._session() as session:

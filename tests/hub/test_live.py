@@ -354,6 +354,10 @@ def test_agents_connecting_together_are_asked_for_queued_work_in_one_query(
     try:
         assert asyncio.run(ask("site-01", "site-02", "site-03")) == [True, False, False]
         assert asked == [["site-01", "site-02", "site-03"]]
+        # and their spool directories were made, for a rollout's exports to find
+        assert sorted(p.relative_to(hub.spool_root).as_posix()
+                      for p in hub.spool_root.rglob("*")) == [
+            "site-01", "site-01/sent", "site-02", "site-02/sent", "site-03", "site-03/sent"]
 
         def broken(agent_ids: list[str]) -> set[str]:
             raise OSError("database unreachable")

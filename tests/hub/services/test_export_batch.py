@@ -598,3 +598,57 @@ def test_an_agent_directory_made_for_its_first_bundle_is_synced_in_its_parent(
     (_, reason) = report.failed[0]
     assert "the directory holding its new directory," in reason and str(spool) in reason
     assert sorted(spool.rglob("*.tgb")) == before
+
+
+def test_spool_directories_made_at_connect_are_synced_and_used_by_the_export(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live server makes a connecting agent's spool directory and its ``sent/`` ahead
+    (make_spool_dirs): each new directory is fsynced, then the spool root once; existing
+    ones are left with what they hold. The export then writes into it and, the directory
+    being there already, syncs only that directory. A directory that cannot be synced is
+    removed again with everything this call made, so the export makes it itself."""
+    import errno
+
+    from bundle import writer as writer_mod
+
+    real = export_service.fsync_dir
+    synced: list[Path] = []
+
+    def recording(directory: Path) -> None:
+        synced.append(Path(directory))
+        real(directory)
+
+    monkeypatch.setattr(export_service, "fsync_dir", recording)
+    monkeypatch.setattr(writer_mod, "fsync_dir", recording)
+    spool = tmp_path / "data" / "spool"
+    (spool / "site-02").mkdir(parents=True)
+    (spool / "site-02" / "keep.tgb").write_bytes(b"x")
+    assert export_service.make_spool_dirs(spool, ["site-01", "site-02"]) == ["site-01"]
+    assert synced == [spool / "site-01", spool]
+    assert (spool / "site-01" / "sent").is_dir()
+    assert sorted(os.listdir(spool / "site-02")) == ["keep.tgb"]  # left as it was
+    synced.clear()
+    assert export_service.make_spool_dirs(spool, ["site-01", "site-02"]) == []
+    assert synced == []
+    fresh = tmp_path / "data" / "fresh"  # a spool root made now: its entry is synced too
+    assert export_service.make_spool_dirs(fresh, ["site-05"]) == ["site-05"]
+    assert synced == [fresh / "site-05", fresh, fresh.parent]
+    synced.clear()
+
+    _enroll(world, ["site-01"])
+    _queue(world)
+    report = export_agents(world.ctx("op"), "test", spool, ["site-01"])
+    assert len(report.written) == 1 and not report.failed
+    assert synced == [spool / "site-01"]  # not the spool root: the directory was durable
+    assert [b.paths[0].parent for b in report.written] == [spool / "site-01"]
+
+    def root_fails(directory: Path) -> None:
+        if Path(directory) == spool:
+            raise OSError(errno.EIO, "Input/output error")
+        real(directory)
+
+    monkeypatch.setattr(export_service, "fsync_dir", root_fails)
+    before = sorted(p.relative_to(spool) for p in spool.rglob("*"))
+    with pytest.raises(OSError, match="Input/output error"):
+        export_service.make_spool_dirs(spool, ["site-03", "site-04", "site-01"])
+    assert sorted(p.relative_to(spool) for p in spool.rglob("*")) == before
