@@ -46,14 +46,27 @@ For each N (default 100 and 1,000; ``--soak`` adds 5,000) it reports:
    ACK proves the hub handled everything before it; aggregate MB/s of lines stored in
    ``live-logs/`` (goal ≥ 10 MB/s).
 
-Once per run, *transfer*: a fresh two-agent hub offers a ``--transfer-mib`` file dropped into
-each agent's live spool (the hub offers any spooled ``*.tgb`` on connection and never looks
-inside). Both receive through ``agent/live.py``'s :class:`bundle.live_file.FileReceiver`
-(checks and SHA-256 in a worker thread, overlapping the reading): one writes the file and
-fsyncs every 8 MiB before its ACK as ``agent/live.py`` does, the other checks and drops it.
-Baseline in the same run: a bare ``websockets`` server in its own process sends the same
-file in 1 MiB messages to a client with the same sink (no protocol, no hash; it writes and
-fsyncs in its event loop, as ``agent/live.py`` did before the worker thread).
+Once per run, *transfer* (``--transfer-mib``, ``--transfer-repeat`` rounds): one hub with two
+agents and one bare ``websockets`` echo server (its own process) serve six transfers a
+round, the order reversed every other round, each received by a **fresh process** of its
+own (``--transfer-receiver``: an earlier transfer's heap in the same process changed the
+next one's page faults threefold). Tiangong: the hub offers a file dropped into an agent's
+live spool; the agent (the real AgentSide and :class:`bundle.live_file.FileReceiver`, as
+``agent/live.py``) checks offsets, hashes every byte, and either writes it and fsyncs every
+8 MiB before its ACK (*disk*) or drops it (*memory*). Bare: the echo server sends the same
+file in 1 MiB messages, the client puts them into *disk* (written and fsynced every 8 MiB in
+its event loop, no hash: the issue's baseline), *memory* (dropped, no hash), or the agent's
+own sink, *agent_disk* / *agent_memory* (a ``FileReceiver`` for an offer of the same size and
+SHA-256, fed as the agent feeds it: the like-for-like figure, only the protocol missing).
+Window: from the OFFER (Tiangong; the hub has hashed the spooled file by then, reported as
+``offer``: an export hands the hub its digest, so a real delivery skips it) or the open
+connection (bare) to the last byte checked and, to disk, fsynced. Per transfer: MB/s, the
+receiver's CPU (all threads; its event loop apart), the sender's CPU (the whole process, its
+CPU-time clock read from the receiver at both ends of the window), the receiver's page
+faults. Reported: medians and min–max per variant, ratios per round (a pair ran next to each
+other) and their median and spread, and the CPU ratio (bare CPU per MiB, both ends, over
+Tiangong's): on two shared cores the wall clock of a 100 ms transfer is noise, the CPU
+spent per MiB is not.
 
 Usage::
 
@@ -63,7 +76,7 @@ Usage::
     .venv/bin/python bench/live_agents.py --agents 3 --quick --json out.json
     .venv/bin/python -u bench/live_agents.py --agents 1000 --tls --burst-only   # ~40 s
     .venv/bin/python -u bench/live_agents.py --transfer-only --transfer-mib 64 \
-        --transfer-repeat 5                   # the transfer against bare websockets, ~1 min
+        --transfer-repeat 9                   # the transfer against bare websockets, ~40 s
     .venv/bin/python -u bench/live_agents.py --agents 1000 --tls --burst-only \
         --profile-hub profile.txt       # where the burst's hub CPU goes, by function
     .venv/bin/python -u bench/live_agents.py --agents 10000 --tls --idle-only \
@@ -75,6 +88,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -86,7 +100,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +117,7 @@ from bundle.sync import (
     AgentSide,
     ChunkReceived,
     HeartbeatAcked,
+    Offer,
     OfferReceived,
     PeerError,
     Refused,
@@ -474,71 +488,94 @@ def _free_port() -> int:
 
 
 def _echo_child(path: Path) -> None:
-    """Serve ``path`` to the first client in 1 MiB binary messages, then close (baseline)."""
+    """Serve ``path`` to every client in 1 MiB binary messages, then close that connection
+    (the baseline's sender); runs until terminated, one process for the whole series, as
+    the hub's live server is."""
 
     async def send_file(ws: ServerConnection) -> None:
-        cpu0 = self_cpu()
         with path.open("rb") as fh:
             while block := fh.read(MiB):
                 await ws.send(block)
         await ws.close()
-        _emit("sent", cpu=self_cpu() - cpu0)
-        done.set()
 
     async def main() -> None:
         async with serve(send_file, "127.0.0.1", 0, compression=None,
                          max_size=MAX_MESSAGE_BYTES) as server:
             _emit("ready", port=next(iter(server.sockets)).getsockname()[1], pid=os.getpid())
-            await done.wait()
+            await asyncio.Future()  # until terminated
 
-    done = asyncio.Event()
     asyncio.run(main())
 
 
-# --------------------------------------------------------------------------- simulated agents
+# --------------------------------------------------------------------------- baseline sinks
 
 
 class _FileSink:
-    """The baseline's sink: append to a file, fsync before each ACK, in the event loop."""
+    """The bare sink (the issue's baseline): append to a file and fsync every 8 MiB and at
+    the end, in the event loop; no hash, no check."""
 
     def __init__(self, path: Path) -> None:
         self.fh = path.open("wb")
 
-    def write(self, part: int, data: bytes) -> None:
+    def write(self, offset: int, data: bytes) -> None:
         self.fh.write(data)
 
     def sync(self) -> None:
         self.fh.flush()
         os.fsync(self.fh.fileno())
 
+    async def room(self) -> None:
+        pass
 
-class _ThreadedFileSink(_FileSink):
-    """The baseline's sink written as ``agent/live.py`` writes: the writes and the fsync
-    every 8 MiB run in order in one worker thread while the event loop reads on (no hash,
-    no protocol); the transfer ends when the last fsync is done."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.pool = ThreadPoolExecutor(1, "baseline-sink")
-
-    def write(self, part: int, data: bytes) -> None:
-        self.pool.submit(self.fh.write, data)
-
-    def sync(self) -> None:
-        self.pool.submit(super().sync)
-
-    def wait(self) -> None:
-        self.pool.shutdown(wait=True)
+    async def finish(self) -> None:
+        self.fh.close()
 
 
-class _NullSink:
-    """The baseline's sink without a disk: bytes are dropped."""
+class _NullSink(_FileSink):
+    """The bare sink without a disk: bytes are dropped, nothing hashed."""
 
-    def write(self, part: int, data: bytes) -> None:
+    def __init__(self) -> None:
+        pass
+
+    def write(self, offset: int, data: bytes) -> None:
         pass
 
     def sync(self) -> None:
         pass
+
+    async def finish(self) -> None:
+        pass
+
+
+class _AgentSink(_FileSink):
+    """The agent's own sink for the like-for-like baseline: a
+    :class:`bundle.live_file.FileReceiver` for an offer of the payload's size and SHA-256,
+    fed as agent/live.py feeds it (offsets checked, every byte hashed, written in its worker
+    thread, an fsync every 8 MiB in its syncer, reading paused while 32 MiB wait, the size
+    and SHA-256 compared and a last fsync at the end). ``path`` None: checked, hashed and
+    dropped, as the bench's memory agent. Only the protocol is missing: no RESUME, ACK,
+    DONE or RECEIVED, no framing."""
+
+    def __init__(self, path: Path | None, size: int, sha256: str) -> None:
+        self.file = FileReceiver.open(path, Offer("bench", "bench.tgb", size, sha256))
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.file.write(offset, data)
+
+    def sync(self) -> None:
+        self.file.sync()  # nobody waits for it: no ACK to send (finish() waits for it)
+
+    async def room(self) -> None:
+        await self.file.room()
+
+    async def finish(self) -> None:
+        try:
+            await self.file.wait(self.file.finish())
+        finally:
+            self.file.close()
+
+
+# --------------------------------------------------------------------------- simulated agents
 
 
 @dataclass
@@ -568,6 +605,7 @@ class SimAgent:
     sink_dir: Path | None = None  # None: received bytes are hashed and dropped
     # called with (agent id, transfer, time.time()) when a bundle passed its SHA-256 check
     on_received: Any = None
+    on_offered: Any = None  # called with the transfer id when its OFFER arrives
     conn: AgentSide = field(init=False)
     ws: ClientConnection | None = None
     heartbeat: int = 0
@@ -682,6 +720,8 @@ class SimAgent:
             if waiter is not None and not waiter.done():
                 waiter.set_result(time.time())
         elif isinstance(event, OfferReceived):
+            if self.on_offered is not None:
+                self.on_offered(event.offer.transfer)
             self.offered[event.offer.transfer] = time.time()
             path = (None if self.sink_dir is None
                     else self.sink_dir / f"{self.agent_id}-{event.offer.name}.part")
@@ -1315,135 +1355,296 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
         await hub.stop()
 
 
-async def _tiangong_transfer(args: argparse.Namespace, work: Path, payload: Path,
-                             sink_dir: Path) -> dict[str, Any]:
-    """Two agents of a fresh hub each get the payload: one writes it to disk (fsync every
-    8 MiB), one hashes and drops it (the protocol and the hub without the agent's disk)."""
-    size = payload.stat().st_size
-    specs, keys = make_agents(2, "big")
-    hub, _ = await HubProcess.start(work, specs)
-    out: dict[str, Any] = {}
-    agents = {"disk": SimAgent(specs[0]["id"], keys[0], "hub-bench", sink_dir),
-              "memory": SimAgent(specs[1]["id"], keys[1], "hub-bench")}
+# --------------------------------------------------------------------------- transfer phase
+
+# What the series compares, run after run in this order (reversed every other round, so
+# neither side always runs first or after the other): (sender, sink).
+TRANSFER_VARIANTS = (("tiangong", "disk"), ("bare", "disk"), ("bare", "agent_disk"),
+                     ("tiangong", "memory"), ("bare", "memory"), ("bare", "agent_memory"))
+# The Tiangong transfer each bare one is compared with.
+TRANSFER_PAIRS = {"disk": "disk", "agent_disk": "disk", "memory": "memory",
+                  "agent_memory": "memory"}
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds process ``pid`` has used, all its threads, from its CPU-time clock
+    (nanoseconds, as ``clock_getcpuclockid`` gives it); /proc/<pid>/stat counts 10 ms ticks,
+    too coarse for a transfer that takes 20–100 ms of CPU."""
     try:
-        for variant, agent in agents.items():
-            # The hub offers every spooled bundle when the agent connects.
-            spool = hub.data_dir / "live-outbox" / agent.agent_id
-            spool.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(payload, spool / "big-bench.tgb")
-            # Written back before the clock starts: the agent's fsyncs must not wait for
-            # the kernel to flush the copy above (the baseline starts clean too).
-            os.sync()
-            cpu0 = hub.cpu()
-            t0 = time.time()
-            await agent.connect(f"ws://127.0.0.1:{hub.port}/live")
-            mine0, loop0 = self_cpu(), time.thread_time()
-            await asyncio.wait_for(agent.wait_received(), 600)
-            out[f"agent_cpu_{variant}_s"] = round(self_cpu() - mine0, 3)
-            # The event loop's thread alone (the reading); the rest is the worker thread's
-            # checks, SHA-256 and disk, beside it.
-            out[f"agent_loop_cpu_{variant}_s"] = round(time.thread_time() - loop0, 3)
-            got = agent.received["big-bench"]
-            out[f"tiangong_{variant}_mb_s"] = round(size / (got - agent.offered["big-bench"])
-                                                    / 1e6)
-            out[f"tiangong_{variant}_connect_mb_s"] = round(size / (got - t0) / 1e6)
-            out[f"hub_cpu_{variant}_s"] = round(hub.cpu() - cpu0, 2)
-            for p in sink_dir.iterdir():
-                p.unlink()
-        out["hub_peak_rss_mib"] = round(hub.rss()[1], 1)
+        return time.clock_gettime(((~pid) << 3) | 2)  # CPUCLOCK_SCHED of the whole process
+    except OSError:  # gone, or the clock refused: the coarse figure
+        return proc_cpu(pid)
+
+
+@dataclass
+class _Marks:
+    """One moment of a transfer, as the receiving process sees it."""
+
+    t: float  # time.perf_counter()
+    cpu: float  # this process, all threads
+    loop: float  # this thread (the event loop's)
+    sender: float  # the sending process, all threads
+    faults: int  # this process's minor page faults
+
+    @classmethod
+    def now(cls, sender_pid: int) -> _Marks:
+        return cls(time.perf_counter(), time.process_time(), time.thread_time(),
+                   cpu_of(sender_pid), resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+
+    def since(self, start: _Marks) -> dict[str, float]:
+        return {"seconds": self.t - start.t, "recv_cpu_s": self.cpu - start.cpu,
+                "recv_loop_cpu_s": self.loop - start.loop,
+                "send_cpu_s": self.sender - start.sender,
+                "recv_faults": self.faults - start.faults}
+
+
+def _transfer_receiver(spec_file: Path) -> None:
+    """A child receiving one transfer (``--transfer-receiver``), so that every receiver
+    starts from the same fresh process (the heap of an earlier transfer in the same process
+    changed the page faults of the next by 3×, docs/benchmarks.md "Session 8: live
+    transfer"); prints its figures as a tagged ``done`` line."""
+    spec = json.loads(spec_file.read_text())
+    main = _receive_tiangong if spec["sender"] == "tiangong" else _receive_bare
+    _emit("done", **asyncio.run(main(spec)))
+
+
+async def _receive_tiangong(spec: dict[str, Any]) -> dict[str, Any]:
+    """The bench's agent (the real AgentSide and FileReceiver, as agent/live.py) connects,
+    takes the one spooled bundle offered and receives it. The window runs from the OFFER
+    (the hub has hashed the spooled file by then: reported apart, as ``offer_*``) to the
+    whole file checked and, to disk, fsynced."""
+    sender = spec["sender_pid"]
+    sink_dir = Path(spec["sink_dir"]) if spec["sink"] == "disk" else None
+    agent = SimAgent(spec["agent_id"], SigningKey(bytes.fromhex(spec["seed"])),
+                     spec["hub_id"], sink_dir)
+    marks: dict[str, _Marks] = {}
+    agent.on_offered = lambda transfer: marks.setdefault("offer", _Marks.now(sender))
+    agent.on_received = lambda *_: marks.setdefault("end", _Marks.now(sender))
+    marks["connect"] = _Marks.now(sender)
+    await agent.connect(spec["url"])
+    try:
+        await asyncio.wait_for(agent.wait_received(), 600)
     finally:
-        await asyncio.gather(*(a.close() for a in agents.values()))
-        await hub.stop()
+        await agent.close()
+    if agent.error is not None or list(agent.received) != [spec["transfer"]]:
+        raise RuntimeError(f"the agent received {list(agent.received)} ({agent.error}), "
+                           f"expected {spec['transfer']}")
+    out = marks["end"].since(marks["offer"])
+    offer = marks["offer"].since(marks["connect"])
+    out["offer_seconds"], out["offer_send_cpu_s"] = offer["seconds"], offer["send_cpu_s"]
     return out
 
 
-async def _baseline_transfer(work: Path, payload: Path, sink: _FileSink | _NullSink
-                             ) -> tuple[float, float, float]:
-    """A bare websockets server process sending ``payload`` in 1 MiB messages to a client
-    doing the same writes and fsyncs as the agent (no protocol, no hash): (MB/s, the
-    client's CPU seconds, the server's CPU seconds)."""
+async def _receive_bare(spec: dict[str, Any]) -> dict[str, Any]:
+    """A bare websockets client reads the echo child's 1 MiB messages into ``spec['sink']``;
+    the window runs from before the connection to the last byte in the sink (to disk,
+    fsynced; for the agent's sink, checked against the SHA-256 too)."""
+    size, sink_path = spec["size"], Path(spec["sink_dir"]) / "baseline.part"
+    sink: _FileSink = (_FileSink(sink_path) if spec["sink"] == "disk"
+                       else _NullSink() if spec["sink"] == "memory"
+                       else _AgentSink(sink_path if spec["sink"] == "agent_disk" else None,
+                                       size, spec["sha256"]))
+    before = _Marks.now(spec["sender_pid"])
+    received = synced = 0
+    async with connect(spec["url"], compression=None, max_size=MAX_MESSAGE_BYTES,
+                       ping_interval=None) as ws:
+        # The window starts when the connection is open, as the Tiangong one starts when
+        # the agent can ask for the bytes (the OFFER): the server sends from then on.
+        start = _Marks.now(spec["sender_pid"])
+        async for message in ws:
+            assert isinstance(message, bytes)
+            sink.write(received, message)
+            received += len(message)
+            if received - synced >= ACK_EVERY_BYTES or received == size:
+                sink.sync()
+                synced = received
+            await sink.room()
+    await sink.finish()
+    out = _Marks.now(spec["sender_pid"]).since(start)
+    out["open_seconds"] = start.t - before.t
+    if received != size:
+        raise RuntimeError(f"baseline received {received} of {size} bytes")
+    return out
+
+
+async def _receive_in_child(work: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    spec_file = work / "receiver.json"
+    spec_file.write_text(json.dumps(spec))
+    err_path = work / "receiver-stderr.log"
+    with err_path.open("ab") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--transfer-receiver", str(spec_file),
+            stdout=asyncio.subprocess.PIPE, stderr=err)
+    child = HubProcess(proc, err_path)
+    try:
+        done = await child.expect("done", 600)
+    finally:
+        await child.stop()
+    return {k: v for k, v in done.items() if k != "event"}
+
+
+async def _wait_gone(path: Path, what: str) -> None:
+    """Poll until ``path`` is gone (the hub moved a delivered bundle to sent/)."""
+    deadline = time.monotonic() + 60
+    while path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: {path} still in the spool after 60 s")
+        await asyncio.sleep(0.05)
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+async def transfer_series(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """``--transfer-repeat`` rounds of the six transfers of :data:`TRANSFER_VARIANTS`, one
+    hub and one bare echo server for all of them, each receiver a fresh process; per
+    variant the medians and spreads of MB/s and of CPU per MiB on each side."""
+    payload = work / "payload.bin"
+    digest = hashlib.sha256()
+    with payload.open("wb") as fh:
+        for _ in range(args.transfer_mib):
+            block = os.urandom(MiB)
+            digest.update(block)
+            fh.write(block)
     size = payload.stat().st_size
+    sink_dir = work / "agent-staging"
+    sink_dir.mkdir()
+    specs, keys = make_agents(2, "big")
+    agents = {"disk": (specs[0]["id"], keys[0]), "memory": (specs[1]["id"], keys[1])}
+    hub, _ = await HubProcess.start(work, specs)
     err_path = work / "echo-stderr.log"
     with err_path.open("ab") as err:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--echo-child", str(payload),
             stdout=asyncio.subprocess.PIPE, stderr=err)
-    server = HubProcess(proc, err_path)
-    port = (await server.expect("ready", 60))["port"]
-    t0 = time.time()
-    mine0 = self_cpu()
-    received = acked = 0
-    async with connect(f"ws://127.0.0.1:{port}/", compression=None,
-                       max_size=MAX_MESSAGE_BYTES) as ws:
-        async for message in ws:
-            assert isinstance(message, bytes)
-            sink.write(0, message)
-            received += len(message)
-            if received - acked >= ACK_EVERY_BYTES or received == size:
-                sink.sync()
-                acked = received
-    if isinstance(sink, _ThreadedFileSink):
-        await asyncio.to_thread(sink.wait)
-    seconds = time.time() - t0
-    mine = self_cpu() - mine0
-    server_cpu = (await server.expect("sent", 60))["cpu"]
-    await proc.wait()
-    if received != size:
-        raise RuntimeError(f"baseline received {received} of {size} bytes")
-    return size / seconds / 1e6, mine, server_cpu
-
-
-async def transfer_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """One agent receives a ``--transfer-mib`` file; baseline: bare websockets, same bytes."""
-    payload = work / "payload.bin"
-    with payload.open("wb") as fh:
-        for _ in range(args.transfer_mib):
-            fh.write(os.urandom(MiB))
-    sink_dir = work / "agent-staging"
-    sink_dir.mkdir()
-    out: dict[str, Any] = {"transfer_mib": args.transfer_mib}
-    out.update(await _tiangong_transfer(args, work, payload, sink_dir))
-    for variant in ("disk", "memory", "disk_threaded"):
-        os.sync()  # as before each Tiangong run
-        sink = (_FileSink(sink_dir / "baseline.part") if variant == "disk"
-                else _ThreadedFileSink(sink_dir / "baseline.part")
-                if variant == "disk_threaded" else _NullSink())
-        try:
-            mb_s, client_cpu, server_cpu = await _baseline_transfer(work, payload, sink)
-        finally:
-            if isinstance(sink, _FileSink):
-                sink.fh.close()
-        out[f"baseline_{variant}_mb_s"] = round(mb_s)
-        out[f"baseline_client_cpu_{variant}_s"] = round(client_cpu, 3)
-        out[f"baseline_server_cpu_{variant}_s"] = round(server_cpu, 3)
-        mine = variant.removesuffix("_threaded")  # the Tiangong run it compares with
-        out[f"ratio_{variant}"] = round(out[f"tiangong_{mine}_mb_s"]
-                                        / out[f"baseline_{variant}_mb_s"], 2)
-        # CPU per byte on the receiving side, which bounds both on an idle machine and does
-        # not depend on the load: baseline client CPU / agent CPU.
-        out[f"cpu_ratio_{variant}"] = round(client_cpu / max(1e-9, out[f"agent_cpu_{mine}_s"]),
-                                            2)
-    out["load_average"] = round(os.getloadavg()[0], 2)
+    echo = HubProcess(proc, err_path)
+    runs: list[dict[str, Any]] = []
+    try:
+        echo_port = (await echo.expect("ready", 60))["port"]
+        # What the hub spends with no transfer (its push loop polls the database every
+        # 0.25 s): part of every Tiangong window's sender CPU.
+        idle0, t0 = cpu_of(hub.pid), time.perf_counter()
+        await asyncio.sleep(2)
+        hub_idle = (cpu_of(hub.pid) - idle0) / (time.perf_counter() - t0)
+        for i in range(args.transfer_repeat):
+            order = TRANSFER_VARIANTS if i % 2 == 0 else TRANSFER_VARIANTS[::-1]
+            for sender, sink in order:
+                spec: dict[str, Any] = {"sender": sender, "sink": sink, "size": size,
+                                        "sha256": digest.hexdigest(),
+                                        "sink_dir": str(sink_dir)}
+                spooled = None
+                if sender == "tiangong":
+                    agent_id, key = agents[sink]
+                    # The hub offers every spooled bundle when the agent connects.
+                    spool = hub.data_dir / "live-outbox" / agent_id
+                    spool.mkdir(parents=True, exist_ok=True)
+                    spooled = spool / f"big-bench-{i}.tgb"
+                    shutil.copyfile(payload, spooled)
+                    spec.update(url=f"ws://127.0.0.1:{hub.port}/live", sender_pid=hub.pid,
+                                agent_id=agent_id, seed=key.seed.hex(), hub_id="hub-bench",
+                                transfer=spooled.stem)
+                else:
+                    spec.update(url=f"ws://127.0.0.1:{echo_port}/", sender_pid=echo.pid)
+                # Written back before the clock starts: the fsyncs must not wait for the
+                # kernel to flush the copy above (or the previous run's file).
+                os.sync()
+                run = {"sender": sender, "sink": sink, "round": i,
+                       **await _receive_in_child(work, spec),
+                       "load": os.getloadavg()[0]}
+                run["mb_s"] = size / run["seconds"] / 1e6
+                runs.append(run)
+                if spooled is not None:
+                    await _wait_gone(spooled, "RECEIVED")
+                for p in sink_dir.iterdir():
+                    p.unlink()
+            print(f"  round {i + 1} of {args.transfer_repeat}: " + ", ".join(
+                f"{r['sender']} {r['sink']} {r['mb_s']:.0f} MB/s"
+                for r in runs if r["round"] == i), flush=True)
+        peak_rss = hub.rss()[1]
+    finally:
+        await echo.stop()
+        await hub.stop()
+    out = _transfer_figures(runs, args.transfer_mib, peak_rss)
+    out["hub_idle_cpu_ms_per_s"] = round(hub_idle * 1000, 2)
     return out
 
 
+def _transfer_figures(runs: list[dict[str, Any]], mib: int, peak_rss: float
+                      ) -> dict[str, Any]:
+    """Medians and spreads per variant; ratios per round (the two runs of a pair ran next
+    to each other), then their median and spread."""
+    out: dict[str, Any] = {"transfer_mib": mib, "rounds": 1 + max(r["round"] for r in runs)}
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by.setdefault(f"{'tiangong' if r['sender'] == 'tiangong' else 'baseline'}_{r['sink']}",
+                      []).append(r)
+    for name, rs in by.items():
+        mb_s = _spread([r["mb_s"] for r in rs])
+        out[f"{name}_mb_s"] = round(mb_s["median"])
+        out[f"{name}_mb_s_range"] = [round(mb_s["min"]), round(mb_s["max"])]
+        for what in ("recv_cpu", "recv_loop_cpu", "send_cpu"):
+            ms = _spread([r[f"{what}_s"] * 1000 / mib for r in rs])
+            out[f"{name}_{what}_ms_per_mib"] = round(ms["median"], 3)
+            out[f"{name}_{what}_ms_per_mib_range"] = [round(ms["min"], 3), round(ms["max"], 3)]
+        total = _spread([(r["recv_cpu_s"] + r["send_cpu_s"]) * 1000 / mib for r in rs])
+        out[f"{name}_cpu_ms_per_mib"] = round(total["median"], 3)
+        out[f"{name}_cpu_ms_per_mib_range"] = [round(total["min"], 3), round(total["max"], 3)]
+        out[f"{name}_recv_faults"] = round(statistics.median(r["recv_faults"] for r in rs))
+        if name.startswith("tiangong"):
+            offer = [r["offer_send_cpu_s"] * 1000 / mib for r in rs]
+            out[f"{name}_offer_send_cpu_ms_per_mib"] = round(statistics.median(offer), 3)
+    for bare, mine in TRANSFER_PAIRS.items():
+        ratios, cpu_ratios = [], []
+        for i in range(out["rounds"]):
+            (t,) = [r for r in by[f"tiangong_{mine}"] if r["round"] == i]
+            (b,) = [r for r in by[f"baseline_{bare}"] if r["round"] == i]
+            ratios.append(t["mb_s"] / b["mb_s"])
+            cpu_ratios.append((b["recv_cpu_s"] + b["send_cpu_s"])
+                              / (t["recv_cpu_s"] + t["send_cpu_s"]))
+        out[f"ratio_{bare}"] = round(statistics.median(ratios), 2)
+        out[f"ratio_{bare}_range"] = [round(min(ratios), 2), round(max(ratios), 2)]
+        out[f"cpu_ratio_{bare}"] = round(statistics.median(cpu_ratios), 2)
+        out[f"cpu_ratio_{bare}_range"] = [round(min(cpu_ratios), 2), round(max(cpu_ratios), 2)]
+    loads = [r["load"] for r in runs]
+    out["load_average"] = [round(min(loads), 2), round(max(loads), 2)]
+    out["hub_peak_rss_mib"] = round(peak_rss, 1)
+    out["runs"] = [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
+                   for r in runs]
+    return out
+
+
+_SINKS = {"disk": "written, fsynced every 8 MiB (bare: in the event loop, no hash)",
+          "memory": "dropped (Tiangong: checked and hashed first; bare: nothing)",
+          "agent_disk": "the agent's FileReceiver to disk (check, SHA-256, write, fsync)",
+          "agent_memory": "the agent's FileReceiver, no file (check, SHA-256)"}
+
+
 def _print_transfer(t: dict[str, Any]) -> None:
-    for variant, what in (("disk", "written and fsynced every 8 MiB, as agent/live.py"),
-                          ("memory", "hashed and dropped")):
-        print(f"  {variant}: offer -> received ({what}): {t[f'tiangong_{variant}_mb_s']} MB/s "
-              f"(goal >= 100 MB/s); connect -> received (adds the handshake and the hub's "
-              f"SHA-256 of the spool file) {t[f'tiangong_{variant}_connect_mb_s']} MB/s; hub CPU "
-              f"{t[f'hub_cpu_{variant}_s']} s")
-        print(f"    baseline, bare websockets, same sink: {t[f'baseline_{variant}_mb_s']} MB/s "
-              f"(ratio {t[f'ratio_{variant}']}); receiving CPU: agent "
-              f"{t[f'agent_cpu_{variant}_s']} s (its event loop {t[f'agent_loop_cpu_{variant}_s']} "
-              f"s), baseline client "
-              f"{t[f'baseline_client_cpu_{variant}_s']} s (ratio {t[f'cpu_ratio_{variant}']}); "
-              f"sending CPU: hub {t[f'hub_cpu_{variant}_s']} s, baseline server "
-              f"{t[f'baseline_server_cpu_{variant}_s']} s")
-    print(f"    baseline writing and fsyncing in a worker thread as agent/live.py does: "
-          f"{t['baseline_disk_threaded_mb_s']} MB/s (ratio {t['ratio_disk_threaded']})")
-    print(f"  hub peak RSS {t['hub_peak_rss_mib']} MiB; load average {t['load_average']}",
+    mib = t["transfer_mib"]
+    print(f"  {mib} MiB, {t['rounds']} rounds, medians (min-max); CPU in ms per MiB, "
+          f"receiver (its event loop) + sender; load average {t['load_average'][0]}-"
+          f"{t['load_average'][1]}", flush=True)
+    for name in sorted(k.removesuffix("_mb_s") for k in t if k.endswith("_mb_s")):
+        lo, hi = t[f"{name}_mb_s_range"]
+        c_lo, c_hi = t[f"{name}_cpu_ms_per_mib_range"]
+        offer = (f"; the hub hashing the spooled file for its OFFER: "
+                 f"{t[f'{name}_offer_send_cpu_ms_per_mib']:.3f}"
+                 if f"{name}_offer_send_cpu_ms_per_mib" in t else "")
+        loop = t[f"{name}_recv_loop_cpu_ms_per_mib"]
+        print(f"  {name:22} {t[f'{name}_mb_s']:5} MB/s ({lo}-{hi}); CPU "
+              f"{t[f'{name}_recv_cpu_ms_per_mib']:.3f} ({loop:.3f})"
+              f" + {t[f'{name}_send_cpu_ms_per_mib']:.3f} = {t[f'{name}_cpu_ms_per_mib']:.3f} "
+              f"({c_lo:.3f}-{c_hi:.3f}); receiver faults {t[f'{name}_recv_faults']}{offer}",
+              flush=True)
+    for bare, mine in TRANSFER_PAIRS.items():
+        lo, hi = t[f"ratio_{bare}_range"]
+        c_lo, c_hi = t[f"cpu_ratio_{bare}_range"]
+        print(f"  tiangong {mine} vs bare into {_SINKS[bare]}: ratio {t[f'ratio_{bare}']} "
+              f"({lo}-{hi}); CPU ratio (bare / Tiangong, both sides) {t[f'cpu_ratio_{bare}']} "
+              f"({c_lo}-{c_hi})", flush=True)
+    print(f"  hub peak RSS {t['hub_peak_rss_mib']} MiB; the idle hub spends "
+          f"{t['hub_idle_cpu_ms_per_s']} ms of CPU per second (in every Tiangong window)",
           flush=True)
 
 
@@ -1481,27 +1682,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             report["fleet"].append(fig)
             print("RESULT live_agents " + " ".join(f"{k}={v}" for k, v in fig.items()),
                   flush=True)
-        runs = []
-        for i in range(args.transfer_repeat if args.transfer_mib else 0):
-            print(f"single agent, {args.transfer_mib} MiB bundle (run {i + 1} of "
-                  f"{args.transfer_repeat})", flush=True)
-            d = work / f"transfer{i}"
+        if args.transfer_mib:
+            print(f"single agent, {args.transfer_mib} MiB bundle, {args.transfer_repeat} "
+                  "rounds of Tiangong and bare websockets, interleaved", flush=True)
+            d = work / "transfer"
             d.mkdir()
-            t = await transfer_run(args, d)
+            t = await transfer_series(args, d)
             _print_transfer(t)
-            runs.append(t)
-            print("RESULT live_agents_transfer " + " ".join(f"{k}={v}" for k, v in t.items()),
-                  flush=True)
+            report["transfer"] = t
+            print("RESULT live_agents_transfer " + " ".join(
+                f"{k}={v}" for k, v in t.items() if not isinstance(v, list)), flush=True)
             shutil.rmtree(d, ignore_errors=True)
-        if runs:
-            report["transfer"] = runs[0] if len(runs) == 1 else runs
-        if len(runs) > 1:
-            medians = {k: statistics.median(r[k] for r in runs)
-                       for k in runs[0] if k.startswith(("ratio_", "cpu_ratio_", "load"))}
-            print("  medians of " + str(len(runs)) + " runs: "
-                  + ", ".join(f"{k} {v}" for k, v in medians.items()), flush=True)
-            print("RESULT live_agents_transfer_median runs=" + str(len(runs)) + " "
-                  + " ".join(f"{k}={v}" for k, v in medians.items()), flush=True)
     finally:
         if args.keep:
             print(f"work directory kept: {work}")
@@ -1570,6 +1761,7 @@ def main(argv: list[str] | None = None) -> None:
                          "stacks of the hub's threads that are on a CPU (every 5 ms) and "
                          "write them to FILE when it stops (costs the hub some CPU)")
     ap.add_argument("--echo-child", metavar="FILE", help=argparse.SUPPRESS)
+    ap.add_argument("--transfer-receiver", metavar="SPEC_JSON", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.hub_child:
         _hub_child(Path(args.hub_child[0]), Path(args.hub_child[1]), args.port, args.tls,
@@ -1580,6 +1772,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.echo_child:
         _echo_child(Path(args.echo_child))
+        return
+    if args.transfer_receiver:
+        _transfer_receiver(Path(args.transfer_receiver))
         return
 
     def pick(value: Any, quick: Any, normal: Any, soak: Any) -> Any:

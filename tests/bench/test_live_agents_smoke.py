@@ -26,10 +26,18 @@ FLEET_KEYS = {
     "log_agents", "log_messages", "log_stored_lines", "log_mb_s", "log_msgs_s",
 }
 TRANSFER_KEYS = {
-    "transfer_mib", "tiangong_disk_mb_s", "tiangong_memory_mb_s", "baseline_disk_mb_s",
-    "baseline_memory_mb_s", "ratio_disk", "ratio_memory", "hub_peak_rss_mib",
-    "baseline_disk_threaded_mb_s", "ratio_disk_threaded",
+    "transfer_mib", "rounds", "tiangong_disk_mb_s", "tiangong_memory_mb_s",
+    "baseline_disk_mb_s", "baseline_memory_mb_s", "ratio_disk", "ratio_memory",
+    "baseline_agent_disk_mb_s", "baseline_agent_memory_mb_s", "ratio_agent_disk",
+    "ratio_agent_memory", "cpu_ratio_disk", "cpu_ratio_memory", "cpu_ratio_agent_disk",
+    "cpu_ratio_agent_memory", "tiangong_disk_cpu_ms_per_mib", "baseline_disk_cpu_ms_per_mib",
+    "tiangong_memory_recv_cpu_ms_per_mib", "tiangong_memory_send_cpu_ms_per_mib",
+    "baseline_memory_recv_cpu_ms_per_mib", "baseline_memory_send_cpu_ms_per_mib",
+    "load_average", "hub_peak_rss_mib", "runs",
 }
+# Every transfer of the series: both senders, every sink, each receiver's own figures.
+RUN_KEYS = {"sender", "sink", "round", "seconds", "mb_s", "recv_cpu_s", "recv_loop_cpu_s",
+            "send_cpu_s", "recv_faults", "load"}
 
 
 def test_three_agents_report_every_figure(tmp_path: Path) -> None:
@@ -55,7 +63,14 @@ def test_three_agents_report_every_figure(tmp_path: Path) -> None:
     assert fleet["deliver_queued"] == fleet["deliver_received"] == 3
     assert fleet["deliver1_samples"] == fleet["deliver1_received"] == 3
     assert fleet["log_stored_lines"] == fleet["log_messages"] == 3 * 20
-    assert set(report["transfer"]) >= TRANSFER_KEYS, TRANSFER_KEYS - set(report["transfer"])
+    transfer = report["transfer"]
+    assert set(transfer) >= TRANSFER_KEYS, TRANSFER_KEYS - set(transfer)
+    # One round: each sender into each of its sinks once, every run with its CPU figures.
+    assert sorted((r["sender"], r["sink"]) for r in transfer["runs"]) == [
+        ("bare", "agent_disk"), ("bare", "agent_memory"), ("bare", "disk"), ("bare", "memory"),
+        ("tiangong", "disk"), ("tiangong", "memory")]
+    assert all(set(r) >= RUN_KEYS for r in transfer["runs"]), transfer["runs"]
+    assert all(r["send_cpu_s"] > 0 and r["recv_cpu_s"] > 0 for r in transfer["runs"])
     results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert [r.split()[1] for r in results] == ["live_agents_disk", "live_agents",
                                                 "live_agents_transfer"]
