@@ -9,6 +9,9 @@ This module does not import result files (:mod:`hub.services.result_import`).
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
 
 from sqlalchemy import select
@@ -71,7 +74,7 @@ def import_enrollment(ctx: ServiceContext, path: Path) -> ImportRow:
     imported before (the stick still holds it when the results come back) is a
     ``duplicate`` row that changes nothing."""
     try:
-        data = path.read_bytes()[: MAX_ENROLLMENT_BYTES + 1]
+        data = _read_request(path)
         env = parse_envelope(data, MAX_ENROLLMENT_BYTES)
         doc = loads_strict(env.payload, MAX_ENROLLMENT_BYTES)
         key = PublicKey.from_hex(doc["ed25519_public"])
@@ -120,6 +123,33 @@ def import_enrollment(ctx: ServiceContext, path: Path) -> ImportRow:
         f"agent {response.agent_id} enrolled in {response.environment}",
         response.agent_id,
     )
+
+
+def _read_request(path: Path) -> bytes:
+    """The first :data:`MAX_ENROLLMENT_BYTES` + 1 bytes of the request ``path`` (more is
+    refused by the envelope's parser), read only from a regular file: a symbolic link is
+    not followed and a FIFO or device is refused at once, not waited on or read without
+    end.
+
+    Raises:
+        ValidationError: ``path`` is a symbolic link or not a regular file.
+        OSError: it cannot be read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValidationError(f"{path.name} is a symbolic link") from None
+        raise
+    with open(fd, "rb", buffering=0) as source:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValidationError(f"{path.name} is not a regular file")
+        chunks: list[bytes] = []
+        left = MAX_ENROLLMENT_BYTES + 1
+        while left > 0 and (chunk := source.read(left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+    return b"".join(chunks)
 
 
 def _write_response(ctx: ServiceContext, path: Path, response: EnrollmentResponse

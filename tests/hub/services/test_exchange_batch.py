@@ -360,6 +360,39 @@ def test_symlinks_are_refused_and_stale_copies_are_cleaned(world: World, tmp_pat
     agent.close()
 
 
+def test_fifos_and_links_named_like_results_or_requests_are_refused_by_name(
+        world: World, tmp_path: Path) -> None:
+    """A FIFO (or device) named like a result or an enrollment request was skipped without a
+    word, and an enrollment request was read whole, through a symbolic link: each is now a
+    ``rejected`` row naming the file and the reason, audited; the FIFOs are never opened for
+    a wait and stay where they are, and the sound result beside them is imported."""
+    agent = _agent(world, tmp_path)
+    (r,) = _results(agent, 1)
+    media = _media(tmp_path, "usb", {"e1.tgr": r})
+    os.mkfifo(media / "e0-fifo.tgr")
+    os.mkfifo(media / "enrollment-fifo.json")
+    secret = tmp_path / "secret.json"
+    secret.write_text("{}")
+    (media / "enrollment-link.json").symlink_to(secret)
+    (media / "e2-dir.tgr").mkdir()  # a directory is nobody's file: left alone, no row
+    before = len(_events(world, "result.rejected"))
+    rows = {row.file: row for row in _import(world, media, tmp_path / "results")}
+    assert sorted(rows) == ["e0-fifo.tgr", "e1.tgr", "enrollment-fifo.json",
+                            "enrollment-link.json"]
+    assert rows["e1.tgr"].status == "imported"
+    assert rows["e0-fifo.tgr"].status == "rejected"
+    assert rows["e0-fifo.tgr"].reason == "e0-fifo.tgr is not a regular file"
+    assert rows["enrollment-fifo.json"].status == "rejected"
+    assert "enrollment-fifo.json is not a regular file" in rows["enrollment-fifo.json"].reason
+    assert rows["enrollment-link.json"].status == "rejected"
+    assert "enrollment-link.json is a symbolic link" in rows["enrollment-link.json"].reason
+    assert len(_events(world, "result.rejected")) == before + 3
+    assert (media / "e0-fifo.tgr").is_fifo() and (media / "enrollment-fifo.json").is_fifo()
+    assert (media / "enrollment-link.json").is_symlink()
+    _assert_chain_ok(world)
+    agent.close()
+
+
 def test_batch_size_is_checked(world: World, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="batch size 0"):
         import_directory(world.ctx("op"), tmp_path, results_dir=tmp_path / "r", batch_size=0)
