@@ -26,6 +26,7 @@ from werkzeug.routing import IntegerConverter, Map
 from hub.audit_mac import attach as attach_audit_mac
 from hub.config import HubConfig, load_config
 from hub.db import User, db, engine_options, install_sqlite_pragmas, normalize_url
+from hub.live_wake import wake_on_commit
 from hub.migrate import upgrade
 from hub.services import releases as _releases  # noqa: F401 - registers the release guard
 from hub.services.context import HubKeys, ServiceContext, utc_now
@@ -160,6 +161,7 @@ def create_app(config: HubConfig | Mapping[str, Any] | None = None) -> Flask:
         TIANGONG_HUB=cfg,
     )
     db.init_app(app)
+    wake_on_commit(db.session)  # queueing in the web UI wakes the live server (SQLite)
     with app.app_context():
         install_sqlite_pragmas(db.engine)
         keys = hub_keys(app)

@@ -119,6 +119,7 @@ class HubConfig:
     live_log_quota_agent_bytes: int = LiveLimits.log_quota_agent_bytes
     live_log_quota_total_bytes: int = LiveLimits.log_quota_total_bytes
     live_heartbeat_s: int = LiveLimits.heartbeat_s
+    live_poll_s: float = LiveLimits.poll_s
     live_export_processes: int = LiveLimits.export_processes
     #: where the web UI's Media page writes exported bundles (a mounted share), relative to
     #: data_dir unless absolute; empty: the page offers the bundles as a download instead.

@@ -672,8 +672,14 @@ def make_engine(url: str, *, audit_mac: AuditMacKey | None = None) -> Engine:
 
 
 def make_session_factory(engine: Engine) -> Callable[[], Session]:
-    """Sessions that do not expire objects on commit (CLI prints after committing)."""
-    return sessionmaker(engine, expire_on_commit=False)
+    """Sessions that do not expire objects on commit (CLI prints after committing), whose
+    commits that queue a deployment or revoke an agent wake the live servers of a SQLite
+    database at once (:mod:`hub.live_wake`)."""
+    from hub.live_wake import wake_on_commit  # it imports the models from here
+
+    factory = sessionmaker(engine, expire_on_commit=False)
+    wake_on_commit(factory)
+    return factory
 
 
 class SamlReplay(_Model):  # type: ignore[misc]

@@ -186,6 +186,7 @@ def serve_live(config: Any, host: str, port: int, *, actor: str | None = None,
     from hub.live_exports import ExportWorkers
     from hub.live_guard import LiveLimits
     from hub.live_notify import listen_dsn
+    from hub.live_wake import wake_dir
     from hub.metrics import single_process
 
     single_process()  # before LiveHub creates its metrics
@@ -201,8 +202,9 @@ def serve_live(config: Any, host: str, port: int, *, actor: str | None = None,
     hub = LiveHub(session_factory=make_session_factory(engine), keys=keys,
                   data_dir=config.data_dir, actor=actor,
                   heartbeat=heartbeat or limits.heartbeat_s, binding=binding, limits=limits,
+                  poll_interval=limits.poll_s,
                   notify_dsn=listen_dsn(config.database_url), keys_source=reloader.current,
-                  export_workers=workers)
+                  export_workers=workers, wake_dir=wake_dir(config.database_url))
     return start_live(hub, host, port, ssl=ssl, allow_insecure_loopback=allow_insecure_loopback)
 
 

@@ -69,6 +69,9 @@ class LiveLimits:
     partial_max_age_s: float = 86_400.0  # seconds an abandoned partial upload is kept
     log_quota_agent_bytes: int = 256 * MiB  # bytes of stored live logs per agent
     log_quota_total_bytes: int = 8 * GiB  # bytes of stored live logs, all agents
+    # seconds between two looks at the database for queued work and revocations that nothing
+    # woke (PostgreSQL NOTIFY, a local datagram on SQLite: then it is a safety net)
+    poll_s: float = 0.25
     heartbeat_s: int = 30  # seconds between an agent's heartbeats (announced in WELCOME);
     #                        presence counts an agent offline one interval after its last
     # processes exporting a burst's bundles beside the event loop (hub.live_exports); 0: in

@@ -4,7 +4,8 @@
 See :mod:`hub.live` for what it does; this module holds the per-connection work
 (authentication, presence, bundles out, results in, logs) and the **push loop**: a task on
 the server's event loop, started by the first connection, that — every ``poll_interval``
-seconds, or on PostgreSQL when a NOTIFY woke it (:mod:`hub.live_notify`) — asks the database
+seconds, or at once when woken (PostgreSQL NOTIFY: :mod:`hub.live_notify`; SQLite: a
+datagram from the committing process, :mod:`hub.live_wake`) — asks the database
 (:func:`hub.services.presence.live_work`, one query for all connected agents) whether a
 connected agent has queued deployments — they are exported and offered at once, without
 anyone calling :meth:`LiveHub.push_pending` — or was revoked — its connection is closed with
@@ -99,6 +100,7 @@ from hub.live_files import (
 )
 from hub.live_guard import Admission, LiveLimits, LoginGuard, RefusalCount
 from hub.live_notify import NOTIFY_FALLBACK_POLL_S, WAKE_GAP_SECONDS, Listener
+from hub.live_wake import WakeSocket
 from hub.metrics import LiveMetrics
 from hub.services import audit
 from hub.services.agents import get_agent
@@ -121,7 +123,10 @@ WINDOW_BYTES = 32 * 1024 * 1024  # bytes sent and not yet acknowledged, per tran
 ACK_EVERY_BYTES = 8 * 1024 * 1024  # bytes received between two fsync + ACK
 READ_BYTES = MAX_CHUNK_BYTES  # bytes per CHUNK sent (at most [live] send_buffer_bytes)
 SPARE_CHUNKS = 2  # sent CHUNK messages kept per connection to be filled again
-POLL_SECONDS = 0.25  # seconds between two looks at the database for queued work / revocations
+#: seconds between two rounds of the push loop's presence work, and the default of
+#: ``[live] poll_s`` (LiveLimits), the seconds between two looks at the database that
+#: nothing woke
+POLL_SECONDS = LiveLimits.poll_s
 SEEN_FLUSH_SECONDS = 1.0  # seconds between two writes of the heartbeats' last_seen
 EXPORT_RETRY_SECONDS = 60.0  # seconds before an export that failed is tried again unchanged
 SYSTEM_ACTOR = "live"  # ServiceContext.system of the live server (audited as system:live)
@@ -290,7 +295,8 @@ class LiveHub:
                  limits: LiveLimits | None = None, notify_dsn: str | None = None,
                  keys_source: Callable[[], HubKeys] | None = None,
                  export_workers: ExportWorkers | None = None,
-                 export_workers_from: int = EXPORT_WORKERS_FROM) -> None:
+                 export_workers_from: int = EXPORT_WORKERS_FROM,
+                 wake_dir: Path | None = None) -> None:
         self.session_factory = session_factory
         # a burst's exports in worker processes (hub.live_exports), started once
         # ``export_workers_from`` agents are connected; None: in threads here
@@ -321,7 +327,11 @@ class LiveHub:
         # PostgreSQL: LISTEN for wake-ups (hub.live_notify); None: poll every round
         self._listener = Listener(notify_dsn, self._wake_up) if notify_dsn else None
         self._listening: asyncio.Task[None] | None = None
-        self._woken = False  # a wake-up arrived since the last poll started
+        # SQLite: a datagram socket in ``wake_dir`` that committing processes wake
+        # (hub.live_wake); opened with the push loop
+        self._waker = (WakeSocket(wake_dir, functools.partial(self._wake_up, "local"))
+                       if wake_dir is not None else None)
+        self._woken = ""  # what woke the loop since the last poll started ("": nothing)
         # set with _woken: ends the push loop's wait between two rounds (made with the loop's
         # task, on its event loop)
         self._wake: asyncio.Event | None = None
@@ -1014,10 +1024,11 @@ class LiveHub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _wake_up(self) -> None:
+    def _wake_up(self, by: str = "notify") -> None:
         """Start a round of the push loop now (on the event loop's thread; a wake-up during a
-        poll starts one more round after it, any number of them one round)."""
-        self._woken = True
+        poll starts one more round after it, any number of them one round); ``by``: what
+        woke it, for the metric (``notify``: PostgreSQL, ``local``: a datagram)."""
+        self._woken = by
         if self._wake is not None:
             self._wake.set()
 
@@ -1027,6 +1038,8 @@ class LiveHub:
                 self._listener.run(), name="tiangong-live-listen")
         if self._poller is None or self._poller.done():
             self._wake = asyncio.Event()
+            if self._waker is not None and not self._waker.listening:
+                self._waker.open()  # on failure logged: the loop polls as before
             self._poller = asyncio.get_running_loop().create_task(
                 self._poll_loop(), name="tiangong-live-push")
             self._poller.add_done_callback(self._poller_ended)
@@ -1039,15 +1052,15 @@ class LiveHub:
                       exc_info=task.exception())
 
     async def _poll_loop(self) -> None:
-        """Every ``poll_interval``: write presence, audit refusals, sweep partial uploads,
-        and — when not listening (SQLite, MariaDB, PostgreSQL connection down), or every
-        :data:`NOTIFY_FALLBACK_POLL_S` as a safety net — ask the database for work
-        (:meth:`poll_once`); while a burst runs, not woken, at most every
-        :data:`BURST_POLL_SECONDS`. A wake-up (a NOTIFY, a local datagram:
-        :mod:`hub.live_notify`) starts a poll at once, without waiting for the interval —
-        at most one every :data:`WAKE_GAP_SECONDS`, one poll at a time; the work above stays
-        at the interval's pace. First, once a process, what a killed live server left in
-        ``sent/`` unrecorded is recorded (:meth:`recover_delivered`)."""
+        """Every :data:`POLL_SECONDS` (or a shorter ``poll_interval``): write presence, audit
+        refusals, sweep partial uploads; every ``poll_interval`` — while listening for
+        NOTIFY, every :data:`NOTIFY_FALLBACK_POLL_S` as a safety net; while a burst runs, at
+        most every :data:`BURST_POLL_SECONDS` — ask the database for work
+        (:meth:`poll_once`). A wake-up (a NOTIFY, :mod:`hub.live_notify`; a local
+        datagram, :mod:`hub.live_wake`) starts a poll at once, without waiting for the
+        interval — at most one every :data:`WAKE_GAP_SECONDS`, one poll at a time; the
+        presence work stays at its own pace. First, once a process, what a killed live
+        server left in ``sent/`` unrecorded is recorded (:meth:`recover_delivered`)."""
         flushed = time.monotonic()
         polled = 0.0
         if not self._delivered_recovered:
@@ -1061,14 +1074,19 @@ class LiveHub:
         if self._wake is None:  # not started by _start_poller (tests)
             self._wake = asyncio.Event()
         wake = self._wake
-        tick = time.monotonic() + self.poll_interval  # when the next timed round is due
+        # Presence, refusals, sweeps every round of POLL_SECONDS (or a shorter poll interval);
+        # the database asked for work every poll_interval, or at once when woken.
+        round_s = min(self.poll_interval, POLL_SECONDS)
+        tick = time.monotonic() + round_s  # when the next timed round is due
         while True:
             if not self._woken:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), max(0.0, tick - time.monotonic()))
             try:
                 if time.monotonic() >= tick:
-                    tick = time.monotonic() + self.poll_interval
+                    tick = time.monotonic() + round_s
+                    if self._waker is not None:
+                        self._waker.check()
                     if self._gone or ((self._seen or self._states)
                                       and time.monotonic() - flushed >= SEEN_FLUSH_SECONDS):
                         flushed = time.monotonic()
@@ -1081,21 +1099,25 @@ class LiveHub:
                 elif not self._woken:
                     continue  # the wait ended without a wake-up (cancelled or spurious)
                 if not self.peers:
-                    self._woken = False  # nobody to push to: no query at all (a connecting
-                    wake.clear()         # agent's queued work is asked for at once)
+                    self._woken = ""  # nobody to push to: no query at all (a connecting
+                    wake.clear()      # agent's queued work is asked for at once)
                     continue
-                listening = self._listener is not None and self._listener.listening
+                every = self.poll_interval
+                if self._listener is not None and self._listener.listening:
+                    every = max(every, NOTIFY_FALLBACK_POLL_S)
+                if self._bursts:
+                    every = max(every, BURST_POLL_SECONDS)
                 since = time.monotonic() - polled
-                if not self._woken and ((listening and since < NOTIFY_FALLBACK_POLL_S)
-                                        or (self._bursts and since < BURST_POLL_SECONDS)):
+                # (half a round early counts: the rounds' own jitter must not skip a poll)
+                if not self._woken and since < every - round_s / 2:
                     continue
                 if self._woken and since < WAKE_GAP_SECONDS:
                     await asyncio.sleep(WAKE_GAP_SECONDS - since)  # later wake-ups join in
                 # what was committed before this point is in the poll's answer
-                woken, self._woken = self._woken, False
+                woken, self._woken = self._woken, ""
                 wake.clear()
                 polled = time.monotonic()
-                self.metrics.wakeups.labels("notify" if woken else "poll").inc()
+                self.metrics.wakeups.labels(woken or "poll").inc()
                 await self.poll_once()
             except (SQLAlchemyError, HubError, OSError) as exc:
                 # The database may be restarting; the next round tries again.
@@ -1118,9 +1140,11 @@ class LiveHub:
     async def shutdown(self) -> None:
         """Before the event loop ends: audit the refusals still counted, write the
         disconnects (every agent of this process is offline now) and the deliveries not
-        recorded yet, stop listening."""
+        recorded yet, stop listening (NOTIFY, local wake-ups)."""
         if self._listening is not None:
             self._listening.cancel()
+        if self._waker is not None:
+            self._waker.close()
         await self.flush_refusals(force=True)
         await self.flush_seen()
         if self._recording is not None:

@@ -219,7 +219,8 @@ class LiveMetrics:
                               "send_timeout, send_buffer, forbidden, …)", ["kind"],
                               registry=reg)
         self.wakeups = Counter("tiangong_live_wakeups", "Rounds of the push loop by what "
-                               "started them (poll, notify)", ["by"], registry=reg)
+                               "started them (poll; notify: PostgreSQL; local: a "
+                               "datagram, SQLite)", ["by"], registry=reg)
         for direction in ("in", "out"):
             self.transfer_bytes.labels(direction)
 

@@ -4,7 +4,9 @@ run`` with ``hub_url`` in its agent.toml. Every other step is the ``tiangong hub
 operator would type it, in its own process: nobody calls ``push_pending``.
 
 (a) a deployment queued after the agent connected is pushed by the hub's push loop, run,
-    and its result imported; presence and the audit log show it;
+    and its result imported; presence and the audit log show it. The live server polls the
+    database only once an hour (``[live] poll_s``), so only the wake-up the queueing CLI
+    process sends after its commit (hub/live_wake.py, SQLite) explains the push;
 (b) the whole hub is killed (SIGKILL of its process group) in the middle of a large
     transfer, restarted, and the agent resumes from the bytes it holds — the restarted hub's
     log names the non-zero offset it sent from — and runs the bundle once;
@@ -12,7 +14,8 @@ operator would type it, in its own process: nobody calls ``push_pending``.
     when it comes online nothing runs again, even when the same bundle also waited at the
     hub for live delivery (it arrives, is recognised as a copy, and the hub records it
     delivered);
-(d) a revoked agent's live connection is dropped and refused on reconnect.
+(d) a revoked agent's live connection is dropped and refused on reconnect (an hour's poll
+    interval too: the revoking CLI's wake-up drops it).
 
 Each step of a release appends a line to a marker file outside the agent: its line count is
 the number of times the bundle ran. Every wait has a deadline; nothing sleeps to synchronise.
@@ -42,6 +45,9 @@ from tests.e2e.test_live_serve import _accepts, _healthy, free_port
 from tests.hub.conftest import write_release
 
 DEADLINE = 90.0  # seconds for anything that crosses a process boundary (the machine is shared)
+#: ``[live] poll_s`` where only a wake-up may explain what the live server did: no test waits
+#: an hour (DEADLINE is far shorter)
+HOUR_POLL = {"TIANGONG_HUB_LIVE_POLL_S": "3600"}
 # Random, so incompressible: the bundle is as large, and the transfer takes a while. The live
 # transfer now runs at ~650 MB/s here, so 96 MiB gave the test's poll only ~0.15 s to see the
 # partial file, which a loaded machine can miss; 256 MiB widens that window to ~0.4 s.
@@ -124,17 +130,19 @@ class Site:
     # -- processes
 
     def start_hub(self, log_name: str, *, http_port: int | None = None,
-                  workers: int = 1) -> subprocess.Popen[bytes]:
+                  workers: int = 1, env: dict[str, str] | None = None
+                  ) -> subprocess.Popen[bytes]:
         """``hub serve`` with the live server on :attr:`live_port`, in a process group of its
-        own (so a hard kill takes gunicorn, its workers and the live child together)."""
+        own (so a hard kill takes gunicorn, its workers and the live child together); ``env``:
+        more of its environment (settings)."""
         http_port = http_port or free_port()
         with (self.tmp / log_name).open("wb") as out:
             proc = subprocess.Popen(
                 [*TIANGONG, "hub", "--data-dir", str(self.data), "serve",
                  "--bind", f"127.0.0.1:{http_port}", "--workers", str(workers),
                  "--live-bind", f"127.0.0.1:{self.live_port}", "--live-insecure-loopback"],
-                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
-                start_new_session=True)
+                stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env, **(env or {})}, start_new_session=True)
         self.procs.append(proc)
         wait_for(lambda: proc.poll() is not None or (_healthy(http_port)
                                                      and _accepts(self.live_port)),
@@ -204,13 +212,16 @@ def _journal(site: Site) -> list[dict[str, Any]]:
 def test_deployment_queued_after_the_agent_connected_is_pushed_run_and_imported(
         site: Site) -> None:
     site.release("1.0.0")
-    hub = site.start_hub("hub.log")
+    hub = site.start_hub("hub.log", env=HOUR_POLL)
     agent = site.start_agent()
     wait_for(site.seen, DEADLINE, "the agent to come online")
     assert site.presence() == "online"
     assert site.hub_json("deployments", "list") == []
+    # The push loop's first round polls once (the hour counts from there); then only
+    # wake-ups.
+    wait_for(lambda: _wakeups(site, "poll") == 1, DEADLINE, "the push loop's first poll")
 
-    site.queue("1.0.0")  # another process; the hub's push loop notices
+    site.queue("1.0.0")  # another process; its commit wakes the hub's push loop
     wait_for(lambda: site.state_is("succeeded", "failed"), DEADLINE,
              "the pushed bundle to run and its result to be imported")
     assert site.deployment_state() == "succeeded", site.log("agent.log")
@@ -225,8 +236,17 @@ def test_deployment_queued_after_the_agent_connected_is_pushed_run_and_imported(
     assert "live: sending relay-1.0.0-site-01-000001.tgb to site-01 from byte 0" in site.log(
         "hub.log")
     assert site.presence() == "online"
+    assert _wakeups(site, "local") >= 1 and _wakeups(site, "poll") == 1
     assert _stop(agent) == 0
     assert _stop(hub) == 0
+
+
+def _wakeups(site: Site, by: str) -> float:
+    """The live server's rounds of its push loop started ``by`` (its ``/metrics``)."""
+    from tests.e2e.test_metrics import scrape, value  # it imports this module's fixture
+
+    return value(scrape(f"http://127.0.0.1:{site.live_port}/metrics"),
+                 "tiangong_live_wakeups_total", by=by)
 
 
 def _partial(site: Site) -> Path | None:
@@ -326,7 +346,7 @@ def test_offline_agent_runs_the_file_drop_and_the_later_live_connection_runs_not
 
 
 def test_revoked_agent_is_dropped_and_refused_on_reconnect(site: Site) -> None:
-    site.start_hub("hub.log")
+    site.start_hub("hub.log", env=HOUR_POLL)
     agent = site.start_agent()
     wait_for(site.seen, DEADLINE, "the agent to come online")
 
