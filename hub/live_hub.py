@@ -1062,7 +1062,8 @@ class LiveHub:
         presence work stays at its own pace. First, once a process, what a killed live
         server left in ``sent/`` unrecorded is recorded (:meth:`recover_delivered`)."""
         flushed = time.monotonic()
-        polled = 0.0
+        polled = 0.0  # time.monotonic() of the last poll's start
+        woke = 0.0  # ... of the last poll a wake-up started
         if not self._delivered_recovered:
             try:
                 await self._in_pool(self._export_pool, self.recover_delivered)
@@ -1111,12 +1112,16 @@ class LiveHub:
                 # (half a round early counts: the rounds' own jitter must not skip a poll)
                 if not self._woken and since < every - round_s / 2:
                     continue
-                if self._woken and since < WAKE_GAP_SECONDS:
-                    await asyncio.sleep(WAKE_GAP_SECONDS - since)  # later wake-ups join in
+                if self._woken and time.monotonic() - woke < WAKE_GAP_SECONDS:
+                    # later wake-ups join in (a timed poll just before does not count: the
+                    # waking commit may have missed it)
+                    await asyncio.sleep(WAKE_GAP_SECONDS - (time.monotonic() - woke))
                 # what was committed before this point is in the poll's answer
                 woken, self._woken = self._woken, ""
                 wake.clear()
                 polled = time.monotonic()
+                if woken:
+                    woke = polled
                 self.metrics.wakeups.labels(woken or "poll").inc()
                 await self.poll_once()
             except (SQLAlchemyError, HubError, OSError) as exc:

@@ -10,10 +10,11 @@ poll without waiting for its interval; :data:`WAKE_GAP_SECONDS` apart at least),
 loop's database poll becomes a safety net (:data:`NOTIFY_FALLBACK_POLL_S`) instead of a query
 four times a second.
 
-Any other database (SQLite, MariaDB) has no such signal: the push loop keeps polling every
-``poll_interval``. While the listening connection is down (database restart), ``listening``
-is false and the loop polls too; on reconnect ``wake()`` is called once, for whatever was
-queued while nobody listened.
+Any other database has no such signal: on SQLite the committing process wakes the live
+servers itself, on the same host (:mod:`hub.live_wake`), and the push loop keeps polling
+every ``poll_interval`` as the safety net; on MariaDB it only polls. While the listening
+connection is down (database restart), ``listening`` is false and the loop polls too; on
+reconnect ``wake()`` is called once, for whatever was queued while nobody listened.
 
 Deliberately not here: what a wake-up does (:meth:`hub.live_hub.LiveHub.poll_once`), and
 payloads (a wake-up carries no data: the poll query reads the truth from the tables).
@@ -38,10 +39,11 @@ CHANNEL = "tiangong_live"  # = the triggers of migration 0008
 NOTIFY_FALLBACK_POLL_S = 5.0  # seconds between polls while LISTEN works (a safety net)
 RECONNECT_S = 5.0  # seconds between two attempts to (re)open the listening connection
 #: seconds at least between the starts of two polls that wake-ups started: a wake-up starts a
-#: poll at once, but one a poll ago waits for the rest of this gap (the wake-ups meanwhile
-#: join it), so a flood of wake-ups — a script queueing deployments one commit at a time, a
-#: local user sending datagrams — costs at most 20 polls a second, and a wake-up waits at
-#: most this long instead of up to a whole poll interval
+#: poll at once, but one that comes sooner after the last woken poll waits for the rest of
+#: this gap (the wake-ups meanwhile join it), so a flood of wake-ups — a script queueing
+#: deployments one commit at a time, a local user sending datagrams — costs at most 20 polls
+#: a second (besides the timed ones), and a wake-up waits at most this long instead of up to
+#: a whole poll interval
 WAKE_GAP_SECONDS = 0.05
 
 
