@@ -1098,7 +1098,7 @@ class LiveHub:
                     if self._unclaim:
                         await self._release_claims()
                 elif not self._woken:
-                    continue  # the wait ended without a wake-up (cancelled or spurious)
+                    continue  # the wait's timer fired a hair before the tick
                 if not self.peers:
                     self._woken = ""  # nobody to push to: no query at all (a connecting
                     wake.clear()      # agent's queued work is asked for at once)
