@@ -11,7 +11,9 @@ goes back to reading the socket; a worker thread of the receiver's own then, in 
 * on :meth:`FileReceiver.sync` notes how many bytes it has written so far and hands an
   fsync of them to a second thread, the receiver's *syncer*, and goes on with the next
   chunks: the sync's future says how many bytes are durable (what an ACK may claim) once
-  that fsync returned — never a byte written after the fsync began;
+  that fsync returned — every chunk written before the fsync began, which may be more than
+  that sync's (a syncer behind a slow disk catches up in one fsync, and a sync an earlier
+  fsync covered needs none), never a byte written after the fsync began;
 * on :meth:`FileReceiver.finish` compares the size and the whole SHA-256 with the offer,
   waits for the syncer's fsyncs, fsyncs and closes the file.
 
@@ -136,6 +138,8 @@ class FileReceiver:
         self.resumed_at = receiver.offset  # bytes found in the partial file (durable)
         self.offset = receiver.offset  # bytes handed over so far (what the next chunk continues)
         self.durable = receiver.offset  # bytes known written and fsynced
+        # bytes the worker has written, whole chunks that passed their checks (in the worker)
+        self._written = receiver.offset
         self.max_pending = max_pending
         self._pending: deque[tuple[int, Future[None]]] = deque()
         self._pending_bytes = 0
@@ -217,25 +221,40 @@ class FileReceiver:
             future.set_exception(exc)
         return future
 
+    def _write(self, offset: int, data: bytes | memoryview) -> None:
+        """In the worker: check, hash and write one chunk; then it counts as written."""
+        self._receiver.write(offset, data)
+        self._written = self._receiver.offset
+
     def _fsync(self) -> int:
         if self._fh is not None:
             os.fsync(self._fh.fileno())
         return self._receiver.offset
 
     def _fsync_written(self, written: int) -> int:
-        """In the syncer: fsync; ``written`` bytes (all written before this began) are
-        durable. A failure is the transfer's failure: nothing more is written."""
+        """In the syncer: make the ``written`` bytes handed over with this sync durable and
+        return how many bytes are durable now (what an ACK may claim), which may be more.
+
+        The fsync covers every byte the worker wrote before it began, so it claims those
+        (whole chunks written after their checks, counted just before the fsync): a syncer
+        behind a slow disk catches up in one fsync instead of one per sync queued, and
+        its ACK opens the sender's window by all of it. A sync whose bytes an earlier
+        fsync already covered needs no fsync of its own. Never a byte written after the
+        fsync began. A failure is the transfer's failure: nothing more is written."""
         if self._error is not None:
             raise self._error
         assert self._fh is not None
+        if written <= self.durable:  # covered by an fsync that began after they were written
+            return self.durable
+        covered = max(written, self._written)
         try:
             os.fsync(self._fh.fileno())
         except BaseException as exc:
             if self._error is None:
                 self._error = exc
             raise
-        self.durable = max(self.durable, written)
-        return written
+        self.durable = max(self.durable, covered)
+        return covered
 
     def _wait_syncer(self) -> None:
         """In the worker: return once every fsync handed to the syncer is done; raises the
@@ -269,7 +288,7 @@ class FileReceiver:
         """
         if self._error is not None:
             raise self._error
-        future = self._run(lambda: self._receiver.write(offset, data))
+        future = self._run(lambda: self._write(offset, data))
         self.offset = offset + len(data)
         if future.done():
             future.result()  # inline: this chunk's own failure, at once

@@ -259,28 +259,62 @@ def test_work_dropped_by_close_raises_a_transfer_error_not_a_cancellation(
 def _hold_syncer(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> threading.Event:
     """Make every fsync of a receiver's syncer thread wait until the returned event is set
     (then raise EIO when ``fail``); other fsyncs run as usual."""
-    gate = threading.Event()
-    real = os.fsync
+    return _SyncerGate(monkeypatch, fail).release
 
-    def fsync(fd: int) -> None:
-        if threading.current_thread().name.startswith("live-sync"):
+
+class _SyncerGate:
+    """Every fsync of a receiver's syncer thread waits for :attr:`release` (then raises EIO
+    when ``fail``); :attr:`started` is set when the first one began, :attr:`calls` counts
+    them. Other fsyncs run as usual."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> None:
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.calls = 0
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            if threading.current_thread().name.startswith("live-sync"):
+                self.calls += 1
+                self.started.set()
+                self.release.wait(60)
+                if fail:
+                    raise OSError(5, "Input/output error (test)")
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+
+def _writes_after(file: FileReceiver, offset: int, gate: threading.Event) -> None:
+    """Make ``file``'s worker wait before writing a chunk at ``offset`` or later until
+    ``gate`` is set."""
+    real_write = file._receiver.write
+
+    def held(at: int, chunk: bytes) -> None:
+        if at >= offset:
             gate.wait(60)
-            if fail:
-                raise OSError(5, "Input/output error (test)")
-        real(fd)
+        real_write(at, chunk)
 
-    monkeypatch.setattr(os, "fsync", fsync)
-    return gate
+    file._receiver.write = held  # type: ignore[method-assign,assignment]
+
+
+async def _written(file: FileReceiver) -> None:
+    """Return once the worker wrote every chunk handed over."""
+    deadline = asyncio.get_running_loop().time() + 60
+    while file.pending_bytes and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    assert file.pending_bytes == 0
 
 
 def test_writing_goes_on_while_an_fsync_runs_and_an_ack_claims_only_what_it_covered(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fsync runs in the syncer: the worker writes the chunks behind it meanwhile, and
     the sync's result is the bytes written before the fsync began, not those after."""
-    gate = _hold_syncer(monkeypatch)
+    fsyncs = _SyncerGate(monkeypatch)
     data = os.urandom(4 * MiB)
     path = tmp_path / "x.part"
     file = FileReceiver.open(path, _offer(data))
+    _writes_after(file, 2 * MiB, fsyncs.started)  # the last two chunks: after it began
 
     async def run() -> tuple[int, int]:
         chunks = _chunks(data)
@@ -289,18 +323,47 @@ def test_writing_goes_on_while_an_fsync_runs_and_an_ack_claims_only_what_it_cove
         synced = file.sync()
         for offset, chunk in chunks[2:]:
             file.write(offset, chunk)
-        deadline = asyncio.get_running_loop().time() + 60
-        while file.pending_bytes and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        assert file.pending_bytes == 0 and path.stat().st_size == 4 * MiB  # not held up
+        await _written(file)
+        assert path.stat().st_size == 4 * MiB  # not held up by the fsync
         assert not synced.done() and file.durable == 0  # the fsync still runs
-        gate.set()
+        fsyncs.release.set()
         durable = await file.wait(synced)
         await file.wait(file.finish())
         file.close()
         return durable, file.durable
 
     assert asyncio.run(run()) == (2 * MiB, 4 * MiB)
+    assert path.read_bytes() == data
+
+
+def test_a_syncer_behind_catches_up_in_one_fsync_that_claims_what_it_covered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Syncs queued behind a slow fsync: the next fsync covers every chunk written before
+    it began, its result (the ACK) claims them all, and a sync it covered needs no fsync
+    of its own — two fsyncs for three syncs, and never a byte claimed before it was
+    written."""
+    fsyncs = _SyncerGate(monkeypatch)
+    data = os.urandom(4 * MiB)
+    path = tmp_path / "x.part"
+    file = FileReceiver.open(path, _offer(data))
+    _writes_after(file, MiB, fsyncs.started)  # the first fsync begins with 1 MiB written
+
+    async def run() -> list[int]:
+        syncs = []
+        for offset, chunk in _chunks(data):
+            file.write(offset, chunk)
+            if offset < 3 * MiB:
+                syncs.append(file.sync())  # after 1, 2 and 3 MiB
+        await _written(file)
+        assert fsyncs.calls == 1 and not any(f.done() for f in syncs)
+        fsyncs.release.set()
+        durable = [await file.wait(f) for f in syncs]
+        assert fsyncs.calls == 2  # the third sync was covered by the second fsync
+        await file.wait(file.finish())
+        file.close()
+        return durable
+
+    assert asyncio.run(run()) == [MiB, 4 * MiB, 4 * MiB]
     assert path.read_bytes() == data
 
 
