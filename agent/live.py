@@ -65,6 +65,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.protocol import State as WsState
 
+from agent import heap
 from agent.config import AgentConfig
 from agent.home import AgentKeys, load_keys
 from agent.journal import JournalError
@@ -323,6 +324,7 @@ class LiveClient:
     async def run(self, stop: threading.Event) -> None:
         """Connect, serve, reconnect with backoff, until ``stop`` is set."""
         self._loop = asyncio.get_running_loop()
+        heap.keep_freed_blocks()  # bundles' 1 MiB messages reuse their buffers (agent.heap)
         self._logs = asyncio.Queue(MAX_QUEUED_LOGS)
         attempt = 0
         while not stop.is_set():
@@ -558,6 +560,7 @@ class LiveClient:
         inc = s.incoming.pop(transfer)
         inc.file.close()
         inc.path.unlink(missing_ok=True)
+        _incoming_ended(s)
         log.error("live: %s rejected: %s", inc.file.offer.name, exc)
         if isinstance(exc, SyncError):
             s.conn.send_cancel(transfer, "hub", "corrupt", exc.remote_text)
@@ -589,6 +592,7 @@ class LiveClient:
             fsync_dir(self.config.inbox)
         log.info("live: received %s into the inbox", dest.name)
         s.conn.send_received(transfer)
+        _incoming_ended(s)
 
     def _cancelled(self, s: _Session, event: TransferCancelled) -> None:
         if event.offered_by == "hub":
@@ -596,6 +600,7 @@ class LiveClient:
             if inc is not None:
                 inc.file.close()
                 inc.path.unlink(missing_ok=True)
+                _incoming_ended(s)
         else:
             path = s.outgoing.pop(event.transfer, None)
             s.acked.pop(event.transfer, None)
@@ -704,6 +709,13 @@ def _size_and_sha256(path: Path) -> tuple[int, str]:
             h.update(block)
             size += len(block)
     return size, h.hexdigest()
+
+
+def _incoming_ended(s: _Session) -> None:
+    """An incoming transfer ended: after the last one, the heap's free memory (its 1 MiB
+    messages) goes back to the kernel (:mod:`agent.heap`)."""
+    if not s.incoming:
+        heap.give_back()
 
 
 def run_live_client(config: AgentConfig, stop_event: threading.Event,

@@ -110,6 +110,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from agent import heap
 from agent.live import _peer_binding, pinned_context
 from bundle.live_file import FileReceiver
 from bundle.sync import (
@@ -154,6 +155,12 @@ def proc_cpu(pid: int) -> float:
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
+
+
+def proc_faults(pid: int) -> int:
+    """Minor page faults of process ``pid`` (all its threads), from /proc."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return int(text[text.rindex(")") + 2:].split()[7])  # minflt (field 10)
 
 
 def proc_children(pid: int) -> list[int]:
@@ -606,6 +613,9 @@ class SimAgent:
     # called with (agent id, transfer, time.time()) when a bundle passed its SHA-256 check
     on_received: Any = None
     on_offered: Any = None  # called with the transfer id when its OFFER arrives
+    # as agent/live.py in its own process: the heap's free memory back to the kernel after
+    # the last incoming transfer (agent.heap); not for many agents sharing one process
+    give_back_heap: bool = False
     conn: AgentSide = field(init=False)
     ws: ClientConnection | None = None
     heartbeat: int = 0
@@ -744,6 +754,8 @@ class SimAgent:
             inc.file.close()
             self.received[event.transfer] = time.time()
             self.conn.send_received(event.transfer)
+            if self.give_back_heap and not self._incoming:
+                heap.give_back()
             self._got.set()
             if self.on_received is not None:
                 self.on_received(self.agent_id, event.transfer, self.received[event.transfer])
@@ -1385,17 +1397,20 @@ class _Marks:
     loop: float  # this thread (the event loop's)
     sender: float  # the sending process, all threads
     faults: int  # this process's minor page faults
+    sender_faults: int  # the sending process's
 
     @classmethod
     def now(cls, sender_pid: int) -> _Marks:
         return cls(time.perf_counter(), time.process_time(), time.thread_time(),
-                   cpu_of(sender_pid), resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+                   cpu_of(sender_pid), resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
+                   proc_faults(sender_pid))
 
     def since(self, start: _Marks) -> dict[str, float]:
         return {"seconds": self.t - start.t, "recv_cpu_s": self.cpu - start.cpu,
                 "recv_loop_cpu_s": self.loop - start.loop,
                 "send_cpu_s": self.sender - start.sender,
-                "recv_faults": self.faults - start.faults}
+                "recv_faults": self.faults - start.faults,
+                "send_faults": self.sender_faults - start.sender_faults}
 
 
 def _transfer_receiver(spec_file: Path) -> None:
@@ -1415,8 +1430,10 @@ async def _receive_tiangong(spec: dict[str, Any]) -> dict[str, Any]:
     whole file checked and, to disk, fsynced."""
     sender = spec["sender_pid"]
     sink_dir = Path(spec["sink_dir"]) if spec["sink"] == "disk" else None
+    if not spec["agent_heap_default"]:
+        heap.keep_freed_blocks()  # as agent/live.py when its live client starts
     agent = SimAgent(spec["agent_id"], SigningKey(bytes.fromhex(spec["seed"])),
-                     spec["hub_id"], sink_dir)
+                     spec["hub_id"], sink_dir, give_back_heap=not spec["agent_heap_default"])
     marks: dict[str, _Marks] = {}
     agent.on_offered = lambda transfer: marks.setdefault("offer", _Marks.now(sender))
     agent.on_received = lambda *_: marks.setdefault("end", _Marks.now(sender))
@@ -1440,6 +1457,8 @@ async def _receive_bare(spec: dict[str, Any]) -> dict[str, Any]:
     the window runs from before the connection to the last byte in the sink (to disk,
     fsynced; for the agent's sink, checked against the SHA-256 too)."""
     size, sink_path = spec["size"], Path(spec["sink_dir"]) / "baseline.part"
+    if spec["tuned_heap"]:  # --bare-heap-tuned: the agent's heap settings here too
+        heap.keep_freed_blocks()
     sink: _FileSink = (_FileSink(sink_path) if spec["sink"] == "disk"
                        else _NullSink() if spec["sink"] == "memory"
                        else _AgentSink(sink_path if spec["sink"] == "agent_disk" else None,
@@ -1460,6 +1479,8 @@ async def _receive_bare(spec: dict[str, Any]) -> dict[str, Any]:
                 synced = received
             await sink.room()
     await sink.finish()
+    if spec["tuned_heap"]:
+        heap.give_back()
     out = _Marks.now(spec["sender_pid"]).since(start)
     out["open_seconds"] = start.t - before.t
     if received != size:
@@ -1472,8 +1493,10 @@ async def _receive_in_child(work: Path, spec: dict[str, Any]) -> dict[str, Any]:
     spec_file.write_text(json.dumps(spec))
     err_path = work / "receiver-stderr.log"
     with err_path.open("ab") as err:
+        name = f"{spec['sender']}-{spec['sink']}-{spec['round']}"
+        wrap = [w.replace("{name}", name) for w in spec["wrap"].split()]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--transfer-receiver", str(spec_file),
+            *wrap, sys.executable, __file__, "--transfer-receiver", str(spec_file),
             stdout=asyncio.subprocess.PIPE, stderr=err)
     child = HubProcess(proc, err_path)
     try:
@@ -1527,10 +1550,14 @@ async def transfer_series(args: argparse.Namespace, work: Path) -> dict[str, Any
         idle0, t0 = cpu_of(hub.pid), time.perf_counter()
         await asyncio.sleep(2)
         hub_idle = (cpu_of(hub.pid) - idle0) / (time.perf_counter() - t0)
+        print(f"  hub pid {hub.pid}, bare server pid {echo.pid} (for a profiler)", flush=True)
         for i in range(args.transfer_repeat):
             order = TRANSFER_VARIANTS if i % 2 == 0 else TRANSFER_VARIANTS[::-1]
             for sender, sink in order:
                 spec: dict[str, Any] = {"sender": sender, "sink": sink, "size": size,
+                                        "tuned_heap": args.bare_heap_tuned, "round": i,
+                                        "wrap": args.wrap_receiver,
+                                        "agent_heap_default": args.agent_heap_default,
                                         "sha256": digest.hexdigest(),
                                         "sink_dir": str(sink_dir)}
                 spooled = None
@@ -1591,6 +1618,7 @@ def _transfer_figures(runs: list[dict[str, Any]], mib: int, peak_rss: float
         out[f"{name}_cpu_ms_per_mib"] = round(total["median"], 3)
         out[f"{name}_cpu_ms_per_mib_range"] = [round(total["min"], 3), round(total["max"], 3)]
         out[f"{name}_recv_faults"] = round(statistics.median(r["recv_faults"] for r in rs))
+        out[f"{name}_send_faults"] = round(statistics.median(r["send_faults"] for r in rs))
         if name.startswith("tiangong"):
             offer = [r["offer_send_cpu_s"] * 1000 / mib for r in rs]
             out[f"{name}_offer_send_cpu_ms_per_mib"] = round(statistics.median(offer), 3)
@@ -1635,7 +1663,8 @@ def _print_transfer(t: dict[str, Any]) -> None:
         print(f"  {name:22} {t[f'{name}_mb_s']:5} MB/s ({lo}-{hi}); CPU "
               f"{t[f'{name}_recv_cpu_ms_per_mib']:.3f} ({loop:.3f})"
               f" + {t[f'{name}_send_cpu_ms_per_mib']:.3f} = {t[f'{name}_cpu_ms_per_mib']:.3f} "
-              f"({c_lo:.3f}-{c_hi:.3f}); receiver faults {t[f'{name}_recv_faults']}{offer}",
+              f"({c_lo:.3f}-{c_hi:.3f}); page faults {t[f'{name}_recv_faults']} + "
+              f"{t[f'{name}_send_faults']}{offer}",
               flush=True)
     for bare, mine in TRANSFER_PAIRS.items():
         lo, hi = t[f"ratio_{bare}_range"]
@@ -1692,7 +1721,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             report["transfer"] = t
             print("RESULT live_agents_transfer " + " ".join(
                 f"{k}={v}" for k, v in t.items() if not isinstance(v, list)), flush=True)
-            shutil.rmtree(d, ignore_errors=True)
     finally:
         if args.keep:
             print(f"work directory kept: {work}")
@@ -1762,6 +1790,16 @@ def main(argv: list[str] | None = None) -> None:
                          "write them to FILE when it stops (costs the hub some CPU)")
     ap.add_argument("--echo-child", metavar="FILE", help=argparse.SUPPRESS)
     ap.add_argument("--transfer-receiver", metavar="SPEC_JSON", help=argparse.SUPPRESS)
+    ap.add_argument("--wrap-receiver", default="", metavar="COMMAND",
+                    help="transfer: run each receiver under this command prefix ({name}: "
+                         "sender-sink-round), e.g. 'perf record -g -o /tmp/{name}.data --'")
+    ap.add_argument("--agent-heap-default", action="store_true",
+                    help="transfer: the Tiangong agent leaves the C heap at its defaults (as "
+                         "before agent.heap), for a before/after")
+    ap.add_argument("--bare-heap-tuned", action="store_true",
+                    help="transfer: the bare receivers set the C heap as the agent does "
+                         "(agent.heap: keep freed message buffers, give them back at the end) "
+                         "for a like-for-like figure of that too")
     args = ap.parse_args(argv)
     if args.hub_child:
         _hub_child(Path(args.hub_child[0]), Path(args.hub_child[1]), args.port, args.tls,
