@@ -391,6 +391,8 @@ class LiveClient:
                     task.cancel()
                 for inc in s.incoming.values():
                     inc.file.close()  # what was fsynced stays for a resume
+                if s.incoming:  # transfers cut off: their buffers are free now too
+                    heap.give_back()
             return welcomed
 
     async def _watch_stop(self, stop: threading.Event, ws: ClientConnection) -> None:

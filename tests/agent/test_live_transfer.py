@@ -41,8 +41,10 @@ class _ScriptedHub(_FakeHub):
     sends ``wire`` (the bytes as they go out, maybe corrupted) in CHUNKs, then DONE;
     records ACK offsets and how the transfer ended."""
 
-    def __init__(self, offer: Offer, wire: bytes) -> None:
+    def __init__(self, offer: Offer, wire: bytes, drop_at: int | None = None) -> None:
         self.offer, self.wire = offer, wire
+        self.drop_at = drop_at  # the first connection is closed after sending these bytes
+        self.resumes: list[int] = []  # RESUME offsets, one per connection that asked
         self.acks: list[int] = []
         self.ended: list[Any] = []  # TransferReceived / TransferCancelled
         super().__init__(_Keys.identity, silent=False)
@@ -59,7 +61,12 @@ class _ScriptedHub(_FakeHub):
                 if isinstance(event, HelloReceived):
                     conn.challenge(self.key.public, os.urandom(32), int(time.time()))
                 elif isinstance(event, ResumeRequested):
+                    self.resumes.append(event.offset)
                     for offset in range(event.offset, len(self.wire), MAX_CHUNK_BYTES):
+                        if self.drop_at is not None and offset >= self.drop_at:
+                            self.drop_at = None
+                            await ws.close()  # the connection is lost mid-transfer
+                            return
                         conn.send_chunk(event.transfer, offset,
                                         self.wire[offset:offset + MAX_CHUNK_BYTES])
                         for out in conn.data_to_send():
@@ -73,9 +80,10 @@ class _ScriptedHub(_FakeHub):
                 await ws.send(out)
 
 
-def _deliver(tmp_path: Path, offer: Offer, wire: bytes) -> tuple[_ScriptedHub, AgentConfig]:
+def _deliver(tmp_path: Path, offer: Offer, wire: bytes,
+             drop_at: int | None = None) -> tuple[_ScriptedHub, AgentConfig]:
     (tmp_path / "inbox").mkdir()
-    hub = _ScriptedHub(offer, wire)
+    hub = _ScriptedHub(offer, wire, drop_at)
     client, stop, thread = _run_client(tmp_path, hub)
     try:
         wait_for(lambda: bool(hub.ended), DEADLINE, "the agent to answer the transfer")
@@ -127,6 +135,18 @@ def test_a_bundle_arrives_whole_with_acks_for_fsynced_bytes_in_order(
     # The message buffers were kept for reuse from the start, and the heap's free memory
     # went back once the transfer was in (agent.heap).
     assert heap_calls == ["keep_freed_blocks", "give_back"]
+
+
+def test_a_transfer_cut_off_gives_the_heap_back_and_resumes_on_the_next_connection(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    heap_calls = _heap_calls(monkeypatch)
+    data = os.urandom(12 * MiB)
+    hub, config = _deliver(tmp_path, _offer(data), data, drop_at=4 * MiB)
+    assert isinstance(hub.ended[0], TransferReceived)
+    assert (config.inbox / "billing-2.4.0.tgb").read_bytes() == data
+    assert len(hub.resumes) == 2 and hub.resumes[0] == 0 and hub.resumes[1] <= 4 * MiB
+    # The cut-off connection gave the free memory back, then the finished transfer did.
+    assert heap_calls == ["keep_freed_blocks", "give_back", "give_back"]
 
 
 def _flip(data: bytes, at: int) -> bytes:
