@@ -14,8 +14,10 @@ row inserted with state ``queued``, or updated with its state set to ``queued``,
 ``agents`` row whose ``status`` changed (revocation). :func:`wake_on_commit` watches a session
 factory for them — the ORM's flushes (``after_flush``) and ORM ``UPDATE``/``INSERT``
 statements (``do_orm_execute``: a conditional ``update(Deployment).values(state="queued")``)
-— and sends after the commit (``after_commit``); a rollback forgets (``after_rollback``), so
-nothing is sent for work that did not happen.
+— and sends after the commit (``after_commit`` of the transaction, not of a savepoint: a
+poll woken then could not see the work yet); a rollback forgets (``after_rollback``; a
+savepoint's rollback only what was noted inside it; a session closed without either,
+``after_transaction_end``), so nothing is sent for work that did not happen.
 
 Why beside the database file, not under ``data_dir``: the database is what the processes
 share by definition (the session hook knows only its engine, so nothing has to be passed to
@@ -49,7 +51,14 @@ from typing import Any
 
 from sqlalchemy import Engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction, scoped_session, sessionmaker
+from sqlalchemy.orm import (
+    ORMExecuteState,
+    Session,
+    SessionTransaction,
+    UOWTransaction,
+    scoped_session,
+    sessionmaker,
+)
 from sqlalchemy.orm.attributes import History
 from sqlalchemy.sql.elements import BindParameter
 
@@ -63,7 +72,7 @@ log = logging.getLogger("tiangong.hub.live")
 SUFFIX = "-wake"  # the wake-up directory: the database file's path + this
 SOCKET_SUFFIX = ".sock"
 MAX_ADDRESS_BYTES = 107  # bytes of a Unix socket path (sun_path: 108 with its NUL)
-_NOTED = "tiangong_live_wake"  # Session.info key: this transaction queued or revoked
+_NOTED = "tiangong_live_wake"  # Session.info key: this transaction queued or revoked (_note)
 _sender: socket.socket | None = None
 _sender_lock = threading.Lock()
 _warned: set[str] = set()  # problems logged once a process (per directory and kind)
@@ -220,31 +229,71 @@ def _param_rows(parameters: Any) -> Iterator[dict[str, Any]]:
         yield from (p for p in parameters if isinstance(p, dict))
 
 
+# Session.info[_NOTED]: the innermost savepoint (SessionTransaction) open when the work was
+# first noted, None for the transaction itself; absent: nothing noted. A savepoint's commit
+# and rollback fire after_commit/after_rollback too: its release hands the note to the
+# enclosing level (nothing is sent before the real commit), its rollback forgets only what
+# was noted inside it.
+
+
+def _note(session: Session) -> None:
+    session.info[_NOTED] = session.get_nested_transaction()
+
+
+def _enclosing_savepoint(transaction: SessionTransaction) -> SessionTransaction | None:
+    parent = transaction.parent
+    while parent is not None and not parent.nested:
+        parent = parent.parent
+    return parent
+
+
+def _inside(noted: SessionTransaction | None, savepoint: SessionTransaction) -> bool:
+    while noted is not None:
+        if noted is savepoint:
+            return True
+        noted = noted.parent
+    return False
+
+
 def _after_flush(session: Session, _context: UOWTransaction) -> None:
-    if not session.info.get(_NOTED) and _flushed_wakes(session):
-        session.info[_NOTED] = True
+    if _NOTED not in session.info and _flushed_wakes(session):
+        _note(session)
 
 
 def _on_execute(state: ORMExecuteState) -> None:
-    if not state.session.info.get(_NOTED) and _statement_wakes(state):
-        state.session.info[_NOTED] = True
+    if _NOTED not in state.session.info and _statement_wakes(state):
+        _note(state.session)
 
 
 def _after_commit(session: Session) -> None:
-    if not session.info.pop(_NOTED, False):
+    if _NOTED not in session.info:
         return
+    savepoint = session.get_nested_transaction()
+    if savepoint is not None:  # released: the work is the enclosing level's now
+        if session.info[_NOTED] is savepoint:
+            session.info[_NOTED] = _enclosing_savepoint(savepoint)
+        return
+    del session.info[_NOTED]
     directory = _engine_wake_dir(session.get_bind())  # type: ignore[arg-type]
     if directory is not None:
         send_wakeups(directory)
 
 
 def _after_rollback(session: Session) -> None:
-    session.info.pop(_NOTED, None)
+    savepoint = session.get_nested_transaction()
+    if savepoint is None or _inside(session.info.get(_NOTED), savepoint):
+        session.info.pop(_NOTED, None)
+
+
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # also a close() without commit or rollback
+        session.info.pop(_NOTED, None)
 
 
 _LISTENERS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("after_flush", _after_flush), ("do_orm_execute", _on_execute),
-    ("after_commit", _after_commit), ("after_rollback", _after_rollback))
+    ("after_commit", _after_commit), ("after_rollback", _after_rollback),
+    ("after_transaction_end", _after_transaction_end))
 
 
 def wake_on_commit(sessions: sessionmaker[Any] | scoped_session[Any]) -> None:

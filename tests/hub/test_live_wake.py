@@ -319,3 +319,46 @@ def test_the_web_apps_sessions_wake_too(tmp_path: Path, clock: FakeClock) -> Non
             db.session.remove()
     finally:
         receiver.close()
+
+
+def test_a_savepoint_neither_sends_before_the_commit_nor_forgets_the_transactions_work(
+        site: Site, receivers: list[Receiver]) -> None:
+    """A savepoint released (web/api/runs.py ships an ad-hoc run in one) is not the commit:
+    a datagram then woke a poll that could not see the deployment yet, and the commit sent
+    none. A savepoint rolled back forgets only what was noted inside it."""
+    session = site.session()
+    with session.begin_nested():
+        _queue(site)
+    assert [r.received() for r in receivers] == [0, 0]  # nobody else sees it yet
+    session.commit()
+    assert [r.received() for r in receivers] == [1, 1]
+
+    _queue(site, "plant-b")
+    session.flush()  # queued in the transaction, before the savepoint
+    savepoint = session.begin_nested()
+    session.add(Environment(name="plant-c", created_at=site.world.clock()))
+    session.flush()
+    savepoint.rollback()  # e.g. ConflictError in hub.services.promotion._enter
+    session.commit()
+    assert [r.received() for r in receivers] == [1, 1]
+    assert site.queued() == 2
+
+    savepoint = session.begin_nested()
+    _queue(site, "plant-d")
+    session.flush()  # noted inside the savepoint only
+    savepoint.rollback()
+    session.commit()
+    assert [r.received() for r in receivers] == [0, 0]
+    assert site.queued() == 2
+
+
+def test_a_session_closed_without_a_commit_forgets_what_it_flushed(
+        site: Site, receivers: list[Receiver]) -> None:
+    session = site.session()
+    _queue(site)
+    session.flush()
+    session.close()  # its transaction rolled back without after_rollback
+    create_environment(site.world.ctx("admin"), "plant-b")  # the session used again
+    session.commit()
+    assert [r.received() for r in receivers] == [0, 0]
+    assert site.queued() == 0
