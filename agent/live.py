@@ -392,7 +392,7 @@ class LiveClient:
                 for inc in s.incoming.values():
                     inc.file.close()  # what was fsynced stays for a resume
                 if s.incoming:  # transfers cut off: their buffers are free now too
-                    heap.give_back()
+                    _give_back_heap()
             return welcomed
 
     async def _watch_stop(self, stop: threading.Event, ws: ClientConnection) -> None:
@@ -717,7 +717,14 @@ def _incoming_ended(s: _Session) -> None:
     """An incoming transfer ended: after the last one, the heap's free memory (its 1 MiB
     messages) goes back to the kernel (:mod:`agent.heap`)."""
     if not s.incoming:
-        heap.give_back()
+        _give_back_heap()
+
+
+def _give_back_heap() -> asyncio.Future[bool]:
+    """:func:`agent.heap.give_back` in a worker thread (``ctypes`` releases the GIL): trimming
+    a transfer's worth of free heap takes a few milliseconds, which RECEIVED and the
+    connection's other messages do not wait for."""
+    return asyncio.get_running_loop().run_in_executor(None, heap.give_back)
 
 
 def run_live_client(config: AgentConfig, stop_event: threading.Event,

@@ -111,7 +111,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from agent import heap
-from agent.live import _peer_binding, pinned_context
+from agent.live import _give_back_heap, _peer_binding, pinned_context
 from bundle.live_file import FileReceiver
 from bundle.sync import (
     MAX_MESSAGE_BYTES,
@@ -616,6 +616,8 @@ class SimAgent:
     # as agent/live.py in its own process: the heap's free memory back to the kernel after
     # the last incoming transfer (agent.heap); not for many agents sharing one process
     give_back_heap: bool = False
+    gave_back: Any = None  # the future of the last give-back (agent/live.py's, in a thread)
+    last_chunk: float = 0.0  # time.perf_counter() when the last CHUNK was handed over
     conn: AgentSide = field(init=False)
     ws: ClientConnection | None = None
     heartbeat: int = 0
@@ -740,6 +742,7 @@ class SimAgent:
         elif isinstance(event, ChunkReceived):
             inc = self._incoming[event.transfer]
             inc.file.write(event.offset, event.data)
+            self.last_chunk = time.perf_counter()
             end = inc.file.offset
             if end - inc.syncing >= ACK_EVERY_BYTES or end == inc.file.offer.size:
                 inc.syncing = end
@@ -755,7 +758,7 @@ class SimAgent:
             self.received[event.transfer] = time.time()
             self.conn.send_received(event.transfer)
             if self.give_back_heap and not self._incoming:
-                heap.give_back()
+                self.gave_back = _give_back_heap()
             self._got.set()
             if self.on_received is not None:
                 self.on_received(self.agent_id, event.transfer, self.received[event.transfer])
@@ -1447,6 +1450,11 @@ async def _receive_tiangong(spec: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError(f"the agent received {list(agent.received)} ({agent.error}), "
                            f"expected {spec['transfer']}")
     out = marks["end"].since(marks["offer"])
+    if agent.gave_back is not None:  # its CPU counts too, though RECEIVED did not wait
+        await agent.gave_back
+        after = _Marks.now(sender).since(marks["offer"])
+        out.update((k, after[k]) for k in ("recv_cpu_s", "recv_loop_cpu_s", "recv_faults"))
+    out["tail_seconds"] = marks["end"].t - agent.last_chunk
     offer = marks["offer"].since(marks["connect"])
     out["offer_seconds"], out["offer_send_cpu_s"] = offer["seconds"], offer["send_cpu_s"]
     return out
@@ -1473,6 +1481,7 @@ async def _receive_bare(spec: dict[str, Any]) -> dict[str, Any]:
         async for message in ws:
             assert isinstance(message, bytes)
             sink.write(received, message)
+            last = time.perf_counter()
             received += len(message)
             if received - synced >= ACK_EVERY_BYTES or received == size:
                 sink.sync()
@@ -1483,6 +1492,7 @@ async def _receive_bare(spec: dict[str, Any]) -> dict[str, Any]:
         heap.give_back()
     out = _Marks.now(spec["sender_pid"]).since(start)
     out["open_seconds"] = start.t - before.t
+    out["tail_seconds"] = _Marks.now(spec["sender_pid"]).t - last
     if received != size:
         raise RuntimeError(f"baseline received {received} of {size} bytes")
     return out
@@ -1618,6 +1628,9 @@ def _transfer_figures(runs: list[dict[str, Any]], mib: int, peak_rss: float
         out[f"{name}_cpu_ms_per_mib"] = round(total["median"], 3)
         out[f"{name}_cpu_ms_per_mib_range"] = [round(total["min"], 3), round(total["max"], 3)]
         out[f"{name}_recv_faults"] = round(statistics.median(r["recv_faults"] for r in rs))
+        # from the last byte read to the file checked (and fsynced): what waited for the
+        # worker, the syncer, the closing handshake
+        out[f"{name}_tail_ms"] = round(statistics.median(r["tail_seconds"] for r in rs) * 1e3, 1)
         out[f"{name}_send_faults"] = round(statistics.median(r["send_faults"] for r in rs))
         if name.startswith("tiangong"):
             offer = [r["offer_send_cpu_s"] * 1000 / mib for r in rs]
@@ -1664,7 +1677,7 @@ def _print_transfer(t: dict[str, Any]) -> None:
               f"{t[f'{name}_recv_cpu_ms_per_mib']:.3f} ({loop:.3f})"
               f" + {t[f'{name}_send_cpu_ms_per_mib']:.3f} = {t[f'{name}_cpu_ms_per_mib']:.3f} "
               f"({c_lo:.3f}-{c_hi:.3f}); page faults {t[f'{name}_recv_faults']} + "
-              f"{t[f'{name}_send_faults']}{offer}",
+              f"{t[f'{name}_send_faults']}; last byte -> done {t[f'{name}_tail_ms']} ms{offer}",
               flush=True)
     for bare, mine in TRANSFER_PAIRS.items():
         lo, hi = t[f"ratio_{bare}_range"]
