@@ -9,9 +9,6 @@ This module does not import result files (:mod:`hub.services.result_import`).
 
 from __future__ import annotations
 
-import errno
-import os
-import stat
 from pathlib import Path
 
 from sqlalchemy import select
@@ -22,7 +19,7 @@ from hub.errors import HubError, ValidationError
 from hub.services import audit
 from hub.services.agents import EnrollmentRequest, EnrollmentResponse, enroll_agent
 from hub.services.context import ServiceContext
-from hub.services.import_files import ImportRow
+from hub.services.import_files import ImportRow, NotAFile, open_handed_in
 from signing.envelope import TYPE_ENROLLMENT, parse_envelope, verify_envelope
 from signing.errors import KeyFileError, SigningError
 from signing.fileio import write_file_atomic
@@ -136,14 +133,10 @@ def _read_request(path: Path) -> bytes:
         OSError: it cannot be read.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ValidationError(f"{path.name} is a symbolic link") from None
-        raise
+        fd = open_handed_in(path)
+    except NotAFile as exc:
+        raise ValidationError(str(exc)) from None
     with open(fd, "rb", buffering=0) as source:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValidationError(f"{path.name} is not a regular file")
         chunks: list[bytes] = []
         left = MAX_ENROLLMENT_BYTES + 1
         while left > 0 and (chunk := source.read(left)):

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,8 +36,10 @@ __all__ = [
     "CopyingReader",
     "ImportReport",
     "ImportRow",
+    "NotAFile",
     "Rejected",
     "claim_result",
+    "open_handed_in",
     "remove_stale_copies",
     "sync_copies",
 ]
@@ -170,6 +174,39 @@ def claim_result(source: CopyingReader, name: str) -> tuple[str, str]:
         raise Rejected(f"not a result bundle ({name} is {what[:80]})")
     return agent_id, hashlib.sha256(head.envelope).hexdigest()
 
+
+
+class NotAFile(Exception):
+    """What was handed in under a file's name is a symbolic link or not a regular file."""
+
+
+def open_handed_in(path: Path) -> int:
+    """A descriptor for reading ``path``, a file handed in (a result, an enrollment request),
+    only if it is a regular file: a symbolic link is not followed, and a FIFO, socket or
+    device is refused by what ``lstat`` says, never opened — opening is already doing
+    something to those (a FIFO waits for a writer; a device node on a stick mounted without
+    ``nodev`` may be a watchdog, which starts when opened). ``O_NOFOLLOW``, ``O_NONBLOCK``
+    and a check of the opened file stay for one swapped in meanwhile.
+
+    Raises:
+        NotAFile: the message names the file and what it is.
+        OSError: it cannot be looked at or opened.
+    """
+    what = os.lstat(path).st_mode
+    if stat.S_ISLNK(what):
+        raise NotAFile(f"{path.name} is a symbolic link")
+    if not stat.S_ISREG(what):
+        raise NotAFile(f"{path.name} is not a regular file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotAFile(f"{path.name} is a symbolic link") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotAFile(f"{path.name} is not a regular file")
+    return fd
 
 
 def sync_copies(paths: list[Path]) -> None:

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import errno
 import os
 import re
 import shutil
-import stat
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -49,8 +47,10 @@ from hub.services.import_files import (
     CopyingReader,
     ImportReport,
     ImportRow,
+    NotAFile,
     Rejected,
     claim_result,
+    open_handed_in,
     remove_stale_copies,
     sync_copies,
 )
@@ -475,16 +475,14 @@ class _ImportRun:
         """Copy the file into the results directory, inspecting its head on the way."""
         name = inc.path.name
         try:
-            # O_NONBLOCK: a FIFO opens at once and is refused below, not waited on
-            fd = os.open(inc.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = open_handed_in(inc.path)  # a FIFO or device is refused, never opened
+        except NotAFile as exc:
+            inc.rejected = Rejected(str(exc))
+            return
         except OSError as exc:
-            what = "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be read: {exc}"
-            inc.rejected = Rejected(f"{name} {what}")
+            inc.rejected = Rejected(f"{name} cannot be read: {exc}")
             return
         with open(fd, "rb", buffering=0) as source:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                inc.rejected = Rejected(f"{name} is not a regular file")
-                return
             out, copy = tempfile.mkstemp(
                 prefix=INCOMING_PREFIX, suffix=".tgr", dir=self.results_dir
             )

@@ -9,6 +9,7 @@ import base64
 import contextlib
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -389,6 +390,48 @@ def test_fifos_and_links_named_like_results_or_requests_are_refused_by_name(
     assert len(_events(world, "result.rejected")) == before + 3
     assert (media / "e0-fifo.tgr").is_fifo() and (media / "enrollment-fifo.json").is_fifo()
     assert (media / "enrollment-link.json").is_symlink()
+    _assert_chain_ok(world)
+    agent.close()
+
+
+def test_what_is_not_a_regular_file_is_refused_by_its_name_without_being_opened(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening is already doing something to a FIFO, a socket or a device node (a stick
+    mounted without ``nodev`` may hold one named ``x.tgr`` for a watchdog, which starts
+    when opened, or a tape, which rewinds): each is refused by what ``lstat`` says, never
+    opened, and stays; the sound result beside them is imported."""
+    agent = _agent(world, tmp_path)
+    (r,) = _results(agent, 1)
+    media = _media(tmp_path, "usb", {"e1.tgr": r})
+    odd = [media / "e0-fifo.tgr", media / "enrollment-fifo.json", media / "e2-sock.tgr",
+           media / "enrollment-sock.json"]
+    os.mkfifo(odd[0])
+    os.mkfifo(odd[1])
+    sockets = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+    for sock, path in zip(sockets, odd[2:], strict=True):
+        sock.bind(str(path))
+    opened: list[Path] = []
+    real_open = os.open
+
+    def recording_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        opened.append(Path(os.fsdecode(path)))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    before = len(_events(world, "result.rejected"))
+    try:
+        rows = {row.file: row for row in _import(world, media, tmp_path / "results")}
+    finally:
+        monkeypatch.undo()
+        for sock in sockets:
+            sock.close()
+    assert rows["e1.tgr"].status == "imported"
+    for path in odd:
+        assert rows[path.name].status == "rejected"
+        assert f"{path.name} is not a regular file" in rows[path.name].reason
+        assert path not in opened
+    assert len(_events(world, "result.rejected")) == before + 4
+    assert odd[0].is_fifo() and odd[1].is_fifo() and odd[2].is_socket() and odd[3].is_socket()
     _assert_chain_ok(world)
     agent.close()
 
