@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -604,3 +605,79 @@ def test_a_bundle_the_agent_found_corrupt_is_hashed_again_before_its_next_offer(
     hub._cancelled(peer, TransferCancelled("t1", "hub", "corrupt", "digest differs"))  # type: ignore[arg-type]
     assert hub._digests.get(path) == (12, hashlib.sha256(b"bundle bytes").hexdigest())
     assert path.exists() and not peer.outgoing  # still spooled, offered again later
+
+
+class _ChunkConn:
+    """The protocol's side of a file being sent, as ``_send_file`` uses it: CHUNK messages
+    built into the buffer handed over when it fits (as ``encode_chunk``), counted."""
+
+    def __init__(self) -> None:
+        self.agent_id = "a1"
+        self.is_open = True
+        self.out: list[bytearray] = []
+        self.reused = 0
+        self.done = False
+
+    def in_flight(self, transfer: str) -> int:
+        return 0  # every byte acknowledged at once: only the writer sets the pace
+
+    def send_chunk_from(self, transfer: str, offset: int, size: int,
+                        fill: Callable[[memoryview], None], *,
+                        buffer: bytearray | None = None) -> None:
+        if buffer is not None and len(buffer) == size:
+            self.reused += 1
+        message = buffer if buffer is not None and len(buffer) == size else bytearray(size)
+        fill(memoryview(message))
+        self.out.append(message)
+
+    def send_done(self, transfer: str) -> None:
+        self.done = True
+
+    def data_to_send(self) -> list[bytearray]:
+        out, self.out = self.out, []
+        return out
+
+
+def test_sent_chunk_buffers_are_reused_while_a_file_is_sent_and_dropped_after(
+        keys: Keys, tmp_path: Path) -> None:
+    """The writer keeps a sent CHUNK message to be filled again — while a file is being
+    sent on the connection. After the last one nothing is kept: an agent's connection
+    lives for days, and 2 MiB held by each of 10,000 would be 20 GiB."""
+    from websockets.protocol import State as WsState
+
+    from hub.live_guard import LiveLimits
+    from hub.live_hub import _Peer
+
+    hub = _hub(keys, tmp_path)
+    path = tmp_path / "b.tgb"
+    data = os.urandom(6 * 1024 * 1024 + 5)
+    path.write_bytes(data)
+    sent: list[bytes] = []
+
+    async def send(message: bytes | bytearray) -> None:
+        sent.append(bytes(message))
+        await asyncio.sleep(0)
+
+    ws = SimpleNamespace(send=send, state=WsState.OPEN,
+                         protocol=SimpleNamespace(state=WsState.OPEN),
+                         transport=SimpleNamespace(get_write_buffer_size=lambda: 0))
+    conn = _ChunkConn()
+    peer = _Peer(ws, conn, "127.0.0.1", LiveLimits())  # type: ignore[arg-type]
+    peer.outgoing["t1"] = path
+    peer.acked["t1"] = asyncio.Event()
+
+    async def run() -> None:
+        writer = asyncio.create_task(hub._write_loop(peer))
+        await hub._send_file(peer, "t1", 0)
+        assert conn.done and peer.sending == 0 and peer.spare == []
+        deadline = asyncio.get_running_loop().time() + DEADLINE
+        while peer.queue and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        peer.ending = True
+        peer.wakeup.set()
+        await asyncio.wait_for(writer, DEADLINE)
+
+    asyncio.run(run())
+    assert b"".join(sent) == data  # every byte, in order
+    assert conn.reused >= 1  # buffers were filled again during the transfer ...
+    assert peer.spare == []  # ... and none is kept once it is sent
