@@ -64,14 +64,15 @@ from sqlalchemy.sql.elements import BindParameter
 
 from hub.db import Agent, Deployment, normalize_url
 
-__all__ = ["MAX_ADDRESS_BYTES", "SOCKET_SUFFIX", "SUFFIX", "WakeSocket", "send_wakeups",
-           "wake_dir", "wake_on_commit"]
+__all__ = ["DRAIN_DATAGRAMS", "MAX_ADDRESS_BYTES", "SOCKET_SUFFIX", "SUFFIX", "WakeSocket",
+           "send_wakeups", "wake_dir", "wake_on_commit"]
 
 log = logging.getLogger("tiangong.hub.live")
 
 SUFFIX = "-wake"  # the wake-up directory: the database file's path + this
 SOCKET_SUFFIX = ".sock"
 MAX_ADDRESS_BYTES = 107  # bytes of a Unix socket path (sun_path: 108 with its NUL)
+DRAIN_DATAGRAMS = 64  # datagrams a live server reads at most per readable event
 _NOTED = "tiangong_live_wake"  # Session.info key: this transaction queued or revoked (_note)
 _sender: socket.socket | None = None
 _sender_lock = threading.Lock()
@@ -343,8 +344,11 @@ class WakeSocket:
         return True
 
     def _readable(self) -> None:
+        """Read what is queued, at most :data:`DRAIN_DATAGRAMS` (senders that refill the
+        queue as fast as it is read must not keep the event loop here: the selector calls
+        again), and wake once."""
         assert self._sock is not None
-        while True:
+        for _ in range(DRAIN_DATAGRAMS):
             try:
                 self._sock.recv(1)
             except (BlockingIOError, InterruptedError):

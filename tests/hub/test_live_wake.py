@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from hub.db import Agent, Deployment, Environment, Release, make_engine, make_session_factory
 from hub.live_wake import (
+    DRAIN_DATAGRAMS,
     MAX_ADDRESS_BYTES,
     SUFFIX,
     WakeSocket,
@@ -362,3 +363,27 @@ def test_a_session_closed_without_a_commit_forgets_what_it_flushed(
     session.commit()
     assert [r.received() for r in receivers] == [0, 0]
     assert site.queued() == 0
+
+
+def test_senders_that_refill_the_queue_as_fast_as_it_is_read_never_hold_the_event_loop(
+        tmp_path: Path) -> None:
+    """The live server reads a bounded number of datagrams per readable event and wakes
+    once; it read until the queue was empty, so a queue refilled as fast as it was read
+    kept it there (no heartbeat, no transfer served)."""
+
+    class Flooded:
+        reads = 0
+
+        def recv(self, _size: int) -> bytes:
+            self.reads += 1
+            if self.reads > 10 * DRAIN_DATAGRAMS:
+                raise AssertionError("still reading")
+            return b""  # another datagram, always
+
+    wakes: list[None] = []
+    server = WakeSocket(tmp_path / "hub.db-wake", lambda: wakes.append(None))
+    flooded = Flooded()
+    server._sock = flooded  # type: ignore[assignment]
+    server._readable()
+    assert flooded.reads == DRAIN_DATAGRAMS and len(wakes) == 1
+    assert not (tmp_path / "hub.db-wake").exists()
