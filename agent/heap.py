@@ -9,11 +9,16 @@ threshold is unmapped), so the next messages fault their pages in again, zeroed:
 page fault per 4 KiB received, a quarter of the agent's CPU per MiB received
 (docs/benchmarks.md "Session 10: live transfer").
 
-:func:`keep_freed_blocks` (once, when the live client starts) keeps blocks up to
+:func:`keep_freed_blocks` (when an incoming transfer begins) keeps blocks up to
 :data:`MMAP_THRESHOLD_BYTES` in the heap and up to :data:`TRIM_THRESHOLD_BYTES` of free
-memory at its top, so a transfer's buffers are reused; :func:`give_back` (when the last
-incoming transfer ended) returns the free memory to the kernel as before, so an idle agent
-holds no more than it did.
+memory at its top, so a transfer's buffers are reused; when the last incoming transfer
+ended, :func:`stop_keeping` lowers the trim threshold to glibc's default again and
+:func:`give_back` returns the free memory to the kernel, so an idle agent holds no more than
+it did. Both are needed: the live client's event loop runs in a thread of its own, whose
+messages live in that thread's arena, and ``malloc_trim`` trims the top of the main arena
+only (of the others it returns the free blocks inside, not the free top): that arena gives
+its top back at its next large free (the next read of the socket) once the threshold is
+low again.
 
 Only with glibc (``mallopt``, ``malloc_trim``); elsewhere both do nothing and say so.
 Nothing here changes what is received or checked: only where the buffers come from.
@@ -26,12 +31,14 @@ import ctypes.util
 import logging
 from typing import Any
 
-__all__ = ["MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES", "give_back", "keep_freed_blocks"]
+__all__ = ["DEFAULT_TRIM_THRESHOLD_BYTES", "MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES",
+           "give_back", "keep_freed_blocks", "stop_keeping"]
 
 log = logging.getLogger("tiangong.agent.heap")
 
 MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024  # blocks up to this come from the heap (a message: 1 MiB)
 TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024  # free bytes kept at the heap's top between messages
+DEFAULT_TRIM_THRESHOLD_BYTES = 128 * 1024  # glibc's own (DEFAULT_TRIM_THRESHOLD), when idle
 _M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 _M_MMAP_THRESHOLD = -3
 
@@ -54,10 +61,9 @@ def _glibc() -> Any:
 
 def keep_freed_blocks() -> bool:
     """Keep the live connection's message buffers in the heap for reuse (see the module);
-    True when the C library took both settings. Idempotent."""
+    True when the C library took both settings. Calling it again changes nothing until
+    :func:`stop_keeping`."""
     global _kept
-    if _kept:
-        return True
     libc = _glibc()
     if libc is None:
         log.debug("heap: not glibc; the C heap keeps its defaults")
@@ -65,6 +71,16 @@ def keep_freed_blocks() -> bool:
     _kept = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
                  and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1)
     return _kept
+
+
+def stop_keeping() -> None:
+    """No transfer is coming in: every arena gives its free top back again at its next
+    large free (glibc's default trim threshold; blocks up to :data:`MMAP_THRESHOLD_BYTES`
+    still come from the heap). A few microseconds: call it on the live client's thread, in
+    order with :func:`keep_freed_blocks`."""
+    libc = _glibc()
+    if libc is not None and _kept:
+        libc.mallopt(_M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD_BYTES)
 
 
 def give_back() -> bool:

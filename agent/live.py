@@ -324,7 +324,6 @@ class LiveClient:
     async def run(self, stop: threading.Event) -> None:
         """Connect, serve, reconnect with backoff, until ``stop`` is set."""
         self._loop = asyncio.get_running_loop()
-        heap.keep_freed_blocks()  # bundles' 1 MiB messages reuse their buffers (agent.heap)
         self._logs = asyncio.Queue(MAX_QUEUED_LOGS)
         attempt = 0
         while not stop.is_set():
@@ -517,6 +516,8 @@ class LiveClient:
         if not s.open:  # the connection ended meanwhile
             file.close()
             return
+        if not s.incoming:  # its 1 MiB messages reuse their buffers (agent.heap)
+            heap.keep_freed_blocks()
         s.incoming[offer.transfer] = _Incoming(file, path, file.offset, file.offset)
         if file.offset:
             log.info("live: resuming %s at byte %d of %d", offer.name, file.offset,
@@ -723,7 +724,10 @@ def _incoming_ended(s: _Session) -> None:
 def _give_back_heap() -> asyncio.Future[bool]:
     """:func:`agent.heap.give_back` in a worker thread (``ctypes`` releases the GIL): trimming
     a transfer's worth of free heap takes a few milliseconds, which RECEIVED and the
-    connection's other messages do not wait for."""
+    connection's other messages do not wait for. First, here and in order with the next
+    transfer's :func:`agent.heap.keep_freed_blocks`, the live thread's own arena is told to
+    give its free top back (which ``malloc_trim`` does not trim)."""
+    heap.stop_keeping()
     return asyncio.get_running_loop().run_in_executor(None, heap.give_back)
 
 

@@ -37,3 +37,46 @@ def test_freed_message_buffers_are_reused_and_given_back_at_the_end() -> None:
     assert _faults_while_churning(64) < 64 * MiB // 4096 // 8
     heap.give_back()  # returns the free memory; the next transfer grows the heap again
     assert heap.give_back() in (True, False)
+
+
+def _resident_mib() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() // MiB
+
+
+def test_the_live_threads_free_heap_goes_back_after_the_transfer() -> None:
+    """The live client runs its event loop in a thread of its own (``tiangong agent``), so
+    its messages live in that thread's arena, whose free top ``malloc_trim`` leaves alone:
+    up to the trim threshold (64 MiB) stayed resident for good after the first transfer.
+    Once the last transfer ended, the arena gives its top back at its next large free (the
+    next read of the socket), and the next transfer keeps its buffers again."""
+    import asyncio
+    import threading
+
+    from agent.live import _give_back_heap
+
+    if heap._glibc() is None:
+        assert heap.give_back() is False
+        return
+    seen: dict[str, int] = {}
+
+    async def live_thread() -> None:
+        heap.keep_freed_blocks()  # a transfer begins
+        seen["before"] = _resident_mib()
+        held: list[bytes] = []
+        for _ in range(200):  # its messages, a few held at a time by the file worker
+            held.append(bytes(bytearray(MiB)))
+            if len(held) > 40:
+                held.pop(0)
+        held.clear()
+        seen["after transfer"] = _resident_mib()
+        await _give_back_heap()  # the last transfer ended
+        read = bytes(bytearray(256 * 1024))  # the next read of the socket (asyncio: 256 KiB)
+        del read
+        seen["after the next read"] = _resident_mib()
+
+    thread = threading.Thread(target=asyncio.run, args=(live_thread(),))
+    thread.start()
+    thread.join()
+    assert seen["after transfer"] >= seen["before"] + 32  # kept for reuse meanwhile
+    assert seen["after the next read"] <= seen["before"] + 8, seen
