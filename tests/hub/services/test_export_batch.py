@@ -600,6 +600,32 @@ def test_an_agent_directory_made_for_its_first_bundle_is_synced_in_its_parent(
     assert sorted(spool.rglob("*.tgb")) == before
 
 
+def test_the_spool_directories_of_agents_connecting_together_are_synced_together(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Agents connecting for the first time (a hub that just went live, 10,000 of them) had
+    their push wait for one directory fsync after another, about 1 ms each on ext4: the new
+    directories are fsynced in parallel (the file system commits them together), then the
+    spool root once."""
+    real = export_service.fsync_dir
+    together = threading.Barrier(2, timeout=60)  # two agents' fsyncs under way at once
+    synced: list[Path] = []
+
+    def meeting(directory: Path) -> None:
+        if Path(directory).parent.name == "spool":
+            together.wait()
+        synced.append(Path(directory))
+        real(directory)
+
+    monkeypatch.setattr(export_service, "fsync_dir", meeting)
+    spool = tmp_path / "data" / "spool"
+    spool.mkdir(parents=True)
+    assert export_service.make_spool_dirs(spool, ["site-01", "site-02"]) == ["site-01",
+                                                                               "site-02"]
+    assert sorted(synced[:2]) == [spool / "site-01", spool / "site-02"]
+    assert synced[2:] == [spool]
+    assert all((spool / a / "sent").is_dir() for a in ("site-01", "site-02"))
+
+
 def test_spool_directories_made_at_connect_are_synced_and_used_by_the_export(
         world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The live server makes a connecting agent's spool directory and its ``sent/`` ahead
