@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event, inspect
+from sqlalchemy import Connection, Engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import (
     ORMExecuteState,
@@ -89,8 +89,10 @@ def wake_dir(database_url: str) -> Path | None:
     return path.with_name(path.name + SUFFIX)
 
 
-def _engine_wake_dir(engine: Engine) -> Path | None:
-    return wake_dir(engine.url.render_as_string(hide_password=False))
+def _engine_wake_dir(bind: Engine | Connection) -> Path | None:
+    """The wake-up directory of a session's bind: an engine, or a connection of one (a
+    session joined to an outer transaction)."""
+    return wake_dir(bind.engine.url.render_as_string(hide_password=False))
 
 
 # --- the sending side: every process that commits -----------------------------------------
@@ -275,7 +277,7 @@ def _after_commit(session: Session) -> None:
             session.info[_NOTED] = _enclosing_savepoint(savepoint)
         return
     del session.info[_NOTED]
-    directory = _engine_wake_dir(session.get_bind())  # type: ignore[arg-type]
+    directory = _engine_wake_dir(session.get_bind())
     if directory is not None:
         send_wakeups(directory)
 

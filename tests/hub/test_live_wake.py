@@ -387,3 +387,25 @@ def test_senders_that_refill_the_queue_as_fast_as_it_is_read_never_hold_the_even
     server._readable()
     assert flooded.reads == DRAIN_DATAGRAMS and len(wakes) == 1
     assert not (tmp_path / "hub.db-wake").exists()
+
+
+def test_a_session_bound_to_a_connection_wakes_and_its_commit_does_not_raise(
+        site: Site, receivers: list[Receiver]) -> None:
+    """A session of the hub's factory joined to a connection (``factory(bind=connection)``,
+    SQLAlchemy's way into an outer transaction) got an AttributeError from the wake-up
+    after its commit had happened."""
+    database = site.wake.with_name(site.wake.name.removesuffix(SUFFIX))
+    site.session().commit()
+    engine = make_engine(f"sqlite:///{database}")
+    try:
+        with engine.connect() as connection:
+            session = make_session_factory(engine)(bind=connection)
+            session.execute(update(Agent).where(Agent.agent_id == "site-01")
+                            .values(status="revoked"))
+            session.commit()
+            session.close()
+    finally:
+        engine.dispose()
+    assert [r.received() for r in receivers] == [1, 1]
+    site.session().expire_all()
+    assert site.session().scalars(select(Agent.status)).one() == "revoked"
