@@ -24,10 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["Admission", "LiveLimits", "LoginGuard", "RefusalCount", "default_export_processes"]
+__all__ = ["MIN_POLL_S", "Admission", "LiveLimits", "LoginGuard", "RefusalCount",
+           "default_export_processes"]
 
 Clock = Callable[[], float]
 ZERO_ALLOWED = frozenset({"export_processes"})  # settings of LiveLimits that may be 0
+#: seconds at least between two timed looks at the database ([live] poll_s): as often as
+#: wake-ups may start them (hub.live_notify.WAKE_GAP_SECONDS); less spun the push loop
+MIN_POLL_S = 0.05
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -70,7 +74,8 @@ class LiveLimits:
     log_quota_agent_bytes: int = 256 * MiB  # bytes of stored live logs per agent
     log_quota_total_bytes: int = 8 * GiB  # bytes of stored live logs, all agents
     # seconds between two looks at the database for queued work and revocations that nothing
-    # woke (PostgreSQL NOTIFY, a local datagram on SQLite: then it is a safety net)
+    # woke (PostgreSQL NOTIFY, a local datagram on SQLite: then it is a safety net); at least
+    # MIN_POLL_S
     poll_s: float = 0.25
     heartbeat_s: int = 30  # seconds between an agent's heartbeats (announced in WELCOME);
     #                        presence counts an agent offline one interval after its last
@@ -86,6 +91,9 @@ class LiveLimits:
                 raise ValueError(f"[live] {f.name} must be a "
                                  f"{'number >= 0' if least == 0 else 'positive number'}, "
                                  f"not {value!r}")
+        if self.poll_s < MIN_POLL_S:
+            raise ValueError(f"[live] poll_s must be at least {MIN_POLL_S} seconds (each look "
+                             f"is a query for every connected agent), not {self.poll_s!r}")
         if self.send_buffer_max_bytes < self.send_buffer_bytes:
             raise ValueError(f"[live] send_buffer_max_bytes ({self.send_buffer_max_bytes}) "
                              f"is below send_buffer_bytes ({self.send_buffer_bytes})")

@@ -56,6 +56,9 @@ def test_exports_leave_the_event_loop_for_a_worker_process_where_there_is_a_seco
     ("send_timeout_s = 0", "send_timeout_s must be a positive number"),
     ("max_unauthenticated = -1", "max_unauthenticated must be a positive number"),
     ("export_processes = -1", "export_processes must be a number >= 0"),
+    # a look at the database for all agents every round of the push loop: 0.001 spun the
+    # loop a thousand times a second, each round a query
+    ("poll_s = 0.001", "poll_s must be at least 0.05 seconds"),
     ("send_buffer_bytes = 100\nsend_buffer_max_bytes = 10", "below send_buffer_bytes"),
     ("no_such_limit = 1", "unknown [live] setting(s) no_such_limit"),
 ])
