@@ -44,7 +44,6 @@ import os
 import secrets
 import socket
 import stat
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -74,8 +73,6 @@ SOCKET_SUFFIX = ".sock"
 MAX_ADDRESS_BYTES = 107  # bytes of a Unix socket path (sun_path: 108 with its NUL)
 DRAIN_DATAGRAMS = 64  # datagrams a live server reads at most per readable event
 _NOTED = "tiangong_live_wake"  # Session.info key: this transaction queued or revoked (_note)
-_sender: socket.socket | None = None
-_sender_lock = threading.Lock()
 _warned: set[str] = set()  # problems logged once a process (per directory and kind)
 
 
@@ -124,16 +121,6 @@ def _warn_once(directory: Path, what: str, exc: OSError) -> None:
                     "its next poll instead", what, directory, exc.strerror or exc)
 
 
-def _sending_socket() -> socket.socket:
-    global _sender
-    with _sender_lock:
-        if _sender is None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            _sender = sock
-        return _sender
-
-
 def send_wakeups(directory: Path) -> int:
     """Send one empty datagram to every live server's socket in ``directory``; remove the
     sockets nobody holds any more. Returns how many were sent. Never raises: a wake-up that
@@ -143,19 +130,22 @@ def send_wakeups(directory: Path) -> int:
             names = [e.name for e in os.scandir(dir_fd) if e.name.endswith(SOCKET_SUFFIX)]
             if not names:
                 return 0
-            sock = _sending_socket()
-            sent = 0
-            for name in names:
-                try:
-                    sock.sendto(b"", _address(directory, dir_fd, name))
-                    sent += 1
-                except (BlockingIOError, FileNotFoundError):
-                    pass  # its queue is full (woken already), or it just went away
-                except ConnectionRefusedError:
-                    _remove_stale(directory, dir_fd, name)
-                except OSError as exc:
-                    _warn_once(directory, f"send a wake-up to {name}", exc)
-            return sent
+            # A socket of this call's own (a few microseconds, once per queueing commit):
+            # none held for the process's life, none shared by a forked child.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.setblocking(False)
+                sent = 0
+                for name in names:
+                    try:
+                        sock.sendto(b"", _address(directory, dir_fd, name))
+                        sent += 1
+                    except (BlockingIOError, FileNotFoundError):
+                        pass  # its queue is full (woken already), or it just went away
+                    except ConnectionRefusedError:
+                        _remove_stale(directory, dir_fd, name)
+                    except OSError as exc:
+                        _warn_once(directory, f"send a wake-up to {name}", exc)
+                return sent
     except FileNotFoundError:
         return 0  # no live server has run on this database
     except OSError as exc:

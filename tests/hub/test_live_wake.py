@@ -146,9 +146,12 @@ def test_a_commit_that_queues_wakes_every_live_server_once_after_the_commit(
     _queue(site)
     site.session().flush()
     assert [r.received() for r in receivers] == [0, 0]  # not before the commit
+    fds = sorted(os.listdir("/proc/self/fd"))
     site.session().commit()
     assert [r.received() for r in receivers] == [1, 1]
     assert site.queued() == 1
+    # the sender's socket was the call's own, closed (none left open for the process's life)
+    assert sorted(os.listdir("/proc/self/fd")) == fds
 
 
 def test_a_rollback_sends_nothing(site: Site, receivers: list[Receiver]) -> None:
