@@ -274,10 +274,11 @@ def import_directory(
             batches.clear()
 
         for path in names:
-            # Not only regular files: a FIFO, device or socket named like a result or a
-            # request is refused by name, audited and left where it is (it was skipped
-            # without a word); a directory is not a file anyone handed in.
-            if path.name.startswith(".") or path.is_dir():
+            # Not only regular files: a FIFO, device, socket or symbolic link (to a
+            # directory too) named like a result or a request is refused by name, audited
+            # and left where it is (it was skipped without a word); a directory is not a
+            # file anyone handed in.
+            if path.name.startswith(".") or (path.is_dir() and not path.is_symlink()):
                 continue
             if path.suffix == ".tgr":
                 pending.append(path)

@@ -410,6 +410,11 @@ def test_what_is_not_a_regular_file_is_refused_by_its_name_without_being_opened(
     sockets = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
     for sock, path in zip(sockets, odd[2:], strict=True):
         sock.bind(str(path))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # a link to a directory is a link (it was skipped without a word, as a directory)
+    (media / "e3-link.tgr").symlink_to(elsewhere, target_is_directory=True)
+    (media / "enrollment-link.json").symlink_to(elsewhere, target_is_directory=True)
     opened: list[Path] = []
     real_open = os.open
 
@@ -430,7 +435,12 @@ def test_what_is_not_a_regular_file_is_refused_by_its_name_without_being_opened(
         assert rows[path.name].status == "rejected"
         assert f"{path.name} is not a regular file" in rows[path.name].reason
         assert path not in opened
-    assert len(_events(world, "result.rejected")) == before + 4
+    for name in ("e3-link.tgr", "enrollment-link.json"):
+        assert rows[name].status == "rejected"
+        assert f"{name} is a symbolic link" in rows[name].reason
+        assert (media / name).is_symlink()
+    assert list(elsewhere.iterdir()) == []
+    assert len(_events(world, "result.rejected")) == before + 6
     assert odd[0].is_fifo() and odd[1].is_fifo() and odd[2].is_socket() and odd[3].is_socket()
     _assert_chain_ok(world)
     agent.close()
