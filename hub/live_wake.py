@@ -127,7 +127,10 @@ def send_wakeups(directory: Path) -> int:
     cannot be sent leaves the work to the next timed poll."""
     try:
         with _opened(directory) as dir_fd:
-            names = [e.name for e in os.scandir(dir_fd) if e.name.endswith(SOCKET_SUFFIX)]
+            # A live server binds its socket here, never a link: one to a socket elsewhere
+            # (another program's) is not followed with the hub's rights.
+            names = [e.name for e in os.scandir(dir_fd)
+                     if e.name.endswith(SOCKET_SUFFIX) and not e.is_symlink()]
             if not names:
                 return 0
             # A socket of this call's own (a few microseconds, once per queueing commit):

@@ -412,3 +412,21 @@ def test_a_session_bound_to_a_connection_wakes_and_its_commit_does_not_raise(
     assert [r.received() for r in receivers] == [1, 1]
     site.session().expire_all()
     assert site.session().scalars(select(Agent.status)).one() == "revoked"
+
+
+def test_a_symbolic_link_in_the_wake_up_directory_is_never_followed(
+        site: Site, receivers: list[Receiver], tmp_path: Path) -> None:
+    """A live server binds its socket there, never a link: a ``*.sock`` link to a socket
+    elsewhere (another program's, ``/dev/log``) made every committing process send to it
+    with the hub's rights."""
+    elsewhere = Receiver(tmp_path / "elsewhere", "other-program.sock")
+    link = site.wake / "9-link.sock"
+    link.symlink_to(elsewhere.path)
+    try:
+        _queue(site)
+        site.session().commit()
+        assert [r.received() for r in receivers] == [1, 1]
+        assert elsewhere.received() == 0
+        assert link.is_symlink() and elsewhere.path.is_socket()
+    finally:
+        elsewhere.close()
