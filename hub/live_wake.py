@@ -28,7 +28,7 @@ Sending is best effort and never raises into the commit: no directory (no live s
 ran), a socket nobody holds any more (removed: ``ECONNREFUSED``), a server whose queue is
 full (it is woken already), an unreadable directory (logged once a process). Paths longer
 than a socket address holds (107 bytes) are reached through ``/proc/self/fd`` and an open
-directory; a live server that cannot bind logs why and polls.
+directory; a live server that cannot bind logs why, polls, and tries again every round.
 
 Deliberately not here: PostgreSQL (its triggers NOTIFY; no datagram is sent there) and
 MariaDB (its hub processes may be on other hosts: the live server polls), what a wake-up
@@ -315,11 +315,15 @@ class WakeSocket:
         self._sock: socket.socket | None = None
         self._inode: tuple[int, int] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._wanted = False  # opened and not closed: check() binds again when it must
+        self._failed: int | None = None  # errno of the failure logged last (logged once)
 
     def open(self) -> bool:
         """Bind a new socket (a name no live server used before) and read it on the running
-        loop. False, logged, when it cannot: the push loop polls as without it."""
+        loop. False, logged, when it cannot: the push loop polls as without it, and
+        :meth:`check` tries again every round."""
         self._loop = asyncio.get_running_loop()
+        self._wanted = True
         name = f"{os.getpid()}-{secrets.token_hex(4)}{SOCKET_SUFFIX}"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
@@ -330,9 +334,13 @@ class WakeSocket:
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
-            log.error("live: cannot listen for local wake-ups in %s (%s); the push loop polls "
-                      "every round instead", self.directory, exc.strerror or exc)
+            if exc.errno != self._failed:
+                self._failed = exc.errno
+                log.error("live: cannot listen for local wake-ups in %s (%s); the push loop "
+                          "polls every round instead and tries again", self.directory,
+                          exc.strerror or exc)
             return False
+        self._failed = None
         self._sock, self.path, self._inode = sock, self.directory / name, (st.st_dev, st.st_ino)
         self._loop.add_reader(sock.fileno(), self._readable)
         log.info("live: listening for local wake-ups at %s", self.path)
@@ -355,24 +363,29 @@ class WakeSocket:
 
     def check(self) -> None:
         """Bind again if the socket's file was removed or replaced (someone cleaned the
-        directory): senders find live servers by their files."""
-        if self._sock is None or self.path is None:
+        directory) or binding failed before (a full disk, something in the directory's
+        place): senders find live servers by their files. Called every round."""
+        if not self._wanted:
             return
-        try:
-            st = os.stat(self.path, follow_symlinks=False)
-            if (st.st_dev, st.st_ino) == self._inode:
-                return
-        except FileNotFoundError:
-            pass
-        except OSError:
-            return  # e.g. a long path: nothing to compare with, nothing to repair
-        log.warning("live: the local wake-up socket %s was removed; binding a new one",
-                    self.path)
-        self.close(unlink=False)
+        if self._sock is not None and self.path is not None:
+            try:
+                st = os.stat(self.path, follow_symlinks=False)
+                if (st.st_dev, st.st_ino) == self._inode:
+                    return
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            except OSError:
+                return  # cannot be looked at now (permissions): nothing to repair
+            log.warning("live: the local wake-up socket %s was removed; binding a new one",
+                        self.path)
+            self.close(unlink=False)
         self.open()
 
     def close(self, *, unlink: bool = True) -> None:
-        """Stop reading and remove the socket's file (senders then skip it)."""
+        """Stop reading and remove the socket's file (senders then skip it); ``unlink``
+        False: to bind again (:meth:`check`)."""
+        if unlink:
+            self._wanted = False
         if self._sock is None:
             return
         if self._loop is not None and not self._loop.is_closed():

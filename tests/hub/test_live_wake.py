@@ -430,3 +430,37 @@ def test_a_symbolic_link_in_the_wake_up_directory_is_never_followed(
         assert link.is_symlink() and elsewhere.path.is_socket()
     finally:
         elsewhere.close()
+
+
+def test_a_socket_that_cannot_be_bound_again_is_tried_again_every_round(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The directory removed while the live server runs and, for a while, something else in
+    its place (or a full disk): binding again failed once and was never tried again, so the
+    live server had no wake-ups until it was restarted. It is tried at every round, the
+    failure logged once, and the file in the way left alone."""
+    directory = tmp_path / "hub.db-wake"
+
+    async def scenario() -> None:
+        woken = asyncio.Event()
+        server = WakeSocket(directory, woken.set)
+        assert server.open()
+        for entry in directory.iterdir():
+            entry.unlink()
+        directory.rmdir()
+        directory.write_text("in the way\n")  # mkdir fails: not a directory
+        for _ in range(3):
+            server.check()
+            assert not server.listening
+        assert directory.read_text() == "in the way\n"
+        assert caplog.text.count("cannot listen for local wake-ups") == 1
+        directory.unlink()
+        server.check()
+        assert server.listening and server.path is not None and server.path.exists()
+        assert send_wakeups(directory) == 1
+        await asyncio.wait_for(woken.wait(), DEADLINE)
+        server.close()
+        assert list(directory.iterdir()) == []
+        server.check()  # closed for good: not bound again
+        assert not server.listening and list(directory.iterdir()) == []
+
+    asyncio.run(scenario())
