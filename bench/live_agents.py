@@ -1434,7 +1434,7 @@ async def _receive_tiangong(spec: dict[str, Any]) -> dict[str, Any]:
     sender = spec["sender_pid"]
     sink_dir = Path(spec["sink_dir"]) if spec["sink"] == "disk" else None
     if not spec["agent_heap_default"]:
-        heap.keep_freed_blocks()  # as agent/live.py when its live client starts
+        heap.keep_freed_blocks()  # as agent/live.py before an incoming transfer (its window)
     agent = SimAgent(spec["agent_id"], SigningKey(bytes.fromhex(spec["seed"])),
                      spec["hub_id"], sink_dir, give_back_heap=not spec["agent_heap_default"])
     marks: dict[str, _Marks] = {}
