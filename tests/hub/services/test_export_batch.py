@@ -32,6 +32,7 @@ from hub.services.deployments import queue_deployment
 from hub.services.export import FRAMES_DIR, export_agents, export_environment
 from hub.services.releases import create_release, submit_release
 from hub.services.users import get_user
+from signing.fileio import fsync_dir
 from signing.keys import BoxKeyPair, SigningKey
 from tests.e2e import test_live as e2e_live
 from tests.hub.conftest import FakeClock, Keys, World, world_on
@@ -56,6 +57,20 @@ def _queue(world: World, version_dir: Path = HELLO) -> None:
     world.session.commit()
     queue_deployment(world.ctx("op"), release, "test")
     world.session.commit()
+
+
+def _recorded_fsyncs(monkeypatch: pytest.MonkeyPatch, *modules: object) -> list[Path]:
+    """The directories ``modules`` fsync from now on (through their ``fsync_dir``, which
+    still syncs), in order."""
+    synced: list[Path] = []
+
+    def recording(directory: Path) -> None:
+        synced.append(Path(directory))
+        fsync_dir(directory)
+
+    for module in modules:
+        monkeypatch.setattr(module, "fsync_dir", recording)
+    return synced
 
 
 def _commits_of_export(world: World, usb: Path) -> tuple[int, int]:
@@ -561,14 +576,7 @@ def test_an_agent_directory_made_for_its_first_bundle_is_synced_in_its_parent(
 
     from bundle import writer as writer_mod
 
-    real = writer_mod.fsync_dir
-    synced: list[Path] = []
-
-    def recording(directory: Path) -> None:
-        synced.append(Path(directory))
-        real(directory)
-
-    monkeypatch.setattr(writer_mod, "fsync_dir", recording)
+    synced = _recorded_fsyncs(monkeypatch, writer_mod)
     ids = ["site-01", "site-02"]
     _enroll(world, ids)
     spool = tmp_path / "spool"
@@ -587,7 +595,7 @@ def test_an_agent_directory_made_for_its_first_bundle_is_synced_in_its_parent(
     def parent_fails(directory: Path) -> None:
         if Path(directory) == spool:
             raise OSError(errno.EIO, "Input/output error")
-        real(directory)
+        fsync_dir(directory)
 
     monkeypatch.setattr(writer_mod, "fsync_dir", parent_fails)
     _enroll(world, ["site-03"])
@@ -637,15 +645,7 @@ def test_spool_directories_made_at_connect_are_synced_and_used_by_the_export(
 
     from bundle import writer as writer_mod
 
-    real = export_service.fsync_dir
-    synced: list[Path] = []
-
-    def recording(directory: Path) -> None:
-        synced.append(Path(directory))
-        real(directory)
-
-    monkeypatch.setattr(export_service, "fsync_dir", recording)
-    monkeypatch.setattr(writer_mod, "fsync_dir", recording)
+    synced = _recorded_fsyncs(monkeypatch, export_service, writer_mod)
     spool = tmp_path / "data" / "spool"
     (spool / "site-02").mkdir(parents=True)
     (spool / "site-02" / "keep.tgb").write_bytes(b"x")
@@ -671,7 +671,7 @@ def test_spool_directories_made_at_connect_are_synced_and_used_by_the_export(
     def root_fails(directory: Path) -> None:
         if Path(directory) == spool:
             raise OSError(errno.EIO, "Input/output error")
-        real(directory)
+        fsync_dir(directory)
 
     monkeypatch.setattr(export_service, "fsync_dir", root_fails)
     before = sorted(p.relative_to(spool) for p in spool.rglob("*"))
