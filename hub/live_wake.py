@@ -158,7 +158,9 @@ def send_wakeups(directory: Path) -> int:
 
 def _remove_stale(directory: Path, dir_fd: int, name: str) -> None:
     """Remove ``name``, a socket whose live server is gone (names are never reused: a new
-    live server binds another name, so this cannot remove a live one's)."""
+    live server binds another name). A socket file caught in the instant of its ``bind``
+    (its file made, the socket not yet bound) refuses too and is removed: its live server
+    binds a new one within a round (:meth:`WakeSocket.check`), meanwhile it polls."""
     try:
         if stat.S_ISSOCK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
             os.unlink(name, dir_fd=dir_fd)
