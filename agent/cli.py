@@ -24,10 +24,10 @@ import click
 from agent import upgrade
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.home import HomeError, HomeLock, init_home, lock_home
-from agent.inbox import printable
 from agent.journal import JournalError
 from agent.service import Agent, apply_item
 from bundle.cli import progress_bar
+from bundle.printable import printable
 from tiangong.stopsignals import stop_signals
 
 __all__ = ["agent"]

@@ -34,13 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from agent.inbox import ReadyItem, printable
+from agent.inbox import ReadyItem
 from agent.journal import Journal
 from bundle.chain import Position, collect_lost, declared_lost, missing_predecessor
 from bundle.errors import BundleError, InsufficientSpaceError, PartsError, ReplayError
 from bundle.limits import format_bytes
 from bundle.manifest import MAX_LOST_ENTRIES, ChainInfo, LostBundle, Manifest
 from bundle.parts import assign_parts, find_first_part
+from bundle.printable import printable
 from bundle.reader import AdmitFn, staging_needed
 from signing.errors import KeyFileError
 from signing.fileio import write_file_atomic

@@ -36,13 +36,14 @@ from typing import TYPE_CHECKING, Any
 
 from agent.approvalcheck import check_approvals
 from agent.faults import crash_point, fault_point
-from agent.inbox import ReadyItem, printable
+from agent.inbox import ReadyItem
 from agent.plancheck import FAILED, SKIPPED, CheckResult, run_checks
 from agent.stepcheck import check_steps
 from bundle.errors import BundleError, PartsError
 from bundle.inspect import inspect
 from bundle.manifest import KIND_PLAN, Manifest
 from bundle.parts import find_first_part
+from bundle.printable import printable
 from bundle.reader import ExpectPlan, VerifiedBundle, VerifierState, verify_parts, verify_path
 from signing.envelope import TYPE_PLAN
 from signing.errors import KeyFileError

@@ -61,7 +61,7 @@ def done(as_json: bool, text: str, data: dict[str, Any]) -> None:
 #: What a cell never prints raw: control characters (a new line, an escape sequence), bidi
 #: controls, the lone surrogates a file name that is not UTF-8 decodes to — and the
 #: backslash, doubled, so that a name holding the four characters ``\x0a`` never reads as an
-#: escaped new line (as ``agent.inbox.printable`` does).
+#: escaped new line (as ``bundle.printable.printable`` does).
 _UNPRINTABLE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
                           "\udc80-\udcff]")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from agent.inbox import printable
+from bundle.printable import printable
 from hub.db import Agent
 from hub.errors import HubError, ValidationError
 from hub.services import audit

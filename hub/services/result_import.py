@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from agent.inbox import printable
+from bundle.printable import printable
 from hub.db import Agent, AuditEvent, Deployment, DeploymentAttempt
 from hub.errors import ConfigError, HubError
 from hub.faults import crash_point

@@ -23,9 +23,9 @@ from agent.inbox import (
     ReadyItem,
     WaitingItem,
     move_to,
-    printable,
     write_reason,
 )
+from bundle.printable import printable
 
 SETTLING = "settling (size still changing)"
 EVENT_WAIT = 10.0  # seconds: an upper bound for a condition wait, not a timing assertion
@@ -608,21 +608,6 @@ def test_write_reason_with_explicit_files_and_overwrite(tmp_path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert "check: digest" in text and "first" not in text
     assert hashlib.sha256(b"abc").hexdigest() in text
-
-
-@pytest.mark.parametrize(
-    ("raw", "shown"),
-    [
-        (b"hello-\xff\xfe.tgb", "hello-\\xff\\xfe.tgb"),  # not UTF-8
-        (b"x.tgb\nreason: verified OK", "x.tgb\\x0areason: verified OK"),  # a fake line
-        (b"\x1b[31mred.tgb", "\\x1b[31mred.tgb"),  # a terminal escape
-        ("evil\u202egpj.tgb".encode(), "evil\\u202egpj.tgb"),  # a bidi override
-        (b"back\\slash.tgb", "back\\\\slash.tgb"),  # a backslash cannot fake an escape
-        ("caf\u00e9.tgb".encode(), "caf\u00e9.tgb"),  # printable text is kept
-    ],
-)
-def test_printable_escapes_what_could_fake_or_hide(raw: bytes, shown: str) -> None:
-    assert printable(os.fsdecode(raw)) == shown
 
 
 def test_write_reason_with_a_hostile_name_writes_one_valid_utf8_line_each(
