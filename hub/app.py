@@ -161,7 +161,7 @@ def create_app(config: HubConfig | Mapping[str, Any] | None = None) -> Flask:
         TIANGONG_HUB=cfg,
     )
     db.init_app(app)
-    wake_on_commit(db.session)  # queueing in the web UI wakes the live server (SQLite)
+    wake_on_commit(db.session, url)  # queueing in the web UI wakes the live server (SQLite)
     with app.app_context():
         install_sqlite_pragmas(db.engine)
         keys = hub_keys(app)

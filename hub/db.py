@@ -678,7 +678,7 @@ def make_session_factory(engine: Engine) -> Callable[[], Session]:
     from hub.live_wake import wake_on_commit  # it imports the models from here
 
     factory = sessionmaker(engine, expire_on_commit=False)
-    wake_on_commit(factory)
+    wake_on_commit(factory, engine.url.render_as_string(hide_password=False))
     return factory
 
 

@@ -294,10 +294,15 @@ _LISTENERS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("after_transaction_end", _after_transaction_end))
 
 
-def wake_on_commit(sessions: sessionmaker[Any] | scoped_session[Any]) -> None:
+def wake_on_commit(sessions: sessionmaker[Any] | scoped_session[Any],
+                   database_url: str) -> None:
     """Make every commit of ``sessions`` that queued a deployment or changed an agent's
-    status wake the live servers of its database (a SQLite file; elsewhere nothing is
-    sent). Called where session factories are made; calling it again changes nothing."""
+    status wake the live servers of its database. Called where session factories are made;
+    calling it again changes nothing. On a database that is not a SQLite file
+    (:func:`wake_dir` is None) nothing is installed: the hooks would look at every flush
+    and ORM statement of every session only to send nothing."""
+    if wake_dir(database_url) is None:
+        return
     for name, listener in _LISTENERS:
         if not event.contains(sessions, name, listener):
             event.listen(sessions, name, listener)
