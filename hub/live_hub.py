@@ -335,8 +335,8 @@ class LiveHub:
         self._waker = (WakeSocket(wake_dir, functools.partial(self._wake_up, "local"))
                        if wake_dir is not None else None)
         self._woken = ""  # what woke the loop since the last poll started ("": nothing)
-        # set with _woken: ends the push loop's wait between two rounds (made with the loop's
-        # task, on its event loop)
+        # set with _woken: ends the push loop's wait between two rounds (a new one each start,
+        # made by :meth:`_poll_loop`, on its event loop)
         self._wake: asyncio.Event | None = None
         self._bursts = 0  # _push_burst calls under way
         # the newest deployment id a poll saw queued: while bursts run, polls look only for
@@ -1041,7 +1041,6 @@ class LiveHub:
             self._listening = asyncio.get_running_loop().create_task(
                 self._listener.run(), name="tiangong-live-listen")
         if self._poller is None or self._poller.done():
-            self._wake = asyncio.Event()
             if self._waker is not None and not self._waker.listening:
                 self._waker.open()  # on failure logged: the loop polls as before
             self._poller = asyncio.get_running_loop().create_task(
@@ -1068,6 +1067,8 @@ class LiveHub:
         flushed = time.monotonic()
         polled = 0.0  # time.monotonic() of the last poll's start
         woke = 0.0  # ... of the last poll a wake-up started
+        # A wake-up before this point is in self._woken, which the loop reads first.
+        self._wake = wake = asyncio.Event()
         if not self._delivered_recovered:
             try:
                 await self._in_pool(self._export_pool, self.recover_delivered)
@@ -1076,9 +1077,6 @@ class LiveHub:
             except (SQLAlchemyError, HubError, OSError) as exc:  # the next start tries again
                 log.error("live: cannot record the deliveries a killed live server left: "
                           "%s: %s", type(exc).__name__, exc)
-        if self._wake is None:  # not started by _start_poller (tests)
-            self._wake = asyncio.Event()
-        wake = self._wake
         # Presence, refusals, sweeps every round of POLL_SECONDS (or a shorter poll interval);
         # the database asked for work every poll_interval, or at once when woken.
         round_s = min(self.poll_interval, POLL_SECONDS)
