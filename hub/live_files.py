@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bundle.sync import LogReceived
-from signing.fileio import fsync_dir
 
-__all__ = ["LogQuotaError", "LogStore", "SpoolDigests", "fsync_dir", "partial_path",
+__all__ = ["LogQuotaError", "LogStore", "SpoolDigests", "partial_path",
            "size_and_sha256", "sweep_partials"]
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")  # docs/live-protocol.md §2.3

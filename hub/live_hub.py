@@ -94,7 +94,6 @@ from hub.live_files import (
     LogQuotaError,
     LogStore,
     SpoolDigests,
-    fsync_dir,
     partial_path,
     sweep_partials,
 )
@@ -112,6 +111,7 @@ from hub.services.export_claims import my_token, release_dead_claims
 from hub.services.preflight import state_values
 from hub.services.presence import LiveWork, live_work, live_work_of, presence_until
 from hub.services.users import get_user
+from signing.fileio import fsync_dir
 from signing.keys import PublicKey
 
 __all__ = ["ACK_EVERY_BYTES", "EXPORT_RETRY_SECONDS", "POLL_SECONDS", "WINDOW_BYTES",

@@ -34,7 +34,7 @@ from sqlalchemy.exc import OperationalError
 from websockets.asyncio.client import connect
 
 from bundle.sync import MAX_MESSAGE_BYTES, AgentSide, OfferReceived, Welcomed
-from hub import live_files, live_hub
+from hub import live_hub
 from hub.db import Agent as AgentRow
 from hub.db import AuditEvent, Deployment, make_session_factory
 from hub.errors import PermissionDeniedError
@@ -45,6 +45,7 @@ from hub.services.agents import EnrollmentRequest, enroll_agent
 from hub.services.audit import verify_database
 from hub.services.deployments import mark_delivered_many, queue_deployment
 from hub.services.presence import LiveWork
+from signing import fileio
 from signing.keys import BoxKeyPair, SigningKey
 from tests.e2e import test_live as e2e_live
 from tests.e2e.conftest import wait_for
@@ -460,7 +461,7 @@ def test_delivered_bundles_whose_spool_cannot_be_synced_are_recorded_in_a_later_
     assert hub._delivered == [(agent_id, spooled.name, "received")]
     assert _states(world) == Counter({"exported": 1})
     assert world.session.scalar(select(func.max(AuditEvent.seq))) == head
-    monkeypatch.setattr(live_hub, "fsync_dir", live_files.fsync_dir)
+    monkeypatch.setattr(live_hub, "fsync_dir", fileio.fsync_dir)
     asyncio.run(hub._record_delivered())
     assert hub._delivered == []
     assert _states(world) == Counter({"delivered": 1})
@@ -485,12 +486,12 @@ def test_the_live_sides_sync_directories_as_every_other_writer_does(
         real(fd)
 
     monkeypatch.setattr(os, "fsync", einval)
-    live_files.fsync_dir(tmp_path)
+    live_hub.fsync_dir(tmp_path)
     agent_live.fsync_dir(tmp_path)
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(
         OSError(errno.EIO, "Input/output error")))
     with pytest.raises(OSError, match="Input/output error"):
-        live_files.fsync_dir(tmp_path)
+        live_hub.fsync_dir(tmp_path)
 
 
 def test_polls_during_a_burst_look_only_for_work_newer_than_any_seen(
