@@ -1601,8 +1601,8 @@ class LiveHub:
         agent's ``sent/`` and no longer in the spool is recorded delivered now, as
         ``received``. One query, and one ``stat`` per exported live deployment; returns how
         many were recorded."""
-        with self._services() as ctx:
-            rows = ctx.session.execute(
+        with self._session() as session:  # a read: no actor to load
+            rows = session.execute(
                 select(AgentRow.agent_id, Deployment.bundle_path)
                 .join(AgentRow, Deployment.agent_id == AgentRow.id)
                 .where(Deployment.state == "exported", Deployment.bundle_path.is_not(None))
