@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from bundle.parts import PartsSource, assign_parts, strip_part_suffix
 from bundle.printable import printable
 from signing.envelope import parse_envelope
 from signing.errors import SignatureError, StrictJSONError
+from signing.fileio import open_regular
 from signing.strictjson import loads_strict
 
 if TYPE_CHECKING:
@@ -104,12 +104,8 @@ def inspect(path: Path, limits: Limits = DEFAULT_LIMITS) -> InspectedBundle:
     label the file name, escaped: :func:`bundle.printable.printable`)."""
     path = Path(path)
     label = printable(strip_part_suffix(path.name))
-    # O_NONBLOCK: a FIFO opens at once and is refused, instead of blocking until something
-    # writes to it; reads of a regular file ignore the flag.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    fd, _ = open_regular(path, lambda: BundleFormatError(f"bundle {label} is not a regular file"))
     with open(fd, "rb", buffering=0) as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise BundleFormatError(f"bundle {label} is not a regular file")
         return inspect_stream(fh, label, limits)
 
 

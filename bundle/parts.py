@@ -38,6 +38,7 @@ from bundle.container import (
 from bundle.errors import PartsError
 from bundle.limits import DEFAULT_LIMITS, GiB, Limits, format_bytes
 from bundle.manifest import PartsInfo, peek_manifest
+from signing.fileio import open_regular
 
 __all__ = [
     "DEFAULT_SPLIT_SIZE",
@@ -103,13 +104,7 @@ def _base_of(path: Path) -> str | None:
 
 
 def _open_regular(path: Path) -> int:
-    # O_NONBLOCK: a FIFO opens at once and is refused below, instead of blocking until
-    # something writes to it; reads of a regular file ignore the flag.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise PartsError(f"{path.name} is not a regular file")
-    return fd
+    return open_regular(path, lambda: PartsError(f"{path.name} is not a regular file"))[0]
 
 
 def _sha256_file(path: Path) -> str:

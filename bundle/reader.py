@@ -30,7 +30,6 @@ import errno
 import hashlib
 import os
 import shutil
-import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -83,6 +82,7 @@ from signing.envelope import (
 )
 from signing.errors import ExpiredError as RootExpiredError
 from signing.errors import PayloadTypeError, SignatureError, SigningError, StrictJSONError
+from signing.fileio import open_regular
 from signing.keys import PublicKey
 from signing.roots import MAX_ROOT_BYTES, RootDocument, TrustedRoot
 from signing.strictjson import loads_strict
@@ -693,16 +693,14 @@ def verify_path(
     Raises what :func:`verify_bundle` raises."""
     path = Path(path)
     name = label or printable(path.name)
-    try:  # O_NONBLOCK: a FIFO is refused below at once, not waited on (as in _open_regular)
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        fd, st = open_regular(
+            path, lambda: BundleFormatError(f"bundle {name} is not a regular file"))
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise BundleFormatError(f"bundle {name} is a symbolic link") from exc
         raise
     with open(fd, "rb", buffering=0) as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise BundleFormatError(f"bundle {name} is not a regular file")
         return verify_bundle(
             fh, label=name, size=st.st_size, trusted_root=trusted_root, state=state,
             expect=expect, staging_dir=staging_dir, limits=limits, clock=clock,

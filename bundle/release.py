@@ -20,11 +20,11 @@ release names connections and secrets, the site defines them.
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import os
 import re
 import shutil
-import stat
 import tomllib
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +39,7 @@ from bundle.release_archive import DEFAULT_ARCHIVE_LIMITS, ArchiveLimits, unpack
 from bundle.release_names import NameSet, file_name_problem
 from bundle.steps import normalize_step, referenced_files
 from signing.errors import StrictJSONError
+from signing.fileio import open_regular
 from signing.strictjson import dumps_canonical
 
 if TYPE_CHECKING:
@@ -426,19 +427,12 @@ def unreferenced_files(src: ReleaseSource) -> list[str]:
 
 def _open_regular(path: Path, what: str) -> int:
     """Open ``path`` read-only without following a symlink; refuse anything not regular."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise
+        return open_regular(path, lambda: _fail(str(path), f"is not a regular file; {what}"))[0]
     except OSError as exc:
-        if os.path.islink(path):
+        if exc.errno == errno.ELOOP:
             raise _fail(str(path), f"is a symbolic link; {what}") from exc
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise _fail(str(path), f"is not a regular file; {what}")
-    return fd
 
 
 def _read_release_toml(path: Path) -> bytes:

@@ -92,7 +92,7 @@ from bundle.printable import printable
 from bundle.release_names import NameSet
 from bundle.windows import Policy
 from signing.envelope import Envelope, Signature, sign_envelope
-from signing.fileio import fsync_dir
+from signing.fileio import fsync_dir, open_regular
 from signing.keys import SigningKey
 from signing.strictjson import dumps_canonical
 
@@ -345,11 +345,11 @@ def _check_level(level: int, limits: Limits) -> None:
 
 
 def _open_source(pf: PayloadFile) -> tuple[int, int]:
-    """Open a payload source read-only without following a final symlink; (fd, size).
-    ``O_NONBLOCK``: a FIFO put in a file's place is refused below instead of waited on for
-    ever (reads of a regular file are not affected)."""
+    """Open a payload source read-only if it is a regular file (a final symlink is not
+    followed, a FIFO put in a file's place not waited on: :func:`open_regular`); (fd, size)."""
     try:
-        fd = os.open(pf.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd, st = open_regular(pf.path, lambda: ReleaseFormatError(
+            f"payload {pf.name!r}: {pf.path} is not a regular file"))
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ReleaseFormatError(
@@ -357,10 +357,6 @@ def _open_source(pf: PayloadFile) -> tuple[int, int]:
                 "bundled"
             ) from exc
         raise
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise ReleaseFormatError(f"payload {pf.name!r}: {pf.path} is not a regular file")
     if pf.size is not None and st.st_size != pf.size:
         os.close(fd)
         raise ReleaseFormatError(

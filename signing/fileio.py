@@ -2,7 +2,8 @@
 
 :func:`write_file_atomic` writes so that a crash leaves the old file or the new one, never a
 mix, and refuses to replace an existing file unless told to; :func:`read_bounded` reads a
-regular file up to a size cap, so a FIFO or a huge file is refused rather than read forever.
+regular file up to a size cap, so a FIFO or a huge file is refused rather than read forever;
+:func:`open_regular` opens a file for reading only if it is a regular file.
 
 Nothing here parses what it reads.
 """
@@ -14,11 +15,12 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from signing.errors import KeyFileError
 
-__all__ = ["fsync_dir", "read_bounded", "write_file_atomic"]
+__all__ = ["fsync_dir", "open_regular", "read_bounded", "write_file_atomic"]
 
 
 def write_file_atomic(
@@ -110,6 +112,32 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
             raise
     finally:
         os.close(dfd)
+
+
+def open_regular(
+    path: str | os.PathLike[str], refused: Callable[[], Exception]
+) -> tuple[int, os.stat_result]:
+    """``path`` opened read-only if it is a regular file: its descriptor and its ``fstat``.
+
+    ``O_NOFOLLOW``: a symbolic link is not followed. ``O_NONBLOCK``: a FIFO opens at once and
+    is refused, instead of blocking until something writes to it (reads of a regular file
+    ignore the flag). A device or socket is refused as well, by what the opened file is.
+
+    Raises:
+        OSError: it cannot be opened; ``errno.ELOOP`` when it is a symbolic link.
+        Exception: what ``refused()`` returns, when it is not a regular file (nothing stays
+            open).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise refused()
+    return fd, st
 
 
 def read_bounded(path: str | os.PathLike[str], max_bytes: int) -> bytes:

@@ -27,6 +27,7 @@ from bundle.container import ContainerReader, read_head
 from bundle.errors import BundleError
 from bundle.limits import DEFAULT_LIMITS
 from signing.envelope import TYPE_RESULT
+from signing.fileio import open_regular
 
 __all__ = [
     "COPY_BUFFER",
@@ -198,15 +199,11 @@ def open_handed_in(path: Path) -> int:
     if not stat.S_ISREG(what):
         raise NotAFile(f"{path.name} is not a regular file")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        return open_regular(path, lambda: NotAFile(f"{path.name} is not a regular file"))[0]
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise NotAFile(f"{path.name} is a symbolic link") from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise NotAFile(f"{path.name} is not a regular file")
-    return fd
 
 
 def sync_copies(paths: list[Path]) -> None:
