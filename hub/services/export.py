@@ -47,7 +47,6 @@ import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Collection
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -106,6 +105,7 @@ from hub.services.export_claims import (
     stale_claims,
     take_over,
 )
+from hub.services.import_files import sync_copies
 from hub.services.preflight import check_deployment
 from hub.services.site_secrets import seal_for_agents, sealed_names, secret_recipients
 from hub.services.users import require_ctx
@@ -137,7 +137,6 @@ RUN_MARK = "~"  # never in a token as a file-name part (_token_name)
 #: a live spool agent directory's subdirectory of the bundles its agent confirmed
 #: (hub.live_hub moves them there); made with the agent's directory by export_agents
 SENT = "sent"
-SPOOL_FSYNC_THREADS = 8  # parallel fsyncs of the spool directories made at connect
 #: Queued deployments claimed in one transaction and recorded in another (one audit-head
 #: lock, one commit each, every deployment still its own audit events)
 EXPORT_BATCH = 200
@@ -326,8 +325,8 @@ def export_agents(
 def make_spool_dirs(spool_root: Path, agent_ids: Collection[str]) -> list[str]:
     """Make the live spool directories of ``agent_ids`` that do not exist yet —
     ``spool_root/<agent id>`` and its :data:`SENT` — durable: the new agent directories are
-    fsynced (for ``sent/``; in parallel, :data:`SPOOL_FSYNC_THREADS`), then ``spool_root``
-    once (for the new directories' entries).
+    fsynced (for ``sent/``; in parallel, :func:`~hub.services.import_files.sync_copies`),
+    then ``spool_root`` once (for the new directories' entries).
     Returns the agent ids whose directory was made; existing directories are left as they
     are.
 
@@ -356,7 +355,7 @@ def make_spool_dirs(spool_root: Path, agent_ids: Collection[str]) -> list[str]:
             made.append(agent_dir)
             os.mkdir(agent_dir / SENT)
         if made:
-            _fsync_dirs(made)
+            sync_copies(made, fsync_dir)  # in parallel
             fsync_dir(spool_root)
             if new_root:
                 fsync_dir(spool_root.parent)
@@ -368,17 +367,6 @@ def make_spool_dirs(spool_root: Path, agent_ids: Collection[str]) -> list[str]:
                 agent_dir.rmdir()
         raise
     return [d.name for d in made]
-
-
-def _fsync_dirs(directories: list[Path]) -> None:
-    """fsync each of ``directories``, in parallel (the file system commits them together:
-    one after another, about 1 ms each on ext4, held up the pushes of agents connecting for
-    the first time)."""
-    if len(directories) == 1:
-        fsync_dir(directories[0])
-        return
-    with ThreadPoolExecutor(min(SPOOL_FSYNC_THREADS, len(directories))) as pool:
-        list(pool.map(fsync_dir, directories))
 
 
 class _Run:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -206,23 +207,26 @@ def open_handed_in(path: Path) -> int:
         raise
 
 
-def sync_copies(paths: list[Path]) -> None:
-    """fsync each copy; the calls run in parallel, so the file system commits them
-    together (measured here: ≈ 40 ms for 100 files, against ≈ 5 ms per file one by one)."""
-
-    def one(path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
+def sync_copies(paths: list[Path], fsync: Callable[[Path], None] | None = None) -> None:
+    """fsync each of ``paths`` (the import's copies; with ``fsync`` given, what it syncs: the
+    export's new spool directories with :func:`signing.fileio.fsync_dir`); the calls run in
+    parallel, so the file system commits them together (measured here: ≈ 40 ms for 100
+    files, against ≈ 5 ms per file one by one)."""
+    one = fsync or _fsync_file
     if len(paths) <= 1:
         for p in paths:
             one(p)
         return
     with ThreadPoolExecutor(min(FSYNC_THREADS, len(paths))) as pool:
         list(pool.map(one, paths))
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove_stale_copies(results_dir: Path, now: datetime) -> None:
