@@ -136,13 +136,8 @@ def _read_request(path: Path) -> bytes:
         fd = open_handed_in(path)
     except NotAFile as exc:
         raise ValidationError(str(exc)) from None
-    with open(fd, "rb", buffering=0) as source:
-        chunks: list[bytes] = []
-        left = MAX_ENROLLMENT_BYTES + 1
-        while left > 0 and (chunk := source.read(left)):
-            chunks.append(chunk)
-            left -= len(chunk)
-    return b"".join(chunks)
+    with open(fd, "rb") as source:  # buffered: read(n) reads on until n bytes or the end
+        return source.read(MAX_ENROLLMENT_BYTES + 1)
 
 
 def _write_response(ctx: ServiceContext, path: Path, response: EnrollmentResponse
