@@ -100,6 +100,7 @@ from hub.services.export_claims import (
     claim,
     claim_is_live,
     claim_many,
+    claims_judge,
     my_token,
     show_loaded,
     stale_claims,
@@ -1501,21 +1502,15 @@ def _exporting_files(ctx: ServiceContext, now: datetime) -> tuple[set[str], set[
     it is among these."""
     live: set[str] = set()
     dead: set[str] = set()
-    # (token, claimed at) -> claim_is_live: the rows one batch claimed share both, so its
-    # process is looked up once, not once a row
-    alive: dict[tuple[str | None, datetime | None], bool] = {}
+    alive = claims_judge(now)
     rows = ctx.session.execute(
         select(Deployment.bundle_path, Deployment.claimed_by, Deployment.claimed_at).where(
             Deployment.state == "exporting"
         )
     ).all()
     for path, token, at in rows:
-        if not path:
-            continue
-        key = (token, at)
-        if key not in alive:
-            alive[key] = claim_is_live(token, at, now)
-        (live if alive[key] else dead).add(Path(path).name)
+        if path:
+            (live if alive(token, at) else dead).add(Path(path).name)
     return live, dead
 
 

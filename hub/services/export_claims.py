@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
@@ -42,6 +42,7 @@ __all__ = [
     "claim",
     "claim_is_live",
     "claim_many",
+    "claims_judge",
     "my_token",
     "release_dead_claims",
     "show_loaded",
@@ -82,6 +83,21 @@ def claim_is_live(token: str | None, claimed_at: datetime | None, now: datetime)
     if host != socket.gethostname()[:120] or not pid_text.isdecimal():
         return claimed_at is not None and now - claimed_at < STALE_CLAIM
     return _start_time(int(pid_text)) == start
+
+
+def claims_judge(now: datetime) -> Callable[[str | None, datetime | None], bool]:
+    """:func:`claim_is_live` at ``now`` for many rows: each (token, claimed at) is judged
+    once (the rows one batch claimed share both, so its process is looked up once, not
+    once a row)."""
+    judged: dict[tuple[str | None, datetime | None], bool] = {}
+
+    def live(token: str | None, claimed_at: datetime | None) -> bool:
+        key = (token, claimed_at)
+        if key not in judged:
+            judged[key] = claim_is_live(token, claimed_at, now)
+        return judged[key]
+
+    return live
 
 
 def claim(session: Session, deployment_id: int, now: datetime) -> bool:
@@ -189,11 +205,9 @@ def stale_claims(
         query = query.join(Agent, Deployment.agent_id == Agent.id).where(
             Agent.agent_id.in_(sorted(agent_ids))
         )
-    return [
-        d
-        for d in session.scalars(query)
-        if d.claimed_by != my_token() and not claim_is_live(d.claimed_by, d.claimed_at, now)
-    ]
+    live = claims_judge(now)
+    return [d for d in session.scalars(query)
+            if d.claimed_by != my_token() and not live(d.claimed_by, d.claimed_at)]
 
 
 def release_dead_claims(session: Session, now: datetime) -> int:
@@ -203,19 +217,24 @@ def release_dead_claims(session: Session, now: datetime) -> int:
     ``hub export``) left claimed waited for other work for its agent. The next export takes
     it over as any stale claim. Returns how many were released (in the session's
     transaction: the caller commits)."""
-    released = 0
+    live = claims_judge(now)
+    dead: dict[str | None, list[int]] = {}  # token (never None here) -> its dead claims
     for dep_id, token, at in session.execute(
             select(Deployment.id, Deployment.claimed_by, Deployment.claimed_at)
-            .where(Deployment.state == "exporting", Deployment.claimed_by.is_not(None))):
-        if token == my_token() or claim_is_live(token, at, now):
-            continue
-        changed = session.execute(
-            update(Deployment)
-            .where(Deployment.id == dep_id, Deployment.state == "exporting",
-                   Deployment.claimed_by == token)
-            .values(claimed_by=None)
-            .execution_options(synchronize_session=False))
-        released += int(changed.rowcount)  # type: ignore[attr-defined]
+            .where(Deployment.state == "exporting", Deployment.claimed_by.is_not(None))
+            .order_by(Deployment.id)).all():
+        if token != my_token() and not live(token, at):
+            dead.setdefault(token, []).append(dep_id)
+    released = 0
+    for token, ids in dead.items():  # one update per IN list, not one a row
+        for start in range(0, len(ids), _IN_CHUNK):
+            changed = session.execute(
+                update(Deployment)
+                .where(Deployment.id.in_(ids[start:start + _IN_CHUNK]),
+                       Deployment.state == "exporting", Deployment.claimed_by == token)
+                .values(claimed_by=None)
+                .execution_options(synchronize_session=False))
+            released += int(changed.rowcount)  # type: ignore[attr-defined]
     return released
 
 
