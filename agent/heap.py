@@ -27,7 +27,6 @@ Nothing here changes what is received or checked: only where the buffers come fr
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 from typing import Any
 
@@ -48,11 +47,13 @@ _kept = False
 
 def _glibc() -> Any:
     """The C library if it is glibc (it has ``malloc_trim``, which musl and others lack),
-    else None."""
+    else None. The process's own symbols (``dlopen(NULL)``): the allocator in use, found
+    without ``ctypes.util.find_library``, which runs ``ldconfig`` (or a compiler) in a
+    child process — on the live client's event loop, at the first transfer."""
     global _libc
     if _libc is None:
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            libc = ctypes.CDLL(None)
             _libc = libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else False
         except OSError:
             _libc = False
