@@ -50,7 +50,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
@@ -295,7 +295,7 @@ def export_agents(
     stale = stale_claims(ctx.session, env, None, now, agent_ids=wanted)
     pending = pending_exports(ctx.session, env, agent_ids=wanted)
     # Their agents and releases in one query each (not a lazy load each deployment).
-    _load_agents(ctx.session, [*stale, *pending], env)
+    _load_related(ctx.session, [*stale, *pending], env)
     if pending:
         pending, report.held = hold_back(ctx.session, pending, now, live=live)
     ctx.session.commit()
@@ -1244,21 +1244,13 @@ def _still_queued(session: Session, deps: list[Deployment]) -> list[Deployment]:
     return out
 
 
-def _load_agents(session: Session, deps: list[Deployment], env: Environment) -> None:
-    """Load the agents of ``deps`` with one query per :data:`IN_CHUNK` and give each
-    deployment its agent (held by it: the session's identity map holds rows weakly), its
-    release (one query for all) and, of ``env``, ``env``: ``dep.agent``, ``dep.release``
-    and ``dep.environment`` are no lazy load each."""
-    ids = sorted({dep.agent_id for dep in deps if dep.agent_id is not None})
-    agents: dict[int, Agent] = {}
-    for start in range(0, len(ids), IN_CHUNK):
-        agents.update((a.id, a) for a in session.scalars(
-            select(Agent).where(Agent.id.in_(ids[start:start + IN_CHUNK]))))
-    release_ids = sorted({dep.release_id for dep in deps})
-    releases: dict[int, Release] = {}
-    for start in range(0, len(release_ids), IN_CHUNK):
-        releases.update((r.id, r) for r in session.scalars(
-            select(Release).where(Release.id.in_(release_ids[start:start + IN_CHUNK]))))
+def _load_related(session: Session, deps: list[Deployment], env: Environment) -> None:
+    """Give each of ``deps`` its agent and its release, loaded with one query per
+    :data:`IN_CHUNK` (held by the deployment: the session's identity map holds rows
+    weakly) and, of ``env``, ``env``: ``dep.agent``, ``dep.release`` and ``dep.environment``
+    are no lazy load each."""
+    agents = _by_id(session, Agent, {dep.agent_id for dep in deps if dep.agent_id is not None})
+    releases = _by_id(session, Release, {dep.release_id for dep in deps})
     for dep in deps:
         if dep.agent_id in agents:
             set_committed_value(dep, "agent", agents[dep.agent_id])
@@ -1266,6 +1258,19 @@ def _load_agents(session: Session, deps: list[Deployment], env: Environment) -> 
             set_committed_value(dep, "release", releases[dep.release_id])
         if dep.environment_id == env.id:
             set_committed_value(dep, "environment", env)
+
+
+_Row = TypeVar("_Row", Agent, Release)
+
+
+def _by_id(session: Session, model: type[_Row], ids: Collection[int]) -> dict[int, _Row]:
+    """The rows of ``model`` with ``ids``, by id: one query per :data:`IN_CHUNK`."""
+    wanted = sorted(ids)
+    found: dict[int, _Row] = {}
+    for start in range(0, len(wanted), IN_CHUNK):
+        found.update((row.id, row) for row in session.scalars(
+            select(model).where(model.id.in_(wanted[start:start + IN_CHUNK]))))
+    return found
 
 
 def _roots_up_to(updates: tuple[bytes, ...], version: int) -> tuple[bytes, ...]:
