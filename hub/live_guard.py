@@ -24,14 +24,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["MIN_POLL_S", "Admission", "LiveLimits", "LoginGuard", "RefusalCount",
-           "default_export_processes"]
+__all__ = ["MIN_POLL_S", "WAKE_GAP_SECONDS", "Admission", "LiveLimits", "LoginGuard",
+           "RefusalCount", "default_export_processes"]
 
 Clock = Callable[[], float]
 ZERO_ALLOWED = frozenset({"export_processes"})  # settings of LiveLimits that may be 0
+#: seconds at least between the starts of two polls that wake-ups started (PostgreSQL
+#: NOTIFY, hub.live_notify; SQLite datagrams, hub.live_wake): a wake-up starts a
+#: poll at once, but one that comes sooner after the last woken poll waits for the rest of
+#: this gap (the wake-ups meanwhile join it), so a flood of wake-ups — a script queueing
+#: deployments one commit at a time, a local user sending datagrams — costs at most 20 polls
+#: a second (besides the timed ones), and a wake-up waits at most this long instead of up to
+#: a whole poll interval
+WAKE_GAP_SECONDS = 0.05
 #: seconds at least between two timed looks at the database ([live] poll_s): as often as
-#: wake-ups may start them (hub.live_notify.WAKE_GAP_SECONDS); less spun the push loop
-MIN_POLL_S = 0.05
+#: wake-ups may start them; less spun the push loop
+MIN_POLL_S = WAKE_GAP_SECONDS
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

@@ -97,8 +97,8 @@ from hub.live_files import (
     partial_path,
     sweep_partials,
 )
-from hub.live_guard import Admission, LiveLimits, LoginGuard, RefusalCount
-from hub.live_notify import NOTIFY_FALLBACK_POLL_S, WAKE_GAP_SECONDS, Listener
+from hub.live_guard import WAKE_GAP_SECONDS, Admission, LiveLimits, LoginGuard, RefusalCount
+from hub.live_notify import NOTIFY_FALLBACK_POLL_S, Listener
 from hub.live_wake import WakeSocket
 from hub.metrics import LiveMetrics
 from hub.services import audit

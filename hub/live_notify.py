@@ -6,9 +6,10 @@ in the same transaction (delivered at its commit; identical notifications of one
 transaction fold into one). :func:`listen` holds one extra connection per live process with
 ``LISTEN tiangong_live`` and calls ``wake()`` for every notification, so a deployment queued
 anywhere is looked at by every live process at once (a wake-up starts the push loop's next
-poll without waiting for its interval; :data:`WAKE_GAP_SECONDS` apart at least), and the push
-loop's database poll becomes a safety net (:data:`NOTIFY_FALLBACK_POLL_S`) instead of a query
-four times a second.
+poll without waiting for its interval;
+:data:`hub.live_guard.WAKE_GAP_SECONDS` apart at least), and the push loop's database poll
+becomes a safety net (:data:`NOTIFY_FALLBACK_POLL_S`) instead of a query four times a
+second.
 
 Any other database has no such signal: on SQLite the committing process wakes the live
 servers itself, on the same host (:mod:`hub.live_wake`), and the push loop keeps polling
@@ -30,21 +31,13 @@ from sqlalchemy.engine import make_url
 
 from hub.db import normalize_url
 
-__all__ = ["CHANNEL", "NOTIFY_FALLBACK_POLL_S", "RECONNECT_S", "WAKE_GAP_SECONDS", "Listener",
-           "listen_dsn"]
+__all__ = ["CHANNEL", "NOTIFY_FALLBACK_POLL_S", "RECONNECT_S", "Listener", "listen_dsn"]
 
 log = logging.getLogger("tiangong.hub.live")
 
 CHANNEL = "tiangong_live"  # = the triggers of migration 0008
 NOTIFY_FALLBACK_POLL_S = 5.0  # seconds between polls while LISTEN works (a safety net)
 RECONNECT_S = 5.0  # seconds between two attempts to (re)open the listening connection
-#: seconds at least between the starts of two polls that wake-ups started: a wake-up starts a
-#: poll at once, but one that comes sooner after the last woken poll waits for the rest of
-#: this gap (the wake-ups meanwhile join it), so a flood of wake-ups — a script queueing
-#: deployments one commit at a time, a local user sending datagrams — costs at most 20 polls
-#: a second (besides the timed ones), and a wake-up waits at most this long instead of up to
-#: a whole poll interval
-WAKE_GAP_SECONDS = 0.05
 
 
 def listen_dsn(database_url: str) -> str | None:
