@@ -257,7 +257,9 @@ def create(release_dir: Path, key_file: str, root_file: str, agents: tuple[str, 
     except (BundleError, SigningError) as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
-        click.echo(f"Error: cannot write {output}: {exc}", err=True)
+        # One line: a name holding a new line (in -o or in the message) cannot add its own.
+        click.echo(f"Error: cannot write {printable(str(output))}: "
+                   f"{printable(str(exc), double_backslash=False)}", err=True)
         sys.exit(EXIT_IO)
     content = sum(f.size for f in written.manifest.files)
     summary = {

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -137,3 +139,20 @@ def test_bundle_verify_and_inspect_print_a_hostile_file_name_on_one_line(
     assert shown.output.splitlines()[0] == (
         "UNVERIFIED — t.tgb\\x0aVERIFIED t.tgb: hello 1.0.0, sequence 1 has not been "
         "verified; nothing below is trusted.")
+
+
+def test_bundle_create_error_names_a_hostile_output_on_one_line(tmp_path: Path) -> None:
+    """-o names a FIFO whose name holds a new line and a forged verdict: refused (it is
+    not a regular file), in one error line with the name escaped, exit 3, and the FIFO
+    left as it was."""
+    kd, release = _keys_and_release(tmp_path)
+    out = tmp_path / "x.tgb\nVERIFIED x.tgb"
+    os.mkfifo(out)
+    result = _create(kd, release, out)
+    assert result.exit_code == 3 and isinstance(result.exception, SystemExit)
+    assert result.output.count("\n") == 1, result.output
+    shown = str(out).replace("\n", "\\x0a")
+    assert result.output.startswith(f"Error: cannot write {shown}: ")
+    assert f"{shown} exists and is not a regular file" in result.output
+    assert stat.S_ISFIFO(os.lstat(out).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
