@@ -254,9 +254,10 @@ def _flash_outcome(env: str, report: ExportReport, failed: list[dict[str, Any]])
         flash(f"Nothing queued for {env}: nothing written.")
     for f in failed:
         flash(f"Deployment {f['deployment']} was NOT exported: {f['reason']}", "error")
-    if report.index_error:
-        flash(f"{report.index_error[0].upper()}{report.index_error[1:]}; the bundles listed "
-              "are written and recorded.", "error")
+    if report.index_error:  # what is written stands (as hub export says it)
+        flash(f"{report.index_error[0].upper()}{report.index_error[1:]}"
+              + ("; the bundles listed are written and recorded." if report.written else "."),
+              "error")
 
 
 def export_for_download(environment: str, by: str, export: Callable[[Path], ExportReport]

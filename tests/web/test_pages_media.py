@@ -178,6 +178,33 @@ def test_export_to_the_configured_directory(queued: Site2) -> None:
     assert _export_dirs(site) == [] and _state(site, queued.deployment) == "exported"
 
 
+def test_an_index_the_directory_cannot_take_is_said_with_what_was_written(
+        queued: Site2) -> None:
+    """An index that cannot be written (a directory in its place stands in for read-only
+    media) is an error flash naming it; "the bundles listed are written and recorded" only
+    when some were (a failed bundle is no bundle written), as ``hub export`` says it."""
+    site, op = queued.site, queued.site.client("op")
+    share = queued.tmp / "share"
+    (share / "INDEX-test.txt").mkdir(parents=True)
+    taken = share / "hello-1.0.0-media-01-000001.tgb"
+    taken.mkdir()
+    site.app.config["TIANGONG_HUB"] = with_overrides(hub_config(site.app),
+                                                     export_dir=str(share))
+    cannot = f"Cannot write the index INDEX-test.txt in {share}: [Errno 21] Is a directory"
+    page = site.post(op, "/media/export", {"environment": "test", "destination": "directory"},
+                     follow_redirects=True).get_data(as_text=True)
+    assert "NOT exported" in page and cannot in page
+    assert "written and recorded" not in page
+    assert _state(site, queued.deployment) == "exporting"
+    assert [p.name for p in share.glob("*.tgb*")] == [taken.name]  # only the directory
+    taken.rmdir()
+    page = site.post(op, "/media/export", {"environment": "test", "destination": "directory"},
+                     follow_redirects=True).get_data(as_text=True)
+    assert cannot in page and "the bundles listed are written and recorded." in page
+    assert _state(site, queued.deployment) == "exported"
+    assert [p.name for p in share.glob("*.tgb")] == [taken.name]
+
+
 def test_export_directory_choice_without_configuration_is_a_400(site: Site) -> None:
     resp = site.post(site.client("op"), "/media/export",
                      {"environment": "test", "destination": "directory"})
