@@ -348,12 +348,11 @@ class LiveHub:
         self._unclaim: set[str] = set()
         self._unclaim_lock = threading.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()  # outlive a connection (database work)
-        # (agent id, spooled file name, how) of bundles agents confirmed, not recorded yet:
-        # recorded in one transaction per batch (_record_delivered), not one per bundle
-        self._delivered: list[tuple[str, str, str]] = []
-        # (agent id, file name) -> when the agent confirmed it (the push-latency metric
-        # counts to that moment, not to the batch's commit)
-        self._confirmed_at: dict[tuple[str, str], Any] = {}
+        # (agent id, spooled file name, how, when the agent confirmed it) of bundles agents
+        # confirmed, not recorded yet: recorded in one transaction per batch
+        # (_record_delivered), not one per bundle; the push-latency metric counts to the
+        # confirmation, not to the batch's commit
+        self._delivered: list[tuple[str, str, str, Any]] = []
         self._delivered_recovered = False  # recover_delivered ran in this process
         self._recording: asyncio.Task[None] | None = None
         # agent -> (time of its last heartbeat, its connection), not written yet
@@ -1573,8 +1572,7 @@ class LiveHub:
         # In the export pool, behind the exports already queued: bookkeeping must not delay
         # other agents' bundles (a burst's last bundle waited for the first ones' commits);
         # what arrives meanwhile is recorded in the next batch.
-        self._delivered.append((agent_id, path.name, how))
-        self._confirmed_at[(agent_id, path.name)] = self.clock()
+        self._delivered.append((agent_id, path.name, how, self.clock()))
         self._record_delivered_soon()
         if peer.spool_more:
             # Only then: every bundle this process writes into a spool is offered after its
@@ -1637,13 +1635,12 @@ class LiveHub:
             if gather and len(self._delivered) < DELIVERED_QUERY_ITEMS:
                 await asyncio.sleep(gather)
             batch, self._delivered = self._delivered, []
-            at = {key: self._confirmed_at.pop(key) for key in
-                  ((agent_id, name) for agent_id, name, _ in batch) if key in self._confirmed_at}
+            items = [(agent_id, name, how) for agent_id, name, how, _ in batch]
+            at = {(agent_id, name): when for agent_id, name, _, when in batch}
             try:
-                await self._in_pool(self._export_pool, self._mark_delivered, batch, at)
+                await self._in_pool(self._export_pool, self._mark_delivered, items, at)
             except (SQLAlchemyError, HubError, OSError) as exc:
                 self._delivered[:0] = batch
-                self._confirmed_at.update(at)
                 self.metrics.error("push_loop")
                 log.error("live: cannot record %d delivered bundle(s) now: %s", len(batch), exc)
                 return

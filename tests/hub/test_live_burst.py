@@ -336,8 +336,7 @@ def test_confirmations_arriving_together_are_recorded_in_one_batch_timed_at_thei
         world.clock.advance(2)  # queued at 09:00:00, confirmed at 09:00:02
         for agent_id in ids:
             name = next((hub.spool_root / agent_id).glob("*.tgb")).name
-            hub._delivered.append((agent_id, name, "received"))
-            hub._confirmed_at[(agent_id, name)] = world.clock()
+            hub._delivered.append((agent_id, name, "received", world.clock()))
             hub._record_delivered_soon()
             await asyncio.sleep(0)
         world.clock.advance(10)  # recorded later: not what the metric counts
@@ -345,7 +344,7 @@ def test_confirmations_arriving_together_are_recorded_in_one_batch_timed_at_thei
         await hub._recording
 
     asyncio.run(confirm())
-    assert batches == [3] and not hub._delivered and not hub._confirmed_at
+    assert batches == [3] and not hub._delivered
     assert _states(world) == Counter({"delivered": 3})
     registry = hub.metrics.registry
     assert registry.get_sample_value("tiangong_live_push_latency_seconds_count") == 3
@@ -456,9 +455,10 @@ def test_delivered_bundles_whose_spool_cannot_be_synced_are_recorded_in_a_later_
         raise OSError(errno.EIO, "Input/output error", str(directory))
 
     monkeypatch.setattr(live_hub, "fsync_dir", eio)
-    hub._delivered.append((agent_id, spooled.name, "received"))
+    confirmed = (agent_id, spooled.name, "received", world.clock())
+    hub._delivered.append(confirmed)
     asyncio.run(hub._record_delivered())
-    assert hub._delivered == [(agent_id, spooled.name, "received")]
+    assert hub._delivered == [confirmed]
     assert _states(world) == Counter({"exported": 1})
     assert world.session.scalar(select(func.max(AuditEvent.seq))) == head
     monkeypatch.setattr(live_hub, "fsync_dir", fileio.fsync_dir)
