@@ -353,7 +353,8 @@ class LiveHub:
         # (_record_delivered), not one per bundle; the push-latency metric counts to the
         # confirmation, not to the batch's commit
         self._delivered: list[tuple[str, str, str, Any]] = []
-        self._delivered_recovered = False  # recover_delivered ran in this process
+        # recover_delivered and release_dead_claims ran in this process (_poll_loop)
+        self._recovered = False
         self._recording: asyncio.Task[None] | None = None
         # agent -> (time of its last heartbeat, its connection), not written yet
         self._seen: dict[str, tuple[Any, str]] = {}
@@ -1068,14 +1069,15 @@ class LiveHub:
         woke = 0.0  # ... of the last poll a wake-up started
         # A wake-up before this point is in self._woken, which the loop reads first.
         self._wake = wake = asyncio.Event()
-        if not self._delivered_recovered:
+        if not self._recovered:
             try:
                 await self._in_pool(self._export_pool, self.recover_delivered)
                 await self._in_pool(self._export_pool, self.release_dead_claims)
-                self._delivered_recovered = True
+                self._recovered = True
             except (SQLAlchemyError, HubError, OSError) as exc:  # the next start tries again
-                log.error("live: cannot record the deliveries a killed live server left: "
-                          "%s: %s", type(exc).__name__, exc)
+                log.error("live: cannot take over what a killed live server left (its "
+                          "unrecorded deliveries, its export claims): %s: %s",
+                          type(exc).__name__, exc)
         # Presence, refusals, sweeps every round of POLL_SECONDS (or a shorter poll interval);
         # the database asked for work every poll_interval, or at once when woken.
         round_s = min(self.poll_interval, POLL_SECONDS)

@@ -82,7 +82,7 @@ def _idle_hub(keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     hub = LiveHub(session_factory=no_db, keys=keys.hub, data_dir=tmp_path, actor="op",
                   poll_interval=HOUR)
-    hub._delivered_recovered = True  # nothing left by a killed live server (no database)
+    hub._recovered = True  # nothing left by a killed live server (no database)
     hub.peers["site-01"] = object()  # type: ignore[assignment]
     polls: list[str] = []
     started: asyncio.Queue[None] = asyncio.Queue()
