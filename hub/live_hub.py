@@ -163,6 +163,8 @@ BURST_POLL_SECONDS = NOTIFY_FALLBACK_POLL_S
 #: committed late with a smaller id (PostgreSQL); back-to-back bursts would starve them
 FULL_POLL_SECONDS = 30.0
 SWEEP_SECONDS = 60.0  # seconds between two sweeps of abandoned partial uploads (at most)
+#: seconds between two tries of the start-up take-over (:meth:`LiveHub._take_over`) that failed
+TAKE_OVER_RETRY_SECONDS = 5.0
 TOO_LARGE = "too-large"  # CANCEL code: a result over [live] max_result_bytes (§4.1)
 REJECTED = "rejected"  # CANCEL code: the importer refused the received result (§4.3)
 RETRY = "retry"  # CANCEL code: the hub could not import it now; offer it again later
@@ -353,8 +355,10 @@ class LiveHub:
         # (_record_delivered), not one per bundle; the push-latency metric counts to the
         # confirmation, not to the batch's commit
         self._delivered: list[tuple[str, str, str, Any]] = []
-        # recover_delivered and release_dead_claims ran in this process (_poll_loop)
+        # recover_delivered and release_dead_claims ran in this process (_take_over); a
+        # failed try is made again from this time.monotonic() on
         self._recovered = False
+        self._take_over_after = 0.0
         self._recording: asyncio.Task[None] | None = None
         # agent -> (time of its last heartbeat, its connection), not written yet
         self._seen: dict[str, tuple[Any, str]] = {}
@@ -1069,15 +1073,7 @@ class LiveHub:
         woke = 0.0  # ... of the last poll a wake-up started
         # A wake-up before this point is in self._woken, which the loop reads first.
         self._wake = wake = asyncio.Event()
-        if not self._recovered:
-            try:
-                await self._in_pool(self._export_pool, self.recover_delivered)
-                await self._in_pool(self._export_pool, self.release_dead_claims)
-                self._recovered = True
-            except (SQLAlchemyError, HubError, OSError) as exc:  # the next start tries again
-                log.error("live: cannot take over what a killed live server left (its "
-                          "unrecorded deliveries, its export claims): %s: %s",
-                          type(exc).__name__, exc)
+        await self._take_over()
         # Presence, refusals, sweeps every round of POLL_SECONDS (or a shorter poll interval);
         # the database asked for work every poll_interval, or at once when woken.
         round_s = min(self.poll_interval, POLL_SECONDS)
@@ -1091,6 +1087,7 @@ class LiveHub:
                     tick = time.monotonic() + round_s
                     if self._waker is not None:
                         self._waker.check()
+                    await self._take_over()
                     if self._gone or ((self._seen or self._states)
                                       and time.monotonic() - flushed >= SEEN_FLUSH_SECONDS):
                         flushed = time.monotonic()
@@ -1131,6 +1128,24 @@ class LiveHub:
                 # The database may be restarting; the next round tries again.
                 self.metrics.error("push_loop")
                 log.error("live: push loop: %s: %s", type(exc).__name__, exc)
+
+    async def _take_over(self) -> None:
+        """Once a process, before its first poll: record what a killed live server left in
+        ``sent/`` unrecorded (:meth:`recover_delivered`) and release the export claims of
+        processes that are gone (:meth:`release_dead_claims`). A try that failed (the
+        database restarting) is made again from the push loop's rounds, every
+        :data:`TAKE_OVER_RETRY_SECONDS`: it waited for the next start of the live server."""
+        if self._recovered or time.monotonic() < self._take_over_after:
+            return
+        try:
+            await self._in_pool(self._export_pool, self.recover_delivered)
+            await self._in_pool(self._export_pool, self.release_dead_claims)
+            self._recovered = True
+        except (SQLAlchemyError, HubError, OSError) as exc:
+            self._take_over_after = time.monotonic() + TAKE_OVER_RETRY_SECONDS
+            log.error("live: cannot take over what a killed live server left (its "
+                      "unrecorded deliveries, its export claims): %s: %s; tried again in "
+                      "%g s", type(exc).__name__, exc, TAKE_OVER_RETRY_SECONDS)
 
     async def _sweep(self) -> None:
         """Delete partial uploads abandoned for ``partial_max_age_s`` (at most every

@@ -148,3 +148,42 @@ def test_a_wake_up_with_nobody_connected_asks_the_database_nothing(
             hub._poller.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_take_over_that_failed_is_tried_again_without_a_restart(
+        keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start-up take-over (a killed live server's unrecorded deliveries and export
+    claims) that failed on a database restarting was said to be tried "at the next start":
+    the push loop's rounds try it again, TAKE_OVER_RETRY_SECONDS apart, until it succeeds."""
+    import hub.live_hub as live_hub_mod
+
+    monkeypatch.setattr(live_hub_mod, "TAKE_OVER_RETRY_SECONDS", 0.0)
+
+    async def scenario() -> list[str]:
+        hub, _, _, _ = _idle_hub(keys, tmp_path, monkeypatch)
+        hub._recovered = False
+        hub.poll_interval = 0.05  # timed rounds: the retries ride on them
+        tries: list[str] = []
+
+        def recover() -> int:
+            tries.append("recover")
+            if len(tries) < 3:
+                raise OSError("database is restarting")
+            return 0
+
+        async def recovered() -> None:
+            while not hub._recovered:
+                await asyncio.sleep(0.01)
+
+        monkeypatch.setattr(hub, "recover_delivered", recover)
+        monkeypatch.setattr(hub, "release_dead_claims", lambda: 0)
+        hub.peers.clear()  # no polls: only the take-over
+        hub._start_poller()
+        try:
+            await asyncio.wait_for(recovered(), DEADLINE)
+        finally:
+            assert hub._poller is not None
+            hub._poller.cancel()
+        return tries
+
+    assert asyncio.run(scenario()) == ["recover"] * 3
