@@ -560,10 +560,8 @@ class LiveClient:
 
     def _reject_incoming(self, s: _Session, transfer: str,
                          exc: SyncError | OSError) -> None:
-        inc = s.incoming.pop(transfer)
-        inc.file.close()
-        inc.path.unlink(missing_ok=True)
-        _incoming_ended(s)
+        inc = _drop_incoming(s, transfer)
+        assert inc is not None  # every caller found it in s.incoming
         log.error("live: %s rejected: %s", inc.file.offer.name, exc)
         if isinstance(exc, SyncError):
             s.conn.send_cancel(transfer, "hub", "corrupt", exc.remote_text)
@@ -599,11 +597,7 @@ class LiveClient:
 
     def _cancelled(self, s: _Session, event: TransferCancelled) -> None:
         if event.offered_by == "hub":
-            inc = s.incoming.pop(event.transfer, None)
-            if inc is not None:
-                inc.file.close()
-                inc.path.unlink(missing_ok=True)
-                _incoming_ended(s)
+            _drop_incoming(s, event.transfer)
         else:
             path = s.outgoing.pop(event.transfer, None)
             s.acked.pop(event.transfer, None)
@@ -712,6 +706,17 @@ def _size_and_sha256(path: Path) -> tuple[int, str]:
             h.update(block)
             size += len(block)
     return size, h.hexdigest()
+
+
+def _drop_incoming(s: _Session, transfer: str) -> _Incoming | None:
+    """Forget an incoming transfer that failed or was cancelled (None: none by that id):
+    its partial file closed and removed, and :func:`_incoming_ended`."""
+    inc = s.incoming.pop(transfer, None)
+    if inc is not None:
+        inc.file.close()
+        inc.path.unlink(missing_ok=True)
+        _incoming_ended(s)
+    return inc
 
 
 def _incoming_ended(s: _Session) -> None:
