@@ -62,7 +62,7 @@ from typing import Any, Literal
 
 from bundle.printable import printable
 from signing.errors import KeyFileError
-from signing.fileio import fsync_dir, write_file_atomic
+from signing.fileio import NAME_MAX_BYTES, fit_name, fsync_dir, write_file_atomic
 
 __all__ = [
     "Inbox",
@@ -638,24 +638,8 @@ class Inbox:
 # -- moving files out of the inbox -----------------------------------------------------------
 
 
-#: The longest file name most file systems take, in bytes (NAME_MAX).
-NAME_MAX_BYTES = 255  # bytes
 #: What a temp name adds to a name (``.`` + name + ``.XXXXXXXX.tmp``, signing.fileio), in bytes.
 _TEMP_NAME_BYTES = 16  # bytes
-
-
-def fit_name(name: str, suffix: str = "", limit: int = NAME_MAX_BYTES) -> str:
-    """``name + suffix`` when it is at most ``limit`` bytes on disk; else ``name`` cut short
-    and marked ``~`` + 12 hex digits of its SHA-256 (so two long names stay apart) before
-    ``suffix``. Pure."""
-    if len(os.fsencode(name + suffix)) <= limit:
-        return name + suffix
-    mark = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
-    room = limit - len(os.fsencode(mark + suffix))
-    cut = name
-    while len(os.fsencode(cut)) > room:
-        cut = cut[:-1]
-    return cut + mark + suffix
 
 
 def _with_suffix_number(name: str, n: int) -> str:

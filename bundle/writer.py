@@ -92,7 +92,7 @@ from bundle.printable import printable
 from bundle.release_names import NameSet
 from bundle.windows import Policy
 from signing.envelope import Envelope, Signature, sign_envelope
-from signing.fileio import fsync_dir, open_regular
+from signing.fileio import NAME_MAX_BYTES, fit_name, fsync_dir, open_regular
 from signing.keys import SigningKey
 from signing.strictjson import dumps_canonical
 
@@ -678,7 +678,6 @@ def _drop_cache(fd: int) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-_NAME_MAX = 255  # bytes of one file name (Linux file systems, FAT's long names)
 _TMP_EXTRA = len(".") + len(".123456789abc.tmp")  # what a temporary name adds to the final
 
 
@@ -686,7 +685,8 @@ def _tmp_for(final: Path) -> tuple[int, Path]:
     """A new temporary file beside ``final``: hidden and ending in ``.tmp`` (inbox watchers
     ignore such names). A final name too long to take those 18 bytes more (a 255-byte
     name is legal) is cut short in the temporary name and ends ``~<12 hex digits of its
-    SHA-256>`` instead, so the temporary name stays within the limit.
+    SHA-256>`` instead (:func:`signing.fileio.fit_name`, as the agent's inbox does), so
+    the temporary name stays within the limit.
 
     Raises:
         OSError: ``final`` exists and is not a regular file (a device such as /dev/null, a
@@ -702,11 +702,7 @@ def _tmp_for(final: Path) -> tuple[int, Path]:
             raise OSError(errno.EEXIST, f"{final} exists and is not a regular file (a device, "
                           "FIFO, directory or symbolic link): refusing to replace it with "
                           "the bundle")
-    name = final.name
-    raw = os.fsencode(name)
-    if len(raw) + _TMP_EXTRA > _NAME_MAX:
-        digest = hashlib.sha256(raw).hexdigest()[:12]
-        name = f"{os.fsdecode(raw[:_NAME_MAX - _TMP_EXTRA - 13])}~{digest}"
+    name = fit_name(final.name, limit=NAME_MAX_BYTES - _TMP_EXTRA)
     while True:
         path = final.parent / f".{name}.{secrets.token_hex(6)}.tmp"
         try:

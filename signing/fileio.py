@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import stat
 import tempfile
@@ -20,7 +21,11 @@ from pathlib import Path
 
 from signing.errors import KeyFileError
 
-__all__ = ["fsync_dir", "open_regular", "read_bounded", "write_file_atomic"]
+__all__ = ["NAME_MAX_BYTES", "fit_name", "fsync_dir", "open_regular", "read_bounded",
+           "write_file_atomic"]
+
+#: The longest file name most file systems take, in bytes (NAME_MAX).
+NAME_MAX_BYTES = 255  # bytes
 
 
 def write_file_atomic(
@@ -112,6 +117,20 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
             raise
     finally:
         os.close(dfd)
+
+
+def fit_name(name: str, suffix: str = "", limit: int = NAME_MAX_BYTES) -> str:
+    """``name + suffix`` when it is at most ``limit`` bytes on disk; else ``name`` cut short
+    and marked ``~`` + 12 hex digits of its SHA-256 (so two long names stay apart) before
+    ``suffix``. Pure."""
+    if len(os.fsencode(name + suffix)) <= limit:
+        return name + suffix
+    mark = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
+    room = limit - len(os.fsencode(mark + suffix))
+    cut = name
+    while len(os.fsencode(cut)) > room:
+        cut = cut[:-1]
+    return cut + mark + suffix
 
 
 def open_regular(
