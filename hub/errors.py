@@ -119,6 +119,11 @@ class ValidationError(HubError):
     """Malformed input."""
 
 
+class DestinationError(ValidationError):
+    """A directory the hub was asked to write into cannot be used (media that is read-only,
+    full or not a directory; an export directory that cannot be made)."""
+
+
 class ConfigError(HubError):
     """Configuration or data directory problem."""
 

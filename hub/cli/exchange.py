@@ -57,6 +57,7 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
     An export that was killed is completed by the next one, which also removes what it
     left on the media. Exit code 1 if any deployment failed.
     """
+    from hub.errors import DestinationError
     from hub.services.exchange import export_environment
     from hub.services.export import utc_text
 
@@ -69,8 +70,8 @@ def export_cmd(ctx: click.Context, environment: str, agent_id: str | None, out_d
             report = export_environment(sc, environment, out_dir, agent_id=agent_id,
                                         expires_in=expires_in, split_size=split,
                                         progress=progress, force=force)
-        except OSError as exc:  # the media, before any deployment (each one's are reported)
-            raise click.ClickException(f"cannot export to {out_dir}: {exc}") from exc
+        except DestinationError as exc:  # the media, before any deployment
+            raise click.ClickException(str(exc)) from exc
     rows: list[dict[str, Any]] = [{"deployment": b.deployment_id, "agent": b.agent_id, "release":
              f"{b.product} {b.version}", "sequence": b.sequence,
              "files": [str(p) for p in b.paths], "size": b.size} for b in report.written]

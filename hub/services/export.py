@@ -76,6 +76,7 @@ from bundle.writer import (
 from hub.db import Agent, Deployment, Environment, Release
 from hub.errors import (
     ConfigError,
+    DestinationError,
     HubError,
     InvalidStateError,
     PreflightError,
@@ -238,7 +239,8 @@ def export_environment(
     (:mod:`hub.services.windows`).
 
     Commits after each step of each bundle. Raises PermissionDeniedError (operator) before
-    writing anything, ConfigError when the release key is not loaded; other per-deployment
+    writing anything, ConfigError when the release key is not loaded, DestinationError
+    (naming ``out_dir``) when the directory cannot be made or looked into; other per-deployment
     problems are collected in ``failed`` (and audited) so one bad release does not block
     the rest.
     """
@@ -247,9 +249,12 @@ def export_environment(
     if ctx.keys is None or ctx.keys.release_key is None:
         raise ConfigError("the release key is not loaded; it lives in <data_dir>/keys/")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     report = ExportReport(environment)
-    report.cleaned = _clean_leftovers(ctx, out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report.cleaned = _clean_leftovers(ctx, out_dir)
+    except OSError as exc:  # the media, before any deployment (each one's are reported)
+        raise DestinationError(f"cannot export to {out_dir}: {exc}") from exc
     stale = stale_claims(ctx.session, env, agent_id, ctx.now())
     pending = pending_exports(ctx.session, env, agent_id)
     if pending:

@@ -205,6 +205,23 @@ def test_an_index_the_directory_cannot_take_is_said_with_what_was_written(
     assert [p.name for p in share.glob("*.tgb")] == [taken.name]
 
 
+def test_an_export_directory_that_cannot_be_made_is_a_400_naming_it(queued: Site2) -> None:
+    """The service says it (DestinationError), not each front end: the web page got the raw
+    OSError, a 500, where ``hub export`` said "cannot export to DIR: …"."""
+    site = queued.site
+    blocked = queued.tmp / "not-a-dir"
+    blocked.write_bytes(b"")
+    share = blocked / "share"
+    site.app.config["TIANGONG_HUB"] = with_overrides(hub_config(site.app),
+                                                     export_dir=str(share))
+    resp = site.post(site.client("op"), "/media/export",
+                     {"environment": "test", "destination": "directory"})
+    text = resp.get_data(as_text=True)
+    assert resp.status_code == 400 and f"cannot export to {share}" in text
+    assert "Not a directory" in text
+    assert _state(site, queued.deployment) == "queued"
+
+
 def test_export_directory_choice_without_configuration_is_a_400(site: Site) -> None:
     resp = site.post(site.client("op"), "/media/export",
                      {"environment": "test", "destination": "directory"})
