@@ -72,7 +72,6 @@ __all__ = [
     "WaitingItem",
     "default_parts_needed",
     "move_to",
-    "printable",
     "write_reason",
 ]
 

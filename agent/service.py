@@ -71,7 +71,6 @@ from agent.inbox import (
     InboxWatcher,
     ReadyItem,
     move_to,
-    printable,
     write_reason,
 )
 from agent.inventory import collect as collect_inventory
@@ -96,6 +95,7 @@ from bundle.dag import graph_of, has_after
 from bundle.errors import BundleError, InsufficientSpaceError, PartsError
 from bundle.manifest import Manifest
 from bundle.parts import find_first_part, strip_part_suffix
+from bundle.printable import printable
 from bundle.reader import (
     AdmitFn,
     ExpectRelease,
