@@ -26,6 +26,9 @@ __all__ = ["NAME_MAX_BYTES", "fit_name", "fsync_dir", "open_regular", "read_boun
 
 #: The longest file name most file systems take, in bytes (NAME_MAX).
 NAME_MAX_BYTES = 255  # bytes
+#: bytes of a target's name that fit in write_file_atomic's temporary name (".", ".", 8
+#: random characters, ".tmp")
+_TMP_ROOM = NAME_MAX_BYTES - 14
 
 
 def write_file_atomic(
@@ -55,7 +58,10 @@ def write_file_atomic(
                 raise KeyFileError(f"cannot write {target}: it is not a regular file (a "
                                    "device, FIFO, socket or directory); refusing to replace it")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+        # ".<name>.<8 random>.tmp": a name near NAME_MAX is cut for it (fit_name), or the
+        # temporary file could not be made for a name the directory takes
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{fit_name(target.name, limit=_TMP_ROOM)}.",
+                                        suffix=".tmp", dir=directory)
     except OSError as exc:
         raise KeyFileError(f"cannot write {target}: {exc.strerror or exc}") from exc
     tmp = Path(tmp_name)

@@ -28,6 +28,16 @@ def test_write_new_file(tmp_path: Path, umask_022: None) -> None:
     assert other_files(tmp_path, "a.json", "b.json") == []
 
 
+def test_a_name_of_255_bytes_is_written(tmp_path: Path) -> None:
+    """Its temporary name (".<name>.<random>.tmp") was 14 bytes longer than the name: a
+    file the directory takes could not be written ("File name too long")."""
+    for name in ("k" * 255, "é" * 127 + "x"):  # 255 bytes, in ASCII and in UTF-8
+        path = tmp_path / name
+        write_file_atomic(path, b"data")
+        assert path.read_bytes() == b"data"
+    assert other_files(tmp_path, "k" * 255, "é" * 127 + "x") == []
+
+
 def test_no_overwrite_without_permission(tmp_path: Path) -> None:
     path = tmp_path / "a.json"
     path.write_bytes(b"old")
