@@ -1,5 +1,6 @@
 """Printing command results: aligned tables for people, ``--json`` for scripts (shared by
-``tiangong hub`` and ``tiangong remote``). Only click and the standard library."""
+``tiangong hub`` and ``tiangong remote``). Only click, the standard library and
+:mod:`bundle.printable` (the one escape for text from elsewhere)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from bundle.printable import printable
 
 __all__ = ["cell", "done", "emit"]
 
@@ -58,39 +61,23 @@ def done(as_json: bool, text: str, data: dict[str, Any]) -> None:
         click.echo(text)
 
 
-#: What a cell never prints raw: control characters (a new line, an escape sequence), bidi
-#: controls, the lone surrogates a file name that is not UTF-8 decodes to — and the
-#: backslash, doubled, so that a name holding the four characters ``\x0a`` never reads as an
-#: escaped new line (as ``bundle.printable.printable`` does).
-_UNPRINTABLE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
-                          "\udc80-\udcff]")
-
-
-#: The same in a block of text shown as lines (a template's file): new lines and tabs stay.
-_UNPRINTABLE_IN_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f"
-                                   "\u202a-\u202e\u2066-\u2069\udc80-\udcff]")
-
-
-def _escaped(match: re.Match[str]) -> str:
-    if match.group(0) == "\\":
-        return "\\\\"
-    code = ord(match.group(0))
-    if 0xDC80 <= code <= 0xDCFF:
-        return f"\\x{code - 0xDC00:02x}"  # the byte a non-UTF-8 name held
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+#: What stays as it is in a block of text shown as lines: its new lines and tabs.
+_LINE_BREAKS = re.compile("([\n\t])")
 
 
 def cell(value: Any) -> str:
     """One table cell on one line: ``-`` for nothing, UTC times, comma-joined lists; what
     could break the line or drive a terminal (names from a stick, texts people typed) is
-    escaped (``\\x0a``, ``\\x1b``, ``\\u202e``) and a backslash doubled (``\\\\``)."""
+    escaped (``\\x0a``, ``\\x1b``, ``\\u202e``, ``\\u2028``) and a backslash doubled
+    (``\\\\``): :func:`bundle.printable.printable`, the escape the inbox, the import and
+    ``tiangong bundle`` print names with."""
     if value is None:
         return "-"
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%SZ")
     if isinstance(value, (list, tuple)):
-        return _UNPRINTABLE.sub(_escaped, ",".join(str(v) for v in value)) or "-"
-    return _UNPRINTABLE.sub(_escaped, str(value))
+        return printable(",".join(str(v) for v in value)) or "-"
+    return printable(str(value))
 
 
 def text_lines(value: str) -> str:
@@ -98,4 +85,5 @@ def text_lines(value: str) -> str:
     lines and tabs kept, every other control character, bidi control and non-UTF-8 byte
     escaped as :func:`cell` does (a carriage return or an escape sequence could otherwise
     hide a line from the person reading it before they run it)."""
-    return _UNPRINTABLE_IN_LINES.sub(_escaped, value)
+    return "".join(part if part in ("\n", "\t") else printable(part, double_backslash=False)
+                   for part in _LINE_BREAKS.split(value))
