@@ -23,7 +23,7 @@ import click
 from bundle.approvals import manifest_verdict
 from bundle.errors import ApprovalsError, BundleError
 from bundle.manifest import Approval, Manifest, Target
-from bundle.parts import DEFAULT_SPLIT_SIZE
+from bundle.parts import DEFAULT_SPLIT_SIZE, strip_part_suffix
 from bundle.printable import printable
 from bundle.reader import (
     ExpectRelease,
@@ -473,7 +473,7 @@ def verify_cmd(files: tuple[Path, ...], trust_file: str, agent_id: str | None,
         root_version_floor = trusted.version if sequence_floor else 0
     state = VerifierState(root_version_floor, sequence_floor, time_floor)
     staging = Path(tempfile.mkdtemp(prefix="tiangong-verify-"))
-    label = printable(files[0].name)
+    label = _files_label(files)
     try:
         with progress_bar(not no_progress and not as_json) as report:
             if len(files) == 1 and not files[0].name.endswith(".part000"):
@@ -504,6 +504,19 @@ def verify_cmd(files: tuple[Path, ...], trust_file: str, agent_id: str | None,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _report_success(label, vb, verbose, as_json)
+
+
+def _files_label(files: Sequence[Path]) -> str:
+    """What ``bundle verify`` calls FILES in its verdict, escaped: the file's name, or for
+    the parts of a split bundle (given in any order) the bundle's name and the count,
+    ``site.tgb (3 parts)``, and their sorted names when they do not share one."""
+    if len(files) == 1:
+        return printable(files[0].name)
+    names = sorted(f.name for f in files)
+    bases = {strip_part_suffix(n) for n in names}
+    if len(bases) == 1:
+        return printable(f"{bases.pop()} ({len(files)} parts)")
+    return printable(", ".join(names))
 
 
 def _report_failure(label: str, exc: BundleError, verbose: bool, as_json: bool) -> None:

@@ -156,3 +156,31 @@ def test_bundle_create_error_names_a_hostile_output_on_one_line(tmp_path: Path) 
     assert f"{shown} exists and is not a regular file" in result.output
     assert stat.S_ISFIFO(os.lstat(out).st_mode)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_bundle_verify_names_a_split_bundle_by_its_name_and_parts(tmp_path: Path) -> None:
+    """Parts may be given in any order: the verdict named whichever came first
+    ("VERIFIED out.tgb.part002: ..."), as if that one file were the bundle. Now it names
+    the bundle and its part count, in the text and the JSON alike."""
+    kd, release = _keys_and_release(tmp_path)
+    out = tmp_path / "media" / "out.tgb"
+    out.parent.mkdir()
+    created = CliRunner().invoke(bundle, [
+        "create", str(release), "--key", kd.key("release1"), "--root",
+        str(kd.path / "root.json"), "--agent", "site-01", "--sequence", "1",
+        "-o", str(out), "--split", "1K", "--json", "--no-progress"],
+        env={DEFAULT_PASSPHRASE_ENV: PASS})
+    assert created.exit_code == 0, created.output
+    parts = sorted(out.parent.iterdir(), reverse=True)
+    assert len(parts) > 2 and parts[-1].name == "out.tgb.part000"
+
+    def verify(*extra: str) -> Result:
+        return CliRunner().invoke(bundle, [
+            "verify", *map(str, parts), "--trust", str(tmp_path / "root.json"),
+            "--agent-id", "site-01", "--no-progress", *extra])
+
+    text = verify()
+    assert text.exit_code == 0, text.output
+    assert text.output.startswith(f"VERIFIED out.tgb ({len(parts)} parts): hello 1.0.0, ")
+    as_json = verify("--json")
+    assert json.loads(as_json.output)["file"] == f"out.tgb ({len(parts)} parts)"
