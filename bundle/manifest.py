@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -701,6 +703,13 @@ class Manifest:
             object.__setattr__(new, name, changes[name] if name in changes
                                else getattr(self, name))
         new._validate(kept=True)
+        # Its kept fields are this one's very objects: serialised once for every manifest
+        # derived from this one (to_bytes), not once a bundle.
+        kept: _KeptText | None = self.__dict__.get("_kept")
+        if kept is None:
+            kept = _KeptText()
+            object.__setattr__(self, "_kept", kept)
+        object.__setattr__(new, "_kept", kept)
         return new
 
     def _validate(self, *, kept: bool) -> None:
@@ -844,8 +853,17 @@ class Manifest:
         }
 
     def to_bytes(self) -> bytes:
-        """The canonical strict-JSON bytes (§3) that the envelope signs."""
+        """The canonical strict-JSON bytes (§3) that the envelope signs.
+
+        A manifest made by :meth:`derive` gives the very same bytes, with the fields it
+        shares with the manifest it was derived from (steps, files, release ...) serialised
+        once for all of them (:class:`_KeptText`)."""
         try:
+            kept: _KeptText | None = self.__dict__.get("_kept")
+            if kept is not None:
+                data = kept.splice(self)
+                if data is not None:
+                    return data
             return dumps_canonical(self.to_json())
         except (StrictJSONError, UnicodeError) as exc:
             raise ManifestError(f"manifest cannot be serialised: {exc}") from None
@@ -933,6 +951,69 @@ class Manifest:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Manifest))
+#: the manifest's JSON fields that :meth:`Manifest.derive` keeps (all but the per-bundle ones)
+_KEPT_JSON = ("format", "kind", "issuer", "release", "result", "steps", "files", "parts")
+
+
+class _KeptText:
+    """The canonical JSON of the fields :meth:`Manifest.derive` keeps (:data:`_KEPT_JSON`),
+    made at the first :meth:`Manifest.to_bytes` of a manifest derived from one template and
+    spliced into the others': the manifest's bytes are its per-bundle fields serialised by
+    :func:`dumps_canonical` with a placeholder string for each kept field, each placeholder
+    then replaced by that field's text. JSON text composes (an object's text is its sorted
+    keys each followed by its value's own text), so this is byte for byte
+    ``dumps_canonical(manifest.to_json())``; each kept value is checked as it is there (one
+    level deep, by serialising it inside an object). A placeholder holds a NUL character and
+    128 random bits of this process: were it found more than once in the text (a per-bundle
+    string holding it), the whole manifest is serialised as usual instead."""
+
+    _TOKEN = "\x00" + secrets.token_hex(16) + ":"
+
+    def __init__(self) -> None:
+        self.texts: dict[str, str] | None = None
+        self.placeholders = {key: self._TOKEN + key for key in _KEPT_JSON}
+        # each placeholder as dumps_canonical writes it (the NUL escaped), quotes included
+        self.written = {json.dumps(text, ensure_ascii=False): key
+                        for key, text in self.placeholders.items()}
+        self.pattern = re.compile("|".join(re.escape(w) for w in self.written))
+
+    def splice(self, manifest: Manifest) -> bytes | None:
+        """``manifest``'s canonical bytes, or None (serialise it whole).
+
+        Raises:
+            StrictJSONError, UnicodeError: a field is not strict JSON.
+        """
+        texts = self.texts
+        if texts is None:
+            whole = manifest.to_json()
+            texts = {}
+            for key in _KEPT_JSON:
+                text = dumps_canonical({key: whole[key]}).decode("utf-8")
+                texts[key] = text[len(key) + 4:-1]  # {"key":VALUE}
+            self.texts = texts
+        doc = {
+            **self.placeholders,
+            "bundle_id": manifest.bundle_id,
+            "target": manifest.target.to_json(),
+            "root_version": manifest.root_version,
+            "sequence": manifest.sequence,
+            "created": manifest.created,
+            "not_before": manifest.not_before,
+            "expires": manifest.expires,
+            "secrets": [s.to_json() for s in manifest.secrets],
+            "checkpoint": None if manifest.checkpoint is None else dict(manifest.checkpoint),
+            **({} if manifest.chain is None else {"chain": manifest.chain.to_json()}),
+            **({} if manifest.policy is None else {"policy": manifest.policy.to_json()}),
+            **({"approvals": approvals_to_json(manifest.approvals)}
+               if manifest.approvals else {}),
+        }
+        text = dumps_canonical(doc).decode("utf-8")
+        found = self.pattern.findall(text)
+        if len(found) != len(_KEPT_JSON) or len(set(found)) != len(_KEPT_JSON):
+            return None
+        # one pass: a field's text put in is not searched again
+        return self.pattern.sub(lambda m: texts[self.written[m.group(0)]],
+                                text).encode("utf-8")
 
 
 def peek_manifest(envelope: bytes, max_envelope_bytes: int) -> Manifest:

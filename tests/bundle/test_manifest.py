@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bundle import manifest as manifest_module
 from bundle.errors import ManifestError
 from bundle.manifest import (
     FORMAT,
@@ -330,3 +331,31 @@ def test_derive_changes_only_per_bundle_fields(trust: TrustKit, field: str) -> N
     base = _full(trust)
     with pytest.raises(ValueError, match=f"not per-bundle fields: {field}"):
         base.derive(**{field: getattr(base, field)})
+
+
+def test_derived_manifests_give_the_bytes_of_their_whole_json(trust: TrustKit) -> None:
+    """to_bytes of derived manifests splices the kept fields' text, made once (_KeptText):
+    byte for byte dumps_canonical(to_json()), also where a per-bundle string holds a
+    placeholder (then serialised whole)."""
+    base = _full(trust)
+    token = manifest_module._KeptText._TOKEN
+    for i, changes in enumerate([*DERIVED_OK, {"checkpoint": {"x": token + "files"}},
+                                 {"checkpoint": {token + "steps": 1, "y": [token]}}]):
+        derived = base.derive(**changes)
+        assert derived.to_bytes() == dumps_canonical(derived.to_json()), i
+        assert Manifest.from_bytes(derived.to_bytes(), 1 << 20) == derived
+
+
+def test_derived_manifest_refuses_a_kept_field_too_deep_as_the_whole_does(
+        trust: TrustKit) -> None:
+    """A step nested too deep for the manifest (though not for itself) is refused by
+    to_bytes of a derived manifest as of the one it was derived from."""
+    deep: dict[str, Any] = {"x": 1}
+    for _ in range(30):
+        deep = {"a": deep}
+    base = release_draft(trust, steps=({"action": "noop", "deep": deep},))
+    with pytest.raises(ManifestError, match="nesting deeper") as whole:
+        base.to_bytes()
+    with pytest.raises(ManifestError, match="nesting deeper") as derived:
+        base.derive(sequence=5).to_bytes()
+    assert str(derived.value) == str(whole.value)
