@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -66,6 +67,8 @@ PAYLOAD_TYPES = frozenset(
      TYPE_APPROVAL, TYPE_APPROVAL_ATTESTATION}
 )
 
+#: a string JSON writes as itself between quotes: printable ASCII but the quote and backslash
+_PLAIN = re.compile(r'[ !#-\[\]-~]*')
 MAX_ENVELOPE_BYTES = 1024 * 1024  # bytes; bundle readers pass their own (smaller) cap
 MAX_SIGNATURES = 16  # signatures per envelope
 _SIG_BYTES = 64
@@ -93,6 +96,18 @@ class Envelope:
     signatures: tuple[Signature, ...]
 
     def to_bytes(self) -> bytes:
+        """The canonical bytes (what :func:`dumps_canonical` gives the envelope's object:
+        built directly when every string is plain ASCII, as a key id and a payload type
+        are; base64 always is)."""
+        if type(self.payload_type) is str and _PLAIN.fullmatch(self.payload_type) and all(
+                type(s.keyid) is str and _PLAIN.fullmatch(s.keyid) for s in self.signatures):
+            return b"".join([
+                b'{"payload":"', base64.b64encode(self.payload), b'","payloadType":"',
+                self.payload_type.encode("ascii"), b'","signatures":[',
+                b",".join(b'{"keyid":"%s","sig":"%s"}' % (s.keyid.encode("ascii"),
+                                                            base64.b64encode(s.sig))
+                          for s in self.signatures),
+                b"]}"])
         return dumps_canonical(
             {
                 "payload": base64.b64encode(self.payload).decode("ascii"),
