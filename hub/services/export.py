@@ -310,7 +310,7 @@ def export_agents(
     run = _Run(ctx, env, spool_root, expires_in, None, None, live, False, report,
                per_agent=True)
     for agent_id in sorted({d.agent.agent_id for d in [*stale, *pending] if d.agent}):
-        agent_dir = spool_root / agent_id
+        agent_dir = run.agent_dirs[agent_id] = spool_root / agent_id
         try:
             os.mkdir(agent_dir)  # one call for a directory that exists already, too
         except FileExistsError:
@@ -412,6 +412,7 @@ class _Run:
         self.spool_made = False
         # agent directories this run made whose entry in out_dir is not yet fsynced
         self.new_dirs: set[Path] = set()
+        self.agent_dirs: dict[str, Path] = {}  # per_agent: agent id -> out_dir/<agent id>
         #: deployment id -> (its intent, as claimed by this run, its chain and approvals)
         self.claimed: dict[int, tuple[dict[str, Any], ChainInfo, tuple[bytes, ...]]] = {}
         self.spool = out_dir / (SPOOL_PREFIX + _token_name(my_token()) + RUN_MARK
@@ -433,7 +434,11 @@ class _Run:
     def dir_for(self, dep: Deployment) -> Path:
         """Where ``dep``'s bundle goes."""
         if self.per_agent and dep.agent is not None:
-            return self.out_dir / dep.agent.agent_id
+            agent_id = dep.agent.agent_id
+            found = self.agent_dirs.get(agent_id)
+            if found is None:  # one Path an agent, not one each time it is asked
+                found = self.agent_dirs[agent_id] = self.out_dir / agent_id
+            return found
         return self.out_dir
 
     # -- new exports ---------------------------------------------------------------------
