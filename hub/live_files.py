@@ -49,7 +49,9 @@ class SpoolDigests:
 
     def __init__(self, limit: int = 10_000) -> None:
         self.limit = limit
-        self._known: dict[Path, tuple[tuple[int, int, int, int], int, str]] = {}
+        # path -> (its (device, inode, size, mtime) when seen; None: told by its writer and
+        # not looked at yet, only its size is known — the first get() binds it), size, digest
+        self._known: dict[Path, tuple[tuple[int, int, int, int] | None, int, str]] = {}
 
     def get(self, path: Path, st: os.stat_result | None = None) -> tuple[int, str]:
         """``(size, sha256)`` of ``path``, hashed unless known for this very file (``st``:
@@ -61,7 +63,10 @@ class SpoolDigests:
         st = path.stat() if st is None else st
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         known = self._known.get(path)
-        if known is not None and known[0] == key:
+        if known is not None and (known[0] == key
+                                  or (known[0] is None and known[1] == st.st_size)):
+            if known[0] is None:
+                self._known[path] = (key, known[1], known[2])  # this very file from now on
             return known[1], known[2]
         size, digest = size_and_sha256(path)
         if size != st.st_size:  # written meanwhile: do not remember
@@ -74,18 +79,14 @@ class SpoolDigests:
 
     def remember(self, path: Path, size: int, digest: str) -> None:
         """``(size, sha256)`` of ``path`` as its writer computed them (the export reports
-        the whole file's digest): its OFFER reads nothing. Not remembered when the file
-        is not there or not of that size."""
-        try:
-            st = path.stat()
-        except OSError:
-            return
-        if st.st_size != size:
-            return
+        the whole file's digest): its OFFER reads nothing. Nothing is looked at here (the
+        export has just written the file; a ``stat`` per bundle on the event loop was a
+        burst's cost): the first :meth:`get` uses it only if the file has that size, and
+        binds it to that file's inode and modification time."""
         self._known.pop(path, None)
         while len(self._known) >= self.limit:
             self._known.pop(next(iter(self._known)))
-        self._known[path] = ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), size, digest)
+        self._known[path] = (None, size, digest)
 
     def forget(self, path: Path) -> None:
         """``path`` left the spool (delivered)."""
