@@ -191,16 +191,20 @@ def test_a_burst_to_hundreds_of_agents_completes_although_exports_fail_now_and_t
 def test_the_heap_alive_at_a_bursts_start_is_left_out_of_garbage_collection_until_the_end(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Frozen (gc.freeze) from the first of overlapping bursts to the end of the last, also
-    when one fails; not before, not after."""
+    when one fails; not before, not after. Meanwhile the youngest generation's threshold is
+    BURST_GC_YOUNG, and the thresholds are the process's own again after."""
+    from hub.live_hub import BURST_GC_YOUNG
+
     assert gc.get_freeze_count() == 0
-    seen: list[int] = []
+    before = gc.get_threshold()
+    seen: list[tuple[int, tuple[int, ...]]] = []
 
     async def held(self: LiveHub, due: list[Any]) -> None:
-        seen.append(gc.get_freeze_count())
+        seen.append((gc.get_freeze_count(), gc.get_threshold()))
         await asyncio.sleep(0)
         if due[0][0] == "fails":
             raise OSError("the burst's export failed")
-        seen.append(gc.get_freeze_count())
+        seen.append((gc.get_freeze_count(), gc.get_threshold()))
 
     monkeypatch.setattr(LiveHub, "_push_burst_held", held)
     hub = object.__new__(LiveHub)
@@ -212,12 +216,15 @@ def test_the_heap_alive_at_a_bursts_start_is_left_out_of_garbage_collection_unti
                                        return_exceptions=True)
         assert isinstance(results[1], OSError)
         assert gc.get_freeze_count() == 0 and hub._bursts == 0
+        assert gc.get_threshold() == before
 
     try:
         asyncio.run(bursts())
-        assert len(seen) == 3 and all(n > 0 for n in seen)
+        assert len(seen) == 3 and all(n > 0 for n, _ in seen)
+        assert {t for _, t in seen} == {(BURST_GC_YOUNG, *before[1:])}
     finally:
         gc.unfreeze()
+        gc.set_threshold(*before)
 
 
 def test_a_burst_is_cut_into_growing_export_calls_that_cover_every_agent() -> None:
