@@ -33,6 +33,7 @@ from typing import IO, Any
 
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.sql.dml import Update
 
 from hub.audit_chain import (
     GENESIS_HASH,
@@ -86,6 +87,17 @@ PREFETCH = False  # verify: read the next page in a thread while hashing this on
 PAGE_SIZE = 50  # events per page of search_events
 MAX_DETAILS_BYTES = 256 * 1024  # bytes of canonical JSON per event's details
 _HEAD_ID = 1
+#: the audit head row's table: it is written with Core UPDATEs (no session holds it as an
+#: object), which spare the ORM's search of every object the session holds for one to
+#: synchronise (an export's session holds its batch's deployments and agents)
+_HEAD = AuditHead.__table__
+
+
+def _head_update() -> Update:
+    """``UPDATE audit_head … WHERE id = 1``, to be given its values."""
+    return update(_HEAD).where(_HEAD.c.id == _HEAD_ID)
+
+
 _HELD_KEY = "tiangong.audit.held_head"  # Session.info key of the HeldHead, if any
 
 
@@ -105,7 +117,7 @@ class HeldHead:
         self.session = session
         # Take the lock first (as append_event does), then read what it protects.
         locked = session.execute(
-            update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=AuditHead.seq)
+            _head_update().values(seq=_HEAD.c.seq)
         )
         if locked.rowcount != 1:  # type: ignore[attr-defined]
             raise AuditError("the audit head row is missing: run the hub's migrations")
@@ -147,9 +159,7 @@ class HeldHead:
         if self.seq == self._locked_seq:
             return
         self.session.execute(
-            update(AuditHead)
-            .where(AuditHead.id == _HEAD_ID)
-            .values(seq=self.seq, hash=self.hash)
+            _head_update().values(seq=self.seq, hash=self.hash)
         )
         self._locked_seq = self.seq
 
@@ -184,7 +194,7 @@ def lock_head(session: Session) -> None:
         AuditError: the head row is missing (database not migrated).
     """
     locked = session.execute(
-        update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=AuditHead.seq)
+        _head_update().values(seq=_HEAD.c.seq)
     )
     if locked.rowcount != 1:  # type: ignore[attr-defined]
         raise AuditError("the audit head row is missing: run the hub's migrations")
@@ -235,7 +245,7 @@ def append_event(
     else:
         # Take the lock first: this UPDATE serialises every appender until commit.
         locked = session.execute(
-            update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=AuditHead.seq + 1)
+            _head_update().values(seq=_HEAD.c.seq + 1)
         )
         if locked.rowcount != 1:  # type: ignore[attr-defined]
             raise AuditError("the audit head row is missing: run the hub's migrations")
@@ -270,7 +280,7 @@ def append_event(
         held.seq, held.hash = seq, digest
         return event
     session.flush()
-    session.execute(update(AuditHead).where(AuditHead.id == _HEAD_ID).values(hash=digest))
+    session.execute(_head_update().values(hash=digest))
     crash_point("hub.audit-appended")
     return event
 
@@ -354,8 +364,7 @@ def append_events(
         seq, prev_hash = held.seq, held.hash
     else:
         locked = session.execute(
-            update(AuditHead).where(AuditHead.id == _HEAD_ID)
-            .values(seq=AuditHead.seq + len(events))
+            _head_update().values(seq=_HEAD.c.seq + len(events))
         )
         if locked.rowcount != 1:  # type: ignore[attr-defined]
             raise AuditError("the audit head row is missing: run the hub's migrations")
@@ -384,8 +393,7 @@ def append_events(
     if held is not None:
         held.seq, held.hash = seq, prev_hash
     else:
-        session.execute(update(AuditHead).where(AuditHead.id == _HEAD_ID)
-                        .values(hash=prev_hash))
+        session.execute(_head_update().values(hash=prev_hash))
         crash_point("hub.audit-appended")
     return [row["seq"] for row in rows]
 
@@ -665,7 +673,7 @@ def _sign_checkpoint(ctx: ServiceContext) -> AuditCheckpoint:
         raise ConfigError("the audit key is not loaded; it lives in <data_dir>/keys/audit.key")
     # Lock the head so the signed (seq, hash) is the real head at commit.
     session = ctx.session
-    session.execute(update(AuditHead).where(AuditHead.id == _HEAD_ID).values(seq=AuditHead.seq))
+    session.execute(_head_update().values(seq=_HEAD.c.seq))
     seq, head_hash = session.execute(
         select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == _HEAD_ID)
     ).one()
