@@ -52,12 +52,14 @@ round, the order reversed every other round, each received by a **fresh process*
 own (``--transfer-receiver``: an earlier transfer's heap in the same process changed the
 next one's page faults threefold). Tiangong: the hub offers a file dropped into an agent's
 live spool; the agent (the real AgentSide and :class:`bundle.live_file.FileReceiver`, as
-``agent/live.py``) checks offsets, hashes every byte, and either writes it and fsyncs every
-8 MiB before its ACK (*disk*) or drops it (*memory*). Bare: the echo server sends the same
-file in 1 MiB messages, the client puts them into *disk* (written and fsynced every 8 MiB in
-its event loop, no hash: the issue's baseline), *memory* (dropped, no hash), or the agent's
-own sink, *agent_disk* / *agent_memory* (a ``FileReceiver`` for an offer of the same size and
-SHA-256, fed as the agent feeds it: the like-for-like figure, only the protocol missing).
+``agent/live.py``, reading its socket in 2 MiB pieces as that does; ``--agent-reads-default``:
+asyncio's 256 KiB, for a before/after) checks offsets, hashes every byte, and either writes
+it and fsyncs every 8 MiB before its ACK (*disk*) or drops it (*memory*). Bare: the echo
+server sends the same file in 1 MiB messages, the client puts them into *disk* (written
+and fsynced every 8 MiB in its event loop, no hash: the issue's baseline), *memory*
+(dropped, no hash), or the agent's own sink, *agent_disk* / *agent_memory* (a
+``FileReceiver`` for an offer of the same size and SHA-256, fed as the agent feeds it: the
+like-for-like figure, only the protocol missing).
 Window: from the OFFER (Tiangong; the hub has hashed the spooled file by then, reported as
 ``offer``: an export hands the hub its digest, so a real delivery skips it) or the open
 connection (bare) to the last byte checked and, to disk, fsynced. Per transfer: MB/s, the
@@ -111,7 +113,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from agent import heap
-from agent.live import _give_back_heap, _peer_binding, pinned_context
+from agent.live import _give_back_heap, _peer_binding, pinned_context, read_in_large_pieces
 from bundle.live_file import FileReceiver
 from bundle.sync import (
     MAX_MESSAGE_BYTES,
@@ -616,6 +618,9 @@ class SimAgent:
     # as agent/live.py in its own process: the heap's free memory back to the kernel after
     # the last incoming transfer (agent.heap); not for many agents sharing one process
     give_back_heap: bool = False
+    # as agent/live.py: the socket read in pieces of 2 MiB, not asyncio's 256 KiB
+    # (read_in_large_pieces); the transfer phase's agent (the fleet's keep the default)
+    large_reads: bool = False
     gave_back: Any = None  # the future of the last give-back (agent/live.py's, in a thread)
     last_chunk: float = 0.0  # time.perf_counter() when the last CHUNK was handed over
     conn: AgentSide = field(init=False)
@@ -657,6 +662,8 @@ class SimAgent:
         self.ws = await connect(url, compression=None, max_size=MAX_MESSAGE_BYTES,
                                 open_timeout=120, ssl=ssl,
                                 ping_interval=None)  # as agent/live.py: heartbeats only
+        if self.large_reads:
+            read_in_large_pieces(self.ws)
         # A fresh protocol object for each connection (a retry starts from HELLO again).
         self.conn = AgentSide(self.agent_id, self.hub_id, self.key,
                               binding=_peer_binding(self.ws) if ssl is not None else b"")
@@ -1436,7 +1443,8 @@ async def _receive_tiangong(spec: dict[str, Any]) -> dict[str, Any]:
     if not spec["agent_heap_default"]:
         heap.keep_freed_blocks()  # as agent/live.py before an incoming transfer (its window)
     agent = SimAgent(spec["agent_id"], SigningKey(bytes.fromhex(spec["seed"])),
-                     spec["hub_id"], sink_dir, give_back_heap=not spec["agent_heap_default"])
+                     spec["hub_id"], sink_dir, give_back_heap=not spec["agent_heap_default"],
+                     large_reads=not spec["agent_reads_default"])
     marks: dict[str, _Marks] = {}
     agent.on_offered = lambda transfer: marks.setdefault("offer", _Marks.now(sender))
     agent.on_received = lambda *_: marks.setdefault("end", _Marks.now(sender))
@@ -1568,6 +1576,7 @@ async def transfer_series(args: argparse.Namespace, work: Path) -> dict[str, Any
                                         "tuned_heap": args.bare_heap_tuned, "round": i,
                                         "wrap": args.wrap_receiver,
                                         "agent_heap_default": args.agent_heap_default,
+                                        "agent_reads_default": args.agent_reads_default,
                                         "sha256": digest.hexdigest(),
                                         "sink_dir": str(sink_dir)}
                 spooled = None
@@ -1809,6 +1818,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--agent-heap-default", action="store_true",
                     help="transfer: the Tiangong agent leaves the C heap at its defaults (as "
                          "before agent.heap), for a before/after")
+    ap.add_argument("--agent-reads-default", action="store_true",
+                    help="transfer: the Tiangong agent reads its socket in asyncio's 256 KiB "
+                         "pieces (as before agent.live.read_in_large_pieces), for a before/after")
     ap.add_argument("--bare-heap-tuned", action="store_true",
                     help="transfer: the bare receivers set the C heap as the agent does "
                          "(agent.heap: keep freed message buffers, give them back at the end) "

@@ -20,12 +20,13 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.home import HomeError, import_enrollment_response
-from agent.live import LiveClient, LiveTLSError, check_hub_url
+from agent.live import SOCKET_READ_BYTES, LiveClient, LiveTLSError, check_hub_url
 from agent.service import Agent
 from hub.db import make_session_factory
 from hub.live import LiveHub, LiveServer, start_live
 from hub.services.agents import EnrollmentResponse
 from hub.tls import TlsFiles, create_ca, issue_server_certificate, load_server_tls
+from tests.agent.test_live_transfer import read_sizes
 from tests.e2e.conftest import wait_for
 from tests.e2e.test_live import _Client, file_world  # noqa: F401 - file_world: a fixture
 from tests.hub.conftest import World
@@ -69,8 +70,9 @@ def site(file_world: World, tmp_path: Path) -> Iterator[tuple[World, Agent]]:  #
 
 
 def test_wss_with_the_pinned_ca_authenticates_bound_to_the_certificate(
-        site: tuple[World, Agent], tmp_path: Path) -> None:
+        site: tuple[World, Agent], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     world, agent = site
+    reads = read_sizes(monkeypatch)
     files = _ca(tmp_path, "tls")
     cert = issue_server_certificate(files, ["localhost", "127.0.0.1"], NOW)
     server = _server(world, tmp_path, files)
@@ -79,6 +81,10 @@ def test_wss_with_the_pinned_ca_authenticates_bound_to_the_certificate(
         wait_for(lambda: "site-01" in server.online, DEADLINE, "the agent to authenticate")
         assert server.hub.binding == hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
         assert running.client.last_refusal is None
+        # The TLS layer reads in pieces of 2 MiB (agent.live.read_in_large_pieces), not
+        # asyncio's 256 KiB nor the hub's 16 KiB (TLS_READ_BYTES, set for this process's
+        # hub in this test: for the whole class, which the agent's connection overrides).
+        assert reads == [SOCKET_READ_BYTES]
     finally:
         running.close()
         server.stop()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import ServerConnection
 
-from agent import heap
+from agent import heap, live
 from agent.config import AgentConfig
 from bundle.sync import (
     MAX_CHUNK_BYTES,
@@ -119,10 +119,25 @@ def _heap_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
+def read_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
+    """Record what :func:`agent.live.read_in_large_pieces` gave each connection of the live
+    client (the call still runs)."""
+    sizes: list[int | None] = []
+    real = live.read_in_large_pieces
+
+    def recorded(ws: Any) -> int | None:
+        sizes.append(real(ws))
+        return sizes[-1]
+
+    monkeypatch.setattr(live, "read_in_large_pieces", recorded)
+    return sizes
+
+
 @pytest.mark.parametrize("size", [MiB // 2, 20 * MiB + 5])  # in the loop; in the worker
 def test_a_bundle_arrives_whole_with_acks_for_fsynced_bytes_in_order(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
     heap_calls = _heap_calls(monkeypatch)
+    reads = read_sizes(monkeypatch)
     data = os.urandom(size)
     hub, config = _deliver(tmp_path, _offer(data), data)
     assert isinstance(hub.ended[0], TransferReceived)
@@ -135,6 +150,9 @@ def test_a_bundle_arrives_whole_with_acks_for_fsynced_bytes_in_order(
     # The message buffers were kept for reuse from the transfer's start, and the heap's free
     # memory went back once it was in (agent.heap).
     assert heap_calls == ["keep_freed_blocks", "give_back"]
+    # The socket was read in pieces of 2 MiB, not asyncio's 256 KiB (ws:// here; wss://:
+    # tests/agent/test_live_tls.py), and every byte arrived all the same.
+    assert reads == [live.SOCKET_READ_BYTES]
 
 
 def test_a_transfer_cut_off_gives_the_heap_back_and_resumes_on_the_next_connection(
