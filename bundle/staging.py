@@ -47,7 +47,7 @@ from bundle.errors import (
 from bundle.frames import FrameScanner
 from bundle.limits import Limits, format_bytes
 from bundle.manifest import FileEntry, Manifest
-from signing.fileio import fsync_dir
+from signing.fileio import fsync_dir, syncfs
 
 __all__ = [
     "BUFFER_BYTES",
@@ -597,14 +597,7 @@ def _fd_chunks(fd: int, size: int) -> Iterator[bytes]:
 
 def _syncfs(fd: int) -> bool:
     """Flush the filesystem holding ``fd`` (Linux ``syncfs``); False where unavailable."""
-    try:
-        import ctypes
-        import ctypes.util
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return bool(libc.syncfs(fd) == 0)
-    except (OSError, AttributeError):
-        return False
+    return syncfs(fd)
 
 
 def _sync_tree(work: Path) -> None:

@@ -22,6 +22,7 @@ import asyncio
 import errno
 import gc
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -499,6 +500,47 @@ def test_the_live_sides_sync_directories_as_every_other_writer_does(
         OSError(errno.EIO, "Input/output error")))
     with pytest.raises(OSError, match="Input/output error"):
         live_hub.fsync_dir(tmp_path)
+
+
+def test_a_batch_of_delivered_bundles_syncs_its_spools_by_one_syncfs_from_eight_directories(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From SYNCFS_DIRECTORIES spool directories, one syncfs per file system instead of an
+    fsync each; fewer, or syncfs unavailable or failing, an fsync each (its error names the
+    directory); a directory that is gone is skipped either way."""
+    synced: list[str] = []
+    fsynced: list[str] = []
+    answer = [True]
+
+    def syncfs(fd: int) -> bool:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return answer[0]
+
+    def fsync_dir(directory: Path) -> None:
+        if not directory.exists():
+            raise FileNotFoundError(errno.ENOENT, "gone", str(directory))
+        fsynced.append(str(directory))
+
+    monkeypatch.setattr(live_hub, "syncfs", syncfs)
+    monkeypatch.setattr(live_hub, "fsync_dir", fsync_dir)
+    dirs = [tmp_path / f"a{i}" for i in range(live_hub.SYNCFS_DIRECTORIES)]
+    for d in dirs[1:]:
+        d.mkdir()
+    LiveHub._sync_spools(dirs)  # dirs[0] is gone
+    assert synced == [str(dirs[1])] and fsynced == []
+    LiveHub._sync_spools(dirs[1:])  # one fewer than SYNCFS_DIRECTORIES
+    assert synced == [str(dirs[1])] and fsynced == [str(d) for d in dirs[1:]]
+    answer[0] = False  # syncfs unavailable or failed: an fsync each
+    fsynced.clear()
+    LiveHub._sync_spools(dirs)
+    assert len(synced) == 2 and fsynced == [str(d) for d in dirs[1:]]
+
+    def eio(directory: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(live_hub, "fsync_dir", eio)
+    with pytest.raises(OSError, match="Input/output error") as raised:
+        LiveHub._sync_spools(dirs)
+    assert raised.value.filename == str(dirs[0])
 
 
 def test_polls_during_a_burst_look_only_for_work_newer_than_any_seen(
