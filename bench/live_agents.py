@@ -79,6 +79,9 @@ Usage::
     .venv/bin/python -u bench/live_agents.py --agents 1000 --tls --burst-only   # ~40 s
     .venv/bin/python -u bench/live_agents.py --transfer-only --transfer-mib 64 \
         --transfer-repeat 9                   # the transfer against bare websockets, ~40 s
+    chrt -r 1 .venv/bin/python -u bench/live_agents.py --transfer-only --transfer-mib 64 \
+        --transfer-repeat 9     # as root on a machine other work keeps busy: the bench's
+                                # processes ahead of it (docs/benchmarks.md, session 11)
     .venv/bin/python -u bench/live_agents.py --agents 1000 --tls --burst-only \
         --profile-hub profile.txt       # where the burst's hub CPU goes, by function
     .venv/bin/python -u bench/live_agents.py --agents 10000 --tls --idle-only \
