@@ -54,6 +54,11 @@ def _parse_int(text: str) -> int:
 _SCAN_TOKEN = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
 #: An escape that decodes to a UTF-16 surrogate (the only way a JSON string can hold one
 #: once the text decoded as strict UTF-8).
+#: json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+#: allow_nan=False), its encoder made once (json.dumps makes one a call for such arguments;
+#: encode keeps no state between calls)
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 
@@ -182,9 +187,7 @@ def dumps_canonical(value: Any) -> bytes:
     """
     _check(value, 0, strings=False)
     try:
-        text = json.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        text = _CANONICAL.encode(value)
     except (TypeError, ValueError) as exc:
         raise StrictJSONError(f"cannot serialise: {exc}") from exc
     try:
