@@ -211,19 +211,29 @@ def pending_exports(
     One query, filtered by the database: the live server calls this for every connected
     agent, and filtering in Python cost a lazy load per queued deployment (N² with N agents).
     """
+    env_id = environment_id(session, environment)
+    if agent_ids is not None and agent_id is None:  # the live server's, once a call: made once
+        return list(session.scalars(_QUEUED_OF_AGENTS, {"env_id": env_id,
+                                                        "agent_ids": sorted(agent_ids)}))
     query = (
         select(Deployment)
-        .where(Deployment.environment_id == environment_id(session, environment),
-               Deployment.state == "queued")
+        .where(Deployment.environment_id == env_id, Deployment.state == "queued")
         .order_by(Deployment.id)
     )
     if agent_id is not None:
         query = query.join(Agent, Deployment.agent_id == Agent.id).where(
             Agent.agent_id == agent_id)
-    elif agent_ids is not None:
-        query = query.join(Agent, Deployment.agent_id == Agent.id).where(
-            Agent.agent_id.in_(sorted(agent_ids)))
     return list(session.scalars(query))
+
+
+#: pending_exports for the agents ``agent_ids`` of the environment ``env_id``
+_QUEUED_OF_AGENTS = (
+    select(Deployment)
+    .join(Agent, Deployment.agent_id == Agent.id)
+    .where(Deployment.environment_id == bindparam("env_id"), Deployment.state == "queued",
+           Agent.agent_id.in_(bindparam("agent_ids", expanding=True)))
+    .order_by(Deployment.id)
+)
 
 
 def _refuse_recalled(session: Session, release: Release) -> None:
@@ -522,18 +532,12 @@ def mark_exported_many(
     if not rows:
         return []
     now = ctx.now()
-    table = Deployment.__table__
     ctx.session.execute(
-        update(table)
-        .where(table.c.id == bindparam("b_id"), table.c.state == "exporting")
-        .values(state="exported", updated_at=now,
-                exported_at=func.coalesce(table.c.exported_at, now), claimed_by=None,
-                bundle_id=bindparam("b_bundle_id"), bundle_path=bindparam("b_bundle_path"),
-                sequence=bindparam("b_sequence"), root_version=bindparam("b_root_version"),
-                export_intent=bindparam("b_export_intent", type_=JSON))
-        .execution_options(synchronize_session=False),
-        [{f"b_{key}": row[key] for key in ("id", "bundle_id", "bundle_path", "sequence",
-                                           "root_version", "export_intent")}
+        _MARK_EXPORTED,
+        [{"b_id": row["id"], "b_bundle_id": row["bundle_id"],
+          "b_bundle_path": row["bundle_path"], "b_sequence": row["sequence"],
+          "b_root_version": row["root_version"], "b_export_intent": row["export_intent"],
+          "b_now": now}
          for row in rows])
     for row in rows:
         show_loaded(ctx.session, row["id"], state="exported", updated_at=now, claimed_by=None,
@@ -542,6 +546,22 @@ def mark_exported_many(
                                                  "root_version", "export_intent")})
     return [("deployment.exported", "deployment", str(row["id"]),
              {"from": "exporting", "to": "exported"}) for row in rows]
+
+
+_TABLE = Deployment.__table__
+#: mark_exported_many's update (executemany; Core: no session object to synchronise, the
+#: loaded rows are given the values by show_loaded), made once
+_NOW = bindparam("b_now", type_=_TABLE.c.updated_at.type)
+_MARK_EXPORTED = (
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("b_id"), _TABLE.c.state == "exporting")
+    .values(state="exported", updated_at=_NOW,
+            exported_at=func.coalesce(_TABLE.c.exported_at, _NOW),
+            claimed_by=None,
+            bundle_id=bindparam("b_bundle_id"), bundle_path=bindparam("b_bundle_path"),
+            sequence=bindparam("b_sequence"), root_version=bindparam("b_root_version"),
+            export_intent=bindparam("b_export_intent", type_=JSON))
+)
 
 
 def record_result(

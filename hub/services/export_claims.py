@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import inspect, select, update
+from sqlalchemy import bindparam, inspect, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -126,11 +126,7 @@ def claim_many(session: Session, deployment_ids: Collection[int], now: datetime)
     changed = 0
     for start in range(0, len(ids), _IN_CHUNK):
         changed += session.execute(
-            update(Deployment)
-            .where(Deployment.id.in_(ids[start:start + _IN_CHUNK]),
-                   Deployment.state == "queued")
-            .values(state="exporting", claimed_by=my_token(), claimed_at=now, updated_at=now)
-            .execution_options(synchronize_session=False)
+            _CLAIM, {"ids": ids[start:start + _IN_CHUNK], "token": my_token(), "now": now}
         ).rowcount  # type: ignore[attr-defined]
     if changed == len(ids):
         mine = set(ids)
@@ -145,6 +141,18 @@ def claim_many(session: Session, deployment_ids: Collection[int], now: datetime)
         show_loaded(session, dep_id, state="exporting", claimed_by=my_token(), claimed_at=now,
                     updated_at=now)
     return mine
+
+
+_TABLE = Deployment.__table__
+_NOW = bindparam("now", type_=_TABLE.c.claimed_at.type)
+#: claim_many's conditional update (Core: no session object to synchronise; the claimed rows
+#: it holds are given the new values by show_loaded), made once
+_CLAIM = (
+    update(_TABLE)
+    .where(_TABLE.c.id.in_(bindparam("ids", expanding=True)), _TABLE.c.state == "queued")
+    .values(state="exporting", claimed_by=bindparam("token", type_=_TABLE.c.claimed_by.type),
+            claimed_at=_NOW, updated_at=_NOW)
+)
 
 
 def show_loaded(session: Session, deployment_id: int, *,
@@ -189,25 +197,37 @@ def stale_claims(
     optionally one agent, or the agents ``agent_ids``) left ``exporting`` by an export that
     is gone, oldest first."""
     env_id = environment_id(session, environment)
-    query = (
-        select(Deployment)
-        .where(
-            Deployment.environment_id == env_id,
-            Deployment.state == "exporting",
+    if agent_ids is not None and agent_id is None:  # the live server's, once a call: made once
+        found = session.scalars(_STALE_OF_AGENTS, {"env_id": env_id,
+                                                   "agent_ids": sorted(agent_ids)})
+    else:
+        query = (
+            select(Deployment)
+            .where(
+                Deployment.environment_id == env_id,
+                Deployment.state == "exporting",
+            )
+            .order_by(Deployment.id)
         )
-        .order_by(Deployment.id)
-    )
-    if agent_id is not None:
-        query = query.join(Agent, Deployment.agent_id == Agent.id).where(
-            Agent.agent_id == agent_id
-        )
-    elif agent_ids is not None:
-        query = query.join(Agent, Deployment.agent_id == Agent.id).where(
-            Agent.agent_id.in_(sorted(agent_ids))
-        )
+        if agent_id is not None:
+            query = query.join(Agent, Deployment.agent_id == Agent.id).where(
+                Agent.agent_id == agent_id
+            )
+        found = session.scalars(query)
     live = claims_judge(now)
-    return [d for d in session.scalars(query)
+    return [d for d in found
             if d.claimed_by != my_token() and not live(d.claimed_by, d.claimed_at)]
+
+
+#: stale_claims for the agents ``agent_ids`` of the environment ``env_id``
+_STALE_OF_AGENTS = (
+    select(Deployment)
+    .join(Agent, Deployment.agent_id == Agent.id)
+    .where(Deployment.environment_id == bindparam("env_id"),
+           Deployment.state == "exporting",
+           Agent.agent_id.in_(bindparam("agent_ids", expanding=True)))
+    .order_by(Deployment.id)
+)
 
 
 def release_dead_claims(session: Session, now: datetime) -> int:
