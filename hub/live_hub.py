@@ -1595,15 +1595,15 @@ class LiveHub:
         fd = os.open(path, os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
-            # The offset the agent asked for: > 0 after a resume (nothing it holds is sent
-            # again). A whole file is a DEBUG line: every bundle has its INFO line when the
-            # agent confirms it ("... holds ..."), and a rollout to 10,000 agents wrote 10,000
-            # of these too.
-            log.log(logging.INFO if offset else logging.DEBUG,
-                    "live: sending %s to %s from byte %d of %d", path.name, conn.agent_id,
-                    offset, size)
             # A small file whole at once: its CHUNK and DONE in one write (DIRECT_FILE_BYTES).
             whole = DIRECT_FILE_BYTES if size - offset <= DIRECT_FILE_BYTES else 0
+            # The offset the agent asked for: > 0 after a resume (nothing it holds is sent
+            # again). A small file sent whole is a DEBUG line: every bundle has its INFO line
+            # when the agent confirms it ("... holds ..."), and a rollout to 10,000 agents
+            # wrote 10,000 of these too.
+            log.log(logging.DEBUG if whole and not offset else logging.INFO,
+                    "live: sending %s to %s from byte %d of %d", path.name, conn.agent_id,
+                    offset, size)
             while offset < size and peer.open and transfer in peer.outgoing:
                 if conn.in_flight(transfer) >= WINDOW_BYTES:
                     acked.clear()
