@@ -19,7 +19,7 @@ import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from signing.errors import KeyFileError
@@ -142,6 +142,26 @@ def syncfs(fd: int) -> bool:
         return bool(_libc().syncfs(fd) == 0)
     except (OSError, AttributeError):
         return False
+
+
+def syncfs_each(paths: Iterable[str | os.PathLike[str]]) -> bool:
+    """:func:`syncfs` of every file system holding one of ``paths`` (files or directories),
+    once each. False where one cannot be looked at or opened, or a ``syncfs`` failed or is
+    unavailable: the caller then fsyncs each of them (which raises the error, naming it)."""
+    one_per_device: dict[int, str | os.PathLike[str]] = {}
+    try:
+        for path in paths:
+            one_per_device.setdefault(os.stat(path).st_dev, path)
+        for path in one_per_device.values():
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if not syncfs(fd):
+                    return False
+            finally:
+                os.close(fd)
+    except OSError:
+        return False
+    return True
 
 
 def fit_name(name: str, suffix: str = "", limit: int = NAME_MAX_BYTES) -> str:

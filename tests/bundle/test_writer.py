@@ -422,6 +422,59 @@ def test_bundles_made_durable_together_are_the_same_bytes(
     assert _spools_and_temps(out) == []
 
 
+@pytest.mark.parametrize("syncfs_works", [True, False])
+def test_a_batch_in_many_directories_is_made_durable_by_one_syncfs(
+    trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch,
+    syncfs_works: bool,
+) -> None:
+    """From SYNCFS_FROM bundles (each in its own directory, as a live burst's), make_durable
+    syncs their file system once for the files and once for the directories (with the new
+    directories' parent) instead of an fsync each; each file is still re-read from the
+    device (a damaged one is removed). Where syncfs fails, every file and directory is
+    fsynced as before. Either way the bundles land whole under their final names."""
+    files = make_files(src, {"a": b"small", "b": _mixed(50_000)})
+    count = writer_mod.SYNCFS_FROM
+    dirs = [out / f"agent-{i}" for i in range(count)]
+    for directory in dirs:
+        directory.mkdir()
+    batch = [write_bundle(d / "b.tgb", release_draft(trust), files, [trust.release_key],
+                          durable=False) for d in dirs]
+    calls: list[list[str]] = []
+    real = writer_mod.syncfs_each
+
+    def syncfs_each(paths: list[Path]) -> bool:
+        calls.append(sorted(str(p) for p in paths))
+        return real(paths) if syncfs_works else False
+
+    fsynced_dirs: list[Path] = []
+    real_fsync_dir = writer_mod.fsync_dir
+
+    def fsync_dir(directory: Path) -> None:
+        fsynced_dirs.append(Path(directory))
+        real_fsync_dir(directory)
+
+    monkeypatch.setattr(writer_mod, "syncfs_each", syncfs_each)
+    monkeypatch.setattr(writer_mod, "fsync_dir", fsync_dir)
+    errors = writer_mod.make_durable(batch, new_dirs=set(dirs[:2]))
+    assert errors == [None] * count
+    assert calls[0] == sorted(str(w.pending) for w in batch)  # the files, then ...
+    assert calls[1] == sorted([*map(str, dirs), str(out)])  # their directories, new ones' parent
+    if syncfs_works:
+        assert fsynced_dirs == []
+    else:  # failed: each file fsynced (in make_durable's threads), and each directory
+        assert sorted(fsynced_dirs) == sorted([*dirs, out])
+    for w in batch:
+        verify_written(w)
+        assert _spools_and_temps(w.paths[0].parent) == []
+
+    again = [write_bundle(d / "c.tgb", release_draft(trust), files, [trust.release_key],
+                          durable=False) for d in dirs]
+    device_flipping_byte(monkeypatch, lambda size: size - 1024 - 600)
+    errors = writer_mod.make_durable(again)
+    assert all(isinstance(e, DigestMismatchError) for e in errors)
+    assert not [d for d in dirs if (d / "c.tgb").exists()]
+
+
 def test_read_back_spans_many_windows(
     trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
