@@ -176,6 +176,15 @@ FULL_POLL_SECONDS = 30.0
 #: collections of a 3,000-agent burst 0.01 s instead of 0.08 s (docs/benchmarks.md,
 #: "Session 11: live burst")
 BURST_GC_YOUNG = 50_000
+#: the oldest generation's threshold while bursts run (middle collections between two full
+#: ones; Python's default is 10): so many that no full collection runs during a burst. One
+#: that ran walked only what was not frozen, and so set Python's measure of the old heap
+#: (``long_lived_total``) to that small part: right after ``gc.unfreeze`` the next full
+#: collection then walked everything — 0.96 s of the live process's CPU inside a burst to
+#: 10,000 agents (docs/benchmarks.md, "Session 11: live burst"). Without one, the old heap
+#: is still measured as it was before the burst, and the next full collection comes when
+#: the burst's survivors reach a quarter of it, as at any other time.
+BURST_GC_FULL = 1_000_000
 SWEEP_SECONDS = 60.0  # seconds between two sweeps of abandoned partial uploads (at most)
 #: seconds between two tries of the start-up take-over (:meth:`LiveHub._take_over`) that failed
 TAKE_OVER_RETRY_SECONDS = 5.0
@@ -358,7 +367,7 @@ class LiveHub:
         self._wake: asyncio.Event | None = None
         self._bursts = 0  # _push_burst calls under way
         # Python's GC thresholds before the first of the bursts under way (_push_burst)
-        self._gc_thresholds: tuple[int, ...] = gc.get_threshold()
+        self._gc_thresholds: tuple[int, int, int] = gc.get_threshold()
         # the newest deployment id a poll saw queued: while bursts run, polls look only for
         # newer ones (poll_once)
         self._seen_work = 0
@@ -1301,14 +1310,15 @@ class LiveHub:
         it, about 0.3 s at 3,000 connected agents, three times during a burst to them
         (docs/benchmarks.md, "Session 9: live burst"). Garbage in cycles among those
         objects waits for the next full collection after the burst. Meanwhile the youngest
-        generation is collected every :data:`BURST_GC_YOUNG` allocations, not every 700
-        (the thresholds are back at the last burst's end)."""
+        generation is collected every :data:`BURST_GC_YOUNG` allocations, not every 700,
+        and no full collection runs (:data:`BURST_GC_FULL`); the thresholds are back at the
+        last burst's end."""
         self._bursts += 1
         if self._bursts == 1:
             gc.freeze()
             self._gc_thresholds = gc.get_threshold()
-            gc.set_threshold(max(BURST_GC_YOUNG, self._gc_thresholds[0]),
-                             *self._gc_thresholds[1:])
+            young, middle, full = self._gc_thresholds
+            gc.set_threshold(max(BURST_GC_YOUNG, young), middle, max(BURST_GC_FULL, full))
         try:
             await self._push_burst_held(due)
         finally:
