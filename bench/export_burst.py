@@ -12,10 +12,12 @@ Nothing is sent: this isolates the export path (database, signing, writing, fsyn
 
 Figures: CPU seconds of this process (``time.process_time``: user + system of every thread,
 which holds better than wall time on a machine others load) per export, and wall seconds;
-the load average before and after. ``--profile FILE`` runs the exports under cProfile (timed
-in CPU seconds) and
-writes the 40 most expensive functions (cumulative and own time) to FILE (and the raw
-statistics to FILE.pstats); ``--sql`` counts
+the load average before and after. ``--worker-gc`` sets up Python's collector as an export
+worker process does (frozen start-up objects, a gen-0 threshold of 50,000); ``--made-dirs``
+makes the agents' spool directories first, as the live server does when they connect: both
+together measure the export worker as a live burst runs it. ``--profile FILE`` runs the
+exports under cProfile (timed in CPU seconds) and writes the 40 most expensive functions
+(cumulative and own time) to FILE (and the raw statistics to FILE.pstats); ``--sql`` counts
 the SQL statements executed per export.
 
 Usage::
@@ -23,12 +25,14 @@ Usage::
     .venv/bin/python bench/export_burst.py --agents 1000
     .venv/bin/python bench/export_burst.py --agents 1000 --profile /tmp/export.prof.txt --sql
     .venv/bin/python bench/export_burst.py --quick           # N = 200, under a minute
+    .venv/bin/python bench/export_burst.py --agents 1000 --worker-gc --made-dirs  # as live
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import os
 import pstats
@@ -55,6 +59,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from hub.config import load_config
     from hub.db import Deployment, make_engine, make_session_factory
     from hub.keystore import load_hub_keys
+    from hub.live_exports import WORKER_GC_THRESHOLD
     from hub.live_hub import LIVE_EXPORT_BATCH, LiveHub, _burst_sizes
     from hub.services.export import make_spool_dirs
 
@@ -81,6 +86,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ids = [s["id"] for s in specs]
         if args.made_dirs:  # as the live server makes them when an agent connects
             make_spool_dirs(hub.spool_root, ids)
+        if args.worker_gc:  # as an export worker process sets it up (hub.live_exports)
+            gc.freeze()
+            gc.set_threshold(WORKER_GC_THRESHOLD, *gc.get_threshold()[1:])
         # CPU time, not wall time: what a function costs holds on a loaded machine
         profiler = cProfile.Profile(time.process_time) if args.profile else None
         load_before = _load()
@@ -167,6 +175,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the temporary hub goes (a real disk, not tmpfs)")
     parser.add_argument("--made-dirs", action="store_true",
                         help="the agents' spool directories exist before the burst")
+    parser.add_argument("--worker-gc", action="store_true",
+                        help="Python's collector set up as in an export worker process "
+                             "(gc.freeze, hub.live_exports.WORKER_GC_THRESHOLD)")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:

@@ -7,12 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_export_burst_exports_every_deployment_and_reports_cpu(tmp_path: Path) -> None:
+@pytest.mark.parametrize("as_live", [[], ["--worker-gc", "--made-dirs"]])
+def test_export_burst_exports_every_deployment_and_reports_cpu(
+        tmp_path: Path, as_live: list[str]) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "export_burst.py"),
-                           "--agents", "5", "--sql", "--workdir", str(tmp_path)],
+                           "--agents", "5", "--sql", "--workdir", str(tmp_path), *as_live],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result,) = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
