@@ -111,7 +111,7 @@ from hub.services.export_claims import my_token, release_dead_claims
 from hub.services.preflight import state_values
 from hub.services.presence import LiveWork, live_work, live_work_of, presence_until
 from hub.services.users import get_user
-from signing.fileio import fsync_dir, syncfs
+from signing.fileio import fsync_dir, syncfs_each
 from signing.keys import PublicKey
 
 __all__ = ["ACK_EVERY_BYTES", "EXPORT_RETRY_SECONDS", "POLL_SECONDS", "WINDOW_BYTES",
@@ -768,7 +768,8 @@ class LiveHub:
     def _sync_spools(directories: list[Path]) -> None:
         """Make the entries of ``directories`` durable (the bundles moved into ``sent/``):
         from :data:`SYNCFS_DIRECTORIES` of them, one ``syncfs`` per file system they are
-        on; else, or where ``syncfs`` is unavailable or fails, an fsync of each. A burst's
+        on (:func:`~signing.fileio.syncfs_each`); else, or where ``syncfs`` is unavailable
+        or fails (or a directory is gone), an fsync of each. A burst's
         batch of 400 paid 400 directory fsyncs — 55 µs of CPU and ~1 ms of waiting each
         on the test machine, in the thread that records them — where one syncfs took
         2 ms of CPU and 3-9 ms (docs/benchmarks.md, "Session 11: live burst").
@@ -777,17 +778,8 @@ class LiveHub:
             OSError: naming the directory whose fsync failed (the batch waits for the next
                 round, :meth:`_record_delivered`).
         """
-        if len(directories) >= SYNCFS_DIRECTORIES:
-            one_per_device: dict[int, Path] = {}
-            try:
-                for directory in directories:
-                    with contextlib.suppress(FileNotFoundError):
-                        one_per_device.setdefault(os.stat(directory).st_dev, directory)
-            except OSError:
-                pass  # the fsyncs below name the directory
-            else:
-                if all(_syncfs_of(d) for d in one_per_device.values()):
-                    return
+        if len(directories) >= SYNCFS_DIRECTORIES and syncfs_each(directories):
+            return
         for directory in directories:
             try:
                 fsync_dir(directory)
@@ -2043,19 +2035,6 @@ def _delivered_deployments(session: Session, items: list[tuple[str, str, str]]
             if key in wanted:
                 found[(wanted[key], key[1])] = dep
     return found
-
-
-def _syncfs_of(directory: Path) -> bool:
-    """``syncfs`` of the file system holding ``directory``; False: not done (gone, or
-    ``syncfs`` unavailable or failed)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        return syncfs(fd)
-    finally:
-        os.close(fd)
 
 
 def _burst_sizes(count: int) -> Iterator[int]:

@@ -22,7 +22,6 @@ import asyncio
 import errno
 import gc
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -505,15 +504,15 @@ def test_the_live_sides_sync_directories_as_every_other_writer_does(
 
 def test_a_batch_of_delivered_bundles_syncs_its_spools_by_one_syncfs_from_eight_directories(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """From SYNCFS_DIRECTORIES spool directories, one syncfs per file system instead of an
-    fsync each; fewer, or syncfs unavailable or failing, an fsync each (its error names the
-    directory); a directory that is gone is skipped either way."""
-    synced: list[str] = []
+    """From SYNCFS_DIRECTORIES spool directories, one syncfs per file system
+    (signing.fileio.syncfs_each) instead of an fsync each; fewer, or syncfs unavailable or
+    failing, an fsync each (its error names the directory; one that is gone is skipped)."""
+    synced: list[list[str]] = []
     fsynced: list[str] = []
     answer = [True]
 
-    def syncfs(fd: int) -> bool:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+    def syncfs_each(paths: list[Path]) -> bool:
+        synced.append([str(p) for p in paths])
         return answer[0]
 
     def fsync_dir(directory: Path) -> None:
@@ -521,16 +520,16 @@ def test_a_batch_of_delivered_bundles_syncs_its_spools_by_one_syncfs_from_eight_
             raise FileNotFoundError(errno.ENOENT, "gone", str(directory))
         fsynced.append(str(directory))
 
-    monkeypatch.setattr(live_hub, "syncfs", syncfs)
+    monkeypatch.setattr(live_hub, "syncfs_each", syncfs_each)
     monkeypatch.setattr(live_hub, "fsync_dir", fsync_dir)
     dirs = [tmp_path / f"a{i}" for i in range(live_hub.SYNCFS_DIRECTORIES)]
     for d in dirs[1:]:
         d.mkdir()
-    LiveHub._sync_spools(dirs)  # dirs[0] is gone
-    assert synced == [str(dirs[1])] and fsynced == []
+    LiveHub._sync_spools(dirs)
+    assert synced == [[str(d) for d in dirs]] and fsynced == []
     LiveHub._sync_spools(dirs[1:])  # one fewer than SYNCFS_DIRECTORIES
-    assert synced == [str(dirs[1])] and fsynced == [str(d) for d in dirs[1:]]
-    answer[0] = False  # syncfs unavailable or failed: an fsync each
+    assert len(synced) == 1 and fsynced == [str(d) for d in dirs[1:]]
+    answer[0] = False  # syncfs unavailable, failed, or dirs[0] gone: an fsync each
     fsynced.clear()
     LiveHub._sync_spools(dirs)
     assert len(synced) == 2 and fsynced == [str(d) for d in dirs[1:]]
