@@ -94,8 +94,8 @@ from bundle.sync import (
 from bundle.sync.errors import SyncError, UsageError
 from signing.fileio import fsync_dir
 
-__all__ = ["LiveClient", "LiveTLSError", "check_hub_url", "pinned_context", "run_live_client",
-           "state_changed"]
+__all__ = ["QUEUE_MESSAGES", "SOCKET_READ_BYTES", "LiveClient", "LiveTLSError", "check_hub_url",
+           "pinned_context", "read_in_large_pieces", "run_live_client", "state_changed"]
 
 log = logging.getLogger("tiangong.agent.live")
 
@@ -115,6 +115,12 @@ DISK_CHANGE_FRACTION = 16  # free disk "changed" when it moved by more than 1/16
 #: bytes the live connection asks of its socket per read (asyncio's own: 256 KiB), under
 #: agent.heap's 4 MiB mmap threshold (each read's buffer comes from the heap)
 SOCKET_READ_BYTES = 2 * 1024 * 1024
+#: messages ``websockets`` reads ahead of the client (its ``max_queue``; its default: 16)
+#: before it stops reading the socket — with FileReceiver's 4 MiB waiting for the worker
+#: (bundle.live_file.MAX_PENDING_BYTES), a bundle coming in holds about 8 MiB in the agent,
+#: not 48: less heap to fault in, and the SHA-256 never far behind (docs/benchmarks.md
+#: "Session 11: live transfer to memory")
+QUEUE_MESSAGES = 4
 
 
 def state_changed(sent: dict[str, Any] | None, now: dict[str, Any]) -> bool:
@@ -377,7 +383,8 @@ class LiveClient:
     async def _connect_once(self, stop: threading.Event) -> bool:
         assert self.config.hub_id is not None and self.url is not None
         async with connect(self.url, compression=None, max_size=MAX_MESSAGE_BYTES,
-                           ssl=self.ssl, open_timeout=10, ping_interval=None) as ws:
+                           max_queue=QUEUE_MESSAGES, ssl=self.ssl, open_timeout=10,
+                           ping_interval=None) as ws:
             read_in_large_pieces(ws)
             conn = AgentSide(self.config.agent_id, self.config.hub_id, self.keys.identity,
                              binding=_peer_binding(ws), version=self.version)

@@ -52,12 +52,13 @@ round, the order reversed every other round, each received by a **fresh process*
 own (``--transfer-receiver``: an earlier transfer's heap in the same process changed the
 next one's page faults threefold). Tiangong: the hub offers a file dropped into an agent's
 live spool; the agent (the real AgentSide and :class:`bundle.live_file.FileReceiver`, as
-``agent/live.py``, reading its socket in 2 MiB pieces as that does; ``--agent-reads-default``:
-asyncio's 256 KiB, for a before/after) checks offsets, hashes every byte, and either writes
-it and fsyncs every 8 MiB before its ACK (*disk*) or drops it (*memory*). Bare: the echo
-server sends the same file in 1 MiB messages, the client puts them into *disk* (written
-and fsynced every 8 MiB in its event loop, no hash: the issue's baseline), *memory*
-(dropped, no hash), or the agent's own sink, *agent_disk* / *agent_memory* (a
+``agent/live.py``, reading its socket in 2 MiB pieces, at most 4 messages queued in
+``websockets`` and 4 MiB waiting for its worker as that does; ``--agent-reads-default``:
+asyncio's 256 KiB, 16 messages and 32 MiB, for a before/after) checks offsets, hashes
+every byte, and either writes it and fsyncs every 8 MiB before its ACK (*disk*) or drops it
+(*memory*). Bare: the echo server sends the same file in 1 MiB messages, the client puts
+them into *disk* (written and fsynced every 8 MiB in its event loop, no hash: the issue's
+baseline), *memory* (dropped, no hash), or the agent's own sink, *agent_disk* / *agent_memory* (a
 ``FileReceiver`` for an offer of the same size and SHA-256, fed as the agent feeds it: the
 like-for-like figure, only the protocol missing).
 Window: from the OFFER (Tiangong; the hub has hashed the spooled file by then, reported as
@@ -116,7 +117,13 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from agent import heap
-from agent.live import _give_back_heap, _peer_binding, pinned_context, read_in_large_pieces
+from agent.live import (
+    QUEUE_MESSAGES,
+    _give_back_heap,
+    _peer_binding,
+    pinned_context,
+    read_in_large_pieces,
+)
 from bundle.live_file import FileReceiver
 from bundle.sync import (
     MAX_MESSAGE_BYTES,
@@ -563,7 +570,7 @@ class _AgentSink(_FileSink):
     """The agent's own sink for the like-for-like baseline: a
     :class:`bundle.live_file.FileReceiver` for an offer of the payload's size and SHA-256,
     fed as agent/live.py feeds it (offsets checked, every byte hashed, written in its worker
-    thread, an fsync every 8 MiB in its syncer, reading paused while 32 MiB wait, the size
+    thread, an fsync every 8 MiB in its syncer, reading paused while 4 MiB wait, the size
     and SHA-256 compared and a last fsync at the end). ``path`` None: checked, hashed and
     dropped, as the bench's memory agent. Only the protocol is missing: no RESUME, ACK,
     DONE or RECEIVED, no framing."""
@@ -624,6 +631,10 @@ class SimAgent:
     # as agent/live.py: the socket read in pieces of 2 MiB, not asyncio's 256 KiB
     # (read_in_large_pieces); the transfer phase's agent (the fleet's keep the default)
     large_reads: bool = False
+    # the agent's buffers before session 11 (--agent-reads-default): websockets' queue of
+    # 16 messages and 32 MiB waiting for the FileReceiver's worker, not QUEUE_MESSAGES and
+    # bundle.live_file.MAX_PENDING_BYTES
+    old_buffers: bool = False
     gave_back: Any = None  # the future of the last give-back (agent/live.py's, in a thread)
     last_chunk: float = 0.0  # time.perf_counter() when the last CHUNK was handed over
     conn: AgentSide = field(init=False)
@@ -663,6 +674,7 @@ class SimAgent:
         tls-server-end-point, as the real agent's does."""
         self.error = None
         self.ws = await connect(url, compression=None, max_size=MAX_MESSAGE_BYTES,
+                                max_queue=16 if self.old_buffers else QUEUE_MESSAGES,
                                 open_timeout=120, ssl=ssl,
                                 ping_interval=None)  # as agent/live.py: heartbeats only
         if self.large_reads:
@@ -747,7 +759,9 @@ class SimAgent:
             self.offered[event.offer.transfer] = time.time()
             path = (None if self.sink_dir is None
                     else self.sink_dir / f"{self.agent_id}-{event.offer.name}.part")
-            self._incoming[event.offer.transfer] = _Incoming(FileReceiver.open(path, event.offer))
+            file = (FileReceiver.open(path, event.offer, max_pending=32 * MiB) if self.old_buffers
+                    else FileReceiver.open(path, event.offer))
+            self._incoming[event.offer.transfer] = _Incoming(file)
             self.conn.send_resume(event.offer.transfer, 0)
         elif isinstance(event, ChunkReceived):
             inc = self._incoming[event.transfer]
@@ -1447,7 +1461,8 @@ async def _receive_tiangong(spec: dict[str, Any]) -> dict[str, Any]:
         heap.keep_freed_blocks()  # as agent/live.py before an incoming transfer (its window)
     agent = SimAgent(spec["agent_id"], SigningKey(bytes.fromhex(spec["seed"])),
                      spec["hub_id"], sink_dir, give_back_heap=not spec["agent_heap_default"],
-                     large_reads=not spec["agent_reads_default"])
+                     large_reads=not spec["agent_reads_default"],
+                     old_buffers=spec["agent_reads_default"])
     marks: dict[str, _Marks] = {}
     agent.on_offered = lambda transfer: marks.setdefault("offer", _Marks.now(sender))
     agent.on_received = lambda *_: marks.setdefault("end", _Marks.now(sender))
@@ -1822,8 +1837,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="transfer: the Tiangong agent leaves the C heap at its defaults (as "
                          "before agent.heap), for a before/after")
     ap.add_argument("--agent-reads-default", action="store_true",
-                    help="transfer: the Tiangong agent reads its socket in asyncio's 256 KiB "
-                         "pieces (as before agent.live.read_in_large_pieces), for a before/after")
+                    help="transfer: the Tiangong agent reads as before session 11, for a "
+                         "before/after: its socket in asyncio's 256 KiB pieces (not "
+                         "agent.live.read_in_large_pieces), websockets' queue of 16 messages "
+                         "and 32 MiB waiting for its FileReceiver's worker (not 4 and 4 MiB)")
     ap.add_argument("--bare-heap-tuned", action="store_true",
                     help="transfer: the bare receivers set the C heap as the agent does "
                          "(agent.heap: keep freed message buffers, give them back at the end) "

@@ -60,7 +60,11 @@ __all__ = ["INLINE_BYTES", "MAX_PENDING_BYTES", "READ_BYTES", "FileReceiver"]
 
 READ_BYTES = 1024 * 1024  # bytes per read when re-hashing a partial file on resume
 INLINE_BYTES = 1024 * 1024  # bytes still to receive at or under which no thread is used
-MAX_PENDING_BYTES = 32 * 1024 * 1024  # bytes handed over and not yet written (default)
+#: bytes handed over and not yet written (default): beyond it the caller stops reading and
+#: TCP holds the sender back. Small: what waits here was read into fresh heap memory (page
+#: faults), and a worker far behind hashes its backlog at the end with the other core idle
+#: (docs/benchmarks.md "Session 11: live transfer to memory"; it was 32 MiB)
+MAX_PENDING_BYTES = 4 * 1024 * 1024
 
 _T = TypeVar("_T")
 

@@ -18,6 +18,7 @@ from websockets.asyncio.server import ServerConnection
 
 from agent import heap, live
 from agent.config import AgentConfig
+from bundle.live_file import MAX_PENDING_BYTES, FileReceiver
 from bundle.sync import (
     MAX_CHUNK_BYTES,
     AckReceived,
@@ -119,25 +120,45 @@ def _heap_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def read_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
+def read_sizes(monkeypatch: pytest.MonkeyPatch, queues: list[int] | None = None
+               ) -> list[int | None]:
     """Record what :func:`agent.live.read_in_large_pieces` gave each connection of the live
-    client (the call still runs)."""
+    client (the call still runs), and into ``queues`` how many messages ``websockets`` may
+    read ahead of it on that connection."""
     sizes: list[int | None] = []
     real = live.read_in_large_pieces
 
     def recorded(ws: Any) -> int | None:
         sizes.append(real(ws))
+        if queues is not None:
+            queues.append(ws.max_queue_high)
         return sizes[-1]
 
     monkeypatch.setattr(live, "read_in_large_pieces", recorded)
     return sizes
 
 
+def pending_limits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the ``max_pending`` of every FileReceiver the live client opens."""
+    limits: list[int] = []
+    real = FileReceiver.open
+
+    def recorded(path: Path, offer: Offer, **kwargs: Any) -> FileReceiver:
+        file = real(path, offer, **kwargs)
+        limits.append(file.max_pending)
+        return file
+
+    monkeypatch.setattr(FileReceiver, "open", recorded)
+    return limits
+
+
 @pytest.mark.parametrize("size", [MiB // 2, 20 * MiB + 5])  # in the loop; in the worker
 def test_a_bundle_arrives_whole_with_acks_for_fsynced_bytes_in_order(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
     heap_calls = _heap_calls(monkeypatch)
-    reads = read_sizes(monkeypatch)
+    queues: list[int] = []
+    reads = read_sizes(monkeypatch, queues)
+    pending = pending_limits(monkeypatch)
     data = os.urandom(size)
     hub, config = _deliver(tmp_path, _offer(data), data)
     assert isinstance(hub.ended[0], TransferReceived)
@@ -153,6 +174,10 @@ def test_a_bundle_arrives_whole_with_acks_for_fsynced_bytes_in_order(
     # The socket was read in pieces of 2 MiB, not asyncio's 256 KiB (ws:// here; wss://:
     # tests/agent/test_live_tls.py), and every byte arrived all the same.
     assert reads == [live.SOCKET_READ_BYTES]
+    # At most 4 messages read ahead by websockets and 4 MiB waiting for the file's worker:
+    # beyond that the agent stops reading and TCP holds the hub back (bundle.live_file).
+    assert queues == [live.QUEUE_MESSAGES] == [4]
+    assert pending == [MAX_PENDING_BYTES] == [4 * MiB]
 
 
 def test_a_transfer_cut_off_gives_the_heap_back_and_resumes_on_the_next_connection(
