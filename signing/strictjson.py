@@ -52,13 +52,13 @@ def _parse_int(text: str) -> int:
 #: What the nesting pre-scan looks at: a backslash escape (with the character it escapes),
 #: a quote, a bracket. Everything else is skipped in C.
 _SCAN_TOKEN = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
-#: An escape that decodes to a UTF-16 surrogate (the only way a JSON string can hold one
-#: once the text decoded as strict UTF-8).
 #: json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
 #: allow_nan=False), its encoder made once (json.dumps makes one a call for such arguments;
 #: encode keeps no state between calls)
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                               allow_nan=False)
+#: An escape that decodes to a UTF-16 surrogate (the only way a JSON string can hold one
+#: once the text decoded as strict UTF-8).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 

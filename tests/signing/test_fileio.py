@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from signing import fileio
 from signing.errors import KeyFileError
 from signing.fileio import read_bounded, write_file_atomic
 
@@ -114,3 +117,97 @@ def test_a_fifo_or_a_directory_is_never_replaced_even_with_force(tmp_path: Path)
     link.symlink_to(tmp_path / "gone")
     write_file_atomic(link, b"data", overwrite=True)
     assert not link.is_symlink() and link.read_bytes() == b"data"
+
+
+def _other_file_system(tmp_path: Path) -> Path:
+    """A directory on another file system than ``tmp_path`` (/dev/shm's tmpfs)."""
+    shm = Path("/dev/shm")
+    assert shm.is_dir() and shm.stat().st_dev != tmp_path.stat().st_dev, \
+        "the test needs /dev/shm on a file system of its own"
+    return Path(tempfile.mkdtemp(dir=shm))
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_syncfs_each_syncs_every_file_system_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One syncfs per file system among the paths (files and directories), on a
+    descriptor of that file system, closed after."""
+    other = _other_file_system(tmp_path)
+    try:
+        paths = [tmp_path / "a", tmp_path / "b", tmp_path, other / "c", other]
+        for path in (tmp_path / "a", tmp_path / "b", other / "c"):
+            path.write_bytes(b"x")
+        synced: list[int] = []
+        real = fileio.syncfs
+
+        def syncfs(fd: int) -> bool:
+            synced.append(os.fstat(fd).st_dev)
+            return real(fd)
+
+        monkeypatch.setattr(fileio, "syncfs", syncfs)
+        before = _open_fds()
+        assert fileio.syncfs_each(paths) is True
+        assert sorted(synced) == sorted({tmp_path.stat().st_dev, other.stat().st_dev})
+        assert _open_fds() == before
+    finally:
+        shutil.rmtree(other)
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_syncfs_each_is_false_when_one_file_system_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: int) -> None:
+    """A syncfs that fails (the first file system's or the second's) makes the whole
+    False: the caller fsyncs each path, which names the one at fault. Every descriptor is
+    closed."""
+    other = _other_file_system(tmp_path)
+    try:
+        calls: list[int] = []
+
+        def syncfs(fd: int) -> bool:
+            calls.append(fd)
+            return len(calls) - 1 != failing
+
+        monkeypatch.setattr(fileio, "syncfs", syncfs)
+        before = _open_fds()
+        assert fileio.syncfs_each([tmp_path, other]) is False
+        assert len(calls) == failing + 1  # none after the one that failed
+        assert _open_fds() == before
+    finally:
+        shutil.rmtree(other)
+
+
+def test_syncfs_each_is_false_for_a_path_gone_and_syncs_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path that is gone (a spool directory removed meanwhile) makes it False before
+    any syncfs: the caller fsyncs each of the others."""
+    calls: list[int] = []
+
+    def syncfs(fd: int) -> bool:
+        calls.append(fd)
+        return True
+
+    monkeypatch.setattr(fileio, "syncfs", syncfs)
+    assert fileio.syncfs_each([tmp_path, tmp_path / "gone"]) is False
+    assert calls == []
+
+
+def test_syncfs_is_false_where_libc_has_none(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    """Without a syncfs in the C library (or the library not loadable) syncfs says False
+    rather than raise; a real one on a real descriptor says True."""
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        assert fileio.syncfs(fd) is True
+        monkeypatch.setattr(fileio, "_libc", lambda: object())
+        assert fileio.syncfs(fd) is False
+
+        def no_library() -> None:
+            raise OSError("libc.so.6: cannot open shared object file")
+
+        monkeypatch.setattr(fileio, "_libc", no_library)
+        assert fileio.syncfs(fd) is False
+    finally:
+        os.close(fd)
