@@ -9,11 +9,15 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bundle import manifest as manifest_module
 from bundle.errors import ManifestError
 from bundle.manifest import (
     FORMAT,
+    PER_BUNDLE_FIELDS,
+    ChainInfo,
     FileEntry,
     Manifest,
     PartDigest,
@@ -28,7 +32,7 @@ from signing.envelope import sign_envelope
 from signing.keys import SigningKey
 from signing.strictjson import dumps_canonical
 from tests.bundle.kit import release_draft, result_draft
-from tests.fixtures.trust import TrustKit
+from tests.fixtures.trust import TrustKit, make_trust
 
 H = "0" * 64
 
@@ -344,6 +348,60 @@ def test_derived_manifests_give_the_bytes_of_their_whole_json(trust: TrustKit) -
         derived = base.derive(**changes)
         assert derived.to_bytes() == dumps_canonical(derived.to_json()), i
         assert Manifest.from_bytes(derived.to_bytes(), 1 << 20) == derived
+
+
+def test_derived_manifests_splice_every_field_of_to_json(trust: TrustKit) -> None:
+    """_KeptText writes a derived manifest's per-bundle fields itself (not through
+    to_json): every field of a manifest is either kept (_KEPT_JSON) or per bundle, and a
+    derived manifest with every optional field set (chain, policy, approvals, secrets,
+    checkpoint, not_before, parts) or none gives dumps_canonical(to_json()) byte for byte.
+    A field added to to_json but not to the splice fails here."""
+    from bundle.windows import Policy
+    from tests.bundle.test_approvals import _approval
+    from tests.bundle.test_chain import link
+    from tests.bundle.test_windows import _policy_doc
+
+    kept = set(manifest_module._KEPT_JSON)
+    assert kept.isdisjoint(PER_BUNDLE_FIELDS)
+    assert set(manifest_module._FIELD_NAMES) == kept | PER_BUNDLE_FIELDS
+    base = _full(trust)
+    every = {"sequence": 10, "chain": ChainInfo(link(8), ()),
+             "policy": Policy.from_json(_policy_doc()), "approvals": (_approval(0), _approval(1))}
+    full = base.derive(**every)
+    assert set(full.to_json()) == set(manifest_module._FIELD_NAMES)
+    bare = base.derive(checkpoint=None, secrets=(), not_before=None)
+    for derived in (full, bare, full.derive(sequence=11), base):
+        assert derived.to_bytes() == dumps_canonical(derived.to_json())
+        assert Manifest.from_bytes(derived.to_bytes(), 1 << 20) == derived
+
+
+_HOSTILE = st.one_of(
+    st.text(max_size=8),
+    st.lists(st.sampled_from([manifest_module._KeptText._TOKEN, "files", "steps", "\x00",
+                              '"', "\\", ":", "\u2028", "é", "\U0001f600"]),
+             max_size=4).map("".join))
+_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), _HOSTILE),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(_HOSTILE, inner, max_size=3)),
+    max_leaves=10)
+
+
+@settings(derandomize=True, max_examples=150, deadline=None, database=None)
+@given(checkpoints=st.lists(st.dictionaries(_HOSTILE, _JSON, max_size=4), min_size=1,
+                            max_size=3))
+def test_derived_manifests_with_hostile_strings_give_their_whole_bytes(
+        checkpoints: list[dict[str, Any]]) -> None:
+    """Per-bundle values holding NUL, quotes, backslashes, non-ASCII, line separators, the
+    placeholder token or pieces of it, 64-bit extremes: a derived manifest's spliced bytes
+    are still dumps_canonical(to_json()), one template for all (as an export)."""
+    base = _HOSTILE_BASE
+    for checkpoint in checkpoints:
+        derived = base.derive(checkpoint=checkpoint)
+        assert derived.to_bytes() == dumps_canonical(derived.to_json())
+
+
+_HOSTILE_BASE = release_draft(make_trust())
 
 
 def test_derived_manifest_refuses_a_kept_field_too_deep_as_the_whole_does(
