@@ -475,6 +475,75 @@ def test_a_batch_in_many_directories_is_made_durable_by_one_syncfs(
     assert not [d for d in dirs if (d / "c.tgb").exists()]
 
 
+def test_a_batch_on_two_file_systems_is_made_durable_by_a_syncfs_of_each(
+    trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """make_durable's batch half in ``out``, half on /dev/shm (tmpfs): the real syncfs of
+    each file system, once for the files and once for the directories, and no fsync; the
+    bundles land whole. Then /dev/shm's syncfs fails: every file and every directory (on
+    either file system) is fsynced instead, and the bundles land whole all the same."""
+    import shutil
+    import tempfile
+
+    from signing import fileio
+
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        assert shm.stat().st_dev != out.stat().st_dev
+        files = make_files(src, {"a": b"small"})
+        count = writer_mod.SYNCFS_FROM
+        dirs = [(out if i % 2 else shm) / f"agent-{i}" for i in range(count)]
+        synced: list[int] = []
+        fsynced_dirs: list[Path] = []
+        real_syncfs, real_fsync_dir = fileio.syncfs, writer_mod.fsync_dir
+        failing: set[int] = set()
+
+        def syncfs(fd: int) -> bool:
+            device = os.fstat(fd).st_dev
+            synced.append(device)
+            return device not in failing and real_syncfs(fd)
+
+        def fsync_dir(directory: Path) -> None:
+            fsynced_dirs.append(Path(directory))
+            real_fsync_dir(directory)
+
+        file_fsyncs: list[int] = []
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                file_fsyncs.append(fd)
+            real_fsync(fd)
+
+        monkeypatch.setattr(fileio, "syncfs", syncfs)
+        monkeypatch.setattr(writer_mod, "fsync_dir", fsync_dir)
+        monkeypatch.setattr(os, "fsync", fsync)
+        devices = {out.stat().st_dev, shm.stat().st_dev}
+        for name, fails in (("b.tgb", set()), ("c.tgb", {shm.stat().st_dev})):
+            for d in dirs:
+                d.mkdir(exist_ok=True)
+            batch = [write_bundle(d / name, release_draft(trust), files, [trust.release_key],
+                                  durable=False) for d in dirs]
+            synced.clear()
+            fsynced_dirs.clear()
+            file_fsyncs.clear()
+            failing.clear()
+            failing.update(fails)
+            assert writer_mod.make_durable(batch) == [None] * count
+            for w in batch:
+                verify_written(w)
+                assert _spools_and_temps(w.paths[0].parent) == []
+            if not fails:
+                assert sorted(synced) == sorted([*devices, *devices])  # files, directories
+                assert fsynced_dirs == [] and file_fsyncs == []
+            else:  # the files' syncfs failed, then the directories': fsync each
+                assert synced.count(shm.stat().st_dev) == 2 and len(synced) <= 4
+                assert len(file_fsyncs) == count
+                assert sorted(fsynced_dirs) == sorted(dirs)
+    finally:
+        shutil.rmtree(shm)
+
+
 def test_read_back_spans_many_windows(
     trust: TrustKit, src: Path, out: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
