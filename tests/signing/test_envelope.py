@@ -390,3 +390,21 @@ def test_envelope_bytes_are_the_canonical_json_of_its_object(
             env.to_bytes()
         return
     assert env.to_bytes() == want
+
+
+@pytest.mark.parametrize("text", [
+    "", " ", "~", "!#[]", "\x7f", '"', "\\", "\x1f", "\x00", "/", "é", "\u2028", "\U0001f600",
+    "a\"b", "a\\u0041",
+])
+def test_envelope_bytes_at_the_edges_of_plain_ascii(text: str) -> None:
+    """The characters at each edge of what to_bytes writes itself (printable ASCII but the
+    quote and the backslash; DEL and the controls, non-ASCII and line separators go through
+    dumps_canonical), in the payload type and in a key id: dumps_canonical's bytes every time
+    (a deterministic companion of the hypothesis test above)."""
+    sig = bytes(range(64))
+    env = Envelope(text, b"\x00\xff payload", (Signature(text, sig), Signature("k2", sig)))
+    doc = {"payload": base64.b64encode(b"\x00\xff payload").decode("ascii"),
+           "payloadType": text,
+           "signatures": [{"keyid": k, "sig": base64.b64encode(sig).decode("ascii")}
+                          for k in (text, "k2")]}
+    assert env.to_bytes() == dumps_canonical(doc)
