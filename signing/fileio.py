@@ -24,8 +24,8 @@ from pathlib import Path
 
 from signing.errors import KeyFileError
 
-__all__ = ["NAME_MAX_BYTES", "fit_name", "fsync_dir", "open_regular", "read_bounded",
-           "syncfs", "write_file_atomic"]
+__all__ = ["NAME_MAX_BYTES", "SYNCFS_COVERS", "fit_name", "fsync_dir", "open_regular",
+           "read_bounded", "syncfs", "syncfs_each", "write_file_atomic"]
 
 #: The longest file name most file systems take, in bytes (NAME_MAX).
 NAME_MAX_BYTES = 255  # bytes
@@ -133,11 +133,37 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
+#: the file systems (``statfs`` magic numbers) whose ``syncfs`` makes durable what an
+#: ``fsync`` of each file and directory would: ext2/3/4, XFS, Btrfs, F2FS (each commits and
+#: flushes the device's cache), tmpfs (nothing to keep), overlayfs (syncs its upper one).
+#: Not FUSE (Linux sends its server no sync — virtiofs aside — where an ``fsync`` has it
+#: fsync its own files: sshfs, gocryptfs, mergerfs, ntfs-3g), FAT or exFAT (no flush of the
+#: device's cache, which ``fsync`` issues), NFS or SMB: there, and on any other, each is
+#: fsynced.
+SYNCFS_COVERS = frozenset({0xEF53, 0x58465342, 0x9123683E, 0xF2F52010, 0x01021994,
+                           0x794C7630})
+
+
+def _fs_magic(fd: int) -> int | None:
+    """The ``statfs`` magic number (``f_type``) of the file system holding ``fd``; None
+    where it cannot be asked."""
+    buf = ctypes.create_string_buffer(512)  # struct statfs: 120 bytes on 64-bit Linux
+    try:
+        if _libc().fstatfs(fd, buf) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF  # f_type, the first field
+
+
 def syncfs(fd: int) -> bool:
     """Flush the whole file system holding the open descriptor ``fd`` (Linux ``syncfs``):
     one call instead of an ``fsync`` per file or directory written. False where it is
-    unavailable or failed: the caller then fsyncs what it wrote one by one (which raises
-    the error, if there is one)."""
+    unavailable or failed, or where it would not stand for those fsyncs (a file system not
+    in :data:`SYNCFS_COVERS`: not called): the caller then fsyncs what it wrote one by one
+    (which raises the error, if there is one)."""
+    if _fs_magic(fd) not in SYNCFS_COVERS:
+        return False
     try:
         return bool(_libc().syncfs(fd) == 0)
     except (OSError, AttributeError):
@@ -146,8 +172,9 @@ def syncfs(fd: int) -> bool:
 
 def syncfs_each(paths: Iterable[str | os.PathLike[str]]) -> bool:
     """:func:`syncfs` of every file system holding one of ``paths`` (files or directories),
-    once each. False where one cannot be looked at or opened, or a ``syncfs`` failed or is
-    unavailable: the caller then fsyncs each of them (which raises the error, naming it)."""
+    once each. False where one cannot be looked at or opened, or a ``syncfs`` failed, is
+    unavailable or would not stand for fsyncs there (:data:`SYNCFS_COVERS`): the caller
+    then fsyncs each of them (which raises the error, naming it)."""
     one_per_device: dict[int, str | os.PathLike[str]] = {}
     try:
         for path in paths:

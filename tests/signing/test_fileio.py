@@ -211,3 +211,52 @@ def test_syncfs_is_false_where_libc_has_none(monkeypatch: pytest.MonkeyPatch,
         assert fileio.syncfs(fd) is False
     finally:
         os.close(fd)
+
+
+FUSE_MAGIC = 0x65735546  # what fstatfs says of a FUSE mount: sshfs, gocryptfs, ntfs-3g ...
+
+
+@pytest.mark.parametrize("magic", [FUSE_MAGIC, 0x4D44, 0x2011BAB0, 0x6969, 0xFE534D42, None])
+def test_syncfs_does_not_stand_for_fsyncs_on_a_file_system_it_does_not_cover(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, magic: int | None) -> None:
+    """On FUSE (Linux's syncfs sends the server nothing, where an fsync has it fsync its
+    own files: virtiofs aside), FAT and exFAT (no flush of the device's cache, which
+    fsync issues), NFS or SMB (no COMMIT or FLUSH of what the server holds), or one whose
+    type cannot be asked, syncfs would succeed without making the files durable: syncfs
+    and syncfs_each say False without calling it, and the caller fsyncs each file and
+    directory."""
+    calls: list[int] = []
+
+    class Libc:
+        def syncfs(self, fd: int) -> int:
+            calls.append(fd)
+            return 0
+
+    monkeypatch.setattr(fileio, "_libc", Libc)
+    monkeypatch.setattr(fileio, "_fs_magic", lambda fd: magic)
+    assert fileio.syncfs_each([tmp_path]) is False
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        assert fileio.syncfs(fd) is False
+    finally:
+        os.close(fd)
+    assert calls == []
+    monkeypatch.setattr(fileio, "_fs_magic", lambda fd: 0xEF53)  # ext4: called
+    assert fileio.syncfs_each([tmp_path]) is True and len(calls) == 1
+
+
+def test_syncfs_each_stands_for_fsyncs_on_tmpfs_and_the_test_file_system(
+        tmp_path: Path) -> None:
+    """The file systems whose syncfs flushes what fsync would (ext2/3/4, XFS, Btrfs, F2FS,
+    tmpfs, overlayfs) are recognised: /dev/shm's tmpfs and the tests' own."""
+    shm = _other_file_system(tmp_path)
+    try:
+        for path in (shm, tmp_path):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                assert fileio._fs_magic(fd) in fileio.SYNCFS_COVERS
+            finally:
+                os.close(fd)
+        assert fileio.syncfs_each([shm, tmp_path]) is True
+    finally:
+        shutil.rmtree(shm)
