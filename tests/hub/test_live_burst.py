@@ -228,6 +228,47 @@ def test_the_heap_alive_at_a_bursts_start_is_left_out_of_garbage_collection_unti
         gc.set_threshold(*before)
 
 
+def test_a_cancelled_burst_gives_the_collector_back_as_it_was(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst cancelled while it waits (hub live stopping), alone or while another one
+    runs on: the heap is unfrozen and the thresholds are the process's own once the last
+    one ended, not before."""
+    from hub.live_hub import BURST_GC_YOUNG
+
+    before = gc.get_threshold()
+    started = 0
+
+    async def held(self: LiveHub, due: list[Any]) -> None:
+        nonlocal started
+        started += 1
+        await asyncio.Event().wait()  # until cancelled
+
+    monkeypatch.setattr(LiveHub, "_push_burst_held", held)
+    hub = object.__new__(LiveHub)
+    hub._bursts = 0
+
+    async def bursts() -> None:
+        first = asyncio.create_task(hub._push_burst([("a", (1, 1))]))
+        second = asyncio.create_task(hub._push_burst([("b", (1, 2))]))
+        while started < 2:
+            await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == BURST_GC_YOUNG
+        second.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        assert gc.get_freeze_count() == 0 and hub._bursts == 0
+        assert gc.get_threshold() == before
+
+    try:
+        asyncio.run(bursts())
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
 def test_a_burst_is_cut_into_growing_export_calls_that_cover_every_agent() -> None:
     """The pipeline's export calls (hub.live_hub._burst_sizes): a few agents first, so the
     first bundles leave early, then LIVE_EXPORT_BATCH at a time; every agent exactly once."""
