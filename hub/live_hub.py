@@ -183,6 +183,11 @@ BURST_GC_YOUNG = 50_000
 #: object back) walks all of the heap — 0.9 s at 10,000 agents, inside the delivery window
 #: in two of those three runs (docs/benchmarks.md, "Session 11: live burst").
 BURST_GC_FULL = 1_000_000
+#: seconds after the last burst's end before the collector gets its thresholds and the
+#: frozen heap back (:meth:`LiveHub._release_gc`): the first full collection after that walks
+#: all of the heap (0.9 s at 10,000 agents), and right at the end of the last export call it
+#: fell among the burst's last transfers; a burst starting meanwhile keeps it frozen
+GC_SETTLE_SECONDS = 3.0
 SWEEP_SECONDS = 60.0  # seconds between two sweeps of abandoned partial uploads (at most)
 #: seconds between two tries of the start-up take-over (:meth:`LiveHub._take_over`) that failed
 TAKE_OVER_RETRY_SECONDS = 5.0
@@ -366,6 +371,8 @@ class LiveHub:
         self._bursts = 0  # _push_burst calls under way
         # Python's GC thresholds before the first of the bursts under way (_push_burst)
         self._gc_thresholds: tuple[int, int, int] = gc.get_threshold()
+        self._gc_held = False  # frozen and thresholds raised by a burst, not given back yet
+        self._gc_release: asyncio.TimerHandle | None = None  # the pending _release_gc
         # the newest deployment id a poll saw queued: while bursts run, polls look only for
         # newer ones (poll_once)
         self._seen_work = 0
@@ -1206,7 +1213,9 @@ class LiveHub:
     async def shutdown(self) -> None:
         """Before the event loop ends: audit the refusals still counted, write the
         disconnects (every agent of this process is offline now) and the deliveries not
-        recorded yet, stop listening (NOTIFY, local wake-ups)."""
+        recorded yet, stop listening (NOTIFY, local wake-ups), give the collector back what a
+        burst held (:meth:`_release_gc`)."""
+        self._release_gc(force=True)
         if self._listening is not None:
             self._listening.cancel()
         if self._waker is not None:
@@ -1301,21 +1310,40 @@ class LiveHub:
         (docs/benchmarks.md, "Session 9: live burst"). Garbage in cycles among those
         objects waits for the next full collection after the burst. Meanwhile the youngest
         generation is collected every :data:`BURST_GC_YOUNG` allocations, not every 700,
-        and no full collection runs (:data:`BURST_GC_FULL`); the thresholds are back at the
-        last burst's end."""
+        and no full collection runs (:data:`BURST_GC_FULL`); the thresholds and the frozen
+        heap are given back :data:`GC_SETTLE_SECONDS` after the last burst's end
+        (:meth:`_release_gc`), once its last transfers are through."""
         self._bursts += 1
         if self._bursts == 1:
+            if self._gc_release is not None:
+                self._gc_release.cancel()
+                self._gc_release = None
             gc.freeze()
-            self._gc_thresholds = gc.get_threshold()
-            young, middle, full = self._gc_thresholds
-            gc.set_threshold(max(BURST_GC_YOUNG, young), middle, max(BURST_GC_FULL, full))
+            if not self._gc_held:
+                self._gc_held = True
+                self._gc_thresholds = gc.get_threshold()
+                young, middle, full = self._gc_thresholds
+                gc.set_threshold(max(BURST_GC_YOUNG, young), middle, max(BURST_GC_FULL, full))
         try:
             await self._push_burst_held(due)
         finally:
             self._bursts -= 1
             if not self._bursts:
-                gc.set_threshold(*self._gc_thresholds)
-                gc.unfreeze()
+                self._gc_release = asyncio.get_running_loop().call_later(
+                    GC_SETTLE_SECONDS, self._release_gc)
+
+    def _release_gc(self, *, force: bool = False) -> None:
+        """Give Python's collector its thresholds and the heap frozen by :meth:`_push_burst`
+        back, unless a burst runs (then its end does); ``force``: now, whatever runs
+        (:meth:`shutdown`: the bursts still running are cancelled with the loop)."""
+        if self._gc_release is not None:
+            self._gc_release.cancel()
+            self._gc_release = None
+        if (self._bursts and not force) or not self._gc_held:
+            return
+        self._gc_held = False
+        gc.set_threshold(*self._gc_thresholds)
+        gc.unfreeze()
 
     async def _push_burst_held(self, due: list[tuple[str, tuple[int, int | None]]]) -> None:
         held: list[tuple[str, tuple[int, int | None], asyncio.Lock]] = []

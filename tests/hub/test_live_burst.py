@@ -190,14 +190,16 @@ def test_a_burst_to_hundreds_of_agents_completes_although_exports_fail_now_and_t
 
 def test_the_heap_alive_at_a_bursts_start_is_left_out_of_garbage_collection_until_the_end(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Frozen (gc.freeze) from the first of overlapping bursts to the end of the last, also
-    when one fails; not before, not after. Meanwhile the youngest generation's threshold is
-    BURST_GC_YOUNG, no full collection runs (BURST_GC_FULL), and the thresholds are the
-    process's own again after."""
-    from hub.live_hub import BURST_GC_FULL, BURST_GC_YOUNG
+    """Frozen (gc.freeze) from the first of overlapping bursts until GC_SETTLE_SECONDS after
+    the end of the last, also when one fails; not before. Meanwhile the youngest
+    generation's threshold is BURST_GC_YOUNG and no full collection runs (BURST_GC_FULL). A
+    burst starting within the settle time keeps it all held (the release is put off to its
+    end); then the thresholds are the process's own again and nothing is frozen."""
+    from hub.live_hub import BURST_GC_FULL, BURST_GC_YOUNG, GC_SETTLE_SECONDS
 
     assert gc.get_freeze_count() == 0
     before = gc.get_threshold()
+    raised = (BURST_GC_YOUNG, before[1], BURST_GC_FULL)
     seen: list[tuple[int, tuple[int, ...]]] = []
 
     async def held(self: LiveHub, due: list[Any]) -> None:
@@ -210,19 +212,69 @@ def test_the_heap_alive_at_a_bursts_start_is_left_out_of_garbage_collection_unti
     monkeypatch.setattr(LiveHub, "_push_burst_held", held)
     hub = object.__new__(LiveHub)
     hub._bursts = 0
+    hub._gc_held = False
+    hub._gc_release = None
 
     async def bursts() -> None:
+        loop = asyncio.get_running_loop()
         results = await asyncio.gather(hub._push_burst([("a", (1, 1))]),
                                        hub._push_burst([("fails", (1, 2))]),
                                        return_exceptions=True)
-        assert isinstance(results[1], OSError)
-        assert gc.get_freeze_count() == 0 and hub._bursts == 0
-        assert gc.get_threshold() == before
+        assert isinstance(results[1], OSError) and hub._bursts == 0
+        # the last transfers may still run: held a while longer
+        assert gc.get_freeze_count() > 0 and gc.get_threshold() == raised
+        release = hub._gc_release
+        assert release is not None
+        assert release.when() - loop.time() == pytest.approx(GC_SETTLE_SECONDS, abs=1.0)
+        # another burst within the settle time: the release waits for its end
+        await hub._push_burst([("b", (2, 1))])
+        assert release.cancelled() and hub._gc_release is not None
+        assert gc.get_freeze_count() > 0 and gc.get_threshold() == raised
+        hub._release_gc()  # what the timer calls
+        assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+        assert hub._gc_release is None and not hub._gc_held
 
     try:
         asyncio.run(bursts())
-        assert len(seen) == 3 and all(n > 0 for n, _ in seen)
-        assert {t for _, t in seen} == {(BURST_GC_YOUNG, before[1], BURST_GC_FULL)}
+        assert len(seen) == 5 and all(n > 0 for n, _ in seen)
+        assert {t for _, t in seen} == {raised}
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_shutdown_gives_the_collector_back_what_a_running_burst_held(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop ending with a burst under way (its task cancelled later) or within the
+    settle time: LiveHub.shutdown's release gives the thresholds and the heap back at once
+    (an in-process hub, as the tests run, left them raised and frozen)."""
+    before = gc.get_threshold()
+    hub = object.__new__(LiveHub)
+    hub._bursts = 0
+    hub._gc_held = False
+    hub._gc_release = None
+    started = asyncio.Event()
+
+    async def held(self: LiveHub, due: list[Any]) -> None:
+        started.set()
+        await asyncio.Event().wait()  # runs until cancelled
+
+    monkeypatch.setattr(LiveHub, "_push_burst_held", held)
+
+    async def main() -> None:
+        burst = asyncio.create_task(hub._push_burst([("a", (1, 1))]))
+        await started.wait()
+        assert gc.get_freeze_count() > 0 and hub._bursts == 1
+        hub._release_gc(force=True)  # as shutdown() does first
+        assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+        burst.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await burst
+        hub._release_gc()  # the settle timer the cancelled burst set: nothing left to do
+        assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+
+    try:
+        asyncio.run(main())
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
