@@ -283,36 +283,44 @@ def test_shutdown_gives_the_collector_back_what_a_running_burst_held(
 def test_a_cancelled_burst_gives_the_collector_back_as_it_was(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A burst cancelled while it waits (hub live stopping), alone or while another one
-    runs on: the heap is unfrozen and the thresholds are the process's own once the last
-    one ended, not before."""
+    runs on: the heap stays frozen and BURST_GC_YOUNG in force until the last one ended and
+    the settle time passed (its timer, _release_gc), then it is unfrozen with the process's
+    own thresholds."""
     from hub.live_hub import BURST_GC_YOUNG
 
     before = gc.get_threshold()
     started = 0
+    both = asyncio.Event()
 
     async def held(self: LiveHub, due: list[Any]) -> None:
         nonlocal started
         started += 1
+        if started == 2:
+            both.set()
         await asyncio.Event().wait()  # until cancelled
 
     monkeypatch.setattr(LiveHub, "_push_burst_held", held)
     hub = object.__new__(LiveHub)
     hub._bursts = 0
+    hub._gc_held = False
+    hub._gc_release = None
 
     async def bursts() -> None:
         first = asyncio.create_task(hub._push_burst([("a", (1, 1))]))
         second = asyncio.create_task(hub._push_burst([("b", (1, 2))]))
-        while started < 2:
-            await asyncio.sleep(0)
+        await asyncio.wait_for(both.wait(), 30)
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
         assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == BURST_GC_YOUNG
+        assert hub._gc_release is None
         second.cancel()
         with pytest.raises(asyncio.CancelledError):
             await second
-        assert gc.get_freeze_count() == 0 and hub._bursts == 0
-        assert gc.get_threshold() == before
+        assert hub._bursts == 0 and hub._gc_release is not None
+        assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == BURST_GC_YOUNG
+        hub._release_gc()  # what the timer calls
+        assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
 
     try:
         asyncio.run(bursts())
