@@ -372,7 +372,7 @@ class LiveHub:
         # Python's GC thresholds before the first of the bursts under way (_push_burst)
         self._gc_thresholds: tuple[int, int, int] = gc.get_threshold()
         self._gc_held = False  # frozen and thresholds raised by a burst, not given back yet
-        self._gc_release: asyncio.TimerHandle | None = None  # the pending _release_gc
+        self._gc_release: asyncio.Handle | None = None  # the pending _release_gc
         # the newest deployment id a poll saw queued: while bursts run, polls look only for
         # newer ones (poll_once)
         self._seen_work = 0
@@ -1232,7 +1232,24 @@ class LiveHub:
         """One round of the push loop: for every connected agent, drop it if it is no longer
         enrolled, else start a push if it has queued deployments (one push per agent at a
         time; an export that failed is retried after :data:`EXPORT_RETRY_SECONDS` unless the
-        queued work changed)."""
+        queued work changed).
+
+        Meanwhile Python's collector runs with a burst's thresholds (:meth:`_hold_gc`): the
+        poll that finds a rollout allocates a few objects per queued agent, which could tip
+        the oldest generation over its threshold — a full collection of the whole heap, 0.5
+        to 0.9 s at 10,000 connected agents, between the queue's commit and the burst's
+        first export (docs/benchmarks.md, "Session 11 (later): a burst's first export"). A
+        burst this poll starts takes them over at its first step (:meth:`_push_burst`), which
+        runs before the release scheduled here and cancels it; else they are given back at
+        once."""
+        raised = self._hold_gc()
+        try:
+            await self._poll_once()
+        finally:
+            if raised:  # cancelled by a burst this poll started (its first step runs first)
+                self._gc_release = asyncio.get_running_loop().call_soon(self._release_gc)
+
+    async def _poll_once(self) -> None:
         due: list[tuple[str, tuple[int, int | None]]] = []
         # During a burst most queued agents are in it already: left out in the thread, not
         # made into LiveWork objects to be skipped here (their locks are held).
@@ -1319,11 +1336,7 @@ class LiveHub:
                 self._gc_release.cancel()
                 self._gc_release = None
             gc.freeze()
-            if not self._gc_held:
-                self._gc_held = True
-                self._gc_thresholds = gc.get_threshold()
-                young, middle, full = self._gc_thresholds
-                gc.set_threshold(max(BURST_GC_YOUNG, young), middle, max(BURST_GC_FULL, full))
+            self._hold_gc()
         try:
             await self._push_burst_held(due)
         finally:
@@ -1331,6 +1344,19 @@ class LiveHub:
             if not self._bursts:
                 self._gc_release = asyncio.get_running_loop().call_later(
                     GC_SETTLE_SECONDS, self._release_gc)
+
+    def _hold_gc(self) -> bool:
+        """Raise Python's collector thresholds to a burst's (:data:`BURST_GC_YOUNG`,
+        :data:`BURST_GC_FULL`), remembering the process's own for :meth:`_release_gc`;
+        False if they are held already (a burst runs, or ended less than
+        :data:`GC_SETTLE_SECONDS` ago)."""
+        if self._gc_held:
+            return False
+        self._gc_held = True
+        self._gc_thresholds = gc.get_threshold()
+        young, middle, full = self._gc_thresholds
+        gc.set_threshold(max(BURST_GC_YOUNG, young), middle, max(BURST_GC_FULL, full))
+        return True
 
     def _release_gc(self, *, force: bool = False) -> None:
         """Give Python's collector its thresholds and the heap frozen by :meth:`_push_burst`

@@ -701,6 +701,70 @@ def test_a_poll_that_finds_nothing_to_push_starts_no_burst(
     assert spawned == [] and hub._bursts == 0 and gc.get_freeze_count() == 0
 
 
+def test_the_poll_that_starts_a_burst_runs_no_full_collection_before_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The poll runs with a burst's collector thresholds (a full collection of a 10,000-agent
+    heap, 0.5-0.9 s, fell between a rollout's commit and its first export); the burst it
+    starts takes them over with the thresholds never given back in between; a poll that
+    starts no burst (nothing to do, one push, a failed query) gives them back at once."""
+    from hub.live_hub import BURST_GC_FULL, BURST_GC_YOUNG
+
+    class Keys:
+        hub_id = "hub-test"
+
+    hub = LiveHub(session_factory=lambda: None,  # type: ignore[arg-type,return-value]
+                  keys=Keys(), data_dir=tmp_path, actor=None)  # type: ignore[arg-type]
+    before = gc.get_threshold()
+    raised = (BURST_GC_YOUNG, before[1], BURST_GC_FULL)
+    answer: list[LiveWork] = []
+    during: list[tuple[int, ...]] = []
+
+    def live_work(agent_ids: Any, busy: set[str], after: int | None = None) -> list[LiveWork]:
+        during.append(gc.get_threshold())
+        if not answer:
+            raise OSError("the database is restarting")
+        return answer
+
+    set_to: list[tuple[int, ...]] = []
+    real_set = gc.set_threshold
+
+    def set_threshold(*t: int) -> None:
+        set_to.append(t)
+        real_set(*t)
+
+    async def held(self: LiveHub, due: list[Any]) -> None:
+        during.append(gc.get_threshold())
+        assert gc.get_freeze_count() > 0
+
+    monkeypatch.setattr(hub, "_live_work", live_work)
+    monkeypatch.setattr(gc, "set_threshold", set_threshold)
+    monkeypatch.setattr(LiveHub, "_push_burst_held", held)
+    monkeypatch.setattr(LiveHub, "_push_queued", lambda *a: asyncio.sleep(0))
+    hub.peers.update({"a": SimpleNamespace(open=True), "b": SimpleNamespace(open=True)})
+
+    async def poll() -> None:
+        await hub.poll_once()
+        await asyncio.sleep(0)  # the burst's first step, then what the poll scheduled
+        await asyncio.sleep(0)
+
+    try:
+        with pytest.raises(OSError):
+            asyncio.run(poll())  # a failed query: given back
+        assert during == [raised] and set_to == [raised, before] and not hub._gc_held
+        answer = [LiveWork("a", "enrolled", 1, 3)]  # one push: given back
+        asyncio.run(poll())
+        assert during[1:] == [raised] and set_to[2:] == [raised, before]
+        answer = [LiveWork("a", "enrolled", 1, 5), LiveWork("b", "enrolled", 1, 6)]
+        del during[:], set_to[:]
+        asyncio.run(poll())  # a burst: held on, until GC_SETTLE_SECONDS after its end
+        assert during == [raised, raised] and set_to == [raised] and hub._gc_held
+        hub._release_gc()  # what the settle timer calls
+        assert set_to == [raised, before] and gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
+        real_set(*before)
+
+
 def test_bursts_that_follow_each_other_still_read_all_queued_work_now_and_then(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """While bursts keep running, a poll reads every queued deployment again once
