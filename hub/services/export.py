@@ -45,6 +45,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -134,6 +135,14 @@ MIN_CAPPED_VALIDITY = timedelta(hours=1)
 ProgressFn = Callable[[str, int, int], None]
 #: + the claim token, "~" and a random run id: one export's private spool directory (the run id:
 #: two exports of one process at once, the live server's threads, each remove only their own)
+#: seconds between two looks of :func:`export_agents` for what killed exports left in the live
+#: spool root (per root and process): the root holds a directory per agent, and listing it for
+#: every export call of a burst cost 6 ms each at 10,000 agents, about 0.6 s of the export
+#: worker's CPU a burst (docs/benchmarks.md, "Session 11 (later): a burst's first export");
+#: what a killed export left there (a scratch directory) waits this long at most
+ROOT_CLEAN_SECONDS = 10.0
+_root_cleaned: dict[str, float] = {}  # spool root -> time.monotonic() of its last look
+_root_cleaned_lock = threading.Lock()
 SPOOL_PREFIX = ".tiangong-export-"
 RUN_MARK = "~"  # never in a token as a file-name part (_token_name)
 #: a live spool agent directory's subdirectory of the bundles its agent confirmed
@@ -319,7 +328,8 @@ def export_agents(
             run.new_dirs.add(agent_dir)  # its first bundle (make_durable), as is sent/'s
             # with the bundle's rename into agent_dir
             os.mkdir(agent_dir / SENT)
-    report.cleaned += _clean_leftovers(ctx, spool_root)
+    if _root_due(spool_root):
+        report.cleaned += _clean_leftovers(ctx, spool_root)
     # Before the run: its commits and rollbacks expire these rows.
     owners = {d.id: d.agent.agent_id for d in [*stale, *pending] if d.agent is not None}
     run.run_all(stale, pending, report)
@@ -1454,6 +1464,18 @@ def _with_crash_point(progress: ProgressFn | None) -> ProgressFn:
             progress(phase, done, total)
 
     return report
+
+
+def _root_due(spool_root: Path) -> bool:
+    """Whether :func:`export_agents` looks for leftovers in ``spool_root`` now: the first
+    time in this process, then once every :data:`ROOT_CLEAN_SECONDS`."""
+    key, now = str(spool_root), time.monotonic()
+    with _root_cleaned_lock:
+        last = _root_cleaned.get(key)
+        if last is not None and now - last < ROOT_CLEAN_SECONDS:
+            return False
+        _root_cleaned[key] = now
+        return True
 
 
 def _token_name(token: str) -> str:

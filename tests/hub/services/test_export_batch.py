@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -678,3 +679,36 @@ def test_spool_directories_made_at_connect_are_synced_and_used_by_the_export(
     with pytest.raises(OSError, match="Input/output error"):
         export_service.make_spool_dirs(spool, ["site-03", "site-04", "site-01"])
     assert sorted(p.relative_to(spool) for p in spool.rglob("*")) == before
+
+
+def test_the_spool_root_is_looked_at_for_leftovers_once_every_few_seconds(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live spool root holds a directory per agent: listing it for every export call of a
+    burst cost 6 ms a call at 10,000 agents. A killed export's scratch directory there is
+    removed by the first call, one left later by the next call ROOT_CLEAN_SECONDS after
+    that (per root and process), and an agent's own directory is still cleaned each call."""
+    _enroll(world, ["site-01", "site-02", "site-03"])
+    _queue(world)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    looked = export_service._root_cleaned
+
+    def leftover() -> Path:
+        dead = spool / (export_service.SPOOL_PREFIX + "dead+1" + export_service.RUN_MARK + "x")
+        dead.mkdir()
+        os.utime(dead, (1, 1))  # older than any claim: a killed export's
+        return dead
+
+    first = leftover()
+    report = export_agents(world.ctx("op"), "test", spool, ["site-01"])
+    assert len(report.written) == 1 and first.name in report.cleaned
+    assert not first.exists()
+    second = leftover()
+    # the last look just now, whatever this machine's speed (a clock that never moves on)
+    monkeypatch.setitem(looked, str(spool), time.monotonic() + 3600)
+    report = export_agents(world.ctx("op"), "test", spool, ["site-02"])
+    assert len(report.written) == 1 and report.cleaned == [] and second.exists()
+    looked[str(spool)] = time.monotonic() - export_service.ROOT_CLEAN_SECONDS - 1
+    report = export_agents(world.ctx("op"), "test", spool, ["site-03"])
+    assert len(report.written) == 1 and second.name in report.cleaned
+    assert not second.exists()
