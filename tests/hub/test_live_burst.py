@@ -188,6 +188,15 @@ def test_a_burst_to_hundreds_of_agents_completes_although_exports_fail_now_and_t
     assert all(len(a.offers) >= 1 for a in agents)
 
 
+def _burst_gc_hub() -> LiveHub:
+    """A LiveHub with only what _push_burst and _release_gc keep (no bursts, nothing held)."""
+    hub = object.__new__(LiveHub)
+    hub._bursts = 0
+    hub._gc_held = False
+    hub._gc_release = None
+    return hub
+
+
 def test_the_heap_alive_at_a_bursts_start_is_left_out_of_garbage_collection_until_the_end(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Frozen (gc.freeze) from the first of overlapping bursts until GC_SETTLE_SECONDS after
@@ -210,10 +219,7 @@ def test_the_heap_alive_at_a_bursts_start_is_left_out_of_garbage_collection_unti
         seen.append((gc.get_freeze_count(), gc.get_threshold()))
 
     monkeypatch.setattr(LiveHub, "_push_burst_held", held)
-    hub = object.__new__(LiveHub)
-    hub._bursts = 0
-    hub._gc_held = False
-    hub._gc_release = None
+    hub = _burst_gc_hub()
 
     async def bursts() -> None:
         loop = asyncio.get_running_loop()
@@ -249,10 +255,7 @@ def test_shutdown_gives_the_collector_back_what_a_running_burst_held(
     settle time: LiveHub.shutdown's release gives the thresholds and the heap back at once
     (an in-process hub, as the tests run, left them raised and frozen)."""
     before = gc.get_threshold()
-    hub = object.__new__(LiveHub)
-    hub._bursts = 0
-    hub._gc_held = False
-    hub._gc_release = None
+    hub = _burst_gc_hub()
     started = asyncio.Event()
 
     async def held(self: LiveHub, due: list[Any]) -> None:
@@ -300,10 +303,7 @@ def test_a_cancelled_burst_gives_the_collector_back_as_it_was(
         await asyncio.Event().wait()  # until cancelled
 
     monkeypatch.setattr(LiveHub, "_push_burst_held", held)
-    hub = object.__new__(LiveHub)
-    hub._bursts = 0
-    hub._gc_held = False
-    hub._gc_release = None
+    hub = _burst_gc_hub()
 
     async def bursts() -> None:
         first = asyncio.create_task(hub._push_burst([("a", (1, 1))]))
