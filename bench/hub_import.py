@@ -302,7 +302,7 @@ def timed_import(
                 t.wrap("audit.record_many", audit_service.record_many, nested=True)),
         patched(ri, "fsync_dir", t.wrap("fsync_dir", import_fn("fsync_dir"), nested=True)),
         patched(os, "fsync", t.wrap("os.fsync (inside the phases)", os.fsync, nested=True)),
-        patched(bundle_staging, "_syncfs", t.wrap("syncfs", bundle_staging._syncfs, nested=True)),
+        patched(bundle_staging, "syncfs", t.wrap("syncfs", bundle_staging.syncfs, nested=True)),
     ):
         profiler = cProfile.Profile() if PROFILE else None
         start, cpu = time.perf_counter(), time.process_time()
@@ -367,7 +367,7 @@ def verifier_floor(
     with (
         patched(os, "fsync", fsyncs.wrap("fsync", os.fsync, nested=True)),
         patched(
-            bundle_staging, "_syncfs", fsyncs.wrap("syncfs", bundle_staging._syncfs, nested=True)
+            bundle_staging, "syncfs", fsyncs.wrap("syncfs", bundle_staging.syncfs, nested=True)
         ),
     ):
         verify_s = verify_all(True)

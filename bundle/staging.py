@@ -595,11 +595,6 @@ def _fd_chunks(fd: int, size: int) -> Iterator[bytes]:
         yield chunk
 
 
-def _syncfs(fd: int) -> bool:
-    """Flush the filesystem holding ``fd`` (Linux ``syncfs``); False where unavailable."""
-    return syncfs(fd)
-
-
 def _sync_tree(work: Path) -> None:
     """§9.6: make every staged file and both directories durable before the ready rename.
 
@@ -609,7 +604,7 @@ def _sync_tree(work: Path) -> None:
     """
     fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if _syncfs(fd):
+        if syncfs(fd):
             return
     finally:
         os.close(fd)

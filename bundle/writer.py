@@ -92,7 +92,14 @@ from bundle.printable import printable
 from bundle.release_names import NameSet
 from bundle.windows import Policy
 from signing.envelope import Envelope, Signature, sign_envelope
-from signing.fileio import NAME_MAX_BYTES, fit_name, fsync_dir, open_regular, syncfs_each
+from signing.fileio import (
+    NAME_MAX_BYTES,
+    SYNCFS_FROM,
+    fit_name,
+    fsync_dir,
+    open_regular,
+    syncfs_each,
+)
 from signing.keys import SigningKey
 from signing.strictjson import dumps_canonical
 
@@ -122,11 +129,6 @@ MT_THRESHOLD_BYTES = 4 * 1024 * 1024  # members larger than this use all cores (
 #: (the usual export: payload frames come from the release's frame cache)
 ASSEMBLE_BYTES = 8 * 1024 * 1024
 SYNC_THREADS = 8  # make_durable: files fsynced and read back at once
-#: make_durable: from this many files (or directories holding them), one syncfs of their file
-#: system instead of an fsync each — 0.05 against 0.13 ms of CPU per bundle in a live
-#: burst's batch of 100, each in its own directory (docs/benchmarks.md, "Session 11:
-#: export CPU")
-SYNCFS_FROM = 8
 MAX_SMALL_WORKERS = 4  # threads compressing small members at once
 _SMALL_AHEAD = 16  # small frames compressed ahead of the one taken next (memory bound)
 _PIPE_CHUNKS = 4  # chunks (at most BUFFER_BYTES each) queued for a hashing or writing thread

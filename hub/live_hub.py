@@ -111,7 +111,7 @@ from hub.services.export_claims import my_token, release_dead_claims
 from hub.services.preflight import state_values
 from hub.services.presence import LiveWork, live_work, live_work_of, presence_until
 from hub.services.users import get_user
-from signing.fileio import fsync_dir, syncfs_each
+from signing.fileio import SYNCFS_FROM, fsync_dir, syncfs_each
 from signing.keys import PublicKey
 
 __all__ = ["ACK_EVERY_BYTES", "EXPORT_RETRY_SECONDS", "POLL_SECONDS", "WINDOW_BYTES",
@@ -137,9 +137,6 @@ LIVE_EXPORT_BATCH = 100  # agents whose queued deployments one export call takes
 #: a burst's first export calls take this many agents each, then LIVE_EXPORT_BATCH: the first
 #: bundles leave after a few exports, the rest in calls that cost little per bundle
 BURST_STEPS = (5, 20, 50)
-#: confirmed bundles' spool directories in one batch from which one syncfs makes them durable
-#: instead of an fsync each (LiveHub._sync_spools)
-SYNCFS_DIRECTORIES = 8
 DELIVERED_QUERY_ITEMS = 500  # confirmed bundles looked up per query (bound parameters)
 #: seconds confirmations gather before their batch is recorded (unless DELIVERED_QUERY_ITEMS
 #: wait already): a batch costs 3-9 ms of CPU whatever its size, and a burst to 1,000 agents
@@ -772,7 +769,7 @@ class LiveHub:
     @staticmethod
     def _sync_spools(directories: list[Path]) -> None:
         """Make the entries of ``directories`` durable (the bundles moved into ``sent/``):
-        from :data:`SYNCFS_DIRECTORIES` of them, one ``syncfs`` per file system they are
+        from :data:`~signing.fileio.SYNCFS_FROM` of them, one ``syncfs`` per file system they are
         on (:func:`~signing.fileio.syncfs_each`); else, or where ``syncfs`` is unavailable
         or fails (or a directory is gone), an fsync of each. A burst's
         batch of 400 paid 400 directory fsyncs — 55 µs of CPU and ~1 ms of waiting each
@@ -783,7 +780,7 @@ class LiveHub:
             OSError: naming the directory whose fsync failed (the batch waits for the next
                 round, :meth:`_record_delivered`).
         """
-        if len(directories) >= SYNCFS_DIRECTORIES and syncfs_each(directories):
+        if len(directories) >= SYNCFS_FROM and syncfs_each(directories):
             return
         for directory in directories:
             try:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from signing.errors import KeyFileError
 
-__all__ = ["NAME_MAX_BYTES", "SYNCFS_COVERS", "fit_name", "fsync_dir", "open_regular",
-           "read_bounded", "syncfs", "syncfs_each", "write_file_atomic"]
+__all__ = ["NAME_MAX_BYTES", "SYNCFS_COVERS", "SYNCFS_FROM", "fit_name", "fsync_dir",
+           "open_regular", "read_bounded", "syncfs", "syncfs_each", "write_file_atomic"]
 
 #: The longest file name most file systems take, in bytes (NAME_MAX).
 NAME_MAX_BYTES = 255  # bytes
@@ -140,6 +140,12 @@ def _libc() -> ctypes.CDLL:
 #: fsync its own files: sshfs, gocryptfs, mergerfs, ntfs-3g), FAT or exFAT (no flush of the
 #: device's cache, which ``fsync`` issues), NFS or SMB: there, and on any other, each is
 #: fsynced.
+#: from this many files or directories written on one file system, one ``syncfs``
+#: (:func:`syncfs_each`) instead of an ``fsync`` each: 0.05 against 0.13 ms of CPU per bundle
+#: in a live burst's batch of 100, each in its own directory; 2 ms of CPU and 3-9 ms for 400
+#: spool directories against 400 fsyncs (docs/benchmarks.md, "Session 11: export CPU",
+#: "Session 11: live burst"). Used by bundle.writer.make_durable and the live server.
+SYNCFS_FROM = 8
 SYNCFS_COVERS = frozenset({0xEF53, 0x58465342, 0x9123683E, 0xF2F52010, 0x01021994,
                            0x794C7630})
 

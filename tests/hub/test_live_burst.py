@@ -605,7 +605,7 @@ def test_the_live_sides_sync_directories_as_every_other_writer_does(
 
 def test_a_batch_of_delivered_bundles_syncs_its_spools_by_one_syncfs_from_eight_directories(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """From SYNCFS_DIRECTORIES spool directories, one syncfs per file system
+    """From SYNCFS_FROM spool directories, one syncfs per file system
     (signing.fileio.syncfs_each) instead of an fsync each; fewer, or syncfs unavailable or
     failing, an fsync each (its error names the directory; one that is gone is skipped)."""
     synced: list[list[str]] = []
@@ -623,12 +623,12 @@ def test_a_batch_of_delivered_bundles_syncs_its_spools_by_one_syncfs_from_eight_
 
     monkeypatch.setattr(live_hub, "syncfs_each", syncfs_each)
     monkeypatch.setattr(live_hub, "fsync_dir", fsync_dir)
-    dirs = [tmp_path / f"a{i}" for i in range(live_hub.SYNCFS_DIRECTORIES)]
+    dirs = [tmp_path / f"a{i}" for i in range(live_hub.SYNCFS_FROM)]
     for d in dirs[1:]:
         d.mkdir()
     LiveHub._sync_spools(dirs)
     assert synced == [[str(d) for d in dirs]] and fsynced == []
-    LiveHub._sync_spools(dirs[1:])  # one fewer than SYNCFS_DIRECTORIES
+    LiveHub._sync_spools(dirs[1:])  # one fewer than SYNCFS_FROM
     assert len(synced) == 1 and fsynced == [str(d) for d in dirs[1:]]
     answer[0] = False  # syncfs unavailable, failed, or dirs[0] gone: an fsync each
     fsynced.clear()
