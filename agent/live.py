@@ -69,6 +69,7 @@ from agent import heap
 from agent.config import AgentConfig
 from agent.home import AgentKeys, load_keys
 from agent.journal import JournalError
+from agent.live_frames import read_frames_in_one_copy
 from bundle.live_file import FileReceiver
 from bundle.sync import (
     CANCEL_HAVE_IT,
@@ -386,6 +387,7 @@ class LiveClient:
                            max_queue=QUEUE_MESSAGES, ssl=self.ssl, open_timeout=10,
                            ping_interval=None) as ws:
             read_in_large_pieces(ws)
+            read_frames_in_one_copy(ws)  # a 1 MiB CHUNK copied once, not three times
             conn = AgentSide(self.config.agent_id, self.config.hub_id, self.keys.identity,
                              binding=_peer_binding(ws), version=self.version)
             s = _Session(ws, conn)

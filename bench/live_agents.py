@@ -52,9 +52,11 @@ round, the order reversed every other round, each received by a **fresh process*
 own (``--transfer-receiver``: an earlier transfer's heap in the same process changed the
 next one's page faults threefold). Tiangong: the hub offers a file dropped into an agent's
 live spool; the agent (the real AgentSide and :class:`bundle.live_file.FileReceiver`, as
-``agent/live.py``, reading its socket in 2 MiB pieces, at most 4 messages queued in
-``websockets`` and 4 MiB waiting for its worker as that does; ``--agent-reads-default``:
-asyncio's 256 KiB, 16 messages and 32 MiB, for a before/after) checks offsets, hashes
+``agent/live.py``, reading its socket in 2 MiB pieces, each frame's payload copied once
+(:mod:`agent.live_frames`), at most 4 messages queued in ``websockets`` and 4 MiB waiting
+for its worker as that does; ``--agent-reads-default``: asyncio's 256 KiB, 16 messages and
+32 MiB, ``--agent-frames-default``: websockets' own reader, three copies of each payload,
+for a before/after) checks offsets, hashes
 every byte, and either writes it and fsyncs every 8 MiB before its ACK (*disk*) or drops it
 (*memory*). Bare: the echo server sends the same file in 1 MiB messages, the client puts
 them into *disk* (written and fsynced every 8 MiB in its event loop, no hash: the issue's
@@ -66,7 +68,9 @@ Window: from the OFFER (Tiangong; the hub has hashed the spooled file by then, r
 connection (bare) to the last byte checked and, to disk, fsynced. Per transfer: MB/s, the
 receiver's CPU (all threads; its event loop apart), the sender's CPU (the whole process, its
 CPU-time clock read from the receiver at both ends of the window), the receiver's page
-faults. Reported: medians and min–max per variant, ratios per round (a pair ran next to each
+faults; and the window itself (``window``: start and end on ``CLOCK_MONOTONIC``, the
+receiver's pid) to pick its samples out of a ``perf record -k mono``. Reported: medians and
+min–max per variant, ratios per round (a pair ran next to each
 other) and their median and spread, and the CPU ratio (bare CPU per MiB, both ends, over
 Tiangong's): on two shared cores the wall clock of a 100 ms transfer is noise, the CPU
 spent per MiB is not.
@@ -124,6 +128,7 @@ from agent.live import (
     pinned_context,
     read_in_large_pieces,
 )
+from agent.live_frames import read_frames_in_one_copy
 from bundle.live_file import FileReceiver
 from bundle.sync import (
     MAX_MESSAGE_BYTES,
@@ -631,6 +636,9 @@ class SimAgent:
     # as agent/live.py: the socket read in pieces of 2 MiB, not asyncio's 256 KiB
     # (read_in_large_pieces); the transfer phase's agent (the fleet's keep the default)
     large_reads: bool = False
+    # as agent/live.py: each frame's payload copied once (agent.live_frames), unless
+    # --agent-frames-default (the stock reader, for a before/after)
+    one_copy_frames: bool = False
     # the agent's buffers before session 11 (--agent-reads-default): websockets' queue of
     # 16 messages and 32 MiB waiting for the FileReceiver's worker, not QUEUE_MESSAGES and
     # bundle.live_file.MAX_PENDING_BYTES
@@ -679,6 +687,8 @@ class SimAgent:
                                 ping_interval=None)  # as agent/live.py: heartbeats only
         if self.large_reads:
             read_in_large_pieces(self.ws)
+        if self.one_copy_frames:
+            read_frames_in_one_copy(self.ws)
         # A fresh protocol object for each connection (a retry starts from HELLO again).
         self.conn = AgentSide(self.agent_id, self.hub_id, self.key,
                               binding=_peer_binding(self.ws) if ssl is not None else b"")
@@ -1462,6 +1472,7 @@ async def _receive_tiangong(spec: dict[str, Any]) -> dict[str, Any]:
     agent = SimAgent(spec["agent_id"], SigningKey(bytes.fromhex(spec["seed"])),
                      spec["hub_id"], sink_dir, give_back_heap=not spec["agent_heap_default"],
                      large_reads=not spec["agent_reads_default"],
+                     one_copy_frames=not spec["agent_frames_default"],
                      old_buffers=spec["agent_reads_default"])
     marks: dict[str, _Marks] = {}
     agent.on_offered = lambda transfer: marks.setdefault("offer", _Marks.now(sender))
@@ -1476,6 +1487,7 @@ async def _receive_tiangong(spec: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError(f"the agent received {list(agent.received)} ({agent.error}), "
                            f"expected {spec['transfer']}")
     out = marks["end"].since(marks["offer"])
+    out["window"] = [marks["offer"].t, marks["end"].t, os.getpid()]
     if agent.gave_back is not None:  # its CPU counts too, though RECEIVED did not wait
         await agent.gave_back
         after = _Marks.now(sender).since(marks["offer"])
@@ -1517,6 +1529,7 @@ async def _receive_bare(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["tuned_heap"]:
         heap.give_back()
     out = _Marks.now(spec["sender_pid"]).since(start)
+    out["window"] = [start.t, start.t + out["seconds"], os.getpid()]
     out["open_seconds"] = start.t - before.t
     out["tail_seconds"] = _Marks.now(spec["sender_pid"]).t - last
     if received != size:
@@ -1595,6 +1608,7 @@ async def transfer_series(args: argparse.Namespace, work: Path) -> dict[str, Any
                                         "wrap": args.wrap_receiver,
                                         "agent_heap_default": args.agent_heap_default,
                                         "agent_reads_default": args.agent_reads_default,
+                                        "agent_frames_default": args.agent_frames_default,
                                         "sha256": digest.hexdigest(),
                                         "sink_dir": str(sink_dir)}
                 spooled = None
@@ -1841,6 +1855,10 @@ def main(argv: list[str] | None = None) -> None:
                          "before/after: its socket in asyncio's 256 KiB pieces (not "
                          "agent.live.read_in_large_pieces), websockets' queue of 16 messages "
                          "and 32 MiB waiting for its FileReceiver's worker (not 4 and 4 MiB)")
+    ap.add_argument("--agent-frames-default", action="store_true",
+                    help="transfer: the Tiangong agent reads its frames with websockets' "
+                         "own reader (three copies of each payload), not "
+                         "agent.live_frames' (one), for a before/after")
     ap.add_argument("--bare-heap-tuned", action="store_true",
                     help="transfer: the bare receivers set the C heap as the agent does "
                          "(agent.heap: keep freed message buffers, give them back at the end) "

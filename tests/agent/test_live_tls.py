@@ -26,7 +26,7 @@ from hub.db import make_session_factory
 from hub.live import LiveHub, LiveServer, start_live
 from hub.services.agents import EnrollmentResponse
 from hub.tls import TlsFiles, create_ca, issue_server_certificate, load_server_tls
-from tests.agent.test_live_transfer import read_sizes
+from tests.agent.test_live_transfer import one_copy_frames, read_sizes
 from tests.e2e.conftest import wait_for
 from tests.e2e.test_live import _Client, file_world  # noqa: F401 - file_world: a fixture
 from tests.hub.conftest import World
@@ -73,6 +73,7 @@ def test_wss_with_the_pinned_ca_authenticates_bound_to_the_certificate(
         site: tuple[World, Agent], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     world, agent = site
     reads = read_sizes(monkeypatch)
+    frames = one_copy_frames(monkeypatch)
     files = _ca(tmp_path, "tls")
     cert = issue_server_certificate(files, ["localhost", "127.0.0.1"], NOW)
     server = _server(world, tmp_path, files)
@@ -85,6 +86,8 @@ def test_wss_with_the_pinned_ca_authenticates_bound_to_the_certificate(
         # asyncio's 256 KiB nor the hub's 16 KiB (TLS_READ_BYTES, set for this process's
         # hub in this test: for the whole class, which the agent's connection overrides).
         assert reads == [SOCKET_READ_BYTES]
+        # and the handshake's messages came through agent.live_frames' reader
+        assert frames == [True]
     finally:
         running.close()
         server.stop()

@@ -138,6 +138,20 @@ def read_sizes(monkeypatch: pytest.MonkeyPatch, queues: list[int] | None = None
     return sizes
 
 
+def one_copy_frames(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record what :func:`agent.live_frames.read_frames_in_one_copy` answered for each
+    connection of the live client (the call still runs)."""
+    installed: list[bool] = []
+    real = live.read_frames_in_one_copy
+
+    def recorded(ws: Any) -> bool:
+        installed.append(real(ws))
+        return installed[-1]
+
+    monkeypatch.setattr(live, "read_frames_in_one_copy", recorded)
+    return installed
+
+
 def pending_limits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Record the ``max_pending`` of every FileReceiver the live client opens."""
     limits: list[int] = []
@@ -158,6 +172,7 @@ def test_a_bundle_arrives_whole_with_acks_for_fsynced_bytes_in_order(
     heap_calls = _heap_calls(monkeypatch)
     queues: list[int] = []
     reads = read_sizes(monkeypatch, queues)
+    frames = one_copy_frames(monkeypatch)
     pending = pending_limits(monkeypatch)
     data = os.urandom(size)
     hub, config = _deliver(tmp_path, _offer(data), data)
@@ -174,6 +189,8 @@ def test_a_bundle_arrives_whole_with_acks_for_fsynced_bytes_in_order(
     # The socket was read in pieces of 2 MiB, not asyncio's 256 KiB (ws:// here; wss://:
     # tests/agent/test_live_tls.py), and every byte arrived all the same.
     assert reads == [live.SOCKET_READ_BYTES]
+    # Each CHUNK's payload was copied once out of what was read (agent.live_frames).
+    assert frames == [True]
     # At most 4 messages read ahead by websockets and 4 MiB waiting for the file's worker:
     # beyond that the agent stops reading and TCP holds the hub back (bundle.live_file).
     assert queues == [live.QUEUE_MESSAGES] == [4]

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 FLEET_KEYS = {
@@ -37,7 +39,7 @@ TRANSFER_KEYS = {
 }
 # Every transfer of the series: both senders, every sink, each receiver's own figures.
 RUN_KEYS = {"sender", "sink", "round", "seconds", "mb_s", "recv_cpu_s", "recv_loop_cpu_s",
-            "send_cpu_s", "recv_faults", "load"}
+            "send_cpu_s", "recv_faults", "load", "window"}
 
 
 def test_three_agents_report_every_figure(tmp_path: Path) -> None:
@@ -71,6 +73,9 @@ def test_three_agents_report_every_figure(tmp_path: Path) -> None:
         ("tiangong", "disk"), ("tiangong", "memory")]
     assert all(set(r) >= RUN_KEYS for r in transfer["runs"]), transfer["runs"]
     assert all(r["send_cpu_s"] > 0 and r["recv_cpu_s"] > 0 for r in transfer["runs"])
+    # each window on CLOCK_MONOTONIC (for perf record -k mono), as long as it measured
+    assert all(r["window"][1] - r["window"][0] == pytest.approx(r["seconds"], abs=1e-3)
+               and r["window"][2] > 0 for r in transfer["runs"])
     results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert [r.split()[1] for r in results] == ["live_agents_disk", "live_agents",
                                                 "live_agents_transfer"]
