@@ -85,6 +85,7 @@ from bundle.sync.errors import (
     SyncError,
     UnknownAgentError,
 )
+from hub import live_send
 from hub.db import Agent as AgentRow
 from hub.db import Deployment, Environment
 from hub.errors import HubError
@@ -941,7 +942,7 @@ class LiveHub:
                 message = peer.queue[0]
                 try:
                     async with asyncio.timeout(self.limits.send_timeout_s):
-                        await ws.send(message)
+                        await live_send.send(ws, message)  # a CHUNK: its bytes not copied
                 except TimeoutError:
                     self.metrics.error("send_timeout")
                     log.warning("live: agent %s (%s) has not read for [live] send_timeout_s = "
@@ -952,8 +953,8 @@ class LiveHub:
                 if peer.queue and peer.queue[0] is message:
                     peer.queue.popleft()
                     peer.queued_bytes -= len(message)
-                    # send() returned: websockets copied it into its frame, so a CHUNK's
-                    # buffer (the only bytearrays queued) can take the next chunk's bytes.
+                    # Sent: a CHUNK's buffer (the only bytearrays queued) can take the next
+                    # chunk's bytes once the transport holds nothing (_send_chunks).
                     if (type(message) is bytearray and peer.sending
                             and len(peer.spare) < SPARE_CHUNKS):
                         peer.spare.append(message)
@@ -1666,7 +1667,8 @@ class LiveHub:
                 n = min(most, size - offset)
                 conn.send_chunk_from(transfer, offset, n,
                                      functools.partial(self.read_chunk, fd, offset),
-                                     buffer=peer.spare.pop() if peer.spare else None)
+                                     buffer=peer.spare.pop() if peer.spare
+                                     and live_send.transport_idle(peer.ws) else None)
                 offset += n
                 self.metrics.transfer_bytes.labels("out").inc(n)
                 if whole and offset == size:

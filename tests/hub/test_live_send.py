@@ -1,0 +1,138 @@
+"""hub.live_send: the live server's messages out, a CHUNK (a ``bytearray``) framed by the hub
+without a copy — against a real ``websockets`` client on 127.0.0.1: every message arrives as
+sent and in order, the frame header is the one ``websockets`` writes, a closed connection
+raises as ``ws.send`` does, and a peer that stops reading holds the sender back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+
+from hub import live_send
+
+DEADLINE = 60.0  # seconds for anything that crosses the socket
+MiB = 1024 * 1024
+_SIZES = [0, 1, 125, 126, 127, 65535, 65536, 65537, MiB + 70]
+
+
+@pytest.mark.parametrize("size", _SIZES)
+def test_the_frame_header_is_the_one_websockets_writes(size: int) -> None:
+    payload = os.urandom(size)
+    assert (live_send.frame_head(size) + payload
+            == Frame(Opcode.BINARY, payload).serialize(mask=False))
+
+
+async def _serving(handler: Callable[[ServerConnection], Awaitable[None]],
+                   client: Callable[[Any], Awaitable[Any]], **client_options: Any) -> Any:
+    """Run ``handler`` for one connection of a real client, which ``client`` drives; its
+    result."""
+    async with serve(handler, "127.0.0.1", 0, compression=None, max_size=2 * MiB,
+                     ping_interval=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/", compression=None, max_size=2 * MiB,
+                           ping_interval=None, **client_options) as ws:
+            return await asyncio.wait_for(client(ws), DEADLINE)
+
+
+def test_every_message_arrives_as_sent_and_only_chunks_skip_websockets_send() -> None:
+    messages: list[bytes | bytearray] = []
+    for size in _SIZES:
+        messages += [os.urandom(size), bytearray(os.urandom(size))]
+    through_websockets: list[bytes | bytearray] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        real = ws.send
+
+        async def spy(message: Any, **kwargs: Any) -> None:
+            through_websockets.append(message)
+            await real(message, **kwargs)
+
+        ws.send = spy  # type: ignore[method-assign]
+        for message in messages:
+            await live_send.send(ws, message)
+        await ws.wait_closed()
+
+    async def client(ws: Any) -> list[bytes]:
+        return [await ws.recv() for _ in messages]
+
+    got = asyncio.run(_serving(handler, client))
+    assert got == [bytes(m) for m in messages]
+    assert through_websockets == [m for m in messages if type(m) is bytes]
+
+
+def test_a_chunk_on_a_closed_connection_raises_connection_closed() -> None:
+    outcome: list[BaseException | None] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.wait_closed()
+        try:
+            await live_send.send(ws, bytearray(MiB))
+            outcome.append(None)
+        except ConnectionClosed as exc:
+            outcome.append(exc)
+
+    async def client(ws: Any) -> None:
+        await ws.close()
+
+    async def run() -> None:
+        await _serving(handler, client)
+        while not outcome:  # the handler finishes after the client's close
+            await asyncio.sleep(0.01)
+
+    asyncio.run(asyncio.wait_for(run(), DEADLINE))
+    assert isinstance(outcome[0], ConnectionClosed)
+
+
+def test_a_peer_that_stops_reading_holds_the_sender_and_its_buffers() -> None:
+    """Chunks to a client that reads none for a while: the sender waits (the transport is
+    over its limit, as with ws.send) with the transport holding bytes — so a sent buffer
+    is not filled again (transport_idle) — and once the client reads, every byte arrives
+    in order."""
+    chunks = [bytearray(os.urandom(MiB)) for _ in range(48)]
+    state: dict[str, Any] = {}
+
+    async def handler(ws: ServerConnection) -> None:
+        for i, chunk in enumerate(chunks):
+            state["sent"] = i
+            await live_send.send(ws, chunk)
+        state["done"] = True
+        await ws.wait_closed()
+
+    async def client(ws: Any) -> list[bytes]:
+        # not reading: websockets stops reading the socket after max_queue messages, TCP
+        # fills up, the server's transport holds what it cannot send
+        while "held" not in state:
+            await asyncio.sleep(0.01)
+        return [await ws.recv() for _ in chunks]
+
+    async def watch(server_ws: list[ServerConnection]) -> None:
+        while not server_ws:
+            await asyncio.sleep(0.01)
+        while live_send.transport_idle(server_ws[0]):
+            await asyncio.sleep(0.01)
+        state["sent_when_held"] = state["sent"]
+        state["held"] = True
+
+    async def run() -> list[bytes]:
+        server_ws: list[ServerConnection] = []
+
+        async def tracked(ws: ServerConnection) -> None:
+            server_ws.append(ws)
+            await handler(ws)
+
+        watcher = asyncio.create_task(watch(server_ws))
+        got = await _serving(tracked, client, max_queue=1)
+        await watcher
+        return got
+
+    got = asyncio.run(run())
+    assert got == [bytes(c) for c in chunks]
+    assert state["done"] and state["sent_when_held"] < len(chunks) - 1
