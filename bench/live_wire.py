@@ -25,7 +25,7 @@ without the network, the disk or the event loop, with ``time.process_time`` (bes
   and with :class:`agent.live_frames.OneCopyReader` (one); the pieces' making included in
   both;
 * *send on a socket*: the hub's writer sending 1 MiB CHUNK messages (a ``bytearray``
-  filled again once the transport holds nothing, as ``hub/live_hub.py``) on a real
+  filled again once nothing else holds it, as ``hub/live_hub.py``) on a real
   ``websockets`` server connection on 127.0.0.1, with ``websockets``' ``send`` (its frame
   serialized into fresh memory: a copy) and with :func:`hub.live_send.send` (the header and
   the message handed to the transport as they are); this process's CPU, a child process
@@ -125,16 +125,16 @@ def _send_on_socket(mib: int, hub_send: bool) -> float:
     spent: list[float] = []
 
     async def handler(ws: ServerConnection) -> None:
-        spare: bytearray | None = None
+        spare: list[bytearray] = []
         start = time.process_time()
         for _ in range(mib):
-            reuse = spare is not None and live_send.transport_idle(ws)
-            message = spare if reuse and spare is not None else bytearray(MiB + 70)
+            message = live_send.take_unheld(spare) or bytearray(MiB + 70)
             if hub_send:
                 await live_send.send(ws, message)
             else:
                 await ws.send(message)
-            spare = message
+            spare.append(message)
+            del message  # as the hub's writer: the list its only holder here
         spent.append(time.process_time() - start)
         await ws.close()
 

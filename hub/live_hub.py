@@ -954,10 +954,11 @@ class LiveHub:
                     peer.queue.popleft()
                     peer.queued_bytes -= len(message)
                     # Sent: a CHUNK's buffer (the only bytearrays queued) can take the next
-                    # chunk's bytes once the transport holds nothing (_send_chunks).
+                    # chunk's bytes once nothing else holds it (_send_chunks).
                     if (type(message) is bytearray and peer.sending
                             and len(peer.spare) < SPARE_CHUNKS):
                         peer.spare.append(message)
+                del message  # the spare list and a transport are a buffer's only holders
                 if peer.queued_bytes < self.limits.send_buffer_bytes:
                     peer.room.set()
         except ConnectionClosed:
@@ -1667,8 +1668,7 @@ class LiveHub:
                 n = min(most, size - offset)
                 conn.send_chunk_from(transfer, offset, n,
                                      functools.partial(self.read_chunk, fd, offset),
-                                     buffer=peer.spare.pop() if peer.spare
-                                     and live_send.transport_idle(peer.ws) else None)
+                                     buffer=live_send.take_unheld(peer.spare))
                 offset += n
                 self.metrics.transfer_bytes.labels("out").inc(n)
                 if whole and offset == size:

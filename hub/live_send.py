@@ -15,8 +15,11 @@ with an extension negotiated, a fragmented message in progress — goes through
 ``websockets``'.
 
 A transport may keep a reference to what it was given until it sent it (asyncio's socket
-transport since Python 3.12, the TLS layer until it encrypted it): a message handed over
-here is filled again only once the transport holds nothing (:func:`transport_idle`).
+transport since Python 3.12 when a send is partial, the TLS layer until it encrypted it):
+a sent message is filled again only when nothing but its owner's list holds it
+(:func:`take_unheld`) — not merely when the transport's buffer is empty, which on Python
+3.11 (whose socket transport copies what it cannot send at once) left half the buffers
+unused: a fresh, zeroed 1 MiB each.
 
 Not here: what the messages are (``bundle.sync``), queueing and its limits
 (:class:`hub.live_hub._Peer`), timeouts (the writer's).
@@ -25,12 +28,13 @@ Not here: what the messages are (``bundle.sync``), queueing and its limits
 from __future__ import annotations
 
 import struct
+import sys
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State as WsState
 
-__all__ = ["frame_head", "send", "transport_idle"]
+__all__ = ["frame_head", "send", "take_unheld"]
 
 _BINARY_FINAL = 0x82  # FIN and opcode 0x2 (binary); RSV bits and the mask bit clear
 _HEAD_16 = struct.Struct("!BBH")
@@ -79,7 +83,17 @@ async def send(ws: Any, message: bytes | bytearray) -> None:
         raise ConnectionClosed(None, None) from exc
 
 
-def transport_idle(ws: Any) -> bool:
-    """Whether ``ws``'s transport holds nothing to send (so no message handed to it before
-    is still referenced by it)."""
-    return not ws.transport.get_write_buffer_size()
+#: references to a buffer in ``spare`` while take_unheld looks at it: the list's and
+#: getrefcount's own argument
+_HELD_BY_LIST = 2
+
+
+def take_unheld(spare: list[bytearray]) -> bytearray | None:
+    """Take from ``spare`` a sent message nothing else references any more (no transport,
+    no view of it), to be filled again; None if each is still held. (CPython's reference
+    counts: a holder the count misses cannot exist, one it sees only costs a fresh
+    buffer.)"""
+    for i in range(len(spare)):
+        if sys.getrefcount(spare[i]) <= _HELD_BY_LIST:
+            return spare.pop(i)
+    return None

@@ -93,9 +93,8 @@ def test_a_chunk_on_a_closed_connection_raises_connection_closed() -> None:
 
 def test_a_peer_that_stops_reading_holds_the_sender_and_its_buffers() -> None:
     """Chunks to a client that reads none for a while: the sender waits (the transport is
-    over its limit, as with ws.send) with the transport holding bytes — so a sent buffer
-    is not filled again (transport_idle) — and once the client reads, every byte arrives
-    in order."""
+    over its limit, as with ws.send) with the transport holding bytes, and once the client
+    reads, every byte arrives in order."""
     chunks = [bytearray(os.urandom(MiB)) for _ in range(48)]
     state: dict[str, Any] = {}
 
@@ -116,7 +115,7 @@ def test_a_peer_that_stops_reading_holds_the_sender_and_its_buffers() -> None:
     async def watch(server_ws: list[ServerConnection]) -> None:
         while not server_ws:
             await asyncio.sleep(0.01)
-        while live_send.transport_idle(server_ws[0]):
+        while not server_ws[0].transport.get_write_buffer_size():
             await asyncio.sleep(0.01)
         state["sent_when_held"] = state["sent"]
         state["held"] = True
@@ -136,3 +135,17 @@ def test_a_peer_that_stops_reading_holds_the_sender_and_its_buffers() -> None:
     got = asyncio.run(run())
     assert got == [bytes(c) for c in chunks]
     assert state["done"] and state["sent_when_held"] < len(chunks) - 1
+
+
+def test_a_sent_buffer_is_taken_again_only_when_nothing_else_holds_it() -> None:
+    """What a transport may keep of a message it could not send at once (a view of it, or
+    the message itself) keeps that buffer from being filled again; the others are taken."""
+    spare = [bytearray(b"held" * 8), bytearray(b"free" * 8)]  # held by the list alone
+    kept_by_transport = [memoryview(spare[0])[5:]]  # as a transport's buffer of pieces
+    taken = live_send.take_unheld(spare)
+    assert taken is not None and bytes(taken) == b"free" * 8
+    assert live_send.take_unheld(spare) is None and len(spare) == 1
+    kept_by_transport.clear()  # the transport sent it
+    taken = live_send.take_unheld(spare)
+    assert taken is not None and bytes(taken) == b"held" * 8 and spare == []
+    assert live_send.take_unheld(spare) is None
