@@ -853,7 +853,8 @@ def _agent_worker(spec_file: Path) -> None:
 
 async def _worker_main(spec: dict[str, Any]) -> None:
     def received(agent_id: str, transfer: str, at: float) -> None:
-        _worker_reply("received", agent=agent_id, transfer=transfer, t=at)
+        _worker_reply("received", agent=agent_id, transfer=transfer, t=at,
+                      offered=agents[agent_id].offered.get(transfer))
 
     agents = {a["id"]: SimAgent(a["id"], SigningKey(bytes.fromhex(a["seed"])), spec["hub_id"],
                                 on_received=received) for a in spec["agents"]}
@@ -921,7 +922,10 @@ class AgentWorkers:
         self.pids: list[int] = []
         self.replies: list[asyncio.Queue[dict[str, Any]]] = []
         self.received: dict[str, dict[str, float]] = {}  # agent -> transfer -> time
-        self.arrived = asyncio.Event()
+        self.offered: dict[str, dict[str, float]] = {}  # agent -> transfer -> its OFFER's time
+        self.arrived = asyncio.Event()  # set when wait_new's last agent received its bundle
+        # wait_new's agents still waiting -> the bundles each held before (None: no wait)
+        self._waiting: dict[str, int] | None = None
         self._readers: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -963,8 +967,15 @@ class AgentWorkers:
                 continue
             doc = json.loads(text[len(TAG):])
             if doc["event"] == "received":
-                self.received[doc["agent"]][doc["transfer"]] = doc["t"]
-                self.arrived.set()
+                held = self.received[doc["agent"]]
+                held[doc["transfer"]] = doc["t"]
+                waiting = self._waiting
+                if waiting is not None and len(held) > waiting.get(doc["agent"], len(held)):
+                    del waiting[doc["agent"]]
+                    if not waiting:
+                        self.arrived.set()
+                if doc.get("offered") is not None:
+                    self.offered.setdefault(doc["agent"], {})[doc["transfer"]] = doc["offered"]
             else:
                 replies.put_nowait(doc)
         replies.put_nowait({"event": "exited", "code": await proc.wait()})
@@ -1000,12 +1011,19 @@ class AgentWorkers:
         """Until every agent of ``agent_ids`` holds more bundles than ``known`` says (or
         ``timeout`` seconds)."""
         deadline = time.monotonic() + timeout
-        waiting = [a for a in agent_ids if len(self.received[a]) <= known[a]]
-        while waiting and time.monotonic() < deadline:
-            self.arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), deadline - time.monotonic())
-            waiting = [a for a in waiting if len(self.received[a]) <= known[a]]
+        # Each arrival takes its agent out of ``waiting`` as it is read (_read), which wakes
+        # this once, after the last: rescanning the agents still waiting at every arrival
+        # cost this process O(N²) — CPU taken from the hub and the agents on the same cores
+        # during a burst.
+        self._waiting = waiting = {a: known[a] for a in agent_ids
+                                   if len(self.received[a]) <= known[a]}
+        self.arrived.clear()
+        try:
+            if waiting:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.arrived.wait(), deadline - time.monotonic())
+        finally:
+            self._waiting = None
 
     async def cpu(self) -> float:
         return float(sum(s["cpu"] for s in await self.ask_all({"cmd": "stats"},
@@ -1165,6 +1183,80 @@ def _audit_head(db: Path) -> int:
         return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_events").fetchone()[0])
     finally:
         conn.close()
+
+
+def _burst_rows(db: Path) -> list[tuple[str, float | None, float | None, float | None]]:
+    """(agent id, claimed, exported, delivered) of the burst's deployments (release ``hello
+    1.0.0``) as Unix times from the hub's rows (None: not yet), read-only."""
+    import sqlite3
+    from datetime import UTC, datetime
+
+    def unix(text: str | None) -> float | None:
+        return (None if text is None
+                else datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp())
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = conn.execute(
+            "SELECT a.agent_id, d.claimed_at, d.exported_at, d.delivered_at FROM deployments d "
+            "JOIN agents a ON a.id = d.agent_id JOIN releases r ON r.id = d.release_id "
+            "WHERE r.version = '1.0.0'").fetchall()
+    finally:
+        conn.close()
+    return [(agent, unix(c), unix(e), unix(d)) for agent, c, e, d in rows]
+
+
+async def _burst_timeline(db: Path, t_queued: float, received: dict[str, float],
+                          offered: dict[str, float], wait: float = 30.0) -> dict[str, Any]:
+    """Where a burst's agents were when (issue 15 §4: what the tail waits on): for the
+    agents ranked by the time their bundle passed its check, the seconds after the queue's
+    commit at which the hub claimed and exported their deployment (its rows:
+    ``claimed_at``, ``exported_at``, one time per export call), the agent got the OFFER
+    and received it, and the hub recorded it delivered (``delivered_at``, one per batch).
+    Waits up to ``wait`` seconds for the delivered records of the last ones."""
+    deadline = time.monotonic() + wait
+    while True:
+        rows = await asyncio.to_thread(_burst_rows, db)
+        if all(d is not None for _, _, _, d in rows) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    hub_times = {agent: (c, e, d) for agent, c, e, d in rows}
+    ranked = sorted(received, key=received.__getitem__)
+    out: dict[str, Any] = {}
+    stages = ("claimed", "exported", "offered", "received", "delivered")
+
+    def at(agent: str) -> tuple[float | None, ...]:
+        claimed, exported, delivered = hub_times.get(agent, (None, None, None))
+        return (claimed, exported, offered.get(agent), received[agent], delivered)
+
+    rel = {stage: [] for stage in stages}  # type: dict[str, list[float]]
+    for agent in ranked:
+        for stage, t in zip(stages, at(agent), strict=True):
+            if t is not None:
+                rel[stage].append(t - t_queued)
+    for stage in stages:
+        if rel[stage]:
+            out[f"timeline_{stage}_first_ms"] = round(min(rel[stage]) * 1000)
+            out[f"timeline_{stage}_last_ms"] = round(max(rel[stage]) * 1000)
+    out["timeline_export_calls"] = len({e for _, e, _ in hub_times.values() if e is not None})
+    out["timeline_delivered_batches"] = len({d for _, _, d in hub_times.values()
+                                             if d is not None})
+    # the agent at each rank: "claimed/exported/offered/received/delivered", ms ("-": none)
+    for p in (1, 10, 50, 90, 99, 100):
+        agent = ranked[min(len(ranked) - 1, max(0, round(p / 100 * len(ranked)) - 1))]
+        out[f"timeline_p{p}_ms"] = "/".join(
+            "-" if t is None else str(round((t - t_queued) * 1000)) for t in at(agent))
+    # per agent, the time between two stages: "p50/p99/max" ms over the burst
+    gaps = {"export_to_offer": (1, 2), "offer_to_received": (2, 3),
+            "received_to_delivered": (3, 4), "claim_to_export": (0, 1)}
+    for name, (a, b) in gaps.items():
+        spans = [(t[b] - t[a]) for t in map(at, ranked)
+                 if t[a] is not None and t[b] is not None]
+        if spans:
+            out[f"timeline_{name}_ms"] = "/".join(
+                str(round(v * 1000)) for v in (percentile(spans, 50), percentile(spans, 99),
+                                               max(spans)))
+    return out
 
 
 async def _settle(hub: HubProcess, since: float, steady: int = 3,
@@ -1333,6 +1425,7 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
         before_sets = {a: set(r) for a, r in fleet.received.items()}
         t_queue = time.time()
         t_queued, count = await asyncio.to_thread(queue_release, hub.data_dir)
+        bench0 = self_cpu()  # from the commit (the queueing itself is not the burst's)
         # the operator's queueing itself (not in the latencies, which start at its commit)
         out["deliver_queue_s"] = round(t_queued - t_queue, 2)
         try:
@@ -1350,7 +1443,17 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
             1000 * out["deliver_hub_cpu_s"] / max(1, count), 2)
         # the simulated agents' processes share the 2 cores with the hub
         out["deliver_client_cpu_s"] = round(await fleet.cpu() - agents0, 2)
+        # this process (reading the agent workers' replies): it shares the cores too
+        out["deliver_bench_cpu_s"] = round(self_cpu() - bench0, 2)
         out["deliver_load_average"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+        new_received = {a: min(t for k, t in r.items() if k not in before_sets[a])
+                        for a, r in fleet.received.items() if set(r) - before_sets[a]}
+        new_offered = {a: min((t for k, t in fleet.offered.get(a, {}).items()
+                               if k not in before_sets[a]), default=None)
+                       for a in new_received}
+        timeline = await _burst_timeline(hub.data_dir / "hub.db", t_queued, new_received,
+                                         {a: t for a, t in new_offered.items() if t is not None})
+        out.update(timeline)
         print(f"  burst, queued -> received ({count} deployments queued at once by this "
               f"process, one per agent, found by the hub's push loop): {len(latencies)}/{n} "
               f"received; first "
@@ -1358,10 +1461,25 @@ async def fleet_run(n: int, args: argparse.Namespace, work: Path, out: dict[str,
               f"{out.get('deliver_p99_ms')} ms, max {out.get('deliver_max_ms')} ms; hub CPU "
               f"{out['deliver_hub_cpu_s']} s ({out['deliver_hub_cpu_ms_per_agent']} ms per "
               f"agent; export worker processes {out['deliver_workers_cpu_s']} s of it); agent "
-              f"processes {out['deliver_client_cpu_s']} s; queueing took "
+              f"processes {out['deliver_client_cpu_s']} s; this process "
+              f"{out['deliver_bench_cpu_s']} s; queueing took "
               f"{out['deliver_queue_s']} s; load average "
               f"{out['deliver_load_average']}",
               flush=True)
+        print("  burst timeline, ms after the queue's commit (hub rows: claimed, exported — "
+              "one time per export call —, delivered — one per batch; the agents: OFFER "
+              "arrived, received), agents ranked by received: "
+              + "; ".join(f"{k.split('_')[1]} {v}" for k, v in timeline.items()
+                          if k.startswith("timeline_p"))
+              + f"; {timeline.get('timeline_export_calls')} export calls, the last exported "
+              f"at {timeline.get('timeline_exported_last_ms')}, offered at "
+              f"{timeline.get('timeline_offered_last_ms')}, delivered records "
+              f"({timeline.get('timeline_delivered_batches')} batches) until "
+              f"{timeline.get('timeline_delivered_last_ms')}; per agent p50/p99/max: claim → "
+              f"export {timeline.get('timeline_claim_to_export_ms')}, export → offer "
+              f"{timeline.get('timeline_export_to_offer_ms')}, offer → received "
+              f"{timeline.get('timeline_offer_to_received_ms')}, received → delivered "
+              f"{timeline.get('timeline_received_to_delivered_ms')}", flush=True)
 
         # 5. logs
         # LOG must name a bundle the hub exported for the agent (the burst's).

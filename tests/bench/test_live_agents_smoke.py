@@ -24,7 +24,13 @@ FLEET_KEYS = {
     "hub_rss_mib", "hub_peak_rss_mib", "deliver_queued", "deliver_received",
     "deliver_min_ms", "deliver_p50_ms", "deliver_p99_ms", "deliver_max_ms",
     "deliver1_samples", "deliver1_received", "deliver1_p50_ms", "deliver1_p99_ms",
-    "deliver1_max_ms",
+    "deliver1_max_ms", "deliver_bench_cpu_s",
+    # the burst's timeline: where the agents were when (hub rows and the agents' stamps)
+    "timeline_claimed_last_ms", "timeline_exported_last_ms", "timeline_offered_last_ms",
+    "timeline_received_last_ms", "timeline_delivered_last_ms", "timeline_export_calls",
+    "timeline_delivered_batches", "timeline_p50_ms", "timeline_p99_ms", "timeline_p100_ms",
+    "timeline_export_to_offer_ms", "timeline_offer_to_received_ms",
+    "timeline_received_to_delivered_ms",
     "log_agents", "log_messages", "log_stored_lines", "log_mb_s", "log_msgs_s",
 }
 TRANSFER_KEYS = {
@@ -63,6 +69,11 @@ def test_three_agents_report_every_figure(tmp_path: Path) -> None:
     # Every agent got its bundle, every log line was stored once.
     # Every steady sample (one deployment at a time) arrived too.
     assert fleet["deliver_queued"] == fleet["deliver_received"] == 3
+    # Every stage of the slowest agent stamped ("claimed/exported/offered/received/
+    # delivered", ms after the queue's commit), in the order the protocol takes them.
+    stages = [int(t) for t in fleet["timeline_p100_ms"].split("/")]
+    assert len(stages) == 5
+    assert stages[0] <= stages[1] and stages[2] <= stages[3] <= stages[4]
     assert fleet["deliver1_samples"] == fleet["deliver1_received"] == 3
     assert fleet["log_stored_lines"] == fleet["log_messages"] == 3 * 20
     transfer = report["transfer"]
