@@ -57,6 +57,13 @@ _SCAN_TOKEN = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
 #: encode keeps no state between calls)
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                               allow_nan=False)
+#: json.loads(text, object_pairs_hook=_pairs, parse_float=_reject_float, parse_int=_parse_int,
+#: parse_constant=_reject_constant), its decoder made once: json.loads makes a JSONDecoder
+#: (and its scanner) a call for such arguments — 2.7 of a small header's 4.4 µs, five
+#: times per agent in a live burst (docs/benchmarks.md, "Session 12: live burst"); decode
+#: keeps no state between calls, the hooks keep none either
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_float=_reject_float,
+                            parse_int=_parse_int, parse_constant=_reject_constant)
 #: An escape that decodes to a UTF-16 surrogate (the only way a JSON string can hold one
 #: once the text decoded as strict UTF-8).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
@@ -160,13 +167,8 @@ def loads_strict(data: bytes, max_bytes: int) -> Any:
     if deepest > MAX_DEPTH + 1:
         raise StrictJSONError(f"nesting deeper than {MAX_DEPTH} levels")
     try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_pairs,
-            parse_float=_reject_float,
-            parse_int=_parse_int,
-            parse_constant=_reject_constant,
-        )
+        # json.loads's own BOM check is moot: the bytes' BOM was refused above.
+        value = _DECODER.decode(text)
     except StrictJSONError:
         raise
     except (ValueError, RecursionError) as exc:

@@ -197,3 +197,19 @@ def test_refuses_fast_paths(data: str, fragment: str) -> None:
     with pytest.raises(StrictJSONError) as info:
         loads_strict(data.encode(), CAP)
     assert fragment in str(info.value)
+
+
+def test_one_decoder_for_every_call_keeps_nothing_between_calls() -> None:
+    """loads_strict parses with one decoder made at import: a document refused halfway —
+    by a hook (duplicate key, float, constant, integer range) or by the parser — leaves
+    nothing behind that changes how the next one parses, and the next is refused as alone."""
+    refused = [b'{"a":{"b":1,"b":2}}', b'{"a":[1,2.5]}', b'{"a":NaN}', b'[1,' + b"9" * 20 + b"]",
+               b'{"a":1', b'{"a":1} x']
+    for data in refused:
+        with pytest.raises(StrictJSONError):
+            loads_strict(data, CAP)
+        assert loads_strict(b'{"b":[1,{"c":"d"}],"a":-3}', CAP) == {"a": -3,
+                                                                    "b": [1, {"c": "d"}]}
+    for data in refused:
+        with pytest.raises(StrictJSONError):
+            loads_strict(data, CAP)
