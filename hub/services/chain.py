@@ -23,7 +23,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import BindParameter, bindparam, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from bundle.errors import ManifestError
@@ -150,12 +150,8 @@ def chains_for(session: Session, items: Sequence[tuple[Deployment, int]],
     agent_ids = sorted(a for a in agents if a is not None)
     # The newest sequence per agent and root version up to this one (not these bundles).
     newest: dict[int, list[tuple[int, int]]] = {}
-    for agent_id, rv, seq in session.execute(
-            select(Deployment.agent_id, Deployment.root_version, func.max(Deployment.sequence))
-            .where(Deployment.agent_id.in_(agent_ids), Deployment.id.not_in(batch_ids),
-                   Deployment.sequence.is_not(None), Deployment.bundle_id.is_not(None),
-                   Deployment.root_version <= root_version)
-            .group_by(Deployment.agent_id, Deployment.root_version)):
+    for agent_id, rv, seq in session.execute(_NEWEST, {"agents": agent_ids, "batch": batch_ids,
+                                                       "rv": root_version}):
         if agent_id is not None and rv is not None and seq is not None:
             newest.setdefault(agent_id, []).append((rv, seq))
     wanted: dict[int, tuple[int, int]] = {}  # agent -> (root version, sequence) of previous
@@ -172,12 +168,9 @@ def chains_for(session: Session, items: Sequence[tuple[Deployment, int]],
             wanted[agent_id] = max(found)
     rows: dict[int, list[Deployment]] = {}
     if wanted:
-        for dep in session.scalars(
-                select(Deployment)
-                .where(Deployment.agent_id.in_(sorted(wanted)),
-                       Deployment.sequence.in_(sorted({s for _, s in wanted.values()})),
-                       Deployment.bundle_id.is_not(None), Deployment.id.not_in(batch_ids))
-                .options(selectinload(Deployment.release).selectinload(Release.product))):
+        for dep in session.scalars(_PREVIOUS, {
+                "agents": sorted(wanted), "batch": batch_ids,
+                "sequences": sorted({s for _, s in wanted.values()})}):
             if dep.agent_id in wanted and (dep.root_version, dep.sequence) == wanted[dep.agent_id]:
                 rows.setdefault(dep.agent_id, []).append(dep)
     previous: dict[int, Deployment] = {}
@@ -189,18 +182,12 @@ def chains_for(session: Session, items: Sequence[tuple[Deployment, int]],
     exporters: dict[str, str] = {}
     if previous:
         for object_id, actor in session.execute(
-                select(AuditEvent.object_id, AuditEvent.actor)
-                .where(AuditEvent.action.in_(_EXPORTED_ACTIONS),
-                       AuditEvent.object_id.in_(sorted(str(d.id) for d in previous.values())))
-                .order_by(AuditEvent.seq)):
+                _EXPORTERS, {"objects": sorted(str(d.id) for d in previous.values())}):
             exporters.setdefault(object_id, actor)
     targets = {agent_id: deployment_target(dep) for agent_id, (dep, _) in agents.items()}
     texts: dict[str, list[str]] = {}
-    for object_id, details in session.execute(
-            select(AuditEvent.object_id, AuditEvent.details)
-            .where(AuditEvent.action == DECLARED_LOST,
-                   AuditEvent.object_id.in_(sorted(set(targets.values()))))
-            .order_by(AuditEvent.seq.desc())):
+    for object_id, details in session.execute(_LOST_OF,
+                                              {"objects": sorted(set(targets.values()))}):
         texts.setdefault(object_id, []).append(details)
     out: dict[int, ChainInfo] = {}
     for agent_id, (dep, _) in agents.items():
@@ -215,6 +202,38 @@ def chains_for(session: Session, items: Sequence[tuple[Deployment, int]],
             previous=link,
             lost=_newest_decisions(texts.get(targets[agent_id], []), root_version))
     return out
+
+
+# chains_for's statements, made once (an export call runs them; a statement built per call
+# costs its construction and cache key again, 40-90 us each)
+_AGENTS: BindParameter[list[int]] = bindparam("agents", expanding=True)
+#: the batch's own deployments (never a previous bundle)
+_BATCH: BindParameter[list[int]] = bindparam("batch", expanding=True)
+_OBJECTS: BindParameter[list[str]] = bindparam("objects", expanding=True)
+#: the newest sequence per agent and root version up to ``rv``
+_NEWEST = (
+    select(Deployment.agent_id, Deployment.root_version, func.max(Deployment.sequence))
+    .where(Deployment.agent_id.in_(_AGENTS), Deployment.id.not_in(_BATCH),
+           Deployment.sequence.is_not(None), Deployment.bundle_id.is_not(None),
+           Deployment.root_version <= bindparam("rv"))
+    .group_by(Deployment.agent_id, Deployment.root_version)
+)
+#: the bundles of those agents at those sequences
+_PREVIOUS = (
+    select(Deployment)
+    .where(Deployment.agent_id.in_(_AGENTS),
+           Deployment.sequence.in_(bindparam("sequences", expanding=True)),
+           Deployment.bundle_id.is_not(None), Deployment.id.not_in(_BATCH))
+    .options(selectinload(Deployment.release).selectinload(Release.product))
+)
+#: who exported those deployments, oldest event first
+_EXPORTERS = (select(AuditEvent.object_id, AuditEvent.actor)
+              .where(AuditEvent.action.in_(_EXPORTED_ACTIONS), AuditEvent.object_id.in_(_OBJECTS))
+              .order_by(AuditEvent.seq))
+#: the lost decisions of those targets, newest first
+_LOST_OF = (select(AuditEvent.object_id, AuditEvent.details)
+            .where(AuditEvent.action == DECLARED_LOST, AuditEvent.object_id.in_(_OBJECTS))
+            .order_by(AuditEvent.seq.desc()))
 
 
 def declare_lost(ctx: ServiceContext, deployment_id: int, reason: str, *,

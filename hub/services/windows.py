@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from bundle import windows as model
@@ -284,15 +284,8 @@ def applicable_rules(session: Session, deployment: Deployment,
     (they can never hold anything again). Windows are all kept: no window means any time,
     so dropping a past one-off window would open the deployment."""
     release = deployment.release
-    rows = session.scalars(
-        select(PolicyRule)
-        .where(PolicyRule.ended_at.is_(None),
-               or_(PolicyRule.environment_id.is_(None),
-                   PolicyRule.environment_id == deployment.environment_id),
-               or_(PolicyRule.product_id.is_(None),
-                   PolicyRule.product_id == release.product_id))
-        .order_by(PolicyRule.id)
-    ).all()
+    rows = session.scalars(_RULES, {"env_id": deployment.environment_id,
+                                    "product_id": release.product_id}).all()
     windows = [r for r in rows if r.kind == "window"]
     freezes = [r for r in rows if r.kind == "freeze"
                and not (r.spec.get("kind") == "once" and r.spec.get("end", 0) <= _unix(now))]
@@ -569,11 +562,7 @@ def gates_for(session: Session, deployments: Sequence[Deployment],
     open_: dict[int, DeploymentOverride] = {}
     ids = sorted({dep.id for dep in deployments})
     for start in range(0, len(ids), _IN_CHUNK):
-        for row in session.scalars(
-                select(DeploymentOverride)
-                .where(DeploymentOverride.deployment_id.in_(ids[start:start + _IN_CHUNK]),
-                       DeploymentOverride.state.in_(("requested", "confirmed")))
-                .order_by(DeploymentOverride.id.desc())):
+        for row in session.scalars(_OPEN_OVERRIDES, {"ids": ids[start:start + _IN_CHUNK]}):
             open_.setdefault(row.deployment_id, row)  # the newest, as _open_override
     out: dict[int, tuple[Gate, Any]] = {}
     # (environment, product) -> the gate and policy of its deployments without an override:
@@ -593,6 +582,28 @@ def gates_for(session: Session, deployments: Sequence[Deployment],
         if override is None:
             plain[key] = out[dep.id]
     return out
+
+
+# The statements of gates_for, made once (an export call asks it twice: a statement built
+# per call costs its construction and cache key again, 40-90 us each).
+#: applicable_rules: the rules of environment ``env_id`` or every one, of product
+#: ``product_id`` or every one, not ended
+_RULES = (
+    select(PolicyRule)
+    .where(PolicyRule.ended_at.is_(None),
+           or_(PolicyRule.environment_id.is_(None),
+               PolicyRule.environment_id == bindparam("env_id")),
+           or_(PolicyRule.product_id.is_(None),
+               PolicyRule.product_id == bindparam("product_id")))
+    .order_by(PolicyRule.id)
+)
+#: the requested or confirmed overrides of the deployments ``ids``, newest first
+_OPEN_OVERRIDES = (
+    select(DeploymentOverride)
+    .where(DeploymentOverride.deployment_id.in_(bindparam("ids", expanding=True)),
+           DeploymentOverride.state.in_(("requested", "confirmed")))
+    .order_by(DeploymentOverride.id.desc())
+)
 
 
 def refresh_holds(session: Session, now: datetime, *, environment_id: int | None = None,
