@@ -743,7 +743,11 @@ def head_seq(session: Session) -> int:
 
 def latest_checkpoint(session: Session) -> AuditCheckpoint | None:
     """The newest stored checkpoint (export puts it into bundles)."""
-    return session.scalar(select(AuditCheckpoint).order_by(AuditCheckpoint.id.desc()).limit(1))
+    return session.scalar(_LATEST_CHECKPOINT)
+
+
+#: latest_checkpoint's statement, made once (every export call signs a checkpoint and asks it)
+_LATEST_CHECKPOINT = select(AuditCheckpoint).order_by(AuditCheckpoint.id.desc()).limit(1)
 
 
 def export_audit(ctx: ServiceContext, out: IO[bytes]) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from hub.db import Deployment, Environment, User
@@ -40,10 +40,15 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 def get_environment(session: Session, name: str) -> Environment:
     """Raises NotFoundError."""
-    env: Environment | None = session.scalar(select(Environment).where(Environment.name == name))
+    env: Environment | None = session.scalar(_BY_NAME, {"name": name})
     if env is None:
         raise NotFoundError(f"environment {name!r} does not exist")
     return env
+
+
+#: get_environment's statement, made once (every export call asks it: a statement built per
+#: call costs its construction and cache key again)
+_BY_NAME = select(Environment).where(Environment.name == bindparam("name"))
 
 
 def environment_id(session: Session, environment: str | Environment) -> int:

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import BindParameter, bindparam, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from bundle.errors import BundleError
@@ -1291,8 +1291,12 @@ _STATES = select(Deployment.id, Deployment.state).where(Deployment.id.in_(_IDS))
 _STATES_AND_AGENTS = (select(Deployment.id, Deployment.state, Agent.status)
                       .outerjoin(Agent, Deployment.agent_id == Agent.id)
                       .where(Deployment.id.in_(_IDS)))
+#: a release with its product and author in the same query: the manifest names both (each
+#: would be a lazy load of its own every export call)
 _BY_ID: dict[type[Agent] | type[Release], Any] = {
-    model: select(model).where(model.id.in_(_IDS)) for model in (Agent, Release)}
+    Agent: select(Agent).where(Agent.id.in_(_IDS)),
+    Release: (select(Release).where(Release.id.in_(_IDS))
+              .options(joinedload(Release.product), joinedload(Release.author)))}
 #: a claimed deployment's intent (executemany; Core: no session object to synchronise)
 _RECORD_INTENTS = (
     update(_TABLE).where(_TABLE.c.id == bindparam("b_id"))
