@@ -7,7 +7,8 @@ release ``hello 1.0.0``, N agents enrolled), queues the release for the environm
 deployment per agent, one commit), then exports every deployment the way the live server's
 push loop does in a burst: :meth:`hub.live_hub.LiveHub._export_many` over
 ``LIVE_EXPORT_BATCH`` agents at a time (``--call-size N``: N; ``--live-sizes``: the live
-server's burst, ``BURST_STEPS`` first), into the live spool (``live-outbox/<agent>/``).
+server's burst, ``hub.live_hub._burst_sizes``: ``BURST_STEPS`` first, then 100 to 200),
+into the live spool (``live-outbox/<agent>/``).
 Nothing is sent: this isolates the export path (database, signing, writing, fsync).
 
 Figures: CPU seconds of this process (``time.process_time``: user + system of every thread,
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="agents per export call (default: LIVE_EXPORT_BATCH)")
     parser.add_argument("--live-sizes", action="store_true",
                         help="export calls sized as the live server's burst (BURST_STEPS, "
-                             "then LIVE_EXPORT_BATCH)")
+                             "then a quarter of those left, 100 to 200)")
     parser.add_argument("--workdir", default=str(Path(__file__).resolve().parents[2]),
                         help="where the temporary hub goes (a real disk, not tmpfs)")
     parser.add_argument("--made-dirs", action="store_true",

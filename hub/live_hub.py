@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import functools
 import gc
-import itertools
 import logging
 import os
 import secrets
@@ -107,7 +106,13 @@ from hub.services.agents import get_agent
 from hub.services.context import HubKeys, ServiceContext, utc_now
 from hub.services.deployments import mark_delivered_many
 from hub.services.exchange import export_environment, import_result
-from hub.services.export import SENT, ExportedBundle, export_agents, make_spool_dirs
+from hub.services.export import (
+    EXPORT_BATCH,
+    SENT,
+    ExportedBundle,
+    export_agents,
+    make_spool_dirs,
+)
 from hub.services.export_claims import my_token, release_dead_claims
 from hub.services.preflight import state_values
 from hub.services.presence import LiveWork, live_work, live_work_of, presence_until
@@ -134,10 +139,16 @@ SYSTEM_ACTOR = "live"  # ServiceContext.system of the live server (audited as sy
 HAVE_IT = CANCEL_HAVE_IT  # the agent already holds this bundle (docs/live-protocol.md §4.2)
 EXPORT_THREADS = 3  # threads exporting bundles (a burst's two calls at once, one for the rest)
 BURST_CALLS = 2  # export calls of one burst at once: one's fsyncs and commits overlap the other
-LIVE_EXPORT_BATCH = 100  # agents whose queued deployments one export call takes at once
-#: a burst's first export calls take this many agents each, then LIVE_EXPORT_BATCH: the first
-#: bundles leave after a few exports, the rest in calls that cost little per bundle
+LIVE_EXPORT_BATCH = 100  # agents whose queued deployments one export call takes at least
+#: a burst's first export calls take this many agents each, then LIVE_EXPORT_BATCH or more: the
+#: first bundles leave after a few exports, the rest in calls that cost little per bundle
 BURST_STEPS = (5, 20, 50)
+#: after BURST_STEPS, an export call takes this fraction (1/BURST_SHARE) of the burst's agents
+#: not yet in a call, between LIVE_EXPORT_BATCH and EXPORT_BATCH (one claim and one record
+#: transaction): a call's fixed cost (the checkpoint, its gates and chains, ~10-16 ms of CPU)
+#: is paid half as often in a large burst, while its last calls, whose agents make its p99,
+#: stay at LIVE_EXPORT_BATCH
+BURST_SHARE = 4
 DELIVERED_QUERY_ITEMS = 500  # confirmed bundles looked up per query (bound parameters)
 #: seconds confirmations gather before their batch is recorded (unless DELIVERED_QUERY_ITEMS
 #: wait already): a batch costs 3-9 ms of CPU whatever its size, and a burst to 1,000 agents
@@ -1311,9 +1322,10 @@ class LiveHub:
     async def _push_burst(self, due: list[tuple[str, tuple[int, int | None]]]) -> None:
         """Export the queued deployments of the agents in ``due`` and offer each its spool,
         as a pipeline: export calls in order (:data:`BURST_STEPS` agents for the first
-        calls, then :data:`LIVE_EXPORT_BATCH`), :data:`BURST_CALLS` at a time (one's disk
-        waits — fsyncs, commits — overlap the other's work), each call's agents offered as
-        soon as it is done, while later calls export. The first bundles leave after the
+        calls, then :data:`LIVE_EXPORT_BATCH` to ``EXPORT_BATCH``: :func:`_burst_sizes`),
+        :data:`BURST_CALLS` at a time (one's disk waits — fsyncs, commits — overlap the
+        other's work), each call's agents offered as soon as it is done, while later calls
+        export. The first bundles leave after the
         export of a few, not of a hundred; one export thread stays free for single pushes
         and the ``delivered`` bookkeeping. Each agent's push lock is held from the start
         until its offer (agents whose push is already under way are left to it), so the next
@@ -2095,12 +2107,17 @@ def _delivered_deployments(session: Session, items: list[tuple[str, str, str]]
 
 def _burst_sizes(count: int) -> Iterator[int]:
     """The agents per export call of a burst of ``count`` (:data:`BURST_STEPS`, then
-    :data:`LIVE_EXPORT_BATCH`); they add up to ``count``."""
+    :data:`BURST_SHARE`'s share of those left, from :data:`LIVE_EXPORT_BATCH` to
+    :data:`~hub.services.export.EXPORT_BATCH`); they add up to ``count``."""
     left = count
-    for size in itertools.chain(BURST_STEPS, itertools.repeat(LIVE_EXPORT_BATCH)):
+    for step in BURST_STEPS:
         if left <= 0:
             return
-        yield min(size, left)
+        yield min(step, left)
+        left -= step
+    while left > 0:
+        size = min(left, max(LIVE_EXPORT_BATCH, min(EXPORT_BATCH, left // BURST_SHARE)))
+        yield size
         left -= size
 
 

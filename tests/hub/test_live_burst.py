@@ -331,15 +331,24 @@ def test_a_cancelled_burst_gives_the_collector_back_as_it_was(
 
 def test_a_burst_is_cut_into_growing_export_calls_that_cover_every_agent() -> None:
     """The pipeline's export calls (hub.live_hub._burst_sizes): a few agents first, so the
-    first bundles leave early, then LIVE_EXPORT_BATCH at a time; every agent exactly once."""
+    first bundles leave early, then a share of those left, from LIVE_EXPORT_BATCH up to one
+    export batch (EXPORT_BATCH), so a large burst pays a call's fixed cost less often while
+    its last calls stay small; every agent exactly once."""
     assert list(live_hub._burst_sizes(0)) == []
     assert list(live_hub._burst_sizes(3)) == [3]
     first = list(live_hub.BURST_STEPS)
-    sizes = list(live_hub._burst_sizes(1000))
-    assert sizes[:len(first)] == first and first == sorted(first)
-    assert set(sizes[len(first):-1]) == {live_hub.LIVE_EXPORT_BATCH}
-    assert 0 < sizes[-1] <= live_hub.LIVE_EXPORT_BATCH
-    for count in (1, 5, 6, 74, 75, 76, 9_999):
+    for count in (1000, 10_000):
+        sizes = list(live_hub._burst_sizes(count))
+        assert sizes[:len(first)] == first and first == sorted(first)
+        rest = sizes[len(first):]
+        least, most = live_hub.LIVE_EXPORT_BATCH, export_service.EXPORT_BATCH
+        assert all(least <= s <= most for s in rest[:-1])
+        assert rest[:-1] == sorted(rest[:-1], reverse=True)  # large first, small last
+        assert 0 < rest[-1] <= live_hub.LIVE_EXPORT_BATCH
+        assert rest[-2] == live_hub.LIVE_EXPORT_BATCH
+    # 10,000 agents: most calls take a whole export batch, not LIVE_EXPORT_BATCH
+    assert list(live_hub._burst_sizes(10_000)).count(export_service.EXPORT_BATCH) > 40
+    for count in (1, 5, 6, 74, 75, 76, 175, 176, 9_999):
         sizes = list(live_hub._burst_sizes(count))
         assert sum(sizes) == count and all(s > 0 for s in sizes)
 
