@@ -1250,8 +1250,8 @@ async def _burst_timeline(db: Path, t_queued: float, received: dict[str, float],
     gaps = {"export_to_offer": (1, 2), "offer_to_received": (2, 3),
             "received_to_delivered": (3, 4), "claim_to_export": (0, 1)}
     for name, (a, b) in gaps.items():
-        spans = [(t[b] - t[a]) for t in map(at, ranked)
-                 if t[a] is not None and t[b] is not None]
+        spans = [end - begin for begin, end in ((t[a], t[b]) for t in map(at, ranked))
+                 if begin is not None and end is not None]
         if spans:
             out[f"timeline_{name}_ms"] = "/".join(
                 str(round(v * 1000)) for v in (percentile(spans, 50), percentile(spans, 99),
@@ -1604,7 +1604,7 @@ async def _receive_tiangong(spec: dict[str, Any]) -> dict[str, Any]:
     if agent.error is not None or list(agent.received) != [spec["transfer"]]:
         raise RuntimeError(f"the agent received {list(agent.received)} ({agent.error}), "
                            f"expected {spec['transfer']}")
-    out = marks["end"].since(marks["offer"])
+    out: dict[str, Any] = marks["end"].since(marks["offer"])
     out["window"] = [marks["offer"].t, marks["end"].t, os.getpid()]
     if agent.gave_back is not None:  # its CPU counts too, though RECEIVED did not wait
         await agent.gave_back
@@ -1646,7 +1646,7 @@ async def _receive_bare(spec: dict[str, Any]) -> dict[str, Any]:
     await sink.finish()
     if spec["tuned_heap"]:
         heap.give_back()
-    out = _Marks.now(spec["sender_pid"]).since(start)
+    out: dict[str, Any] = _Marks.now(spec["sender_pid"]).since(start)
     out["window"] = [start.t, start.t + out["seconds"], os.getpid()]
     out["open_seconds"] = start.t - before.t
     out["tail_seconds"] = _Marks.now(spec["sender_pid"]).t - last
