@@ -12,8 +12,10 @@ each payload straight from them as ``bytes``, which the assembler then passes on
 message without another copy: one copy per frame, the least a message in ``bytes`` needs.
 What it reads is exactly what the stock reader reads: the same frames, the same limits
 (``websockets`` checks a frame's length against ``max_size`` before it asks for the
-payload), the same errors at the end of the stream; it holds at most what the stock reader
-would (the pieces of the frame being read).
+payload), the same errors at the end of the stream; it holds about what the stock reader
+would (the pieces of the frame being read): pieces under :data:`SMALL_PIECE_BYTES` are
+joined as they come, not kept one by one (a piece costs a ``memoryview``, ~300 bytes: a
+peer sending a byte at a time made a 1 MiB frame hold 300 MiB).
 
 :func:`read_frames_in_one_copy` installs it on an open client connection. It does not
 change how the socket is read (:func:`agent.live.read_in_large_pieces` does), nor parse
@@ -28,7 +30,11 @@ from typing import Any
 
 from websockets.streams import StreamReader
 
-__all__ = ["OneCopyReader", "read_frames_in_one_copy"]
+__all__ = ["SMALL_PIECE_BYTES", "OneCopyReader", "read_frames_in_one_copy"]
+
+#: bytes: a piece fed under this size is appended to the small pieces before it (one
+#: ``bytearray``), not kept as a piece of its own (its view's ~300 bytes at most 2 % of it)
+SMALL_PIECE_BYTES = 16 * 1024
 
 
 class OneCopyReader(StreamReader):
@@ -42,7 +48,8 @@ class OneCopyReader(StreamReader):
     """
 
     pieces: deque[memoryview]  # fed after buffer, not copied; the first maybe partly read
-    size: int  # bytes in pieces
+    tail: bytearray  # small pieces fed after those in pieces, joined (SMALL_PIECE_BYTES)
+    size: int  # bytes in pieces and tail
     framing: bool  # read_exact or at_eof of this class ran: pieces, not buffer, take data
 
     @classmethod
@@ -52,12 +59,14 @@ class OneCopyReader(StreamReader):
         reader.__class__ = cls
         assert isinstance(reader, OneCopyReader)
         reader.pieces = deque()
+        reader.tail = bytearray()
         reader.size = 0
         reader.framing = False
         return reader
 
     def feed_data(self, data: bytes | bytearray) -> None:
-        """Keep ``data`` as it is (a ``bytearray`` is copied: its owner may reuse it).
+        """Keep ``data`` as it is (a ``bytearray`` is copied: its owner may reuse it), or
+        append it to :attr:`tail` if it is under :data:`SMALL_PIECE_BYTES`.
         Until the first frame is read, a stock generator may be waiting on ``buffer`` (the
         handshake's, or :meth:`at_eof` as it was when this reader took over): it goes
         there.
@@ -69,9 +78,19 @@ class OneCopyReader(StreamReader):
             raise EOFError("stream ended")
         if not self.framing:
             self.buffer += data
-        elif data:
+        elif len(data) < SMALL_PIECE_BYTES:
+            self.tail += data
+            self.size += len(data)
+        else:
+            self._seal_tail()
             self.pieces.append(memoryview(data if type(data) is bytes else bytes(data)))
             self.size += len(data)
+
+    def _seal_tail(self) -> None:
+        """Make :attr:`tail` the last piece (not copied: a fresh tail takes what follows)."""
+        if self.tail:
+            self.pieces.append(memoryview(self.tail))
+            self.tail = bytearray()
 
     def at_eof(self) -> Generator[None, None, bool]:
         self.framing = True
@@ -100,6 +119,8 @@ class OneCopyReader(StreamReader):
             yield
         if not n:
             return b""
+        if self.size - len(self.tail) < n:  # the small pieces are needed: only then
+            self._seal_tail()
         self.size -= n
         first = self.pieces[0]
         if len(first) > n:
@@ -138,13 +159,16 @@ class OneCopyReader(StreamReader):
     def discard(self) -> None:
         del self.buffer[:]
         self.pieces.clear()
+        del self.tail[:]
         self.size = 0
 
     def _gather(self) -> None:
         """Move the pieces into ``buffer`` (copied: the rare paths only)."""
         for piece in self.pieces:
             self.buffer += piece
+        self.buffer += self.tail
         self.pieces.clear()
+        del self.tail[:]
         self.size = 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 from websockets.uri import parse_uri
 
-from agent.live_frames import OneCopyReader, read_frames_in_one_copy
+from agent.live_frames import SMALL_PIECE_BYTES, OneCopyReader, read_frames_in_one_copy
 
 MiB = 1024 * 1024
 MAX_SIZE = 2 * MiB
@@ -207,3 +208,35 @@ def test_it_is_installed_once_and_only_on_the_stock_reader() -> None:
     assert not read_frames_in_one_copy(other)
     assert type(other.protocol.reader) is Other
     assert not read_frames_in_one_copy(_Ws(object()))
+
+
+@pytest.mark.parametrize("piece", [1, 100, SMALL_PIECE_BYTES - 1, SMALL_PIECE_BYTES])
+def test_a_frame_fed_in_small_pieces_holds_no_more_than_with_the_stock_reader(
+        piece: int) -> None:
+    """A peer sending a byte (or a few) at a time: the pieces of a frame not yet whole are
+    held as about their bytes, as in the stock reader's buffer — not a view of ~300 bytes
+    each (a 256 KiB frame held 84 MB that way), and the frame then arrives whole."""
+    held = []
+    payload = os.urandom(256 * 1024)
+    for one_copy in (False, True):
+        client, server, handshake = _pair()
+        wire = _frames(server, [payload])
+        client.receive_data(handshake)
+        client.events_received()
+        if one_copy:
+            assert read_frames_in_one_copy(_Ws(client))
+        # fresh bytes each (as recv gives), made before measuring
+        pieces = [bytes(bytearray(wire[at:at + piece])) for at in range(0, len(wire), piece)]
+        tracemalloc.start()
+        try:
+            for data in pieces[:-1]:
+                client.receive_data(data)
+            held.append(tracemalloc.get_traced_memory()[0])
+        finally:
+            tracemalloc.stop()
+        assert client.events_received() == []
+        client.receive_data(pieces[-1])
+        (frame,) = client.events_received()
+        assert isinstance(frame, Frame) and frame.data == payload
+    stock, mine = held
+    assert mine <= stock + len(payload) // 16, (stock, mine)
