@@ -240,3 +240,74 @@ def test_a_frame_fed_in_small_pieces_holds_no_more_than_with_the_stock_reader(
         assert isinstance(frame, Frame) and frame.data == payload
     stock, mine = held
     assert mine <= stock + len(payload) // 16, (stock, mine)
+
+
+def _raw(first: int, payload: bytes, *, mask: bool = False, length: int | None = None) -> bytes:
+    """One frame as a hostile server may write it: ``first`` is FIN, RSV and the opcode;
+    ``length`` the length it claims (default: the payload's)."""
+    n = len(payload) if length is None else length
+    if n < 126:
+        head = bytes((first, n | (0x80 if mask else 0)))
+    elif n < 1 << 16:
+        head = bytes((first, 126 | (0x80 if mask else 0))) + n.to_bytes(2, "big")
+    else:
+        head = bytes((first, 127 | (0x80 if mask else 0))) + n.to_bytes(8, "big")
+    return head + (b"\0\0\0\0" if mask else b"") + payload
+
+
+_FIN, _TEXT, _BIN, _CONT, _CLOSE, _PING, _PONG = 0x80, 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
+# What websockets refuses or accepts of a server, fed to both readers: the same outcome.
+_HOSTILE: dict[str, bytes] = {
+    "masked by the server": _raw(_FIN | _BIN, b"x", mask=True),
+    "rsv1 without an extension": _raw(_FIN | 0x40 | _BIN, b"x"),
+    "rsv2": _raw(_FIN | 0x20 | _BIN, b"x"),
+    "rsv3": _raw(_FIN | 0x10 | _BIN, b"x"),
+    "reserved opcode": _raw(_FIN | 0x3, b"x"),
+    "continuation first": _raw(_FIN | _CONT, b"x"),
+    "data frame inside a fragmented message": _raw(_BIN, b"a") + _raw(_FIN | _BIN, b"b"),
+    "fragmented ping": _raw(_PING, b"p") + _raw(_FIN | _CONT, b"q"),
+    "control frame over 125 bytes": _raw(_FIN | _PING, bytes(126)),
+    "ping and pong inside a fragmented message": (
+        _raw(_BIN, b"a" * 200) + _raw(_FIN | _PING, b"p") + _raw(_FIN | _PONG, b"")
+        + _raw(_CONT, b"b" * 70_000) + _raw(_FIN | _CONT, b"c")),
+    "close inside a fragmented message": (
+        _raw(_BIN, b"a" * 300) + _raw(_FIN | _CLOSE, (1000).to_bytes(2, "big") + b"bye")),
+    "close with a one-byte payload": _raw(_FIN | _CLOSE, b"\3"),
+    "close with a reserved code": _raw(_FIN | _CLOSE, (1005).to_bytes(2, "big")),
+    "text that is not UTF-8": _raw(_FIN | _TEXT, b"\xff\xfe"),
+    "a length over max_size": _raw(_FIN | _BIN, b"", length=MAX_SIZE + 1),
+    "a 64-bit length with its top bit": _raw(_FIN | _BIN, b"", length=1 << 63),
+    "a message over max_size in fragments": (
+        _raw(_BIN, bytes(MAX_SIZE // 2 + 1)) + _raw(_FIN | _CONT, bytes(MAX_SIZE // 2))),
+    "many empty frames then one": _raw(_FIN | _BIN, b"") * 5000 + _raw(_FIN | _BIN, b"end"),
+}
+
+
+# the close code the client answers with (None: accepted; the stream then just ends)
+_REFUSED_WITH = {case: 1002 for case in _HOSTILE} | {
+    "a length over max_size": 1009, "a 64-bit length with its top bit": 1009,
+    "a message over max_size in fragments": 1009, "text that is not UTF-8": None,
+    "ping and pong inside a fragmented message": None, "many empty frames then one": None}
+
+
+@pytest.mark.parametrize("piece", [1 << 40, 1, 7])
+@pytest.mark.parametrize("case", sorted(_HOSTILE))
+def test_what_websockets_refuses_or_accepts_of_a_server_is_unchanged(case: str,
+                                                                     piece: int) -> None:
+    """Hostile frames, whole, a byte at a time and in 7-byte pieces: the frames received,
+    what is sent back (pongs, the close frame and its code) and the parser's error are
+    the stock reader's — the reader only hands bytes to websockets' own checks."""
+    wire = _HOSTILE[case]
+    if piece == 1 and len(wire) > 100_000:
+        piece = 4099
+    outcomes = []
+    for one_copy in (False, True):
+        client, _, handshake = _pair()
+        frames, code = _receive(_cut(wire, [piece]), one_copy=one_copy, handshake=handshake,
+                                client=client, eof=True)
+        sent = b"".join(client.data_to_send())
+        outcomes.append(([(f.opcode, f.fin, bytes(f.data)) for f in frames], code,
+                         client.close_sent and client.close_sent.code, type(client.parser_exc),
+                         str(client.parser_exc), len(sent)))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[1][2] == _REFUSED_WITH[case]
