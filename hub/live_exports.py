@@ -9,10 +9,11 @@ from the data directory, as the live server did; the live server's event loop on
 and sends. The bundles, their rows and audit events are exactly those of an export in the
 live server itself: the same function runs, only in another process.
 
-One worker by default where the live server may run on two or more CPUs, none on one
+Two workers by default where the live server may run on two or more CPUs, none on one
 (:func:`hub.live_guard.default_export_processes`): the exports' CPU leaves the event loop's
 core, which then only offers, sends and records deliveries (docs/benchmarks.md, "Session 9:
-live burst").
+live burst"), and a burst's two export calls at once run side by side ("Session 12: two
+export workers").
 
 What stays in the live server's threads: single exports (an agent connecting, one queued
 deployment), the ``delivered`` bookkeeping, and every export call while the workers are not

@@ -46,15 +46,18 @@ GiB = 1024 * MiB
 
 
 def default_export_processes() -> int:
-    """``[live] export_processes`` when hub.toml does not say: 1 where this process may run
+    """``[live] export_processes`` when hub.toml does not say: 2 where this process may run
     on two or more CPUs (its affinity mask; the CPU count where there is none), so that a
-    burst's exports take a second core beside the event loop; 0 on one CPU, where a worker
-    process would only compete with the event loop for it (docs/live.md, "Limits")."""
+    burst's exports take the cores beside the event loop, two export calls at once
+    (:data:`hub.live_hub.BURST_CALLS`): on two cores a burst to 1,000 agents ended 12 %
+    sooner than with one worker, to 10,000 10 % (docs/benchmarks.md, "Session 12: two
+    export workers"); 0 on one CPU, where a worker process would only compete with the
+    event loop for it (docs/live.md, "Limits")."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    return 1 if cpus >= 2 else 0
+    return 2 if cpus >= 2 else 0
 
 
 @dataclass(frozen=True)

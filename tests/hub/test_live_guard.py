@@ -36,10 +36,10 @@ def test_every_limit_is_a_live_setting_of_hub_toml_and_the_environment(tmp_path:
                for name in LiveLimits.setting_names())
 
 
-@pytest.mark.parametrize(("cpus", "processes"), [(1, 0), (2, 1), (16, 1)])
+@pytest.mark.parametrize(("cpus", "processes"), [(1, 0), (2, 2), (16, 2)])
 def test_exports_leave_the_event_loop_for_a_worker_process_where_there_is_a_second_cpu(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cpus: int, processes: int) -> None:
-    """``export_processes`` unset: one worker process on two or more CPUs this process may
+    """``export_processes`` unset: two worker processes on two or more CPUs this process may
     use, none on one; what hub.toml says wins either way."""
     # the default of this machine, as the live server reads it (hub.config's default too)
     assert LiveLimits().export_processes == default_export_processes()
