@@ -218,8 +218,9 @@ def test_deployment_queued_after_the_agent_connected_is_pushed_run_and_imported(
     assert site.presence() == "online"
     assert site.hub_json("deployments", "list") == []
     # The push loop's first round with the agent connected polls once (the hour counts from
-    # there); then only wake-ups. A wake-up may start that first round itself (another
-    # process's commit just then: the scheduler's, a loaded machine): counted as one.
+    # there); then only wake-ups. A wake-up may start that first round itself: the datagram
+    # of another process's commit (the agent's enrollment changed an agent's status) that a
+    # loaded event loop handles only after the agent connected; that round counts as one.
     wait_for(lambda: _rounds(site) >= 1, DEADLINE, "the push loop's first round")
     polls, woken = _wakeups(site, "poll"), _wakeups(site, "local")
     assert polls <= 1
