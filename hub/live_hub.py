@@ -362,7 +362,7 @@ class LiveHub:
         self.admission = Admission(self.limits)
         self.metrics = LiveMetrics(lambda: len(self.peers), lambda: self.admission.total)
         self.guard = LoginGuard(self.limits)
-        self._swept = 0.0  # monotonic time of the last sweep of partial uploads
+        self._swept = float("-inf")  # monotonic time of the last sweep of partial uploads
         self._push_locks: dict[str, asyncio.Lock] = {}  # one export + offer at a time per agent
         self.poll_interval = poll_interval
         self._poller: asyncio.Task[None] | None = None
@@ -385,7 +385,9 @@ class LiveHub:
         # the newest deployment id a poll saw queued: while bursts run, polls look only for
         # newer ones (poll_once)
         self._seen_work = 0
-        self._full_polled = 0.0  # time.monotonic() of the last poll that read all queued work
+        # time.monotonic() of the last poll that read all queued work (none yet: not 0.0,
+        # which is only seconds before a machine booted just now)
+        self._full_polled = float("-inf")
         # agents whose export failed on a database error after claiming (see _export);
         # added to by export threads, read by the push loop: under its lock
         self._unclaim: set[str] = set()
@@ -1129,8 +1131,11 @@ class LiveHub:
         presence work stays at its own pace. First, once a process, what a killed live
         server left in ``sent/`` unrecorded is recorded (:meth:`recover_delivered`)."""
         flushed = time.monotonic()
-        polled = 0.0  # time.monotonic() of the last poll's start
-        woke = 0.0  # ... of the last poll a wake-up started
+        # time.monotonic() of the last poll's start: none yet, so the first round with an
+        # agent connected polls at once (0.0 made it wait until the machine had been up
+        # for a whole poll interval: an hour-long one on a machine booted minutes ago)
+        polled = float("-inf")
+        woke = float("-inf")  # ... of the last poll a wake-up started
         # A wake-up before this point is in self._woken, which the loop reads first.
         self._wake = wake = asyncio.Event()
         await self._take_over()

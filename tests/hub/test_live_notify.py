@@ -5,7 +5,9 @@ woken by the triggers of migration 0008, and what a wake-up does to the push loo
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -83,7 +85,8 @@ def _idle_hub(keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     hub = LiveHub(session_factory=no_db, keys=keys.hub, data_dir=tmp_path, actor="op",
                   poll_interval=HOUR)
     hub._recovered = True  # nothing left by a killed live server (no database)
-    hub.peers["site-01"] = object()  # type: ignore[assignment]
+    # a connected agent as the push loop's rounds look at it (no partial uploads to keep)
+    hub.peers["site-01"] = SimpleNamespace(incoming={})  # type: ignore[assignment]
     polls: list[str] = []
     started: asyncio.Queue[None] = asyncio.Queue()
     permits: asyncio.Queue[None] = asyncio.Queue()
@@ -122,6 +125,29 @@ def test_a_wake_up_polls_at_once_and_wake_ups_during_a_poll_make_one_more_round(
             hub._wake_up()  # the loop waits for the next wake-up, not for the interval
             await asyncio.wait_for(started.get(), DEADLINE)
             assert polls == ["poll"] * 3 and _wakeups(hub, "poll") == 0
+            permits.put_nowait(None)
+        finally:
+            assert hub._poller is not None
+            hub._poller.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_the_first_round_polls_at_once_on_a_machine_up_for_less_than_the_interval(
+        keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an agent connected and nothing woken, the push loop's first round asks the
+    database at once, however long the interval and however briefly the machine has been
+    up (time.monotonic() counts from boot: 5 s here, against an hour's interval)."""
+    real = time.monotonic
+    since_boot = real() - 5.0
+    monkeypatch.setattr(time, "monotonic", lambda: real() - since_boot)
+
+    async def scenario() -> None:
+        hub, polls, started, permits = _idle_hub(keys, tmp_path, monkeypatch)
+        hub._start_poller()
+        try:
+            await asyncio.wait_for(started.get(), DEADLINE)  # not an hour after boot
+            assert polls == ["poll"] and _wakeups(hub, "poll") == 1
             permits.put_nowait(None)
         finally:
             assert hub._poller is not None
