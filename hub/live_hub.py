@@ -2049,7 +2049,7 @@ def export_many(services: Callable[[], contextlib.AbstractContextManager[Service
 
 
 #: export_many: the environment (its name) of each of the agents ``agent_ids`` (made once:
-#: the live server makes an export call per 5 to 100 agents)
+#: the live server makes an export call per 5 to 200 agents, _burst_sizes)
 _ENVIRONMENTS_OF = (select(AgentRow.agent_id, Environment.name)
                     .join(Environment, AgentRow.environment_id == Environment.id)
                     .where(AgentRow.agent_id.in_(bindparam("agent_ids", expanding=True))))
